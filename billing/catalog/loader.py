@@ -1,0 +1,239 @@
+"""Load plan files, reporting EVERY problem with its file, path and line.
+
+Structural problems come from pydantic (each with its ``loc``); cross-references (a
+charge naming an unknown meter, duplicate keys, overage without a price...) are checked
+on the raw document too, so one run lists them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from billing.catalog.schema import Plan
+from billing.errors import BillingError, ErrorCode
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    file: str
+    path: str  # e.g. "charges[2].tiers[1].up_to"
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path or '<plan>'}: {self.message}"
+
+
+class PlanInvalid(BillingError):
+    code = ErrorCode.PLAN_INVALID
+
+    def __init__(self, problems: list[PlanProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems),
+                         details=[p.__dict__ for p in problems])
+
+
+class _DecimalLoader(yaml.SafeLoader):
+    """YAML floats become Decimal (via their text), never binary floats."""
+
+
+def _decimal_constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal:
+    return Decimal(loader.construct_scalar(node).replace("_", ""))
+
+
+_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal_constructor)
+
+
+# ------------------------------------------------------------------- path helpers
+
+def _format_path(parts: list[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _real_path(data: Any, loc: tuple) -> list[Any]:
+    """Drop pydantic's synthetic loc parts (union tags, validator names) by walking the data."""
+    parts: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            parts.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parts.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not parts[-1:] == [part]:
+            # a missing required field: name it; skip union tags that are values, not keys
+            if _is_tag(node, part):
+                continue
+            parts.append(part)
+            node = None
+        # else: synthetic part on a scalar/None node; skip
+    return parts
+
+
+def _is_tag(node: dict, part: str) -> bool:
+    return any(isinstance(v, str) and v == part for v in node.values()) or part.startswith(
+        ("function-", "tagged-union", "union[", "list[", "dict[", "json-or-python"))
+
+
+def _line_of(root: yaml.Node | None, parts: list[Any]) -> int | None:
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == part), None)
+            if nxt is None:
+                return node.start_mark.line + 1
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+# --------------------------------------------------------------- semantic checks
+
+def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
+    problems: list[tuple[list[Any], str]] = []
+    meters = data.get("meters") or []
+    charges = data.get("charges") or []
+    fees = data.get("fees") or []
+    meter_keys = {m.get("key") for m in meters if isinstance(m, dict)}
+    charge_keys = {c.get("key") for c in charges if isinstance(c, dict)}
+
+    for section, items in (("meters", meters), ("charges", charges), ("fees", fees)):
+        seen: set = set()
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict) and item.get("key") in seen:
+                problems.append(([section, i, "key"], f"duplicate key {item.get('key')!r}"))
+            if isinstance(item, dict):
+                seen.add(item.get("key"))
+
+    for i, meter in enumerate(meters if isinstance(meters, list) else []):
+        if not isinstance(meter, dict):
+            continue
+        agg = meter.get("aggregation", "count")
+        if agg in ("sum", "max", "unique_count") and not meter.get("property"):
+            problems.append(([("meters"), i, "aggregation"], f"aggregation {agg!r} needs a 'property'"))
+        if meter.get("disputes") is not None and agg != "count":
+            problems.append((["meters", i, "disputes"], "disputes apply to count meters only"))
+
+    for i, charge in enumerate(charges if isinstance(charges, list) else []):
+        if not isinstance(charge, dict):
+            continue
+        if charge.get("meter") not in meter_keys:
+            problems.append((["charges", i, "meter"],
+                             f"unknown meter {charge.get('meter')!r}; defined: {sorted(k for k in meter_keys if k)}"))
+        policy = (charge.get("on_exhaustion") or {}).get("policy", "overage")
+        if policy in ("overage", "rate_limit") and charge.get("price") is None:
+            problems.append((["charges", i, "price"], f"policy {policy!r} bills usage past the included units: a price is required"))
+        price = charge.get("price") or {}
+        if isinstance(price, dict) and price.get("model") == "percentage":
+            lo, hi = price.get("min_per_transaction"), price.get("max_per_transaction")
+            try:
+                if lo is not None and hi is not None and Decimal(str(lo)) > Decimal(str(hi)):
+                    problems.append((["charges", i, "price", "max_per_transaction"],
+                                     "max_per_transaction must be >= min_per_transaction"))
+            except ArithmeticError:
+                pass  # pydantic reports the bad number
+            if charge.get("included") is not None:
+                problems.append((["charges", i, "included"], "percentage prices use free_units/free_amount, not included"))
+
+    for i, credit in enumerate(data.get("credits") or []):
+        if isinstance(credit, dict):
+            for j, key in enumerate(credit.get("applies_to") or []):
+                if key not in charge_keys:
+                    problems.append((["credits", i, "applies_to", j], f"unknown charge {key!r}"))
+    return problems
+
+
+# --------------------------------------------------------------------- loading
+
+def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
+    """Parse one plan document; raise PlanInvalid listing every problem."""
+    try:
+        root = yaml.compose(text, Loader=_DecimalLoader)
+        data = yaml.load(text, Loader=_DecimalLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise PlanInvalid([PlanProblem(filename, "", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                                       mark.line + 1 if mark else None)]) from None
+    if not isinstance(data, dict):
+        raise PlanInvalid([PlanProblem(filename, "", "a plan file must be a YAML mapping")])
+
+    problems: list[PlanProblem] = []
+    plan: Plan | None = None
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            parts = _real_path(data, err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see plans/README.md)"
+            problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
+    for parts, msg in _semantic_problems(data):
+        problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
+    if problems:
+        # one problem per (path, message), in file order
+        unique = list(dict.fromkeys(problems))
+        unique.sort(key=lambda p: (p.line or 0, p.path))
+        raise PlanInvalid(unique)
+    assert plan is not None
+    return plan
+
+
+def load_plan_file(path: str | Path) -> Plan:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanInvalid([PlanProblem(str(path), "", f"cannot read file: {exc.strerror}")]) from None
+    return parse_plan_text(text, str(path))
+
+
+def plan_files(paths: list[str | Path]) -> list[Path]:
+    """Expand directories into their *.yaml / *.yml files (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml")))
+        else:
+            out.append(p)
+    return out
+
+
+def validate_paths(paths: list[str | Path]) -> tuple[list[Plan], list[PlanProblem]]:
+    """Validate every file; return the plans that loaded and every problem found."""
+    plans: list[Plan] = []
+    problems: list[PlanProblem] = []
+    files = plan_files(paths)
+    if not files:
+        problems.append(PlanProblem(", ".join(map(str, paths)), "", "no plan files found"))
+    seen: dict[tuple[str, int], Path] = {}
+    for f in files:
+        try:
+            plan = load_plan_file(f)
+        except PlanInvalid as exc:
+            problems.extend(exc.problems)
+            continue
+        key = (plan.plan, plan.version)
+        if key in seen:
+            problems.append(PlanProblem(str(f), "version",
+                                        f"plan {plan.plan!r} version {plan.version} is also defined in {seen[key]}"))
+            continue
+        seen[key] = f
+        plans.append(plan)
+    return plans, problems

@@ -1,0 +1,337 @@
+"""The plan language: frozen pydantic models, discriminated unions, ``extra="forbid"``.
+
+A plan file (YAML in ``plans/``) is one *version* of a plan. Shape, after Kill Bill's
+catalog: plan -> recurring fees + meters + usage charges (each with a price model and an
+exhaustion policy) + credits, commitments and guardrails. See ``plans/README.md``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+Key = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.\-]*$", max_length=80)]
+Money = Annotated[Decimal, Field(ge=0)]
+Positive = Annotated[Decimal, Field(gt=0)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- meters
+
+class Multipliers(Frozen):
+    """Weight each event by a property value, e.g. a premium request on one model counts 3x."""
+
+    property: str = "model"
+    values: dict[str, Money]  # 0 = does not count (a base model)
+    default: Positive = Decimal(1)
+
+    def factor(self, properties: dict) -> Decimal:
+        value = properties.get(self.property)
+        return self.values.get(str(value), self.default) if value is not None else self.default
+
+
+class Disputes(Frozen):
+    """Outcome metering: an outcome disputed or reopened inside the window is not billed."""
+
+    window_days: Annotated[int, Field(ge=0, le=366)]
+    id_property: str = "outcome_id"
+    dispute_types: tuple[str, ...] = ("outcome.disputed", "outcome.reopened")
+
+
+FilterValue = Union[str, int, bool, list[Union[str, int, bool]]]
+
+
+class Meter(Frozen):
+    """Aggregates one event type's property over a period: count / sum / max / unique_count."""
+
+    key: Key
+    name: str = ""
+    event_type: str = Field(min_length=1)
+    aggregation: Literal["count", "sum", "max", "unique_count"] = "count"
+    property: str | None = None
+    filter: dict[str, FilterValue] = Field(default_factory=dict)
+    multipliers: Multipliers | None = None
+    disputes: Disputes | None = None
+
+    def matches(self, event_type: str, properties: dict) -> bool:
+        if event_type != self.event_type:
+            return False
+        for prop, allowed in self.filter.items():
+            value = properties.get(prop)
+            options = allowed if isinstance(allowed, list) else [allowed]
+            if value is None or str(value) not in {str(o) for o in options}:
+                return False
+        return True
+
+
+# ---------------------------------------------------------------------- price models
+
+class Tier(Frozen):
+    up_to: Positive | None = None  # None: unbounded (only the last tier)
+    unit_price: Money = Decimal(0)
+    flat_fee: Money = Decimal(0)
+
+
+def _check_tiers(tiers: list[Tier]) -> list[Tier]:
+    problems = []
+    for i, tier in enumerate(tiers[:-1]):
+        if tier.up_to is None:
+            problems.append(f"tier {i}: only the last tier may be unbounded (up_to: null)")
+        elif tiers[i + 1].up_to is not None and tiers[i + 1].up_to <= tier.up_to:
+            problems.append(f"tier {i + 1}: up_to must be greater than {tier.up_to}")
+    if tiers and tiers[-1].up_to is not None:
+        problems.append("the last tier must be unbounded (up_to: null)")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tiers
+
+
+Tiers = Annotated[list[Tier], Field(min_length=1), AfterValidator(_check_tiers)]
+
+
+class PerUnitPrice(Frozen):
+    model: Literal["per_unit"]
+    unit_price: Money
+
+
+class GraduatedPrice(Frozen):
+    """Each tier prices only the units that fall inside it (1-5 @ 7, 6-10 @ 6.50 ...)."""
+
+    model: Literal["graduated"]
+    tiers: Tiers
+
+
+class VolumePrice(Frozen):
+    """The tier the total quantity reaches prices every unit; its flat fee is added once."""
+
+    model: Literal["volume"]
+    tiers: Tiers
+
+
+class PackagePrice(Frozen):
+    """Blocks of ``package_size`` units at ``package_price``; partial blocks round up."""
+
+    model: Literal["package"]
+    package_size: Positive
+    package_price: Money
+    free_units: Money = Decimal(0)
+
+
+class PercentagePrice(Frozen):
+    """A share of a transaction amount (the meter sums it), plus a fixed fee per transaction."""
+
+    model: Literal["percentage"]
+    rate: Annotated[Decimal, Field(ge=0, le=1)]
+    fixed_fee: Money = Decimal(0)
+    min_per_transaction: Money | None = None
+    max_per_transaction: Money | None = None
+    free_units: Annotated[int, Field(ge=0)] = 0  # free transactions
+    free_amount: Money = Decimal(0)  # transaction amount not charged
+
+
+class CostPlusPrice(Frozen):
+    """Provider cost of the metered events x (1 + markup)."""
+
+    model: Literal["cost_plus"]
+    markup: Money
+
+
+Price = Annotated[
+    Union[PerUnitPrice, GraduatedPrice, VolumePrice, PackagePrice, PercentagePrice, CostPlusPrice],
+    Field(discriminator="model"),
+]
+
+
+# ------------------------------------------------------------------ exhaustion policy
+
+class RateLimit(Frozen):
+    limit: Annotated[int, Field(gt=0)]
+    window_seconds: Annotated[int, Field(gt=0)]
+
+
+class BlockPolicy(Frozen):
+    """Deny once the included units are used."""
+
+    policy: Literal["block"]
+
+
+class SlowTierPolicy(Frozen):
+    """Cursor-style: after the included (fast) units, continue on a slow tier.
+
+    The slow tier names a cheaper ``model`` and/or a ``rate_limit``; its units are billed
+    at ``unit_price`` (default 0: unlimited slow use is part of the plan).
+    """
+
+    policy: Literal["downgrade"]
+    model: str | None = None
+    rate_limit: RateLimit | None = None
+    unit_price: Money = Decimal(0)
+
+
+class RateLimitPolicy(Frozen):
+    """After the included units, allow at most ``limit`` per window (billed like overage)."""
+
+    policy: Literal["rate_limit"]
+    rate_limit: RateLimit
+
+
+class OveragePolicy(Frozen):
+    """Bill units past the included ones with the charge's price, up to an optional spend cap."""
+
+    policy: Literal["overage"]
+    spend_cap: Money | None = None
+
+
+Exhaustion = Annotated[
+    Union[BlockPolicy, SlowTierPolicy, RateLimitPolicy, OveragePolicy],
+    Field(discriminator="policy"),
+]
+
+
+class Included(Frozen):
+    """Included units: ``per_seat`` x seats, plus ``pooled`` shared by the whole account."""
+
+    per_seat: Money = Decimal(0)
+    pooled: Money = Decimal(0)
+
+    def units(self, seats: Decimal) -> Decimal:
+        return self.per_seat * seats + self.pooled
+
+
+class UsageCharge(Frozen):
+    key: Key
+    name: str = ""
+    meter: Key
+    included: Included | None = None
+    price: Price | None = None
+    on_exhaustion: Exhaustion = Field(default_factory=lambda: OveragePolicy(policy="overage"))
+
+
+# ----------------------------------------------------------------- recurring fees
+
+class FlatFee(Frozen):
+    type: Literal["flat"]
+    key: Key
+    name: str = ""
+    amount: Money
+    timing: Literal["advance", "arrears"] = "advance"
+
+
+class SeatFee(Frozen):
+    """Per-seat fee. ``advance``: seats at period start for the whole period, increases
+    prorated over the remaining time, decreases effective next period. ``arrears``: the exact
+    time-weighted seat count."""
+
+    type: Literal["per_seat"]
+    key: Key
+    name: str = ""
+    unit_price: Money
+    timing: Literal["advance", "arrears"] = "advance"
+    min_seats: Annotated[int, Field(ge=0)] = 0
+
+
+Fee = Annotated[Union[FlatFee, SeatFee], Field(discriminator="type")]
+
+
+# ------------------------------------------------------ credits, caps and guardrails
+
+class RecurringCredit(Frozen):
+    """Prepaid credits granted each period (pooled across seats), expiring at period end,
+    drawn before overage is billed."""
+
+    key: Key
+    name: str = ""
+    amount: Money
+    per_seat: bool = False
+    applies_to: tuple[Key, ...] | None = None  # charge keys; None: every usage charge
+
+
+class MinimumCommitment(Frozen):
+    amount: Money
+    applies_to: Literal["usage", "all"] = "all"
+
+
+class BudgetAlerts(Frozen):
+    """Alert when usage crosses these percentages of an allowance, spend cap or budget."""
+
+    thresholds_percent: tuple[Positive, ...] = (Decimal(50), Decimal(80), Decimal(100))
+    budget: Money | None = None
+
+
+class AgentLimits(Frozen):
+    """Per agent task (events sharing ``task_property``): max steps, tokens, provider cost."""
+
+    task_property: str = "task"
+    max_steps: Annotated[int, Field(gt=0)] | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_cost: Positive | None = None
+
+
+class Dunning(Frozen):
+    """After an invoice payment fails, quota decisions deny after this many days."""
+
+    deny_after_days: Annotated[int, Field(ge=0)] = 7
+
+
+class BillingSpec(Frozen):
+    interval: Literal["month", "year"] = "month"
+    anchor: Literal["calendar", "anniversary"] = "calendar"
+
+
+# ---------------------------------------------------------------------------- plan
+
+class Plan(Frozen):
+    plan: Key
+    version: Annotated[int, Field(ge=1)] = 1
+    name: str
+    description: str = ""
+    effective_from: datetime
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    billing: BillingSpec = Field(default_factory=BillingSpec)
+    trial_days: Annotated[int, Field(ge=0)] = 0
+    fees: tuple[Fee, ...] = ()
+    meters: tuple[Meter, ...] = ()
+    charges: tuple[UsageCharge, ...] = ()
+    credits: tuple[RecurringCredit, ...] = ()
+    minimum_commitment: MinimumCommitment | None = None
+    spend_cap: Money | None = None
+    budget_alerts: BudgetAlerts | None = None
+    agent_limits: AgentLimits | None = None
+    dunning: Dunning = Field(default_factory=Dunning)
+
+    @field_validator("effective_from")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("effective_from must include a timezone (e.g. 2026-01-01T00:00:00Z)")
+        return value
+
+    @property
+    def ref(self) -> str:
+        return f"{self.plan}@v{self.version}"
+
+    def meter(self, key: str) -> Meter:
+        for meter in self.meters:
+            if meter.key == key:
+                return meter
+        raise KeyError(key)
+
+    def charge(self, key: str) -> UsageCharge:
+        for charge in self.charges:
+            if charge.key == key:
+                return charge
+        raise KeyError(key)
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        types = {m.event_type for m in self.meters}
+        for m in self.meters:
+            if m.disputes:
+                types.update(m.disputes.dispute_types)
+        return frozenset(types)

@@ -1,0 +1,36 @@
+"""Cost book: what each model costs us, per provider list price, effective-dated (pure).
+
+Usage::
+
+    from billing.costs import CostBook, event_cost
+    book = CostBook.load_default()
+    book.price_for("claude-sonnet-4-5", at).input    # Decimal per 1M tokens at instant `at`
+    event_cost(event, book)                          # exact Decimal, never rounded here
+"""
+
+from billing.costs.book import (
+    PER_TOKENS,
+    PRICE_FIELDS,
+    CostBook,
+    CostBookError,
+    ModelPrice,
+    UnknownModel,
+    cost_breakdown,
+    dump_yaml,
+    event_cost,
+)
+from billing.costs.litellm import ImportResult, import_litellm
+
+__all__ = [
+    "PER_TOKENS",
+    "PRICE_FIELDS",
+    "CostBook",
+    "CostBookError",
+    "ImportResult",
+    "ModelPrice",
+    "UnknownModel",
+    "cost_breakdown",
+    "dump_yaml",
+    "event_cost",
+    "import_litellm",
+]

@@ -1,0 +1,68 @@
+"""Domain errors carry a stable ``ErrorCode``, never an HTTP status (api/ maps them)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    # plans / catalog
+    PLAN_INVALID = "plan_invalid"
+    PLAN_NOT_FOUND = "plan_not_found"
+    # events / ingestion
+    EVENT_INVALID = "event_invalid"
+    UNKNOWN_CUSTOMER = "unknown_customer"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNKNOWN_MODEL = "unknown_model"
+    NEGATIVE_QUANTITY = "negative_quantity"
+    NON_NUMERIC_QUANTITY = "non_numeric_quantity"
+    BAD_TIMESTAMP = "bad_timestamp"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    EVENT_CONFLICT = "event_conflict"
+    # customers / subscriptions / invoices
+    CUSTOMER_EXISTS = "customer_exists"
+    CUSTOMER_NOT_FOUND = "customer_not_found"
+    SUBSCRIPTION_NOT_FOUND = "subscription_not_found"
+    SUBSCRIPTION_EXISTS = "subscription_exists"
+    INVOICE_NOT_FOUND = "invoice_not_found"
+    INVOICE_STATE = "invoice_state"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    # quota
+    RESERVATION_NOT_FOUND = "reservation_not_found"
+    RESERVATION_STATE = "reservation_state"
+    # auth
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    # generic
+    VALIDATION = "validation_error"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    EXTERNAL = "external_service_error"
+
+
+class BillingError(Exception):
+    """Base domain error: a stable code, a human message, optional details."""
+
+    code: ErrorCode = ErrorCode.VALIDATION
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, details: Any = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.details is not None:
+            out["details"] = self.details
+        return out
+
+
+class NotFound(BillingError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(BillingError):
+    code = ErrorCode.CONFLICT

@@ -1,0 +1,106 @@
+"""The usage event as apps send it (DESIGN.md section 5), parsed and validated purely.
+
+Numeric properties that are quantities (``*_tokens``, ``quantity``, ``steps``...)
+must be non-negative numbers; the timestamp must carry a timezone and is kept in UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from billing.errors import BillingError, ErrorCode
+from billing.money import to_decimal
+
+# Built-in event types the engine understands (plans may meter any other type too).
+LLM_CALL = "llm.call"
+REQUEST = "request"
+AGENT_STEP = "agent.step"
+OUTCOME = "outcome"
+OUTCOME_DISPUTED = "outcome.disputed"
+OUTCOME_REOPENED = "outcome.reopened"
+SEAT = "seat"
+BUILTIN_TYPES = frozenset({LLM_CALL, REQUEST, AGENT_STEP, OUTCOME, OUTCOME_DISPUTED, OUTCOME_REOPENED, SEAT})
+
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def is_quantity_key(key: str) -> bool:
+    return key.endswith("_tokens") or key in ("quantity", "steps", "amount", "units")
+
+
+class EventError(BillingError):
+    code = ErrorCode.EVENT_INVALID
+
+
+class UsageEvent(BaseModel):
+    """One metered usage event. Immutable; ``id`` is chosen by the client."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    customer: str = Field(min_length=1, max_length=200)
+    type: str = Field(min_length=1, max_length=100)
+    timestamp: datetime
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamp must include a timezone (e.g. 2026-10-03T12:00:00Z)")
+        return value.astimezone(UTC)
+
+    def number(self, key: str, default: Decimal | None = None) -> Decimal | None:
+        """A numeric property as Decimal (never float); ``default`` when absent."""
+        if key not in self.properties or self.properties[key] is None:
+            return default
+        return to_decimal(self.properties[key])
+
+    def canonical(self) -> str:
+        """Content fingerprint used to tell a duplicate from a conflict."""
+        return json.dumps(
+            {"customer": self.customer, "type": self.type,
+             "timestamp": self.timestamp.isoformat(), "properties": self.properties},
+            sort_keys=True, separators=(",", ":"), default=str,
+        )
+
+
+def check_quantities(event: UsageEvent) -> None:
+    """Raise EventError with a precise code if a quantity property is non-numeric or negative."""
+    for key, value in event.properties.items():
+        if not is_quantity_key(key):
+            continue
+        try:
+            number = to_decimal(value)
+        except (InvalidOperation, ValueError, TypeError):
+            raise EventError(f"property {key!r} must be a number, got {value!r}",
+                             code=ErrorCode.NON_NUMERIC_QUANTITY) from None
+        if number < 0:
+            raise EventError(f"property {key!r} must not be negative, got {value}",
+                             code=ErrorCode.NEGATIVE_QUANTITY)
+
+
+def parse_event(data: Any) -> UsageEvent:
+    """Parse one JSON object into a UsageEvent, raising EventError with a clear reason."""
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise EventError(f"an event must be a JSON object, got {type(data).__name__}")
+    try:
+        event = UsageEvent.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        code = ErrorCode.EVENT_INVALID
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "event"
+            problems.append(f"{loc}: {err['msg']}")
+            if err["loc"] and err["loc"][0] == "timestamp":
+                code = ErrorCode.BAD_TIMESTAMP
+        raise EventError("; ".join(problems), code=code) from None
+    check_quantities(event)
+    return event

@@ -1,0 +1,94 @@
+"""Money rules: Decimal only, one rounding function, currency minor units.
+
+Rule (documented once, used everywhere): an amount is rounded **once per invoice
+line**, to the currency's minor unit, with ``ROUND_HALF_UP`` (0.005 -> 0.01,
+-0.005 -> -0.01: half away from zero). Unit prices and intermediate amounts keep
+full precision. An invoice total is the exact sum of its rounded lines.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from typing import Any
+
+# ISO 4217 minor units for the currencies we are likely to see. Unknown codes
+# default to 2, the overwhelmingly common case.
+_MINOR_UNITS: dict[str, int] = {
+    "USD": 2, "EUR": 2, "GBP": 2, "CAD": 2, "AUD": 2, "CHF": 2, "SEK": 2, "NOK": 2,
+    "DKK": 2, "INR": 2, "BRL": 2, "MXN": 2, "SGD": 2, "HKD": 2, "NZD": 2, "PLN": 2,
+    "CNY": 2, "ZAR": 2,
+    "JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0,
+    "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3,
+}
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+
+
+def minor_units(currency: str) -> int:
+    """Number of decimal places of the currency's minor unit (USD 2, JPY 0, KWD 3)."""
+    return _MINOR_UNITS.get(currency.upper(), 2)
+
+
+def quantum(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-minor_units(currency))
+
+
+def round_line(amount: Decimal, currency: str) -> Decimal:
+    """THE rounding function: one invoice line's amount to the currency's minor unit.
+
+    Half away from zero (ROUND_HALF_UP in Decimal terms), applied once per line.
+    """
+    if not isinstance(amount, Decimal):
+        raise TypeError(f"money must be Decimal, got {type(amount).__name__}")
+    with localcontext() as ctx:
+        ctx.prec = 50
+        return amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    """An already-rounded amount as an integer count of minor units (Stripe's format)."""
+    rounded = round_line(amount, currency)
+    if rounded != amount:
+        raise ValueError(f"{amount} is not rounded to the minor unit of {currency}")
+    return int(rounded.scaleb(minor_units(currency)))
+
+
+def from_minor(value: int, currency: str) -> Decimal:
+    return Decimal(value).scaleb(-minor_units(currency))
+
+
+def to_decimal(value: Any) -> Decimal:
+    """Parse a money or quantity value without ever going through binary float.
+
+    Accepts Decimal, int, and str; a float is converted through its shortest repr
+    (``str(0.1) == '0.1'``) so JSON numbers keep the value the user typed.
+    """
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, bool):
+        raise InvalidOperation(f"not a number: {value!r}")
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, float):
+        result = Decimal(repr(value))
+    elif isinstance(value, str):
+        result = Decimal(value.strip())
+    else:
+        raise InvalidOperation(f"not a number: {value!r}")
+    if not result.is_finite():
+        raise InvalidOperation(f"not a finite number: {value!r}")
+    return result
+
+
+def fmt(amount: Decimal, currency: str) -> str:
+    """Plain decimal string with exactly the currency's minor-unit places ('41.50')."""
+    return f"{round_line(amount, currency):.{minor_units(currency)}f}"
+
+
+def dec_str(value: Decimal) -> str:
+    """Decimal as a plain string without exponent notation ('0.000003', not '3E-6')."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"

@@ -1,0 +1,113 @@
+"""Value types of the pure rating core (no database, HTTP or clock)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class MeterTotals:
+    """A meter's aggregate over one period. ``transactions`` (per-event values, in time
+    order) is only needed by percentage prices with per-transaction rules."""
+
+    units: Decimal = ZERO
+    events: int = 0
+    cost: Decimal = ZERO
+    transactions: tuple[Decimal, ...] = ()
+
+    def __add__(self, other: "MeterTotals") -> "MeterTotals":
+        return MeterTotals(self.units + other.units, self.events + other.events,
+                           self.cost + other.cost, self.transactions + other.transactions)
+
+
+@dataclass(frozen=True)
+class Billable:
+    """What a charge model prices: the units past the included ones and their cost share."""
+
+    units: Decimal
+    cost: Decimal = ZERO
+    events: int = 0
+    transactions: tuple[Decimal, ...] = ()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One priced piece a charge model returns; the engine turns each into an invoice line."""
+
+    label: str
+    quantity: Decimal
+    unit_price: Decimal | None
+    amount: Decimal  # unrounded
+
+
+@dataclass(frozen=True)
+class CreditGrant:
+    """Prepaid credit available to this invoice (``amount`` is what remains of it)."""
+
+    id: str
+    amount: Decimal
+    name: str = "Prepaid credits"
+    expires_at: datetime | None = None
+    effective_at: datetime | None = None
+    applies_to: tuple[str, ...] | None = None  # charge keys; None = every usage charge
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    kind: str  # fee | usage | cap | credit | commitment | adjustment
+    description: str
+    quantity: Decimal
+    unit_price: Decimal | None
+    amount: Decimal  # rounded once, to the currency's minor unit
+    key: str = ""  # fee / charge / grant key this line belongs to
+    meter: str | None = None
+
+
+@dataclass(frozen=True)
+class ChargeUsage:
+    """Per-charge usage summary (for reports and quota state)."""
+
+    charge: str
+    meter: str
+    units: Decimal
+    included: Decimal
+    billable: Decimal
+    cost: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class RatedInvoice:
+    customer: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    plan: str
+    plan_version: int
+    lines: tuple[InvoiceLine, ...]
+    total: Decimal
+    provider_cost: Decimal
+    credits_used: dict[str, Decimal] = field(default_factory=dict)
+    usage: tuple[ChargeUsage, ...] = ()
+
+    def to_json(self) -> dict:
+        from billing.money import dec_str
+
+        return {
+            "customer": self.customer,
+            "currency": self.currency,
+            "period": {"start": self.period_start.isoformat().replace("+00:00", "Z"),
+                       "end": self.period_end.isoformat().replace("+00:00", "Z")},
+            "plan": {"id": self.plan, "version": self.plan_version},
+            "lines": [{"description": ln.description, "kind": ln.kind, "key": ln.key,
+                       "quantity": dec_str(ln.quantity),
+                       "unit_price": None if ln.unit_price is None else dec_str(ln.unit_price),
+                       "amount": str(ln.amount)} for ln in self.lines],
+            "total": str(self.total),
+            "provider_cost": dec_str(self.provider_cost),
+            "credits_used": {k: str(v) for k, v in self.credits_used.items()},
+        }
