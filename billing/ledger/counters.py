@@ -1,0 +1,117 @@
+"""Running usage counters: which (customer, meter, period) an accepted event increments.
+
+Pure given the subscriptions and catalog: ``CounterPlanner`` maps an event to counter
+deltas; the repository applies them with one atomic upsert per batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from billing.catalog import Catalog, Meter, Plan
+from billing.ledger.types import from_us, to_us
+from billing.money import to_decimal
+from billing.rating.periods import BillingCycle
+
+MICRO = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class SubscriptionView:
+    id: int
+    customer_id: str
+    plan: Plan
+    timezone: str
+    anchor_at_us: int
+    start_us: int
+    end_us: int | None  # None: open-ended
+
+    def covers(self, ts: int) -> bool:
+        return self.start_us <= ts and (self.end_us is None or ts < self.end_us)
+
+    def cycle(self) -> BillingCycle:
+        return BillingCycle(self.plan.billing.interval, self.plan.billing.anchor, self.timezone,
+                            from_us(self.anchor_at_us) if self.plan.billing.anchor == "anniversary" else None)
+
+
+def to_micro(value: Decimal) -> int:
+    return int((value * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+class CounterPlanner:
+    """Accumulates counter deltas for a batch of accepted events."""
+
+    def __init__(self, subscriptions: Iterable[SubscriptionView]):
+        self._subs: dict[str, list[SubscriptionView]] = defaultdict(list)
+        for sub in subscriptions:
+            self._subs[sub.customer_id].append(sub)
+        self._period_cache: dict[int, tuple[int, int]] = {}
+        self._meters: dict[tuple[int, str], list[Meter]] = {}
+        # (customer, meter, period_start) -> [period_end, units_micro, events, cost_pico, is_max]
+        self.deltas: dict[tuple[str, str, int], list] = {}
+
+    def _period(self, sub: SubscriptionView, ts: int) -> tuple[int, int]:
+        cached = self._period_cache.get(sub.id)
+        if cached and cached[0] <= ts < cached[1]:
+            return cached
+        period = sub.cycle().period_containing(from_us(ts))
+        bounds = (to_us(period.start), to_us(period.end))
+        self._period_cache[sub.id] = bounds
+        return bounds
+
+    def _meters_for(self, sub: SubscriptionView, etype: str) -> list[Meter]:
+        key = (sub.id, etype)
+        if key not in self._meters:
+            self._meters[key] = [m for m in sub.plan.meters
+                                 if m.event_type == etype and m.aggregation != "unique_count"]
+        return self._meters[key]
+
+    def add(self, customer: str, etype: str, ts: int, props: dict, cost_pico: int) -> None:
+        for sub in self._subs.get(customer, ()):
+            if not sub.covers(ts):
+                continue
+            meters = self._meters_for(sub, etype)
+            if not meters:
+                continue
+            start, end = self._period(sub, ts)
+            for meter in meters:
+                if meter.filter and not meter.matches(etype, props):
+                    continue
+                units = _units(meter, props)
+                if units is None:
+                    continue
+                key = (customer, meter.key, start)
+                slot = self.deltas.get(key)
+                if slot is None:
+                    self.deltas[key] = [end, units, 1, cost_pico, meter.aggregation == "max"]
+                else:
+                    slot[1] = max(slot[1], units) if slot[4] else slot[1] + units
+                    slot[2] += 1
+                    slot[3] += cost_pico
+
+
+def _units(meter: Meter, props: dict) -> int | None:
+    factor = meter.multipliers.factor(props) if meter.multipliers else None
+    if meter.aggregation == "count":
+        return 1_000_000 if factor is None else to_micro(factor)
+    raw = props.get(meter.property or "")
+    if raw is None:
+        return None
+    if type(raw) is int and factor is None:
+        return raw * 1_000_000
+    value = to_decimal(raw) * (factor if factor is not None else 1)
+    return to_micro(value)
+
+
+def subscription_views(rows, customers: dict[str, str], catalog: Catalog) -> list[SubscriptionView]:
+    """Build views from Subscription rows; ``customers`` maps customer id -> timezone."""
+    views = []
+    for row in rows:
+        plan = catalog.get(row.plan_id, row.plan_version)
+        views.append(SubscriptionView(row.id, row.customer_id, plan, customers.get(row.customer_id, "UTC"),
+                                      to_us(row.anchor_at), to_us(row.started_at),
+                                      to_us(row.ended_at) if row.ended_at else None))
+    return views

@@ -1,0 +1,113 @@
+"""SQL for the event hot path: batch insert with "exists" detection, and counter upserts.
+
+SQLite: multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (one statement per
+chunk). PostgreSQL: ``COPY`` into a temporary staging table, then one
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``. Either way the database's
+unique key decides which events are new, so concurrent writers never double-insert and
+an event reported accepted is one this transaction inserted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from sqlalchemy import Connection
+
+from billing.ledger.prepare import Prepared
+
+_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico"
+_SQLITE_CHUNK = 2000  # 7 parameters a row, well under SQLite's 32766 limit
+
+
+def insert_events(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
+    """Insert rows whose (customer, event id) is new; return the keys actually inserted."""
+    if not rows:
+        return set()
+    if conn.dialect.name == "postgresql":
+        return _insert_pg(conn, rows)
+    return _insert_sqlite(conn, rows)
+
+
+def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
+    cursor = conn.connection.driver_connection.cursor()
+    inserted: set[tuple[str, str]] = set()
+    try:
+        for i in range(0, len(rows), _SQLITE_CHUNK):
+            chunk = rows[i:i + _SQLITE_CHUNK]
+            sql = (f"INSERT INTO usage_event ({_COLUMNS}) VALUES "
+                   + ",".join(["(?,?,?,?,?,?,?)"] * len(chunk))
+                   + " ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id")
+            params = [v for r in chunk for v in r[:7]]
+            inserted.update(map(tuple, cursor.execute(sql, params).fetchall()))
+    finally:
+        cursor.close()
+    return inserted
+
+
+def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS usage_event_stage ("
+            "customer_id varchar(200), event_id varchar(200), type varchar(100), ts bigint, "
+            "properties json, model varchar(200), cost_pico bigint) ON COMMIT DELETE ROWS")
+        with cursor.copy(f"COPY usage_event_stage ({_COLUMNS}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(r[:7])
+        cursor.execute(
+            f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
+            "ORDER BY ts, event_id ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id")
+        inserted = {(c, e) for c, e in cursor.fetchall()}
+        cursor.execute("TRUNCATE usage_event_stage")
+        return inserted
+    finally:
+        cursor.close()
+
+
+def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
+    """(customer, event id) -> (type, ts, properties dict) for keys already stored."""
+    out: dict[tuple[str, str], tuple] = {}
+    by_customer: dict[str, list[str]] = {}
+    for customer, event_id in keys:
+        by_customer.setdefault(customer, []).append(event_id)
+    cursor = conn.connection.driver_connection.cursor()
+    ph = "%s" if conn.dialect.name == "postgresql" else "?"
+    try:
+        for customer, ids in by_customer.items():
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                cursor.execute(
+                    f"SELECT event_id, type, ts, properties FROM usage_event WHERE customer_id = {ph} "
+                    f"AND event_id IN ({','.join([ph] * len(part))})", [customer, *part])
+                for event_id, etype, ts, props in cursor.fetchall():
+                    out[(customer, event_id)] = (etype, ts, json.loads(props) if isinstance(props, str) else props)
+    finally:
+        cursor.close()
+    return out
+
+
+def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) -> None:
+    """Atomic increments (``max`` meters: atomic maximum) of the running counters."""
+    if not deltas:
+        return
+    pg = conn.dialect.name == "postgresql"
+    ph = "%s" if pg else "?"
+    greatest = "GREATEST" if pg else "MAX"
+    add_rows, max_rows = [], []
+    for (customer, meter, start), (end, units, events, cost, is_max) in deltas.items():
+        (max_rows if is_max else add_rows).append((customer, meter, start, end, units, events, cost))
+    head = (f"INSERT INTO usage_counter (customer_id, meter, period_start, period_end, units_micro, events, "
+            f"cost_pico) VALUES ({','.join([ph] * 7)}) ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET ")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        if add_rows:
+            cursor.executemany(head + "units_micro = usage_counter.units_micro + excluded.units_micro, "
+                               "events = usage_counter.events + excluded.events, "
+                               "cost_pico = usage_counter.cost_pico + excluded.cost_pico", add_rows)
+        if max_rows:
+            cursor.executemany(head + f"units_micro = {greatest}(usage_counter.units_micro, excluded.units_micro), "
+                               "events = usage_counter.events + excluded.events, "
+                               "cost_pico = usage_counter.cost_pico + excluded.cost_pico", max_rows)
+    finally:
+        cursor.close()

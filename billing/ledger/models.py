@@ -1,0 +1,190 @@
+"""Ledger tables (SQLModel). Exact numbers are integers in fixed units:
+
+- provider cost: ``cost_pico`` (1e-12 of the currency unit: exact for every shipped price);
+- money on invoices and grants: ``*_minor`` (the currency's minor unit, cents for USD) or
+  ``*_micro`` (1e-6, for grants that may carry sub-cent amounts);
+- counter units: ``units_micro`` (1e-6 of a unit, so multipliers like 0.5x stay exact);
+- event time: ``ts`` in integer microseconds since the Unix epoch, UTC.
+
+Display-only decimals (line quantities, unit prices) are stored as exact decimal text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from billing.ledger.types import BigIntPK, UTCDateTime
+
+
+def _utc(nullable: bool = False, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index) if nullable else \
+        Field(sa_type=UTCDateTime, nullable=False, index=index)
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customer"
+
+    id: str = Field(primary_key=True, max_length=200)
+    name: str = Field(default="", max_length=300)
+    timezone: str = Field(default="UTC", max_length=64)
+    currency: str = Field(default="USD", max_length=3)
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
+    created_at: datetime = _utc()
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscription"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(foreign_key="customer.id", index=True, max_length=200)
+    plan_id: str = Field(max_length=80)
+    plan_version: int
+    status: str = Field(default="active", max_length=20)  # active | canceled | replaced
+    started_at: datetime = _utc()
+    anchor_at: datetime = _utc()
+    ended_at: datetime | None = _utc(nullable=True)
+    trial_end: datetime | None = _utc(nullable=True)
+    previous_id: int | None = Field(default=None, foreign_key="subscription.id")
+    created_at: datetime = _utc()
+
+
+class SeatChange(SQLModel, table=True):
+    __tablename__ = "seat_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscription_id: int = Field(foreign_key="subscription.id", index=True)
+    effective_at: datetime = _utc()
+    seats: int
+    created_at: datetime = _utc()
+
+
+class UsageEventRow(SQLModel, table=True):
+    """One usage event, append-only. ``(customer_id, event_id)`` is the client's idempotency key.
+
+    Kept narrow on purpose (ingestion speed): token counts stay in ``properties``; ``model``
+    is promoted for cost reports; ``id`` orders events by arrival (the invoicing watermark)."""
+
+    __tablename__ = "usage_event"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "event_id", name="uq_usage_event_customer_event"),
+        Index("ix_usage_event_customer_ts", "customer_id", "ts"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    customer_id: str = Field(max_length=200)
+    event_id: str = Field(max_length=200)
+    type: str = Field(max_length=100)
+    ts: int = Field(sa_type=BigInteger)
+    properties: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    model: str | None = Field(default=None, max_length=200)
+    cost_pico: int = Field(default=0, sa_type=BigInteger)
+
+
+class UsageCounter(SQLModel, table=True):
+    """Running usage per customer, meter and period, changed only by atomic increments.
+
+    Counts every matching event as ingested (outcome disputes are settled at rating)."""
+
+    __tablename__ = "usage_counter"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    meter: str = Field(primary_key=True, max_length=80)
+    period_start: int = Field(primary_key=True, sa_type=BigInteger)  # microseconds, UTC
+    period_end: int = Field(sa_type=BigInteger)
+    units_micro: int = Field(default=0, sa_type=BigInteger)
+    events: int = Field(default=0, sa_type=BigInteger)
+    cost_pico: int = Field(default=0, sa_type=BigInteger)
+
+
+class CreditGrantRow(SQLModel, table=True):
+    __tablename__ = "credit_grant"
+
+    id: str = Field(primary_key=True, max_length=200)
+    customer_id: str = Field(foreign_key="customer.id", index=True, max_length=200)
+    name: str = Field(default="Prepaid credits", max_length=200)
+    amount_micro: int = Field(sa_type=BigInteger)
+    currency: str = Field(default="USD", max_length=3)
+    effective_at: datetime = _utc()
+    expires_at: datetime | None = _utc(nullable=True)
+    applies_to: str | None = Field(default=None, max_length=1000)  # comma-separated charge keys
+    created_at: datetime = _utc()
+
+
+class CreditBurn(SQLModel, table=True):
+    """Credit drawn by a finalized invoice (append-only; remaining = amount - burns)."""
+
+    __tablename__ = "credit_burn"
+
+    id: int | None = Field(default=None, primary_key=True)
+    grant_id: str = Field(foreign_key="credit_grant.id", index=True, max_length=200)
+    invoice_id: int = Field(foreign_key="invoice.id", index=True)
+    amount_micro: int = Field(sa_type=BigInteger)
+
+
+class Invoice(SQLModel, table=True):
+    """An invoice or a credit note. Finalized documents never change (only their payment
+    status moves: finalized -> paid / void / past_due)."""
+
+    __tablename__ = "invoice"
+
+    id: int | None = Field(default=None, primary_key=True)
+    number: str | None = Field(default=None, unique=True, max_length=40)
+    dedupe_key: str = Field(unique=True, max_length=200)
+    kind: str = Field(default="invoice", max_length=20)  # invoice | credit_note
+    status: str = Field(default="draft", max_length=20)  # draft | finalized | paid | void
+    customer_id: str = Field(foreign_key="customer.id", index=True, max_length=200)
+    subscription_id: int | None = Field(default=None, foreign_key="subscription.id", index=True)
+    corrects_invoice_id: int | None = Field(default=None, foreign_key="invoice.id")
+    plan_id: str = Field(max_length=80)
+    plan_version: int
+    currency: str = Field(max_length=3)
+    period_start: datetime = _utc()
+    period_end: datetime = _utc()
+    total_minor: int = Field(default=0, sa_type=BigInteger)
+    provider_cost_pico: int = Field(default=0, sa_type=BigInteger)
+    ledger_watermark: int = Field(default=0, sa_type=BigInteger)  # last usage_event.id seen
+    created_at: datetime = _utc()
+    finalized_at: datetime | None = _utc(nullable=True)
+    paid_at: datetime | None = _utc(nullable=True)
+    voided_at: datetime | None = _utc(nullable=True)
+    payment_failed_at: datetime | None = _utc(nullable=True)
+    stripe_invoice_id: str | None = Field(default=None, max_length=255)
+
+
+class InvoiceLineRow(SQLModel, table=True):
+    __tablename__ = "invoice_line"
+
+    id: int | None = Field(default=None, primary_key=True)
+    invoice_id: int = Field(foreign_key="invoice.id", index=True)
+    position: int
+    kind: str = Field(max_length=20)  # fee | usage | cap | credit | commitment | adjustment
+    key: str = Field(default="", max_length=200)
+    description: str = Field(max_length=500)
+    quantity: str = Field(sa_type=String(80))
+    unit_price: str | None = Field(default=None, sa_type=String(80))
+    amount_minor: int = Field(sa_type=BigInteger)
+    service_start: datetime = _utc()
+    service_end: datetime = _utc()
+    stripe_line_id: str | None = Field(default=None, max_length=255)
+
+
+class InvoiceRecheck(SQLModel, table=True):
+    """How far the ledger was checked for late events against a finalized invoice."""
+
+    __tablename__ = "invoice_recheck"
+
+    invoice_id: int = Field(primary_key=True, foreign_key="invoice.id")
+    watermark: int = Field(sa_type=BigInteger)
+
+
+class NumberSequence(SQLModel, table=True):
+    """Gap-free document numbers, taken by an atomic increment."""
+
+    __tablename__ = "number_sequence"
+
+    name: str = Field(primary_key=True, max_length=40)
+    value: int = Field(default=0, sa_type=BigInteger)

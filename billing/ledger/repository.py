@@ -1,0 +1,77 @@
+"""Queries for customers, subscriptions, seats, grants and counters (all SQL lives in ledger/)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, or_
+from sqlmodel import Session, select
+
+from billing.ledger.models import (
+    CreditBurn, CreditGrantRow, Customer, SeatChange, Subscription, UsageCounter)
+
+
+def known_customers(session: Session, ids: Iterable[str]) -> dict[str, str]:
+    """customer id -> timezone, for the ids that exist."""
+    ids = list(set(ids))
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), 500):
+        rows = session.exec(select(Customer.id, Customer.timezone).where(Customer.id.in_(ids[i:i + 500])))
+        out.update({cid: tz for cid, tz in rows})
+    return out
+
+
+def get_customer(session: Session, customer_id: str) -> Customer | None:
+    return session.get(Customer, customer_id)
+
+
+def list_customers(session: Session, limit: int = 1000, offset: int = 0) -> Sequence[Customer]:
+    return session.exec(select(Customer).order_by(Customer.id).offset(offset).limit(limit)).all()
+
+
+def subscriptions_for(session: Session, customer_ids: Iterable[str]) -> list[Subscription]:
+    ids = list(set(customer_ids))
+    out: list[Subscription] = []
+    for i in range(0, len(ids), 500):
+        out.extend(session.exec(select(Subscription).where(Subscription.customer_id.in_(ids[i:i + 500]))
+                                .order_by(Subscription.id)).all())
+    return out
+
+
+def active_subscription(session: Session, customer_id: str, at: datetime) -> Subscription | None:
+    return session.exec(
+        select(Subscription).where(Subscription.customer_id == customer_id, Subscription.started_at <= at,
+                                   or_(Subscription.ended_at.is_(None), Subscription.ended_at > at))
+        .order_by(Subscription.started_at.desc())).first()
+
+
+def subscriptions_to_close(session: Session, as_of: datetime) -> Sequence[Subscription]:
+    return session.exec(select(Subscription).where(Subscription.started_at < as_of).order_by(Subscription.id)).all()
+
+
+def seat_history(session: Session, subscription_id: int) -> list[tuple[datetime, int]]:
+    rows = session.exec(select(SeatChange).where(SeatChange.subscription_id == subscription_id)
+                        .order_by(SeatChange.effective_at, SeatChange.id)).all()
+    return [(r.effective_at, r.seats) for r in rows]
+
+
+def grants_with_balance(session: Session, customer_id: str) -> list[tuple[CreditGrantRow, int]]:
+    """Every grant of the customer with its remaining balance in micro-units."""
+    burned = dict(session.exec(
+        select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
+        .join(CreditGrantRow, CreditGrantRow.id == CreditBurn.grant_id)
+        .where(CreditGrantRow.customer_id == customer_id).group_by(CreditBurn.grant_id)).all())
+    grants = session.exec(select(CreditGrantRow).where(CreditGrantRow.customer_id == customer_id)
+                          .order_by(CreditGrantRow.id)).all()
+    return [(g, g.amount_micro - int(burned.get(g.id, 0) or 0)) for g in grants]
+
+
+def counters_for(session: Session, customer_id: str, period_start_us: int) -> dict[str, UsageCounter]:
+    rows = session.exec(select(UsageCounter).where(UsageCounter.customer_id == customer_id,
+                                                   UsageCounter.period_start == period_start_us)).all()
+    return {r.meter: r for r in rows}
+
+
+def all_counters(session: Session) -> Sequence[UsageCounter]:
+    return session.exec(select(UsageCounter)).all()
