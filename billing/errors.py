@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     # auth
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    # stripe
+    INVALID_SIGNATURE = "invalid_signature"
     # generic
     VALIDATION = "validation_error"
     NOT_FOUND = "not_found"

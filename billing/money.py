@@ -8,7 +8,8 @@ full precision. An invoice total is the exact sum of its rounded lines.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 # ISO 4217 minor units for the currencies we are likely to see. Unknown codes
@@ -30,8 +31,12 @@ def minor_units(currency: str) -> int:
     return _MINOR_UNITS.get(currency.upper(), 2)
 
 
+@lru_cache(maxsize=256)
 def quantum(currency: str) -> Decimal:
     return Decimal(1).scaleb(-minor_units(currency))
+
+
+_ROUNDING = Context(prec=50, rounding=ROUND_HALF_UP)
 
 
 def round_line(amount: Decimal, currency: str) -> Decimal:
@@ -39,11 +44,9 @@ def round_line(amount: Decimal, currency: str) -> Decimal:
 
     Half away from zero (ROUND_HALF_UP in Decimal terms), applied once per line.
     """
-    if not isinstance(amount, Decimal):
+    if type(amount) is not Decimal and not isinstance(amount, Decimal):
         raise TypeError(f"money must be Decimal, got {type(amount).__name__}")
-    with localcontext() as ctx:
-        ctx.prec = 50
-        return amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
+    return amount.quantize(quantum(currency), context=_ROUNDING)
 
 
 def to_minor(amount: Decimal, currency: str) -> int:

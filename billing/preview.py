@@ -46,6 +46,10 @@ def read_events(path: str | Path, book: CostBook) -> list[tuple[UsageEvent, Deci
                 out.append((event, event_cost(event, book)))
             except (EventError, UnknownModel, BillingError) as exc:
                 problems.append(f"{path}:{number}: {exc.code}: {exc.message}")
+            except (ArithmeticError, ValueError, TypeError):
+                # e.g. "cost": "abc" (not a quantity key, so parse_event lets it through)
+                problems.append(f"{path}:{number}: {ErrorCode.NON_NUMERIC_QUANTITY}: "
+                                "a numeric property (e.g. 'cost') is not a number")
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise InputError("\n".join(shown), details=problems)

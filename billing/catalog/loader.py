@@ -44,8 +44,17 @@ class _DecimalLoader(yaml.SafeLoader):
     """YAML floats become Decimal (via their text), never binary floats."""
 
 
+_SPECIAL_FLOATS = {".inf": "Infinity", "+.inf": "Infinity", "-.inf": "-Infinity", ".nan": "NaN"}
+
+
 def _decimal_constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal:
-    return Decimal(loader.construct_scalar(node).replace("_", ""))
+    text = loader.construct_scalar(node).replace("_", "")
+    try:
+        # .inf/.nan become non-finite Decimals, which the schema then rejects with a path
+        return Decimal(_SPECIAL_FLOATS.get(text.lower(), text))
+    except ArithmeticError:  # e.g. YAML 1.1 sexagesimal floats (1:30.5)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot read {text!r} as a decimal number", node.start_mark) from None
 
 
 _DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal_constructor)
@@ -81,8 +90,15 @@ def _real_path(data: Any, loc: tuple) -> list[Any]:
     return parts
 
 
+_DISCRIMINATORS = ("model", "policy", "type")  # the tag fields of the schema's unions
+_MEMBER_NAMES = frozenset({"str", "int", "bool", "float", "decimal", "none"})  # smart-union members
+
+
 def _is_tag(node: dict, part: str) -> bool:
-    return any(isinstance(v, str) and v == part for v in node.values()) or part.startswith(
+    """A union tag is the node's discriminator value (``per_unit`` for ``model: per_unit``),
+    not any value: a flat fee named "amount" that lacks ``amount`` must report ``amount``.
+    A smart union (a filter value: str | int | bool | list) names its members in ``loc``."""
+    return any(node.get(k) == part for k in _DISCRIMINATORS) or part in _MEMBER_NAMES or part.startswith(
         ("function-", "tagged-union", "union[", "list[", "dict[", "json-or-python"))
 
 
@@ -133,6 +149,10 @@ def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     for i, charge in enumerate(charges if isinstance(charges, list) else []):
         if not isinstance(charge, dict):
             continue
+        price_doc = charge.get("price")
+        if isinstance(price_doc, dict) and isinstance(price_doc.get("tiers"), list):
+            problems.extend((["charges", i, "price", "tiers", *where], msg)
+                            for where, msg in _tier_problems(price_doc["tiers"]))
         if charge.get("meter") not in meter_keys:
             problems.append((["charges", i, "meter"],
                              f"unknown meter {charge.get('meter')!r}; defined: {sorted(k for k in meter_keys if k)}"))
@@ -159,6 +179,33 @@ def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     return problems
 
 
+def _number(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+        return None
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
+
+
+def _tier_problems(tiers: list) -> list[tuple[list[Any], str]]:
+    """The tier-ordering rules of ``schema._check_tiers``, each reported at its own
+    ``tiers[i].up_to`` (pydantic can only point at the whole list)."""
+    problems: list[tuple[list[Any], str]] = []
+    up_tos = [t.get("up_to") if isinstance(t, dict) else None for t in tiers]
+    for i, up_to in enumerate(up_tos[:-1]):
+        if up_to is None:
+            problems.append(([i, "up_to"], "only the last tier may be unbounded (up_to: null)"))
+            continue
+        current, following = _number(up_to), _number(up_tos[i + 1])
+        if current is not None and following is not None and following <= current:
+            problems.append(([i + 1, "up_to"], f"up_to must be greater than {up_to} (the previous tier's)"))
+    if up_tos and up_tos[-1] is not None and isinstance(tiers[-1], dict):
+        problems.append(([len(tiers) - 1, "up_to"], "the last tier must be unbounded (up_to: null)"))
+    return problems
+
+
 # --------------------------------------------------------------------- loading
 
 def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
@@ -180,6 +227,8 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
     except ValidationError as exc:
         for err in exc.errors():
             parts = _real_path(data, err["loc"])
+            if err["type"] == "value_error" and parts[-1:] == ["tiers"]:
+                continue  # tier ordering: reported per tier by _semantic_problems
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see plans/README.md)"

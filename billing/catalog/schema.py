@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -59,13 +60,19 @@ class Meter(Frozen):
     multipliers: Multipliers | None = None
     disputes: Disputes | None = None
 
+    @cached_property
+    def _filter_sets(self) -> tuple[tuple[str, frozenset[str]], ...]:
+        return tuple((prop, frozenset(str(o) for o in (allowed if isinstance(allowed, list) else [allowed])))
+                     for prop, allowed in self.filter.items())
+
     def matches(self, event_type: str, properties: dict) -> bool:
+        """The event is of this meter's type and every filter property has an allowed value
+        (values compare as text: 5 matches "5")."""
         if event_type != self.event_type:
             return False
-        for prop, allowed in self.filter.items():
+        for prop, options in self._filter_sets:
             value = properties.get(prop)
-            options = allowed if isinstance(allowed, list) else [allowed]
-            if value is None or str(value) not in {str(o) for o in options}:
+            if value is None or (value if type(value) is str else str(value)) not in options:
                 return False
         return True
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from billing.cli import invoice, plans
+from billing.cli import invoice, ledger_cmds, plans
+from billing.cli import stripe as stripe_cli
 from billing.cli.demo import demo
 
 app = typer.Typer(help="Pricing & billing engine for AI products.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(plans.app, name="plans")
 app.add_typer(invoice.app, name="invoice")
+app.add_typer(ledger_cmds.db_app, name="db")
+app.add_typer(ledger_cmds.customers_app, name="customers")
+app.add_typer(ledger_cmds.subs_app, name="subscriptions")
+app.add_typer(ledger_cmds.credits_app, name="credits")
+app.add_typer(ledger_cmds.events_app, name="events")
+app.add_typer(stripe_cli.app, name="stripe")
 app.command("demo")(demo)

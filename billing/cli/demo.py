@@ -1,51 +1,104 @@
-"""`billing demo`: rate a synthetic month under the example plans and print the invoices."""
+"""`billing demo`: the whole loop on a fresh SQLite ledger.
+
+Customers across light / medium / heavy / power segments subscribe to the example plans,
+a synthetic October 2026 of events from several models is ingested, the period is closed,
+and the invoices and each customer's revenue, provider cost and gross margin are printed.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from billing.catalog import Catalog
-from billing.cli.render import console, invoice_table
-from billing.costs import CostBook, event_cost
-from billing.events import parse_event
-from billing.money import round_line
-from billing.preview import preview
+from billing.cli.render import console
 from billing.rating.periods import calendar_month
-from billing.simulate.synthetic import SEGMENTS, customer_events
+from billing.simulate.synthetic import Population, population_events
+
+PLAN_BY_SEGMENT = {
+    "light": ["support-chatbot", "copilot-premium", "cursor-pro", "support-resolutions", "team"],
+    "medium": ["support-chatbot", "team", "cursor-pro", "token-api"],
+    "heavy": ["team", "support-chatbot"],
+    "power": ["cursor-pro"],
+}
+PICO = Decimal(10) ** 12
 
 
 def demo(
     plans_dir: Annotated[Path, typer.Option("--plans", help="Plan directory.")] = Path("plans"),
+    db: Annotated[Path, typer.Option(help="SQLite file to (re)create for the demo.")] = Path("billing-demo.db"),
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic usage.")] = 7,
+    show: Annotated[int, typer.Option(help="How many invoices to print in full.")] = 3,
 ) -> None:
-    """Rate a synthetic October 2026 (light/medium/heavy/power users) under every example plan."""
+    """Run the whole loop on a fresh SQLite ledger: customers, a month of events, close, invoices, margins."""
+    from billing.invoicing.service import Invoicing, invoice_json
+    from billing.ledger.accounts import Accounts
+    from billing.ledger.db import make_engine, upgrade
+    from billing.ledger.ingest import Ledger
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite:///{db}"
+    upgrade(url)
+    engine = make_engine(url)
     catalog = Catalog.from_paths(plans_dir)
-    book = CostBook.load_default()
     period = calendar_month(2026, 10)
-    costed = []
-    for name, segment in SEGMENTS.items():
-        for data in customer_events(f"{name}-user", segment, period.start, period.end, seed):
-            event = parse_event(data)
-            costed.append((event, event_cost(event, book)))
-    at = datetime(2026, 10, 1, tzinfo=UTC)
-    for plan_id in catalog.plan_ids():
-        plan = catalog.resolve(plan_id, at)
-        invoices = preview(plan, costed, period=period, seats=3)
-        medium = next(i for i in invoices if i.customer.startswith("medium"))
-        console.print(invoice_table(medium))  # the medium user in full
-        summary = Table(title=f"{plan.name}: every segment", title_justify="left")
-        for col in ("Customer", "Invoice", "Provider cost", "Gross margin", "Margin %"):
-            summary.add_column(col, justify="left" if col == "Customer" else "right")
-        for inv in sorted(invoices, key=lambda i: i.total):
-            cost = round_line(inv.provider_cost, inv.currency)
-            margin = inv.total - cost
-            pct = f"{(margin / inv.total * 100).quantize(Decimal('0.1'))}%" if inv.total else "n/a"
-            summary.add_row(inv.customer, str(inv.total), str(cost), str(margin), pct)
-        console.print(summary)
-        console.print()
+    now = period.end + timedelta(hours=1)
+    accounts = Accounts(engine, catalog)
+    population = Population({"light": 5, "medium": 4, "heavy": 2, "power": 1})
+    plan_of: dict[str, str] = {}
+    for customer, segment in population.customers():
+        options = PLAN_BY_SEGMENT[segment.name]
+        index = int(customer.rsplit("-", 1)[1]) - 1
+        plan_of[customer] = options[index % len(options)]
+        accounts.create_customer(customer, name=f"{segment.name.title()} user", now=period.start)
+        accounts.subscribe(customer, plan_of[customer], at=period.start, seats=3 if segment.name != "light" else 1)
+    accounts.grant_credits("medium-002", Decimal("25.00"), at=period.start, name="Launch credits",
+                           grant_id="launch-medium-002")
+
+    events = list(population_events(population, period.start, period.end, seed))
+    ledger = Ledger(engine, catalog, clock=lambda: now)
+    with Progress(TextColumn("ingesting events"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("ingest", total=len(events))
+        result = ledger.record(events, chunk_size=2000, progress=lambda n: bar.advance(task, n))
+    console.print(f"ledger: {result.accepted} events accepted into {db}", highlight=False)
+
+    invoicing = Invoicing(engine, catalog, clock=lambda: now)
+    closed = invoicing.close(period.end)
+    console.print(f"closed {period.label or '2026-10'}: {len(closed.invoices)} invoices finalized\n", highlight=False)
+    docs = [invoice_json(*invoicing.get(i)) for i in closed.invoices]
+    for doc in sorted(docs, key=lambda d: d["total"], reverse=True)[:show]:
+        table = Table("Description", "Quantity", "Unit price", "Amount (USD)", title_justify="left",
+                      title=f"{doc['number']} — {doc['customer']} — {doc['plan']['id']} — October 2026")
+        for ln in doc["lines"]:
+            table.add_row(ln["description"], ln["quantity"], ln["unit_price"] or "", ln["amount"])
+        table.add_section()
+        table.add_row("[bold]Total[/bold]", "", "", f"[bold]{doc['total']}[/bold]")
+        console.print(table)
+
+    summary = Table("Customer", "Plan", "Invoice", "Revenue", "Provider cost", "Gross margin", "Margin %",
+                    title="Revenue, provider cost and gross margin per customer (October 2026)",
+                    title_justify="left")
+    totals = [Decimal(0), Decimal(0)]
+    for doc in sorted(docs, key=lambda d: d["customer"]):
+        revenue = Decimal(doc["total"])
+        cost = (Decimal(doc["provider_cost"])).quantize(Decimal("0.01"))
+        margin = revenue - cost
+        pct = f"{(margin / revenue * 100).quantize(Decimal('0.1'))}%" if revenue else "n/a"
+        style = "red" if margin < 0 else ""
+        summary.add_row(doc["customer"], doc["plan"]["id"], doc["number"], str(revenue), str(cost),
+                        f"[{style}]{margin}[/{style}]" if style else str(margin), pct)
+        totals[0] += revenue
+        totals[1] += cost
+    summary.add_section()
+    margin = totals[0] - totals[1]
+    summary.add_row("[bold]All[/bold]", "", "", str(totals[0]), str(totals[1]), str(margin),
+                    f"{(margin / totals[0] * 100).quantize(Decimal('0.1'))}%" if totals[0] else "n/a")
+    console.print(summary)

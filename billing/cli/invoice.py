@@ -17,9 +17,7 @@ from billing.rating.periods import Period, parse_period_label
 app = typer.Typer(help="Invoices: preview, close, show, list.", no_args_is_help=True)
 
 
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+from billing.cli.context import fail  # noqa: E402
 
 
 @app.command("preview")
@@ -65,3 +63,73 @@ def preview_cmd(
     else:
         for inv in invoices:
             console.print(invoice_table(inv))
+
+
+def _invoicing():
+    from billing.cli.context import catalog, engine
+    from billing.invoicing.service import Invoicing
+
+    return Invoicing(engine(), catalog())
+
+
+@app.command("close")
+def close_cmd(
+    as_of: Annotated[str, typer.Option("--as-of", help="Close every period that ended by this instant (ISO).")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Finalize every subscription period that ended by --as-of (idempotent)."""
+    from billing.cli.context import instant, run
+
+    result = run(lambda: _invoicing().close(instant(as_of, "--as-of")))
+    if as_json:
+        print_json(result.to_json())
+    else:
+        console.print(f"finalized {len(result.invoices)} invoice(s), {len(result.credit_notes)} credit note(s); "
+                      f"{result.adjusted_periods} closed period(s) adjusted for late events", highlight=False)
+
+
+@app.command("show")
+def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One invoice or credit note with its lines."""
+    from rich.table import Table
+
+    from billing.cli.context import run
+    from billing.invoicing.service import invoice_json
+
+    header, lines = run(lambda: _invoicing().get(invoice_id))
+    doc = invoice_json(header, lines)
+    if as_json:
+        print_json(doc)
+        return
+    title = (f"{doc['number'] or 'draft'} ({doc['kind']}, {doc['status']}) — {doc['customer']} — "
+             f"{doc['plan']['id']} v{doc['plan']['version']} — {doc['period']['start'][:10]} .. {doc['period']['end'][:10]}")
+    table = Table("Description", "Quantity", "Unit price", f"Amount ({doc['currency']})", title=title,
+                  title_justify="left")
+    for ln in doc["lines"]:
+        table.add_row(ln["description"], ln["quantity"], ln["unit_price"] or "", ln["amount"])
+    table.add_section()
+    table.add_row("[bold]Total[/bold]", "", "", f"[bold]{doc['total']}[/bold]")
+    console.print(table)
+
+
+@app.command("list")
+def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
+             status: Annotated[str | None, typer.Option()] = None,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Invoices and credit notes, oldest first."""
+    from rich.table import Table
+
+    from billing.invoicing.service import _from_minor
+
+    rows = _invoicing().list(customer, status)
+    docs = [{"id": r.id, "number": r.number, "kind": r.kind, "status": r.status, "customer": r.customer_id,
+             "period_start": r.period_start.isoformat(), "period_end": r.period_end.isoformat(),
+             "total": f"{_from_minor(r.total_minor, r.currency):f}", "currency": r.currency} for r in rows]
+    if as_json:
+        print_json(docs)
+        return
+    table = Table("Id", "Number", "Kind", "Status", "Customer", "Period", "Total")
+    for d in docs:
+        table.add_row(str(d["id"]), d["number"] or "", d["kind"], d["status"], d["customer"],
+                      f"{d['period_start'][:10]} .. {d['period_end'][:10]}", f"{d['total']} {d['currency']}")
+    console.print(table)

@@ -12,8 +12,9 @@ from rich.table import Table
 from billing.money import dec_str
 from billing.rating.types import RatedInvoice
 
-console = Console()
-err_console = Console(stderr=True)
+# Not a terminal (CI logs, pipes): a wide fixed width so tables are not truncated.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def print_json(data: Any) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from functools import lru_cache
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -20,9 +22,25 @@ def _chunks(items: Sequence, size: int = _CHUNK):
         yield items[i:i + size]
 
 
-def subscriptions_started_before(conn: Connection, as_of: datetime) -> list[Subscription]:
-    rows = conn.execute(select(Subscription).where(Subscription.started_at < as_of).order_by(Subscription.id))
-    return [Subscription.model_validate(r._mapping) for r in rows]
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """A subscription as invoicing reads it (a plain row, cheap to load by the thousand)."""
+
+    id: int
+    customer_id: str
+    plan_id: str
+    plan_version: int
+    started_at: datetime
+    anchor_at: datetime
+    ended_at: datetime | None
+    trial_end: datetime | None
+
+
+def subscriptions_started_before(conn: Connection, as_of: datetime) -> list[SubscriptionRow]:
+    t = Subscription.__table__.c
+    rows = conn.execute(select(t.id, t.customer_id, t.plan_id, t.plan_version, t.started_at, t.anchor_at,
+                               t.ended_at, t.trial_end).where(t.started_at < as_of).order_by(t.id))
+    return [SubscriptionRow(*r) for r in rows]
 
 
 def customer_timezones(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
@@ -89,33 +107,72 @@ def take_numbers(conn: Connection, name: str, count: int) -> list[int]:
     return list(range(result - count + 1, result + 1))
 
 
+def _db_value(pg: bool, value):
+    """Bind values the way the ORM stores them (SQLite: naive UTC text with microseconds)."""
+    if isinstance(value, datetime):
+        return _db_datetime(pg, value)
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _db_datetime(pg: bool, value: datetime):
+    value = value.astimezone(UTC)
+    return value if pg else value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _bulk_insert(conn: Connection, table: str, rows: list[dict], key: str | None = None) -> dict:
+    """Multi-row INSERT through the driver; with ``key``, return {row[key]: new id}."""
+    if not rows:
+        return {}
+    pg = conn.dialect.name == "postgresql"
+    ph = "%s" if pg else "?"
+    columns = list(rows[0])
+    per_statement = max(1, min(1000, 30_000 // len(columns)))
+    ids: dict = {}
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i:i + per_statement]
+            values = ",".join(["(" + ",".join([ph] * len(columns)) + ")"] * len(chunk))
+            params = [_db_value(pg, r[c]) for r in chunk for c in columns]
+            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
+            if key:
+                cursor.execute(sql + f" RETURNING id, {key}", params)
+                ids.update({k: i_ for i_, k in cursor.fetchall()})
+            else:
+                cursor.execute(sql, params)
+    finally:
+        cursor.close()
+    return ids
+
+
 def insert_invoices(conn: Connection, invoices: list[dict], lines: list[list[dict]]) -> list[int]:
     """Insert invoices and their lines; return the invoice ids (same order)."""
     if not invoices:
         return []
-    table = Invoice.__table__
-    ids = [row.id for row in conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True),
-                                           invoices)]
-    flat = []
-    for invoice_id, invoice_lines in zip(ids, lines):
-        for line in invoice_lines:
-            flat.append({**line, "invoice_id": invoice_id})
-    if flat:
-        conn.execute(insert(InvoiceLineRow.__table__), flat)
+    by_key = _bulk_insert(conn, "invoice", invoices, key="dedupe_key")
+    ids = [by_key[doc["dedupe_key"]] for doc in invoices]
+    flat = [{**line, "invoice_id": invoice_id} for invoice_id, invoice_lines in zip(ids, lines)
+            for line in invoice_lines]
+    for row in flat:
+        row.setdefault("stripe_line_id", None)
+    _bulk_insert(conn, "invoice_line", flat)
     return ids
 
 
 def insert_burns(conn: Connection, burns: list[dict]) -> None:
-    if burns:
-        conn.execute(insert(CreditBurn.__table__), burns)
+    _bulk_insert(conn, "credit_burn", burns)
 
 
 def finalized_invoices(conn: Connection, subscription_ids: Sequence[int]) -> list[Invoice]:
+    """The finalized period invoices (``inv:`` keys): one per billed period, so each period is
+    re-checked for late events once (standalone adjustment invoices bill the same period)."""
     out: list[Invoice] = []
     for part in _chunks(list(subscription_ids)):
         rows = conn.execute(select(Invoice).where(Invoice.subscription_id.in_(part), Invoice.kind == "invoice",
                                                   Invoice.status.in_(("finalized", "paid")),
-                                                  Invoice.corrects_invoice_id.is_(None)))
+                                                  Invoice.corrects_invoice_id.is_(None),
+                                                  Invoice.dedupe_key.startswith("inv:")))
         out.extend(Invoice.model_validate(r._mapping) for r in rows)
     return out
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 
 import sqlmodel
 from sqlalchemy import Engine, update
@@ -24,7 +25,7 @@ from sqlmodel import Session
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import repository as repo
-from billing.ledger.aggregate_sql import aggregate_meters, max_event_id, provider_costs
+from billing.ledger.aggregate_sql import aggregate_window, max_event_id
 from billing.ledger.counters import MICRO, to_micro
 from billing.ledger.models import Invoice, InvoiceLineRow, Subscription
 from billing.ledger.types import to_us
@@ -66,16 +67,31 @@ def _from_minor(value: int, currency: str) -> Decimal:
     return Decimal(value).scaleb(-minor_units(currency))
 
 
-def cycle_for(sub: Subscription, plan: Plan, timezone: str) -> BillingCycle:
-    return BillingCycle(plan.billing.interval, plan.billing.anchor, timezone,
-                        sub.anchor_at if plan.billing.anchor == "anniversary" else None)
+@lru_cache(maxsize=4096)
+def _cycle(interval: str, anchor: str, timezone: str, anchor_at: datetime | None) -> BillingCycle:
+    return BillingCycle(interval, anchor, timezone, anchor_at)
+
+
+@lru_cache(maxsize=65536)
+def _period_of(cycle: BillingCycle, at: datetime) -> Period:
+    return cycle.period_containing(at)
+
+
+@lru_cache(maxsize=65536)
+def _next(cycle: BillingCycle, period: Period) -> Period:
+    return cycle.next_period(period)
+
+
+def cycle_for(sub, plan: Plan, timezone: str) -> BillingCycle:
+    return _cycle(plan.billing.interval, plan.billing.anchor, timezone,
+                  sub.anchor_at if plan.billing.anchor == "anniversary" else None)
 
 
 def due_windows(sub: Subscription, plan: Plan, timezone: str, as_of: datetime) -> list[tuple[Period, datetime, datetime]]:
     """(period, window start, window end) of every period of ``sub`` that has ended by ``as_of``."""
     cycle = cycle_for(sub, plan, timezone)
     out = []
-    period = cycle.period_containing(sub.started_at)
+    period = _period_of(cycle, sub.started_at)
     while True:
         start = max(period.start, sub.started_at)
         end = min(period.end, sub.ended_at) if sub.ended_at else period.end
@@ -84,7 +100,7 @@ def due_windows(sub: Subscription, plan: Plan, timezone: str, as_of: datetime) -
         out.append((period, start, end))
         if sub.ended_at is not None and period.end >= sub.ended_at:
             break
-        period = cycle.next_period(period)
+        period = _next(cycle, period)
     return out
 
 
@@ -118,7 +134,16 @@ class Invoicing:
             newest: dict[int, int] = {}  # subscription -> index in `rated` of its latest new invoice
             for i, (job, _) in enumerate(rated):
                 newest[job.sub.id] = i
-            adjustments, credit_notes = self._late_changes(conn, subs, zones, watermark, existing)
+            # an increase waits for the subscription's next invoice unless it can be billed now
+            billable_now = {s.id for s in subs if s.id in newest or (s.ended_at is not None and s.ended_at <= as_of)}
+            # grant credit drawn by this run's new invoices (not yet stored as burns)
+            drawn_now: dict[str, int] = defaultdict(int)
+            for _, inv in rated:
+                for grant_id, amount in inv.credits_used.items():
+                    if not grant_id.startswith("plan:"):
+                        drawn_now[grant_id] += to_micro(amount)
+            adjustments, credit_notes = self._late_changes(conn, subs, zones, watermark, existing, billable_now,
+                                                           drawn_now)
             result.adjusted_periods = len(adjustments) + len(credit_notes)
             docs, doc_lines, burns = [], [], []
             for i, (job, inv) in enumerate(rated):
@@ -143,10 +168,12 @@ class Invoicing:
                 for pos, row in enumerate(adj_lines):
                     row["position"] = pos
                 docs.append({**_doc_base(sub, plan, adj_lines[0]["service_start"], adj_lines[0]["service_end"], now,
-                                         watermark), "dedupe_key": f"adj:{sub_id}:{watermark}",
+                                         watermark),
+                             "dedupe_key": f"adj:{sub_id}:{to_us(adj_lines[0]['service_start'])}:{watermark}",
                              "total_minor": sum(r["amount_minor"] for r in adj_lines)})
                 doc_lines.append(adj_lines)
                 burns.append({})
+            self._finalize(docs, repo.take_numbers(conn, "INV", len(docs)), "INV", now)
             ids = repo.insert_invoices(conn, docs, doc_lines)
             self._record_burns(conn, ids, burns, doc_lines)
             note_docs, note_lines = [], []
@@ -161,10 +188,9 @@ class Invoicing:
                                   "dedupe_key": f"cn:{original_id}:{watermark}",
                                   "total_minor": sum(r["amount_minor"] for r in lines)})
                 note_lines.append(lines)
+            self._finalize(note_docs, repo.take_numbers(conn, "CN", len(note_docs)), "CN", now)
             note_ids = repo.insert_invoices(conn, note_docs, note_lines)
             self._record_burns(conn, note_ids, [{} for _ in note_ids], note_lines)
-            self._finalize(conn, ids, "INV")
-            self._finalize(conn, note_ids, "CN")
             result.invoices = ids
             result.credit_notes = note_ids
             if progress:
@@ -180,8 +206,7 @@ class Invoicing:
         out: list[tuple[_Job, RatedInvoice]] = []
         for (_, _, start, end), members in groups.items():
             customers = sorted({j.sub.customer_id for j in members})
-            usage = aggregate_meters(conn, members[0].plan, customers, to_us(start), to_us(end), watermark)
-            costs = provider_costs(conn, customers, to_us(start), to_us(end), watermark)
+            usage, costs = aggregate_window(conn, members[0].plan, customers, to_us(start), to_us(end), watermark)
             for job in members:
                 cid = job.sub.customer_id
                 inv = rate_period(RatingInput(
@@ -199,8 +224,14 @@ class Invoicing:
         return out
 
     def _late_changes(self, conn, subs: list[Subscription], zones: dict[str, str], watermark: int,
-                      existing_keys: set[str]):
-        """Re-rate finalized periods that got late events; return (adjustments, credit notes)."""
+                      existing_keys: set[str], billable_now: set[int], drawn_now: dict[str, int]):
+        """Re-rate finalized periods that got late events; return (adjustments, credit notes).
+
+        A period is marked re-checked up to ``watermark`` only when its difference is billed
+        in this run: a net increase for a subscription not in ``billable_now`` (no new invoice
+        to carry it yet) stays pending, and is found again by the next close. ``drawn_now``
+        (grant id -> micro-units drawn in this run, not yet stored) is kept up to date so
+        re-rated periods never draw credit that is already spent."""
         adjustments: list[tuple[int, list[dict]]] = []
         credit_notes: list[tuple[int, int, list[dict]]] = []
         by_id = {s.id: s for s in subs}
@@ -215,19 +246,24 @@ class Invoicing:
             reach = max((m.disputes.window_days for m in plan.meters if m.disputes), default=0) * 86_400_000_000
             late = repo.has_late_events(conn, sub.customer_id, seen, to_us(inv.period_start),
                                         to_us(inv.period_end) + reach)
-            repo.set_recheck(conn, inv.id, watermark)
             if not late:
+                repo.set_recheck(conn, inv.id, watermark)
                 continue
             tz = zones.get(sub.customer_id, "UTC")
             period = cycle_for(sub, plan, tz).period_containing(inv.period_start)
             window_start, window_end = inv.period_start, inv.period_end
-            rerated = self._rerate(conn, sub, plan, period, window_start, window_end, watermark, inv.id)
             billed: dict[str, int] = defaultdict(int)
             names: dict[str, str] = {f.key: f.name or f.key for f in plan.fees}
             names.update({c.key: c.name or c.key for c in plan.charges})
             for key, amount, description, _kind in repo.billed_lines_for_period(conn, sub.id, window_start, window_end):
                 billed[key] += amount
                 names.setdefault(key, description)
+            grants = repo.grants(conn, [sub.customer_id]).get(sub.customer_id, [])
+            scale = 10 ** (6 - minor_units(plan.currency))
+            # the credit this period drew so far (its credit lines, adjustments included)
+            earlier = {g.id: -billed[g.id] * scale for g, _ in grants if billed.get(g.id)}
+            available = [(g, bal - drawn_now.get(g.id, 0) + earlier.get(g.id, 0)) for g, bal in grants]
+            rerated = self._rerate(conn, sub, plan, period, window_start, window_end, watermark, available)
             fresh: dict[str, int] = defaultdict(int)
             for ln in rerated.lines:
                 fresh[ln.key] += _minor(ln.amount, plan.currency)
@@ -235,6 +271,7 @@ class Invoicing:
             diffs = {k: fresh.get(k, 0) - billed.get(k, 0) for k in set(fresh) | set(billed)}
             diffs = {k: v for k, v in sorted(diffs.items()) if v}
             if not diffs:
+                repo.set_recheck(conn, inv.id, watermark)
                 continue
             label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
             rows = [{"kind": "adjustment", "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
@@ -242,17 +279,20 @@ class Invoicing:
                      "service_end": window_end} for k, v in diffs.items()]
             if sum(diffs.values()) < 0:
                 credit_notes.append((sub.id, inv.id, rows))
-            else:
+            elif sub.id in billable_now:
                 adjustments.append((sub.id, rows))
+            else:
+                continue  # pending: re-rated again (with any newer events) by the next close
+            repo.set_recheck(conn, inv.id, watermark)
+            for grant, _ in grants:  # credit drawn (or given back) by these lines
+                drawn_now[grant.id] -= diffs.get(grant.id, 0) * scale
         return adjustments, credit_notes
 
-    def _rerate(self, conn, sub, plan, period, start, end, watermark, invoice_id) -> RatedInvoice:
-        usage = aggregate_meters(conn, plan, [sub.customer_id], to_us(start), to_us(end), watermark)
-        cost = provider_costs(conn, [sub.customer_id], to_us(start), to_us(end), watermark)
+    def _rerate(self, conn, sub, plan, period, start, end, watermark, grants) -> RatedInvoice:
+        """Rate the period again on the current ledger; ``grants``: (grant, micro-units this
+        period may draw: what is left now plus what the period already drew)."""
+        usage, cost = aggregate_window(conn, plan, [sub.customer_id], to_us(start), to_us(end), watermark)
         seats = repo.seat_histories(conn, [sub.id]).get(sub.id, ())
-        # grants as they stood before this period was billed: balance now + what it drew
-        earlier = repo.burns_by_invoices(conn, repo.invoices_billing_period(conn, sub.id, start, end))
-        grants = [(g, bal + earlier.get(g.id, 0)) for g, bal in repo.grants(conn, [sub.customer_id]).get(sub.customer_id, ())]
         return rate_period(RatingInput(
             plan, sub.customer_id, period, usage[sub.customer_id], seats, _grant_inputs(grants, plan.currency),
             active_from=start if start > period.start else None, active_until=end if end < period.end else None,
@@ -275,13 +315,11 @@ class Invoicing:
                                  "amount_micro": -line["amount_minor"] * scale})
         repo.insert_burns(conn, rows)
 
-    def _finalize(self, conn, ids: list[int], prefix: str) -> None:
-        numbers = repo.take_numbers(conn, prefix, len(ids))
-        now = self.clock()
-        table = Invoice.__table__
-        for invoice_id, number in zip(ids, numbers):
-            conn.execute(update(table).where(table.c.id == invoice_id, table.c.status == "draft")
-                         .values(status="finalized", number=f"{prefix}-{number:06d}", finalized_at=now))
+    @staticmethod
+    def _finalize(docs: list[dict], numbers: list[int], prefix: str, now: datetime) -> None:
+        """draft -> finalized: a gap-free number, in the same transaction that writes the document."""
+        for doc, number in zip(docs, numbers):
+            doc.update(status="finalized", number=f"{prefix}-{number:06d}", finalized_at=now)
 
     # ------------------------------------------------------------- state changes
     def _transition(self, invoice_id: int, allowed: tuple[str, ...], **values) -> Invoice:

@@ -31,11 +31,16 @@ class _Sql:
         self.ph = "%s" if self.pg else "?"
 
     def text(self, prop: str, alias: str = "e") -> str:
+        """The property as text, like Python's ``str()`` of the JSON value (true -> 'True')."""
         if prop == "model":
             return f"{alias}.model"
         if not _SAFE.match(prop):
             raise ValueError(f"property name {prop!r} cannot be used in SQL aggregation")
-        return f"({alias}.properties->>'{prop}')" if self.pg else f"CAST(json_extract({alias}.properties, '$.{prop}') AS TEXT)"
+        if self.pg:
+            return (f"(CASE json_typeof({alias}.properties->'{prop}') WHEN 'boolean' "
+                    f"THEN initcap({alias}.properties->>'{prop}') ELSE {alias}.properties->>'{prop}' END)")
+        return (f"(CASE json_type({alias}.properties, '$.{prop}') WHEN 'true' THEN 'True' WHEN 'false' THEN 'False' "
+                f"ELSE CAST(json_extract({alias}.properties, '$.{prop}') AS TEXT) END)")
 
     def number(self, prop: str) -> str:
         """The property as an exact number (PG numeric) or micro-units (SQLite integer)."""
@@ -51,12 +56,10 @@ class _Sql:
         return Decimal(value) if self.pg else Decimal(value) / MICRO
 
 
-def _where(sql: _Sql, meter: Meter, customers: Sequence[str], start_us: int, end_us: int, watermark: int,
-           params: list) -> str:
-    """The WHERE clause selecting a meter's events; appends its parameters in order."""
-    clauses = [f"e.customer_id IN ({','.join([sql.ph] * len(customers))})", f"e.type = {sql.ph}",
-               f"e.ts >= {sql.ph}", f"e.ts < {sql.ph}", f"e.id <= {sql.ph}"]
-    params.extend([*customers, meter.event_type, start_us, end_us, watermark])
+def _meter_condition(sql: _Sql, meter: Meter, watermark: int, params: list) -> str:
+    """SQL condition selecting a meter's events (type, property filters, disputes)."""
+    clauses = [f"e.type = {sql.ph}"]
+    params.append(meter.event_type)
     for prop, allowed in meter.filter.items():
         options = allowed if isinstance(allowed, list) else [allowed]
         clauses.append(f"{sql.text(prop)} IN ({','.join([sql.ph] * len(options))})")
@@ -72,6 +75,82 @@ def _where(sql: _Sql, meter: Meter, customers: Sequence[str], start_us: int, end
     return " AND ".join(clauses)
 
 
+def _window(sql: _Sql, customers: Sequence[str] | None, start_us: int, end_us: int, watermark: int,
+            params: list) -> str:
+    clauses = [f"e.ts >= {sql.ph}", f"e.ts < {sql.ph}", f"e.id <= {sql.ph}"]
+    params.extend([start_us, end_us, watermark])
+    if customers is not None:
+        clauses.append(f"e.customer_id IN ({','.join([sql.ph] * len(customers))})")
+        params.extend(customers)
+    return " AND ".join(clauses)
+
+
+def _where(sql: _Sql, meter: Meter, customers: Sequence[str] | None, start_us: int, end_us: int, watermark: int,
+           params: list) -> str:
+    """The WHERE clause selecting a meter's events (of ``customers``, or of everyone in the
+    window when None); appends its parameters in order."""
+    window = _window(sql, customers, start_us, end_us, watermark, params)
+    return window + " AND " + _meter_condition(sql, meter, watermark, params)
+
+
+def _is_simple(plan: Plan, meter: Meter) -> bool:
+    """Meters a single conditional-aggregate pass can compute."""
+    return (meter.multipliers is None and meter.disputes is None and meter.aggregation in ("count", "sum", "max")
+            and not any(c.meter == meter.key and isinstance(c.price, PercentagePrice) and needs_transactions(c.price)
+                        for c in plan.charges))
+
+
+def aggregate_window(conn: Connection, plan: Plan, customers: Sequence[str], start_us: int, end_us: int,
+                     watermark: int) -> tuple[dict[str, dict[str, MeterTotals]], dict[str, Decimal]]:
+    """Every meter of ``plan`` and the total provider cost, per customer, over [start, end).
+
+    Simple meters share ONE pass over the window (conditional aggregates) with the cost;
+    meters with multipliers, disputes, unique counts or per-transaction pricing get their own."""
+    sql = _Sql(conn.dialect.name)
+    customers = list(customers)
+    scan = len(customers) > _CHUNK
+    wanted = set(customers)
+    usage: dict[str, dict[str, MeterTotals]] = {c: {} for c in customers}
+    costs: dict[str, Decimal] = {}
+    simple = [m for m in plan.meters if _is_simple(plan, m)]
+    params: list = []
+    columns = ["e.customer_id", "SUM(e.cost_pico)"]
+    for meter in simple:
+        cond = _meter_condition(sql, meter, watermark, params)
+        value = "1" if meter.aggregation == "count" else sql.number(meter.property)
+        agg = "MAX" if meter.aggregation == "max" else "SUM"
+        columns.append(f"{agg}(CASE WHEN {cond} THEN {value} END)")
+        p2: list = []
+        columns.append(f"SUM(CASE WHEN {_meter_condition(sql, meter, watermark, p2)} THEN 1 ELSE 0 END)")
+        params.extend(p2)
+        p3: list = []
+        columns.append(f"SUM(CASE WHEN {_meter_condition(sql, meter, watermark, p3)} THEN e.cost_pico ELSE 0 END)")
+        params.extend(p3)
+    where = _window(sql, None if scan else customers, start_us, end_us, watermark, params)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(f"SELECT {', '.join(columns)} FROM usage_event e WHERE {where} GROUP BY e.customer_id", params)
+        for row in cursor.fetchall():
+            customer = row[0]
+            if customer not in wanted:
+                continue
+            costs[customer] = Decimal(int(row[1] or 0)) / PICO
+            for n, meter in enumerate(simple):
+                raw, events, cost = row[2 + 3 * n: 5 + 3 * n]
+                units = Decimal(raw or 0) if meter.aggregation == "count" else sql.scale(raw)
+                usage[customer][meter.key] = MeterTotals(units, int(events or 0), Decimal(int(cost or 0)) / PICO)
+        for customer in customers:
+            costs.setdefault(customer, Decimal(0))
+            for meter in simple:
+                usage[customer].setdefault(meter.key, MeterTotals())
+        for meter in plan.meters:
+            if meter not in simple:
+                _one_meter(cursor, sql, plan, meter, customers, start_us, end_us, watermark, usage, scan=scan)
+    finally:
+        cursor.close()
+    return usage, costs
+
+
 def aggregate_meters(conn: Connection, plan: Plan, customers: Sequence[str], start_us: int, end_us: int,
                      watermark: int) -> dict[str, dict[str, MeterTotals]]:
     """customer -> meter key -> totals over [start, end), for events with id <= watermark."""
@@ -79,19 +158,21 @@ def aggregate_meters(conn: Connection, plan: Plan, customers: Sequence[str], sta
     out: dict[str, dict[str, MeterTotals]] = {c: {} for c in customers}
     cursor = conn.connection.driver_connection.cursor()
     try:
-        for i in range(0, len(customers), _CHUNK):
-            chunk = list(customers[i:i + _CHUNK])
+        if len(customers) > _CHUNK:  # many customers: one scan of the window per meter
             for meter in plan.meters:
-                _one_meter(cursor, sql, plan, meter, chunk, start_us, end_us, watermark, out)
+                _one_meter(cursor, sql, plan, meter, list(customers), start_us, end_us, watermark, out, scan=True)
+        else:
+            for meter in plan.meters:
+                _one_meter(cursor, sql, plan, meter, list(customers), start_us, end_us, watermark, out)
     finally:
         cursor.close()
     return out
 
 
 def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], start_us: int, end_us: int,
-               watermark: int, out: dict[str, dict[str, MeterTotals]]) -> None:
+               watermark: int, out: dict[str, dict[str, MeterTotals]], scan: bool = False) -> None:
     params: list = []
-    where = _where(sql, meter, chunk, start_us, end_us, watermark, params)
+    where = _where(sql, meter, None if scan else chunk, start_us, end_us, watermark, params)
     mult = meter.multipliers
     group = sql.text(mult.property) if mult and meter.aggregation != "unique_count" else None
     if meter.aggregation == "count":
@@ -105,7 +186,10 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
     cursor.execute(f"SELECT e.customer_id, {group or 'NULL'} AS k, {value}, COUNT(*), SUM(e.cost_pico) "
                    f"FROM usage_event e WHERE {where} GROUP BY e.customer_id{', ' + group if group else ''}", params)
     acc: dict[str, list] = defaultdict(lambda: [Decimal(0), 0, 0])
+    wanted = set(chunk) if scan else None
     for customer, key, raw, events, cost in cursor.fetchall():
+        if wanted is not None and customer not in wanted:
+            continue
         if meter.aggregation == "count":
             units = Decimal(raw)
         elif meter.aggregation == "unique_count":
@@ -119,7 +203,8 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
         slot[0] = max(slot[0], units) if meter.aggregation == "max" else slot[0] + units
         slot[1] += int(events)
         slot[2] += int(cost or 0)
-    transactions = _transactions(cursor, sql, plan, meter, chunk, start_us, end_us, watermark)
+    transactions = _transactions(cursor, sql, plan, meter, chunk, start_us, end_us, watermark) if not scan else \
+        _transactions_chunked(cursor, sql, plan, meter, chunk, start_us, end_us, watermark)
     for customer in chunk:
         units, events, cost = acc.get(customer, (Decimal(0), 0, 0))
         out[customer][meter.key] = MeterTotals(units.normalize() if units else Decimal(0), events,
@@ -135,12 +220,23 @@ def _transactions(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str],
         return {}
     params: list = []
     where = _where(sql, meter, chunk, start_us, end_us, watermark, params)
-    cursor.execute(f"SELECT e.customer_id, {sql.number(meter.property)} FROM usage_event e WHERE {where} "
+    mult = meter.multipliers
+    # events without the property are no transaction (as in billing.rating.meters.aggregate)
+    cursor.execute(f"SELECT e.customer_id, {sql.number(meter.property)}, {sql.text(mult.property) if mult else 'NULL'} "
+                   f"FROM usage_event e WHERE {where} AND {sql.number(meter.property)} IS NOT NULL "
                    f"ORDER BY e.customer_id, e.ts, e.event_id", params)
     out: dict[str, list[Decimal]] = defaultdict(list)
-    for customer, raw in cursor.fetchall():
-        out[customer].append(sql.scale(raw))
+    for customer, raw, key in cursor.fetchall():
+        factor = (mult.values.get(key, mult.default) if key is not None else mult.default) if mult else 1
+        out[customer].append(sql.scale(raw) * factor)
     return {c: tuple(v) for c, v in out.items()}
+
+
+def _transactions_chunked(cursor, sql, plan, meter, customers, start_us, end_us, watermark):
+    out: dict[str, tuple[Decimal, ...]] = {}
+    for i in range(0, len(customers), _CHUNK):
+        out.update(_transactions(cursor, sql, plan, meter, customers[i:i + _CHUNK], start_us, end_us, watermark))
+    return out
 
 
 def provider_costs(conn: Connection, customers: Sequence[str], start_us: int, end_us: int,
@@ -150,6 +246,14 @@ def provider_costs(conn: Connection, customers: Sequence[str], start_us: int, en
     out: dict[str, Decimal] = {}
     cursor = conn.connection.driver_connection.cursor()
     try:
+        if len(customers) > _CHUNK:
+            wanted = set(customers)
+            cursor.execute(f"SELECT customer_id, SUM(cost_pico) FROM usage_event WHERE ts >= {sql.ph} AND ts < {sql.ph} "
+                           f"AND id <= {sql.ph} GROUP BY customer_id", [start_us, end_us, watermark])
+            for customer, cost in cursor.fetchall():
+                if customer in wanted:
+                    out[customer] = Decimal(int(cost or 0)) / PICO
+            return out
         for i in range(0, len(customers), _CHUNK):
             chunk = list(customers[i:i + _CHUNK])
             cursor.execute(

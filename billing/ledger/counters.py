@@ -42,7 +42,7 @@ def to_micro(value: Decimal) -> int:
 
 
 class CounterPlanner:
-    """Accumulates counter deltas for a batch of accepted events."""
+    """Accumulates counter deltas for a batch of accepted events (the ingestion hot path)."""
 
     def __init__(self, subscriptions: Iterable[SubscriptionView]):
         self._subs: dict[str, list[SubscriptionView]] = defaultdict(list)
@@ -54,39 +54,46 @@ class CounterPlanner:
         self.deltas: dict[tuple[str, str, int], list] = {}
 
     def _period(self, sub: SubscriptionView, ts: int) -> tuple[int, int]:
-        cached = self._period_cache.get(sub.id)
-        if cached and cached[0] <= ts < cached[1]:
-            return cached
         period = sub.cycle().period_containing(from_us(ts))
         bounds = (to_us(period.start), to_us(period.end))
         self._period_cache[sub.id] = bounds
         return bounds
 
     def _meters_for(self, sub: SubscriptionView, etype: str) -> list[Meter]:
-        key = (sub.id, etype)
-        if key not in self._meters:
-            self._meters[key] = [m for m in sub.plan.meters
-                                 if m.event_type == etype and m.aggregation != "unique_count"]
-        return self._meters[key]
+        meters = [m for m in sub.plan.meters if m.event_type == etype and m.aggregation != "unique_count"]
+        self._meters[(sub.id, etype)] = meters
+        return meters
 
     def add(self, customer: str, etype: str, ts: int, props: dict, cost_pico: int) -> None:
-        for sub in self._subs.get(customer, ()):
-            if not sub.covers(ts):
+        subs = self._subs.get(customer)
+        if not subs:
+            return
+        deltas = self.deltas
+        for sub in subs:
+            if ts < sub.start_us or (sub.end_us is not None and ts >= sub.end_us):
                 continue
-            meters = self._meters_for(sub, etype)
+            meters = self._meters.get((sub.id, etype))
+            if meters is None:
+                meters = self._meters_for(sub, etype)
             if not meters:
                 continue
-            start, end = self._period(sub, ts)
+            bounds = self._period_cache.get(sub.id)
+            if bounds is None or not bounds[0] <= ts < bounds[1]:
+                bounds = self._period(sub, ts)
+            start = bounds[0]
             for meter in meters:
                 if meter.filter and not meter.matches(etype, props):
                     continue
-                units = _units(meter, props)
-                if units is None:
-                    continue
+                if meter.aggregation == "count" and meter.multipliers is None:
+                    units = 1_000_000
+                else:
+                    units = _units(meter, props)
+                    if units is None:
+                        continue
                 key = (customer, meter.key, start)
-                slot = self.deltas.get(key)
+                slot = deltas.get(key)
                 if slot is None:
-                    self.deltas[key] = [end, units, 1, cost_pico, meter.aggregation == "max"]
+                    deltas[key] = [bounds[1], units, 1, cost_pico, meter.aggregation == "max"]
                 else:
                     slot[1] = max(slot[1], units) if slot[4] else slot[1] + units
                     slot[2] += 1
@@ -94,6 +101,7 @@ class CounterPlanner:
 
 
 def _units(meter: Meter, props: dict) -> int | None:
+    """The event's contribution to a counter, in micro-units (None: no value to count)."""
     factor = meter.multipliers.factor(props) if meter.multipliers else None
     if meter.aggregation == "count":
         return 1_000_000 if factor is None else to_micro(factor)
@@ -105,13 +113,12 @@ def _units(meter: Meter, props: dict) -> int | None:
     value = to_decimal(raw) * (factor if factor is not None else 1)
     return to_micro(value)
 
-
 def subscription_views(rows, customers: dict[str, str], catalog: Catalog) -> list[SubscriptionView]:
-    """Build views from Subscription rows; ``customers`` maps customer id -> timezone."""
+    """Build views from subscription rows (id, customer_id, plan_id, plan_version, anchor_at,
+    started_at, ended_at); ``customers`` maps customer id -> timezone."""
     views = []
-    for row in rows:
-        plan = catalog.get(row.plan_id, row.plan_version)
-        views.append(SubscriptionView(row.id, row.customer_id, plan, customers.get(row.customer_id, "UTC"),
-                                      to_us(row.anchor_at), to_us(row.started_at),
-                                      to_us(row.ended_at) if row.ended_at else None))
+    for sid, customer_id, plan_id, version, anchor_at, started_at, ended_at in rows:
+        plan = catalog.get(plan_id, version)
+        views.append(SubscriptionView(sid, customer_id, plan, customers.get(customer_id, "UTC"),
+                                      to_us(anchor_at), to_us(started_at), to_us(ended_at) if ended_at else None))
     return views

@@ -17,11 +17,21 @@ from sqlalchemy import Connection
 from billing.ledger.prepare import Prepared
 
 _COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico"
-_SQLITE_CHUNK = 2000  # 7 parameters a row, well under SQLite's 32766 limit
 
 
-def insert_events(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
-    """Insert rows whose (customer, event id) is new; return the keys actually inserted."""
+class _All:
+    """Every row was inserted (the common case: no replays in the batch)."""
+
+    def __contains__(self, _key: object) -> bool:
+        return True
+
+
+ALL_INSERTED = _All()
+
+
+def insert_events(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
+    """Insert rows whose (customer, event id) is new; return the keys actually inserted
+    (``ALL_INSERTED`` when every row was new)."""
     if not rows:
         return set()
     if conn.dialect.name == "postgresql":
@@ -29,20 +39,23 @@ def insert_events(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, 
     return _insert_sqlite(conn, rows)
 
 
-def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
-    cursor = conn.connection.driver_connection.cursor()
-    inserted: set[tuple[str, str]] = set()
+def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
+    """executemany with ON CONFLICT DO NOTHING. The transaction holds SQLite's write lock
+    (BEGIN IMMEDIATE), so rowids above the pre-insert maximum are exactly this batch's."""
+    dbapi = conn.connection.driver_connection
+    cursor = dbapi.cursor()
     try:
-        for i in range(0, len(rows), _SQLITE_CHUNK):
-            chunk = rows[i:i + _SQLITE_CHUNK]
-            sql = (f"INSERT INTO usage_event ({_COLUMNS}) VALUES "
-                   + ",".join(["(?,?,?,?,?,?,?)"] * len(chunk))
-                   + " ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id")
-            params = [v for r in chunk for v in r[:7]]
-            inserted.update(map(tuple, cursor.execute(sql, params).fetchall()))
+        cursor.execute("SELECT COALESCE(MAX(id), 0) FROM usage_event")
+        before_id = cursor.fetchone()[0]
+        before = dbapi.total_changes
+        cursor.executemany(f"INSERT INTO usage_event ({_COLUMNS}) VALUES (?,?,?,?,?,?,?) "
+                           "ON CONFLICT (customer_id, event_id) DO NOTHING", [r[:7] for r in rows])
+        if dbapi.total_changes - before == len(rows):
+            return ALL_INSERTED
+        cursor.execute("SELECT customer_id, event_id FROM usage_event WHERE id > ?", (before_id,))
+        return set(cursor.fetchall())
     finally:
         cursor.close()
-    return inserted
 
 
 def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:

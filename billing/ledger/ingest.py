@@ -8,11 +8,11 @@ only reported after its commit, and a bad event never affects the good ones arou
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -27,8 +27,7 @@ from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare
 from billing.ledger.types import to_us
 
 
-@dataclass(frozen=True)
-class EventResult:
+class EventResult(NamedTuple):
     index: int
     id: str | None
     customer: str | None
@@ -41,22 +40,33 @@ class EventResult:
                 "code": self.code, "message": self.message}
 
 
-@dataclass
 class BatchResult:
-    results: list[EventResult] = field(default_factory=list)
+    """Per-event outcomes, stored compactly (a status per event, details only for problems)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+        self.keys: list[tuple[str | None, str | None]] = []  # (id, customer) per event
+        self.details: dict[int, tuple[str, str]] = {}  # index -> (code, message)
 
     def count(self, status: str) -> int:
-        return sum(1 for r in self.results if r.status == status)
+        return self.statuses.count(status)
 
     @property
     def accepted(self) -> int:
         return self.count("accepted")
 
-    def merge(self, other: "BatchResult") -> None:
-        self.results.extend(other.results)
+    @property
+    def results(self) -> list[EventResult]:
+        return [self.result(i) for i in range(len(self.statuses))]
+
+    def result(self, index: int) -> EventResult:
+        code, message = self.details.get(index, (None, None))
+        event_id, customer = self.keys[index]
+        return EventResult(index, event_id, customer, self.statuses[index], code, message)
 
     def to_json(self, max_errors: int = 1000) -> dict[str, Any]:
-        errors = [r.to_json() for r in self.results if r.status in ("conflict", "rejected")]
+        errors = [self.result(i).to_json() for i in sorted(self.details)
+                  if self.statuses[i] in ("conflict", "rejected")]
         return {"accepted": self.accepted, "duplicates": self.count("duplicate"),
                 "conflicts": self.count("conflict"), "rejected": self.count("rejected"),
                 "errors": errors[:max_errors]}
@@ -79,85 +89,104 @@ class Ledger:
             types |= plan.event_types
         self.known_types = frozenset(types)
 
-    def record(self, events: Iterable[Any], *, chunk_size: int = 10_000,
+    def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
                progress: Callable[[int], None] | None = None) -> BatchResult:
+        """Record events in chunks of ``chunk_size`` (one transaction each)."""
         result = BatchResult()
         chunk: list[Any] = []
-        offset = 0
-        for raw in events:
-            chunk.append(raw)
-            if len(chunk) >= chunk_size:
-                result.merge(self._record_chunk(chunk, offset))
-                offset += len(chunk)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # bulk ingestion allocates millions of small objects; collect once at the end
+        try:
+            for raw in events:
+                chunk.append(raw)
+                if len(chunk) >= chunk_size:
+                    self._record_chunk(chunk, result)
+                    if progress:
+                        progress(len(chunk))
+                    chunk = []
+            if chunk:
+                self._record_chunk(chunk, result)
                 if progress:
                     progress(len(chunk))
-                chunk = []
-        if chunk:
-            result.merge(self._record_chunk(chunk, offset))
-            if progress:
-                progress(len(chunk))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         return result
 
-    def _record_chunk(self, raws: list[Any], offset: int) -> list[EventResult] | BatchResult:
+    def _record_chunk(self, raws: list[Any], result: BatchResult) -> None:
         now_us = to_us(self.clock())
-        results: list[EventResult | None] = [None] * len(raws)
+        n = len(raws)
+        status: list[str] = ["accepted"] * n
+        keys: list[tuple[str | None, str | None]] = [(None, None)] * n
+        problems: dict[int, tuple[str, str]] = {}
         prepared: list[tuple[int, Prepared]] = []
-        first_seen: dict[tuple[str, str], int] = {}
+        first_seen: dict[tuple[str, str], Prepared] = {}
+        tolerance, known, pricer = self.tolerance_us, self.known_types, self.pricer
         for i, raw in enumerate(raws):
-            p = prepare(raw, now_us=now_us, tolerance_us=self.tolerance_us, known_types=self.known_types,
-                        pricer=self.pricer)
-            if isinstance(p, Rejection):
-                results[i] = _result(offset + i, raw, "rejected", p.code, p.message)
+            p = prepare(raw, now_us=now_us, tolerance_us=tolerance, known_types=known, pricer=pricer)
+            if type(p) is Rejection:
+                keys[i] = _raw_key(raw)
+                status[i] = "rejected"
+                problems[i] = (str(p.code), p.message)
                 continue
             key = (p.customer, p.event_id)
-            if key in first_seen:  # repeated inside this batch: compare with the first copy
-                first = prepared[first_seen[key]][1]
-                same = (first.type, first.ts, first.properties_json) == (p.type, p.ts, p.properties_json)
-                results[i] = _result(offset + i, raw, "duplicate" if same else "conflict",
-                                     None if same else ErrorCode.EVENT_CONFLICT,
-                                     None if same else "same id sent twice in this batch with different content")
+            keys[i] = (p.event_id, p.customer)
+            first = first_seen.get(key)
+            if first is not None:  # repeated inside this batch: compare with the first copy
+                if (first.type, first.ts, first.properties) == (p.type, p.ts, p.properties):
+                    status[i] = "duplicate"
+                else:
+                    status[i] = "conflict"
+                    problems[i] = (str(ErrorCode.EVENT_CONFLICT), "same id sent twice in this batch with different content")
                 continue
-            first_seen[key] = len(prepared)
+            first_seen[key] = p
             prepared.append((i, p))
 
         with self.engine.begin() as conn:
             session = Session(bind=conn)
             customers = repository.known_customers(session, {p.customer for _, p in prepared})
-            good = []
+            good: list[tuple[int, Prepared]] = []
             for i, p in prepared:
-                if p.customer not in customers:
-                    results[i] = _result(offset + i, raws[i], "rejected", ErrorCode.UNKNOWN_CUSTOMER,
-                                         f"unknown customer {p.customer!r}; create it first")
-                else:
+                if p.customer in customers:
                     good.append((i, p))
-            inserted = event_store.insert_events(conn, [p for _, p in good])
-            missing = [(p.customer, p.event_id) for _, p in good if (p.customer, p.event_id) not in inserted]
-            stored = event_store.existing_events(conn, missing) if missing else {}
-            planner = CounterPlanner(subscription_views(
-                repository.subscriptions_for(session, {p.customer for _, p in good}), customers, self.catalog))
-            for i, p in good:
-                key = (p.customer, p.event_id)
-                if key in inserted:
-                    planner.add(p.customer, p.type, p.ts, p.properties, p.cost_pico)
-                    results[i] = _result(offset + i, raws[i], "accepted")
-                    continue
-                etype, ts, props = stored[key]
-                if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
-                    results[i] = _result(offset + i, raws[i], "duplicate")
                 else:
-                    results[i] = _result(offset + i, raws[i], "conflict", ErrorCode.EVENT_CONFLICT,
-                                         "an event with this id exists with different content; nothing changed")
+                    status[i] = "rejected"
+                    problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER), f"unknown customer {p.customer!r}; create it first")
+            # insert in key order: neighbouring rows land on the same index pages
+            inserted = event_store.insert_events(conn, sorted((p for _, p in good), key=_key))
+            planner = CounterPlanner(subscription_views(
+                repository.subscription_rows(session, {p.customer for _, p in good}), customers, self.catalog))
+            add = planner.add
+            missing: list[tuple[int, Prepared]] = []
+            for i, p in good:
+                if (p.customer, p.event_id) in inserted:
+                    add(p.customer, p.type, p.ts, p.properties, p.cost_pico)
+                else:
+                    missing.append((i, p))
+            if missing:
+                stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
+                for i, p in missing:
+                    etype, ts, props = stored[(p.customer, p.event_id)]
+                    if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
+                        status[i] = "duplicate"
+                    else:
+                        status[i] = "conflict"
+                        problems[i] = (str(ErrorCode.EVENT_CONFLICT),
+                                       "an event with this id exists with different content; nothing changed")
             event_store.upsert_counters(conn, planner.deltas)
             session.close()
         # the transaction has committed: only now are results reported
-        batch = BatchResult()
-        batch.results = [r for r in results if r is not None]
-        return batch
+        offset = len(result.statuses)
+        result.statuses.extend(status)
+        result.keys.extend(keys)
+        result.details.update({offset + i: v for i, v in problems.items()})
 
 
-def _result(index: int, raw: Any, status: str, code: ErrorCode | None = None,
-            message: str | None = None) -> EventResult:
+def _key(p: Prepared) -> tuple[str, str]:
+    return p.customer, p.event_id
+
+
+def _raw_key(raw: Any) -> tuple[str | None, str | None]:
     rid = raw.get("id") if isinstance(raw, dict) else getattr(raw, "id", None)
     cust = raw.get("customer") if isinstance(raw, dict) else getattr(raw, "customer", None)
-    return EventResult(index, rid if isinstance(rid, str) else None, cust if isinstance(cust, str) else None,
-                       status, str(code) if code else None, message)
+    return (rid if isinstance(rid, str) else None, cust if isinstance(cust, str) else None)

@@ -71,7 +71,9 @@ class UsageEventRow(SQLModel, table=True):
     __tablename__ = "usage_event"
     __table_args__ = (
         UniqueConstraint("customer_id", "event_id", name="uq_usage_event_customer_event"),
-        Index("ix_usage_event_customer_ts", "customer_id", "ts"),
+        # periods are closed for many customers at once: a time-range index (append-mostly
+        # on ingestion, since events arrive roughly in time order)
+        Index("ix_usage_event_ts_customer", "ts", "customer_id"),
     )
 
     id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
@@ -152,7 +154,7 @@ class Invoice(SQLModel, table=True):
     paid_at: datetime | None = _utc(nullable=True)
     voided_at: datetime | None = _utc(nullable=True)
     payment_failed_at: datetime | None = _utc(nullable=True)
-    stripe_invoice_id: str | None = Field(default=None, max_length=255)
+    stripe_invoice_id: str | None = Field(default=None, max_length=255, index=True)
 
 
 class InvoiceLineRow(SQLModel, table=True):

@@ -8,7 +8,7 @@ tokens names a model the cost book knows at the event's time.
 
 from __future__ import annotations
 
-import json
+import orjson
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, NamedTuple
@@ -64,14 +64,20 @@ def _reject(code: ErrorCode, message: str) -> Rejection:
     return Rejection(code, message)
 
 
+_QUANTITY_KEYS: dict[str, bool] = {}
+
+
 def _quantity_problem(props: dict) -> Rejection | None:
     for key, value in props.items():
-        if not is_quantity_key(key):
+        if type(value) is int and value >= 0:
+            continue  # the common case: a non-negative integer count
+        quantity = _QUANTITY_KEYS.get(key)
+        if quantity is None:
+            quantity = _QUANTITY_KEYS[key] = is_quantity_key(key)
+        if not quantity:
             continue
         if type(value) is int:
-            if value < 0:
-                return _reject(ErrorCode.NEGATIVE_QUANTITY, f"property {key!r} must not be negative, got {value}")
-            continue
+            return _reject(ErrorCode.NEGATIVE_QUANTITY, f"property {key!r} must not be negative, got {value}")
         if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
             return _reject(ErrorCode.NON_NUMERIC_QUANTITY, f"property {key!r} must be a number, got {value!r}")
         try:
@@ -85,7 +91,26 @@ def _quantity_problem(props: dict) -> Rejection | None:
     return None
 
 
+_DAY_CACHE: dict[str, int] = {}
+
+
 def _parse_ts(value: Any) -> int | Rejection:
+    # fast path: "YYYY-MM-DDTHH:MM:SSZ" (the common wire format), day offsets cached
+    if type(value) is str and len(value) == 20 and value[19] == "Z" and value[10] == "T":
+        day = _DAY_CACHE.get(value[:10])
+        if day is None:
+            try:
+                day = (datetime.fromisoformat(value[:10] + "T00:00:00+00:00") - EPOCH).days * 86_400
+            except ValueError:
+                day = -1
+            _DAY_CACHE[value[:10]] = day
+        if day != -1 and value[13] == ":" and value[16] == ":":
+            try:
+                h, m, sec = int(value[11:13]), int(value[14:16]), int(value[17:19])
+            except ValueError:
+                h = 99
+            if h < 24 and m < 60 and sec < 60:
+                return (day + h * 3600 + m * 60 + sec) * 1_000_000
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, str):
@@ -103,10 +128,11 @@ def _parse_ts(value: Any) -> int | Rejection:
 
 def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[str],
             pricer: Pricer) -> Prepared | Rejection:
-    if isinstance(raw, UsageEvent):
-        raw = raw.model_dump()
-    if not isinstance(raw, dict):
-        return _reject(ErrorCode.EVENT_INVALID, f"an event must be a JSON object, got {type(raw).__name__}")
+    if type(raw) is not dict:
+        if isinstance(raw, UsageEvent):
+            raw = raw.model_dump()
+        elif not isinstance(raw, dict):
+            return _reject(ErrorCode.EVENT_INVALID, f"an event must be a JSON object, got {type(raw).__name__}")
     event_id, customer, etype = raw.get("id"), raw.get("customer"), raw.get("type")
     if not isinstance(event_id, str) or not 0 < len(event_id) <= 200:
         return _reject(ErrorCode.EVENT_INVALID, "id must be a non-empty string of at most 200 characters")
@@ -114,9 +140,9 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.EVENT_INVALID, "customer must be a non-empty string of at most 200 characters")
     if not isinstance(etype, str) or not etype:
         return _reject(ErrorCode.EVENT_INVALID, "type must be a non-empty string")
-    extra = raw.keys() - _ALLOWED_KEYS
-    if extra:
-        return _reject(ErrorCode.EVENT_INVALID, f"unknown field(s) {sorted(extra)}; put custom data in properties")
+    if not _ALLOWED_KEYS.issuperset(raw):
+        extra = sorted(raw.keys() - _ALLOWED_KEYS)
+        return _reject(ErrorCode.EVENT_INVALID, f"unknown field(s) {extra}; put custom data in properties")
     props = raw.get("properties") or {}
     if not isinstance(props, dict):
         return _reject(ErrorCode.EVENT_INVALID, "properties must be an object")
@@ -136,24 +162,29 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.UNKNOWN_MODEL, exc.message)
     model = props.get("model")
     try:
-        text = json.dumps(props, separators=(",", ":"), default=str)
-    except (TypeError, ValueError):
+        text = orjson.dumps(props, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):
         return _reject(ErrorCode.EVENT_INVALID, "properties are not JSON-serialisable")
     return Prepared(customer, event_id, etype, ts, text, None if model is None else str(model)[:200], cost, props)
 
 
 def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
     if props.get("cost") is None:
-        tokens = [props.get(name) for name, _ in _TOKEN_PRICE_FIELDS]
-        if not any(tokens):
+        get = props.get
+        tokens = (get("input_tokens"), get("output_tokens"), get("cache_read_tokens"),
+                  get("cache_write_tokens"), get("reasoning_tokens"))
+        i, o, cr, cw, r = tokens
+        if not (i or o or cr or cw or r):
             return 0
-        model = props.get("model")
-        if model and all(t is None or type(t) is int for t in tokens):
-            batch = props.get("batch")
+        model = get("model")
+        if model and ((i is None or type(i) is int) and (o is None or type(o) is int) and (cr is None or type(cr) is int)
+                      and (cw is None or type(cw) is int) and (r is None or type(r) is int)):
+            batch = get("batch")
             is_batch = batch.strip().lower() in ("true", "yes", "1") if isinstance(batch, str) else bool(batch)
-            prices = pricer.pico_prices(str(model), ts, is_batch)
+            prices = pricer.pico_prices(model if type(model) is str else str(model), ts, is_batch)
             if prices is not None:
-                return sum((t or 0) * p for t, p in zip(tokens, prices))
+                pi, po, pcr, pcw, pr = prices
+                return (i or 0) * pi + (o or 0) * po + (cr or 0) * pcr + (cw or 0) * pcw + (r or 0) * pr
     # general path: exact Decimal cost, rounded half-even to the picodollar
     event = UsageEvent.model_validate({**raw, "properties": props})
     return int((event_cost(event, pricer.book) * PICO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))

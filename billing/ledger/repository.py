@@ -75,3 +75,14 @@ def counters_for(session: Session, customer_id: str, period_start_us: int) -> di
 
 def all_counters(session: Session) -> Sequence[UsageCounter]:
     return session.exec(select(UsageCounter)).all()
+
+
+def subscription_rows(session: Session, customer_ids: Iterable[str]) -> list[tuple]:
+    """(id, customer_id, plan_id, plan_version, anchor_at, started_at, ended_at) per subscription."""
+    ids = list(set(customer_ids))
+    out: list[tuple] = []
+    cols = (Subscription.id, Subscription.customer_id, Subscription.plan_id, Subscription.plan_version,
+            Subscription.anchor_at, Subscription.started_at, Subscription.ended_at)
+    for i in range(0, len(ids), 500):
+        out.extend(tuple(r) for r in session.exec(select(*cols).where(Subscription.customer_id.in_(ids[i:i + 500]))))
+    return out

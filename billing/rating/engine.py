@@ -43,23 +43,31 @@ class RatingInput:
     active_from: datetime | None = None  # subscription start, if inside the period
     active_until: datetime | None = None  # cancellation or plan change, if inside
     trial_end: datetime | None = None
-    provider_cost: Decimal | None = None  # all the period's events; None: sum over meters
+    provider_cost: Decimal | None = None  # all the period's events; None: of the metered events
 
 
 class _Lines:
+    """The invoice's lines so far, with running totals by kind and by (kind, key)."""
+
     def __init__(self, currency: str):
         self.currency = currency
         self.items: list[InvoiceLine] = []
+        self._by_kind: dict[str, Decimal] = {}
+        self._by_kind_key: dict[tuple[str, str], Decimal] = {}
 
     def add(self, kind: str, description: str, quantity: Decimal, unit_price: Decimal | None,
             amount: Decimal, key: str = "", meter: str | None = None) -> InvoiceLine:
-        line = InvoiceLine(kind, description, quantity, unit_price, round_line(amount, self.currency), key, meter)
+        rounded = round_line(amount, self.currency)
+        line = InvoiceLine(kind, description, quantity, unit_price, rounded, key, meter)
         self.items.append(line)
+        self._by_kind[kind] = self._by_kind.get(kind, ZERO) + rounded
+        self._by_kind_key[(kind, key)] = self._by_kind_key.get((kind, key), ZERO) + rounded
         return line
 
     def total(self, *kinds: str, key: str | None = None) -> Decimal:
-        return sum((ln.amount for ln in self.items
-                    if (not kinds or ln.kind in kinds) and (key is None or ln.key == key)), ZERO)
+        if key is None:
+            return sum((v for k, v in self._by_kind.items() if not kinds or k in kinds), ZERO)
+        return sum((v for (k, ky), v in self._by_kind_key.items() if ky == key and (not kinds or k in kinds)), ZERO)
 
 
 def rate_period(inp: RatingInput) -> RatedInvoice:
@@ -98,13 +106,29 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
 
     cost = inp.provider_cost
     if cost is None:
-        cost = sum((inp.usage.get(m.key, MeterTotals()).cost for m in plan.meters), ZERO)
+        cost = _metered_cost(plan, inp.usage)
     return RatedInvoice(
         customer=inp.customer, currency=plan.currency, period_start=period.start, period_end=period.end,
         plan=plan.plan, plan_version=plan.version, lines=tuple(lines.items), total=lines.total(),
         provider_cost=cost, credits_used=credits_used,
         usage=tuple(usage_summaries),
     )
+
+
+def _metered_cost(plan: Plan, usage: Mapping[str, MeterTotals]) -> Decimal:
+    """Provider cost of the metered events when the caller did not pass it, counting each
+    event once although several meters may see it (input and output token meters both sum
+    ``llm.call``): per event type, an unfiltered meter without disputes sees every event of
+    the type; otherwise each distinct filter counts once (overlapping filters would still
+    double count: callers that know the period's events pass ``provider_cost``)."""
+    total = ZERO
+    for event_type in dict.fromkeys(m.event_type for m in plan.meters):
+        meters = [m for m in plan.meters if m.event_type == event_type]
+        whole = [m for m in meters if not m.filter and m.disputes is None]
+        chosen = whole[:1] or list({(repr(sorted(m.filter.items())), repr(m.disputes)): m
+                                    for m in reversed(meters)}.values())
+        total += sum((usage.get(m.key, MeterTotals()).cost for m in chosen), ZERO)
+    return total
 
 
 def _flat_fee(lines: _Lines, fee: FlatFee, period: Period, start: datetime, end: datetime) -> None:

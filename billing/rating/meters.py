@@ -69,6 +69,8 @@ def meter_value(meter: Meter, event: UsageEvent) -> Decimal | None:
     raw = event.properties.get(meter.property or "")
     if raw is None:
         return None
+    if meter.aggregation == "unique_count":
+        return Decimal(1)  # distinct values are counted as text ("u_42"): never parsed as a number
     return to_decimal(raw) * factor
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 07:48:23.705404
+Create Date: 2026-11-22 08:23:38.715905
 """
 from alembic import op
 import sqlalchemy as sa
@@ -55,7 +55,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('customer_id', 'event_id', name='uq_usage_event_customer_event')
     )
     with op.batch_alter_table('usage_event', schema=None) as batch_op:
-        batch_op.create_index('ix_usage_event_customer_ts', ['customer_id', 'ts'], unique=False)
+        batch_op.create_index('ix_usage_event_ts_customer', ['ts', 'customer_id'], unique=False)
 
     op.create_table('credit_grant',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
@@ -124,6 +124,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('invoice', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_invoice_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_invoice_stripe_invoice_id'), ['stripe_invoice_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_invoice_subscription_id'), ['subscription_id'], unique=False)
 
     op.create_table('seat_change',
@@ -197,6 +198,7 @@ def downgrade() -> None:
     op.drop_table('seat_change')
     with op.batch_alter_table('invoice', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_invoice_subscription_id'))
+        batch_op.drop_index(batch_op.f('ix_invoice_stripe_invoice_id'))
         batch_op.drop_index(batch_op.f('ix_invoice_customer_id'))
 
     op.drop_table('invoice')
@@ -209,7 +211,7 @@ def downgrade() -> None:
 
     op.drop_table('credit_grant')
     with op.batch_alter_table('usage_event', schema=None) as batch_op:
-        batch_op.drop_index('ix_usage_event_customer_ts')
+        batch_op.drop_index('ix_usage_event_ts_customer')
 
     op.drop_table('usage_event')
     op.drop_table('usage_counter')

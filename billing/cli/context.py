@@ -1,0 +1,54 @@
+"""Shared CLI plumbing: settings -> engine, catalog, services; instants; errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import typer
+
+from billing.catalog import Catalog, PlanInvalid
+from billing.cli.render import err_console
+from billing.config import get_settings
+from billing.errors import BillingError
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@lru_cache
+def catalog() -> Catalog:
+    try:
+        return Catalog.from_paths(get_settings().plans_dir)
+    except PlanInvalid as exc:
+        fail("invalid plans\n" + "\n".join(str(p) for p in exc.problems))
+        raise
+
+
+def engine():
+    from billing.ledger.db import engine_for
+
+    return engine_for(get_settings().database_url)
+
+
+def instant(text: str | None, name: str = "time") -> datetime:
+    """An ISO 8601 instant (timezone required); None -> now."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{name}: not an ISO 8601 instant: {text!r}")
+    if value.tzinfo is None:
+        fail(f"{name}: {text!r} needs a timezone, e.g. {text}Z")
+    return value
+
+
+def run(fn):
+    """Call fn(); turn domain errors into a clean message and exit code 2."""
+    try:
+        return fn()
+    except BillingError as exc:
+        fail(f"{exc.code}: {exc.message}")

@@ -1,0 +1,166 @@
+"""`billing db ...`, `billing customers ...`, `billing subscriptions ...`, `billing credits ...`,
+`billing events import`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from billing.cli.context import catalog, engine, fail, instant, run
+from billing.cli.render import console, print_json
+from billing.config import get_settings
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+customers_app = typer.Typer(help="Customers.", no_args_is_help=True)
+subs_app = typer.Typer(help="Subscriptions: subscribe, seats, plan changes, cancel.", no_args_is_help=True)
+credits_app = typer.Typer(help="Prepaid credit grants.", no_args_is_help=True)
+events_app = typer.Typer(help="Usage events.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _accounts():
+    from billing.ledger.accounts import Accounts
+
+    return Accounts(engine(), catalog())
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations to BILLING_DATABASE_URL (default: SQLite file billing.db here)."""
+    from billing.ledger.db import upgrade
+
+    upgrade(get_settings().database_url, revision)
+    console.print(f"database at {revision}", highlight=False)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
+    from billing.ledger.db import downgrade
+
+    downgrade(get_settings().database_url, revision)
+    console.print(f"database at {revision}", highlight=False)
+
+
+@customers_app.command("create")
+def customer_create(customer_id: str, name: str = "", timezone: str = "UTC", currency: str = "USD",
+                    as_json: JsonOpt = False) -> None:
+    """Create a customer (idempotent for the same details)."""
+    row = run(lambda: _accounts().create_customer(customer_id, name=name, timezone=timezone, currency=currency,
+                                                  now=instant(None)))
+    print_json(row.model_dump(mode="json")) if as_json else console.print(f"customer {row.id}", highlight=False)
+
+
+@customers_app.command("list")
+def customer_list(as_json: JsonOpt = False) -> None:
+    from sqlmodel import Session
+
+    from billing.ledger.repository import list_customers
+
+    with Session(engine()) as s:
+        rows = list_customers(s)
+    if as_json:
+        print_json([r.model_dump(mode="json") for r in rows])
+        return
+    table = Table("Customer", "Name", "Timezone", "Currency")
+    for r in rows:
+        table.add_row(r.id, r.name, r.timezone, r.currency)
+    console.print(table)
+
+
+@subs_app.command("create")
+def subscribe(customer_id: str, plan: str, at: Annotated[str | None, typer.Option(help="Start (ISO); default now.")] = None,
+              seats: int = 1, version: int | None = None, as_json: JsonOpt = False) -> None:
+    """Subscribe a customer to a plan (the version in force at the start is pinned)."""
+    sub = run(lambda: _accounts().subscribe(customer_id, plan, at=instant(at, "--at"), seats=seats, version=version))
+    print_json(sub.model_dump(mode="json")) if as_json else console.print(
+        f"subscription {sub.id}: {customer_id} on {sub.plan_id} v{sub.plan_version}", highlight=False)
+
+
+@subs_app.command("seats")
+def seats(customer_id: str, count: int, at: Annotated[str | None, typer.Option()] = None) -> None:
+    """Change the seat count from an instant on (prorated)."""
+    run(lambda: _accounts().change_seats(customer_id, count, at=instant(at, "--at")))
+    console.print(f"{customer_id}: {count} seats", highlight=False)
+
+
+@subs_app.command("change-plan")
+def change_plan(customer_id: str, plan: str, at: Annotated[str | None, typer.Option()] = None,
+                version: int | None = None) -> None:
+    """End the current plan at an instant and start another one (each part billed once)."""
+    sub = run(lambda: _accounts().change_plan(customer_id, plan, at=instant(at, "--at"), version=version))
+    console.print(f"subscription {sub.id}: {customer_id} now on {sub.plan_id} v{sub.plan_version}", highlight=False)
+
+
+@subs_app.command("cancel")
+def cancel(customer_id: str, at: Annotated[str | None, typer.Option()] = None) -> None:
+    run(lambda: _accounts().cancel(customer_id, at=instant(at, "--at")))
+    console.print(f"{customer_id}: canceled", highlight=False)
+
+
+@credits_app.command("grant")
+def grant(customer_id: str, amount: str, expires: Annotated[str | None, typer.Option(help="Expiry (ISO).")] = None,
+          name: str = "Prepaid credits", grant_id: Annotated[str | None, typer.Option("--id")] = None) -> None:
+    """Grant prepaid credits (drawn before overage, soonest expiry first)."""
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        fail(f"not an amount: {amount!r}")
+    row = run(lambda: _accounts().grant_credits(customer_id, value, at=instant(None),
+                                                expires_at=instant(expires, "--expires") if expires else None,
+                                                name=name, grant_id=grant_id))
+    console.print(f"grant {row.id}: {amount} to {customer_id}", highlight=False)
+
+
+def _lines(path: Path, problems: list):
+    with open(path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append({"line": number, "status": "rejected", "code": "event_invalid",
+                                 "message": f"not valid JSON: {exc.msg}"})
+                yield None
+
+
+@events_app.command("import")
+def events_import(path: Path, as_json: JsonOpt = False,
+                  batch: Annotated[int, typer.Option(help="Events per transaction.")] = 10_000) -> None:
+    """Import a JSONL file of events (idempotent: re-importing counts nothing twice)."""
+    from billing.ledger.ingest import Ledger
+
+    if not path.exists():
+        fail(f"{path}: no such file")
+    settings = get_settings()
+    ledger = Ledger(engine(), catalog(), future_tolerance_seconds=settings.future_tolerance_seconds)
+    problems: list[dict] = []
+    events = (e for e in _lines(path, problems) if e is not None)
+    if sys.stderr.isatty() and not as_json:
+        total = sum(1 for line in open(path, encoding="utf-8") if line.strip())
+        with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            task = bar.add_task("import", total=total)
+            result = ledger.record(events, chunk_size=batch, progress=lambda n: bar.advance(task, n))
+    else:
+        result = ledger.record(events, chunk_size=batch)
+    summary = result.to_json()
+    summary["rejected"] += len(problems)
+    summary["errors"] = problems + summary["errors"]
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"accepted {summary['accepted']}, duplicates {summary['duplicates']}, "
+                      f"conflicts {summary['conflicts']}, rejected {summary['rejected']}", highlight=False)
+        for err in summary["errors"][:20]:
+            where = f"line {err['line']}" if "line" in err else f"event {err.get('id')} (#{err.get('index')})"
+            console.print(f"  {where}: {err['code']}: {err['message']}", highlight=False)
+    raise typer.Exit(1 if summary["conflicts"] or summary["rejected"] else 0)

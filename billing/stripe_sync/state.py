@@ -1,0 +1,142 @@
+"""The few ledger reads and writes the Stripe sync needs. Every write is one conditional
+UPDATE, so it is idempotent and safe against concurrent workers and replayed webhooks:
+
+- paid only from ``finalized`` (paid stays paid; void stays void);
+- a payment failure is recorded once, on a ``finalized`` invoice (the first failure starts the
+  dunning clock; a late failure after payment changes nothing);
+- Stripe ids are set once (a second, different id is refused and reported).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlmodel
+from sqlalchemy import Engine, or_, update
+from sqlmodel import Session
+
+from billing.ledger.models import Customer, Invoice, InvoiceLineRow
+
+_inv = Invoice.__table__
+_line = InvoiceLineRow.__table__
+_cus = Customer.__table__
+
+
+@dataclass(frozen=True)
+class Transition:
+    invoice_id: int
+    changed: bool
+    status: str  # the invoice's status after the call
+    note: str = ""
+
+
+def _status(engine: Engine, invoice_id: int) -> Invoice | None:
+    with Session(engine, expire_on_commit=False) as s:
+        return s.get(Invoice, invoice_id)
+
+
+def mark_paid(engine: Engine, invoice_id: int, at: datetime) -> Transition:
+    with engine.begin() as conn:
+        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized")
+                               .values(status="paid", paid_at=at)).rowcount == 1
+    inv = _status(engine, invoice_id)
+    status = inv.status if inv else "unknown"
+    note = "" if changed else ("already paid" if status == "paid" else f"not changed: invoice is {status}")
+    return Transition(invoice_id, changed, status, note)
+
+
+def mark_payment_failed(engine: Engine, invoice_id: int, at: datetime) -> Transition:
+    with engine.begin() as conn:
+        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized",
+                                                  _inv.c.payment_failed_at.is_(None))
+                               .values(payment_failed_at=at)).rowcount == 1
+    inv = _status(engine, invoice_id)
+    status = inv.status if inv else "unknown"
+    if changed:
+        note = ""
+    elif status == "finalized":
+        note = "already past due"
+    else:
+        note = f"not changed: invoice is {status}"
+    return Transition(invoice_id, changed, status, note)
+
+
+def set_stripe_invoice_id(engine: Engine, invoice_id: int, stripe_id: str) -> bool:
+    """True if the invoice now carries ``stripe_id`` (set now or before)."""
+    with engine.begin() as conn:
+        conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.stripe_invoice_id.is_(None))
+                     .values(stripe_invoice_id=stripe_id))
+    inv = _status(engine, invoice_id)
+    return inv is not None and inv.stripe_invoice_id == stripe_id
+
+
+def set_stripe_line_id(engine: Engine, line_id: int, stripe_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(_line).where(_line.c.id == line_id,
+                                         or_(_line.c.stripe_line_id.is_(None), _line.c.stripe_line_id != stripe_id))
+                     .values(stripe_line_id=stripe_id))
+
+
+def set_stripe_customer_id(engine: Engine, customer_id: str, stripe_id: str) -> str:
+    """Store the mapping once; returns the id the customer carries afterwards."""
+    with engine.begin() as conn:
+        conn.execute(update(_cus).where(_cus.c.id == customer_id, _cus.c.stripe_customer_id.is_(None))
+                     .values(stripe_customer_id=stripe_id))
+    with Session(engine) as s:
+        row = s.get(Customer, customer_id)
+        return row.stripe_customer_id if row else stripe_id
+
+
+def customer(engine: Engine, customer_id: str) -> Customer | None:
+    with Session(engine, expire_on_commit=False) as s:
+        return s.get(Customer, customer_id)
+
+
+def invoice_with_lines(engine: Engine, invoice_id: int) -> tuple[Invoice | None, list[InvoiceLineRow]]:
+    with Session(engine, expire_on_commit=False) as s:
+        inv = s.get(Invoice, invoice_id)
+        lines = list(s.exec(sqlmodel.select(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice_id)
+                            .order_by(InvoiceLineRow.position, InvoiceLineRow.id)).all())
+    return inv, lines
+
+
+def invoices_to_push(engine: Engine, only: list[int] | None = None) -> list[Invoice]:
+    """Finalized or paid documents not fully pushed yet (``stripe_invoice_id`` is set only
+    once the Stripe invoice is complete and finalized), credit notes included (the caller
+    reports them as skipped)."""
+    query = sqlmodel.select(Invoice).where(Invoice.status.in_(("finalized", "paid")),
+                                           Invoice.stripe_invoice_id.is_(None))
+    if only:
+        query = query.where(Invoice.id.in_(only))
+    with Session(engine, expire_on_commit=False) as s:
+        return list(s.exec(query.order_by(Invoice.id)).all())
+
+
+def void_invoices_in_stripe(engine: Engine) -> list[Invoice]:
+    with Session(engine, expire_on_commit=False) as s:
+        return list(s.exec(sqlmodel.select(Invoice).where(Invoice.status == "void",
+                                                          Invoice.stripe_invoice_id.is_not(None))
+                           .order_by(Invoice.id)).all())
+
+
+def all_invoices(engine: Engine) -> list[Invoice]:
+    with Session(engine, expire_on_commit=False) as s:
+        return list(s.exec(sqlmodel.select(Invoice).where(Invoice.status != "draft").order_by(Invoice.id)).all())
+
+
+def line_counts(engine: Engine) -> dict[int, int]:
+    from sqlalchemy import func, select
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(_line.c.invoice_id, func.count()).group_by(_line.c.invoice_id)).all()
+    return {r[0]: r[1] for r in rows}
+
+
+def find_by_stripe_id(engine: Engine, stripe_id: str) -> Invoice | None:
+    with Session(engine, expire_on_commit=False) as s:
+        return s.exec(sqlmodel.select(Invoice).where(Invoice.stripe_invoice_id == stripe_id)).first()
+
+
+def get_invoice(engine: Engine, invoice_id: int) -> Invoice | None:
+    return _status(engine, invoice_id)

@@ -1,0 +1,521 @@
+"""Push finalized invoices to Stripe, propagate voids, reconcile.
+
+How one invoice is pushed (every step can crash or time out; re-running completes it):
+
+1. The billing customer is mapped to a Stripe customer (``metadata.billing_customer_id``;
+   found by search, else by listing; created with idempotency key
+   ``billing-customer-{id}``), stored in ``customer.stripe_customer_id``.
+2. The Stripe invoice is looked up among the customer's invoices by
+   ``metadata.billing_invoice_id``; if absent it is created as a *draft* with
+   ``pending_invoice_items_behavior=exclude`` and ``auto_advance=false`` (so Stripe never
+   finalizes a half-built draft on its own), idempotency key ``billing-invoice-{id}``.
+3. Each of our lines becomes one invoice item attached to that draft (``invoice=in_...``;
+   amount = ``amount_minor``, negative for credits, lowercase currency, description,
+   ``metadata.billing_invoice_id`` / ``billing_line_id``; key ``billing-line-{line.id}``).
+   Lines already on the draft (by metadata) are not created again;
+   ``invoice_line.stripe_line_id`` records the invoice item id (``ii_...``).
+4. When the draft holds exactly our lines and total, it is finalized with
+   ``auto_advance=true`` (Stripe then collects payment), key ``billing-finalize-{id}``.
+   An invoice already *paid* here is finalized with ``auto_advance=false`` and then marked
+   ``paid_out_of_band`` in Stripe, so Stripe never charges it a second time.
+5. Only then ``invoice.stripe_invoice_id`` is stored: a set id means "pushed completely";
+   a missing id means "not pushed or partially pushed", and the next run completes it.
+
+A retry never blindly repeats a create: the object is looked up again first, so a
+request that Stripe executed but whose answer was lost is not executed twice even when
+the idempotency key has expired (Stripe keeps keys 24 h) or is not honoured.
+
+Decisions:
+- Credit notes (``kind=credit_note``) are not pushed: they are reported as skipped. Issue
+  them in Stripe by hand (a Stripe credit note against the original invoice) for now.
+- Zero-total invoices are pushed like any other: Stripe marks a finalized zero-total
+  invoice paid at once, and we mark ours paid too. This keeps the rule "one Stripe invoice
+  per finalized invoice, equal totals" without exceptions, and reconcile stays simple.
+- Negative-total invoices (credits larger than charges) are skipped with a reason: Stripe
+  would move the excess to the customer balance, which our ledger does not model.
+- Voiding: a void invoice of ours voids its open Stripe invoice, deletes a Stripe draft
+  left by a partial push, and is reported as failed if Stripe already collected payment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+from sqlalchemy import Engine
+
+from billing.errors import BillingError, ErrorCode
+from billing.ledger.models import Invoice, InvoiceLineRow
+from billing.stripe_sync import state
+from billing.stripe_sync.client import Retrier, describe, is_retryable, list_all, plain
+
+META_CUSTOMER = "billing_customer_id"
+META_INVOICE = "billing_invoice_id"
+META_NUMBER = "billing_invoice_number"
+META_LINE = "billing_line_id"
+
+# our status -> the Stripe statuses that agree with it
+EXPECTED_STRIPE_STATUS = {"finalized": {"open", "uncollectible"}, "paid": {"paid"}, "void": {"void"}}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def customer_key(customer_id: str) -> str:
+    return f"billing-customer-{customer_id}"
+
+
+def invoice_key(invoice_id: int) -> str:
+    return f"billing-invoice-{invoice_id}"
+
+
+def line_key(line_id: int) -> str:
+    return f"billing-line-{line_id}"
+
+
+def finalize_key(invoice_id: int) -> str:
+    return f"billing-finalize-{invoice_id}"
+
+
+def pay_key(invoice_id: int) -> str:
+    return f"billing-paid-out-of-band-{invoice_id}"
+
+
+def line_item_id(line: dict) -> str | None:
+    """The invoice item behind a Stripe invoice line, in old (``invoice_item``) and new
+    (``parent.invoice_item_details.invoice_item``, API 2025-03-31 and later) shapes."""
+    if line.get("invoice_item"):
+        return line["invoice_item"]
+    parent = line.get("parent") or {}
+    details = parent.get("invoice_item_details") or {}
+    return details.get("invoice_item")
+
+
+def _meta(obj: dict) -> dict:
+    return obj.get("metadata") or {}
+
+
+@dataclass
+class Outcome:
+    invoice_id: int
+    number: str | None
+    action: str  # pushed | completed | already | skipped | failed | voided | would_push | unchanged
+    stripe_invoice_id: str | None = None
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SyncResult:
+    dry_run: bool = False
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def by_action(self, action: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.action == action]
+
+    @property
+    def ok(self) -> bool:
+        return not self.by_action("failed")
+
+    def to_json(self) -> dict:
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.action] = counts.get(o.action, 0) + 1
+        return {"dry_run": self.dry_run, "ok": self.ok, "counts": counts,
+                "invoices": [o.to_json() for o in self.outcomes]}
+
+
+@dataclass
+class Difference:
+    kind: str  # missing_in_stripe | extra_in_stripe | amount_mismatch | status_mismatch | line_count_mismatch
+    invoice_id: int | None
+    number: str | None
+    stripe_invoice_id: str | None
+    ours: Any = None
+    stripe: Any = None
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _PushFailed(Exception):
+    pass
+
+
+class StripeSync:
+    """Invoice push, void propagation and reconciliation against one Stripe account."""
+
+    def __init__(self, engine: Engine, client: stripe.StripeClient, *, clock: Callable[[], datetime] = _utcnow,
+                 retrier: Retrier | None = None):
+        self.engine = engine
+        self.client = client
+        self.clock = clock
+        self.retry = retrier or Retrier()
+        self._search_supported: bool | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _ensure(self, lookup: Callable[[], dict | None], create: Callable[[], Any], *, known_absent: bool = False) -> dict:
+        """Find-or-create where every retry of the create first looks again."""
+        attempts = self.retry.attempts
+        for attempt in range(attempts):
+            if attempt > 0 or not known_absent:
+                found = self.retry(lookup)
+                if found is not None:
+                    return found
+            try:
+                return plain(create())
+            except Exception as exc:  # noqa: BLE001
+                if not is_retryable(exc) or attempt == attempts - 1:
+                    raise
+                self.retry.sleep(self.retry.base_delay * (2 ** attempt))
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- customers
+    def ensure_customer(self, customer_id: str) -> str:
+        """The Stripe customer id of a billing customer, linking or creating it once."""
+        row = state.customer(self.engine, customer_id)
+        if row is None:
+            raise BillingError(f"unknown customer {customer_id!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
+        if row.stripe_customer_id:
+            return row.stripe_customer_id
+        params = {"name": row.name or row.id, "metadata": {META_CUSTOMER: row.id}}
+        found = self._ensure(lambda: self._find_customer(customer_id),
+                             lambda: self.client.v1.customers.create(
+                                 params=params, options={"idempotency_key": customer_key(customer_id)}))
+        return state.set_stripe_customer_id(self.engine, customer_id, found["id"])
+
+    def _find_customer(self, customer_id: str) -> dict | None:
+        matches: list[dict] = []
+        if self._search_supported is not False:
+            escaped = customer_id.replace("\\", "\\\\").replace("'", "\\'")
+            try:
+                page = plain(self.client.v1.customers.search(
+                    params={"query": f"metadata['{META_CUSTOMER}']:'{escaped}'", "limit": 100}))
+                self._search_supported = True
+                matches = [c for c in page.get("data") or [] if _meta(c).get(META_CUSTOMER) == customer_id]
+            except stripe.InvalidRequestError:
+                # no search here (a Stripe-compatible server, or a region without search):
+                # listing is slower but always right
+                self._search_supported = False
+        if self._search_supported is False:
+            matches = [c for c in list_all(self.client.v1.customers.list)
+                       if _meta(c).get(META_CUSTOMER) == customer_id]
+        if not matches:
+            return None  # search lags ~1 min; a recent create is covered by its idempotency key
+        return min(matches, key=lambda c: (c.get("created") or 0, c["id"]))
+
+    # ------------------------------------------------------------------ invoices
+    def _stripe_invoices_of(self, stripe_customer: str) -> list[dict]:
+        return list(list_all(self.client.v1.invoices.list, {"customer": stripe_customer}))
+
+    def _find_invoice(self, stripe_customer: str, invoice_id: int) -> dict | None:
+        matches = [i for i in self._stripe_invoices_of(stripe_customer) if _meta(i).get(META_INVOICE) == str(invoice_id)]
+        live = [i for i in matches if i.get("status") != "void"]
+        if len(live) > 1:
+            raise _PushFailed(f"{len(live)} Stripe invoices carry {META_INVOICE}={invoice_id}: "
+                              + ", ".join(sorted(i["id"] for i in live)) + "; void the extra ones in Stripe")
+        if live:
+            return live[0]
+        return min(matches, key=lambda i: (i.get("created") or 0, i["id"])) if matches else None
+
+    def _lines(self, stripe_invoice_id: str) -> list[dict]:
+        return list(list_all(lambda p: self.client.v1.invoices.line_items.list(stripe_invoice_id, params=p)))
+
+    def push(self, *, dry_run: bool = False, only: list[int] | None = None,
+             progress: Callable[[Outcome], None] | None = None) -> SyncResult:
+        """Push every finalized/paid invoice not yet in Stripe (and complete partial pushes),
+        then propagate voids. Idempotent: re-running after any failure completes the work."""
+        result = SyncResult(dry_run=dry_run)
+        for inv in state.invoices_to_push(self.engine, only):
+            outcome = self._plan(inv)
+            if outcome is None:
+                outcome = Outcome(inv.id, inv.number, "would_push") if dry_run else self._push_one(inv)
+            result.outcomes.append(outcome)
+            if progress:
+                progress(outcome)
+        for inv in state.void_invoices_in_stripe(self.engine):
+            if only and inv.id not in only:
+                continue
+            outcome = Outcome(inv.id, inv.number, "would_void", inv.stripe_invoice_id,
+                              reason="voided in Stripe unless it already is") if dry_run \
+                else self.push_void(inv.id)
+            if outcome.action != "unchanged":
+                result.outcomes.append(outcome)
+                if progress:
+                    progress(outcome)
+        return result
+
+    @staticmethod
+    def _plan(inv: Invoice) -> Outcome | None:
+        if inv.kind != "invoice":
+            return Outcome(inv.id, inv.number, "skipped",
+                           reason=f"{inv.kind}: credit notes are not pushed to Stripe; issue a Stripe credit "
+                                  "note against the original invoice by hand")
+        if inv.total_minor < 0:
+            return Outcome(inv.id, inv.number, "skipped",
+                           reason="negative total: Stripe would move it to the customer balance; not pushed")
+        return None
+
+    def push_invoice(self, invoice_id: int) -> Outcome:
+        inv = state.get_invoice(self.engine, invoice_id)
+        if inv is None:
+            raise BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
+        if inv.stripe_invoice_id:
+            return Outcome(inv.id, inv.number, "already", inv.stripe_invoice_id)
+        if inv.status not in ("finalized", "paid"):
+            raise BillingError(f"invoice {inv.number or inv.id} is {inv.status}; only finalized or paid invoices "
+                               "are pushed", code=ErrorCode.INVOICE_STATE)
+        return self._plan(inv) or self._push_one(inv)
+
+    def _push_one(self, inv: Invoice) -> Outcome:
+        try:
+            return self._push(inv)
+        except _PushFailed as exc:
+            return Outcome(inv.id, inv.number, "failed", reason=str(exc))
+        except stripe.StripeError as exc:
+            return Outcome(inv.id, inv.number, "failed", reason=describe(exc))
+
+    def _push(self, inv: Invoice) -> Outcome:
+        inv, lines = state.invoice_with_lines(self.engine, inv.id)
+        assert inv is not None and inv.id is not None
+        cus = self.ensure_customer(inv.customer_id)
+        currency = inv.currency.lower()
+        created = False
+
+        def create_invoice():
+            nonlocal created
+            created = True
+            params: dict[str, Any] = {
+                "customer": cus, "currency": currency, "auto_advance": False,
+                "collection_method": "charge_automatically", "pending_invoice_items_behavior": "exclude",
+                "metadata": {META_INVOICE: str(inv.id), META_NUMBER: inv.number or ""}}
+            if inv.number:
+                params["description"] = f"Invoice {inv.number}"
+            return self.client.v1.invoices.create(params=params, options={"idempotency_key": invoice_key(inv.id)})
+
+        first = self.retry(lambda: self._find_invoice(cus, inv.id))
+        sinv = first or self._ensure(lambda: self._find_invoice(cus, inv.id), create_invoice, known_absent=True)
+        if sinv.get("status") == "void":
+            raise _PushFailed(f"Stripe invoice {sinv['id']} for this invoice is void in Stripe; ours is {inv.status}")
+        if sinv.get("status") == "draft":
+            self._fill_draft(inv, lines, sinv)
+            sid = sinv["id"]
+            # never finalize a draft that differs from ours (e.g. a customer discount in Stripe)
+            problems = self._differences(inv, lines, plain(self.retry(lambda: self.client.v1.invoices.retrieve(sid))))
+            if problems:
+                raise _PushFailed(f"Stripe draft {sid} differs, not finalized: " + "; ".join(problems))
+            # an invoice already paid here must not be collected again by Stripe
+            collect = inv.status != "paid"
+            sinv = self._ensure(
+                lambda: self._retrieve_unless(sid, ("draft",)),
+                lambda: self.client.v1.invoices.finalize_invoice(
+                    sid, params={"auto_advance": collect}, options={"idempotency_key": finalize_key(inv.id)}))
+        if inv.status == "paid" and sinv.get("status") in ("open", "uncollectible"):
+            sid = sinv["id"]
+            sinv = self._ensure(
+                lambda: self._retrieve_unless(sid, ("open", "uncollectible")),
+                lambda: self.client.v1.invoices.pay(
+                    sid, params={"paid_out_of_band": True}, options={"idempotency_key": pay_key(inv.id)}))
+        if not state.set_stripe_invoice_id(self.engine, inv.id, sinv["id"]):
+            raise _PushFailed(f"invoice already points at another Stripe invoice; Stripe has {sinv['id']}")
+        problems = self._differences(inv, lines, sinv)
+        if problems:  # finalized in Stripe: it is our counterpart; reconcile keeps reporting it
+            return Outcome(inv.id, inv.number, "failed", sinv["id"],
+                           reason=f"Stripe invoice ({sinv.get('status')}) differs: " + "; ".join(problems))
+        if sinv.get("status") == "paid" and inv.status == "finalized":
+            paid_at = (sinv.get("status_transitions") or {}).get("paid_at")
+            state.mark_paid(self.engine, inv.id,
+                            datetime.fromtimestamp(paid_at, UTC) if paid_at else self.clock())
+        return Outcome(inv.id, inv.number, "pushed" if created and first is None else "completed", sinv["id"])
+
+    def _retrieve_unless(self, stripe_invoice_id: str, statuses: tuple[str, ...]) -> dict | None:
+        """The Stripe invoice, or None while it is still in one of ``statuses``."""
+        si = plain(self.client.v1.invoices.retrieve(stripe_invoice_id))
+        return None if si.get("status") in statuses else si
+
+    def _fill_draft(self, inv: Invoice, lines: list[InvoiceLineRow], sinv: dict) -> None:
+        sid = sinv["id"]
+        ours = {str(ln.id): ln for ln in lines}
+        by_item = {ln.stripe_line_id: str(ln.id) for ln in lines if ln.stripe_line_id}
+
+        def index(stripe_lines: list[dict]) -> dict[str, dict]:
+            found: dict[str, dict] = {}
+            foreign: list[str] = []
+            for sl in stripe_lines:
+                key = _meta(sl).get(META_LINE) or by_item.get(line_item_id(sl) or "")
+                if key not in ours:
+                    foreign.append(sl.get("id") or "?")
+                elif key in found:
+                    raise _PushFailed(f"Stripe draft {sid} holds line {key} twice "
+                                      f"({line_item_id(found[key])}, {line_item_id(sl)}); delete one in Stripe")
+                else:
+                    found[key] = sl
+            if foreign:
+                raise _PushFailed(f"Stripe draft {sid} has lines we did not create ({', '.join(foreign)}); "
+                                  "remove them in Stripe and re-run")
+            return found
+
+        present = index(self.retry(lambda: self._lines(sid)))
+        for key, ln in ours.items():
+            if key in present:
+                continue
+            assert ln.id is not None
+            params = {"customer": sinv["customer"], "invoice": sid, "amount": ln.amount_minor,
+                      "currency": inv.currency.lower(), "description": ln.description or ln.key or "Line",
+                      "metadata": {META_INVOICE: str(inv.id), META_LINE: key}}
+            item = self._ensure(lambda key=key: index(self._lines(sid)).get(key),
+                                lambda params=params, ln=ln: self.client.v1.invoice_items.create(
+                                    params=params, options={"idempotency_key": line_key(ln.id)}),
+                                known_absent=True)
+            present[key] = item
+        for key, sl in present.items():
+            item_id = line_item_id(sl) or sl["id"]  # an invoice item itself carries its id as "id"
+            if ours[key].stripe_line_id != item_id:
+                state.set_stripe_line_id(self.engine, ours[key].id, item_id)
+
+    def _differences(self, inv: Invoice, lines: list[InvoiceLineRow], sinv: dict) -> list[str]:
+        stripe_lines = self.retry(lambda: self._lines(sinv["id"]))
+        problems = []
+        if len(stripe_lines) != len(lines):
+            problems.append(f"{len(stripe_lines)} lines in Stripe, {len(lines)} ours")
+        if sinv.get("total") != inv.total_minor:
+            problems.append(f"total {sinv.get('total')} in Stripe, {inv.total_minor} ours")
+        if (sinv.get("currency") or "").lower() != inv.currency.lower():
+            problems.append(f"currency {sinv.get('currency')} in Stripe, {inv.currency} ours")
+        return problems
+
+    # --------------------------------------------------------------------- voids
+    def void(self, invoice_id: int, at: datetime) -> Outcome:
+        """Void our finalized invoice (idempotent) and its Stripe counterpart."""
+        from sqlalchemy import update
+
+        table = Invoice.__table__
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id == invoice_id, table.c.status.in_(("finalized", "draft")))
+                         .values(status="void", voided_at=at))
+        inv = state.get_invoice(self.engine, invoice_id)
+        if inv is None:
+            raise BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
+        if inv.status != "void":
+            raise BillingError(f"invoice {inv.number or inv.id} is {inv.status}; cannot void it",
+                               code=ErrorCode.INVOICE_STATE)
+        return self.push_void(invoice_id)
+
+    def push_void(self, invoice_id: int) -> Outcome:
+        """Make Stripe agree with our void invoice: void its open invoice, delete a draft left
+        by a partial push. Idempotent."""
+        inv = state.get_invoice(self.engine, invoice_id)
+        if inv is None or inv.status != "void":
+            raise BillingError(f"invoice {invoice_id} is not void", code=ErrorCode.INVOICE_STATE)
+        try:
+            sinv: dict | None = None
+            if inv.stripe_invoice_id:
+                sinv = plain(self.retry(lambda: self.client.v1.invoices.retrieve(inv.stripe_invoice_id)))
+            else:
+                row = state.customer(self.engine, inv.customer_id)
+                if row is not None and row.stripe_customer_id:
+                    sinv = self.retry(lambda: self._find_invoice(row.stripe_customer_id, inv.id))
+            if sinv is None:
+                return Outcome(inv.id, inv.number, "unchanged", reason="not in Stripe")
+            status = sinv.get("status")
+            if status == "void":
+                return Outcome(inv.id, inv.number, "unchanged", sinv["id"])
+            if status == "draft":
+                sid = sinv["id"]
+                self.retry(lambda: self.client.v1.invoices.delete(sid))
+                return Outcome(inv.id, inv.number, "voided", None, reason=f"deleted Stripe draft {sid}")
+            if status in ("open", "uncollectible"):
+                sid = sinv["id"]
+                self.retry(lambda: self.client.v1.invoices.void_invoice(sid))
+                return Outcome(inv.id, inv.number, "voided", sid)
+            return Outcome(inv.id, inv.number, "failed", sinv["id"],
+                           reason=f"Stripe invoice is {status}; refund it in Stripe (a paid invoice cannot be voided)")
+        except stripe.StripeError as exc:
+            return Outcome(inv.id, inv.number, "failed", inv.stripe_invoice_id, reason=describe(exc))
+        except _PushFailed as exc:
+            return Outcome(inv.id, inv.number, "failed", inv.stripe_invoice_id, reason=str(exc))
+
+    # ------------------------------------------------------------------ reconcile
+    def reconcile(self) -> list[Difference]:
+        """Every difference between our invoices and Stripe's (read-only)."""
+        ours = [i for i in state.all_invoices(self.engine) if i.kind == "invoice"]
+        counts = state.line_counts(self.engine)
+        customers = sorted({i.customer_id for i in ours})
+        stripe_invoices: dict[str, dict] = {}
+        for cid in customers:
+            row = state.customer(self.engine, cid)
+            if row is None or not row.stripe_customer_id:
+                continue
+            for si in self.retry(lambda: self._stripe_invoices_of(row.stripe_customer_id)):
+                stripe_invoices[si["id"]] = si
+        by_meta: dict[str, list[dict]] = {}
+        for si in stripe_invoices.values():
+            if META_INVOICE in _meta(si):
+                by_meta.setdefault(_meta(si)[META_INVOICE], []).append(si)
+        known = {i.stripe_invoice_id for i in ours if i.stripe_invoice_id}
+        explained: set[str] = set()
+        diffs: list[Difference] = []
+        for inv in ours:
+            if not inv.stripe_invoice_id:
+                if inv.status == "void" or inv.total_minor < 0:
+                    continue
+                partial = [s for s in by_meta.get(str(inv.id), []) if s["id"] not in known and s.get("status") != "void"]
+                explained.update(s["id"] for s in partial)
+                hint = f"; partial push in Stripe: {', '.join(s['id'] for s in partial)} (run sync)" if partial else ""
+                diffs.append(Difference("missing_in_stripe", inv.id, inv.number, partial[0]["id"] if partial else None,
+                                        inv.total_minor, None, f"not pushed to Stripe{hint}"))
+                continue
+            si = stripe_invoices.get(inv.stripe_invoice_id)
+            if si is None:
+                try:
+                    si = plain(self.retry(lambda: self.client.v1.invoices.retrieve(inv.stripe_invoice_id)))
+                except stripe.InvalidRequestError as exc:
+                    if exc.http_status != 404:
+                        raise
+                    diffs.append(Difference("missing_in_stripe", inv.id, inv.number, inv.stripe_invoice_id,
+                                            inv.total_minor, None, "Stripe does not know this invoice id"))
+                    continue
+            diffs.extend(self._compare(inv, counts.get(inv.id, 0), si))
+        for sid, si in sorted(stripe_invoices.items()):
+            meta = _meta(si)
+            if META_INVOICE in meta and sid not in known and sid not in explained and si.get("status") != "void":
+                diffs.append(Difference("extra_in_stripe", _int_or_none(meta[META_INVOICE]), meta.get(META_NUMBER),
+                                        sid, None, si.get("total"),
+                                        f"Stripe invoice ({si.get('status')}) carries our metadata but no invoice "
+                                        "of ours points at it"))
+        return diffs
+
+    def _compare(self, inv: Invoice, line_count: int, si: dict) -> list[Difference]:
+        out = []
+        sid = si["id"]
+        if si.get("total") != inv.total_minor or (si.get("currency") or "").lower() != inv.currency.lower():
+            out.append(Difference("amount_mismatch", inv.id, inv.number, sid,
+                                  f"{inv.total_minor} {inv.currency.lower()}", f"{si.get('total')} {si.get('currency')}",
+                                  "totals differ (minor units)"))
+        expected = EXPECTED_STRIPE_STATUS.get(inv.status, set())
+        if si.get("status") not in expected:
+            out.append(Difference("status_mismatch", inv.id, inv.number, sid, inv.status, si.get("status"),
+                                  f"ours is {inv.status}, Stripe's is {si.get('status')}"))
+        lines = si.get("lines") or {}
+        if lines.get("has_more") or "data" not in lines:
+            n = len(self.retry(lambda: self._lines(sid)))
+        else:
+            n = len(lines["data"])
+        if n != line_count:
+            out.append(Difference("line_count_mismatch", inv.id, inv.number, sid, line_count, n,
+                                  f"{line_count} lines ours, {n} in Stripe"))
+        return out
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
