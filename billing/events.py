@@ -30,7 +30,8 @@ TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_wri
 
 
 def is_quantity_key(key: str) -> bool:
-    return key.endswith("_tokens") or key in ("quantity", "steps", "amount", "units")
+    """Properties that must be non-negative numbers (token counts, quantities, costs)."""
+    return key.endswith("_tokens") or key in ("quantity", "steps", "amount", "units", "cost")
 
 
 class EventError(BillingError):
@@ -47,6 +48,24 @@ class UsageEvent(BaseModel):
     type: str = Field(min_length=1, max_length=100)
     timestamp: datetime
     properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _iso_text(cls, value: Any) -> Any:
+        """ISO 8601 text, parsed by ``datetime.fromisoformat`` (as the ingestion fast path does)."""
+        if isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("timestamp must be an ISO 8601 string with a timezone")
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"timestamp {value!r} is not ISO 8601") from None
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _no_properties(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     @field_validator("timestamp")
     @classmethod

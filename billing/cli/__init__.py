@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from billing.cli import invoice, ledger_cmds, plans
+from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
+from billing.cli.simulate import simulate
 from billing.cli.demo import demo
 
 app = typer.Typer(help="Pricing & billing engine for AI products.", no_args_is_help=True,
@@ -18,4 +20,6 @@ app.add_typer(ledger_cmds.subs_app, name="subscriptions")
 app.add_typer(ledger_cmds.credits_app, name="credits")
 app.add_typer(ledger_cmds.events_app, name="events")
 app.add_typer(stripe_cli.app, name="stripe")
+app.add_typer(report_cli.app, name="report")
+app.command("simulate")(simulate)
 app.command("demo")(demo)

@@ -59,10 +59,13 @@ class CounterPlanner:
         self._period_cache[sub.id] = bounds
         return bounds
 
-    def _meters_for(self, sub: SubscriptionView, etype: str) -> list[Meter]:
-        meters = [m for m in sub.plan.meters if m.event_type == etype and m.aggregation != "unique_count"]
-        self._meters[(sub.id, etype)] = meters
-        return meters
+    def _rules_for(self, sub: SubscriptionView, etype: str) -> list[tuple]:
+        """Compiled (meter key, meter, simple count?, is max) for the sub's meters of ``etype``."""
+        rules = [(m.key, m, bool(m.filter), m.aggregation == "count" and m.multipliers is None,
+                  m.aggregation == "max")
+                 for m in sub.plan.meters if m.event_type == etype and m.aggregation != "unique_count"]
+        self._meters[(sub.id, etype)] = rules
+        return rules
 
     def add(self, customer: str, etype: str, ts: int, props: dict, cost_pico: int) -> None:
         subs = self._subs.get(customer)
@@ -72,30 +75,34 @@ class CounterPlanner:
         for sub in subs:
             if ts < sub.start_us or (sub.end_us is not None and ts >= sub.end_us):
                 continue
-            meters = self._meters.get((sub.id, etype))
-            if meters is None:
-                meters = self._meters_for(sub, etype)
-            if not meters:
+            rules = self._meters.get((sub.id, etype))
+            if rules is None:
+                rules = self._rules_for(sub, etype)
+            if not rules:
                 continue
             bounds = self._period_cache.get(sub.id)
             if bounds is None or not bounds[0] <= ts < bounds[1]:
                 bounds = self._period(sub, ts)
-            start = bounds[0]
-            for meter in meters:
-                if meter.filter and not meter.matches(etype, props):
+            for key, meter, filtered, simple_count, is_max in rules:
+                if filtered and not meter.matches(etype, props):
                     continue
-                if meter.aggregation == "count" and meter.multipliers is None:
+                if simple_count:
                     units = 1_000_000
                 else:
                     units = _units(meter, props)
                     if units is None:
                         continue
-                key = (customer, meter.key, start)
-                slot = deltas.get(key)
+                dkey = (customer, key, bounds[0])
+                slot = deltas.get(dkey)
                 if slot is None:
-                    deltas[key] = [bounds[1], units, 1, cost_pico, meter.aggregation == "max"]
+                    deltas[dkey] = [bounds[1], units, 1, cost_pico, is_max]
+                elif is_max:
+                    if units > slot[1]:
+                        slot[1] = units
+                    slot[2] += 1
+                    slot[3] += cost_pico
                 else:
-                    slot[1] = max(slot[1], units) if slot[4] else slot[1] + units
+                    slot[1] += units
                     slot[2] += 1
                     slot[3] += cost_pico
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+from operator import itemgetter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -45,7 +46,7 @@ class BatchResult:
 
     def __init__(self) -> None:
         self.statuses: list[str] = []
-        self.keys: list[tuple[str | None, str | None]] = []  # (id, customer) per event
+        self.sources: list[Any] = []  # the events as given (their id/customer are read lazily)
         self.details: dict[int, tuple[str, str]] = {}  # index -> (code, message)
 
     def count(self, status: str) -> int:
@@ -61,7 +62,7 @@ class BatchResult:
 
     def result(self, index: int) -> EventResult:
         code, message = self.details.get(index, (None, None))
-        event_id, customer = self.keys[index]
+        event_id, customer = _raw_key(self.sources[index])
         return EventResult(index, event_id, customer, self.statuses[index], code, message)
 
     def to_json(self, max_errors: int = 1000) -> dict[str, Any]:
@@ -117,29 +118,29 @@ class Ledger:
         now_us = to_us(self.clock())
         n = len(raws)
         status: list[str] = ["accepted"] * n
-        keys: list[tuple[str | None, str | None]] = [(None, None)] * n
         problems: dict[int, tuple[str, str]] = {}
         prepared: list[tuple[int, Prepared]] = []
-        first_seen: dict[tuple[str, str], Prepared] = {}
+        first_seen: dict[tuple[str, str], tuple[int, Prepared]] = {}
+        copies: list[tuple[int, int]] = []  # (index, index of the first copy) of identical repeats
         tolerance, known, pricer = self.tolerance_us, self.known_types, self.pricer
         for i, raw in enumerate(raws):
             p = prepare(raw, now_us=now_us, tolerance_us=tolerance, known_types=known, pricer=pricer)
             if type(p) is Rejection:
-                keys[i] = _raw_key(raw)
                 status[i] = "rejected"
                 problems[i] = (str(p.code), p.message)
                 continue
             key = (p.customer, p.event_id)
-            keys[i] = (p.event_id, p.customer)
-            first = first_seen.get(key)
-            if first is not None:  # repeated inside this batch: compare with the first copy
+            seen = first_seen.get(key)
+            if seen is not None:  # repeated inside this batch: compare with the first copy
+                first = seen[1]
                 if (first.type, first.ts, first.properties) == (p.type, p.ts, p.properties):
                     status[i] = "duplicate"
+                    copies.append((i, seen[0]))
                 else:
                     status[i] = "conflict"
                     problems[i] = (str(ErrorCode.EVENT_CONFLICT), "same id sent twice in this batch with different content")
                 continue
-            first_seen[key] = p
+            first_seen[key] = (i, p)
             prepared.append((i, p))
 
         with self.engine.begin() as conn:
@@ -153,16 +154,20 @@ class Ledger:
                     status[i] = "rejected"
                     problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER), f"unknown customer {p.customer!r}; create it first")
             # insert in key order: neighbouring rows land on the same index pages
-            inserted = event_store.insert_events(conn, sorted((p for _, p in good), key=_key))
+            inserted = event_store.insert_events(conn, sorted((p for _, p in good), key=_KEY))
             planner = CounterPlanner(subscription_views(
                 repository.subscription_rows(session, {p.customer for _, p in good}), customers, self.catalog))
             add = planner.add
             missing: list[tuple[int, Prepared]] = []
-            for i, p in good:
-                if (p.customer, p.event_id) in inserted:
+            if inserted is event_store.ALL_INSERTED:
+                for _, p in good:
                     add(p.customer, p.type, p.ts, p.properties, p.cost_pico)
-                else:
-                    missing.append((i, p))
+            else:
+                for i, p in good:
+                    if (p.customer, p.event_id) in inserted:
+                        add(p.customer, p.type, p.ts, p.properties, p.cost_pico)
+                    else:
+                        missing.append((i, p))
             if missing:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
                 for i, p in missing:
@@ -175,15 +180,18 @@ class Ledger:
                                        "an event with this id exists with different content; nothing changed")
             event_store.upsert_counters(conn, planner.deltas)
             session.close()
+        for i, first in copies:  # an identical repeat shares its first copy's fate
+            if status[first] in ("rejected", "conflict"):
+                status[i] = status[first]
+                problems[i] = problems[first]
         # the transaction has committed: only now are results reported
         offset = len(result.statuses)
         result.statuses.extend(status)
-        result.keys.extend(keys)
+        result.sources.extend(raws)
         result.details.update({offset + i: v for i, v in problems.items()})
 
 
-def _key(p: Prepared) -> tuple[str, str]:
-    return p.customer, p.event_id
+_KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
 
 
 def _raw_key(raw: Any) -> tuple[str | None, str | None]:

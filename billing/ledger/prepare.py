@@ -14,11 +14,12 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from billing.costs import CostBook, UnknownModel, event_cost
-from billing.errors import ErrorCode
+from billing.errors import BillingError, ErrorCode
 from billing.events import UsageEvent, is_quantity_key
 from billing.ledger.types import EPOCH
 
 PICO = Decimal(10) ** 12
+_MISSING = object()
 _ALLOWED_KEYS = frozenset({"id", "customer", "type", "timestamp", "properties"})
 _TOKEN_PRICE_FIELDS = (("input_tokens", "input"), ("output_tokens", "output"),
                        ("cache_read_tokens", "cache_read"), ("cache_write_tokens", "cache_write"),
@@ -49,15 +50,16 @@ class Pricer:
         self._cache: dict[tuple[str, int, bool], tuple[int, ...] | None] = {}
 
     def pico_prices(self, model: str, ts_us: int, batch: bool) -> tuple[int, ...] | None:
-        day = ts_us // 86_400_000_000
-        key = (model, day, batch)
-        if key not in self._cache:
-            price = self.book.price_for(model, EPOCH + timedelta(days=day))  # may raise UnknownModel
-            keep = (1 - price.batch_discount) if batch else Decimal(1)
-            per_token = [getattr(price, field) * keep * 1_000_000 for _, field in _TOKEN_PRICE_FIELDS]
-            exact = all(p == p.to_integral_value() for p in per_token)
-            self._cache[key] = tuple(int(p) for p in per_token) if exact else None
-        return self._cache[key]
+        key = (model, ts_us // 86_400_000_000, batch)
+        cached = self._cache.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached
+        price = self.book.price_for(model, EPOCH + timedelta(days=key[1]))  # may raise UnknownModel
+        keep = (1 - price.batch_discount) if batch else Decimal(1)
+        per_token = [getattr(price, field) * keep * 1_000_000 for _, field in _TOKEN_PRICE_FIELDS]
+        exact = all(p == p.to_integral_value() for p in per_token)
+        self._cache[key] = result = tuple(int(p) for p in per_token) if exact else None
+        return result
 
 
 def _reject(code: ErrorCode, message: str) -> Rejection:
@@ -91,26 +93,27 @@ def _quantity_problem(props: dict) -> Rejection | None:
     return None
 
 
-_DAY_CACHE: dict[str, int] = {}
+_MINUTE_CACHE: dict[str, int] = {}
 
 
 def _parse_ts(value: Any) -> int | Rejection:
-    # fast path: "YYYY-MM-DDTHH:MM:SSZ" (the common wire format), day offsets cached
-    if type(value) is str and len(value) == 20 and value[19] == "Z" and value[10] == "T":
-        day = _DAY_CACHE.get(value[:10])
-        if day is None:
+    # fast path: "YYYY-MM-DDTHH:MM:SSZ" (the common wire format); minutes are cached, so
+    # a stream of events costs one slice, one dict lookup and one int() each
+    if type(value) is str and len(value) == 20 and value[19] == "Z" and value[16] == ":":
+        base = _MINUTE_CACHE.get(value[:16])
+        if base is None:
             try:
-                day = (datetime.fromisoformat(value[:10] + "T00:00:00+00:00") - EPOCH).days * 86_400
+                dt = datetime.fromisoformat(value[:16] + ":00+00:00")
+                base = ((dt - EPOCH).days * 86_400 + (dt - EPOCH).seconds) * 1_000_000 if value[10] == "T" else -1
             except ValueError:
-                day = -1
-            _DAY_CACHE[value[:10]] = day
-        if day != -1 and value[13] == ":" and value[16] == ":":
-            try:
-                h, m, sec = int(value[11:13]), int(value[14:16]), int(value[17:19])
-            except ValueError:
-                h = 99
-            if h < 24 and m < 60 and sec < 60:
-                return (day + h * 3600 + m * 60 + sec) * 1_000_000
+                base = -1
+            if len(_MINUTE_CACHE) > 100_000:
+                _MINUTE_CACHE.clear()
+            _MINUTE_CACHE[value[:16]] = base
+        if base != -1:
+            sec = value[17:19]
+            if sec.isascii() and sec.isdigit() and sec < "60":  # not "٥٩" or "0²": isdigit() takes those
+                return base + int(sec) * 1_000_000
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, str):
@@ -143,8 +146,10 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
     if not _ALLOWED_KEYS.issuperset(raw):
         extra = sorted(raw.keys() - _ALLOWED_KEYS)
         return _reject(ErrorCode.EVENT_INVALID, f"unknown field(s) {extra}; put custom data in properties")
-    props = raw.get("properties") or {}
-    if not isinstance(props, dict):
+    props = raw.get("properties")
+    if props is None:
+        props = {}
+    elif not isinstance(props, dict):
         return _reject(ErrorCode.EVENT_INVALID, "properties must be an object")
     if etype not in known_types:
         return _reject(ErrorCode.UNKNOWN_EVENT_TYPE, f"unknown event type {etype!r}; no plan meters it")
@@ -160,6 +165,8 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         cost = _cost_pico(raw, props, ts, pricer)
     except UnknownModel as exc:
         return _reject(ErrorCode.UNKNOWN_MODEL, exc.message)
+    except BillingError as exc:
+        return _reject(exc.code, exc.message)
     model = props.get("model")
     try:
         text = orjson.dumps(props, default=str).decode()

@@ -12,6 +12,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fractions import Fraction
+from math import floor
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,28 @@ class Segment:
     resolution_rate: float = 0.0  # share of interactions that end in a resolution
     dispute_rate: float = 0.0  # share of resolutions disputed within the window
     spread: float = 0.3  # +/- relative variation of interactions between customers
+    # -- extensions (defaults keep the original event streams unchanged) --
+    token_jitter: float = 0.2  # +/- relative variation of token counts per call (0: exact counts)
+    seats: int = 1  # seats each customer of the segment holds
+    interactions_per: str = "month"  # "month" (30.4375 days), "day", or "period" (the whole window)
+    exact_mix: bool = False  # True: split calls across model_mix exactly (error diffusion), not at random
+    escalation: "Escalation | None" = None  # an extra call on another model for a share of interactions
+    users: int = 5  # distinct `user` values per customer
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """An extra ``llm.call`` for an exact share of interactions (e.g. a premium-model second pass).
+
+    Which interactions escalate is deterministic: interaction ``i`` (0-based) escalates when
+    ``floor((i + 1) * share) > floor(i * share)``, so ``n`` interactions escalate exactly
+    ``floor(n * share)`` times."""
+
+    share: str  # a decimal fraction, e.g. "0.2" (kept as text: exact)
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    feature: str | None = None  # default: the segment's feature
 
 
 DEFAULT_MIX = (("claude-sonnet-4-5", 0.55), ("gpt-5-mini", 0.30), ("claude-opus-4-1", 0.05), ("gemini-2.5-flash", 0.10))
@@ -55,6 +79,15 @@ class Population:
         return out
 
 
+def _exact_picker(mix: tuple[tuple[str, float], ...]):
+    """Assign calls to models so that after k calls each model has within one call of
+    k x its weight share (largest deficit first; ties by mix order)."""
+    from billing.simulate.levers import Allocator
+
+    total = sum(Fraction(str(w)) for _, w in mix)
+    return Allocator([(m, Fraction(str(w)) / total) for m, w in mix]).next
+
+
 def _pick(rng: random.Random, mix: tuple[tuple[str, float], ...]) -> str:
     x = rng.random() * sum(w for _, w in mix)
     for model, weight in mix:
@@ -67,34 +100,46 @@ def _pick(rng: random.Random, mix: tuple[tuple[str, float], ...]) -> str:
 def customer_events(customer: str, segment: Segment, start: datetime, end: datetime,
                     seed: int = 0) -> Iterator[dict]:
     """Event dicts (the JSON apps send) for one customer over [start, end)."""
+    for event_id, etype, ts, props in customer_rows(customer, segment, start, end, seed):
+        yield {"id": event_id, "customer": customer, "type": etype,
+               "timestamp": ts.isoformat().replace("+00:00", "Z"), "properties": props}
+
+
+def customer_rows(customer: str, segment: Segment, start: datetime, end: datetime,
+                  seed: int = 0) -> Iterator[tuple[str, str, datetime, dict]]:
+    """``(id, type, timestamp, properties)`` of one customer's events over [start, end): the
+    stream of ``customer_events`` without formatting timestamps (the simulations' fast path)."""
     rng = random.Random(f"{seed}:{customer}")
     seconds = int((end - start).total_seconds())
-    months = seconds / (30.4375 * 86400)
+    unit = {"month": 30.4375 * 86400, "day": 86400.0}.get(segment.interactions_per, float(seconds or 1))
+    months = seconds / unit
     mean = segment.interactions * months
     n = max(0, round(mean * (1 + rng.uniform(-segment.spread, segment.spread))))
+    pick = _exact_picker(segment.model_mix) if segment.exact_mix else (lambda: _pick(rng, segment.model_mix))
+    esc = segment.escalation
+    esc_share = Fraction(esc.share) if esc else Fraction(0)
+    j = segment.token_jitter
     for i in range(n):
         ts = start + timedelta(seconds=rng.randrange(seconds))
-        model = _pick(rng, segment.model_mix)
-        jitter = rng.uniform(0.8, 1.2)
+        model = pick()
+        jitter = rng.uniform(1 - j, 1 + j) if j != 0.2 else rng.uniform(0.8, 1.2)
         base = f"{customer}-{i:06d}"
-        stamp = ts.isoformat().replace("+00:00", "Z")
-        yield {"id": f"req-{base}", "customer": customer, "type": "request", "timestamp": stamp,
-               "properties": {"model": model, "feature": segment.feature}}
+        yield f"req-{base}", "request", ts, {"model": model, "feature": segment.feature}
         props = {"model": model, "input_tokens": int(segment.input_tokens * jitter),
                  "output_tokens": int(segment.output_tokens * jitter), "feature": segment.feature,
-                 "user": f"u{rng.randrange(1, 6)}"}
+                 "user": f"u{rng.randrange(1, segment.users + 1)}"}
         if segment.cache_read_tokens:
             props["cache_read_tokens"] = int(segment.cache_read_tokens * jitter)
-        yield {"id": f"llm-{base}", "customer": customer, "type": "llm.call", "timestamp": stamp,
-               "properties": props}
+        yield f"llm-{base}", "llm.call", ts, props
+        if esc is not None and floor((i + 1) * esc_share) > floor(i * esc_share):
+            yield f"esc-{base}", "llm.call", ts, {
+                "model": esc.model, "input_tokens": esc.input_tokens, "output_tokens": esc.output_tokens,
+                "feature": esc.feature or segment.feature, "user": props["user"], "escalation": True}
         if rng.random() < segment.resolution_rate:
-            yield {"id": f"out-{base}", "customer": customer, "type": "outcome", "timestamp": stamp,
-                   "properties": {"outcome": "resolution", "outcome_id": f"conv-{base}"}}
+            yield f"out-{base}", "outcome", ts, {"outcome": "resolution", "outcome_id": f"conv-{base}"}
             if rng.random() < segment.dispute_rate:
                 later = ts + timedelta(hours=rng.randrange(1, 72))
-                yield {"id": f"dis-{base}", "customer": customer, "type": "outcome.disputed",
-                       "timestamp": later.isoformat().replace("+00:00", "Z"),
-                       "properties": {"outcome_id": f"conv-{base}"}}
+                yield f"dis-{base}", "outcome.disputed", later, {"outcome_id": f"conv-{base}"}
 
 
 def population_events(population: Population, start: datetime, end: datetime, seed: int = 0) -> Iterator[dict]:

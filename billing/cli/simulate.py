@@ -1,0 +1,207 @@
+"""`billing simulate`: re-rate a synthetic population or a past period under candidate plans.
+
+Wire with ``app.command("simulate")(simulate)`` in ``billing/cli/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from billing.cli.render import console, print_json
+from billing.money import round_line
+
+PlanOpt = Annotated[list[Path] | None, typer.Option("--plan", help="Candidate plan file (repeatable); "
+                                                    "default: the spec's `plans`.")]
+
+
+def _dec(text: str | None, name: str) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        _fail(f"{name}: not a number: {text!r}")
+
+
+def _fail(message: str) -> None:
+    from billing.cli.context import fail
+
+    fail(message)
+
+
+def simulate(
+    plan: PlanOpt = None,
+    population: Annotated[Path | None, typer.Option(help="Population spec (YAML), e.g. examples/population.yaml.")] = None,
+    history: Annotated[str | None, typer.Option(help="Re-rate this past month (YYYY-MM) from the ledger "
+                                                "(BILLING_DATABASE_URL) and compare with what was billed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the spec's).")] = None,
+    cost_scale: Annotated[str | None, typer.Option(help="Lever: multiply every provider price by this.")] = None,
+    cost_date: Annotated[str | None, typer.Option(help="Lever: cost events at this date's prices (YYYY-MM-DD).")] = None,
+    route: Annotated[str | None, typer.Option(help="Lever: route shares of calls, e.g. gpt-5-mini=0.7,claude-sonnet-4-5=0.2.")] = None,
+    route_from: Annotated[str | None, typer.Option(help="Lever: only route calls of these models (comma-separated).")] = None,
+    cache_hit: Annotated[str | None, typer.Option(help="Lever: prompt-cache hit rate (share of input tokens read from cache).")] = None,
+    batch_share: Annotated[str | None, typer.Option(help="Lever: share of calls sent through the batch API.")] = None,
+    max_output: Annotated[int | None, typer.Option(help="Lever: cap output tokens per call.")] = None,
+    top: Annotated[int, typer.Option(help="How many movers to list.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report with charts.")] = None,
+) -> None:
+    """Rate usage under candidate plans: revenue, provider cost and margin per plan and segment."""
+    from billing.catalog import PlanInvalid, load_plan_file
+    from billing.costs import CostBook
+    from billing.errors import BillingError
+    from billing.simulate.levers import Levers, parse_route
+    from billing.simulate.spec import load_spec, spec_plans
+
+    if (population is None) == (history is None):
+        _fail("give exactly one of --population SPEC.yaml or --history YYYY-MM")
+    try:
+        spec = load_spec(population) if population else None
+        plans = [load_plan_file(p) for p in plan or []]
+        if not plans and spec is not None:
+            plans = spec_plans(spec, population)
+        if not plans:
+            _fail("no plans: pass --plan PLAN.yaml (repeatable)")
+        refs = [p.ref for p in plans]
+        if len(set(refs)) != len(refs):
+            _fail(f"the same plan version was given twice: {', '.join(refs)}")
+        levers = spec.levers if spec else Levers()
+        updates: dict = {}
+        if cost_scale is not None:
+            updates["cost_scale"] = _dec(cost_scale, "--cost-scale")
+        if cost_date is not None:
+            try:
+                updates["cost_date"] = date.fromisoformat(cost_date)
+            except ValueError:
+                _fail(f"--cost-date: not a date (YYYY-MM-DD): {cost_date!r}")
+        if route is not None:
+            try:
+                updates["route"] = parse_route(route, route_from)
+            except ValueError as exc:
+                _fail(f"--route: {exc}")
+        if cache_hit is not None:
+            updates["cache_hit_rate"] = _dec(cache_hit, "--cache-hit")
+        if batch_share is not None:
+            updates["batch_share"] = _dec(batch_share, "--batch-share")
+        if max_output is not None:
+            updates["max_output_tokens"] = max_output
+        if updates:
+            try:
+                levers = Levers.model_validate({**levers.model_dump(), **updates})
+            except ValueError as exc:
+                _fail(f"levers: {exc}")
+        from billing.simulate.core import simulate as run_simulation
+
+        if spec is not None:
+            customers, period, book = spec.customer_inputs(seed), spec.the_period(), spec.book()
+        else:
+            from billing.cli.context import engine
+            from billing.simulate.history import history_inputs
+
+            from sqlalchemy.exc import SQLAlchemyError
+
+            try:
+                period, customers = history_inputs(engine(), history, plans)
+            except ValueError as exc:
+                _fail(f"--history: {exc}")
+            except SQLAlchemyError as exc:
+                _fail(f"cannot read the ledger (BILLING_DATABASE_URL; run `billing db upgrade`?): "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            book = CostBook.load_default()
+        with _progress(len(customers)) as advance:
+            sim = run_simulation(plans, customers, period, book, levers=levers,
+                                 source="synthetic" if spec is not None else "history", progress=advance)
+    except PlanInvalid as exc:
+        _fail("invalid plan\n" + "\n".join(str(p) for p in exc.problems))
+    except BillingError as exc:
+        _fail(f"{exc.code}: {exc.message}")
+
+    if html is not None:
+        from billing.reports.html import simulation_html
+
+        html.write_text(simulation_html(sim, title=f"Simulation — {spec.name if spec else 'history ' + history}"),
+                        encoding="utf-8")
+    if as_json:
+        print_json(sim.to_json(top=top))
+        return
+    print_simulation(sim, top)
+    if html is not None:
+        console.print(f"HTML report written to {html}", highlight=False)
+
+
+@contextmanager
+def _progress(total: int):
+    """A transient progress bar on stderr (nothing on a pipe or in --json output)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from billing.cli.render import err_console
+
+    with Progress(TextColumn("simulating customers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("simulate", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _m(value: Decimal | None, currency: str = "USD") -> str:
+    return "" if value is None else str(round_line(value, currency))
+
+
+def _p(value: Decimal | None) -> str:
+    from billing.reports.stats import round_pct
+
+    return "n/a" if value is None else f"{round_pct(value)}%"
+
+
+def print_simulation(sim, top: int = 5) -> None:
+    what = "synthetic population" if sim.source == "synthetic" else "ledger history"
+    console.print(f"[bold]Simulation[/bold] of {what}, period {sim.period.label}", highlight=False)
+    for line in sim.levers.describe():
+        console.print(f"  lever: {line}", highlight=False)
+    actual = sim.actual_totals()
+    table = Table("Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Break-even / seat",
+                  "Throttled", title="Plans side by side", title_justify="left")
+    if actual is not None:
+        billed, cost = actual
+        table.add_row("[italic]actually billed[/italic]", "", _m(billed), _m(cost), _m(billed - cost),
+                      _p((billed - cost) / billed * 100 if billed else None), "", "")
+    for plan in sim.plans:
+        total = sim.total(plan.ref)
+        c = plan.currency
+        cost = _m(total.cost, c)
+        if total.baseline_cost is not None and total.baseline_cost != total.cost:
+            cost += f" (was {_m(total.baseline_cost, c)})"
+        table.add_row(f"{plan.ref} — {plan.name}", str(total.customers), _m(total.revenue, c), cost,
+                      _m(total.margin, c), _p(total.margin_pct), _m(total.break_even_seat_price(), c),
+                      str(len(sim.throttled(plan.ref))))
+    console.print(table)
+    for plan in sim.plans:
+        c = plan.currency
+        seg = Table("Segment", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Revenue / customer",
+                    "Break-even / seat", title=f"{plan.ref}: by segment", title_justify="left")
+        for name, a in sim.segments(plan.ref).items():
+            seg.add_row(name, str(a.customers), _m(a.revenue, c), _m(a.cost, c), _m(a.margin, c), _p(a.margin_pct),
+                        _m(a.revenue / a.customers if a.customers else None, c), _m(a.break_even_seat_price(), c))
+        console.print(seg)
+        dist = " ".join(f"[{b.label()}]: {b.count}" for b in sim.margin_distribution(plan.ref) if b.count)
+        console.print(f"  customer margin % distribution: {dist}", highlight=False)
+        movers = sim.movers(plan.ref, top)
+        if movers and (sim.has_actual or plan is not sim.plans[0]):
+            ref = "actual bill" if sim.has_actual else f"{sim.plans[0].ref}"
+            mv = Table("Customer", "Segment", ref.capitalize(), "Simulated", "Change",
+                       title=f"{plan.ref}: biggest changes vs {ref}", title_justify="left")
+            for r, reference, delta in movers:
+                mv.add_row(r.customer, r.segment, _m(reference, c), _m(r.revenue, c), _m(delta, c))
+            console.print(mv)
+        throttled = sim.throttled(plan.ref)
+        if throttled:
+            names = ", ".join(r.customer for r in throttled[:top])
+            more = f" and {len(throttled) - top} more" if len(throttled) > top else ""
+            console.print(f"  {len(throttled)} customer(s) would have been throttled "
+                          f"(past included units under block/downgrade/rate_limit): {names}{more}", highlight=False)

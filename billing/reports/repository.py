@@ -1,0 +1,179 @@
+"""All SQL of reports and history simulations (read-only: nothing here writes).
+
+SQLite and PostgreSQL: event properties are read with ``json_extract`` (SQLite) or ``->>``
+(PostgreSQL); the ``model`` property uses the promoted ``usage_event.model`` column.
+Event times are integer microseconds (UTC); money is integer minor units / picodollars.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, func, or_, select, text
+
+from billing.ledger.models import CreditBurn, CreditGrantRow, Customer, Invoice, SeatChange, Subscription, UsageEventRow
+
+_SAFE_PROP = re.compile(r"^[A-Za-z0-9_\-]+$")
+_CHUNK = 500
+
+
+def _chunks(items: Sequence, size: int = _CHUNK):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def property_sql(dialect: str, prop: str) -> str:
+    """SQL text of an event property as text (``model``: the promoted column)."""
+    if prop == "model":
+        return "COALESCE(model, " + (_json_text(dialect, "model")) + ")"
+    if not _SAFE_PROP.match(prop):
+        raise ValueError(f"property name {prop!r} may only use letters, digits, '_' and '-'")
+    return _json_text(dialect, prop)
+
+
+def _json_text(dialect: str, prop: str) -> str:
+    if dialect == "postgresql":
+        return f"(properties->>'{prop}')"
+    return f"CAST(json_extract(properties, '$.\"{prop}\"') AS TEXT)"
+
+
+# --------------------------------------------------------------------- customers & subs
+
+def customers(conn: Connection) -> dict[str, tuple[str, str]]:
+    """customer id -> (timezone, currency)."""
+    return {cid: (tz, cur) for cid, tz, cur in conn.execute(select(Customer.id, Customer.timezone, Customer.currency))}
+
+
+def subscriptions_overlapping(conn: Connection, start: datetime, end: datetime) -> list[Subscription]:
+    """Subscriptions active at some instant of [start, end), oldest first."""
+    rows = conn.execute(select(Subscription).where(
+        Subscription.started_at < end, or_(Subscription.ended_at.is_(None), Subscription.ended_at > start))
+        .order_by(Subscription.started_at, Subscription.id))
+    return [Subscription.model_validate(r._mapping) for r in rows]
+
+
+def seat_histories(conn: Connection, subscription_ids: Sequence[int]) -> dict[int, list[tuple[datetime, int]]]:
+    out: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
+    for part in _chunks(list(subscription_ids)):
+        rows = conn.execute(select(SeatChange.subscription_id, SeatChange.effective_at, SeatChange.seats)
+                            .where(SeatChange.subscription_id.in_(part))
+                            .order_by(SeatChange.effective_at, SeatChange.id))
+        for sid, at, seats in rows:
+            out[sid].append((at, seats))
+    return out
+
+
+def grant_balances(conn: Connection, customer_ids: Sequence[str]) -> dict[str, list[tuple[CreditGrantRow, int]]]:
+    """customer -> [(grant, remaining micro-units)]."""
+    out: dict[str, list[tuple[CreditGrantRow, int]]] = defaultdict(list)
+    for part in _chunks(sorted(set(customer_ids))):
+        grants = [CreditGrantRow.model_validate(r._mapping)
+                  for r in conn.execute(select(CreditGrantRow).where(CreditGrantRow.customer_id.in_(part)))]
+        if not grants:
+            continue
+        burned = dict(conn.execute(select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
+                                   .where(CreditBurn.grant_id.in_([g.id for g in grants]))
+                                   .group_by(CreditBurn.grant_id)).all())
+        for g in grants:
+            out[g.customer_id].append((g, g.amount_micro - int(burned.get(g.id) or 0)))
+    return out
+
+
+# ------------------------------------------------------------------------------ invoices
+
+@dataclass(frozen=True)
+class InvoiceRow:
+    id: int
+    customer: str
+    kind: str
+    status: str
+    plan_id: str
+    plan_version: int
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    total_minor: int
+    provider_cost_pico: int
+
+
+def invoices_starting_between(conn: Connection, start: datetime, end: datetime) -> list[InvoiceRow]:
+    """Finalized or paid invoices and credit notes whose service period starts in [start, end)."""
+    rows = conn.execute(select(Invoice.id, Invoice.customer_id, Invoice.kind, Invoice.status, Invoice.plan_id,
+                               Invoice.plan_version, Invoice.currency, Invoice.period_start, Invoice.period_end,
+                               Invoice.total_minor, Invoice.provider_cost_pico)
+                        .where(Invoice.period_start >= start, Invoice.period_start < end,
+                               Invoice.status.in_(("finalized", "paid")))
+                        .order_by(Invoice.id))
+    return [InvoiceRow(*r) for r in rows]
+
+
+# -------------------------------------------------------------------------------- events
+
+@dataclass(frozen=True)
+class EventRow:
+    customer: str
+    event_id: str
+    type: str
+    ts: int  # microseconds, UTC
+    properties: dict
+    cost_pico: int
+
+
+def events_between(conn: Connection, start_us: int, end_us: int, customers: Sequence[str] | None = None,
+                   types: Iterable[str] | None = None) -> list[EventRow]:
+    """Events with start <= ts < end (optionally only these customers / types), in time order."""
+    t = UsageEventRow.__table__
+    base = select(t.c.customer_id, t.c.event_id, t.c.type, t.c.ts, t.c.properties, t.c.cost_pico).where(
+        t.c.ts >= start_us, t.c.ts < end_us)
+    if types is not None:
+        base = base.where(t.c.type.in_(sorted(set(types))))
+    out: list[EventRow] = []
+    parts = [None] if customers is None else list(_chunks(sorted(set(customers))))
+    for part in parts:
+        query = base if part is None else base.where(t.c.customer_id.in_(part))
+        out.extend(EventRow(*r) for r in conn.execute(query.order_by(t.c.ts, t.c.id)))
+    out.sort(key=lambda e: (e.ts, e.customer, e.event_id))
+    return out
+
+
+@dataclass(frozen=True)
+class CostRow:
+    customer: str
+    key: str | None  # the property value (None: the event has no such property)
+    events: int
+    interactions: int  # events of the interaction type
+    cost_pico: int
+
+
+def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
+            customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> list[CostRow]:
+    """Provider cost and event counts per customer (and per value of ``prop``) over [start, end)."""
+    dialect = conn.dialect.name
+    key = property_sql(dialect, prop) if prop else "NULL"
+    group = f"customer_id, {key}" if prop else "customer_id"
+    sql = (f"SELECT customer_id, {key} AS k, COUNT(*), "
+           f"SUM(CASE WHEN type = :itype THEN 1 ELSE 0 END), COALESCE(SUM(cost_pico), 0) "
+           f"FROM usage_event WHERE ts >= :start AND ts < :end")
+    params = {"itype": interaction_type, "start": start_us, "end": end_us}
+    out: list[CostRow] = []
+    if customers is None:
+        rows = conn.execute(text(sql + f" GROUP BY {group}"), params)
+        out.extend(CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(cost or 0))
+                   for c, k, n, i, cost in rows)
+        return out
+    stmt = text(sql + f" AND customer_id IN :ids GROUP BY {group}").bindparams(bindparam("ids", expanding=True))
+    for part in _chunks(sorted(set(customers))):
+        rows = conn.execute(stmt, {**params, "ids": list(part)})
+        out.extend(CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(cost or 0))
+                   for c, k, n, i, cost in rows)
+    return out
+
+
+def customers_with_events(conn: Connection, start_us: int, end_us: int) -> list[str]:
+    rows = conn.execute(text("SELECT DISTINCT customer_id FROM usage_event WHERE ts >= :s AND ts < :e"),
+                        {"s": start_us, "e": end_us})
+    return sorted(r[0] for r in rows)

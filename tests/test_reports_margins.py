@@ -1,0 +1,213 @@
+"""Margin reports and forecasts over a real ledger (SQLite, and PostgreSQL when configured)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from billing.catalog import Catalog
+from billing.costs import CostBook, event_cost
+from billing.events import UsageEvent
+from billing.ledger.models import Invoice, InvoiceLineRow, UsageCounter, UsageEventRow
+from billing.reports.forecast import elapsed_fraction, forecast
+from billing.reports.margins import margin_report
+from conftest_db import module_db_url, module_engine  # noqa: F401  (fixtures, parametrized over backends)
+
+D = Decimal
+ROOT = Path(__file__).resolve().parent.parent
+OCT = datetime(2026, 10, 1, tzinfo=UTC)
+NOV = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _event(i: int, customer: str, ts: datetime, **props) -> dict:
+    base = {"model": "claude-sonnet-4-5", "input_tokens": 2100, "output_tokens": 400, "feature": "support-chat",
+            "user": "u1", "task": "t1"}
+    base.update(props)
+    return {"id": f"{customer}-{i}", "customer": customer, "type": "llm.call",
+            "timestamp": ts.isoformat().replace("+00:00", "Z"), "properties": base}
+
+
+def seed_ledger(engine) -> dict:
+    """Four customers, October closed into invoices, some November usage (an open period).
+
+    - chat (support-chatbot, $20 + $0.05/message past 100, cap $50): 165 October calls
+      (110 support-chat messages, 55 search); November: 60 messages by Nov 11.
+    - api (token-api, cost + 25%, $50 minimum): 30 October calls on gpt-5-mini / opus.
+    - team (team plan, 2 seats, $25 credits per seat): 40 big calls.
+    - free (no subscription): 10 calls, all cost and no revenue (a whale).
+    - heavy (support-chatbot): 400 November messages by Nov 11 (projected past the cap).
+    """
+    from billing.invoicing.service import Invoicing
+    from billing.ledger.accounts import Accounts
+    from billing.ledger.ingest import Ledger
+
+    catalog = Catalog.from_paths(ROOT / "plans")
+    accounts = Accounts(engine, catalog)
+    for c in ("chat", "api", "team", "free", "heavy"):
+        accounts.create_customer(c, now=OCT)
+    accounts.subscribe("chat", "support-chatbot", at=OCT)
+    accounts.subscribe("api", "token-api", at=OCT)
+    accounts.subscribe("team", "team", at=OCT, seats=2)
+    accounts.subscribe("heavy", "support-chatbot", at=OCT)
+    events = []
+    for i in range(165):
+        events.append(_event(i, "chat", OCT + timedelta(hours=4 * i + 1),
+                             feature="support-chat" if i % 3 else "search", user=f"u{i % 4}", task=f"t{i % 7}"))
+    for i in range(30):
+        events.append(_event(i, "api", OCT + timedelta(hours=7 * i + 2),
+                             model="gpt-5-mini" if i % 5 else "claude-opus-4-1", feature="agent"))
+    for i in range(40):
+        events.append(_event(i, "team", OCT + timedelta(hours=11 * i + 3), input_tokens=50_000, output_tokens=8_000,
+                             feature="coding", user=f"dev{i % 2}"))
+    for i in range(10):
+        events.append(_event(i, "free", OCT + timedelta(days=i, hours=4), model="claude-opus-4-1",
+                             input_tokens=20_000, output_tokens=2_000))
+    nov_now = NOV + timedelta(days=10)
+    for i in range(60):
+        events.append(_event(1000 + i, "chat", NOV + timedelta(hours=4 * i)))
+    for i in range(400):
+        events.append(_event(i, "heavy", NOV + timedelta(minutes=30 * i)))
+    ledger = Ledger(engine, catalog, clock=lambda: nov_now)
+    result = ledger.record(events)
+    assert result.accepted == len(events), result.to_json(max_errors=3)
+    Invoicing(engine, catalog, clock=lambda: NOV + timedelta(hours=1)).close(NOV)
+    return {"catalog": catalog, "events": events, "now": nov_now}
+
+
+@pytest.fixture(scope="module")
+def seeded(module_engine):  # noqa: F811
+    """One seeded ledger per backend for the whole module: every test here only reads."""
+    return {**seed_ledger(module_engine), "engine": module_engine}
+
+
+def _costs(events, customer=None, start=OCT, end=NOV) -> Decimal:
+    book = CostBook.load_default()
+    total = D(0)
+    for e in events:
+        ev = UsageEvent.model_validate(e)
+        if (customer is None or ev.customer == customer) and start <= ev.timestamp < end:
+            total += event_cost(ev, book)
+    return total
+
+
+def _snapshot(engine) -> tuple:
+    with Session(engine) as s:
+        return (s.exec(select(func.count()).select_from(Invoice)).one(),
+                s.exec(select(func.count()).select_from(InvoiceLineRow)).one(),
+                s.exec(select(func.count()).select_from(UsageEventRow)).one(),
+                tuple(s.exec(select(UsageCounter.customer_id, UsageCounter.meter, UsageCounter.units_micro)
+                             .order_by(UsageCounter.customer_id, UsageCounter.meter, UsageCounter.period_start)).all()))
+
+
+def _invoiced(engine) -> dict[str, Decimal]:
+    with Session(engine) as s:
+        rows = s.exec(select(Invoice.customer_id, Invoice.total_minor).where(Invoice.period_start >= OCT,
+                                                                            Invoice.period_start < NOV)).all()
+    return {c: D(t) / 100 for c, t in rows}
+
+
+def test_margins_closed_period(seeded):
+    engine = seeded["engine"]
+    before = _snapshot(engine)
+    report = margin_report(engine, seeded["catalog"], "2026-10", as_of=seeded["now"], whale_margin_pct=D(50))
+    assert _snapshot(engine) == before  # read-only
+    rows = {c.customer: c for c in report.customers}
+    invoiced = _invoiced(engine)
+    assert set(invoiced) == {"chat", "api", "team", "heavy"}
+    for customer, total in invoiced.items():
+        assert rows[customer].revenue == total and rows[customer].source == "invoiced"
+        assert rows[customer].cost == _costs(seeded["events"], customer)
+    assert rows["chat"].revenue == D("20.50")  # $20 + 10 messages x $0.05 (search is not metered)
+    assert rows["chat"].interactions == 165 and rows["chat"].margin == rows["chat"].revenue - rows["chat"].cost
+    assert rows["free"].source == "none" and rows["free"].revenue == 0 and rows["free"].cost > 0
+    assert rows["heavy"].revenue == D("20.00") and rows["heavy"].cost == 0
+    assert report.cost == _costs(seeded["events"])
+    whales = [w.customer for w in report.whales()]
+    assert whales[0] == "free"
+    assert all(w.cost > w.revenue or w.margin_pct < 50 for w in report.whales())
+    seg = report.segments()
+    assert set(seg) == {"interactions", "cost", "revenue", "margin"}
+    assert seg["interactions"]["p50"] == D(30) and seg["interactions"]["p99"] == D(165)
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["totals"]["customers"] == 5 and "free" in data["whales"]
+
+
+@pytest.mark.parametrize("prop", ["feature", "model", "user", "task"])
+def test_breakdowns_sum_to_totals(seeded, prop):
+    engine = seeded["engine"]
+    report = margin_report(engine, seeded["catalog"], "2026-10", as_of=seeded["now"], by=prop)
+    assert sum((r.cost for r in report.breakdown), D(0)) == report.cost
+    assert sum((r.revenue for r in report.breakdown), D(0)).quantize(D("0.0001")) == report.revenue
+    keys = {r.key for r in report.breakdown}
+    if prop == "feature":
+        # "(none)": heavy's October fee, with no October usage to allocate it to
+        assert keys == {"support-chat", "search", "agent", "coding", "(none)"}
+        chat = [r for c, r in report.per_customer_breakdown if c == "chat"]
+        # chat's revenue split by share of its events: 55 search, 110 support-chat
+        assert {r.key: r.revenue for r in chat} == {"search": D("20.50") / 3, "support-chat": D("20.50") * 2 / 3}
+    if prop == "model":
+        assert keys == {"claude-sonnet-4-5", "gpt-5-mini", "claude-opus-4-1", "(none)"}
+    by_cost = margin_report(engine, seeded["catalog"], "2026-10", as_of=seeded["now"], by=prop, allocate="cost")
+    assert sum((r.revenue for r in by_cost.breakdown), D(0)).quantize(D("0.0001")) == report.revenue
+    text = report.to_csv()
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert {r["section"] for r in parsed} == {"customer", f"by:{prop}", f"customer-by:{prop}"}
+
+
+def test_open_period_is_rated_to_date_and_forecast(seeded):
+    engine = seeded["engine"]
+    catalog, now = seeded["catalog"], seeded["now"]
+    before = _snapshot(engine)
+    report = margin_report(engine, catalog, "2026-11", as_of=now)
+    rows = {c.customer: c for c in report.customers}
+    assert rows["chat"].source == "rated" and rows["chat"].revenue == D("20.00")  # 60 < 100 included
+    # heavy: 400 messages by Nov 9 20:00 (all before as_of): 300 past included x 0.05 = 15
+    assert rows["heavy"].revenue == D("35.00")
+    assert rows["chat"].cost == _costs(seeded["events"], "chat", NOV, now)
+    rows_f = {r.customer: r for r in forecast(engine, catalog, now)}
+    assert _snapshot(engine) == before
+    f = rows_f["chat"]
+    assert f.elapsed.quantize(D("0.000001")) == D("0.333333")
+    assert f.projected_usage["messages"] == 180 and f.projected_invoice == D("24.00")
+    assert f.flags == []
+    h = rows_f["heavy"]
+    assert h.projected_usage["messages"] == 1200
+    assert h.projected_invoice == D("70.00")  # $20 + overage capped at $50
+    assert "spend_cap:messages" in h.flags
+    # team: credits absorb usage; a projected invoice at least the seat fees
+    assert rows_f["team"].projected_invoice >= D("60.00")
+    assert json.loads(json.dumps([r.to_json() for r in rows_f.values()]))
+
+
+def test_elapsed_fraction():
+    assert elapsed_fraction(OCT, OCT, NOV) == 0
+    assert elapsed_fraction(NOV, OCT, NOV) == 1
+    assert elapsed_fraction(OCT + timedelta(days=15, hours=12), OCT, NOV) == D("0.5")
+
+
+def test_forecast_flags_budget_and_plan_spend_cap():
+    from billing.catalog import load_plan_file
+    from billing.rating.engine import RatingInput, rate_period
+    from billing.rating.periods import calendar_month
+    from billing.rating.types import MeterTotals
+    from billing.reports.forecast import flags_for
+
+    plan = load_plan_file(ROOT / "plans" / "team-credits.yaml")  # budget 1500 (50/80/100%), cap 2000
+    period = calendar_month(2026, 10)
+
+    def flags(tokens: int) -> list[str]:
+        inv = rate_period(RatingInput(plan, "t", period, {"input_tokens": MeterTotals(D(tokens), 1)},
+                                      seat_changes=[(period.start, 2)]))
+        return flags_for(plan, inv)
+
+    assert flags(1_000_000) == []
+    assert flags(200_000_000) == ["budget:80%"]  # 60 seats + 1200 usage - 50 credits = 1210
+    assert flags(400_000_000) == ["spend_cap:plan", "budget:100%"]  # usage capped at 2000
