@@ -90,8 +90,8 @@ class CounterPlanner:
                     units = 1_000_000
                 else:
                     units = _units(meter, props)
-                    if units is None:
-                        continue
+                    if units is None:  # no value: still one of the meter's events (and its cost),
+                        units = 0  # as in the SQL and pure aggregations
                 dkey = (customer, key, bounds[0])
                 slot = deltas.get(dkey)
                 if slot is None:

@@ -58,7 +58,10 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.close()
 
 
-def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
+def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
+    """COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT DO
+    NOTHING. When fewer rows went in than were staged, the ones this transaction wrote are
+    found by their ``xmin`` (the inserting transaction's id)."""
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(
@@ -66,11 +69,19 @@ def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str
             "customer_id varchar(200), event_id varchar(200), type varchar(100), ts bigint, "
             "properties json, model varchar(200), cost_pico bigint) ON COMMIT DELETE ROWS")
         with cursor.copy(f"COPY usage_event_stage ({_COLUMNS}) FROM STDIN") as copy:
+            write = copy.write_row
             for r in rows:
-                copy.write_row(r[:7])
+                write(r[:7])
         cursor.execute(
             f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
-            "ORDER BY ts, event_id ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id")
+            "ORDER BY ts, customer_id ON CONFLICT (customer_id, event_id) DO NOTHING")
+        if cursor.rowcount == len(rows):
+            cursor.execute("TRUNCATE usage_event_stage")
+            return ALL_INSERTED
+        cursor.execute(
+            "SELECT e.customer_id, e.event_id FROM usage_event_stage s JOIN usage_event e "
+            "ON e.customer_id = s.customer_id AND e.event_id = s.event_id "
+            "WHERE e.xmin::text = (pg_current_xact_id()::text::bigint % 4294967296)::text")
         inserted = {(c, e) for c, e in cursor.fetchall()}
         cursor.execute("TRUNCATE usage_event_stage")
         return inserted

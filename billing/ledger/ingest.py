@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from operator import itemgetter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -92,36 +94,48 @@ class Ledger:
 
     def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
                progress: Callable[[int], None] | None = None) -> BatchResult:
-        """Record events in chunks of ``chunk_size`` (one transaction each)."""
+        """Record events in chunks of ``chunk_size`` (one transaction each).
+
+        A two-stage pipeline: while one chunk is written to the database (a worker thread;
+        the drivers release the GIL while the database works), the next one is validated and
+        costed. Chunks commit in order, and a chunk's results are added only after its commit.
+        """
         result = BatchResult()
-        chunk: list[Any] = []
         gc_was_enabled = gc.isenabled()
         gc.disable()  # bulk ingestion allocates millions of small objects; collect once at the end
         try:
-            for raw in events:
-                chunk.append(raw)
-                if len(chunk) >= chunk_size:
-                    self._record_chunk(chunk, result)
-                    if progress:
-                        progress(len(chunk))
-                    chunk = []
-            if chunk:
-                self._record_chunk(chunk, result)
-                if progress:
-                    progress(len(chunk))
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-store") as writer:
+                pending = None
+                for chunk in _chunks(events, chunk_size):
+                    staged = self._prepare_chunk(chunk)
+                    if pending is not None:
+                        self._finish(pending.result(), result, progress)
+                    pending = writer.submit(self._store_chunk, staged)
+                if pending is not None:
+                    self._finish(pending.result(), result, progress)
         finally:
             if gc_was_enabled:
                 gc.enable()
         return result
 
-    def _record_chunk(self, raws: list[Any], result: BatchResult) -> None:
+    @staticmethod
+    def _finish(staged: "_Staged", result: BatchResult, progress: Callable[[int], None] | None) -> None:
+        offset = len(result.statuses)
+        result.statuses.extend(staged.status)
+        result.sources.extend(staged.raws)
+        result.details.update({offset + i: v for i, v in staged.problems.items()})
+        if progress:
+            progress(len(staged.raws))
+
+    def _prepare_chunk(self, raws: list[Any]) -> "_Staged":
+        """Stage 1 (no database): validate, cost, and classify repeats inside the chunk."""
         now_us = to_us(self.clock())
         n = len(raws)
         status: list[str] = ["accepted"] * n
         problems: dict[int, tuple[str, str]] = {}
         prepared: list[tuple[int, Prepared]] = []
         first_seen: dict[tuple[str, str], tuple[int, Prepared]] = {}
-        copies: list[tuple[int, int]] = []  # (index, index of the first copy) of identical repeats
+        copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
         tolerance, known, pricer = self.tolerance_us, self.known_types, self.pricer
         for i, raw in enumerate(raws):
             p = prepare(raw, now_us=now_us, tolerance_us=tolerance, known_types=known, pricer=pricer)
@@ -133,16 +147,21 @@ class Ledger:
             seen = first_seen.get(key)
             if seen is not None:  # repeated inside this batch: compare with the first copy
                 first = seen[1]
+                copies.append((i, seen[0], p))
                 if (first.type, first.ts, first.properties) == (p.type, p.ts, p.properties):
                     status[i] = "duplicate"
-                    copies.append((i, seen[0]))
                 else:
                     status[i] = "conflict"
                     problems[i] = (str(ErrorCode.EVENT_CONFLICT), "same id sent twice in this batch with different content")
                 continue
             first_seen[key] = (i, p)
             prepared.append((i, p))
+        return _Staged(raws, status, problems, prepared, copies)
 
+    def _store_chunk(self, staged: "_Staged") -> "_Staged":
+        """Stage 2 (one transaction): insert new events, classify the rest, bump counters."""
+        status, problems, prepared, copies = staged.status, staged.problems, staged.prepared, staged.copies
+        stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
             session = Session(bind=conn)
             customers = repository.known_customers(session, {p.customer for _, p in prepared})
@@ -180,15 +199,39 @@ class Ledger:
                                        "an event with this id exists with different content; nothing changed")
             event_store.upsert_counters(conn, planner.deltas)
             session.close()
-        for i, first in copies:  # an identical repeat shares its first copy's fate
-            if status[first] in ("rejected", "conflict"):
+        for i, first, p in copies:  # a repeat of an event that was not stored
+            if status[first] == "rejected":  # (unknown customer): rejected alike
                 status[i] = status[first]
                 problems[i] = problems[first]
-        # the transaction has committed: only now are results reported
-        offset = len(result.statuses)
-        result.statuses.extend(status)
-        result.sources.extend(raws)
-        result.details.update({offset + i: v for i, v in problems.items()})
+            elif status[first] == "conflict":  # the stored version decides, as for a first copy
+                etype, ts, props = stored[(p.customer, p.event_id)]
+                if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
+                    status[i] = "duplicate"
+                    problems.pop(i, None)
+                else:
+                    status[i] = "conflict"
+                    problems[i] = problems[first]
+        return staged  # committed: only now may its results be reported
+
+
+@dataclass
+class _Staged:
+    raws: list[Any]
+    status: list[str]
+    problems: dict[int, tuple[str, str]]
+    prepared: list[tuple[int, Prepared]]
+    copies: list[tuple[int, int, Prepared]]
+
+
+def _chunks(events: Iterable[Any], size: int):
+    chunk: list[Any] = []
+    for raw in events:
+        chunk.append(raw)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 _KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
