@@ -4,6 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import billing.ledger.models  # noqa: F401  (registers the tables)
+import billing.ledger.quota_models  # noqa: F401
 from billing.ledger.db import make_engine
 
 config = context.config

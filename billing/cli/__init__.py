@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from billing.cli import invoice, ledger_cmds, plans
+from billing.cli import invoice, keys, ledger_cmds, plans
 from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
+from billing.cli.serve import serve
 from billing.cli.simulate import simulate
 from billing.cli.demo import demo
 
@@ -22,4 +23,6 @@ app.add_typer(ledger_cmds.events_app, name="events")
 app.add_typer(stripe_cli.app, name="stripe")
 app.add_typer(report_cli.app, name="report")
 app.command("simulate")(simulate)
+app.add_typer(keys.app, name="keys")
+app.command("serve")(serve)
 app.command("demo")(demo)

@@ -117,8 +117,8 @@ class Invoicing:
             raise BillingError("as_of must include a timezone", code=ErrorCode.VALIDATION)
         now = self.clock()
         result = CloseResult()
+        watermark = self._settled_watermark()
         with self.engine.begin() as conn:
-            watermark = max_event_id(conn)
             result.watermark = watermark
             subs = repo.subscriptions_started_before(conn, as_of)
             zones = repo.customer_timezones(conn, {s.customer_id for s in subs})
@@ -196,6 +196,20 @@ class Invoicing:
             if progress:
                 progress(len(jobs))
         return result
+
+    def _settled_watermark(self) -> int:
+        """The highest event id such that every lower id is committed (or rolled back).
+
+        PostgreSQL hands out ids when a row is inserted, not when it commits: an ingestion
+        still in flight can hold a lower id than one already committed, and would never be
+        billed if a close used the higher one. A SHARE lock on the events table waits for
+        the inserting transactions in flight (and holds new ones back only for this short
+        transaction); later inserts get higher ids. SQLite writers are serialized anyway."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '60s'")
+                conn.exec_driver_sql("LOCK TABLE usage_event IN SHARE MODE")
+            return max_event_id(conn)
 
     def _rate_jobs(self, conn, jobs: list[_Job], watermark: int) -> list[tuple[_Job, RatedInvoice]]:
         groups: dict[tuple, list[_Job]] = defaultdict(list)

@@ -38,13 +38,13 @@ def get_catalog(request: Request) -> Catalog:
     return Catalog.from_paths(get_settings().plans_dir)
 
 
-def authorize(request: Request) -> None:
+async def authorize(request: Request) -> None:
     """A ``read``/``admin`` API key not restricted to one customer (the app's key store)."""
     if getattr(request.app.state, "keys", None) is None:
         raise HTTPException(status_code=401, detail="no API key store configured for report pages")
     from billing.api.routes import scoped
 
-    principal = scoped("read")(request)
+    principal = await scoped("read")(request)
     if principal.customer is not None:
         raise BillingError("report pages show every customer; this key is restricted to one",
                            code=ErrorCode.FORBIDDEN)

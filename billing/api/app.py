@@ -1,0 +1,142 @@
+"""The HTTP API: ``create_app(engine=None, catalog=None)``; OpenAPI docs at ``/docs``.
+
+Servers are stateless: every authoritative counter lives in the database, so any number
+of them can run behind a load balancer on one PostgreSQL. Run with ``billing serve``.
+
+Optional routers built elsewhere (Stripe webhooks, report pages) are mounted when their
+module exists: see ``OPTIONAL_ROUTERS``; pass more with ``extra_routers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import Engine
+
+from billing.api import errors
+from billing.api.auth import KeyStore
+from billing.api.routes import router
+from billing.catalog import Catalog
+from billing.invoicing.service import Invoicing
+from billing.ledger.accounts import Accounts
+from billing.ledger.holds import Outbox, Quota
+from billing.ledger.ingest import Ledger
+
+log = logging.getLogger("billing.api")
+
+# (module, attribute, engine dependency to override with the app's engine or None).
+# A missing module is skipped; a module that exists but fails to import is an error.
+OPTIONAL_ROUTERS: list[tuple[str, str, str | None]] = [
+    ("billing.stripe_sync.webhooks", "router", "get_engine"),
+    ("billing.reports.web", "router", "get_engine"),
+    ("billing.reports.api", "router", "get_engine"),
+]
+
+
+@dataclass
+class Services:
+    engine: Engine
+    catalog: Catalog
+    ledger: Ledger
+    quota: Quota
+    accounts: Accounts
+    invoicing: Invoicing
+    clock: Callable[[], datetime]
+
+
+def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
+               clock: Callable[[], datetime] | None = None, context_ttl: float = 1.0,
+               key_cache_ttl: float = 5.0, extra_routers: Iterable[APIRouter] = (),
+               webhook_url: str | None = None, webhook_secret: str | None = None) -> FastAPI:
+    """The FastAPI app over ``engine`` (default: ``BILLING_DATABASE_URL``) and ``catalog``
+    (default: the plans in ``BILLING_PLANS_DIR``).
+
+    ``webhook_url`` / ``webhook_secret`` (default: ``BILLING_WEBHOOK_URL`` /
+    ``BILLING_WEBHOOK_SECRET``): when both are set, a background thread delivers the webhook
+    outbox (budget alerts) to that URL while the app runs.
+
+    ``context_ttl``: seconds a customer's plan/period/seats/credits stay cached by quota
+    decisions (usage, holds and rate windows are always read fresh); 0 disables."""
+    from billing.config import get_settings
+
+    settings = get_settings()
+    if engine is None:
+        from billing.ledger.db import engine_for
+
+        engine = engine_for(settings.database_url)
+    if catalog is None:
+        catalog = Catalog.from_paths(settings.plans_dir)
+    clock = clock or (lambda: datetime.now(UTC))
+    ledger = Ledger(engine, catalog, clock=clock, future_tolerance_seconds=settings.future_tolerance_seconds)
+    services = Services(engine, catalog, ledger,
+                        Quota(engine, catalog, ledger, clock=clock, context_ttl=context_ttl),
+                        Accounts(engine, catalog), Invoicing(engine, catalog, clock=clock), clock)
+
+    webhook_url = webhook_url or os.environ.get("BILLING_WEBHOOK_URL")
+    webhook_secret = webhook_secret or os.environ.get("BILLING_WEBHOOK_SECRET")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        stop = threading.Event()
+        thread = None
+        if webhook_url and webhook_secret:
+            from billing.api.outbox import WebhookDispatcher
+
+            dispatcher = WebhookDispatcher(Outbox(engine, clock=clock), webhook_url, webhook_secret)
+            thread = threading.Thread(target=dispatcher.run_forever, args=(stop,), name="billing-webhooks",
+                                      daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(10)
+
+    app = FastAPI(lifespan=lifespan, title="AI billing engine", version="0.1.0",
+                  description="Usage events, quota decisions (check / reserve / commit / release), customers, "
+                              "subscriptions, invoices and plans. Authenticate with `Authorization: Bearer <key>` "
+                              "(create keys with `billing keys create`). Errors are `{\"code\", \"message\"}`.")
+    app.state.services = services
+    app.state.keys = KeyStore(engine, ttl=key_cache_ttl)
+    errors.install(app)
+
+    @app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(router)
+
+    # ---- optional routers from other packages (Stripe webhooks, report pages) ----
+    for module_name, attr, engine_dep in OPTIONAL_ROUTERS:
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        module = importlib.import_module(module_name)
+        extra = getattr(module, attr, None)
+        if extra is None:
+            continue
+        app.include_router(extra)
+        dep = getattr(module, engine_dep, None) if engine_dep else None
+        if dep is not None:
+            app.dependency_overrides[dep] = _provide(engine)  # no parameters: FastAPI must not see a query arg
+    for extra in extra_routers:
+        app.include_router(extra)
+    return app
+
+
+def _provide(value):
+    def dependency():
+        return value
+    return dependency

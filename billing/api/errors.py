@@ -1,0 +1,93 @@
+"""Domain error codes -> HTTP statuses, and the JSON error body ``{"code", "message"}``.
+
+Every error response has a stable ``code`` (the ``ErrorCode`` values, plus
+``http_<status>`` for routing errors and ``internal_error``). Malformed input is always a
+4xx: request validation errors (bad JSON, wrong types, missing fields) are 422
+``validation_error`` with the problems in ``details``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from billing.errors import BillingError, ErrorCode
+
+log = logging.getLogger("billing.api")
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.PLAN_INVALID: 422,
+    ErrorCode.PLAN_NOT_FOUND: 404,
+    ErrorCode.EVENT_INVALID: 422,
+    ErrorCode.UNKNOWN_CUSTOMER: 404,
+    ErrorCode.UNKNOWN_EVENT_TYPE: 422,
+    ErrorCode.UNKNOWN_MODEL: 422,
+    ErrorCode.NEGATIVE_QUANTITY: 422,
+    ErrorCode.NON_NUMERIC_QUANTITY: 422,
+    ErrorCode.BAD_TIMESTAMP: 422,
+    ErrorCode.TIMESTAMP_IN_FUTURE: 422,
+    ErrorCode.EVENT_CONFLICT: 409,
+    ErrorCode.CUSTOMER_EXISTS: 409,
+    ErrorCode.CUSTOMER_NOT_FOUND: 404,
+    ErrorCode.SUBSCRIPTION_NOT_FOUND: 404,
+    ErrorCode.SUBSCRIPTION_EXISTS: 409,
+    ErrorCode.INVOICE_NOT_FOUND: 404,
+    ErrorCode.INVOICE_STATE: 409,
+    ErrorCode.CURRENCY_MISMATCH: 422,
+    ErrorCode.RESERVATION_NOT_FOUND: 404,
+    ErrorCode.RESERVATION_STATE: 409,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.VALIDATION: 422,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.EXTERNAL: 502,
+}
+
+
+def status_for(code: str) -> int:
+    try:
+        return STATUS.get(ErrorCode(code), 400)
+    except ValueError:
+        return 400
+
+
+def error_body(code: str, message: str, details=None) -> dict:
+    body = {"code": str(code), "message": message}
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(BillingError)
+    async def _billing_error(_request: Request, exc: BillingError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.code == ErrorCode.UNAUTHENTICATED else None
+        return JSONResponse(error_body(str(exc.code), exc.message, exc.details), status_code=status_for(exc.code),
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append({"path": loc, "message": err.get("msg", ""), "type": err.get("type", "")})
+        first = problems[0] if problems else {"path": "", "message": "invalid request"}
+        message = f"{first['path']}: {first['message']}" if first["path"] else first["message"]
+        return JSONResponse(error_body(str(ErrorCode.VALIDATION), message, problems), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: str(ErrorCode.NOT_FOUND), 401: str(ErrorCode.UNAUTHENTICATED),
+                403: str(ErrorCode.FORBIDDEN)}.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)

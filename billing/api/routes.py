@@ -1,0 +1,233 @@
+"""HTTP routes: thin wrappers over the services (Ledger, Quota, Accounts, Invoicing)."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from billing.api.auth import Principal
+from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
+from billing.errors import BillingError, ErrorCode
+from billing.ledger.models import Customer, SeatChange, Subscription
+
+
+def _principal(request: Request) -> Principal:
+    auth = request.headers.get("authorization")
+    key = None
+    if auth and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    key = key or request.headers.get("x-api-key")
+    return request.app.state.keys.authenticate(key)
+
+
+def scoped(*scopes: str):
+    async def dependency(request: Request) -> Principal:  # cached lookups: no thread hop
+        principal = _principal(request)
+        if not principal.allows(*scopes):
+            raise BillingError(f"this API key's scope ({principal.scope}) does not allow this; needs "
+                               f"{' or '.join(scopes)}", code=ErrorCode.FORBIDDEN)
+        return principal
+    return dependency
+
+
+Ingest = Annotated[Principal, Depends(scoped("ingest"))]
+Check = Annotated[Principal, Depends(scoped("check"))]
+Read = Annotated[Principal, Depends(scoped("read"))]
+ReadOrCheck = Annotated[Principal, Depends(scoped("read", "check"))]
+Admin = Annotated[Principal, Depends(scoped("admin"))]
+
+router = APIRouter(prefix="/v1")
+
+
+def _svc(request: Request):
+    return request.app.state.services
+
+
+def _iso(t) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t is not None else None
+
+
+def _customer_json(c: Customer) -> dict[str, Any]:
+    return {"id": c.id, "name": c.name, "timezone": c.timezone, "currency": c.currency,
+            "created_at": _iso(c.created_at)}
+
+
+def _subscription_json(s: Subscription) -> dict[str, Any]:
+    return {"id": s.id, "customer": s.customer_id, "plan": {"id": s.plan_id, "version": s.plan_version},
+            "status": s.status, "started_at": _iso(s.started_at), "ended_at": _iso(s.ended_at),
+            "trial_end": _iso(s.trial_end)}
+
+
+def _json(data: Any, decision: dict[str, Any] | None = None) -> JSONResponse:
+    """Serialise plain JSON directly (our payloads are already JSON-ready: skips FastAPI's
+    generic encoder); a deny that waiting clears carries ``Retry-After``."""
+    headers = None
+    if decision is not None and decision.get("outcome") == "deny" and decision.get("retry_after") is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(decision["retry_after"])))}
+    return JSONResponse(data, headers=headers)
+
+
+# ------------------------------------------------------------------------- events
+
+@router.post("/events", tags=["events"], summary="Record a batch of usage events (idempotent per event id)")
+def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest) -> JSONResponse:
+    events = body.events if isinstance(body, EventsIn) else body
+    if len(events) > 10_000:
+        raise BillingError("at most 10,000 events per batch", code=ErrorCode.VALIDATION)
+    if principal.customer is not None:
+        for event in events:
+            principal.require_customer(event.get("customer") if isinstance(event, dict) else None)
+    svc = _svc(request)
+    result = svc.ledger.record(events)
+    results = result.results
+    if result.accepted:
+        svc.quota.note_events(events, results)
+    out = result.to_json()
+    out.pop("errors", None)
+    out["results"] = [r.to_json() for r in results]
+    return _json(out)
+
+
+# -------------------------------------------------------------------------- quota
+
+@router.post("/quota/check", tags=["quota"], summary="May this customer make this call now, on which lane?")
+async def quota_check(body: QuotaIn, request: Request, principal: Check) -> JSONResponse:
+    principal.require_customer(body.customer)
+    quota = _svc(request).quota
+    call = partial(quota.check, body.customer, body.key, body.quantity, model=body.model, task=body.task,
+                   tokens=body.tokens, cost=body.cost, steps=body.steps)
+    # on SQLite a check is a few local lock-free reads: cheaper inline than a thread hop;
+    # over a network (PostgreSQL) it runs in the thread pool
+    decision = (call() if quota.inline_reads else await run_in_threadpool(call)).to_json()
+    return _json(decision, decision)
+
+
+@router.post("/quota/reserve", tags=["quota"], summary="Decide and hold the estimate until commit/release/expiry")
+def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> JSONResponse:
+    principal.require_customer(body.customer)
+    r = _svc(request).quota.reserve(body.customer, body.key, body.quantity, ttl=body.ttl_seconds,
+                                    request_id=body.request_id, model=body.model, task=body.task,
+                                    tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
+    return _json(r, r["decision"])
+
+
+@router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold")
+def quota_commit(body: CommitIn, request: Request, principal: Check) -> dict[str, Any]:
+    quota = _svc(request).quota
+    principal.require_customer(quota.get(body.reservation_id).customer_id)
+    return quota.commit(body.reservation_id, body.event)
+
+
+@router.post("/quota/release", tags=["quota"], summary="Return the held units now")
+def quota_release(body: ReleaseIn, request: Request, principal: Check) -> dict[str, Any]:
+    quota = _svc(request).quota
+    principal.require_customer(quota.get(body.reservation_id).customer_id)
+    return quota.release(body.reservation_id)
+
+
+# ---------------------------------------------------------------------- customers
+
+@router.post("/customers", tags=["customers"], status_code=201, summary="Create a customer (idempotent)")
+def create_customer(body: CustomerIn, request: Request, principal: Admin) -> dict[str, Any]:
+    principal.require_customer(body.id)
+    svc = _svc(request)
+    row = svc.accounts.create_customer(body.id, name=body.name, timezone=body.timezone, currency=body.currency,
+                                       now=svc.clock())
+    return _customer_json(row)
+
+
+@router.get("/customers/{customer_id}", tags=["customers"], summary="A customer and its current subscription")
+def get_customer(customer_id: str, request: Request, principal: Read) -> dict[str, Any]:
+    principal.require_customer(customer_id)
+    svc = _svc(request)
+    out = _customer_json(svc.accounts.customer(customer_id))
+    try:
+        out["subscription"] = _subscription_json(svc.accounts.current_subscription(customer_id, svc.clock()))
+    except BillingError:
+        out["subscription"] = None
+    return out
+
+
+@router.post("/customers/{customer_id}/subscriptions", tags=["customers"], status_code=201,
+             summary="Subscribe the customer to a plan (the version in force, or a pinned one)")
+def subscribe(customer_id: str, body: SubscribeIn, request: Request, principal: Admin) -> dict[str, Any]:
+    principal.require_customer(customer_id)
+    svc = _svc(request)
+    sub = svc.accounts.subscribe(customer_id, body.plan, at=body.at or svc.clock(), seats=body.seats,
+                                 version=body.version)
+    svc.quota.forget(customer_id)
+    return {**_subscription_json(sub), "seats": body.seats}
+
+
+@router.post("/customers/{customer_id}/seats", tags=["customers"], summary="Change the seat count from now (or at)")
+def change_seats(customer_id: str, body: SeatsIn, request: Request, principal: Admin) -> dict[str, Any]:
+    principal.require_customer(customer_id)
+    svc = _svc(request)
+    change: SeatChange = svc.accounts.change_seats(customer_id, body.seats, at=body.at or svc.clock())
+    svc.quota.forget(customer_id)
+    return {"customer": customer_id, "subscription_id": change.subscription_id, "seats": change.seats,
+            "effective_at": _iso(change.effective_at)}
+
+
+@router.get("/customers/{customer_id}/usage", tags=["customers"],
+            summary="Usage this period: per meter and charge used, held, included, remaining, spend")
+def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -> JSONResponse:
+    principal.require_customer(customer_id)
+    return _json(_svc(request).quota.usage(customer_id))
+
+
+# ----------------------------------------------------------------------- invoices
+
+@router.get("/invoices", tags=["invoices"], summary="Invoices and credit notes (newest last)")
+def list_invoices(request: Request, principal: Read,
+                  customer: Annotated[str | None, Query(max_length=200)] = None,
+                  status: Annotated[str | None, Query(pattern="^(draft|finalized|paid|void)$")] = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    from billing.invoicing.service import invoice_json
+
+    if principal.customer is not None:
+        if customer is not None:
+            principal.require_customer(customer)
+        customer = principal.customer
+    svc = _svc(request)
+    rows = svc.invoicing.list(customer_id=customer, status=status, limit=limit)
+    out = []
+    for inv in rows:
+        js = invoice_json(inv, [])
+        js.pop("lines", None)
+        out.append(js)
+    return {"invoices": out}
+
+
+@router.get("/invoices/{invoice_id}", tags=["invoices"], summary="One invoice with its lines")
+def get_invoice(invoice_id: Annotated[int, Path(ge=1)], request: Request, principal: Read) -> dict[str, Any]:
+    from billing.invoicing.service import invoice_json
+
+    inv, lines = _svc(request).invoicing.get(invoice_id)
+    principal.require_customer(inv.customer_id)
+    return invoice_json(inv, lines)
+
+
+# -------------------------------------------------------------------------- plans
+
+def _plan_summary(plan) -> dict[str, Any]:
+    return {"plan": plan.plan, "version": plan.version, "name": plan.name, "currency": plan.currency,
+            "effective_from": _iso(plan.effective_from), "description": plan.description,
+            "meters": [m.key for m in plan.meters], "charges": [c.key for c in plan.charges]}
+
+
+@router.get("/plans", tags=["plans"], summary="Every version of every plan in the catalog")
+def list_plans(request: Request, principal: Read) -> dict[str, Any]:
+    catalog = _svc(request).catalog
+    return {"plans": [_plan_summary(p) for pid in catalog.plan_ids() for p in catalog.versions(pid)]}
+
+
+@router.get("/plans/{plan_id}", tags=["plans"], summary="A plan's versions in full")
+def get_plan(plan_id: str, request: Request, principal: Read) -> dict[str, Any]:
+    catalog = _svc(request).catalog
+    return {"plan": plan_id, "versions": [p.model_dump(mode="json") for p in catalog.versions(plan_id)]}

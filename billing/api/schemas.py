@@ -1,0 +1,76 @@
+"""Request bodies of the HTTP API (strict: unknown fields are errors)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+Key = Annotated[str, Field(min_length=1, max_length=80)]
+CustomerId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventsIn(Strict):
+    events: Annotated[list[Any], Field(max_length=10_000)]
+
+
+class QuotaIn(Strict):
+    """A quota question: ``meter`` or ``charge`` (a key of the customer's plan)."""
+
+    customer: CustomerId
+    meter: Key | None = None
+    charge: Key | None = None
+    quantity: Annotated[Decimal, Field(ge=0, le=10**12, allow_inf_nan=False)] = Decimal(1)
+    model: Annotated[str, Field(max_length=200)] | None = None
+    task: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    tokens: Annotated[int, Field(ge=0, le=10**12)] | None = None
+    cost: Annotated[Decimal, Field(ge=0, le=10**6, allow_inf_nan=False)] = Decimal(0)
+    steps: Annotated[int, Field(ge=0, le=10**12)] | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "QuotaIn":
+        if (self.meter is None) == (self.charge is None):
+            raise ValueError("give exactly one of meter or charge")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.meter or self.charge or ""
+
+
+class ReserveIn(QuotaIn):
+    ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class CommitIn(Strict):
+    reservation_id: Annotated[str, Field(min_length=1, max_length=40)]
+    event: dict[str, Any] | None = None
+
+
+class ReleaseIn(Strict):
+    reservation_id: Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class CustomerIn(Strict):
+    id: CustomerId
+    name: Annotated[str, Field(max_length=300)] = ""
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] = "USD"
+
+
+class SubscribeIn(Strict):
+    plan: Key
+    version: Annotated[int, Field(ge=1)] | None = None
+    seats: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    at: AwareDatetime | None = None
+
+
+class SeatsIn(Strict):
+    seats: Annotated[int, Field(ge=0, le=1_000_000)]
+    at: AwareDatetime | None = None

@@ -1,0 +1,28 @@
+"""`billing serve`: run the HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def serve(host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+          workers: Annotated[int, typer.Option(help="Worker processes (each is a stateless server).")] = 1,
+          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+          webhook_url: Annotated[str | None, typer.Option(
+              envvar="BILLING_WEBHOOK_URL", help="Deliver budget-alert webhooks to this URL.")] = None,
+          webhook_secret: Annotated[str | None, typer.Option(
+              envvar="BILLING_WEBHOOK_SECRET", help="HMAC secret signing the webhooks.")] = None) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs) on BILLING_DATABASE_URL and BILLING_PLANS_DIR."""
+    import os
+
+    import uvicorn
+
+    if webhook_url:
+        os.environ["BILLING_WEBHOOK_URL"] = webhook_url
+    if webhook_secret:
+        os.environ["BILLING_WEBHOOK_SECRET"] = webhook_secret
+    uvicorn.run("billing.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)

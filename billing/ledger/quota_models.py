@@ -1,0 +1,121 @@
+"""Tables of quota holds, rate windows, agent task usage, budget alerts, the webhook outbox
+and API keys. Same conventions as ``billing.ledger.models``: instants as integer
+microseconds since the Unix epoch (UTC), units in micro-units, provider cost in pico.
+
+Imported by ``migrations/env.py`` so Alembic sees these tables.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from billing.ledger.types import BigIntPK
+
+
+class QuotaHold(SQLModel, table=True):
+    """A reservation: units held against a customer's meter until committed, released or
+    expired (a hold counts only while ``status = 'held' and expires_at > now``)."""
+
+    __tablename__ = "quota_hold"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "request_id", name="uq_quota_hold_customer_request"),
+        Index("ix_quota_hold_live", "customer_id", "status", "expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    customer_id: str = Field(max_length=200)
+    request_id: str = Field(max_length=200)
+    key: str = Field(max_length=80)  # the meter or charge key asked for
+    meter: str = Field(max_length=80)
+    event_type: str = Field(default="", max_length=100)
+    period_start: int = Field(sa_type=BigInteger)
+    units_micro: int = Field(default=0, sa_type=BigInteger)
+    cost_pico: int = Field(default=0, sa_type=BigInteger)  # estimated provider cost
+    tokens: int = Field(default=0, sa_type=BigInteger)  # estimated tokens (agent limits)
+    steps: int = Field(default=0)
+    task: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, max_length=200)  # the lane's model
+    tier: str = Field(default="fast", max_length=20)
+    outcome: str = Field(default="allow", max_length=20)
+    reason: str = Field(default="included", max_length=40)
+    decision: str = Field(default="{}", sa_column=Column(Text, nullable=False))  # the decision as JSON
+    status: str = Field(default="held", max_length=20)  # held | committed | released
+    created_at: int = Field(sa_type=BigInteger)
+    expires_at: int = Field(sa_type=BigInteger)
+    settled_at: int | None = Field(default=None, sa_type=BigInteger)
+    event_id: str | None = Field(default=None, max_length=200)
+
+
+class QuotaRateWindow(SQLModel, table=True):
+    """Grants counted in one fixed rate-limit window of a charge (epoch-aligned)."""
+
+    __tablename__ = "quota_rate_window"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    charge: str = Field(primary_key=True, max_length=80)
+    window_start: int = Field(primary_key=True, sa_type=BigInteger)
+    window_end: int = Field(sa_type=BigInteger)
+    count: int = Field(default=0, sa_type=BigInteger)
+
+
+class AgentTaskUsage(SQLModel, table=True):
+    """Committed usage of one agent task (events sharing the plan's task property)."""
+
+    __tablename__ = "agent_task_usage"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    task_id: str = Field(primary_key=True, max_length=200)
+    steps: int = Field(default=0, sa_type=BigInteger)
+    tokens: int = Field(default=0, sa_type=BigInteger)
+    cost_pico: int = Field(default=0, sa_type=BigInteger)
+    updated_at: int = Field(default=0, sa_type=BigInteger)
+
+
+class BudgetAlertRow(SQLModel, table=True):
+    """A budget threshold crossed once per (customer, period, subject, threshold)."""
+
+    __tablename__ = "budget_alert"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    period_start: int = Field(primary_key=True, sa_type=BigInteger)
+    subject: str = Field(primary_key=True, max_length=120)  # "charge:<key>" | "spend_cap" | "budget"
+    threshold: str = Field(primary_key=True, max_length=20)  # percent, decimal text
+    value: str = Field(default="0", max_length=80)  # usage or spend when it fired
+    limit: str = Field(default="0", max_length=80)
+    fired_at: int = Field(sa_type=BigInteger)
+
+
+class WebhookOutbox(SQLModel, table=True):
+    """Outgoing webhooks (at-least-once): delivered with retries and backoff; receivers
+    dedupe on ``dedupe_id`` (sent as the ``Billing-Webhook-Id`` header)."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_webhook_outbox_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    dedupe_id: str = Field(unique=True, max_length=200)
+    customer_id: str = Field(max_length=200)
+    type: str = Field(max_length=80)
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # JSON
+    status: str = Field(default="pending", max_length=20)  # pending | delivered | dead
+    attempts: int = Field(default=0)
+    next_attempt_at: int = Field(sa_type=BigInteger)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: int = Field(sa_type=BigInteger)
+    delivered_at: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored as its SHA-256 hash. ``scope``: ingest | check | read | admin;
+    ``customer_id`` restricts the key to one customer's data."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=40)  # public id (prefix of the key)
+    key_hash: str = Field(unique=True, max_length=64)
+    scope: str = Field(max_length=20)
+    customer_id: str | None = Field(default=None, max_length=200)
+    name: str = Field(default="", max_length=200)
+    created_at: int = Field(sa_type=BigInteger)
+    revoked_at: int | None = Field(default=None, sa_type=BigInteger)

@@ -1,0 +1,284 @@
+"""The ingestion fast path (``billing.ledger.prepare``) against the reference rules
+(``billing.events.parse_event`` + ``billing.costs.event_cost``): the same accept/reject
+decision and reason, and the same cost (in picodollars) for every accepted event.
+
+Pure: no database.
+"""
+
+from __future__ import annotations
+
+import string
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from billing.costs import CostBook, UnknownModel, event_cost
+from billing.errors import BillingError, ErrorCode
+from billing.events import BUILTIN_TYPES, EventError, parse_event
+from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare
+from billing.ledger.types import to_us
+from db import shipped_catalog
+
+NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+TOLERANCE = timedelta(minutes=5)
+PICO = Decimal(10) ** 12
+BOOK = CostBook.load_default()
+CATALOG = shipped_catalog()
+KNOWN_TYPES = frozenset(BUILTIN_TYPES | {t for p in CATALOG.all() for t in p.event_types})
+KNOWN_MODELS = ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5", "gpt-4o", "gpt-5-mini", "o3",
+                "gemini-2.5-pro", "claude-3-haiku"]
+TOKEN_KEYS = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"]
+
+
+# ----------------------------------------------------------------------------- oracle
+
+def reference(raw, now: datetime = NOW) -> tuple[str, object]:
+    """("accepted", exact Decimal cost) or ("rejected", code), by the reference rules."""
+    try:
+        event = parse_event(raw)
+    except EventError as exc:
+        return "rejected", exc.code
+    if event.type not in KNOWN_TYPES:
+        return "rejected", ErrorCode.UNKNOWN_EVENT_TYPE
+    if event.timestamp > now + TOLERANCE:
+        return "rejected", ErrorCode.TIMESTAMP_IN_FUTURE
+    try:
+        return "accepted", event_cost(event, BOOK)
+    except UnknownModel:
+        return "rejected", ErrorCode.UNKNOWN_MODEL
+    except BillingError as exc:
+        return "rejected", exc.code
+
+
+def fast(raw, now: datetime = NOW) -> Prepared | Rejection:
+    return prepare(raw, now_us=to_us(now), tolerance_us=int(TOLERANCE.total_seconds()) * 1_000_000,
+                   known_types=KNOWN_TYPES, pricer=Pricer(BOOK))
+
+
+def check_agrees(raw, *, same_code: bool = True) -> None:
+    want, detail = reference(raw)
+    got = fast(raw)
+    if want == "rejected":
+        assert isinstance(got, Rejection), f"reference rejects ({detail}), prepare accepts: {raw!r}"
+        if same_code:
+            assert got.code == detail, f"reference {detail}, prepare {got.code}: {raw!r}"
+        return
+    assert isinstance(got, Prepared), f"reference accepts, prepare rejects ({got}): {raw!r}"
+    exact = detail * PICO
+    assert got.cost_pico == int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    if exact == exact.to_integral_value():  # every integer token count at shipped prices
+        assert got.cost_pico == exact
+    event = parse_event(raw)
+    assert got.ts == to_us(event.timestamp)
+    assert (got.customer, got.event_id, got.type) == (event.customer, event.id, event.type)
+
+
+# ------------------------------------------------------------------------ strategies
+
+def _iso(dt: datetime, style: int) -> str:
+    if style == 0:
+        return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if style == 1:
+        return dt.isoformat()
+    if style == 2:
+        return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return dt.isoformat(timespec="milliseconds")
+
+
+offsets = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7)),
+                           timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=14))])
+instants = st.datetimes(datetime(2023, 1, 1), datetime(2026, 11, 16), timezones=offsets)
+good_timestamps = st.builds(_iso, instants, st.integers(0, 3))
+
+
+@st.composite
+def mangled_timestamps(draw) -> str:
+    """A canonical timestamp with one character replaced, inserted or removed."""
+    text = draw(good_timestamps)
+    pos = draw(st.integers(0, len(text) - 1))
+    char = draw(st.sampled_from(list("0123456789+- TtZz:._x") + ["\u0661", "\uff11"]))
+    how = draw(st.integers(0, 2))
+    if how == 0:
+        return text[:pos] + char + text[pos + 1:]
+    if how == 1:
+        return text[:pos] + char + text[pos:]
+    return text[:pos] + text[pos + 1:]
+
+
+any_timestamps = st.one_of(
+    good_timestamps, mangled_timestamps(),
+    st.builds(lambda d: d.replace(tzinfo=None).isoformat(), instants),  # no timezone
+    st.sampled_from(["yesterday", "", "2026-10-03", "2026-02-30T00:00:00Z", "2026-10-03T12:00:00+25:00"]),
+)
+
+quantities = st.one_of(
+    st.integers(0, 5_000_000),
+    st.integers(-1000, -1),
+    st.decimals(min_value=0, max_value=10_000, places=3).map(str),
+    st.floats(min_value=0, max_value=1e6, allow_nan=False).map(lambda f: round(f, 3)),
+    st.sampled_from(["12", " 7 ", "1e3", "-0", "-5", "abc", "", "NaN", "Infinity", None, True, False,
+                     float("nan"), float("inf"), -1.5, [1], {"a": 1}]),
+)
+plain_values = st.one_of(st.text(string.ascii_letters + string.digits + "-_", max_size=12), st.integers(-5, 5),
+                         st.booleans(), st.none())
+
+
+@st.composite
+def properties(draw) -> dict:
+    props: dict = {}
+    if draw(st.booleans()):
+        props["model"] = draw(st.sampled_from(KNOWN_MODELS + ["no-such-model", "GPT-4O", "", 7]))
+    for key in draw(st.lists(st.sampled_from(TOKEN_KEYS + ["quantity", "steps", "units", "amount"]),
+                             max_size=4, unique=True)):
+        props[key] = draw(quantities)
+    if draw(st.integers(0, 5)) == 0:
+        props["batch"] = draw(st.sampled_from([True, False, "true", "no", 1, 0]))
+    if draw(st.integers(0, 6)) == 0:
+        props["cost"] = draw(st.sampled_from(["0.0123", "0", 0.5, 2, "-1", "abc", True, None]))
+    for key in draw(st.lists(st.sampled_from(["feature", "outcome", "outcome_id", "user", "task"]),
+                             max_size=3, unique=True)):
+        props[key] = draw(plain_values)
+    return props
+
+
+@st.composite
+def raw_events(draw) -> object:
+    """Mostly well-formed events, each field sometimes broken (several faults may combine)."""
+    if draw(st.integers(0, 40)) == 0:
+        return draw(st.sampled_from([None, [], "event", 42]))
+    raw: dict = {
+        "id": draw(st.one_of(st.text(string.ascii_letters + string.digits + "_", min_size=1, max_size=20),
+                             st.sampled_from(["", "x" * 201, 5, None]))),
+        "customer": draw(st.one_of(st.sampled_from(["acme", "c1", "u\u00e9"]), st.sampled_from(["", 3, None]))),
+        "type": draw(st.sampled_from(sorted(KNOWN_TYPES) + ["bogus.type", "", 5])),
+        "timestamp": draw(st.one_of(good_timestamps, any_timestamps,
+                                    st.just((NOW + timedelta(days=1)).isoformat()))),  # in the future
+        "properties": draw(st.one_of(properties(), st.sampled_from([None, [], "x", 0]))),
+    }
+    for key in draw(st.lists(st.sampled_from(["id", "customer", "type", "timestamp", "properties"]), max_size=1)):
+        del raw[key]
+    if draw(st.integers(0, 30)) == 0:
+        raw["extra"] = 1
+    return raw
+
+
+@st.composite
+def single_fault_events(draw) -> dict:
+    """A valid event with at most one problem, so the reason code is unambiguous."""
+    model = draw(st.sampled_from(KNOWN_MODELS))
+    props: dict = {"model": model}
+    for key in draw(st.lists(st.sampled_from(TOKEN_KEYS), min_size=1, max_size=5, unique=True)):
+        props[key] = draw(st.integers(0, 3_000_000))
+    if draw(st.booleans()):
+        props["batch"] = draw(st.sampled_from([True, False, "true", "no"]))
+    if draw(st.booleans()):
+        props["feature"] = draw(st.sampled_from(["support-chat", "search"]))
+    raw = {"id": draw(st.text(string.ascii_letters + string.digits, min_size=1, max_size=12)), "customer": "acme",
+           "type": "llm.call",
+           "timestamp": draw(st.builds(_iso, st.datetimes(datetime(2025, 10, 1), datetime(2026, 11, 14),
+                                                          timezones=offsets), st.integers(0, 3))),
+           "properties": props}
+    fault = draw(st.sampled_from(["none", "none", "type", "timestamp", "mangled", "future", "negative", "non_numeric",
+                                  "model", "no_model", "id", "extra", "properties", "token_text", "token_float",
+                                  "cost", "cost_bad"]))
+    token = draw(st.sampled_from(sorted(k for k in props if k.endswith("_tokens"))))
+    if fault == "type":
+        raw["type"] = "bogus.type"
+    elif fault == "timestamp":
+        raw["timestamp"] = draw(st.sampled_from(["yesterday", "2026-10-03T12:00:00", "2026-13-01T00:00:00Z", 17.5]))
+    elif fault == "mangled":
+        raw["timestamp"] = draw(mangled_timestamps())
+    elif fault == "future":
+        raw["timestamp"] = (NOW + timedelta(minutes=draw(st.integers(6, 100_000)))).isoformat()
+    elif fault == "negative":
+        props[token] = draw(st.sampled_from([-1, -2.5, "-3"]))
+    elif fault == "non_numeric":
+        props[token] = draw(st.sampled_from(["many", "", None, True, [1], "NaN"]))
+    elif fault == "model":
+        props["model"] = draw(st.sampled_from(["no-such-model", "gpt-4o-typo", 5]))
+    elif fault == "no_model":
+        del props["model"]
+    elif fault == "id":
+        raw["id"] = draw(st.sampled_from(["", "x" * 201, 12]))
+    elif fault == "extra":
+        raw["meta"] = {}
+    elif fault == "properties":
+        raw["properties"] = draw(st.sampled_from([None, [], "x", 0]))
+    elif fault == "token_text":
+        props[token] = str(props[token])
+    elif fault == "token_float":
+        props[token] = props[token] + 0.5
+    elif fault == "cost":
+        props["cost"] = draw(st.sampled_from(["0.0123", "1", 2, 0.25]))
+    elif fault == "cost_bad":
+        props["cost"] = draw(st.sampled_from(["-1", "abc", True]))
+    return raw
+
+
+# ----------------------------------------------------------------------------- tests
+
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(single_fault_events())
+@example({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+          "properties": {"model": "claude-sonnet-4-5", "input_tokens": 2100, "output_tokens": 400}})
+@example({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+          "properties": {"model": "gpt-4o", "input_tokens": 1000, "batch": True}})
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:5\u0669Z"})  # Arabic 9
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:0\u00b2Z"})  # superscript
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T1\u0662:00:00Z"})
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00+05:30:15"})
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": "20261003T120000Z"})
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": 1790000000})
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z", "properties": None})
+@example({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z", "properties": []})
+@example({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+          "properties": {"cost": "-1"}})
+@example({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+          "properties": {"cost": "abc"}})
+def test_single_problem_events_get_the_same_decision_and_reason(raw):
+    check_agrees(raw, same_code=True)
+
+
+@FAST
+@given(raw_events())
+def test_any_event_gets_the_same_decision(raw):
+    """Events with several problems may be reported by either of them; the decision agrees."""
+    check_agrees(raw, same_code=False)
+
+
+@pytest.mark.parametrize("raw, code", [
+    ({"id": "a", "customer": "acme", "type": "nope", "timestamp": "2026-10-03T12:00:00Z"}, "unknown_event_type"),
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00"}, "bad_timestamp"),
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "tomorrow"}, "bad_timestamp"),
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-11-16T12:00:00Z"}, "timestamp_in_future"),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "nope", "input_tokens": 5}}, "unknown_model"),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "gpt-4o", "input_tokens": -5}}, "negative_quantity"),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "gpt-4o", "input_tokens": "lots"}}, "non_numeric_quantity"),
+    ({"id": "", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z"}, "event_invalid"),
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z", "x": 1},
+     "event_invalid"),
+    (["not", "an", "object"], "event_invalid"),
+])
+def test_reason_codes(raw, code):
+    got = fast(raw)
+    assert isinstance(got, Rejection) and got.code == code
+    assert reference(raw) == ("rejected", code)
+
+
+def test_cost_is_exact_picodollars():
+    raw = {"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+           "properties": {"model": "claude-sonnet-4-5", "input_tokens": 2100, "output_tokens": 400,
+                          "cache_read_tokens": 1500}}
+    got = fast(raw)
+    assert isinstance(got, Prepared)
+    # $3 / $15 / $0.30 per 1M tokens
+    assert Decimal(got.cost_pico) / PICO == Decimal("0.0063") + Decimal("0.006") + Decimal("0.00045")
+    assert got.cost_pico == event_cost(parse_event(raw), BOOK) * PICO
