@@ -35,8 +35,23 @@ def insert_events(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, 
     if not rows:
         return set()
     if conn.dialect.name == "postgresql":
-        return _insert_pg(conn, rows)
+        return _insert_pg_small(conn, rows) if len(rows) <= _PG_SMALL else _insert_pg(conn, rows)
     return _insert_sqlite(conn, rows)
+
+
+_PG_SMALL = 500  # up to this many rows a plain multi-row INSERT beats COPY + staging table
+
+
+def _insert_pg_small(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        values = ",".join(["(%s,%s,%s,%s,%s,%s,%s)"] * len(rows))
+        cursor.execute(f"INSERT INTO usage_event ({_COLUMNS}) VALUES {values} "
+                       "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
+                       [v for r in rows for v in r[:7]])
+        return {(c, e) for c, e in cursor.fetchall()}
+    finally:
+        cursor.close()
 
 
 def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:

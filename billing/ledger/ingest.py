@@ -101,6 +101,11 @@ class Ledger:
         costed. Chunks commit in order, and a chunk's results are added only after its commit.
         """
         result = BatchResult()
+        if isinstance(events, (list, tuple)) and len(events) <= min(_SMALL_BATCH, chunk_size):
+            # the hot path of an API call or a quota commit: no thread, no GC games
+            if events:
+                self._finish(self._store_chunk(self._prepare_chunk(list(events))), result, progress)
+            return result
         gc_was_enabled = gc.isenabled()
         gc.disable()  # bulk ingestion allocates millions of small objects; collect once at the end
         try:
@@ -234,6 +239,7 @@ def _chunks(events: Iterable[Any], size: int):
         yield chunk
 
 
+_SMALL_BATCH = 1000  # up to this many events: one transaction in the calling thread
 _KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
 
 
