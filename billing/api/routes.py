@@ -205,7 +205,8 @@ def list_invoices(request: Request, principal: Read,
 
 
 @router.get("/invoices/{invoice_id}", tags=["invoices"], summary="One invoice with its lines")
-def get_invoice(invoice_id: Annotated[int, Path(ge=1)], request: Request, principal: Read) -> dict[str, Any]:
+def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=2**31 - 1)],  # the id column is a 32-bit INTEGER
+                request: Request, principal: Read) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
 
     inv, lines = _svc(request).invoicing.get(invoice_id)
