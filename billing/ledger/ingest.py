@@ -12,7 +12,6 @@ import gc
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from operator import itemgetter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -26,7 +25,7 @@ from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.ledger import event_store, repository
 from billing.ledger.counters import CounterPlanner, subscription_views
-from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare
+from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare_batch
 from billing.ledger.types import to_us
 
 
@@ -87,6 +86,7 @@ class Ledger:
         self.clock = clock
         self.tolerance_us = future_tolerance_seconds * 1_000_000
         self.pricer = Pricer(self.book)
+        self._cycle_periods: dict[tuple, tuple[int, int]] = {}
         types = set(BUILTIN_TYPES)
         for plan in catalog.all():
             types |= plan.event_types
@@ -142,8 +142,8 @@ class Ledger:
         first_seen: dict[tuple[str, str], tuple[int, Prepared]] = {}
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
         tolerance, known, pricer = self.tolerance_us, self.known_types, self.pricer
-        for i, raw in enumerate(raws):
-            p = prepare(raw, now_us=now_us, tolerance_us=tolerance, known_types=known, pricer=pricer)
+        for i, p in enumerate(prepare_batch(raws, now_us=now_us, tolerance_us=tolerance, known_types=known,
+                                            pricer=pricer)):
             if type(p) is Rejection:
                 status[i] = "rejected"
                 problems[i] = (str(p.code), p.message)
@@ -177,21 +177,20 @@ class Ledger:
                 else:
                     status[i] = "rejected"
                     problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER), f"unknown customer {p.customer!r}; create it first")
-            # insert in key order: neighbouring rows land on the same index pages
-            inserted = event_store.insert_events(conn, sorted((p for _, p in good), key=_KEY))
+            # insert in key order: neighbouring rows land on the same index pages (rows are
+            # unique by (customer, event id) here, so the tuples compare on those alone)
+            rows = [p for _, p in good]
+            rows.sort()
+            inserted = event_store.insert_events(conn, rows)
             planner = CounterPlanner(subscription_views(
-                repository.subscription_rows(session, {p.customer for _, p in good}), customers, self.catalog))
-            add = planner.add
+                repository.subscription_rows(session, {p.customer for _, p in good}), customers, self.catalog),
+                self._cycle_periods)
             missing: list[tuple[int, Prepared]] = []
             if inserted is event_store.ALL_INSERTED:
-                for _, p in good:
-                    add(p.customer, p.type, p.ts, p.properties, p.cost_pico)
+                planner.add_many(rows)
             else:
-                for i, p in good:
-                    if (p.customer, p.event_id) in inserted:
-                        add(p.customer, p.type, p.ts, p.properties, p.cost_pico)
-                    else:
-                        missing.append((i, p))
+                planner.add_many([p for p in rows if (p.customer, p.event_id) in inserted])
+                missing = [(i, p) for i, p in good if (p.customer, p.event_id) not in inserted]
             if missing:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
                 for i, p in missing:
@@ -240,7 +239,6 @@ def _chunks(events: Iterable[Any], size: int):
 
 
 _SMALL_BATCH = 1000  # up to this many events: one transaction in the calling thread
-_KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
 
 
 def _raw_key(raw: Any) -> tuple[str | None, str | None]:
