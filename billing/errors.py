@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_MODEL = "unknown_model"
     NEGATIVE_QUANTITY = "negative_quantity"
     NON_NUMERIC_QUANTITY = "non_numeric_quantity"
+    QUANTITY_TOO_LARGE = "quantity_too_large"
     BAD_TIMESTAMP = "bad_timestamp"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     EVENT_CONFLICT = "event_conflict"

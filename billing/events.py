@@ -29,6 +29,13 @@ BUILTIN_TYPES = frozenset({LLM_CALL, REQUEST, AGENT_STEP, OUTCOME, OUTCOME_DISPU
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
+# Upper bounds that keep every stored number exact in a 64-bit integer column: a quantity
+# property per event (10^12 tokens, units or steps; micro-units up to 10^18) and the
+# provider cost of one event ($1,000,000; picodollars up to 10^18).
+MAX_EVENT_QUANTITY = 10**12
+MAX_EVENT_COST = Decimal(10**6)
+
+
 def is_quantity_key(key: str) -> bool:
     """Properties that must be non-negative numbers (token counts, quantities, costs)."""
     return key.endswith("_tokens") or key in ("quantity", "steps", "amount", "units", "cost")
@@ -102,6 +109,9 @@ def check_quantities(event: UsageEvent) -> None:
         if number < 0:
             raise EventError(f"property {key!r} must not be negative, got {value}",
                              code=ErrorCode.NEGATIVE_QUANTITY)
+        if number > MAX_EVENT_QUANTITY:
+            raise EventError(f"property {key!r} must be at most {MAX_EVENT_QUANTITY:,} per event, got {value}",
+                             code=ErrorCode.QUANTITY_TOO_LARGE)
 
 
 def parse_event(data: Any) -> UsageEvent:

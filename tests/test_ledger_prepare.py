@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from billing.costs import CostBook, UnknownModel, event_cost
 from billing.errors import BillingError, ErrorCode
-from billing.events import BUILTIN_TYPES, EventError, parse_event
+from billing.events import BUILTIN_TYPES, MAX_EVENT_COST, EventError, parse_event
 from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare, prepare_batch
 from billing.ledger.types import to_us
 from db import shipped_catalog
@@ -45,7 +45,10 @@ def reference(raw, now: datetime = NOW) -> tuple[str, object]:
     if event.timestamp > now + TOLERANCE:
         return "rejected", ErrorCode.TIMESTAMP_IN_FUTURE
     try:
-        return "accepted", event_cost(event, BOOK)
+        cost = event_cost(event, BOOK)
+        if (cost * PICO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN) > MAX_EVENT_COST * PICO:
+            return "rejected", ErrorCode.QUANTITY_TOO_LARGE
+        return "accepted", cost
     except UnknownModel:
         return "rejected", ErrorCode.UNKNOWN_MODEL
     except BillingError as exc:
@@ -115,6 +118,7 @@ any_timestamps = st.one_of(
 
 quantities = st.one_of(
     st.integers(0, 5_000_000),
+    st.sampled_from([10**12, 10**12 + 1, 10**11 * 7, 2**63, 2**70]),
     st.integers(-1000, -1),
     st.decimals(min_value=0, max_value=10_000, places=3).map(str),
     st.floats(min_value=0, max_value=1e6, allow_nan=False).map(lambda f: round(f, 3)),
@@ -266,6 +270,12 @@ def test_any_event_gets_the_same_decision(raw):
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z", "x": 1},
      "event_invalid"),
     (["not", "an", "object"], "event_invalid"),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "gpt-4o", "input_tokens": 10**12 + 1}}, "quantity_too_large"),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "claude-opus-4-1", "output_tokens": 10**12}}, "quantity_too_large"),  # $75M
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"cost": "1000000.000001"}}, "quantity_too_large"),
 ])
 def test_reason_codes(raw, code):
     got = fast(raw)

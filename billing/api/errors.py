@@ -27,6 +27,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_EVENT_TYPE: 422,
     ErrorCode.UNKNOWN_MODEL: 422,
     ErrorCode.NEGATIVE_QUANTITY: 422,
+    ErrorCode.QUANTITY_TOO_LARGE: 422,
     ErrorCode.NON_NUMERIC_QUANTITY: 422,
     ErrorCode.BAD_TIMESTAMP: 422,
     ErrorCode.TIMESTAMP_IN_FUTURE: 422,

@@ -15,10 +15,11 @@ from typing import Any, NamedTuple
 
 from billing.costs import CostBook, UnknownModel, event_cost
 from billing.errors import BillingError, ErrorCode
-from billing.events import UsageEvent, is_quantity_key
+from billing.events import MAX_EVENT_COST, MAX_EVENT_QUANTITY, UsageEvent, is_quantity_key
 from billing.ledger.types import EPOCH
 
 PICO = Decimal(10) ** 12
+MAX_COST_PICO = int(MAX_EVENT_COST * PICO)
 _MISSING = object()
 _ALLOWED_KEYS = frozenset({"id", "customer", "type", "timestamp", "properties"})
 _TOKEN_PRICE_FIELDS = (("input_tokens", "input"), ("output_tokens", "output"),
@@ -71,7 +72,7 @@ _QUANTITY_KEYS: dict[str, bool] = {}
 
 def _quantity_problem(props: dict) -> Rejection | None:
     for key, value in props.items():
-        if type(value) is int and value >= 0:
+        if type(value) is int and 0 <= value <= MAX_EVENT_QUANTITY:
             continue  # the common case: a non-negative integer count
         quantity = _QUANTITY_KEYS.get(key)
         if quantity is None:
@@ -79,6 +80,8 @@ def _quantity_problem(props: dict) -> Rejection | None:
         if not quantity:
             continue
         if type(value) is int:
+            if value > MAX_EVENT_QUANTITY:
+                return _too_large(key, value)
             return _reject(ErrorCode.NEGATIVE_QUANTITY, f"property {key!r} must not be negative, got {value}")
         if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
             return _reject(ErrorCode.NON_NUMERIC_QUANTITY, f"property {key!r} must be a number, got {value!r}")
@@ -90,7 +93,14 @@ def _quantity_problem(props: dict) -> Rejection | None:
             return _reject(ErrorCode.NON_NUMERIC_QUANTITY, f"property {key!r} must be a finite number")
         if number < 0:
             return _reject(ErrorCode.NEGATIVE_QUANTITY, f"property {key!r} must not be negative, got {value}")
+        if number > MAX_EVENT_QUANTITY:
+            return _too_large(key, value)
     return None
+
+
+def _too_large(key: str, value: Any) -> Rejection:
+    return _reject(ErrorCode.QUANTITY_TOO_LARGE,
+                   f"property {key!r} must be at most {MAX_EVENT_QUANTITY:,} per event, got {value}")
 
 
 _MINUTE_CACHE: dict[str, int] = {}
@@ -173,6 +183,9 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.UNKNOWN_MODEL, exc.message)
     except BillingError as exc:
         return _reject(exc.code, exc.message)
+    if cost > MAX_COST_PICO:
+        return _reject(ErrorCode.QUANTITY_TOO_LARGE, f"the event's provider cost exceeds ${MAX_EVENT_COST:,} "
+                                                     "(split it into several events)")
     model = props.get("model")
     try:
         text = orjson.dumps(props, default=str).decode()
@@ -248,7 +261,7 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                         plain = True
                         for key, value in props.items():
                             if type(value) is int:
-                                if value < 0:
+                                if value < 0 or value > MAX_EVENT_QUANTITY:
                                     plain = False
                                     break
                             else:
@@ -281,6 +294,8 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                                         pi, po, pcr, pcw, pr = prices
                                         cost = ((i or 0) * pi + (o or 0) * po + (cr or 0) * pcr + (cw or 0) * pcw
                                                 + (r or 0) * pr)
+                                        if cost > MAX_COST_PICO:
+                                            plain = False
                                 else:
                                     plain = False
                             if plain:
