@@ -335,3 +335,23 @@ def test_mixed_batches_lose_nothing_and_count_once(module_engine, data):
     for customer, meter in ((prefix + "gamma", "premium_requests"), (prefix + "delta", "resolutions")):
         n = sum(1 for c, *_ in rows if c == customer)
         assert sum(v[2] for k, v in counters.items() if k[:2] == (customer, meter)) == n
+
+
+@pytest.mark.parametrize("chunk", [700, 50_000])
+def test_large_replays_are_told_from_new_events(world, chunk):
+    """Batches past the small-batch path (COPY on PostgreSQL, where one stored event makes
+    the chunk take the staging route): stored events are duplicates, a changed one a
+    conflict, the rest accepted, and each new event counted once."""
+    first = [ev(f"old{i}", ts=f"2026-10-05T10:{i // 60 % 60:02d}:{i % 60:02d}Z") for i in range(600)]
+    assert world.record(first).accepted == 600
+    changed = {**first[7], "timestamp": "2026-10-06T00:00:00Z"}
+    fresh = [ev(f"new{i}", ts=f"2026-10-07T11:{i // 60 % 60:02d}:{i % 60:02d}Z") for i in range(900)]
+    batch = [*fresh[:450], *first, changed, *fresh[450:], fresh[3]]
+    result = world.record(batch, chunk_size=chunk)
+    got = result.to_json()
+    assert (got["accepted"], got["duplicates"], got["conflicts"], got["rejected"]) == (900, 601, 1, 0)
+    assert [r.status for r in result.results[:450]] == ["accepted"] * 450
+    assert result.results[450 + 600].status == "conflict"
+    assert len(stored_events(world.engine)) == 1500
+    counters = counter_rows(world.engine)
+    assert sum(n for (c, m, _), (_, _, n, _) in counters.items() if (c, m) == ("acme", "messages")) == 1500

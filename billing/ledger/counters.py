@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import groupby
 from operator import itemgetter
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -193,17 +192,21 @@ class CounterPlanner:
         slot[3] += cost
 
 
-_CUSTOMER = itemgetter(0)
 _TYPE = itemgetter(2)
 _TS = itemgetter(3)
 _COST = itemgetter(6)
 
 
 def _groups(rows):
-    """(customer, rows, event type) for each run of one customer's rows of one type (rows
-    sorted by customer make one run per customer; unsorted rows are still all covered)."""
-    for customer, run in groupby(rows, _CUSTOMER):
-        run = list(run)
+    """(customer, rows, event type) for each customer and event type among ``rows``."""
+    by_customer: dict[str, list] = {}
+    for row in rows:
+        run = by_customer.get(row[0])
+        if run is None:
+            by_customer[row[0]] = [row]
+        else:
+            run.append(row)
+    for customer, run in by_customer.items():
         types = set(map(_TYPE, run))
         if len(types) == 1:
             yield customer, run, types.pop()

@@ -1,16 +1,19 @@
 """SQL for the event hot path: batch insert with "exists" detection, and counter upserts.
 
-SQLite: multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (one statement per
-chunk). PostgreSQL: ``COPY`` into a temporary staging table, then one
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``. Either way the database's
-unique key decides which events are new, so concurrent writers never double-insert and
-an event reported accepted is one this transaction inserted.
+SQLite: ``INSERT ... ON CONFLICT DO NOTHING`` of the chunk in one transaction that holds
+the write lock. PostgreSQL: ``COPY`` straight into the table under a savepoint; when an
+event exists already, a staging table and ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING``. Either way the database's unique key decides which events are new, so
+concurrent writers never double-insert and an event reported accepted is one this
+transaction inserted.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+
+import orjson
 
 from sqlalchemy import Connection
 
@@ -63,8 +66,12 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.execute("SELECT COALESCE(MAX(id), 0) FROM usage_event")
         before_id = cursor.fetchone()[0]
         before = dbapi.total_changes
-        cursor.executemany(f"INSERT INTO usage_event ({_COLUMNS}) VALUES (?,?,?,?,?,?,?) "
-                           "ON CONFLICT (customer_id, event_id) DO NOTHING", [r[:7] for r in rows])
+        blob = _json_rows(rows) if len(rows) >= _JSON_MIN_ROWS else None
+        if blob is not None:  # one statement: SQLite unpacks the rows (and the GIL is free meanwhile)
+            cursor.execute(_SQLITE_JSON_INSERT, (blob,))
+        else:
+            cursor.executemany(f"INSERT INTO usage_event ({_COLUMNS}) VALUES (?,?,?,?,?,?,?) "
+                               "ON CONFLICT (customer_id, event_id) DO NOTHING", [r[:7] for r in rows])
         if dbapi.total_changes - before == len(rows):
             return ALL_INSERTED
         cursor.execute("SELECT customer_id, event_id FROM usage_event WHERE id > ?", (before_id,))
@@ -73,10 +80,53 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.close()
 
 
+_JSON_MIN_ROWS = 256
+_SQLITE_JSON_INSERT = (
+    f"INSERT INTO usage_event ({_COLUMNS}) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), "
+    "json_extract(value, '$[5]'), json_extract(value, '$[6]') FROM json_each(?) WHERE true "
+    "ON CONFLICT (customer_id, event_id) DO NOTHING")
+
+
+def _json_rows(rows: Sequence[Prepared]) -> bytes | None:
+    """The rows as one JSON array of 7-element arrays (the properties embedded as the
+    object they are), or None when a value cannot travel that way unchanged."""
+    fragment = orjson.Fragment
+    try:
+        return orjson.dumps([(r[0], r[1], r[2], r[3], fragment(r[4]), r[5], r[6]) for r in rows])
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
 def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
+    """COPY straight into ``usage_event`` (the common case: every event is new). If an
+    event exists already (a replay, or a concurrent writer of the same id), the unique key
+    stops the COPY; its savepoint is rolled back and the chunk goes through the staging
+    table instead, where ON CONFLICT DO NOTHING sorts the new from the known."""
+    import psycopg
+
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute("SAVEPOINT usage_event_copy")
+        try:
+            with cursor.copy(f"COPY usage_event ({_COLUMNS}) FROM STDIN") as copy:
+                write = copy.write_row
+                for r in rows:
+                    write(r[:7])
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+            # (two writers racing with the same new ids may each wait on the other's rows)
+            cursor.execute("ROLLBACK TO SAVEPOINT usage_event_copy")
+            cursor.execute("RELEASE SAVEPOINT usage_event_copy")
+            return _insert_pg_staged(conn, rows)
+        cursor.execute("RELEASE SAVEPOINT usage_event_copy")
+        return ALL_INSERTED
+    finally:
+        cursor.close()
+
+
+def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
     """COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT DO
-    NOTHING. When fewer rows went in than were staged, the ones this transaction wrote are
-    found by their ``xmin`` (the inserting transaction's id)."""
+    NOTHING RETURNING the keys this statement inserted."""
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(
@@ -89,14 +139,8 @@ def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str
                 write(r[:7])
         cursor.execute(
             f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
-            "ORDER BY ts, customer_id ON CONFLICT (customer_id, event_id) DO NOTHING")
-        if cursor.rowcount == len(rows):
-            cursor.execute("TRUNCATE usage_event_stage")
-            return ALL_INSERTED
-        cursor.execute(
-            "SELECT e.customer_id, e.event_id FROM usage_event_stage s JOIN usage_event e "
-            "ON e.customer_id = s.customer_id AND e.event_id = s.event_id "
-            "WHERE e.xmin::text = (pg_current_xact_id()::text::bigint % 4294967296)::text")
+            "ORDER BY customer_id, event_id ON CONFLICT (customer_id, event_id) DO NOTHING "
+            "RETURNING customer_id, event_id")
         inserted = {(c, e) for c, e in cursor.fetchall()}
         cursor.execute("TRUNCATE usage_event_stage")
         return inserted

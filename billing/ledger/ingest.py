@@ -177,10 +177,7 @@ class Ledger:
                 else:
                     status[i] = "rejected"
                     problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER), f"unknown customer {p.customer!r}; create it first")
-            # insert in key order: neighbouring rows land on the same index pages (rows are
-            # unique by (customer, event id) here, so the tuples compare on those alone)
             rows = [p for _, p in good]
-            rows.sort()
             inserted = event_store.insert_events(conn, rows)
             planner = CounterPlanner(subscription_views(
                 repository.subscription_rows(session, {p.customer for _, p in good}), customers, self.catalog),
