@@ -25,9 +25,13 @@ class InputError(BillingError):
 
 
 def read_events(path: str | Path, book: CostBook) -> list[tuple[UsageEvent, Decimal]]:
-    """Parse and cost every line; raise InputError naming the first bad line (all listed)."""
+    """Parse and cost every line; raise InputError listing every bad line as ``file:line: code: reason``.
+
+    An exact replay of an event (same customer, id and content) counts once; the same id
+    with other content is a conflict naming both lines."""
     problems: list[str] = []
     out: list[tuple[UsageEvent, Decimal]] = []
+    seen: dict[tuple[str, str], tuple[int, str]] = {}  # (customer, id) -> (line, content)
     try:
         handle = open(path, encoding="utf-8")
     except OSError as exc:
@@ -43,6 +47,13 @@ def read_events(path: str | Path, book: CostBook) -> list[tuple[UsageEvent, Deci
                 continue
             try:
                 event = parse_event(data)
+                first = seen.get((event.customer, event.id))
+                if first is not None:
+                    if first[1] != event.canonical():
+                        problems.append(f"{path}:{number}: {ErrorCode.EVENT_CONFLICT}: event {event.id!r} of customer "
+                                        f"{event.customer!r} was already sent on line {first[0]} with different content")
+                    continue  # an exact replay counts once
+                seen[(event.customer, event.id)] = (number, event.canonical())
                 out.append((event, event_cost(event, book)))
             except (EventError, UnknownModel, BillingError) as exc:
                 problems.append(f"{path}:{number}: {exc.code}: {exc.message}")

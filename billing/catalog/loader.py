@@ -102,6 +102,10 @@ def _is_tag(node: dict, part: str) -> bool:
         ("function-", "tagged-union", "union[", "list[", "dict[", "json-or-python"))
 
 
+def _is_union_member(part: str) -> bool:
+    return part in _MEMBER_NAMES or part.startswith(("union[", "list["))
+
+
 def _line_of(root: yaml.Node | None, parts: list[Any]) -> int | None:
     node = root
     line = node.start_mark.line + 1 if node is not None else None
@@ -119,6 +123,27 @@ def _line_of(root: yaml.Node | None, parts: list[Any]) -> int | None:
     return line
 
 
+def _duplicate_keys(node: yaml.Node | None, parts: list[Any] | None = None) -> list[tuple[list[Any], str, int]]:
+    """Every key written twice in one mapping (YAML keeps the last silently): path, message, line."""
+    parts = parts or []
+    found: list[tuple[list[Any], str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and name in first:
+                found.append(([*parts, name], f"key {name!r} appears twice in this mapping "
+                               f"(first on line {first[name]}); YAML would keep only the last",
+                               key.start_mark.line + 1))
+            elif name is not None:
+                first[name] = key.start_mark.line + 1
+            found.extend(_duplicate_keys(value, [*parts, name]))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found.extend(_duplicate_keys(item, [*parts, i]))
+    return found
+
+
 # --------------------------------------------------------------- semantic checks
 
 def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
@@ -127,6 +152,7 @@ def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     charges = data.get("charges") or []
     fees = data.get("fees") or []
     meter_keys = {m.get("key") for m in meters if isinstance(m, dict)}
+    meters_by_key = {m.get("key"): m for m in meters if isinstance(m, dict)}
     charge_keys = {c.get("key") for c in charges if isinstance(c, dict)}
 
     for section, items in (("meters", meters), ("charges", charges), ("fees", fees)):
@@ -145,6 +171,11 @@ def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
             problems.append(([("meters"), i, "aggregation"], f"aggregation {agg!r} needs a 'property'"))
         if meter.get("disputes") is not None and agg != "count":
             problems.append((["meters", i, "disputes"], "disputes apply to count meters only"))
+        if agg == "count" and meter.get("property"):
+            problems.append((["meters", i, "property"], "a count meter counts events and ignores 'property' "
+                             "(use aggregation: sum, max or unique_count to measure it)"))
+        if agg == "unique_count" and meter.get("multipliers") is not None:
+            problems.append((["meters", i, "multipliers"], "multipliers do not apply to unique_count meters"))
 
     for i, charge in enumerate(charges if isinstance(charges, list) else []):
         if not isinstance(charge, dict):
@@ -156,9 +187,13 @@ def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
         if charge.get("meter") not in meter_keys:
             problems.append((["charges", i, "meter"],
                              f"unknown meter {charge.get('meter')!r}; defined: {sorted(k for k in meter_keys if k)}"))
-        policy = (charge.get("on_exhaustion") or {}).get("policy", "overage")
+        exhaustion = charge.get("on_exhaustion") or {}  # absent: overage, the default policy
+        policy = exhaustion.get("policy", "overage") if isinstance(exhaustion, dict) else None
         if policy in ("overage", "rate_limit") and charge.get("price") is None:
             problems.append((["charges", i, "price"], f"policy {policy!r} bills usage past the included units: a price is required"))
+        if policy == "downgrade" and charge.get("price") is not None:
+            problems.append((["charges", i, "price"], "policy 'downgrade' bills the slow tier at on_exhaustion.unit_price; "
+                             "this price would never be used"))
         price = charge.get("price") or {}
         if isinstance(price, dict) and price.get("model") == "percentage":
             lo, hi = price.get("min_per_transaction"), price.get("max_per_transaction")
@@ -170,6 +205,14 @@ def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
                 pass  # pydantic reports the bad number
             if charge.get("included") is not None:
                 problems.append((["charges", i, "included"], "percentage prices use free_units/free_amount, not included"))
+            meter = meters_by_key.get(charge.get("meter"))
+            if meter is not None and meter.get("aggregation", "count") != "sum":
+                problems.append((["charges", i, "price", "model"], "a percentage price takes a share of transaction "
+                                 f"amounts: its meter {charge.get('meter')!r} must sum them (aggregation: sum)"))
+
+    limits = data.get("agent_limits")
+    if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
+        problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
 
     for i, credit in enumerate(data.get("credits") or []):
         if isinstance(credit, dict):
@@ -225,6 +268,7 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
+        union_misses: dict[str, tuple[list[Any], list[str]]] = {}
         for err in exc.errors():
             parts = _real_path(data, err["loc"])
             if err["type"] == "value_error" and parts[-1:] == ["tiers"]:
@@ -232,9 +276,19 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see plans/README.md)"
+            if any(isinstance(x, str) and _is_union_member(x) for x in err["loc"]):
+                # a smart union (str | int | bool | list) fails once per member: one problem
+                union_misses.setdefault(_format_path(parts), (parts, []))[1].append(msg.removeprefix("Input should be "))
+                continue
             problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
+        for path, (parts, wanted) in union_misses.items():
+            options = list(dict.fromkeys(wanted))
+            msg = "Input should be " + (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0])
+            problems.append(PlanProblem(filename, path, msg, _line_of(root, parts)))
     for parts, msg in _semantic_problems(data):
         problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
+    for parts, msg, line in _duplicate_keys(root):
+        problems.append(PlanProblem(filename, _format_path(parts), msg, line))
     if problems:
         # one problem per (path, message), in file order
         unique = list(dict.fromkeys(problems))
@@ -264,8 +318,19 @@ def plan_files(paths: list[str | Path]) -> list[Path]:
     return out
 
 
+def _top_level_line(path: Path, key: str) -> int | None:
+    try:
+        return _line_of(yaml.compose(path.read_text(encoding="utf-8"), Loader=_DecimalLoader), [key])
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def validate_paths(paths: list[str | Path]) -> tuple[list[Plan], list[PlanProblem]]:
-    """Validate every file; return the plans that loaded and every problem found."""
+    """Validate every file; return the plans that loaded and every problem found.
+
+    Across files: a plan id + version is defined once, and a plan's versions take effect
+    in version order at distinct instants (so the version in force at any instant is
+    unambiguous and a later version never silently hides behind an earlier one)."""
     plans: list[Plan] = []
     problems: list[PlanProblem] = []
     files = plan_files(paths)
@@ -281,8 +346,26 @@ def validate_paths(paths: list[str | Path]) -> tuple[list[Plan], list[PlanProble
         key = (plan.plan, plan.version)
         if key in seen:
             problems.append(PlanProblem(str(f), "version",
-                                        f"plan {plan.plan!r} version {plan.version} is also defined in {seen[key]}"))
+                                        f"plan {plan.plan!r} version {plan.version} is also defined in {seen[key]}",
+                                        _top_level_line(f, "version")))
             continue
         seen[key] = f
         plans.append(plan)
-    return plans, problems
+    by_id: dict[str, list[Plan]] = {}
+    for plan in plans:
+        by_id.setdefault(plan.plan, []).append(plan)
+    misordered: set[tuple[str, int]] = set()
+    for versions in by_id.values():
+        versions.sort(key=lambda p: p.version)
+        for before, after in zip(versions, versions[1:]):
+            if after.effective_from > before.effective_from:
+                continue
+            misordered.add((after.plan, after.version))
+            f = seen[(after.plan, after.version)]
+            how = "at the same instant as" if after.effective_from == before.effective_from else "before"
+            problems.append(PlanProblem(
+                str(f), "effective_from",
+                f"version {after.version} takes effect {how} version {before.version} "
+                f"({before.effective_from.isoformat()}, {seen[(before.plan, before.version)]}): "
+                "a plan's versions must take effect in version order", _top_level_line(f, "effective_from")))
+    return [p for p in plans if (p.plan, p.version) not in misordered], problems
