@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from billing.catalog import PlanInvalid, load_plan_file
-from billing.costs import CostBook
+from billing.cli.costs import load_book
 from billing.errors import BillingError
 from billing.cli.render import console, err_console, invoice_table, print_json
 from billing.preview import InputError, parse_instant, preview, read_events
@@ -31,6 +31,8 @@ def preview_cmd(
     seats: Annotated[int, typer.Option(min=0, help="Seats held for the whole period.")] = 1,
     timezone: Annotated[str, typer.Option(help="Customer timezone for period boundaries.")] = "UTC",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per customer (a list if several).")] = False,
+    costs: Annotated[list[Path] | None, typer.Option("--costs", help="Extra cost data file(s) (e.g. from "
+                                                                    "`billing costs import-litellm`).")] = None,
 ) -> None:
     """Rate a JSONL file of events under a plan file, with no database.
 
@@ -66,7 +68,7 @@ def preview_cmd(
             if e <= s:
                 raise InputError("--end must be after --start")
             chosen = Period(s, e)
-        costed = read_events(events, CostBook.load_default())
+        costed = read_events(events, load_book(costs))
         invoices = preview(plan_spec, costed, period=chosen, timezone=timezone, customer=customer, seats=seats)
     except BillingError as exc:
         fail(exc.message)
