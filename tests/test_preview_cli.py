@@ -277,3 +277,20 @@ def test_problems_print_as_text_not_terminal_markup(tmp_path):
     assert "[bold] bad.yaml:1: plan: String should match pattern '^[a-z0-9][a-z0-9_.\\-]*$'" in result.stderr
     result = run("invoice", "preview", "--plan", bad, "--events", write_events(tmp_path, october(1, "acme")))
     assert result.exit_code == 2 and "'^[a-z0-9][a-z0-9_.\\-]*$'" in result.stderr
+
+
+def test_a_metered_property_must_be_a_non_negative_number(tmp_path):
+    # "pages" is no built-in quantity key: the plan's sum meter makes it one
+    plan = tmp_path / "pages.yaml"
+    plan.write_text("plan: pages\nname: Pages\neffective_from: 2026-01-01T00:00:00Z\n"
+                    "meters: [{key: pages, event_type: ocr, aggregation: sum, property: pages}]\n"
+                    "charges: [{key: pages, meter: pages, price: {model: per_unit, unit_price: '0.01'}}]\n")
+    rows = [{"id": f"o{i}", "customer": "acme", "type": "ocr", "timestamp": "2026-10-02T00:00:00Z",
+             "properties": {"pages": pages}} for i, pages in enumerate([10, -500, "many", 5])]
+    result = run("invoice", "preview", "--plan", plan, "--events", write_events(tmp_path, rows))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert ":2: negative_quantity: event 'o1': property 'pages'" in result.stderr
+    assert ":3: non_numeric_quantity: event 'o2'" in result.stderr
+    assert ":1:" not in result.stderr and ":4:" not in result.stderr
+    doc = preview_json("--plan", plan, "--events", write_events(tmp_path, [rows[0], rows[3]]))
+    assert doc["total"] == "0.15"

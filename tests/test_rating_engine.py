@@ -214,6 +214,17 @@ def test_same_id_with_other_content_is_a_conflict():
     assert len(dedupe([original, event(1, customer="d", model="big")])) == 2
 
 
+def test_an_unreadable_measured_value_is_an_event_error_not_a_crash():
+    from billing.events import EventError
+
+    for value, code in (("lots", "non_numeric_quantity"), (-3, "negative_quantity"), (True, "non_numeric_quantity")):
+        bad = event(1, "llm.call", input_tokens=5, user="u")
+        bad = bad.model_copy(update={"properties": {"input_tokens": value, "user": "u"}})
+        with pytest.raises(EventError) as info:
+            aggregate(EVENT_PLAN, [bad], NOV.start, NOV.end)
+        assert info.value.code == code and "'e1'" in info.value.message
+
+
 def test_duplicates_count_once_hand_checked():
     events = [event(i, model="big") for i in range(3)]
     usage = aggregate(EVENT_PLAN, events + events[:2], NOV.start, NOV.end)

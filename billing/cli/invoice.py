@@ -68,7 +68,7 @@ def preview_cmd(
             if e <= s:
                 raise InputError("--end must be after --start")
             chosen = Period(s, e)
-        costed = read_events(events, load_book(costs))
+        costed = read_events(events, load_book(costs), plan_spec)
         invoices = preview(plan_spec, costed, period=chosen, timezone=timezone, customer=customer, seats=seats)
     except BillingError as exc:
         fail(exc.message)
