@@ -171,6 +171,30 @@ agent_limits: {task_property: task}
     assert "aggregation: sum" in found[3][2] and "'n'" in found[3][2]
 
 
+def test_a_missing_or_unknown_kind_points_at_its_tag_and_lists_the_choices():
+    text = """\
+plan: p
+name: P
+effective_from: 2026-01-01T00:00:00Z
+fees:
+  - {key: x, amount: 1}
+  - {type: flatt, key: y, amount: 1}
+meters: [{key: m, event_type: r}]
+charges:
+  - {key: c, meter: m, price: {unit_price: 1}}
+  - {key: d, meter: m, price: {model: per_unit, unit_price: 1}, on_exhaustion: {policy: throttle}}
+"""
+    with pytest.raises(PlanInvalid) as info:
+        parse_plan_text(text, "p.yaml")
+    assert [(p.path, p.line, p.message) for p in info.value.problems] == [
+        ("fees[0].type", 5, "required: one of flat, per_seat"),
+        ("fees[1].type", 6, "'flatt' is not one of flat, per_seat"),
+        ("charges[0].price.model", 9,
+         "required: one of per_unit, graduated, volume, package, percentage, cost_plus"),
+        ("charges[1].on_exhaustion.policy", 10, "'throttle' is not one of block, downgrade, rate_limit, overage"),
+    ]
+
+
 def test_a_key_written_twice_is_a_problem_not_a_silent_override():
     text = """\
 plan: p

@@ -102,6 +102,34 @@ def _is_tag(node: dict, part: str) -> bool:
         ("function-", "tagged-union", "union[", "list[", "dict[", "json-or-python"))
 
 
+def _tag_values() -> dict[str, tuple[str, ...]]:
+    """discriminator key -> its allowed values, read from the schema's tagged unions."""
+    from typing import get_args
+
+    from billing.catalog.schema import Exhaustion, Fee, Price
+
+    out: dict[str, tuple[str, ...]] = {}
+    for union, tag in ((Price, "model"), (Exhaustion, "policy"), (Fee, "type")):
+        members = get_args(get_args(union)[0])
+        out[tag] = tuple(get_args(m.model_fields[tag].annotation)[0] for m in members)
+    return out
+
+
+_TAG_VALUES = _tag_values()
+
+
+def _node_at(data: Any, parts: list[Any]) -> Any:
+    node = data
+    for part in parts:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node
+
+
 def _is_union_member(part: str) -> bool:
     return part in _MEMBER_NAMES or part.startswith(("union[", "list["))
 
@@ -276,6 +304,15 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see plans/README.md)"
+            if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+                # point at the tag key itself and list what it may be
+                tag = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
+                if tag and isinstance(_node_at(data, parts), dict):
+                    parts = [*parts, tag]
+                    given = _node_at(data, parts)
+                    options = ", ".join(_TAG_VALUES.get(tag, ()))
+                    msg = (f"required: one of {options}" if given is None
+                           else f"{given!r} is not one of {options}")
             if any(isinstance(x, str) and _is_union_member(x) for x in err["loc"]):
                 # a smart union (str | int | bool | list) fails once per member: one problem
                 union_misses.setdefault(_format_path(parts), (parts, []))[1].append(msg.removeprefix("Input should be "))
