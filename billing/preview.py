@@ -13,7 +13,7 @@ from billing.costs import CostBook, UnknownModel, event_cost
 from billing.errors import BillingError, ErrorCode
 from billing.events import EventError, UsageEvent, parse_event
 from billing.rating.engine import RatingInput, rate_period
-from billing.rating.meters import aggregate, dedupe
+from billing.rating.meters import aggregate, check_metered_values, dedupe
 from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import RatedInvoice
 
@@ -24,10 +24,15 @@ class InputError(BillingError):
     code = ErrorCode.EVENT_INVALID
 
 
-def read_events(path: str | Path, book: CostBook) -> list[tuple[UsageEvent, Decimal]]:
-    """Parse and cost every line; raise InputError naming the first bad line (all listed)."""
+def read_events(path: str | Path, book: CostBook, plan: Plan | None = None) -> list[tuple[UsageEvent, Decimal]]:
+    """Parse and cost every line; raise InputError listing every bad line as ``file:line: code: reason``.
+
+    An exact replay of an event (same customer, id and content) counts once; the same id
+    with other content is a conflict naming both lines. With ``plan``, every property one of
+    its sum/max meters measures must be a non-negative number too."""
     problems: list[str] = []
     out: list[tuple[UsageEvent, Decimal]] = []
+    seen: dict[tuple[str, str], tuple[int, str]] = {}  # (customer, id) -> (line, content)
     try:
         handle = open(path, encoding="utf-8")
     except OSError as exc:
@@ -43,6 +48,15 @@ def read_events(path: str | Path, book: CostBook) -> list[tuple[UsageEvent, Deci
                 continue
             try:
                 event = parse_event(data)
+                first = seen.get((event.customer, event.id))
+                if first is not None:
+                    if first[1] != event.canonical():
+                        problems.append(f"{path}:{number}: {ErrorCode.EVENT_CONFLICT}: event {event.id!r} of customer "
+                                        f"{event.customer!r} was already sent on line {first[0]} with different content")
+                    continue  # an exact replay counts once
+                seen[(event.customer, event.id)] = (number, event.canonical())
+                if plan is not None:
+                    check_metered_values(plan, event)
                 out.append((event, event_cost(event, book)))
             except (EventError, UnknownModel, BillingError) as exc:
                 problems.append(f"{path}:{number}: {exc.code}: {exc.message}")

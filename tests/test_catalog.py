@@ -112,9 +112,11 @@ charges:
     with pytest.raises(PlanInvalid) as info:
         parse_plan_text(text, "p.yaml")
     paths = [(p.path, p.line) for p in info.value.problems]
-    # a filter value that is none of str | int | bool | list: one path, whatever the member
-    assert set(paths[:4]) == {("meters[1].filter.model", 4)}
-    assert paths[4:] == [
+    # a filter value that is none of str | int | bool | list: ONE problem naming every option
+    assert paths[0] == ("meters[1].filter.model", 4)
+    assert info.value.problems[0].message == ("Input should be a valid string, a valid integer, "
+                                              "a valid boolean or a valid list")
+    assert paths[1:] == [
         ("charges[0].price.package_size", 8),
         ("charges[0].on_exhaustion.rate_limit.limit", 9),
         ("charges[1].price.tiers", 12),
@@ -139,6 +141,78 @@ credits:
         parse_plan_text(text, "p.yaml")
     assert [(p.path, p.line) for p in info.value.problems] == [
         ("meters[1].aggregation", 6), ("meters[1].key", 6), ("credits[0].applies_to[1]", 10)]
+
+
+def test_fields_that_would_be_silently_ignored_are_problems():
+    text = """\
+plan: p
+name: P
+effective_from: 2026-01-01T00:00:00Z
+meters:
+  - {key: n, event_type: llm.call, property: input_tokens}
+  - {key: u, event_type: llm.call, aggregation: unique_count, property: user, multipliers: {values: {a: 2}}}
+  - {key: amount, event_type: payment, aggregation: sum, property: amount}
+charges:
+  - {key: slow, meter: n, price: {model: per_unit, unit_price: 1}, on_exhaustion: {policy: downgrade, model: small}}
+  - {key: share, meter: n, price: {model: percentage, rate: "0.03"}}
+  - {key: fine, meter: amount, price: {model: percentage, rate: "0.03"}}
+agent_limits: {task_property: task}
+"""
+    with pytest.raises(PlanInvalid) as info:
+        parse_plan_text(text, "p.yaml")
+    found = [(p.path, p.line, p.message) for p in info.value.problems]
+    assert [(path, line) for path, line, _ in found] == [
+        ("meters[0].property", 5),           # count ignores property: meant sum?
+        ("meters[1].multipliers", 6),        # unique_count ignores multipliers
+        ("charges[0].price", 9),             # downgrade bills at unit_price, never at price
+        ("charges[1].price.model", 10),      # a percentage of a count
+        ("agent_limits", 12),                # guardrails that limit nothing
+    ]
+    assert "aggregation: sum" in found[3][2] and "'n'" in found[3][2]
+
+
+def test_a_missing_or_unknown_kind_points_at_its_tag_and_lists_the_choices():
+    text = """\
+plan: p
+name: P
+effective_from: 2026-01-01T00:00:00Z
+fees:
+  - {key: x, amount: 1}
+  - {type: flatt, key: y, amount: 1}
+meters: [{key: m, event_type: r}]
+charges:
+  - {key: c, meter: m, price: {unit_price: 1}}
+  - {key: d, meter: m, price: {model: per_unit, unit_price: 1}, on_exhaustion: {policy: throttle}}
+"""
+    with pytest.raises(PlanInvalid) as info:
+        parse_plan_text(text, "p.yaml")
+    assert [(p.path, p.line, p.message) for p in info.value.problems] == [
+        ("fees[0].type", 5, "required: one of flat, per_seat"),
+        ("fees[1].type", 6, "'flatt' is not one of flat, per_seat"),
+        ("charges[0].price.model", 9,
+         "required: one of per_unit, graduated, volume, package, percentage, cost_plus"),
+        ("charges[1].on_exhaustion.policy", 10, "'throttle' is not one of block, downgrade, rate_limit, overage"),
+    ]
+
+
+def test_a_key_written_twice_is_a_problem_not_a_silent_override():
+    text = """\
+plan: p
+name: First
+name: Second
+effective_from: 2026-01-01T00:00:00Z
+meters: [{key: m, event_type: request}]
+charges:
+  - key: c
+    meter: m
+    price: {model: per_unit, unit_price: "1"}
+    price: {model: per_unit, unit_price: "2"}
+"""
+    with pytest.raises(PlanInvalid) as info:
+        parse_plan_text(text, "p.yaml")
+    assert [(p.path, p.line) for p in info.value.problems] == [("name", 3), ("charges[0].price", 10)]
+    assert "first on line 2" in info.value.problems[0].message
+    assert "first on line 9" in info.value.problems[1].message
 
 
 @pytest.mark.parametrize("text, line", [
@@ -233,6 +307,21 @@ def test_duplicate_version_is_a_problem(tmp_path):
         Catalog.from_paths(tmp_path)
     [problem] = info.value.problems
     assert problem.path == "version" and problem.file.endswith("b.yaml")
+
+
+def test_versions_must_take_effect_in_version_order(tmp_path):
+    (tmp_path / "a.yaml").write_text(version_text(1, "2026-01-01T00:00:00Z", "0.10"))
+    (tmp_path / "b.yaml").write_text(version_text(2, "2026-01-01T00:00:00Z", "0.20"))  # same instant as v1
+    (tmp_path / "c.yaml").write_text(version_text(3, "2025-06-01T00:00:00Z", "0.30"))  # before v2
+    (tmp_path / "d.yaml").write_text(version_text(3, "2027-01-01T00:00:00Z", "0.40"))  # v3 again
+    plans, problems = validate_paths([tmp_path])
+    assert [p.version for p in plans] == [1]
+    assert [(Path(p.file).name, p.path, p.line) for p in problems] == [
+        ("d.yaml", "version", 2), ("b.yaml", "effective_from", 4), ("c.yaml", "effective_from", 4)]
+    assert "same instant as version 1" in problems[1].message
+    assert "before version 2" in problems[2].message
+    with pytest.raises(PlanInvalid):
+        Catalog.from_paths(tmp_path)
 
 
 def test_shipped_catalog_resolves_every_plan():

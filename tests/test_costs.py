@@ -214,6 +214,7 @@ def test_merged_other_wins(book):
 # -- properties ---------------------------------------------------------------------------------
 
 DEFAULT = CostBook.load_default()
+EVERY_PRICE_IN_FORCE = datetime(2027, 1, 1, tzinfo=UTC)  # after every shipped effective_from
 tokens = st.integers(min_value=0, max_value=10**9)
 token_dicts = st.fixed_dictionaries({f: tokens for f in TOKEN_FIELDS})
 
@@ -221,22 +222,23 @@ token_dicts = st.fixed_dictionaries({f: tokens for f in TOKEN_FIELDS})
 @settings(max_examples=200, deadline=None)
 @given(model=st.sampled_from(DEFAULT.models()), counts=token_dicts, batch=st.booleans())
 def test_cost_non_negative(model, counts, batch):
-    assert event_cost(ev(model, batch=batch, **counts), DEFAULT) >= 0
+    assert event_cost(ev(model, EVERY_PRICE_IN_FORCE, batch=batch, **counts), DEFAULT) >= 0
 
 
 @settings(max_examples=200, deadline=None)
 @given(model=st.sampled_from(DEFAULT.models()), a=token_dicts, b=token_dicts, batch=st.booleans())
 def test_cost_additive_in_tokens(model, a, b, batch):
     both = {f: a[f] + b[f] for f in TOKEN_FIELDS}
-    total = event_cost(ev(model, batch=batch, **both), DEFAULT)
-    assert total == event_cost(ev(model, batch=batch, **a), DEFAULT) + event_cost(ev(model, batch=batch, **b), DEFAULT)
+    at = EVERY_PRICE_IN_FORCE
+    total = event_cost(ev(model, at, batch=batch, **both), DEFAULT)
+    assert total == event_cost(ev(model, at, batch=batch, **a), DEFAULT) + event_cost(ev(model, at, batch=batch, **b), DEFAULT)
 
 
 @settings(max_examples=100, deadline=None)
 @given(model=st.sampled_from(DEFAULT.models()), counts=token_dicts, batch=st.booleans(),
        k=st.decimals(min_value=0, max_value=100, places=4))
 def test_scaled_multiplies_cost_exactly(model, counts, batch, k):
-    event = ev(model, batch=batch, **counts)
+    event = ev(model, EVERY_PRICE_IN_FORCE, batch=batch, **counts)
     assert event_cost(event, DEFAULT.scaled(k)) == event_cost(event, DEFAULT) * k
 
 
@@ -301,12 +303,19 @@ def test_dump_yaml_round_trips(book):
 # -- shipped data -------------------------------------------------------------------------------
 
 
+READ_ON = {date(2026, 11, 1), date(2026, 12, 1)}
+REAL_LITELLM = Path(__file__).resolve().parent / "data" / "litellm_excerpt.json"
+
+
 def test_shipped_data_files_are_complete():
     files = sorted(DATA.glob("*.yaml"))
     assert {f.stem for f in files} == {"anthropic", "openai", "google"}
     for path in files:
         doc = yaml.safe_load(path.read_text())  # plain SafeLoader: prices must be quoted strings
         assert doc["source"].startswith("https://") and doc["retrieved"] == date(2026, 11, 1)
+        for entry in doc["models"]:  # entries read later carry their own source and date
+            assert entry.get("retrieved", doc["retrieved"]) in READ_ON
+            assert str(entry.get("source", doc["source"])).startswith("https://")
         assert "200k" in path.read_text()  # documents that long-context tiers are not modelled
         for entry in doc["models"]:
             for key in ("input", "output", "cache_read", "cache_write", "reasoning", "batch_discount"):
@@ -314,7 +323,7 @@ def test_shipped_data_files_are_complete():
     book = CostBook.from_files(files)
     assert book == CostBook.load_default()
     for entry in book:
-        assert entry.source and entry.retrieved == date(2026, 11, 1)
+        assert entry.source and entry.retrieved in READ_ON
         assert entry.provider == {"claude": "anthropic", "gemini": "google"}.get(entry.model.split("-")[0], "openai")
         assert entry.batch_discount == D("0.5")
         assert entry.cache_read <= entry.input and entry.output >= entry.input
@@ -340,3 +349,84 @@ def test_costs_package_is_pure():
             for name in names:
                 assert name.split(".")[0] not in forbidden, (path.name, name)
         assert "datetime.now" not in path.read_text() and "date.today" not in path.read_text()
+
+
+# -- the real LiteLLM format -------------------------------------------------------------------
+# tests/data/litellm_excerpt.json: entries copied unchanged from LiteLLM 1.110.2's
+# model_prices_and_context_window.json (long-context, flex, priority and 1-hour cache-write
+# variants, provider-prefixed keys, non-chat modes, the sample_spec documentation entry).
+
+
+def test_import_the_real_litellm_format():
+    result = import_litellm(REAL_LITELLM, effective_from=date(2026, 12, 1))
+    book = result.book
+    assert set(result.skipped) == {"sample_spec", "text-embedding-3-small", "gpt-4o-mini-tts"}
+    opus = book.price_for("claude-opus-4-7", AT.replace(year=2027))
+    assert opus.prices() == {"input": D(5), "output": D(25), "cache_read": D("0.5"), "cache_write": D("6.25"),
+                             "reasoning": D(25)}
+    assert opus.batch_discount == D("0.5") and opus.source.startswith("https://platform.claude.com/")
+    # the >272k-token, flex and priority prices are not modelled, and the import says so
+    assert "above 200k" in result.notes["gpt-5.5"] and "flex" in result.notes["gpt-5.5"]
+    assert "1 hour" in result.notes["claude-opus-4-7"] and "above 200k" not in result.notes["claude-opus-4-7"]
+    gpt = book.price_for("gpt-5.5", AT.replace(year=2027))
+    assert (gpt.input, gpt.output, gpt.cache_read, gpt.cache_write) == (D(5), D(30), D("0.5"), D(5))
+    # "gemini/gemini-3.1-pro-preview" also answers to the name events use
+    assert book.resolve("gemini-3.1-pro-preview") == "gemini/gemini-3.1-pro-preview"
+    assert book.resolve("gemini-3-pro-preview") == "vertex_ai/gemini-3-pro-preview"
+    assert book.price_for("gemini-3.1-pro-preview", AT.replace(year=2027)).output == D(12)
+
+
+def test_shipped_current_models_match_the_real_litellm_prices():
+    imported = import_litellm(REAL_LITELLM, effective_from=date(2026, 12, 1)).book
+    shipped = CostBook.load_default()
+    later = datetime(2027, 1, 1, tzinfo=UTC)
+    for model in ("claude-opus-4-7", "claude-sonnet-4-6", "gpt-5.5", "gpt-5.4-mini", "gemini-3.1-pro-preview",
+                  "gemini-3-flash-preview"):
+        ours, theirs = shipped.price_for(model, later), imported.price_for(model, later)
+        assert (ours.prices(), ours.batch_discount) == (theirs.prices(), theirs.batch_discount), model
+    # a dated snapshot: in force from its date, not before
+    assert shipped.price_for("claude-opus-4-7-20260416", datetime(2026, 4, 16, tzinfo=UTC)).model == "claude-opus-4-7"
+    with pytest.raises(UnknownModel):
+        shipped.price_for("claude-opus-4-7", datetime(2026, 4, 15, tzinfo=UTC))
+
+
+def test_merging_an_import_adds_versions_of_our_models():
+    shipped = CostBook.load_default()
+    imported = import_litellm(REAL_LITELLM, effective_from=date(2027, 1, 1)).book
+    merged = shipped.merged(imported)
+    # the imported "gemini/gemini-3.1-pro-preview" (aliased gemini-3.1-pro-preview) became a
+    # second version of our gemini-3.1-pro-preview, reachable by its own name too
+    versions = merged.versions("gemini-3.1-pro-preview")
+    assert [v.effective_from for v in versions] == [date(2026, 12, 1), date(2027, 1, 1)]
+    assert merged.resolve("gemini/gemini-3.1-pro-preview") == "gemini-3.1-pro-preview"
+    assert merged.price_for("gpt-5.5", datetime(2026, 10, 1, tzinfo=UTC)).effective_from == date(2026, 4, 23)
+
+
+def test_cli_import_then_preview_with_the_imported_costs(tmp_path):
+    from typer.testing import CliRunner
+
+    from billing.cli import app
+
+    out = tmp_path / "litellm.yaml"
+    result = CliRunner().invoke(app, ["costs", "import-litellm", str(REAL_LITELLM), "--effective-from", "2026-10-01",
+                                      "--provider", "vertex_ai", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "kept 1 model price(s)" in result.stderr
+    assert "&id" not in out.read_text()  # plain YAML, no anchors
+    assert CostBook.from_files([out]) == import_litellm(REAL_LITELLM, effective_from=date(2026, 10, 1),
+                                                        providers={"vertex_ai"}).book
+    # gemini-3-pro-preview is not in the shipped book: preview rejects it, unless given the import
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"id": "e1", "customer": "acme", "type": "llm.call",
+                                  "timestamp": "2026-10-02T00:00:00Z",
+                                  "properties": {"model": "gemini-3-pro-preview", "input_tokens": 1_000_000}}) + "\n")
+    plan = Path(__file__).resolve().parents[1] / "plans" / "token-api.yaml"
+    args = ["invoice", "preview", "--plan", str(plan), "--events", str(events), "--json"]
+    rejected = CliRunner().invoke(app, args)
+    assert rejected.exit_code == 2 and "unknown_model" in rejected.stderr
+    doc = json.loads(CliRunner().invoke(app, [*args, "--costs", str(out)]).stdout)
+    assert doc["provider_cost"] == "2"  # 1M input tokens at $2 per 1M
+    listed = CliRunner().invoke(app, ["costs", "list", "--json", "--at", "2026-10-05", "--costs", str(out)])
+    rows = {r["model"]: r for r in json.loads(listed.stdout)}
+    assert rows["vertex_ai/gemini-3-pro-preview"]["input"] == "2" and "gpt-5.5" in rows
+    assert "gpt-5.6" not in rows  # not in force yet on that date

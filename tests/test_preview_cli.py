@@ -247,3 +247,50 @@ def test_conflicting_replay_and_bad_options_exit_2(tmp_path):
         assert result.exit_code == 2, args
     result = run("invoice", "preview", "--plan", CHATBOT, "--events", tmp_path / "missing.jsonl")
     assert result.exit_code == 2 and "missing.jsonl" in result.stderr
+
+
+def test_a_conflicting_replay_names_both_lines(tmp_path):
+    events = october(3, "acme")
+    conflict = dict(events[0], properties={**MESSAGE, "input_tokens": 1})
+    path = write_events(tmp_path, events + [events[1], conflict])  # line 4: exact replay, line 5: conflict
+    result = run("invoice", "preview", "--plan", CHATBOT, "--events", path)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert f"{path}:5: event_conflict: event 'acme-0' of customer 'acme' was already sent on line 1" in result.stderr
+    assert f"{path}:4" not in result.stderr
+
+
+def test_bad_timezone_and_a_period_of_the_wrong_length_exit_2(tmp_path):
+    path = write_events(tmp_path, october(2, "acme"))
+    result = run("invoice", "preview", "--plan", CHATBOT, "--events", path, "--timezone", "Mars/Olympus")
+    assert result.exit_code == 2 and "--timezone: unknown time zone 'Mars/Olympus'" in result.stderr
+    # a monthly plan is previewed for a month, not a year
+    result = run("invoice", "preview", "--plan", CHATBOT, "--events", path, "--period", "2026")
+    assert result.exit_code == 2 and "give the period as YYYY-MM" in result.stderr
+
+
+def test_problems_print_as_text_not_terminal_markup(tmp_path):
+    # rich would swallow "[a-z0-9]" and "[bold]" if messages were read as markup
+    bad = tmp_path / "[bold] bad.yaml"
+    bad.write_text("plan: Not A Key\nname: N\neffective_from: 2026-01-01T00:00:00Z\n")
+    result = run("plans", "validate", bad)
+    assert result.exit_code == 1
+    assert "[bold] bad.yaml:1: plan: String should match pattern '^[a-z0-9][a-z0-9_.\\-]*$'" in result.stderr
+    result = run("invoice", "preview", "--plan", bad, "--events", write_events(tmp_path, october(1, "acme")))
+    assert result.exit_code == 2 and "'^[a-z0-9][a-z0-9_.\\-]*$'" in result.stderr
+
+
+def test_a_metered_property_must_be_a_non_negative_number(tmp_path):
+    # "pages" is no built-in quantity key: the plan's sum meter makes it one
+    plan = tmp_path / "pages.yaml"
+    plan.write_text("plan: pages\nname: Pages\neffective_from: 2026-01-01T00:00:00Z\n"
+                    "meters: [{key: pages, event_type: ocr, aggregation: sum, property: pages}]\n"
+                    "charges: [{key: pages, meter: pages, price: {model: per_unit, unit_price: '0.01'}}]\n")
+    rows = [{"id": f"o{i}", "customer": "acme", "type": "ocr", "timestamp": "2026-10-02T00:00:00Z",
+             "properties": {"pages": pages}} for i, pages in enumerate([10, -500, "many", 5])]
+    result = run("invoice", "preview", "--plan", plan, "--events", write_events(tmp_path, rows))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert ":2: negative_quantity: event 'o1': property 'pages'" in result.stderr
+    assert ":3: non_numeric_quantity: event 'o2'" in result.stderr
+    assert ":1:" not in result.stderr and ":4:" not in result.stderr
+    doc = preview_json("--plan", plan, "--events", write_events(tmp_path, [rows[0], rows[3]]))
+    assert doc["total"] == "0.15"

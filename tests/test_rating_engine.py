@@ -214,6 +214,17 @@ def test_same_id_with_other_content_is_a_conflict():
     assert len(dedupe([original, event(1, customer="d", model="big")])) == 2
 
 
+def test_an_unreadable_measured_value_is_an_event_error_not_a_crash():
+    from billing.events import EventError
+
+    for value, code in (("lots", "non_numeric_quantity"), (-3, "negative_quantity"), (True, "non_numeric_quantity")):
+        bad = event(1, "llm.call", input_tokens=5, user="u")
+        bad = bad.model_copy(update={"properties": {"input_tokens": value, "user": "u"}})
+        with pytest.raises(EventError) as info:
+            aggregate(EVENT_PLAN, [bad], NOV.start, NOV.end)
+        assert info.value.code == code and "'e1'" in info.value.message
+
+
 def test_duplicates_count_once_hand_checked():
     events = [event(i, model="big") for i in range(3)]
     usage = aggregate(EVENT_PLAN, events + events[:2], NOV.start, NOV.end)
@@ -421,6 +432,33 @@ credits:
     inv = rate(plan, usage_ab(40, 8), seat_changes=[(NOV.start, 3)])
     assert inv.credits_used == {"plan:seat_credit": D("15.00")}
     assert inv.total == D("63.00")
+
+
+def test_a_grant_expiring_mid_period_covers_only_the_usage_before_its_expiry():
+    # 40.00 of a overage in the month, of which 10.00 (110 units: 100 included) before Nov 11
+    soon = CreditGrant("soon", D(25), expires_at=nov(11))
+    before = {nov(11): usage_ab(110, 0)}
+    inv = rate(CREDIT_PLAN, usage_ab(140, 0), grants=[soon], usage_before=before)
+    assert inv.credits_used == {"soon": D("10.00")} and inv.total == D("40.00")  # 10 + 40 - 10
+    # without the usage up to its expiry, a grant in force during the period covers all of it
+    assert rate(CREDIT_PLAN, usage_ab(140, 0), grants=[soon]).credits_used == {"soon": D("25.00")}
+    # nothing charged before the expiry (the included units were not used up): nothing drawn
+    assert rate(CREDIT_PLAN, usage_ab(140, 0), grants=[soon],
+                usage_before={nov(11): usage_ab(90, 0)}).credits_used == {}
+
+
+def test_later_grants_pick_up_what_an_earlier_expiring_grant_could_not_cover():
+    # b: 2.00 a unit; 3 units before Nov 6 (6.00), 8 before Nov 16 (16.00), 12 in all (24.00)
+    first = CreditGrant("first", D(10), expires_at=nov(6))
+    second = CreditGrant("second", D(8), expires_at=nov(16))
+    third = CreditGrant("third", D(100))
+    before = {nov(6): usage_ab(0, 3), nov(16): usage_ab(0, 8)}
+    for grants in ([third, second, first], [first, second, third]):
+        inv = rate(CREDIT_PLAN, usage_ab(0, 12), grants=grants, usage_before=before)
+        # first: 6.00 (all it could reach); second: 16.00 - 6.00 = 10.00 reachable, holds 8.00;
+        # third: the remaining 24.00 - 14.00
+        assert inv.credits_used == {"first": D("6.00"), "second": D("8.00"), "third": D("10.00")}
+        assert inv.total == D("10.00")
 
 
 @SETTINGS

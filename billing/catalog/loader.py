@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from billing.catalog.checks import duplicate_keys, semantic_problems
 from billing.catalog.schema import Plan
 from billing.errors import BillingError, ErrorCode
 
@@ -102,6 +103,38 @@ def _is_tag(node: dict, part: str) -> bool:
         ("function-", "tagged-union", "union[", "list[", "dict[", "json-or-python"))
 
 
+def _tag_values() -> dict[str, tuple[str, ...]]:
+    """discriminator key -> its allowed values, read from the schema's tagged unions."""
+    from typing import get_args
+
+    from billing.catalog.schema import Exhaustion, Fee, Price
+
+    out: dict[str, tuple[str, ...]] = {}
+    for union, tag in ((Price, "model"), (Exhaustion, "policy"), (Fee, "type")):
+        members = get_args(get_args(union)[0])
+        out[tag] = tuple(get_args(m.model_fields[tag].annotation)[0] for m in members)
+    return out
+
+
+_TAG_VALUES = _tag_values()
+
+
+def _node_at(data: Any, parts: list[Any]) -> Any:
+    node = data
+    for part in parts:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _is_union_member(part: str) -> bool:
+    return part in _MEMBER_NAMES or part.startswith(("union[", "list["))
+
+
 def _line_of(root: yaml.Node | None, parts: list[Any]) -> int | None:
     node = root
     line = node.start_mark.line + 1 if node is not None else None
@@ -117,93 +150,6 @@ def _line_of(root: yaml.Node | None, parts: list[Any]) -> int | None:
             break
         line = node.start_mark.line + 1
     return line
-
-
-# --------------------------------------------------------------- semantic checks
-
-def _semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
-    problems: list[tuple[list[Any], str]] = []
-    meters = data.get("meters") or []
-    charges = data.get("charges") or []
-    fees = data.get("fees") or []
-    meter_keys = {m.get("key") for m in meters if isinstance(m, dict)}
-    charge_keys = {c.get("key") for c in charges if isinstance(c, dict)}
-
-    for section, items in (("meters", meters), ("charges", charges), ("fees", fees)):
-        seen: set = set()
-        for i, item in enumerate(items if isinstance(items, list) else []):
-            if isinstance(item, dict) and item.get("key") in seen:
-                problems.append(([section, i, "key"], f"duplicate key {item.get('key')!r}"))
-            if isinstance(item, dict):
-                seen.add(item.get("key"))
-
-    for i, meter in enumerate(meters if isinstance(meters, list) else []):
-        if not isinstance(meter, dict):
-            continue
-        agg = meter.get("aggregation", "count")
-        if agg in ("sum", "max", "unique_count") and not meter.get("property"):
-            problems.append(([("meters"), i, "aggregation"], f"aggregation {agg!r} needs a 'property'"))
-        if meter.get("disputes") is not None and agg != "count":
-            problems.append((["meters", i, "disputes"], "disputes apply to count meters only"))
-
-    for i, charge in enumerate(charges if isinstance(charges, list) else []):
-        if not isinstance(charge, dict):
-            continue
-        price_doc = charge.get("price")
-        if isinstance(price_doc, dict) and isinstance(price_doc.get("tiers"), list):
-            problems.extend((["charges", i, "price", "tiers", *where], msg)
-                            for where, msg in _tier_problems(price_doc["tiers"]))
-        if charge.get("meter") not in meter_keys:
-            problems.append((["charges", i, "meter"],
-                             f"unknown meter {charge.get('meter')!r}; defined: {sorted(k for k in meter_keys if k)}"))
-        policy = (charge.get("on_exhaustion") or {}).get("policy", "overage")
-        if policy in ("overage", "rate_limit") and charge.get("price") is None:
-            problems.append((["charges", i, "price"], f"policy {policy!r} bills usage past the included units: a price is required"))
-        price = charge.get("price") or {}
-        if isinstance(price, dict) and price.get("model") == "percentage":
-            lo, hi = price.get("min_per_transaction"), price.get("max_per_transaction")
-            try:
-                if lo is not None and hi is not None and Decimal(str(lo)) > Decimal(str(hi)):
-                    problems.append((["charges", i, "price", "max_per_transaction"],
-                                     "max_per_transaction must be >= min_per_transaction"))
-            except ArithmeticError:
-                pass  # pydantic reports the bad number
-            if charge.get("included") is not None:
-                problems.append((["charges", i, "included"], "percentage prices use free_units/free_amount, not included"))
-
-    for i, credit in enumerate(data.get("credits") or []):
-        if isinstance(credit, dict):
-            for j, key in enumerate(credit.get("applies_to") or []):
-                if key not in charge_keys:
-                    problems.append((["credits", i, "applies_to", j], f"unknown charge {key!r}"))
-    return problems
-
-
-def _number(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
-        return None
-    try:
-        number = Decimal(str(value))
-    except ArithmeticError:
-        return None
-    return number if number.is_finite() else None
-
-
-def _tier_problems(tiers: list) -> list[tuple[list[Any], str]]:
-    """The tier-ordering rules of ``schema._check_tiers``, each reported at its own
-    ``tiers[i].up_to`` (pydantic can only point at the whole list)."""
-    problems: list[tuple[list[Any], str]] = []
-    up_tos = [t.get("up_to") if isinstance(t, dict) else None for t in tiers]
-    for i, up_to in enumerate(up_tos[:-1]):
-        if up_to is None:
-            problems.append(([i, "up_to"], "only the last tier may be unbounded (up_to: null)"))
-            continue
-        current, following = _number(up_to), _number(up_tos[i + 1])
-        if current is not None and following is not None and following <= current:
-            problems.append(([i + 1, "up_to"], f"up_to must be greater than {up_to} (the previous tier's)"))
-    if up_tos and up_tos[-1] is not None and isinstance(tiers[-1], dict):
-        problems.append(([len(tiers) - 1, "up_to"], "the last tier must be unbounded (up_to: null)"))
-    return problems
 
 
 # --------------------------------------------------------------------- loading
@@ -225,16 +171,36 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
+        union_misses: dict[str, tuple[list[Any], list[str]]] = {}
         for err in exc.errors():
             parts = _real_path(data, err["loc"])
             if err["type"] == "value_error" and parts[-1:] == ["tiers"]:
-                continue  # tier ordering: reported per tier by _semantic_problems
+                continue  # tier ordering: reported per tier by checks.semantic_problems
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see plans/README.md)"
+            if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+                # point at the tag key itself and list what it may be
+                tag = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
+                if tag and isinstance(_node_at(data, parts), dict):
+                    parts = [*parts, tag]
+                    given = _node_at(data, parts)
+                    options = ", ".join(_TAG_VALUES.get(tag, ()))
+                    msg = (f"required: one of {options}" if given is None
+                           else f"{given!r} is not one of {options}")
+            if any(isinstance(x, str) and _is_union_member(x) for x in err["loc"]):
+                # a smart union (str | int | bool | list) fails once per member: one problem
+                union_misses.setdefault(_format_path(parts), (parts, []))[1].append(msg.removeprefix("Input should be "))
+                continue
             problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
-    for parts, msg in _semantic_problems(data):
+        for path, (parts, wanted) in union_misses.items():
+            options = list(dict.fromkeys(wanted))
+            msg = "Input should be " + (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0])
+            problems.append(PlanProblem(filename, path, msg, _line_of(root, parts)))
+    for parts, msg in semantic_problems(data):
         problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
+    for parts, msg, line in duplicate_keys(root):
+        problems.append(PlanProblem(filename, _format_path(parts), msg, line))
     if problems:
         # one problem per (path, message), in file order
         unique = list(dict.fromkeys(problems))
@@ -264,8 +230,19 @@ def plan_files(paths: list[str | Path]) -> list[Path]:
     return out
 
 
+def _top_level_line(path: Path, key: str) -> int | None:
+    try:
+        return _line_of(yaml.compose(path.read_text(encoding="utf-8"), Loader=_DecimalLoader), [key])
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def validate_paths(paths: list[str | Path]) -> tuple[list[Plan], list[PlanProblem]]:
-    """Validate every file; return the plans that loaded and every problem found."""
+    """Validate every file; return the plans that loaded and every problem found.
+
+    Across files: a plan id + version is defined once, and a plan's versions take effect
+    in version order at distinct instants (so the version in force at any instant is
+    unambiguous and a later version never silently hides behind an earlier one)."""
     plans: list[Plan] = []
     problems: list[PlanProblem] = []
     files = plan_files(paths)
@@ -281,8 +258,26 @@ def validate_paths(paths: list[str | Path]) -> tuple[list[Plan], list[PlanProble
         key = (plan.plan, plan.version)
         if key in seen:
             problems.append(PlanProblem(str(f), "version",
-                                        f"plan {plan.plan!r} version {plan.version} is also defined in {seen[key]}"))
+                                        f"plan {plan.plan!r} version {plan.version} is also defined in {seen[key]}",
+                                        _top_level_line(f, "version")))
             continue
         seen[key] = f
         plans.append(plan)
-    return plans, problems
+    by_id: dict[str, list[Plan]] = {}
+    for plan in plans:
+        by_id.setdefault(plan.plan, []).append(plan)
+    misordered: set[tuple[str, int]] = set()
+    for versions in by_id.values():
+        versions.sort(key=lambda p: p.version)
+        for before, after in zip(versions, versions[1:]):
+            if after.effective_from > before.effective_from:
+                continue
+            misordered.add((after.plan, after.version))
+            f = seen[(after.plan, after.version)]
+            how = "at the same instant as" if after.effective_from == before.effective_from else "before"
+            problems.append(PlanProblem(
+                str(f), "effective_from",
+                f"version {after.version} takes effect {how} version {before.version} "
+                f"({before.effective_from.isoformat()}, {seen[(before.plan, before.version)]}): "
+                "a plan's versions must take effect in version order", _top_level_line(f, "effective_from")))
+    return [p for p in plans if (p.plan, p.version) not in misordered], problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from billing.cli import invoice, keys, ledger_cmds, plans
+from billing.cli import costs, invoice, keys, ledger_cmds, plans
 from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
 from billing.cli.serve import serve
@@ -15,6 +15,7 @@ app = typer.Typer(help="Pricing & billing engine for AI products.", no_args_is_h
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(plans.app, name="plans")
 app.add_typer(invoice.app, name="invoice")
+app.add_typer(costs.app, name="costs")
 app.add_typer(ledger_cmds.db_app, name="db")
 app.add_typer(ledger_cmds.customers_app, name="customers")
 app.add_typer(ledger_cmds.subs_app, name="subscriptions")

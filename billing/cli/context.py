@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 import typer
+from rich.markup import escape
 
 from billing.catalog import Catalog, PlanInvalid
 from billing.cli.render import err_console
@@ -14,7 +15,8 @@ from billing.errors import BillingError
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
+    # the message is text, never markup: "[a-z0-9]" in a pattern or a "[/path]" must print as is
+    err_console.print(f"[red]error[/red]: {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

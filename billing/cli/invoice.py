@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from billing.catalog import PlanInvalid, load_plan_file
-from billing.costs import CostBook
+from billing.cli.costs import load_book
 from billing.errors import BillingError
 from billing.cli.render import console, err_console, invoice_table, print_json
 from billing.preview import InputError, parse_instant, preview, read_events
-from billing.rating.periods import Period, parse_period_label
+from billing.rating.periods import BillingCycle, Period, parse_period_label
 
 app = typer.Typer(help="Invoices: preview, close, show, list.", no_args_is_help=True)
 
@@ -31,13 +31,24 @@ def preview_cmd(
     seats: Annotated[int, typer.Option(min=0, help="Seats held for the whole period.")] = 1,
     timezone: Annotated[str, typer.Option(help="Customer timezone for period boundaries.")] = "UTC",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per customer (a list if several).")] = False,
+    costs: Annotated[list[Path] | None, typer.Option("--costs", help="Extra cost data file(s) (e.g. from "
+                                                                    "`billing costs import-litellm`).")] = None,
 ) -> None:
-    """Rate a JSONL file of events under a plan file, with no database."""
+    """Rate a JSONL file of events under a plan file, with no database.
+
+    The period is --period (a calendar month, or year for a yearly plan), or --start/--end,
+    or else the calendar period of the plan's interval holding the first event, in
+    --timezone. Every customer in the file gets an invoice (one JSON object, or a list when
+    there are several). Bad input exits with code 2 naming the file line or plan path."""
     try:
         plan_spec = load_plan_file(plan)
     except PlanInvalid as exc:
         fail("invalid plan\n" + "\n".join(str(p) for p in exc.problems))
     try:
+        try:
+            BillingCycle(timezone=timezone)
+        except ValueError as exc:
+            raise InputError(f"--timezone: {exc}") from None
         chosen: Period | None = None
         if period and (start or end):
             raise InputError("use either --period or --start/--end, not both")
@@ -46,6 +57,10 @@ def preview_cmd(
                 chosen = parse_period_label(period, timezone)
             except ValueError as exc:
                 raise InputError(f"--period: {exc}") from None
+            wanted = "YYYY-MM" if plan_spec.billing.interval == "month" else "YYYY"
+            if (len(period.strip()) == 4) != (wanted == "YYYY"):
+                raise InputError(f"--period: plan {plan_spec.ref} bills every {plan_spec.billing.interval}: "
+                                 f"give the period as {wanted}, or pass --start/--end")
         elif start or end:
             if not (start and end):
                 raise InputError("--start and --end go together")
@@ -53,7 +68,7 @@ def preview_cmd(
             if e <= s:
                 raise InputError("--end must be after --start")
             chosen = Period(s, e)
-        costed = read_events(events, CostBook.load_default())
+        costed = read_events(events, load_book(costs), plan_spec)
         invoices = preview(plan_spec, costed, period=chosen, timezone=timezone, customer=customer, seats=seats)
     except BillingError as exc:
         fail(exc.message)

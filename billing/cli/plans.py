@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from billing.catalog import validate_paths
 from billing.cli.render import console, err_console, print_json
@@ -24,9 +25,9 @@ def validate(
         print_json({"plans": [p.ref for p in plans], "problems": [p.__dict__ for p in problems]})
     else:
         for problem in problems:
-            err_console.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error[/red] {escape(str(problem))}", highlight=False, soft_wrap=True)
         for plan in plans:
-            console.print(f"[green]ok[/green] {plan.ref}  {plan.name}", highlight=False)
+            console.print(f"[green]ok[/green] {plan.ref}  {escape(plan.name)}", highlight=False)
         if problems:
             err_console.print(f"{len(problems)} problem(s) found", highlight=False)
     raise typer.Exit(1 if problems else 0)
@@ -45,5 +46,5 @@ def list_plans(
         print_json(rows)
     else:
         for r in rows:
-            console.print(f"{r['plan']:<24} v{r['version']:<3} {r['effective_from']:<26} {r['name']}", highlight=False)
+            console.print(f"{r['plan']:<24} v{r['version']:<3} {r['effective_from']:<26} {escape(r['name'])}", highlight=False)
     raise typer.Exit(1 if problems else 0)

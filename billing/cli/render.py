@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from billing.money import dec_str
@@ -24,14 +25,14 @@ def print_json(data: Any) -> None:
 def invoice_table(inv: RatedInvoice, title: str | None = None) -> Table:
     start = inv.period_start.date().isoformat()
     end = inv.period_end.date().isoformat()
-    table = Table(title=title or f"{inv.customer} — {inv.plan} v{inv.plan_version} — {start} .. {end}",
+    table = Table(title=escape(title or f"{inv.customer} — {inv.plan} v{inv.plan_version} — {start} .. {end}"),
                   title_justify="left")
     table.add_column("Description")
     table.add_column("Quantity", justify="right")
     table.add_column("Unit price", justify="right")
     table.add_column(f"Amount ({inv.currency})", justify="right")
     for line in inv.lines:
-        table.add_row(line.description, dec_str(line.quantity),
+        table.add_row(escape(line.description), dec_str(line.quantity),
                       "" if line.unit_price is None else dec_str(line.unit_price), str(line.amount))
     table.add_section()
     table.add_row("[bold]Total[/bold]", "", "", f"[bold]{inv.total}[/bold]")

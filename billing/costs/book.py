@@ -222,9 +222,20 @@ class CostBook:
     def merged(self, other: CostBook) -> CostBook:
         """A new book with ``other``'s entries added; ``other`` wins on conflicts.
 
-        Same model and effective date: ``other``'s entry replaces ours. An alias of ours
-        that ``other`` uses as a model name or alias is dropped from our entries.
+        An entry of ``other`` whose alias is one of our model names prices that model (an
+        imported ``gemini/gemini-2.5-pro`` aliased ``gemini-2.5-pro`` becomes a new version
+        of our ``gemini-2.5-pro``, its own name kept as an alias). Then: same model and
+        effective date, ``other``'s entry replaces ours; an alias of ours that ``other`` uses
+        as a model name or alias is dropped from our entries.
         """
+        incoming: list[ModelPrice] = []
+        for entry in other:
+            ours = [a for a in entry.aliases if a in self._versions] if entry.model not in self._versions else []
+            if len(ours) == 1:
+                rest = tuple(a for a in (*entry.aliases, entry.model) if a != ours[0])
+                entry = entry.model_copy(update={"model": ours[0], "aliases": rest})
+            incoming.append(entry)
+        other = CostBook(incoming)
         taken = set(other._versions) | set(other._aliases)
         keep = [
             e.model_copy(update={"aliases": tuple(a for a in e.aliases if a not in taken)})
@@ -348,7 +359,14 @@ def dump_yaml(book: CostBook) -> str:
             shared[key] = Counter(getattr(e, key) for e in group).most_common(1)[0][0]
         header = {k: dec_str(v) if isinstance(v, Decimal) else v for k, v in shared.items()}
         documents.append({**header, "models": [_entry_dict(e, shared) for e in group]})
-    return yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True, width=120)
+    return yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """SafeDumper that writes a repeated value (a shared date) again, never as &id001 / *id001."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 # -- the cost of one event --------------------------------------------------------------------

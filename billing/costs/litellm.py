@@ -10,6 +10,7 @@ Pure: the caller reads the file (or passes its text or a path) and chooses the d
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -74,6 +75,31 @@ def _batch_discount(spec: dict[str, Any]) -> Decimal:
     return ZERO
 
 
+# LiteLLM price keys this book does not model, and what the import keeps instead
+_UNMODELLED = (
+    (re.compile(r"_above_\d+k_tokens"), "long-context prices (e.g. above 200k tokens): the base tier is kept"),
+    (re.compile(r"_flex$"), "flex-tier prices: the standard tier is kept"),
+    (re.compile(r"_priority$"), "priority-tier prices: the standard tier is kept"),
+    (re.compile(r"_above_\d+hr"), "longer-lived cache writes (1 hour+): the 5-minute cache write price is kept"),
+)
+
+
+def _unmodelled(spec: dict[str, Any]) -> str:
+    """A note naming the per-token price variants of an entry that the import leaves out."""
+    notes = [text for pattern, text in _UNMODELLED
+             if any("cost" in k and pattern.search(k) and spec.get(k) is not None for k in spec)]
+    return "; ".join(notes)
+
+
+def _batch_mismatch(spec: dict[str, Any]) -> str:
+    ratios = set()
+    for standard, batch in (("input_cost_per_token", "input_cost_per_token_batches"),
+                            ("output_cost_per_token", "output_cost_per_token_batches")):
+        if spec.get(batch) is not None and to_decimal(spec.get(standard) or 0) > 0:
+            ratios.add(to_decimal(spec[batch]) / to_decimal(spec[standard]))
+    return "input and output batch discounts differ: the input one is kept" if len(ratios) > 1 else ""
+
+
 def _entry(key: str, spec: Any, providers: set[str] | None) -> dict[str, Any] | str:
     """The ModelPrice fields for one LiteLLM entry, or the reason to skip it."""
     if not isinstance(spec, dict):
@@ -114,10 +140,14 @@ def import_litellm(
     with both input and output per-token costs, from ``providers`` if given. Everything
     else, including ``sample_spec``, is listed in ``ImportResult.skipped`` with a reason.
     A batch price cheaper than the standard one sets ``batch_discount``; an odd one
-    (dearer than standard) is ignored and noted in ``ImportResult.notes``.
+    (dearer than standard) is ignored and noted in ``ImportResult.notes``. Price variants
+    the book does not model (``*_above_200k_tokens`` and other long-context tiers, flex and
+    priority tiers, 1-hour cache writes) are noted there too; the base prices are kept. A
+    key prefixed by its own provider (``gemini/gemini-2.5-pro``) also answers to the bare
+    name (``gemini-2.5-pro``) when no other entry has it.
     """
     raw = _load(data)
-    entries: list[ModelPrice] = []
+    kept: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     for key, spec in raw.items():
@@ -128,10 +158,26 @@ def import_litellm(
         if isinstance(fields, str):
             skipped[key] = fields
             continue
+        remarks = [_unmodelled(spec), _batch_mismatch(spec)]
         if not ZERO <= fields["batch_discount"] <= ONE:
-            notes[key] = f"batch price gives discount {fields['batch_discount']}; ignored"
+            remarks.append(f"batch price gives discount {fields['batch_discount']}; ignored")
             fields["batch_discount"] = ZERO
+        if any(remarks):
+            notes[key] = "; ".join(r for r in remarks if r)
         fields.setdefault("source", DEFAULT_SOURCE)
+        kept[key] = fields
+    # "gemini/gemini-2.5-pro": events name the model without its provider prefix, so the
+    # bare name becomes an alias, unless another entry already uses it
+    bare: dict[str, list[str]] = {}
+    for key, fields in kept.items():
+        prefix, _, rest = key.partition("/")
+        if rest and prefix == fields["provider"] and rest not in kept:
+            bare.setdefault(rest, []).append(key)
+    for alias, keys in bare.items():
+        if len(keys) == 1:
+            kept[keys[0]]["aliases"] = (alias,)
+    entries: list[ModelPrice] = []
+    for key, fields in kept.items():
         try:
             entries.append(ModelPrice(effective_from=effective_from,
                                       retrieved=retrieved or effective_from, **fields))

@@ -11,13 +11,15 @@ Rules worth knowing (see README "Rating rules"):
   window for the whole window plus increases prorated over their remaining time
   (decreases wait for the next period); ``arrears`` bills the exact time-weighted seats.
 - Included usage per seat uses the most seats held during the period.
-- Credits apply to usage charges (never to fees), soonest-expiring grant first.
+- Credits apply to usage charges (never to fees), soonest-expiring grant first; a grant
+  that expires inside the period covers only the usage charged before its expiry
+  (``RatingInput.usage_before``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
@@ -44,6 +46,10 @@ class RatingInput:
     active_until: datetime | None = None  # cancellation or plan change, if inside
     trial_end: datetime | None = None
     provider_cost: Decimal | None = None  # all the period's events; None: of the metered events
+    # usage over [period.start, t) for instants t at which a grant expires inside the period:
+    # such a grant then covers only the usage charged before it expired. A grant whose expiry
+    # is missing here covers the whole period's usage (it was in force during the period).
+    usage_before: Mapping[datetime, Mapping[str, MeterTotals]] = field(default_factory=dict)
 
 
 class _Lines:
@@ -202,6 +208,12 @@ def _usage_charge(lines: _Lines, charge: UsageCharge, totals: MeterTotals, seats
 
 
 def _apply_credits(lines: _Lines, plan: Plan, inp: RatingInput, seats: Decimal) -> dict[str, Decimal]:
+    """Draw credits against usage charges, soonest-expiring grant first.
+
+    A grant that expires inside the period draws only on usage charged before its expiry
+    (when ``inp.usage_before`` has the usage up to that instant): the amount each charge had
+    reached by then, less what earlier-expiring grants already drew from it. Drawing the
+    earliest deadline first covers as much as any order could."""
     grants = list(inp.grants)
     for credit in plan.credits:
         amount = credit.amount * (seats if credit.per_seat else ONE)
@@ -212,7 +224,9 @@ def _apply_credits(lines: _Lines, plan: Plan, inp: RatingInput, seats: Decimal) 
               and (g.effective_at is None or g.effective_at < inp.period.end)
               and (g.expires_at is None or g.expires_at > inp.period.start)]
     usable.sort(key=lambda g: (g.expires_at is None, g.expires_at or inp.period.end, g.id))
-    remaining = {c.key: max(ZERO, lines.total("usage", "cap", key=c.key)) for c in plan.charges}
+    full = {c.key: max(ZERO, lines.total("usage", "cap", key=c.key)) for c in plan.charges}
+    remaining = dict(full)
+    drawn_from = {key: ZERO for key in full}  # by every grant so far, per charge
     # a plan-wide spend cap reduces what credits can cover, proportionally per charge is
     # overkill: cap the total instead
     cap_total = lines.total("cap", key="spend_cap")
@@ -220,17 +234,34 @@ def _apply_credits(lines: _Lines, plan: Plan, inp: RatingInput, seats: Decimal) 
     used: dict[str, Decimal] = {}
     for grant in usable:
         balance = _floor_minor(grant.amount, plan.currency)
+        reached = _charged_before(plan, inp, grant.expires_at, seats)
         drawn = ZERO
         for key in (grant.applies_to or tuple(remaining)):
-            take = min(balance - drawn, remaining.get(key, ZERO), budget_left)
+            room = remaining.get(key, ZERO)
+            if reached is not None:
+                room = min(room, max(ZERO, min(reached.get(key, ZERO), full.get(key, ZERO)) - drawn_from.get(key, ZERO)))
+            take = min(balance - drawn, room, budget_left)
             if take > 0:
                 remaining[key] -= take
+                drawn_from[key] += take
                 budget_left -= take
                 drawn += take
         if drawn > 0:
             used[grant.id] = drawn
             lines.add("credit", f"{grant.name} applied", ONE, None, -drawn, grant.id)
     return used
+
+
+def _charged_before(plan: Plan, inp: RatingInput, t: datetime | None, seats: Decimal) -> dict[str, Decimal] | None:
+    """What each usage charge amounted to (rounded lines, caps included) on the usage before
+    ``t``; None when ``t`` is not inside the period or its usage was not given."""
+    if t is None or not inp.period.start < t < inp.period.end or t not in inp.usage_before:
+        return None
+    scratch = _Lines(plan.currency)
+    usage = inp.usage_before[t]
+    for charge in plan.charges:
+        _usage_charge(scratch, charge, usage.get(charge.meter, MeterTotals()), seats)
+    return {c.key: max(ZERO, scratch.total("usage", "cap", key=c.key)) for c in plan.charges}
 
 
 def _floor_minor(amount: Decimal, currency: str) -> Decimal:

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from billing.catalog.schema import Meter, Plan
 from billing.errors import BillingError, ErrorCode
-from billing.events import UsageEvent
+from billing.events import EventError, UsageEvent
 from billing.money import to_decimal
 from billing.rating.types import MeterTotals
 
@@ -61,17 +61,42 @@ def is_disputed(meter: Meter, event: UsageEvent, disputes: dict[str, list[dateti
     return any(event.timestamp <= t <= event.timestamp + window for t in disputes.get(str(oid), ()))
 
 
+def measured(meter: Meter, event: UsageEvent) -> Decimal | None:
+    """The numeric property a sum/max meter measures on ``event`` (None when absent).
+
+    Raises EventError (``non_numeric_quantity`` / ``negative_quantity``) naming the event
+    and property when the value is not a non-negative number."""
+    raw = event.properties.get(meter.property or "")
+    if raw is None:
+        return None
+    try:
+        value = to_decimal(raw)
+    except (ArithmeticError, ValueError, TypeError):
+        raise EventError(f"event {event.id!r}: property {meter.property!r} (measured by meter {meter.key!r}) "
+                         f"must be a number, got {raw!r}", code=ErrorCode.NON_NUMERIC_QUANTITY) from None
+    if value < 0:
+        raise EventError(f"event {event.id!r}: property {meter.property!r} (measured by meter {meter.key!r}) "
+                         f"must not be negative, got {raw}", code=ErrorCode.NEGATIVE_QUANTITY)
+    return value
+
+
+def check_metered_values(plan: Plan, event: UsageEvent) -> None:
+    """Raise EventError if a sum/max meter of ``plan`` that sees ``event`` cannot read its value."""
+    for meter in plan.meters:
+        if meter.aggregation in ("sum", "max") and meter.matches(event.type, event.properties):
+            measured(meter, event)
+
+
 def meter_value(meter: Meter, event: UsageEvent) -> Decimal | None:
     """The event's contribution before aggregation (None: the event carries no value)."""
     factor = meter.multipliers.factor(event.properties) if meter.multipliers else Decimal(1)
     if meter.aggregation == "count":
         return factor
-    raw = event.properties.get(meter.property or "")
-    if raw is None:
-        return None
     if meter.aggregation == "unique_count":
-        return Decimal(1)  # distinct values are counted as text ("u_42"): never parsed as a number
-    return to_decimal(raw) * factor
+        # distinct values are counted as text ("u_42"): never parsed as a number
+        return None if event.properties.get(meter.property or "") is None else Decimal(1)
+    value = measured(meter, event)
+    return None if value is None else value * factor
 
 
 def aggregate(

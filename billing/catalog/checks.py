@@ -1,0 +1,135 @@
+"""Checks on a plan document that its schema cannot express: cross-references (a charge
+naming an unknown meter, credits naming unknown charges), duplicate keys (in a list of
+meters/charges/fees, or a YAML key written twice), tier order, and fields a plan would
+otherwise silently ignore. Each problem comes with its path in the document."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+
+def duplicate_keys(node: yaml.Node | None, parts: list[Any] | None = None) -> list[tuple[list[Any], str, int]]:
+    """Every key written twice in one mapping (YAML keeps the last silently): path, message, line."""
+    parts = parts or []
+    found: list[tuple[list[Any], str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and name in first:
+                found.append(([*parts, name], f"key {name!r} appears twice in this mapping "
+                               f"(first on line {first[name]}); YAML would keep only the last",
+                               key.start_mark.line + 1))
+            elif name is not None:
+                first[name] = key.start_mark.line + 1
+            found.extend(duplicate_keys(value, [*parts, name]))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found.extend(duplicate_keys(item, [*parts, i]))
+    return found
+
+
+def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
+    problems: list[tuple[list[Any], str]] = []
+    meters = data.get("meters") or []
+    charges = data.get("charges") or []
+    fees = data.get("fees") or []
+    meter_keys = {m.get("key") for m in meters if isinstance(m, dict)}
+    meters_by_key = {m.get("key"): m for m in meters if isinstance(m, dict)}
+    charge_keys = {c.get("key") for c in charges if isinstance(c, dict)}
+
+    for section, items in (("meters", meters), ("charges", charges), ("fees", fees)):
+        seen: set = set()
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict) and item.get("key") in seen:
+                problems.append(([section, i, "key"], f"duplicate key {item.get('key')!r}"))
+            if isinstance(item, dict):
+                seen.add(item.get("key"))
+
+    for i, meter in enumerate(meters if isinstance(meters, list) else []):
+        if not isinstance(meter, dict):
+            continue
+        agg = meter.get("aggregation", "count")
+        if agg in ("sum", "max", "unique_count") and not meter.get("property"):
+            problems.append(([("meters"), i, "aggregation"], f"aggregation {agg!r} needs a 'property'"))
+        if meter.get("disputes") is not None and agg != "count":
+            problems.append((["meters", i, "disputes"], "disputes apply to count meters only"))
+        if agg == "count" and meter.get("property"):
+            problems.append((["meters", i, "property"], "a count meter counts events and ignores 'property' "
+                             "(use aggregation: sum, max or unique_count to measure it)"))
+        if agg == "unique_count" and meter.get("multipliers") is not None:
+            problems.append((["meters", i, "multipliers"], "multipliers do not apply to unique_count meters"))
+
+    for i, charge in enumerate(charges if isinstance(charges, list) else []):
+        if not isinstance(charge, dict):
+            continue
+        price_doc = charge.get("price")
+        if isinstance(price_doc, dict) and isinstance(price_doc.get("tiers"), list):
+            problems.extend((["charges", i, "price", "tiers", *where], msg)
+                            for where, msg in _tier_problems(price_doc["tiers"]))
+        if charge.get("meter") not in meter_keys:
+            problems.append((["charges", i, "meter"],
+                             f"unknown meter {charge.get('meter')!r}; defined: {sorted(k for k in meter_keys if k)}"))
+        exhaustion = charge.get("on_exhaustion") or {}  # absent: overage, the default policy
+        policy = exhaustion.get("policy", "overage") if isinstance(exhaustion, dict) else None
+        if policy in ("overage", "rate_limit") and charge.get("price") is None:
+            problems.append((["charges", i, "price"], f"policy {policy!r} bills usage past the included units: a price is required"))
+        if policy == "downgrade" and charge.get("price") is not None:
+            problems.append((["charges", i, "price"], "policy 'downgrade' bills the slow tier at on_exhaustion.unit_price; "
+                             "this price would never be used"))
+        price = charge.get("price") or {}
+        if isinstance(price, dict) and price.get("model") == "percentage":
+            lo, hi = price.get("min_per_transaction"), price.get("max_per_transaction")
+            try:
+                if lo is not None and hi is not None and Decimal(str(lo)) > Decimal(str(hi)):
+                    problems.append((["charges", i, "price", "max_per_transaction"],
+                                     "max_per_transaction must be >= min_per_transaction"))
+            except ArithmeticError:
+                pass  # pydantic reports the bad number
+            if charge.get("included") is not None:
+                problems.append((["charges", i, "included"], "percentage prices use free_units/free_amount, not included"))
+            meter = meters_by_key.get(charge.get("meter"))
+            if meter is not None and meter.get("aggregation", "count") != "sum":
+                problems.append((["charges", i, "price", "model"], "a percentage price takes a share of transaction "
+                                 f"amounts: its meter {charge.get('meter')!r} must sum them (aggregation: sum)"))
+
+    limits = data.get("agent_limits")
+    if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
+        problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
+
+    for i, credit in enumerate(data.get("credits") or []):
+        if isinstance(credit, dict):
+            for j, key in enumerate(credit.get("applies_to") or []):
+                if key not in charge_keys:
+                    problems.append((["credits", i, "applies_to", j], f"unknown charge {key!r}"))
+    return problems
+
+
+def _number(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+        return None
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
+
+
+def _tier_problems(tiers: list) -> list[tuple[list[Any], str]]:
+    """The tier-ordering rules of ``schema._check_tiers``, each reported at its own
+    ``tiers[i].up_to`` (pydantic can only point at the whole list)."""
+    problems: list[tuple[list[Any], str]] = []
+    up_tos = [t.get("up_to") if isinstance(t, dict) else None for t in tiers]
+    for i, up_to in enumerate(up_tos[:-1]):
+        if up_to is None:
+            problems.append(([i, "up_to"], "only the last tier may be unbounded (up_to: null)"))
+            continue
+        current, following = _number(up_to), _number(up_tos[i + 1])
+        if current is not None and following is not None and following <= current:
+            problems.append(([i + 1, "up_to"], f"up_to must be greater than {up_to} (the previous tier's)"))
+    if up_tos and up_tos[-1] is not None and isinstance(tiers[-1], dict):
+        problems.append(([len(tiers) - 1, "up_to"], "the last tier must be unbounded (up_to: null)"))
+    return problems
