@@ -96,10 +96,12 @@ class UsageEvent(BaseModel):
         )
 
 
-def check_quantities(event: UsageEvent) -> None:
-    """Raise EventError with a precise code if a quantity property is non-numeric or negative."""
+def check_quantities(event: UsageEvent, measured: frozenset[str] = frozenset()) -> None:
+    """Raise EventError with a precise code if a quantity property (a built-in quantity key,
+    or one of ``measured``: the properties plans sum or take the maximum of) is
+    non-numeric, negative or too large."""
     for key, value in event.properties.items():
-        if not is_quantity_key(key):
+        if not (is_quantity_key(key) or key in measured):
             continue
         try:
             number = to_decimal(value)
@@ -114,8 +116,9 @@ def check_quantities(event: UsageEvent) -> None:
                              code=ErrorCode.QUANTITY_TOO_LARGE)
 
 
-def parse_event(data: Any) -> UsageEvent:
-    """Parse one JSON object into a UsageEvent, raising EventError with a clear reason."""
+def parse_event(data: Any, measured: frozenset[str] = frozenset()) -> UsageEvent:
+    """Parse one JSON object into a UsageEvent, raising EventError with a clear reason
+    (``measured``: more property names that must be quantities, see ``check_quantities``)."""
     from pydantic import ValidationError
 
     if not isinstance(data, dict):
@@ -131,5 +134,5 @@ def parse_event(data: Any) -> UsageEvent:
             if err["loc"] and err["loc"][0] == "timestamp":
                 code = ErrorCode.BAD_TIMESTAMP
         raise EventError("; ".join(problems), code=code) from None
-    check_quantities(event)
+    check_quantities(event, measured)
     return event

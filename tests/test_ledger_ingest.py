@@ -355,3 +355,35 @@ def test_large_replays_are_told_from_new_events(world, chunk):
     assert len(stored_events(world.engine)) == 1500
     counters = counter_rows(world.engine)
     assert sum(n for (c, m, _), (_, _, n, _) in counters.items() if (c, m) == ("acme", "messages")) == 1500
+
+
+PAGES_PLAN = """
+plan: pages
+version: 1
+name: Pages (tests)
+effective_from: 2026-01-01T00:00:00Z
+currency: USD
+meters:
+  - {key: pages, event_type: request, aggregation: sum, property: pages}
+charges:
+  - {key: pages, meter: pages, price: {model: per_unit, unit_price: "0.01"}}
+"""
+
+
+def test_a_property_a_plan_sums_must_be_a_number(engine):
+    """Not a built-in quantity, but measured by a plan: a bad value is rejected with its
+    reason (it used to fail the whole chunk when the counters read it)."""
+    from billing.catalog import Catalog, parse_plan_text
+
+    world = World(engine, Catalog([parse_plan_text(PAGES_PLAN, "pages.yaml")]), START)
+    world.accounts.create_customer("acme", now=START)
+    world.accounts.subscribe("acme", "pages", at=START)
+    world.at(NOW)
+    batch = [ev(f"p{i}", etype="request", pages=v) for i, v in enumerate([3, "abc", -4, "2.5", None, True, 5])]
+    result = world.record(batch)
+    assert statuses(result) == [("accepted", None), ("rejected", "non_numeric_quantity"),
+                                ("rejected", "negative_quantity"), ("accepted", None),
+                                ("rejected", "non_numeric_quantity"), ("rejected", "non_numeric_quantity"),
+                                ("accepted", None)]
+    ((_, (_, units, events, _)),) = counter_rows(world.engine).items()
+    assert (units, events) == (10_500_000, 3)  # 3 + 2.5 + 5 pages

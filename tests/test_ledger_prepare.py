@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from billing.costs import CostBook, UnknownModel, event_cost
 from billing.errors import BillingError, ErrorCode
 from billing.events import BUILTIN_TYPES, MAX_EVENT_COST, EventError, parse_event
+from billing.ledger.ingest import measured_properties
 from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare, prepare_batch
 from billing.ledger.types import to_us
 from db import shipped_catalog
@@ -27,6 +28,7 @@ PICO = Decimal(10) ** 12
 BOOK = CostBook.load_default()
 CATALOG = shipped_catalog()
 KNOWN_TYPES = frozenset(BUILTIN_TYPES | {t for p in CATALOG.all() for t in p.event_types})
+MEASURED = measured_properties(CATALOG) | {"pages"}  # "pages": as if a plan summed it
 KNOWN_MODELS = ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5", "gpt-4o", "gpt-5-mini", "o3",
                 "gemini-2.5-pro", "claude-3-haiku"]
 TOKEN_KEYS = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"]
@@ -37,7 +39,7 @@ TOKEN_KEYS = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write
 def reference(raw, now: datetime = NOW) -> tuple[str, object]:
     """("accepted", exact Decimal cost) or ("rejected", code), by the reference rules."""
     try:
-        event = parse_event(raw)
+        event = parse_event(raw, MEASURED)
     except EventError as exc:
         return "rejected", exc.code
     if event.type not in KNOWN_TYPES:
@@ -57,7 +59,7 @@ def reference(raw, now: datetime = NOW) -> tuple[str, object]:
 
 def fast(raw, now: datetime = NOW) -> Prepared | Rejection:
     return prepare(raw, now_us=to_us(now), tolerance_us=int(TOLERANCE.total_seconds()) * 1_000_000,
-                   known_types=KNOWN_TYPES, pricer=Pricer(BOOK))
+                   known_types=KNOWN_TYPES, pricer=Pricer(BOOK), measured=MEASURED)
 
 
 def check_agrees(raw, *, same_code: bool = True) -> None:
@@ -134,7 +136,7 @@ def properties(draw) -> dict:
     props: dict = {}
     if draw(st.booleans()):
         props["model"] = draw(st.sampled_from(KNOWN_MODELS + ["no-such-model", "GPT-4O", "", 7]))
-    for key in draw(st.lists(st.sampled_from(TOKEN_KEYS + ["quantity", "steps", "units", "amount"]),
+    for key in draw(st.lists(st.sampled_from(TOKEN_KEYS + ["quantity", "steps", "units", "amount", "pages"]),
                              max_size=4, unique=True)):
         props[key] = draw(quantities)
     if draw(st.integers(0, 5)) == 0:
@@ -270,6 +272,10 @@ def test_any_event_gets_the_same_decision(raw):
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z", "x": 1},
      "event_invalid"),
     (["not", "an", "object"], "event_invalid"),
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"pages": "many"}}, "non_numeric_quantity"),  # a property a plan sums
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"pages": -2}}, "negative_quantity"),
     ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
       "properties": {"model": "gpt-4o", "input_tokens": 10**12 + 1}}, "quantity_too_large"),
     ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
@@ -298,7 +304,7 @@ def test_cost_is_exact_picodollars():
 
 def batch(raws, now: datetime = NOW) -> list:
     return prepare_batch(raws, now_us=to_us(now), tolerance_us=int(TOLERANCE.total_seconds()) * 1_000_000,
-                         known_types=KNOWN_TYPES, pricer=Pricer(BOOK))
+                         known_types=KNOWN_TYPES, pricer=Pricer(BOOK), measured=MEASURED)
 
 
 @FAST

@@ -91,6 +91,7 @@ class Ledger:
         for plan in catalog.all():
             types |= plan.event_types
         self.known_types = frozenset(types)
+        self.measured = measured_properties(catalog)
 
     def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
                progress: Callable[[int], None] | None = None) -> BatchResult:
@@ -143,7 +144,7 @@ class Ledger:
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
         tolerance, known, pricer = self.tolerance_us, self.known_types, self.pricer
         for i, p in enumerate(prepare_batch(raws, now_us=now_us, tolerance_us=tolerance, known_types=known,
-                                            pricer=pricer)):
+                                            pricer=pricer, measured=self.measured)):
             if type(p) is Rejection:
                 status[i] = "rejected"
                 problems[i] = (str(p.code), p.message)
@@ -222,6 +223,13 @@ class _Staged:
     problems: dict[int, tuple[str, str]]
     prepared: list[tuple[int, Prepared]]
     copies: list[tuple[int, int, Prepared]]
+
+
+def measured_properties(catalog: Catalog) -> frozenset[str]:
+    """The properties some plan sums or takes the maximum of: like the built-in quantities
+    (tokens, steps...), an event's value for them must be a non-negative number."""
+    return frozenset(m.property for plan in catalog.all() for m in plan.meters
+                     if m.aggregation in ("sum", "max") and m.property)
 
 
 def _chunks(events: Iterable[Any], size: int):

@@ -70,14 +70,14 @@ def _reject(code: ErrorCode, message: str) -> Rejection:
 _QUANTITY_KEYS: dict[str, bool] = {}
 
 
-def _quantity_problem(props: dict) -> Rejection | None:
+def _quantity_problem(props: dict, measured: frozenset[str]) -> Rejection | None:
     for key, value in props.items():
         if type(value) is int and 0 <= value <= MAX_EVENT_QUANTITY:
             continue  # the common case: a non-negative integer count
         quantity = _QUANTITY_KEYS.get(key)
         if quantity is None:
             quantity = _QUANTITY_KEYS[key] = is_quantity_key(key)
-        if not quantity:
+        if not (quantity or key in measured):
             continue
         if type(value) is int:
             if value > MAX_EVENT_QUANTITY:
@@ -146,7 +146,7 @@ def _parse_ts(value: Any) -> int | Rejection:
 
 
 def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[str],
-            pricer: Pricer) -> Prepared | Rejection:
+            pricer: Pricer, measured: frozenset[str] = frozenset()) -> Prepared | Rejection:
     if type(raw) is not dict:
         if isinstance(raw, UsageEvent):
             raw = raw.model_dump()
@@ -174,7 +174,7 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return ts
     if ts > now_us + tolerance_us:
         return _reject(ErrorCode.TIMESTAMP_IN_FUTURE, "timestamp is too far in the future")
-    problem = _quantity_problem(props)
+    problem = _quantity_problem(props, measured)
     if problem:
         return problem
     try:
@@ -224,7 +224,7 @@ _QUANTITY_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_
 
 
 def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_types: frozenset[str],
-                  pricer: Pricer) -> list[Prepared | Rejection]:
+                  pricer: Pricer, measured: frozenset[str] = frozenset()) -> list[Prepared | Rejection]:
     """``[prepare(raw) for raw in raws]``, faster: the common shape of an event (a dict of
     exactly the five fields, string id/customer/type, a ``...Z`` second-precision
     timestamp, properties whose quantities are non-negative integers, a known model at
@@ -268,7 +268,7 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                                 q = quantity_keys.get(key)
                                 if q is None:
                                     q = quantity_keys[key] = is_quantity_key(key)
-                                if q:  # a quantity that is not a plain int: the general rules
+                                if q or key in measured:  # a quantity that is not a plain int: the general rules
                                     plain = False
                                     break
                         if plain and "cost" not in props and "batch" not in props:
@@ -309,5 +309,6 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                                         None if model is None else (model if type(model) is str else str(model))[:200],
                                         cost, props)))
                                     continue
-        append(prepare(raw, now_us=now_us, tolerance_us=tolerance_us, known_types=known_types, pricer=pricer))
+        append(prepare(raw, now_us=now_us, tolerance_us=tolerance_us, known_types=known_types, pricer=pricer,
+                       measured=measured))
     return out
