@@ -69,6 +69,16 @@ class UsageEvent(BaseModel):
         except ValueError:
             raise ValueError(f"timestamp {value!r} is not ISO 8601") from None
 
+    @field_validator("id", "customer", "type")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (a lone surrogate is not)") from None
+        return value
+
     @field_validator("properties", mode="before")
     @classmethod
     def _no_properties(cls, value: Any) -> Any:
@@ -135,4 +145,18 @@ def parse_event(data: Any, measured: frozenset[str] = frozenset()) -> UsageEvent
                 code = ErrorCode.BAD_TIMESTAMP
         raise EventError("; ".join(problems), code=code) from None
     check_quantities(event, measured)
+    check_storable(event.properties)
     return event
+
+
+def check_storable(properties: dict) -> None:
+    """Raise EventError unless the properties can be stored as JSON unchanged: text must be
+    valid Unicode (no lone surrogates) and integers fit 64 bits (what orjson, the ledger's
+    serializer, accepts)."""
+    import orjson
+
+    try:
+        orjson.dumps(properties, default=str)
+    except (TypeError, orjson.JSONEncodeError):
+        raise EventError("properties are not JSON-serialisable (invalid text or an integer over 64 bits)",
+                         code=ErrorCode.EVENT_INVALID) from None

@@ -128,7 +128,8 @@ quantities = st.one_of(
                      float("nan"), float("inf"), -1.5, [1], {"a": 1}]),
 )
 plain_values = st.one_of(st.text(string.ascii_letters + string.digits + "-_", max_size=12), st.integers(-5, 5),
-                         st.booleans(), st.none())
+                         st.booleans(), st.none(),
+                         st.sampled_from([2**64, 2**63, -(2**63) - 1, "\ud800", "caf\u00e9"]))  # storable?
 
 
 @st.composite
@@ -157,7 +158,8 @@ def raw_events(draw) -> object:
     raw: dict = {
         "id": draw(st.one_of(st.text(string.ascii_letters + string.digits + "_", min_size=1, max_size=20),
                              st.sampled_from(["", "x" * 201, 5, None]))),
-        "customer": draw(st.one_of(st.sampled_from(["acme", "c1", "u\u00e9"]), st.sampled_from(["", 3, None]))),
+        "customer": draw(st.one_of(st.sampled_from(["acme", "c1", "u\u00e9", "x\ud800"]),
+                                   st.sampled_from(["", 3, None]))),
         "type": draw(st.sampled_from(sorted(KNOWN_TYPES) + ["bogus.type", "", 5])),
         "timestamp": draw(st.one_of(good_timestamps, any_timestamps,
                                     st.just((NOW + timedelta(days=1)).isoformat()))),  # in the future
@@ -272,6 +274,10 @@ def test_any_event_gets_the_same_decision(raw):
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z", "x": 1},
      "event_invalid"),
     (["not", "an", "object"], "event_invalid"),
+    ({"id": "a\ud800", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z"},
+     "event_invalid"),  # a lone surrogate cannot be stored
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"user": "\udc00"}}, "event_invalid"),
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
       "properties": {"pages": "many"}}, "non_numeric_quantity"),  # a property a plan sums
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",

@@ -159,6 +159,11 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.EVENT_INVALID, "customer must be a non-empty string of at most 200 characters")
     if not isinstance(etype, str) or not etype:
         return _reject(ErrorCode.EVENT_INVALID, "type must be a non-empty string")
+    if not (event_id.isascii() and customer.isascii() and etype.isascii()):
+        try:
+            event_id.encode("utf-8"), customer.encode("utf-8"), etype.encode("utf-8")
+        except UnicodeEncodeError:
+            return _reject(ErrorCode.EVENT_INVALID, "id, customer and type must be valid Unicode text")
     if not _ALLOWED_KEYS.issuperset(raw):
         extra = sorted(raw.keys() - _ALLOWED_KEYS)
         return _reject(ErrorCode.EVENT_INVALID, f"unknown field(s) {extra}; put custom data in properties")
@@ -250,7 +255,8 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                 event_id = None
             if (type(event_id) is str and type(customer) is str and type(etype) is str and type(props) is dict
                     and type(stamp) is str and 0 < len(event_id) <= 200 and 0 < len(customer) <= 200
-                    and etype in known_types and len(stamp) == 20 and stamp[19] == "Z"):
+                    and etype in known_types and len(stamp) == 20 and stamp[19] == "Z"
+                    and event_id.isascii() and customer.isascii()):
                 base = minutes.get(stamp[:16])
                 if base is None:
                     base = _minute_base(stamp[:16])
