@@ -1,22 +1,19 @@
 """Contract tests for what localstripe lacks: our code against recorded shapes of real Stripe
 responses (API 2025-03-31 "basil" and later: invoice lines name their invoice item under
 ``parent.invoice_item_details``; customer search; pagination; error bodies), served by a
-stripe ``HTTPClient`` stub so the official library does the encoding and parsing. Plus the
-pure dunning rule."""
+stripe ``HTTPClient`` stub so the official library does the encoding and parsing."""
 
 from __future__ import annotations
 
 import copy
 import json
 import re
-from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import stripe
 
 from billing.stripe_sync.client import Retrier, describe, is_retryable, list_all
-from billing.stripe_sync.dunning import is_payment_overdue, overdue_since
 from billing.stripe_sync.sync import StripeSync, line_item_id
 from stripe_server import add_customer, add_invoice, make_db
 
@@ -349,37 +346,6 @@ def test_reconcile_counts_lines_beyond_the_embedded_page(engine):
     stub.on("GET", r"/v1/invoices", lambda r: page([big]))
     stub.on("GET", r"/v1/invoices/in_Big/lines", lambda r: page(lines))
     assert StripeSync(engine, client_with(stub)).reconcile() == []
-
-
-# ------------------------------------------------------------------------------------ dunning
-
-
-class Inv:
-    def __init__(self, status="finalized", failed=None, kind="invoice"):
-        self.status, self.payment_failed_at, self.kind = status, failed, kind
-
-
-def test_dunning_rule():
-    from billing.catalog.schema import Plan
-
-    plan = Plan(plan="pro", name="Pro", effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-                dunning={"deny_after_days": 3})
-    failed = datetime(2026, 10, 1, 12, tzinfo=UTC)
-    assert not is_payment_overdue([], plan, failed)
-    assert not is_payment_overdue([Inv()], plan, failed + timedelta(days=30))
-    assert not is_payment_overdue([Inv(failed=failed)], plan, failed + timedelta(days=3) - timedelta(seconds=1))
-    assert is_payment_overdue([Inv(failed=failed)], plan, failed + timedelta(days=3))
-    assert not is_payment_overdue([Inv("paid", failed)], plan, failed + timedelta(days=30))
-    assert not is_payment_overdue([Inv("void", failed)], plan, failed + timedelta(days=30))
-    assert not is_payment_overdue([Inv(failed=failed, kind="credit_note")], plan, failed + timedelta(days=30))
-    later = failed + timedelta(days=2)
-    assert overdue_since([Inv(failed=later), Inv(failed=failed), Inv("paid", failed - timedelta(days=9))]) == failed
-    default = Plan(plan="pro", name="Pro", effective_from=datetime(2026, 1, 1, tzinfo=UTC))
-    assert default.dunning.deny_after_days == 7
-    assert is_payment_overdue([Inv(failed=failed)], default, failed + timedelta(days=7))
-    assert is_payment_overdue([Inv(failed=failed)], 0, failed)
-    with pytest.raises(ValueError):
-        is_payment_overdue([], plan, datetime(2026, 1, 1))
 
 
 def test_draft_that_differs_is_not_finalized(engine):

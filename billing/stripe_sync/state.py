@@ -1,7 +1,8 @@
 """The few ledger reads and writes the Stripe sync needs. Every write is one conditional
 UPDATE, so it is idempotent and safe against concurrent workers and replayed webhooks:
 
-- paid only from ``finalized`` (paid stays paid; void stays void);
+- paid only from ``finalized`` (paid stays paid; void stays void), invoices only (a credit
+  note is never paid or past due);
 - a payment failure is recorded once, on a ``finalized`` invoice (the first failure starts the
   dunning clock; a late failure after payment changes nothing);
 - Stripe ids are set once (a second, different id is refused and reported).
@@ -38,23 +39,31 @@ def _status(engine: Engine, invoice_id: int) -> Invoice | None:
 
 def mark_paid(engine: Engine, invoice_id: int, at: datetime) -> Transition:
     with engine.begin() as conn:
-        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized")
+        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized",
+                                                  _inv.c.kind == "invoice")
                                .values(status="paid", paid_at=at)).rowcount == 1
     inv = _status(engine, invoice_id)
     status = inv.status if inv else "unknown"
-    note = "" if changed else ("already paid" if status == "paid" else f"not changed: invoice is {status}")
+    if changed:
+        note = ""
+    elif inv is not None and inv.kind != "invoice":
+        note = f"not changed: {inv.kind}"
+    else:
+        note = "already paid" if status == "paid" else f"not changed: invoice is {status}"
     return Transition(invoice_id, changed, status, note)
 
 
 def mark_payment_failed(engine: Engine, invoice_id: int, at: datetime) -> Transition:
     with engine.begin() as conn:
         changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized",
-                                                  _inv.c.payment_failed_at.is_(None))
+                                                  _inv.c.kind == "invoice", _inv.c.payment_failed_at.is_(None))
                                .values(payment_failed_at=at)).rowcount == 1
     inv = _status(engine, invoice_id)
     status = inv.status if inv else "unknown"
     if changed:
         note = ""
+    elif inv is not None and inv.kind != "invoice":
+        note = f"not changed: {inv.kind}"
     elif status == "finalized":
         note = "already past due"
     else:
