@@ -24,6 +24,13 @@ Stripe's documented behaviour and nothing more (see ``patch_localstripe``):
    server can be killed and restarted with its data (and parallel runs do not collide).
 6. ``POST /v1/invoices/{id}/pay`` with ``paid_out_of_band=true`` (localstripe's pay takes
    no parameters): an open invoice becomes paid without a charge.
+7. Credit notes (missing): ``POST /v1/credit_notes`` with ``custom_line_item`` lines on an
+   open or paid invoice; the pre-payment part (up to ``amount_remaining``) reduces what is
+   due (an open invoice left with nothing due becomes paid), the post-payment excess must be
+   covered exactly by ``credit_amount`` / ``out_of_band_amount``; at most the invoice total
+   minus earlier credit notes. ``GET /v1/credit_notes`` (``customer``, ``invoice``),
+   ``GET /v1/credit_notes/{id}``, ``.../lines``, ``POST /v1/credit_notes/{id}/void``.
+   Refunds (``refund_amount``) are refused: this server has no charges to refund.
 
 Not patched on purpose (our code must cope without them): idempotency keys (localstripe
 ignores ``Idempotency-Key``; our sync looks objects up by metadata before creating them),
@@ -188,6 +195,8 @@ def patch_localstripe(state_file: str | None) -> None:
         inv.status_transitions["paid_at"] = int(time.time())
         return inv
 
+    _patch_credit_notes(r, server, UserError)
+
     server.app.router.add_route("POST", "/v1/invoices/{id}/finalize",
                                 server.api_extra(finalize, "/v1/invoices/{id}/finalize"))
     # the void route is already registered with a closure over the original function
@@ -197,6 +206,176 @@ def patch_localstripe(state_file: str | None) -> None:
             route._handler = server.api_extra(void, "/v1/invoices/{id}/void")
         if route.method == "POST" and info.get("formatter") == "/v1/invoices/{id}/pay":
             route._handler = server.api_extra(pay, "/v1/invoices/{id}/pay")
+
+
+def _patch_credit_notes(r, server, UserError) -> None:
+    """7. Credit notes, as Stripe documents them (see the module docstring)."""
+
+    def to_int(value, name, minimum=0):
+        value = r.try_convert_to_int(value)
+        if value is None:
+            return 0
+        if type(value) is not int or value < minimum:
+            raise UserError(400, f"Invalid integer: {name}")
+        return value
+
+    def credited(inv):
+        return sum(cn.total for cn in _notes() if cn.invoice == inv.id and cn.status == "issued")
+
+    def _notes():
+        return [v for k, v in r.store.items() if k.startswith("credit_note:")]
+
+    class CreditNoteLineItem(r.StripeObject):
+        object = "credit_note_line_item"
+        _id_prefix = "cnli_"
+
+        def __init__(self, line):
+            if not isinstance(line, dict) or line.get("type") != "custom_line_item":
+                raise UserError(400, "Only custom_line_item lines are supported here")
+            quantity = to_int(line.get("quantity", 1), "quantity", 1)
+            unit_amount = to_int(line.get("unit_amount"), "unit_amount")
+            metadata = line.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise UserError(400, "Invalid metadata")
+            super().__init__()
+            self.type = "custom_line_item"
+            self.description = line.get("description")
+            self.quantity = quantity
+            self.unit_amount = unit_amount
+            self.amount = quantity * unit_amount
+            self.invoice_line_item = None
+            self.metadata = metadata
+            self.discount_amounts = []
+            self.tax_amounts = []
+
+    class CreditNote(r.StripeObject):
+        object = "credit_note"
+        _id_prefix = "cn_"
+
+        def __init__(self, invoice=None, lines=None, amount=None, credit_amount=None, refund_amount=None,
+                     out_of_band_amount=None, memo=None, metadata=None, reason=None, **kwargs):
+            if kwargs:
+                raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+            if not (isinstance(invoice, str) and invoice.startswith("in_")):
+                raise UserError(400, "Missing required param: invoice.")
+            if refund_amount is not None:
+                raise UserError(400, "Refunds are not supported by this server")
+            if metadata is not None and not isinstance(metadata, dict):
+                raise UserError(400, "Invalid metadata")
+            inv = r.Invoice._api_retrieve(invoice)
+            if inv.status not in ("open", "paid"):
+                raise UserError(400, f"You can only create a credit note for an open or paid invoice; "
+                                     f"this invoice is {inv.status}.")
+            if lines is None and amount is None:
+                raise UserError(400, "One of amount or lines must be provided.")
+            if lines is not None and not isinstance(lines, list):
+                raise UserError(400, "Invalid array: lines")
+            credit = to_int(credit_amount, "credit_amount")
+            oob = to_int(out_of_band_amount, "out_of_band_amount")
+            line_specs = lines if lines is not None else [
+                {"type": "custom_line_item", "quantity": 1, "unit_amount": amount, "description": "Credit"}]
+            total = 0
+            for spec in line_specs:
+                if not isinstance(spec, dict):
+                    raise UserError(400, "Invalid line")
+                total += to_int(spec.get("quantity", 1), "quantity", 1) * to_int(spec.get("unit_amount"),
+                                                                                  "unit_amount")
+            creditable = inv.total - credited(inv)
+            if total <= 0 or total > creditable:
+                raise UserError(400, f"The credit note amount ({total}) must be positive and at most the "
+                                     f"invoice's remaining creditable amount ({creditable}).")
+            pre = min(total, inv.amount_remaining) if inv.status == "open" else 0
+            post = total - pre
+            if credit + oob != post:
+                raise UserError(400, f"The sum of credit_amount, refund_amount and out_of_band_amount ({credit + oob})"
+                                     f" must equal the credit note's post-payment amount ({post}).")
+            super().__init__()
+            self.invoice = invoice
+            self.customer = inv.customer
+            self.currency = inv.currency
+            self.memo = memo
+            self.metadata = metadata or {}
+            self.reason = reason
+            self.number = f"{inv.id[3:11].upper()}-CN-{len(_notes()):02d}"
+            self.lines = r.List("/v1/credit_notes/" + self.id + "/lines")
+            self.lines._list = [CreditNoteLineItem(spec) for spec in line_specs]
+            self.amount = self.total = self.subtotal = total
+            self.pre_payment_amount = pre
+            self.post_payment_amount = post
+            self.credit_amount = credit  # not a Stripe field: kept to undo on void
+            self.out_of_band_amount = oob or None
+            self.type = "pre_payment" if pre and not post else ("post_payment" if post and not pre else "mixed")
+            self.status = "issued"
+            self.voided_at = None
+            self.effective_at = self.created
+            if pre:
+                inv._cn_pre = getattr(inv, "_cn_pre", 0) + pre
+            if post:
+                inv._cn_post = getattr(inv, "_cn_post", 0) + post
+            if inv.status == "paid" and not inv.status_transitions.get("paid_at"):
+                inv.status_transitions["paid_at"] = int(time.time())
+
+        @classmethod
+        def _api_list_all(cls, url, customer=None, invoice=None, limit=None, starting_after=None, **kwargs):
+            if kwargs:
+                raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+            li = super()._api_list_all(url, limit=limit, starting_after=starting_after)
+            li._list = [cn for cn in li._list if (customer is None or cn.customer == customer)
+                        and (invoice is None or cn.invoice == invoice)]
+            li._list.sort(key=lambda cn: cn.created, reverse=True)
+            return li
+
+    def void_credit_note(id, **kwargs):
+        cn = CreditNote._api_retrieve(id)
+        if cn.status == "void":
+            raise UserError(400, "This credit note is already void.")
+        inv = r.Invoice._api_retrieve(cn.invoice)
+        if cn.pre_payment_amount and inv.status == "open":
+            inv._cn_pre -= cn.pre_payment_amount
+        cn.status = "void"
+        cn.voided_at = int(time.time())
+        return cn
+
+    def lines_of(id, **kwargs):
+        cn = CreditNote._api_retrieve(id)
+        li = r.List(cn.lines.url, limit=kwargs.get("limit"), starting_after=kwargs.get("starting_after"))
+        li._list = cn.lines._list
+        return li
+
+    # what remains due on an invoice after pre-payment credit notes; an open invoice with
+    # nothing left to pay is paid
+    status_before = r.Invoice.status
+
+    def amount_remaining(self):
+        if self.status in ("draft", "open"):
+            return max(0, self.total - getattr(self, "_cn_pre", 0))
+        return 0
+
+    def status(self):
+        current = status_before.fget(self)
+        if current == "open" and self.total - getattr(self, "_cn_pre", 0) <= 0:
+            return "paid"
+        return current
+
+    r.Invoice.status = property(status)
+    r.Invoice.amount_remaining = property(amount_remaining)
+    r.Invoice.amount_due = property(lambda self: max(0, self.total - getattr(self, "_cn_pre", 0)))
+    r.Invoice.pre_payment_credit_notes_amount = property(lambda self: getattr(self, "_cn_pre", 0))
+    r.Invoice.post_payment_credit_notes_amount = property(lambda self: getattr(self, "_cn_post", 0))
+
+    # the store is pickled to disk: the classes must be found as module attributes
+    for cls in (CreditNote, CreditNoteLineItem):
+        cls.__qualname__ = cls.__name__
+        cls.__module__ = __name__
+        globals()[cls.__name__] = cls
+
+    routes = server.app.router
+    routes.add_route("POST", "/v1/credit_notes", server.api_create(CreditNote, "/v1/credit_notes"))
+    routes.add_route("GET", "/v1/credit_notes", server.api_list_all(CreditNote, "/v1/credit_notes"))
+    routes.add_route("GET", "/v1/credit_notes/{id}/lines", server.api_extra(lines_of, "/v1/credit_notes/{id}/lines"))
+    routes.add_route("GET", "/v1/credit_notes/{id}", server.api_retrieve(CreditNote, "/v1/credit_notes/{id}"))
+    routes.add_route("POST", "/v1/credit_notes/{id}/void",
+                     server.api_extra(void_credit_note, "/v1/credit_notes/{id}/void"))
 
 
 def main() -> None:

@@ -81,15 +81,16 @@ def direct(stripe_env):
 def seed(engine) -> dict[str, int]:
     add_customer(engine, "acme")
     add_customer(engine, "globex", name="Globex Corp")
-    return {
+    ids = {
         "acme_1": add_invoice(engine, "acme", [12_000, 2_550, -1_000]),  # a credit line
         "globex_1": add_invoice(engine, "globex", [4_999]),
         "acme_zero": add_invoice(engine, "acme", [300, -300]),  # zero total
         "globex_empty": add_invoice(engine, "globex", []),  # zero total, no lines at all
         "acme_paid": add_invoice(engine, "acme", [700], status="paid", paid_at=NOW),
-        "acme_note": add_invoice(engine, "acme", [-500], kind="credit_note"),
         "acme_draft": add_invoice(engine, "acme", [100], status="draft"),
     }
+    ids["acme_note"] = add_invoice(engine, "acme", [-500, -250], kind="credit_note", corrects_invoice_id=ids["acme_1"])
+    return ids
 
 
 def stripe_invoices(direct) -> list[dict]:
@@ -101,8 +102,9 @@ def stripe_lines(direct, sid: str) -> list[dict]:
 
 
 def assert_consistent(engine, direct, sync: StripeSync) -> None:
-    """Stripe holds exactly one invoice per pushed invoice, equal totals and lines, one customer
-    per billing customer, nothing else carrying our metadata; reconcile agrees."""
+    """Stripe holds exactly one invoice per pushed invoice, equal totals and lines, one credit
+    note per credit note (on the original's Stripe invoice, equal lines), one customer per
+    billing customer, nothing else carrying our metadata; reconcile agrees."""
     with Session(engine) as s:
         invoices = list(s.exec(select(Invoice)).all())
         lines = list(s.exec(select(InvoiceLineRow)).all())
@@ -120,6 +122,19 @@ def assert_consistent(engine, direct, sync: StripeSync) -> None:
         assert si["status"] == ("paid" if inv.status == "paid" or inv.total_minor == 0 else "open")
         ours = sorted((str(ln.id), ln.amount_minor, ln.stripe_line_id) for ln in lines if ln.invoice_id == inv.id)
         got = sorted((_meta(sl)[META_LINE], sl["amount"], line_item_id(sl)) for sl in stripe_lines(direct, si["id"]))
+        assert got == ours
+    notes = [i for i in invoices if i.kind == "credit_note" and i.status == "finalized"]
+    stripe_notes = [cn for cn in list_all(lambda p: direct.v1.credit_notes.list(params=p)) if cn["status"] != "void"]
+    by_note = Counter(_meta(cn).get(META_INVOICE) for cn in stripe_notes)
+    assert set(by_note) == {str(n.id) for n in notes}
+    for note in notes:
+        assert by_note[str(note.id)] == 1, f"credit note {note.id} issued {by_note[str(note.id)]} times"
+        cn = next(c for c in stripe_notes if _meta(c).get(META_INVOICE) == str(note.id))
+        original = next(i for i in invoices if i.id == note.corrects_invoice_id)
+        assert note.stripe_invoice_id == cn["id"] and cn["invoice"] == original.stripe_invoice_id
+        assert cn["total"] == -note.total_minor
+        ours = sorted((str(ln.id), -ln.amount_minor, ln.stripe_line_id) for ln in lines if ln.invoice_id == note.id)
+        got = sorted((_meta(sl)[META_LINE], sl["amount"], sl["id"]) for sl in cn["lines"]["data"])
         assert got == ours
     stripe_customers = list(list_all(direct.v1.customers.list))
     mapped = Counter(_meta(c).get("billing_customer_id") for c in stripe_customers)
@@ -145,16 +160,18 @@ def test_push_creates_one_stripe_invoice_per_finalized_invoice(sync, engine, dir
     assert result.ok, result.to_json()
     actions = {o.invoice_id: o.action for o in result.outcomes}
     assert actions == {ids["acme_1"]: "pushed", ids["globex_1"]: "pushed", ids["acme_zero"]: "pushed",
-                       ids["globex_empty"]: "pushed", ids["acme_paid"]: "pushed", ids["acme_note"]: "skipped"}
-    assert "credit note" in next(o.reason for o in result.outcomes if o.invoice_id == ids["acme_note"])
+                       ids["globex_empty"]: "pushed", ids["acme_paid"]: "pushed", ids["acme_note"]: "pushed"}
     assert_consistent(engine, direct, sync)
+    # the credit note reduced what is due on its invoice in Stripe (pre-payment), not the total
+    acme_1 = plain(direct.v1.invoices.retrieve(sync_id(engine, ids["acme_1"])))
+    assert (acme_1["total"], acme_1["amount_due"], acme_1["status"]) == (13_550, 12_800, "open")
 
     with Session(engine) as s:
         zero = s.get(Invoice, ids["acme_zero"])
         assert zero.status == "paid"  # Stripe marks a finalized zero-total invoice paid; so do we
         assert s.get(Invoice, ids["acme_1"]).status == "finalized"
         assert s.get(Invoice, ids["acme_draft"]).stripe_invoice_id is None
-        assert s.get(Invoice, ids["acme_note"]).stripe_invoice_id is None
+        assert s.get(Invoice, ids["acme_note"]).stripe_invoice_id.startswith("cn_")
     si = plain(direct.v1.invoices.retrieve(sync_id(engine, ids["acme_1"])))
     assert si["metadata"] == {"billing_invoice_id": str(ids["acme_1"]), "billing_invoice_number": si["metadata"][
         "billing_invoice_number"]}
@@ -168,11 +185,12 @@ def test_push_creates_one_stripe_invoice_per_finalized_invoice(sync, engine, dir
     assert f"billing-invoice-{ids['acme_1']}" in keys and "billing-customer-acme" in keys
     assert any(k.startswith("billing-line-") for k in keys)
     assert f"billing-finalize-{ids['acme_1']}" in keys
+    assert f"billing-credit-note-{ids['acme_note']}" in keys
 
     # a second run has nothing to do and changes nothing in Stripe
     proxy.clear()
     again = sync.push()
-    assert [o.action for o in again.outcomes] == ["skipped"]  # only the credit note, reported again
+    assert again.outcomes == []
     assert not [r for r in proxy.log if r.method == "POST"]
     assert_consistent(engine, direct, sync)
 
@@ -198,7 +216,7 @@ def test_dry_run_calls_nothing(sync, engine, stripe_env):
     ids = seed(engine)
     result = sync.push(dry_run=True)
     assert {o.invoice_id: o.action for o in result.outcomes if o.action == "would_push"}.keys() == {
-        ids["acme_1"], ids["globex_1"], ids["acme_zero"], ids["globex_empty"], ids["acme_paid"]}
+        ids["acme_1"], ids["globex_1"], ids["acme_zero"], ids["globex_empty"], ids["acme_paid"], ids["acme_note"]}
     assert proxy.log == []
 
 
@@ -260,7 +278,10 @@ def test_server_stopped_mid_sync_then_rerun(sync, engine, direct, stripe_env):
     first = sync.push()
     assert not server.running()
     assert not first.ok
-    assert all("network error" in o.reason for o in first.by_action("failed"))
+    failed = first.by_action("failed")
+    assert any("network error" in o.reason for o in failed)
+    # the credit note waits for its invoice
+    assert all("network error" in o.reason or "not in Stripe yet" in o.reason for o in failed)
     server.start()  # same port, same data
     proxy.clear()
     second = sync.push()
@@ -274,15 +295,43 @@ def test_server_stopped_mid_sync_then_rerun(sync, engine, direct, stripe_env):
 def test_void_voids_the_stripe_invoice(sync, engine, direct):
     ids = seed(engine)
     assert sync.push().ok
-    outcome = sync.void(ids["acme_1"], NOW)
+    outcome = sync.void(ids["globex_1"], NOW)
     assert outcome.action == "voided"
-    sid = sync_id(engine, ids["acme_1"])
+    sid = sync_id(engine, ids["globex_1"])
     assert plain(direct.v1.invoices.retrieve(sid))["status"] == "void"
     with Session(engine) as s:
-        assert s.get(Invoice, ids["acme_1"]).status == "void"
-    assert sync.void(ids["acme_1"], NOW).action == "unchanged"  # idempotent
-    assert not [o for o in sync.push().outcomes if o.action != "skipped"]
+        assert s.get(Invoice, ids["globex_1"]).status == "void"
+    assert sync.void(ids["globex_1"], NOW).action == "unchanged"  # idempotent
+    assert sync.push().outcomes == []
     assert sync.reconcile() == []
+
+
+def test_void_of_credit_note_voids_the_stripe_credit_note(sync, engine, direct):
+    ids = seed(engine)
+    assert sync.push().ok
+    cn = sync_id(engine, ids["acme_note"])
+    assert sync.void(ids["acme_note"], NOW).action == "voided"
+    assert plain(direct.v1.credit_notes.retrieve(cn))["status"] == "void"
+    acme_1 = plain(direct.v1.invoices.retrieve(sync_id(engine, ids["acme_1"])))
+    assert acme_1["amount_due"] == 13_550  # the credit is undone in Stripe too
+    assert sync.void(ids["acme_note"], NOW).action == "unchanged"
+    assert sync.push().outcomes == []
+    assert sync.reconcile() == []
+
+
+def test_void_is_refused_while_stripe_shows_the_invoice_paid(sync, engine, direct):
+    from billing.errors import BillingError
+
+    ids = seed(engine)
+    assert sync.push().ok
+    with Session(engine) as s:  # ours still finalized (a webhook not delivered yet), Stripe's paid
+        s.exec(update(Invoice).where(Invoice.id == ids["acme_zero"]).values(status="finalized", paid_at=None))
+        s.commit()
+    with pytest.raises(BillingError) as err:
+        sync.void(ids["acme_zero"], NOW)
+    assert err.value.code == "invoice_state" and "paid in Stripe" in err.value.message
+    with Session(engine) as s:
+        assert s.get(Invoice, ids["acme_zero"]).status == "finalized"
 
 
 def test_void_of_partially_pushed_invoice_deletes_the_draft(sync, engine, direct, stripe_env):
@@ -296,7 +345,10 @@ def test_void_of_partially_pushed_invoice_deletes_the_draft(sync, engine, direct
     outcome = sync.void(ids["acme_1"], NOW)
     assert outcome.action == "voided" and "deleted Stripe draft" in outcome.reason
     assert not [si for si in stripe_invoices(direct) if _meta(si).get(META_INVOICE) == str(ids["acme_1"])]
-    assert sync.push().ok
+    second = sync.push()
+    assert second.ok
+    note = next(o for o in second.outcomes if o.invoice_id == ids["acme_note"])
+    assert note.action == "skipped" and "void" in note.reason  # nothing to credit on a void invoice
     assert sync.reconcile() == []
 
 
@@ -326,18 +378,36 @@ def test_reconcile_lists_every_kind_of_difference(sync, engine, direct):
                                               "metadata": {"billing_invoice_id": "999", "billing_invoice_number": "X"}})
     direct.v1.invoice_items.create(params={"customer": acme_cus, "invoice": extra.id, "amount": 5, "currency": "usd"})
     direct.v1.invoices.finalize_invoice(extra.id)
+    # an invoice made in Stripe by hand for a mapped customer (no metadata of ours)
+    manual = direct.v1.invoices.create(params={"customer": acme_cus, "currency": "usd"})
+    direct.v1.invoice_items.create(params={"customer": acme_cus, "invoice": manual.id, "amount": 7, "currency": "usd"})
+    direct.v1.invoices.finalize_invoice(manual.id)
+    # a credit note issued in Stripe by hand on one of our invoices
+    manual_cn = direct.v1.credit_notes.create(params={
+        "invoice": sync_id(engine, ids["globex_1"]),
+        "lines": [{"type": "custom_line_item", "description": "goodwill", "quantity": 1, "unit_amount": 99}]})
     with Session(engine) as s:
         s.exec(update(Invoice).where(Invoice.id == ids["globex_1"]).values(total_minor=5_000))  # amount
         s.exec(update(Invoice).where(Invoice.id == ids["acme_1"]).values(status="paid"))  # status
         line = s.exec(select(InvoiceLineRow).where(InvoiceLineRow.invoice_id == ids["acme_paid"])).first()
         s.add(InvoiceLineRow(**{**line.model_dump(), "id": None, "position": 1, "amount_minor": 0}))  # line count
         s.exec(update(Invoice).where(Invoice.id == ids["acme_zero"]).values(stripe_invoice_id="in_doesnotexist"))
+        s.exec(update(Invoice).where(Invoice.id == ids["acme_note"]).values(total_minor=-700))  # credit note amount
+        s.exec(update(InvoiceLineRow).where(InvoiceLineRow.invoice_id == ids["acme_1"], InvoiceLineRow.position == 0)
+               .values(amount_minor=11_999))  # one line differs, the total does not
         s.commit()
-    kinds = sorted((d.kind, d.invoice_id) for d in sync.reconcile())
-    assert kinds == sorted([
+    diffs = sync.reconcile()
+    kinds = Counter((d.kind, d.invoice_id) for d in diffs)
+    assert {d.stripe_invoice_id for d in diffs if d.kind == "extra_in_stripe"} >= {manual.id, manual_cn.id, extra.id}
+    assert kinds == Counter([
         ("amount_mismatch", ids["globex_1"]),
         ("status_mismatch", ids["acme_1"]),
+        ("line_mismatch", ids["acme_1"]),
         ("line_count_mismatch", ids["acme_paid"]),
+        ("line_mismatch", ids["acme_paid"]),  # our extra line is missing in Stripe
+        ("amount_mismatch", ids["acme_note"]),
+        ("extra_in_stripe", None),  # the hand-made invoice
+        ("extra_in_stripe", None),  # the hand-made credit note
         ("missing_in_stripe", ids["acme_zero"]),  # our id is unknown to Stripe ...
         ("extra_in_stripe", ids["acme_zero"]),  # ... and its real Stripe invoice is unaccounted for
         ("missing_in_stripe", unpushed),
@@ -365,15 +435,15 @@ def test_cli_sync_and_reconcile(db, stripe_env, monkeypatch):
         runner = CliRunner()
         dry = runner.invoke(app, ["sync", "--dry-run", "--json"])
         assert dry.exit_code == 0, dry.output
-        assert json.loads(dry.output)["counts"] == {"would_push": 5, "skipped": 1}
+        assert json.loads(dry.output)["counts"] == {"would_push": 6}
         before = runner.invoke(app, ["reconcile", "--json"])
         assert before.exit_code == 1
         assert {d["kind"] for d in json.loads(before.output)["differences"]} == {"missing_in_stripe"}
         run = runner.invoke(app, ["sync", "--json"])
         assert run.exit_code == 0, run.output
-        assert json.loads(run.output)["counts"] == {"pushed": 5, "skipped": 1}
+        assert json.loads(run.output)["counts"] == {"pushed": 6}
         table = runner.invoke(app, ["sync"])
-        assert table.exit_code == 0 and "skipped" in table.output
+        assert table.exit_code == 0 and "Nothing to push" in table.output
         after = runner.invoke(app, ["reconcile"])
         assert after.exit_code == 0 and "No differences" in after.output
         for out in (dry.output, before.output, run.output, table.output, after.output):
