@@ -460,7 +460,8 @@ class Fault:
     path: str  # regex, matched with re.search against the path (no query)
     nth: int = 1  # fire on the nth matching request (1-based) ...
     times: int = 1  # ... and on this many matches from there
-    action: str = "500"  # 500 | drop_before | drop_after | delay_before | delay_after | call_after
+    # 500 | drop_before | drop_after | delay_before | delay_after | call_after | hold_until_retried
+    action: str = "500"
     delay: float = 0.0
     callback: Callable[[], None] | None = None
     seen: int = 0
@@ -478,13 +479,26 @@ class Recorded:
 class FaultProxy:
     """A tiny HTTP proxy on 127.0.0.1 in a thread. Faults: 500 on the nth matching call, a
     dropped connection before or after the upstream executed the call, a delay past the
-    client's timeout (before or after forwarding), or a callback (e.g. kill the server)."""
+    client's timeout (before or after forwarding), a callback (e.g. kill the server), or
+    ``hold_until_retried``: the request is held in the network until the client's retry
+    (same Idempotency-Key) has been answered, then delivered late.
+
+    ``idempotency = True`` emulates Stripe's idempotency layer in front of localstripe (which
+    ignores the header): the first request with a key that reaches the server is executed
+    and its answer saved; a later one with the same key and body gets the saved answer
+    (recorded as ``"replayed"``), with another body a 400, while the first is running a 409."""
 
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.faults: list[Fault] = []
         self.log: list[Recorded] = []
+        self.idempotency = False
+        self._saved: dict[str, tuple[bytes, int, list, bytes]] = {}
+        self._running: set[str] = set()
+        self._answered: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._active = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -492,6 +506,28 @@ class FaultProxy:
                 pass
 
             def _handle(self):
+                with proxy._lock:
+                    proxy._active += 1
+                try:
+                    self._handle_counted()
+                finally:
+                    with proxy._changed:
+                        proxy._active -= 1
+                        proxy._changed.notify_all()
+
+            def _send(self, status, headers, data):
+                try:
+                    self.send_response(status)
+                    for k, v in headers:
+                        if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+
+            def _handle_counted(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
@@ -512,12 +548,25 @@ class FaultProxy:
                     return
                 if fault and fault.action == "delay_before":
                     time.sleep(fault.delay)
+                if fault and fault.action == "hold_until_retried":
+                    proxy._wait_answered(key, fault.delay or 20.0)
+                idempotent = proxy.idempotency and self.command == "POST" and key
+                if idempotent:
+                    early = proxy._idempotent_begin(key, body)
+                    if early is not None:
+                        proxy._record(self.command, path, key, early[0])
+                        self._send(*early[1:])
+                        return
                 try:
                     status, headers, data = proxy._forward(self.command, self.path, self.headers, body)
                 except OSError as exc:
+                    if idempotent:
+                        proxy._idempotent_abort(key)
                     proxy._record(self.command, path, key, f"upstream down: {type(exc).__name__}")
                     self._drop()
                     return
+                if idempotent:
+                    proxy._idempotent_save(key, body, status, headers, data)
                 proxy._record(self.command, path, key, status)
                 if fault and fault.action == "call_after" and fault.callback:
                     fault.callback()
@@ -526,16 +575,7 @@ class FaultProxy:
                     return
                 if fault and fault.action == "delay_after":
                     time.sleep(fault.delay)
-                try:
-                    self.send_response(status)
-                    for k, v in headers:
-                        if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
-                            self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass
+                self._send(status, headers, data)
 
             def _drop(self):
                 try:
@@ -564,9 +604,52 @@ class FaultProxy:
         return fault
 
     def clear(self) -> None:
+        self.wait_idle()
         with self._lock:
             self.faults.clear()
             self.log.clear()
+            self.idempotency = False
+            self._saved.clear()
+            self._running.clear()
+            self._answered.clear()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no request is in the proxy (delayed or held ones delivered)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._active and time.monotonic() < deadline:
+                self._changed.wait(0.05)
+
+    def _wait_answered(self, key: str | None, timeout: float) -> None:
+        with self._changed:
+            start = self._answered.get(key, 0)
+            self._changed.wait_for(lambda: self._answered.get(key, 0) > start, timeout)
+
+    def _idempotent_begin(self, key: str, body: bytes):
+        """None to execute the request, else (recorded status, http status, headers, body)."""
+        with self._lock:
+            if key in self._running:
+                return ("idempotency 409", 409, [("Content-Type", "application/json")], json.dumps(
+                    {"error": {"type": "idempotency_error", "message": "There is currently another in-progress "
+                               "request using this Stripe API key and idempotency key"}}).encode())
+            saved = self._saved.get(key)
+            if saved is None:
+                self._running.add(key)
+                return None
+            if saved[0] != body:
+                return ("idempotency 400", 400, [("Content-Type", "application/json")], json.dumps(
+                    {"error": {"type": "idempotency_error", "message": "Keys for idempotent requests can only be "
+                               "used with the same parameters they were first used with."}}).encode())
+            return ("replayed", saved[1], saved[2] + [("Idempotent-Replayed", "true")], saved[3])
+
+    def _idempotent_save(self, key, body, status, headers, data) -> None:
+        with self._changed:
+            self._running.discard(key)
+            self._saved[key] = (body, status, list(headers), data)
+
+    def _idempotent_abort(self, key) -> None:
+        with self._lock:
+            self._running.discard(key)
 
     def calls(self, method: str, path_regex: str) -> list[Recorded]:
         with self._lock:
@@ -587,8 +670,11 @@ class FaultProxy:
         return None
 
     def _record(self, method, path, key, status) -> None:
-        with self._lock:
+        with self._changed:
             self.log.append(Recorded(method, path, key, status))
+            if key:
+                self._answered[key] = self._answered.get(key, 0) + 1
+                self._changed.notify_all()
 
     def _forward(self, method, path, headers, body):
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=10)

@@ -398,6 +398,13 @@ def test_recorded_error_bodies_and_retry_policy(status, body, retryable):
     assert str(status) in text and KEY not in text
 
 
+def test_describe_masks_keys_stripe_quotes_back():
+    exc = stripe.AuthenticationError("Invalid API Key provided: sk_live_51AbCdEfGh0123", http_status=401)
+    assert describe(exc) == "Stripe error 401: Invalid API Key provided: sk_***"
+    other = ValueError("whsec_abc123 and rk_test_XYZ9 leaked")
+    assert "abc123" not in describe(other) and "XYZ9" not in describe(other)
+
+
 def test_connection_errors_are_retryable_and_keyless():
     exc = stripe.APIConnectionError("Network error: boom")
     assert is_retryable(exc)

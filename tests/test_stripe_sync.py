@@ -226,6 +226,8 @@ FAULTS = [
     pytest.param(dict(method="POST", path=r"^/v1/customers$", action="500"), id="customer-500"),
     pytest.param(dict(method="POST", path=r"^/v1/customers$", action="drop_after"), id="customer-lost-answer"),
     pytest.param(dict(method="POST", path=r"^/v1/invoices$", action="drop_after"), id="invoice-lost-answer"),
+    pytest.param(dict(method="POST", path=r"^/v1/invoices$", nth=2, action="delay_after", delay=1.5),
+                 id="invoice-timeout"),
     pytest.param(dict(method="POST", path=r"^/v1/invoices$", nth=2, action="drop_before", times=3),
                  id="invoice-unreachable"),
     pytest.param(dict(method="POST", path=r"^/v1/invoiceitems$", nth=2, action="drop_after"), id="line-lost-answer"),
@@ -234,6 +236,9 @@ FAULTS = [
     pytest.param(dict(method="POST", path=r"/finalize$", action="drop_before", times=10), id="finalize-down"),
     pytest.param(dict(method="GET", path=r"^/v1/invoices/[^/]+/lines$", nth=2, action="500", times=3),
                  id="lines-read-500"),
+    pytest.param(dict(method="POST", path=r"^/v1/credit_notes$", action="drop_after"), id="credit-note-lost-answer"),
+    pytest.param(dict(method="POST", path=r"^/v1/credit_notes$", action="500", times=3), id="credit-note-500s"),
+    pytest.param(dict(method="POST", path=r"/pay$", action="delay_after", delay=1.5), id="paid-out-of-band-timeout"),
 ]
 
 
@@ -250,6 +255,31 @@ def test_faults_then_rerun_converges(fault, sync, engine, direct, stripe_env):
     assert_consistent(engine, direct, sync)
     if first.ok:  # the fault was absorbed by our retries within the first run
         assert not [o for o in second.outcomes if o.action in ("pushed", "completed")]
+    else:  # or the re-run finished exactly what the first one could not
+        assert {o.invoice_id for o in first.by_action("failed")} == {
+            o.invoice_id for o in second.outcomes if o.action in ("pushed", "completed")}
+
+
+@pytest.mark.parametrize("path", [r"^/v1/invoices$", r"^/v1/invoiceitems$", r"^/v1/credit_notes$"])
+def test_request_delivered_after_its_retry_is_deduplicated_by_its_idempotency_key(path, sync, engine, direct,
+                                                                                 stripe_env):
+    """The case a lookup cannot cover: the create is stuck in the network past the client's
+    timeout, the retry looks, finds nothing, creates; then the first request arrives. Only the
+    idempotency key (the same on both, derived from our id) stops a second object. Stripe's
+    idempotency layer is emulated by the proxy (localstripe ignores the header)."""
+    _, proxy = stripe_env
+    seed(engine)
+    proxy.idempotency = True
+    proxy.add(method="POST", path=path, action="hold_until_retried")
+    result = sync.push()
+    proxy.wait_idle()
+    assert result.ok, result.to_json()
+    held = proxy.calls("POST", path)
+    replayed = [r for r in held if r.status == "replayed"]
+    assert len(replayed) == 1, held  # the late original got the retry's saved answer
+    assert [r.idempotency_key for r in held].count(replayed[0].idempotency_key) == 2
+    proxy.clear()
+    assert_consistent(engine, direct, sync)
 
 
 def test_partial_push_is_reported_then_completed(sync, engine, direct, stripe_env):
@@ -264,10 +294,65 @@ def test_partial_push_is_reported_then_completed(sync, engine, direct, stripe_en
     partial = [d for d in diffs if d.invoice_id == ids["acme_1"]]
     assert [d.kind for d in partial] == ["missing_in_stripe"] and "partial push" in partial[0].message
     assert not [d for d in diffs if d.kind == "extra_in_stripe"]  # the draft is explained, not extra
+    drafts = {_meta(si)[META_INVOICE]: si["id"] for si in stripe_invoices(direct) if si["status"] == "draft"}
+    kept = {line_item_id(sl) for sl in stripe_lines(direct, drafts[str(ids["acme_1"])])}
+    assert len(kept) == 1  # the first line made it, the second never did
+    with Session(engine) as s:
+        pushable = {i.id for i in s.exec(select(Invoice).where(Invoice.kind == "invoice",
+                                                               Invoice.status.in_(("finalized", "paid")))).all()}
+        ours = [ln for ln in s.exec(select(InvoiceLineRow)).all() if ln.invoice_id in pushable]
+        # the line that made it is recorded at once (a local trace of the partial push)
+        assert {ln.stripe_line_id for ln in ours if ln.stripe_line_id} == kept
     proxy.clear()
     second = sync.push()
     assert second.ok
     assert {o.invoice_id: o.action for o in second.outcomes}[ids["acme_1"]] == "completed"
+    # completed, not restarted: same drafts, the line created before kept, only the rest created
+    assert sync_id(engine, ids["acme_1"]) == drafts[str(ids["acme_1"])]
+    for our_id, draft_id in drafts.items():
+        assert sync_id(engine, int(our_id)) == draft_id
+    assert kept <= {line_item_id(sl) for sl in stripe_lines(direct, drafts[str(ids["acme_1"])])}
+    assert len(proxy.calls("POST", r"^/v1/invoiceitems$")) == len(ours) - len(kept)
+    assert not proxy.calls("POST", r"^/v1/invoices$")  # no invoice created again
+    assert_consistent(engine, direct, sync)
+
+
+def test_crash_of_the_sync_process_mid_invoice_then_rerun(sync, db, direct, stripe_env):
+    """A real ``billing stripe sync`` process is killed (SIGKILL) right after Stripe executed
+    its second line item, before the answer reached it: nothing of ours says the invoice is
+    pushed. The re-run completes that draft (same Stripe invoice, lines kept) and converges."""
+    import signal
+    import subprocess
+    import sys
+
+    url, engine = db
+    _, proxy = stripe_env
+    ids = seed(engine)
+    victim: dict[str, int] = {}
+    proxy.add(method="POST", path=r"^/v1/invoiceitems$", nth=2, action="call_after",
+              callback=lambda: os.kill(victim["pid"], signal.SIGKILL))
+    env = {**os.environ, "BILLING_DATABASE_URL": url, "BILLING_STRIPE_API_KEY": KEY,
+           "BILLING_STRIPE_API_BASE": proxy.url}
+    proc = subprocess.Popen([sys.executable, "-c", "from billing.cli import app; app(prog_name='billing')",
+                             "stripe", "sync", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victim["pid"] = proc.pid
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (out, err)
+    assert proxy.faults[0].fired and out == b""  # killed before it could print anything
+    (draft,) = [si for si in stripe_invoices(direct) if si["status"] != "void"]
+    assert draft["status"] == "draft" and _meta(draft)[META_INVOICE] == str(ids["acme_1"])
+    kept = {line_item_id(sl) for sl in stripe_lines(direct, draft["id"])}
+    assert len(kept) == 2
+    with Session(engine) as s:
+        assert s.get(Invoice, ids["acme_1"]).stripe_invoice_id is None
+    proxy.clear()
+    second = sync.push()
+    assert second.ok, second.to_json()
+    assert {o.invoice_id: o.action for o in second.outcomes}[ids["acme_1"]] == "completed"
+    assert sync_id(engine, ids["acme_1"]) == draft["id"]
+    assert kept <= {line_item_id(sl) for sl in stripe_lines(direct, draft["id"])}
+    # the mapping the dead process stored is used: acme is not looked for or created again
+    assert "billing-customer-acme" not in {c.idempotency_key for c in proxy.calls("POST", r"^/v1/customers$")}
     assert_consistent(engine, direct, sync)
 
 
@@ -349,6 +434,29 @@ def test_void_of_partially_pushed_invoice_deletes_the_draft(sync, engine, direct
     assert second.ok
     note = next(o for o in second.outcomes if o.invoice_id == ids["acme_note"])
     assert note.action == "skipped" and "void" in note.reason  # nothing to credit on a void invoice
+    assert sync.reconcile() == []
+
+
+def test_sync_cleans_up_after_an_invoice_voided_elsewhere_mid_push(sync, engine, direct, stripe_env):
+    """Our invoice is voided by the invoicing service (not through the sync) while Stripe
+    holds a partial draft of it: the next sync finds it by its pushed lines and deletes the
+    draft; an empty draft (no line pushed yet) is reported by reconcile and removed with
+    ``--invoice``."""
+    _, proxy = stripe_env
+    ids = seed(engine)
+    proxy.add(method="POST", path=r"^/v1/invoiceitems$", nth=2, action="500", times=100)
+    assert not sync.push().ok
+    proxy.clear()
+    with Session(engine) as s:
+        s.exec(update(Invoice).where(Invoice.id.in_([ids["acme_1"], ids["globex_1"]])).values(status="void"))
+        s.commit()
+    outcomes = {o.invoice_id: o for o in sync.push().outcomes}
+    assert outcomes[ids["acme_1"]].action == "voided" and "deleted Stripe draft" in outcomes[ids["acme_1"]].reason
+    assert ids["globex_1"] not in outcomes  # nothing of it was pushed that we know of
+    leftover = [d for d in sync.reconcile() if d.kind == "extra_in_stripe"]
+    assert [(d.invoice_id, "--invoice" in d.message) for d in leftover] == [(ids["globex_1"], True)]
+    (outcome,) = sync.push(only=[ids["globex_1"]]).outcomes
+    assert outcome.action == "voided"
     assert sync.reconcile() == []
 
 
@@ -451,6 +559,65 @@ def test_cli_sync_and_reconcile(db, stripe_env, monkeypatch):
         assert ids
     finally:
         get_settings.cache_clear()
+
+
+def test_key_is_never_logged_nor_in_errors_or_reprs(sync, engine, stripe_env, caplog, capsys, monkeypatch):
+    """Every log record (all loggers at DEBUG, stripe's own console log at debug), every
+    outcome and difference message, and the str/repr of the errors and objects involved,
+    through faults and an authentication failure: the key appears in none of them."""
+    import logging
+
+    import stripe as stripe_lib
+
+    from billing.config import get_settings
+
+    server, proxy = stripe_env
+    monkeypatch.setattr(stripe_lib, "log", "debug")
+    caplog.set_level(logging.DEBUG)
+    seed(engine)
+    proxy.add(method="POST", path=r"^/v1/invoiceitems$", nth=2, action="500", times=2)
+    proxy.add(method="POST", path=r"^/v1/invoices$", action="drop_after")
+    texts = [o.reason for o in sync.push().outcomes] + [d.message for d in sync.reconcile()]
+    bad_key = "xx_wrong_" + KEY  # localstripe refuses keys that do not start with sk_
+    refused = StripeSync(engine, client_for(bad_key, server.url, timeout=2.0), retrier=Retrier(attempts=1))
+    add_invoice(engine, "globex", [1])
+    outcomes = refused.push().outcomes
+    assert any("401" in o.reason for o in outcomes)
+    texts += [o.reason for o in outcomes]
+    with pytest.raises(stripe_lib.AuthenticationError) as err:
+        client_for(bad_key, server.url).v1.invoices.list()
+    texts += [str(err.value), repr(err.value), repr(sync), repr(sync.client), repr(refused.client)]
+    monkeypatch.setenv("BILLING_STRIPE_API_KEY", KEY)
+    get_settings.cache_clear()
+    try:
+        texts += [repr(get_settings()), str(get_settings().model_dump())]
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr()
+    texts += [caplog.text, out.out, out.err]
+    assert "Request to Stripe api" in out.err  # stripe's debug log really was on
+    assert caplog.records
+    for text in texts:
+        assert KEY not in text and "localstripe_secret_123" not in text, text[:500]
+
+
+def test_cli_rejects_a_malformed_api_base(db, monkeypatch):
+    from typer.testing import CliRunner
+
+    from billing.cli.stripe import app
+    from billing.config import get_settings
+
+    monkeypatch.setenv("BILLING_DATABASE_URL", db[0])
+    monkeypatch.setenv("BILLING_STRIPE_API_KEY", KEY)
+    for base in ("not a url", "ftp://127.0.0.1:1", "http://[::1", "http://127.0.0.1:port"):
+        monkeypatch.setenv("BILLING_STRIPE_API_BASE", base)
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(app, ["sync"])
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code == 2, (base, result.output)
+        assert "BILLING_STRIPE_API_BASE" in result.output and KEY not in result.output
 
 
 def test_cli_without_key_fails_cleanly(db, monkeypatch):

@@ -330,6 +330,8 @@ class StripeSync:
                                     params=params, options={"idempotency_key": line_key(ln.id)}),
                                 known_absent=True)
             present[key] = item
+            # recorded at once: a local trace of a partial push (void detection uses it)
+            state.set_stripe_line_id(self.engine, ln.id, line_item_id(item) or item["id"])
         for key, sl in present.items():
             item_id = line_item_id(sl) or sl["id"]  # an invoice item itself carries its id as "id"
             if ours[key].stripe_line_id != item_id:
