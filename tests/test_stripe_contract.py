@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import stripe
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.stripe_sync.client import Retrier, describe, is_retryable, list_all
 from billing.stripe_sync.sync import StripeSync, line_item_id
@@ -208,7 +210,7 @@ class FakeStripe:
                  "amount": int(ln.get("quantity", 1)) * int(ln["unit_amount"]), "unit_amount": int(ln["unit_amount"]),
                  "unit_amount_decimal": ln["unit_amount"], "description": ln.get("description"),
                  "metadata": ln.get("metadata", {})} for n, ln in enumerate(lines)]
-        cn.update(id=cid, invoice=inv["id"], customer=inv["customer"], amount=total, total=total, subtotal=total,
+        cn.update(id=cid, invoice=inv["id"], customer=inv["customer"], currency=inv["currency"], amount=total, total=total, subtotal=total,
                   metadata=metadata_of(p), memo=p.get("memo"), pre_payment_amount=pre, post_payment_amount=total - pre,
                   type="pre_payment" if pre == total else "post_payment",
                   lines={**CREDIT_NOTE["lines"], "data": data, "url": f"/v1/credit_notes/{cid}/lines"})
@@ -600,3 +602,63 @@ def test_credit_note_stripe_refuses_is_reported_with_stripes_message(engine):
     (outcome,) = sync.push().outcomes
     assert outcome.action == "failed" and "uncollectible" in outcome.reason
     assert not fake.credit_notes
+
+
+# ------------------------------------------------------------------ currencies, Stripe's units
+
+
+@pytest.mark.parametrize("currency,amounts,sent", [
+    ("USD", [1_234, -34], ["1234", "-34"]),
+    ("JPY", [500, -20], ["500", "-20"]),  # zero-decimal in both
+    ("ISK", [500, -20], ["50000", "-2000"]),  # ISO 0 decimals, Stripe's API 2 (whole krónur)
+    ("KWD", [1_235, -5], ["1235", "-5"]),  # three decimals; the total 1230 ends in 0
+])
+def test_amounts_are_sent_in_stripes_units_of_the_currency(engine, currency, amounts, sent):
+    stub = RecordedStripe()
+    fake = FakeStripe(stub)
+    invoice_id = add_invoice(engine, "acme", amounts, currency=currency)
+    sync = StripeSync(engine, client_with(stub), retrier=Retrier(attempts=2, base_delay=0))
+    assert sync.push().ok
+    items = [r for r in stub.requests if r["path"] == "/v1/invoiceitems"]
+    assert sorted(r["params"]["amount"] for r in items) == sorted(sent)
+    assert {r["params"]["currency"] for r in items} == {currency.lower()}
+    assert sync.reconcile() == []
+    note_id = add_invoice(engine, "acme", [-(amounts[0] // 5 * 2)], kind="credit_note", currency=currency,
+                          corrects_invoice_id=invoice_id)
+    assert sync.push().ok, note_id
+    (cn,) = fake.credit_notes.values()
+    from billing.stripe_sync.amounts import to_stripe
+
+    assert cn["total"] == to_stripe(amounts[0] // 5 * 2, currency)
+    assert sync.reconcile() == []
+
+
+@pytest.mark.parametrize("currency,amounts,why", [
+    ("KWD", [1_234], "multiples of 10"),  # Stripe settles three-decimal currencies to the nearest ten
+    ("UGX", [150], "whole number"),  # our default of 2 decimals; Stripe's UGX has none: 1.50 UGX is not sendable
+])
+def test_amounts_stripe_cannot_take_exactly_are_refused_not_rounded(engine, currency, amounts, why):
+    stub = RecordedStripe()
+    FakeStripe(stub)
+    add_invoice(engine, "acme", amounts, currency=currency)
+    sync = StripeSync(engine, client_with(stub), retrier=Retrier(attempts=2, base_delay=0))
+    (outcome,) = sync.push().outcomes
+    assert outcome.action == "failed" and why in outcome.reason, outcome
+    assert not [r for r in stub.requests if r["method"] == "POST"]  # nothing sent at all
+
+
+@settings(max_examples=300, deadline=None)
+@given(amount=st.integers(-10**12, 10**12),
+       currency=st.sampled_from(["USD", "EUR", "JPY", "KRW", "ISK", "KWD", "BHD", "UGX", "XOF", "CLP", "ZZZ"]))
+def test_to_stripe_keeps_the_value_exactly_or_refuses(amount, currency):
+    from fractions import Fraction
+
+    from billing.money import minor_units
+    from billing.stripe_sync.amounts import NotRepresentable, stripe_decimals, to_stripe
+
+    try:
+        sent = to_stripe(amount, currency)
+    except NotRepresentable:
+        assert amount % 10 ** max(0, minor_units(currency) - stripe_decimals(currency)) or currency == "ISK"
+        return
+    assert Fraction(sent, 10 ** stripe_decimals(currency)) == Fraction(amount, 10 ** minor_units(currency))

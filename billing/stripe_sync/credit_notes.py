@@ -37,6 +37,7 @@ import stripe
 
 from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
+from billing.stripe_sync.amounts import NotRepresentable, to_stripe, try_to_stripe
 from billing.stripe_sync.client import describe, list_all, plain
 from billing.stripe_sync.results import (META_CORRECTS, META_INVOICE, META_LINE, META_NUMBER, Difference, Outcome,
                                          PushFailed, meta)
@@ -58,13 +59,15 @@ def _description(line: InvoiceLineRow) -> str:
     return (line.description or line.key or "Credit")[:DESCRIPTION_MAX]
 
 
-def stripe_lines(lines: list[InvoiceLineRow]) -> tuple[list[dict], bool]:
-    """The ``lines`` parameter of the Stripe credit note, and whether they map one to one."""
+def stripe_lines(lines: list[InvoiceLineRow], currency: str) -> tuple[list[dict], bool]:
+    """The ``lines`` parameter of the Stripe credit note (amounts in Stripe's units; raises
+    NotRepresentable), and whether they map one to one."""
     nonzero = [ln for ln in lines if ln.amount_minor]
     if all(ln.amount_minor < 0 for ln in nonzero):
         return [{"type": "custom_line_item", "description": _description(ln), "quantity": 1,
-                 "unit_amount": -ln.amount_minor, "metadata": {META_LINE: str(ln.id)}} for ln in nonzero], True
-    net = -sum(ln.amount_minor for ln in nonzero)
+                 "unit_amount": to_stripe(-ln.amount_minor, currency), "metadata": {META_LINE: str(ln.id)}}
+                for ln in nonzero], True
+    net = to_stripe(-sum(ln.amount_minor for ln in nonzero), currency)
     text = f"Net of {len(nonzero)} lines: " + "; ".join(f"{_description(ln)} {ln.amount_minor:+d}" for ln in nonzero)
     ids = ",".join(str(ln.id) for ln in nonzero)
     return [{"type": "custom_line_item", "description": text[:DESCRIPTION_MAX], "quantity": 1, "unit_amount": net,
@@ -143,14 +146,19 @@ class CreditNoteSync:
         if not state.set_stripe_invoice_id(s.engine, note.id, found["id"]):
             raise PushFailed(f"credit note already points at another Stripe object; Stripe has {found['id']}")
         self._store_line_ids(found, lines)
-        if found.get("total") != -note.total_minor:
+        if found.get("total") != try_to_stripe(-note.total_minor, note.currency):
             return Outcome(note.id, note.number, "failed", found["id"],
-                           reason=f"Stripe credit note total {found.get('total')}, ours {-note.total_minor}")
+                           reason=f"Stripe credit note total {found.get('total')}, "
+                                  f"ours {try_to_stripe(-note.total_minor, note.currency)}")
         return Outcome(note.id, note.number, "pushed" if created else "completed", found["id"])
 
     @staticmethod
     def _params(note: Invoice, original: Invoice, lines: list[InvoiceLineRow], sinv: dict) -> dict[str, Any]:
-        amount = -note.total_minor
+        try:
+            amount = to_stripe(-note.total_minor, note.currency)
+            lines_param = stripe_lines(lines, note.currency)[0]
+        except NotRepresentable as exc:
+            raise PushFailed(f"not pushable: {exc}") from None
         status = sinv.get("status")
         if status == "open":
             remaining = sinv.get("amount_remaining")
@@ -161,7 +169,7 @@ class CreditNoteSync:
         else:
             raise PushFailed(f"Stripe invoice {sinv['id']} is {status}; a credit note needs an open or paid invoice")
         params: dict[str, Any] = {
-            "invoice": sinv["id"], "lines": stripe_lines(lines)[0],
+            "invoice": sinv["id"], "lines": lines_param,
             "memo": f"Credit note {note.number or note.id} for invoice {original.number or original.id}",
             "metadata": {META_INVOICE: str(note.id), META_NUMBER: note.number or "", META_CORRECTS: str(original.id)}}
         if post:
@@ -169,8 +177,8 @@ class CreditNoteSync:
         return params
 
     def _store_line_ids(self, found: dict, lines: list[InvoiceLineRow]) -> None:
-        if not stripe_lines(lines)[1]:
-            return
+        if not all(ln.amount_minor <= 0 for ln in lines):
+            return  # one net line: nothing maps one to one
         page = found.get("lines") or {}
         data = page.get("data")
         if data is None or page.get("has_more"):
@@ -253,10 +261,11 @@ class CreditNoteSync:
     @staticmethod
     def _compare(note: Invoice, original: Invoice | None, cn: dict) -> list[Difference]:
         out = []
-        if cn.get("total") != -note.total_minor or (cn.get("currency") or "").lower() != note.currency.lower():
+        credit = try_to_stripe(-note.total_minor, note.currency)
+        if cn.get("total") != credit or (cn.get("currency") or "").lower() != note.currency.lower():
             out.append(Difference("amount_mismatch", note.id, note.number, cn["id"],
-                                  f"{-note.total_minor} {note.currency.lower()}", f"{cn.get('total')} {cn.get('currency')}",
-                                  "credit note totals differ (minor units, credited amount)"))
+                                  f"{credit} {note.currency.lower()}", f"{cn.get('total')} {cn.get('currency')}",
+                                  "credit note totals differ (credited amount, in Stripe's units)"))
         expected = EXPECTED_STATUS.get(note.status)
         if cn.get("status") != expected:
             out.append(Difference("status_mismatch", note.id, note.number, cn["id"], note.status, cn.get("status"),

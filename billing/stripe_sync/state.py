@@ -97,6 +97,14 @@ def set_stripe_customer_id(engine: Engine, customer_id: str, stripe_id: str) -> 
         return row.stripe_customer_id if row else stripe_id
 
 
+def mapped_stripe_customers(engine: Engine) -> list[str]:
+    """The Stripe customer id of every billing customer that has one."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(_cus.c.stripe_customer_id).where(_cus.c.stripe_customer_id.is_not(None))
+                            .order_by(_cus.c.id)).all()
+    return list(dict.fromkeys(r[0] for r in rows))
+
+
 def customer(engine: Engine, customer_id: str) -> Customer | None:
     with Session(engine, expire_on_commit=False) as s:
         return s.get(Customer, customer_id)

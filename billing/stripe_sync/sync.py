@@ -10,7 +10,8 @@ How one invoice is pushed (every step can crash or time out; re-running complete
    ``pending_invoice_items_behavior=exclude`` and ``auto_advance=false`` (so Stripe never
    finalizes a half-built draft on its own), idempotency key ``billing-invoice-{id}``.
 3. Each of our lines becomes one invoice item attached to that draft (``invoice=in_...``;
-   amount = ``amount_minor``, negative for credits, lowercase currency, description,
+   amount = ``amount_minor`` in Stripe's units (``amounts.py``: equal for most currencies,
+   x100 for ISK), negative for credits, lowercase currency, description,
    ``metadata.billing_invoice_id`` / ``billing_line_id``; key ``billing-line-{line.id}``).
    Lines already on the draft (by metadata) are not created again;
    ``invoice_line.stripe_line_id`` records the invoice item id (``ii_...``).
@@ -55,6 +56,7 @@ from sqlalchemy import Engine
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
+from billing.stripe_sync.amounts import NotRepresentable, to_stripe, total_to_stripe, try_to_stripe
 from billing.stripe_sync.client import Retrier, describe, is_retryable, list_all, plain
 from billing.stripe_sync.credit_notes import CreditNoteSync
 from billing.stripe_sync.results import (META_CUSTOMER, META_INVOICE, META_LINE, META_NUMBER, Difference, Outcome,
@@ -182,6 +184,10 @@ class StripeSync:
     def _lines(self, stripe_invoice_id: str) -> list[dict]:
         return list(list_all(lambda p: self.client.v1.invoices.line_items.list(stripe_invoice_id, params=p)))
 
+    def pending(self, only: list[int] | None = None) -> int:
+        """How many documents ``push`` will look at (for a progress bar)."""
+        return len(state.invoices_to_push(self.engine, only)) + len(state.void_documents_to_check(self.engine, only))
+
     def push(self, *, dry_run: bool = False, only: list[int] | None = None,
              progress: Callable[[Outcome], None] | None = None) -> SyncResult:
         """Push every finalized/paid invoice not yet in Stripe (and complete partial pushes),
@@ -200,8 +206,8 @@ class StripeSync:
                 else self.push_void(inv.id)
             if outcome.action != "unchanged":
                 result.outcomes.append(outcome)
-                if progress:
-                    progress(outcome)
+            if progress:
+                progress(outcome)
         return result
 
     def _plan(self, inv: Invoice) -> Outcome | None:
@@ -240,6 +246,12 @@ class StripeSync:
     def _push(self, inv: Invoice) -> Outcome:
         inv, lines = state.invoice_with_lines(self.engine, inv.id)
         assert inv is not None and inv.id is not None
+        try:  # before any call: an amount Stripe cannot take exactly is never sent
+            total_to_stripe(inv.total_minor, inv.currency)
+            for ln in lines:
+                to_stripe(ln.amount_minor, inv.currency)
+        except NotRepresentable as exc:
+            raise PushFailed(f"not pushable: {exc}") from None
         cus = self.ensure_customer(inv.customer_id)
         currency = inv.currency.lower()
         created = False
@@ -322,7 +334,7 @@ class StripeSync:
             if key in present:
                 continue
             assert ln.id is not None
-            params = {"customer": sinv["customer"], "invoice": sid, "amount": ln.amount_minor,
+            params = {"customer": sinv["customer"], "invoice": sid, "amount": to_stripe(ln.amount_minor, inv.currency),
                       "currency": inv.currency.lower(), "description": ln.description or ln.key or "Line",
                       "metadata": {META_INVOICE: str(inv.id), META_LINE: key}}
             item = self._ensure(lambda key=key: index(self._lines(sid)).get(key),
@@ -342,9 +354,9 @@ class StripeSync:
         problems = []
         if len(stripe_lines) != len(lines):
             problems.append(f"{len(stripe_lines)} lines in Stripe, {len(lines)} ours")
-        problems.extend(line_problems(lines, stripe_lines))
-        if sinv.get("total") != inv.total_minor:
-            problems.append(f"total {sinv.get('total')} in Stripe, {inv.total_minor} ours")
+        problems.extend(line_problems(lines, stripe_lines, inv.currency))
+        if sinv.get("total") != try_to_stripe(inv.total_minor, inv.currency):
+            problems.append(f"total {sinv.get('total')} in Stripe, {try_to_stripe(inv.total_minor, inv.currency)} ours")
         if (sinv.get("currency") or "").lower() != inv.currency.lower():
             problems.append(f"currency {sinv.get('currency')} in Stripe, {inv.currency} ours")
         return problems
@@ -412,11 +424,7 @@ class StripeSync:
         ours = [i for i in documents if i.kind == "invoice"]
         notes = [i for i in documents if i.kind == "credit_note"]
         lines_of = state.lines_by_invoice(self.engine)
-        stripe_customers: list[str] = []
-        for cid in sorted({i.customer_id for i in documents}):
-            row = state.customer(self.engine, cid)
-            if row is not None and row.stripe_customer_id:
-                stripe_customers.append(row.stripe_customer_id)
+        stripe_customers = state.mapped_stripe_customers(self.engine)
         stripe_invoices: dict[str, dict] = {}
         for cus in stripe_customers:
             for si in self.retry(lambda: self._stripe_invoices_of(cus)):
@@ -470,10 +478,11 @@ class StripeSync:
     def _compare(self, inv: Invoice, lines: list[InvoiceLineRow], si: dict) -> list[Difference]:
         out = []
         sid = si["id"]
-        if si.get("total") != inv.total_minor or (si.get("currency") or "").lower() != inv.currency.lower():
+        total = try_to_stripe(inv.total_minor, inv.currency)
+        if si.get("total") != total or (si.get("currency") or "").lower() != inv.currency.lower():
             out.append(Difference("amount_mismatch", inv.id, inv.number, sid,
-                                  f"{inv.total_minor} {inv.currency.lower()}", f"{si.get('total')} {si.get('currency')}",
-                                  "totals differ (minor units)"))
+                                  f"{total} {inv.currency.lower()}", f"{si.get('total')} {si.get('currency')}",
+                                  "totals differ (in Stripe's units of the currency)"))
         expected = EXPECTED_STRIPE_STATUS.get(inv.status, set())
         if si.get("status") not in expected:
             out.append(Difference("status_mismatch", inv.id, inv.number, sid, inv.status, si.get("status"),
@@ -486,15 +495,16 @@ class StripeSync:
         if len(stripe_lines) != len(lines):
             out.append(Difference("line_count_mismatch", inv.id, inv.number, sid, len(lines), len(stripe_lines),
                                   f"{len(lines)} lines ours, {len(stripe_lines)} in Stripe"))
-        problems = line_problems(lines, stripe_lines)
+        problems = line_problems(lines, stripe_lines, inv.currency)
         if problems:
             out.append(Difference("line_mismatch", inv.id, inv.number, sid, None, None, "; ".join(problems)))
         return out
 
 
-def line_problems(lines: list[InvoiceLineRow], stripe_lines: list[dict]) -> list[str]:
+def line_problems(lines: list[InvoiceLineRow], stripe_lines: list[dict], currency: str) -> list[str]:
     """Our lines against a Stripe invoice's lines, matched by ``metadata.billing_line_id``
-    (or the stored invoice item id): lines missing in Stripe, lines of ours twice, amounts."""
+    (or the stored invoice item id): lines missing in Stripe, lines of ours twice, amounts
+    (in Stripe's units)."""
     by_item = {ln.stripe_line_id: str(ln.id) for ln in lines if ln.stripe_line_id}
     theirs: dict[str, list[dict]] = {}
     for sl in stripe_lines:
@@ -507,8 +517,9 @@ def line_problems(lines: list[InvoiceLineRow], stripe_lines: list[dict]) -> list
             problems.append(f"line {ln.id} ({ln.amount_minor}) missing in Stripe")
         elif len(found) > 1:
             problems.append(f"line {ln.id} {len(found)} times in Stripe")
-        elif found[0].get("amount") != ln.amount_minor:
-            problems.append(f"line {ln.id}: {found[0].get('amount')} in Stripe, {ln.amount_minor} ours")
+        elif found[0].get("amount") != try_to_stripe(ln.amount_minor, currency):
+            problems.append(f"line {ln.id}: {found[0].get('amount')} in Stripe, "
+                            f"{try_to_stripe(ln.amount_minor, currency)} ours")
     return problems
 
 
