@@ -24,6 +24,13 @@ Stripe's documented behaviour and nothing more (see ``patch_localstripe``):
    server can be killed and restarted with its data (and parallel runs do not collide).
 6. ``POST /v1/invoices/{id}/pay`` with ``paid_out_of_band=true`` (localstripe's pay takes
    no parameters): an open invoice becomes paid without a charge.
+7. Credit notes (missing): ``POST /v1/credit_notes`` with ``custom_line_item`` lines on an
+   open or paid invoice; the pre-payment part (up to ``amount_remaining``) reduces what is
+   due (an open invoice left with nothing due becomes paid), the post-payment excess must be
+   covered exactly by ``credit_amount`` / ``out_of_band_amount``; at most the invoice total
+   minus earlier credit notes. ``GET /v1/credit_notes`` (``customer``, ``invoice``),
+   ``GET /v1/credit_notes/{id}``, ``.../lines``, ``POST /v1/credit_notes/{id}/void``.
+   Refunds (``refund_amount``) are refused: this server has no charges to refund.
 
 Not patched on purpose (our code must cope without them): idempotency keys (localstripe
 ignores ``Idempotency-Key``; our sync looks objects up by metadata before creating them),
@@ -188,6 +195,8 @@ def patch_localstripe(state_file: str | None) -> None:
         inv.status_transitions["paid_at"] = int(time.time())
         return inv
 
+    _patch_credit_notes(r, server, UserError)
+
     server.app.router.add_route("POST", "/v1/invoices/{id}/finalize",
                                 server.api_extra(finalize, "/v1/invoices/{id}/finalize"))
     # the void route is already registered with a closure over the original function
@@ -197,6 +206,176 @@ def patch_localstripe(state_file: str | None) -> None:
             route._handler = server.api_extra(void, "/v1/invoices/{id}/void")
         if route.method == "POST" and info.get("formatter") == "/v1/invoices/{id}/pay":
             route._handler = server.api_extra(pay, "/v1/invoices/{id}/pay")
+
+
+def _patch_credit_notes(r, server, UserError) -> None:
+    """7. Credit notes, as Stripe documents them (see the module docstring)."""
+
+    def to_int(value, name, minimum=0):
+        value = r.try_convert_to_int(value)
+        if value is None:
+            return 0
+        if type(value) is not int or value < minimum:
+            raise UserError(400, f"Invalid integer: {name}")
+        return value
+
+    def credited(inv):
+        return sum(cn.total for cn in _notes() if cn.invoice == inv.id and cn.status == "issued")
+
+    def _notes():
+        return [v for k, v in r.store.items() if k.startswith("credit_note:")]
+
+    class CreditNoteLineItem(r.StripeObject):
+        object = "credit_note_line_item"
+        _id_prefix = "cnli_"
+
+        def __init__(self, line):
+            if not isinstance(line, dict) or line.get("type") != "custom_line_item":
+                raise UserError(400, "Only custom_line_item lines are supported here")
+            quantity = to_int(line.get("quantity", 1), "quantity", 1)
+            unit_amount = to_int(line.get("unit_amount"), "unit_amount")
+            metadata = line.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise UserError(400, "Invalid metadata")
+            super().__init__()
+            self.type = "custom_line_item"
+            self.description = line.get("description")
+            self.quantity = quantity
+            self.unit_amount = unit_amount
+            self.amount = quantity * unit_amount
+            self.invoice_line_item = None
+            self.metadata = metadata
+            self.discount_amounts = []
+            self.tax_amounts = []
+
+    class CreditNote(r.StripeObject):
+        object = "credit_note"
+        _id_prefix = "cn_"
+
+        def __init__(self, invoice=None, lines=None, amount=None, credit_amount=None, refund_amount=None,
+                     out_of_band_amount=None, memo=None, metadata=None, reason=None, **kwargs):
+            if kwargs:
+                raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+            if not (isinstance(invoice, str) and invoice.startswith("in_")):
+                raise UserError(400, "Missing required param: invoice.")
+            if refund_amount is not None:
+                raise UserError(400, "Refunds are not supported by this server")
+            if metadata is not None and not isinstance(metadata, dict):
+                raise UserError(400, "Invalid metadata")
+            inv = r.Invoice._api_retrieve(invoice)
+            if inv.status not in ("open", "paid"):
+                raise UserError(400, f"You can only create a credit note for an open or paid invoice; "
+                                     f"this invoice is {inv.status}.")
+            if lines is None and amount is None:
+                raise UserError(400, "One of amount or lines must be provided.")
+            if lines is not None and not isinstance(lines, list):
+                raise UserError(400, "Invalid array: lines")
+            credit = to_int(credit_amount, "credit_amount")
+            oob = to_int(out_of_band_amount, "out_of_band_amount")
+            line_specs = lines if lines is not None else [
+                {"type": "custom_line_item", "quantity": 1, "unit_amount": amount, "description": "Credit"}]
+            total = 0
+            for spec in line_specs:
+                if not isinstance(spec, dict):
+                    raise UserError(400, "Invalid line")
+                total += to_int(spec.get("quantity", 1), "quantity", 1) * to_int(spec.get("unit_amount"),
+                                                                                  "unit_amount")
+            creditable = inv.total - credited(inv)
+            if total <= 0 or total > creditable:
+                raise UserError(400, f"The credit note amount ({total}) must be positive and at most the "
+                                     f"invoice's remaining creditable amount ({creditable}).")
+            pre = min(total, inv.amount_remaining) if inv.status == "open" else 0
+            post = total - pre
+            if credit + oob != post:
+                raise UserError(400, f"The sum of credit_amount, refund_amount and out_of_band_amount ({credit + oob})"
+                                     f" must equal the credit note's post-payment amount ({post}).")
+            super().__init__()
+            self.invoice = invoice
+            self.customer = inv.customer
+            self.currency = inv.currency
+            self.memo = memo
+            self.metadata = metadata or {}
+            self.reason = reason
+            self.number = f"{inv.id[3:11].upper()}-CN-{len(_notes()):02d}"
+            self.lines = r.List("/v1/credit_notes/" + self.id + "/lines")
+            self.lines._list = [CreditNoteLineItem(spec) for spec in line_specs]
+            self.amount = self.total = self.subtotal = total
+            self.pre_payment_amount = pre
+            self.post_payment_amount = post
+            self.credit_amount = credit  # not a Stripe field: kept to undo on void
+            self.out_of_band_amount = oob or None
+            self.type = "pre_payment" if pre and not post else ("post_payment" if post and not pre else "mixed")
+            self.status = "issued"
+            self.voided_at = None
+            self.effective_at = self.created
+            if pre:
+                inv._cn_pre = getattr(inv, "_cn_pre", 0) + pre
+            if post:
+                inv._cn_post = getattr(inv, "_cn_post", 0) + post
+            if inv.status == "paid" and not inv.status_transitions.get("paid_at"):
+                inv.status_transitions["paid_at"] = int(time.time())
+
+        @classmethod
+        def _api_list_all(cls, url, customer=None, invoice=None, limit=None, starting_after=None, **kwargs):
+            if kwargs:
+                raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+            li = super()._api_list_all(url, limit=limit, starting_after=starting_after)
+            li._list = [cn for cn in li._list if (customer is None or cn.customer == customer)
+                        and (invoice is None or cn.invoice == invoice)]
+            li._list.sort(key=lambda cn: cn.created, reverse=True)
+            return li
+
+    def void_credit_note(id, **kwargs):
+        cn = CreditNote._api_retrieve(id)
+        if cn.status == "void":
+            raise UserError(400, "This credit note is already void.")
+        inv = r.Invoice._api_retrieve(cn.invoice)
+        if cn.pre_payment_amount and inv.status == "open":
+            inv._cn_pre -= cn.pre_payment_amount
+        cn.status = "void"
+        cn.voided_at = int(time.time())
+        return cn
+
+    def lines_of(id, **kwargs):
+        cn = CreditNote._api_retrieve(id)
+        li = r.List(cn.lines.url, limit=kwargs.get("limit"), starting_after=kwargs.get("starting_after"))
+        li._list = cn.lines._list
+        return li
+
+    # what remains due on an invoice after pre-payment credit notes; an open invoice with
+    # nothing left to pay is paid
+    status_before = r.Invoice.status
+
+    def amount_remaining(self):
+        if self.status in ("draft", "open"):
+            return max(0, self.total - getattr(self, "_cn_pre", 0))
+        return 0
+
+    def status(self):
+        current = status_before.fget(self)
+        if current == "open" and self.total - getattr(self, "_cn_pre", 0) <= 0:
+            return "paid"
+        return current
+
+    r.Invoice.status = property(status)
+    r.Invoice.amount_remaining = property(amount_remaining)
+    r.Invoice.amount_due = property(lambda self: max(0, self.total - getattr(self, "_cn_pre", 0)))
+    r.Invoice.pre_payment_credit_notes_amount = property(lambda self: getattr(self, "_cn_pre", 0))
+    r.Invoice.post_payment_credit_notes_amount = property(lambda self: getattr(self, "_cn_post", 0))
+
+    # the store is pickled to disk: the classes must be found as module attributes
+    for cls in (CreditNote, CreditNoteLineItem):
+        cls.__qualname__ = cls.__name__
+        cls.__module__ = __name__
+        globals()[cls.__name__] = cls
+
+    routes = server.app.router
+    routes.add_route("POST", "/v1/credit_notes", server.api_create(CreditNote, "/v1/credit_notes"))
+    routes.add_route("GET", "/v1/credit_notes", server.api_list_all(CreditNote, "/v1/credit_notes"))
+    routes.add_route("GET", "/v1/credit_notes/{id}/lines", server.api_extra(lines_of, "/v1/credit_notes/{id}/lines"))
+    routes.add_route("GET", "/v1/credit_notes/{id}", server.api_retrieve(CreditNote, "/v1/credit_notes/{id}"))
+    routes.add_route("POST", "/v1/credit_notes/{id}/void",
+                     server.api_extra(void_credit_note, "/v1/credit_notes/{id}/void"))
 
 
 def main() -> None:
@@ -281,7 +460,8 @@ class Fault:
     path: str  # regex, matched with re.search against the path (no query)
     nth: int = 1  # fire on the nth matching request (1-based) ...
     times: int = 1  # ... and on this many matches from there
-    action: str = "500"  # 500 | drop_before | drop_after | delay_before | delay_after | call_after
+    # 500 | drop_before | drop_after | delay_before | delay_after | call_after | hold_until_retried
+    action: str = "500"
     delay: float = 0.0
     callback: Callable[[], None] | None = None
     seen: int = 0
@@ -299,13 +479,26 @@ class Recorded:
 class FaultProxy:
     """A tiny HTTP proxy on 127.0.0.1 in a thread. Faults: 500 on the nth matching call, a
     dropped connection before or after the upstream executed the call, a delay past the
-    client's timeout (before or after forwarding), or a callback (e.g. kill the server)."""
+    client's timeout (before or after forwarding), a callback (e.g. kill the server), or
+    ``hold_until_retried``: the request is held in the network until the client's retry
+    (same Idempotency-Key) has been answered, then delivered late.
+
+    ``idempotency = True`` emulates Stripe's idempotency layer in front of localstripe (which
+    ignores the header): the first request with a key that reaches the server is executed
+    and its answer saved; a later one with the same key and body gets the saved answer
+    (recorded as ``"replayed"``), with another body a 400, while the first is running a 409."""
 
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.faults: list[Fault] = []
         self.log: list[Recorded] = []
+        self.idempotency = False
+        self._saved: dict[str, tuple[bytes, int, list, bytes]] = {}
+        self._running: set[str] = set()
+        self._answered: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._active = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -313,6 +506,28 @@ class FaultProxy:
                 pass
 
             def _handle(self):
+                with proxy._lock:
+                    proxy._active += 1
+                try:
+                    self._handle_counted()
+                finally:
+                    with proxy._changed:
+                        proxy._active -= 1
+                        proxy._changed.notify_all()
+
+            def _send(self, status, headers, data):
+                try:
+                    self.send_response(status)
+                    for k, v in headers:
+                        if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+
+            def _handle_counted(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
@@ -333,12 +548,25 @@ class FaultProxy:
                     return
                 if fault and fault.action == "delay_before":
                     time.sleep(fault.delay)
+                if fault and fault.action == "hold_until_retried":
+                    proxy._wait_answered(key, fault.delay or 20.0)
+                idempotent = proxy.idempotency and self.command == "POST" and key
+                if idempotent:
+                    early = proxy._idempotent_begin(key, body)
+                    if early is not None:
+                        proxy._record(self.command, path, key, early[0])
+                        self._send(*early[1:])
+                        return
                 try:
                     status, headers, data = proxy._forward(self.command, self.path, self.headers, body)
                 except OSError as exc:
+                    if idempotent:
+                        proxy._idempotent_abort(key)
                     proxy._record(self.command, path, key, f"upstream down: {type(exc).__name__}")
                     self._drop()
                     return
+                if idempotent:
+                    proxy._idempotent_save(key, body, status, headers, data)
                 proxy._record(self.command, path, key, status)
                 if fault and fault.action == "call_after" and fault.callback:
                     fault.callback()
@@ -347,16 +575,7 @@ class FaultProxy:
                     return
                 if fault and fault.action == "delay_after":
                     time.sleep(fault.delay)
-                try:
-                    self.send_response(status)
-                    for k, v in headers:
-                        if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
-                            self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass
+                self._send(status, headers, data)
 
             def _drop(self):
                 try:
@@ -385,9 +604,52 @@ class FaultProxy:
         return fault
 
     def clear(self) -> None:
+        self.wait_idle()
         with self._lock:
             self.faults.clear()
             self.log.clear()
+            self.idempotency = False
+            self._saved.clear()
+            self._running.clear()
+            self._answered.clear()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no request is in the proxy (delayed or held ones delivered)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._active and time.monotonic() < deadline:
+                self._changed.wait(0.05)
+
+    def _wait_answered(self, key: str | None, timeout: float) -> None:
+        with self._changed:
+            start = self._answered.get(key, 0)
+            self._changed.wait_for(lambda: self._answered.get(key, 0) > start, timeout)
+
+    def _idempotent_begin(self, key: str, body: bytes):
+        """None to execute the request, else (recorded status, http status, headers, body)."""
+        with self._lock:
+            if key in self._running:
+                return ("idempotency 409", 409, [("Content-Type", "application/json")], json.dumps(
+                    {"error": {"type": "idempotency_error", "message": "There is currently another in-progress "
+                               "request using this Stripe API key and idempotency key"}}).encode())
+            saved = self._saved.get(key)
+            if saved is None:
+                self._running.add(key)
+                return None
+            if saved[0] != body:
+                return ("idempotency 400", 400, [("Content-Type", "application/json")], json.dumps(
+                    {"error": {"type": "idempotency_error", "message": "Keys for idempotent requests can only be "
+                               "used with the same parameters they were first used with."}}).encode())
+            return ("replayed", saved[1], saved[2] + [("Idempotent-Replayed", "true")], saved[3])
+
+    def _idempotent_save(self, key, body, status, headers, data) -> None:
+        with self._changed:
+            self._running.discard(key)
+            self._saved[key] = (body, status, list(headers), data)
+
+    def _idempotent_abort(self, key) -> None:
+        with self._lock:
+            self._running.discard(key)
 
     def calls(self, method: str, path_regex: str) -> list[Recorded]:
         with self._lock:
@@ -408,8 +670,11 @@ class FaultProxy:
         return None
 
     def _record(self, method, path, key, status) -> None:
-        with self._lock:
+        with self._changed:
             self.log.append(Recorded(method, path, key, status))
+            if key:
+                self._answered[key] = self._answered.get(key, 0) + 1
+                self._changed.notify_all()
 
     def _forward(self, method, path, headers, body):
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=10)

@@ -1,4 +1,5 @@
-"""Signed Stripe webhooks through FastAPI's TestClient on an app that includes our router."""
+"""Signed Stripe webhooks through FastAPI's TestClient on an app that includes our router,
+on SQLite and PostgreSQL; and the dunning path end to end (webhook -> quota decision)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,24 @@ from datetime import UTC, datetime
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import Session, select
 
 from billing.ledger.models import Invoice
 from billing.stripe_sync.webhooks import get_engine, get_webhook_secret, router
+from conftest_db import db_url  # noqa: F401  (fixture, parametrized over the backends)
+from db import engine_for_url
 from stripe_server import add_customer, add_invoice, make_db, sign
 
 SECRET = "whsec_test_5ecret"
 
 
 @pytest.fixture
-def engine(tmp_path):
-    _, engine = make_db(tmp_path)
-    add_customer(engine, "acme")
-    yield engine
-    engine.dispose()
+def engine(db_url):  # noqa: F811
+    with engine_for_url(db_url) as eng:
+        add_customer(eng, "acme")
+        yield eng
 
 
 @pytest.fixture
@@ -32,7 +36,7 @@ def client(engine):
     app.include_router(router)
     app.dependency_overrides[get_engine] = lambda: engine
     app.dependency_overrides[get_webhook_secret] = lambda: SECRET
-    with TestClient(app) as c:
+    with TestClient(app, raise_server_exceptions=False) as c:  # a 500 is a status, not an exception
         yield c
 
 
@@ -122,9 +126,54 @@ def test_wrong_secret_missing_header_and_stale_timestamp_are_rejected(client, en
     assert get(engine, invoice_id).status == "finalized"
 
 
-def test_signed_garbage_is_400_invalid_payload(client):
-    r = post(client, "not json")
-    assert r.status_code == 400 and r.json()["code"] == "invalid_payload"
+@pytest.mark.parametrize("payload", [
+    "not json", "[]", "1", '"x"', "null", '{"type": "invoice.paid", "data": "x"}',
+    '{"type": "invoice.paid", "data": {"object": "in_abc"}}',
+    '{"type": "invoice.paid", "data": {"object": {"id": 5}}}',
+    '{"type": "invoice.paid", "data": {"object": {"id": "in_abc", "metadata": "x"}}}',
+    '{"type": "invoice.paid", "data": {"object": {"id": "in_abc", "status_transitions": []}}}',
+    '{"type": ["invoice.paid"], "data": {"object": {"id": "in_abc"}}}',
+])
+def test_signed_malformed_payload_is_400_invalid_payload(client, engine, payload):
+    invoice_id = pushed(engine)
+    r = post(client, payload)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_payload"
+    assert get(engine, invoice_id).status == "finalized"
+
+
+def test_odd_but_well_formed_values_are_ignored_not_500(client, engine):
+    invoice_id = add_invoice(engine, "acme", [500])
+    for meta in ("99999999999999999999", "-1", "1e5", " 1", str(invoice_id) + ".0"):
+        r = post(client, event("invoice.paid", "in_new", metadata={"billing_invoice_id": meta}))
+        assert r.status_code == 200 and r.json()["result"] == "ignored", (meta, r.text)
+    payload = json.loads(event("invoice.paid", "in_new", metadata={"billing_invoice_id": str(invoice_id)}))
+    payload["created"] = "yesterday"
+    payload["data"]["object"]["status_transitions"]["paid_at"] = 10**30
+    r = post(client, json.dumps(payload))
+    assert r.status_code == 200 and r.json()["result"] == "changed"
+    assert get(engine, invoice_id).status == "paid"
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids,
+                                                                                     max_size=3), max_leaves=10)
+field = st.one_of(json_values, st.just("in_abc"), st.just("invoice"), st.sampled_from(["invoice.paid",
+                  "invoice.payment_failed", "invoice.payment_succeeded"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(event_value=st.one_of(
+    json_values,
+    st.fixed_dictionaries({"type": field, "created": field, "data": st.one_of(field, st.fixed_dictionaries(
+        {"object": st.one_of(field, st.fixed_dictionaries({"id": field, "object": field, "metadata": st.one_of(
+            field, st.fixed_dictionaries({"billing_invoice_id": field})), "status_transitions": st.one_of(
+            field, st.fixed_dictionaries({"paid_at": field}))}))}))})))
+def test_any_signed_json_is_answered_without_a_5xx(client, engine, event_value):
+    r = post(client, json.dumps(event_value))
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["code"] == "invalid_payload"
 
 
 def test_replay_is_harmless(client, engine):
@@ -154,16 +203,13 @@ def test_out_of_order_paid_then_failed_stays_paid(client, engine):
     assert inv.status == "paid" and inv.payment_failed_at is None
 
 
-def test_failed_then_paid_clears_dunning(client, engine):
-    from billing.stripe_sync.dunning import is_payment_overdue
-
+def test_failed_then_paid_clears_past_due(client, engine):
     invoice_id = pushed(engine)
     post(client, event("invoice.payment_failed", "in_abc", created=1_790_000_000, event_id="evt_f"))
-    later = datetime.fromtimestamp(1_790_000_000, UTC).replace(year=2027)
-    assert is_payment_overdue([get(engine, invoice_id)], 7, later)
+    assert get(engine, invoice_id).payment_failed_at == datetime.fromtimestamp(1_790_000_000, UTC)
     post(client, event("invoice.payment_succeeded", "in_abc", paid_at=1_790_200_000, event_id="evt_p"))
-    assert get(engine, invoice_id).status == "paid"
-    assert not is_payment_overdue([get(engine, invoice_id)], 7, later)
+    inv = get(engine, invoice_id)
+    assert inv.status == "paid"  # a paid invoice no longer counts for dunning (see the end-to-end test)
 
 
 def test_void_stays_void(client, engine):
@@ -181,6 +227,15 @@ def test_unknown_event_type_and_unknown_invoice_are_acknowledged(client, engine)
     r = post(client, event("invoice.paid", "in_not_ours"))
     assert r.status_code == 200 and r.json()["result"] == "ignored"
     assert get(engine, invoice_id).status == "finalized"
+
+
+def test_credit_note_is_never_marked_paid_or_past_due(client, engine):
+    note = add_invoice(engine, "acme", [-300], kind="credit_note")
+    for kind in ("invoice.paid", "invoice.payment_failed"):
+        r = post(client, event(kind, "in_other", metadata={"billing_invoice_id": str(note)}, event_id=kind))
+        assert r.status_code == 200 and r.json()["result"] == "unchanged", r.text
+    inv = get(engine, note)
+    assert inv.status == "finalized" and inv.payment_failed_at is None
 
 
 def test_not_configured_secret_is_503(engine):
@@ -206,3 +261,76 @@ def test_default_dependencies_read_settings(monkeypatch, tmp_path):
     finally:
         get_settings.cache_clear()
         engine.dispose()
+
+
+# ------------------------------------------------------------- dunning, end to end
+
+DUNNING_PLAN = """
+plan: dunned
+name: Dunned after 3 days
+effective_from: 2026-01-01T00:00:00Z
+meters:
+  - {key: requests, event_type: request, aggregation: count}
+charges:
+  - key: requests
+    meter: requests
+    included: {pooled: 100}
+    on_exhaustion: {policy: block}
+dunning: {deny_after_days: 3}
+"""
+
+
+def test_payment_failed_webhook_makes_quota_deny_after_the_plans_dunning_days(engine):
+    """The full API app (webhook route mounted by create_app, no API key needed for it):
+    a signed invoice.payment_failed starts the plan's dunning clock; quota checks allow for
+    deny_after_days, then deny with payment_overdue; a later invoice.paid lifts it, and a
+    replayed failure after that changes nothing."""
+    from datetime import timedelta
+
+    from billing.api.app import create_app
+    from billing.api.auth import create_key
+    from billing.catalog import Catalog, parse_plan_text
+
+    failed_at = datetime(2026, 10, 10, 12, tzinfo=UTC)
+
+    class Clock:
+        now = failed_at
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    app = create_app(engine, Catalog([parse_plan_text(DUNNING_PLAN, "dunned.yaml")]), clock=clock, context_ttl=0,
+                     key_cache_ttl=0)
+    app.dependency_overrides[get_webhook_secret] = lambda: SECRET
+    key = create_key(engine, "admin")[1]
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(app, raise_server_exceptions=False) as api:
+        r = api.post("/v1/customers/acme/subscriptions", headers=auth,
+                     json={"plan": "dunned", "at": "2026-10-01T00:00:00Z"})
+        assert r.status_code == 201, r.text
+        invoice_id = pushed(engine, sid="in_dun")
+
+        def check(at):
+            clock.now = at
+            r = api.post("/v1/quota/check", headers=auth, json={"customer": "acme", "meter": "requests"})
+            assert r.status_code == 200, r.text
+            return r.json()["outcome"], r.json()["reason"]
+
+        assert check(failed_at)[0] == "allow"
+        failed = event("invoice.payment_failed", "in_dun", created=int(failed_at.timestamp()), event_id="evt_f")
+        r = post(api, failed)
+        assert r.status_code == 200 and r.json()["result"] == "changed", r.text
+        assert get(engine, invoice_id).payment_failed_at == failed_at
+        assert check(failed_at + timedelta(days=3) - timedelta(seconds=1))[0] == "allow"
+        assert check(failed_at + timedelta(days=3)) == ("deny", "payment_overdue")
+        assert check(failed_at + timedelta(days=20)) == ("deny", "payment_overdue")
+        assert post(api, failed).json()["result"] == "unchanged"  # a replay does not restart the clock
+        paid = event("invoice.paid", "in_dun", paid_at=int((failed_at + timedelta(days=21)).timestamp()),
+                     event_id="evt_p")
+        assert post(api, paid).json()["result"] == "changed"
+        assert check(failed_at + timedelta(days=21))[0] == "allow"
+        assert post(api, failed).json()["result"] == "unchanged"  # late failure after payment
+        assert check(failed_at + timedelta(days=22))[0] == "allow"
+        with Session(engine) as s:
+            assert [i.status for i in s.exec(select(Invoice)).all()] == ["paid"]

@@ -54,8 +54,19 @@ def sync_cmd(
     """Push finalized invoices to Stripe and propagate voids (idempotent; completes partial pushes).
 
     Exit code 1 if any invoice failed: re-run to retry."""
+    import sys
+
     svc = _sync(need_client=not dry_run)
-    result = _guard(lambda: svc.push(dry_run=dry_run, only=invoice or None))
+    only = invoice or None
+    if sys.stderr.isatty() and not as_json and not dry_run:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("pushing to Stripe"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task("sync", total=svc.pending(only))
+            result = _guard(lambda: svc.push(only=only, progress=lambda _: bar.advance(task)))
+    else:
+        result = _guard(lambda: svc.push(dry_run=dry_run, only=only))
     if as_json:
         print_json(result.to_json())
     else:

@@ -1,5 +1,10 @@
-"""Stripe: push finalized invoices (``sync.StripeSync``), payment webhooks
-(``webhooks.router``), the dunning rule (``dunning.is_payment_overdue``).
+"""Stripe: push finalized invoices and credit notes (``sync.StripeSync``), reconcile, payment
+webhooks (``webhooks.router``).
+
+Dunning is not decided here: a failed payment sets ``invoice.payment_failed_at`` (webhooks),
+and quota decisions deny with ``payment_overdue`` once the plan's ``dunning.deny_after_days``
+have passed since the oldest unpaid failure (``billing.quota.decide``, fed by
+``billing.ledger.holds``).
 
 Modules are imported directly (``from billing.stripe_sync.sync import StripeSync``) so that
 using one part does not import FastAPI or the Stripe client for the others."""

@@ -10,9 +10,11 @@ The API key is never logged or put in an error message.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import stripe
 
@@ -27,9 +29,20 @@ DEFAULT_TIMEOUT = 20.0
 def make_client(settings: Settings | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> stripe.StripeClient:
     """A StripeClient from ``BILLING_STRIPE_API_KEY`` / ``BILLING_STRIPE_API_BASE``."""
     settings = settings or get_settings()
-    if settings.stripe_api_key is None or not settings.stripe_api_key.get_secret_value():
+    if settings.stripe_api_key is None or not settings.stripe_api_key.get_secret_value().strip():
         raise BillingError("BILLING_STRIPE_API_KEY is not set", code=ErrorCode.VALIDATION)
-    return client_for(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base, timeout=timeout)
+    base = (settings.stripe_api_base or "").strip() or None
+    if base is not None:
+        try:
+            parts = urlsplit(base)
+            _ = parts.port  # ValueError on a port that is not a number
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise BillingError("BILLING_STRIPE_API_BASE is not an http(s) URL (for example "
+                               "http://127.0.0.1:12111)", code=ErrorCode.VALIDATION)
+    return client_for(settings.stripe_api_key.get_secret_value().strip(), base, timeout=timeout)
 
 
 def client_for(api_key: str, api_base: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> stripe.StripeClient:
@@ -51,14 +64,24 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
+# secret API keys, restricted keys and webhook secrets, as Stripe formats them
+_SECRET = re.compile(r"\b(sk|rk)_(test|live)_[A-Za-z0-9]+|\bwhsec_[A-Za-z0-9]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with anything shaped like a Stripe secret masked (Stripe's own 401 message
+    quotes part of the key)."""
+    return _SECRET.sub(lambda m: m.group(0).split("_", 2)[0] + "_***", text)
+
+
 def describe(exc: BaseException) -> str:
     """A short, key-free description of a Stripe failure."""
     if isinstance(exc, stripe.APIConnectionError):
         return "network error talking to Stripe (timeout or connection lost)"
     if isinstance(exc, stripe.StripeError):
         msg = exc.user_message or (exc.error.message if exc.error else None) or type(exc).__name__
-        return f"Stripe error {exc.http_status}: {msg}"
-    return f"{type(exc).__name__}: {exc}"
+        return redact(f"Stripe error {exc.http_status}: {msg}")
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 class Retrier:

@@ -1,7 +1,8 @@
 """The few ledger reads and writes the Stripe sync needs. Every write is one conditional
 UPDATE, so it is idempotent and safe against concurrent workers and replayed webhooks:
 
-- paid only from ``finalized`` (paid stays paid; void stays void);
+- paid only from ``finalized`` (paid stays paid; void stays void), invoices only (a credit
+  note is never paid or past due);
 - a payment failure is recorded once, on a ``finalized`` invoice (the first failure starts the
   dunning clock; a late failure after payment changes nothing);
 - Stripe ids are set once (a second, different id is refused and reported).
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlmodel
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, or_, select, update
 from sqlmodel import Session
 
 from billing.ledger.models import Customer, Invoice, InvoiceLineRow
@@ -38,23 +39,31 @@ def _status(engine: Engine, invoice_id: int) -> Invoice | None:
 
 def mark_paid(engine: Engine, invoice_id: int, at: datetime) -> Transition:
     with engine.begin() as conn:
-        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized")
+        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized",
+                                                  _inv.c.kind == "invoice")
                                .values(status="paid", paid_at=at)).rowcount == 1
     inv = _status(engine, invoice_id)
     status = inv.status if inv else "unknown"
-    note = "" if changed else ("already paid" if status == "paid" else f"not changed: invoice is {status}")
+    if changed:
+        note = ""
+    elif inv is not None and inv.kind != "invoice":
+        note = f"not changed: {inv.kind}"
+    else:
+        note = "already paid" if status == "paid" else f"not changed: invoice is {status}"
     return Transition(invoice_id, changed, status, note)
 
 
 def mark_payment_failed(engine: Engine, invoice_id: int, at: datetime) -> Transition:
     with engine.begin() as conn:
         changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized",
-                                                  _inv.c.payment_failed_at.is_(None))
+                                                  _inv.c.kind == "invoice", _inv.c.payment_failed_at.is_(None))
                                .values(payment_failed_at=at)).rowcount == 1
     inv = _status(engine, invoice_id)
     status = inv.status if inv else "unknown"
     if changed:
         note = ""
+    elif inv is not None and inv.kind != "invoice":
+        note = f"not changed: {inv.kind}"
     elif status == "finalized":
         note = "already past due"
     else:
@@ -88,6 +97,14 @@ def set_stripe_customer_id(engine: Engine, customer_id: str, stripe_id: str) -> 
         return row.stripe_customer_id if row else stripe_id
 
 
+def mapped_stripe_customers(engine: Engine) -> list[str]:
+    """The Stripe customer id of every billing customer that has one."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(_cus.c.stripe_customer_id).where(_cus.c.stripe_customer_id.is_not(None))
+                            .order_by(_cus.c.id)).all()
+    return list(dict.fromkeys(r[0] for r in rows))
+
+
 def customer(engine: Engine, customer_id: str) -> Customer | None:
     with Session(engine, expire_on_commit=False) as s:
         return s.get(Customer, customer_id)
@@ -103,8 +120,8 @@ def invoice_with_lines(engine: Engine, invoice_id: int) -> tuple[Invoice | None,
 
 def invoices_to_push(engine: Engine, only: list[int] | None = None) -> list[Invoice]:
     """Finalized or paid documents not fully pushed yet (``stripe_invoice_id`` is set only
-    once the Stripe invoice is complete and finalized), credit notes included (the caller
-    reports them as skipped)."""
+    once the Stripe invoice is complete and finalized, or the credit note issued), in id
+    order (an invoice before the credit notes that correct it)."""
     query = sqlmodel.select(Invoice).where(Invoice.status.in_(("finalized", "paid")),
                                            Invoice.stripe_invoice_id.is_(None))
     if only:
@@ -113,11 +130,26 @@ def invoices_to_push(engine: Engine, only: list[int] | None = None) -> list[Invo
         return list(s.exec(query.order_by(Invoice.id)).all())
 
 
-def void_invoices_in_stripe(engine: Engine) -> list[Invoice]:
+def void_documents_to_check(engine: Engine, only: list[int] | None = None) -> list[Invoice]:
+    """Void documents that may still be live in Stripe: those with a Stripe id or a pushed
+    line (a partial push); with ``only``, every void document among those ids."""
+    pushed_line = select(_line.c.id).where(_line.c.invoice_id == _inv.c.id,
+                                                   _line.c.stripe_line_id.is_not(None)).exists()
+    query = sqlmodel.select(Invoice).where(Invoice.status == "void")
+    if only:
+        query = query.where(Invoice.id.in_(only))
+    else:
+        query = query.where(or_(Invoice.stripe_invoice_id.is_not(None), pushed_line))
     with Session(engine, expire_on_commit=False) as s:
-        return list(s.exec(sqlmodel.select(Invoice).where(Invoice.status == "void",
-                                                          Invoice.stripe_invoice_id.is_not(None))
-                           .order_by(Invoice.id)).all())
+        return list(s.exec(query.order_by(Invoice.id)).all())
+
+
+def void_document(engine: Engine, invoice_id: int, at: datetime) -> Invoice | None:
+    """finalized (or draft) -> void, once; returns the document afterwards."""
+    with engine.begin() as conn:
+        conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status.in_(("finalized", "draft")))
+                     .values(status="void", voided_at=at))
+    return _status(engine, invoice_id)
 
 
 def all_invoices(engine: Engine) -> list[Invoice]:
@@ -125,12 +157,14 @@ def all_invoices(engine: Engine) -> list[Invoice]:
         return list(s.exec(sqlmodel.select(Invoice).where(Invoice.status != "draft").order_by(Invoice.id)).all())
 
 
-def line_counts(engine: Engine) -> dict[int, int]:
-    from sqlalchemy import func, select
-
-    with engine.connect() as conn:
-        rows = conn.execute(select(_line.c.invoice_id, func.count()).group_by(_line.c.invoice_id)).all()
-    return {r[0]: r[1] for r in rows}
+def lines_by_invoice(engine: Engine) -> dict[int, list[InvoiceLineRow]]:
+    """Every line of every document, by document id (reconcile compares them all)."""
+    out: dict[int, list[InvoiceLineRow]] = {}
+    with Session(engine, expire_on_commit=False) as s:
+        for ln in s.exec(sqlmodel.select(InvoiceLineRow).order_by(InvoiceLineRow.invoice_id, InvoiceLineRow.position,
+                                                                  InvoiceLineRow.id)).all():
+            out.setdefault(ln.invoice_id, []).append(ln)
+    return out
 
 
 def find_by_stripe_id(engine: Engine, stripe_id: str) -> Invoice | None:

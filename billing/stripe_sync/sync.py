@@ -10,7 +10,8 @@ How one invoice is pushed (every step can crash or time out; re-running complete
    ``pending_invoice_items_behavior=exclude`` and ``auto_advance=false`` (so Stripe never
    finalizes a half-built draft on its own), idempotency key ``billing-invoice-{id}``.
 3. Each of our lines becomes one invoice item attached to that draft (``invoice=in_...``;
-   amount = ``amount_minor``, negative for credits, lowercase currency, description,
+   amount = ``amount_minor`` in Stripe's units (``amounts.py``: equal for most currencies,
+   x100 for ISK), negative for credits, lowercase currency, description,
    ``metadata.billing_invoice_id`` / ``billing_line_id``; key ``billing-line-{line.id}``).
    Lines already on the draft (by metadata) are not created again;
    ``invoice_line.stripe_line_id`` records the invoice item id (``ii_...``).
@@ -26,21 +27,26 @@ request that Stripe executed but whose answer was lost is not executed twice eve
 the idempotency key has expired (Stripe keeps keys 24 h) or is not honoured.
 
 Decisions:
-- Credit notes (``kind=credit_note``) are not pushed: they are reported as skipped. Issue
-  them in Stripe by hand (a Stripe credit note against the original invoice) for now.
+- Credit notes (``kind=credit_note``) are issued as Stripe credit notes against the
+  original's Stripe invoice; see ``credit_notes.py`` for how lines and amounts map.
+- Negative lines (credits drawn, downward adjustments) are negative invoice items on the
+  Stripe invoice, like any other line, so the Stripe total is our total.
 - Zero-total invoices are pushed like any other: Stripe marks a finalized zero-total
   invoice paid at once, and we mark ours paid too. This keeps the rule "one Stripe invoice
   per finalized invoice, equal totals" without exceptions, and reconcile stays simple.
-- Negative-total invoices (credits larger than charges) are skipped with a reason: Stripe
-  would move the excess to the customer balance, which our ledger does not model.
+- Negative-total invoices (our invoicing issues decreases as credit notes, so these come only
+  from hand-made documents) are not pushed: Stripe would move the excess to the customer
+  balance, which our ledger does not model. Sync reports them as skipped and reconcile as
+  ``missing_in_stripe``: void them and issue a credit note instead.
 - Voiding: a void invoice of ours voids its open Stripe invoice, deletes a Stripe draft
   left by a partial push, and is reported as failed if Stripe already collected payment.
+  Void invoices are checked on every sync when they carry a Stripe id or a pushed line;
+  ``--invoice ID`` checks any void document (e.g. an empty draft reconcile reports).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,12 +56,15 @@ from sqlalchemy import Engine
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
+from billing.stripe_sync.amounts import NotRepresentable, to_stripe, total_to_stripe, try_to_stripe
 from billing.stripe_sync.client import Retrier, describe, is_retryable, list_all, plain
+from billing.stripe_sync.credit_notes import CreditNoteSync
+from billing.stripe_sync.results import (META_CUSTOMER, META_INVOICE, META_LINE, META_NUMBER, Difference, Outcome,
+                                         PushFailed, SyncResult)
+from billing.stripe_sync.results import meta as _meta
 
-META_CUSTOMER = "billing_customer_id"
-META_INVOICE = "billing_invoice_id"
-META_NUMBER = "billing_invoice_number"
-META_LINE = "billing_line_id"
+__all__ = ["META_CUSTOMER", "META_INVOICE", "META_LINE", "META_NUMBER", "Difference", "Outcome", "StripeSync",
+           "SyncResult", "line_item_id"]
 
 # our status -> the Stripe statuses that agree with it
 EXPECTED_STRIPE_STATUS = {"finalized": {"open", "uncollectible"}, "paid": {"paid"}, "void": {"void"}}
@@ -95,60 +104,6 @@ def line_item_id(line: dict) -> str | None:
     return details.get("invoice_item")
 
 
-def _meta(obj: dict) -> dict:
-    return obj.get("metadata") or {}
-
-
-@dataclass
-class Outcome:
-    invoice_id: int
-    number: str | None
-    action: str  # pushed | completed | already | skipped | failed | voided | would_push | unchanged
-    stripe_invoice_id: str | None = None
-    reason: str = ""
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class SyncResult:
-    dry_run: bool = False
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    def by_action(self, action: str) -> list[Outcome]:
-        return [o for o in self.outcomes if o.action == action]
-
-    @property
-    def ok(self) -> bool:
-        return not self.by_action("failed")
-
-    def to_json(self) -> dict:
-        counts: dict[str, int] = {}
-        for o in self.outcomes:
-            counts[o.action] = counts.get(o.action, 0) + 1
-        return {"dry_run": self.dry_run, "ok": self.ok, "counts": counts,
-                "invoices": [o.to_json() for o in self.outcomes]}
-
-
-@dataclass
-class Difference:
-    kind: str  # missing_in_stripe | extra_in_stripe | amount_mismatch | status_mismatch | line_count_mismatch
-    invoice_id: int | None
-    number: str | None
-    stripe_invoice_id: str | None
-    ours: Any = None
-    stripe: Any = None
-    message: str = ""
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-class _PushFailed(Exception):
-    pass
-
-
 class StripeSync:
     """Invoice push, void propagation and reconciliation against one Stripe account."""
 
@@ -159,6 +114,7 @@ class StripeSync:
         self.clock = clock
         self.retry = retrier or Retrier()
         self._search_supported: bool | None = None
+        self.credit_notes = CreditNoteSync(self)
 
     # ------------------------------------------------------------------ helpers
     def _ensure(self, lookup: Callable[[], dict | None], create: Callable[[], Any], *, known_absent: bool = False) -> dict:
@@ -219,7 +175,7 @@ class StripeSync:
         matches = [i for i in self._stripe_invoices_of(stripe_customer) if _meta(i).get(META_INVOICE) == str(invoice_id)]
         live = [i for i in matches if i.get("status") != "void"]
         if len(live) > 1:
-            raise _PushFailed(f"{len(live)} Stripe invoices carry {META_INVOICE}={invoice_id}: "
+            raise PushFailed(f"{len(live)} Stripe invoices carry {META_INVOICE}={invoice_id}: "
                               + ", ".join(sorted(i["id"] for i in live)) + "; void the extra ones in Stripe")
         if live:
             return live[0]
@@ -227,6 +183,10 @@ class StripeSync:
 
     def _lines(self, stripe_invoice_id: str) -> list[dict]:
         return list(list_all(lambda p: self.client.v1.invoices.line_items.list(stripe_invoice_id, params=p)))
+
+    def pending(self, only: list[int] | None = None) -> int:
+        """How many documents ``push`` will look at (for a progress bar)."""
+        return len(state.invoices_to_push(self.engine, only)) + len(state.void_documents_to_check(self.engine, only))
 
     def push(self, *, dry_run: bool = False, only: list[int] | None = None,
              progress: Callable[[Outcome], None] | None = None) -> SyncResult:
@@ -240,27 +200,26 @@ class StripeSync:
             result.outcomes.append(outcome)
             if progress:
                 progress(outcome)
-        for inv in state.void_invoices_in_stripe(self.engine):
-            if only and inv.id not in only:
-                continue
+        for inv in state.void_documents_to_check(self.engine, only):
             outcome = Outcome(inv.id, inv.number, "would_void", inv.stripe_invoice_id,
                               reason="voided in Stripe unless it already is") if dry_run \
                 else self.push_void(inv.id)
             if outcome.action != "unchanged":
                 result.outcomes.append(outcome)
-                if progress:
-                    progress(outcome)
+            if progress:
+                progress(outcome)
         return result
 
-    @staticmethod
-    def _plan(inv: Invoice) -> Outcome | None:
+    def _plan(self, inv: Invoice) -> Outcome | None:
+        """A skip decided from our data alone, or None (push it)."""
+        if inv.kind == "credit_note":
+            return self.credit_notes.plan(inv)
         if inv.kind != "invoice":
-            return Outcome(inv.id, inv.number, "skipped",
-                           reason=f"{inv.kind}: credit notes are not pushed to Stripe; issue a Stripe credit "
-                                  "note against the original invoice by hand")
+            return Outcome(inv.id, inv.number, "skipped", reason=f"unknown document kind {inv.kind!r}")
         if inv.total_minor < 0:
             return Outcome(inv.id, inv.number, "skipped",
-                           reason="negative total: Stripe would move it to the customer balance; not pushed")
+                           reason="negative total: Stripe would move it to the customer balance; not pushed "
+                                  "(void it and issue a credit note)")
         return None
 
     def push_invoice(self, invoice_id: int) -> Outcome:
@@ -275,9 +234,11 @@ class StripeSync:
         return self._plan(inv) or self._push_one(inv)
 
     def _push_one(self, inv: Invoice) -> Outcome:
+        if inv.kind == "credit_note":
+            return self.credit_notes.push(inv)
         try:
             return self._push(inv)
-        except _PushFailed as exc:
+        except PushFailed as exc:
             return Outcome(inv.id, inv.number, "failed", reason=str(exc))
         except stripe.StripeError as exc:
             return Outcome(inv.id, inv.number, "failed", reason=describe(exc))
@@ -285,6 +246,12 @@ class StripeSync:
     def _push(self, inv: Invoice) -> Outcome:
         inv, lines = state.invoice_with_lines(self.engine, inv.id)
         assert inv is not None and inv.id is not None
+        try:  # before any call: an amount Stripe cannot take exactly is never sent
+            total_to_stripe(inv.total_minor, inv.currency)
+            for ln in lines:
+                to_stripe(ln.amount_minor, inv.currency)
+        except NotRepresentable as exc:
+            raise PushFailed(f"not pushable: {exc}") from None
         cus = self.ensure_customer(inv.customer_id)
         currency = inv.currency.lower()
         created = False
@@ -303,14 +270,14 @@ class StripeSync:
         first = self.retry(lambda: self._find_invoice(cus, inv.id))
         sinv = first or self._ensure(lambda: self._find_invoice(cus, inv.id), create_invoice, known_absent=True)
         if sinv.get("status") == "void":
-            raise _PushFailed(f"Stripe invoice {sinv['id']} for this invoice is void in Stripe; ours is {inv.status}")
+            raise PushFailed(f"Stripe invoice {sinv['id']} for this invoice is void in Stripe; ours is {inv.status}")
         if sinv.get("status") == "draft":
             self._fill_draft(inv, lines, sinv)
             sid = sinv["id"]
             # never finalize a draft that differs from ours (e.g. a customer discount in Stripe)
             problems = self._differences(inv, lines, plain(self.retry(lambda: self.client.v1.invoices.retrieve(sid))))
             if problems:
-                raise _PushFailed(f"Stripe draft {sid} differs, not finalized: " + "; ".join(problems))
+                raise PushFailed(f"Stripe draft {sid} differs, not finalized: " + "; ".join(problems))
             # an invoice already paid here must not be collected again by Stripe
             collect = inv.status != "paid"
             sinv = self._ensure(
@@ -324,7 +291,7 @@ class StripeSync:
                 lambda: self.client.v1.invoices.pay(
                     sid, params={"paid_out_of_band": True}, options={"idempotency_key": pay_key(inv.id)}))
         if not state.set_stripe_invoice_id(self.engine, inv.id, sinv["id"]):
-            raise _PushFailed(f"invoice already points at another Stripe invoice; Stripe has {sinv['id']}")
+            raise PushFailed(f"invoice already points at another Stripe invoice; Stripe has {sinv['id']}")
         problems = self._differences(inv, lines, sinv)
         if problems:  # finalized in Stripe: it is our counterpart; reconcile keeps reporting it
             return Outcome(inv.id, inv.number, "failed", sinv["id"],
@@ -353,12 +320,12 @@ class StripeSync:
                 if key not in ours:
                     foreign.append(sl.get("id") or "?")
                 elif key in found:
-                    raise _PushFailed(f"Stripe draft {sid} holds line {key} twice "
+                    raise PushFailed(f"Stripe draft {sid} holds line {key} twice "
                                       f"({line_item_id(found[key])}, {line_item_id(sl)}); delete one in Stripe")
                 else:
                     found[key] = sl
             if foreign:
-                raise _PushFailed(f"Stripe draft {sid} has lines we did not create ({', '.join(foreign)}); "
+                raise PushFailed(f"Stripe draft {sid} has lines we did not create ({', '.join(foreign)}); "
                                   "remove them in Stripe and re-run")
             return found
 
@@ -367,7 +334,7 @@ class StripeSync:
             if key in present:
                 continue
             assert ln.id is not None
-            params = {"customer": sinv["customer"], "invoice": sid, "amount": ln.amount_minor,
+            params = {"customer": sinv["customer"], "invoice": sid, "amount": to_stripe(ln.amount_minor, inv.currency),
                       "currency": inv.currency.lower(), "description": ln.description or ln.key or "Line",
                       "metadata": {META_INVOICE: str(inv.id), META_LINE: key}}
             item = self._ensure(lambda key=key: index(self._lines(sid)).get(key),
@@ -375,6 +342,8 @@ class StripeSync:
                                     params=params, options={"idempotency_key": line_key(ln.id)}),
                                 known_absent=True)
             present[key] = item
+            # recorded at once: a local trace of a partial push (void detection uses it)
+            state.set_stripe_line_id(self.engine, ln.id, line_item_id(item) or item["id"])
         for key, sl in present.items():
             item_id = line_item_id(sl) or sl["id"]  # an invoice item itself carries its id as "id"
             if ours[key].stripe_line_id != item_id:
@@ -385,35 +354,39 @@ class StripeSync:
         problems = []
         if len(stripe_lines) != len(lines):
             problems.append(f"{len(stripe_lines)} lines in Stripe, {len(lines)} ours")
-        if sinv.get("total") != inv.total_minor:
-            problems.append(f"total {sinv.get('total')} in Stripe, {inv.total_minor} ours")
+        problems.extend(line_problems(lines, stripe_lines, inv.currency))
+        if sinv.get("total") != try_to_stripe(inv.total_minor, inv.currency):
+            problems.append(f"total {sinv.get('total')} in Stripe, {try_to_stripe(inv.total_minor, inv.currency)} ours")
         if (sinv.get("currency") or "").lower() != inv.currency.lower():
             problems.append(f"currency {sinv.get('currency')} in Stripe, {inv.currency} ours")
         return problems
 
     # --------------------------------------------------------------------- voids
     def void(self, invoice_id: int, at: datetime) -> Outcome:
-        """Void our finalized invoice (idempotent) and its Stripe counterpart."""
-        from sqlalchemy import update
-
-        table = Invoice.__table__
-        with self.engine.begin() as conn:
-            conn.execute(update(table).where(table.c.id == invoice_id, table.c.status.in_(("finalized", "draft")))
-                         .values(status="void", voided_at=at))
+        """Void our finalized invoice or credit note (idempotent) and its Stripe counterpart.
+        Refused while Stripe shows the invoice paid: refund it in Stripe first."""
         inv = state.get_invoice(self.engine, invoice_id)
         if inv is None:
             raise BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
-        if inv.status != "void":
-            raise BillingError(f"invoice {inv.number or inv.id} is {inv.status}; cannot void it",
+        if inv.kind == "invoice" and inv.status != "void" and inv.stripe_invoice_id:
+            sid = inv.stripe_invoice_id
+            if plain(self.retry(lambda: self.client.v1.invoices.retrieve(sid))).get("status") == "paid":
+                raise BillingError(f"invoice {inv.number or inv.id} is paid in Stripe ({sid}); refund it there "
+                                   "and issue a credit note instead of voiding", code=ErrorCode.INVOICE_STATE)
+        inv = state.void_document(self.engine, invoice_id, at)
+        if inv is None or inv.status != "void":
+            raise BillingError(f"invoice {invoice_id} is {inv.status if inv else 'unknown'}; cannot void it",
                                code=ErrorCode.INVOICE_STATE)
         return self.push_void(invoice_id)
 
     def push_void(self, invoice_id: int) -> Outcome:
-        """Make Stripe agree with our void invoice: void its open invoice, delete a draft left
-        by a partial push. Idempotent."""
+        """Make Stripe agree with our void document: void its open invoice (or issued credit
+        note), delete a draft left by a partial push. Idempotent."""
         inv = state.get_invoice(self.engine, invoice_id)
         if inv is None or inv.status != "void":
             raise BillingError(f"invoice {invoice_id} is not void", code=ErrorCode.INVOICE_STATE)
+        if inv.kind == "credit_note":
+            return self.credit_notes.push_void(inv)
         try:
             sinv: dict | None = None
             if inv.stripe_invoice_id:
@@ -439,21 +412,22 @@ class StripeSync:
                            reason=f"Stripe invoice is {status}; refund it in Stripe (a paid invoice cannot be voided)")
         except stripe.StripeError as exc:
             return Outcome(inv.id, inv.number, "failed", inv.stripe_invoice_id, reason=describe(exc))
-        except _PushFailed as exc:
+        except PushFailed as exc:
             return Outcome(inv.id, inv.number, "failed", inv.stripe_invoice_id, reason=str(exc))
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> list[Difference]:
-        """Every difference between our invoices and Stripe's (read-only)."""
-        ours = [i for i in state.all_invoices(self.engine) if i.kind == "invoice"]
-        counts = state.line_counts(self.engine)
-        customers = sorted({i.customer_id for i in ours})
+        """Every difference between our invoices and credit notes and Stripe's (read-only):
+        documents missing in Stripe, Stripe invoices and credit notes of our customers that
+        none of ours accounts for (with or without our metadata), totals, statuses, lines."""
+        documents = state.all_invoices(self.engine)
+        ours = [i for i in documents if i.kind == "invoice"]
+        notes = [i for i in documents if i.kind == "credit_note"]
+        lines_of = state.lines_by_invoice(self.engine)
+        stripe_customers = state.mapped_stripe_customers(self.engine)
         stripe_invoices: dict[str, dict] = {}
-        for cid in customers:
-            row = state.customer(self.engine, cid)
-            if row is None or not row.stripe_customer_id:
-                continue
-            for si in self.retry(lambda: self._stripe_invoices_of(row.stripe_customer_id)):
+        for cus in stripe_customers:
+            for si in self.retry(lambda: self._stripe_invoices_of(cus)):
                 stripe_invoices[si["id"]] = si
         by_meta: dict[str, list[dict]] = {}
         for si in stripe_invoices.values():
@@ -464,11 +438,13 @@ class StripeSync:
         diffs: list[Difference] = []
         for inv in ours:
             if not inv.stripe_invoice_id:
-                if inv.status == "void" or inv.total_minor < 0:
+                if inv.status == "void":
                     continue
                 partial = [s for s in by_meta.get(str(inv.id), []) if s["id"] not in known and s.get("status") != "void"]
                 explained.update(s["id"] for s in partial)
                 hint = f"; partial push in Stripe: {', '.join(s['id'] for s in partial)} (run sync)" if partial else ""
+                if inv.total_minor < 0:
+                    hint += "; negative total: not pushable, void it and issue a credit note"
                 diffs.append(Difference("missing_in_stripe", inv.id, inv.number, partial[0]["id"] if partial else None,
                                         inv.total_minor, None, f"not pushed to Stripe{hint}"))
                 continue
@@ -482,40 +458,73 @@ class StripeSync:
                     diffs.append(Difference("missing_in_stripe", inv.id, inv.number, inv.stripe_invoice_id,
                                             inv.total_minor, None, "Stripe does not know this invoice id"))
                     continue
-            diffs.extend(self._compare(inv, counts.get(inv.id, 0), si))
+            diffs.extend(self._compare(inv, lines_of.get(inv.id, []), si))
         for sid, si in sorted(stripe_invoices.items()):
+            if sid in known or sid in explained or si.get("status") == "void":
+                continue
             meta = _meta(si)
-            if META_INVOICE in meta and sid not in known and sid not in explained and si.get("status") != "void":
-                diffs.append(Difference("extra_in_stripe", _int_or_none(meta[META_INVOICE]), meta.get(META_NUMBER),
-                                        sid, None, si.get("total"),
-                                        f"Stripe invoice ({si.get('status')}) carries our metadata but no invoice "
-                                        "of ours points at it"))
+            if META_INVOICE in meta:
+                fix = " (a draft of a void invoice: run sync --invoice N to delete it)" \
+                    if si.get("status") == "draft" else ""
+                message = (f"Stripe invoice ({si.get('status')}) carries our metadata but no invoice of ours "
+                           f"points at it{fix}")
+            else:
+                message = f"Stripe invoice ({si.get('status')}) of a mapped customer, not created by this sync"
+            diffs.append(Difference("extra_in_stripe", _int_or_none(meta.get(META_INVOICE)), meta.get(META_NUMBER),
+                                    sid, None, si.get("total"), message))
+        diffs.extend(self.credit_notes.reconcile(notes, {i.id: i for i in ours}, stripe_customers))
         return diffs
 
-    def _compare(self, inv: Invoice, line_count: int, si: dict) -> list[Difference]:
+    def _compare(self, inv: Invoice, lines: list[InvoiceLineRow], si: dict) -> list[Difference]:
         out = []
         sid = si["id"]
-        if si.get("total") != inv.total_minor or (si.get("currency") or "").lower() != inv.currency.lower():
+        total = try_to_stripe(inv.total_minor, inv.currency)
+        if si.get("total") != total or (si.get("currency") or "").lower() != inv.currency.lower():
             out.append(Difference("amount_mismatch", inv.id, inv.number, sid,
-                                  f"{inv.total_minor} {inv.currency.lower()}", f"{si.get('total')} {si.get('currency')}",
-                                  "totals differ (minor units)"))
+                                  f"{total} {inv.currency.lower()}", f"{si.get('total')} {si.get('currency')}",
+                                  "totals differ (in Stripe's units of the currency)"))
         expected = EXPECTED_STRIPE_STATUS.get(inv.status, set())
         if si.get("status") not in expected:
             out.append(Difference("status_mismatch", inv.id, inv.number, sid, inv.status, si.get("status"),
                                   f"ours is {inv.status}, Stripe's is {si.get('status')}"))
-        lines = si.get("lines") or {}
-        if lines.get("has_more") or "data" not in lines:
-            n = len(self.retry(lambda: self._lines(sid)))
+        embedded = si.get("lines") or {}
+        if embedded.get("has_more") or "data" not in embedded:
+            stripe_lines = self.retry(lambda: self._lines(sid))
         else:
-            n = len(lines["data"])
-        if n != line_count:
-            out.append(Difference("line_count_mismatch", inv.id, inv.number, sid, line_count, n,
-                                  f"{line_count} lines ours, {n} in Stripe"))
+            stripe_lines = embedded["data"]
+        if len(stripe_lines) != len(lines):
+            out.append(Difference("line_count_mismatch", inv.id, inv.number, sid, len(lines), len(stripe_lines),
+                                  f"{len(lines)} lines ours, {len(stripe_lines)} in Stripe"))
+        problems = line_problems(lines, stripe_lines, inv.currency)
+        if problems:
+            out.append(Difference("line_mismatch", inv.id, inv.number, sid, None, None, "; ".join(problems)))
         return out
 
 
-def _int_or_none(text: str) -> int | None:
+def line_problems(lines: list[InvoiceLineRow], stripe_lines: list[dict], currency: str) -> list[str]:
+    """Our lines against a Stripe invoice's lines, matched by ``metadata.billing_line_id``
+    (or the stored invoice item id): lines missing in Stripe, lines of ours twice, amounts
+    (in Stripe's units)."""
+    by_item = {ln.stripe_line_id: str(ln.id) for ln in lines if ln.stripe_line_id}
+    theirs: dict[str, list[dict]] = {}
+    for sl in stripe_lines:
+        key = _meta(sl).get(META_LINE) or by_item.get(line_item_id(sl) or "") or ""
+        theirs.setdefault(key, []).append(sl)
+    problems = []
+    for ln in lines:
+        found = theirs.get(str(ln.id), [])
+        if not found:
+            problems.append(f"line {ln.id} ({ln.amount_minor}) missing in Stripe")
+        elif len(found) > 1:
+            problems.append(f"line {ln.id} {len(found)} times in Stripe")
+        elif found[0].get("amount") != try_to_stripe(ln.amount_minor, currency):
+            problems.append(f"line {ln.id}: {found[0].get('amount')} in Stripe, "
+                            f"{try_to_stripe(ln.amount_minor, currency)} ours")
+    return problems
+
+
+def _int_or_none(text: str | None) -> int | None:
     try:
-        return int(text)
+        return int(text) if text is not None else None
     except (TypeError, ValueError):
         return None

@@ -8,13 +8,17 @@ Mount ``router`` on the main app. Dependencies are overridable for tests and oth
   or missing signature is ``400 {"code": "invalid_signature", ...}`` and changes nothing.
 - ``invoice.paid`` / ``invoice.payment_succeeded``: our invoice becomes ``paid``.
 - ``invoice.payment_failed``: ``payment_failed_at`` is set (past due; the first failure
-  starts the dunning clock, see ``dunning.is_payment_overdue``).
+  starts the dunning clock: quota decisions deny with ``payment_overdue`` after the plan's
+  ``dunning.deny_after_days``).
 - The invoice is found by ``stripe_invoice_id``, else by ``metadata.billing_invoice_id``
   (a payment can arrive before our sync stored the id).
 - Replays and out-of-order deliveries are harmless: transitions are conditional updates
   (paid stays paid, a late ``payment_failed`` after ``paid`` is ignored, void stays void),
   so no table of processed event ids is needed.
 - Unknown event types and invoices that are not ours: 200, ignored (Stripe stops retrying).
+- A correctly signed payload that is not an event of the expected shape (not a JSON object,
+  ``data.object`` not an object, ...) is ``400 {"code": "invalid_payload"}``, never a 500.
+- Only invoices (``kind=invoice``) are marked paid or past due, never credit notes.
 """
 
 from __future__ import annotations
@@ -63,14 +67,45 @@ async def stripe_webhook(request: Request, engine: Engine = Depends(get_engine),
     if not header:
         return _error(400, "invalid_signature", "missing Stripe-Signature header")
     try:
-        event = stripe.Webhook.construct_event(payload, header, secret)
+        # verify only: the event is parsed below as plain JSON (construct_event fails with
+        # TypeError/AttributeError on signed payloads that are JSON but not objects)
+        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), header, secret,
+                                              stripe.Webhook.DEFAULT_TOLERANCE)
+    except UnicodeDecodeError:
+        return _error(400, "invalid_payload", "the payload is not UTF-8")
     except stripe.SignatureVerificationError:
-        return _error(400, "invalid_signature", "the Stripe-Signature header does not match the payload")
+        return _error(400, "invalid_signature", "the Stripe-Signature header does not match the payload "
+                                                "(or its timestamp is outside the tolerance)")
+    try:
+        data = json.loads(payload)
     except ValueError:
-        return _error(400, "invalid_payload", "the payload is not a JSON event")
-    data = json.loads(payload)  # plain dicts (verified above)
+        data = None
+    problem = payload_problem(data)
+    if problem:
+        return _error(400, "invalid_payload", problem)
     result = await run_in_threadpool(handle_event, engine, data)
     return {"received": True, "id": data.get("id"), "type": data.get("type"), **result}
+
+
+MAX_INVOICE_ID = 2**31 - 1  # invoice.id is a 32-bit INTEGER
+
+
+def payload_problem(event) -> str | None:
+    """Why a (verified) payload is not an event we can read, or None."""
+    if not isinstance(event, dict):
+        return "the payload is not a JSON object"
+    if not isinstance(event.get("type", ""), str) or not isinstance(event.get("id", ""), (str, type(None))):
+        return "type and id must be strings"
+    data = event.get("data")
+    if data is None and event.get("type") not in PAID_EVENTS | FAILED_EVENTS:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        return "data.object must be an object"
+    obj = data["object"]
+    for key, kind in (("id", str), ("metadata", dict), ("status_transitions", dict), ("object", str)):
+        if obj.get(key) is not None and not isinstance(obj[key], kind):
+            return f"data.object.{key} has the wrong type"
+    return None
 
 
 def _find_invoice_id(engine: Engine, obj: dict) -> int | None:
@@ -80,20 +115,21 @@ def _find_invoice_id(engine: Engine, obj: dict) -> int | None:
         if inv is not None:
             return inv.id
     meta = obj.get("metadata") or {}
-    try:
-        invoice_id = int(meta.get(META_INVOICE))
-    except (TypeError, ValueError):
+    text = meta.get(META_INVOICE)
+    if not isinstance(text, str) or not text.isdigit() or not 1 <= int(text) <= MAX_INVOICE_ID:
         return None
-    inv = state.get_invoice(engine, invoice_id)
+    inv = state.get_invoice(engine, int(text))
     if inv is None or (inv.stripe_invoice_id and inv.stripe_invoice_id != sid):
         return None  # metadata of a stale or foreign Stripe invoice
     return inv.id
 
 
 def _ts(value) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None  # Stripe timestamps are integer seconds
     try:
-        return datetime.fromtimestamp(int(value), UTC) if value else None
-    except (TypeError, ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
         return None
 
 
