@@ -635,7 +635,7 @@ def test_amounts_are_sent_in_stripes_units_of_the_currency(engine, currency, amo
 
 @pytest.mark.parametrize("currency,amounts,why", [
     ("KWD", [1_234], "multiples of 10"),  # Stripe settles three-decimal currencies to the nearest ten
-    ("UGX", [150], "whole number"),  # our default of 2 decimals; Stripe's UGX has none: 1.50 UGX is not sendable
+    ("MGA", [150], "whole number"),  # 2 decimals in ISO 4217, none in Stripe's API: 1.50 MGA is not sendable
 ])
 def test_amounts_stripe_cannot_take_exactly_are_refused_not_rounded(engine, currency, amounts, why):
     stub = RecordedStripe()
