@@ -44,9 +44,16 @@ def test_history_rerates_and_compares_with_invoices(seeded):
             # re-rating under the plan the customer is actually on reproduces the invoice
             if rows[customer].actual_plan == plan.ref:
                 assert rows[customer].revenue == total, (customer, plan.ref)
-        assert rows["free"].actual is None and rows["free"].segment == "(no subscription)"
+        assert rows["free"].actual is None and rows["free"].actual_plan == "(no subscription)"
         assert rows["chat"].cost == _costs(seeded["events"], "chat")
-    assert set(sim.segments(plans[0].ref)) == {"support-chatbot", "token-api", "team", "(no subscription)"}
+    # segments are usage bands by October interactions: heavy 0, free 10, api 30, team 40, chat 165
+    bands = {r.customer: r.segment for r in sim.results[plans[0].ref]}
+    assert bands == {"heavy": "light (<= P25)", "free": "light (<= P25)", "api": "moderate (P25-P50]",
+                     "team": "regular (P50-P90]", "chat": "regular (P50-P90]"}
+    by_plan = sim.groups(plans[0].ref, "actual_plan")
+    assert set(by_plan) == {"support-chatbot@v1", "token-api@v1", "team@v1", "(no subscription)"}
+    assert by_plan["support-chatbot@v1"].actual == invoiced["chat"] + invoiced["heavy"]
+    assert sum((a.revenue for a in sim.segments(plans[0].ref).values()), D(0)) == sim.total(plans[0].ref).revenue
     billed, _ = sim.actual_totals()
     assert billed == sum(invoiced.values())
     movers = sim.movers(plans[2].ref)

@@ -225,7 +225,9 @@ def _floor_minor(amount: Decimal, currency: str) -> Decimal:
     return rounded
 
 
-def fast_path_applies(period: Period, customer_period: Period | None, seat_changes, grants) -> bool:
+def fast_path_applies(period: Period, customer_period: Period | None, seat_changes, grants,
+                      active_from=None, active_until=None, trial_end=None) -> bool:
     """The customer fits the fast path: the simulation's own period, constant seats
-    (no seat history), no prepaid grants."""
-    return not seat_changes and not grants and (customer_period is None or customer_period == period)
+    (no seat history), no prepaid grants, active the whole period, no trial."""
+    return (not seat_changes and not grants and (customer_period is None or customer_period == period)
+            and active_from is None and active_until is None and trial_end is None)
