@@ -362,21 +362,23 @@ def rate_totals(plans: Sequence[Plan], customers: Sequence[CustomerTotals], peri
     rated by ``FastRater`` (same totals as ``rate_period``, see ``fastrate.py``); the others,
     and every customer when ``keep_invoices`` is set, by ``rate_period`` itself."""
     results: dict[str, list[CustomerResult]] = {p.ref: [] for p in plans}
+    fast_ok = [not keep_invoices and fast_path_applies(period, c.period, c.seat_changes, c.grants, c.active_from,
+                                                       c.active_until, c.trial_end) for c in customers]
     for plan in plans:
         ref = plan.ref
         out = results[ref]
-        fast = FastRater(plan, period)
+        append = out.append
+        rate = FastRater(plan, period).rate
         throttling = {c.key: _THROTTLING.get(type(c.on_exhaustion)) for c in plan.charges}
-        for c in customers:
-            if not keep_invoices and fast_path_applies(period, c.period, c.seat_changes, c.grants,
-                                                       c.active_from, c.active_until, c.trial_end):
-                r = fast.rate(c.usage_by_plan.get(ref, c.usage) if c.usage_by_plan else c.usage, c.seats,
-                              throttled_only=True)
+        for c, fast in zip(customers, fast_ok):
+            if fast:
+                r = rate(c.usage_by_plan.get(ref, c.usage) if c.usage_by_plan else c.usage, c.seats,
+                         throttled_only=True)
                 throttled = tuple(Throttle(u.charge, throttling[u.charge], u.units, u.included, u.billable)
                                   for u in r.usage) if r.usage else ()
-                out.append(CustomerResult(c.customer, c.segment, ref, r.total, c.cost, c.seats, r.fees,
-                                          throttled, c.actual, c.actual_cost, c.actual_plan,
-                                          c.baseline_cost, c.interactions))
+                append(CustomerResult(c.customer, c.segment, ref, r.total, c.cost, c.seats, r.fees,
+                                      throttled, c.actual, c.actual_cost, c.actual_plan,
+                                      c.baseline_cost, c.interactions))
                 continue
             p = c.period or period
             changes = list(c.seat_changes) or [(p.start, c.seats)]
