@@ -92,6 +92,8 @@ def test_report_margins_outputs(cli, seeded, tmp_path):
 
     assert cli("margins", "--period", "2026-10", "--by", "bad prop!", "--as-of", AS_OF).exit_code == 2
     assert cli("margins", "--period", "20261", "--as-of", AS_OF).exit_code == 2
+    assert cli("margins", "--period", "2026-10", "--whale-margin", "nan", "--as-of", AS_OF).exit_code == 2
+    assert cli("margins", "--period", "2026-10", "--json", "--csv", "--as-of", AS_OF).exit_code == 2
 
 
 def test_report_forecast(cli):
@@ -138,6 +140,10 @@ def test_margins_page_router(seeded):
     assert D(data["totals"]["revenue"]) == sum(_invoiced(seeded["engine"]).values())
     assert client.get("/reports/margins", params={"period": "10-2026"}).status_code == 422
     assert client.get("/reports/margins", params={"by": "x;drop"}).status_code == 422
+    for bad in ("nan", "inf", "ten"):  # a threshold that cannot compare is a 422, never a 500
+        assert client.get("/reports/margins", params={"whale_margin": bad}).status_code == 422
+    assert client.get("/reports/margins", params={"as_of": "2026-10-10T00:00:00"}).status_code == 422
+    assert client.get("/reports/margins", params={"period": "2026-13"}).status_code == 422
 
 
 def test_margins_page_in_the_api_app_needs_a_read_key(seeded):

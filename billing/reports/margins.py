@@ -210,6 +210,8 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
                   interaction_type: str = "llm.call") -> MarginReport:
     if allocate not in ("events", "cost"):
         raise ValueError("allocate must be 'events' or 'cost'")
+    if whale_margin_pct is not None and not whale_margin_pct.is_finite():
+        raise ValueError("the whale margin threshold must be a finite number")
     as_of = as_of or datetime.now(UTC)
     if as_of.tzinfo is None:
         raise ValueError("as_of needs a timezone")
