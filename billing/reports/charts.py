@@ -251,9 +251,12 @@ def scatter_svg(points: Sequence[tuple[Decimal, Decimal, str]] | Sequence[tuple[
                  f'provider cost{scale}</text>'
                  f'<text transform="translate(14,{top + side / 2:.0f}) rotate(-90)" text-anchor="middle" '
                  f'class="axis-label">revenue</text>')
-    if many:
-        parts.append(_legend([n for n, _ in series], [colour_of(n, i) for i, (n, _) in enumerate(series)],
-                             left + side + 12 if pw - side > 120 else left, 18))
+    if many:  # one entry a line, right of the square plot
+        for i, (name, _) in enumerate(series):
+            ly = top + 10 + 18 * i
+            parts.append(f'<rect x="{left + side + 14}" y="{ly - 9}" width="10" height="10" rx="2" '
+                         f'fill="{colour_of(name, i)}"/><text x="{left + side + 28}" y="{ly}" class="legend">'
+                         f'{escape(name[:26])}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
