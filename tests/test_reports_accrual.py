@@ -171,3 +171,34 @@ def test_reports_and_simulations_run_on_a_read_only_database(db_url, engine, tmp
         assert sim.actual_totals()[0] == D("42.50")
     finally:
         ro.dispose()
+
+
+def test_margin_trap_segments_from_a_real_ledger(engine):  # noqa: F811
+    """The brief's margin trap, end to end: a $20 plan, $0.09 of provider cost per interaction
+    (10,000 input + 4,000 output tokens on a $3 / $15 model), 20 customers: 5 at 30, 5 at 150,
+    8 at 500 and 2 at 2,000 interactions; the report's P25 / P50 / P90 / P99 rows read like the brief."""
+    from billing.catalog import Catalog
+
+    catalog = Catalog([*CATALOG.all(), load_plan_file(ROOT / "examples" / "plans" / "flat-20.yaml")])
+    world = World(engine, catalog, at(10, 1))
+    events = []
+    for level, count in ((30, 5), (150, 5), (500, 8), (2000, 2)):
+        for i in range(count):
+            cid = f"u{level:04d}-{i:02d}"
+            world.accounts.create_customer(cid, now=at(10, 1))
+            world.accounts.subscribe(cid, "flat-20", at=at(10, 1))
+            events += [{"id": f"t{n}", "customer": cid, "type": "llm.call",
+                        "timestamp": (at(10, 1) + timedelta(minutes=20 * n)).isoformat(),
+                        "properties": {"model": "claude-sonnet-4-5", "input_tokens": 10_000, "output_tokens": 4_000}}
+                       for n in range(level)]
+    record(world, events)
+    world.at(at(11, 1, 1))
+    world.invoicing.close(at(11, 1))
+    report = margin_report(engine, catalog, "2026-10", as_of=at(11, 2))
+    assert [s.sentence() for s in report.usage_segments()] == [
+        "light user (P25): 30 interactions, $2.70 cost, $20.00 revenue, 87% margin",
+        "median user (P50): 150 interactions, $13.50 cost, $20.00 revenue, 33% margin",
+        "heavy user (P90): 500 interactions, $45.00 cost, $20.00 revenue, -125% margin",
+        "power user (P99): 2,000 interactions, $180.00 cost, $20.00 revenue, -800% margin"]
+    assert {c.source for c in report.customers} == {"invoiced"} and report.revenue == 20 * D(20)
+    assert len(report.whales()) == 10  # everyone at 500 and 2,000 interactions costs more than $20

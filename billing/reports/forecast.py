@@ -187,7 +187,14 @@ def _when(plan, usage, seats, subject, target, factor, w0, as_of) -> datetime:
     lo, hi = Decimal(1), factor
     with localcontext() as ctx:
         ctx.prec = 40
+        if subject.startswith("included:"):  # units grow linearly with the run rate: solve directly
+            units = value(Decimal(1))
+            if units > 0 and value(Decimal(2)) == 2 * units:
+                hi = target / units
+                lo = hi
         for _ in range(60):
+            if lo == hi:
+                break
             if (hi - lo) * Decimal(elapsed.total_seconds()) < Decimal("0.001"):
                 break
             mid = (lo + hi) / 2
