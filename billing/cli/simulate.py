@@ -100,23 +100,24 @@ def simulate(
 
         if spec is not None:
             customers, period, book = spec.customer_inputs(seed), spec.the_period(), spec.book()
+            with _progress(len(customers)) as advance:
+                sim = run_simulation(plans, customers, period, book, levers=levers, source="synthetic",
+                                     progress=advance)
         else:
-            from billing.cli.context import engine
-            from billing.simulate.history import history_inputs
-
             from sqlalchemy.exc import SQLAlchemyError
 
+            from billing.cli.context import engine
+            from billing.simulate.history import simulate_history
+
             try:
-                period, customers = history_inputs(engine(), history, plans)
+                with _progress(None) as advance:
+                    sim = simulate_history(engine(), history, plans, CostBook.load_default(), levers=levers,
+                                           progress=advance)
             except ValueError as exc:
                 _fail(f"--history: {exc}")
             except SQLAlchemyError as exc:
                 _fail(f"cannot read the ledger (BILLING_DATABASE_URL; run `billing db upgrade`?): "
                       f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-            book = CostBook.load_default()
-        with _progress(len(customers)) as advance:
-            sim = run_simulation(plans, customers, period, book, levers=levers,
-                                 source="synthetic" if spec is not None else "history", progress=advance)
     except PlanInvalid as exc:
         _fail("invalid plan\n" + "\n".join(str(p) for p in exc.problems))
     except BillingError as exc:
@@ -136,14 +137,16 @@ def simulate(
 
 
 @contextmanager
-def _progress(total: int):
-    """A transient progress bar on stderr (nothing on a pipe or in --json output)."""
+def _progress(total: int | None):
+    """A transient progress bar on stderr (nothing on a pipe or in --json output); without a
+    total (history: customer-plan ratings), a running count."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from billing.cli.render import err_console
 
-    with Progress(TextColumn("simulating customers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
+    columns = [TextColumn("simulating customers"), BarColumn(), MofNCompleteColumn()] if total is not None else [
+        TextColumn("simulating: {task.completed:,.0f} rated")]
+    with Progress(*columns, TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("simulate", total=total)
         yield lambda n: bar.advance(task, n)
 

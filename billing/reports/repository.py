@@ -54,12 +54,26 @@ def customers(conn: Connection) -> dict[str, tuple[str, str]]:
     return {cid: (tz, cur) for cid, tz, cur in conn.execute(select(Customer.id, Customer.timezone, Customer.currency))}
 
 
-def subscriptions_overlapping(conn: Connection, start: datetime, end: datetime) -> list[Subscription]:
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """The columns of a subscription that reports and simulations read."""
+
+    id: int
+    customer_id: str
+    plan_id: str
+    plan_version: int
+    started_at: datetime
+    ended_at: datetime | None
+    trial_end: datetime | None
+
+
+def subscriptions_overlapping(conn: Connection, start: datetime, end: datetime) -> list[SubscriptionRow]:
     """Subscriptions active at some instant of [start, end), oldest first."""
-    rows = conn.execute(select(Subscription).where(
-        Subscription.started_at < end, or_(Subscription.ended_at.is_(None), Subscription.ended_at > start))
-        .order_by(Subscription.started_at, Subscription.id))
-    return [Subscription.model_validate(r._mapping) for r in rows]
+    t = Subscription.__table__.c
+    rows = conn.execute(select(t.id, t.customer_id, t.plan_id, t.plan_version, t.started_at, t.ended_at, t.trial_end)
+                        .where(t.started_at < end, or_(t.ended_at.is_(None), t.ended_at > start))
+                        .order_by(t.started_at, t.id))
+    return [SubscriptionRow(*r) for r in rows]
 
 
 def seat_histories(conn: Connection, subscription_ids: Sequence[int]) -> dict[int, list[tuple[datetime, int]]]:

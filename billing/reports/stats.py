@@ -86,14 +86,15 @@ def allocate(amount: Decimal, weights: Sequence[tuple[str, Decimal | int]], unit
     if units != units.to_integral_value():
         return {k: amount * w / total for k, w in ws}
     sign, n = (-1 if units < 0 else 1), abs(int(units))
-    from fractions import Fraction
-
-    shares = [(k, Fraction(n) * Fraction(w) / Fraction(total)) for k, w in ws]
-    base = {k: int(s) for k, s in shares}
+    while any(w != w.to_integral_value() for _, w in ws):  # exact integer weights
+        ws = [(k, w * 10) for k, w in ws]
+    iw = [(k, int(w)) for k, w in ws]
+    den = sum(w for _, w in iw)
+    base = {k: n * w // den for k, w in iw}
     left = n - sum(base.values())
-    order = sorted(range(len(shares)), key=lambda i: (-(shares[i][1] - int(shares[i][1])), i))
+    order = sorted(range(len(iw)), key=lambda i: (-(n * iw[i][1] % den), i))
     for i in order[:left]:
-        base[shares[i][0]] += 1
+        base[iw[i][0]] += 1
     return {k: sign * v * unit for k, v in base.items()}
 
 

@@ -408,8 +408,9 @@ def customer_totals(plans: Sequence[Plan], customer: CustomerInput, period: Peri
     in_period = [e for e in events if p.start <= e.timestamp < p.end]
     total = sum((costs[e.id] for e in in_period), ZERO)
     baseline = None
-    if baseline_coster is not None:
-        baseline = sum((baseline_coster(e) for e in original if p.start <= e.timestamp < p.end), ZERO)
+    if baseline_coster is not None:  # history: the cost stored at ingestion is the cost before the levers
+        baseline = customer.actual_cost if customer.actual_cost is not None else sum(
+            (baseline_coster(e) for e in original if p.start <= e.timestamp < p.end), ZERO)
     usage_by_plan = {plan.ref: aggregate(plan, events, p.start, p.end, cost_of) for plan in plans}
     return CustomerTotals(customer.customer, {}, total, customer.segment, customer.seats, customer.seat_changes,
                           customer.period, customer.actual, customer.actual_cost, customer.actual_plan,
