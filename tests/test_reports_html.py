@@ -173,3 +173,16 @@ def test_svg_helpers_handle_empty_and_negative():
     log = scatter_svg([(Decimal("0.01"), Decimal(20), "a"), (Decimal(5), Decimal(20), "b"),
                        (Decimal(300), Decimal(60), "c")], "log")
     assert "log scale" in log and ">c</text>" in log  # values over 4 decades: log axes; the loser named
+
+
+def test_a_large_report_lists_the_lowest_margins_and_says_so():
+    from datetime import UTC, datetime
+
+    from billing.reports.margins import CustomerMargin, MarginReport
+
+    customers = [CustomerMargin(f"c{i:05d}", "p@v1", Decimal(20), "invoiced", Decimal(i) / 10, 1, i)
+                 for i in range(1200)]
+    html = margins_html(MarginReport("2026-10", datetime(2026, 11, 2, tzinfo=UTC), customers))
+    assert "Showing the 1,000 customers with the lowest margin of 1,200" in html
+    assert "<td>c01199</td>" in html and "<td>c00100</td>" not in html  # the 200 best margins are left out
+    assert html.count('class="mark"') >= 1200  # the charts still draw every customer

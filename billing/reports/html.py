@@ -14,6 +14,7 @@ from billing.reports.render import count, money, pct
 from billing.reports.stats import MARGIN_EDGES, histogram, margin_pct
 
 ZERO = Decimal(0)
+MAX_CUSTOMER_ROWS = 1000
 CSS = """
 *{box-sizing:border-box}
 body{font-family:Inter,system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;
@@ -195,7 +196,10 @@ def margins_html(report, title: str | None = None) -> str:
                      "cents. (none): events without the property, and the revenue of customers with none.</p>")
 
     rows = []
-    for c in report.customers:
+    shown = report.customers
+    if len(shown) > MAX_CUSTOMER_ROWS:  # the lowest margins first; the CSV / JSON export has everyone
+        shown = sorted(shown, key=lambda c: (c.margin, c.customer))[:MAX_CUSTOMER_ROWS]
+    for c in shown:
         whale = report.is_whale(c)
         rows.append(([c.customer, c.plan or "", c.source, count(c.interactions), money(c.revenue, c.currency),
                       money(c.cost, c.currency), money(c.margin, c.currency), pct(c.margin_pct)],
@@ -205,7 +209,11 @@ def margins_html(report, title: str | None = None) -> str:
     parts.append("<h2>Customers</h2>" + _table(
         ["Customer", "Plan", "Revenue source", "Interactions", "Revenue", "Provider cost", "Margin", "Margin %"], rows,
         [False, False, False, True, True, True, True, True]))
-    parts.append('<p class="note">Rows are rounded to the cent; totals are exact sums rounded once.</p>')
+    note = "Rows are rounded to the cent; totals are exact sums rounded once."
+    if len(shown) < len(report.customers):
+        note += (f" Showing the {len(shown):,} customers with the lowest margin of {len(report.customers):,} "
+                 "(the totals are over all; --csv or ?format=csv lists every customer).")
+    parts.append(f'<p class="note">{escape(note)}</p>')
     parts.append(_footer([
         ("Revenue", "the lines of invoices and credit notes finalized by the as-of instant whose service period "
                     "starts in the month (late-event adjustments count in the month they belong to); a period "
