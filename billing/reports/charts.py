@@ -268,7 +268,7 @@ def bars_svg(groups: Sequence[tuple[str, Sequence[tuple[str, Decimal]]]], title:
     """Grouped bars: ``[(group label, [(series, value), ...]), ...]``; negative values go
     below the zero line (margins of losing groups)."""
     rotate = any(len(label) * 6.2 > (width - 70) / max(len(groups), 1) for label, _ in groups)
-    left, right, top, bottom = 58, 12, 38, 86 if rotate else 52
+    left, right, top, bottom = 58, 12, 38, 96 if rotate else 52
     pw, ph = width - left - right, height - top - bottom
     parts = _open(kind, title, width, height)
     values = [_f(v) for _, series in groups for _, v in series]
@@ -300,14 +300,15 @@ def bars_svg(groups: Sequence[tuple[str, Sequence[tuple[str, Decimal]]]], title:
                          f'height="{max(y1 - y0, 0.0):.1f}" rx="1.5" fill="{colour}"><title>{escape(label)} — '
                          f'{escape(name)}: {"-" if v < 0 else ""}{currency}{abs(v):,.2f}{unit}</title></rect>')
             if label_values:
-                ty = y0 - 4 if v >= 0 else y1 + 11
-                parts.append(f'<text x="{x + bw / 2:.1f}" y="{ty:.1f}" text-anchor="middle" class="value">'
-                             f'{fmt_value(v, currency, unit)}</text>')
+                inside = v < 0 and y1 + 12 > top + ph - 1  # no room below: write it inside the bar's end
+                ty = y0 - 4 if v >= 0 else (y1 - 4 if inside else y1 + 11)
+                parts.append(f'<text x="{x + bw / 2:.1f}" y="{ty:.1f}" text-anchor="middle" '
+                             f'class="value{" inside" if inside else ""}">{fmt_value(v, currency, unit)}</text>')
         cx = left + g * gw + gw / 2
         if rotate:
             text = label if len(label) <= 22 else label[:21] + "…"
-            parts.append(f'<text transform="translate({cx - 4:.1f},{top + ph + 12}) rotate(25)" class="tick">'
-                         f'<title>{escape(label)}</title>{escape(text)}</text>')
+            parts.append(f'<text transform="translate({cx + 4:.1f},{top + ph + 12}) rotate(-40)" text-anchor="end" '
+                         f'class="tick"><title>{escape(label)}</title>{escape(text)}</text>')
         else:
             parts.append(f'<text x="{cx:.1f}" y="{top + ph + 16}" text-anchor="middle" class="tick">'
                          f'<title>{escape(label)}</title>{escape(label)}</text>')

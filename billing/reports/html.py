@@ -47,7 +47,7 @@ tr.neg td{color:#b91c1c}tr.whale td:first-child{font-weight:600}
 footer{margin-top:32px;color:#64748b;font-size:12.5px;border-top:1px solid #e2e8f0;padding-top:12px}
 footer dt{font-weight:600;color:#334155}footer dd{margin:0 0 6px}
 svg text{font-family:inherit;font-size:11px;fill:#475569}
-svg .tick{font-size:10.5px;fill:#64748b}svg .value{font-size:10px;fill:#334155}
+svg .tick{font-size:10.5px;fill:#64748b}svg .value{font-size:10px;fill:#334155}svg .value.inside{fill:#fff}
 svg .legend{font-size:11px;fill:#334155}svg .axis-label{font-size:11px;fill:#475569}
 svg .note{font-size:10.5px;fill:#64748b}svg .note.loss{fill:#b91c1c}svg .muted{fill:#94a3b8}
 svg .grid{stroke:#eef2f7;stroke-width:1}svg .axis{stroke:#94a3b8;stroke-width:1}
