@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -56,10 +57,28 @@ def test_report_margins_outputs(cli, seeded, tmp_path):
     assert {r["key"] for r in data["breakdown"]} >= {"support-chat", "search", "coding", "agent"}
     assert data["whales"][0] == "free"
 
+    # the figures add up: customers sum to the totals, invoiced customers match their invoices
+    assert sum(D(c["revenue"]) for c in data["customers"]) == D(data["totals"]["revenue"])
+    assert sum(D(c["cost"]) for c in data["customers"]) == D(data["totals"]["cost"])
+    assert all(D(c["revenue"]) == invoiced[c["customer"]] for c in data["customers"] if c["source"] == "invoiced")
+    assert sum(D(r["revenue"]) for r in data["breakdown"]) == D(data["totals"]["revenue"])
+    assert sum(D(r["cost"]) for r in data["breakdown"]) == D(data["totals"]["cost"])
+    assert [s["segment"] for s in data["segments"]] == ["light", "median", "heavy", "power"]
+    assert data["segments"][0]["text"].startswith("light user (P25): 10 interactions")
+
     result = cli("margins", "--period", "2026-10", "--as-of", AS_OF, "--csv", "--by", "model")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.output)))
-    assert {r["customer"] for r in rows if r["section"] == "customer"} == {"chat", "api", "team", "free", "heavy"}
+    customers = [r for r in rows if r["section"] == "customer"]
+    assert {r["customer"] for r in customers} == {"chat", "api", "team", "free", "heavy"}
+    by_model = [r for r in rows if r["section"] == "by:model"]
+    per_customer = [r for r in rows if r["section"] == "customer-by:model"]
+    for column in ("revenue", "cost"):
+        total = sum(D(r[column]) for r in customers)
+        assert sum(D(r[column]) for r in by_model) == total == sum(D(r[column]) for r in per_customer)
+    for r in customers:  # each customer's allocated revenue adds up to its revenue, in whole cents
+        mine = [D(x["revenue"]) for x in per_customer if x["customer"] == r["customer"]]
+        assert sum(mine) == D(r["revenue"]) and all(v == v.quantize(D("0.01")) for v in mine)
 
     page = tmp_path / "margins.html"
     result = cli("margins", "--period", "2026-10", "--as-of", AS_OF, "--by", "user", "--whale-margin", "60",
@@ -67,20 +86,38 @@ def test_report_margins_outputs(cli, seeded, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Margins 2026-10" in result.output and "Whales" in result.output and "By user" in result.output
     html = page.read_text()
-    assert html.count("<svg") == 3 and "<script" not in html
+    assert html.count('<svg class="chart"') == 5 and "<script" not in html  # 4 charts + the --by breakdown
+    assert set(re.findall(r'data-chart="([a-z]+)"', html)) == {"histogram", "scatter", "segments", "plans", "breakdown"}
     assert _snapshot(seeded["engine"]) == before
 
     assert cli("margins", "--period", "2026-10", "--by", "bad prop!", "--as-of", AS_OF).exit_code == 2
     assert cli("margins", "--period", "20261", "--as-of", AS_OF).exit_code == 2
+    assert cli("margins", "--period", "2026-10", "--whale-margin", "nan", "--as-of", AS_OF).exit_code == 2
+    assert cli("margins", "--period", "2026-10", "--json", "--csv", "--as-of", AS_OF).exit_code == 2
 
 
 def test_report_forecast(cli):
     result = cli("forecast", "--as-of", AS_OF, "--json")
     assert result.exit_code == 0, result.output
-    rows = {r["customer"]: r for r in json.loads(result.output)}
-    assert rows["heavy"]["flags"] == ["spend_cap:messages"] and rows["heavy"]["projected_invoice"] == "70.00"
+    data = json.loads(result.output)
+    assert "run rate" in data["method"]
+    rows = {r["customer"]: r for r in data["customers"]}
+    heavy = rows["heavy"]
+    assert heavy["flags"] == ["included:messages", "spend_cap:messages"] and heavy["projected_invoice"] == "70.00"
+    cap = next(x for x in heavy["crossings"] if x["subject"] == "spend_cap:messages" and x["threshold_percent"] == "100")
+    # 400 messages in 10 days: 40 a day; 100 included + $50 / $0.05 = 1,100 messages on day 27.5
+    assert cap["reached_now"] is False and cap["at"] == "2026-11-28T12:00:00Z"
+    # chat: 60 messages in 10 days projects 180, past its 100 included on day 16 2/3
+    assert rows["chat"]["flags"] == ["included:messages"] and rows["chat"]["projected_margin_pct"] is not None
+    included = next(x for x in rows["chat"]["crossings"] if x["subject"] == "included:messages"
+                    and x["threshold_percent"] == "100")
+    assert included["at"] == "2026-11-17T16:00:00Z" and included["projected"] == "180"
+    assert [x["threshold_percent"] for x in rows["chat"]["crossings"]] == ["50", "80", "100"]
+    assert [x["reached_now"] for x in rows["chat"]["crossings"]] == [True, False, False]
+    table = cli("forecast", "--as-of", AS_OF)
+    assert table.exit_code == 0 and "Method: run rate" in table.output and "~Nov 28" in table.output
     flagged = cli("forecast", "--as-of", AS_OF, "--flagged")
-    assert flagged.exit_code == 0 and "heavy" in flagged.output and "chat " not in flagged.output
+    assert flagged.exit_code == 0 and "heavy" in flagged.output and "api " not in flagged.output
 
 
 def _bare_app(seeded) -> FastAPI:
@@ -98,11 +135,15 @@ def test_margins_page_router(seeded):
     app.dependency_overrides[web.authorize] = lambda: None
     page = client.get("/reports/margins", params={"period": "2026-10", "as_of": AS_OF, "by": "feature"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert page.text.count('<svg class="chart"') == 3 and "support-chat" in page.text
+    assert page.text.count('<svg class="chart"') == 5 and "support-chat" in page.text
     data = client.get("/reports/margins", params={"period": "2026-10", "as_of": AS_OF, "format": "json"}).json()
     assert D(data["totals"]["revenue"]) == sum(_invoiced(seeded["engine"]).values())
     assert client.get("/reports/margins", params={"period": "10-2026"}).status_code == 422
     assert client.get("/reports/margins", params={"by": "x;drop"}).status_code == 422
+    for bad in ("nan", "inf", "ten"):  # a threshold that cannot compare is a 422, never a 500
+        assert client.get("/reports/margins", params={"whale_margin": bad}).status_code == 422
+    assert client.get("/reports/margins", params={"as_of": "2026-10-10T00:00:00"}).status_code == 422
+    assert client.get("/reports/margins", params={"period": "2026-13"}).status_code == 422
 
 
 def test_margins_page_in_the_api_app_needs_a_read_key(seeded):
@@ -113,10 +154,7 @@ def test_margins_page_in_the_api_app_needs_a_read_key(seeded):
 
     if not inspect(seeded["engine"]).has_table("api_key"):
         pytest.skip("the api_key table is not in the migrations yet")
-    app = create_app(seeded["engine"], seeded["catalog"])
-    # create_app's override `lambda engine=engine: engine` makes FastAPI read `engine` as a query
-    # parameter (and deep-copy the Engine default); override it plainly until that is fixed.
-    app.dependency_overrides[web.get_engine] = lambda: seeded["engine"]
+    app = create_app(seeded["engine"], seeded["catalog"])  # serves the page on its own engine
     client = TestClient(app)
     # 401, not 404: create_app mounted the page, and it wants a key
     assert client.get("/reports/margins", params={"period": "2026-10"}).status_code == 401

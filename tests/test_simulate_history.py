@@ -44,9 +44,16 @@ def test_history_rerates_and_compares_with_invoices(seeded):
             # re-rating under the plan the customer is actually on reproduces the invoice
             if rows[customer].actual_plan == plan.ref:
                 assert rows[customer].revenue == total, (customer, plan.ref)
-        assert rows["free"].actual is None and rows["free"].segment == "(no subscription)"
+        assert rows["free"].actual is None and rows["free"].actual_plan == "(no subscription)"
         assert rows["chat"].cost == _costs(seeded["events"], "chat")
-    assert set(sim.segments(plans[0].ref)) == {"support-chatbot", "token-api", "team", "(no subscription)"}
+    # segments are usage bands by October interactions: heavy 0, free 10, api 30, team 40, chat 165
+    bands = {r.customer: r.segment for r in sim.results[plans[0].ref]}
+    assert bands == {"heavy": "light (<= P25)", "free": "light (<= P25)", "api": "moderate (P25-P50]",
+                     "team": "regular (P50-P90]", "chat": "regular (P50-P90]"}
+    by_plan = sim.groups(plans[0].ref, "actual_plan")
+    assert set(by_plan) == {"support-chatbot@v1", "token-api@v1", "team@v1", "(no subscription)"}
+    assert by_plan["support-chatbot@v1"].actual == invoiced["chat"] + invoiced["heavy"]
+    assert sum((a.revenue for a in sim.segments(plans[0].ref).values()), D(0)) == sim.total(plans[0].ref).revenue
     billed, _ = sim.actual_totals()
     assert billed == sum(invoiced.values())
     movers = sim.movers(plans[2].ref)
@@ -77,3 +84,23 @@ def test_simulate_cli_history_json(seeded, monkeypatch):
     # the cache lever lowers cost below what the ledger stored
     assert D(plan["total"]["cost_exact"]) < D(plan["total"]["baseline_cost"])
     assert _snapshot(seeded["engine"]) == before
+
+
+def test_sql_aggregation_and_event_rerating_agree(seeded):
+    """Without levers history aggregates in SQL (the close's own query); with levers it
+    re-rates the events in Python. On identity levers both give the same simulation."""
+    from billing.simulate.core import simulate
+    from billing.simulate.history import history_inputs
+
+    engine = seeded["engine"]
+    plans = [load_plan_file(p) for p in sorted((ROOT / "plans").glob("*.yaml"))]
+    book = CostBook.load_default()
+    fast = simulate_history(engine, "2026-10", plans, book)
+    period, inputs = history_inputs(engine, "2026-10", plans)
+    slow = simulate(plans, inputs, period, book, source="history")
+    for plan in plans:
+        a = [(r.customer, r.segment, r.revenue, r.cost, r.fees, r.throttled, r.actual, r.actual_plan, r.interactions)
+             for r in fast.results[plan.ref]]
+        b = [(r.customer, r.segment, r.revenue, r.cost, r.fees, r.throttled, r.actual, r.actual_plan, r.interactions)
+             for r in slow.results[plan.ref]]
+        assert a == b, plan.ref

@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from billing.cli.render import console, print_json
+from billing.reports.render import count, money, pct
 
 app = typer.Typer(help="Margin reports and forecasts over the ledger.", no_args_is_help=True)
 
@@ -32,16 +33,16 @@ def _now_label() -> str:
     return f"{now.year:04d}-{now.month:02d}"
 
 
-def _pct(value) -> str:
-    from billing.reports.stats import round_pct
-
-    return "n/a" if value is None else f"{round_pct(value)}%"
+def _red(text: str, on: bool) -> str:
+    return f"[red]{text}[/red]" if on else text
 
 
-def _money(value: Decimal) -> str:
-    from billing.money import round_line
-
-    return str(round_line(value, "USD"))
+def _table(*columns: str, title: str, caption: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 or name in ("Plan", "Source", "Customer", "Flags") or name.startswith("Usage")
+                         else "right")
+    return table
 
 
 @app.command("margins")
@@ -51,8 +52,10 @@ def margins(
                                            "or any other property (chargeback totals).")] = None,
     allocate: Annotated[str, typer.Option(help="Allocate each customer's revenue across --by values by share of "
                                           "'events' or of 'cost'.")] = "events",
-    whale_margin: Annotated[str | None, typer.Option(help="Also list customers whose margin %% is below this.")] = None,
-    as_of: Annotated[str | None, typer.Option(help="Rate open periods up to this instant (ISO; default now).")] = None,
+    whale_margin: Annotated[str | None, typer.Option(help="Also count as whales customers whose margin % is below "
+                                                     "this (default: only cost > revenue).")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Report as of this instant (ISO; default now): invoices "
+                                              "finalized by then, open periods rated up to it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output.")] = False,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report with charts to FILE.")] = None,
@@ -68,8 +71,12 @@ def margins(
             threshold = Decimal(whale_margin)
         except InvalidOperation:
             fail(f"--whale-margin: not a number: {whale_margin!r}")
+        if not threshold.is_finite():
+            fail(f"--whale-margin: not a number: {whale_margin!r}")
     if allocate not in ("events", "cost"):
         fail("--allocate must be 'events' or 'cost'")
+    if as_json and as_csv:
+        fail("give at most one of --json and --csv")
     at = instant(as_of, "--as-of")
     try:
         report = run(lambda: margin_report(engine(), catalog(), label, as_of=at, by=by, allocate=allocate,
@@ -81,53 +88,99 @@ def margins(
     if html is not None:
         from billing.reports.html import margins_html
 
-        html.write_text(margins_html(report), encoding="utf-8")
+        try:
+            html.write_text(margins_html(report), encoding="utf-8")
+        except OSError as exc:
+            fail(f"--html: cannot write {html}: {exc.strerror}")
     if as_json:
         print_json(report.to_json())
         return
     if as_csv:
         sys.stdout.write(report.to_csv())
         return
-    table = Table("Customer", "Plan", "Revenue", "Source", "Provider cost", "Margin", "Margin %", "Interactions",
-                  title=f"Margins {label}", title_justify="left")
-    for c in report.customers:
-        style = "red" if c.margin < 0 else ""
-        table.add_row(c.customer, c.plan or "", str(c.revenue), c.source, _money(c.cost),
-                      f"[{style}]{_money(c.margin)}[/{style}]" if style else _money(c.margin), _pct(c.margin_pct),
-                      str(c.interactions))
-    table.add_section()
-    table.add_row("[bold]All[/bold]", "", _money(report.revenue), "", _money(report.cost), _money(report.margin),
-                  _pct(report.margin_pct), "")
-    console.print(table)
-    if report.breakdown:
-        bt = Table(by, "Customers", "Events", "Provider cost", f"Revenue (by {allocate})", "Margin", "Margin %",
-                   title=f"By {by} (chargeback totals)", title_justify="left")
-        for r in report.breakdown:
-            bt.add_row(r.key, str(r.customers), str(r.events), _money(r.cost), _money(r.revenue), _money(r.margin),
-                       _pct(r.margin_pct))
-        console.print(bt)
-    seg = Table("Metric", "P25", "P50", "P90", "P99", title="Usage segments (across customers)", title_justify="left")
-    for metric, ps in report.segments().items():
-        seg.add_row(metric, *("" if v is None else (str(int(v)) if metric == "interactions" else _money(v))
-                              for v in ps.values()))
-    console.print(seg)
-    whales = report.whales()
-    if whales:
-        console.print(f"[bold]Whales[/bold] ({len(whales)}): " + ", ".join(
-            f"{w.customer} (cost {_money(w.cost)} vs revenue {w.revenue})" for w in whales[:10]), highlight=False)
+    print_margins(report)
     if html is not None:
         console.print(f"HTML report written to {html}", highlight=False)
+
+
+def print_margins(report) -> None:
+    cur = report.currency
+    console.print(f"[bold]Margins {report.label}[/bold] as of {report.as_of.isoformat(timespec='seconds')}: "
+                  f"{len(report.customers)} customers, revenue {money(report.revenue, cur)}, provider cost "
+                  f"{money(report.cost, cur)}, gross margin {money(report.margin, cur)} ({pct(report.margin_pct)})",
+                  highlight=False)
+    if len(report.currencies) > 1:
+        console.print(f"[yellow]warning[/yellow]: several currencies ({', '.join(report.currencies)}): "
+                      "totals add them without conversion", highlight=False)
+    table = _table("Customer", "Plan", "Revenue", "Source", "Provider cost", "Margin", "Margin %", "Interactions",
+                   title="Per customer",
+                   caption="Rows are rounded to the cent; totals are exact sums rounded once. "
+                           "Red: a whale (cost above revenue" + (
+                               f", or margin below {report.whale_margin_pct}%" if report.whale_margin_pct is not None
+                               else "") + ").")
+    for c in report.customers:
+        whale = report.is_whale(c)
+        table.add_row(_red(c.customer, whale), c.plan or "", money(c.revenue, c.currency), c.source,
+                      money(c.cost, c.currency), _red(money(c.margin, c.currency), c.margin < 0),
+                      _red(pct(c.margin_pct), whale), count(c.interactions))
+    table.add_section()
+    table.add_row("[bold]All[/bold]", "", money(report.revenue, cur), "", money(report.cost, cur),
+                  money(report.margin, cur), pct(report.margin_pct), count(sum(c.interactions for c in report.customers)))
+    console.print(table)
+    if report.by:
+        bt = _table(report.by, "Customers", "Events", "Provider cost", f"Revenue (by {report.allocate})", "Margin",
+                    "Margin %", title=f"By {report.by} (chargeback totals)",
+                    caption=f"Each customer's revenue is split across the {report.by} values its events carry, "
+                            f"by {'event count' if report.allocate == 'events' else 'provider cost'}, in whole cents. "
+                            "(none): events without the property, and revenue of customers with none.")
+        for r in report.breakdown:
+            bt.add_row(r.key, count(r.customers), count(r.events), money(r.cost, cur), money(r.revenue, cur),
+                       _red(money(r.margin, cur), r.margin < 0), pct(r.margin_pct))
+        bt.add_section()
+        bt.add_row("[bold]All[/bold]", "", count(sum(r.events for r in report.breakdown)), money(report.cost, cur),
+                   money(sum((r.revenue for r in report.breakdown), Decimal(0)), cur), money(report.margin, cur),
+                   pct(report.margin_pct))
+        console.print(bt)
+    seg = _table("Segment", "Customer", "Interactions", "Provider cost", "Revenue", "Margin", "Margin %",
+                 title="Usage segments: the P25 / P50 / P90 / P99 customer by interactions")
+    for s in report.usage_segments():
+        c = s.customer
+        seg.add_row(f"{s.name} (P{s.percentile})", c.customer, count(c.interactions), money(c.cost, c.currency),
+                    money(c.revenue, c.currency), _red(money(c.margin, c.currency), c.margin < 0),
+                    _red(pct(c.margin_pct, 0), c.margin < 0))
+    console.print(seg)
+    plans = report.plans()
+    if len(plans) > 1:
+        pt = _table("Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Whales", title="By plan")
+        for plan, cs in plans:
+            rev = sum((c.revenue for c in cs), Decimal(0))
+            cost = sum((c.cost for c in cs), Decimal(0))
+            from billing.reports.stats import margin_pct
+
+            pt.add_row(plan, count(len(cs)), money(rev, cur), money(cost, cur), _red(money(rev - cost, cur), rev < cost),
+                       pct(margin_pct(rev, cost)), count(sum(1 for c in cs if report.is_whale(c))))
+        console.print(pt)
+    whales = report.whales()
+    if whales:
+        wt = _table("Customer", "Plan", "Revenue", "Provider cost", "Margin", "Margin %", "Interactions",
+                    title=f"Whales ({len(whales)})")
+        for w in whales:
+            wt.add_row(w.customer, w.plan or "", money(w.revenue, w.currency), money(w.cost, w.currency),
+                       _red(money(w.margin, w.currency), w.margin < 0), pct(w.margin_pct), count(w.interactions))
+        console.print(wt)
+    else:
+        console.print("No whales: every customer's revenue covers its provider cost.", highlight=False)
 
 
 @app.command("forecast")
 def forecast_cmd(
     as_of: Annotated[str | None, typer.Option(help="Project from this instant (ISO; default now).")] = None,
-    flagged: Annotated[bool, typer.Option("--flagged", help="Only customers with a flag.")] = False,
+    flagged: Annotated[bool, typer.Option("--flagged", help="Only customers whose projection crosses a limit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Projected end-of-period usage, cost and invoice per customer from the run rate."""
     from billing.cli.context import catalog, engine, instant, run
-    from billing.reports.forecast import forecast
+    from billing.reports.forecast import METHOD, forecast
 
     at = instant(as_of, "--as-of")
     try:
@@ -137,12 +190,27 @@ def forecast_cmd(
     if flagged:
         rows = [r for r in rows if r.flags]
     if as_json:
-        print_json([r.to_json() for r in rows])
+        print_json({"as_of": at.isoformat().replace("+00:00", "Z"), "method": METHOD,
+                    "customers": [r.to_json() for r in rows]})
         return
-    table = Table("Customer", "Plan", "Elapsed", "Invoice to date", "Projected invoice", "Cost to date",
-                  "Projected cost", "Flags", title=f"Forecast as of {at.isoformat()}", title_justify="left")
+    elapsed = {(r.elapsed * 100).quantize(Decimal("0.1")) for r in rows}
+    same = len(elapsed) == 1
+    title = f"Forecast to period end, as of {at.isoformat(timespec='seconds')}"
+    if same:
+        title += f" ({next(iter(elapsed))}% of the period elapsed)"
+    columns = ["Customer", "Plan"] + ([] if same else ["Elapsed"]) + [
+        "Usage: so far → projected", "Invoice: to date → projected", "Cost: to date → projected", "Proj. margin",
+        "Flags"]
+    table = _table(*columns, title=title,
+                   caption=f"Method: {METHOD}. Flags: limits the projection reaches (~ when, at the run rate).")
     for r in rows:
-        table.add_row(r.customer, r.plan, f"{(r.elapsed * 100).quantize(Decimal('0.1'))}%", str(r.invoice_to_date),
-                      str(r.projected_invoice), _money(r.cost_to_date), _money(r.projected_cost),
-                      ", ".join(r.flags))
+        usage = "\n".join(f"{k} {count(v.to_integral_value())} → {count(r.projected_usage[k].to_integral_value())}"
+                          for k, v in r.usage_to_date.items())
+        flags = "\n".join(x.subject + ("" if x.reached_now or x.at is None else f" ~{x.at.strftime('%b %d')}")
+                          for x in r.crossings if x.threshold == 100)
+        cells = [r.customer, r.plan] + ([] if same else [f"{(r.elapsed * 100).quantize(Decimal('0.1'))}%"]) + [
+            usage, f"{money(r.invoice_to_date, r.currency)} → {money(r.projected_invoice, r.currency)}",
+            f"{money(r.cost_to_date, r.currency)} → {money(r.projected_cost, r.currency)}",
+            _red(pct(r.projected_margin_pct), r.projected_margin < 0), _red(flags, bool(flags))]
+        table.add_row(*cells)
     console.print(table)

@@ -15,7 +15,6 @@ import typer
 from rich.table import Table
 
 from billing.cli.render import console, print_json
-from billing.money import round_line
 
 PlanOpt = Annotated[list[Path] | None, typer.Option("--plan", help="Candidate plan file (repeatable); "
                                                     "default: the spec's `plans`.")]
@@ -101,23 +100,24 @@ def simulate(
 
         if spec is not None:
             customers, period, book = spec.customer_inputs(seed), spec.the_period(), spec.book()
+            with _progress(len(customers)) as advance:
+                sim = run_simulation(plans, customers, period, book, levers=levers, source="synthetic",
+                                     progress=advance)
         else:
-            from billing.cli.context import engine
-            from billing.simulate.history import history_inputs
-
             from sqlalchemy.exc import SQLAlchemyError
 
+            from billing.cli.context import engine
+            from billing.simulate.history import simulate_history
+
             try:
-                period, customers = history_inputs(engine(), history, plans)
+                with _progress(None) as advance:
+                    sim = simulate_history(engine(), history, plans, CostBook.load_default(), levers=levers,
+                                           progress=advance)
             except ValueError as exc:
                 _fail(f"--history: {exc}")
             except SQLAlchemyError as exc:
                 _fail(f"cannot read the ledger (BILLING_DATABASE_URL; run `billing db upgrade`?): "
                       f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-            book = CostBook.load_default()
-        with _progress(len(customers)) as advance:
-            sim = run_simulation(plans, customers, period, book, levers=levers,
-                                 source="synthetic" if spec is not None else "history", progress=advance)
     except PlanInvalid as exc:
         _fail("invalid plan\n" + "\n".join(str(p) for p in exc.problems))
     except BillingError as exc:
@@ -137,26 +137,44 @@ def simulate(
 
 
 @contextmanager
-def _progress(total: int):
-    """A transient progress bar on stderr (nothing on a pipe or in --json output)."""
+def _progress(total: int | None):
+    """A transient progress bar on stderr (nothing on a pipe or in --json output); without a
+    total (history: customer-plan ratings), a running count."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from billing.cli.render import err_console
 
-    with Progress(TextColumn("simulating customers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
+    columns = [TextColumn("simulating customers"), BarColumn(), MofNCompleteColumn()] if total is not None else [
+        TextColumn("simulating: {task.completed:,.0f} rated")]
+    with Progress(*columns, TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("simulate", total=total)
         yield lambda n: bar.advance(task, n)
 
 
 def _m(value: Decimal | None, currency: str = "USD") -> str:
-    return "" if value is None else str(round_line(value, currency))
+    from billing.reports.render import money
+
+    return money(value, currency)
 
 
 def _p(value: Decimal | None) -> str:
-    from billing.reports.stats import round_pct
+    from billing.reports.render import pct
 
-    return "n/a" if value is None else f"{round_pct(value)}%"
+    return pct(value)
+
+
+def _be(value: Decimal | None, currency: str) -> str:
+    if value is None:
+        return ""
+    return "usage covers cost" if value <= 0 else _m(value, currency)
+
+
+def _table(*columns: str, title: str, caption: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 or name in ("Segment", "Customer", "Charge", "Policy")
+                         else "right")
+    return table
 
 
 def print_simulation(sim, top: int = 5) -> None:
@@ -165,8 +183,10 @@ def print_simulation(sim, top: int = 5) -> None:
     for line in sim.levers.describe():
         console.print(f"  lever: {line}", highlight=False)
     actual = sim.actual_totals()
-    table = Table("Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Break-even / seat",
-                  "Throttled", title="Plans side by side", title_justify="left")
+    table = _table("Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Break-even / seat",
+                   "Throttled", title="Plans side by side",
+                   caption="Break-even / seat: the recurring price per seat that, replacing the plan's recurring "
+                           "fees (usage charges as rated), makes revenue equal provider cost.")
     if actual is not None:
         billed, cost = actual
         table.add_row("[italic]actually billed[/italic]", "", _m(billed), _m(cost), _m(billed - cost),
@@ -177,31 +197,48 @@ def print_simulation(sim, top: int = 5) -> None:
         cost = _m(total.cost, c)
         if total.baseline_cost is not None and total.baseline_cost != total.cost:
             cost += f" (was {_m(total.baseline_cost, c)})"
-        table.add_row(f"{plan.ref} — {plan.name}", str(total.customers), _m(total.revenue, c), cost,
-                      _m(total.margin, c), _p(total.margin_pct), _m(total.break_even_seat_price(), c),
-                      str(len(sim.throttled(plan.ref))))
+        margin = _m(total.margin, c)
+        table.add_row(f"{plan.ref} — {plan.name}", f"{total.customers:,}", _m(total.revenue, c), cost,
+                      f"[red]{margin}[/red]" if total.margin < 0 else margin, _p(total.margin_pct),
+                      _be(total.break_even_seat_price(), c), f"{len(sim.throttled(plan.ref)):,}")
     console.print(table)
     for plan in sim.plans:
         c = plan.currency
-        seg = Table("Segment", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Revenue / customer",
-                    "Break-even / seat", title=f"{plan.ref}: by segment", title_justify="left")
+        seg = _table("Segment", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Revenue / customer",
+                     "Break-even / seat", title=f"{plan.ref}: by segment")
         for name, a in sim.segments(plan.ref).items():
-            seg.add_row(name, str(a.customers), _m(a.revenue, c), _m(a.cost, c), _m(a.margin, c), _p(a.margin_pct),
-                        _m(a.revenue / a.customers if a.customers else None, c), _m(a.break_even_seat_price(), c))
+            margin = _m(a.margin, c)
+            seg.add_row(name, f"{a.customers:,}", _m(a.revenue, c), _m(a.cost, c),
+                        f"[red]{margin}[/red]" if a.margin < 0 else margin, _p(a.margin_pct),
+                        _m(a.revenue / a.customers if a.customers else None, c), _be(a.break_even_seat_price(), c))
         console.print(seg)
+        groups = sim.groups(plan.ref, "actual_plan") if sim.has_actual else {}
+        if len(groups) > 1:
+            gt = _table("Actual plan", "Customers", "Billed", "Simulated", "Provider cost", "Margin", "Margin %",
+                        title=f"{plan.ref}: by the plan customers are on")
+            for name, a in groups.items():
+                gt.add_row(name, f"{a.customers:,}", _m(a.actual, c), _m(a.revenue, c), _m(a.cost, c),
+                           _m(a.margin, c), _p(a.margin_pct))
+            console.print(gt)
         dist = " ".join(f"[{b.label()}]: {b.count}" for b in sim.margin_distribution(plan.ref) if b.count)
         console.print(f"  customer margin % distribution: {dist}", highlight=False)
         movers = sim.movers(plan.ref, top)
         if movers and (sim.has_actual or plan is not sim.plans[0]):
             ref = "actual bill" if sim.has_actual else f"{sim.plans[0].ref}"
-            mv = Table("Customer", "Segment", ref.capitalize(), "Simulated", "Change",
-                       title=f"{plan.ref}: biggest changes vs {ref}", title_justify="left")
+            mv = _table("Customer", "Segment", ref.capitalize(), "Simulated", "Change",
+                        title=f"{plan.ref}: biggest changes vs {ref}")
             for r, reference, delta in movers:
                 mv.add_row(r.customer, r.segment, _m(reference, c), _m(r.revenue, c), _m(delta, c))
             console.print(mv)
         throttled = sim.throttled(plan.ref)
         if throttled:
-            names = ", ".join(r.customer for r in throttled[:top])
-            more = f" and {len(throttled) - top} more" if len(throttled) > top else ""
-            console.print(f"  {len(throttled)} customer(s) would have been throttled "
-                          f"(past included units under block/downgrade/rate_limit): {names}{more}", highlight=False)
+            tt = _table("Customer", "Segment", "Charge", "Policy", "Used", "Included", "Beyond",
+                        title=f"{plan.ref}: {len(throttled):,} customer(s) would have been throttled "
+                              "(past included units under block / downgrade / rate_limit)")
+            for r in throttled[:top]:
+                for t in r.throttled:
+                    tt.add_row(r.customer, r.segment, t.charge, t.policy, f"{t.units:,}", f"{t.included:,}",
+                               f"{t.beyond:,}")
+            if len(throttled) > top:
+                tt.add_row(f"… and {len(throttled) - top:,} more", "", "", "", "", "", "")
+            console.print(tt)

@@ -1,9 +1,10 @@
-"""End-of-period forecasts from the run rate, per customer, flagged at spend caps and budgets.
+"""End-of-period forecasts from the run rate, per customer, flagged where the projection
+crosses an allowance, a spend cap or a budget.
 
-Run rate: for a customer's current period ``[start, end)`` and its active window
-``[w0, w1)`` (the period cut to the subscription's start / end), the *elapsed fraction* is
-``f = (as_of - w0) / (w1 - w0)`` (exact, in microseconds). Projections divide what was used so
-far by ``f``:
+Method (``METHOD``, printed with every forecast): for the subscription active at ``as_of``
+and its window ``[w0, w1)`` in the customer's current period (the period cut to the
+subscription's start / end), the *elapsed fraction* is ``f = (as_of - w0) / (w1 - w0)``
+(exact, in microseconds). The projection multiplies what was used so far by ``1 / f``:
 
 - ``count`` and ``sum`` meters, event counts and provider cost scale by ``1 / f``;
 - ``max`` and ``unique_count`` meters stay as observed (they do not accumulate linearly);
@@ -13,31 +14,56 @@ far by ``f``:
 No projection is made before any time has elapsed (``f = 0``); early in a period the run
 rate is noisy (one busy hour projects a busy month) -- ``elapsed`` is reported with it.
 
-Flags (``ForecastRow.flags``):
-
-- ``spend_cap:<charge>`` -- the projected usage of a charge reaches its overage spend cap;
-- ``spend_cap:plan`` -- projected usage charges reach the plan-wide spend cap;
-- ``budget:<pct>`` -- the projected invoice total reaches that budget alert threshold
-  (``budget_alerts.budget``, thresholds such as 50/80/100%); the highest one is reported.
+Crossings use the quota's budget-alert measures (``billing.quota.alerts``): units of a
+charge's included allowance (``included:<charge>``), a charge's spend of its overage spend
+cap (``spend_cap:<charge>``), the plan's usage spend of its spend cap (``spend_cap:plan``)
+and of ``budget_alerts.budget`` (``budget``). Each is checked at the plan's alert thresholds
+and at 100%; ``flags`` lists the subjects whose 100% the projection reaches, and for a
+crossing not reached yet ``at`` is when the run rate reaches it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 
 from sqlalchemy import Engine
 
 from billing.catalog import Catalog
+from billing.catalog.schema import Plan
 from billing.ledger.aggregate_sql import max_event_id
 from billing.ledger.types import to_us
 from billing.money import dec_str, round_line
+from billing.quota.decide import charge_spend, included_units
 from billing.rating.periods import BillingCycle, Period
+from billing.rating.types import MeterTotals
 from billing.reports import repository as repo
-from billing.reports.margins import _periods, rate_to_date
+from billing.reports.margins import customer_periods
+from billing.reports.stats import margin_pct, round_pct
+from billing.reports.to_date import rate_windows, scaled_totals
 
 ZERO = Decimal(0)
+HUNDRED = Decimal(100)
+METHOD = ("run rate: usage and cost so far / elapsed fraction of the billing window (count and sum meters; "
+          "max and unique-count meters as observed), then rated by the plan (included usage, caps, credits)")
+
+
+@dataclass(frozen=True)
+class Crossing:
+    subject: str  # included:<charge> | spend_cap:<charge> | spend_cap:plan | budget
+    threshold: Decimal  # percent of the limit
+    limit: Decimal
+    unit: str  # "units" or the currency
+    now: Decimal
+    projected: Decimal
+    reached_now: bool
+    at: datetime | None = None  # when the run rate reaches it (None: reached already)
+
+    def to_json(self) -> dict:
+        return {"subject": self.subject, "threshold_percent": dec_str(self.threshold), "limit": dec_str(self.limit),
+                "unit": self.unit, "now": dec_str(self.now), "projected": dec_str(self.projected.quantize(Decimal("0.01"))),
+                "reached_now": self.reached_now, "at": None if self.at is None else _iso(self.at)}
 
 
 @dataclass
@@ -53,17 +79,37 @@ class ForecastRow:
     projected_cost: Decimal
     projected_invoice: Decimal
     currency: str = "USD"
-    flags: list[str] = field(default_factory=list)
+    crossings: list[Crossing] = field(default_factory=list)
+
+    @property
+    def flags(self) -> list[str]:
+        return [c.subject for c in self.crossings if c.threshold == HUNDRED]
+
+    @property
+    def projected_margin(self) -> Decimal:
+        return self.projected_invoice - self.projected_cost
+
+    @property
+    def projected_margin_pct(self) -> Decimal | None:
+        return margin_pct(self.projected_invoice, self.projected_cost)
 
     def to_json(self) -> dict:
         c = self.currency
+        pct = round_pct(self.projected_margin_pct)
         return {"customer": self.customer, "plan": self.plan, "period": self.period.label,
                 "elapsed": dec_str(self.elapsed.quantize(Decimal("0.000001"))),
                 "usage_to_date": {k: dec_str(v) for k, v in self.usage_to_date.items()},
                 "cost_to_date": dec_str(self.cost_to_date), "invoice_to_date": str(self.invoice_to_date),
                 "projected_usage": {k: dec_str(v.quantize(Decimal("0.01"))) for k, v in self.projected_usage.items()},
                 "projected_cost": str(round_line(self.projected_cost, c)),
-                "projected_invoice": str(self.projected_invoice), "flags": self.flags}
+                "projected_invoice": str(self.projected_invoice),
+                "projected_margin": str(round_line(self.projected_margin, c)),
+                "projected_margin_pct": None if pct is None else str(pct),
+                "flags": self.flags, "crossings": [x.to_json() for x in self.crossings]}
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def elapsed_fraction(as_of: datetime, start: datetime, end: datetime) -> Decimal:
@@ -84,26 +130,83 @@ def run_rate_factor(as_of: datetime, start: datetime, end: datetime) -> Decimal:
         return Decimal(to_us(end) - to_us(start)) / Decimal(to_us(min(as_of, end)) - to_us(start))
 
 
-def flags_for(plan, invoice) -> list[str]:
+# ------------------------------------------------------------------------------ crossings
+
+def measures(plan: Plan, usage: dict[str, MeterTotals], seats: int) -> list[tuple[str, Decimal, Decimal, str]]:
+    """(subject, value, limit, unit) as ``billing.quota.alerts.reached`` measures them."""
     out = []
+    total = ZERO
     for charge in plan.charges:
+        t = usage.get(charge.meter, MeterTotals())
+        inc = included_units(charge, seats)
+        spend = charge_spend(charge, t.units, t.cost, t.events, inc)
         cap = getattr(charge.on_exhaustion, "spend_cap", None)
-        if cap is None:
-            continue
-        used = sum((ln.amount for ln in invoice.lines if ln.kind == "usage" and ln.key == charge.key), ZERO)
-        if used >= round_line(cap, plan.currency) and cap > 0:
-            out.append(f"spend_cap:{charge.key}")
-    if plan.spend_cap is not None:
-        usage = sum((ln.amount for ln in invoice.lines if ln.kind in ("usage", "cap") and ln.key != "spend_cap"), ZERO)
-        if usage >= round_line(plan.spend_cap, plan.currency):
-            out.append("spend_cap:plan")
-    alerts = plan.budget_alerts
-    if alerts is not None and alerts.budget:
-        crossed = [t for t in alerts.thresholds_percent if invoice.total >= alerts.budget * t / 100]
-        if crossed:
-            out.append(f"budget:{dec_str(max(crossed))}%")
+        if charge.included is not None and inc > 0:
+            out.append((f"included:{charge.key}", t.units, inc, "units"))
+        if cap is not None and cap > 0:
+            spend = min(spend, cap)
+            out.append((f"spend_cap:{charge.key}", spend, cap, plan.currency))
+        total += spend
+    if plan.spend_cap is not None and plan.spend_cap > 0:
+        out.append(("spend_cap:plan", total, plan.spend_cap, plan.currency))
+    budget = plan.budget_alerts.budget if plan.budget_alerts is not None else None
+    if budget is not None and budget > 0:
+        out.append(("budget", total, budget, plan.currency))
     return out
 
+
+def crossings(plan: Plan, usage: dict[str, MeterTotals], seats: int, factor: Decimal, w0: datetime,
+              as_of: datetime) -> list[Crossing]:
+    """Thresholds (the plan's alert thresholds and 100%) the projection reaches."""
+    spec = plan.budget_alerts
+    thresholds = sorted(set(spec.thresholds_percent if spec else ()) | {HUNDRED})
+    now = {s: v for s, v, _, _ in measures(plan, usage, seats)}
+    projected = [(s, v, lim, unit) for s, v, lim, unit in measures(plan, _scale(plan, usage, factor), seats)]
+    out = []
+    for subject, value, limit, unit in projected:
+        for t in thresholds:
+            if value * HUNDRED < limit * t:
+                continue
+            reached = now[subject] * HUNDRED >= limit * t
+            at = None if reached else _when(plan, usage, seats, subject, limit * t / HUNDRED, factor, w0, as_of)
+            out.append(Crossing(subject, t, limit, unit, now[subject], value, reached, at))
+    return out
+
+
+def _scale(plan: Plan, usage: dict[str, MeterTotals], k: Decimal) -> dict[str, MeterTotals]:
+    return {key: scaled_totals(plan, key, t, k) for key, t in usage.items()}
+
+
+def _when(plan, usage, seats, subject, target, factor, w0, as_of) -> datetime:
+    """The first instant at which the run rate reaches ``target`` (bisection on the scale
+    factor between 1 (now) and ``factor`` (window end), to the nearest second)."""
+    def value(k: Decimal) -> Decimal:
+        return next(v for s, v, _, _ in measures(plan, _scale(plan, usage, k), seats) if s == subject)
+
+    elapsed = as_of - w0
+    lo, hi = Decimal(1), factor
+    with localcontext() as ctx:
+        ctx.prec = 40
+        if subject.startswith("included:"):  # units grow linearly with the run rate: solve directly
+            units = value(Decimal(1))
+            if units > 0 and value(Decimal(2)) == 2 * units:
+                hi = target / units
+                lo = hi
+        for _ in range(60):
+            if lo == hi:
+                break
+            if (hi - lo) * Decimal(elapsed.total_seconds()) < Decimal("0.001"):
+                break
+            mid = (lo + hi) / 2
+            if value(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        seconds = (hi * Decimal(elapsed.total_seconds())).to_integral_value()
+    return w0 + timedelta(seconds=int(seconds))
+
+
+# -------------------------------------------------------------------------------- forecast
 
 def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None) -> list[ForecastRow]:
     """Every customer with a subscription active at ``as_of``: to date and projected to period end."""
@@ -112,39 +215,33 @@ def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None) ->
     with engine.connect() as conn:
         try:
             zones = repo.customers(conn)
-            periods = _periods(zones, label)
+            periods = customer_periods(zones, label)
             # a customer whose local month differs from the UTC one at as_of: use the period holding as_of
             for customer, p in list(periods.items()):
                 if not p.contains(as_of):
                     periods[customer] = BillingCycle("month", "calendar", zones[customer][0]).period_containing(as_of)
             subs = repo.subscriptions_overlapping(conn, min(p.start for p in periods.values()) if periods else as_of,
                                                   max(p.end for p in periods.values()) if periods else as_of)
-            subs = [s for s in subs if s.started_at <= as_of and (s.ended_at is None or s.ended_at > as_of)]
+            active = {}
+            for s in subs:  # oldest first: the latest active subscription wins
+                if s.started_at <= as_of and (s.ended_at is None or s.ended_at > as_of):
+                    active[s.customer_id] = s
             watermark = max_event_id(conn)
-            current = rate_to_date(conn, catalog, subs, periods, as_of, watermark)
-            scale = {}
-            fractions = {}
-            for customer, (s, _) in current.items():
-                p = periods[customer]
-                w0 = max(p.start, s.started_at)
-                w1 = min(p.end, s.ended_at) if s.ended_at else p.end
-                f = elapsed_fraction(as_of, w0, w1)
-                fractions[customer] = f
-                if f > 0:
-                    scale[customer] = run_rate_factor(as_of, w0, w1)
-            projected = rate_to_date(conn, catalog, [current[c][0] for c in scale], periods, as_of, watermark,
-                                     scale=scale)
+            current = {w.customer: w for w in rate_windows(conn, catalog, list(active.values()), periods, as_of,
+                                                           watermark)}
+            scale = {c: run_rate_factor(as_of, w.start, w.end) for c, w in current.items() if as_of > w.start}
+            projected = {w.customer: w for w in rate_windows(conn, catalog, [current[c].sub for c in scale], periods,
+                                                             as_of, watermark, scale=scale)}
         finally:
             conn.rollback()
     rows = []
-    for customer in sorted(current):
-        s, inv = current[customer]
-        if customer not in projected:
-            continue
-        plan = catalog.get(s.plan_id, s.plan_version)
-        _, proj = projected[customer]
-        usage = {u.charge: u.units for u in inv.usage}
-        rows.append(ForecastRow(customer, plan.ref, periods[customer], fractions[customer], usage,
-                                inv.provider_cost, inv.total, {u.charge: u.units for u in proj.usage},
-                                proj.provider_cost, proj.total, plan.currency, flags_for(plan, proj)))
+    for customer in sorted(projected):
+        w, proj = current[customer], projected[customer]
+        inv, pinv = w.invoice, proj.invoice
+        cross = crossings(w.plan, w.usage, w.max_seats, scale[customer], w.start, as_of)
+        rows.append(ForecastRow(customer, w.plan.ref, w.period, elapsed_fraction(as_of, w.start, w.end),
+                                {u.charge: u.units for u in inv.usage}, inv.provider_cost, inv.total,
+                                {u.charge: u.units for u in pinv.usage}, pinv.provider_cost, pinv.total,
+                                w.plan.currency, cross))
     return rows
+

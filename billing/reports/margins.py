@@ -1,34 +1,43 @@
 """Margin reports over one period: revenue, provider cost and gross margin per customer,
 breakdowns by any event property, whales, usage segments and chargebacks.
 
-Definitions (``period`` is a calendar month ``YYYY-MM`` taken in each customer's time zone):
+Definitions (``period`` is a calendar month ``YYYY-MM`` taken in each customer's time zone;
+``as_of`` defaults to now):
 
-- **revenue** of a customer: ``invoiced`` when finalized/paid invoices (and credit notes)
-  exist whose service period starts in the period (their totals summed); otherwise
-  ``rated``: the period rated to date (``as_of``) through the rating engine on the ledger's
-  meter totals (``aggregate_meters``) -- for an open period that is revenue *so far*
-  (recurring fees in advance count in full); ``none`` without a subscription.
-- **cost**: the sum of the stored provider cost (``cost_pico``) of the customer's events in
-  the period (up to ``as_of``).
+- **revenue** of a customer, per subscription window in the period (see ``to_date.py``):
+  *invoiced* -- the lines of invoices and credit notes finalized by ``as_of`` whose service
+  window starts in the period: the period's invoice, plus the adjustments and credit notes
+  later closes issued for it (so late events count in the month they happened); a document
+  voided by ``as_of`` counts 0 (the period stays closed, it is not re-rated);
+  otherwise *rated* -- the window rated to ``as_of`` by the rating engine on the ledger's
+  meters (for an open period, revenue *so far*; recurring fees in advance count in full).
+  ``source`` says which: ``invoiced``, ``rated``, ``invoiced+rated`` (a plan change: one part
+  closed, one open) or ``none`` (no subscription).
+- **cost**: the stored provider cost (``cost_pico``) of the customer's events in the period
+  up to ``as_of``, exact.
 - **margin** = revenue - cost; **margin %** = margin / revenue x 100 (None without revenue).
-- **breakdown by a property** (feature, model, user, task, or any event property): the cost
-  of the events carrying each value, and the customer's revenue *allocated* to each value in
-  proportion to its share of the customer's events (``allocate="events"``, default) or of its
-  cost (``allocate="cost"``; evenly when there is nothing to weigh). Events without the
-  property, and revenue of customers with no events, count under ``(none)``. Summed over
-  customers this is the chargeback total per value.
+- **breakdown by a property** (feature, model, user, task, or any event property -- the
+  chargeback totals per team or workflow): the cost of the events carrying each value, and
+  each customer's revenue *allocated* across the values its events carry, in proportion to
+  the number of those events (``allocate="events"``, default) or to their cost
+  (``allocate="cost"``), in whole cents that sum to the customer's revenue (largest
+  remainder). ``(none)``: events without the property (their cost), and the revenue of
+  customers none of whose events carry it.
 - **whales**: customers whose cost exceeds their revenue, or whose margin % is below
   ``whale_margin_pct`` when given.
-- **segments**: nearest-rank P25/P50/P90/P99 across customers of interactions (events of type
-  ``llm.call``), cost, revenue and margin.
+- **segments**: the P25 / P50 / P90 / P99 customers by usage (interactions: events of type
+  ``llm.call``; ties by cost, then id; nearest rank), each with *its own* interactions, cost,
+  revenue and margin -- "light user (P25): 30 interactions, $2.70 cost, $20.00 revenue, 87%
+  margin". ``percentiles`` gives each metric's own percentiles across customers.
 
-Read-only: one read transaction, rolled back.
+Amounts are in each customer's currency; totals assume one currency (``currencies`` lists
+them). Read-only: one read transaction, rolled back. Exact for calendar-month billing
+cycles; a plan on an anniversary or yearly cycle counts the invoices whose service period
+starts in the month.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,19 +46,18 @@ from decimal import Decimal
 from sqlalchemy import Engine
 
 from billing.catalog import Catalog
-from billing.ledger.aggregate_sql import aggregate_meters, max_event_id
+from billing.ledger.aggregate_sql import max_event_id
 from billing.ledger.types import to_us
-from billing.money import dec_str, from_minor, round_line
-from billing.rating.engine import RatingInput, rate_period
+from billing.money import from_minor, quantum
 from billing.rating.periods import Period, parse_period_label
-from billing.rating.types import CreditGrant, RatedInvoice
 from billing.reports import repository as repo
-from billing.reports.stats import margin_pct, percentiles, round_pct
+from billing.reports.stats import PERCENTILES, allocate, margin_pct, percentile, percentiles
+from billing.reports.to_date import rate_windows
 
 ZERO = Decimal(0)
 PICO = Decimal(10) ** 12
-MICRO = Decimal(10) ** 6
 NONE_KEY = "(none)"
+SEGMENT_NAMES = {25: "light", 50: "median", 90: "heavy", 99: "power"}
 
 
 @dataclass
@@ -57,7 +65,7 @@ class CustomerMargin:
     customer: str
     plan: str | None
     revenue: Decimal
-    source: str  # invoiced | rated | none
+    source: str  # invoiced | rated | invoiced+rated | none
     cost: Decimal
     events: int
     interactions: int
@@ -71,12 +79,6 @@ class CustomerMargin:
     @property
     def margin_pct(self) -> Decimal | None:
         return margin_pct(self.revenue, self.cost)
-
-    def to_json(self) -> dict:
-        return {"customer": self.customer, "plan": self.plan, "revenue": str(self.revenue), "source": self.source,
-                "cost": dec_str(self.cost), "margin": dec_str(self.margin),
-                "margin_pct": _pct(self.margin_pct), "events": self.events, "interactions": self.interactions,
-                "currency": self.currency}
 
 
 @dataclass
@@ -95,10 +97,21 @@ class BreakdownRow:
     def margin_pct(self) -> Decimal | None:
         return margin_pct(self.revenue, self.cost)
 
-    def to_json(self) -> dict:
-        return {"key": self.key, "customers": self.customers, "events": self.events, "cost": dec_str(self.cost),
-                "revenue": dec_str(_cents(self.revenue)), "margin": dec_str(_cents(self.margin)),
-                "margin_pct": _pct(self.margin_pct)}
+
+@dataclass(frozen=True)
+class SegmentRow:
+    """The customer at a usage percentile, with its own figures."""
+
+    name: str  # light | median | heavy | power
+    percentile: int
+    customer: CustomerMargin
+
+    def sentence(self) -> str:
+        from billing.reports.render import money, pct
+
+        c = self.customer
+        return (f"{self.name} user (P{self.percentile}): {c.interactions:,} interactions, {money(c.cost, c.currency, '$')} "
+                f"cost, {money(c.revenue, c.currency, '$')} revenue, {pct(c.margin_pct, 0)} margin")
 
 
 @dataclass
@@ -128,74 +141,61 @@ class MarginReport:
     def margin_pct(self) -> Decimal | None:
         return margin_pct(self.revenue, self.cost)
 
-    def whales(self) -> list[CustomerMargin]:
-        out = []
-        for c in self.customers:
-            pct = c.margin_pct
-            if c.cost > c.revenue or (self.whale_margin_pct is not None and pct is not None
-                                      and pct < self.whale_margin_pct):
-                out.append(c)
-        return sorted(out, key=lambda c: (c.margin, c.customer))
+    @property
+    def currencies(self) -> list[str]:
+        return sorted({c.currency for c in self.customers}) or ["USD"]
 
-    def segments(self) -> dict[str, dict[str, Decimal | None]]:
+    @property
+    def currency(self) -> str:
+        return self.currencies[0]
+
+    def is_whale(self, c: CustomerMargin) -> bool:
+        pct = c.margin_pct
+        return c.cost > c.revenue or (self.whale_margin_pct is not None and pct is not None
+                                      and pct < self.whale_margin_pct)
+
+    def whales(self) -> list[CustomerMargin]:
+        return sorted((c for c in self.customers if self.is_whale(c)), key=lambda c: (c.margin, c.customer))
+
+    def usage_segments(self) -> list[SegmentRow]:
+        ranked = sorted(self.customers, key=lambda c: (c.interactions, c.cost, c.customer))
+        if not ranked:
+            return []
+        out = []
+        for p in PERCENTILES:
+            index = percentile(list(range(len(ranked))), p)
+            out.append(SegmentRow(SEGMENT_NAMES.get(p, f"P{p}"), p, ranked[int(index)]))
+        return out
+
+    def percentiles(self) -> dict[str, dict[str, Decimal | None]]:
         cs = self.customers
         return {"interactions": percentiles([Decimal(c.interactions) for c in cs]),
                 "cost": percentiles([c.cost for c in cs]),
                 "revenue": percentiles([c.revenue for c in cs]),
                 "margin": percentiles([c.margin for c in cs])}
 
+    def plans(self) -> list[tuple[str, list[CustomerMargin]]]:
+        """Customers grouped by plan (most revenue first)."""
+        groups: dict[str, list[CustomerMargin]] = defaultdict(list)
+        for c in self.customers:
+            groups[c.plan or "(no plan)"].append(c)
+        return sorted(groups.items(), key=lambda kv: (-sum((c.revenue for c in kv[1]), ZERO), kv[0]))
+
     def to_json(self) -> dict:
-        return {
-            "period": self.label, "as_of": self.as_of.isoformat().replace("+00:00", "Z"),
-            "totals": {"customers": len(self.customers), "revenue": dec_str(self.revenue),
-                       "cost": dec_str(self.cost), "margin": dec_str(self.margin), "margin_pct": _pct(self.margin_pct)},
-            "customers": [c.to_json() for c in self.customers],
-            "whales": [c.customer for c in self.whales()],
-            "segments": {metric: {k: None if v is None else dec_str(v) for k, v in ps.items()}
-                         for metric, ps in self.segments().items()},
-            "by": self.by, "allocate": self.allocate,
-            "breakdown": [r.to_json() for r in self.breakdown],
-            "per_customer_breakdown": [{"customer": c, **r.to_json()} for c, r in self.per_customer_breakdown],
-        }
+        from billing.reports.export import report_json
+
+        return report_json(self)
 
     def to_csv(self) -> str:
-        """Per customer rows; with ``by``, then the breakdown rows (a ``section`` column tells them apart)."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["section", "customer", "key", "plan", "source", "events", "interactions", "revenue", "cost",
-                    "margin", "margin_pct"])
-        for c in self.customers:
-            w.writerow(["customer", c.customer, "", c.plan or "", c.source, c.events, c.interactions, str(c.revenue),
-                        dec_str(c.cost), dec_str(c.margin), _pct(c.margin_pct) or ""])
-        for r in self.breakdown:
-            w.writerow([f"by:{self.by}", "", r.key, "", self.allocate, r.events, "", dec_str(_cents(r.revenue)),
-                        dec_str(r.cost), dec_str(_cents(r.margin)), _pct(r.margin_pct) or ""])
-        for customer, r in self.per_customer_breakdown:
-            w.writerow([f"customer-by:{self.by}", customer, r.key, "", self.allocate, r.events, "",
-                        dec_str(_cents(r.revenue)), dec_str(r.cost), dec_str(_cents(r.margin)), _pct(r.margin_pct) or ""])
-        return buf.getvalue()
+        from billing.reports.export import report_csv
 
-
-def _pct(value: Decimal | None) -> str | None:
-    r = round_pct(value)
-    return None if r is None else str(r)
-
-
-def _cents(value: Decimal) -> Decimal:
-    return round_line(value, "USD")
+        return report_csv(self)
 
 
 # ---------------------------------------------------------------------------- building
 
-@dataclass
-class _Sub:
-    customer: str
-    plan_ref: str
-    sub: object
-    period: Period
-
-
-def _periods(zones: dict[str, tuple[str, str]], label: str) -> dict[str, Period]:
+def customer_periods(zones: dict[str, tuple[str, str]], label: str) -> dict[str, Period]:
+    """customer -> the month ``label`` in the customer's time zone."""
     cache: dict[str, Period] = {}
     out = {}
     for customer, (tz, _) in zones.items():
@@ -205,86 +205,25 @@ def _periods(zones: dict[str, tuple[str, str]], label: str) -> dict[str, Period]
     return out
 
 
-def rate_to_date(conn, catalog: Catalog, subs: list, periods: dict[str, Period], as_of: datetime,
-                 watermark: int, scale: dict[str, Decimal] | None = None) -> dict[str, tuple[object, RatedInvoice]]:
-    """customer -> (subscription, invoice rated on the events up to ``as_of``) for the
-    latest subscription of each customer overlapping its period. With ``scale`` (customer ->
-    factor), count/sum meter totals and costs are multiplied by it first (forecasts)."""
-    latest = {}
-    for s in subs:
-        p = periods.get(s.customer_id)
-        if p is not None and s.started_at < p.end and (s.ended_at is None or s.ended_at > p.start):
-            latest[s.customer_id] = s
-    if not latest:
-        return {}
-    seats = repo.seat_histories(conn, [s.id for s in latest.values()])
-    grants = repo.grant_balances(conn, list(latest))
-    groups: dict[tuple, list] = defaultdict(list)
-    for customer, s in latest.items():
-        groups[(s.plan_id, s.plan_version, periods[customer])].append(s)
-    out = {}
-    for (plan_id, version, p), members in groups.items():
-        plan = catalog.get(plan_id, version)
-        end = min(p.end, as_of)
-        ids = [s.customer_id for s in members]
-        totals = aggregate_meters(conn, plan, ids, to_us(p.start), to_us(end), watermark) if end > p.start else {}
-        costs = repo.cost_by(conn, to_us(p.start), to_us(end), customers=ids) if end > p.start else []
-        cost_of = {r.customer: Decimal(r.cost_pico) / PICO for r in costs}
-        for s in members:
-            usage = totals.get(s.customer_id, {})
-            cost = cost_of.get(s.customer_id, ZERO)
-            k = (scale or {}).get(s.customer_id)
-            if k is not None:
-                usage = {key: _scaled(plan, key, t, k) for key, t in usage.items()}
-                cost = cost * k
-            g = [CreditGrant(g.id, Decimal(left) / MICRO, g.name, g.expires_at, g.effective_at,
-                             tuple(g.applies_to.split(",")) if g.applies_to else None)
-                 for g, left in grants.get(s.customer_id, []) if left > 0]
-            inv = rate_period(RatingInput(plan, s.customer_id, p, usage, seat_changes=seats.get(s.id, []),
-                                          grants=g, active_from=s.started_at if s.started_at > p.start else None,
-                                          active_until=s.ended_at if s.ended_at and s.ended_at < p.end else None,
-                                          trial_end=s.trial_end, provider_cost=cost))
-            out[s.customer_id] = (s, inv)
-    return out
-
-
-def _scaled(plan, key: str, totals, k: Decimal):
-    from billing.rating.types import MeterTotals
-
-    try:
-        aggregation = plan.meter(key).aggregation
-    except KeyError:
-        aggregation = "count"
-    if aggregation in ("max", "unique_count"):
-        return MeterTotals(totals.units, totals.events, totals.cost * k, totals.transactions)
-    return MeterTotals(totals.units * k, int((totals.events * k).to_integral_value()), totals.cost * k,
-                       totals.transactions)
-
-
 def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: datetime | None = None,
                   by: str | None = None, allocate: str = "events", whale_margin_pct: Decimal | None = None,
                   interaction_type: str = "llm.call") -> MarginReport:
     if allocate not in ("events", "cost"):
         raise ValueError("allocate must be 'events' or 'cost'")
+    if whale_margin_pct is not None and not whale_margin_pct.is_finite():
+        raise ValueError("the whale margin threshold must be a finite number")
     as_of = as_of or datetime.now(UTC)
+    if as_of.tzinfo is None:
+        raise ValueError("as_of needs a timezone")
     utc = parse_period_label(label)
-    window_start = utc.start
     with engine.connect() as conn:
         try:
             zones = repo.customers(conn)
-            periods = _periods(zones, label)
-            lo = min((p.start for p in periods.values()), default=window_start)
+            periods = customer_periods(zones, label)
+            lo = min((p.start for p in periods.values()), default=utc.start)
             hi = max((p.end for p in periods.values()), default=utc.end)
             subs = repo.subscriptions_overlapping(conn, lo, hi)
-            invoices = repo.invoices_starting_between(conn, lo, hi)
-            invoiced: dict[str, Decimal] = defaultdict(lambda: ZERO)
-            inv_plan: dict[str, str] = {}
-            for inv in invoices:
-                p = periods.get(inv.customer)
-                if p is not None and p.start <= inv.period_start < p.end:
-                    invoiced[inv.customer] += from_minor(inv.total_minor, inv.currency)
-                    if inv.kind == "invoice":
-                        inv_plan[inv.customer] = f"{inv.plan_id}@v{inv.plan_version}"
+            lines = repo.billed_lines(conn, lo, hi, as_of)
             # cost and counts per customer (and per property value), one query per time zone
             by_zone: dict[Period, list[str]] = defaultdict(list)
             for customer, p in periods.items():
@@ -297,8 +236,16 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
                 only = members if len(by_zone) > 1 else None
                 rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
                                          interaction_type=interaction_type))
-            needs_rating = [s for s in subs if s.customer_id not in invoiced]
-            rated = rate_to_date(conn, catalog, needs_rating, periods, as_of, max_event_id(conn)) if needs_rating else {}
+            billed: dict[str, Decimal] = defaultdict(lambda: ZERO)
+            billed_subs: set[int] = set()
+            for ln in lines:
+                p = periods.get(ln.customer)
+                if p is not None and p.start <= ln.service_start < p.end:
+                    billed[ln.customer] += from_minor(ln.counts_at(as_of), ln.currency)
+                    if ln.subscription_id is not None:
+                        billed_subs.add(ln.subscription_id)
+            open_subs = [s for s in subs if s.id not in billed_subs]
+            rated = rate_windows(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
         finally:
             conn.rollback()
 
@@ -309,18 +256,22 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
         cost[r.customer] += r.cost_pico
         events[r.customer] += r.events
         inter[r.customer] += r.interactions
-    sub_plan = {s.customer_id: f"{s.plan_id}@v{s.plan_version}" for s in subs}
+    rated_revenue: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for w in rated:
+        rated_revenue[w.customer] += w.invoice.total
+    plan_of: dict[str, str] = {}
+    for s in subs:  # oldest first: the latest subscription in the period names the plan
+        p = periods.get(s.customer_id)
+        if p is not None and s.started_at < p.end and (s.ended_at is None or s.ended_at > p.start):
+            plan_of[s.customer_id] = f"{s.plan_id}@v{s.plan_version}"
     customers = []
-    for customer in sorted(set(cost) | set(invoiced) | set(sub_plan)):
-        if customer in invoiced:
-            revenue, source, plan = invoiced[customer], "invoiced", inv_plan.get(customer, sub_plan.get(customer))
-        elif customer in rated:
-            revenue, source, plan = rated[customer][1].total, "rated", sub_plan.get(customer)
-        else:
-            revenue, source, plan = ZERO, "none", sub_plan.get(customer)
-        customers.append(CustomerMargin(customer, plan, revenue, source, Decimal(cost[customer]) / PICO,
-                                        events[customer], inter[customer], zones.get(customer, ("UTC", "USD"))[1],
-                                        periods.get(customer)))
+    for customer in sorted(set(cost) | set(billed) | set(plan_of)):
+        parts = [name for name, present in (("invoiced", customer in billed), ("rated", customer in rated_revenue))
+                 if present]
+        revenue = billed.get(customer, ZERO) + rated_revenue.get(customer, ZERO)
+        customers.append(CustomerMargin(customer, plan_of.get(customer), revenue, "+".join(parts) or "none",
+                                        Decimal(cost[customer]) / PICO, events[customer], inter[customer],
+                                        zones.get(customer, ("UTC", "USD"))[1], periods.get(customer)))
     report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct)
     if by:
         _breakdown(report, rows)
@@ -328,34 +279,33 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
 
 
 def _breakdown(report: MarginReport, rows: list) -> None:
-    revenue = {c.customer: c.revenue for c in report.customers}
     per_customer: dict[str, list] = defaultdict(list)
     for r in rows:
         per_customer[r.customer].append(r)
-    for customer, amount in revenue.items():  # revenue without usage (fees only) counts under (none)
-        if amount and customer not in per_customer:
-            per_customer[customer].append(repo.CostRow(customer, None, 0, 0, 0))
     totals: dict[str, BreakdownRow] = {}
     detail = []
-    for customer in sorted(per_customer):
-        mine = per_customer[customer]
-        weight_total = sum((r.events if report.allocate == "events" else r.cost_pico) for r in mine)
-        for r in sorted(mine, key=lambda x: (x.key is None, x.key or "")):
+    for c in report.customers:
+        mine = sorted(per_customer.get(c.customer, []), key=lambda x: (x.key is None, x.key or ""))
+        keyed = [r for r in mine if r.key is not None]
+        if keyed:
+            weights = [(r.key, r.events if report.allocate == "events" else r.cost_pico) for r in keyed]
+            shares = allocate(c.revenue, weights, quantum(c.currency))
+        else:
+            shares = {}
+        if not shares and c.revenue and not any(r.key is None for r in mine):
+            mine.append(repo.CostRow(c.customer, None, 0, 0, 0))  # revenue with no usage at all
+        for r in mine:
             key = NONE_KEY if r.key is None else r.key
-            weight = r.events if report.allocate == "events" else r.cost_pico
-            if weight_total:
-                share = Decimal(weight) / Decimal(weight_total)
-            else:  # nothing to weigh by (no cost, say): split evenly
-                share = Decimal(1) / len(mine)
-            row = BreakdownRow(key, 1, r.events, Decimal(r.cost_pico) / PICO, revenue.get(customer, ZERO) * share)
-            detail.append((customer, row))
+            revenue = shares.get(r.key, ZERO) if r.key is not None else (ZERO if shares else c.revenue)
+            row = BreakdownRow(key, 1, r.events, Decimal(r.cost_pico) / PICO, revenue)
+            detail.append((c.customer, row))
             agg = totals.setdefault(key, BreakdownRow(key, 0, 0, ZERO, ZERO))
             agg.customers += 1
             agg.events += row.events
             agg.cost += row.cost
             agg.revenue += row.revenue
-    report.breakdown = sorted(totals.values(), key=lambda r: (-r.cost, r.key))
+    report.breakdown = sorted(totals.values(), key=lambda r: (r.key == NONE_KEY, -r.cost, r.key))
     report.per_customer_breakdown = detail
 
 
-__all__ = ["BreakdownRow", "CustomerMargin", "MarginReport", "margin_report", "rate_to_date"]
+__all__ = ["BreakdownRow", "CustomerMargin", "MarginReport", "SegmentRow", "customer_periods", "margin_report"]

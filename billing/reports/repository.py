@@ -15,7 +15,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, func, or_, select, text
 
-from billing.ledger.models import CreditBurn, CreditGrantRow, Customer, Invoice, SeatChange, Subscription, UsageEventRow
+from billing.ledger.models import (
+    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, SeatChange, Subscription, UsageEventRow)
 
 _SAFE_PROP = re.compile(r"^[A-Za-z0-9_\-]+$")
 _CHUNK = 500
@@ -36,9 +37,14 @@ def property_sql(dialect: str, prop: str) -> str:
 
 
 def _json_text(dialect: str, prop: str) -> str:
+    """The property as text like Python's ``str()`` of the JSON value (true -> 'True'), the
+    way meters filter on it (``billing.ledger.aggregate_sql``)."""
     if dialect == "postgresql":
-        return f"(properties->>'{prop}')"
-    return f"CAST(json_extract(properties, '$.\"{prop}\"') AS TEXT)"
+        return (f"(CASE json_typeof(properties->'{prop}') WHEN 'boolean' THEN initcap(properties->>'{prop}') "
+                f"ELSE properties->>'{prop}' END)")
+    path = f"'$.\"{prop}\"'"
+    return (f"(CASE json_type(properties, {path}) WHEN 'true' THEN 'True' WHEN 'false' THEN 'False' "
+            f"ELSE CAST(json_extract(properties, {path}) AS TEXT) END)")
 
 
 # --------------------------------------------------------------------- customers & subs
@@ -48,12 +54,26 @@ def customers(conn: Connection) -> dict[str, tuple[str, str]]:
     return {cid: (tz, cur) for cid, tz, cur in conn.execute(select(Customer.id, Customer.timezone, Customer.currency))}
 
 
-def subscriptions_overlapping(conn: Connection, start: datetime, end: datetime) -> list[Subscription]:
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """The columns of a subscription that reports and simulations read."""
+
+    id: int
+    customer_id: str
+    plan_id: str
+    plan_version: int
+    started_at: datetime
+    ended_at: datetime | None
+    trial_end: datetime | None
+
+
+def subscriptions_overlapping(conn: Connection, start: datetime, end: datetime) -> list[SubscriptionRow]:
     """Subscriptions active at some instant of [start, end), oldest first."""
-    rows = conn.execute(select(Subscription).where(
-        Subscription.started_at < end, or_(Subscription.ended_at.is_(None), Subscription.ended_at > start))
-        .order_by(Subscription.started_at, Subscription.id))
-    return [Subscription.model_validate(r._mapping) for r in rows]
+    t = Subscription.__table__.c
+    rows = conn.execute(select(t.id, t.customer_id, t.plan_id, t.plan_version, t.started_at, t.ended_at, t.trial_end)
+                        .where(t.started_at < end, or_(t.ended_at.is_(None), t.ended_at > start))
+                        .order_by(t.started_at, t.id))
+    return [SubscriptionRow(*r) for r in rows]
 
 
 def seat_histories(conn: Connection, subscription_ids: Sequence[int]) -> dict[int, list[tuple[datetime, int]]]:
@@ -86,29 +106,40 @@ def grant_balances(conn: Connection, customer_ids: Sequence[str]) -> dict[str, l
 # ------------------------------------------------------------------------------ invoices
 
 @dataclass(frozen=True)
-class InvoiceRow:
-    id: int
+class BilledLine:
+    invoice_id: int
     customer: str
-    kind: str
-    status: str
+    subscription_id: int | None
+    kind: str  # invoice | credit_note (the document)
     plan_id: str
     plan_version: int
     currency: str
-    period_start: datetime
-    period_end: datetime
-    total_minor: int
-    provider_cost_pico: int
+    service_start: datetime
+    amount_minor: int
+    voided_at: datetime | None
+
+    def counts_at(self, as_of: datetime) -> int:
+        """The line's amount as billed at ``as_of`` (0 once its document is void)."""
+        return 0 if self.voided_at is not None and self.voided_at <= as_of else self.amount_minor
 
 
-def invoices_starting_between(conn: Connection, start: datetime, end: datetime) -> list[InvoiceRow]:
-    """Finalized or paid invoices and credit notes whose service period starts in [start, end)."""
-    rows = conn.execute(select(Invoice.id, Invoice.customer_id, Invoice.kind, Invoice.status, Invoice.plan_id,
-                               Invoice.plan_version, Invoice.currency, Invoice.period_start, Invoice.period_end,
-                               Invoice.total_minor, Invoice.provider_cost_pico)
-                        .where(Invoice.period_start >= start, Invoice.period_start < end,
-                               Invoice.status.in_(("finalized", "paid")))
-                        .order_by(Invoice.id))
-    return [InvoiceRow(*r) for r in rows]
+ISSUED_STATUSES = ("finalized", "paid", "past_due", "void")  # not draft; void lines count until voided
+
+
+def billed_lines(conn: Connection, start: datetime, end: datetime, as_of: datetime) -> list[BilledLine]:
+    """Lines of invoices and credit notes finalized by ``as_of`` whose service window starts in
+    [start, end): a period's original invoice, and the adjustments and credit notes for it
+    that later closes issued. Voided documents are included (``counts_at`` gives 0 once void)
+    so that a voided period is known to be closed, not re-rated."""
+    inv, line = Invoice.__table__.c, InvoiceLineRow.__table__.c
+    rows = conn.execute(select(inv.id, inv.customer_id, inv.subscription_id, inv.kind, inv.plan_id,
+                               inv.plan_version, inv.currency, line.service_start, line.amount_minor, inv.voided_at)
+                        .join_from(InvoiceLineRow.__table__, Invoice.__table__, line.invoice_id == inv.id)
+                        .where(line.service_start >= start, line.service_start < end,
+                               inv.status.in_(ISSUED_STATUSES), inv.finalized_at.is_not(None),
+                               inv.finalized_at <= as_of)
+                        .order_by(inv.id, line.position))
+    return [BilledLine(*r) for r in rows]
 
 
 # -------------------------------------------------------------------------------- events

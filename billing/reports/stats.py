@@ -69,3 +69,57 @@ def histogram(values: Sequence[Decimal], edges: Sequence[Decimal]) -> list[Bin]:
 
 
 MARGIN_EDGES = tuple(Decimal(x) for x in (-200, -100, -50, -25, 0, 25, 50, 75, 90))
+
+
+def allocate(amount: Decimal, weights: Sequence[tuple[str, Decimal | int]], unit: Decimal) -> dict[str, Decimal]:
+    """Split ``amount`` across keys in proportion to their weights, in whole ``unit`` s (cents)
+    that sum to ``amount`` exactly: each key gets the floor of its share and the units left
+    over go to the largest remainders (ties: the order given). All-zero weights split evenly.
+    An amount that is not a whole number of units is split exactly instead (no rounding)."""
+    if not weights:
+        return {}
+    ws = [(k, Decimal(w)) for k, w in weights]
+    total = sum((w for _, w in ws), ZERO)
+    if total == 0:
+        ws, total = [(k, Decimal(1)) for k, _ in ws], Decimal(len(ws))
+    units = amount / unit
+    if units != units.to_integral_value():
+        return {k: amount * w / total for k, w in ws}
+    sign, n = (-1 if units < 0 else 1), abs(int(units))
+    while any(w != w.to_integral_value() for _, w in ws):  # exact integer weights
+        ws = [(k, w * 10) for k, w in ws]
+    iw = [(k, int(w)) for k, w in ws]
+    den = sum(w for _, w in iw)
+    base = {k: n * w // den for k, w in iw}
+    left = n - sum(base.values())
+    order = sorted(range(len(iw)), key=lambda i: (-(n * iw[i][1] % den), i))
+    for i in order[:left]:
+        base[iw[i][0]] += 1
+    return {k: sign * v * unit for k, v in base.items()}
+
+
+USAGE_BANDS = (("light", 25), ("moderate", 50), ("regular", 90), ("heavy", 99))
+
+
+def usage_bands(values: dict[str, int | Decimal]) -> dict[str, str]:
+    """Each key's usage band by the nearest-rank percentiles of all values: ``light (<= P25)``,
+    ``moderate (P25-P50]``, ``regular (P50-P90]``, ``heavy (P90-P99]``, ``power (> P99)``."""
+    ordered = [Decimal(v) for v in values.values()]
+    cuts = [(name, p, percentile(ordered, p)) for name, p in USAGE_BANDS]
+    out = {}
+    for key, v in values.items():
+        label = "power (> P99)"
+        previous = None
+        for name, p, cut in cuts:
+            if cut is not None and Decimal(v) <= cut:
+                label = f"{name} (<= P{p})" if previous is None else f"{name} (P{previous}-P{p}]"
+                break
+            previous = p
+        out[key] = label
+    return out
+
+
+def band_order(label: str) -> int:
+    names = [n for n, _ in USAGE_BANDS] + ["power"]
+    head = label.split(" ", 1)[0]
+    return names.index(head) if head in names else len(names)

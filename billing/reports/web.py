@@ -74,6 +74,8 @@ def margins_page(
         try:
             threshold = Decimal(whale_margin)
         except InvalidOperation:
+            threshold = None
+        if threshold is None or not threshold.is_finite():
             raise HTTPException(status_code=422, detail="whale_margin must be a number") from None
     label = period or f"{now.year:04d}-{now.month:02d}"
     try:

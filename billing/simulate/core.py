@@ -68,6 +68,9 @@ class CustomerInput:
     actual_cost: Decimal | None = None
     actual_plan: str | None = None
     grants: Sequence[CreditGrant] = ()
+    active_from: datetime | None = None  # subscription start inside the period (prorated like the close)
+    active_until: datetime | None = None  # subscription end inside the period
+    trial_end: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class CustomerTotals:
     usage_by_plan: Mapping[str, Mapping[str, MeterTotals]] = field(default_factory=dict)
     baseline_cost: Decimal | None = None  # cost before the levers (None: no levers)
     interactions: int = 0
+    active_from: datetime | None = None
+    active_until: datetime | None = None
+    trial_end: datetime | None = None
 
     def usage_for(self, plan: Plan) -> Mapping[str, MeterTotals]:
         return self.usage_by_plan.get(plan.ref, self.usage)
@@ -155,6 +161,7 @@ class Aggregate:
     fees: Decimal
     seats: int
     baseline_cost: Decimal | None = None
+    actual: Decimal | None = None  # what these customers were actually billed (history)
 
     @property
     def margin(self) -> Decimal:
@@ -176,9 +183,11 @@ class Aggregate:
     @classmethod
     def of(cls, results: Sequence[CustomerResult]) -> "Aggregate":
         base = [r.baseline_cost for r in results if r.baseline_cost is not None]
+        billed = [r.actual for r in results if r.actual is not None]
         return cls(len(results), sum((r.revenue for r in results), ZERO), sum((r.cost for r in results), ZERO),
                    sum((r.fees for r in results), ZERO), sum(r.seats for r in results),
-                   sum(base, ZERO) if base and len(base) == len(results) else None)
+                   sum(base, ZERO) if base and len(base) == len(results) else None,
+                   sum(billed, ZERO) if billed else None)
 
     def to_json(self, currency: str = "USD") -> dict:
         be = self.break_even_seat_price()
@@ -187,7 +196,8 @@ class Aggregate:
                 "margin": str(round_line(self.margin, currency)), "margin_pct": _pct_json(self.margin_pct),
                 "seats": self.seats, "recurring_fees": str(self.fees),
                 "break_even_price_per_seat": None if be is None else str(round_line(be, currency)),
-                "baseline_cost": None if self.baseline_cost is None else dec_str(self.baseline_cost)}
+                "baseline_cost": None if self.baseline_cost is None else dec_str(self.baseline_cost),
+                "actual": None if self.actual is None else str(self.actual)}
 
 
 @dataclass
@@ -206,9 +216,13 @@ class Simulation:
         return Aggregate.of(self.results[ref])
 
     def segments(self, ref: str) -> dict[str, Aggregate]:
+        return self.groups(ref, "segment")
+
+    def groups(self, ref: str, attribute: str) -> dict[str, Aggregate]:
+        """Totals per value of a result attribute (``segment``, ``actual_plan``), in first-seen order."""
         groups: dict[str, list[CustomerResult]] = {}
         for r in self.results[ref]:
-            groups.setdefault(r.segment or "(none)", []).append(r)
+            groups.setdefault(getattr(r, attribute) or "(none)", []).append(r)
         return {name: Aggregate.of(rs) for name, rs in groups.items()}
 
     def margin_distribution(self, ref: str, edges: Sequence[Decimal] = MARGIN_EDGES) -> list[Bin]:
@@ -265,6 +279,8 @@ class Simulation:
                 "currency": plan.currency,
                 "total": total.to_json(plan.currency),
                 "segments": {k: v.to_json(plan.currency) for k, v in self.segments(ref).items()},
+                "by_actual_plan": {k: v.to_json(plan.currency) for k, v in self.groups(ref, "actual_plan").items()}
+                if self.has_actual else {},
                 "margin_distribution": [{"low": _opt(b.low), "high": _opt(b.high), "customers": b.count}
                                         for b in self.margin_distribution(ref)],
                 "margin_percentiles": {k: None if v is None else dec_str(round_line(v, plan.currency))
@@ -346,25 +362,30 @@ def rate_totals(plans: Sequence[Plan], customers: Sequence[CustomerTotals], peri
     rated by ``FastRater`` (same totals as ``rate_period``, see ``fastrate.py``); the others,
     and every customer when ``keep_invoices`` is set, by ``rate_period`` itself."""
     results: dict[str, list[CustomerResult]] = {p.ref: [] for p in plans}
+    fast_ok = [not keep_invoices and fast_path_applies(period, c.period, c.seat_changes, c.grants, c.active_from,
+                                                       c.active_until, c.trial_end) for c in customers]
     for plan in plans:
         ref = plan.ref
         out = results[ref]
-        fast = FastRater(plan, period)
+        append = out.append
+        rate = FastRater(plan, period).rate
         throttling = {c.key: _THROTTLING.get(type(c.on_exhaustion)) for c in plan.charges}
-        for c in customers:
-            if not keep_invoices and fast_path_applies(period, c.period, c.seat_changes, c.grants):
-                r = fast.rate(c.usage_by_plan.get(ref, c.usage) if c.usage_by_plan else c.usage, c.seats,
-                              throttled_only=True)
+        for c, fast in zip(customers, fast_ok):
+            if fast:
+                r = rate(c.usage_by_plan.get(ref, c.usage) if c.usage_by_plan else c.usage, c.seats,
+                         throttled_only=True)
                 throttled = tuple(Throttle(u.charge, throttling[u.charge], u.units, u.included, u.billable)
                                   for u in r.usage) if r.usage else ()
-                out.append(CustomerResult(c.customer, c.segment, ref, r.total, c.cost, c.seats, r.fees,
-                                          throttled, c.actual, c.actual_cost, c.actual_plan,
-                                          c.baseline_cost, c.interactions))
+                append(CustomerResult(c.customer, c.segment, ref, r.total, c.cost, c.seats, r.fees,
+                                      throttled, c.actual, c.actual_cost, c.actual_plan,
+                                      c.baseline_cost, c.interactions))
                 continue
             p = c.period or period
             changes = list(c.seat_changes) or [(p.start, c.seats)]
             invoice = rate_period(RatingInput(plan, c.customer, p, c.usage_for(plan), seat_changes=changes,
-                                              grants=c.grants, provider_cost=c.cost))
+                                              grants=c.grants, active_from=c.active_from,
+                                              active_until=c.active_until, trial_end=c.trial_end,
+                                              provider_cost=c.cost))
             fees = sum((ln.amount for ln in invoice.lines if ln.kind == "fee"), ZERO)
             seats = max(n for _, n in changes) if c.seat_changes else c.seats
             out.append(CustomerResult(c.customer, c.segment, plan.ref, invoice.total, c.cost, seats, fees,
@@ -387,13 +408,15 @@ def customer_totals(plans: Sequence[Plan], customer: CustomerInput, period: Peri
     in_period = [e for e in events if p.start <= e.timestamp < p.end]
     total = sum((costs[e.id] for e in in_period), ZERO)
     baseline = None
-    if baseline_coster is not None:
-        baseline = sum((baseline_coster(e) for e in original if p.start <= e.timestamp < p.end), ZERO)
+    if baseline_coster is not None:  # history: the cost stored at ingestion is the cost before the levers
+        baseline = customer.actual_cost if customer.actual_cost is not None else sum(
+            (baseline_coster(e) for e in original if p.start <= e.timestamp < p.end), ZERO)
     usage_by_plan = {plan.ref: aggregate(plan, events, p.start, p.end, cost_of) for plan in plans}
     return CustomerTotals(customer.customer, {}, total, customer.segment, customer.seats, customer.seat_changes,
                           customer.period, customer.actual, customer.actual_cost, customer.actual_plan,
                           customer.grants, usage_by_plan, baseline,
-                          sum(1 for e in in_period if e.type == interaction_type))
+                          sum(1 for e in in_period if e.type == interaction_type),
+                          customer.active_from, customer.active_until, customer.trial_end)
 
 
 def simulate(plans: Sequence[Plan], customers: Sequence[CustomerInput], period: Period, book: CostBook, *,

@@ -163,33 +163,35 @@ class FastRater:
         per_charge: dict[str, Decimal] = {}  # usage + cap lines per charge key
         summaries = []
         usage_total = ZERO
-        for charge, included in zip(self._charges, included_units):
-            totals = usage.get(charge.meter, _EMPTY)
+        get = usage.get
+        for (key, meter, _, slow_price, unit_price, price, cap, throttles), included in zip(self._charges,
+                                                                                            included_units):
+            totals = get(meter, _EMPTY)
             units = totals.units
             billable_units = units - included if units > included else ZERO
             amount = ZERO
-            if charge.slow_price is not None:
+            if slow_price is not None:
                 if billable_units > 0:
-                    amount = round_line(billable_units * charge.slow_price, currency)
-            elif charge.unit_price is not None:
+                    amount = round_line(billable_units * slow_price, currency)
+            elif unit_price is not None:
                 if billable_units:  # per_unit.rate: one part, units x unit price
-                    amount = round_line(billable_units * charge.unit_price, currency)
-                if charge.cap is not None and amount > charge.cap:
-                    amount = charge.cap
-            elif charge.price is not None:
+                    amount = round_line(billable_units * unit_price, currency)
+                if cap is not None and amount > cap:
+                    amount = cap
+            elif price is not None:
                 share = billable_units / units if units > 0 else ZERO
                 billable = Billable(billable_units, totals.cost * share,
                                     totals.events if included == 0 else int(totals.events * share),
                                     totals.transactions)
-                for part in price_parts(charge.price, billable):
+                for part in price_parts(price, billable):
                     if part.quantity or part.amount:
                         amount += round_line(part.amount, currency)
-                if charge.cap is not None and amount > charge.cap:
-                    amount = charge.cap  # the cap line: cap - spent
-            per_charge[charge.key] = per_charge.get(charge.key, ZERO) + amount
+                if cap is not None and amount > cap:
+                    amount = cap  # the cap line: cap - spent
+            per_charge[key] = per_charge.get(key, ZERO) + amount
             usage_total += amount
-            if not throttled_only or (charge.throttles and billable_units > 0):
-                summaries.append(FastUsage(charge.key, units, included, billable_units, amount))
+            if not throttled_only or (throttles and billable_units > 0):
+                summaries.append(FastUsage(key, units, included, billable_units, amount))
         plan_cap_line = ZERO
         if self._spend_cap is not None and usage_total > self._spend_cap:
             plan_cap_line = self._spend_cap - usage_total
@@ -225,7 +227,9 @@ def _floor_minor(amount: Decimal, currency: str) -> Decimal:
     return rounded
 
 
-def fast_path_applies(period: Period, customer_period: Period | None, seat_changes, grants) -> bool:
+def fast_path_applies(period: Period, customer_period: Period | None, seat_changes, grants,
+                      active_from=None, active_until=None, trial_end=None) -> bool:
     """The customer fits the fast path: the simulation's own period, constant seats
-    (no seat history), no prepaid grants."""
-    return not seat_changes and not grants and (customer_period is None or customer_period == period)
+    (no seat history), no prepaid grants, active the whole period, no trial."""
+    return (not seat_changes and not grants and (customer_period is None or customer_period == period)
+            and active_from is None and active_until is None and trial_end is None)

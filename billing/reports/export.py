@@ -1,0 +1,80 @@
+"""Margin reports as JSON and CSV. Money is text: revenue in exact cents, cost exact (the
+provider cost is sub-cent), margins exact; percentages to one decimal."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+
+from billing.money import dec_str, round_line
+from billing.reports.stats import round_pct
+
+
+def _pct(value: Decimal | None) -> str | None:
+    r = round_pct(value)
+    return None if r is None else str(r)
+
+
+def _revenue(value: Decimal, currency: str) -> str:
+    rounded = round_line(value, currency)
+    return str(rounded) if rounded == value else dec_str(value)
+
+
+def customer_json(report, c) -> dict:
+    return {"customer": c.customer, "plan": c.plan, "revenue": _revenue(c.revenue, c.currency), "source": c.source,
+            "cost": dec_str(c.cost), "margin": dec_str(c.margin), "margin_pct": _pct(c.margin_pct),
+            "events": c.events, "interactions": c.interactions, "currency": c.currency,
+            "whale": report.is_whale(c)}
+
+
+def breakdown_json(r, currency: str) -> dict:
+    return {"key": r.key, "customers": r.customers, "events": r.events, "cost": dec_str(r.cost),
+            "revenue": _revenue(r.revenue, currency), "margin": dec_str(r.margin), "margin_pct": _pct(r.margin_pct)}
+
+
+def report_json(report) -> dict:
+    cur = report.currency
+    return {
+        "period": report.label, "as_of": report.as_of.isoformat().replace("+00:00", "Z"),
+        "currencies": report.currencies,
+        "totals": {"customers": len(report.customers), "revenue": _revenue(report.revenue, cur),
+                   "cost": dec_str(report.cost), "margin": dec_str(report.margin),
+                   "margin_pct": _pct(report.margin_pct)},
+        "customers": [customer_json(report, c) for c in report.customers],
+        "whales": [c.customer for c in report.whales()],
+        "whale_margin_pct": None if report.whale_margin_pct is None else dec_str(report.whale_margin_pct),
+        "segments": [{"segment": s.name, "percentile": s.percentile, "customer": s.customer.customer,
+                      "interactions": s.customer.interactions, "cost": dec_str(s.customer.cost),
+                      "revenue": _revenue(s.customer.revenue, s.customer.currency),
+                      "margin": dec_str(s.customer.margin), "margin_pct": _pct(s.customer.margin_pct),
+                      "text": s.sentence()} for s in report.usage_segments()],
+        "percentiles": {metric: {k: None if v is None else dec_str(v) for k, v in ps.items()}
+                        for metric, ps in report.percentiles().items()},
+        "plans": [{"plan": plan, "customers": len(cs), "revenue": _revenue(sum((c.revenue for c in cs), Decimal(0)), cur),
+                   "cost": dec_str(sum((c.cost for c in cs), Decimal(0)))} for plan, cs in report.plans()],
+        "by": report.by, "allocate": report.allocate,
+        "breakdown": [breakdown_json(r, cur) for r in report.breakdown],
+        "per_customer_breakdown": [{"customer": c, **breakdown_json(r, cur)} for c, r in report.per_customer_breakdown],
+    }
+
+
+def report_csv(report) -> str:
+    """Per customer rows; with ``by``, then the breakdown rows (a ``section`` column tells them
+    apart): ``by:<prop>`` totals per value, ``customer-by:<prop>`` per customer and value."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["section", "customer", "key", "plan", "source", "events", "interactions", "revenue", "cost",
+                "margin", "margin_pct", "currency"])
+    cur = report.currency
+    for c in report.customers:
+        w.writerow(["customer", c.customer, "", c.plan or "", c.source, c.events, c.interactions,
+                    _revenue(c.revenue, c.currency), dec_str(c.cost), dec_str(c.margin), _pct(c.margin_pct) or "",
+                    c.currency])
+    for r in report.breakdown:
+        w.writerow([f"by:{report.by}", "", r.key, "", report.allocate, r.events, "", _revenue(r.revenue, cur),
+                    dec_str(r.cost), dec_str(r.margin), _pct(r.margin_pct) or "", cur])
+    for customer, r in report.per_customer_breakdown:
+        w.writerow([f"customer-by:{report.by}", customer, r.key, "", report.allocate, r.events, "",
+                    _revenue(r.revenue, cur), dec_str(r.cost), dec_str(r.margin), _pct(r.margin_pct) or "", cur])
+    return buf.getvalue()
