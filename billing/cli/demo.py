@@ -16,7 +16,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from billing.catalog import Catalog
+from billing.catalog import Catalog, PlanInvalid
+from billing.cli.context import fail
+from billing.money import round_line
 from billing.cli.render import console
 from billing.rating.periods import calendar_month
 from billing.simulate.synthetic import Population, population_events
@@ -42,12 +44,16 @@ def demo(
     from billing.ledger.db import make_engine, upgrade
     from billing.ledger.ingest import Ledger
 
+    try:
+        catalog = Catalog.from_paths(plans_dir)
+    except PlanInvalid as exc:
+        fail(f"cannot load the plans in {plans_dir!s} (run from the project root, or pass --plans DIR)\n"
+             + "\n".join(str(p) for p in exc.problems))
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{db}"
     upgrade(url)
     engine = make_engine(url)
-    catalog = Catalog.from_paths(plans_dir)
     period = calendar_month(2026, 10)
     now = period.end + timedelta(hours=1)
     accounts = Accounts(engine, catalog)
@@ -86,19 +92,21 @@ def demo(
     summary = Table("Customer", "Plan", "Invoice", "Revenue", "Provider cost", "Gross margin", "Margin %",
                     title="Revenue, provider cost and gross margin per customer (October 2026)",
                     title_justify="left")
+    # exact provider costs are summed, then each figure shown is rounded once (round_line)
     totals = [Decimal(0), Decimal(0)]
     for doc in sorted(docs, key=lambda d: d["customer"]):
         revenue = Decimal(doc["total"])
-        cost = (Decimal(doc["provider_cost"])).quantize(Decimal("0.01"))
+        cost = Decimal(doc["provider_cost"])
         margin = revenue - cost
         pct = f"{(margin / revenue * 100).quantize(Decimal('0.1'))}%" if revenue else "n/a"
-        style = "red" if margin < 0 else ""
-        summary.add_row(doc["customer"], doc["plan"]["id"], doc["number"], str(revenue), str(cost),
-                        f"[{style}]{margin}[/{style}]" if style else str(margin), pct)
+        shown = str(round_line(margin, "USD"))
+        summary.add_row(doc["customer"], doc["plan"]["id"], doc["number"], str(revenue),
+                        str(round_line(cost, "USD")), f"[red]{shown}[/red]" if margin < 0 else shown, pct)
         totals[0] += revenue
         totals[1] += cost
     summary.add_section()
     margin = totals[0] - totals[1]
-    summary.add_row("[bold]All[/bold]", "", "", str(totals[0]), str(totals[1]), str(margin),
+    summary.add_row("[bold]All[/bold]", "", "", str(totals[0]), str(round_line(totals[1], "USD")),
+                    str(round_line(margin, "USD")),
                     f"{(margin / totals[0] * 100).quantize(Decimal('0.1'))}%" if totals[0] else "n/a")
     console.print(summary)
