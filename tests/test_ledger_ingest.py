@@ -142,7 +142,7 @@ MORE_BAD = [
     ("event_invalid", "not an object"),
     ("non_numeric_quantity", ev("bad", model="gpt-4o", input_tokens=True)),
     ("negative_quantity", ev("bad", model="gpt-4o", input_tokens="-1")),
-    ("event_invalid", ev("bad\ud800", etype="request")),  # not storable text
+    ("event_invalid", {**ev("bad", etype="request"), "properties": {"user": "\ud800"}}),  # not storable text
     # numbers that would not fit the 64-bit columns (tokens, or the cost they add up to)
     ("quantity_too_large", ev("bad", model="gpt-4o", input_tokens=10**16)),
     ("quantity_too_large", ev("bad", model="claude-opus-4-1", output_tokens=10**12)),

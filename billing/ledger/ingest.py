@@ -12,6 +12,7 @@ import gc
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -139,16 +140,27 @@ class Ledger:
         n = len(raws)
         status: list[str] = ["accepted"] * n
         problems: dict[int, tuple[str, str]] = {}
-        prepared: list[tuple[int, Prepared]] = []
-        first_seen: dict[tuple[str, str], tuple[int, Prepared]] = {}
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
-        tolerance, known, pricer = self.tolerance_us, self.known_types, self.pricer
-        for i, p in enumerate(prepare_batch(raws, now_us=now_us, tolerance_us=tolerance, known_types=known,
-                                            pricer=pricer, measured=self.measured)):
-            if type(p) is Rejection:
-                status[i] = "rejected"
-                problems[i] = (str(p.code), p.message)
-                continue
+        results = prepare_batch(raws, now_us=now_us, tolerance_us=self.tolerance_us, known_types=self.known_types,
+                                pricer=self.pricer, measured=self.measured)
+        prepared = [(i, p) for i, p in enumerate(results) if type(p) is not Rejection]
+        if len(prepared) < n:
+            for i, p in enumerate(results):
+                if type(p) is Rejection:
+                    status[i] = "rejected"
+                    problems[i] = (str(p.code), p.message)
+        if len(set(map(_KEY, map(_SECOND, prepared)))) < len(prepared):  # an id repeated in the chunk
+            prepared = self._split_repeats(prepared, status, problems, copies)
+        return _Staged(raws, status, problems, prepared, copies)
+
+    @staticmethod
+    def _split_repeats(prepared: list[tuple[int, Prepared]], status: list[str], problems: dict[int, tuple[str, str]],
+                       copies: list[tuple[int, int, Prepared]]) -> list[tuple[int, Prepared]]:
+        """Keep the first copy of each (customer, id) repeated inside the chunk; the others
+        are duplicates (same content) or conflicts, recorded in ``copies``."""
+        first_seen: dict[tuple[str, str], tuple[int, Prepared]] = {}
+        firsts: list[tuple[int, Prepared]] = []
+        for i, p in prepared:
             key = (p.customer, p.event_id)
             seen = first_seen.get(key)
             if seen is not None:  # repeated inside this batch: compare with the first copy
@@ -161,8 +173,8 @@ class Ledger:
                     problems[i] = (str(ErrorCode.EVENT_CONFLICT), "same id sent twice in this batch with different content")
                 continue
             first_seen[key] = (i, p)
-            prepared.append((i, p))
-        return _Staged(raws, status, problems, prepared, copies)
+            firsts.append((i, p))
+        return firsts
 
     def _store_chunk(self, staged: "_Staged") -> "_Staged":
         """Stage 2 (one transaction): insert new events, classify the rest, bump counters."""
@@ -170,18 +182,23 @@ class Ledger:
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
             session = Session(bind=conn)
-            customers = repository.known_customers(session, {p.customer for _, p in prepared})
-            good: list[tuple[int, Prepared]] = []
-            for i, p in prepared:
-                if p.customer in customers:
-                    good.append((i, p))
-                else:
-                    status[i] = "rejected"
-                    problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER), f"unknown customer {p.customer!r}; create it first")
+            named = {p.customer for _, p in prepared}
+            customers = repository.known_customers(session, named)
+            good = prepared
+            if len(customers) < len(named):
+                good = []
+                for i, p in prepared:
+                    if p.customer in customers:
+                        good.append((i, p))
+                    else:
+                        status[i] = "rejected"
+                        problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER),
+                                       f"unknown customer {p.customer!r}; create it first")
+                named = set(customers)
             rows = [p for _, p in good]
             inserted = event_store.insert_events(conn, rows)
             planner = CounterPlanner(subscription_views(
-                repository.subscription_rows(session, {p.customer for _, p in good}), customers, self.catalog),
+                repository.subscription_rows(session, named), customers, self.catalog),
                 self._cycle_periods)
             missing: list[tuple[int, Prepared]] = []
             if inserted is event_store.ALL_INSERTED:
@@ -244,6 +261,10 @@ def _chunks(events: Iterable[Any], size: int):
 
 
 _SMALL_BATCH = 1000  # up to this many events: one transaction in the calling thread
+
+
+_KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
+_SECOND = itemgetter(1)
 
 
 def _raw_key(raw: Any) -> tuple[str | None, str | None]:
