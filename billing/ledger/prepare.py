@@ -228,6 +228,18 @@ _QUANTITY_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_
                    "quantity", "steps", "amount", "units", "cost")
 
 
+_TOKEN_SLOTS = {name: slot for slot, (name, _) in enumerate(_TOKEN_PRICE_FIELDS)}
+
+
+def _shape(keys: tuple[str, ...], measured: frozenset[str]) -> tuple | None:
+    """For properties with these keys: (the quantity keys, (token key, price slot) pairs),
+    or None when the general rules must decide (an explicit cost, a batch flag)."""
+    if "cost" in keys or "batch" in keys:
+        return None
+    quantities = tuple(k for k in keys if is_quantity_key(k) or k in measured)
+    return quantities, tuple((k, _TOKEN_SLOTS[k]) for k in keys if k in _TOKEN_SLOTS)
+
+
 def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_types: frozenset[str],
                   pricer: Pricer, measured: frozenset[str] = frozenset()) -> list[Prepared | Rejection]:
     """``[prepare(raw) for raw in raws]``, faster: the common shape of an event (a dict of
@@ -239,8 +251,8 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
     append = out.append
     limit = now_us + tolerance_us
     minutes = _MINUTE_CACHE
-    quantity_keys = _QUANTITY_KEYS
     prices_cache: dict[tuple[str, int], tuple[int, ...] | None] = {}
+    shapes: dict[tuple[str, ...], tuple | None] = {}
     dumps = orjson.dumps
     for raw in raws:
         # every early `continue`-less fall-through below ends in the general path
@@ -264,26 +276,22 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                 if base != -1 and stamp[16] == ":" and sec.isascii() and sec.isdigit() and sec < "60":
                     ts = base + int(sec) * 1_000_000
                     if ts <= limit:
-                        plain = True
-                        for key, value in props.items():
-                            if type(value) is int:
-                                if value < 0 or value > MAX_EVENT_QUANTITY:
+                        keys = tuple(props)
+                        shape = shapes.get(keys, _MISSING)
+                        if shape is _MISSING:
+                            shape = shapes[keys] = _shape(keys, measured)
+                        plain = shape is not None  # None: "cost" or "batch" given, the general rules
+                        if plain:
+                            quantities, slots = shape
+                            for key in quantities:  # every quantity a plain int in range
+                                value = props[key]
+                                if type(value) is not int or value < 0 or value > MAX_EVENT_QUANTITY:
                                     plain = False
                                     break
-                            else:
-                                q = quantity_keys.get(key)
-                                if q is None:
-                                    q = quantity_keys[key] = is_quantity_key(key)
-                                if q or key in measured:  # a quantity that is not a plain int: the general rules
-                                    plain = False
-                                    break
-                        if plain and "cost" not in props and "batch" not in props:
-                            get = props.get
-                            i, o, cr, cw, r = (get("input_tokens"), get("output_tokens"), get("cache_read_tokens"),
-                                               get("cache_write_tokens"), get("reasoning_tokens"))
-                            model = get("model")
+                        if plain:
+                            model = props.get("model")
                             cost = 0
-                            if i or o or cr or cw or r:
+                            if slots:
                                 if type(model) is str and model:
                                     day = ts // 86_400_000_000
                                     pkey = (model, day)
@@ -297,13 +305,15 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                                     if prices is None:
                                         plain = False  # unknown model or inexact price: the general path
                                     else:
-                                        pi, po, pcr, pcw, pr = prices
-                                        cost = ((i or 0) * pi + (o or 0) * po + (cr or 0) * pcr + (cw or 0) * pcw
-                                                + (r or 0) * pr)
+                                        for key, slot in slots:
+                                            cost += props[key] * prices[slot]
                                         if cost > MAX_COST_PICO:
                                             plain = False
                                 else:
-                                    plain = False
+                                    for key, _ in slots:  # tokens without a model: only zeros are fine
+                                        if props[key]:
+                                            plain = False
+                                            break
                             if plain:
                                 try:
                                     text = dumps(props).decode()
