@@ -54,7 +54,7 @@ def main() -> None:
         for cid in customers:
             accounts.create_customer(cid, now=start)
             accounts.subscribe(cid, "support-chatbot", at=start)
-        quota = Quota(engine, catalog, context_ttl=5.0)
+        quota = Quota(engine, catalog, context_ttl=5.0, writers=int(os.environ.get("QW", "0")) or None)
         for cid in customers:
             quota.check(cid, "messages")
 
@@ -99,16 +99,18 @@ def main() -> None:
         for t in threads:
             t.start()
         began = time.perf_counter()
+        cpu0 = time.process_time()
         stop_at[0] = began + args.seconds
         barrier.wait()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - began
+        cpu = time.process_time() - cpu0
 
         used = sum(int(quota.usage(cid)["meters"]["messages"]["used"]) for cid in customers)
         held = sum(int(quota.usage(cid)["meters"]["messages"]["held"]) for cid in customers)
         engine.dispose()
-        quota.read_engine.dispose()
+        quota.close()
 
     def pct(values: list[float], p: float) -> float:
         values = sorted(values)
@@ -118,7 +120,7 @@ def main() -> None:
     print(json.dumps({
         "backend": args.backend, "threads": args.threads, "customers": args.customers, "seconds": round(elapsed, 2),
         "pairs": counts["pairs"], "pairs_per_s": round(rate, 1), "denied": counts["denied"],
-        "errors": counts["errors"],
+        "errors": counts["errors"], "cpu_ms_per_pair": round(cpu * 1000 / max(1, counts["pairs"]), 3),
         "reserve_p50_ms": pct(reserve_ms, 0.5), "reserve_p99_ms": pct(reserve_ms, 0.99),
         "commit_p50_ms": pct(commit_ms, 0.5), "commit_p99_ms": pct(commit_ms, 0.99),
         "consistent": used == counts["pairs"] and held == 0,

@@ -117,17 +117,14 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> JSONRe
 
 
 @router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold")
-def quota_commit(body: CommitIn, request: Request, principal: Check) -> dict[str, Any]:
-    quota = _svc(request).quota
-    principal.require_customer(quota.get(body.reservation_id).customer_id)
-    return quota.commit(body.reservation_id, body.event)
+def quota_commit(body: CommitIn, request: Request, principal: Check) -> JSONResponse:
+    # a key restricted to one customer may only settle that customer's holds (checked in the transaction)
+    return _json(_svc(request).quota.commit(body.reservation_id, body.event, customer=principal.customer))
 
 
 @router.post("/quota/release", tags=["quota"], summary="Return the held units now")
-def quota_release(body: ReleaseIn, request: Request, principal: Check) -> dict[str, Any]:
-    quota = _svc(request).quota
-    principal.require_customer(quota.get(body.reservation_id).customer_id)
-    return quota.release(body.reservation_id)
+def quota_release(body: ReleaseIn, request: Request, principal: Check) -> JSONResponse:
+    return _json(_svc(request).quota.release(body.reservation_id, customer=principal.customer))
 
 
 # ---------------------------------------------------------------------- customers
