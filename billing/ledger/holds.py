@@ -42,7 +42,8 @@ from billing.ledger.ingest import Ledger
 from billing.ledger.models import UsageEventRow
 from billing.ledger.outbox import Outbox
 from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
-from billing.ledger.quota_sql import Connections, Context, load_context, usage_state
+from billing.ledger.quota_sql import (
+    Connections, Context, load_context, make_state, parse_state, parse_task, state_query, task_query, usage_state)
 from billing.ledger.quota_types import MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, tokens_of
 from billing.ledger.quota_writer import QuotaWriter
 from billing.ledger.types import to_us
@@ -70,7 +71,8 @@ class Quota:
 
     ``context_ttl``: seconds a customer's plan / period / seats / credits / dunning state
     stays cached (usage, holds and rate windows are always read fresh); 0 reads it every
-    time. ``writers``: batches that may run at once (default 4 on PostgreSQL, 1 on SQLite).
+    time. ``writers``: batch transactions this object runs at once (default 1: under load one
+    batch at a time makes the biggest batches and the least work per operation).
     """
 
     def __init__(self, engine: Engine, catalog: Catalog, ledger: Ledger | None = None, *,
@@ -109,9 +111,9 @@ class Quota:
     def context(self, conn: Any, customer: str, now: datetime) -> Context:
         """The customer's context at ``now`` (cached for ``context_ttl`` seconds)."""
         if self.context_ttl > 0:
-            hit = self._cached(customer, now)
-            if hit is not None:
-                return hit
+            hit = self._ctx_cache.get(customer)
+            if hit is not None and hit[0] > now.timestamp() and hit[1].period.start <= now < hit[1].period.end:
+                return hit[1]
         ctx = load_context(self.conns, conn, self.catalog, customer, now)
         if self.context_ttl > 0:
             if len(self._ctx_cache) > 100_000:
@@ -133,6 +135,14 @@ class Quota:
         """What would happen to this request now (read-only: holds nothing)."""
         now = self.clock()
         request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
+        conn = self.conns.local_reader()
+        if conn is not None:  # a SQLite file: this thread's connection, one statement in C
+            ctx = self.context(conn, customer, now)
+            now_us = to_us(now)
+            usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
+            task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
+                if task is not None else None
+            return decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request)
         with self.conns.read() as conn:
             ctx = self.context(conn, customer, now)
             state = usage_state(self.conns, conn, ctx, now, task)

@@ -123,13 +123,19 @@ class Connections:
         if conn is not None:
             conn.close()
 
+    def local_reader(self) -> Any:
+        """This thread's autocommit connection to a SQLite file (None elsewhere)."""
+        if self._file is None:
+            return None
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
     @contextmanager
     def read(self) -> Iterator[Any]:
         if self._file is not None:  # SQLite file: this thread's own autocommit connection
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = self._connect()
-            yield conn
+            yield self.local_reader()
             return
         with self.write() as conn:
             yield conn
@@ -166,6 +172,14 @@ def run_all(conns: Connections, conn: Any, queries: Sequence[tuple[str, Sequence
     """Execute ``queries`` (SQL with ``?`` placeholders, parameters) and return each one's
     rows; on PostgreSQL all of them in one pipeline (one round trip)."""
     ph = conns.ph
+    if len(queries) == 1:  # one statement: a pipeline would only add work
+        sql, params = queries[0]
+        cur = conn.cursor()
+        try:
+            cur.execute(sql.replace("?", ph) if ph != "?" else sql, params)
+            return [cur.fetchall()] if returns_rows else []
+        finally:
+            cur.close()
     cursors = []
     with conns.pipeline(conn):
         for sql, params in queries:

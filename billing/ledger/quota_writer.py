@@ -1,7 +1,7 @@
 """Reserve, commit and release in group transactions (the write half of the quota hot path).
 
 Concurrent calls in one process are combined: a caller that finds a free slot (at most
-``leaders`` batches run at once; one on SQLite, which has a single writer anyway) takes
+``leaders`` batches run at once, default one; SQLite has a single writer anyway) takes
 every queued operation, runs them all as ONE transaction and wakes their callers, who see
 their result only after that transaction committed. A batch costs two round trips on
 PostgreSQL whatever its size (psycopg pipeline mode):
@@ -122,7 +122,7 @@ class QuotaWriter:
     def __init__(self, quota: "Quota", conns: Connections, *, leaders: int | None = None):
         self.quota = quota
         self.conns = conns
-        self.combiner = Combiner(self._run_batch, leaders=leaders or (4 if conns.pg else 1))
+        self.combiner = Combiner(self._run_batch, leaders=leaders or 1)
 
     def submit(self, op: Op) -> Any:
         return self.combiner.submit(op)
