@@ -280,12 +280,13 @@ class Quota:
         with self.engine.begin() as conn:
             for alert in hits:
                 threshold = dec_str(alert.threshold)
+                # RETURNING, not rowcount: SQLAlchemy reports -1 for this INSERT on psycopg
                 new = conn.execute(mod.insert(_alert).values(
                     customer_id=customer, period_start=start_us, subject=alert.subject, threshold=threshold,
                     value=dec_str(alert.value), limit=dec_str(alert.limit), fired_at=now_us)
-                    .on_conflict_do_nothing()).rowcount
+                    .on_conflict_do_nothing().returning(_alert.c.customer_id)).first() is not None
                 seen.append((customer, start_us, alert.subject, alert.threshold))
-                if new != 1:
+                if not new:
                     continue
                 fired.append(alert)
                 dedupe = f"budget:{customer}:{start_us}:{alert.subject}:{threshold}"

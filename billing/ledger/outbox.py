@@ -35,7 +35,7 @@ class Outbox:
         return conn.execute(mod.insert(_outbox).values(
             dedupe_id=dedupe_id, customer_id=customer, type=type_, payload=json.dumps(payload, default=str),
             status="pending", attempts=0, next_attempt_at=now_us, created_at=now_us)
-            .on_conflict_do_nothing()).rowcount == 1
+            .on_conflict_do_nothing().returning(_outbox.c.id)).first() is not None  # rowcount is -1 on psycopg
 
     def claim_due(self, limit: int = 100, lease_seconds: float = 60.0) -> list[dict]:
         now_us = to_us(self.clock())
