@@ -103,6 +103,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
             stop.set()
             if thread is not None:
                 thread.join(10)
+            services.quota.close()
 
     app = FastAPI(lifespan=lifespan, title="AI billing engine", version="0.1.0",
                   description="Usage events, quota decisions (check / reserve / commit / release), customers, "

@@ -113,15 +113,30 @@ class Connections:
             conn = self._connect()
         try:
             yield conn
+        except BillingError:  # a domain answer (unknown customer...): the connection is fine if idle
+            if self._idle(conn):
+                self._release(conn)
+            else:
+                self._discard(conn)
+            raise
         except BaseException:
             self._discard(conn)
             raise
+        self._release(conn)
+
+    def _idle(self, conn: Any) -> bool:
+        if self.pg:
+            from psycopg.pq import TransactionStatus
+
+            return not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+        return not conn.in_transaction
+
+    def _release(self, conn: Any) -> None:
         with self._lock:
             if len(self._free) < self._keep:
                 self._free.append(conn)
-                conn = None
-        if conn is not None:
-            conn.close()
+                return
+        conn.close()
 
     def local_reader(self) -> Any:
         """This thread's autocommit connection to a SQLite file (None elsewhere)."""
