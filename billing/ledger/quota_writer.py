@@ -36,6 +36,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from psycopg.pq import ExecStatus
 
 from billing.errors import BillingError, ErrorCode
@@ -276,7 +277,12 @@ class QuotaWriter:
         if commits:
             views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
                                        q.catalog)
-            contrib = contributions(CounterPlanner(views), commits)
+            planner = CounterPlanner(views)
+            for op, _p, _hold in commits:  # the period each context already knows (same cycle, same
+                if op.ctx is not None:    # bounds); an event outside it is placed by the planner itself
+                    planner._period_cache[op.ctx.subscription_id] = (to_us(op.ctx.period.start),
+                                                                     to_us(op.ctx.period.end))
+            contrib = contributions(planner, commits)
             if pg:
                 tx.inserted = write_pg(execute, commits, contrib, now_us)
             else:
@@ -345,7 +351,7 @@ class QuotaWriter:
         hold_rows.append((hold_id, customer, op.request_id or hold_id, req.key, decision.meter, meter.event_type,
                           to_us(ctx.period.start), units_micro, cost_pico, tokens, steps, req.task,
                           decision.lane.model, decision.lane.tier, decision.outcome, decision.reason,
-                          json.dumps(payload), "held", now_us, expires_us))
+                          orjson.dumps(payload).decode(), "held", now_us, expires_us))
         # the grant counts for the next decision of this batch exactly as a fresh read would count it
         held = states[customer][1] = dict(held)
         held[decision.meter] = held.get(decision.meter, MeterUsage()) + MeterUsage(
