@@ -33,11 +33,12 @@ from sqlalchemy import Engine
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.types import to_us
-from billing.quota.decide import MeterUsage, TaskUsage, UsageState
+from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
 from billing.rating.periods import BillingCycle, Period
 
 MICRO = Decimal(1_000_000)
 PICO = Decimal(10) ** 12
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -315,9 +316,11 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
     rates: dict[str, int] = {}
     for kind, key, units, cost, n in rows:
         if kind == "u":
-            usage[key] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
+            usage[key] = frozen(MeterUsage, {"units": Decimal(units) / MICRO, "cost": Decimal(cost) / PICO,
+                                             "events": int(n)})
         elif kind == "h":
-            held[key] = MeterUsage(Decimal(int(units or 0)) / MICRO, Decimal(int(cost or 0)) / PICO, int(n))
+            held[key] = frozen(MeterUsage, {"units": Decimal(int(units or 0)) / MICRO,
+                                            "cost": Decimal(int(cost or 0)) / PICO, "events": int(n)})
         else:
             rates[key] = int(units)
     return usage, held, rates
@@ -333,9 +336,10 @@ def parse_task(rows: list[tuple]) -> TaskUsage:
 
 
 def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage | None) -> UsageState:
-    return UsageState(now=now, period_start=ctx.period.start, period_end=ctx.period.end, usage=usage, held=held,
-                      seats=ctx.seats, credit_balances=ctx.credits, task=task, rate_counts=rates,
-                      payment_failed_at=ctx.payment_failed_at)
+    return frozen(UsageState, {
+        "now": now, "period_start": ctx.period.start, "period_end": ctx.period.end, "usage": usage, "held": held,
+        "seats": ctx.seats, "credit_balance": _ZERO, "credit_balances": ctx.credits, "task": task,
+        "rate_counts": rates, "payment_overdue": False, "payment_failed_at": ctx.payment_failed_at})
 
 
 def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None) -> UsageState:

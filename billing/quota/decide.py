@@ -40,7 +40,7 @@ quota_exhausted, rate_limited, spend_cap_reached.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
@@ -89,7 +89,8 @@ class MeterUsage:
     events: int = 0
 
     def __add__(self, other: "MeterUsage") -> "MeterUsage":
-        return MeterUsage(self.units + other.units, self.cost + other.cost, self.events + other.events)
+        return frozen(MeterUsage, {"units": self.units + other.units, "cost": self.cost + other.cost,
+                                   "events": self.events + other.events})
 
 
 _EMPTY = MeterUsage()
@@ -351,7 +352,8 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     if before is None:
         used, held = usage_get(meter_key), held_get(meter_key)
         before = totals[meter_key] = (used or empty) if held is None else (held if used is None else used + held)
-    after_m = MeterUsage(before.units + units, before.cost + cost, before.events + (1 if units > 0 else 0))
+    after_m = frozen(MeterUsage, {"units": before.units + units, "cost": before.cost + cost,
+                                  "events": before.events + (1 if units > 0 else 0)})
 
     spend_before = ZERO
     spend_after = ZERO
@@ -448,14 +450,31 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
                                      message=f"plan spend cap {dec_str(plan.spend_cap)} reached"))
 
     final = _combine(verdicts)
-    return Decision(
-        outcome=final.outcome, lane=Lane(final.tier, final.model), reason=final.reason, meter=meter_key,
-        charges=tuple(c.key for c in charges), units=units, remaining=remaining,
-        remaining_money=max(ZERO, min(money_left)) if money_left else None,
-        spend=spend_before, credits_remaining=max(ZERO, credits_all - spend_before),
-        retry_after=final.retry_after if final.outcome == "deny" else None,
-        rate_windows=tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != "deny" else (),
-        amount=max(ZERO, spend_after - spend_before), message=final.message)
+    return frozen(Decision, {
+        "outcome": final.outcome, "lane": Lane(final.tier, final.model), "reason": final.reason, "meter": meter_key,
+        "charges": tuple(c.key for c in charges), "units": units, "remaining": remaining,
+        "remaining_money": max(ZERO, min(money_left)) if money_left else None,
+        "spend": spend_before, "credits_remaining": max(ZERO, credits_all - spend_before),
+        "retry_after": final.retry_after if final.outcome == "deny" else None,
+        "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != "deny" else (),
+        "amount": max(ZERO, spend_after - spend_before), "message": final.message})
+
+
+def frozen(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of the frozen dataclass ``cls`` from ALL its field values (the hot path:
+    the generated ``__init__`` pays one ``object.__setattr__`` per field). Equal to
+    ``cls(**values)``; a missing or unknown field is an error as it would be there."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
+    if values.keys() != names:
+        return cls(**values)  # let the dataclass report the problem
+    obj = object.__new__(cls)
+    obj.__dict__.update(values)
+    return obj
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
 
 
 def _rate_checked(v: _Verdict, charge_key: str, limit: RateLimit | None, state: UsageState) -> _Verdict:
