@@ -19,13 +19,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from billing.api import errors
 from billing.api.auth import KeyStore
-from billing.api.routes import router
+from billing.api.fastpath import FastPath
+from billing.api.routes import quota_check, router
 from billing.catalog import Catalog
 from billing.invoicing.service import Invoicing
 from billing.ledger.accounts import Accounts
@@ -113,11 +114,10 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.state.keys = KeyStore(engine, ttl=key_cache_ttl)
     errors.install(app)
 
-    @app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")
-    async def healthz() -> JSONResponse:  # on the event loop: no thread hop
-        return JSONResponse({"status": "ok"})
-
+    app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
     app.include_router(router)
+    # the hottest requests skip FastAPI's routing and dependency layers (same handlers)
+    app.add_middleware(FastPath, routes={("GET", "/healthz"): healthz, ("POST", "/v1/quota/check"): quota_check})
 
     # ---- optional routers from other packages (Stripe webhooks, report pages) ----
     for module_name, attr, engine_dep in OPTIONAL_ROUTERS:
@@ -139,6 +139,10 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     for extra in extra_routers:
         app.include_router(extra)
     return app
+
+
+async def healthz(request: Request) -> JSONResponse:  # on the event loop: no thread hop
+    return JSONResponse({"status": "ok"})
 
 
 def _provide(value):
