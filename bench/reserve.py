@@ -1,12 +1,24 @@
-"""Two-phase quota throughput: reserve + commit pairs per second, in process.
+"""In-process quota throughput: checks per second, and reserve + commit pairs per second.
 
-    python bench/reserve.py --backend postgres|sqlite [--seconds 5] [--threads 16] [--customers 200]
+    python bench/reserve.py --backend sqlite|postgres [--seconds 5] [--threads 16] [--customers 200]
 
-A fresh migrated database with ``--customers`` customers on the support-chatbot plan;
-``--threads`` threads each loop: reserve 1 message for a random customer, then commit it
-with an llm.call event (tokens, model: costed at ingestion). Prints one JSON object:
-pairs/s, reserve and commit latency percentiles (ms), and a consistency check (every
-committed event counted, no hold left). Target: >= 2,000 pairs/s on PostgreSQL.
+A fresh migrated database with ``--customers`` customers on the support-chatbot plan, each
+with some usage this period. Two measurements, each with a floor measured in the same run
+on the same database:
+
+* checks: one thread calls ``Quota.check`` for each customer in turn (a fresh read of
+  counters and live holds, then the decision) -> ``inprocess_checks_per_s``; the floor is
+  the rate of a bare primary-key SELECT through the same driver (``floor_selects_per_s``).
+  ``check_cpu_us`` is the CPU time per check (what the machine's other load does not move).
+* pairs: ``--threads`` threads each loop: reserve 1 message for a random customer, then
+  commit it with an llm.call event (tokens, model: costed at ingestion) ->
+  ``inprocess_reserve_commit_per_s`` with latency percentiles and a consistency check
+  (every committed event counted, no hold left). A pair is two durable transactions one
+  after the other, so its floor is half the rate of the cheapest durable transaction (a
+  one-row INSERT + COMMIT) at the same thread count (``floor_durable_tx_per_s``).
+
+Prints one JSON object. Targets: >= 20,000 in-process checks/s on SQLite; >= 2,000
+reserve+commit pairs/s on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,12 +30,157 @@ import random
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 PLANS = os.path.join(ROOT, "plans")
+EVENT = {"type": "llm.call", "properties": {"feature": "support-chat", "model": "claude-sonnet-4-5",
+                                             "input_tokens": 2100, "output_tokens": 400}}
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 3) if values else 0.0
+
+
+def seed(engine, catalog, customers: list[str], now: datetime) -> None:
+    from billing.ledger.accounts import Accounts
+    from billing.ledger.ingest import Ledger
+
+    accounts = Accounts(engine, catalog)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    events = []
+    for i, cid in enumerate(customers):
+        accounts.create_customer(cid, now=start)
+        accounts.subscribe(cid, "support-chatbot", at=start)
+        for j in range(i % 50):
+            events.append({**EVENT, "id": f"seed-{i}-{j}", "customer": cid,
+                           "timestamp": max(start, now - timedelta(minutes=j + 1)).isoformat()})
+    Ledger(engine, catalog).record(events)
+
+
+def driver_connect(url: str):
+    """A plain driver connection in autocommit mode (the floors)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(u.database, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn, "?"
+    import psycopg
+
+    return psycopg.connect(u.set(drivername="postgresql").render_as_string(hide_password=False),
+                           autocommit=True), "%s"
+
+
+def floor_selects(url: str, customers: list[str], seconds: float) -> float:
+    conn, ph = driver_connect(url)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for cid in customers:
+            conn.execute(f"SELECT timezone FROM customer WHERE id = {ph}", (cid,)).fetchall()
+        n += len(customers)
+    rate = n / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+def floor_durable_tx(url: str, threads: int, seconds: float) -> float:
+    conn, ph = driver_connect(url)
+    key = "INTEGER PRIMARY KEY" if ph == "?" else "BIGSERIAL PRIMARY KEY"
+    conn.execute(f"CREATE TABLE IF NOT EXISTS bench_floor (id {key}, note VARCHAR(40))")
+    conn.close()
+    counts = [0] * threads
+    barrier = threading.Barrier(threads + 1)
+    stop = [0.0]
+
+    def work(i: int) -> None:
+        c, p = driver_connect(url)
+        barrier.wait()
+        while time.perf_counter() < stop[0]:
+            c.execute("BEGIN IMMEDIATE" if p == "?" else "BEGIN")
+            c.execute(f"INSERT INTO bench_floor (note) VALUES ({p})", (f"t{i}",))
+            c.execute("COMMIT")
+            counts[i] += 1
+        c.close()
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    began = time.perf_counter()
+    stop[0] = began + seconds
+    barrier.wait()
+    for t in pool:
+        t.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def checks(quota, customers: list[str], seconds: float) -> tuple[float, float]:
+    for cid in customers:
+        quota.check(cid, "messages")  # warm the context cache
+    n = 0
+    start, cpu0 = time.perf_counter(), time.thread_time()
+    while time.perf_counter() - start < seconds:
+        for cid in customers:
+            quota.check(cid, "messages")
+        n += len(customers)
+    return n / (time.perf_counter() - start), (time.thread_time() - cpu0) / n * 1e6
+
+
+def pairs(quota, customers: list[str], threads: int, seconds: float) -> dict:
+    reserve_s: list[float] = []
+    commit_s: list[float] = []
+    counts = {"pairs": 0, "denied": 0, "errors": 0}
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads + 1)
+    stop = [0.0]
+
+    def worker(seed_: int) -> None:
+        rng = random.Random(seed_)
+        r_lat, c_lat, done, denied, errors = [], [], 0, 0, 0
+        barrier.wait()
+        while time.perf_counter() < stop[0]:
+            cid = customers[rng.randrange(len(customers))]
+            t0 = time.perf_counter()
+            try:
+                r = quota.reserve(cid, "messages", 1, ttl=60)
+                t1 = time.perf_counter()
+                if not r.granted:
+                    denied += 1
+                    continue
+                quota.commit(r.id, EVENT)
+                t2 = time.perf_counter()
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors += 1
+                continue
+            r_lat.append(t1 - t0)
+            c_lat.append(t2 - t1)
+            done += 1
+        with lock:
+            reserve_s.extend(r_lat)
+            commit_s.extend(c_lat)
+            counts["pairs"] += done
+            counts["denied"] += denied
+            counts["errors"] += errors
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    began, cpu0 = time.perf_counter(), time.process_time()
+    stop[0] = began + seconds
+    barrier.wait()
+    for t in pool:
+        t.join()
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu0
+    return {**counts, "elapsed": elapsed, "per_s": counts["pairs"] / elapsed,
+            "cpu_ms_per_pair": round(cpu * 1000 / max(1, counts["pairs"]), 3),
+            "reserve_p50_ms": pct(reserve_s, 0.5), "reserve_p99_ms": pct(reserve_s, 0.99),
+            "commit_p50_ms": pct(commit_s, 0.5), "commit_p99_ms": pct(commit_s, 0.99)}
 
 
 def main() -> None:
@@ -34,95 +191,44 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200)
     args = parser.parse_args()
 
-    from sqlmodel import SQLModel
-
-    import billing.ledger.quota_models  # noqa: F401
     from bench.common import fresh_database
     from billing.catalog import Catalog
-    from billing.ledger.accounts import Accounts
     from billing.ledger.db import make_engine
     from billing.ledger.holds import Quota
 
     now = datetime.now(UTC)
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    customers = [f"cust-{i:05d}" for i in range(args.customers)]
     with fresh_database(args.backend) as url:
-        engine = make_engine(url, **({"pool_size": args.threads + 4} if args.backend == "postgres" else {}))
-        SQLModel.metadata.create_all(engine)
+        engine = make_engine(url)
         catalog = Catalog.from_paths(PLANS)
-        accounts = Accounts(engine, catalog)
-        customers = [f"cust-{i:05d}" for i in range(args.customers)]
-        for cid in customers:
-            accounts.create_customer(cid, now=start)
-            accounts.subscribe(cid, "support-chatbot", at=start)
+        seed(engine, catalog, customers, now)
+        before = {}
         quota = Quota(engine, catalog, context_ttl=5.0)
         for cid in customers:
-            quota.check(cid, "messages")
-
-        reserve_ms: list[float] = []
-        commit_ms: list[float] = []
-        counts = {"pairs": 0, "denied": 0, "errors": 0}
-        lock = threading.Lock()
-        barrier = threading.Barrier(args.threads + 1)
-        stop_at = [0.0]
-
-        def worker(seed: int) -> None:
-            rng = random.Random(seed)
-            r_lat, c_lat, pairs, denied, errors = [], [], 0, 0, 0
-            barrier.wait()
-            while time.perf_counter() < stop_at[0]:
-                cid = customers[rng.randrange(len(customers))]
-                t0 = time.perf_counter()
-                try:
-                    r = quota.reserve(cid, "messages", 1, ttl=60)
-                    t1 = time.perf_counter()
-                    if not r.granted:
-                        denied += 1
-                        continue
-                    quota.commit(r.id, {"type": "llm.call", "properties": {
-                        "feature": "support-chat", "model": "claude-sonnet-4-5", "input_tokens": 2100,
-                        "output_tokens": 400}})
-                    t2 = time.perf_counter()
-                except Exception:  # noqa: BLE001 - counted, reported
-                    errors += 1
-                    continue
-                r_lat.append(t1 - t0)
-                c_lat.append(t2 - t1)
-                pairs += 1
-            with lock:
-                reserve_ms.extend(r_lat)
-                commit_ms.extend(c_lat)
-                counts["pairs"] += pairs
-                counts["denied"] += denied
-                counts["errors"] += errors
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.threads)]
-        for t in threads:
-            t.start()
-        began = time.perf_counter()
-        stop_at[0] = began + args.seconds
-        barrier.wait()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - began
-
-        used = sum(int(quota.usage(cid)["meters"]["messages"]["used"]) for cid in customers)
+            before[cid] = int(quota.usage(cid)["meters"]["messages"]["used"])
+        floor_sel = floor_selects(url, customers, min(args.seconds, 3.0))
+        check_rate, check_cpu = checks(quota, customers, args.seconds)
+        floor_tx = floor_durable_tx(url, args.threads, min(args.seconds, 3.0))
+        run = pairs(quota, customers, args.threads, args.seconds)
+        used = sum(int(quota.usage(cid)["meters"]["messages"]["used"]) - before[cid] for cid in customers)
         held = sum(int(quota.usage(cid)["meters"]["messages"]["held"]) for cid in customers)
+        quota.close()
         engine.dispose()
-        quota.read_engine.dispose()
 
-    def pct(values: list[float], p: float) -> float:
-        values = sorted(values)
-        return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 3) if values else 0.0
-
-    rate = counts["pairs"] / elapsed
+    pair_floor = floor_tx / 2
     print(json.dumps({
-        "backend": args.backend, "threads": args.threads, "customers": args.customers, "seconds": round(elapsed, 2),
-        "pairs": counts["pairs"], "pairs_per_s": round(rate, 1), "denied": counts["denied"],
-        "errors": counts["errors"],
-        "reserve_p50_ms": pct(reserve_ms, 0.5), "reserve_p99_ms": pct(reserve_ms, 0.99),
-        "commit_p50_ms": pct(commit_ms, 0.5), "commit_p99_ms": pct(commit_ms, 0.99),
-        "consistent": used == counts["pairs"] and held == 0,
-        "targets": {"pairs>=2000/s": rate >= 2000 if args.backend == "postgres" else None},
+        "backend": args.backend, "threads": args.threads, "customers": args.customers, "seconds": args.seconds,
+        "inprocess_checks_per_s": round(check_rate, 1), "check_cpu_us": round(check_cpu, 1),
+        "floor_selects_per_s": round(floor_sel, 1), "checks_vs_floor": round(check_rate / floor_sel, 3) if floor_sel else None,
+        "inprocess_reserve_commit_per_s": round(run["per_s"], 1),
+        "floor_durable_tx_per_s": round(floor_tx, 1), "pairs_vs_floor": round(run["per_s"] / pair_floor, 3) if pair_floor else None,
+        "pairs": run["pairs"], "denied": run["denied"], "errors": run["errors"],
+        "cpu_ms_per_pair": run["cpu_ms_per_pair"],
+        "reserve_p50_ms": run["reserve_p50_ms"], "reserve_p99_ms": run["reserve_p99_ms"],
+        "commit_p50_ms": run["commit_p50_ms"], "commit_p99_ms": run["commit_p99_ms"],
+        "consistent": used == run["pairs"] and held == 0,
+        "targets": {"checks>=20000/s": check_rate >= 20_000 if args.backend == "sqlite" else None,
+                    "pairs>=2000/s": run["per_s"] >= 2000 if args.backend == "postgres" else None},
     }))
 
 

@@ -223,9 +223,12 @@ def extract_usage(response: Any) -> dict[str, int]:
     input, ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``).
 
     Reads ``response.usage`` (attribute or key; or the usage block itself):
-    OpenAI chat: ``prompt_tokens`` (includes cached), ``completion_tokens``,
-    ``prompt_tokens_details.cached_tokens``; OpenAI responses: ``input_tokens`` (includes
-    cached), ``output_tokens``, ``input_tokens_details.cached_tokens``; Anthropic:
+    OpenAI chat: ``prompt_tokens`` (includes cached), ``completion_tokens`` (includes
+    reasoning), ``prompt_tokens_details.cached_tokens``,
+    ``completion_tokens_details.reasoning_tokens``; OpenAI responses: ``input_tokens``
+    (includes cached), ``output_tokens`` (includes reasoning),
+    ``input_tokens_details.cached_tokens``, ``output_tokens_details.reasoning_tokens``;
+    reasoning is reported apart as ``reasoning_tokens``; Anthropic:
     ``input_tokens`` (excludes cache), ``output_tokens``, ``cache_read_input_tokens``,
     ``cache_creation_input_tokens``. Missing usage: ``{}``."""
     usage = _get(response, "usage")
@@ -238,9 +241,10 @@ def extract_usage(response: Any) -> dict[str, int]:
     if prompt is not None:  # OpenAI chat completions
         cached = _int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")) or 0
         out["input_tokens"] = max(0, prompt - cached)
-        out["output_tokens"] = _int(_get(usage, "completion_tokens")) or 0
         if cached:
             out["cache_read_tokens"] = cached
+        _output(out, _int(_get(usage, "completion_tokens")) or 0,
+                _int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens")))
         return out
     inp = _int(_get(usage, "input_tokens"))
     details = _get(usage, "input_tokens_details")
@@ -259,8 +263,20 @@ def extract_usage(response: Any) -> dict[str, int]:
             out["cache_write_tokens"] = write
     output = _int(_get(usage, "output_tokens"))
     if output is not None:
-        out["output_tokens"] = output
+        _output(out, output, _int(_get(_get(usage, "output_tokens_details"), "reasoning_tokens")))
     return out
+
+
+def _output(out: dict[str, int], output: int, reasoning: int | None) -> None:
+    """OpenAI counts reasoning inside the output tokens: split them out (``reasoning_tokens``
+    is priced at the model's reasoning price, which defaults to its output price), so no
+    token is counted twice."""
+    if reasoning:
+        reasoning = min(reasoning, output)
+        out["output_tokens"] = output - reasoning
+        out["reasoning_tokens"] = reasoning
+    else:
+        out["output_tokens"] = output
 
 
 @dataclass
@@ -305,5 +321,23 @@ def guarded_call(client: BillingClient, customer: str, meter: str | None, call: 
         event["type"] = event_type
     if event_id is not None:
         event["id"] = event_id
-    committed = client.commit(rid, event)
+    committed = _commit_with_retries(client, rid, event)
     return Guarded(response, decision, rid, lane_model, usage, committed)
+
+
+def _commit_with_retries(client: BillingClient, reservation_id: str, event: dict[str, Any], attempts: int = 3,
+                         delay: float = 0.2) -> dict[str, Any]:
+    """The model call already happened: its usage must be recorded. A commit is idempotent
+    (the event id is fixed), so a commit lost to the network or a 5xx is sent again."""
+    import time
+
+    import httpx
+
+    for attempt in range(attempts):
+        try:
+            return client.commit(reservation_id, event)
+        except (httpx.TransportError, ApiError) as exc:
+            if isinstance(exc, ApiError) and exc.status < 500 or attempt == attempts - 1:
+                raise
+            time.sleep(delay * 2 ** attempt)
+    raise AssertionError("unreachable")

@@ -53,6 +53,13 @@ def test_extract_usage_styles():
                                     "input_tokens_details": {"cached_tokens": 40}}}) == {
         "input_tokens": 50, "cache_read_tokens": 40, "output_tokens": 5}
     assert extract_usage({"prompt_tokens": 3, "completion_tokens": 4}) == {"input_tokens": 3, "output_tokens": 4}
+    # OpenAI counts reasoning inside the output: reported apart, never twice
+    chat = {"usage": {"prompt_tokens": 100, "completion_tokens": 900,
+                      "completion_tokens_details": {"reasoning_tokens": 700}}}
+    assert extract_usage(chat) == {"input_tokens": 100, "output_tokens": 200, "reasoning_tokens": 700}
+    responses = {"usage": {"input_tokens": 60, "output_tokens": 50, "input_tokens_details": {"cached_tokens": 0},
+                           "output_tokens_details": {"reasoning_tokens": 30}}}
+    assert extract_usage(responses) == {"input_tokens": 60, "output_tokens": 20, "reasoning_tokens": 30}
     assert extract_usage(object()) == {}
     assert extract_usage({"usage": None}) == {}
 
@@ -124,3 +131,36 @@ def test_http_errors_carry_status_and_code(sqlite_engine):
     with pytest.raises(ApiError) as err:
         bad.check("acme", "requests")
     assert err.value.status == 401 and err.value.code == ErrorCode.UNAUTHENTICATED
+
+
+class FlakyCommits:
+    """A client whose first commits fail in transit (the call already happened)."""
+
+    def __init__(self, failures):
+        self.failures = list(failures)
+        self.commits = []
+
+    def reserve(self, customer, meter=None, **kw):
+        return {"reservation_id": "rsv_1", "granted": True, "decision": {"lane": {"model": "m"}}}
+
+    def commit(self, reservation_id, event=None):
+        self.commits.append(event)
+        if self.failures:
+            raise self.failures.pop(0)
+        return {"reservation_id": reservation_id, "event": "accepted"}
+
+    def release(self, reservation_id):
+        raise AssertionError("a finished call is committed, not released")
+
+
+def test_guarded_call_sends_a_lost_commit_again():
+    import httpx
+
+    flaky = FlakyCommits([httpx.ConnectError("reset"), ApiError("busy", code="internal_error", status=503)])
+    out = guarded_call(flaky, "acme", "requests", lambda model: {"usage": {"input_tokens": 1, "output_tokens": 2}})
+    assert out.commit["event"] == "accepted"
+    assert len(flaky.commits) == 3 and flaky.commits[0] == flaky.commits[2]  # the same event each time
+    refused = FlakyCommits([ApiError("bad", code="event_invalid", status=422)])
+    with pytest.raises(ApiError):
+        guarded_call(refused, "acme", "requests", lambda model: {})
+    assert len(refused.commits) == 1  # a 4xx is an answer, not a loss: not sent again

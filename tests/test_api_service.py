@@ -261,3 +261,21 @@ def test_commit_with_malformed_events_is_4xx_and_keeps_the_hold(api, bad):
     r = api("POST", "/v1/quota/commit", json={"reservation_id": rid, "event": bad})
     assert 400 <= r.status_code < 500, r.text
     assert api("GET", "/v1/customers/acme/usage").json()["meters"]["requests"]["held"] == "1"
+
+
+def test_fast_path_serves_check_and_healthz_like_the_router(api):
+    """POST /v1/quota/check and GET /healthz skip FastAPI's layers (billing.api.fastpath):
+    same answers, same errors, a bounded body."""
+    assert api("GET", "/healthz", key=None).json() == {"status": "ok"}
+    ok = api("POST", "/v1/quota/check", key="check", json={"customer": "acme", "meter": "requests"})
+    assert ok.status_code == 200 and ok.json()["outcome"] == "allow"
+    assert ok.headers["content-type"].startswith("application/json")
+    assert api("POST", "/v1/quota/check", key=None, json={"customer": "acme", "meter": "requests"}
+               ).json()["code"] == "unauthenticated"
+    bad = api("POST", "/v1/quota/check", key="check", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+    huge = api("POST", "/v1/quota/check", key="check",
+               json={"customer": "acme", "meter": "requests", "model": "x" * 100_000})
+    assert huge.status_code == 413 and huge.json()["code"] == "http_413"
+    # the router still has the route (OpenAPI, and paths the fast path does not take)
+    assert "/v1/quota/check" in api("GET", "/openapi.json", key=None).json()["paths"]

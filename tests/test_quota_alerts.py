@@ -14,7 +14,7 @@ from billing.ledger.accounts import Accounts
 from billing.ledger.holds import Outbox, Quota
 from billing.quota import MeterUsage, UsageState
 from billing.quota.alerts import reached
-from test_quota_fixtures import NOW, T0, Clock, catalog, sqlite_engine  # noqa: F401
+from test_quota_fixtures import NOW, T0, Clock, any_engine, catalog, sqlite_engine  # noqa: F401
 
 CAT = catalog()
 
@@ -46,7 +46,8 @@ def _events(n, start=0):
              "properties": {"feature": "support-chat"}} for i in range(start, start + n)]
 
 
-def test_alerts_fire_once_and_queue_webhooks(sqlite_engine):
+def test_alerts_fire_once_and_queue_webhooks(any_engine):
+    sqlite_engine = any_engine  # SQLite, then PostgreSQL
     clock = Clock()
     q = _quota(sqlite_engine, clock)
     events = _events(49)

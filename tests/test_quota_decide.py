@@ -298,3 +298,24 @@ def test_granted_holds_never_exceed_the_limit(plan, data):
             before, after = min(before, cap), min(after, cap)
         if before <= plan.spend_cap + credits + plan_credits:
             assert after <= plan.spend_cap + credits + plan_credits
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios(), st.integers(min_value=0, max_value=int((END - NOW).total_seconds()) - 1),
+       st.integers(0, 20))
+def test_a_deny_stays_a_deny_until_usage_is_freed_the_period_changes_or_credit_is_granted(s, later, spent):
+    """Time passing inside the period (with nothing freed: the same usage, holds, rate-window
+    counts and task usage) and credit being used up never turn a deny into an allow."""
+    plan, meter, base, _extra, held, rate, _rate_extra, task, _task_extra, request, seats, credits = s
+    charges = {c.key for c in plan.charges}
+
+    def at(now: datetime, credit: D) -> UsageState:
+        return state(now=now, usage={k: MeterUsage(v, v / 1000, int(v)) for k, v in base.items()},
+                     held={k: MeterUsage(v) for k, v in held.items()}, seats=seats, credit_balance=credit, task=task,
+                     rate_counts={c: rate for c in charges})
+
+    first = decide(plan, at(NOW, credits), request)
+    if first.outcome != "deny":
+        return
+    then = decide(plan, at(NOW + timedelta(seconds=later), max(D(0), credits - spent)), request)
+    assert then.outcome == "deny", (first, then)

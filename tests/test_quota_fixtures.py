@@ -92,6 +92,10 @@ def _template() -> Path:
 
 @pytest.fixture
 def sqlite_engine(tmp_path):
+    yield from _sqlite_engine(tmp_path)
+
+
+def _sqlite_engine(tmp_path):
     import shutil
 
     path = tmp_path / "quota.db"
@@ -103,6 +107,20 @@ def sqlite_engine(tmp_path):
     engine = make_engine(f"sqlite:///{path}")
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_engine(request, tmp_path):
+    """The test on SQLite, then on a fresh PostgreSQL database (skipped without
+    BILLING_TEST_POSTGRES_URL; a failure when BILLING_REQUIRE_POSTGRES=1)."""
+    if request.param == "sqlite":
+        yield from _sqlite_engine(tmp_path)
+        return
+    from db import postgres_server_url
+
+    postgres_server_url()
+    with postgres_database() as engine:
+        yield engine
 
 
 class Clock:

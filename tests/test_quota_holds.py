@@ -3,7 +3,6 @@ task usage, and the concurrency promise (200 racing reservations, 100 units: exa
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,6 +15,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import Accounts
 from billing.ledger.holds import Quota
 from billing.ledger.models import Invoice
+from db import postgres_server_url
 from test_quota_fixtures import NOW, T0, Clock, catalog, postgres_database, sqlite_engine  # noqa: F401
 
 CAT = catalog()
@@ -187,14 +187,14 @@ def test_concurrent_reservations_never_exceed_the_limit_sqlite(sqlite_engine):
     assert _race(sqlite_engine) == 100
 
 
-@pytest.mark.skipif(not os.environ.get("BILLING_TEST_POSTGRES_URL"), reason="BILLING_TEST_POSTGRES_URL not set")
 def test_concurrent_reservations_never_exceed_the_limit_postgres():
+    postgres_server_url()  # skipped without PostgreSQL, failed when it is required
     with postgres_database() as engine:
         assert _race(engine) == 100
 
 
-@pytest.mark.skipif(not os.environ.get("BILLING_TEST_POSTGRES_URL"), reason="BILLING_TEST_POSTGRES_URL not set")
 def test_two_phase_on_postgres():
+    postgres_server_url()
     with postgres_database() as engine:
         q, clock = setup(engine, "cursor-pro")
         r = q.reserve("acme", "requests", 1, request_id="a", task="t")

@@ -64,22 +64,30 @@ def error_body(code: str, message: str, details=None) -> dict:
     return body
 
 
+def billing_error_response(exc: BillingError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == ErrorCode.UNAUTHENTICATED else None
+    return JSONResponse(error_body(str(exc.code), exc.message, exc.details), status_code=status_for(exc.code),
+                        headers=headers)
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        problems.append({"path": loc, "message": err.get("msg", ""), "type": err.get("type", "")})
+    first = problems[0] if problems else {"path": "", "message": "invalid request"}
+    message = f"{first['path']}: {first['message']}" if first["path"] else first["message"]
+    return JSONResponse(error_body(str(ErrorCode.VALIDATION), message, problems), status_code=422)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(BillingError)
     async def _billing_error(_request: Request, exc: BillingError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.code == ErrorCode.UNAUTHENTICATED else None
-        return JSONResponse(error_body(str(exc.code), exc.message, exc.details), status_code=status_for(exc.code),
-                            headers=headers)
+        return billing_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            problems.append({"path": loc, "message": err.get("msg", ""), "type": err.get("type", "")})
-        first = problems[0] if problems else {"path": "", "message": "invalid request"}
-        message = f"{first['path']}: {first['message']}" if first["path"] else first["message"]
-        return JSONResponse(error_body(str(ErrorCode.VALIDATION), message, problems), status_code=422)
+        return validation_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

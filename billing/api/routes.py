@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+
+import orjson
 from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
 
 from billing.api.auth import Principal
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
@@ -63,19 +67,20 @@ def _subscription_json(s: Subscription) -> dict[str, Any]:
             "trial_end": _iso(s.trial_end)}
 
 
-def _json(data: Any, decision: dict[str, Any] | None = None) -> JSONResponse:
+def _json(data: Any, decision: dict[str, Any] | None = None) -> Response:
     """Serialise plain JSON directly (our payloads are already JSON-ready: skips FastAPI's
     generic encoder); a deny that waiting clears carries ``Retry-After``."""
     headers = None
     if decision is not None and decision.get("outcome") == "deny" and decision.get("retry_after") is not None:
         headers = {"Retry-After": str(max(1, math.ceil(decision["retry_after"])))}
-    return JSONResponse(data, headers=headers)
+    return Response(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), media_type="application/json",
+                    headers=headers)
 
 
 # ------------------------------------------------------------------------- events
 
 @router.post("/events", tags=["events"], summary="Record a batch of usage events (idempotent per event id)")
-def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest) -> JSONResponse:
+def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest) -> Response:
     events = body.events if isinstance(body, EventsIn) else body
     if len(events) > 10_000:
         raise BillingError("at most 10,000 events per batch", code=ErrorCode.VALIDATION)
@@ -95,8 +100,24 @@ def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest)
 
 # -------------------------------------------------------------------------- quota
 
-@router.post("/quota/check", tags=["quota"], summary="May this customer make this call now, on which lane?")
-async def quota_check(body: QuotaIn, request: Request, principal: Check) -> JSONResponse:
+def _json_body(model) -> dict[str, Any]:
+    """The OpenAPI request body of a route that validates ``model`` itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+@router.post("/quota/check", tags=["quota"], summary="May this customer make this call now, on which lane?",
+             openapi_extra=_json_body(QuotaIn))
+async def quota_check(request: Request) -> Response:
+    # the hot path: authentication and body validation inline (the same rules as the
+    # dependencies and models of the other routes, without FastAPI's per-request machinery)
+    principal = _principal(request)
+    if not principal.allows("check"):
+        raise BillingError(f"this API key's scope ({principal.scope}) does not allow this; needs check",
+                           code=ErrorCode.FORBIDDEN)
+    try:
+        body = QuotaIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
     principal.require_customer(body.customer)
     quota = _svc(request).quota
     call = partial(quota.check, body.customer, body.key, body.quantity, model=body.model, task=body.task,
@@ -108,7 +129,7 @@ async def quota_check(body: QuotaIn, request: Request, principal: Check) -> JSON
 
 
 @router.post("/quota/reserve", tags=["quota"], summary="Decide and hold the estimate until commit/release/expiry")
-def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> JSONResponse:
+def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Response:
     principal.require_customer(body.customer)
     r = _svc(request).quota.reserve(body.customer, body.key, body.quantity, ttl=body.ttl_seconds,
                                     request_id=body.request_id, model=body.model, task=body.task,
@@ -117,17 +138,14 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> JSONRe
 
 
 @router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold")
-def quota_commit(body: CommitIn, request: Request, principal: Check) -> dict[str, Any]:
-    quota = _svc(request).quota
-    principal.require_customer(quota.get(body.reservation_id).customer_id)
-    return quota.commit(body.reservation_id, body.event)
+def quota_commit(body: CommitIn, request: Request, principal: Check) -> Response:
+    # a key restricted to one customer may only settle that customer's holds (checked in the transaction)
+    return _json(_svc(request).quota.commit(body.reservation_id, body.event, customer=principal.customer))
 
 
 @router.post("/quota/release", tags=["quota"], summary="Return the held units now")
-def quota_release(body: ReleaseIn, request: Request, principal: Check) -> dict[str, Any]:
-    quota = _svc(request).quota
-    principal.require_customer(quota.get(body.reservation_id).customer_id)
-    return quota.release(body.reservation_id)
+def quota_release(body: ReleaseIn, request: Request, principal: Check) -> Response:
+    return _json(_svc(request).quota.release(body.reservation_id, customer=principal.customer))
 
 
 # ---------------------------------------------------------------------- customers
@@ -176,7 +194,7 @@ def change_seats(customer_id: str, body: SeatsIn, request: Request, principal: A
 
 @router.get("/customers/{customer_id}/usage", tags=["customers"],
             summary="Usage this period: per meter and charge used, held, included, remaining, spend")
-def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -> JSONResponse:
+def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -> Response:
     principal.require_customer(customer_id)
     return _json(_svc(request).quota.usage(customer_id))
 

@@ -40,7 +40,7 @@ quota_exhausted, rate_limited, spend_cap_reached.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
@@ -89,7 +89,11 @@ class MeterUsage:
     events: int = 0
 
     def __add__(self, other: "MeterUsage") -> "MeterUsage":
-        return MeterUsage(self.units + other.units, self.cost + other.cost, self.events + other.events)
+        return frozen(MeterUsage, {"units": self.units + other.units, "cost": self.cost + other.cost,
+                                   "events": self.events + other.events})
+
+
+_EMPTY = MeterUsage()
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,7 @@ def charge_spend(charge: UsageCharge, units: Decimal, cost: Decimal, events: int
 
 
 def _meter_units(plan: Plan, meter_key: str, quantity: Decimal, model: str | None) -> Decimal:
-    meter = plan.meter(meter_key)
+    meter = _index(plan).meters.get(meter_key) or plan.meter(meter_key)
     if meter.multipliers is not None and model is not None and meter.multipliers.property == "model":
         return quantity * meter.multipliers.factor({"model": model})
     return quantity
@@ -235,35 +239,68 @@ def _meter_units(plan: Plan, meter_key: str, quantity: Decimal, model: str | Non
 
 def resolve(plan: Plan, key: str) -> tuple[str, tuple[UsageCharge, ...]]:
     """(meter key, charges deciding it) for a request naming a charge or a meter."""
-    for charge in plan.charges:
-        if charge.key == key:
-            return charge.meter, (charge,)
-    if any(m.key == key for m in plan.meters):
-        return key, tuple(c for c in plan.charges if c.meter == key)
-    raise UnknownMeter(f"plan {plan.ref} has no meter or charge {key!r}")
+    hit = _index(plan).resolved.get(key)
+    if hit is None:
+        raise UnknownMeter(f"plan {plan.ref} has no meter or charge {key!r}")
+    return hit
 
 
-_CHARGED: dict[int, tuple[Plan, frozenset[str]]] = {}
+class _PlanIndex:
+    """What ``decide`` looks up in a plan, computed once per plan object."""
+
+    __slots__ = ("plan", "resolved", "charged", "meters", "charges", "included", "has_credits")
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        resolved: dict[str, tuple[str, tuple[UsageCharge, ...]]] = {}
+        for m in plan.meters:
+            resolved.setdefault(m.key, (m.key, tuple(c for c in plan.charges if c.meter == m.key)))
+        for c in reversed(plan.charges):  # a charge key wins over a meter key; the first charge wins
+            resolved[c.key] = (c.meter, (c,))
+        self.resolved = resolved
+        self.charged = frozenset(c.meter for c in plan.charges)
+        self.meters = {m.key: m for m in plan.meters}
+        # (charge, key, meter, has included, exhaustion policy, its spend cap)
+        self.charges = tuple((c, c.key, c.meter, c.included is not None, c.on_exhaustion,
+                              getattr(c.on_exhaustion, "spend_cap", None)) for c in plan.charges)
+        self.included: dict[int, tuple[Decimal, ...]] = {}  # seats -> included units per charge
+        self.has_credits = bool(plan.credits)
+
+    def included_for(self, seats: int) -> tuple[Decimal, ...]:
+        hit = self.included.get(seats)
+        if hit is None:
+            if len(self.included) > 1000:
+                self.included.clear()
+            hit = self.included[seats] = tuple(included_units(c, seats) for c in self.plan.charges)
+        return hit
+
+
+_INDEX: dict[int, _PlanIndex] = {}
+
+
+def _index(plan: Plan) -> _PlanIndex:
+    hit = _INDEX.get(id(plan))
+    if hit is None or hit.plan is not plan:
+        if len(_INDEX) > 10_000:
+            _INDEX.clear()
+        hit = _INDEX[id(plan)] = _PlanIndex(plan)
+    return hit
 
 
 def _charged_meters(plan: Plan) -> frozenset[str]:
     """Meters that some charge of the plan prices (cached per plan object)."""
-    hit = _CHARGED.get(id(plan))
-    if hit is None or hit[0] is not plan:
-        hit = (plan, frozenset(c.meter for c in plan.charges))
-        if len(_CHARGED) > 10_000:
-            _CHARGED.clear()
-        _CHARGED[id(plan)] = hit
-    return hit[1]
+    return _index(plan).charged
 
 
 def plan_credit_amount(plan: Plan, seats: int) -> list[tuple[Decimal, tuple[str, ...] | None]]:
     return [(c.amount * (Decimal(seats) if c.per_seat else ONE), c.applies_to) for c in plan.credits]
 
 
-def _credits_for(state: UsageState, plan: Plan, charge_key: str | None) -> Decimal:
+def _credits_for(state: UsageState, plan: Plan, charge_key: str | None, has_credits: bool = True) -> Decimal:
     """Usable credit balance (grants + the plan's recurring credits) for one charge or, with
     ``None``, for the whole plan."""
+    if not has_credits and not state.credit_balances and not state.credit_balance:
+        return ZERO
     pools: list[tuple[Decimal, tuple[str, ...] | None]] = plan_credit_amount(plan, state.seats)
     if state.credit_balances:
         pools.extend(state.credit_balances.values())
@@ -288,41 +325,54 @@ class _Verdict:
 
 def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     """Decide one request. Raises ``UnknownMeter`` for a key the plan does not meter."""
-    meter_key, charges = resolve(plan, request.key)
-    quantity = Decimal(request.quantity)
+    idx = _index(plan)
+    hit = idx.resolved.get(request.key)
+    if hit is None:
+        raise UnknownMeter(f"plan {plan.ref} has no meter or charge {request.key!r}")
+    meter_key, charges = hit
+    quantity = request.quantity if type(request.quantity) is Decimal else Decimal(request.quantity)
     if quantity < 0:
         raise BillingError("quantity must not be negative", code=ErrorCode.VALIDATION)
-    units = _meter_units(plan, meter_key, quantity, request.model)
+    cost = request.cost if type(request.cost) is Decimal else Decimal(request.cost)
+    meter = idx.meters.get(meter_key) or plan.meter(meter_key)
+    if meter.multipliers is not None and request.model is not None and meter.multipliers.property == "model":
+        units = quantity * meter.multipliers.factor({"model": request.model})
+    else:
+        units = quantity
     now = state.now
 
     # usage (committed + held) of the charged meters; the request adds to its meter
-    empty = MeterUsage()
+    empty = _EMPTY
     totals: dict[str, MeterUsage] = {}
-    for key in _charged_meters(plan) | {meter_key}:
-        used, held = state.usage.get(key), state.held.get(key)
+    usage_get, held_get = state.usage.get, state.held.get
+    for key in idx.charged:
+        used, held = usage_get(key), held_get(key)
         totals[key] = (used or empty) if held is None else (held if used is None else used + held)
-    before = totals[meter_key]
-    after_m = before + MeterUsage(units, Decimal(request.cost), 1 if units > 0 else 0)
+    before = totals.get(meter_key)
+    if before is None:
+        used, held = usage_get(meter_key), held_get(meter_key)
+        before = totals[meter_key] = (used or empty) if held is None else (held if used is None else used + held)
+    after_m = frozen(MeterUsage, {"units": before.units + units, "cost": before.cost + cost,
+                                  "events": before.events + (1 if units > 0 else 0)})
 
     spend_before = ZERO
     spend_after = ZERO
     per_charge_after: dict[str, Decimal] = {}
     per_charge_before: dict[str, Decimal] = {}
     included: dict[str, Decimal] = {}
-    for charge in plan.charges:
-        inc = included[charge.key] = included_units(charge, state.seats)
-        m = totals[charge.meter]
+    for (charge, ckey, cmeter, _has_inc, _policy, cap), inc in zip(idx.charges, idx.included_for(state.seats)):
+        included[ckey] = inc
+        m = totals[cmeter]
         b = ZERO if m.units <= inc else charge_spend(charge, m.units, m.cost, m.events, inc)
         a = b
-        if charge.meter == meter_key and after_m.units > inc:
+        if cmeter == meter_key and after_m.units > inc:
             a = charge_spend(charge, after_m.units, after_m.cost, after_m.events, inc)
-        cap = getattr(charge.on_exhaustion, "spend_cap", None)
-        per_charge_before[charge.key], per_charge_after[charge.key] = b, a
+        per_charge_before[ckey], per_charge_after[ckey] = b, a
         if cap is not None:  # rating limits the line to the cap
             b, a = min(b, cap), min(a, cap)
         spend_before += b
         spend_after += a
-    credits_all = _credits_for(state, plan, None)
+    credits_all = _credits_for(state, plan, None, idx.has_credits)
 
     verdicts: list[_Verdict] = []
 
@@ -363,7 +413,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         if after_m.units <= inc and charge.included is not None:
             verdicts.append(_Verdict("allow", "fast", INCLUDED, model=request.model))
             if isinstance(policy, OveragePolicy) and policy.spend_cap is not None:
-                money_left.append(policy.spend_cap + _credits_for(state, plan, charge.key)
+                money_left.append(policy.spend_cap + _credits_for(state, plan, charge.key, idx.has_credits)
                                   - per_charge_before[charge.key])
             continue
         if isinstance(policy, BlockPolicy):
@@ -378,7 +428,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         else:  # overage
             cap = policy.spend_cap
             if cap is not None:
-                budget = cap + _credits_for(state, plan, charge.key)
+                budget = cap + _credits_for(state, plan, charge.key, idx.has_credits)
                 money_left.append(budget - per_charge_before[charge.key])
                 if per_charge_after[charge.key] > budget:
                     verdicts.append(_Verdict("deny", "overage", SPEND_CAP_REACHED,
@@ -400,14 +450,31 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
                                      message=f"plan spend cap {dec_str(plan.spend_cap)} reached"))
 
     final = _combine(verdicts)
-    return Decision(
-        outcome=final.outcome, lane=Lane(final.tier, final.model), reason=final.reason, meter=meter_key,
-        charges=tuple(c.key for c in charges), units=units, remaining=remaining,
-        remaining_money=max(ZERO, min(money_left)) if money_left else None,
-        spend=spend_before, credits_remaining=max(ZERO, credits_all - spend_before),
-        retry_after=final.retry_after if final.outcome == "deny" else None,
-        rate_windows=tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != "deny" else (),
-        amount=max(ZERO, spend_after - spend_before), message=final.message)
+    return frozen(Decision, {
+        "outcome": final.outcome, "lane": Lane(final.tier, final.model), "reason": final.reason, "meter": meter_key,
+        "charges": tuple(c.key for c in charges), "units": units, "remaining": remaining,
+        "remaining_money": max(ZERO, min(money_left)) if money_left else None,
+        "spend": spend_before, "credits_remaining": max(ZERO, credits_all - spend_before),
+        "retry_after": final.retry_after if final.outcome == "deny" else None,
+        "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != "deny" else (),
+        "amount": max(ZERO, spend_after - spend_before), "message": final.message})
+
+
+def frozen(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of the frozen dataclass ``cls`` from ALL its field values (the hot path:
+    the generated ``__init__`` pays one ``object.__setattr__`` per field). Equal to
+    ``cls(**values)``; a missing or unknown field is an error as it would be there."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
+    if values.keys() != names:
+        return cls(**values)  # let the dataclass report the problem
+    obj = object.__new__(cls)
+    obj.__dict__.update(values)
+    return obj
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
 
 
 def _rate_checked(v: _Verdict, charge_key: str, limit: RateLimit | None, state: UsageState) -> _Verdict:
@@ -422,6 +489,9 @@ def _rate_checked(v: _Verdict, charge_key: str, limit: RateLimit | None, state: 
 
 
 def _combine(verdicts: list[_Verdict]) -> _Verdict:
+    if len(verdicts) == 1 and verdicts[0].outcome != "deny":
+        v = verdicts[0]
+        return _Verdict(v.outcome, v.tier, v.reason, v.model, None, None, v.message)
     worst = max(verdicts, key=lambda v: _RANK[v.outcome])
     if worst.outcome != "deny":
         # the strictest lane: slow beats overage beats fast

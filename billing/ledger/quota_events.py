@@ -1,0 +1,170 @@
+"""Recording the events of quota commits inside a quota transaction (the lean single-event
+path next to ``Ledger.record``'s bulk path, with the same rules).
+
+Each commit's event is validated and costed by ``billing.ledger.prepare.prepare`` (as
+``Ledger.record`` does), its counter increments are planned by
+``billing.ledger.counters.CounterPlanner``, and the database's unique key
+``(customer_id, event_id)`` decides whether it is new: only an event this transaction
+inserted bumps the counters, settles its hold and counts for its agent task.
+
+On PostgreSQL everything is ONE statement of constant text (data-modifying CTEs hanging
+off the ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the events, rows passed as
+one JSON parameter per CTE), so it is prepared once and pipelined with the ``COMMIT``. On SQLite (in-process: no round trips) it is a few
+plain statements. Events that were not inserted are then sorted out by ``not_inserted``:
+same content stored -> ``duplicate`` (the hold is settled), else ``conflict``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from billing.ledger.counters import CounterPlanner
+from billing.ledger.quota_sql import json_rows
+from billing.ledger.quota_types import tokens_of
+
+_EVENT_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico"
+_UPSERT_SUM = ("units_micro = usage_counter.units_micro + excluded.units_micro, "
+               "events = usage_counter.events + excluded.events, cost_pico = usage_counter.cost_pico + excluded.cost_pico")
+_UPSERT_TASK = ("steps = agent_task_usage.steps + excluded.steps, tokens = agent_task_usage.tokens + excluded.tokens, "
+                "cost_pico = agent_task_usage.cost_pico + excluded.cost_pico, updated_at = excluded.updated_at")
+
+
+def contributions(planner: CounterPlanner, commits: list) -> list[tuple]:
+    """Per event, the counters it increments if it is new:
+    (customer, event id, meter, period start, period end, units micro, is max, cost pico)."""
+    out = []
+    for _op, p, _hold in commits:
+        planner.deltas = {}  # one event at a time (the planner keeps its period cache)
+        planner.add(p.customer, p.type, p.ts, p.properties, p.cost_pico)
+        for (customer, meter, start), (end, units, _events, cost, is_max) in planner.deltas.items():
+            out.append((customer, p.event_id, meter, start, end, units, is_max, cost))
+    planner.deltas = {}
+    return out
+
+
+def _task_rows(commits: list) -> list[tuple]:
+    """(customer, event id, task, tokens, cost pico) of commits whose hold names a task."""
+    return [(p.customer, p.event_id, hold[5], tokens_of(p.properties), p.cost_pico)
+            for _op, p, hold in commits if hold[5]]
+
+
+_EVENT_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("type", "varchar"), ("ts", "bigint"),
+                ("properties", "json"), ("model", "varchar"), ("cost_pico", "bigint"))
+_CONTRIB_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("meter", "varchar"), ("period_start", "bigint"),
+                  ("period_end", "bigint"), ("units", "bigint"), ("cost", "bigint"))
+
+
+def _rows_cte(name: str, columns: tuple[tuple[str, str], ...]) -> str:
+    cols = ", ".join(f"(e->>{i})::{t} AS {c}" for i, (c, t) in enumerate(columns))
+    return f"{name} AS (SELECT {cols} FROM json_array_elements(%s::json) AS e)"
+
+
+def _counter_cte(name: str, is_max: bool) -> str:
+    units = "MAX(d.units)" if is_max else "SUM(d.units)"
+    update = _UPSERT_SUM if not is_max else _UPSERT_SUM.replace(
+        "usage_counter.units_micro + excluded.units_micro", "GREATEST(usage_counter.units_micro, excluded.units_micro)")
+    return (_rows_cte(f"{name}d", _CONTRIB_TYPES) + f", {name} AS (INSERT INTO usage_counter (customer_id, meter, "
+            f"period_start, period_end, units_micro, events, cost_pico) SELECT d.customer_id, d.meter, d.period_start, "
+            f"MAX(d.period_end), {units}, COUNT(*), SUM(d.cost) FROM {name}d d JOIN ins USING (customer_id, event_id) "
+            "GROUP BY d.customer_id, d.meter, d.period_start ORDER BY 1, 2, 3 "
+            f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {update})")
+
+
+# one statement text for every batch (each CTE's rows are one JSON parameter, possibly
+# empty): psycopg and the server prepare it once
+_WRITE_PG = (
+    "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
+    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY customer_id, event_id "
+    "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id), "
+    + _counter_cte("cs", False) + ", " + _counter_cte("cm", True) + ", "
+    + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
+    "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
+    "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held'), "
+    + _rows_cte("tv", (("customer_id", "varchar"), ("event_id", "varchar"), ("task_id", "varchar"),
+                       ("tokens", "bigint"), ("cost", "bigint"))) + ", "
+    "tk AS (INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
+    "SELECT t.customer_id, t.task_id, COUNT(*), SUM(t.tokens), SUM(t.cost), %s FROM tv t "
+    "JOIN ins USING (customer_id, event_id) GROUP BY 1, 2 ORDER BY 1, 2 "
+    f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {_UPSERT_TASK}) "
+    "SELECT customer_id, event_id FROM ins")
+
+
+def write_pg(execute: Callable, commits: list, contrib: list[tuple], now_us: int) -> Any:
+    """One statement: insert the events; for those inserted, bump counters, settle holds,
+    add task usage. Returns the cursor of the inserted (customer, event id) keys."""
+    events = [tuple(p[:7]) for _op, p, _hold in commits]
+    sums = sorted((c[0], c[1], c[2], c[3], c[4], c[5], c[7]) for c in contrib if not c[6])
+    maxes = sorted((c[0], c[1], c[2], c[3], c[4], c[5], c[7]) for c in contrib if c[6])
+    settle = sorted((hold[0], p.customer, p.event_id) for _op, p, hold in commits if hold[2] == "held")
+    return execute(_WRITE_PG, [json_rows(events), json_rows(sums), json_rows(maxes), json_rows(settle), now_us,
+                               json_rows(sorted(_task_rows(commits))), now_us])
+
+
+def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], now_us: int) -> set[tuple[str, str]]:
+    """The same as ``write_pg`` in plain statements; returns the inserted keys."""
+    events = sorted((p for _op, p, _hold in commits), key=lambda p: (p.customer, p.event_id))
+    marks = ",".join(["(?,?,?,?,?,?,?)"] * len(events))
+    cur = execute(f"INSERT INTO usage_event ({_EVENT_COLUMNS}) VALUES {marks} "
+                  "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
+                  [v for p in events for v in p[:7]])
+    inserted = {(c, e) for c, e in cur.fetchall()}
+    deltas: dict[tuple[str, str, int], list] = {}
+    for customer, event_id, meter, start, end, units, is_max, cost in contrib:
+        if (customer, event_id) not in inserted:
+            continue
+        slot = deltas.get((customer, meter, start))
+        if slot is None:
+            deltas[(customer, meter, start)] = [end, units, 1, cost, is_max]
+        else:
+            slot[1] = max(slot[1], units) if is_max else slot[1] + units
+            slot[2] += 1
+            slot[3] += cost
+    head = ("INSERT INTO usage_counter (customer_id, meter, period_start, period_end, units_micro, events, cost_pico) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET ")
+    for (customer, meter, start), (end, units, n, cost, is_max) in sorted(deltas.items()):
+        update = _UPSERT_SUM if not is_max else _UPSERT_SUM.replace(
+            "usage_counter.units_micro + excluded.units_micro", "MAX(usage_counter.units_micro, excluded.units_micro)")
+        execute(head + update, (customer, meter, start, end, units, n, cost))
+    for _op, p, hold in commits:
+        if hold[2] == "held" and (p.customer, p.event_id) in inserted:
+            execute("UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? "
+                    "WHERE id = ? AND status = 'held'", (p.event_id, now_us, hold[0]))
+    tasks: dict[tuple[str, str], list[int]] = {}
+    for customer, event_id, task, tokens, cost in _task_rows(commits):
+        if (customer, event_id) in inserted:
+            slot = tasks.setdefault((customer, task), [0, 0, 0])
+            slot[0] += 1
+            slot[1] += tokens
+            slot[2] += cost
+    for (customer, task), (steps, tokens, cost) in sorted(tasks.items()):
+        execute("INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (customer_id, task_id) DO UPDATE SET {_UPSERT_TASK}",
+                (customer, task, steps, tokens, cost, now_us))
+    return inserted
+
+
+def not_inserted(run_all: Callable, commits: list, now_us: int) -> list[tuple[Any, Any, str]]:
+    """After the commit, for events that were not inserted: ``duplicate`` when the stored
+    event has the same content (its hold is settled now), else ``conflict``. Returns
+    (op, prepared event, "duplicate" | "conflict") per commit."""
+    if not commits:
+        return []
+    stored = run_all([("SELECT type, ts, properties FROM usage_event WHERE customer_id = ? AND event_id = ?",
+                       (p.customer, p.event_id)) for _op, p, _hold in commits])
+    out, settle = [], []
+    for (op, p, hold), rows in zip(commits, stored):
+        if rows:
+            etype, ts, props = rows[0]
+            props = json.loads(props) if isinstance(props, str) else props
+            if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
+                out.append((op, p, "duplicate"))
+                if hold[2] == "held":
+                    settle.append(("UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? "
+                                   "WHERE id = ? AND status = 'held'", (p.event_id, now_us, hold[0])))
+                continue
+        out.append((op, p, "conflict"))
+    if settle:
+        run_all(settle, returns_rows=False)
+    return out

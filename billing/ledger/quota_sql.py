@@ -1,0 +1,482 @@
+"""Driver-level SQL for the quota hot path: connections, a customer's context and usage state.
+
+``check``, ``reserve`` and ``commit`` run many times a second, so they skip SQLAlchemy's
+statement compilation and pool pre-ping and talk to the driver directly:
+
+* ``Connections`` hands out plain driver connections: on PostgreSQL psycopg connections in
+  autocommit mode (a transaction is an explicit ``BEGIN ... COMMIT``, so a whole
+  transaction can be sent in one pipeline), kept in a small free list; on a SQLite file
+  one autocommit ``sqlite3`` connection per reading thread and one writer connection.
+* ``load_context`` reads who the customer is right now (plan, period, seats, credits,
+  dunning) with five small queries, pipelined into one round trip on PostgreSQL.
+* ``STATE_SQL`` / ``usage_state`` read committed usage (the counters), live holds and
+  rate-window counts in one statement (one snapshot).
+
+All instants are integer microseconds at rest, except the ``UTCDateTime`` columns of the
+accounts tables, which SQLite stores as naive UTC text: ``_utc`` parses both forms.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+
+from billing.catalog import Catalog, Plan
+from billing.errors import BillingError, ErrorCode
+from billing.ledger.types import to_us
+from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
+from billing.rating.periods import BillingCycle, Period
+
+MICRO = Decimal(1_000_000)
+PICO = Decimal(10) ** 12
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who the customer is right now: plan, period, seats, credits, dunning."""
+
+    customer: str
+    subscription_id: int
+    plan: Plan
+    period: Period
+    seats: int
+    credits: dict  # grant id -> (remaining balance, applies_to)
+    payment_failed_at: datetime | None
+    timezone: str = "UTC"
+
+
+# ---------------------------------------------------------------- connections
+
+class Connections:
+    """Driver connections for the quota hot path (see the module docstring).
+
+    ``write()`` yields a connection for one transaction (the caller sends ``BEGIN``);
+    ``read()`` one for autocommit reads. A connection that raised a driver error is
+    closed, never reused. ``pg`` tells the dialect, ``ph`` its parameter placeholder.
+    """
+
+    def __init__(self, engine: Engine, *, keep: int = 8):
+        self.engine = engine
+        self.pg = engine.dialect.name == "postgresql"
+        self.ph = "%s" if self.pg else "?"
+        database = engine.url.database
+        self._file = None if self.pg or database in (None, "", ":memory:") else database
+        self._keep = keep
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        if self.pg:
+            import psycopg
+
+            self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+            self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        else:
+            import sqlite3
+
+            self._errors = (sqlite3.Error,)
+
+    def _connect(self) -> Any:
+        if self.pg:
+            import psycopg
+
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+            conn.prepared_max = 1000  # batch statements vary with the batch's shape: keep them all prepared
+            return conn
+        import sqlite3
+
+        conn = sqlite3.connect(self._file, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA synchronous=NORMAL")  # as billing.ledger.db.make_engine (WAL)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        if self._file is None and not self.pg:  # in-memory SQLite: the engine's own connection
+            raw = self.engine.raw_connection()
+            try:
+                yield raw.driver_connection
+            finally:
+                raw.close()
+            return
+        with self._lock:
+            conn = self._free.pop() if self._free else None
+        if conn is None:
+            conn = self._connect()
+        try:
+            yield conn
+        except BillingError:  # a domain answer (unknown customer...): the connection is fine if idle
+            if self._idle(conn):
+                self._release(conn)
+            else:
+                self._discard(conn)
+            raise
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._release(conn)
+
+    def _idle(self, conn: Any) -> bool:
+        if self.pg:
+            from psycopg.pq import TransactionStatus
+
+            return not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+        return not conn.in_transaction
+
+    def _release(self, conn: Any) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(conn)
+                return
+        conn.close()
+
+    def local_reader(self) -> Any:
+        """This thread's autocommit connection to a SQLite file (None elsewhere)."""
+        if self._file is None:
+            return None
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        if self._file is not None:  # SQLite file: this thread's own autocommit connection
+            yield self.local_reader()
+            return
+        with self.write() as conn:
+            yield conn
+
+    def _discard(self, conn: Any) -> None:
+        try:
+            if self.pg:
+                conn.close()
+            elif self._file is not None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                with self._lock:
+                    if len(self._free) < self._keep:
+                        self._free.append(conn)  # a SQLite connection survives a failed statement
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+    def pipeline(self, conn: Any):
+        """One network round trip per sync on PostgreSQL; a no-op elsewhere."""
+        return conn.pipeline() if self.pg else nullcontext()
+
+    def close(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for conn in free:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def run_all(conns: Connections, conn: Any, queries: Sequence[tuple[str, Sequence[Any]]], *,
+            returns_rows: bool = True) -> list[list[tuple]]:
+    """Execute ``queries`` (SQL with ``?`` placeholders, parameters) and return each one's
+    rows; on PostgreSQL all of them in one pipeline (one round trip)."""
+    ph = conns.ph
+    if len(queries) == 1:  # one statement: a pipeline would only add work
+        sql, params = queries[0]
+        cur = conn.cursor()
+        try:
+            cur.execute(sql.replace("?", ph) if ph != "?" else sql, params)
+            return [cur.fetchall()] if returns_rows else []
+        finally:
+            cur.close()
+    cursors = []
+    with conns.pipeline(conn):
+        for sql, params in queries:
+            cur = conn.cursor()
+            cur.execute(sql.replace("?", ph) if ph != "?" else sql, params)
+            cursors.append(cur)
+        out = [cur.fetchall() for cur in cursors] if returns_rows else []
+    for cur in cursors:
+        cur.close()
+    return out
+
+
+# -------------------------------------------------------------------- context
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_CONTEXT_SQL = (
+    "SELECT timezone FROM customer WHERE id = ?",
+    "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
+    "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
+    "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
+    "SELECT payment_failed_at FROM invoice WHERE customer_id = ? AND status = 'finalized' AND kind = 'invoice' "
+    "AND payment_failed_at IS NOT NULL",
+    "SELECT g.id, g.amount_micro, g.applies_to, g.effective_at, g.expires_at, "
+    "(SELECT COALESCE(SUM(b.amount_micro), 0) FROM credit_burn b WHERE b.grant_id = g.id) "
+    "FROM credit_grant g WHERE g.customer_id = ?",
+)
+
+
+def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str, now: datetime) -> Context:
+    """The customer's plan, period, seats, credits and dunning clock at ``now``."""
+    tz_rows, subs, seat_rows, failed_rows, grants = run_all(conns, conn, [(q, (customer,)) for q in _CONTEXT_SQL])
+    if not tz_rows:
+        raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
+    tz = tz_rows[0][0]
+    active = []
+    for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
+        started, ended = _utc(started_at), _utc(ended_at)
+        if started <= now and (ended is None or ended > now):
+            active.append((started, sid, plan_id, version, _utc(anchor_at)))
+    if not active:
+        raise BillingError(f"customer {customer!r} has no active subscription", code=ErrorCode.SUBSCRIPTION_NOT_FOUND)
+    _, sid, plan_id, version, anchor_at = max(active, key=lambda a: (a[0], a[1]))
+    plan = catalog.get(plan_id, version)
+    cycle = BillingCycle(plan.billing.interval, plan.billing.anchor, tz,
+                         anchor_at if plan.billing.anchor == "anniversary" else None)
+    period = cycle.period_containing(now)
+    changes = sorted((_utc(at), row_id, seats) for sub_id, at, seats, row_id in seat_rows if sub_id == sid)
+    at_start, peak = None, 0
+    for at, _, seats in changes:
+        if at <= period.start:
+            at_start = seats
+        elif at < period.end and at <= now:
+            peak = max(peak, seats)
+    seats = max(peak, at_start if at_start is not None else (changes[0][2] if changes else 1))
+    failed = min((_utc(r[0]) for r in failed_rows), default=None)
+    credits = {}
+    for gid, amount_micro, applies_to, effective_at, expires_at, burned in grants:
+        eff, exp = _utc(effective_at), _utc(expires_at)
+        if eff > now or (exp is not None and exp <= now):
+            continue
+        balance = int(amount_micro) - int(burned or 0)
+        if balance > 0:
+            credits[gid] = (Decimal(balance) / MICRO, tuple(applies_to.split(",")) if applies_to else None)
+    return Context(customer, sid, plan, period, seats, credits, failed, tz)
+
+
+# ---------------------------------------------------------------------- state
+
+# committed usage of the period, live holds per meter, and rate-window counts: one snapshot
+STATE_SQL = (
+    "SELECT 'u', meter, units_micro, cost_pico, events FROM usage_counter "
+    "WHERE customer_id = ? AND period_start = ? "
+    "UNION ALL SELECT 'h', meter, SUM(units_micro), SUM(cost_pico), COUNT(*) FROM quota_hold "
+    "WHERE customer_id = ? AND status = 'held' AND expires_at > ? AND period_start = ? GROUP BY meter "
+    "UNION ALL SELECT 'r', charge, count, 0, 0 FROM quota_rate_window "
+    "WHERE customer_id = ? AND window_start <= ? AND window_end > ?")
+# the same without rate windows (plans without rate limits)
+STATE_SQL_NO_RATES = STATE_SQL[:STATE_SQL.index(" UNION ALL SELECT 'r'")]
+TASK_SQL = (
+    "SELECT steps, tokens, cost_pico FROM agent_task_usage WHERE customer_id = ? AND task_id = ? "
+    "UNION ALL SELECT SUM(steps), SUM(tokens), SUM(cost_pico) FROM quota_hold "
+    "WHERE customer_id = ? AND task = ? AND status = 'held' AND expires_at > ?")
+
+_RATED: dict[int, tuple[Plan, bool]] = {}
+
+
+def has_rate_limits(plan: Plan) -> bool:
+    hit = _RATED.get(id(plan))
+    if hit is None or hit[0] is not plan:
+        rated = any(getattr(c.on_exhaustion, "rate_limit", None) is not None for c in plan.charges)
+        if len(_RATED) > 10_000:
+            _RATED.clear()
+        hit = _RATED[id(plan)] = (plan, rated)
+    return hit[1]
+
+
+def state_query(ctx: Context, now_us: int) -> tuple[str, tuple]:
+    c, start_us = ctx.customer, to_us(ctx.period.start)
+    if has_rate_limits(ctx.plan):
+        return STATE_SQL, (c, start_us, c, now_us, start_us, c, now_us, now_us)
+    return STATE_SQL_NO_RATES, (c, start_us, c, now_us, start_us)
+
+
+def task_query(customer: str, task: str, now_us: int) -> tuple[str, tuple]:
+    return TASK_SQL, (customer, task, customer, task, now_us)
+
+
+def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, MeterUsage], dict[str, int]]:
+    usage: dict[str, MeterUsage] = {}
+    held: dict[str, MeterUsage] = {}
+    rates: dict[str, int] = {}
+    for kind, key, units, cost, n in rows:
+        if kind == "u":
+            usage[key] = frozen(MeterUsage, {"units": Decimal(units) / MICRO, "cost": Decimal(cost) / PICO,
+                                             "events": int(n)})
+        elif kind == "h":
+            held[key] = frozen(MeterUsage, {"units": Decimal(int(units or 0)) / MICRO,
+                                            "cost": Decimal(int(cost or 0)) / PICO, "events": int(n)})
+        else:
+            rates[key] = int(units)
+    return usage, held, rates
+
+
+def parse_task(rows: list[tuple]) -> TaskUsage:
+    steps = tokens = cost_pico = 0
+    for s_, t_, c_ in rows:
+        steps += int(s_ or 0)
+        tokens += int(t_ or 0)
+        cost_pico += int(c_ or 0)
+    return TaskUsage(steps, tokens, Decimal(cost_pico) / PICO)
+
+
+def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage | None) -> UsageState:
+    return frozen(UsageState, {
+        "now": now, "period_start": ctx.period.start, "period_end": ctx.period.end, "usage": usage, "held": held,
+        "seats": ctx.seats, "credit_balance": _ZERO, "credit_balances": ctx.credits, "task": task,
+        "rate_counts": rates, "payment_overdue": False, "payment_failed_at": ctx.payment_failed_at})
+
+
+def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None) -> UsageState:
+    """Committed usage, live holds, rate windows (and the task's usage) in one round trip."""
+    now_us = to_us(now)
+    queries = [state_query(ctx, now_us)]
+    if task is not None:
+        queries.append(task_query(ctx.customer, task, now_us))
+    results = run_all(conns, conn, queries)
+    usage, held, rates = parse_state(results[0])
+    return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None)
+
+
+# ------------------------------------------------------- many customers at once
+#
+# One statement per kind of read whatever the number of customers. On PostgreSQL the rows
+# travel as ONE JSON array parameter (encoded by orjson, unpacked by the server), so the
+# statement text never changes: psycopg parses it once and the server keeps it prepared.
+# SQLite gets a ``VALUES`` list (no parsing or encoding cost).
+
+def keyed(pg: bool, name: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
+          ) -> tuple[str, list[Any]]:
+    """``name (columns) AS (...)`` for a ``WITH`` clause holding ``rows``, and its parameters."""
+    if pg:
+        cols = ", ".join(f"(e->>{i})::{t} AS {c}" for i, (c, t) in enumerate(columns))
+        return f"{name} AS (SELECT {cols} FROM json_array_elements(%s::json) AS e)", [json_rows(rows)]
+    one = "(" + ",".join("?" * len(columns)) + ")"
+    return (f"{name} ({', '.join(c for c, _ in columns)}) AS (VALUES {','.join([one] * len(rows))})",
+            [v for row in rows for v in row])
+
+
+def json_rows(rows: Sequence[Sequence[Any]]) -> str:
+    return orjson.dumps(rows).decode()
+
+
+def batch_state_query(pg: bool, ctxs: Sequence[Context], now_us: int) -> tuple[str, list[Any]]:
+    """``STATE_SQL`` for several customers in one statement; rows start with the customer."""
+    cte, params = keyed(pg, "c", (("customer_id", "varchar"), ("period_start", "bigint")),
+                        [(c.customer, to_us(c.period.start)) for c in ctxs])
+    if pg:
+        sql = (f"WITH {cte} "
+               "SELECT c.customer_id, 'u', u.meter, u.units_micro, u.cost_pico, u.events FROM c CROSS JOIN LATERAL "
+               "(SELECT meter, units_micro, cost_pico, events FROM usage_counter WHERE customer_id = c.customer_id "
+               "AND period_start = c.period_start) u "
+               "UNION ALL SELECT c.customer_id, 'h', h.meter, h.units, h.cost, h.n FROM c CROSS JOIN LATERAL "
+               "(SELECT meter, SUM(units_micro) AS units, SUM(cost_pico) AS cost, COUNT(*) AS n FROM quota_hold "
+               "WHERE customer_id = c.customer_id AND status = 'held' AND expires_at > %s "
+               "AND period_start = c.period_start GROUP BY meter) h")
+    else:
+        sql = (f"WITH {cte} "
+               "SELECT u.customer_id, 'u', u.meter, u.units_micro, u.cost_pico, u.events FROM c "
+               "JOIN usage_counter u ON u.customer_id = c.customer_id AND u.period_start = c.period_start "
+               "UNION ALL SELECT h.customer_id, 'h', h.meter, SUM(h.units_micro), SUM(h.cost_pico), COUNT(*) FROM c "
+               "JOIN quota_hold h ON h.customer_id = c.customer_id AND h.status = 'held' AND h.expires_at > ? "
+               "AND h.period_start = c.period_start GROUP BY h.customer_id, h.meter")
+    params.append(now_us)
+    if any(has_rate_limits(c.plan) for c in ctxs):
+        if pg:
+            sql += (" UNION ALL SELECT c.customer_id, 'r', r.charge, r.count, 0, 0 FROM c CROSS JOIN LATERAL "
+                    "(SELECT charge, count FROM quota_rate_window WHERE customer_id = c.customer_id "
+                    "AND window_start <= %s AND window_end > %s) r")
+        else:
+            sql += (" UNION ALL SELECT r.customer_id, 'r', r.charge, r.count, 0, 0 FROM c JOIN quota_rate_window r "
+                    "ON r.customer_id = c.customer_id AND r.window_start <= ? AND r.window_end > ?")
+        params += [now_us, now_us]
+    return sql, params
+
+
+def batch_task_query(pg: bool, pairs: Sequence[tuple[str, str]], now_us: int) -> tuple[str, list[Any]]:
+    """``TASK_SQL`` for several (customer, task) pairs; rows start with the pair."""
+    cte, params = keyed(pg, "t", (("customer_id", "varchar"), ("task_id", "varchar")), pairs)
+    if pg:
+        sql = (f"WITH {cte} "
+               "SELECT t.customer_id, t.task_id, a.steps, a.tokens, a.cost_pico FROM t CROSS JOIN LATERAL "
+               "(SELECT steps, tokens, cost_pico FROM agent_task_usage WHERE customer_id = t.customer_id "
+               "AND task_id = t.task_id) a "
+               "UNION ALL SELECT t.customer_id, t.task_id, h.steps, h.tokens, h.cost FROM t CROSS JOIN LATERAL "
+               "(SELECT SUM(steps) AS steps, SUM(tokens) AS tokens, SUM(cost_pico) AS cost FROM quota_hold "
+               "WHERE customer_id = t.customer_id AND status = 'held' AND expires_at > %s AND task = t.task_id) h")
+    else:
+        sql = (f"WITH {cte} "
+               "SELECT a.customer_id, a.task_id, a.steps, a.tokens, a.cost_pico FROM t "
+               "JOIN agent_task_usage a ON a.customer_id = t.customer_id AND a.task_id = t.task_id "
+               "UNION ALL SELECT h.customer_id, h.task, SUM(h.steps), SUM(h.tokens), SUM(h.cost_pico) FROM t "
+               "JOIN quota_hold h ON h.customer_id = t.customer_id AND h.task = t.task_id "
+               "AND h.status = 'held' AND h.expires_at > ? GROUP BY h.customer_id, h.task")
+    params.append(now_us)
+    return sql, params
+
+
+def batch_request_query(pg: bool, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+    """Holds already made for (customer, request id) pairs (the unique key: index lookups)."""
+    cte, params = keyed(pg, "r", (("customer_id", "varchar"), ("request_id", "varchar")), pairs)
+    join = ("CROSS JOIN LATERAL (SELECT * FROM quota_hold WHERE customer_id = r.customer_id "
+            "AND request_id = r.request_id) h" if pg else
+            "JOIN quota_hold h ON h.customer_id = r.customer_id AND h.request_id = r.request_id")
+    return (f"WITH {cte} SELECT h.customer_id, h.request_id, h.id, h.status, h.expires_at, h.decision "
+            f"FROM r {join}"), params
+
+
+def batch_counters_query(pg: bool, pairs: Sequence[tuple[str, int]]) -> tuple[str, list[Any]]:
+    """Committed usage of several (customer, period start) pairs."""
+    cte, params = keyed(pg, "c", (("customer_id", "varchar"), ("period_start", "bigint")), pairs)
+    join = ("CROSS JOIN LATERAL (SELECT * FROM usage_counter WHERE customer_id = c.customer_id "
+            "AND period_start = c.period_start) u" if pg else
+            "JOIN usage_counter u ON u.customer_id = c.customer_id AND u.period_start = c.period_start")
+    return (f"WITH {cte} SELECT u.customer_id, u.meter, u.units_micro, u.cost_pico, u.events FROM c {join}"), params
+
+
+def id_list(pg: bool, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """``column IN (...)`` for ``ids`` (``= ANY(array)`` on PostgreSQL)."""
+    if pg:
+        return f"{column} = ANY(%b::varchar[])", [list(ids)]
+    return f"{column} IN ({','.join('?' * len(ids))})", list(ids)
+
+
+def holds_query(pg: bool, ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """Holds by id with their customer's timezone and subscriptions (one row per pair)."""
+    where, params = id_list(pg, "h.id", ids)
+    return ("SELECT h.id, h.customer_id, h.status, h.event_type, h.model, h.task, h.event_id, c.timezone, "
+            "s.id, s.plan_id, s.plan_version, s.anchor_at, s.started_at, s.ended_at FROM quota_hold h "
+            "LEFT JOIN customer c ON c.id = h.customer_id LEFT JOIN subscription s ON s.customer_id = h.customer_id "
+            f"WHERE {where}"), params
+
+
+HOLD_COLUMNS = (("id", "varchar"), ("customer_id", "varchar"), ("request_id", "varchar"), ("key", "varchar"),
+                ("meter", "varchar"), ("event_type", "varchar"), ("period_start", "bigint"),
+                ("units_micro", "bigint"), ("cost_pico", "bigint"), ("tokens", "bigint"), ("steps", "integer"),
+                ("task", "varchar"), ("model", "varchar"), ("tier", "varchar"), ("outcome", "varchar"),
+                ("reason", "varchar"), ("decision", "text"), ("status", "varchar"), ("created_at", "bigint"),
+                ("expires_at", "bigint"))
+
+
+def insert_holds(pg: bool, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    cols = ", ".join(c for c, _ in HOLD_COLUMNS)
+    if pg:
+        cte, params = keyed(pg, "v", HOLD_COLUMNS, rows)
+        return f"WITH {cte} INSERT INTO quota_hold ({cols}) SELECT {cols} FROM v", params
+    one = "(" + ",".join("?" * len(HOLD_COLUMNS)) + ")"
+    return f"INSERT INTO quota_hold ({cols}) VALUES {','.join([one] * len(rows))}", [v for r in rows for v in r]

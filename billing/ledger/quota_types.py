@@ -1,0 +1,118 @@
+"""Values of two-phase quota use: ``Reservation``, request validation, hold ops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing.errors import BillingError, ErrorCode
+from billing.events import TOKEN_FIELDS
+from billing.money import dec_str, to_decimal
+from billing.quota.decide import Decision, QuotaRequest
+
+MAX_QUANTITY = 10**12  # units, tokens, steps per request (fits the micro-unit BIGINT columns)
+MAX_COST = 10**6  # provider cost per request (fits the pico BIGINT column)
+_MAX_Q = Decimal(MAX_QUANTITY)
+_MAX_C = Decimal(MAX_COST)
+_ZERO = Decimal(0)
+_SMALL_INTS = {i: Decimal(i) for i in range(0, 1001)}
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str | None  # None: denied, nothing held
+    decision: Decision | dict
+    expires_at: datetime | None = None
+    replayed: bool = False  # an earlier reserve with the same request id
+    status: str | None = None  # held | committed | released (None: denied)
+
+    @property
+    def granted(self) -> bool:
+        return self.id is not None
+
+    def to_json(self) -> dict[str, Any]:
+        decision = self.decision.to_json() if isinstance(self.decision, Decision) else self.decision
+        return {"reservation_id": self.id, "granted": self.granted,
+                "expires_at": self.expires_at.isoformat().replace("+00:00", "Z") if self.expires_at else None,
+                "replayed": self.replayed, "status": self.status if self.id else None, "decision": decision}
+
+
+def _number(value: Any) -> Decimal:
+    if type(value) is int:
+        small = _SMALL_INTS.get(value)
+        return small if small is not None else Decimal(value)
+    if type(value) is Decimal and value.is_finite():
+        return value
+    return to_decimal(value)  # rejects NaN and infinities
+
+
+def parse_request(customer, key, quantity, model, task, tokens, cost, steps) -> QuotaRequest:
+    """Validate a quota request's numbers (a ``validation_error`` on anything out of range)."""
+    try:
+        q = _number(quantity)
+        c = _number(cost)
+    except Exception:  # noqa: BLE001
+        raise BillingError("quantity and cost must be numbers", code=ErrorCode.VALIDATION) from None
+    if not (_ZERO <= q <= _MAX_Q and _ZERO <= c <= _MAX_C):
+        raise BillingError(f"quantity must be in [0, {MAX_QUANTITY}] and cost in [0, {MAX_COST}]",
+                           code=ErrorCode.VALIDATION)
+    for name, value in (("tokens", tokens), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value <= MAX_QUANTITY):
+            raise BillingError(f"{name} must be an integer in [0, {MAX_QUANTITY}]", code=ErrorCode.VALIDATION)
+    return QuotaRequest(customer, key, q, model, task, tokens, c, steps)
+
+
+def request_json(r: QuotaRequest) -> dict:
+    """What a reservation was asked for (stored with the hold: a replay must match it)."""
+    return {"key": r.key, "quantity": dec_str(r.quantity), "model": r.model, "task": r.task, "tokens": r.tokens,
+            "cost": dec_str(r.cost), "steps": r.steps}
+
+
+def tokens_of(props: dict) -> int:
+    """Total token count of an event's properties (agent task usage)."""
+    total = 0
+    for name in TOKEN_FIELDS:
+        value = props.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            total += value
+        elif isinstance(value, (float, str, Decimal)):
+            try:
+                total += int(Decimal(str(value)))
+            except Exception:  # noqa: BLE001 - ingestion already validated quantities
+                pass
+    return total
+
+
+READ_AGAIN = "read-again"  # Op.alert when the post-commit usage read failed
+
+
+class Op:
+    """One reserve / commit / release waiting for its batch (``billing.ledger.quota_writer``)."""
+
+    __slots__ = ("kind", "customer", "request", "ttl", "request_id", "reservation_id", "event", "allowed",
+                 "result", "error", "done", "queued", "ctx", "alert", "wake")
+
+    def __init__(self, kind: str, *, customer: str | None = None, request: QuotaRequest | None = None,
+                 ttl: float = 0.0, request_id: str | None = None, reservation_id: str | None = None,
+                 event: dict | None = None, allowed: str | None = None):
+        self.kind = kind
+        self.customer = customer
+        self.request = request
+        self.ttl = ttl
+        self.request_id = request_id
+        self.reservation_id = reservation_id
+        self.event = event
+        self.allowed = allowed  # commit / release: the only customer the caller may act on (None: any)
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.queued = True
+        self.ctx = None
+        self.alert = None  # commit: (customer, committed usage rows after commit) for budget alerts
+        self.wake = None  # a lock its caller sleeps on (billing.ledger.quota_writer.Combiner)
+
+    def reset(self) -> None:
+        self.result = self.error = self.alert = None

@@ -1,0 +1,532 @@
+"""Reserve, commit and release in group transactions (the write half of the quota hot path).
+
+Concurrent calls in one process are combined: a caller that finds a free slot (at most
+``leaders`` batches run at once, default one; SQLite has a single writer anyway) takes
+every queued operation, runs them all as ONE transaction and wakes their callers, who see
+their result only after that transaction committed. A batch costs two round trips on
+PostgreSQL whatever its size (psycopg pipeline mode):
+
+1. ``BEGIN``; ``pg_advisory_xact_lock`` on every reserving customer, in ascending key order
+   (so batches never deadlock each other); each customer's state (counters, live holds,
+   rate windows, task usage: read after the locks, so it includes every hold granted
+   before); earlier holds with the same request ids; the holds to commit or release and
+   their customers' subscriptions.
+2. Decide the reservations in arrival order, adding each grant to the customer's state
+   before the next decision (so a batch never grants more than lone callers would); then
+   send the holds, the rate-window counts, the commits' events with their counters, hold
+   settlements and task usage (``billing.ledger.quota_events``), the releases, ``COMMIT``,
+   and — after the commit — the committed usage of customers with budget alerts (each
+   committer reads after its own commit, so of two racing commits at least one sees both:
+   a threshold is never missed).
+
+A reservation is durable before it is answered (``synchronous_commit`` stays on), and so
+is a commit's event; release-only batches skip the fsync (a lost release only keeps a
+hold until it expires). A batch that fails on a database error before its ``COMMIT`` is
+retried (deadlocks) or split, each operation in a transaction of its own, so one bad
+operation never fails its neighbours; a batch is never run again once it may have
+committed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from psycopg.pq import ExecStatus
+
+from billing.errors import BillingError, ErrorCode
+from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
+from billing.ledger.prepare import Rejection, prepare
+from billing.ledger.quota_events import contributions, not_inserted, write_pg, write_sqlite
+from billing.ledger.quota_sql import (
+    MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
+    holds_query, id_list, insert_holds, make_state, parse_task, run_all)
+from billing.ledger.quota_types import READ_AGAIN, Op, Reservation, request_json
+from billing.ledger.types import from_us, to_us
+from billing.quota.decide import MeterUsage, TaskUsage, decide
+
+if TYPE_CHECKING:
+    from billing.ledger.holds import Quota
+
+_COMMAND_OK = ExecStatus.COMMAND_OK
+_MAX_BATCH = 200
+
+
+class Combiner:
+    """Runs submitted operations in batches, at most ``leaders`` batches at a time (see the
+    module docstring). ``run(batch)`` must set each op's ``result`` or ``error``.
+
+    A caller that finds a free slot leads at once. Otherwise it queues its op and sleeps on
+    the op's own lock until a leader has run it, or until a finishing leader hands it the
+    slot (then it leads a batch of everything queued). Each op is woken exactly once."""
+
+    def __init__(self, run: Callable[[list[Op]], None], *, leaders: int = 1, max_batch: int = _MAX_BATCH):
+        self._run = run
+        self._leaders = leaders
+        self._max = max_batch
+        self._mutex = threading.Lock()
+        self._queue: list[Op] = []
+        self._active = 0
+
+    def submit(self, op: Op) -> Any:
+        with self._mutex:
+            if self._active < self._leaders:
+                self._active += 1
+                lead = True
+            else:
+                op.wake = threading.Lock()
+                op.wake.acquire()
+                self._queue.append(op)
+                lead = False
+        if not lead:
+            op.wake.acquire()  # released by our batch's leader, or by a leader handing over its slot
+            if op.done:
+                return self._outcome(op)
+        with self._mutex:  # we lead: our op and everything queued
+            batch = [op, *self._queue[:self._max - 1]]
+            del self._queue[:len(batch) - 1]
+        for o in batch:
+            o.queued = False
+        try:
+            self._run(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+            for o in batch:
+                if o.result is None and o.error is None:
+                    o.error = exc
+        with self._mutex:
+            for o in batch:
+                o.done = True
+            nxt = self._queue.pop(0) if self._queue else None  # hand our slot over
+            if nxt is None:
+                self._active -= 1
+        for o in batch[1:]:
+            o.wake.release()
+        if nxt is not None:
+            nxt.wake.release()
+        return self._outcome(op)
+
+    @staticmethod
+    def _outcome(op: Op) -> Any:
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+
+class QuotaWriter:
+    """Batched reserve / commit / release over ``Connections`` for one ``Quota``."""
+
+    def __init__(self, quota: "Quota", conns: Connections, *, leaders: int | None = None):
+        self.quota = quota
+        self.conns = conns
+        self.combiner = Combiner(self._run_batch, leaders=leaders or 1)
+
+    def submit(self, op: Op) -> Any:
+        return self.combiner.submit(op)
+
+    # -------------------------------------------------------------- batching
+    def _run_batch(self, ops: list[Op]) -> None:
+        error: BaseException | None = None
+        for _attempt in range(3):
+            try:
+                deferred = self._transaction(ops)
+            except _NotCommitted as exc:  # rolled back: safe to run again
+                error = exc.__cause__
+                for op in ops:
+                    op.reset()
+                if self._retryable(error):
+                    continue
+                break
+            if deferred:  # a second commit of an event id already in the batch: decided by the stored one
+                self._run_batch(deferred)
+            return
+        if len(ops) == 1:
+            ops[0].error = error
+            return
+        for op in ops:  # one bad operation must not fail its neighbours
+            try:
+                self._transaction([op])
+            except _NotCommitted as exc:
+                op.reset()
+                op.error = exc.__cause__
+
+    @staticmethod
+    def _retryable(exc: BaseException | None) -> bool:
+        """Deadlocks and serialization failures."""
+        state = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(exc, "sqlstate", None)
+        return state in ("40P01", "40001")
+
+    def _transaction(self, ops: list[Op]) -> list[Op]:
+        """One transaction for ``ops``. Raises ``_NotCommitted`` when it surely rolled back;
+        any other exception means it may have committed (the connection broke). Returns
+        the ops deferred to a later transaction."""
+        conns = self.conns
+        tx = _Tx()
+        with conns.write() as conn:
+            try:
+                with conns.pipeline(conn):
+                    self._body(conn, ops, tx)
+            except BillingError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if not tx.committed():
+                    try:
+                        if (not conn.closed) if conns.pg else conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - the connection is discarded anyway
+                        pass
+                    if tx.sure_not_committed(conns.pg, conn):
+                        raise _NotCommitted() from exc
+                    raise
+                tx.after_failed = True  # committed; only a read after the commit failed
+            # committed: what follows must not raise (the batch is never run twice)
+            try:
+                tx.finish(conn)
+            except Exception:  # noqa: BLE001
+                tx.after_failed = True
+            if tx.after_failed:
+                for op in tx.accepted_ops():
+                    op.alert = READ_AGAIN
+        return tx.deferred
+
+    # ------------------------------------------------------------------ body
+    def _body(self, conn: Any, ops: list[Op], tx: "_Tx") -> None:
+        q, conns = self.quota, self.conns
+        pg, ph = conns.pg, conns.ph
+        now = q.clock()
+        now_us = to_us(now)
+
+        def execute(sql: str, params: Any = ()) -> Any:
+            cur = conn.cursor()
+            cur.execute(sql.replace("?", "%s") if pg else sql, params)
+            return cur
+
+        reserves = [op for op in ops if op.kind == "reserve"]
+        settles = [op for op in ops if op.kind != "reserve"]
+        for op in reserves:  # contexts before the transaction (cached; loaded on a miss)
+            try:
+                op.ctx = q.context(conn, op.customer, now)
+            except BillingError as exc:
+                op.error = exc
+        reserves = [op for op in reserves if op.error is None]
+
+        # ---- round 1: lock, read
+        execute("BEGIN" if pg else "BEGIN IMMEDIATE")
+        if pg and not reserves and not any(op.kind == "commit" for op in settles):
+            execute("SET LOCAL synchronous_commit TO OFF")  # releases only (see the module docstring)
+        customers = sorted({op.customer for op in reserves})
+        if pg and customers:
+            keys = sorted({q.lock_key(c) for c in customers})
+            execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
+        ctxs = {}
+        for op in reserves:
+            ctxs.setdefault(op.customer, op.ctx)
+        state_cur = execute(*batch_state_query(pg, [ctxs[c] for c in customers], now_us)) if customers else None
+        pairs = sorted({(op.customer, op.request.task) for op in reserves if op.request.task is not None})
+        task_cur = execute(*batch_task_query(pg, pairs, now_us)) if pairs else None
+        rids = sorted({(op.customer, op.request_id) for op in reserves if op.request_id is not None})
+        rid_cur = execute(*batch_request_query(pg, rids)) if rids else None
+        hold_cur = execute(*holds_query(pg, sorted({op.reservation_id for op in settles}))) if settles else None
+
+        states: dict[str, list] = {c: [{}, {}, {}] for c in customers}  # the round trip
+        if state_cur is not None:
+            for row in state_cur.fetchall():
+                usage, held, rates_now = states[row[0]]
+                kind, key, units, cost, n = row[1:]
+                if kind == "u":
+                    usage[key] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
+                elif kind == "h":
+                    held[key] = MeterUsage(Decimal(int(units or 0)) / MICRO, Decimal(int(cost or 0)) / PICO, int(n))
+                else:
+                    rates_now[key] = int(units)
+        tasks: dict[tuple[str, str], TaskUsage] = {}
+        if task_cur is not None:
+            grouped: dict[tuple[str, str], list[tuple]] = {pair: [] for pair in pairs}
+            for customer, task, *rest in task_cur.fetchall():
+                grouped[(customer, task)].append(rest)
+            tasks = {pair: parse_task(rows) for pair, rows in grouped.items()}
+        prior = {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {}
+        holds: dict[str, tuple] = {}
+        sub_rows: dict[int, tuple] = {}
+        if hold_cur is not None:
+            for row in hold_cur.fetchall():
+                holds.setdefault(row[0], row[:7])
+                if row[8] is not None:
+                    sub_rows[row[8]] = (row[8], row[1], row[9], row[10], _utc(row[11]), _utc(row[12]),
+                                        _utc(row[13]), row[7])
+
+        # ---- decide; round 2: write everything, COMMIT, read for alerts
+        hold_rows: list[tuple] = []
+        rates: dict[tuple[str, str, int], list[int]] = {}
+        in_batch: dict[tuple[str, str], tuple[Op, dict]] = {}
+        for op in reserves:
+            self._reserve_one(op, now, now_us, states, tasks, prior, in_batch, hold_rows, rates)
+        if hold_rows:
+            execute(*insert_holds(pg, hold_rows))
+        for (customer, charge, start), (end, n) in sorted(rates.items()):
+            execute("INSERT INTO quota_rate_window (customer_id, charge, window_start, window_end, count) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, charge, window_start) "
+                    "DO UPDATE SET count = quota_rate_window.count + excluded.count",
+                    (customer, charge, start, end, n))
+        commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, now, now_us)
+        tx.commits, tx.now_us = commits, now_us
+        if commits:
+            views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
+                                       q.catalog)
+            planner = CounterPlanner(views)
+            for op, _p, _hold in commits:  # the period each context already knows (same cycle, same
+                if op.ctx is not None:    # bounds); an event outside it is placed by the planner itself
+                    planner._period_cache[op.ctx.subscription_id] = (to_us(op.ctx.period.start),
+                                                                     to_us(op.ctx.period.end))
+            contrib = contributions(planner, commits)
+            if pg:
+                tx.inserted = write_pg(execute, commits, contrib, now_us)
+            else:
+                tx.inserted = write_sqlite(execute, commits, contrib, now_us)
+        if releases:
+            where, params = id_list(pg, "id", sorted({hold[0] for _op, hold in releases}))
+            cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {where} "
+                          "AND status = 'held' RETURNING id", [now_us, *params])
+            # SQLite cannot commit while a RETURNING statement is unfinished: read it now
+            tx.releases = (releases, cur if pg else cur.fetchall())
+        tx.commit_cur = execute("COMMIT")
+        tx.sqlite_committed = not pg
+        if q.alerts:
+            for op, p, hold in commits:
+                ctx = op.ctx
+                if ctx is not None and ctx.plan.budget_alerts is not None:
+                    tx.alert_ctx.setdefault(p.customer, ctx)
+            if tx.alert_ctx:
+                tx.alert_cur = execute(*batch_counters_query(
+                    pg, sorted((c, to_us(ctx.period.start)) for c, ctx in tx.alert_ctx.items())))
+        tx.run_all = lambda queries, returns_rows=True: run_all(conns, conn, queries, returns_rows=returns_rows)
+
+    # ---------------------------------------------------------------- reserve
+    def _reserve_one(self, op: Op, now, now_us: int, states, tasks, prior, in_batch, hold_rows, rates) -> None:
+        ctx, req, customer = op.ctx, op.request, op.customer
+        asked = request_json(req)
+        if op.request_id is not None:
+            row = prior.get((customer, op.request_id))
+            if row is not None:
+                stored = json.loads(row[3])
+                if stored.pop("_request", None) != asked:
+                    op.error = _conflict(op.request_id)
+                else:
+                    op.result = Reservation(row[0], stored, from_us(row[2]), replayed=True, status=row[1])
+                return
+            first = in_batch.get((customer, op.request_id))  # granted earlier in this batch
+            if first is not None:
+                first_op, first_asked = first
+                if first_asked != asked:
+                    op.error = _conflict(op.request_id)
+                else:
+                    r = first_op.result
+                    op.result = Reservation(r.id, r.decision.to_json(), r.expires_at, replayed=True, status=r.status)
+                return
+        usage, held, rate_counts = states[customer]
+        task_usage = tasks.get((customer, req.task)) if req.task is not None else None
+        try:
+            decision = decide(ctx.plan, make_state(ctx, now, usage, held, rate_counts, task_usage), req)
+        except BillingError as exc:
+            op.error = exc
+            return
+        if not decision.granted:
+            op.result = Reservation(None, decision)
+            return
+        hold_id = f"rsv_{uuid.uuid4().hex}"
+        expires_us = now_us + int(op.ttl * 1_000_000)
+        meter = ctx.plan.meter(decision.meter)
+        task_tokens = req.tokens
+        if task_tokens is None:
+            task_tokens = int(req.quantity) if (meter.property or "").endswith("_tokens") else 0
+        steps = (req.steps if req.steps is not None else 1) if req.task else 0
+        tokens = task_tokens if req.task else 0
+        units_micro, cost_pico = to_micro(decision.units), int(req.cost * PICO)
+        payload = decision.to_json()
+        payload["_request"] = asked
+        hold_rows.append((hold_id, customer, op.request_id or hold_id, req.key, decision.meter, meter.event_type,
+                          to_us(ctx.period.start), units_micro, cost_pico, tokens, steps, req.task,
+                          decision.lane.model, decision.lane.tier, decision.outcome, decision.reason,
+                          orjson.dumps(payload).decode(), "held", now_us, expires_us))
+        # the grant counts for the next decision of this batch exactly as a fresh read would count it
+        held = states[customer][1] = dict(held)
+        held[decision.meter] = held.get(decision.meter, MeterUsage()) + MeterUsage(
+            Decimal(units_micro) / MICRO, Decimal(cost_pico) / PICO, 1)
+        if decision.rate_windows:
+            rate_counts = states[customer][2] = dict(rate_counts)
+            for charge, start, end in decision.rate_windows:
+                rate_counts[charge] = rate_counts.get(charge, 0) + 1
+                slot = rates.setdefault((customer, charge, start), [end, 0])
+                slot[1] += 1
+        if req.task is not None:
+            t = tasks.get((customer, req.task)) or TaskUsage()
+            tasks[(customer, req.task)] = TaskUsage(t.steps + steps, t.tokens + tokens,
+                                                    t.cost + Decimal(cost_pico) / PICO)
+        op.result = Reservation(hold_id, decision, from_us(expires_us), status="held")
+        if op.request_id is not None:
+            in_batch[(customer, op.request_id)] = (op, asked)
+
+    # ----------------------------------------------------------------- commit
+    def _settle_plan(self, conn, settles: list[Op], holds: dict, now, now_us: int):
+        """Validate commits and releases against their holds; prepare the commits' events."""
+        q = self.quota
+        ledger = q.ledger
+        commits, releases, deferred = [], [], []
+        seen: set[tuple[str, str]] = set()
+        for op in settles:
+            hold = holds.get(op.reservation_id)
+            if hold is None:
+                op.error = BillingError(f"unknown reservation {op.reservation_id!r}",
+                                        code=ErrorCode.RESERVATION_NOT_FOUND)
+                continue
+            hid, customer, status, event_type, model, task, event_id = hold
+            if op.allowed is not None and op.allowed != customer:
+                op.error = BillingError("this API key is restricted to another customer", code=ErrorCode.FORBIDDEN)
+                continue
+            if op.kind == "release":
+                if status == "committed":
+                    op.error = BillingError(f"reservation {hid} is committed", code=ErrorCode.RESERVATION_STATE)
+                elif status == "released":
+                    op.result = {"reservation_id": hid, "status": "released"}
+                else:
+                    releases.append((op, hold))
+                continue
+            if status == "released":
+                op.error = BillingError(f"reservation {hid} was released; reserve again",
+                                        code=ErrorCode.RESERVATION_STATE)
+                continue
+            try:
+                op.ctx = q.context(conn, customer, now)
+            except BillingError:
+                op.ctx = None  # no active subscription now: the event is still recorded
+            try:
+                event = _event_for(op.event, hold, op.ctx, now)
+            except BillingError as exc:
+                op.error = exc
+                continue
+            if status == "committed" and event_id != event["id"]:
+                op.error = BillingError(f"reservation {hid} was committed with event {event_id!r}",
+                                        code=ErrorCode.RESERVATION_STATE)
+                continue
+            p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
+                        pricer=ledger.pricer)
+            if type(p) is Rejection:
+                op.error = BillingError(p.message, code=ErrorCode(p.code))
+                continue
+            if (p.customer, p.event_id) in seen:
+                op.queued, op.ctx = False, None
+                deferred.append(op)
+                continue
+            seen.add((p.customer, p.event_id))
+            commits.append((op, p, hold))
+        return commits, releases, deferred
+
+class _NotCommitted(Exception):
+    """A batch transaction that surely rolled back (its cause is the database error)."""
+
+
+class _Tx:
+    """What one batch transaction sent, to tell whether it committed and to finish it."""
+
+    def __init__(self) -> None:
+        self.commit_cur: Any = None
+        self.sqlite_committed = False
+        self.deferred: list[Op] = []
+        self.commits: list[tuple] = []
+        self.inserted: Any = None  # PostgreSQL: cursor of inserted keys; SQLite: the keys
+        self.releases: tuple | None = None  # (ops and holds, RETURNING rows or cursor)
+        self.alert_ctx: dict[str, Any] = {}  # customer -> context, for budget alerts
+        self.alert_cur: Any = None
+        self.after_failed = False
+        self.now_us = 0
+        self.run_all: Callable | None = None
+
+    def committed(self) -> bool:
+        if self.commit_cur is None:
+            return False
+        if self.sqlite_committed:
+            return True
+        result = self.commit_cur.pgresult
+        return result is not None and result.status == _COMMAND_OK
+
+    def sure_not_committed(self, pg: bool, conn: Any) -> bool:
+        """No COMMIT was sent, or the server answered the pipeline and the COMMIT was not ok."""
+        if self.commit_cur is None or not pg:
+            return True
+        return not (conn.closed or conn.broken)
+
+    def accepted_ops(self) -> list[Op]:
+        return [op for op, _p, _h in self.commits
+                if op.result is not None and op.result.get("event") == "accepted"]
+
+    def finish(self, conn: Any) -> None:
+        """After the commit: the outcome of releases and commits, the alerts' usage."""
+        if self.releases is not None:
+            releases, cur = self.releases
+            done = {r[0] for r in (cur if isinstance(cur, list) else cur.fetchall())}
+            for op, hold in releases:
+                if hold[0] in done or hold[2] == "released":
+                    op.result = {"reservation_id": hold[0], "status": "released"}
+                else:
+                    op.error = BillingError(f"reservation {hold[0]} was settled meanwhile",
+                                            code=ErrorCode.RESERVATION_STATE)
+        if not self.commits:
+            return
+        inserted = self.inserted if isinstance(self.inserted, set) else {(c, e) for c, e in self.inserted.fetchall()}
+        rest = []
+        for item in self.commits:
+            op, p, _hold = item
+            if (p.customer, p.event_id) in inserted:
+                op.result = _committed(op.reservation_id, p.event_id, "accepted")
+            else:
+                rest.append(item)
+        usage: dict[str, tuple] = {c: (ctx, {}) for c, ctx in self.alert_ctx.items()}
+        if self.alert_cur is not None:
+            for c, m, u, cost, n in self.alert_cur.fetchall():
+                usage[c][1][m] = MeterUsage(Decimal(u) / MICRO, Decimal(cost) / PICO, int(n))
+        for op, p, _hold in self.commits:
+            if op.result is not None:
+                op.alert = usage.get(p.customer)
+        for op, p, status in not_inserted(self.run_all, rest, self.now_us):
+            if status == "duplicate":
+                op.result = _committed(op.reservation_id, p.event_id, "duplicate")
+            else:
+                op.error = BillingError("an event with this id exists with different content; nothing changed",
+                                        code=ErrorCode.EVENT_CONFLICT)
+
+
+def _conflict(request_id: str) -> BillingError:
+    return BillingError(f"request id {request_id!r} was used for another reservation", code=ErrorCode.CONFLICT)
+
+
+def _committed(reservation_id: str, event_id: str, status: str) -> dict[str, Any]:
+    return {"reservation_id": reservation_id, "event_id": event_id, "status": "committed", "event": status}
+
+
+def _event_for(given: dict | None, hold: tuple, ctx, now) -> dict:
+    """The commit's event with the hold's defaults: ``customer``, ``id`` (the reservation
+    id), ``type`` (the meter's event type), ``timestamp`` (now), ``properties.model`` (the
+    lane's model) and the plan's task property (the hold's task)."""
+    hid, customer, _status, event_type, model, task, _event_id = hold
+    event = dict(given or {})
+    if event.get("customer", customer) != customer:
+        raise BillingError("the event's customer is not the reservation's", code=ErrorCode.VALIDATION)
+    event["customer"] = customer
+    event.setdefault("id", hid)
+    event.setdefault("type", event_type)
+    event.setdefault("timestamp", now.isoformat())
+    props = event.get("properties") or {}
+    if not isinstance(props, dict):
+        raise BillingError("event properties must be an object", code=ErrorCode.EVENT_INVALID)
+    props = dict(props)
+    if model and "model" not in props:
+        props["model"] = model
+    if task:
+        limits = ctx.plan.agent_limits if ctx is not None else None
+        props.setdefault(limits.task_property if limits else "task", task)
+    event["properties"] = props
+    return event
