@@ -413,7 +413,7 @@ class QuotaWriter:
                                         code=ErrorCode.RESERVATION_STATE)
                 continue
             p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
-                        pricer=ledger.pricer)
+                        pricer=ledger.pricer, measured=ledger.measured)
             if type(p) is Rejection:
                 op.error = BillingError(p.message, code=ErrorCode(p.code))
                 continue
