@@ -324,8 +324,11 @@ def test_batch_fast_path_equals_prepare_event_by_event(raws):
 @example([{"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
            "properties": {"model": "claude-sonnet-4-5", "input_tokens": 2100, "output_tokens": 400,
                           "feature": "support-chat", "user": -3, "flag": True}}])
-@example([{"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:60Z",
-           "properties": {"model": "claude-sonnet-4-5", "input_tokens": 2100}}])
+@example([{"id": "a", "customer": "acme", "type": "llm.call", "timestamp": stamp,
+           "properties": {"model": "claude-sonnet-4-5", "input_tokens": 2100}}
+          for stamp in ["2026-10-03T12:00:60Z", "2026-10-03T12:60:00Z", "2026-10-03T24:00:00Z",
+                        "2026-10-03T12:5\u0669:00Z", "2026-10-03 12:00:00Z", "2026-10-03T12-00:00Z",
+                        "2026-10-03T12:00:00Z", "2026-10-03T12:59:59Z", "2026-10-03T13:00:00Z"]])
 @example([{"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-11-15T12:05:01Z",
            "properties": {"model": "claude-sonnet-4-5", "input_tokens": 2100}}])  # 1 s past the tolerance
 @example([{"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",

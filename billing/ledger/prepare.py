@@ -119,6 +119,22 @@ def _minute_base(prefix: str) -> int:
     return base
 
 
+_HOUR_CACHE: dict[str, int] = {}
+
+
+def _hour_base(prefix: str, cache: dict[str, int]) -> int:
+    """Microseconds at ``YYYY-MM-DDTHH`` UTC (-1: not such a prefix), cached."""
+    try:
+        dt = datetime.fromisoformat(prefix + ":00:00+00:00")
+        base = ((dt - EPOCH).days * 86_400 + (dt - EPOCH).seconds) * 1_000_000 if prefix[10] == "T" else -1
+    except ValueError:
+        base = -1
+    if len(cache) > 100_000:
+        cache.clear()
+    cache[prefix] = base
+    return base
+
+
 def _parse_ts(value: Any) -> int | Rejection:
     # fast path: "YYYY-MM-DDTHH:MM:SSZ" (the common wire format); minutes are cached, so
     # a stream of events costs one slice, one dict lookup and one int() each
@@ -250,7 +266,7 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
     out: list[Prepared | Rejection] = []
     append = out.append
     limit = now_us + tolerance_us
-    minutes = _MINUTE_CACHE
+    hours = _HOUR_CACHE
     prices_cache: dict[tuple[str, int], tuple[int, ...] | None] = {}
     shapes: dict[tuple[str, ...], tuple | None] = {}
     dumps = orjson.dumps
@@ -269,12 +285,14 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
                     and type(stamp) is str and 0 < len(event_id) <= 200 and 0 < len(customer) <= 200
                     and etype in known_types and len(stamp) == 20 and stamp[19] == "Z"
                     and event_id.isascii() and customer.isascii()):
-                base = minutes.get(stamp[:16])
+                base = hours.get(stamp[:13])
                 if base is None:
-                    base = _minute_base(stamp[:16])
-                sec = stamp[17:19]
-                if base != -1 and stamp[16] == ":" and sec.isascii() and sec.isdigit() and sec < "60":
-                    ts = base + int(sec) * 1_000_000
+                    base = _hour_base(stamp[:13], hours)
+                mmss = stamp[14:16] + stamp[17:19]
+                if (base != -1 and stamp[13] == ":" and stamp[16] == ":" and mmss.isascii() and mmss.isdigit()
+                        and mmss[0] < "6" and mmss[2] < "6"):
+                    minute, second = divmod(int(mmss), 100)
+                    ts = base + minute * 60_000_000 + second * 1_000_000
                     if ts <= limit:
                         keys = tuple(props)
                         shape = shapes.get(keys, _MISSING)
