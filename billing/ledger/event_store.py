@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import orjson
 
 from sqlalchemy import Connection
 
@@ -66,36 +65,14 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.execute("SELECT COALESCE(MAX(id), 0) FROM usage_event")
         before_id = cursor.fetchone()[0]
         before = dbapi.total_changes
-        blob = _json_rows(rows) if len(rows) >= _JSON_MIN_ROWS else None
-        if blob is not None:  # one statement: SQLite unpacks the rows (and the GIL is free meanwhile)
-            cursor.execute(_SQLITE_JSON_INSERT, (blob,))
-        else:
-            cursor.executemany(f"INSERT INTO usage_event ({_COLUMNS}) VALUES (?,?,?,?,?,?,?) "
-                               "ON CONFLICT (customer_id, event_id) DO NOTHING", [r[:7] for r in rows])
+        cursor.executemany(f"INSERT INTO usage_event ({_COLUMNS}) VALUES (?,?,?,?,?,?,?) "
+                           "ON CONFLICT (customer_id, event_id) DO NOTHING", [r[:7] for r in rows])
         if dbapi.total_changes - before == len(rows):
             return ALL_INSERTED
         cursor.execute("SELECT customer_id, event_id FROM usage_event WHERE id > ?", (before_id,))
         return set(cursor.fetchall())
     finally:
         cursor.close()
-
-
-_JSON_MIN_ROWS = 256
-_SQLITE_JSON_INSERT = (
-    f"INSERT INTO usage_event ({_COLUMNS}) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), "
-    "json_extract(value, '$[5]'), json_extract(value, '$[6]') FROM json_each(?) WHERE true "
-    "ON CONFLICT (customer_id, event_id) DO NOTHING")
-
-
-def _json_rows(rows: Sequence[Prepared]) -> bytes | None:
-    """The rows as one JSON array of 7-element arrays (the properties embedded as the
-    object they are), or None when a value cannot travel that way unchanged."""
-    fragment = orjson.Fragment
-    try:
-        return orjson.dumps([(r[0], r[1], r[2], r[3], fragment(r[4]), r[5], r[6]) for r in rows])
-    except (TypeError, orjson.JSONEncodeError):
-        return None
 
 
 def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
