@@ -143,15 +143,20 @@ class Ledger:
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
         results = prepare_batch(raws, now_us=now_us, tolerance_us=self.tolerance_us, known_types=self.known_types,
                                 pricer=self.pricer, measured=self.measured)
-        prepared = [(i, p) for i, p in enumerate(results) if type(p) is not Rejection]
-        if len(prepared) < n:
+        if Rejection in set(map(type, results)):
+            index = [i for i, p in enumerate(results) if type(p) is not Rejection]
             for i, p in enumerate(results):
                 if type(p) is Rejection:
                     status[i] = "rejected"
                     problems[i] = (str(p.code), p.message)
-        if len(set(map(_KEY, map(_SECOND, prepared)))) < len(prepared):  # an id repeated in the chunk
-            prepared = self._split_repeats(prepared, status, problems, copies)
-        return _Staged(raws, status, problems, prepared, copies)
+            rows = [results[i] for i in index]
+        else:  # the common case: every event valid, row i is event i
+            index, rows = None, results
+        if len(set(map(_KEY, rows))) < len(rows):  # an id repeated in the chunk
+            pairs = self._split_repeats(list(zip(range(n) if index is None else index, rows)), status, problems,
+                                        copies)
+            index, rows = [i for i, _ in pairs], [p for _, p in pairs]
+        return _Staged(raws, status, problems, rows, index, copies)
 
     @staticmethod
     def _split_repeats(prepared: list[tuple[int, Prepared]], status: list[str], problems: dict[int, tuple[str, str]],
@@ -178,24 +183,23 @@ class Ledger:
 
     def _store_chunk(self, staged: "_Staged") -> "_Staged":
         """Stage 2 (one transaction): insert new events, classify the rest, bump counters."""
-        status, problems, prepared, copies = staged.status, staged.problems, staged.prepared, staged.copies
+        status, problems, rows, index, copies = staged.status, staged.problems, staged.rows, staged.index, staged.copies
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
             session = Session(bind=conn)
-            named = {p.customer for _, p in prepared}
+            named = set(map(_CUSTOMER, rows))
             customers = repository.known_customers(session, named)
-            good = prepared
             if len(customers) < len(named):
-                good = []
-                for i, p in prepared:
+                kept_rows, kept_index = [], []
+                for i, p in zip(range(len(rows)) if index is None else index, rows):
                     if p.customer in customers:
-                        good.append((i, p))
+                        kept_rows.append(p)
+                        kept_index.append(i)
                     else:
                         status[i] = "rejected"
                         problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER),
                                        f"unknown customer {p.customer!r}; create it first")
-                named = set(customers)
-            rows = [p for _, p in good]
+                rows, index, named = kept_rows, kept_index, set(customers)
             inserted = event_store.insert_events(conn, rows)
             planner = CounterPlanner(subscription_views(
                 repository.subscription_rows(session, named), customers, self.catalog),
@@ -205,7 +209,8 @@ class Ledger:
                 planner.add_many(rows)
             else:
                 planner.add_many([p for p in rows if (p.customer, p.event_id) in inserted])
-                missing = [(i, p) for i, p in good if (p.customer, p.event_id) not in inserted]
+                missing = [(i, p) for i, p in zip(range(len(rows)) if index is None else index, rows)
+                           if (p.customer, p.event_id) not in inserted]
             if missing:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
                 for i, p in missing:
@@ -238,7 +243,8 @@ class _Staged:
     raws: list[Any]
     status: list[str]
     problems: dict[int, tuple[str, str]]
-    prepared: list[tuple[int, Prepared]]
+    rows: list[Prepared]  # the events to store, first copies only
+    index: list[int] | None  # each row's position in the chunk (None: row i is event i)
     copies: list[tuple[int, int, Prepared]]
 
 
@@ -264,7 +270,7 @@ _SMALL_BATCH = 1000  # up to this many events: one transaction in the calling th
 
 
 _KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
-_SECOND = itemgetter(1)
+_CUSTOMER = itemgetter(0)
 
 
 def _raw_key(raw: Any) -> tuple[str | None, str | None]:
