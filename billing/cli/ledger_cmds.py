@@ -36,9 +36,31 @@ def _accounts():
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations to BILLING_DATABASE_URL (default: SQLite file billing.db here)."""
     from billing.ledger.db import upgrade
+    from billing.ledger.recount import counters_stale
 
     upgrade(get_settings().database_url, revision)
     console.print(f"database at {revision}", highlight=False)
+    if revision == "head":
+        with engine().connect() as conn:
+            stale = counters_stale(conn)
+        if stale:
+            console.print("the usage counters predate this schema: run `billing db recount` (until then invoices "
+                          "are rated from the events)", highlight=False)
+
+
+@db_app.command("recount")
+def db_recount(as_json: JsonOpt = False) -> None:
+    """Rebuild every usage counter from the stored events (after loading events behind the
+    ledger's back, or when `db upgrade` asks for it). One transaction; ingestion waits."""
+    from billing.ledger.recount import recount_all
+
+    def go() -> int:
+        with engine().begin() as conn:
+            recount_all(conn, catalog())
+            return conn.exec_driver_sql("SELECT COUNT(*) FROM usage_counter").scalar_one()
+
+    rows = run(go)
+    print_json({"counters": rows}) if as_json else console.print(f"{rows} counters rebuilt", highlight=False)
 
 
 @db_app.command("downgrade")

@@ -16,6 +16,8 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger import repository
 from billing.ledger.models import CreditGrantRow, Customer, SeatChange, Subscription
 from billing.ledger.counters import to_micro
+from billing.ledger.recount import lock_for_recount, recount_customer
+from billing.ledger.types import to_us
 
 
 def _require_aware(value: datetime, name: str) -> None:
@@ -72,6 +74,8 @@ class Accounts:
             raise BillingError(f"plan {plan.ref} bills in {plan.currency}, customer {customer_id!r} in "
                                f"{customer.currency}", code=ErrorCode.CURRENCY_MISMATCH)
         with self._session() as s:
+            conn = s.connection()
+            lock_for_recount(conn)
             current = repository.active_subscription(s, customer_id, at)
             if current is not None and previous_id is None:
                 raise BillingError(f"customer {customer_id!r} already has subscription {current.id} "
@@ -83,6 +87,8 @@ class Accounts:
             s.add(sub)
             s.flush()
             s.add(SeatChange(subscription_id=sub.id, effective_at=at, seats=seats, created_at=at))
+            s.flush()
+            recount_customer(conn, self.catalog, customer_id, to_us(at))  # events it covers may be stored already
             s.commit()
             s.refresh(sub)
         return sub
@@ -118,10 +124,14 @@ class Accounts:
         _require_aware(at, "at")
         sub = self.current_subscription(customer_id, at)
         with self._session() as s:
+            conn = s.connection()
+            lock_for_recount(conn)
             row = s.get(Subscription, sub.id)
             row.ended_at = at
             row.status = status
             s.add(row)
+            s.flush()
+            recount_customer(conn, self.catalog, customer_id, to_us(at))  # events after `at` may be counted already
             s.commit()
             s.refresh(row)
         return row

@@ -17,6 +17,11 @@ from billing.money import to_decimal
 from billing.rating.periods import BillingCycle
 
 MICRO = Decimal(1_000_000)
+# The row of every event of a customer's period, metered or not: ``events`` counts them,
+# ``cost_pico`` is their provider cost, ``units_micro`` counts the meter values of the
+# period that were rounded to the micro-unit (0: every counter of the period is exact).
+# Not a valid meter key, so it never collides with one.
+ALL_EVENTS = "*"
 
 
 @dataclass(frozen=True)
@@ -75,14 +80,20 @@ class CounterPlanner:
         for sub in subs:
             if ts < sub.start_us or (sub.end_us is not None and ts >= sub.end_us):
                 continue
+            bounds = self._period_cache.get(sub.id)
+            if bounds is None or not bounds[0] <= ts < bounds[1]:
+                bounds = self._period(sub, ts)
+            total = deltas.get((customer, ALL_EVENTS, bounds[0]))
+            if total is None:
+                total = deltas[(customer, ALL_EVENTS, bounds[0])] = [bounds[1], 0, 1, cost_pico, False]
+            else:
+                total[2] += 1
+                total[3] += cost_pico
             rules = self._meters.get((sub.id, etype))
             if rules is None:
                 rules = self._rules_for(sub, etype)
             if not rules:
                 continue
-            bounds = self._period_cache.get(sub.id)
-            if bounds is None or not bounds[0] <= ts < bounds[1]:
-                bounds = self._period(sub, ts)
             for key, meter, filtered, simple_count, is_max in rules:
                 if filtered and not meter.matches(etype, props):
                     continue
@@ -92,6 +103,9 @@ class CounterPlanner:
                     units = _units(meter, props)
                     if units is None:  # no value: still one of the meter's events (and its cost),
                         units = 0  # as in the SQL and pure aggregations
+                    elif type(units) is not int:  # rounded to the micro-unit: the period's
+                        units = int(units)  # counters are not exact
+                        total[1] += 1
                 dkey = (customer, key, bounds[0])
                 slot = deltas.get(dkey)
                 if slot is None:
@@ -108,17 +122,28 @@ class CounterPlanner:
 
 
 def _units(meter: Meter, props: dict) -> int | None:
-    """The event's contribution to a counter, in micro-units (None: no value to count)."""
+    """The event's contribution to a counter, in micro-units (None: no value to count);
+    a ``_Rounded`` int when the value had to be rounded."""
     factor = meter.multipliers.factor(props) if meter.multipliers else None
     if meter.aggregation == "count":
-        return 1_000_000 if factor is None else to_micro(factor)
+        return 1_000_000 if factor is None else _micro(factor)
     raw = props.get(meter.property or "")
     if raw is None:
         return None
     if type(raw) is int and factor is None:
         return raw * 1_000_000
     value = to_decimal(raw) * (factor if factor is not None else 1)
-    return to_micro(value)
+    return _micro(value)
+
+
+class _Rounded(int):
+    """Micro-units of a value that had more than 6 decimals (rounded half-even)."""
+
+
+def _micro(value: Decimal) -> int:
+    micro = to_micro(value)
+    return micro if micro == value * MICRO else _Rounded(micro)
+
 
 def subscription_views(rows, customers: dict[str, str], catalog: Catalog) -> list[SubscriptionView]:
     """Build views from subscription rows (id, customer_id, plan_id, plan_version, anchor_at,
