@@ -381,11 +381,15 @@ def test_event_committed_after_a_higher_id_is_not_lost(world):
     past an ingestion still in flight (it waits for it), or that event is never billed."""
     import threading
 
+    from billing.ledger.counters import CounterPlanner, subscription_views
+    from billing.ledger.event_store import upsert_counters
+    from billing.ledger.repository import subscription_rows
     from billing.ledger.types import to_us
 
     if world.engine.dialect.name != "postgresql":
         pytest.skip("SQLite serializes writers (BEGIN IMMEDIATE): no such race")
     customer(world, "a", "seats-requests")
+    customer(world, "b", "seats-requests")
     world.at(d(10, 20))
     world.record([ev("a", d(10, 5))])
     world.at(d(11, 1))
@@ -393,7 +397,14 @@ def test_event_committed_after_a_higher_id_is_not_lost(world):
     tx = slow.begin()
     slow.exec_driver_sql("INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) "
                          "VALUES ('a', 'slow', 'request', %s, '{}', NULL, 0)", (to_us(d(10, 31, 23)),))
-    world.record([ev("a", d(10, 31, 23))])  # commits first, with a higher id
+    # ... and has bumped its counters, as ingestion does in the same transaction
+    views = subscription_views(subscription_rows(Session(bind=slow), {"a"}), {"a": "UTC"}, CATALOG)
+    planner = CounterPlanner(views)
+    planner.add("a", "request", to_us(d(10, 31, 23)), {}, 0)
+    upsert_counters(slow, planner.deltas)
+    # another customer's event commits first, with a higher id (the same customer's would
+    # wait for the counter row the slow transaction holds)
+    world.record([ev("b", d(10, 31, 23))])
     closing = threading.Thread(target=close, args=(world, d(11, 1)))
     closing.start()
     closing.join(timeout=1.0)
@@ -402,6 +413,7 @@ def test_event_committed_after_a_higher_id_is_not_lost(world):
     slow.close()
     closing.join(timeout=30)
     assert not closing.is_alive()
-    assert billed(world, "a", "requests", d(10, 1), d(11, 1)) == 300
+    assert billed(world, "a", "requests", d(10, 1), d(11, 1)) == 200
+    assert billed(world, "b", "requests", d(10, 1), d(11, 1)) == 100
     close(world, d(12, 1))
-    assert billed(world, "a", "requests", d(10, 1), d(11, 1)) == 300
+    assert billed(world, "a", "requests", d(10, 1), d(11, 1)) == 200
