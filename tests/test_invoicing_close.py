@@ -237,6 +237,21 @@ def test_paid_invoices_still_count_as_billed(world):
     assert billed(world, "a", "requests", d(10, 1), d(11, 1)) == 200
 
 
+def test_void_invoices_still_count_as_billed(world):
+    """Voiding forgives an invoice; it does not un-bill its events: a late event for the
+    voided period bills only itself (not the whole period again), and is not lost."""
+    customer(world, "a", "seats-requests")
+    world.at(d(10, 20))
+    world.record([ev("a", d(10, 5))])
+    close(world, d(11, 1))
+    world.invoicing.void(docs_of(world)[0][0], d(11, 2))
+    world.at(d(11, 10))
+    world.record([ev("a", d(10, 6))])
+    close(world, d(12, 1))
+    (_, november) = docs_of(world)
+    assert [line for line in lines_of(november) if line[0] == "adjustment"] == [("adjustment", "requests", 100)]
+
+
 def test_seat_changes_mid_period_are_prorated(world):
     customer(world, "t", "team", seats=2)  # $30 a seat, in advance
     customer(world, "a", "seats-requests", seats=2)  # $10 a seat, in arrears

@@ -20,6 +20,9 @@ from billing.ledger.models import (
 from billing.ledger.recount import counters_stale
 
 _CHUNK = 500
+# A document's lines stay billed whatever happens to its payment: voiding forgives what it
+# asked, it does not un-bill the events (a late event for the period bills only itself).
+BILLED = ("finalized", "paid", "void")
 
 
 def _chunks(items: Sequence, size: int = _CHUNK):
@@ -70,9 +73,11 @@ def coverage(subscriptions: Iterable[SubscriptionRow]) -> dict[str, list[Subscri
 
 
 def customer_timezones(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
-    ids = list(set(ids))
+    ids = set(ids)
+    if len(ids) > 5 * _CHUNK:  # most customers: one read of them all
+        return {c: tz for c, tz in _rows(conn, "SELECT id, timezone FROM customer") if c in ids}
     out: dict[str, str] = {}
-    for part in _chunks(ids):
+    for part in _chunks(sorted(ids)):
         out.update(dict(conn.execute(select(Customer.id, Customer.timezone).where(Customer.id.in_(part))).all()))
     return out
 
@@ -141,14 +146,15 @@ def _db_datetime(pg: bool, value: datetime):
 
 
 def _bulk_insert(conn: Connection, table: str, rows: list[dict], key: str | None = None) -> dict:
-    """Insert rows (dicts with the same keys) through the driver; with ``key``, return
-    {row[key]: new id}. SQLite: one executemany (the transaction holds the write lock, so
-    the ids above the previous maximum are these rows'); PostgreSQL: multi-row INSERTs."""
+    """Insert rows (dicts with the same keys) through the driver; with ``key`` (a unique
+    column), return {row[key]: new id}. SQLite: one executemany (the transaction holds the
+    write lock, so the ids above the previous maximum are these rows'); PostgreSQL: COPY."""
     if not rows:
         return {}
     pg = conn.dialect.name == "postgresql"
     columns = list(rows[0])
-    dated = [i for i, c in enumerate(columns) if any(isinstance(r[c], datetime) for r in rows)]
+    dated = [i for i, c in enumerate(columns)
+             if isinstance(next((r[c] for r in rows if r[c] is not None), None), datetime)]
     get = itemgetter(*columns) if len(columns) > 1 else (lambda r: (r[columns[0]],))
 
     def values(row: dict) -> list:
@@ -158,34 +164,29 @@ def _bulk_insert(conn: Connection, table: str, rows: list[dict], key: str | None
                 out[i] = _db_datetime(pg, out[i])
         return out
 
-    ids: dict = {}
+    names = ", ".join(columns)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        if not pg:
-            before = 0
-            if key:
-                cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
-                before = cursor.fetchone()[0]
-            cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({','.join(['?'] * len(columns))})",
-                               [values(r) for r in rows])
-            if key:
-                cursor.execute(f"SELECT id, {key} FROM {table} WHERE id > ?", (before,))
-                ids = {k: i for i, k in cursor.fetchall()}
-            return ids
-        per_statement = max(1, min(1000, 30_000 // len(columns)))
-        one = "(" + ",".join(["%s"] * len(columns)) + ")"
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i:i + per_statement]
-            params = [v for r in chunk for v in values(r)]
-            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {','.join([one] * len(chunk))}"
-            if key:
-                cursor.execute(sql + f" RETURNING id, {key}", params)
-                ids.update({k: i_ for i_, k in cursor.fetchall()})
-            else:
-                cursor.execute(sql, params)
+        if pg:
+            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(values(row))
+            if not key:
+                return {}
+            cursor.execute(f"SELECT id, {key} FROM {table} WHERE {key} = ANY(%s)", ([r[key] for r in rows],))
+            return {k: i for i, k in cursor.fetchall()}
+        before = 0
+        if key:
+            cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+            before = cursor.fetchone()[0]
+        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({','.join(['?'] * len(columns))})",
+                           [values(r) for r in rows])
+        if not key:
+            return {}
+        cursor.execute(f"SELECT id, {key} FROM {table} WHERE id > ?", (before,))
+        return {k: i for i, k in cursor.fetchall()}
     finally:
         cursor.close()
-    return ids
 
 
 def insert_invoices(conn: Connection, invoices: list[dict], lines: list[list[dict]]) -> list[int]:
@@ -227,7 +228,7 @@ def finalized_invoices(conn: Connection, subscription_ids: Sequence[int]) -> lis
         rows = conn.execute(select(t.id, t.subscription_id, t.customer_id, t.period_start, t.period_end,
                                    t.ledger_watermark)
                             .where(t.subscription_id.in_(part), t.kind == "invoice",
-                                   t.status.in_(("finalized", "paid")), t.corrects_invoice_id.is_(None),
+                                   t.status.in_(BILLED), t.corrects_invoice_id.is_(None),
                                    t.dedupe_key.startswith("inv:")))
         out.extend(FinalRow(*r) for r in rows)
     return out
@@ -318,7 +319,7 @@ def billed_lines_for_period(conn: Connection, subscription_id: int, start: datet
     rows = conn.execute(
         select(InvoiceLineRow.key, InvoiceLineRow.amount_minor, InvoiceLineRow.description, Invoice.kind)
         .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
-        .where(Invoice.subscription_id == subscription_id, Invoice.status.in_(("finalized", "paid")),
+        .where(Invoice.subscription_id == subscription_id, Invoice.status.in_(BILLED),
                InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end))
     return list(rows)
 

@@ -151,9 +151,14 @@ class Accounts:
     def grant_credits(self, customer_id: str, amount: Decimal, *, at: datetime, expires_at: datetime | None = None,
                       name: str = "Prepaid credits", grant_id: str | None = None,
                       applies_to: tuple[str, ...] | None = None) -> CreditGrantRow:
+        _require_aware(at, "at")
         customer = self.customer(customer_id)
-        if amount <= 0:
-            raise BillingError("a credit grant must be positive", code=ErrorCode.VALIDATION)
+        if not isinstance(amount, Decimal) or not amount.is_finite() or amount <= 0:
+            raise BillingError("a credit grant must be a positive amount", code=ErrorCode.VALIDATION)
+        if expires_at is not None:
+            _require_aware(expires_at, "expires_at")
+            if expires_at <= at:
+                raise BillingError("a credit grant must expire after it starts", code=ErrorCode.VALIDATION)
         grant = CreditGrantRow(id=grant_id or f"grant_{uuid.uuid4().hex[:16]}", customer_id=customer_id, name=name,
                                amount_micro=to_micro(amount), currency=customer.currency, effective_at=at,
                                expires_at=expires_at, applies_to=",".join(applies_to) if applies_to else None,
