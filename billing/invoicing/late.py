@@ -30,7 +30,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
                  billable_now: set[int], drawn_now: dict[str, int]):
     """(adjustments: [(subscription id, line rows)], credit notes: [(subscription id,
     corrected invoice id, line rows)])."""
-    from billing.invoicing.service import cycle_for
+    from billing.invoicing.service import _period_of, cycle_for
 
     watermark = snap.watermark
     adjustments: list[tuple[int, list[dict]]] = []
@@ -46,7 +46,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
         sub = by_id[inv.subscription_id]
         plan = catalog.get(sub.plan_id, sub.plan_version)
         tz = zones.get(sub.customer_id, "UTC")
-        period = cycle_for(sub, plan, tz).period_containing(inv.period_start)
+        period = _period_of(cycle_for(sub, plan, tz), inv.period_start)
         window_start, window_end = inv.period_start, inv.period_end
         count = None
         if invoicing.counts_for(sub, plan, period, window_start, window_end, snap, cover, zones):

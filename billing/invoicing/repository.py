@@ -273,11 +273,11 @@ class Snapshot:
 
 
 def read_snapshot(conn: Connection, rate_keys: set[tuple[str, int]], check_keys: set[tuple[str, int]],
-                  subscriptions: list[SubscriptionRow] | None = None) -> Snapshot:
+                  subscriptions: dict[str, list[SubscriptionRow]] | None = None) -> Snapshot:
     """Call inside a transaction that no ingestion can commit into meanwhile (SQLite's write
     lock; on PostgreSQL a SHARE lock on usage_event taken first). ``rate_keys``: every
     counter of these (customer, period start); ``check_keys``: only their ``*`` rows;
-    ``subscriptions``: already read in this transaction (else read here)."""
+    ``subscriptions``: their ``coverage`` if already read in this transaction (else read here)."""
     watermark = max_event_id(conn)
     stale = counters_stale(conn)
     counters: dict[tuple[str, int], dict[str, tuple[int, int, int, int]]] = {}
@@ -299,7 +299,7 @@ def read_snapshot(conn: Connection, rate_keys: set[tuple[str, int]], check_keys:
                     counters.setdefault(key, {})[name] = (int(end), int(units), int(events), int(cost))
     finally:
         cursor.close()
-    return Snapshot(watermark, stale, coverage(subscriptions if subscriptions is not None else all_subscriptions(conn)),
+    return Snapshot(watermark, stale, subscriptions if subscriptions is not None else coverage(all_subscriptions(conn)),
                     counters)
 
 

@@ -142,10 +142,10 @@ class Invoicing:
                     if invoice_key(sub.id, period) not in existing:
                         jobs.append(_Job(sub, plan, period, start, end, tz))
             finals = repo.finalized_invoices(conn, [s.id for s in subs])
-            snap = self._snapshot(conn, {period_key(j.sub.customer_id, j.period) for j in jobs},
-                                  {(f.customer_id, to_us(f.period_start)) for f in finals}, everyone)
-            watermark = result.watermark = snap.watermark
             cover = repo.coverage(everyone)  # the subscriptions the jobs were made from
+            snap = self._snapshot(conn, {period_key(j.sub.customer_id, j.period) for j in jobs},
+                                  {(f.customer_id, to_us(f.period_start)) for f in finals}, cover)
+            watermark = result.watermark = snap.watermark
             rated = self._rate_jobs(conn, jobs, snap, cover, zones, result)
             newest: dict[int, int] = {}  # subscription -> index in `rated` of its latest new invoice
             for i, (job, _) in enumerate(rated):
@@ -223,7 +223,7 @@ class Invoicing:
         return result
 
     def _snapshot(self, conn, rate_keys: set[tuple[str, int]], check_keys: set[tuple[str, int]],
-                  subscriptions: list[SubscriptionRow]) -> repo.Snapshot:
+                  cover: dict[str, list[SubscriptionRow]]) -> repo.Snapshot:
         """The watermark and the counters, read at one instant.
 
         PostgreSQL hands out ids when a row is inserted, not when it commits: an ingestion
@@ -233,7 +233,7 @@ class Invoicing:
         back while the counters are read; later inserts get higher ids. SQLite: the close's
         transaction holds the write lock, so nothing commits meanwhile."""
         if conn.dialect.name != "postgresql":
-            return repo.read_snapshot(conn, rate_keys, check_keys, subscriptions)
+            return repo.read_snapshot(conn, rate_keys, check_keys, cover)  # the same transaction
         with self.engine.begin() as locked:
             locked.exec_driver_sql("SET LOCAL lock_timeout = '60s'")
             locked.exec_driver_sql("LOCK TABLE usage_event IN SHARE MODE")

@@ -68,15 +68,20 @@ class _Lines:
 
     def total(self, *kinds: str, key: str | None = None) -> Decimal:
         """Sum of the (rounded) lines of these kinds (all kinds when none), of ``key`` if given."""
+        total = ZERO
         if key is None:
             if not kinds:
                 return self._all
-            by_kind = self._by_kind
-            return sum((by_kind.get(k, ZERO) for k in kinds), ZERO)
+            get = self._by_kind.get
+            for kind in kinds:
+                total += get(kind, ZERO)
+            return total
         if not kinds:
             return sum((v for (_, ky), v in self._by_kind_key.items() if ky == key), ZERO)
-        by_key = self._by_kind_key
-        return sum((by_key.get((k, key), ZERO) for k in kinds), ZERO)
+        get = self._by_kind_key.get
+        for kind in kinds:
+            total += get((kind, key), ZERO)
+        return total
 
 
 def rate_period(inp: RatingInput) -> RatedInvoice:
