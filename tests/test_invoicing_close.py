@@ -252,6 +252,32 @@ def test_void_invoices_still_count_as_billed(world):
     assert [line for line in lines_of(november) if line[0] == "adjustment"] == [("adjustment", "requests", 100)]
 
 
+def test_invoiced_periods_cannot_be_changed_afterwards(world):
+    """A finalized invoice never changes, so seats, cancellations and plan changes cannot
+    reach back into an invoiced period (they would bill its events twice or not at all)."""
+    customer(world, "a", "seats-requests")
+    close(world, d(11, 10))
+    for change in (lambda: world.accounts.change_seats("a", 3, at=d(10, 20)),
+                   lambda: world.accounts.cancel("a", at=d(10, 20)),
+                   lambda: world.accounts.change_plan("a", "team", at=d(10, 20))):
+        with pytest.raises(BillingError) as err:
+            change()
+        assert err.value.code == ErrorCode.PERIOD_INVOICED
+    world.accounts.change_seats("a", 3, at=d(11, 1))  # from the end of the invoiced period on: fine
+    assert world.accounts.current_subscription("a", d(11, 5)).plan_id == "seats-requests"
+
+
+def test_subscriptions_never_overlap(world):
+    """A subscription that starts before an existing one would bill the same events twice."""
+    customer(world, "a", "seats-requests", at=d(10, 10))
+    for at in (d(10, 1), d(10, 15)):
+        with pytest.raises(BillingError) as err:
+            world.accounts.subscribe("a", "team", at=at)
+        assert err.value.code == ErrorCode.SUBSCRIPTION_EXISTS
+    world.accounts.cancel("a", at=d(10, 20))
+    world.accounts.subscribe("a", "team", at=d(10, 20))  # after the end: fine
+
+
 def test_seat_changes_mid_period_are_prorated(world):
     customer(world, "t", "team", seats=2)  # $30 a seat, in advance
     customer(world, "a", "seats-requests", seats=2)  # $10 a seat, in arrears

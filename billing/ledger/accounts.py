@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +23,14 @@ from billing.ledger.types import to_us
 def _require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None:
         raise BillingError(f"{name} must include a timezone", code=ErrorCode.VALIDATION)
+
+
+def _not_invoiced(session: Session, sub: Subscription, at: datetime, what: str) -> None:
+    """Finalized invoices never change: a change may not reach back into an invoiced period."""
+    until = repository.invoiced_until(session, sub.id)
+    if until is not None and until.replace(tzinfo=until.tzinfo or UTC) > at:
+        raise BillingError(f"subscription {sub.id} is invoiced until {until.isoformat()}: cannot {what} at "
+                           f"{at.isoformat()}; use an instant from then on", code=ErrorCode.PERIOD_INVOICED)
 
 
 class Accounts:
@@ -76,10 +84,12 @@ class Accounts:
         with self._session() as s:
             conn = s.connection()
             lock_for_recount(conn)
-            current = repository.active_subscription(s, customer_id, at)
-            if current is not None and previous_id is None:
+            overlapping = repository.subscriptions_not_ended_by(s, customer_id, at)
+            if overlapping:  # one subscription at a time: events are never billed twice
+                current = overlapping[0]
                 raise BillingError(f"customer {customer_id!r} already has subscription {current.id} "
-                                   f"({current.plan_id}); change the plan instead", code=ErrorCode.SUBSCRIPTION_EXISTS)
+                                   f"({current.plan_id}) at {at.isoformat()} or later; change the plan instead",
+                                   code=ErrorCode.SUBSCRIPTION_EXISTS)
             from datetime import timedelta
             sub = Subscription(customer_id=customer_id, plan_id=plan.plan, plan_version=plan.version,
                                started_at=at, anchor_at=at, previous_id=previous_id, created_at=at,
@@ -116,6 +126,7 @@ class Accounts:
         sub = self.current_subscription(customer_id, at)
         change = SeatChange(subscription_id=sub.id, effective_at=at, seats=seats, created_at=at)
         with self._session() as s:
+            _not_invoiced(s, sub, at, "change its seats")
             s.add(change)
             s.commit()
         return change
@@ -126,6 +137,7 @@ class Accounts:
         with self._session() as s:
             conn = s.connection()
             lock_for_recount(conn)
+            _not_invoiced(s, sub, at, "end it")
             row = s.get(Subscription, sub.id)
             row.ended_at = at
             row.status = status
