@@ -43,12 +43,21 @@ def _text(value: Decimal) -> str:
     return dec_str(value)
 
 
+def _rounded_minor(amount: Decimal, places: int) -> int:
+    """A line amount the engine rounded (``round_line``) as minor units; refuses any other."""
+    scaled = amount.scaleb(places)
+    value = int(scaled)
+    if value != scaled:
+        raise ValueError(f"line amount {amount} is not rounded to the currency's minor unit")
+    return value
+
+
 def line_rows(inv: RatedInvoice, start: datetime, end: datetime) -> list[dict]:
     """The rated lines as rows (positions are set when the invoice's lines are final)."""
-    currency = inv.currency
+    places = minor_units(inv.currency)
     return [{"position": 0, "kind": ln.kind, "key": ln.key, "description": ln.description[:500],
              "quantity": _text(ln.quantity), "unit_price": None if ln.unit_price is None else _text(ln.unit_price),
-             "amount_minor": minor(ln.amount, currency), "service_start": start, "service_end": end}
+             "amount_minor": _rounded_minor(ln.amount, places), "service_start": start, "service_end": end}
             for ln in inv.lines]
 
 

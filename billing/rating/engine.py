@@ -220,6 +220,8 @@ def _usage_charge(lines: _Lines, charge: UsageCharge, totals: MeterTotals, seats
 
 
 def _apply_credits(lines: _Lines, plan: Plan, inp: RatingInput, seats: Decimal) -> dict[str, Decimal]:
+    if not inp.grants and not plan.credits:
+        return {}
     grants = list(inp.grants)
     for credit in plan.credits:
         amount = credit.amount * (seats if credit.per_seat else ONE)
