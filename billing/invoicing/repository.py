@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, func, insert, select, update
 
 from billing.invoicing.usage import SubscriptionRow
-from billing.ledger.aggregate_sql import max_event_id
+from billing.ledger.aggregate_sql import max_event_id, run
 from billing.ledger.counters import ALL_EVENTS
 from billing.ledger.models import (
     CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence, SeatChange,
@@ -307,7 +307,7 @@ def has_late_events(conn: Connection, customer_id: str, after_id: int, start_us:
     ph = "%s" if conn.dialect.name == "postgresql" else "?"
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(f"SELECT 1 FROM usage_event WHERE customer_id = {ph} AND id > {ph} AND ts >= {ph} "
+        run(cursor, f"SELECT 1 FROM usage_event WHERE customer_id = {ph} AND id > {ph} AND ts >= {ph} "
                        f"AND ts < {ph} LIMIT 1", [customer_id, after_id, start_us, end_us])
         return cursor.fetchone() is not None
     finally:
