@@ -53,15 +53,18 @@ class CounterPlanner:
         self._subs: dict[str, list[SubscriptionView]] = defaultdict(list)
         for sub in subscriptions:
             self._subs[sub.customer_id].append(sub)
-        self._period_cache: dict[int, tuple[int, int]] = {}
+        self._period_cache: dict[int, tuple[int, int, list]] = {}  # sub -> (start, end, its `*` delta)
         self._meters: dict[tuple[int, str], list[Meter]] = {}
         # (customer, meter, period_start) -> [period_end, units_micro, events, cost_pico, is_max]
         self.deltas: dict[tuple[str, str, int], list] = {}
 
-    def _period(self, sub: SubscriptionView, ts: int) -> tuple[int, int]:
+    def _period(self, sub: SubscriptionView, ts: int) -> tuple[int, int, list]:
         period = sub.cycle().period_containing(from_us(ts))
-        bounds = (to_us(period.start), to_us(period.end))
-        self._period_cache[sub.id] = bounds
+        start, end = to_us(period.start), to_us(period.end)
+        total = self.deltas.get((sub.customer_id, ALL_EVENTS, start))
+        if total is None:
+            total = self.deltas[(sub.customer_id, ALL_EVENTS, start)] = [end, 0, 0, 0, False]
+        bounds = self._period_cache[sub.id] = (start, end, total)
         return bounds
 
     def _rules_for(self, sub: SubscriptionView, etype: str) -> list[tuple]:
@@ -83,12 +86,9 @@ class CounterPlanner:
             bounds = self._period_cache.get(sub.id)
             if bounds is None or not bounds[0] <= ts < bounds[1]:
                 bounds = self._period(sub, ts)
-            total = deltas.get((customer, ALL_EVENTS, bounds[0]))
-            if total is None:
-                total = deltas[(customer, ALL_EVENTS, bounds[0])] = [bounds[1], 0, 1, cost_pico, False]
-            else:
-                total[2] += 1
-                total[3] += cost_pico
+            total = bounds[2]  # every event of the period, metered or not
+            total[2] += 1
+            total[3] += cost_pico
             rules = self._meters.get((sub.id, etype))
             if rules is None:
                 rules = self._rules_for(sub, etype)
