@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     SUBSCRIPTION_EXISTS = "subscription_exists"
     INVOICE_NOT_FOUND = "invoice_not_found"
     INVOICE_STATE = "invoice_state"
+    PERIOD_INVOICED = "period_invoiced"
     CURRENCY_MISMATCH = "currency_mismatch"
     # quota
     RESERVATION_NOT_FOUND = "reservation_not_found"

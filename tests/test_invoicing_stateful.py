@@ -14,7 +14,7 @@ Invariants after every step:
     last close that produced an invoice (later ones are pending: they wait for the next
     invoice, never lost and never billed twice);
 (b) finalized documents never change (only paid moves their status);
-(c) usage counters equal the sum of their events;
+(c) usage counters equal the sum of their events (the ``*`` row: every event of the period);
 (d) duplicates and conflicts never change stored data.
 """
 
@@ -235,9 +235,13 @@ class BillingMachine(RuleBasedStateMachine):
             ts = parse_event(raw).timestamp
             start = to_us(CYCLE.period_containing(ts).start)
             want[start] = want.get(start, 0) + 1
-        got = {start: (units, n, cost) for (c, meter, start), (_, units, n, cost) in counter_rows(self.engine).items()
+        rows = counter_rows(self.engine)
+        got = {start: (units, n, cost) for (c, meter, start), (_, units, n, cost) in rows.items()
                if (c, meter) == (CUSTOMER, "requests")}
         assert got == {start: (n * 1_000_000, n, 0) for start, n in want.items()}
+        every = {start: (units, n, cost) for (c, meter, start), (_, units, n, cost) in rows.items()
+                 if (c, meter) == (CUSTOMER, "*")}  # every event of the period (requests are all there is)
+        assert every == {start: (0, n, 0) for start, n in want.items()}
 
     @invariant()
     def stored_events_are_the_accepted_ones(self):

@@ -165,7 +165,7 @@ def test_rejected_with_reason_code_and_neighbours_kept(world, code, bad):
     # the good ones were counted once each
     counters = counter_rows(world.engine)
     assert sum(n for (c, m, _), (_, _, n, _) in counters.items() if c == "acme" and m == "messages") == 1
-    assert sum(n for (c, m, _), (_, _, n, _) in counters.items() if c == "gamma") == 1
+    assert sum(n for (c, m, _), (_, _, n, _) in counters.items() if c == "gamma" and m != "*") == 1
 
 
 def test_rejected_event_can_be_sent_again_once_fixed(world):
@@ -386,5 +386,5 @@ def test_a_property_a_plan_sums_must_be_a_number(engine):
                                 ("rejected", "negative_quantity"), ("accepted", None),
                                 ("rejected", "non_numeric_quantity"), ("rejected", "non_numeric_quantity"),
                                 ("accepted", None)]
-    ((_, (_, units, events, _)),) = counter_rows(world.engine).items()
+    ((_, (_, units, events, _)),) = [(k, v) for k, v in counter_rows(world.engine).items() if k[1] == "pages"]
     assert (units, events) == (10_500_000, 3)  # 3 + 2.5 + 5 pages

@@ -150,3 +150,47 @@ def test_type_comparison_is_meaningful(empty_db_url):
             conn.exec_driver_sql("ALTER TABLE usage_event ALTER COLUMN ts TYPE integer")
         kinds = {(d[0][0], d[0][2], d[0][3]) for d in pending_diff(url) if isinstance(d, list)}
         assert kinds == {("modify_type", "invoice", "created_at"), ("modify_type", "usage_event", "ts")}
+
+
+def test_events_from_before_0003_flag_the_counters_stale(empty_db_url):
+    """Revision 0003 adds the ``*`` counter rows: a database that already holds events lacks
+    them, so it is flagged and invoices are rated from events until ``recount_all``."""
+    from datetime import UTC, datetime
+
+    from billing.invoicing.service import Invoicing
+    from billing.ledger.recount import counters_stale, recount_all
+    from db import counter_rows, invoicing_catalog
+
+    url = empty_db_url
+    upgrade(url, "0002")
+    ph = "%s" if url.startswith("postgresql") else "?"
+    oct1, nov1 = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    with engine_for_url(url) as engine:
+        with engine.begin() as conn:
+            for sql, params in (
+                ("INSERT INTO customer (id, name, timezone, currency, created_at) VALUES (?, '', 'UTC', 'USD', ?)",
+                 ("a", oct1)),
+                ("INSERT INTO subscription (id, customer_id, plan_id, plan_version, status, started_at, anchor_at, "
+                 "created_at) VALUES (1, 'a', 'seats-requests', 1, 'active', ?, ?, ?)", (oct1, oct1, oct1)),
+                ("INSERT INTO seat_change (subscription_id, effective_at, seats, created_at) VALUES (1, ?, 1, ?)",
+                 (oct1, oct1)),
+                ("INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) "
+                 "VALUES ('a', 'e1', 'request', 1791000000000000, '{}', NULL, 0)", ()),
+                ("INSERT INTO usage_counter (customer_id, meter, period_start, period_end, units_micro, events, "
+                 "cost_pico) VALUES ('a', 'requests', 1790812800000000, 1793491200000000, 1000000, 1, 0)", ())):
+                params = tuple(p.replace(tzinfo=None).isoformat(" ") if isinstance(p, datetime) and ph == "?" else p
+                               for p in params)
+                conn.exec_driver_sql(sql.replace("?", ph), params)
+        upgrade(url)
+        with engine.connect() as conn:
+            assert counters_stale(conn)
+        catalog = invoicing_catalog()
+        result = Invoicing(engine, catalog, clock=lambda: nov1).close(nov1)
+        assert len(result.invoices) == 1 and result.rated_from_counters == 0  # from the events
+        with engine.begin() as conn:
+            recount_all(conn, catalog)
+        with engine.connect() as conn:
+            assert not counters_stale(conn)
+        assert counter_rows(engine)[("a", "*", 1790812800000000)] == (1793491200000000, 0, 1, 0)
+    downgrade(url, "0002")
+    upgrade(url)

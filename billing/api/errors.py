@@ -38,6 +38,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.SUBSCRIPTION_EXISTS: 409,
     ErrorCode.INVOICE_NOT_FOUND: 404,
     ErrorCode.INVOICE_STATE: 409,
+    ErrorCode.PERIOD_INVOICED: 409,
     ErrorCode.CURRENCY_MISMATCH: 422,
     ErrorCode.RESERVATION_NOT_FOUND: 404,
     ErrorCode.RESERVATION_STATE: 409,

@@ -127,6 +127,35 @@ def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] =
     console.print(table)
 
 
+def _transition(invoice_id: int, at: str | None, as_json: bool, change: str) -> None:
+    from billing.cli.context import instant, run
+    from billing.invoicing.service import invoice_json
+
+    invoicing = _invoicing()
+    when = instant(at, "--at")
+    run(lambda: getattr(invoicing, change)(invoice_id, when))
+    doc = invoice_json(*invoicing.get(invoice_id))
+    if as_json:
+        print_json(doc)
+    else:
+        console.print(f"{doc['number'] or doc['id']}: {doc['status']}", highlight=False)
+
+
+@app.command("pay")
+def pay_cmd(invoice_id: int, at: Annotated[str | None, typer.Option("--at", help="When it was paid (ISO); default now.")] = None,
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """finalized -> paid (idempotent; a void invoice cannot be paid)."""
+    _transition(invoice_id, at, as_json, "mark_paid")
+
+
+@app.command("void")
+def void_cmd(invoice_id: int, at: Annotated[str | None, typer.Option("--at", help="When it was voided (ISO); default now.")] = None,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """finalized -> void: the invoice is not owed (its lines stay as they were; idempotent;
+    a paid invoice cannot be voided)."""
+    _transition(invoice_id, at, as_json, "void")
+
+
 @app.command("list")
 def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
              status: Annotated[str | None, typer.Option()] = None,

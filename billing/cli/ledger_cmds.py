@@ -36,9 +36,31 @@ def _accounts():
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations to BILLING_DATABASE_URL (default: SQLite file billing.db here)."""
     from billing.ledger.db import upgrade
+    from billing.ledger.recount import counters_stale
 
     upgrade(get_settings().database_url, revision)
     console.print(f"database at {revision}", highlight=False)
+    if revision == "head":
+        with engine().connect() as conn:
+            stale = counters_stale(conn)
+        if stale:
+            console.print("the usage counters predate this schema: run `billing db recount` (until then invoices "
+                          "are rated from the events)", highlight=False)
+
+
+@db_app.command("recount")
+def db_recount(as_json: JsonOpt = False) -> None:
+    """Rebuild every usage counter from the stored events (after loading events behind the
+    ledger's back, or when `db upgrade` asks for it). One transaction; ingestion waits."""
+    from billing.ledger.recount import recount_all
+
+    def go() -> int:
+        with engine().begin() as conn:
+            recount_all(conn, catalog())
+            return conn.exec_driver_sql("SELECT COUNT(*) FROM usage_counter").scalar_one()
+
+    rows = run(go)
+    print_json({"counters": rows}) if as_json else console.print(f"{rows} counters rebuilt", highlight=False)
 
 
 @db_app.command("downgrade")
@@ -85,38 +107,46 @@ def subscribe(customer_id: str, plan: str, at: Annotated[str | None, typer.Optio
 
 
 @subs_app.command("seats")
-def seats(customer_id: str, count: int, at: Annotated[str | None, typer.Option()] = None) -> None:
+def seats(customer_id: str, count: int, at: Annotated[str | None, typer.Option()] = None,
+          as_json: JsonOpt = False) -> None:
     """Change the seat count from an instant on (prorated)."""
-    run(lambda: _accounts().change_seats(customer_id, count, at=instant(at, "--at")))
-    console.print(f"{customer_id}: {count} seats", highlight=False)
+    change = run(lambda: _accounts().change_seats(customer_id, count, at=instant(at, "--at")))
+    print_json(change.model_dump(mode="json")) if as_json else console.print(f"{customer_id}: {count} seats",
+                                                                             highlight=False)
 
 
 @subs_app.command("change-plan")
 def change_plan(customer_id: str, plan: str, at: Annotated[str | None, typer.Option()] = None,
-                version: int | None = None) -> None:
+                version: int | None = None, as_json: JsonOpt = False) -> None:
     """End the current plan at an instant and start another one (each part billed once)."""
     sub = run(lambda: _accounts().change_plan(customer_id, plan, at=instant(at, "--at"), version=version))
-    console.print(f"subscription {sub.id}: {customer_id} now on {sub.plan_id} v{sub.plan_version}", highlight=False)
+    print_json(sub.model_dump(mode="json")) if as_json else console.print(
+        f"subscription {sub.id}: {customer_id} now on {sub.plan_id} v{sub.plan_version}", highlight=False)
 
 
 @subs_app.command("cancel")
-def cancel(customer_id: str, at: Annotated[str | None, typer.Option()] = None) -> None:
-    run(lambda: _accounts().cancel(customer_id, at=instant(at, "--at")))
-    console.print(f"{customer_id}: canceled", highlight=False)
+def cancel(customer_id: str, at: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False) -> None:
+    """End the current subscription at an instant (its last part is billed at the next close)."""
+    sub = run(lambda: _accounts().cancel(customer_id, at=instant(at, "--at")))
+    print_json(sub.model_dump(mode="json")) if as_json else console.print(f"{customer_id}: canceled",
+                                                                          highlight=False)
 
 
 @credits_app.command("grant")
 def grant(customer_id: str, amount: str, expires: Annotated[str | None, typer.Option(help="Expiry (ISO).")] = None,
-          name: str = "Prepaid credits", grant_id: Annotated[str | None, typer.Option("--id")] = None) -> None:
+          at: Annotated[str | None, typer.Option(help="Usable from (ISO); default now.")] = None,
+          name: str = "Prepaid credits", grant_id: Annotated[str | None, typer.Option("--id")] = None,
+          as_json: JsonOpt = False) -> None:
     """Grant prepaid credits (drawn before overage, soonest expiry first)."""
     try:
         value = Decimal(amount)
     except InvalidOperation:
         fail(f"not an amount: {amount!r}")
-    row = run(lambda: _accounts().grant_credits(customer_id, value, at=instant(None),
+    row = run(lambda: _accounts().grant_credits(customer_id, value, at=instant(at, "--at"),
                                                 expires_at=instant(expires, "--expires") if expires else None,
                                                 name=name, grant_id=grant_id))
-    console.print(f"grant {row.id}: {amount} to {customer_id}", highlight=False)
+    print_json(row.model_dump(mode="json")) if as_json else console.print(f"grant {row.id}: {amount} to {customer_id}",
+                                                                          highlight=False)
 
 
 def _lines(path: Path, problems: list):

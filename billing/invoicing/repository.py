@@ -6,15 +6,23 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from billing.invoicing.usage import SubscriptionRow
+from billing.ledger.aggregate_sql import max_event_id, run
+from billing.ledger.counters import ALL_EVENTS
 from billing.ledger.models import (
     CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence, SeatChange,
     Subscription)
+from billing.ledger.recount import counters_stale
 
 _CHUNK = 500
+# A document's lines stay billed whatever happens to its payment: voiding forgives what it
+# asked, it does not un-bill the events (a late event for the period bills only itself).
+BILLED = ("finalized", "paid", "void")
 
 
 def _chunks(items: Sequence, size: int = _CHUNK):
@@ -22,31 +30,54 @@ def _chunks(items: Sequence, size: int = _CHUNK):
         yield items[i:i + size]
 
 
-@dataclass(frozen=True)
-class SubscriptionRow:
-    """A subscription as invoicing reads it (a plain row, cheap to load by the thousand)."""
-
-    id: int
-    customer_id: str
-    plan_id: str
-    plan_version: int
-    started_at: datetime
-    anchor_at: datetime
-    ended_at: datetime | None
-    trial_end: datetime | None
+def _datetimes(conn: Connection):
+    """How to read a datetime column through the raw driver: aware UTC, as the ORM returns it."""
+    return _pg_datetime if conn.dialect.name == "postgresql" else _sqlite_datetime
 
 
-def subscriptions_started_before(conn: Connection, as_of: datetime) -> list[SubscriptionRow]:
-    t = Subscription.__table__.c
-    rows = conn.execute(select(t.id, t.customer_id, t.plan_id, t.plan_version, t.started_at, t.anchor_at,
-                               t.ended_at, t.trial_end).where(t.started_at < as_of).order_by(t.id))
-    return [SubscriptionRow(*r) for r in rows]
+@lru_cache(maxsize=65536)
+def _sqlite_datetime(value: str | None) -> datetime | None:  # stored as naive UTC text
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+@lru_cache(maxsize=65536)
+def _pg_datetime(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _rows(conn: Connection, sql: str, params: Sequence = ()) -> list[tuple]:
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql, list(params))
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def all_subscriptions(conn: Connection) -> list[SubscriptionRow]:
+    """Every subscription, in id order."""
+    dt = _datetimes(conn)
+    return [SubscriptionRow(i, c, p, v, dt(s), dt(a), dt(e), dt(t)) for i, c, p, v, s, a, e, t in _rows(
+        conn, "SELECT id, customer_id, plan_id, plan_version, started_at, anchor_at, ended_at, trial_end "
+              "FROM subscription ORDER BY id")]
+
+
+def coverage(subscriptions: Iterable[SubscriptionRow]) -> dict[str, list[SubscriptionRow]]:
+    """customer -> its subscriptions (in id order)."""
+    out: dict[str, list[SubscriptionRow]] = defaultdict(list)
+    for sub in subscriptions:
+        out[sub.customer_id].append(sub)
+    return dict(out)
 
 
 def customer_timezones(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
-    ids = list(set(ids))
+    ids = set(ids)
+    if len(ids) > 5 * _CHUNK:  # most customers: one read of them all
+        return {c: tz for c, tz in _rows(conn, "SELECT id, timezone FROM customer") if c in ids}
     out: dict[str, str] = {}
-    for part in _chunks(ids):
+    for part in _chunks(sorted(ids)):
         out.update(dict(conn.execute(select(Customer.id, Customer.timezone).where(Customer.id.in_(part))).all()))
     return out
 
@@ -60,12 +91,12 @@ def invoice_keys(conn: Connection, subscription_ids: Sequence[int]) -> set[str]:
 
 def seat_histories(conn: Connection, subscription_ids: Sequence[int]) -> dict[int, list[tuple[datetime, int]]]:
     out: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
-    for part in _chunks(list(subscription_ids)):
-        rows = conn.execute(select(SeatChange.subscription_id, SeatChange.effective_at, SeatChange.seats)
-                            .where(SeatChange.subscription_id.in_(part))
-                            .order_by(SeatChange.effective_at, SeatChange.id))
+    dt = _datetimes(conn)
+    for part in _chunks(sorted(set(subscription_ids))):
+        rows = _rows(conn, f"SELECT subscription_id, effective_at, seats FROM seat_change WHERE subscription_id IN "
+                           f"({','.join(['?'] * len(part))}) ORDER BY effective_at, id", part)
         for sid, at, seats in rows:
-            out[sid].append((at, seats))
+            out[sid].append((dt(at), seats))
     return out
 
 
@@ -107,43 +138,55 @@ def take_numbers(conn: Connection, name: str, count: int) -> list[int]:
     return list(range(result - count + 1, result + 1))
 
 
-def _db_value(pg: bool, value):
-    """Bind values the way the ORM stores them (SQLite: naive UTC text with microseconds)."""
-    if isinstance(value, datetime):
-        return _db_datetime(pg, value)
-    return value
-
-
 @lru_cache(maxsize=4096)
 def _db_datetime(pg: bool, value: datetime):
+    """Bind a datetime the way the ORM stores it (SQLite: naive UTC text with microseconds)."""
     value = value.astimezone(UTC)
     return value if pg else value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _bulk_insert(conn: Connection, table: str, rows: list[dict], key: str | None = None) -> dict:
-    """Multi-row INSERT through the driver; with ``key``, return {row[key]: new id}."""
+    """Insert rows (dicts with the same keys) through the driver; with ``key`` (a unique
+    column), return {row[key]: new id}. SQLite: one executemany (the transaction holds the
+    write lock, so the ids above the previous maximum are these rows'); PostgreSQL: COPY."""
     if not rows:
         return {}
     pg = conn.dialect.name == "postgresql"
-    ph = "%s" if pg else "?"
     columns = list(rows[0])
-    per_statement = max(1, min(1000, 30_000 // len(columns)))
-    ids: dict = {}
+    dated = [i for i, c in enumerate(columns)
+             if isinstance(next((r[c] for r in rows if r[c] is not None), None), datetime)]
+    get = itemgetter(*columns) if len(columns) > 1 else (lambda r: (r[columns[0]],))
+
+    def values(row: dict) -> list:
+        out = list(get(row))
+        for i in dated:
+            if out[i] is not None:
+                out[i] = _db_datetime(pg, out[i])
+        return out
+
+    names = ", ".join(columns)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i:i + per_statement]
-            values = ",".join(["(" + ",".join([ph] * len(columns)) + ")"] * len(chunk))
-            params = [_db_value(pg, r[c]) for r in chunk for c in columns]
-            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
-            if key:
-                cursor.execute(sql + f" RETURNING id, {key}", params)
-                ids.update({k: i_ for i_, k in cursor.fetchall()})
-            else:
-                cursor.execute(sql, params)
+        if pg:
+            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(values(row))
+            if not key:
+                return {}
+            cursor.execute(f"SELECT id, {key} FROM {table} WHERE {key} = ANY(%s)", ([r[key] for r in rows],))
+            return {k: i for i, k in cursor.fetchall()}
+        before = 0
+        if key:
+            cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+            before = cursor.fetchone()[0]
+        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({','.join(['?'] * len(columns))})",
+                           [values(r) for r in rows])
+        if not key:
+            return {}
+        cursor.execute(f"SELECT id, {key} FROM {table} WHERE id > ?", (before,))
+        return {k: i for i, k in cursor.fetchall()}
     finally:
         cursor.close()
-    return ids
 
 
 def insert_invoices(conn: Connection, invoices: list[dict], lines: list[list[dict]]) -> list[int]:
@@ -152,10 +195,12 @@ def insert_invoices(conn: Connection, invoices: list[dict], lines: list[list[dic
         return []
     by_key = _bulk_insert(conn, "invoice", invoices, key="dedupe_key")
     ids = [by_key[doc["dedupe_key"]] for doc in invoices]
-    flat = [{**line, "invoice_id": invoice_id} for invoice_id, invoice_lines in zip(ids, lines)
-            for line in invoice_lines]
-    for row in flat:
-        row.setdefault("stripe_line_id", None)
+    flat = []
+    for invoice_id, invoice_lines in zip(ids, lines):
+        for line in invoice_lines:
+            line["invoice_id"] = invoice_id
+            line.setdefault("stripe_line_id", None)
+            flat.append(line)
     _bulk_insert(conn, "invoice_line", flat)
     return ids
 
@@ -164,39 +209,105 @@ def insert_burns(conn: Connection, burns: list[dict]) -> None:
     _bulk_insert(conn, "credit_burn", burns)
 
 
-def finalized_invoices(conn: Connection, subscription_ids: Sequence[int]) -> list[Invoice]:
+@dataclass(frozen=True)
+class FinalRow:
+    id: int
+    subscription_id: int
+    customer_id: str
+    period_start: datetime
+    period_end: datetime
+    ledger_watermark: int
+
+
+def finalized_invoices(conn: Connection, subscription_ids: Sequence[int]) -> list[FinalRow]:
     """The finalized period invoices (``inv:`` keys): one per billed period, so each period is
     re-checked for late events once (standalone adjustment invoices bill the same period)."""
-    out: list[Invoice] = []
+    t = Invoice.__table__.c
+    out: list[FinalRow] = []
     for part in _chunks(list(subscription_ids)):
-        rows = conn.execute(select(Invoice).where(Invoice.subscription_id.in_(part), Invoice.kind == "invoice",
-                                                  Invoice.status.in_(("finalized", "paid")),
-                                                  Invoice.corrects_invoice_id.is_(None),
-                                                  Invoice.dedupe_key.startswith("inv:")))
-        out.extend(Invoice.model_validate(r._mapping) for r in rows)
+        rows = conn.execute(select(t.id, t.subscription_id, t.customer_id, t.period_start, t.period_end,
+                                   t.ledger_watermark)
+                            .where(t.subscription_id.in_(part), t.kind == "invoice",
+                                   t.status.in_(BILLED), t.corrects_invoice_id.is_(None),
+                                   t.dedupe_key.startswith("inv:")))
+        out.extend(FinalRow(*r) for r in rows)
     return out
 
 
-def recheck_marks(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
+def recheck_marks(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, tuple[int, int | None]]:
+    """invoice id -> (watermark, period event count or None) of its last re-check."""
+    out: dict[int, tuple[int, int | None]] = {}
+    t = InvoiceRecheck.__table__.c
     for part in _chunks(list(invoice_ids)):
-        out.update(dict(conn.execute(select(InvoiceRecheck.invoice_id, InvoiceRecheck.watermark)
-                                     .where(InvoiceRecheck.invoice_id.in_(part))).all()))
+        out.update({i: (w, n) for i, w, n in conn.execute(select(t.invoice_id, t.watermark, t.events)
+                                                          .where(t.invoice_id.in_(part)))})
     return out
 
 
-def set_recheck(conn: Connection, invoice_id: int, watermark: int) -> None:
+def set_recheck(conn: Connection, invoice_id: int, watermark: int, events: int | None) -> None:
     table = InvoiceRecheck.__table__
-    done = conn.execute(update(table).where(table.c.invoice_id == invoice_id).values(watermark=watermark)).rowcount
+    done = conn.execute(update(table).where(table.c.invoice_id == invoice_id)
+                        .values(watermark=watermark, events=events)).rowcount
     if not done:
-        conn.execute(insert(table).values(invoice_id=invoice_id, watermark=watermark))
+        conn.execute(insert(table).values(invoice_id=invoice_id, watermark=watermark, events=events))
+
+
+def insert_rechecks(conn: Connection, rows: list[dict]) -> None:
+    """``{"invoice_id", "watermark", "events"}`` rows for new invoices."""
+    _bulk_insert(conn, "invoice_recheck", rows)
+
+
+# ------------------------------------------------------------------ ledger snapshot
+
+@dataclass
+class Snapshot:
+    """What one close reads of the ledger at one instant: the watermark (highest event id,
+    every lower one settled), whether the counters are stale, every subscription, and the
+    counters it asked for: (customer, period start) -> meter -> (period_end, units_micro,
+    events, cost_pico)."""
+
+    watermark: int
+    stale: bool
+    coverage: dict[str, list[SubscriptionRow]]
+    counters: dict[tuple[str, int], dict[str, tuple[int, int, int, int]]]
+
+
+def read_snapshot(conn: Connection, rate_keys: set[tuple[str, int]], check_keys: set[tuple[str, int]],
+                  subscriptions: dict[str, list[SubscriptionRow]] | None = None) -> Snapshot:
+    """Call inside a transaction that no ingestion can commit into meanwhile (SQLite's write
+    lock; on PostgreSQL a SHARE lock on usage_event taken first). ``rate_keys``: every
+    counter of these (customer, period start); ``check_keys``: only their ``*`` rows;
+    ``subscriptions``: their ``coverage`` if already read in this transaction (else read here)."""
+    watermark = max_event_id(conn)
+    stale = counters_stale(conn)
+    counters: dict[tuple[str, int], dict[str, tuple[int, int, int, int]]] = {}
+    pg = conn.dialect.name == "postgresql"
+    ph = "%s" if pg else "?"
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        for keys, only_all in ((rate_keys, False), (check_keys - rate_keys, True)):
+            if not keys:
+                continue
+            starts = [s for _, s in keys]
+            meter = f" AND meter = {ph}" if only_all else ""
+            cursor.execute("SELECT customer_id, meter, period_start, period_end, units_micro, events, cost_pico "
+                           f"FROM usage_counter WHERE period_start >= {ph} AND period_start <= {ph}{meter}",
+                           [min(starts), max(starts), *([ALL_EVENTS] if only_all else [])])
+            for customer, name, start, end, units, events, cost in cursor.fetchall():
+                key = (customer, int(start))
+                if key in keys:
+                    counters.setdefault(key, {})[name] = (int(end), int(units), int(events), int(cost))
+    finally:
+        cursor.close()
+    return Snapshot(watermark, stale, subscriptions if subscriptions is not None else coverage(all_subscriptions(conn)),
+                    counters)
 
 
 def has_late_events(conn: Connection, customer_id: str, after_id: int, start_us: int, end_us: int) -> bool:
     ph = "%s" if conn.dialect.name == "postgresql" else "?"
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(f"SELECT 1 FROM usage_event WHERE customer_id = {ph} AND id > {ph} AND ts >= {ph} "
+        run(cursor, f"SELECT 1 FROM usage_event WHERE customer_id = {ph} AND id > {ph} AND ts >= {ph} "
                        f"AND ts < {ph} LIMIT 1", [customer_id, after_id, start_us, end_us])
         return cursor.fetchone() is not None
     finally:
@@ -208,7 +319,7 @@ def billed_lines_for_period(conn: Connection, subscription_id: int, start: datet
     rows = conn.execute(
         select(InvoiceLineRow.key, InvoiceLineRow.amount_minor, InvoiceLineRow.description, Invoice.kind)
         .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
-        .where(Invoice.subscription_id == subscription_id, Invoice.status.in_(("finalized", "paid")),
+        .where(Invoice.subscription_id == subscription_id, Invoice.status.in_(BILLED),
                InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end))
     return list(rows)
 

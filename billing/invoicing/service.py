@@ -1,16 +1,25 @@
 """Closing billing periods into invoices, through the pure rating engine (no second
-implementation). One close is one transaction over one ledger snapshot (``watermark``:
-the highest event id it saw), so re-running it is idempotent and concurrent closers
+implementation). One close rates every due period against one ledger snapshot
+(``watermark``: the highest event id it saw, every lower one settled) and writes the
+invoices in one transaction, so re-running it is idempotent and concurrent closers
 cannot double-bill (each period's invoice has a unique ``dedupe_key``).
+
+Usage comes from the running counters where they are exact for the period (one
+subscription over the whole period, plain count / sum / max meters: see
+``invoicing.usage``), read in the same snapshot as the watermark; otherwise from a SQL
+aggregation of the events up to the watermark. Both give the same totals (a test holds
+them equal), so which one rated a period never shows on the invoice.
 
 Late events: after an invoice is finalized it never changes. When events arrive later
 for its period (or disputes reverse its outcomes), the period is re-rated at the next
-close; a net increase lands as ``adjustment`` lines on the subscription's next invoice,
-a net decrease is issued as a credit note (negative lines) against the original.
+close (``invoicing.late``); a net increase lands as ``adjustment`` lines on the
+subscription's next invoice, a net decrease is issued as a credit note (negative lines)
+against the original.
 """
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,22 +28,27 @@ from decimal import Decimal
 from functools import lru_cache
 
 import sqlmodel
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import repository as repo
-from billing.ledger.aggregate_sql import aggregate_window, max_event_id
-from billing.ledger.counters import MICRO, to_micro
+from billing.invoicing.documents import (
+    PICO, doc_base, from_minor, grant_inputs, invoice_key, invoice_row, line_rows)
+from billing.invoicing.late import late_changes
+from billing.invoicing.usage import (
+    SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
+from billing.ledger.aggregate_sql import aggregate_window
+from billing.ledger.counters import to_micro
 from billing.ledger.models import Invoice, InvoiceLineRow, Subscription
 from billing.ledger.types import to_us
-from billing.money import dec_str, minor_units, round_line
+from billing.money import dec_str, minor_units
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import BillingCycle, Period
-from billing.rating.types import CreditGrant, RatedInvoice
+from billing.rating.types import MeterTotals, RatedInvoice
 
-PICO = Decimal(10) ** 12
+_from_minor = from_minor  # kept for callers of the old private name
 
 
 @dataclass
@@ -43,28 +57,22 @@ class CloseResult:
     invoices: list[int] = field(default_factory=list)
     credit_notes: list[int] = field(default_factory=list)
     adjusted_periods: int = 0
+    rated_from_counters: int = 0  # periods rated from the running counters (the rest from events)
 
     def to_json(self) -> dict:
         return {"watermark": self.watermark, "invoices": self.invoices, "credit_notes": self.credit_notes,
-                "adjusted_periods": self.adjusted_periods}
+                "adjusted_periods": self.adjusted_periods, "rated_from_counters": self.rated_from_counters}
 
 
 @dataclass
 class _Job:
-    sub: Subscription
+    sub: SubscriptionRow
     plan: Plan
     period: Period
     window_start: datetime
     window_end: datetime
     timezone: str
-
-
-def _minor(amount: Decimal, currency: str) -> int:
-    return int(round_line(amount, currency).scaleb(minor_units(currency)))
-
-
-def _from_minor(value: int, currency: str) -> Decimal:
-    return Decimal(value).scaleb(-minor_units(currency))
+    events: int | None = None  # the period's event count, when the counters can tell late events
 
 
 @lru_cache(maxsize=4096)
@@ -87,7 +95,7 @@ def cycle_for(sub, plan: Plan, timezone: str) -> BillingCycle:
                   sub.anchor_at if plan.billing.anchor == "anniversary" else None)
 
 
-def due_windows(sub: Subscription, plan: Plan, timezone: str, as_of: datetime) -> list[tuple[Period, datetime, datetime]]:
+def due_windows(sub, plan: Plan, timezone: str, as_of: datetime) -> list[tuple[Period, datetime, datetime]]:
     """(period, window start, window end) of every period of ``sub`` that has ended by ``as_of``."""
     cycle = cycle_for(sub, plan, timezone)
     out = []
@@ -105,22 +113,35 @@ def due_windows(sub: Subscription, plan: Plan, timezone: str, as_of: datetime) -
 
 
 class Invoicing:
-    def __init__(self, engine: Engine, catalog: Catalog, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    """``use_counters=False`` rates every period from its events and finds late events by
+    reading them (the same invoices, slower: for comparisons and as an escape hatch)."""
+
+    def __init__(self, engine: Engine, catalog: Catalog, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 use_counters: bool = True):
         self.engine = engine
         self.catalog = catalog
         self.clock = clock
+        self.use_counters = use_counters
 
     # ------------------------------------------------------------------ closing
     def close(self, as_of: datetime, *, progress: Callable[[int], None] | None = None) -> CloseResult:
         """Finalize every subscription period that ended by ``as_of`` (idempotent)."""
         if as_of.tzinfo is None:
             raise BillingError("as_of must include a timezone", code=ErrorCode.VALIDATION)
+        enabled = gc.isenabled()
+        gc.disable()  # a close allocates millions of small acyclic objects: no collection passes meanwhile
+        try:
+            return self._close(as_of, progress)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _close(self, as_of: datetime, progress: Callable[[int], None] | None) -> CloseResult:
         now = self.clock()
         result = CloseResult()
-        watermark = self._settled_watermark()
         with self.engine.begin() as conn:
-            result.watermark = watermark
-            subs = repo.subscriptions_started_before(conn, as_of)
+            everyone = repo.all_subscriptions(conn)
+            subs = [s for s in everyone if s.started_at < as_of]
             zones = repo.customer_timezones(conn, {s.customer_id for s in subs})
             existing = repo.invoice_keys(conn, [s.id for s in subs])
             jobs: list[_Job] = []
@@ -128,9 +149,14 @@ class Invoicing:
                 plan = self.catalog.get(sub.plan_id, sub.plan_version)
                 tz = zones.get(sub.customer_id, "UTC")
                 for period, start, end in due_windows(sub, plan, tz, as_of):
-                    if _invoice_key(sub.id, period) not in existing:
+                    if invoice_key(sub.id, period) not in existing:
                         jobs.append(_Job(sub, plan, period, start, end, tz))
-            rated = self._rate_jobs(conn, jobs, watermark)
+            finals = repo.finalized_invoices(conn, [s.id for s in subs])
+            cover = repo.coverage(everyone)  # the subscriptions the jobs were made from
+            snap = self._snapshot(conn, {period_key(j.sub.customer_id, j.period) for j in jobs},
+                                  {(f.customer_id, to_us(f.period_start)) for f in finals}, cover)
+            watermark = result.watermark = snap.watermark
+            rated = self._rate_jobs(conn, jobs, snap, cover, zones, result)
             newest: dict[int, int] = {}  # subscription -> index in `rated` of its latest new invoice
             for i, (job, _) in enumerate(rated):
                 newest[job.sub.id] = i
@@ -142,185 +168,174 @@ class Invoicing:
                 for grant_id, amount in inv.credits_used.items():
                     if not grant_id.startswith("plan:"):
                         drawn_now[grant_id] += to_micro(amount)
-            adjustments, credit_notes = self._late_changes(conn, subs, zones, watermark, existing, billable_now,
-                                                           drawn_now)
+            adjustments, credit_notes = late_changes(self, conn, subs, zones, snap, cover, finals, billable_now,
+                                                     drawn_now)
             result.adjusted_periods = len(adjustments) + len(credit_notes)
-            docs, doc_lines, burns = [], [], []
+            docs, doc_lines, burns, counts = [], [], [], []
+            by_sub: dict[int, list] = defaultdict(list)
+            for sub_id, adj_lines in adjustments:
+                by_sub[sub_id].append(adj_lines)
             for i, (job, inv) in enumerate(rated):
-                lines = [_line_row(n, ln, inv, job) for n, ln in enumerate(inv.lines)]
-                extra = [a for a in adjustments if newest.get(a[0]) == i]
-                for _, adj_lines in extra:
-                    lines.extend(adj_lines)
+                lines = line_rows(inv, job.window_start, job.window_end)
+                if newest[job.sub.id] == i:
+                    for adj_lines in by_sub.get(job.sub.id, ()):
+                        lines.extend(adj_lines)
                 for pos, row in enumerate(lines):
                     row["position"] = pos
-                total = sum(r["amount_minor"] for r in lines)
-                docs.append(_invoice_row(job, inv, total, watermark, now))
+                docs.append(invoice_row(job.sub, job.plan, job.period, job.window_start, job.window_end, inv,
+                                        sum(r["amount_minor"] for r in lines), watermark, now))
                 doc_lines.append(lines)
                 burns.append(inv.credits_used)
+                counts.append(job.events)
             # adjustments for subscriptions with no new invoice: ended subscriptions get a
             # standalone invoice now; active ones wait for their next period's invoice
-            waiting = [a for a in adjustments if a[0] not in newest]
-            for sub_id, adj_lines in waiting:
-                sub = next(s for s in subs if s.id == sub_id)
+            subs_by_id = {s.id: s for s in subs}
+            for sub_id, adj_lines in adjustments:
+                if sub_id in newest:
+                    continue
+                sub = subs_by_id[sub_id]
                 if sub.ended_at is None or sub.ended_at > as_of:
                     continue
                 plan = self.catalog.get(sub.plan_id, sub.plan_version)
                 for pos, row in enumerate(adj_lines):
                     row["position"] = pos
-                docs.append({**_doc_base(sub, plan, adj_lines[0]["service_start"], adj_lines[0]["service_end"], now,
-                                         watermark),
+                docs.append({**doc_base(sub, plan, adj_lines[0]["service_start"], adj_lines[0]["service_end"], now,
+                                        watermark),
                              "dedupe_key": f"adj:{sub_id}:{to_us(adj_lines[0]['service_start'])}:{watermark}",
                              "total_minor": sum(r["amount_minor"] for r in adj_lines)})
                 doc_lines.append(adj_lines)
                 burns.append({})
+                counts.append(None)
             self._finalize(docs, repo.take_numbers(conn, "INV", len(docs)), "INV", now)
             ids = repo.insert_invoices(conn, docs, doc_lines)
+            repo.insert_rechecks(conn, [{"invoice_id": i, "watermark": watermark, "events": n}
+                                        for i, n in zip(ids, counts) if n is not None])
             self._record_burns(conn, ids, burns, doc_lines)
             note_docs, note_lines = [], []
             for sub_id, original_id, lines in credit_notes:
-                sub = next(s for s in subs if s.id == sub_id)
+                sub = subs_by_id[sub_id]
                 plan = self.catalog.get(sub.plan_id, sub.plan_version)
                 for pos, row in enumerate(lines):
                     row["position"] = pos
-                note_docs.append({**_doc_base(sub, plan, lines[0]["service_start"], lines[0]["service_end"], now,
-                                              watermark),
+                note_docs.append({**doc_base(sub, plan, lines[0]["service_start"], lines[0]["service_end"], now,
+                                             watermark),
                                   "kind": "credit_note", "corrects_invoice_id": original_id,
                                   "dedupe_key": f"cn:{original_id}:{watermark}",
                                   "total_minor": sum(r["amount_minor"] for r in lines)})
                 note_lines.append(lines)
             self._finalize(note_docs, repo.take_numbers(conn, "CN", len(note_docs)), "CN", now)
             note_ids = repo.insert_invoices(conn, note_docs, note_lines)
-            self._record_burns(conn, note_ids, [{} for _ in note_ids], note_lines)
+            self._record_burns(conn, note_ids, [{}] * len(note_ids), note_lines)
             result.invoices = ids
             result.credit_notes = note_ids
             if progress:
                 progress(len(jobs))
         return result
 
-    def _settled_watermark(self) -> int:
-        """The highest event id such that every lower id is committed (or rolled back).
+    def _snapshot(self, conn, rate_keys: set[tuple[str, int]], check_keys: set[tuple[str, int]],
+                  cover: dict[str, list[SubscriptionRow]]) -> repo.Snapshot:
+        """The watermark and the counters, read at one instant.
 
         PostgreSQL hands out ids when a row is inserted, not when it commits: an ingestion
         still in flight can hold a lower id than one already committed, and would never be
-        billed if a close used the higher one. A SHARE lock on the events table waits for
-        the inserting transactions in flight (and holds new ones back only for this short
-        transaction); later inserts get higher ids. SQLite writers are serialized anyway."""
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SET LOCAL lock_timeout = '60s'")
-                conn.exec_driver_sql("LOCK TABLE usage_event IN SHARE MODE")
-            return max_event_id(conn)
+        billed if a close used the higher one. A SHARE lock on the events table (in its own
+        short transaction) waits for the inserting transactions in flight and holds new ones
+        back while the counters are read; later inserts get higher ids. SQLite: the close's
+        transaction holds the write lock, so nothing commits meanwhile."""
+        if conn.dialect.name != "postgresql":
+            return repo.read_snapshot(conn, rate_keys, check_keys, cover)  # the same transaction
+        with self.engine.begin() as locked:
+            locked.exec_driver_sql("SET LOCAL lock_timeout = '60s'")
+            locked.exec_driver_sql("LOCK TABLE usage_event IN SHARE MODE")
+            return repo.read_snapshot(locked, rate_keys, check_keys)
 
-    def _rate_jobs(self, conn, jobs: list[_Job], watermark: int) -> list[tuple[_Job, RatedInvoice]]:
-        groups: dict[tuple, list[_Job]] = defaultdict(list)
-        for job in jobs:
-            groups[(job.plan.plan, job.plan.version, job.window_start, job.window_end)].append(job)
+    def counts_for(self, sub, plan: Plan, period: Period, start: datetime, end: datetime, snap: repo.Snapshot,
+                   cover: dict[str, list[SubscriptionRow]], zones: dict[str, str]) -> bool:
+        """Can the counters tell late events for this window (see ``usage.late_detectable``)?"""
+        if not self.use_counters:
+            return False
+        mine = cover.get(sub.customer_id, [])
+        if sub not in mine:
+            return False
+
+        def cycle_of(other: SubscriptionRow) -> BillingCycle:
+            return cycle_for(other, self.catalog.get(other.plan_id, other.plan_version),
+                             zones.get(other.customer_id, "UTC"))
+
+        alone = alone_in_period(sub, period, mine, cycle_of)
+        return late_detectable(plan, (start, end), period, alone, snap.coverage.get(sub.customer_id) == mine,
+                               snap.stale)
+
+    def _rate_jobs(self, conn, jobs: list[_Job], snap: repo.Snapshot, cover: dict[str, list[SubscriptionRow]],
+                   zones: dict[str, str], result: CloseResult) -> list[tuple[_Job, RatedInvoice]]:
+        usage: dict[int, tuple[dict[str, MeterTotals], Decimal]] = {}
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        countable: dict[tuple[str, int], bool] = {}
+        for i, job in enumerate(jobs):
+            plan = job.plan
+            rows = snap.counters.get(period_key(job.sub.customer_id, job.period))
+            found = None
+            if self.counts_for(job.sub, plan, job.period, job.window_start, job.window_end, snap, cover, zones):
+                job.events = period_events(rows)
+                ref = (plan.plan, plan.version)
+                if ref not in countable:
+                    countable[ref] = plan_is_countable(plan)
+                if countable[ref]:
+                    found = counter_usage(plan, job.period, rows)
+            if found is not None:
+                usage[i] = (found.usage, found.provider_cost)
+            else:
+                groups[(plan.plan, plan.version, job.window_start, job.window_end)].append(i)
+        result.rated_from_counters = len(usage)
+        for (_, _, start, end), members in groups.items():
+            customers = sorted({jobs[i].sub.customer_id for i in members})
+            totals, costs = aggregate_window(conn, jobs[members[0]].plan, customers, to_us(start), to_us(end),
+                                             snap.watermark)
+            for i in members:
+                cid = jobs[i].sub.customer_id
+                usage[i] = (totals[cid], costs.get(cid, Decimal(0)))
         seats = repo.seat_histories(conn, [j.sub.id for j in jobs])
         grants = repo.grants(conn, [j.sub.customer_id for j in jobs])
         out: list[tuple[_Job, RatedInvoice]] = []
-        for (_, _, start, end), members in groups.items():
-            customers = sorted({j.sub.customer_id for j in members})
-            usage, costs = aggregate_window(conn, members[0].plan, customers, to_us(start), to_us(end), watermark)
-            for job in members:
-                cid = job.sub.customer_id
-                inv = rate_period(RatingInput(
-                    job.plan, cid, job.period, usage[cid], seats.get(job.sub.id, ()),
-                    _grant_inputs(grants.get(cid, ()), job.plan.currency),
-                    active_from=job.window_start if job.window_start > job.period.start else None,
-                    active_until=job.window_end if job.window_end < job.period.end else None,
-                    trial_end=job.sub.trial_end, provider_cost=costs.get(cid, Decimal(0))))
-                out.append((job, inv))
-                # grants drawn here are not available to the customer's next job in this run
-                if inv.credits_used:
-                    grants[cid] = [(g, bal - to_micro(inv.credits_used.get(g.id, Decimal(0))))
-                                   for g, bal in grants.get(cid, ())]
+        # each customer's periods in time order: credit drawn by one is gone for the next
+        for i in sorted(range(len(jobs)), key=lambda n: (jobs[n].sub.customer_id, jobs[n].window_start,
+                                                          jobs[n].sub.id)):
+            job = jobs[i]
+            cid = job.sub.customer_id
+            meters, cost = usage[i]
+            customer_grants = grants.get(cid, ())
+            inv = rate_period(RatingInput(
+                job.plan, cid, job.period, meters, seats.get(job.sub.id, ()),
+                grant_inputs(customer_grants, job.plan.currency) if customer_grants else (),
+                active_from=job.window_start if job.window_start > job.period.start else None,
+                active_until=job.window_end if job.window_end < job.period.end else None,
+                trial_end=job.sub.trial_end, provider_cost=cost))
+            out.append((job, inv))
+            if inv.credits_used and customer_grants:
+                grants[cid] = [(g, bal - to_micro(inv.credits_used.get(g.id, Decimal(0))))
+                               for g, bal in customer_grants]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
 
-    def _late_changes(self, conn, subs: list[Subscription], zones: dict[str, str], watermark: int,
-                      existing_keys: set[str], billable_now: set[int], drawn_now: dict[str, int]):
-        """Re-rate finalized periods that got late events; return (adjustments, credit notes).
-
-        A period is marked re-checked up to ``watermark`` only when its difference is billed
-        in this run: a net increase for a subscription not in ``billable_now`` (no new invoice
-        to carry it yet) stays pending, and is found again by the next close. ``drawn_now``
-        (grant id -> micro-units drawn in this run, not yet stored) is kept up to date so
-        re-rated periods never draw credit that is already spent."""
-        adjustments: list[tuple[int, list[dict]]] = []
-        credit_notes: list[tuple[int, int, list[dict]]] = []
-        by_id = {s.id: s for s in subs}
-        finals = repo.finalized_invoices(conn, list(by_id))
-        marks = repo.recheck_marks(conn, [f.id for f in finals])
-        for inv in finals:
-            seen = max(inv.ledger_watermark, marks.get(inv.id, 0))
-            if seen >= watermark:
-                continue
-            sub = by_id[inv.subscription_id]
-            plan = self.catalog.get(sub.plan_id, sub.plan_version)
-            reach = max((m.disputes.window_days for m in plan.meters if m.disputes), default=0) * 86_400_000_000
-            late = repo.has_late_events(conn, sub.customer_id, seen, to_us(inv.period_start),
-                                        to_us(inv.period_end) + reach)
-            if not late:
-                repo.set_recheck(conn, inv.id, watermark)
-                continue
-            tz = zones.get(sub.customer_id, "UTC")
-            period = cycle_for(sub, plan, tz).period_containing(inv.period_start)
-            window_start, window_end = inv.period_start, inv.period_end
-            billed: dict[str, int] = defaultdict(int)
-            names: dict[str, str] = {f.key: f.name or f.key for f in plan.fees}
-            names.update({c.key: c.name or c.key for c in plan.charges})
-            for key, amount, description, _kind in repo.billed_lines_for_period(conn, sub.id, window_start, window_end):
-                billed[key] += amount
-                names.setdefault(key, description)
-            grants = repo.grants(conn, [sub.customer_id]).get(sub.customer_id, [])
-            scale = 10 ** (6 - minor_units(plan.currency))
-            # the credit this period drew so far (its credit lines, adjustments included)
-            earlier = {g.id: -billed[g.id] * scale for g, _ in grants if billed.get(g.id)}
-            available = [(g, bal - drawn_now.get(g.id, 0) + earlier.get(g.id, 0)) for g, bal in grants]
-            rerated = self._rerate(conn, sub, plan, period, window_start, window_end, watermark, available)
-            fresh: dict[str, int] = defaultdict(int)
-            for ln in rerated.lines:
-                fresh[ln.key] += _minor(ln.amount, plan.currency)
-                names.setdefault(ln.key, ln.description)
-            diffs = {k: fresh.get(k, 0) - billed.get(k, 0) for k in set(fresh) | set(billed)}
-            diffs = {k: v for k, v in sorted(diffs.items()) if v}
-            if not diffs:
-                repo.set_recheck(conn, inv.id, watermark)
-                continue
-            label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
-            rows = [{"kind": "adjustment", "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
-                     "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": window_start,
-                     "service_end": window_end} for k, v in diffs.items()]
-            if sum(diffs.values()) < 0:
-                credit_notes.append((sub.id, inv.id, rows))
-            elif sub.id in billable_now:
-                adjustments.append((sub.id, rows))
-            else:
-                continue  # pending: re-rated again (with any newer events) by the next close
-            repo.set_recheck(conn, inv.id, watermark)
-            for grant, _ in grants:  # credit drawn (or given back) by these lines
-                drawn_now[grant.id] -= diffs.get(grant.id, 0) * scale
-        return adjustments, credit_notes
-
-    def _rerate(self, conn, sub, plan, period, start, end, watermark, grants) -> RatedInvoice:
-        """Rate the period again on the current ledger; ``grants``: (grant, micro-units this
-        period may draw: what is left now plus what the period already drew)."""
+    def rerate(self, conn, sub, plan, period, start, end, watermark, grants) -> RatedInvoice:
+        """Rate the period again on the ledger up to ``watermark``; ``grants``: (grant,
+        micro-units this period may draw: what is left now plus what the period already drew)."""
         usage, cost = aggregate_window(conn, plan, [sub.customer_id], to_us(start), to_us(end), watermark)
         seats = repo.seat_histories(conn, [sub.id]).get(sub.id, ())
         return rate_period(RatingInput(
-            plan, sub.customer_id, period, usage[sub.customer_id], seats, _grant_inputs(grants, plan.currency),
+            plan, sub.customer_id, period, usage[sub.customer_id], seats, grant_inputs(grants, plan.currency),
             active_from=start if start > period.start else None, active_until=end if end < period.end else None,
             trial_end=sub.trial_end, provider_cost=cost.get(sub.customer_id, Decimal(0))))
 
     def _record_burns(self, conn, ids: list[int], burns: list[dict], lines: list[list[dict]]) -> None:
         rows = []
-        for invoice_id, used, invoice_lines in zip(ids, burns, lines):
+        for invoice_id, used in zip(ids, burns):
             for grant_id, amount in used.items():
                 if grant_id.startswith("plan:"):
                     continue  # plan credits are regenerated each period, not stored grants
                 rows.append({"grant_id": grant_id, "invoice_id": invoice_id, "amount_micro": to_micro(amount)})
         adjusted = {ln["key"] for lines_ in lines for ln in lines_ if ln["kind"] == "adjustment"}
-        grant_currency = repo.grant_currencies(conn, adjusted)
+        grant_currency = repo.grant_currencies(conn, adjusted) if adjusted else {}
         for invoice_id, invoice_lines in zip(ids, lines):
             for line in invoice_lines:  # credit drawn (or returned) by adjustments
                 if line["kind"] == "adjustment" and line["key"] in grant_currency:
@@ -404,37 +419,3 @@ def invoice_json(inv: Invoice, lines: list[InvoiceLineRow]) -> dict:
         "finalized_at": inv.finalized_at.isoformat() if inv.finalized_at else None,
         "paid_at": inv.paid_at.isoformat() if inv.paid_at else None,
     }
-
-
-def _invoice_key(subscription_id: int, period: Period) -> str:
-    return f"inv:{subscription_id}:{to_us(period.start)}"
-
-
-def _grant_inputs(grants, currency: str) -> list[CreditGrant]:
-    out = []
-    for g, balance in grants:
-        if balance <= 0:
-            continue
-        out.append(CreditGrant(g.id, Decimal(balance) / MICRO, g.name, g.expires_at, g.effective_at,
-                               tuple(g.applies_to.split(",")) if g.applies_to else None))
-    return out
-
-
-def _line_row(position: int, ln, inv: RatedInvoice, job: "_Job") -> dict:
-    return {"position": position, "kind": ln.kind, "key": ln.key, "description": ln.description[:500],
-            "quantity": dec_str(ln.quantity), "unit_price": None if ln.unit_price is None else dec_str(ln.unit_price),
-            "amount_minor": _minor(ln.amount, inv.currency), "service_start": job.window_start,
-            "service_end": job.window_end}
-
-
-def _doc_base(sub: Subscription, plan: Plan, start: datetime, end: datetime, now: datetime, watermark: int) -> dict:
-    return {"kind": "invoice", "status": "draft", "customer_id": sub.customer_id, "subscription_id": sub.id,
-            "plan_id": plan.plan, "plan_version": plan.version, "currency": plan.currency, "period_start": start,
-            "period_end": end, "provider_cost_pico": 0, "ledger_watermark": watermark, "created_at": now,
-            "corrects_invoice_id": None}
-
-
-def _invoice_row(job: _Job, inv: RatedInvoice, total_minor: int, watermark: int, now: datetime) -> dict:
-    return {**_doc_base(job.sub, job.plan, job.window_start, job.window_end, now, watermark),
-            "dedupe_key": _invoice_key(job.sub.id, job.period), "total_minor": total_minor,
-            "provider_cost_pico": int((inv.provider_cost * PICO).to_integral_value())}

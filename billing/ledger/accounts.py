@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,11 +16,21 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger import repository
 from billing.ledger.models import CreditGrantRow, Customer, SeatChange, Subscription
 from billing.ledger.counters import to_micro
+from billing.ledger.recount import lock_for_recount, recount_customer
+from billing.ledger.types import to_us
 
 
 def _require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None:
         raise BillingError(f"{name} must include a timezone", code=ErrorCode.VALIDATION)
+
+
+def _not_invoiced(session: Session, sub: Subscription, at: datetime, what: str) -> None:
+    """Finalized invoices never change: a change may not reach back into an invoiced period."""
+    until = repository.invoiced_until(session, sub.id)
+    if until is not None and until.replace(tzinfo=until.tzinfo or UTC) > at:
+        raise BillingError(f"subscription {sub.id} is invoiced until {until.isoformat()}: cannot {what} at "
+                           f"{at.isoformat()}; use an instant from then on", code=ErrorCode.PERIOD_INVOICED)
 
 
 class Accounts:
@@ -72,10 +82,14 @@ class Accounts:
             raise BillingError(f"plan {plan.ref} bills in {plan.currency}, customer {customer_id!r} in "
                                f"{customer.currency}", code=ErrorCode.CURRENCY_MISMATCH)
         with self._session() as s:
-            current = repository.active_subscription(s, customer_id, at)
-            if current is not None and previous_id is None:
+            conn = s.connection()
+            lock_for_recount(conn)
+            overlapping = repository.subscriptions_not_ended_by(s, customer_id, at)
+            if overlapping:  # one subscription at a time: events are never billed twice
+                current = overlapping[0]
                 raise BillingError(f"customer {customer_id!r} already has subscription {current.id} "
-                                   f"({current.plan_id}); change the plan instead", code=ErrorCode.SUBSCRIPTION_EXISTS)
+                                   f"({current.plan_id}) at {at.isoformat()} or later; change the plan instead",
+                                   code=ErrorCode.SUBSCRIPTION_EXISTS)
             from datetime import timedelta
             sub = Subscription(customer_id=customer_id, plan_id=plan.plan, plan_version=plan.version,
                                started_at=at, anchor_at=at, previous_id=previous_id, created_at=at,
@@ -83,6 +97,8 @@ class Accounts:
             s.add(sub)
             s.flush()
             s.add(SeatChange(subscription_id=sub.id, effective_at=at, seats=seats, created_at=at))
+            s.flush()
+            recount_customer(conn, self.catalog, customer_id, to_us(at))  # events it covers may be stored already
             s.commit()
             s.refresh(sub)
         return sub
@@ -110,6 +126,7 @@ class Accounts:
         sub = self.current_subscription(customer_id, at)
         change = SeatChange(subscription_id=sub.id, effective_at=at, seats=seats, created_at=at)
         with self._session() as s:
+            _not_invoiced(s, sub, at, "change its seats")
             s.add(change)
             s.commit()
         return change
@@ -118,10 +135,15 @@ class Accounts:
         _require_aware(at, "at")
         sub = self.current_subscription(customer_id, at)
         with self._session() as s:
+            conn = s.connection()
+            lock_for_recount(conn)
+            _not_invoiced(s, sub, at, "end it")
             row = s.get(Subscription, sub.id)
             row.ended_at = at
             row.status = status
             s.add(row)
+            s.flush()
+            recount_customer(conn, self.catalog, customer_id, to_us(at))  # events after `at` may be counted already
             s.commit()
             s.refresh(row)
         return row
@@ -141,9 +163,14 @@ class Accounts:
     def grant_credits(self, customer_id: str, amount: Decimal, *, at: datetime, expires_at: datetime | None = None,
                       name: str = "Prepaid credits", grant_id: str | None = None,
                       applies_to: tuple[str, ...] | None = None) -> CreditGrantRow:
+        _require_aware(at, "at")
         customer = self.customer(customer_id)
-        if amount <= 0:
-            raise BillingError("a credit grant must be positive", code=ErrorCode.VALIDATION)
+        if not isinstance(amount, Decimal) or not amount.is_finite() or amount <= 0:
+            raise BillingError("a credit grant must be a positive amount", code=ErrorCode.VALIDATION)
+        if expires_at is not None:
+            _require_aware(expires_at, "expires_at")
+            if expires_at <= at:
+                raise BillingError("a credit grant must expire after it starts", code=ErrorCode.VALIDATION)
         grant = CreditGrantRow(id=grant_id or f"grant_{uuid.uuid4().hex[:16]}", customer_id=customer_id, name=name,
                                amount_micro=to_micro(amount), currency=customer.currency, effective_at=at,
                                expires_at=expires_at, applies_to=",".join(applies_to) if applies_to else None,

@@ -18,6 +18,11 @@ from billing.money import to_decimal
 from billing.rating.periods import BillingCycle
 
 MICRO = Decimal(1_000_000)
+# The row of every event of a customer's period, metered or not: ``events`` counts them,
+# ``cost_pico`` is their provider cost, ``units_micro`` counts the meter values of the
+# period that were rounded to the micro-unit (0: every counter of the period is exact).
+# Not a valid meter key, so it never collides with one.
+ALL_EVENTS = "*"
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,9 @@ class CounterPlanner:
         self._subs: dict[str, list[SubscriptionView]] = defaultdict(list)
         for sub in subscriptions:
             self._subs[sub.customer_id].append(sub)
-        self._period_cache: dict[int, tuple[int, int]] = {}
-        # billing cycle -> the period last found in it (shared between batches: thousands of
-        # customers on one calendar cycle in one timezone compute their period once)
+        self._period_cache: dict[int, tuple[int, int]] = {}  # sub -> (start, end) of its last period
+        # billing cycle -> the period last found in it (may be shared between batches:
+        # thousands of customers on one calendar cycle in one timezone compute it once)
         self._cycle_periods = {} if cycle_periods is None else cycle_periods
         self._meters: dict[tuple[int, str], list[Meter]] = {}
         # (customer, meter, period_start) -> [period_end, units_micro, events, cost_pico, is_max]
@@ -72,6 +77,14 @@ class CounterPlanner:
         self._period_cache[sub.id] = bounds
         return bounds
 
+    def _total(self, customer: str, start: int, end: int) -> list:
+        """The period's ``*`` delta (created empty). Looked up in ``deltas`` each time, so a
+        caller may start a fresh ``deltas`` dict between events."""
+        total = self.deltas.get((customer, ALL_EVENTS, start))
+        if total is None:
+            total = self.deltas[(customer, ALL_EVENTS, start)] = [end, 0, 0, 0, False]
+        return total
+
     def _rules_for(self, sub: SubscriptionView, etype: str) -> list[tuple]:
         """Compiled (meter key, meter, simple count?, is max) for the sub's meters of ``etype``."""
         rules = [(m.key, m, bool(m.filter), m.aggregation == "count" and m.multipliers is None,
@@ -88,14 +101,17 @@ class CounterPlanner:
         for sub in subs:
             if ts < sub.start_us or (sub.end_us is not None and ts >= sub.end_us):
                 continue
+            bounds = self._period_cache.get(sub.id)
+            if bounds is None or not bounds[0] <= ts < bounds[1]:
+                bounds = self._period(sub, ts)
+            total = self._total(customer, bounds[0], bounds[1])  # every event of the period, metered or not
+            total[2] += 1
+            total[3] += cost_pico
             rules = self._meters.get((sub.id, etype))
             if rules is None:
                 rules = self._rules_for(sub, etype)
             if not rules:
                 continue
-            bounds = self._period_cache.get(sub.id)
-            if bounds is None or not bounds[0] <= ts < bounds[1]:
-                bounds = self._period(sub, ts)
             for key, meter, filtered, simple_count, is_max in rules:
                 if filtered and not meter.matches(etype, props):
                     continue
@@ -105,6 +121,9 @@ class CounterPlanner:
                     units = _units(meter, props)
                     if units is None:  # no value: still one of the meter's events (and its cost),
                         units = 0  # as in the SQL and pure aggregations
+                    elif type(units) is not int:  # rounded to the micro-unit: the period's
+                        units = int(units)  # counters are not exact
+                        total[1] += 1
                 dkey = (customer, key, bounds[0])
                 slot = deltas.get(dkey)
                 if slot is None:
@@ -119,6 +138,10 @@ class CounterPlanner:
                     slot[2] += 1
                     slot[3] += cost_pico
 
+    def prime(self, sub_id: int, customer: str, start: int, end: int) -> None:
+        """Tell the planner the period [start, end) a subscription is in (a caller that knows
+        it saves the computation)."""
+        self._period_cache[sub_id] = (start, end)
 
     def add_many(self, rows) -> None:
         """``add`` for every row of a batch (rows shaped like ``Prepared``: customer, event
@@ -138,16 +161,17 @@ class CounterPlanner:
                 rules = self._meters.get((sub.id, etype))
                 if rules is None:
                     rules = self._rules_for(sub, etype)
-                if not rules:
-                    continue
                 bounds = self._period_cache.get(sub.id)
                 if bounds is None or not bounds[0] <= lo < bounds[1]:
                     bounds = self._period(sub, lo)
-                if (lo < sub.start_us or (sub.end_us is not None and hi >= sub.end_us) or hi >= bounds[1]):
+                if lo < sub.start_us or (sub.end_us is not None and hi >= sub.end_us) or hi >= bounds[1]:
                     for row in group:  # straddles a subscription or period edge: event by event
                         self._add_to(sub, rules, customer, etype, row[3], row[7], row[6])
                     continue
                 start, end = bounds
+                total = self._total(customer, start, end)
+                total[2] += len(group)  # every event of the period, metered or not
+                total[3] += sum(map(_COST, group))
                 for key, meter, filtered, simple_count, is_max in rules:
                     picked = _matching(meter, etype, group) if filtered else group
                     if not picked:
@@ -157,16 +181,21 @@ class CounterPlanner:
                     if simple_count:
                         units = n * 1_000_000
                     else:
-                        units = _group_units(meter, picked, is_max)
+                        units, rounded = _group_units(meter, picked, is_max)
+                        total[1] += rounded
                     self._bump((customer, key, start), end, units, n, cost, is_max)
 
     def _add_to(self, sub: SubscriptionView, rules: list[tuple], customer: str, etype: str, ts: int,
                 props: dict, cost_pico: int) -> None:
+        """``add`` of one event for one subscription."""
         if ts < sub.start_us or (sub.end_us is not None and ts >= sub.end_us):
             return
         bounds = self._period_cache.get(sub.id)
         if bounds is None or not bounds[0] <= ts < bounds[1]:
             bounds = self._period(sub, ts)
+        total = self._total(customer, bounds[0], bounds[1])
+        total[2] += 1
+        total[3] += cost_pico
         for key, meter, filtered, simple_count, is_max in rules:
             if filtered and not meter.matches(etype, props):
                 continue
@@ -176,6 +205,9 @@ class CounterPlanner:
                 units = _units(meter, props)
                 if units is None:
                     units = 0
+                elif type(units) is not int:
+                    units = int(units)
+                    total[1] += 1
             self._bump((customer, key, bounds[0]), bounds[1], units, 1, cost_pico, is_max)
 
     def _bump(self, dkey: tuple[str, str, int], end: int, units: int, n: int, cost: int, is_max: bool) -> None:
@@ -230,30 +262,43 @@ def _matching(meter: Meter, etype: str, group: list) -> list:
     return [row for row in group if meter.matches(etype, row[7])]
 
 
-def _group_units(meter: Meter, rows: list, is_max: bool) -> int:
-    """The rows' combined contribution (sum, or max for a ``max`` meter) in micro-units."""
+def _group_units(meter: Meter, rows: list, is_max: bool) -> tuple[int, int]:
+    """The rows' combined contribution (sum, or max for a ``max`` meter) in micro-units,
+    and how many of their values had to be rounded to the micro-unit."""
     if meter.multipliers is None and meter.aggregation != "count":
         prop = meter.property or ""
         values = [row[7].get(prop) for row in rows]
         if all(type(v) is int for v in values):
-            return (max(values) if is_max else sum(values)) * 1_000_000
+            return (max(values) if is_max else sum(values)) * 1_000_000, 0
     units = [_units(meter, row[7]) for row in rows]
-    units = [0 if u is None else u for u in units]
-    return max(units) if is_max else sum(units)
+    rounded = sum(1 for u in units if u is not None and type(u) is not int)
+    units = [0 if u is None else int(u) for u in units]
+    return (max(units) if is_max else sum(units)), rounded
 
 
 def _units(meter: Meter, props: dict) -> int | None:
-    """The event's contribution to a counter, in micro-units (None: no value to count)."""
+    """The event's contribution to a counter, in micro-units (None: no value to count);
+    a ``_Rounded`` int when the value had to be rounded."""
     factor = meter.multipliers.factor(props) if meter.multipliers else None
     if meter.aggregation == "count":
-        return 1_000_000 if factor is None else to_micro(factor)
+        return 1_000_000 if factor is None else _micro(factor)
     raw = props.get(meter.property or "")
     if raw is None:
         return None
     if type(raw) is int and factor is None:
         return raw * 1_000_000
     value = to_decimal(raw) * (factor if factor is not None else 1)
-    return to_micro(value)
+    return _micro(value)
+
+
+class _Rounded(int):
+    """Micro-units of a value that had more than 6 decimals (rounded half-even)."""
+
+
+def _micro(value: Decimal) -> int:
+    micro = to_micro(value)
+    return micro if micro == value * MICRO else _Rounded(micro)
+
 
 def subscription_views(rows, customers: dict[str, str], catalog: Catalog) -> list[SubscriptionView]:
     """Build views from subscription rows (id, customer_id, plan_id, plan_version, anchor_at,

@@ -87,9 +87,13 @@ class UsageEventRow(SQLModel, table=True):
 
 
 class UsageCounter(SQLModel, table=True):
-    """Running usage per customer, meter and period, changed only by atomic increments.
+    """Running usage per customer, meter and period, changed only by atomic increments
+    (and rebuilt from the events when a subscription's coverage changes: ``recount``).
 
-    Counts every matching event as ingested (outcome disputes are settled at rating)."""
+    Counts every matching event as ingested (outcome disputes are settled at rating). The
+    row with meter ``*`` (``counters.ALL_EVENTS``) counts every event of the period, metered
+    or not, with their provider cost; its ``units_micro`` counts the values of the period
+    that were rounded to the micro-unit (0: the period's counters are exact)."""
 
     __tablename__ = "usage_counter"
 
@@ -175,12 +179,27 @@ class InvoiceLineRow(SQLModel, table=True):
 
 
 class InvoiceRecheck(SQLModel, table=True):
-    """How far the ledger was checked for late events against a finalized invoice."""
+    """How far the ledger was checked for late events against a finalized invoice:
+    ``watermark`` (events up to this id) and, when the period's running counters are exact
+    for it, ``events`` (the period's event count then: a later close that finds the same
+    count in the counters knows no late event arrived, without reading events)."""
 
     __tablename__ = "invoice_recheck"
 
     invoice_id: int = Field(primary_key=True, foreign_key="invoice.id")
     watermark: int = Field(sa_type=BigInteger)
+    events: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class LedgerState(SQLModel, table=True):
+    """Named ledger flags. ``counters_stale`` (present: 1): the running counters miss rows
+    that this schema keeps (events ingested before revision 0003); invoicing rates from
+    events until ``billing db recount`` rebuilds them."""
+
+    __tablename__ = "ledger_state"
+
+    name: str = Field(primary_key=True, max_length=40)
+    value: int = Field(default=0, sa_type=BigInteger)
 
 
 class NumberSequence(SQLModel, table=True):

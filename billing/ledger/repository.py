@@ -9,7 +9,7 @@ from sqlalchemy import func, or_
 from sqlmodel import Session, select
 
 from billing.ledger.models import (
-    CreditBurn, CreditGrantRow, Customer, SeatChange, Subscription, UsageCounter)
+    CreditBurn, CreditGrantRow, Customer, Invoice, SeatChange, Subscription, UsageCounter)
 
 
 def known_customers(session: Session, ids: Iterable[str]) -> dict[str, str]:
@@ -44,6 +44,20 @@ def active_subscription(session: Session, customer_id: str, at: datetime) -> Sub
         select(Subscription).where(Subscription.customer_id == customer_id, Subscription.started_at <= at,
                                    or_(Subscription.ended_at.is_(None), Subscription.ended_at > at))
         .order_by(Subscription.started_at.desc())).first()
+
+
+def subscriptions_not_ended_by(session: Session, customer_id: str, at: datetime) -> Sequence[Subscription]:
+    """The customer's subscriptions that cover ``at`` or start later."""
+    return session.exec(
+        select(Subscription).where(Subscription.customer_id == customer_id,
+                                   or_(Subscription.ended_at.is_(None), Subscription.ended_at > at))
+        .order_by(Subscription.started_at)).all()
+
+
+def invoiced_until(session: Session, subscription_id: int) -> datetime | None:
+    """The end of the last period of the subscription that has an invoice."""
+    return session.exec(select(func.max(Invoice.period_end)).where(Invoice.subscription_id == subscription_id,
+                                                                   Invoice.kind == "invoice")).one()
 
 
 def subscriptions_to_close(session: Session, as_of: datetime) -> Sequence[Subscription]:

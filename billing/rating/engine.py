@@ -58,6 +58,7 @@ class _Lines:
     def __init__(self, currency: str):
         self.currency = currency
         self.items: list[InvoiceLine] = []
+        self._all = ZERO
         self._by_kind: dict[str, Decimal] = {}
         self._by_kind_key: dict[tuple[str, str], Decimal] = {}
 
@@ -66,14 +67,27 @@ class _Lines:
         rounded = round_line(amount, self.currency)
         line = InvoiceLine(kind, description, quantity, unit_price, rounded, key, meter)
         self.items.append(line)
+        self._all += rounded
         self._by_kind[kind] = self._by_kind.get(kind, ZERO) + rounded
         self._by_kind_key[(kind, key)] = self._by_kind_key.get((kind, key), ZERO) + rounded
         return line
 
     def total(self, *kinds: str, key: str | None = None) -> Decimal:
+        """Sum of the (rounded) lines of these kinds (all kinds when none), of ``key`` if given."""
+        total = ZERO
         if key is None:
-            return sum((v for k, v in self._by_kind.items() if not kinds or k in kinds), ZERO)
-        return sum((v for (k, ky), v in self._by_kind_key.items() if ky == key and (not kinds or k in kinds)), ZERO)
+            if not kinds:
+                return self._all
+            get = self._by_kind.get
+            for kind in kinds:
+                total += get(kind, ZERO)
+            return total
+        if not kinds:
+            return sum((v for (_, ky), v in self._by_kind_key.items() if ky == key), ZERO)
+        get = self._by_kind_key.get
+        for kind in kinds:
+            total += get((kind, key), ZERO)
+        return total
 
 
 def rate_period(inp: RatingInput) -> RatedInvoice:
@@ -83,13 +97,14 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
     window_end = min(period.end, inp.active_until or period.end)
     paid_start = max(window_start, inp.trial_end) if inp.trial_end else window_start
     changes = list(inp.seat_changes) or [(period.start, 1)]
-    max_seats = Decimal(max((s.seats for s in seat_segments(changes, period)), default=0))
+    segments = seat_segments(changes, period)
+    max_seats = Decimal(max((s.seats for s in segments), default=0))
 
     for fee in plan.fees:
         if isinstance(fee, FlatFee):
             _flat_fee(lines, fee, period, paid_start, window_end)
         else:
-            _seat_fee(lines, fee, period, paid_start, window_end, changes)
+            _seat_fee(lines, fee, period, paid_start, window_end, changes, segments)
 
     usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, MeterTotals()), max_seats)
                        for charge in plan.charges]
@@ -147,11 +162,14 @@ def _flat_fee(lines: _Lines, fee: FlatFee, period: Period, start: datetime, end:
 
 
 def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end: datetime,
-              changes: list[tuple[datetime, int]]) -> None:
+              changes: list[tuple[datetime, int]], period_segments: list) -> None:
     if end <= start:
         return
     name = fee.name or fee.key
-    segments = [s for s in seat_segments(changes, Period(start, end)) if s.end > s.start]
+    if (start, end) == (period.start, period.end):  # the whole period: its segments
+        segments = period_segments
+    else:
+        segments = [s for s in seat_segments(changes, Period(start, end)) if s.end > s.start]
     if fee.timing == "arrears":
         seat_time = sum((max(s.seats, fee.min_seats) * prorate_fraction(s.start, s.end, period)
                          for s in segments), ZERO)
@@ -214,6 +232,8 @@ def _apply_credits(lines: _Lines, plan: Plan, inp: RatingInput, seats: Decimal) 
     (when ``inp.usage_before`` has the usage up to that instant): the amount each charge had
     reached by then, less what earlier-expiring grants already drew from it. Drawing the
     earliest deadline first covers as much as any order could."""
+    if not inp.grants and not plan.credits:
+        return {}
     grants = list(inp.grants)
     for credit in plan.credits:
         amount = credit.amount * (seats if credit.per_seat else ONE)

@@ -61,6 +61,8 @@ def _aware_utc(t: datetime, name: str = "t") -> datetime:
     """``t`` as UTC; ValueError if naive (a naive instant is ambiguous, never guessed)."""
     if not isinstance(t, datetime):
         raise TypeError(f"{name} must be a datetime, got {type(t).__name__}")
+    if t.tzinfo is UTC:
+        return t  # already UTC (the common case: instants read back from the ledger)
     if t.tzinfo is None or t.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware, got naive {t!r}")
     return t.astimezone(UTC)
@@ -245,6 +247,8 @@ def prorate_fraction(segment_start: datetime, segment_end: datetime, period: Per
     start, end = _aware_utc(segment_start, "segment_start"), _aware_utc(segment_end, "segment_end")
     if end < start:
         raise ValueError(f"segment end {end} is before start {start}")
+    if start <= period.start and end >= period.end:
+        return Decimal(1)  # the whole period
     overlap = max(min(end, period.end) - max(start, period.start), timedelta(0))
     num, den = _micros(overlap), _micros(period.duration)
     if num == den:
@@ -278,6 +282,10 @@ def seat_segments(changes: list[tuple[datetime, int]], period: Period) -> list[S
     before the first change. The result covers ``period`` exactly, in order, with
     consecutive segments holding different counts (zero-seat segments included).
     """
+    if len(changes) == 1:  # the common case: one count, set before the period (or at its start)
+        t, seats = changes[0]
+        if _aware_utc(t, "change instant") <= period.start and type(seats) is int and seats >= 0:
+            return [SeatSegment(period.start, period.end, seats)]
     opening, inside = 0, {}
     history = sorted(((_aware_utc(t, "change instant"), n) for t, n in changes), key=lambda c: c[0])
     for t, seats in history:

@@ -1,0 +1,75 @@
+"""Invoice and line rows as the close writes them (plain dicts for bulk inserts)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+
+from billing.catalog import Plan
+from billing.ledger.counters import MICRO
+from billing.ledger.types import to_us
+from billing.money import dec_str, minor_units, round_line
+from billing.rating.periods import Period
+from billing.rating.types import CreditGrant, RatedInvoice
+
+PICO = Decimal(10) ** 12
+
+
+def minor(amount: Decimal, currency: str) -> int:
+    return int(round_line(amount, currency).scaleb(minor_units(currency)))
+
+
+def from_minor(value: int, currency: str) -> Decimal:
+    return Decimal(value).scaleb(-minor_units(currency))
+
+
+def invoice_key(subscription_id: int, period: Period) -> str:
+    return f"inv:{subscription_id}:{to_us(period.start)}"
+
+
+def grant_inputs(grants, currency: str) -> list[CreditGrant]:
+    out = []
+    for g, balance in grants:
+        if balance <= 0:
+            continue
+        out.append(CreditGrant(g.id, Decimal(balance) / MICRO, g.name, g.expires_at, g.effective_at,
+                               tuple(g.applies_to.split(",")) if g.applies_to else None))
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _text(value: Decimal) -> str:
+    return dec_str(value)
+
+
+def _rounded_minor(amount: Decimal, places: int) -> int:
+    """A line amount the engine rounded (``round_line``) as minor units; refuses any other."""
+    scaled = amount.scaleb(places)
+    value = int(scaled)
+    if value != scaled:
+        raise ValueError(f"line amount {amount} is not rounded to the currency's minor unit")
+    return value
+
+
+def line_rows(inv: RatedInvoice, start: datetime, end: datetime) -> list[dict]:
+    """The rated lines as rows (positions are set when the invoice's lines are final)."""
+    places = minor_units(inv.currency)
+    return [{"position": 0, "kind": ln.kind, "key": ln.key, "description": ln.description[:500],
+             "quantity": _text(ln.quantity), "unit_price": None if ln.unit_price is None else _text(ln.unit_price),
+             "amount_minor": _rounded_minor(ln.amount, places), "service_start": start, "service_end": end}
+            for ln in inv.lines]
+
+
+def doc_base(sub, plan: Plan, start: datetime, end: datetime, now: datetime, watermark: int) -> dict:
+    return {"kind": "invoice", "status": "draft", "customer_id": sub.customer_id, "subscription_id": sub.id,
+            "plan_id": plan.plan, "plan_version": plan.version, "currency": plan.currency, "period_start": start,
+            "period_end": end, "provider_cost_pico": 0, "ledger_watermark": watermark, "created_at": now,
+            "corrects_invoice_id": None}
+
+
+def invoice_row(sub, plan: Plan, period: Period, start: datetime, end: datetime, inv: RatedInvoice,
+                total_minor: int, watermark: int, now: datetime) -> dict:
+    return {**doc_base(sub, plan, start, end, now, watermark),
+            "dedupe_key": invoice_key(sub.id, period), "total_minor": total_minor,
+            "provider_cost_pico": int((inv.provider_cost * PICO).to_integral_value())}

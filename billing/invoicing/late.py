@@ -1,0 +1,96 @@
+"""Late events against finalized periods: find the periods whose ledger changed since they
+were billed, re-rate them, and return the differences as adjustments or credit notes.
+
+A period is re-checked up to the snapshot's watermark. Where the running counters can
+tell (``usage.late_detectable``: one subscription over the whole period, no disputes),
+the period's event count (the ``*`` counter) is compared with the count at its last
+check: equal means no event arrived for it, and no event is read. Otherwise an indexed
+query looks for an event newer than the last check in the period (or, with disputes, in
+the dispute window after it).
+
+A period is marked re-checked only when its difference is billed in this run: a net
+increase for a subscription not in ``billable_now`` (no new invoice to carry it yet)
+stays pending, and is found again by the next close. ``drawn_now`` (grant id ->
+micro-units drawn in this run, not yet stored) is kept up to date so re-rated periods
+never draw credit that is already spent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from billing.invoicing import repository as repo
+from billing.invoicing.documents import minor
+from billing.invoicing.usage import period_events
+from billing.ledger.types import to_us
+from billing.money import minor_units
+
+
+def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapshot, cover, finals,
+                 billable_now: set[int], drawn_now: dict[str, int]):
+    """(adjustments: [(subscription id, line rows)], credit notes: [(subscription id,
+    corrected invoice id, line rows)])."""
+    from billing.invoicing.service import _period_of, cycle_for
+
+    watermark = snap.watermark
+    adjustments: list[tuple[int, list[dict]]] = []
+    credit_notes: list[tuple[int, int, list[dict]]] = []
+    by_id = {s.id: s for s in subs}
+    marks = repo.recheck_marks(conn, [f.id for f in finals])
+    catalog = invoicing.catalog
+    for inv in finals:
+        mark, known = marks.get(inv.id, (0, None))
+        seen = max(inv.ledger_watermark, mark)
+        if seen >= watermark:
+            continue
+        sub = by_id[inv.subscription_id]
+        plan = catalog.get(sub.plan_id, sub.plan_version)
+        tz = zones.get(sub.customer_id, "UTC")
+        period = _period_of(cycle_for(sub, plan, tz), inv.period_start)
+        window_start, window_end = inv.period_start, inv.period_end
+        count = None
+        if invoicing.counts_for(sub, plan, period, window_start, window_end, snap, cover, zones):
+            count = period_events(snap.counters.get((sub.customer_id, to_us(period.start))))
+        if count is not None and known is not None:
+            if count == known:
+                continue  # no event arrived for this period
+        else:
+            reach = max((m.disputes.window_days for m in plan.meters if m.disputes), default=0) * 86_400_000_000
+            if not repo.has_late_events(conn, sub.customer_id, seen, to_us(window_start), to_us(window_end) + reach):
+                repo.set_recheck(conn, inv.id, watermark, count)
+                continue
+        billed: dict[str, int] = defaultdict(int)
+        names: dict[str, str] = {f.key: f.name or f.key for f in plan.fees}
+        names.update({c.key: c.name or c.key for c in plan.charges})
+        for key, amount, description, _kind in repo.billed_lines_for_period(conn, sub.id, window_start, window_end):
+            billed[key] += amount
+            names.setdefault(key, description)
+        grants = repo.grants(conn, [sub.customer_id]).get(sub.customer_id, [])
+        scale = 10 ** (6 - minor_units(plan.currency))
+        # the credit this period drew so far (its credit lines, adjustments included)
+        earlier = {g.id: -billed[g.id] * scale for g, _ in grants if billed.get(g.id)}
+        available = [(g, bal - drawn_now.get(g.id, 0) + earlier.get(g.id, 0)) for g, bal in grants]
+        rerated = invoicing.rerate(conn, sub, plan, period, window_start, window_end, watermark, available)
+        fresh: dict[str, int] = defaultdict(int)
+        for ln in rerated.lines:
+            fresh[ln.key] += minor(ln.amount, plan.currency)
+            names.setdefault(ln.key, ln.description)
+        diffs = {k: fresh.get(k, 0) - billed.get(k, 0) for k in set(fresh) | set(billed)}
+        diffs = {k: v for k, v in sorted(diffs.items()) if v}
+        if not diffs:
+            repo.set_recheck(conn, inv.id, watermark, count)
+            continue
+        label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
+        rows = [{"kind": "adjustment", "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
+                 "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": window_start,
+                 "service_end": window_end} for k, v in diffs.items()]
+        if sum(diffs.values()) < 0:
+            credit_notes.append((sub.id, inv.id, rows))
+        elif sub.id in billable_now:
+            adjustments.append((sub.id, rows))
+        else:
+            continue  # pending: re-rated again (with any newer events) by the next close
+        repo.set_recheck(conn, inv.id, watermark, count)
+        for grant, _ in grants:  # credit drawn (or given back) by these lines
+            drawn_now[grant.id] -= diffs.get(grant.id, 0) * scale
+    return adjustments, credit_notes

@@ -1,0 +1,140 @@
+"""Rebuild running counters from the stored events, so they stay what ingestion would have
+made of the events under the subscriptions as they are now.
+
+Ingestion counts an event under the subscriptions that cover it when it arrives. A
+subscription that starts in the past (events already stored) or ends in the past (events
+already counted after its end) changes that: ``recount_customer`` rebuilds the customer's
+counters from the change on, in the transaction that makes the change. ``recount_all``
+rebuilds every counter (``billing db recount``; databases loaded behind the ledger's back).
+
+Both use ``CounterPlanner``, the code ingestion uses, so a rebuilt counter equals an
+ingested one. On PostgreSQL they lock ``usage_event`` (SHARE ROW EXCLUSIVE): ingestion in
+flight finishes first (and is rebuilt over), later ingestion waits for the commit and then
+reads the new subscriptions (it reads them after its INSERT); a close's snapshot waits too.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import orjson
+from sqlalchemy import Connection, select
+
+from billing.catalog import Catalog
+from billing.ledger.counters import CounterPlanner, SubscriptionView, subscription_views
+from billing.ledger.event_store import upsert_counters
+from billing.ledger.models import Customer, Subscription
+from billing.ledger.types import from_us, to_us
+
+STALE_FLAG = "counters_stale"
+_PAGE = 20_000
+
+
+def lock_for_recount(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE usage_event IN SHARE ROW EXCLUSIVE MODE")
+    # SQLite: the transaction already holds the write lock (BEGIN IMMEDIATE)
+
+
+def _ph(conn: Connection) -> str:
+    return "%s" if conn.dialect.name == "postgresql" else "?"
+
+
+def _views(conn: Connection, catalog: Catalog, customer_id: str | None) -> list[SubscriptionView]:
+    s, c = Subscription.__table__.c, Customer.__table__.c
+    query = select(s.id, s.customer_id, s.plan_id, s.plan_version, s.anchor_at, s.started_at, s.ended_at,
+                   c.timezone).join(Customer.__table__, c.id == s.customer_id)
+    if customer_id is not None:
+        query = query.where(s.customer_id == customer_id)
+    rows = conn.execute(query).all()
+    return subscription_views([tuple(r[:7]) for r in rows], {r[1]: r[7] for r in rows}, catalog)
+
+
+def _events(conn: Connection, customer_id: str | None, from_ts: int | None) -> Iterator[tuple]:
+    """(customer, type, ts, properties dict, cost_pico) of the stored events, in id order, a page at a time."""
+    ph = _ph(conn)
+    clauses, params = [f"id > {ph}"], []
+    if customer_id is not None:
+        clauses.append(f"customer_id = {ph}")
+        params.append(customer_id)
+    if from_ts is not None:
+        clauses.append(f"ts >= {ph}")
+        params.append(from_ts)
+    sql = (f"SELECT id, customer_id, type, ts, properties, cost_pico FROM usage_event WHERE {' AND '.join(clauses)} "
+           f"ORDER BY id LIMIT {_PAGE}")
+    last = 0
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        while True:
+            cursor.execute(sql, [last, *params])
+            page = cursor.fetchall()
+            for _, customer, etype, ts, props, cost in page:
+                yield customer, etype, int(ts), orjson.loads(props) if isinstance(props, (str, bytes)) else props, \
+                    int(cost)
+            if len(page) < _PAGE:
+                return
+            last = page[-1][0]
+    finally:
+        cursor.close()
+
+
+def _count(conn: Connection, views: list[SubscriptionView], customer_id: str | None, from_ts: int | None) -> None:
+    planner = CounterPlanner(views)
+    add = planner.add
+    enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived objects: collect once at the end (as ingestion does)
+    try:
+        for customer, etype, ts, props, cost in _events(conn, customer_id, from_ts):
+            add(customer, etype, ts, props, cost)
+    finally:
+        if enabled:
+            gc.enable()
+    upsert_counters(conn, planner.deltas)
+
+
+def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_ts: int) -> None:
+    """Rebuild the customer's counters of every period that ends after ``from_ts`` (microseconds).
+
+    Call it in the transaction that changed the customer's subscriptions, after the change
+    and after ``lock_for_recount``."""
+    views = _views(conn, catalog, customer_id)
+    ph = _ph(conn)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(f"SELECT period_start, period_end FROM usage_counter WHERE customer_id = {ph}", [customer_id])
+        rows = [(int(s), int(e)) for s, e in cursor.fetchall()]
+        # widen to whole periods: every counter that reaches past `lo`, every period a
+        # subscription counts into from `lo` on, starts at `lo` or later
+        lo = from_ts
+        while True:
+            new = min([lo, *(s for s, e in rows if e > lo)])
+            for view in views:
+                first = max(new, view.start_us)
+                if view.end_us is None or first < view.end_us:
+                    new = min(new, to_us(view.cycle().period_containing(from_us(first)).start))
+            if new == lo:
+                break
+            lo = new
+        cursor.execute(f"DELETE FROM usage_counter WHERE customer_id = {ph} AND period_end > {ph}", [customer_id, lo])
+    finally:
+        cursor.close()
+    _count(conn, views, customer_id, lo)
+
+
+def recount_all(conn: Connection, catalog: Catalog) -> None:
+    """Rebuild every counter from the stored events (clears the ``counters_stale`` flag)."""
+    lock_for_recount(conn)
+    conn.exec_driver_sql("DELETE FROM usage_counter")
+    _count(conn, _views(conn, catalog, None), None, None)
+    conn.exec_driver_sql(f"DELETE FROM ledger_state WHERE name = '{STALE_FLAG}'")
+
+
+def counters_stale(conn: Connection) -> bool:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(f"SELECT value FROM ledger_state WHERE name = '{STALE_FLAG}'")
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return bool(row and row[0])
