@@ -458,3 +458,23 @@ def test_event_committed_after_a_higher_id_is_not_lost(world):
     assert billed(world, "b", "requests", d(10, 1), d(11, 1)) == 100
     close(world, d(12, 1))
     assert billed(world, "a", "requests", d(10, 1), d(11, 1)) == 200
+
+
+def test_grant_expiring_mid_period_covers_only_the_usage_before_its_expiry(world):
+    """copilot-premium: 300 requests included, then $0.04. 350 requests before Oct 15 ($2 of
+    overage), 500 after ($20): a $50 grant expiring on Oct 15 covers the $2, not $22."""
+    customer(world, "p", "copilot-premium")
+    world.accounts.grant_credits("p", Decimal("50"), at=d(10, 1), expires_at=d(10, 15), grant_id="short")
+    world.accounts.grant_credits("p", Decimal("5"), at=d(10, 1), grant_id="long")
+    world.at(d(10, 30))
+    world.record([ev("p", d(10, 5)) for _ in range(350)] + [ev("p", d(10, 20)) for _ in range(500)])
+    close(world, d(11, 1))
+    (oct_,) = docs_of(world, "p")
+    credits = {key: amount for kind, key, amount in lines_of(oct_) if kind == "credit"}
+    assert credits == {"short": -200, "long": -500}  # then the later-expiring grant takes what it can
+    assert burned(world, "short") == 2_000_000 and burned(world, "long") == 5_000_000
+    # re-rating the period (a late event after the close) keeps the same rule
+    world.at(d(11, 2))
+    world.record([ev("p", d(10, 6))])  # one more request before the expiry: $0.04, still covered
+    close(world, d(12, 1))
+    assert burned(world, "short") == 2_040_000

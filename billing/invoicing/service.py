@@ -309,7 +309,9 @@ class Invoicing:
                 grant_inputs(customer_grants, job.plan.currency) if customer_grants else (),
                 active_from=job.window_start if job.window_start > job.period.start else None,
                 active_until=job.window_end if job.window_end < job.period.end else None,
-                trial_end=job.sub.trial_end, provider_cost=cost))
+                trial_end=job.sub.trial_end, provider_cost=cost,
+                usage_before=usage_before_expiries(conn, job.plan, cid, job.period, job.window_start,
+                                                   job.window_end, customer_grants, snap.watermark)))
             out.append((job, inv))
             if inv.credits_used and customer_grants:
                 grants[cid] = [(g, bal - to_micro(inv.credits_used.get(g.id, Decimal(0))))
@@ -325,7 +327,8 @@ class Invoicing:
         return rate_period(RatingInput(
             plan, sub.customer_id, period, usage[sub.customer_id], seats, grant_inputs(grants, plan.currency),
             active_from=start if start > period.start else None, active_until=end if end < period.end else None,
-            trial_end=sub.trial_end, provider_cost=cost.get(sub.customer_id, Decimal(0))))
+            trial_end=sub.trial_end, provider_cost=cost.get(sub.customer_id, Decimal(0)),
+            usage_before=usage_before_expiries(conn, plan, sub.customer_id, period, start, end, grants, watermark)))
 
     def _record_burns(self, conn, ids: list[int], burns: list[dict], lines: list[list[dict]]) -> None:
         rows = []
@@ -419,3 +422,21 @@ def invoice_json(inv: Invoice, lines: list[InvoiceLineRow]) -> dict:
         "finalized_at": inv.finalized_at.isoformat() if inv.finalized_at else None,
         "paid_at": inv.paid_at.isoformat() if inv.paid_at else None,
     }
+
+
+def usage_before_expiries(conn, plan: Plan, customer: str, period: Period, start: datetime, end: datetime,
+                          grants, watermark: int) -> dict[datetime, dict[str, MeterTotals]]:
+    """The usage of the window [start, end) up to each grant's expiry inside it, for the
+    rating rule that a grant expiring mid-period covers only the usage before its expiry
+    (empty usage when it expired before the window; nothing needed when it outlives it)."""
+    out: dict[datetime, dict[str, MeterTotals]] = {}
+    for grant, balance in grants:
+        t = grant.expires_at
+        if balance <= 0 or t is None or not period.start < t < period.end or t >= end or t in out:
+            continue
+        if t <= start:
+            out[t] = {}
+            continue
+        totals, _ = aggregate_window(conn, plan, [customer], to_us(start), to_us(t), watermark)
+        out[t] = totals[customer]
+    return out

@@ -201,6 +201,7 @@ class Ledger:
                                        f"unknown customer {p.customer!r}; create it first")
                 rows, index, named = kept_rows, kept_index, set(customers)
             inserted = event_store.insert_events(conn, rows)
+            # subscriptions are read after the insert (billing.ledger.recount relies on this order)
             planner = CounterPlanner(subscription_views(
                 repository.subscription_rows(session, named), customers, self.catalog),
                 self._cycle_periods)
