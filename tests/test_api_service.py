@@ -279,3 +279,19 @@ def test_fast_path_serves_check_and_healthz_like_the_router(api):
     assert huge.status_code == 413 and huge.json()["code"] == "http_413"
     # the router still has the route (OpenAPI, and paths the fast path does not take)
     assert "/v1/quota/check" in api("GET", "/openapi.json", key=None).json()["paths"]
+
+
+def test_fast_path_answers_an_unexpected_error_as_json_500(api, monkeypatch):
+    """The fast path runs ahead of FastAPI's error middleware: its own last resort gives the
+    same body as the app's (a 500 with a stable code), and the next request is served."""
+    quota = api.client.app.state.services.quota
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(quota, "check", broken)
+    r = api("POST", "/v1/quota/check", key="check", json={"customer": "acme", "meter": "requests"})
+    assert r.status_code == 500 and r.json() == {"code": "internal_error", "message": "internal error"}
+    monkeypatch.undo()
+    assert api("POST", "/v1/quota/check", key="check", json={"customer": "acme", "meter": "requests"}
+               ).status_code == 200

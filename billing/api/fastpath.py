@@ -2,18 +2,19 @@
 
 ``POST /v1/quota/check`` runs before every model call an app makes, and ``GET /healthz``
 is its floor in ``bench/check.py``. Both are ordinary FastAPI routes (documented in the
-OpenAPI schema, reachable through the router); this middleware serves exactly those
-method + path pairs with the very same handler functions, but without FastAPI's routing,
-dependency and middleware layers, which cost more than the quota decision itself. Errors
-become the same JSON bodies as everywhere else (``billing.api.errors``); a body larger
-than ``max_body`` bytes is refused with 413.
+OpenAPI schema, reachable through the router); ``BillingAPI`` serves exactly those method +
+path pairs with the very same handler functions before FastAPI's own stack (its native
+telemetry probe, error and body-limit middleware, routing and dependency layers), which
+cost more than the quota decision itself. Errors become the same JSON bodies as everywhere
+else (``billing.api.errors``); a body larger than ``max_body`` bytes is refused with 413.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,20 +23,22 @@ from billing.api.errors import billing_error_response, error_body, validation_er
 from billing.errors import BillingError
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("billing.api")
 
 
-class FastPath:
-    def __init__(self, app: Any, routes: dict[tuple[str, str], Handler], max_body: int = 64 * 1024):
-        self.app = app
-        self.routes = routes
-        self.max_body = max_body
+class BillingAPI(FastAPI):
+    """FastAPI, with ``fast_routes`` ((method, path) -> handler) served ahead of its stack."""
+
+    fast_routes: dict[tuple[str, str], Handler] = {}
+    max_body: int = 64 * 1024
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        handler = self.routes.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
+        handler = self.fast_routes.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
         if handler is None:
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
-        body = await self._body(receive)
+        scope["app"] = self  # what Starlette sets: handlers reach app.state through the request
+        body = await _body(receive, self.max_body)
         if body is None:  # the client went away
             return
         if body is _TOO_LARGE:
@@ -51,22 +54,26 @@ class FastPath:
                 response = billing_error_response(exc)
             except RequestValidationError as exc:
                 response = validation_error_response(exc)
+            except Exception:  # the same last resort as the app's own handler
+                log.exception("unhandled error")
+                response = JSONResponse(error_body("internal_error", "internal error"), status_code=500)
         await response(scope, receive, send)
 
-    async def _body(self, receive: Callable) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= self.max_body:
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks) if size <= self.max_body else _TOO_LARGE
+
+async def _body(receive: Callable, max_body: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= max_body:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks) if size <= max_body else _TOO_LARGE
 
 
 _TOO_LARGE = b"<too large>"  # a marker, compared by identity
