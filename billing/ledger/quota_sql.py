@@ -274,7 +274,7 @@ def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str,
 # committed usage of the period, live holds per meter, and rate-window counts: one snapshot
 STATE_SQL = (
     "SELECT 'u', meter, units_micro, cost_pico, events FROM usage_counter "
-    "WHERE customer_id = ? AND period_start = ? "
+    "WHERE customer_id = ? AND period_start = ? AND meter <> '*' "  # (the period's all-events row)
     "UNION ALL SELECT 'h', meter, SUM(units_micro), SUM(cost_pico), COUNT(*) FROM quota_hold "
     "WHERE customer_id = ? AND status = 'held' AND expires_at > ? AND period_start = ? GROUP BY meter "
     "UNION ALL SELECT 'r', charge, count, 0, 0 FROM quota_rate_window "
