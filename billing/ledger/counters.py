@@ -94,49 +94,12 @@ class CounterPlanner:
         return rules
 
     def add(self, customer: str, etype: str, ts: int, props: dict, cost_pico: int) -> None:
-        subs = self._subs.get(customer)
-        if not subs:
-            return
-        deltas = self.deltas
-        for sub in subs:
-            if ts < sub.start_us or (sub.end_us is not None and ts >= sub.end_us):
-                continue
-            bounds = self._period_cache.get(sub.id)
-            if bounds is None or not bounds[0] <= ts < bounds[1]:
-                bounds = self._period(sub, ts)
-            total = self._total(customer, bounds[0], bounds[1])  # every event of the period, metered or not
-            total[2] += 1
-            total[3] += cost_pico
+        """One accepted event: its contribution to every counter it increments."""
+        for sub in self._subs.get(customer, ()):
             rules = self._meters.get((sub.id, etype))
             if rules is None:
                 rules = self._rules_for(sub, etype)
-            if not rules:
-                continue
-            for key, meter, filtered, simple_count, is_max in rules:
-                if filtered and not meter.matches(etype, props):
-                    continue
-                if simple_count:
-                    units = 1_000_000
-                else:
-                    units = _units(meter, props)
-                    if units is None:  # no value: still one of the meter's events (and its cost),
-                        units = 0  # as in the SQL and pure aggregations
-                    elif type(units) is not int:  # rounded to the micro-unit: the period's
-                        units = int(units)  # counters are not exact
-                        total[1] += 1
-                dkey = (customer, key, bounds[0])
-                slot = deltas.get(dkey)
-                if slot is None:
-                    deltas[dkey] = [bounds[1], units, 1, cost_pico, is_max]
-                elif is_max:
-                    if units > slot[1]:
-                        slot[1] = units
-                    slot[2] += 1
-                    slot[3] += cost_pico
-                else:
-                    slot[1] += units
-                    slot[2] += 1
-                    slot[3] += cost_pico
+            self._add_to(sub, rules, customer, etype, ts, props, cost_pico)
 
     def prime(self, sub_id: int, customer: str, start: int, end: int) -> None:
         """Tell the planner the period [start, end) a subscription is in (a caller that knows
@@ -193,7 +156,7 @@ class CounterPlanner:
         bounds = self._period_cache.get(sub.id)
         if bounds is None or not bounds[0] <= ts < bounds[1]:
             bounds = self._period(sub, ts)
-        total = self._total(customer, bounds[0], bounds[1])
+        total = self._total(customer, bounds[0], bounds[1])  # every event of the period, metered or not
         total[2] += 1
         total[3] += cost_pico
         for key, meter, filtered, simple_count, is_max in rules:
@@ -203,10 +166,10 @@ class CounterPlanner:
                 units = 1_000_000
             else:
                 units = _units(meter, props)
-                if units is None:
-                    units = 0
-                elif type(units) is not int:
-                    units = int(units)
+                if units is None:  # no value: still one of the meter's events (and its cost),
+                    units = 0  # as in the SQL and pure aggregations
+                elif type(units) is not int:  # rounded to the micro-unit: the period's
+                    units = int(units)  # counters are not exact
                     total[1] += 1
             self._bump((customer, key, bounds[0]), bounds[1], units, 1, cost_pico, is_max)
 

@@ -108,15 +108,7 @@ _MINUTE_CACHE: dict[str, int] = {}
 
 def _minute_base(prefix: str) -> int:
     """Microseconds at ``YYYY-MM-DDTHH:MM`` UTC (-1: not such a prefix), cached."""
-    try:
-        dt = datetime.fromisoformat(prefix + ":00+00:00")
-        base = ((dt - EPOCH).days * 86_400 + (dt - EPOCH).seconds) * 1_000_000 if prefix[10] == "T" else -1
-    except ValueError:
-        base = -1
-    if len(_MINUTE_CACHE) > 100_000:
-        _MINUTE_CACHE.clear()
-    _MINUTE_CACHE[prefix] = base
-    return base
+    return _prefix_base(prefix, ":00+00:00", _MINUTE_CACHE)
 
 
 _HOUR_CACHE: dict[str, int] = {}
@@ -124,8 +116,12 @@ _HOUR_CACHE: dict[str, int] = {}
 
 def _hour_base(prefix: str, cache: dict[str, int]) -> int:
     """Microseconds at ``YYYY-MM-DDTHH`` UTC (-1: not such a prefix), cached."""
+    return _prefix_base(prefix, ":00:00+00:00", cache)
+
+
+def _prefix_base(prefix: str, rest: str, cache: dict[str, int]) -> int:
     try:
-        dt = datetime.fromisoformat(prefix + ":00:00+00:00")
+        dt = datetime.fromisoformat(prefix + rest)
         base = ((dt - EPOCH).days * 86_400 + (dt - EPOCH).seconds) * 1_000_000 if prefix[10] == "T" else -1
     except ValueError:
         base = -1
