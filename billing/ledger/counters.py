@@ -101,7 +101,7 @@ class CounterPlanner:
                 rules = self._rules_for(sub, etype)
             self._add_to(sub, rules, customer, etype, ts, props, cost_pico)
 
-    def prime(self, sub_id: int, customer: str, start: int, end: int) -> None:
+    def prime(self, sub_id: int, start: int, end: int) -> None:
         """Tell the planner the period [start, end) a subscription is in (a caller that knows
         it saves the computation)."""
         self._period_cache[sub_id] = (start, end)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-
 from sqlalchemy import Connection
 
 from billing.ledger.prepare import Prepared

@@ -153,8 +153,7 @@ class Ledger:
         else:  # the common case: every event valid, row i is event i
             index, rows = None, results
         if len(set(map(_KEY, rows))) < len(rows):  # an id repeated in the chunk
-            pairs = self._split_repeats(list(zip(range(n) if index is None else index, rows)), status, problems,
-                                        copies)
+            pairs = self._split_repeats(_numbered(rows, index), status, problems, copies)
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
         return _Staged(raws, status, problems, rows, index, copies)
 
@@ -191,7 +190,7 @@ class Ledger:
             customers = repository.known_customers(session, named)
             if len(customers) < len(named):
                 kept_rows, kept_index = [], []
-                for i, p in zip(range(len(rows)) if index is None else index, rows):
+                for i, p in _numbered(rows, index):
                     if p.customer in customers:
                         kept_rows.append(p)
                         kept_index.append(i)
@@ -210,8 +209,7 @@ class Ledger:
                 planner.add_many(rows)
             else:
                 planner.add_many([p for p in rows if (p.customer, p.event_id) in inserted])
-                missing = [(i, p) for i, p in zip(range(len(rows)) if index is None else index, rows)
-                           if (p.customer, p.event_id) not in inserted]
+                missing = [(i, p) for i, p in _numbered(rows, index) if (p.customer, p.event_id) not in inserted]
             if missing:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
                 for i, p in missing:
@@ -247,6 +245,11 @@ class _Staged:
     rows: list[Prepared]  # the events to store, first copies only
     index: list[int] | None  # each row's position in the chunk (None: row i is event i)
     copies: list[tuple[int, int, Prepared]]
+
+
+def _numbered(rows: list[Prepared], index: list[int] | None) -> list[tuple[int, Prepared]]:
+    """(position in the chunk, row) pairs (``index`` None: row i is event i)."""
+    return list(enumerate(rows)) if index is None else list(zip(index, rows))
 
 
 def measured_properties(catalog: Catalog) -> frozenset[str]:

@@ -103,45 +103,42 @@ def _too_large(key: str, value: Any) -> Rejection:
                    f"property {key!r} must be at most {MAX_EVENT_QUANTITY:,} per event, got {value}")
 
 
-_MINUTE_CACHE: dict[str, int] = {}
+_HOUR_CACHE: dict[str, int] = {}  # "YYYY-MM-DDTHH" -> microseconds at that hour (-1: not one)
 
 
-def _minute_base(prefix: str) -> int:
-    """Microseconds at ``YYYY-MM-DDTHH:MM`` UTC (-1: not such a prefix), cached."""
-    return _prefix_base(prefix, ":00+00:00", _MINUTE_CACHE)
+def _z_stamp(value: str) -> int | None:
+    """Microseconds of a ``YYYY-MM-DDTHH:MM:SSZ`` timestamp (the common wire format), or
+    None for anything else. Hours are cached: a stream costs a slice, a lookup and an int()."""
+    if len(value) != 20 or value[19] != "Z" or value[13] != ":" or value[16] != ":":
+        return None
+    base = _HOUR_CACHE.get(value[:13])
+    if base is None:
+        base = _hour_base(value[:13])
+    mmss = value[14:16] + value[17:19]
+    # not "٥٩" or "0²": isdigit() takes those
+    if base == -1 or not (mmss.isascii() and mmss.isdigit()) or mmss[0] > "5" or mmss[2] > "5":
+        return None
+    minute, second = divmod(int(mmss), 100)
+    return base + minute * 60_000_000 + second * 1_000_000
 
 
-_HOUR_CACHE: dict[str, int] = {}
-
-
-def _hour_base(prefix: str, cache: dict[str, int]) -> int:
-    """Microseconds at ``YYYY-MM-DDTHH`` UTC (-1: not such a prefix), cached."""
-    return _prefix_base(prefix, ":00:00+00:00", cache)
-
-
-def _prefix_base(prefix: str, rest: str, cache: dict[str, int]) -> int:
+def _hour_base(prefix: str) -> int:
     try:
-        dt = datetime.fromisoformat(prefix + rest)
+        dt = datetime.fromisoformat(prefix + ":00:00+00:00")
         base = ((dt - EPOCH).days * 86_400 + (dt - EPOCH).seconds) * 1_000_000 if prefix[10] == "T" else -1
     except ValueError:
         base = -1
-    if len(cache) > 100_000:
-        cache.clear()
-    cache[prefix] = base
+    if len(_HOUR_CACHE) > 100_000:
+        _HOUR_CACHE.clear()
+    _HOUR_CACHE[prefix] = base
     return base
 
 
 def _parse_ts(value: Any) -> int | Rejection:
-    # fast path: "YYYY-MM-DDTHH:MM:SSZ" (the common wire format); minutes are cached, so
-    # a stream of events costs one slice, one dict lookup and one int() each
-    if type(value) is str and len(value) == 20 and value[19] == "Z" and value[16] == ":":
-        base = _MINUTE_CACHE.get(value[:16])
-        if base is None:
-            base = _minute_base(value[:16])
-        if base != -1:
-            sec = value[17:19]
-            if sec.isascii() and sec.isdigit() and sec < "60":  # not "٥٩" or "0²": isdigit() takes those
-                return base + int(sec) * 1_000_000
+    if type(value) is str:
+        ts = _z_stamp(value)
+        if ts is not None:
+            return ts
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, str):
@@ -235,11 +232,6 @@ def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
 
 # ------------------------------------------------------------------ the batch fast path
 
-_tuple_new = tuple.__new__
-_QUANTITY_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-                   "quantity", "steps", "amount", "units", "cost")
-
-
 _TOKEN_SLOTS = {name: slot for slot, (name, _) in enumerate(_TOKEN_PRICE_FIELDS)}
 
 
@@ -257,88 +249,74 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
     """``[prepare(raw) for raw in raws]``, faster: the common shape of an event (a dict of
     exactly the five fields, string id/customer/type, a ``...Z`` second-precision
     timestamp, properties whose quantities are non-negative integers, a known model at
-    integer picodollar prices) is handled inline; anything else goes through ``prepare``.
-    A test holds the two equal on arbitrary (also malformed) events."""
+    integer picodollar prices) is handled by ``_common``; anything else goes through
+    ``prepare``. A test holds the two equal on arbitrary (also malformed) events."""
+    limit = now_us + tolerance_us
+    prices: dict[tuple[str, int], tuple[int, ...] | None] = {}
+    shapes: dict[tuple[str, ...], tuple | None] = {}
     out: list[Prepared | Rejection] = []
     append = out.append
-    limit = now_us + tolerance_us
-    hours = _HOUR_CACHE
-    prices_cache: dict[tuple[str, int], tuple[int, ...] | None] = {}
-    shapes: dict[tuple[str, ...], tuple | None] = {}
-    dumps = orjson.dumps
     for raw in raws:
-        # every early `continue`-less fall-through below ends in the general path
-        if type(raw) is dict and len(raw) == 5:
-            try:
-                event_id = raw["id"]
-                customer = raw["customer"]
-                etype = raw["type"]
-                stamp = raw["timestamp"]
-                props = raw["properties"]
-            except KeyError:
-                event_id = None
-            if (type(event_id) is str and type(customer) is str and type(etype) is str and type(props) is dict
-                    and type(stamp) is str and 0 < len(event_id) <= 200 and 0 < len(customer) <= 200
-                    and etype in known_types and len(stamp) == 20 and stamp[19] == "Z"
-                    and event_id.isascii() and customer.isascii()):
-                base = hours.get(stamp[:13])
-                if base is None:
-                    base = _hour_base(stamp[:13], hours)
-                mmss = stamp[14:16] + stamp[17:19]
-                if (base != -1 and stamp[13] == ":" and stamp[16] == ":" and mmss.isascii() and mmss.isdigit()
-                        and mmss[0] < "6" and mmss[2] < "6"):
-                    minute, second = divmod(int(mmss), 100)
-                    ts = base + minute * 60_000_000 + second * 1_000_000
-                    if ts <= limit:
-                        keys = tuple(props)
-                        shape = shapes.get(keys, _MISSING)
-                        if shape is _MISSING:
-                            shape = shapes[keys] = _shape(keys, measured)
-                        plain = shape is not None  # None: "cost" or "batch" given, the general rules
-                        if plain:
-                            quantities, slots = shape
-                            for key in quantities:  # every quantity a plain int in range
-                                value = props[key]
-                                if type(value) is not int or value < 0 or value > MAX_EVENT_QUANTITY:
-                                    plain = False
-                                    break
-                        if plain:
-                            model = props.get("model")
-                            cost = 0
-                            if slots:
-                                if type(model) is str and model:
-                                    day = ts // 86_400_000_000
-                                    pkey = (model, day)
-                                    prices = prices_cache.get(pkey, _MISSING)
-                                    if prices is _MISSING:
-                                        try:
-                                            prices = pricer.pico_prices(model, ts, False)
-                                        except BillingError:  # UnknownModel among them
-                                            prices = None
-                                        prices_cache[pkey] = prices
-                                    if prices is None:
-                                        plain = False  # unknown model or inexact price: the general path
-                                    else:
-                                        for key, slot in slots:
-                                            cost += props[key] * prices[slot]
-                                        if cost > MAX_COST_PICO:
-                                            plain = False
-                                else:
-                                    for key, _ in slots:  # tokens without a model: only zeros are fine
-                                        if props[key]:
-                                            plain = False
-                                            break
-                            if plain:
-                                try:
-                                    text = dumps(props).decode()
-                                except (TypeError, orjson.JSONEncodeError):
-                                    text = None
-                                if text is not None:
-                                    append(_tuple_new(Prepared, (
-                                        customer, event_id, etype, ts, text,
-                                        None if model is None else (model if type(model) is str else str(model))[:200],
-                                        cost, props)))
-                                    continue
-        append(prepare(raw, now_us=now_us, tolerance_us=tolerance_us, known_types=known_types, pricer=pricer,
-                       measured=measured))
+        p = _common(raw, limit, known_types, pricer, measured, prices, shapes)
+        append(p if p is not None else prepare(raw, now_us=now_us, tolerance_us=tolerance_us,
+                                               known_types=known_types, pricer=pricer, measured=measured))
     return out
+
+
+def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, measured: frozenset[str],
+            prices_cache: dict, shapes: dict) -> Prepared | None:
+    """The event as ``prepare`` would have it, when it has the common shape; else None."""
+    if type(raw) is not dict or len(raw) != 5:
+        return None
+    try:
+        event_id, customer, etype = raw["id"], raw["customer"], raw["type"]
+        stamp, props = raw["timestamp"], raw["properties"]
+    except KeyError:
+        return None
+    if not (type(event_id) is str and type(customer) is str and type(etype) is str and type(props) is dict
+            and type(stamp) is str and 0 < len(event_id) <= 200 and 0 < len(customer) <= 200
+            and etype in known_types and event_id.isascii() and customer.isascii()):
+        return None
+    ts = _z_stamp(stamp)
+    if ts is None or ts > limit:
+        return None
+    keys = tuple(props)
+    shape = shapes.get(keys, _MISSING)
+    if shape is _MISSING:
+        shape = shapes[keys] = _shape(keys, measured)
+    if shape is None:  # "cost" or "batch" given: the general rules
+        return None
+    quantities, slots = shape
+    for key in quantities:  # every quantity a plain int in range
+        value = props[key]
+        if type(value) is not int or value < 0 or value > MAX_EVENT_QUANTITY:
+            return None
+    model = props.get("model")
+    cost = 0
+    if slots:
+        if type(model) is not str or not model:  # tokens without a model: the general rules
+            return None
+        pkey = (model, ts // 86_400_000_000)
+        prices = prices_cache.get(pkey, _MISSING)
+        if prices is _MISSING:
+            try:
+                prices = pricer.pico_prices(model, ts, False)
+            except BillingError:  # UnknownModel among them
+                prices = None
+            prices_cache[pkey] = prices
+        if prices is None:  # unknown model or inexact price
+            return None
+        for key, slot in slots:
+            cost += props[key] * prices[slot]
+        if cost > MAX_COST_PICO:
+            return None
+    try:
+        text = orjson.dumps(props).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    return _tuple_new(Prepared, (customer, event_id, etype, ts, text,
+                                 None if model is None else (model if type(model) is str else str(model))[:200],
+                                 cost, props))
+
+
+_tuple_new = tuple.__new__

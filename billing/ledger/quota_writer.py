@@ -280,8 +280,7 @@ class QuotaWriter:
             planner = CounterPlanner(views)
             for op, _p, _hold in commits:  # the period each context already knows (same cycle, same
                 if op.ctx is not None:    # bounds); an event outside it is placed by the planner itself
-                    planner.prime(op.ctx.subscription_id, op.ctx.customer, to_us(op.ctx.period.start),
-                                  to_us(op.ctx.period.end))
+                    planner.prime(op.ctx.subscription_id, to_us(op.ctx.period.start), to_us(op.ctx.period.end))
             contrib = contributions(planner, commits)
             if pg:
                 tx.inserted = write_pg(execute, commits, contrib, now_us)

@@ -238,11 +238,8 @@ class CreditNoteSync:
                 continue
             cn = theirs.get(note.stripe_invoice_id)
             if cn is None:
-                try:
-                    cn = plain(s.retry(lambda: s.client.v1.credit_notes.retrieve(note.stripe_invoice_id)))
-                except stripe.InvalidRequestError as exc:
-                    if exc.http_status != 404:
-                        raise
+                cn = s.fetch(s.client.v1.credit_notes.retrieve, note.stripe_invoice_id)
+                if cn is None:
                     diffs.append(Difference("missing_in_stripe", note.id, note.number, note.stripe_invoice_id,
                                             -note.total_minor, None, "Stripe does not know this credit note id"))
                     continue

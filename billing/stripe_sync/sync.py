@@ -117,6 +117,15 @@ class StripeSync:
         self.credit_notes = CreditNoteSync(self)
 
     # ------------------------------------------------------------------ helpers
+    def fetch(self, retrieve: Callable[[str], Any], object_id: str) -> dict | None:
+        """A Stripe object by id (retried like every call); None when Stripe answers 404."""
+        try:
+            return plain(self.retry(lambda: retrieve(object_id)))
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status != 404:
+                raise
+            return None
+
     def _ensure(self, lookup: Callable[[], dict | None], create: Callable[[], Any], *, known_absent: bool = False) -> dict:
         """Find-or-create where every retry of the create first looks again."""
         attempts = self.retry.attempts
@@ -450,11 +459,8 @@ class StripeSync:
                 continue
             si = stripe_invoices.get(inv.stripe_invoice_id)
             if si is None:
-                try:
-                    si = plain(self.retry(lambda: self.client.v1.invoices.retrieve(inv.stripe_invoice_id)))
-                except stripe.InvalidRequestError as exc:
-                    if exc.http_status != 404:
-                        raise
+                si = self.fetch(self.client.v1.invoices.retrieve, inv.stripe_invoice_id)
+                if si is None:
                     diffs.append(Difference("missing_in_stripe", inv.id, inv.number, inv.stripe_invoice_id,
                                             inv.total_minor, None, "Stripe does not know this invoice id"))
                     continue
