@@ -388,3 +388,34 @@ def test_a_property_a_plan_sums_must_be_a_number(engine):
                                 ("accepted", None)]
     ((_, (_, units, events, _)),) = [(k, v) for k, v in counter_rows(world.engine).items() if k[1] == "pages"]
     assert (units, events) == (10_500_000, 3)  # 3 + 2.5 + 5 pages
+
+
+def test_many_rows_per_insert_statement_keep_every_outcome(world, monkeypatch):
+    """SQLite inserts a chunk in statements of many rows each: repeats and replays that
+    fall on either side of a statement boundary are told apart exactly as within one."""
+    monkeypatch.setattr(event_store, "_SQLITE_ROWS_PER_INSERT", 7)
+    stamp = lambda i: f"2026-10-05T11:{i // 60 % 60:02d}:{i % 60:02d}Z"  # noqa: E731
+    first = [ev(f"s{i}", ts=stamp(i)) for i in range(1200)]
+    assert world.record(first, chunk_size=2000).accepted == 1200
+    changed = {**first[13], "timestamp": "2026-10-06T00:00:00Z"}
+    fresh = [ev(f"t{i}", ts=stamp(i)) for i in range(1100)]
+    # new events, stored ones, a changed one, then repeats of new ones inside the batch
+    batch = [*fresh[:600], *first[:20], changed, *fresh[600:], fresh[5], {**fresh[6], "timestamp": stamp(9)}]
+    got = world.record(batch, chunk_size=5000).to_json()
+    assert (got["accepted"], got["duplicates"], got["conflicts"], got["rejected"]) == (1100, 21, 2, 0)
+    assert len(stored_events(world.engine)) == 2300
+    counters = counter_rows(world.engine)
+    assert sum(n for (c, m, _), (_, _, n, _) in counters.items() if (c, m) == ("acme", "messages")) == 2300
+
+
+def test_a_customer_created_after_a_rejection_is_accepted(world):
+    """The ledger remembers the customers it has seen exist, never the ones it has not."""
+    big = [ev(f"k{i}", ts=f"2026-10-05T12:{i // 60:02d}:{i % 60:02d}Z") for i in range(1500)]  # past the small path
+    late = [{**e, "customer": "late"} for e in big[:1200]]
+    result = world.record([*big, *late])
+    assert (result.accepted, result.to_json()["rejected"]) == (1500, 1200)
+    assert {r.code for r in result.results[1500:]} == {"unknown_customer"}
+    world.accounts.create_customer("late", now=START)
+    world.accounts.subscribe("late", "support-chatbot", at=START)
+    again = world.record([*big, *late])
+    assert (again.accepted, again.count("duplicate")) == (1200, 1500)

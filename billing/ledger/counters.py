@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from itertools import compress, repeat
 from dataclasses import dataclass
 from operator import itemgetter
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -190,6 +191,8 @@ class CounterPlanner:
 _TYPE = itemgetter(2)
 _TS = itemgetter(3)
 _COST = itemgetter(6)
+_PROPS = itemgetter(7)
+_TEXT_OR_NONE = frozenset((str, type(None)))
 
 
 def _groups(rows):
@@ -220,8 +223,11 @@ def _matching(meter: Meter, etype: str, group: list) -> list:
     sets = meter._filter_sets
     if len(sets) == 1:
         ((prop, options),) = sets
-        return [row for row in group
-                if (v := row[7].get(prop)) is not None and (v if type(v) is str else str(v)) in options]
+        values = list(map(dict.get, map(_PROPS, group), repeat(prop)))
+        if _TEXT_OR_NONE.issuperset(map(type, values)):  # the common case, matched in C
+            return list(compress(group, map(options.__contains__, values)))
+        return [row for row, v in zip(group, values)
+                if v is not None and (v if type(v) is str else str(v)) in options]
     return [row for row in group if meter.matches(etype, row[7])]
 
 

@@ -11,6 +11,10 @@ transaction inserted.
 from __future__ import annotations
 
 import json
+import sqlite3
+from functools import lru_cache
+from itertools import chain
+from operator import itemgetter
 from collections.abc import Sequence
 
 from sqlalchemy import Connection
@@ -55,6 +59,19 @@ def _insert_pg_small(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[st
         cursor.close()
 
 
+_SQLITE_ROWS_PER_INSERT = 5000
+_STORED = itemgetter(0, 1, 2, 3, 4, 5, 6)  # a Prepared row's stored columns
+
+
+@lru_cache(maxsize=8)
+def _sqlite_insert(n: int) -> str:
+    """One INSERT of ``n`` rows. Many rows per statement, not ``executemany``: the driver
+    gives up and takes back the GIL once per statement, so a thread preparing the next chunk
+    runs alongside (per row, each hand-back would wait for that thread's switch interval)."""
+    return (f"INSERT INTO usage_event ({_COLUMNS}) VALUES {','.join(['(?,?,?,?,?,?,?)'] * n)} "
+            "ON CONFLICT (customer_id, event_id) DO NOTHING")
+
+
 def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
     """executemany with ON CONFLICT DO NOTHING. The transaction holds SQLite's write lock
     (BEGIN IMMEDIATE), so rowids above the pre-insert maximum are exactly this batch's."""
@@ -64,8 +81,10 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.execute("SELECT COALESCE(MAX(id), 0) FROM usage_event")
         before_id = cursor.fetchone()[0]
         before = dbapi.total_changes
-        cursor.executemany(f"INSERT INTO usage_event ({_COLUMNS}) VALUES (?,?,?,?,?,?,?) "
-                           "ON CONFLICT (customer_id, event_id) DO NOTHING", [r[:7] for r in rows])
+        per = max(1, min(_SQLITE_ROWS_PER_INSERT, dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 7))
+        for i in range(0, len(rows), per):
+            part = rows[i:i + per]
+            cursor.execute(_sqlite_insert(len(part)), list(chain.from_iterable(map(_STORED, part))))
         if dbapi.total_changes - before == len(rows):
             return ALL_INSERTED
         cursor.execute("SELECT customer_id, event_id FROM usage_event WHERE id > ?", (before_id,))

@@ -93,6 +93,7 @@ class Ledger:
             types |= plan.event_types
         self.known_types = frozenset(types)
         self.measured = measured_properties(catalog)
+        self._customers: dict[str, str] = {}  # customer id -> timezone, of customers seen to exist
 
     def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
                progress: Callable[[int], None] | None = None) -> BatchResult:
@@ -152,10 +153,25 @@ class Ledger:
             rows = [results[i] for i in index]
         else:  # the common case: every event valid, row i is event i
             index, rows = None, results
-        if len(set(map(_KEY, rows))) < len(rows):  # an id repeated in the chunk
+        # an id repeated in the chunk (distinct ids, the common case, are checked without
+        # building a key tuple per row)
+        if len(set(map(_EVENT_ID, rows))) < len(rows) and len(set(map(_KEY, rows))) < len(rows):
             pairs = self._split_repeats(_numbered(rows, index), status, problems, copies)
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
         return _Staged(raws, status, problems, rows, index, copies)
+
+    def _known_customers(self, session: Session, named: set[str]) -> dict[str, str]:
+        """customer id -> timezone for the ids of ``named`` that exist. A customer is never
+        deleted and its timezone never changes, so the ones found stay known to this ledger
+        (an unknown id is asked about again each time)."""
+        known = self._customers
+        unknown = [c for c in named if c not in known]
+        found = repository.known_customers(session, unknown) if unknown else {}
+        if found:
+            if len(known) > 1_000_000:  # a new dict (not clear()): a concurrent call keeps its own
+                self._customers = {}
+            self._customers.update(found)
+        return {c: tz for c in named if (tz := known.get(c) or found.get(c)) is not None}
 
     @staticmethod
     def _split_repeats(prepared: list[tuple[int, Prepared]], status: list[str], problems: dict[int, tuple[str, str]],
@@ -187,7 +203,7 @@ class Ledger:
         with self.engine.begin() as conn:
             session = Session(bind=conn)
             named = set(map(_CUSTOMER, rows))
-            customers = repository.known_customers(session, named)
+            customers = self._known_customers(session, named)
             if len(customers) < len(named):
                 kept_rows, kept_index = [], []
                 for i, p in _numbered(rows, index):
@@ -275,6 +291,7 @@ _SMALL_BATCH = 1000  # up to this many events: one transaction in the calling th
 
 _KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
 _CUSTOMER = itemgetter(0)
+_EVENT_ID = itemgetter(1)
 
 
 def _raw_key(raw: Any) -> tuple[str | None, str | None]:
