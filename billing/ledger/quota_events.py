@@ -58,7 +58,7 @@ _CONTRIB_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("meter",
 
 def _rows_cte(name: str, columns: tuple[tuple[str, str], ...]) -> str:
     cols = ", ".join(f"(e->>{i})::{t} AS {c}" for i, (c, t) in enumerate(columns))
-    return f"{name} AS (SELECT {cols} FROM json_array_elements(%s::json) AS e)"
+    return f"{name} AS (SELECT {cols} FROM jsonb_array_elements(%s::jsonb) AS e)"
 
 
 def _counter_cte(name: str, is_max: bool) -> str:

@@ -89,7 +89,7 @@ class Connections:
         if self.pg:
             import psycopg
 
-            conn = psycopg.connect(self._conninfo, autocommit=True)
+            conn = psycopg.connect(self._conninfo, autocommit=True, options="-c plan_cache_mode=force_generic_plan")
             conn.prepared_max = 1000  # batch statements vary with the batch's shape: keep them all prepared
             return conn
         import sqlite3
@@ -365,7 +365,7 @@ def keyed(pg: bool, name: str, columns: Sequence[tuple[str, str]], rows: Sequenc
     """``name (columns) AS (...)`` for a ``WITH`` clause holding ``rows``, and its parameters."""
     if pg:
         cols = ", ".join(f"(e->>{i})::{t} AS {c}" for i, (c, t) in enumerate(columns))
-        return f"{name} AS (SELECT {cols} FROM json_array_elements(%s::json) AS e)", [json_rows(rows)]
+        return f"{name} AS (SELECT {cols} FROM jsonb_array_elements(%s::jsonb) AS e)", [json_rows(rows)]
     one = "(" + ",".join("?" * len(columns)) + ")"
     return (f"{name} ({', '.join(c for c, _ in columns)}) AS (VALUES {','.join([one] * len(rows))})",
             [v for row in rows for v in row])
