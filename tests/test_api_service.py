@@ -295,3 +295,28 @@ def test_fast_path_answers_an_unexpected_error_as_json_500(api, monkeypatch):
     monkeypatch.undo()
     assert api("POST", "/v1/quota/check", key="check", json={"customer": "acme", "meter": "requests"}
                ).status_code == 200
+
+
+def test_text_postgres_cannot_store_is_4xx_not_500():
+    """A NUL character anywhere PostgreSQL would store or compare it is the client's error."""
+    from db import postgres_server_url
+    from test_quota_fixtures import postgres_database
+
+    postgres_server_url()  # skipped without PostgreSQL, failed when it is required
+    with postgres_database() as engine:
+        client = TestClient(create_app(engine, CAT, clock=Clock(), context_ttl=0, key_cache_ttl=0))
+        headers = {"Authorization": f"Bearer {create_key(engine, 'admin')[1]}"}
+        assert client.post("/v1/customers", json={"id": "acme"}, headers=headers).status_code == 201
+        calls = [("POST", "/v1/customers", {"id": "a\x00b"}), ("POST", "/v1/customers", {"id": "b", "name": "x\x00"}),
+                 ("GET", "/v1/customers/a%00b", None), ("GET", "/v1/customers/a%00b/usage", None),
+                 ("POST", "/v1/customers/a%00b/subscriptions", {"plan": "blocky"}),
+                 ("POST", "/v1/quota/check", {"customer": "a\x00b", "meter": "requests"}),
+                 ("POST", "/v1/quota/reserve", {"customer": "acme", "meter": "requests", "request_id": "r\x00"}),
+                 ("POST", "/v1/quota/commit", {"reservation_id": "rsv_\x00"})]
+        for method, path, body in calls:
+            r = client.request(method, path, json=body, headers=headers)
+            assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
+            assert r.json()["code"], r.text
+        events = [event(1), {**event(2), "id": "e\x00"}, event(3)]
+        r = client.post("/v1/events", json={"events": events}, headers=headers).json()
+        assert [x["status"] for x in r["results"]] == ["accepted", "rejected", "accepted"]

@@ -419,3 +419,18 @@ def test_a_customer_created_after_a_rejection_is_accepted(world):
     world.accounts.subscribe("late", "support-chatbot", at=START)
     again = world.record([*big, *late])
     assert (again.accepted, again.count("duplicate")) == (1200, 1500)
+
+
+def test_text_the_database_cannot_store_is_rejected_and_neighbours_kept(world):
+    """A NUL character (PostgreSQL refuses it in text) in an id, a customer or a model is
+    that event's rejection, not a failed batch."""
+    batch = [ev("ok1"), ev("n\x00ul"), {**ev("ok2"), "customer": "ac\x00me"},
+             ev("m1", model="claude\x00", input_tokens=5), ev("m2", model="gpt\x00-4o"), ev("ok3")]
+    for many in (False, True):  # the small-batch path and the bulk path
+        padded = [*batch, *([ev(f"pad{i}", ts=f"2026-10-05T13:{i // 60:02d}:{i % 60:02d}Z") for i in range(1200)]
+                            if many else [])]
+        result = world.record(padded)
+        assert statuses(result)[:6] == [("accepted" if not many else "duplicate", None), ("rejected", "event_invalid"),
+                                        ("rejected", "event_invalid"), ("rejected", "unknown_model"),
+                                        ("rejected", "event_invalid"), ("accepted" if not many else "duplicate", None)]
+    assert len(stored_events(world.engine)) == 1202

@@ -202,3 +202,31 @@ def test_two_phase_on_postgres():
         assert q.commit(r.id, {"properties": {"input_tokens": 5, "model": "claude-sonnet-4-5"}})["event"] == "accepted"
         assert q.usage("acme")["meters"]["requests"]["used"] == "1"
         assert q.release(q.reserve("acme", "requests").id)["status"] == "released"
+
+
+def _text_nobody_can_store(q) -> None:
+    """NUL characters and lone surrogates in any text of a quota call are validation errors
+    (PostgreSQL cannot store a NUL; a lone surrogate is not UTF-8), never a driver error."""
+    bad = ["a\x00b", "\ud800"]
+    calls = [lambda v: q.check(v, "requests"), lambda v: q.check("acme", v), lambda v: q.reserve(v, "requests"),
+             lambda v: q.reserve("acme", "requests", model=v), lambda v: q.reserve("acme", "requests", task=v),
+             lambda v: q.reserve("acme", "requests", request_id=v), lambda v: q.commit(v),
+             lambda v: q.release(v)]
+    for value in bad:
+        for call in calls:
+            with pytest.raises(BillingError) as err:
+                call(value)
+            assert err.value.code == ErrorCode.VALIDATION
+    assert q.reserve("acme", "requests", request_id="fine").granted  # nothing was left broken
+
+
+def test_unstorable_text_is_a_validation_error_sqlite(sqlite_engine):
+    q, _clock = setup(sqlite_engine, "cursor-pro")
+    _text_nobody_can_store(q)
+
+
+def test_unstorable_text_is_a_validation_error_postgres():
+    postgres_server_url()
+    with postgres_database() as engine:
+        q, _clock = setup(engine, "cursor-pro")
+        _text_nobody_can_store(q)

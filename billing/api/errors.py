@@ -12,6 +12,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError as DBAPIDataError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -96,6 +97,21 @@ def install(app: FastAPI) -> None:
                 403: str(ErrorCode.FORBIDDEN)}.get(exc.status_code, f"http_{exc.status_code}")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    async def _data(_request: Request, exc: Exception) -> JSONResponse:
+        # the database refused a value of the request (a NUL character in an id, a number
+        # out of range...): the client's input, not a server fault
+        return JSONResponse(error_body(str(ErrorCode.VALIDATION),
+                                       f"a value cannot be stored: {getattr(exc, 'orig', None) or exc}"),
+                            status_code=status_for(str(ErrorCode.VALIDATION)))
+
+    app.add_exception_handler(DBAPIDataError, _data)  # through SQLAlchemy
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - PostgreSQL support not installed
+        pass
+    else:
+        app.add_exception_handler(psycopg.DataError, _data)  # raw driver connections (quota)
 
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort

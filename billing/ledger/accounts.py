@@ -14,6 +14,7 @@ from sqlmodel import Session
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
 from billing.ledger import repository
+from billing.ledger.quota_types import storable_text
 from billing.ledger.models import CreditGrantRow, Customer, SeatChange, Subscription
 from billing.ledger.counters import to_micro
 from billing.ledger.recount import lock_for_recount, recount_customer
@@ -50,6 +51,8 @@ class Accounts:
             raise BillingError(f"unknown timezone {timezone!r}", code=ErrorCode.VALIDATION) from None
         if not customer_id or len(customer_id) > 200:
             raise BillingError("customer id must be 1-200 characters", code=ErrorCode.VALIDATION)
+        storable_text("customer id", customer_id)
+        storable_text("name", name)
         customer = Customer(id=customer_id, name=name, timezone=timezone, currency=currency.upper(), created_at=now)
         with self._session() as s:
             existing = s.get(Customer, customer_id)

@@ -44,7 +44,8 @@ from billing.ledger.outbox import Outbox
 from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
 from billing.ledger.quota_sql import (
     Connections, Context, load_context, make_state, parse_state, parse_task, state_query, task_query, usage_state)
-from billing.ledger.quota_types import MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, tokens_of
+from billing.ledger.quota_types import (
+    MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, storable_text, tokens_of)
 from billing.ledger.quota_writer import QuotaWriter
 from billing.ledger.types import to_us
 from billing.money import dec_str
@@ -157,6 +158,7 @@ class Quota:
             raise BillingError(f"ttl must be in (0, {self.max_ttl:g}] seconds", code=ErrorCode.VALIDATION)
         if request_id is not None and not 0 < len(request_id) <= 200:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
+        storable_text("request_id", request_id)
         request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
         return self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl, request_id=request_id))
 
@@ -176,6 +178,7 @@ class Quota:
         refuse (``forbidden``) unless the hold is this customer's."""
         if event is not None and not isinstance(event, dict):
             raise BillingError("the event must be an object", code=ErrorCode.EVENT_INVALID)
+        storable_text("reservation_id", reservation_id)
         op = Op("commit", reservation_id=reservation_id, event=event, allowed=customer)
         result = self.writer.submit(op)
         if op.alert == READ_AGAIN:  # the post-commit read failed: read again
@@ -187,6 +190,7 @@ class Quota:
 
     def release(self, reservation_id: str, *, customer: str | None = None) -> dict[str, Any]:
         """Return the held units now (idempotent). A committed reservation cannot be released."""
+        storable_text("reservation_id", reservation_id)
         return self.writer.submit(Op("release", reservation_id=reservation_id, allowed=customer))
 
     def purge_expired(self, older_than: timedelta = timedelta(days=1)) -> int:
@@ -304,6 +308,7 @@ class Quota:
     def usage(self, customer: str) -> dict[str, Any]:
         """The customer's current period: per charge used / held / included / remaining,
         spend so far, credits, and the live holds count."""
+        storable_text("customer", customer)
         now = self.clock()
         with self.conns.read() as conn:
             ctx = load_context(self.conns, conn, self.catalog, customer, now)

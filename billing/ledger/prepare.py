@@ -173,6 +173,8 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
             event_id.encode("utf-8"), customer.encode("utf-8"), etype.encode("utf-8")
         except UnicodeEncodeError:
             return _reject(ErrorCode.EVENT_INVALID, "id, customer and type must be valid Unicode text")
+    if "\x00" in event_id or "\x00" in customer or "\x00" in etype:  # PostgreSQL cannot store it
+        return _reject(ErrorCode.EVENT_INVALID, "id, customer and type must not contain NUL characters")
     if not _ALLOWED_KEYS.issuperset(raw):
         extra = sorted(raw.keys() - _ALLOWED_KEYS)
         return _reject(ErrorCode.EVENT_INVALID, f"unknown field(s) {extra}; put custom data in properties")
@@ -201,6 +203,8 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.QUANTITY_TOO_LARGE, f"the event's provider cost exceeds ${MAX_EVENT_COST:,} "
                                                      "(split it into several events)")
     model = props.get("model")
+    if model is not None and "\x00" in str(model):
+        return _reject(ErrorCode.EVENT_INVALID, "properties.model must not contain NUL characters")
     try:
         text = orjson.dumps(props, default=str).decode()
     except (TypeError, orjson.JSONEncodeError):
@@ -275,7 +279,8 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
         return None
     if not (type(event_id) is str and type(customer) is str and type(etype) is str and type(props) is dict
             and type(stamp) is str and 0 < len(event_id) <= 200 and 0 < len(customer) <= 200
-            and etype in known_types and event_id.isascii() and customer.isascii()):
+            and etype in known_types and event_id.isascii() and customer.isascii()
+            and "\x00" not in event_id and "\x00" not in customer):
         return None
     ts = _z_stamp(stamp)
     if ts is None or ts > limit:
@@ -292,6 +297,8 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
         if type(value) is not int or value < 0 or value > MAX_EVENT_QUANTITY:
             return None
     model = props.get("model")
+    if type(model) is str and "\x00" in model:
+        return None
     cost = 0
     if slots:
         if type(model) is not str or not model:  # tokens without a model: the general rules

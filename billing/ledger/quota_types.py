@@ -48,8 +48,31 @@ def _number(value: Any) -> Decimal:
     return to_decimal(value)  # rejects NaN and infinities
 
 
+def storable_text(name: str, value: Any) -> None:
+    """A ``validation_error`` unless ``value`` (when given) is text both databases can store:
+    no NUL character (PostgreSQL refuses it), no lone surrogate (not UTF-8)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise BillingError(f"{name} must be a string", code=ErrorCode.VALIDATION)
+    if "\x00" in value or not (value.isascii() or _utf8(value)):
+        raise BillingError(f"{name} must be text without NUL characters or lone surrogates",
+                           code=ErrorCode.VALIDATION)
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_request(customer, key, quantity, model, task, tokens, cost, steps) -> QuotaRequest:
-    """Validate a quota request's numbers (a ``validation_error`` on anything out of range)."""
+    """Validate a quota request's numbers (a ``validation_error`` on anything out of range)
+    and its text (``storable_text``)."""
+    for name, value in (("customer", customer), ("meter or charge", key), ("model", model), ("task", task)):
+        storable_text(name, value)
     try:
         q = _number(quantity)
         c = _number(cost)
