@@ -3,10 +3,12 @@
 ``POST /v1/quota/check`` runs before every model call an app makes, and ``GET /healthz``
 is its floor in ``bench/check.py``. Both are ordinary FastAPI routes (documented in the
 OpenAPI schema, reachable through the router); ``BillingAPI`` serves exactly those method +
-path pairs with the very same handler functions before FastAPI's own stack (its native
-telemetry probe, error and body-limit middleware, routing and dependency layers), which
-cost more than the quota decision itself. Errors become the same JSON bodies as everywhere
-else (``billing.api.errors``); a body larger than ``max_body`` bytes is refused with 413.
+path pairs ahead of FastAPI's own stack (its native telemetry probe, error and body-limit
+middleware, routing and dependency layers, Starlette's Request and Response objects), which
+cost more than the quota decision itself. A fast handler gets the raw scope and the body
+and returns (status, JSON bytes, extra headers), sharing its logic with the route. Errors
+become the same JSON bodies as everywhere else (``billing.api.errors``); a body larger than
+``max_body`` bytes is refused with 413.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from billing.api.errors import billing_error_response, error_body, validation_error_response
 from billing.errors import BillingError
 
-Handler = Callable[[Request], Awaitable[Response]]
+# (app, ASGI scope, request body) -> (status, JSON body, extra headers)
+Handler = Callable[[FastAPI, dict, bytes], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]]
+_JSON = (b"content-type", b"application/json")
 log = logging.getLogger("billing.api")
 
 
@@ -45,11 +48,8 @@ class BillingAPI(FastAPI):
             response: Response = JSONResponse(error_body("http_413", f"request body over {self.max_body} bytes"),
                                               status_code=413)
         else:
-            async def replay() -> dict:
-                return {"type": "http.request", "body": body, "more_body": False}
-
             try:
-                response = await handler(Request(scope, replay))
+                status, payload, headers = await handler(self, scope, body)
             except BillingError as exc:
                 response = billing_error_response(exc)
             except RequestValidationError as exc:
@@ -57,6 +57,11 @@ class BillingAPI(FastAPI):
             except Exception:  # the same last resort as the app's own handler
                 log.exception("unhandled error")
                 response = JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+            else:
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
+                await send({"type": "http.response.body", "body": payload})
+                return
         await response(scope, receive, send)
 
 

@@ -20,13 +20,15 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.models import Customer, SeatChange, Subscription
 
 
+def _api_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, else of ``X-API-Key``."""
+    key = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
+    return key or x_api_key
+
+
 def _principal(request: Request) -> Principal:
-    auth = request.headers.get("authorization")
-    key = None
-    if auth and auth.lower().startswith("bearer "):
-        key = auth[7:].strip()
-    key = key or request.headers.get("x-api-key")
-    return request.app.state.keys.authenticate(key)
+    headers = request.headers
+    return request.app.state.keys.authenticate(_api_key(headers.get("authorization"), headers.get("x-api-key")))
 
 
 def scoped(*scopes: str):
@@ -70,11 +72,16 @@ def _subscription_json(s: Subscription) -> dict[str, Any]:
 def _json(data: Any, decision: dict[str, Any] | None = None) -> Response:
     """Serialise plain JSON directly (our payloads are already JSON-ready: skips FastAPI's
     generic encoder); a deny that waiting clears carries ``Retry-After``."""
-    headers = None
-    if decision is not None and decision.get("outcome") == "deny" and decision.get("retry_after") is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(decision["retry_after"])))}
+    retry = _retry_after(decision) if decision is not None else None
+    headers = {"Retry-After": retry} if retry is not None else None
     return Response(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), media_type="application/json",
                     headers=headers)
+
+
+def _retry_after(decision: dict[str, Any]) -> str | None:
+    if decision.get("outcome") == "deny" and decision.get("retry_after") is not None:
+        return str(max(1, math.ceil(decision["retry_after"])))
+    return None
 
 
 # ------------------------------------------------------------------------- events
@@ -108,24 +115,43 @@ def _json_body(model) -> dict[str, Any]:
 @router.post("/quota/check", tags=["quota"], summary="May this customer make this call now, on which lane?",
              openapi_extra=_json_body(QuotaIn))
 async def quota_check(request: Request) -> Response:
+    decision = await check_decision(request.app.state, request.headers.get("authorization"),
+                                    request.headers.get("x-api-key"), await request.body())
+    return _json(decision, decision)
+
+
+async def quota_check_fast(app: Any, scope: dict, body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """``quota_check`` for ``billing.api.fastpath`` (the raw ASGI scope: no Request object)."""
+    auth = api_key = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            auth = value.decode("latin-1")
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1")
+    decision = await check_decision(app.state, auth, api_key, body)
+    retry = _retry_after(decision)
+    return 200, orjson.dumps(decision, option=orjson.OPT_NON_STR_KEYS), \
+        [] if retry is None else [(b"retry-after", retry.encode())]
+
+
+async def check_decision(state: Any, auth: str | None, api_key: str | None, body: bytes) -> dict[str, Any]:
     # the hot path: authentication and body validation inline (the same rules as the
     # dependencies and models of the other routes, without FastAPI's per-request machinery)
-    principal = _principal(request)
+    principal = state.keys.authenticate(_api_key(auth, api_key))
     if not principal.allows("check"):
         raise BillingError(f"this API key's scope ({principal.scope}) does not allow this; needs check",
                            code=ErrorCode.FORBIDDEN)
     try:
-        body = QuotaIn.model_validate_json(await request.body())
+        body = QuotaIn.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     principal.require_customer(body.customer)
-    quota = _svc(request).quota
+    quota = state.services.quota
     call = partial(quota.check, body.customer, body.key, body.quantity, model=body.model, task=body.task,
                    tokens=body.tokens, cost=body.cost, steps=body.steps)
     # on SQLite a check is a few local lock-free reads: cheaper inline than a thread hop;
     # over a network (PostgreSQL) it runs in the thread pool
-    decision = (call() if quota.inline_reads else await run_in_threadpool(call)).to_json()
-    return _json(decision, decision)
+    return (call() if quota.inline_reads else await run_in_threadpool(call)).to_json()
 
 
 @router.post("/quota/reserve", tags=["quota"], summary="Decide and hold the estimate until commit/release/expiry")
