@@ -317,6 +317,11 @@ def test_text_postgres_cannot_store_is_4xx_not_500():
             r = client.request(method, path, json=body, headers=headers)
             assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
             assert r.json()["code"], r.text
-        events = [event(1), {**event(2), "id": "e\x00"}, event(3)]
-        r = client.post("/v1/events", json={"events": events}, headers=headers).json()
-        assert [x["status"] for x in r["results"]] == ["accepted", "rejected", "accepted"]
+        events = [event(1, task="t-ok"), {**event(2), "id": "e\x00"}, event(3, task="t\x00bad"),
+                  event(4, task="t" * 201), event(5)]
+        r = client.post("/v1/events", json={"events": events}, headers=headers)
+        assert r.status_code == 200, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["accepted", "rejected", "rejected", "rejected",
+                                                              "accepted"]
+        with engine.connect() as conn:  # the good event's agent task usage was counted
+            assert conn.exec_driver_sql("SELECT task_id, steps FROM agent_task_usage").all() == [("t-ok", 1)]

@@ -337,6 +337,61 @@ def test_batch_fast_path_agrees_on_well_formed_events(raws):
     assert batch(raws) == [fast(raw) for raw in raws]
 
 
+class _Text(str):
+    """A str subclass (an enum's value, say): the fast path must not treat it as plain text."""
+
+
+@st.composite
+def unstorable_events(draw) -> dict:
+    """A well-formed event with text PostgreSQL cannot store or read back somewhere in it
+    (a NUL character), or an agent task id too long for its column."""
+    props: dict = {"model": draw(st.sampled_from(KNOWN_MODELS))}
+    for key in draw(st.lists(st.sampled_from(TOKEN_KEYS), min_size=1, max_size=3, unique=True)):
+        props[key] = draw(st.integers(0, 3_000_000))
+    if draw(st.booleans()):
+        props["feature"] = "support-chat"
+    raw = {"id": draw(st.text(string.ascii_letters + string.digits, min_size=1, max_size=12)), "customer": "acme",
+           "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z", "properties": props}
+    bad = draw(st.sampled_from(["a\x00", "\x00", "caf\u00e9\x00"]))
+    where = draw(st.sampled_from(["id", "customer", "model", "model_subclass", "value", "key", "nested", "task",
+                                  "task_long", "task_subclass", "escaped"]))
+    if where in ("id", "customer"):
+        raw[where] = raw[where] + bad
+    elif where == "model":
+        props["model"] = props["model"] + bad
+    elif where == "model_subclass":
+        props["model"] = _Text(bad)
+        for key in TOKEN_KEYS:
+            props.pop(key, None)
+    elif where == "value":
+        props["user"] = bad
+    elif where == "key":
+        props["user" + bad] = 1
+    elif where == "nested":
+        props["meta"] = {"tags": ["ok", bad]}
+    elif where == "task":
+        props["task"] = bad
+    elif where == "task_long":
+        props["task"] = "t" * draw(st.integers(199, 202))
+    elif where == "task_subclass":
+        props["task"] = _Text("t" * 201)
+    else:  # a backslash and "u0000": six characters, not a NUL (accepted)
+        props["user"] = "\\u0000"
+    return raw
+
+
+@FAST
+@given(st.lists(unstorable_events(), min_size=1, max_size=8))
+def test_batch_fast_path_equals_prepare_on_unstorable_text(raws):
+    got = batch(raws)
+    assert got == [fast(raw) for raw in raws]
+    for raw, p in zip(raws, got):
+        props = raw["properties"]
+        nul = any("\x00" in str(v) for v in (raw["id"], raw["customer"], *props, *props.values()))
+        if nul or len(str(props.get("task", ""))) > 200:
+            assert isinstance(p, Rejection) and p.code in (ErrorCode.EVENT_INVALID, ErrorCode.UNKNOWN_MODEL), raw
+
+
 def test_batch_fast_path_takes_common_events_without_the_general_rules(monkeypatch):
     """The inline path really handles the common shape (else the equality above is vacuous)."""
     import billing.ledger.prepare as module

@@ -208,7 +208,7 @@ def _text_nobody_can_store(q) -> None:
     """NUL characters and lone surrogates in any text of a quota call are validation errors
     (PostgreSQL cannot store a NUL; a lone surrogate is not UTF-8), never a driver error."""
     bad = ["a\x00b", "\ud800"]
-    calls = [lambda v: q.check(v, "requests"), lambda v: q.check("acme", v), lambda v: q.reserve(v, "requests"),
+    calls = [lambda v: q.check(v, "requests"), lambda v: q.reserve(v, "requests"),
              lambda v: q.reserve("acme", "requests", model=v), lambda v: q.reserve("acme", "requests", task=v),
              lambda v: q.reserve("acme", "requests", request_id=v), lambda v: q.commit(v),
              lambda v: q.release(v)]

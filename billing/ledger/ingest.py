@@ -26,7 +26,7 @@ from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.ledger import event_store, repository
 from billing.ledger.counters import CounterPlanner, subscription_views
-from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare_batch
+from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch
 from billing.ledger.types import to_us
 
 
@@ -93,6 +93,7 @@ class Ledger:
             types |= plan.event_types
         self.known_types = frozenset(types)
         self.measured = measured_properties(catalog)
+        self.task_properties = task_properties(catalog)
         self._customers: dict[str, str] = {}  # customer id -> timezone, of customers seen to exist
 
     def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
@@ -143,7 +144,7 @@ class Ledger:
         problems: dict[int, tuple[str, str]] = {}
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
         results = prepare_batch(raws, now_us=now_us, tolerance_us=self.tolerance_us, known_types=self.known_types,
-                                pricer=self.pricer, measured=self.measured)
+                                pricer=self.pricer, measured=self.measured, task_properties=self.task_properties)
         if Rejection in set(map(type, results)):
             index = [i for i, p in enumerate(results) if type(p) is not Rejection]
             for i, p in enumerate(results):
@@ -273,6 +274,12 @@ def measured_properties(catalog: Catalog) -> frozenset[str]:
     (tokens, steps...), an event's value for them must be a non-negative number."""
     return frozenset(m.property for plan in catalog.all() for m in plan.meters
                      if m.aggregation in ("sum", "max") and m.property)
+
+
+def task_properties(catalog: Catalog) -> frozenset[str]:
+    """The properties that name an agent task (``task``, and each plan's ``task_property``):
+    their values become task ids, so they must fit one."""
+    return TASK_PROPERTIES | frozenset(plan.agent_limits.task_property for plan in catalog.all() if plan.agent_limits)
 
 
 def _chunks(events: Iterable[Any], size: int):

@@ -8,6 +8,8 @@ tokens names a model the cost book knows at the event's time.
 
 from __future__ import annotations
 
+import json
+
 import orjson
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -68,6 +70,33 @@ def _reject(code: ErrorCode, message: str) -> Rejection:
 
 
 _QUANTITY_KEYS: dict[str, bool] = {}
+
+TASK_PROPERTIES = frozenset({"task"})  # the default agent task property (plans may name others)
+MAX_TASK_ID = 200  # agent_task_usage.task_id
+
+
+def _task_problem(props: dict, task_properties: frozenset[str]) -> Rejection | None:
+    """An agent task id (the value of a task property) is stored as text of at most 200
+    characters: longer, or with a NUL character, is this event's rejection."""
+    for name in task_properties:
+        value = props.get(name)
+        if value is not None:
+            text = value if isinstance(value, str) else str(value)
+            if len(text) > MAX_TASK_ID or "\x00" in text:
+                return _reject(ErrorCode.EVENT_INVALID, f"property {name!r} (an agent task id) must be at most "
+                                                        f"{MAX_TASK_ID} characters, without NUL characters")
+    return None
+
+
+def _holds_nul(value: Any) -> bool:
+    """A NUL character in any key or string of decoded JSON."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _quantity_problem(props: dict, measured: frozenset[str]) -> Rejection | None:
@@ -155,7 +184,8 @@ def _parse_ts(value: Any) -> int | Rejection:
 
 
 def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[str],
-            pricer: Pricer, measured: frozenset[str] = frozenset()) -> Prepared | Rejection:
+            pricer: Pricer, measured: frozenset[str] = frozenset(),
+            task_properties: frozenset[str] = TASK_PROPERTIES) -> Prepared | Rejection:
     if type(raw) is not dict:
         if isinstance(raw, UsageEvent):
             raw = raw.model_dump()
@@ -190,7 +220,7 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return ts
     if ts > now_us + tolerance_us:
         return _reject(ErrorCode.TIMESTAMP_IN_FUTURE, "timestamp is too far in the future")
-    problem = _quantity_problem(props, measured)
+    problem = _quantity_problem(props, measured) or _task_problem(props, task_properties)
     if problem:
         return problem
     try:
@@ -209,6 +239,8 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         text = orjson.dumps(props, default=str).decode()
     except (TypeError, orjson.JSONEncodeError):
         return _reject(ErrorCode.EVENT_INVALID, "properties are not JSON-serialisable")
+    if "\\u0000" in text and _holds_nul(json.loads(text)):  # PostgreSQL cannot read such JSON back
+        return _reject(ErrorCode.EVENT_INVALID, "properties must not contain NUL characters")
     return Prepared(customer, event_id, etype, ts, text, None if model is None else str(model)[:200], cost, props)
 
 
@@ -239,17 +271,20 @@ def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
 _TOKEN_SLOTS = {name: slot for slot, (name, _) in enumerate(_TOKEN_PRICE_FIELDS)}
 
 
-def _shape(keys: tuple[str, ...], measured: frozenset[str]) -> tuple | None:
-    """For properties with these keys: (the quantity keys, (token key, price slot) pairs),
-    or None when the general rules must decide (an explicit cost, a batch flag)."""
+def _shape(keys: tuple[str, ...], measured: frozenset[str], task_properties: frozenset[str]) -> tuple | None:
+    """For properties with these keys: (the quantity keys, (token key, price slot) pairs,
+    the task keys), or None when the general rules must decide (an explicit cost, a batch
+    flag)."""
     if "cost" in keys or "batch" in keys:
         return None
     quantities = tuple(k for k in keys if is_quantity_key(k) or k in measured)
-    return quantities, tuple((k, _TOKEN_SLOTS[k]) for k in keys if k in _TOKEN_SLOTS)
+    return (quantities, tuple((k, _TOKEN_SLOTS[k]) for k in keys if k in _TOKEN_SLOTS),
+            tuple(k for k in keys if k in task_properties))
 
 
 def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_types: frozenset[str],
-                  pricer: Pricer, measured: frozenset[str] = frozenset()) -> list[Prepared | Rejection]:
+                  pricer: Pricer, measured: frozenset[str] = frozenset(),
+                  task_properties: frozenset[str] = TASK_PROPERTIES) -> list[Prepared | Rejection]:
     """``[prepare(raw) for raw in raws]``, faster: the common shape of an event (a dict of
     exactly the five fields, string id/customer/type, a ``...Z`` second-precision
     timestamp, properties whose quantities are non-negative integers, a known model at
@@ -261,14 +296,15 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
     out: list[Prepared | Rejection] = []
     append = out.append
     for raw in raws:
-        p = _common(raw, limit, known_types, pricer, measured, prices, shapes)
+        p = _common(raw, limit, known_types, pricer, measured, task_properties, prices, shapes)
         append(p if p is not None else prepare(raw, now_us=now_us, tolerance_us=tolerance_us,
-                                               known_types=known_types, pricer=pricer, measured=measured))
+                                               known_types=known_types, pricer=pricer, measured=measured,
+                                               task_properties=task_properties))
     return out
 
 
 def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, measured: frozenset[str],
-            prices_cache: dict, shapes: dict) -> Prepared | None:
+            task_properties: frozenset[str], prices_cache: dict, shapes: dict) -> Prepared | None:
     """The event as ``prepare`` would have it, when it has the common shape; else None."""
     if type(raw) is not dict or len(raw) != 5:
         return None
@@ -288,16 +324,20 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
     keys = tuple(props)
     shape = shapes.get(keys, _MISSING)
     if shape is _MISSING:
-        shape = shapes[keys] = _shape(keys, measured)
+        shape = shapes[keys] = _shape(keys, measured, task_properties)
     if shape is None:  # "cost" or "batch" given: the general rules
         return None
-    quantities, slots = shape
+    quantities, slots, tasks = shape
     for key in quantities:  # every quantity a plain int in range
         value = props[key]
         if type(value) is not int or value < 0 or value > MAX_EVENT_QUANTITY:
             return None
+    for key in tasks:  # every task id plain text that fits
+        value = props[key]
+        if type(value) is not str or len(value) > MAX_TASK_ID or "\x00" in value:
+            return None
     model = props.get("model")
-    if type(model) is str and "\x00" in model:
+    if model is not None and type(model) is not str:
         return None
     cost = 0
     if slots:
@@ -320,6 +360,8 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
     try:
         text = orjson.dumps(props).decode()
     except (TypeError, orjson.JSONEncodeError):
+        return None
+    if "\\u0000" in text:  # maybe a NUL character: the general rules decide
         return None
     return _tuple_new(Prepared, (customer, event_id, etype, ts, text,
                                  None if model is None else (model if type(model) is str else str(model))[:200],

@@ -89,7 +89,12 @@ class Connections:
         if self.pg:
             import psycopg
 
-            conn = psycopg.connect(self._conninfo, autocommit=True, options="-c plan_cache_mode=force_generic_plan")
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+            # generic plans: these connections only run the quota statements, key lookups whose
+            # plan does not depend on the values; re-planning each execution (PostgreSQL's
+            # default for statements with array parameters) cost more than running them. (A
+            # SET, not a connection option: that would replace the URL's own options.)
+            conn.execute("SET plan_cache_mode = force_generic_plan")
             conn.prepared_max = 1000  # batch statements vary with the batch's shape: keep them all prepared
             return conn
         import sqlite3

@@ -73,6 +73,8 @@ def parse_request(customer, key, quantity, model, task, tokens, cost, steps) -> 
     and its text (``storable_text``)."""
     for name, value in (("customer", customer), ("meter or charge", key), ("model", model), ("task", task)):
         storable_text(name, value)
+    if task is not None and not 0 < len(task) <= 200:
+        raise BillingError("task must be 1-200 characters", code=ErrorCode.VALIDATION)
     try:
         q = _number(quantity)
         c = _number(cost)

@@ -412,7 +412,7 @@ class QuotaWriter:
                                         code=ErrorCode.RESERVATION_STATE)
                 continue
             p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
-                        pricer=ledger.pricer, measured=ledger.measured)
+                        pricer=ledger.pricer, measured=ledger.measured, task_properties=ledger.task_properties)
             if type(p) is Rejection:
                 op.error = BillingError(p.message, code=ErrorCode(p.code))
                 continue
