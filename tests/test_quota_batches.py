@@ -151,6 +151,42 @@ def test_combiner_runs_each_op_once_and_hands_the_slot_over():
     assert sizes == [1, 19]  # the finishing leader handed its slot to one caller, who led all the others
 
 
+def test_combiner_gathers_under_load_and_never_makes_a_lone_caller_wait():
+    sizes: list[int] = []
+
+    def run_batch(batch):
+        sizes.append(len(batch))
+        for op in batch:
+            op.result = op.request
+
+    combiner = Combiner(run_batch, leaders=1, gather=5.0)
+    started = time.monotonic()
+    assert [combiner.submit(Op("reserve", request=i)) for i in range(3)] == [0, 1, 2]
+    assert time.monotonic() - started < 1.0 and sizes == [1, 1, 1]  # alone: no waiting at all
+
+    combiner._last = 4  # as after a batch of four: the next leader waits for three more
+    results: list[int] = []
+
+    def later(i):
+        time.sleep(0.2)  # arrive while the leader is gathering
+        results.append(combiner.submit(Op("reserve", request=i)))
+
+    threads = [threading.Thread(target=later, args=(i,)) for i in (11, 12, 13)]
+    for t in threads:
+        t.start()
+    started = time.monotonic()
+    assert combiner.submit(Op("reserve", request=10)) == 10
+    for t in threads:
+        t.join(10)
+    assert time.monotonic() - started < 4.0  # woken by the arrivals, not by the 5 s limit
+    assert sizes[3:] == [4] and sorted(results) == [11, 12, 13]
+
+    combiner._last, combiner._gather = 4, 0.05  # nobody else comes: the wait is bounded
+    started = time.monotonic()
+    assert combiner.submit(Op("reserve", request=20)) == 20
+    assert 0.04 <= time.monotonic() - started < 1.0 and sizes[4:] == [1]
+
+
 def test_concurrent_reserve_and_commit_keep_the_books(engine):
     q = quota(engine, "acme")
 
