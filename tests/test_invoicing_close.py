@@ -460,6 +460,25 @@ def test_event_committed_after_a_higher_id_is_not_lost(world):
     assert billed(world, "a", "requests", d(10, 1), d(11, 1)) == 200
 
 
+def test_rated_to_date_applies_a_mid_period_expiry_as_the_close_will(world):
+    """The margin report's "rated to date" of an open period gives a grant that expired
+    inside it the same rule as the close: it covers only the usage before its expiry."""
+    from billing.reports.margins import margin_report
+
+    customer(world, "p", "copilot-premium")
+    world.accounts.grant_credits("p", Decimal("50"), at=d(10, 1), expires_at=d(10, 15), grant_id="short")
+    world.at(d(10, 30))
+    world.record([ev("p", d(10, 5)) for _ in range(350)] + [ev("p", d(10, 20)) for _ in range(500)])
+    rated = {c.customer: c for c in margin_report(world.engine, CATALOG, "2026-10", as_of=d(10, 31)).customers}
+    assert rated["p"].source == "rated"
+    close(world, d(11, 1))
+    invoiced = {c.customer: c for c in margin_report(world.engine, CATALOG, "2026-10", as_of=d(11, 2)).customers}
+    assert invoiced["p"].source == "invoiced"
+    assert rated["p"].revenue == invoiced["p"].revenue  # $2 of the $22 overage covered, not all of it
+    (oct_,) = docs_of(world, "p")
+    assert {key: amount for kind, key, amount in lines_of(oct_) if kind == "credit"} == {"short": -200}
+
+
 def test_grant_expiring_mid_period_covers_only_the_usage_before_its_expiry(world):
     """copilot-premium: 300 requests included, then $0.04. 350 requests before Oct 15 ($2 of
     overage), 500 after ($20): a $50 grant expiring on Oct 15 covers the $2, not $22."""

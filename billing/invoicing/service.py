@@ -39,7 +39,7 @@ from billing.invoicing.documents import (
 from billing.invoicing.late import late_changes
 from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
-from billing.ledger.aggregate_sql import aggregate_window
+from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
 from billing.ledger.counters import to_micro
 from billing.ledger.models import Invoice, InvoiceLineRow, Subscription
 from billing.ledger.types import to_us
@@ -422,21 +422,3 @@ def invoice_json(inv: Invoice, lines: list[InvoiceLineRow]) -> dict:
         "finalized_at": inv.finalized_at.isoformat() if inv.finalized_at else None,
         "paid_at": inv.paid_at.isoformat() if inv.paid_at else None,
     }
-
-
-def usage_before_expiries(conn, plan: Plan, customer: str, period: Period, start: datetime, end: datetime,
-                          grants, watermark: int) -> dict[datetime, dict[str, MeterTotals]]:
-    """The usage of the window [start, end) up to each grant's expiry inside it, for the
-    rating rule that a grant expiring mid-period covers only the usage before its expiry
-    (empty usage when it expired before the window; nothing needed when it outlives it)."""
-    out: dict[datetime, dict[str, MeterTotals]] = {}
-    for grant, balance in grants:
-        t = grant.expires_at
-        if balance <= 0 or t is None or not period.start < t < period.end or t >= end or t in out:
-            continue
-        if t <= start:
-            out[t] = {}
-            continue
-        totals, _ = aggregate_window(conn, plan, [customer], to_us(start), to_us(t), watermark)
-        out[t] = totals[customer]
-    return out

@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection
 
 from billing.catalog.schema import Meter, PercentagePrice, Plan
+from billing.ledger.types import to_us
 from billing.rating.charges.percentage import needs_transactions
+from billing.rating.periods import Period
 from billing.rating.types import MeterTotals
 
 _SAFE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -285,3 +288,21 @@ def max_event_id(conn: Connection) -> int:
         return int(cursor.fetchone()[0])
     finally:
         cursor.close()
+
+
+def usage_before_expiries(conn, plan: Plan, customer: str, period: Period, start: datetime, end: datetime,
+                          grants, watermark: int) -> dict[datetime, dict[str, MeterTotals]]:
+    """The usage of the window [start, end) up to each grant's expiry inside it, for the
+    rating rule that a grant expiring mid-period covers only the usage before its expiry
+    (empty usage when it expired before the window; nothing needed when it outlives it)."""
+    out: dict[datetime, dict[str, MeterTotals]] = {}
+    for grant, balance in grants:
+        t = grant.expires_at
+        if balance <= 0 or t is None or not period.start < t < period.end or t >= end or t in out:
+            continue
+        if t <= start:
+            out[t] = {}
+            continue
+        totals, _ = aggregate_window(conn, plan, [customer], to_us(start), to_us(t), watermark)
+        out[t] = totals[customer]
+    return out

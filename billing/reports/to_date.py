@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from billing.catalog import Catalog
 from billing.catalog.schema import Plan
-from billing.ledger.aggregate_sql import aggregate_window
+from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
 from billing.ledger.types import to_us
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import Period, seat_segments
@@ -88,13 +88,18 @@ def rate_windows(conn: Connection, catalog: Catalog, subs: list, periods: dict[s
             if k is not None:
                 usage = {key: scaled_totals(plan, key, t, k) for key, t in usage.items()}
                 cost = cost * k
+            rows = grants.get(s.customer_id, [])
             g = [CreditGrant(g.id, Decimal(left) / MICRO, g.name, g.expires_at, g.effective_at,
                              tuple(g.applies_to.split(",")) if g.applies_to else None)
-                 for g, left in grants.get(s.customer_id, []) if left > 0]
+                 for g, left in rows if left > 0]
+            # a grant that expired by now covered only the usage before its expiry, as the close
+            # will rate it (a forecast's projected usage has no such split: left as it was)
+            before = usage_before_expiries(conn, plan, s.customer_id, p, start, until, rows, watermark) \
+                if k is None else {}
             inv = rate_period(RatingInput(plan, s.customer_id, p, usage, seat_changes=seats.get(s.id, []),
                                           grants=g, active_from=s.started_at if s.started_at > p.start else None,
                                           active_until=s.ended_at if s.ended_at and s.ended_at < p.end else None,
-                                          trial_end=s.trial_end, provider_cost=cost))
+                                          trial_end=s.trial_end, provider_cost=cost, usage_before=before))
             history = seats.get(s.id, [])
             most = max((seg.seats for seg in seat_segments(history, p)), default=1) if history else 1
             out.append(RatedWindow(s, plan, p, start, end, until, inv, usage, most))
