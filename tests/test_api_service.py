@@ -3,6 +3,7 @@ customers, invoices, plans, OpenAPI."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -279,6 +280,17 @@ def test_fast_path_serves_check_and_healthz_like_the_router(api):
     assert huge.status_code == 413 and huge.json()["code"] == "http_413"
     # the router still has the route (OpenAPI, and paths the fast path does not take)
     assert "/v1/quota/check" in api("GET", "/openapi.json", key=None).json()["paths"]
+
+
+def test_fast_path_reads_repeated_key_headers_like_the_router(api):
+    """The first Authorization (or X-API-Key) header counts, on the fast path as on every route."""
+    good, bad = f"Bearer {api.keys['check']}", "Bearer bk_nope"
+    body = {"customer": "acme", "meter": "requests"}
+    for first, second, status in ((bad, good, 401), (good, bad, 200)):
+        headers = [("authorization", first), ("authorization", second), ("content-type", "application/json")]
+        for path in ("/v1/quota/check", "/v1/quota/reserve"):
+            r = api.client.post(path, content=json.dumps(body).encode(), headers=headers)
+            assert r.status_code == status, (path, first, r.text)
 
 
 def test_fast_path_answers_an_unexpected_error_as_json_500(api, monkeypatch):

@@ -186,6 +186,14 @@ def test_combiner_gathers_under_load_and_never_makes_a_lone_caller_wait():
     assert combiner.submit(Op("reserve", request=20)) == 20
     assert 0.04 <= time.monotonic() - started < 1.0 and sizes[4:] == [1]
 
+    combiner._last = 4
+    time.sleep(0.6)  # a quiet spell (over 10 x gather) after a busy batch: no waiting
+    started = time.monotonic()
+    assert combiner.submit(Op("reserve", request=30)) == 30
+    assert time.monotonic() - started < 0.04
+
+    assert Combiner(run_batch, leaders=2, gather=5.0)._gather == 0.0  # a new caller would take the free slot
+
 
 def test_concurrent_reserve_and_commit_keep_the_books(engine):
     q = quota(engine, "acme")

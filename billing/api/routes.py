@@ -123,10 +123,11 @@ async def quota_check(request: Request) -> Response:
 async def quota_check_fast(app: Any, scope: dict, body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """``quota_check`` for ``billing.api.fastpath`` (the raw ASGI scope: no Request object)."""
     auth = api_key = None
-    for name, value in scope["headers"]:
+    for name, value in scope["headers"]:  # the first of each, as Starlette's headers.get
         if name == b"authorization":
-            auth = value.decode("latin-1")
-        elif name == b"x-api-key":
+            if auth is None:
+                auth = value.decode("latin-1")
+        elif name == b"x-api-key" and api_key is None:
             api_key = value.decode("latin-1")
     decision = await check_decision(app.state, auth, api_key, body)
     retry = _retry_after(decision)

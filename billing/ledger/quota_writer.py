@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -67,22 +68,26 @@ class Combiner:
     the op's own lock until a leader has run it, or until a finishing leader hands it the
     slot (then it leads a batch of everything queued). Each op is woken exactly once.
 
-    ``gather`` (seconds): under load (the last batch had several operations), a leader
-    waits up to this long for as many operations as the last batch had before it starts,
-    as a database's group commit delay does: a batch's round trips and its commit cost
-    the same for one operation as for twenty. A lone caller never waits."""
+    ``gather`` (seconds, with one leader only): under load (the last batch had several
+    operations and began within the last ``10 * gather``), a leader waits up to this long
+    for as many operations as the last batch had before it starts, as a database's group
+    commit delay does: a batch's round trips and its commit cost the same for one operation
+    as for twenty. A caller arriving after a quiet spell does not wait. (With several
+    leaders a new caller takes a free slot instead of queueing, so a waiting leader would
+    wait for nothing.)"""
 
     def __init__(self, run: Callable[[list[Op]], None], *, leaders: int = 1, max_batch: int = _MAX_BATCH,
                  gather: float = 0.0):
         self._run = run
         self._leaders = leaders
         self._max = max_batch
-        self._gather = gather
+        self._gather = gather if leaders == 1 else 0.0
         self._mutex = threading.Lock()
         self._arrived = threading.Condition(self._mutex)
         self._queue: list[Op] = []
         self._active = 0
         self._last = 1  # operations in the last batch
+        self._last_at = 0.0  # when it began (time.monotonic())
 
     def submit(self, op: Op) -> Any:
         with self._mutex:
@@ -101,9 +106,12 @@ class Combiner:
             if op.done:
                 return self._outcome(op)
         with self._mutex:  # we lead: our op and everything queued
-            want = min(self._last, self._max) - 1
-            if self._gather and len(self._queue) < want:
-                self._arrived.wait_for(lambda: len(self._queue) >= want, timeout=self._gather)
+            if self._gather:
+                now = time.monotonic()
+                want = min(self._last, self._max) - 1 if now - self._last_at < 10 * self._gather else 0
+                if len(self._queue) < want:
+                    self._arrived.wait_for(lambda: len(self._queue) >= want, timeout=self._gather)
+                self._last_at = now
             batch = [op, *self._queue[:self._max - 1]]
             del self._queue[:len(batch) - 1]
             self._last = len(batch)
