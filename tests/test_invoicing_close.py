@@ -479,6 +479,27 @@ def test_rated_to_date_applies_a_mid_period_expiry_as_the_close_will(world):
     assert {key: amount for kind, key, amount in lines_of(oct_) if kind == "credit"} == {"short": -200}
 
 
+@pytest.mark.parametrize("expires", [None, 20, 16], ids=["no-expiry", "expires-in-window-2", "at-the-change"])
+def test_rated_to_date_draws_a_grant_window_after_window_like_the_close(world, expires):
+    """A plan change mid-period gives two windows; one grant serves both, the second window
+    getting what the first left, in the report's rated-to-date as in the close."""
+    from billing.reports.margins import margin_report
+
+    customer(world, "p", "copilot-premium")
+    world.accounts.grant_credits("p", Decimal("10"), at=d(10, 1), grant_id="g",
+                                 expires_at=d(10, expires) if expires else None)
+    world.at(d(10, 16))
+    world.record([ev("p", d(10, 5)) for _ in range(350)])  # $2 of overage on the first plan
+    world.accounts.change_plan("p", "seats-requests", at=d(10, 16))
+    world.at(d(10, 30))
+    world.record([ev("p", d(10, 18)) for _ in range(5)] + [ev("p", d(10, 25)) for _ in range(25)])
+    rated = {c.customer: c for c in margin_report(world.engine, CATALOG, "2026-10", as_of=d(10, 31)).customers}
+    close(world, d(11, 1))
+    invoiced = {c.customer: c for c in margin_report(world.engine, CATALOG, "2026-10", as_of=d(11, 2)).customers}
+    assert (rated["p"].source, invoiced["p"].source) == ("rated", "invoiced")
+    assert rated["p"].revenue == invoiced["p"].revenue
+
+
 def test_grant_expiring_mid_period_covers_only_the_usage_before_its_expiry(world):
     """copilot-premium: 300 requests included, then $0.04. 350 requests before Oct 15 ($2 of
     overage), 500 after ($20): a $50 grant expiring on Oct 15 covers the $2, not $22."""

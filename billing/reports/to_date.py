@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from billing.catalog import Catalog
 from billing.catalog.schema import Plan
 from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
+from billing.ledger.counters import to_micro
 from billing.ledger.types import to_us
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import Period, seat_segments
@@ -76,33 +77,42 @@ def rate_windows(conn: Connection, catalog: Catalog, subs: list, periods: dict[s
     for job in jobs:
         s, p, start, _, until = job
         groups[(s.plan_id, s.plan_version, p, start, until)].append(job)
-    out = []
+    measured: dict[int, tuple[Plan, dict, Decimal]] = {}  # subscription id -> (plan, usage, cost)
     for (plan_id, version, p, start, until), members in groups.items():
         plan = catalog.get(plan_id, version)
         ids = sorted({s.customer_id for s, *_ in members})
         usage_of, cost_of = aggregate_window(conn, plan, ids, to_us(start), to_us(until), watermark)
-        for s, _, _, end, _ in members:
-            usage = usage_of.get(s.customer_id, {})
-            cost = cost_of.get(s.customer_id, ZERO)
-            k = (scale or {}).get(s.customer_id)
-            if k is not None:
-                usage = {key: scaled_totals(plan, key, t, k) for key, t in usage.items()}
-                cost = cost * k
-            rows = grants.get(s.customer_id, [])
-            g = [CreditGrant(g.id, Decimal(left) / MICRO, g.name, g.expires_at, g.effective_at,
-                             tuple(g.applies_to.split(",")) if g.applies_to else None)
-                 for g, left in rows if left > 0]
-            # a grant that expired by now covered only the usage before its expiry, as the close
-            # will rate it (a forecast's projected usage has no such split: left as it was)
-            before = usage_before_expiries(conn, plan, s.customer_id, p, start, until, rows, watermark) \
-                if k is None else {}
-            inv = rate_period(RatingInput(plan, s.customer_id, p, usage, seat_changes=seats.get(s.id, []),
-                                          grants=g, active_from=s.started_at if s.started_at > p.start else None,
-                                          active_until=s.ended_at if s.ended_at and s.ended_at < p.end else None,
-                                          trial_end=s.trial_end, provider_cost=cost, usage_before=before))
-            history = seats.get(s.id, [])
-            most = max((seg.seats for seg in seat_segments(history, p)), default=1) if history else 1
-            out.append(RatedWindow(s, plan, p, start, end, until, inv, usage, most))
+        for s, *_ in members:
+            measured[s.id] = (plan, usage_of.get(s.customer_id, {}), cost_of.get(s.customer_id, ZERO))
+    # a customer's windows in time order, each drawing on what the earlier ones left of the
+    # grants (as the close burns them window after window)
+    left = {c: {g.id: balance for g, balance in rows} for c, rows in grants.items()}
+    out = []
+    for s, p, start, end, until in sorted(jobs, key=lambda j: (j[0].customer_id, j[2], j[0].id)):
+        plan, usage, cost = measured[s.id]
+        k = (scale or {}).get(s.customer_id)
+        if k is not None:
+            usage = {key: scaled_totals(plan, key, t, k) for key, t in usage.items()}
+            cost = cost * k
+        balances = left.get(s.customer_id, {})
+        rows = [(g, balances[g.id]) for g, _ in grants.get(s.customer_id, [])]
+        g = [CreditGrant(g.id, Decimal(balance) / MICRO, g.name, g.expires_at, g.effective_at,
+                         tuple(g.applies_to.split(",")) if g.applies_to else None)
+             for g, balance in rows if balance > 0]
+        # a grant that expired by now covered only the usage before its expiry, as the close
+        # will rate it (a forecast's projected usage has no such split: left as it was)
+        before = usage_before_expiries(conn, plan, s.customer_id, p, start, until, rows, watermark) \
+            if k is None else {}
+        inv = rate_period(RatingInput(plan, s.customer_id, p, usage, seat_changes=seats.get(s.id, []),
+                                      grants=g, active_from=s.started_at if s.started_at > p.start else None,
+                                      active_until=s.ended_at if s.ended_at and s.ended_at < p.end else None,
+                                      trial_end=s.trial_end, provider_cost=cost, usage_before=before))
+        for grant_id, amount in inv.credits_used.items():
+            if grant_id in balances:
+                balances[grant_id] -= to_micro(amount)
+        history = seats.get(s.id, [])
+        most = max((seg.seats for seg in seat_segments(history, p)), default=1) if history else 1
+        out.append(RatedWindow(s, plan, p, start, end, until, inv, usage, most))
     out.sort(key=lambda w: (w.customer, w.start, w.sub.id))
     return out
 
