@@ -16,7 +16,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import Accounts
 from billing.ledger.holds import Outbox, Quota
 from billing.ledger.quota_types import Op, parse_request
-from billing.ledger.quota_writer import Combiner
+from billing.ledger.combiner import Combiner
 from test_quota_fixtures import NOW, T0, Clock, any_engine, catalog  # noqa: F401
 
 CAT = catalog()
