@@ -479,6 +479,21 @@ def test_rated_to_date_applies_a_mid_period_expiry_as_the_close_will(world):
     assert {key: amount for kind, key, amount in lines_of(oct_) if kind == "credit"} == {"short": -200}
 
 
+def test_forecast_counts_a_grant_that_expired_only_against_the_usage_before_its_expiry(world):
+    """Two customers alike but for a $50 grant that expired on Oct 15: the forecast takes off
+    only the $2 of overage before the expiry, not $50 of the projected overage."""
+    from billing.reports.forecast import forecast
+
+    for cid in ("granted", "plain"):
+        customer(world, cid, "copilot-premium", at=d(10, 1))
+    world.at(d(10, 20))
+    for cid in ("granted", "plain"):
+        world.record([ev(cid, d(10, 5)) for _ in range(350)] + [ev(cid, d(10, 18)) for _ in range(400)])
+    world.accounts.grant_credits("granted", Decimal("50"), at=d(10, 1), expires_at=d(10, 15), grant_id="short")
+    rows = {r.customer: r for r in forecast(world.engine, CATALOG, d(10, 20))}
+    assert rows["plain"].projected_invoice - rows["granted"].projected_invoice == Decimal("2.00")
+
+
 @pytest.mark.parametrize("expires", [None, 20, 16], ids=["no-expiry", "expires-in-window-2", "at-the-change"])
 def test_rated_to_date_draws_a_grant_window_after_window_like_the_close(world, expires):
     """A plan change mid-period gives two windows; one grant serves both, the second window

@@ -100,9 +100,9 @@ def rate_windows(conn: Connection, catalog: Catalog, subs: list, periods: dict[s
                          tuple(g.applies_to.split(",")) if g.applies_to else None)
              for g, balance in rows if balance > 0]
         # a grant that expired by now covered only the usage before its expiry, as the close
-        # will rate it (a forecast's projected usage has no such split: left as it was)
-        before = usage_before_expiries(conn, plan, s.customer_id, p, start, until, rows, watermark) \
-            if k is None else {}
+        # will rate it (also under a forecast: that usage is past, known exactly; a grant
+        # expiring after now covers the projected usage as a whole)
+        before = usage_before_expiries(conn, plan, s.customer_id, p, start, until, rows, watermark)
         inv = rate_period(RatingInput(plan, s.customer_id, p, usage, seat_changes=seats.get(s.id, []),
                                       grants=g, active_from=s.started_at if s.started_at > p.start else None,
                                       active_until=s.ended_at if s.ended_at and s.ended_at < p.end else None,
