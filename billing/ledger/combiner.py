@@ -14,8 +14,8 @@ _MAX_BATCH = 200
 
 
 class Combiner:
-    """Runs submitted operations in batches, at most ``leaders`` batches at a time (see the
-    module docstring). ``run(batch)`` must set each op's ``result`` or ``error``.
+    """Runs submitted operations in batches, at most ``leaders`` batches at a time (see
+    ``billing.ledger.quota_writer``). ``run(batch)`` must set each op's ``result`` or ``error``.
 
     A caller that finds a free slot leads at once. Otherwise it queues its op and sleeps on
     the op's own lock until a leader has run it, or until a finishing leader hands it the
@@ -64,6 +64,7 @@ class Combiner:
                 want = min(self._last, self._max) - 1 if now - self._last_at < 10 * self._gather else 0
                 if len(self._queue) < want:
                     self._arrived.wait_for(lambda: len(self._queue) >= want, timeout=self._gather)
+                    now = time.monotonic()
                 self._last_at = now
             batch = [op, *self._queue[:self._max - 1]]
             del self._queue[:len(batch) - 1]
