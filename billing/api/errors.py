@@ -12,8 +12,8 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DataError as DBAPIDataError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError as DBAPIDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.errors import BillingError, ErrorCode
@@ -101,8 +101,8 @@ def install(app: FastAPI) -> None:
     async def _data(_request: Request, exc: Exception) -> JSONResponse:
         # the database refused a value of the request (a NUL character in an id, a number
         # out of range...): the client's input, not a server fault
-        return JSONResponse(error_body(str(ErrorCode.VALIDATION),
-                                       f"a value cannot be stored: {getattr(exc, 'orig', None) or exc}"),
+        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]  # not the SQL or its parameters
+        return JSONResponse(error_body(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}"),
                             status_code=status_for(str(ErrorCode.VALIDATION)))
 
     app.add_exception_handler(DBAPIDataError, _data)  # through SQLAlchemy
