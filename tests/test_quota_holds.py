@@ -230,3 +230,51 @@ def test_unstorable_text_is_a_validation_error_postgres():
     with postgres_database() as engine:
         q, _clock = setup(engine, "cursor-pro")
         _text_nobody_can_store(q)
+
+
+def test_batched_postgres_checks_decide_as_one_check_alone():
+    """On PostgreSQL concurrent checks share one read (``Quota._check_batch``): every answer
+    equals the one a check alone gets, whatever mix of customers, plans, holds, rate windows,
+    tasks and unknown customers the batch holds."""
+    postgres_server_url()
+    with postgres_database() as engine:
+        q, clock = setup(engine, "cursor-pro")  # rate-limited slow lane
+        acc = Accounts(engine, CAT)
+        for cid, plan in (("blk", "blocky"), ("chat", "support-chatbot")):
+            acc.create_customer(cid, now=T0)
+            acc.subscribe(cid, plan, at=T0)
+        q.reserve("acme", "requests", 500, ttl=3600)
+        for _ in range(5):
+            q.reserve("acme", "requests")  # five grants in the slow lane's rate window
+        r = q.reserve("blk", "steps", task="t1")
+        q.commit(r.id, {"properties": {"input_tokens": 10, "model": "claude-sonnet-4-5"}})
+        q.reserve("blk", "steps", task="t1")
+        q.reserve("blk", "steps", task="t1")  # 1 committed + 2 held: the task's 3 steps
+        q.reserve("chat", "messages", 60)
+        asks = [("acme", "requests", {}), ("acme", "requests", {"quantity": 30}), ("blk", "steps", {"task": "t1"}),
+                ("blk", "steps", {"task": "t9"}), ("chat", "messages", {"quantity": 50}), ("nobody", "messages", {}),
+                ("chat", "no-such-meter", {})] * 4
+
+        def answer(ask):
+            cid, key, kw = ask
+            try:
+                return q.check(cid, key, **kw).to_json()
+            except BillingError as exc:
+                return str(exc.code)
+
+        reads, q.reads = q.reads, None  # each check alone
+        alone = [answer(ask) for ask in asks]
+        q.reads = reads
+        sizes: list[int] = []
+        run = reads._run
+        reads._run = lambda ops: (sizes.append(len(ops)), run(ops))[1]
+        start = threading.Barrier(len(asks))
+
+        def together(ask):
+            start.wait()
+            return answer(ask)
+
+        with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+            assert list(pool.map(together, asks)) == alone
+        assert max(sizes) > 1  # checks did share reads
+        assert {a["reason"] for a in alone if isinstance(a, dict)} >= {"included", "task_limit"}

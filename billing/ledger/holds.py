@@ -42,8 +42,10 @@ from billing.ledger.ingest import Ledger
 from billing.ledger.models import UsageEventRow
 from billing.ledger.outbox import Outbox
 from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
+from billing.ledger.combiner import Combiner
 from billing.ledger.quota_sql import (
-    Connections, Context, load_context, make_state, parse_state, parse_task, state_query, task_query, usage_state)
+    Connections, Context, batch_state_query, batch_task_query, load_context, make_state, parse_batch_state,
+    parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
 from billing.ledger.quota_types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, storable_text, tokens_of)
 from billing.ledger.quota_writer import QuotaWriter
@@ -93,6 +95,9 @@ class Quota:
         self.context_ttl = context_ttl
         self._ctx_cache: dict[str, tuple[float, Context]] = {}
         self.writer = QuotaWriter(self, self.conns, leaders=writers)
+        # PostgreSQL checks of concurrent callers are batched (a few batches at once); SQLite
+        # reads are local and cheaper alone
+        self.reads = Combiner(self._check_batch, leaders=4) if self.conns.pg else None
 
     def close(self) -> None:
         """Close the driver connections this object keeps."""
@@ -144,10 +149,51 @@ class Quota:
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
             return decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request)
+        if self.reads is not None:  # over the network: concurrent checks share a round trip
+            return self.reads.submit(Op("check", customer=customer, request=request))
         with self.conns.read() as conn:
             ctx = self.context(conn, customer, now)
             state = usage_state(self.conns, conn, ctx, now, task)
         return decide(ctx.plan, state, request)
+
+    def _check_batch(self, ops: list[Op]) -> None:
+        """Checks of several callers: their customers' state in ONE round trip (one statement
+        per kind of read, as the quota writer's batches read it), then each decision."""
+        now = self.clock()
+        now_us = to_us(now)
+        with self.conns.read() as conn:
+            for op in ops:
+                try:
+                    op.ctx = self.context(conn, op.customer, now)
+                except BillingError as exc:
+                    op.error = exc
+            live = [op for op in ops if op.error is None]
+            if not live:
+                return
+            if len(live) == 1:  # alone: the one-customer statements
+                (op,) = live
+                state = usage_state(self.conns, conn, op.ctx, now, op.request.task)
+                try:
+                    op.result = decide(op.ctx.plan, state, op.request)
+                except BillingError as exc:
+                    op.error = exc
+                return
+            ctxs = {op.customer: op.ctx for op in live}
+            customers = sorted(ctxs)
+            pairs = sorted({(op.customer, op.request.task) for op in live if op.request.task is not None})
+            queries = [batch_state_query(True, [ctxs[c] for c in customers], now_us)]
+            if pairs:
+                queries.append(batch_task_query(True, pairs, now_us))
+            results = run_all(self.conns, conn, queries)
+        states = parse_batch_state(results[0], customers)
+        tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
+        for op in live:
+            usage, held, rates = states[op.customer]
+            task = tasks.get((op.customer, op.request.task)) if op.request.task is not None else None
+            try:
+                op.result = decide(op.ctx.plan, make_state(op.ctx, now, usage, held, rates, task), op.request)
+            except BillingError as exc:
+                op.error = exc
 
     def reserve(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, ttl: float | None = None,
                 request_id: str | None = None, model: str | None = None, task: str | None = None,

@@ -65,7 +65,7 @@ class Connections:
     closed, never reused. ``pg`` tells the dialect, ``ph`` its parameter placeholder.
     """
 
-    def __init__(self, engine: Engine, *, keep: int = 8):
+    def __init__(self, engine: Engine, *, keep: int = 32):
         self.engine = engine
         self.pg = engine.dialect.name == "postgresql"
         self.ph = "%s" if self.pg else "?"
@@ -329,6 +329,30 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
         else:
             rates[key] = int(units)
     return usage, held, rates
+
+
+def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, list[dict]]:
+    """Rows of ``batch_state_query`` -> customer -> [usage, held, rate counts] (as
+    ``parse_state``; the period's all-events counter row is left out)."""
+    states: dict[str, list[dict]] = {c: [{}, {}, {}] for c in customers}
+    for customer, kind, key, units, cost, n in rows:
+        usage, held, rates = states[customer]
+        if kind == "u":
+            if key != "*":
+                usage[key] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
+        elif kind == "h":
+            held[key] = MeterUsage(Decimal(int(units or 0)) / MICRO, Decimal(int(cost or 0)) / PICO, int(n))
+        else:
+            rates[key] = int(units)
+    return states
+
+
+def parse_batch_tasks(rows: list[tuple], pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TaskUsage]:
+    """Rows of ``batch_task_query`` -> (customer, task) -> its usage (as ``parse_task``)."""
+    grouped: dict[tuple[str, str], list[tuple]] = {pair: [] for pair in pairs}
+    for customer, task, *rest in rows:
+        grouped[(customer, task)].append(rest)
+    return {pair: parse_task(found) for pair, found in grouped.items()}
 
 
 def parse_task(rows: list[tuple]) -> TaskUsage:

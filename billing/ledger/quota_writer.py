@@ -47,7 +47,7 @@ from billing.ledger.prepare import Rejection, prepare
 from billing.ledger.quota_events import contributions, not_inserted, write_pg, write_sqlite
 from billing.ledger.quota_sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
-    holds_query, id_list, insert_holds, make_state, parse_task, run_all)
+    holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
 from billing.ledger.quota_types import READ_AGAIN, Op, Reservation, request_json
 from billing.ledger.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
@@ -178,23 +178,9 @@ class QuotaWriter:
         rid_cur = execute(*batch_request_query(pg, rids)) if rids else None
         hold_cur = execute(*holds_query(pg, sorted({op.reservation_id for op in settles}))) if settles else None
 
-        states: dict[str, list] = {c: [{}, {}, {}] for c in customers}  # the round trip
-        if state_cur is not None:
-            for row in state_cur.fetchall():
-                usage, held, rates_now = states[row[0]]
-                kind, key, units, cost, n = row[1:]
-                if kind == "u":
-                    usage[key] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
-                elif kind == "h":
-                    held[key] = MeterUsage(Decimal(int(units or 0)) / MICRO, Decimal(int(cost or 0)) / PICO, int(n))
-                else:
-                    rates_now[key] = int(units)
-        tasks: dict[tuple[str, str], TaskUsage] = {}
-        if task_cur is not None:
-            grouped: dict[tuple[str, str], list[tuple]] = {pair: [] for pair in pairs}
-            for customer, task, *rest in task_cur.fetchall():
-                grouped[(customer, task)].append(rest)
-            tasks = {pair: parse_task(rows) for pair, rows in grouped.items()}
+        # the round trip
+        states = parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {}
+        tasks = parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {}
         prior = {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {}
         holds: dict[str, tuple] = {}
         sub_rows: dict[int, tuple] = {}
