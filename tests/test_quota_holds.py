@@ -232,42 +232,56 @@ def test_unstorable_text_is_a_validation_error_postgres():
         _text_nobody_can_store(q)
 
 
+def _mixed_checks(engine):
+    """A quota over ``engine`` with customers in many states, the checks to ask (each
+    several times) and what each answers asked alone."""
+    q, _clock = setup(engine, "cursor-pro")  # rate-limited slow lane
+    acc = Accounts(engine, CAT)
+    for cid, plan in (("blk", "blocky"), ("chat", "support-chatbot")):
+        acc.create_customer(cid, now=T0)
+        acc.subscribe(cid, plan, at=T0)
+    q.reserve("acme", "requests", 500, ttl=3600)
+    for _ in range(5):
+        q.reserve("acme", "requests")  # five grants in the slow lane's rate window
+    r = q.reserve("blk", "steps", task="t1")
+    q.commit(r.id, {"properties": {"input_tokens": 10, "model": "claude-sonnet-4-5"}})
+    q.reserve("blk", "steps", task="t1")
+    q.reserve("blk", "steps", task="t1")  # 1 committed + 2 held: the task's 3 steps
+    q.reserve("chat", "messages", 60)
+    asks = [("acme", "requests", {}), ("acme", "requests", {"quantity": 30}), ("blk", "steps", {"task": "t1"}),
+            ("blk", "steps", {"task": "t9"}), ("chat", "messages", {"quantity": 50}), ("nobody", "messages", {}),
+            ("chat", "no-such-meter", {})] * 4
+
+    def answer(ask):
+        cid, key, kw = ask
+        try:
+            return q.check(cid, key, **kw).to_json()
+        except BillingError as exc:
+            return str(exc.code)
+
+    reads, q.reads = q.reads, None  # each check alone
+    alone = [answer(ask) for ask in asks]
+    q.reads = reads
+    assert {a["reason"] for a in alone if isinstance(a, dict)} >= {"included", "task_limit", "slow_tier"}
+    return q, asks, answer, alone
+
+
+def _count_batches(q) -> list[int]:
+    sizes: list[int] = []
+    run = q.check_batch
+    q.check_batch = lambda ops: (sizes.append(len(ops)), run(ops))[1]
+    q.reads._run = q.check_batch
+    return sizes
+
+
 def test_batched_postgres_checks_decide_as_one_check_alone():
-    """On PostgreSQL concurrent checks share one read (``Quota._check_batch``): every answer
+    """On PostgreSQL concurrent checks share one read (``Quota.check_batch``): every answer
     equals the one a check alone gets, whatever mix of customers, plans, holds, rate windows,
     tasks and unknown customers the batch holds."""
     postgres_server_url()
     with postgres_database() as engine:
-        q, clock = setup(engine, "cursor-pro")  # rate-limited slow lane
-        acc = Accounts(engine, CAT)
-        for cid, plan in (("blk", "blocky"), ("chat", "support-chatbot")):
-            acc.create_customer(cid, now=T0)
-            acc.subscribe(cid, plan, at=T0)
-        q.reserve("acme", "requests", 500, ttl=3600)
-        for _ in range(5):
-            q.reserve("acme", "requests")  # five grants in the slow lane's rate window
-        r = q.reserve("blk", "steps", task="t1")
-        q.commit(r.id, {"properties": {"input_tokens": 10, "model": "claude-sonnet-4-5"}})
-        q.reserve("blk", "steps", task="t1")
-        q.reserve("blk", "steps", task="t1")  # 1 committed + 2 held: the task's 3 steps
-        q.reserve("chat", "messages", 60)
-        asks = [("acme", "requests", {}), ("acme", "requests", {"quantity": 30}), ("blk", "steps", {"task": "t1"}),
-                ("blk", "steps", {"task": "t9"}), ("chat", "messages", {"quantity": 50}), ("nobody", "messages", {}),
-                ("chat", "no-such-meter", {})] * 4
-
-        def answer(ask):
-            cid, key, kw = ask
-            try:
-                return q.check(cid, key, **kw).to_json()
-            except BillingError as exc:
-                return str(exc.code)
-
-        reads, q.reads = q.reads, None  # each check alone
-        alone = [answer(ask) for ask in asks]
-        q.reads = reads
-        sizes: list[int] = []
-        run = reads._run
-        reads._run = lambda ops: (sizes.append(len(ops)), run(ops))[1]
+        q, asks, answer, alone = _mixed_checks(engine)
+        sizes = _count_batches(q)
         start = threading.Barrier(len(asks))
 
         def together(ask):
@@ -277,4 +291,44 @@ def test_batched_postgres_checks_decide_as_one_check_alone():
         with ThreadPoolExecutor(max_workers=len(asks)) as pool:
             assert list(pool.map(together, asks)) == alone
         assert max(sizes) > 1  # checks did share reads
-        assert {a["reason"] for a in alone if isinstance(a, dict)} >= {"included", "task_limit"}
+
+
+def test_http_checks_on_postgres_are_batched_on_the_event_loop():
+    """``billing.api.checks.AsyncChecks``: concurrent HTTP checks answer as checks alone,
+    sharing batches; a bad question fails alone."""
+    import asyncio
+
+    import httpx
+
+    from billing.api.app import create_app
+    from billing.api.auth import create_key
+
+    postgres_server_url()
+    with postgres_database() as engine:
+        q, asks, _answer, alone = _mixed_checks(engine)
+        app = create_app(engine, CAT, clock=q.clock, context_ttl=0, key_cache_ttl=0)
+        app.state.services.quota.close()
+        app.state.services.quota = q
+        app.state.checks.quota = q
+        sizes = _count_batches(q)
+        key = create_key(engine, "check")[1]
+
+        def body(ask):
+            cid, meter, kw = ask
+            return {"customer": cid, "meter": meter, **{k: str(v) if k == "quantity" else v for k, v in kw.items()}}
+
+        async def run():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                calls = [client.post("/v1/quota/check", json=body(ask), headers={"Authorization": f"Bearer {key}"})
+                         for ask in asks]
+                calls.append(client.post("/v1/quota/check", json={"customer": "acme", "meter": "requests",
+                                                                   "quantity": "-1"},
+                                         headers={"Authorization": f"Bearer {key}"}))
+                return await asyncio.gather(*calls)
+
+        *answers, bad = asyncio.run(run())
+        got = [r.json() if r.status_code == 200 else r.json()["code"] for r in answers]
+        assert got == alone
+        assert bad.status_code == 422
+        assert max(sizes) > 1

@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 
 from billing.api import errors
 from billing.api.auth import KeyStore
+from billing.api.checks import AsyncChecks
 from billing.api.fastpath import BillingAPI
 from billing.api.routes import quota_check_fast, router
 from billing.catalog import Catalog
@@ -116,6 +117,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
                               "subscriptions, invoices and plans. Authenticate with `Authorization: Bearer <key>` "
                               "(create keys with `billing keys create`). Errors are `{\"code\", \"message\"}`.")
     app.state.services = services
+    app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
     app.state.keys = KeyStore(engine, ttl=key_cache_ttl)
     errors.install(app)
 

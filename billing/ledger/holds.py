@@ -97,7 +97,7 @@ class Quota:
         self.writer = QuotaWriter(self, self.conns, leaders=writers)
         # PostgreSQL checks of concurrent callers are batched (a few batches at once); SQLite
         # reads are local and cheaper alone
-        self.reads = Combiner(self._check_batch, leaders=4) if self.conns.pg else None
+        self.reads = Combiner(self.check_batch, leaders=4) if self.conns.pg else None
 
     def close(self) -> None:
         """Close the driver connections this object keeps."""
@@ -156,7 +156,7 @@ class Quota:
             state = usage_state(self.conns, conn, ctx, now, task)
         return decide(ctx.plan, state, request)
 
-    def _check_batch(self, ops: list[Op]) -> None:
+    def check_batch(self, ops: list[Op]) -> None:
         """Checks of several callers: their customers' state in ONE round trip (one statement
         per kind of read, as the quota writer's batches read it), then each decision."""
         now = self.clock()
