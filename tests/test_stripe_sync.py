@@ -391,6 +391,29 @@ def test_void_voids_the_stripe_invoice(sync, engine, direct):
     assert sync.reconcile() == []
 
 
+def test_a_void_stripe_agrees_with_is_not_checked_again(sync, engine, direct, monkeypatch):
+    """Each sync looks at a void document only until Stripe is seen to agree (voided by us,
+    or found void); then it is marked and later syncs leave it (and Stripe) alone."""
+    ids = seed(engine)
+    assert sync.push().ok
+    with Session(engine) as s:  # voided by the invoicing side, not through the sync
+        s.exec(update(Invoice).where(Invoice.id == ids["globex_1"]).values(status="void", voided_at=NOW))
+        s.commit()
+    looked: list[int] = []
+    real = sync.push_void
+    monkeypatch.setattr(sync, "push_void", lambda invoice_id: (looked.append(invoice_id), real(invoice_id))[1])
+    assert sync.push().ok
+    assert looked == [ids["globex_1"]]
+    assert plain(direct.v1.invoices.retrieve(sync_id(engine, ids["globex_1"])))["status"] == "void"
+    with Session(engine) as s:
+        assert s.get(Invoice, ids["globex_1"]).stripe_void_confirmed_at is not None
+    looked.clear()
+    assert sync.push().ok and sync.push().ok
+    assert looked == []  # confirmed: not asked about again
+    assert sync.void(ids["globex_1"], NOW).action == "unchanged"  # an explicit void still checks
+    assert sync.reconcile() == []
+
+
 def test_void_of_credit_note_voids_the_stripe_credit_note(sync, engine, direct):
     ids = seed(engine)
     assert sync.push().ok

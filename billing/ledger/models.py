@@ -159,6 +159,9 @@ class Invoice(SQLModel, table=True):
     voided_at: datetime | None = _utc(nullable=True)
     payment_failed_at: datetime | None = _utc(nullable=True)
     stripe_invoice_id: str | None = Field(default=None, max_length=255, index=True)
+    # when Stripe was seen to agree with our void (its invoice or credit note void, or its
+    # draft deleted): the sync stops checking this document
+    stripe_void_confirmed_at: datetime | None = _utc(nullable=True)
 
 
 class InvoiceLineRow(SQLModel, table=True):

@@ -132,16 +132,26 @@ def invoices_to_push(engine: Engine, only: list[int] | None = None) -> list[Invo
 
 def void_documents_to_check(engine: Engine, only: list[int] | None = None) -> list[Invoice]:
     """Void documents that may still be live in Stripe: those with a Stripe id or a pushed
-    line (a partial push); with ``only``, every void document among those ids."""
+    line (a partial push) that Stripe was not yet seen to agree with; with ``only``, every
+    void document among those ids."""
     pushed_line = select(_line.c.id).where(_line.c.invoice_id == _inv.c.id,
                                                    _line.c.stripe_line_id.is_not(None)).exists()
     query = sqlmodel.select(Invoice).where(Invoice.status == "void")
     if only:
         query = query.where(Invoice.id.in_(only))
     else:
-        query = query.where(or_(Invoice.stripe_invoice_id.is_not(None), pushed_line))
+        query = query.where(or_(Invoice.stripe_invoice_id.is_not(None), pushed_line),
+                            Invoice.stripe_void_confirmed_at.is_(None))
     with Session(engine, expire_on_commit=False) as s:
         return list(s.exec(query.order_by(Invoice.id)).all())
+
+
+def confirm_void(engine: Engine, invoice_id: int, at: datetime) -> None:
+    """Stripe agrees with our void document: later syncs need not look at it again."""
+    with engine.begin() as conn:
+        conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "void",
+                                        _inv.c.stripe_void_confirmed_at.is_(None))
+                     .values(stripe_void_confirmed_at=at))
 
 
 def void_document(engine: Engine, invoice_id: int, at: datetime) -> Invoice | None:

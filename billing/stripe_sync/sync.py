@@ -390,12 +390,19 @@ class StripeSync:
 
     def push_void(self, invoice_id: int) -> Outcome:
         """Make Stripe agree with our void document: void its open invoice (or issued credit
-        note), delete a draft left by a partial push. Idempotent."""
+        note), delete a draft left by a partial push. Idempotent. Once Stripe is seen to
+        agree, the document is marked so that later syncs skip it."""
         inv = state.get_invoice(self.engine, invoice_id)
         if inv is None or inv.status != "void":
             raise BillingError(f"invoice {invoice_id} is not void", code=ErrorCode.INVOICE_STATE)
-        if inv.kind == "credit_note":
-            return self.credit_notes.push_void(inv)
+        outcome = self.credit_notes.push_void(inv) if inv.kind == "credit_note" else self._push_invoice_void(inv)
+        # a Stripe object seen void, or voided now (a deleted draft or "not in Stripe" is
+        # checked again: another partial push may have left one more)
+        if outcome.action in ("voided", "unchanged") and outcome.stripe_invoice_id:
+            state.confirm_void(self.engine, inv.id, self.clock())
+        return outcome
+
+    def _push_invoice_void(self, inv) -> Outcome:
         try:
             sinv: dict | None = None
             if inv.stripe_invoice_id:
