@@ -237,12 +237,13 @@ def _mixed_checks(engine):
     several times) and what each answers asked alone."""
     q, _clock = setup(engine, "cursor-pro")  # rate-limited slow lane
     acc = Accounts(engine, CAT)
-    for cid, plan in (("blk", "blocky"), ("chat", "support-chatbot")):
+    for cid, plan in (("blk", "blocky"), ("chat", "support-chatbot"), ("rl", "cursor-pro")):
         acc.create_customer(cid, now=T0)
         acc.subscribe(cid, plan, at=T0)
-    q.reserve("acme", "requests", 500, ttl=3600)
-    for _ in range(5):
-        q.reserve("acme", "requests")  # five grants in the slow lane's rate window
+    for cid, slow in (("acme", 5), ("rl", 20)):  # five grants in the slow lane's window; all twenty
+        q.reserve(cid, "requests", 500, ttl=3600)
+        for _ in range(slow):
+            q.reserve(cid, "requests")
     r = q.reserve("blk", "steps", task="t1")
     q.commit(r.id, {"properties": {"input_tokens": 10, "model": "claude-sonnet-4-5"}})
     q.reserve("blk", "steps", task="t1")
@@ -250,7 +251,7 @@ def _mixed_checks(engine):
     q.reserve("chat", "messages", 60)
     asks = [("acme", "requests", {}), ("acme", "requests", {"quantity": 30}), ("blk", "steps", {"task": "t1"}),
             ("blk", "steps", {"task": "t9"}), ("chat", "messages", {"quantity": 50}), ("nobody", "messages", {}),
-            ("chat", "no-such-meter", {})] * 4
+            ("chat", "no-such-meter", {}), ("rl", "requests", {})] * 4
 
     def answer(ask):
         cid, key, kw = ask
@@ -262,7 +263,8 @@ def _mixed_checks(engine):
     reads, q.reads = q.reads, None  # each check alone
     alone = [answer(ask) for ask in asks]
     q.reads = reads
-    assert {a["reason"] for a in alone if isinstance(a, dict)} >= {"included", "task_limit", "slow_tier"}
+    assert {a["reason"] for a in alone if isinstance(a, dict)} >= {"included", "task_limit", "slow_tier",
+                                                                   "rate_limited"}
     return q, asks, answer, alone
 
 

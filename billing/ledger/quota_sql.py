@@ -65,7 +65,7 @@ class Connections:
     closed, never reused. ``pg`` tells the dialect, ``ph`` its parameter placeholder.
     """
 
-    def __init__(self, engine: Engine, *, keep: int = 32):
+    def __init__(self, engine: Engine, *, keep: int = 16):
         self.engine = engine
         self.pg = engine.dialect.name == "postgresql"
         self.ph = "%s" if self.pg else "?"
