@@ -44,8 +44,8 @@ from billing.ledger.outbox import Outbox
 from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
 from billing.ledger.combiner import Combiner
 from billing.ledger.quota_sql import (
-    Connections, Context, batch_state_query, batch_task_query, load_context, make_state, parse_batch_state,
-    parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
+    Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
+    parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
 from billing.ledger.quota_types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, storable_text, tokens_of)
 from billing.ledger.quota_writer import QuotaWriter
@@ -114,18 +114,44 @@ class Quota:
             return hit[1]
         return None
 
-    def context(self, conn: Any, customer: str, now: datetime) -> Context:
-        """The customer's context at ``now`` (cached for ``context_ttl`` seconds)."""
-        if self.context_ttl > 0:
-            hit = self._ctx_cache.get(customer)
-            if hit is not None and hit[0] > now.timestamp() and hit[1].period.start <= now < hit[1].period.end:
-                return hit[1]
-        ctx = load_context(self.conns, conn, self.catalog, customer, now)
+    def _remember(self, customer: str, now: datetime, ctx: Context) -> None:
         if self.context_ttl > 0:
             if len(self._ctx_cache) > 100_000:
                 self._ctx_cache.clear()
             self._ctx_cache[customer] = (now.timestamp() + self.context_ttl, ctx)
+
+    def context(self, conn: Any, customer: str, now: datetime) -> Context:
+        """The customer's context at ``now`` (cached for ``context_ttl`` seconds)."""
+        hit = self._cached(customer, now) if self.context_ttl > 0 else None
+        if hit is not None:
+            return hit
+        ctx = load_context(self.conns, conn, self.catalog, customer, now)
+        self._remember(customer, now, ctx)
         return ctx
+
+    def contexts(self, conn: Any, customers: list[str], now: datetime) -> dict[str, Context | BillingError]:
+        """``context`` of several customers; those not cached are loaded in one round trip
+        (a ``BillingError`` for a customer ``context`` would raise it for)."""
+        out: dict[str, Context | BillingError] = {}
+        missing = []
+        for customer in customers:
+            hit = self._cached(customer, now) if self.context_ttl > 0 else None
+            if hit is not None:
+                out[customer] = hit
+            else:
+                missing.append(customer)
+        if len(missing) == 1:
+            try:
+                out[missing[0]] = self.context(conn, missing[0], now)
+            except BillingError as exc:
+                out[missing[0]] = exc
+        elif missing:
+            loaded = load_contexts(self.conns, conn, self.catalog, missing, now)
+            for customer, found in loaded.items():
+                if not isinstance(found, BillingError):
+                    self._remember(customer, now, found)
+            out.update(loaded)
+        return out
 
     def forget(self, customer: str | None = None) -> None:
         """Drop cached contexts (after a subscription, seat or credit change)."""
@@ -162,11 +188,13 @@ class Quota:
         now = self.clock()
         now_us = to_us(now)
         with self.conns.read() as conn:
+            ctxs = self.contexts(conn, sorted({op.customer for op in ops}), now)
             for op in ops:
-                try:
-                    op.ctx = self.context(conn, op.customer, now)
-                except BillingError as exc:
-                    op.error = exc
+                found = ctxs[op.customer]
+                if isinstance(found, BillingError):
+                    op.error = found
+                else:
+                    op.ctx = found
             live = [op for op in ops if op.error is None]
             if not live:
                 return

@@ -238,7 +238,26 @@ _CONTEXT_SQL = (
 
 def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str, now: datetime) -> Context:
     """The customer's plan, period, seats, credits and dunning clock at ``now``."""
-    tz_rows, subs, seat_rows, failed_rows, grants = run_all(conns, conn, [(q, (customer,)) for q in _CONTEXT_SQL])
+    return _context(catalog, customer, now, run_all(conns, conn, [(q, (customer,)) for q in _CONTEXT_SQL]))
+
+
+def load_contexts(conns: Connections, conn: Any, catalog: Catalog, customers: Sequence[str], now: datetime
+                  ) -> dict[str, Context | BillingError]:
+    """``load_context`` of several customers in one round trip (a ``BillingError`` for a
+    customer it would have raised for)."""
+    results = run_all(conns, conn, [(q, (c,)) for c in customers for q in _CONTEXT_SQL])
+    n = len(_CONTEXT_SQL)
+    out: dict[str, Context | BillingError] = {}
+    for i, customer in enumerate(customers):
+        try:
+            out[customer] = _context(catalog, customer, now, results[i * n:(i + 1) * n])
+        except BillingError as exc:
+            out[customer] = exc
+    return out
+
+
+def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list[tuple]]) -> Context:
+    tz_rows, subs, seat_rows, failed_rows, grants = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
     tz = tz_rows[0][0]
