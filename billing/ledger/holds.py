@@ -140,12 +140,7 @@ class Quota:
                 out[customer] = hit
             else:
                 missing.append(customer)
-        if len(missing) == 1:
-            try:
-                out[missing[0]] = self.context(conn, missing[0], now)
-            except BillingError as exc:
-                out[missing[0]] = exc
-        elif missing:
+        if missing:
             loaded = load_contexts(self.conns, conn, self.catalog, missing, now)
             for customer, found in loaded.items():
                 if not isinstance(found, BillingError):
@@ -165,8 +160,10 @@ class Quota:
               task: str | None = None, tokens: int | None = None, cost: Decimal | int | str = 0,
               steps: int | None = None) -> Decision:
         """What would happen to this request now (read-only: holds nothing)."""
-        now = self.clock()
         request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
+        if self.reads is not None:  # over the network: concurrent checks share a round trip
+            return self.reads.submit(Op("check", customer=customer, request=request))
+        now = self.clock()
         conn = self.conns.local_reader()
         if conn is not None:  # a SQLite file: this thread's connection, one statement in C
             ctx = self.context(conn, customer, now)
@@ -175,9 +172,7 @@ class Quota:
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
             return decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request)
-        if self.reads is not None:  # over the network: concurrent checks share a round trip
-            return self.reads.submit(Op("check", customer=customer, request=request))
-        with self.conns.read() as conn:
+        with self.conns.read() as conn:  # in-memory SQLite
             ctx = self.context(conn, customer, now)
             state = usage_state(self.conns, conn, ctx, now, task)
         return decide(ctx.plan, state, request)
@@ -186,42 +181,40 @@ class Quota:
         """Checks of several callers: their customers' state in ONE round trip (one statement
         per kind of read, as the quota writer's batches read it), then each decision."""
         now = self.clock()
-        now_us = to_us(now)
+        states: list[UsageState] = []
         with self.conns.read() as conn:
-            ctxs = self.contexts(conn, sorted({op.customer for op in ops}), now)
+            found = self.contexts(conn, sorted({op.customer for op in ops}), now)
             for op in ops:
-                found = ctxs[op.customer]
-                if isinstance(found, BillingError):
-                    op.error = found
+                if isinstance(found[op.customer], BillingError):
+                    op.error = found[op.customer]
                 else:
-                    op.ctx = found
+                    op.ctx = found[op.customer]
             live = [op for op in ops if op.error is None]
-            if not live:
-                return
             if len(live) == 1:  # alone: the one-customer statements
-                (op,) = live
-                state = usage_state(self.conns, conn, op.ctx, now, op.request.task)
-                try:
-                    op.result = decide(op.ctx.plan, state, op.request)
-                except BillingError as exc:
-                    op.error = exc
-                return
-            ctxs = {op.customer: op.ctx for op in live}
-            customers = sorted(ctxs)
-            pairs = sorted({(op.customer, op.request.task) for op in live if op.request.task is not None})
-            queries = [batch_state_query(True, [ctxs[c] for c in customers], now_us)]
-            if pairs:
-                queries.append(batch_task_query(True, pairs, now_us))
-            results = run_all(self.conns, conn, queries)
-        states = parse_batch_state(results[0], customers)
-        tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
-        for op in live:
-            usage, held, rates = states[op.customer]
-            task = tasks.get((op.customer, op.request.task)) if op.request.task is not None else None
+                states = [usage_state(self.conns, conn, live[0].ctx, now, live[0].request.task)]
+            elif live:
+                states = self._batch_states(conn, live, now)
+        for op, state in zip(live, states):
             try:
-                op.result = decide(op.ctx.plan, make_state(op.ctx, now, usage, held, rates, task), op.request)
+                op.result = decide(op.ctx.plan, state, op.request)
             except BillingError as exc:
                 op.error = exc
+
+    def _batch_states(self, conn: Any, ops: list[Op], now: datetime) -> list[UsageState]:
+        """Each op's usage state (ops with their contexts), read for all their customers at once."""
+        now_us = to_us(now)
+        ctxs = {op.customer: op.ctx for op in ops}
+        customers = sorted(ctxs)
+        pairs = sorted({(op.customer, op.request.task) for op in ops if op.request.task is not None})
+        queries = [batch_state_query(True, [ctxs[c] for c in customers], now_us)]
+        if pairs:
+            queries.append(batch_task_query(True, pairs, now_us))
+        results = run_all(self.conns, conn, queries)
+        states = parse_batch_state(results[0], customers)
+        tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
+        return [make_state(op.ctx, now, *states[op.customer],
+                           tasks.get((op.customer, op.request.task)) if op.request.task is not None else None)
+                for op in ops]
 
     def reserve(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, ttl: float | None = None,
                 request_id: str | None = None, model: str | None = None, task: str | None = None,

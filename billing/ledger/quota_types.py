@@ -9,6 +9,7 @@ from typing import Any
 
 from billing.errors import BillingError, ErrorCode
 from billing.events import TOKEN_FIELDS
+from billing.ledger.prepare import MAX_TASK_ID
 from billing.money import dec_str, to_decimal
 from billing.quota.decide import Decision, QuotaRequest
 
@@ -73,8 +74,8 @@ def parse_request(customer, key, quantity, model, task, tokens, cost, steps) -> 
     and its text (``storable_text``)."""
     for name, value in (("customer", customer), ("meter or charge", key), ("model", model), ("task", task)):
         storable_text(name, value)
-    if task is not None and not 0 < len(task) <= 200:
-        raise BillingError("task must be 1-200 characters", code=ErrorCode.VALIDATION)
+    if task is not None and not 0 < len(task) <= MAX_TASK_ID:
+        raise BillingError(f"task must be 1-{MAX_TASK_ID} characters", code=ErrorCode.VALIDATION)
     try:
         q = _number(quantity)
         c = _number(cost)

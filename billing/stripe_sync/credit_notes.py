@@ -33,14 +33,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import stripe
-
 from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, to_stripe, try_to_stripe
-from billing.stripe_sync.client import describe, list_all, plain
+from billing.stripe_sync.client import list_all, plain
 from billing.stripe_sync.results import (META_CORRECTS, META_INVOICE, META_LINE, META_NUMBER, Difference, Outcome,
-                                         PushFailed, meta)
+                                         PushFailed, attempt, meta)
 
 if TYPE_CHECKING:
     from billing.stripe_sync.sync import StripeSync
@@ -113,12 +111,7 @@ class CreditNoteSync:
         return None
 
     def push(self, note: Invoice) -> Outcome:
-        try:
-            return self._push(note)
-        except PushFailed as exc:
-            return Outcome(note.id, note.number, "failed", reason=str(exc))
-        except stripe.StripeError as exc:
-            return Outcome(note.id, note.number, "failed", reason=describe(exc))
+        return attempt(note, lambda: self._push(note))
 
     def _push(self, note: Invoice) -> Outcome:
         s = self.sync
@@ -192,25 +185,20 @@ class CreditNoteSync:
     # -------------------------------------------------------------------- voids
     def push_void(self, note: Invoice) -> Outcome:
         s = self.sync
-        try:
-            cn: dict | None = None
-            if note.stripe_invoice_id:
-                cn = plain(s.retry(lambda: s.client.v1.credit_notes.retrieve(note.stripe_invoice_id)))
-            else:
-                original = self._original(note)
-                if original is not None and original.stripe_invoice_id:
-                    cn = s.retry(lambda: self.find(original.stripe_invoice_id, note.id))
-            if cn is None:
-                return Outcome(note.id, note.number, "unchanged", reason="not in Stripe")
-            if cn.get("status") == "void":
-                return Outcome(note.id, note.number, "unchanged", cn["id"])
-            cid = cn["id"]
-            s.retry(lambda: s.client.v1.credit_notes.void_credit_note(cid))
-            return Outcome(note.id, note.number, "voided", cid)
-        except stripe.StripeError as exc:
-            return Outcome(note.id, note.number, "failed", note.stripe_invoice_id, reason=describe(exc))
-        except PushFailed as exc:
-            return Outcome(note.id, note.number, "failed", note.stripe_invoice_id, reason=str(exc))
+        cn: dict | None = None
+        if note.stripe_invoice_id:
+            cn = plain(s.retry(lambda: s.client.v1.credit_notes.retrieve(note.stripe_invoice_id)))
+        else:
+            original = self._original(note)
+            if original is not None and original.stripe_invoice_id:
+                cn = s.retry(lambda: self.find(original.stripe_invoice_id, note.id))
+        if cn is None:
+            return Outcome(note.id, note.number, "unchanged", reason="not in Stripe")
+        if cn.get("status") == "void":
+            return Outcome(note.id, note.number, "unchanged", cn["id"])
+        cid = cn["id"]
+        s.retry(lambda: s.client.v1.credit_notes.void_credit_note(cid))
+        return Outcome(note.id, note.number, "voided", cid)
 
     # ---------------------------------------------------------------- reconcile
     def reconcile(self, notes: list[Invoice], invoices: dict[int, Invoice],

@@ -3,8 +3,13 @@ to ours (shared by the invoice and credit note code)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import stripe
+
+from billing.stripe_sync.client import describe
 
 META_CUSTOMER = "billing_customer_id"
 META_INVOICE = "billing_invoice_id"  # on Stripe invoices and credit notes: our document id
@@ -67,3 +72,14 @@ class Difference:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def attempt(doc: Any, work: Callable[[], Outcome], stripe_id: str | None = None) -> Outcome:
+    """``work()``, or the document's ``failed`` outcome when Stripe refuses or the push stops
+    (``PushFailed``): one document's failure never stops the others."""
+    try:
+        return work()
+    except PushFailed as exc:
+        return Outcome(doc.id, doc.number, "failed", stripe_id, reason=str(exc))
+    except stripe.StripeError as exc:
+        return Outcome(doc.id, doc.number, "failed", stripe_id, reason=describe(exc))

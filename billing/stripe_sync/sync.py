@@ -57,10 +57,10 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, to_stripe, total_to_stripe, try_to_stripe
-from billing.stripe_sync.client import Retrier, describe, is_retryable, list_all, plain
+from billing.stripe_sync.client import Retrier, is_retryable, list_all, plain
 from billing.stripe_sync.credit_notes import CreditNoteSync
 from billing.stripe_sync.results import (META_CUSTOMER, META_INVOICE, META_LINE, META_NUMBER, Difference, Outcome,
-                                         PushFailed, SyncResult)
+                                         PushFailed, SyncResult, attempt)
 from billing.stripe_sync.results import meta as _meta
 
 __all__ = ["META_CUSTOMER", "META_INVOICE", "META_LINE", "META_NUMBER", "Difference", "Outcome", "StripeSync",
@@ -129,17 +129,17 @@ class StripeSync:
     def _ensure(self, lookup: Callable[[], dict | None], create: Callable[[], Any], *, known_absent: bool = False) -> dict:
         """Find-or-create where every retry of the create first looks again."""
         attempts = self.retry.attempts
-        for attempt in range(attempts):
-            if attempt > 0 or not known_absent:
+        for tried in range(attempts):
+            if tried > 0 or not known_absent:
                 found = self.retry(lookup)
                 if found is not None:
                     return found
             try:
                 return plain(create())
             except Exception as exc:  # noqa: BLE001
-                if not is_retryable(exc) or attempt == attempts - 1:
+                if not is_retryable(exc) or tried == attempts - 1:
                     raise
-                self.retry.sleep(self.retry.base_delay * (2 ** attempt))
+                self.retry.sleep(self.retry.base_delay * (2 ** tried))
         raise AssertionError("unreachable")
 
     # ---------------------------------------------------------------- customers
@@ -245,12 +245,7 @@ class StripeSync:
     def _push_one(self, inv: Invoice) -> Outcome:
         if inv.kind == "credit_note":
             return self.credit_notes.push(inv)
-        try:
-            return self._push(inv)
-        except PushFailed as exc:
-            return Outcome(inv.id, inv.number, "failed", reason=str(exc))
-        except stripe.StripeError as exc:
-            return Outcome(inv.id, inv.number, "failed", reason=describe(exc))
+        return attempt(inv, lambda: self._push(inv))
 
     def _push(self, inv: Invoice) -> Outcome:
         inv, lines = state.invoice_with_lines(self.engine, inv.id)
@@ -395,41 +390,37 @@ class StripeSync:
         inv = state.get_invoice(self.engine, invoice_id)
         if inv is None or inv.status != "void":
             raise BillingError(f"invoice {invoice_id} is not void", code=ErrorCode.INVOICE_STATE)
-        outcome = self.credit_notes.push_void(inv) if inv.kind == "credit_note" else self._push_invoice_void(inv)
+        push = self.credit_notes.push_void if inv.kind == "credit_note" else self._push_invoice_void
+        outcome = attempt(inv, lambda: push(inv), inv.stripe_invoice_id)
         # a Stripe object seen void, or voided now (a deleted draft or "not in Stripe" is
         # checked again: another partial push may have left one more)
         if outcome.action in ("voided", "unchanged") and outcome.stripe_invoice_id:
             state.confirm_void(self.engine, inv.id, self.clock())
         return outcome
 
-    def _push_invoice_void(self, inv) -> Outcome:
-        try:
-            sinv: dict | None = None
-            if inv.stripe_invoice_id:
-                sinv = plain(self.retry(lambda: self.client.v1.invoices.retrieve(inv.stripe_invoice_id)))
-            else:
-                row = state.customer(self.engine, inv.customer_id)
-                if row is not None and row.stripe_customer_id:
-                    sinv = self.retry(lambda: self._find_invoice(row.stripe_customer_id, inv.id))
-            if sinv is None:
-                return Outcome(inv.id, inv.number, "unchanged", reason="not in Stripe")
-            status = sinv.get("status")
-            if status == "void":
-                return Outcome(inv.id, inv.number, "unchanged", sinv["id"])
-            if status == "draft":
-                sid = sinv["id"]
-                self.retry(lambda: self.client.v1.invoices.delete(sid))
-                return Outcome(inv.id, inv.number, "voided", None, reason=f"deleted Stripe draft {sid}")
-            if status in ("open", "uncollectible"):
-                sid = sinv["id"]
-                self.retry(lambda: self.client.v1.invoices.void_invoice(sid))
-                return Outcome(inv.id, inv.number, "voided", sid)
-            return Outcome(inv.id, inv.number, "failed", sinv["id"],
-                           reason=f"Stripe invoice is {status}; refund it in Stripe (a paid invoice cannot be voided)")
-        except stripe.StripeError as exc:
-            return Outcome(inv.id, inv.number, "failed", inv.stripe_invoice_id, reason=describe(exc))
-        except PushFailed as exc:
-            return Outcome(inv.id, inv.number, "failed", inv.stripe_invoice_id, reason=str(exc))
+    def _push_invoice_void(self, inv: Invoice) -> Outcome:
+        sinv: dict | None = None
+        if inv.stripe_invoice_id:
+            sinv = plain(self.retry(lambda: self.client.v1.invoices.retrieve(inv.stripe_invoice_id)))
+        else:
+            row = state.customer(self.engine, inv.customer_id)
+            if row is not None and row.stripe_customer_id:
+                sinv = self.retry(lambda: self._find_invoice(row.stripe_customer_id, inv.id))
+        if sinv is None:
+            return Outcome(inv.id, inv.number, "unchanged", reason="not in Stripe")
+        status = sinv.get("status")
+        if status == "void":
+            return Outcome(inv.id, inv.number, "unchanged", sinv["id"])
+        if status == "draft":
+            sid = sinv["id"]
+            self.retry(lambda: self.client.v1.invoices.delete(sid))
+            return Outcome(inv.id, inv.number, "voided", None, reason=f"deleted Stripe draft {sid}")
+        if status in ("open", "uncollectible"):
+            sid = sinv["id"]
+            self.retry(lambda: self.client.v1.invoices.void_invoice(sid))
+            return Outcome(inv.id, inv.number, "voided", sid)
+        return Outcome(inv.id, inv.number, "failed", sinv["id"],
+                       reason=f"Stripe invoice is {status}; refund it in Stripe (a paid invoice cannot be voided)")
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> list[Difference]:
