@@ -29,6 +29,21 @@ BUILTIN_TYPES = frozenset({LLM_CALL, REQUEST, AGENT_STEP, OUTCOME, OUTCOME_DISPU
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
+def tokens_of(props: dict) -> int:
+    """Total token count of an event's properties (``TOKEN_FIELDS``; agent task usage)."""
+    total = 0
+    for name in TOKEN_FIELDS:
+        value = props.get(name)
+        if type(value) is int:
+            total += value
+        elif isinstance(value, (float, str, Decimal)) and not isinstance(value, bool):
+            try:
+                total += int(Decimal(str(value)))
+            except Exception:  # noqa: BLE001 - ingestion already validated quantities
+                pass
+    return total
+
+
 # Upper bounds that keep every stored number exact in a 64-bit integer column: a quantity
 # property per event (10^12 tokens, units or steps; micro-units up to 10^18) and the
 # provider cost of one event ($1,000,000; picodollars up to 10^18).

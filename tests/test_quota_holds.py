@@ -126,11 +126,10 @@ def test_agent_task_usage_limits_steps(sqlite_engine):
     d = q.check("acme", "steps", task="t1")
     assert (d.outcome, d.reason) == ("deny", "task_limit")
     assert q.check("acme", "steps", task="t2").outcome == "allow"
-    # events recorded directly also count, through note_events
+    # events recorded directly also count (the ledger counts task usage in its transaction)
     events = [{"id": "direct-1", "customer": "acme", "type": "agent.step", "timestamp": NOW.isoformat(),
                "properties": {"task": "t3", "output_tokens": 999, "model": "claude-sonnet-4-5"}}]
-    result = q.ledger.record(events)
-    q.note_events(events, result.results)
+    q.ledger.record(events)
     d = q.check("acme", "steps", task="t3", tokens=2)
     assert (d.outcome, d.reason) == ("deny", "task_limit") and "tokens 1001 > 1000" in d.message
 

@@ -92,11 +92,8 @@ def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest)
     if principal.customer is not None:
         for event in events:
             principal.require_customer(event.get("customer") if isinstance(event, dict) else None)
-    svc = _svc(request)
-    result = svc.ledger.record(events)
+    result = _svc(request).ledger.record(events)
     results = result.results
-    if result.accepted:
-        svc.quota.note_events(events, results)
     out = result.to_json()
     out.pop("errors", None)
     out["results"] = [r.to_json() for r in results]

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from billing.cli.context import catalog, engine, fail, instant, run
@@ -149,48 +148,55 @@ def grant(customer_id: str, amount: str, expires: Annotated[str | None, typer.Op
                                                                           highlight=False)
 
 
-def _lines(path: Path, problems: list):
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield json.loads(raw)
-            except json.JSONDecodeError as exc:
-                problems.append({"line": number, "status": "rejected", "code": "event_invalid",
-                                 "message": f"not valid JSON: {exc.msg}"})
-                yield None
-
-
 @events_app.command("import")
 def events_import(path: Path, as_json: JsonOpt = False,
-                  batch: Annotated[int, typer.Option(help="Events per transaction.")] = 10_000) -> None:
-    """Import a JSONL file of events (idempotent: re-importing counts nothing twice)."""
-    from billing.ledger.ingest import Ledger
+                  batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per transaction.")] = 20_000
+                  ) -> None:
+    """Import a JSONL file of events, streaming (memory stays flat whatever the file's length).
 
-    if not path.exists():
+    Idempotent: re-importing, also after a crash mid-file, counts nothing twice. Each bad line
+    is its own rejection, reported with its line number; the other lines are imported."""
+    from billing.ledger.ingest import BatchResult, Ledger
+    from billing.ledger.jsonl import JsonlEvents
+
+    if not path.is_file():
         fail(f"{path}: no such file")
     settings = get_settings()
     ledger = Ledger(engine(), catalog(), future_tolerance_seconds=settings.future_tolerance_seconds)
-    problems: list[dict] = []
-    events = (e for e in _lines(path, problems) if e is not None)
-    if sys.stderr.isatty() and not as_json:
-        total = sum(1 for line in open(path, encoding="utf-8") if line.strip())
-        with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as bar:
-            task = bar.add_task("import", total=total)
-            result = ledger.record(events, chunk_size=batch, progress=lambda n: bar.advance(task, n))
-    else:
-        result = ledger.record(events, chunk_size=batch)
-    summary = result.to_json()
-    summary["rejected"] += len(problems)
-    summary["errors"] = problems + summary["errors"]
+    events = JsonlEvents(path)
+    result = BatchResult(keep_events=False)
+    try:
+        if sys.stderr.isatty() and not as_json:
+            with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                          TextColumn("{task.fields[done]:,} events"), console=console) as bar:
+                task = bar.add_task("import", total=events.size, done=0)
+                run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=lambda n: bar.update(
+                    task, completed=events.bytes_read, done=result.size)))
+        else:
+            run(lambda: ledger.record(events, chunk_size=batch, result=result))
+    finally:
+        ledger.close()
+    summary = _import_summary(result, events)
     if as_json:
         print_json(summary)
     else:
         console.print(f"accepted {summary['accepted']}, duplicates {summary['duplicates']}, "
                       f"conflicts {summary['conflicts']}, rejected {summary['rejected']}", highlight=False)
         for err in summary["errors"][:20]:
-            where = f"line {err['line']}" if "line" in err else f"event {err.get('id')} (#{err.get('index')})"
-            console.print(f"  {where}: {err['code']}: {err['message']}", highlight=False)
+            console.print(f"  line {err['line']}: {err['code']}: {err['message']}", highlight=False)
+        if len(summary["errors"]) > 20 or summary["errors_omitted"]:
+            console.print(f"  ... {summary['conflicts'] + summary['rejected'] - 20:,} more (use --json)",
+                          highlight=False)
     raise typer.Exit(1 if summary["conflicts"] or summary["rejected"] else 0)
+
+
+def _import_summary(result, events, max_errors: int = 1000) -> dict:
+    """The ledger's counts plus the bad lines; every problem with its file line, in line order."""
+    errors = [{"line": events.line_of(e.index), **{k: v for k, v in e.to_json().items() if k != "index"}}
+              for e in result.errors()]
+    errors = sorted(errors + events.problems, key=lambda e: e["line"])
+    summary = result.to_json()
+    summary["rejected"] += events.bad_lines
+    summary["errors"] = errors[:max_errors]
+    summary["errors_omitted"] = summary["conflicts"] + summary["rejected"] - len(summary["errors"])
+    return summary

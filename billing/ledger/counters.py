@@ -14,6 +14,7 @@ from operator import itemgetter
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from billing.catalog import Catalog, Meter, Plan
+from billing.events import tokens_of
 from billing.ledger.types import from_us, to_us
 from billing.money import to_decimal
 from billing.rating.periods import BillingCycle
@@ -63,6 +64,12 @@ class CounterPlanner:
         self._meters: dict[tuple[int, str], list[Meter]] = {}
         # (customer, meter, period_start) -> [period_end, units_micro, events, cost_pico, is_max]
         self.deltas: dict[tuple[str, str, int], list] = {}
+        # (customer, task id) -> [steps, tokens, cost_pico] of agent task usage (``add_tasks``)
+        self.tasks: dict[tuple[str, str], list[int]] = {}
+        names = {DEFAULT_TASK_PROPERTY}
+        for subs in self._subs.values():
+            names.update(_task_property(s.plan) for s in subs)
+        self._task_names = tuple(sorted(names))
 
     def _period(self, sub: SubscriptionView, ts: int) -> tuple[int, int]:
         billing = sub.plan.billing
@@ -149,6 +156,41 @@ class CounterPlanner:
                         total[1] += rounded
                     self._bump((customer, key, start), end, units, n, cost, is_max)
 
+    # ------------------------------------------------------------ agent tasks
+    def task_of(self, customer: str, ts: int, props: dict) -> str | None:
+        """The agent task an event counts toward: the value of the task property of the plan
+        whose subscription covers the event (``agent_limits.task_property``; ``task`` when the
+        plan names none or no subscription covers it), as text; None when it has none."""
+        name = DEFAULT_TASK_PROPERTY
+        for sub in self._subs.get(customer, ()):
+            if sub.covers(ts):
+                name = _task_property(sub.plan)
+                break
+        value = props.get(name)
+        return None if value is None else value if type(value) is str else str(value)
+
+    def add_tasks(self, rows) -> None:
+        """Agent task usage of accepted rows (shaped like ``Prepared``): ``add_task`` of each."""
+        names = self._task_names
+        for row in rows:
+            props = row[7]
+            if any(n in props for n in names):  # (the common case: no task property at all)
+                self.add_task(row[0], row[3], props, row[6])
+
+    def add_task(self, customer: str, ts: int, props: dict, cost_pico: int) -> None:
+        """An accepted event that names a task (``task_of``) is one step of it, with its tokens
+        (``tokens_of``) and provider cost."""
+        task = self.task_of(customer, ts, props)
+        if task is None:
+            return
+        slot = self.tasks.get((customer, task))
+        if slot is None:
+            self.tasks[(customer, task)] = [1, tokens_of(props), cost_pico]
+        else:
+            slot[0] += 1
+            slot[1] += tokens_of(props)
+            slot[2] += cost_pico
+
     def _add_to(self, sub: SubscriptionView, rules: list[tuple], customer: str, etype: str, ts: int,
                 props: dict, cost_pico: int) -> None:
         """``add`` of one event for one subscription."""
@@ -186,6 +228,13 @@ class CounterPlanner:
             slot[1] += units
         slot[2] += n
         slot[3] += cost
+
+
+DEFAULT_TASK_PROPERTY = "task"
+
+
+def _task_property(plan: Plan) -> str:
+    return plan.agent_limits.task_property if plan.agent_limits else DEFAULT_TASK_PROPERTY
 
 
 _TYPE = itemgetter(2)

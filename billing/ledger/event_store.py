@@ -1,4 +1,12 @@
-"""SQL for the event hot path: batch insert with "exists" detection, and counter upserts.
+"""SQL for the event hot path: batch insert with "exists" detection, counter and agent task
+usage upserts.
+
+Deadlock freedom on PostgreSQL: every writer of these tables (ingestion chunks, quota commits,
+recounts) takes its row locks in one global order: events in (customer, event id) order, then
+counters in (customer, meter, period start) order (the sum meters' rows, then the max
+meters'), then agent task usage in (customer, task) order. Two transactions that touch the
+same keys then wait for each other at most one way, never in a cycle. (SQLite has a single
+writer: its inserts keep the arrival order, which is cheaper.)
 
 SQLite: ``INSERT ... ON CONFLICT DO NOTHING`` of the chunk in one transaction that holds
 the write lock. PostgreSQL: ``COPY`` straight into the table under a savepoint; when an
@@ -40,6 +48,7 @@ def insert_events(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, 
     if not rows:
         return set()
     if conn.dialect.name == "postgresql":
+        rows = sorted(rows, key=_KEY)  # the global lock order (module docstring)
         return _insert_pg_small(conn, rows) if len(rows) <= _PG_SMALL else _insert_pg(conn, rows)
     return _insert_sqlite(conn, rows)
 
@@ -61,6 +70,7 @@ def _insert_pg_small(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[st
 
 _SQLITE_ROWS_PER_INSERT = 5000
 _STORED = itemgetter(0, 1, 2, 3, 4, 5, 6)  # a Prepared row's stored columns
+_KEY = itemgetter(0, 1)  # (customer, event id)
 
 
 @lru_cache(maxsize=8)
@@ -173,7 +183,7 @@ def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) 
     ph = "%s" if pg else "?"
     greatest = "GREATEST" if pg else "MAX"
     add_rows, max_rows = [], []
-    for (customer, meter, start), (end, units, events, cost, is_max) in deltas.items():
+    for (customer, meter, start), (end, units, events, cost, is_max) in sorted(deltas.items()):
         (max_rows if is_max else add_rows).append((customer, meter, start, end, units, events, cost))
     head = (f"INSERT INTO usage_counter (customer_id, meter, period_start, period_end, units_micro, events, "
             f"cost_pico) VALUES ({','.join([ph] * 7)}) ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET ")
@@ -187,5 +197,24 @@ def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) 
             cursor.executemany(head + f"units_micro = {greatest}(usage_counter.units_micro, excluded.units_micro), "
                                "events = usage_counter.events + excluded.events, "
                                "cost_pico = usage_counter.cost_pico + excluded.cost_pico", max_rows)
+    finally:
+        cursor.close()
+
+
+_UPSERT_TASK = ("INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
+                "VALUES ({ph}) ON CONFLICT (customer_id, task_id) DO UPDATE SET "
+                "steps = agent_task_usage.steps + excluded.steps, tokens = agent_task_usage.tokens + excluded.tokens, "
+                "cost_pico = agent_task_usage.cost_pico + excluded.cost_pico, updated_at = excluded.updated_at")
+
+
+def upsert_tasks(conn: Connection, tasks: dict[tuple[str, str], list[int]], now_us: int) -> None:
+    """Atomic increments of agent task usage: (customer, task) -> [steps, tokens, cost_pico]."""
+    if not tasks:
+        return
+    ph = ",".join(["%s" if conn.dialect.name == "postgresql" else "?"] * 6)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.executemany(_UPSERT_TASK.format(ph=ph), [(customer, task, steps, tokens, cost, now_us) for
+                                                         (customer, task), (steps, tokens, cost) in sorted(tasks.items())])
     finally:
         cursor.close()

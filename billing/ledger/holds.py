@@ -27,14 +27,12 @@ Reads (``check``, ``usage``) use driver connections without a transaction of the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import Engine, select, update
 
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
@@ -47,11 +45,11 @@ from billing.ledger.quota_sql import (
     Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
     parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
 from billing.ledger.quota_types import (
-    MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, storable_text, tokens_of)
+    MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, storable_text)
 from billing.ledger.quota_writer import QuotaWriter
 from billing.ledger.types import to_us
 from billing.money import dec_str
-from billing.quota.alerts import Alert, reached
+from billing.quota.alerts import Alert
 from billing.quota.decide import (
     Decision, MeterUsage, UsageState, charge_spend, decide, included_units, plan_credit_amount)
 
@@ -85,7 +83,7 @@ class Quota:
         self.engine = engine
         self.catalog = catalog
         self.clock = clock
-        self.ledger = ledger or Ledger(engine, catalog, clock=clock)
+        self.ledger = ledger or Ledger(engine, catalog, clock=clock, alerts=alerts)
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.alerts = alerts  # evaluate budget alerts after commits and ingested events
@@ -100,8 +98,9 @@ class Quota:
         self.reads = Combiner(self.check_batch, leaders=4) if self.conns.pg else None
 
     def close(self) -> None:
-        """Close the driver connections this object keeps."""
+        """Close the driver connections this object (and its ledger's alerts) keep."""
         self.conns.close()
+        self.ledger.close()
 
     # ----------------------------------------------------------------- state
     @staticmethod
@@ -268,108 +267,20 @@ class Quota:
             return conn.execute(update(_hold).where(_hold.c.status == "held", _hold.c.expires_at <= cutoff)
                                 .values(status="released", settled_at=cutoff)).rowcount
 
-    # ------------------------------------------------------------ task usage
-    def _task_property(self, customer: str) -> str:
-        with self.conns.read() as conn:
-            ctx = self.context(conn, customer, self.clock())
-        return ctx.plan.agent_limits.task_property if ctx.plan.agent_limits else "task"
-
-    def _add_task_usage(self, conn: Connection, customer: str, task: str, events: list[dict], now_us: int) -> None:
-        ids = [e["id"] for e in events]
-        cost = conn.execute(select(func.sum(_event.c.cost_pico))
-                            .where(_event.c.customer_id == customer, _event.c.event_id.in_(ids))).scalar() or 0
-        tokens = sum(tokens_of(e.get("properties") or {}) for e in events)
-        mod = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
-        stmt = mod.insert(_task).values(customer_id=customer, task_id=task, steps=len(events), tokens=tokens,
-                                        cost_pico=int(cost), updated_at=now_us)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=["customer_id", "task_id"],
-            set_={"steps": _task.c.steps + len(events), "tokens": _task.c.tokens + tokens,
-                  "cost_pico": _task.c.cost_pico + int(cost), "updated_at": now_us}))
-
-    def note_events(self, events: list[Any], results: Iterable[Any]) -> None:
-        """After ``Ledger.record`` of events sent directly (not through ``commit``): count
-        accepted events that carry a task property into agent task usage, and evaluate the
-        budget alerts of their customers."""
-        by_task: dict[tuple[str, str], list[dict]] = {}
-        props_names: dict[str, str] = {}
-        for r in results:
-            if r.status != "accepted":
-                continue
-            raw = events[r.index]
-            if not isinstance(raw, dict):
-                continue
-            customer = raw["customer"]
-            if customer not in props_names:
-                try:
-                    props_names[customer] = self._task_property(customer)
-                except BillingError:
-                    props_names[customer] = "task"
-            task = (raw.get("properties") or {}).get(props_names[customer])
-            if task is not None:
-                by_task.setdefault((customer, str(task)), []).append(raw)
-        if by_task:
-            now_us = to_us(self.clock())
-            with self.engine.begin() as conn:
-                for (customer, task), evs in by_task.items():
-                    self._add_task_usage(conn, customer, task, evs, now_us)
-        if self.alerts:
-            for customer in props_names:
-                try:
-                    self.evaluate_alerts(customer)
-                except BillingError:  # no active subscription: nothing to alert on
-                    pass
-
     # ---------------------------------------------------------------- alerts
     def evaluate_alerts(self, customer: str) -> list[Alert]:
         """Record budget thresholds newly reached this period and queue one webhook for each
         (``budget.threshold_reached``, dedupe id ``budget:<customer>:<period>:<subject>:<pct>``).
         Returns the alerts that fired now (each fires once per period)."""
-        now = self.clock()
-        with self.conns.read() as conn:
-            ctx = self.context(conn, customer, now)
-            if ctx.plan.budget_alerts is None:
-                return []
-            state = usage_state(self.conns, conn, ctx, now, None)
-        return self._record_alerts(ctx, state.usage, now)
+        if self.ledger.alerts is None:
+            return []
+        storable_text("customer", customer)
+        return self.ledger.alerts.evaluate([customer])
 
     def _record_alerts(self, ctx: Context, usage: dict[str, MeterUsage], now: datetime) -> list[Alert]:
-        if ctx.plan.budget_alerts is None:
+        if self.ledger.alerts is None:
             return []
-        customer = ctx.customer
-        state = UsageState(now=now, period_start=ctx.period.start, period_end=ctx.period.end, usage=usage,
-                           seats=ctx.seats)
-        start_us, now_us = to_us(ctx.period.start), to_us(now)
-        # thresholds known to have fired (this process saw them in the table) are skipped
-        hits = [a for a in reached(ctx.plan, state)
-                if (customer, start_us, a.subject, a.threshold) not in self._fired]
-        if not hits:
-            return []
-        mod = pg_dialect if self.conns.pg else sqlite_dialect
-        fired: list[Alert] = []
-        seen: list[tuple] = []
-        with self.engine.begin() as conn:
-            for alert in hits:
-                threshold = dec_str(alert.threshold)
-                # RETURNING, not rowcount: SQLAlchemy reports -1 for this INSERT on psycopg
-                new = conn.execute(mod.insert(_alert).values(
-                    customer_id=customer, period_start=start_us, subject=alert.subject, threshold=threshold,
-                    value=dec_str(alert.value), limit=dec_str(alert.limit), fired_at=now_us)
-                    .on_conflict_do_nothing().returning(_alert.c.customer_id)).first() is not None
-                seen.append((customer, start_us, alert.subject, alert.threshold))
-                if not new:
-                    continue
-                fired.append(alert)
-                dedupe = f"budget:{customer}:{start_us}:{alert.subject}:{threshold}"
-                payload = {"id": dedupe, "type": "budget.threshold_reached", "customer": customer,
-                           "plan": {"id": ctx.plan.plan, "version": ctx.plan.version},
-                           "period": {"start": _iso(ctx.period.start), "end": _iso(ctx.period.end)},
-                           "created_at": _iso(now), **alert.to_json()}
-                Outbox.enqueue(conn, dedupe, customer, "budget.threshold_reached", payload, now_us)
-        if len(self._fired) > 100_000:
-            self._fired.clear()
-        self._fired.update(seen)  # only once the transaction committed
-        return fired
+        return self.ledger.alerts.record(ctx, usage, now)
 
     # ----------------------------------------------------------------- usage
     def usage(self, customer: str) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from billing.costs import CostBook
 from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.ledger import event_store, repository
+from billing.ledger.alerting import BudgetAlerts
+from billing.ledger.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
 from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch
 from billing.ledger.types import to_us
@@ -44,15 +46,24 @@ class EventResult(NamedTuple):
 
 
 class BatchResult:
-    """Per-event outcomes, stored compactly (a status per event, details only for problems)."""
+    """Per-event outcomes, stored compactly (a status per event, details only for problems).
 
-    def __init__(self) -> None:
+    ``keep_events=False`` (a long import) keeps only the counts and the first
+    ``max_problems`` problems (conflicts and rejections, with their id and customer), so its
+    memory does not grow with the number of events."""
+
+    def __init__(self, keep_events: bool = True, max_problems: int = 1000) -> None:
+        self.keep_events = keep_events
+        self.max_problems = max_problems
         self.statuses: list[str] = []
         self.sources: list[Any] = []  # the events as given (their id/customer are read lazily)
         self.details: dict[int, tuple[str, str]] = {}  # index -> (code, message)
+        self.counts: dict[str, int] = {"accepted": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
+        self.size = 0  # events seen
+        self.problems: list[EventResult] = []  # keep_events=False: the first max_problems problems
 
     def count(self, status: str) -> int:
-        return self.statuses.count(status)
+        return self.counts.get(status, 0)
 
     @property
     def accepted(self) -> int:
@@ -60,6 +71,8 @@ class BatchResult:
 
     @property
     def results(self) -> list[EventResult]:
+        if not self.keep_events:
+            raise ValueError("this BatchResult keeps counts and problems only (keep_events=False)")
         return [self.result(i) for i in range(len(self.statuses))]
 
     def result(self, index: int) -> EventResult:
@@ -67,12 +80,36 @@ class BatchResult:
         event_id, customer = _raw_key(self.sources[index])
         return EventResult(index, event_id, customer, self.statuses[index], code, message)
 
+    def add(self, statuses: list[str], raws: list[Any], details: dict[int, tuple[str, str]]) -> None:
+        """Take the outcomes of the next events (a committed chunk)."""
+        offset = self.size
+        self.size += len(statuses)
+        for status in self.counts:
+            self.counts[status] += statuses.count(status)
+        if self.keep_events:
+            self.statuses.extend(statuses)
+            self.sources.extend(raws)
+            self.details.update({offset + i: v for i, v in details.items()})
+            return
+        room = self.max_problems - len(self.problems)
+        for i in sorted(details):
+            if room <= 0:
+                break
+            if statuses[i] in ("conflict", "rejected"):
+                event_id, customer = _raw_key(raws[i])
+                self.problems.append(EventResult(offset + i, event_id, customer, statuses[i], *details[i]))
+                room -= 1
+
+    def errors(self) -> list[EventResult]:
+        """Conflicts and rejections, in event order."""
+        if not self.keep_events:
+            return list(self.problems)
+        return [self.result(i) for i in sorted(self.details) if self.statuses[i] in ("conflict", "rejected")]
+
     def to_json(self, max_errors: int = 1000) -> dict[str, Any]:
-        errors = [self.result(i).to_json() for i in sorted(self.details)
-                  if self.statuses[i] in ("conflict", "rejected")]
         return {"accepted": self.accepted, "duplicates": self.count("duplicate"),
                 "conflicts": self.count("conflict"), "rejected": self.count("rejected"),
-                "errors": errors[:max_errors]}
+                "errors": [e.to_json() for e in self.errors()[:max_errors]]}
 
 
 class Ledger:
@@ -80,7 +117,7 @@ class Ledger:
 
     def __init__(self, engine: Engine, catalog: Catalog, book: CostBook | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 future_tolerance_seconds: int = 300):
+                 future_tolerance_seconds: int = 300, alerts: bool = True):
         self.engine = engine
         self.catalog = catalog
         self.book = book or CostBook.load_default()
@@ -95,16 +132,29 @@ class Ledger:
         self.measured = measured_properties(catalog)
         self.task_properties = task_properties(catalog)
         self._customers: dict[str, str] = {}  # customer id -> timezone, of customers seen to exist
+        # budget alerts of the customers a committed chunk recorded usage of (every door)
+        self.alerts = BudgetAlerts(engine, catalog, clock) if alerts else None
+        self.retry = Retry()
+
+    def close(self) -> None:
+        """Close the connections the budget alerts keep."""
+        if self.alerts is not None:
+            self.alerts.close()
 
     def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
-               progress: Callable[[int], None] | None = None) -> BatchResult:
-        """Record events in chunks of ``chunk_size`` (one transaction each).
+               progress: Callable[[int], None] | None = None, result: BatchResult | None = None) -> BatchResult:
+        """Record events in chunks of ``chunk_size`` (one transaction each): the one way into
+        the ledger (the HTTP batch, ``billing events import``, the Python client and quota
+        commits follow the same rules: ``prepare``, ``CounterPlanner`` for counters and agent
+        task usage, ``BudgetAlerts`` after the commit).
 
         A two-stage pipeline: while one chunk is written to the database (a worker thread;
         the drivers release the GIL while the database works), the next one is validated and
         costed. Chunks commit in order, and a chunk's results are added only after its commit.
+        ``result``: where the outcomes go (e.g. ``BatchResult(keep_events=False)`` for a long
+        import whose memory must not grow with its length).
         """
-        result = BatchResult()
+        result = BatchResult() if result is None else result
         if isinstance(events, (list, tuple)) and len(events) <= min(_SMALL_BATCH, chunk_size):
             # the hot path of an API call or a quota commit: no thread, no GC games
             if events:
@@ -129,10 +179,7 @@ class Ledger:
 
     @staticmethod
     def _finish(staged: "_Staged", result: BatchResult, progress: Callable[[int], None] | None) -> None:
-        offset = len(result.statuses)
-        result.statuses.extend(staged.status)
-        result.sources.extend(staged.raws)
-        result.details.update({offset + i: v for i, v in staged.problems.items()})
+        result.add(staged.status, staged.raws, staged.problems)
         if progress:
             progress(len(staged.raws))
 
@@ -198,7 +245,26 @@ class Ledger:
         return firsts
 
     def _store_chunk(self, staged: "_Staged") -> "_Staged":
-        """Stage 2 (one transaction): insert new events, classify the rest, bump counters."""
+        """Stage 2: ``_store_once`` in one transaction, run again from the start when the
+        database aborted it (a deadlock or serialization failure: nothing of it was written);
+        then the budget alerts of the customers it recorded usage of."""
+        status, problems = list(staged.status), dict(staged.problems)
+        for attempt in self.retry.attempts():
+            try:
+                stored = self._store_once(staged)
+                break
+            except Exception as exc:
+                if not self.retry.retryable(exc, attempt):
+                    raise
+                staged.status[:], staged.problems = list(status), dict(problems)  # as before the attempt
+        if self.alerts is not None and stored:
+            self.alerts.evaluate_quietly(stored)
+        return staged  # committed: only now may its results be reported
+
+    def _store_once(self, staged: "_Staged") -> set[str]:
+        """Insert the new events, classify the rest, bump counters and agent task usage, all
+        in ONE transaction. Returns the customers with budget alerts whose usage it recorded
+        (or found recorded: a replay after a crash evaluates them again)."""
         status, problems, rows, index, copies = staged.status, staged.problems, staged.rows, staged.index, staged.copies
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
@@ -218,15 +284,16 @@ class Ledger:
                 rows, index, named = kept_rows, kept_index, set(customers)
             inserted = event_store.insert_events(conn, rows)
             # subscriptions are read after the insert (billing.ledger.recount relies on this order)
-            planner = CounterPlanner(subscription_views(
-                repository.subscription_rows(session, named), customers, self.catalog),
-                self._cycle_periods)
+            views = subscription_views(repository.subscription_rows(session, named), customers, self.catalog)
+            planner = CounterPlanner(views, self._cycle_periods)
             missing: list[tuple[int, Prepared]] = []
             if inserted is event_store.ALL_INSERTED:
-                planner.add_many(rows)
+                new_rows = rows
             else:
-                planner.add_many([p for p in rows if (p.customer, p.event_id) in inserted])
+                new_rows = [p for p in rows if (p.customer, p.event_id) in inserted]
                 missing = [(i, p) for i, p in _numbered(rows, index) if (p.customer, p.event_id) not in inserted]
+            planner.add_many(new_rows)
+            planner.add_tasks(new_rows)
             if missing:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
                 for i, p in missing:
@@ -238,6 +305,7 @@ class Ledger:
                         problems[i] = (str(ErrorCode.EVENT_CONFLICT),
                                        "an event with this id exists with different content; nothing changed")
             event_store.upsert_counters(conn, planner.deltas)
+            event_store.upsert_tasks(conn, planner.tasks, to_us(self.clock()))
             session.close()
         for i, first, p in copies:  # a repeat of an event that was not stored
             if status[first] == "rejected":  # (unknown customer): rejected alike
@@ -251,7 +319,8 @@ class Ledger:
                 else:
                     status[i] = "conflict"
                     problems[i] = problems[first]
-        return staged  # committed: only now may its results be reported
+        alerting = {v.customer_id for v in views if v.plan.budget_alerts is not None}
+        return {p.customer for p in rows if p.customer in alerting} if alerting else set()
 
 
 @dataclass

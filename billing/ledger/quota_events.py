@@ -44,10 +44,16 @@ def contributions(planner: CounterPlanner, commits: list) -> list[tuple]:
     return out
 
 
-def _task_rows(commits: list) -> list[tuple]:
-    """(customer, event id, task, tokens, cost pico) of commits whose hold names a task."""
-    return [(p.customer, p.event_id, hold[5], tokens_of(p.properties), p.cost_pico)
-            for _op, p, hold in commits if hold[5]]
+def task_rows(planner: CounterPlanner, commits: list) -> list[tuple]:
+    """(customer, event id, task, tokens, cost pico) of the commits' events that count toward
+    an agent task, by the rule ingestion uses (``CounterPlanner.task_of``: the event's task
+    property, which the commit defaults to the hold's task)."""
+    out = []
+    for _op, p, _hold in commits:
+        task = planner.task_of(p.customer, p.ts, p.properties)
+        if task is not None:
+            out.append((p.customer, p.event_id, task, tokens_of(p.properties), p.cost_pico))
+    return out
 
 
 _EVENT_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("type", "varchar"), ("ts", "bigint"),
@@ -91,7 +97,7 @@ _WRITE_PG = (
     "SELECT customer_id, event_id FROM ins")
 
 
-def write_pg(execute: Callable, commits: list, contrib: list[tuple], now_us: int) -> Any:
+def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple], now_us: int) -> Any:
     """One statement: insert the events; for those inserted, bump counters, settle holds,
     add task usage. Returns the cursor of the inserted (customer, event id) keys."""
     events = [tuple(p[:7]) for _op, p, _hold in commits]
@@ -99,10 +105,11 @@ def write_pg(execute: Callable, commits: list, contrib: list[tuple], now_us: int
     maxes = sorted((c[0], c[1], c[2], c[3], c[4], c[5], c[7]) for c in contrib if c[6])
     settle = sorted((hold[0], p.customer, p.event_id) for _op, p, hold in commits if hold[2] == "held")
     return execute(_WRITE_PG, [json_rows(events), json_rows(sums), json_rows(maxes), json_rows(settle), now_us,
-                               json_rows(sorted(_task_rows(commits))), now_us])
+                               json_rows(sorted(tasks)), now_us])
 
 
-def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], now_us: int) -> set[tuple[str, str]]:
+def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple],
+                 now_us: int) -> set[tuple[str, str]]:
     """The same as ``write_pg`` in plain statements; returns the inserted keys."""
     events = sorted((p for _op, p, _hold in commits), key=lambda p: (p.customer, p.event_id))
     marks = ",".join(["(?,?,?,?,?,?,?)"] * len(events))
@@ -131,14 +138,14 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], now_us:
         if hold[2] == "held" and (p.customer, p.event_id) in inserted:
             execute("UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? "
                     "WHERE id = ? AND status = 'held'", (p.event_id, now_us, hold[0]))
-    tasks: dict[tuple[str, str], list[int]] = {}
-    for customer, event_id, task, tokens, cost in _task_rows(commits):
+    per_task: dict[tuple[str, str], list[int]] = {}
+    for customer, event_id, task, tokens, cost in tasks:
         if (customer, event_id) in inserted:
-            slot = tasks.setdefault((customer, task), [0, 0, 0])
+            slot = per_task.setdefault((customer, task), [0, 0, 0])
             slot[0] += 1
             slot[1] += tokens
             slot[2] += cost
-    for (customer, task), (steps, tokens, cost) in sorted(tasks.items()):
+    for (customer, task), (steps, tokens, cost) in sorted(per_task.items()):
         execute("INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
                 f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (customer_id, task_id) DO UPDATE SET {_UPSERT_TASK}",
                 (customer, task, steps, tokens, cost, now_us))

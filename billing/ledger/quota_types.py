@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.errors import BillingError, ErrorCode
-from billing.events import TOKEN_FIELDS
+from billing.events import tokens_of  # noqa: F401 - re-exported
 from billing.ledger.prepare import MAX_TASK_ID
 from billing.money import dec_str, to_decimal
 from billing.quota.decide import Decision, QuotaRequest
@@ -95,21 +95,6 @@ def request_json(r: QuotaRequest) -> dict:
     """What a reservation was asked for (stored with the hold: a replay must match it)."""
     return {"key": r.key, "quantity": dec_str(r.quantity), "model": r.model, "task": r.task, "tokens": r.tokens,
             "cost": dec_str(r.cost), "steps": r.steps}
-
-
-def tokens_of(props: dict) -> int:
-    """Total token count of an event's properties (agent task usage)."""
-    total = 0
-    for name in TOKEN_FIELDS:
-        value = props.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            total += value
-        elif isinstance(value, (float, str, Decimal)):
-            try:
-                total += int(Decimal(str(value)))
-            except Exception:  # noqa: BLE001 - ingestion already validated quantities
-                pass
-    return total
 
 
 READ_AGAIN = "read-again"  # Op.alert when the post-commit usage read failed

@@ -44,7 +44,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.combiner import Combiner
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
 from billing.ledger.prepare import Rejection, prepare
-from billing.ledger.quota_events import contributions, not_inserted, write_pg, write_sqlite
+from billing.ledger.quota_events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.ledger.quota_sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
     holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
@@ -214,10 +214,11 @@ class QuotaWriter:
                 if op.ctx is not None:    # bounds); an event outside it is placed by the planner itself
                     planner.prime(op.ctx.subscription_id, to_us(op.ctx.period.start), to_us(op.ctx.period.end))
             contrib = contributions(planner, commits)
+            tasks = task_rows(planner, commits)
             if pg:
-                tx.inserted = write_pg(execute, commits, contrib, now_us)
+                tx.inserted = write_pg(execute, commits, contrib, tasks, now_us)
             else:
-                tx.inserted = write_sqlite(execute, commits, contrib, now_us)
+                tx.inserted = write_sqlite(execute, commits, contrib, tasks, now_us)
         if releases:
             where, params = id_list(pg, "id", sorted({hold[0] for _op, hold in releases}))
             cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {where} "

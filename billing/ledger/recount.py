@@ -5,7 +5,9 @@ Ingestion counts an event under the subscriptions that cover it when it arrives.
 subscription that starts in the past (events already stored) or ends in the past (events
 already counted after its end) changes that: ``recount_customer`` rebuilds the customer's
 counters from the change on, in the transaction that makes the change. ``recount_all``
-rebuilds every counter (``billing db recount``; databases loaded behind the ledger's back).
+rebuilds every counter and all agent task usage (``billing db recount``; databases loaded
+behind the ledger's back). (A subscription change can move which property names an event's
+agent task only through a plan change, and ``recount_customer`` leaves task usage as it is.)
 
 Both use ``CounterPlanner``, the code ingestion uses, so a rebuilt counter equals an
 ingested one. On PostgreSQL they lock ``usage_event`` (SHARE ROW EXCLUSIVE): ingestion in
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import Connection, select
 
 from billing.catalog import Catalog
 from billing.ledger.counters import CounterPlanner, SubscriptionView, subscription_views
-from billing.ledger.event_store import upsert_counters
+from billing.ledger.event_store import upsert_counters, upsert_tasks
 from billing.ledger.models import Customer, Subscription
 from billing.ledger.types import from_us, to_us
 
@@ -79,18 +82,24 @@ def _events(conn: Connection, customer_id: str | None, from_ts: int | None) -> I
         cursor.close()
 
 
-def _count(conn: Connection, views: list[SubscriptionView], customer_id: str | None, from_ts: int | None) -> None:
+def _count(conn: Connection, views: list[SubscriptionView], customer_id: str | None, from_ts: int | None, *,
+           tasks: bool = False) -> None:
     planner = CounterPlanner(views)
     add = planner.add
+    add_task = planner.add_task if tasks else None
     enabled = gc.isenabled()
     gc.disable()  # millions of short-lived objects: collect once at the end (as ingestion does)
     try:
         for customer, etype, ts, props, cost in _events(conn, customer_id, from_ts):
             add(customer, etype, ts, props, cost)
+            if add_task is not None:
+                add_task(customer, ts, props, cost)
     finally:
         if enabled:
             gc.enable()
     upsert_counters(conn, planner.deltas)
+    if add_task is not None:
+        upsert_tasks(conn, planner.tasks, to_us(datetime.now(UTC)))
 
 
 def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_ts: int) -> None:
@@ -123,10 +132,12 @@ def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_
 
 
 def recount_all(conn: Connection, catalog: Catalog) -> None:
-    """Rebuild every counter from the stored events (clears the ``counters_stale`` flag)."""
+    """Rebuild every counter and all agent task usage from the stored events (clears the
+    ``counters_stale`` flag)."""
     lock_for_recount(conn)
     conn.exec_driver_sql("DELETE FROM usage_counter")
-    _count(conn, _views(conn, catalog, None), None, None)
+    conn.exec_driver_sql("DELETE FROM agent_task_usage")
+    _count(conn, _views(conn, catalog, None), None, None, tasks=True)
     conn.exec_driver_sql(f"DELETE FROM ledger_state WHERE name = '{STALE_FLAG}'")
 
 

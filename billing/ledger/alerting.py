@@ -1,0 +1,133 @@
+"""Budget alerts after usage is committed: the impure half of ``billing.quota.alerts``.
+
+Every door into the ledger (``Ledger.record``: the HTTP batch, ``billing events import``,
+the Python client; and quota commits) calls ``BudgetAlerts`` after its transaction
+committed, for the customers it recorded usage of. Each threshold of a period fires once:
+the ``budget_alert`` row's primary key decides, and the same transaction queues one
+``budget.threshold_reached`` webhook in the outbox. Evaluating after the commit (never
+inside it) means that of two racing writers at least one sees both writes: a threshold is
+never missed, and a failed evaluation never loses usage (the next write evaluates again).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from billing.catalog import Catalog
+from billing.errors import BillingError
+from billing.ledger.outbox import Outbox
+from billing.ledger.quota_models import BudgetAlertRow
+from billing.ledger.quota_sql import MICRO, PICO, Connections, Context, batch_counters_query, load_contexts, run_all
+from billing.ledger.types import to_us
+from billing.money import dec_str
+from billing.quota.alerts import Alert, reached
+from billing.quota.decide import MeterUsage, UsageState
+
+log = logging.getLogger("billing.alerts")
+
+_alert = BudgetAlertRow.__table__
+
+
+class BudgetAlerts:
+    """Evaluates and records budget thresholds over one database."""
+
+    def __init__(self, engine: Engine, catalog: Catalog, clock: Callable[[], datetime]):
+        self.engine = engine
+        self.catalog = catalog
+        self.clock = clock
+        self.pg = engine.dialect.name == "postgresql"
+        # the quota reads' dialect rules (placeholders, pipelines) over the engine's own pool:
+        # no connections of its own to keep open
+        self._dialect = Connections(engine)
+        self._fired: set[tuple[str, int, str, Decimal]] = set()
+
+    def close(self) -> None:
+        """Nothing to close (connections come from the engine's pool)."""
+
+    def evaluate(self, customers: Iterable[str]) -> list[Alert]:
+        """Thresholds newly reached by ``customers`` in their current period: recorded, each
+        with its webhook queued. Customers without an active subscription (or whose plan has
+        no ``budget_alerts``) are skipped. Returns the alerts that fired now."""
+        wanted = sorted(set(customers))
+        if not wanted:
+            return []
+        now = self.clock()
+        conns = self._dialect
+        with self.engine.connect() as pooled:
+            conn = pooled.connection.driver_connection
+            found = load_contexts(conns, conn, self.catalog, wanted, now)
+            ctxs = [c for c in found.values() if not isinstance(c, BillingError) and c.plan.budget_alerts is not None]
+            if not ctxs:
+                return []
+            rows = run_all(conns, conn, [batch_counters_query(
+                self.pg, sorted((c.customer, to_us(c.period.start)) for c in ctxs))])[0]
+        usage: dict[str, dict[str, MeterUsage]] = {c.customer: {} for c in ctxs}
+        for customer, meter, units, cost, n in rows:
+            usage[customer][meter] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
+        fired: list[Alert] = []
+        for ctx in ctxs:
+            fired += self.record(ctx, usage[ctx.customer], now)
+        return fired
+
+    def evaluate_quietly(self, customers: Iterable[str]) -> None:
+        """``evaluate`` after a write that already committed: a failure is logged, never
+        raised (the usage is recorded; the customer's next write evaluates again)."""
+        try:
+            self.evaluate(customers)
+        except Exception:  # noqa: BLE001
+            log.exception("budget alert evaluation failed (it runs again on the next write)")
+
+    def record(self, ctx: Context, usage: dict[str, MeterUsage], now: datetime) -> list[Alert]:
+        """Record the thresholds ``usage`` reaches in ``ctx``'s period (each once)."""
+        if ctx.plan.budget_alerts is None:
+            return []
+        customer = ctx.customer
+        state = UsageState(now=now, period_start=ctx.period.start, period_end=ctx.period.end, usage=usage,
+                           seats=ctx.seats)
+        start_us, now_us = to_us(ctx.period.start), to_us(now)
+        # thresholds known to have fired (this process saw them in the table) are skipped
+        hits = [a for a in reached(ctx.plan, state)
+                if (customer, start_us, a.subject, a.threshold) not in self._fired]
+        if not hits:
+            return []
+        mod = pg_dialect if self.pg else sqlite_dialect
+        fired: list[Alert] = []
+        seen: list[tuple] = []
+        with self.engine.begin() as conn:
+            for alert in sorted(hits, key=lambda a: (a.subject, a.threshold)):  # key order
+                threshold = dec_str(alert.threshold)
+                # RETURNING, not rowcount: SQLAlchemy reports -1 for this INSERT on psycopg
+                new = conn.execute(mod.insert(_alert).values(
+                    customer_id=customer, period_start=start_us, subject=alert.subject, threshold=threshold,
+                    value=dec_str(alert.value), limit=dec_str(alert.limit), fired_at=now_us)
+                    .on_conflict_do_nothing().returning(_alert.c.customer_id)).first() is not None
+                seen.append((customer, start_us, alert.subject, alert.threshold))
+                if not new:
+                    continue
+                fired.append(alert)
+                dedupe = f"budget:{customer}:{start_us}:{alert.subject}:{threshold}"
+                Outbox.enqueue(conn, dedupe, customer, "budget.threshold_reached",
+                               _payload(dedupe, ctx, now, alert), now_us)
+        if len(self._fired) > 100_000:
+            self._fired.clear()
+        self._fired.update(seen)  # only once the transaction committed
+        return fired
+
+
+def _payload(dedupe: str, ctx: Context, now: datetime, alert: Alert) -> dict[str, Any]:
+    return {"id": dedupe, "type": "budget.threshold_reached", "customer": ctx.customer,
+            "plan": {"id": ctx.plan.plan, "version": ctx.plan.version},
+            "period": {"start": _iso(ctx.period.start), "end": _iso(ctx.period.end)},
+            "created_at": _iso(now), **alert.to_json()}
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")

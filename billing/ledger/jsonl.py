@@ -1,0 +1,115 @@
+"""Reading events from a JSON Lines file in bounded memory, for ``billing events import``.
+
+``JsonlEvents(path)`` is an iterator of the file's events for ``Ledger.record``: one line at
+a time (the file is never held whole), blank lines skipped. A line that is not an event's
+JSON (invalid UTF-8, bad JSON, a number too long to read, nesting too deep) is not handed to
+the ledger: it becomes that line's own rejection (``event_invalid`` with the reason), and
+the lines around it are imported as usual.
+
+The ledger numbers the events it is given (0, 1, 2...); ``line_of(index)`` maps that number
+back to the file's line. It keeps one entry per place where the two stop moving together (a
+blank or bad line), so its memory follows the number of such lines, not of events.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+MAX_LINE_BYTES = 1 << 20  # a line longer than this is rejected unread (events are far smaller)
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(f"{name} is not a JSON number")
+
+
+def parse_line(raw: bytes) -> tuple[Any, str | None]:
+    """(the decoded value, None), or (None, why the line is not JSON)."""
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError:
+        pass  # read it again with the standard parser: its reason is clearer, and it reads
+        # integers past 64 bits (the ledger then rejects such a quantity as too large)
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 (byte {exc.start + 1} of the line)"
+    try:
+        return json.loads(text, parse_constant=_no_constant), None
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc.msg} (column {exc.colno})"
+    except _Constant as exc:
+        return None, f"not valid JSON: {exc}"
+    except RecursionError:
+        return None, "not valid JSON: nested too deeply"
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        return None, f"not valid JSON: {str(exc).split(';')[0]}"
+
+
+def _lines(handle) -> Iterator[bytes | None]:
+    """The file's lines; None for a line longer than ``MAX_LINE_BYTES`` (skipped without
+    holding it: memory stays bounded whatever the file holds)."""
+    readline = handle.readline
+    while True:
+        raw = readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = readline(MAX_LINE_BYTES)
+            yield None
+            continue
+        yield raw
+
+
+class JsonlEvents:
+    """Iterate the events of a JSONL file (see the module docstring)."""
+
+    def __init__(self, path: Path | str, max_problems: int = 1000):
+        self.path = Path(path)
+        self.size = self.path.stat().st_size
+        self.bytes_read = 0
+        self.problems: list[dict[str, Any]] = []  # the first max_problems bad lines
+        self.bad_lines = 0
+        self.max_problems = max_problems
+        self._index = 0  # events handed out
+        self._starts: list[int] = [0]  # event index where a stretch of lines begins...
+        self._offsets: list[int] = [1]  # ...and line number minus event index in it
+
+    def __iter__(self) -> Iterator[Any]:
+        with open(self.path, "rb") as handle:
+            for number, raw in enumerate(_lines(handle), start=1):
+                if raw is None:
+                    self._bad(number, f"line longer than {MAX_LINE_BYTES:,} bytes")
+                    continue
+                self.bytes_read += len(raw)
+                if not raw.strip():
+                    continue
+                value, problem = parse_line(raw)
+                if problem is not None:
+                    self._bad(number, problem)
+                    continue
+                if number - self._index != self._offsets[-1]:
+                    self._starts.append(self._index)
+                    self._offsets.append(number - self._index)
+                self._index += 1
+                yield value
+
+    def _bad(self, number: int, message: str) -> None:
+        self.bad_lines += 1
+        if len(self.problems) < self.max_problems:
+            self.problems.append({"line": number, "status": "rejected", "code": "event_invalid", "message": message})
+
+    def line_of(self, index: int) -> int:
+        """The file line of the ``index``-th event handed out."""
+        at = bisect.bisect_right(self._starts, index) - 1
+        return index + self._offsets[at]
