@@ -71,6 +71,11 @@ class CounterPlanner:
             names.update(_task_property(s.plan) for s in subs)
         self._task_names = tuple(sorted(names))
 
+    def period_bounds(self, sub: SubscriptionView, ts: int) -> tuple[int, int]:
+        """[start, end) in microseconds of the subscription's billing period containing ``ts``."""
+        bounds = self._period_cache.get(sub.id)
+        return bounds if bounds is not None and bounds[0] <= ts < bounds[1] else self._period(sub, ts)
+
     def _period(self, sub: SubscriptionView, ts: int) -> tuple[int, int]:
         billing = sub.plan.billing
         ckey = (billing.interval, billing.anchor, sub.timezone,

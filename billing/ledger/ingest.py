@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
@@ -155,27 +156,40 @@ class Ledger:
         import whose memory must not grow with its length).
         """
         result = BatchResult() if result is None else result
+        alerting: set[str] = set()  # customers whose current period this call added usage to
         if isinstance(events, (list, tuple)) and len(events) <= min(_SMALL_BATCH, chunk_size):
             # the hot path of an API call or a quota commit: no thread, no GC games
             if events:
-                self._finish(self._store_chunk(self._prepare_chunk(list(events))), result, progress)
+                self._finish(self._store_chunk(self._prepare_chunk(list(events)), alerting), result, progress)
+            self._alert(alerting)
             return result
         gc_was_enabled = gc.isenabled()
         gc.disable()  # bulk ingestion allocates millions of small objects; collect once at the end
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-store") as writer:
                 pending = None
+                last_alerts = time.monotonic()
                 for chunk in _chunks(events, chunk_size):
                     staged = self._prepare_chunk(chunk)
                     if pending is not None:
                         self._finish(pending.result(), result, progress)
-                    pending = writer.submit(self._store_chunk, staged)
+                        if time.monotonic() - last_alerts > _ALERT_EVERY_S:  # a long import: now and then
+                            self._alert(alerting)
+                            last_alerts = time.monotonic()
+                    pending = writer.submit(self._store_chunk, staged, alerting)
                 if pending is not None:
                     self._finish(pending.result(), result, progress)
         finally:
             if gc_was_enabled:
                 gc.enable()
+        self._alert(alerting)
         return result
+
+    def _alert(self, customers: set[str]) -> None:
+        """Budget alerts of ``customers`` (their usage is committed), then forget them."""
+        if self.alerts is not None and customers:
+            self.alerts.evaluate_quietly(sorted(customers))
+        customers.clear()
 
     @staticmethod
     def _finish(staged: "_Staged", result: BatchResult, progress: Callable[[int], None] | None) -> None:
@@ -244,10 +258,10 @@ class Ledger:
             firsts.append((i, p))
         return firsts
 
-    def _store_chunk(self, staged: "_Staged") -> "_Staged":
+    def _store_chunk(self, staged: "_Staged", alerting: set[str]) -> "_Staged":
         """Stage 2: ``_store_once`` in one transaction, run again from the start when the
-        database aborted it (a deadlock or serialization failure: nothing of it was written);
-        then the budget alerts of the customers it recorded usage of."""
+        database aborted it (a deadlock or serialization failure: nothing of it was written).
+        Adds to ``alerting`` the customers whose budget alerts it may have moved."""
         status, problems = list(staged.status), dict(staged.problems)
         for attempt in self.retry.attempts():
             try:
@@ -257,14 +271,14 @@ class Ledger:
                 if not self.retry.retryable(exc, attempt):
                     raise
                 staged.status[:], staged.problems = list(status), dict(problems)  # as before the attempt
-        if self.alerts is not None and stored:
-            self.alerts.evaluate_quietly(stored)
+        alerting.update(stored)
         return staged  # committed: only now may its results be reported
 
     def _store_once(self, staged: "_Staged") -> set[str]:
         """Insert the new events, classify the rest, bump counters and agent task usage, all
-        in ONE transaction. Returns the customers with budget alerts whose usage it recorded
-        (or found recorded: a replay after a crash evaluates them again)."""
+        in ONE transaction. Returns the customers with budget alerts (on a plan that has
+        them) whose current period it counted usage in (alerts measure the current period;
+        a replay counts too, so a re-run after a crash evaluates what the crash missed)."""
         status, problems, rows, index, copies = staged.status, staged.problems, staged.rows, staged.index, staged.copies
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
@@ -319,8 +333,12 @@ class Ledger:
                 else:
                     status[i] = "conflict"
                     problems[i] = problems[first]
-        alerting = {v.customer_id for v in views if v.plan.budget_alerts is not None}
-        return {p.customer for p in rows if p.customer in alerting} if alerting else set()
+        if self.alerts is None or not any(v.plan.budget_alerts is not None for v in views):
+            return set()
+        now_us = to_us(self.clock())
+        current = {v.customer_id: planner.period_bounds(v, now_us) for v in views
+                   if v.plan.budget_alerts is not None and v.covers(now_us)}
+        return {p.customer for p in rows if (bounds := current.get(p.customer)) and bounds[0] <= p.ts < bounds[1]}
 
 
 @dataclass
@@ -363,6 +381,7 @@ def _chunks(events: Iterable[Any], size: int):
 
 
 _SMALL_BATCH = 1000  # up to this many events: one transaction in the calling thread
+_ALERT_EVERY_S = 10.0  # a long import evaluates budget alerts this often (and at its end)
 
 
 _KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row

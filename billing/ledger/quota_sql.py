@@ -201,6 +201,17 @@ def run_all(conns: Connections, conn: Any, queries: Sequence[tuple[str, Sequence
             return [cur.fetchall()] if returns_rows else []
         finally:
             cur.close()
+    if not conns.pg:  # in-process: nothing to pipeline, and each statement is finished before
+        # the next (thousands of unfinished statements on one SQLite connection slow each new one)
+        out = []
+        cur = conn.cursor()
+        try:
+            for sql, params in queries:
+                cur.execute(sql, params)
+                out.append(cur.fetchall() if returns_rows else [])
+        finally:
+            cur.close()
+        return out if returns_rows else []
     cursors = []
     with conns.pipeline(conn):
         for sql, params in queries:
