@@ -1,0 +1,160 @@
+"""`billing events import`: streaming JSONL reading, poisoned lines, kill -9 and re-run, and
+the import benchmark at a small size."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from billing.ledger import jsonl
+from billing.ledger.jsonl import JsonlEvents, parse_line
+from conftest_db import db_url, engine  # noqa: F401  (fixtures)
+from db import PLANS_DIR
+from test_ledger_concurrency import _cli_env, _event, _setup, assert_derived_equal_recount
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LINES = st.one_of(
+    st.builds(lambda i: json.dumps({"id": f"e{i}", "n": i}), st.integers(0, 10**6)),
+    st.sampled_from(["", "   ", "\r", "{not json", "[1,", "NaN", '{"a": 1} {"b": 2}', "1, 2", "]", "[", ",",
+                     '"text"', "[1, 2]", "null"]),
+    st.builds(lambda n: "[" * n + "]" * n, st.integers(1, 3000)),  # nesting, deep or not
+    st.builds(lambda n: '{"big": ' + "9" * n + "}", st.sampled_from([5, 30, 5000])),
+    st.binary(min_size=1, max_size=12).map(lambda b: b.replace(b"\n", b" ").decode("latin-1")),
+)
+
+
+def _naive(raw: bytes) -> tuple[list[tuple[int, object]], list[int]]:
+    """(line, value) of each event and the lines of the bad ones, one line at a time."""
+    values, bad = [], []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if len(line) > jsonl.MAX_LINE_BYTES:
+            bad.append(number)
+            continue
+        if not line.strip():
+            continue
+        value, problem = parse_line(line)
+        if problem is None:
+            values.append((number, value))
+        else:
+            bad.append(number)
+    return values, bad
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINES, max_size=40), block=st.integers(3, 200), newline_at_end=st.booleans())
+def test_streamed_reading_equals_reading_line_by_line(tmp_path, monkeypatch, lines, block, newline_at_end):
+    """Blocks of any size (lines cut anywhere), over-long lines, blank and bad lines: the
+    same events with the same line numbers, and the same bad lines, as a naive reader."""
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", block)
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 400)
+    raw = "\n".join(lines).encode("latin-1", "replace") + (b"\n" if newline_at_end and lines else b"")
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(raw)
+    reader = JsonlEvents(path)
+    got = list(reader.__iter__())
+    expected, bad = _naive(raw)
+    assert [v for _, v in expected] == got
+    assert [reader.line_of(i) for i in range(len(got))] == [n for n, _ in expected]
+    assert [p["line"] for p in reader.problems] == bad and reader.bad_lines == len(bad)
+
+
+def _write(path: Path, events: list, poison: dict[int, bytes]) -> None:
+    with open(path, "wb") as out:
+        for i, e in enumerate(events):
+            if i in poison:
+                out.write(poison[i] + b"\n")
+            out.write(orjson.dumps(e) + b"\n")
+
+
+def _import(db: str, path: Path, *args: str) -> tuple[int, dict, str]:
+    proc = subprocess.run([sys.executable, "-m", "billing", "events", "import", str(path), "--json", *args],
+                          env=_cli_env(db), capture_output=True, text=True, timeout=300)
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
+
+
+def test_poisoned_lines_are_their_own_rejections(db_url, engine, tmp_path):  # noqa: F811
+    """A 5,000-digit number, invalid UTF-8, deep nesting, an over-long line and bad JSON among
+    good events: each is rejected with its line number, every good event is imported (the
+    issue's file stopped at the first one, after 20,000 of 50,000)."""
+    _setup(engine)
+    events = [_event("acme", f"p{i}", i) for i in range(3000)]
+    poison = {100: b'{"id": "x", "customer": "acme", "properties": {"input_tokens": ' + b"9" * 5000 + b"}}",
+              700: b'{"id": "\xff\xfe", "customer": "acme"}',
+              1500: b"[" * 200_000 + b"]" * 200_000,
+              2000: b'{"id": "long", "pad": "' + b"x" * (2 << 20) + b'"}',
+              2999: b"{not json"}
+    path = tmp_path / "poisoned.jsonl"
+    _write(path, events, poison)
+    code, summary, err = _import(db_url, path, "--batch", "500")
+    assert code == 1 and "Traceback" not in err, err
+    assert summary["accepted"] == len(events) and summary["rejected"] == len(poison)
+    # each poisoned line sits before event i: line i + 1 + (poisoned lines before it)
+    lines = sorted(i + 1 + sum(1 for j in poison if j < i) for i in poison)
+    assert [e["line"] for e in summary["errors"]] == lines
+    assert {e["code"] for e in summary["errors"]} == {"event_invalid"}
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one() == len(events)
+
+
+def test_a_rejected_event_names_its_file_line(db_url, engine, tmp_path):  # noqa: F811
+    _setup(engine)
+    path = tmp_path / "e.jsonl"
+    bad = {**_event("acme", "neg", 1), "properties": {"input_tokens": -1}}
+    path.write_text("\n\n" + json.dumps(_event("acme", "a", 1)) + "\n\n" + json.dumps(bad) + "\n"
+                    + json.dumps({**_event("ghost", "g", 2)}) + "\n")
+    code, summary, _ = _import(db_url, path)
+    assert code == 1
+    assert [(e["line"], e["code"], e.get("id")) for e in summary["errors"]] == [
+        (5, "negative_quantity", "neg"), (6, "unknown_customer", "g")]
+
+
+def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tmp_path):  # noqa: F811
+    _setup(engine)
+    n = 60_000
+    path = tmp_path / "big.jsonl"
+    _write(path, [_event("acme" if i % 3 else "beta", f"k{i}", i, task=f"t{i % 7}") for i in range(n)], {})
+    proc = subprocess.Popen([sys.executable, "-m", "billing", "events", "import", str(path), "--json",
+                             "--batch", "2000"], env=_cli_env(db_url), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once some chunks committed, before the end
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one()
+        if stored >= 4000 or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with engine.connect() as conn:
+        partial = conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one()
+    assert 0 < partial < n  # killed in the middle: some chunks committed, not all
+    code, summary, err = _import(db_url, path)
+    assert code == 0, err
+    assert summary["accepted"] + summary["duplicates"] == n and summary["duplicates"] == partial
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one() == n
+    assert_derived_equal_recount(engine)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_import_benchmark_runs_at_a_small_size(backend):
+    """bench/import.py end to end (its targets are measured at full size; see the README)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "import.py"), "--backend", backend, "--sizes", "3000",
+                          "--customers", "50"], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, BILLING_PLANS_DIR=str(PLANS_DIR)))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    (size,) = result["sizes"]
+    assert size["events"] == 3000 and size["cli"]["events_per_s"] > 0 and size["library"]["events_per_s"] > 0
+    assert 0 < size["cli"]["peak_rss_mb"] <= 300
