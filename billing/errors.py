@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     EXTERNAL = "external_service_error"
+    UNAVAILABLE = "service_unavailable"  # the database is busy or unreachable: retry later
 
 
 class BillingError(Exception):

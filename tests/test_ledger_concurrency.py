@@ -154,3 +154,47 @@ def test_a_deadlock_in_a_chunk_is_retried(engine, size, monkeypatch):  # noqa: F
     assert task_rows(engine)[("acme", "t")][0] == size
     monkeypatch.setattr(event_store, "upsert_counters", real)
     assert_derived_equal_recount(engine)
+
+
+def test_a_database_busy_past_the_retries_is_a_503_never_a_500(engine, monkeypatch):  # noqa: F811
+    """When the database keeps aborting (deadlocks past every retry, a locked SQLite file) or
+    cannot be reached, the API answers 503 ``service_unavailable`` with Retry-After: nothing
+    was written, and the client knows to retry."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import OperationalError
+
+    from billing.api.app import create_app
+    from billing.api.auth import create_key
+
+    _setup(engine)
+    app = create_app(engine, CATALOG, context_ttl=0, key_cache_ttl=0)
+    key = create_key(engine, "admin")[1]
+    headers = {"Authorization": f"Bearer {key}"}
+    ledger = app.state.services.ledger
+    monkeypatch.setattr(ledger.retry, "first_delay", 0.0001)
+    client = TestClient(app, raise_server_exceptions=False)
+    calls = {"n": 0}
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    def always_deadlocked(_staged):
+        calls["n"] += 1
+        raise OperationalError("INSERT ...", {}, Deadlock("deadlock detected"))
+
+    monkeypatch.setattr(ledger, "_store_once", always_deadlocked)
+    r = client.post("/v1/events", json=[_event("acme", "x1", 1)], headers=headers)
+    assert r.status_code == 503 and r.json()["code"] == "service_unavailable", r.text
+    assert r.headers["retry-after"] == "1" and calls["n"] == ledger.retry.max_attempts  # retried, then given up
+
+    def locked(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(app.state.services.quota, "check", locked)
+    monkeypatch.setattr(app.state.services.quota, "check_batch", locked)
+    if app.state.checks is not None:
+        monkeypatch.setattr(app.state.checks, "ask", locked, raising=False)
+    r = client.post("/v1/quota/check", json={"customer": "acme", "meter": "llm_calls"}, headers=headers)
+    assert r.status_code == 503 and r.json()["code"] == "service_unavailable", r.text

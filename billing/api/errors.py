@@ -9,11 +9,13 @@ Every error response has a stable ``code`` (the ``ErrorCode`` values, plus
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError as DBAPIDataError
+from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.errors import BillingError, ErrorCode
@@ -49,6 +51,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.EXTERNAL: 502,
+    ErrorCode.UNAVAILABLE: 503,
 }
 
 
@@ -82,6 +85,16 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(error_body(str(ErrorCode.VALIDATION), message, problems), status_code=422)
 
 
+def unavailable_response(exc: BaseException) -> JSONResponse:
+    """A database that is busy past the retries (deadlocks, serialization failures, a locked
+    SQLite file) or unreachable: 503 ``service_unavailable`` with ``Retry-After``, never a
+    500. Every write is one transaction, so nothing of the request was written."""
+    log.warning("database unavailable: %s", (str(exc).splitlines() or [""])[0])
+    return JSONResponse(error_body(str(ErrorCode.UNAVAILABLE), "the database is busy or unreachable; "
+                                   "nothing was written, retry the request"), status_code=503,
+                        headers={"Retry-After": "1"})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(BillingError)
     async def _billing_error(_request: Request, exc: BillingError) -> JSONResponse:
@@ -105,13 +118,19 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}"),
                             status_code=status_for(str(ErrorCode.VALIDATION)))
 
+    async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        return unavailable_response(exc)
+
     app.add_exception_handler(DBAPIDataError, _data)  # through SQLAlchemy
+    app.add_exception_handler(DBAPIOperationalError, _unavailable)
+    app.add_exception_handler(sqlite3.OperationalError, _unavailable)  # raw driver connections
     try:
         import psycopg
     except ImportError:  # pragma: no cover - PostgreSQL support not installed
         pass
     else:
         app.add_exception_handler(psycopg.DataError, _data)  # raw driver connections (quota)
+        app.add_exception_handler(psycopg.OperationalError, _unavailable)
 
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort

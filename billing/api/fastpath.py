@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse, Response
 
-from billing.api.errors import billing_error_response, error_body, validation_error_response
+from billing.api.errors import billing_error_response, error_body, unavailable_response, validation_error_response
 from billing.errors import BillingError
 
 # (app, ASGI scope, request body) -> (status, JSON body, extra headers)
@@ -54,15 +54,33 @@ class BillingAPI(FastAPI):
                 response = billing_error_response(exc)
             except RequestValidationError as exc:
                 response = validation_error_response(exc)
-            except Exception:  # the same last resort as the app's own handler
-                log.exception("unhandled error")
-                response = JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+            except Exception as exc:  # the same last resorts as the app's own handlers
+                if _unavailable(exc):
+                    response = unavailable_response(exc)
+                else:
+                    log.exception("unhandled error")
+                    response = JSONResponse(error_body("internal_error", "internal error"), status_code=500)
             else:
                 await send({"type": "http.response.start", "status": status,
                             "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
                 await send({"type": "http.response.body", "body": payload})
                 return
         await response(scope, receive, send)
+
+
+def _unavailable(exc: Exception) -> bool:
+    """A database error the app maps to 503 (``billing.api.errors.unavailable_response``)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, (OperationalError, sqlite3.OperationalError)):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, psycopg.OperationalError)
 
 
 async def _body(receive: Callable, max_body: int) -> bytes | None:
