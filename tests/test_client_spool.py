@@ -157,3 +157,35 @@ def test_two_flushers_at_once_send_each_commit_once(any_engine, tmp_path):
         env.client = client
         assert env.used("bot", "messages") == "40" and len(env.events("bot")) == 40
         assert Spool(spool_dir).pending() == []
+
+
+def test_the_largest_usage_is_kept_when_refused_and_never_raises(sqlite_engine, tmp_path):
+    """Token counts past what one event may carry (10^12): the service refuses the commit, the
+    caller still gets the response, and the commit is kept in rejected/ with the reason."""
+    from client_fixtures import make_env
+
+    env = make_env("http", sqlite_engine, tmp_path)
+    huge = anthropic_message(model=SONNET, inp=10**13)
+    out = guarded_call(env.client, "split", "requests", lambda model: huge)
+    assert out.response is huge and not out.recorded
+    assert [c["status"] for c in out.commits] == ["committed", "refused"]
+    assert out.refused[0]["code"] == "quantity_too_large"
+    (kept,) = env.client.spool.rejected()
+    assert json.loads(kept.read_text())["event"]["properties"]["input_tokens"] == 10**13
+    assert env.client.spool.pending() == []
+
+
+def test_flush_spool_command_exit_codes(sqlite_engine, tmp_path):
+    from typer.testing import CliRunner
+
+    from billing.cli import app as cli
+
+    env, _ = _unreachable_commits(sqlite_engine, tmp_path, customer="bot", meter="messages")
+    spool_dir = str(env.client.spool.directory)
+    runner = CliRunner()
+    down = runner.invoke(cli, ["client", "flush-spool", spool_dir, "--url", "http://127.0.0.1:9",
+                               "--api-key", env.key, "--json"], env={"BILLING_CLIENT_SPOOL_DIR": ""})
+    assert down.exit_code == 1 and json.loads(down.stdout)["pending"] == 1
+    missing = runner.invoke(cli, ["client", "flush-spool", str(tmp_path / "nope"), "--url", "http://x",
+                                  "--api-key", "k"])
+    assert missing.exit_code == 2 and "not a directory" in missing.output
