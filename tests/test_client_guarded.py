@@ -167,3 +167,16 @@ def test_concurrent_calls_never_pass_the_limit_and_record_each_call_once(tmp_pat
         assert outcomes.count("ok") == 3 and outcomes.count("denied") == 5
         assert env.used("split", "requests") == "3" and env.used("split", "input_tokens") == "150"
         assert len(env.events("split")) == 6
+
+
+def test_properties_json_has_no_type_for_are_sent_as_text(env):
+    import uuid
+    from decimal import Decimal
+
+    trace = uuid.uuid4()
+    out = guarded_call(env.client, "bot", "messages", lambda m: openai_chat(model=m), model="claude-haiku-4-5",
+                       properties={"feature": "support-chat", "price": Decimal("1.50"), "trace": trace})
+    assert out.recorded
+    (event,) = env.events("bot")
+    if env.kind == "http":  # over the wire as text; in-process the ledger keeps its own JSON form
+        assert event["properties"]["price"] == "1.50" and event["properties"]["trace"] == str(trace)

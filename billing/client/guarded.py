@@ -235,7 +235,7 @@ def finish_flow(session: Session, response: Any, usage: dict[str, Any], response
     if has_spool:
         try:
             held = yield spool_op("add", entries)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - the commits still go out, only without a copy on disk
             log.error("billing spool not writable (%s): sending the commits without it", exc)
             has_spool = False
     commits = []

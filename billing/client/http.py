@@ -20,11 +20,11 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -35,7 +35,7 @@ from billing.client.base import BillingClient, quota_body, utc_now
 from billing.client.errors import ApiError
 from billing.client.ops import arun
 from billing.client.retry import RetryPolicy
-from billing.client.spool import Spool, flush_flow
+from billing.client.spool import Spool, flush_flow, json_default
 
 log = logging.getLogger("billing.client")
 SPOOL_ENV = "BILLING_CLIENT_SPOOL_DIR"
@@ -45,21 +45,16 @@ def default_spool_dir(base_url: str) -> Path:
     """``$BILLING_CLIENT_SPOOL_DIR``, else a directory per service under the user's state dir."""
     if os.environ.get(SPOOL_ENV):
         return Path(os.environ[SPOOL_ENV])
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    try:
+        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    except (KeyError, RuntimeError):  # no home directory
+        state = Path(tempfile.gettempdir()) / f"billing-state-{os.getuid() if hasattr(os, 'getuid') else 0}"
     host = re.sub(r"[^A-Za-z0-9.-]", "_", urlsplit(base_url).netloc or "local")[:60]
     return state / "billing" / "spool" / f"{host}-{hashlib.sha256(base_url.encode()).hexdigest()[:12]}"
 
 
 def new_key() -> str:
     return str(uuid.uuid4())
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -121,7 +116,7 @@ class _HttpBase(BillingClient):
         headers = dict(self.headers)
         if key is not None:
             headers["Idempotency-Key"] = key
-        content = None if body is None else json.dumps(body, default=_json_default, separators=(",", ":"))
+        content = None if body is None else json.dumps(body, default=json_default, separators=(",", ":"))
         return {"method": method, "url": path, "content": content, "headers": headers}
 
     def _log_retry(self, method: str, path: str, exc: BaseException, attempt: int, wait: float) -> None:

@@ -66,6 +66,18 @@ class FlushReport:
                 "errors": self.errors}
 
 
+def json_default(value: Any) -> Any:
+    """How the client writes values JSON has no type for (the same in a request body and in a
+    spool file): decimals and other objects as text, instants in ISO 8601."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=json_default)
+
+
 def commit_entry(reservation_id: str, event: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
     return {"v": VERSION, "op": "commit", "reservation_id": reservation_id, "event": event,
             "idempotency_key": idempotency_key,
@@ -107,7 +119,7 @@ class Spool:
         try:
             if fcntl is not None and keep_open:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+            os.write(fd, dumps(data).encode())
             os.fsync(fd)
             os.replace(tmp, directory / name)
         except BaseException:
@@ -238,7 +250,7 @@ def deliver_flow(held: Held, *, spooled: bool = True) -> Flow[tuple[str, dict[st
                 yield spool_op("keep", held)
                 return "pending", {"status": "spooled", "error": _error_json(exc)}
             log.error("billing commit undelivered and no spool to keep it: %s; event: %s", exc,
-                      json.dumps(data["event"]))
+                      dumps(data["event"]))
             return "pending", {"status": "undelivered", "error": _error_json(exc)}
         answer, error = yield from _record_released(data, exc)
         if error is not None and error.pop("transient", False):
@@ -249,7 +261,7 @@ def deliver_flow(held: Held, *, spooled: bool = True) -> Flow[tuple[str, dict[st
             if spooled:
                 yield spool_op("reject", held, error)
             else:
-                log.error("billing commit refused: %s; event: %s", error, json.dumps(data["event"]))
+                log.error("billing commit refused: %s; event: %s", error, dumps(data["event"]))
             return "rejected", {"status": "refused", "error": error}
     if spooled:
         yield spool_op("done", held)
