@@ -24,10 +24,12 @@ class FaultTransport(httpx.BaseTransport):
         self.inner = inner
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
         self.log: list[tuple[str, str, str | None, str | None]] = []
+        self.bodies: list[tuple[str, bytes]] = []  # (path, request body)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         fault = _fault(self.faults, request.url.path)
         self.log.append((request.method, request.url.path, request.headers.get("idempotency-key"), fault))
+        self.bodies.append((request.url.path, request.read()))
         if fault == "connect":
             raise httpx.ConnectError("connection refused", request=request)
         if fault == "503":

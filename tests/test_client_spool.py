@@ -64,13 +64,14 @@ def _unreachable_commits(env_engine, tmp_path, customer="split", meter="requests
                         clock=clock)
     outs = [guarded_call(client, customer, meter, lambda model: anthropic_message(model=SONNET))
             for _ in range(calls)]
-    working = HttpClient("http://testserver", key, client=TestClient(app, base_url="http://testserver"),
-                         retry=FAST, spool_dir=tmp_path / "spool", clock=clock)
-    return Env(working, env_engine, clock, "http", app, key), outs
+    transport.faults.clear()  # the service is back
+    working = HttpClient("http://testserver", key, transport=transport, retry=FAST, spool_dir=tmp_path / "spool",
+                         clock=clock)
+    return Env(working, env_engine, clock, "http", app, key), outs, transport
 
 
 def test_unreachable_commits_are_spooled_then_flushed_once(any_engine, tmp_path):
-    env, (out,) = _unreachable_commits(any_engine, tmp_path)
+    env, (out,), transport = _unreachable_commits(any_engine, tmp_path)
     assert out.response is not None and not out.recorded and out.spooled == 2
     assert [c["status"] for c in out.commits] == ["spooled", "spooled"]
     assert len(env.client.spool.pending()) == 2 and env.events("split") == []
@@ -79,17 +80,24 @@ def test_unreachable_commits_are_spooled_then_flushed_once(any_engine, tmp_path)
     assert env.client.flush_spool()["delivered"] == 0
     assert env.used("split", "requests") == "1" and env.used("split", "input_tokens") == "50"
     assert len(env.events("split")) == 2 and env.holds("split") == ["committed", "committed"]
+    # sent again from the spool: the same bytes under the same key (a key reused with other
+    # parameters would be refused as idempotency_key_reused)
+    sent = {}
+    for (_m, path, key, _f), (_p, body) in zip(transport.log, transport.bodies):
+        if path == "/v1/quota/commit":
+            sent.setdefault(key, set()).add(body)
+    assert len(sent) == 2 and all(len(bodies) == 1 for bodies in sent.values())
 
 
 def test_the_next_call_flushes_older_commits(sqlite_engine, tmp_path):
-    env, _ = _unreachable_commits(sqlite_engine, tmp_path)
+    env, _, _ = _unreachable_commits(sqlite_engine, tmp_path)
     out = guarded_call(env.client, "split", "requests", lambda model: anthropic_message(model=SONNET))
     assert out.recorded and env.client.spool.pending() == []
     assert env.used("split", "requests") == "2" and len(env.events("split")) == 4
 
 
 def test_a_released_hold_is_recorded_as_an_event(sqlite_engine, tmp_path):
-    env, _ = _unreachable_commits(sqlite_engine, tmp_path, customer="bot", meter="messages")
+    env, _, _ = _unreachable_commits(sqlite_engine, tmp_path, customer="bot", meter="messages")
     (path,) = env.client.spool.pending()
     env.client.release(json.loads(path.read_text())["reservation_id"])  # e.g. expired and purged
     assert env.client.flush_spool()["delivered"] == 1
@@ -98,7 +106,7 @@ def test_a_released_hold_is_recorded_as_an_event(sqlite_engine, tmp_path):
 
 
 def test_a_refused_commit_is_kept_apart(sqlite_engine, tmp_path):
-    env, _ = _unreachable_commits(sqlite_engine, tmp_path, customer="bot", meter="messages")
+    env, _, _ = _unreachable_commits(sqlite_engine, tmp_path, customer="bot", meter="messages")
     (path,) = env.client.spool.pending()
     entry = json.loads(path.read_text())
     entry["event"]["properties"]["input_tokens"] = -1  # a commit the service cannot take
@@ -180,7 +188,7 @@ def test_flush_spool_command_exit_codes(sqlite_engine, tmp_path):
 
     from billing.cli import app as cli
 
-    env, _ = _unreachable_commits(sqlite_engine, tmp_path, customer="bot", meter="messages")
+    env, _, _ = _unreachable_commits(sqlite_engine, tmp_path, customer="bot", meter="messages")
     spool_dir = str(env.client.spool.directory)
     runner = CliRunner()
     down = runner.invoke(cli, ["client", "flush-spool", spool_dir, "--url", "http://127.0.0.1:9",

@@ -116,7 +116,9 @@ class _HttpBase(BillingClient):
         headers = dict(self.headers)
         if key is not None:
             headers["Idempotency-Key"] = key
-        content = None if body is None else json.dumps(body, default=json_default, separators=(",", ":"))
+        # canonical JSON: a write sent again later (from the spool) is the same bytes as the first
+        content = None if body is None else json.dumps(body, default=json_default, separators=(",", ":"),
+                                                       sort_keys=True)
         return {"method": method, "url": path, "content": content, "headers": headers}
 
     def _log_retry(self, method: str, path: str, exc: BaseException, attempt: int, wait: float) -> None:
