@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from billing.api.app import create_app
 from billing.api.auth import create_key
-from billing.client import HttpClient, RetryPolicy, Spool, guarded_call
+from billing.client import ApiError, HttpClient, RetryPolicy, Spool, guarded_call
 from billing.client.spool import commit_entry
 from client_fixtures import CAT, ROOT, Env, child_env, env, serve_app, subscribe_all  # noqa: F401
 from faults import FaultTransport
@@ -197,3 +197,22 @@ def test_flush_spool_command_exit_codes(sqlite_engine, tmp_path):
     missing = runner.invoke(cli, ["client", "flush-spool", str(tmp_path / "nope"), "--url", "http://x",
                                   "--api-key", "k"])
     assert missing.exit_code == 2 and "not a directory" in missing.output
+
+
+def test_a_spool_failing_while_settling_never_raises_after_the_call(sqlite_engine, tmp_path, monkeypatch):
+    from client_fixtures import make_env
+
+    env = make_env("http", sqlite_engine, tmp_path)
+
+    def full(self, held, error):
+        raise OSError(28, "No space left on device")
+
+    def refused(*args, **kwargs):
+        raise ApiError("bad event", code="event_invalid", status=422)
+
+    env.client.commit = refused
+    monkeypatch.setattr(Spool, "reject", full)
+    out = guarded_call(env.client, "bot", "messages", lambda model: anthropic_message(model=SONNET),
+                       properties={"feature": "support-chat"})
+    assert out.response is not None and out.commits[0]["status"] == "spooled"
+    assert len(env.client.spool.pending()) == 1  # still on disk, for a later flush

@@ -31,16 +31,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from billing.client.calls import (
-    Slot,
-    metering_problems,
-    plan_slots,
-    primary_slot,
-    unmatched,
-)
+from billing.client.calls import Slot, metering_problems, plan_slots, primary_slot, unmatched
 from billing.client.errors import ApiError, QuotaDenied, UsageRefused
 from billing.client.ops import Flow, Op, arun, client_op, run, spool_op
-from billing.client.spool import Held, commit_entry, deliver_flow, flush_flow
+from billing.client.spool import Held, commit_entry, deliver_flow, error_json, flush_flow
 from billing.client.usage import extract_usage, model_of
 
 log = logging.getLogger("billing.client")
@@ -240,7 +234,11 @@ def finish_flow(session: Session, response: Any, usage: dict[str, Any], response
             has_spool = False
     commits = []
     for item in held:
-        _outcome, answer = yield from deliver_flow(item, spooled=has_spool)
+        try:
+            _outcome, answer = yield from deliver_flow(item, spooled=has_spool)
+        except Exception as exc:  # noqa: BLE001 - e.g. the disk filled up while settling the spool file
+            log.error("billing commit of %s not settled: %s", item.data["reservation_id"], exc)
+            answer = {"status": "spooled" if has_spool else "undelivered", "error": error_json(exc)}
         commits.append(answer)
     result = Guarded(response, session.decision, session.slots[0].reservation_id, model, usage,
                      commits[0], events, commits, warnings)

@@ -248,10 +248,10 @@ def deliver_flow(held: Held, *, spooled: bool = True) -> Flow[tuple[str, dict[st
         if (yield client_op("is_transient", exc, inline=True)):
             if spooled:
                 yield spool_op("keep", held)
-                return "pending", {"status": "spooled", "error": _error_json(exc)}
+                return "pending", {"status": "spooled", "error": error_json(exc)}
             log.error("billing commit undelivered and no spool to keep it: %s; event: %s", exc,
                       dumps(data["event"]))
-            return "pending", {"status": "undelivered", "error": _error_json(exc)}
+            return "pending", {"status": "undelivered", "error": error_json(exc)}
         answer, error = yield from _record_released(data, exc)
         if error is not None and error.pop("transient", False):
             if spooled:
@@ -273,21 +273,21 @@ def _record_released(data: dict[str, Any], exc: Exception) -> Flow[tuple[dict[st
     still happened: record the event through ``POST /v1/events``. (answer, None) when
     recorded, else (None, the error)."""
     if not (isinstance(exc, BillingError) and exc.code == ErrorCode.RESERVATION_STATE):
-        return None, _error_json(exc)
+        return None, error_json(exc)
     try:
         answer = yield client_op("record", [data["event"]], idempotency_key=data["idempotency_key"] + "-record")
     except Exception as again:  # noqa: BLE001
         transient = yield client_op("is_transient", again, inline=True)
-        return None, {**_error_json(again), "commit_error": _error_json(exc), "transient": bool(transient)}
+        return None, {**error_json(again), "commit_error": error_json(exc), "transient": bool(transient)}
     result = (answer.get("results") or [{}])[0]
     if result.get("status") not in ("accepted", "duplicate"):
         return None, {"code": result.get("code") or result.get("status"), "message": result.get("message"),
-                      "commit_error": _error_json(exc)}
+                      "commit_error": error_json(exc)}
     return {"reservation_id": data["reservation_id"], "event_id": data["event"].get("id"),
             "status": "recorded", "event": result["status"]}, None
 
 
-def _error_json(exc: BaseException) -> dict[str, Any]:
+def error_json(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, BillingError):
         return {"code": getattr(exc, "raw_code", None) or str(exc.code), "message": exc.message}
     return {"code": type(exc).__name__, "message": str(exc)}
