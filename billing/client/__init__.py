@@ -23,12 +23,7 @@ from billing.client.http import AsyncHttpClient, HttpClient
 from billing.client.local import LocalClient
 from billing.client.retry import RetryPolicy
 from billing.client.spool import Spool
-from billing.client.streams import (
-    AsyncGuardedStream,
-    GuardedStream,
-    async_guarded_stream,
-    guarded_stream,
-)
+from billing.client.streams import AsyncGuardedStream, GuardedStream, async_guarded_stream, guarded_stream
 from billing.client.usage import StreamUsage, extract_usage, model_of
 
 __all__ = [

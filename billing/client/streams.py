@@ -26,14 +26,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from billing.client.guarded import (
-    CallSpec,
-    Guarded,
-    Session,
-    abort_flow,
-    begin_flow,
-    finish_flow,
-)
+from billing.client.guarded import CallSpec, Guarded, Session, abort_flow, begin_flow, finish_flow
 from billing.client.ops import arun, run
 from billing.client.usage import StreamUsage
 
