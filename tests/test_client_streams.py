@@ -142,3 +142,23 @@ def test_async_streams(sqlite_engine, tmp_path):
     assert failing.result is None
     assert early.result.recorded and base.used("split", "input_tokens") == "50"
     assert sorted(base.holds("split")) == ["committed", "committed", "released", "released"]
+
+
+class SdkStream:
+    """Like ``openai.Stream``: iterable, and ``close()`` closes the HTTP response."""
+
+    def __init__(self, chunks):
+        self.chunks, self.closed = chunks, False
+
+    def __iter__(self):
+        yield from self.chunks
+
+    def close(self):
+        self.closed = True
+
+
+def test_closing_early_closes_the_sdk_stream(env):
+    source = SdkStream(openai_chat_chunks())
+    with guarded_stream(env.client, "split", "requests", lambda model: source) as stream:
+        next(stream)
+    assert source.closed and stream.result is None

@@ -63,6 +63,7 @@ class GuardedStream(_Settling):
 
     def __init__(self, client: Any, session: Session, chunks: Any, manager: Any = None):
         super().__init__(client, session, manager)
+        self._source = chunks  # an SDK stream: closing it closes its HTTP response
         self._it = iter(chunks)
 
     def __iter__(self) -> "GuardedStream":
@@ -96,7 +97,7 @@ class GuardedStream(_Settling):
         """Stop reading: close the underlying stream and settle (commit what was seen)."""
         if self.done:
             return
-        closer = getattr(self._it, "close", None)
+        closer = getattr(self._source, "close", None) or getattr(self._it, "close", None)
         if callable(closer):
             try:
                 closer()
@@ -116,6 +117,7 @@ class AsyncGuardedStream(_Settling):
 
     def __init__(self, client: Any, session: Session, chunks: Any, manager: Any = None):
         super().__init__(client, session, manager)
+        self._source = chunks
         self._it = chunks.__aiter__()
 
     def __aiter__(self) -> "AsyncGuardedStream":
@@ -148,7 +150,8 @@ class AsyncGuardedStream(_Settling):
     async def aclose(self) -> None:
         if self.done:
             return
-        closer = getattr(self._it, "aclose", None) or getattr(self._it, "close", None)
+        closer = next((c for c in (getattr(self._source, "aclose", None), getattr(self._source, "close", None),
+                                   getattr(self._it, "aclose", None)) if callable(c)), None)
         if callable(closer):
             try:
                 value = closer()
