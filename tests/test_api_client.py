@@ -19,7 +19,7 @@ CAT = catalog()
 
 
 @pytest.fixture(params=["local", "http"])
-def client(request, sqlite_engine):
+def client(request, sqlite_engine, tmp_path):
     acc = Accounts(sqlite_engine, CAT)
     acc.create_customer("acme", now=T0)
     acc.subscribe("acme", "cursor-pro", at=T0)  # 500 fast requests, then claude-haiku-4-5
@@ -30,7 +30,8 @@ def client(request, sqlite_engine):
         return LocalClient(Quota(sqlite_engine, CAT, clock=clock))
     app = create_app(sqlite_engine, CAT, clock=clock, context_ttl=0)
     _, key = create_key(sqlite_engine, "admin")
-    return HttpClient("http://testserver", key, client=TestClient(app, base_url="http://testserver"))
+    return HttpClient("http://testserver", key, client=TestClient(app, base_url="http://testserver"),
+                      spool_dir=tmp_path / "spool", clock=clock)
 
 
 def openai_response(prompt=1200, completion=300, cached=1000):
@@ -133,34 +134,15 @@ def test_http_errors_carry_status_and_code(sqlite_engine):
     assert err.value.status == 401 and err.value.code == ErrorCode.UNAUTHENTICATED
 
 
-class FlakyCommits:
-    """A client whose first commits fail in transit (the call already happened)."""
+def test_metering_says_what_the_plan_counts(client):
+    m = client.metering("bot")
+    assert m["plan"] == {"id": "support-chatbot", "version": 1} and m["task_property"] == "task"
+    (meter,) = m["meters"]
+    assert (meter["key"], meter["event_type"], meter["aggregation"], meter["filter"]) == (
+        "messages", "llm.call", "count", {"feature": "support-chat"})
+    assert m["charges"] == [{"key": "messages", "meter": "messages"}]
+    assert client.metering("acme")["meters"][0]["event_type"] == "request"
+    with pytest.raises(BillingError) as err:
+        client.metering("nobody")
+    assert err.value.code == ErrorCode.CUSTOMER_NOT_FOUND
 
-    def __init__(self, failures):
-        self.failures = list(failures)
-        self.commits = []
-
-    def reserve(self, customer, meter=None, **kw):
-        return {"reservation_id": "rsv_1", "granted": True, "decision": {"lane": {"model": "m"}}}
-
-    def commit(self, reservation_id, event=None):
-        self.commits.append(event)
-        if self.failures:
-            raise self.failures.pop(0)
-        return {"reservation_id": reservation_id, "event": "accepted"}
-
-    def release(self, reservation_id):
-        raise AssertionError("a finished call is committed, not released")
-
-
-def test_guarded_call_sends_a_lost_commit_again():
-    import httpx
-
-    flaky = FlakyCommits([httpx.ConnectError("reset"), ApiError("busy", code="internal_error", status=503)])
-    out = guarded_call(flaky, "acme", "requests", lambda model: {"usage": {"input_tokens": 1, "output_tokens": 2}})
-    assert out.commit["event"] == "accepted"
-    assert len(flaky.commits) == 3 and flaky.commits[0] == flaky.commits[2]  # the same event each time
-    refused = FlakyCommits([ApiError("bad", code="event_invalid", status=422)])
-    with pytest.raises(ApiError):
-        guarded_call(refused, "acme", "requests", lambda model: {})
-    assert len(refused.commits) == 1  # a 4xx is an answer, not a loss: not sent again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from billing.cli import client as client_cli
 from billing.cli import costs, invoice, keys, ledger_cmds, plans
 from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
@@ -25,5 +26,6 @@ app.add_typer(stripe_cli.app, name="stripe")
 app.add_typer(report_cli.app, name="report")
 app.command("simulate")(simulate)
 app.add_typer(keys.app, name="keys")
+app.add_typer(client_cli.app, name="client")
 app.command("serve")(serve)
 app.command("demo")(demo)

@@ -1,0 +1,104 @@
+"""The interface both clients implement (JSON-shaped dicts in and out, the HTTP API's shapes)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from billing.client.spool import Spool
+
+
+def quota_body(customer: str, meter: str | None, charge: str | None, quantity, model, task, tokens, cost,
+               steps) -> dict[str, Any]:
+    """The JSON body of a check or reserve."""
+    body: dict[str, Any] = {"customer": customer, "quantity": str(quantity)}
+    if charge is not None:
+        body["charge"] = charge
+    else:
+        body["meter"] = meter
+    for name, value in (("model", model), ("task", task), ("tokens", tokens), ("steps", steps)):
+        if value is not None:
+            body[name] = value
+    if cost:
+        body["cost"] = str(cost)
+    return body
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BillingClient:
+    """``check`` / ``reserve`` / ``commit`` / ``release`` / ``record`` / ``usage`` /
+    ``metering``, raising ``BillingError`` with the API's stable codes.
+
+    Writes take an ``idempotency_key`` (HTTP: sent as ``Idempotency-Key``; a fresh one per
+    call when not given). ``spool``: where ``guarded_call`` keeps commits until they are
+    acknowledged (None: none). ``now()``: the clock that stamps ``guarded_call``'s events."""
+
+    spool: "Spool | None" = None
+
+    def now(self) -> datetime:
+        return utc_now()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """A failure that sending the same request again may cure (the service unreachable)."""
+        return False
+
+    def check(self, customer: str, meter: str | None = None, *, charge: str | None = None,
+              quantity: Decimal | int | str = 1, model: str | None = None, task: str | None = None,
+              tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def reserve(self, customer: str, meter: str | None = None, *, charge: str | None = None,
+                quantity: Decimal | int | str = 1, model: str | None = None, task: str | None = None,
+                tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None,
+                ttl: float = 60.0, request_id: str | None = None,
+                idempotency_key: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def commit(self, reservation_id: str, event: dict[str, Any] | None = None, *,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def release(self, reservation_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def record(self, events: Iterable[dict[str, Any]], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def usage(self, customer: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def metering(self, customer: str) -> dict[str, Any]:
+        """What the customer's plan meters (``GET /v1/customers/{id}/metering``)."""
+        raise NotImplementedError
+
+    # ---- used by guarded_call's flow (cheap, non-blocking)
+    def has_spool(self) -> bool:
+        return self.spool is not None
+
+    def metering_cached(self, customer: str, ttl: float) -> tuple[dict[str, Any] | None] | None:
+        """``(metering,)`` remembered less than ``ttl`` seconds ago (None inside: the service
+        has no metering route), else None."""
+        hit = self.__dict__.get("_metering", {}).get(customer)
+        if hit is not None and time.monotonic() - hit[0] < ttl:
+            return (hit[1],)
+        return None
+
+    def remember_metering(self, customer: str, metering: dict[str, Any] | None) -> None:
+        cache = self.__dict__.setdefault("_metering", {})
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[customer] = (time.monotonic(), metering)
+
+    def flush_spool(self, *, limit: int | None = None) -> dict[str, Any]:
+        """Send the spooled commits again until acknowledged (see ``billing.client.spool``):
+        ``{"delivered", "rejected", "pending", "errors"}``."""
+        if self.spool is None:
+            return {"delivered": 0, "rejected": 0, "pending": 0, "errors": []}
+        return self.spool.flush(self, limit=limit).to_json()

@@ -1,0 +1,235 @@
+"""``HttpClient`` and ``AsyncHttpClient``: the client interface over the HTTP API (httpx).
+
+Every write (reserve, commit, release, record) carries an ``Idempotency-Key`` (a fresh
+uuid4 per logical write unless given; the same on each retry of that write), and failures
+that may pass are retried as ``billing.client.retry`` says (connection errors, timeouts,
+5xx, ``409 idempotency_key_in_use``; never another 4xx). Reads (check, usage, metering)
+are retried the same way, without a key.
+
+``spool_dir``: where ``guarded_call`` keeps its commits until acknowledged
+(``billing.client.spool``). Default: ``$BILLING_CLIENT_SPOOL_DIR``, else
+``$XDG_STATE_HOME/billing/spool/<host>-<hash of the base URL>`` (``~/.local/state/...``);
+``False``: no spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from billing.client.base import BillingClient, quota_body, utc_now
+from billing.client.errors import ApiError
+from billing.client.ops import arun
+from billing.client.retry import RetryPolicy
+from billing.client.spool import Spool, flush_flow, json_default
+
+log = logging.getLogger("billing.client")
+SPOOL_ENV = "BILLING_CLIENT_SPOOL_DIR"
+
+
+def default_spool_dir(base_url: str) -> Path:
+    """``$BILLING_CLIENT_SPOOL_DIR``, else a directory per service under the user's state dir."""
+    if os.environ.get(SPOOL_ENV):
+        return Path(os.environ[SPOOL_ENV])
+    try:
+        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    except (KeyError, RuntimeError):  # no home directory
+        state = Path(tempfile.gettempdir()) / f"billing-state-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", urlsplit(base_url).netloc or "local")[:60]
+    return state / "billing" / "spool" / f"{host}-{hashlib.sha256(base_url.encode()).hexdigest()[:12]}"
+
+
+def new_key() -> str:
+    return str(uuid.uuid4())
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        value = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def answer(response: httpx.Response) -> Any:
+    """The JSON of a 2xx answer; an ``ApiError`` for anything else (a 2xx without JSON is
+    treated as a bad gateway: retryable, the write's key makes it safe)."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    status = response.status_code
+    if status >= 400:
+        if isinstance(data, dict) and "code" in data:
+            raise ApiError(str(data.get("message", "")), code=str(data["code"]), status=status,
+                           details=data.get("details"), retry_after=_retry_after(response))
+        raise ApiError(response.text[:500] or response.reason_phrase, code=f"http_{status}", status=status,
+                       retry_after=_retry_after(response))
+    if data is None:
+        raise ApiError(f"HTTP {status} without a JSON body", code="bad_response", status=502)
+    return data
+
+
+class _HttpBase(BillingClient):
+    """The requests (shared by both clients); ``_send`` performs one with retries."""
+
+    is_async = False
+
+    def __init__(self, base_url: str, api_key: str, *, retry: RetryPolicy | None = None,
+                 spool_dir: str | os.PathLike[str] | None | bool = None,
+                 clock: Callable[[], datetime] | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        if spool_dir is False:
+            self.spool = None
+        else:
+            self.spool = Spool(default_spool_dir(self.base_url) if spool_dir in (None, True) else spool_dir)
+        self._clock = clock or utc_now
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        from billing.client.retry import transient
+
+        return transient(exc)
+
+    def _send(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def _request(self, method: str, path: str, body: Any, key: str | None) -> dict[str, Any]:
+        headers = dict(self.headers)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        # canonical JSON: a write sent again later (from the spool) is the same bytes as the first
+        content = None if body is None else json.dumps(body, default=json_default, separators=(",", ":"),
+                                                       sort_keys=True)
+        return {"method": method, "url": path, "content": content, "headers": headers}
+
+    def _log_retry(self, method: str, path: str, exc: BaseException, attempt: int, wait: float) -> None:
+        log.info("billing %s %s failed (%s), try %d again in %.2fs", method, path, exc, attempt + 2, wait)
+
+    # ------------------------------------------------------------------ the API
+    def check(self, customer, meter=None, *, charge=None, quantity=1, model=None, task=None, tokens=None, cost=0,
+              steps=None):
+        return self._send("POST", "/v1/quota/check",
+                          quota_body(customer, meter, charge, quantity, model, task, tokens, cost, steps))
+
+    def reserve(self, customer, meter=None, *, charge=None, quantity=1, model=None, task=None, tokens=None, cost=0,
+                steps=None, ttl=60.0, request_id=None, idempotency_key=None):
+        body = quota_body(customer, meter, charge, quantity, model, task, tokens, cost, steps)
+        body["ttl_seconds"] = ttl
+        if request_id is not None:
+            body["request_id"] = request_id
+        return self._send("POST", "/v1/quota/reserve", body, key=idempotency_key or new_key())
+
+    def commit(self, reservation_id, event=None, *, idempotency_key=None):
+        return self._send("POST", "/v1/quota/commit", {"reservation_id": reservation_id, "event": event},
+                          key=idempotency_key or new_key())
+
+    def release(self, reservation_id, *, idempotency_key=None):
+        return self._send("POST", "/v1/quota/release", {"reservation_id": reservation_id},
+                          key=idempotency_key or new_key())
+
+    def record(self, events, *, idempotency_key=None):
+        return self._send("POST", "/v1/events", {"events": list(events)}, key=idempotency_key or new_key())
+
+    def usage(self, customer):
+        return self._send("GET", f"/v1/customers/{quote(customer, safe='')}/usage")
+
+    def metering(self, customer):
+        return self._send("GET", f"/v1/customers/{quote(customer, safe='')}/metering")
+
+
+class HttpClient(_HttpBase):
+    """Over HTTP with ``httpx.Client`` (one connection pool; use as a context manager or
+    ``close()``). ``client``: an ``httpx.Client`` to use (e.g. a test client);
+    ``transport``: an httpx transport for the client made here."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0, client: httpx.Client | None = None,
+                 transport: httpx.BaseTransport | None = None, retry: RetryPolicy | None = None,
+                 spool_dir: str | os.PathLike[str] | None | bool = None,
+                 clock: Callable[[], datetime] | None = None, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(base_url, api_key, retry=retry, spool_dir=spool_dir, clock=clock)
+        self._http = client or httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._sleep = sleep
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "HttpClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> Any:
+        request = self._request(method, path, body, key)
+        start, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return answer(self._http.request(**request))
+            except (httpx.TransportError, ApiError) as exc:
+                wait = self.retry.next_delay(attempt, time.monotonic() - start, exc)
+                if wait is None:
+                    raise
+                self._log_retry(method, path, exc, attempt, wait)
+                self._sleep(wait)
+                attempt += 1
+
+
+class AsyncHttpClient(_HttpBase):
+    """``HttpClient`` with ``httpx.AsyncClient``: every method is a coroutine (``async with``
+    or ``await aclose()``). For ``async_guarded_call`` and ``async_guarded_stream``."""
+
+    is_async = True
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0,
+                 client: httpx.AsyncClient | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 retry: RetryPolicy | None = None, spool_dir: str | os.PathLike[str] | None | bool = None,
+                 clock: Callable[[], datetime] | None = None):
+        super().__init__(base_url, api_key, retry=retry, spool_dir=spool_dir, clock=clock)
+        self._http = client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncHttpClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def _send(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> Any:
+        request = self._request(method, path, body, key)
+        start, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return answer(await self._http.request(**request))
+            except (httpx.TransportError, ApiError) as exc:
+                wait = self.retry.next_delay(attempt, time.monotonic() - start, exc)
+                if wait is None:
+                    raise
+                self._log_retry(method, path, exc, attempt, wait)
+                await asyncio.sleep(wait)
+                attempt += 1
+
+    async def flush_spool(self, *, limit: int | None = None) -> dict[str, Any]:  # type: ignore[override]
+        if self.spool is None:
+            return {"delivered": 0, "rejected": 0, "pending": 0, "errors": []}
+        return (await arun(flush_flow(limit), self)).to_json()
