@@ -4,6 +4,8 @@ Every event gets exactly one result: ``accepted`` (committed now), ``duplicate``
 and content already stored: counted once), ``conflict`` (same id, other content: nothing
 changed) or ``rejected`` (with a reason code). A chunk is one transaction: results are
 only reported after its commit, and a bad event never affects the good ones around it.
+An accepted event the cost book could not price, or whose type no plan meters, is stored
+all the same; its result carries the warning (``unpriced_model`` / ``unmetered_type``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import gc
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -25,8 +27,9 @@ from billing.costs import CostBook
 from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.ledger import event_store, repository
+from billing.ledger.cost_prices import CostSource, connection_fetch
 from billing.ledger.counters import CounterPlanner, subscription_views
-from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch
+from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, reprice, warning_of
 from billing.ledger.types import to_us
 
 
@@ -50,6 +53,7 @@ class BatchResult:
         self.statuses: list[str] = []
         self.sources: list[Any] = []  # the events as given (their id/customer are read lazily)
         self.details: dict[int, tuple[str, str]] = {}  # index -> (code, message)
+        self.kept: dict[int, tuple[bool, bool]] = {}  # index -> (unpriced, unmetered) of events stored so
 
     def count(self, status: str) -> int:
         return self.statuses.count(status)
@@ -72,6 +76,7 @@ class BatchResult:
                   if self.statuses[i] in ("conflict", "rejected")]
         return {"accepted": self.accepted, "duplicates": self.count("duplicate"),
                 "conflicts": self.count("conflict"), "rejected": self.count("rejected"),
+                "unpriced": sum(u for u, _ in self.kept.values()), "unmetered": sum(m for _, m in self.kept.values()),
                 "errors": errors[:max_errors]}
 
 
@@ -81,12 +86,15 @@ class Ledger:
     def __init__(self, engine: Engine, catalog: Catalog, book: CostBook | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  future_tolerance_seconds: int = 300):
+        """``book``: price with exactly this book; default: the process's book
+        (``billing.ledger.cost_prices``: shipped, ``BILLING_COSTS``, prices added to this
+        ledger), kept up to date as prices are added."""
         self.engine = engine
         self.catalog = catalog
-        self.book = book or CostBook.load_default()
+        self.costs = CostSource(engine, book=book)
+        self._pricer = Pricer(self.costs.book)
         self.clock = clock
         self.tolerance_us = future_tolerance_seconds * 1_000_000
-        self.pricer = Pricer(self.book)
         self._cycle_periods: dict[tuple, tuple[int, int]] = {}
         types = set(BUILTIN_TYPES)
         for plan in catalog.all():
@@ -95,6 +103,18 @@ class Ledger:
         self.measured = measured_properties(catalog)
         self.task_properties = task_properties(catalog)
         self._customers: dict[str, str] = {}  # customer id -> timezone, of customers seen to exist
+
+    @property
+    def book(self) -> CostBook:
+        return self.costs.book
+
+    @property
+    def pricer(self) -> Pricer:
+        """Prices of the current book (a new one when the stored prices change)."""
+        pricer = self._pricer
+        if pricer.book is not self.costs.book:
+            pricer = self._pricer = Pricer(self.costs.book)
+        return pricer
 
     def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
                progress: Callable[[int], None] | None = None) -> BatchResult:
@@ -105,6 +125,7 @@ class Ledger:
         costed. Chunks commit in order, and a chunk's results are added only after its commit.
         """
         result = BatchResult()
+        self.costs.refresh()
         if isinstance(events, (list, tuple)) and len(events) <= min(_SMALL_BATCH, chunk_size):
             # the hot path of an API call or a quota commit: no thread, no GC games
             if events:
@@ -133,6 +154,10 @@ class Ledger:
         result.statuses.extend(staged.status)
         result.sources.extend(staged.raws)
         result.details.update({offset + i: v for i, v in staged.problems.items()})
+        for i, p in staged.flagged.items():  # stored, with what it lacks
+            if staged.status[i] == "accepted" and (p.unpriced or p.unmetered):
+                result.details[offset + i] = warning_of(p)
+                result.kept[offset + i] = (p.unpriced is not None, p.unmetered is not None)
         if progress:
             progress(len(staged.raws))
 
@@ -143,8 +168,11 @@ class Ledger:
         status: list[str] = ["accepted"] * n
         problems: dict[int, tuple[str, str]] = {}
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
+        flagged: dict[int, Prepared] = {}
+        pricer = self.pricer
         results = prepare_batch(raws, now_us=now_us, tolerance_us=self.tolerance_us, known_types=self.known_types,
-                                pricer=self.pricer, measured=self.measured, task_properties=self.task_properties)
+                                pricer=pricer, measured=self.measured, task_properties=self.task_properties,
+                                flagged=flagged)
         if Rejection in set(map(type, results)):
             index = [i for i, p in enumerate(results) if type(p) is not Rejection]
             for i, p in enumerate(results):
@@ -159,7 +187,7 @@ class Ledger:
         if len(set(map(_EVENT_ID, rows))) < len(rows) and len(set(map(_KEY, rows))) < len(rows):
             pairs = self._split_repeats(_numbered(rows, index), status, problems, copies)
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
-        return _Staged(raws, status, problems, rows, index, copies)
+        return _Staged(raws, status, problems, rows, index, copies, flagged, pricer.book)
 
     def _known_customers(self, session: Session, named: set[str]) -> dict[str, str]:
         """customer id -> timezone for the ids of ``named`` that exist. A customer is never
@@ -202,6 +230,7 @@ class Ledger:
         status, problems, rows, index, copies = staged.status, staged.problems, staged.rows, staged.index, staged.copies
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
+            self._price_again(conn, staged)
             session = Session(bind=conn)
             named = set(map(_CUSTOMER, rows))
             customers = self._known_customers(session, named)
@@ -254,6 +283,32 @@ class Ledger:
         return staged  # committed: only now may its results be reported
 
 
+    def _price_again(self, conn, staged: "_Staged") -> None:
+        """First thing in a chunk's transaction when it holds events the book could not
+        price: wait for prices being added (``cost_prices.lock_to_price``) and, if the
+        stored prices changed, price those events again (in place in ``staged``)."""
+        again = self.settle_unpriced(connection_fetch(conn), conn.dialect.name == "postgresql",
+                                     list(staged.flagged.values()), staged.book)
+        if again:
+            staged.rows[:] = [again.get(id(p), p) for p in staged.rows]
+            staged.flagged.update({i: again.get(id(p), p) for i, p in staged.flagged.items()})
+
+    def settle_unpriced(self, fetch, pg: bool, events: list[Prepared], priced_with: CostBook) -> dict[int, Prepared]:
+        """In a transaction about to store ``events`` (prepared with ``priced_with`` or a
+        newer book), if any is unpriced: wait for prices being added
+        (``cost_prices.lock_to_price``) and bring the book up to date; if it is not
+        ``priced_with`` any more, the unpriced events priced again with it, by ``id()`` of
+        the old (else {})."""
+        unpriced = [p for p in events if p.unpriced]
+        if not unpriced:
+            return {}
+        self.costs.settle(fetch, pg)
+        pricer = self.pricer
+        if pricer.book is priced_with:
+            return {}
+        return {id(p): reprice(p, pricer) for p in unpriced}
+
+
 @dataclass
 class _Staged:
     raws: list[Any]
@@ -262,6 +317,8 @@ class _Staged:
     rows: list[Prepared]  # the events to store, first copies only
     index: list[int] | None  # each row's position in the chunk (None: row i is event i)
     copies: list[tuple[int, int, Prepared]]
+    flagged: dict[int, Prepared] = field(default_factory=dict)  # position -> unpriced or unmetered event
+    book: CostBook | None = None  # the cost book the events were priced with
 
 
 def _numbered(rows: list[Prepared], index: list[int] | None) -> list[tuple[int, Prepared]]:
