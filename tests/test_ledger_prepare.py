@@ -362,7 +362,12 @@ def batch(raws, now: datetime = NOW) -> list:
 @FAST
 @given(st.lists(st.one_of(single_fault_events(), raw_events()), max_size=12))
 def test_batch_fast_path_equals_prepare_event_by_event(raws):
-    assert batch(raws) == [fast(raw) for raw in raws]
+    flagged: dict = {}
+    got = prepare_batch(raws, now_us=to_us(NOW), tolerance_us=int(TOLERANCE.total_seconds()) * 1_000_000,
+                        known_types=KNOWN_TYPES, pricer=Pricer(BOOK), measured=MEASURED, flagged=flagged)
+    assert got == [fast(raw) for raw in raws]
+    # the positions of the events kept unpriced or unmetered, and only those
+    assert flagged == {i: p for i, p in enumerate(got) if isinstance(p, Prepared) and (p.unpriced or p.unmetered)}
 
 
 @FAST

@@ -98,12 +98,22 @@ def test_billing_costs_is_honoured_by_the_import_and_costs_list(cli, db_url, tmp
     assert (summary["accepted"], summary["unpriced"]) == (1, 1)  # without the file: kept unpriced, exit 0
     assert stored(db_url) == {"n1": (3 * 10**12, None), "n2": (0, stored(db_url)["n2"][1])}
     assert "nova-9" in stored(db_url)["n2"][1]
+    # reports show what the book priced at ingestion, and keep the rest apart
+    report = cli("report", "margins", "--period", "2026-10", "--as-of", AS_OF, "--json")
+    assert report["customers"][0]["cost"] == "3" and report["unpriced_usage"]["events"] == 1
+    # invoice preview prices with it too (a file-only command: no ledger needed)
+    preview = ["invoice", "preview", "--plan", ROOT / "plans" / "token-api.yaml", "--events",
+               write_events(tmp_path / "p.jsonl", [nova_event(5)]), "--json"]
+    assert cli(*preview, env=with_costs)["provider_cost"] == "3"
+    assert "unknown_model" in cli(*preview, code=2)
     # a BILLING_COSTS path that does not exist is an error, not a silent fallback
     out = cli("costs", "list", code=2, env={"BILLING_COSTS": str(tmp_path / "missing")})
     assert "no such file or directory" in out
     # the shipped book plus the directory, as `costs recost` sees it, prices n2
     assert cli("costs", "recost", "--json", env=with_costs)["events_recosted"] == 1
     assert stored(db_url)["n2"] == (3 * 10**12, None)
+    report = cli("report", "margins", "--period", "2026-10", "--as-of", AS_OF, "--json")
+    assert report["customers"][0]["cost"] == "6" and report["unpriced_usage"]["events"] == 0
 
 
 def test_costs_add_stores_prices_and_recosts_once(cli, db_url, tmp_path):

@@ -52,6 +52,8 @@ def ledger_exists() -> bool:
 def cost_book(extra: list[Path] | None = None):
     """The command's cost book (``billing.ledger.cost_prices.cost_book``): shipped <
     ``BILLING_COSTS`` < prices added to the ledger (when there is one) < ``extra`` files."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from billing.costs import CostBookError
     from billing.ledger.cost_prices import cost_book as build
 
@@ -61,6 +63,9 @@ def cost_book(extra: list[Path] | None = None):
         fail(f"cost data: {exc.message}")
     except OSError as exc:
         fail(f"cost data: cannot read {exc.filename}: {exc.strerror}")
+    except SQLAlchemyError as exc:
+        fail(f"cannot read the prices added to the ledger (BILLING_DATABASE_URL): {type(exc).__name__}: "
+             f"{str(exc).splitlines()[0]}")
     raise AssertionError("unreachable")
 
 

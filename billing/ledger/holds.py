@@ -27,8 +27,8 @@ Reads (``check``, ``usage``) use driver connections without a transaction of the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -42,6 +42,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.ingest import Ledger
 from billing.ledger.models import UsageEventRow
 from billing.ledger.outbox import Outbox
+from billing.ledger.prepare import UNPRICED_MODEL
 from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
 from billing.ledger.combiner import Combiner
 from billing.ledger.quota_sql import (
@@ -200,7 +201,7 @@ class Quota:
                 book.price_for(model, now)
                 found = ()
             except BillingError as exc:  # UnknownModel
-                found = ({"code": "unpriced_model", "message": f"{exc.message}; the call's usage will be stored "
+                found = ({"code": UNPRICED_MODEL, "message": f"{exc.message}; the call's usage will be stored "
                           "unpriced (cost 0) until a price is added (billing costs add)"},)
             if len(cache) > 10_000:
                 cache.clear()

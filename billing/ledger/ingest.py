@@ -53,7 +53,7 @@ class BatchResult:
         self.statuses: list[str] = []
         self.sources: list[Any] = []  # the events as given (their id/customer are read lazily)
         self.details: dict[int, tuple[str, str]] = {}  # index -> (code, message)
-        self.kept: dict[int, tuple[bool, bool]] = {}  # index -> (unpriced, unmetered) of events stored so
+        self.kept: dict[int, tuple[bool, bool]] = {}  # index -> (unpriced, unmetered) of accepted events kept so
 
     def count(self, status: str) -> int:
         return self.statuses.count(status)
@@ -281,7 +281,6 @@ class Ledger:
                     status[i] = "conflict"
                     problems[i] = problems[first]
         return staged  # committed: only now may its results be reported
-
 
     def _price_again(self, conn, staged: "_Staged") -> None:
         """First thing in a chunk's transaction when it holds events the book could not
