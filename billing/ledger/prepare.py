@@ -55,18 +55,27 @@ class Rejection(NamedTuple):
 
 
 class Pricer:
-    """Per-token prices in picodollars (integers) per (model, day, batch), cached."""
+    """Per-token prices in picodollars (integers) per (model, day, batch), cached; so is a
+    model the book cannot price that day (a new model's stream of events looks it up once)."""
 
     def __init__(self, book: CostBook):
         self.book = book
-        self._cache: dict[tuple[str, int, bool], tuple[int, ...] | None] = {}
+        self._cache: dict[tuple[str, int, bool], tuple[int, ...] | str | None] = {}
 
     def pico_prices(self, model: str, ts_us: int, batch: bool) -> tuple[int, ...] | None:
         key = (model, ts_us // 86_400_000_000, batch)
         cached = self._cache.get(key, _MISSING)
         if cached is not _MISSING:
+            if type(cached) is str:
+                raise UnknownModel(cached)
             return cached
-        price = self.book.price_for(model, EPOCH + timedelta(days=key[1]))  # may raise UnknownModel
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        try:
+            price = self.book.price_for(model, EPOCH + timedelta(days=key[1]))
+        except UnknownModel as exc:
+            self._cache[key] = exc.message
+            raise
         keep = (1 - price.batch_discount) if batch else Decimal(1)
         per_token = [getattr(price, field) * keep * 1_000_000 for _, field in _TOKEN_PRICE_FIELDS]
         exact = all(p == p.to_integral_value() for p in per_token)
