@@ -457,3 +457,17 @@ def test_batch_fast_path_takes_common_events_without_the_general_rules(monkeypat
     assert calls == [odd]
     assert isinstance(got[0], Prepared) and got[0].cost_pico == 2100 * 3_000_000 + 400 * 15_000_000
     assert got[0].ts == to_us(datetime(2026, 10, 3, 12, 0, 7, tzinfo=UTC))
+
+
+def test_a_new_models_stream_looks_the_book_up_once(monkeypatch):
+    """An unknown model's events are priced from the pricer's memory after the first (the
+    book's lookup, with its did-you-mean hint, is the slow part)."""
+    pricer = Pricer(BOOK)
+    calls = []
+    real = BOOK.price_for
+    monkeypatch.setattr(BOOK, "price_for", lambda *a, **k: calls.append(a) or real(*a, **k))
+    raws = [{"id": f"e{i}", "customer": "acme", "type": "llm.call", "timestamp": f"2026-10-03T12:00:{i:02d}Z",
+             "properties": {"model": "brand-new", "input_tokens": 10 + i}} for i in range(50)]
+    got = prepare_batch(raws, now_us=to_us(NOW), tolerance_us=0, known_types=KNOWN_TYPES, pricer=pricer)
+    assert all(p.unpriced and "brand-new" in p.unpriced for p in got)
+    assert len(calls) == 1
