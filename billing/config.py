@@ -15,6 +15,9 @@ class Settings(BaseSettings):
     plans_dir: str = "plans"
     # events may be at most this far ahead of the ingesting server's clock
     future_tolerance_seconds: int = 300
+    # cost data files layered over the shipped cost book: a directory of *.yaml files, or
+    # files separated by os.pathsep or commas (billing.ledger.cost_prices)
+    costs: str | None = None
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None

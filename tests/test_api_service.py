@@ -143,9 +143,10 @@ def test_events_batch_per_event_results(api):
     r = api("POST", "/v1/events", key="ingest", json=body)
     assert r.status_code == 200
     js = r.json()
-    assert [x["status"] for x in js["results"]] == ["accepted", "duplicate", "conflict", "rejected", "rejected"]
+    assert [x["status"] for x in js["results"]] == ["accepted", "duplicate", "conflict", "rejected", "accepted"]
     assert js["results"][3]["code"] == "unknown_customer"
-    assert (js["accepted"], js["duplicates"], js["conflicts"], js["rejected"]) == (1, 1, 1, 2)
+    assert js["results"][4]["code"] == "unmetered_type" and "'nope'" in js["results"][4]["message"]  # kept
+    assert (js["accepted"], js["duplicates"], js["conflicts"], js["rejected"], js["unmetered"]) == (2, 1, 1, 1, 1)
     # a bare list is accepted too
     assert api("POST", "/v1/events", key="ingest", json=[event(9)]).json()["accepted"] == 1
     usage = api("GET", "/v1/customers/acme/usage", key="read").json()
@@ -253,7 +254,7 @@ def test_fuzzed_quota_bodies_never_500(api):
 
 @pytest.mark.parametrize("bad", [
     {"id": 5}, {"id": ""}, {"id": "x" * 300}, {"timestamp": 3}, {"timestamp": "2026-10-10T00:00:00"},
-    {"properties": "x"}, {"properties": [1]}, {"type": None}, {"type": "nope"}, {"customer": ["acme"]},
+    {"properties": "x"}, {"properties": [1]}, {"type": None}, {"type": "x" * 101}, {"customer": ["acme"]},
     {"customer": "globex"}, {"properties": {"input_tokens": -1}}, {"properties": {"input_tokens": "many"}},
     {"extra_field": 1}, {"timestamp": "2999-01-01T00:00:00Z"},
 ])

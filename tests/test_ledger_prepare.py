@@ -36,23 +36,24 @@ TOKEN_KEYS = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write
 
 # ----------------------------------------------------------------------------- oracle
 
-def reference(raw, now: datetime = NOW) -> tuple[str, object]:
-    """("accepted", exact Decimal cost) or ("rejected", code), by the reference rules."""
+def reference(raw, now: datetime = NOW) -> tuple:
+    """("accepted", exact Decimal cost, unpriced, unmetered) or ("rejected", code), by the
+    reference rules: an event the book cannot price is kept at cost 0, one of a type no plan
+    meters is kept too."""
     try:
         event = parse_event(raw, MEASURED)
     except EventError as exc:
         return "rejected", exc.code
-    if event.type not in KNOWN_TYPES:
-        return "rejected", ErrorCode.UNKNOWN_EVENT_TYPE
+    unmetered = event.type not in KNOWN_TYPES
     if event.timestamp > now + TOLERANCE:
         return "rejected", ErrorCode.TIMESTAMP_IN_FUTURE
     try:
         cost = event_cost(event, BOOK)
         if (cost * PICO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN) > MAX_EVENT_COST * PICO:
             return "rejected", ErrorCode.QUANTITY_TOO_LARGE
-        return "accepted", cost
+        return "accepted", cost, False, unmetered
     except UnknownModel:
-        return "rejected", ErrorCode.UNKNOWN_MODEL
+        return "accepted", Decimal(0), True, unmetered
     except BillingError as exc:
         return "rejected", exc.code
 
@@ -63,7 +64,7 @@ def fast(raw, now: datetime = NOW) -> Prepared | Rejection:
 
 
 def check_agrees(raw, *, same_code: bool = True) -> None:
-    want, detail = reference(raw)
+    want, detail, *flags = reference(raw)
     got = fast(raw)
     if want == "rejected":
         assert isinstance(got, Rejection), f"reference rejects ({detail}), prepare accepts: {raw!r}"
@@ -71,6 +72,7 @@ def check_agrees(raw, *, same_code: bool = True) -> None:
             assert got.code == detail, f"reference {detail}, prepare {got.code}: {raw!r}"
         return
     assert isinstance(got, Prepared), f"reference accepts, prepare rejects ({got}): {raw!r}"
+    assert [bool(got.unpriced), bool(got.unmetered)] == flags, raw
     exact = detail * PICO
     assert got.cost_pico == int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
     if exact == exact.to_integral_value():  # every integer token count at shipped prices
@@ -260,12 +262,10 @@ def test_any_event_gets_the_same_decision(raw):
 
 
 @pytest.mark.parametrize("raw, code", [
-    ({"id": "a", "customer": "acme", "type": "nope", "timestamp": "2026-10-03T12:00:00Z"}, "unknown_event_type"),
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00"}, "bad_timestamp"),
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "tomorrow"}, "bad_timestamp"),
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-11-16T12:00:00Z"}, "timestamp_in_future"),
-    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
-      "properties": {"model": "nope", "input_tokens": 5}}, "unknown_model"),
+    ({"id": "a", "customer": "acme", "type": "t" * 101, "timestamp": "2026-10-03T12:00:00Z"}, "event_invalid"),
     ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
       "properties": {"model": "gpt-4o", "input_tokens": -5}}, "negative_quantity"),
     ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
@@ -295,6 +295,52 @@ def test_reason_codes(raw, code):
     assert reference(raw) == ("rejected", code)
 
 
+@pytest.mark.parametrize("raw, unpriced, unmetered", [
+    ({"id": "a", "customer": "acme", "type": "nope", "timestamp": "2026-10-03T12:00:00Z"}, None,
+     "no plan meters event type 'nope'"),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "nope", "input_tokens": 5}}, "no price for model 'nope'", None),
+    ({"id": "a", "customer": "acme", "type": "embedding", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "text-embedding-9", "input_tokens": 5}}, "no price for model 'text-embedding-9'",
+     "no plan meters event type 'embedding'"),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"input_tokens": 5}}, "reports tokens but no 'model' property", None),
+    ({"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2025-01-01T00:00:00Z",  # before its first price
+      "properties": {"model": "claude-sonnet-4-5", "input_tokens": 5}}, "in force on 2025-01-01", None),
+    ({"id": "a", "customer": "acme", "type": "vector.search", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"model": "nope", "cost": "0.002"}}, None, "no plan meters event type 'vector.search'"),
+])
+def test_what_cannot_be_priced_or_metered_is_kept_with_its_reason(raw, unpriced, unmetered):
+    got = fast(raw)
+    assert isinstance(got, Prepared), got
+    assert (got.unpriced is None) == (unpriced is None) and (got.unmetered is None) == (unmetered is None)
+    assert unpriced is None or unpriced in got.unpriced
+    assert unmetered is None or unmetered == got.unmetered
+    assert got.cost_pico == (0 if unpriced else int(Decimal(raw.get("properties", {}).get("cost", 0)) * PICO))
+    assert batch([raw]) == [got]
+
+
+def test_reprice_fills_in_the_cost_once_the_book_knows_the_model():
+    from billing.costs import ModelPrice
+    from billing.ledger.prepare import reprice
+
+    raw = {"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
+           "properties": {"model": "brand-new", "input_tokens": 1000, "output_tokens": 10}}
+    got = fast(raw)
+    assert got.unpriced and got.cost_pico == 0
+    assert reprice(got, Pricer(BOOK)) == got  # still unknown: unchanged
+    price = ModelPrice(model="brand-new", provider="p", effective_from="2026-10-01", input="2", output="8",
+                       source="test", retrieved="2026-10-02")
+    newer = BOOK.merged(CostBook([price]))
+    priced = reprice(got, Pricer(newer))
+    assert priced.unpriced is None and priced.cost_pico == 1000 * 2_000_000 + 10 * 8_000_000
+    assert priced._replace(cost_pico=0, unpriced=got.unpriced) == got  # nothing else changes
+    later = ModelPrice(**{**price.model_dump(), "effective_from": "2026-10-04"})
+    assert reprice(got, Pricer(BOOK.merged(CostBook([later])))).unpriced  # not in force yet on the 3rd
+    dear = ModelPrice(**{**price.model_dump(), "input": "10000000000"})  # $10,000 a token: over $1M
+    assert "exceeds" in reprice(got, Pricer(BOOK.merged(CostBook([dear])))).unpriced
+
+
 def test_cost_is_exact_picodollars():
     raw = {"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",
            "properties": {"model": "claude-sonnet-4-5", "input_tokens": 2100, "output_tokens": 400,
@@ -316,7 +362,12 @@ def batch(raws, now: datetime = NOW) -> list:
 @FAST
 @given(st.lists(st.one_of(single_fault_events(), raw_events()), max_size=12))
 def test_batch_fast_path_equals_prepare_event_by_event(raws):
-    assert batch(raws) == [fast(raw) for raw in raws]
+    flagged: dict = {}
+    got = prepare_batch(raws, now_us=to_us(NOW), tolerance_us=int(TOLERANCE.total_seconds()) * 1_000_000,
+                        known_types=KNOWN_TYPES, pricer=Pricer(BOOK), measured=MEASURED, flagged=flagged)
+    assert got == [fast(raw) for raw in raws]
+    # the positions of the events kept unpriced or unmetered, and only those
+    assert flagged == {i: p for i, p in enumerate(got) if isinstance(p, Prepared) and (p.unpriced or p.unmetered)}
 
 
 @FAST
@@ -406,3 +457,17 @@ def test_batch_fast_path_takes_common_events_without_the_general_rules(monkeypat
     assert calls == [odd]
     assert isinstance(got[0], Prepared) and got[0].cost_pico == 2100 * 3_000_000 + 400 * 15_000_000
     assert got[0].ts == to_us(datetime(2026, 10, 3, 12, 0, 7, tzinfo=UTC))
+
+
+def test_a_new_models_stream_looks_the_book_up_once(monkeypatch):
+    """An unknown model's events are priced from the pricer's memory after the first (the
+    book's lookup, with its did-you-mean hint, is the slow part)."""
+    pricer = Pricer(BOOK)
+    calls = []
+    real = BOOK.price_for
+    monkeypatch.setattr(BOOK, "price_for", lambda *a, **k: calls.append(a) or real(*a, **k))
+    raws = [{"id": f"e{i}", "customer": "acme", "type": "llm.call", "timestamp": f"2026-10-03T12:00:{i:02d}Z",
+             "properties": {"model": "brand-new", "input_tokens": 10 + i}} for i in range(50)]
+    got = prepare_batch(raws, now_us=to_us(NOW), tolerance_us=0, known_types=KNOWN_TYPES, pricer=pricer)
+    assert all(p.unpriced and "brand-new" in p.unpriced for p in got)
+    assert len(calls) == 1

@@ -24,7 +24,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from billing.api import errors
+from billing.api import errors, events_read
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
 from billing.api.fastpath import BillingAPI
@@ -125,6 +125,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
     app.include_router(router)
     app.include_router(metering_router)  # GET /v1/customers/{id}/metering (billing.api.metering)
+    app.include_router(events_read.router)
     # the hottest requests skip FastAPI's stack (same handlers, same errors)
     app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from billing.cli import client as client_cli
-from billing.cli import costs, invoice, keys, ledger_cmds, plans
+from billing.cli import costs, events_unpriced, invoice, keys, ledger_cmds, plans  # noqa: F401 (events_unpriced: a command)
 from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
 from billing.cli.serve import serve

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -33,6 +34,39 @@ def engine():
     from billing.ledger.db import engine_for
 
     return engine_for(get_settings().database_url)
+
+
+def ledger_exists() -> bool:
+    """Is there a ledger database to read (a SQLite file that exists; any PostgreSQL URL)?
+    Commands that only read prices must not create an empty ``billing.db``."""
+    from sqlalchemy.engine import make_url
+
+    from billing.ledger.db import normalize_url
+
+    url = make_url(normalize_url(get_settings().database_url))
+    if url.get_backend_name() != "sqlite":
+        return True
+    return bool(url.database) and url.database != ":memory:" and Path(url.database).exists()
+
+
+def cost_book(extra: list[Path] | None = None):
+    """The command's cost book (``billing.ledger.cost_prices.cost_book``): shipped <
+    ``BILLING_COSTS`` < prices added to the ledger (when there is one) < ``extra`` files."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from billing.costs import CostBookError
+    from billing.ledger.cost_prices import cost_book as build
+
+    try:
+        return build(engine() if ledger_exists() else None, extra=extra or ())
+    except CostBookError as exc:
+        fail(f"cost data: {exc.message}")
+    except OSError as exc:
+        fail(f"cost data: cannot read {exc.filename}: {exc.strerror}")
+    except SQLAlchemyError as exc:
+        fail(f"cannot read the prices added to the ledger (BILLING_DATABASE_URL): {type(exc).__name__}: "
+             f"{str(exc).splitlines()[0]}")
+    raise AssertionError("unreachable")
 
 
 def instant(text: str | None, name: str = "time") -> datetime:

@@ -1,8 +1,10 @@
-"""`billing costs ...`: the cost book (provider prices per 1M tokens), and LiteLLM import."""
+"""`billing costs ...`: the cost book (provider prices per 1M tokens), prices added to the
+ledger, re-costing, and LiteLLM import."""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -11,27 +13,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from billing.cli.context import fail
+from billing.cli.context import catalog, cost_book, engine, fail
 from billing.cli.render import console, err_console, print_json
-from billing.costs import CostBook, CostBookError, dump_yaml, import_litellm
+from billing.costs import CostBook, CostBookError, ModelPrice, dump_yaml, import_litellm
 from billing.money import dec_str
 
-app = typer.Typer(help="The cost book: provider prices per 1M tokens; import LiteLLM's price map.",
-                  no_args_is_help=True)
+app = typer.Typer(help="The cost book: provider prices per 1M tokens; prices added to the ledger; re-costing "
+                       "unpriced events; import LiteLLM's price map.", no_args_is_help=True)
 
 
 def load_book(extra: list[Path] | None) -> CostBook:
-    """The shipped book, with the entries of ``extra`` data files added (they win on conflicts)."""
-    book = CostBook.load_default()
-    if not extra:
-        return book
-    try:
-        return book.merged(CostBook.from_files(extra))
-    except CostBookError as exc:
-        fail(f"cost data: {exc.message}")
-    except OSError as exc:
-        fail(f"cost data: cannot read {exc.filename}: {exc.strerror}")
-    raise AssertionError("unreachable")
+    """The command's cost book: shipped < BILLING_COSTS < prices added to the ledger < ``extra``."""
+    return cost_book(extra)
 
 
 def _day(text: str, name: str) -> date:
@@ -45,7 +38,7 @@ def _day(text: str, name: str) -> date:
 @app.command("list")
 def list_prices(
     at: Annotated[str | None, typer.Option(help="Prices in force on this date (YYYY-MM-DD); default: every version.")] = None,
-    costs: Annotated[list[Path] | None, typer.Option("--costs", help="Extra cost data file(s) to add.")] = None,
+    costs: Annotated[list[Path] | None, typer.Option("--costs", help="Extra cost data file(s), for this listing only.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Every model's price per 1M tokens, with its source and the date it was read."""
@@ -86,11 +79,13 @@ def import_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the cost data YAML here (default: stdout).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary (kept, skipped, notes) as JSON "
                                                       "instead of the YAML (use with --output).")] = False,
+    add: Annotated[bool, typer.Option("--add", help="Also add the prices to the ledger (as `costs add`) and "
+                                                    "re-cost the unpriced events they price.")] = False,
 ) -> None:
     """Convert LiteLLM's price map into cost-book data (YAML, prices per 1M tokens, exact).
 
-    Use the result with `--costs FILE` (`costs list`, `invoice preview`), or drop it into
-    billing/costs/data/ to ship it."""
+    Use the result with `--costs FILE` (`costs list`, `invoice preview`), list it in
+    BILLING_COSTS, give it to `costs add`, or pass --add to add it to the ledger now."""
     start = _day(effective_from, "--effective-from")
     read_on = _day(retrieved, "--retrieved") if retrieved else None
     try:
@@ -109,8 +104,107 @@ def import_cmd(
         typer.echo(text, nl=False)
     summary = {"kept": len(result.book), "skipped": len(result.skipped), "notes": result.notes,
                "output": str(output) if output else None}
+    added = _add(list(result.book), f"litellm:{path.name}", quiet=as_json) if add else None
     if as_json:
-        print_json({**summary, "skipped_reasons": result.skipped})
+        print_json({**summary, "skipped_reasons": result.skipped, **({"ledger": added} if added else {})})
     else:
         err_console.print(f"kept {summary['kept']} model price(s), skipped {summary['skipped']}; "
                           f"{len(result.notes)} note(s) on price variants not modelled", highlight=False)
+        if added:
+            _print_added(added, err_console)
+
+
+@contextmanager
+def _progress(quiet: bool):
+    """A running count of re-costed events on stderr (none for --json or on a pipe)."""
+    import sys
+
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    with Progress(TextColumn("re-costing: {task.completed:,.0f} events read"), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("recost", total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+def _ledger_failed(exc: Exception) -> None:
+    fail(f"cannot update the ledger (BILLING_DATABASE_URL; run `billing db upgrade`?): "
+         f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+def _add(entries: list[ModelPrice], origin: str, *, quiet: bool) -> dict:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from billing.errors import BillingError
+    from billing.ledger.recost import add_prices
+
+    try:
+        with _progress(quiet) as advance:
+            return add_prices(engine(), catalog(), entries, origin=origin, progress=advance).to_json()
+    except CostBookError as exc:
+        fail(f"cost data: {exc.message}")
+    except BillingError as exc:
+        fail(f"{exc.code}: {exc.message}")
+    except SQLAlchemyError as exc:
+        _ledger_failed(exc)
+    raise AssertionError("unreachable")
+
+
+def _print_added(summary: dict, out=console) -> None:
+    if "added" in summary:
+        out.print(f"prices: {len(summary['added'])} added, {len(summary['replaced'])} replaced, "
+                  f"{summary['unchanged']} unchanged", highlight=False)
+    out.print(f"re-costed {summary['events_recosted']} unpriced event(s) (+${summary['cost_added']}); "
+              f"{summary['invoices_to_recheck']} invoiced period(s) will be corrected at the next close; "
+              f"{summary['still_unpriced']} still unpriced", highlight=False)
+    for model, n in summary["by_model"].items():
+        out.print(f"  {escape(model)}: {n}", highlight=False)
+
+
+@app.command("add")
+def add_cmd(
+    files: Annotated[list[Path], typer.Argument(help="Cost data file(s) (YAML, the format of billing/costs/data/).")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Add prices to the ledger (every process using this database prices with them), then
+    re-cost the unpriced events they price. Idempotent: adding the same file again changes
+    nothing. A price for a model and date already added is replaced; events already
+    costed keep their cost."""
+    try:
+        entries = list(CostBook.from_files(files))
+    except CostBookError as exc:
+        fail(f"cost data: {exc.message}")
+    except OSError as exc:
+        fail(f"cost data: cannot read {exc.filename}: {exc.strerror}")
+    summary = _add(entries, ", ".join(f.name for f in files), quiet=as_json)
+    if as_json:
+        print_json(summary)
+    else:
+        _print_added(summary)
+
+
+@app.command("recost")
+def recost_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Re-cost the unpriced events that the cost book (shipped, BILLING_COSTS, prices added
+    to the ledger) can price now: after a change of BILLING_COSTS, or to finish an
+    interrupted `costs add`. Idempotent."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from billing.errors import BillingError
+    from billing.ledger.recost import recost
+
+    book = cost_book()
+    try:
+        with _progress(as_json) as advance:
+            summary = recost(engine(), catalog(), book=book, progress=advance).to_json()
+    except BillingError as exc:
+        fail(f"{exc.code}: {exc.message}")
+    except SQLAlchemyError as exc:
+        _ledger_failed(exc)
+    if as_json:
+        print_json(summary)
+    else:
+        _print_added(summary)

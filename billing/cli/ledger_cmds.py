@@ -180,7 +180,9 @@ def events_import(path: Path, as_json: JsonOpt = False,
     if as_json:
         print_json(summary)
     else:
-        console.print(f"accepted {summary['accepted']}, duplicates {summary['duplicates']}, "
+        kept = (f" ({summary['unpriced']} unpriced, {summary['unmetered']} unmetered: `billing events unpriced`)"
+                if summary["unpriced"] or summary["unmetered"] else "")
+        console.print(f"accepted {summary['accepted']}{kept}, duplicates {summary['duplicates']}, "
                       f"conflicts {summary['conflicts']}, rejected {summary['rejected']}", highlight=False)
         for err in summary["errors"][:20]:
             console.print(f"  line {err['line']}: {err['code']}: {err['message']}", highlight=False)

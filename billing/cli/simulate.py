@@ -54,7 +54,6 @@ def simulate(
 ) -> None:
     """Rate usage under candidate plans: revenue, provider cost and margin per plan and segment."""
     from billing.catalog import PlanInvalid, load_plan_file
-    from billing.costs import CostBook
     from billing.errors import BillingError
     from billing.simulate.levers import Levers, parse_route
     from billing.simulate.spec import load_spec, spec_plans
@@ -99,19 +98,22 @@ def simulate(
         from billing.simulate.core import simulate as run_simulation
 
         if spec is not None:
-            customers, period, book = spec.customer_inputs(seed), spec.the_period(), spec.book()
+            from billing.cli.context import cost_book
+
+            customers, period = spec.customer_inputs(seed), spec.the_period()
+            book = spec.book(None if spec.prices is not None else cost_book())
             with _progress(len(customers)) as advance:
                 sim = run_simulation(plans, customers, period, book, levers=levers, source="synthetic",
                                      progress=advance)
         else:
             from sqlalchemy.exc import SQLAlchemyError
 
-            from billing.cli.context import engine
+            from billing.cli.context import cost_book, engine
             from billing.simulate.history import simulate_history
 
             try:
                 with _progress(None) as advance:
-                    sim = simulate_history(engine(), history, plans, CostBook.load_default(), levers=levers,
+                    sim = simulate_history(engine(), history, plans, cost_book(), levers=levers,
                                            progress=advance)
             except ValueError as exc:
                 _fail(f"--history: {exc}")

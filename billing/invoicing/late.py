@@ -8,6 +8,9 @@ check: equal means no event arrived for it, and no event is read. Otherwise an i
 query looks for an event newer than the last check in the period (or, with disputes, in
 the dispute window after it).
 
+A period whose events were re-costed after it was billed (a price arrived for an unpriced
+event: ``billing.ledger.recost`` marks its invoice) is re-rated whatever the counts say.
+
 A period is marked re-checked only when its difference is billed in this run: a net
 increase for a subscription not in ``billable_now`` (no new invoice to carry it yet)
 stays pending, and is found again by the next close. ``drawn_now`` (grant id ->
@@ -37,11 +40,19 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
     credit_notes: list[tuple[int, int, list[dict]]] = []
     by_id = {s.id: s for s in subs}
     marks = repo.recheck_marks(conn, [f.id for f in finals])
+    recosted = repo.recost_marks(conn, [f.id for f in finals])
     catalog = invoicing.catalog
+
+    def settled(inv, count) -> None:
+        repo.set_recheck(conn, inv.id, watermark, count)
+        if inv.id in recosted:
+            repo.clear_recost(conn, inv.id, recosted[inv.id])
+
     for inv in finals:
         mark, known = marks.get(inv.id, (0, None))
         seen = max(inv.ledger_watermark, mark)
-        if seen >= watermark:
+        forced = inv.id in recosted
+        if seen >= watermark and not forced:
             continue
         sub = by_id[inv.subscription_id]
         plan = catalog.get(sub.plan_id, sub.plan_version)
@@ -51,13 +62,15 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
         count = None
         if invoicing.counts_for(sub, plan, period, window_start, window_end, snap, cover, zones):
             count = period_events(snap.counters.get((sub.customer_id, to_us(period.start))))
-        if count is not None and known is not None:
+        if forced:
+            pass  # re-costed: re-rate it
+        elif count is not None and known is not None:
             if count == known:
                 continue  # no event arrived for this period
         else:
             reach = max((m.disputes.window_days for m in plan.meters if m.disputes), default=0) * 86_400_000_000
             if not repo.has_late_events(conn, sub.customer_id, seen, to_us(window_start), to_us(window_end) + reach):
-                repo.set_recheck(conn, inv.id, watermark, count)
+                settled(inv, count)
                 continue
         billed: dict[str, int] = defaultdict(int)
         names: dict[str, str] = {f.key: f.name or f.key for f in plan.fees}
@@ -78,7 +91,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
         diffs = {k: fresh.get(k, 0) - billed.get(k, 0) for k in set(fresh) | set(billed)}
         diffs = {k: v for k, v in sorted(diffs.items()) if v}
         if not diffs:
-            repo.set_recheck(conn, inv.id, watermark, count)
+            settled(inv, count)
             continue
         label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
         rows = [{"kind": "adjustment", "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
@@ -90,7 +103,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
             adjustments.append((sub.id, rows))
         else:
             continue  # pending: re-rated again (with any newer events) by the next close
-        repo.set_recheck(conn, inv.id, watermark, count)
+        settled(inv, count)
         for grant, _ in grants:  # credit drawn (or given back) by these lines
             drawn_now[grant.id] -= diffs.get(grant.id, 0) * scale
     return adjustments, credit_notes

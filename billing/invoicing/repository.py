@@ -339,3 +339,27 @@ def grant_currencies(conn: Connection, keys: Iterable[str]) -> dict[str, str]:
         out.update(dict(conn.execute(select(CreditGrantRow.id, CreditGrantRow.currency)
                                      .where(CreditGrantRow.id.in_(part))).all()))
     return out
+
+
+# --------------------------------------------------------------- re-costed periods
+
+def recost_marks(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, int]:
+    """invoice id -> marks, of the invoices whose period was re-costed since it was billed
+    (``billing.ledger.recost``): the late-event path re-rates them whatever the counts say."""
+    from billing.ledger.models import InvoiceRecost
+
+    t = InvoiceRecost.__table__.c
+    out: dict[int, int] = {}
+    for part in _chunks(sorted(set(invoice_ids))):
+        out.update({i: int(m) for i, m in conn.execute(select(t.invoice_id, t.marks).where(t.invoice_id.in_(part)))})
+    return out
+
+
+def clear_recost(conn: Connection, invoice_id: int, marks: int) -> None:
+    """The period was re-rated: drop its mark, unless a re-cost marked it again meanwhile."""
+    from sqlalchemy import delete
+
+    from billing.ledger.models import InvoiceRecost
+
+    t = InvoiceRecost.__table__
+    conn.execute(delete(t).where(t.c.invoice_id == invoice_id, t.c.marks == marks))

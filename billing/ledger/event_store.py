@@ -29,7 +29,10 @@ from sqlalchemy import Connection
 
 from billing.ledger.prepare import Prepared
 
-_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico"
+_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
+_STORED = itemgetter(0, 1, 2, 3, 4, 5, 6, 8, 9)  # a Prepared row's stored columns
+_KEY = itemgetter(0, 1)  # (customer, event id)
+_NCOL = 9
 
 
 class _All:
@@ -59,18 +62,16 @@ _PG_SMALL = 500  # up to this many rows a plain multi-row INSERT beats COPY + st
 def _insert_pg_small(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
     cursor = conn.connection.driver_connection.cursor()
     try:
-        values = ",".join(["(%s,%s,%s,%s,%s,%s,%s)"] * len(rows))
+        values = ",".join(["(" + ",".join(["%s"] * _NCOL) + ")"] * len(rows))
         cursor.execute(f"INSERT INTO usage_event ({_COLUMNS}) VALUES {values} "
                        "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
-                       [v for r in rows for v in r[:7]])
+                       list(chain.from_iterable(map(_STORED, rows))))
         return {(c, e) for c, e in cursor.fetchall()}
     finally:
         cursor.close()
 
 
 _SQLITE_ROWS_PER_INSERT = 5000
-_STORED = itemgetter(0, 1, 2, 3, 4, 5, 6)  # a Prepared row's stored columns
-_KEY = itemgetter(0, 1)  # (customer, event id)
 
 
 @lru_cache(maxsize=8)
@@ -78,7 +79,8 @@ def _sqlite_insert(n: int) -> str:
     """One INSERT of ``n`` rows. Many rows per statement, not ``executemany``: the driver
     gives up and takes back the GIL once per statement, so a thread preparing the next chunk
     runs alongside (per row, each hand-back would wait for that thread's switch interval)."""
-    return (f"INSERT INTO usage_event ({_COLUMNS}) VALUES {','.join(['(?,?,?,?,?,?,?)'] * n)} "
+    row = "(" + ",".join(["?"] * _NCOL) + ")"
+    return (f"INSERT INTO usage_event ({_COLUMNS}) VALUES {','.join([row] * n)} "
             "ON CONFLICT (customer_id, event_id) DO NOTHING")
 
 
@@ -91,7 +93,7 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.execute("SELECT COALESCE(MAX(id), 0) FROM usage_event")
         before_id = cursor.fetchone()[0]
         before = dbapi.total_changes
-        per = max(1, min(_SQLITE_ROWS_PER_INSERT, dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 7))
+        per = max(1, min(_SQLITE_ROWS_PER_INSERT, dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _NCOL))
         for i in range(0, len(rows), per):
             part = rows[i:i + per]
             cursor.execute(_sqlite_insert(len(part)), list(chain.from_iterable(map(_STORED, part))))
@@ -117,7 +119,7 @@ def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str
             with cursor.copy(f"COPY usage_event ({_COLUMNS}) FROM STDIN") as copy:
                 write = copy.write_row
                 for r in rows:
-                    write(r[:7])
+                    write(_STORED(r))
         except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             # (two writers racing with the same new ids may each wait on the other's rows)
             cursor.execute("ROLLBACK TO SAVEPOINT usage_event_copy")
@@ -137,11 +139,12 @@ def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[s
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS usage_event_stage ("
             "customer_id varchar(200), event_id varchar(200), type varchar(100), ts bigint, "
-            "properties json, model varchar(200), cost_pico bigint) ON COMMIT DELETE ROWS")
+            "properties json, model varchar(200), cost_pico bigint, unpriced varchar(500), unmetered varchar(500)) "
+            "ON COMMIT DELETE ROWS")
         with cursor.copy(f"COPY usage_event_stage ({_COLUMNS}) FROM STDIN") as copy:
             write = copy.write_row
             for r in rows:
-                write(r[:7])
+                write(_STORED(r))
         cursor.execute(
             f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
             "ORDER BY customer_id, event_id ON CONFLICT (customer_id, event_id) DO NOTHING "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,13 +40,14 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.ingest import Ledger
 from billing.ledger.models import UsageEventRow
 from billing.ledger.outbox import Outbox
+from billing.ledger.prepare import UNPRICED_MODEL
 from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
 from billing.ledger.combiner import Combiner
 from billing.ledger.quota_sql import (
     Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
     parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
 from billing.ledger.quota_types import (
-    MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, storable_text)
+    MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, WarnedDecision, parse_request, storable_text)
 from billing.ledger.quota_writer import QuotaWriter
 from billing.ledger.types import to_us
 from billing.money import dec_str
@@ -92,6 +94,8 @@ class Quota:
         self.inline_reads = not self.conns.pg  # SQLite reads are local: cheaper than a thread hop
         self.context_ttl = context_ttl
         self._ctx_cache: dict[str, tuple[float, Context]] = {}
+        self._model_warnings: dict[tuple[str, Any], tuple] = {}  # (model, day) -> warnings of _warnings_book
+        self._warnings_book = None
         self.writer = QuotaWriter(self, self.conns, leaders=writers)
         # PostgreSQL checks of concurrent callers are batched (a few batches at once); SQLite
         # reads are local and cheaper alone
@@ -170,11 +174,44 @@ class Quota:
             usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
-            return decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request)
+            return self._warned(decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request),
+                                request, now)
         with self.conns.read() as conn:  # in-memory SQLite
             ctx = self.context(conn, customer, now)
             state = usage_state(self.conns, conn, ctx, now, task)
-        return decide(ctx.plan, state, request)
+        return self._warned(decide(ctx.plan, state, request), request, now)
+
+    def model_warnings(self, model: str | None, now: datetime) -> tuple[dict[str, str], ...]:
+        """``unpriced_model`` when the cost book (the ledger's, kept up to date) cannot price
+        ``model`` at ``now``: the call's event will be stored unpriced (cost 0 until a price
+        arrives), so cost-based limits and cost-plus prices do not see it yet."""
+        if model is None:
+            return ()
+        costs = self.ledger.costs
+        costs.refresh()
+        key = (model, now.date())
+        book = costs.book
+        if self._warnings_book is not book:  # the book changed: forget what the old one said
+            self._model_warnings, self._warnings_book = {}, book
+        cache = self._model_warnings
+        found = cache.get(key)
+        if found is None:
+            try:
+                book.price_for(model, now)
+                found = ()
+            except BillingError as exc:  # UnknownModel
+                found = ({"code": UNPRICED_MODEL, "message": f"{exc.message}; the call's usage will be stored "
+                          "unpriced (cost 0) until a price is added (billing costs add)"},)
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    def _warned(self, decision: Decision, request, now: datetime) -> Decision:
+        if request.model is None:
+            return decision
+        warnings = self.model_warnings(request.model, now)
+        return WarnedDecision.of(decision, warnings) if warnings else decision
 
     def check_batch(self, ops: list[Op]) -> None:
         """Checks of several callers: their customers' state in ONE round trip (one statement
@@ -195,7 +232,7 @@ class Quota:
                 states = self._batch_states(conn, live, now)
         for op, state in zip(live, states):
             try:
-                op.result = decide(op.ctx.plan, state, op.request)
+                op.result = self._warned(decide(op.ctx.plan, state, op.request), op.request, now)
             except BillingError as exc:
                 op.error = exc
 
@@ -226,7 +263,10 @@ class Quota:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
         storable_text("request_id", request_id)
         request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
-        return self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl, request_id=request_id))
+        reservation = self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl,
+                                            request_id=request_id))
+        warnings = self.model_warnings(model, self.clock())
+        return replace(reservation, warnings=warnings) if warnings else reservation
 
     def get(self, reservation_id: str) -> QuotaHold:
         with self.engine.connect() as conn:
@@ -245,6 +285,7 @@ class Quota:
         if event is not None and not isinstance(event, dict):
             raise BillingError("the event must be an object", code=ErrorCode.EVENT_INVALID)
         storable_text("reservation_id", reservation_id)
+        self.ledger.costs.refresh()  # prices added elsewhere: seen within the book's ttl
         op = Op("commit", reservation_id=reservation_id, event=event, allowed=customer)
         result = self.writer.submit(op)
         if op.alert == READ_AGAIN:  # the post-commit read failed: read again

@@ -4,6 +4,9 @@ Every event gets exactly one result: ``accepted`` (committed now), ``duplicate``
 and content already stored: counted once), ``conflict`` (same id, other content: nothing
 changed) or ``rejected`` (with a reason code). A chunk is one transaction: results are
 only reported after its commit, and a bad event never affects the good ones around it.
+
+An accepted event the cost book could not price, or whose type no plan meters, is stored
+all the same; its result carries the warning (``unpriced_model`` / ``unmetered_type``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import gc
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -27,9 +30,10 @@ from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.ledger import event_store, repository
 from billing.ledger.alerting import BudgetAlerts
+from billing.ledger.cost_prices import CostSource, connection_fetch
 from billing.ledger.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
-from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch
+from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, reprice, warning_of
 from billing.ledger.types import to_us
 
 
@@ -62,6 +66,8 @@ class BatchResult:
         self.counts: dict[str, int] = {"accepted": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
         self.size = 0  # events seen
         self.problems: list[EventResult] = []  # keep_events=False: the first max_problems problems
+        self.unpriced = 0  # accepted events stored unpriced / unmetered (their results carry the warning)
+        self.unmetered = 0
 
     def count(self, status: str) -> int:
         return self.counts.get(status, 0)
@@ -81,9 +87,13 @@ class BatchResult:
         event_id, customer = _raw_key(self.sources[index])
         return EventResult(index, event_id, customer, self.statuses[index], code, message)
 
-    def add(self, statuses: list[str], raws: list[Any], details: dict[int, tuple[str, str]]) -> None:
-        """Take the outcomes of the next events (a committed chunk)."""
+    def add(self, statuses: list[str], raws: list[Any], details: dict[int, tuple[str, str]],
+            unpriced: int = 0, unmetered: int = 0) -> None:
+        """Take the outcomes of the next events (a committed chunk); ``details`` also holds
+        the warnings of accepted events kept unpriced or unmetered."""
         offset = self.size
+        self.unpriced += unpriced
+        self.unmetered += unmetered
         self.size += len(statuses)
         for status in self.counts:
             self.counts[status] += statuses.count(status)
@@ -110,6 +120,7 @@ class BatchResult:
     def to_json(self, max_errors: int = 1000) -> dict[str, Any]:
         return {"accepted": self.accepted, "duplicates": self.count("duplicate"),
                 "conflicts": self.count("conflict"), "rejected": self.count("rejected"),
+                "unpriced": self.unpriced, "unmetered": self.unmetered,
                 "errors": [e.to_json() for e in self.errors()[:max_errors]]}
 
 
@@ -119,12 +130,16 @@ class Ledger:
     def __init__(self, engine: Engine, catalog: Catalog, book: CostBook | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  future_tolerance_seconds: int = 300, alerts: bool = True):
+        """``book``: price with exactly this book; default: the process's book
+        (``billing.ledger.cost_prices``: shipped, ``BILLING_COSTS``, prices added to this
+        ledger), kept up to date as prices are added. ``alerts``: evaluate budget alerts
+        after commits."""
         self.engine = engine
         self.catalog = catalog
-        self.book = book or CostBook.load_default()
+        self.costs = CostSource(engine, book=book)
+        self._pricer = Pricer(self.costs.book)
         self.clock = clock
         self.tolerance_us = future_tolerance_seconds * 1_000_000
-        self.pricer = Pricer(self.book)
         self._cycle_periods: dict[tuple, tuple[int, int]] = {}
         types = set(BUILTIN_TYPES)
         for plan in catalog.all():
@@ -142,6 +157,18 @@ class Ledger:
         if self.alerts is not None:
             self.alerts.close()
 
+    @property
+    def book(self) -> CostBook:
+        return self.costs.book
+
+    @property
+    def pricer(self) -> Pricer:
+        """Prices of the current book (a new one when the stored prices change)."""
+        pricer = self._pricer
+        if pricer.book is not self.costs.book:
+            pricer = self._pricer = Pricer(self.costs.book)
+        return pricer
+
     def record(self, events: Iterable[Any], *, chunk_size: int = 50_000,
                progress: Callable[[int], None] | None = None, result: BatchResult | None = None) -> BatchResult:
         """Record events in chunks of ``chunk_size`` (one transaction each): the one way into
@@ -156,6 +183,7 @@ class Ledger:
         import whose memory must not grow with its length).
         """
         result = BatchResult() if result is None else result
+        self.costs.refresh()
         alerting: set[str] = set()  # customers whose current period this call added usage to
         if isinstance(events, (list, tuple)) and len(events) <= min(_SMALL_BATCH, chunk_size):
             # the hot path of an API call or a quota commit: no thread, no GC games
@@ -193,7 +221,15 @@ class Ledger:
 
     @staticmethod
     def _finish(staged: "_Staged", result: BatchResult, progress: Callable[[int], None] | None) -> None:
-        result.add(staged.status, staged.raws, staged.problems)
+        details, unpriced, unmetered = staged.problems, 0, 0
+        for i, p in staged.flagged.items():  # stored, with what it lacks
+            if staged.status[i] == "accepted" and (p.unpriced or p.unmetered):
+                if details is staged.problems:
+                    details = dict(details)
+                details[i] = warning_of(p)
+                unpriced += p.unpriced is not None
+                unmetered += p.unmetered is not None
+        result.add(staged.status, staged.raws, details, unpriced, unmetered)
         if progress:
             progress(len(staged.raws))
 
@@ -204,8 +240,11 @@ class Ledger:
         status: list[str] = ["accepted"] * n
         problems: dict[int, tuple[str, str]] = {}
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
+        flagged: dict[int, Prepared] = {}
+        pricer = self.pricer
         results = prepare_batch(raws, now_us=now_us, tolerance_us=self.tolerance_us, known_types=self.known_types,
-                                pricer=self.pricer, measured=self.measured, task_properties=self.task_properties)
+                                pricer=pricer, measured=self.measured, task_properties=self.task_properties,
+                                flagged=flagged)
         if Rejection in set(map(type, results)):
             index = [i for i, p in enumerate(results) if type(p) is not Rejection]
             for i, p in enumerate(results):
@@ -220,7 +259,7 @@ class Ledger:
         if len(set(map(_EVENT_ID, rows))) < len(rows) and len(set(map(_KEY, rows))) < len(rows):
             pairs = self._split_repeats(_numbered(rows, index), status, problems, copies)
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
-        return _Staged(raws, status, problems, rows, index, copies)
+        return _Staged(raws, status, problems, rows, index, copies, flagged, pricer.book)
 
     def _known_customers(self, session: Session, named: set[str]) -> dict[str, str]:
         """customer id -> timezone for the ids of ``named`` that exist. A customer is never
@@ -282,6 +321,8 @@ class Ledger:
         status, problems, rows, index, copies = staged.status, staged.problems, staged.rows, staged.index, staged.copies
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
+            self._price_again(conn, staged)  # first: its lock comes before any other (cost_prices)
+            rows = staged.rows
             session = Session(bind=conn)
             named = set(map(_CUSTOMER, rows))
             customers = self._known_customers(session, named)
@@ -341,6 +382,32 @@ class Ledger:
         return {p.customer for p in rows if (bounds := current.get(p.customer)) and bounds[0] <= p.ts < bounds[1]}
 
 
+    def _price_again(self, conn, staged: "_Staged") -> None:
+        """First thing in a chunk's transaction when it holds events the book could not
+        price: wait for prices being added (``cost_prices.lock_to_price``) and, if the
+        stored prices changed, price those events again (in place in ``staged``)."""
+        again = self.settle_unpriced(connection_fetch(conn), conn.dialect.name == "postgresql",
+                                     list(staged.flagged.values()), staged.book)
+        if again:
+            staged.rows[:] = [again.get(id(p), p) for p in staged.rows]
+            staged.flagged.update({i: again.get(id(p), p) for i, p in staged.flagged.items()})
+
+    def settle_unpriced(self, fetch, pg: bool, events: list[Prepared], priced_with: CostBook) -> dict[int, Prepared]:
+        """In a transaction about to store ``events`` (prepared with ``priced_with`` or a
+        newer book), if any is unpriced: wait for prices being added
+        (``cost_prices.lock_to_price``) and bring the book up to date; if it is not
+        ``priced_with`` any more, the unpriced events priced again with it, by ``id()`` of
+        the old (else {})."""
+        unpriced = [p for p in events if p.unpriced]
+        if not unpriced:
+            return {}
+        self.costs.settle(fetch, pg)
+        pricer = self.pricer
+        if pricer.book is priced_with:
+            return {}
+        return {id(p): reprice(p, pricer) for p in unpriced}
+
+
 @dataclass
 class _Staged:
     raws: list[Any]
@@ -349,6 +416,8 @@ class _Staged:
     rows: list[Prepared]  # the events to store, first copies only
     index: list[int] | None  # each row's position in the chunk (None: row i is event i)
     copies: list[tuple[int, int, Prepared]]
+    flagged: dict[int, Prepared] = field(default_factory=dict)  # position -> unpriced or unmetered event
+    book: CostBook | None = None  # the cost book the events were priced with
 
 
 def _numbered(rows: list[Prepared], index: list[int] | None) -> list[tuple[int, Prepared]]:

@@ -11,10 +11,10 @@ Display-only decimals (line quantities, unit prices) are stored as exact decimal
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from billing.ledger.types import BigIntPK, UTCDateTime
@@ -66,7 +66,13 @@ class UsageEventRow(SQLModel, table=True):
     """One usage event, append-only. ``(customer_id, event_id)`` is the client's idempotency key.
 
     Kept narrow on purpose (ingestion speed): token counts stay in ``properties``; ``model``
-    is promoted for cost reports; ``id`` orders events by arrival (the invoicing watermark)."""
+    is promoted for cost reports; ``id`` orders events by arrival (the invoicing watermark).
+
+    ``unpriced`` / ``unmetered`` (NULL for most events) say why an event was kept though the
+    cost book could not price it (its ``cost_pico`` is 0 until a price arrives and
+    ``billing.ledger.recost`` fills it in) or no plan meters its type. They are derived at
+    ingestion, not content: a replay is a duplicate whatever they say. Partial indexes keep
+    them cheap to find and free for every other event."""
 
     __tablename__ = "usage_event"
     __table_args__ = (
@@ -74,6 +80,11 @@ class UsageEventRow(SQLModel, table=True):
         # periods are closed for many customers at once: a time-range index (append-mostly
         # on ingestion, since events arrive roughly in time order)
         Index("ix_usage_event_ts_customer", "ts", "customer_id"),
+        Index("ix_usage_event_unpriced", "model", "id", postgresql_where=text("unpriced IS NOT NULL"),
+              sqlite_where=text("unpriced IS NOT NULL")),
+        Index("ix_usage_event_flagged", "customer_id", "id",
+              postgresql_where=text("unpriced IS NOT NULL OR unmetered IS NOT NULL"),
+              sqlite_where=text("unpriced IS NOT NULL OR unmetered IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
@@ -84,6 +95,8 @@ class UsageEventRow(SQLModel, table=True):
     properties: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     model: str | None = Field(default=None, max_length=200)
     cost_pico: int = Field(default=0, sa_type=BigInteger)
+    unpriced: str | None = Field(default=None, max_length=500)  # why the cost is unknown yet
+    unmetered: str | None = Field(default=None, max_length=500)  # why no plan meters it
 
 
 class UsageCounter(SQLModel, table=True):
@@ -212,3 +225,40 @@ class NumberSequence(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=40)
     value: int = Field(default=0, sa_type=BigInteger)
+
+
+class CostPriceRow(SQLModel, table=True):
+    """A model price added to the ledger's cost book (``billing costs add``, the LiteLLM
+    import): every process builds its book from the shipped one, the ``BILLING_COSTS``
+    files and these rows (``billing.ledger.cost_prices``). Prices are exact decimal text per
+    1M tokens; ``origin`` names the file it came from. A ``ledger_state`` row
+    ``cost_version`` counts the changes, so running processes notice them."""
+
+    __tablename__ = "cost_price"
+
+    model: str = Field(primary_key=True, max_length=200)
+    effective_from: date = Field(primary_key=True)
+    provider: str = Field(max_length=100)
+    input: str = Field(max_length=80)
+    output: str = Field(max_length=80)
+    cache_read: str = Field(max_length=80)
+    cache_write: str = Field(max_length=80)
+    reasoning: str = Field(max_length=80)
+    batch_discount: str = Field(default="0", max_length=80)
+    source: str = Field(max_length=1000)
+    retrieved: date
+    aliases: str = Field(default="[]", max_length=4000)  # JSON list of names
+    origin: str = Field(default="", max_length=500)
+    added_at: datetime = _utc()
+
+
+class InvoiceRecost(SQLModel, table=True):
+    """A finalized period invoice whose period holds events that were re-costed after it was
+    billed (a price arrived for an unpriced event). The next close re-rates the period
+    through the late-event path and removes the row, if ``marks`` is still what it read
+    (a re-cost meanwhile adds one, so the period is re-rated again)."""
+
+    __tablename__ = "invoice_recost"
+
+    invoice_id: int = Field(primary_key=True, foreign_key="invoice.id")
+    marks: int = Field(default=1, sa_type=BigInteger)

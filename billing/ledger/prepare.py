@@ -2,8 +2,12 @@
 
 Same rules as ``billing.events.parse_event`` + ``billing.costs.event_cost`` (a test holds
 them equal): an object with ``id``, ``customer``, ``type``, ``timestamp`` (ISO 8601 with a
-timezone) and ``properties``; quantity properties are non-negative numbers; an event with
-tokens names a model the cost book knows at the event's time.
+timezone) and ``properties``; quantity properties are non-negative numbers.
+
+What cannot be priced or metered yet is kept, not rejected: an event whose tokens name a
+model the cost book cannot price at the event's time (or no model) is ``unpriced`` (cost 0
+until ``billing.ledger.recost`` fills it in), one whose type no plan meters is
+``unmetered``; both carry the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from billing.ledger.types import EPOCH
 
 PICO = Decimal(10) ** 12
 MAX_COST_PICO = int(MAX_EVENT_COST * PICO)
+MAX_TYPE = 100  # usage_event.type
+MAX_REASON = 500  # usage_event.unpriced / unmetered
+TOO_COSTLY = f"the event's provider cost exceeds ${MAX_EVENT_COST:,} (split it into several events)"
 _MISSING = object()
 _ALLOWED_KEYS = frozenset({"id", "customer", "type", "timestamp", "properties"})
 _TOKEN_PRICE_FIELDS = (("input_tokens", "input"), ("output_tokens", "output"),
@@ -38,6 +45,8 @@ class Prepared(NamedTuple):
     model: str | None
     cost_pico: int
     properties: dict
+    unpriced: str | None = None  # why the cost book could not price it (cost_pico is then 0)
+    unmetered: str | None = None  # why no plan meters it
 
 
 class Rejection(NamedTuple):
@@ -46,18 +55,27 @@ class Rejection(NamedTuple):
 
 
 class Pricer:
-    """Per-token prices in picodollars (integers) per (model, day, batch), cached."""
+    """Per-token prices in picodollars (integers) per (model, day, batch), cached; so is a
+    model the book cannot price that day (a new model's stream of events looks it up once)."""
 
     def __init__(self, book: CostBook):
         self.book = book
-        self._cache: dict[tuple[str, int, bool], tuple[int, ...] | None] = {}
+        self._cache: dict[tuple[str, int, bool], tuple[int, ...] | str | None] = {}
 
     def pico_prices(self, model: str, ts_us: int, batch: bool) -> tuple[int, ...] | None:
         key = (model, ts_us // 86_400_000_000, batch)
         cached = self._cache.get(key, _MISSING)
         if cached is not _MISSING:
+            if type(cached) is str:
+                raise UnknownModel(cached)
             return cached
-        price = self.book.price_for(model, EPOCH + timedelta(days=key[1]))  # may raise UnknownModel
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        try:
+            price = self.book.price_for(model, EPOCH + timedelta(days=key[1]))
+        except UnknownModel as exc:
+            self._cache[key] = exc.message
+            raise
         keep = (1 - price.batch_discount) if batch else Decimal(1)
         per_token = [getattr(price, field) * keep * 1_000_000 for _, field in _TOKEN_PRICE_FIELDS]
         exact = all(p == p.to_integral_value() for p in per_token)
@@ -196,8 +214,8 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.EVENT_INVALID, "id must be a non-empty string of at most 200 characters")
     if not isinstance(customer, str) or not 0 < len(customer) <= 200:
         return _reject(ErrorCode.EVENT_INVALID, "customer must be a non-empty string of at most 200 characters")
-    if not isinstance(etype, str) or not etype:
-        return _reject(ErrorCode.EVENT_INVALID, "type must be a non-empty string")
+    if not isinstance(etype, str) or not etype or len(etype) > MAX_TYPE:
+        return _reject(ErrorCode.EVENT_INVALID, f"type must be a non-empty string of at most {MAX_TYPE} characters")
     if not (event_id.isascii() and customer.isascii() and etype.isascii()):
         try:
             event_id.encode("utf-8"), customer.encode("utf-8"), etype.encode("utf-8")
@@ -213,8 +231,7 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         props = {}
     elif not isinstance(props, dict):
         return _reject(ErrorCode.EVENT_INVALID, "properties must be an object")
-    if etype not in known_types:
-        return _reject(ErrorCode.UNKNOWN_EVENT_TYPE, f"unknown event type {etype!r}; no plan meters it")
+    unmetered = None if etype in known_types else f"no plan meters event type {etype!r}"
     ts = _parse_ts(raw.get("timestamp"))
     if isinstance(ts, Rejection):
         return ts
@@ -223,15 +240,15 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
     problem = _quantity_problem(props, measured) or _task_problem(props, task_properties)
     if problem:
         return problem
+    unpriced = None
     try:
         cost = _cost_pico(raw, props, ts, pricer)
-    except UnknownModel as exc:
-        return _reject(ErrorCode.UNKNOWN_MODEL, exc.message)
+    except UnknownModel as exc:  # kept: priced when a price arrives
+        cost, unpriced = 0, exc.message[:MAX_REASON]
     except BillingError as exc:
         return _reject(exc.code, exc.message)
     if cost > MAX_COST_PICO:
-        return _reject(ErrorCode.QUANTITY_TOO_LARGE, f"the event's provider cost exceeds ${MAX_EVENT_COST:,} "
-                                                     "(split it into several events)")
+        return _reject(ErrorCode.QUANTITY_TOO_LARGE, TOO_COSTLY)
     model = props.get("model")
     if model is not None and "\x00" in str(model):
         return _reject(ErrorCode.EVENT_INVALID, "properties.model must not contain NUL characters")
@@ -241,7 +258,45 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.EVENT_INVALID, "properties are not JSON-serialisable")
     if "\\u0000" in text and _holds_nul(json.loads(text)):  # PostgreSQL cannot read such JSON back
         return _reject(ErrorCode.EVENT_INVALID, "properties must not contain NUL characters")
-    return Prepared(customer, event_id, etype, ts, text, None if model is None else str(model)[:200], cost, props)
+    return Prepared(customer, event_id, etype, ts, text, None if model is None else str(model)[:200], cost, props,
+                    unpriced, unmetered)
+
+
+UNPRICED_MODEL = "unpriced_model"  # warning codes (an accepted event's result, quota answers)
+UNMETERED_TYPE = "unmetered_type"
+
+
+def warning_of(p: Prepared) -> tuple[str, str]:
+    """(code, message) of an event stored unpriced (first) or unmetered."""
+    if p.unpriced:
+        rest = f"; also {p.unmetered}" if p.unmetered else ""
+        return UNPRICED_MODEL, f"stored unpriced (cost 0 until a price arrives): {p.unpriced}{rest}"
+    return UNMETERED_TYPE, f"stored unmetered: {p.unmetered}"
+
+
+def warnings_of(p: Prepared) -> list[dict[str, str]]:
+    """The ``warnings`` of a quota answer for this event."""
+    out = []
+    if p.unpriced:
+        out.append({"code": UNPRICED_MODEL, "message": f"stored unpriced (cost 0 until a price arrives): {p.unpriced}"})
+    if p.unmetered:
+        out.append({"code": UNMETERED_TYPE, "message": f"stored unmetered: {p.unmetered}"})
+    return out
+
+
+def reprice(p: Prepared, pricer: Pricer) -> Prepared:
+    """An unpriced event (prepared, or read back from the ledger) priced with ``pricer``'s
+    book: its cost filled in and ``unpriced`` cleared; still unpriced (with the new reason)
+    when the book cannot price it either, or prices it above the per-event maximum."""
+    raw = {"id": p.event_id, "customer": p.customer, "type": p.type, "timestamp": EPOCH + timedelta(microseconds=p.ts),
+           "properties": p.properties}
+    try:
+        cost = _cost_pico(raw, p.properties, p.ts, pricer)
+    except UnknownModel as exc:
+        return p._replace(cost_pico=0, unpriced=exc.message[:MAX_REASON])
+    if cost > MAX_COST_PICO:
+        return p._replace(cost_pico=0, unpriced=TOO_COSTLY)
+    return p._replace(cost_pico=cost, unpriced=None)
 
 
 def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
@@ -284,12 +339,15 @@ def _shape(keys: tuple[str, ...], measured: frozenset[str], task_properties: fro
 
 def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_types: frozenset[str],
                   pricer: Pricer, measured: frozenset[str] = frozenset(),
-                  task_properties: frozenset[str] = TASK_PROPERTIES) -> list[Prepared | Rejection]:
+                  task_properties: frozenset[str] = TASK_PROPERTIES,
+                  flagged: dict[int, Prepared] | None = None) -> list[Prepared | Rejection]:
     """``[prepare(raw) for raw in raws]``, faster: the common shape of an event (a dict of
     exactly the five fields, string id/customer/type, a ``...Z`` second-precision
     timestamp, properties whose quantities are non-negative integers, a known model at
-    integer picodollar prices) is handled by ``_common``; anything else goes through
-    ``prepare``. A test holds the two equal on arbitrary (also malformed) events."""
+    integer picodollar prices, a metered type) is handled by ``_common``; anything else
+    goes through ``prepare``. A test holds the two equal on arbitrary (also malformed)
+    events. ``flagged`` (if given) receives position -> event of the unpriced or unmetered
+    ones (only ``prepare`` makes those, so the common path pays nothing for it)."""
     limit = now_us + tolerance_us
     prices: dict[tuple[str, int], tuple[int, ...] | None] = {}
     shapes: dict[tuple[str, ...], tuple | None] = {}
@@ -297,9 +355,12 @@ def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_type
     append = out.append
     for raw in raws:
         p = _common(raw, limit, known_types, pricer, measured, task_properties, prices, shapes)
-        append(p if p is not None else prepare(raw, now_us=now_us, tolerance_us=tolerance_us,
-                                               known_types=known_types, pricer=pricer, measured=measured,
-                                               task_properties=task_properties))
+        if p is None:
+            p = prepare(raw, now_us=now_us, tolerance_us=tolerance_us, known_types=known_types, pricer=pricer,
+                        measured=measured, task_properties=task_properties)
+            if flagged is not None and type(p) is Prepared and (p.unpriced or p.unmetered):
+                flagged[len(out)] = p
+        append(p)
     return out
 
 
@@ -365,7 +426,7 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
         return None
     return _tuple_new(Prepared, (customer, event_id, etype, ts, text,
                                  None if model is None else (model if type(model) is str else str(model))[:200],
-                                 cost, props))
+                                 cost, props, None, None))
 
 
 _tuple_new = tuple.__new__

@@ -24,7 +24,7 @@ from billing.ledger.counters import CounterPlanner
 from billing.ledger.quota_sql import json_rows
 from billing.ledger.quota_types import tokens_of
 
-_EVENT_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico"
+_EVENT_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
 _UPSERT_SUM = ("units_micro = usage_counter.units_micro + excluded.units_micro, "
                "events = usage_counter.events + excluded.events, cost_pico = usage_counter.cost_pico + excluded.cost_pico")
 _UPSERT_TASK = ("steps = agent_task_usage.steps + excluded.steps, tokens = agent_task_usage.tokens + excluded.tokens, "
@@ -44,6 +44,11 @@ def contributions(planner: CounterPlanner, commits: list) -> list[tuple]:
     return out
 
 
+def _stored(p) -> tuple:
+    """A prepared event's ``usage_event`` columns (``_EVENT_COLUMNS``)."""
+    return (*p[:7], p.unpriced, p.unmetered)
+
+
 def task_rows(planner: CounterPlanner, commits: list) -> list[tuple]:
     """(customer, event id, task, tokens, cost pico) of the commits' events that count toward
     an agent task, by the rule ingestion uses (``CounterPlanner.task_of``: the event's task
@@ -57,7 +62,8 @@ def task_rows(planner: CounterPlanner, commits: list) -> list[tuple]:
 
 
 _EVENT_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("type", "varchar"), ("ts", "bigint"),
-                ("properties", "json"), ("model", "varchar"), ("cost_pico", "bigint"))
+                ("properties", "json"), ("model", "varchar"), ("cost_pico", "bigint"), ("unpriced", "varchar"),
+                ("unmetered", "varchar"))
 _CONTRIB_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("meter", "varchar"), ("period_start", "bigint"),
                   ("period_end", "bigint"), ("units", "bigint"), ("cost", "bigint"))
 
@@ -100,7 +106,7 @@ _WRITE_PG = (
 def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple], now_us: int) -> Any:
     """One statement: insert the events; for those inserted, bump counters, settle holds,
     add task usage. Returns the cursor of the inserted (customer, event id) keys."""
-    events = [tuple(p[:7]) for _op, p, _hold in commits]
+    events = [_stored(p) for _op, p, _hold in commits]
     sums = sorted((c[0], c[1], c[2], c[3], c[4], c[5], c[7]) for c in contrib if not c[6])
     maxes = sorted((c[0], c[1], c[2], c[3], c[4], c[5], c[7]) for c in contrib if c[6])
     settle = sorted((hold[0], p.customer, p.event_id) for _op, p, hold in commits if hold[2] == "held")
@@ -112,10 +118,10 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: 
                  now_us: int) -> set[tuple[str, str]]:
     """The same as ``write_pg`` in plain statements; returns the inserted keys."""
     events = sorted((p for _op, p, _hold in commits), key=lambda p: (p.customer, p.event_id))
-    marks = ",".join(["(?,?,?,?,?,?,?)"] * len(events))
+    marks = ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(events))
     cur = execute(f"INSERT INTO usage_event ({_EVENT_COLUMNS}) VALUES {marks} "
                   "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
-                  [v for p in events for v in p[:7]])
+                  [v for p in events for v in _stored(p)])
     inserted = {(c, e) for c, e in cur.fetchall()}
     deltas: dict[tuple[str, str, int], list] = {}
     for customer, event_id, meter, start, end, units, is_max, cost in contrib:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -28,6 +28,7 @@ class Reservation:
     expires_at: datetime | None = None
     replayed: bool = False  # an earlier reserve with the same request id
     status: str | None = None  # held | committed | released (None: denied)
+    warnings: tuple[dict[str, str], ...] = ()  # {"code", "message"}: see Quota.model_warnings
 
     @property
     def granted(self) -> bool:
@@ -35,9 +36,29 @@ class Reservation:
 
     def to_json(self) -> dict[str, Any]:
         decision = self.decision.to_json() if isinstance(self.decision, Decision) else self.decision
-        return {"reservation_id": self.id, "granted": self.granted,
-                "expires_at": self.expires_at.isoformat().replace("+00:00", "Z") if self.expires_at else None,
-                "replayed": self.replayed, "status": self.status if self.id else None, "decision": decision}
+        out = {"reservation_id": self.id, "granted": self.granted,
+               "expires_at": self.expires_at.isoformat().replace("+00:00", "Z") if self.expires_at else None,
+               "replayed": self.replayed, "status": self.status if self.id else None, "decision": decision}
+        if self.warnings:
+            out["warnings"] = [dict(w) for w in self.warnings]
+        return out
+
+
+@dataclass(frozen=True)
+class WarnedDecision(Decision):
+    """A decision with ``warnings`` (``{"code", "message"}``; the quota service adds them,
+    the pure decision knows nothing of the cost book): its JSON carries them."""
+
+    warnings: tuple[dict[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, decision: Decision, warnings: tuple[dict[str, str], ...]) -> "WarnedDecision":
+        return cls(**{f.name: getattr(decision, f.name) for f in fields(Decision)}, warnings=warnings)
+
+    def to_json(self) -> dict[str, Any]:
+        out = Decision.to_json(self)
+        out["warnings"] = [dict(w) for w in self.warnings]
+        return out
 
 
 def _number(value: Any) -> Decimal:

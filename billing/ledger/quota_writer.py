@@ -42,8 +42,9 @@ from psycopg.pq import ExecStatus
 
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.combiner import Combiner
+from billing.ledger.cost_prices import cursor_fetch
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
-from billing.ledger.prepare import Rejection, prepare
+from billing.ledger.prepare import Rejection, prepare, warnings_of
 from billing.ledger.quota_events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.ledger.quota_sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
@@ -204,7 +205,11 @@ class QuotaWriter:
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, charge, window_start) "
                     "DO UPDATE SET count = quota_rate_window.count + excluded.count",
                     (customer, charge, start, end, n))
+        book = q.ledger.book  # the commits' events are priced with this book or a newer one
         commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, now, now_us)
+        again = q.ledger.settle_unpriced(cursor_fetch(execute), pg, [p for _op, p, _hold in commits], book)
+        if again:  # prices were added since this process last read them
+            commits = [(op, again.get(id(p), p), hold) for op, p, hold in commits]
         tx.commits, tx.now_us = commits, now_us
         if commits:
             views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
@@ -413,7 +418,7 @@ class _Tx:
         for item in self.commits:
             op, p, _hold = item
             if (p.customer, p.event_id) in inserted:
-                op.result = _committed(op.reservation_id, p.event_id, "accepted")
+                op.result = _committed(op.reservation_id, p, "accepted")
             else:
                 rest.append(item)
         usage: dict[str, tuple] = {c: (ctx, {}) for c, ctx in self.alert_ctx.items()}
@@ -425,7 +430,7 @@ class _Tx:
                 op.alert = usage.get(p.customer)
         for op, p, status in not_inserted(self.run_all, rest, self.now_us):
             if status == "duplicate":
-                op.result = _committed(op.reservation_id, p.event_id, "duplicate")
+                op.result = _committed(op.reservation_id, p, "duplicate")
             else:
                 op.error = BillingError("an event with this id exists with different content; nothing changed",
                                         code=ErrorCode.EVENT_CONFLICT)
@@ -435,8 +440,12 @@ def _conflict(request_id: str) -> BillingError:
     return BillingError(f"request id {request_id!r} was used for another reservation", code=ErrorCode.CONFLICT)
 
 
-def _committed(reservation_id: str, event_id: str, status: str) -> dict[str, Any]:
-    return {"reservation_id": reservation_id, "event_id": event_id, "status": "committed", "event": status}
+def _committed(reservation_id: str, p, status: str) -> dict[str, Any]:
+    """A commit's answer; ``warnings`` when its event was stored unpriced or unmetered."""
+    out = {"reservation_id": reservation_id, "event_id": p.event_id, "status": "committed", "event": status}
+    if p.unpriced or p.unmetered:
+        out["warnings"] = warnings_of(p)
+    return out
 
 
 def _event_for(given: dict | None, hold: tuple, ctx, now) -> dict:

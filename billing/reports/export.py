@@ -10,6 +10,8 @@ from decimal import Decimal
 from billing.money import dec_str, round_line
 from billing.reports.stats import round_pct
 
+PICO = Decimal(10) ** 12
+
 
 def _pct(value: Decimal | None) -> str | None:
     r = round_pct(value)
@@ -56,16 +58,31 @@ def report_json(report) -> dict:
         "by": report.by, "allocate": report.allocate,
         "breakdown": [breakdown_json(r, cur) for r in report.breakdown],
         "per_customer_breakdown": [{"customer": c, **breakdown_json(r, cur)} for c, r in report.per_customer_breakdown],
+        "unpriced_usage": {"events": sum(g.events for g in report.unpriced_usage),
+                           "tokens": dec_str(sum((g.tokens for g in report.unpriced_usage), Decimal(0))),
+                           "by_model": [_kept_json(g) for g in report.unpriced_usage]},
+        "unmetered_usage": {"events": sum(g.events for g in report.unmetered_usage),
+                            "cost": dec_str(sum((Decimal(g.cost_pico) for g in report.unmetered_usage), Decimal(0))
+                                            / PICO),
+                            "by_type": [_kept_json(g) for g in report.unmetered_usage]},
     }
+
+
+def _kept_json(g) -> dict:
+    out = g.to_json()
+    out.pop("status")
+    return out
 
 
 def report_csv(report) -> str:
     """Per customer rows; with ``by``, then the breakdown rows (a ``section`` column tells them
-    apart): ``by:<prop>`` totals per value, ``customer-by:<prop>`` per customer and value."""
+    apart): ``by:<prop>`` totals per value, ``customer-by:<prop>`` per customer and value;
+    then ``unpriced:model`` (events the cost book could not price yet, by model, with their
+    ``tokens``) and ``unmetered:type`` rows."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["section", "customer", "key", "plan", "source", "events", "interactions", "revenue", "cost",
-                "margin", "margin_pct", "currency"])
+                "margin", "margin_pct", "currency", "tokens"])
     cur = report.currency
     for c in report.customers:
         w.writerow(["customer", c.customer, "", c.plan or "", c.source, c.events, c.interactions,
@@ -77,4 +94,7 @@ def report_csv(report) -> str:
     for customer, r in report.per_customer_breakdown:
         w.writerow([f"customer-by:{report.by}", customer, r.key, "", report.allocate, r.events, "",
                     _revenue(r.revenue, cur), dec_str(r.cost), dec_str(r.margin), _pct(r.margin_pct) or "", cur])
+    for g in report.kept:
+        w.writerow([f"{g.status}:{'model' if g.status == 'unpriced' else 'type'}", "", g.key or "", "", "", g.events,
+                    "", "", dec_str(Decimal(g.cost_pico) / PICO), "", "", cur, dec_str(g.tokens)])
     return buf.getvalue()

@@ -14,6 +14,7 @@ from billing.reports.render import count, money, pct
 from billing.reports.stats import MARGIN_EDGES, histogram, margin_pct
 
 ZERO = Decimal(0)
+PICO = Decimal(10) ** 12
 MAX_CUSTOMER_ROWS = 1000
 CSS = """
 *{box-sizing:border-box}
@@ -124,6 +125,8 @@ def margins_html(report, title: str | None = None) -> str:
         _kpi("Whales", count(len(whales)), "cost above revenue" + (
             f" or margin < {report.whale_margin_pct}%" if report.whale_margin_pct is not None else ""),
             "bad" if whales else "good"),
+        _kpi("Unpriced usage", count(sum(g.events for g in report.unpriced_usage)),
+             "events with no price yet (cost 0 above)", "bad" if report.unpriced_usage else "good"),
     ])
     segments = report.usage_segments()
     plans = report.plans()
@@ -194,6 +197,17 @@ def margins_html(report, title: str | None = None) -> str:
         parts.append(f'<p class="note">Each customer\'s revenue is split across the {escape(report.by)} values its '
                      f"events carry, by {'event count' if report.allocate == 'events' else 'provider cost'}, in whole "
                      "cents. (none): events without the property, and the revenue of customers with none.</p>")
+
+    if report.kept:
+        parts.append("<h2>Unpriced and unmetered usage</h2>" + _table(
+            ["Kept as", "Model / type", "Customers", "Events", "Tokens", "Provider cost"],
+            [(["unpriced" if g.status == "unpriced" else "unmetered", g.key or "(no model)", count(g.customers),
+               count(g.events), count(g.tokens), money(Decimal(g.cost_pico) / PICO, cur)],
+              "neg" if g.status == "unpriced" else "") for g in report.kept],
+            [False, False, True, True, True, True]))
+        parts.append('<p class="note">Unpriced: events whose model had no price in the cost book; their cost counts 0 '
+                     "above until a price is added (billing costs add), which re-costs them. Unmetered: events of "
+                     "types no plan meters; their cost counts above, no revenue comes from them.</p>")
 
     rows = []
     shown = report.customers

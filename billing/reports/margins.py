@@ -15,6 +15,9 @@ Definitions (``period`` is a calendar month ``YYYY-MM`` taken in each customer's
   closed, one open) or ``none`` (no subscription).
 - **cost**: the stored provider cost (``cost_pico``) of the customer's events in the period
   up to ``as_of``, exact.
+- **unpriced usage**, apart: the events of the period the cost book could not price yet
+  (cost 0 until a price arrives and re-costs them), by model, with their tokens; and the
+  events of types no plan meters (their cost counts above), by type.
 - **margin** = revenue - cost; **margin %** = margin / revenue x 100 (None without revenue).
 - **breakdown by a property** (feature, model, user, task, or any event property -- the
   chargeback totals per team or workflow): the cost of the events carrying each value, and
@@ -47,6 +50,7 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog
 from billing.ledger.aggregate_sql import max_event_id
+from billing.ledger.flagged import FlaggedGroup, flagged_totals
 from billing.ledger.types import to_us
 from billing.money import from_minor, quantum
 from billing.rating.periods import Period, parse_period_label
@@ -124,6 +128,15 @@ class MarginReport:
     breakdown: list[BreakdownRow] = field(default_factory=list)
     per_customer_breakdown: list[tuple[str, BreakdownRow]] = field(default_factory=list)
     whale_margin_pct: Decimal | None = None
+    kept: list[FlaggedGroup] = field(default_factory=list)  # unpriced events by model, unmetered ones by type
+
+    @property
+    def unpriced_usage(self) -> list[FlaggedGroup]:
+        return [g for g in self.kept if g.status == "unpriced"]
+
+    @property
+    def unmetered_usage(self) -> list[FlaggedGroup]:
+        return [g for g in self.kept if g.status == "unmetered"]
 
     @property
     def revenue(self) -> Decimal:
@@ -229,6 +242,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             for customer, p in periods.items():
                 by_zone[p].append(customer)
             rows: list[repo.CostRow] = []
+            kept: list[FlaggedGroup] = []
             for p, members in by_zone.items():
                 end = min(p.end, as_of)
                 if end <= p.start:
@@ -236,6 +250,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
                 only = members if len(by_zone) > 1 else None
                 rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
                                          interaction_type=interaction_type))
+                kept.extend(flagged_totals(conn, start_us=to_us(p.start), end_us=to_us(end), customers=only))
             billed: dict[str, Decimal] = defaultdict(lambda: ZERO)
             billed_subs: set[int] = set()
             for ln in lines:
@@ -272,10 +287,22 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
         customers.append(CustomerMargin(customer, plan_of.get(customer), revenue, "+".join(parts) or "none",
                                         Decimal(cost[customer]) / PICO, events[customer], inter[customer],
                                         zones.get(customer, ("UTC", "USD"))[1], periods.get(customer)))
-    report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct)
+    report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct,
+                          kept=_merged(kept))
     if by:
         _breakdown(report, rows)
     return report
+
+
+def _merged(groups: list[FlaggedGroup]) -> list[FlaggedGroup]:
+    """One group per (status, model or type) over the time zones (their customers differ)."""
+    out: dict[tuple[str, str | None], FlaggedGroup] = {}
+    for g in groups:
+        had = out.get((g.status, g.key))
+        out[(g.status, g.key)] = g if had is None else FlaggedGroup(
+            g.status, g.key, had.customers + g.customers, had.events + g.events, had.tokens + g.tokens,
+            had.cost_pico + g.cost_pico)
+    return sorted(out.values(), key=lambda g: (g.status != "unpriced", -g.events, g.key or ""))
 
 
 def _breakdown(report: MarginReport, rows: list) -> None:

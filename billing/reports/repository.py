@@ -28,7 +28,10 @@ def _chunks(items: Sequence, size: int = _CHUNK):
 
 
 def property_sql(dialect: str, prop: str) -> str:
-    """SQL text of an event property as text (``model``: the promoted column)."""
+    """SQL text of an event property as text (``model``: the promoted column; ``type``: the
+    event's type, so events of types no plan meters are attributed too)."""
+    if prop == "type":
+        return "type"
     if prop == "model":
         return "COALESCE(model, " + (_json_text(dialect, "model")) + ")"
     if not _SAFE_PROP.match(prop):

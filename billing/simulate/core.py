@@ -35,7 +35,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from billing.catalog.schema import BlockPolicy, Plan, RateLimitPolicy, SlowTierPolicy
-from billing.costs import CostBook, event_cost
+from billing.costs import CostBook, UnknownModel, event_cost
 from billing.events import UsageEvent
 from billing.money import dec_str, round_line
 from billing.rating.engine import RatingInput, rate_period
@@ -317,11 +317,14 @@ def _iso(t: datetime) -> str:
 # ---------------------------------------------------------------------------- costing
 
 class Coster:
-    """Cost events with a book, optionally at a fixed date; cached per call shape."""
+    """Cost events with a book, optionally at a fixed date; cached per call shape.
+    ``keep_unpriced``: an event the book cannot price costs 0 (as the ledger keeps it)
+    instead of raising ``UnknownModel``."""
 
-    def __init__(self, book: CostBook, at: date | None = None):
+    def __init__(self, book: CostBook, at: date | None = None, keep_unpriced: bool = False):
         self.book = book
         self.at = datetime(at.year, at.month, at.day, tzinfo=UTC) if at else None
+        self.keep_unpriced = keep_unpriced
         self._cache: dict[tuple, Decimal] = {}
 
     def __call__(self, event: UsageEvent) -> Decimal:
@@ -333,7 +336,13 @@ class Coster:
         cost = self._cache.get(key)
         if cost is None:
             target = event if self.at is None else SimEvent(event.id, event.customer, event.type, self.at, p)
-            cost = self._cache[key] = event_cost(target, self.book)
+            try:
+                cost = event_cost(target, self.book)
+            except UnknownModel:
+                if not self.keep_unpriced:
+                    raise
+                cost = ZERO
+            self._cache[key] = cost
         return cost
 
 
@@ -421,11 +430,12 @@ def customer_totals(plans: Sequence[Plan], customer: CustomerInput, period: Peri
 
 def simulate(plans: Sequence[Plan], customers: Sequence[CustomerInput], period: Period, book: CostBook, *,
              levers: Levers | None = None, source: str = "synthetic", keep_invoices: bool = False,
-             progress: Callable[[int], None] | None = None) -> Simulation:
-    """Re-rate each customer's events under each plan, after the what-if levers."""
+             progress: Callable[[int], None] | None = None, keep_unpriced: bool = False) -> Simulation:
+    """Re-rate each customer's events under each plan, after the what-if levers
+    (``keep_unpriced``: see ``Coster``)."""
     levers = levers or Levers()
-    coster = Coster(book_for(book, levers), levers.cost_date)
-    baseline_coster = Coster(book) if not levers.is_identity else None
+    coster = Coster(book_for(book, levers), levers.cost_date, keep_unpriced)
+    baseline_coster = Coster(book, None, keep_unpriced) if not levers.is_identity else None
     totals = []
     for c in customers:
         totals.append(customer_totals(plans, c, period, coster, levers, baseline_coster))

@@ -9,7 +9,8 @@ customer's time zone):
   (``aggregate_window``, the query the close itself uses) and the cost is the stored
   provider cost; with levers, the period's events (plus dispute events up to the longest
   dispute window after it) are loaded, transformed by the levers, re-costed with the cost
-  book and aggregated by ``billing.rating.meters`` (a test holds both ways equal);
+  book (an event it cannot price costs 0, as the ledger keeps it unpriced) and aggregated by
+  ``billing.rating.meters`` (a test holds both ways equal);
 - the subscription: the latest one overlapping the period gives the seat history and the
   trial; the customer's subscriptions together give the active window (a customer who
   joined on the 15th is prorated under every candidate plan, as the close prorated it; a
@@ -184,7 +185,8 @@ def simulate_history(engine: Engine, label: str, plans: list[Plan], book: CostBo
         period, totals = history_totals(engine, label, plans, as_of=as_of)
         return rate_totals(plans, totals, period, source="history", progress=progress)
     period, inputs = history_inputs(engine, label, plans, as_of=as_of)
-    return simulate(plans, inputs, period, book, levers=levers, source="history", progress=progress)
+    return simulate(plans, inputs, period, book, levers=levers, source="history", progress=progress,
+                    keep_unpriced=True)
 
 
 __all__ = ["history_inputs", "history_totals", "simulate_history"]
