@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from billing.ledger.prepare import Prepared
+from billing.ledger.totals_sql import counter_row, counter_upsert
 
 _COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico"
 
@@ -166,26 +167,20 @@ def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[t
 
 
 def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) -> None:
-    """Atomic increments (``max`` meters: atomic maximum) of the running counters."""
+    """Atomic increments (``max`` meters: atomic maximum) of the running counters. Each
+    delta's units and cost (exact ints of any size) go in as (carry, low) parts, which the
+    statement adds to the row's without overflow (``billing.ledger.totals_sql``)."""
     if not deltas:
         return
-    pg = conn.dialect.name == "postgresql"
-    ph = "%s" if pg else "?"
-    greatest = "GREATEST" if pg else "MAX"
+    ph = "%s" if conn.dialect.name == "postgresql" else "?"
     add_rows, max_rows = [], []
     for (customer, meter, start), (end, units, events, cost, is_max) in deltas.items():
-        (max_rows if is_max else add_rows).append((customer, meter, start, end, units, events, cost))
-    head = (f"INSERT INTO usage_counter (customer_id, meter, period_start, period_end, units_micro, events, "
-            f"cost_pico) VALUES ({','.join([ph] * 7)}) ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET ")
+        (max_rows if is_max else add_rows).append(counter_row(customer, meter, start, end, units, events, cost))
     cursor = conn.connection.driver_connection.cursor()
     try:
         if add_rows:
-            cursor.executemany(head + "units_micro = usage_counter.units_micro + excluded.units_micro, "
-                               "events = usage_counter.events + excluded.events, "
-                               "cost_pico = usage_counter.cost_pico + excluded.cost_pico", add_rows)
+            cursor.executemany(counter_upsert(ph, False), add_rows)
         if max_rows:
-            cursor.executemany(head + f"units_micro = {greatest}(usage_counter.units_micro, excluded.units_micro), "
-                               "events = usage_counter.events + excluded.events, "
-                               "cost_pico = usage_counter.cost_pico + excluded.cost_pico", max_rows)
+            cursor.executemany(counter_upsert(ph, True), max_rows)
     finally:
         cursor.close()

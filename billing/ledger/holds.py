@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
@@ -41,7 +41,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.ingest import Ledger
 from billing.ledger.models import UsageEventRow
 from billing.ledger.outbox import Outbox
-from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
+from billing.ledger.quota_models import BudgetAlertRow, QuotaHold
 from billing.ledger.combiner import Combiner
 from billing.ledger.quota_sql import (
     Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
@@ -49,6 +49,7 @@ from billing.ledger.quota_sql import (
 from billing.ledger.quota_types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, parse_request, storable_text, tokens_of)
 from billing.ledger.quota_writer import QuotaWriter
+from billing.ledger.totals_sql import task_row, task_upsert
 from billing.ledger.types import to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert, reached
@@ -60,7 +61,6 @@ __all__ = ["Quota", "Reservation", "Context", "Outbox", "MAX_QUANTITY", "MAX_COS
 ZERO = Decimal(0)
 
 _hold = QuotaHold.__table__
-_task = AgentTaskUsage.__table__
 _event = UsageEventRow.__table__
 _alert = BudgetAlertRow.__table__
 
@@ -276,16 +276,12 @@ class Quota:
 
     def _add_task_usage(self, conn: Connection, customer: str, task: str, events: list[dict], now_us: int) -> None:
         ids = [e["id"] for e in events]
-        cost = conn.execute(select(func.sum(_event.c.cost_pico))
-                            .where(_event.c.customer_id == customer, _event.c.event_id.in_(ids))).scalar() or 0
+        # summed here, not by SUM(): exact past 2^63 on SQLite too
+        cost = sum(int(c) for c in conn.execute(
+            select(_event.c.cost_pico).where(_event.c.customer_id == customer, _event.c.event_id.in_(ids))).scalars())
         tokens = sum(tokens_of(e.get("properties") or {}) for e in events)
-        mod = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
-        stmt = mod.insert(_task).values(customer_id=customer, task_id=task, steps=len(events), tokens=tokens,
-                                        cost_pico=int(cost), updated_at=now_us)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=["customer_id", "task_id"],
-            set_={"steps": _task.c.steps + len(events), "tokens": _task.c.tokens + tokens,
-                  "cost_pico": _task.c.cost_pico + int(cost), "updated_at": now_us}))
+        conn.exec_driver_sql(task_upsert("%s" if self.conns.pg else "?"),
+                             task_row(customer, task, len(events), tokens, cost, now_us))
 
     def note_events(self, events: list[Any], results: Iterable[Any]) -> None:
         """After ``Ledger.record`` of events sent directly (not through ``commit``): count
@@ -311,7 +307,7 @@ class Quota:
         if by_task:
             now_us = to_us(self.clock())
             with self.engine.begin() as conn:
-                for (customer, task), evs in by_task.items():
+                for (customer, task), evs in sorted(by_task.items()):  # in key order (no deadlocks)
                     self._add_task_usage(conn, customer, task, evs, now_us)
         if self.alerts:
             for customer in props_names:
