@@ -167,14 +167,15 @@ def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[t
 
 
 def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) -> None:
-    """Atomic increments (``max`` meters: atomic maximum) of the running counters. Each
-    delta's units and cost (exact ints of any size) go in as (carry, low) parts, which the
-    statement adds to the row's without overflow (``billing.ledger.totals_sql``)."""
+    """Atomic increments (``max`` meters: atomic maximum) of the running counters, in key
+    order (sums, then maxima: as quota commits write them, so concurrent writers never
+    deadlock). Each delta's units and cost (exact ints of any size) go in as (carry, low)
+    parts, which the statement adds to the row's without overflow (``billing.ledger.totals_sql``)."""
     if not deltas:
         return
     ph = "%s" if conn.dialect.name == "postgresql" else "?"
     add_rows, max_rows = [], []
-    for (customer, meter, start), (end, units, events, cost, is_max) in deltas.items():
+    for (customer, meter, start), (end, units, events, cost, is_max) in sorted(deltas.items()):
         (max_rows if is_max else add_rows).append(counter_row(customer, meter, start, end, units, events, cost))
     cursor = conn.connection.driver_connection.cursor()
     try:

@@ -67,14 +67,20 @@ def _parts(value: str) -> str:
     return f"mod({value}, {_WIDE})::bigint, div({value}, {_WIDE})::bigint"
 
 
-def _counter_cte(name: str, is_max: bool) -> str:
+def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
+    """Counter upserts of the inserted events' contributions, in key order; ``after``: a
+    counter CTE (with ``RETURNING``) whose writes this one's wait for: PostgreSQL runs a
+    statement's data-modifying CTEs in no promised order, and every writer must take the
+    counters' row locks in ingestion's order (sums, then maxima: never a deadlock)."""
     units = "MAX(d.units)" if is_max else "SUM(d.units)"
+    wait = f" WHERE (SELECT COUNT(*) FROM {after}) >= 0" if after else ""
     return (_rows_cte(f"{name}d", _CONTRIB_TYPES) + f", {name}g AS (SELECT d.customer_id, d.meter, d.period_start, "
             f"MAX(d.period_end) AS period_end, {units} AS u, COUNT(*) AS n, SUM(d.cost) AS c FROM {name}d d "
             "JOIN ins USING (customer_id, event_id) GROUP BY d.customer_id, d.meter, d.period_start), "
             f"{name} AS (INSERT INTO usage_counter ({COUNTER_COLUMNS}) SELECT customer_id, meter, period_start, "
-            f"period_end, {_parts('u')}, n, {_parts('c')} FROM {name}g ORDER BY 1, 2, 3 "
-            f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {counter_update(is_max)})")
+            f"period_end, {_parts('u')}, n, {_parts('c')} FROM {name}g{wait} "
+            'ORDER BY customer_id COLLATE "C", meter COLLATE "C", period_start '  # Python's order, as ingestion
+            f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {counter_update(is_max)} RETURNING 1)")
 
 
 # one statement text for every batch (each CTE's rows are one JSON parameter, possibly
@@ -83,7 +89,7 @@ _WRITE_PG = (
     "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
     f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY customer_id, event_id "
     "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id), "
-    + _counter_cte("cs", False) + ", " + _counter_cte("cm", True) + ", "
+    + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
     "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held'), "
@@ -92,7 +98,8 @@ _WRITE_PG = (
     "tg AS (SELECT t.customer_id, t.task_id, COUNT(*) AS n, SUM(t.tokens) AS k, SUM(t.cost) AS c FROM tv t "
     "JOIN ins USING (customer_id, event_id) GROUP BY 1, 2), "
     f"tk AS (INSERT INTO agent_task_usage ({TASK_COLUMNS}) SELECT customer_id, task_id, n, {_parts('k')}, "
-    f"{_parts('c')}, %s FROM tg ORDER BY 1, 2 ON CONFLICT (customer_id, task_id) DO UPDATE SET {TASK_UPDATE}) "
+    f"{_parts('c')}, %s FROM tg ORDER BY customer_id COLLATE \"C\", task_id COLLATE \"C\" "
+    f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {TASK_UPDATE}) "
     "SELECT customer_id, event_id FROM ins")
 
 
