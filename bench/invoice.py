@@ -154,6 +154,7 @@ def verify(url: str, customers: int, sample: int) -> int:
     from billing.ledger.db import make_engine
     from billing.ledger.models import Invoice, InvoiceLineRow
     from billing.ledger.types import to_us
+    from billing.ledger.wide import join
     from billing.rating.engine import RatingInput, rate_period
     from billing.rating.periods import BillingCycle
 
@@ -181,7 +182,7 @@ def verify(url: str, customers: int, sample: int) -> int:
                  for r in line_rows(rated, period.start, period.end)]
         assert fresh == stored[inv.id], (cid, fresh, stored[inv.id])
         assert inv.total_minor == sum(r[-1] for r in fresh)
-        assert inv.provider_cost_pico == int(rated.provider_cost * 10 ** 12), cid
+        assert join(inv.provider_cost_carry, inv.provider_cost_pico) == int(rated.provider_cost * 10 ** 12), cid
     return len(picked)
 
 

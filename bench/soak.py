@@ -234,9 +234,11 @@ def verify(url: str, clients: list[Client]) -> dict:
     def derived() -> tuple:
         with engine.connect() as conn:
             counters = sorted(tuple(r) for r in conn.exec_driver_sql(
-                "SELECT customer_id, meter, period_start, units_micro, events, cost_pico FROM usage_counter").all())
+                "SELECT customer_id, meter, period_start, units_micro, units_carry, events, cost_pico, cost_carry "
+                "FROM usage_counter").all())
             tasks = sorted(tuple(r) for r in conn.exec_driver_sql(
-                "SELECT customer_id, task_id, steps, tokens, cost_pico FROM agent_task_usage").all())
+                "SELECT customer_id, task_id, steps, tokens, tokens_carry, cost_pico, cost_carry "
+                "FROM agent_task_usage").all())
         return counters, tasks
 
     with engine.connect() as conn:

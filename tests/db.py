@@ -182,16 +182,41 @@ def stored_events(engine, customer: str | None = None) -> list[tuple]:
             for c, e, t, ts, p, m, cost, i in rows]
 
 
+WIDE = 10**18  # a stored total is carry * WIDE + low, 0 <= low < WIDE (billing.ledger.wide)
+
+
+def _joined(row, low: str, carry: str) -> int:
+    """A stored total of a row (a mapping): every part an integer, the low part in [0, WIDE)
+    (a float, or a part out of range, fails here). Rows of a schema without the carry
+    column (before revision 0005) count a carry of 0."""
+    value, high = row[low], row.get(carry, 0)
+    assert type(value) is int and type(high) is int, (dict(row), low)
+    assert 0 <= value < WIDE, (dict(row), low)
+    return high * WIDE + value
+
+
 def counter_rows(engine, customer: str | None = None) -> dict[tuple[str, str, int], tuple[int, int, int, int]]:
-    """(customer, meter, period_start) -> (period_end, units_micro, events, cost_pico)."""
-    sql = "SELECT customer_id, meter, period_start, period_end, units_micro, events, cost_pico FROM usage_counter"
+    """(customer, meter, period_start) -> (period_end, units_micro, events, cost_pico), units
+    and cost exact integers joined from their stored parts (``_joined``)."""
+    sql = "SELECT * FROM usage_counter"
     params: tuple = ()
     if customer is not None:
         sql += " WHERE customer_id = %s" if engine.dialect.name == "postgresql" else " WHERE customer_id = ?"
         params = (customer,)
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql(sql, params).all()
-    return {(c, m, int(s)): (int(e), int(u), int(n), int(cost)) for c, m, s, e, u, n, cost in rows}
+        rows = conn.exec_driver_sql(sql, params).mappings().all()
+    return {(r["customer_id"], r["meter"], int(r["period_start"])):
+            (int(r["period_end"]), _joined(r, "units_micro", "units_carry"), int(r["events"]),
+             _joined(r, "cost_pico", "cost_carry")) for r in rows}
+
+
+def task_usage_rows(engine) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """(customer, task) -> (steps, tokens, cost_pico) of ``agent_task_usage``, exact integers
+    joined from their stored parts (``_joined``)."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT * FROM agent_task_usage").mappings().all()
+    return {(r["customer_id"], r["task_id"]): (int(r["steps"]), _joined(r, "tokens", "tokens_carry"),
+                                               _joined(r, "cost_pico", "cost_carry")) for r in rows}
 
 
 def documents(engine) -> list[tuple]:

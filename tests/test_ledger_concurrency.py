@@ -17,7 +17,7 @@ from billing.ledger.accounts import Accounts
 from billing.ledger.ingest import Ledger
 from billing.ledger.recount import recount_all
 from conftest_db import db_url, engine  # noqa: F401  (fixtures)
-from db import PLANS_DIR, counter_rows, shipped_catalog
+from db import PLANS_DIR, counter_rows, shipped_catalog, task_usage_rows
 
 CATALOG = shipped_catalog()
 NOW = datetime(2026, 10, 20, tzinfo=UTC)
@@ -39,9 +39,7 @@ def _event(customer: str, event_id: str, i: int, task: str | None = None) -> dic
 
 
 def task_rows(engine) -> dict[tuple[str, str], tuple[int, int, int]]:
-    with engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT customer_id, task_id, steps, tokens, cost_pico FROM agent_task_usage").all()
-    return {(c, t): (int(s), int(k), int(p)) for c, t, s, k, p in rows}
+    return task_usage_rows(engine)
 
 
 def assert_derived_equal_recount(engine) -> None:

@@ -9,6 +9,7 @@ from functools import lru_cache
 from billing.catalog import Plan
 from billing.ledger.counters import MICRO
 from billing.ledger.types import to_us
+from billing.ledger.wide import split
 from billing.money import dec_str, minor_units, round_line
 from billing.rating.periods import Period
 from billing.rating.types import CreditGrant, RatedInvoice
@@ -64,12 +65,18 @@ def line_rows(inv: RatedInvoice, start: datetime, end: datetime) -> list[dict]:
 def doc_base(sub, plan: Plan, start: datetime, end: datetime, now: datetime, watermark: int) -> dict:
     return {"kind": "invoice", "status": "draft", "customer_id": sub.customer_id, "subscription_id": sub.id,
             "plan_id": plan.plan, "plan_version": plan.version, "currency": plan.currency, "period_start": start,
-            "period_end": end, "provider_cost_pico": 0, "ledger_watermark": watermark, "created_at": now,
-            "corrects_invoice_id": None}
+            "period_end": end, "provider_cost_pico": 0, "provider_cost_carry": 0, "ledger_watermark": watermark,
+            "created_at": now, "corrects_invoice_id": None}
 
 
 def invoice_row(sub, plan: Plan, period: Period, start: datetime, end: datetime, inv: RatedInvoice,
                 total_minor: int, watermark: int, now: datetime) -> dict:
     return {**doc_base(sub, plan, start, end, now, watermark),
             "dedupe_key": invoice_key(sub.id, period), "total_minor": total_minor,
-            "provider_cost_pico": int((inv.provider_cost * PICO).to_integral_value())}
+            **provider_cost_columns(int((inv.provider_cost * PICO).to_integral_value()))}
+
+
+def provider_cost_columns(cost_pico: int) -> dict:
+    """An invoice's provider cost (picodollars, exact at any size) as its stored parts."""
+    carry, low = split(cost_pico)
+    return {"provider_cost_pico": low, "provider_cost_carry": carry}

@@ -18,6 +18,7 @@ from billing.ledger.models import (
     CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence, SeatChange,
     Subscription)
 from billing.ledger.recount import counters_stale
+from billing.ledger.wide import join
 
 _CHUNK = 500
 # A document's lines stay billed whatever happens to its payment: voiding forgives what it
@@ -290,13 +291,15 @@ def read_snapshot(conn: Connection, rate_keys: set[tuple[str, int]], check_keys:
                 continue
             starts = [s for _, s in keys]
             meter = f" AND meter = {ph}" if only_all else ""
-            cursor.execute("SELECT customer_id, meter, period_start, period_end, units_micro, events, cost_pico "
-                           f"FROM usage_counter WHERE period_start >= {ph} AND period_start <= {ph}{meter}",
+            cursor.execute("SELECT customer_id, meter, period_start, period_end, units_carry, units_micro, events, "
+                           f"cost_carry, cost_pico FROM usage_counter WHERE period_start >= {ph} "
+                           f"AND period_start <= {ph}{meter}",
                            [min(starts), max(starts), *([ALL_EVENTS] if only_all else [])])
-            for customer, name, start, end, units, events, cost in cursor.fetchall():
+            for customer, name, start, end, units_carry, units, events, cost_carry, cost in cursor.fetchall():
                 key = (customer, int(start))
                 if key in keys:
-                    counters.setdefault(key, {})[name] = (int(end), int(units), int(events), int(cost))
+                    counters.setdefault(key, {})[name] = (int(end), join(units_carry, units), int(events),
+                                                          join(cost_carry, cost))
     finally:
         cursor.close()
     return Snapshot(watermark, stale, subscriptions if subscriptions is not None else coverage(all_subscriptions(conn)),

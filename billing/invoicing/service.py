@@ -43,6 +43,7 @@ from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
 from billing.ledger.counters import to_micro
 from billing.ledger.models import Invoice, InvoiceLineRow, Subscription
 from billing.ledger.types import to_us
+from billing.ledger.wide import join
 from billing.money import dec_str, minor_units
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import BillingCycle, Period
@@ -417,7 +418,7 @@ def invoice_json(inv: Invoice, lines: list[InvoiceLineRow]) -> dict:
                                       "end": ln.service_end.isoformat().replace("+00:00", "Z")}}
                   for ln in lines],
         "total": f"{_from_minor(inv.total_minor, cur):f}",
-        "provider_cost": dec_str(Decimal(inv.provider_cost_pico) / PICO),
+        "provider_cost": dec_str(Decimal(join(inv.provider_cost_carry, inv.provider_cost_pico)) / PICO),
         "corrects_invoice_id": inv.corrects_invoice_id,
         "finalized_at": inv.finalized_at.isoformat() if inv.finalized_at else None,
         "paid_at": inv.paid_at.isoformat() if inv.paid_at else None,

@@ -3,7 +3,8 @@ PostgreSQL, with the same answers as ``billing.rating.meters.aggregate`` (a test
 them equal). Only events with ``id <= watermark`` count, so a close sees one snapshot.
 
 Numbers: token counts are integers; other numeric properties are summed exactly on
-PostgreSQL and as 6-decimal fixed point on SQLite (JSON numbers there are doubles).
+PostgreSQL and as 6-decimal fixed point on SQLite (JSON numbers with decimals are doubles
+there; integers stay exact). Sums are exact past 2^63 on both (``billing.ledger.wide``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import Connection
 
 from billing.catalog.schema import Meter, PercentagePrice, Plan
 from billing.ledger.types import to_us
+from billing.ledger.wide import exact_sums, sum_sql, sum_sql_params, summed
 from billing.rating.charges.percentage import needs_transactions
 from billing.rating.periods import Period
 from billing.rating.types import MeterTotals
@@ -51,7 +53,9 @@ class _Sql:
             raise ValueError(f"property name {prop!r} cannot be used in SQL aggregation")
         if self.pg:
             return f"(e.properties->>'{prop}')::numeric"
-        return f"CAST(ROUND(json_extract(e.properties, '$.{prop}') * 1000000) AS INTEGER)"
+        value = f"json_extract(e.properties, '$.{prop}')"  # an integer times 10^6 stays exact, a double is rounded
+        return (f"(CASE json_type(e.properties, '$.{prop}') WHEN 'integer' THEN {value} * 1000000 "
+                f"ELSE CAST(ROUND({value} * 1000000) AS INTEGER) END)")
 
     def scale(self, value) -> Decimal:
         if value is None:
@@ -127,32 +131,42 @@ def aggregate_window(conn: Connection, plan: Plan, customers: Sequence[str], sta
     usage: dict[str, dict[str, MeterTotals]] = {c: {} for c in customers}
     costs: dict[str, Decimal] = {}
     simple = [m for m in plan.meters if _is_simple(plan, m)]
-    params: list = []
-    columns = ["e.customer_id", "SUM(e.cost_pico)"]
-    for meter in simple:
-        cond = _meter_condition(sql, meter, watermark, params)
-        value = "1" if meter.aggregation == "count" else sql.number(meter.property)
-        agg = "MAX" if meter.aggregation == "max" else "SUM"
-        columns.append(f"{agg}(CASE WHEN {cond} THEN {value} END)")
-        p2: list = []
-        columns.append(f"SUM(CASE WHEN {_meter_condition(sql, meter, watermark, p2)} THEN 1 ELSE 0 END)")
-        params.extend(p2)
-        p3: list = []
-        columns.append(f"SUM(CASE WHEN {_meter_condition(sql, meter, watermark, p3)} THEN e.cost_pico ELSE 0 END)")
-        params.extend(p3)
-    where = _window(sql, None if scan else customers, start_us, end_us, watermark, params)
+
+    def query(split: bool) -> list[tuple]:
+        params: list = []
+        columns = ["e.customer_id", sum_sql("e.cost_pico", split)]
+        for meter in simple:
+            cond_params: list = []
+            cond = _meter_condition(sql, meter, watermark, cond_params)
+            value = "1" if meter.aggregation == "count" else sql.number(meter.property)
+            if meter.aggregation == "max":
+                columns.append(f"0, 0, MAX(CASE WHEN {cond} THEN {value} END)")
+                params.extend(cond_params)
+            else:
+                column, column_params = sum_sql_params(f"CASE WHEN {cond} THEN {value} END", cond_params, split)
+                columns.append(column)
+                params.extend(column_params)
+            columns.append(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)")
+            params.extend(cond_params)
+            column, column_params = sum_sql_params(f"CASE WHEN {cond} THEN e.cost_pico ELSE 0 END", cond_params, split)
+            columns.append(column)
+            params.extend(column_params)
+        where = _window(sql, None if scan else customers, start_us, end_us, watermark, params)
+        run(cursor, f"SELECT {', '.join(columns)} FROM usage_event e WHERE {where} GROUP BY e.customer_id", params)
+        return cursor.fetchall()
+
     cursor = conn.connection.driver_connection.cursor()
     try:
-        run(cursor, f"SELECT {', '.join(columns)} FROM usage_event e WHERE {where} GROUP BY e.customer_id", params)
-        for row in cursor.fetchall():
+        for row in exact_sums(query):
             customer = row[0]
             if customer not in wanted:
                 continue
-            costs[customer] = Decimal(int(row[1] or 0)) / PICO
-            for n, meter in enumerate(simple):
-                raw, events, cost = row[2 + 3 * n: 5 + 3 * n]
-                units = Decimal(raw or 0) if meter.aggregation == "count" else sql.scale(raw)
-                usage[customer][meter.key] = MeterTotals(units, int(events or 0), Decimal(int(cost or 0)) / PICO)
+            costs[customer] = Decimal(summed(*row[1:4])) / PICO
+            for n, meter in enumerate(simple):  # 7 columns a meter: value (3), events, cost (3)
+                at = 4 + 7 * n
+                raw, events, cost = summed(*row[at:at + 3]), row[at + 3], summed(*row[at + 4:at + 7])
+                units = Decimal(raw) if meter.aggregation == "count" else sql.scale(raw)
+                usage[customer][meter.key] = MeterTotals(units, int(events or 0), Decimal(cost) / PICO)
         for customer in customers:
             costs.setdefault(customer, Decimal(0))
             for meter in simple:
@@ -189,21 +203,26 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
     where = _where(sql, meter, None if scan else chunk, start_us, end_us, watermark, params)
     mult = meter.multipliers
     group = sql.text(mult.property) if mult and meter.aggregation != "unique_count" else None
-    if meter.aggregation == "count":
-        value = "COUNT(*)"
-    elif meter.aggregation == "sum":
-        value = f"SUM({sql.number(meter.property)})"
-    elif meter.aggregation == "max":
-        value = f"MAX({sql.number(meter.property)})"
-    else:
-        value = f"COUNT(DISTINCT {sql.text(meter.property)})"
-    run(cursor, f"SELECT e.customer_id, {group or 'NULL'} AS k, {value}, COUNT(*), SUM(e.cost_pico) "
-                   f"FROM usage_event e WHERE {where} GROUP BY e.customer_id{', ' + group if group else ''}", params)
+
+    def query(split: bool) -> list[tuple]:
+        if meter.aggregation == "count":
+            value = "0, 0, COUNT(*)"
+        elif meter.aggregation == "sum":
+            value = sum_sql(sql.number(meter.property), split)
+        elif meter.aggregation == "max":
+            value = f"0, 0, MAX({sql.number(meter.property)})"
+        else:
+            value = f"0, 0, COUNT(DISTINCT {sql.text(meter.property)})"
+        run(cursor, f"SELECT e.customer_id, {group or 'NULL'} AS k, {value}, COUNT(*), {sum_sql('e.cost_pico', split)} "
+                    f"FROM usage_event e WHERE {where} GROUP BY e.customer_id{', ' + group if group else ''}", params)
+        return cursor.fetchall()
+
     acc: dict[str, list] = defaultdict(lambda: [Decimal(0), 0, 0])
     wanted = set(chunk) if scan else None
-    for customer, key, raw, events, cost in cursor.fetchall():
+    for customer, key, v1, v2, v3, events, c1, c2, c3 in exact_sums(query):
         if wanted is not None and customer not in wanted:
             continue
+        raw, cost = summed(v1, v2, v3), summed(c1, c2, c3)
         if meter.aggregation == "count":
             units = Decimal(raw)
         elif meter.aggregation == "unique_count":
@@ -258,27 +277,30 @@ def provider_costs(conn: Connection, customers: Sequence[str], start_us: int, en
     """Total provider cost of every event in the window, per customer."""
     sql = _Sql(conn.dialect.name)
     out: dict[str, Decimal] = {}
+    window = f"ts >= {sql.ph} AND ts < {sql.ph} AND id <= {sql.ph}"
     cursor = conn.connection.driver_connection.cursor()
     try:
         if len(customers) > _CHUNK:
             wanted = set(customers)
-            run(cursor, f"SELECT customer_id, SUM(cost_pico) FROM usage_event WHERE ts >= {sql.ph} AND ts < {sql.ph} "
-                           f"AND id <= {sql.ph} GROUP BY customer_id", [start_us, end_us, watermark])
-            for customer, cost in cursor.fetchall():
-                if customer in wanted:
-                    out[customer] = Decimal(int(cost or 0)) / PICO
+            out.update((c, cost) for c, cost in _costs(cursor, window, [start_us, end_us, watermark]) if c in wanted)
             return out
         for i in range(0, len(customers), _CHUNK):
             chunk = list(customers[i:i + _CHUNK])
-            run(
-                cursor, f"SELECT customer_id, SUM(cost_pico) FROM usage_event WHERE customer_id IN "
-                f"({','.join([sql.ph] * len(chunk))}) AND ts >= {sql.ph} AND ts < {sql.ph} AND id <= {sql.ph} "
-                f"GROUP BY customer_id", [*chunk, start_us, end_us, watermark])
-            for customer, cost in cursor.fetchall():
-                out[customer] = Decimal(int(cost or 0)) / PICO
+            out.update(_costs(cursor, f"customer_id IN ({','.join([sql.ph] * len(chunk))}) AND {window}",
+                              [*chunk, start_us, end_us, watermark]))
     finally:
         cursor.close()
     return out
+
+
+def _costs(cursor, where: str, params: list) -> list[tuple[str, Decimal]]:
+    """(customer, the exact provider cost of its events matching ``where``)."""
+    def query(split: bool) -> list[tuple]:
+        run(cursor, f"SELECT customer_id, {sum_sql('cost_pico', split)} FROM usage_event WHERE {where} "
+                    "GROUP BY customer_id", params)
+        return cursor.fetchall()
+
+    return [(customer, Decimal(summed(*parts)) / PICO) for customer, *parts in exact_sums(query)]
 
 
 def max_event_id(conn: Connection) -> int:

@@ -25,7 +25,8 @@ from billing.catalog import Catalog
 from billing.errors import BillingError
 from billing.ledger.outbox import Outbox
 from billing.ledger.quota_models import BudgetAlertRow
-from billing.ledger.quota_sql import MICRO, PICO, Connections, Context, batch_counters_query, load_contexts, run_all
+from billing.ledger.quota_sql import (
+    MICRO, PICO, Connections, Context, batch_counters_query, counter_values, load_contexts, run_all)
 from billing.ledger.types import to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert, reached
@@ -70,7 +71,7 @@ class BudgetAlerts:
             rows = run_all(conns, conn, [batch_counters_query(
                 self.pg, sorted((c.customer, to_us(c.period.start)) for c in ctxs))])[0]
         usage: dict[str, dict[str, MeterUsage]] = {c.customer: {} for c in ctxs}
-        for customer, meter, units, cost, n in rows:
+        for customer, meter, units, cost, n in counter_values(rows):
             usage[customer][meter] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
         fired: list[Alert] = []
         for ctx in ctxs:

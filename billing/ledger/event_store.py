@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from billing.ledger.prepare import Prepared
+from billing.ledger.totals_sql import counter_row, counter_upsert, task_row, task_upsert
 
 _COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
 _STORED = itemgetter(0, 1, 2, 3, 4, 5, 6, 8, 9)  # a Prepared row's stored columns
@@ -179,45 +180,35 @@ def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[t
 
 
 def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) -> None:
-    """Atomic increments (``max`` meters: atomic maximum) of the running counters."""
+    """Atomic increments (``max`` meters: atomic maximum) of the running counters, in key
+    order (sums, then maxima: as quota commits write them, so concurrent writers never
+    deadlock). Each delta's units and cost (exact ints of any size) go in as (carry, low)
+    parts, which the statement adds to the row's without overflow (``billing.ledger.totals_sql``)."""
     if not deltas:
         return
-    pg = conn.dialect.name == "postgresql"
-    ph = "%s" if pg else "?"
-    greatest = "GREATEST" if pg else "MAX"
+    ph = "%s" if conn.dialect.name == "postgresql" else "?"
     add_rows, max_rows = [], []
     for (customer, meter, start), (end, units, events, cost, is_max) in sorted(deltas.items()):
-        (max_rows if is_max else add_rows).append((customer, meter, start, end, units, events, cost))
-    head = (f"INSERT INTO usage_counter (customer_id, meter, period_start, period_end, units_micro, events, "
-            f"cost_pico) VALUES ({','.join([ph] * 7)}) ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET ")
+        (max_rows if is_max else add_rows).append(counter_row(customer, meter, start, end, units, events, cost))
     cursor = conn.connection.driver_connection.cursor()
     try:
         if add_rows:
-            cursor.executemany(head + "units_micro = usage_counter.units_micro + excluded.units_micro, "
-                               "events = usage_counter.events + excluded.events, "
-                               "cost_pico = usage_counter.cost_pico + excluded.cost_pico", add_rows)
+            cursor.executemany(counter_upsert(ph, False), add_rows)
         if max_rows:
-            cursor.executemany(head + f"units_micro = {greatest}(usage_counter.units_micro, excluded.units_micro), "
-                               "events = usage_counter.events + excluded.events, "
-                               "cost_pico = usage_counter.cost_pico + excluded.cost_pico", max_rows)
+            cursor.executemany(counter_upsert(ph, True), max_rows)
     finally:
         cursor.close()
 
 
-_UPSERT_TASK = ("INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
-                "VALUES ({ph}) ON CONFLICT (customer_id, task_id) DO UPDATE SET "
-                "steps = agent_task_usage.steps + excluded.steps, tokens = agent_task_usage.tokens + excluded.tokens, "
-                "cost_pico = agent_task_usage.cost_pico + excluded.cost_pico, updated_at = excluded.updated_at")
-
-
 def upsert_tasks(conn: Connection, tasks: dict[tuple[str, str], list[int]], now_us: int) -> None:
-    """Atomic increments of agent task usage: (customer, task) -> [steps, tokens, cost_pico]."""
+    """Atomic increments of agent task usage: (customer, task) -> [steps, tokens, cost_pico],
+    in key order, exact at any size (``billing.ledger.totals_sql``)."""
     if not tasks:
         return
-    ph = ",".join(["%s" if conn.dialect.name == "postgresql" else "?"] * 6)
+    ph = "%s" if conn.dialect.name == "postgresql" else "?"
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.executemany(_UPSERT_TASK.format(ph=ph), [(customer, task, steps, tokens, cost, now_us) for
-                                                         (customer, task), (steps, tokens, cost) in sorted(tasks.items())])
+        cursor.executemany(task_upsert(ph), [task_row(customer, task, steps, tokens, cost, now_us) for
+                                             (customer, task), (steps, tokens, cost) in sorted(tasks.items())])
     finally:
         cursor.close()

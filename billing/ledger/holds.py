@@ -41,7 +41,7 @@ from billing.ledger.ingest import Ledger
 from billing.ledger.models import UsageEventRow
 from billing.ledger.outbox import Outbox
 from billing.ledger.prepare import UNPRICED_MODEL
-from billing.ledger.quota_models import AgentTaskUsage, BudgetAlertRow, QuotaHold
+from billing.ledger.quota_models import BudgetAlertRow, QuotaHold
 from billing.ledger.combiner import Combiner
 from billing.ledger.quota_sql import (
     Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
@@ -60,7 +60,6 @@ __all__ = ["Quota", "Reservation", "Context", "Outbox", "MAX_QUANTITY", "MAX_COS
 ZERO = Decimal(0)
 
 _hold = QuotaHold.__table__
-_task = AgentTaskUsage.__table__
 _event = UsageEventRow.__table__
 _alert = BudgetAlertRow.__table__
 

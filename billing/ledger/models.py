@@ -4,6 +4,9 @@
 - money on invoices and grants: ``*_minor`` (the currency's minor unit, cents for USD) or
   ``*_micro`` (1e-6, for grants that may carry sub-cent amounts);
 - counter units: ``units_micro`` (1e-6 of a unit, so multipliers like 0.5x stay exact);
+- running totals that may pass 2^63 (counters, agent task usage, an invoice's provider
+  cost) add a ``*_carry`` column in units of 10^18 beside the low part:
+  ``carry * 10^18 + low`` (``billing.ledger.wide``);
 - event time: ``ts`` in integer microseconds since the Unix epoch, UTC.
 
 Display-only decimals (line quantities, unit prices) are stored as exact decimal text.
@@ -106,7 +109,11 @@ class UsageCounter(SQLModel, table=True):
     Counts every matching event as ingested (outcome disputes are settled at rating). The
     row with meter ``*`` (``counters.ALL_EVENTS``) counts every event of the period, metered
     or not, with their provider cost; its ``units_micro`` counts the values of the period
-    that were rounded to the micro-unit (0: the period's counters are exact)."""
+    that were rounded to the micro-unit (0: the period's counters are exact).
+
+    Units and cost are exact integers of any size: ``units_carry * 10^18 + units_micro``
+    and ``cost_carry * 10^18 + cost_pico``, the low parts in [0, 10^18)
+    (``billing.ledger.wide``)."""
 
     __tablename__ = "usage_counter"
 
@@ -117,6 +124,8 @@ class UsageCounter(SQLModel, table=True):
     units_micro: int = Field(default=0, sa_type=BigInteger)
     events: int = Field(default=0, sa_type=BigInteger)
     cost_pico: int = Field(default=0, sa_type=BigInteger)
+    units_carry: int = Field(default=0, sa_type=BigInteger)  # units: carry * 10^18 + units_micro
+    cost_carry: int = Field(default=0, sa_type=BigInteger)  # cost: carry * 10^18 + cost_pico
 
 
 class CreditGrantRow(SQLModel, table=True):
@@ -165,6 +174,7 @@ class Invoice(SQLModel, table=True):
     period_end: datetime = _utc()
     total_minor: int = Field(default=0, sa_type=BigInteger)
     provider_cost_pico: int = Field(default=0, sa_type=BigInteger)
+    provider_cost_carry: int = Field(default=0, sa_type=BigInteger)  # cost: carry * 10^18 + provider_cost_pico
     ledger_watermark: int = Field(default=0, sa_type=BigInteger)  # last usage_event.id seen
     created_at: datetime = _utc()
     finalized_at: datetime | None = _utc(nullable=True)

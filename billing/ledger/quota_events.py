@@ -23,12 +23,12 @@ from typing import Any
 from billing.ledger.counters import CounterPlanner
 from billing.ledger.quota_sql import json_rows
 from billing.ledger.quota_types import tokens_of
+from billing.ledger.totals_sql import (
+    COUNTER_COLUMNS, TASK_COLUMNS, TASK_UPDATE, counter_row, counter_update, counter_upsert, task_row, task_upsert)
+from billing.ledger.wide import WIDE
 
 _EVENT_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
-_UPSERT_SUM = ("units_micro = usage_counter.units_micro + excluded.units_micro, "
-               "events = usage_counter.events + excluded.events, cost_pico = usage_counter.cost_pico + excluded.cost_pico")
-_UPSERT_TASK = ("steps = agent_task_usage.steps + excluded.steps, tokens = agent_task_usage.tokens + excluded.tokens, "
-                "cost_pico = agent_task_usage.cost_pico + excluded.cost_pico, updated_at = excluded.updated_at")
+_WIDE = f"{WIDE}::numeric"
 
 
 def contributions(planner: CounterPlanner, commits: list) -> list[tuple]:
@@ -64,8 +64,9 @@ def task_rows(planner: CounterPlanner, commits: list) -> list[tuple]:
 _EVENT_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("type", "varchar"), ("ts", "bigint"),
                 ("properties", "json"), ("model", "varchar"), ("cost_pico", "bigint"), ("unpriced", "varchar"),
                 ("unmetered", "varchar"))
+# units and cost travel as numeric text: exact at any size (a weighted meter's units may pass 2^63)
 _CONTRIB_TYPES = (("customer_id", "varchar"), ("event_id", "varchar"), ("meter", "varchar"), ("period_start", "bigint"),
-                  ("period_end", "bigint"), ("units", "bigint"), ("cost", "bigint"))
+                  ("period_end", "bigint"), ("units", "numeric"), ("cost", "numeric"))
 
 
 def _rows_cte(name: str, columns: tuple[tuple[str, str], ...]) -> str:
@@ -73,15 +74,25 @@ def _rows_cte(name: str, columns: tuple[tuple[str, str], ...]) -> str:
     return f"{name} AS (SELECT {cols} FROM jsonb_array_elements(%s::jsonb) AS e)"
 
 
-def _counter_cte(name: str, is_max: bool) -> str:
+def _parts(value: str) -> str:
+    """A non-negative numeric total as the (low, carry) BIGINT parts it is stored in."""
+    return f"mod({value}, {_WIDE})::bigint, div({value}, {_WIDE})::bigint"
+
+
+def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
+    """Counter upserts of the inserted events' contributions, in key order; ``after``: a
+    counter CTE (with ``RETURNING``) whose writes this one's wait for: PostgreSQL runs a
+    statement's data-modifying CTEs in no promised order, and every writer must take the
+    counters' row locks in ingestion's order (sums, then maxima: never a deadlock)."""
     units = "MAX(d.units)" if is_max else "SUM(d.units)"
-    update = _UPSERT_SUM if not is_max else _UPSERT_SUM.replace(
-        "usage_counter.units_micro + excluded.units_micro", "GREATEST(usage_counter.units_micro, excluded.units_micro)")
-    return (_rows_cte(f"{name}d", _CONTRIB_TYPES) + f", {name} AS (INSERT INTO usage_counter (customer_id, meter, "
-            f"period_start, period_end, units_micro, events, cost_pico) SELECT d.customer_id, d.meter, d.period_start, "
-            f"MAX(d.period_end), {units}, COUNT(*), SUM(d.cost) FROM {name}d d JOIN ins USING (customer_id, event_id) "
-            "GROUP BY d.customer_id, d.meter, d.period_start ORDER BY 1, 2, 3 "
-            f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {update})")
+    wait = f" WHERE (SELECT COUNT(*) FROM {after}) >= 0" if after else ""
+    return (_rows_cte(f"{name}d", _CONTRIB_TYPES) + f", {name}g AS (SELECT d.customer_id, d.meter, d.period_start, "
+            f"MAX(d.period_end) AS period_end, {units} AS u, COUNT(*) AS n, SUM(d.cost) AS c FROM {name}d d "
+            "JOIN ins USING (customer_id, event_id) GROUP BY d.customer_id, d.meter, d.period_start), "
+            f"{name} AS (INSERT INTO usage_counter ({COUNTER_COLUMNS}) SELECT customer_id, meter, period_start, "
+            f"period_end, {_parts('u')}, n, {_parts('c')} FROM {name}g{wait} "
+            'ORDER BY customer_id COLLATE "C", meter COLLATE "C", period_start '  # Python's order, as ingestion
+            f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {counter_update(is_max)} RETURNING 1)")
 
 
 # one statement text for every batch (each CTE's rows are one JSON parameter, possibly
@@ -90,16 +101,17 @@ _WRITE_PG = (
     "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
     f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY customer_id, event_id "
     "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id), "
-    + _counter_cte("cs", False) + ", " + _counter_cte("cm", True) + ", "
+    + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
     "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held'), "
     + _rows_cte("tv", (("customer_id", "varchar"), ("event_id", "varchar"), ("task_id", "varchar"),
-                       ("tokens", "bigint"), ("cost", "bigint"))) + ", "
-    "tk AS (INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
-    "SELECT t.customer_id, t.task_id, COUNT(*), SUM(t.tokens), SUM(t.cost), %s FROM tv t "
-    "JOIN ins USING (customer_id, event_id) GROUP BY 1, 2 ORDER BY 1, 2 "
-    f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {_UPSERT_TASK}) "
+                       ("tokens", "numeric"), ("cost", "numeric"))) + ", "
+    "tg AS (SELECT t.customer_id, t.task_id, COUNT(*) AS n, SUM(t.tokens) AS k, SUM(t.cost) AS c FROM tv t "
+    "JOIN ins USING (customer_id, event_id) GROUP BY 1, 2), "
+    f"tk AS (INSERT INTO agent_task_usage ({TASK_COLUMNS}) SELECT customer_id, task_id, n, {_parts('k')}, "
+    f"{_parts('c')}, %s FROM tg ORDER BY customer_id COLLATE \"C\", task_id COLLATE \"C\" "
+    f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {TASK_UPDATE}) "
     "SELECT customer_id, event_id FROM ins")
 
 
@@ -107,11 +119,11 @@ def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list
     """One statement: insert the events; for those inserted, bump counters, settle holds,
     add task usage. Returns the cursor of the inserted (customer, event id) keys."""
     events = [_stored(p) for _op, p, _hold in commits]
-    sums = sorted((c[0], c[1], c[2], c[3], c[4], c[5], c[7]) for c in contrib if not c[6])
-    maxes = sorted((c[0], c[1], c[2], c[3], c[4], c[5], c[7]) for c in contrib if c[6])
+    sums = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if not c[6])
+    maxes = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if c[6])
     settle = sorted((hold[0], p.customer, p.event_id) for _op, p, hold in commits if hold[2] == "held")
     return execute(_WRITE_PG, [json_rows(events), json_rows(sums), json_rows(maxes), json_rows(settle), now_us,
-                               json_rows(sorted(tasks)), now_us])
+                               json_rows(sorted((c, e, t, str(k), str(p)) for c, e, t, k, p in tasks)), now_us])
 
 
 def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple],
@@ -134,12 +146,8 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: 
             slot[1] = max(slot[1], units) if is_max else slot[1] + units
             slot[2] += 1
             slot[3] += cost
-    head = ("INSERT INTO usage_counter (customer_id, meter, period_start, period_end, units_micro, events, cost_pico) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET ")
     for (customer, meter, start), (end, units, n, cost, is_max) in sorted(deltas.items()):
-        update = _UPSERT_SUM if not is_max else _UPSERT_SUM.replace(
-            "usage_counter.units_micro + excluded.units_micro", "MAX(usage_counter.units_micro, excluded.units_micro)")
-        execute(head + update, (customer, meter, start, end, units, n, cost))
+        execute(counter_upsert("?", is_max), counter_row(customer, meter, start, end, units, n, cost))
     for _op, p, hold in commits:
         if hold[2] == "held" and (p.customer, p.event_id) in inserted:
             execute("UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? "
@@ -152,9 +160,7 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: 
             slot[1] += tokens
             slot[2] += cost
     for (customer, task), (steps, tokens, cost) in sorted(per_task.items()):
-        execute("INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
-                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (customer_id, task_id) DO UPDATE SET {_UPSERT_TASK}",
-                (customer, task, steps, tokens, cost, now_us))
+        execute(task_upsert("?"), task_row(customer, task, steps, tokens, cost, now_us))
     return inserted
 
 

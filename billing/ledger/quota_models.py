@@ -60,7 +60,8 @@ class QuotaRateWindow(SQLModel, table=True):
 
 
 class AgentTaskUsage(SQLModel, table=True):
-    """Committed usage of one agent task (events sharing the plan's task property)."""
+    """Committed usage of one agent task (events sharing the plan's task property). Tokens
+    and cost are exact integers of any size: ``*_carry * 10^18 + tokens`` / ``cost_pico``."""
 
     __tablename__ = "agent_task_usage"
 
@@ -70,6 +71,8 @@ class AgentTaskUsage(SQLModel, table=True):
     tokens: int = Field(default=0, sa_type=BigInteger)
     cost_pico: int = Field(default=0, sa_type=BigInteger)
     updated_at: int = Field(default=0, sa_type=BigInteger)
+    tokens_carry: int = Field(default=0, sa_type=BigInteger)
+    cost_carry: int = Field(default=0, sa_type=BigInteger)
 
 
 class BudgetAlertRow(SQLModel, table=True):

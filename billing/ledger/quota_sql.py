@@ -33,6 +33,7 @@ from sqlalchemy import Engine
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.types import to_us
+from billing.ledger.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
 from billing.rating.periods import BillingCycle, Period
 
@@ -306,20 +307,27 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
 
 # ---------------------------------------------------------------------- state
 
-# committed usage of the period, live holds per meter, and rate-window counts: one snapshot
+# committed usage of the period, live holds per meter, and rate-window counts: one snapshot.
+# Numbers come as (high, low) pairs, exact past 2^63 on both databases: a counter's stored
+# (carry, low) parts (``_SCALE['u']``: 10^18), sums of live holds' parts (``HELD``: 10^9).
+_HELD_UNITS, _HELD_COST = held_sum_sql("units_micro"), held_sum_sql("cost_pico")
 STATE_SQL = (
-    "SELECT 'u', meter, units_micro, cost_pico, events FROM usage_counter "
+    "SELECT 'u', meter, units_carry, units_micro, cost_carry, cost_pico, events FROM usage_counter "
     "WHERE customer_id = ? AND period_start = ? AND meter <> '*' "  # (the period's all-events row)
-    "UNION ALL SELECT 'h', meter, SUM(units_micro), SUM(cost_pico), COUNT(*) FROM quota_hold "
+    f"UNION ALL SELECT 'h', meter, {_HELD_UNITS}, {_HELD_COST}, COUNT(*) FROM quota_hold "
     "WHERE customer_id = ? AND status = 'held' AND expires_at > ? AND period_start = ? GROUP BY meter "
-    "UNION ALL SELECT 'r', charge, count, 0, 0 FROM quota_rate_window "
+    "UNION ALL SELECT 'r', charge, 0, count, 0, 0, 0 FROM quota_rate_window "
     "WHERE customer_id = ? AND window_start <= ? AND window_end > ?")
 # the same without rate windows (plans without rate limits)
 STATE_SQL_NO_RATES = STATE_SQL[:STATE_SQL.index(" UNION ALL SELECT 'r'")]
+# a task's committed usage ('a') and live holds ('h'): steps, tokens, cost as (high, low) pairs
+_HELD_TASK = f"{held_sum_sql('steps')}, {held_sum_sql('tokens')}, {held_sum_sql('cost_pico')}"
 TASK_SQL = (
-    "SELECT steps, tokens, cost_pico FROM agent_task_usage WHERE customer_id = ? AND task_id = ? "
-    "UNION ALL SELECT SUM(steps), SUM(tokens), SUM(cost_pico) FROM quota_hold "
+    "SELECT 'a', 0, steps, tokens_carry, tokens, cost_carry, cost_pico FROM agent_task_usage "
+    "WHERE customer_id = ? AND task_id = ? "
+    f"UNION ALL SELECT 'h', {_HELD_TASK} FROM quota_hold "
     "WHERE customer_id = ? AND task = ? AND status = 'held' AND expires_at > ?")
+_SCALE = {"u": WIDE, "a": WIDE, "h": HELD, "r": 0}  # what a row's high numbers count in
 
 _RATED: dict[int, tuple[Plan, bool]] = {}
 
@@ -349,31 +357,32 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
     usage: dict[str, MeterUsage] = {}
     held: dict[str, MeterUsage] = {}
     rates: dict[str, int] = {}
-    for kind, key, units, cost, n in rows:
-        if kind == "u":
-            usage[key] = frozen(MeterUsage, {"units": Decimal(units) / MICRO, "cost": Decimal(cost) / PICO,
-                                             "events": int(n)})
-        elif kind == "h":
-            held[key] = frozen(MeterUsage, {"units": Decimal(int(units or 0)) / MICRO,
-                                            "cost": Decimal(int(cost or 0)) / PICO, "events": int(n)})
-        else:
+    for kind, key, units_high, units, cost_high, cost, n in rows:
+        if kind == "r":
             rates[key] = int(units)
+        else:
+            (usage if kind == "u" else held)[key] = _meter_usage(kind, units_high, units, cost_high, cost, n)
     return usage, held, rates
+
+
+def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: Any, n: Any) -> MeterUsage:
+    """A counter row's ('u') or live holds' ('h') numbers, as (high, low) pairs, as usage."""
+    if units_high or cost_high or kind == "h":  # (a counter's carries are 0 until it passes 10^18)
+        scale = _SCALE[kind]
+        units, cost = int(units_high or 0) * scale + int(units or 0), int(cost_high or 0) * scale + int(cost or 0)
+    return frozen(MeterUsage, {"units": Decimal(units) / MICRO, "cost": Decimal(cost) / PICO, "events": int(n)})
 
 
 def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, list[dict]]:
     """Rows of ``batch_state_query`` -> customer -> [usage, held, rate counts] (as
     ``parse_state``; the period's all-events counter row is left out)."""
     states: dict[str, list[dict]] = {c: [{}, {}, {}] for c in customers}
-    for customer, kind, key, units, cost, n in rows:
+    for customer, kind, key, units_high, units, cost_high, cost, n in rows:
         usage, held, rates = states[customer]
-        if kind == "u":
-            if key != "*":
-                usage[key] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
-        elif kind == "h":
-            held[key] = MeterUsage(Decimal(int(units or 0)) / MICRO, Decimal(int(cost or 0)) / PICO, int(n))
-        else:
+        if kind == "r":
             rates[key] = int(units)
+        elif kind == "h" or key != "*":
+            (usage if kind == "u" else held)[key] = _meter_usage(kind, units_high, units, cost_high, cost, n)
     return states
 
 
@@ -386,11 +395,14 @@ def parse_batch_tasks(rows: list[tuple], pairs: Sequence[tuple[str, str]]) -> di
 
 
 def parse_task(rows: list[tuple]) -> TaskUsage:
+    """Rows of ``TASK_SQL`` (kind, then steps, tokens and cost as (high, low) pairs) -> the
+    task's committed plus held usage."""
     steps = tokens = cost_pico = 0
-    for s_, t_, c_ in rows:
-        steps += int(s_ or 0)
-        tokens += int(t_ or 0)
-        cost_pico += int(c_ or 0)
+    for kind, s1, s2, t1, t2, c1, c2 in rows:
+        scale = _SCALE[kind]
+        steps += int(s1 or 0) * scale + int(s2 or 0)
+        tokens += int(t1 or 0) * scale + int(t2 or 0)
+        cost_pico += int(c1 or 0) * scale + int(c2 or 0)
     return TaskUsage(steps, tokens, Decimal(cost_pico) / PICO)
 
 
@@ -440,29 +452,31 @@ def batch_state_query(pg: bool, ctxs: Sequence[Context], now_us: int) -> tuple[s
                         [(c.customer, to_us(c.period.start)) for c in ctxs])
     if pg:
         sql = (f"WITH {cte} "
-               "SELECT c.customer_id, 'u', u.meter, u.units_micro, u.cost_pico, u.events FROM c CROSS JOIN LATERAL "
-               "(SELECT meter, units_micro, cost_pico, events FROM usage_counter WHERE customer_id = c.customer_id "
-               "AND period_start = c.period_start) u "
-               "UNION ALL SELECT c.customer_id, 'h', h.meter, h.units, h.cost, h.n FROM c CROSS JOIN LATERAL "
-               "(SELECT meter, SUM(units_micro) AS units, SUM(cost_pico) AS cost, COUNT(*) AS n FROM quota_hold "
-               "WHERE customer_id = c.customer_id AND status = 'held' AND expires_at > %s "
+               "SELECT c.customer_id, 'u', u.meter, u.units_carry, u.units_micro, u.cost_carry, u.cost_pico, u.events "
+               "FROM c CROSS JOIN LATERAL (SELECT meter, units_carry, units_micro, cost_carry, cost_pico, events "
+               "FROM usage_counter WHERE customer_id = c.customer_id AND period_start = c.period_start) u "
+               "UNION ALL SELECT c.customer_id, 'h', h.meter, h.u1, h.u2, h.c1, h.c2, h.n FROM c CROSS JOIN LATERAL "
+               f"(SELECT meter, {_held_as('units_micro', 'u')}, {_held_as('cost_pico', 'c')}, COUNT(*) AS n "
+               "FROM quota_hold WHERE customer_id = c.customer_id AND status = 'held' AND expires_at > %s "
                "AND period_start = c.period_start GROUP BY meter) h")
     else:
         sql = (f"WITH {cte} "
-               "SELECT u.customer_id, 'u', u.meter, u.units_micro, u.cost_pico, u.events FROM c "
-               "JOIN usage_counter u ON u.customer_id = c.customer_id AND u.period_start = c.period_start "
-               "UNION ALL SELECT h.customer_id, 'h', h.meter, SUM(h.units_micro), SUM(h.cost_pico), COUNT(*) FROM c "
+               "SELECT u.customer_id, 'u', u.meter, u.units_carry, u.units_micro, u.cost_carry, u.cost_pico, u.events "
+               "FROM c JOIN usage_counter u ON u.customer_id = c.customer_id AND u.period_start = c.period_start "
+               f"UNION ALL SELECT h.customer_id, 'h', h.meter, {held_sum_sql('h.units_micro')}, "
+               f"{held_sum_sql('h.cost_pico')}, COUNT(*) FROM c "
                "JOIN quota_hold h ON h.customer_id = c.customer_id AND h.status = 'held' AND h.expires_at > ? "
                "AND h.period_start = c.period_start GROUP BY h.customer_id, h.meter")
     params.append(now_us)
     if any(has_rate_limits(c.plan) for c in ctxs):
         if pg:
-            sql += (" UNION ALL SELECT c.customer_id, 'r', r.charge, r.count, 0, 0 FROM c CROSS JOIN LATERAL "
+            sql += (" UNION ALL SELECT c.customer_id, 'r', r.charge, 0, r.count, 0, 0, 0 FROM c CROSS JOIN LATERAL "
                     "(SELECT charge, count FROM quota_rate_window WHERE customer_id = c.customer_id "
                     "AND window_start <= %s AND window_end > %s) r")
         else:
-            sql += (" UNION ALL SELECT r.customer_id, 'r', r.charge, r.count, 0, 0 FROM c JOIN quota_rate_window r "
-                    "ON r.customer_id = c.customer_id AND r.window_start <= ? AND r.window_end > ?")
+            sql += (" UNION ALL SELECT r.customer_id, 'r', r.charge, 0, r.count, 0, 0, 0 FROM c "
+                    "JOIN quota_rate_window r ON r.customer_id = c.customer_id AND r.window_start <= ? "
+                    "AND r.window_end > ?")
         params += [now_us, now_us]
     return sql, params
 
@@ -472,17 +486,19 @@ def batch_task_query(pg: bool, pairs: Sequence[tuple[str, str]], now_us: int) ->
     cte, params = keyed(pg, "t", (("customer_id", "varchar"), ("task_id", "varchar")), pairs)
     if pg:
         sql = (f"WITH {cte} "
-               "SELECT t.customer_id, t.task_id, a.steps, a.tokens, a.cost_pico FROM t CROSS JOIN LATERAL "
-               "(SELECT steps, tokens, cost_pico FROM agent_task_usage WHERE customer_id = t.customer_id "
-               "AND task_id = t.task_id) a "
-               "UNION ALL SELECT t.customer_id, t.task_id, h.steps, h.tokens, h.cost FROM t CROSS JOIN LATERAL "
-               "(SELECT SUM(steps) AS steps, SUM(tokens) AS tokens, SUM(cost_pico) AS cost FROM quota_hold "
+               "SELECT t.customer_id, t.task_id, 'a', 0, a.steps, a.tokens_carry, a.tokens, a.cost_carry, a.cost_pico "
+               "FROM t CROSS JOIN LATERAL (SELECT steps, tokens_carry, tokens, cost_carry, cost_pico "
+               "FROM agent_task_usage WHERE customer_id = t.customer_id AND task_id = t.task_id) a "
+               "UNION ALL SELECT t.customer_id, t.task_id, 'h', h.s1, h.s2, h.t1, h.t2, h.c1, h.c2 FROM t "
+               f"CROSS JOIN LATERAL (SELECT {_held_as('steps', 's')}, {_held_as('tokens', 't')}, "
+               f"{_held_as('cost_pico', 'c')} FROM quota_hold "
                "WHERE customer_id = t.customer_id AND status = 'held' AND expires_at > %s AND task = t.task_id) h")
     else:
         sql = (f"WITH {cte} "
-               "SELECT a.customer_id, a.task_id, a.steps, a.tokens, a.cost_pico FROM t "
-               "JOIN agent_task_usage a ON a.customer_id = t.customer_id AND a.task_id = t.task_id "
-               "UNION ALL SELECT h.customer_id, h.task, SUM(h.steps), SUM(h.tokens), SUM(h.cost_pico) FROM t "
+               "SELECT a.customer_id, a.task_id, 'a', 0, a.steps, a.tokens_carry, a.tokens, a.cost_carry, a.cost_pico "
+               "FROM t JOIN agent_task_usage a ON a.customer_id = t.customer_id AND a.task_id = t.task_id "
+               f"UNION ALL SELECT h.customer_id, h.task, 'h', {held_sum_sql('h.steps')}, {held_sum_sql('h.tokens')}, "
+               f"{held_sum_sql('h.cost_pico')} FROM t "
                "JOIN quota_hold h ON h.customer_id = t.customer_id AND h.task = t.task_id "
                "AND h.status = 'held' AND h.expires_at > ? GROUP BY h.customer_id, h.task")
     params.append(now_us)
@@ -500,12 +516,26 @@ def batch_request_query(pg: bool, pairs: Sequence[tuple[str, str]]) -> tuple[str
 
 
 def batch_counters_query(pg: bool, pairs: Sequence[tuple[str, int]]) -> tuple[str, list[Any]]:
-    """Committed usage of several (customer, period start) pairs."""
+    """Committed usage of several (customer, period start) pairs: customer, meter, units
+    micro, cost pico (exact ints, joined from their stored parts) and events, per row of
+    ``counter_values``."""
     cte, params = keyed(pg, "c", (("customer_id", "varchar"), ("period_start", "bigint")), pairs)
     join = ("CROSS JOIN LATERAL (SELECT * FROM usage_counter WHERE customer_id = c.customer_id "
             "AND period_start = c.period_start) u" if pg else
             "JOIN usage_counter u ON u.customer_id = c.customer_id AND u.period_start = c.period_start")
-    return (f"WITH {cte} SELECT u.customer_id, u.meter, u.units_micro, u.cost_pico, u.events FROM c {join}"), params
+    return (f"WITH {cte} SELECT u.customer_id, u.meter, u.units_carry, u.units_micro, u.cost_carry, u.cost_pico, "
+            f"u.events FROM c {join}"), params
+
+
+def counter_values(rows: Sequence[tuple]) -> list[tuple[str, str, int, int, int]]:
+    """Rows of ``batch_counters_query`` as (customer, meter, units micro, cost pico, events)."""
+    return [(c, m, join(uc, u), join(cc, cost), int(n)) for c, m, uc, u, cc, cost, n in rows]
+
+
+def _held_as(column: str, name: str) -> str:
+    """``held_sum_sql`` of a column, its two sums named ``<name>1`` and ``<name>2``."""
+    high, low = held_sums(column)
+    return f"{high} AS {name}1, {low} AS {name}2"
 
 
 def id_list(pg: bool, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:

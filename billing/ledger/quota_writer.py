@@ -48,7 +48,7 @@ from billing.ledger.prepare import Rejection, prepare, warnings_of
 from billing.ledger.quota_events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.ledger.quota_sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
-    holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
+    counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
 from billing.ledger.quota_types import READ_AGAIN, Op, Reservation, request_json
 from billing.ledger.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
@@ -423,7 +423,7 @@ class _Tx:
                 rest.append(item)
         usage: dict[str, tuple] = {c: (ctx, {}) for c, ctx in self.alert_ctx.items()}
         if self.alert_cur is not None:
-            for c, m, u, cost, n in self.alert_cur.fetchall():
+            for c, m, u, cost, n in counter_values(self.alert_cur.fetchall()):
                 usage[c][1][m] = MeterUsage(Decimal(u) / MICRO, Decimal(cost) / PICO, int(n))
         for op, p, _hold in self.commits:
             if op.result is not None:

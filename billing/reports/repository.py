@@ -17,6 +17,7 @@ from sqlalchemy import Connection, bindparam, func, or_, select, text
 
 from billing.ledger.models import (
     CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, SeatChange, Subscription, UsageEventRow)
+from billing.ledger.wide import exact_sums, sum_sql, summed
 
 _SAFE_PROP = re.compile(r"^[A-Za-z0-9_\-]+$")
 _CHUNK = 500
@@ -189,21 +190,26 @@ def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | None = Non
     dialect = conn.dialect.name
     key = property_sql(dialect, prop) if prop else "NULL"
     group = f"customer_id, {key}" if prop else "customer_id"
-    sql = (f"SELECT customer_id, {key} AS k, COUNT(*), "
-           f"SUM(CASE WHEN type = :itype THEN 1 ELSE 0 END), COALESCE(SUM(cost_pico), 0) "
-           f"FROM usage_event WHERE ts >= :start AND ts < :end")
     params = {"itype": interaction_type, "start": start_us, "end": end_us}
-    out: list[CostRow] = []
+
+    def rows(where: str, values: dict) -> list[CostRow]:
+        def query(split: bool) -> list[tuple]:
+            sql = (f"SELECT customer_id, {key} AS k, COUNT(*), SUM(CASE WHEN type = :itype THEN 1 ELSE 0 END), "
+                   f"{sum_sql('cost_pico', split)} FROM usage_event WHERE ts >= :start AND ts < :end{where} "
+                   f"GROUP BY {group}")
+            stmt = text(sql)
+            if where:
+                stmt = stmt.bindparams(bindparam("ids", expanding=True))
+            return conn.execute(stmt, values).all()
+
+        return [CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(summed(*cost)))
+                for c, k, n, i, *cost in exact_sums(query)]
+
     if customers is None:
-        rows = conn.execute(text(sql + f" GROUP BY {group}"), params)
-        out.extend(CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(cost or 0))
-                   for c, k, n, i, cost in rows)
-        return out
-    stmt = text(sql + f" AND customer_id IN :ids GROUP BY {group}").bindparams(bindparam("ids", expanding=True))
+        return rows("", params)
+    out: list[CostRow] = []
     for part in _chunks(sorted(set(customers))):
-        rows = conn.execute(stmt, {**params, "ids": list(part)})
-        out.extend(CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(cost or 0))
-                   for c, k, n, i, cost in rows)
+        out.extend(rows(" AND customer_id IN :ids", {**params, "ids": list(part)}))
     return out
 
 
