@@ -9,7 +9,12 @@ inserted bumps the counters, settles its hold and counts for its agent task.
 
 On PostgreSQL everything is ONE statement of constant text (data-modifying CTEs hanging
 off the ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the events, rows passed as
-one JSON parameter per CTE), so it is prepared once and pipelined with the ``COMMIT``. On SQLite (in-process: no round trips) it is a few
+one JSON parameter per CTE), so it is prepared once and pipelined with the ``COMMIT``.
+PostgreSQL runs the data-modifying CTEs of a statement in an order of its own choosing (in
+practice the last one first), so each CTE waits for the one before it by reading its
+``RETURNING`` rows (``_after``): the row locks are taken in the global order of
+``billing.ledger.event_store`` (events, sum counters, max counters, then holds and agent
+task usage), never task usage before counters (which deadlocked with ingestion chunks). On SQLite (in-process: no round trips) it is a few
 plain statements. Events that were not inserted are then sorted out by ``not_inserted``:
 same content stored -> ``duplicate`` (the hold is settled), else ``conflict``.
 """
@@ -67,15 +72,23 @@ def _rows_cte(name: str, columns: tuple[tuple[str, str], ...]) -> str:
     return f"{name} AS (SELECT {cols} FROM jsonb_array_elements(%s::jsonb) AS e)"
 
 
-def _counter_cte(name: str, is_max: bool) -> str:
+def _after(cte: str) -> str:
+    """A condition that is always true but can only be evaluated once every row of the
+    data-modifying CTE ``cte`` was written (its one-time filter reads the RETURNING rows
+    first): the statement's row locks follow the order the CTEs are chained in."""
+    return f"(SELECT COUNT(*) FROM {cte}) >= 0"
+
+
+def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
     units = "MAX(d.units)" if is_max else "SUM(d.units)"
     update = _UPSERT_SUM if not is_max else _UPSERT_SUM.replace(
         "usage_counter.units_micro + excluded.units_micro", "GREATEST(usage_counter.units_micro, excluded.units_micro)")
+    where = f"WHERE {_after(after)} " if after else ""
     return (_rows_cte(f"{name}d", _CONTRIB_TYPES) + f", {name} AS (INSERT INTO usage_counter (customer_id, meter, "
             f"period_start, period_end, units_micro, events, cost_pico) SELECT d.customer_id, d.meter, d.period_start, "
             f"MAX(d.period_end), {units}, COUNT(*), SUM(d.cost) FROM {name}d d JOIN ins USING (customer_id, event_id) "
-            "GROUP BY d.customer_id, d.meter, d.period_start ORDER BY 1, 2, 3 "
-            f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {update})")
+            f"{where}GROUP BY d.customer_id, d.meter, d.period_start ORDER BY 1, 2, 3 "
+            f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {update} RETURNING 1)")
 
 
 # one statement text for every batch (each CTE's rows are one JSON parameter, possibly
@@ -84,15 +97,16 @@ _WRITE_PG = (
     "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
     f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY customer_id, event_id "
     "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id), "
-    + _counter_cte("cs", False) + ", " + _counter_cte("cm", True) + ", "
+    + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
-    "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held'), "
+    f"FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held' AND {_after('cm')} "
+    "RETURNING 1), "
     + _rows_cte("tv", (("customer_id", "varchar"), ("event_id", "varchar"), ("task_id", "varchar"),
                        ("tokens", "bigint"), ("cost", "bigint"))) + ", "
     "tk AS (INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
     "SELECT t.customer_id, t.task_id, COUNT(*), SUM(t.tokens), SUM(t.cost), %s FROM tv t "
-    "JOIN ins USING (customer_id, event_id) GROUP BY 1, 2 ORDER BY 1, 2 "
+    f"JOIN ins USING (customer_id, event_id) WHERE {_after('st')} GROUP BY 1, 2 ORDER BY 1, 2 "
     f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {_UPSERT_TASK}) "
     "SELECT customer_id, event_id FROM ins")
 
