@@ -92,3 +92,80 @@ def test_a_quota_commit_and_an_ingestion_chunk_take_locks_in_one_order(engine, m
     finally:
         quota.close()
         ledger.close()
+
+
+@pytest.fixture
+def icu_engine():
+    """A PostgreSQL database whose default collation is ICU en-US (as many production
+    servers' en_US.UTF-8): ``ORDER BY`` on text there is not the code point order Python
+    sorts in (``'a1' < 'B1'``)."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from billing.ledger.db import make_engine, upgrade
+    from db import _admin_connection, postgres_server_url
+
+    server = postgres_server_url()
+    name = f"billing_t_icu_{uuid.uuid4().hex[:12]}"
+    with _admin_connection(server) as admin:
+        admin.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                      "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'")
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    try:
+        upgrade(url)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 'a1' < 'B1'").scalar_one()  # not the code point order
+        yield engine
+    finally:
+        engine.dispose()
+        with _admin_connection(server) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_every_insert_path_takes_event_rows_in_code_point_order(icu_engine):
+    """A chunk that meets an existing event goes through the staging table (``INSERT ...
+    SELECT ... ORDER BY``), another writer's small chunk inserts in Python's order: the two
+    must be one order, also where the database's collation sorts text otherwise. Forced:
+    a third session holds key ``C1`` uncommitted, so the small chunk [B1, C1, a1] stops
+    holding B1; the staged chunk [A0 (stored), a1, B1, ...] then takes a1 and waits for B1;
+    the small chunk goes on to a1: a cycle, unless both go B1 before a1."""
+    engine = icu_engine
+    _setup(engine)
+    first, second = (Ledger(engine, CATALOG, clock=lambda: NOW, alerts=False) for _ in range(2))
+    try:
+        first.record([_event("acme", "A0", 0)])  # stored: the COPY of the big chunk fails on it
+        small = [_event("acme", k, 1) for k in ("B1", "C1", "a1")]
+        big = [_event("acme", k, 1) for k in ("A0", "a1", "B1")] + [_event("acme", f"f{i:03}", 2) for i in range(600)]
+        aborted: list[BaseException] = []
+        for ledger in (first, second):
+            real = ledger.retry.retryable
+
+            def retryable(exc, attempt, real=real):
+                aborted.append(exc)
+                return real(exc, attempt)
+
+            ledger.retry.retryable = retryable
+        blocker = engine.raw_connection()
+        results: dict[str, object] = {}
+        try:
+            blocker.cursor().execute(
+                "INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) "
+                "VALUES ('acme', 'C1', 'llm.call', 0, '{}', NULL, 0)")
+            threads = [threading.Thread(target=lambda: results.__setitem__("small", first.record(small).to_json())),
+                       threading.Thread(target=lambda: results.__setitem__("big", second.record(big).to_json()))]
+            threads[0].start()
+            _wait_for_waiters(engine, 1)  # the small chunk waits for C1
+            threads[1].start()
+            _wait_for_waiters(engine, 2)  # the big chunk waits for a row the small one holds
+            blocker.rollback()
+        finally:
+            blocker.close()
+        for t in threads:
+            t.join(60)
+        assert results["small"]["accepted"] + results["big"]["accepted"] == 3 + 600, results
+        assert not aborted, f"a deadlock: {aborted[0]}"
+    finally:
+        first.close()
+        second.close()

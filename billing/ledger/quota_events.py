@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from billing.ledger.counters import CounterPlanner
+from billing.ledger.event_store import CODE_POINT_ORDER
 from billing.ledger.quota_sql import json_rows
 from billing.ledger.quota_types import tokens_of
 
@@ -87,7 +88,8 @@ def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
     return (_rows_cte(f"{name}d", _CONTRIB_TYPES) + f", {name} AS (INSERT INTO usage_counter (customer_id, meter, "
             f"period_start, period_end, units_micro, events, cost_pico) SELECT d.customer_id, d.meter, d.period_start, "
             f"MAX(d.period_end), {units}, COUNT(*), SUM(d.cost) FROM {name}d d JOIN ins USING (customer_id, event_id) "
-            f"{where}GROUP BY d.customer_id, d.meter, d.period_start ORDER BY 1, 2, 3 "
+            f"{where}GROUP BY d.customer_id, d.meter, d.period_start "
+            'ORDER BY d.customer_id COLLATE "C", d.meter COLLATE "C", d.period_start '
             f"ON CONFLICT (customer_id, meter, period_start) DO UPDATE SET {update} RETURNING 1)")
 
 
@@ -95,7 +97,7 @@ def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
 # empty): psycopg and the server prepare it once
 _WRITE_PG = (
     "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
-    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY customer_id, event_id "
+    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY {CODE_POINT_ORDER} "
     "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id), "
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
@@ -106,7 +108,8 @@ _WRITE_PG = (
                        ("tokens", "bigint"), ("cost", "bigint"))) + ", "
     "tk AS (INSERT INTO agent_task_usage (customer_id, task_id, steps, tokens, cost_pico, updated_at) "
     "SELECT t.customer_id, t.task_id, COUNT(*), SUM(t.tokens), SUM(t.cost), %s FROM tv t "
-    f"JOIN ins USING (customer_id, event_id) WHERE {_after('st')} GROUP BY 1, 2 ORDER BY 1, 2 "
+    f"JOIN ins USING (customer_id, event_id) WHERE {_after('st')} GROUP BY 1, 2 "
+    'ORDER BY t.customer_id COLLATE "C", t.task_id COLLATE "C" '
     f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {_UPSERT_TASK}) "
     "SELECT customer_id, event_id FROM ins")
 
