@@ -158,3 +158,20 @@ def test_import_benchmark_runs_at_a_small_size(backend):
     (size,) = result["sizes"]
     assert size["events"] == 3000 and size["cli"]["events_per_s"] > 0 and size["library"]["events_per_s"] > 0
     assert 0 < size["cli"]["peak_rss_mb"] <= 300
+
+
+@pytest.mark.parametrize("lines", [
+    # a line cut inside a string (two bad lines) and two events on one line (a bad line)
+    [b'{"id": "e1", "customer": "acme", "note": "a', b'b"}', b'{"id": "x", "customer": "acme"},{"id": "y"}'],
+    [b"[1", b"2]", b"1, 2"],  # a line cut inside an array, two values on one line
+], ids=["string", "array"])
+def test_bad_lines_are_never_read_together_as_events(tmp_path, lines):
+    """Lines each of which is not one JSON value are each rejected: never joined with their
+    neighbours into values that come from no line of the file (the same count of values as
+    lines, from the block read as one array, made them events)."""
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    reader = JsonlEvents(path)
+    assert list(reader) == []
+    assert [p["line"] for p in reader.problems] == list(range(1, len(lines) + 1))
+

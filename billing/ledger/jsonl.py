@@ -34,16 +34,17 @@ def _no_constant(name: str) -> Any:
 
 
 def _parse_block(lines: list[bytes | None]) -> list[Any] | None:
-    """Every line of the block as one JSON array in ONE parser call (a C loop, not a Python
-    one per line); None when that does not give exactly one value per line (a blank, bad or
-    over-long line: the block is then read line by line)."""
+    """Every line of the block parsed on its own, in a C loop (``map``); None when a line is
+    blank, bad or over-long (the block is then read line by line, each problem with its
+    line). Never the lines joined into one JSON array: two bad lines can make one value there
+    (a line cut inside a string and its rest) and one bad line two (``{...},{...}``), so the
+    count would match while the events came from no line of the file."""
     if None in lines:
         return None
     try:
-        values = orjson.loads(b"[" + b",".join(lines) + b"]")
+        return list(map(orjson.loads, lines))
     except orjson.JSONDecodeError:
         return None
-    return values if len(values) == len(lines) else None
 
 
 def parse_line(raw: bytes) -> tuple[Any, str | None]:
