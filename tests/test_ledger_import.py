@@ -175,3 +175,14 @@ def test_bad_lines_are_never_read_together_as_events(tmp_path, lines):
     assert list(reader) == []
     assert [p["line"] for p in reader.problems] == list(range(1, len(lines) + 1))
 
+
+def test_a_byte_order_mark_is_not_part_of_the_first_event(tmp_path):
+    """A UTF-8 file written with a byte order mark (PowerShell, Notepad): its first line is
+    an event like the others, and bytes_read counts the mark."""
+    path = tmp_path / "bom.jsonl"
+    body = b'{"id": "a"}\r\n{"id": "b"}'  # CRLF endings, no newline at the end
+    path.write_bytes(b"\xef\xbb\xbf" + body)
+    reader = JsonlEvents(path)
+    assert list(reader) == [{"id": "a"}, {"id": "b"}] and reader.problems == []
+    assert [reader.line_of(i) for i in range(2)] == [1, 2]
+

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+_BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 1 << 20  # a line longer than this is rejected unread (events are far smaller)
 BLOCK_BYTES = 1 << 20  # read this much at a time
 
@@ -117,6 +118,10 @@ class JsonlEvents:
     def __iter__(self) -> Iterator[Any]:
         number = 0  # the last line read
         with open(self.path, "rb") as handle:
+            if handle.read(len(_BOM)) == _BOM:  # a UTF-8 byte order mark (Windows tools) starts
+                self.bytes_read += len(_BOM)  # the text; it is no part of the first line
+            else:
+                handle.seek(0)
             for lines in _blocks(handle):
                 parsed = _parse_block(lines)
                 if parsed is not None:  # the common case: every line of the block one value
