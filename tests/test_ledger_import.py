@@ -186,3 +186,46 @@ def test_a_byte_order_mark_is_not_part_of_the_first_event(tmp_path):
     assert list(reader) == [{"id": "a"}, {"id": "b"}] and reader.problems == []
     assert [reader.line_of(i) for i in range(2)] == [1, 2]
 
+
+def test_the_line_map_stays_bounded_on_a_file_with_a_blank_line_between_events(db_url, engine, tmp_path,  # noqa: F811
+                                                                                 monkeypatch):
+    """A double-spaced file (or a bad line between every two events) put one entry per event
+    into the reader's line map: 74 MB more peak memory per million events. The import now
+    takes the lines of its problems as each chunk commits and lets the reader forget the
+    rest; the problems still name their lines, also at the end of the file."""
+    from typer.testing import CliRunner
+
+    from billing.cli import app as cli_app
+    from billing.cli import context as cli_context
+    from billing.config import get_settings
+    from billing.ledger.db import engine_for
+
+    _setup(engine)
+    n = 6000
+    events = [_event("acme", f"s{i}", i) for i in range(n)]
+    events[n - 2] = {**events[n - 2], "properties": {"input_tokens": -1}}  # a rejection near the end
+    path = tmp_path / "spaced.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n\n" for e in events) + b"{bad\n")
+    sizes: list[int] = []
+
+    class Watched(JsonlEvents):
+        def __iter__(self):
+            for value in super().__iter__():
+                sizes.append(len(self._starts))
+                yield value
+
+    monkeypatch.setattr(jsonl, "JsonlEvents", Watched)
+    for cache in (get_settings, engine_for, cli_context.catalog):
+        cache.cache_clear()
+    try:
+        out = CliRunner().invoke(cli_app, ["events", "import", str(path), "--json", "--batch", "200"],
+                                 env={"BILLING_DATABASE_URL": db_url, "BILLING_PLANS_DIR": str(PLANS_DIR)})
+    finally:
+        for cache in (get_settings, engine_for, cli_context.catalog):
+            cache.cache_clear()
+    assert out.exit_code == 1, out.output
+    summary = json.loads(out.output)
+    assert summary["accepted"] == n - 1
+    assert [(e["line"], e["code"]) for e in summary["errors"]] == [(2 * (n - 2) + 1, "negative_quantity"),
+                                                                   (2 * n + 1, "event_invalid")]
+    assert len(sizes) == n and max(sizes) <= 3 * 200, max(sizes)  # about two chunks' worth, not n

@@ -8,7 +8,8 @@ the lines around it are imported as usual.
 
 The ledger numbers the events it is given (0, 1, 2...); ``line_of(index)`` maps that number
 back to the file's line. It keeps one entry per place where the two stop moving together (a
-blank or bad line), so its memory follows the number of such lines, not of events.
+blank or bad line), and ``forget_before`` drops the entries of events the caller is done
+with, so its memory stays bounded whatever the file holds.
 """
 
 from __future__ import annotations
@@ -157,6 +158,17 @@ class JsonlEvents:
             self.problems.append({"line": number, "status": "rejected", "code": "event_invalid", "message": message})
 
     def line_of(self, index: int) -> int:
-        """The file line of the ``index``-th event handed out."""
+        """The file line of the ``index``-th event handed out (one not forgotten)."""
         at = bisect.bisect_right(self._starts, index) - 1
+        if at < 0:
+            raise ValueError(f"the line of event {index} was forgotten")
         return index + self._offsets[at]
+
+    def forget_before(self, index: int) -> None:
+        """Drop what ``line_of`` knows about events before ``index`` (a caller done with
+        them), so a file with a blank or bad line between every two events does not grow
+        the map with its length."""
+        at = bisect.bisect_right(self._starts, index) - 1
+        if at > 0:
+            del self._starts[:at]
+            del self._offsets[:at]
