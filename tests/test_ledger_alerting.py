@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from billing.ledger.alerting import BudgetAlerts
 from billing.ledger.holds import Outbox
 from test_quota_alerts import _events, _quota
 from test_quota_fixtures import Clock, any_engine  # noqa: F401  (fixture)
@@ -54,3 +55,36 @@ def test_usage_committed_before_a_failure_is_evaluated(any_engine, monkeypatch, 
     finally:
         q.close()
 
+
+@pytest.mark.parametrize("read_again", [False, True], ids=["usage-read-in-batch", "usage-read-again"])
+def test_a_failed_evaluation_never_fails_a_committed_quota_commit(any_engine, monkeypatch, read_again):
+    """The commit's event is stored and its hold settled; budget alerts evaluated after it
+    fail (the database went away for a moment): the caller gets the commit's result, not
+    the alert's error (which it would take for a failed commit), and the next write fires
+    the alert."""
+    engine = any_engine
+    q = _quota(engine, Clock())
+    try:
+        q.ledger.record(_events(49))
+
+        def broken(*_args, **_kwargs):
+            raise RuntimeError("alert store unavailable")
+
+        monkeypatch.setattr(BudgetAlerts, "record", broken)
+        evaluated: list[list[str]] = []
+        if read_again:  # the usage read after the COMMIT fails too: the commit reads it again
+            monkeypatch.setattr("billing.ledger.quota_writer.batch_counters_query",
+                                lambda *_args: ("SELECT no_such_column FROM usage_counter", []))
+            real_evaluate = BudgetAlerts.evaluate
+            monkeypatch.setattr(BudgetAlerts, "evaluate",
+                                lambda self, customers: evaluated.append(list(customers)) or real_evaluate(self, customers))
+        r = q.reserve("acme", "messages")
+        out = q.commit(r.id, {"id": "m50", "properties": {"feature": "support-chat"}})
+        assert out["event"] == "accepted" and q.get(r.id).status == "committed"
+        assert evaluated == ([["acme"]] if read_again else [])
+        assert _fired(engine) == []
+        monkeypatch.undo()
+        q.ledger.record(_events(1, 200))
+        assert _fired(engine) == ["50"]
+    finally:
+        q.close()
