@@ -169,3 +169,50 @@ def test_every_insert_path_takes_event_rows_in_code_point_order(icu_engine):
     finally:
         first.close()
         second.close()
+
+
+def test_a_quota_commit_counts_under_the_subscriptions_a_concurrent_change_made(engine, monkeypatch):  # noqa: F811
+    """A plan change (with its recount of the customer's counters) that commits between the
+    moment a quota commit read the customer's subscriptions and its insert: the commit's
+    event must count under the new plan, as ``Ledger.record`` does (it reads subscriptions
+    after its insert, which waits for a recount in flight). Forced: the change runs while the
+    commit's transaction is between its reads and its writes."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writer holds the database from BEGIN: nothing commits in between")
+    from billing.ledger.accounts import Accounts
+
+    _setup(engine, customers=("acme",))
+    quota = Quota(engine, CATALOG, clock=lambda: NOW, alerts=False)
+    try:
+        hold = quota.reserve("acme", "llm_calls")
+        assert hold.granted
+        real_settle = QuotaWriter._settle_plan
+        changed: dict[str, object] = {}
+
+        def change_meanwhile(self, conn, settles, holds, now, now_us):
+            if "thread" not in changed:
+                def change() -> None:
+                    try:
+                        Accounts(engine, CATALOG).change_plan("acme", "support-chatbot", at=datetime(2026, 10, 15,
+                                                                                                        tzinfo=UTC))
+                        changed["done"] = True
+                    except BaseException as exc:  # noqa: BLE001
+                        changed["error"] = exc
+
+                changed["thread"] = threading.Thread(target=change)
+                changed["thread"].start()
+                deadline = time.monotonic() + 20
+                while "done" not in changed and "error" not in changed and _lock_waiters(engine) < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)  # the change committed, or it waits for this transaction
+            return real_settle(self, conn, settles, holds, now, now_us)
+
+        monkeypatch.setattr(QuotaWriter, "_settle_plan", change_meanwhile)
+        event = {"id": "q1", "type": "llm.call",
+                 "properties": {"model": "claude-sonnet-4-5", "input_tokens": 10, "feature": "support-chat"}}
+        assert quota.commit(hold.id, event)["event"] == "accepted"
+        changed["thread"].join(60)
+        assert "error" not in changed, changed.get("error")
+        assert_derived_equal_recount(engine)
+    finally:
+        quota.close()
