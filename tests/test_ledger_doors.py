@@ -289,3 +289,38 @@ def test_a_stream_that_fires_alerts_and_counts_tasks_is_the_same_through_every_d
     for door in ("cli", "client", "commit"):
         got = doors.run(door, (events, late))
         assert {k: got[k] for k in reference} == reference, door
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize(("prop", "code"), [("note", "event_invalid"), ("input_tokens", "non_numeric_quantity")])
+def test_a_property_that_is_no_json_number_is_rejected_by_every_door(doors, literal, prop, code):
+    """``NaN`` and ``Infinity`` are not JSON numbers: the import rejected such a line before
+    the ledger saw it (always event_invalid), while the HTTP batch (whose parser reads them)
+    and the client stored a non-quantity property as ``null``, silently, and rejected a
+    quantity as non_numeric_quantity. Every door now rejects the event, with one code."""
+    good = {"id": "g", "customer": "acme", "type": "llm.call", "timestamp": _iso(PREVIOUS + timedelta(days=1)),
+            "properties": {"model": "claude-sonnet-4-5", "input_tokens": 5}}
+    bad = {**good, "id": "x", "properties": {**good["properties"], prop: float(literal.replace("Infinity", "inf"))}}
+    text = "[" + json.dumps(good) + "," + json.dumps(bad) + "]"  # the literal as Python's json writes it
+    assert literal in text
+    outcomes = {}
+    for door in ("http", "cli", "client"):
+        reset_database(doors.url)
+        with engine_for_url(doors.url) as engine:
+            acc = Accounts(engine, doors.catalog)
+            acc.create_customer("acme", now=PREVIOUS)
+            acc.subscribe("acme", "doors", at=PREVIOUS)
+            if door == "http":
+                app = create_app(engine, doors.catalog, context_ttl=0, key_cache_ttl=0)
+                key = create_key(engine, "ingest")[1]
+                with TestClient(app) as client:
+                    r = client.post("/v1/events", content=text, headers={
+                        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+                assert r.status_code == 200, r.text
+                outcomes[door] = [(x["status"], x["code"]) for x in r.json()["results"]]
+            elif door == "cli":
+                outcomes[door] = doors._cli(engine, [good, bad])
+            else:
+                outcomes[door] = doors._client(engine, [good, bad])
+            assert _stored_ids(engine) == {("acme", "g")}, door
+    assert outcomes == {door: [("accepted", None), ("rejected", code)] for door in outcomes}
