@@ -74,6 +74,13 @@ STAMPS = [PREVIOUS + timedelta(days=d, hours=h) for d in (0, 3, 17) for h in (1,
 if NOW - MONTH > timedelta(hours=3):
     STAMPS += [MONTH + (NOW - MONTH) * k / 4 for k in (1, 2, 3)]
 METER_OF_TYPE = {"llm.call": "calls", "agent.step": "steps"}
+# beta starts on a copy of the plan whose agent tasks are named by `task` (the default) and
+# changes to `doors` (tasks named by `run`) in the middle of the previous month; events are
+# also dated before any subscription (counted in no counter; their task named by `task`)
+BEFORE_ANY = PREVIOUS - timedelta(days=2)
+BETA_CHANGE = PREVIOUS + timedelta(days=10)
+EVENT_STAMPS = [BEFORE_ANY, *STAMPS]
+TASK_YAML = DOORS_YAML.replace("plan: doors", "plan: doors-task").replace("  task_property: run\n", "")
 
 
 def _iso(t: datetime) -> str:
@@ -88,9 +95,11 @@ def good_event(draw, ids: st.SearchStrategy[str]) -> dict:
     if draw(st.booleans()):
         props["run"] = draw(st.sampled_from(["r1", "r2", "r3"]))
     if draw(st.booleans()):
+        props["task"] = draw(st.sampled_from(["t1", "t2"]))
+    if draw(st.booleans()):
         props["feature"] = draw(st.sampled_from(["chat", "search"]))
     return {"id": draw(ids), "customer": draw(st.sampled_from(["acme", "beta"])), "type": etype,
-            "timestamp": _iso(draw(st.sampled_from(STAMPS))), "properties": props}
+            "timestamp": _iso(draw(st.sampled_from(EVENT_STAMPS))), "properties": props}
 
 
 def bad_event(base: dict) -> st.SearchStrategy[dict]:
@@ -141,8 +150,10 @@ class Doors:
         with engine_for_url(self.url) as engine:
             acc = Accounts(engine, self.catalog)
             for customer in ("acme", "beta"):
-                acc.create_customer(customer, now=PREVIOUS)
-                acc.subscribe(customer, "doors", at=PREVIOUS)
+                acc.create_customer(customer, now=BEFORE_ANY)
+            acc.subscribe("acme", "doors", at=PREVIOUS)
+            acc.subscribe("beta", "doors-task", at=PREVIOUS)
+            acc.change_plan("beta", "doors", at=BETA_CHANGE)
             statuses: list[tuple] = []
             send = getattr(self, f"_{door}")
             for i, part in enumerate(parts):
@@ -248,6 +259,7 @@ def doors(db_url, tmp_path):  # noqa: F811
     plans = tmp_path / "plans"
     plans.mkdir()
     (plans / "doors.yaml").write_text(DOORS_YAML)
+    (plans / "doors-task.yaml").write_text(TASK_YAML)
     get_settings.cache_clear()
     engine_for.cache_clear()
     cli_context.catalog.cache_clear()
