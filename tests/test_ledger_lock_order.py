@@ -216,3 +216,22 @@ def test_a_quota_commit_counts_under_the_subscriptions_a_concurrent_change_made(
         assert_derived_equal_recount(engine)
     finally:
         quota.close()
+
+
+def test_the_quota_commit_statement_inserts_in_code_point_order(icu_engine):
+    """The quota commit's one statement orders its events (and counters and tasks) by code
+    point too: B1 is inserted before a1 (the ids the database hands out tell the order)."""
+    from billing.ledger.prepare import Prepared
+    from billing.ledger.quota_events import write_pg
+
+    rows = [Prepared("acme", k, "llm.call", 1, "{}", None, 0, {}) for k in ("a1", "B1", "b0", "A2")]
+    raw = icu_engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        write_pg(lambda sql, params=(): cur.execute(sql.replace("?", "%s"), params),
+                 [(None, p, ("h", "acme", "held", "llm.call", None, None, None)) for p in rows], [], [], 0)
+        raw.commit()
+        cur.execute("SELECT event_id FROM usage_event ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == sorted(p.event_id for p in rows) == ["A2", "B1", "a1", "b0"]
+    finally:
+        raw.close()
