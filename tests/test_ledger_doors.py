@@ -74,6 +74,13 @@ STAMPS = [PREVIOUS + timedelta(days=d, hours=h) for d in (0, 3, 17) for h in (1,
 if NOW - MONTH > timedelta(hours=3):
     STAMPS += [MONTH + (NOW - MONTH) * k / 4 for k in (1, 2, 3)]
 METER_OF_TYPE = {"llm.call": "calls", "agent.step": "steps"}
+# beta starts on a copy of the plan whose agent tasks are named by `task` (the default) and
+# changes to `doors` (tasks named by `run`) in the middle of the previous month; events are
+# also dated before any subscription (counted in no counter; their task named by `task`)
+BEFORE_ANY = PREVIOUS - timedelta(days=2)
+BETA_CHANGE = PREVIOUS + timedelta(days=10)
+EVENT_STAMPS = [BEFORE_ANY, *STAMPS]
+TASK_YAML = DOORS_YAML.replace("plan: doors", "plan: doors-task").replace("  task_property: run\n", "")
 
 
 def _iso(t: datetime) -> str:
@@ -88,9 +95,11 @@ def good_event(draw, ids: st.SearchStrategy[str]) -> dict:
     if draw(st.booleans()):
         props["run"] = draw(st.sampled_from(["r1", "r2", "r3"]))
     if draw(st.booleans()):
+        props["task"] = draw(st.sampled_from(["t1", "t2"]))
+    if draw(st.booleans()):
         props["feature"] = draw(st.sampled_from(["chat", "search"]))
     return {"id": draw(ids), "customer": draw(st.sampled_from(["acme", "beta"])), "type": etype,
-            "timestamp": _iso(draw(st.sampled_from(STAMPS))), "properties": props}
+            "timestamp": _iso(draw(st.sampled_from(EVENT_STAMPS))), "properties": props}
 
 
 def bad_event(base: dict) -> st.SearchStrategy[dict]:
@@ -141,8 +150,10 @@ class Doors:
         with engine_for_url(self.url) as engine:
             acc = Accounts(engine, self.catalog)
             for customer in ("acme", "beta"):
-                acc.create_customer(customer, now=PREVIOUS)
-                acc.subscribe(customer, "doors", at=PREVIOUS)
+                acc.create_customer(customer, now=BEFORE_ANY)
+            acc.subscribe("acme", "doors", at=PREVIOUS)
+            acc.subscribe("beta", "doors-task", at=PREVIOUS)
+            acc.change_plan("beta", "doors", at=BETA_CHANGE)
             statuses: list[tuple] = []
             send = getattr(self, f"_{door}")
             for i, part in enumerate(parts):
@@ -248,6 +259,7 @@ def doors(db_url, tmp_path):  # noqa: F811
     plans = tmp_path / "plans"
     plans.mkdir()
     (plans / "doors.yaml").write_text(DOORS_YAML)
+    (plans / "doors-task.yaml").write_text(TASK_YAML)
     get_settings.cache_clear()
     engine_for.cache_clear()
     cli_context.catalog.cache_clear()
@@ -289,3 +301,38 @@ def test_a_stream_that_fires_alerts_and_counts_tasks_is_the_same_through_every_d
     for door in ("cli", "client", "commit"):
         got = doors.run(door, (events, late))
         assert {k: got[k] for k in reference} == reference, door
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize(("prop", "code"), [("note", "event_invalid"), ("input_tokens", "non_numeric_quantity")])
+def test_a_property_that_is_no_json_number_is_rejected_by_every_door(doors, literal, prop, code):
+    """``NaN`` and ``Infinity`` are not JSON numbers: the import rejected such a line before
+    the ledger saw it (always event_invalid), while the HTTP batch (whose parser reads them)
+    and the client stored a non-quantity property as ``null``, silently, and rejected a
+    quantity as non_numeric_quantity. Every door now rejects the event, with one code."""
+    good = {"id": "g", "customer": "acme", "type": "llm.call", "timestamp": _iso(PREVIOUS + timedelta(days=1)),
+            "properties": {"model": "claude-sonnet-4-5", "input_tokens": 5}}
+    bad = {**good, "id": "x", "properties": {**good["properties"], prop: float(literal.replace("Infinity", "inf"))}}
+    text = "[" + json.dumps(good) + "," + json.dumps(bad) + "]"  # the literal as Python's json writes it
+    assert literal in text
+    outcomes = {}
+    for door in ("http", "cli", "client"):
+        reset_database(doors.url)
+        with engine_for_url(doors.url) as engine:
+            acc = Accounts(engine, doors.catalog)
+            acc.create_customer("acme", now=PREVIOUS)
+            acc.subscribe("acme", "doors", at=PREVIOUS)
+            if door == "http":
+                app = create_app(engine, doors.catalog, context_ttl=0, key_cache_ttl=0)
+                key = create_key(engine, "ingest")[1]
+                with TestClient(app) as client:
+                    r = client.post("/v1/events", content=text, headers={
+                        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+                assert r.status_code == 200, r.text
+                outcomes[door] = [(x["status"], x["code"]) for x in r.json()["results"]]
+            elif door == "cli":
+                outcomes[door] = doors._cli(engine, [good, bad])
+            else:
+                outcomes[door] = doors._client(engine, [good, bad])
+            assert _stored_ids(engine) == {("acme", "g")}, door
+    assert outcomes == {door: [("accepted", None), ("rejected", code)] for door in outcomes}

@@ -165,18 +165,24 @@ def events_import(path: Path, as_json: JsonOpt = False,
     ledger = Ledger(engine(), catalog(), future_tolerance_seconds=settings.future_tolerance_seconds)
     events = JsonlEvents(path)
     result = BatchResult(keep_events=False)
+    lines = _ProblemLines(events, result)
     try:
         if sys.stderr.isatty() and not as_json:
             with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
                           TextColumn("{task.fields[done]:,} events"), console=console) as bar:
                 task = bar.add_task("import", total=events.size, done=0)
-                run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=lambda n: bar.update(
-                    task, completed=events.bytes_read, done=result.size)))
+
+                def progress(_n: int) -> None:
+                    lines.take()
+                    bar.update(task, completed=events.bytes_read, done=result.size)
+
+                run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=progress))
         else:
-            run(lambda: ledger.record(events, chunk_size=batch, result=result))
+            run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=lambda _n: lines.take()))
     finally:
         ledger.close()
-    summary = _import_summary(result, events)
+    lines.take()
+    summary = _import_summary(result, events, lines.of)
     if as_json:
         print_json(summary)
     else:
@@ -192,9 +198,26 @@ def events_import(path: Path, as_json: JsonOpt = False,
     raise typer.Exit(1 if summary["conflicts"] or summary["rejected"] else 0)
 
 
-def _import_summary(result, events, max_errors: int = 1000) -> dict:
+class _ProblemLines:
+    """The file lines of the ledger's problems, taken after each committed chunk; then the
+    reader forgets the lines of the events before it (its memory stays bounded)."""
+
+    def __init__(self, events, result) -> None:
+        self.events, self.result = events, result
+        self.of: dict[int, int] = {}  # event index -> file line
+        self._taken = 0
+
+    def take(self) -> None:
+        problems = self.result.problems
+        for e in problems[self._taken:]:
+            self.of[e.index] = self.events.line_of(e.index)
+        self._taken = len(problems)
+        self.events.forget_before(self.result.size)
+
+
+def _import_summary(result, events, lines: dict[int, int], max_errors: int = 1000) -> dict:
     """The ledger's counts plus the bad lines; every problem with its file line, in line order."""
-    errors = [{"line": events.line_of(e.index), **{k: v for k, v in e.to_json().items() if k != "index"}}
+    errors = [{"line": lines[e.index], **{k: v for k, v in e.to_json().items() if k != "index"}}
               for e in result.errors()]
     errors = sorted(errors + events.problems, key=lambda e: e["line"])
     summary = result.to_json()

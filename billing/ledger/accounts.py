@@ -17,7 +17,7 @@ from billing.ledger import repository
 from billing.ledger.quota_types import storable_text
 from billing.ledger.models import CreditGrantRow, Customer, SeatChange, Subscription
 from billing.ledger.counters import to_micro
-from billing.ledger.recount import lock_for_recount, recount_customer
+from billing.ledger.recount import customer_views, lock_for_recount, recount_customer
 from billing.ledger.types import to_us
 
 
@@ -87,6 +87,7 @@ class Accounts:
         with self._session() as s:
             conn = s.connection()
             lock_for_recount(conn)
+            before = customer_views(conn, self.catalog, customer_id)
             overlapping = repository.subscriptions_not_ended_by(s, customer_id, at)
             if overlapping:  # one subscription at a time: events are never billed twice
                 current = overlapping[0]
@@ -101,7 +102,7 @@ class Accounts:
             s.flush()
             s.add(SeatChange(subscription_id=sub.id, effective_at=at, seats=seats, created_at=at))
             s.flush()
-            recount_customer(conn, self.catalog, customer_id, to_us(at))  # events it covers may be stored already
+            recount_customer(conn, self.catalog, customer_id, to_us(at), before)  # events it covers may be stored
             s.commit()
             s.refresh(sub)
         return sub
@@ -140,13 +141,14 @@ class Accounts:
         with self._session() as s:
             conn = s.connection()
             lock_for_recount(conn)
+            before = customer_views(conn, self.catalog, customer_id)
             _not_invoiced(s, sub, at, "end it")
             row = s.get(Subscription, sub.id)
             row.ended_at = at
             row.status = status
             s.add(row)
             s.flush()
-            recount_customer(conn, self.catalog, customer_id, to_us(at))  # events after `at` may be counted already
+            recount_customer(conn, self.catalog, customer_id, to_us(at), before)  # events after `at` may be counted
             s.commit()
             s.refresh(row)
         return row

@@ -86,6 +86,14 @@ class BudgetAlerts:
         except Exception:  # noqa: BLE001
             log.exception("budget alert evaluation failed (it runs again on the next write)")
 
+    def record_quietly(self, ctx: Context, usage: dict[str, MeterUsage], now: datetime) -> None:
+        """``record`` after a write that already committed (a quota commit that read the
+        usage in its own batch): a failure is logged, never raised."""
+        try:
+            self.record(ctx, usage, now)
+        except Exception:  # noqa: BLE001
+            log.exception("budget alert evaluation failed (it runs again on the next write)")
+
     def record(self, ctx: Context, usage: dict[str, MeterUsage], now: datetime) -> list[Alert]:
         """Record the thresholds ``usage`` reaches in ``ctx``'s period (each once)."""
         if ctx.plan.budget_alerts is None:

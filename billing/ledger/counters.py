@@ -174,6 +174,11 @@ class CounterPlanner:
         value = props.get(name)
         return None if value is None else value if type(value) is str else str(value)
 
+    @property
+    def task_properties(self) -> tuple[str, ...]:
+        """The properties that may name an event's agent task under these subscriptions."""
+        return self._task_names
+
     def add_tasks(self, rows) -> None:
         """Agent task usage of accepted rows (shaped like ``Prepared``): ``add_task`` of each."""
         names = self._task_names

@@ -4,7 +4,8 @@ usage upserts.
 Deadlock freedom on PostgreSQL: every writer of these tables (ingestion chunks, quota commits,
 recounts) takes its row locks in one global order: events in (customer, event id) order, then
 counters in (customer, meter, period start) order (the sum meters' rows, then the max
-meters'), then agent task usage in (customer, task) order. Two transactions that touch the
+meters'), then agent task usage in (customer, task) order. Text keys are ordered by code
+point (as Python sorts them; ``COLLATE "C"`` in SQL), never by the database's collation. Two transactions that touch the
 same keys then wait for each other at most one way, never in a cycle. (SQLite has a single
 writer: its inserts keep the arrival order, which is cheaper.)
 
@@ -34,6 +35,9 @@ _COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpri
 _STORED = itemgetter(0, 1, 2, 3, 4, 5, 6, 8, 9)  # a Prepared row's stored columns
 _KEY = itemgetter(0, 1)  # (customer, event id)
 _NCOL = 9
+# (customer, event id) in the order Python sorts them (code points: the "C" collation of
+# UTF-8 text), whatever the database's default collation (en-US puts 'a1' before 'B1')
+CODE_POINT_ORDER = 'customer_id COLLATE "C", event_id COLLATE "C"'
 
 
 class _All:
@@ -148,7 +152,7 @@ def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[s
                 write(_STORED(r))
         cursor.execute(
             f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
-            "ORDER BY customer_id, event_id ON CONFLICT (customer_id, event_id) DO NOTHING "
+            f"ORDER BY {CODE_POINT_ORDER} ON CONFLICT (customer_id, event_id) DO NOTHING "
             "RETURNING customer_id, event_id")
         inserted = {(c, e) for c, e in cursor.fetchall()}
         cursor.execute("TRUNCATE usage_event_stage")

@@ -287,11 +287,17 @@ class Quota:
         self.ledger.costs.refresh()  # prices added elsewhere: seen within the book's ttl
         op = Op("commit", reservation_id=reservation_id, event=event, allowed=customer)
         result = self.writer.submit(op)
+        alerts = self.ledger.alerts
+        if alerts is None or op.alert is None:
+            return result
+        # the commit is durable: a failed evaluation is logged, never raised (a caller would
+        # take it for a failed commit); the customer's next write evaluates again
         if op.alert == READ_AGAIN:  # the post-commit read failed: read again
-            self.evaluate_alerts(op.ctx.customer)
-        elif op.alert is not None:
+            if op.ctx is not None:  # (None: no subscription now, so no budget to alert on)
+                alerts.evaluate_quietly([op.ctx.customer])
+        else:
             ctx, usage = op.alert
-            self._record_alerts(ctx, usage, self.clock())
+            alerts.record_quietly(ctx, usage, self.clock())
         return result
 
     def release(self, reservation_id: str, *, customer: str | None = None) -> dict[str, Any]:

@@ -185,12 +185,19 @@ class Ledger:
         result = BatchResult() if result is None else result
         self.costs.refresh()
         alerting: set[str] = set()  # customers whose current period this call added usage to
+        try:
+            self._record(events, chunk_size, progress, result, alerting)
+        finally:  # also when a later chunk or the source failed: what committed is evaluated
+            self._alert(alerting)
+        return result
+
+    def _record(self, events: Iterable[Any], chunk_size: int, progress: Callable[[int], None] | None,
+                result: BatchResult, alerting: set[str]) -> None:
         if isinstance(events, (list, tuple)) and len(events) <= min(_SMALL_BATCH, chunk_size):
             # the hot path of an API call or a quota commit: no thread, no GC games
             if events:
                 self._finish(self._store_chunk(self._prepare_chunk(list(events)), alerting), result, progress)
-            self._alert(alerting)
-            return result
+            return
         gc_was_enabled = gc.isenabled()
         gc.disable()  # bulk ingestion allocates millions of small objects; collect once at the end
         try:
@@ -210,8 +217,6 @@ class Ledger:
         finally:
             if gc_was_enabled:
                 gc.enable()
-        self._alert(alerting)
-        return result
 
     def _alert(self, customers: set[str]) -> None:
         """Budget alerts of ``customers`` (their usage is committed), then forget them."""

@@ -8,7 +8,8 @@ the lines around it are imported as usual.
 
 The ledger numbers the events it is given (0, 1, 2...); ``line_of(index)`` maps that number
 back to the file's line. It keeps one entry per place where the two stop moving together (a
-blank or bad line), so its memory follows the number of such lines, not of events.
+blank or bad line), and ``forget_before`` drops the entries of events the caller is done
+with, so its memory stays bounded whatever the file holds.
 """
 
 from __future__ import annotations
@@ -21,29 +22,23 @@ from typing import Any
 
 import orjson
 
+_BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 1 << 20  # a line longer than this is rejected unread (events are far smaller)
 BLOCK_BYTES = 1 << 20  # read this much at a time
 
 
-class _Constant(ValueError):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    raise _Constant(f"{name} is not a JSON number")
-
-
 def _parse_block(lines: list[bytes | None]) -> list[Any] | None:
-    """Every line of the block as one JSON array in ONE parser call (a C loop, not a Python
-    one per line); None when that does not give exactly one value per line (a blank, bad or
-    over-long line: the block is then read line by line)."""
+    """Every line of the block parsed on its own, in a C loop (``map``); None when a line is
+    blank, bad or over-long (the block is then read line by line, each problem with its
+    line). Never the lines joined into one JSON array: two bad lines can make one value there
+    (a line cut inside a string and its rest) and one bad line two (``{...},{...}``), so the
+    count would match while the events came from no line of the file."""
     if None in lines:
         return None
     try:
-        values = orjson.loads(b"[" + b",".join(lines) + b"]")
+        return list(map(orjson.loads, lines))
     except orjson.JSONDecodeError:
         return None
-    return values if len(values) == len(lines) else None
 
 
 def parse_line(raw: bytes) -> tuple[Any, str | None]:
@@ -57,12 +52,11 @@ def parse_line(raw: bytes) -> tuple[Any, str | None]:
         text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         return None, f"not valid UTF-8 (byte {exc.start + 1} of the line)"
-    try:
-        return json.loads(text, parse_constant=_no_constant), None
+    try:  # NaN and Infinity are read (as the HTTP batch's parser reads them): the ledger
+        # rejects an event holding one by the rule every door follows
+        return json.loads(text), None
     except json.JSONDecodeError as exc:
         return None, f"not valid JSON: {exc.msg} (column {exc.colno})"
-    except _Constant as exc:
-        return None, f"not valid JSON: {exc}"
     except RecursionError:
         return None, "not valid JSON: nested too deeply"
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
@@ -116,6 +110,10 @@ class JsonlEvents:
     def __iter__(self) -> Iterator[Any]:
         number = 0  # the last line read
         with open(self.path, "rb") as handle:
+            if handle.read(len(_BOM)) == _BOM:  # a UTF-8 byte order mark (Windows tools) starts
+                self.bytes_read += len(_BOM)  # the text; it is no part of the first line
+            else:
+                handle.seek(0)
             for lines in _blocks(handle):
                 parsed = _parse_block(lines)
                 if parsed is not None:  # the common case: every line of the block one value
@@ -151,6 +149,17 @@ class JsonlEvents:
             self.problems.append({"line": number, "status": "rejected", "code": "event_invalid", "message": message})
 
     def line_of(self, index: int) -> int:
-        """The file line of the ``index``-th event handed out."""
+        """The file line of the ``index``-th event handed out (one not forgotten)."""
         at = bisect.bisect_right(self._starts, index) - 1
+        if at < 0:
+            raise ValueError(f"the line of event {index} was forgotten")
         return index + self._offsets[at]
+
+    def forget_before(self, index: int) -> None:
+        """Drop what ``line_of`` knows about events before ``index`` (a caller done with
+        them), so a file with a blank or bad line between every two events does not grow
+        the map with its length."""
+        at = bisect.bisect_right(self._starts, index) - 1
+        if at > 0:
+            del self._starts[:at]
+            del self._offsets[:at]

@@ -13,6 +13,7 @@ until ``billing.ledger.recost`` fills it in), one whose type no plan meters is
 from __future__ import annotations
 
 import json
+import math
 
 import orjson
 from datetime import datetime, timedelta
@@ -256,6 +257,8 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         text = orjson.dumps(props, default=str).decode()
     except (TypeError, orjson.JSONEncodeError):
         return _reject(ErrorCode.EVENT_INVALID, "properties are not JSON-serialisable")
+    if "null" in text and _non_finite(props):  # (orjson writes them as null: the value would change)
+        return _reject(ErrorCode.EVENT_INVALID, "properties must not hold NaN or Infinity (not JSON numbers)")
     if "\\u0000" in text and _holds_nul(json.loads(text)):  # PostgreSQL cannot read such JSON back
         return _reject(ErrorCode.EVENT_INVALID, "properties must not contain NUL characters")
     return Prepared(customer, event_id, etype, ts, text, None if model is None else str(model)[:200], cost, props,
@@ -297,6 +300,18 @@ def reprice(p: Prepared, pricer: Pricer) -> Prepared:
     if cost > MAX_COST_PICO:
         return p._replace(cost_pico=0, unpriced=TOO_COSTLY)
     return p._replace(cost_pico=cost, unpriced=None)
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or infinite float, at any depth: not JSON numbers (an
+    import rejects such a line), and the stored JSON would hold null in their place."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(map(_non_finite, value.values()))
+    if isinstance(value, (list, tuple)):
+        return any(map(_non_finite, value))
+    return False
 
 
 def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
@@ -422,7 +437,7 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
         text = orjson.dumps(props).decode()
     except (TypeError, orjson.JSONEncodeError):
         return None
-    if "\\u0000" in text:  # maybe a NUL character: the general rules decide
+    if "\\u0000" in text or ("null" in text and _non_finite(props)):  # the general rules decide
         return None
     return _tuple_new(Prepared, (customer, event_id, etype, ts, text,
                                  None if model is None else (model if type(model) is str else str(model))[:200],

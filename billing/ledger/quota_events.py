@@ -9,7 +9,12 @@ inserted bumps the counters, settles its hold and counts for its agent task.
 
 On PostgreSQL everything is ONE statement of constant text (data-modifying CTEs hanging
 off the ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the events, rows passed as
-one JSON parameter per CTE), so it is prepared once and pipelined with the ``COMMIT``. On SQLite (in-process: no round trips) it is a few
+one JSON parameter per CTE), so it is prepared once and pipelined with the ``COMMIT``.
+PostgreSQL runs the data-modifying CTEs of a statement in an order of its own choosing (in
+practice the last one first), so each CTE waits for the one before it by reading its
+``RETURNING`` rows (``_after``): the row locks are taken in the global order of
+``billing.ledger.event_store`` (events, sum counters, max counters, then holds and agent
+task usage), never task usage before counters (which deadlocked with ingestion chunks). On SQLite (in-process: no round trips) it is a few
 plain statements. Events that were not inserted are then sorted out by ``not_inserted``:
 same content stored -> ``duplicate`` (the hold is settled), else ``conflict``.
 """
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from billing.ledger.counters import CounterPlanner
+from billing.ledger.event_store import CODE_POINT_ORDER
 from billing.ledger.quota_sql import json_rows
 from billing.ledger.quota_types import tokens_of
 from billing.ledger.totals_sql import (
@@ -79,13 +85,20 @@ def _parts(value: str) -> str:
     return f"mod({value}, {_WIDE})::bigint, div({value}, {_WIDE})::bigint"
 
 
+def _after(cte: str) -> str:
+    """A condition that is always true but can only be evaluated once every row of the
+    data-modifying CTE ``cte`` was written (its one-time filter reads the RETURNING rows
+    first): the statement's row locks follow the order the CTEs are chained in."""
+    return f"(SELECT COUNT(*) FROM {cte}) >= 0"
+
+
 def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
     """Counter upserts of the inserted events' contributions, in key order; ``after``: a
     counter CTE (with ``RETURNING``) whose writes this one's wait for: PostgreSQL runs a
     statement's data-modifying CTEs in no promised order, and every writer must take the
     counters' row locks in ingestion's order (sums, then maxima: never a deadlock)."""
     units = "MAX(d.units)" if is_max else "SUM(d.units)"
-    wait = f" WHERE (SELECT COUNT(*) FROM {after}) >= 0" if after else ""
+    wait = f" WHERE {_after(after)}" if after else ""
     return (_rows_cte(f"{name}d", _CONTRIB_TYPES) + f", {name}g AS (SELECT d.customer_id, d.meter, d.period_start, "
             f"MAX(d.period_end) AS period_end, {units} AS u, COUNT(*) AS n, SUM(d.cost) AS c FROM {name}d d "
             "JOIN ins USING (customer_id, event_id) GROUP BY d.customer_id, d.meter, d.period_start), "
@@ -99,18 +112,19 @@ def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
 # empty): psycopg and the server prepare it once
 _WRITE_PG = (
     "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
-    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY customer_id, event_id "
+    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY {CODE_POINT_ORDER} "
     "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id), "
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
-    "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held'), "
+    f"FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held' AND {_after('cm')} "
+    "RETURNING 1), "
     + _rows_cte("tv", (("customer_id", "varchar"), ("event_id", "varchar"), ("task_id", "varchar"),
                        ("tokens", "numeric"), ("cost", "numeric"))) + ", "
     "tg AS (SELECT t.customer_id, t.task_id, COUNT(*) AS n, SUM(t.tokens) AS k, SUM(t.cost) AS c FROM tv t "
     "JOIN ins USING (customer_id, event_id) GROUP BY 1, 2), "
     f"tk AS (INSERT INTO agent_task_usage ({TASK_COLUMNS}) SELECT customer_id, task_id, n, {_parts('k')}, "
-    f"{_parts('c')}, %s FROM tg ORDER BY customer_id COLLATE \"C\", task_id COLLATE \"C\" "
+    f"{_parts('c')}, %s FROM tg WHERE {_after('st')} ORDER BY customer_id COLLATE \"C\", task_id COLLATE \"C\" "
     f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {TASK_UPDATE}) "
     "SELECT customer_id, event_id FROM ins")
 

@@ -169,6 +169,13 @@ class QuotaWriter:
         if pg and customers:
             keys = sorted({q.lock_key(c) for c in customers})
             execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
+        if pg and any(op.kind == "commit" for op in settles):
+            # the lock the events' insert takes anyway, taken before the subscriptions are read
+            # (with the holds): a subscription change in flight (its recount holds SHARE ROW
+            # EXCLUSIVE) commits first and is read; a later one waits for this batch. Read
+            # before it, a change committed in between left the events counted under the
+            # subscriptions it replaced (``Ledger.record`` reads them after its insert).
+            execute("LOCK TABLE usage_event IN ROW EXCLUSIVE MODE")
         ctxs = {}
         for op in reserves:
             ctxs.setdefault(op.customer, op.ctx)

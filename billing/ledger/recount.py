@@ -6,8 +6,9 @@ subscription that starts in the past (events already stored) or ends in the past
 already counted after its end) changes that: ``recount_customer`` rebuilds the customer's
 counters from the change on, in the transaction that makes the change. ``recount_all``
 rebuilds every counter and all agent task usage (``billing db recount``; databases loaded
-behind the ledger's back). (A subscription change can move which property names an event's
-agent task only through a plan change, and ``recount_customer`` leaves task usage as it is.)
+behind the ledger's back). A change between plans whose ``agent_limits.task_property``
+differ (or to or from no plan: ``task``) also moves the agent task usage of the events it
+moves: ``recount_customer`` is given the subscriptions as they were before the change.
 
 Both use ``CounterPlanner``, the code ingestion uses, so a rebuilt counter equals an
 ingested one. On PostgreSQL they lock ``usage_event`` (SHARE ROW EXCLUSIVE): ingestion in
@@ -25,7 +26,8 @@ import orjson
 from sqlalchemy import Connection, select
 
 from billing.catalog import Catalog
-from billing.ledger.counters import CounterPlanner, SubscriptionView, subscription_views
+from billing.events import tokens_of
+from billing.ledger.counters import DEFAULT_TASK_PROPERTY, CounterPlanner, SubscriptionView, subscription_views
 from billing.ledger.event_store import upsert_counters, upsert_tasks
 from billing.ledger.models import Customer, Subscription
 from billing.ledger.types import from_us, to_us
@@ -83,10 +85,17 @@ def _events(conn: Connection, customer_id: str | None, from_ts: int | None) -> I
 
 
 def _count(conn: Connection, views: list[SubscriptionView], customer_id: str | None, from_ts: int | None, *,
-           tasks: bool = False) -> None:
+           tasks: bool = False, before: list[SubscriptionView] | None = None) -> None:
+    """Add the counters (and with ``tasks`` the agent task usage) of the events from
+    ``from_ts`` on. ``before``: the subscriptions the events were counted under; each event
+    whose task they name otherwise is moved to the task ``views`` name."""
     planner = CounterPlanner(views)
     add = planner.add
     add_task = planner.add_task if tasks else None
+    old = CounterPlanner(before) if before is not None else None
+    if old is not None and set(old.task_properties) | set(planner.task_properties) == {DEFAULT_TASK_PROPERTY}:
+        old = None  # every plan involved names its tasks by `task`: nothing moves
+    moves: dict[tuple[str, str], list[int]] = {}
     enabled = gc.isenabled()
     gc.disable()  # millions of short-lived objects: collect once at the end (as ingestion does)
     try:
@@ -94,16 +103,46 @@ def _count(conn: Connection, views: list[SubscriptionView], customer_id: str | N
             add(customer, etype, ts, props, cost)
             if add_task is not None:
                 add_task(customer, ts, props, cost)
+            if old is not None:
+                _move_task(moves, customer, old.task_of(customer, ts, props), planner.task_of(customer, ts, props),
+                           props, cost)
     finally:
         if enabled:
             gc.enable()
     upsert_counters(conn, planner.deltas)
     if add_task is not None:
         upsert_tasks(conn, planner.tasks, to_us(datetime.now(UTC)))
+    if moves:
+        upsert_tasks(conn, moves, to_us(datetime.now(UTC)))
+        ph = _ph(conn)  # a task all of whose steps moved away is no task any more (as in a recount)
+        conn.exec_driver_sql(f"DELETE FROM agent_task_usage WHERE customer_id = {ph} AND steps = 0", (customer_id,))
 
 
-def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_ts: int) -> None:
-    """Rebuild the customer's counters of every period that ends after ``from_ts`` (microseconds).
+def _move_task(moves: dict[tuple[str, str], list[int]], customer: str, was: str | None, now: str | None,
+               props: dict, cost: int) -> None:
+    """One event's step, tokens and cost taken from task ``was`` and given to task ``now``."""
+    if was == now:
+        return
+    tokens = tokens_of(props)
+    for task, sign in ((was, -1), (now, 1)):
+        if task is not None:
+            slot = moves.setdefault((customer, task), [0, 0, 0])
+            slot[0] += sign
+            slot[1] += sign * tokens
+            slot[2] += sign * cost
+
+
+def customer_views(conn: Connection, catalog: Catalog, customer_id: str) -> list[SubscriptionView]:
+    """The customer's subscriptions as counting sees them (read before a change, for
+    ``recount_customer``'s ``before``)."""
+    return _views(conn, catalog, customer_id)
+
+
+def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_ts: int,
+                     before: list[SubscriptionView] | None = None) -> None:
+    """Rebuild the customer's counters of every period that ends after ``from_ts`` (microseconds),
+    and move the agent task usage of the events whose task the change renames (``before``:
+    ``customer_views`` read before the change; None leaves task usage as it is).
 
     Call it in the transaction that changed the customer's subscriptions, after the change
     and after ``lock_for_recount``."""
@@ -128,7 +167,7 @@ def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_
         cursor.execute(f"DELETE FROM usage_counter WHERE customer_id = {ph} AND period_end > {ph}", [customer_id, lo])
     finally:
         cursor.close()
-    _count(conn, views, customer_id, lo)
+    _count(conn, views, customer_id, lo, before=before)
 
 
 def recount_all(conn: Connection, catalog: Catalog) -> None:
