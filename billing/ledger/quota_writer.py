@@ -48,7 +48,7 @@ from billing.ledger.quota_events import contributions, not_inserted, task_rows, 
 from billing.ledger.quota_sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
     holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
-from billing.ledger.quota_types import READ_AGAIN, Op, Reservation, request_json
+from billing.ledger.quota_types import READ_AGAIN, Hold, Op, Reservation, request_json
 from billing.ledger.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
 
@@ -182,11 +182,15 @@ class QuotaWriter:
         states = parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {}
         tasks = parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {}
         prior = {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {}
-        holds: dict[str, tuple] = {}
+        holds: dict[str, Hold] = {}
+        stored: dict[str, tuple] = {}  # hold id -> (event id, type, ts, properties) of a committed hold
         sub_rows: dict[int, tuple] = {}
         if hold_cur is not None:
             for row in hold_cur.fetchall():
-                holds.setdefault(row[0], row[:7])
+                if row[0] not in holds:
+                    holds[row[0]] = hold = Hold(*row[:7], row[14], row[15], row[16], row[17])
+                    if row[18] is not None:
+                        stored[row[0]] = (hold.event_id, row[18], int(row[19]), _props(row[20]))
                 if row[8] is not None:
                     sub_rows[row[8]] = (row[8], row[1], row[9], row[10], _utc(row[11]), _utc(row[12]),
                                         _utc(row[13]), row[7])
@@ -204,8 +208,9 @@ class QuotaWriter:
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, charge, window_start) "
                     "DO UPDATE SET count = quota_rate_window.count + excluded.count",
                     (customer, charge, start, end, n))
-        commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, now, now_us)
+        commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, stored, now, now_us)
         tx.commits, tx.now_us = commits, now_us
+        tx.same = lambda op, hold, event: self._same_event(op, hold, event, now, now_us)
         if commits:
             views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
                                        q.catalog)
@@ -303,27 +308,30 @@ class QuotaWriter:
             in_batch[(customer, op.request_id)] = (op, asked)
 
     # ----------------------------------------------------------------- commit
-    def _settle_plan(self, conn, settles: list[Op], holds: dict, now, now_us: int):
-        """Validate commits and releases against their holds; prepare the commits' events."""
+    def _settle_plan(self, conn, settles: list[Op], holds: dict[str, Hold], stored: dict[str, tuple], now,
+                     now_us: int):
+        """Validate commits and releases against their holds; prepare the commits' events.
+        A commit of a committed hold is answered from the event stored then."""
         q = self.quota
         ledger = q.ledger
         commits, releases, deferred = [], [], []
         seen: set[tuple[str, str]] = set()
+        seen_holds: set[str] = set()
         for op in settles:
             hold = holds.get(op.reservation_id)
             if hold is None:
                 op.error = BillingError(f"unknown reservation {op.reservation_id!r}",
                                         code=ErrorCode.RESERVATION_NOT_FOUND)
                 continue
-            hid, customer, status, event_type, model, task, event_id = hold
-            if op.allowed is not None and op.allowed != customer:
+            hid, status = hold.id, hold.status
+            if op.allowed is not None and op.allowed != hold.customer:
                 op.error = BillingError("this API key is restricted to another customer", code=ErrorCode.FORBIDDEN)
                 continue
             if op.kind == "release":
                 if status == "committed":
                     op.error = BillingError(f"reservation {hid} is committed", code=ErrorCode.RESERVATION_STATE)
-                elif status == "released":
-                    op.result = {"reservation_id": hid, "status": "released"}
+                elif status in ("released", "expired"):
+                    op.result = {"reservation_id": hid, "status": status}
                 else:
                     releases.append((op, hold))
                 continue
@@ -331,18 +339,24 @@ class QuotaWriter:
                 op.error = BillingError(f"reservation {hid} was released; reserve again",
                                         code=ErrorCode.RESERVATION_STATE)
                 continue
+            if hid in seen_holds:  # a second commit of a hold this batch settles: after it
+                op.queued, op.ctx = False, None
+                deferred.append(op)
+                continue
             try:
-                op.ctx = q.context(conn, customer, now)
+                op.ctx = q.context(conn, hold.customer, now)
             except BillingError:
                 op.ctx = None  # no active subscription now: the event is still recorded
+            if status == "committed":  # a retry (its first answer lost?) or a different event
+                try:
+                    op.result = self._recommit(op, hold, stored.get(hid), now, now_us)
+                except BillingError as exc:
+                    op.error = exc
+                continue
             try:
                 event = _event_for(op.event, hold, op.ctx, now)
             except BillingError as exc:
                 op.error = exc
-                continue
-            if status == "committed" and event_id != event["id"]:
-                op.error = BillingError(f"reservation {hid} was committed with event {event_id!r}",
-                                        code=ErrorCode.RESERVATION_STATE)
                 continue
             p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
                         pricer=ledger.pricer, measured=ledger.measured, task_properties=ledger.task_properties)
@@ -354,8 +368,36 @@ class QuotaWriter:
                 deferred.append(op)
                 continue
             seen.add((p.customer, p.event_id))
+            seen_holds.add(hid)
             commits.append((op, p, hold))
         return commits, releases, deferred
+
+    def _recommit(self, op: Op, hold: Hold, stored: tuple | None, now, now_us: int) -> dict[str, Any]:
+        """A commit of a committed hold: the stored result when the fields the caller gave
+        match the event stored then, else ``event_conflict``."""
+        if stored is None:  # not readable (cannot happen: the event is inserted with the settlement)
+            given = (op.event or {}).get("id", hold.event_id)
+            same = given == hold.event_id
+        else:
+            same = self._same_event(op, hold, stored, now, now_us)
+        if not same:
+            raise BillingError(f"reservation {hold.id} was committed with another event ({hold.event_id!r}); "
+                               "nothing changed", code=ErrorCode.EVENT_CONFLICT)
+        return _committed(hold.id, hold.event_id, "duplicate",
+                          late=hold.settled_at is not None and hold.expires_at <= hold.settled_at)
+
+    def _same_event(self, op: Op, hold: Hold, stored: tuple, now, now_us: int) -> bool:
+        """Whether the commit's event is the stored one, ``stored`` = (event id, type, ts,
+        properties): only what the caller gave is compared (what it left out, which the
+        first commit may have defaulted, is taken from the stored event). An event the
+        ledger would reject raises its rejection."""
+        ledger = self.quota.ledger
+        event = _event_for(op.event, hold, op.ctx, now, stored=stored)
+        p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
+                    pricer=ledger.pricer, measured=ledger.measured, task_properties=ledger.task_properties)
+        if type(p) is Rejection:
+            raise BillingError(p.message, code=ErrorCode(p.code))
+        return (p.event_id, p.type, p.ts, json.loads(p.properties_json)) == stored
 
 class _NotCommitted(Exception):
     """A batch transaction that surely rolled back (its cause is the database error)."""
@@ -376,6 +418,7 @@ class _Tx:
         self.after_failed = False
         self.now_us = 0
         self.run_all: Callable | None = None
+        self.same: Callable | None = None  # (op, hold, stored event) -> bool: QuotaWriter._same_event
 
     def committed(self) -> bool:
         if self.commit_cur is None:
@@ -411,9 +454,9 @@ class _Tx:
         inserted = self.inserted if isinstance(self.inserted, set) else {(c, e) for c, e in self.inserted.fetchall()}
         rest = []
         for item in self.commits:
-            op, p, _hold = item
+            op, p, hold = item
             if (p.customer, p.event_id) in inserted:
-                op.result = _committed(op.reservation_id, p.event_id, "accepted")
+                op.result = _committed(op.reservation_id, p.event_id, "accepted", late=hold.late_at(self.now_us))
             else:
                 rest.append(item)
         usage: dict[str, tuple] = {c: (ctx, {}) for c, ctx in self.alert_ctx.items()}
@@ -423,34 +466,65 @@ class _Tx:
         for op, p, _hold in self.commits:
             if op.result is not None:
                 op.alert = usage.get(p.customer)
-        for op, p, status in not_inserted(self.run_all, rest, self.now_us):
+        for op, p, hold, status in not_inserted(self.run_all, rest, self.now_us, self._same):
             if status == "duplicate":
-                op.result = _committed(op.reservation_id, p.event_id, "duplicate")
+                op.result = _committed(op.reservation_id, p.event_id, "duplicate", late=hold.late_at(self.now_us))
             else:
                 op.error = BillingError("an event with this id exists with different content; nothing changed",
                                         code=ErrorCode.EVENT_CONFLICT)
+
+    def _same(self, op: Op, hold: Hold, stored: tuple) -> bool:
+        """``QuotaWriter._same_event`` after the commit: an event it cannot compare (one the
+        ledger would reject with the stored event's fields) is not the same."""
+        try:
+            return self.same(op, hold, stored)
+        except BillingError:
+            return False
 
 
 def _conflict(request_id: str) -> BillingError:
     return BillingError(f"request id {request_id!r} was used for another reservation", code=ErrorCode.CONFLICT)
 
 
-def _committed(reservation_id: str, event_id: str, status: str) -> dict[str, Any]:
-    return {"reservation_id": reservation_id, "event_id": event_id, "status": "committed", "event": status}
+def _committed(reservation_id: str, event_id: str, status: str, *, late: bool) -> dict[str, Any]:
+    """A commit's answer: ``event`` accepted (recorded now) or duplicate (recorded before);
+    ``late_commit``: the hold had expired when the event was recorded."""
+    return {"reservation_id": reservation_id, "event_id": event_id, "status": "committed", "event": status,
+            "late_commit": late}
 
 
-def _event_for(given: dict | None, hold: tuple, ctx, now) -> dict:
+def _props(value: Any) -> dict:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _event_for(given: dict | None, hold: Hold, ctx, now, stored: tuple | None = None) -> dict:
     """The commit's event with the hold's defaults: ``customer``, ``id`` (the reservation
     id), ``type`` (the meter's event type), ``timestamp`` (now), ``properties.model`` (the
-    lane's model) and the plan's task property (the hold's task)."""
-    hid, customer, _status, event_type, model, task, _event_id = hold
+    lane's model) and the plan's task property (the hold's task).
+
+    With ``stored`` (event id, type, ts, properties), the event already recorded under the
+    hold or the id: what ``given`` leaves out is taken from it instead (``properties``
+    whole, or its ``model`` and task property), so a retry compares only what it gave."""
     event = dict(given or {})
-    if event.get("customer", customer) != customer:
+    if event.get("customer", hold.customer) != hold.customer:
         raise BillingError("the event's customer is not the reservation's", code=ErrorCode.VALIDATION)
-    event["customer"] = customer
-    event.setdefault("id", hid)
-    event.setdefault("type", event_type)
-    event.setdefault("timestamp", now.isoformat())
+    event["customer"] = hold.customer
+    limits = ctx.plan.agent_limits if ctx is not None else None
+    task_property = limits.task_property if limits else "task"
+    if stored is not None:
+        event_id, event_type, ts, stored_props = stored
+        event.setdefault("id", event_id)
+        event.setdefault("type", event_type)
+        event.setdefault("timestamp", from_us(ts).isoformat())
+        if event.get("properties") is None:
+            event["properties"] = dict(stored_props)
+            return event
+        model, task = stored_props.get("model"), stored_props.get(task_property)
+    else:
+        event.setdefault("id", hold.id)
+        event.setdefault("type", hold.event_type)
+        event.setdefault("timestamp", now.isoformat())
+        model, task = hold.model, hold.task
     props = event.get("properties") or {}
     if not isinstance(props, dict):
         raise BillingError("event properties must be an object", code=ErrorCode.EVENT_INVALID)
@@ -458,7 +532,6 @@ def _event_for(given: dict | None, hold: tuple, ctx, now) -> dict:
     if model and "model" not in props:
         props["model"] = model
     if task:
-        limits = ctx.plan.agent_limits if ctx is not None else None
-        props.setdefault(limits.task_property if limits else "task", task)
+        props.setdefault(task_property, task)
     event["properties"] = props
     return event
