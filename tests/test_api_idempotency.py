@@ -54,7 +54,8 @@ def api(any_engine):
     api = Api(any_engine, Clock(), keys)
     for cid in ("acme", "globex"):
         assert api.post("/v1/customers", {"id": cid}).status_code == 201
-        assert api.post(f"/v1/customers/{cid}/subscriptions", {"plan": "summed", "at": T0.isoformat()}).status_code == 201
+        r = api.post(f"/v1/customers/{cid}/subscriptions", {"plan": "summed", "at": T0.isoformat()})
+        assert r.status_code == 201
     yield api
     api.close()
 
@@ -266,7 +267,8 @@ def test_purge_deletes_only_expired_records_in_batches(any_engine):
     day = 86_400_000_000
     now = to_us(NOW)
     for i in range(25):
-        assert store.claim("s", f"k{i:02}", "f", "o", now_us=now - 2 * day, lease_us=1, retention_us=day).outcome == "owned"
+        claim = store.claim("s", f"k{i:02}", "f", "o", now_us=now - 2 * day, lease_us=1, retention_us=day)
+        assert claim.outcome == "owned"
     store.claim("s", "live", "f", "o", now_us=now - 2 * day, lease_us=3 * day, retention_us=day)  # still leased
     store.claim("s", "new", "f", "o", now_us=now, lease_us=1, retention_us=day)
     assert store.purge(now_us=now, retention_us=day, batch=10) == 25

@@ -201,3 +201,20 @@ def test_two_servers_committing_one_hold_at_once_record_it_once(any_engine):
     assert q1.usage("acme")["meters"]["units"]["used"] == str(rounds)
     assert len(stored_events(any_engine, "acme")) == rounds
     q2.close()
+
+
+def test_two_commits_of_one_hold_in_one_batch_record_one_event(any_engine):
+    """Concurrent commits of one process share a batch transaction: a second commit of a hold
+    the batch already settles waits for the next one (it then sees the first's event)."""
+    from billing.ledger.quota_types import Op
+
+    q, _clock = setup(any_engine)
+    r = q.reserve("acme", "units", 1)
+    ops = [Op("commit", reservation_id=r.id, event={"id": "named", "properties": {"units": 1}}),
+           Op("commit", reservation_id=r.id, event={"properties": {"units": 1}}),
+           Op("commit", reservation_id=r.id, event={"id": "other", "properties": {"units": 1}})]
+    q.writer._run_batch(ops)
+    assert [op.result["event"] if op.result else str(op.error.code) for op in ops] == [
+        "accepted", "duplicate", "event_conflict"]
+    assert q.usage("acme")["meters"]["units"]["used"] == "1"
+    assert [e[1] for e in stored_events(any_engine, "acme")] == ["named"]

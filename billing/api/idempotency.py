@@ -96,17 +96,13 @@ class IdempotencyLayer:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        values, auth, api_key = [], None, None
-        for name, value in scope["headers"]:
-            if name == HEADER:
-                values.append(value)
-            elif name == b"authorization" and auth is None:
-                auth = value.decode("latin-1")
-            elif name == b"x-api-key" and api_key is None:
-                api_key = value.decode("latin-1")
+        headers = scope["headers"]
+        values = [value for name, value in headers if name == HEADER]
         if not values:
             await self.app(scope, receive, send)
             return
+        auth = next((v.decode("latin-1") for n, v in headers if n == b"authorization"), None)
+        api_key = next((v.decode("latin-1") for n, v in headers if n == b"x-api-key"), None)
         problem = key_problem(values)
         if problem is not None:
             if await _read_body(receive) is not None:  # read: the connection stays usable

@@ -43,7 +43,7 @@ from psycopg.pq import ExecStatus
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.combiner import Combiner
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
-from billing.ledger.prepare import Rejection, prepare
+from billing.ledger.quota_commits import committed, event_for, prepare_commit, recommit, same_event, stored_props
 from billing.ledger.quota_events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.ledger.quota_sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
@@ -190,7 +190,7 @@ class QuotaWriter:
                 if row[0] not in holds:
                     holds[row[0]] = hold = Hold(*row[:7], row[14], row[15], row[16], row[17])
                     if row[18] is not None:
-                        stored[row[0]] = (hold.event_id, row[18], int(row[19]), _props(row[20]))
+                        stored[row[0]] = (hold.event_id, row[18], int(row[19]), stored_props(row[20]))
                 if row[8] is not None:
                     sub_rows[row[8]] = (row[8], row[1], row[9], row[10], _utc(row[11]), _utc(row[12]),
                                         _utc(row[13]), row[7])
@@ -210,7 +210,7 @@ class QuotaWriter:
                     (customer, charge, start, end, n))
         commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, stored, now, now_us)
         tx.commits, tx.now_us = commits, now_us
-        tx.same = lambda op, hold, event: self._same_event(op, hold, event, now, now_us)
+        tx.same = lambda op, hold, event: same_event(q.ledger, op.event, hold, op.ctx, event, now, now_us)
         if commits:
             views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
                                        q.catalog)
@@ -347,21 +347,13 @@ class QuotaWriter:
                 op.ctx = q.context(conn, hold.customer, now)
             except BillingError:
                 op.ctx = None  # no active subscription now: the event is still recorded
-            if status == "committed":  # a retry (its first answer lost?) or a different event
-                try:
-                    op.result = self._recommit(op, hold, stored.get(hid), now, now_us)
-                except BillingError as exc:
-                    op.error = exc
-                continue
             try:
-                event = _event_for(op.event, hold, op.ctx, now)
+                if status == "committed":  # a retry (its first answer lost?) or a different event
+                    op.result = recommit(ledger, op.event, hold, op.ctx, stored.get(hid), now, now_us)
+                    continue
+                p = prepare_commit(ledger, event_for(op.event, hold, op.ctx, now), now_us)
             except BillingError as exc:
                 op.error = exc
-                continue
-            p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
-                        pricer=ledger.pricer, measured=ledger.measured, task_properties=ledger.task_properties)
-            if type(p) is Rejection:
-                op.error = BillingError(p.message, code=ErrorCode(p.code))
                 continue
             if (p.customer, p.event_id) in seen:
                 op.queued, op.ctx = False, None
@@ -371,33 +363,6 @@ class QuotaWriter:
             seen_holds.add(hid)
             commits.append((op, p, hold))
         return commits, releases, deferred
-
-    def _recommit(self, op: Op, hold: Hold, stored: tuple | None, now, now_us: int) -> dict[str, Any]:
-        """A commit of a committed hold: the stored result when the fields the caller gave
-        match the event stored then, else ``event_conflict``."""
-        if stored is None:  # not readable (cannot happen: the event is inserted with the settlement)
-            given = (op.event or {}).get("id", hold.event_id)
-            same = given == hold.event_id
-        else:
-            same = self._same_event(op, hold, stored, now, now_us)
-        if not same:
-            raise BillingError(f"reservation {hold.id} was committed with another event ({hold.event_id!r}); "
-                               "nothing changed", code=ErrorCode.EVENT_CONFLICT)
-        return _committed(hold.id, hold.event_id, "duplicate",
-                          late=hold.settled_at is not None and hold.expires_at <= hold.settled_at)
-
-    def _same_event(self, op: Op, hold: Hold, stored: tuple, now, now_us: int) -> bool:
-        """Whether the commit's event is the stored one, ``stored`` = (event id, type, ts,
-        properties): only what the caller gave is compared (what it left out, which the
-        first commit may have defaulted, is taken from the stored event). An event the
-        ledger would reject raises its rejection."""
-        ledger = self.quota.ledger
-        event = _event_for(op.event, hold, op.ctx, now, stored=stored)
-        p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
-                    pricer=ledger.pricer, measured=ledger.measured, task_properties=ledger.task_properties)
-        if type(p) is Rejection:
-            raise BillingError(p.message, code=ErrorCode(p.code))
-        return (p.event_id, p.type, p.ts, json.loads(p.properties_json)) == stored
 
 class _NotCommitted(Exception):
     """A batch transaction that surely rolled back (its cause is the database error)."""
@@ -418,7 +383,7 @@ class _Tx:
         self.after_failed = False
         self.now_us = 0
         self.run_all: Callable | None = None
-        self.same: Callable | None = None  # (op, hold, stored event) -> bool: QuotaWriter._same_event
+        self.same: Callable | None = None  # (op, hold, stored event) -> bool: quota_commits.same_event
 
     def committed(self) -> bool:
         if self.commit_cur is None:
@@ -456,7 +421,7 @@ class _Tx:
         for item in self.commits:
             op, p, hold = item
             if (p.customer, p.event_id) in inserted:
-                op.result = _committed(op.reservation_id, p.event_id, "accepted", late=hold.late_at(self.now_us))
+                op.result = committed(op.reservation_id, p.event_id, "accepted", late=hold.late_at(self.now_us))
             else:
                 rest.append(item)
         usage: dict[str, tuple] = {c: (ctx, {}) for c, ctx in self.alert_ctx.items()}
@@ -468,14 +433,14 @@ class _Tx:
                 op.alert = usage.get(p.customer)
         for op, p, hold, status in not_inserted(self.run_all, rest, self.now_us, self._same):
             if status == "duplicate":
-                op.result = _committed(op.reservation_id, p.event_id, "duplicate", late=hold.late_at(self.now_us))
+                op.result = committed(op.reservation_id, p.event_id, "duplicate", late=hold.late_at(self.now_us))
             else:
                 op.error = BillingError("an event with this id exists with different content; nothing changed",
                                         code=ErrorCode.EVENT_CONFLICT)
 
     def _same(self, op: Op, hold: Hold, stored: tuple) -> bool:
-        """``QuotaWriter._same_event`` after the commit: an event it cannot compare (one the
-        ledger would reject with the stored event's fields) is not the same."""
+        """``same_event`` after the commit: an event it cannot compare (one the ledger would
+        reject with the stored event's fields) is not the same."""
         try:
             return self.same(op, hold, stored)
         except BillingError:
@@ -484,54 +449,3 @@ class _Tx:
 
 def _conflict(request_id: str) -> BillingError:
     return BillingError(f"request id {request_id!r} was used for another reservation", code=ErrorCode.CONFLICT)
-
-
-def _committed(reservation_id: str, event_id: str, status: str, *, late: bool) -> dict[str, Any]:
-    """A commit's answer: ``event`` accepted (recorded now) or duplicate (recorded before);
-    ``late_commit``: the hold had expired when the event was recorded."""
-    return {"reservation_id": reservation_id, "event_id": event_id, "status": "committed", "event": status,
-            "late_commit": late}
-
-
-def _props(value: Any) -> dict:
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
-
-
-def _event_for(given: dict | None, hold: Hold, ctx, now, stored: tuple | None = None) -> dict:
-    """The commit's event with the hold's defaults: ``customer``, ``id`` (the reservation
-    id), ``type`` (the meter's event type), ``timestamp`` (now), ``properties.model`` (the
-    lane's model) and the plan's task property (the hold's task).
-
-    With ``stored`` (event id, type, ts, properties), the event already recorded under the
-    hold or the id: what ``given`` leaves out is taken from it instead (``properties``
-    whole, or its ``model`` and task property), so a retry compares only what it gave."""
-    event = dict(given or {})
-    if event.get("customer", hold.customer) != hold.customer:
-        raise BillingError("the event's customer is not the reservation's", code=ErrorCode.VALIDATION)
-    event["customer"] = hold.customer
-    limits = ctx.plan.agent_limits if ctx is not None else None
-    task_property = limits.task_property if limits else "task"
-    if stored is not None:
-        event_id, event_type, ts, stored_props = stored
-        event.setdefault("id", event_id)
-        event.setdefault("type", event_type)
-        event.setdefault("timestamp", from_us(ts).isoformat())
-        if event.get("properties") is None:
-            event["properties"] = dict(stored_props)
-            return event
-        model, task = stored_props.get("model"), stored_props.get(task_property)
-    else:
-        event.setdefault("id", hold.id)
-        event.setdefault("type", hold.event_type)
-        event.setdefault("timestamp", now.isoformat())
-        model, task = hold.model, hold.task
-    props = event.get("properties") or {}
-    if not isinstance(props, dict):
-        raise BillingError("event properties must be an object", code=ErrorCode.EVENT_INVALID)
-    props = dict(props)
-    if model and "model" not in props:
-        props["model"] = model
-    if task:
-        props.setdefault(task_property, task)
-    event["properties"] = props
-    return event
