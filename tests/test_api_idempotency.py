@@ -314,3 +314,31 @@ def test_two_api_servers_share_the_keys(any_engine):
         a.close()
         b.close()
         other_engine.dispose()
+
+
+def test_property_fingerprint_is_the_json_content():
+    """Property: the fingerprint ignores key order and spacing of a JSON body, and tells
+    apart any change of a value, of the path or of the query."""
+    import json
+    import random
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.text(max_size=8)
+    bodies = st.dictionaries(st.text(min_size=1, max_size=6), scalars | st.lists(scalars, max_size=3), max_size=6)
+
+    @settings(max_examples=100, deadline=None)
+    @given(body=bodies, seed=st.integers(0, 10**6))
+    def check(body, seed):
+        items = list(body.items())
+        random.Random(seed).shuffle(items)
+        spaced = json.dumps(dict(items), indent=seed % 3 or None, separators=(", ", " : ")).encode()
+        base = fingerprint("POST", "/v1/quota/reserve", b"", json.dumps(body).encode())
+        assert fingerprint("POST", "/v1/quota/reserve", b"", spaced) == base
+        assert fingerprint("POST", "/v1/quota/check", b"", json.dumps(body).encode()) != base
+        assert fingerprint("POST", "/v1/quota/reserve", b"a=1", json.dumps(body).encode()) != base
+        changed = {**body, "\x00new": 1}
+        assert fingerprint("POST", "/v1/quota/reserve", b"", json.dumps(changed).encode()) != base
+
+    check()

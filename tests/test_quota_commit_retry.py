@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import Accounts
 from billing.ledger.holds import Quota
 from db import stored_events
-from test_quota_fixtures import NOW, T0, Clock, any_engine, catalog  # noqa: F401
+from test_quota_fixtures import NOW, T0, Clock, any_engine, catalog, sqlite_engine  # noqa: F401
 
 SUMMED_PLAN = """
 plan: summed
@@ -218,3 +219,54 @@ def test_two_commits_of_one_hold_in_one_batch_record_one_event(any_engine):
         "accepted", "duplicate", "event_conflict"]
     assert q.usage("acme")["meters"]["units"]["used"] == "1"
     assert [e[1] for e in stored_events(any_engine, "acme")] == ["named"]
+
+
+def test_property_a_retry_with_any_part_of_the_first_event_is_the_stored_result(sqlite_engine):
+    """Property: after a commit with some fields given, a retry giving any subset of those
+    fields (the clock moved) answers ``duplicate``; changing one given value is a conflict."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    q, clock = setup(sqlite_engine)
+    accounts = Accounts(sqlite_engine, CAT)
+    counter = itertools.count()
+    fields = st.fixed_dictionaries({}, optional={
+        "id": st.text("abcdef0123", min_size=1, max_size=8),
+        "type": st.just("request"),
+        "timestamp": st.integers(0, 3600).map(lambda s: (NOW - timedelta(seconds=s)).isoformat()),
+        "properties": st.fixed_dictionaries({"units": st.integers(0, 50)},
+                                            optional={"feature": st.sampled_from(["chat", "search"]),
+                                                      "model": st.sampled_from(["gpt-4o", "claude-haiku-4-5"])})})
+    seen_ids: set[str] = set()
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(first=fields, keep=st.sets(st.sampled_from(["id", "type", "timestamp", "properties"])),
+           data=st.data())
+    def check(first, keep, data):
+        if first.get("id") in seen_ids:  # each example its own event
+            first = {k: v for k, v in first.items() if k != "id"}
+        clock.now = NOW
+        customer = f"c{next(counter)}"  # a fresh customer: its limit never denies the reservation
+        accounts.create_customer(customer, now=T0)
+        accounts.subscribe(customer, "summed", at=T0)
+        r = q.reserve(customer, "units", 1, ttl=3600)
+        out = q.commit(r.id, first)
+        assert out["event"] == "accepted"
+        seen_ids.add(out["event_id"])
+        clock.now = NOW + timedelta(seconds=90)
+        retry = {k: v for k, v in first.items() if k in keep}
+        assert q.commit(r.id, retry) == {**out, "event": "duplicate"}
+        if retry:
+            name = data.draw(st.sampled_from(sorted(retry)))
+            changed = dict(retry)
+            if name == "properties":
+                changed[name] = {**retry[name], "units": retry[name]["units"] + 1}
+            elif name == "timestamp":
+                changed[name] = (NOW - timedelta(hours=2)).isoformat()
+            elif name == "type":
+                changed[name] = "agent.step"
+            else:
+                changed[name] = retry[name] + "-other"
+            conflict(lambda: q.commit(r.id, changed))
+
+    check()

@@ -32,13 +32,14 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import anyio
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from billing.api.errors import error_body, unavailable_response
 from billing.api.routes import _api_key
-from billing.errors import BillingError, ErrorCode
+from billing.errors import ErrorCode
 from billing.ledger.idempotency import IN_USE, OWNED, REPLAY, REUSED, IdempotencyStore
 from billing.ledger.types import to_us
 
@@ -71,7 +72,7 @@ def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
     except orjson.JSONDecodeError:
         canonical = b"raw:" + body
     digest = hashlib.sha256()
-    for part in (method.encode(), path.encode("utf-8", "surrogateescape"), query, canonical):
+    for part in (method.encode(), path.encode("utf-8", "surrogatepass"), query, canonical):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.hexdigest()
@@ -110,7 +111,7 @@ class IdempotencyLayer:
             return
         try:
             principal = self.keys.authenticate(_api_key(auth, api_key))
-        except BillingError:  # the route answers (401), or needs no API key
+        except Exception:  # noqa: BLE001 - the route answers (401 or its own error), or needs no API key
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -171,7 +172,8 @@ class IdempotencyLayer:
             await self.app(scope, replay_body, capture)
         except BaseException:
             heartbeat.cancel()
-            await self._forget(owner_scope, key, owner)
+            with anyio.CancelScope(shield=True):  # also when the request was cancelled
+                await self._forget(owner_scope, key, owner)
             if start is not None:  # the app's last-resort handler answered (500), then re-raised
                 await _send(send, start["status"], start.get("headers", []), b"".join(parts))
             raise
