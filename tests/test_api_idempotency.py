@@ -342,3 +342,16 @@ def test_property_fingerprint_is_the_json_content():
         assert fingerprint("POST", "/v1/quota/reserve", b"", json.dumps(changed).encode()) != base
 
     check()
+
+
+def test_the_largest_batch_response_is_stored_and_replayed(api):
+    """10,000 events (the batch limit) under one key: the ~1 MB answer is stored and replayed
+    byte for byte; nothing is ingested twice."""
+    stamp = NOW.isoformat()
+    events = [{"id": f"big-{i}", "customer": "acme", "type": "request", "timestamp": stamp,
+               "properties": {"units": 1}} for i in range(10_000)]
+    first = api.post("/v1/events", {"events": events}, key="big-batch")
+    assert first.status_code == 200 and first.json()["accepted"] == 10_000
+    again = api.post("/v1/events", {"events": events}, key="big-batch")
+    assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
+    assert api.get("/v1/customers/acme/usage").json()["meters"]["units"]["events"] == 10_000
