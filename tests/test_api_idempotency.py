@@ -355,3 +355,17 @@ def test_the_largest_batch_response_is_stored_and_replayed(api):
     again = api.post("/v1/events", {"events": events}, key="big-batch")
     assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
     assert api.get("/v1/customers/acme/usage").json()["meters"]["units"]["events"] == 10_000
+
+
+def test_a_database_that_cannot_claim_the_key_is_503_and_nothing_runs(api, monkeypatch):
+    def unreachable(*args, **kwargs):
+        from sqlalchemy.exc import OperationalError
+
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(api.app.state.idempotency.store, "claim", unreachable)
+    r = api.post("/v1/quota/reserve", RESERVE, key="no-db")
+    assert r.status_code == 503 and r.json()["code"] == "service_unavailable" and r.headers["retry-after"] == "1"
+    monkeypatch.undo()
+    assert api.held() == "0"
+    assert api.post("/v1/quota/reserve", RESERVE, key="no-db").json()["granted"]
