@@ -296,9 +296,10 @@ class Quota:
     # --------------------------------------------------------------- metrics
     def late_commits(self, since: datetime, until: datetime, *, customer: str | None = None,
                      limit: int = 100) -> dict[str, Any]:
-        """Commits recorded from ``since`` to ``until`` (inclusive) after their hold had expired: the total and,
-        per customer and meter (most first, at most ``limit``), the count, the units their
-        holds had held, the last one and the longest delay past expiry in seconds."""
+        """Commits recorded from ``since`` to ``until`` (both included) after their hold had
+        expired: the total and, per customer and meter (most first, at most ``limit``), the
+        count, the units their holds had held, the last one and the longest delay past
+        expiry in seconds."""
         storable_text("customer", customer)
         with self.conns.read() as conn:
             total, rows = late_commits_by_meter(self.conns, conn, to_us(since), to_us(until), customer=customer,
