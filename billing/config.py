@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
+    # Idempotency-Key records (billing.api.idempotency): kept this long; a dead server's claim lapses after the lease
+    idempotency_retention_hours: float = Field(default=24.0, ge=24.0)
+    idempotency_lease_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
 
 
 @lru_cache

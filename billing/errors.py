@@ -38,6 +38,11 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     # stripe
     INVALID_SIGNATURE = "invalid_signature"
+    # HTTP requests (billing/api): the Idempotency-Key header, the body's media type
+    IDEMPOTENCY_KEY_INVALID = "idempotency_key_invalid"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     # generic
     VALIDATION = "validation_error"
     NOT_FOUND = "not_found"

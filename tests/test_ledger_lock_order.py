@@ -66,7 +66,9 @@ def test_a_quota_commit_and_an_ingestion_chunk_take_locks_in_one_order(engine, m
         results: dict[str, object] = {}
         try:
             cur = blocker.cursor()
-            cur.execute("SELECT 1 FROM quota_hold WHERE id = %s FOR UPDATE", (hold.id,))
+            # the task usage row: the commit (its hold locked first, then events, counters, the
+            # hold's settlement) waits here last; the ingestion chunk waits for the counters
+            cur.execute("SELECT 1 FROM agent_task_usage WHERE customer_id = 'acme' AND task_id = 't' FOR UPDATE")
 
             def commit() -> None:
                 results["commit"] = quota.commit(hold.id, _event("acme", "q1", 2, task="t"))
@@ -76,7 +78,7 @@ def test_a_quota_commit_and_an_ingestion_chunk_take_locks_in_one_order(engine, m
 
             committer = threading.Thread(target=commit)
             committer.start()
-            _wait_for_waiters(engine, 1)  # the commit waits for its hold row
+            _wait_for_waiters(engine, 1)  # the commit waits for the task usage row
             ingester = threading.Thread(target=ingest)
             ingester.start()
             _wait_for_waiters(engine, 2)  # the chunk waits for a row the commit holds
@@ -189,7 +191,7 @@ def test_a_quota_commit_counts_under_the_subscriptions_a_concurrent_change_made(
         real_settle = QuotaWriter._settle_plan
         changed: dict[str, object] = {}
 
-        def change_meanwhile(self, conn, settles, holds, now, now_us):
+        def change_meanwhile(self, conn, settles, holds, stored, now, now_us):
             if "thread" not in changed:
                 def change() -> None:
                     try:
@@ -205,7 +207,7 @@ def test_a_quota_commit_counts_under_the_subscriptions_a_concurrent_change_made(
                 while "done" not in changed and "error" not in changed and _lock_waiters(engine) < 1:
                     assert time.monotonic() < deadline
                     time.sleep(0.02)  # the change committed, or it waits for this transaction
-            return real_settle(self, conn, settles, holds, now, now_us)
+            return real_settle(self, conn, settles, holds, stored, now, now_us)
 
         monkeypatch.setattr(QuotaWriter, "_settle_plan", change_meanwhile)
         event = {"id": "q1", "type": "llm.call",
@@ -223,13 +225,15 @@ def test_the_quota_commit_statement_inserts_in_code_point_order(icu_engine):
     point too: B1 is inserted before a1 (the ids the database hands out tell the order)."""
     from billing.ledger.prepare import Prepared
     from billing.ledger.quota_events import write_pg
+    from billing.ledger.quota_types import Hold
 
     rows = [Prepared("acme", k, "llm.call", 1, "{}", None, 0, {}) for k in ("a1", "B1", "b0", "A2")]
     raw = icu_engine.raw_connection()
     try:
         cur = raw.cursor()
         write_pg(lambda sql, params=(): cur.execute(sql.replace("?", "%s"), params),
-                 [(None, p, ("h", "acme", "held", "llm.call", None, None, None)) for p in rows], [], [], 0)
+                 [(None, p, Hold("h", "acme", "held", "llm.call", None, None, None, 10**15, None, "llm_calls", 0))
+                  for p in rows], [], [], 0)
         raw.commit()
         cur.execute("SELECT event_id FROM usage_event ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == sorted(p.event_id for p in rows) == ["A2", "B1", "a1", "b0"]

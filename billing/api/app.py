@@ -18,17 +18,19 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from billing.api import errors, events_read
+from billing.api import errors, events_read, idempotency
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
 from billing.api.fastpath import BillingAPI
 from billing.api.metering import router as metering_router
+from billing.api.media import JsonBodies
+from billing.api.metrics import router as metrics_router
 from billing.api.routes import quota_check_fast, router
 from billing.catalog import Catalog
 from billing.invoicing.service import Invoicing
@@ -126,8 +128,13 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(router)
     app.include_router(metering_router)  # GET /v1/customers/{id}/metering (billing.api.metering)
     app.include_router(events_read.router)
+    app.include_router(metrics_router)
     # the hottest requests skip FastAPI's stack (same handlers, same errors)
     app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast}
+    # in front of every route, the fast path too: JSON bodies only, then Idempotency-Key records
+    idempotency.install(app, engine, clock, retention=timedelta(hours=settings.idempotency_retention_hours),
+                        lease=settings.idempotency_lease_seconds)
+    app.add_layer(JsonBodies)
 
     # ---- optional routers from other packages (Stripe webhooks, report pages) ----
     for module_name, attr, engine_dep in OPTIONAL_ROUTERS:

@@ -9,6 +9,9 @@ cost more than the quota decision itself. A fast handler gets the raw scope and 
 and returns (status, JSON bytes, extra headers), sharing its logic with the route. Errors
 become the same JSON bodies as everywhere else (``billing.api.errors``); a body larger than
 ``max_body`` bytes is refused with 413.
+
+``add_layer`` puts an ASGI layer in front of everything the app serves, the fast path
+included (the ``Idempotency-Key`` records, the JSON media type rule).
 """
 
 from __future__ import annotations
@@ -34,8 +37,17 @@ class BillingAPI(FastAPI):
 
     fast_routes: dict[tuple[str, str], Handler] = {}
     max_body: int = 64 * 1024
+    _entry: Callable | None = None  # the layers around _dispatch (add_layer)
+
+    def add_layer(self, layer: Callable[[Callable], Callable]) -> None:
+        """Wrap everything this app serves (the fast path too) in ``layer(inner ASGI app)``;
+        the layer added last is the outermost."""
+        self._entry = layer(self._entry or self._dispatch)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await (self._entry or self._dispatch)(scope, receive, send)
+
+    async def _dispatch(self, scope: dict, receive: Callable, send: Callable) -> None:
         handler = self.fast_routes.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
         if handler is None:
             await super().__call__(scope, receive, send)

@@ -16,9 +16,12 @@ each seeing the grants before it.
 
 Holds count while ``status = 'held' and expires_at > now``: an expired hold frees itself
 without a sweeper. ``commit`` records the event, bumps the usage counters and settles the
-hold in ONE transaction, so usage is never under- or double-counted in between.
-``commit`` is idempotent per reservation; ``reserve`` is idempotent per
-``(customer, request_id)``.
+hold in ONE transaction, so usage is never under- or double-counted in between. A commit
+of an expired hold is still recorded (the usage happened), answered ``late_commit: true``
+and logged in ``quota_late_commit`` (``usage()["late_commits"]``, ``late_commits()``).
+``commit`` is idempotent per reservation: a commit of a committed hold answers the stored
+result when the fields it gives match the event stored then (what it leaves out is not
+compared), else ``event_conflict``. ``reserve`` is idempotent per ``(customer, request_id)``.
 
 Reads (``check``, ``usage``) use driver connections without a transaction of their own
 (``billing.ledger.quota_sql``): one statement is one consistent snapshot.
@@ -43,13 +46,14 @@ from billing.ledger.outbox import Outbox
 from billing.ledger.prepare import UNPRICED_MODEL
 from billing.ledger.quota_models import BudgetAlertRow, QuotaHold
 from billing.ledger.combiner import Combiner
+from billing.ledger.quota_metrics import late_commit_count, late_commits_by_meter
 from billing.ledger.quota_sql import (
-    Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
+    MICRO, Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
     parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
 from billing.ledger.quota_types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, WarnedDecision, parse_request, storable_text)
 from billing.ledger.quota_writer import QuotaWriter
-from billing.ledger.types import to_us
+from billing.ledger.types import from_us, to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert
 from billing.quota.decide import (
@@ -280,7 +284,14 @@ class Quota:
         Defaults filled into the event: ``customer`` (the hold's), ``id`` (the reservation
         id), ``type`` (the meter's event type), ``timestamp`` (now), ``properties.model``
         (the lane's model) and the plan's task property (the hold's task). ``customer``:
-        refuse (``forbidden``) unless the hold is this customer's."""
+        refuse (``forbidden``) unless the hold is this customer's.
+
+        Returns ``{"reservation_id", "event_id", "status": "committed", "event": "accepted" |
+        "duplicate", "late_commit"}``. Again on a committed hold (a retry whose first answer
+        was lost): the stored result (``duplicate``) when the fields given here equal the
+        stored event's, defaults left out; ``event_conflict`` when they differ.
+        ``late_commit``: the hold had expired when the event was recorded (it is recorded and
+        counted all the same)."""
         if event is not None and not isinstance(event, dict):
             raise BillingError("the event must be an object", code=ErrorCode.EVENT_INVALID)
         storable_text("reservation_id", reservation_id)
@@ -306,12 +317,12 @@ class Quota:
         return self.writer.submit(Op("release", reservation_id=reservation_id, allowed=customer))
 
     def purge_expired(self, older_than: timedelta = timedelta(days=1)) -> int:
-        """Mark holds expired longer than ``older_than`` as released (housekeeping only:
-        expired holds already stopped counting)."""
+        """Mark holds expired longer than ``older_than`` as ``expired`` (housekeeping only:
+        expired holds already stopped counting; a late commit of one is still recorded)."""
         cutoff = to_us(self.clock() - older_than)
         with self.engine.begin() as conn:
             return conn.execute(update(_hold).where(_hold.c.status == "held", _hold.c.expires_at <= cutoff)
-                                .values(status="released", settled_at=cutoff)).rowcount
+                                .values(status="expired", settled_at=cutoff)).rowcount
 
     # ---------------------------------------------------------------- alerts
     def evaluate_alerts(self, customer: str) -> list[Alert]:
@@ -328,6 +339,23 @@ class Quota:
             return []
         return self.ledger.alerts.record(ctx, usage, now)
 
+    # --------------------------------------------------------------- metrics
+    def late_commits(self, since: datetime, until: datetime, *, customer: str | None = None,
+                     limit: int = 100) -> dict[str, Any]:
+        """Commits recorded from ``since`` to ``until`` (both included) after their hold had
+        expired: the total and, per customer and meter (most first, at most ``limit``), the
+        count, the units their holds had held, the last one and the longest delay past
+        expiry in seconds."""
+        storable_text("customer", customer)
+        with self.conns.read() as conn:
+            total, rows = late_commits_by_meter(self.conns, conn, to_us(since), to_us(until), customer=customer,
+                                                limit=limit)
+        return {"since": _iso(since), "until": _iso(until), "late_commits": total,
+                "by_meter": [{"customer": c, "meter": m, "late_commits": n,
+                              "held_units": dec_str(Decimal(units) / MICRO), "last_at": _iso(from_us(last)),
+                              "max_delay_seconds": dec_str(Decimal(delay) / MICRO)}
+                             for c, m, n, units, last, delay in rows]}
+
     # ----------------------------------------------------------------- usage
     def usage(self, customer: str) -> dict[str, Any]:
         """The customer's current period: per charge used / held / included / remaining,
@@ -337,6 +365,7 @@ class Quota:
         with self.conns.read() as conn:
             ctx = load_context(self.conns, conn, self.catalog, customer, now)
             state = usage_state(self.conns, conn, ctx, now, None)
+            late = late_commit_count(self.conns, conn, customer, to_us(ctx.period.start), to_us(ctx.period.end))
         plan = ctx.plan
         charges = []
         total = ZERO
@@ -369,6 +398,7 @@ class Quota:
                 "meters": meters, "charges": charges, "spend": dec_str(total),
                 "spend_cap": None if plan.spend_cap is None else dec_str(plan.spend_cap),
                 "credits": dec_str(credits), "credits_remaining": dec_str(max(ZERO, credits - total)),
+                "late_commits": late,
                 "payment_overdue": state.payment_failed_at is not None and now - state.payment_failed_at
                 >= timedelta(days=plan.dunning.deny_after_days)}
 

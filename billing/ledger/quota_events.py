@@ -5,7 +5,8 @@ Each commit's event is validated and costed by ``billing.ledger.prepare.prepare`
 ``Ledger.record`` does), its counter increments are planned by
 ``billing.ledger.counters.CounterPlanner``, and the database's unique key
 ``(customer_id, event_id)`` decides whether it is new: only an event this transaction
-inserted bumps the counters, settles its hold and counts for its agent task.
+inserted bumps the counters, settles its hold, counts for its agent task and, when its hold
+had expired, is logged as a late commit (``quota_late_commit``).
 
 On PostgreSQL everything is ONE statement of constant text (data-modifying CTEs hanging
 off the ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the events, rows passed as
@@ -16,7 +17,8 @@ practice the last one first), so each CTE waits for the one before it by reading
 ``billing.ledger.event_store`` (events, sum counters, max counters, then holds and agent
 task usage), never task usage before counters (which deadlocked with ingestion chunks). On SQLite (in-process: no round trips) it is a few
 plain statements. Events that were not inserted are then sorted out by ``not_inserted``:
-same content stored -> ``duplicate`` (the hold is settled), else ``conflict``.
+the stored event matches what the commit gave -> ``duplicate`` (the hold is settled), else
+``conflict``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from billing.ledger.counters import CounterPlanner
 from billing.ledger.event_store import CODE_POINT_ORDER
 from billing.ledger.quota_sql import json_rows
-from billing.ledger.quota_types import tokens_of
+from billing.ledger.quota_types import OPEN_HOLD, tokens_of
 from billing.ledger.totals_sql import (
     COUNTER_COLUMNS, TASK_COLUMNS, TASK_UPDATE, counter_row, counter_update, counter_upsert, task_row, task_upsert)
 from billing.ledger.wide import WIDE
@@ -117,27 +119,42 @@ _WRITE_PG = (
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
-    f"FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status = 'held' AND {_after('cm')} "
-    "RETURNING 1), "
+    "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status IN ('held', 'expired') "
+    f"AND {_after('cm')} RETURNING 1), "
     + _rows_cte("tv", (("customer_id", "varchar"), ("event_id", "varchar"), ("task_id", "varchar"),
                        ("tokens", "numeric"), ("cost", "numeric"))) + ", "
     "tg AS (SELECT t.customer_id, t.task_id, COUNT(*) AS n, SUM(t.tokens) AS k, SUM(t.cost) AS c FROM tv t "
     "JOIN ins USING (customer_id, event_id) GROUP BY 1, 2), "
     f"tk AS (INSERT INTO agent_task_usage ({TASK_COLUMNS}) SELECT customer_id, task_id, n, {_parts('k')}, "
     f"{_parts('c')}, %s FROM tg WHERE {_after('st')} ORDER BY customer_id COLLATE \"C\", task_id COLLATE \"C\" "
-    f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {TASK_UPDATE}) "
+    f"ON CONFLICT (customer_id, task_id) DO UPDATE SET {TASK_UPDATE} RETURNING 1), "
+    + _rows_cte("lv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"),
+                       ("meter", "varchar"), ("units", "bigint"), ("expired_at", "bigint"))) + ", "
+    "lt AS (INSERT INTO quota_late_commit (hold_id, customer_id, meter, event_id, units_micro, expired_at, "
+    "committed_at) SELECT l.hold_id, l.customer_id, l.meter, l.event_id, l.units, l.expired_at, %s FROM lv l "
+    f"JOIN ins USING (customer_id, event_id) WHERE {_after('tk')} ORDER BY l.hold_id COLLATE \"C\" "
+    "ON CONFLICT (hold_id) DO NOTHING) "
     "SELECT customer_id, event_id FROM ins")
+
+
+def _late_rows(commits: list, now_us: int) -> list[tuple]:
+    """(hold id, customer, event id, meter, units micro, expired at) of commits whose hold
+    had expired, in hold id order."""
+    return sorted((hold.id, p.customer, p.event_id, hold.meter, hold.units_micro, hold.expires_at)
+                  for _op, p, hold in commits if hold.status in OPEN_HOLD and hold.late_at(now_us))
 
 
 def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple], now_us: int) -> Any:
     """One statement: insert the events; for those inserted, bump counters, settle holds,
-    add task usage. Returns the cursor of the inserted (customer, event id) keys."""
+    add task usage, log late commits. Returns the cursor of the inserted (customer, event
+    id) keys."""
     events = [_stored(p) for _op, p, _hold in commits]
     sums = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if not c[6])
     maxes = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if c[6])
-    settle = sorted((hold[0], p.customer, p.event_id) for _op, p, hold in commits if hold[2] == "held")
+    settle = sorted((hold.id, p.customer, p.event_id) for _op, p, hold in commits if hold.status in OPEN_HOLD)
     return execute(_WRITE_PG, [json_rows(events), json_rows(sums), json_rows(maxes), json_rows(settle), now_us,
-                               json_rows(sorted((c, e, t, str(k), str(p)) for c, e, t, k, p in tasks)), now_us])
+                               json_rows(sorted((c, e, t, str(k), str(p)) for c, e, t, k, p in tasks)), now_us,
+                               json_rows(_late_rows(commits, now_us)), now_us])
 
 
 def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple],
@@ -162,10 +179,12 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: 
             slot[3] += cost
     for (customer, meter, start), (end, units, n, cost, is_max) in sorted(deltas.items()):
         execute(counter_upsert("?", is_max), counter_row(customer, meter, start, end, units, n, cost))
-    for _op, p, hold in commits:
-        if hold[2] == "held" and (p.customer, p.event_id) in inserted:
-            execute("UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? "
-                    "WHERE id = ? AND status = 'held'", (p.event_id, now_us, hold[0]))
+    for _op, p, hold in sorted(commits, key=lambda c: c[2].id):
+        if hold.status in OPEN_HOLD and (p.customer, p.event_id) in inserted:
+            execute(_SETTLE, (p.event_id, now_us, hold.id))
+    for hold_id, customer, event_id, meter, units, expired_at in _late_rows(commits, now_us):
+        if (customer, event_id) in inserted:
+            execute(_LATE, (hold_id, customer, meter, event_id, units, expired_at, now_us))
     per_task: dict[tuple[str, str], list[int]] = {}
     for customer, event_id, task, tokens, cost in tasks:
         if (customer, event_id) in inserted:
@@ -178,10 +197,23 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: 
     return inserted
 
 
-def not_inserted(run_all: Callable, commits: list, now_us: int) -> list[tuple[Any, Any, str]]:
-    """After the commit, for events that were not inserted: ``duplicate`` when the stored
-    event has the same content (its hold is settled now), else ``conflict``. Returns
-    (op, prepared event, "duplicate" | "conflict") per commit."""
+_SETTLE = "UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? WHERE id = ? " \
+          "AND status IN ('held', 'expired')"
+_LATE = ("INSERT INTO quota_late_commit (hold_id, customer_id, meter, event_id, units_micro, expired_at, committed_at) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hold_id) DO NOTHING")
+# after _SETTLE outside the batch: logged only if that settlement was this commit's
+_LATE_IF_SETTLED = ("INSERT INTO quota_late_commit (hold_id, customer_id, meter, event_id, units_micro, expired_at, "
+                    "committed_at) SELECT id, customer_id, meter, event_id, units_micro, expires_at, settled_at "
+                    "FROM quota_hold WHERE id = ? AND status = 'committed' AND event_id = ? AND settled_at = ? "
+                    "AND expires_at <= settled_at ON CONFLICT (hold_id) DO NOTHING")
+
+
+def not_inserted(run_all: Callable, commits: list, now_us: int,
+                 same: Callable[[Any, Any, tuple], bool]) -> list[tuple[Any, Any, Any, str]]:
+    """After the commit, for events that were not inserted (their id was taken): ``duplicate``
+    when ``same(op, hold, (event id, type, ts, properties))`` says the stored event is the
+    commit's (its hold is settled now, and logged when late), else ``conflict``. Returns
+    (op, prepared event, hold, "duplicate" | "conflict") per commit."""
     if not commits:
         return []
     stored = run_all([("SELECT type, ts, properties FROM usage_event WHERE customer_id = ? AND event_id = ?",
@@ -191,13 +223,14 @@ def not_inserted(run_all: Callable, commits: list, now_us: int) -> list[tuple[An
         if rows:
             etype, ts, props = rows[0]
             props = json.loads(props) if isinstance(props, str) else props
-            if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
-                out.append((op, p, "duplicate"))
-                if hold[2] == "held":
-                    settle.append(("UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? "
-                                   "WHERE id = ? AND status = 'held'", (p.event_id, now_us, hold[0])))
+            if same(op, hold, (p.event_id, etype, int(ts), props)):
+                out.append((op, p, hold, "duplicate"))
+                if hold.status in OPEN_HOLD:
+                    settle.append((_SETTLE, (p.event_id, now_us, hold.id)))
+                    if hold.late_at(now_us):
+                        settle.append((_LATE_IF_SETTLED, (hold.id, p.event_id, now_us)))
                 continue
-        out.append((op, p, "conflict"))
+        out.append((op, p, hold, "conflict"))
     if settle:
         run_all(settle, returns_rows=False)
     return out

@@ -1,5 +1,5 @@
-"""Tables of quota holds, rate windows, agent task usage, budget alerts, the webhook outbox
-and API keys. Same conventions as ``billing.ledger.models``: instants as integer
+"""Tables of quota holds, late commits, rate windows, agent task usage, budget alerts, the
+webhook outbox, API keys and idempotency records of HTTP requests. Same conventions as ``billing.ledger.models``: instants as integer
 microseconds since the Unix epoch (UTC), units in micro-units, provider cost in pico.
 
 Imported by ``migrations/env.py`` so Alembic sees these tables.
@@ -7,7 +7,7 @@ Imported by ``migrations/env.py`` so Alembic sees these tables.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from billing.ledger.types import BigIntPK
@@ -40,11 +40,31 @@ class QuotaHold(SQLModel, table=True):
     outcome: str = Field(default="allow", max_length=20)
     reason: str = Field(default="included", max_length=40)
     decision: str = Field(default="{}", sa_column=Column(Text, nullable=False))  # the decision as JSON
-    status: str = Field(default="held", max_length=20)  # held | committed | released
+    status: str = Field(default="held", max_length=20)  # held | committed | released | expired (purged)
     created_at: int = Field(sa_type=BigInteger)
     expires_at: int = Field(sa_type=BigInteger)
     settled_at: int | None = Field(default=None, sa_type=BigInteger)
     event_id: str | None = Field(default=None, max_length=200)
+
+
+class QuotaLateCommit(SQLModel, table=True):
+    """A commit that arrived after its hold expired: its event was recorded and counted
+    anyway (the usage happened), though the hold's units may meanwhile have been granted to
+    another reservation. Written in the commit's transaction, once per hold."""
+
+    __tablename__ = "quota_late_commit"
+    __table_args__ = (
+        Index("ix_quota_late_commit_customer", "customer_id", "committed_at"),
+        Index("ix_quota_late_commit_at", "committed_at"),
+    )
+
+    hold_id: str = Field(primary_key=True, max_length=40)
+    customer_id: str = Field(max_length=200)
+    meter: str = Field(max_length=80)
+    event_id: str = Field(max_length=200)
+    units_micro: int = Field(default=0, sa_type=BigInteger)  # what the hold had held
+    expired_at: int = Field(sa_type=BigInteger)  # the hold's expires_at
+    committed_at: int = Field(sa_type=BigInteger)
 
 
 class QuotaRateWindow(SQLModel, table=True):
@@ -122,3 +142,23 @@ class ApiKey(SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     created_at: int = Field(sa_type=BigInteger)
     revoked_at: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """One ``Idempotency-Key`` of one API key (``billing.api.idempotency``): the request's
+    fingerprint and, once answered, the response to replay. ``in_flight`` while a server
+    runs the request (``owner``, lease until ``locked_until``); ``done`` with the response."""
+
+    __tablename__ = "idempotency_record"
+    __table_args__ = (Index("ix_idempotency_record_created", "created_at"),)
+
+    scope: str = Field(primary_key=True, max_length=40)  # the API key's id
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)  # SHA-256 of method, path, query and canonical body
+    status: str = Field(default="in_flight", max_length=20)  # in_flight | done
+    owner: str = Field(max_length=32)
+    locked_until: int = Field(sa_type=BigInteger)
+    created_at: int = Field(sa_type=BigInteger)
+    response_status: int | None = Field(default=None)
+    response_headers: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON pairs
+    response_body: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from billing.errors import BillingError, ErrorCode
 from billing.events import tokens_of  # noqa: F401 - re-exported
@@ -116,6 +116,34 @@ def request_json(r: QuotaRequest) -> dict:
     """What a reservation was asked for (stored with the hold: a replay must match it)."""
     return {"key": r.key, "quantity": dec_str(r.quantity), "model": r.model, "task": r.task, "tokens": r.tokens,
             "cost": dec_str(r.cost), "steps": r.steps}
+
+
+class Hold(NamedTuple):
+    """A hold as a commit or release finds it (``billing.ledger.quota_sql.holds_query``)."""
+
+    id: str
+    customer: str
+    status: str  # held | committed | released | expired (marked by Quota.purge_expired)
+    event_type: str
+    model: str | None  # the lane's model
+    task: str | None
+    event_id: str | None  # the event a committed hold was settled with
+    expires_at: int
+    settled_at: int | None
+    meter: str
+    units_micro: int
+
+    @property
+    def open(self) -> bool:
+        """Not settled yet: a commit records its event (late when the hold expired)."""
+        return self.status in OPEN_HOLD
+
+    def late_at(self, now_us: int) -> bool:
+        """Whether settling it at ``now_us`` is a late commit (the hold had expired)."""
+        return self.expires_at <= now_us
+
+
+OPEN_HOLD = ("held", "expired")  # the statuses a commit settles
 
 
 READ_AGAIN = "read-again"  # Op.alert when the post-commit usage read failed

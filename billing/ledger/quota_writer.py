@@ -44,12 +44,13 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.combiner import Combiner
 from billing.ledger.cost_prices import cursor_fetch
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
-from billing.ledger.prepare import Rejection, prepare, warnings_of
+from billing.ledger.prepare import warnings_of
+from billing.ledger.quota_commits import committed, event_for, prepare_commit, recommit, same_event, stored_props
 from billing.ledger.quota_events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.ledger.quota_sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
     counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
-from billing.ledger.quota_types import READ_AGAIN, Op, Reservation, request_json
+from billing.ledger.quota_types import READ_AGAIN, Hold, Op, Reservation, request_json
 from billing.ledger.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
 
@@ -190,11 +191,15 @@ class QuotaWriter:
         states = parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {}
         tasks = parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {}
         prior = {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {}
-        holds: dict[str, tuple] = {}
+        holds: dict[str, Hold] = {}
+        stored: dict[str, tuple] = {}  # hold id -> (event id, type, ts, properties) of a committed hold
         sub_rows: dict[int, tuple] = {}
         if hold_cur is not None:
             for row in hold_cur.fetchall():
-                holds.setdefault(row[0], row[:7])
+                if row[0] not in holds:
+                    holds[row[0]] = hold = Hold(*row[:7], row[14], row[15], row[16], row[17])
+                    if row[18] is not None:
+                        stored[row[0]] = (hold.event_id, row[18], int(row[19]), stored_props(row[20]))
                 if row[8] is not None:
                     sub_rows[row[8]] = (row[8], row[1], row[9], row[10], _utc(row[11]), _utc(row[12]),
                                         _utc(row[13]), row[7])
@@ -213,11 +218,12 @@ class QuotaWriter:
                     "DO UPDATE SET count = quota_rate_window.count + excluded.count",
                     (customer, charge, start, end, n))
         book = q.ledger.book  # the commits' events are priced with this book or a newer one
-        commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, now, now_us)
+        commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, stored, now, now_us)
         again = q.ledger.settle_unpriced(cursor_fetch(execute), pg, [p for _op, p, _hold in commits], book)
         if again:  # prices were added since this process last read them
             commits = [(op, again.get(id(p), p), hold) for op, p, hold in commits]
         tx.commits, tx.now_us = commits, now_us
+        tx.same = lambda op, hold, event: same_event(q.ledger, op.event, hold, op.ctx, event, now, now_us)
         if commits:
             views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
                                        q.catalog)
@@ -315,27 +321,30 @@ class QuotaWriter:
             in_batch[(customer, op.request_id)] = (op, asked)
 
     # ----------------------------------------------------------------- commit
-    def _settle_plan(self, conn, settles: list[Op], holds: dict, now, now_us: int):
-        """Validate commits and releases against their holds; prepare the commits' events."""
+    def _settle_plan(self, conn, settles: list[Op], holds: dict[str, Hold], stored: dict[str, tuple], now,
+                     now_us: int):
+        """Validate commits and releases against their holds; prepare the commits' events.
+        A commit of a committed hold is answered from the event stored then."""
         q = self.quota
         ledger = q.ledger
         commits, releases, deferred = [], [], []
         seen: set[tuple[str, str]] = set()
+        seen_holds: set[str] = set()
         for op in settles:
             hold = holds.get(op.reservation_id)
             if hold is None:
                 op.error = BillingError(f"unknown reservation {op.reservation_id!r}",
                                         code=ErrorCode.RESERVATION_NOT_FOUND)
                 continue
-            hid, customer, status, event_type, model, task, event_id = hold
-            if op.allowed is not None and op.allowed != customer:
+            hid, status = hold.id, hold.status
+            if op.allowed is not None and op.allowed != hold.customer:
                 op.error = BillingError("this API key is restricted to another customer", code=ErrorCode.FORBIDDEN)
                 continue
             if op.kind == "release":
                 if status == "committed":
                     op.error = BillingError(f"reservation {hid} is committed", code=ErrorCode.RESERVATION_STATE)
-                elif status == "released":
-                    op.result = {"reservation_id": hid, "status": "released"}
+                elif status in ("released", "expired"):
+                    op.result = {"reservation_id": hid, "status": status}
                 else:
                     releases.append((op, hold))
                 continue
@@ -343,29 +352,28 @@ class QuotaWriter:
                 op.error = BillingError(f"reservation {hid} was released; reserve again",
                                         code=ErrorCode.RESERVATION_STATE)
                 continue
+            if hid in seen_holds:  # a second commit of a hold this batch settles: after it
+                op.queued, op.ctx = False, None
+                deferred.append(op)
+                continue
             try:
-                op.ctx = q.context(conn, customer, now)
+                op.ctx = q.context(conn, hold.customer, now)
             except BillingError:
                 op.ctx = None  # no active subscription now: the event is still recorded
             try:
-                event = _event_for(op.event, hold, op.ctx, now)
+                if status == "committed":  # a retry (its first answer lost?) or a different event
+                    op.result = recommit(ledger, op.event, hold, op.ctx, stored.get(hid), now, now_us)
+                    continue
+                p = prepare_commit(ledger, event_for(op.event, hold, op.ctx, now), now_us)
             except BillingError as exc:
                 op.error = exc
-                continue
-            if status == "committed" and event_id != event["id"]:
-                op.error = BillingError(f"reservation {hid} was committed with event {event_id!r}",
-                                        code=ErrorCode.RESERVATION_STATE)
-                continue
-            p = prepare(event, now_us=now_us, tolerance_us=ledger.tolerance_us, known_types=ledger.known_types,
-                        pricer=ledger.pricer, measured=ledger.measured, task_properties=ledger.task_properties)
-            if type(p) is Rejection:
-                op.error = BillingError(p.message, code=ErrorCode(p.code))
                 continue
             if (p.customer, p.event_id) in seen:
                 op.queued, op.ctx = False, None
                 deferred.append(op)
                 continue
             seen.add((p.customer, p.event_id))
+            seen_holds.add(hid)
             commits.append((op, p, hold))
         return commits, releases, deferred
 
@@ -388,6 +396,7 @@ class _Tx:
         self.after_failed = False
         self.now_us = 0
         self.run_all: Callable | None = None
+        self.same: Callable | None = None  # (op, hold, stored event) -> bool: quota_commits.same_event
 
     def committed(self) -> bool:
         if self.commit_cur is None:
@@ -423,9 +432,10 @@ class _Tx:
         inserted = self.inserted if isinstance(self.inserted, set) else {(c, e) for c, e in self.inserted.fetchall()}
         rest = []
         for item in self.commits:
-            op, p, _hold = item
+            op, p, hold = item
             if (p.customer, p.event_id) in inserted:
-                op.result = _committed(op.reservation_id, p, "accepted")
+                op.result = committed(op.reservation_id, p.event_id, "accepted", late=hold.late_at(self.now_us),
+                                      warnings=_warnings(p))
             else:
                 rest.append(item)
         usage: dict[str, tuple] = {c: (ctx, {}) for c, ctx in self.alert_ctx.items()}
@@ -435,46 +445,27 @@ class _Tx:
         for op, p, _hold in self.commits:
             if op.result is not None:
                 op.alert = usage.get(p.customer)
-        for op, p, status in not_inserted(self.run_all, rest, self.now_us):
+        for op, p, hold, status in not_inserted(self.run_all, rest, self.now_us, self._same):
             if status == "duplicate":
-                op.result = _committed(op.reservation_id, p, "duplicate")
+                op.result = committed(op.reservation_id, p.event_id, "duplicate", late=hold.late_at(self.now_us),
+                                      warnings=_warnings(p))
             else:
                 op.error = BillingError("an event with this id exists with different content; nothing changed",
                                         code=ErrorCode.EVENT_CONFLICT)
+
+    def _same(self, op: Op, hold: Hold, stored: tuple) -> bool:
+        """``same_event`` after the commit: an event it cannot compare (one the ledger would
+        reject with the stored event's fields) is not the same."""
+        try:
+            return self.same(op, hold, stored)
+        except BillingError:
+            return False
 
 
 def _conflict(request_id: str) -> BillingError:
     return BillingError(f"request id {request_id!r} was used for another reservation", code=ErrorCode.CONFLICT)
 
 
-def _committed(reservation_id: str, p, status: str) -> dict[str, Any]:
-    """A commit's answer; ``warnings`` when its event was stored unpriced or unmetered."""
-    out = {"reservation_id": reservation_id, "event_id": p.event_id, "status": "committed", "event": status}
-    if p.unpriced or p.unmetered:
-        out["warnings"] = warnings_of(p)
-    return out
-
-
-def _event_for(given: dict | None, hold: tuple, ctx, now) -> dict:
-    """The commit's event with the hold's defaults: ``customer``, ``id`` (the reservation
-    id), ``type`` (the meter's event type), ``timestamp`` (now), ``properties.model`` (the
-    lane's model) and the plan's task property (the hold's task)."""
-    hid, customer, _status, event_type, model, task, _event_id = hold
-    event = dict(given or {})
-    if event.get("customer", customer) != customer:
-        raise BillingError("the event's customer is not the reservation's", code=ErrorCode.VALIDATION)
-    event["customer"] = customer
-    event.setdefault("id", hid)
-    event.setdefault("type", event_type)
-    event.setdefault("timestamp", now.isoformat())
-    props = event.get("properties") or {}
-    if not isinstance(props, dict):
-        raise BillingError("event properties must be an object", code=ErrorCode.EVENT_INVALID)
-    props = dict(props)
-    if model and "model" not in props:
-        props["model"] = model
-    if task:
-        limits = ctx.plan.agent_limits if ctx is not None else None
-        props.setdefault(limits.task_property if limits else "task", task)
-    event["properties"] = props
-    return event
+def _warnings(p) -> list[dict] | None:
+    """A commit's warnings: its event was stored unpriced or unmetered."""
+    return warnings_of(p) if p.unpriced or p.unmetered else None

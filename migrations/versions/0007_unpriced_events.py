@@ -6,7 +6,7 @@ which were all priced and metered). ``cost_price``: prices added with ``billing 
 or the LiteLLM import. ``invoice_recost``: finalized invoices whose period was re-costed.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02 10:00:00
 """
 from alembic import op
@@ -17,7 +17,7 @@ import billing.ledger.types
 
 
 revision = '0007'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
