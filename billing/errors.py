@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     EVENT_CONFLICT = "event_conflict"
+    EVENT_TOO_LARGE = "event_too_large"
     # customers / subscriptions / invoices
     CUSTOMER_EXISTS = "customer_exists"
     CUSTOMER_NOT_FOUND = "customer_not_found"
@@ -38,11 +39,14 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     # stripe
     INVALID_SIGNATURE = "invalid_signature"
+    # requests
+    REQUEST_TOO_LARGE = "request_too_large"
     # generic
     VALIDATION = "validation_error"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     EXTERNAL = "external_service_error"
+    INTERNAL = "internal_error"
 
 
 class BillingError(Exception):

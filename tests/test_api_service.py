@@ -277,7 +277,7 @@ def test_fast_path_serves_check_and_healthz_like_the_router(api):
     assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
     huge = api("POST", "/v1/quota/check", key="check",
                json={"customer": "acme", "meter": "requests", "model": "x" * 100_000})
-    assert huge.status_code == 413 and huge.json()["code"] == "http_413"
+    assert huge.status_code == 413 and huge.json()["code"] == "request_too_large"
     # the router still has the route (OpenAPI, and paths the fast path does not take)
     assert "/v1/quota/check" in api("GET", "/openapi.json", key=None).json()["paths"]
 

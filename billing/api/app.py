@@ -59,7 +59,8 @@ class Services:
 
 def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
                clock: Callable[[], datetime] | None = None, context_ttl: float = 1.0,
-               key_cache_ttl: float = 5.0, extra_routers: Iterable[APIRouter] = (),
+               key_cache_ttl: float | None = None, max_request_bytes: int | None = None,
+               extra_routers: Iterable[APIRouter] = (),
                webhook_url: str | None = None, webhook_secret: str | None = None) -> FastAPI:
     """The FastAPI app over ``engine`` (default: ``BILLING_DATABASE_URL``) and ``catalog``
     (default: the plans in ``BILLING_PLANS_DIR``).
@@ -69,7 +70,11 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     outbox (budget alerts) to that URL while the app runs.
 
     ``context_ttl``: seconds a customer's plan/period/seats/credits stay cached by quota
-    decisions (usage, holds and rate windows are always read fresh); 0 disables."""
+    decisions (usage, holds and rate windows are always read fresh); 0 disables.
+
+    ``key_cache_ttl`` (default ``BILLING_KEY_CACHE_SECONDS``): seconds a looked-up API key is
+    trusted; ``max_request_bytes`` (default ``BILLING_MAX_REQUEST_BYTES``): the request-size
+    limit of every route (``billing.api.limits``)."""
     from billing.config import get_settings
 
     settings = get_settings()
@@ -118,7 +123,8 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
                               "(create keys with `billing keys create`). Errors are `{\"code\", \"message\"}`.")
     app.state.services = services
     app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
-    app.state.keys = KeyStore(engine, ttl=key_cache_ttl)
+    app.state.keys = KeyStore(engine, ttl=settings.key_cache_seconds if key_cache_ttl is None else key_cache_ttl)
+    app.max_request_bytes = settings.max_request_bytes if max_request_bytes is None else max_request_bytes
     errors.install(app)
 
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)

@@ -8,7 +8,9 @@ Every error response has a stable ``code`` (the ``ErrorCode`` values, plus
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +51,9 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.EXTERNAL: 502,
+    ErrorCode.EVENT_TOO_LARGE: 422,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.INTERNAL: 500,
 }
 
 
@@ -66,9 +71,29 @@ def error_body(code: str, message: str, details=None) -> dict:
     return body
 
 
+def json_bytes(content: Any) -> bytes:
+    """Compact JSON as UTF-8; text that UTF-8 cannot carry (a lone surrogate the client sent,
+    echoed in a message) is written as a ``\\uXXXX`` escape instead of failing the answer."""
+    try:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def error_json(code: str, message: str, details=None) -> bytes:
+    return json_bytes(error_body(code, message, details))
+
+
+class ErrorResponse(JSONResponse):
+    """A JSON response that never fails to render the client's own text back."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
 def billing_error_response(exc: BillingError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.code == ErrorCode.UNAUTHENTICATED else None
-    return JSONResponse(error_body(str(exc.code), exc.message, exc.details), status_code=status_for(exc.code),
+    return ErrorResponse(error_body(str(exc.code), exc.message, exc.details), status_code=status_for(exc.code),
                         headers=headers)
 
 
@@ -79,7 +104,7 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
         problems.append({"path": loc, "message": err.get("msg", ""), "type": err.get("type", "")})
     first = problems[0] if problems else {"path": "", "message": "invalid request"}
     message = f"{first['path']}: {first['message']}" if first["path"] else first["message"]
-    return JSONResponse(error_body(str(ErrorCode.VALIDATION), message, problems), status_code=422)
+    return ErrorResponse(error_body(str(ErrorCode.VALIDATION), message, problems), status_code=422)
 
 
 def install(app: FastAPI) -> None:
@@ -95,14 +120,14 @@ def install(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: str(ErrorCode.NOT_FOUND), 401: str(ErrorCode.UNAUTHENTICATED),
                 403: str(ErrorCode.FORBIDDEN)}.get(exc.status_code, f"http_{exc.status_code}")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+        return ErrorResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     async def _data(_request: Request, exc: Exception) -> JSONResponse:
         # the database refused a value of the request (a NUL character in an id, a number
         # out of range...): the client's input, not a server fault
         reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]  # not the SQL or its parameters
-        return JSONResponse(error_body(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}"),
+        return ErrorResponse(error_body(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}"),
                             status_code=status_for(str(ErrorCode.VALIDATION)))
 
     app.add_exception_handler(DBAPIDataError, _data)  # through SQLAlchemy
@@ -116,4 +141,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
         log.exception("unhandled error")
-        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+        return ErrorResponse(error_body(str(ErrorCode.INTERNAL), "internal error"), status_code=500)

@@ -8,7 +8,8 @@ middleware, routing and dependency layers, Starlette's Request and Response obje
 cost more than the quota decision itself. A fast handler gets the raw scope and the body
 and returns (status, JSON bytes, extra headers), sharing its logic with the route. Errors
 become the same JSON bodies as everywhere else (``billing.api.errors``); a body larger than
-``max_body`` bytes is refused with 413.
+``max_body`` bytes is refused with 413 (``request_too_large``). Every HTTP request first passes
+``billing.api.limits.guard``: the request-size limit of all routes and the last-resort 500.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from billing.api.errors import billing_error_response, error_body, validation_error_response
-from billing.errors import BillingError
+from billing.api import limits
+from billing.api.errors import ErrorResponse, billing_error_response, error_body, validation_error_response
+from billing.errors import BillingError, ErrorCode
 
 # (app, ASGI scope, request body) -> (status, JSON body, extra headers)
 Handler = Callable[[FastAPI, dict, bytes], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]]
@@ -34,19 +36,26 @@ class BillingAPI(FastAPI):
 
     fast_routes: dict[tuple[str, str], Handler] = {}
     max_body: int = 64 * 1024
+    max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES  # every route (billing.api.limits)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        handler = self.fast_routes.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        await limits.guard(self._serve, scope, receive, send, self.max_request_bytes)
+
+    async def _serve(self, scope: dict, receive: Callable, send: Callable) -> None:
+        handler = self.fast_routes.get((scope["method"], scope["path"]))
         if handler is None:
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self  # what Starlette sets: handlers reach app.state through the request
-        body = await _body(receive, self.max_body)
+        body = await limits.read_body(receive, self.max_body)
         if body is None:  # the client went away
             return
-        if body is _TOO_LARGE:
-            response: Response = JSONResponse(error_body("http_413", f"request body over {self.max_body} bytes"),
-                                              status_code=413)
+        if body is limits.TOO_LARGE:
+            response: Response = ErrorResponse(error_body(str(ErrorCode.REQUEST_TOO_LARGE),
+                                                          limits.too_large_message(self.max_body)), status_code=413)
         else:
             try:
                 status, payload, headers = await handler(self, scope, body)
@@ -56,29 +65,10 @@ class BillingAPI(FastAPI):
                 response = validation_error_response(exc)
             except Exception:  # the same last resort as the app's own handler
                 log.exception("unhandled error")
-                response = JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+                response = ErrorResponse(error_body(str(ErrorCode.INTERNAL), "internal error"), status_code=500)
             else:
                 await send({"type": "http.response.start", "status": status,
                             "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
                 await send({"type": "http.response.body", "body": payload})
                 return
         await response(scope, receive, send)
-
-
-async def _body(receive: Callable, max_body: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size <= max_body:
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks) if size <= max_body else _TOO_LARGE
-
-
-_TOO_LARGE = b"<too large>"  # a marker, compared by identity

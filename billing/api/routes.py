@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from billing.api.auth import Principal
+from billing.api.errors import json_bytes
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.models import Customer, SeatChange, Subscription
@@ -72,8 +73,11 @@ def _json(data: Any, decision: dict[str, Any] | None = None) -> Response:
     generic encoder); a deny that waiting clears carries ``Retry-After``."""
     retry = _retry_after(decision) if decision is not None else None
     headers = {"Retry-After": retry} if retry is not None else None
-    return Response(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), media_type="application/json",
-                    headers=headers)
+    try:
+        payload = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # text UTF-8 cannot carry (an event id the client sent, echoed)
+        payload = json_bytes(data)
+    return Response(payload, media_type="application/json", headers=headers)
 
 
 def _retry_after(decision: dict[str, Any]) -> str | None:
