@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 
 from billing.costs import CostBook, UnknownModel, event_cost
 from billing.errors import BillingError, ErrorCode
-from billing.events import MAX_EVENT_COST, MAX_EVENT_QUANTITY, UsageEvent, is_quantity_key
-from billing.ledger.types import EPOCH
+from billing.events import (EARLIEST_INSTANT, INSTANT_WINDOW, LATEST_INSTANT, MAX_EVENT_COST, MAX_EVENT_QUANTITY,
+                            MAX_PROPERTIES_BYTES, UsageEvent, is_quantity_key, properties_too_large)
+from billing.ledger.types import EPOCH, to_us
 
 PICO = Decimal(10) ** 12
 MAX_COST_PICO = int(MAX_EVENT_COST * PICO)
@@ -163,6 +164,29 @@ def _hour_base(prefix: str) -> int:
     return base
 
 
+EARLIEST_US, LATEST_US = to_us(EARLIEST_INSTANT), to_us(LATEST_INSTANT)
+
+
+def _window_problem(ts: int) -> Rejection | None:
+    """A timestamp outside the instants the engine takes (``billing.events.instant_problem``)."""
+    if EARLIEST_US <= ts < LATEST_US:
+        return None
+    return _reject(ErrorCode.BAD_TIMESTAMP, f"timestamp must be {INSTANT_WINDOW}")
+
+
+_SMALL_TEXT = MAX_PROPERTIES_BYTES // 4  # characters that cannot pass the limit in UTF-8
+
+
+def _size_problem(text: str) -> Rejection | None:
+    """Properties over ``MAX_PROPERTIES_BYTES`` as UTF-8 JSON (``billing.events.check_storable``)."""
+    if len(text) <= _SMALL_TEXT:
+        return None
+    size = len(text.encode())
+    if size <= MAX_PROPERTIES_BYTES:
+        return None
+    return _reject(ErrorCode.EVENT_TOO_LARGE, properties_too_large(size))
+
+
 def _parse_ts(value: Any) -> int | Rejection:
     if type(value) is str:
         ts = _z_stamp(value)
@@ -218,6 +242,9 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
     ts = _parse_ts(raw.get("timestamp"))
     if isinstance(ts, Rejection):
         return ts
+    outside = _window_problem(ts)
+    if outside:
+        return outside
     if ts > now_us + tolerance_us:
         return _reject(ErrorCode.TIMESTAMP_IN_FUTURE, "timestamp is too far in the future")
     problem = _quantity_problem(props, measured) or _task_problem(props, task_properties)
@@ -239,6 +266,9 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         text = orjson.dumps(props, default=str).decode()
     except (TypeError, orjson.JSONEncodeError):
         return _reject(ErrorCode.EVENT_INVALID, "properties are not JSON-serialisable")
+    too_large = _size_problem(text)
+    if too_large:
+        return too_large
     if "\\u0000" in text and _holds_nul(json.loads(text)):  # PostgreSQL cannot read such JSON back
         return _reject(ErrorCode.EVENT_INVALID, "properties must not contain NUL characters")
     return Prepared(customer, event_id, etype, ts, text, None if model is None else str(model)[:200], cost, props)
@@ -319,7 +349,7 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
             and "\x00" not in event_id and "\x00" not in customer):
         return None
     ts = _z_stamp(stamp)
-    if ts is None or ts > limit:
+    if ts is None or ts > limit or ts < EARLIEST_US or ts >= LATEST_US:
         return None
     keys = tuple(props)
     shape = shapes.get(keys, _MISSING)
@@ -360,6 +390,8 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
     try:
         text = orjson.dumps(props).decode()
     except (TypeError, orjson.JSONEncodeError):
+        return None
+    if len(text) > _SMALL_TEXT and _size_problem(text):  # the general rules reject it
         return None
     if "\\u0000" in text:  # maybe a NUL character: the general rules decide
         return None
