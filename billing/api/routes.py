@@ -16,6 +16,7 @@ from billing.api.auth import Principal
 from billing.api.errors import json_bytes
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
 from billing.errors import BillingError, ErrorCode
+from billing.ledger.accounts import INVOICE_STATUSES, MAX_ROW_ID
 from billing.ledger.models import Customer, SeatChange, Subscription
 
 
@@ -234,7 +235,7 @@ def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -
 @router.get("/invoices", tags=["invoices"], summary="Invoices and credit notes (newest last)")
 def list_invoices(request: Request, principal: Read,
                   customer: Annotated[str | None, Query(max_length=200)] = None,
-                  status: Annotated[str | None, Query(pattern="^(draft|finalized|paid|void)$")] = None,
+                  status: Annotated[str | None, Query(pattern=f"^({'|'.join(INVOICE_STATUSES)})$")] = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
 
@@ -253,7 +254,7 @@ def list_invoices(request: Request, principal: Read,
 
 
 @router.get("/invoices/{invoice_id}", tags=["invoices"], summary="One invoice with its lines")
-def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=2**31 - 1)],  # the id column is a 32-bit INTEGER
+def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],  # the id column is a 32-bit INTEGER
                 request: Request, principal: Read) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
 

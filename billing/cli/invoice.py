@@ -108,9 +108,11 @@ def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] =
     """One invoice or credit note with its lines."""
     from rich.table import Table
 
-    from billing.cli.context import run
+    from billing.cli.context import checked, run
     from billing.invoicing.service import invoice_json
+    from billing.ledger.accounts import check_row_id
 
+    checked(check_row_id, invoice_id, "invoice id")
     header, lines = run(lambda: _invoicing().get(invoice_id))
     doc = invoice_json(header, lines)
     if as_json:
@@ -128,9 +130,11 @@ def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] =
 
 
 def _transition(invoice_id: int, at: str | None, as_json: bool, change: str) -> None:
-    from billing.cli.context import instant, run
+    from billing.cli.context import checked, instant, run
     from billing.invoicing.service import invoice_json
+    from billing.ledger.accounts import check_row_id
 
+    checked(check_row_id, invoice_id, "invoice id")
     invoicing = _invoicing()
     when = instant(at, "--at")
     run(lambda: getattr(invoicing, change)(invoice_id, when))
@@ -163,8 +167,12 @@ def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
     """Invoices and credit notes, oldest first."""
     from rich.table import Table
 
+    from billing.cli.context import checked
     from billing.invoicing.service import _from_minor
+    from billing.ledger.accounts import check_invoice_status
 
+    if status is not None:
+        checked(check_invoice_status, status)
     rows = _invoicing().list(customer, status)
     docs = [{"id": r.id, "number": r.number, "kind": r.kind, "status": r.status, "customer": r.customer_id,
              "period_start": r.period_start.isoformat(), "period_end": r.period_end.isoformat(),

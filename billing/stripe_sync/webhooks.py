@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from billing.config import get_settings
+from billing.ledger.accounts import MAX_ROW_ID
 from billing.stripe_sync import state
 from billing.stripe_sync.sync import META_INVOICE
 
@@ -87,7 +88,7 @@ async def stripe_webhook(request: Request, engine: Engine = Depends(get_engine),
     return {"received": True, "id": data.get("id"), "type": data.get("type"), **result}
 
 
-MAX_INVOICE_ID = 2**31 - 1  # invoice.id is a 32-bit INTEGER
+MAX_INVOICE_ID = MAX_ROW_ID  # invoice.id is a 32-bit INTEGER
 
 
 def payload_problem(event) -> str | None:
