@@ -49,6 +49,8 @@ BOMBS: dict[str, tuple[bytes, int | None, str]] = {
                      "charges[0].included.pooled: must be at most"),
     "recursive_alias": ((HEAD + "x: &a [1, *a]\n").encode(), 1, "an alias refers to a node that contains it"),
     "oversized": ((HEAD + "# " + "x" * 70_000 + "\n").encode(), None, "at most 65,536 bytes"),
+    "currency": (SUPPORT.replace("currency: USD", "currency: DOL").encode(), 8,
+                 "currency: 'DOL' is not an ISO 4217 currency code"),
 }
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from billing.catalog.checks import duplicate_keys, semantic_problems
 from billing.catalog.schema import Plan
 from billing.errors import BillingError, ErrorCode
+from billing.money import CURRENCIES
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,9 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
     if plan is not None:
         for parts, msg in _number_problems(plan):
             problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
+        if plan.currency not in CURRENCIES:  # customers are checked against the same list
+            problems.append(PlanProblem(filename, "currency", f"{plan.currency!r} is not an ISO 4217 currency code",
+                                        _line_of(root, ["currency"])))
     for parts, msg in semantic_problems(data):
         problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
     for parts, msg, line in duplicate_keys(root):
