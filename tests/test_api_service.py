@@ -85,12 +85,12 @@ def test_customer_restricted_key(api):
     assert api("POST", "/v1/events", key="acme-admin", json={"events": [event(1, "globex")]}).status_code == 403
     assert api("POST", "/v1/customers/globex/seats", key="acme-admin", json={"seats": 3}).status_code == 403
     assert api("GET", "/v1/customers/globex", key="acme-admin").status_code == 403
-    # another customer's reservation cannot be committed or released
+    # another customer's reservation cannot be committed or released: to this key it does not exist
     res = api("POST", "/v1/quota/reserve", key="check", json={"customer": "globex", "meter": "requests"}).json()
     rid = res["reservation_id"]
-    assert api("POST", "/v1/quota/release", key="acme-check", json={"reservation_id": rid}).status_code == 403
-    assert api("POST", "/v1/quota/commit", key="acme-check", json={"reservation_id": rid}).status_code == 403
-    # invoices: forced to the key's customer; another's invoice is 403
+    assert api("POST", "/v1/quota/release", key="acme-check", json={"reservation_id": rid}).status_code == 404
+    assert api("POST", "/v1/quota/commit", key="acme-check", json={"reservation_id": rid}).status_code == 404
+    # invoices: forced to the key's customer; another's invoice is 404, as one that does not exist
     with api.engine.begin() as conn:
         for cid in ("acme", "globex"):
             conn.execute(Invoice.__table__.insert().values(
@@ -100,7 +100,7 @@ def test_customer_restricted_key(api):
     assert [i["customer"] for i in listed] == ["acme"]
     assert api("GET", "/v1/invoices?customer=globex", key="acme-admin").status_code == 403
     globex_id = [i["id"] for i in api("GET", "/v1/invoices").json()["invoices"] if i["customer"] == "globex"][0]
-    assert api("GET", f"/v1/invoices/{globex_id}", key="acme-admin").status_code == 403
+    assert api("GET", f"/v1/invoices/{globex_id}", key="acme-admin").status_code == 404
     assert api("GET", f"/v1/invoices/{globex_id}", key="read").json()["customer"] == "globex"
 
 

@@ -28,6 +28,7 @@ from billing.api import errors
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
 from billing.api.fastpath import BillingAPI
+from billing.api.keys import router as keys_router
 from billing.api.routes import quota_check_fast, router
 from billing.catalog import Catalog
 from billing.invoicing.service import Invoicing
@@ -129,6 +130,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
 
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
     app.include_router(router)
+    app.include_router(keys_router)
     # the hottest requests skip FastAPI's stack (same handlers, same errors)
     app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast}
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import orjson
-from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -171,12 +172,27 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
 @router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold")
 def quota_commit(body: CommitIn, request: Request, principal: Check) -> Response:
     # a key restricted to one customer may only settle that customer's holds (checked in the transaction)
-    return _json(_svc(request).quota.commit(body.reservation_id, body.event, customer=principal.customer))
+    with _foreign_reservation_unknown(principal, body.reservation_id):
+        return _json(_svc(request).quota.commit(body.reservation_id, body.event, customer=principal.customer))
 
 
 @router.post("/quota/release", tags=["quota"], summary="Return the held units now")
 def quota_release(body: ReleaseIn, request: Request, principal: Check) -> Response:
-    return _json(_svc(request).quota.release(body.reservation_id, customer=principal.customer))
+    with _foreign_reservation_unknown(principal, body.reservation_id):
+        return _json(_svc(request).quota.release(body.reservation_id, customer=principal.customer))
+
+
+@contextmanager
+def _foreign_reservation_unknown(principal: Principal, reservation_id: str):
+    """Another customer's hold is, to a key restricted to one customer, the same 404 as a
+    hold that does not exist (a 403 would tell it the id exists)."""
+    try:
+        yield
+    except BillingError as exc:
+        if principal.customer is not None and exc.code == ErrorCode.FORBIDDEN:
+            raise BillingError(f"unknown reservation {reservation_id!r}",
+                               code=ErrorCode.RESERVATION_NOT_FOUND) from None
+        raise
 
 
 # ---------------------------------------------------------------------- customers
@@ -258,9 +274,19 @@ def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],  # the id
                 request: Request, principal: Read) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
 
-    inv, lines = _svc(request).invoicing.get(invoice_id)
-    principal.require_customer(inv.customer_id)
+    try:
+        inv, lines = _svc(request).invoicing.get(invoice_id)
+    except BillingError as exc:
+        if exc.code == ErrorCode.INVOICE_NOT_FOUND:
+            raise _unknown_invoice(invoice_id) from None
+        raise
+    if principal.customer is not None and inv.customer_id != principal.customer:
+        raise _unknown_invoice(invoice_id)  # the same answer as for an id that does not exist
     return invoice_json(inv, lines)
+
+
+def _unknown_invoice(invoice_id: int) -> BillingError:
+    return BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
 
 
 # -------------------------------------------------------------------------- plans

@@ -23,9 +23,11 @@ def create(scope: Annotated[str, typer.Option(help="ingest | check | read | admi
     """Create an API key and print it (it cannot be shown again)."""
     from billing.api.auth import SCOPES, create_key
 
+    from billing.cli.context import run
+
     if scope not in SCOPES:
         fail(f"--scope must be one of: {', '.join(SCOPES)}")
-    key_id, key = create_key(engine(), scope, customer=customer, name=name)
+    key_id, key = run(lambda: create_key(engine(), scope, customer=customer, name=name))
     if as_json:
         print_json({"id": key_id, "key": key, "scope": scope, "customer": customer, "name": name})
         return
@@ -51,7 +53,7 @@ def list_(as_json: JsonOpt = False) -> None:
 
 @app.command("revoke")
 def revoke(key_id: str) -> None:
-    """Revoke a key by id (servers stop accepting it within seconds)."""
+    """Revoke a key by id (every server refuses it within BILLING_KEY_CACHE_SECONDS, 1 s)."""
     from billing.api.auth import revoke_key
 
     if not revoke_key(engine(), key_id):
