@@ -122,3 +122,25 @@ def test_good_input_still_passes_both_doors(doors):
     assert api("POST", "/v1/customers", {"id": "c3", "currency": "jpy"}).json()["currency"] == "JPY"
     assert api("POST", "/v1/customers", {"id": "c2", "currency": "EUR"}).status_code == 201  # the same customer
     assert rows()["customer"] == 3
+
+
+def test_preview_and_stripe_sync_take_the_same_rules(doors, tmp_path):
+    """`invoice preview` needs no database but checks seats and instants as the ledger's
+    commands do; `stripe sync --invoice` checks ids before anything is read."""
+    cli, _api, rows = doors
+    plan = str(PLANS_DIR / "support-chatbot.yaml")
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"id": "e1", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z", '
+                      '"properties": {"model": "claude-sonnet-4-5", "input_tokens": 10, "feature": "support-chat"}}\n')
+    base = ["invoice", "preview", "--plan", plan, "--events", str(events)]
+    for extra, words in ((["--seats", str(10**20)], "--seats: seats must be a whole number from 0 to 1,000,000"),
+                         (["--start", "0001-01-01T00:00:00+14:00", "--end", "2026-11-01T00:00:00Z"],
+                          "--start: '0001-01-01T00:00:00+14:00' must be from 2000-01-01T00:00:00Z"),
+                         (["--start", "2026-10-01T00:00:00Z", "--end", "9999-12-31T23:59:59-14:00"], "--end:")):
+        code, output = cli(*base, *extra)
+        assert code == 2 and words in " ".join(output.split()), output
+    assert cli(*base, "--seats", "3", "--json")[0] == 0
+    before = rows()
+    code, output = cli("stripe", "sync", "--invoice", str(10**20), "--dry-run")
+    assert code == 2 and "--invoice must be a whole number from 1 to 2,147,483,647" in " ".join(output.split())
+    assert rows() == before

@@ -49,6 +49,7 @@ def preview_cmd(
             BillingCycle(timezone=timezone)
         except ValueError as exc:
             raise InputError(f"--timezone: {exc}") from None
+        _check_preview_options(seats, start, end)
         chosen: Period | None = None
         if period and (start or end):
             raise InputError("use either --period or --start/--end, not both")
@@ -78,6 +79,21 @@ def preview_cmd(
     else:
         for inv in invoices:
             console.print(invoice_table(inv))
+
+
+def _check_preview_options(seats: int, start: str | None, end: str | None) -> None:
+    """The seat and instant rules of the ledger's commands (``billing.ledger.accounts``)."""
+    from billing.events import instant_problem
+    from billing.ledger.accounts import check_seats
+
+    try:
+        check_seats(seats)
+    except BillingError as exc:
+        raise InputError(f"--seats: {exc.message}") from None
+    for name, text in (("--start", start), ("--end", end)):
+        problem = instant_problem(parse_instant(text)) if text else None
+        if problem:
+            raise InputError(f"{name}: {text!r} {problem}")
 
 
 def _invoicing():
