@@ -380,3 +380,22 @@ def test_amounts_compare_in_stripes_units_of_the_currency(client, engine):
     assert post(client, event("invoice.paid", "in_isk", total=50000, currency="isk", event_id="evt_2")
                 ).json()["result"] == "changed"
     assert get(engine, invoice_id).status == "paid"
+
+
+def test_concurrent_deliveries_record_a_mismatch_once_and_pay_once(engine):
+    """Stripe delivers an event more than once, sometimes at the same moment (two servers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from billing.stripe_sync.webhooks import handle_event
+
+    invoice_id = pushed(engine)
+    wrong = json.loads(event("invoice.paid", "in_abc", total=999))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: handle_event(engine, wrong), range(8)))
+    assert {r["result"] for r in results} == {"mismatch"} and sum(r["recorded"] for r in results) == 1
+    assert len(_outbox(engine)) == 1 and get(engine, invoice_id).status == "finalized"
+    right = json.loads(event("invoice.paid", "in_abc", event_id="evt_2", paid_at=1_790_000_050))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: handle_event(engine, right), range(8)))
+    assert sorted(r["result"] for r in results) == ["changed"] + ["unchanged"] * 7
+    assert get(engine, invoice_id).status == "paid"
