@@ -255,7 +255,9 @@ def test_fuzzed_quota_bodies_never_500(api):
     {"id": 5}, {"id": ""}, {"id": "x" * 300}, {"timestamp": 3}, {"timestamp": "2026-10-10T00:00:00"},
     {"properties": "x"}, {"properties": [1]}, {"type": None}, {"type": "nope"}, {"customer": ["acme"]},
     {"customer": "globex"}, {"properties": {"input_tokens": -1}}, {"properties": {"input_tokens": "many"}},
-    {"extra_field": 1}, {"timestamp": "2999-01-01T00:00:00Z"},
+    {"extra_field": 1}, {"timestamp": "2999-01-01T00:00:00Z"}, {"timestamp": "1969-07-20T20:17:00Z"},
+    {"timestamp": "0001-01-01T00:00:00+14:00"}, {"timestamp": "9999-12-31T23:59:59-14:00"},
+    {"properties": {"note": "x" * 40_000}},
 ])
 def test_commit_with_malformed_events_is_4xx_and_keeps_the_hold(api, bad):
     rid = api("POST", "/v1/quota/reserve", json={"customer": "acme", "meter": "requests"}).json()["reservation_id"]

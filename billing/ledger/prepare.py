@@ -158,6 +158,8 @@ def _hour_base(prefix: str) -> int:
         base = ((dt - EPOCH).days * 86_400 + (dt - EPOCH).seconds) * 1_000_000 if prefix[10] == "T" else -1
     except ValueError:
         base = -1
+    if not EARLIEST_US <= base < LATEST_US:  # outside the window: the general rules reject it
+        base = -1
     if len(_HOUR_CACHE) > 100_000:
         _HOUR_CACHE.clear()
     _HOUR_CACHE[prefix] = base
@@ -349,7 +351,7 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
             and "\x00" not in event_id and "\x00" not in customer):
         return None
     ts = _z_stamp(stamp)
-    if ts is None or ts > limit or ts < EARLIEST_US or ts >= LATEST_US:
+    if ts is None or ts > limit:  # (None outside the window of instants: _hour_base)
         return None
     keys = tuple(props)
     shape = shapes.get(keys, _MISSING)
