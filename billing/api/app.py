@@ -126,6 +126,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
     app.state.keys = KeyStore(engine, ttl=settings.key_cache_seconds if key_cache_ttl is None else key_cache_ttl)
     app.max_request_bytes = settings.max_request_bytes if max_request_bytes is None else max_request_bytes
+    app.max_body = min(app.max_body, app.max_request_bytes)  # the fast path's own, smaller limit
     errors.install(app)
 
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)

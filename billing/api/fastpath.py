@@ -8,8 +8,9 @@ middleware, routing and dependency layers, Starlette's Request and Response obje
 cost more than the quota decision itself. A fast handler gets the raw scope and the body
 and returns (status, JSON bytes, extra headers), sharing its logic with the route. Errors
 become the same JSON bodies as everywhere else (``billing.api.errors``); a body larger than
-``max_body`` bytes is refused with 413 (``request_too_large``). Every HTTP request first passes
-``billing.api.limits.guard``: the request-size limit of all routes and the last-resort 500.
+``max_body`` bytes is refused with 413 (``request_too_large``), as soon as its Content-Length
+says so. Every other request passes ``billing.api.limits.guard`` first: the request-size
+limit of all routes and the last-resort 500.
 """
 
 from __future__ import annotations
@@ -42,33 +43,33 @@ class BillingAPI(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        await limits.guard(self._serve, scope, receive, send, self.max_request_bytes)
-
-    async def _serve(self, scope: dict, receive: Callable, send: Callable) -> None:
         handler = self.fast_routes.get((scope["method"], scope["path"]))
-        if handler is None:
-            await super().__call__(scope, receive, send)
+        if handler is None:  # FastAPI's stack, behind the size limit and the last resort
+            await limits.guard(super().__call__, scope, receive, send, self.max_request_bytes)
+            return
+        # a fast route answers every error itself; it reads at most max_body bytes
+        if limits.declared_over(scope, self.max_body):
+            await limits.refuse(send, self.max_body)
             return
         scope["app"] = self  # what Starlette sets: handlers reach app.state through the request
         body = await limits.read_body(receive, self.max_body)
         if body is None:  # the client went away
             return
         if body is limits.TOO_LARGE:
-            response: Response = ErrorResponse(error_body(str(ErrorCode.REQUEST_TOO_LARGE),
-                                                          limits.too_large_message(self.max_body)), status_code=413)
+            await limits.refuse(send, self.max_body)
+            return
+        try:
+            status, payload, headers = await handler(self, scope, body)
+        except BillingError as exc:
+            response: Response = billing_error_response(exc)
+        except RequestValidationError as exc:
+            response = validation_error_response(exc)
+        except Exception:  # the same last resort as the app's own handler
+            log.exception("unhandled error")
+            response = ErrorResponse(error_body(str(ErrorCode.INTERNAL), "internal error"), status_code=500)
         else:
-            try:
-                status, payload, headers = await handler(self, scope, body)
-            except BillingError as exc:
-                response = billing_error_response(exc)
-            except RequestValidationError as exc:
-                response = validation_error_response(exc)
-            except Exception:  # the same last resort as the app's own handler
-                log.exception("unhandled error")
-                response = ErrorResponse(error_body(str(ErrorCode.INTERNAL), "internal error"), status_code=500)
-            else:
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
-                await send({"type": "http.response.body", "body": payload})
-                return
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
+            await send({"type": "http.response.body", "body": payload})
+            return
         await response(scope, receive, send)

@@ -1,7 +1,9 @@
 """The outermost ASGI layer of the API: bounded request bodies and a last-resort answer.
 
-``guard`` runs in front of everything (``billing.api.fastpath.BillingAPI`` calls it first,
-so the raw fast path, FastAPI's routes and the optional routers all sit behind it):
+``billing.api.fastpath.BillingAPI`` calls ``guard`` in front of FastAPI's whole stack (every
+route, the optional routers too). Its two fast routes get the same size rule more cheaply
+(``declared_over`` + ``read_body`` at their own 64 KiB limit, ``refuse``) and answer their
+own errors, so they skip the last resort's bookkeeping (about 0.5 us a request).
 
 - **Size.** A request body over ``max_bytes`` (``BILLING_MAX_REQUEST_BYTES``, 5 MiB by
   default) is answered ``413 {"code": "request_too_large"}`` before any of it is parsed and
@@ -38,18 +40,26 @@ def too_large_message(max_bytes: int) -> str:
     return f"the request body is over the limit of {max_bytes:,} bytes"
 
 
+def declared_over(scope: dict, max_bytes: int) -> bool:
+    """Whether the request's Content-Length is over ``max_bytes`` (then ``refuse`` it)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) > max_bytes
+    return False
+
+
 async def guard(app: ASGIApp, scope: dict, receive: Callable, send: Callable, max_bytes: int) -> None:
     """Serve one HTTP request through ``app`` with the size limit and the last resort."""
     declared, chunked = _framing(scope["headers"])
     if declared is not None and declared > max_bytes:
-        await _refuse(send, max_bytes)
+        await refuse(send, max_bytes)
         return
     if chunked and declared is None:  # no length given: read it all (at most max_bytes) first
         body = await read_body(receive, max_bytes)
         if body is None:  # the client went away
             return
         if body is TOO_LARGE:
-            await _refuse(send, max_bytes)
+            await refuse(send, max_bytes)
             return
         receive = _replay(body, receive)
     state = _NOT_STARTED
@@ -119,7 +129,8 @@ def _replay(body: bytes, receive: Callable) -> Callable:
     return replay
 
 
-async def _refuse(send: Callable, max_bytes: int) -> None:
+async def refuse(send: Callable, max_bytes: int) -> None:
+    """413 ``request_too_large``, closing the connection (the rest of the body is not read)."""
     body = error_json(str(ErrorCode.REQUEST_TOO_LARGE), too_large_message(max_bytes))
     await _answer(send, 413, body, close=True)
 
