@@ -5,7 +5,7 @@ the valid traffic keeps getting its answers.
 
 The server is uvicorn (httptools, as `billing serve`) in a thread of the test process, on a
 fresh PostgreSQL database (skipped without ``BILLING_TEST_POSTGRES_URL``, failed when
-``BILLING_REQUIRE_POSTGRES=1``). Bounded to 12 examples per operation.
+``BILLING_REQUIRE_POSTGRES=1``). Bounded to 8 examples per operation.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def live():
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_fuzzed_requests_under_load_never_answer_5xx(case, live):
     base, admin, load = live
     response = case.call(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
