@@ -39,6 +39,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     # stripe
     INVALID_SIGNATURE = "invalid_signature"
+    INVALID_PAYLOAD = "invalid_payload"
+    WEBHOOK_NOT_CONFIGURED = "webhook_not_configured"
     # requests
     REQUEST_TOO_LARGE = "request_too_large"
     # generic

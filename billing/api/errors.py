@@ -54,6 +54,9 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.EVENT_TOO_LARGE: 422,
     ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.INVALID_SIGNATURE: 400,
+    ErrorCode.INVALID_PAYLOAD: 400,
+    ErrorCode.WEBHOOK_NOT_CONFIGURED: 503,
 }
 
 
