@@ -90,6 +90,15 @@ def revoke_key(engine: Engine, key_id: str, now: datetime | None = None) -> bool
                             .values(revoked_at=to_us(now or datetime.now(UTC)))).rowcount == 1
 
 
+def is_revoked(engine: Engine, key_id: str) -> bool:
+    """Whether a key with this id exists and is revoked."""
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        return False
+    with engine.connect() as conn:
+        return conn.execute(select(_table.c.id).where(_table.c.id == key_id,
+                                                      _table.c.revoked_at.is_not(None))).first() is not None
+
+
 class KeyStore:
     """Looks keys up by hash, caching hits for ``ttl`` seconds: a key revoked elsewhere is
     refused within ``ttl``; one revoked through ``revoke`` at once."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
-from billing.api.auth import Principal, list_keys
+from billing.api.auth import Principal, is_revoked, list_keys
 from billing.api.routes import Admin
 from billing.errors import BillingError, ErrorCode
 
@@ -40,10 +40,11 @@ def get_keys(request: Request, principal: Admin) -> dict[str, Any]:
                      for r in rows]}
 
 
-@router.delete("/{key_id}", summary="Revoke a key: refused here at once, by other servers within the key cache time")
+@router.delete("/{key_id}", summary="Revoke a key (idempotent): refused here at once, elsewhere within the key cache time")
 def revoke(key_id: Annotated[str, Path(max_length=40)], request: Request, principal: Admin) -> dict[str, Any]:
     _unrestricted(principal)
     services = request.app.state.services
-    if not request.app.state.keys.revoke(key_id, services.clock()):
-        raise BillingError(f"no active key {key_id!r}", code=ErrorCode.NOT_FOUND)
+    # a retry (the first answer lost) gets the same answer: the key is revoked
+    if not request.app.state.keys.revoke(key_id, services.clock()) and not is_revoked(services.engine, key_id):
+        raise BillingError(f"no key {key_id!r}", code=ErrorCode.NOT_FOUND)
     return {"id": key_id, "revoked": True}
