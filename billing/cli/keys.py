@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from billing.cli.context import engine, fail
+from billing.cli.context import engine, fail, run
 from billing.cli.render import console, print_json
 
 app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
@@ -22,8 +22,6 @@ def create(scope: Annotated[str, typer.Option(help="ingest | check | read | admi
            as_json: JsonOpt = False) -> None:
     """Create an API key and print it (it cannot be shown again)."""
     from billing.api.auth import SCOPES, create_key
-
-    from billing.cli.context import run
 
     if scope not in SCOPES:
         fail(f"--scope must be one of: {', '.join(SCOPES)}")
