@@ -116,6 +116,7 @@ def test_four_100mb_uploads_leave_the_server_memory_bounded(tmp_path):
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda u: _upload(port, *u), uploads))
         peak = peak_rss_kib(proc.pid)
+        print(f"billing serve resident memory: {before // 1024} MiB before, peak {peak // 1024} MiB")  # pytest -s
         assert proc.poll() is None
         assert [status for status, _ in results] == [413] * 4, results
         # the server stopped taking bytes soon after the limit (socket buffers hold a few MB)
