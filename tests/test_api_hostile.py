@@ -121,6 +121,10 @@ def test_hostile_path_and_query_parameters_never_answer_5xx(client):
         for value in PATH_VALUES:
             for method in ("GET", "DELETE") if template.startswith("/v1/keys") else ("GET",):
                 _assert_4xx(test_client.request(method, template.replace("{x}", value)), (template, value))
+    for name in ("as_of", "period", "whale_margin", "by"):
+        for value in [*HOSTILE_INSTANTS, *PATH_VALUES, "9999-12", "0001-01", "1e999999", "NaN"]:
+            r = test_client.get("/reports/margins", params={name: value, "format": "json"})
+            _assert_4xx(r, ("/reports/margins", name, value))
     for value in PATH_VALUES:
         for suffix in ("seats", "subscriptions"):
             r = test_client.post(f"/v1/customers/{value}/{suffix}", json={"seats": 1, "plan": "blocky"})
