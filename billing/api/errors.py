@@ -1,9 +1,11 @@
 """Domain error codes -> HTTP statuses, and the JSON error body ``{"code", "message"}``.
 
 Every error response has a stable ``code`` (the ``ErrorCode`` values, plus
-``http_<status>`` for routing errors and ``internal_error``). Malformed input is always a
-4xx: request validation errors (bad JSON, wrong types, missing fields) are 422
-``validation_error`` with the problems in ``details``.
+``http_<status>`` for routing errors such as 405). Malformed input is always a 4xx: request
+validation errors (bad JSON, wrong types, missing fields) are 422 ``validation_error`` with
+the problems in ``details``; a body over the size limit is 413 ``request_too_large``
+(``billing.api.limits``). Bodies are rendered so that text the client sent, echoed back, can
+never fail the answer (``json_bytes``).
 """
 
 from __future__ import annotations
