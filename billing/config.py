@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     # cost data files layered over the shipped cost book: a directory of *.yaml files, or
     # files separated by os.pathsep or commas (billing.ledger.cost_prices)
     costs: str | None = None
+    # the API refuses request bodies over this many bytes (413), on every route, before
+    # parsing or authentication
+    max_request_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # how long an API server trusts a key it looked up; a key revoked elsewhere (the CLI,
+    # another server) stops working within this time, at once on the server that revoked it
+    key_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     EVENT_CONFLICT = "event_conflict"
+    EVENT_TOO_LARGE = "event_too_large"
     # customers / subscriptions / invoices
     CUSTOMER_EXISTS = "customer_exists"
     CUSTOMER_NOT_FOUND = "customer_not_found"
@@ -43,12 +44,17 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    INVALID_PAYLOAD = "invalid_payload"
+    WEBHOOK_NOT_CONFIGURED = "webhook_not_configured"
+    # requests
+    REQUEST_TOO_LARGE = "request_too_large"
     # generic
     VALIDATION = "validation_error"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     EXTERNAL = "external_service_error"
     UNAVAILABLE = "service_unavailable"  # the database is busy or unreachable: retry later
+    INTERNAL = "internal_error"
 
 
 class BillingError(Exception):

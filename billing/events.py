@@ -49,6 +49,24 @@ def tokens_of(props: dict) -> int:
 # provider cost of one event ($1,000,000; picodollars up to 10^18).
 MAX_EVENT_QUANTITY = 10**12
 MAX_EVENT_COST = Decimal(10**6)
+# An event's properties, serialized as JSON, are at most this many bytes (32 KiB: a usage
+# record, not a payload store); more is the event's rejection with ``event_too_large``.
+MAX_PROPERTIES_BYTES = 32 * 1024
+
+# The instants the engine takes (event timestamps, subscription changes): from 2000-01-01
+# until before 2100-01-01, UTC. Outside is a typo or an attack (a 1969 event could never be
+# billed; year 1 or 9999 with a +14:00 offset overflows date arithmetic): ``bad_timestamp``.
+EARLIEST_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2100, 1, 1, tzinfo=UTC)
+INSTANT_WINDOW = "from 2000-01-01T00:00:00Z until before 2100-01-01T00:00:00Z"
+
+
+def instant_problem(value: datetime) -> str | None:
+    """Why an aware instant is outside the window, or None (comparing aware instants never
+    overflows, converting them may)."""
+    if EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        return None
+    return f"must be {INSTANT_WINDOW}"
 
 
 def is_quantity_key(key: str) -> bool:
@@ -104,6 +122,9 @@ class UsageEvent(BaseModel):
     def _aware_utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("timestamp must include a timezone (e.g. 2026-10-03T12:00:00Z)")
+        problem = instant_problem(value)
+        if problem:
+            raise ValueError(f"timestamp {value.isoformat()} {problem}")
         return value.astimezone(UTC)
 
     def number(self, key: str, default: Decimal | None = None) -> Decimal | None:
@@ -167,11 +188,17 @@ def parse_event(data: Any, measured: frozenset[str] = frozenset()) -> UsageEvent
 def check_storable(properties: dict) -> None:
     """Raise EventError unless the properties can be stored as JSON unchanged: text must be
     valid Unicode (no lone surrogates) and integers fit 64 bits (what orjson, the ledger's
-    serializer, accepts)."""
+    serializer, accepts), in at most ``MAX_PROPERTIES_BYTES``."""
     import orjson
 
     try:
-        orjson.dumps(properties, default=str)
+        text = orjson.dumps(properties, default=str)
     except (TypeError, orjson.JSONEncodeError):
         raise EventError("properties are not JSON-serialisable (invalid text or an integer over 64 bits)",
                          code=ErrorCode.EVENT_INVALID) from None
+    if len(text) > MAX_PROPERTIES_BYTES:
+        raise EventError(properties_too_large(len(text)), code=ErrorCode.EVENT_TOO_LARGE)
+
+
+def properties_too_large(size: int) -> str:
+    return f"properties are {size:,} bytes as JSON; at most {MAX_PROPERTIES_BYTES:,} per event"

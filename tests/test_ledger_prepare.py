@@ -114,10 +114,22 @@ def mangled_timestamps(draw) -> str:
     return text[:pos] + text[pos + 1:]
 
 
+# outside the window of instants the engine takes (2000-01-01 until before 2100-01-01, UTC):
+# pre-epoch events were accepted and never billed; year 1 or 9999 with an extreme offset
+# overflowed date arithmetic
+EXTREME_TIMESTAMPS = ["0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00",
+                      "9999-12-31T23:59:59Z", "1969-07-20T20:17:00Z", "1969-12-31T23:59:59.999999+00:00",
+                      "1970-01-01T00:00:00Z", "1999-12-31T23:59:59Z", "2000-01-01T13:59:59+14:00",
+                      "2100-01-01T00:00:00Z", "2099-12-31T23:00:00-14:00"]
+EDGE_TIMESTAMPS = ["2000-01-01T00:00:00Z", "1999-12-31T10:00:00-14:00", "2000-01-01T14:00:00+14:00",
+                   "2099-12-31T23:59:59Z"]  # in it (the last one in the future of NOW)
+
 any_timestamps = st.one_of(
     good_timestamps, mangled_timestamps(),
     st.builds(lambda d: d.replace(tzinfo=None).isoformat(), instants),  # no timezone
     st.sampled_from(["yesterday", "", "2026-10-03", "2026-02-30T00:00:00Z", "2026-10-03T12:00:00+25:00"]),
+    st.sampled_from(EXTREME_TIMESTAMPS + EDGE_TIMESTAMPS),
+    st.datetimes(datetime(1, 1, 1), datetime(9999, 12, 31), timezones=offsets).map(lambda d: d.isoformat()),
 )
 
 quantities = st.one_of(
@@ -149,7 +161,14 @@ def properties(draw) -> dict:
     for key in draw(st.lists(st.sampled_from(["feature", "outcome", "outcome_id", "user", "task"]),
                              max_size=3, unique=True)):
         props[key] = draw(plain_values)
+    if draw(st.integers(0, 15)) == 0:
+        props["note"] = draw(large_text)
     return props
+
+
+# around MAX_PROPERTIES_BYTES (32 KiB of JSON), in one- and two-byte UTF-8 characters
+large_text = st.one_of(st.integers(32_600, 32_800).map(lambda n: "x" * n),
+                       st.integers(16_300, 16_400).map(lambda n: "\u00e9" * n))
 
 
 @st.composite
@@ -192,7 +211,7 @@ def single_fault_events(draw) -> dict:
            "properties": props}
     fault = draw(st.sampled_from(["none", "none", "type", "timestamp", "mangled", "future", "negative", "non_numeric",
                                   "model", "no_model", "id", "extra", "properties", "token_text", "token_float",
-                                  "cost", "cost_bad"]))
+                                  "cost", "cost_bad", "extreme", "large"]))
     token = draw(st.sampled_from(sorted(k for k in props if k.endswith("_tokens"))))
     if fault == "type":
         raw["type"] = "bogus.type"
@@ -224,6 +243,10 @@ def single_fault_events(draw) -> dict:
         props["cost"] = draw(st.sampled_from(["0.0123", "1", 2, 0.25]))
     elif fault == "cost_bad":
         props["cost"] = draw(st.sampled_from(["-1", "abc", True]))
+    elif fault == "extreme":
+        raw["timestamp"] = draw(st.sampled_from(EXTREME_TIMESTAMPS))
+    elif fault == "large":
+        props["note"] = draw(large_text)
     return raw
 
 
@@ -288,6 +311,14 @@ def test_any_event_gets_the_same_decision(raw):
       "properties": {"model": "claude-opus-4-1", "output_tokens": 10**12}}, "quantity_too_large"),  # $75M
     ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
       "properties": {"cost": "1000000.000001"}}, "quantity_too_large"),
+    *[({"id": "a", "customer": "acme", "type": "request", "timestamp": stamp}, "bad_timestamp")
+      for stamp in EXTREME_TIMESTAMPS],
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": datetime(1, 1, 1, tzinfo=timezone(
+        timedelta(hours=14)))}, "bad_timestamp"),
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"note": "x" * 32_800}}, "event_too_large"),
+    ({"id": "a", "customer": "acme", "type": "request", "timestamp": "2026-10-03T12:00:00Z",
+      "properties": {"note": "\u00e9" * 16_400}}, "event_too_large"),  # 32,800 bytes in 16,400 characters
 ])
 def test_reason_codes(raw, code):
     got = fast(raw)
@@ -339,6 +370,17 @@ def test_reprice_fills_in_the_cost_once_the_book_knows_the_model():
     assert reprice(got, Pricer(BOOK.merged(CostBook([later])))).unpriced  # not in force yet on the 3rd
     dear = ModelPrice(**{**price.model_dump(), "input": "10000000000"})  # $10,000 a token: over $1M
     assert "exceeds" in reprice(got, Pricer(BOOK.merged(CostBook([dear])))).unpriced
+
+
+def test_the_window_and_size_limits_are_inclusive_where_documented():
+    """2000-01-01T00:00:00Z is the first instant taken; properties of exactly 32 KiB pass."""
+    first = {"id": "a", "customer": "acme", "type": "request", "timestamp": "2000-01-01T00:00:00Z"}
+    assert isinstance(fast(first), Prepared) and reference(first)[0] == "accepted"
+    note = "x" * (32 * 1024 - len('{"note":""}'))
+    full = {**first, "timestamp": "2026-10-03T12:00:00Z", "properties": {"note": note}}
+    assert isinstance(fast(full), Prepared) and reference(full)[0] == "accepted"
+    assert fast({**full, "properties": {"note": note + "x"}}).code == ErrorCode.EVENT_TOO_LARGE
+    assert batch([first, full]) == [fast(first), fast(full)]
 
 
 def test_cost_is_exact_picodollars():

@@ -41,19 +41,19 @@ def client(engine):
 
 
 def event(kind: str, stripe_id: str, *, metadata: dict | None = None, event_id: str = "evt_1",
-          created: int = 1_790_000_000, paid_at: int | None = None) -> str:
+          created: int = 1_790_000_000, paid_at: int | None = None, total: int = 1234, currency: str = "usd") -> str:
     """A Stripe event in the shape Stripe sends (abridged recorded payload)."""
     return json.dumps({
         "id": event_id, "object": "event", "api_version": "2026-10-28.endive", "created": created,
         "livemode": False, "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
         "type": kind,
         "data": {"object": {
-            "id": stripe_id, "object": "invoice", "amount_due": 1234, "amount_paid": 1234 if paid_at else 0,
-            "currency": "usd", "customer": "cus_123", "metadata": metadata or {},
+            "id": stripe_id, "object": "invoice", "amount_due": total, "amount_paid": total if paid_at else 0,
+            "currency": currency, "customer": "cus_123", "metadata": metadata or {},
             "status": "paid" if paid_at else "open",
             "status_transitions": {"finalized_at": created - 100, "paid_at": paid_at, "voided_at": None,
                                    "marked_uncollectible_at": None},
-            "total": 1234}},
+            "total": total}},
     })
 
 
@@ -88,7 +88,7 @@ def test_paid_marks_invoice_paid(client, engine, kind):
 
 def test_found_by_metadata_before_the_sync_stored_the_id(client, engine):
     invoice_id = add_invoice(engine, "acme", [500])
-    r = post(client, event("invoice.paid", "in_new", metadata={"billing_invoice_id": str(invoice_id)}))
+    r = post(client, event("invoice.paid", "in_new", metadata={"billing_invoice_id": str(invoice_id)}, total=500))
     assert r.json()["invoice_id"] == invoice_id
     assert get(engine, invoice_id).status == "paid"
 
@@ -147,7 +147,8 @@ def test_odd_but_well_formed_values_are_ignored_not_500(client, engine):
     for meta in ("99999999999999999999", "-1", "1e5", " 1", str(invoice_id) + ".0"):
         r = post(client, event("invoice.paid", "in_new", metadata={"billing_invoice_id": meta}))
         assert r.status_code == 200 and r.json()["result"] == "ignored", (meta, r.text)
-    payload = json.loads(event("invoice.paid", "in_new", metadata={"billing_invoice_id": str(invoice_id)}))
+    payload = json.loads(event("invoice.paid", "in_new", metadata={"billing_invoice_id": str(invoice_id)},
+                               total=500))
     payload["created"] = "yesterday"
     payload["data"]["object"]["status_transitions"]["paid_at"] = 10**30
     r = post(client, json.dumps(payload))
@@ -334,3 +335,67 @@ def test_payment_failed_webhook_makes_quota_deny_after_the_plans_dunning_days(en
         assert check(failed_at + timedelta(days=22))[0] == "allow"
         with Session(engine) as s:
             assert [i.status for i in s.exec(select(Invoice)).all()] == ["paid"]
+
+
+# ------------------------------------------------ amount and currency against the invoice
+
+def _outbox(engine) -> list[dict]:
+    from billing.ledger.outbox import Outbox
+
+    return [r for r in Outbox(engine).rows() if r["type"] == "invoice.payment_mismatch"]
+
+
+@pytest.mark.parametrize("total, currency", [(1233, "usd"), (1235, "usd"), (1234, "eur"), (123400, "usd"),
+                                             (None, "usd"), (1234, None), ("1234", "usd"), (True, "usd")])
+def test_a_payment_of_another_amount_or_currency_is_recorded_not_marked_paid(client, engine, total, currency):
+    invoice_id = pushed(engine)  # 12.34 USD
+    payload = json.loads(event("invoice.paid", "in_abc", paid_at=1_790_000_050))
+    obj = payload["data"]["object"]
+    for key, value in (("total", total), ("currency", currency)):
+        if value is None:
+            del obj[key]
+        else:
+            obj[key] = value
+    for attempt in range(2):  # Stripe retries, replays: still one record, still not paid
+        r = post(client, json.dumps(payload))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["result"] == "mismatch" and body["changed"] is False and body["status"] == "finalized"
+        assert "not marked paid" in body["note"] and body["recorded"] is (attempt == 0)
+        assert get(engine, invoice_id).status == "finalized" and get(engine, invoice_id).paid_at is None
+    [row] = _outbox(engine)
+    details = json.loads(row["payload"])
+    assert (details["invoice_id"], details["expected_total"], details["expected_currency"]) == (invoice_id, 1234, "usd")
+    assert details["stripe_invoice_id"] == "in_abc" and row["customer_id"] == "acme"
+    # the right figures mark it paid
+    assert post(client, event("invoice.paid", "in_abc", event_id="evt_2", paid_at=1_790_000_060)).json()["result"] \
+        == "changed"
+    assert get(engine, invoice_id).status == "paid"
+
+
+def test_amounts_compare_in_stripes_units_of_the_currency(client, engine):
+    """ISK is zero-decimal for us and two-decimal in Stripe's API: 500 kr is Stripe's 50000."""
+    invoice_id = add_invoice(engine, "acme", [500], currency="ISK", stripe_invoice_id="in_isk")
+    assert post(client, event("invoice.paid", "in_isk", total=500, currency="isk")).json()["result"] == "mismatch"
+    assert post(client, event("invoice.paid", "in_isk", total=50000, currency="isk", event_id="evt_2")
+                ).json()["result"] == "changed"
+    assert get(engine, invoice_id).status == "paid"
+
+
+def test_concurrent_deliveries_record_a_mismatch_once_and_pay_once(engine):
+    """Stripe delivers an event more than once, sometimes at the same moment (two servers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from billing.stripe_sync.webhooks import handle_event
+
+    invoice_id = pushed(engine)
+    wrong = json.loads(event("invoice.paid", "in_abc", total=999))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: handle_event(engine, wrong), range(8)))
+    assert {r["result"] for r in results} == {"mismatch"} and sum(r["recorded"] for r in results) == 1
+    assert len(_outbox(engine)) == 1 and get(engine, invoice_id).status == "finalized"
+    right = json.loads(event("invoice.paid", "in_abc", event_id="evt_2", paid_at=1_790_000_050))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: handle_event(engine, right), range(8)))
+    assert sorted(r["result"] for r in results) == ["changed"] + ["unchanged"] * 7
+    assert get(engine, invoice_id).status == "paid"

@@ -28,8 +28,9 @@ from billing.api import errors, events_read, idempotency
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
 from billing.api.fastpath import BillingAPI
-from billing.api.metering import router as metering_router
+from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
+from billing.api.metering import router as metering_router
 from billing.api.metrics import router as metrics_router
 from billing.api.routes import quota_check_fast, router
 from billing.catalog import Catalog
@@ -62,7 +63,8 @@ class Services:
 
 def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
                clock: Callable[[], datetime] | None = None, context_ttl: float = 1.0,
-               key_cache_ttl: float = 5.0, extra_routers: Iterable[APIRouter] = (),
+               key_cache_ttl: float | None = None, max_request_bytes: int | None = None,
+               extra_routers: Iterable[APIRouter] = (),
                webhook_url: str | None = None, webhook_secret: str | None = None) -> FastAPI:
     """The FastAPI app over ``engine`` (default: ``BILLING_DATABASE_URL``) and ``catalog``
     (default: the plans in ``BILLING_PLANS_DIR``).
@@ -72,7 +74,11 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     outbox (budget alerts) to that URL while the app runs.
 
     ``context_ttl``: seconds a customer's plan/period/seats/credits stay cached by quota
-    decisions (usage, holds and rate windows are always read fresh); 0 disables."""
+    decisions (usage, holds and rate windows are always read fresh); 0 disables.
+
+    ``key_cache_ttl`` (default ``BILLING_KEY_CACHE_SECONDS``): seconds a looked-up API key is
+    trusted; ``max_request_bytes`` (default ``BILLING_MAX_REQUEST_BYTES``): the request-size
+    limit of every route (``billing.api.limits``)."""
     from billing.config import get_settings
 
     settings = get_settings()
@@ -121,7 +127,9 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
                               "(create keys with `billing keys create`). Errors are `{\"code\", \"message\"}`.")
     app.state.services = services
     app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
-    app.state.keys = KeyStore(engine, ttl=key_cache_ttl)
+    app.state.keys = KeyStore(engine, ttl=settings.key_cache_seconds if key_cache_ttl is None else key_cache_ttl)
+    app.max_request_bytes = settings.max_request_bytes if max_request_bytes is None else max_request_bytes
+    app.max_body = min(app.max_body, app.max_request_bytes)  # the fast path's own, smaller limit
     errors.install(app)
 
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
@@ -129,6 +137,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(metering_router)  # GET /v1/customers/{id}/metering (billing.api.metering)
     app.include_router(events_read.router)
     app.include_router(metrics_router)
+    app.include_router(keys_router)
     # the hottest requests skip FastAPI's stack (same handlers, same errors)
     app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast}
     # in front of every route, the fast path too: JSON bodies only, then Idempotency-Key records

@@ -8,10 +8,12 @@ middleware, routing and dependency layers, Starlette's Request and Response obje
 cost more than the quota decision itself. A fast handler gets the raw scope and the body
 and returns (status, JSON bytes, extra headers), sharing its logic with the route. Errors
 become the same JSON bodies as everywhere else (``billing.api.errors``); a body larger than
-``max_body`` bytes is refused with 413.
+``max_body`` bytes is refused with 413 (``request_too_large``), as soon as its Content-Length
+says so. Every other request passes ``billing.api.limits.guard`` first: the request-size
+limit of all routes and the last-resort 500.
 
 ``add_layer`` puts an ASGI layer in front of everything the app serves, the fast path
-included (the ``Idempotency-Key`` records, the JSON media type rule).
+included, inside the size limit (the ``Idempotency-Key`` records, the JSON media type rule).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from billing.api.errors import billing_error_response, error_body, unavailable_response, validation_error_response
-from billing.errors import BillingError
+from billing.api import limits
+from billing.api.errors import (
+    ErrorResponse, billing_error_response, error_body, unavailable_response, validation_error_response)
+from billing.errors import BillingError, ErrorCode
 
 # (app, ASGI scope, request body) -> (status, JSON body, extra headers)
 Handler = Callable[[FastAPI, dict, bytes], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]]
@@ -37,46 +41,58 @@ class BillingAPI(FastAPI):
 
     fast_routes: dict[tuple[str, str], Handler] = {}
     max_body: int = 64 * 1024
+    max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES  # every route (billing.api.limits)
     _entry: Callable | None = None  # the layers around _dispatch (add_layer)
 
     def add_layer(self, layer: Callable[[Callable], Callable]) -> None:
         """Wrap everything this app serves (the fast path too) in ``layer(inner ASGI app)``;
-        the layer added last is the outermost."""
+        the layer added last is the outermost, inside the size limit."""
         self._entry = layer(self._entry or self._dispatch)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        await (self._entry or self._dispatch)(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        inner = self._entry or self._dispatch
+        if (scope["method"], scope["path"]) not in self.fast_routes:
+            # FastAPI's stack, behind the size limit and the last resort
+            await limits.guard(inner, scope, receive, send, self.max_request_bytes)
+            return
+        # a fast route answers every error itself; it reads at most max_body bytes
+        if limits.declared_over(scope, self.max_body):
+            await limits.refuse(send, self.max_body)
+            return
+        await inner(scope, receive, send)
 
     async def _dispatch(self, scope: dict, receive: Callable, send: Callable) -> None:
-        handler = self.fast_routes.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
+        handler = self.fast_routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
         if handler is None:
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self  # what Starlette sets: handlers reach app.state through the request
-        body = await _body(receive, self.max_body)
+        body = await limits.read_body(receive, self.max_body)
         if body is None:  # the client went away
             return
-        if body is _TOO_LARGE:
-            response: Response = JSONResponse(error_body("http_413", f"request body over {self.max_body} bytes"),
-                                              status_code=413)
-        else:
-            try:
-                status, payload, headers = await handler(self, scope, body)
-            except BillingError as exc:
-                response = billing_error_response(exc)
-            except RequestValidationError as exc:
-                response = validation_error_response(exc)
-            except Exception as exc:  # the same last resorts as the app's own handlers
-                if _unavailable(exc):
-                    response = unavailable_response(exc)
-                else:
-                    log.exception("unhandled error")
-                    response = JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+        if body is limits.TOO_LARGE:
+            await limits.refuse(send, self.max_body)
+            return
+        try:
+            status, payload, headers = await handler(self, scope, body)
+        except BillingError as exc:
+            response: Response = billing_error_response(exc)
+        except RequestValidationError as exc:
+            response = validation_error_response(exc)
+        except Exception as exc:  # the same last resorts as the app's own handlers
+            if _unavailable(exc):
+                response = unavailable_response(exc)
             else:
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
-                await send({"type": "http.response.body", "body": payload})
-                return
+                log.exception("unhandled error")
+                response = ErrorResponse(error_body(str(ErrorCode.INTERNAL), "internal error"), status_code=500)
+        else:
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
+            await send({"type": "http.response.body", "body": payload})
+            return
         await response(scope, receive, send)
 
 
@@ -93,22 +109,3 @@ def _unavailable(exc: Exception) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, psycopg.OperationalError)
-
-
-async def _body(receive: Callable, max_body: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size <= max_body:
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks) if size <= max_body else _TOO_LARGE
-
-
-_TOO_LARGE = b"<too large>"  # a marker, compared by identity

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import orjson
-from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +14,10 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from billing.api.auth import Principal
+from billing.api.errors import json_bytes
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
 from billing.errors import BillingError, ErrorCode
+from billing.ledger.accounts import INVOICE_STATUSES, MAX_ROW_ID
 from billing.ledger.models import Customer, SeatChange, Subscription
 
 
@@ -72,8 +75,11 @@ def _json(data: Any, decision: dict[str, Any] | None = None) -> Response:
     generic encoder); a deny that waiting clears carries ``Retry-After``."""
     retry = _retry_after(decision) if decision is not None else None
     headers = {"Retry-After": retry} if retry is not None else None
-    return Response(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), media_type="application/json",
-                    headers=headers)
+    try:
+        payload = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # text UTF-8 cannot carry (an event id the client sent, echoed)
+        payload = json_bytes(data)
+    return Response(payload, media_type="application/json", headers=headers)
 
 
 def _retry_after(decision: dict[str, Any]) -> str | None:
@@ -163,12 +169,27 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
 @router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold")
 def quota_commit(body: CommitIn, request: Request, principal: Check) -> Response:
     # a key restricted to one customer may only settle that customer's holds (checked in the transaction)
-    return _json(_svc(request).quota.commit(body.reservation_id, body.event, customer=principal.customer))
+    with _foreign_reservation_unknown(principal, body.reservation_id):
+        return _json(_svc(request).quota.commit(body.reservation_id, body.event, customer=principal.customer))
 
 
 @router.post("/quota/release", tags=["quota"], summary="Return the held units now")
 def quota_release(body: ReleaseIn, request: Request, principal: Check) -> Response:
-    return _json(_svc(request).quota.release(body.reservation_id, customer=principal.customer))
+    with _foreign_reservation_unknown(principal, body.reservation_id):
+        return _json(_svc(request).quota.release(body.reservation_id, customer=principal.customer))
+
+
+@contextmanager
+def _foreign_reservation_unknown(principal: Principal, reservation_id: str):
+    """Another customer's hold is, to a key restricted to one customer, the same 404 as a
+    hold that does not exist (a 403 would tell it the id exists)."""
+    try:
+        yield
+    except BillingError as exc:
+        if principal.customer is not None and exc.code == ErrorCode.FORBIDDEN:
+            raise BillingError(f"unknown reservation {reservation_id!r}",
+                               code=ErrorCode.RESERVATION_NOT_FOUND) from None
+        raise
 
 
 # ---------------------------------------------------------------------- customers
@@ -227,7 +248,7 @@ def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -
 @router.get("/invoices", tags=["invoices"], summary="Invoices and credit notes (newest last)")
 def list_invoices(request: Request, principal: Read,
                   customer: Annotated[str | None, Query(max_length=200)] = None,
-                  status: Annotated[str | None, Query(pattern="^(draft|finalized|paid|void)$")] = None,
+                  status: Annotated[str | None, Query(pattern=f"^({'|'.join(INVOICE_STATUSES)})$")] = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
 
@@ -246,13 +267,23 @@ def list_invoices(request: Request, principal: Read,
 
 
 @router.get("/invoices/{invoice_id}", tags=["invoices"], summary="One invoice with its lines")
-def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=2**31 - 1)],  # the id column is a 32-bit INTEGER
+def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],  # the id column is a 32-bit INTEGER
                 request: Request, principal: Read) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
 
-    inv, lines = _svc(request).invoicing.get(invoice_id)
-    principal.require_customer(inv.customer_id)
+    try:
+        inv, lines = _svc(request).invoicing.get(invoice_id)
+    except BillingError as exc:
+        if exc.code == ErrorCode.INVOICE_NOT_FOUND:
+            raise _unknown_invoice(invoice_id) from None
+        raise
+    if principal.customer is not None and inv.customer_id != principal.customer:
+        raise _unknown_invoice(invoice_id)  # the same answer as for an id that does not exist
     return invoice_json(inv, lines)
+
+
+def _unknown_invoice(invoice_id: int) -> BillingError:
+    return BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
 
 
 # -------------------------------------------------------------------------- plans

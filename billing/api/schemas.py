@@ -7,8 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from billing.ledger.accounts import MAX_ID_LENGTH, MAX_SEATS
+
 Key = Annotated[str, Field(min_length=1, max_length=80)]
-CustomerId = Annotated[str, Field(min_length=1, max_length=200)]
+CustomerId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class Strict(BaseModel):
@@ -61,16 +63,16 @@ class CustomerIn(Strict):
     id: CustomerId
     name: Annotated[str, Field(max_length=300)] = ""
     timezone: Annotated[str, Field(max_length=64)] = "UTC"
-    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] = "USD"
+    currency: Annotated[str, Field(max_length=16)] = "USD"  # an ISO 4217 code (checked by Accounts)
 
 
 class SubscribeIn(Strict):
     plan: Key
     version: Annotated[int, Field(ge=1)] | None = None
-    seats: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    seats: Annotated[int, Field(ge=0, le=MAX_SEATS)] = 1
     at: AwareDatetime | None = None
 
 
 class SeatsIn(Strict):
-    seats: Annotated[int, Field(ge=0, le=1_000_000)]
+    seats: Annotated[int, Field(ge=0, le=MAX_SEATS)]
     at: AwareDatetime | None = None

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from billing.catalog.checks import duplicate_keys, semantic_problems
 from billing.catalog.schema import Plan
 from billing.errors import BillingError, ErrorCode
+from billing.money import CURRENCIES
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,30 @@ class PlanInvalid(BillingError):
                          details=[p.__dict__ for p in problems])
 
 
+# Bounds that keep loading a plan fast and its numbers usable, whatever the file holds.
+MAX_PLAN_BYTES = 64 * 1024  # the shipped plans are at most 9 KiB; a larger file is refused unread
+MAX_DEPTH = 32  # nesting of mappings and sequences (plans use about 6)
+MAX_NODES = 20_000  # scalars, mappings and sequences once every alias is expanded
+MAX_NUMBER = Decimal(10) ** 15  # the magnitude of any number in a plan
+MAX_DECIMALS = 12  # decimal places of any number in a plan
+
+
 class _DecimalLoader(yaml.SafeLoader):
-    """YAML floats become Decimal (via their text), never binary floats."""
+    """YAML floats become Decimal (via their text), never binary floats. Composing stops at
+    ``MAX_DEPTH`` levels of nesting (PyYAML composes recursively: 10,000 levels were a
+    RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _SPECIAL_FLOATS = {".inf": "Infinity", "+.inf": "Infinity", "-.inf": "-Infinity", ".nan": "NaN"}
@@ -58,7 +81,133 @@ def _decimal_constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Deci
             None, None, f"cannot read {text!r} as a decimal number", node.start_mark) from None
 
 
+def _int_constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:  # e.g. more digits than Python converts (4,300)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot read {node.value[:20]!r}... as a number", node.start_mark) from None
+
+
 _DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal_constructor)
+_DecimalLoader.add_constructor("tag:yaml.org,2002:int", _int_constructor)
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, dict[int, int]] | str:
+    """How many nodes the document holds once every alias is expanded (shared nodes are
+    counted once per use, in time linear in the distinct nodes; capped just past
+    ``MAX_NODES``) and each node's own count, or the reason it cannot be expanded."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _Recursive()
+        open_nodes.add(key)
+        total = 1
+        for child in _children(node):
+            total += size(child)
+        open_nodes.discard(key)
+        sizes[key] = total = min(total, MAX_NODES + 1)
+        return total
+
+    try:
+        return size(root), sizes
+    except _Recursive:
+        return "an alias refers to a node that contains it"
+
+
+class _Recursive(Exception):
+    pass
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _bomb(root: yaml.Node, sizes: dict[int, int]) -> tuple[list[Any], int]:
+    """(path, line) of the smallest node that is over ``MAX_NODES`` on its own."""
+    node, path = root, []
+    while True:
+        if isinstance(node, yaml.MappingNode):
+            step = next(((k.value, v) for k, v in node.value if sizes[id(v)] > MAX_NODES), None)
+        elif isinstance(node, yaml.SequenceNode):
+            step = next(((i, v) for i, v in enumerate(node.value) if sizes[id(v)] > MAX_NODES), None)
+        else:
+            step = None
+        if step is None:
+            return path, node.start_mark.line + 1
+        path.append(step[0])
+        node = step[1]
+
+
+def _load_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
+    """(the node tree, the data) of one YAML document, bounded in size, depth and alias
+    expansion; PlanInvalid (with the line) otherwise."""
+    if len(text) > MAX_PLAN_BYTES:
+        raise PlanInvalid([PlanProblem(filename, "", f"a plan file is at most {MAX_PLAN_BYTES:,} bytes")])
+    loader = _DecimalLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            expanded = _expanded_size(root)
+            if isinstance(expanded, str):
+                raise PlanInvalid([PlanProblem(filename, "", expanded, root.start_mark.line + 1)])
+            if expanded[0] > MAX_NODES:
+                path, line = _bomb(root, expanded[1])
+                raise PlanInvalid([PlanProblem(filename, _format_path(path), f"more than {MAX_NODES:,} values once "
+                                               "its aliases are expanded (an alias bomb?)", line)])
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise PlanInvalid([PlanProblem(filename, "", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                                       mark.line + 1 if mark else None)]) from None
+    finally:
+        loader.dispose()
+    return root, data
+
+
+def _number_problems(plan: Plan) -> list[tuple[list[Any], str]]:
+    """Numbers of a validated plan outside ``MAX_NUMBER`` / ``MAX_DECIMALS`` ("1e999999"
+    passed validation and crashed the preview)."""
+    out: list[tuple[list[Any], str]] = []
+
+    def walk(value: Any, path: list[Any]) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name), [*path, name])
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, [*path, i])
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, [*path, key])
+        elif isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+            problem = number_problem(value)
+            if problem:
+                out.append((path, problem))
+
+    walk(plan, [])
+    return out
+
+
+def number_problem(value: int | Decimal) -> str | None:
+    """Why a number cannot be in a plan, or None."""
+    if isinstance(value, Decimal) and not value.is_finite():
+        return "must be a finite number"
+    if abs(value) > MAX_NUMBER:
+        return f"must be at most {MAX_NUMBER:,} in magnitude"
+    if isinstance(value, Decimal) and value.as_tuple().exponent < -MAX_DECIMALS and value != value.quantize(
+            Decimal(1).scaleb(-MAX_DECIMALS)):
+        return f"has more than {MAX_DECIMALS} decimal places"
+    return None
 
 
 # ------------------------------------------------------------------- path helpers
@@ -156,13 +305,7 @@ def _line_of(root: yaml.Node | None, parts: list[Any]) -> int | None:
 
 def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
     """Parse one plan document; raise PlanInvalid listing every problem."""
-    try:
-        root = yaml.compose(text, Loader=_DecimalLoader)
-        data = yaml.load(text, Loader=_DecimalLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise PlanInvalid([PlanProblem(filename, "", f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                                       mark.line + 1 if mark else None)]) from None
+    root, data = _load_yaml(text, filename)
     if not isinstance(data, dict):
         raise PlanInvalid([PlanProblem(filename, "", "a plan file must be a YAML mapping")])
 
@@ -197,6 +340,12 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
             options = list(dict.fromkeys(wanted))
             msg = "Input should be " + (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0])
             problems.append(PlanProblem(filename, path, msg, _line_of(root, parts)))
+    if plan is not None:
+        for parts, msg in _number_problems(plan):
+            problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
+        if plan.currency not in CURRENCIES:  # customers are checked against the same list
+            problems.append(PlanProblem(filename, "currency", f"{plan.currency!r} is not an ISO 4217 currency code",
+                                        _line_of(root, ["currency"])))
     for parts, msg in semantic_problems(data):
         problems.append(PlanProblem(filename, _format_path(parts), msg, _line_of(root, parts)))
     for parts, msg, line in duplicate_keys(root):
@@ -212,11 +361,26 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
 
 def load_plan_file(path: str | Path) -> Plan:
     path = Path(path)
+    return parse_plan_text(read_plan_text(path), str(path))
+
+
+def read_plan_text(path: Path) -> str:
+    """The file's text: at most ``MAX_PLAN_BYTES``, UTF-8 (a bad byte is reported with its
+    line and column); PlanInvalid otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
         raise PlanInvalid([PlanProblem(str(path), "", f"cannot read file: {exc.strerror}")]) from None
-    return parse_plan_text(text, str(path))
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanInvalid([PlanProblem(str(path), "", f"a plan file is at most {MAX_PLAN_BYTES:,} bytes")])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PlanInvalid([PlanProblem(str(path), "", f"not UTF-8: byte 0x{raw[exc.start]:02x} at column "
+                                                      f"{column}", line)]) from None
 
 
 def plan_files(paths: list[str | Path]) -> list[Path]:
@@ -232,8 +396,8 @@ def plan_files(paths: list[str | Path]) -> list[Path]:
 
 def _top_level_line(path: Path, key: str) -> int | None:
     try:
-        return _line_of(yaml.compose(path.read_text(encoding="utf-8"), Loader=_DecimalLoader), [key])
-    except (OSError, yaml.YAMLError):
+        return _line_of(_load_yaml(read_plan_text(path), str(path))[0], [key])
+    except PlanInvalid:
         return None
 
 

@@ -13,6 +13,7 @@ from billing.catalog import Catalog, PlanInvalid
 from billing.cli.render import err_console
 from billing.config import get_settings
 from billing.errors import BillingError
+from billing.events import instant_problem
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -79,7 +80,16 @@ def instant(text: str | None, name: str = "time") -> datetime:
         fail(f"{name}: not an ISO 8601 instant: {text!r}")
     if value.tzinfo is None:
         fail(f"{name}: {text!r} needs a timezone, e.g. {text}Z")
+    problem = instant_problem(value)
+    if problem:
+        fail(f"{name}: {text!r} {problem}")
     return value
+
+
+def checked(check, *args):
+    """``check(*args)`` (a validator of ``billing.ledger.accounts``): its value, or its
+    message and exit code 2, as the API answers 422."""
+    return run(lambda: check(*args))
 
 
 def run(fn):

@@ -49,6 +49,7 @@ def preview_cmd(
             BillingCycle(timezone=timezone)
         except ValueError as exc:
             raise InputError(f"--timezone: {exc}") from None
+        _check_preview_options(seats, start, end)
         chosen: Period | None = None
         if period and (start or end):
             raise InputError("use either --period or --start/--end, not both")
@@ -80,6 +81,21 @@ def preview_cmd(
             console.print(invoice_table(inv))
 
 
+def _check_preview_options(seats: int, start: str | None, end: str | None) -> None:
+    """The seat and instant rules of the ledger's commands (``billing.ledger.accounts``)."""
+    from billing.events import instant_problem
+    from billing.ledger.accounts import check_seats
+
+    try:
+        check_seats(seats)
+    except BillingError as exc:
+        raise InputError(f"--seats: {exc.message}") from None
+    for name, text in (("--start", start), ("--end", end)):
+        problem = instant_problem(parse_instant(text)) if text else None
+        if problem:
+            raise InputError(f"{name}: {text!r} {problem}")
+
+
 def _invoicing():
     from billing.cli.context import catalog, engine
     from billing.invoicing.service import Invoicing
@@ -108,9 +124,11 @@ def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] =
     """One invoice or credit note with its lines."""
     from rich.table import Table
 
-    from billing.cli.context import run
+    from billing.cli.context import checked, run
     from billing.invoicing.service import invoice_json
+    from billing.ledger.accounts import check_row_id
 
+    checked(check_row_id, invoice_id, "invoice id")
     header, lines = run(lambda: _invoicing().get(invoice_id))
     doc = invoice_json(header, lines)
     if as_json:
@@ -128,9 +146,11 @@ def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] =
 
 
 def _transition(invoice_id: int, at: str | None, as_json: bool, change: str) -> None:
-    from billing.cli.context import instant, run
+    from billing.cli.context import checked, instant, run
     from billing.invoicing.service import invoice_json
+    from billing.ledger.accounts import check_row_id
 
+    checked(check_row_id, invoice_id, "invoice id")
     invoicing = _invoicing()
     when = instant(at, "--at")
     run(lambda: getattr(invoicing, change)(invoice_id, when))
@@ -163,8 +183,12 @@ def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
     """Invoices and credit notes, oldest first."""
     from rich.table import Table
 
+    from billing.cli.context import checked
     from billing.invoicing.service import _from_minor
+    from billing.ledger.accounts import check_invoice_status
 
+    if status is not None:
+        checked(check_invoice_status, status)
     rows = _invoicing().list(customer, status)
     docs = [{"id": r.id, "number": r.number, "kind": r.kind, "status": r.status, "customer": r.customer_id,
              "period_start": r.period_start.isoformat(), "period_end": r.period_end.isoformat(),

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from billing.cli.context import engine, fail
+from billing.cli.context import engine, fail, run
 from billing.cli.render import console, print_json
 
 app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
@@ -25,7 +25,7 @@ def create(scope: Annotated[str, typer.Option(help="ingest | check | read | admi
 
     if scope not in SCOPES:
         fail(f"--scope must be one of: {', '.join(SCOPES)}")
-    key_id, key = create_key(engine(), scope, customer=customer, name=name)
+    key_id, key = run(lambda: create_key(engine(), scope, customer=customer, name=name))
     if as_json:
         print_json({"id": key_id, "key": key, "scope": scope, "customer": customer, "name": name})
         return
@@ -51,7 +51,7 @@ def list_(as_json: JsonOpt = False) -> None:
 
 @app.command("revoke")
 def revoke(key_id: str) -> None:
-    """Revoke a key by id (servers stop accepting it within seconds)."""
+    """Revoke a key by id (every server refuses it within BILLING_KEY_CACHE_SECONDS, 1 s)."""
     from billing.api.auth import revoke_key
 
     if not revoke_key(engine(), key_id):

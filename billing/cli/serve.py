@@ -20,6 +20,14 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0
 
     import uvicorn
 
+    from billing.catalog import validate_paths
+    from billing.cli.context import fail
+    from billing.config import get_settings
+
+    _plans, problems = validate_paths([get_settings().plans_dir])  # a bad plan: a clear message, not a traceback
+    if problems:
+        fail("invalid plans (BILLING_PLANS_DIR)\n" + "\n".join(str(p) for p in problems))
+
     if webhook_url:
         os.environ["BILLING_WEBHOOK_URL"] = webhook_url
     if webhook_secret:

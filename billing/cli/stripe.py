@@ -56,6 +56,11 @@ def sync_cmd(
     Exit code 1 if any invoice failed: re-run to retry."""
     import sys
 
+    from billing.cli.context import checked
+    from billing.ledger.accounts import check_row_id
+
+    for invoice_id in invoice or ():
+        checked(check_row_id, invoice_id, "--invoice")
     svc = _sync(need_client=not dry_run)
     only = invoice or None
     if sys.stderr.isatty() and not as_json and not dry_run:

@@ -13,17 +13,81 @@ from sqlmodel import Session
 
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
+from billing.events import instant_problem
 from billing.ledger import repository
 from billing.ledger.quota_types import storable_text
 from billing.ledger.models import CreditGrantRow, Customer, SeatChange, Subscription
 from billing.ledger.counters import to_micro
 from billing.ledger.recount import customer_views, lock_for_recount, recount_customer
 from billing.ledger.types import to_us
+from billing.money import CURRENCIES
 
 
-def _require_aware(value: datetime, name: str) -> None:
-    if value.tzinfo is None:
+# ------------------------------------------------------------------ validation
+# One set of rules for every door (the API's routes and the CLI's commands both call the
+# services below, which check; the API's request models reuse the constants).
+
+MAX_ID_LENGTH = 200  # customer ids (customer.id)
+MAX_SEATS = 1_000_000
+MAX_ROW_ID = 2**31 - 1  # invoice and subscription ids: 32-bit INTEGER columns
+MAX_CREDIT = Decimal(10**12)  # a grant, in its currency (micro-units fit a 64-bit column)
+INVOICE_STATUSES = ("draft", "finalized", "paid", "void")  # what invoice lists filter on
+
+
+def check_customer_id(customer_id: object) -> str:
+    if not isinstance(customer_id, str) or not 0 < len(customer_id) <= MAX_ID_LENGTH:
+        raise BillingError(f"customer id must be 1-{MAX_ID_LENGTH} characters", code=ErrorCode.VALIDATION)
+    storable_text("customer id", customer_id)
+    return customer_id
+
+
+def check_text(name: str, value: object, max_length: int) -> str:
+    """Text both databases store as given, in a column of ``max_length`` characters."""
+    storable_text(name, value)
+    if value is not None and len(value) > max_length:
+        raise BillingError(f"{name} must be at most {max_length} characters", code=ErrorCode.VALIDATION)
+    return value
+
+
+def check_currency(currency: object) -> str:
+    """The ISO 4217 code, upper case (``usd`` -> ``USD``); ``DOLLARS`` or ``XYZ`` is an error."""
+    code = currency.strip().upper() if isinstance(currency, str) else None
+    if code not in CURRENCIES:
+        raise BillingError(f"currency must be an ISO 4217 code such as USD or EUR, got {currency!r}",
+                           code=ErrorCode.VALIDATION)
+    return code
+
+
+def check_seats(seats: object) -> int:
+    if isinstance(seats, bool) or not isinstance(seats, int) or not 0 <= seats <= MAX_SEATS:
+        raise BillingError(f"seats must be a whole number from 0 to {MAX_SEATS:,}, got {seats!r}",
+                           code=ErrorCode.VALIDATION)
+    return seats
+
+
+def check_row_id(value: object, what: str = "id") -> int:
+    """An integer id that a 32-bit INTEGER column can hold (1 .. 2^31 - 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROW_ID:
+        raise BillingError(f"{what} must be a whole number from 1 to {MAX_ROW_ID:,}, got {value!r}",
+                           code=ErrorCode.VALIDATION)
+    return value
+
+
+def check_invoice_status(status: object) -> str:
+    if status not in INVOICE_STATUSES:
+        raise BillingError(f"status must be one of {', '.join(INVOICE_STATUSES)}, got {status!r}",
+                           code=ErrorCode.VALIDATION)
+    return status
+
+
+def check_instant(value: object, name: str) -> datetime:
+    """An aware instant inside the window the engine takes (``billing.events.instant_problem``)."""
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise BillingError(f"{name} must include a timezone", code=ErrorCode.VALIDATION)
+    problem = instant_problem(value)
+    if problem:
+        raise BillingError(f"{name} {problem}, got {value.isoformat()}", code=ErrorCode.VALIDATION)
+    return value
 
 
 def _not_invoiced(session: Session, sub: Subscription, at: datetime, what: str) -> None:
@@ -45,19 +109,19 @@ class Accounts:
     # ------------------------------------------------------------------ customers
     def create_customer(self, customer_id: str, *, name: str = "", timezone: str = "UTC",
                         currency: str = "USD", now: datetime) -> Customer:
+        check_customer_id(customer_id)
+        check_text("name", name, 300)
+        check_text("timezone", timezone, 64)
         try:
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise BillingError(f"unknown timezone {timezone!r}", code=ErrorCode.VALIDATION) from None
-        if not customer_id or len(customer_id) > 200:
-            raise BillingError("customer id must be 1-200 characters", code=ErrorCode.VALIDATION)
-        storable_text("customer id", customer_id)
-        storable_text("name", name)
-        customer = Customer(id=customer_id, name=name, timezone=timezone, currency=currency.upper(), created_at=now)
+        currency = check_currency(currency)
+        customer = Customer(id=customer_id, name=name, timezone=timezone, currency=currency, created_at=now)
         with self._session() as s:
             existing = s.get(Customer, customer_id)
             if existing is not None:
-                if (existing.name, existing.timezone, existing.currency) == (name, timezone, currency.upper()):
+                if (existing.name, existing.timezone, existing.currency) == (name, timezone, currency):
                     return existing  # idempotent create
                 raise BillingError(f"customer {customer_id!r} exists with other details", code=ErrorCode.CUSTOMER_EXISTS)
             s.add(customer)
@@ -78,7 +142,8 @@ class Accounts:
     def subscribe(self, customer_id: str, plan_id: str, *, at: datetime, seats: int = 1,
                   version: int | None = None, previous_id: int | None = None) -> Subscription:
         """Start a subscription pinned to the plan version in force at ``at`` (or ``version``)."""
-        _require_aware(at, "at")
+        check_instant(at, "at")
+        check_seats(seats)
         customer = self.customer(customer_id)
         plan = self.catalog.get(plan_id, version) if version else self.catalog.resolve(plan_id, at)
         if plan.currency != customer.currency:
@@ -108,6 +173,7 @@ class Accounts:
         return sub
 
     def subscription(self, subscription_id: int) -> Subscription:
+        check_row_id(subscription_id, "subscription id")
         with self._session() as s:
             sub = s.get(Subscription, subscription_id)
         if sub is None:
@@ -124,9 +190,8 @@ class Accounts:
 
     def change_seats(self, customer_id: str, seats: int, *, at: datetime) -> SeatChange:
         """Seats from ``at`` on (prorated by the plan's seat fee rules)."""
-        _require_aware(at, "at")
-        if seats < 0:
-            raise BillingError("seats must not be negative", code=ErrorCode.VALIDATION)
+        check_instant(at, "at")
+        check_seats(seats)
         sub = self.current_subscription(customer_id, at)
         change = SeatChange(subscription_id=sub.id, effective_at=at, seats=seats, created_at=at)
         with self._session() as s:
@@ -136,7 +201,7 @@ class Accounts:
         return change
 
     def cancel(self, customer_id: str, *, at: datetime, status: str = "canceled") -> Subscription:
-        _require_aware(at, "at")
+        check_instant(at, "at")
         sub = self.current_subscription(customer_id, at)
         with self._session() as s:
             conn = s.connection()
@@ -168,12 +233,18 @@ class Accounts:
     def grant_credits(self, customer_id: str, amount: Decimal, *, at: datetime, expires_at: datetime | None = None,
                       name: str = "Prepaid credits", grant_id: str | None = None,
                       applies_to: tuple[str, ...] | None = None) -> CreditGrantRow:
-        _require_aware(at, "at")
+        check_instant(at, "at")
         customer = self.customer(customer_id)
-        if not isinstance(amount, Decimal) or not amount.is_finite() or amount <= 0:
-            raise BillingError("a credit grant must be a positive amount", code=ErrorCode.VALIDATION)
+        if not isinstance(amount, Decimal) or not amount.is_finite() or not 0 < amount <= MAX_CREDIT:
+            raise BillingError(f"a credit grant must be a positive amount of at most {MAX_CREDIT:,}",
+                               code=ErrorCode.VALIDATION)
+        if amount != amount.quantize(Decimal("0.000001")):
+            raise BillingError("a credit grant has at most 6 decimal places", code=ErrorCode.VALIDATION)
+        if grant_id is not None:
+            check_text("grant id", grant_id, 200)
+        check_text("name", name, 200)
         if expires_at is not None:
-            _require_aware(expires_at, "expires_at")
+            check_instant(expires_at, "expires_at")
             if expires_at <= at:
                 raise BillingError("a credit grant must expire after it starts", code=ErrorCode.VALIDATION)
         grant = CreditGrantRow(id=grant_id or f"grant_{uuid.uuid4().hex[:16]}", customer_id=customer_id, name=name,

@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 
 from billing.costs import CostBook, UnknownModel, event_cost
 from billing.errors import BillingError, ErrorCode
-from billing.events import MAX_EVENT_COST, MAX_EVENT_QUANTITY, UsageEvent, is_quantity_key
-from billing.ledger.types import EPOCH
+from billing.events import (EARLIEST_INSTANT, INSTANT_WINDOW, LATEST_INSTANT, MAX_EVENT_COST, MAX_EVENT_QUANTITY,
+                            MAX_PROPERTIES_BYTES, UsageEvent, is_quantity_key, properties_too_large)
+from billing.ledger.types import EPOCH, to_us
 
 PICO = Decimal(10) ** 12
 MAX_COST_PICO = int(MAX_EVENT_COST * PICO)
@@ -176,10 +177,35 @@ def _hour_base(prefix: str) -> int:
         base = ((dt - EPOCH).days * 86_400 + (dt - EPOCH).seconds) * 1_000_000 if prefix[10] == "T" else -1
     except ValueError:
         base = -1
+    if not EARLIEST_US <= base < LATEST_US:  # outside the window: the general rules reject it
+        base = -1
     if len(_HOUR_CACHE) > 100_000:
         _HOUR_CACHE.clear()
     _HOUR_CACHE[prefix] = base
     return base
+
+
+EARLIEST_US, LATEST_US = to_us(EARLIEST_INSTANT), to_us(LATEST_INSTANT)
+
+
+def _window_problem(ts: int) -> Rejection | None:
+    """A timestamp outside the instants the engine takes (``billing.events.instant_problem``)."""
+    if EARLIEST_US <= ts < LATEST_US:
+        return None
+    return _reject(ErrorCode.BAD_TIMESTAMP, f"timestamp must be {INSTANT_WINDOW}")
+
+
+_SMALL_TEXT = MAX_PROPERTIES_BYTES // 4  # characters that cannot pass the limit in UTF-8
+
+
+def _size_problem(text: str) -> Rejection | None:
+    """Properties over ``MAX_PROPERTIES_BYTES`` as UTF-8 JSON (``billing.events.check_storable``)."""
+    if len(text) <= _SMALL_TEXT:
+        return None
+    size = len(text.encode())
+    if size <= MAX_PROPERTIES_BYTES:
+        return None
+    return _reject(ErrorCode.EVENT_TOO_LARGE, properties_too_large(size))
 
 
 def _parse_ts(value: Any) -> int | Rejection:
@@ -236,6 +262,9 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
     ts = _parse_ts(raw.get("timestamp"))
     if isinstance(ts, Rejection):
         return ts
+    outside = _window_problem(ts)
+    if outside:
+        return outside
     if ts > now_us + tolerance_us:
         return _reject(ErrorCode.TIMESTAMP_IN_FUTURE, "timestamp is too far in the future")
     problem = _quantity_problem(props, measured) or _task_problem(props, task_properties)
@@ -259,6 +288,9 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
         return _reject(ErrorCode.EVENT_INVALID, "properties are not JSON-serialisable")
     if "null" in text and _non_finite(props):  # (orjson writes them as null: the value would change)
         return _reject(ErrorCode.EVENT_INVALID, "properties must not hold NaN or Infinity (not JSON numbers)")
+    too_large = _size_problem(text)
+    if too_large:
+        return too_large
     if "\\u0000" in text and _holds_nul(json.loads(text)):  # PostgreSQL cannot read such JSON back
         return _reject(ErrorCode.EVENT_INVALID, "properties must not contain NUL characters")
     return Prepared(customer, event_id, etype, ts, text, None if model is None else str(model)[:200], cost, props,
@@ -395,7 +427,7 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
             and "\x00" not in event_id and "\x00" not in customer):
         return None
     ts = _z_stamp(stamp)
-    if ts is None or ts > limit:
+    if ts is None or ts > limit:  # (None outside the window of instants: _hour_base)
         return None
     keys = tuple(props)
     shape = shapes.get(keys, _MISSING)
@@ -436,6 +468,8 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
     try:
         text = orjson.dumps(props).decode()
     except (TypeError, orjson.JSONEncodeError):
+        return None
+    if len(text) > _SMALL_TEXT and _size_problem(text):  # the general rules reject it
         return None
     if "\\u0000" in text or ("null" in text and _non_finite(props)):  # the general rules decide
         return None

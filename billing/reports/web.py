@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
+from billing.events import instant_problem
 
 router = APIRouter(tags=["reports"])
 
@@ -69,6 +70,8 @@ def margins_page(
     now = datetime.now(UTC)
     if as_of is not None and as_of.tzinfo is None:
         raise HTTPException(status_code=422, detail="as_of needs a timezone")
+    if as_of is not None and instant_problem(as_of):  # year 1 / 9999 with an offset overflowed: a 500
+        raise HTTPException(status_code=422, detail=f"as_of {instant_problem(as_of)}")
     threshold = None
     if whale_margin is not None:
         try:

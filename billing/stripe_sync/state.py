@@ -184,3 +184,15 @@ def find_by_stripe_id(engine: Engine, stripe_id: str) -> Invoice | None:
 
 def get_invoice(engine: Engine, invoice_id: int) -> Invoice | None:
     return _status(engine, invoice_id)
+
+
+def record_payment_mismatch(engine: Engine, inv: Invoice, details: dict, at: datetime) -> bool:
+    """Queue an ``invoice.payment_mismatch`` event in the webhook outbox (at most once per
+    invoice and received amount and currency): the operator's record of a payment Stripe
+    reported for an amount or currency that is not the invoice's. True if queued now."""
+    from billing.ledger.outbox import Outbox
+    from billing.ledger.types import to_us
+
+    dedupe = f"payment_mismatch:{inv.id}:{details.get('received_total')}:{details.get('received_currency')}"
+    with engine.begin() as conn:
+        return Outbox.enqueue(conn, dedupe[:200], inv.customer_id, "invoice.payment_mismatch", details, to_us(at))

@@ -6,7 +6,15 @@ Mount ``router`` on the main app. Dependencies are overridable for tests and oth
 
 - The signature is verified with ``stripe.Webhook.construct_event`` (5 min tolerance). A bad
   or missing signature is ``400 {"code": "invalid_signature", ...}`` and changes nothing.
-- ``invoice.paid`` / ``invoice.payment_succeeded``: our invoice becomes ``paid``.
+- ``invoice.paid`` / ``invoice.payment_succeeded``: our invoice becomes ``paid`` when the
+  event's ``total`` and ``currency`` are the invoice's (its total in Stripe's units of the
+  currency, ``billing.stripe_sync.amounts``). Otherwise (another amount, another currency,
+  either missing) the invoice is NOT marked paid: the answer is 200 ``result: "mismatch"``
+  with both amounts (Stripe's retries would carry the same figures), a warning is logged,
+  and an ``invoice.payment_mismatch`` event is queued in the webhook outbox (once per
+  invoice and received amount) for the operator, who settles it in Stripe or marks the
+  invoice paid by hand (``billing invoice pay``); ``billing stripe reconcile`` lists the
+  difference too.
 - ``invoice.payment_failed``: ``payment_failed_at`` is set (past due; the first failure
   starts the dunning clock: quota decisions deny with ``payment_overdue`` after the plan's
   ``dunning.deny_after_days``).
@@ -24,6 +32,7 @@ Mount ``router`` on the main app. Dependencies are overridable for tests and oth
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 
 import stripe
@@ -33,10 +42,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from billing.config import get_settings
+from billing.errors import ErrorCode
+from billing.ledger.accounts import MAX_ROW_ID
 from billing.stripe_sync import state
+from billing.stripe_sync.amounts import NotRepresentable, total_to_stripe
 from billing.stripe_sync.sync import META_INVOICE
 
 router = APIRouter(tags=["stripe"])
+log = logging.getLogger("billing.stripe")
 
 PAID_EVENTS = {"invoice.paid", "invoice.payment_succeeded"}
 FAILED_EVENTS = {"invoice.payment_failed"}
@@ -53,28 +66,28 @@ def get_webhook_secret() -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"code": code, "message": message})
+def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"code": str(code), "message": message})
 
 
 @router.post("/v1/stripe/webhook", summary="Receive Stripe events (signed)")
 async def stripe_webhook(request: Request, engine: Engine = Depends(get_engine),
                          secret: str | None = Depends(get_webhook_secret)):
     if not secret:
-        return _error(503, "webhook_not_configured", "BILLING_STRIPE_WEBHOOK_SECRET is not set")
+        return _error(503, ErrorCode.WEBHOOK_NOT_CONFIGURED, "BILLING_STRIPE_WEBHOOK_SECRET is not set")
     payload = await request.body()
     header = request.headers.get("stripe-signature")
     if not header:
-        return _error(400, "invalid_signature", "missing Stripe-Signature header")
+        return _error(400, ErrorCode.INVALID_SIGNATURE, "missing Stripe-Signature header")
     try:
         # verify only: the event is parsed below as plain JSON (construct_event fails with
         # TypeError/AttributeError on signed payloads that are JSON but not objects)
         stripe.WebhookSignature.verify_header(payload.decode("utf-8"), header, secret,
                                               stripe.Webhook.DEFAULT_TOLERANCE)
     except UnicodeDecodeError:
-        return _error(400, "invalid_payload", "the payload is not UTF-8")
+        return _error(400, ErrorCode.INVALID_PAYLOAD, "the payload is not UTF-8")
     except stripe.SignatureVerificationError:
-        return _error(400, "invalid_signature", "the Stripe-Signature header does not match the payload "
+        return _error(400, ErrorCode.INVALID_SIGNATURE, "the Stripe-Signature header does not match the payload "
                                                 "(or its timestamp is outside the tolerance)")
     try:
         data = json.loads(payload)
@@ -82,12 +95,12 @@ async def stripe_webhook(request: Request, engine: Engine = Depends(get_engine),
         data = None
     problem = payload_problem(data)
     if problem:
-        return _error(400, "invalid_payload", problem)
+        return _error(400, ErrorCode.INVALID_PAYLOAD, problem)
     result = await run_in_threadpool(handle_event, engine, data)
     return {"received": True, "id": data.get("id"), "type": data.get("type"), **result}
 
 
-MAX_INVOICE_ID = 2**31 - 1  # invoice.id is a 32-bit INTEGER
+MAX_INVOICE_ID = MAX_ROW_ID  # invoice.id is a 32-bit INTEGER
 
 
 def payload_problem(event) -> str | None:
@@ -146,9 +159,43 @@ def handle_event(engine: Engine, event: dict) -> dict:
         return {"handled": False, "result": "ignored", "reason": "invoice not known here"}
     created = _ts(event.get("created")) or datetime.now(UTC)
     if kind in PAID_EVENTS:
+        inv = state.get_invoice(engine, invoice_id)
+        mismatch = payment_mismatch(inv, obj) if inv.status == "finalized" and inv.kind == "invoice" else None
+        if mismatch is not None:  # (paid, void and credit notes stay as they are, whatever the amount)
+            return _mismatch(engine, invoice_id, event, mismatch, created)
         paid_at = _ts((obj.get("status_transitions") or {}).get("paid_at")) or created
         t = state.mark_paid(engine, invoice_id, paid_at)
     else:
         t = state.mark_payment_failed(engine, invoice_id, created)
     return {"handled": True, "invoice_id": invoice_id, "changed": t.changed, "status": t.status,
             "result": "changed" if t.changed else "unchanged", "note": t.note}
+
+
+def payment_mismatch(inv, obj: dict) -> dict | None:
+    """What differs between our invoice and the amount and currency Stripe says were paid,
+    or None when they agree."""
+    expected_currency = inv.currency.lower()
+    try:
+        expected_total = total_to_stripe(inv.total_minor, inv.currency)
+    except NotRepresentable:
+        expected_total = None  # never pushed as such: nothing Stripe reports can match it
+    total, currency = obj.get("total"), obj.get("currency")
+    if (isinstance(total, int) and not isinstance(total, bool) and total == expected_total
+            and isinstance(currency, str) and currency.lower() == expected_currency):
+        return None
+    return {"invoice_id": inv.id, "number": inv.number, "expected_total": expected_total,
+            "expected_currency": expected_currency, "received_total": total if isinstance(total, int) else None,
+            "received_currency": currency if isinstance(currency, str) else None}
+
+
+def _mismatch(engine: Engine, invoice_id: int, event: dict, details: dict, at: datetime) -> dict:
+    inv = state.get_invoice(engine, invoice_id)
+    details = {**details, "stripe_event_id": event.get("id"), "stripe_invoice_id": inv.stripe_invoice_id}
+    queued = state.record_payment_mismatch(engine, inv, details, at)
+    log.warning("Stripe reported invoice %s paid with %s %s; it totals %s %s: not marked paid", invoice_id,
+                details["received_total"], details["received_currency"], details["expected_total"],
+                details["expected_currency"])
+    note = (f"not marked paid: Stripe reports {details['received_total']} {details['received_currency']}, "
+            f"the invoice totals {details['expected_total']} {details['expected_currency']} (in Stripe's units)")
+    return {"handled": True, "invoice_id": invoice_id, "changed": False, "status": inv.status,
+            "result": "mismatch", "note": note, "recorded": queued}
