@@ -1,4 +1,5 @@
-"""SQL for invoicing: existing invoices, seat and grant snapshots, bulk inserts, numbering."""
+"""SQL for invoicing: the close lock, existing invoices, seat and grant snapshots, bulk
+inserts, numbering, corrections."""
 
 from __future__ import annotations
 
@@ -15,14 +16,28 @@ from billing.invoicing.usage import SubscriptionRow
 from billing.ledger.aggregate_sql import max_event_id, run
 from billing.ledger.counters import ALL_EVENTS
 from billing.ledger.models import (
-    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence, SeatChange,
-    Subscription)
+    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceCorrection, InvoiceLineRow, InvoiceRecheck, NumberSequence,
+    SeatChange, Subscription)
 from billing.ledger.recount import counters_stale
 
 _CHUNK = 500
 # A document's lines stay billed whatever happens to its payment: voiding forgives what it
 # asked, it does not un-bill the events (a late event for the period bills only itself).
 BILLED = ("finalized", "paid", "void")
+
+
+# The close's PostgreSQL advisory lock, in the two-key space (which never meets the
+# one-key locks of quota reservations): ("bill", 1).
+CLOSE_LOCK = (0x62696C6C, 1)
+
+
+def lock_closes(conn: Connection) -> None:
+    """Take the ledger's close lock for the rest of the transaction, as its first statement:
+    closes run one at a time, and one that waited reads (after this returns) everything the
+    previous one committed. SQLite: the transaction began with BEGIN IMMEDIATE, so it holds
+    the write lock already."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, %s)", CLOSE_LOCK)
 
 
 def _chunks(items: Sequence, size: int = _CHUNK):
@@ -231,6 +246,7 @@ def finalized_invoices(conn: Connection, subscription_ids: Sequence[int]) -> lis
                                    t.status.in_(BILLED), t.corrects_invoice_id.is_(None),
                                    t.dedupe_key.startswith("inv:")))
         out.extend(FinalRow(*r) for r in rows)
+    out.sort(key=lambda row: row.id)  # corrections are found (and numbered) in a fixed order
     return out
 
 
@@ -255,6 +271,20 @@ def set_recheck(conn: Connection, invoice_id: int, watermark: int, events: int |
 def insert_rechecks(conn: Connection, rows: list[dict]) -> None:
     """``{"invoice_id", "watermark", "events"}`` rows for new invoices."""
     _bulk_insert(conn, "invoice_recheck", rows)
+
+
+def last_correction(conn: Connection, invoice_id: int) -> int:
+    """The generation of the invoice's latest correction (0: never corrected)."""
+    t = InvoiceCorrection.__table__.c
+    return int(conn.execute(select(func.coalesce(func.max(t.generation), 0))
+                            .where(t.corrected_invoice_id == invoice_id)).scalar())
+
+
+def insert_corrections(conn: Connection, rows: list[dict]) -> None:
+    """``{"corrected_invoice_id", "generation", "document_id"}`` rows, in key order; a
+    correction written twice violates the primary key."""
+    _bulk_insert(conn, "invoice_correction",
+                 sorted(rows, key=lambda r: (r["corrected_invoice_id"], r["generation"])))
 
 
 # ------------------------------------------------------------------ ledger snapshot
