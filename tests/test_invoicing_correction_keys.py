@@ -89,3 +89,37 @@ def test_revision_0008_records_the_corrections_made_before_it(corrected, db_url)
     world.at(d(2, 2, year=2027))
     world.invoicing.close(d(2, 1, year=2027))
     assert [g for o, g, _ in corrections(engine) if o == v_october] == [1, 2, 3]
+
+
+class _Conflict(Exception):
+    sqlstate = "23505"  # what the driver raises when another close wrote the same correction first
+
+
+@pytest.mark.parametrize("conflicts", [1, 3])
+def test_a_close_that_meets_another_closes_correction_runs_again(engine, monkeypatch, conflicts):
+    """The transaction rolled back whole, so the close runs again; a conflict every time
+    (3 runs) is a ``conflict`` error, with nothing written."""
+    from billing.errors import BillingError, ErrorCode
+
+    world = World(engine, CATALOG, d(10, 1))
+    build(world)
+    before = len(corrections(engine))
+    real, calls = invoicing_repo.insert_corrections, []
+
+    def insert(conn, rows):
+        calls.append(len(rows))
+        if len(calls) <= conflicts:
+            real(conn, rows)  # written, then the transaction fails and rolls it back
+            raise _Conflict("duplicate key value violates unique constraint \"invoice_correction_pkey\"")
+        real(conn, rows)
+
+    monkeypatch.setattr(invoicing_repo, "insert_corrections", insert)
+    if conflicts == 3:
+        with pytest.raises(BillingError) as err:
+            world.invoicing.close(d(12, 1))
+        assert err.value.code == ErrorCode.CONFLICT and "3 times" in err.value.message
+        assert len(corrections(engine)) == before and len(calls) == 3
+        return
+    result = world.invoicing.close(d(12, 1))
+    assert calls == [3, 3] and len(result.credit_notes) == 1
+    assert len(corrections(engine)) == before + 3

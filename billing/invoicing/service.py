@@ -157,21 +157,27 @@ class Invoicing:
         enabled = gc.isenabled()
         gc.disable()  # a close allocates millions of small acyclic objects: no collection passes meanwhile
         try:
-            for attempt in range(1, _ATTEMPTS + 1):
-                try:
-                    return self._close(as_of, progress)
-                except Exception as exc:  # the transaction rolled back whole: run again on what is committed now
-                    state = _sqlstate(exc)
-                    if state not in _RETRY_STATES:
-                        raise
-                    if attempt == _ATTEMPTS:
-                        raise BillingError(f"the close met concurrent writes to its documents {attempt} times "
-                                           f"(SQLSTATE {state}); nothing was written, run it again",
-                                           code=ErrorCode.CONFLICT) from exc
-            raise AssertionError("unreachable")
+            return self._close_retrying(as_of, progress)
         finally:
             if enabled:
                 gc.enable()
+
+    def _close_retrying(self, as_of: datetime, progress: Callable[[int], None] | None) -> CloseResult:
+        """A close whose transaction met another writer of its rows rolled back whole: it
+        runs again on what is committed now (a conflict ``_ATTEMPTS`` times is an error)."""
+        attempt = 1
+        while True:
+            try:
+                return self._close(as_of, progress)
+            except Exception as exc:
+                state = _sqlstate(exc)
+                if state not in _RETRY_STATES:
+                    raise
+                if attempt == _ATTEMPTS:
+                    raise BillingError(f"the close met concurrent writes to its documents {attempt} times "
+                                       f"(SQLSTATE {state}); nothing was written, run it again",
+                                       code=ErrorCode.CONFLICT) from exc
+                attempt += 1
 
     def check_as_of(self, as_of: datetime, allow_future: bool = False) -> None:
         """A close may not finalize periods that have not ended yet by the clock, unless allowed."""
