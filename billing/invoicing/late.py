@@ -17,8 +17,8 @@ never draw credit that is already spent.
 Each billed difference is a ``Correction``: the next generation (1, 2, ...) of the
 original invoice's corrections. The close records it in ``invoice_correction``, whose
 primary key (original, generation) admits one document per correction: two closes that
-both re-rated the period from the same billed lines cannot both bill it. The generation
-is read before the billed lines, so a close that saw another close's correction in the
+both re-rated the period from the same billed lines cannot both bill it. The generations
+are read before any billed lines, so a close that saw another close's correction in the
 billed lines also counts it in the generation.
 """
 
@@ -59,6 +59,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
     credit_notes: list[Correction] = []
     by_id = {s.id: s for s in subs}
     marks = repo.recheck_marks(conn, [f.id for f in finals])
+    generations = repo.last_corrections(conn, [f.id for f in finals])  # before any billed lines (see above)
     catalog = invoicing.catalog
     for inv in finals:
         mark, known = marks.get(inv.id, (0, None))
@@ -81,7 +82,6 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
             if not repo.has_late_events(conn, sub.customer_id, seen, to_us(window_start), to_us(window_end) + reach):
                 repo.set_recheck(conn, inv.id, watermark, count)
                 continue
-        generation = repo.last_correction(conn, inv.id) + 1  # read before the billed lines (see above)
         billed: dict[str, int] = defaultdict(int)
         names: dict[str, str] = {f.key: f.name or f.key for f in plan.fees}
         names.update({c.key: c.name or c.key for c in plan.charges})
@@ -108,9 +108,9 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
                  "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": window_start,
                  "service_end": window_end} for k, v in diffs.items()]
         if sum(diffs.values()) < 0:
-            credit_notes.append(Correction(sub.id, inv.id, generation, rows))
+            credit_notes.append(Correction(sub.id, inv.id, generations.get(inv.id, 0) + 1, rows))
         elif sub.id in billable_now:
-            adjustments.append(Correction(sub.id, inv.id, generation, rows))
+            adjustments.append(Correction(sub.id, inv.id, generations.get(inv.id, 0) + 1, rows))
         else:
             continue  # pending: re-rated again (with any newer events) by the next close
         repo.set_recheck(conn, inv.id, watermark, count)

@@ -16,8 +16,8 @@ from billing.invoicing.usage import SubscriptionRow
 from billing.ledger.aggregate_sql import max_event_id, run
 from billing.ledger.counters import ALL_EVENTS
 from billing.ledger.models import (
-    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceCorrection, InvoiceLineRow, InvoiceRecheck, NumberSequence,
-    SeatChange, Subscription)
+    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence, SeatChange,
+    Subscription)
 from billing.ledger.recount import counters_stale
 
 _CHUNK = 500
@@ -273,11 +273,15 @@ def insert_rechecks(conn: Connection, rows: list[dict]) -> None:
     _bulk_insert(conn, "invoice_recheck", rows)
 
 
-def last_correction(conn: Connection, invoice_id: int) -> int:
-    """The generation of the invoice's latest correction (0: never corrected)."""
-    t = InvoiceCorrection.__table__.c
-    return int(conn.execute(select(func.coalesce(func.max(t.generation), 0))
-                            .where(t.corrected_invoice_id == invoice_id)).scalar())
+def last_corrections(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, int]:
+    """invoice id -> the generation of its latest correction (absent: never corrected);
+    through the driver, 5,000 invoices a statement."""
+    out: dict[int, int] = {}
+    for part in _chunks(sorted(invoice_ids), 10 * _CHUNK):
+        out.update({int(i): int(g) for i, g in _rows(
+            conn, f"SELECT corrected_invoice_id, MAX(generation) FROM invoice_correction WHERE corrected_invoice_id "
+                  f"IN ({','.join(['?'] * len(part))}) GROUP BY corrected_invoice_id", part)})
+    return out
 
 
 def insert_corrections(conn: Connection, rows: list[dict]) -> None:
