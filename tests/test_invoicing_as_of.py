@@ -50,10 +50,12 @@ def test_the_future_tolerance_and_allow_future(world):
 
 
 def test_cli_refuses_a_future_as_of_without_allow_future(db_url, tmp_path, monkeypatch):
+    from billing.cli.context import catalog
+
     monkeypatch.setenv("BILLING_DATABASE_URL", db_url)
     monkeypatch.setenv("BILLING_PLANS_DIR", str(write_plans(tmp_path / "plans")))
-    get_settings.cache_clear()
-    engine_for.cache_clear()
+    for cache in (get_settings, engine_for, catalog):  # the CLI keeps them for the process
+        cache.cache_clear()
     runner = CliRunner()
     try:
         now = datetime.now(UTC)
@@ -70,5 +72,5 @@ def test_cli_refuses_a_future_as_of_without_allow_future(db_url, tmp_path, monke
         assert len(json.loads(allowed.output)["invoices"]) >= 1
     finally:
         engine_for(db_url).dispose()
-        get_settings.cache_clear()
-        engine_for.cache_clear()
+        for cache in (get_settings, engine_for, catalog):
+            cache.cache_clear()
