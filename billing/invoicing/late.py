@@ -57,9 +57,9 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
     watermark = snap.watermark
     adjustments: list[Correction] = []
     credit_notes: list[Correction] = []
+    generations = repo.last_corrections(conn, [f.id for f in finals])  # before any billed lines (see above)
     by_id = {s.id: s for s in subs}
     marks = repo.recheck_marks(conn, [f.id for f in finals])
-    generations = repo.last_corrections(conn, [f.id for f in finals])  # before any billed lines (see above)
     catalog = invoicing.catalog
     for inv in finals:
         mark, known = marks.get(inv.id, (0, None))
