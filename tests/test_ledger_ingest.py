@@ -438,6 +438,6 @@ def test_text_the_database_cannot_store_is_rejected_and_neighbours_kept(world):
     # what was stored reads back in SQL on both databases (a close from the events aggregates in SQL)
     from billing.invoicing.service import Invoicing
 
-    closed = Invoicing(world.engine, CATALOG, clock=lambda: world.now, use_counters=False).close(
-        datetime(2026, 11, 1, tzinfo=UTC))
+    november = datetime(2026, 11, 1, tzinfo=UTC)
+    closed = Invoicing(world.engine, CATALOG, clock=lambda: november, use_counters=False).close(november)
     assert len(closed.invoices) == len(SUBSCRIBERS) and closed.rated_from_counters == 0

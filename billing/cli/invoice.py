@@ -98,20 +98,26 @@ def _check_preview_options(seats: int, start: str | None, end: str | None) -> No
 
 def _invoicing():
     from billing.cli.context import catalog, engine
+    from billing.config import get_settings
     from billing.invoicing.service import Invoicing
 
-    return Invoicing(engine(), catalog())
+    return Invoicing(engine(), catalog(), future_tolerance_seconds=get_settings().future_tolerance_seconds)
 
 
 @app.command("close")
 def close_cmd(
     as_of: Annotated[str, typer.Option("--as-of", help="Close every period that ended by this instant (ISO).")],
+    allow_future: Annotated[bool, typer.Option(
+        "--allow-future", help="Allow an --as-of after the clock: finalizes periods that have not ended yet.")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Finalize every subscription period that ended by --as-of (idempotent)."""
+    """Finalize every subscription period that ended by --as-of (idempotent; closes run one
+    at a time). An --as-of after the clock (past BILLING_FUTURE_TOLERANCE_SECONDS) exits 2
+    unless --allow-future is given."""
     from billing.cli.context import instant, run
 
-    result = run(lambda: _invoicing().close(instant(as_of, "--as-of")))
+    when = instant(as_of, "--as-of")
+    result = run(lambda: _invoicing().close(when, allow_future=allow_future))
     if as_json:
         print_json(result.to_json())
     else:

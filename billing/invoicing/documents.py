@@ -29,6 +29,14 @@ def invoice_key(subscription_id: int, period: Period) -> str:
     return f"inv:{subscription_id}:{to_us(period.start)}"
 
 
+def correction_key(kind: str, original_id: int, generation: int) -> str:
+    """A correction document's dedupe key: what it corrects (the original invoice) and the
+    correction's generation (``cn:12:g2``: the second correction of invoice 12, as a
+    credit note). Never a snapshot's watermark: two closes that see different ledgers
+    still name the same correction the same way."""
+    return f"{'cn' if kind == 'credit_note' else 'adj'}:{original_id}:g{generation}"
+
+
 def grant_inputs(grants, currency: str) -> list[CreditGrant]:
     out = []
     for g, balance in grants:

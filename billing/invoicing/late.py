@@ -16,11 +16,19 @@ increase for a subscription not in ``billable_now`` (no new invoice to carry it 
 stays pending, and is found again by the next close. ``drawn_now`` (grant id ->
 micro-units drawn in this run, not yet stored) is kept up to date so re-rated periods
 never draw credit that is already spent.
+
+Each billed difference is a ``Correction``: the next generation (1, 2, ...) of the
+original invoice's corrections. The close records it in ``invoice_correction``, whose
+primary key (original, generation) admits one document per correction: two closes that
+both re-rated the period from the same billed lines cannot both bill it. The generations
+are read before any billed lines, so a close that saw another close's correction in the
+billed lines also counts it in the generation.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import minor
@@ -29,15 +37,30 @@ from billing.ledger.types import to_us
 from billing.money import minor_units
 
 
+@dataclass
+class Correction:
+    """The ``generation``-th correction of invoice ``original_id`` (a period of subscription
+    ``sub_id``): its adjustment line rows."""
+
+    sub_id: int
+    original_id: int
+    generation: int
+    lines: list[dict]
+
+    @property
+    def total(self) -> int:
+        return sum(row["amount_minor"] for row in self.lines)
+
+
 def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapshot, cover, finals,
-                 billable_now: set[int], drawn_now: dict[str, int]):
-    """(adjustments: [(subscription id, line rows)], credit notes: [(subscription id,
-    corrected invoice id, line rows)])."""
+                 billable_now: set[int], drawn_now: dict[str, int]) -> tuple[list[Correction], list[Correction]]:
+    """(adjustments: net increases, credit notes: net decreases), in original invoice order."""
     from billing.invoicing.service import _period_of, cycle_for
 
     watermark = snap.watermark
-    adjustments: list[tuple[int, list[dict]]] = []
-    credit_notes: list[tuple[int, int, list[dict]]] = []
+    adjustments: list[Correction] = []
+    credit_notes: list[Correction] = []
+    generations = repo.last_corrections(conn, [f.id for f in finals])  # before any billed lines (see above)
     by_id = {s.id: s for s in subs}
     marks = repo.recheck_marks(conn, [f.id for f in finals])
     recosted = repo.recost_marks(conn, [f.id for f in finals])
@@ -98,9 +121,9 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
                  "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": window_start,
                  "service_end": window_end} for k, v in diffs.items()]
         if sum(diffs.values()) < 0:
-            credit_notes.append((sub.id, inv.id, rows))
+            credit_notes.append(Correction(sub.id, inv.id, generations.get(inv.id, 0) + 1, rows))
         elif sub.id in billable_now:
-            adjustments.append((sub.id, rows))
+            adjustments.append(Correction(sub.id, inv.id, generations.get(inv.id, 0) + 1, rows))
         else:
             continue  # pending: re-rated again (with any newer events) by the next close
         settled(inv, count)

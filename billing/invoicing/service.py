@@ -1,8 +1,19 @@
 """Closing billing periods into invoices, through the pure rating engine (no second
 implementation). One close rates every due period against one ledger snapshot
 (``watermark``: the highest event id it saw, every lower one settled) and writes the
-invoices in one transaction, so re-running it is idempotent and concurrent closers
-cannot double-bill (each period's invoice has a unique ``dedupe_key``).
+invoices in one transaction, so re-running it is idempotent, and a close killed midway
+leaves nothing behind.
+
+Closes run one at a time: the transaction's first statement takes the ledger's close lock
+(``repository.lock_closes``), and everything, the snapshot included, is read after it, so
+a close that waited sees what the one before it wrote. The database holds the same line
+without the lock: each period's invoice has a unique ``dedupe_key``, and each correction
+is keyed by what it corrects (the original invoice and the correction's generation,
+``invoice_correction``), never by a snapshot's watermark. A close that meets another's
+document anyway rolls back and runs again (``_ATTEMPTS``).
+
+A close ``as_of`` an instant after the clock would finalize periods that have not ended:
+it is refused unless the caller allows it (``allow_future``).
 
 Usage comes from the running counters where they are exact for the period (one
 subscription over the whole period, plain count / sum / max meters: see
@@ -23,7 +34,7 @@ import gc
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 
@@ -35,8 +46,8 @@ from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import (
-    PICO, doc_base, from_minor, grant_inputs, invoice_key, invoice_row, line_rows)
-from billing.invoicing.late import late_changes
+    PICO, correction_key, doc_base, from_minor, grant_inputs, invoice_key, invoice_row, line_rows)
+from billing.invoicing.late import Correction, late_changes
 from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
 from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
@@ -50,6 +61,16 @@ from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import MeterTotals, RatedInvoice
 
 _from_minor = from_minor  # kept for callers of the old private name
+# runs of a close whose transaction met another writer of the same rows (a deadlock, a
+# serialization failure, a document or correction written first by someone else)
+_ATTEMPTS = 3
+_RETRY_STATES = frozenset({"40001", "40P01", "23505"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL error code of a driver error, raised bare (the bulk writes use the
+    driver's cursor) or wrapped by SQLAlchemy."""
+    return getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
 
 
 @dataclass
@@ -118,29 +139,62 @@ class Invoicing:
     reading them (the same invoices, slower: for comparisons and as an escape hatch)."""
 
     def __init__(self, engine: Engine, catalog: Catalog, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 use_counters: bool = True):
+                 use_counters: bool = True, future_tolerance_seconds: int = 300):
         self.engine = engine
         self.catalog = catalog
         self.clock = clock
         self.use_counters = use_counters
+        self.future_tolerance = timedelta(seconds=future_tolerance_seconds)
 
     # ------------------------------------------------------------------ closing
-    def close(self, as_of: datetime, *, progress: Callable[[int], None] | None = None) -> CloseResult:
-        """Finalize every subscription period that ended by ``as_of`` (idempotent)."""
+    def close(self, as_of: datetime, *, allow_future: bool = False,
+              progress: Callable[[int], None] | None = None) -> CloseResult:
+        """Finalize every subscription period that ended by ``as_of`` (idempotent). An
+        ``as_of`` more than ``future_tolerance_seconds`` after the clock is refused
+        (``validation_error``) unless ``allow_future``."""
         if as_of.tzinfo is None:
             raise BillingError("as_of must include a timezone", code=ErrorCode.VALIDATION)
+        self.check_as_of(as_of, allow_future)
         enabled = gc.isenabled()
         gc.disable()  # a close allocates millions of small acyclic objects: no collection passes meanwhile
         try:
-            return self._close(as_of, progress)
+            return self._close_retrying(as_of, progress)
         finally:
             if enabled:
                 gc.enable()
+
+    def _close_retrying(self, as_of: datetime, progress: Callable[[int], None] | None) -> CloseResult:
+        """A close whose transaction met another writer of its rows rolled back whole: it
+        runs again on what is committed now (a conflict ``_ATTEMPTS`` times is an error)."""
+        attempt = 1
+        while True:
+            try:
+                return self._close(as_of, progress)
+            except Exception as exc:
+                state = _sqlstate(exc)
+                if state not in _RETRY_STATES:
+                    raise
+                if attempt == _ATTEMPTS:
+                    raise BillingError(f"the close met concurrent writes to its documents {attempt} times "
+                                       f"(SQLSTATE {state}); nothing was written, run it again",
+                                       code=ErrorCode.CONFLICT) from exc
+                attempt += 1
+
+    def check_as_of(self, as_of: datetime, allow_future: bool = False) -> None:
+        """A close may not finalize periods that have not ended yet by the clock, unless allowed."""
+        now = self.clock()
+        if allow_future or as_of <= now + self.future_tolerance:
+            return
+        raise BillingError(f"as_of {as_of.isoformat()} is after the clock ({now.isoformat()}): closing would finalize "
+                           f"periods that have not ended, and finalized invoices never change; pass allow_future "
+                           f"(--allow-future) to close them now", code=ErrorCode.VALIDATION,
+                           details={"as_of": as_of.isoformat(), "now": now.isoformat()})
 
     def _close(self, as_of: datetime, progress: Callable[[int], None] | None) -> CloseResult:
         now = self.clock()
         result = CloseResult()
         with self.engine.begin() as conn:
+            repo.lock_closes(conn)  # first: every read below sees what the previous close committed
             everyone = repo.all_subscriptions(conn)
             subs = [s for s in everyone if s.started_at < as_of]
             zones = repo.customer_timezones(conn, {s.customer_id for s in subs})
@@ -173,14 +227,16 @@ class Invoicing:
                                                      drawn_now)
             result.adjusted_periods = len(adjustments) + len(credit_notes)
             docs, doc_lines, burns, counts = [], [], [], []
-            by_sub: dict[int, list] = defaultdict(list)
-            for sub_id, adj_lines in adjustments:
-                by_sub[sub_id].append(adj_lines)
+            carried: list[list[Correction]] = []  # per document, the corrections it bills
+            by_sub: dict[int, list[Correction]] = defaultdict(list)
+            for fix in adjustments:
+                by_sub[fix.sub_id].append(fix)
             for i, (job, inv) in enumerate(rated):
                 lines = line_rows(inv, job.window_start, job.window_end)
-                if newest[job.sub.id] == i:
-                    for adj_lines in by_sub.get(job.sub.id, ()):
-                        lines.extend(adj_lines)
+                fixes = by_sub.get(job.sub.id, []) if newest[job.sub.id] == i else []
+                for fix in fixes:
+                    lines.extend(fix.lines)
+                carried.append(fixes)
                 for pos, row in enumerate(lines):
                     row["position"] = pos
                 docs.append(invoice_row(job.sub, job.plan, job.period, job.window_start, job.window_end, inv,
@@ -191,47 +247,49 @@ class Invoicing:
             # adjustments for subscriptions with no new invoice: ended subscriptions get a
             # standalone invoice now; active ones wait for their next period's invoice
             subs_by_id = {s.id: s for s in subs}
-            for sub_id, adj_lines in adjustments:
-                if sub_id in newest:
+            for fix in adjustments:
+                if fix.sub_id in newest:
                     continue
-                sub = subs_by_id[sub_id]
+                sub = subs_by_id[fix.sub_id]
                 if sub.ended_at is None or sub.ended_at > as_of:
                     continue
-                plan = self.catalog.get(sub.plan_id, sub.plan_version)
-                for pos, row in enumerate(adj_lines):
-                    row["position"] = pos
-                docs.append({**doc_base(sub, plan, adj_lines[0]["service_start"], adj_lines[0]["service_end"], now,
-                                        watermark),
-                             "dedupe_key": f"adj:{sub_id}:{to_us(adj_lines[0]['service_start'])}:{watermark}",
-                             "total_minor": sum(r["amount_minor"] for r in adj_lines)})
-                doc_lines.append(adj_lines)
+                docs.append(self._correction_doc(sub, fix, "invoice", now, watermark))
+                doc_lines.append(fix.lines)
                 burns.append({})
                 counts.append(None)
+                carried.append([fix])
             self._finalize(docs, repo.take_numbers(conn, "INV", len(docs)), "INV", now)
             ids = repo.insert_invoices(conn, docs, doc_lines)
             repo.insert_rechecks(conn, [{"invoice_id": i, "watermark": watermark, "events": n}
                                         for i, n in zip(ids, counts) if n is not None])
             self._record_burns(conn, ids, burns, doc_lines)
-            note_docs, note_lines = [], []
-            for sub_id, original_id, lines in credit_notes:
-                sub = subs_by_id[sub_id]
-                plan = self.catalog.get(sub.plan_id, sub.plan_version)
-                for pos, row in enumerate(lines):
-                    row["position"] = pos
-                note_docs.append({**doc_base(sub, plan, lines[0]["service_start"], lines[0]["service_end"], now,
-                                             watermark),
-                                  "kind": "credit_note", "corrects_invoice_id": original_id,
-                                  "dedupe_key": f"cn:{original_id}:{watermark}",
-                                  "total_minor": sum(r["amount_minor"] for r in lines)})
-                note_lines.append(lines)
+            note_docs = [self._correction_doc(subs_by_id[fix.sub_id], fix, "credit_note", now, watermark)
+                         for fix in credit_notes]
+            note_lines = [fix.lines for fix in credit_notes]
             self._finalize(note_docs, repo.take_numbers(conn, "CN", len(note_docs)), "CN", now)
             note_ids = repo.insert_invoices(conn, note_docs, note_lines)
             self._record_burns(conn, note_ids, [{}] * len(note_ids), note_lines)
+            repo.insert_corrections(conn, [
+                {"corrected_invoice_id": fix.original_id, "generation": fix.generation, "document_id": doc_id}
+                for doc_id, fixes in [*zip(ids, carried), *((n, [fix]) for n, fix in zip(note_ids, credit_notes))]
+                for fix in fixes])
             result.invoices = ids
             result.credit_notes = note_ids
             if progress:
                 progress(len(jobs))
         return result
+
+    def _correction_doc(self, sub, fix: Correction, kind: str, now: datetime, watermark: int) -> dict:
+        """A document of its own for one correction: a credit note (a net decrease, against
+        the original) or an adjustment invoice (an ended subscription's net increase)."""
+        plan = self.catalog.get(sub.plan_id, sub.plan_version)
+        for pos, row in enumerate(fix.lines):
+            row["position"] = pos
+        doc = {**doc_base(sub, plan, fix.lines[0]["service_start"], fix.lines[0]["service_end"], now, watermark),
+               "dedupe_key": correction_key(kind, fix.original_id, fix.generation), "total_minor": fix.total}
+        if kind == "credit_note":
+            doc.update(kind="credit_note", corrects_invoice_id=fix.original_id)
+        return doc
 
     def _snapshot(self, conn, rate_keys: set[tuple[str, int]], check_keys: set[tuple[str, int]],
                   cover: dict[str, list[SubscriptionRow]]) -> repo.Snapshot:

@@ -217,6 +217,19 @@ class InvoiceRecheck(SQLModel, table=True):
     events: int | None = Field(default=None, sa_type=BigInteger)
 
 
+class InvoiceCorrection(SQLModel, table=True):
+    """What each correction corrects: the ``generation``-th correction (1, 2, ...) of a
+    finalized invoice's period is on document ``document_id`` (a credit note, a standalone
+    adjustment invoice, or adjustment lines on the subscription's next invoice). The key
+    makes a second document for the same correction impossible, whoever writes it."""
+
+    __tablename__ = "invoice_correction"
+
+    corrected_invoice_id: int = Field(primary_key=True, foreign_key="invoice.id")
+    generation: int = Field(primary_key=True)
+    document_id: int = Field(foreign_key="invoice.id", index=True)
+
+
 class LedgerState(SQLModel, table=True):
     """Named ledger flags. ``counters_stale`` (present: 1): the running counters miss rows
     that this schema keeps (events ingested before revision 0003); invoicing rates from
