@@ -219,8 +219,10 @@ def test_recost_waits_for_a_subscription_that_can_take_the_adjustment(engine):
     world.at(datetime(2026, 11, 1, 1, tzinfo=UTC))
     world.invoicing.close(datetime(2026, 11, 1, tzinfo=UTC))
     assert add_prices(engine, CATALOG, [NOVA], origin="nova.yaml", now=world.now).invoices_marked == 1
+    world.at(datetime(2026, 11, 15, tzinfo=UTC))  # (a close as of a later instant than the clock is refused)
     closed = world.invoicing.close(datetime(2026, 11, 15, tzinfo=UTC))  # November not over: nothing to carry it
     assert closed.invoices == [] and closed.adjusted_periods == 0
+    world.at(datetime(2026, 12, 1, 0, 5, tzinfo=UTC))
     closed = world.invoicing.close(datetime(2026, 12, 1, tzinfo=UTC))
     _inv, lines = world.invoicing.get(closed.invoices[0])
     assert [(ln.kind, ln.amount_minor) for ln in lines] == [("usage", 0), ("adjustment", 375)]
