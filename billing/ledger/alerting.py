@@ -49,6 +49,9 @@ class BudgetAlerts:
         # no connections of its own to keep open
         self._dialect = Connections(engine)
         self._fired: set[tuple[str, int, str, Decimal]] = set()
+        # (driver connection, customers, now) -> contexts: a Quota over the same ledger hands
+        # its cached ones (``Quota.contexts``: plan, period and seats live ``context_ttl``)
+        self.contexts: Callable[[Any, list[str], datetime], dict] | None = None
 
     def close(self) -> None:
         """Nothing to close (connections come from the engine's pool)."""
@@ -64,7 +67,8 @@ class BudgetAlerts:
         conns = self._dialect
         with self.engine.connect() as pooled:
             conn = pooled.connection.driver_connection
-            found = load_contexts(conns, conn, self.catalog, wanted, now)
+            found = (self.contexts(conn, wanted, now) if self.contexts is not None
+                     else load_contexts(conns, conn, self.catalog, wanted, now))
             ctxs = [c for c in found.values() if not isinstance(c, BillingError) and c.plan.budget_alerts is not None]
             if not ctxs:
                 return []

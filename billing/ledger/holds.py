@@ -89,6 +89,8 @@ class Quota:
         self.catalog = catalog
         self.clock = clock
         self.ledger = ledger or Ledger(engine, catalog, clock=clock, alerts=alerts)
+        if self.ledger.alerts is not None and self.ledger.alerts.contexts is None:
+            self.ledger.alerts.contexts = self.contexts  # its alerts read contexts through this cache
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.alerts = alerts  # evaluate budget alerts after commits and ingested events
