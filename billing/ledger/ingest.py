@@ -205,7 +205,7 @@ class Ledger:
                 pending = None
                 last_alerts = time.monotonic()
                 for chunk in _chunks(events, chunk_size):
-                    staged = self._prepare_chunk(chunk)
+                    staged = self._prepare_chunk(chunk, keep_raws=result.keep_events)
                     if pending is not None:
                         self._finish(pending.result(), result, progress)
                         if time.monotonic() - last_alerts > _ALERT_EVERY_S:  # a long import: now and then
@@ -238,7 +238,7 @@ class Ledger:
         if progress:
             progress(len(staged.raws))
 
-    def _prepare_chunk(self, raws: list[Any]) -> "_Staged":
+    def _prepare_chunk(self, raws: list[Any], keep_raws: bool = True) -> "_Staged":
         """Stage 1 (no database): validate, cost, and classify repeats inside the chunk."""
         now_us = to_us(self.clock())
         n = len(raws)
@@ -264,6 +264,8 @@ class Ledger:
         if len(set(map(_EVENT_ID, rows))) < len(rows) and len(set(map(_KEY, rows))) < len(rows):
             pairs = self._split_repeats(_numbered(rows, index), status, problems, copies)
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
+        if not keep_raws:  # a long import: the raw events are not kept past this point (memory)
+            raws = _Keys(raws, problems, rows, index, copies)
         return _Staged(raws, status, problems, rows, index, copies, flagged, pricer.book)
 
     def _known_customers(self, session: Session, named: set[str]) -> dict[str, str]:
@@ -411,6 +413,33 @@ class Ledger:
         if pricer.book is priced_with:
             return {}
         return {id(p): reprice(p, pricer) for p in unpriced}
+
+
+class _Keys:
+    """In place of a chunk's raw events once prepared (``keep_events=False``): each event's
+    id and customer (all a compact ``BatchResult`` reads of the problems), from the prepared
+    rows and, for the events prepare rejected, from their raw form read now. The raw dicts
+    themselves can then be freed while the chunk is written."""
+
+    def __init__(self, raws: list[Any], rejected: dict[int, Any], rows: list[Prepared], index: list[int] | None,
+                 copies: list[tuple[int, int, Prepared]]):
+        self.size = len(raws)
+        self.rejected = {i: _raw_key(raws[i]) for i in rejected}
+        self.rows, self.index, self.copies = rows, index, copies
+        self._by_position: dict[int, Prepared] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, str | None]:
+        key = self.rejected.get(i)
+        if key is None:
+            if self._by_position is None:
+                self._by_position = dict(_numbered(self.rows, self.index))
+                self._by_position.update((j, p) for j, _first, p in self.copies)
+            p = self._by_position.get(i)
+            key = (p.event_id, p.customer) if p is not None else (None, None)
+        return {"id": key[0], "customer": key[1]}
 
 
 @dataclass
