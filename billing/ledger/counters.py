@@ -181,11 +181,12 @@ class CounterPlanner:
 
     def add_tasks(self, rows) -> None:
         """Agent task usage of accepted rows (shaped like ``Prepared``): ``add_task`` of each."""
-        names = self._task_names
-        for row in rows:
-            props = row[7]
-            if any(n in props for n in names):  # (the common case: no task property at all)
-                self.add_task(row[0], row[3], props, row[6])
+        props = list(map(_PROPS, rows))
+        named = [False] * len(rows)
+        for name in self._task_names:  # which rows name a task, tested in C (most name none)
+            named = list(map(bool.__or__, named, map(dict.__contains__, props, repeat(name))))
+        for row in compress(rows, named):
+            self.add_task(row[0], row[3], row[7], row[6])
 
     def add_task(self, customer: str, ts: int, props: dict, cost_pico: int) -> None:
         """An accepted event that names a task (``task_of``) is one step of it, with its tokens

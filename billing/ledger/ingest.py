@@ -180,7 +180,8 @@ class Ledger:
         the drivers release the GIL while the database works), the next one is validated and
         costed. Chunks commit in order, and a chunk's results are added only after its commit.
         ``result``: where the outcomes go (e.g. ``BatchResult(keep_events=False)`` for a long
-        import whose memory must not grow with its length).
+        import whose memory must not grow with its length). ``events`` with a ``chunks(size)``
+        method (``billing.ledger.jsonl.JsonlEvents``) hands over its lists of events whole.
         """
         result = BatchResult() if result is None else result
         self.costs.refresh()
@@ -204,7 +205,8 @@ class Ledger:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-store") as writer:
                 pending = None
                 last_alerts = time.monotonic()
-                for chunk in _chunks(events, chunk_size):
+                chunks = events.chunks(chunk_size) if hasattr(events, "chunks") else _chunks(events, chunk_size)
+                for chunk in chunks:
                     staged = self._prepare_chunk(chunk, keep_raws=result.keep_events)
                     if pending is not None:
                         self._finish(pending.result(), result, progress)
@@ -323,8 +325,7 @@ class Ledger:
     def _store_once(self, staged: "_Staged") -> set[str]:
         """Insert the new events, classify the rest, bump counters and agent task usage, all
         in ONE transaction. Returns the customers with budget alerts (on a plan that has
-        them) whose current period it counted usage in (alerts measure the current period;
-        a replay counts too, so a re-run after a crash evaluates what the crash missed)."""
+        them) whose current period it counted usage in (alerts measure the current period)."""
         status, problems, rows, index, copies = staged.status, staged.problems, staged.rows, staged.index, staged.copies
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
@@ -384,9 +385,10 @@ class Ledger:
         if self.alerts is None or not any(v.plan.budget_alerts is not None for v in views):
             return set()
         now_us = to_us(self.clock())
-        current = {v.customer_id: planner.period_bounds(v, now_us) for v in views
+        current = {v.customer_id: planner.period_bounds(v, now_us)[0] for v in views
                    if v.plan.budget_alerts is not None and v.covers(now_us)}
-        return {p.customer for p in rows if (bounds := current.get(p.customer)) and bounds[0] <= p.ts < bounds[1]}
+        # the counters it moved are keyed by period: one of the current period is new usage there
+        return {c for (c, _meter, start) in planner.deltas if current.get(c) == start}
 
 
     def _price_again(self, conn, staged: "_Staged") -> None:
