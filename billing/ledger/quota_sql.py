@@ -310,17 +310,8 @@ TASK_SQL = (
     "UNION ALL SELECT SUM(steps), SUM(tokens), SUM(cost_pico) FROM quota_hold "
     "WHERE customer_id = ? AND task = ? AND status = 'held' AND expires_at > ?")
 
-_RATED: dict[int, tuple[Plan, bool]] = {}
-
-
 def has_rate_limits(plan: Plan) -> bool:
-    hit = _RATED.get(id(plan))
-    if hit is None or hit[0] is not plan:
-        rated = any(getattr(c.on_exhaustion, "rate_limit", None) is not None for c in plan.charges)
-        if len(_RATED) > 10_000:
-            _RATED.clear()
-        hit = _RATED[id(plan)] = (plan, rated)
-    return hit[1]
+    return plan.compiled.has_rate_limits
 
 
 def state_query(ctx: Context, now_us: int) -> tuple[str, tuple]:
