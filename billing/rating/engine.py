@@ -2,7 +2,10 @@
 
 Order of lines: recurring fees, usage charges (with spend caps), the plan-wide spend
 cap, prepaid credits, the minimum-commitment true-up. Each line is rounded once
-(``money.round_line``); the total is the exact sum of the rounded lines.
+(``money.round_line``); the total is the exact sum of the rounded lines. Every amount of
+a usage charge and every plan-wide rule on them comes from ``billing.rating.arithmetic``
+(a charge is rounded once; its lines are that amount's breakdown); this module lays the
+lines out.
 
 Rules worth knowing (see README "Rating rules"):
 - Proration is by exact elapsed time (``periods.prorate_fraction``).
