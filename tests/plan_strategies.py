@@ -1,8 +1,9 @@
 """Hypothesis strategies for generated plans and event histories (shared by the tests that
 tie the consumers of the charge arithmetic together; holds no tests itself).
 
-A generated plan meters five things (weighted calls with model multipliers, summed input
-tokens, summed sale amounts, outcomes with a dispute window, the largest agent step) and
+A generated plan meters six things (weighted calls with model multipliers, summed input
+tokens, summed sale amounts, outcomes with a dispute window, the largest agent step,
+distinct users) and
 prices any of them with any price model, included units per seat and pooled, every
 exhaustion policy, charge and plan spend caps, recurring credits (per seat, for some
 charges), a minimum commitment and budget alerts. Events are drawn over October 2026."""
@@ -26,6 +27,7 @@ METERS = """meters:
   - {key: sales, event_type: sale, aggregation: sum, property: amount}
   - {key: outcomes, event_type: outcome, disputes: {window_days: 2, id_property: outcome_id}}
   - {key: peak, event_type: agent.step, aggregation: max, property: units}
+  - {key: users, event_type: llm.call, aggregation: unique_count, property: user}
 """
 
 money = st.decimals(min_value=0, max_value=20, places=3, allow_nan=False, allow_infinity=False).map(str)
@@ -93,7 +95,7 @@ def charge(draw, meter: str, key: str) -> str:
 @st.composite
 def plans(draw, plan_id: str = "gen"):
     """A valid plan pricing a random selection of the meters."""
-    meters = draw(st.lists(st.sampled_from(["calls", "tokens", "sales", "outcomes", "peak"]), min_size=1,
+    meters = draw(st.lists(st.sampled_from(["calls", "tokens", "sales", "outcomes", "peak", "users"]), min_size=1,
                            max_size=4, unique=True))
     charges = [draw(charge(m, f"c_{m}")) for m in meters]
     if draw(st.booleans()):  # a second charge on one meter: a meter decided by two charges
@@ -124,19 +126,28 @@ def histories(draw, customer: str = "c", end: datetime = OCT_END) -> list[dict]:
     span = int((end - OCT_START).total_seconds()) - 1
     n = draw(st.integers(0, 25))
     events = []
+    outcomes: list[tuple[str, datetime]] = []
     for i in range(n):
         at = OCT_START + timedelta(seconds=draw(st.integers(0, span)))
         kind = draw(st.sampled_from(["llm.call", "llm.call", "sale", "sale", "outcome", "dispute", "agent.step"]))
         props: dict = {}
+        if kind == "dispute" and outcomes and draw(st.booleans()):  # of a known outcome, inside or past its window
+            oid, when = draw(st.sampled_from(outcomes))
+            at = min(when + timedelta(hours=draw(st.integers(0, 72))), end - timedelta(seconds=1))
+            events.append({"id": f"e{i}", "customer": customer, "type": "outcome.disputed",
+                           "timestamp": at.isoformat().replace("+00:00", "Z"), "properties": {"outcome_id": oid}})
+            continue
         if kind == "llm.call":
             props = {"model": draw(st.sampled_from(["m-free", "m-big", "m-std"])),
-                     "input_tokens": draw(st.integers(0, 5000)), "cost": str(draw(money))}
+                     "input_tokens": draw(st.integers(0, 5000)), "cost": str(draw(money)),
+                     "user": f"u{draw(st.integers(0, 4))}"}
         elif kind == "sale":
             if draw(st.integers(0, 5)):
                 props = {"amount": str(draw(st.decimals(min_value=0, max_value=300, places=2,
                                                         allow_nan=False, allow_infinity=False)))}
         elif kind == "outcome":
             props = {"outcome_id": f"o{draw(st.integers(0, 5))}"}
+            outcomes.append((props["outcome_id"], at))
         elif kind == "dispute":
             kind = "outcome.disputed"
             props = {"outcome_id": f"o{draw(st.integers(0, 5))}"}

@@ -50,9 +50,7 @@ def quota_state(plan, usage, seats: int) -> UsageState:
     """What the ledger gives the quota: units, cost and events per meter, and the committed
     transactions of the meters a percentage price rates one by one."""
     return UsageState(now=NOW, period_start=OCT.start, period_end=OCT.end, seats=seats,
-                      usage={k: MeterUsage(t.units, t.cost, t.events) for k, t in usage.items()},
-                      transactions={k: usage[k].transactions for k in plan.compiled.transaction_meters
-                                    if k in usage})
+                      usage={k: MeterUsage(t.units, t.cost, t.events, t.transactions) for k, t in usage.items()})
 
 
 def invoice_measures(plan, inv, usage) -> dict[str, Decimal]:

@@ -14,7 +14,8 @@ What it holds, all derived from the plan and never changed afterwards:
 * what a quota request may name: a charge key (wins) or a meter key, resolved to the
   meter and the charges deciding it;
 * which meters some charge prices, which need per-event values (percentage prices with
-  per-transaction rules), and whether any charge is rate limited.
+  per-transaction rules) or the events themselves (disputes, unique counts), and whether
+  any charge is rate limited.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def compile_charge(charge: UsageCharge, index: int, currency: str) -> CompiledCh
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledPlan:
-    plan: "Plan"
+    plan: Plan
     currency: str
     spend_cap_line: Decimal | None  # the plan's spend cap rounded to the currency
     charges: tuple[CompiledCharge, ...]
@@ -88,6 +89,9 @@ class CompiledPlan:
     requests: MappingProxyType  # quota request key -> (meter key, charges deciding it)
     charged_meters: frozenset[str]
     transaction_meters: frozenset[str]  # meters some per-transaction charge prices
+    # charged meters whose rated value needs the events themselves, not a running total: an
+    # outcome counts only if not disputed in its window, distinct values, per-transaction sums
+    event_read_meters: tuple[Meter, ...]
     event_types: frozenset[str]  # metered types and the dispute types of outcome meters
     has_rate_limits: bool
     has_credits: bool
@@ -102,7 +106,7 @@ class CompiledPlan:
         return self.meter_by_key[key]
 
 
-def compile_plan(plan: "Plan") -> CompiledPlan:
+def compile_plan(plan: Plan) -> CompiledPlan:
     charges = tuple(compile_charge(c, i, plan.currency) for i, c in enumerate(plan.charges))
     by_meter: dict[str, list[CompiledCharge]] = {}
     for c in charges:
@@ -129,6 +133,9 @@ def compile_plan(plan: "Plan") -> CompiledPlan:
         requests=MappingProxyType(requests),
         charged_meters=frozenset(c.meter for c in charges),
         transaction_meters=frozenset(c.meter for c in charges if c.per_transaction),
+        event_read_meters=tuple(m for m in plan.meters if m.key in by_meter and (
+            m.disputes is not None or m.aggregation == "unique_count"
+            or any(c.per_transaction for c in by_meter[m.key]))),
         event_types=frozenset(types),
         has_rate_limits=any(c.rate_limit is not None for c in charges),
         has_credits=bool(plan.credits))

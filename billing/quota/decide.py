@@ -85,15 +85,20 @@ class UnknownMeter(BillingError):
 
 @dataclass(frozen=True)
 class MeterUsage:
-    """Units, provider cost and event count of one meter (committed usage or live holds)."""
+    """Units, provider cost and event count of one meter (committed usage or live holds).
+
+    ``transactions``: the committed per-event values in time order, for a meter a
+    percentage price rates one transaction at a time (``CompiledPlan.transaction_meters``);
+    None when the caller did not read them (then the events count as equal amounts)."""
 
     units: Decimal = ZERO
     cost: Decimal = ZERO
     events: int = 0
+    transactions: tuple[Decimal, ...] | None = None
 
     def __add__(self, other: "MeterUsage") -> "MeterUsage":
         return frozen(MeterUsage, {"units": self.units + other.units, "cost": self.cost + other.cost,
-                                   "events": self.events + other.events})
+                                   "events": self.events + other.events, "transactions": None})
 
 
 _EMPTY = MeterUsage()
@@ -124,10 +129,6 @@ class UsageState:
     rate_counts: Mapping[str, int] = field(default_factory=dict)  # charge key -> grants in the current window
     payment_overdue: bool = False
     payment_failed_at: datetime | None = None  # oldest unpaid failed invoice (dunning clock)
-    # committed per-event values in time order, of the meters a percentage price rates one
-    # transaction at a time (``CompiledPlan.transaction_meters``); a meter missing here is
-    # estimated as its events of equal amounts
-    transactions: Mapping[str, tuple[Decimal, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -260,8 +261,10 @@ def _equal_parts(m: MeterUsage | None) -> tuple[Decimal, ...]:
 
 def committed_transactions(state: UsageState, meter: str) -> tuple[Decimal, ...]:
     """The meter's committed transactions in order (a per-transaction price)."""
-    committed = state.transactions.get(meter)
-    return _equal_parts(state.usage.get(meter)) if committed is None else committed
+    used = state.usage.get(meter)
+    if used is None:
+        return ()
+    return _equal_parts(used) if used.transactions is None else used.transactions
 
 
 def transactions_of(state: UsageState, meter: str) -> tuple[Decimal, ...]:
@@ -312,7 +315,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         used, held = usage_get(meter_key), held_get(meter_key)
         before = totals[meter_key] = (used or empty) if held is None else (held if used is None else used + held)
     after_m = frozen(MeterUsage, {"units": before.units + units, "cost": before.cost + cost,
-                                  "events": before.events + (1 if units > 0 else 0)})
+                                  "events": before.events + (1 if units > 0 else 0), "transactions": None})
 
     # per charge: the spend the invoice will bill (rounded once, at most the cap) and the
     # exact peak amount that caps are held against (a charge's peak counts at most its cap)

@@ -279,7 +279,7 @@ def measures(plan: CompiledPlan, usage: Mapping[str, Any], seats: int,
         if t is None:
             units, spend = ZERO, ZERO
         else:
-            tx = transactions.get(charge.meter, ()) if transactions is not None else getattr(t, "transactions", ())
+            tx = transactions.get(charge.meter, ()) if transactions is not None else t.transactions or ()
             units = t.units
             spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc)
         if charge.included is not None and inc > 0:
