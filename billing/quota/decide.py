@@ -205,9 +205,8 @@ def _seconds_until_us(now: datetime, end_us: int) -> float:
 
 
 def included_units(charge: UsageCharge, seats: int) -> Decimal:
-    """A charge's included units at ``seats`` (kept for callers holding a schema charge;
-    the rule is ``arithmetic.included_units``)."""
-    return charge.included.units(Decimal(seats)) if charge.included is not None else ZERO
+    """A charge's included units at ``seats`` (kept for callers holding a schema charge)."""
+    return arithmetic.included_units(charge, seats)
 
 
 def charge_spend(charge: UsageCharge, units: Decimal, cost: Decimal, events: int, included: Decimal,
@@ -337,9 +336,10 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         b = exact_of(charge, m.units, m.cost, m.events, tx, inc)
         pb = peak_of(charge, m.units, m.cost, m.events, tx, inc) if charge.volume_ends else b
         if cmeter == meter_key:
-            a = exact_of(charge, after_m.units, after_m.cost, after_m.events,
-                         tx + (units,) if charge.per_transaction else (), inc)
-            pa = max(pb, a) if charge.volume_ends else a
+            tx_after = tx + (units,) if charge.per_transaction else ()
+            a = exact_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc)
+            pa = peak_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc) \
+                if charge.volume_ends else a
         else:
             a, pa = b, pb
         charge_peaks[charge.key] = (pb, pa)

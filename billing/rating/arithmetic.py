@@ -32,6 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.catalog.compiled import CompiledCharge, CompiledPlan
+from billing.catalog.schema import UsageCharge
 from billing.money import quantum, round_line
 from billing.rating.charges import price_parts
 from billing.rating.types import Billable, CreditGrant, Part
@@ -43,7 +44,7 @@ _NO_TRANSACTIONS: tuple[Decimal, ...] = ()
 
 # ------------------------------------------------------------------- one charge
 
-def included_units(charge: CompiledCharge, seats: int | Decimal) -> Decimal:
+def included_units(charge: CompiledCharge | UsageCharge, seats: int | Decimal) -> Decimal:
     """Units included in the period: ``per_seat`` x seats (the most held) + ``pooled``."""
     return charge.included.units(Decimal(seats)) if charge.included is not None else ZERO
 
