@@ -60,10 +60,8 @@ def billable(units: Decimal, cost: Decimal, events: int, transactions: tuple[Dec
 
 def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:
     """The charge's amount on its billable usage, unrounded, before its spend cap."""
-    if charge.slow_price is not None:
-        return usage.units * charge.slow_price
-    if charge.unit_price is not None:  # per_unit.rate's one part, without building it
-        return usage.units * charge.unit_price
+    if charge.linear_price is not None:  # the slow tier, or per_unit.rate's one part without building it
+        return usage.units * charge.linear_price
     if charge.price is None:
         return ZERO
     total = ZERO
