@@ -19,6 +19,8 @@ from billing.invoicing.service import Invoicing
 from billing.ledger.accounts import Accounts
 from billing.ledger.holds import Quota
 from billing.ledger.ingest import Ledger
+from billing.ledger.quota_types import Op
+from billing.quota import QuotaRequest
 from billing.money import from_minor
 from conftest_db import db_url, engine, module_db_url, module_engine  # noqa: F401
 from db import documents, reset_database
@@ -110,6 +112,11 @@ def test_disputes_unique_counts_and_transactions_are_read_from_the_events(engine
     ]
     result = Ledger(engine, catalog, clock=lambda: NOW).record([{**e, "customer": "acme"} for e in events])
     assert result.accepted == len(events)
+    accounts.create_customer("beta", now=OCT_START)
+    accounts.subscribe("beta", "counterless", at=OCT_START)
+    beta = [_event(20, "outcome", 2, outcome_id="a"), _event(21, "outcome.disputed", 2, 13, outcome_id="a"),
+            _event(22, "llm.call", 5, user="u9")]
+    assert Ledger(engine, catalog, clock=lambda: NOW).record([{**e, "customer": "beta"} for e in beta]).accepted == 3
     quota = Quota(engine, catalog, clock=lambda: NOW)
     try:
         report = {c["charge"]: D(c["spend"]) for c in quota.usage("acme")["charges"]}
@@ -117,11 +124,20 @@ def test_disputes_unique_counts_and_transactions_are_read_from_the_events(engine
         # the plan has spent 1.98 + 10.00 + 3.80
         d = quota.check("acme", "sales", 1)
         assert (d.reason, d.spend, d.amount) == ("spend_cap_reached", D("15.78"), D("0.20"))
+        # reservations read the state in the writer's batch statement: the same spend
+        r = quota.reserve("acme", "outcomes")
+        assert r.granted and (r.decision.spend, r.decision.amount) == (D("15.78"), D("0.99"))
+        assert not quota.reserve("acme", "sales", 1).granted
+        quota.release(r.id)
+        if engine.dialect.name == "postgresql":  # concurrent checks share one batched read there
+            ops = [Op("check", customer=c, request=QuotaRequest(c, "users")) for c in ("acme", "beta")]
+            quota.check_batch(ops)
+            assert [op.result.spend for op in ops] == [D("15.78"), D("5.00")]  # beta: its outcome was disputed
     finally:
         quota.close()
     assert report == {"outcomes": D("1.98"), "users": D("10.00"), "sales": D("3.80")}
     Invoicing(engine, catalog, clock=lambda: CLOSE).close(as_of=CLOSE)
-    (invoice,) = documents(engine)
+    (invoice,) = [d for d in documents(engine) if d[4] == "acme"]
     billed = {key: sum((from_minor(ln[5], "USD") for ln in invoice[10] if ln[2] == key and ln[1] in ("usage", "cap")),
                        D(0)) for key in report}
     assert billed == report
