@@ -193,7 +193,8 @@ def usable_grants(grants: Sequence[CreditGrant], start: datetime, end: datetime)
     usable = [g for g in grants
               if g.amount > 0 and (g.effective_at is None or g.effective_at < end)
               and (g.expires_at is None or g.expires_at > start)]
-    usable.sort(key=lambda g: (g.expires_at is None, g.expires_at or end, g.id))
+    if len(usable) > 1:
+        usable.sort(key=lambda g: (g.expires_at is None, g.expires_at or end, g.id))
     return usable
 
 

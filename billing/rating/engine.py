@@ -237,9 +237,10 @@ def _apply_credits(lines: _Lines, plan: CompiledPlan, inp: RatingInput, seats: D
         [(gid, balance, applies, _charged_before(plan, inp, g.expires_at, seats))
          for (gid, balance, applies), g in zip(pool, usable)],
         charged, lines.total("cap", key="spend_cap"))
-    names = {g.id: g.name for g in usable}
-    for grant_id, drawn in draws:
-        lines.add("credit", f"{names[grant_id]} applied", ONE, None, -drawn, grant_id)
+    if draws:
+        names = {g.id: g.name for g in usable}
+        for grant_id, drawn in draws:
+            lines.add("credit", f"{names[grant_id]} applied", ONE, None, -drawn, grant_id)
     return dict(draws)
 
 
