@@ -20,7 +20,7 @@ What it holds, all derived from the plan and never changed afterwards:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -95,6 +95,9 @@ class CompiledPlan:
     event_types: frozenset[str]  # metered types and the dispute types of outcome meters
     has_rate_limits: bool
     has_credits: bool
+    # values derived from the plan on first use (``billing.rating.arithmetic`` keeps the
+    # included units per seat count here); never part of what the plan says
+    memo: dict = field(default_factory=dict, repr=False)
 
     def __reduce__(self):  # mapping proxies do not pickle: a copy compiles the plan again
         return compile_plan, (self.plan,)

@@ -327,8 +327,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     charge_peaks: dict[str, tuple[Decimal, Decimal]] = {}  # before, after
     included: dict[str, Decimal] = {}
     exact_of, peak_of, billed = arithmetic.exact_charge, arithmetic.peak_exact, arithmetic.billed
-    for charge in cp.charges:
-        inc = arithmetic.included_units(charge, seats)
+    for charge, inc in zip(cp.charges, arithmetic.included_by_charge(cp, seats)):
         included[charge.key] = inc
         cmeter = charge.meter
         m = totals[cmeter]

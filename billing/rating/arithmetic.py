@@ -49,13 +49,29 @@ def included_units(charge: CompiledCharge | UsageCharge, seats: int | Decimal) -
     return charge.included.units(Decimal(seats)) if charge.included is not None else ZERO
 
 
+def included_by_charge(plan: CompiledPlan, seats: int) -> tuple[Decimal, ...]:
+    """``included_units`` of every charge of the plan, in plan order, at ``seats`` (kept on
+    the compiled plan per seat count: decisions ask it for every check)."""
+    memo = plan.memo
+    hit = memo.get(seats)
+    if hit is None:
+        if len(memo) > 1000:
+            memo.clear()
+        hit = memo[seats] = tuple(included_units(c, seats) for c in plan.charges)
+    return hit
+
+
 def billable(units: Decimal, cost: Decimal, events: int, transactions: tuple[Decimal, ...],
              included: Decimal) -> Billable:
     """The units past the included ones, their share of the provider cost and of the
     events (all of them when nothing is included)."""
+    if units <= 0:  # no units: no cost share (a cost-plus price bills nothing)
+        return Billable(ZERO, ZERO, events if included == 0 else 0, transactions)
+    if not included:  # every unit is billable: no division
+        return Billable(units, cost, events, transactions)
     past = units - included if units > included else ZERO
-    share = past / units if units > 0 else ZERO
-    return Billable(past, cost * share, events if included == 0 else int(events * share), transactions)
+    share = past / units
+    return Billable(past, cost * share, int(events * share), transactions)
 
 
 def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:

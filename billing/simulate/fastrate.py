@@ -27,7 +27,7 @@ from decimal import Decimal
 from billing.catalog.schema import FlatFee, Plan
 from billing.money import round_line
 from billing.rating.arithmetic import (
-    charge_spend, commitment_true_up, credit_pool, draw_credits, included_units, plan_cap_line, recurring_credits,
+    charge_spend, commitment_true_up, credit_pool, draw_credits, included_by_charge, plan_cap_line, recurring_credits,
     usable_grants)
 from billing.rating.periods import Period
 from billing.rating.types import MeterTotals
@@ -63,7 +63,6 @@ class FastRater:
         self.currency = plan.currency
         self._fees: dict[int, Decimal] = {}
         self._credits: dict[int, list[tuple[str, Decimal, tuple[str, ...] | None, None]]] = {}
-        self._included: dict[int, tuple[Decimal, ...]] = {}
         self._charges = compiled.charges
         self._keys = [c.key for c in compiled.charges]
         # Memo of results: the rating is a pure function of the seats and, per charge, the
@@ -86,12 +85,6 @@ class FastRater:
                     total += round_line(max(seats, fee.min_seats) * ONE * fee.unit_price, self.currency)
             self._fees[seats] = total
         return total
-
-    def _included_units(self, seats: int) -> tuple[Decimal, ...]:
-        units = self._included.get(seats)
-        if units is None:
-            units = self._included[seats] = tuple(included_units(c, seats) for c in self._charges)
-        return units
 
     def _credit_grants(self, seats: int) -> list[tuple[str, Decimal, tuple[str, ...] | None, None]]:
         """The plan's credits at ``seats``, in drawing order (none expires inside the period)."""
@@ -134,7 +127,7 @@ class FastRater:
         fees = self._fees.get(seats)
         if fees is None:
             fees = self.fees(seats)
-        included = self._included.get(seats) or self._included_units(seats)
+        included = included_by_charge(self.compiled, seats)
         per_charge: dict[str, Decimal] = {}  # billed amount (usage + cap lines) per charge key
         summaries = []
         usage_total = ZERO
