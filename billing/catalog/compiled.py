@@ -102,6 +102,9 @@ class CompiledPlan:
     def __reduce__(self):  # mapping proxies do not pickle: a copy compiles the plan again
         return compile_plan, (self.plan,)
 
+    def __deepcopy__(self, memo: dict) -> CompiledPlan:  # immutable: a deep copy of its plan shares it
+        return self
+
     def charge(self, key: str) -> CompiledCharge:
         return self.charge_by_key[key]
 

@@ -333,16 +333,25 @@ class Plan(Frozen):
     def ref(self) -> str:
         return f"{self.plan}@v{self.version}"
 
-    @property
+    @cached_property
     def compiled(self) -> CompiledPlan:
-        """This version compiled once (``billing.catalog.compiled``), kept on the object (a
-        ``model_copy`` with changes compiles its own)."""
-        hit = self.__dict__.get("_compiled")
-        if hit is None or hit.plan is not self:
-            from billing.catalog.compiled import compile_plan
+        """This version compiled once (``billing.catalog.compiled``), kept on the object: a
+        plain attribute read after the first (the quota check reads it on every call)."""
+        from billing.catalog.compiled import compile_plan
 
-            hit = self.__dict__["_compiled"] = compile_plan(self)
-        return hit
+        return compile_plan(self)
+
+    def model_copy(self, *, update=None, deep: bool = False):  # noqa: ANN201 (pydantic's signature)
+        """A copy compiles itself: it may differ (``update``) from the plan compiled here."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("compiled", None)
+        return copy
+
+    def __getstate__(self) -> dict:
+        """Pickled without its compiled form (compiled again on first use)."""
+        state = super().__getstate__()
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k != "compiled"}
+        return state
 
     def meter(self, key: str) -> Meter:
         return self.compiled.meter_by_key[key]

@@ -319,11 +319,12 @@ def has_rate_limits(plan: Plan) -> bool:
 
 def state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple]:
     c, start_us = ctx.customer, to_us(ctx.period.start)
-    if has_rate_limits(ctx.plan):
+    compiled = ctx.plan.compiled
+    if compiled.has_rate_limits:
         sql, params = STATE_SQL, (c, start_us, c, now_us, start_us, c, now_us, now_us)
     else:
         sql, params = STATE_SQL_NO_RATES, (c, start_us, c, now_us, start_us)
-    if ctx.plan.compiled.event_read_meters:  # meters the counters cannot rate (quota_exact)
+    if compiled.event_read_meters:  # meters the counters cannot rate (quota_exact)
         more, extra = quota_exact.selects(pg, ctx.plan, start_us, to_us(ctx.period.end), with_customer=False,
                                           customer=c)
         return sql + more, (*params, *extra)
