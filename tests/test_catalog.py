@@ -356,7 +356,7 @@ def test_a_changed_copy_compiles_itself_and_copies_pickle():
     import pickle
 
     plan = Catalog.from_paths(PLANS).get("support-chatbot", 1)
-    capped = plan.model_copy(update={"spend_cap": Decimal("5")})
+    capped = plan.model_copy(update={"spend_cap": Decimal(5)})
     assert plan.compiled.spend_cap_line is None and capped.compiled.spend_cap_line == Decimal("5.00")
     for other in (copy.deepcopy(plan), pickle.loads(pickle.dumps(plan))):
         assert other == plan and other.compiled.charge_by_key.keys() == {"messages"}

@@ -341,7 +341,7 @@ class Plan(Frozen):
 
         return compile_plan(self)
 
-    def model_copy(self, *, update=None, deep: bool = False):  # noqa: ANN201 (pydantic's signature)
+    def model_copy(self, *, update=None, deep: bool = False):
         """A copy compiles itself: it may differ (``update``) from the plan compiled here."""
         copy = super().model_copy(update=update, deep=deep)
         copy.__dict__.pop("compiled", None)
