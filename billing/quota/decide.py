@@ -34,11 +34,11 @@ Amounts come from the one charge arithmetic (``billing.rating.arithmetic``) on t
 compiled form, so the ``spend`` a decision reports is what the invoice will bill for the
 same usage (each charge rounded once, at most its spend cap; a percentage price with
 per-transaction rules rates the committed transactions the caller read into
-``UsageState.transactions``). Caps are held against the *peak* amount
+``MeterUsage.transactions``). Caps are held against the *peak* amount
 (``arithmetic.peak_exact``, unrounded: a volume price can drop when usage grows; the
-decision uses the highest amount reached so far), so more usage never turns a deny into an allow. Deny
-reasons in priority order: payment_overdue, task_limit, quota_exhausted, rate_limited,
-spend_cap_reached.
+decision uses the highest amount reached so far), so more usage never turns a deny into
+an allow. Deny reasons in priority order: payment_overdue, task_limit, quota_exhausted,
+rate_limited, spend_cap_reached.
 """
 
 from __future__ import annotations
