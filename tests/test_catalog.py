@@ -329,3 +329,34 @@ def test_shipped_catalog_resolves_every_plan():
     assert set(catalog.plan_ids()) == SHIPPED
     for plan_id in SHIPPED:
         assert catalog.resolve(plan_id, datetime(2026, 10, 1, tzinfo=UTC)).plan == plan_id
+
+
+# ------------------------------------------------------------------------ the compiled plan
+
+def test_each_version_is_compiled_once_into_its_lookups():
+    catalog = Catalog.from_paths(PLANS)
+    plan = catalog.get("cursor-pro", 1)
+    compiled = plan.compiled
+    assert catalog.get("cursor-pro", 1).compiled is compiled  # compiled by the catalog, kept on the plan
+    assert compiled.meter_by_key["requests"] is plan.meters[0] and plan.meter("requests") is plan.meters[0]
+    assert [c.key for c in compiled.charges_by_meter["requests"]] == ["fast_requests"]
+    assert compiled.requests["requests"][0] == "requests" and compiled.requests["fast_requests"][1][0].key == \
+        "fast_requests"
+    assert [m.key for m in compiled.meters_by_event_type["request"]] == ["requests"]
+    assert compiled.has_rate_limits and compiled.charges[0].slow_price == compiled.charges[0].linear_price
+    resolutions = catalog.get("support-resolutions", 1)
+    assert resolutions.event_types == {"outcome", "outcome.disputed", "outcome.reopened"}
+    assert [m.key for m in resolutions.compiled.event_read_meters] == ["resolutions"]  # disputes: from the events
+    with pytest.raises(TypeError):
+        compiled.requests["x"] = ("x", ())  # read-only
+
+
+def test_a_changed_copy_compiles_itself_and_copies_pickle():
+    import copy
+    import pickle
+
+    plan = Catalog.from_paths(PLANS).get("support-chatbot", 1)
+    capped = plan.model_copy(update={"spend_cap": Decimal(5)})
+    assert plan.compiled.spend_cap_line is None and capped.compiled.spend_cap_line == Decimal("5.00")
+    for other in (copy.deepcopy(plan), pickle.loads(pickle.dumps(plan))):
+        assert other == plan and other.compiled.charge_by_key.keys() == {"messages"}

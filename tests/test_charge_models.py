@@ -155,6 +155,25 @@ def test_percentage_free_transactions_and_free_amount():
     assert total(everything_free, "160", events=3, transactions=TXNS) == D(0)
 
 
+@pytest.mark.parametrize("free_units, free_amount, transactions, expected", [
+    # both allowances end together: 30 and 50 are the two free transactions (80 of the 100 free);
+    # the 20 of free amount left ends with them, so 40 pays: 1.16 + 0.30
+    (2, "100", ("30", "50", "40"), "1.46"),
+    # 30 is free; 50 exhausts the free amount (30 left): its excess 20 pays 0.58 + 0.30; the
+    # third free transaction is gone with the amount: 40 -> 1.46 and 10 -> 0.59
+    (3, "60", ("30", "50", "40", "10"), "2.93"),
+    # the free amount used up exactly by a free transaction: the next one pays in full
+    (5, "30", ("30", "10"), "0.59"),
+    # one free transaction, of any amount, when the free amount is larger
+    (1, "1000", ("500", "10"), "0.59"),
+])
+def test_percentage_free_units_and_free_amount_end_together(free_units, free_amount, transactions, expected):
+    price = PercentagePrice(model="percentage", rate=D("0.029"), fixed_fee=D("0.30"), free_units=free_units,
+                            free_amount=D(free_amount))
+    amounts = tuple(D(t) for t in transactions)
+    assert total(price, str(sum(amounts)), events=len(amounts), transactions=amounts) == D(expected)
+
+
 # ---------------------------------------------------------------- cost-plus and per-unit
 
 def test_cost_plus_is_cost_times_one_plus_markup():

@@ -319,3 +319,13 @@ def test_a_deny_stays_a_deny_until_usage_is_freed_the_period_changes_or_credit_i
         return
     then = decide(plan, at(NOW + timedelta(seconds=later), max(D(0), credits - spent)), request)
     assert then.outcome == "deny", (first, then)
+
+
+def test_a_request_crossing_a_volume_tier_end_is_held_to_the_peak_on_its_way():
+    """90 billable units ($1 each: $90) and a request for 20 more: at 110 every unit costs
+    $0.5 ($55), but the charge bills $100 on the way (at the tier end, 100): past a $95 cap."""
+    plan = parse_plan_text(VOLUME_PLAN.model_dump_json().replace('"120"', '"95"').replace('"110"', '"500"'))
+    before = state(usage=used("tokens", 190))  # 90 billable: $90
+    d = decide(plan, before, QuotaRequest("c", "tokens", D(20)))  # 110 billable: $55, but $100 at 100
+    assert (d.outcome, d.reason) == ("deny", "spend_cap_reached")
+    assert d.spend == D(90)

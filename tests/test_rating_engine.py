@@ -489,6 +489,31 @@ charges:
     assert amounts(rate(plan, {"m": MeterTotals(D(1100), 1100)})) == [D("0.00"), D("50.00")]
 
 
+# ------------------------------------------------- a charge is rounded once, not part by part
+
+@pytest.mark.parametrize("price, usage, lines, total", [
+    # graduated: 0.004 + 0.004 = 0.008 -> 0.01 (tier by tier: 0.00 + 0.00); the tier lines show
+    # round(running sum) - round(previous): 0.00, then 0.01
+    ('{model: graduated, tiers: [{up_to: 1, unit_price: "0.004"}, {unit_price: "0.004"}]}',
+     MeterTotals(D(2), 2), ["0.00", "0.01"], "0.01"),
+    # percentage from aggregates: 0.1 x 5% + one 0.105 fee = 0.11 (part by part: 0.01 + 0.11)
+    ('{model: percentage, rate: "0.05", fixed_fee: "0.105"}', MeterTotals(D("0.1"), 1), ["0.01", "0.10"], "0.11"),
+    # per transaction: the fee 0.005 + 0.105 = 0.11 is raised to the 0.20 minimum: the charge is
+    # that fee, 0.20 (three parts rounded apart: 0.01 + 0.11 + 0.09 = 0.21)
+    ('{model: percentage, rate: "0.05", fixed_fee: "0.105", min_per_transaction: "0.2"}',
+     MeterTotals(D("0.1"), 1, transactions=(D("0.1"),)), ["0.01", "0.10", "0.09"], "0.20"),
+])
+def test_a_charge_is_rounded_once_and_its_parts_add_up_to_it(price, usage, lines, total):
+    plan = plan_of(f"""
+meters: [{{key: m, event_type: sale, aggregation: sum, property: amount}}]
+charges:
+  - {{key: m, meter: m, price: {price}}}
+""")
+    inv = rate(plan, {"m": usage})
+    assert [str(a) for a in amounts(inv, "usage")] == lines
+    assert inv.total == D(total) and inv.usage[0].amount == D(total)
+
+
 def test_plan_spend_cap_limits_usage_and_what_credits_can_cover():
     plan = plan_of("""
 fees: [{type: flat, key: base, amount: "5"}]

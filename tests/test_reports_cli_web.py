@@ -103,13 +103,14 @@ def test_report_forecast(cli):
     assert "run rate" in data["method"]
     rows = {r["customer"]: r for r in data["customers"]}
     heavy = rows["heavy"]
-    assert heavy["flags"] == ["included:messages", "spend_cap:messages"] and heavy["projected_invoice"] == "70.00"
-    cap = next(x for x in heavy["crossings"] if x["subject"] == "spend_cap:messages" and x["threshold_percent"] == "100")
-    # 400 messages in 10 days: 40 a day; 100 included + $50 / $0.05 = 1,100 messages on day 27.5
-    assert cap["reached_now"] is False and cap["at"] == "2026-11-28T12:00:00Z"
+    assert heavy["flags"] == ["charge:messages:included", "charge:messages:spend_cap"] and heavy["projected_invoice"] == "70.00"
+    cap = next(x for x in heavy["crossings"] if x["subject"] == "charge:messages:spend_cap" and x["threshold_percent"] == "100")
+    # 400 messages in 10 days: 40 a day; 100 included + $50 / $0.05 = 1,100 messages on day 27.5,
+    # but the invoice bills the cap's 50.00 from 1,099.9 messages ($49.995 rounds to it): 3.6 minutes earlier
+    assert cap["reached_now"] is False and cap["at"] == "2026-11-28T11:56:24Z"
     # chat: 60 messages in 10 days projects 180, past its 100 included on day 16 2/3
-    assert rows["chat"]["flags"] == ["included:messages"] and rows["chat"]["projected_margin_pct"] is not None
-    included = next(x for x in rows["chat"]["crossings"] if x["subject"] == "included:messages"
+    assert rows["chat"]["flags"] == ["charge:messages:included"] and rows["chat"]["projected_margin_pct"] is not None
+    included = next(x for x in rows["chat"]["crossings"] if x["subject"] == "charge:messages:included"
                     and x["threshold_percent"] == "100")
     assert included["at"] == "2026-11-17T16:00:00Z" and included["projected"] == "180"
     assert [x["threshold_percent"] for x in rows["chat"]["crossings"]] == ["50", "80", "100"]

@@ -191,11 +191,11 @@ def test_open_period_is_rated_to_date_and_forecast(seeded):
     f = rows_f["chat"]
     assert f.elapsed.quantize(D("0.000001")) == D("0.333333")
     assert f.projected_usage["messages"] == 180 and f.projected_invoice == D("24.00")
-    assert f.flags == ["included:messages"]  # 180 projected of 100 included
+    assert f.flags == ["charge:messages:included"]  # 180 projected of 100 included
     h = rows_f["heavy"]
     assert h.projected_usage["messages"] == 1200
     assert h.projected_invoice == D("70.00")  # $20 + overage capped at $50
-    assert "spend_cap:messages" in h.flags
+    assert "charge:messages:spend_cap" in h.flags
     # team: credits absorb usage; a projected invoice at least the seat fees
     assert rows_f["team"].projected_invoice >= D("60.00")
     assert json.loads(json.dumps([r.to_json() for r in rows_f.values()]))
@@ -223,9 +223,9 @@ def test_forecast_crossings_budget_and_plan_spend_cap():
     assert flags(500_000) == []
     # usage spend is what the quota's budget alerts measure: 200M tokens projected = $1,200 of usage
     # $600 so far, $1,200 projected: half the $2,000 cap, 50% and 80% of the $1,500 budget
-    assert flags(100_000_000) == [("spend_cap:plan", "50", False), ("budget", "50", False), ("budget", "80", False)]
+    assert flags(100_000_000) == [("spend_cap", "50", False), ("budget", "50", False), ("budget", "80", False)]
     got = flags(200_000_000)  # $1,200 so far, $2,400 projected: past the cap and the budget
-    assert got == [("spend_cap:plan", "50", True), ("spend_cap:plan", "80", False), ("spend_cap:plan", "100", False),
+    assert got == [("spend_cap", "50", True), ("spend_cap", "80", False), ("spend_cap", "100", False),
                    ("budget", "50", True), ("budget", "80", True), ("budget", "100", False)]
 
 

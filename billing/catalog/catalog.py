@@ -15,9 +15,12 @@ class PlanNotFound(BillingError):
 
 
 class Catalog:
+    """Every version of every plan, each compiled once (``Plan.compiled``) when loaded."""
+
     def __init__(self, plans: list[Plan]):
         self._versions: dict[str, list[Plan]] = {}
         for plan in plans:
+            plan.compiled  # noqa: B018 -- compile now, once, not on a first hot-path request
             self._versions.setdefault(plan.plan, []).append(plan)
         for versions in self._versions.values():
             versions.sort(key=lambda p: (p.effective_from, p.version))

@@ -10,9 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from billing.catalog.compiled import CompiledPlan
 
 Key = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.\-]*$", max_length=80)]
 Money = Annotated[Decimal, Field(ge=0)]
@@ -140,6 +143,13 @@ class PercentagePrice(Frozen):
     max_per_transaction: Money | None = None
     free_units: Annotated[int, Field(ge=0)] = 0  # free transactions
     free_amount: Money = Decimal(0)  # transaction amount not charged
+
+    @property
+    def per_transaction(self) -> bool:
+        """Rated one transaction at a time (a min/max per transaction or a free allowance):
+        needs each event's value, not only the period's sum and count."""
+        return (self.min_per_transaction is not None or self.max_per_transaction is not None
+                or self.free_units > 0 or self.free_amount > 0)
 
 
 class CostPlusPrice(Frozen):
@@ -323,22 +333,33 @@ class Plan(Frozen):
     def ref(self) -> str:
         return f"{self.plan}@v{self.version}"
 
+    @cached_property
+    def compiled(self) -> CompiledPlan:
+        """This version compiled once (``billing.catalog.compiled``), kept on the object: a
+        plain attribute read after the first (the quota check reads it on every call)."""
+        from billing.catalog.compiled import compile_plan
+
+        return compile_plan(self)
+
+    def model_copy(self, *, update=None, deep: bool = False):
+        """A copy compiles itself: it may differ (``update``) from the plan compiled here."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("compiled", None)
+        return copy
+
+    def __getstate__(self) -> dict:
+        """Pickled without its compiled form (compiled again on first use)."""
+        state = super().__getstate__()
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k != "compiled"}
+        return state
+
     def meter(self, key: str) -> Meter:
-        for meter in self.meters:
-            if meter.key == key:
-                return meter
-        raise KeyError(key)
+        return self.compiled.meter_by_key[key]
 
     def charge(self, key: str) -> UsageCharge:
-        for charge in self.charges:
-            if charge.key == key:
-                return charge
-        raise KeyError(key)
+        return self.compiled.charge_by_key[key].charge
 
     @property
     def event_types(self) -> frozenset[str]:
-        types = {m.event_type for m in self.meters}
-        for m in self.meters:
-            if m.disputes:
-                types.update(m.disputes.dispute_types)
-        return frozenset(types)
+        """Every type a meter counts, and the dispute types of outcome meters."""
+        return self.compiled.event_types

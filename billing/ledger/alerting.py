@@ -26,7 +26,8 @@ from billing.errors import BillingError
 from billing.ledger.outbox import Outbox
 from billing.ledger.quota_models import BudgetAlertRow
 from billing.ledger.quota_sql import (
-    MICRO, PICO, Connections, Context, batch_counters_query, counter_values, load_contexts, run_all)
+    MICRO, PICO, Connections, Context, batch_counters_query, counter_values, load_contexts, make_state, parse_state,
+    run_all, state_query)
 from billing.ledger.types import to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert, reached
@@ -72,11 +73,22 @@ class BudgetAlerts:
             ctxs = [c for c in found.values() if not isinstance(c, BillingError) and c.plan.budget_alerts is not None]
             if not ctxs:
                 return []
-            rows = run_all(conns, conn, [batch_counters_query(
-                self.pg, sorted((c.customer, to_us(c.period.start)) for c in ctxs))])[0]
+            # plans whose charged meters the counters rate exactly: their counters, all at once;
+            # the others (event-read meters: disputes, unique counts, per-transaction
+            # percentages) the quota's own state statement, folded as decisions fold it
+            exact = [c for c in ctxs if c.plan.compiled.event_read_meters]
+            plain = [c for c in ctxs if not c.plan.compiled.event_read_meters]
+            now_us = to_us(now)
+            queries = [state_query(c, now_us, self.pg) for c in exact]
+            if plain:
+                queries.append(batch_counters_query(self.pg, sorted((c.customer, to_us(c.period.start)) for c in plain)))
+            results = run_all(conns, conn, queries)
         usage: dict[str, dict[str, MeterUsage]] = {c.customer: {} for c in ctxs}
-        for customer, meter, units, cost, n in counter_values(rows):
-            usage[customer][meter] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
+        for ctx, rows in zip(exact, results):
+            usage[ctx.customer] = make_state(ctx, now, parse_state(rows)[0], {}, {}, None).usage
+        if plain:
+            for customer, meter, units, cost, n in counter_values(results[-1]):
+                usage[customer][meter] = MeterUsage(Decimal(units) / MICRO, Decimal(cost) / PICO, int(n))
         fired: list[Alert] = []
         for ctx in ctxs:
             fired += self.record(ctx, usage[ctx.customer], now)

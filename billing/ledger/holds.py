@@ -56,8 +56,8 @@ from billing.ledger.quota_writer import QuotaWriter
 from billing.ledger.types import from_us, to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert
-from billing.quota.decide import (
-    Decision, MeterUsage, UsageState, charge_spend, decide, included_units, plan_credit_amount)
+from billing.quota.decide import Decision, MeterUsage, UsageState, decide, plan_credit_amount
+from billing.quota.usage import charge_spends
 
 __all__ = ["Quota", "Reservation", "Context", "Outbox", "MAX_QUANTITY", "MAX_COST"]
 
@@ -310,7 +310,10 @@ class Quota:
                 alerts.evaluate_quietly([op.ctx.customer])
         else:
             ctx, usage = op.alert
-            alerts.record_quietly(ctx, usage, self.clock())
+            if ctx.plan.compiled.event_read_meters:  # the batch read counters only: read as decisions do
+                alerts.evaluate_quietly([ctx.customer])
+            else:
+                alerts.record_quietly(ctx, usage, self.clock())
         return result
 
     def release(self, reservation_id: str, *, customer: str | None = None) -> dict[str, Any]:
@@ -371,22 +374,14 @@ class Quota:
         plan = ctx.plan
         charges = []
         total = ZERO
-        for charge in plan.charges:
-            used = state.usage.get(charge.meter, MeterUsage())
-            held = state.held.get(charge.meter, MeterUsage())
-            both = used + held
-            inc = included_units(charge, ctx.seats)
-            spend = charge_spend(charge, both.units, both.cost, both.events, inc)
-            cap = getattr(charge.on_exhaustion, "spend_cap", None)
-            if cap is not None:
-                spend = min(spend, cap)
-            total += spend
-            charges.append({"charge": charge.key, "meter": charge.meter, "policy": charge.on_exhaustion.policy,
-                            "used": dec_str(used.units), "held": dec_str(held.units),
-                            "included": dec_str(inc) if charge.included is not None else None,
-                            "remaining_included": dec_str(max(ZERO, inc - both.units))
-                            if charge.included is not None else None,
-                            "spend": dec_str(spend), "spend_cap": None if cap is None else dec_str(cap)})
+        for c in charge_spends(plan, state):  # the invoice's arithmetic (billing.rating.arithmetic)
+            total += c.spend
+            charges.append({"charge": c.charge, "meter": c.meter, "policy": c.policy,
+                            "used": dec_str(c.used), "held": dec_str(c.held),
+                            "included": None if c.included is None else dec_str(c.included),
+                            "remaining_included": None if c.remaining_included is None
+                            else dec_str(c.remaining_included),
+                            "spend": dec_str(c.spend), "spend_cap": None if c.spend_cap is None else dec_str(c.spend_cap)})
         meters = {m.key: {"used": dec_str(state.usage.get(m.key, MeterUsage()).units),
                           "held": dec_str(state.held.get(m.key, MeterUsage()).units),
                           "events": state.usage.get(m.key, MeterUsage()).events,

@@ -10,7 +10,9 @@ statement compilation and pool pre-ping and talk to the driver directly:
 * ``load_context`` reads who the customer is right now (plan, period, seats, credits,
   dunning) with five small queries, pipelined into one round trip on PostgreSQL.
 * ``STATE_SQL`` / ``usage_state`` read committed usage (the counters), live holds and
-  rate-window counts in one statement (one snapshot).
+  rate-window counts in one statement (one snapshot); for the meters the counters cannot
+  rate (disputes, unique counts, per-transaction sums) the same statement reads the
+  events (``quota_exact``).
 
 All instants are integer microseconds at rest, except the ``UTCDateTime`` columns of the
 accounts tables, which SQLite stores as naive UTC text: ``_utc`` parses both forms.
@@ -32,6 +34,7 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
+from billing.ledger import quota_exact
 from billing.ledger.types import to_us
 from billing.ledger.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
@@ -329,24 +332,22 @@ TASK_SQL = (
     "WHERE customer_id = ? AND task = ? AND status = 'held' AND expires_at > ?")
 _SCALE = {"u": WIDE, "a": WIDE, "h": HELD, "r": 0}  # what a row's high numbers count in
 
-_RATED: dict[int, tuple[Plan, bool]] = {}
-
-
 def has_rate_limits(plan: Plan) -> bool:
-    hit = _RATED.get(id(plan))
-    if hit is None or hit[0] is not plan:
-        rated = any(getattr(c.on_exhaustion, "rate_limit", None) is not None for c in plan.charges)
-        if len(_RATED) > 10_000:
-            _RATED.clear()
-        hit = _RATED[id(plan)] = (plan, rated)
-    return hit[1]
+    return plan.compiled.has_rate_limits
 
 
-def state_query(ctx: Context, now_us: int) -> tuple[str, tuple]:
+def state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple]:
     c, start_us = ctx.customer, to_us(ctx.period.start)
-    if has_rate_limits(ctx.plan):
-        return STATE_SQL, (c, start_us, c, now_us, start_us, c, now_us, now_us)
-    return STATE_SQL_NO_RATES, (c, start_us, c, now_us, start_us)
+    compiled = ctx.plan.compiled
+    if compiled.has_rate_limits:
+        sql, params = STATE_SQL, (c, start_us, c, now_us, start_us, c, now_us, now_us)
+    else:
+        sql, params = STATE_SQL_NO_RATES, (c, start_us, c, now_us, start_us)
+    if compiled.event_read_meters:  # meters the counters cannot rate (quota_exact)
+        more, extra = quota_exact.selects(pg, ctx.plan, start_us, to_us(ctx.period.end), with_customer=False,
+                                          customer=c)
+        return sql + more, (*params, *extra)
+    return sql, params
 
 
 def task_query(customer: str, task: str, now_us: int) -> tuple[str, tuple]:
@@ -360,8 +361,10 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
     for kind, key, units_high, units, cost_high, cost, n in rows:
         if kind == "r":
             rates[key] = int(units)
-        else:
+        elif kind in ("u", "h"):
             (usage if kind == "u" else held)[key] = _meter_usage(kind, units_high, units, cost_high, cost, n)
+        else:  # rows of the meters read from the events: make_state folds them in
+            usage.setdefault(quota_exact.ROWS, []).append((kind, key, units, cost, n))  # type: ignore[attr-defined]
     return usage, held, rates
 
 
@@ -370,7 +373,8 @@ def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: A
     if units_high or cost_high or kind == "h":  # (a counter's carries are 0 until it passes 10^18)
         scale = _SCALE[kind]
         units, cost = int(units_high or 0) * scale + int(units or 0), int(cost_high or 0) * scale + int(cost or 0)
-    return frozen(MeterUsage, {"units": Decimal(units) / MICRO, "cost": Decimal(cost) / PICO, "events": int(n)})
+    return frozen(MeterUsage, {"units": Decimal(units) / MICRO, "cost": Decimal(cost) / PICO, "events": int(n),
+                               "transactions": None})
 
 
 def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, list[dict]]:
@@ -381,8 +385,10 @@ def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, 
         usage, held, rates = states[customer]
         if kind == "r":
             rates[key] = int(units)
-        elif kind == "h" or key != "*":
+        elif kind == "h" or (kind == "u" and key != "*"):
             (usage if kind == "u" else held)[key] = _meter_usage(kind, units_high, units, cost_high, cost, n)
+        elif kind not in ("u", "h"):  # rows of the meters read from the events: make_state folds them in
+            usage.setdefault(quota_exact.ROWS, []).append((kind, key, units, cost, n))
     return states
 
 
@@ -407,6 +413,8 @@ def parse_task(rows: list[tuple]) -> TaskUsage:
 
 
 def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage | None) -> UsageState:
+    if ctx.plan.compiled.event_read_meters:
+        usage = quota_exact.fold(ctx.plan, usage)
     return frozen(UsageState, {
         "now": now, "period_start": ctx.period.start, "period_end": ctx.period.end, "usage": usage, "held": held,
         "seats": ctx.seats, "credit_balance": _ZERO, "credit_balances": ctx.credits, "task": task,
@@ -416,7 +424,7 @@ def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage 
 def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None) -> UsageState:
     """Committed usage, live holds, rate windows (and the task's usage) in one round trip."""
     now_us = to_us(now)
-    queries = [state_query(ctx, now_us)]
+    queries = [state_query(ctx, now_us, conns.pg)]
     if task is not None:
         queries.append(task_query(ctx.customer, task, now_us))
     results = run_all(conns, conn, queries)
@@ -468,6 +476,12 @@ def batch_state_query(pg: bool, ctxs: Sequence[Context], now_us: int) -> tuple[s
                "JOIN quota_hold h ON h.customer_id = c.customer_id AND h.status = 'held' AND h.expires_at > ? "
                "AND h.period_start = c.period_start GROUP BY h.customer_id, h.meter")
     params.append(now_us)
+    for c in ctxs:  # meters the counters cannot rate (quota_exact): per customer
+        if c.plan.compiled.event_read_meters:
+            more, extra = quota_exact.selects(pg, c.plan, to_us(c.period.start), to_us(c.period.end),
+                                              with_customer=True, customer=c.customer)
+            sql += more
+            params += extra
     if any(has_rate_limits(c.plan) for c in ctxs):
         if pg:
             sql += (" UNION ALL SELECT c.customer_id, 'r', r.charge, 0, r.count, 0, 0, 0 FROM c CROSS JOIN LATERAL "

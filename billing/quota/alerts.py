@@ -9,7 +9,8 @@ fired and queues a webhook for each new one):
 * ``spend_cap`` — the plan's usage spend of its ``spend_cap``;
 * ``budget`` — the plan's usage spend of ``budget_alerts.budget``.
 
-Only committed usage counts (holds are not usage yet).
+Only committed usage counts (holds are not usage yet). The forecast
+(``billing.reports.forecast``) projects the same measures, under the same names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from decimal import Decimal
 
 from billing.catalog.schema import Plan
 from billing.money import dec_str
-from billing.quota.decide import MeterUsage, UsageState, charge_spend, included_units
+from billing.quota.decide import UsageState, committed_transactions
+from billing.rating.arithmetic import measures
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -41,30 +43,17 @@ class Alert:
 
 
 def reached(plan: Plan, state: UsageState) -> list[Alert]:
-    """Every (subject, threshold) the committed usage has reached (value >= threshold% of limit)."""
+    """Every (subject, threshold) the committed usage has reached (value >= threshold% of
+    limit), on the measures of the one charge arithmetic (``arithmetic.measures``: the
+    spends are what the invoice bills for this usage)."""
     spec = plan.budget_alerts
     if spec is None:
         return []
-    measures: list[tuple[str, Decimal, Decimal, str]] = []
-    total = ZERO
-    for charge in plan.charges:
-        used = state.usage.get(charge.meter, MeterUsage())
-        inc = included_units(charge, state.seats)
-        spend = charge_spend(charge, used.units, used.cost, used.events, inc)
-        cap = getattr(charge.on_exhaustion, "spend_cap", None)
-        if charge.included is not None and inc > 0:
-            measures.append((f"charge:{charge.key}:included", used.units, inc, "units"))
-        if cap is not None and cap > 0:
-            measures.append((f"charge:{charge.key}:spend_cap", min(spend, cap), cap, plan.currency))
-            spend = min(spend, cap)
-        total += spend
-    if plan.spend_cap is not None and plan.spend_cap > 0:
-        measures.append(("spend_cap", total, plan.spend_cap, plan.currency))
-    if spec.budget is not None and spec.budget > 0:
-        measures.append(("budget", total, spec.budget, plan.currency))
+    compiled = plan.compiled
+    transactions = {m: committed_transactions(state, m) for m in compiled.transaction_meters}
     out = []
-    for subject, value, limit, unit in measures:
+    for m in measures(compiled, state.usage, state.seats, transactions):
         for threshold in spec.thresholds_percent:
-            if value * HUNDRED >= limit * threshold:
-                out.append(Alert(subject, threshold, value, limit, unit))
+            if m.value * HUNDRED >= m.limit * threshold:
+                out.append(Alert(m.subject, threshold, m.value, m.limit, m.unit))
     return out

@@ -30,11 +30,15 @@ a meter with several charges is decided by the strictest of them):
 * **Dunning.** A payment overdue past ``dunning.deny_after_days`` denies everything
   (``payment_overdue``).
 
-Spend is computed with the rating engine's charge models (``billing.rating.charges``) on
-the billable units (past the included ones), made *monotone* (a volume price can drop when
-usage grows; the decision uses the highest amount reached so far), so more usage never
-turns a deny into an allow. Deny reasons in priority order: payment_overdue, task_limit,
-quota_exhausted, rate_limited, spend_cap_reached.
+Amounts come from the one charge arithmetic (``billing.rating.arithmetic``) on the plan's
+compiled form, so the ``spend`` a decision reports is what the invoice will bill for the
+same usage (each charge rounded once, at most its spend cap; a percentage price with
+per-transaction rules rates the committed transactions the caller read into
+``MeterUsage.transactions``). Caps are held against the *peak* amount
+(``arithmetic.peak_exact``, unrounded: a volume price can drop when usage grows; the
+decision uses the highest amount reached so far), so more usage never turns a deny into
+an allow. Deny reasons in priority order: payment_overdue, task_limit, quota_exhausted,
+rate_limited, spend_cap_reached.
 """
 
 from __future__ import annotations
@@ -45,12 +49,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
-from billing.catalog.schema import (
-    BlockPolicy, OveragePolicy, Plan, RateLimit, RateLimitPolicy, SlowTierPolicy, UsageCharge, VolumePrice)
+from billing.catalog.compiled import CompiledPlan, compile_charge
+from billing.catalog.schema import BlockPolicy, Plan, RateLimit, RateLimitPolicy, SlowTierPolicy, UsageCharge
 from billing.errors import BillingError, ErrorCode
-from billing.money import dec_str
-from billing.rating.charges import price_parts
-from billing.rating.types import Billable
+from billing.money import dec_str, round_line
+from billing.rating import arithmetic
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -82,15 +85,20 @@ class UnknownMeter(BillingError):
 
 @dataclass(frozen=True)
 class MeterUsage:
-    """Units, provider cost and event count of one meter (committed usage or live holds)."""
+    """Units, provider cost and event count of one meter (committed usage or live holds).
+
+    ``transactions``: the committed per-event values in time order, for a meter a
+    percentage price rates one transaction at a time (``CompiledPlan.transaction_meters``);
+    None when the caller did not read them (then the events count as equal amounts)."""
 
     units: Decimal = ZERO
     cost: Decimal = ZERO
     events: int = 0
+    transactions: tuple[Decimal, ...] | None = None
 
     def __add__(self, other: "MeterUsage") -> "MeterUsage":
         return frozen(MeterUsage, {"units": self.units + other.units, "cost": self.cost + other.cost,
-                                   "events": self.events + other.events})
+                                   "events": self.events + other.events, "transactions": None})
 
 
 _EMPTY = MeterUsage()
@@ -153,7 +161,7 @@ class Decision:
     units: Decimal  # metered units this request counts for (quantity x multiplier)
     remaining: dict[str, Decimal | None]  # included units left per meter before the request; None: no allowance
     remaining_money: Decimal | None  # money left under the strictest cap before the request; None: uncapped
-    spend: Decimal  # usage spend so far this period (holds included), before credits
+    spend: Decimal  # usage spend so far this period (holds included), before credits: what the invoice bills
     credits_remaining: Decimal
     retry_after: float | None = None  # seconds; set when waiting can turn the deny into an allow
     rate_windows: tuple[tuple[str, int, int], ...] = ()  # (charge, window start us, end us) a grant counts in
@@ -197,41 +205,19 @@ def _seconds_until_us(now: datetime, end_us: int) -> float:
 
 
 def included_units(charge: UsageCharge, seats: int) -> Decimal:
-    return charge.included.units(Decimal(seats)) if charge.included is not None else ZERO
+    """A charge's included units at ``seats`` (kept for callers holding a schema charge)."""
+    return arithmetic.included_units(charge, seats)
 
 
-def _raw_amount(charge: UsageCharge, units: Decimal, cost: Decimal, events: int, included: Decimal) -> Decimal:
-    """The charge's amount for a period total (before its own spend cap)."""
-    billable = max(ZERO, units - included)
-    if billable <= 0:
-        return ZERO
-    policy = charge.on_exhaustion
-    if isinstance(policy, SlowTierPolicy):
-        return billable * policy.unit_price
-    if charge.price is None:
-        return ZERO
-    share = billable / units if units > 0 else ZERO
-    billed_events = events if included == 0 else int(events * share)
-    usage = Billable(billable, cost * share, billed_events, (billable,))
-    return sum((p.amount for p in price_parts(charge.price, usage)), ZERO)
-
-
-def charge_spend(charge: UsageCharge, units: Decimal, cost: Decimal, events: int, included: Decimal) -> Decimal:
-    """Monotone spend of a charge: the highest amount reached at any usage up to ``units``
-    (only volume prices can fall as usage grows: their candidates are the tier ends)."""
-    amount = _raw_amount(charge, units, cost, events, included)
-    if isinstance(charge.price, VolumePrice) and not isinstance(charge.on_exhaustion, SlowTierPolicy):
-        billable = units - included
-        for tier in charge.price.tiers:
-            if tier.up_to is not None and tier.up_to < billable:
-                at = included + tier.up_to
-                frac = at / units if units > 0 else ZERO
-                amount = max(amount, _raw_amount(charge, at, cost * frac, int(events * frac), included))
-    return amount
+def charge_spend(charge: UsageCharge, units: Decimal, cost: Decimal, events: int, included: Decimal,
+                 currency: str = "USD", transactions: tuple[Decimal, ...] = ()) -> Decimal:
+    """Peak exact amount of a charge before its spend cap (kept for callers holding a schema
+    charge; the rule is ``arithmetic.peak_exact``, which ``decide`` calls)."""
+    return arithmetic.peak_exact(compile_charge(charge, 0, currency), units, cost, events, transactions, included)
 
 
 def _meter_units(plan: Plan, meter_key: str, quantity: Decimal, model: str | None) -> Decimal:
-    meter = _index(plan).meters.get(meter_key) or plan.meter(meter_key)
+    meter = plan.compiled.meter_by_key[meter_key]
     if meter.multipliers is not None and model is not None and meter.multipliers.property == "model":
         return quantity * meter.multipliers.factor({"model": model})
     return quantity
@@ -239,75 +225,50 @@ def _meter_units(plan: Plan, meter_key: str, quantity: Decimal, model: str | Non
 
 def resolve(plan: Plan, key: str) -> tuple[str, tuple[UsageCharge, ...]]:
     """(meter key, charges deciding it) for a request naming a charge or a meter."""
-    hit = _index(plan).resolved.get(key)
+    hit = plan.compiled.requests.get(key)
     if hit is None:
         raise UnknownMeter(f"plan {plan.ref} has no meter or charge {key!r}")
-    return hit
-
-
-class _PlanIndex:
-    """What ``decide`` looks up in a plan, computed once per plan object."""
-
-    __slots__ = ("plan", "resolved", "charged", "meters", "charges", "included", "has_credits")
-
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        resolved: dict[str, tuple[str, tuple[UsageCharge, ...]]] = {}
-        for m in plan.meters:
-            resolved.setdefault(m.key, (m.key, tuple(c for c in plan.charges if c.meter == m.key)))
-        for c in reversed(plan.charges):  # a charge key wins over a meter key; the first charge wins
-            resolved[c.key] = (c.meter, (c,))
-        self.resolved = resolved
-        self.charged = frozenset(c.meter for c in plan.charges)
-        self.meters = {m.key: m for m in plan.meters}
-        # (charge, key, meter, has included, exhaustion policy, its spend cap)
-        self.charges = tuple((c, c.key, c.meter, c.included is not None, c.on_exhaustion,
-                              getattr(c.on_exhaustion, "spend_cap", None)) for c in plan.charges)
-        self.included: dict[int, tuple[Decimal, ...]] = {}  # seats -> included units per charge
-        self.has_credits = bool(plan.credits)
-
-    def included_for(self, seats: int) -> tuple[Decimal, ...]:
-        hit = self.included.get(seats)
-        if hit is None:
-            if len(self.included) > 1000:
-                self.included.clear()
-            hit = self.included[seats] = tuple(included_units(c, seats) for c in self.plan.charges)
-        return hit
-
-
-_INDEX: dict[int, _PlanIndex] = {}
-
-
-def _index(plan: Plan) -> _PlanIndex:
-    hit = _INDEX.get(id(plan))
-    if hit is None or hit.plan is not plan:
-        if len(_INDEX) > 10_000:
-            _INDEX.clear()
-        hit = _INDEX[id(plan)] = _PlanIndex(plan)
-    return hit
-
-
-def _charged_meters(plan: Plan) -> frozenset[str]:
-    """Meters that some charge of the plan prices (cached per plan object)."""
-    return _index(plan).charged
+    return hit[0], tuple(c.charge for c in hit[1])
 
 
 def plan_credit_amount(plan: Plan, seats: int) -> list[tuple[Decimal, tuple[str, ...] | None]]:
-    return [(c.amount * (Decimal(seats) if c.per_seat else ONE), c.applies_to) for c in plan.credits]
+    """The plan's recurring credits at ``seats``: (amount, charge keys or None)."""
+    return [(g.amount, g.applies_to) for g in arithmetic.recurring_credits(plan.compiled, seats)]
 
 
-def _credits_for(state: UsageState, plan: Plan, charge_key: str | None, has_credits: bool = True) -> Decimal:
+def _credits_for(state: UsageState, plan: CompiledPlan, charge_key: str | None) -> Decimal:
     """Usable credit balance (grants + the plan's recurring credits) for one charge or, with
     ``None``, for the whole plan."""
-    if not has_credits and not state.credit_balances and not state.credit_balance:
+    if not plan.has_credits and not state.credit_balances and not state.credit_balance:
         return ZERO
-    pools: list[tuple[Decimal, tuple[str, ...] | None]] = plan_credit_amount(plan, state.seats)
+    pools: list[tuple[Decimal, tuple[str, ...] | None]] = plan_credit_amount(plan.plan, state.seats)
     if state.credit_balances:
         pools.extend(state.credit_balances.values())
     else:
         pools.append((state.credit_balance, None))
     return sum((amount for amount, applies in pools
                 if amount > 0 and (charge_key is None or applies is None or charge_key in applies)), ZERO)
+
+
+def _equal_parts(m: MeterUsage | None) -> tuple[Decimal, ...]:
+    """``m`` as its events of equal amounts (transactions a caller did not read, live holds)."""
+    if m is None:
+        return ()
+    n = m.events or (1 if m.units > 0 else 0)
+    return (m.units / n,) * n if n else ()
+
+
+def committed_transactions(state: UsageState, meter: str) -> tuple[Decimal, ...]:
+    """The meter's committed transactions in order (a per-transaction price)."""
+    used = state.usage.get(meter)
+    if used is None:
+        return ()
+    return _equal_parts(used) if used.transactions is None else used.transactions
+
+
+def transactions_of(state: UsageState, meter: str) -> tuple[Decimal, ...]:
+    """The meter's transactions, committed then held, in order (a per-transaction price)."""
+    return committed_transactions(state, meter) + _equal_parts(state.held.get(meter))
 
 
 # ---------------------------------------------------------------------- decision
@@ -325,8 +286,8 @@ class _Verdict:
 
 def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     """Decide one request. Raises ``UnknownMeter`` for a key the plan does not meter."""
-    idx = _index(plan)
-    hit = idx.resolved.get(request.key)
+    cp = plan.compiled
+    hit = cp.requests.get(request.key)
     if hit is None:
         raise UnknownMeter(f"plan {plan.ref} has no meter or charge {request.key!r}")
     meter_key, charges = hit
@@ -334,7 +295,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     if quantity < 0:
         raise BillingError("quantity must not be negative", code=ErrorCode.VALIDATION)
     cost = request.cost if type(request.cost) is Decimal else Decimal(request.cost)
-    meter = idx.meters.get(meter_key) or plan.meter(meter_key)
+    meter = cp.meter_by_key[meter_key]
     if meter.multipliers is not None and request.model is not None and meter.multipliers.property == "model":
         units = quantity * meter.multipliers.factor({"model": request.model})
     else:
@@ -345,7 +306,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     empty = _EMPTY
     totals: dict[str, MeterUsage] = {}
     usage_get, held_get = state.usage.get, state.held.get
-    for key in idx.charged:
+    for key in cp.charged_meters:
         used, held = usage_get(key), held_get(key)
         totals[key] = (used or empty) if held is None else (held if used is None else used + held)
     before = totals.get(meter_key)
@@ -353,26 +314,44 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         used, held = usage_get(meter_key), held_get(meter_key)
         before = totals[meter_key] = (used or empty) if held is None else (held if used is None else used + held)
     after_m = frozen(MeterUsage, {"units": before.units + units, "cost": before.cost + cost,
-                                  "events": before.events + (1 if units > 0 else 0)})
+                                  "events": before.events + (1 if units > 0 else 0), "transactions": None})
 
+    # per charge: the spend the invoice will bill (rounded once, at most the cap) and the
+    # exact peak amount that caps are held against (a charge's peak counts at most its cap)
+    currency = cp.currency
+    seats = state.seats
     spend_before = ZERO
     spend_after = ZERO
-    per_charge_after: dict[str, Decimal] = {}
-    per_charge_before: dict[str, Decimal] = {}
+    peak_before = ZERO
+    peak_after = ZERO
+    charge_peaks: dict[str, tuple[Decimal, Decimal]] = {}  # before, after
     included: dict[str, Decimal] = {}
-    for (charge, ckey, cmeter, _has_inc, _policy, cap), inc in zip(idx.charges, idx.included_for(state.seats)):
-        included[ckey] = inc
+    exact_of, peak_of, billed = arithmetic.exact_charge, arithmetic.peak_exact, arithmetic.billed
+    for charge, inc in zip(cp.charges, arithmetic.included_by_charge(cp, seats)):
+        included[charge.key] = inc
+        cmeter = charge.meter
         m = totals[cmeter]
-        b = ZERO if m.units <= inc else charge_spend(charge, m.units, m.cost, m.events, inc)
-        a = b
-        if cmeter == meter_key and after_m.units > inc:
-            a = charge_spend(charge, after_m.units, after_m.cost, after_m.events, inc)
-        per_charge_before[ckey], per_charge_after[ckey] = b, a
-        if cap is not None:  # rating limits the line to the cap
-            b, a = min(b, cap), min(a, cap)
-        spend_before += b
-        spend_after += a
-    credits_all = _credits_for(state, plan, None, idx.has_credits)
+        tx = transactions_of(state, cmeter) if charge.per_transaction else ()
+        b = exact_of(charge, m.units, m.cost, m.events, tx, inc)
+        pb = peak_of(charge, m.units, m.cost, m.events, tx, inc) if charge.volume_ends else b
+        if cmeter == meter_key:
+            tx_after = tx + (units,) if charge.per_transaction else ()
+            a = exact_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc)
+            pa = peak_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc) \
+                if charge.volume_ends else a
+        else:
+            a, pa = b, pb
+        charge_peaks[charge.key] = (pb, pa)
+        if b:
+            spend_before += billed(charge, round_line(b, currency))
+        if a:
+            spend_after += billed(charge, round_line(a, currency))
+        cap = charge.spend_cap
+        if cap is not None:  # rating limits the charge to its cap
+            pb, pa = min(pb, cap), min(pa, cap)
+        peak_before += pb
+        peak_after += pa
+    credits_all = _credits_for(state, cp, None)
 
     verdicts: list[_Verdict] = []
 
@@ -390,7 +369,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         steps = request.steps if request.steps is not None else 1
         tokens = request.tokens
         if tokens is None:
-            prop = plan.meter(meter_key).property or ""
+            prop = meter.property or ""
             tokens = int(quantity) if prop.endswith("_tokens") else 0
         problems = []
         if limits.max_steps is not None and task.steps + steps > limits.max_steps:
@@ -409,12 +388,11 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     for charge in charges:
         inc = included[charge.key]
         remaining[charge.meter] = max(ZERO, inc - before.units) if charge.included is not None else None
-        policy = charge.on_exhaustion
+        policy = charge.policy
         if after_m.units <= inc and charge.included is not None:
             verdicts.append(_Verdict("allow", "fast", INCLUDED, model=request.model))
-            if isinstance(policy, OveragePolicy) and policy.spend_cap is not None:
-                money_left.append(policy.spend_cap + _credits_for(state, plan, charge.key, idx.has_credits)
-                                  - per_charge_before[charge.key])
+            if charge.spend_cap is not None:
+                money_left.append(charge.spend_cap + _credits_for(state, cp, charge.key) - charge_peaks[charge.key][0])
             continue
         if isinstance(policy, BlockPolicy):
             verdicts.append(_Verdict("deny", "fast", QUOTA_EXHAUSTED, retry_after=_seconds_until(now, state.period_end),
@@ -426,14 +404,15 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
             v = _Verdict("allow", "overage", OVERAGE, model=request.model)
             verdicts.append(_rate_checked(v, charge.key, policy.rate_limit, state))
         else:  # overage
-            cap = policy.spend_cap
+            cap = charge.spend_cap
             if cap is not None:
-                budget = cap + _credits_for(state, plan, charge.key, idx.has_credits)
-                money_left.append(budget - per_charge_before[charge.key])
-                if per_charge_after[charge.key] > budget:
+                budget = cap + _credits_for(state, cp, charge.key)
+                peak_b, peak_a = charge_peaks[charge.key]
+                money_left.append(budget - peak_b)
+                if peak_a > budget:
                     verdicts.append(_Verdict("deny", "overage", SPEND_CAP_REACHED,
                                              retry_after=_seconds_until(now, state.period_end),
-                                             message=f"{charge.key}: spend cap {dec_str(cap)} reached"))
+                                             message=f"{charge.key}: spend cap {dec_str(policy.spend_cap)} reached"))
                     continue
             verdicts.append(_Verdict("allow", "overage", OVERAGE, model=request.model))
 
@@ -443,8 +422,8 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     # plan-wide spend cap (credits first)
     if plan.spend_cap is not None:
         budget = plan.spend_cap + credits_all
-        money_left.append(budget - spend_before)
-        if spend_after > budget:
+        money_left.append(budget - peak_before)
+        if peak_after > budget:
             verdicts.append(_Verdict("deny", "overage", SPEND_CAP_REACHED,
                                      retry_after=_seconds_until(now, state.period_end),
                                      message=f"plan spend cap {dec_str(plan.spend_cap)} reached"))

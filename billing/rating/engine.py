@@ -2,7 +2,10 @@
 
 Order of lines: recurring fees, usage charges (with spend caps), the plan-wide spend
 cap, prepaid credits, the minimum-commitment true-up. Each line is rounded once
-(``money.round_line``); the total is the exact sum of the rounded lines.
+(``money.round_line``); the total is the exact sum of the rounded lines. Every amount of
+a usage charge and every plan-wide rule on them comes from ``billing.rating.arithmetic``
+(a charge is rounded once; its lines are that amount's breakdown); this module lays the
+lines out.
 
 Rules worth knowing (see README "Rating rules"):
 - Proration is by exact elapsed time (``periods.prorate_fraction``).
@@ -23,15 +26,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from billing.catalog.schema import FlatFee, Plan, SeatFee, SlowTierPolicy, UsageCharge
+from billing.catalog.compiled import CompiledCharge, CompiledPlan
+from billing.catalog.schema import FlatFee, Plan, SeatFee
 from billing.money import dec_str, round_line
-from billing.rating.charges import price_parts
+from billing.rating import arithmetic
 from billing.rating.periods import Period, prorate_fraction, seat_segments
-from billing.rating.types import (
-    Billable, ChargeUsage, CreditGrant, InvoiceLine, MeterTotals, Part, RatedInvoice)
+from billing.rating.types import ChargeUsage, CreditGrant, InvoiceLine, MeterTotals, RatedInvoice
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
+_NO_USAGE = MeterTotals()
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class _Lines:
 
 def rate_period(inp: RatingInput) -> RatedInvoice:
     plan, period = inp.plan, inp.period
+    compiled = plan.compiled
     lines = _Lines(plan.currency)
     window_start = max(period.start, inp.active_from or period.start)
     window_end = min(period.end, inp.active_until or period.end)
@@ -106,24 +111,23 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
         else:
             _seat_fee(lines, fee, period, paid_start, window_end, changes, segments)
 
-    usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, MeterTotals()), max_seats)
-                       for charge in plan.charges]
+    usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, _NO_USAGE), max_seats)
+                       for charge in compiled.charges]
 
     usage_total = lines.total("usage", "cap")
-    if plan.spend_cap is not None and usage_total > round_line(plan.spend_cap, plan.currency):
-        cap = round_line(plan.spend_cap, plan.currency)
-        lines.add("cap", f"Spend cap {cap} {plan.currency} reached", ONE, None, cap - usage_total, "spend_cap")
+    cap_line = arithmetic.plan_cap_line(compiled, usage_total)
+    if cap_line:
+        lines.add("cap", f"Spend cap {compiled.spend_cap_line} {plan.currency} reached", ONE, None, cap_line,
+                  "spend_cap")
 
     before_credits = lines.total()
-    credits_used = _apply_credits(lines, plan, inp, max_seats)
+    credits_used = _apply_credits(lines, compiled, inp, max_seats)
 
     if plan.minimum_commitment is not None:
         fraction = prorate_fraction(window_start, window_end, period) if window_end > window_start else ZERO
-        minimum = plan.minimum_commitment.amount * fraction
-        base = before_credits if plan.minimum_commitment.applies_to == "all" else lines.total("usage", "cap")
-        if round_line(minimum, plan.currency) > base:
-            lines.add("commitment", "Minimum commitment true-up", ONE, None,
-                      round_line(minimum, plan.currency) - base, "minimum_commitment")
+        true_up = arithmetic.commitment_true_up(compiled, fraction, before_credits, lines.total("usage", "cap"))
+        if true_up:
+            lines.add("commitment", "Minimum commitment true-up", ONE, None, true_up, "minimum_commitment")
 
     cost = inp.provider_cost
     if cost is None:
@@ -143,8 +147,7 @@ def _metered_cost(plan: Plan, usage: Mapping[str, MeterTotals]) -> Decimal:
     the type; otherwise each distinct filter counts once (overlapping filters would still
     double count: callers that know the period's events pass ``provider_cost``)."""
     total = ZERO
-    for event_type in dict.fromkeys(m.event_type for m in plan.meters):
-        meters = [m for m in plan.meters if m.event_type == event_type]
+    for meters in plan.compiled.meters_by_event_type.values():
         whole = [m for m in meters if not m.filter and m.disputes is None]
         chosen = whole[:1] or list({(repr(sorted(m.filter.items())), repr(m.disputes)): m
                                     for m in reversed(meters)}.values())
@@ -190,110 +193,69 @@ def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end:
             held = seg.seats
 
 
-def _usage_charge(lines: _Lines, charge: UsageCharge, totals: MeterTotals, seats: Decimal) -> ChargeUsage:
-    name = charge.name or charge.key
-    included = charge.included.units(seats) if charge.included else ZERO
-    billable_units = max(ZERO, totals.units - included)
-    share = billable_units / totals.units if totals.units > 0 else ZERO
-    billable = Billable(billable_units, totals.cost * share,
-                        totals.events if included == 0 else int(totals.events * share),
-                        totals.transactions)
-    start = len(lines.items)
+def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, seats: Decimal) -> ChargeUsage:
+    """The charge's lines: the included units (a zero line), then its amount's breakdown
+    (``arithmetic.breakdown``: parts adding up exactly to the once-rounded amount), then
+    the cap line when its spend cap cuts it."""
+    name = charge.name
+    included = arithmetic.included_units(charge, seats)
+    detail = arithmetic.breakdown(charge, lines.currency, totals.units, totals.cost, totals.events,
+                                  totals.transactions, included)
     if charge.included is not None:
         lines.add("usage", f"{name}: {dec_str(totals.units)} used, {dec_str(included)} included",
                   min(totals.units, included), ZERO, ZERO, charge.key, charge.meter)
-    policy = charge.on_exhaustion
-    if isinstance(policy, SlowTierPolicy):
-        if billable_units > 0:
-            lane = f" on {policy.model}" if policy.model else ""
-            lines.add("usage", f"{name}: slow tier{lane}", billable_units, policy.unit_price,
-                      billable_units * policy.unit_price, charge.key, charge.meter)
-    elif charge.price is not None:
-        parts: list[Part] = [p for p in price_parts(charge.price, billable) if p.quantity or p.amount]
-        if not parts and charge.included is None:
-            parts = [Part("", totals.units, _unit_price(charge), ZERO)]
-        for part in parts:
-            label = f"{name} ({part.label})" if part.label else name
-            lines.add("usage", label, part.quantity, part.unit_price, part.amount, charge.key, charge.meter)
-        cap = getattr(policy, "spend_cap", None)
-        spent = lines.total("usage", key=charge.key)
-        if cap is not None and spent > round_line(cap, lines.currency):
-            cap_amount = round_line(cap, lines.currency)
-            lines.add("cap", f"{name}: spend cap {cap_amount} reached", ONE, None, cap_amount - spent,
+    if charge.slow_price is not None:
+        lane = f" on {charge.policy.model}" if charge.policy.model else ""
+        for part, share in zip(detail.parts, detail.shares):
+            lines.add("usage", f"{name}: {part.label}{lane}", part.quantity, part.unit_price, share,
                       charge.key, charge.meter)
-    amount = sum((ln.amount for ln in lines.items[start:]), ZERO)
-    return ChargeUsage(charge.key, charge.meter, totals.units, included, billable_units, totals.cost, amount)
+    elif charge.price is not None:
+        parts = list(zip(detail.parts, detail.shares))
+        if not parts and charge.included is None:
+            lines.add("usage", name, totals.units, charge.unit_price, ZERO, charge.key, charge.meter)
+        for part, share in parts:
+            label = f"{name} ({part.label})" if part.label else name
+            lines.add("usage", label, part.quantity, part.unit_price, share, charge.key, charge.meter)
+        if detail.cap_line:
+            lines.add("cap", f"{name}: spend cap {charge.cap_line} reached", ONE, None, detail.cap_line,
+                      charge.key, charge.meter)
+    return ChargeUsage(charge.key, charge.meter, totals.units, included, detail.usage.units, totals.cost,
+                       detail.billed)
 
 
-def _apply_credits(lines: _Lines, plan: Plan, inp: RatingInput, seats: Decimal) -> dict[str, Decimal]:
-    """Draw credits against usage charges, soonest-expiring grant first.
-
-    A grant that expires inside the period draws only on usage charged before its expiry
-    (when ``inp.usage_before`` has the usage up to that instant): the amount each charge had
-    reached by then, less what earlier-expiring grants already drew from it. Drawing the
-    earliest deadline first covers as much as any order could."""
-    if not inp.grants and not plan.credits:
+def _apply_credits(lines: _Lines, plan: CompiledPlan, inp: RatingInput, seats: Decimal) -> dict[str, Decimal]:
+    """Draw credits against usage charges (``arithmetic.draw_credits``), soonest-expiring
+    grant first. A grant that expires inside the period draws only on usage charged before
+    its expiry (when ``inp.usage_before`` has the usage up to that instant)."""
+    if not inp.grants and not plan.plan.credits:
         return {}
-    grants = list(inp.grants)
-    for credit in plan.credits:
-        amount = credit.amount * (seats if credit.per_seat else ONE)
-        grants.append(CreditGrant(f"plan:{credit.key}", amount, credit.name or credit.key,
-                                  inp.period.end, inp.period.start, credit.applies_to))
-    usable = [g for g in grants
-              if g.amount > 0
-              and (g.effective_at is None or g.effective_at < inp.period.end)
-              and (g.expires_at is None or g.expires_at > inp.period.start)]
-    usable.sort(key=lambda g: (g.expires_at is None, g.expires_at or inp.period.end, g.id))
-    full = {c.key: max(ZERO, lines.total("usage", "cap", key=c.key)) for c in plan.charges}
-    remaining = dict(full)
-    drawn_from = {key: ZERO for key in full}  # by every grant so far, per charge
-    # a plan-wide spend cap reduces what credits can cover, proportionally per charge is
-    # overkill: cap the total instead
-    cap_total = lines.total("cap", key="spend_cap")
-    budget_left = sum(remaining.values(), ZERO) + cap_total
-    used: dict[str, Decimal] = {}
-    for grant in usable:
-        balance = _floor_minor(grant.amount, plan.currency)
-        reached = _charged_before(plan, inp, grant.expires_at, seats)
-        drawn = ZERO
-        for key in (grant.applies_to or tuple(remaining)):
-            room = remaining.get(key, ZERO)
-            if reached is not None:
-                room = min(room, max(ZERO, min(reached.get(key, ZERO), full.get(key, ZERO)) - drawn_from.get(key, ZERO)))
-            take = min(balance - drawn, room, budget_left)
-            if take > 0:
-                remaining[key] -= take
-                drawn_from[key] += take
-                budget_left -= take
-                drawn += take
-        if drawn > 0:
-            used[grant.id] = drawn
-            lines.add("credit", f"{grant.name} applied", ONE, None, -drawn, grant.id)
-    return used
+    grants = [*inp.grants, *arithmetic.recurring_credits(plan, seats, inp.period.start, inp.period.end)]
+    usable = arithmetic.usable_grants(grants, inp.period.start, inp.period.end)
+    charged = {c.key: lines.total("usage", "cap", key=c.key) for c in plan.charges}
+    pool = arithmetic.credit_pool(usable, plan.currency)
+    draws = arithmetic.draw_credits(
+        [(gid, balance, applies, _charged_before(plan, inp, g.expires_at, seats))
+         for (gid, balance, applies), g in zip(pool, usable)],
+        charged, lines.total("cap", key="spend_cap"))
+    if draws:
+        names = {g.id: g.name for g in usable}
+        for grant_id, drawn in draws:
+            lines.add("credit", f"{names[grant_id]} applied", ONE, None, -drawn, grant_id)
+    return dict(draws)
 
 
-def _charged_before(plan: Plan, inp: RatingInput, t: datetime | None, seats: Decimal) -> dict[str, Decimal] | None:
-    """What each usage charge amounted to (rounded lines, caps included) on the usage before
-    ``t``; None when ``t`` is not inside the period or its usage was not given."""
+def _charged_before(plan: CompiledPlan, inp: RatingInput, t: datetime | None, seats: Decimal) -> dict[str, Decimal] | None:
+    """What each usage charge billed (caps included) on the usage before ``t``; None when
+    ``t`` is not inside the period or its usage was not given."""
     if t is None or not inp.period.start < t < inp.period.end or t not in inp.usage_before:
         return None
-    scratch = _Lines(plan.currency)
     usage = inp.usage_before[t]
-    for charge in plan.charges:
-        _usage_charge(scratch, charge, usage.get(charge.meter, MeterTotals()), seats)
-    return {c.key: max(ZERO, scratch.total("usage", "cap", key=c.key)) for c in plan.charges}
-
-
-def _floor_minor(amount: Decimal, currency: str) -> Decimal:
-    rounded = round_line(amount, currency)
-    if rounded > amount:  # never draw more than the grant holds
-        from billing.money import quantum
-        rounded -= quantum(currency)
-    return rounded
-
-
-def _unit_price(charge: UsageCharge) -> Decimal | None:
-    return getattr(charge.price, "unit_price", None)
+    out = {}
+    for c in plan.charges:
+        totals = usage.get(c.meter, _NO_USAGE)
+        out[c.key] = arithmetic.charge_spend(c, plan.currency, totals.units, totals.cost, totals.events,
+                                             totals.transactions, arithmetic.included_units(c, seats))
+    return out
 
 
 def _q(value: Decimal) -> Decimal:

@@ -14,10 +14,11 @@ subscription's start / end), the *elapsed fraction* is ``f = (as_of - w0) / (w1 
 No projection is made before any time has elapsed (``f = 0``); early in a period the run
 rate is noisy (one busy hour projects a busy month) -- ``elapsed`` is reported with it.
 
-Crossings use the quota's budget-alert measures (``billing.quota.alerts``): units of a
-charge's included allowance (``included:<charge>``), a charge's spend of its overage spend
-cap (``spend_cap:<charge>``), the plan's usage spend of its spend cap (``spend_cap:plan``)
-and of ``budget_alerts.budget`` (``budget``). Each is checked at the plan's alert thresholds
+Crossings use the budget alerts' measures and names (``billing.rating.arithmetic.measures``,
+as ``billing.quota.alerts`` fires them): units of a charge's included allowance
+(``charge:<key>:included``), a charge's billed spend of its overage spend cap
+(``charge:<key>:spend_cap``), the plan's usage spend of its spend cap (``spend_cap``) and of
+``budget_alerts.budget`` (``budget``). Each is checked at the plan's alert thresholds
 and at 100%; ``flags`` lists the subjects whose 100% the projection reaches, and for a
 crossing not reached yet ``at`` is when the run rate reaches it.
 """
@@ -35,7 +36,7 @@ from billing.catalog.schema import Plan
 from billing.ledger.aggregate_sql import max_event_id
 from billing.ledger.types import to_us
 from billing.money import dec_str, round_line
-from billing.quota.decide import charge_spend, included_units
+from billing.rating import arithmetic
 from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import MeterTotals
 from billing.reports import repository as repo
@@ -51,7 +52,7 @@ METHOD = ("run rate: usage and cost so far / elapsed fraction of the billing win
 
 @dataclass(frozen=True)
 class Crossing:
-    subject: str  # included:<charge> | spend_cap:<charge> | spend_cap:plan | budget
+    subject: str  # charge:<key>:included | charge:<key>:spend_cap | spend_cap | budget
     threshold: Decimal  # percent of the limit
     limit: Decimal
     unit: str  # "units" or the currency
@@ -133,26 +134,9 @@ def run_rate_factor(as_of: datetime, start: datetime, end: datetime) -> Decimal:
 # ------------------------------------------------------------------------------ crossings
 
 def measures(plan: Plan, usage: dict[str, MeterTotals], seats: int) -> list[tuple[str, Decimal, Decimal, str]]:
-    """(subject, value, limit, unit) as ``billing.quota.alerts.reached`` measures them."""
-    out = []
-    total = ZERO
-    for charge in plan.charges:
-        t = usage.get(charge.meter, MeterTotals())
-        inc = included_units(charge, seats)
-        spend = charge_spend(charge, t.units, t.cost, t.events, inc)
-        cap = getattr(charge.on_exhaustion, "spend_cap", None)
-        if charge.included is not None and inc > 0:
-            out.append((f"included:{charge.key}", t.units, inc, "units"))
-        if cap is not None and cap > 0:
-            spend = min(spend, cap)
-            out.append((f"spend_cap:{charge.key}", spend, cap, plan.currency))
-        total += spend
-    if plan.spend_cap is not None and plan.spend_cap > 0:
-        out.append(("spend_cap:plan", total, plan.spend_cap, plan.currency))
-    budget = plan.budget_alerts.budget if plan.budget_alerts is not None else None
-    if budget is not None and budget > 0:
-        out.append(("budget", total, budget, plan.currency))
-    return out
+    """(subject, value, limit, unit) of ``billing.rating.arithmetic.measures``: the budget
+    alerts' measures, under their names."""
+    return [(m.subject, m.value, m.limit, m.unit) for m in arithmetic.measures(plan.compiled, usage, seats)]
 
 
 def crossings(plan: Plan, usage: dict[str, MeterTotals], seats: int, factor: Decimal, w0: datetime,
@@ -187,7 +171,7 @@ def _when(plan, usage, seats, subject, target, factor, w0, as_of) -> datetime:
     lo, hi = Decimal(1), factor
     with localcontext() as ctx:
         ctx.prec = 40
-        if subject.startswith("included:"):  # units grow linearly with the run rate: solve directly
+        if subject.endswith(":included"):  # units grow linearly with the run rate: solve directly
             units = value(Decimal(1))
             if units > 0 and value(Decimal(2)) == 2 * units:
                 hi = target / units

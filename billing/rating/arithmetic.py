@@ -1,0 +1,312 @@
+"""THE charge arithmetic of a plan (pure): every consumer that prices usage calls this module.
+
+The rating engine, the quota decision and its alerts, the usage report, the forecast and
+the simulation's fast path all compute here, on a compiled plan (``Plan.compiled``):
+
+* ``included_units``: a charge's allowance (per seat x seats + pooled);
+* ``billable``: the units past it, with their share of the provider cost and events;
+* ``charge_amount``: the charge's amount for a usage state, every price model (and the
+  slow tier), computed exactly and **rounded once** (``money.round_line``): a graduated
+  charge is not rounded tier by tier, a percentage charge is the sum of its
+  per-transaction fees. ``billed`` then applies the charge's spend cap: what the
+  invoice bills for the charge (its lines and its cap line together) -- and the spend a
+  quota reports, alerts and forecasts measure;
+* ``peak_exact``: the highest exact amount reached at any usage up to the state (only a
+  volume price can fall as usage grows): what a quota decision holds against a spend cap,
+  so more usage never turns a deny into an allow;
+* ``breakdown``: the same amount as invoice detail (tiers, fees per transaction...), each
+  part's share allocated so that the parts add up exactly to the once-rounded amount;
+* plan-wide rules on the charges' billed amounts: ``plan_cap_line`` (the plan spend cap),
+  ``recurring_credits`` / ``usable_grants`` / ``credit_pool`` / ``draw_credits`` (credits
+  drawn soonest expiry first, usage charges only, never below zero), ``commitment_true_up`` (the minimum);
+* ``measures``: the alert / forecast subjects (``charge:<key>:included``,
+  ``charge:<key>:spend_cap``, ``spend_cap``, ``budget``) with their values and limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing.catalog.compiled import CompiledCharge, CompiledPlan
+from billing.catalog.schema import UsageCharge
+from billing.money import quantum, round_line
+from billing.rating.charges import price_parts
+from billing.rating.types import Billable, CreditGrant, Part
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+_NO_TRANSACTIONS: tuple[Decimal, ...] = ()
+
+
+# ------------------------------------------------------------------- one charge
+
+def included_units(charge: CompiledCharge | UsageCharge, seats: int | Decimal) -> Decimal:
+    """Units included in the period: ``per_seat`` x seats (the most held) + ``pooled``."""
+    return charge.included.units(Decimal(seats)) if charge.included is not None else ZERO
+
+
+def included_by_charge(plan: CompiledPlan, seats: int) -> tuple[Decimal, ...]:
+    """``included_units`` of every charge of the plan, in plan order, at ``seats`` (kept on
+    the compiled plan per seat count: decisions ask it for every check)."""
+    memo = plan.memo
+    hit = memo.get(seats)
+    if hit is None:
+        if len(memo) > 1000:
+            memo.clear()
+        hit = memo[seats] = tuple(included_units(c, seats) for c in plan.charges)
+    return hit
+
+
+def billable(units: Decimal, cost: Decimal, events: int, transactions: tuple[Decimal, ...],
+             included: Decimal) -> Billable:
+    """The units past the included ones, their share of the provider cost and of the
+    events (all of them when nothing is included)."""
+    if units <= 0:  # no units: no cost share (a cost-plus price bills nothing)
+        return Billable(ZERO, ZERO, events if included == 0 else 0, transactions)
+    if not included:  # every unit is billable: no division
+        return Billable(units, cost, events, transactions)
+    past = units - included if units > included else ZERO
+    share = past / units
+    return Billable(past, cost * share, int(events * share), transactions)
+
+
+def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:
+    """The charge's amount on its billable usage, unrounded, before its spend cap."""
+    if charge.linear_price is not None:  # the slow tier, or per_unit.rate's one part without building it
+        return usage.units * charge.linear_price
+    if charge.price is None:
+        return ZERO
+    total = ZERO
+    for part in price_parts(charge.price, usage):
+        total += part.amount
+    return total
+
+
+def exact_charge(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
+                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+    """The charge's exact amount for a period's usage (unrounded, before its spend cap)."""
+    price = charge.linear_price
+    if price is not None:  # per_unit or the slow tier, without building a Billable
+        return (units - included) * price if units > included else ZERO
+    return exact_amount(charge, billable(units, cost, events, transactions, included))
+
+
+def charge_amount(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
+                  transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+    """The charge's amount for a period's usage, rounded once, before its spend cap."""
+    return round_line(exact_charge(charge, units, cost, events, transactions, included), currency)
+
+
+def billed(charge: CompiledCharge, amount: Decimal) -> Decimal:
+    """What the invoice bills for a charge of (rounded) ``amount``: at most its spend cap."""
+    cap = charge.cap_line
+    return cap if cap is not None and amount > cap else amount
+
+
+def charge_spend(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
+                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+    """The spend of a charge that the invoice bills and quotas, alerts and forecasts report:
+    its amount rounded once, at most its spend cap."""
+    # exact_charge and billed, inline: the simulation's hot path
+    price = charge.linear_price
+    if price is None:
+        amount = round_line(exact_amount(charge, billable(units, cost, events, transactions, included)), currency)
+    elif units > included:
+        amount = round_line((units - included) * price, currency)
+    else:
+        return ZERO
+    cap = charge.cap_line
+    return cap if cap is not None and amount > cap else amount
+
+
+def peak_exact(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
+               transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+    """The highest exact amount (``exact_charge``) reached at any usage up to ``units``:
+    what a quota decision holds against a spend cap.
+
+    Every price model but volume only grows with usage; a volume price can fall past a tier
+    end, so its candidates are the amounts at the bounded tiers' ends below the usage."""
+    amount = exact_charge(charge, units, cost, events, transactions, included)
+    if charge.volume_ends and units > 0:
+        past = units - included
+        for end in charge.volume_ends:
+            if end < past:
+                at = included + end
+                fraction = at / units
+                amount = max(amount, exact_charge(charge, at, cost * fraction, int(events * fraction), transactions,
+                                                  included))
+    return amount
+
+
+@dataclass(frozen=True, slots=True)
+class Breakdown:
+    """A charge's invoice detail: its parts (exact) with each part's rounded share, the
+    once-rounded amount they add up to, and the cap line (0 when under the cap)."""
+
+    usage: Billable
+    parts: tuple[Part, ...]
+    shares: tuple[Decimal, ...]  # per part, adding up exactly to ``amount``
+    amount: Decimal  # rounded once, before the cap
+    cap_line: Decimal  # billed - amount (<= 0)
+
+    @property
+    def billed(self) -> Decimal:
+        return self.amount + self.cap_line
+
+
+def breakdown(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal, events: int,
+              transactions: tuple[Decimal, ...], included: Decimal) -> Breakdown:
+    usage = billable(units, cost, events, transactions, included)
+    if charge.slow_price is not None:
+        parts = [Part("slow tier", usage.units, charge.slow_price, usage.units * charge.slow_price)] \
+            if usage.units > 0 else []
+    elif charge.price is not None:
+        parts = [p for p in price_parts(charge.price, usage) if p.quantity or p.amount]
+    else:
+        parts = []
+    shares = allocate([p.amount for p in parts], currency)
+    amount = sum(shares, ZERO)  # = round_line(the parts' exact sum) = charge_amount (a test holds it)
+    return Breakdown(usage, tuple(parts), tuple(shares), amount, billed(charge, amount) - amount)
+
+
+def allocate(amounts: Sequence[Decimal], currency: str) -> list[Decimal]:
+    """Rounded shares of exact ``amounts`` that add up to their sum rounded once: share i is
+    round(a_1 + ... + a_i) - round(a_1 + ... + a_(i-1)), each a multiple of the minor unit."""
+    shares: list[Decimal] = []
+    running = ZERO
+    previous = ZERO
+    for amount in amounts:
+        running += amount
+        rounded = round_line(running, currency)
+        shares.append(rounded - previous)
+        previous = rounded
+    return shares
+
+
+# ------------------------------------------------------------------- the plan
+
+def plan_cap_line(plan: CompiledPlan, usage_total: Decimal) -> Decimal:
+    """The plan spend cap's line (<= 0) on the usage lines' total (charges' caps applied)."""
+    cap = plan.spend_cap_line
+    return cap - usage_total if cap is not None and usage_total > cap else ZERO
+
+
+def recurring_credits(plan: CompiledPlan, seats: int | Decimal, start: datetime | None = None,
+                      end: datetime | None = None) -> list[CreditGrant]:
+    """The plan's credits of one period (per seat: x the most seats held), as grants
+    effective at its start and expiring at its end."""
+    return [CreditGrant(f"plan:{c.key}", c.amount * (Decimal(seats) if c.per_seat else ONE), c.name or c.key,
+                        end, start, c.applies_to) for c in plan.plan.credits]
+
+
+def usable_grants(grants: Sequence[CreditGrant], start: datetime, end: datetime) -> list[CreditGrant]:
+    """Grants with a balance in force during [start, end), in drawing order: soonest expiry
+    first (never-expiring last), then by id."""
+    usable = [g for g in grants
+              if g.amount > 0 and (g.effective_at is None or g.effective_at < end)
+              and (g.expires_at is None or g.expires_at > start)]
+    if len(usable) > 1:
+        usable.sort(key=lambda g: (g.expires_at is None, g.expires_at or end, g.id))
+    return usable
+
+
+def floor_minor(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` down to the minor unit: a grant never draws more than it holds."""
+    rounded = round_line(amount, currency)
+    return rounded - quantum(currency) if rounded > amount else rounded
+
+
+def credit_pool(grants: Sequence[CreditGrant], currency: str) -> list[tuple[str, Decimal, tuple[str, ...] | None]]:
+    """(id, balance floored to the minor unit, charge keys or None) of grants in drawing
+    order: a grant never draws more than it holds."""
+    return [(g.id, floor_minor(g.amount, currency), g.applies_to) for g in grants]
+
+
+def draw_credits(grants: Sequence[tuple[str, Decimal, tuple[str, ...] | None, Mapping[str, Decimal] | None]],
+                 charged: Mapping[str, Decimal], cap_line: Decimal) -> list[tuple[str, Decimal]]:
+    """What each grant draws, in the order given: (id, balance from ``credit_pool``, charge
+    keys it applies to or None for all, and -- for a grant expiring inside the period --
+    each charge's billed amount on the usage before its expiry, else None).
+
+    A grant draws against the charges' billed amounts (never below zero), within its
+    balance, within what the plan spend cap left billable, and an expiring grant only up to
+    what each charge had reached by its expiry, less what earlier grants drew from it.
+    Returns (id, amount drawn) for each grant that drew."""
+    full = {key: amount if amount > 0 else ZERO for key, amount in charged.items()}
+    remaining = dict(full)
+    budget_left = sum(full.values(), ZERO) + cap_line
+    out: list[tuple[str, Decimal]] = []
+    for grant_id, balance, applies_to, reached in grants:
+        drawn = ZERO
+        for key in (applies_to or full):
+            room = remaining.get(key, ZERO)
+            if reached is not None:  # drawn from the charge so far: full - remaining
+                before = full.get(key, ZERO)
+                room = min(room, max(ZERO, min(reached.get(key, ZERO), before) - (before - room)))
+            take = min(balance - drawn, room, budget_left)
+            if take > 0:
+                remaining[key] -= take
+                budget_left -= take
+                drawn += take
+        if drawn > 0:
+            out.append((grant_id, drawn))
+    return out
+
+
+def commitment_true_up(plan: CompiledPlan, fraction: Decimal, all_lines: Decimal, usage_lines: Decimal) -> Decimal:
+    """The minimum commitment's true-up line: the (prorated, rounded) minimum less what the
+    invoice already bills (every line before credits, or its usage lines only), or 0."""
+    commitment = plan.plan.minimum_commitment
+    if commitment is None:
+        return ZERO
+    minimum = round_line(commitment.amount * fraction, plan.currency)
+    base = all_lines if commitment.applies_to == "all" else usage_lines
+    return minimum - base if minimum > base else ZERO
+
+
+# ---------------------------------------------------------------- measures
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """One quantity a budget alert or a forecast watches: ``value`` of ``limit``."""
+
+    subject: str  # charge:<key>:included | charge:<key>:spend_cap | spend_cap | budget
+    value: Decimal
+    limit: Decimal
+    unit: str  # "units" or the currency
+
+
+def measures(plan: CompiledPlan, usage: Mapping[str, Any], seats: int,
+             transactions: Mapping[str, tuple[Decimal, ...]] | None = None) -> list[Measure]:
+    """The alert / forecast measures of a usage state (``usage``: meter -> units, cost,
+    events, and ``transactions`` per meter, or the totals' own): units of each charge's
+    allowance, each charge's billed amount of its spend cap, and the charges' billed total
+    (the invoice's usage lines before the plan cap) of the plan spend cap and the budget."""
+    out: list[Measure] = []
+    total = ZERO
+    currency = plan.currency
+    for charge in plan.charges:
+        t = usage.get(charge.meter)
+        inc = included_units(charge, seats)
+        if t is None:
+            units, spend = ZERO, ZERO
+        else:
+            tx = transactions.get(charge.meter, ()) if transactions is not None else t.transactions or ()
+            units = t.units
+            spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc)
+        if charge.included is not None and inc > 0:
+            out.append(Measure(f"charge:{charge.key}:included", units, inc, "units"))
+        if charge.spend_cap is not None and charge.spend_cap > 0:
+            out.append(Measure(f"charge:{charge.key}:spend_cap", spend, charge.spend_cap, currency))
+        total += spend
+    p = plan.plan
+    if p.spend_cap is not None and p.spend_cap > 0:
+        out.append(Measure("spend_cap", total, p.spend_cap, currency))
+    budget = p.budget_alerts.budget if p.budget_alerts is not None else None
+    if budget is not None and budget > 0:
+        out.append(Measure("budget", total, budget, currency))
+    return out
