@@ -150,7 +150,7 @@ def grant(customer_id: str, amount: str, expires: Annotated[str | None, typer.Op
 
 @events_app.command("import")
 def events_import(path: Path, as_json: JsonOpt = False,
-                  batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per transaction.")] = 40_000
+                  batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per transaction.")] = 50_000
                   ) -> None:
     """Import a JSONL file of events, streaming (memory stays flat whatever the file's length).
 
@@ -164,9 +164,10 @@ def events_import(path: Path, as_json: JsonOpt = False,
     from billing.ledger.db import make_engine
 
     settings = get_settings()
-    # its own engine, without SQLite's memory map: mapped pages of the growing file would count
-    # as the import's resident memory, which must stay flat whatever the file's length
-    ledger = Ledger(run(lambda: make_engine(settings.database_url, sqlite_mmap=0)), catalog(),
+    # its own engine: SQLite without a memory map (mapped pages of the growing file count as the
+    # import's resident memory, which must stay flat whatever the file's length) and with a
+    # 32 MiB page cache (2 chunks of 50,000 events in flight + the cache: about 260 MB peak)
+    ledger = Ledger(run(lambda: make_engine(settings.database_url, sqlite_mmap=0, sqlite_cache_kib=32768)), catalog(),
                     future_tolerance_seconds=settings.future_tolerance_seconds)
     events = JsonlEvents(path)
     result = BatchResult(keep_events=False)

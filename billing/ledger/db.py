@@ -23,10 +23,10 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, sqlite_mmap: int = 1 << 30, **kwargs) -> Engine:
-    """An engine for ``url``. SQLite: WAL, a 64 MiB page cache, and reads through a memory
-    map of up to ``sqlite_mmap`` bytes of the file (0: none; a long import turns it off, so
-    its resident memory does not grow with the database file it maps)."""
+def make_engine(url: str, *, sqlite_mmap: int = 1 << 30, sqlite_cache_kib: int = 65536, **kwargs) -> Engine:
+    """An engine for ``url``. SQLite: WAL, a page cache of ``sqlite_cache_kib`` KiB, and reads
+    through a memory map of up to ``sqlite_mmap`` bytes of the file (0: none; a long import
+    turns it off, so its resident memory does not grow with the database file it maps)."""
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
@@ -38,7 +38,7 @@ def make_engine(url: str, *, sqlite_mmap: int = 1 << 30, **kwargs) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: index pages stay hot during ingestion
+            cur.execute(f"PRAGMA cache_size=-{int(sqlite_cache_kib)}")  # index pages stay hot
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute(f"PRAGMA mmap_size={int(sqlite_mmap)}")  # scans read pages straight from the mapping
             cur.close()
