@@ -60,7 +60,7 @@ from billing.ledger.wide import join
 from billing.money import dec_str, minor_units
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import BillingCycle, Period
-from billing.rating.types import MeterTotals, RatedInvoice
+from billing.rating.types import LineKind, MeterTotals, RatedInvoice
 
 _from_minor = from_minor  # kept for callers of the old private name
 # runs of a close whose transaction met another writer of the same rows (a deadlock, a
@@ -398,11 +398,11 @@ class Invoicing:
                 if grant_id.startswith("plan:"):
                     continue  # plan credits are regenerated each period, not stored grants
                 rows.append({"grant_id": grant_id, "invoice_id": invoice_id, "amount_micro": to_micro(amount)})
-        adjusted = {ln["key"] for lines_ in lines for ln in lines_ if ln["kind"] == "adjustment"}
+        adjusted = {ln["key"] for lines_ in lines for ln in lines_ if ln["kind"] == LineKind.ADJUSTMENT}
         grant_currency = repo.grant_currencies(conn, adjusted) if adjusted else {}
         for invoice_id, invoice_lines in zip(ids, lines):
             for line in invoice_lines:  # credit drawn (or returned) by adjustments
-                if line["kind"] == "adjustment" and line["key"] in grant_currency:
+                if line["kind"] == LineKind.ADJUSTMENT and line["key"] in grant_currency:
                     scale = 10 ** (6 - minor_units(grant_currency[line["key"]]))
                     rows.append({"grant_id": line["key"], "invoice_id": invoice_id,
                                  "amount_micro": -line["amount_minor"] * scale})

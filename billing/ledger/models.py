@@ -193,7 +193,7 @@ class InvoiceLineRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: int = Field(foreign_key="invoice.id", index=True)
     position: int
-    kind: str = Field(max_length=20)  # fee | usage | cap | credit | commitment | adjustment
+    kind: str = Field(max_length=20)  # a rating.types.LineKind
     key: str = Field(default="", max_length=200)
     description: str = Field(max_length=500)
     quantity: str = Field(sa_type=String(80))

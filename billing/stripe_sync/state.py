@@ -76,8 +76,8 @@ def invoices_to_push(engine: Engine, only: list[int] | None = None) -> list[Invo
     """Finalized or paid documents not fully pushed yet (``stripe_invoice_id`` is set only
     once the Stripe invoice is complete and finalized, or the credit note issued), in id
     order (an invoice before the credit notes that correct it)."""
-    query = sqlmodel.select(Invoice).where(Invoice.status.in_((InvoiceStatus.FINALIZED.value, InvoiceStatus.PAID.value)),
-                                           Invoice.stripe_invoice_id.is_(None))
+    pushable = (InvoiceStatus.FINALIZED.value, InvoiceStatus.PAID.value)
+    query = sqlmodel.select(Invoice).where(Invoice.status.in_(pushable), Invoice.stripe_invoice_id.is_(None))
     if only:
         query = query.where(Invoice.id.in_(only))
     with Session(engine, expire_on_commit=False) as s:
@@ -110,7 +110,8 @@ def confirm_void(engine: Engine, invoice_id: int, at: datetime) -> None:
 
 def all_invoices(engine: Engine) -> list[Invoice]:
     with Session(engine, expire_on_commit=False) as s:
-        return list(s.exec(sqlmodel.select(Invoice).where(Invoice.status != InvoiceStatus.DRAFT.value).order_by(Invoice.id)).all())
+        query = sqlmodel.select(Invoice).where(Invoice.status != InvoiceStatus.DRAFT.value)
+        return list(s.exec(query.order_by(Invoice.id)).all())
 
 
 def lines_by_invoice(engine: Engine) -> dict[int, list[InvoiceLineRow]]:
