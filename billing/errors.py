@@ -10,9 +10,8 @@ class ErrorCode(StrEnum):
     # plans / catalog
     PLAN_INVALID = "plan_invalid"
     PLAN_NOT_FOUND = "plan_not_found"
-    # events / ingestion
+    # events / ingestion (an event naming an unknown customer: customer_not_found)
     EVENT_INVALID = "event_invalid"
-    UNKNOWN_CUSTOMER = "unknown_customer"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     UNKNOWN_MODEL = "unknown_model"
     NEGATIVE_QUANTITY = "negative_quantity"
@@ -28,7 +27,7 @@ class ErrorCode(StrEnum):
     SUBSCRIPTION_NOT_FOUND = "subscription_not_found"
     SUBSCRIPTION_EXISTS = "subscription_exists"
     INVOICE_NOT_FOUND = "invoice_not_found"
-    INVOICE_STATE = "invoice_state"
+    INVALID_TRANSITION = "invalid_transition"  # the document is not in a status this action leaves
     PERIOD_INVOICED = "period_invoiced"
     CURRENCY_MISMATCH = "currency_mismatch"
     # quota

@@ -144,7 +144,7 @@ def test_events_batch_per_event_results(api):
     assert r.status_code == 200
     js = r.json()
     assert [x["status"] for x in js["results"]] == ["accepted", "duplicate", "conflict", "rejected", "accepted"]
-    assert js["results"][3]["code"] == "unknown_customer"
+    assert js["results"][3]["code"] == "customer_not_found"
     assert js["results"][4]["code"] == "unmetered_type" and "'nope'" in js["results"][4]["message"]  # kept
     assert (js["accepted"], js["duplicates"], js["conflicts"], js["rejected"], js["unmetered"]) == (2, 1, 1, 1, 1)
     # a bare list is accepted too

@@ -198,7 +198,7 @@ def test_payment_state_transitions(world):
     assert inv.mark_paid(a, d(11, 3)).paid_at == d(11, 2)  # idempotent
     with pytest.raises(BillingError) as err:
         inv.void(a, d(11, 3))
-    assert err.value.code == ErrorCode.INVOICE_STATE
+    assert err.value.code == ErrorCode.INVALID_TRANSITION
     assert inv.mark_payment_failed(a, d(11, 3)).status == "paid"  # paid stays paid
 
     failed = inv.mark_payment_failed(b, d(11, 2))
@@ -211,8 +211,8 @@ def test_payment_state_transitions(world):
     assert inv.void(c, d(11, 3)).voided_at == d(11, 2)
     with pytest.raises(BillingError) as err:
         inv.mark_paid(c, d(11, 3))
-    assert err.value.code == ErrorCode.INVOICE_STATE
-    assert str(ErrorCode.INVOICE_STATE) == "invoice_state"
+    assert err.value.code == ErrorCode.INVALID_TRANSITION
+    assert str(ErrorCode.INVALID_TRANSITION) == "invalid_transition"
 
     for call in (inv.mark_paid, inv.void, inv.mark_payment_failed):
         with pytest.raises(BillingError) as err:

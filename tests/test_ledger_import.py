@@ -116,7 +116,7 @@ def test_a_rejected_event_names_its_file_line(db_url, engine, tmp_path):  # noqa
     code, summary, _ = _import(db_url, path)
     assert code == 1
     assert [(e["line"], e["code"], e.get("id")) for e in summary["errors"]] == [
-        (5, "negative_quantity", "neg"), (6, "unknown_customer", "g")]
+        (5, "negative_quantity", "neg"), (6, "customer_not_found", "g")]
 
 
 def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tmp_path):  # noqa: F811

@@ -113,7 +113,7 @@ def test_repeat_after_a_conflicting_copy_is_judged_by_what_is_stored(world):
     # repeats of an event that cannot be stored are rejected alike, whatever their content
     result = world.record([ev("x", customer="nobody"), ev("x", customer="nobody"),
                            ev("x", customer="nobody", ts="2026-10-07T00:00:00Z")])
-    assert statuses(result) == [("rejected", "unknown_customer")] * 3
+    assert statuses(result) == [("rejected", "customer_not_found")] * 3
     assert [e for _, e, *_ in stored_events(world.engine)] == ["e1"]
 
 
@@ -124,7 +124,7 @@ def test_event_ids_are_per_customer(world):
 
 
 BAD_EVENTS = {
-    "unknown_customer": ev("bad", customer="nobody"),
+    "customer_not_found": ev("bad", customer="nobody"),
     "negative_quantity": ev("bad", model="gpt-4o", input_tokens=-5),
     "non_numeric_quantity": ev("bad", model="gpt-4o", output_tokens="five"),
     "bad_timestamp": ev("bad", ts="2026-10-05T10:00:00"),  # no timezone
@@ -413,7 +413,7 @@ def test_a_customer_created_after_a_rejection_is_accepted(world):
     late = [{**e, "customer": "late"} for e in big[:1200]]
     result = world.record([*big, *late])
     assert (result.accepted, result.to_json()["rejected"]) == (1500, 1200)
-    assert {r.code for r in result.results[1500:]} == {"unknown_customer"}
+    assert {r.code for r in result.results[1500:]} == {"customer_not_found"}
     world.accounts.create_customer("late", now=START)
     world.accounts.subscribe("late", "support-chatbot", at=START)
     again = world.record([*big, *late])

@@ -437,7 +437,7 @@ def test_void_is_refused_while_stripe_shows_the_invoice_paid(sync, engine, direc
         s.commit()
     with pytest.raises(BillingError) as err:
         sync.void(ids["acme_zero"], NOW)
-    assert err.value.code == "invoice_state" and "paid in Stripe" in err.value.message
+    assert err.value.code == "invalid_transition" and "paid in Stripe" in err.value.message
     with Session(engine) as s:
         assert s.get(Invoice, ids["acme_zero"]).status == "finalized"
 

@@ -92,7 +92,7 @@ def test_unpriced_and_unmetered_events_are_kept_with_their_reason(engine):
     result = world.record(batch)
     got = [(r.status, r.code) for r in result.results]
     assert got == [("accepted", None), ("accepted", "unpriced_model"), ("accepted", "unmetered_type"),
-                   ("accepted", "unpriced_model"), ("rejected", "unknown_customer")]  # customers: still rejected
+                   ("accepted", "unpriced_model"), ("rejected", "customer_not_found")]  # customers: still rejected
     assert "nova-9" in result.results[1].message and "'vector.search'" in result.results[3].message
     assert result.to_json()["unpriced"] == 2 and result.to_json()["unmetered"] == 2
     rows = event_rows(engine)

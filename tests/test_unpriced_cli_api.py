@@ -249,7 +249,7 @@ def test_api_prices_with_billing_costs_and_lists_what_it_cannot(api):
                                                   nova_event(4, customer="nobody")])
     assert [(x["status"], x["code"]) for x in r.json()["results"]] == [
         ("accepted", None), ("accepted", "unpriced_model"), ("accepted", "unpriced_model"),
-        ("rejected", "unknown_customer")]
+        ("rejected", "customer_not_found")]
     listed = api("GET", "/v1/events/unpriced", "read").json()
     assert [(e["id"], e["customer"], e["status"]) for e in listed["events"]] == [("n2", "acme", "unpriced"),
                                                                                  ("n3", "globex", "unpriced")]

@@ -17,8 +17,10 @@ from billing.api.auth import Principal
 from billing.api.errors import json_bytes
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
 from billing.errors import BillingError, ErrorCode
-from billing.ledger.accounts import INVOICE_STATUSES, MAX_ROW_ID
+from billing.invoicing.lifecycle import InvoiceStatus
+from billing.ledger.accounts import MAX_ROW_ID
 from billing.ledger.models import Customer, SeatChange, Subscription
+from billing.quota.decide import Outcome
 
 
 def _api_key(authorization: str | None, x_api_key: str | None) -> str | None:
@@ -83,7 +85,7 @@ def _json(data: Any, decision: dict[str, Any] | None = None) -> Response:
 
 
 def _retry_after(decision: dict[str, Any]) -> str | None:
-    if decision.get("outcome") == "deny" and decision.get("retry_after") is not None:
+    if decision.get("outcome") == Outcome.DENY and decision.get("retry_after") is not None:
         return str(max(1, math.ceil(decision["retry_after"])))
     return None
 
@@ -248,7 +250,7 @@ def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -
 @router.get("/invoices", tags=["invoices"], summary="Invoices and credit notes (newest last)")
 def list_invoices(request: Request, principal: Read,
                   customer: Annotated[str | None, Query(max_length=200)] = None,
-                  status: Annotated[str | None, Query(pattern=f"^({'|'.join(INVOICE_STATUSES)})$")] = None,
+                  status: Annotated[InvoiceStatus | None, Query()] = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
 
@@ -257,7 +259,7 @@ def list_invoices(request: Request, principal: Read,
             principal.require_customer(customer)
         customer = principal.customer
     svc = _svc(request)
-    rows = svc.invoicing.list(customer_id=customer, status=status, limit=limit)
+    rows = svc.invoicing.list(customer_id=customer, status=status.value if status else None, limit=limit)
     out = []
     for inv in rows:
         js = invoice_json(inv, [])

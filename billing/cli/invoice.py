@@ -170,16 +170,26 @@ def _transition(invoice_id: int, at: str | None, as_json: bool, change: str) -> 
 @app.command("pay")
 def pay_cmd(invoice_id: int, at: Annotated[str | None, typer.Option("--at", help="When it was paid (ISO); default now.")] = None,
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """finalized -> paid (idempotent; a void invoice cannot be paid)."""
+    """finalized or uncollectible -> paid (idempotent; a void invoice or a credit note cannot
+    be paid: exit 2, invalid_transition)."""
     _transition(invoice_id, at, as_json, "mark_paid")
 
 
 @app.command("void")
 def void_cmd(invoice_id: int, at: Annotated[str | None, typer.Option("--at", help="When it was voided (ISO); default now.")] = None,
              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """finalized -> void: the invoice is not owed (its lines stay as they were; idempotent;
-    a paid invoice cannot be voided)."""
+    """finalized or uncollectible -> void: the invoice (or credit note) is not owed (its lines
+    stay as they were; idempotent; a paid invoice cannot be voided)."""
     _transition(invoice_id, at, as_json, "void")
+
+
+@app.command("uncollectible")
+def uncollectible_cmd(invoice_id: int,
+                      at: Annotated[str | None, typer.Option("--at", help="When (ISO); default now.")] = None,
+                      as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """finalized -> uncollectible: written off, yet still payable or voidable later
+    (idempotent; invoices only)."""
+    _transition(invoice_id, at, as_json, "mark_uncollectible")
 
 
 @app.command("list")

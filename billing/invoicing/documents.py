@@ -64,7 +64,7 @@ def _rounded_minor(amount: Decimal, places: int) -> int:
 def line_rows(inv: RatedInvoice, start: datetime, end: datetime) -> list[dict]:
     """The rated lines as rows (positions are set when the invoice's lines are final)."""
     places = minor_units(inv.currency)
-    return [{"position": 0, "kind": ln.kind, "key": ln.key, "description": ln.description[:500],
+    return [{"position": 0, "kind": str(ln.kind), "key": ln.key, "description": ln.description[:500],
              "quantity": _text(ln.quantity), "unit_price": None if ln.unit_price is None else _text(ln.unit_price),
              "amount_minor": _rounded_minor(ln.amount, places), "service_start": start, "service_end": end}
             for ln in inv.lines]

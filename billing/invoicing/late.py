@@ -35,6 +35,7 @@ from billing.invoicing.documents import minor
 from billing.invoicing.usage import period_events
 from billing.ledger.types import to_us
 from billing.money import minor_units
+from billing.rating.types import LineKind
 
 
 @dataclass
@@ -117,7 +118,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
             settled(inv, count)
             continue
         label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
-        rows = [{"kind": "adjustment", "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
+        rows = [{"kind": LineKind.ADJUSTMENT.value, "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
                  "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": window_start,
                  "service_end": window_end} for k, v in diffs.items()]
         if sum(diffs.values()) < 0:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.invoicing.usage import SubscriptionRow
 from billing.ledger.aggregate_sql import max_event_id, run
 from billing.ledger.counters import ALL_EVENTS
@@ -24,7 +25,7 @@ from billing.ledger.wide import join
 _CHUNK = 500
 # A document's lines stay billed whatever happens to its payment: voiding forgives what it
 # asked, it does not un-bill the events (a late event for the period bills only itself).
-BILLED = ("finalized", "paid", "void")
+BILLED = BILLED_STATUSES
 
 
 # The close's PostgreSQL advisory lock, in the two-key space (which never meets the

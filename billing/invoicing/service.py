@@ -44,10 +44,12 @@ from sqlmodel import Session
 
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
+from billing.invoicing import lifecycle
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import (
     PICO, correction_key, doc_base, from_minor, grant_inputs, invoice_key, invoice_row, line_rows)
 from billing.invoicing.late import Correction, late_changes
+from billing.invoicing.lifecycle import Action
 from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
 from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
@@ -58,7 +60,7 @@ from billing.ledger.wide import join
 from billing.money import dec_str, minor_units
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import BillingCycle, Period
-from billing.rating.types import MeterTotals, RatedInvoice
+from billing.rating.types import LineKind, MeterTotals, RatedInvoice
 
 _from_minor = from_minor  # kept for callers of the old private name
 # runs of a close whose transaction met another writer of the same rows (a deadlock, a
@@ -396,11 +398,11 @@ class Invoicing:
                 if grant_id.startswith("plan:"):
                     continue  # plan credits are regenerated each period, not stored grants
                 rows.append({"grant_id": grant_id, "invoice_id": invoice_id, "amount_micro": to_micro(amount)})
-        adjusted = {ln["key"] for lines_ in lines for ln in lines_ if ln["kind"] == "adjustment"}
+        adjusted = {ln["key"] for lines_ in lines for ln in lines_ if ln["kind"] == LineKind.ADJUSTMENT}
         grant_currency = repo.grant_currencies(conn, adjusted) if adjusted else {}
         for invoice_id, invoice_lines in zip(ids, lines):
             for line in invoice_lines:  # credit drawn (or returned) by adjustments
-                if line["kind"] == "adjustment" and line["key"] in grant_currency:
+                if line["kind"] == LineKind.ADJUSTMENT and line["key"] in grant_currency:
                     scale = 10 ** (6 - minor_units(grant_currency[line["key"]]))
                     rows.append({"grant_id": line["key"], "invoice_id": invoice_id,
                                  "amount_micro": -line["amount_minor"] * scale})
@@ -408,40 +410,25 @@ class Invoicing:
 
     @staticmethod
     def _finalize(docs: list[dict], numbers: list[int], prefix: str, now: datetime) -> None:
-        """draft -> finalized: a gap-free number, in the same transaction that writes the document."""
+        """draft -> finalized (documents not written yet): a gap-free number, in the same
+        transaction that writes the document."""
         for doc, number in zip(docs, numbers):
-            doc.update(status="finalized", number=f"{prefix}-{number:06d}", finalized_at=now)
+            status = lifecycle.next_status(doc["kind"], doc["status"], Action.FINALIZE)
+            doc.update(status=status.value, number=f"{prefix}-{number:06d}", finalized_at=now)
 
     # ------------------------------------------------------------- state changes
-    def _transition(self, invoice_id: int, allowed: tuple[str, ...], **values) -> Invoice:
-        with Session(self.engine, expire_on_commit=False) as s:
-            inv = s.get(Invoice, invoice_id)
-            if inv is None:
-                raise BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
-            target = values.get("status")
-            if target and inv.status == target:
-                return inv  # idempotent
-            if inv.status not in allowed:
-                raise BillingError(f"invoice {inv.number or inv.id} is {inv.status}; cannot move to "
-                                   f"{target or 'past due'}", code=ErrorCode.INVOICE_STATE)
-            for k, v in values.items():
-                setattr(inv, k, v)
-            s.add(inv)
-            s.commit()
-            return inv
-
+    # (the rules live in invoicing.lifecycle; each returns the document afterwards)
     def mark_paid(self, invoice_id: int, at: datetime) -> Invoice:
-        return self._transition(invoice_id, ("finalized",), status="paid", paid_at=at)
+        return lifecycle.apply(self.engine, invoice_id, Action.PAY, at).invoice
 
     def void(self, invoice_id: int, at: datetime) -> Invoice:
-        return self._transition(invoice_id, ("finalized", "draft"), status="void", voided_at=at)
+        return lifecycle.apply(self.engine, invoice_id, Action.VOID, at).invoice
+
+    def mark_uncollectible(self, invoice_id: int, at: datetime) -> Invoice:
+        return lifecycle.apply(self.engine, invoice_id, Action.MARK_UNCOLLECTIBLE, at).invoice
 
     def mark_payment_failed(self, invoice_id: int, at: datetime) -> Invoice:
-        with Session(self.engine) as s:
-            inv = s.get(Invoice, invoice_id)
-            if inv is not None and (inv.status != "finalized" or inv.payment_failed_at is not None):
-                return inv  # paid stays paid; the first failure starts the dunning clock
-        return self._transition(invoice_id, ("finalized",), payment_failed_at=at)
+        return lifecycle.apply(self.engine, invoice_id, Action.PAYMENT_FAILED, at).invoice
 
     # -------------------------------------------------------------------- reads
     def get(self, invoice_id: int) -> tuple[Invoice, list[InvoiceLineRow]]:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from billing.invoicing.lifecycle import InvoiceStatus
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
 from billing.events import instant_problem
@@ -31,7 +32,7 @@ MAX_ID_LENGTH = 200  # customer ids (customer.id)
 MAX_SEATS = 1_000_000
 MAX_ROW_ID = 2**31 - 1  # invoice and subscription ids: 32-bit INTEGER columns
 MAX_CREDIT = Decimal(10**12)  # a grant, in its currency (micro-units fit a 64-bit column)
-INVOICE_STATUSES = ("draft", "finalized", "paid", "void")  # what invoice lists filter on
+INVOICE_STATUSES = tuple(s.value for s in InvoiceStatus)  # what invoice lists filter on
 
 
 def check_customer_id(customer_id: object) -> str:

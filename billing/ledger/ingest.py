@@ -342,7 +342,7 @@ class Ledger:
                         kept_index.append(i)
                     else:
                         status[i] = "rejected"
-                        problems[i] = (str(ErrorCode.UNKNOWN_CUSTOMER),
+                        problems[i] = (str(ErrorCode.CUSTOMER_NOT_FOUND),
                                        f"unknown customer {p.customer!r}; create it first")
                 rows, index, named = kept_rows, kept_index, set(customers)
             inserted = event_store.insert_events(conn, rows)

@@ -154,16 +154,16 @@ class CreditBurn(SQLModel, table=True):
 
 
 class Invoice(SQLModel, table=True):
-    """An invoice or a credit note. Finalized documents never change (only their payment
-    status moves: finalized -> paid / void / past_due)."""
+    """An invoice or a credit note. Finalized documents never change (only their status
+    moves, by the rules of ``billing.invoicing.lifecycle``)."""
 
     __tablename__ = "invoice"
 
     id: int | None = Field(default=None, primary_key=True)
     number: str | None = Field(default=None, unique=True, max_length=40)
     dedupe_key: str = Field(unique=True, max_length=200)
-    kind: str = Field(default="invoice", max_length=20)  # invoice | credit_note
-    status: str = Field(default="draft", max_length=20)  # draft | finalized | paid | void
+    kind: str = Field(default="invoice", max_length=20)  # a lifecycle.DocumentKind
+    status: str = Field(default="draft", max_length=20)  # a lifecycle.InvoiceStatus
     customer_id: str = Field(foreign_key="customer.id", index=True, max_length=200)
     subscription_id: int | None = Field(default=None, foreign_key="subscription.id", index=True)
     corrects_invoice_id: int | None = Field(default=None, foreign_key="invoice.id")
@@ -193,7 +193,7 @@ class InvoiceLineRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: int = Field(foreign_key="invoice.id", index=True)
     position: int
-    kind: str = Field(max_length=20)  # fee | usage | cap | credit | commitment | adjustment
+    kind: str = Field(max_length=20)  # a rating.types.LineKind
     key: str = Field(default="", max_length=200)
     description: str = Field(max_length=500)
     quantity: str = Field(sa_type=String(80))

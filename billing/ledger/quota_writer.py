@@ -300,7 +300,7 @@ class QuotaWriter:
         payload["_request"] = asked
         hold_rows.append((hold_id, customer, op.request_id or hold_id, req.key, decision.meter, meter.event_type,
                           to_us(ctx.period.start), units_micro, cost_pico, tokens, steps, req.task,
-                          decision.lane.model, decision.lane.tier, decision.outcome, decision.reason,
+                          decision.lane.model, decision.lane.tier, str(decision.outcome), str(decision.reason),
                           orjson.dumps(payload).decode(), "held", now_us, expires_us))
         # the grant counts for the next decision of this batch exactly as a fresh read would count it
         held = states[customer][1] = dict(held)

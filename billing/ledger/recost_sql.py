@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy import Connection
 
-# invoices whose lines stay billed whatever their payment status (invoicing.repository.BILLED)
-_BILLED = ("finalized", "paid", "void")
+from billing.invoicing.lifecycle import BILLED_STATUSES, DocumentKind
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,7 @@ def invoiced_windows(conn: Connection, customers: Sequence[str]) -> list[tuple[i
     for i in range(0, len(names), 500):
         out.extend(tuple(r) for r in conn.execute(
             select(t.id, t.customer_id, t.period_start, t.period_end)
-            .where(t.customer_id.in_(names[i:i + 500]), t.kind == "invoice", t.status.in_(_BILLED),
+            .where(t.customer_id.in_(names[i:i + 500]), t.kind == DocumentKind.INVOICE.value, t.status.in_(BILLED_STATUSES),
                    t.corrects_invoice_id.is_(None), t.dedupe_key.startswith("inv:"))))
     return out
 

@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Literal
 
 from billing.catalog.compiled import CompiledPlan, compile_charge
@@ -59,22 +60,31 @@ ZERO = Decimal(0)
 ONE = Decimal(1)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-Outcome = Literal["allow", "downgrade", "deny"]
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    DOWNGRADE = "downgrade"
+    DENY = "deny"
+
+
 Tier = Literal["fast", "slow", "overage"]
 
-# reason codes (stable strings)
-INCLUDED = "included"
-OVERAGE = "overage"
-SLOW_TIER = "slow_tier"
-SPEND_CAP_REACHED = "spend_cap_reached"
-QUOTA_EXHAUSTED = "quota_exhausted"
-RATE_LIMITED = "rate_limited"
-TASK_LIMIT = "task_limit"
-PAYMENT_OVERDUE = "payment_overdue"
-REASONS = (INCLUDED, OVERAGE, SLOW_TIER, SPEND_CAP_REACHED, QUOTA_EXHAUSTED, RATE_LIMITED, TASK_LIMIT,
-           PAYMENT_OVERDUE)
-_DENY_PRIORITY = {PAYMENT_OVERDUE: 0, TASK_LIMIT: 1, QUOTA_EXHAUSTED: 2, RATE_LIMITED: 3, SPEND_CAP_REACHED: 4}
-_RANK = {"allow": 0, "downgrade": 1, "deny": 2}
+
+class Reason(StrEnum):
+    """Why a decision is what it is (stable strings)."""
+
+    INCLUDED = "included"
+    OVERAGE = "overage"
+    SLOW_TIER = "slow_tier"
+    SPEND_CAP_REACHED = "spend_cap_reached"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    RATE_LIMITED = "rate_limited"
+    TASK_LIMIT = "task_limit"
+    PAYMENT_OVERDUE = "payment_overdue"
+
+
+_DENY_PRIORITY = {Reason.PAYMENT_OVERDUE: 0, Reason.TASK_LIMIT: 1, Reason.QUOTA_EXHAUSTED: 2, Reason.RATE_LIMITED: 3,
+                  Reason.SPEND_CAP_REACHED: 4}
+_RANK = {Outcome.ALLOW: 0, Outcome.DOWNGRADE: 1, Outcome.DENY: 2}
 
 
 class UnknownMeter(BillingError):
@@ -155,7 +165,7 @@ class Lane:
 class Decision:
     outcome: Outcome
     lane: Lane
-    reason: str
+    reason: Reason
     meter: str
     charges: tuple[str, ...]
     units: Decimal  # metered units this request counts for (quantity x multiplier)
@@ -170,11 +180,11 @@ class Decision:
 
     @property
     def granted(self) -> bool:
-        return self.outcome != "deny"
+        return self.outcome != Outcome.DENY
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "outcome": self.outcome, "allowed": self.granted, "reason": self.reason,
+            "outcome": str(self.outcome), "allowed": self.granted, "reason": str(self.reason),
             "lane": {"tier": self.lane.tier, "model": self.lane.model},
             "meter": self.meter, "charges": list(self.charges), "units": dec_str(self.units),
             "remaining": {k: None if v is None else dec_str(v) for k, v in self.remaining.items()},
@@ -277,7 +287,7 @@ def transactions_of(state: UsageState, meter: str) -> tuple[Decimal, ...]:
 class _Verdict:
     outcome: Outcome
     tier: Tier
-    reason: str
+    reason: Reason
     model: str | None = None
     retry_after: float | None = None
     rate: tuple[str, int, int] | None = None
@@ -360,7 +370,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         state.payment_failed_at is not None
         and now - state.payment_failed_at >= timedelta(days=plan.dunning.deny_after_days))
     if overdue:
-        verdicts.append(_Verdict("deny", "fast", PAYMENT_OVERDUE, message="an invoice payment is overdue"))
+        verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.PAYMENT_OVERDUE, message="an invoice payment is overdue"))
 
     # agent task limits
     limits = plan.agent_limits
@@ -379,7 +389,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         if limits.max_cost is not None and task.cost + Decimal(request.cost) > limits.max_cost:
             problems.append(f"cost {dec_str(task.cost + Decimal(request.cost))} > {dec_str(limits.max_cost)}")
         if problems:
-            verdicts.append(_Verdict("deny", "fast", TASK_LIMIT,
+            verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.TASK_LIMIT,
                                      message=f"task {request.task!r} limit: " + ", ".join(problems)))
 
     # per charge
@@ -390,18 +400,18 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         remaining[charge.meter] = max(ZERO, inc - before.units) if charge.included is not None else None
         policy = charge.policy
         if after_m.units <= inc and charge.included is not None:
-            verdicts.append(_Verdict("allow", "fast", INCLUDED, model=request.model))
+            verdicts.append(_Verdict(Outcome.ALLOW, "fast", Reason.INCLUDED, model=request.model))
             if charge.spend_cap is not None:
                 money_left.append(charge.spend_cap + _credits_for(state, cp, charge.key) - charge_peaks[charge.key][0])
             continue
         if isinstance(policy, BlockPolicy):
-            verdicts.append(_Verdict("deny", "fast", QUOTA_EXHAUSTED, retry_after=_seconds_until(now, state.period_end),
-                                     message=f"{charge.key}: {dec_str(inc)} included units used"))
+            verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.QUOTA_EXHAUSTED,
+                                     retry_after=_seconds_until(now, state.period_end), message=f"{charge.key}: {dec_str(inc)} included units used"))
         elif isinstance(policy, SlowTierPolicy):
-            v = _Verdict("downgrade", "slow", SLOW_TIER, model=policy.model or request.model)
+            v = _Verdict(Outcome.DOWNGRADE, "slow", Reason.SLOW_TIER, model=policy.model or request.model)
             verdicts.append(_rate_checked(v, charge.key, policy.rate_limit, state))
         elif isinstance(policy, RateLimitPolicy):
-            v = _Verdict("allow", "overage", OVERAGE, model=request.model)
+            v = _Verdict(Outcome.ALLOW, "overage", Reason.OVERAGE, model=request.model)
             verdicts.append(_rate_checked(v, charge.key, policy.rate_limit, state))
         else:  # overage
             cap = charge.spend_cap
@@ -410,21 +420,21 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
                 peak_b, peak_a = charge_peaks[charge.key]
                 money_left.append(budget - peak_b)
                 if peak_a > budget:
-                    verdicts.append(_Verdict("deny", "overage", SPEND_CAP_REACHED,
+                    verdicts.append(_Verdict(Outcome.DENY, "overage", Reason.SPEND_CAP_REACHED,
                                              retry_after=_seconds_until(now, state.period_end),
                                              message=f"{charge.key}: spend cap {dec_str(policy.spend_cap)} reached"))
                     continue
-            verdicts.append(_Verdict("allow", "overage", OVERAGE, model=request.model))
+            verdicts.append(_Verdict(Outcome.ALLOW, "overage", Reason.OVERAGE, model=request.model))
 
     if not charges:  # a meter without charges is not limited by them
-        verdicts.append(_Verdict("allow", "fast", INCLUDED, model=request.model))
+        verdicts.append(_Verdict(Outcome.ALLOW, "fast", Reason.INCLUDED, model=request.model))
 
     # plan-wide spend cap (credits first)
     if plan.spend_cap is not None:
         budget = plan.spend_cap + credits_all
         money_left.append(budget - peak_before)
         if peak_after > budget:
-            verdicts.append(_Verdict("deny", "overage", SPEND_CAP_REACHED,
+            verdicts.append(_Verdict(Outcome.DENY, "overage", Reason.SPEND_CAP_REACHED,
                                      retry_after=_seconds_until(now, state.period_end),
                                      message=f"plan spend cap {dec_str(plan.spend_cap)} reached"))
 
@@ -434,8 +444,8 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         "charges": tuple(c.key for c in charges), "units": units, "remaining": remaining,
         "remaining_money": max(ZERO, min(money_left)) if money_left else None,
         "spend": spend_before, "credits_remaining": max(ZERO, credits_all - spend_before),
-        "retry_after": final.retry_after if final.outcome == "deny" else None,
-        "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != "deny" else (),
+        "retry_after": final.retry_after if final.outcome == Outcome.DENY else None,
+        "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != Outcome.DENY else (),
         "amount": max(ZERO, spend_after - spend_before), "message": final.message})
 
 
@@ -461,24 +471,24 @@ def _rate_checked(v: _Verdict, charge_key: str, limit: RateLimit | None, state: 
         return v
     start, end = rate_window(state.now, limit.window_seconds)
     if state.rate_counts.get(charge_key, 0) + 1 > limit.limit:
-        return _Verdict("deny", v.tier, RATE_LIMITED, model=v.model, retry_after=_seconds_until_us(state.now, end),
-                        message=f"{charge_key}: {limit.limit} per {limit.window_seconds}s")
+        return _Verdict(Outcome.DENY, v.tier, Reason.RATE_LIMITED, model=v.model,
+                        retry_after=_seconds_until_us(state.now, end), message=f"{charge_key}: {limit.limit} per {limit.window_seconds}s")
     v.rate = (charge_key, start, end)
     return v
 
 
 def _combine(verdicts: list[_Verdict]) -> _Verdict:
-    if len(verdicts) == 1 and verdicts[0].outcome != "deny":
+    if len(verdicts) == 1 and verdicts[0].outcome != Outcome.DENY:
         v = verdicts[0]
         return _Verdict(v.outcome, v.tier, v.reason, v.model, None, None, v.message)
     worst = max(verdicts, key=lambda v: _RANK[v.outcome])
-    if worst.outcome != "deny":
+    if worst.outcome != Outcome.DENY:
         # the strictest lane: slow beats overage beats fast
         order = {"fast": 0, "overage": 1, "slow": 2}
         same = [v for v in verdicts if v.outcome == worst.outcome]
         pick = max(same, key=lambda v: order[v.tier])
         return _Verdict(pick.outcome, pick.tier, pick.reason, pick.model, None, None, pick.message)
-    denies = sorted((v for v in verdicts if v.outcome == "deny"), key=lambda v: _DENY_PRIORITY[v.reason])
+    denies = sorted((v for v in verdicts if v.outcome == Outcome.DENY), key=lambda v: _DENY_PRIORITY[v.reason])
     first = denies[0]
     # waiting helps only if every deny clears by waiting; wait for the latest of them
     waits = [v.retry_after for v in denies]

@@ -31,7 +31,7 @@ from billing.catalog.schema import FlatFee, Plan, SeatFee
 from billing.money import dec_str, round_line
 from billing.rating import arithmetic
 from billing.rating.periods import Period, prorate_fraction, seat_segments
-from billing.rating.types import ChargeUsage, CreditGrant, InvoiceLine, MeterTotals, RatedInvoice
+from billing.rating.types import ChargeUsage, CreditGrant, InvoiceLine, LineKind, MeterTotals, RatedInvoice
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -63,10 +63,10 @@ class _Lines:
         self.currency = currency
         self.items: list[InvoiceLine] = []
         self._all = ZERO
-        self._by_kind: dict[str, Decimal] = {}
-        self._by_kind_key: dict[tuple[str, str], Decimal] = {}
+        self._by_kind: dict[LineKind, Decimal] = {}
+        self._by_kind_key: dict[tuple[LineKind, str], Decimal] = {}
 
-    def add(self, kind: str, description: str, quantity: Decimal, unit_price: Decimal | None,
+    def add(self, kind: LineKind, description: str, quantity: Decimal, unit_price: Decimal | None,
             amount: Decimal, key: str = "", meter: str | None = None) -> InvoiceLine:
         rounded = round_line(amount, self.currency)
         line = InvoiceLine(kind, description, quantity, unit_price, rounded, key, meter)
@@ -76,7 +76,7 @@ class _Lines:
         self._by_kind_key[(kind, key)] = self._by_kind_key.get((kind, key), ZERO) + rounded
         return line
 
-    def total(self, *kinds: str, key: str | None = None) -> Decimal:
+    def total(self, *kinds: LineKind, key: str | None = None) -> Decimal:
         """Sum of the (rounded) lines of these kinds (all kinds when none), of ``key`` if given."""
         total = ZERO
         if key is None:
@@ -114,10 +114,10 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
     usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, _NO_USAGE), max_seats)
                        for charge in compiled.charges]
 
-    usage_total = lines.total("usage", "cap")
+    usage_total = lines.total(LineKind.USAGE, LineKind.CAP)
     cap_line = arithmetic.plan_cap_line(compiled, usage_total)
     if cap_line:
-        lines.add("cap", f"Spend cap {compiled.spend_cap_line} {plan.currency} reached", ONE, None, cap_line,
+        lines.add(LineKind.CAP, f"Spend cap {compiled.spend_cap_line} {plan.currency} reached", ONE, None, cap_line,
                   "spend_cap")
 
     before_credits = lines.total()
@@ -125,9 +125,10 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
 
     if plan.minimum_commitment is not None:
         fraction = prorate_fraction(window_start, window_end, period) if window_end > window_start else ZERO
-        true_up = arithmetic.commitment_true_up(compiled, fraction, before_credits, lines.total("usage", "cap"))
+        usage_charged = lines.total(LineKind.USAGE, LineKind.CAP)
+        true_up = arithmetic.commitment_true_up(compiled, fraction, before_credits, usage_charged)
         if true_up:
-            lines.add("commitment", "Minimum commitment true-up", ONE, None, true_up, "minimum_commitment")
+            lines.add(LineKind.COMMITMENT, "Minimum commitment true-up", ONE, None, true_up, "minimum_commitment")
 
     cost = inp.provider_cost
     if cost is None:
@@ -161,7 +162,7 @@ def _flat_fee(lines: _Lines, fee: FlatFee, period: Period, start: datetime, end:
     fraction = prorate_fraction(start, end, period)
     name = fee.name or fee.key
     note = "" if fraction == ONE else f" (prorated {_pct(fraction)} of the period)"
-    lines.add("fee", f"{name}{note}", _q(fraction), fee.amount, fee.amount * fraction, fee.key)
+    lines.add(LineKind.FEE, f"{name}{note}", _q(fraction), fee.amount, fee.amount * fraction, fee.key)
 
 
 def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end: datetime,
@@ -176,20 +177,20 @@ def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end:
     if fee.timing == "arrears":
         seat_time = sum((max(s.seats, fee.min_seats) * prorate_fraction(s.start, s.end, period)
                          for s in segments), ZERO)
-        lines.add("fee", f"{name} (time-weighted seats)", _q(seat_time), fee.unit_price,
+        lines.add(LineKind.FEE, f"{name} (time-weighted seats)", _q(seat_time), fee.unit_price,
                   seat_time * fee.unit_price, fee.key)
         return
     held = max(segments[0].seats if segments else 0, fee.min_seats)
     fraction = prorate_fraction(start, end, period)
     note = "" if fraction == ONE else f", prorated {_pct(fraction)}"
-    lines.add("fee", f"{name} ({held} seats{note})", Decimal(held) * _q(fraction), fee.unit_price,
+    lines.add(LineKind.FEE, f"{name} ({held} seats{note})", Decimal(held) * _q(fraction), fee.unit_price,
               held * fraction * fee.unit_price, fee.key)
     for seg in segments[1:]:
         if seg.seats > held:
             added = seg.seats - held
             part = prorate_fraction(seg.start, end, period)
-            lines.add("fee", f"{name}: {added} seat(s) added {seg.start.date().isoformat()}, prorated {_pct(part)}",
-                      added * _q(part), fee.unit_price, added * part * fee.unit_price, fee.key)
+            lines.add(LineKind.FEE,
+                      f"{name}: {added} seat(s) added {seg.start.date().isoformat()}, prorated {_pct(part)}", added * _q(part), fee.unit_price, added * part * fee.unit_price, fee.key)
             held = seg.seats
 
 
@@ -202,22 +203,22 @@ def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, se
     detail = arithmetic.breakdown(charge, lines.currency, totals.units, totals.cost, totals.events,
                                   totals.transactions, included)
     if charge.included is not None:
-        lines.add("usage", f"{name}: {dec_str(totals.units)} used, {dec_str(included)} included",
+        lines.add(LineKind.USAGE, f"{name}: {dec_str(totals.units)} used, {dec_str(included)} included",
                   min(totals.units, included), ZERO, ZERO, charge.key, charge.meter)
     if charge.slow_price is not None:
         lane = f" on {charge.policy.model}" if charge.policy.model else ""
         for part, share in zip(detail.parts, detail.shares):
-            lines.add("usage", f"{name}: {part.label}{lane}", part.quantity, part.unit_price, share,
+            lines.add(LineKind.USAGE, f"{name}: {part.label}{lane}", part.quantity, part.unit_price, share,
                       charge.key, charge.meter)
     elif charge.price is not None:
         parts = list(zip(detail.parts, detail.shares))
         if not parts and charge.included is None:
-            lines.add("usage", name, totals.units, charge.unit_price, ZERO, charge.key, charge.meter)
+            lines.add(LineKind.USAGE, name, totals.units, charge.unit_price, ZERO, charge.key, charge.meter)
         for part, share in parts:
             label = f"{name} ({part.label})" if part.label else name
-            lines.add("usage", label, part.quantity, part.unit_price, share, charge.key, charge.meter)
+            lines.add(LineKind.USAGE, label, part.quantity, part.unit_price, share, charge.key, charge.meter)
         if detail.cap_line:
-            lines.add("cap", f"{name}: spend cap {charge.cap_line} reached", ONE, None, detail.cap_line,
+            lines.add(LineKind.CAP, f"{name}: spend cap {charge.cap_line} reached", ONE, None, detail.cap_line,
                       charge.key, charge.meter)
     return ChargeUsage(charge.key, charge.meter, totals.units, included, detail.usage.units, totals.cost,
                        detail.billed)
@@ -231,16 +232,16 @@ def _apply_credits(lines: _Lines, plan: CompiledPlan, inp: RatingInput, seats: D
         return {}
     grants = [*inp.grants, *arithmetic.recurring_credits(plan, seats, inp.period.start, inp.period.end)]
     usable = arithmetic.usable_grants(grants, inp.period.start, inp.period.end)
-    charged = {c.key: lines.total("usage", "cap", key=c.key) for c in plan.charges}
+    charged = {c.key: lines.total(LineKind.USAGE, LineKind.CAP, key=c.key) for c in plan.charges}
     pool = arithmetic.credit_pool(usable, plan.currency)
     draws = arithmetic.draw_credits(
         [(gid, balance, applies, _charged_before(plan, inp, g.expires_at, seats))
          for (gid, balance, applies), g in zip(pool, usable)],
-        charged, lines.total("cap", key="spend_cap"))
+        charged, lines.total(LineKind.CAP, key="spend_cap"))
     if draws:
         names = {g.id: g.name for g in usable}
         for grant_id, drawn in draws:
-            lines.add("credit", f"{names[grant_id]} applied", ONE, None, -drawn, grant_id)
+            lines.add(LineKind.CREDIT, f"{names[grant_id]} applied", ONE, None, -drawn, grant_id)
     return dict(draws)
 
 

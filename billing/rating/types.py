@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 
 ZERO = Decimal(0)
 
@@ -56,9 +57,20 @@ class CreditGrant:
     applies_to: tuple[str, ...] | None = None  # charge keys; None = every usage charge
 
 
+class LineKind(StrEnum):
+    """What an invoice line is (stored and sent as its value)."""
+
+    FEE = "fee"  # a recurring fee (flat or per seat)
+    USAGE = "usage"  # a usage charge
+    CAP = "cap"  # a spend cap's (negative) line
+    CREDIT = "credit"  # prepaid credit drawn
+    COMMITMENT = "commitment"  # a minimum commitment's true-up
+    ADJUSTMENT = "adjustment"  # a late correction of a closed period
+
+
 @dataclass(frozen=True)
 class InvoiceLine:
-    kind: str  # fee | usage | cap | credit | commitment | adjustment
+    kind: LineKind
     description: str
     quantity: Decimal
     unit_price: Decimal | None
@@ -103,7 +115,7 @@ class RatedInvoice:
             "period": {"start": self.period_start.isoformat().replace("+00:00", "Z"),
                        "end": self.period_end.isoformat().replace("+00:00", "Z")},
             "plan": {"id": self.plan, "version": self.plan_version},
-            "lines": [{"description": ln.description, "kind": ln.kind, "key": ln.key,
+            "lines": [{"description": ln.description, "kind": str(ln.kind), "key": ln.key,
                        "quantity": dec_str(ln.quantity),
                        "unit_price": None if ln.unit_price is None else dec_str(ln.unit_price),
                        "amount": str(ln.amount)} for ln in self.lines],

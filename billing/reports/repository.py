@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, func, or_, select, text
 
+from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.ledger.models import (
     CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, SeatChange, Subscription, UsageEventRow)
 from billing.ledger.wide import exact_sums, sum_sql, summed
@@ -127,9 +128,6 @@ class BilledLine:
         return 0 if self.voided_at is not None and self.voided_at <= as_of else self.amount_minor
 
 
-ISSUED_STATUSES = ("finalized", "paid", "past_due", "void")  # not draft; void lines count until voided
-
-
 def billed_lines(conn: Connection, start: datetime, end: datetime, as_of: datetime) -> list[BilledLine]:
     """Lines of invoices and credit notes finalized by ``as_of`` whose service window starts in
     [start, end): a period's original invoice, and the adjustments and credit notes for it
@@ -140,7 +138,7 @@ def billed_lines(conn: Connection, start: datetime, end: datetime, as_of: dateti
                                inv.plan_version, inv.currency, line.service_start, line.amount_minor, inv.voided_at)
                         .join_from(InvoiceLineRow.__table__, Invoice.__table__, line.invoice_id == inv.id)
                         .where(line.service_start >= start, line.service_start < end,
-                               inv.status.in_(ISSUED_STATUSES), inv.finalized_at.is_not(None),
+                               inv.status.in_(BILLED_STATUSES), inv.finalized_at.is_not(None),
                                inv.finalized_at <= as_of)
                         .order_by(inv.id, line.position))
     return [BilledLine(*r) for r in rows]

@@ -41,7 +41,7 @@ from billing.money import dec_str, round_line
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.meters import aggregate, dedupe
 from billing.rating.periods import Period
-from billing.rating.types import CreditGrant, MeterTotals, RatedInvoice
+from billing.rating.types import CreditGrant, LineKind, MeterTotals, RatedInvoice
 from billing.reports.stats import MARGIN_EDGES, Bin, histogram, margin_pct, percentiles, round_pct
 from billing.simulate.fastrate import FastRater, fast_path_applies
 from billing.simulate.levers import Levers, apply_levers
@@ -395,7 +395,7 @@ def rate_totals(plans: Sequence[Plan], customers: Sequence[CustomerTotals], peri
                                               grants=c.grants, active_from=c.active_from,
                                               active_until=c.active_until, trial_end=c.trial_end,
                                               provider_cost=c.cost))
-            fees = sum((ln.amount for ln in invoice.lines if ln.kind == "fee"), ZERO)
+            fees = sum((ln.amount for ln in invoice.lines if ln.kind == LineKind.FEE), ZERO)
             seats = max(n for _, n in changes) if c.seat_changes else c.seats
             out.append(CustomerResult(c.customer, c.segment, plan.ref, invoice.total, c.cost, seats, fees,
                                       throttles(plan, invoice), c.actual, c.actual_cost, c.actual_plan,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from billing.invoicing.lifecycle import DocumentKind, InvoiceStatus
 from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, to_stripe, try_to_stripe
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 META_LINES = "billing_line_ids"
 DESCRIPTION_MAX = 500
 # our status -> the Stripe credit note status that agrees with it
-EXPECTED_STATUS = {"finalized": "issued", "void": "void"}
+EXPECTED_STATUS = {InvoiceStatus.FINALIZED: "issued", InvoiceStatus.VOID: "void"}
 
 
 def credit_note_key(note_id: int) -> str:
@@ -102,10 +103,10 @@ class CreditNoteSync:
         if note.total_minor >= 0:
             return Outcome(note.id, note.number, "skipped", reason="credit note with nothing to credit (total >= 0)")
         original = self._original(note)
-        if original is None or original.kind != "invoice":
+        if original is None or original.kind != DocumentKind.INVOICE:
             return Outcome(note.id, note.number, "skipped",
                            reason="corrects no invoice of ours: not issued in Stripe (reconcile reports it)")
-        if original.status == "void":
+        if original.status == InvoiceStatus.VOID:
             return Outcome(note.id, note.number, "skipped",
                            reason=f"its invoice {original.number or original.id} is void: nothing to credit")
         return None
@@ -215,7 +216,8 @@ class CreditNoteSync:
         for note in notes:
             if not note.stripe_invoice_id:
                 original = invoices.get(note.corrects_invoice_id or -1)
-                if note.status == "void" or note.total_minor >= 0 or (original is not None and original.status == "void"):
+                if (note.status == InvoiceStatus.VOID or note.total_minor >= 0
+                        or (original is not None and original.status == InvoiceStatus.VOID)):
                     continue  # nothing is expected in Stripe
                 issued = [c for c in theirs.values() if meta(c).get(META_INVOICE) == str(note.id)
                           and c["id"] not in known and c.get("status") != "void"]

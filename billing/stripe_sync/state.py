@@ -1,22 +1,18 @@
 """The few ledger reads and writes the Stripe sync needs. Every write is one conditional
 UPDATE, so it is idempotent and safe against concurrent workers and replayed webhooks:
-
-- paid only from ``finalized`` (paid stays paid; void stays void), invoices only (a credit
-  note is never paid or past due);
-- a payment failure is recorded once, on a ``finalized`` invoice (the first failure starts the
-  dunning clock; a late failure after payment changes nothing);
-- Stripe ids are set once (a second, different id is refused and reported).
+Stripe ids are set once (a second, different id is refused and reported). Status changes
+(paid, payment failed, void) go through the one lifecycle, ``billing.invoicing.lifecycle``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 import sqlmodel
 from sqlalchemy import Engine, or_, select, update
 from sqlmodel import Session
 
+from billing.invoicing.lifecycle import InvoiceStatus
 from billing.ledger.models import Customer, Invoice, InvoiceLineRow
 
 _inv = Invoice.__table__
@@ -24,51 +20,9 @@ _line = InvoiceLineRow.__table__
 _cus = Customer.__table__
 
 
-@dataclass(frozen=True)
-class Transition:
-    invoice_id: int
-    changed: bool
-    status: str  # the invoice's status after the call
-    note: str = ""
-
-
 def _status(engine: Engine, invoice_id: int) -> Invoice | None:
     with Session(engine, expire_on_commit=False) as s:
         return s.get(Invoice, invoice_id)
-
-
-def mark_paid(engine: Engine, invoice_id: int, at: datetime) -> Transition:
-    with engine.begin() as conn:
-        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized",
-                                                  _inv.c.kind == "invoice")
-                               .values(status="paid", paid_at=at)).rowcount == 1
-    inv = _status(engine, invoice_id)
-    status = inv.status if inv else "unknown"
-    if changed:
-        note = ""
-    elif inv is not None and inv.kind != "invoice":
-        note = f"not changed: {inv.kind}"
-    else:
-        note = "already paid" if status == "paid" else f"not changed: invoice is {status}"
-    return Transition(invoice_id, changed, status, note)
-
-
-def mark_payment_failed(engine: Engine, invoice_id: int, at: datetime) -> Transition:
-    with engine.begin() as conn:
-        changed = conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "finalized",
-                                                  _inv.c.kind == "invoice", _inv.c.payment_failed_at.is_(None))
-                               .values(payment_failed_at=at)).rowcount == 1
-    inv = _status(engine, invoice_id)
-    status = inv.status if inv else "unknown"
-    if changed:
-        note = ""
-    elif inv is not None and inv.kind != "invoice":
-        note = f"not changed: {inv.kind}"
-    elif status == "finalized":
-        note = "already past due"
-    else:
-        note = f"not changed: invoice is {status}"
-    return Transition(invoice_id, changed, status, note)
 
 
 def set_stripe_invoice_id(engine: Engine, invoice_id: int, stripe_id: str) -> bool:
@@ -122,8 +76,8 @@ def invoices_to_push(engine: Engine, only: list[int] | None = None) -> list[Invo
     """Finalized or paid documents not fully pushed yet (``stripe_invoice_id`` is set only
     once the Stripe invoice is complete and finalized, or the credit note issued), in id
     order (an invoice before the credit notes that correct it)."""
-    query = sqlmodel.select(Invoice).where(Invoice.status.in_(("finalized", "paid")),
-                                           Invoice.stripe_invoice_id.is_(None))
+    pushable = (InvoiceStatus.FINALIZED.value, InvoiceStatus.PAID.value)
+    query = sqlmodel.select(Invoice).where(Invoice.status.in_(pushable), Invoice.stripe_invoice_id.is_(None))
     if only:
         query = query.where(Invoice.id.in_(only))
     with Session(engine, expire_on_commit=False) as s:
@@ -136,7 +90,7 @@ def void_documents_to_check(engine: Engine, only: list[int] | None = None) -> li
     void document among those ids."""
     pushed_line = select(_line.c.id).where(_line.c.invoice_id == _inv.c.id,
                                                    _line.c.stripe_line_id.is_not(None)).exists()
-    query = sqlmodel.select(Invoice).where(Invoice.status == "void")
+    query = sqlmodel.select(Invoice).where(Invoice.status == InvoiceStatus.VOID.value)
     if only:
         query = query.where(Invoice.id.in_(only))
     else:
@@ -149,22 +103,15 @@ def void_documents_to_check(engine: Engine, only: list[int] | None = None) -> li
 def confirm_void(engine: Engine, invoice_id: int, at: datetime) -> None:
     """Stripe agrees with our void document: later syncs need not look at it again."""
     with engine.begin() as conn:
-        conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == "void",
+        conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status == InvoiceStatus.VOID.value,
                                         _inv.c.stripe_void_confirmed_at.is_(None))
                      .values(stripe_void_confirmed_at=at))
 
 
-def void_document(engine: Engine, invoice_id: int, at: datetime) -> Invoice | None:
-    """finalized (or draft) -> void, once; returns the document afterwards."""
-    with engine.begin() as conn:
-        conn.execute(update(_inv).where(_inv.c.id == invoice_id, _inv.c.status.in_(("finalized", "draft")))
-                     .values(status="void", voided_at=at))
-    return _status(engine, invoice_id)
-
-
 def all_invoices(engine: Engine) -> list[Invoice]:
     with Session(engine, expire_on_commit=False) as s:
-        return list(s.exec(sqlmodel.select(Invoice).where(Invoice.status != "draft").order_by(Invoice.id)).all())
+        query = sqlmodel.select(Invoice).where(Invoice.status != InvoiceStatus.DRAFT.value)
+        return list(s.exec(query.order_by(Invoice.id)).all())
 
 
 def lines_by_invoice(engine: Engine) -> dict[int, list[InvoiceLineRow]]:

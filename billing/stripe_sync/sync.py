@@ -54,6 +54,8 @@ import stripe
 from sqlalchemy import Engine
 
 from billing.errors import BillingError, ErrorCode
+from billing.invoicing import lifecycle
+from billing.invoicing.lifecycle import Action, DocumentKind, InvoiceStatus
 from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, to_stripe, total_to_stripe, try_to_stripe
@@ -67,7 +69,8 @@ __all__ = ["META_CUSTOMER", "META_INVOICE", "META_LINE", "META_NUMBER", "Differe
            "SyncResult", "line_item_id"]
 
 # our status -> the Stripe statuses that agree with it
-EXPECTED_STRIPE_STATUS = {"finalized": {"open", "uncollectible"}, "paid": {"paid"}, "void": {"void"}}
+EXPECTED_STRIPE_STATUS = {InvoiceStatus.FINALIZED: {"open", "uncollectible"}, InvoiceStatus.PAID: {"paid"},
+                          InvoiceStatus.VOID: {"void"}, InvoiceStatus.UNCOLLECTIBLE: {"uncollectible"}}
 
 
 def _utcnow() -> datetime:
@@ -221,9 +224,9 @@ class StripeSync:
 
     def _plan(self, inv: Invoice) -> Outcome | None:
         """A skip decided from our data alone, or None (push it)."""
-        if inv.kind == "credit_note":
+        if inv.kind == DocumentKind.CREDIT_NOTE:
             return self.credit_notes.plan(inv)
-        if inv.kind != "invoice":
+        if inv.kind != DocumentKind.INVOICE:
             return Outcome(inv.id, inv.number, "skipped", reason=f"unknown document kind {inv.kind!r}")
         if inv.total_minor < 0:
             return Outcome(inv.id, inv.number, "skipped",
@@ -237,13 +240,13 @@ class StripeSync:
             raise BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
         if inv.stripe_invoice_id:
             return Outcome(inv.id, inv.number, "already", inv.stripe_invoice_id)
-        if inv.status not in ("finalized", "paid"):
+        if inv.status not in (InvoiceStatus.FINALIZED, InvoiceStatus.PAID):
             raise BillingError(f"invoice {inv.number or inv.id} is {inv.status}; only finalized or paid invoices "
-                               "are pushed", code=ErrorCode.INVOICE_STATE)
+                               "are pushed", code=ErrorCode.INVALID_TRANSITION)
         return self._plan(inv) or self._push_one(inv)
 
     def _push_one(self, inv: Invoice) -> Outcome:
-        if inv.kind == "credit_note":
+        if inv.kind == DocumentKind.CREDIT_NOTE:
             return self.credit_notes.push(inv)
         return attempt(inv, lambda: self._push(inv))
 
@@ -283,12 +286,12 @@ class StripeSync:
             if problems:
                 raise PushFailed(f"Stripe draft {sid} differs, not finalized: " + "; ".join(problems))
             # an invoice already paid here must not be collected again by Stripe
-            collect = inv.status != "paid"
+            collect = inv.status != InvoiceStatus.PAID
             sinv = self._ensure(
                 lambda: self._retrieve_unless(sid, ("draft",)),
                 lambda: self.client.v1.invoices.finalize_invoice(
                     sid, params={"auto_advance": collect}, options={"idempotency_key": finalize_key(inv.id)}))
-        if inv.status == "paid" and sinv.get("status") in ("open", "uncollectible"):
+        if inv.status == InvoiceStatus.PAID and sinv.get("status") in ("open", "uncollectible"):
             sid = sinv["id"]
             sinv = self._ensure(
                 lambda: self._retrieve_unless(sid, ("open", "uncollectible")),
@@ -300,10 +303,13 @@ class StripeSync:
         if problems:  # finalized in Stripe: it is our counterpart; reconcile keeps reporting it
             return Outcome(inv.id, inv.number, "failed", sinv["id"],
                            reason=f"Stripe invoice ({sinv.get('status')}) differs: " + "; ".join(problems))
-        if sinv.get("status") == "paid" and inv.status == "finalized":
+        if sinv.get("status") == "paid" and inv.status == InvoiceStatus.FINALIZED:
             paid_at = (sinv.get("status_transitions") or {}).get("paid_at")
-            state.mark_paid(self.engine, inv.id,
-                            datetime.fromtimestamp(paid_at, UTC) if paid_at else self.clock())
+            try:
+                lifecycle.apply(self.engine, inv.id, Action.PAY,
+                                datetime.fromtimestamp(paid_at, UTC) if paid_at else self.clock())
+            except BillingError as exc:  # changed here meanwhile (voided): reconcile keeps reporting it
+                raise PushFailed(f"paid in Stripe ({sinv['id']}), not marked paid here: {exc.message}") from exc
         return Outcome(inv.id, inv.number, "pushed" if created and first is None else "completed", sinv["id"])
 
     def _retrieve_unless(self, stripe_invoice_id: str, statuses: tuple[str, ...]) -> dict | None:
@@ -372,15 +378,12 @@ class StripeSync:
         inv = state.get_invoice(self.engine, invoice_id)
         if inv is None:
             raise BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
-        if inv.kind == "invoice" and inv.status != "void" and inv.stripe_invoice_id:
+        if inv.kind == DocumentKind.INVOICE and inv.status != InvoiceStatus.VOID and inv.stripe_invoice_id:
             sid = inv.stripe_invoice_id
             if plain(self.retry(lambda: self.client.v1.invoices.retrieve(sid))).get("status") == "paid":
                 raise BillingError(f"invoice {inv.number or inv.id} is paid in Stripe ({sid}); refund it there "
-                                   "and issue a credit note instead of voiding", code=ErrorCode.INVOICE_STATE)
-        inv = state.void_document(self.engine, invoice_id, at)
-        if inv is None or inv.status != "void":
-            raise BillingError(f"invoice {invoice_id} is {inv.status if inv else 'unknown'}; cannot void it",
-                               code=ErrorCode.INVOICE_STATE)
+                                   "and issue a credit note instead of voiding", code=ErrorCode.INVALID_TRANSITION)
+        lifecycle.apply(self.engine, invoice_id, Action.VOID, at)
         return self.push_void(invoice_id)
 
     def push_void(self, invoice_id: int) -> Outcome:
@@ -388,9 +391,9 @@ class StripeSync:
         note), delete a draft left by a partial push. Idempotent. Once Stripe is seen to
         agree, the document is marked so that later syncs skip it."""
         inv = state.get_invoice(self.engine, invoice_id)
-        if inv is None or inv.status != "void":
-            raise BillingError(f"invoice {invoice_id} is not void", code=ErrorCode.INVOICE_STATE)
-        push = self.credit_notes.push_void if inv.kind == "credit_note" else self._push_invoice_void
+        if inv is None or inv.status != InvoiceStatus.VOID:
+            raise BillingError(f"invoice {invoice_id} is not void", code=ErrorCode.INVALID_TRANSITION)
+        push = self.credit_notes.push_void if inv.kind == DocumentKind.CREDIT_NOTE else self._push_invoice_void
         outcome = attempt(inv, lambda: push(inv), inv.stripe_invoice_id)
         # a Stripe object seen void, or voided now (a deleted draft or "not in Stripe" is
         # checked again: another partial push may have left one more)
@@ -428,8 +431,8 @@ class StripeSync:
         documents missing in Stripe, Stripe invoices and credit notes of our customers that
         none of ours accounts for (with or without our metadata), totals, statuses, lines."""
         documents = state.all_invoices(self.engine)
-        ours = [i for i in documents if i.kind == "invoice"]
-        notes = [i for i in documents if i.kind == "credit_note"]
+        ours = [i for i in documents if i.kind == DocumentKind.INVOICE]
+        notes = [i for i in documents if i.kind == DocumentKind.CREDIT_NOTE]
         lines_of = state.lines_by_invoice(self.engine)
         stripe_customers = state.mapped_stripe_customers(self.engine)
         stripe_invoices: dict[str, dict] = {}
@@ -445,7 +448,7 @@ class StripeSync:
         diffs: list[Difference] = []
         for inv in ours:
             if not inv.stripe_invoice_id:
-                if inv.status == "void":
+                if inv.status == InvoiceStatus.VOID:
                     continue
                 partial = [s for s in by_meta.get(str(inv.id), []) if s["id"] not in known and s.get("status") != "void"]
                 explained.update(s["id"] for s in partial)

@@ -20,9 +20,11 @@ Mount ``router`` on the main app. Dependencies are overridable for tests and oth
   ``dunning.deny_after_days``).
 - The invoice is found by ``stripe_invoice_id``, else by ``metadata.billing_invoice_id``
   (a payment can arrive before our sync stored the id).
-- Replays and out-of-order deliveries are harmless: transitions are conditional updates
-  (paid stays paid, a late ``payment_failed`` after ``paid`` is ignored, void stays void),
-  so no table of processed event ids is needed.
+- Replays and out-of-order deliveries are harmless: transitions go through the one invoice
+  lifecycle (``billing.invoicing.lifecycle``: conditional updates; paid stays paid, a late
+  ``payment_failed`` after ``paid`` is ignored, void stays void), so no table of processed
+  event ids is needed. A transition the lifecycle refuses is answered 200 ``unchanged``
+  with the reason.
 - Unknown event types and invoices that are not ours: 200, ignored (Stripe stops retrying).
 - A correctly signed payload that is not an event of the expected shape (not a JSON object,
   ``data.object`` not an object, ...) is ``400 {"code": "invalid_payload"}``, never a 500.
@@ -42,7 +44,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from billing.config import get_settings
-from billing.errors import ErrorCode
+from billing.errors import BillingError, ErrorCode
+from billing.invoicing import lifecycle
+from billing.invoicing.lifecycle import Action, DocumentKind, InvoiceStatus
 from billing.ledger.accounts import MAX_ROW_ID
 from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, total_to_stripe
@@ -160,15 +164,28 @@ def handle_event(engine: Engine, event: dict) -> dict:
     created = _ts(event.get("created")) or datetime.now(UTC)
     if kind in PAID_EVENTS:
         inv = state.get_invoice(engine, invoice_id)
-        mismatch = payment_mismatch(inv, obj) if inv.status == "finalized" and inv.kind == "invoice" else None
+        payable = inv.status == InvoiceStatus.FINALIZED and inv.kind == DocumentKind.INVOICE
+        mismatch = payment_mismatch(inv, obj) if payable else None
         if mismatch is not None:  # (paid, void and credit notes stay as they are, whatever the amount)
             return _mismatch(engine, invoice_id, event, mismatch, created)
         paid_at = _ts((obj.get("status_transitions") or {}).get("paid_at")) or created
-        t = state.mark_paid(engine, invoice_id, paid_at)
-    else:
-        t = state.mark_payment_failed(engine, invoice_id, created)
-    return {"handled": True, "invoice_id": invoice_id, "changed": t.changed, "status": t.status,
-            "result": "changed" if t.changed else "unchanged", "note": t.note}
+        return _apply(engine, invoice_id, Action.PAY, paid_at)
+    return _apply(engine, invoice_id, Action.PAYMENT_FAILED, created)
+
+
+def _apply(engine: Engine, invoice_id: int, action: Action, at: datetime) -> dict:
+    """The lifecycle's answer as the webhook's: a refused transition is answered (Stripe
+    must not retry it) as ``unchanged`` with the reason."""
+    try:
+        t = lifecycle.apply(engine, invoice_id, action, at)
+    except BillingError as exc:
+        if exc.code != ErrorCode.INVALID_TRANSITION:
+            raise
+        return {"handled": True, "invoice_id": invoice_id, "changed": False, "status": exc.details["status"],
+                "result": "unchanged", "note": f"not changed: {exc.message}"}
+    note = "" if t.changed else f"already {t.invoice.status}"
+    return {"handled": True, "invoice_id": invoice_id, "changed": t.changed, "status": t.invoice.status,
+            "result": "changed" if t.changed else "unchanged", "note": note}
 
 
 def payment_mismatch(inv, obj: dict) -> dict | None:
