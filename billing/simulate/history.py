@@ -40,6 +40,7 @@ from sqlalchemy import Connection, Engine
 from billing.catalog.schema import Plan
 from billing.costs import CostBook
 from billing.ledger.aggregate_sql import aggregate_window, max_event_id
+from billing.ledger.grants_and_seats import seat_histories
 from billing.ledger.types import from_us, to_us
 from billing.money import from_minor
 from billing.rating.periods import Period, parse_period_label
@@ -103,7 +104,7 @@ def _context(conn: Connection, label: str, as_of: datetime, interaction_type: st
             c.last_end = None if ends is None or s.ended_at is None else max(ends, s.ended_at)
             c.first_start = c.first_start or s.started_at
             c.sub = s
-    seats = repo.seat_histories(conn, [c.sub.id for c in out.values() if c.sub is not None])
+    seats = seat_histories(conn, [c.sub.id for c in out.values() if c.sub is not None])
     for c in out.values():
         if c.sub is not None:
             c.seats = tuple(seats.get(c.sub.id, []))
