@@ -1,5 +1,6 @@
 """Rating subscription windows from the ledger: the one service the close, its late-event
-re-rating, and rating to date (margins, forecasts) call.
+re-rating, and rating to date (margins, forecasts) call; history simulations read their
+usage through its ``measure``.
 
 A *window* is a subscription's part of one of its billing periods: the period cut to the
 subscription's start and end (a plan change mid-period ends one subscription and starts
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import Connection
 
@@ -112,7 +113,7 @@ def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
     from the ledger when not given."""
     if not windows:
         return []
-    usage = measure(conn, windows, watermark, from_counters)
+    usage = _usage(conn, windows, watermark, from_counters)
     if scale:
         usage = [scaled(w.plan, u, scale[w.customer]) if w.customer in scale else u for w, u in zip(windows, usage)]
     seats = seat_histories(conn, [w.sub.id for w in windows])
@@ -144,27 +145,42 @@ def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost
                                            balances, watermark)))
 
 
-def measure(conn: Connection, windows: Sequence[Window], watermark: int,
-            from_counters: Callable[[Window], Usage | None] | None = None) -> list[Usage]:
-    """Each window's usage over ``[start, rated_until)``: from the counters where
-    ``from_counters`` finds them exact, else one SQL aggregation per (plan, window span)
-    for all the customers sharing it."""
-    out: list[Usage | None] = [None] * len(windows)
+class UsageSpan(NamedTuple):
+    """A customer's usage metered by ``plan`` over ``[start, until)``."""
+
+    plan: Plan
+    customer: str
+    start: datetime
+    until: datetime
+
+
+def measure(conn: Connection, spans: Sequence[UsageSpan], watermark: int) -> list[Usage]:
+    """Each span's usage from the events up to ``watermark``: one SQL aggregation per
+    (plan, start, until) for all the customers sharing it."""
+    out: list[Usage] = [({}, ZERO)] * len(spans)
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, window in enumerate(windows):
-        counted = from_counters(window) if from_counters is not None else None
-        if counted is not None:
-            out[i] = counted
-        else:
-            groups[(window.plan.plan, window.plan.version, window.start, window.rated_until)].append(i)
+    for i, span in enumerate(spans):
+        groups[(span.plan.plan, span.plan.version, span.start, span.until)].append(i)
     for (_, _, start, until), members in groups.items():
-        customers = sorted({windows[i].customer for i in members})
-        totals, costs = aggregate_window(conn, windows[members[0]].plan, customers, to_us(start), to_us(until),
+        customers = sorted({spans[i].customer for i in members})
+        totals, costs = aggregate_window(conn, spans[members[0]].plan, customers, to_us(start), to_us(until),
                                          watermark)
         for i in members:
-            customer = windows[i].customer
+            customer = spans[i].customer
             out[i] = (totals.get(customer, {}), costs.get(customer, ZERO))
     return out
+
+
+def _usage(conn: Connection, windows: Sequence[Window], watermark: int,
+           from_counters: Callable[[Window], Usage | None] | None) -> list[Usage]:
+    """From the counters where ``from_counters`` finds them exact, else from the events."""
+    counted = [from_counters(w) if from_counters is not None else None for w in windows]
+    rest = [i for i, found in enumerate(counted) if found is None]
+    measured = measure(conn, [UsageSpan(windows[i].plan, windows[i].customer, windows[i].start,
+                                        windows[i].rated_until) for i in rest], watermark)
+    for i, usage in zip(rest, measured):
+        counted[i] = usage
+    return counted
 
 
 def scaled(plan: Plan, usage: Usage, k: Decimal) -> Usage:
