@@ -148,10 +148,10 @@ def verify(url: str, customers: int, sample: int) -> int:
     from sqlalchemy import select
 
     from billing.catalog import Catalog
-    from billing.invoicing import repository as repo
     from billing.invoicing.documents import line_rows
     from billing.ledger.aggregate_sql import aggregate_window
     from billing.ledger.db import make_engine
+    from billing.ledger.grants_and_seats import seat_histories
     from billing.ledger.models import Invoice, InvoiceLineRow
     from billing.ledger.types import to_us
     from billing.ledger.wide import join
@@ -172,7 +172,7 @@ def verify(url: str, customers: int, sample: int) -> int:
         plan = catalog.get(next(iter(invoices.values())).plan_id, 1)
         watermark = next(iter(invoices.values())).ledger_watermark
         usage, costs = aggregate_window(conn, plan, picked, to_us(period.start), to_us(period.end), watermark)
-        seats = repo.seat_histories(conn, [i.subscription_id for i in invoices.values()])
+        seats = seat_histories(conn, [i.subscription_id for i in invoices.values()])
     engine.dispose()
     for cid in picked:
         inv = invoices[cid]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import minor
 from billing.invoicing.usage import period_events
+from billing.ledger.grants_and_seats import grant_balances
 from billing.ledger.types import to_us
 from billing.money import minor_units
 from billing.rating.types import LineKind
@@ -102,7 +103,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
         for key, amount, description, _kind in repo.billed_lines_for_period(conn, sub.id, window_start, window_end):
             billed[key] += amount
             names.setdefault(key, description)
-        grants = repo.grants(conn, [sub.customer_id]).get(sub.customer_id, [])
+        grants = grant_balances(conn, [sub.customer_id]).get(sub.customer_id, [])
         scale = 10 ** (6 - minor_units(plan.currency))
         # the credit this period drew so far (its credit lines, adjustments included)
         earlier = {g.id: -billed[g.id] * scale for g, _ in grants if billed.get(g.id)}

@@ -1,5 +1,5 @@
-"""SQL for invoicing: the close lock, existing invoices, seat and grant snapshots, bulk
-inserts, numbering, corrections."""
+"""SQL for invoicing: the close lock, existing invoices, bulk inserts, numbering,
+corrections (grants and seat histories: ``ledger.grants_and_seats``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.invoicing.usage import SubscriptionRow
 from billing.ledger.aggregate_sql import max_event_id, run
 from billing.ledger.counters import ALL_EVENTS
+from billing.ledger.driver_rows import datetime_reader, driver_rows
 from billing.ledger.models import (
-    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence, SeatChange,
-    Subscription)
+    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence)
 from billing.ledger.recount import counters_stale
 from billing.ledger.wide import join
 
@@ -47,36 +47,10 @@ def _chunks(items: Sequence, size: int = _CHUNK):
         yield items[i:i + size]
 
 
-def _datetimes(conn: Connection):
-    """How to read a datetime column through the raw driver: aware UTC, as the ORM returns it."""
-    return _pg_datetime if conn.dialect.name == "postgresql" else _sqlite_datetime
-
-
-@lru_cache(maxsize=65536)
-def _sqlite_datetime(value: str | None) -> datetime | None:  # stored as naive UTC text
-    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
-@lru_cache(maxsize=65536)
-def _pg_datetime(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
-
-
-def _rows(conn: Connection, sql: str, params: Sequence = ()) -> list[tuple]:
-    if conn.dialect.name == "postgresql":
-        sql = sql.replace("?", "%s")
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.execute(sql, list(params))
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
 def all_subscriptions(conn: Connection) -> list[SubscriptionRow]:
     """Every subscription, in id order."""
-    dt = _datetimes(conn)
-    return [SubscriptionRow(i, c, p, v, dt(s), dt(a), dt(e), dt(t)) for i, c, p, v, s, a, e, t in _rows(
+    dt = datetime_reader(conn)
+    return [SubscriptionRow(i, c, p, v, dt(s), dt(a), dt(e), dt(t)) for i, c, p, v, s, a, e, t in driver_rows(
         conn, "SELECT id, customer_id, plan_id, plan_version, started_at, anchor_at, ended_at, trial_end "
               "FROM subscription ORDER BY id")]
 
@@ -92,7 +66,7 @@ def coverage(subscriptions: Iterable[SubscriptionRow]) -> dict[str, list[Subscri
 def customer_timezones(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
     ids = set(ids)
     if len(ids) > 5 * _CHUNK:  # most customers: one read of them all
-        return {c: tz for c, tz in _rows(conn, "SELECT id, timezone FROM customer") if c in ids}
+        return {c: tz for c, tz in driver_rows(conn, "SELECT id, timezone FROM customer") if c in ids}
     out: dict[str, str] = {}
     for part in _chunks(sorted(ids)):
         out.update(dict(conn.execute(select(Customer.id, Customer.timezone).where(Customer.id.in_(part))).all()))
@@ -103,33 +77,6 @@ def invoice_keys(conn: Connection, subscription_ids: Sequence[int]) -> set[str]:
     out: set[str] = set()
     for part in _chunks(list(subscription_ids)):
         out.update(conn.execute(select(Invoice.dedupe_key).where(Invoice.subscription_id.in_(part))).scalars())
-    return out
-
-
-def seat_histories(conn: Connection, subscription_ids: Sequence[int]) -> dict[int, list[tuple[datetime, int]]]:
-    out: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
-    dt = _datetimes(conn)
-    for part in _chunks(sorted(set(subscription_ids))):
-        rows = _rows(conn, f"SELECT subscription_id, effective_at, seats FROM seat_change WHERE subscription_id IN "
-                           f"({','.join(['?'] * len(part))}) ORDER BY effective_at, id", part)
-        for sid, at, seats in rows:
-            out[sid].append((dt(at), seats))
-    return out
-
-
-def grants(conn: Connection, customer_ids: Sequence[str]) -> dict[str, list[tuple[CreditGrantRow, int]]]:
-    """customer -> [(grant, remaining micro-units)]."""
-    out: dict[str, list[tuple[CreditGrantRow, int]]] = defaultdict(list)
-    for part in _chunks(list(set(customer_ids))):
-        rows = [CreditGrantRow.model_validate(r._mapping) for r in
-                conn.execute(select(CreditGrantRow).where(CreditGrantRow.customer_id.in_(part)))]
-        if not rows:
-            continue
-        burned = dict(conn.execute(select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
-                                   .where(CreditBurn.grant_id.in_([g.id for g in rows]))
-                                   .group_by(CreditBurn.grant_id)).all())
-        for g in rows:
-            out[g.customer_id].append((g, g.amount_micro - int(burned.get(g.id) or 0)))
     return out
 
 
@@ -280,7 +227,7 @@ def last_corrections(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, 
     through the driver, 5,000 invoices a statement."""
     out: dict[int, int] = {}
     for part in _chunks(sorted(invoice_ids), 10 * _CHUNK):
-        out.update({int(i): int(g) for i, g in _rows(
+        out.update({int(i): int(g) for i, g in driver_rows(
             conn, f"SELECT corrected_invoice_id, MAX(generation) FROM invoice_correction WHERE corrected_invoice_id "
                   f"IN ({','.join(['?'] * len(part))}) GROUP BY corrected_invoice_id", part)})
     return out

@@ -46,19 +46,17 @@ from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing import repository as repo
-from billing.invoicing.documents import (
-    PICO, correction_key, doc_base, from_minor, grant_inputs, invoice_key, invoice_row, line_rows)
+from billing.invoicing.documents import PICO, correction_key, doc_base, from_minor, invoice_key, invoice_row, line_rows
 from billing.invoicing.late import Correction, late_changes
 from billing.invoicing.lifecycle import Action
 from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
-from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
+from billing.invoicing.windows import Window, rate_windows
 from billing.ledger.counters import to_micro
-from billing.ledger.models import Invoice, InvoiceLineRow, Subscription
+from billing.ledger.models import Invoice, InvoiceLineRow
 from billing.ledger.types import to_us
 from billing.ledger.wide import join
 from billing.money import dec_str, minor_units
-from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import LineKind, MeterTotals, RatedInvoice
 
@@ -329,67 +327,38 @@ class Invoicing:
 
     def _rate_jobs(self, conn, jobs: list[_Job], snap: repo.Snapshot, cover: dict[str, list[SubscriptionRow]],
                    zones: dict[str, str], result: CloseResult) -> list[tuple[_Job, RatedInvoice]]:
-        usage: dict[int, tuple[dict[str, MeterTotals], Decimal]] = {}
-        groups: dict[tuple, list[int]] = defaultdict(list)
+        """Rate the due windows (``invoicing.windows``), with the usage from the snapshot's
+        counters where they are exact for the window (``invoicing.usage``)."""
+        windows = [Window(j.sub, j.plan, j.period, j.window_start, j.window_end, j.window_end) for j in jobs]
+        job_of = {id(w): j for w, j in zip(windows, jobs)}
         countable: dict[tuple[str, int], bool] = {}
-        for i, job in enumerate(jobs):
-            plan = job.plan
+
+        def from_counters(window: Window) -> tuple[dict[str, MeterTotals], Decimal] | None:
+            job = job_of[id(window)]
+            if not self.counts_for(job.sub, job.plan, job.period, job.window_start, job.window_end, snap, cover,
+                                   zones):
+                return None
             rows = snap.counters.get(period_key(job.sub.customer_id, job.period))
-            found = None
-            if self.counts_for(job.sub, plan, job.period, job.window_start, job.window_end, snap, cover, zones):
-                job.events = period_events(rows)
-                ref = (plan.plan, plan.version)
-                if ref not in countable:
-                    countable[ref] = plan_is_countable(plan)
-                if countable[ref]:
-                    found = counter_usage(plan, job.period, rows)
-            if found is not None:
-                usage[i] = (found.usage, found.provider_cost)
-            else:
-                groups[(plan.plan, plan.version, job.window_start, job.window_end)].append(i)
-        result.rated_from_counters = len(usage)
-        for (_, _, start, end), members in groups.items():
-            customers = sorted({jobs[i].sub.customer_id for i in members})
-            totals, costs = aggregate_window(conn, jobs[members[0]].plan, customers, to_us(start), to_us(end),
-                                             snap.watermark)
-            for i in members:
-                cid = jobs[i].sub.customer_id
-                usage[i] = (totals[cid], costs.get(cid, Decimal(0)))
-        seats = repo.seat_histories(conn, [j.sub.id for j in jobs])
-        grants = repo.grants(conn, [j.sub.customer_id for j in jobs])
-        out: list[tuple[_Job, RatedInvoice]] = []
-        # each customer's periods in time order: credit drawn by one is gone for the next
-        for i in sorted(range(len(jobs)), key=lambda n: (jobs[n].sub.customer_id, jobs[n].window_start,
-                                                          jobs[n].sub.id)):
-            job = jobs[i]
-            cid = job.sub.customer_id
-            meters, cost = usage[i]
-            customer_grants = grants.get(cid, ())
-            inv = rate_period(RatingInput(
-                job.plan, cid, job.period, meters, seats.get(job.sub.id, ()),
-                grant_inputs(customer_grants, job.plan.currency) if customer_grants else (),
-                active_from=job.window_start if job.window_start > job.period.start else None,
-                active_until=job.window_end if job.window_end < job.period.end else None,
-                trial_end=job.sub.trial_end, provider_cost=cost,
-                usage_before=usage_before_expiries(conn, job.plan, cid, job.period, job.window_start,
-                                                   job.window_end, customer_grants, snap.watermark)))
-            out.append((job, inv))
-            if inv.credits_used and customer_grants:
-                grants[cid] = [(g, bal - to_micro(inv.credits_used.get(g.id, Decimal(0))))
-                               for g, bal in customer_grants]
+            job.events = period_events(rows)
+            ref = (job.plan.plan, job.plan.version)
+            if ref not in countable:
+                countable[ref] = plan_is_countable(job.plan)
+            found = counter_usage(job.plan, job.period, rows) if countable[ref] else None
+            if found is None:
+                return None
+            result.rated_from_counters += 1
+            return found.usage, found.provider_cost
+
+        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters)
+        out = [(job, r.invoice) for job, r in zip(jobs, rated)]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
 
     def rerate(self, conn, sub, plan, period, start, end, watermark, grants) -> RatedInvoice:
         """Rate the period again on the ledger up to ``watermark``; ``grants``: (grant,
         micro-units this period may draw: what is left now plus what the period already drew)."""
-        usage, cost = aggregate_window(conn, plan, [sub.customer_id], to_us(start), to_us(end), watermark)
-        seats = repo.seat_histories(conn, [sub.id]).get(sub.id, ())
-        return rate_period(RatingInput(
-            plan, sub.customer_id, period, usage[sub.customer_id], seats, grant_inputs(grants, plan.currency),
-            active_from=start if start > period.start else None, active_until=end if end < period.end else None,
-            trial_end=sub.trial_end, provider_cost=cost.get(sub.customer_id, Decimal(0)),
-            usage_before=usage_before_expiries(conn, plan, sub.customer_id, period, start, end, grants, watermark)))
+        window = Window(sub, plan, period, start, end, end)
+        return rate_windows(conn, [window], watermark, grants={sub.customer_id: grants})[0].invoice
 
     def _record_burns(self, conn, ids: list[int], burns: list[dict], lines: list[list[dict]]) -> None:
         rows = []

@@ -19,6 +19,7 @@ from billing.ledger import repository
 from billing.ledger.quota_types import storable_text
 from billing.ledger.models import CreditGrantRow, Customer, SeatChange, Subscription
 from billing.ledger.counters import to_micro
+from billing.ledger.grants_and_seats import seat_histories
 from billing.ledger.recount import customer_views, lock_for_recount, recount_customer
 from billing.ledger.types import to_us
 from billing.money import CURRENCIES
@@ -224,7 +225,7 @@ class Accounts:
         start the new plan from ``at`` with the same seats."""
         old = self.current_subscription(customer_id, at)
         with self._session() as s:
-            seats = repository.seat_history(s, old.id)
+            seats = seat_histories(s.connection(), [old.id]).get(old.id, [])
         held = [n for t, n in seats if t <= at]
         self.cancel(customer_id, at=at, status="replaced")
         return self.subscribe(customer_id, plan_id, at=at, seats=held[-1] if held else 1, version=version,

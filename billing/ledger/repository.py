@@ -1,4 +1,5 @@
-"""Queries for customers, subscriptions, seats, grants and counters (all SQL lives in ledger/)."""
+"""Queries for customers, subscriptions and counters (all SQL lives in ledger/; grants and
+seat histories: ``ledger.grants_and_seats``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, or_
 from sqlmodel import Session, select
 
-from billing.ledger.models import (
-    CreditBurn, CreditGrantRow, Customer, Invoice, SeatChange, Subscription, UsageCounter)
+from billing.ledger.models import Customer, Invoice, Subscription, UsageCounter
 
 
 def known_customers(session: Session, ids: Iterable[str]) -> dict[str, str]:
@@ -62,23 +62,6 @@ def invoiced_until(session: Session, subscription_id: int) -> datetime | None:
 
 def subscriptions_to_close(session: Session, as_of: datetime) -> Sequence[Subscription]:
     return session.exec(select(Subscription).where(Subscription.started_at < as_of).order_by(Subscription.id)).all()
-
-
-def seat_history(session: Session, subscription_id: int) -> list[tuple[datetime, int]]:
-    rows = session.exec(select(SeatChange).where(SeatChange.subscription_id == subscription_id)
-                        .order_by(SeatChange.effective_at, SeatChange.id)).all()
-    return [(r.effective_at, r.seats) for r in rows]
-
-
-def grants_with_balance(session: Session, customer_id: str) -> list[tuple[CreditGrantRow, int]]:
-    """Every grant of the customer with its remaining balance in micro-units."""
-    burned = dict(session.exec(
-        select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
-        .join(CreditGrantRow, CreditGrantRow.id == CreditBurn.grant_id)
-        .where(CreditGrantRow.customer_id == customer_id).group_by(CreditBurn.grant_id)).all())
-    grants = session.exec(select(CreditGrantRow).where(CreditGrantRow.customer_id == customer_id)
-                          .order_by(CreditGrantRow.id)).all()
-    return [(g, g.amount_micro - int(burned.get(g.id, 0) or 0)) for g in grants]
 
 
 def counters_for(session: Session, customer_id: str, period_start_us: int) -> dict[str, UsageCounter]:

@@ -33,6 +33,7 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog
 from billing.catalog.schema import Plan
+from billing.invoicing.windows import scaled_totals
 from billing.ledger.aggregate_sql import max_event_id
 from billing.ledger.types import to_us
 from billing.money import dec_str, round_line
@@ -42,7 +43,7 @@ from billing.rating.types import MeterTotals
 from billing.reports import repository as repo
 from billing.reports.margins import customer_periods
 from billing.reports.stats import margin_pct, round_pct
-from billing.reports.to_date import rate_windows, scaled_totals
+from billing.reports.to_date import rate_to_date
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -211,10 +212,10 @@ def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None) ->
                 if s.started_at <= as_of and (s.ended_at is None or s.ended_at > as_of):
                     active[s.customer_id] = s
             watermark = max_event_id(conn)
-            current = {w.customer: w for w in rate_windows(conn, catalog, list(active.values()), periods, as_of,
+            current = {w.customer: w for w in rate_to_date(conn, catalog, list(active.values()), periods, as_of,
                                                            watermark)}
             scale = {c: run_rate_factor(as_of, w.start, w.end) for c, w in current.items() if as_of > w.start}
-            projected = {w.customer: w for w in rate_windows(conn, catalog, [current[c].sub for c in scale], periods,
+            projected = {w.customer: w for w in rate_to_date(conn, catalog, [current[c].sub for c in scale], periods,
                                                              as_of, watermark, scale=scale)}
         finally:
             conn.rollback()

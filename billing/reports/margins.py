@@ -56,7 +56,7 @@ from billing.money import from_minor, quantum
 from billing.rating.periods import Period, parse_period_label
 from billing.reports import repository as repo
 from billing.reports.stats import PERCENTILES, allocate, margin_pct, percentile, percentiles
-from billing.reports.to_date import rate_windows
+from billing.reports.to_date import rate_to_date
 
 ZERO = Decimal(0)
 PICO = Decimal(10) ** 12
@@ -260,7 +260,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
                     if ln.subscription_id is not None:
                         billed_subs.add(ln.subscription_id)
             open_subs = [s for s in subs if s.id not in billed_subs]
-            rated = rate_windows(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
+            rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
         finally:
             conn.rollback()
 

@@ -8,16 +8,14 @@ Event times are integer microseconds (UTC); money is integer minor units / picod
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, func, or_, select, text
+from sqlalchemy import Connection, bindparam, or_, select, text
 
 from billing.invoicing.lifecycle import BILLED_STATUSES
-from billing.ledger.models import (
-    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, SeatChange, Subscription, UsageEventRow)
+from billing.ledger.models import Customer, Invoice, InvoiceLineRow, Subscription, UsageEventRow
 from billing.ledger.wide import exact_sums, sum_sql, summed
 
 _SAFE_PROP = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -79,33 +77,6 @@ def subscriptions_overlapping(conn: Connection, start: datetime, end: datetime) 
                         .where(t.started_at < end, or_(t.ended_at.is_(None), t.ended_at > start))
                         .order_by(t.started_at, t.id))
     return [SubscriptionRow(*r) for r in rows]
-
-
-def seat_histories(conn: Connection, subscription_ids: Sequence[int]) -> dict[int, list[tuple[datetime, int]]]:
-    out: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
-    for part in _chunks(list(subscription_ids)):
-        rows = conn.execute(select(SeatChange.subscription_id, SeatChange.effective_at, SeatChange.seats)
-                            .where(SeatChange.subscription_id.in_(part))
-                            .order_by(SeatChange.effective_at, SeatChange.id))
-        for sid, at, seats in rows:
-            out[sid].append((at, seats))
-    return out
-
-
-def grant_balances(conn: Connection, customer_ids: Sequence[str]) -> dict[str, list[tuple[CreditGrantRow, int]]]:
-    """customer -> [(grant, remaining micro-units)]."""
-    out: dict[str, list[tuple[CreditGrantRow, int]]] = defaultdict(list)
-    for part in _chunks(sorted(set(customer_ids))):
-        grants = [CreditGrantRow.model_validate(r._mapping)
-                  for r in conn.execute(select(CreditGrantRow).where(CreditGrantRow.customer_id.in_(part)))]
-        if not grants:
-            continue
-        burned = dict(conn.execute(select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
-                                   .where(CreditBurn.grant_id.in_([g.id for g in grants]))
-                                   .group_by(CreditBurn.grant_id)).all())
-        for g in grants:
-            out[g.customer_id].append((g, g.amount_micro - int(burned.get(g.id) or 0)))
-    return out
 
 
 # ------------------------------------------------------------------------------ invoices

@@ -5,8 +5,10 @@ event is written (``tests/test_reports_accrual.py`` runs it on a read-only datab
 For each customer with a subscription or events in the period (a calendar month in the
 customer's time zone):
 
-- usage: without what-if levers, every candidate plan's meters are aggregated in SQL
-  (``aggregate_window``, the query the close itself uses) and the cost is the stored
+- usage: without what-if levers, every candidate plan's meters are aggregated in SQL by the
+  window rating service's ``measure`` (``billing.invoicing.windows``: the usage the close
+  and rating to date read, one query per plan and period for all customers; its seat
+  histories come from ``ledger.grants_and_seats`` like theirs) and the cost is the stored
   provider cost; with levers, the period's events (plus dispute events up to the longest
   dispute window after it) are loaded, transformed by the levers, re-costed with the cost
   book (an event it cannot price costs 0, as the ledger keeps it unpriced) and aggregated by
@@ -39,7 +41,9 @@ from sqlalchemy import Connection, Engine
 
 from billing.catalog.schema import Plan
 from billing.costs import CostBook
-from billing.ledger.aggregate_sql import aggregate_window, max_event_id
+from billing.invoicing.windows import UsageSpan, measure
+from billing.ledger.aggregate_sql import max_event_id
+from billing.ledger.grants_and_seats import seat_histories
 from billing.ledger.types import from_us, to_us
 from billing.money import from_minor
 from billing.rating.periods import Period, parse_period_label
@@ -103,7 +107,7 @@ def _context(conn: Connection, label: str, as_of: datetime, interaction_type: st
             c.last_end = None if ends is None or s.ended_at is None else max(ends, s.ended_at)
             c.first_start = c.first_start or s.started_at
             c.sub = s
-    seats = repo.seat_histories(conn, [c.sub.id for c in out.values() if c.sub is not None])
+    seats = seat_histories(conn, [c.sub.id for c in out.values() if c.sub is not None])
     for c in out.values():
         if c.sub is not None:
             c.seats = tuple(seats.get(c.sub.id, []))
@@ -140,12 +144,11 @@ def history_totals(engine: Engine, label: str, plans: list[Plan], *, as_of: date
             by_period: dict[Period, list[str]] = defaultdict(list)
             for c in context.values():
                 by_period[c.period].append(c.customer)
+            spans = [UsageSpan(plan, customer, p.start, p.end)
+                     for p, members in by_period.items() for plan in plans for customer in members]
             usage: dict[str, dict[str, dict]] = defaultdict(dict)
-            for p, members in by_period.items():
-                for plan in plans:
-                    totals, _ = aggregate_window(conn, plan, members, to_us(p.start), to_us(p.end), watermark)
-                    for customer, meters in totals.items():
-                        usage[customer][plan.ref] = meters
+            for span, (meters, _) in zip(spans, measure(conn, spans, watermark)):
+                usage[span.customer][span.plan.ref] = meters
         finally:
             conn.rollback()
     out = [CustomerTotals(c.customer, {}, Decimal(c.cost_pico) / PICO, usage_by_plan=usage[c.customer],
