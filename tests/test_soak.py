@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from db import postgres_server_url
+from tests.support.db import postgres_server_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.soak import soak  # noqa: E402
