@@ -12,6 +12,10 @@
   TRUNCATE ... RESTART IDENTITY).
 - The quota and API tests' engines: ``sqlite_engine`` (a copy of a migrated template) and
   ``any_engine`` (that, then a fresh PostgreSQL database).
+- Markers set here, from what a test uses: ``postgres`` on the PostgreSQL case of a test
+  parametrized over the backends (or named for PostgreSQL), ``stripe`` on the tests that use
+  the Stripe test server. Tests that reach PostgreSQL or Chromium another way, and ``slow``
+  tests, carry their marker in their module.
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ from tests.support.db import (BACKENDS, engine_for_url, postgres_database, postg
                               sqlite_database)
 from tests.support.quota import postgres_database as postgres_quota_database
 from tests.support.quota import template_sqlite_engine
+
+
+STRIPE_SERVER_FIXTURE = "stripe_env"
+
+
+def runs_on_postgres(item: pytest.Item) -> bool:
+    """The PostgreSQL case of a backend parametrization (``db_url``, ``any_engine``, a
+    ``backend`` argument, ...) or a test named for PostgreSQL."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    return "postgres" in params or "postgres" in item.name
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if runs_on_postgres(item):
+            item.add_marker(pytest.mark.postgres)
+        if STRIPE_SERVER_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stripe)
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,9 @@ from billing.ledger.accounts import Accounts  # noqa: E402
 from billing.stripe_sync.webhooks import get_webhook_secret  # noqa: E402
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url  # noqa: E402
 from tests.support.live_server import uvicorn_thread  # noqa: E402
-from tests.support.quota import catalog
+from tests.support.quota import catalog  # noqa: E402
 
+pytestmark = pytest.mark.postgres  # the load runs on a fresh PostgreSQL database
 CATALOG = catalog()
 schema = schemathesis.openapi.from_dict(create_app(engine=create_engine("sqlite://"), catalog=CATALOG).openapi())
 

@@ -17,8 +17,8 @@ from billing.api.auth import create_key
 from billing.api.idempotency import fingerprint
 from billing.ledger.idempotency import IdempotencyStore
 from billing.ledger.types import to_us
-from tests.support.summed import CAT
 from tests.support.quota import NOW, T0, Clock
+from tests.support.summed import CAT
 
 
 class Api:

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import httpx
 import psycopg
+import pytest
 from fastapi.testclient import TestClient
 
 from billing.api.app import create_app
@@ -22,9 +23,9 @@ from billing.api.auth import create_key
 from billing.catalog import Catalog
 from billing.ledger.accounts import Accounts
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url
+from tests.support.quota import T0
 from tests.support.serve_process import _server, _wait_healthy
 from tests.support.summed import CAT, SUMMED_PLAN
-from tests.support.quota import T0
 
 LEASE = 4.0
 
@@ -34,6 +35,7 @@ def _blocked_on_a_lock(conninfo: str) -> bool:
         return conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] > 0
 
 
+@pytest.mark.postgres
 def test_a_server_killed_mid_request_frees_its_key_after_the_lease(tmp_path, monkeypatch):
     monkeypatch.setenv("BILLING_IDEMPOTENCY_LEASE_SECONDS", str(LEASE))
     plans_dir = tmp_path / "plans"

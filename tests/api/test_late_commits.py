@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from billing.api.app import create_app
 from billing.api.auth import create_key
-from tests.support.summed import CAT
 from tests.support.quota import NOW, T0, Clock
+from tests.support.summed import CAT
 
 
 @pytest.fixture

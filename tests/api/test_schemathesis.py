@@ -26,7 +26,7 @@ from billing.api.auth import create_key  # noqa: E402
 from billing.ledger.accounts import Accounts  # noqa: E402
 from billing.stripe_sync.webhooks import get_webhook_secret  # noqa: E402
 from tests.support.db import engine_for_url, sqlite_database  # noqa: E402
-from tests.support.quota import catalog
+from tests.support.quota import catalog  # noqa: E402
 
 CATALOG = catalog()
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(engine=create_engine("sqlite://"),

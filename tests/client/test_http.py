@@ -20,8 +20,8 @@ from billing.client import ApiError, AsyncHttpClient, HttpClient, RetryPolicy, a
 from billing.errors import ErrorCode
 from tests.support.client import CAT, Env, subscribe_all
 from tests.support.faults import AsyncFaultTransport, FaultTransport
-from tests.support.sdk_shapes import anthropic_message, openai_chat
 from tests.support.quota import Clock
+from tests.support.sdk_shapes import anthropic_message, openai_chat
 
 FAST = RetryPolicy(attempts=5, base_delay=0.001, max_delay=0.002)
 

@@ -23,8 +23,8 @@ from billing.client import ApiError, HttpClient, RetryPolicy, Spool, guarded_cal
 from billing.client.spool import commit_entry
 from tests.support.client import CAT, ROOT, Env, child_env, serve_app, subscribe_all
 from tests.support.faults import FaultTransport
-from tests.support.sdk_shapes import anthropic_message
 from tests.support.quota import Clock
+from tests.support.sdk_shapes import anthropic_message
 
 FAST = RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.001)
 CHILD = Path(__file__).resolve().parents[1] / "support" / "spool_child.py"

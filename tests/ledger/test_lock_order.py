@@ -125,6 +125,7 @@ def icu_engine():
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.postgres
 def test_every_insert_path_takes_event_rows_in_code_point_order(icu_engine):
     """A chunk that meets an existing event goes through the staging table (``INSERT ...
     SELECT ... ORDER BY``), another writer's small chunk inserts in Python's order: the two
@@ -219,6 +220,7 @@ def test_a_quota_commit_counts_under_the_subscriptions_a_concurrent_change_made(
         quota.close()
 
 
+@pytest.mark.postgres
 def test_the_quota_commit_statement_inserts_in_code_point_order(icu_engine):
     """The quota commit's one statement orders its events (and counters and tasks) by code
     point too: B1 is inserted before a1 (the ids the database hands out tell the order)."""

@@ -21,8 +21,8 @@ from billing.ledger.recount import lock_for_recount, recount_customer
 from billing.ledger.types import to_us
 from billing.ledger.wide import WIDE, exact_sums, join, split, sum_sql, summed
 from billing.rating.periods import BillingCycle
-from tests.support.db import World, counter_rows, engine_for_url, stored_events, task_usage_rows
 from tests.support.counters import SUB_START, expected_counters
+from tests.support.db import World, counter_rows, engine_for_url, stored_events, task_usage_rows
 
 PLAN = """
 plan: wide-props

@@ -120,6 +120,7 @@ def test_simulation_page_is_self_contained(sim):
     assert html.count('class="mark"') >= 4 * len(sim.plans)  # a point per customer and plan at least
 
 
+@pytest.mark.browser
 def test_simulation_charts_draw_in_headless_chromium(sim, tmp_path):
     charts = {c["kind"]: c for c in render(simulation_html(sim, "Margin trap"), tmp_path)}
     assert set(charts) == SIM_KINDS
@@ -142,6 +143,7 @@ def report(module_engine):  # noqa: F811
     return margin_report(module_engine, seeded["catalog"], "2026-10", as_of=seeded["now"], by="feature")
 
 
+@pytest.mark.browser
 def test_margins_page_charts_draw_in_headless_chromium(report, tmp_path):
     html = margins_html(report)
     assert_self_contained(html)
