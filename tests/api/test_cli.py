@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ from billing.cli.serve import serve
 from billing.config import get_settings
 from billing.ledger.db import engine_for
 from tests.support.quota import PLANS, make_db
+
 cli = typer.Typer()
 cli.add_typer(keys_app, name="keys")
 cli.command("serve")(serve)
@@ -30,6 +32,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_keys_and_serve(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     make_db(url).dispose()

@@ -21,6 +21,7 @@ from billing.ledger.accounts import Accounts
 from billing.ledger.models import Invoice
 from tests.support.db import engine_for_url
 from tests.support.quota import catalog
+
 CAT = catalog()
 DOCUMENTED_BOUND = 1.0  # README: "within BILLING_KEY_CACHE_SECONDS (1 s)"
 

@@ -32,7 +32,7 @@ from tests.support.db import engine_for_url, postgres_database, postgres_server_
 from tests.support.live_server import uvicorn_thread  # noqa: E402
 from tests.support.quota import catalog  # noqa: E402
 
-pytestmark = pytest.mark.postgres  # the load runs on a fresh PostgreSQL database
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]  # the load runs on a fresh PostgreSQL database
 CATALOG = catalog()
 schema = schemathesis.openapi.from_dict(create_app(engine=create_engine("sqlite://"), catalog=CATALOG).openapi())
 

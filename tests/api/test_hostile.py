@@ -18,6 +18,7 @@ from billing.ledger.accounts import Accounts
 from billing.stripe_sync.webhooks import get_webhook_secret
 from tests.support.db import engine_for_url
 from tests.support.quota import catalog
+
 CAT = catalog()
 NOW = datetime.now(UTC)
 STAMP = (NOW - timedelta(hours=1)).isoformat()

@@ -35,6 +35,7 @@ def _blocked_on_a_lock(conninfo: str) -> bool:
         return conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_server_killed_mid_request_frees_its_key_after_the_lease(tmp_path, monkeypatch):
     monkeypatch.setenv("BILLING_IDEMPOTENCY_LEASE_SECONDS", str(LEASE))

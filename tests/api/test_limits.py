@@ -99,6 +99,7 @@ def _upload(port: int, path: str, chunked: bool) -> tuple[int, int]:
     return status, sent
 
 
+@pytest.mark.slow
 def test_four_100mb_uploads_leave_the_server_memory_bounded(tmp_path):
     """The issue's probe: four unauthenticated 100 MB POSTs took a server from 104 MB to
     714 MB before it answered 401. Each now gets 413 after at most the limit (5 MiB) is

@@ -316,6 +316,7 @@ def test_text_postgres_cannot_store_is_4xx_not_500():
     """A NUL character anywhere PostgreSQL would store or compare it is the client's error."""
     from tests.support.db import postgres_server_url
     from tests.support.quota import postgres_database
+
     postgres_server_url()  # skipped without PostgreSQL, failed when it is required
     with postgres_database() as engine:
         client = TestClient(create_app(engine, CAT, clock=Clock(), context_ttl=0, key_cache_ttl=0))

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from billing.api.auth import create_key
 from billing.catalog import Catalog
@@ -23,7 +24,7 @@ from billing.ledger.accounts import Accounts
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url, sqlite_database
 from tests.support.quota import BLOCK_PLAN
 from tests.support.serve_process import _server, _wait_healthy
-ROOT = Path(__file__).resolve().parents[2]
+
 N_REQUESTS = 200
 LIMIT = 100
 
@@ -97,11 +98,13 @@ def _race_two_servers(url: str, tmp_path: Path) -> None:
         assert _live_units_held(engine, "acme") == (LIMIT, LIMIT)
 
 
+@pytest.mark.slow
 def test_two_servers_never_exceed_the_limit_postgres(tmp_path):
     with postgres_database(postgres_server_url()) as url:
         _race_two_servers(url, tmp_path)
 
 
+@pytest.mark.slow
 def test_two_servers_never_exceed_the_limit_sqlite(tmp_path):
     with sqlite_database(tmp_path) as url:
         _race_two_servers(url, tmp_path)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.client import ROOT, child_env
+
+
+@pytest.mark.slow
 def test_the_example_runs():
     run = subprocess.run([sys.executable, str(ROOT / "examples" / "guarded_call.py")], env=child_env(),
                          capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -134,11 +134,13 @@ def test_async_guarded_call_blocking_client_in_a_thread(env):
     assert env.used("split", "input_tokens") == "50"
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_concurrent_calls_never_pass_the_limit_and_record_each_call_once(tmp_path):
     """Two threads making guarded calls at once on one PostgreSQL (block after 3 requests)."""
     from tests.support.db import postgres_server_url
     from tests.support.quota import postgres_database
+
     postgres_server_url()
     with postgres_database() as engine:
         env = make_env("local", engine, tmp_path)

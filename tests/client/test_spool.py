@@ -117,6 +117,7 @@ def test_a_refused_commit_is_kept_apart(sqlite_engine, tmp_path):
     assert json.loads(kept.read_text())["reservation_id"] == entry["reservation_id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["before_send", "after_send"])
 def test_kill_9_between_the_call_and_the_acknowledgement_loses_nothing(any_engine, tmp_path, point):
     subscribe_all(any_engine)
@@ -138,6 +139,7 @@ def test_kill_9_between_the_call_and_the_acknowledgement_loses_nothing(any_engin
         assert spool.pending() == [] and spool.rejected() == []
 
 
+@pytest.mark.slow
 def test_two_flushers_at_once_send_each_commit_once(any_engine, tmp_path):
     """Two `billing client flush-spool` processes on one spool, against a real server."""
     subscribe_all(any_engine)
@@ -171,6 +173,7 @@ def test_the_largest_usage_is_kept_when_refused_and_never_raises(sqlite_engine, 
     """Token counts past what one event may carry (10^12): the service refuses the commit, the
     caller still gets the response, and the commit is kept in rejected/ with the reason."""
     from tests.support.client import make_env
+
     env = make_env("http", sqlite_engine, tmp_path)
     huge = anthropic_message(model=SONNET, inp=10**13)
     out = guarded_call(env.client, "split", "requests", lambda model: huge)
@@ -182,6 +185,7 @@ def test_the_largest_usage_is_kept_when_refused_and_never_raises(sqlite_engine, 
     assert env.client.spool.pending() == []
 
 
+@pytest.mark.slow
 def test_flush_spool_command_exit_codes(sqlite_engine, tmp_path):
     from typer.testing import CliRunner
 
@@ -200,6 +204,7 @@ def test_flush_spool_command_exit_codes(sqlite_engine, tmp_path):
 
 def test_a_spool_failing_while_settling_never_raises_after_the_call(sqlite_engine, tmp_path, monkeypatch):
     from tests.support.client import make_env
+
     env = make_env("http", sqlite_engine, tmp_path)
 
     def full(self, held, error):

@@ -114,6 +114,7 @@ JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-10**15, 10**15) 
                            inner, max_size=6), max_leaves=25)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(JSONISH)
 def test_any_json_gives_non_negative_integer_counts(value):

@@ -72,6 +72,7 @@ def test_chat_message_costs_exactly(book):
     assert event_cost(ev(input_tokens=2100, output_tokens=400), book) == D("0.0123")
 
 
+@pytest.mark.slow
 def test_75k_messages_sum_exactly(book):
     one = event_cost(ev(input_tokens=2100, output_tokens=400), book)
     assert one * 75_000 == D("922.50")

@@ -131,6 +131,7 @@ def credit_note_race(world: World) -> list[int]:
     return watermarks
 
 
+@pytest.mark.slow
 def test_issue_two_closes_issue_one_credit_note_for_a_volume_period_rerated_lower(pg_world):
     assert len(credit_note_race(pg_world)) == 2  # the second close waited for the first, then found it done
 
@@ -163,6 +164,7 @@ def adjustment_race(world: World) -> list[int]:
     return watermarks
 
 
+@pytest.mark.slow
 def test_issue_two_closes_issue_one_adjustment_invoice_for_an_ended_subscription(pg_world):
     assert len(adjustment_race(pg_world)) == 2
 
@@ -175,12 +177,14 @@ def no_close_lock(monkeypatch):
     monkeypatch.setattr(invoicing_repo, "lock_closes", lambda conn: None)
 
 
+@pytest.mark.slow
 def test_without_the_lock_the_correction_key_still_bills_the_credit_note_once(pg_world, no_close_lock):
     # both closes took their snapshot; the one that wrote second met the first's correction
     # key (cn:<invoice>:g1), rolled back and ran again (a third snapshot) to find it done
     assert len(credit_note_race(pg_world)) == 3
 
 
+@pytest.mark.slow
 def test_without_the_lock_the_correction_key_still_bills_the_adjustment_once(pg_world, no_close_lock):
     assert len(adjustment_race(pg_world)) == 3
 
@@ -272,6 +276,7 @@ def single_close(trials: Trials, batches, as_of) -> tuple:
     return docs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["threads", "processes"])
 def test_concurrent_closes_while_ingesting_equal_one_close(db_url, tmp_path, how):
     """Two and three closes at once while December's events stream in (every one moves the
@@ -302,6 +307,7 @@ def test_concurrent_closes_while_ingesting_equal_one_close(db_url, tmp_path, how
         world.engine.dispose()
 
 
+@pytest.mark.slow
 def test_concurrent_closes_while_late_events_arrive_bill_each_change_once(db_url, tmp_path):
     """Late events for closed periods (a volume-priced October, an ended subscription, an
     active one) and November's arrive while two or three closes run. Which close sees which

@@ -269,6 +269,7 @@ def _scenario(twin_urls, ops, plans, starts, seen: list[int]) -> None:
         recount_changes_nothing(twins.a)
 
 
+@pytest.mark.slow
 def test_counters_and_events_give_the_same_invoices(twin_urls):
     examples = 6 if twin_urls[0].startswith("postgresql") else 25
     seen = [0, 0]  # periods the counters were trusted for, and rated from, over all examples

@@ -171,6 +171,7 @@ def close_in_process(url: str):
     return result, seconds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kill_9_during_close_then_rerun_equals_one_close(backend, tmp_path):
     copies = Copies(backend, tmp_path)

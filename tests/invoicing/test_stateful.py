@@ -23,6 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test)
@@ -256,6 +257,7 @@ def _run(url, engine, examples: int, steps: int) -> None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]))
 
 
+@pytest.mark.slow
 def test_ledger_and_invoicing_state_machine(module_db_url, module_engine):
     if module_engine.dialect.name == "postgresql":
         _run(module_db_url, module_engine, examples=10, steps=25)

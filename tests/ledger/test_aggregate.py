@@ -12,6 +12,7 @@ import itertools
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.catalog.schema import PercentagePrice
@@ -51,6 +52,7 @@ def assert_same(plan, sql: dict[str, MeterTotals], py: dict[str, MeterTotals]) -
             assert s.transactions == p.transactions, f"{plan.ref} meter {meter.key} transactions"
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(events=event_lists(), window=st.sampled_from(WINDOWS), cut=st.floats(0, 1))

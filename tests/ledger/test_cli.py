@@ -41,6 +41,7 @@ def _event(i: int, day: int, **props) -> dict:
                            "feature": "support-chat", **props}}
 
 
+@pytest.mark.slow
 def test_ledger_commands_end_to_end(cli, db_url, tmp_path):
     assert "database at head" in cli("db", "upgrade")
     assert cli("customers", "create", "acme", "--timezone", "Europe/Paris", "--json")["timezone"] == "Europe/Paris"
@@ -96,6 +97,7 @@ def test_ledger_commands_end_to_end(cli, db_url, tmp_path):
     assert (last["period"]["start"], last["period"]["end"]) == ("2026-10-31T23:00:00Z", "2026-11-10T00:00:00Z")
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_loop(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(app, ["demo", "--plans", str(PLANS_DIR), "--db", str(tmp_path / "demo.db")])

@@ -18,6 +18,7 @@ from tests.support.ledger import CATALOG, _cli_env, _event, _setup, assert_deriv
 NOW = datetime(2026, 10, 20, tzinfo=UTC)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [False, True], ids=["own-ids", "same-ids"])
 def test_crossed_batches_complete_and_count_once(engine, shared):  # noqa: F811
     """Two writers sending batches in opposite orders ([A, B] against [B, A]) over two
@@ -59,6 +60,7 @@ def test_crossed_batches_complete_and_count_once(engine, shared):  # noqa: F811
     assert_derived_equal_recount(engine)
 
 
+@pytest.mark.slow
 def test_concurrent_imports_of_overlapping_files_complete(db_url, engine, tmp_path):  # noqa: F811
     """Two `billing events import` processes at once, on files that share half their events
     (in opposite orders): both finish without a traceback, each event is stored once."""

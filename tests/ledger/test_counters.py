@@ -9,6 +9,7 @@ import itertools
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.ledger.counters import ALL_EVENTS
@@ -22,6 +23,7 @@ NOW = datetime(2026, 12, 31, tzinfo=UTC)
 _examples = itertools.count(1)
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(events=event_lists(), batches=st.integers(1, 3))

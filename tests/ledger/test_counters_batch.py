@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.ledger.counters import CounterPlanner, SubscriptionView
@@ -44,6 +45,7 @@ def rows(draw) -> list[tuple]:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(subs=subscriptions(), events=rows(), order=st.sampled_from(["as_drawn", "sorted", "reversed"]))
 def test_add_many_equals_add_event_by_event(subs, events, order):

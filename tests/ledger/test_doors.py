@@ -240,6 +240,7 @@ def doors(db_url, tmp_path):  # noqa: F811
     cli_context.catalog.cache_clear()
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(parts=streams())

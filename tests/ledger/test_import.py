@@ -82,6 +82,7 @@ def _import(db: str, path: Path, *args: str) -> tuple[int, dict, str]:
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
 
 
+@pytest.mark.slow
 def test_poisoned_lines_are_their_own_rejections(db_url, engine, tmp_path):  # noqa: F811
     """A 5,000-digit number, invalid UTF-8, deep nesting, an over-long line and bad JSON among
     good events: each is rejected with its line number, every good event is imported (the
@@ -106,6 +107,7 @@ def test_poisoned_lines_are_their_own_rejections(db_url, engine, tmp_path):  # n
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one() == len(events)
 
 
+@pytest.mark.slow
 def test_a_rejected_event_names_its_file_line(db_url, engine, tmp_path):  # noqa: F811
     _setup(engine)
     path = tmp_path / "e.jsonl"
@@ -118,6 +120,7 @@ def test_a_rejected_event_names_its_file_line(db_url, engine, tmp_path):  # noqa
         (5, "negative_quantity", "neg"), (6, "unknown_customer", "g")]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tmp_path):  # noqa: F811
     _setup(engine)
     n = 60_000
@@ -146,6 +149,7 @@ def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tm
     assert_derived_equal_recount(engine)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_import_benchmark_runs_at_a_small_size(backend):
     """bench/import.py end to end (its targets are measured at full size; see the README)."""

@@ -304,6 +304,7 @@ def expected_outcome(batch: list, prefix: str) -> tuple[list[str], dict[tuple[st
 _MIXED_COUNTER = {"n": 0}
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(data=mixed_batches())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect as pyinspect
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -79,6 +80,7 @@ def test_ledger_tables_are_known():
             "credit_burn", "invoice", "invoice_line", "invoice_recheck", "number_sequence"} <= ledger_tables()
 
 
+@pytest.mark.slow
 def test_upgrade_downgrade_upgrade(empty_db_url):
     url = empty_db_url
     assert not (table_names(url) & ledger_tables())

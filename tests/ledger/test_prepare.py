@@ -412,6 +412,7 @@ def test_batch_fast_path_equals_prepare_event_by_event(raws):
     assert flagged == {i: p for i, p in enumerate(got) if isinstance(p, Prepared) and (p.unpriced or p.unmetered)}
 
 
+@pytest.mark.slow
 @FAST
 @given(st.lists(single_fault_events(), min_size=1, max_size=12))
 @example([{"id": "a", "customer": "acme", "type": "llm.call", "timestamp": "2026-10-03T12:00:00Z",

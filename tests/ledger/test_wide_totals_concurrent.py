@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from billing.ledger.holds import Quota
 from billing.ledger.recount import recount_all
 from tests.support.db import World, counter_rows, task_usage_rows
@@ -100,6 +102,7 @@ for i in range(100_000):
 """
 
 
+@pytest.mark.slow
 def test_a_writer_killed_while_carrying_leaves_exact_counters(engine, db_url, tmp_path):
     _world(engine)
     plan = tmp_path / "big-usage.yaml"

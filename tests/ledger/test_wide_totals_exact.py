@@ -100,6 +100,7 @@ def _maximum(i: int, **props) -> dict:
 TWENTY = [_maximum(i) for i in range(20)]
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(evts=events(), cuts=st.lists(st.integers(0, 30), max_size=4))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,6 +71,7 @@ def invoice_measures(plan, inv, usage) -> dict[str, Decimal]:
     return out
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(plans(), histories(), st.integers(0, 4))
 def test_quota_alerts_forecast_and_fast_path_equal_the_invoice(plan, raw_events, seats):
@@ -100,6 +102,7 @@ def test_quota_alerts_forecast_and_fast_path_equal_the_invoice(plan, raw_events,
     assert [(u.charge, u.amount) for u in fast.usage] == list(billed.items())
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(plans(), histories(), st.integers(0, 4))
 def test_the_arithmetic_agrees_with_itself(plan, raw_events, seats):

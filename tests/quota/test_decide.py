@@ -16,6 +16,7 @@ from billing.catalog import parse_plan_text
 from billing.quota import MeterUsage, QuotaRequest, TaskUsage, UnknownMeter, UsageState, decide, rate_window
 from billing.quota.decide import charge_spend, included_units
 from tests.support.quota import catalog
+
 CAT = catalog()
 START = datetime(2026, 10, 1, tzinfo=UTC)
 END = datetime(2026, 11, 1, tzinfo=UTC)

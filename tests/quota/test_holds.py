@@ -186,6 +186,7 @@ def test_concurrent_reservations_never_exceed_the_limit_sqlite(sqlite_engine):
     assert _race(sqlite_engine) == 100
 
 
+@pytest.mark.slow
 def test_concurrent_reservations_never_exceed_the_limit_postgres():
     postgres_server_url()  # skipped without PostgreSQL, failed when it is required
     with postgres_database() as engine:
@@ -224,6 +225,7 @@ def test_unstorable_text_is_a_validation_error_sqlite(sqlite_engine):
     _text_nobody_can_store(q)
 
 
+@pytest.mark.slow
 def test_unstorable_text_is_a_validation_error_postgres():
     postgres_server_url()
     with postgres_database() as engine:
@@ -275,6 +277,7 @@ def _count_batches(q) -> list[int]:
     return sizes
 
 
+@pytest.mark.slow
 def test_batched_postgres_checks_decide_as_one_check_alone():
     """On PostgreSQL concurrent checks share one read (``Quota.check_batch``): every answer
     equals the one a check alone gets, whatever mix of customers, plans, holds, rate windows,
@@ -294,6 +297,7 @@ def test_batched_postgres_checks_decide_as_one_check_alone():
         assert max(sizes) > 1  # checks did share reads
 
 
+@pytest.mark.slow
 def test_http_checks_on_postgres_are_batched_on_the_event_loop():
     """``billing.api.checks.AsyncChecks``: concurrent HTTP checks answer as checks alone,
     sharing batches; a bad question fails alone."""

@@ -47,6 +47,7 @@ def creep():
     return run("feature-creep")
 
 
+@pytest.mark.slow
 def test_support_chatbot_costs_922_50_a_month(chatbot):
     spec, plans, sim = chatbot
     assert call_cost(spec.book(), "chat-model", 2100, 400) == D("0.0123") == D(spec.expect["cost_per_message"])
@@ -58,6 +59,7 @@ def test_support_chatbot_costs_922_50_a_month(chatbot):
     assert total.revenue == D("100000.00")
 
 
+@pytest.mark.slow
 def test_feature_creep_costs_4522_50_a_month_4_9x(chatbot, creep):
     spec, plans, sim = creep
     book = spec.book()
@@ -105,6 +107,7 @@ def test_margin_trap():
     assert by_segment["30"].margin_pct == D("86.5") and by_segment["150"].margin_pct == D("32.5")
 
 
+@pytest.mark.slow
 def test_model_routing_saves_85_percent():
     spec, plans, sim = run("model-routing")
     total = sim.total(plans[0].ref)

@@ -242,6 +242,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", FAULTS)
 def test_faults_then_rerun_converges(fault, sync, engine, direct, stripe_env):
     _, proxy = stripe_env
@@ -260,6 +261,7 @@ def test_faults_then_rerun_converges(fault, sync, engine, direct, stripe_env):
             o.invoice_id for o in second.outcomes if o.action in ("pushed", "completed")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [r"^/v1/invoices$", r"^/v1/invoiceitems$", r"^/v1/credit_notes$"])
 def test_request_delivered_after_its_retry_is_deduplicated_by_its_idempotency_key(path, sync, engine, direct,
                                                                                  stripe_env):

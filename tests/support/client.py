@@ -23,6 +23,7 @@ from billing.client import HttpClient, LocalClient
 from billing.ledger.accounts import Accounts
 from billing.ledger.holds import Quota
 from tests.support.quota import PLANS, T0, Clock
+
 SPLIT_PLAN = """
 plan: split
 name: Requests counted apart from tokens
