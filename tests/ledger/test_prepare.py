@@ -401,6 +401,7 @@ def batch(raws, now: datetime = NOW) -> list:
                          known_types=KNOWN_TYPES, pricer=Pricer(BOOK), measured=MEASURED)
 
 
+@pytest.mark.slow
 @FAST
 @given(st.lists(st.one_of(single_fault_events(), raw_events()), max_size=12))
 def test_batch_fast_path_equals_prepare_event_by_event(raws):
