@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from db import postgres_server_url
+from tests.support.db import postgres_server_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.soak import soak  # noqa: E402
@@ -20,6 +20,7 @@ from bench.soak import soak  # noqa: E402
 SECONDS = float(os.environ.get("BILLING_SOAK_SECONDS", "60"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_soak_of_mixed_operations_loses_and_doubles_nothing(backend):
     if backend == "postgres":

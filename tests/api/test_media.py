@@ -1,0 +1,85 @@
+"""One media-type rule on every POST route, the fast path included: a JSON body is served
+with ``Content-Type: application/json`` (any parameters), ``application/*+json`` or no
+Content-Type at all; any other type is 415 ``unsupported_media_type``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from billing.api.app import create_app
+from billing.api.auth import create_key
+from tests.support.quota import NOW, T0, Clock
+from tests.support.summed import CAT
+
+
+def post_routes(app) -> set[str]:
+    """Every POST route: those in the OpenAPI schema and those of the fast path."""
+    paths = {path for path, ops in app.openapi()["paths"].items() if "post" in ops}
+    return paths | {path for method, path in app.fast_routes if method == "POST"}
+
+
+@pytest.fixture
+def api(sqlite_engine):
+    app = create_app(sqlite_engine, CAT, clock=Clock(), context_ttl=0, key_cache_ttl=0)
+    client = TestClient(app)
+    key = create_key(sqlite_engine, "admin")[1]
+
+    def post(path: str, body: dict, content_type: str | None):
+        headers = {"Authorization": f"Bearer {key}"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        return client.post(path, content=json.dumps(body).encode(), headers=headers)
+
+    post.app = app
+    for cid in ("acme", "c-none", "c-json", "c-charset", "c-plus"):
+        assert post("/v1/customers", {"id": cid}, "application/json").status_code == 201
+        assert post(f"/v1/customers/{cid}/subscriptions", {"plan": "summed", "at": T0.isoformat()},
+                    "application/json").status_code == 201
+    return post
+
+
+def bodies(post, variant: str) -> dict[str, tuple[str, dict]]:
+    """A valid request for every POST route (its own customer or reservation per variant)."""
+    customer = f"c-{variant}"
+    reserve = {"customer": customer, "meter": "units", "quantity": 1}
+    rid = post("/v1/quota/reserve", reserve, "application/json").json()["reservation_id"]
+    rid2 = post("/v1/quota/reserve", reserve, "application/json").json()["reservation_id"]
+    event = {"id": f"e-{variant}", "customer": customer, "type": "request", "timestamp": NOW.isoformat(),
+             "properties": {"units": 1}}
+    return {"/v1/events": ("/v1/events", {"events": [event]}),
+            "/v1/quota/check": ("/v1/quota/check", reserve),
+            "/v1/quota/reserve": ("/v1/quota/reserve", reserve),
+            "/v1/quota/commit": ("/v1/quota/commit", {"reservation_id": rid}),
+            "/v1/quota/release": ("/v1/quota/release", {"reservation_id": rid2}),
+            "/v1/customers": ("/v1/customers", {"id": f"new-{variant}"}),
+            "/v1/customers/{customer_id}/subscriptions": (f"/v1/customers/new-{variant}/subscriptions",
+                                                          {"plan": "summed", "at": T0.isoformat()}),
+            "/v1/customers/{customer_id}/seats": (f"/v1/customers/{customer}/seats", {"seats": 2}),
+            "/v1/stripe/webhook": ("/v1/stripe/webhook", {"id": "evt_1", "type": "invoice.paid"})}
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                                          "application/jsonx", "json"])
+def test_other_media_types_are_415_on_every_post_route(api, content_type):
+    routes = bodies(api, "json")
+    assert set(routes) == post_routes(api.app)  # a new POST route needs a body here
+    for path, body in routes.values():
+        r = api(path, body, content_type)
+        assert r.status_code == 415, (path, r.status_code, r.text)
+        assert r.json()["code"] == "unsupported_media_type" and "application/json" in r.json()["message"]
+
+
+@pytest.mark.parametrize("variant, content_type", [("none", None), ("charset", "application/json; charset=utf-8"),
+                                                   ("plus", "application/vnd.billing+json")])
+def test_json_without_or_with_any_json_content_type_is_served_everywhere(api, variant, content_type):
+    expected = {path: api(path, body, "application/json").status_code
+                for path, body in bodies(api, "json").values()}  # the reference answers
+    for route, (path, body) in bodies(api, variant).items():
+        r = api(path, body, content_type)
+        want = expected[route.replace("{customer_id}", "new-json" if "subscriptions" in route else "c-json")
+                        if "{" in route else route]
+        assert r.status_code == want, (path, content_type, r.text)
+        assert r.status_code in (200, 201) or path == "/v1/stripe/webhook", (path, r.text)

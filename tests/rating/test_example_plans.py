@@ -1,0 +1,238 @@
+"""Every example plan in plans/ rated against a hand-checked invoice, and the worked example
+of the design brief (5,000 customers x 15 messages on a $3/$15 model)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from billing.catalog import load_plan_file
+from billing.costs import CostBook, cost_breakdown, event_cost
+from billing.events import UsageEvent
+from billing.rating.engine import RatingInput, rate_period
+from billing.rating.meters import aggregate
+from billing.rating.periods import calendar_month
+
+D = Decimal
+PLANS = Path(__file__).resolve().parents[2] / "plans"
+OCT = calendar_month(2026, 10)  # 31 days
+BOOK = CostBook.load_default()
+SONNET_MESSAGE = {"model": "claude-sonnet-4-5", "input_tokens": 2100, "output_tokens": 400}
+
+
+def at(day: int, hour: int = 12, minute: int = 0) -> datetime:
+    return datetime(2026, 10, day, hour, minute, tzinfo=UTC)
+
+
+def spread(n: int, prefix: str, type_: str, customer: str = "acme", **props) -> list[UsageEvent]:
+    """n events of one kind spread over October (one every few minutes from Oct 1)."""
+    return [UsageEvent(id=f"{prefix}{i}", customer=customer, type=type_,
+                       timestamp=OCT.start + timedelta(minutes=5 * i + 1), properties=props) for i in range(n)]
+
+
+def rate(plan_file: str, events, **kw):
+    plan = load_plan_file(PLANS / plan_file)
+    usage = aggregate(plan, events, OCT.start, OCT.end, lambda e: event_cost(e, BOOK))
+    return rate_period(RatingInput(plan, "acme", OCT, usage, **kw))
+
+
+def lines(inv) -> list[tuple[str, Decimal, Decimal | None, Decimal]]:
+    return [(ln.description, ln.quantity, ln.unit_price, ln.amount) for ln in inv.lines]
+
+
+# ---------------------------------------------------------------------------- cursor-pro
+
+def test_cursor_pro_seats_fast_then_slow():
+    inv = rate("cursor-pro.yaml", spread(1300, "r", "request", model="claude-sonnet-4-5"),
+               seat_changes=[(OCT.start, 2)])
+    # 2 seats x 20.00 = 40.00; 500 fast requests per seat = 1,000 included; 300 on the slow tier at 0
+    assert lines(inv) == [
+        ("Pro seat (2 seats)", D(2), D("20.00"), D("40.00")),
+        ("Fast requests: 1300 used, 1000 included", D(1000), D(0), D("0.00")),
+        ("Fast requests: slow tier on claude-haiku-4-5", D(300), D(0), D("0.00")),
+    ]
+    assert inv.total == D("40.00")
+
+
+def test_cursor_pro_seat_added_mid_month():
+    inv = rate("cursor-pro.yaml", spread(1200, "r", "request"),
+               seat_changes=[(OCT.start, 1), (datetime(2026, 10, 17, tzinfo=UTC), 2)])
+    # 1 seat x 20.00; the 2nd seat from Oct 17 00:00: 15 of 31 days x 20.00 = 9.677.. -> 9.68
+    # included: 500 x 2 (the most seats held) = 1,000; 200 slow
+    assert [ln.amount for ln in inv.lines] == [D("20.00"), D("9.68"), D("0.00"), D("0.00")]
+    assert inv.lines[1].description == "Pro seat: 1 seat(s) added 2026-10-17, prorated 48.39%"
+    assert [ln.quantity for ln in inv.lines[2:]] == [D(1000), D(200)]
+    assert inv.total == D("29.68")
+
+
+# ----------------------------------------------------------------------- copilot-premium
+
+def test_copilot_premium_allowance_multipliers_and_extra_requests():
+    events = (spread(100, "base", "request", model="gpt-4.1")              # 100 x 0 = 0
+              + spread(250, "son", "request", model="claude-sonnet-4-5")    # 250 x 1 = 250
+              + spread(10, "opus", "request", model="claude-opus-4-1")      # 10 x 10 = 100
+              + spread(20, "new", "request", model="mystery-model"))        # 20 x 1 (default) = 20
+    inv = rate("copilot-premium.yaml", events)
+    # 370 premium requests, 300 included, 70 x 0.04 = 2.80; + 10.00 subscription
+    assert lines(inv) == [
+        ("Monthly subscription", D(1), D("10.00"), D("10.00")),
+        ("Premium requests: 370 used, 300 included", D(300), D(0), D("0.00")),
+        ("Premium requests", D(70), D("0.04"), D("2.80")),
+    ]
+    assert inv.total == D("12.80")
+
+
+def test_copilot_premium_spend_cap():
+    inv = rate("copilot-premium.yaml", spread(400, "opus", "request", model="claude-opus-4-1"))
+    # 400 x 10 = 4,000 premium requests; 3,700 extra x 0.04 = 148.00, capped at 100.00
+    assert [ln.amount for ln in inv.lines] == [D("10.00"), D("0.00"), D("148.00"), D("-48.00")]
+    assert inv.lines[-1].description == "Premium requests: spend cap 100.00 reached"
+    assert inv.total == D("110.00")
+
+
+# ------------------------------------------------------------------- support-resolutions
+
+def test_support_resolutions_dispute_inside_the_window_not_billed():
+    events = [UsageEvent(id=f"res{d}", customer="acme", type="outcome", timestamp=at(d),
+                         properties={"outcome": "resolution", "outcome_id": f"conv{d}"}) for d in range(1, 11)]
+    events += [
+        UsageEvent(id="esc1", customer="acme", type="outcome", timestamp=at(3),
+                   properties={"outcome": "escalation", "outcome_id": "conv99"}),      # not a resolution
+        UsageEvent(id="dis5", customer="acme", type="outcome.disputed", timestamp=at(12),
+                   properties={"outcome_id": "conv5"}),                                # 7 days: not billed
+        UsageEvent(id="reo9", customer="acme", type="outcome.reopened", timestamp=at(20),
+                   properties={"outcome_id": "conv9"}),                                # 11 days: not billed
+        UsageEvent(id="dis2", customer="acme", type="outcome.disputed", timestamp=at(25),
+                   properties={"outcome_id": "conv2"}),                                # 23 days: billed
+    ]
+    inv = rate("support-resolutions.yaml", events)
+    # 1 helpdesk seat 29.00; 10 resolutions - 2 disputed in the window = 8 x 0.99 = 7.92
+    assert lines(inv) == [
+        ("Helpdesk seat (1 seats)", D(1), D("29.00"), D("29.00")),
+        ("Resolutions", D(8), D("0.99"), D("7.92")),
+    ]
+    assert inv.total == D("36.92")
+
+
+# ------------------------------------------------------------------------------- token-api
+
+def test_token_api_cost_plus_with_minimum_commitment_true_up():
+    inv = rate("token-api.yaml", spread(100, "c", "llm.call", **SONNET_MESSAGE))
+    # cost 100 x 0.0123 = 1.23; x 1.25 = 1.5375 -> 1.54; minimum 50.00 (usage): true-up 48.46
+    assert lines(inv) == [
+        ("Inference (provider cost + 25%)", D("1.23"), D("1.25"), D("1.54")),
+        ("Minimum commitment true-up", D(1), None, D("48.46")),
+    ]
+    assert inv.total == D("50.00")
+    assert inv.provider_cost == D("1.23")
+
+
+def test_token_api_above_the_minimum():
+    inv = rate("token-api.yaml", spread(5000, "c", "llm.call", **SONNET_MESSAGE))
+    # cost 5,000 x 0.0123 = 61.50; x 1.25 = 76.875 -> 76.88 (half away from zero); no true-up
+    assert [ln.amount for ln in inv.lines] == [D("76.88")]
+    assert inv.total == D("76.88") and inv.provider_cost == D("61.50")
+
+
+# ------------------------------------------------------------------------------------ team
+
+def team_call(i: int, input_tokens: int, output_tokens: int) -> UsageEvent:
+    return UsageEvent(id=f"t{i}", customer="acme", type="llm.call", timestamp=at(i + 1),
+                      properties={"model": "claude-sonnet-4-5", "input_tokens": input_tokens,
+                                  "output_tokens": output_tokens})
+
+
+def test_team_seats_and_pooled_credits_drawn_before_overage():
+    events = [team_call(0, 1_000_000, 1_000_000), team_call(1, 1_000_000, 1_000_000), team_call(2, 1_000_000, 0)]
+    inv = rate("team-credits.yaml", events, seat_changes=[(OCT.start, 3)])
+    # 3 seats x 30.00 = 90.00; input 3M x 0.000006 = 18.00; output 2M x 0.00003 = 60.00;
+    # credits 3 x 25.00 = 75.00 pooled, drawn from the 78.00 of usage -> 90 + 78 - 75 = 93.00
+    assert lines(inv) == [
+        ("Team seat (3 seats)", D(3), D("30.00"), D("90.00")),
+        ("Input tokens", D(3_000_000), D("0.000006"), D("18.00")),
+        ("Output tokens", D(2_000_000), D("0.00003"), D("60.00")),
+        ("Included team credits applied", D(1), None, D("-75.00")),
+    ]
+    assert inv.total == D("93.00")
+    assert inv.credits_used == {"plan:seat_credits": D("75.00")}
+    assert inv.provider_cost == D(39)  # 3M x $3/M + 2M x $15/M
+
+
+def test_team_light_usage_fully_covered_by_credits():
+    inv = rate("team-credits.yaml", [team_call(0, 500_000, 100_000)], seat_changes=[(OCT.start, 2)])
+    # 60.00 seats; 500k x 0.000006 = 3.00 + 100k x 0.00003 = 3.00 -> 6.00 covered by the 50.00 of credits
+    assert [ln.amount for ln in inv.lines] == [D("60.00"), D("3.00"), D("3.00"), D("-6.00")]
+    assert inv.total == D("60.00")
+
+
+def test_team_spend_cap_then_credits():
+    inv = rate("team-credits.yaml", [team_call(0, 100_000_000, 100_000_000)], seat_changes=[(OCT.start, 3)])
+    # usage 600.00 + 3,000.00 = 3,600.00 capped at 2,000.00 (-1,600.00); credits 75.00 -> 2,015.00
+    assert [ln.amount for ln in inv.lines] == [D("90.00"), D("600.00"), D("3000.00"), D("-1600.00"),
+                                               D("-75.00")]
+    assert inv.total == D("2015.00")
+
+
+# ------------------------------------------------------------------------ support-chatbot
+
+def test_support_chatbot_overage():
+    events = (spread(250, "m", "llm.call", feature="support-chat", **SONNET_MESSAGE)
+              + spread(30, "x", "llm.call", feature="internal", **SONNET_MESSAGE))  # filtered out
+    inv = rate("support-chatbot.yaml", events)
+    # 20.00 + (250 - 100 included) x 0.05 = 7.50
+    assert lines(inv) == [
+        ("Support chatbot subscription", D(1), D("20.00"), D("20.00")),
+        ("Chat messages: 250 used, 100 included", D(100), D(0), D("0.00")),
+        ("Chat messages", D(150), D("0.05"), D("7.50")),
+    ]
+    assert inv.total == D("27.50")
+    assert inv.provider_cost == D("3.075")  # the 250 metered messages x 0.0123
+
+
+def test_support_chatbot_overage_cap():
+    inv = rate("support-chatbot.yaml", spread(2000, "m", "llm.call", feature="support-chat", **SONNET_MESSAGE))
+    # 1,900 x 0.05 = 95.00, capped at 50.00
+    assert [ln.amount for ln in inv.lines] == [D("20.00"), D("0.00"), D("95.00"), D("-45.00")]
+    assert inv.total == D("70.00")
+
+
+# ---------------------------------------------------------------- the worked example
+
+CUSTOMERS, MESSAGES = 5_000, 15
+
+
+@pytest.fixture(scope="module")
+def population() -> list[UsageEvent]:
+    props = {**SONNET_MESSAGE, "feature": "support-chat"}
+    return [UsageEvent(id=f"msg-{c}-{m}", customer=f"cust-{c:04d}", type="llm.call",
+                       timestamp=OCT.start + timedelta(hours=(c % 100) + 40 * m, seconds=c),
+                       properties=props)
+            for c in range(CUSTOMERS) for m in range(MESSAGES)]
+
+
+def test_worked_example_cost_per_message():
+    message = UsageEvent(id="one", customer="c", type="llm.call", timestamp=at(3), properties=SONNET_MESSAGE)
+    price = BOOK.price_for("claude-sonnet-4-5", at(3))
+    assert (price.input, price.output) == (D(3), D(15))
+    # 2,100 x $3/M = 0.0063 + 400 x $15/M = 0.0060
+    assert cost_breakdown(message, BOOK) == {"input": D("0.0063"), "output": D("0.006")}
+    assert event_cost(message, BOOK) == D("0.0123")
+
+
+def test_worked_example_month_of_provider_cost(population):
+    assert len(population) == 75_000 and all(OCT.contains(e.timestamp) for e in population)
+    # 75,000 messages x 0.0123 = 922.50
+    assert sum((event_cost(e, BOOK) for e in population), D(0)) == D("922.50")
+
+
+def test_worked_example_one_customer_on_the_support_chatbot_plan(population):
+    plan = load_plan_file(PLANS / "support-chatbot.yaml")
+    mine = [e for e in population if e.customer == "cust-0042"]
+    usage = aggregate(plan, mine, OCT.start, OCT.end, lambda e: event_cost(e, BOOK))
+    inv = rate_period(RatingInput(plan, "cust-0042", OCT, usage))
+    assert usage["messages"].units == 15
+    assert inv.provider_cost == 15 * D("0.0123") == D("0.1845")
+    assert inv.total == D("20.00")  # 15 messages are inside the 100 included
