@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from billing.cli import app as cli
 from billing.config import get_settings
 from billing.ledger.db import engine_for
-from stripe_server import add_customer, add_invoice, make_db
-from test_quota_fixtures import PLANS
+from tests.support.stripe_server import add_customer, add_invoice, make_db
+from tests.support.quota import PLANS
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing.lifecycle import STALE, TRANSITIONS, Action, DocumentKind, InvoiceStatus
 from billing.ledger.models import Invoice, InvoiceLineRow
-from conftest_db import db_url  # noqa: F401  (fixture, parametrized over the backends)
-from db import engine_for_url
-from stripe_server import add_customer, add_invoice
+from tests.support.db import engine_for_url
+from tests.support.stripe_server import add_customer, add_invoice
 
 AT = datetime(2026, 11, 2, 12, tzinfo=UTC)
 LATER = datetime(2026, 11, 9, 12, tzinfo=UTC)
@@ -36,7 +35,7 @@ def leads_to(kind: DocumentKind, action: Action) -> set[InvoiceStatus]:
 
 
 @pytest.fixture
-def engine(db_url):  # noqa: F811
+def engine(db_url):
     with engine_for_url(db_url) as eng:
         add_customer(eng, "acme")
         yield eng

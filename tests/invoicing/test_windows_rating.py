@@ -28,8 +28,7 @@ from billing.reports import repository as reports_repo
 from billing.reports.to_date import rate_to_date
 from billing.simulate.core import rate_totals
 from billing.simulate.history import history_totals
-from conftest_db import module_db_url, module_engine  # noqa: F401  (fixtures)
-from db import World, invoicing_catalog
+from tests.support.db import World, invoicing_catalog
 
 CATALOG = invoicing_catalog()
 OCTOBER = Period(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
@@ -112,7 +111,7 @@ def _simulated(world: World, cid: str, plan_id: str) -> Decimal:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=subscriptions)
-def test_close_to_date_and_history_rate_a_window_alike(module_engine, case):  # noqa: F811
+def test_close_to_date_and_history_rate_a_window_alike(module_engine, case):
     world = World(module_engine, CATALOG, day(case["start"]))
     cid = f"w{next(_customers)}"
     _set_up(world, cid, case)

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from billing.ledger.grants_and_seats import grant_balances, seat_histories
 from billing.ledger.quota_sql import MICRO, Connections, load_context
-from conftest_db import module_db_url, module_engine  # noqa: F401  (fixtures)
-from db import World, invoicing_catalog
+from tests.support.db import World, invoicing_catalog
 
 CATALOG = invoicing_catalog()
 SEPTEMBER = datetime(2026, 9, 1, tzinfo=UTC)
@@ -42,7 +41,7 @@ def _expected_seats(history: list[tuple[datetime, int]], start: datetime, end: d
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases)
-def test_quota_context_reads_seats_and_grants_as_the_repository(module_engine, case):  # noqa: F811
+def test_quota_context_reads_seats_and_grants_as_the_repository(module_engine, case):
     world = World(module_engine, CATALOG, SEPTEMBER)
     cid = f"q{next(_customers)}"
     world.accounts.create_customer(cid, now=SEPTEMBER)

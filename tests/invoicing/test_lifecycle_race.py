@@ -17,9 +17,8 @@ from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing.lifecycle import Action, InvoiceStatus
 from billing.ledger.models import Invoice
-from conftest_db import db_url  # noqa: F401  (fixture, parametrized over the backends)
-from db import engine_for_url
-from stripe_server import add_customer, add_invoice
+from tests.support.db import engine_for_url
+from tests.support.stripe_server import add_customer, add_invoice
 
 ROUNDS = 20
 AT = datetime(2026, 11, 2, 12, tzinfo=UTC)
@@ -27,7 +26,7 @@ TARGET = {Action.PAY: InvoiceStatus.PAID, Action.VOID: InvoiceStatus.VOID}
 
 
 @pytest.fixture
-def engines(db_url):  # noqa: F811
+def engines(db_url):
     with engine_for_url(db_url) as first, engine_for_url(db_url) as second:
         add_customer(first, "acme")
         yield first, second
