@@ -137,11 +137,11 @@ def run_load(generator: str, port: int, method: str, path: str, body: str, key: 
 def seed(url: str, customers: int, now: datetime) -> str:
     from sqlmodel import SQLModel
 
-    import billing.ledger.quota_models  # noqa: F401
+    import billing.store.operational_models  # noqa: F401
     from billing.api.auth import create_key
     from billing.catalog import Catalog
     from billing.ledger.accounts import Accounts
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
     from billing.ledger.ingest import Ledger
 
     engine = make_engine(url)

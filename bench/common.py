@@ -13,7 +13,7 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 @contextmanager
 def fresh_database(backend: str):
     """Yield a URL of an empty, migrated database; drop it afterwards."""
-    from billing.ledger.db import upgrade
+    from billing.store.db import upgrade
 
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +34,7 @@ def fresh_database(backend: str):
         upgrade(url)
         yield url
     finally:
-        from billing.ledger.db import engine_for
+        from billing.store.db import engine_for
 
         engine_for.cache_clear()
         with psycopg.connect(admin, autocommit=True) as conn:

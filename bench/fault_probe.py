@@ -127,7 +127,7 @@ def _cli_loop(url: str, args: list[str], stop: threading.Event, pause: float, ru
 
 
 def _invoices(url: str) -> list[tuple]:
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
 
     engine = make_engine(url)
     try:

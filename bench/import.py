@@ -56,7 +56,7 @@ def write_file(path: str, n: int, customers: int) -> int:
 def setup(url: str, customers: int) -> None:
     from billing.catalog import Catalog
     from billing.ledger.accounts import Accounts
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
 
     engine = make_engine(url)
     accounts = Accounts(engine, Catalog.from_paths(PLANS))
@@ -84,7 +84,7 @@ def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
 def library_child(url: str, n: int, customers: int) -> None:
     """In a child process: build the events in memory, time ``Ledger.record`` of them."""
     from billing.catalog import Catalog
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
     from billing.ledger.ingest import Ledger
 
     data = list(events(n, customers))

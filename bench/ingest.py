@@ -44,7 +44,7 @@ def make_events(n: int, customers: int, seed: int = 1) -> list[dict]:
 
 def floor(url: str, events: list[dict]) -> float:
     """Bare executemany INSERT of the same rows into a plain table with the same unique key."""
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
 
     engine = make_engine(url)
     pg = engine.dialect.name == "postgresql"
@@ -73,7 +73,7 @@ def floor(url: str, events: list[dict]) -> float:
 def setup_customers(url: str, customers: int) -> None:
     from billing.catalog import Catalog
     from billing.ledger.accounts import Accounts
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
     from billing.ledger.ingest import Ledger
 
     engine = make_engine(url)
@@ -89,7 +89,7 @@ def setup_customers(url: str, customers: int) -> None:
 def ingest(url: str, events: list[dict]) -> float:
     """Ledger.record of every event (validation, costing, idempotent insert, counters)."""
     from billing.catalog import Catalog
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
     from billing.ledger.ingest import Ledger
 
     engine = make_engine(url)

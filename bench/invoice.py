@@ -38,9 +38,9 @@ PERIOD_END = datetime(2026, 11, 1, tzinfo=UTC)
 def load(url: str, customers: int, events: int, plan: str) -> None:
     from sqlalchemy import insert
 
-    from billing.ledger.db import make_engine
-    from billing.ledger.models import Customer, SeatChange, Subscription
-    from billing.ledger.types import to_us
+    from billing.store.db import make_engine
+    from billing.store.models import Customer, SeatChange, Subscription
+    from billing.store.types import to_us
 
     engine = make_engine(url)
     ids = [f"cust-{i:05d}" for i in range(customers)]
@@ -85,8 +85,8 @@ def load(url: str, customers: int, events: int, plan: str) -> None:
 
 
 def aggregate_floor(url: str) -> float:
-    from billing.ledger.db import make_engine
-    from billing.ledger.types import to_us
+    from billing.store.db import make_engine
+    from billing.store.types import to_us
 
     engine = make_engine(url)
     ph = "%s" if engine.dialect.name == "postgresql" else "?"
@@ -105,7 +105,7 @@ def aggregate_floor(url: str) -> float:
 def close(url: str):
     from billing.catalog import Catalog
     from billing.invoicing.service import Invoicing
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
 
     engine = make_engine(url)
     invoicing = Invoicing(engine, Catalog.from_paths(PLANS), clock=lambda: PERIOD_END)
@@ -122,7 +122,7 @@ def next_close(url: str, customers: int, late: int) -> tuple[float, object]:
     counters), the periods that got some are re-rated, November is rated."""
     from billing.catalog import Catalog
     from billing.invoicing.service import Invoicing
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
     from billing.ledger.ingest import Ledger
 
     engine = make_engine(url)
@@ -149,12 +149,12 @@ def verify(url: str, customers: int, sample: int) -> int:
 
     from billing.catalog import Catalog
     from billing.invoicing.documents import line_rows
-    from billing.ledger.aggregate_sql import aggregate_window
-    from billing.ledger.db import make_engine
-    from billing.ledger.grants_and_seats import seat_histories
-    from billing.ledger.models import Invoice, InvoiceLineRow
-    from billing.ledger.types import to_us
-    from billing.ledger.wide import join
+    from billing.store.aggregate_sql import aggregate_window
+    from billing.store.db import make_engine
+    from billing.store.grants_and_seats import seat_histories
+    from billing.store.models import Invoice, InvoiceLineRow
+    from billing.store.types import to_us
+    from billing.store.wide import join
     from billing.rating.engine import RatingInput, rate_period
     from billing.rating.periods import BillingCycle
 

@@ -205,8 +205,8 @@ def main() -> None:
 
     from bench.common import fresh_database
     from billing.catalog import Catalog
-    from billing.ledger.db import make_engine
-    from billing.ledger.holds import Quota
+    from billing.store.db import make_engine
+    from billing.reservations.holds import Quota
 
     now = datetime.now(UTC)
     customers = [f"cust-{i:05d}" for i in range(args.customers)]

@@ -85,7 +85,7 @@ def setup(url: str) -> str:
     from billing.api.auth import create_key
     from billing.catalog import Catalog
     from billing.ledger.accounts import Accounts
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
 
     engine = make_engine(url)
     accounts = Accounts(engine, Catalog.from_paths(PLANS))
@@ -225,7 +225,7 @@ def verify(url: str, clients: list[Client]) -> dict:
     """Every acknowledged event stored once and nothing else; counters and task usage equal a
     recount."""
     from billing.catalog import Catalog
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
     from billing.ledger.recount import recount_all
 
     engine = make_engine(url)

@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     # events may be at most this far ahead of the ingesting server's clock
     future_tolerance_seconds: int = 300
     # cost data files layered over the shipped cost book: a directory of *.yaml files, or
-    # files separated by os.pathsep or commas (billing.ledger.cost_prices)
+    # files separated by os.pathsep or commas (billing.store.cost_prices)
     costs: str | None = None
     # the API refuses request bodies over this many bytes (413), on every route, before
     # parsing or authentication

@@ -19,8 +19,8 @@ from pathlib import Path
 from billing.catalog import Catalog
 from billing.client import LocalClient, guarded_call, guarded_stream
 from billing.ledger.accounts import Accounts
-from billing.ledger.db import engine_for, upgrade
-from billing.ledger.holds import Quota
+from billing.store.db import engine_for, upgrade
+from billing.reservations.holds import Quota
 
 PLANS = Path(__file__).resolve().parent.parent / "plans"
 

@@ -3,9 +3,9 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import billing.ledger.models  # noqa: F401  (registers the tables)
-import billing.ledger.quota_models  # noqa: F401
-from billing.ledger.db import make_engine
+import billing.store.models  # noqa: F401  (registers the tables)
+import billing.store.operational_models  # noqa: F401
+from billing.store.db import make_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -24,7 +24,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from billing.ledger.db import downgrade
+from billing.store.db import downgrade
 from tests.support.db import (BACKENDS, engine_for_url, postgres_database, postgres_server_url, reset_database,
                               sqlite_database)
 from tests.support.quota import postgres_database as postgres_quota_database
@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _fresh_cli_caches():
     from billing.cli import context
     from billing.config import get_settings
-    from billing.ledger.db import engine_for
+    from billing.store.db import engine_for
 
     caches = (get_settings, engine_for, context.catalog)
     for cache in caches:

@@ -124,8 +124,8 @@ def test_importing_the_pure_packages_loads_no_forbidden_module():
     "from starlette.requests import Request",
     "import stripe",
     "import httpx",
-    "from billing.ledger import repository",
-    "from billing.ledger.db import engine_for",
+    "from billing.store import repository",
+    "from billing.store.db import engine_for",
     "import billing.api.routes",
     "from billing import ledger",
     "from ..ledger import db",           # relative, from billing.rating.x -> billing.ledger

@@ -36,7 +36,7 @@ from billing.api.routes import quota_check_fast, router
 from billing.catalog import Catalog
 from billing.invoicing.service import Invoicing
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Outbox, Quota
+from billing.reservations.holds import Outbox, Quota
 from billing.ledger.ingest import Ledger
 
 log = logging.getLogger("billing.api")
@@ -84,7 +84,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     settings = get_settings()
     own_engine = engine is not None  # optional routers default to the same engine_for(settings)
     if engine is None:
-        from billing.ledger.db import engine_for
+        from billing.store.db import engine_for
 
         engine = engine_for(settings.database_url)
     if catalog is None:

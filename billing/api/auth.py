@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select, update
 
 from billing.errors import BillingError, ErrorCode
-from billing.ledger.quota_models import ApiKey
-from billing.ledger.types import to_us
+from billing.store.operational_models import ApiKey
+from billing.store.types import to_us
 
 SCOPES = ("ingest", "check", "read", "admin")
 _table = ApiKey.__table__

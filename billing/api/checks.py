@@ -15,7 +15,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from billing.ledger.quota_types import Op, parse_request
+from billing.reservations.types import Op, parse_request
 from billing.quota.decide import Decision
 
 

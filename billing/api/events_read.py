@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from billing.api.routes import Read, _json
-from billing.ledger.flagged import listing
+from billing.store.flagged import listing
 
 router = APIRouter(prefix="/v1")
 

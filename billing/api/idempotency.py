@@ -18,7 +18,7 @@ front of every route, the fast path included: ``BillingAPI.add_layer``).
   with the same key: it runs again); never a 5xx. A response not stored frees the key.
 - Kept ``retention`` (24 hours) from the first request; a key past it is a new key. Each
   server deletes expired records at most every ``purge_every`` seconds, in the background.
-- Records live in the database (``billing.ledger.idempotency``): servers sharing one
+- Records live in the database (``billing.store.idempotency``): servers sharing one
   database share the keys.
 """
 
@@ -40,8 +40,8 @@ from starlette.responses import JSONResponse
 from billing.api.errors import error_body, unavailable_response
 from billing.api.routes import _api_key
 from billing.errors import ErrorCode
-from billing.ledger.idempotency import IN_USE, OWNED, REPLAY, REUSED, IdempotencyStore
-from billing.ledger.types import to_us
+from billing.store.idempotency import IN_USE, OWNED, REPLAY, REUSED, IdempotencyStore
+from billing.store.types import to_us
 
 log = logging.getLogger("billing.api")
 

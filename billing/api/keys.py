@@ -26,7 +26,7 @@ def _unrestricted(principal: Principal) -> None:
 
 
 def _iso_us(value: int | None) -> str | None:
-    from billing.ledger.types import from_us
+    from billing.store.types import from_us
 
     return None if value is None else from_us(value).isoformat().replace("+00:00", "Z")
 

@@ -15,13 +15,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from billing.api.routes import ReadOrCheck, _json
-from billing.ledger.quota_types import storable_text
+from billing.reservations.types import storable_text
 
 router = APIRouter(prefix="/v1")
 
 
 def metering_json(quota: Any, customer: str) -> dict[str, Any]:
-    """The metering of ``customer``'s plan in force now (``billing.ledger.holds.Quota``'s
+    """The metering of ``customer``'s plan in force now (``billing.reservations.holds.Quota``'s
     cached context: the same plan its quota decisions use)."""
     storable_text("customer", customer)
     with quota.conns.read() as conn:

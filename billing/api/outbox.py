@@ -1,4 +1,4 @@
-"""Outgoing webhooks: deliver the outbox (``billing.ledger.outbox.Outbox``) to one URL,
+"""Outgoing webhooks: deliver the outbox (``billing.alerts.outbox.Outbox``) to one URL,
 HMAC-signed, at least once, retried with exponential backoff.
 
 Each POST carries the event JSON and the headers::
@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from billing.ledger.outbox import Outbox
+from billing.alerts.outbox import Outbox
 
 log = logging.getLogger("billing.webhooks")
 

@@ -19,7 +19,7 @@ from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, Release
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing.lifecycle import InvoiceStatus
 from billing.ledger.accounts import MAX_ROW_ID
-from billing.ledger.models import Customer, SeatChange, Subscription
+from billing.store.models import Customer, SeatChange, Subscription
 from billing.quota.decide import Outcome
 
 

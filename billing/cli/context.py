@@ -32,7 +32,7 @@ def catalog() -> Catalog:
 
 
 def engine():
-    from billing.ledger.db import engine_for
+    from billing.store.db import engine_for
 
     return engine_for(get_settings().database_url)
 
@@ -42,7 +42,7 @@ def ledger_exists() -> bool:
     Commands that only read prices must not create an empty ``billing.db``."""
     from sqlalchemy.engine import make_url
 
-    from billing.ledger.db import normalize_url
+    from billing.store.db import normalize_url
 
     url = make_url(normalize_url(get_settings().database_url))
     if url.get_backend_name() != "sqlite":
@@ -51,12 +51,12 @@ def ledger_exists() -> bool:
 
 
 def cost_book(extra: list[Path] | None = None):
-    """The command's cost book (``billing.ledger.cost_prices.cost_book``): shipped <
+    """The command's cost book (``billing.store.cost_prices.cost_book``): shipped <
     ``BILLING_COSTS`` < prices added to the ledger (when there is one) < ``extra`` files."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from billing.costs import CostBookError
-    from billing.ledger.cost_prices import cost_book as build
+    from billing.store.cost_prices import cost_book as build
 
     try:
         return build(engine() if ledger_exists() else None, extra=extra or ())

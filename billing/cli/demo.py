@@ -41,7 +41,7 @@ def demo(
     """Run the whole loop on a fresh SQLite ledger: customers, a month of events, close, invoices, margins."""
     from billing.invoicing.service import Invoicing, invoice_json
     from billing.ledger.accounts import Accounts
-    from billing.ledger.db import make_engine, upgrade
+    from billing.store.db import make_engine, upgrade
     from billing.ledger.ingest import Ledger
 
     try:

@@ -26,7 +26,7 @@ def events_unpriced(
     or unmetered (no plan meters their type), with the reason; totals by model and type."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from billing.ledger.flagged import STATUSES, listing
+    from billing.store.flagged import STATUSES, listing
 
     if status is not None and status not in STATUSES:
         fail(f"--status must be one of {', '.join(STATUSES)}")

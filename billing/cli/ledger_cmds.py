@@ -34,7 +34,7 @@ def _accounts():
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations to BILLING_DATABASE_URL (default: SQLite file billing.db here)."""
-    from billing.ledger.db import upgrade
+    from billing.store.db import upgrade
     from billing.ledger.recount import counters_stale
 
     upgrade(get_settings().database_url, revision)
@@ -64,7 +64,7 @@ def db_recount(as_json: JsonOpt = False) -> None:
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
-    from billing.ledger.db import downgrade
+    from billing.store.db import downgrade
 
     downgrade(get_settings().database_url, revision)
     console.print(f"database at {revision}", highlight=False)
@@ -83,7 +83,7 @@ def customer_create(customer_id: str, name: str = "", timezone: str = "UTC", cur
 def customer_list(as_json: JsonOpt = False) -> None:
     from sqlmodel import Session
 
-    from billing.ledger.repository import list_customers
+    from billing.store.repository import list_customers
 
     with Session(engine()) as s:
         rows = list_customers(s)
@@ -161,7 +161,7 @@ def events_import(path: Path, as_json: JsonOpt = False,
 
     if not path.is_file():
         fail(f"{path}: no such file")
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
 
     settings = get_settings()
     # its own engine: SQLite without a memory map (mapped pages of the growing file count as the

@@ -11,7 +11,7 @@ from billing.client.spool import Spool
 
 
 class LocalClient(BillingClient):
-    """In-process: ``billing.ledger.holds.Quota`` and its ledger, no network. Events are
+    """In-process: ``billing.reservations.holds.Quota`` and its ledger, no network. Events are
     stamped with the quota's clock. ``spool_dir``: a spool for ``guarded_call``'s commits
     (default none: a commit is one local transaction; give one to keep commits through a
     database outage)."""
@@ -24,8 +24,8 @@ class LocalClient(BillingClient):
     def open(cls, database_url: str, plans: str = "plans", *, spool_dir: str | None = None,
              **quota_kwargs: Any) -> "LocalClient":
         from billing.catalog import Catalog
-        from billing.ledger.db import engine_for
-        from billing.ledger.holds import Quota
+        from billing.store.db import engine_for
+        from billing.reservations.holds import Quota
 
         catalog = Catalog.from_paths(plans)
         return cls(Quota(engine_for(database_url), catalog, **quota_kwargs), spool_dir=spool_dir)

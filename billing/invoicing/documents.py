@@ -8,8 +8,8 @@ from functools import lru_cache
 
 from billing.catalog import Plan
 from billing.ledger.counters import MICRO
-from billing.ledger.types import to_us
-from billing.ledger.wide import split
+from billing.store.types import to_us
+from billing.store.wide import split
 from billing.money import dec_str, minor_units, round_line
 from billing.rating.periods import Period
 from billing.rating.types import CreditGrant, RatedInvoice

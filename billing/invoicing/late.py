@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import minor
 from billing.invoicing.usage import period_events
-from billing.ledger.grants_and_seats import grant_balances
-from billing.ledger.types import to_us
+from billing.store.grants_and_seats import grant_balances
+from billing.store.types import to_us
 from billing.money import minor_units
 from billing.rating.types import LineKind
 

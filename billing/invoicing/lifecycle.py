@@ -23,8 +23,8 @@ from sqlalchemy import Engine, select, update
 from sqlmodel import Session
 
 from billing.errors import BillingError, ErrorCode
-from billing.ledger.models import Invoice
-from billing.ledger.retry import Retry
+from billing.store.models import Invoice
+from billing.store.retry import Retry
 
 
 class InvoiceStatus(StrEnum):

@@ -14,13 +14,13 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.invoicing.usage import SubscriptionRow
-from billing.ledger.aggregate_sql import max_event_id, run
+from billing.store.aggregate_sql import max_event_id, run
 from billing.ledger.counters import ALL_EVENTS
-from billing.ledger.driver_rows import datetime_reader, driver_rows
-from billing.ledger.models import (
+from billing.store.driver_rows import datetime_reader, driver_rows
+from billing.store.models import (
     CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence)
 from billing.ledger.recount import counters_stale
-from billing.ledger.wide import join
+from billing.store.wide import join
 
 _CHUNK = 500
 # A document's lines stay billed whatever happens to its payment: voiding forgives what it
@@ -331,7 +331,7 @@ def grant_currencies(conn: Connection, keys: Iterable[str]) -> dict[str, str]:
 def recost_marks(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, int]:
     """invoice id -> marks, of the invoices whose period was re-costed since it was billed
     (``billing.ledger.recost``): the late-event path re-rates them whatever the counts say."""
-    from billing.ledger.models import InvoiceRecost
+    from billing.store.models import InvoiceRecost
 
     t = InvoiceRecost.__table__.c
     out: dict[int, int] = {}
@@ -344,7 +344,7 @@ def clear_recost(conn: Connection, invoice_id: int, marks: int) -> None:
     """The period was re-rated: drop its mark, unless a re-cost marked it again meanwhile."""
     from sqlalchemy import delete
 
-    from billing.ledger.models import InvoiceRecost
+    from billing.store.models import InvoiceRecost
 
     t = InvoiceRecost.__table__
     conn.execute(delete(t).where(t.c.invoice_id == invoice_id, t.c.marks == marks))

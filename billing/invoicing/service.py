@@ -53,9 +53,9 @@ from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
 from billing.invoicing.windows import Window, rate_windows
 from billing.ledger.counters import to_micro
-from billing.ledger.models import Invoice, InvoiceLineRow
-from billing.ledger.types import to_us
-from billing.ledger.wide import join
+from billing.store.models import Invoice, InvoiceLineRow
+from billing.store.types import to_us
+from billing.store.wide import join
 from billing.money import dec_str, minor_units
 from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import LineKind, MeterTotals, RatedInvoice

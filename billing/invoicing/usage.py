@@ -33,7 +33,7 @@ from billing.catalog import Plan
 from billing.catalog.schema import PercentagePrice
 from billing.events import is_quantity_key
 from billing.ledger.counters import ALL_EVENTS
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from billing.rating.charges.percentage import needs_transactions
 from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import MeterTotals

@@ -40,10 +40,10 @@ from sqlalchemy import Connection
 
 from billing.catalog import Plan
 from billing.invoicing.documents import grant_inputs
-from billing.ledger.aggregate_sql import aggregate_window, usage_before_expiries
+from billing.store.aggregate_sql import aggregate_window, usage_before_expiries
 from billing.ledger.counters import to_micro
-from billing.ledger.grants_and_seats import GrantBalance, SeatHistory, grant_balances, seat_histories
-from billing.ledger.types import to_us
+from billing.store.grants_and_seats import GrantBalance, SeatHistory, grant_balances, seat_histories
+from billing.store.types import to_us
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import Period, seat_segments
 from billing.rating.types import MeterTotals, RatedInvoice

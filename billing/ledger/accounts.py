@@ -15,13 +15,13 @@ from billing.invoicing.lifecycle import InvoiceStatus
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
 from billing.events import instant_problem
-from billing.ledger import repository
-from billing.ledger.quota_types import storable_text
-from billing.ledger.models import CreditGrantRow, Customer, SeatChange, Subscription
+from billing.store import repository
+from billing.reservations.types import storable_text
+from billing.store.models import CreditGrantRow, Customer, SeatChange, Subscription
 from billing.ledger.counters import to_micro
-from billing.ledger.grants_and_seats import seat_histories
+from billing.store.grants_and_seats import seat_histories
 from billing.ledger.recount import customer_views, lock_for_recount, recount_customer
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from billing.money import CURRENCIES
 
 

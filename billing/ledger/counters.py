@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from billing.catalog import Catalog, Meter, Plan
 from billing.events import tokens_of
-from billing.ledger.types import from_us, to_us
+from billing.store.types import from_us, to_us
 from billing.money import to_decimal
 from billing.rating.periods import BillingCycle
 

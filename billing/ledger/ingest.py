@@ -28,13 +28,13 @@ from billing.catalog import Catalog
 from billing.costs import CostBook
 from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
-from billing.ledger import event_store, repository
-from billing.ledger.alerting import BudgetAlerts
-from billing.ledger.cost_prices import CostSource, connection_fetch
-from billing.ledger.retry import Retry
+from billing.store import event_store, repository
+from billing.alerts.budget import BudgetAlerts
+from billing.store.cost_prices import CostSource, connection_fetch
+from billing.store.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
 from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, reprice, warning_of
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 
 
 class EventResult(NamedTuple):
@@ -131,7 +131,7 @@ class Ledger:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  future_tolerance_seconds: int = 300, alerts: bool = True):
         """``book``: price with exactly this book; default: the process's book
-        (``billing.ledger.cost_prices``: shipped, ``BILLING_COSTS``, prices added to this
+        (``billing.store.cost_prices``: shipped, ``BILLING_COSTS``, prices added to this
         ledger), kept up to date as prices are added. ``alerts``: evaluate budget alerts
         after commits."""
         self.engine = engine

@@ -24,7 +24,7 @@ from billing.costs import CostBook, UnknownModel, event_cost
 from billing.errors import BillingError, ErrorCode
 from billing.events import (EARLIEST_INSTANT, INSTANT_WINDOW, LATEST_INSTANT, MAX_EVENT_COST, MAX_EVENT_QUANTITY,
                             MAX_PROPERTIES_BYTES, UsageEvent, is_quantity_key, properties_too_large)
-from billing.ledger.types import EPOCH, to_us
+from billing.store.types import EPOCH, to_us
 
 PICO = Decimal(10) ** 12
 MAX_COST_PICO = int(MAX_EVENT_COST * PICO)

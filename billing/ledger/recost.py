@@ -19,7 +19,7 @@ cost only if it is still unpriced, then moves by the exact difference, in key or
   cost-plus line grows by an adjustment on the next invoice; a finalized invoice never
   changes.
 
-Concurrent ingestion: see ``billing.ledger.cost_prices`` (an event is priced at ingestion
+Concurrent ingestion: see ``billing.store.cost_prices`` (an event is priced at ingestion
 or here, never both, never neither). Concurrent re-costs of the same events: the
 conditional update lets one of them price each event.
 """
@@ -39,13 +39,13 @@ from sqlmodel import Session
 
 from billing.catalog import Catalog
 from billing.costs import CostBook, ModelPrice
-from billing.ledger import recost_sql as sql
-from billing.ledger import repository
-from billing.ledger.cost_prices import (
+from billing.store import recost_sql as sql
+from billing.store import repository
+from billing.store.cost_prices import (
     StoreResult, base_book, connection_fetch, layered, lock_to_add, settings_files, store_entries, stored_entries)
 from billing.ledger.counters import CounterPlanner, subscription_views
 from billing.ledger.prepare import Prepared, Pricer, reprice
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 
 PAGE = 5_000  # events re-costed per transaction
 PICO = Decimal(10) ** 12
@@ -116,7 +116,7 @@ def recost(engine: Engine, catalog: Catalog, *, book: CostBook | None = None, mo
     """Price the unpriced events ``book`` (default: the process's, ``cost_prices.cost_book``)
     can price now; ``models``: only the events of models that resolve to these names."""
     if book is None:
-        from billing.ledger.cost_prices import cost_book
+        from billing.store.cost_prices import cost_book
 
         book = cost_book(engine)
     pricer = Pricer(book)

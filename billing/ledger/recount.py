@@ -28,9 +28,9 @@ from sqlalchemy import Connection, select
 from billing.catalog import Catalog
 from billing.events import tokens_of
 from billing.ledger.counters import DEFAULT_TASK_PROPERTY, CounterPlanner, SubscriptionView, subscription_views
-from billing.ledger.event_store import upsert_counters, upsert_tasks
-from billing.ledger.models import Customer, Subscription
-from billing.ledger.types import from_us, to_us
+from billing.store.event_store import upsert_counters, upsert_tasks
+from billing.store.models import Customer, Subscription
+from billing.store.types import from_us, to_us
 
 STALE_FLAG = "counters_stale"
 _PAGE = 20_000

@@ -34,8 +34,8 @@ from sqlalchemy import Engine
 from billing.catalog import Catalog
 from billing.catalog.schema import Plan
 from billing.invoicing.windows import scaled_totals
-from billing.ledger.aggregate_sql import max_event_id
-from billing.ledger.types import to_us
+from billing.store.aggregate_sql import max_event_id
+from billing.store.types import to_us
 from billing.money import dec_str, round_line
 from billing.rating import arithmetic
 from billing.rating.periods import BillingCycle, Period

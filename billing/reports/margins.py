@@ -49,9 +49,9 @@ from decimal import Decimal
 from sqlalchemy import Engine
 
 from billing.catalog import Catalog
-from billing.ledger.aggregate_sql import max_event_id
-from billing.ledger.flagged import FlaggedGroup, flagged_totals
-from billing.ledger.types import to_us
+from billing.store.aggregate_sql import max_event_id
+from billing.store.flagged import FlaggedGroup, flagged_totals
+from billing.store.types import to_us
 from billing.money import from_minor, quantum
 from billing.rating.periods import Period, parse_period_label
 from billing.reports import repository as repo

@@ -15,8 +15,8 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, or_, select, text
 
 from billing.invoicing.lifecycle import BILLED_STATUSES
-from billing.ledger.models import Customer, Invoice, InvoiceLineRow, Subscription, UsageEventRow
-from billing.ledger.wide import exact_sums, sum_sql, summed
+from billing.store.models import Customer, Invoice, InvoiceLineRow, Subscription, UsageEventRow
+from billing.store.wide import exact_sums, sum_sql, summed
 
 _SAFE_PROP = re.compile(r"^[A-Za-z0-9_\-]+$")
 _CHUNK = 500
@@ -41,7 +41,7 @@ def property_sql(dialect: str, prop: str) -> str:
 
 def _json_text(dialect: str, prop: str) -> str:
     """The property as text like Python's ``str()`` of the JSON value (true -> 'True'), the
-    way meters filter on it (``billing.ledger.aggregate_sql``)."""
+    way meters filter on it (``billing.store.aggregate_sql``)."""
     if dialect == "postgresql":
         return (f"(CASE json_typeof(properties->'{prop}') WHEN 'boolean' THEN initcap(properties->>'{prop}') "
                 f"ELSE properties->>'{prop}' END)")

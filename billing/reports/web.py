@@ -25,7 +25,7 @@ router = APIRouter(tags=["reports"])
 def get_engine() -> Engine:
     """The ledger engine (``BILLING_DATABASE_URL``); the app overrides this with its own."""
     from billing.config import get_settings
-    from billing.ledger.db import engine_for
+    from billing.store.db import engine_for
 
     return engine_for(get_settings().database_url)
 

@@ -42,9 +42,9 @@ from sqlalchemy import Connection, Engine
 from billing.catalog.schema import Plan
 from billing.costs import CostBook
 from billing.invoicing.windows import UsageSpan, measure
-from billing.ledger.aggregate_sql import max_event_id
-from billing.ledger.grants_and_seats import seat_histories
-from billing.ledger.types import from_us, to_us
+from billing.store.aggregate_sql import max_event_id
+from billing.store.grants_and_seats import seat_histories
+from billing.store.types import from_us, to_us
 from billing.money import from_minor
 from billing.rating.periods import Period, parse_period_label
 from billing.reports import repository as repo

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from billing.invoicing.lifecycle import DocumentKind, InvoiceStatus
-from billing.ledger.models import Invoice, InvoiceLineRow
+from billing.store.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, to_stripe, try_to_stripe
 from billing.stripe_sync.client import list_all, plain

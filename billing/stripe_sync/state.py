@@ -13,7 +13,7 @@ from sqlalchemy import Engine, or_, select, update
 from sqlmodel import Session
 
 from billing.invoicing.lifecycle import InvoiceStatus
-from billing.ledger.models import Customer, Invoice, InvoiceLineRow
+from billing.store.models import Customer, Invoice, InvoiceLineRow
 
 _inv = Invoice.__table__
 _line = InvoiceLineRow.__table__
@@ -137,8 +137,8 @@ def record_payment_mismatch(engine: Engine, inv: Invoice, details: dict, at: dat
     """Queue an ``invoice.payment_mismatch`` event in the webhook outbox (at most once per
     invoice and received amount and currency): the operator's record of a payment Stripe
     reported for an amount or currency that is not the invoice's. True if queued now."""
-    from billing.ledger.outbox import Outbox
-    from billing.ledger.types import to_us
+    from billing.alerts.outbox import Outbox
+    from billing.store.types import to_us
 
     dedupe = f"payment_mismatch:{inv.id}:{details.get('received_total')}:{details.get('received_currency')}"
     with engine.begin() as conn:

@@ -56,7 +56,7 @@ from sqlalchemy import Engine
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing.lifecycle import Action, DocumentKind, InvoiceStatus
-from billing.ledger.models import Invoice, InvoiceLineRow
+from billing.store.models import Invoice, InvoiceLineRow
 from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, to_stripe, total_to_stripe, try_to_stripe
 from billing.stripe_sync.client import Retrier, is_retryable, list_all, plain

@@ -60,7 +60,7 @@ FAILED_EVENTS = {"invoice.payment_failed"}
 
 
 def get_engine() -> Engine:
-    from billing.ledger.db import engine_for
+    from billing.store.db import engine_for
 
     return engine_for(get_settings().database_url)
 

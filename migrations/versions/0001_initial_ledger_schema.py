@@ -7,7 +7,7 @@ Create Date: 2026-11-22 08:23:38.715905
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import billing.ledger.types
+import billing.store.types
 
 
 revision = '0001'
@@ -24,7 +24,7 @@ def upgrade() -> None:
     sa.Column('timezone', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('currency', sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
     sa.Column('stripe_customer_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
-    sa.Column('created_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('number_sequence',
@@ -63,10 +63,10 @@ def upgrade() -> None:
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('amount_micro', sa.BigInteger(), nullable=False),
     sa.Column('currency', sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-    sa.Column('effective_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('effective_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', billing.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('applies_to', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
-    sa.Column('created_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -79,12 +79,12 @@ def upgrade() -> None:
     sa.Column('plan_id', sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
     sa.Column('plan_version', sa.Integer(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('started_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('anchor_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('ended_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('trial_end', billing.ledger.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('anchor_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', billing.store.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('trial_end', billing.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('previous_id', sa.Integer(), nullable=True),
-    sa.Column('created_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
     sa.ForeignKeyConstraint(['previous_id'], ['subscription.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -104,16 +104,16 @@ def upgrade() -> None:
     sa.Column('plan_id', sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
     sa.Column('plan_version', sa.Integer(), nullable=False),
     sa.Column('currency', sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-    sa.Column('period_start', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('period_end', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('period_start', billing.store.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('period_end', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('total_minor', sa.BigInteger(), nullable=False),
     sa.Column('provider_cost_pico', sa.BigInteger(), nullable=False),
     sa.Column('ledger_watermark', sa.BigInteger(), nullable=False),
-    sa.Column('created_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finalized_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('paid_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('voided_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('payment_failed_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finalized_at', billing.store.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('paid_at', billing.store.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('voided_at', billing.store.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('payment_failed_at', billing.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('stripe_invoice_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.ForeignKeyConstraint(['corrects_invoice_id'], ['invoice.id'], ),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
@@ -130,9 +130,9 @@ def upgrade() -> None:
     op.create_table('seat_change',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('subscription_id', sa.Integer(), nullable=False),
-    sa.Column('effective_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('effective_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('seats', sa.Integer(), nullable=False),
-    sa.Column('created_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['subscription_id'], ['subscription.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -162,8 +162,8 @@ def upgrade() -> None:
     sa.Column('quantity', sa.String(length=80), nullable=False),
     sa.Column('unit_price', sa.String(length=80), nullable=True),
     sa.Column('amount_minor', sa.BigInteger(), nullable=False),
-    sa.Column('service_start', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('service_end', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('service_start', billing.store.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('service_end', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('stripe_line_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.ForeignKeyConstraint(['invoice_id'], ['invoice.id'], ),
     sa.PrimaryKeyConstraint('id')

@@ -7,7 +7,7 @@ Create Date: 2026-11-22 08:49:41.966387
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import billing.ledger.types
+import billing.store.types
 
 
 revision = '0002'

@@ -7,7 +7,7 @@ Create Date: 2026-12-01 22:40:00
 from alembic import op
 import sqlalchemy as sa
 
-import billing.ledger.types
+import billing.store.types
 
 
 revision = '0004'
@@ -18,7 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table('invoice', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('stripe_void_confirmed_at', billing.ledger.types.UTCDateTime(timezone=True),
+        batch_op.add_column(sa.Column('stripe_void_confirmed_at', billing.store.types.UTCDateTime(timezone=True),
                                       nullable=True))
 
 

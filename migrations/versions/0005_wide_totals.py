@@ -1,7 +1,7 @@
 """carry columns: running totals past 2^63 stay exact integers
 
 Counters (units, cost), agent task usage (tokens, cost) and an invoice's provider cost
-gain a ``*_carry`` column in units of 10^18 beside their low part (``billing.ledger.wide``).
+gain a ``*_carry`` column in units of 10^18 beside their low part (``billing.store.wide``).
 Existing totals at or past 10^18 are split into the two parts. A counter that had already
 overflowed (SQLite turned it into a float) cannot be split exactly: the counters are then
 flagged ``counters_stale`` (invoicing rates from the events until ``billing db recount``).

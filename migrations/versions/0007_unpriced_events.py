@@ -13,7 +13,7 @@ from alembic import op
 import sqlalchemy as sa
 import sqlmodel
 
-import billing.ledger.types
+import billing.store.types
 
 
 revision = '0007'
@@ -47,7 +47,7 @@ def upgrade() -> None:
     sa.Column('retrieved', sa.Date(), nullable=False),
     sa.Column('aliases', sqlmodel.sql.sqltypes.AutoString(length=4000), nullable=False),
     sa.Column('origin', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-    sa.Column('added_at', billing.ledger.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('added_at', billing.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('model', 'effective_from')
     )
     op.create_table('invoice_recost',

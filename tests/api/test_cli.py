@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from billing.cli.keys import app as keys_app
 from billing.cli.serve import serve
 from billing.config import get_settings
-from billing.ledger.db import engine_for
+from billing.store.db import engine_for
 from tests.support.quota import PLANS, make_db
 
 cli = typer.Typer()

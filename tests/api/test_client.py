@@ -12,7 +12,7 @@ from billing.api.auth import create_key
 from billing.client import ApiError, HttpClient, LocalClient, QuotaDenied, extract_usage, guarded_call
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from tests.support.quota import T0, Clock, catalog
 
 CAT = catalog()

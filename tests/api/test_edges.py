@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from billing.api.app import create_app
 from billing.api.auth import create_key, revoke_key
 from billing.ledger.accounts import Accounts
-from billing.ledger.models import Invoice
+from billing.store.models import Invoice
 from tests.support.db import engine_for_url
 from tests.support.quota import catalog
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from billing.api.app import create_app
 from billing.api.auth import create_key
 from billing.api.idempotency import fingerprint
-from billing.ledger.idempotency import IdempotencyStore
-from billing.ledger.types import to_us
+from billing.store.idempotency import IdempotencyStore
+from billing.store.types import to_us
 from tests.support.quota import NOW, T0, Clock
 from tests.support.summed import CAT
 
@@ -280,7 +280,7 @@ def test_two_api_servers_share_the_keys(any_engine):
     """Two app instances (each its own engine and connections) on one database: a key used
     on one is replayed by the other; 24 requests with one key sent at once to both run it
     once, the others are replays or 409 idempotency_key_in_use, never an error."""
-    from billing.ledger.db import make_engine
+    from billing.store.db import make_engine
 
     keys = {"admin": create_key(any_engine, "admin")[1]}
     clock = Clock()

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from billing.api.app import create_app
 from billing.api.auth import create_key, list_keys, revoke_key
-from billing.ledger.models import Invoice
+from billing.store.models import Invoice
 from tests.support.quota import NOW, T0, Clock, catalog
 
 CAT = catalog()
@@ -219,7 +219,7 @@ def test_events_with_tasks_and_alerts_over_http(api):
     api("POST", "/v1/events", key="ingest", json={"events": more[:30]})
     import json
 
-    from billing.ledger.holds import Outbox
+    from billing.reservations.holds import Outbox
     fired = [(json.loads(r["payload"])["subject"], json.loads(r["payload"])["threshold_percent"])
              for r in Outbox(api.engine).rows()]
     assert fired == [("charge:messages:included", "50")]  # 50 messages of 100 included

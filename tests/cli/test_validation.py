@@ -13,7 +13,7 @@ from billing.api.app import create_app
 from billing.api.auth import create_key
 from billing.cli import app
 from billing.config import get_settings
-from billing.ledger.db import engine_for
+from billing.store.db import engine_for
 from tests.support.db import PLANS_DIR, engine_for_url, shipped_catalog
 
 TABLES = ("customer", "subscription", "seat_change", "credit_grant", "invoice")

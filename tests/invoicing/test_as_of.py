@@ -14,7 +14,7 @@ from billing.cli import app
 from billing.config import get_settings
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing.service import Invoicing
-from billing.ledger.db import engine_for
+from billing.store.db import engine_for
 from tests.support.close_scenario import CATALOG, d, write_plans
 from tests.support.db import World, documents
 

@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import Session, func, select
 
 from billing.errors import BillingError, ErrorCode
-from billing.ledger.models import CreditBurn, Invoice
+from billing.store.models import CreditBurn, Invoice
 from tests.support.db import World, documents, invoicing_catalog
 
 CATALOG = invoicing_catalog()
@@ -422,9 +422,9 @@ def test_event_committed_after_a_higher_id_is_not_lost(world):
     import threading
 
     from billing.ledger.counters import CounterPlanner, subscription_views
-    from billing.ledger.event_store import upsert_counters
-    from billing.ledger.repository import subscription_rows
-    from billing.ledger.types import to_us
+    from billing.store.event_store import upsert_counters
+    from billing.store.repository import subscription_rows
+    from billing.store.types import to_us
 
     if world.engine.dialect.name != "postgresql":
         pytest.skip("SQLite serializes writers (BEGIN IMMEDIATE): no such race")

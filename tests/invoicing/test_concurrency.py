@@ -25,7 +25,7 @@ import pytest
 
 from billing.invoicing import repository as invoicing_repo
 from billing.invoicing.service import Invoicing
-from billing.ledger.db import make_engine
+from billing.store.db import make_engine
 from tests.support.close_scenario import (
     CATALOG, assert_gap_free, billing_command, build, cli_env, d, late_batches, ledger_documents, net_billed,
     open_batches, write_plans)

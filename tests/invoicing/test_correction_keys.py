@@ -10,7 +10,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from billing.invoicing import repository as invoicing_repo
-from billing.ledger.db import alembic_config, downgrade, upgrade
+from billing.store.db import alembic_config, downgrade, upgrade
 from tests.support.close_scenario import CATALOG, Events, build, d
 from tests.support.db import World
 

@@ -29,9 +29,9 @@ from billing.errors import BillingError
 from billing.invoicing import repository as repo
 from billing.invoicing.service import Invoicing, cycle_for
 from billing.invoicing.usage import counter_usage, period_events, plan_is_countable
-from billing.ledger.aggregate_sql import aggregate_window
+from billing.store.aggregate_sql import aggregate_window
 from billing.ledger.recount import recount_all
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from tests.support.db import (
     BACKENDS, World, counter_rows, documents, engine_for_url, invoicing_catalog, postgres_database,
     postgres_server_url, reset_database, sqlite_database)

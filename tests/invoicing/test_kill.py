@@ -28,10 +28,10 @@ from sqlalchemy.engine import make_url
 
 from billing.invoicing.repository import CLOSE_LOCK
 from billing.invoicing.service import Invoicing
-from billing.ledger.db import make_engine
-from billing.ledger.models import Customer, SeatChange, Subscription
+from billing.store.db import make_engine
+from billing.store.models import Customer, SeatChange, Subscription
 from billing.ledger.recount import recount_all
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from tests.support.close_scenario import (
     CATALOG, assert_gap_free, billing_command, build, cli_env, d, ledger_documents, write_plans)
 from tests.support.db import BACKENDS, World, postgres_server_url
@@ -99,12 +99,12 @@ class Copies:
             admin = make_url(self.server).set(drivername="postgresql").render_as_string(hide_password=False)
             self.admin = psycopg.connect(admin, autocommit=True)
             self.origin = self._pg_new(template="template0")
-            from billing.ledger.db import upgrade
+            from billing.store.db import upgrade
 
             upgrade(self.origin)
         else:
             self.origin = f"sqlite:///{tmp_path / 'origin.db'}"
-            from billing.ledger.db import upgrade
+            from billing.store.db import upgrade
 
             upgrade(self.origin)
 

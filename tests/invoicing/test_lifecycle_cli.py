@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from billing.cli import app as cli
 from billing.config import get_settings
-from billing.ledger.db import engine_for
+from billing.store.db import engine_for
 from tests.support.stripe_server import add_customer, add_invoice, make_db
 from tests.support.quota import PLANS
 

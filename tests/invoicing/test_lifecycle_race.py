@@ -16,7 +16,7 @@ from sqlmodel import Session
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing.lifecycle import Action, InvoiceStatus
-from billing.ledger.models import Invoice
+from billing.store.models import Invoice
 from tests.support.db import engine_for_url
 from tests.support.stripe_server import add_customer, add_invoice
 

@@ -17,7 +17,7 @@ from billing.api.errors import status_for
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing.lifecycle import STALE, TRANSITIONS, Action, DocumentKind, InvoiceStatus
-from billing.ledger.models import Invoice, InvoiceLineRow
+from billing.store.models import Invoice, InvoiceLineRow
 from tests.support.db import engine_for_url
 from tests.support.stripe_server import add_customer, add_invoice
 

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test)
 
 from billing.events import parse_event
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from billing.money import minor_units
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.meters import aggregate

@@ -12,8 +12,8 @@ from decimal import Decimal
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from billing.ledger.grants_and_seats import grant_balances, seat_histories
-from billing.ledger.quota_sql import MICRO, Connections, load_context
+from billing.store.grants_and_seats import grant_balances, seat_histories
+from billing.reservations.sql import MICRO, Connections, load_context
 from tests.support.db import World, invoicing_catalog
 
 CATALOG = invoicing_catalog()

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from billing.ledger.aggregate_sql import max_event_id
-from billing.ledger.models import Invoice, InvoiceLineRow
+from billing.store.aggregate_sql import max_event_id
+from billing.store.models import Invoice, InvoiceLineRow
 from billing.money import from_minor
 from billing.rating.periods import Period
 from billing.reports import repository as reports_repo

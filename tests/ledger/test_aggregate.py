@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.catalog.schema import PercentagePrice
 from billing.events import parse_event
-from billing.ledger.aggregate_sql import aggregate_meters, max_event_id
-from billing.ledger.types import to_us
+from billing.store.aggregate_sql import aggregate_meters, max_event_id
+from billing.store.types import to_us
 from billing.rating.charges.percentage import needs_transactions
 from billing.rating.meters import aggregate
 from billing.rating.types import MeterTotals

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from billing.ledger.alerting import BudgetAlerts
-from billing.ledger.holds import Outbox
+from billing.alerts.budget import BudgetAlerts
+from billing.reservations.holds import Outbox
 from tests.support.alerts import _events, _quota
 from tests.support.quota import Clock
 
@@ -73,7 +73,7 @@ def test_a_failed_evaluation_never_fails_a_committed_quota_commit(any_engine, mo
         monkeypatch.setattr(BudgetAlerts, "record", broken)
         evaluated: list[list[str]] = []
         if read_again:  # the usage read after the COMMIT fails too: the commit reads it again
-            monkeypatch.setattr("billing.ledger.quota_writer.batch_counters_query",
+            monkeypatch.setattr("billing.reservations.writer.batch_counters_query",
                                 lambda *_args: ("SELECT no_such_column FROM usage_counter", []))
             real_evaluate = BudgetAlerts.evaluate
             monkeypatch.setattr(BudgetAlerts, "evaluate",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from billing.cli import app
 from billing.config import get_settings
-from billing.ledger.db import engine_for
+from billing.store.db import engine_for
 from tests.support.db import PLANS_DIR, counter_rows, engine_for_url
 
 

@@ -93,7 +93,7 @@ def test_a_deadlock_in_a_chunk_is_retried(engine, size, monkeypatch):  # noqa: F
     """The database aborting a chunk's transaction (a deadlock victim) runs the chunk again
     from the start: the caller sees ordinary results, nothing twice."""
     _setup(engine)
-    from billing.ledger import event_store
+    from billing.store import event_store
 
     real = event_store.upsert_counters
     calls = {"n": 0}

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.ledger.counters import ALL_EVENTS
-from billing.ledger.aggregate_sql import aggregate_meters, max_event_id
+from billing.store.aggregate_sql import aggregate_meters, max_event_id
 from tests.support.counters import SUB_START, expected_counters
 from tests.support.db import World, catalog_with_extras, counter_rows, stored_events
 from tests.support.event_strategies import event_lists

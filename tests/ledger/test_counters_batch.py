@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.ledger.counters import CounterPlanner, SubscriptionView
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from tests.support.db import catalog_with_extras
 from tests.support.event_strategies import event_lists
 

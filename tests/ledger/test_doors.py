@@ -30,8 +30,8 @@ from billing.config import get_settings
 from billing.errors import BillingError
 from billing.invoicing.service import Invoicing
 from billing.ledger.accounts import Accounts
-from billing.ledger.db import engine_for
-from billing.ledger.holds import Quota
+from billing.store.db import engine_for
+from billing.reservations.holds import Quota
 from tests.support.db import counter_rows, documents, engine_for_url, reset_database
 from tests.support.ledger import task_rows
 from tests.support.ledger import DOORS_YAML

@@ -201,7 +201,7 @@ def test_the_line_map_stays_bounded_on_a_file_with_a_blank_line_between_events(d
     from billing.cli import app as cli_app
     from billing.cli import context as cli_context
     from billing.config import get_settings
-    from billing.ledger.db import engine_for
+    from billing.store.db import engine_for
 
     _setup(engine)
     n = 6000

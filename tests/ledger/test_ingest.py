@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import event as sa_event
 
-from billing.ledger import event_store
+from billing.store import event_store
 from tests.support.db import World, counter_rows, shipped_catalog, stored_events
 
 CATALOG = shipped_catalog()

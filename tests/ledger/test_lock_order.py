@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from billing.ledger.ingest import Ledger
-from billing.ledger.quota_writer import QuotaWriter
+from billing.reservations.writer import QuotaWriter
 from tests.support.ledger import CATALOG, _event, _setup, assert_derived_equal_recount, task_rows
 
 NOW = datetime(2026, 10, 20, tzinfo=UTC)
@@ -104,7 +104,7 @@ def icu_engine():
 
     from sqlalchemy.engine import make_url
 
-    from billing.ledger.db import make_engine, upgrade
+    from billing.store.db import make_engine, upgrade
     from tests.support.db import _admin_connection, postgres_server_url
 
     server = postgres_server_url()
@@ -225,8 +225,8 @@ def test_the_quota_commit_statement_inserts_in_code_point_order(icu_engine):
     """The quota commit's one statement orders its events (and counters and tasks) by code
     point too: B1 is inserted before a1 (the ids the database hands out tell the order)."""
     from billing.ledger.prepare import Prepared
-    from billing.ledger.quota_events import write_pg
-    from billing.ledger.quota_types import Hold
+    from billing.reservations.events import write_pg
+    from billing.reservations.types import Hold
 
     rows = [Prepared("acme", k, "llm.call", 1, "{}", None, 0, {}) for k in ("a1", "B1", "b0", "A2")]
     raw = icu_engine.raw_connection()

@@ -3,7 +3,7 @@ upgrade again; and the SQLModel tables match what the migrations build (no pendi
 autogenerate diff).
 
 The comparison covers the tables of every module that ``migrations/env.py`` registers
-(``billing.ledger.models`` and ``billing.ledger.quota_models``); test files may register
+(``billing.store.models`` and ``billing.store.operational_models``); test files may register
 throwaway SQLModel tables in the same process, which are not the migrations' business. Types are compared
 (``compare_type=True``); ``test_type_comparison_is_meaningful`` shows that a changed
 type, including the ``UTCDateTime`` decorator's ``timestamptz`` on PostgreSQL, does
@@ -21,9 +21,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
-import billing.ledger.models as ledger_models
-import billing.ledger.quota_models as quota_models
-from billing.ledger.db import alembic_config, downgrade, upgrade
+import billing.store.models as ledger_models
+import billing.store.operational_models as quota_models
+from billing.store.db import alembic_config, downgrade, upgrade
 from tests.support.db import engine_for_url
 
 
@@ -113,7 +113,7 @@ def test_data_survives_nothing_but_schema_comes_back(empty_db_url):
     """After a full downgrade and upgrade the tables are usable again (insert and read)."""
     from datetime import UTC, datetime
 
-    from billing.ledger.models import Customer
+    from billing.store.models import Customer
     from sqlmodel import Session, select
 
     url = empty_db_url

@@ -19,7 +19,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.events import BUILTIN_TYPES, MAX_EVENT_COST, EventError, parse_event
 from billing.ledger.ingest import measured_properties
 from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare, prepare_batch
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from tests.support.db import shipped_catalog
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)

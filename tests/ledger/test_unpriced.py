@@ -14,8 +14,8 @@ import pytest
 
 from billing.catalog import Catalog, parse_plan_text
 from billing.costs import ModelPrice
-from billing.ledger.flagged import flagged_events, flagged_totals
-from billing.ledger.holds import Quota
+from billing.store.flagged import flagged_events, flagged_totals
+from billing.reservations.holds import Quota
 from billing.ledger.ingest import Ledger
 from billing.ledger.recost import add_prices, recost
 from billing.ledger.recount import recount_all

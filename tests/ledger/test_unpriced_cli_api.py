@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from billing.cli import app
 from billing.config import get_settings
 from billing.costs import CostBook, ModelPrice, dump_yaml
-from billing.ledger.db import engine_for
+from billing.store.db import engine_for
 from tests.support.db import PLANS_DIR, counter_rows, engine_for_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def api(tmp_path, monkeypatch):
     from billing.api.app import create_app
     from billing.api.auth import create_key
     from billing.catalog import Catalog
-    from billing.ledger.db import make_engine, upgrade
+    from billing.store.db import make_engine, upgrade
 
     costs_dir = tmp_path / "costs"
     costs_dir.mkdir()
@@ -281,7 +281,7 @@ import sys, time
 import billing.ledger.recost as recost
 from billing.catalog import Catalog
 from billing.costs import CostBook
-from billing.ledger.db import make_engine
+from billing.store.db import make_engine
 recost.PAGE = 20
 engine = make_engine(sys.argv[1])
 slow = lambda n: time.sleep(0.3)  # a page commits, then the next one starts after a pause

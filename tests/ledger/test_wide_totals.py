@@ -70,7 +70,7 @@ def via_cli_import(world, db_url, tmp_path, monkeypatch, **_):
 
 
 def via_quota_commits(world, **_):
-    from billing.ledger.holds import Quota
+    from billing.reservations.holds import Quota
 
     quota = Quota(world.engine, CATALOG, clock=lambda: INGEST_AT)
     try:
@@ -95,7 +95,7 @@ def via_quota_commits(world, **_):
 def cli(db_url, tmp_path, monkeypatch, *args):
     from billing.cli import app
     from billing.config import get_settings
-    from billing.ledger.db import engine_for
+    from billing.store.db import engine_for
 
     plans = tmp_path / "plans"
     plans.mkdir(exist_ok=True)
@@ -133,7 +133,7 @@ def test_twelve_maximum_events_stay_exact_through_every_door(door, world, db_url
         assert task_usage_rows(engine)[("big", "t1")] == (N, N * (2 * MAX_TOKENS) - sum(range(N)), N * E18)
 
     # the SQL aggregation of the events says the same (exact sums past 2^63)
-    from billing.ledger.aggregate_sql import aggregate_window, max_event_id
+    from billing.store.aggregate_sql import aggregate_window, max_event_id
 
     with engine.connect() as conn:
         usage, costs = aggregate_window(conn, CATALOG.get("big-usage", 1), ["big"], OCT_US, NOV_US,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from billing.ledger.recount import recount_all
 from tests.support.db import World, counter_rows, task_usage_rows
 from tests.support.wide_totals import CATALOG, INGEST_AT, MAX_COST, MAX_TOKENS, NOV_US, OCT, OCT_US, PLAN, big_event
@@ -88,7 +88,7 @@ _WRITER = """
 import sys
 from datetime import UTC, datetime
 from billing.catalog import Catalog, parse_plan_text
-from billing.ledger.db import make_engine
+from billing.store.db import make_engine
 from billing.ledger.ingest import Ledger
 
 url, plan = sys.argv[1], open(sys.argv[2]).read()

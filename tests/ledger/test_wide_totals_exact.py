@@ -1,4 +1,4 @@
-"""Totals past 2^63 stay exact integers (``billing.ledger.wide``): a hypothesis test drives
+"""Totals past 2^63 stay exact integers (``billing.store.wide``): a hypothesis test drives
 events near the per-event limits (10^12 units, $1,000,000, weighted meters up to 30x, many
 per counter, in batches of one to all) and holds every stored counter and task total equal
 to the events' totals, to ``recount``'s and to the SQL aggregation, on SQLite and
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from billing.catalog import Catalog, parse_plan_text
-from billing.ledger.aggregate_sql import aggregate_meters, aggregate_window, max_event_id
-from billing.ledger.holds import Quota
-from billing.ledger.quota_types import tokens_of
+from billing.store.aggregate_sql import aggregate_meters, aggregate_window, max_event_id
+from billing.reservations.holds import Quota
+from billing.reservations.types import tokens_of
 from billing.ledger.recount import lock_for_recount, recount_customer
-from billing.ledger.types import to_us
-from billing.ledger.wide import WIDE, exact_sums, join, split, sum_sql, summed
+from billing.store.types import to_us
+from billing.store.wide import WIDE, exact_sums, join, split, sum_sql, summed
 from billing.rating.periods import BillingCycle
 from tests.support.counters import SUB_START, expected_counters
 from tests.support.db import World, counter_rows, engine_for_url, stored_events, task_usage_rows
@@ -201,7 +201,7 @@ def test_exact_sums_on_sqlite_equal_python_past_2_63(values):
 def test_the_migration_splits_existing_totals(empty_db_url):
     """Revision 0005: totals past 10^18 are split into their parts; a counter SQLite had
     already turned into a float flags the counters stale (rated from events until a recount)."""
-    from billing.ledger.db import downgrade, upgrade
+    from billing.store.db import downgrade, upgrade
     from billing.ledger.recount import counters_stale
 
     url = empty_db_url

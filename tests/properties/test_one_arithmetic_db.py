@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from billing.catalog import Catalog, parse_plan_text
 from billing.invoicing.service import Invoicing
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from billing.ledger.ingest import Ledger
-from billing.ledger.quota_types import Op
+from billing.reservations.types import Op
 from billing.quota import QuotaRequest
 from billing.money import from_minor
 from tests.support.db import documents, reset_database

@@ -10,7 +10,7 @@ from decimal import Decimal as D
 import httpx
 
 from billing.api.outbox import WebhookDispatcher, sign, verify_signature
-from billing.ledger.holds import Outbox
+from billing.reservations.holds import Outbox
 from billing.quota import MeterUsage, UsageState
 from billing.quota.alerts import reached
 from tests.support.alerts import _events, _quota

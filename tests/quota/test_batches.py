@@ -1,4 +1,4 @@
-"""Batched writes of two-phase quota use (``billing.ledger.quota_writer``): several
+"""Batched writes of two-phase quota use (``billing.reservations.writer``): several
 reservations, commits and releases in ONE transaction give each operation the outcome it
 would get alone, a failing operation never fails its neighbours, and a batch never grants
 more than the limit. Runs on SQLite and PostgreSQL."""
@@ -14,9 +14,9 @@ from sqlalchemy import text
 
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Outbox, Quota
-from billing.ledger.quota_types import Op, parse_request
-from billing.ledger.combiner import Combiner
+from billing.reservations.holds import Outbox, Quota
+from billing.reservations.types import Op, parse_request
+from billing.reservations.combiner import Combiner
 from tests.support.quota import NOW, T0, Clock, catalog
 
 CAT = catalog()
@@ -230,8 +230,8 @@ def test_a_crash_after_reserve_leaks_nothing_and_after_commit_loses_nothing(engi
     code = f"""
 import os, sys
 sys.path[:0] = [{str(root)!r}]
-from billing.ledger.db import make_engine
-from billing.ledger.holds import Quota
+from billing.store.db import make_engine
+from billing.reservations.holds import Quota
 from tests.support.quota import Clock, catalog
 q = Quota(make_engine({url!r}), catalog(), clock=Clock())
 held = q.reserve("acme", "requests", 60, ttl=30)

@@ -19,7 +19,7 @@ import pytest
 
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from tests.support.db import stored_events
 from tests.support.quota import NOW, T0, Clock
 from tests.support.summed import CAT
@@ -193,7 +193,7 @@ def test_two_servers_committing_one_hold_at_once_record_it_once(any_engine):
 def test_two_commits_of_one_hold_in_one_batch_record_one_event(any_engine):
     """Concurrent commits of one process share a batch transaction: a second commit of a hold
     the batch already settles waits for the next one (it then sees the first's event)."""
-    from billing.ledger.quota_types import Op
+    from billing.reservations.types import Op
 
     q, _clock = setup(any_engine)
     r = q.reserve("acme", "units", 1)

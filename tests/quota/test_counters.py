@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from billing.ledger.ingest import Ledger
-from billing.ledger.quota_types import Op
+from billing.reservations.types import Op
 from tests.support.db import counter_rows
 from tests.support.quota import NOW, T0, Clock, catalog
 

@@ -13,8 +13,8 @@ from sqlalchemy import update
 
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Quota
-from billing.ledger.models import Invoice
+from billing.reservations.holds import Quota
+from billing.store.models import Invoice
 from tests.support.db import postgres_server_url
 from tests.support.quota import NOW, T0, Clock, catalog, postgres_database
 

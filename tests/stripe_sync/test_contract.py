@@ -311,7 +311,7 @@ def test_push_against_recorded_stripe_shapes(engine):
     # stored ids are the invoice items (read from parent.invoice_item_details on the lines)
     from sqlmodel import Session, select
 
-    from billing.ledger.models import Invoice, InvoiceLineRow
+    from billing.store.models import Invoice, InvoiceLineRow
 
     with Session(engine) as s:
         assert s.get(Invoice, invoice_id).stripe_invoice_id == sid
@@ -333,7 +333,7 @@ def test_partial_draft_in_new_shape_is_completed_not_restarted(engine):
     sync = StripeSync(engine, client_with(stub), retrier=Retrier(attempts=2, base_delay=0))
     from sqlmodel import Session, select
 
-    from billing.ledger.models import InvoiceLineRow
+    from billing.store.models import InvoiceLineRow
 
     with Session(engine) as s:
         first_line = s.exec(select(InvoiceLineRow).order_by(InvoiceLineRow.position)).first()
@@ -421,7 +421,7 @@ def test_reconcile_compares_lines_beyond_the_embedded_page(engine):
     invoice_id = add_invoice(engine, "acme", [100] * 12, stripe_invoice_id="in_Big")
     from sqlmodel import Session, select
 
-    from billing.ledger.models import Customer, InvoiceLineRow
+    from billing.store.models import Customer, InvoiceLineRow
 
     with Session(engine, expire_on_commit=False) as s:
         c = s.get(Customer, "acme")
@@ -476,7 +476,7 @@ def test_draft_that_differs_is_not_finalized(engine):
     assert not [r for r in stub.requests if r["path"].endswith("/finalize")]
     from sqlmodel import Session
 
-    from billing.ledger.models import Invoice
+    from billing.store.models import Invoice
 
     with Session(engine) as s:
         assert s.get(Invoice, invoice_id).stripe_invoice_id is None
@@ -496,7 +496,7 @@ def _pushed_invoice(engine, stub, fake, amounts=(1_000,)) -> tuple[StripeSync, i
 def _note_lines(engine, note_id):
     from sqlmodel import Session, select
 
-    from billing.ledger.models import Invoice, InvoiceLineRow
+    from billing.store.models import Invoice, InvoiceLineRow
 
     with Session(engine) as s:
         return (s.get(Invoice, note_id), list(s.exec(select(InvoiceLineRow).where(InvoiceLineRow.invoice_id == note_id)

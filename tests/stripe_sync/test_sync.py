@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from billing.ledger.models import Customer, Invoice, InvoiceLineRow
+from billing.store.models import Customer, Invoice, InvoiceLineRow
 from billing.stripe_sync.client import Retrier, client_for, list_all, plain
 from billing.stripe_sync.sync import META_INVOICE, META_LINE, StripeSync, line_item_id
 from tests.support.stripe_server import FaultProxy, LocalStripe, add_customer, add_invoice, make_db

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from billing.ledger.models import Invoice
+from billing.store.models import Invoice
 from billing.stripe_sync.webhooks import get_engine, get_webhook_secret, router
 from tests.support.db import engine_for_url
 from tests.support.stripe_server import add_customer, add_invoice, make_db, sign
@@ -339,7 +339,7 @@ def test_payment_failed_webhook_makes_quota_deny_after_the_plans_dunning_days(en
 # ------------------------------------------------ amount and currency against the invoice
 
 def _outbox(engine) -> list[dict]:
-    from billing.ledger.outbox import Outbox
+    from billing.alerts.outbox import Outbox
 
     return [r for r in Outbox(engine).rows() if r["type"] == "invoice.payment_mismatch"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from tests.support.quota import NOW, T0, catalog
 
 CAT = catalog()

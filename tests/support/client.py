@@ -21,7 +21,7 @@ from billing.api.auth import create_key
 from billing.catalog import Catalog, parse_plan_text
 from billing.client import HttpClient, LocalClient
 from billing.ledger.accounts import Accounts
-from billing.ledger.holds import Quota
+from billing.reservations.holds import Quota
 from tests.support.quota import PLANS, T0, Clock
 
 SPLIT_PLAN = """

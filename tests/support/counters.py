@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_EVEN
 
 from billing.events import parse_event
 from billing.ledger.counters import ALL_EVENTS
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from billing.rating.meters import meter_value
 from billing.rating.periods import BillingCycle
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from billing.ledger.db import make_engine, normalize_url, upgrade
+from billing.store.db import make_engine, normalize_url, upgrade
 
 POSTGRES_ENV = "BILLING_TEST_POSTGRES_URL"
 REQUIRE_ENV = "BILLING_REQUIRE_POSTGRES"
@@ -182,7 +182,7 @@ def stored_events(engine, customer: str | None = None) -> list[tuple]:
             for c, e, t, ts, p, m, cost, i in rows]
 
 
-WIDE = 10**18  # a stored total is carry * WIDE + low, 0 <= low < WIDE (billing.ledger.wide)
+WIDE = 10**18  # a stored total is carry * WIDE + low, 0 <= low < WIDE (billing.store.wide)
 
 
 def _joined(row, low: str, carry: str) -> int:
@@ -225,7 +225,7 @@ def documents(engine) -> list[tuple]:
     lines are (position, kind, key, quantity, unit_price, amount_minor, service_start, service_end)."""
     from sqlmodel import Session, select
 
-    from billing.ledger.models import Invoice, InvoiceLineRow
+    from billing.store.models import Invoice, InvoiceLineRow
 
     with Session(engine) as s:
         invoices = s.exec(select(Invoice).order_by(Invoice.id)).all()

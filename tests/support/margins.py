@@ -14,7 +14,7 @@ from sqlmodel import Session
 from billing.catalog import Catalog
 from billing.costs import CostBook, event_cost
 from billing.events import UsageEvent
-from billing.ledger.models import Invoice, InvoiceLineRow, UsageCounter, UsageEventRow
+from billing.store.models import Invoice, InvoiceLineRow, UsageCounter, UsageEventRow
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sqlmodel import SQLModel
 
-import billing.ledger.quota_models  # noqa: F401  (registers the quota tables)
+import billing.store.operational_models  # noqa: F401  (registers the quota tables)
 from billing.catalog import Catalog, parse_plan_text
-from billing.ledger.db import make_engine, upgrade
+from billing.store.db import make_engine, upgrade
 
 PLANS = Path(__file__).resolve().parents[2] / "plans"
 T0 = datetime(2026, 10, 1, tzinfo=UTC)

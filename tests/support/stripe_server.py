@@ -709,7 +709,7 @@ if __name__ == "__main__":
 
 def make_db(directory: Path):
     """A migrated SQLite database in ``directory``; returns (url, engine)."""
-    from billing.ledger.db import make_engine, upgrade
+    from billing.store.db import make_engine, upgrade
 
     url = f"sqlite:///{Path(directory) / 'billing.db'}"
     upgrade(url)
@@ -721,7 +721,7 @@ def add_customer(engine, customer_id: str, name: str = "", currency: str = "USD"
 
     from sqlmodel import Session
 
-    from billing.ledger.models import Customer
+    from billing.store.models import Customer
 
     with Session(engine) as s:
         s.add(Customer(id=customer_id, name=name or customer_id.title(), currency=currency,
@@ -739,7 +739,7 @@ def add_invoice(engine, customer_id: str, amounts: list[int], *, status: str = "
 
     from sqlmodel import Session
 
-    from billing.ledger.models import Invoice, InvoiceLineRow
+    from billing.store.models import Invoice, InvoiceLineRow
 
     n = next(_numbers)
     start, end = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)

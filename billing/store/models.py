@@ -6,7 +6,7 @@
 - counter units: ``units_micro`` (1e-6 of a unit, so multipliers like 0.5x stay exact);
 - running totals that may pass 2^63 (counters, agent task usage, an invoice's provider
   cost) add a ``*_carry`` column in units of 10^18 beside the low part:
-  ``carry * 10^18 + low`` (``billing.ledger.wide``);
+  ``carry * 10^18 + low`` (``billing.store.wide``);
 - event time: ``ts`` in integer microseconds since the Unix epoch, UTC.
 
 Display-only decimals (line quantities, unit prices) are stored as exact decimal text.
@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from billing.ledger.types import BigIntPK, UTCDateTime
+from billing.store.types import BigIntPK, UTCDateTime
 
 
 def _utc(nullable: bool = False, index: bool = False) -> Any:
@@ -113,7 +113,7 @@ class UsageCounter(SQLModel, table=True):
 
     Units and cost are exact integers of any size: ``units_carry * 10^18 + units_micro``
     and ``cost_carry * 10^18 + cost_pico``, the low parts in [0, 10^18)
-    (``billing.ledger.wide``)."""
+    (``billing.store.wide``)."""
 
     __tablename__ = "usage_counter"
 
@@ -253,7 +253,7 @@ class NumberSequence(SQLModel, table=True):
 class CostPriceRow(SQLModel, table=True):
     """A model price added to the ledger's cost book (``billing costs add``, the LiteLLM
     import): every process builds its book from the shipped one, the ``BILLING_COSTS``
-    files and these rows (``billing.ledger.cost_prices``). Prices are exact decimal text per
+    files and these rows (``billing.store.cost_prices``). Prices are exact decimal text per
     1M tokens; ``origin`` names the file it came from. A ``ledger_state`` row
     ``cost_version`` counts the changes, so running processes notice them."""
 

@@ -3,15 +3,15 @@
 A late commit is recorded and counted like any other (the usage happened), but its hold's
 units may meanwhile have been granted to another reservation, so a customer can end above
 its limit. Each one is logged in ``quota_late_commit`` by the commit's own transaction
-(``billing.ledger.quota_events``); these reads count them. Statements take ``?``
-placeholders and run on the quota driver connections (``billing.ledger.quota_sql.run_all``).
+(``billing.reservations.events``); these reads count them. Statements take ``?``
+placeholders and run on the quota driver connections (``billing.reservations.sql.run_all``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from billing.ledger.quota_sql import Connections, run_all
+from billing.reservations.sql import Connections, run_all
 
 _COUNT = ("SELECT COUNT(*) FROM quota_late_commit WHERE customer_id = ? AND committed_at >= ? "
           "AND committed_at < ?")

@@ -33,7 +33,7 @@ from typing import Any
 
 from billing.catalog import Plan
 from billing.catalog.schema import Meter
-from billing.ledger.aggregate_sql import _meter_condition, _Sql
+from billing.store.aggregate_sql import _meter_condition, _Sql
 from billing.quota.decide import MeterUsage
 
 SEP = "\x1f"  # meter keys never contain it ([a-z0-9_.-])

@@ -23,12 +23,12 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from billing.catalog import Catalog
 from billing.errors import BillingError
-from billing.ledger.outbox import Outbox
-from billing.ledger.quota_models import BudgetAlertRow
-from billing.ledger.quota_sql import (
+from billing.alerts.outbox import Outbox
+from billing.store.operational_models import BudgetAlertRow
+from billing.reservations.sql import (
     MICRO, PICO, Connections, Context, batch_counters_query, counter_values, load_contexts, make_state, parse_state,
     run_all, state_query)
-from billing.ledger.types import to_us
+from billing.store.types import to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert, reached
 from billing.quota.decide import MeterUsage, UsageState

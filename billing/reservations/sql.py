@@ -34,9 +34,9 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
-from billing.ledger import quota_exact
-from billing.ledger.types import to_us
-from billing.ledger.wide import HELD, WIDE, held_sum_sql, held_sums, join
+from billing.reservations import exact as quota_exact
+from billing.store.types import to_us
+from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
 from billing.rating.periods import BillingCycle, Period
 
@@ -105,7 +105,7 @@ class Connections:
 
         conn = sqlite3.connect(self._file, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA synchronous=NORMAL")  # as billing.ledger.db.make_engine (WAL)
+        conn.execute("PRAGMA synchronous=NORMAL")  # as billing.store.db.make_engine (WAL)
         return conn
 
     @contextmanager

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from billing.ledger.prepare import Prepared
-from billing.ledger.totals_sql import counter_row, counter_upsert, task_row, task_upsert
+from billing.store.totals_sql import counter_row, counter_upsert, task_row, task_upsert
 
 _COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
 _STORED = itemgetter(0, 1, 2, 3, 4, 5, 6, 8, 9)  # a Prepared row's stored columns
@@ -187,7 +187,7 @@ def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) 
     """Atomic increments (``max`` meters: atomic maximum) of the running counters, in key
     order (sums, then maxima: as quota commits write them, so concurrent writers never
     deadlock). Each delta's units and cost (exact ints of any size) go in as (carry, low)
-    parts, which the statement adds to the row's without overflow (``billing.ledger.totals_sql``)."""
+    parts, which the statement adds to the row's without overflow (``billing.store.totals_sql``)."""
     if not deltas:
         return
     ph = "%s" if conn.dialect.name == "postgresql" else "?"
@@ -206,7 +206,7 @@ def upsert_counters(conn: Connection, deltas: dict[tuple[str, str, int], list]) 
 
 def upsert_tasks(conn: Connection, tasks: dict[tuple[str, str], list[int]], now_us: int) -> None:
     """Atomic increments of agent task usage: (customer, task) -> [steps, tokens, cost_pico],
-    in key order, exact at any size (``billing.ledger.totals_sql``)."""
+    in key order, exact at any size (``billing.store.totals_sql``)."""
     if not tasks:
         return
     ph = "%s" if conn.dialect.name == "postgresql" else "?"

@@ -13,8 +13,8 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from billing.ledger.quota_models import WebhookOutbox
-from billing.ledger.types import to_us
+from billing.store.operational_models import WebhookOutbox
+from billing.store.types import to_us
 
 _outbox = WebhookOutbox.__table__
 

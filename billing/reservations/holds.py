@@ -11,7 +11,7 @@ written inside one transaction that holds the customer's lock —
 ``pg_advisory_xact_lock`` on PostgreSQL, the database write lock (``BEGIN IMMEDIATE``) on
 SQLite. The state is read after the lock is taken, so each reservation sees every hold
 granted before it. Concurrent calls of one process share transactions
-(``billing.ledger.quota_writer``): a batch decides its reservations one after the other,
+(``billing.reservations.writer``): a batch decides its reservations one after the other,
 each seeing the grants before it.
 
 Holds count while ``status = 'held' and expires_at > now``: an expired hold frees itself
@@ -24,7 +24,7 @@ result when the fields it gives match the event stored then (what it leaves out 
 compared), else ``event_conflict``. ``reserve`` is idempotent per ``(customer, request_id)``.
 
 Reads (``check``, ``usage``) use driver connections without a transaction of their own
-(``billing.ledger.quota_sql``): one statement is one consistent snapshot.
+(``billing.reservations.sql``): one statement is one consistent snapshot.
 """
 
 from __future__ import annotations
@@ -41,19 +41,19 @@ from sqlalchemy import Engine, select, update
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.ingest import Ledger
-from billing.ledger.models import UsageEventRow
-from billing.ledger.outbox import Outbox
+from billing.store.models import UsageEventRow
+from billing.alerts.outbox import Outbox
 from billing.ledger.prepare import UNPRICED_MODEL
-from billing.ledger.quota_models import BudgetAlertRow, QuotaHold
-from billing.ledger.combiner import Combiner
-from billing.ledger.quota_metrics import late_commit_count, late_commits_by_meter
-from billing.ledger.quota_sql import (
+from billing.store.operational_models import BudgetAlertRow, QuotaHold
+from billing.reservations.combiner import Combiner
+from billing.reservations.metrics import late_commit_count, late_commits_by_meter
+from billing.reservations.sql import (
     MICRO, Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
     parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
-from billing.ledger.quota_types import (
+from billing.reservations.types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, WarnedDecision, parse_request, storable_text)
-from billing.ledger.quota_writer import QuotaWriter
-from billing.ledger.types import from_us, to_us
+from billing.reservations.writer import QuotaWriter
+from billing.store.types import from_us, to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert
 from billing.quota.decide import Decision, MeterUsage, UsageState, decide, plan_credit_amount

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, or_
 from sqlmodel import Session, select
 
-from billing.ledger.models import Customer, Invoice, Subscription, UsageCounter
+from billing.store.models import Customer, Invoice, Subscription, UsageCounter
 
 
 def known_customers(session: Session, ids: Iterable[str]) -> dict[str, str]:

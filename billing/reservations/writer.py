@@ -16,7 +16,7 @@ last batch had:
 2. Decide the reservations in arrival order, adding each grant to the customer's state
    before the next decision (so a batch never grants more than lone callers would); then
    send the holds, the rate-window counts, the commits' events with their counters, hold
-   settlements and task usage (``billing.ledger.quota_events``), the releases, ``COMMIT``,
+   settlements and task usage (``billing.reservations.events``), the releases, ``COMMIT``,
    and — after the commit — the committed usage of customers with budget alerts (each
    committer reads after its own commit, so of two racing commits at least one sees both:
    a threshold is never missed).
@@ -41,21 +41,21 @@ import orjson
 from psycopg.pq import ExecStatus
 
 from billing.errors import BillingError, ErrorCode
-from billing.ledger.combiner import Combiner
-from billing.ledger.cost_prices import cursor_fetch
+from billing.reservations.combiner import Combiner
+from billing.store.cost_prices import cursor_fetch
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
 from billing.ledger.prepare import warnings_of
-from billing.ledger.quota_commits import committed, event_for, prepare_commit, recommit, same_event, stored_props
-from billing.ledger.quota_events import contributions, not_inserted, task_rows, write_pg, write_sqlite
-from billing.ledger.quota_sql import (
+from billing.reservations.commits import committed, event_for, prepare_commit, recommit, same_event, stored_props
+from billing.reservations.events import contributions, not_inserted, task_rows, write_pg, write_sqlite
+from billing.reservations.sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
     counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
-from billing.ledger.quota_types import READ_AGAIN, Hold, Op, Reservation, request_json
-from billing.ledger.types import from_us, to_us
+from billing.reservations.types import READ_AGAIN, Hold, Op, Reservation, request_json
+from billing.store.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
 
 if TYPE_CHECKING:
-    from billing.ledger.holds import Quota
+    from billing.reservations.holds import Quota
 
 _COMMAND_OK = ExecStatus.COMMAND_OK
 

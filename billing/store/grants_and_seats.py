@@ -12,8 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select
 
-from billing.ledger.driver_rows import datetime_reader, driver_rows
-from billing.ledger.models import CreditBurn, CreditGrantRow
+from billing.store.driver_rows import datetime_reader, driver_rows
+from billing.store.models import CreditBurn, CreditGrantRow
 
 _CHUNK = 500
 

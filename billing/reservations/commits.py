@@ -5,8 +5,8 @@ A commit's event is what the caller gave, with the hold's defaults for what it l
 compared with the stored event on the fields the caller gave only: what it left out is
 taken from the stored event, since the first commit may have defaulted it differently (the
 timestamp was "now" then). Equal: the stored result (``duplicate``); different:
-``event_conflict``. Used by ``billing.ledger.quota_writer`` (and, after its commit, by
-``billing.ledger.quota_events.not_inserted``).
+``event_conflict``. Used by ``billing.reservations.writer`` (and, after its commit, by
+``billing.reservations.events.not_inserted``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.prepare import Prepared, Rejection, prepare
-from billing.ledger.quota_types import Hold
-from billing.ledger.types import from_us
+from billing.reservations.types import Hold
+from billing.store.types import from_us
 
 # (event id, type, ts in microseconds, properties) of an event as stored
 StoredEvent = tuple[str, str, int, dict]

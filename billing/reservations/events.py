@@ -14,7 +14,7 @@ one JSON parameter per CTE), so it is prepared once and pipelined with the ``COM
 PostgreSQL runs the data-modifying CTEs of a statement in an order of its own choosing (in
 practice the last one first), so each CTE waits for the one before it by reading its
 ``RETURNING`` rows (``_after``): the row locks are taken in the global order of
-``billing.ledger.event_store`` (events, sum counters, max counters, then holds and agent
+``billing.store.event_store`` (events, sum counters, max counters, then holds and agent
 task usage), never task usage before counters (which deadlocked with ingestion chunks). On SQLite (in-process: no round trips) it is a few
 plain statements. Events that were not inserted are then sorted out by ``not_inserted``:
 the stored event matches what the commit gave -> ``duplicate`` (the hold is settled), else
@@ -28,12 +28,12 @@ from collections.abc import Callable
 from typing import Any
 
 from billing.ledger.counters import CounterPlanner
-from billing.ledger.event_store import CODE_POINT_ORDER
-from billing.ledger.quota_sql import json_rows
-from billing.ledger.quota_types import OPEN_HOLD, tokens_of
-from billing.ledger.totals_sql import (
+from billing.store.event_store import CODE_POINT_ORDER
+from billing.reservations.sql import json_rows
+from billing.reservations.types import OPEN_HOLD, tokens_of
+from billing.store.totals_sql import (
     COUNTER_COLUMNS, TASK_COLUMNS, TASK_UPDATE, counter_row, counter_update, counter_upsert, task_row, task_upsert)
-from billing.ledger.wide import WIDE
+from billing.store.wide import WIDE
 
 _EVENT_COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
 _WIDE = f"{WIDE}::numeric"

@@ -130,7 +130,7 @@ def invoiced_windows(conn: Connection, customers: Sequence[str]) -> list[tuple[i
     invoices (the ones the late-event path re-checks: ``invoicing.repository.finalized_invoices``)."""
     from sqlalchemy import select
 
-    from billing.ledger.models import Invoice
+    from billing.store.models import Invoice
 
     t = Invoice.__table__.c
     out = []

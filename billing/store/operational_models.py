@@ -1,5 +1,5 @@
 """Tables of quota holds, late commits, rate windows, agent task usage, budget alerts, the
-webhook outbox, API keys and idempotency records of HTTP requests. Same conventions as ``billing.ledger.models``: instants as integer
+webhook outbox, API keys and idempotency records of HTTP requests. Same conventions as ``billing.store.models``: instants as integer
 microseconds since the Unix epoch (UTC), units in micro-units, provider cost in pico.
 
 Imported by ``migrations/env.py`` so Alembic sees these tables.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from billing.ledger.types import BigIntPK
+from billing.store.types import BigIntPK
 
 
 class QuotaHold(SQLModel, table=True):

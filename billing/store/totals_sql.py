@@ -1,14 +1,14 @@
 """The statements that add to running totals, one text for every writer: usage counters
 (ingestion, quota commits, recount) and agent task usage (quota commits, events sent
 directly). Totals are exact integers of any size, kept as (carry, low) column pairs
-(``billing.ledger.wide``): a row's parameters come from ``counter_row`` / ``task_row``.
+(``billing.store.wide``): a row's parameters come from ``counter_row`` / ``task_row``.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from billing.ledger.wide import add_sql, max_sql, split
+from billing.store.wide import add_sql, max_sql, split
 
 COUNTER_COLUMNS = ("customer_id, meter, period_start, period_end, units_micro, units_carry, events, cost_pico, "
                    "cost_carry")

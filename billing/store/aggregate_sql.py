@@ -4,7 +4,7 @@ them equal). Only events with ``id <= watermark`` count, so a close sees one sna
 
 Numbers: token counts are integers; other numeric properties are summed exactly on
 PostgreSQL and as 6-decimal fixed point on SQLite (JSON numbers with decimals are doubles
-there; integers stay exact). Sums are exact past 2^63 on both (``billing.ledger.wide``).
+there; integers stay exact). Sums are exact past 2^63 on both (``billing.store.wide``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from decimal import Decimal
 from sqlalchemy import Connection
 
 from billing.catalog.schema import Meter, PercentagePrice, Plan
-from billing.ledger.types import to_us
-from billing.ledger.wide import exact_sums, sum_sql, sum_sql_params, summed
+from billing.store.types import to_us
+from billing.store.wide import exact_sums, sum_sql, sum_sql_params, summed
 from billing.rating.charges.percentage import needs_transactions
 from billing.rating.periods import Period
 from billing.rating.types import MeterTotals

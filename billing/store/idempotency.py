@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 
-from billing.ledger.quota_models import IdempotencyRecord
+from billing.store.operational_models import IdempotencyRecord
 
 _t = IdempotencyRecord.__table__
 T = TypeVar("T")

@@ -1,5 +1,5 @@
 """Combining concurrent operations into batches: ``Combiner``, the leader/follower scheme
-behind ``billing.ledger.quota_writer``'s group transactions."""
+behind ``billing.reservations.writer``'s group transactions."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from billing.ledger.quota_types import Op
+from billing.reservations.types import Op
 
 _MAX_BATCH = 200
 
 
 class Combiner:
     """Runs submitted operations in batches, at most ``leaders`` batches at a time (see
-    ``billing.ledger.quota_writer``). ``run(batch)`` must set each op's ``result`` or ``error``.
+    ``billing.reservations.writer``). ``run(batch)`` must set each op's ``result`` or ``error``.
 
     A caller that finds a free slot leads at once. Otherwise it queues its op and sleeps on
     the op's own lock until a leader has run it, or until a finishing leader hands it the

@@ -119,7 +119,7 @@ def request_json(r: QuotaRequest) -> dict:
 
 
 class Hold(NamedTuple):
-    """A hold as a commit or release finds it (``billing.ledger.quota_sql.holds_query``)."""
+    """A hold as a commit or release finds it (``billing.reservations.sql.holds_query``)."""
 
     id: str
     customer: str
@@ -150,7 +150,7 @@ READ_AGAIN = "read-again"  # Op.alert when the post-commit usage read failed
 
 
 class Op:
-    """One reserve / commit / release waiting for its batch (``billing.ledger.quota_writer``)."""
+    """One reserve / commit / release waiting for its batch (``billing.reservations.writer``)."""
 
     __slots__ = ("kind", "customer", "request", "ttl", "request_id", "reservation_id", "event", "allowed",
                  "result", "error", "done", "queued", "ctx", "alert", "wake")
@@ -172,7 +172,7 @@ class Op:
         self.queued = True
         self.ctx = None
         self.alert = None  # commit: (customer, committed usage rows after commit) for budget alerts
-        self.wake = None  # a lock its caller sleeps on (billing.ledger.quota_writer.Combiner)
+        self.wake = None  # a lock its caller sleeps on (billing.reservations.writer.Combiner)
 
     def reset(self) -> None:
         self.result = self.error = self.alert = None

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import Connection, Engine
 
 from billing.events import TOKEN_FIELDS
-from billing.ledger.types import from_us
+from billing.store.types import from_us
 from billing.money import dec_str
 
 STATUSES = ("unpriced", "unmetered")

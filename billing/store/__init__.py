@@ -1,0 +1,1 @@
+"""Persistence: tables, engines and migrations glue, and the SQL of the ledger (repositories)."""
