@@ -3,15 +3,12 @@
 Servers are stateless: every authoritative counter lives in the database, so any number
 of them can run behind a load balancer on one PostgreSQL. Run with ``billing serve``.
 
-Optional routers built elsewhere (Stripe webhooks, report pages) are mounted when their
-module exists: see ``OPTIONAL_ROUTERS``; pass more with ``extra_routers``.
+Every route is in ``billing.api``; pass more routers with ``extra_routers``.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
-import importlib.util
 import logging
 import os
 import threading
@@ -24,7 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from billing.api import errors, events_read, idempotency
+from billing.api import errors, events_read, idempotency, reports, stripe_webhook
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
 from billing.api.fastpath import BillingAPI
@@ -40,14 +37,6 @@ from billing.reservations.holds import Outbox, Quota
 from billing.ledger.ingest import Ledger
 
 log = logging.getLogger("billing.api")
-
-# (module, attribute, engine dependency to override with the app's engine or None).
-# A missing module is skipped; a module that exists but fails to import is an error.
-OPTIONAL_ROUTERS: list[tuple[str, str, str | None]] = [
-    ("billing.stripe_sync.webhooks", "router", "get_engine"),
-    ("billing.reports.web", "router", "get_engine"),
-    ("billing.reports.api", "router", "get_engine"),
-]
 
 
 @dataclass
@@ -82,7 +71,6 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     from billing.config import get_settings
 
     settings = get_settings()
-    own_engine = engine is not None  # optional routers default to the same engine_for(settings)
     if engine is None:
         from billing.store.db import engine_for
 
@@ -145,23 +133,8 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
                         lease=settings.idempotency_lease_seconds)
     app.add_layer(JsonBodies)
 
-    # ---- optional routers from other packages (Stripe webhooks, report pages) ----
-    for module_name, attr, engine_dep in OPTIONAL_ROUTERS:
-        try:
-            if importlib.util.find_spec(module_name) is None:
-                continue
-        except ModuleNotFoundError:
-            continue
-        module = importlib.import_module(module_name)
-        extra = getattr(module, attr, None)
-        if extra is None:
-            continue
-        app.include_router(extra)
-        dep = getattr(module, engine_dep, None) if engine_dep else None
-        # only for an engine given to create_app: FastAPI re-inspects every dependency of every
-        # request while any override is installed (a large share of a quota check's time)
-        if dep is not None and own_engine:
-            app.dependency_overrides[dep] = _provide(engine)  # no parameters: FastAPI must not see a query arg
+    app.include_router(stripe_webhook.router)  # POST /v1/stripe/webhook
+    app.include_router(reports.router)  # GET /reports/margins
     for extra in extra_routers:
         app.include_router(extra)
     return app
@@ -175,8 +148,3 @@ async def healthz_fast(_app: FastAPI, _scope: dict, _body: bytes) -> tuple[int, 
     """``healthz`` for ``billing.api.fastpath``."""
     return 200, b'{"status":"ok"}', []
 
-
-def _provide(value):
-    def dependency():
-        return value
-    return dependency

@@ -1,5 +1,5 @@
 """Stripe: push finalized invoices and credit notes (``sync.StripeSync``), reconcile, payment
-webhooks (``webhooks.router``).
+webhooks (``webhooks.handle_event``; the route is ``billing.api.stripe_webhook``).
 
 Dunning is not decided here: a failed payment sets ``invoice.payment_failed_at`` (webhooks),
 and quota decisions deny with ``payment_overdue`` once the plan's ``dunning.deny_after_days``

@@ -1,10 +1,8 @@
-"""Stripe payment webhooks: ``POST /v1/stripe/webhook``.
+"""Stripe payment webhooks: what a verified event does (``handle_event``), and which signed
+payloads are not events of the expected shape (``payload_problem``). The route,
+``POST /v1/stripe/webhook``, is ``billing.api.stripe_webhook``.
 
-Mount ``router`` on the main app. Dependencies are overridable for tests and other apps:
-``get_engine`` (default: ``BILLING_DATABASE_URL``) and ``get_webhook_secret`` (default:
-``BILLING_STRIPE_WEBHOOK_SECRET``), e.g. ``app.dependency_overrides[get_engine] = lambda: engine``.
-
-- The signature is verified with ``stripe.Webhook.construct_event`` (5 min tolerance). A bad
+- The signature is verified with ``stripe.WebhookSignature.verify_header`` (5 min tolerance). A bad
   or missing signature is ``400 {"code": "invalid_signature", ...}`` and changes nothing.
 - ``invoice.paid`` / ``invoice.payment_succeeded``: our invoice becomes ``paid`` when the
   event's ``total`` and ``currency`` are the invoice's (its total in Stripe's units of the
@@ -33,17 +31,11 @@ Mount ``router`` on the main app. Dependencies are overridable for tests and oth
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 
-import stripe
-from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from billing.config import get_settings
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing.lifecycle import Action, DocumentKind, InvoiceStatus
@@ -52,58 +44,10 @@ from billing.stripe_sync import state
 from billing.stripe_sync.amounts import NotRepresentable, total_to_stripe
 from billing.stripe_sync.sync import META_INVOICE
 
-router = APIRouter(tags=["stripe"])
 log = logging.getLogger("billing.stripe")
 
 PAID_EVENTS = {"invoice.paid", "invoice.payment_succeeded"}
 FAILED_EVENTS = {"invoice.payment_failed"}
-
-
-def get_engine() -> Engine:
-    from billing.store.db import engine_for
-
-    return engine_for(get_settings().database_url)
-
-
-def get_webhook_secret() -> str | None:
-    secret = get_settings().stripe_webhook_secret
-    return secret.get_secret_value() if secret is not None else None
-
-
-def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"code": str(code), "message": message})
-
-
-@router.post("/v1/stripe/webhook", summary="Receive Stripe events (signed)")
-async def stripe_webhook(request: Request, engine: Engine = Depends(get_engine),
-                         secret: str | None = Depends(get_webhook_secret)):
-    if not secret:
-        return _error(503, ErrorCode.WEBHOOK_NOT_CONFIGURED, "BILLING_STRIPE_WEBHOOK_SECRET is not set")
-    payload = await request.body()
-    header = request.headers.get("stripe-signature")
-    if not header:
-        return _error(400, ErrorCode.INVALID_SIGNATURE, "missing Stripe-Signature header")
-    try:
-        # verify only: the event is parsed below as plain JSON (construct_event fails with
-        # TypeError/AttributeError on signed payloads that are JSON but not objects)
-        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), header, secret,
-                                              stripe.Webhook.DEFAULT_TOLERANCE)
-    except UnicodeDecodeError:
-        return _error(400, ErrorCode.INVALID_PAYLOAD, "the payload is not UTF-8")
-    except stripe.SignatureVerificationError:
-        return _error(400, ErrorCode.INVALID_SIGNATURE, "the Stripe-Signature header does not match the payload "
-                                                "(or its timestamp is outside the tolerance)")
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        data = None
-    problem = payload_problem(data)
-    if problem:
-        return _error(400, ErrorCode.INVALID_PAYLOAD, problem)
-    result = await run_in_threadpool(handle_event, engine, data)
-    return {"received": True, "id": data.get("id"), "type": data.get("type"), **result}
-
-
 MAX_INVOICE_ID = MAX_ROW_ID  # invoice.id is a 32-bit INTEGER
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine  # noqa: E402
 from billing.api.app import create_app  # noqa: E402
 from billing.api.auth import create_key  # noqa: E402
 from billing.ledger.accounts import Accounts  # noqa: E402
-from billing.stripe_sync.webhooks import get_webhook_secret  # noqa: E402
+from billing.api.stripe_webhook import get_webhook_secret  # noqa: E402
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url  # noqa: E402
 from tests.support.live_server import uvicorn_thread  # noqa: E402
 from tests.support.quota import catalog  # noqa: E402

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from billing.api.app import create_app
 from billing.api.auth import create_key
 from billing.ledger.accounts import Accounts
-from billing.stripe_sync.webhooks import get_webhook_secret
+from billing.api.stripe_webhook import get_webhook_secret
 from tests.support.db import engine_for_url
 from tests.support.quota import catalog
 

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine  # noqa: E402
 from billing.api.app import create_app  # noqa: E402
 from billing.api.auth import create_key  # noqa: E402
 from billing.ledger.accounts import Accounts  # noqa: E402
-from billing.stripe_sync.webhooks import get_webhook_secret  # noqa: E402
+from billing.api.stripe_webhook import get_webhook_secret  # noqa: E402
 from tests.support.db import engine_for_url, sqlite_database  # noqa: E402
 from tests.support.quota import catalog  # noqa: E402
 

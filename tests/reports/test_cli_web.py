@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from billing.cli import report as report_cli
-from billing.reports import web
+from billing.api import reports as web
 from tests.support.margins import _invoiced, _snapshot, seed_ledger
 
 D = Decimal

@@ -7,6 +7,8 @@ import json
 import time
 from datetime import UTC, datetime
 
+from types import SimpleNamespace
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from sqlmodel import Session, select
 
 from billing.store.models import Invoice
-from billing.stripe_sync.webhooks import get_engine, get_webhook_secret, router
+from billing.api.stripe_webhook import get_engine, get_webhook_secret, router
 from tests.support.db import engine_for_url
 from tests.support.stripe_server import add_customer, add_invoice, make_db, sign
 
@@ -257,7 +259,8 @@ def test_default_dependencies_read_settings(monkeypatch, tmp_path):
     get_settings.cache_clear()
     try:
         assert get_webhook_secret() == SECRET
-        assert str(get_engine().url) == url
+        app_without_services = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace()))
+        assert str(get_engine(app_without_services).url) == url
     finally:
         get_settings.cache_clear()
         engine.dispose()

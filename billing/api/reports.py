@@ -1,8 +1,8 @@
 """Report pages over HTTP: ``router`` (FastAPI) serving ``GET /reports/margins``.
 
-Mounted by ``billing.api.app.create_app`` (it overrides ``get_engine`` with the app's
-engine). Needs an API key with the ``read`` (or ``admin``) scope that is not restricted to
-one customer: the page shows every customer's revenue and cost.
+Mounted by ``billing.api.app.create_app``; the report is computed by ``billing.reports.margins``
+and rendered by ``billing.reports.html``. Needs an API key with the ``read`` (or ``admin``)
+scope that is not restricted to one customer: the page shows every customer's revenue and cost.
 """
 
 from __future__ import annotations
@@ -15,16 +15,22 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Engine
 
+from billing.api.routes import scoped
 from billing.catalog import Catalog
+from billing.config import get_settings
 from billing.errors import BillingError, ErrorCode
 from billing.events import instant_problem
+from billing.reports.html import margins_html
+from billing.reports.margins import margin_report
 
 router = APIRouter(tags=["reports"])
 
 
-def get_engine() -> Engine:
-    """The ledger engine (``BILLING_DATABASE_URL``); the app overrides this with its own."""
-    from billing.config import get_settings
+def get_engine(request: Request) -> Engine:
+    """The app's engine; a bare app without services (tests) uses ``BILLING_DATABASE_URL``."""
+    services = getattr(request.app.state, "services", None)
+    if services is not None:
+        return services.engine
     from billing.store.db import engine_for
 
     return engine_for(get_settings().database_url)
@@ -34,8 +40,6 @@ def get_catalog(request: Request) -> Catalog:
     services = getattr(request.app.state, "services", None)
     if services is not None:
         return services.catalog
-    from billing.config import get_settings
-
     return Catalog.from_paths(get_settings().plans_dir)
 
 
@@ -43,8 +47,6 @@ async def authorize(request: Request) -> None:
     """A ``read``/``admin`` API key not restricted to one customer (the app's key store)."""
     if getattr(request.app.state, "keys", None) is None:
         raise HTTPException(status_code=401, detail="no API key store configured for report pages")
-    from billing.api.routes import scoped
-
     principal = await scoped("read")(request)
     if principal.customer is not None:
         raise BillingError("report pages show every customer; this key is restricted to one",
@@ -64,9 +66,6 @@ def margins_page(
     as_of: Annotated[datetime | None, Query(description="rate open periods up to this instant")] = None,
     format: Literal["html", "json", "csv"] = "html",
 ) -> Response:
-    from billing.reports.html import margins_html
-    from billing.reports.margins import margin_report
-
     now = datetime.now(UTC)
     if as_of is not None and as_of.tzinfo is None:
         raise HTTPException(status_code=422, detail="as_of needs a timezone")
