@@ -73,11 +73,3 @@ class BillingError(Exception):
         if self.details is not None:
             out["details"] = self.details
         return out
-
-
-class NotFound(BillingError):
-    code = ErrorCode.NOT_FOUND
-
-
-class Conflict(BillingError):
-    code = ErrorCode.CONFLICT

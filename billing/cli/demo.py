@@ -7,7 +7,7 @@ and the invoices and each customer's revenue, provider cost and gross margin are
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated

@@ -54,8 +54,6 @@ class RetryPolicy:
         return wait
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-
 
 def transient(exc: BaseException) -> bool:
     """A failure that may pass if the same request is sent again."""

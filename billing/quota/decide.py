@@ -226,13 +226,6 @@ def charge_spend(charge: UsageCharge, units: Decimal, cost: Decimal, events: int
     return arithmetic.peak_exact(compile_charge(charge, 0, currency), units, cost, events, transactions, included)
 
 
-def _meter_units(plan: Plan, meter_key: str, quantity: Decimal, model: str | None) -> Decimal:
-    meter = plan.compiled.meter_by_key[meter_key]
-    if meter.multipliers is not None and model is not None and meter.multipliers.property == "model":
-        return quantity * meter.multipliers.factor({"model": model})
-    return quantity
-
-
 def resolve(plan: Plan, key: str) -> tuple[str, tuple[UsageCharge, ...]]:
     """(meter key, charges deciding it) for a request naming a charge or a meter."""
     hit = plan.compiled.requests.get(key)

@@ -180,9 +180,3 @@ def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | None = Non
     for part in _chunks(sorted(set(customers))):
         out.extend(rows(" AND customer_id IN :ids", {**params, "ids": list(part)}))
     return out
-
-
-def customers_with_events(conn: Connection, start_us: int, end_us: int) -> list[str]:
-    rows = conn.execute(text("SELECT DISTINCT customer_id FROM usage_event WHERE ts >= :s AND ts < :e"),
-                        {"s": start_us, "e": end_us})
-    return sorted(r[0] for r in rows)

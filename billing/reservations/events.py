@@ -30,7 +30,8 @@ from typing import Any
 from billing.ledger.counters import CounterPlanner
 from billing.store.event_store import CODE_POINT_ORDER
 from billing.reservations.sql import json_rows
-from billing.reservations.types import OPEN_HOLD, tokens_of
+from billing.events import tokens_of
+from billing.reservations.types import OPEN_HOLD
 from billing.store.totals_sql import (
     COUNTER_COLUMNS, TASK_COLUMNS, TASK_UPDATE, counter_row, counter_update, counter_upsert, task_row, task_upsert)
 from billing.store.wide import WIDE

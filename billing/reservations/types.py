@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from billing.errors import BillingError, ErrorCode
-from billing.events import tokens_of  # noqa: F401 - re-exported
 from billing.ledger.prepare import MAX_TASK_ID
 from billing.money import dec_str, to_decimal
 from billing.quota.decide import Decision, QuotaRequest

@@ -28,11 +28,10 @@ Definitions used in every result:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, localcontext
-from typing import Any
 
 from billing.catalog.schema import BlockPolicy, Plan, RateLimitPolicy, SlowTierPolicy
 from billing.costs import CostBook, UnknownModel, event_cost
@@ -442,16 +441,3 @@ def simulate(plans: Sequence[Plan], customers: Sequence[CustomerInput], period: 
         if progress:
             progress(1)
     return rate_totals(plans, totals, period, levers=levers, source=source, keep_invoices=keep_invoices)
-
-
-def events_from_dicts(raw: Iterable[dict[str, Any]]) -> list[SimEvent]:
-    """Trusted event dicts (our own synthetic output, already-validated rows) -> SimEvent, fast."""
-    out = []
-    for d in raw:
-        ts = d["timestamp"]
-        if isinstance(ts, str):
-            ts = datetime.fromisoformat(ts)
-        if ts.utcoffset():
-            ts = ts.astimezone(UTC)
-        out.append(SimEvent(d["id"], d["customer"], d["type"], ts, d.get("properties") or {}))
-    return out

@@ -44,9 +44,3 @@ class SimEvent:
                 and self.properties == other.properties)
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def as_sim_event(event: Any) -> SimEvent:
-    if isinstance(event, SimEvent):
-        return event
-    return SimEvent(event.id, event.customer, event.type, event.timestamp, dict(event.properties))

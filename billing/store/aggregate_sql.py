@@ -272,37 +272,6 @@ def _transactions_chunked(cursor, sql, plan, meter, customers, start_us, end_us,
     return out
 
 
-def provider_costs(conn: Connection, customers: Sequence[str], start_us: int, end_us: int,
-                   watermark: int) -> dict[str, Decimal]:
-    """Total provider cost of every event in the window, per customer."""
-    sql = _Sql(conn.dialect.name)
-    out: dict[str, Decimal] = {}
-    window = f"ts >= {sql.ph} AND ts < {sql.ph} AND id <= {sql.ph}"
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        if len(customers) > _CHUNK:
-            wanted = set(customers)
-            out.update((c, cost) for c, cost in _costs(cursor, window, [start_us, end_us, watermark]) if c in wanted)
-            return out
-        for i in range(0, len(customers), _CHUNK):
-            chunk = list(customers[i:i + _CHUNK])
-            out.update(_costs(cursor, f"customer_id IN ({','.join([sql.ph] * len(chunk))}) AND {window}",
-                              [*chunk, start_us, end_us, watermark]))
-    finally:
-        cursor.close()
-    return out
-
-
-def _costs(cursor, where: str, params: list) -> list[tuple[str, Decimal]]:
-    """(customer, the exact provider cost of its events matching ``where``)."""
-    def query(split: bool) -> list[tuple]:
-        run(cursor, f"SELECT customer_id, {sum_sql('cost_pico', split)} FROM usage_event WHERE {where} "
-                    "GROUP BY customer_id", params)
-        return cursor.fetchall()
-
-    return [(customer, Decimal(summed(*parts)) / PICO) for customer, *parts in exact_sums(query)]
-
-
 def max_event_id(conn: Connection) -> int:
     cursor = conn.connection.driver_connection.cursor()
     try:

@@ -1,5 +1,5 @@
-"""Queries for customers, subscriptions and counters (all SQL lives in ledger/; grants and
-seat histories: ``ledger.grants_and_seats``)."""
+"""Queries for customers, subscriptions and invoices (grants and seat histories:
+``store.grants_and_seats``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, or_
 from sqlmodel import Session, select
 
-from billing.store.models import Customer, Invoice, Subscription, UsageCounter
+from billing.store.models import Customer, Invoice, Subscription
 
 
 def known_customers(session: Session, ids: Iterable[str]) -> dict[str, str]:
@@ -22,21 +22,8 @@ def known_customers(session: Session, ids: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def get_customer(session: Session, customer_id: str) -> Customer | None:
-    return session.get(Customer, customer_id)
-
-
 def list_customers(session: Session, limit: int = 1000, offset: int = 0) -> Sequence[Customer]:
     return session.exec(select(Customer).order_by(Customer.id).offset(offset).limit(limit)).all()
-
-
-def subscriptions_for(session: Session, customer_ids: Iterable[str]) -> list[Subscription]:
-    ids = list(set(customer_ids))
-    out: list[Subscription] = []
-    for i in range(0, len(ids), 500):
-        out.extend(session.exec(select(Subscription).where(Subscription.customer_id.in_(ids[i:i + 500]))
-                                .order_by(Subscription.id)).all())
-    return out
 
 
 def active_subscription(session: Session, customer_id: str, at: datetime) -> Subscription | None:
@@ -60,18 +47,6 @@ def invoiced_until(session: Session, subscription_id: int) -> datetime | None:
                                                                    Invoice.kind == "invoice")).one()
 
 
-def subscriptions_to_close(session: Session, as_of: datetime) -> Sequence[Subscription]:
-    return session.exec(select(Subscription).where(Subscription.started_at < as_of).order_by(Subscription.id)).all()
-
-
-def counters_for(session: Session, customer_id: str, period_start_us: int) -> dict[str, UsageCounter]:
-    rows = session.exec(select(UsageCounter).where(UsageCounter.customer_id == customer_id,
-                                                   UsageCounter.period_start == period_start_us)).all()
-    return {r.meter: r for r in rows}
-
-
-def all_counters(session: Session) -> Sequence[UsageCounter]:
-    return session.exec(select(UsageCounter)).all()
 
 
 def subscription_rows(session: Session, customer_ids: Iterable[str]) -> list[tuple]:

@@ -82,17 +82,14 @@ def summed(high: Any, middle: Any, low: Any) -> Any:
 
 
 def held_sums(column: str) -> tuple[str, str]:
-    """Two aggregates whose ``held_summed`` value is ``SUM(column)``, for columns of at most 10^18."""
+    """Two aggregates, ``SUM(column / HELD)`` and ``SUM(column % HELD)``: together ``SUM(column)``
+    (the first times ``HELD`` plus the second), for columns of at most 10^18."""
     return f"SUM({column} / {HELD})", f"SUM({rem_sql(column, HELD)})"
 
 
 def held_sum_sql(column: str) -> str:
     """``held_sums`` as two columns of a select list."""
     return ", ".join(held_sums(column))
-
-
-def held_summed(high: Any, low: Any) -> int:
-    return int(high or 0) * HELD + int(low or 0)
 
 
 def sum_overflowed(exc: BaseException) -> bool:

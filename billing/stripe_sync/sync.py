@@ -234,17 +234,6 @@ class StripeSync:
                                   "(void it and issue a credit note)")
         return None
 
-    def push_invoice(self, invoice_id: int) -> Outcome:
-        inv = state.get_invoice(self.engine, invoice_id)
-        if inv is None:
-            raise BillingError(f"unknown invoice {invoice_id}", code=ErrorCode.INVOICE_NOT_FOUND)
-        if inv.stripe_invoice_id:
-            return Outcome(inv.id, inv.number, "already", inv.stripe_invoice_id)
-        if inv.status not in (InvoiceStatus.FINALIZED, InvoiceStatus.PAID):
-            raise BillingError(f"invoice {inv.number or inv.id} is {inv.status}; only finalized or paid invoices "
-                               "are pushed", code=ErrorCode.INVALID_TRANSITION)
-        return self._plan(inv) or self._push_one(inv)
-
     def _push_one(self, inv: Invoice) -> Outcome:
         if inv.kind == DocumentKind.CREDIT_NOTE:
             return self.credit_notes.push(inv)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from billing.catalog import Catalog, parse_plan_text
 from billing.store.aggregate_sql import aggregate_meters, aggregate_window, max_event_id
 from billing.reservations.holds import Quota
-from billing.reservations.types import tokens_of
+from billing.events import tokens_of
 from billing.ledger.recount import lock_for_recount, recount_customer
 from billing.store.types import to_us
 from billing.store.wide import WIDE, exact_sums, join, split, sum_sql, summed
