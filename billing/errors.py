@@ -27,12 +27,12 @@ class ErrorCode(StrEnum):
     SUBSCRIPTION_NOT_FOUND = "subscription_not_found"
     SUBSCRIPTION_EXISTS = "subscription_exists"
     INVOICE_NOT_FOUND = "invoice_not_found"
-    INVALID_TRANSITION = "invalid_transition"  # the document is not in a status this action leaves
+    INVALID_TRANSITION = "invalid_transition"  # a document or reservation is not in a status this action leaves
     PERIOD_INVOICED = "period_invoiced"
     CURRENCY_MISMATCH = "currency_mismatch"
     # quota
     RESERVATION_NOT_FOUND = "reservation_not_found"
-    RESERVATION_STATE = "reservation_state"
+    RESERVATION_STATE = "invalid_transition"
     # auth
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"

@@ -47,7 +47,6 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.PERIOD_INVOICED: 409,
     ErrorCode.CURRENCY_MISMATCH: 422,
     ErrorCode.RESERVATION_NOT_FOUND: 404,
-    ErrorCode.RESERVATION_STATE: 409,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.IDEMPOTENCY_KEY_INVALID: 400,

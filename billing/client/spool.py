@@ -272,7 +272,7 @@ def _record_released(data: dict[str, Any], exc: Exception) -> Flow[tuple[dict[st
     """A refused commit. If its hold was released (expired and purged, or by hand), the usage
     still happened: record the event through ``POST /v1/events``. (answer, None) when
     recorded, else (None, the error)."""
-    if not (isinstance(exc, BillingError) and exc.code == ErrorCode.RESERVATION_STATE):
+    if not (isinstance(exc, BillingError) and exc.code == ErrorCode.INVALID_TRANSITION):
         return None, error_json(exc)
     try:
         answer = yield client_op("record", [data["event"]], idempotency_key=data["idempotency_key"] + "-record")

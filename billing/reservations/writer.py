@@ -342,7 +342,7 @@ class QuotaWriter:
                 continue
             if op.kind == "release":
                 if status == "committed":
-                    op.error = BillingError(f"reservation {hid} is committed", code=ErrorCode.RESERVATION_STATE)
+                    op.error = BillingError(f"reservation {hid} is committed", code=ErrorCode.INVALID_TRANSITION)
                 elif status in ("released", "expired"):
                     op.result = {"reservation_id": hid, "status": status}
                 else:
@@ -350,7 +350,7 @@ class QuotaWriter:
                 continue
             if status == "released":
                 op.error = BillingError(f"reservation {hid} was released; reserve again",
-                                        code=ErrorCode.RESERVATION_STATE)
+                                        code=ErrorCode.INVALID_TRANSITION)
                 continue
             if hid in seen_holds:  # a second commit of a hold this batch settles: after it
                 op.queued, op.ctx = False, None
@@ -426,7 +426,7 @@ class _Tx:
                     op.result = {"reservation_id": hold[0], "status": "released"}
                 else:
                     op.error = BillingError(f"reservation {hold[0]} was settled meanwhile",
-                                            code=ErrorCode.RESERVATION_STATE)
+                                            code=ErrorCode.INVALID_TRANSITION)
         if not self.commits:
             return
         inserted = self.inserted if isinstance(self.inserted, set) else {(c, e) for c, e in self.inserted.fetchall()}

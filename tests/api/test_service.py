@@ -175,7 +175,7 @@ def test_quota_flow_over_http(api):
                 json={"reservation_id": r.json()["reservation_id"], "event": {"id": "big-evt"}})
     assert again.json()["event"] == "duplicate"
     assert api("POST", "/v1/quota/release", key="check",
-               json={"reservation_id": r.json()["reservation_id"]}).json()["code"] == "reservation_state"
+               json={"reservation_id": r.json()["reservation_id"]}).json()["code"] == "invalid_transition"
     usage = api("GET", "/v1/customers/acme/usage", key="check").json()
     assert usage["meters"]["requests"] == {"used": "1", "held": "0", "events": 1, "provider_cost": "0"}
     assert usage["charges"][0]["remaining_included"] == "99"

@@ -80,7 +80,7 @@ def test_mixed_batch_of_reserves_commits_and_releases(engine):
     # the reservation saw the 10 + 20 units still held when the batch started: 30 + 71 > 100
     assert not reserve.result.granted and reserve.result.decision.reason == "quota_exhausted"
     assert missing.error.code == ErrorCode.RESERVATION_NOT_FOUND
-    assert late_release.error.code == ErrorCode.RESERVATION_STATE  # released before its commit settled
+    assert late_release.error.code == ErrorCode.INVALID_TRANSITION  # released before its commit settled
     # the same event twice in one batch: decided after the first is stored
     assert again.result["event"] == "duplicate"
     usage = q.usage("acme")["meters"]["requests"]

@@ -47,10 +47,10 @@ def test_reserve_commit_release(sqlite_engine):
     assert q.usage("acme")["charges"][0]["held"] == "0"
     with pytest.raises(BillingError) as err:
         q.commit(r2.id)
-    assert err.value.code == ErrorCode.RESERVATION_STATE
+    assert err.value.code == ErrorCode.INVALID_TRANSITION
     with pytest.raises(BillingError) as err:
         q.release(r.id)
-    assert err.value.code == ErrorCode.RESERVATION_STATE
+    assert err.value.code == ErrorCode.INVALID_TRANSITION
     with pytest.raises(BillingError) as err:
         q.release("rsv_nope")
     assert err.value.code == ErrorCode.RESERVATION_NOT_FOUND
