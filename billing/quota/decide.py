@@ -50,7 +50,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
-from billing.catalog.compiled import CompiledCharge, CompiledPlan, compile_charge
+from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import BlockPolicy, Plan, RateLimit, RateLimitPolicy, SlowTierPolicy, UsageCharge
 from billing.errors import BillingError, ErrorCode
 from billing.money import dec_str, round_line
@@ -212,18 +212,6 @@ def _seconds_until(now: datetime, end: datetime) -> float:
 
 def _seconds_until_us(now: datetime, end_us: int) -> float:
     return _seconds_until(now, EPOCH + timedelta(microseconds=end_us))
-
-
-def included_units(charge: UsageCharge, seats: int) -> Decimal:
-    """A charge's included units at ``seats`` (kept for callers holding a schema charge)."""
-    return arithmetic.included_units(charge, seats)
-
-
-def charge_spend(charge: UsageCharge, units: Decimal, cost: Decimal, events: int, included: Decimal,
-                 currency: str = "USD", transactions: tuple[Decimal, ...] = ()) -> Decimal:
-    """Peak exact amount of a charge before its spend cap (kept for callers holding a schema
-    charge; the rule is ``arithmetic.peak_exact``, which ``decide`` calls)."""
-    return arithmetic.peak_exact(compile_charge(charge, 0, currency), units, cost, events, transactions, included)
 
 
 def resolve(plan: Plan, key: str) -> tuple[str, tuple[UsageCharge, ...]]:
