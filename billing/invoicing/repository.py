@@ -1,5 +1,5 @@
 """SQL for invoicing: the close lock, existing invoices, bulk inserts, numbering,
-corrections (grants and seat histories: ``ledger.grants_and_seats``)."""
+corrections (grants and seat histories: ``store.grants_and_seats``)."""
 
 from __future__ import annotations
 

@@ -394,7 +394,7 @@ class _Tx:
         self.after_failed = False
         self.now_us = 0
         self.run_all: Callable | None = None
-        self.same: Callable | None = None  # (op, hold, stored event) -> bool: quota_commits.same_event
+        self.same: Callable | None = None  # (op, hold, stored event) -> bool: reservations.commits.same_event
 
     def committed(self) -> bool:
         if self.commit_cur is None:
