@@ -74,7 +74,6 @@ def setup_customers(url: str, customers: int) -> None:
     from billing.catalog import Catalog
     from billing.ledger.accounts import Accounts
     from billing.store.db import make_engine
-    from billing.ledger.ingest import Ledger
 
     engine = make_engine(url)
     catalog = Catalog.from_paths(PLANS)

@@ -7,7 +7,7 @@ Create Date: ${create_date}
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import billing.ledger.types
+import billing.store.types
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

@@ -10,7 +10,7 @@ import typer
 from billing.catalog import PlanInvalid, load_plan_file
 from billing.cli.costs import load_book
 from billing.errors import BillingError
-from billing.cli.render import console, err_console, invoice_table, print_json
+from billing.cli.render import console, invoice_table, print_json
 from billing.preview import InputError, parse_instant, preview, read_events
 from billing.rating.periods import BillingCycle, Period, parse_period_label
 

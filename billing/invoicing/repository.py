@@ -1,5 +1,5 @@
 """SQL for invoicing: the close lock, existing invoices, bulk inserts, numbering,
-corrections (grants and seat histories: ``ledger.grants_and_seats``)."""
+corrections (grants and seat histories: ``store.grants_and_seats``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from functools import lru_cache
 from operator import itemgetter
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.invoicing.usage import SubscriptionRow
@@ -18,7 +18,7 @@ from billing.store.aggregate_sql import max_event_id, run
 from billing.ledger.counters import ALL_EVENTS
 from billing.store.driver_rows import datetime_reader, driver_rows
 from billing.store.models import (
-    CreditBurn, CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence)
+    CreditGrantRow, Customer, Invoice, InvoiceLineRow, InvoiceRecheck, NumberSequence)
 from billing.ledger.recount import counters_stale
 from billing.store.wide import join
 
@@ -78,14 +78,6 @@ def invoice_keys(conn: Connection, subscription_ids: Sequence[int]) -> set[str]:
     for part in _chunks(list(subscription_ids)):
         out.update(conn.execute(select(Invoice.dedupe_key).where(Invoice.subscription_id.in_(part))).scalars())
     return out
-
-
-def burns_by_invoices(conn: Connection, invoice_ids: Sequence[int]) -> dict[str, int]:
-    if not invoice_ids:
-        return {}
-    rows = conn.execute(select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
-                        .where(CreditBurn.invoice_id.in_(list(invoice_ids))).group_by(CreditBurn.grant_id))
-    return {g: int(a) for g, a in rows}
 
 
 def take_numbers(conn: Connection, name: str, count: int) -> list[int]:
@@ -307,14 +299,6 @@ def billed_lines_for_period(conn: Connection, subscription_id: int, start: datet
         .where(Invoice.subscription_id == subscription_id, Invoice.status.in_(BILLED),
                InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end))
     return list(rows)
-
-
-def invoices_billing_period(conn: Connection, subscription_id: int, start: datetime, end: datetime) -> list[int]:
-    rows = conn.execute(select(Invoice.id).join(InvoiceLineRow, InvoiceLineRow.invoice_id == Invoice.id)
-                        .where(Invoice.subscription_id == subscription_id,
-                               InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end)
-                        .distinct())
-    return [r[0] for r in rows]
 
 
 def grant_currencies(conn: Connection, keys: Iterable[str]) -> dict[str, str]:

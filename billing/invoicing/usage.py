@@ -3,7 +3,7 @@
 A counter ``(customer, meter, period start)`` holds what ingestion made of every stored
 event under the subscriptions as they are now (``ledger.recount`` keeps it so when a
 subscription starts or ends in the past). It equals the SQL aggregation of the events
-(``ledger.aggregate_sql``) for a subscription period when:
+(``store.aggregate_sql``) for a subscription period when:
 
 - the window is the whole period (no partial first or last period);
 - no other subscription of the customer counts into the same key: none overlaps the

@@ -13,9 +13,9 @@ For a batch of windows the service
 - takes the usage from the running counters where the caller found them exact for the
   window (``from_counters``: the close asks ``invoicing.usage``'s rule with its snapshot),
   otherwise aggregates the events in SQL up to the watermark, one query per (plan, window)
-  for all the customers sharing it (``ledger.aggregate_sql.aggregate_window``);
+  for all the customers sharing it (``store.aggregate_sql.aggregate_window``);
 - reads seat histories and grant balances per chunk of subscriptions / customers
-  (``ledger.grants_and_seats``), unless the caller passes the grant balances a window may
+  (``store.grants_and_seats``), unless the caller passes the grant balances a window may
   draw (a re-rating of a billed period);
 - rates each customer's windows in time order through the one rating entry point
   (``billing.rating.engine.rate_period``): credit drawn by one window is gone for the next,

@@ -50,7 +50,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
-from billing.catalog.compiled import CompiledPlan, compile_charge
+from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import BlockPolicy, Plan, RateLimit, RateLimitPolicy, SlowTierPolicy, UsageCharge
 from billing.errors import BillingError, ErrorCode
 from billing.money import dec_str, round_line
@@ -214,18 +214,6 @@ def _seconds_until_us(now: datetime, end_us: int) -> float:
     return _seconds_until(now, EPOCH + timedelta(microseconds=end_us))
 
 
-def included_units(charge: UsageCharge, seats: int) -> Decimal:
-    """A charge's included units at ``seats`` (kept for callers holding a schema charge)."""
-    return arithmetic.included_units(charge, seats)
-
-
-def charge_spend(charge: UsageCharge, units: Decimal, cost: Decimal, events: int, included: Decimal,
-                 currency: str = "USD", transactions: tuple[Decimal, ...] = ()) -> Decimal:
-    """Peak exact amount of a charge before its spend cap (kept for callers holding a schema
-    charge; the rule is ``arithmetic.peak_exact``, which ``decide`` calls)."""
-    return arithmetic.peak_exact(compile_charge(charge, 0, currency), units, cost, events, transactions, included)
-
-
 def resolve(plan: Plan, key: str) -> tuple[str, tuple[UsageCharge, ...]]:
     """(meter key, charges deciding it) for a request naming a charge or a meter."""
     hit = plan.compiled.requests.get(key)
@@ -303,9 +291,45 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         units = quantity * meter.multipliers.factor({"model": request.model})
     else:
         units = quantity
-    now = state.now
 
-    # usage (committed + held) of the charged meters; the request adds to its meter
+    totals, before, after = _meter_totals(cp, state, meter_key, units, cost)
+    amounts = _charge_amounts(cp, state, totals, meter_key, after, units)
+    credits_all = _credits_for(state, cp, None)
+
+    verdicts: list[_Verdict] = []
+    if _payment_overdue(plan, state):
+        verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.PAYMENT_OVERDUE, message="an invoice payment is overdue"))
+    if plan.agent_limits is not None and request.task:
+        task_limit = _task_limit_verdict(plan, state, request, meter.property, quantity)
+        if task_limit is not None:
+            verdicts.append(task_limit)
+    remaining, money_left = _charge_verdicts(cp, state, request, charges, amounts, before, after, verdicts)
+    if not charges:  # a meter without charges is not limited by them
+        verdicts.append(_Verdict(Outcome.ALLOW, "fast", Reason.INCLUDED, model=request.model))
+    if plan.spend_cap is not None:  # plan-wide spend cap (credits first)
+        budget = plan.spend_cap + credits_all
+        money_left.append(budget - amounts.peak_before)
+        if amounts.peak_after > budget:
+            verdicts.append(_Verdict(Outcome.DENY, "overage", Reason.SPEND_CAP_REACHED,
+                                     retry_after=_seconds_until(state.now, state.period_end),
+                                     message=f"plan spend cap {dec_str(plan.spend_cap)} reached"))
+
+    final = _combine(verdicts)
+    spend_before = amounts.spend_before
+    return frozen(Decision, {
+        "outcome": final.outcome, "lane": Lane(final.tier, final.model), "reason": final.reason, "meter": meter_key,
+        "charges": tuple(c.key for c in charges), "units": units, "remaining": remaining,
+        "remaining_money": max(ZERO, min(money_left)) if money_left else None,
+        "spend": spend_before, "credits_remaining": max(ZERO, credits_all - spend_before),
+        "retry_after": final.retry_after if final.outcome == Outcome.DENY else None,
+        "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != Outcome.DENY else (),
+        "amount": max(ZERO, amounts.spend_after - spend_before), "message": final.message})
+
+
+def _meter_totals(cp: CompiledPlan, state: UsageState, meter_key: str, units: Decimal, cost: Decimal
+                  ) -> tuple[dict[str, MeterUsage], MeterUsage, MeterUsage]:
+    """Usage (committed + held) of the charged meters and of the requested one, and the
+    requested meter's usage after the request: (totals, before, after)."""
     empty = _EMPTY
     totals: dict[str, MeterUsage] = {}
     usage_get, held_get = state.usage.get, state.held.get
@@ -316,21 +340,34 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     if before is None:
         used, held = usage_get(meter_key), held_get(meter_key)
         before = totals[meter_key] = (used or empty) if held is None else (held if used is None else used + held)
-    after_m = frozen(MeterUsage, {"units": before.units + units, "cost": before.cost + cost,
-                                  "events": before.events + (1 if units > 0 else 0), "transactions": None})
+    after = frozen(MeterUsage, {"units": before.units + units, "cost": before.cost + cost,
+                                "events": before.events + (1 if units > 0 else 0), "transactions": None})
+    return totals, before, after
 
-    # per charge: the spend the invoice will bill (rounded once, at most the cap) and the
-    # exact peak amount that caps are held against (a charge's peak counts at most its cap)
+
+@dataclass(slots=True)
+class _Amounts:
+    """Per plan: the spend the invoice will bill (each charge rounded once, at most its cap)
+    before and after the request, and the exact peak amounts caps are held against (a
+    charge's peak counts at most its cap); per charge: its peaks and included units."""
+
+    spend_before: Decimal
+    spend_after: Decimal
+    peak_before: Decimal
+    peak_after: Decimal
+    charge_peaks: dict[str, tuple[Decimal, Decimal]]  # charge key -> (before, after)
+    included: dict[str, Decimal]
+
+
+def _charge_amounts(cp: CompiledPlan, state: UsageState, totals: Mapping[str, MeterUsage], meter_key: str,
+                    after_m: MeterUsage, units: Decimal) -> _Amounts:
+    """Every charge's amounts before and after the request (``arithmetic``'s one rule)."""
     currency = cp.currency
-    seats = state.seats
-    spend_before = ZERO
-    spend_after = ZERO
-    peak_before = ZERO
-    peak_after = ZERO
-    charge_peaks: dict[str, tuple[Decimal, Decimal]] = {}  # before, after
+    spend_before = spend_after = peak_before = peak_after = ZERO
+    charge_peaks: dict[str, tuple[Decimal, Decimal]] = {}
     included: dict[str, Decimal] = {}
     exact_of, peak_of, billed = arithmetic.exact_charge, arithmetic.peak_exact, arithmetic.billed
-    for charge, inc in zip(cp.charges, arithmetic.included_by_charge(cp, seats)):
+    for charge, inc in zip(cp.charges, arithmetic.included_by_charge(cp, state.seats)):
         included[charge.key] = inc
         cmeter = charge.meter
         m = totals[cmeter]
@@ -354,52 +391,61 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
             pb, pa = min(pb, cap), min(pa, cap)
         peak_before += pb
         peak_after += pa
-    credits_all = _credits_for(state, cp, None)
+    return _Amounts(spend_before, spend_after, peak_before, peak_after, charge_peaks, included)
 
-    verdicts: list[_Verdict] = []
 
-    # dunning
-    overdue = state.payment_overdue or (
+def _payment_overdue(plan: Plan, state: UsageState) -> bool:
+    """Dunning: an overdue payment, or a failed one older than ``dunning.deny_after_days``."""
+    return state.payment_overdue or (
         state.payment_failed_at is not None
-        and now - state.payment_failed_at >= timedelta(days=plan.dunning.deny_after_days))
-    if overdue:
-        verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.PAYMENT_OVERDUE, message="an invoice payment is overdue"))
+        and state.now - state.payment_failed_at >= timedelta(days=plan.dunning.deny_after_days))
 
-    # agent task limits
+
+def _task_limit_verdict(plan: Plan, state: UsageState, request: QuotaRequest, meter_property: str | None,
+                        quantity: Decimal) -> _Verdict | None:
+    """A ``task_limit`` deny when the request's agent task would pass a limit, else None."""
     limits = plan.agent_limits
-    if limits is not None and request.task:
-        task = state.task or TaskUsage()
-        steps = request.steps if request.steps is not None else 1
-        tokens = request.tokens
-        if tokens is None:
-            prop = meter.property or ""
-            tokens = int(quantity) if prop.endswith("_tokens") else 0
-        problems = []
-        if limits.max_steps is not None and task.steps + steps > limits.max_steps:
-            problems.append(f"steps {task.steps + steps} > {limits.max_steps}")
-        if limits.max_tokens is not None and task.tokens + tokens > limits.max_tokens:
-            problems.append(f"tokens {task.tokens + tokens} > {limits.max_tokens}")
-        if limits.max_cost is not None and task.cost + Decimal(request.cost) > limits.max_cost:
-            problems.append(f"cost {dec_str(task.cost + Decimal(request.cost))} > {dec_str(limits.max_cost)}")
-        if problems:
-            verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.TASK_LIMIT,
-                                     message=f"task {request.task!r} limit: " + ", ".join(problems)))
+    assert limits is not None
+    task = state.task or TaskUsage()
+    steps = request.steps if request.steps is not None else 1
+    tokens = request.tokens
+    if tokens is None:
+        tokens = int(quantity) if (meter_property or "").endswith("_tokens") else 0
+    problems = []
+    if limits.max_steps is not None and task.steps + steps > limits.max_steps:
+        problems.append(f"steps {task.steps + steps} > {limits.max_steps}")
+    if limits.max_tokens is not None and task.tokens + tokens > limits.max_tokens:
+        problems.append(f"tokens {task.tokens + tokens} > {limits.max_tokens}")
+    if limits.max_cost is not None and task.cost + Decimal(request.cost) > limits.max_cost:
+        problems.append(f"cost {dec_str(task.cost + Decimal(request.cost))} > {dec_str(limits.max_cost)}")
+    if not problems:
+        return None
+    return _Verdict(Outcome.DENY, "fast", Reason.TASK_LIMIT,
+                    message=f"task {request.task!r} limit: " + ", ".join(problems))
 
-    # per charge
+
+def _charge_verdicts(cp: CompiledPlan, state: UsageState, request: QuotaRequest, charges: tuple[CompiledCharge, ...],
+                     amounts: _Amounts, before: MeterUsage, after: MeterUsage, verdicts: list[_Verdict]
+                     ) -> tuple[dict[str, Decimal | None], list[Decimal]]:
+    """Append each deciding charge's verdict (included units, then its exhaustion policy);
+    return the included units left per meter and the money left under each charge's cap."""
+    now = state.now
     remaining: dict[str, Decimal | None] = {}
     money_left: list[Decimal] = []
     for charge in charges:
-        inc = included[charge.key]
+        inc = amounts.included[charge.key]
         remaining[charge.meter] = max(ZERO, inc - before.units) if charge.included is not None else None
         policy = charge.policy
-        if after_m.units <= inc and charge.included is not None:
+        if after.units <= inc and charge.included is not None:
             verdicts.append(_Verdict(Outcome.ALLOW, "fast", Reason.INCLUDED, model=request.model))
             if charge.spend_cap is not None:
-                money_left.append(charge.spend_cap + _credits_for(state, cp, charge.key) - charge_peaks[charge.key][0])
+                money_left.append(charge.spend_cap + _credits_for(state, cp, charge.key)
+                                  - amounts.charge_peaks[charge.key][0])
             continue
         if isinstance(policy, BlockPolicy):
             verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.QUOTA_EXHAUSTED,
-                                     retry_after=_seconds_until(now, state.period_end), message=f"{charge.key}: {dec_str(inc)} included units used"))
+                                     retry_after=_seconds_until(now, state.period_end),
+                                     message=f"{charge.key}: {dec_str(inc)} included units used"))
         elif isinstance(policy, SlowTierPolicy):
             v = _Verdict(Outcome.DOWNGRADE, "slow", Reason.SLOW_TIER, model=policy.model or request.model)
             verdicts.append(_rate_checked(v, charge.key, policy.rate_limit, state))
@@ -410,7 +456,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
             cap = charge.spend_cap
             if cap is not None:
                 budget = cap + _credits_for(state, cp, charge.key)
-                peak_b, peak_a = charge_peaks[charge.key]
+                peak_b, peak_a = amounts.charge_peaks[charge.key]
                 money_left.append(budget - peak_b)
                 if peak_a > budget:
                     verdicts.append(_Verdict(Outcome.DENY, "overage", Reason.SPEND_CAP_REACHED,
@@ -418,28 +464,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
                                              message=f"{charge.key}: spend cap {dec_str(policy.spend_cap)} reached"))
                     continue
             verdicts.append(_Verdict(Outcome.ALLOW, "overage", Reason.OVERAGE, model=request.model))
-
-    if not charges:  # a meter without charges is not limited by them
-        verdicts.append(_Verdict(Outcome.ALLOW, "fast", Reason.INCLUDED, model=request.model))
-
-    # plan-wide spend cap (credits first)
-    if plan.spend_cap is not None:
-        budget = plan.spend_cap + credits_all
-        money_left.append(budget - peak_before)
-        if peak_after > budget:
-            verdicts.append(_Verdict(Outcome.DENY, "overage", Reason.SPEND_CAP_REACHED,
-                                     retry_after=_seconds_until(now, state.period_end),
-                                     message=f"plan spend cap {dec_str(plan.spend_cap)} reached"))
-
-    final = _combine(verdicts)
-    return frozen(Decision, {
-        "outcome": final.outcome, "lane": Lane(final.tier, final.model), "reason": final.reason, "meter": meter_key,
-        "charges": tuple(c.key for c in charges), "units": units, "remaining": remaining,
-        "remaining_money": max(ZERO, min(money_left)) if money_left else None,
-        "spend": spend_before, "credits_remaining": max(ZERO, credits_all - spend_before),
-        "retry_after": final.retry_after if final.outcome == Outcome.DENY else None,
-        "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != Outcome.DENY else (),
-        "amount": max(ZERO, spend_after - spend_before), "message": final.message})
+    return remaining, money_left
 
 
 def frozen(cls: type, values: dict[str, Any]) -> Any:

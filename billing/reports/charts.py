@@ -21,7 +21,7 @@ from html import escape
 
 from billing.reports.stats import Bin
 
-BLUE, ORANGE, GREEN, RED, GREY = "#2563eb", "#f59e0b", "#059669", "#dc2626", "#6b7280"
+BLUE, ORANGE, GREEN, RED = "#2563eb", "#f59e0b", "#059669", "#dc2626"
 SERIES = {"revenue": BLUE, "cost": ORANGE, "provider cost": ORANGE, "margin": GREEN}
 PLAN_COLOURS = ("#2563eb", "#7c3aed", "#0d9488", "#db2777", "#ca8a04", "#4b5563")
 WIDTH, HEIGHT = 540, 330

@@ -10,7 +10,7 @@ Quota decisions and the usage report read a customer's usage from the running co
 * a sum priced by a percentage with per-transaction rules: the price needs each value, in
   time order, not only the sum.
 
-For plans with such meters the quota's state statement (``quota_sql.state_query`` and
+For plans with such meters the quota's state statement (``reservations.sql.state_query`` and
 ``batch_state_query``) carries extra rows, computed from the period's events with the
 close's own conditions (``aggregate_sql._meter_condition``, every stored event):
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -143,8 +144,7 @@ class QuotaWriter:
 
     # ------------------------------------------------------------------ body
     def _body(self, conn: Any, ops: list[Op], tx: "_Tx") -> None:
-        q, conns = self.quota, self.conns
-        pg = conns.pg
+        q, pg = self.quota, self.conns.pg
         now = q.clock()
         now_us = to_us(now)
 
@@ -153,16 +153,52 @@ class QuotaWriter:
             cur.execute(sql.replace("?", "%s") if pg else sql, params)
             return cur
 
-        reserves = [op for op in ops if op.kind == "reserve"]
+        reserves = self._with_contexts(conn, [op for op in ops if op.kind == "reserve"], now)
         settles = [op for op in ops if op.kind != "reserve"]
-        for op in reserves:  # contexts before the transaction (cached; loaded on a miss)
+        # ---- round 1: lock, read
+        read = self._lock_and_read(execute, reserves, settles, now_us)
+        # ---- decide; round 2: write everything, COMMIT, read for alerts
+        hold_rows: list[tuple] = []
+        rates: dict[tuple[str, str, int], list[int]] = {}
+        in_batch: dict[tuple[str, str], tuple[Op, dict]] = {}
+        for op in reserves:
+            self._reserve_one(op, now, now_us, read.states, read.tasks, read.prior, in_batch, hold_rows, rates)
+        _write_grants(execute, pg, hold_rows, rates)
+        book = q.ledger.book  # the commits' events are priced with this book or a newer one
+        commits, releases, tx.deferred = self._settle_plan(conn, settles, read.holds, read.stored, now, now_us)
+        again = q.ledger.settle_unpriced(cursor_fetch(execute), pg, [p for _op, p, _hold in commits], book)
+        if again:  # prices were added since this process last read them
+            commits = [(op, again.get(id(p), p), hold) for op, p, hold in commits]
+        tx.commits, tx.now_us = commits, now_us
+        tx.same = lambda op, hold, event: same_event(q.ledger, op.event, hold, op.ctx, event, now, now_us)
+        if commits:
+            tx.inserted = self._write_commits(execute, commits, read.sub_rows, now_us)
+        if releases:
+            where, params = id_list(pg, "id", sorted({hold[0] for _op, hold in releases}))
+            cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {where} "
+                          "AND status = 'held' RETURNING id", [now_us, *params])
+            # SQLite cannot commit while a RETURNING statement is unfinished: read it now
+            tx.releases = (releases, cur if pg else cur.fetchall())
+        tx.commit_cur = execute("COMMIT")
+        tx.sqlite_committed = not pg
+        if q.alerts:
+            self._read_for_alerts(execute, commits, tx)
+        tx.run_all = lambda queries, returns_rows=True: run_all(self.conns, conn, queries, returns_rows=returns_rows)
+
+    def _with_contexts(self, conn: Any, reserves: list[Op], now: datetime) -> list[Op]:
+        """The reservations whose customer context loads (cached; loaded on a miss), before
+        the transaction; the others are answered with the error."""
+        for op in reserves:
             try:
-                op.ctx = q.context(conn, op.customer, now)
+                op.ctx = self.quota.context(conn, op.customer, now)
             except BillingError as exc:
                 op.error = exc
-        reserves = [op for op in reserves if op.error is None]
+        return [op for op in reserves if op.error is None]
 
-        # ---- round 1: lock, read
+    def _lock_and_read(self, execute: Callable, reserves: list[Op], settles: list[Op], now_us: int) -> "_Read":
+        """Round 1: ``BEGIN``, the customers' advisory locks in key order, then every read
+        the batch decides on (one round trip)."""
+        q, pg = self.quota, self.conns.pg
         execute("BEGIN" if pg else "BEGIN IMMEDIATE")
         if pg and not reserves and not any(op.kind == "commit" for op in settles):
             execute("SET LOCAL synchronous_commit TO OFF")  # releases only (see the module docstring)
@@ -188,13 +224,11 @@ class QuotaWriter:
         hold_cur = execute(*holds_query(pg, sorted({op.reservation_id for op in settles}))) if settles else None
 
         # the round trip
-        states = parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {}
-        tasks = parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {}
-        prior = {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {}
-        holds: dict[str, Hold] = {}
-        stored: dict[str, tuple] = {}  # hold id -> (event id, type, ts, properties) of a committed hold
-        sub_rows: dict[int, tuple] = {}
+        read = _Read(parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {},
+                     parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {},
+                     {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {})
         if hold_cur is not None:
+            holds, stored, sub_rows = read.holds, read.stored, read.sub_rows
             for row in hold_cur.fetchall():
                 if row[0] not in holds:
                     holds[row[0]] = hold = Hold(*row[:7], row[14], row[15], row[16], row[17])
@@ -203,80 +237,40 @@ class QuotaWriter:
                 if row[8] is not None:
                     sub_rows[row[8]] = (row[8], row[1], row[9], row[10], _utc(row[11]), _utc(row[12]),
                                         _utc(row[13]), row[7])
+        return read
 
-        # ---- decide; round 2: write everything, COMMIT, read for alerts
-        hold_rows: list[tuple] = []
-        rates: dict[tuple[str, str, int], list[int]] = {}
-        in_batch: dict[tuple[str, str], tuple[Op, dict]] = {}
-        for op in reserves:
-            self._reserve_one(op, now, now_us, states, tasks, prior, in_batch, hold_rows, rates)
-        if hold_rows:
-            execute(*insert_holds(pg, hold_rows))
-        for (customer, charge, start), (end, n) in sorted(rates.items()):
-            execute("INSERT INTO quota_rate_window (customer_id, charge, window_start, window_end, count) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, charge, window_start) "
-                    "DO UPDATE SET count = quota_rate_window.count + excluded.count",
-                    (customer, charge, start, end, n))
-        book = q.ledger.book  # the commits' events are priced with this book or a newer one
-        commits, releases, tx.deferred = self._settle_plan(conn, settles, holds, stored, now, now_us)
-        again = q.ledger.settle_unpriced(cursor_fetch(execute), pg, [p for _op, p, _hold in commits], book)
-        if again:  # prices were added since this process last read them
-            commits = [(op, again.get(id(p), p), hold) for op, p, hold in commits]
-        tx.commits, tx.now_us = commits, now_us
-        tx.same = lambda op, hold, event: same_event(q.ledger, op.event, hold, op.ctx, event, now, now_us)
-        if commits:
-            views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
-                                       q.catalog)
-            planner = CounterPlanner(views)
-            for op, _p, _hold in commits:  # the period each context already knows (same cycle, same
-                if op.ctx is not None:    # bounds); an event outside it is placed by the planner itself
-                    planner.prime(op.ctx.subscription_id, to_us(op.ctx.period.start), to_us(op.ctx.period.end))
-            contrib = contributions(planner, commits)
-            tasks = task_rows(planner, commits)
-            if pg:
-                tx.inserted = write_pg(execute, commits, contrib, tasks, now_us)
-            else:
-                tx.inserted = write_sqlite(execute, commits, contrib, tasks, now_us)
-        if releases:
-            where, params = id_list(pg, "id", sorted({hold[0] for _op, hold in releases}))
-            cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {where} "
-                          "AND status = 'held' RETURNING id", [now_us, *params])
-            # SQLite cannot commit while a RETURNING statement is unfinished: read it now
-            tx.releases = (releases, cur if pg else cur.fetchall())
-        tx.commit_cur = execute("COMMIT")
-        tx.sqlite_committed = not pg
-        if q.alerts:
-            for op, p, hold in commits:
-                ctx = op.ctx
-                if ctx is not None and ctx.plan.budget_alerts is not None:
-                    tx.alert_ctx.setdefault(p.customer, ctx)
-            if tx.alert_ctx:
-                tx.alert_cur = execute(*batch_counters_query(
-                    pg, sorted((c, to_us(ctx.period.start)) for c, ctx in tx.alert_ctx.items())))
-        tx.run_all = lambda queries, returns_rows=True: run_all(conns, conn, queries, returns_rows=returns_rows)
+    def _write_commits(self, execute: Callable, commits: list[tuple], sub_rows: dict[int, tuple],
+                       now_us: int) -> Any:
+        """Send the commits' events with their counters, hold settlements and task usage;
+        returns what ``write_pg``/``write_sqlite`` return (the inserted keys)."""
+        q = self.quota
+        views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
+                                   q.catalog)
+        planner = CounterPlanner(views)
+        for op, _p, _hold in commits:  # the period each context already knows (same cycle, same
+            if op.ctx is not None:    # bounds); an event outside it is placed by the planner itself
+                planner.prime(op.ctx.subscription_id, to_us(op.ctx.period.start), to_us(op.ctx.period.end))
+        contrib = contributions(planner, commits)
+        tasks = task_rows(planner, commits)
+        write = write_pg if self.conns.pg else write_sqlite
+        return write(execute, commits, contrib, tasks, now_us)
+
+    def _read_for_alerts(self, execute: Callable, commits: list[tuple], tx: "_Tx") -> None:
+        """After the COMMIT: the committed usage of the committing customers with budget alerts."""
+        for op, p, _hold in commits:
+            ctx = op.ctx
+            if ctx is not None and ctx.plan.budget_alerts is not None:
+                tx.alert_ctx.setdefault(p.customer, ctx)
+        if tx.alert_ctx:
+            tx.alert_cur = execute(*batch_counters_query(
+                self.conns.pg, sorted((c, to_us(ctx.period.start)) for c, ctx in tx.alert_ctx.items())))
 
     # ---------------------------------------------------------------- reserve
     def _reserve_one(self, op: Op, now, now_us: int, states, tasks, prior, in_batch, hold_rows, rates) -> None:
         ctx, req, customer = op.ctx, op.request, op.customer
         asked = request_json(req)
-        if op.request_id is not None:
-            row = prior.get((customer, op.request_id))
-            if row is not None:
-                stored = json.loads(row[3])
-                if stored.pop("_request", None) != asked:
-                    op.error = _conflict(op.request_id)
-                else:
-                    op.result = Reservation(row[0], stored, from_us(row[2]), replayed=True, status=row[1])
-                return
-            first = in_batch.get((customer, op.request_id))  # granted earlier in this batch
-            if first is not None:
-                first_op, first_asked = first
-                if first_asked != asked:
-                    op.error = _conflict(op.request_id)
-                else:
-                    r = first_op.result
-                    op.result = Reservation(r.id, r.decision.to_json(), r.expires_at, replayed=True, status=r.status)
-                return
+        if op.request_id is not None and _answered_before(op, asked, prior, in_batch):
+            return
         usage, held, rate_counts = states[customer]
         task_usage = tasks.get((customer, req.task)) if req.task is not None else None
         try:
@@ -302,20 +296,7 @@ class QuotaWriter:
                           to_us(ctx.period.start), units_micro, cost_pico, tokens, steps, req.task,
                           decision.lane.model, decision.lane.tier, str(decision.outcome), str(decision.reason),
                           orjson.dumps(payload).decode(), "held", now_us, expires_us))
-        # the grant counts for the next decision of this batch exactly as a fresh read would count it
-        held = states[customer][1] = dict(held)
-        held[decision.meter] = held.get(decision.meter, MeterUsage()) + MeterUsage(
-            Decimal(units_micro) / MICRO, Decimal(cost_pico) / PICO, 1)
-        if decision.rate_windows:
-            rate_counts = states[customer][2] = dict(rate_counts)
-            for charge, start, end in decision.rate_windows:
-                rate_counts[charge] = rate_counts.get(charge, 0) + 1
-                slot = rates.setdefault((customer, charge, start), [end, 0])
-                slot[1] += 1
-        if req.task is not None:
-            t = tasks.get((customer, req.task)) or TaskUsage()
-            tasks[(customer, req.task)] = TaskUsage(t.steps + steps, t.tokens + tokens,
-                                                    t.cost + Decimal(cost_pico) / PICO)
+        _count_grant(op, decision, states, tasks, rates, units_micro, cost_pico, steps, tokens)
         op.result = Reservation(hold_id, decision, from_us(expires_us), status="held")
         if op.request_id is not None:
             in_batch[(customer, op.request_id)] = (op, asked)
@@ -377,6 +358,23 @@ class QuotaWriter:
             commits.append((op, p, hold))
         return commits, releases, deferred
 
+
+class _Read:
+    """What round 1 read: per customer (usage, holds, rate counts), task usage, earlier holds
+    with the same request ids, and the holds to settle with their committed events and
+    customers' subscriptions."""
+
+    __slots__ = ("states", "tasks", "prior", "holds", "stored", "sub_rows")
+
+    def __init__(self, states: dict, tasks: dict, prior: dict) -> None:
+        self.states = states
+        self.tasks = tasks
+        self.prior = prior
+        self.holds: dict[str, Hold] = {}
+        self.stored: dict[str, tuple] = {}  # hold id -> (event id, type, ts, properties) of a committed hold
+        self.sub_rows: dict[int, tuple] = {}
+
+
 class _NotCommitted(Exception):
     """A batch transaction that surely rolled back (its cause is the database error)."""
 
@@ -396,7 +394,7 @@ class _Tx:
         self.after_failed = False
         self.now_us = 0
         self.run_all: Callable | None = None
-        self.same: Callable | None = None  # (op, hold, stored event) -> bool: quota_commits.same_event
+        self.same: Callable | None = None  # (op, hold, stored event) -> bool: reservations.commits.same_event
 
     def committed(self) -> bool:
         if self.commit_cur is None:
@@ -469,3 +467,56 @@ def _conflict(request_id: str) -> BillingError:
 def _warnings(p) -> list[dict] | None:
     """A commit's warnings: its event was stored unpriced or unmetered."""
     return warnings_of(p) if p.unpriced or p.unmetered else None
+
+
+def _answered_before(op: Op, asked: dict, prior: dict, in_batch: dict) -> bool:
+    """Answer a reservation whose request id was seen before (stored, or granted earlier in
+    this batch): the same reservation replayed, or a conflict when the request differs."""
+    row = prior.get((op.customer, op.request_id))
+    if row is not None:
+        stored = json.loads(row[3])
+        if stored.pop("_request", None) != asked:
+            op.error = _conflict(op.request_id)
+        else:
+            op.result = Reservation(row[0], stored, from_us(row[2]), replayed=True, status=row[1])
+        return True
+    first = in_batch.get((op.customer, op.request_id))  # granted earlier in this batch
+    if first is None:
+        return False
+    first_op, first_asked = first
+    if first_asked != asked:
+        op.error = _conflict(op.request_id)
+    else:
+        r = first_op.result
+        op.result = Reservation(r.id, r.decision.to_json(), r.expires_at, replayed=True, status=r.status)
+    return True
+
+
+def _count_grant(op: Op, decision: Any, states: dict, tasks: dict, rates: dict, units_micro: int, cost_pico: int,
+                 steps: int, tokens: int) -> None:
+    """Add a grant to its customer's state (holds, rate windows, task usage), so the next
+    decision of this batch counts it exactly as a fresh read would."""
+    customer, task = op.customer, op.request.task
+    held = states[customer][1] = dict(states[customer][1])
+    held[decision.meter] = held.get(decision.meter, MeterUsage()) + MeterUsage(
+        Decimal(units_micro) / MICRO, Decimal(cost_pico) / PICO, 1)
+    if decision.rate_windows:
+        rate_counts = states[customer][2] = dict(states[customer][2])
+        for charge, start, end in decision.rate_windows:
+            rate_counts[charge] = rate_counts.get(charge, 0) + 1
+            slot = rates.setdefault((customer, charge, start), [end, 0])
+            slot[1] += 1
+    if task is not None:
+        t = tasks.get((customer, task)) or TaskUsage()
+        tasks[(customer, task)] = TaskUsage(t.steps + steps, t.tokens + tokens, t.cost + Decimal(cost_pico) / PICO)
+
+
+def _write_grants(execute: Callable, pg: bool, hold_rows: list[tuple], rates: dict) -> None:
+    """Insert the batch's holds and add its grants to the rate-window counts (key order)."""
+    if hold_rows:
+        execute(*insert_holds(pg, hold_rows))
+    for (customer, charge, start), (end, n) in sorted(rates.items()):
+        execute("INSERT INTO quota_rate_window (customer_id, charge, window_start, window_end, count) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, charge, window_start) "
+                "DO UPDATE SET count = quota_rate_window.count + excluded.count",
+                (customer, charge, start, end, n))

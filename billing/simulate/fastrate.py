@@ -8,7 +8,7 @@ grants -- and prices with the one charge arithmetic the engine uses
 credits, the minimum); only the recurring fees of a whole period are its own (one line per
 fee at constant seats). Everything outside that case goes through ``rate_period`` itself
 (``rate_totals`` decides).
-``tests/test_simulate_fastrate.py`` holds it equal to ``rate_period`` (totals, fee lines and
+``tests/simulate/test_fastrate.py`` holds it equal to ``rate_period`` (totals, fee lines and
 per-charge usage) on every shipped plan and on generated usage.
 
 Why: ``rate_period`` builds every invoice line, seat segment and proration fraction (about

@@ -1,6 +1,6 @@
 """Re-rate a past period's real events from the ledger under candidate plans, next to what
 was actually billed. Read-only: one read transaction, rolled back; no invoice, counter or
-event is written (``tests/test_reports_accrual.py`` runs it on a read-only database).
+event is written (``tests/reports/test_accrual.py`` runs it on a read-only database).
 
 For each customer with a subscription or events in the period (a calendar month in the
 customer's time zone):
@@ -8,7 +8,7 @@ customer's time zone):
 - usage: without what-if levers, every candidate plan's meters are aggregated in SQL by the
   window rating service's ``measure`` (``billing.invoicing.windows``: the usage the close
   and rating to date read, one query per plan and period for all customers; its seat
-  histories come from ``ledger.grants_and_seats`` like theirs) and the cost is the stored
+  histories come from ``store.grants_and_seats`` like theirs) and the cost is the stored
   provider cost; with levers, the period's events (plus dispute events up to the longest
   dispute window after it) are loaded, transformed by the levers, re-costed with the cost
   book (an event it cannot price costs 0, as the ledger keeps it unpriced) and aggregated by

@@ -1,8 +1,8 @@
 """The one set of queries for credit grants (with their balances) and seat histories, by
 the chunk of customers or subscriptions: the close, rating to date (margins, forecasts),
 history simulations and plan changes read them here. The quota's context statement
-(``ledger.quota_sql``) reads the same rows in its single round trip; a property test holds
-its seats and credits equal to these (``tests/test_windows_quota_context.py``)."""
+(``reservations.sql``) reads the same rows in its single round trip; a property test holds
+its seats and credits equal to these (``tests/invoicing/test_windows_quota_context.py``)."""
 
 from __future__ import annotations
 

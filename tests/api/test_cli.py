@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,12 @@ from billing.cli.keys import app as keys_app
 from billing.cli.serve import serve
 from billing.config import get_settings
 from billing.store.db import engine_for
+from tests.support.live_server import free_port
 from tests.support.quota import PLANS, make_db
 
 cli = typer.Typer()
 cli.add_typer(keys_app, name="keys")
 cli.command("serve")(serve)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -54,7 +48,7 @@ def test_keys_and_serve(tmp_path, monkeypatch):
         assert runner.invoke(cli, ["keys", "revoke", read["id"]]).exit_code == 0
         assert runner.invoke(cli, ["keys", "revoke", read["id"]]).exit_code == 2
 
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         proc = subprocess.Popen([sys.executable, "-c", f"from billing.cli.serve import serve; "
                                  f"serve(host='127.0.0.1', port={port}, workers=1, log_level='warning')"],

@@ -24,7 +24,7 @@ from billing.catalog import Catalog
 from billing.ledger.accounts import Accounts
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url
 from tests.support.quota import T0
-from tests.support.serve_process import _server, _wait_healthy
+from tests.support.live_server import billing_serve, wait_healthy
 from tests.support.summed import CAT, SUMMED_PLAN
 
 LEASE = 4.0
@@ -51,9 +51,10 @@ def test_a_server_killed_mid_request_frees_its_key_after_the_lease(tmp_path, mon
         _, key = create_key(engine, "check")
         headers = {"Authorization": f"Bearer {key}"}
         with ExitStack() as stack:
-            servers = [stack.enter_context(_server(url, plans_dir, tmp_path / f"s{i}.log")) for i in range(2)]
+            servers = [stack.enter_context(billing_serve(url, plans_dir, tmp_path / f"s{i}.log", wait=False))
+                       for i in range(2)]
             for i, (proc, base) in enumerate(servers):
-                _wait_healthy(proc, base, tmp_path / f"s{i}.log")
+                wait_healthy(base, proc, tmp_path / f"s{i}.log")
             (victim, a), (_, b) = servers
             rid = httpx.post(f"{a}/v1/quota/reserve", headers=headers, timeout=30,
                              json={"customer": "acme", "meter": "units", "quantity": 3}).json()["reservation_id"]

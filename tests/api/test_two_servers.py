@@ -23,7 +23,7 @@ from billing.catalog import Catalog
 from billing.ledger.accounts import Accounts
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url, sqlite_database
 from tests.support.quota import BLOCK_PLAN
-from tests.support.serve_process import _server, _wait_healthy
+from tests.support.live_server import billing_serve, wait_healthy
 
 N_REQUESTS = 200
 LIMIT = 100
@@ -57,10 +57,10 @@ def _race_two_servers(url: str, tmp_path: Path) -> None:
             servers = []
             for i in range(2):
                 log_path = tmp_path / f"server{i}.log"
-                proc, base = stack.enter_context(_server(url, plans_dir, log_path))
+                proc, base = stack.enter_context(billing_serve(url, plans_dir, log_path, wait=False))
                 servers.append((proc, base, log_path))
             for proc, base, log_path in servers:
-                _wait_healthy(proc, base, log_path)
+                wait_healthy(base, proc, log_path)
 
             headers = {"Authorization": f"Bearer {key}"}
             clients = [stack.enter_context(httpx.Client(base_url=base, headers=headers, timeout=60.0,

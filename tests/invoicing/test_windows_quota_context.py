@@ -1,7 +1,7 @@
-"""The quota's context statement (``ledger.quota_sql.load_context``) reads seats and credit
+"""The quota's context statement (``reservations.sql.load_context``) reads seats and credit
 grants in its own single round trip; for random seat histories, grants with effective dates
 and expiries, and grants partly drawn by a close, its seats and credits equal what the one
-repository (``ledger.grants_and_seats``) gives, on SQLite and PostgreSQL."""
+repository (``store.grants_and_seats``) gives, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

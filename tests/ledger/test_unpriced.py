@@ -7,7 +7,7 @@ PostgreSQL, with ingestion running while prices are added."""
 from __future__ import annotations
 
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal as D
 
 import pytest

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from billing.catalog import parse_plan_text
 from billing.quota import MeterUsage, QuotaRequest, TaskUsage, UnknownMeter, UsageState, decide, rate_window
-from billing.quota.decide import charge_spend, included_units
+from billing.rating.arithmetic import included_units, peak_exact
 from tests.support.quota import catalog
 
 CAT = catalog()
@@ -202,8 +202,8 @@ def test_unknown_key_and_meter_without_charges():
 
 
 def test_volume_spend_is_monotone():
-    charge = VOLUME_PLAN.charges[0]
-    amounts = [charge_spend(charge, D(u), D(0), 0, D(100)) for u in range(0, 400, 7)]
+    charge = VOLUME_PLAN.compiled.charges[0]
+    amounts = [peak_exact(charge, D(u), D(0), 0, (), D(100)) for u in range(0, 400, 7)]
     assert amounts == sorted(amounts)
 
 
@@ -282,18 +282,19 @@ def test_granted_holds_never_exceed_the_limit(plan, data):
             held_cost += d.units / 1000
     total = start + held
     inc = included_units(charge, 1)
+    compiled = plan.compiled.charge_by_key[charge.key]
     if charge.on_exhaustion.policy == "block" and start <= inc:
         assert total <= inc
     cap = getattr(charge.on_exhaustion, "spend_cap", None)
     plan_credits = sum((c.amount for c in plan.credits), D(0))
     if cap is not None:
-        before = charge_spend(charge, start, start / 1000, int(start), inc)
-        after = charge_spend(charge, total, total / 1000, int(start), inc)
+        before = peak_exact(compiled, start, start / 1000, int(start), (), inc)
+        after = peak_exact(compiled, total, total / 1000, int(start), (), inc)
         if before <= cap + credits + plan_credits:
             assert after <= cap + credits + plan_credits
     if plan.spend_cap is not None and len(plan.charges) == 1:
-        before = charge_spend(charge, start, start / 1000, int(start), inc)
-        after = charge_spend(charge, total, total / 1000, int(start), inc)
+        before = peak_exact(compiled, start, start / 1000, int(start), (), inc)
+        after = peak_exact(compiled, total, total / 1000, int(start), (), inc)
         if cap is not None:
             before, after = min(before, cap), min(after, cap)
         if before <= plan.spend_cap + credits + plan_credits:

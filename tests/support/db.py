@@ -166,16 +166,20 @@ class World:
         return self.ledger.record(list(events), **kwargs)
 
 
+def _customer_filter(engine, customer: str | None) -> tuple[str, tuple]:
+    """(`` WHERE customer_id = <placeholder>``, its parameters), or no filter for None."""
+    if customer is None:
+        return "", ()
+    return (" WHERE customer_id = %s" if engine.dialect.name == "postgresql" else " WHERE customer_id = ?"), (customer,)
+
+
 def stored_events(engine, customer: str | None = None) -> list[tuple]:
     """Every stored usage event as (customer, event id, type, ts, properties dict, model,
     cost_pico, id), in id order."""
     import json
 
-    sql = "SELECT customer_id, event_id, type, ts, properties, model, cost_pico, id FROM usage_event"
-    params: tuple = ()
-    if customer is not None:
-        sql += " WHERE customer_id = %s" if engine.dialect.name == "postgresql" else " WHERE customer_id = ?"
-        params = (customer,)
+    where, params = _customer_filter(engine, customer)
+    sql = "SELECT customer_id, event_id, type, ts, properties, model, cost_pico, id FROM usage_event" + where
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(sql + " ORDER BY id", params).all()
     return [(c, e, t, int(ts), json.loads(p) if isinstance(p, str) else p, m, int(cost), int(i))
@@ -198,11 +202,8 @@ def _joined(row, low: str, carry: str) -> int:
 def counter_rows(engine, customer: str | None = None) -> dict[tuple[str, str, int], tuple[int, int, int, int]]:
     """(customer, meter, period_start) -> (period_end, units_micro, events, cost_pico), units
     and cost exact integers joined from their stored parts (``_joined``)."""
-    sql = "SELECT * FROM usage_counter"
-    params: tuple = ()
-    if customer is not None:
-        sql += " WHERE customer_id = %s" if engine.dialect.name == "postgresql" else " WHERE customer_id = ?"
-        params = (customer,)
+    where, params = _customer_filter(engine, customer)
+    sql = "SELECT * FROM usage_counter" + where
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(sql, params).mappings().all()
     return {(r["customer_id"], r["meter"], int(r["period_start"])):

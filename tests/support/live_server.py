@@ -1,6 +1,7 @@
 """Real HTTP servers for tests that need a socket (holds no tests itself).
 
-- ``billing_serve``: a `billing serve` subprocess (the production entry point) on a free port.
+- ``billing_serve``: a `billing serve` subprocess (the production entry point, the venv's
+  console script) on a free port; ``wait_healthy``: the wait for its /healthz.
 - ``uvicorn_thread``: an app object (built in the test, e.g. with a route that fails on
   purpose) served by uvicorn in a thread of the test process.
 - ``raw_request``: one request written on a raw socket, body streamed while a reader thread
@@ -45,13 +46,15 @@ def wait_healthy(base: str, proc: subprocess.Popen | None = None, log_path: Path
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    pytest.fail(f"server {base} did not answer /healthz within {timeout:g}s")
+    pytest.fail(f"server {base} did not answer /healthz within {timeout:g}s:\n"
+                f"{log_path.read_text(errors='replace') if log_path else ''}")
 
 
 @contextmanager
-def billing_serve(url: str, plans_dir: Path, log_path: Path, env: dict | None = None
+def billing_serve(url: str, plans_dir: Path, log_path: Path, env: dict | None = None, *, wait: bool = True
                   ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """A `billing serve` process on ``url``; yields (process, base URL) once it is healthy."""
+    """A `billing serve` process on ``url``; yields (process, base URL) once it is healthy
+    (``wait=False``: at once, so several servers start side by side; then ``wait_healthy``)."""
     port = free_port()
     full_env = {**os.environ, "BILLING_DATABASE_URL": url, "BILLING_PLANS_DIR": str(plans_dir),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -66,7 +69,8 @@ def billing_serve(url: str, plans_dir: Path, log_path: Path, env: dict | None = 
                                 stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_healthy(base, proc, log_path)
+            if wait:
+                wait_healthy(base, proc, log_path)
             yield proc, base
         finally:
             proc.terminate()

@@ -5,8 +5,6 @@ PostgreSQL databases. The fixtures built on them (``sqlite_engine``, ``any_engin
 
 from __future__ import annotations
 
-import os
-import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +14,7 @@ from sqlmodel import SQLModel
 import billing.store.operational_models  # noqa: F401  (registers the quota tables)
 from billing.catalog import Catalog, parse_plan_text
 from billing.store.db import make_engine, upgrade
+from tests.support import db
 
 PLANS = Path(__file__).resolve().parents[2] / "plans"
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -52,25 +51,14 @@ def make_db(url: str):
 
 @contextmanager
 def postgres_database():
-    """A fresh PostgreSQL database on BILLING_TEST_POSTGRES_URL's server (dropped after)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    base = make_url(os.environ["BILLING_TEST_POSTGRES_URL"])
-    name = f"billing_quota_{uuid.uuid4().hex[:10]}"
-    admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = base.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-    engine = None
-    try:
+    """A fresh PostgreSQL database on BILLING_TEST_POSTGRES_URL's server as a ``make_db``
+    engine (``tests.support.db.postgres_database``; dropped after)."""
+    with db.postgres_database(db.postgres_server_url(), migrate=False) as url:
         engine = make_db(url)
-        yield engine
-    finally:
-        if engine is not None:
+        try:
+            yield engine
+        finally:
             engine.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 _TEMPLATE: list[Path] = []
