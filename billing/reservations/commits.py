@@ -16,7 +16,7 @@ from typing import Any
 
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.prepare import Prepared, Rejection, prepare
-from billing.reservations.types import Hold
+from billing.reservations.types import Hold, HoldStatus
 from billing.store.types import from_us
 
 # (event id, type, ts in microseconds, properties) of an event as stored
@@ -28,7 +28,7 @@ def committed(reservation_id: str, event_id: str, status: str, *, late: bool,
     """A commit's answer: ``event`` accepted (recorded now) or duplicate (recorded before);
     ``late_commit``: the hold had expired when the event was recorded; ``warnings`` (only
     when there are some): its event was stored unpriced or unmetered."""
-    out = {"reservation_id": reservation_id, "event_id": event_id, "status": "committed", "event": status,
+    out = {"reservation_id": reservation_id, "event_id": event_id, "status": HoldStatus.COMMITTED, "event": status,
            "late_commit": late}
     if warnings:
         out["warnings"] = warnings

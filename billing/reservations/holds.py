@@ -51,7 +51,7 @@ from billing.reservations.sql import (
     MICRO, Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
     parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
 from billing.reservations.types import (
-    MAX_COST, MAX_QUANTITY, READ_AGAIN, Op, Reservation, WarnedDecision, parse_request, storable_text)
+    MAX_COST, MAX_QUANTITY, READ_AGAIN, HoldStatus, Op, Reservation, WarnedDecision, parse_request, storable_text)
 from billing.reservations.writer import QuotaWriter
 from billing.store.types import from_us, to_us
 from billing.money import dec_str
@@ -326,8 +326,8 @@ class Quota:
         expired holds already stopped counting; a late commit of one is still recorded)."""
         cutoff = to_us(self.clock() - older_than)
         with self.engine.begin() as conn:
-            return conn.execute(update(_hold).where(_hold.c.status == "held", _hold.c.expires_at <= cutoff)
-                                .values(status="expired", settled_at=cutoff)).rowcount
+            return conn.execute(update(_hold).where(_hold.c.status == HoldStatus.HELD.value, _hold.c.expires_at <= cutoff)
+                                .values(status=HoldStatus.EXPIRED.value, settled_at=cutoff)).rowcount
 
     # ---------------------------------------------------------------- alerts
     def evaluate_alerts(self, customer: str) -> list[Alert]:

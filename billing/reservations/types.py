@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from billing.errors import BillingError, ErrorCode
@@ -26,7 +27,7 @@ class Reservation:
     decision: Decision | dict
     expires_at: datetime | None = None
     replayed: bool = False  # an earlier reserve with the same request id
-    status: str | None = None  # held | committed | released (None: denied)
+    status: HoldStatus | None = None  # None: denied
     warnings: tuple[dict[str, str], ...] = ()  # {"code", "message"}: see Quota.model_warnings
 
     @property
@@ -142,7 +143,18 @@ class Hold(NamedTuple):
         return self.expires_at <= now_us
 
 
-OPEN_HOLD = ("held", "expired")  # the statuses a commit settles
+class HoldStatus(StrEnum):
+    """A hold's status (``quota_hold.status``; the SQL statements name the same values). A
+    hold is ``held`` until it is committed or released; an expired hold is marked ``expired``
+    by the purge and may still be committed (a late commit)."""
+
+    HELD = "held"
+    COMMITTED = "committed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+OPEN_HOLD = (HoldStatus.HELD, HoldStatus.EXPIRED)  # the statuses a commit settles
 
 
 READ_AGAIN = "read-again"  # Op.alert when the post-commit usage read failed

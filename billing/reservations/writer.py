@@ -51,7 +51,7 @@ from billing.reservations.events import contributions, not_inserted, task_rows, 
 from billing.reservations.sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
     counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
-from billing.reservations.types import READ_AGAIN, Hold, Op, Reservation, request_json
+from billing.reservations.types import READ_AGAIN, Hold, HoldStatus, Op, Reservation, request_json
 from billing.store.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
 
@@ -295,9 +295,9 @@ class QuotaWriter:
         hold_rows.append((hold_id, customer, op.request_id or hold_id, req.key, decision.meter, meter.event_type,
                           to_us(ctx.period.start), units_micro, cost_pico, tokens, steps, req.task,
                           decision.lane.model, decision.lane.tier, str(decision.outcome), str(decision.reason),
-                          orjson.dumps(payload).decode(), "held", now_us, expires_us))
+                          orjson.dumps(payload).decode(), HoldStatus.HELD.value, now_us, expires_us))
         _count_grant(op, decision, states, tasks, rates, units_micro, cost_pico, steps, tokens)
-        op.result = Reservation(hold_id, decision, from_us(expires_us), status="held")
+        op.result = Reservation(hold_id, decision, from_us(expires_us), status=HoldStatus.HELD)
         if op.request_id is not None:
             in_batch[(customer, op.request_id)] = (op, asked)
 
@@ -322,14 +322,14 @@ class QuotaWriter:
                 op.error = BillingError("this API key is restricted to another customer", code=ErrorCode.FORBIDDEN)
                 continue
             if op.kind == "release":
-                if status == "committed":
+                if status == HoldStatus.COMMITTED:
                     op.error = BillingError(f"reservation {hid} is committed", code=ErrorCode.INVALID_TRANSITION)
-                elif status in ("released", "expired"):
+                elif status in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
                     op.result = {"reservation_id": hid, "status": status}
                 else:
                     releases.append((op, hold))
                 continue
-            if status == "released":
+            if status == HoldStatus.RELEASED:
                 op.error = BillingError(f"reservation {hid} was released; reserve again",
                                         code=ErrorCode.INVALID_TRANSITION)
                 continue
@@ -342,7 +342,7 @@ class QuotaWriter:
             except BillingError:
                 op.ctx = None  # no active subscription now: the event is still recorded
             try:
-                if status == "committed":  # a retry (its first answer lost?) or a different event
+                if status == HoldStatus.COMMITTED:  # a retry (its first answer lost?) or a different event
                     op.result = recommit(ledger, op.event, hold, op.ctx, stored.get(hid), now, now_us)
                     continue
                 p = prepare_commit(ledger, event_for(op.event, hold, op.ctx, now), now_us)
@@ -420,8 +420,8 @@ class _Tx:
             releases, cur = self.releases
             done = {r[0] for r in (cur if isinstance(cur, list) else cur.fetchall())}
             for op, hold in releases:
-                if hold[0] in done or hold[2] == "released":
-                    op.result = {"reservation_id": hold[0], "status": "released"}
+                if hold[0] in done or hold[2] == HoldStatus.RELEASED:
+                    op.result = {"reservation_id": hold[0], "status": HoldStatus.RELEASED}
                 else:
                     op.error = BillingError(f"reservation {hold[0]} was settled meanwhile",
                                             code=ErrorCode.INVALID_TRANSITION)
