@@ -33,14 +33,21 @@ def duplicate_keys(node: yaml.Node | None, parts: list[Any] | None = None) -> li
 
 
 def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
-    problems: list[tuple[list[Any], str]] = []
     meters = data.get("meters") or []
     charges = data.get("charges") or []
     fees = data.get("fees") or []
-    meter_keys = {m.get("key") for m in meters if isinstance(m, dict)}
-    meters_by_key = {m.get("key"): m for m in meters if isinstance(m, dict)}
-    charge_keys = {c.get("key") for c in charges if isinstance(c, dict)}
+    problems = _repeated_item_keys(meters, charges, fees)
+    problems.extend(_meter_problems(meters))
+    problems.extend(_charge_problems(charges, meters))
+    limits = data.get("agent_limits")
+    if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
+        problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
+    problems.extend(_credit_problems(data.get("credits") or [], charges))
+    return problems
 
+
+def _repeated_item_keys(meters: Any, charges: Any, fees: Any) -> list[tuple[list[Any], str]]:
+    problems: list[tuple[list[Any], str]] = []
     for section, items in (("meters", meters), ("charges", charges), ("fees", fees)):
         seen: set = set()
         for i, item in enumerate(items if isinstance(items, list) else []):
@@ -48,7 +55,11 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
                 problems.append(([section, i, "key"], f"duplicate key {item.get('key')!r}"))
             if isinstance(item, dict):
                 seen.add(item.get("key"))
+    return problems
 
+
+def _meter_problems(meters: Any) -> list[tuple[list[Any], str]]:
+    problems: list[tuple[list[Any], str]] = []
     for i, meter in enumerate(meters if isinstance(meters, list) else []):
         if not isinstance(meter, dict):
             continue
@@ -62,7 +73,12 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
                              "(use aggregation: sum, max or unique_count to measure it)"))
         if agg == "unique_count" and meter.get("multipliers") is not None:
             problems.append((["meters", i, "multipliers"], "multipliers do not apply to unique_count meters"))
+    return problems
 
+
+def _charge_problems(charges: Any, meters: Any) -> list[tuple[list[Any], str]]:
+    meter_keys = {m.get("key") for m in meters if isinstance(m, dict)}
+    problems: list[tuple[list[Any], str]] = []
     for i, charge in enumerate(charges if isinstance(charges, list) else []):
         if not isinstance(charge, dict):
             continue
@@ -82,25 +98,34 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
                              "this price would never be used"))
         price = charge.get("price") or {}
         if isinstance(price, dict) and price.get("model") == "percentage":
-            lo, hi = price.get("min_per_transaction"), price.get("max_per_transaction")
-            try:
-                if lo is not None and hi is not None and Decimal(str(lo)) > Decimal(str(hi)):
-                    problems.append((["charges", i, "price", "max_per_transaction"],
-                                     "max_per_transaction must be >= min_per_transaction"))
-            except ArithmeticError:
-                pass  # pydantic reports the bad number
-            if charge.get("included") is not None:
-                problems.append((["charges", i, "included"], "percentage prices use free_units/free_amount, not included"))
-            meter = meters_by_key.get(charge.get("meter"))
-            if meter is not None and meter.get("aggregation", "count") != "sum":
-                problems.append((["charges", i, "price", "model"], "a percentage price takes a share of transaction "
-                                 f"amounts: its meter {charge.get('meter')!r} must sum them (aggregation: sum)"))
+            problems.extend(_percentage_problems(i, charge, price, meters))
+    return problems
 
-    limits = data.get("agent_limits")
-    if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
-        problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
 
-    for i, credit in enumerate(data.get("credits") or []):
+def _percentage_problems(i: int, charge: dict, price: dict, meters: Any) -> list[tuple[list[Any], str]]:
+    """Charge ``i``'s percentage price: its bounds in order, no ``included``, a summing meter."""
+    problems: list[tuple[list[Any], str]] = []
+    lo, hi = price.get("min_per_transaction"), price.get("max_per_transaction")
+    try:
+        if lo is not None and hi is not None and Decimal(str(lo)) > Decimal(str(hi)):
+            problems.append((["charges", i, "price", "max_per_transaction"],
+                             "max_per_transaction must be >= min_per_transaction"))
+    except ArithmeticError:
+        pass  # pydantic reports the bad number
+    if charge.get("included") is not None:
+        problems.append((["charges", i, "included"], "percentage prices use free_units/free_amount, not included"))
+    meters_by_key = {m.get("key"): m for m in meters if isinstance(m, dict)}
+    meter = meters_by_key.get(charge.get("meter"))
+    if meter is not None and meter.get("aggregation", "count") != "sum":
+        problems.append((["charges", i, "price", "model"], "a percentage price takes a share of transaction "
+                         f"amounts: its meter {charge.get('meter')!r} must sum them (aggregation: sum)"))
+    return problems
+
+
+def _credit_problems(credits: Any, charges: Any) -> list[tuple[list[Any], str]]:
+    charge_keys = {c.get("key") for c in charges if isinstance(c, dict)}
+    problems: list[tuple[list[Any], str]] = []
+    for i, credit in enumerate(credits):
         if isinstance(credit, dict):
             for j, key in enumerate(credit.get("applies_to") or []):
                 if key not in charge_keys:

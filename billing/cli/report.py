@@ -112,6 +112,27 @@ def print_margins(report) -> None:
     if len(report.currencies) > 1:
         console.print(f"[yellow]warning[/yellow]: several currencies ({', '.join(report.currencies)}): "
                       "totals add them without conversion", highlight=False)
+    console.print(_customers_table(report))
+    if report.by:
+        console.print(_breakdown_table(report))
+    console.print(_segments_table(report))
+    plans = report.plans()
+    if len(plans) > 1:
+        console.print(_plans_table(report, plans))
+    whales = report.whales()
+    if whales:
+        wt = _table("Customer", "Plan", "Revenue", "Provider cost", "Margin", "Margin %", "Interactions",
+                    title=f"Whales ({len(whales)})")
+        for w in whales:
+            wt.add_row(w.customer, w.plan or "", money(w.revenue, w.currency), money(w.cost, w.currency),
+                       _red(money(w.margin, w.currency), w.margin < 0), pct(w.margin_pct), count(w.interactions))
+        console.print(wt)
+    else:
+        console.print("No whales: every customer's revenue covers its provider cost.", highlight=False)
+
+
+def _customers_table(report) -> Table:
+    cur = report.currency
     table = _table("Customer", "Plan", "Revenue", "Source", "Provider cost", "Margin", "Margin %", "Interactions",
                    title="Per customer",
                    caption="Rows are rounded to the cent; totals are exact sums rounded once. "
@@ -126,21 +147,27 @@ def print_margins(report) -> None:
     table.add_section()
     table.add_row("[bold]All[/bold]", "", money(report.revenue, cur), "", money(report.cost, cur),
                   money(report.margin, cur), pct(report.margin_pct), count(sum(c.interactions for c in report.customers)))
-    console.print(table)
-    if report.by:
-        bt = _table(report.by, "Customers", "Events", "Provider cost", f"Revenue (by {report.allocate})", "Margin",
-                    "Margin %", title=f"By {report.by} (chargeback totals)",
-                    caption=f"Each customer's revenue is split across the {report.by} values its events carry, "
-                            f"by {'event count' if report.allocate == 'events' else 'provider cost'}, in whole cents. "
-                            "(none): events without the property, and revenue of customers with none.")
-        for r in report.breakdown:
-            bt.add_row(r.key, count(r.customers), count(r.events), money(r.cost, cur), money(r.revenue, cur),
-                       _red(money(r.margin, cur), r.margin < 0), pct(r.margin_pct))
-        bt.add_section()
-        bt.add_row("[bold]All[/bold]", "", count(sum(r.events for r in report.breakdown)), money(report.cost, cur),
-                   money(sum((r.revenue for r in report.breakdown), Decimal(0)), cur), money(report.margin, cur),
-                   pct(report.margin_pct))
-        console.print(bt)
+    return table
+
+
+def _breakdown_table(report) -> Table:
+    cur = report.currency
+    bt = _table(report.by, "Customers", "Events", "Provider cost", f"Revenue (by {report.allocate})", "Margin",
+                "Margin %", title=f"By {report.by} (chargeback totals)",
+                caption=f"Each customer's revenue is split across the {report.by} values its events carry, "
+                        f"by {'event count' if report.allocate == 'events' else 'provider cost'}, in whole cents. "
+                        "(none): events without the property, and revenue of customers with none.")
+    for r in report.breakdown:
+        bt.add_row(r.key, count(r.customers), count(r.events), money(r.cost, cur), money(r.revenue, cur),
+                   _red(money(r.margin, cur), r.margin < 0), pct(r.margin_pct))
+    bt.add_section()
+    bt.add_row("[bold]All[/bold]", "", count(sum(r.events for r in report.breakdown)), money(report.cost, cur),
+               money(sum((r.revenue for r in report.breakdown), Decimal(0)), cur), money(report.margin, cur),
+               pct(report.margin_pct))
+    return bt
+
+
+def _segments_table(report) -> Table:
     seg = _table("Segment", "Customer", "Interactions", "Provider cost", "Revenue", "Margin", "Margin %",
                  title="Usage segments: the P25 / P50 / P90 / P99 customer by interactions")
     for s in report.usage_segments():
@@ -148,28 +175,20 @@ def print_margins(report) -> None:
         seg.add_row(f"{s.name} (P{s.percentile})", c.customer, count(c.interactions), money(c.cost, c.currency),
                     money(c.revenue, c.currency), _red(money(c.margin, c.currency), c.margin < 0),
                     _red(pct(c.margin_pct, 0), c.margin < 0))
-    console.print(seg)
-    plans = report.plans()
-    if len(plans) > 1:
-        pt = _table("Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Whales", title="By plan")
-        for plan, cs in plans:
-            rev = sum((c.revenue for c in cs), Decimal(0))
-            cost = sum((c.cost for c in cs), Decimal(0))
-            from billing.reports.stats import margin_pct
+    return seg
 
-            pt.add_row(plan, count(len(cs)), money(rev, cur), money(cost, cur), _red(money(rev - cost, cur), rev < cost),
-                       pct(margin_pct(rev, cost)), count(sum(1 for c in cs if report.is_whale(c))))
-        console.print(pt)
-    whales = report.whales()
-    if whales:
-        wt = _table("Customer", "Plan", "Revenue", "Provider cost", "Margin", "Margin %", "Interactions",
-                    title=f"Whales ({len(whales)})")
-        for w in whales:
-            wt.add_row(w.customer, w.plan or "", money(w.revenue, w.currency), money(w.cost, w.currency),
-                       _red(money(w.margin, w.currency), w.margin < 0), pct(w.margin_pct), count(w.interactions))
-        console.print(wt)
-    else:
-        console.print("No whales: every customer's revenue covers its provider cost.", highlight=False)
+
+def _plans_table(report, plans: list) -> Table:
+    from billing.reports.stats import margin_pct
+
+    cur = report.currency
+    pt = _table("Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Whales", title="By plan")
+    for plan, cs in plans:
+        rev = sum((c.revenue for c in cs), Decimal(0))
+        cost = sum((c.cost for c in cs), Decimal(0))
+        pt.add_row(plan, count(len(cs)), money(rev, cur), money(cost, cur), _red(money(rev - cost, cur), rev < cost),
+                   pct(margin_pct(rev, cost)), count(sum(1 for c in cs if report.is_whale(c))))
+    return pt
 
 
 @app.command("forecast")

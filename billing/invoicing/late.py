@@ -83,45 +83,22 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
         plan = catalog.get(sub.plan_id, sub.plan_version)
         tz = zones.get(sub.customer_id, "UTC")
         period = _period_of(cycle_for(sub, plan, tz), inv.period_start)
-        window_start, window_end = inv.period_start, inv.period_end
         count = None
-        if invoicing.counts_for(sub, plan, period, window_start, window_end, snap, cover, zones):
+        if invoicing.counts_for(sub, plan, period, inv.period_start, inv.period_end, snap, cover, zones):
             count = period_events(snap.counters.get((sub.customer_id, to_us(period.start))))
         if forced:
             pass  # re-costed: re-rate it
         elif count is not None and known is not None:
             if count == known:
                 continue  # no event arrived for this period
-        else:
-            reach = max((m.disputes.window_days for m in plan.meters if m.disputes), default=0) * 86_400_000_000
-            if not repo.has_late_events(conn, sub.customer_id, seen, to_us(window_start), to_us(window_end) + reach):
-                settled(inv, count)
-                continue
-        billed: dict[str, int] = defaultdict(int)
-        names: dict[str, str] = {f.key: f.name or f.key for f in plan.fees}
-        names.update({c.key: c.name or c.key for c in plan.charges})
-        for key, amount, description, _kind in repo.billed_lines_for_period(conn, sub.id, window_start, window_end):
-            billed[key] += amount
-            names.setdefault(key, description)
-        grants = grant_balances(conn, [sub.customer_id]).get(sub.customer_id, [])
-        scale = 10 ** (6 - minor_units(plan.currency))
-        # the credit this period drew so far (its credit lines, adjustments included)
-        earlier = {g.id: -billed[g.id] * scale for g, _ in grants if billed.get(g.id)}
-        available = [(g, bal - drawn_now.get(g.id, 0) + earlier.get(g.id, 0)) for g, bal in grants]
-        rerated = invoicing.rerate(conn, sub, plan, period, window_start, window_end, watermark, available)
-        fresh: dict[str, int] = defaultdict(int)
-        for ln in rerated.lines:
-            fresh[ln.key] += minor(ln.amount, plan.currency)
-            names.setdefault(ln.key, ln.description)
-        diffs = {k: fresh.get(k, 0) - billed.get(k, 0) for k in set(fresh) | set(billed)}
-        diffs = {k: v for k, v in sorted(diffs.items()) if v}
+        elif not _has_late_events(conn, sub, plan, seen, inv):
+            settled(inv, count)
+            continue
+        diffs, names, grants = _rerated_differences(invoicing, conn, sub, plan, period, inv, watermark, drawn_now)
         if not diffs:
             settled(inv, count)
             continue
-        label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
-        rows = [{"kind": LineKind.ADJUSTMENT.value, "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
-                 "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": window_start,
-                 "service_end": window_end} for k, v in diffs.items()]
+        rows = _adjustment_rows(inv, diffs, names)
         if sum(diffs.values()) < 0:
             credit_notes.append(Correction(sub.id, inv.id, generations.get(inv.id, 0) + 1, rows))
         elif sub.id in billable_now:
@@ -129,6 +106,48 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
         else:
             continue  # pending: re-rated again (with any newer events) by the next close
         settled(inv, count)
+        scale = 10 ** (6 - minor_units(plan.currency))
         for grant, _ in grants:  # credit drawn (or given back) by these lines
             drawn_now[grant.id] -= diffs.get(grant.id, 0) * scale
     return adjustments, credit_notes
+
+
+def _has_late_events(conn, sub, plan, seen: int, inv) -> bool:
+    """Whether an event newer than ``seen`` landed in the invoice's period (or, with
+    disputes, in the dispute window after it)."""
+    reach = max((m.disputes.window_days for m in plan.meters if m.disputes), default=0) * 86_400_000_000
+    return repo.has_late_events(conn, sub.customer_id, seen, to_us(inv.period_start), to_us(inv.period_end) + reach)
+
+
+def _rerated_differences(invoicing, conn, sub, plan, period, inv, watermark: int, drawn_now: dict[str, int]
+                         ) -> tuple[dict[str, int], dict[str, str], list]:
+    """Re-rates the invoice's period up to ``watermark`` with the credit still available to
+    it: (line key -> nonzero minor-unit difference from what was billed, in key order;
+    line key -> name; the customer's grants with their balances)."""
+    window_start, window_end = inv.period_start, inv.period_end
+    billed: dict[str, int] = defaultdict(int)
+    names: dict[str, str] = {f.key: f.name or f.key for f in plan.fees}
+    names.update({c.key: c.name or c.key for c in plan.charges})
+    for key, amount, description, _kind in repo.billed_lines_for_period(conn, sub.id, window_start, window_end):
+        billed[key] += amount
+        names.setdefault(key, description)
+    grants = grant_balances(conn, [sub.customer_id]).get(sub.customer_id, [])
+    scale = 10 ** (6 - minor_units(plan.currency))
+    # the credit this period drew so far (its credit lines, adjustments included)
+    earlier = {g.id: -billed[g.id] * scale for g, _ in grants if billed.get(g.id)}
+    available = [(g, bal - drawn_now.get(g.id, 0) + earlier.get(g.id, 0)) for g, bal in grants]
+    rerated = invoicing.rerate(conn, sub, plan, period, window_start, window_end, watermark, available)
+    fresh: dict[str, int] = defaultdict(int)
+    for ln in rerated.lines:
+        fresh[ln.key] += minor(ln.amount, plan.currency)
+        names.setdefault(ln.key, ln.description)
+    diffs = {k: fresh.get(k, 0) - billed.get(k, 0) for k in set(fresh) | set(billed)}
+    return {k: v for k, v in sorted(diffs.items()) if v}, names, grants
+
+
+def _adjustment_rows(inv, diffs: dict[str, int], names: dict[str, str]) -> list[dict]:
+    """One adjustment line row per changed key, over the invoice's period."""
+    label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
+    return [{"kind": LineKind.ADJUSTMENT.value, "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
+             "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": inv.period_start,
+             "service_end": inv.period_end} for k, v in diffs.items()]

@@ -97,6 +97,59 @@ class _Job:
     events: int | None = None  # the period's event count, when the counters can tell late events
 
 
+@dataclass
+class _InvoiceBatch:
+    """The invoices one close writes, side by side: each document, its lines, the grant
+    credit it drew, its event count (None: nothing to recheck) and the corrections it bills."""
+    docs: list[dict] = field(default_factory=list)
+    lines: list[list[dict]] = field(default_factory=list)
+    burns: list[dict] = field(default_factory=list)
+    events: list[int | None] = field(default_factory=list)
+    carried: list[list[Correction]] = field(default_factory=list)
+
+    def add(self, doc: dict, lines: list[dict], burns: dict, events: int | None, fixes: list[Correction]) -> None:
+        self.docs.append(doc)
+        self.lines.append(lines)
+        self.burns.append(burns)
+        self.events.append(events)
+        self.carried.append(fixes)
+
+
+def _newest_invoices(rated: list[tuple[_Job, RatedInvoice]]) -> dict[int, int]:
+    """subscription -> index in ``rated`` of its latest new invoice."""
+    return {job.sub.id: i for i, (job, _) in enumerate(rated)}
+
+
+def _credit_drawn(rated: list[tuple[_Job, RatedInvoice]]) -> dict[str, int]:
+    """Grant credit (micro units) drawn by this run's new invoices, not yet stored as burns."""
+    drawn: dict[str, int] = defaultdict(int)
+    for _, inv in rated:
+        for grant_id, amount in inv.credits_used.items():
+            if not grant_id.startswith("plan:"):
+                drawn[grant_id] += to_micro(amount)
+    return drawn
+
+
+def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int], adjustments: list[Correction],
+                  watermark: int, now: datetime) -> _InvoiceBatch:
+    """One invoice per rated period; a subscription's latest one also bills its adjustments."""
+    by_sub: dict[int, list[Correction]] = defaultdict(list)
+    for fix in adjustments:
+        by_sub[fix.sub_id].append(fix)
+    batch = _InvoiceBatch()
+    for i, (job, inv) in enumerate(rated):
+        lines = line_rows(inv, job.window_start, job.window_end)
+        fixes = by_sub.get(job.sub.id, []) if newest[job.sub.id] == i else []
+        for fix in fixes:
+            lines.extend(fix.lines)
+        for pos, row in enumerate(lines):
+            row["position"] = pos
+        doc = invoice_row(job.sub, job.plan, job.period, job.window_start, job.window_end, inv,
+                          sum(r["amount_minor"] for r in lines), watermark, now)
+        batch.add(doc, lines, inv.credits_used, job.events, fixes)
+    return batch
+
+
 @lru_cache(maxsize=4096)
 def _cycle(interval: str, anchor: str, timezone: str, anchor_at: datetime | None) -> BillingCycle:
     return BillingCycle(interval, anchor, timezone, anchor_at)
@@ -198,86 +251,78 @@ class Invoicing:
             everyone = repo.all_subscriptions(conn)
             subs = [s for s in everyone if s.started_at < as_of]
             zones = repo.customer_timezones(conn, {s.customer_id for s in subs})
-            existing = repo.invoice_keys(conn, [s.id for s in subs])
-            jobs: list[_Job] = []
-            for sub in subs:
-                plan = self.catalog.get(sub.plan_id, sub.plan_version)
-                tz = zones.get(sub.customer_id, "UTC")
-                for period, start, end in due_windows(sub, plan, tz, as_of):
-                    if invoice_key(sub.id, period) not in existing:
-                        jobs.append(_Job(sub, plan, period, start, end, tz))
+            jobs = self._due_jobs(conn, subs, zones, as_of)
             finals = repo.finalized_invoices(conn, [s.id for s in subs])
             cover = repo.coverage(everyone)  # the subscriptions the jobs were made from
             snap = self._snapshot(conn, {period_key(j.sub.customer_id, j.period) for j in jobs},
                                   {(f.customer_id, to_us(f.period_start)) for f in finals}, cover)
             watermark = result.watermark = snap.watermark
             rated = self._rate_jobs(conn, jobs, snap, cover, zones, result)
-            newest: dict[int, int] = {}  # subscription -> index in `rated` of its latest new invoice
-            for i, (job, _) in enumerate(rated):
-                newest[job.sub.id] = i
+            newest = _newest_invoices(rated)
             # an increase waits for the subscription's next invoice unless it can be billed now
             billable_now = {s.id for s in subs if s.id in newest or (s.ended_at is not None and s.ended_at <= as_of)}
-            # grant credit drawn by this run's new invoices (not yet stored as burns)
-            drawn_now: dict[str, int] = defaultdict(int)
-            for _, inv in rated:
-                for grant_id, amount in inv.credits_used.items():
-                    if not grant_id.startswith("plan:"):
-                        drawn_now[grant_id] += to_micro(amount)
             adjustments, credit_notes = late_changes(self, conn, subs, zones, snap, cover, finals, billable_now,
-                                                     drawn_now)
+                                                     _credit_drawn(rated))
             result.adjusted_periods = len(adjustments) + len(credit_notes)
-            docs, doc_lines, burns, counts = [], [], [], []
-            carried: list[list[Correction]] = []  # per document, the corrections it bills
-            by_sub: dict[int, list[Correction]] = defaultdict(list)
-            for fix in adjustments:
-                by_sub[fix.sub_id].append(fix)
-            for i, (job, inv) in enumerate(rated):
-                lines = line_rows(inv, job.window_start, job.window_end)
-                fixes = by_sub.get(job.sub.id, []) if newest[job.sub.id] == i else []
-                for fix in fixes:
-                    lines.extend(fix.lines)
-                carried.append(fixes)
-                for pos, row in enumerate(lines):
-                    row["position"] = pos
-                docs.append(invoice_row(job.sub, job.plan, job.period, job.window_start, job.window_end, inv,
-                                        sum(r["amount_minor"] for r in lines), watermark, now))
-                doc_lines.append(lines)
-                burns.append(inv.credits_used)
-                counts.append(job.events)
-            # adjustments for subscriptions with no new invoice: ended subscriptions get a
-            # standalone invoice now; active ones wait for their next period's invoice
             subs_by_id = {s.id: s for s in subs}
-            for fix in adjustments:
-                if fix.sub_id in newest:
-                    continue
-                sub = subs_by_id[fix.sub_id]
-                if sub.ended_at is None or sub.ended_at > as_of:
-                    continue
-                docs.append(self._correction_doc(sub, fix, "invoice", now, watermark))
-                doc_lines.append(fix.lines)
-                burns.append({})
-                counts.append(None)
-                carried.append([fix])
-            self._finalize(docs, repo.take_numbers(conn, "INV", len(docs)), "INV", now)
-            ids = repo.insert_invoices(conn, docs, doc_lines)
-            repo.insert_rechecks(conn, [{"invoice_id": i, "watermark": watermark, "events": n}
-                                        for i, n in zip(ids, counts) if n is not None])
-            self._record_burns(conn, ids, burns, doc_lines)
-            note_docs = [self._correction_doc(subs_by_id[fix.sub_id], fix, "credit_note", now, watermark)
-                         for fix in credit_notes]
-            note_lines = [fix.lines for fix in credit_notes]
-            self._finalize(note_docs, repo.take_numbers(conn, "CN", len(note_docs)), "CN", now)
-            note_ids = repo.insert_invoices(conn, note_docs, note_lines)
-            self._record_burns(conn, note_ids, [{}] * len(note_ids), note_lines)
+            batch = _new_invoices(rated, newest, adjustments, watermark, now)
+            self._add_standalone_adjustments(batch, adjustments, newest, subs_by_id, as_of, now, watermark)
+            ids = self._store_invoices(conn, batch, watermark, now)
+            note_ids = self._store_credit_notes(conn, credit_notes, subs_by_id, watermark, now)
             repo.insert_corrections(conn, [
                 {"corrected_invoice_id": fix.original_id, "generation": fix.generation, "document_id": doc_id}
-                for doc_id, fixes in [*zip(ids, carried), *((n, [fix]) for n, fix in zip(note_ids, credit_notes))]
+                for doc_id, fixes in [*zip(ids, batch.carried), *((n, [fix]) for n, fix in zip(note_ids, credit_notes))]
                 for fix in fixes])
             result.invoices = ids
             result.credit_notes = note_ids
             if progress:
                 progress(len(jobs))
         return result
+
+    def _due_jobs(self, conn, subs: list[SubscriptionRow], zones: dict[str, str], as_of: datetime) -> list[_Job]:
+        """Every period due by ``as_of`` that has no invoice yet, one job each."""
+        existing = repo.invoice_keys(conn, [s.id for s in subs])
+        jobs: list[_Job] = []
+        for sub in subs:
+            plan = self.catalog.get(sub.plan_id, sub.plan_version)
+            tz = zones.get(sub.customer_id, "UTC")
+            for period, start, end in due_windows(sub, plan, tz, as_of):
+                if invoice_key(sub.id, period) not in existing:
+                    jobs.append(_Job(sub, plan, period, start, end, tz))
+        return jobs
+
+    def _add_standalone_adjustments(self, batch: _InvoiceBatch, adjustments: list[Correction],
+                                    newest: dict[int, int], subs_by_id: dict[int, SubscriptionRow],
+                                    as_of: datetime, now: datetime, watermark: int) -> None:
+        """Adjustments for subscriptions with no new invoice: ended subscriptions get a
+        standalone invoice now; active ones wait for their next period's invoice."""
+        for fix in adjustments:
+            if fix.sub_id in newest:
+                continue
+            sub = subs_by_id[fix.sub_id]
+            if sub.ended_at is None or sub.ended_at > as_of:
+                continue
+            batch.add(self._correction_doc(sub, fix, "invoice", now, watermark), fix.lines, {}, None, [fix])
+
+    def _store_invoices(self, conn, batch: _InvoiceBatch, watermark: int, now: datetime) -> list[int]:
+        """Finalizes and writes the batch's invoices, their recheck counts and credit burns."""
+        self._finalize(batch.docs, repo.take_numbers(conn, "INV", len(batch.docs)), "INV", now)
+        ids = repo.insert_invoices(conn, batch.docs, batch.lines)
+        repo.insert_rechecks(conn, [{"invoice_id": i, "watermark": watermark, "events": n}
+                                    for i, n in zip(ids, batch.events) if n is not None])
+        self._record_burns(conn, ids, batch.burns, batch.lines)
+        return ids
+
+    def _store_credit_notes(self, conn, credit_notes: list[Correction], subs_by_id: dict[int, SubscriptionRow],
+                            watermark: int, now: datetime) -> list[int]:
+        """Finalizes and writes one credit note per net decrease."""
+        note_docs = [self._correction_doc(subs_by_id[fix.sub_id], fix, "credit_note", now, watermark)
+                     for fix in credit_notes]
+        note_lines = [fix.lines for fix in credit_notes]
+        self._finalize(note_docs, repo.take_numbers(conn, "CN", len(note_docs)), "CN", now)
+        note_ids = repo.insert_invoices(conn, note_docs, note_lines)
+        self._record_burns(conn, note_ids, [{}] * len(note_ids), note_lines)
+        return note_ids
 
     def _correction_doc(self, sub, fix: Correction, kind: str, now: datetime, watermark: int) -> dict:
         """A document of its own for one correction: a credit note (a net decrease, against

@@ -326,25 +326,16 @@ class Ledger:
         """Insert the new events, classify the rest, bump counters and agent task usage, all
         in ONE transaction. Returns the customers with budget alerts (on a plan that has
         them) whose current period it counted usage in (alerts measure the current period)."""
-        status, problems, rows, index, copies = staged.status, staged.problems, staged.rows, staged.index, staged.copies
+        status, problems, rows, index = staged.status, staged.problems, staged.rows, staged.index
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
             self._price_again(conn, staged)  # first: its lock comes before any other (cost_prices)
-            rows = staged.rows
             session = Session(bind=conn)
             named = set(map(_CUSTOMER, rows))
             customers = self._known_customers(session, named)
             if len(customers) < len(named):
-                kept_rows, kept_index = [], []
-                for i, p in _numbered(rows, index):
-                    if p.customer in customers:
-                        kept_rows.append(p)
-                        kept_index.append(i)
-                    else:
-                        status[i] = "rejected"
-                        problems[i] = (str(ErrorCode.CUSTOMER_NOT_FOUND),
-                                       f"unknown customer {p.customer!r}; create it first")
-                rows, index, named = kept_rows, kept_index, set(customers)
+                rows, index = _reject_unknown_customers(staged, rows, index, customers)
+                named = set(customers)
             inserted = event_store.insert_events(conn, rows)
             # subscriptions are read after the insert (billing.ledger.recount relies on this order)
             views = subscription_views(repository.subscription_rows(session, named), customers, self.catalog)
@@ -359,29 +350,15 @@ class Ledger:
             planner.add_tasks(new_rows)
             if missing:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
-                for i, p in missing:
-                    etype, ts, props = stored[(p.customer, p.event_id)]
-                    if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
-                        status[i] = "duplicate"
-                    else:
-                        status[i] = "conflict"
-                        problems[i] = (str(ErrorCode.EVENT_CONFLICT),
-                                       "an event with this id exists with different content; nothing changed")
+                _classify_existing(staged, missing, stored)
             event_store.upsert_counters(conn, planner.deltas)
             event_store.upsert_tasks(conn, planner.tasks, to_us(self.clock()))
             session.close()
-        for i, first, p in copies:  # a repeat of an event that was not stored
-            if status[first] == "rejected":  # (unknown customer): rejected alike
-                status[i] = status[first]
-                problems[i] = problems[first]
-            elif status[first] == "conflict":  # the stored version decides, as for a first copy
-                etype, ts, props = stored[(p.customer, p.event_id)]
-                if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
-                    status[i] = "duplicate"
-                    problems.pop(i, None)
-                else:
-                    status[i] = "conflict"
-                    problems[i] = problems[first]
+        _classify_copies(staged, stored)
+        return self._alerted_customers(views, planner)
+
+    def _alerted_customers(self, views: list, planner: CounterPlanner) -> set[str]:
+        """The customers on a plan with budget alerts whose current period a chunk's counters moved."""
         if self.alerts is None or not any(v.plan.budget_alerts is not None for v in views):
             return set()
         now_us = to_us(self.clock())
@@ -459,6 +436,50 @@ class _Staged:
 def _numbered(rows: list[Prepared], index: list[int] | None) -> list[tuple[int, Prepared]]:
     """(position in the chunk, row) pairs (``index`` None: row i is event i)."""
     return list(enumerate(rows)) if index is None else list(zip(index, rows))
+
+
+def _reject_unknown_customers(staged: _Staged, rows: list[Prepared], index: list[int] | None,
+                              customers: dict[str, str]) -> tuple[list[Prepared], list[int]]:
+    """The chunk's rows of known ``customers`` and their positions; the others are rejected."""
+    kept_rows, kept_index = [], []
+    for i, p in _numbered(rows, index):
+        if p.customer in customers:
+            kept_rows.append(p)
+            kept_index.append(i)
+        else:
+            staged.status[i] = "rejected"
+            staged.problems[i] = (str(ErrorCode.CUSTOMER_NOT_FOUND), f"unknown customer {p.customer!r}; create it first")
+    return kept_rows, kept_index
+
+
+def _classify_existing(staged: _Staged, missing: list[tuple[int, Prepared]],
+                       stored: dict[tuple[str, str], tuple]) -> None:
+    """Events whose id was stored already: a duplicate when the content matches, else a conflict."""
+    for i, p in missing:
+        etype, ts, props = stored[(p.customer, p.event_id)]
+        if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
+            staged.status[i] = "duplicate"
+        else:
+            staged.status[i] = "conflict"
+            staged.problems[i] = (str(ErrorCode.EVENT_CONFLICT),
+                                  "an event with this id exists with different content; nothing changed")
+
+
+def _classify_copies(staged: _Staged, stored: dict[tuple[str, str], tuple]) -> None:
+    """A repeat of an event within the chunk that was not stored takes its first copy's answer."""
+    status, problems = staged.status, staged.problems
+    for i, first, p in staged.copies:
+        if status[first] == "rejected":  # (unknown customer): rejected alike
+            status[i] = status[first]
+            problems[i] = problems[first]
+        elif status[first] == "conflict":  # the stored version decides, as for a first copy
+            etype, ts, props = stored[(p.customer, p.event_id)]
+            if (etype, ts, props) == (p.type, p.ts, json.loads(p.properties_json)):
+                status[i] = "duplicate"
+                problems.pop(i, None)
+            else:
+                status[i] = "conflict"
+                problems[i] = problems[first]
 
 
 def measured_properties(catalog: Catalog) -> frozenset[str]:

@@ -214,6 +214,28 @@ def scatter_svg(points: Sequence[tuple[Decimal, Decimal, str]] | Sequence[tuple[
     use_log = _wants_log(values) if log is None else log
     x = _Axis(values, left, left + side, use_log)
     y = _Axis(values, top + side, top, use_log)
+    parts.extend(_square_grid_and_break_even(x, y, left, top, side, currency))
+    many = len(series) > 1
+    parts.extend(_scatter_marks(series, x, y, currency))
+    scale = " (log scale; zero drawn at the axis floor)" if x.log else ""
+    parts.append(f'<text x="{left + side / 2:.0f}" y="{height - 8}" text-anchor="middle" class="axis-label">'
+                 f'provider cost{scale}</text>'
+                 f'<text transform="translate(14,{top + side / 2:.0f}) rotate(-90)" text-anchor="middle" '
+                 f'class="axis-label">revenue</text>')
+    if many:  # one entry a line, right of the square plot
+        for i, (name, _) in enumerate(series):
+            ly = top + 10 + 18 * i
+            parts.append(f'<rect x="{left + side + 14}" y="{ly - 9}" width="10" height="10" rx="2" '
+                         f'fill="{colour_of(name, i)}"/><text x="{left + side + 28}" y="{ly}" class="legend">'
+                         f'{escape(name[:26])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _square_grid_and_break_even(x: _Axis, y: _Axis, left: int, top: int, side: int, currency: str) -> list[str]:
+    """The shared ticks and grid of the square plot, its frame, the shaded losing half-plane
+    (revenue < cost) and the break-even diagonal."""
+    parts: list[str] = []
     for t in x.ticks:
         parts.append(f'<line class="grid" x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{top + side}"/>'
                      f'<text x="{x(t):.1f}" y="{top + side + 14}" text-anchor="middle" class="tick">'
@@ -230,6 +252,13 @@ def scatter_svg(points: Sequence[tuple[Decimal, Decimal, str]] | Sequence[tuple[
                  f'losing money</text>'
                  f'<text x="{left + side * 0.62:.1f}" y="{top + side * 0.38 - 6:.1f}" class="note" '
                  f'transform="rotate(-45 {left + side * 0.62:.1f} {top + side * 0.38 - 6:.1f})">break-even</text>')
+    return parts
+
+
+def _scatter_marks(series: list, x: _Axis, y: _Axis, currency: str) -> list[str]:
+    """One dot per customer (one colour per series); with one series, losing customers are red
+    and the worst few are named."""
+    parts: list[str] = []
     many = len(series) > 1
     for s, (name, pts) in enumerate(series):
         colour = colour_of(name, s)
@@ -246,19 +275,7 @@ def scatter_svg(points: Sequence[tuple[Decimal, Decimal, str]] | Sequence[tuple[
         for cost, revenue, label, *_ in losing:
             parts.append(f'<text x="{x(_f(cost)) + 7:.1f}" y="{y(_f(revenue)) + 4:.1f}" class="note loss">'
                          f'{escape(str(label)[:18])}</text>')
-    scale = " (log scale; zero drawn at the axis floor)" if x.log else ""
-    parts.append(f'<text x="{left + side / 2:.0f}" y="{height - 8}" text-anchor="middle" class="axis-label">'
-                 f'provider cost{scale}</text>'
-                 f'<text transform="translate(14,{top + side / 2:.0f}) rotate(-90)" text-anchor="middle" '
-                 f'class="axis-label">revenue</text>')
-    if many:  # one entry a line, right of the square plot
-        for i, (name, _) in enumerate(series):
-            ly = top + 10 + 18 * i
-            parts.append(f'<rect x="{left + side + 14}" y="{ly - 9}" width="10" height="10" rx="2" '
-                         f'fill="{colour_of(name, i)}"/><text x="{left + side + 28}" y="{ly}" class="legend">'
-                         f'{escape(name[:26])}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    return parts
 
 
 # ----------------------------------------------------------------------------------- bars

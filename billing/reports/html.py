@@ -113,11 +113,39 @@ def margins_html(report, title: str | None = None) -> str:
     cur = report.currency
     title = title or f"Margins {report.label}"
     whales = report.whales()
+    segments = report.usage_segments()
+    plans = report.plans()
+    parts = [f'<section class="kpis">{_margin_kpis(report, whales)}</section>',
+             f'<section class="grid">{"".join(_margin_charts(report, segments, plans))}</section>',
+             _segments_section(segments, cur), _whales_section(whales, cur), _plans_section(report, plans, cur)]
+    if report.by:
+        parts.append(_breakdown_section(report, cur))
+    if report.kept:
+        parts.append(_kept_section(report, cur))
+    parts.append(_customers_section(report, cur))
+    parts.append(_footer([
+        ("Revenue", "the lines of invoices and credit notes finalized by the as-of instant whose service period "
+                    "starts in the month (late-event adjustments count in the month they belong to); a period "
+                    "not invoiced yet is rated to date by the plan (recurring fees in advance in full)."),
+        ("Provider cost", "the cost stored with each event at ingestion, from the cost book in force at the event's "
+                          "time."),
+        ("Interactions", "events of type llm.call."),
+        ("Usage segments", "the customers at the 25th, 50th, 90th and 99th percentile of interactions (nearest rank)."),
+    ]))
+    return _page(title, _margin_subtitle(report), "".join(parts))
+
+
+def _margin_subtitle(report) -> str:
     sub = (f"Period {escape(report.label)} (calendar month in each customer's time zone) · as of "
            f"{escape(_when(report.as_of))} · {count(len(report.customers))} customers")
     if len(report.currencies) > 1:
         sub += f" · <b>several currencies ({escape(', '.join(report.currencies))}), added without conversion</b>"
-    kpis = "".join([
+    return sub
+
+
+def _margin_kpis(report, whales: list) -> str:
+    cur = report.currency
+    return "".join([
         _kpi("Revenue", money(report.revenue, cur, "$"), "invoiced, or rated to date"),
         _kpi("Provider cost", money(report.cost, cur, "$"), "stored cost of the events"),
         _kpi("Gross margin", money(report.margin, cur, "$"), "revenue - provider cost", _tone(report.margin)),
@@ -128,8 +156,9 @@ def margins_html(report, title: str | None = None) -> str:
         _kpi("Unpriced usage", count(sum(g.events for g in report.unpriced_usage)),
              "events with no price yet (cost 0 above)", "bad" if report.unpriced_usage else "good"),
     ])
-    segments = report.usage_segments()
-    plans = report.plans()
+
+
+def _margin_charts(report, segments: list, plans: list) -> list[str]:
     charts = [
         _card(histogram_svg(histogram(_margin_values(report.customers), MARGIN_EDGES), "Customer margin distribution"),
               "Distribution of customer margins",
@@ -156,59 +185,69 @@ def margins_html(report, title: str | None = None) -> str:
                                      f"By {report.by}", kind="breakdown"),
                             f"By {report.by}", f"Provider cost and allocated revenue per {report.by} "
                             f"(revenue split by {report.allocate})."))
-    parts = [f'<section class="kpis">{kpis}</section>', f'<section class="grid">{"".join(charts)}</section>']
+    return charts
 
-    parts.append("<h2>Usage segments</h2>")
-    parts.append('<ul class="sentences">' + "".join(f"<li>{escape(s.sentence())}</li>" for s in segments) + "</ul>")
-    parts.append(_table(["Segment", "Customer", "Plan", "Interactions", "Provider cost", "Revenue", "Margin", "Margin %"],
-                        [([f"{s.name} (P{s.percentile})", s.customer.customer, s.customer.plan or "",
-                           count(s.customer.interactions), money(s.customer.cost, cur), money(s.customer.revenue, cur),
-                           money(s.customer.margin, cur), pct(s.customer.margin_pct)],
-                          "neg" if s.customer.margin < 0 else "") for s in segments],
-                        [False, False, False, True, True, True, True, True]))
 
-    parts.append(f"<h2>Whales ({len(whales)})</h2>")
-    if whales:
-        parts.append(_table(["Customer", "Plan", "Interactions", "Revenue", "Provider cost", "Margin", "Margin %"],
+def _segments_section(segments: list, cur: str) -> str:
+    return ("<h2>Usage segments</h2>"
+            + '<ul class="sentences">' + "".join(f"<li>{escape(s.sentence())}</li>" for s in segments) + "</ul>"
+            + _table(["Segment", "Customer", "Plan", "Interactions", "Provider cost", "Revenue", "Margin", "Margin %"],
+                     [([f"{s.name} (P{s.percentile})", s.customer.customer, s.customer.plan or "",
+                        count(s.customer.interactions), money(s.customer.cost, cur), money(s.customer.revenue, cur),
+                        money(s.customer.margin, cur), pct(s.customer.margin_pct)],
+                       "neg" if s.customer.margin < 0 else "") for s in segments],
+                     [False, False, False, True, True, True, True, True]))
+
+
+def _whales_section(whales: list, cur: str) -> str:
+    heading = f"<h2>Whales ({len(whales)})</h2>"
+    if not whales:
+        return heading + '<p class="note">No whales: every customer\'s revenue covers its provider cost.</p>'
+    return heading + _table(["Customer", "Plan", "Interactions", "Revenue", "Provider cost", "Margin", "Margin %"],
                             [([w.customer, w.plan or "", count(w.interactions), money(w.revenue, cur),
                                money(w.cost, cur), money(w.margin, cur), pct(w.margin_pct)], "neg") for w in whales],
-                            [False, False, True, True, True, True, True]))
-    else:
-        parts.append('<p class="note">No whales: every customer\'s revenue covers its provider cost.</p>')
+                            [False, False, True, True, True, True, True])
 
-    parts.append("<h2>Plans</h2>" + _table(
+
+def _plans_section(report, plans: list, cur: str) -> str:
+    return "<h2>Plans</h2>" + _table(
         ["Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Whales"],
         [([plan, count(len(cs)), money(sum((c.revenue for c in cs), ZERO), cur), money(sum((c.cost for c in cs), ZERO), cur),
            money(sum((c.margin for c in cs), ZERO), cur),
            pct(margin_pct(sum((c.revenue for c in cs), ZERO), sum((c.cost for c in cs), ZERO))),
            count(sum(1 for c in cs if report.is_whale(c)))],
           "neg" if sum((c.margin for c in cs), ZERO) < 0 else "") for plan, cs in plans],
-        [False, True, True, True, True, True, True]))
+        [False, True, True, True, True, True, True])
 
-    if report.by:
-        rows = [([r.key, count(r.customers), count(r.events), money(r.cost, cur), money(r.revenue, cur),
-                  money(r.margin, cur), pct(r.margin_pct)], "neg" if r.margin < 0 else "") for r in report.breakdown]
-        rows.append((["All", "", count(sum(r.events for r in report.breakdown)), money(report.cost, cur),
-                      money(sum((r.revenue for r in report.breakdown), ZERO), cur), money(report.margin, cur),
-                      pct(report.margin_pct)], "total"))
-        parts.append(f"<h2>By {escape(report.by)} (chargeback totals)</h2>" + _table(
-            [report.by, "Customers", "Events", "Provider cost", "Revenue", "Margin", "Margin %"], rows,
-            [False, True, True, True, True, True, True]))
-        parts.append(f'<p class="note">Each customer\'s revenue is split across the {escape(report.by)} values its '
-                     f"events carry, by {'event count' if report.allocate == 'events' else 'provider cost'}, in whole "
-                     "cents. (none): events without the property, and the revenue of customers with none.</p>")
 
-    if report.kept:
-        parts.append("<h2>Unpriced and unmetered usage</h2>" + _table(
-            ["Kept as", "Model / type", "Customers", "Events", "Tokens", "Provider cost"],
-            [(["unpriced" if g.status == "unpriced" else "unmetered", g.key or "(no model)", count(g.customers),
-               count(g.events), count(g.tokens), money(Decimal(g.cost_pico) / PICO, cur)],
-              "neg" if g.status == "unpriced" else "") for g in report.kept],
-            [False, False, True, True, True, True]))
-        parts.append('<p class="note">Unpriced: events whose model had no price in the cost book; their cost counts 0 '
-                     "above until a price is added (billing costs add), which re-costs them. Unmetered: events of "
-                     "types no plan meters; their cost counts above, no revenue comes from them.</p>")
+def _breakdown_section(report, cur: str) -> str:
+    rows = [([r.key, count(r.customers), count(r.events), money(r.cost, cur), money(r.revenue, cur),
+              money(r.margin, cur), pct(r.margin_pct)], "neg" if r.margin < 0 else "") for r in report.breakdown]
+    rows.append((["All", "", count(sum(r.events for r in report.breakdown)), money(report.cost, cur),
+                  money(sum((r.revenue for r in report.breakdown), ZERO), cur), money(report.margin, cur),
+                  pct(report.margin_pct)], "total"))
+    return (f"<h2>By {escape(report.by)} (chargeback totals)</h2>" + _table(
+        [report.by, "Customers", "Events", "Provider cost", "Revenue", "Margin", "Margin %"], rows,
+        [False, True, True, True, True, True, True])
+        + f'<p class="note">Each customer\'s revenue is split across the {escape(report.by)} values its '
+        f"events carry, by {'event count' if report.allocate == 'events' else 'provider cost'}, in whole "
+        "cents. (none): events without the property, and the revenue of customers with none.</p>")
 
+
+def _kept_section(report, cur: str) -> str:
+    return ("<h2>Unpriced and unmetered usage</h2>" + _table(
+        ["Kept as", "Model / type", "Customers", "Events", "Tokens", "Provider cost"],
+        [(["unpriced" if g.status == "unpriced" else "unmetered", g.key or "(no model)", count(g.customers),
+           count(g.events), count(g.tokens), money(Decimal(g.cost_pico) / PICO, cur)],
+          "neg" if g.status == "unpriced" else "") for g in report.kept],
+        [False, False, True, True, True, True])
+        + '<p class="note">Unpriced: events whose model had no price in the cost book; their cost counts 0 '
+        "above until a price is added (billing costs add), which re-costs them. Unmetered: events of "
+        "types no plan meters; their cost counts above, no revenue comes from them.</p>")
+
+
+def _customers_section(report, cur: str) -> str:
+    """The customer table (the lowest margins first when there are too many) with its totals."""
     rows = []
     shown = report.customers
     if len(shown) > MAX_CUSTOMER_ROWS:  # the lowest margins first; the CSV / JSON export has everyone
@@ -220,24 +259,13 @@ def margins_html(report, title: str | None = None) -> str:
                      ("neg whale" if whale else "")))
     rows.append((["All", "", "", count(sum(c.interactions for c in report.customers)), money(report.revenue, cur),
                   money(report.cost, cur), money(report.margin, cur), pct(report.margin_pct)], "total"))
-    parts.append("<h2>Customers</h2>" + _table(
-        ["Customer", "Plan", "Revenue source", "Interactions", "Revenue", "Provider cost", "Margin", "Margin %"], rows,
-        [False, False, False, True, True, True, True, True]))
     note = "Rows are rounded to the cent; totals are exact sums rounded once."
     if len(shown) < len(report.customers):
         note += (f" Showing the {len(shown):,} customers with the lowest margin of {len(report.customers):,} "
                  "(the totals are over all; --csv or ?format=csv lists every customer).")
-    parts.append(f'<p class="note">{escape(note)}</p>')
-    parts.append(_footer([
-        ("Revenue", "the lines of invoices and credit notes finalized by the as-of instant whose service period "
-                    "starts in the month (late-event adjustments count in the month they belong to); a period "
-                    "not invoiced yet is rated to date by the plan (recurring fees in advance in full)."),
-        ("Provider cost", "the cost stored with each event at ingestion, from the cost book in force at the event's "
-                          "time."),
-        ("Interactions", "events of type llm.call."),
-        ("Usage segments", "the customers at the 25th, 50th, 90th and 99th percentile of interactions (nearest rank)."),
-    ]))
-    return _page(title, sub, "".join(parts))
+    return "<h2>Customers</h2>" + _table(
+        ["Customer", "Plan", "Revenue source", "Interactions", "Revenue", "Provider cost", "Margin", "Margin %"], rows,
+        [False, False, False, True, True, True, True, True]) + f'<p class="note">{escape(note)}</p>'
 
 
 def _footer(items: Sequence[tuple[str, str]]) -> str:

@@ -237,33 +237,72 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             hi = max((p.end for p in periods.values()), default=utc.end)
             subs = repo.subscriptions_overlapping(conn, lo, hi)
             lines = repo.billed_lines(conn, lo, hi, as_of)
-            # cost and counts per customer (and per property value), one query per time zone
-            by_zone: dict[Period, list[str]] = defaultdict(list)
-            for customer, p in periods.items():
-                by_zone[p].append(customer)
-            rows: list[repo.CostRow] = []
-            kept: list[FlaggedGroup] = []
-            for p, members in by_zone.items():
-                end = min(p.end, as_of)
-                if end <= p.start:
-                    continue
-                only = members if len(by_zone) > 1 else None
-                rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
-                                         interaction_type=interaction_type))
-                kept.extend(flagged_totals(conn, start_us=to_us(p.start), end_us=to_us(end), customers=only))
-            billed: dict[str, Decimal] = defaultdict(lambda: ZERO)
-            billed_subs: set[int] = set()
-            for ln in lines:
-                p = periods.get(ln.customer)
-                if p is not None and p.start <= ln.service_start < p.end:
-                    billed[ln.customer] += from_minor(ln.counts_at(as_of), ln.currency)
-                    if ln.subscription_id is not None:
-                        billed_subs.add(ln.subscription_id)
+            rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type)
+            billed, billed_subs = _billed_revenue(lines, periods, as_of)
             open_subs = [s for s in subs if s.id not in billed_subs]
             rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
         finally:
             conn.rollback()
+    rated_revenue: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for w in rated:
+        rated_revenue[w.customer] += w.invoice.total
+    customers = _customer_margins(rows, billed, rated_revenue, _plan_names(subs, periods), zones, periods)
+    report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct,
+                          kept=_merged(kept))
+    if by:
+        _breakdown(report, rows)
+    return report
 
+
+def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str | None,
+                    interaction_type: str) -> tuple[list[repo.CostRow], list[FlaggedGroup]]:
+    """Cost and counts per customer (and per property value), and the flagged events kept
+    out of them, up to ``as_of``: one query per time zone."""
+    by_zone: dict[Period, list[str]] = defaultdict(list)
+    for customer, p in periods.items():
+        by_zone[p].append(customer)
+    rows: list[repo.CostRow] = []
+    kept: list[FlaggedGroup] = []
+    for p, members in by_zone.items():
+        end = min(p.end, as_of)
+        if end <= p.start:
+            continue
+        only = members if len(by_zone) > 1 else None
+        rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
+                                 interaction_type=interaction_type))
+        kept.extend(flagged_totals(conn, start_us=to_us(p.start), end_us=to_us(end), customers=only))
+    return rows, kept
+
+
+def _billed_revenue(lines: list[repo.BilledLine], periods: dict[str, Period],
+                    as_of: datetime) -> tuple[dict[str, Decimal], set[int]]:
+    """What each customer's documents bill for its period as of ``as_of``, and the
+    subscriptions they bill."""
+    billed: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    billed_subs: set[int] = set()
+    for ln in lines:
+        p = periods.get(ln.customer)
+        if p is not None and p.start <= ln.service_start < p.end:
+            billed[ln.customer] += from_minor(ln.counts_at(as_of), ln.currency)
+            if ln.subscription_id is not None:
+                billed_subs.add(ln.subscription_id)
+    return billed, billed_subs
+
+
+def _plan_names(subs: list, periods: dict[str, Period]) -> dict[str, str]:
+    """customer -> ``plan@vN`` of the latest subscription in its period (``subs`` oldest first)."""
+    plan_of: dict[str, str] = {}
+    for s in subs:
+        p = periods.get(s.customer_id)
+        if p is not None and s.started_at < p.end and (s.ended_at is None or s.ended_at > p.start):
+            plan_of[s.customer_id] = f"{s.plan_id}@v{s.plan_version}"
+    return plan_of
+
+
+def _customer_margins(rows: list[repo.CostRow], billed: dict[str, Decimal], rated_revenue: dict[str, Decimal],
+                      plan_of: dict[str, str], zones: dict[str, tuple[str, str]],
+                      periods: dict[str, Period]) -> list[CustomerMargin]:
+    """One margin per customer with a cost, a billed amount or a plan, in customer order."""
     cost: dict[str, int] = defaultdict(int)
     events: dict[str, int] = defaultdict(int)
     inter: dict[str, int] = defaultdict(int)
@@ -271,14 +310,6 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
         cost[r.customer] += r.cost_pico
         events[r.customer] += r.events
         inter[r.customer] += r.interactions
-    rated_revenue: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    for w in rated:
-        rated_revenue[w.customer] += w.invoice.total
-    plan_of: dict[str, str] = {}
-    for s in subs:  # oldest first: the latest subscription in the period names the plan
-        p = periods.get(s.customer_id)
-        if p is not None and s.started_at < p.end and (s.ended_at is None or s.ended_at > p.start):
-            plan_of[s.customer_id] = f"{s.plan_id}@v{s.plan_version}"
     customers = []
     for customer in sorted(set(cost) | set(billed) | set(plan_of)):
         parts = [name for name, present in (("invoiced", customer in billed), ("rated", customer in rated_revenue))
@@ -287,11 +318,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
         customers.append(CustomerMargin(customer, plan_of.get(customer), revenue, "+".join(parts) or "none",
                                         Decimal(cost[customer]) / PICO, events[customer], inter[customer],
                                         zones.get(customer, ("UTC", "USD"))[1], periods.get(customer)))
-    report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct,
-                          kept=_merged(kept))
-    if by:
-        _breakdown(report, rows)
-    return report
+    return customers
 
 
 def _merged(groups: list[FlaggedGroup]) -> list[FlaggedGroup]:

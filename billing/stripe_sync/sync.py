@@ -268,18 +268,7 @@ class StripeSync:
         if sinv.get("status") == "void":
             raise PushFailed(f"Stripe invoice {sinv['id']} for this invoice is void in Stripe; ours is {inv.status}")
         if sinv.get("status") == "draft":
-            self._fill_draft(inv, lines, sinv)
-            sid = sinv["id"]
-            # never finalize a draft that differs from ours (e.g. a customer discount in Stripe)
-            problems = self._differences(inv, lines, plain(self.retry(lambda: self.client.v1.invoices.retrieve(sid))))
-            if problems:
-                raise PushFailed(f"Stripe draft {sid} differs, not finalized: " + "; ".join(problems))
-            # an invoice already paid here must not be collected again by Stripe
-            collect = inv.status != InvoiceStatus.PAID
-            sinv = self._ensure(
-                lambda: self._retrieve_unless(sid, ("draft",)),
-                lambda: self.client.v1.invoices.finalize_invoice(
-                    sid, params={"auto_advance": collect}, options={"idempotency_key": finalize_key(inv.id)}))
+            sinv = self._finalize_draft(inv, lines, sinv)
         if inv.status == InvoiceStatus.PAID and sinv.get("status") in ("open", "uncollectible"):
             sid = sinv["id"]
             sinv = self._ensure(
@@ -293,13 +282,32 @@ class StripeSync:
             return Outcome(inv.id, inv.number, "failed", sinv["id"],
                            reason=f"Stripe invoice ({sinv.get('status')}) differs: " + "; ".join(problems))
         if sinv.get("status") == "paid" and inv.status == InvoiceStatus.FINALIZED:
-            paid_at = (sinv.get("status_transitions") or {}).get("paid_at")
-            try:
-                lifecycle.apply(self.engine, inv.id, Action.PAY,
-                                datetime.fromtimestamp(paid_at, UTC) if paid_at else self.clock())
-            except BillingError as exc:  # changed here meanwhile (voided): reconcile keeps reporting it
-                raise PushFailed(f"paid in Stripe ({sinv['id']}), not marked paid here: {exc.message}") from exc
+            self._mark_paid_as_in_stripe(inv, sinv)
         return Outcome(inv.id, inv.number, "pushed" if created and first is None else "completed", sinv["id"])
+
+    def _finalize_draft(self, inv: Invoice, lines: list[InvoiceLineRow], sinv: dict) -> dict:
+        """Fills the Stripe draft with our lines and finalizes it, unless it then differs from ours."""
+        self._fill_draft(inv, lines, sinv)
+        sid = sinv["id"]
+        # never finalize a draft that differs from ours (e.g. a customer discount in Stripe)
+        problems = self._differences(inv, lines, plain(self.retry(lambda: self.client.v1.invoices.retrieve(sid))))
+        if problems:
+            raise PushFailed(f"Stripe draft {sid} differs, not finalized: " + "; ".join(problems))
+        # an invoice already paid here must not be collected again by Stripe
+        collect = inv.status != InvoiceStatus.PAID
+        return self._ensure(
+            lambda: self._retrieve_unless(sid, ("draft",)),
+            lambda: self.client.v1.invoices.finalize_invoice(
+                sid, params={"auto_advance": collect}, options={"idempotency_key": finalize_key(inv.id)}))
+
+    def _mark_paid_as_in_stripe(self, inv: Invoice, sinv: dict) -> None:
+        """Our finalized invoice, paid in Stripe: paid here too, at Stripe's payment time."""
+        paid_at = (sinv.get("status_transitions") or {}).get("paid_at")
+        try:
+            lifecycle.apply(self.engine, inv.id, Action.PAY,
+                            datetime.fromtimestamp(paid_at, UTC) if paid_at else self.clock())
+        except BillingError as exc:  # changed here meanwhile (voided): reconcile keeps reporting it
+            raise PushFailed(f"paid in Stripe ({sinv['id']}), not marked paid here: {exc.message}") from exc
 
     def _retrieve_unless(self, stripe_invoice_id: str, statuses: tuple[str, ...]) -> dict | None:
         """The Stripe invoice, or None while it is still in one of ``statuses``."""
