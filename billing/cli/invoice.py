@@ -200,7 +200,7 @@ def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
     from rich.table import Table
 
     from billing.cli.context import checked
-    from billing.invoicing.service import _from_minor
+    from billing.money import from_minor
     from billing.ledger.accounts import check_invoice_status
 
     if status is not None:
@@ -208,7 +208,7 @@ def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
     rows = _invoicing().list(customer, status)
     docs = [{"id": r.id, "number": r.number, "kind": r.kind, "status": r.status, "customer": r.customer_id,
              "period_start": r.period_start.isoformat(), "period_end": r.period_end.isoformat(),
-             "total": f"{_from_minor(r.total_minor, r.currency):f}", "currency": r.currency} for r in rows]
+             "total": f"{from_minor(r.total_minor, r.currency):f}", "currency": r.currency} for r in rows]
     if as_json:
         print_json(docs)
         return

@@ -21,10 +21,6 @@ def minor(amount: Decimal, currency: str) -> int:
     return int(round_line(amount, currency).scaleb(minor_units(currency)))
 
 
-def from_minor(value: int, currency: str) -> Decimal:
-    return Decimal(value).scaleb(-minor_units(currency))
-
-
 def invoice_key(subscription_id: int, period: Period) -> str:
     return f"inv:{subscription_id}:{to_us(period.start)}"
 

@@ -46,7 +46,7 @@ from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import lifecycle
 from billing.invoicing import repository as repo
-from billing.invoicing.documents import PICO, correction_key, doc_base, from_minor, invoice_key, invoice_row, line_rows
+from billing.invoicing.documents import PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows
 from billing.invoicing.late import Correction, late_changes
 from billing.invoicing.lifecycle import Action
 from billing.invoicing.usage import (
@@ -56,11 +56,10 @@ from billing.ledger.counters import to_micro
 from billing.store.models import Invoice, InvoiceLineRow
 from billing.store.types import to_us
 from billing.store.wide import join
-from billing.money import dec_str, minor_units
+from billing.money import dec_str, from_minor, minor_units
 from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import LineKind, MeterTotals, RatedInvoice
 
-_from_minor = from_minor  # kept for callers of the old private name
 # runs of a close whose transaction met another writer of the same rows (a deadlock, a
 # serialization failure, a document or correction written first by someone else)
 _ATTEMPTS = 3
@@ -472,11 +471,11 @@ def invoice_json(inv: Invoice, lines: list[InvoiceLineRow]) -> dict:
         "period": {"start": inv.period_start.isoformat().replace("+00:00", "Z"),
                    "end": inv.period_end.isoformat().replace("+00:00", "Z")},
         "lines": [{"description": ln.description, "kind": ln.kind, "key": ln.key, "quantity": ln.quantity,
-                   "unit_price": ln.unit_price, "amount": f"{_from_minor(ln.amount_minor, cur):f}",
+                   "unit_price": ln.unit_price, "amount": f"{from_minor(ln.amount_minor, cur):f}",
                    "service_period": {"start": ln.service_start.isoformat().replace("+00:00", "Z"),
                                       "end": ln.service_end.isoformat().replace("+00:00", "Z")}}
                   for ln in lines],
-        "total": f"{_from_minor(inv.total_minor, cur):f}",
+        "total": f"{from_minor(inv.total_minor, cur):f}",
         "provider_cost": dec_str(Decimal(join(inv.provider_cost_carry, inv.provider_cost_pico)) / PICO),
         "corrects_invoice_id": inv.corrects_invoice_id,
         "finalized_at": inv.finalized_at.isoformat() if inv.finalized_at else None,
