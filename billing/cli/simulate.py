@@ -53,73 +53,18 @@ def simulate(
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report with charts.")] = None,
 ) -> None:
     """Rate usage under candidate plans: revenue, provider cost and margin per plan and segment."""
-    from billing.catalog import PlanInvalid, load_plan_file
+    from billing.catalog import PlanInvalid
     from billing.errors import BillingError
-    from billing.simulate.levers import Levers, parse_route
-    from billing.simulate.spec import load_spec, spec_plans
+    from billing.simulate.spec import load_spec
 
     if (population is None) == (history is None):
         _fail("give exactly one of --population SPEC.yaml or --history YYYY-MM")
     try:
         spec = load_spec(population) if population else None
-        plans = [load_plan_file(p) for p in plan or []]
-        if not plans and spec is not None:
-            plans = spec_plans(spec, population)
-        if not plans:
-            _fail("no plans: pass --plan PLAN.yaml (repeatable)")
-        refs = [p.ref for p in plans]
-        if len(set(refs)) != len(refs):
-            _fail(f"the same plan version was given twice: {', '.join(refs)}")
-        levers = spec.levers if spec else Levers()
-        updates: dict = {}
-        if cost_scale is not None:
-            updates["cost_scale"] = _dec(cost_scale, "--cost-scale")
-        if cost_date is not None:
-            try:
-                updates["cost_date"] = date.fromisoformat(cost_date)
-            except ValueError:
-                _fail(f"--cost-date: not a date (YYYY-MM-DD): {cost_date!r}")
-        if route is not None:
-            try:
-                updates["route"] = parse_route(route, route_from)
-            except ValueError as exc:
-                _fail(f"--route: {exc}")
-        if cache_hit is not None:
-            updates["cache_hit_rate"] = _dec(cache_hit, "--cache-hit")
-        if batch_share is not None:
-            updates["batch_share"] = _dec(batch_share, "--batch-share")
-        if max_output is not None:
-            updates["max_output_tokens"] = max_output
-        if updates:
-            try:
-                levers = Levers.model_validate({**levers.model_dump(), **updates})
-            except ValueError as exc:
-                _fail(f"levers: {exc}")
-        from billing.simulate.core import simulate as run_simulation
-
-        if spec is not None:
-            from billing.cli.context import cost_book
-
-            customers, period = spec.customer_inputs(seed), spec.the_period()
-            book = spec.book(None if spec.prices is not None else cost_book())
-            with _progress(len(customers)) as advance:
-                sim = run_simulation(plans, customers, period, book, levers=levers, source="synthetic",
-                                     progress=advance)
-        else:
-            from sqlalchemy.exc import SQLAlchemyError
-
-            from billing.cli.context import cost_book, engine
-            from billing.simulate.history import simulate_history
-
-            try:
-                with _progress(None) as advance:
-                    sim = simulate_history(engine(), history, plans, cost_book(), levers=levers,
-                                           progress=advance)
-            except ValueError as exc:
-                _fail(f"--history: {exc}")
-            except SQLAlchemyError as exc:
-                _fail(f"cannot read the ledger (BILLING_DATABASE_URL; run `billing db upgrade`?): "
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        plans = _candidate_plans(plan, spec, population)
+        levers = _levers(spec, cost_scale=cost_scale, cost_date=cost_date, route=route, route_from=route_from,
+                         cache_hit=cache_hit, batch_share=batch_share, max_output=max_output)
+        sim = _synthetic(plans, spec, seed, levers) if spec is not None else _history(plans, history, levers)
     except PlanInvalid as exc:
         _fail("invalid plan\n" + "\n".join(str(p) for p in exc.problems))
     except BillingError as exc:
@@ -136,6 +81,83 @@ def simulate(
     print_simulation(sim, top)
     if html is not None:
         console.print(f"HTML report written to {html}", highlight=False)
+
+
+def _candidate_plans(plan_files: list[Path] | None, spec, population: Path | None) -> list:
+    """The plans given (``--plan``), else the spec's; each plan version once."""
+    from billing.catalog import load_plan_file
+    from billing.simulate.spec import spec_plans
+
+    plans = [load_plan_file(p) for p in plan_files or []]
+    if not plans and spec is not None:
+        plans = spec_plans(spec, population)
+    if not plans:
+        _fail("no plans: pass --plan PLAN.yaml (repeatable)")
+    refs = [p.ref for p in plans]
+    if len(set(refs)) != len(refs):
+        _fail(f"the same plan version was given twice: {', '.join(refs)}")
+    return plans
+
+
+def _levers(spec, *, cost_scale: str | None, cost_date: str | None, route: str | None, route_from: str | None,
+            cache_hit: str | None, batch_share: str | None, max_output: int | None):
+    """The spec's levers (or none), with the options given on the command line applied."""
+    from billing.simulate.levers import Levers, parse_route
+
+    levers = spec.levers if spec else Levers()
+    updates: dict = {}
+    if cost_scale is not None:
+        updates["cost_scale"] = _dec(cost_scale, "--cost-scale")
+    if cost_date is not None:
+        try:
+            updates["cost_date"] = date.fromisoformat(cost_date)
+        except ValueError:
+            _fail(f"--cost-date: not a date (YYYY-MM-DD): {cost_date!r}")
+    if route is not None:
+        try:
+            updates["route"] = parse_route(route, route_from)
+        except ValueError as exc:
+            _fail(f"--route: {exc}")
+    if cache_hit is not None:
+        updates["cache_hit_rate"] = _dec(cache_hit, "--cache-hit")
+    if batch_share is not None:
+        updates["batch_share"] = _dec(batch_share, "--batch-share")
+    if max_output is not None:
+        updates["max_output_tokens"] = max_output
+    if not updates:
+        return levers
+    try:
+        return Levers.model_validate({**levers.model_dump(), **updates})
+    except ValueError as exc:
+        _fail(f"levers: {exc}")
+
+
+def _synthetic(plans: list, spec, seed: int | None, levers):
+    """Simulate the spec's synthetic population."""
+    from billing.cli.context import cost_book
+    from billing.simulate.core import simulate as run_simulation
+
+    customers, period = spec.customer_inputs(seed), spec.the_period()
+    book = spec.book(None if spec.prices is not None else cost_book())
+    with _progress(len(customers)) as advance:
+        return run_simulation(plans, customers, period, book, levers=levers, source="synthetic", progress=advance)
+
+
+def _history(plans: list, month: str, levers):
+    """Re-rate a past month of the ledger under the plans."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from billing.cli.context import cost_book, engine
+    from billing.simulate.history import simulate_history
+
+    try:
+        with _progress(None) as advance:
+            return simulate_history(engine(), month, plans, cost_book(), levers=levers, progress=advance)
+    except ValueError as exc:
+        _fail(f"--history: {exc}")
+    except SQLAlchemyError as exc:
+        _fail(f"cannot read the ledger (BILLING_DATABASE_URL; run `billing db upgrade`?): "
+              f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
 
 
 @contextmanager
@@ -184,6 +206,13 @@ def print_simulation(sim, top: int = 5) -> None:
     console.print(f"[bold]Simulation[/bold] of {what}, period {sim.period.label}", highlight=False)
     for line in sim.levers.describe():
         console.print(f"  lever: {line}", highlight=False)
+    console.print(_plans_table(sim))
+    for plan in sim.plans:
+        _print_plan_detail(sim, plan, top)
+
+
+def _plans_table(sim):
+    """The plans side by side (and what was actually billed, for a history)."""
     actual = sim.actual_totals()
     table = _table("Plan", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Break-even / seat",
                    "Throttled", title="Plans side by side",
@@ -203,44 +232,56 @@ def print_simulation(sim, top: int = 5) -> None:
         table.add_row(f"{plan.ref} — {plan.name}", f"{total.customers:,}", _m(total.revenue, c), cost,
                       f"[red]{margin}[/red]" if total.margin < 0 else margin, _p(total.margin_pct),
                       _be(total.break_even_seat_price(), c), f"{len(sim.throttled(plan.ref)):,}")
-    console.print(table)
-    for plan in sim.plans:
+    return table
+
+
+def _print_plan_detail(sim, plan, top: int) -> None:
+    """One plan's segments, actual plans, margin distribution, movers and throttled customers."""
+    c = plan.currency
+    seg = _table("Segment", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Revenue / customer",
+                 "Break-even / seat", title=f"{plan.ref}: by segment")
+    for name, a in sim.segments(plan.ref).items():
+        margin = _m(a.margin, c)
+        seg.add_row(name, f"{a.customers:,}", _m(a.revenue, c), _m(a.cost, c),
+                    f"[red]{margin}[/red]" if a.margin < 0 else margin, _p(a.margin_pct),
+                    _m(a.revenue / a.customers if a.customers else None, c), _be(a.break_even_seat_price(), c))
+    console.print(seg)
+    groups = sim.groups(plan.ref, "actual_plan") if sim.has_actual else {}
+    if len(groups) > 1:
+        gt = _table("Actual plan", "Customers", "Billed", "Simulated", "Provider cost", "Margin", "Margin %",
+                    title=f"{plan.ref}: by the plan customers are on")
+        for name, a in groups.items():
+            gt.add_row(name, f"{a.customers:,}", _m(a.actual, c), _m(a.revenue, c), _m(a.cost, c),
+                       _m(a.margin, c), _p(a.margin_pct))
+        console.print(gt)
+    dist = " ".join(f"[{b.label()}]: {b.count}" for b in sim.margin_distribution(plan.ref) if b.count)
+    console.print(f"  customer margin % distribution: {dist}", highlight=False)
+    _print_movers(sim, plan, top)
+    _print_throttled(sim, plan, top)
+
+
+def _print_movers(sim, plan, top: int) -> None:
+    movers = sim.movers(plan.ref, top)
+    if movers and (sim.has_actual or plan is not sim.plans[0]):
         c = plan.currency
-        seg = _table("Segment", "Customers", "Revenue", "Provider cost", "Margin", "Margin %", "Revenue / customer",
-                     "Break-even / seat", title=f"{plan.ref}: by segment")
-        for name, a in sim.segments(plan.ref).items():
-            margin = _m(a.margin, c)
-            seg.add_row(name, f"{a.customers:,}", _m(a.revenue, c), _m(a.cost, c),
-                        f"[red]{margin}[/red]" if a.margin < 0 else margin, _p(a.margin_pct),
-                        _m(a.revenue / a.customers if a.customers else None, c), _be(a.break_even_seat_price(), c))
-        console.print(seg)
-        groups = sim.groups(plan.ref, "actual_plan") if sim.has_actual else {}
-        if len(groups) > 1:
-            gt = _table("Actual plan", "Customers", "Billed", "Simulated", "Provider cost", "Margin", "Margin %",
-                        title=f"{plan.ref}: by the plan customers are on")
-            for name, a in groups.items():
-                gt.add_row(name, f"{a.customers:,}", _m(a.actual, c), _m(a.revenue, c), _m(a.cost, c),
-                           _m(a.margin, c), _p(a.margin_pct))
-            console.print(gt)
-        dist = " ".join(f"[{b.label()}]: {b.count}" for b in sim.margin_distribution(plan.ref) if b.count)
-        console.print(f"  customer margin % distribution: {dist}", highlight=False)
-        movers = sim.movers(plan.ref, top)
-        if movers and (sim.has_actual or plan is not sim.plans[0]):
-            ref = "actual bill" if sim.has_actual else f"{sim.plans[0].ref}"
-            mv = _table("Customer", "Segment", ref.capitalize(), "Simulated", "Change",
-                        title=f"{plan.ref}: biggest changes vs {ref}")
-            for r, reference, delta in movers:
-                mv.add_row(r.customer, r.segment, _m(reference, c), _m(r.revenue, c), _m(delta, c))
-            console.print(mv)
-        throttled = sim.throttled(plan.ref)
-        if throttled:
-            tt = _table("Customer", "Segment", "Charge", "Policy", "Used", "Included", "Beyond",
-                        title=f"{plan.ref}: {len(throttled):,} customer(s) would have been throttled "
-                              "(past included units under block / downgrade / rate_limit)")
-            for r in throttled[:top]:
-                for t in r.throttled:
-                    tt.add_row(r.customer, r.segment, t.charge, t.policy, f"{t.units:,}", f"{t.included:,}",
-                               f"{t.beyond:,}")
-            if len(throttled) > top:
-                tt.add_row(f"… and {len(throttled) - top:,} more", "", "", "", "", "", "")
-            console.print(tt)
+        ref = "actual bill" if sim.has_actual else f"{sim.plans[0].ref}"
+        mv = _table("Customer", "Segment", ref.capitalize(), "Simulated", "Change",
+                    title=f"{plan.ref}: biggest changes vs {ref}")
+        for r, reference, delta in movers:
+            mv.add_row(r.customer, r.segment, _m(reference, c), _m(r.revenue, c), _m(delta, c))
+        console.print(mv)
+
+
+def _print_throttled(sim, plan, top: int) -> None:
+    throttled = sim.throttled(plan.ref)
+    if throttled:
+        tt = _table("Customer", "Segment", "Charge", "Policy", "Used", "Included", "Beyond",
+                    title=f"{plan.ref}: {len(throttled):,} customer(s) would have been throttled "
+                          "(past included units under block / downgrade / rate_limit)")
+        for r in throttled[:top]:
+            for t in r.throttled:
+                tt.add_row(r.customer, r.segment, t.charge, t.policy, f"{t.units:,}", f"{t.included:,}",
+                           f"{t.beyond:,}")
+        if len(throttled) > top:
+            tt.add_row(f"… and {len(throttled) - top:,} more", "", "", "", "", "", "")
+        console.print(tt)
