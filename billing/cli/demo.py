@@ -29,7 +29,6 @@ PLAN_BY_SEGMENT = {
     "heavy": ["team", "support-chatbot"],
     "power": ["cursor-pro"],
 }
-PICO = Decimal(10) ** 12
 
 
 def demo(
@@ -40,35 +39,56 @@ def demo(
 ) -> None:
     """Run the whole loop on a fresh SQLite ledger: customers, a month of events, close, invoices, margins."""
     from billing.invoicing.service import Invoicing, invoice_json
-    from billing.ledger.accounts import Accounts
-    from billing.store.db import make_engine, upgrade
-    from billing.ledger.ingest import Ledger
 
     try:
         catalog = Catalog.from_paths(plans_dir)
     except PlanInvalid as exc:
         fail(f"cannot load the plans in {plans_dir!s} (run from the project root, or pass --plans DIR)\n"
              + "\n".join(str(p) for p in exc.problems))
+    engine = _fresh_ledger(db)
+    period = calendar_month(2026, 10)
+    now = period.end + timedelta(hours=1)
+    population = Population({"light": 5, "medium": 4, "heavy": 2, "power": 1})
+    _subscribe(engine, catalog, population, period)
+    _ingest(engine, catalog, list(population_events(population, period.start, period.end, seed)), now, db)
+
+    invoicing = Invoicing(engine, catalog, clock=lambda: now)
+    closed = invoicing.close(period.end)
+    console.print(f"closed {period.label or '2026-10'}: {len(closed.invoices)} invoices finalized\n", highlight=False)
+    docs = [invoice_json(*invoicing.get(i)) for i in closed.invoices]
+    _print_invoices(docs, show)
+    _print_margins(docs)
+
+
+def _fresh_ledger(db: Path):
+    """A new, migrated SQLite ledger at ``db`` (an old one and its WAL files removed)."""
+    from billing.store.db import make_engine, upgrade
+
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{db}"
     upgrade(url)
-    engine = make_engine(url)
-    period = calendar_month(2026, 10)
-    now = period.end + timedelta(hours=1)
+    return make_engine(url)
+
+
+def _subscribe(engine, catalog: Catalog, population: Population, period) -> None:
+    """Each customer of the population on a plan of its segment; launch credits for one."""
+    from billing.ledger.accounts import Accounts
+
     accounts = Accounts(engine, catalog)
-    population = Population({"light": 5, "medium": 4, "heavy": 2, "power": 1})
-    plan_of: dict[str, str] = {}
     for customer, segment in population.customers():
         options = PLAN_BY_SEGMENT[segment.name]
         index = int(customer.rsplit("-", 1)[1]) - 1
-        plan_of[customer] = options[index % len(options)]
         accounts.create_customer(customer, name=f"{segment.name.title()} user", now=period.start)
-        accounts.subscribe(customer, plan_of[customer], at=period.start, seats=3 if segment.name != "light" else 1)
+        accounts.subscribe(customer, options[index % len(options)], at=period.start,
+                           seats=3 if segment.name != "light" else 1)
     accounts.grant_credits("medium-002", Decimal("25.00"), at=period.start, name="Launch credits",
                            grant_id="launch-medium-002")
 
-    events = list(population_events(population, period.start, period.end, seed))
+
+def _ingest(engine, catalog: Catalog, events: list, now, db: Path) -> None:
+    from billing.ledger.ingest import Ledger
+
     ledger = Ledger(engine, catalog, clock=lambda: now)
     with Progress(TextColumn("ingesting events"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as bar:
@@ -76,10 +96,9 @@ def demo(
         result = ledger.record(events, chunk_size=2000, progress=lambda n: bar.advance(task, n))
     console.print(f"ledger: {result.accepted} events accepted into {db}", highlight=False)
 
-    invoicing = Invoicing(engine, catalog, clock=lambda: now)
-    closed = invoicing.close(period.end)
-    console.print(f"closed {period.label or '2026-10'}: {len(closed.invoices)} invoices finalized\n", highlight=False)
-    docs = [invoice_json(*invoicing.get(i)) for i in closed.invoices]
+
+def _print_invoices(docs: list[dict], show: int) -> None:
+    """The ``show`` largest invoices in full."""
     for doc in sorted(docs, key=lambda d: d["total"], reverse=True)[:show]:
         table = Table("Description", "Quantity", "Unit price", "Amount (USD)", title_justify="left",
                       title=f"{doc['number']} — {doc['customer']} — {doc['plan']['id']} — October 2026")
@@ -89,6 +108,8 @@ def demo(
         table.add_row("[bold]Total[/bold]", "", "", f"[bold]{doc['total']}[/bold]")
         console.print(table)
 
+
+def _print_margins(docs: list[dict]) -> None:
     summary = Table("Customer", "Plan", "Invoice", "Revenue", "Provider cost", "Gross margin", "Margin %",
                     title="Revenue, provider cost and gross margin per customer (October 2026)",
                     title_justify="left")
