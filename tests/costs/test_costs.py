@@ -182,7 +182,7 @@ def test_defaults_and_validation():
     with pytest.raises(ValueError):
         ModelPrice(model="x", provider="p", effective_from=date(2025, 1, 1), input="-1", output="8",
                    source="s", retrieved=date(2026, 1, 1))
-    with pytest.raises(CostBookError, match=r"models\[0\] \(x\)\.batch_discount"):
+    with pytest.raises(CostBookError, match=r"<text>:6: models\[0\]\.batch_discount: .*must be a fraction between 0 and 1 .*\(x\)"):
         CostBook.from_yaml_text(SMALL_BOOK.split("models:")[0] + 'models:\n  - {model: x, effective_from: 2025-01-01,'
                                 ' input: "1", output: "2", batch_discount: "1.5"}')
 
