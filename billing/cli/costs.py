@@ -77,7 +77,7 @@ def import_cmd(
     retrieved: Annotated[str | None, typer.Option(help="Date the file was read (default: --effective-from).")] = None,
     provider: Annotated[list[str] | None, typer.Option("--provider", help="Keep only these litellm_provider values.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the cost data YAML here (default: stdout).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a summary (kept, skipped, notes) as JSON "
+    as_json: Annotated[bool, typer.Option("--json", help="Print a summary (kept, skipped, notes, unmapped price fields) as JSON "
                                                       "instead of the YAML (use with --output).")] = False,
     add: Annotated[bool, typer.Option("--add", help="Also add the prices to the ledger (as `costs add`) and "
                                                     "re-cost the unpriced events they price.")] = False,
@@ -103,13 +103,16 @@ def import_cmd(
     elif not as_json:
         typer.echo(text, nl=False)
     summary = {"kept": len(result.book), "skipped": len(result.skipped), "notes": result.notes,
-               "output": str(output) if output else None}
+               "unmapped": result.unmapped, "output": str(output) if output else None}
     added = _add(list(result.book), f"litellm:{path.name}", quiet=as_json) if add else None
     if as_json:
         print_json({**summary, "skipped_reasons": result.skipped, **({"ledger": added} if added else {})})
     else:
         err_console.print(f"kept {summary['kept']} model price(s), skipped {summary['skipped']}; "
-                          f"{len(result.notes)} note(s) on price variants not modelled", highlight=False)
+                          f"{len(result.notes)} note(s) on how prices were read", highlight=False)
+        for name, keys in result.unmapped.items():
+            err_console.print(f"  not mapped: {escape(name)} ({len(keys)} model(s), e.g. {escape(keys[0])})",
+                              highlight=False)
         if added:
             _print_added(added, err_console)
 
