@@ -44,7 +44,7 @@ from pydantic import Field, ValidationError, field_validator
 from billing.errors import BillingError, ErrorCode
 from billing.events import UsageEvent
 from billing.catalog.loader import _line_of
-from billing.costs.rates import (PROMPT_RATES, RATE_DEFAULTS, SERVICE_TIERS, STANDARD_TIER, RateCard, Rates,
+from billing.costs.rates import (PROMPT_RATES, RATE_DEFAULTS, STANDARD_TIER, RateCard, Rates, ServiceTier,
                                   price_decimal, tier_name)
 from billing.money import ONE, ZERO, dec_str, to_decimal
 
@@ -90,7 +90,7 @@ class ModelPrice(RateCard):
     provider: str = Field(min_length=1)
     effective_from: date
     batch_discount: Decimal = ZERO
-    service_tiers: dict[str, RateCard] = Field(default_factory=dict)
+    service_tiers: dict[ServiceTier, RateCard] = Field(default_factory=dict)
     per_unit: dict[str, Decimal] = Field(default_factory=dict)
     source: str = Field(min_length=1)
     retrieved: date
@@ -104,23 +104,17 @@ class ModelPrice(RateCard):
             raise ValueError("must be a fraction between 0 and 1 (0.5 = 50% off)")
         return number
 
-    @field_validator("service_tiers")
-    @classmethod
-    def _tier_names(cls, tiers: dict[str, RateCard]) -> dict[str, RateCard]:
-        unknown = sorted(set(tiers) - set(SERVICE_TIERS))
-        if unknown:
-            raise ValueError(f"unknown service tier(s) {unknown}: the tiers are {list(SERVICE_TIERS)}")
-        return tiers
-
     @field_validator("per_unit", mode="before")
     @classmethod
     def _unit_prices(cls, prices: Any) -> Any:
         if not isinstance(prices, dict):
             return prices
-        problems = [f"{name!r} is a token count (priced per 1M tokens by the rates)" for name in prices
-                    if not isinstance(name, str) or not _PROPERTY_NAME.fullmatch(name) or name.endswith("_tokens")]
+        problems = [f"{name!r} is not a property name (lowercase letters, digits, _)" for name in prices
+                    if not isinstance(name, str) or not _PROPERTY_NAME.fullmatch(name)]
+        problems += [f"{name!r} is a token count (priced per 1M tokens by the rates)" for name in prices
+                     if isinstance(name, str) and name.endswith("_tokens")]
         if problems:
-            raise ValueError("per_unit keys are event property names (lowercase, digits, _): " + "; ".join(problems))
+            raise ValueError("per_unit keys are the event properties priced per unit: " + "; ".join(problems))
         return {name: price_decimal(value) for name, value in prices.items()}
 
     @field_validator("effective_from", "retrieved", mode="before")

@@ -17,7 +17,7 @@ Pure: no database, HTTP or clock reads.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,7 +27,8 @@ TOKEN_RATES = ("input", "output", "cache_read", "cache_write", "cache_write_1h",
 PROMPT_RATES = ("input", "cache_read", "cache_write", "cache_write_1h")  # the tokens that form the prompt
 # rate -> the rate it defaults to when a data file leaves it out
 RATE_DEFAULTS = {"cache_read": "input", "cache_write": "input", "cache_write_1h": "cache_write", "reasoning": "output"}
-SERVICE_TIERS = ("batch", "priority", "flex")
+ServiceTier = Literal["batch", "priority", "flex"]  # the tiers a price may have a card for
+SERVICE_TIERS: tuple[str, ...] = get_args(ServiceTier)
 STANDARD_TIER = "standard"
 STANDARD_NAMES = frozenset({"standard", "default", "auto", ""})  # what providers call the standard tier
 
@@ -39,9 +40,17 @@ def fill_rate_defaults(data: Any) -> Any:
     data = dict(data)
     for key, fallback in RATE_DEFAULTS.items():
         if data.get(key) is None:
-            # Placeholder when the fallback is missing too: that field's error is enough.
-            data[key] = data[fallback] if data.get(fallback) is not None else Decimal(0)
+            # Placeholder when the fallback is missing or invalid: that field's error is enough.
+            data[key] = data[fallback] if _is_price(data.get(fallback)) else Decimal(0)
     return data
+
+
+def _is_price(value: Any) -> bool:
+    try:
+        price_decimal(value)
+    except ValueError:
+        return False
+    return True
 
 
 def price_decimal(value: Any) -> Decimal:
