@@ -360,7 +360,10 @@ def test_costs_package_is_pure():
 # -- the real LiteLLM format -------------------------------------------------------------------
 # tests/costs/data/litellm_excerpt.json: entries copied unchanged from LiteLLM 1.110.2's
 # model_prices_and_context_window.json (long-context, flex, priority and 1-hour cache-write
-# variants, provider-prefixed keys, non-chat modes, the sample_spec documentation entry).
+# variants, provider-prefixed keys, non-chat modes, the sample_spec documentation entry), and
+# two written in its shape on 2026-12-07 (not copied): claude-sonnet-4-5 (an Anthropic
+# long-context tier without a 1-hour rate above 200k) and gemini-1.5-pro (per-image and
+# per-audio-second prices, per-character and per-video-second ones the book does not model).
 
 
 def test_import_the_real_litellm_format():
@@ -388,6 +391,16 @@ def test_import_the_real_litellm_format():
     assert result.unmapped["input_cost_per_audio_token"] == ["gemini/gemini-3-flash-preview"]
     assert not any(k.startswith(("input_cost_per_token", "output_cost_per_token", "cache_")) and "audio" not in k
                    for k in result.unmapped)
+    # an Anthropic long-context tier: its 1-hour rate, not given, follows its input (2x)
+    sonnet = book.price_for("claude-sonnet-4-5", AT.replace(year=2027))
+    assert sonnet.context_tiers[0].rates() == {"input": D(6), "output": D("22.5"), "cache_read": D("0.6"),
+                                               "cache_write": D("7.5"), "cache_write_1h": D(12), "reasoning": D("22.5")}
+    assert "cache_write_1h not given" in result.notes["claude-sonnet-4-5"] and sonnet.batch_discount == D("0.5")
+    # per-unit prices; what has no place in the book is reported
+    old = book.price_for("gemini-1.5-pro", AT.replace(year=2027))
+    assert old.per_unit == {"input_images": D("0.00032875"), "input_audio_seconds": D("0.00003125")}
+    for name in ("input_cost_per_image_above_128k_tokens", "input_cost_per_character", "input_cost_per_video_per_second"):
+        assert result.unmapped[name] == ["gemini-1.5-pro"]
     # Gemini's batch cache reads are not discounted: an explicit batch card, with its own context tier
     gemini = book.price_for("gemini-3.1-pro-preview", AT.replace(year=2027))
     assert gemini.service_tiers["batch"].cache_read == D("0.2") and gemini.batch_discount == 0
@@ -403,7 +416,7 @@ def test_shipped_current_models_match_the_real_litellm_prices():
     shipped = CostBook.load_default()
     later = datetime(2027, 1, 1, tzinfo=UTC)
     for model in ("claude-opus-4-7", "claude-sonnet-4-6", "gpt-5.5", "gpt-5.4-mini", "gemini-3.1-pro-preview",
-                  "gemini-3-flash-preview"):
+                  "gemini-3-flash-preview", "claude-sonnet-4-5"):
         ours, theirs = shipped.price_for(model, later), imported.price_for(model, later)
         assert (ours.prices(), ours.batch_discount) == (theirs.prices(), theirs.batch_discount), model
         assert extra_fields(ours) == extra_fields(theirs), model  # 1h writes, context/service tiers, per unit
