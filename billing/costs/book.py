@@ -18,9 +18,17 @@ Data-file format (one file per provider, several YAML documents allowed)::
         input: "3"                       # NON-cached input tokens
         output: "15"
         cache_read: "0.30"               # default: input
-        cache_write: "3.75"              # default: input
+        cache_write: "3.75"              # 5-minute cache writes; default: input
+        cache_write_1h: "6"              # default: cache_write
         # reasoning: default output
+        context_tiers:                   # a prompt over `above` tokens: the whole request at these rates
+          - {above: 200000, input: "6", output: "22.50", cache_read: "0.60", cache_write: "7.50", cache_write_1h: "12"}
+        service_tiers:                   # batch / priority / flex: rates (+ context_tiers) per tier
+          priority: {input: "5", output: "25", cache_read: "0.50"}
+        per_unit: {web_search_requests: "0.01"}   # USD per unit of an event property
         aliases: [claude-sonnet-4-5-20250929]
+
+Problems are reported all at once as ``file:line: path: message``.
 """
 
 from __future__ import annotations

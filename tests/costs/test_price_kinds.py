@@ -262,3 +262,5 @@ def test_the_worked_example_of_the_readme():
         "input": D("0.45"), "cache_read": D("0.012"), "cache_write": D("0.0375"), "cache_write_1h": D("0.12"),
         "output": D("0.09"), "reasoning": D("0.0225"), "web_search_requests": D("0.03")}
     assert event_cost(event, book) == D("0.762")
+    at_the_threshold = event.model_copy(update={"properties": {**WORKED_EXAMPLE, "input_tokens": 130_000}})
+    assert event_cost(at_the_threshold, book) == D("0.38475")
