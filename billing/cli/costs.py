@@ -15,7 +15,7 @@ from rich.table import Table
 
 from billing.cli.context import catalog, cost_book, engine, fail
 from billing.cli.render import console, err_console, print_json
-from billing.costs import CostBook, CostBookError, ModelPrice, dump_yaml, import_litellm
+from billing.costs import CostBook, CostBookError, ModelPrice, dump_yaml, extra_fields, import_litellm
 from billing.money import dec_str
 
 app = typer.Typer(help="The cost book: provider prices per 1M tokens; prices added to the ledger; re-costing "
@@ -52,15 +52,16 @@ def list_prices(
                      "effective_from": entry.effective_from.isoformat(),
                      **{k: dec_str(v) for k, v in entry.prices().items()},
                      "batch_discount": dec_str(entry.batch_discount), "aliases": list(entry.aliases),
-                     "source": entry.source, "retrieved": entry.retrieved.isoformat()})
+                     "source": entry.source, "retrieved": entry.retrieved.isoformat(),
+                     "more": extra_fields(entry)})
     if as_json:
         print_json(rows)
         return
     table = Table("Model", "From", "Input", "Output", "Cache read", "Cache write", "Reasoning", "Batch off",
-                  "Source (read on)", title="USD per 1M tokens", title_justify="left")
+                  "More", "Source (read on)", title="USD per 1M tokens", title_justify="left")
     for r in rows:
         table.add_row(escape(r["model"]), r["effective_from"], r["input"], r["output"], r["cache_read"],
-                      r["cache_write"], r["reasoning"], r["batch_discount"],
+                      r["cache_write"], r["reasoning"], r["batch_discount"], ", ".join(sorted(r["more"])),
                       escape(f"{r['source']} ({r['retrieved']})"))
     console.print(table)
 

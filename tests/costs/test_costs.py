@@ -465,4 +465,5 @@ def test_cli_import_then_preview_with_the_imported_costs(tmp_path):
     listed = CliRunner().invoke(app, ["costs", "list", "--json", "--at", "2026-10-05", "--costs", str(out)])
     rows = {r["model"]: r for r in json.loads(listed.stdout)}
     assert rows["vertex_ai/gemini-3-pro-preview"]["input"] == "2" and "gpt-5.5" in rows
+    assert rows["vertex_ai/gemini-3-pro-preview"]["more"]["context_tiers"][0]["above"] == 200_000
     assert "gpt-5.6" not in rows  # not in force yet on that date
