@@ -15,7 +15,7 @@ from rich.table import Table
 
 from billing.cli.context import catalog, cost_book, engine, fail
 from billing.cli.render import console, err_console, print_json
-from billing.costs import CostBook, CostBookError, ModelPrice, dump_yaml, import_litellm
+from billing.costs import CostBook, CostBookError, ModelPrice, dump_yaml, extra_fields, import_litellm
 from billing.money import dec_str
 
 app = typer.Typer(help="The cost book: provider prices per 1M tokens; prices added to the ledger; re-costing "
@@ -52,15 +52,16 @@ def list_prices(
                      "effective_from": entry.effective_from.isoformat(),
                      **{k: dec_str(v) for k, v in entry.prices().items()},
                      "batch_discount": dec_str(entry.batch_discount), "aliases": list(entry.aliases),
-                     "source": entry.source, "retrieved": entry.retrieved.isoformat()})
+                     "source": entry.source, "retrieved": entry.retrieved.isoformat(),
+                     "more": extra_fields(entry)})
     if as_json:
         print_json(rows)
         return
     table = Table("Model", "From", "Input", "Output", "Cache read", "Cache write", "Reasoning", "Batch off",
-                  "Source (read on)", title="USD per 1M tokens", title_justify="left")
+                  "More", "Source (read on)", title="USD per 1M tokens", title_justify="left")
     for r in rows:
         table.add_row(escape(r["model"]), r["effective_from"], r["input"], r["output"], r["cache_read"],
-                      r["cache_write"], r["reasoning"], r["batch_discount"],
+                      r["cache_write"], r["reasoning"], r["batch_discount"], ", ".join(sorted(r["more"])),
                       escape(f"{r['source']} ({r['retrieved']})"))
     console.print(table)
 
@@ -77,7 +78,7 @@ def import_cmd(
     retrieved: Annotated[str | None, typer.Option(help="Date the file was read (default: --effective-from).")] = None,
     provider: Annotated[list[str] | None, typer.Option("--provider", help="Keep only these litellm_provider values.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the cost data YAML here (default: stdout).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a summary (kept, skipped, notes) as JSON "
+    as_json: Annotated[bool, typer.Option("--json", help="Print a summary (kept, skipped, notes, unmapped price fields) as JSON "
                                                       "instead of the YAML (use with --output).")] = False,
     add: Annotated[bool, typer.Option("--add", help="Also add the prices to the ledger (as `costs add`) and "
                                                     "re-cost the unpriced events they price.")] = False,
@@ -103,13 +104,16 @@ def import_cmd(
     elif not as_json:
         typer.echo(text, nl=False)
     summary = {"kept": len(result.book), "skipped": len(result.skipped), "notes": result.notes,
-               "output": str(output) if output else None}
+               "unmapped": result.unmapped, "output": str(output) if output else None}
     added = _add(list(result.book), f"litellm:{path.name}", quiet=as_json) if add else None
     if as_json:
         print_json({**summary, "skipped_reasons": result.skipped, **({"ledger": added} if added else {})})
     else:
         err_console.print(f"kept {summary['kept']} model price(s), skipped {summary['skipped']}; "
-                          f"{len(result.notes)} note(s) on price variants not modelled", highlight=False)
+                          f"{len(result.notes)} note(s) on how prices were read", highlight=False)
+        for name, keys in result.unmapped.items():
+            err_console.print(f"  not mapped: {escape(name)} ({len(keys)} model(s), e.g. {escape(keys[0])})",
+                              highlight=False)
         if added:
             _print_added(added, err_console)
 

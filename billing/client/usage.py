@@ -20,15 +20,19 @@ The properties recorded are the cost book's DISJOINT token counts
   ``cache_creation_input_tokens``. Its parts by lifetime are recorded too, for reports
   (``cache_write_5m_tokens`` / ``cache_write_1h_tokens`` from Anthropic's
   ``cache_creation``, ``cache_write_30m_tokens`` / ``cache_write_12h_tokens`` from
-  OpenAI's ``cache_write_tokens_details``); the cost book has one cache-write price.
+  OpenAI's ``cache_write_tokens_details``). The cost book prices the ``cache_write_1h_tokens``
+  part at the model's 1-hour cache-write rate and the rest at the 5-minute one.
 - ``output_tokens`` and ``reasoning_tokens``: both providers count reasoning inside the
   output (OpenAI ``reasoning_tokens``, Anthropic ``output_tokens_details.thinking_tokens``);
   it is split out, so output + reasoning is the provider's output count.
 - ``web_search_requests`` (Anthropic ``server_tool_use``, OpenAI Responses
   ``tool_usage.web_search.num_requests``), ``web_fetch_requests`` (Anthropic).
-- ``service_tier`` as the provider reports it, and ``batch: true`` for the tiers billed at
-  the batch price (Anthropic ``batch``; OpenAI ``flex``, billed at Batch API rates), which
-  the cost book discounts.
+- ``service_tier`` as the provider reports it: the cost book prices the event at that
+  tier's rates (``billing.costs.event_tier``: ``default``/``auto``/``standard`` are the
+  standard tier; a tier the model has no rates for leaves the event unpriced), and
+  ``batch: true`` for the tiers billed at about the batch price (Anthropic ``batch``, OpenAI
+  ``flex``), for reports that filter on it.
+- ``web_search_requests`` is priced per call where the model has a ``per_unit`` price.
 
 Counts that are missing, negative or not integers are ignored; zero counts other than
 ``input_tokens`` and ``output_tokens`` are left out.

@@ -14,11 +14,18 @@ from billing.costs.book import (
     CostBook,
     CostBookError,
     ModelPrice,
+    TOKEN_PROPERTIES,
     UnknownModel,
+    UnknownServiceTier,
     cost_breakdown,
     dump_yaml,
     event_cost,
+    event_tier,
+    extra_fields,
+    prompt_tokens,
+    token_counts,
 )
+from billing.costs.rates import SERVICE_TIERS, TOKEN_RATES, ContextTier, RateCard, Rates
 from billing.costs.litellm import ImportResult, import_litellm
 
 __all__ = [
@@ -29,6 +36,17 @@ __all__ = [
     "ImportResult",
     "ModelPrice",
     "UnknownModel",
+    "UnknownServiceTier",
+    "SERVICE_TIERS",
+    "TOKEN_PROPERTIES",
+    "TOKEN_RATES",
+    "ContextTier",
+    "RateCard",
+    "Rates",
+    "event_tier",
+    "extra_fields",
+    "prompt_tokens",
+    "token_counts",
     "cost_breakdown",
     "dump_yaml",
     "event_cost",

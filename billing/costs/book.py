@@ -18,14 +18,23 @@ Data-file format (one file per provider, several YAML documents allowed)::
         input: "3"                       # NON-cached input tokens
         output: "15"
         cache_read: "0.30"               # default: input
-        cache_write: "3.75"              # default: input
+        cache_write: "3.75"              # 5-minute cache writes; default: input
+        cache_write_1h: "6"              # default: cache_write
         # reasoning: default output
+        context_tiers:                   # a prompt over `above` tokens: the whole request at these rates
+          - {above: 200000, input: "6", output: "22.50", cache_read: "0.60", cache_write: "7.50", cache_write_1h: "12"}
+        service_tiers:                   # batch / priority / flex: rates (+ context_tiers) per tier
+          priority: {input: "5", output: "25", cache_read: "0.50"}
+        per_unit: {web_search_requests: "0.01"}   # USD per unit of an event property
         aliases: [claude-sonnet-4-5-20250929]
+
+Problems are reported all at once as ``file:line: path: message``.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import functools
 from bisect import bisect_right
 from collections import Counter
@@ -38,14 +47,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from billing.errors import BillingError, ErrorCode
 from billing.events import UsageEvent
+from billing.catalog.loader import _line_of
+from billing.costs.rates import (PROMPT_RATES, RATE_DEFAULTS, STANDARD_TIER, RateCard, Rates, ServiceTier,
+                                  price_decimal, tier_name)
 from billing.money import ONE, ZERO, dec_str, to_decimal
 
 PER_TOKENS = 1_000_000  # prices are quoted per this many tokens
-PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "reasoning")  # the stored columns
+# event property -> the token rate that prices it (cache_write_tokens: its 5-minute part, see token_counts)
+TOKEN_PROPERTIES = {"input_tokens": "input", "output_tokens": "output", "cache_read_tokens": "cache_read",
+                    "cache_write_tokens": "cache_write", "cache_write_1h_tokens": "cache_write_1h",
+                    "reasoning_tokens": "reasoning"}
+_PROPERTY_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 # Entry keys a data file may set once at the top level for all its entries.
 _INHERITED = ("provider", "source", "retrieved", "batch_discount")
 _PRECISION = 60  # wide enough that products of prices and token counts are exact
@@ -63,57 +80,50 @@ class CostBookError(BillingError):
     code = ErrorCode.VALIDATION
 
 
-class ModelPrice(BaseModel):
-    """One model's list price per 1M tokens, in force from ``effective_from`` (00:00 UTC).
+class UnknownServiceTier(UnknownModel):
+    """The model has no rates for the event's service tier (the event stays unpriced until it has)."""
 
-    ``cache_read`` and ``cache_write`` default to ``input``; ``reasoning`` defaults to
-    ``output``. After validation they are always set. ``batch_discount`` is the
-    fraction taken off a batch call (0.5 = half price).
+
+class ModelPrice(RateCard):
+    """One model's list price, in force from ``effective_from`` (00:00 UTC).
+
+    The standard rates per 1M tokens and their context tiers (``RateCard``); a card per
+    service tier (``service_tiers``: batch, priority, flex); ``batch_discount``, the fraction
+    taken off the standard card for a batch call when no batch card is given (0.5 = half
+    price); ``per_unit``: USD per unit of an event property (``web_search_requests``: per
+    call, ``images``, ``audio_seconds``...), the same in every tier.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(min_length=1)
     provider: str = Field(min_length=1)
     effective_from: date
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal
-    cache_write: Decimal
-    reasoning: Decimal
     batch_discount: Decimal = ZERO
+    service_tiers: dict[ServiceTier, RateCard] = Field(default_factory=dict)
+    per_unit: dict[str, Decimal] = Field(default_factory=dict)
     source: str = Field(min_length=1)
     retrieved: date
     aliases: tuple[str, ...] = ()
 
-    @model_validator(mode="before")
+    @field_validator("batch_discount", mode="before")
     @classmethod
-    def _defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            for key, fallback in (("cache_read", "input"), ("cache_write", "input"), ("reasoning", "output")):
-                if data.get(key) is None:
-                    # Placeholder when the fallback is missing too: that field's error is enough.
-                    data[key] = data[fallback] if data.get(fallback) is not None else ZERO
-        return data
-
-    @field_validator(*PRICE_FIELDS, "batch_discount", mode="before")
-    @classmethod
-    def _decimal(cls, value: Any) -> Decimal:
-        try:
-            number = to_decimal(value)  # str/int/Decimal exactly; never binary float arithmetic
-        except (ArithmeticError, TypeError):
-            raise ValueError(f"not a finite number: {value!r}") from None
-        if number < 0:
-            raise ValueError("must not be negative")
+    def _discount(cls, value: Any) -> Decimal:
+        number = price_decimal(value)
+        if number > ONE:
+            raise ValueError("must be a fraction between 0 and 1 (0.5 = 50% off)")
         return number
 
-    @field_validator("batch_discount")
+    @field_validator("per_unit", mode="before")
     @classmethod
-    def _fraction(cls, value: Decimal) -> Decimal:
-        if value > ONE:
-            raise ValueError("must be a fraction between 0 and 1 (0.5 = 50% off)")
-        return value
+    def _unit_prices(cls, prices: Any) -> Any:
+        if not isinstance(prices, dict):
+            return prices
+        problems = [f"{name!r} is not a property name (lowercase letters, digits, _)" for name in prices
+                    if not isinstance(name, str) or not _PROPERTY_NAME.fullmatch(name)]
+        problems += [f"{name!r} is a token count (priced per 1M tokens by the rates)" for name in prices
+                     if isinstance(name, str) and name.endswith("_tokens")]
+        if problems:
+            raise ValueError("per_unit keys are the event properties priced per unit: " + "; ".join(problems))
+        return {name: price_decimal(value) for name, value in prices.items()}
 
     @field_validator("effective_from", "retrieved", mode="before")
     @classmethod
@@ -121,8 +131,34 @@ class ModelPrice(BaseModel):
         return value.date() if isinstance(value, datetime) else value
 
     def prices(self) -> dict[str, Decimal]:
-        """The five per-1M-token prices by component name."""
+        """The five base per-1M-token prices stored in their own columns (``PRICE_FIELDS``)."""
         return {name: getattr(self, name) for name in PRICE_FIELDS}
+
+    def scaled_by(self, factor: Decimal) -> ModelPrice:
+        """This price with every rate and unit price multiplied by ``factor`` (exact; the
+        caller sets the precision)."""
+        return self.model_copy(update={
+            **self.scaled(factor),
+            "service_tiers": {n: c.model_copy(update=c.scaled(factor)) for n, c in self.service_tiers.items()},
+            "per_unit": {n: p * factor for n, p in self.per_unit.items()}})
+
+    def card(self, tier: str) -> tuple[RateCard, Decimal]:
+        """(the rate card, the factor on it) of a service tier (``rates.tier_name``).
+
+        ``standard``: the standard card. A tier with its own card: that card. ``batch``
+        without one: the standard card times ``1 - batch_discount``. Any other tier raises
+        ``UnknownServiceTier`` (the event is kept unpriced, never priced at another tier's rates).
+        """
+        if tier == STANDARD_TIER:
+            return self, ONE
+        if tier in self.service_tiers:
+            return self.service_tiers[tier], ONE
+        if tier == "batch":
+            return self, ONE - self.batch_discount
+        raise UnknownServiceTier(
+            f"no {tier!r} service tier rates for model {self.model!r} (in force from {self.effective_from}) "
+            f"in the cost book; it has: {', '.join([STANDARD_TIER, 'batch', *sorted(set(self.service_tiers) - {'batch'})])}",
+            details={"model": self.model, "service_tier": tier})
 
 
 def _as_of(at: datetime | date) -> date:
@@ -157,6 +193,7 @@ class CostBook:
         self._versions = {m: tuple(sorted(v, key=lambda e: e.effective_from)) for m, v in by_model.items()}
         self._dates = {m: [v.effective_from for v in vs] for m, vs in self._versions.items()}
         self._aliases = aliases
+        self.unit_properties = frozenset(p for vs in self._versions.values() for v in vs for p in v.per_unit)
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -251,7 +288,7 @@ class CostBook:
             raise CostBookError(f"scale factor must not be negative, got {k}")
         with localcontext() as ctx:
             ctx.prec = _PRECISION
-            return CostBook(e.model_copy(update={n: p * k for n, p in e.prices().items()}) for e in self)
+            return CostBook(e.scaled_by(k) for e in self)
 
     # -- loading --------------------------------------------------------------------------
 
@@ -297,47 +334,107 @@ _Loader.add_constructor(
 )
 
 
-def _parse_yaml(text: str, origin: str) -> list[ModelPrice]:
+def _documents(text: str, origin: str) -> list[tuple[yaml.Node, Any]]:
+    """The (node, value) of each non-empty YAML document (the node gives problems their lines)."""
+    loader = _Loader(text)
     try:
-        documents = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+        out = []
+        while loader.check_node():
+            node = loader.get_node()
+            value = loader.construct_document(node)
+            if value is not None:
+                out.append((node, value))
+        return out
     except (yaml.YAMLError, ArithmeticError) as exc:
         raise CostBookError(f"{origin}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _path_text(parts: Iterable[Any]) -> str:
+    """``models[3].context_tiers[0].input`` from ``["models", 3, "context_tiers", 0, "input"]``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _problem(origin: str, node: yaml.Node, parts: list[Any], message: str) -> str:
+    """``file:line: path: message`` (the collect-all format of plan files)."""
+    return f"{origin}:{_line_of(node, parts) or 1}: {_path_text(parts) or '(document)'}: {message}"
+
+
+def _parse_yaml(text: str, origin: str) -> list[ModelPrice]:
+    """Every entry of a data file; ``CostBookError`` listing every problem (``file:line: path: message``)."""
     entries: list[ModelPrice] = []
     problems: list[str] = []
-    for doc in documents:
+    for node, doc in _documents(text, origin):
         if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
-            problems.append(f"{origin}: expected a mapping with a 'models:' list")
+            problems.append(_problem(origin, node, [], "expected a mapping with a 'models:' list"))
             continue
-        extra = set(doc) - {"models", *_INHERITED}
-        if extra:
-            problems.append(f"{origin}: unknown top-level keys {sorted(extra)}")
+        problems.extend(_problem(origin, node, [key], f"unknown top-level key (known: models, {', '.join(_INHERITED)})")
+                        for key in sorted(set(doc) - {"models", *_INHERITED}, key=str))
         shared = {k: doc[k] for k in _INHERITED if k in doc}
         for i, raw in enumerate(doc["models"]):
-            where = f"{origin}: models[{i}]"
             if not isinstance(raw, dict):
-                problems.append(f"{where}: expected a mapping")
+                problems.append(_problem(origin, node, ["models", i], "expected a mapping"))
                 continue
-            where = f"{origin}: models[{i}] ({raw.get('model', '?')})"
             try:
                 entries.append(ModelPrice.model_validate({**shared, **raw}))
             except ValidationError as exc:
-                problems.extend(f"{where}.{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
-                                for e in exc.errors())
+                problems.extend(_problem(origin, node, ["models", i, *_field_path(e["loc"])],
+                                         f"{e['msg'].removeprefix('Value error, ')} ({raw.get('model', '?')})") for e in exc.errors())
     if problems:
-        raise CostBookError("; ".join(problems), details=problems)
+        raise CostBookError("\n".join(problems), details=problems)
     return entries
+
+
+def _field_path(loc: tuple[Any, ...]) -> list[Any]:
+    """A pydantic error location without the parts that name no data key (``function-after[...]``)."""
+    return [part for part in loc if not (isinstance(part, str) and "[" in part)]
+
+
+def _rates_dict(card: Rates) -> dict[str, str]:
+    """The rates a data file must write: the ones that differ from their default."""
+    values = card.rates()
+    out: dict[str, str] = {}
+    for name, price in values.items():
+        fallback = RATE_DEFAULTS.get(name)
+        if fallback is None or price != values[fallback]:
+            out[name] = dec_str(price)
+    return out
+
+
+def _card_dict(card: RateCard) -> dict[str, Any]:
+    out: dict[str, Any] = _rates_dict(card)
+    if card.context_tiers:
+        out["context_tiers"] = [{"above": t.above, **_rates_dict(t)} for t in card.context_tiers]
+    return out
+
+
+def extra_fields(entry: ModelPrice) -> dict[str, Any]:
+    """The parts of an entry beyond its base columns, in data-file form (``{}`` if none):
+    ``cache_write_1h`` when not defaulted, ``context_tiers``, ``service_tiers``, ``per_unit``."""
+    out: dict[str, Any] = {}
+    if entry.cache_write_1h != entry.cache_write:
+        out["cache_write_1h"] = dec_str(entry.cache_write_1h)
+    if entry.context_tiers:
+        out["context_tiers"] = _card_dict(entry)["context_tiers"]
+    if entry.service_tiers:
+        out["service_tiers"] = {name: _card_dict(card) for name, card in sorted(entry.service_tiers.items())}
+    if entry.per_unit:
+        out["per_unit"] = {name: dec_str(price) for name, price in sorted(entry.per_unit.items())}
+    return out
 
 
 def _entry_dict(entry: ModelPrice, shared: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"model": entry.model, "effective_from": entry.effective_from}
-    defaults = {"cache_read": entry.input, "cache_write": entry.input, "reasoning": entry.output}
-    for name, price in entry.prices().items():
-        if name not in defaults or price != defaults[name]:
-            out[name] = dec_str(price)
+    out.update({k: v for k, v in _rates_dict(entry).items() if k in PRICE_FIELDS})
     for key in ("batch_discount", "source", "retrieved"):
         if getattr(entry, key) != shared.get(key):
             value = getattr(entry, key)
             out[key] = dec_str(value) if isinstance(value, Decimal) else value
+    out.update(extra_fields(entry))
     if entry.aliases:
         out["aliases"] = list(entry.aliases)
     return out
@@ -379,27 +476,83 @@ def _is_true(value: Any) -> bool:
     return bool(value)
 
 
+def token_counts(event: UsageEvent) -> dict[str, Decimal]:
+    """The event's token counts by the rate that prices them (``TOKEN_PROPERTIES``), zeros left out.
+
+    ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written for 1 hour (as the
+    client records Anthropic's ``cache_creation``): the rest of ``cache_write_tokens`` is
+    priced at ``cache_write``, that part at ``cache_write_1h``. A count that is negative, or a
+    1-hour part larger than ``cache_write_tokens``, is an error.
+    """
+    counts: dict[str, Decimal] = {}
+    for prop, rate in TOKEN_PROPERTIES.items():
+        count = event.number(prop, ZERO)
+        if count < 0:
+            raise BillingError(f"event {event.id}: {prop} must not be negative, got {count}",
+                               code=ErrorCode.NEGATIVE_QUANTITY)
+        counts[rate] = count
+    counts["cache_write"] -= counts["cache_write_1h"]
+    if counts["cache_write"] < 0:
+        raise BillingError(f"event {event.id}: cache_write_1h_tokens ({counts['cache_write_1h']}) is the part of "
+                           "cache_write_tokens written for 1 hour and cannot exceed it "
+                           f"({counts['cache_write'] + counts['cache_write_1h']})", code=ErrorCode.EVENT_INVALID)
+    return {rate: count for rate, count in counts.items() if count}
+
+
+def prompt_tokens(counts: dict[str, Decimal]) -> Decimal:
+    """The request's prompt size that selects a context tier: input + cached input + cache writes."""
+    return sum((counts.get(rate, ZERO) for rate in PROMPT_RATES), ZERO)
+
+
+def _unit_counts(event: UsageEvent, price: ModelPrice) -> dict[str, Decimal]:
+    counts: dict[str, Decimal] = {}
+    for prop in price.per_unit:
+        try:
+            count = event.number(prop, ZERO)
+        except (ArithmeticError, TypeError, ValueError):
+            raise BillingError(f"event {event.id}: {prop} must be a number, got {event.properties[prop]!r}",
+                               code=ErrorCode.EVENT_INVALID) from None
+        if count < 0:
+            raise BillingError(f"event {event.id}: {prop} must not be negative, got {count}",
+                               code=ErrorCode.NEGATIVE_QUANTITY)
+        if count:
+            counts[prop] = count
+    return counts
+
+
+def event_tier(properties: dict[str, Any]) -> str:
+    """The service tier an event asks for: its ``service_tier`` property (``rates.tier_name``)
+    when set, else ``batch`` when its ``batch`` flag is true, else ``standard``."""
+    tier = properties.get("service_tier")
+    if tier is not None:
+        return tier_name(tier)
+    return "batch" if _is_true(properties.get("batch")) else STANDARD_TIER
+
+
 def cost_breakdown(event: UsageEvent, book: CostBook) -> dict[str, Decimal]:
     """Provider cost of one event per component (exact ``Decimal``, never rounded here).
 
-    Token properties are **disjoint** counts, each billed at its own price:
+    THE rule that costs an event; ingestion (and its fast copy in ``billing.ledger.prepare``,
+    held equal by a test), quotas, re-costing and simulations all come here.
 
-    - ``input_tokens``: NON-cached input tokens (Anthropic's convention). For OpenAI send
-      ``prompt_tokens - cached_tokens``; the cached part goes in ``cache_read_tokens``.
-    - ``output_tokens`` at ``output``; ``reasoning_tokens`` at ``reasoning``. If your
-      provider counts reasoning inside output (OpenAI), send only one of the two.
-    - ``cache_read_tokens`` / ``cache_write_tokens`` at ``cache_read`` / ``cache_write``.
+    Token properties are **disjoint** counts (``token_counts``), each billed at its own
+    rate: ``input_tokens`` (non-cached), ``output_tokens``, ``cache_read_tokens``,
+    ``cache_write_tokens`` (5-minute; its ``cache_write_1h_tokens`` part at the 1-hour
+    rate), ``reasoning_tokens``. Missing counts are 0.
 
-    Missing token fields count 0. With any tokens, the ``model`` property is looked up
-    at the event's timestamp and each component is ``tokens * price / 1,000,000``, times
-    ``(1 - batch_discount)`` when the ``batch`` property is true. Keys are the
-    ``PRICE_FIELDS`` that have tokens; the values sum exactly to ``event_cost``.
+    With any tokens (or a unit the model prices per unit), the ``model`` property is looked
+    up at the event's timestamp; the ``service_tier`` (or ``batch``) property selects the
+    rate card (``ModelPrice.card``), and the prompt size (``prompt_tokens``) its context
+    tier, whose rates price the whole request. Each token component is
+    ``tokens * rate / 1,000,000 * factor``; each per-unit property of the model
+    (``per_unit``) is ``count * price``. Keys are the rate names and unit property names
+    with a count; the values sum exactly to ``event_cost``.
 
-    An explicit ``cost`` property (a provider cost the app reports itself, e.g. for a
-    non-token API) is used as is: ``{"reported": cost}``. An event without tokens or
-    ``cost`` (``request``, ``outcome``...) costs nothing: ``{}``.
+    An explicit ``cost`` property (a provider cost the app reports itself) is used as is:
+    ``{"reported": cost}``. An event without tokens or ``cost`` costs nothing: ``{}``.
 
-    Raises ``UnknownModel`` for tokens without a known ``model`` price at that time.
+    Raises ``UnknownModel`` for tokens without a known ``model`` price at that time, and
+    ``UnknownServiceTier`` (an ``UnknownModel``) for a tier the model has no rates for.
     """
     props = event.properties
     if props.get("cost") is not None:
@@ -408,26 +561,24 @@ def cost_breakdown(event: UsageEvent, book: CostBook) -> dict[str, Decimal]:
             raise BillingError(f"event {event.id}: cost must not be negative, got {reported}",
                                code=ErrorCode.NEGATIVE_QUANTITY)
         return {"reported": reported}
-    tokens: dict[str, Decimal] = {}
-    for name in PRICE_FIELDS:
-        count = event.number(f"{name}_tokens", ZERO)
-        if count < 0:
-            raise BillingError(f"event {event.id}: {name}_tokens must not be negative, got {count}",
-                               code=ErrorCode.NEGATIVE_QUANTITY)
-        if count:
-            tokens[name] = count
-    if not tokens:
-        return {}
+    tokens = token_counts(event)
     model = props.get("model")
     if not model:
-        raise UnknownModel(f"event {event.id} reports tokens but no 'model' property, so it cannot be "
-                           "costed; add the model name (or send an explicit 'cost')",
-                           details={"event": event.id})
+        if tokens:
+            raise UnknownModel(f"event {event.id} reports tokens but no 'model' property, so it cannot be "
+                               "costed; add the model name (or send an explicit 'cost')",
+                               details={"event": event.id})
+        return {}
+    if not tokens and not (book.unit_properties & props.keys()):
+        return {}
     price = book.price_for(model, event.timestamp)
-    keep = ONE - price.batch_discount if _is_true(props.get("batch")) else ONE
+    card, factor = price.card(event_tier(props))
+    rates = card.for_prompt(prompt_tokens(tokens))
     with localcontext() as ctx:
         ctx.prec = _PRECISION
-        return {name: count * getattr(price, name) / PER_TOKENS * keep for name, count in tokens.items()}
+        cost = {rate: count * getattr(rates, rate) / PER_TOKENS * factor for rate, count in tokens.items()}
+        cost.update({prop: count * price.per_unit[prop] for prop, count in _unit_counts(event, price).items()})
+        return cost
 
 
 def event_cost(event: UsageEvent, book: CostBook) -> Decimal:

@@ -16,33 +16,54 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterable
 
 from pydantic import ValidationError
 
 from billing.costs.book import CostBook, ModelPrice, dump_yaml
+from billing.costs.rates import PROMPT_RATES, STANDARD_TIER, TOKEN_RATES
 from billing.money import ONE, ZERO, to_decimal
 
 __all__ = ["ImportResult", "import_litellm", "dump_yaml"]
 
 DEFAULT_SOURCE = "LiteLLM model_prices_and_context_window.json"
 TEXT_MODES = frozenset({"chat", "completion", "responses"})  # plus a missing mode
-# cost-book field <- LiteLLM per-token key
-_PRICE_KEYS = {
-    "input": "input_cost_per_token",
-    "output": "output_cost_per_token",
-    "cache_read": "cache_read_input_token_cost",
-    "cache_write": "cache_creation_input_token_cost",
-    "reasoning": "output_cost_per_reasoning_token",
+# cost-book rate <- LiteLLM per-token key; each may carry a context threshold
+# (``_above_200k_tokens``) and a service tier (``_batches``, ``_priority``, ``_flex``)
+_RATE_KEYS = {
+    "input_cost_per_token": "input",
+    "output_cost_per_token": "output",
+    "cache_read_input_token_cost": "cache_read",
+    "cache_creation_input_token_cost": "cache_write",
+    "cache_creation_input_token_cost_above_1hr": "cache_write_1h",
+    "output_cost_per_reasoning_token": "reasoning",
 }
+_RATE_KEY = re.compile(r"(?P<base>" + "|".join(sorted(map(re.escape, _RATE_KEYS), key=len, reverse=True))
+                       + r")(?:_above_(?P<k>\d+)k_tokens)?(?:_(?P<tier>batches|priority|flex))?")
+_TIERS = {None: STANDARD_TIER, "batches": "batch", "priority": "priority", "flex": "flex"}
+# per-unit price (event property) <- LiteLLM key, and the units it quotes per
+_UNIT_KEYS = {
+    "input_cost_per_image": ("input_images", 1),
+    "output_cost_per_image": ("output_images", 1),
+    "input_cost_per_audio_per_second": ("input_audio_seconds", 1),
+    "output_cost_per_second": ("output_seconds", 1),
+    "code_interpreter_cost_per_session": ("code_interpreter_sessions", 1),
+    "file_search_cost_per_1k_calls": ("file_search_calls", 1000),
+}
+_SEARCH_KEY = "search_context_cost_per_query"  # {search_context_size_low/medium/high: USD per call}
+_SEARCH_SIZE = "search_context_size_medium"
+WEB_SEARCH_PROPERTY = "web_search_requests"  # the client's count of web search calls
 
 
 @dataclass(frozen=True)
 class ImportResult:
-    """The imported book, the keys skipped (key -> reason) and notes on kept entries."""
+    """The imported book, the keys skipped (key -> reason), notes on kept entries, and the
+    price fields of kept entries the import did not map (field -> the keys that have it)."""
 
     book: CostBook
     skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    unmapped: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _load(data: dict[str, Any] | str | Path) -> dict[str, Any]:
@@ -57,51 +78,125 @@ def _load(data: dict[str, Any] | str | Path) -> dict[str, Any]:
     return loaded
 
 
-def _per_million(value: Any) -> Decimal | None:
-    """Per-token price -> per-1M-token price, exactly (None when absent)."""
-    if value is None:
-        return None
+def _per_million(value: Any) -> Decimal:
+    """Per-token price -> per-1M-token price, exactly."""
     return to_decimal(value).scaleb(6)
 
 
-def _batch_discount(spec: dict[str, Any]) -> Decimal:
-    """1 - batch price / standard price, from input (else output) prices; 0 if unknown."""
-    for standard, batch in (("input_cost_per_token", "input_cost_per_token_batches"),
-                            ("output_cost_per_token", "output_cost_per_token_batches")):
-        if spec.get(standard) is not None and spec.get(batch) is not None:
-            regular = to_decimal(spec[standard])
-            if regular > 0:
-                return ONE - to_decimal(spec[batch]) / regular
-    return ZERO
+def _is_price_field(key: str) -> bool:
+    """A LiteLLM field that states a price (the ones the import must map or report)."""
+    return "cost" in key or "multiplier" in key or key == "search_free_requests"
 
 
-# LiteLLM price keys this book does not model, and what the import keeps instead
-_UNMODELLED = (
-    (re.compile(r"_above_\d+k_tokens"), "long-context prices (e.g. above 200k tokens): the base tier is kept"),
-    (re.compile(r"_flex$"), "flex-tier prices: the standard tier is kept"),
-    (re.compile(r"_priority$"), "priority-tier prices: the standard tier is kept"),
-    (re.compile(r"_above_\d+hr"), "longer-lived cache writes (1 hour+): the 5-minute cache write price is kept"),
-)
+# tier -> context threshold (None: the base rates) -> rate -> USD per 1M tokens
+Grid = dict[str, dict[int | None, dict[str, Decimal]]]
 
 
-def _unmodelled(spec: dict[str, Any]) -> str:
-    """A note naming the per-token price variants of an entry that the import leaves out."""
-    notes = [text for pattern, text in _UNMODELLED
-             if any("cost" in k and pattern.search(k) and spec.get(k) is not None for k in spec)]
-    return "; ".join(notes)
+def _rate_grid(spec: dict[str, Any]) -> tuple[Grid, set[str]]:
+    """The per-token prices of an entry by tier, threshold and rate, and the keys read."""
+    grid: Grid = {}
+    read: set[str] = set()
+    for key, value in spec.items():
+        match = _RATE_KEY.fullmatch(key)
+        if match is None or value is None:
+            continue
+        threshold = int(match["k"]) * 1000 if match["k"] else None
+        grid.setdefault(_TIERS[match["tier"]], {}).setdefault(threshold, {})[_RATE_KEYS[match["base"]]] = \
+            _per_million(value)
+        read.add(key)
+    return grid, read
 
 
-def _batch_mismatch(spec: dict[str, Any]) -> str:
-    ratios = set()
-    for standard, batch in (("input_cost_per_token", "input_cost_per_token_batches"),
-                            ("output_cost_per_token", "output_cost_per_token_batches")):
-        if spec.get(batch) is not None and to_decimal(spec.get(standard) or 0) > 0:
-            ratios.add(to_decimal(spec[batch]) / to_decimal(spec[standard]))
-    return "input and output batch discounts differ: the input one is kept" if len(ratios) > 1 else ""
+def _filled(rates: dict[str, Decimal], standard: dict[str, Decimal],
+            names: Iterable[str]) -> tuple[dict[str, Decimal], list[str]]:
+    """A tier's rates with those of ``names`` LiteLLM leaves out taken as the standard rate
+    times the tier's ratio (its input, else output, over the standard one); the names filled in."""
+    for anchor in ("input", "output"):
+        if rates.get(anchor) is not None and standard.get(anchor):
+            ratio = rates[anchor] / standard[anchor]
+            missing = [r for r in names if r in standard and r not in rates]
+            return {**rates, **{r: standard[r] * ratio for r in missing}}, missing
+    return rates, []
 
 
-def _entry(key: str, spec: Any, providers: set[str] | None) -> dict[str, Any] | str:
-    """The ModelPrice fields for one LiteLLM entry, or the reason to skip it."""
+def _card(levels: dict[int | None, dict[str, Decimal]], standard: dict[int | None, dict[str, Decimal]] | None,
+          notes: list[str], tier: str) -> dict[str, Any]:
+    """RateCard fields of a tier from its grid levels. Gaps filled in by ``_filled``: a
+    service tier's from the standard card (every rate), a context tier's cache rates from
+    its card's base rates (cache prices follow the input price)."""
+    card: dict[str, Any] = {}
+    tiers = []
+    for threshold, rates in sorted(levels.items(), key=lambda kv: kv[0] or 0):
+        missing: list[str] = []
+        if standard is not None:
+            rates, missing = _filled(rates, standard.get(threshold) or standard[None], TOKEN_RATES)
+        elif threshold is not None:
+            rates, missing = _filled(rates, levels.get(None, {}), PROMPT_RATES)
+            if missing:
+                where = f" above {threshold // 1000}k tokens" if threshold else ""
+                notes.append(f"{tier}{where}: {', '.join(missing)} not given, taken at the base rate times the "
+                             "tier's input ratio")
+        if threshold is None:
+            card.update(rates)
+        else:
+            tiers.append({"above": threshold, **rates})
+    card["context_tiers"] = tiers
+    if standard is not None:
+        left_out = sorted(t // 1000 for t in standard if t is not None and t not in levels)
+        if left_out:
+            notes.append(f"{tier}: no prices above {', '.join(f'{k}k' for k in left_out)} tokens; "
+                         "its base rates price every prompt size")
+    return card
+
+
+def _uniform_ratio(levels: dict[int | None, dict[str, Decimal]], standard: Grid) -> Decimal | None:
+    """The one ratio of every given batch rate to its standard rate, if there is one."""
+    ratios = {rate / standard[STANDARD_TIER][t][name]
+              for t, rates in levels.items() for name, rate in rates.items()
+              if standard[STANDARD_TIER].get(t, {}).get(name)}
+    covered = all(name in standard[STANDARD_TIER].get(t, {}) for t, rates in levels.items() for name in rates)
+    return ratios.pop() if len(ratios) == 1 and covered else None
+
+
+def _tiers(grid: Grid, notes: list[str]) -> dict[str, Any]:
+    """ModelPrice fields of the rates: the standard card, ``batch_discount`` (a uniform batch
+    ratio) or a batch card, and the priority and flex cards."""
+    fields = _card(grid[STANDARD_TIER], None, notes, STANDARD_TIER)
+    fields["batch_discount"] = ZERO
+    service: dict[str, Any] = {}
+    for tier, levels in grid.items():
+        if tier == STANDARD_TIER:
+            continue
+        ratio = _uniform_ratio(levels, grid) if tier == "batch" else None
+        if ratio is not None and ratio <= ONE:
+            fields["batch_discount"] = ONE - ratio
+        elif ratio is not None:
+            notes.append(f"batch prices are {ratio} times the standard ones (dearer): ignored")
+        else:
+            service[tier] = _card(levels, grid[STANDARD_TIER], notes, tier)
+    fields["service_tiers"] = service
+    return fields
+
+
+def _unit_prices(spec: dict[str, Any], notes: list[str]) -> tuple[dict[str, Decimal], set[str]]:
+    """Per-unit prices (event property -> USD per unit) and the keys read."""
+    prices: dict[str, Decimal] = {}
+    read: set[str] = set()
+    for key, (prop, per) in _UNIT_KEYS.items():
+        if spec.get(key) is not None:
+            prices[prop] = to_decimal(spec[key]) / per
+            read.add(key)
+    sizes = spec.get(_SEARCH_KEY)
+    if isinstance(sizes, dict) and sizes.get(_SEARCH_SIZE) is not None:
+        prices[WEB_SEARCH_PROPERTY] = to_decimal(sizes[_SEARCH_SIZE])
+        read.add(_SEARCH_KEY)
+        if len({to_decimal(v) for v in sizes.values() if v is not None}) > 1:
+            notes.append(f"web search priced at the medium search context size ({prices[WEB_SEARCH_PROPERTY]} per call)")
+    return prices, read
+
+
+def _entry(key: str, spec: Any, providers: set[str] | None) -> tuple[dict[str, Any], list[str], set[str]] | str:
+    """(the ModelPrice fields of one LiteLLM entry, notes, the price fields not mapped), or the reason to skip it."""
     if not isinstance(spec, dict):
         return "not an object"
     mode = spec.get("mode")
@@ -114,16 +209,17 @@ def _entry(key: str, spec: Any, providers: set[str] | None) -> dict[str, Any] | 
         return f"provider {provider!r} not selected"
     if spec.get("input_cost_per_token") is None or spec.get("output_cost_per_token") is None:
         return "no input_cost_per_token/output_cost_per_token"
-    fields: dict[str, Any] = {"model": key, "provider": provider}
+    notes: list[str] = []
     try:
-        for name, litellm_key in _PRICE_KEYS.items():
-            fields[name] = _per_million(spec.get(litellm_key))
-        fields["batch_discount"] = _batch_discount(spec)
+        grid, read = _rate_grid(spec)
+        per_unit, units_read = _unit_prices(spec, notes)
+        fields: dict[str, Any] = {"model": key, "provider": provider, **_tiers(grid, notes), "per_unit": per_unit}
     except (ArithmeticError, TypeError, ValueError):
         return "a price is not a number"
     if isinstance(spec.get("source"), str) and spec["source"].strip():
         fields["source"] = spec["source"].strip()
-    return fields
+    unmapped = {k for k in spec if _is_price_field(k) and spec[k] is not None} - read - units_read
+    return fields, notes, unmapped
 
 
 def import_litellm(
@@ -139,31 +235,35 @@ def import_litellm(
     (default: ``effective_from``). Kept: modes chat/completion/responses or no mode,
     with both input and output per-token costs, from ``providers`` if given. Everything
     else, including ``sample_spec``, is listed in ``ImportResult.skipped`` with a reason.
-    A batch price cheaper than the standard one sets ``batch_discount``; an odd one
-    (dearer than standard) is ignored and noted in ``ImportResult.notes``. Price variants
-    the book does not model (``*_above_200k_tokens`` and other long-context tiers, flex and
-    priority tiers, 1-hour cache writes) are noted there too; the base prices are kept. A
-    key prefixed by its own provider (``gemini/gemini-2.5-pro``) also answers to the bare
+    Per-token keys map to rates (``_RATE_KEYS``: ``cache_creation_input_token_cost_above_1hr``
+    is ``cache_write_1h``), each with an optional context threshold (``..._above_200k_tokens``
+    -> a context tier above 200,000 prompt tokens) and service tier (``_batches``,
+    ``_priority``, ``_flex``). Batch prices that are one fraction of the standard ones set
+    ``batch_discount`` (a dearer one is ignored and noted); other batch prices, and
+    priority and flex prices, become service tier cards, a rate they leave out taken at the
+    standard rate times the tier's ratio (noted). Per-unit prices: ``search_context_cost_per_query``
+    (medium size) prices ``web_search_requests``, and ``_UNIT_KEYS``. Every other price
+    field of a kept entry is listed in ``ImportResult.unmapped``. A key prefixed by its own provider (``gemini/gemini-2.5-pro``) also answers to the bare
     name (``gemini-2.5-pro``) when no other entry has it.
     """
     raw = _load(data)
     kept: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
+    unmapped: dict[str, list[str]] = {}
     for key, spec in raw.items():
         if key == "sample_spec":
             skipped[key] = "LiteLLM's documentation entry, not a model"
             continue
-        fields = _entry(key, spec, providers)
-        if isinstance(fields, str):
-            skipped[key] = fields
+        read = _entry(key, spec, providers)
+        if isinstance(read, str):
+            skipped[key] = read
             continue
-        remarks = [_unmodelled(spec), _batch_mismatch(spec)]
-        if not ZERO <= fields["batch_discount"] <= ONE:
-            remarks.append(f"batch price gives discount {fields['batch_discount']}; ignored")
-            fields["batch_discount"] = ZERO
-        if any(remarks):
-            notes[key] = "; ".join(r for r in remarks if r)
+        fields, remarks, left = read
+        if remarks:
+            notes[key] = "; ".join(remarks)
+        for name in left:
+            unmapped.setdefault(name, []).append(key)
         fields.setdefault("source", DEFAULT_SOURCE)
         kept[key] = fields
     # "gemini/gemini-2.5-pro": events name the model without its provider prefix, so the
@@ -183,4 +283,4 @@ def import_litellm(
                                       retrieved=retrieved or effective_from, **fields))
         except ValidationError as exc:
             skipped[key] = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return ImportResult(CostBook(entries), skipped, notes)
+    return ImportResult(CostBook(entries), skipped, notes, {k: sorted(v) for k, v in sorted(unmapped.items())})

@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
-from billing.costs import CostBook, UnknownModel, event_cost
+from billing.costs import CostBook, UnknownModel, event_cost, event_tier
+from billing.costs.rates import STANDARD_TIER
 from billing.errors import BillingError, ErrorCode
 from billing.events import (EARLIEST_INSTANT, INSTANT_WINDOW, LATEST_INSTANT, MAX_EVENT_COST, MAX_EVENT_QUANTITY,
                             MAX_PROPERTIES_BYTES, UsageEvent, is_quantity_key, properties_too_large)
@@ -57,15 +58,21 @@ class Rejection(NamedTuple):
 
 
 class Pricer:
-    """Per-token prices in picodollars (integers) per (model, day, batch), cached; so is a
-    model the book cannot price that day (a new model's stream of events looks it up once)."""
+    """Per-token prices in picodollars (integers) per (model, day, service tier), cached; so
+    is a model the book cannot price that day (a new model's stream of events looks it up once).
+
+    ``general_keys``: properties the per-token prices do not cover (1-hour cache writes,
+    the book's per-unit prices): an event with one is costed by ``event_cost``."""
 
     def __init__(self, book: CostBook):
         self.book = book
-        self._cache: dict[tuple[str, int, bool], tuple[int, ...] | str | None] = {}
+        self.general_keys = frozenset({"cache_write_1h_tokens"}) | book.unit_properties
+        self._cache: dict[tuple[str, int, str], tuple[int | None, ...] | str | None] = {}
 
-    def pico_prices(self, model: str, ts_us: int, batch: bool) -> tuple[int, ...] | None:
-        key = (model, ts_us // 86_400_000_000, batch)
+    def pico_prices(self, model: str, ts_us: int, tier: str) -> tuple[int | None, ...] | None:
+        """The five ``_TOKEN_PRICE_FIELDS`` per-token prices of the tier's standard context
+        rates, then the largest prompt they price (None: any); None when not whole picodollars."""
+        key = (model, ts_us // 86_400_000_000, tier)
         cached = self._cache.get(key, _MISSING)
         if cached is not _MISSING:
             if type(cached) is str:
@@ -74,14 +81,13 @@ class Pricer:
         if len(self._cache) > 100_000:
             self._cache.clear()
         try:
-            price = self.book.price_for(model, EPOCH + timedelta(days=key[1]))
+            card, factor = self.book.price_for(model, EPOCH + timedelta(days=key[1])).card(tier)
         except UnknownModel as exc:
             self._cache[key] = exc.message
             raise
-        keep = (1 - price.batch_discount) if batch else Decimal(1)
-        per_token = [getattr(price, field) * keep * 1_000_000 for _, field in _TOKEN_PRICE_FIELDS]
+        per_token = [getattr(card, field) * factor * 1_000_000 for _, field in _TOKEN_PRICE_FIELDS]
         exact = all(p == p.to_integral_value() for p in per_token)
-        self._cache[key] = result = tuple(int(p) for p in per_token) if exact else None
+        self._cache[key] = result = (*(int(p) for p in per_token), card.prompt_limit) if exact else None
         return result
 
 
@@ -347,7 +353,7 @@ def _non_finite(value: Any) -> bool:
 
 
 def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
-    if props.get("cost") is None:
+    if props.get("cost") is None and not (pricer.general_keys & props.keys()):
         get = props.get
         tokens = (get("input_tokens"), get("output_tokens"), get("cache_read_tokens"),
                   get("cache_write_tokens"), get("reasoning_tokens"))
@@ -357,11 +363,9 @@ def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
         model = get("model")
         if model and ((i is None or type(i) is int) and (o is None or type(o) is int) and (cr is None or type(cr) is int)
                       and (cw is None or type(cw) is int) and (r is None or type(r) is int)):
-            batch = get("batch")
-            is_batch = batch.strip().lower() in ("true", "yes", "1") if isinstance(batch, str) else bool(batch)
-            prices = pricer.pico_prices(model if type(model) is str else str(model), ts, is_batch)
-            if prices is not None:
-                pi, po, pcr, pcw, pr = prices
+            prices = pricer.pico_prices(model if type(model) is str else str(model), ts, event_tier(props))
+            if prices is not None and (prices[5] is None or (i or 0) + (cr or 0) + (cw or 0) <= prices[5]):
+                pi, po, pcr, pcw, pr, _ = prices
                 return (i or 0) * pi + (o or 0) * po + (cr or 0) * pcr + (cw or 0) * pcw + (r or 0) * pr
     # general path: exact Decimal cost, rounded half-even to the picodollar
     event = UsageEvent.model_validate({**raw, "properties": props})
@@ -371,17 +375,19 @@ def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
 # ------------------------------------------------------------------ the batch fast path
 
 _TOKEN_SLOTS = {name: slot for slot, (name, _) in enumerate(_TOKEN_PRICE_FIELDS)}
+_PROMPT_KEYS = frozenset({"input_tokens", "cache_read_tokens", "cache_write_tokens"})  # costs.prompt_tokens
 
 
-def _shape(keys: tuple[str, ...], measured: frozenset[str], task_properties: frozenset[str]) -> tuple | None:
+def _shape(keys: tuple[str, ...], measured: frozenset[str], task_properties: frozenset[str],
+           general: frozenset[str]) -> tuple | None:
     """For properties with these keys: (the quantity keys, (token key, price slot) pairs,
-    the task keys), or None when the general rules must decide (an explicit cost, a batch
-    flag)."""
-    if "cost" in keys or "batch" in keys:
+    the task keys, the prompt's token keys), or None when the general rules must decide (an
+    explicit cost, a service tier or batch flag, a ``Pricer.general_keys`` property)."""
+    if "cost" in keys or "batch" in keys or "service_tier" in keys or not general.isdisjoint(keys):
         return None
     quantities = tuple(k for k in keys if is_quantity_key(k) or k in measured)
     return (quantities, tuple((k, _TOKEN_SLOTS[k]) for k in keys if k in _TOKEN_SLOTS),
-            tuple(k for k in keys if k in task_properties))
+            tuple(k for k in keys if k in task_properties), tuple(k for k in keys if k in _PROMPT_KEYS))
 
 
 def prepare_batch(raws: list[Any], *, now_us: int, tolerance_us: int, known_types: frozenset[str],
@@ -432,10 +438,10 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
     keys = tuple(props)
     shape = shapes.get(keys, _MISSING)
     if shape is _MISSING:
-        shape = shapes[keys] = _shape(keys, measured, task_properties)
-    if shape is None:  # "cost" or "batch" given: the general rules
+        shape = shapes[keys] = _shape(keys, measured, task_properties, pricer.general_keys)
+    if shape is None:  # "cost", a tier...: the general rules
         return None
-    quantities, slots, tasks = shape
+    quantities, slots, tasks, prompt_keys = shape
     for key in quantities:  # every quantity a plain int in range
         value = props[key]
         if type(value) is not int or value < 0 or value > MAX_EVENT_QUANTITY:
@@ -455,12 +461,19 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
         prices = prices_cache.get(pkey, _MISSING)
         if prices is _MISSING:
             try:
-                prices = pricer.pico_prices(model, ts, False)
+                prices = pricer.pico_prices(model, ts, STANDARD_TIER)
             except BillingError:  # UnknownModel among them
                 prices = None
             prices_cache[pkey] = prices
         if prices is None:  # unknown model or inexact price
             return None
+        limit = prices[5]
+        if limit is not None:  # a context tier over some prompt size: the general rules above it
+            prompt = 0
+            for key in prompt_keys:
+                prompt += props[key]
+            if prompt > limit:
+                return None
         for key, slot in slots:
             cost += props[key] * prices[slot]
         if cost > MAX_COST_PICO:

@@ -34,12 +34,12 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from billing.costs import CostBook, CostBookError, ModelPrice
+from billing.costs import CostBook, CostBookError, ModelPrice, extra_fields
 from billing.money import dec_str
 
 VERSION_KEY = "cost_version"  # ledger_state row counting changes of the stored prices
 _COLUMNS = ("model", "effective_from", "provider", "input", "output", "cache_read", "cache_write", "reasoning",
-            "batch_discount", "source", "retrieved", "aliases")
+            "batch_discount", "source", "retrieved", "aliases", "extra")
 
 # (SQL with ? placeholders, params, whether it returns rows) -> its rows
 Fetch = Callable[[str, Sequence, bool], list]
@@ -151,9 +151,11 @@ def _day(value) -> date:
 def stored_entries(fetch: Fetch) -> list[ModelPrice]:
     """The prices added to the ledger."""
     rows = fetch(f"SELECT {', '.join(_COLUMNS)} FROM cost_price ORDER BY model, effective_from", ())
-    return [ModelPrice(model=m, effective_from=_day(f), provider=p, input=i, output=o, cache_read=cr, cache_write=cw,
-                       reasoning=r, batch_discount=b, source=s, retrieved=_day(rd), aliases=tuple(json.loads(a)))
-            for m, f, p, i, o, cr, cw, r, b, s, rd, a in rows]
+    return [ModelPrice.model_validate({
+        "model": m, "effective_from": _day(f), "provider": p, "input": i, "output": o, "cache_read": cr,
+        "cache_write": cw, "reasoning": r, "batch_discount": b, "source": s, "retrieved": _day(rd),
+        "aliases": tuple(json.loads(a)), **json.loads(x or "{}")})
+        for m, f, p, i, o, cr, cw, r, b, s, rd, a, x in rows]
 
 
 def cost_version(fetch: Fetch) -> int:
@@ -219,7 +221,8 @@ def store_entries(conn: Connection, entries: Iterable[ModelPrice], origin: str, 
     for e in [*added, *replaced]:  # deterministic order: by model, then date
         fetch(upsert, (e.model, e.effective_from if pg else e.effective_from.isoformat(), e.provider,
                        *(dec_str(v) for v in e.prices().values()), dec_str(e.batch_discount), e.source,
-                       e.retrieved if pg else e.retrieved.isoformat(), json.dumps(list(e.aliases)), origin[:500],
+                       e.retrieved if pg else e.retrieved.isoformat(), json.dumps(list(e.aliases)),
+                       json.dumps(extra_fields(e), sort_keys=True), origin[:500],
                        stamp), False)
     fetch("INSERT INTO ledger_state (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET "
           "value = ledger_state.value + 1", (VERSION_KEY,), False)

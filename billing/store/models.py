@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, String, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, Index, String, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from billing.store.types import BigIntPK, UTCDateTime
@@ -271,6 +271,8 @@ class CostPriceRow(SQLModel, table=True):
     source: str = Field(max_length=1000)
     retrieved: date
     aliases: str = Field(default="[]", max_length=4000)  # JSON list of names
+    # JSON: 1-hour cache writes, context and service tiers, per-unit prices (billing.costs.extra_fields)
+    extra: str = Field(default="{}", sa_type=Text, sa_column_kwargs={"server_default": "{}"})
     origin: str = Field(default="", max_length=500)
     added_at: datetime = _utc()
 

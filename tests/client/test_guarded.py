@@ -34,8 +34,10 @@ def test_usage_lands_on_the_event_type_the_token_meters_count(any_env):
     stored = {e["type"]: e for e in any_env.events("split")}
     assert set(stored) == {"request", "llm.call"}
     assert stored["request"]["cost_pico"] == 0 and "input_tokens" not in stored["request"]["properties"]
-    # 50 x 3 + 2000 x 0.30 + 100 x 3.75 + (250 + 150) x 15 per 1M tokens, in picodollars
-    assert stored["llm.call"]["cost_pico"] == (50 * 3 + 2000 * 0.3 + 100 * 3.75 + 400 * 15) * 10**6
+    # per 1M tokens: 50 x 3 + 2000 x 0.30 + 40 x 3.75 (5-minute writes) + 60 x 6 (1-hour writes)
+    # + (250 + 150) x 15, plus 3 web searches at $0.01; in picodollars
+    per_token_pico = 50 * 3_000_000 + 2000 * 300_000 + 40 * 3_750_000 + 60 * 6_000_000 + 400 * 15_000_000
+    assert stored["llm.call"]["cost_pico"] == per_token_pico + 3 * 10**10
     assert stored["llm.call"]["properties"]["task"] == "t1" and "task" not in stored["request"]["properties"]
     assert all(e["properties"]["model"] == SONNET and e["properties"]["feature"] == "chat" for e in stored.values())
     assert any_env.holds("split") == ["committed", "committed"]

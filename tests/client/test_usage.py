@@ -147,16 +147,19 @@ def test_openai_counts_are_disjoint_and_add_up(prompt, cached, written, completi
 
 
 @settings(max_examples=80, deadline=None)
-@given(inp=COUNT, read=COUNT, written=COUNT, out=COUNT, thinking=COUNT)
-def test_anthropic_counts_priced_once(inp, read, written, out, thinking):
+@given(inp=COUNT, read=COUNT, written=COUNT, out=COUNT, thinking=COUNT, hour=COUNT, searches=st.integers(0, 50))
+def test_anthropic_counts_priced_once(inp, read, written, out, thinking, hour, searches):
     """The recorded properties cost exactly what the provider bills: each token once, at its
-    price (claude-sonnet-4-5: input 3, cache read 0.30, cache write 3.75, output 15 per 1M)."""
-    thinking = min(thinking, out)
-    u = extract_usage(anthropic_message(inp=inp, out=out, read=read, written=written, short=written, long=0,
-                                        thinking=thinking, tier="standard"))
-    props = {k: v for k, v in u.items() if k != "service_tier"}
+    price (claude-sonnet-4-5 per 1M: input 3, cache read 0.30, 5-minute cache write 3.75,
+    1-hour cache write 6, output 15; over 200k prompt tokens 6, 0.60, 7.50, 12, 22.50), and
+    each web search $0.01."""
+    thinking, hour = min(thinking, out), min(hour, written)
+    u = extract_usage(anthropic_message(inp=inp, out=out, read=read, written=written, short=written - hour,
+                                        long=hour, thinking=thinking, searches=searches, tier="standard"))
     event = UsageEvent(id="e", customer="c", type="llm.call", timestamp=datetime(2026, 10, 1, tzinfo=UTC),
-                       properties={**props, "model": "claude-sonnet-4-5"})
-    expected = (Decimal(inp) * 3 + Decimal(read) * Decimal("0.30") + Decimal(written) * Decimal("3.75")
-                + Decimal(out) * 15) / 1_000_000
+                       properties={**u, "model": "claude-sonnet-4-5"})
+    rates = (["6", "0.60", "7.50", "12", "22.50"] if inp + read + written > 200_000
+             else ["3", "0.30", "3.75", "6", "15"])
+    i, r, w5, w1, o = map(Decimal, rates)
+    expected = (inp * i + read * r + (written - hour) * w5 + hour * w1 + out * o) / 1_000_000 + searches * Decimal("0.01")
     assert event_cost(event, CostBook.load_default()) == expected

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from billing.costs import (
@@ -21,6 +21,7 @@ from billing.costs import (
     cost_breakdown,
     dump_yaml,
     event_cost,
+    extra_fields,
     import_litellm,
 )
 from billing.errors import BillingError, ErrorCode
@@ -182,7 +183,7 @@ def test_defaults_and_validation():
     with pytest.raises(ValueError):
         ModelPrice(model="x", provider="p", effective_from=date(2025, 1, 1), input="-1", output="8",
                    source="s", retrieved=date(2026, 1, 1))
-    with pytest.raises(CostBookError, match=r"models\[0\] \(x\)\.batch_discount"):
+    with pytest.raises(CostBookError, match=r"<text>:6: models\[0\]\.batch_discount: .*must be a fraction between 0 and 1 .*\(x\)"):
         CostBook.from_yaml_text(SMALL_BOOK.split("models:")[0] + 'models:\n  - {model: x, effective_from: 2025-01-01,'
                                 ' input: "1", output: "2", batch_discount: "1.5"}')
 
@@ -229,8 +230,12 @@ def test_cost_non_negative(model, counts, batch):
 @settings(max_examples=200, deadline=None)
 @given(model=st.sampled_from(DEFAULT.models()), a=token_dicts, b=token_dicts, batch=st.booleans())
 def test_cost_additive_in_tokens(model, a, b, batch):
+    """Additive while the prompts stay under the model's first context threshold (above it the
+    whole request moves to other rates: tests/costs/test_price_kinds.py)."""
     both = {f: a[f] + b[f] for f in TOKEN_FIELDS}
     at = EVERY_PRICE_IN_FORCE
+    limit = DEFAULT.price_for(model, at).card("batch" if batch else "standard")[0].prompt_limit
+    assume(limit is None or sum(both[f] for f in ("input_tokens", "cache_read_tokens", "cache_write_tokens")) <= limit)
     total = event_cost(ev(model, at, batch=batch, **both), DEFAULT)
     assert total == event_cost(ev(model, at, batch=batch, **a), DEFAULT) + event_cost(ev(model, at, batch=batch, **b), DEFAULT)
 
@@ -326,7 +331,7 @@ def test_shipped_data_files_are_complete():
     for entry in book:
         assert entry.source and entry.retrieved in READ_ON
         assert entry.provider == {"claude": "anthropic", "gemini": "google"}.get(entry.model.split("-")[0], "openai")
-        assert entry.batch_discount == D("0.5")
+        assert entry.batch_discount == D("0.5") or "batch" in entry.service_tiers
         assert entry.cache_read <= entry.input and entry.output >= entry.input
 
 
@@ -355,7 +360,10 @@ def test_costs_package_is_pure():
 # -- the real LiteLLM format -------------------------------------------------------------------
 # tests/costs/data/litellm_excerpt.json: entries copied unchanged from LiteLLM 1.110.2's
 # model_prices_and_context_window.json (long-context, flex, priority and 1-hour cache-write
-# variants, provider-prefixed keys, non-chat modes, the sample_spec documentation entry).
+# variants, provider-prefixed keys, non-chat modes, the sample_spec documentation entry), and
+# two written in its shape on 2026-12-07 (not copied): claude-sonnet-4-5 (an Anthropic
+# long-context tier without a 1-hour rate above 200k) and gemini-1.5-pro (per-image and
+# per-audio-second prices, per-character and per-video-second ones the book does not model).
 
 
 def test_import_the_real_litellm_format():
@@ -366,11 +374,37 @@ def test_import_the_real_litellm_format():
     assert opus.prices() == {"input": D(5), "output": D(25), "cache_read": D("0.5"), "cache_write": D("6.25"),
                              "reasoning": D(25)}
     assert opus.batch_discount == D("0.5") and opus.source.startswith("https://platform.claude.com/")
-    # the >272k-token, flex and priority prices are not modelled, and the import says so
-    assert "above 200k" in result.notes["gpt-5.5"] and "flex" in result.notes["gpt-5.5"]
-    assert "1 hour" in result.notes["claude-opus-4-7"] and "above 200k" not in result.notes["claude-opus-4-7"]
+    assert (opus.cache_write_1h, opus.per_unit) == (D(10), {"web_search_requests": D("0.01")})
     gpt = book.price_for("gpt-5.5", AT.replace(year=2027))
     assert (gpt.input, gpt.output, gpt.cache_read, gpt.cache_write) == (D(5), D(30), D("0.5"), D(5))
+    # ..._above_272k_tokens: a context tier; _flex / _priority: service tier cards; uniform _batches: a discount
+    [long] = gpt.context_tiers
+    assert (long.above, long.input, long.output, long.cache_read) == (272_000, D(10), D(45), D(1))
+    assert gpt.batch_discount == D("0.5") and set(gpt.service_tiers) == {"flex", "priority"}
+    assert gpt.service_tiers["priority"].rates() == {"input": D("12.5"), "output": D(75), "cache_read": D("1.25"),
+                                                     "cache_write": D("12.5"), "cache_write_1h": D("12.5"),
+                                                     "reasoning": D(75)}
+    assert gpt.service_tiers["flex"].context_tiers[0].input == D(5)
+    # what LiteLLM prices and the book cannot say is reported, field by field
+    assert "no prices above 272k" in result.notes["gpt-5.5"]
+    assert result.unmapped["fedramp_uplift_multiplier"] == ["gpt-5.4-mini", "gpt-5.5"]
+    assert result.unmapped["input_cost_per_audio_token"] == ["gemini/gemini-3-flash-preview"]
+    assert not any(k.startswith(("input_cost_per_token", "output_cost_per_token", "cache_")) and "audio" not in k
+                   for k in result.unmapped)
+    # an Anthropic long-context tier: its 1-hour rate, not given, follows its input (2x)
+    sonnet = book.price_for("claude-sonnet-4-5", AT.replace(year=2027))
+    assert sonnet.context_tiers[0].rates() == {"input": D(6), "output": D("22.5"), "cache_read": D("0.6"),
+                                               "cache_write": D("7.5"), "cache_write_1h": D(12), "reasoning": D("22.5")}
+    assert "cache_write_1h not given" in result.notes["claude-sonnet-4-5"] and sonnet.batch_discount == D("0.5")
+    # per-unit prices; what has no place in the book is reported
+    old = book.price_for("gemini-1.5-pro", AT.replace(year=2027))
+    assert old.per_unit == {"input_images": D("0.00032875"), "input_audio_seconds": D("0.00003125")}
+    for name in ("input_cost_per_image_above_128k_tokens", "input_cost_per_character", "input_cost_per_video_per_second"):
+        assert result.unmapped[name] == ["gemini-1.5-pro"]
+    # Gemini's batch cache reads are not discounted: an explicit batch card, with its own context tier
+    gemini = book.price_for("gemini-3.1-pro-preview", AT.replace(year=2027))
+    assert gemini.service_tiers["batch"].cache_read == D("0.2") and gemini.batch_discount == 0
+    assert gemini.service_tiers["batch"].context_tiers[0].output == D(9)
     # "gemini/gemini-3.1-pro-preview" also answers to the name events use
     assert book.resolve("gemini-3.1-pro-preview") == "gemini/gemini-3.1-pro-preview"
     assert book.resolve("gemini-3-pro-preview") == "vertex_ai/gemini-3-pro-preview"
@@ -382,9 +416,10 @@ def test_shipped_current_models_match_the_real_litellm_prices():
     shipped = CostBook.load_default()
     later = datetime(2027, 1, 1, tzinfo=UTC)
     for model in ("claude-opus-4-7", "claude-sonnet-4-6", "gpt-5.5", "gpt-5.4-mini", "gemini-3.1-pro-preview",
-                  "gemini-3-flash-preview"):
+                  "gemini-3-flash-preview", "claude-sonnet-4-5"):
         ours, theirs = shipped.price_for(model, later), imported.price_for(model, later)
         assert (ours.prices(), ours.batch_discount) == (theirs.prices(), theirs.batch_discount), model
+        assert extra_fields(ours) == extra_fields(theirs), model  # 1h writes, context/service tiers, per unit
     # a dated snapshot: in force from its date, not before
     assert shipped.price_for("claude-opus-4-7-20260416", datetime(2026, 4, 16, tzinfo=UTC)).model == "claude-opus-4-7"
     with pytest.raises(UnknownModel):
@@ -426,8 +461,9 @@ def test_cli_import_then_preview_with_the_imported_costs(tmp_path):
     rejected = CliRunner().invoke(app, args)
     assert rejected.exit_code == 2 and "unknown_model" in rejected.stderr
     doc = json.loads(CliRunner().invoke(app, [*args, "--costs", str(out)]).stdout)
-    assert doc["provider_cost"] == "2"  # 1M input tokens at $2 per 1M
+    assert doc["provider_cost"] == "4"  # a 1M-token prompt is over 200k: all of it at the >200k rate, $4 per 1M
     listed = CliRunner().invoke(app, ["costs", "list", "--json", "--at", "2026-10-05", "--costs", str(out)])
     rows = {r["model"]: r for r in json.loads(listed.stdout)}
     assert rows["vertex_ai/gemini-3-pro-preview"]["input"] == "2" and "gpt-5.5" in rows
+    assert rows["vertex_ai/gemini-3-pro-preview"]["more"]["context_tiers"][0]["above"] == 200_000
     assert "gpt-5.6" not in rows  # not in force yet on that date

@@ -30,8 +30,11 @@ CATALOG = shipped_catalog()
 KNOWN_TYPES = frozenset(BUILTIN_TYPES | {t for p in CATALOG.all() for t in p.event_types})
 MEASURED = measured_properties(CATALOG) | {"pages"}  # "pages": as if a plan summed it
 KNOWN_MODELS = ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5", "gpt-4o", "gpt-5-mini", "o3",
-                "gemini-2.5-pro", "claude-3-haiku"]
-TOKEN_KEYS = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"]
+                "gemini-2.5-pro", "claude-3-haiku", "gpt-5.5"]  # context tiers: sonnet 4.5, 2.5 pro, 5.5
+TOKEN_KEYS = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+              "cache_write_1h_tokens"]
+# what selects the rate card: standard names, tiers some models have, one none has, malformed ones
+SERVICE_TIERS = ["standard", "default", "auto", "batch", "flex", "priority", "scale", " Priority ", 5, ""]
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -151,11 +154,14 @@ def properties(draw) -> dict:
     props: dict = {}
     if draw(st.booleans()):
         props["model"] = draw(st.sampled_from(KNOWN_MODELS + ["no-such-model", "GPT-4O", "", 7]))
-    for key in draw(st.lists(st.sampled_from(TOKEN_KEYS + ["quantity", "steps", "units", "amount", "pages"]),
+    for key in draw(st.lists(st.sampled_from(TOKEN_KEYS + ["quantity", "steps", "units", "amount", "pages",
+                                                           "web_search_requests"]),
                              max_size=4, unique=True)):
         props[key] = draw(quantities)
     if draw(st.integers(0, 5)) == 0:
         props["batch"] = draw(st.sampled_from([True, False, "true", "no", 1, 0]))
+    if draw(st.integers(0, 4)) == 0:
+        props["service_tier"] = draw(st.sampled_from(SERVICE_TIERS))
     if draw(st.integers(0, 6)) == 0:
         props["cost"] = draw(st.sampled_from(["0.0123", "0", 0.5, 2, "-1", "abc", True, None]))
     for key in draw(st.lists(st.sampled_from(["feature", "outcome", "outcome_id", "user", "task"]),
@@ -200,8 +206,14 @@ def single_fault_events(draw) -> dict:
     props: dict = {"model": model}
     for key in draw(st.lists(st.sampled_from(TOKEN_KEYS), min_size=1, max_size=5, unique=True)):
         props[key] = draw(st.integers(0, 3_000_000))
+    if "cache_write_1h_tokens" in props:  # the 1-hour part of the cache writes
+        props["cache_write_tokens"] = props.get("cache_write_tokens", 0) + props["cache_write_1h_tokens"]
     if draw(st.booleans()):
         props["batch"] = draw(st.sampled_from([True, False, "true", "no"]))
+    if draw(st.integers(0, 2)) == 0:
+        props["service_tier"] = draw(st.sampled_from(SERVICE_TIERS[:7]))
+    if draw(st.integers(0, 3)) == 0:
+        props["web_search_requests"] = draw(st.integers(0, 40))
     if draw(st.booleans()):
         props["feature"] = draw(st.sampled_from(["support-chat", "search"]))
     raw = {"id": draw(st.text(string.ascii_letters + string.digits, min_size=1, max_size=12)), "customer": "acme",

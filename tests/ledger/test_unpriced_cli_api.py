@@ -176,7 +176,8 @@ def test_margin_report_shows_unpriced_usage_apart(cli, db_url, tmp_path):
     # once priced, the figure is gone and the cost is in the margins
     cli("costs", "add", nova_file(tmp_path))
     report = cli("report", "margins", "--period", "2026-10", "--as-of", AS_OF, "--json")
-    assert report["unpriced_usage"]["events"] == 0 and report["customers"][0]["cost"] == "10.71"  # 6 + 4.5 + 0.21
+    assert report["unpriced_usage"]["events"] == 0 and report["customers"][0]["cost"] == "14.46"
+    # 6 (nova-9) + 8.25 (the Sonnet 4.5 call's 1M-token prompt is over 200k: $6 + 100k x $22.50 per 1M) + 0.21
 
 
 def test_simulation_prices_with_billing_costs(cli, db_url, tmp_path):
@@ -203,7 +204,9 @@ segments:
     cli("events", "import", write_events(tmp_path / "e.jsonl", [nova_event(1), nova_event(2, model="claude-sonnet-4-5")]))
     sim = cli("simulate", "--plan", ROOT / "plans" / "token-api.yaml", "--history", "2026-10", "--cost-scale", "0.5",
               "--json")
-    assert sim["plans"][0]["total"]["cost_exact"] == "2.25"  # the claude call at half price; nova-9 unpriced: 0
+    # the claude call at half price ((1M x $6 + 100k x $22.50 per 1M: its prompt is over 200k) x 0.5);
+    # nova-9 unpriced: 0
+    assert sim["plans"][0]["total"]["cost_exact"] == "4.125"
 
 
 # ----------------------------------------------------------------------------- HTTP

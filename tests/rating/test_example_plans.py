@@ -158,7 +158,8 @@ def test_team_seats_and_pooled_credits_drawn_before_overage():
     ]
     assert inv.total == D("93.00")
     assert inv.credits_used == {"plan:seat_credits": D("75.00")}
-    assert inv.provider_cost == D(39)  # 3M x $3/M + 2M x $15/M
+    # each call's 1M-token prompt is over Sonnet 4.5's 200k threshold: 3M x $6/M + 2M x $22.50/M
+    assert inv.provider_cost == D(63)
 
 
 def test_team_light_usage_fully_covered_by_credits():
