@@ -15,6 +15,7 @@ from billing.costs import (CostBook, CostBookError, UnknownModel, UnknownService
                            event_cost, extra_fields)
 from billing.errors import BillingError, ErrorCode
 from billing.events import UsageEvent
+from tests.support.costs import WORKED_EXAMPLE
 
 D = Decimal
 AT = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
@@ -249,11 +250,6 @@ def test_cost_is_the_exact_sum_of_its_components(u, tier):
 
 
 # -- the README's worked example -------------------------------------------------------------------
-
-WORKED_EXAMPLE = {"model": "claude-sonnet-4-5", "service_tier": "batch", "input_tokens": 150_000,
-                  "cache_read_tokens": 40_000, "cache_write_tokens": 30_000, "cache_write_1h_tokens": 20_000,
-                  "output_tokens": 8_000, "reasoning_tokens": 2_000, "web_search_requests": 3}
-
 
 def test_the_worked_example_of_the_readme():
     event = UsageEvent(id="w1", customer="acme", type="llm.call", timestamp=AT, properties=WORKED_EXAMPLE)

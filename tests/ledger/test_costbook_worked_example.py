@@ -16,7 +16,7 @@ from billing.costs import CostBook, extra_fields
 from billing.ledger.accounts import Accounts
 from billing.ledger.recost import add_prices
 from billing.store.cost_prices import cost_book
-from tests.costs.test_price_kinds import WORKED_EXAMPLE
+from tests.support.costs import WORKED_EXAMPLE
 from tests.support.quota import T0, catalog
 
 CAT = catalog()
