@@ -21,7 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from billing.costs import CostBook, UnknownModel, event_cost, event_tier
-from billing.costs.rates import STANDARD_TIER
+from billing.costs.rates import PROMPT_RATES, STANDARD_TIER
 from billing.errors import BillingError, ErrorCode
 from billing.events import (EARLIEST_INSTANT, INSTANT_WINDOW, LATEST_INSTANT, MAX_EVENT_COST, MAX_EVENT_QUANTITY,
                             MAX_PROPERTIES_BYTES, UsageEvent, is_quantity_key, properties_too_large)
@@ -375,7 +375,8 @@ def _cost_pico(raw: dict, props: dict, ts: int, pricer: Pricer) -> int:
 # ------------------------------------------------------------------ the batch fast path
 
 _TOKEN_SLOTS = {name: slot for slot, (name, _) in enumerate(_TOKEN_PRICE_FIELDS)}
-_PROMPT_KEYS = frozenset({"input_tokens", "cache_read_tokens", "cache_write_tokens"})  # costs.prompt_tokens
+# the token properties that form the prompt (costs.prompt_tokens; 1-hour writes take the general path)
+_PROMPT_KEYS = frozenset(name for name, rate in _TOKEN_PRICE_FIELDS if rate in PROMPT_RATES)
 
 
 def _shape(keys: tuple[str, ...], measured: frozenset[str], task_properties: frozenset[str],
@@ -467,12 +468,12 @@ def _common(raw: Any, limit: int, known_types: frozenset[str], pricer: Pricer, m
             prices_cache[pkey] = prices
         if prices is None:  # unknown model or inexact price
             return None
-        limit = prices[5]
-        if limit is not None:  # a context tier over some prompt size: the general rules above it
+        prompt_limit = prices[5]
+        if prompt_limit is not None:  # a context tier over some prompt size: the general rules above it
             prompt = 0
             for key in prompt_keys:
                 prompt += props[key]
-            if prompt > limit:
+            if prompt > prompt_limit:
                 return None
         for key, slot in slots:
             cost += props[key] * prices[slot]
