@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from billing.catalog.schema import VALUE_AGGREGATIONS
+
 
 def duplicate_keys(node: yaml.Node | None, parts: list[Any] | None = None) -> list[tuple[list[Any], str, int]]:
     """Every key written twice in one mapping (YAML keeps the last silently): path, message, line."""
@@ -64,8 +66,15 @@ def _meter_problems(meters: Any) -> list[tuple[list[Any], str]]:
         if not isinstance(meter, dict):
             continue
         agg = meter.get("aggregation", "count")
-        if agg in ("sum", "max", "unique_count") and not meter.get("property"):
+        if agg in ("sum", "max", "unique_count", *VALUE_AGGREGATIONS) and not meter.get("property"):
             problems.append(([("meters"), i, "aggregation"], f"aggregation {agg!r} needs a 'property'"))
+        if agg == "time_weighted_sum" and meter.get("time_unit") is None:
+            problems.append((["meters", i, "time_unit"], "a time_weighted_sum meter needs a time_unit "
+                             "(second, minute, hour or day): level x time held is summed in it"))
+        if agg != "time_weighted_sum" and meter.get("time_unit") is not None:
+            problems.append((["meters", i, "time_unit"], "time_unit applies to time_weighted_sum meters only"))
+        if agg in VALUE_AGGREGATIONS and meter.get("multipliers") is not None:
+            problems.append((["meters", i, "multipliers"], f"multipliers do not apply to {agg} meters"))
         if meter.get("disputes") is not None and agg != "count":
             problems.append((["meters", i, "disputes"], "disputes apply to count meters only"))
         if agg == "count" and meter.get("property"):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from billing.catalog.schema import (
     BlockPolicy, Included, Meter, PercentagePrice, PerUnitPrice, RateLimit, RateLimitPolicy, SlowTierPolicy,
-    UsageCharge, VolumePrice)
+    VALUE_AGGREGATIONS, UsageCharge, VolumePrice)
 from billing.money import round_line
 
 if TYPE_CHECKING:
@@ -90,7 +90,8 @@ class CompiledPlan:
     charged_meters: frozenset[str]
     transaction_meters: frozenset[str]  # meters some per-transaction charge prices
     # charged meters whose rated value needs the events themselves, not a running total: an
-    # outcome counts only if not disputed in its window, distinct values, per-transaction sums
+    # outcome counts only if not disputed in its window, distinct values, per-transaction
+    # sums, and the value aggregations (latest, min, avg, time_weighted_sum: no counter)
     event_read_meters: tuple[Meter, ...]
     event_types: frozenset[str]  # metered types and the dispute types of outcome meters
     has_rate_limits: bool
@@ -140,7 +141,7 @@ def compile_plan(plan: Plan) -> CompiledPlan:
         charged_meters=frozenset(c.meter for c in charges),
         transaction_meters=frozenset(c.meter for c in charges if c.per_transaction),
         event_read_meters=tuple(m for m in plan.meters if m.key in by_meter and (
-            m.disputes is not None or m.aggregation == "unique_count"
+            m.disputes is not None or m.aggregation == "unique_count" or m.aggregation in VALUE_AGGREGATIONS
             or any(c.per_transaction for c in by_meter[m.key]))),
         event_types=frozenset(types),
         has_rate_limits=any(c.rate_limit is not None for c in charges),

@@ -12,7 +12,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from billing.catalog.compiled import CompiledPlan
@@ -48,36 +48,152 @@ class Disputes(Frozen):
     dispute_types: tuple[str, ...] = ("outcome.disputed", "outcome.reopened")
 
 
-FilterValue = Union[str, int, bool, list[Union[str, int, bool]]]
+FilterScalar = Union[str, int, bool]
+FILTER_OPERATORS = ("in", "not", "exists")
+
+
+def _filter_scalar(value: object, where: str) -> FilterScalar:
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)  # YAML reads 5.0 as a decimal: the integer 5
+    if isinstance(value, (str, int, bool)):
+        return value
+    raise ValueError(f"{where}must be a string, an integer or a boolean, got {value!r}")
+
+
+def _filter_list(value: object, where: str) -> list[FilterScalar]:
+    if not isinstance(value, list):
+        return [_filter_scalar(value, where)]
+    if not value:
+        raise ValueError(f"{where}an empty list matches nothing: list at least one value")
+    return [_filter_scalar(v, where) for v in value]
+
+
+def _filter_value(value: object) -> object:
+    """A filter entry: a value or a list of values (the property is one of them), or a
+    mapping of operators, all of which must hold: ``in`` (one of a non-empty list),
+    ``not`` (absent, or none of a value or non-empty list), ``exists`` (true: present,
+    false: absent). Bad input is a named error (unknown operator, empty list...)."""
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError("an operator mapping needs at least one of in, not, exists")
+        out: dict[str, object] = {}
+        for op, operand in value.items():
+            if op not in FILTER_OPERATORS:
+                raise ValueError(f"unknown filter operator {op!r} (use in, not or exists)")
+            if op == "exists":
+                if not isinstance(operand, bool):
+                    raise ValueError(f"exists must be true or false, got {operand!r}")
+                out[op] = operand
+            elif op == "in":
+                if not isinstance(operand, list):
+                    raise ValueError(f"in takes a list of values, got {operand!r}")
+                out[op] = _filter_list(operand, "in: ")
+            else:
+                out[op] = _filter_list(operand, "not: ") if isinstance(operand, list) else \
+                    _filter_scalar(operand, "not: ")
+        return out
+    if isinstance(value, list):
+        return _filter_list(value, "")
+    try:
+        return _filter_scalar(value, "")
+    except ValueError:
+        raise ValueError(f"a filter value is a string, an integer, a boolean, a list of them or a mapping of "
+                         f"operators (in, not, exists), got {value!r}") from None
+
+
+FilterValue = Annotated[object, BeforeValidator(_filter_value)]
+
+
+def _texts(values: object) -> frozenset[str]:
+    return frozenset(str(v) for v in (values if isinstance(values, list) else [values]))
+
+
+# one compiled filter rule: (property, operator, operand); operators: "in" (the value, as
+# text, is one of the operand), "not" (absent or none of it), "exists" (present iff operand)
+FilterRule = tuple[str, str, Union[frozenset, bool]]
+
+
+def filter_rules(filters: dict[str, object]) -> tuple[FilterRule, ...]:
+    """The filter as rules, in the plan's order (a plain value or list is ``in``)."""
+    rules: list[FilterRule] = []
+    for prop, entry in filters.items():
+        if isinstance(entry, dict):
+            for op, operand in entry.items():
+                rules.append((prop, op, operand if op == "exists" else _texts(operand)))
+        else:
+            rules.append((prop, "in", _texts(entry)))
+    return tuple(rules)
+
+
+def rule_holds(rule: FilterRule, properties: dict) -> bool:
+    """One rule on an event's properties (values compare as text: 5 matches "5"; a JSON
+    null is absent)."""
+    prop, op, operand = rule
+    value = properties.get(prop)
+    if op == "exists":
+        return (value is not None) is operand
+    if value is None:
+        return op == "not"
+    text = value if type(value) is str else str(value)
+    return (text in operand) is (op == "in")  # type: ignore[operator]
+
+
+AGGREGATIONS = ("count", "sum", "max", "unique_count", "latest", "min", "avg", "time_weighted_sum")
+# aggregations of a value that have no running counter: the ledger reads them from the events
+VALUE_AGGREGATIONS = ("latest", "min", "avg", "time_weighted_sum")
+TIME_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 class Meter(Frozen):
-    """Aggregates one event type's property over a period: count / sum / max / unique_count."""
+    """Aggregates one event type's property over a period: count / sum / max / unique_count,
+    and latest / min / avg / time_weighted_sum (``billing.rating.levels``)."""
 
     key: Key
     name: str = ""
     event_type: str = Field(min_length=1)
-    aggregation: Literal["count", "sum", "max", "unique_count"] = "count"
+    aggregation: Literal["count", "sum", "max", "unique_count", "latest", "min", "avg", "time_weighted_sum"] = "count"
     property: str | None = None
+    time_unit: Literal["second", "minute", "hour", "day"] | None = None  # time_weighted_sum: level x this
     filter: dict[str, FilterValue] = Field(default_factory=dict)
     multipliers: Multipliers | None = None
     disputes: Disputes | None = None
 
     @cached_property
-    def _filter_sets(self) -> tuple[tuple[str, frozenset[str]], ...]:
-        return tuple((prop, frozenset(str(o) for o in (allowed if isinstance(allowed, list) else [allowed])))
-                     for prop, allowed in self.filter.items())
+    def _filter_rules(self) -> tuple[FilterRule, ...]:
+        return filter_rules(self.filter)
+
+    @cached_property
+    def _filter_sets(self) -> tuple[tuple[str, frozenset[str]], ...] | None:
+        """The filter as (property, allowed texts) when every rule is ``in`` (the counters'
+        fast path), else None."""
+        rules = self._filter_rules
+        if any(op != "in" for _, op, _ in rules):
+            return None
+        return tuple((prop, operand) for prop, _, operand in rules)  # type: ignore[misc]
 
     def matches(self, event_type: str, properties: dict) -> bool:
-        """The event is of this meter's type and every filter property has an allowed value
-        (values compare as text: 5 matches "5")."""
+        """The event is of this meter's type and every filter rule holds (values compare
+        as text: 5 matches "5"; ``not`` matches an absent property)."""
         if event_type != self.event_type:
             return False
-        for prop, options in self._filter_sets:
-            value = properties.get(prop)
-            if value is None or (value if type(value) is str else str(value)) not in options:
+        for rule in self._filter_rules:
+            if not rule_holds(rule, properties):
                 return False
         return True
+
+    def allowed_example(self, prop: str) -> tuple[bool, object]:
+        """(present?, value) of a property value the filter lets through, for a property
+        not known yet (the client's pre-check): absent when the filter allows that."""
+        rules = [r for r in self._filter_rules if r[0] == prop]
+        if all(rule_holds(r, {}) for r in rules):
+            return False, None
+        for _, op, operand in rules:
+            if op == "in":
+                for text in sorted(operand):  # type: ignore[arg-type]
+                    if all(rule_holds(r, {prop: text}) for r in rules):
+                        return True, text
+                return True, None
+        return True, "\x00any"  # exists: true (and perhaps a not): a value no list names
 
 
 # ---------------------------------------------------------------------- price models

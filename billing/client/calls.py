@@ -87,8 +87,8 @@ def could_match(meter: Meter, event_type: str | None, known: dict[str, Any]) -> 
     if event_type is not None and event_type != meter.event_type:
         return False
     # an unknown property is given a value the filter allows, then the ledger's rule decides
-    probe = {**{k: (v[0] if isinstance(v, list) and v else v) for k, v in meter.filter.items()},
-             **{k: v for k, v in known.items() if v is not None}}
+    probe = {k: example for k in meter.filter for present, example in [meter.allowed_example(k)] if present}
+    probe.update((k, v) for k, v in known.items() if v is not None)
     return meter.matches(meter.event_type, probe)
 
 

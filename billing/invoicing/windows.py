@@ -23,7 +23,8 @@ For a batch of windows the service
   (``usage_before_expiries``).
 
 With ``scale`` (customer -> factor, forecasts) count/sum meter totals and costs are
-multiplied by the factor first; ``max`` and ``unique_count`` meters stay as observed.
+multiplied by the factor first (a time-weighted sum too); ``max``, ``unique_count``,
+``latest``, ``min`` and ``avg`` meters stay as observed.
 """
 
 from __future__ import annotations
@@ -188,12 +189,16 @@ def scaled(plan: Plan, usage: Usage, k: Decimal) -> Usage:
     return {key: scaled_totals(plan, key, t, k) for key, t in meters.items()}, cost * k
 
 
+# meters whose units do not grow with the time elapsed: a forecast keeps them as observed
+AS_OBSERVED = ("max", "unique_count", "latest", "min", "avg")
+
+
 def scaled_totals(plan: Plan, key: str, totals: MeterTotals, k: Decimal) -> MeterTotals:
     try:
         aggregation = plan.meter(key).aggregation
     except KeyError:
         aggregation = "count"
-    if aggregation in ("max", "unique_count"):
+    if aggregation in AS_OBSERVED:
         return MeterTotals(totals.units, totals.events, totals.cost * k, totals.transactions)
     return MeterTotals(totals.units * k, int((totals.events * k).to_integral_value()), totals.cost * k,
                        totals.transactions)

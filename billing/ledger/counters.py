@@ -25,6 +25,9 @@ MICRO = Decimal(1_000_000)
 # period that were rounded to the micro-unit (0: every counter of the period is exact).
 # Not a valid meter key, so it never collides with one.
 ALL_EVENTS = "*"
+# the aggregations a running counter holds; unique counts and the value aggregations
+# (latest, min, avg, time_weighted_sum) have none: the close and the quota read their events
+COUNTED = frozenset(("count", "sum", "max"))
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class CounterPlanner:
         """Compiled (meter key, meter, simple count?, is max) for the sub's meters of ``etype``."""
         rules = [(m.key, m, bool(m.filter), m.aggregation == "count" and m.multipliers is None,
                   m.aggregation == "max")
-                 for m in sub.plan.meters if m.event_type == etype and m.aggregation != "unique_count"]
+                 for m in sub.plan.meters if m.event_type == etype and m.aggregation in COUNTED]
         self._meters[(sub.id, etype)] = rules
         return rules
 
@@ -280,8 +283,8 @@ def _matching(meter: Meter, etype: str, group: list) -> list:
     """The rows of ``group`` (one event type) that pass the meter's filter."""
     if etype != meter.event_type:
         return []
-    sets = meter._filter_sets
-    if len(sets) == 1:
+    sets = meter._filter_sets  # None: some rule is not a plain list (not / exists)
+    if sets is not None and len(sets) == 1:
         ((prop, options),) = sets
         values = list(map(dict.get, map(_PROPS, group), repeat(prop)))
         if _TEXT_OR_NONE.issuperset(map(type, values)):  # the common case, matched in C

@@ -28,6 +28,7 @@ from billing.catalog import Catalog
 from billing.costs import CostBook
 from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
+from billing.rating.meters import MEASURED
 from billing.store import event_store, repository
 from billing.alerts.budget import BudgetAlerts
 from billing.store.cost_prices import CostSource, connection_fetch
@@ -483,10 +484,10 @@ def _classify_copies(staged: _Staged, stored: dict[tuple[str, str], tuple]) -> N
 
 
 def measured_properties(catalog: Catalog) -> frozenset[str]:
-    """The properties some plan sums or takes the maximum of: like the built-in quantities
+    """The properties some plan measures (sum, max, min, latest, avg, time-weighted sum): like the built-in quantities
     (tokens, steps...), an event's value for them must be a non-negative number."""
     return frozenset(m.property for plan in catalog.all() for m in plan.meters
-                     if m.aggregation in ("sum", "max") and m.property)
+                     if m.aggregation in MEASURED and m.property)
 
 
 def task_properties(catalog: Catalog) -> frozenset[str]:

@@ -5,22 +5,30 @@ Rules: an event counts in the period that contains its timestamp (half-open
 [start, end)); duplicate ids count once (same id with different content is a conflict);
 ``count`` sums the per-event multiplier (1 by default), ``sum`` sums property x
 multiplier, ``max`` takes the largest property x multiplier, ``unique_count`` counts
-distinct property values. Outcomes disputed inside their window are left out.
+distinct property values. Outcomes disputed inside their window are left out. The value
+aggregations (``latest``, ``min``, ``avg``, ``time_weighted_sum``) are defined in
+``billing.rating.levels``; a time-weighted sum also reads the last valued event before the
+period (the level carried into it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from billing.catalog.schema import Meter, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.events import EventError, UsageEvent
 from billing.money import to_decimal
+from billing.rating import levels
 from billing.rating.types import MeterTotals
 
 ZERO = Decimal(0)
+# aggregations that read a number from the event's property (a value that is not a
+# non-negative number is refused at ingestion)
+MEASURED = ("sum", "max", "latest", "min", "avg", "time_weighted_sum")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class EventConflict(BillingError):
@@ -83,7 +91,7 @@ def measured(meter: Meter, event: UsageEvent) -> Decimal | None:
 def check_metered_values(plan: Plan, event: UsageEvent) -> None:
     """Raise EventError if a sum/max meter of ``plan`` that sees ``event`` cannot read its value."""
     for meter in plan.meters:
-        if meter.aggregation in ("sum", "max") and meter.matches(event.type, event.properties):
+        if meter.aggregation in MEASURED and meter.matches(event.type, event.properties):
             measured(meter, event)
 
 
@@ -134,7 +142,9 @@ def aggregate(
             values.append(value)
             if meter.aggregation == "unique_count":
                 distinct.add(str(event.properties.get(meter.property or "")))
-        if meter.aggregation == "max":
+        if meter.aggregation in levels.AGGREGATIONS:
+            units = _level_units(meter, unique, in_period, disputes, start, end)
+        elif meter.aggregation == "max":
             units = max(values, default=ZERO)
         elif meter.aggregation == "unique_count":
             units = Decimal(len(distinct))
@@ -142,3 +152,36 @@ def aggregate(
             units = sum(values, ZERO)
         totals[meter.key] = MeterTotals(units, count, cost, tuple(values))
     return totals
+
+
+def micros(t: datetime) -> int:
+    """An aware instant as integer microseconds since the epoch (how the ledger stores it)."""
+    delta = t - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _level_units(meter: Meter, every: list[UsageEvent], in_period: list[UsageEvent], disputes: dict,
+                 start: datetime, end: datetime) -> Decimal:
+    """A value aggregation's units (``billing.rating.levels``) over the period's events, or
+    -- time-weighted -- over every event of each customer before ``end``."""
+    def valued(events: list[UsageEvent]) -> list[tuple[str, int, str, Decimal]]:
+        out = []
+        for e in events:
+            if meter.matches(e.type, e.properties) and not (meter.disputes and is_disputed(meter, e, disputes)):
+                value = measured(meter, e)
+                if value is not None:
+                    out.append((e.customer, micros(e.timestamp), e.id, value))
+        return out
+
+    if meter.aggregation == "time_weighted_sum":
+        by_customer: dict[str, list] = {}
+        for customer, ts, eid, value in valued([e for e in every if e.timestamp < end]):
+            by_customer.setdefault(customer, []).append((ts, eid, value))
+        return sum((levels.time_weighted(levels.held_by_level(found, micros(start), micros(end)),
+                                         meter.time_unit) for found in by_customer.values()), ZERO)
+    found = valued(in_period)
+    if meter.aggregation == "latest":
+        return levels.latest((ts, eid, value) for _, ts, eid, value in found)
+    if meter.aggregation == "min":
+        return min((value for *_, value in found), default=ZERO)
+    return levels.average(sum((value for *_, value in found), ZERO), len(found))

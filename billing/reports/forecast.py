@@ -6,8 +6,9 @@ and its window ``[w0, w1)`` in the customer's current period (the period cut to 
 subscription's start / end), the *elapsed fraction* is ``f = (as_of - w0) / (w1 - w0)``
 (exact, in microseconds). The projection multiplies what was used so far by ``1 / f``:
 
-- ``count`` and ``sum`` meters, event counts and provider cost scale by ``1 / f``;
-- ``max`` and ``unique_count`` meters stay as observed (they do not accumulate linearly);
+- ``count``, ``sum`` and ``time_weighted_sum`` meters, event counts and provider cost scale by ``1 / f``;
+- ``max``, ``unique_count``, ``latest``, ``min`` and ``avg`` meters stay as observed (they do
+  not accumulate linearly);
 - the projected invoice is the rating engine's invoice on the projected totals, so included
   usage, credits, spend caps and commitments apply exactly as they will at close.
 
@@ -47,8 +48,8 @@ from billing.reports.to_date import rate_to_date
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
-METHOD = ("run rate: usage and cost so far / elapsed fraction of the billing window (count and sum meters; "
-          "max and unique-count meters as observed), then rated by the plan (included usage, caps, credits)")
+METHOD = ("run rate: usage and cost so far / elapsed fraction of the billing window (count, sum and "
+          "time-weighted sum meters; max, unique-count, latest, min and avg meters as observed), then rated by the plan (included usage, caps, credits)")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from decimal import Decimal
 
 from sqlalchemy import Connection
 
-from billing.catalog.schema import Meter, PercentagePrice, Plan
+from billing.catalog.schema import VALUE_AGGREGATIONS, Meter, PercentagePrice, Plan
+from billing.store.level_sql import level_units
 from billing.store.types import to_us
 from billing.store.wide import exact_sums, sum_sql, sum_sql_params, summed
 from billing.rating.charges.percentage import needs_transactions
@@ -78,10 +79,15 @@ def _meter_condition(sql: _Sql, meter: Meter, watermark: int, params: list) -> s
     """SQL condition selecting a meter's events (type, property filters, disputes)."""
     clauses = [f"e.type = {sql.ph}"]
     params.append(meter.event_type)
-    for prop, allowed in meter.filter.items():
-        options = allowed if isinstance(allowed, list) else [allowed]
-        clauses.append(f"{sql.text(prop)} IN ({','.join([sql.ph] * len(options))})")
-        params.extend(str(o) for o in options)
+    for prop, op, operand in meter._filter_rules:  # Meter.matches' rules (schema.rule_holds), in SQL
+        value = sql.text(prop)
+        if op == "exists":
+            clauses.append(f"{value} IS {'NOT NULL' if operand else 'NULL'}")
+            continue
+        options = sorted(operand)  # type: ignore[arg-type]
+        listed = f"{value} IN ({','.join([sql.ph] * len(options))})"
+        clauses.append(listed if op == "in" else f"({value} IS NULL OR NOT {listed})")
+        params.extend(options)
     if meter.disputes:
         d = meter.disputes
         clauses.append(
@@ -123,7 +129,8 @@ def aggregate_window(conn: Connection, plan: Plan, customers: Sequence[str], sta
     """Every meter of ``plan`` and the total provider cost, per customer, over [start, end).
 
     Simple meters share ONE pass over the window (conditional aggregates) with the cost;
-    meters with multipliers, disputes, unique counts or per-transaction pricing get their own."""
+    meters with multipliers, disputes, unique counts, value aggregations (``level_sql``) or
+    per-transaction pricing get their own."""
     sql = _Sql(conn.dialect.name)
     customers = list(customers)
     scan = len(customers) > _CHUNK
@@ -211,6 +218,8 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
             value = sum_sql(sql.number(meter.property), split)
         elif meter.aggregation == "max":
             value = f"0, 0, MAX({sql.number(meter.property)})"
+        elif meter.aggregation in VALUE_AGGREGATIONS:
+            value = "0, 0, 0"  # its units come from level_sql (events, cost: here)
         else:
             value = f"0, 0, COUNT(DISTINCT {sql.text(meter.property)})"
         run(cursor, f"SELECT e.customer_id, {group or 'NULL'} AS k, {value}, COUNT(*), {sum_sql('e.cost_pico', split)} "
@@ -238,8 +247,15 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
         slot[2] += int(cost or 0)
     transactions = _transactions(cursor, sql, plan, meter, chunk, start_us, end_us, watermark) if not scan else \
         _transactions_chunked(cursor, sql, plan, meter, chunk, start_us, end_us, watermark)
+    valued = None
+    if meter.aggregation in VALUE_AGGREGATIONS:
+        condition_params: list = []
+        condition = _meter_condition(sql, meter, watermark, condition_params)
+        valued = level_units(cursor, sql, meter, chunk, start_us, end_us, watermark, condition, condition_params)
     for customer in chunk:
         units, events, cost = acc.get(customer, (Decimal(0), 0, 0))
+        if valued is not None:  # a time-weighted sum may have units without an event in the window
+            units = valued.get(customer, Decimal(0))
         out[customer][meter.key] = MeterTotals(units.normalize() if units else Decimal(0), events,
                                                Decimal(cost) / PICO, transactions.get(customer, ()))
 

@@ -1,7 +1,10 @@
 """SQL aggregation (``aggregate_meters``) equals the pure Python ``aggregate`` for every
 meter of every shipped plan (plus test plans with max, unique_count, weighted sums,
-list filters, a short dispute window and per-transaction percentages), on random events
-stored through the ledger, on SQLite and PostgreSQL.
+list filters, a short dispute window and per-transaction percentages, and the value
+aggregations -- latest, min, avg, time-weighted sums -- with filter operators), on random
+events stored through the ledger in several batches (later batches carry earlier, "late",
+timestamps; some events are replayed as duplicates; some share an instant, so ties are
+broken by event id), on SQLite and PostgreSQL.
 
 Each hypothesis example uses a fresh customer in one database per module (the SQL is
 scoped by customer, so examples cannot see each other)."""
@@ -55,14 +58,25 @@ def assert_same(plan, sql: dict[str, MeterTotals], py: dict[str, MeterTotals]) -
 @pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
-@given(events=event_lists(), window=st.sampled_from(WINDOWS), cut=st.floats(0, 1))
-def test_sql_aggregation_equals_python(module_engine, events, window, cut):
+@given(events=event_lists(), window=st.sampled_from(WINDOWS), cut=st.floats(0, 1), data=st.data())
+def test_sql_aggregation_equals_python(module_engine, events, window, cut, data):
     customer = f"agg{next(_customers)}"
     world = World(module_engine, CATALOG, NOW)
     world.accounts.create_customer(customer, now=NOW)
     raws = [{**e, "customer": customer} for e in events]
-    result = world.record(raws)
-    assert result.accepted == len(raws), result.to_json()
+    for i, e in enumerate(raws):  # some events at the instant of an earlier one of their type: ties (by id)
+        same = [r for r in raws[:i] if r["type"] == e["type"]]
+        if same and data.draw(st.integers(0, 2), label="tie") == 0:
+            raws[i] = {**e, "timestamp": data.draw(st.sampled_from(same), label="with")["timestamp"]}
+    late_first = sorted(raws, key=lambda e: e["timestamp"], reverse=data.draw(st.booleans(), label="late"))
+    batches = data.draw(st.integers(1, 3), label="batches")
+    size = max(1, len(raws) // batches)
+    replays = data.draw(st.lists(st.sampled_from(raws), max_size=4), label="replays") if raws else []
+    for i in range(0, len(late_first), size):  # newest first: each later batch is late
+        result = world.record(late_first[i:i + size])
+        assert result.accepted == len(late_first[i:i + size]), result.to_json()
+    if replays:  # exact replays: duplicates, counted once
+        assert world.record(replays).count("duplicate") == len(replays)
     rows = stored_events(module_engine, customer)
     costs = {e: Decimal(cost) / PICO for _, e, _, _, _, _, cost, _ in rows}
     start, end = window
@@ -70,7 +84,7 @@ def test_sql_aggregation_equals_python(module_engine, events, window, cut):
         watermark = max_event_id(conn)
         for plan in PLANS:
             sql = aggregate_meters(conn, plan, [customer], to_us(start), to_us(end), watermark)[customer]
-            assert_same(plan, sql, python_totals(plan, raws, start, end, costs))
+            assert_same(plan, sql, python_totals(plan, raws + replays, start, end, costs))
             # many customers at once (one scan of the window) gives the same answer
             many = aggregate_meters(conn, plan, [customer, *FILLER], to_us(start), to_us(end), watermark)
             assert many[customer] == sql
@@ -136,3 +150,26 @@ meters:
         sql = aggregate_meters(conn, plan, [customer], to_us(start), to_us(end), max_event_id(conn))[customer]
     py = python_totals(plan, raws, start, end, {r["id"]: Decimal(0) for r in raws})
     assert_same(plan, sql, py)
+
+
+def test_value_aggregations_at_one_instant_and_across_the_period_start(module_engine):
+    """Ties at one instant go to the greatest event id (code point order: "b10" < "b9"), in
+    SQL as in Python; a time-weighted level carries in from before the period."""
+    plan = CATALOG.get("agg-levels", 1)
+    customer = f"agg{next(_customers)}"
+    world = World(module_engine, CATALOG, NOW)
+    world.accounts.create_customer(customer, now=NOW)
+    at = "2026-10-05T00:00:00Z"
+    raws = [{"id": eid, "customer": customer, "type": "agent.step", "timestamp": ts, "properties": {"units": u}}
+            for eid, ts, u in [("b10", at, 7), ("b9", at, 3), ("a1", "2026-09-30T00:00:00Z", 2),
+                               ("c1", "2026-10-31T00:00:00Z", 1)]]
+    assert world.record(raws).accepted == len(raws)
+    start, end = WINDOWS[0]
+    with module_engine.connect() as conn:
+        sql = aggregate_meters(conn, plan, [customer], to_us(start), to_us(end), max_event_id(conn))[customer]
+    py = python_totals(plan, raws, start, end, {r["id"]: Decimal(0) for r in raws})
+    assert_same(plan, sql, py)
+    assert sql["latest_units"].units == 1  # c1, the last instant
+    # 2 from Oct 1 to Oct 5 (carried in), then b9's 3 (b9 > b10) until Oct 31, then 1 for a day
+    assert sql["unit_hours"].units == 2 * 96 + 3 * 26 * 24 + 1 * 24
+    assert sql["min_units"].units == 1 and sql["avg_steps"].units == 0

@@ -29,7 +29,7 @@ def expected_counters(plan, customer: str, rows) -> dict[tuple[str, str, int], t
         total[2] += 1  # every event of the period, metered or not
         total[3] += cost
         for meter in plan.meters:
-            if meter.aggregation == "unique_count" or not meter.matches(etype, props):
+            if meter.aggregation not in ("count", "sum", "max") or not meter.matches(etype, props):
                 continue
             value = meter_value(meter, event)
             units = 0 if value is None else int(value * 1_000_000)
