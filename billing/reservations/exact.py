@@ -8,7 +8,10 @@ Quota decisions and the usage report read a customer's usage from the running co
   count, but its counter counted it;
 * a ``unique_count`` meter: it has no counter;
 * a sum priced by a percentage with per-transaction rules: the price needs each value, in
-  time order, not only the sum.
+  time order, not only the sum;
+* a value aggregation (``latest``, ``min``, ``avg``, ``time_weighted_sum``): it has no
+  counter. A time-weighted level counts as held to the end of the period (what the period
+  will bill if the level does not change: a decision never waits for the clock).
 
 For plans with such meters the quota's state statement (``reservations.sql.state_query`` and
 ``batch_state_query``) carries extra rows, computed from the period's events with the
@@ -17,7 +20,10 @@ close's own conditions (``aggregate_sql._meter_condition``, every stored event):
 * ``('x', meter[<US>multiplier group], 0, count, 0, cost_pico, events)``: the meter's
   totals, replacing its counter (no row: nothing counts);
 * ``('t', meter[<US>multiplier group], 0, value, 0, ts, rank)``: one per valued event,
-  ``rank`` its place in (ts, event id) order as the close orders transactions.
+  ``rank`` its place in (ts, event id) order as the close orders transactions;
+* ``('v', meter, 0, a, 0, b, 0)``: a value aggregation's rows (``store.level_sql``, the
+  close's query), finished by ``billing.rating.levels``; its ``'x'`` row gives its events
+  and cost.
 
 (The zeros stand where counter rows carry the high parts of their wide totals.)
 
@@ -32,8 +38,9 @@ from decimal import Decimal
 from typing import Any
 
 from billing.catalog import Plan
-from billing.catalog.schema import Meter
+from billing.catalog.schema import VALUE_AGGREGATIONS, Meter
 from billing.store.aggregate_sql import _meter_condition, _Sql
+from billing.store.level_sql import finish, value_select
 from billing.quota.decide import MeterUsage
 
 SEP = "\x1f"  # meter keys never contain it ([a-z0-9_.-])
@@ -65,6 +72,14 @@ def selects(pg: bool, plan: Plan, start_us: int, end_us: int, *, with_customer: 
         window = f"e.customer_id = {ph} AND e.ts >= {ph} AND e.ts < {ph}"
         cond_params: list[Any] = []
         cond = _meter_condition(sql, meter, _EVERY_EVENT, cond_params)
+        if meter.aggregation in VALUE_AGGREGATIONS:
+            # a time-weighted level may come from before the period: every event before its end
+            since = "" if meter.aggregation == "time_weighted_sum" else f" AND e.ts >= {ph}"
+            rows = value_select(sql, meter, f"e.customer_id = {ph} AND e.ts < {ph}{since} AND {cond}",
+                                start_us, end_us)
+            keep = "q.k, " if with_customer else ""
+            out.append(f" UNION ALL SELECT {keep}'v', '{meter.key}', 0, q.a, 0, q.b, 0 FROM ({rows}) q")
+            params += [customer, end_us, *([] if since == "" else [start_us]), *cond_params]
         mult = meter.multipliers
         if meter.key in transaction_meters:
             group = sql.text(mult.property) if mult else None
@@ -94,11 +109,15 @@ def fold(plan: Plan, usage: Mapping[str, MeterUsage]) -> dict[str, MeterUsage]:
     compiled = plan.compiled
     totals: dict[str, list] = {}
     values: dict[str, list[tuple[int, Decimal]]] = {}
+    valued: dict[str, list[tuple]] = {}  # a value aggregation's rows (level_sql), by meter
     for kind, key, a, b, c in rows:
         meter_key, sep, group = key.partition(SEP)
         meter = compiled.meter_by_key[meter_key]
         mult = meter.multipliers
         factor = (mult.values.get(group, mult.default) if sep else mult.default) if mult else 1
+        if kind == "v":
+            valued.setdefault(meter_key, []).append((meter_key, a, b))
+            continue
         if kind == "x":
             slot = totals.setdefault(meter_key, [_ZERO, 0, 0])
             slot[0] += Decimal(a) * factor
@@ -114,5 +133,18 @@ def fold(plan: Plan, usage: Mapping[str, MeterUsage]) -> dict[str, MeterUsage]:
             out[meter.key] = MeterUsage(counted.units, counted.cost, counted.events, tuple(v for _, v in found))
         else:
             units, cost, events = totals.get(meter.key, (_ZERO, 0, 0))
+            if meter.aggregation in VALUE_AGGREGATIONS:
+                units = finish(_Scale, meter, valued.get(meter.key, ())).get(meter.key, _ZERO)
             out[meter.key] = MeterUsage(units, Decimal(cost) / PICO, events)
     return out
+
+
+class _Scale:
+    """``level_sql.finish``'s dialect numbers, told apart by type: SQLite's are micro-unit
+    integers, PostgreSQL's numeric (``aggregate_sql._Sql.number``)."""
+
+    @staticmethod
+    def scale(value: Any) -> Decimal:
+        if value is None:
+            return _ZERO
+        return Decimal(value) / MICRO if isinstance(value, int) else Decimal(value)

@@ -35,7 +35,7 @@ def _order(pg: bool, direction: str = "") -> str:
 
 
 def value_select(sql, meter: Meter, where: str, start_us: int, end_us: int, *, lead: str = "e.customer_id") -> str:
-    """The SELECT of a value aggregation's rows: (``lead``, a, b) with ``where`` selecting
+    """The SELECT of a value aggregation's rows (k, a, b): ``lead``, a, b, with ``where`` selecting
     the meter's events (its parameters are the caller's). ``where`` covers [start, end)
     except for a time-weighted sum, whose ``where`` must cover every event before ``end``.
 
@@ -45,18 +45,19 @@ def value_select(sql, meter: Meter, where: str, start_us: int, end_us: int, *, l
     valued = f"{where} AND {number} IS NOT NULL"
     agg = meter.aggregation
     if agg == "min":
-        return f"SELECT {lead}, MIN({number}), 0 FROM usage_event e WHERE {valued} GROUP BY {lead}"
+        return f"SELECT {lead} AS k, MIN({number}) AS a, 0 AS b FROM usage_event e WHERE {valued} GROUP BY {lead}"
     if agg == "avg":
-        return f"SELECT {lead}, SUM({number}), COUNT(*) FROM usage_event e WHERE {valued} GROUP BY {lead}"
+        return (f"SELECT {lead} AS k, SUM({number}) AS a, COUNT(*) AS b FROM usage_event e WHERE {valued} "
+                f"GROUP BY {lead}")
     if agg == "latest":
-        return (f"SELECT k, v, 0 FROM (SELECT {lead} AS k, {number} AS v, ROW_NUMBER() OVER "
+        return (f"SELECT k, v AS a, 0 AS b FROM (SELECT {lead} AS k, {number} AS v, ROW_NUMBER() OVER "
                 f"(PARTITION BY {lead} ORDER BY {_order(sql.pg, ' DESC')}) AS n "
                 f"FROM usage_event e WHERE {valued}) s WHERE n = 1")
     if agg == "time_weighted_sum":
         following = f"LEAD(e.ts) OVER (PARTITION BY {lead} ORDER BY {_order(sql.pg)})"
         until = f"CASE WHEN {following} IS NULL OR {following} > {int(end_us)} THEN {int(end_us)} ELSE {following} END"
         since = f"CASE WHEN e.ts > {int(start_us)} THEN e.ts ELSE {int(start_us)} END"
-        return (f"SELECT k, v, SUM(held) FROM (SELECT {lead} AS k, {number} AS v, {until} - {since} AS held "
+        return (f"SELECT k, v AS a, SUM(held) AS b FROM (SELECT {lead} AS k, {number} AS v, {until} - {since} AS held "
                 f"FROM usage_event e WHERE {valued}) s WHERE held > 0 GROUP BY k, v")
     raise ValueError(f"{agg!r} is not a value aggregation")
 
