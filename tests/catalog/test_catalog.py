@@ -14,7 +14,8 @@ from billing.errors import ErrorCode
 
 D = Decimal
 PLANS = Path(__file__).resolve().parents[2] / "plans"
-SHIPPED = {"copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team", "token-api"}
+SHIPPED = {"copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team", "token-api",
+           "vector-store"}
 
 BROKEN = """\
 plan: broken
@@ -112,10 +113,9 @@ charges:
     with pytest.raises(PlanInvalid) as info:
         parse_plan_text(text, "p.yaml")
     paths = [(p.path, p.line) for p in info.value.problems]
-    # a filter value that is none of str | int | bool | list: ONE problem naming every option
+    # a filter mapping is one of operators: ONE problem naming the unknown one and the options
     assert paths[0] == ("meters[1].filter.model", 4)
-    assert info.value.problems[0].message == ("Input should be a valid string, a valid integer, "
-                                              "a valid boolean or a valid list")
+    assert info.value.problems[0].message == "unknown filter operator 'a' (use in, not or exists)"
     assert paths[1:] == [
         ("charges[0].price.package_size", 8),
         ("charges[0].on_exhaustion.rate_limit.limit", 9),

@@ -237,3 +237,34 @@ def test_worked_example_one_customer_on_the_support_chatbot_plan(population):
     assert usage["messages"].units == 15
     assert inv.provider_cost == 15 * D("0.0123") == D("0.1845")
     assert inv.total == D("20.00")  # 15 messages are inside the 100 included
+
+
+# -------------------------------------------------------------------------- vector-store
+
+def storage_reports() -> list[UsageEvent]:
+    """The stored size when it changes: 10 GB since Sep 28 (carried into October), 25 GB
+    from Oct 11, 5 GB from Oct 21 (reported twice at that instant: "r3b" > "r3", so the
+    later id holds)."""
+    reports = [("r1", datetime(2026, 9, 28, tzinfo=UTC), 10, 400_000), ("r2", at(11, 0), 25, 1_200_000),
+               ("r3", at(21, 0), 40, 900_000), ("r3b", at(21, 0), 5, 300_500)]
+    return [UsageEvent(id=i, customer="acme", type="storage.size", timestamp=t, properties={"gb": gb, "vectors": v})
+            for i, t, gb, v in reports]
+
+
+def test_vector_store_gb_hours_latest_index_and_filtered_queries():
+    events = (storage_reports() + spread(1300, "q", "vector.query", region="eu")
+              + spread(200, "i", "vector.query", region="us", tier="internal")  # not billed
+              + spread(100, "a", "vector.query", region="apac") + spread(50, "n", "vector.query"))  # no region
+    inv = rate("vector-store.yaml", events)
+    # 10 GB x 240 h (Oct 1-11) + 25 GB x 240 h (Oct 11-21) + 5 GB x 264 h (Oct 21 - Nov 1) = 9,720 GB-hours;
+    # 744 included, 8,976 x 0.0005 = 4.488 -> 4.49. Index: 300,500 vectors at the last report,
+    # 301 packages of 1,000 x 0.001 = 0.301 -> 0.30. Queries: 1,300 (eu), 300 past 1,000 x 0.002 = 0.60.
+    assert lines(inv) == [
+        ("Vector store subscription", D(1), D("20.00"), D("20.00")),
+        ("Storage: 9720 used, 744 included", D(744), D(0), D("0.00")),
+        ("Storage", D(8976), D("0.0005"), D("4.49")),
+        ("Index size (301 x 1000 units)", D(301), D("0.001"), D("0.30")),
+        ("Queries: 1300 used, 1000 included", D(1000), D(0), D("0.00")),
+        ("Queries", D(300), D("0.002"), D("0.60")),
+    ]
+    assert inv.total == D("25.39")
