@@ -108,6 +108,37 @@ def _charge_problems(charges: Any, meters: Any) -> list[tuple[list[Any], str]]:
         price = charge.get("price") or {}
         if isinstance(price, dict) and price.get("model") == "percentage":
             problems.extend(_percentage_problems(i, charge, price, meters))
+        if isinstance(price, dict) and price.get("model") == "dimension":
+            problems.extend(_dimension_problems(i, charge, price, meters, charges))
+    return problems
+
+
+def _dimension_problems(i: int, charge: dict, price: dict, meters: Any, charges: list) -> list[tuple[list[Any], str]]:
+    """Charge ``i``'s dimension price: its values' tiers in order, a plain count / sum meter,
+    and one property per meter (its per-value totals are split by one property)."""
+    problems: list[tuple[list[Any], str]] = []
+    inner = [(["prices", value], p) for value, p in (price.get("prices") or {}).items()] \
+        if isinstance(price.get("prices"), dict) else []
+    for where, p in [*inner, (["default"], price.get("default"))]:
+        if isinstance(p, dict) and isinstance(p.get("tiers"), list):
+            problems.extend((["charges", i, "price", *where, "tiers", *at], msg)
+                            for at, msg in _tier_problems(p["tiers"]))
+    meter = next((m for m in meters if isinstance(m, dict) and m.get("key") == charge.get("meter")), None)
+    if meter is None:
+        return problems
+    if meter.get("aggregation", "count") not in ("count", "sum"):
+        problems.append((["charges", i, "price", "model"], "a dimension price splits its meter's units by value: "
+                         f"meter {charge.get('meter')!r} must count or sum (aggregation: count or sum)"))
+    for field in ("multipliers", "disputes"):
+        if meter.get(field) is not None:
+            problems.append((["charges", i, "price", "model"], f"a dimension price's meter takes no {field} "
+                             f"(meter {charge.get('meter')!r} has them)"))
+    for j, other in enumerate(charges[:i]):
+        other_price = other.get("price") if isinstance(other, dict) else None
+        if isinstance(other_price, dict) and other_price.get("model") == "dimension" \
+                and other.get("meter") == charge.get("meter") and other_price.get("property") != price.get("property"):
+            problems.append((["charges", i, "price", "property"], f"charge {j} splits meter {charge.get('meter')!r} "
+                             f"by {other_price.get('property')!r}: a meter is split by one property"))
     return problems
 
 

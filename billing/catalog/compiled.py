@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from billing.catalog.schema import (
-    BlockPolicy, Included, Meter, PercentagePrice, PerUnitPrice, RateLimit, RateLimitPolicy, SlowTierPolicy,
+    BlockPolicy, DimensionPrice, Included, Meter, PercentagePrice, PerUnitPrice, RateLimit, RateLimitPolicy, SlowTierPolicy,
     VALUE_AGGREGATIONS, UsageCharge, VolumePrice)
 from billing.money import round_line
 
@@ -55,6 +55,7 @@ class CompiledCharge:
     throttles: bool  # block / downgrade / rate_limit: usage past the included units is throttled
     per_transaction: bool  # a percentage price with per-transaction rules: needs each event's value
     volume_ends: tuple[Decimal, ...]  # volume prices: the bounded tiers' up_to (where the amount can drop)
+    by_value: str | None  # a dimension price: the property whose values it prices (needs per-value totals)
 
 
 def compile_charge(charge: UsageCharge, index: int, currency: str) -> CompiledCharge:
@@ -73,7 +74,8 @@ def compile_charge(charge: UsageCharge, index: int, currency: str) -> CompiledCh
         throttles=isinstance(policy, (BlockPolicy, SlowTierPolicy, RateLimitPolicy)),
         per_transaction=isinstance(price, PercentagePrice) and price.per_transaction,
         volume_ends=tuple(t.up_to for t in price.tiers if t.up_to is not None)
-        if isinstance(price, VolumePrice) else ())
+        if isinstance(price, VolumePrice) else (),
+        by_value=price.property if isinstance(price, DimensionPrice) else None)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -89,9 +91,11 @@ class CompiledPlan:
     requests: MappingProxyType  # quota request key -> (meter key, charges deciding it)
     charged_meters: frozenset[str]
     transaction_meters: frozenset[str]  # meters some per-transaction charge prices
+    group_meters: MappingProxyType  # meter key -> the property a dimension price splits it by
     # charged meters whose rated value needs the events themselves, not a running total: an
     # outcome counts only if not disputed in its window, distinct values, per-transaction
-    # sums, and the value aggregations (latest, min, avg, time_weighted_sum: no counter)
+    # sums, the value aggregations (latest, min, avg, time_weighted_sum: no counter) and
+    # the meters a dimension price splits by value (a counter holds only their total)
     event_read_meters: tuple[Meter, ...]
     event_types: frozenset[str]  # metered types and the dispute types of outcome meters
     has_rate_limits: bool
@@ -140,8 +144,10 @@ def compile_plan(plan: Plan) -> CompiledPlan:
         requests=MappingProxyType(requests),
         charged_meters=frozenset(c.meter for c in charges),
         transaction_meters=frozenset(c.meter for c in charges if c.per_transaction),
+        group_meters=MappingProxyType({c.meter: c.by_value for c in reversed(charges) if c.by_value}),
         event_read_meters=tuple(m for m in plan.meters if m.key in by_meter and (
             m.disputes is not None or m.aggregation == "unique_count" or m.aggregation in VALUE_AGGREGATIONS
+            or any(c.by_value for c in by_meter[m.key])
             or any(c.per_transaction for c in by_meter[m.key]))),
         event_types=frozenset(types),
         has_rate_limits=any(c.rate_limit is not None for c in charges),

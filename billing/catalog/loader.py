@@ -328,7 +328,9 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
                 if tag and isinstance(_node_at(data, parts), dict):
                     parts = [*parts, tag]
                     given = _node_at(data, parts)
-                    options = ", ".join(_TAG_VALUES.get(tag, ()))
+                    expected = (err.get("ctx") or {}).get("expected_tags")  # this union's own tags
+                    options = ", ".join(t.strip().strip("'") for t in expected.split(",")) if expected else \
+                        ", ".join(_TAG_VALUES.get(tag, ()))
                     msg = (f"required: one of {options}" if given is None
                            else f"{given!r} is not one of {options}")
             if any(isinstance(x, str) and _is_union_member(x) for x in err["loc"]):

@@ -275,8 +275,31 @@ class CostPlusPrice(Frozen):
     markup: Money
 
 
+# what one value of a dimension price is priced by (not a percentage: a value's units are
+# priced as one quantity; not volume: a charge's amount never falls as its usage grows,
+# which the quota's spend-cap holds rely on; not a nested dimension)
+ValuePrice = Annotated[
+    Union[PerUnitPrice, GraduatedPrice, PackagePrice, CostPlusPrice],
+    Field(discriminator="model"),
+]
+
+
+class DimensionPrice(Frozen):
+    """One charge priced by a property's value (Lago's grouped charges, OpenMeter's group-by):
+    the meter's units are split by the value of ``property`` on each event, and each value's
+    units are priced by ``prices[value]`` -- or ``default`` for any other value, an absent
+    one, and usage known only as a total (live holds, simulations) -- each its own invoice
+    line. The charge's included units are drawn from the values in the order ``prices``
+    lists them, then the other values in text order (``billing.rating.charges.dimension``)."""
+
+    model: Literal["dimension"]
+    property: str = Field(min_length=1)
+    prices: dict[Annotated[str, Field(min_length=1, max_length=200)], ValuePrice] = Field(min_length=1)
+    default: ValuePrice
+
+
 Price = Annotated[
-    Union[PerUnitPrice, GraduatedPrice, VolumePrice, PackagePrice, PercentagePrice, CostPlusPrice],
+    Union[PerUnitPrice, GraduatedPrice, VolumePrice, PackagePrice, PercentagePrice, CostPlusPrice, DimensionPrice],
     Field(discriminator="model"),
 ]
 

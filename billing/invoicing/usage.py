@@ -10,7 +10,8 @@ subscription starts or ends in the past). It equals the SQL aggregation of the e
   period, and none that starts later has a period starting where this one does;
 - the subscriptions read with the snapshot are the ones the close rates;
 - the meter is a plain ``count``, ``sum`` or ``max`` (no multipliers, no disputes, no
-  per-transaction percentage price): unique counts and disputes need the events;
+  per-transaction percentage price, no dimension price: its totals per value): unique
+  counts, value aggregations and disputes need the events;
 - no value of the period had more than 6 decimals (the ``*`` row's ``units_micro``);
 - a ``max`` counter is not 0, or saw no event, or meters a quantity (never negative): an
   event without the property counts 0 in the counter and nothing in SQL, which differs
@@ -69,11 +70,11 @@ class CounterUsage:
 
 
 def plan_is_countable(plan: Plan) -> bool:
-    """Every meter of the plan is a plain count / sum / max."""
+    """Every meter of the plan is a plain count / sum / max, and none is priced by value."""
     per_transaction = {c.meter for c in plan.charges
                        if isinstance(c.price, PercentagePrice) and needs_transactions(c.price)}
     return all(m.aggregation in ("count", "sum", "max") and m.multipliers is None and m.disputes is None
-               and m.key not in per_transaction for m in plan.meters)
+               and m.key not in per_transaction and m.key not in plan.compiled.group_meters for m in plan.meters)
 
 
 def alone_in_period(sub: SubscriptionRow, period: Period, others: Sequence[SubscriptionRow],

@@ -55,6 +55,7 @@ from billing.catalog.schema import BlockPolicy, Plan, RateLimit, RateLimitPolicy
 from billing.errors import BillingError, ErrorCode
 from billing.money import dec_str, round_line
 from billing.rating import arithmetic
+from billing.rating.types import Groups, merge_groups
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -105,10 +106,14 @@ class MeterUsage:
     cost: Decimal = ZERO
     events: int = 0
     transactions: tuple[Decimal, ...] | None = None
+    # per-value totals of a meter a dimension price splits (read from the events); units
+    # beyond them (live holds, a request without the value) are priced at its default
+    groups: Groups = ()
 
     def __add__(self, other: "MeterUsage") -> "MeterUsage":
         return frozen(MeterUsage, {"units": self.units + other.units, "cost": self.cost + other.cost,
-                                   "events": self.events + other.events, "transactions": None})
+                                   "events": self.events + other.events, "transactions": None,
+                                   "groups": merge_groups(self.groups, other.groups)})
 
 
 _EMPTY = MeterUsage()
@@ -292,7 +297,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     else:
         units = quantity
 
-    totals, before, after = _meter_totals(cp, state, meter_key, units, cost)
+    totals, before, after = _meter_totals(cp, state, meter_key, units, cost, request.model)
     amounts = _charge_amounts(cp, state, totals, meter_key, after, units)
     credits_all = _credits_for(state, cp, None)
 
@@ -326,8 +331,8 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         "amount": max(ZERO, amounts.spend_after - spend_before), "message": final.message})
 
 
-def _meter_totals(cp: CompiledPlan, state: UsageState, meter_key: str, units: Decimal, cost: Decimal
-                  ) -> tuple[dict[str, MeterUsage], MeterUsage, MeterUsage]:
+def _meter_totals(cp: CompiledPlan, state: UsageState, meter_key: str, units: Decimal, cost: Decimal,
+                  model: str | None = None) -> tuple[dict[str, MeterUsage], MeterUsage, MeterUsage]:
     """Usage (committed + held) of the charged meters and of the requested one, and the
     requested meter's usage after the request: (totals, before, after)."""
     empty = _EMPTY
@@ -340,8 +345,12 @@ def _meter_totals(cp: CompiledPlan, state: UsageState, meter_key: str, units: De
     if before is None:
         used, held = usage_get(meter_key), held_get(meter_key)
         before = totals[meter_key] = (used or empty) if held is None else (held if used is None else used + held)
+    by_value = cp.group_meters.get(meter_key)  # the request's own value, when it names it (its model)
+    groups = merge_groups(before.groups, ((model, units, cost, 1),)) if by_value == "model" and model else \
+        before.groups
     after = frozen(MeterUsage, {"units": before.units + units, "cost": before.cost + cost,
-                                "events": before.events + (1 if units > 0 else 0), "transactions": None})
+                                "events": before.events + (1 if units > 0 else 0), "transactions": None,
+                                "groups": groups})
     return totals, before, after
 
 
@@ -372,11 +381,11 @@ def _charge_amounts(cp: CompiledPlan, state: UsageState, totals: Mapping[str, Me
         cmeter = charge.meter
         m = totals[cmeter]
         tx = transactions_of(state, cmeter) if charge.per_transaction else ()
-        b = exact_of(charge, m.units, m.cost, m.events, tx, inc)
+        b = exact_of(charge, m.units, m.cost, m.events, tx, inc, m.groups)
         pb = peak_of(charge, m.units, m.cost, m.events, tx, inc) if charge.volume_ends else b
         if cmeter == meter_key:
             tx_after = tx + (units,) if charge.per_transaction else ()
-            a = exact_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc)
+            a = exact_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc, after_m.groups)
             pa = peak_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc) \
                 if charge.volume_ends else a
         else:

@@ -35,7 +35,8 @@ from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import UsageCharge
 from billing.money import quantum, round_line
 from billing.rating.charges import price_parts
-from billing.rating.types import Billable, CreditGrant, Part
+from billing.rating.charges.past import past_included
+from billing.rating.types import Billable, CreditGrant, Groups, Part, merge_groups
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -62,16 +63,27 @@ def included_by_charge(plan: CompiledPlan, seats: int) -> tuple[Decimal, ...]:
 
 
 def billable(units: Decimal, cost: Decimal, events: int, transactions: tuple[Decimal, ...],
-             included: Decimal) -> Billable:
+             included: Decimal, groups: Groups | None = None) -> Billable:
     """The units past the included ones, their share of the provider cost and of the
-    events (all of them when nothing is included)."""
-    if units <= 0:  # no units: no cost share (a cost-plus price bills nothing)
-        return Billable(ZERO, ZERO, events if included == 0 else 0, transactions)
-    if not included:  # every unit is billable: no division
-        return Billable(units, cost, events, transactions)
-    past = units - included if units > included else ZERO
-    share = past / units
-    return Billable(past, cost * share, int(events * share), transactions)
+    events (all of them when nothing is included: ``charges.past``). A dimension price
+    (``groups`` not None) also gets the usage per value and the included units, which it
+    draws itself; usage not split by value (live holds, simulated totals) is one group
+    without a value."""
+    usage = past_included(units, cost, events, transactions, included)
+    if groups is None:
+        return usage
+    return Billable(usage.units, usage.cost, usage.events, transactions, whole_groups(groups, units, cost, events),
+                    included)
+
+
+def whole_groups(groups: Groups, units: Decimal, cost: Decimal, events: int) -> Groups:
+    """``groups`` with what the totals hold beyond them as one group without a value."""
+    rest_units = units - sum((g[1] for g in groups), ZERO)
+    rest_cost = cost - sum((g[2] for g in groups), ZERO)
+    rest_events = events - sum(g[3] for g in groups)
+    if rest_units <= 0 and rest_cost <= 0 and rest_events <= 0:
+        return groups
+    return merge_groups(groups, ((None, max(rest_units, ZERO), max(rest_cost, ZERO), max(rest_events, 0)),))
 
 
 def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:
@@ -87,18 +99,22 @@ def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:
 
 
 def exact_charge(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
-    """The charge's exact amount for a period's usage (unrounded, before its spend cap)."""
+                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+                 groups: Groups = ()) -> Decimal:
+    """The charge's exact amount for a period's usage (unrounded, before its spend cap);
+    ``groups``: the meter's per-value totals (a dimension price)."""
     price = charge.linear_price
     if price is not None:  # per_unit or the slow tier, without building a Billable
         return (units - included) * price if units > included else ZERO
-    return exact_amount(charge, billable(units, cost, events, transactions, included))
+    return exact_amount(charge, billable(units, cost, events, transactions, included,
+                                         groups if charge.by_value else None))
 
 
 def charge_amount(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-                  transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+                  transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+                  groups: Groups = ()) -> Decimal:
     """The charge's amount for a period's usage, rounded once, before its spend cap."""
-    return round_line(exact_charge(charge, units, cost, events, transactions, included), currency)
+    return round_line(exact_charge(charge, units, cost, events, transactions, included, groups), currency)
 
 
 def billed(charge: CompiledCharge, amount: Decimal) -> Decimal:
@@ -108,13 +124,15 @@ def billed(charge: CompiledCharge, amount: Decimal) -> Decimal:
 
 
 def charge_spend(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+                 groups: Groups = ()) -> Decimal:
     """The spend of a charge that the invoice bills and quotas, alerts and forecasts report:
     its amount rounded once, at most its spend cap."""
     # exact_charge and billed, inline: the simulation's hot path
     price = charge.linear_price
     if price is None:
-        amount = round_line(exact_amount(charge, billable(units, cost, events, transactions, included)), currency)
+        amount = round_line(exact_amount(charge, billable(units, cost, events, transactions, included,
+                                                          groups if charge.by_value else None)), currency)
     elif units > included:
         amount = round_line((units - included) * price, currency)
     else:
@@ -124,13 +142,15 @@ def charge_spend(charge: CompiledCharge, currency: str, units: Decimal, cost: De
 
 
 def peak_exact(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-               transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+               transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+               groups: Groups = ()) -> Decimal:
     """The highest exact amount (``exact_charge``) reached at any usage up to ``units``:
     what a quota decision holds against a spend cap.
 
     Every price model but volume only grows with usage; a volume price can fall past a tier
-    end, so its candidates are the amounts at the bounded tiers' ends below the usage."""
-    amount = exact_charge(charge, units, cost, events, transactions, included)
+    end, so its candidates are the amounts at the bounded tiers' ends below the usage (a
+    dimension price takes no volume price: its amount only grows)."""
+    amount = exact_charge(charge, units, cost, events, transactions, included, groups)
     if charge.volume_ends and units > 0:
         past = units - included
         for end in charge.volume_ends:
@@ -159,8 +179,8 @@ class Breakdown:
 
 
 def breakdown(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal, events: int,
-              transactions: tuple[Decimal, ...], included: Decimal) -> Breakdown:
-    usage = billable(units, cost, events, transactions, included)
+              transactions: tuple[Decimal, ...], included: Decimal, groups: Groups = ()) -> Breakdown:
+    usage = billable(units, cost, events, transactions, included, groups if charge.by_value else None)
     if charge.slow_price is not None:
         parts = [Part("slow tier", usage.units, charge.slow_price, usage.units * charge.slow_price)] \
             if usage.units > 0 else []
@@ -297,7 +317,7 @@ def measures(plan: CompiledPlan, usage: Mapping[str, Any], seats: int,
         else:
             tx = transactions.get(charge.meter, ()) if transactions is not None else t.transactions or ()
             units = t.units
-            spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc)
+            spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc, getattr(t, "groups", None) or ())
         if charge.included is not None and inc > 0:
             out.append(Measure(f"charge:{charge.key}:included", units, inc, "units"))
         if charge.spend_cap is not None and charge.spend_cap > 0:

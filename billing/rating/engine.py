@@ -201,7 +201,7 @@ def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, se
     name = charge.name
     included = arithmetic.included_units(charge, seats)
     detail = arithmetic.breakdown(charge, lines.currency, totals.units, totals.cost, totals.events,
-                                  totals.transactions, included)
+                                  totals.transactions, included, totals.groups)
     if charge.included is not None:
         lines.add(LineKind.USAGE, f"{name}: {dec_str(totals.units)} used, {dec_str(included)} included",
                   min(totals.units, included), ZERO, ZERO, charge.key, charge.meter)
@@ -255,7 +255,7 @@ def _charged_before(plan: CompiledPlan, inp: RatingInput, t: datetime | None, se
     for c in plan.charges:
         totals = usage.get(c.meter, _NO_USAGE)
         out[c.key] = arithmetic.charge_spend(c, plan.currency, totals.units, totals.cost, totals.events,
-                                             totals.transactions, arithmetic.included_units(c, seats))
+                                             totals.transactions, arithmetic.included_units(c, seats), totals.groups)
     return out
 
 

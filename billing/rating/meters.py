@@ -129,6 +129,8 @@ def aggregate(
         units, count, cost = ZERO, 0, ZERO
         values: list[Decimal] = []
         distinct: set[str] = set()
+        by_value = plan.compiled.group_meters.get(meter.key)  # a dimension price splits it
+        groups: dict[str | None, list] = {}
         for event in in_period:
             if not meter.matches(event.type, event.properties):
                 continue
@@ -136,7 +138,15 @@ def aggregate(
                 continue
             value = meter_value(meter, event)
             count += 1
-            cost += cost_of(event)
+            event_cost = cost_of(event)
+            cost += event_cost
+            if by_value is not None:  # count / sum: the value's units, cost and events
+                raw = event.properties.get(by_value)
+                slot = groups.setdefault(None if raw is None else raw if type(raw) is str else str(raw),
+                                         [ZERO, ZERO, 0])
+                slot[0] += value or ZERO
+                slot[1] += event_cost
+                slot[2] += 1
             if value is None:
                 continue
             values.append(value)
@@ -150,7 +160,9 @@ def aggregate(
             units = Decimal(len(distinct))
         else:
             units = sum(values, ZERO)
-        totals[meter.key] = MeterTotals(units, count, cost, tuple(values))
+        totals[meter.key] = MeterTotals(units, count, cost, tuple(values),
+                                        tuple((v, u, c, n) for v, (u, c, n) in sorted(
+                                            groups.items(), key=lambda g: (g[0] is None, g[0] or ""))))
     return totals
 
 

@@ -9,20 +9,42 @@ from enum import StrEnum
 
 ZERO = Decimal(0)
 
+# per-value totals of a meter a dimension price splits: (value as text, or None when the
+# event has no value; units, cost, events), in no particular order
+Groups = tuple[tuple[str | None, Decimal, Decimal, int], ...]
+
 
 @dataclass(frozen=True)
 class MeterTotals:
     """A meter's aggregate over one period. ``transactions`` (per-event values, in time
-    order) is only needed by percentage prices with per-transaction rules."""
+    order) is only needed by percentage prices with per-transaction rules; ``groups`` (the
+    totals per value of a property) only by dimension prices."""
 
     units: Decimal = ZERO
     events: int = 0
     cost: Decimal = ZERO
     transactions: tuple[Decimal, ...] = ()
+    groups: Groups = ()
 
     def __add__(self, other: "MeterTotals") -> "MeterTotals":
         return MeterTotals(self.units + other.units, self.events + other.events,
-                           self.cost + other.cost, self.transactions + other.transactions)
+                           self.cost + other.cost, self.transactions + other.transactions,
+                           merge_groups(self.groups, other.groups))
+
+
+def merge_groups(a: Groups, b: Groups) -> Groups:
+    """Per-value totals of both, added value by value."""
+    if not b:
+        return a
+    if not a:
+        return b
+    out: dict[str | None, list] = {}
+    for value, units, cost, events in (*a, *b):
+        slot = out.setdefault(value, [ZERO, ZERO, 0])
+        slot[0] += units
+        slot[1] += cost
+        slot[2] += events
+    return tuple((v, u, c, e) for v, (u, c, e) in out.items())
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,10 @@ class Billable:
     cost: Decimal = ZERO
     events: int = 0
     transactions: tuple[Decimal, ...] = ()
+    # a dimension price: the usage per value before the included units, and those units
+    # (it draws them from the values in its own order); empty otherwise
+    groups: Groups = ()
+    included: Decimal = ZERO
 
 
 @dataclass(frozen=True)

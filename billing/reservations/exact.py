@@ -9,6 +9,8 @@ Quota decisions and the usage report read a customer's usage from the running co
 * a ``unique_count`` meter: it has no counter;
 * a sum priced by a percentage with per-transaction rules: the price needs each value, in
   time order, not only the sum;
+* a meter a dimension price splits by a property's value: its counter holds only the
+  total (its ``'x'`` rows are per value: the sum or count, cost and events);
 * a value aggregation (``latest``, ``min``, ``avg``, ``time_weighted_sum``): it has no
   counter. A time-weighted level counts as held to the end of the period (what the period
   will bill if the level does not change: a decision never waits for the clock).
@@ -91,6 +93,10 @@ def selects(pg: bool, plan: Plan, start_us: int, end_us: int, *, with_customer: 
             continue
         group = sql.text(mult.property) if mult and meter.aggregation != "unique_count" else None
         value = f"COUNT(DISTINCT {sql.text(meter.property)})" if meter.aggregation == "unique_count" else "COUNT(*)"
+        by_value = plan.compiled.group_meters.get(meter.key)
+        if by_value is not None:  # a dimension price: a plain count or sum per value of the property
+            group = sql.text(by_value)
+            value = f"SUM({sql.number(meter.property)})" if meter.aggregation == "sum" else "COUNT(*)"
         keys = [k for k in (by, group) if k]
         grouping = f" GROUP BY {', '.join(keys)}" if keys else ""
         having = "" if keys else " HAVING COUNT(*) > 0"
@@ -110,6 +116,7 @@ def fold(plan: Plan, usage: Mapping[str, MeterUsage]) -> dict[str, MeterUsage]:
     totals: dict[str, list] = {}
     values: dict[str, list[tuple[int, Decimal]]] = {}
     valued: dict[str, list[tuple]] = {}  # a value aggregation's rows (level_sql), by meter
+    by_value: dict[str, list[tuple]] = {}  # a dimension-priced meter's rows: (value, units, cost_pico, events)
     for kind, key, a, b, c in rows:
         meter_key, sep, group = key.partition(SEP)
         meter = compiled.meter_by_key[meter_key]
@@ -117,6 +124,10 @@ def fold(plan: Plan, usage: Mapping[str, MeterUsage]) -> dict[str, MeterUsage]:
         factor = (mult.values.get(group, mult.default) if sep else mult.default) if mult else 1
         if kind == "v":
             valued.setdefault(meter_key, []).append((meter_key, a, b))
+            continue
+        if kind == "x" and meter_key in compiled.group_meters:  # per value (a sum: the dialect's numbers)
+            units = _Scale.scale(a) if meter.aggregation == "sum" else Decimal(a)
+            by_value.setdefault(meter_key, []).append((group if sep else None, units, int(b or 0), int(c)))
             continue
         if kind == "x":
             slot = totals.setdefault(meter_key, [_ZERO, 0, 0])
@@ -131,6 +142,11 @@ def fold(plan: Plan, usage: Mapping[str, MeterUsage]) -> dict[str, MeterUsage]:
             counted = out.get(meter.key, MeterUsage())
             found = sorted(values.get(meter.key, ()))
             out[meter.key] = MeterUsage(counted.units, counted.cost, counted.events, tuple(v for _, v in found))
+        elif meter.key in compiled.group_meters:
+            found = sorted(by_value.get(meter.key, ()), key=lambda g: (g[0] is None, g[0] or ""))
+            out[meter.key] = MeterUsage(sum((g[1] for g in found), _ZERO), Decimal(sum(g[2] for g in found)) / PICO,
+                                        sum(g[3] for g in found), None,
+                                        tuple((v, u, Decimal(c) / PICO, n) for v, u, c, n in found))
         else:
             units, cost, events = totals.get(meter.key, (_ZERO, 0, 0))
             if meter.aggregation in VALUE_AGGREGATIONS:

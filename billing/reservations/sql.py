@@ -374,7 +374,7 @@ def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: A
         scale = _SCALE[kind]
         units, cost = int(units_high or 0) * scale + int(units or 0), int(cost_high or 0) * scale + int(cost or 0)
     return frozen(MeterUsage, {"units": Decimal(units) / MICRO, "cost": Decimal(cost) / PICO, "events": int(n),
-                               "transactions": None})
+                               "transactions": None, "groups": ()})
 
 
 def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, list[dict]]:

@@ -120,6 +120,7 @@ def _where(sql: _Sql, meter: Meter, customers: Sequence[str] | None, start_us: i
 def _is_simple(plan: Plan, meter: Meter) -> bool:
     """Meters a single conditional-aggregate pass can compute."""
     return (meter.multipliers is None and meter.disputes is None and meter.aggregation in ("count", "sum", "max")
+            and meter.key not in plan.compiled.group_meters
             and not any(c.meter == meter.key and isinstance(c.price, PercentagePrice) and needs_transactions(c.price)
                         for c in plan.charges))
 
@@ -210,6 +211,10 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
     where = _where(sql, meter, None if scan else chunk, start_us, end_us, watermark, params)
     mult = meter.multipliers
     group = sql.text(mult.property) if mult and meter.aggregation != "unique_count" else None
+    by_value = plan.compiled.group_meters.get(meter.key)  # a dimension price: totals per value
+    if by_value is not None:  # (its meter is a plain count or sum: no multipliers)
+        group = sql.text(by_value)
+    groups: dict[str, dict[str | None, list]] = defaultdict(dict)
 
     def query(split: bool) -> list[tuple]:
         if meter.aggregation == "count":
@@ -241,6 +246,8 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
         if mult is not None and meter.aggregation != "unique_count":
             factor = mult.values.get(key, mult.default) if key is not None else mult.default
             units *= factor
+        if by_value is not None:
+            groups[customer][key] = [units, int(cost or 0), int(events)]
         slot = acc[customer]
         slot[0] = max(slot[0], units) if meter.aggregation == "max" else slot[0] + units
         slot[1] += int(events)
@@ -256,8 +263,11 @@ def _one_meter(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], st
         units, events, cost = acc.get(customer, (Decimal(0), 0, 0))
         if valued is not None:  # a time-weighted sum may have units without an event in the window
             units = valued.get(customer, Decimal(0))
+        found = sorted(groups.get(customer, {}).items(), key=lambda g: (g[0] is None, g[0] or ""))
         out[customer][meter.key] = MeterTotals(units.normalize() if units else Decimal(0), events,
-                                               Decimal(cost) / PICO, transactions.get(customer, ()))
+                                               Decimal(cost) / PICO, transactions.get(customer, ()),
+                                               tuple((v, u.normalize() if u else Decimal(0), Decimal(c) / PICO, n)
+                                                     for v, (u, c, n) in found))
 
 
 def _transactions(cursor, sql: _Sql, plan: Plan, meter: Meter, chunk: list[str], start_us: int, end_us: int,

@@ -53,6 +53,8 @@ def assert_same(plan, sql: dict[str, MeterTotals], py: dict[str, MeterTotals]) -
                                  and needs_transactions(c.price) for c in plan.charges)
         if wants_transactions:
             assert s.transactions == p.transactions, f"{plan.ref} meter {meter.key} transactions"
+        assert s.groups == p.groups, f"{plan.ref} meter {meter.key} per-value totals"
+        assert bool(p.groups) <= (meter.key in plan.compiled.group_meters)
 
 
 @pytest.mark.slow

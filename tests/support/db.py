@@ -312,7 +312,8 @@ charges:
 
 
 # The value aggregations (latest, min, avg, time-weighted sums: no counter, read from the
-# events) and filter operators (in, not, exists), on the properties ``event_strategies`` draws.
+# events), filter operators (in, not, exists) and dimension prices (totals per value of a
+# property: 2 and "2" are one level), on the properties ``event_strategies`` draws.
 LEVELS_YAML = """
 plan: agg-levels
 version: 1
@@ -380,6 +381,23 @@ charges:
   - key: untiered
     meter: untiered
     price: {model: per_unit, unit_price: "0.02"}
+  - key: units_by_model
+    meter: not_gold_units
+    included: {pooled: 100}
+    price:
+      model: dimension
+      property: model
+      prices:
+        o3: {model: per_unit, unit_price: "0.5"}
+        gpt-4o: {model: graduated, tiers: [{up_to: 50, unit_price: "1"}, {unit_price: "0.1"}]}
+      default: {model: package, package_size: 10, package_price: "2"}
+  - key: untiered_by_level
+    meter: untiered
+    price:
+      model: dimension
+      property: level
+      prices: {"2": {model: per_unit, unit_price: "0.3"}}
+      default: {model: cost_plus, markup: "0.5"}
 """
 
 
