@@ -136,7 +136,8 @@ def _dimension_problems(i: int, charge: dict, price: dict, meters: Any, charges:
     for j, other in enumerate(charges[:i]):
         other_price = other.get("price") if isinstance(other, dict) else None
         if isinstance(other_price, dict) and other_price.get("model") == "dimension" \
-                and other.get("meter") == charge.get("meter") and other_price.get("property") != price.get("property"):
+                and other.get("meter") == charge.get("meter") and other_price.get("property") != price.get("property") \
+                and None not in (other_price.get("property"), price.get("property")):  # (a missing one: reported)
             problems.append((["charges", i, "price", "property"], f"charge {j} splits meter {charge.get('meter')!r} "
                              f"by {other_price.get('property')!r}: a meter is split by one property"))
     return problems

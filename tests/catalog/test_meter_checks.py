@@ -80,3 +80,51 @@ def test_operators_combine_and_plain_values_keep_working():
     assert not meter.matches("s", {"region": "eu", "tier": "trial", "level": 2, "model": "x"})
     assert not meter.matches("s", {"region": "apac", "tier": "pro", "level": 2, "model": "y"})
     assert not meter.matches("t", {"region": "eu", "tier": "pro", "level": 2, "model": "x"})
+
+
+def test_every_bad_dimension_price_is_named():
+    found = problems("""\
+  - {key: tokens, event_type: llm.call, aggregation: sum, property: output_tokens}
+  - {key: peak, event_type: llm.call, aggregation: max, property: output_tokens}
+charges:
+  - key: a
+    meter: tokens
+    price: {model: dimension, prices: {o3: {model: per_unit, unit_price: 1}}, default: {model: per_unit, unit_price: 1}}
+  - key: b
+    meter: tokens
+    price:
+      model: dimension
+      property: model
+      prices:
+        o3: {model: percentage, rate: "0.1"}
+        gpt: {model: graduated, tiers: [{up_to: 5, unit_price: 1}, {up_to: 2, unit_price: 1}, {unit_price: 1}]}
+      default: {model: dimension}
+  - key: c
+    meter: peak
+    price: {model: dimension, property: region, prices: {}, default: {model: per_unit, unit_price: 1}}
+""")
+    assert found == [
+        ("charges[0].price.property", 10, "Field required"),
+        ("charges[1].price.prices.o3.model", 17, "'percentage' is not one of per_unit, graduated, package, cost_plus"),
+        ("charges[1].price.prices.gpt.tiers[1].up_to", 18, "up_to must be greater than 5 (the previous tier's)"),
+        ("charges[1].price.default.model", 19, "'dimension' is not one of per_unit, graduated, package, cost_plus"),
+        ("charges[2].price.model", 22, "a dimension price splits its meter's units by value: meter 'peak' must "
+                                       "count or sum (aggregation: count or sum)"),
+        ("charges[2].price.prices", 22, "Dictionary should have at least 1 item after validation, not 0"),
+    ]
+
+
+def test_a_meter_is_split_by_one_property():
+    found = problems("""  - {key: tokens, event_type: llm.call, aggregation: sum, property: output_tokens}
+charges:
+  - key: a
+    meter: tokens
+    price: {model: dimension, property: model, prices: {o3: {model: per_unit, unit_price: 1}},
+            default: {model: per_unit, unit_price: 1}}
+  - key: b
+    meter: tokens
+    price: {model: dimension, property: region, prices: {eu: {model: per_unit, unit_price: 1}},
+            default: {model: per_unit, unit_price: 1}}
+""")
+    assert found == [("charges[1].price.property", 13,
+                      "charge 0 splits meter 'tokens' by 'model': a meter is split by one property")]

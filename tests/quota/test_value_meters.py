@@ -55,3 +55,33 @@ def test_the_quota_state_holds_the_value_aggregations_of_the_close(any_engine):
     assert state.usage["untiered"].units == closed["untiered"].units == 1  # s2
     assert state.usage["not_gold_units"].units == closed["not_gold_units"].units == 6  # s2: no tier (not), level 3
     assert state.usage["tasked_max"].events == closed["tasked_max"].events == 1
+
+
+def test_the_quota_prices_a_dimension_charge_per_value_as_the_invoice_does(any_engine):
+    accounts = Accounts(any_engine, CAT)
+    accounts.create_customer("dims", now=T0)
+    accounts.subscribe("dims", "agg-levels", at=T0)
+    clock = Clock()
+    steps = [("d1", {"units": 70, "level": 2, "model": "gpt-4o"}), ("d2", {"units": 40, "level": 3, "model": "o3"}),
+             ("d3", {"units": 6, "level": "3"}), ("d4", {"units": 25, "level": 2, "model": "gemini-2.5-pro"})]
+    result = Ledger(any_engine, CAT, clock=clock).record([
+        {"id": i, "customer": "dims", "type": "agent.step", "timestamp": (T0 + timedelta(days=n)).isoformat(),
+         "properties": p} for n, (i, p) in enumerate(steps)])
+    assert result.accepted == len(steps), result.to_json()
+    quota = Quota(any_engine, CAT, clock=clock)
+    with quota.conns.read() as conn:
+        ctx = quota.context(conn, "dims", NOW)
+        state = usage_state(quota.conns, conn, ctx, NOW, None)
+    with any_engine.connect() as conn:
+        closed = aggregate_meters(conn, ctx.plan, ["dims"], to_us(ctx.period.start), to_us(ctx.period.end),
+                                  max_event_id(conn))["dims"]
+    assert state.usage["not_gold_units"].groups == closed["not_gold_units"].groups == (
+        ("gemini-2.5-pro", 25, 0, 1), ("gpt-4o", 70, 0, 1), ("o3", 40, 0, 1), (None, 6, 0, 1))
+    assert state.usage["untiered"].groups == closed["untiered"].groups == (("2", 2, 0, 2), ("3", 2, 0, 2))
+    # 100 included: o3 takes 40 (listed first), gpt-4o 60 and bills 10 x 1 = 10; gemini (default:
+    # packages of 10 at 2) 3 x 2 = 6; no model: 1 x 2 = 2. 20 more o3 units take 20 more included
+    # units, which gpt-4o loses: it bills 30 x 1, 20.00 more (o3 still bills nothing).
+    decision = quota.check("dims", "units_by_model", 20, model="o3")
+    assert decision.amount == Decimal("20.00")
+    unknown = quota.check("dims", "units_by_model", 20)  # no model: the default price (2 more packages)
+    assert unknown.amount == Decimal("4.00")
