@@ -15,7 +15,7 @@ from billing.errors import ErrorCode
 D = Decimal
 PLANS = Path(__file__).resolve().parents[2] / "plans"
 SHIPPED = {"copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team", "token-api",
-           "vector-store"}
+           "vector-store", "model-gateway"}
 
 BROKEN = """\
 plan: broken

@@ -268,3 +268,25 @@ def test_vector_store_gb_hours_latest_index_and_filtered_queries():
         ("Queries", D(300), D("0.002"), D("0.60")),
     ]
     assert inv.total == D("25.39")
+
+
+# ------------------------------------------------------------------------- model-gateway
+
+def test_model_gateway_prices_each_model_in_one_charge():
+    events = (spread(400, "s", "llm.call", model="claude-sonnet-4-5", input_tokens=100, output_tokens=2000)
+              + spread(250, "g", "llm.call", model="gpt-4o", input_tokens=100, output_tokens=2000)
+              + spread(500, "o", "llm.call", model="claude-opus-4-1", input_tokens=100, output_tokens=3000)
+              + spread(50, "p", "llm.call", model="gemini-2.5-pro", input_tokens=100, output_tokens=2000))
+    inv = rate("model-gateway.yaml", events)
+    # 1M included: Sonnet's 800,000 first (listed first), then 200,000 of GPT-4o's 500,000;
+    # GPT-4o 300,000 x 0.000012 = 3.60; Opus 1,000,000 x 0.00009 + 500,000 x 0.00008 = 130.00;
+    # Gemini (the default price) 100,000 x 0.00002 = 2.00
+    assert lines(inv) == [
+        ("Gateway subscription", D(1), D("10.00"), D("10.00")),
+        ("Output tokens: 2900000 used, 1000000 included", D(1000000), D(0), D("0.00")),
+        ("Output tokens (model gpt-4o)", D(300000), D("0.000012"), D("3.60")),
+        ("Output tokens (model claude-opus-4-1, tier 1-1000000)", D(1000000), D("0.00009"), D("90.00")),
+        ("Output tokens (model claude-opus-4-1, tier 1000001+)", D(500000), D("0.00008"), D("40.00")),
+        ("Output tokens (model gemini-2.5-pro)", D(100000), D("0.00002"), D("2.00")),
+    ]
+    assert inv.total == D("145.60")
