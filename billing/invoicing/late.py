@@ -2,7 +2,8 @@
 were billed, re-rate them, and return the differences as adjustments or credit notes.
 
 A period is re-checked up to the snapshot's watermark. Where the running counters can
-tell (``usage.late_detectable``: one subscription over the whole period, no disputes),
+tell (``usage.late_detectable``: one subscription over the whole period, no disputes, no
+time-weighted sum),
 the period's event count (the ``*`` counter) is compared with the count at its last
 check: equal means no event arrived for it, and no event is read. Otherwise an indexed
 query looks for an event newer than the last check in the period (or, with disputes, in
@@ -114,9 +115,12 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
 
 def _has_late_events(conn, sub, plan, seen: int, inv) -> bool:
     """Whether an event newer than ``seen`` landed in the invoice's period (or, with
-    disputes, in the dispute window after it)."""
+    disputes, in the dispute window after it; with a time-weighted sum, at any time before
+    its end: a level reported late carries into the periods after it)."""
     reach = max((m.disputes.window_days for m in plan.meters if m.disputes), default=0) * 86_400_000_000
-    return repo.has_late_events(conn, sub.customer_id, seen, to_us(inv.period_start), to_us(inv.period_end) + reach)
+    carries = any(m.aggregation == "time_weighted_sum" for m in plan.meters)
+    return repo.has_late_events(conn, sub.customer_id, seen, 0 if carries else to_us(inv.period_start),
+                                to_us(inv.period_end) + reach)
 
 
 def _rerated_differences(invoicing, conn, sub, plan, period, inv, watermark: int, drawn_now: dict[str, int]

@@ -20,7 +20,8 @@ subscription starts or ends in the past). It equals the SQL aggregation of the e
 
 Otherwise the close aggregates the events in SQL. ``late_detectable`` is the weaker test
 for noticing late events: the ``*`` row counts every event of the period, so an unchanged
-count means no event arrived for it (plans with disputes also look past the period).
+count means no event arrived for it (plans with disputes also look past the period; plans
+with a time-weighted sum also before it: a late level carries into later periods).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def alone_in_period(sub: SubscriptionRow, period: Period, others: Sequence[Subsc
 def late_detectable(plan: Plan, window: tuple[datetime, datetime], period: Period, alone: bool,
                     same_subs: bool, stale: bool) -> bool:
     return (not stale and same_subs and alone and window == (period.start, period.end)
-            and all(m.disputes is None for m in plan.meters))
+            and all(m.disputes is None and m.aggregation != "time_weighted_sum" for m in plan.meters))
 
 
 def period_events(rows: CounterRows | None) -> int:
