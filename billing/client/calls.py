@@ -177,7 +177,16 @@ def unmatched(slot: Slot, properties: dict[str, Any]) -> dict[str, str] | None:
 
 
 def _filter_text(flt: dict[str, Any]) -> str:
-    return ", ".join(f"{k} in {v}" if isinstance(v, list) else f"{k}={v}" for k, v in flt.items())
+    """The filter as the plan writes it: ``feature=chat``, ``region in [eu, us]``,
+    ``tier not free``, ``tag exists`` / ``tag absent``."""
+    out = []
+    for k, v in flt.items():
+        if not isinstance(v, dict):
+            out.append(f"{k} in {v}" if isinstance(v, list) else f"{k}={v}")
+            continue
+        for op, operand in v.items():
+            out.append(f"{k} {'exists' if operand else 'absent'}" if op == "exists" else f"{k} {op} {operand}")
+    return ", ".join(out)
 
 
 def _props_text(props: dict[str, Any], meter: Meter) -> str:

@@ -16,7 +16,7 @@ from billing.reservations.holds import Quota
 from billing.reservations.sql import usage_state
 from billing.store.aggregate_sql import aggregate_meters, max_event_id
 from billing.store.types import to_us
-from tests.support.db import levels_plan
+from tests.support.level_plans import levels_plan
 from tests.support.quota import NOW, T0, Clock, catalog
 
 CAT = Catalog([*catalog().all(), levels_plan()])
