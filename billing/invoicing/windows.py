@@ -199,6 +199,7 @@ def scaled_totals(plan: Plan, key: str, totals: MeterTotals, k: Decimal) -> Mete
     except KeyError:
         aggregation = "count"
     if aggregation in AS_OBSERVED:
-        return MeterTotals(totals.units, totals.events, totals.cost * k, totals.transactions)
+        return MeterTotals(totals.units, totals.events, totals.cost * k, totals.transactions, totals.groups)
     return MeterTotals(totals.units * k, int((totals.events * k).to_integral_value()), totals.cost * k,
-                       totals.transactions)
+                       totals.transactions,
+                       tuple((v, u * k, c * k, int((n * k).to_integral_value())) for v, u, c, n in totals.groups))

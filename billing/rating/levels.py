@@ -42,8 +42,8 @@ def rounded(numerator: Decimal, denominator: int | Decimal) -> Decimal:
         return ZERO
     with localcontext() as ctx:
         ctx.prec = 100
-        return (Decimal(numerator) / Decimal(denominator)).quantize(QUANTUM, rounding=ROUND_HALF_EVEN).normalize() \
-            + ZERO
+        quotient = (Decimal(numerator) / Decimal(denominator)).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+        return quotient.normalize() + ZERO  # without trailing zeros (+ 0: 1E+2 reads 100)
 
 
 def average(total: Decimal, count: int) -> Decimal:

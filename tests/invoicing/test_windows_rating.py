@@ -120,3 +120,22 @@ def test_close_to_date_and_history_rate_a_window_alike(module_engine, case):
     assert to_date == closed, case
     if case["change"] is None:
         assert _simulated(world, cid, case["plan"]) == closed - prepaid, case
+
+
+def test_a_forecast_scales_a_dimension_meter_value_by_value():
+    """``scaled_totals`` (forecasts) scales each value's totals with the meter's: a dimension
+    price keeps pricing each value at its own price; a value aggregation stays as observed."""
+    from billing.catalog import Catalog
+    from billing.invoicing.windows import scaled_totals
+    from billing.rating.types import MeterTotals
+    from tests.support.db import PLANS_DIR
+
+    plan = Catalog.from_paths(PLANS_DIR).get("model-gateway", 1)
+    totals = MeterTotals(Decimal(30), 3, Decimal("0.3"), (), (("gpt-4o", Decimal(20), Decimal("0.2"), 2),
+                                                            (None, Decimal(10), Decimal("0.1"), 1)))
+    assert scaled_totals(plan, "output_tokens", totals, Decimal(2)) == MeterTotals(
+        Decimal(60), 6, Decimal("0.6"), (), (("gpt-4o", Decimal(40), Decimal("0.4"), 4),
+                                             (None, Decimal(20), Decimal("0.2"), 2)))
+    levels = Catalog.from_paths(PLANS_DIR).get("vector-store", 1)
+    latest = MeterTotals(Decimal(300_500), 2)
+    assert scaled_totals(levels, "index_vectors", latest, Decimal(2)) == latest

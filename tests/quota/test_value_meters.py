@@ -13,7 +13,7 @@ from billing.catalog import Catalog
 from billing.ledger.accounts import Accounts
 from billing.ledger.ingest import Ledger
 from billing.reservations.holds import Quota
-from billing.reservations.sql import usage_state
+from billing.reservations.sql import batch_state_query, make_state, parse_batch_state, run_all, usage_state
 from billing.store.aggregate_sql import aggregate_meters, max_event_id
 from billing.store.types import to_us
 from tests.support.level_plans import levels_plan
@@ -55,6 +55,18 @@ def test_the_quota_state_holds_the_value_aggregations_of_the_close(any_engine):
     assert state.usage["untiered"].units == closed["untiered"].units == 1  # s2
     assert state.usage["not_gold_units"].units == closed["not_gold_units"].units == 6  # s2: no tier (not), level 3
     assert state.usage["tasked_max"].events == closed["tasked_max"].events == 1
+    # several customers' states in one statement (batched checks, the quota writer) read the same
+    accounts.create_customer("idle", now=T0)
+    accounts.subscribe("idle", "agg-levels", at=T0)
+    with quota.conns.read() as conn:
+        ctxs = [quota.context(conn, c, NOW) for c in ("idle", "levels")]
+        rows = run_all(quota.conns, conn, [batch_state_query(quota.conns.pg, ctxs, to_us(NOW))])[0]
+    states = parse_batch_state(rows, ["idle", "levels"])
+    batched = make_state(ctxs[1], NOW, *states["levels"], None)
+    idle = make_state(ctxs[0], NOW, *states["idle"], None)
+    for meter in ("unit_hours", "latest_units", "min_units", "avg_steps"):
+        assert batched.usage[meter] == state.usage[meter], meter
+        assert idle.usage[meter].units == 0
 
 
 def test_the_quota_prices_a_dimension_charge_per_value_as_the_invoice_does(any_engine):
