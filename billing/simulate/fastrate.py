@@ -135,7 +135,8 @@ class FastRater:
         for charge, inc in zip(self._charges, included):
             totals = get(charge.meter, _EMPTY)
             units = totals.units
-            amount = charge_spend(charge, currency, units, totals.cost, totals.events, totals.transactions, inc)
+            amount = charge_spend(charge, currency, units, totals.cost, totals.events, totals.transactions, inc,
+                                  totals.groups)
             per_charge[charge.key] = amount
             usage_total += amount
             past = units - inc if units > inc else ZERO

@@ -132,6 +132,10 @@ def test_edges():
             check(plan, {}, seats)
             check(plan, {m.key: MeterTotals(D(100), 100, D("12.5")) for m in plan.meters}, seats)
             check(plan, {m.key: MeterTotals(D("1e6"), 10**6, D("9999.99")) for m in plan.meters}, seats)
+            # per-value totals (a dimension price: model-gateway) are priced value by value
+            by_model = (("claude-opus-4-1", D(1_500_000), D(40), 500), ("gpt-4o", D(600_000), D(3), 250),
+                        ("mistral", D(50_000), D(1), 10), (None, D(7), D(0), 1))
+            check(plan, {m.key: MeterTotals(D(2_150_007), 761, D(44), (), by_model) for m in plan.meters}, seats)
 
 
 def test_rate_totals_uses_rate_period_outside_the_fast_path():
