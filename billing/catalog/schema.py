@@ -50,7 +50,6 @@ class Disputes(Frozen):
     dispute_types: tuple[str, ...] = ("outcome.disputed", "outcome.reopened")
 
 
-AGGREGATIONS = ("count", "sum", "max", "unique_count", "latest", "min", "avg", "time_weighted_sum")
 # aggregations of a value that have no running counter: the ledger reads them from the events
 VALUE_AGGREGATIONS = ("latest", "min", "avg", "time_weighted_sum")
 TIME_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -88,6 +87,13 @@ class Meter(Frozen):
         as text: 5 matches "5"; ``not`` matches an absent property)."""
         if event_type != self.event_type:
             return False
+        sets = self._filter_sets
+        if sets is not None:  # plain values and lists (the common case, on the ingestion path): inline
+            for prop, options in sets:
+                value = properties.get(prop)
+                if value is None or (value if type(value) is str else str(value)) not in options:
+                    return False
+            return True
         for rule in self._filter_rules:
             if not rule_holds(rule, properties):
                 return False
