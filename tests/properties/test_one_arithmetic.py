@@ -48,10 +48,12 @@ def usage_of(plan, raw_events):
 
 
 def quota_state(plan, usage, seats: int) -> UsageState:
-    """What the ledger gives the quota: units, cost and events per meter, and the committed
-    transactions of the meters a percentage price rates one by one."""
+    """What the ledger gives the quota: units, cost and events per meter, the committed
+    transactions of the meters a percentage price rates one by one, and the totals per value
+    of the meters a dimension price splits."""
     return UsageState(now=NOW, period_start=OCT.start, period_end=OCT.end, seats=seats,
-                      usage={k: MeterUsage(t.units, t.cost, t.events, t.transactions) for k, t in usage.items()})
+                      usage={k: MeterUsage(t.units, t.cost, t.events, t.transactions, t.groups)
+                             for k, t in usage.items()})
 
 
 def invoice_measures(plan, inv, usage) -> dict[str, Decimal]:
@@ -115,7 +117,7 @@ def test_the_arithmetic_agrees_with_itself(plan, raw_events, seats):
     for charge in compiled.charges:
         t = usage[charge.meter]
         inc = arithmetic.included_units(charge, seats)
-        args = (t.units, t.cost, t.events, t.transactions, inc)
+        args = (t.units, t.cost, t.events, t.transactions, inc, t.groups)
         amount = arithmetic.charge_amount(charge, plan.currency, *args)
         detail = arithmetic.breakdown(charge, plan.currency, *args)
         assert detail.amount == amount

@@ -4,7 +4,8 @@ tie the consumers of the charge arithmetic together; holds no tests itself).
 A generated plan meters six things (weighted calls with model multipliers, summed input
 tokens, summed sale amounts, outcomes with a dispute window, the largest agent step,
 distinct users) and
-prices any of them with any price model, included units per seat and pooled, every
+prices any of them with any price model (the input tokens also by model: a dimension
+price), included units per seat and pooled, every
 exhaustion policy, charge and plan spend caps, recurring credits (per seat, for some
 charges), a minimum commitment and budget alerts. Events are drawn over October 2026."""
 
@@ -59,7 +60,19 @@ def price(draw, meter: str) -> str:
         parts.append(f"free_units: {draw(st.sampled_from([0, 0, 1, 3]))}")
         parts.append(f'free_amount: "{draw(st.sampled_from(["0", "0", "25", "100.5"]))}"')
         return "{" + ", ".join(parts) + "}"
-    model = draw(st.sampled_from(["per_unit", "graduated", "volume", "package", "cost_plus"]))
+    if meter == "tokens" and draw(st.integers(0, 3)) == 0:  # one price per model, a default for the rest
+        listed = draw(st.lists(st.sampled_from(["m-big", "m-std", "m-free", "m-none"]), min_size=1, max_size=3,
+                               unique=True))
+        prices = ", ".join(f"{m}: {draw(plain_price(meter, True))}" for m in listed)
+        return f"{{model: dimension, property: model, prices: {{{prices}}}, default: {draw(plain_price(meter, True))}}}"
+    return draw(plain_price(meter, False))
+
+
+@st.composite
+def plain_price(draw, meter: str, by_value: bool) -> str:
+    models = ["per_unit", "graduated", "package", "cost_plus"] if by_value else \
+        ["per_unit", "graduated", "volume", "package", "cost_plus"]
+    model = draw(st.sampled_from(models))
     if model == "per_unit":
         return f'{{model: per_unit, unit_price: "{draw(small_price)}"}}'
     if model in ("graduated", "volume"):
