@@ -6,7 +6,7 @@ value), each value's own price, one rounding for the charge."""
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from hypothesis import given, settings, strategies as st
 
@@ -64,7 +64,7 @@ def reference(events: list[UsageEvent]) -> Decimal:
         take = min(left, per_model[model])
         left -= take
         total += price_of(model, per_model[model] - take)
-    return total.quantize(D("0.01"), rounding=ROUND_HALF_EVEN)
+    return total.quantize(D("0.01"), rounding=ROUND_HALF_UP)  # once, half away from zero (money.round_line)
 
 
 @st.composite
