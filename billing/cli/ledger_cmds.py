@@ -148,9 +148,16 @@ def grant(customer_id: str, amount: str, expires: Annotated[str | None, typer.Op
                                                                           highlight=False)
 
 
+_PARALLEL_BYTES = 8 << 20  # a smaller file: the second process's start costs more than it saves
+
+
 @events_app.command("import")
 def events_import(path: Path, as_json: JsonOpt = False,
-                  batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per transaction.")] = 50_000
+                  batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per transaction.")] = 50_000,
+                  parallel: Annotated[bool | None, typer.Option(
+                      "--parallel/--no-parallel",
+                      help="Parse and validate the file in a second process while this one writes "
+                           f"(default: for files over {_PARALLEL_BYTES // 2**20} MiB).")] = None,
                   ) -> None:
     """Import a JSONL file of events, streaming (memory stays flat whatever the file's length).
 
@@ -158,6 +165,7 @@ def events_import(path: Path, as_json: JsonOpt = False,
     is its own rejection, reported with its line number; the other lines are imported."""
     from billing.ledger.ingest import BatchResult, Ledger
     from billing.ledger.jsonl import JsonlEvents
+    from billing.ledger.prepare_process import PreparingReader, PrepareProcessError
 
     if not path.is_file():
         fail(f"{path}: no such file")
@@ -169,7 +177,9 @@ def events_import(path: Path, as_json: JsonOpt = False,
     # 32 MiB page cache (2 chunks of 50,000 events in flight + the cache: about 260 MB peak)
     ledger = Ledger(run(lambda: make_engine(settings.database_url, sqlite_mmap=0, sqlite_cache_kib=32768)), catalog(),
                     future_tolerance_seconds=settings.future_tolerance_seconds)
-    events = JsonlEvents(path)
+    if parallel is None:
+        parallel = path.stat().st_size > _PARALLEL_BYTES
+    events = PreparingReader(path) if parallel else JsonlEvents(path)
     result = BatchResult(keep_events=False)
     lines = _ProblemLines(events, result)
     try:
@@ -185,6 +195,9 @@ def events_import(path: Path, as_json: JsonOpt = False,
                 run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=progress))
         else:
             run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=lambda _n: lines.take()))
+    except PrepareProcessError as exc:
+        lines.take()
+        fail(f"{exc}; the first {result.size:,} events were recorded (run the import again: it is idempotent)")
     finally:
         ledger.close()
         ledger.engine.dispose()
