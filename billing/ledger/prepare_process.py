@@ -43,7 +43,8 @@ from billing.ledger.jsonl import JsonlEvents, LineMap
 from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare_batch
 from billing.store.types import to_us
 
-PART = 10_000  # events per message from the child: its memory, and the pipe's, stay this small
+PART = 5_000  # events per message from the child: its memory, and the pipe's, stay this small
+_REPEATED = (0, 2, 5)  # the columns of Prepared with few distinct values: customer, type, model
 _HEADER = struct.Struct(">Q")
 
 
@@ -206,6 +207,7 @@ def serve(source: BinaryIO, out: BinaryIO) -> None:
     pricer = Pricer(options.book)
     events = JsonlEvents(path, max_problems=max_problems)
     sent_problems = 0
+    seen: dict[str | None, str | None] = {}
     gc.disable()  # parsed events are acyclic: reference counting frees each part
     try:
         for raws in events.chunks(part):
@@ -216,6 +218,11 @@ def serve(source: BinaryIO, out: BinaryIO) -> None:
             rejections = {i: tuple(p) for i, p in enumerate(results) if type(p) is Rejection}
             rejected = {i: _raw_key(raws[i]) for i in rejections}
             columns = list(zip(*(p for p in results if type(p) is not Rejection) if rejections else results))
+            if columns:  # one object per distinct customer, type and model: the pickle sends each
+                for at in _REPEATED:  # once, and the parent holds each once
+                    columns[at] = tuple(map(seen.setdefault, columns[at], columns[at]))
+                if len(seen) > 100_000:
+                    seen.clear()
             lines = events.lines.entries()
             events.lines.forget_before(events.lines.starts[-1])  # sent: keep only the current stretch
             _write(out, (len(raws), columns, rejections, sorted(flagged), rejected, lines,

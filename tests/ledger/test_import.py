@@ -194,7 +194,7 @@ def test_import_benchmark_runs_at_a_small_size(backend):
     result = json.loads(out.stdout)
     (size,) = result["sizes"]
     assert size["events"] == 3000 and size["cli"]["events_per_s"] > 0 and size["library"]["events_per_s"] > 0
-    assert 0 < size["cli"]["peak_rss_mb"] <= 300
+    assert 0 < size["cli"]["peak_rss_mb"] <= size["cli"]["peak_rss_with_children_mb"] <= 300
 
 
 @pytest.mark.parametrize("lines", [
