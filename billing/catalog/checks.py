@@ -86,6 +86,8 @@ def _charge_problems(charges: Any, meters: Any) -> list[tuple[list[Any], str]]:
         if isinstance(price_doc, dict) and isinstance(price_doc.get("tiers"), list):
             problems.extend((["charges", i, "price", "tiers", *where], msg)
                             for where, msg in _tier_problems(price_doc["tiers"]))
+            problems.extend((["charges", i, "price", "tiers", *where], msg)
+                            for where, msg in _block_problems(price_doc))
         if charge.get("meter") not in meter_keys:
             problems.append((["charges", i, "meter"],
                              f"unknown meter {charge.get('meter')!r}; defined: {sorted(k for k in meter_keys if k)}"))
@@ -157,4 +159,24 @@ def _tier_problems(tiers: list) -> list[tuple[list[Any], str]]:
             problems.append(([i + 1, "up_to"], f"up_to must be greater than {up_to} (the previous tier's)"))
     if up_tos and up_tos[-1] is not None and isinstance(tiers[-1], dict):
         problems.append(([len(tiers) - 1, "up_to"], "the last tier must be unbounded (up_to: null)"))
+    return problems
+
+
+def _block_problems(price: dict) -> list[tuple[list[Any], str]]:
+    """A tiered price with ``block_size``: every bounded tier ends on a whole block (tier
+    limits are in units; a block straddling two tiers would have no one price); with
+    ``flat_fee_at_zero``: a first tier with a flat fee to bill."""
+    problems: list[tuple[list[Any], str]] = []
+    first = price["tiers"][0] if price["tiers"] else None
+    if price.get("flat_fee_at_zero") is True and isinstance(first, dict) and not _number(first.get("flat_fee")):
+        problems.append(([0, "flat_fee"], "flat_fee_at_zero bills the first tier's flat fee at zero usage: "
+                         "set a flat_fee on the first tier (or drop flat_fee_at_zero)"))
+    block = _number(price.get("block_size"))
+    if block is None or block <= 0:
+        return problems  # absent, or pydantic reports the bad number
+    for i, tier in enumerate(price["tiers"]):
+        up_to = _number(tier.get("up_to")) if isinstance(tier, dict) else None
+        if up_to is not None and up_to % block != 0:
+            problems.append(([i, "up_to"], f"up_to {tier.get('up_to')} is not a whole number of blocks of "
+                             f"{price.get('block_size')} units (block_size): a block would straddle two tiers"))
     return problems

@@ -111,17 +111,27 @@ class PerUnitPrice(Frozen):
 
 
 class GraduatedPrice(Frozen):
-    """Each tier prices only the units that fall inside it (1-5 @ 7, 6-10 @ 6.50 ...)."""
+    """Each tier prices only the units that fall inside it (1-5 @ 7, 6-10 @ 6.50 ...).
+
+    ``block_size``: the units inside each tier are billed per started block (Kill Bill's
+    consumable blocks; tier limits stay in units and must be multiples of the block).
+    ``flat_fee_at_zero``: bill the first tier's flat fee at zero usage (Stripe) instead of
+    only once usage reaches it (Lago, the default)."""
 
     model: Literal["graduated"]
     tiers: Tiers
+    block_size: Positive | None = None
+    flat_fee_at_zero: bool = False
 
 
 class VolumePrice(Frozen):
-    """The tier the total quantity reaches prices every unit; its flat fee is added once."""
+    """The tier the total quantity reaches prices every unit; its flat fee is added once.
+    ``block_size`` and ``flat_fee_at_zero`` as for ``GraduatedPrice``."""
 
     model: Literal["volume"]
     tiers: Tiers
+    block_size: Positive | None = None
+    flat_fee_at_zero: bool = False
 
 
 class PackagePrice(Frozen):

@@ -35,14 +35,26 @@ small_price = st.sampled_from(["0.001", "0.004", "0.0333", "0.05", "0.125", "0.5
 
 
 @st.composite
-def tiers(draw) -> str:
+def tiers(draw, block: int = 1) -> str:
     ends = sorted(draw(st.sets(st.integers(1, 400), min_size=0, max_size=3)))
     rows = []
     for end in [*ends, None]:
         fee = draw(st.sampled_from(["0", "0", "1", "0.005"]))
-        up = "" if end is None else f"up_to: {end}, "
+        up = "" if end is None else f"up_to: {end * block}, "
         rows.append(f'{{{up}unit_price: "{draw(small_price)}", flat_fee: "{fee}"}}')
     return "[" + ", ".join(rows) + "]"
+
+
+@st.composite
+def tiered_price(draw, model: str) -> str:
+    """A graduated or volume price, sometimes billed per started block (tier ends whole
+    blocks) and sometimes billing the first tier's flat fee at zero usage."""
+    block = draw(st.sampled_from([None, None, 1, 3, 10]))
+    rows = draw(tiers(block or 1))
+    extra = "" if block is None else f", block_size: {block}"
+    if draw(st.booleans()) and not rows.split("flat_fee: ")[1].startswith('"0"'):
+        extra += ", flat_fee_at_zero: true"
+    return f"{{model: {model}, tiers: {rows}{extra}}}"
 
 
 @st.composite
@@ -63,7 +75,7 @@ def price(draw, meter: str) -> str:
     if model == "per_unit":
         return f'{{model: per_unit, unit_price: "{draw(small_price)}"}}'
     if model in ("graduated", "volume"):
-        return f"{{model: {model}, tiers: {draw(tiers())}}}"
+        return draw(tiered_price(model))
     if model == "package":
         return (f'{{model: package, package_size: {draw(st.sampled_from([1, 3, 10, 1000]))}, '
                 f'package_price: "{draw(small_price)}", free_units: {draw(st.sampled_from([0, 2, 50]))}}}')
