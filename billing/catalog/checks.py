@@ -66,8 +66,8 @@ def _meter_problems(meters: Any) -> list[tuple[list[Any], str]]:
         agg = meter.get("aggregation", "count")
         if agg in ("sum", "max", "unique_count") and not meter.get("property"):
             problems.append(([("meters"), i, "aggregation"], f"aggregation {agg!r} needs a 'property'"))
-        if meter.get("disputes") is not None and agg != "count":
-            problems.append((["meters", i, "disputes"], "disputes apply to count meters only"))
+        if meter.get("disputes") is not None and agg not in ("count", "unique_count"):
+            problems.append((["meters", i, "disputes"], "disputes apply to count and unique_count meters only"))
         if agg == "count" and meter.get("property"):
             problems.append((["meters", i, "property"], "a count meter counts events and ignores 'property' "
                              "(use aggregation: sum, max or unique_count to measure it)"))

@@ -1,9 +1,9 @@
 """Hypothesis strategies for generated plans and event histories (shared by the tests that
 tie the consumers of the charge arithmetic together; holds no tests itself).
 
-A generated plan meters six things (weighted calls with model multipliers, summed input
+A generated plan meters seven things (weighted calls with model multipliers, summed input
 tokens, summed sale amounts, outcomes with a dispute window, the largest agent step,
-distinct users) and
+distinct users, distinct outcomes not disputed in their window) and
 prices any of them with any price model, included units per seat and pooled, every
 exhaustion policy, charge and plan spend caps, recurring credits (per seat, for some
 charges), a minimum commitment and budget alerts. Events are drawn over October 2026."""
@@ -28,6 +28,8 @@ METERS = """meters:
   - {key: outcomes, event_type: outcome, disputes: {window_days: 2, id_property: outcome_id}}
   - {key: peak, event_type: agent.step, aggregation: max, property: units}
   - {key: users, event_type: llm.call, aggregation: unique_count, property: user}
+  - {key: resolved, event_type: outcome, aggregation: unique_count, property: outcome_id,
+     disputes: {window_days: 2, id_property: outcome_id}}
 """
 
 money = st.decimals(min_value=0, max_value=20, places=3, allow_nan=False, allow_infinity=False).map(str)
@@ -107,7 +109,7 @@ def charge(draw, meter: str, key: str) -> str:
 @st.composite
 def plans(draw, plan_id: str = "gen"):
     """A valid plan pricing a random selection of the meters."""
-    meters = draw(st.lists(st.sampled_from(["calls", "tokens", "sales", "outcomes", "peak", "users"]), min_size=1,
+    meters = draw(st.lists(st.sampled_from(["calls", "tokens", "sales", "outcomes", "peak", "users", "resolved"]), min_size=1,
                            max_size=4, unique=True))
     charges = [draw(charge(m, f"c_{m}")) for m in meters]
     if draw(st.booleans()):  # a second charge on one meter: a meter decided by two charges
