@@ -101,6 +101,8 @@ def _charge_problems(charges: Any, meters: Any) -> list[tuple[list[Any], str]]:
         price = charge.get("price") or {}
         if isinstance(price, dict) and price.get("model") == "percentage":
             problems.extend(_percentage_problems(i, charge, price, meters))
+        if isinstance(price, dict) and price.get("model") == "capacity":
+            problems.extend(_capacity_problems(i, charge, price, meters))
     return problems
 
 
@@ -179,4 +181,74 @@ def _block_problems(price: dict) -> list[tuple[list[Any], str]]:
         if up_to is not None and up_to % block != 0:
             problems.append(([i, "up_to"], f"up_to {tier.get('up_to')} is not a whole number of blocks of "
                              f"{price.get('block_size')} units (block_size): a block would straddle two tiers"))
+    return problems
+
+
+def _capacity_problems(i: int, charge: dict, price: dict, meters: Any) -> list[tuple[list[Any], str]]:
+    """Charge ``i``'s capacity price: its meters exist and are ``max`` meters (a capacity
+    reads period peaks), the charge's own meter is one of them, no ``included``, and its
+    tiers each bound every meter, in order, the last one unbounded."""
+    at = ["charges", i, "price"]
+    problems: list[tuple[list[Any], str]] = []
+    meters_by_key = {m.get("key"): m for m in meters if isinstance(m, dict)}
+    names = price.get("meters") if isinstance(price.get("meters"), list) else []
+    for j, key in enumerate(names):
+        meter = meters_by_key.get(key)
+        if meter is None:
+            problems.append(([*at, "meters", j], f"unknown meter {key!r}; defined: "
+                             f"{sorted(k for k in meters_by_key if isinstance(k, str))}"))
+        elif meter.get("aggregation", "count") != "max":
+            problems.append(([*at, "meters", j], f"a capacity price reads period peaks: meter {key!r} "
+                             "must be aggregation: max"))
+        if key in names[:j]:
+            problems.append(([*at, "meters", j], f"meter {key!r} is named twice"))
+    if names and charge.get("meter") not in names:
+        problems.append((["charges", i, "meter"], f"a capacity price reads meters {names}: the charge's meter "
+                         "must be one of them"))
+    if charge.get("included") is not None:
+        problems.append((["charges", i, "included"], "a capacity price bills a tier's flat amount: included "
+                         "units do not apply"))
+    tiers = price.get("tiers") if isinstance(price.get("tiers"), list) else []
+    previous: dict | None = None
+    for j, tier in enumerate(tiers):
+        if not isinstance(tier, dict):
+            continue
+        where = [*at, "tiers", j, "up_to"]
+        limits = tier.get("up_to")
+        if limits is None:
+            if j < len(tiers) - 1:
+                problems.append((where, "only the last tier may be unbounded (up_to: null)"))
+            continue
+        if j == len(tiers) - 1:
+            problems.append((where, "the last tier must be unbounded (up_to: null)"))
+        if not isinstance(limits, dict):
+            continue
+        for key in limits:
+            if key not in names:
+                problems.append(([*where, key], f"{key!r} is not one of the price's meters {names}"))
+        missing = [key for key in names if key not in limits]
+        if missing:
+            problems.append((where, f"every bounded tier limits every meter of the price: missing {missing}"))
+        if previous is not None:
+            problems.extend(_capacity_order(where, j, names, previous, limits))
+        previous = limits
+    return problems
+
+
+def _capacity_order(where: list[Any], j: int, names: list, previous: dict, limits: dict) -> list[tuple[list[Any], str]]:
+    """Tier ``j`` of a capacity price is no smaller than tier ``j - 1`` in any meter and
+    larger in one (the lowest tier that fits is then well defined)."""
+    problems: list[tuple[list[Any], str]] = []
+    grew = False
+    for key in names:
+        now, before = _number(limits.get(key)), _number(previous.get(key))
+        if now is None or before is None:
+            return problems  # missing or not a number: reported on its own
+        if now < before:
+            problems.append(([*where, key], f"up_to must be at least {previous.get(key)} (tier {j - 1}'s): "
+                             "capacity tiers are ordered"))
+        grew = grew or now > before
+    if not grew and not problems:
+        problems.append((where, f"the tier must allow more than tier {j - 1} for at least one meter: "
+                         "capacity tiers are ordered"))
     return problems

@@ -162,6 +162,26 @@ class PercentagePrice(Frozen):
                 or self.free_units > 0 or self.free_amount > 0)
 
 
+class CapacityTier(Frozen):
+    """A capacity tier: the most each meter may peak at (``None``: unbounded, only the last
+    tier), and the tier's flat amount for the period."""
+
+    up_to: dict[Key, Positive] | None = None
+    flat_fee: Money
+
+
+class CapacityPrice(Frozen):
+    """Capacity across meters: the lowest tier in which every named meter's period peak fits
+    (``max`` meters, e.g. concurrent agents and memory together) bills its flat amount.
+    ``flat_fee_at_zero``: bill the first tier when every peak is 0 (Stripe) -- by default a
+    period without usage bills nothing (Lago)."""
+
+    model: Literal["capacity"]
+    meters: Annotated[tuple[Key, ...], Field(min_length=1)]
+    tiers: Annotated[list[CapacityTier], Field(min_length=1)]
+    flat_fee_at_zero: bool = False
+
+
 class CostPlusPrice(Frozen):
     """Provider cost of the metered events x (1 + markup)."""
 
@@ -170,7 +190,7 @@ class CostPlusPrice(Frozen):
 
 
 Price = Annotated[
-    Union[PerUnitPrice, GraduatedPrice, VolumePrice, PackagePrice, PercentagePrice, CostPlusPrice],
+    Union[PerUnitPrice, GraduatedPrice, VolumePrice, PackagePrice, PercentagePrice, CostPlusPrice, CapacityPrice],
     Field(discriminator="model"),
 ]
 

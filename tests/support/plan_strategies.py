@@ -1,12 +1,12 @@
 """Hypothesis strategies for generated plans and event histories (shared by the tests that
 tie the consumers of the charge arithmetic together; holds no tests itself).
 
-A generated plan meters seven things (weighted calls with model multipliers, summed input
+A generated plan meters eight things (weighted calls with model multipliers, summed input
 tokens, summed sale amounts, outcomes with a dispute window, the largest agent step,
-distinct users, distinct outcomes not disputed in their window) and
-prices any of them with any price model, included units per seat and pooled, every
-exhaustion policy, charge and plan spend caps, recurring credits (per seat, for some
-charges), a minimum commitment and budget alerts. Events are drawn over October 2026."""
+distinct users, distinct outcomes not disputed in their window, the largest call) and
+prices any of them with any price model (capacity across the largest step and call),
+included units per seat and pooled, every exhaustion policy, charge and plan spend caps,
+recurring credits (per seat, for some charges), a minimum commitment and budget alerts. Events are drawn over October 2026."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ METERS = """meters:
   - {key: users, event_type: llm.call, aggregation: unique_count, property: user}
   - {key: resolved, event_type: outcome, aggregation: unique_count, property: outcome_id,
      disputes: {window_days: 2, id_property: outcome_id}}
+  - {key: peak_tokens, event_type: llm.call, aggregation: max, property: input_tokens}
 """
 
 money = st.decimals(min_value=0, max_value=20, places=3, allow_nan=False, allow_infinity=False).map(str)
@@ -85,8 +86,27 @@ def price(draw, meter: str) -> str:
 
 
 @st.composite
+def capacity_price(draw) -> str:
+    """Capacity tiers over the largest agent step and the largest call (ordered, the last
+    unbounded), sometimes billing the first tier at zero usage."""
+    steps = sorted(draw(st.lists(st.integers(1, 500), min_size=0, max_size=3)))
+    tokens = sorted(draw(st.lists(st.integers(1, 5000), min_size=len(steps), max_size=len(steps))))
+    fees = [draw(money) for _ in range(len(steps) + 1)]
+    rows = [f'{{up_to: {{peak: {a}, peak_tokens: {b + i}}}, flat_fee: "{fee}"}}'
+            for i, (a, b, fee) in enumerate(zip(steps, tokens, fees))]
+    rows.append(f'{{flat_fee: "{fees[-1]}"}}')
+    zero = ", flat_fee_at_zero: true" if D(fees[0]) > 0 and draw(st.booleans()) else ""
+    return f"{{model: capacity, meters: [peak, peak_tokens], tiers: [{', '.join(rows)}]{zero}}}"
+
+
+@st.composite
 def charge(draw, meter: str, key: str) -> str:
     lines = [f"  - key: {key}", f"    meter: {meter}"]
+    if meter == "peak" and draw(st.booleans()):  # capacity across two meters: no included units
+        lines.append(f"    price: {draw(capacity_price())}")
+        if draw(st.booleans()):
+            lines.append(f'    on_exhaustion: {{policy: overage, spend_cap: "{draw(money)}"}}')
+        return "\n".join(lines)
     if meter != "sales" and draw(st.booleans()):
         lines.append(f"    included: {{per_seat: {draw(st.sampled_from([0, 2, 7]))}, "
                      f"pooled: {draw(st.sampled_from([0, 5, 40]))}}}")
