@@ -43,6 +43,21 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
         problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
     problems.extend(_credit_problems(data.get("credits") or [], charges))
+    problems.extend(_feature_problems(data.get("features"), meters, charges))
+    return problems
+
+
+def _feature_problems(features: Any, meters: Any, charges: Any) -> list[tuple[list[Any], str]]:
+    """A metered feature names a meter or charge of the plan (the quota decision on it)."""
+    if not isinstance(features, dict):
+        return []
+    keys = {item.get("key") for items in (meters, charges) if isinstance(items, list)
+            for item in items if isinstance(item, dict)}
+    problems: list[tuple[list[Any], str]] = []
+    for name, value in features.items():
+        if isinstance(value, dict) and "metered" in value and value["metered"] not in keys:
+            problems.append((["features", name, "metered"], f"unknown meter or charge {value['metered']!r}; "
+                             f"defined: {sorted(k for k in keys if isinstance(k, str))}"))
     return problems
 
 

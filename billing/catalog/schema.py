@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, field_validator
 
 if TYPE_CHECKING:
     from billing.catalog.compiled import CompiledPlan
@@ -331,6 +331,33 @@ class BillingSpec(Frozen):
     anchor: Literal["calendar", "anniversary"] = "calendar"
 
 
+# ---------------------------------------------------------------------- entitlements
+
+class MeteredFeature(Frozen):
+    """A feature granted by usage: the quota decision on ``metered`` (a meter or charge key
+    of the plan) answers whether the customer has it now."""
+
+    metered: Key
+
+
+def _feature_value(value: Any) -> FeatureValueType:
+    """A feature's value as the plan writes it: boolean (``sso: true``), static (a whole
+    number or text: ``max_projects: 10``) or metered (``{metered: <meter or charge>}``)."""
+    if isinstance(value, (bool, MeteredFeature)) or (isinstance(value, int) and value >= 0):
+        return value
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict):
+        return MeteredFeature.model_validate(value)
+    shown = value if isinstance(value, (Decimal, int)) else repr(value)
+    raise ValueError(f"a feature is true/false, a whole number >= 0, text or {{metered: <meter or charge>}}; "
+                     f"got {shown}")
+
+
+FeatureValueType = Union[bool, int, str, MeteredFeature]
+FeatureValue = Annotated[Any, PlainValidator(_feature_value)]
+
+
 # ---------------------------------------------------------------------------- plan
 
 class Plan(Frozen):
@@ -351,6 +378,7 @@ class Plan(Frozen):
     budget_alerts: BudgetAlerts | None = None
     agent_limits: AgentLimits | None = None
     dunning: Dunning = Field(default_factory=Dunning)
+    features: dict[Key, FeatureValue] = Field(default_factory=dict)  # entitlements
 
     @field_validator("effective_from")
     @classmethod

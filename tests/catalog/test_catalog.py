@@ -14,7 +14,7 @@ from billing.errors import ErrorCode
 
 D = Decimal
 PLANS = Path(__file__).resolve().parents[2] / "plans"
-SHIPPED = {"copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team", "token-api"}
+SHIPPED = {"agent-platform", "copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team", "token-api"}
 
 BROKEN = """\
 plan: broken
