@@ -2,7 +2,8 @@
 
 A plan file (YAML in ``plans/``) is one *version* of a plan. Shape, after Kill Bill's
 catalog: plan -> recurring fees + meters + usage charges (each with a price model and an
-exhaustion policy) + credits, commitments and guardrails. See ``plans/README.md``.
+exhaustion policy) + credits, commitments and guardrails + features (``features.py``). The
+keys, amounts and strict frozen base are in ``base.py``. See ``plans/README.md``.
 """
 
 from __future__ import annotations
@@ -10,20 +11,15 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, field_validator
+from pydantic import AfterValidator, Field, field_validator
+
+from billing.catalog.base import Frozen, Key, Money, Positive
+from billing.catalog.features import FeatureValue, MeteredFeature  # noqa: F401  (the plan's features)
 
 if TYPE_CHECKING:
     from billing.catalog.compiled import CompiledPlan
-
-Key = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.\-]*$", max_length=80)]
-Money = Annotated[Decimal, Field(ge=0)]
-Positive = Annotated[Decimal, Field(gt=0)]
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # --------------------------------------------------------------------------- meters
@@ -329,33 +325,6 @@ class Dunning(Frozen):
 class BillingSpec(Frozen):
     interval: Literal["month", "year"] = "month"
     anchor: Literal["calendar", "anniversary"] = "calendar"
-
-
-# ---------------------------------------------------------------------- entitlements
-
-class MeteredFeature(Frozen):
-    """A feature granted by usage: the quota decision on ``metered`` (a meter or charge key
-    of the plan) answers whether the customer has it now."""
-
-    metered: Key
-
-
-def _feature_value(value: Any) -> FeatureValueType:
-    """A feature's value as the plan writes it: boolean (``sso: true``), static (a whole
-    number or text: ``max_projects: 10``) or metered (``{metered: <meter or charge>}``)."""
-    if isinstance(value, (bool, MeteredFeature)) or (isinstance(value, int) and value >= 0):
-        return value
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, dict):
-        return MeteredFeature.model_validate(value)
-    shown = value if isinstance(value, (Decimal, int)) else repr(value)
-    raise ValueError(f"a feature is true/false, a whole number >= 0, text or {{metered: <meter or charge>}}; "
-                     f"got {shown}")
-
-
-FeatureValueType = Union[bool, int, str, MeteredFeature]
-FeatureValue = Annotated[Any, PlainValidator(_feature_value)]
 
 
 # ---------------------------------------------------------------------------- plan

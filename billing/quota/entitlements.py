@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from billing.catalog.schema import MeteredFeature
+from billing.catalog.features import MeteredFeature
 
 Kind = Literal["boolean", "static", "metered", "absent"]
 

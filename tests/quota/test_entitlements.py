@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from billing.catalog import PlanInvalid, parse_plan_text
-from billing.catalog.schema import MeteredFeature
+from billing.catalog.features import MeteredFeature
 from billing.quota.entitlements import Entitlement, answer_metered, features_in_force, lookup
 
 PLAN = """\
