@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from billing.api import errors, events_read, idempotency, reports, stripe_webhook
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
+from billing.api.entitlements import router as entitlements_router
 from billing.api.fastpath import BillingAPI
 from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
@@ -123,6 +124,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
     app.include_router(router)
     app.include_router(metering_router)  # GET /v1/customers/{id}/metering (billing.api.metering)
+    app.include_router(entitlements_router)  # POST /v1/entitlements/check (billing.api.entitlements)
     app.include_router(events_read.router)
     app.include_router(metrics_router)
     app.include_router(keys_router)

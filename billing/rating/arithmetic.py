@@ -4,7 +4,9 @@ The rating engine, the quota decision and its alerts, the usage report, the fore
 the simulation's fast path all compute here, on a compiled plan (``Plan.compiled``):
 
 * ``included_units``: a charge's allowance (per seat x seats + pooled);
-* ``billable``: the units past it, with their share of the provider cost and events;
+* ``billable``: the units past it, with their share of the provider cost and events (a
+  capacity charge reads several meters: ``capacity_peaks`` gives their period peaks, which
+  every function below takes as ``peaks``);
 * ``charge_amount``: the charge's amount for a usage state, every price model (and the
   slow tier), computed exactly and **rounded once** (``money.round_line``): a graduated
   charge is not rounded tier by tier, a percentage charge is the sum of its
@@ -34,12 +36,13 @@ from typing import Any
 from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import UsageCharge
 from billing.money import quantum, round_line
-from billing.rating.charges import price_parts
+from billing.rating.charges import capacity, price_parts
 from billing.rating.types import Billable, CreditGrant, Part
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
 _NO_TRANSACTIONS: tuple[Decimal, ...] = ()
+_NO_PEAKS: tuple[Decimal, ...] = ()
 
 
 # ------------------------------------------------------------------- one charge
@@ -61,17 +64,26 @@ def included_by_charge(plan: CompiledPlan, seats: int) -> tuple[Decimal, ...]:
     return hit
 
 
+def capacity_peaks(charge: CompiledCharge, usage: Mapping[str, Any]) -> tuple[Decimal, ...]:
+    """A capacity charge's meter peaks read off ``usage`` (meter -> anything with ``units``,
+    a missing meter peaking at 0), in the price's order; () for every other charge."""
+    if not charge.capacity_meters:
+        return _NO_PEAKS
+    get = usage.get
+    return tuple(ZERO if (t := get(key)) is None else t.units for key in charge.capacity_meters)
+
+
 def billable(units: Decimal, cost: Decimal, events: int, transactions: tuple[Decimal, ...],
-             included: Decimal) -> Billable:
+             included: Decimal, peaks: tuple[Decimal, ...] = ()) -> Billable:
     """The units past the included ones, their share of the provider cost and of the
-    events (all of them when nothing is included)."""
+    events (all of them when nothing is included); a capacity price's ``peaks`` as given."""
     if units <= 0:  # no units: no cost share (a cost-plus price bills nothing)
-        return Billable(ZERO, ZERO, events if included == 0 else 0, transactions)
+        return Billable(ZERO, ZERO, events if included == 0 else 0, transactions, peaks)
     if not included:  # every unit is billable: no division
-        return Billable(units, cost, events, transactions)
+        return Billable(units, cost, events, transactions, peaks)
     past = units - included if units > included else ZERO
     share = past / units
-    return Billable(past, cost * share, int(events * share), transactions)
+    return Billable(past, cost * share, int(events * share), transactions, peaks)
 
 
 def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:
@@ -87,18 +99,21 @@ def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:
 
 
 def exact_charge(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
-    """The charge's exact amount for a period's usage (unrounded, before its spend cap)."""
+                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+                 peaks: tuple[Decimal, ...] = _NO_PEAKS) -> Decimal:
+    """The charge's exact amount for a period's usage (unrounded, before its spend cap);
+    ``peaks``: a capacity charge's meter peaks (``capacity_peaks``)."""
     price = charge.linear_price
     if price is not None:  # per_unit or the slow tier, without building a Billable
         return (units - included) * price if units > included else ZERO
-    return exact_amount(charge, billable(units, cost, events, transactions, included))
+    return exact_amount(charge, billable(units, cost, events, transactions, included, peaks))
 
 
 def charge_amount(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-                  transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+                  transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+                  peaks: tuple[Decimal, ...] = _NO_PEAKS) -> Decimal:
     """The charge's amount for a period's usage, rounded once, before its spend cap."""
-    return round_line(exact_charge(charge, units, cost, events, transactions, included), currency)
+    return round_line(exact_charge(charge, units, cost, events, transactions, included, peaks), currency)
 
 
 def billed(charge: CompiledCharge, amount: Decimal) -> Decimal:
@@ -108,13 +123,15 @@ def billed(charge: CompiledCharge, amount: Decimal) -> Decimal:
 
 
 def charge_spend(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+                 transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+                 peaks: tuple[Decimal, ...] = _NO_PEAKS) -> Decimal:
     """The spend of a charge that the invoice bills and quotas, alerts and forecasts report:
     its amount rounded once, at most its spend cap."""
     # exact_charge and billed, inline: the simulation's hot path
     price = charge.linear_price
     if price is None:
-        amount = round_line(exact_amount(charge, billable(units, cost, events, transactions, included)), currency)
+        amount = round_line(exact_amount(charge, billable(units, cost, events, transactions, included, peaks)),
+                            currency)
     elif units > included:
         amount = round_line((units - included) * price, currency)
     else:
@@ -124,12 +141,16 @@ def charge_spend(charge: CompiledCharge, currency: str, units: Decimal, cost: De
 
 
 def peak_exact(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
-               transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO) -> Decimal:
+               transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
+               peaks: tuple[Decimal, ...] = _NO_PEAKS) -> Decimal:
     """The highest exact amount (``exact_charge``) reached at any usage up to ``units``:
     what a quota decision holds against a spend cap.
 
-    Every price model but volume only grows with usage; a volume price can fall past a tier
-    end, so its candidates are the amounts at the bounded tiers' ends below the usage."""
+    Every price model but volume and capacity only grows with usage; a volume price can fall
+    past a tier end, so its candidates are the amounts at the bounded tiers' ends below the
+    usage; a capacity price's candidates are the tiers up to the one the peaks fit in."""
+    if charge.capacity_meters:
+        return capacity.peak_amount(charge.price, peaks)
     amount = exact_charge(charge, units, cost, events, transactions, included)
     if charge.volume_ends and units > 0:
         past = units - included
@@ -159,8 +180,9 @@ class Breakdown:
 
 
 def breakdown(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal, events: int,
-              transactions: tuple[Decimal, ...], included: Decimal) -> Breakdown:
-    usage = billable(units, cost, events, transactions, included)
+              transactions: tuple[Decimal, ...], included: Decimal,
+              peaks: tuple[Decimal, ...] = _NO_PEAKS) -> Breakdown:
+    usage = billable(units, cost, events, transactions, included, peaks)
     if charge.slow_price is not None:
         parts = [Part("slow tier", usage.units, charge.slow_price, usage.units * charge.slow_price)] \
             if usage.units > 0 else []
@@ -292,12 +314,14 @@ def measures(plan: CompiledPlan, usage: Mapping[str, Any], seats: int,
     for charge in plan.charges:
         t = usage.get(charge.meter)
         inc = included_units(charge, seats)
-        if t is None:
-            units, spend = ZERO, ZERO
+        peaks = capacity_peaks(charge, usage)
+        if t is None:  # no usage: still a first tier's fee at zero usage, or a capacity tier
+            units = ZERO
+            spend = charge_spend(charge, currency, ZERO, included=inc, peaks=peaks)
         else:
             tx = transactions.get(charge.meter, ()) if transactions is not None else t.transactions or ()
             units = t.units
-            spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc)
+            spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc, peaks)
         if charge.included is not None and inc > 0:
             out.append(Measure(f"charge:{charge.key}:included", units, inc, "units"))
         if charge.spend_cap is not None and charge.spend_cap > 0:

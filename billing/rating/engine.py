@@ -111,7 +111,8 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
         else:
             _seat_fee(lines, fee, period, paid_start, window_end, changes, segments)
 
-    usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, _NO_USAGE), max_seats)
+    usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, _NO_USAGE), max_seats,
+                                     arithmetic.capacity_peaks(charge, inp.usage))
                        for charge in compiled.charges]
 
     usage_total = lines.total(LineKind.USAGE, LineKind.CAP)
@@ -194,14 +195,15 @@ def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end:
             held = seg.seats
 
 
-def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, seats: Decimal) -> ChargeUsage:
+def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, seats: Decimal,
+                  peaks: tuple[Decimal, ...]) -> ChargeUsage:
     """The charge's lines: the included units (a zero line), then its amount's breakdown
     (``arithmetic.breakdown``: parts adding up exactly to the once-rounded amount), then
     the cap line when its spend cap cuts it."""
     name = charge.name
     included = arithmetic.included_units(charge, seats)
     detail = arithmetic.breakdown(charge, lines.currency, totals.units, totals.cost, totals.events,
-                                  totals.transactions, included)
+                                  totals.transactions, included, peaks)
     if charge.included is not None:
         lines.add(LineKind.USAGE, f"{name}: {dec_str(totals.units)} used, {dec_str(included)} included",
                   min(totals.units, included), ZERO, ZERO, charge.key, charge.meter)
@@ -255,7 +257,8 @@ def _charged_before(plan: CompiledPlan, inp: RatingInput, t: datetime | None, se
     for c in plan.charges:
         totals = usage.get(c.meter, _NO_USAGE)
         out[c.key] = arithmetic.charge_spend(c, plan.currency, totals.units, totals.cost, totals.events,
-                                             totals.transactions, arithmetic.included_units(c, seats))
+                                             totals.transactions, arithmetic.included_units(c, seats),
+                                             arithmetic.capacity_peaks(c, usage))
     return out
 
 

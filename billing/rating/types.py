@@ -27,12 +27,14 @@ class MeterTotals:
 
 @dataclass(frozen=True)
 class Billable:
-    """What a charge model prices: the units past the included ones and their cost share."""
+    """What a charge model prices: the units past the included ones and their cost share
+    (a capacity price: the period peaks of its meters, in the price's order)."""
 
     units: Decimal
     cost: Decimal = ZERO
     events: int = 0
     transactions: tuple[Decimal, ...] = ()
+    peaks: tuple[Decimal, ...] = ()
 
 
 @dataclass(frozen=True)

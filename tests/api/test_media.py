@@ -51,6 +51,7 @@ def bodies(post, variant: str) -> dict[str, tuple[str, dict]]:
              "properties": {"units": 1}}
     return {"/v1/events": ("/v1/events", {"events": [event]}),
             "/v1/quota/check": ("/v1/quota/check", reserve),
+            "/v1/entitlements/check": ("/v1/entitlements/check", {"customer": customer, "feature": "sso"}),
             "/v1/quota/reserve": ("/v1/quota/reserve", reserve),
             "/v1/quota/commit": ("/v1/quota/commit", {"reservation_id": rid}),
             "/v1/quota/release": ("/v1/quota/release", {"reservation_id": rid2}),
