@@ -153,7 +153,10 @@ _PARALLEL_BYTES = 8 << 20  # a smaller file: the second process's start costs mo
 
 @events_app.command("import")
 def events_import(path: Path, as_json: JsonOpt = False,
-                  batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per transaction.")] = 50_000,
+                  batch: Annotated[int | None, typer.Option(
+                      min=1, max=100_000, show_default=False,
+                      help="Events per transaction (default: 50,000; 25,000 with --parallel, whose second "
+                           "process's memory the smaller chunks make room for).")] = None,
                   parallel: Annotated[bool | None, typer.Option(
                       "--parallel/--no-parallel",
                       help="Parse and validate the file in a second process while this one writes "
@@ -180,6 +183,7 @@ def events_import(path: Path, as_json: JsonOpt = False,
     if parallel is None:
         parallel = path.stat().st_size > _PARALLEL_BYTES
     events = PreparingReader(path) if parallel else JsonlEvents(path)
+    batch = batch or (25_000 if parallel else 50_000)
     result = BatchResult(keep_events=False)
     lines = _ProblemLines(events, result)
     try:
