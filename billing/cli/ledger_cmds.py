@@ -63,10 +63,24 @@ def db_recount(as_json: JsonOpt = False) -> None:
 
 
 @db_app.command("downgrade")
-def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
-    from billing.store.db import downgrade
+def db_downgrade(revision: Annotated[str, typer.Argument(
+                     help="The migration to go back to (`base`: drop every table and its data).")],
+                 yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Undo migrations down to REVISION. Asks first (tables and columns it removes take their
+    data with them); `--yes` for scripts."""
+    from billing.store.db import current_revision, downgrade, engine_for
 
-    downgrade(get_settings().database_url, revision)
+    url = get_settings().database_url
+    current = run(lambda: current_revision(engine_for(url)))
+    if current is None:
+        fail("the database has no billing tables: nothing to downgrade")
+    what = "drop every table and the data in it" if revision == "base" else f"undo the migrations after {revision}"
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"`billing db downgrade {revision}` would {what} (the database is at {current}); "
+                 "add --yes to confirm")
+        typer.confirm(f"The database is at {current}. Downgrading to {revision} will {what}. Continue?", abort=True)
+    downgrade(url, revision)
     console.print(f"database at {revision}", highlight=False)
 
 
