@@ -57,6 +57,32 @@ class CreditGrant:
     applies_to: tuple[str, ...] | None = None  # charge keys; None = every usage charge
 
 
+@dataclass(frozen=True)
+class Discount:
+    """A coupon redeemed on the subscription, applying to this invoice: ``percent`` off
+    (0-100) or ``amount`` off (in the invoice's currency), on the usage lines or on every
+    line (``applies_to``). See ``arithmetic.discounts``."""
+
+    id: str  # the line's key, e.g. "coupon:LAUNCH20"
+    name: str
+    applies_to: str = "all"  # "usage" | "all"
+    percent: Decimal | None = None
+    amount: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class TermCommitment:
+    """A commitment of ``amount`` over a contract term [starts_at, ends_at), spread pro rata
+    over the term's time: each window's minimum is its share (``arithmetic.term_minimum``)."""
+
+    id: str  # the line's key, e.g. "commitment:3"
+    name: str
+    amount: Decimal
+    starts_at: datetime
+    ends_at: datetime
+    applies_to: str = "all"  # "usage" | "all"
+
+
 class LineKind(StrEnum):
     """What an invoice line is (stored and sent as its value)."""
 
@@ -64,7 +90,8 @@ class LineKind(StrEnum):
     USAGE = "usage"  # a usage charge
     CAP = "cap"  # a spend cap's (negative) line
     CREDIT = "credit"  # prepaid credit drawn
-    COMMITMENT = "commitment"  # a minimum commitment's true-up
+    COMMITMENT = "commitment"  # a minimum commitment's (or a term commitment's) true-up
+    DISCOUNT = "discount"  # a coupon's (negative) line
     ADJUSTMENT = "adjustment"  # a late correction of a closed period
 
 
