@@ -14,6 +14,9 @@ For a batch of windows the service
   window (``from_counters``: the close asks ``invoicing.usage``'s rule with its snapshot),
   otherwise aggregates the events in SQL up to the watermark, one query per (plan, window)
   for all the customers sharing it (``store.aggregate_sql.aggregate_window``);
+- applies each subscription's contract (``billing.contracts``): the plan with the overrides
+  in force at the window's start, the coupons and term commitments applying to it (the
+  result's windows carry them);
 - reads seat histories and grant balances per chunk of subscriptions / customers
   (``store.grants_and_seats``), unless the caller passes the grant balances a window may
   draw (a re-rating of a billed period);
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -39,6 +42,8 @@ from typing import NamedTuple, Protocol
 from sqlalchemy import Connection
 
 from billing.catalog import Plan
+from billing.contracts.repository import contract_terms
+from billing.contracts.terms import NO_TERMS, ContractTerms
 from billing.invoicing.documents import grant_inputs
 from billing.store.aggregate_sql import aggregate_window, usage_before_expiries
 from billing.ledger.counters import to_micro
@@ -46,7 +51,7 @@ from billing.store.grants_and_seats import GrantBalance, SeatHistory, grant_bala
 from billing.store.types import to_us
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import Period, seat_segments
-from billing.rating.types import MeterTotals, RatedInvoice
+from billing.rating.types import Discount, MeterTotals, RatedInvoice, TermCommitment
 
 ZERO = Decimal(0)
 
@@ -70,6 +75,10 @@ class Window:
     start: datetime  # the period cut to the subscription
     end: datetime
     rated_until: datetime  # the close: ``end``; to date: ``min(end, as_of)``
+    # the subscription's contract, filled in by ``rate_windows`` (``billing.contracts``):
+    # ``plan`` is then the effective plan (its overrides applied)
+    discounts: tuple[Discount, ...] = ()
+    commitments: tuple[TermCommitment, ...] = ()
 
     @property
     def customer(self) -> str:
@@ -114,6 +123,8 @@ def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
     if not windows:
         return []
     usage = _usage(conn, windows, watermark, from_counters)
+    terms = contract_terms(conn, [w.sub.id for w in windows])
+    windows = [_contracted(w, terms.get(w.sub.id, NO_TERMS)) for w in windows]
     if scale:
         usage = [scaled(w.plan, u, scale[w.customer]) if w.customer in scale else u for w, u in zip(windows, usage)]
     seats = seat_histories(conn, [w.sub.id for w in windows])
@@ -133,6 +144,16 @@ def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
     return out
 
 
+def _contracted(window: Window, terms: ContractTerms) -> Window:
+    """The window under its subscription's contract: the plan with the overrides in force at
+    the window's start, the coupons and term commitments that apply to it."""
+    if terms is NO_TERMS:
+        return window
+    return replace(window, plan=terms.plan_at(window.plan, window.start),
+                   discounts=terms.discounts(window.start, window.end),
+                   commitments=terms.commitments_in(window.start, window.end))
+
+
 def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost: Decimal, seats: SeatHistory,
           balances: Sequence[GrantBalance], watermark: int) -> RatedInvoice:
     plan, period, customer = window.plan, window.period, window.customer
@@ -142,7 +163,8 @@ def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost
         active_until=window.end if window.end < period.end else None,
         trial_end=window.sub.trial_end, provider_cost=cost,
         usage_before=usage_before_expiries(conn, plan, customer, period, window.start, window.rated_until,
-                                           balances, watermark)))
+                                           balances, watermark),
+        discounts=window.discounts, commitments=window.commitments))
 
 
 class UsageSpan(NamedTuple):
