@@ -177,12 +177,14 @@ def _window(o: Override) -> str:
     return f"{o.starts_at.isoformat()} .. {o.ends_at.isoformat() if o.ends_at else 'open end'}"
 
 
-def override_problems(plan: Plan, overrides: Sequence[Override], label: str = "overrides") -> list[str]:
-    """Every problem of a subscription's overrides of ``plan`` (empty: they may be stored)."""
+def override_problems(plan: Plan, overrides: Sequence[Override], names: Sequence[str] | None = None) -> list[str]:
+    """Every problem of a subscription's overrides of ``plan`` (empty: they may be stored);
+    ``names``: how each is named in a problem (default ``overrides[i]``)."""
+    names = list(names) if names is not None else [f"overrides[{i}]" for i in range(len(overrides))]
     problems: list[str] = []
     valid: list[bool] = []
     for i, o in enumerate(overrides):
-        where = f"{label}[{i}]"
+        where = names[i]
         problem = path_problem(plan, o.path)
         if problem:
             problems.append(f"{where}.path: {problem}")
@@ -201,7 +203,7 @@ def override_problems(plan: Plan, overrides: Sequence[Override], label: str = "o
         for j in range(i + 1, len(overrides)):
             b = overrides[j]
             if valid[i] and valid[j] and _overlap(a, b):
-                problems.append(f"{label}[{j}]: overlaps {label}[{i}]: {b.path} ({_window(b)}) and {a.path} "
+                problems.append(f"{names[j]}: overlaps {names[i]}: {b.path} ({_window(b)}) and {a.path} "
                                 f"({_window(a)}) would both be in force")
     if not problems:  # each valid alone: every combination in force at some instant must be valid too
         for at in sorted({o.starts_at for o in overrides}):
@@ -210,7 +212,7 @@ def override_problems(plan: Plan, overrides: Sequence[Override], label: str = "o
             except (OverrideError, PlanInvalid) as exc:
                 detail = exc.message if isinstance(exc, OverrideError) else "; ".join(
                     f"{p.path}: {p.message}" for p in exc.problems)
-                problems.append(f"{label} in force at {at.isoformat()}: {detail}")
+                problems.append(f"overrides in force at {at.isoformat()}: {detail}")
     return problems
 
 
