@@ -22,7 +22,7 @@ from billing.catalog import Catalog
 from billing.catalog.overrides import Override, override_problems
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import check_instant, check_row_id, check_text
-from billing.money import minor_units, to_minor
+from billing.money import from_minor, minor_units, to_minor
 from billing.store import repository
 from billing.store.models import ContractOverride, Coupon, CouponRedemption, Customer, Subscription, TermCommitmentRow
 
@@ -131,7 +131,7 @@ class Contracts:
             problems = override_problems(plan, [*existing, *new], names)
             if problems:
                 raise _invalid(f"{len(problems)} problem(s) with the overrides of subscription {sub.id} "
-                               f"({plan.ref}): " + "; ".join(problems), details=problems)
+                               f"({plan.ref}):\n" + "\n".join(problems), details=problems)
             for i, o in enumerate(new):
                 self._not_invoiced(s, sub, o.starts_at, f"overrides[{i}].starts_at")
             added = [ContractOverride(subscription_id=sub.id, path=o.path, value=json.dumps(o.value),
@@ -267,6 +267,7 @@ class Contracts:
         with self._session() as s:
             sub = self._subscription(s, subscription_id)
             return {
+                "subscription": sub.id, "currency": s.get(Customer, sub.customer_id).currency,
                 "overrides": list(s.exec(select(ContractOverride).where(ContractOverride.subscription_id == sub.id)
                                          .order_by(ContractOverride.id)).all()),
                 "coupons": list(s.exec(select(CouponRedemption, Coupon).join(Coupon)
@@ -276,3 +277,37 @@ class Contracts:
                                            .where(TermCommitmentRow.subscription_id == sub.id)
                                            .order_by(TermCommitmentRow.id)).all()),
             }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t is not None else None
+
+
+def override_json(row: ContractOverride) -> dict[str, Any]:
+    return {"id": row.id, "subscription": row.subscription_id, "path": row.path, "value": json.loads(row.value),
+            "starts_at": _iso(row.starts_at), "ends_at": _iso(row.ends_at)}
+
+
+def coupon_json(row: Coupon) -> dict[str, Any]:
+    amount = None if row.amount_minor is None else format(from_minor(row.amount_minor, row.currency), "f")
+    return {"code": row.code, "name": row.name, "percent": row.percent, "amount": amount, "currency": row.currency,
+            "duration": row.duration, "periods": row.periods, "applies_to": row.applies_to}
+
+
+def redemption_json(row: CouponRedemption) -> dict[str, Any]:
+    return {"id": row.id, "coupon": row.coupon_code, "subscription": row.subscription_id,
+            "redeemed_at": _iso(row.redeemed_at), "ends_at": _iso(row.ends_at)}
+
+
+def commitment_json(row: TermCommitmentRow, currency: str) -> dict[str, Any]:
+    return {"id": row.id, "subscription": row.subscription_id, "name": row.name,
+            "amount": format(from_minor(row.amount_minor, currency), "f"), "currency": currency,
+            "starts_at": _iso(row.starts_at), "ends_at": _iso(row.ends_at), "applies_to": row.applies_to}
+
+
+def contract_json(contract: dict[str, Any]) -> dict[str, Any]:
+    """``Contracts.contract`` as JSON (the CLI's ``--json`` and the API's answer)."""
+    return {"subscription": contract["subscription"],
+            "overrides": [override_json(o) for o in contract["overrides"]],
+            "coupons": [{**redemption_json(r), "coupon": coupon_json(c)} for r, c in contract["coupons"]],
+            "commitments": [commitment_json(t, contract["currency"]) for t in contract["commitments"]]}
