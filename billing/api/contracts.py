@@ -1,5 +1,5 @@
 """Contracts over HTTP (``billing.contracts.service.Contracts``): a subscription's dated
-plan overrides, coupons and their redemptions, term commitments. Typed bodies and answers;
+plan overrides, coupons and their redemptions, term commitments, add-on subscriptions. Typed bodies and answers;
 every check is the service's (``contract_invalid`` with each problem in ``details``,
 ``coupon_not_found``, ``period_invoiced``, ``currency_mismatch``)."""
 
@@ -12,9 +12,10 @@ from fastapi import APIRouter, Path, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing.api.routes import Admin, Read
-from billing.contracts.service import (
-    MAX_OVERRIDES, MAX_PERIODS, Contracts, commitment_json, contract_json, coupon_json, override_json,
-    redemption_json)
+from billing.contracts.service import MAX_OVERRIDES, MAX_PERIODS, Contracts
+from billing.contracts.views import (
+    addon_json, commitment_json, contract_json, coupon_json, override_json, redemption_json)
+from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import MAX_ROW_ID
 
 router = APIRouter(prefix="/v1", tags=["contracts"])
@@ -106,11 +107,35 @@ class CommitmentOut(BaseModel):
     applies_to: str
 
 
+class AddOnIn(_Strict):
+    plan: Annotated[str, Field(min_length=1, max_length=80)]
+    version: Annotated[int, Field(ge=1)] | None = None
+    at: AwareDatetime | None = None
+
+
+class AddOnEndIn(_Strict):
+    at: AwareDatetime | None = None
+
+
+class PlanRef(BaseModel):
+    id: str
+    version: int
+
+
+class AddOnOut(BaseModel):
+    id: int
+    subscription: int
+    plan: PlanRef
+    started_at: str
+    ended_at: str | None
+
+
 class ContractOut(BaseModel):
     subscription: int
     overrides: list[OverrideOut]
     coupons: list[RedemptionWithCoupon]
     commitments: list[CommitmentOut]
+    addons: list[AddOnOut]
 
 
 def _contracts(request: Request) -> Contracts:
@@ -173,3 +198,24 @@ def add_commitment(subscription_id: SubscriptionId, body: CommitmentIn, request:
                                    applies_to=body.applies_to, name=body.name,
                                    now=request.app.state.services.clock())
     return commitment_json(row, contracts.contract(subscription_id)["currency"])
+
+
+@router.post("/subscriptions/{subscription_id}/addons", status_code=201, response_model=AddOnOut,
+             summary="Add an add-on subscription (a fees-only plan) rated into this subscription's invoices")
+def add_addon(subscription_id: SubscriptionId, body: AddOnIn, request: Request, principal: Admin) -> dict[str, Any]:
+    _customer_of(request, principal, subscription_id)
+    now = request.app.state.services.clock()
+    return addon_json(_contracts(request).add_addon(subscription_id, body.plan, at=body.at or now,
+                                                    version=body.version, now=now))
+
+
+@router.post("/subscriptions/{subscription_id}/addons/{addon_id}/end", response_model=AddOnOut,
+             summary="End an add-on subscription (its last period is prorated)")
+def end_addon(subscription_id: SubscriptionId, addon_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)], body: AddOnEndIn,
+              request: Request, principal: Admin) -> dict[str, Any]:
+    _customer_of(request, principal, subscription_id)
+    contracts = _contracts(request)
+    if addon_id not in {a.id for a in contracts.contract(subscription_id)["addons"]}:
+        raise BillingError(f"subscription {subscription_id} has no add-on {addon_id}",
+                           code=ErrorCode.SUBSCRIPTION_NOT_FOUND)
+    return addon_json(contracts.end_addon(addon_id, at=body.at or request.app.state.services.clock()))

@@ -1,5 +1,6 @@
 """`billing contracts ...`: a subscription's contract on top of its plan -- dated overrides,
-coupons and their redemptions, term commitments (``billing.contracts.service``)."""
+coupons and their redemptions, term commitments, add-on subscriptions
+(``billing.contracts.service``)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def override(subscription_id: int, path: str, value: str,
              as_json: JsonOpt = False) -> None:
     """Override one value of the subscription's plan version for a time, e.g.
     `charges/premium_requests/price/unit_price 0.03 --from 2026-11-01T00:00:00Z`."""
-    from billing.contracts.service import override_json
+    from billing.contracts.views import override_json
 
     item = {"path": path, "value": _value(value), "starts_at": instant(starts_at, "--from"),
             "ends_at": instant(ends_at, "--until") if ends_at else None}
@@ -55,7 +56,7 @@ def overrides(subscription_id: int, file: Annotated[Path, typer.Argument(help="J
               as_json: JsonOpt = False) -> None:
     """Add several overrides at once (all or none) from a JSON file: a list of
     {"path", "value", "starts_at", "ends_at"?}."""
-    from billing.contracts.service import override_json
+    from billing.contracts.views import override_json
 
     try:
         items = json.loads(file.read_text())
@@ -81,7 +82,7 @@ def coupon_create(code: str, duration: Annotated[str, typer.Option(help="once | 
                   applies_to: Annotated[str, typer.Option(help="usage | all")] = "all",
                   name: str = "", as_json: JsonOpt = False) -> None:
     """Create a coupon (idempotent for the same details)."""
-    from billing.contracts.service import coupon_json
+    from billing.contracts.views import coupon_json
 
     row = run(lambda: _contracts().create_coupon(code, duration=duration, percent=percent, amount=amount,
                                                  currency=currency, periods=periods, applies_to=applies_to,
@@ -93,7 +94,7 @@ def coupon_create(code: str, duration: Annotated[str, typer.Option(help="once | 
 def redeem(subscription_id: int, code: str, at: Annotated[str | None, typer.Option(help="ISO; default now.")] = None,
            as_json: JsonOpt = False) -> None:
     """Redeem a coupon on a subscription (from the billing period containing --at)."""
-    from billing.contracts.service import redemption_json
+    from billing.contracts.views import redemption_json
 
     row = run(lambda: _contracts().redeem(subscription_id, code, at=instant(at, "--at"), now=instant(None)))
     print_json(redemption_json(row)) if as_json else console.print(
@@ -108,7 +109,7 @@ def commit(subscription_id: int, amount: str,
            applies_to: Annotated[str, typer.Option(help="usage | all")] = "all",
            name: str = "Contract commitment", as_json: JsonOpt = False) -> None:
     """Commit to an amount over a contract term, owed pro rata by the term's periods."""
-    from billing.contracts.service import commitment_json
+    from billing.contracts.views import commitment_json
 
     contracts = _contracts()
     row = run(lambda: contracts.add_commitment(subscription_id, amount, starts_at=instant(starts_at, "--from"),
@@ -120,10 +121,33 @@ def commit(subscription_id: int, amount: str,
         console.print(f"term commitment {row.id}: subscription {subscription_id}", highlight=False)
 
 
+@app.command("addon")
+def addon(subscription_id: int, plan: str, at: Annotated[str | None, typer.Option(help="ISO; default now.")] = None,
+          version: int | None = None, as_json: JsonOpt = False) -> None:
+    """Add an add-on subscription (a fees-only plan) rated into the subscription's invoices."""
+    from billing.contracts.views import addon_json
+
+    row = run(lambda: _contracts().add_addon(subscription_id, plan, at=instant(at, "--at"), version=version,
+                                             now=instant(None)))
+    print_json(addon_json(row)) if as_json else console.print(
+        f"add-on {row.id}: {row.plan_id} v{row.plan_version} on subscription {subscription_id}", highlight=False)
+
+
+@app.command("addon-end")
+def addon_end(addon_id: int, at: Annotated[str | None, typer.Option(help="ISO; default now.")] = None,
+              as_json: JsonOpt = False) -> None:
+    """End an add-on subscription (its last period is prorated)."""
+    from billing.contracts.views import addon_json
+
+    row = run(lambda: _contracts().end_addon(addon_id, at=instant(at, "--at")))
+    print_json(addon_json(row)) if as_json else console.print(f"add-on {row.id} ends {row.ended_at.isoformat()}",
+                                                              highlight=False)
+
+
 @app.command("show")
 def show(subscription_id: int, as_json: JsonOpt = False) -> None:
     """A subscription's contract: overrides, coupons, term commitments."""
-    from billing.contracts.service import contract_json
+    from billing.contracts.views import contract_json
 
     data = contract_json(run(lambda: _contracts().contract(subscription_id)))
     if as_json:
@@ -140,4 +164,7 @@ def show(subscription_id: int, as_json: JsonOpt = False) -> None:
     for t in data["commitments"]:
         table.add_row("commitment", f"{t['name']}: {t['amount']} {t['currency']} ({t['applies_to']})",
                       t["starts_at"], t["ends_at"])
+    for a in data["addons"]:
+        table.add_row("add-on", f"{a['id']}: {a['plan']['id']} v{a['plan']['version']}", a["started_at"],
+                      a["ended_at"] or "")
     console.print(table)

@@ -13,7 +13,7 @@ from decimal import Decimal
 from sqlalchemy import Connection
 
 from billing.catalog.overrides import Override
-from billing.contracts.terms import ContractTerms, Redemption, TermsBuilder, coupon_discount
+from billing.contracts.terms import AddOnRef, ContractTerms, Redemption, TermsBuilder, coupon_discount
 from billing.money import from_minor
 from billing.rating.types import TermCommitment
 from billing.store.driver_rows import datetime_reader, driver_rows
@@ -27,6 +27,9 @@ _REDEMPTIONS = ("SELECT r.subscription_id, r.id, r.redeemed_at, r.ends_at, c.cod
 _COMMITMENTS = ("SELECT t.subscription_id, t.id, t.name, t.amount_minor, t.starts_at, t.ends_at, t.applies_to, "
                 "cu.currency FROM term_commitment t JOIN subscription s ON s.id = t.subscription_id "
                 "JOIN customer cu ON cu.id = s.customer_id ")
+
+_ADDONS = ("SELECT a.subscription_id, a.id, a.plan_id, a.plan_version, a.started_at, a.ended_at "
+           "FROM addon_subscription a ")
 
 
 def override_of(row: Sequence, dt: Callable) -> Override:
@@ -57,6 +60,9 @@ def contract_terms(conn: Connection, subscription_ids: Sequence[int]) -> dict[in
             builders[sid].commitments.append(TermCommitment(
                 f"commitment:{tid}", name, from_minor(int(amount_minor), currency), dt(starts_at), dt(ends_at),
                 applies_to))
+        for sid, aid, plan_id, version, started_at, ended_at in driver_rows(
+                conn, f"{_ADDONS}WHERE a.subscription_id IN ({marks})", part):
+            builders[sid].addons.append(AddOnRef(aid, plan_id, int(version), dt(started_at), dt(ended_at)))
     return {sid: b.build() for sid, b in builders.items()}
 
 

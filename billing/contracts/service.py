@@ -18,13 +18,14 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from billing.catalog import Catalog
+from billing.catalog import Catalog, Plan
 from billing.catalog.overrides import Override, override_problems
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import check_instant, check_row_id, check_text
-from billing.money import from_minor, minor_units, to_minor
+from billing.money import minor_units, to_minor
 from billing.store import repository
-from billing.store.models import ContractOverride, Coupon, CouponRedemption, Customer, Subscription, TermCommitmentRow
+from billing.store.models import (
+    AddOnSubscription, ContractOverride, Coupon, CouponRedemption, Customer, Subscription, TermCommitmentRow)
 
 MAX_OVERRIDES = 100  # per request
 MAX_PERIODS = 1200  # a repeating coupon: at most 100 years of months
@@ -72,6 +73,26 @@ def _money(value: object, field: str, currency: str) -> Decimal:
     if amount != amount.quantize(Decimal(1).scaleb(-minor_units(currency))):
         raise _invalid(f"{field}: {currency} has {minor_units(currency)} decimal places, got {amount}")
     return amount
+
+
+def addon_problems(addon: Plan, base: Plan) -> list[str]:
+    """Why ``addon`` cannot be rated into invoices of ``base`` (empty: it can)."""
+    problems = []
+    metered = [name for name, value in (("meters", addon.meters), ("charges", addon.charges),
+                                        ("credits", addon.credits), ("minimum_commitment", addon.minimum_commitment),
+                                        ("spend_cap", addon.spend_cap)) if value]
+    if metered:
+        problems.append(f"an add-on plan has fees only; it has {', '.join(metered)} (the base plan prices usage: "
+                        f"override it instead)")
+    if not addon.fees:
+        problems.append("an add-on plan needs at least one fee")
+    if addon.currency != base.currency:
+        problems.append(f"it bills in {addon.currency}, the base in {base.currency}")
+    if addon.billing.interval != base.billing.interval:
+        problems.append(f"it bills every {addon.billing.interval}, the base every {base.billing.interval}")
+    if addon.trial_days:
+        problems.append("an add-on has no trial (trial_days must be 0)")
+    return problems
 
 
 def _choice(value: object, field: str, options: Sequence[str]) -> str:
@@ -260,6 +281,53 @@ class Contracts:
             s.commit()
         return row
 
+    # ----------------------------------------------------------------- add-ons
+    def add_addon(self, subscription_id: int, plan_id: str, *, at: datetime, version: int | None = None,
+                  now: datetime) -> AddOnSubscription:
+        """Attach an add-on subscription (the version of ``plan_id`` in force at ``at``, or
+        ``version``) to a base subscription from ``at``: its fees are rated into the base's
+        invoices. The add-on plan has fees only (the base plan meters the usage), bills in
+        the same currency, on the same interval, without a trial."""
+        check_instant(at, "at")
+        check_text("plan", plan_id, 80)
+        plan = self.catalog.get(plan_id, version) if version else self.catalog.resolve(plan_id, at)
+        with self._session() as s:
+            sub = self._subscription(s, subscription_id)
+            if at < sub.started_at or (sub.ended_at is not None and at >= sub.ended_at):
+                raise _invalid(f"at: subscription {sub.id} is not active at {at.isoformat()}")
+            base = self.catalog.get(sub.plan_id, sub.plan_version)
+            problems = addon_problems(plan, base)
+            if problems:
+                raise _invalid(f"plan: {plan.ref} cannot be an add-on of {base.ref}: " + "; ".join(problems),
+                               details=problems)
+            self._not_invoiced(s, sub, at, "at")
+            row = AddOnSubscription(subscription_id=sub.id, plan_id=plan.plan, plan_version=plan.version,
+                                    started_at=at, created_at=now)
+            s.add(row)
+            s.commit()
+        return row
+
+    def end_addon(self, addon_id: int, *, at: datetime) -> AddOnSubscription:
+        """End an add-on at ``at`` (its last period is prorated)."""
+        check_instant(at, "at")
+        check_row_id(addon_id, "add-on id")
+        with self._session() as s:
+            row = s.get(AddOnSubscription, addon_id)
+            if row is None:
+                raise BillingError(f"unknown add-on {addon_id}", code=ErrorCode.SUBSCRIPTION_NOT_FOUND)
+            if row.ended_at is not None:
+                if row.ended_at == at:
+                    return row  # idempotent
+                raise BillingError(f"add-on {addon_id} already ended at {row.ended_at.isoformat()}",
+                                   code=ErrorCode.CONFLICT)
+            if at <= row.started_at:
+                raise _invalid(f"at: must be after the add-on's start ({row.started_at.isoformat()})")
+            self._not_invoiced(s, self._subscription(s, row.subscription_id), at, "at")
+            row.ended_at = at
+            s.add(row)
+            s.commit()
+        return row
+
     # ---------------------------------------------------------------------- reads
     def contract(self, subscription_id: int) -> dict[str, list]:
         """The subscription's overrides, coupon redemptions (with their coupons) and term
@@ -276,38 +344,7 @@ class Contracts:
                 "commitments": list(s.exec(select(TermCommitmentRow)
                                            .where(TermCommitmentRow.subscription_id == sub.id)
                                            .order_by(TermCommitmentRow.id)).all()),
+                "addons": list(s.exec(select(AddOnSubscription).where(AddOnSubscription.subscription_id == sub.id)
+                                      .order_by(AddOnSubscription.id)).all()),
             }
 
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat().replace("+00:00", "Z") if t is not None else None
-
-
-def override_json(row: ContractOverride) -> dict[str, Any]:
-    return {"id": row.id, "subscription": row.subscription_id, "path": row.path, "value": json.loads(row.value),
-            "starts_at": _iso(row.starts_at), "ends_at": _iso(row.ends_at)}
-
-
-def coupon_json(row: Coupon) -> dict[str, Any]:
-    amount = None if row.amount_minor is None else format(from_minor(row.amount_minor, row.currency), "f")
-    return {"code": row.code, "name": row.name, "percent": row.percent, "amount": amount, "currency": row.currency,
-            "duration": row.duration, "periods": row.periods, "applies_to": row.applies_to}
-
-
-def redemption_json(row: CouponRedemption) -> dict[str, Any]:
-    return {"id": row.id, "coupon": row.coupon_code, "subscription": row.subscription_id,
-            "redeemed_at": _iso(row.redeemed_at), "ends_at": _iso(row.ends_at)}
-
-
-def commitment_json(row: TermCommitmentRow, currency: str) -> dict[str, Any]:
-    return {"id": row.id, "subscription": row.subscription_id, "name": row.name,
-            "amount": format(from_minor(row.amount_minor, currency), "f"), "currency": currency,
-            "starts_at": _iso(row.starts_at), "ends_at": _iso(row.ends_at), "applies_to": row.applies_to}
-
-
-def contract_json(contract: dict[str, Any]) -> dict[str, Any]:
-    """``Contracts.contract`` as JSON (the CLI's ``--json`` and the API's answer)."""
-    return {"subscription": contract["subscription"],
-            "overrides": [override_json(o) for o in contract["overrides"]],
-            "coupons": [{**redemption_json(r), "coupon": coupon_json(c)} for r, c in contract["coupons"]],
-            "commitments": [commitment_json(t, contract["currency"]) for t in contract["commitments"]]}

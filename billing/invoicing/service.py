@@ -393,7 +393,7 @@ class Invoicing:
             result.rated_from_counters += 1
             return found.usage, found.provider_cost
 
-        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters)
+        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters, plans=self.catalog.get)
         out = [(job, r.invoice) for job, r in zip(jobs, rated)]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
@@ -402,7 +402,8 @@ class Invoicing:
         """Rate the period again on the ledger up to ``watermark``; ``grants``: (grant,
         micro-units this period may draw: what is left now plus what the period already drew)."""
         window = Window(sub, plan, period, start, end, end)
-        return rate_windows(conn, [window], watermark, grants={sub.customer_id: grants})[0].invoice
+        return rate_windows(conn, [window], watermark, grants={sub.customer_id: grants},
+                            plans=self.catalog.get)[0].invoice
 
     def _record_burns(self, conn, ids: list[int], burns: list[dict], lines: list[list[dict]]) -> None:
         rows = []

@@ -15,8 +15,8 @@ For a batch of windows the service
   otherwise aggregates the events in SQL up to the watermark, one query per (plan, window)
   for all the customers sharing it (``store.aggregate_sql.aggregate_window``);
 - applies each subscription's contract (``billing.contracts``): the plan with the overrides
-  in force at the window's start, the coupons and term commitments applying to it (the
-  result's windows carry them);
+  in force at the window's start, the coupons, term commitments and add-on subscriptions
+  applying to it (the result's windows carry them);
 - reads seat histories and grant balances per chunk of subscriptions / customers
   (``store.grants_and_seats``), unless the caller passes the grant balances a window may
   draw (a re-rating of a billed period);
@@ -51,7 +51,7 @@ from billing.store.grants_and_seats import GrantBalance, SeatHistory, grant_bala
 from billing.store.types import to_us
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import Period, seat_segments
-from billing.rating.types import Discount, MeterTotals, RatedInvoice, TermCommitment
+from billing.rating.types import AddOn, Discount, MeterTotals, RatedInvoice, TermCommitment
 
 ZERO = Decimal(0)
 
@@ -79,6 +79,7 @@ class Window:
     # ``plan`` is then the effective plan (its overrides applied)
     discounts: tuple[Discount, ...] = ()
     commitments: tuple[TermCommitment, ...] = ()
+    addons: tuple[AddOn, ...] = ()
 
     @property
     def customer(self) -> str:
@@ -116,15 +117,17 @@ def window_of(sub, period: Period) -> tuple[datetime, datetime] | None:
 def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
                  from_counters: Callable[[Window], Usage | None] | None = None,
                  grants: Mapping[str, list[GrantBalance]] | None = None,
-                 scale: Mapping[str, Decimal] | None = None) -> list[RatedWindow]:
+                 scale: Mapping[str, Decimal] | None = None,
+                 plans: Callable[[str, int], Plan] | None = None) -> list[RatedWindow]:
     """Rate ``windows`` on the ledger up to ``watermark`` (see the module); the result is in
     the order of ``windows``. ``grants``: customer -> (grant, micro-units it may draw), read
-    from the ledger when not given."""
+    from the ledger when not given. ``plans`` (the catalog's ``get``) resolves the plans of
+    add-on subscriptions."""
     if not windows:
         return []
     usage = _usage(conn, windows, watermark, from_counters)
     terms = contract_terms(conn, [w.sub.id for w in windows])
-    windows = [_contracted(w, terms.get(w.sub.id, NO_TERMS)) for w in windows]
+    windows = [_contracted(w, terms.get(w.sub.id, NO_TERMS), plans) for w in windows]
     if scale:
         usage = [scaled(w.plan, u, scale[w.customer]) if w.customer in scale else u for w, u in zip(windows, usage)]
     seats = seat_histories(conn, [w.sub.id for w in windows])
@@ -144,14 +147,17 @@ def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
     return out
 
 
-def _contracted(window: Window, terms: ContractTerms) -> Window:
+def _contracted(window: Window, terms: ContractTerms, plans: Callable[[str, int], Plan] | None) -> Window:
     """The window under its subscription's contract: the plan with the overrides in force at
-    the window's start, the coupons and term commitments that apply to it."""
+    the window's start, the coupons, term commitments and add-ons that apply to it."""
     if terms is NO_TERMS:
         return window
+    if terms.addons and plans is None:
+        raise ValueError(f"subscription {window.sub.id} has add-ons: rating it needs the catalog (plans=)")
     return replace(window, plan=terms.plan_at(window.plan, window.start),
                    discounts=terms.discounts(window.start, window.end),
-                   commitments=terms.commitments_in(window.start, window.end))
+                   commitments=terms.commitments_in(window.start, window.end),
+                   addons=terms.addons_in(window.start, window.end, plans) if terms.addons else ())
 
 
 def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost: Decimal, seats: SeatHistory,
@@ -164,7 +170,7 @@ def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost
         trial_end=window.sub.trial_end, provider_cost=cost,
         usage_before=usage_before_expiries(conn, plan, customer, period, window.start, window.rated_until,
                                            balances, watermark),
-        discounts=window.discounts, commitments=window.commitments))
+        discounts=window.discounts, commitments=window.commitments, addons=window.addons))
 
 
 class UsageSpan(NamedTuple):

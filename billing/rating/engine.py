@@ -1,6 +1,6 @@
 """Rate one subscription period: plan + usage in, an exact invoice out. Pure.
 
-Order of lines: recurring fees, usage charges (with spend caps), the plan-wide spend
+Order of lines: recurring fees (the plan's, then each add-on subscription's), usage charges (with spend caps), the plan-wide spend
 cap, discounts (coupons), prepaid credits, the commitment true-ups (the plan's minimum,
 then term commitments): the order ``arithmetic`` owns (its "contracts on the plan"). Each line is rounded once
 (``money.round_line``); the total is the exact sum of the rounded lines. Every amount of
@@ -33,7 +33,7 @@ from billing.money import dec_str, round_line
 from billing.rating import arithmetic
 from billing.rating.periods import Period, prorate_fraction, seat_segments
 from billing.rating.types import (
-    ChargeUsage, CreditGrant, Discount, InvoiceLine, LineKind, MeterTotals, RatedInvoice, TermCommitment)
+    AddOn, ChargeUsage, CreditGrant, Discount, InvoiceLine, LineKind, MeterTotals, RatedInvoice, TermCommitment)
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -58,6 +58,7 @@ class RatingInput:
     usage_before: Mapping[datetime, Mapping[str, MeterTotals]] = field(default_factory=dict)
     discounts: Sequence[Discount] = ()  # coupons applying to this window, in redemption order
     commitments: Sequence[TermCommitment] = ()  # term commitments: each window owes its share
+    addons: Sequence[AddOn] = ()  # add-on subscriptions rated into this invoice (their fees)
 
 
 class _Lines:
@@ -114,6 +115,16 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
             _flat_fee(lines, fee, period, paid_start, window_end)
         else:
             _seat_fee(lines, fee, period, paid_start, window_end, changes, segments)
+    for addon in inp.addons:  # add-on subscriptions: their fees over their part of the window
+        start = max(window_start, addon.active_from)
+        end = min(window_end, addon.active_until) if addon.active_until else window_end
+        for fee in addon.fees:
+            fee = fee.model_copy(update={"key": f"{addon.id}:{fee.key}",
+                                         "name": f"{addon.name}: {fee.name or fee.key}"})
+            if isinstance(fee, FlatFee):
+                _flat_fee(lines, fee, period, start, end)
+            else:
+                _seat_fee(lines, fee, period, start, end, changes, segments)
 
     usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, _NO_USAGE), max_seats)
                        for charge in compiled.charges]

@@ -71,6 +71,19 @@ class Discount:
 
 
 @dataclass(frozen=True)
+class AddOn:
+    """An add-on subscription rated into its base subscription's invoice: the recurring fees
+    of its plan (a fees-only plan), billed over [active_from, active_until) within the
+    base's window, with the base's seats; each line keyed ``<id>:<fee key>``."""
+
+    id: str  # e.g. "addon:4"
+    name: str  # the add-on plan's name, prefixed to each fee line
+    fees: tuple  # the add-on plan's fees (``catalog.schema.Fee``)
+    active_from: datetime
+    active_until: datetime | None = None
+
+
+@dataclass(frozen=True)
 class TermCommitment:
     """A commitment of ``amount`` over a contract term [starts_at, ends_at), spread pro rata
     over the term's time: each window's minimum is its share (``arithmetic.term_minimum``)."""

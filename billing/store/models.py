@@ -356,3 +356,20 @@ class TermCommitmentRow(SQLModel, table=True):
     ends_at: datetime = _utc()
     applies_to: str = Field(default="all", max_length=10)  # usage | all
     created_at: datetime = _utc()
+
+
+class AddOnSubscription(SQLModel, table=True):
+    """An add-on subscription of a customer (a fees-only plan version, e.g. an SSO or a
+    support add-on) attached to a base subscription and rated into the base's invoices:
+    its fees are lines of the base's invoice for each period it is active in
+    (``billing.contracts``)."""
+
+    __tablename__ = "addon_subscription"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscription_id: int = Field(foreign_key="subscription.id", index=True)  # the base subscription
+    plan_id: str = Field(max_length=80)
+    plan_version: int
+    started_at: datetime = _utc()
+    ended_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()

@@ -1,9 +1,10 @@
-"""contracts: dated plan overrides, coupons and their redemptions, term commitments
+"""contracts: dated plan overrides, coupons and their redemptions, term commitments, add-ons
 
 A subscription's contract on top of its plan version (``billing.contracts``): overrides of
 a price, included amount, cap or fee for a time (``contract_override``), coupons
 (``coupon``) redeemed on a subscription (``coupon_redemption``), and commitments over a
-contract term owed pro rata by its periods (``term_commitment``). New tables only.
+contract term owed pro rata by its periods (``term_commitment``), add-on subscriptions rated
+into the base subscription's invoices (``addon_subscription``). New tables only.
 
 Revision ID: 0010_contracts
 Revises: 0009
@@ -74,12 +75,24 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('term_commitment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_term_commitment_subscription_id'), ['subscription_id'], unique=False)
+    op.create_table('addon_subscription',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('subscription_id', sa.Integer(), nullable=False),
+    sa.Column('plan_id', sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
+    sa.Column('plan_version', sa.Integer(), nullable=False),
+    _at('started_at'), _at('ended_at', True), _at('created_at'),
+    sa.ForeignKeyConstraint(['subscription_id'], ['subscription.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('addon_subscription', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_addon_subscription_subscription_id'), ['subscription_id'], unique=False)
 
 
 def downgrade() -> None:
-    for table in ('term_commitment', 'coupon_redemption', 'contract_override'):
+    for table in ('addon_subscription', 'term_commitment', 'coupon_redemption', 'contract_override'):
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(batch_op.f(f'ix_{table}_subscription_id'))
+    op.drop_table('addon_subscription')
     op.drop_table('term_commitment')
     op.drop_table('coupon_redemption')
     op.drop_table('coupon')

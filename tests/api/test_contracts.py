@@ -12,10 +12,17 @@ from fastapi.testclient import TestClient
 
 from billing.api.app import create_app
 from billing.api.auth import create_key
+from billing.catalog import Catalog, parse_plan_text
 from tests.support.db import invoicing_catalog
 from tests.support.quota import Clock
 
-CAT = invoicing_catalog()
+SSO = parse_plan_text("""plan: sso
+name: SSO add-on
+effective_from: 2026-01-01T00:00:00Z
+fees:
+  - {type: flat, key: sso, amount: "31.00"}
+""")
+CAT = Catalog([*invoicing_catalog().all(), SSO])
 OCT = datetime(2026, 10, 1, tzinfo=UTC)
 
 
@@ -108,3 +115,21 @@ def test_a_customer_key_acts_on_its_own_subscriptions_only(api):
     assert api("POST", "/v1/coupons", key="globex-admin",
                json={"code": "X", "percent": "5", "duration": "forever"}).status_code == 403
     assert api("GET", "/v1/subscriptions/99/contract", key="read").json()["code"] == "subscription_not_found"
+
+
+def test_addons_through_the_api(api):
+    r = api("POST", "/v1/subscriptions/1/addons", json={"plan": "sso", "at": "2026-10-17T00:00:00Z"})
+    assert r.status_code == 201 and r.json()["plan"] == {"id": "sso", "version": 1}, r.text
+    addon = r.json()["id"]
+    assert api("POST", f"/v1/subscriptions/2/addons/{addon}/end", json={}).status_code == 404  # not globex's add-on
+    r = api("POST", f"/v1/subscriptions/1/addons/{addon}/end", json={"at": "2026-10-27T00:00:00Z"})
+    assert r.status_code == 200 and r.json()["ended_at"] == "2026-10-27T00:00:00Z"
+    r = api("POST", "/v1/subscriptions/1/addons", json={"plan": "copilot-premium"})
+    assert r.status_code == 422 and r.json()["code"] == "contract_invalid"
+    assert api("GET", "/v1/subscriptions/1/contract", key="read").json()["addons"][0]["id"] == addon
+    api.clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    api.app.state.services.invoicing.close(datetime(2026, 11, 1, tzinfo=UTC))
+    (invoice,) = [i for i in api("GET", "/v1/invoices", key="read").json()["invoices"] if i["customer"] == "acme"]
+    lines = api("GET", f"/v1/invoices/{invoice['id']}", key="read").json()["lines"]
+    assert [(ln["key"], ln["description"], ln["amount"]) for ln in lines if ln["key"].startswith("addon:")] == [
+        ("addon:1:sso", "SSO add-on: sso (prorated 32.26% of the period)", "10.00")]  # 31 x 10/31

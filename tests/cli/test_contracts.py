@@ -77,3 +77,27 @@ def test_a_bad_override_names_every_problem(cli):
     assert "contract_invalid" in out and "has no charge 'premium'" in out
     out = cli("contracts", "coupon-create", "P", "--percent", "120", "--duration", "once", code=2)
     assert "percent: must be more than 0 and at most 100, got 120" in out
+
+
+def test_addon_commands(cli, tmp_path, monkeypatch):
+    from billing.cli.context import catalog
+
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    for path in PLANS_DIR.glob("*.yaml"):
+        (plans / path.name).write_text(path.read_text())
+    (plans / "sso.yaml").write_text('plan: sso\nname: SSO add-on\neffective_from: 2026-01-01T00:00:00Z\n'
+                                    'fees:\n  - {type: flat, key: sso, amount: "31.00"}\n')
+    monkeypatch.setenv("BILLING_PLANS_DIR", str(plans))
+    get_settings.cache_clear()
+    catalog.cache_clear()
+    cli("customers", "create", "acme")
+    sub = str(cli("subscriptions", "create", "acme", "copilot-premium", "--at", "2026-10-01T00:00:00Z", "--json")["id"])
+    addon = cli("contracts", "addon", sub, "sso", "--at", "2026-10-22T00:00:00Z", "--json")
+    assert addon["plan"] == {"id": "sso", "version": 1} and addon["ended_at"] is None
+    assert "ends 2026-11-11" in cli("contracts", "addon-end", str(addon["id"]), "--at", "2026-11-11T00:00:00Z")
+    assert "add-on" in cli("contracts", "show", sub)
+    (october, november) = cli("invoice", "close", "--as-of", "2026-12-01T00:00:00Z", "--json")["invoices"]
+    amounts = [[ln["amount"] for ln in cli("invoice", "show", str(i), "--json")["lines"] if ln["kind"] == "fee"]
+               for i in (october, november)]
+    assert amounts == [["10.00", "10.00"], ["10.00", "10.33"]]  # 31 x 10/31; 31 x 10/30

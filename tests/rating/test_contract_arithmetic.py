@@ -1,4 +1,4 @@
-"""Coupons and term commitments through the real engine (``rate_period``) against a plain
+"""Coupons, term commitments and add-on fees through the real engine (``rate_period``) against a plain
 reference computed here: discounts in redemption order, each on what its scope still
 bills; credits after them and never below zero; commitment true-ups on the charges
 before discounts and credits; a term's minimums adding up to its amount exactly."""
@@ -15,7 +15,7 @@ from billing.catalog import parse_plan_text
 from billing.rating import arithmetic
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import BillingCycle, calendar_month
-from billing.rating.types import CreditGrant, Discount, LineKind, MeterTotals, TermCommitment
+from billing.rating.types import AddOn, CreditGrant, Discount, LineKind, MeterTotals, TermCommitment
 
 D = Decimal
 NOV = calendar_month(2026, 11)
@@ -118,3 +118,35 @@ def test_term_commitment_tops_up_each_window_to_its_share():
     assert [(ln.kind, ln.key, ln.description, ln.amount) for ln in inv.lines][-1] == (
         LineKind.COMMITMENT, "commitment:7", "Annual commitment true-up", D("77.83"))
     assert inv.total == D("97.83")
+
+
+ADDON = parse_plan_text("""plan: sso
+name: SSO add-on
+effective_from: 2026-01-01T00:00:00Z
+fees:
+  - {type: flat, key: sso, amount: "50.00"}
+  - {type: per_seat, key: seats, unit_price: "2.00", timing: arrears}
+""")
+
+
+@settings(max_examples=100, deadline=None)
+@given(start_h=st.integers(0, 30 * 24 - 1), length_h=st.none() | st.integers(1, 30 * 24), seats=st.integers(0, 9),
+       percent=st.none() | st.decimals(min_value=1, max_value=100, places=0))
+def test_addon_fees_are_prorated_into_the_base_invoice(start_h, length_h, seats, percent):
+    base = plan("10.00", "0.5", None, "all")
+    start = NOV.start + timedelta(hours=start_h)
+    end = None if length_h is None else start + timedelta(hours=length_h)
+    addon = AddOn("addon:1", ADDON.name, ADDON.fees, start, end)
+    discounts = [Discount("coupon:A", "A", "all", percent=percent)] if percent else []
+    inv = rate_period(RatingInput(base, "c", NOV, {}, seat_changes=[(NOV.start, seats)], addons=[addon],
+                                  discounts=discounts))
+    # the reference: each add-on fee x the hours it is active of the period's 720
+    hours = min(end or NOV.end, NOV.end) - start
+    share = D(int(hours.total_seconds())) / D(30 * 86_400)
+    sso, per_seat = r(D(50) * share), r(D(2) * seats * share)
+    assert [(ln.key, ln.amount) for ln in inv.lines if ln.key.startswith("addon:")] == [
+        ("addon:1:sso", sso), ("addon:1:seats", per_seat)]
+    assert all(ln.description.startswith("SSO add-on: ") for ln in inv.lines if ln.key.startswith("addon:"))
+    charged = D(10) + sso + per_seat
+    off = r(charged * percent / 100) if percent else D(0)
+    assert inv.total == charged - off
