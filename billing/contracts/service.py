@@ -39,15 +39,20 @@ def _invalid(message: str, details: Any = None) -> BillingError:
     return BillingError(message, code=ErrorCode.CONTRACT_INVALID, details=details)
 
 
-def exact_json(value: Any) -> Any:
+MAX_VALUE_DEPTH = 16  # nesting of an override's value (a price with tiers is 3)
+
+
+def exact_json(value: Any, field: str = "value", depth: int = 0) -> Any:
     """A JSON value with its floats as the decimal text they were written as (``0.1`` ->
     ``"0.1"``): money in a plan is Decimal, never float."""
+    if depth > MAX_VALUE_DEPTH:
+        raise _invalid(f"{field}: nested deeper than {MAX_VALUE_DEPTH} levels")
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, Mapping):
-        return {str(k): exact_json(v) for k, v in value.items()}
+        return {str(k): exact_json(v, field, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [exact_json(v) for v in value]
+        return [exact_json(v, field, depth + 1) for v in value]
     if isinstance(value, Decimal):
         return format(value, "f")
     return value
@@ -141,7 +146,8 @@ class Contracts:
             ends_at = item.get("ends_at")
             if ends_at is not None:
                 check_instant(ends_at, f"overrides[{i}].ends_at")
-            new.append(Override(item.get("path"), exact_json(item["value"]), starts_at, ends_at))
+            new.append(Override(item.get("path"), exact_json(item["value"], f"overrides[{i}].value"), starts_at,
+                                ends_at))
         with self._session() as s:
             sub = self._subscription(s, subscription_id)
             plan = self.catalog.get(sub.plan_id, sub.plan_version)
