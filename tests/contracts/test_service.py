@@ -76,6 +76,20 @@ def test_override_coupon_and_term_commitment_reach_the_close(world, contracts):
     assert totals == [1200, 1300, 1200]
 
 
+def test_late_events_are_re_rated_at_the_contract_price(world, contracts):
+    sub = subscribe(world, "re")
+    contracts.add_overrides(sub, [{"path": "charges/premium_requests/price/unit_price", "value": "0.02",
+                                   "starts_at": d(10)}], now=world.now)
+    world.at(d(11, 2))
+    world.invoicing.close(d(11, 1))
+    world.record(requests("re", d(10, 20), 400))  # late for October: 100 past the 300 included
+    world.at(d(12, 2))
+    world.invoicing.close(d(12, 1))
+    _, november = lines(world, "re")
+    assert [(key, amount) for kind, key, amount in november if kind == "adjustment"] == [
+        ("premium_requests", 200)]  # at the contract's $0.02, not the plan's $0.04
+
+
 def test_term_commitment_spreads_over_its_term(world, contracts):
     sub = subscribe(world, "term", at=d(10))
     # $120 over October-December (92 days): each month owes its share of the time
