@@ -108,8 +108,10 @@ def _set(data: dict, parts: Sequence[str], value: Any) -> None:
     node: Any = data
     head = parts[0]
     if head in OVERRIDABLE_ITEMS:
-        node = next(item for item in data[head] if item["key"] == parts[1])
-        item = node
+        item = next((item for item in data[head] if item["key"] == parts[1]), None)
+        if item is None:  # checked when stored; a plan version edited since would land here
+            raise OverrideError("path", f"the plan has no {head[:-1]} {parts[1]!r}")
+        node = item
         node_parts = parts[2:]
         item["name"] = (item.get("name") or item["key"]).removesuffix(CONTRACT_MARK) + CONTRACT_MARK
     else:

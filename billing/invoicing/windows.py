@@ -125,9 +125,11 @@ def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
     add-on subscriptions."""
     if not windows:
         return []
-    usage = _usage(conn, windows, watermark, from_counters)
+    # the contract first: an override may change how the usage must be read (a price that
+    # needs each transaction's value), so the usage is read for the effective plan
     terms = contract_terms(conn, [w.sub.id for w in windows])
     windows = [_contracted(w, terms.get(w.sub.id, NO_TERMS), plans) for w in windows]
+    usage = _usage(conn, windows, watermark, from_counters)
     if scale:
         usage = [scaled(w.plan, u, scale[w.customer]) if w.customer in scale else u for w, u in zip(windows, usage)]
     seats = seat_histories(conn, [w.sub.id for w in windows])
@@ -184,12 +186,12 @@ class UsageSpan(NamedTuple):
 
 def measure(conn: Connection, spans: Sequence[UsageSpan], watermark: int) -> list[Usage]:
     """Each span's usage from the events up to ``watermark``: one SQL aggregation per
-    (plan, start, until) for all the customers sharing it."""
+    (plan object, start, until) for all the customers sharing it."""
     out: list[Usage] = [({}, ZERO)] * len(spans)
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, span in enumerate(spans):
-        groups[(span.plan.plan, span.plan.version, span.start, span.until)].append(i)
-    for (_, _, start, until), members in groups.items():
+    for i, span in enumerate(spans):  # by plan object: a contract's effective plan reads usage its own way
+        groups[(id(span.plan), span.start, span.until)].append(i)
+    for (_, start, until), members in groups.items():
         customers = sorted({spans[i].customer for i in members})
         totals, costs = aggregate_window(conn, spans[members[0]].plan, customers, to_us(start), to_us(until),
                                          watermark)

@@ -11,12 +11,21 @@ from decimal import Decimal
 
 import pytest
 
+from billing.catalog import Catalog, parse_plan_text
 from billing.contracts.service import Contracts
 from billing.errors import BillingError, ErrorCode
 from billing.reservations.holds import Quota
 from tests.support.db import World, documents, invoicing_catalog
 
-CATALOG = invoicing_catalog()
+SALES = parse_plan_text("""plan: sales
+name: Sales
+effective_from: 2026-01-01T00:00:00Z
+meters:
+  - {key: sales, event_type: sale, aggregation: sum, property: amount}
+charges:
+  - {key: sales, meter: sales, price: {model: per_unit, unit_price: "0.01"}}
+""")
+CATALOG = Catalog([*invoicing_catalog().all(), SALES])
 _ids = itertools.count(1)
 
 
@@ -88,6 +97,22 @@ def test_late_events_are_re_rated_at_the_contract_price(world, contracts):
     _, november = lines(world, "re")
     assert [(key, amount) for kind, key, amount in november if kind == "adjustment"] == [
         ("premium_requests", 200)]  # at the contract's $0.02, not the plan's $0.04
+
+
+def test_an_override_needing_each_transaction_is_rated_from_the_events(world, contracts):
+    """A per-transaction percentage price, brought by an override to a plan the counters can
+    rate, is rated on each sale (the close reads the usage for the effective plan)."""
+    sub = subscribe(world, "shop", plan="sales")
+    contracts.add_overrides(sub, [{"path": "charges/sales/price", "starts_at": d(10), "value": {
+        "model": "percentage", "rate": "0.1", "min_per_transaction": "1"}}], now=world.now)
+    world.at(d(10, 20))
+    world.record([{"id": f"s{i}", "customer": "shop", "type": "sale", "timestamp": d(10, 5 + i).isoformat(),
+                   "properties": {"amount": amount}} for i, amount in enumerate((5, 20, 100))])
+    world.at(d(11, 2))
+    world.invoicing.close(d(11, 1))
+    ((doc,),) = [lines(world, "shop")]
+    # per sale: 10% at least 1.00 -> 1.00 + 2.00 + 10.00 (not 10% of the sum, 12.50)
+    assert sum(amount for kind, _, amount in doc if kind == "usage") == 1300
 
 
 def test_term_commitment_spreads_over_its_term(world, contracts):
