@@ -150,6 +150,8 @@ def test_an_override_reaches_the_quota_decision(world, contracts):
 @pytest.mark.parametrize("overrides, problem", [
     ([{"path": "charges/nope/price/unit_price", "value": "1", "starts_at": d(11)}],
      "overrides[0].path: plan copilot-premium@v1 has no charge 'nope'"),
+    ([{"path": "fees/platform/amount", "value": "1", "starts_at": d(11)}],
+     "overrides[0].path: plan copilot-premium@v1 has no fee 'platform' (its fees: subscription)"),
     ([{"path": "fees/subscription/amount", "value": "-1", "starts_at": d(11)}],
      "overrides[0].value: fees[0].amount: Input should be greater than or equal to 0"),
     ([{"path": "meters/premium_requests/event_type", "value": "x", "starts_at": d(11)}],
