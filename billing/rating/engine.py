@@ -1,8 +1,9 @@
 """Rate one subscription period: plan + usage in, an exact invoice out. Pure.
 
-Order of lines: recurring fees (the plan's, then each add-on subscription's), usage charges (with spend caps), the plan-wide spend
-cap, discounts (coupons), prepaid credits, the commitment true-ups (the plan's minimum,
-then term commitments): the order ``arithmetic`` owns (its "contracts on the plan"). Each line is rounded once
+Order of lines: recurring fees (the plan's, then each add-on subscription's), usage
+charges (with spend caps), the plan-wide spend cap, discounts (coupons), prepaid credits,
+the commitment true-ups (the plan's minimum, then term commitments): the order
+``arithmetic`` owns (its "contracts on the plan"). Each line is rounded once
 (``money.round_line``); the total is the exact sum of the rounded lines. Every amount of
 a usage charge and every plan-wide rule on them comes from ``billing.rating.arithmetic``
 (a charge is rounded once; its lines are that amount's breakdown); this module lays the
