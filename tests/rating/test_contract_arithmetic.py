@@ -141,9 +141,8 @@ def test_addon_fees_are_prorated_into_the_base_invoice(start_h, length_h, seats,
     inv = rate_period(RatingInput(base, "c", NOV, {}, seat_changes=[(NOV.start, seats)], addons=[addon],
                                   discounts=discounts))
     # the reference: each add-on fee x the hours it is active of the period's 720
-    hours = min(end or NOV.end, NOV.end) - start
-    share = D(int(hours.total_seconds())) / D(30 * 86_400)
-    sso, per_seat = r(D(50) * share), r(D(2) * seats * share)
+    seconds = D(int((min(end or NOV.end, NOV.end) - start).total_seconds()))
+    sso, per_seat = r(D(50) * seconds / D(30 * 86_400)), r(D(2) * seats * seconds / D(30 * 86_400))
     assert [(ln.key, ln.amount) for ln in inv.lines if ln.key.startswith("addon:")] == [
         ("addon:1:sso", sso), ("addon:1:seats", per_seat)]
     assert all(ln.description.startswith("SSO add-on: ") for ln in inv.lines if ln.key.startswith("addon:"))
