@@ -293,7 +293,8 @@ class Contracts:
         """Attach an add-on subscription (the version of ``plan_id`` in force at ``at``, or
         ``version``) to a base subscription from ``at``: its fees are rated into the base's
         invoices. The add-on plan has fees only (the base plan meters the usage), bills in
-        the same currency, on the same interval, without a trial."""
+        the same currency, on the same interval, without a trial. Idempotent: the same plan
+        version from the same instant is the add-on already there."""
         check_instant(at, "at")
         check_text("plan", plan_id, 80)
         plan = self.catalog.get(plan_id, version) if version else self.catalog.resolve(plan_id, at)
@@ -306,6 +307,11 @@ class Contracts:
             if problems:
                 raise _invalid(f"plan: {plan.ref} cannot be an add-on of {base.ref}: " + "; ".join(problems),
                                details=problems)
+            same = s.exec(select(AddOnSubscription).where(
+                AddOnSubscription.subscription_id == sub.id, AddOnSubscription.plan_id == plan.plan,
+                AddOnSubscription.plan_version == plan.version, AddOnSubscription.started_at == at)).first()
+            if same is not None:
+                return same  # idempotent: a retried request adds nothing twice
             self._not_invoiced(s, sub, at, "at")
             row = AddOnSubscription(subscription_id=sub.id, plan_id=plan.plan, plan_version=plan.version,
                                     started_at=at, created_at=now)

@@ -49,6 +49,7 @@ def test_addons_are_lines_of_the_base_invoice(world):
     world.accounts.create_customer("acme", now=world.now)
     sub = world.accounts.subscribe("acme", "copilot-premium", at=d(10), seats=2).id
     addon = contracts.add_addon(sub, "sso", at=d(10, 17), now=world.now)  # 15 of October's 31 days
+    assert contracts.add_addon(sub, "sso", at=d(10, 17), now=world.now).id == addon.id  # a retry adds nothing
     contracts.end_addon(addon.id, at=d(11, 11))  # 10 of November's 30 days
     world.at(d(12, 2))
     world.invoicing.close(d(12, 1))
