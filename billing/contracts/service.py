@@ -21,7 +21,7 @@ from sqlmodel import Session, select
 from billing.catalog import Catalog, Plan
 from billing.catalog.overrides import Override, override_problems
 from billing.errors import BillingError, ErrorCode
-from billing.ledger.accounts import check_instant, check_row_id, check_text
+from billing.ledger.accounts import check_currency, check_instant, check_row_id, check_text
 from billing.money import minor_units, to_minor
 from billing.store import repository
 from billing.store.models import (
@@ -190,8 +190,6 @@ class Contracts:
                 raise _invalid("currency: only an amount coupon has a currency")
             row.percent = format(value.normalize(), "f")
         else:
-            from billing.ledger.accounts import check_currency
-
             if currency is None:
                 raise _invalid("currency: required for an amount coupon")
             row.currency = check_currency(currency)
