@@ -229,3 +229,21 @@ def test_a_coupon_worth_more_than_the_invoice_stops_it_at_zero(world, contracts)
     (doc,) = lines(world, "big")
     assert doc[-1] == ("discount", "coupon:BIG", -1400)
     assert [x[8] for x in documents(world.engine)] == [0]
+
+
+def test_redemptions_are_checked_and_idempotent(world, contracts):
+    sub = subscribe(world, "r")
+    contracts.create_coupon("EUR5", amount="5", currency="EUR", duration="once", now=world.now)
+    with pytest.raises(BillingError) as err:
+        contracts.redeem(sub, "EUR5", at=d(10, 2), now=world.now)
+    assert err.value.code == ErrorCode.CURRENCY_MISMATCH
+    contracts.create_coupon("USD5", amount="5", currency="USD", duration="repeating", periods=2, now=world.now)
+    first = contracts.redeem(sub, "USD5", at=d(10, 2), now=world.now)
+    assert first.ends_at == d(12)  # October and November
+    assert contracts.redeem(sub, "USD5", at=d(10, 2), now=world.now).id == first.id
+    with pytest.raises(BillingError) as err:
+        contracts.redeem(sub, "USD5", at=d(10, 9), now=world.now)
+    assert err.value.code == ErrorCode.CONFLICT
+    with pytest.raises(BillingError) as err:
+        contracts.create_coupon("USD5", amount="6", currency="USD", duration="once", now=world.now)
+    assert err.value.code == ErrorCode.CONFLICT
