@@ -21,6 +21,9 @@ the simulation's fast path all compute here, on a compiled plan (``Plan.compiled
 * plan-wide rules on the charges' billed amounts: ``plan_cap_line`` (the plan spend cap),
   ``recurring_credits`` / ``usable_grants`` / ``credit_pool`` / ``draw_credits`` (credits
   drawn soonest expiry first, usage charges only, never below zero), ``commitment_true_up`` (the minimum);
+* a contract's rules on the plan, and THE order of every plan-wide rule (see "contracts on
+  the plan" below): ``discounts`` (coupons), ``credit_room``, ``term_minimum`` (a term
+  commitment spread pro rata), ``true_ups``;
 * ``measures``: the alert / forecast subjects (``charge:<key>:included``,
   ``charge:<key>:spend_cap``, ``spend_cap``, ``budget``) with their values and limits.
 """
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -37,7 +40,7 @@ from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import UsageCharge
 from billing.money import quantum, round_line
 from billing.rating.charges import capacity, price_parts
-from billing.rating.types import Billable, CreditGrant, Part
+from billing.rating.types import Billable, CreditGrant, Discount, Part, TermCommitment
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -288,6 +291,81 @@ def commitment_true_up(plan: CompiledPlan, fraction: Decimal, all_lines: Decimal
     minimum = round_line(commitment.amount * fraction, plan.currency)
     base = all_lines if commitment.applies_to == "all" else usage_lines
     return minimum - base if minimum > base else ZERO
+
+
+# ------------------------------------------------------- contracts on the plan
+# The order an invoice applies its plan-wide rules in, owned here (``rating.engine`` lays
+# the lines out in it): (1) recurring fees and usage charges, each charge at most its spend
+# cap; (2) the plan spend cap; (3) discounts (coupons), in redemption order, each at most
+# what its scope still bills; (4) prepaid credits, on the usage charges, never more than
+# the invoice still bills (``credit_room``); (5) commitment true-ups, the plan's minimum
+# then each term commitment's share, each on the charges before discounts and credits plus
+# the true-ups before it. The total never goes below zero: discounts stop at what their
+# scope bills, credits at what the invoice bills after them, true-ups only add.
+
+def discounts(items: Sequence[Discount], all_lines: Decimal, usage_lines: Decimal,
+              currency: str) -> list[tuple[str, Decimal]]:
+    """(id, amount off >= 0) per discount, in the order given. A discount is taken on what
+    its scope bills -- every line so far (``all``) or the usage lines with their caps
+    (``usage``) -- less the discounts before it: ``percent`` of that, rounded once, or
+    ``amount``, at most that (a coupon worth more than the invoice stops it at zero)."""
+    out: list[tuple[str, Decimal]] = []
+    given = ZERO
+    for d in items:
+        base = (all_lines if d.applies_to == "all" else usage_lines) - given
+        if base <= 0:
+            off = ZERO
+        elif d.percent is not None:
+            off = round_line(base * d.percent / 100, currency)
+        else:
+            off = round_line(d.amount or ZERO, currency)
+        off = min(off, base) if base > 0 else ZERO
+        given += off
+        out.append((d.id, off))
+    return out
+
+
+def credit_room(cap_line: Decimal, usage_lines: Decimal, after_discounts: Decimal) -> Decimal:
+    """What ``draw_credits`` takes as its plan-cap line once discounts applied: credits draw
+    on the usage charges (``usage_lines``, the plan cap ``cap_line`` included) but never more
+    than the invoice still bills after its discounts (``after_discounts``)."""
+    over = usage_lines - after_discounts
+    return cap_line - over if over > 0 else cap_line
+
+
+def term_minimum(term: TermCommitment, start: datetime, end: datetime, currency: str) -> Decimal:
+    """A term commitment's minimum for the window [start, end): its amount x the share of
+    the term's time elapsed at ``end``, rounded, less the same at ``start`` -- so the
+    minimums of windows covering the term add up to its amount exactly."""
+    length = _micros(term.ends_at - term.starts_at)
+
+    def reached(t: datetime) -> Decimal:
+        if t <= term.starts_at:
+            return ZERO
+        if t >= term.ends_at:
+            return round_line(term.amount, currency)
+        return round_line(term.amount * _micros(t - term.starts_at) / length, currency)
+
+    return reached(end) - reached(start)
+
+
+def _micros(delta: timedelta) -> Decimal:
+    return Decimal((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def true_ups(minimums: Sequence[tuple[str, Decimal, str]], all_lines: Decimal,
+             usage_lines: Decimal) -> list[tuple[str, Decimal]]:
+    """(id, true-up >= 0) of commitments (id, rounded minimum, ``all`` | ``usage``) in the
+    order given: each tops its base up to its minimum -- every line before discounts and
+    credits, or the usage lines -- and raises both bases for the next."""
+    out: list[tuple[str, Decimal]] = []
+    for cid, minimum, applies_to in minimums:
+        base = all_lines if applies_to == "all" else usage_lines
+        add = minimum - base if minimum > base else ZERO
+        all_lines += add
+        usage_lines += add
+        out.append((cid, add))
+    return out
 
 
 # ---------------------------------------------------------------- measures
