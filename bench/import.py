@@ -7,9 +7,11 @@ For each size: a JSONL file of that many events is written; then, each in a proc
 own on a fresh database with the same customers, (1) the `billing events import` command on
 the file and (2) ``Ledger.record`` of the same events built in memory (the library's rate:
 no file, no JSON parsing, no process start). Prints one JSON object with, per size, both
-rates, their ratio and each process's peak resident memory (``ru_maxrss`` of that child).
-Targets: CLI rate >= 0.8 x the library's; the CLI's peak resident memory <= 300 MB at every
-size (the import streams: its memory must not grow with the file).
+rates, their ratio and each process's peak resident memory (``ru_maxrss`` of that child; for
+the CLI also with its own children: a file over 8 MiB is parsed and validated by a second
+process, ``--parallel``, sampled every 50 ms). Targets: CLI rate >= 0.8 x the library's; the
+CLI's peak resident memory, its preparing process included, <= 300 MB at every size (the
+import streams: its memory must not grow with the file).
 """
 
 from __future__ import annotations
@@ -66,19 +68,50 @@ def setup(url: str, customers: int) -> None:
     engine.dispose()
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """(seconds, peak resident KiB of that child alone, its stdout)."""
+def _tree_rss_kib(pid: int) -> int:
+    """Resident KiB of ``pid`` and its descendants now (from /proc; 0 once gone)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(rss.get(p, 0) for p in tree)
+
+
+def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, int, int, str]:
+    """(seconds, peak resident KiB of that child alone, peak resident KiB of the child and
+    its own children together -- sampled every 50 ms --, its stdout)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (Popen has not reaped it)
+        tree_peak = 0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # this child's own rusage
+            if pid:
+                break
+            tree_peak = max(tree_peak, _tree_rss_kib(proc.pid))
+            time.sleep(0.05)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode:
             raise SystemExit(f"{argv[:4]} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
-        return seconds, usage.ru_maxrss, out.read().decode()
+        return seconds, usage.ru_maxrss, max(tree_peak, usage.ru_maxrss), out.read().decode()
 
 
 def library_child(url: str, n: int, customers: int) -> None:
@@ -105,14 +138,15 @@ def measure(backend: str, n: int, customers: int, tmp: str) -> dict:
     out: dict = {"events": n, "file_mb": round(size / 2**20, 1)}
     with fresh_database(backend) as url:
         setup(url, customers)
-        seconds, rss, stdout = run_child([sys.executable, "-m", "billing", "events", "import", path, "--json"],
-                                         {**env, "BILLING_DATABASE_URL": url})
+        seconds, rss, tree, stdout = run_child([sys.executable, "-m", "billing", "events", "import", path, "--json"],
+                                               {**env, "BILLING_DATABASE_URL": url})
         summary = json.loads(stdout)
         assert summary["accepted"] == n, summary
-        out["cli"] = {"seconds": round(seconds, 2), "events_per_s": round(n / seconds), "peak_rss_mb": round(rss / 1024)}
+        out["cli"] = {"seconds": round(seconds, 2), "events_per_s": round(n / seconds), "peak_rss_mb": round(rss / 1024),
+                      "peak_rss_with_children_mb": round(tree / 1024)}
     with fresh_database(backend) as url:
         setup(url, customers)
-        seconds, rss, stdout = run_child(
+        seconds, rss, _tree, stdout = run_child(
             [sys.executable, __file__, "--library-child", url, "--events", str(n), "--customers", str(customers)],
             {**env, "BILLING_DATABASE_URL": url})
         inner = json.loads(stdout)["seconds"]
@@ -137,7 +171,7 @@ def main() -> None:
         results = [measure(args.backend, n, args.customers, tmp) for n in args.sizes]
     print(json.dumps({"backend": args.backend, "customers": args.customers, "sizes": results,
                       "targets": {"ratio": 0.8, "cli_peak_rss_mb": 300},
-                      "met": all(r["ratio"] >= 0.8 and r["cli"]["peak_rss_mb"] <= 300 for r in results)}))
+                      "met": all(r["ratio"] >= 0.8 and r["cli"]["peak_rss_with_children_mb"] <= 300 for r in results)}))
 
 
 if __name__ == "__main__":

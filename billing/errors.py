@@ -30,6 +30,9 @@ class ErrorCode(StrEnum):
     INVALID_TRANSITION = "invalid_transition"  # a document or reservation is not in a status this action leaves
     PERIOD_INVOICED = "period_invoiced"
     CURRENCY_MISMATCH = "currency_mismatch"
+    # contracts (billing.contracts): overrides, coupons, term commitments
+    CONTRACT_INVALID = "contract_invalid"
+    COUPON_NOT_FOUND = "coupon_not_found"
     # quota
     RESERVATION_NOT_FOUND = "reservation_not_found"
     RESERVATION_STATE = "invalid_transition"

@@ -60,3 +60,12 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path):
     assert imports_of_test_modules(tmp_path) == ["tests/rating/test_a.py: tests.rating.test_b",
                                              "tests/rating/test_a.py: test_c",
                                              "tests/stray/test_d.py: tests.test_money"]
+
+
+def test_the_license_file_is_the_license_pyproject_names():
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    text = (ROOT / "LICENSE").read_text()
+    assert declared == "Apache-2.0"
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text

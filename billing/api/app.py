@@ -24,9 +24,11 @@ from sqlalchemy import Engine
 from billing.api import errors, events_read, idempotency, reports, stripe_webhook
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
+from billing.api.entitlements import router as entitlements_router
 from billing.api.fastpath import BillingAPI
 from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
+from billing.api.contracts import router as contracts_router
 from billing.api.metering import router as metering_router
 from billing.api.metrics import router as metrics_router
 from billing.api.routes import quota_check_fast, router
@@ -123,6 +125,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
     app.include_router(router)
     app.include_router(metering_router)  # GET /v1/customers/{id}/metering (billing.api.metering)
+    app.include_router(entitlements_router)  # POST /v1/entitlements/check (billing.api.entitlements)
     app.include_router(events_read.router)
     app.include_router(metrics_router)
     app.include_router(keys_router)
@@ -135,6 +138,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
 
     app.include_router(stripe_webhook.router)  # POST /v1/stripe/webhook
     app.include_router(reports.router)  # GET /reports/margins
+    app.include_router(contracts_router)  # /v1/subscriptions/{id}/contract, overrides, coupons, commitments
     for extra in extra_routers:
         app.include_router(extra)
     return app

@@ -46,6 +46,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_TRANSITION: 409,
     ErrorCode.PERIOD_INVOICED: 409,
     ErrorCode.CURRENCY_MISMATCH: 422,
+    ErrorCode.CONTRACT_INVALID: 422,
+    ErrorCode.COUPON_NOT_FOUND: 404,
     ErrorCode.RESERVATION_NOT_FOUND: 404,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,

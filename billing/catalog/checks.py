@@ -45,6 +45,21 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
         problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
     problems.extend(_credit_problems(data.get("credits") or [], charges))
+    problems.extend(_feature_problems(data.get("features"), meters, charges))
+    return problems
+
+
+def _feature_problems(features: Any, meters: Any, charges: Any) -> list[tuple[list[Any], str]]:
+    """A metered feature names a meter or charge of the plan (the quota decision on it)."""
+    if not isinstance(features, dict):
+        return []
+    keys = {item.get("key") for items in (meters, charges) if isinstance(items, list)
+            for item in items if isinstance(item, dict)}
+    problems: list[tuple[list[Any], str]] = []
+    for name, value in features.items():
+        if isinstance(value, dict) and "metered" in value and value["metered"] not in keys:
+            problems.append((["features", name, "metered"], f"unknown meter or charge {value['metered']!r}; "
+                             f"defined: {sorted(k for k in keys if isinstance(k, str))}"))
     return problems
 
 
@@ -75,8 +90,8 @@ def _meter_problems(meters: Any) -> list[tuple[list[Any], str]]:
             problems.append((["meters", i, "time_unit"], "time_unit applies to time_weighted_sum meters only"))
         if agg in VALUE_AGGREGATIONS and meter.get("multipliers") is not None:
             problems.append((["meters", i, "multipliers"], f"multipliers do not apply to {agg} meters"))
-        if meter.get("disputes") is not None and agg != "count":
-            problems.append((["meters", i, "disputes"], "disputes apply to count meters only"))
+        if meter.get("disputes") is not None and agg not in ("count", "unique_count"):
+            problems.append((["meters", i, "disputes"], "disputes apply to count and unique_count meters only"))
         if agg == "count" and meter.get("property"):
             problems.append((["meters", i, "property"], "a count meter counts events and ignores 'property' "
                              "(use aggregation: sum, max or unique_count to measure it)"))
@@ -95,6 +110,8 @@ def _charge_problems(charges: Any, meters: Any) -> list[tuple[list[Any], str]]:
         if isinstance(price_doc, dict) and isinstance(price_doc.get("tiers"), list):
             problems.extend((["charges", i, "price", "tiers", *where], msg)
                             for where, msg in _tier_problems(price_doc["tiers"]))
+            problems.extend((["charges", i, "price", "tiers", *where], msg)
+                            for where, msg in _block_problems(price_doc))
         if charge.get("meter") not in meter_keys:
             problems.append((["charges", i, "meter"],
                              f"unknown meter {charge.get('meter')!r}; defined: {sorted(k for k in meter_keys if k)}"))
@@ -108,6 +125,8 @@ def _charge_problems(charges: Any, meters: Any) -> list[tuple[list[Any], str]]:
         price = charge.get("price") or {}
         if isinstance(price, dict) and price.get("model") == "percentage":
             problems.extend(_percentage_problems(i, charge, price, meters))
+        if isinstance(price, dict) and price.get("model") == "capacity":
+            problems.extend(_capacity_problems(i, charge, price, meters))
         if isinstance(price, dict) and price.get("model") == "dimension":
             problems.extend(_dimension_problems(i, charge, price, meters, charges))
     return problems
@@ -198,4 +217,94 @@ def _tier_problems(tiers: list) -> list[tuple[list[Any], str]]:
             problems.append(([i + 1, "up_to"], f"up_to must be greater than {up_to} (the previous tier's)"))
     if up_tos and up_tos[-1] is not None and isinstance(tiers[-1], dict):
         problems.append(([len(tiers) - 1, "up_to"], "the last tier must be unbounded (up_to: null)"))
+    return problems
+
+
+def _block_problems(price: dict) -> list[tuple[list[Any], str]]:
+    """A tiered price with ``block_size``: every bounded tier ends on a whole block (tier
+    limits are in units; a block straddling two tiers would have no one price); with
+    ``flat_fee_at_zero``: a first tier with a flat fee to bill."""
+    problems: list[tuple[list[Any], str]] = []
+    first = price["tiers"][0] if price["tiers"] else None
+    if price.get("flat_fee_at_zero") is True and isinstance(first, dict) and not _number(first.get("flat_fee")):
+        problems.append(([0, "flat_fee"], "flat_fee_at_zero bills the first tier's flat fee at zero usage: "
+                         "set a flat_fee on the first tier (or drop flat_fee_at_zero)"))
+    block = _number(price.get("block_size"))
+    if block is None or block <= 0:
+        return problems  # absent, or pydantic reports the bad number
+    for i, tier in enumerate(price["tiers"]):
+        up_to = _number(tier.get("up_to")) if isinstance(tier, dict) else None
+        if up_to is not None and up_to % block != 0:
+            problems.append(([i, "up_to"], f"up_to {tier.get('up_to')} is not a whole number of blocks of "
+                             f"{price.get('block_size')} units (block_size): a block would straddle two tiers"))
+    return problems
+
+
+def _capacity_problems(i: int, charge: dict, price: dict, meters: Any) -> list[tuple[list[Any], str]]:
+    """Charge ``i``'s capacity price: its meters exist and are ``max`` meters (a capacity
+    reads period peaks), the charge's own meter is one of them, no ``included``, and its
+    tiers each bound every meter, in order, the last one unbounded."""
+    at = ["charges", i, "price"]
+    problems: list[tuple[list[Any], str]] = []
+    meters_by_key = {m.get("key"): m for m in meters if isinstance(m, dict)}
+    names = price.get("meters") if isinstance(price.get("meters"), list) else []
+    for j, key in enumerate(names):
+        meter = meters_by_key.get(key)
+        if meter is None:
+            problems.append(([*at, "meters", j], f"unknown meter {key!r}; defined: "
+                             f"{sorted(k for k in meters_by_key if isinstance(k, str))}"))
+        elif meter.get("aggregation", "count") != "max":
+            problems.append(([*at, "meters", j], f"a capacity price reads period peaks: meter {key!r} "
+                             "must be aggregation: max"))
+        if key in names[:j]:
+            problems.append(([*at, "meters", j], f"meter {key!r} is named twice"))
+    if names and charge.get("meter") not in names:
+        problems.append((["charges", i, "meter"], f"a capacity price reads meters {names}: the charge's meter "
+                         "must be one of them"))
+    if charge.get("included") is not None:
+        problems.append((["charges", i, "included"], "a capacity price bills a tier's flat amount: included "
+                         "units do not apply"))
+    tiers = price.get("tiers") if isinstance(price.get("tiers"), list) else []
+    previous: dict | None = None
+    for j, tier in enumerate(tiers):
+        if not isinstance(tier, dict):
+            continue
+        where = [*at, "tiers", j, "up_to"]
+        limits = tier.get("up_to")
+        if limits is None:
+            if j < len(tiers) - 1:
+                problems.append((where, "only the last tier may be unbounded (up_to: null)"))
+            continue
+        if j == len(tiers) - 1:
+            problems.append((where, "the last tier must be unbounded (up_to: null)"))
+        if not isinstance(limits, dict):
+            continue
+        for key in limits:
+            if key not in names:
+                problems.append(([*where, key], f"{key!r} is not one of the price's meters {names}"))
+        missing = [key for key in names if key not in limits]
+        if missing:
+            problems.append((where, f"every bounded tier limits every meter of the price: missing {missing}"))
+        if previous is not None:
+            problems.extend(_capacity_order(where, j, names, previous, limits))
+        previous = limits
+    return problems
+
+
+def _capacity_order(where: list[Any], j: int, names: list, previous: dict, limits: dict) -> list[tuple[list[Any], str]]:
+    """Tier ``j`` of a capacity price is no smaller than tier ``j - 1`` in any meter and
+    larger in one (the lowest tier that fits is then well defined)."""
+    problems: list[tuple[list[Any], str]] = []
+    grew = False
+    for key in names:
+        now, before = _number(limits.get(key)), _number(previous.get(key))
+        if now is None or before is None:
+            return problems  # missing or not a number: reported on its own
+        if now < before:
+            problems.append(([*where, key], f"up_to must be at least {previous.get(key)} (tier {j - 1}'s): "
+                             "capacity tiers are ordered"))
+        grew = grew or now > before
+    if not grew and not problems:
+        problems.append((where, f"the tier must allow more than tier {j - 1} for at least one meter: "
+                         "capacity tiers are ordered"))
     return problems

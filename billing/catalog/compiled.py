@@ -7,7 +7,8 @@ of each keeping its own cache keyed by ``id(plan)``.
 
 What it holds, all derived from the plan and never changed afterwards:
 
-* meters by key and by event type; charges by key and by meter, in plan order;
+* meters by key and by event type; charges by key and by meter, in plan order (a
+  capacity charge under each meter whose peak picks its tier);
 * per charge (``CompiledCharge``) the facts the charge arithmetic
   (``billing.rating.arithmetic``) branches on: its exhaustion policy, the slow tier's or
   the per-unit price, its spend cap, whether it prices transactions one by one;
@@ -26,8 +27,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from billing.catalog.schema import (
-    BlockPolicy, DimensionPrice, Included, Meter, PercentagePrice, PerUnitPrice, RateLimit, RateLimitPolicy, SlowTierPolicy,
-    VALUE_AGGREGATIONS, UsageCharge, VolumePrice)
+    BlockPolicy, CapacityPrice, DimensionPrice, Included, Meter, PercentagePrice, PerUnitPrice, RateLimit,
+    RateLimitPolicy, SlowTierPolicy, VALUE_AGGREGATIONS, UsageCharge, VolumePrice)
 from billing.money import round_line
 
 if TYPE_CHECKING:
@@ -56,6 +57,14 @@ class CompiledCharge:
     per_transaction: bool  # a percentage price with per-transaction rules: needs each event's value
     volume_ends: tuple[Decimal, ...]  # volume prices: the bounded tiers' up_to (where the amount can drop)
     by_value: str | None  # a dimension price: the property whose values it prices (needs per-value totals)
+    # a capacity price: the meters whose period peaks pick its tier, in the price's order
+    # (the charge's own meter among them); () for every other price
+    capacity_meters: tuple[str, ...] = ()
+
+    @property
+    def meters(self) -> tuple[str, ...]:
+        """Every meter the charge's amount reads: its own, or a capacity price's meters."""
+        return self.capacity_meters or (self.meter,)
 
 
 def compile_charge(charge: UsageCharge, index: int, currency: str) -> CompiledCharge:
@@ -75,7 +84,8 @@ def compile_charge(charge: UsageCharge, index: int, currency: str) -> CompiledCh
         per_transaction=isinstance(price, PercentagePrice) and price.per_transaction,
         volume_ends=tuple(t.up_to for t in price.tiers if t.up_to is not None)
         if isinstance(price, VolumePrice) else (),
-        by_value=price.property if isinstance(price, DimensionPrice) else None)
+        by_value=price.property if isinstance(price, DimensionPrice) else None,
+        capacity_meters=tuple(price.meters) if isinstance(price, CapacityPrice) else ())
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -120,8 +130,9 @@ class CompiledPlan:
 def compile_plan(plan: Plan) -> CompiledPlan:
     charges = tuple(compile_charge(c, i, plan.currency) for i, c in enumerate(plan.charges))
     by_meter: dict[str, list[CompiledCharge]] = {}
-    for c in charges:
-        by_meter.setdefault(c.meter, []).append(c)
+    for c in charges:  # a capacity charge is decided by (and reads) each of its meters
+        for key in c.meters:
+            by_meter.setdefault(key, []).append(c)
     by_type: dict[str, list[Meter]] = {}
     for m in plan.meters:
         by_type.setdefault(m.event_type, []).append(m)
@@ -142,7 +153,7 @@ def compile_plan(plan: Plan) -> CompiledPlan:
         meter_by_key=MappingProxyType({m.key: m for m in reversed(plan.meters)}),
         meters_by_event_type=MappingProxyType({k: tuple(v) for k, v in by_type.items()}),
         requests=MappingProxyType(requests),
-        charged_meters=frozenset(c.meter for c in charges),
+        charged_meters=frozenset(key for c in charges for key in c.meters),
         transaction_meters=frozenset(c.meter for c in charges if c.per_transaction),
         group_meters=MappingProxyType({c.meter: c.by_value for c in reversed(charges) if c.by_value}),
         event_read_meters=tuple(m for m in plan.meters if m.key in by_meter and (

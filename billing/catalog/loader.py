@@ -308,7 +308,14 @@ def parse_plan_text(text: str, filename: str = "<plan>") -> Plan:
     root, data = _load_yaml(text, filename)
     if not isinstance(data, dict):
         raise PlanInvalid([PlanProblem(filename, "", "a plan file must be a YAML mapping")])
+    return plan_from_data(data, filename, root)
 
+
+def plan_from_data(data: dict, filename: str = "<plan>", root: yaml.Node | None = None) -> Plan:
+    """Validate a plan document already parsed (``root``: its YAML nodes, for line numbers;
+    None for a document built in code, e.g. a plan with a contract's overrides): the
+    schema, the numbers' bounds, the currency and the cross-reference checks. Raises
+    PlanInvalid listing every problem."""
     problems: list[PlanProblem] = []
     plan: Plan | None = None
     try:

@@ -2,7 +2,8 @@
 
 A plan file (YAML in ``plans/``) is one *version* of a plan. Shape, after Kill Bill's
 catalog: plan -> recurring fees + meters + usage charges (each with a price model and an
-exhaustion policy) + credits, commitments and guardrails. See ``plans/README.md``.
+exhaustion policy) + credits, commitments and guardrails + features (``features.py``). The
+keys, amounts and strict frozen base are in ``base.py``. See ``plans/README.md``.
 """
 
 from __future__ import annotations
@@ -12,20 +13,15 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
+
+from billing.catalog.base import Frozen, Key, Money, Positive
+from billing.catalog.features import FeatureValue, MeteredFeature  # noqa: F401  (the plan's features)
 
 from billing.catalog.filters import FilterRule, FilterValue, filter_rules, rule_holds
 
 if TYPE_CHECKING:
     from billing.catalog.compiled import CompiledPlan
-
-Key = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.\-]*$", max_length=80)]
-Money = Annotated[Decimal, Field(ge=0)]
-Positive = Annotated[Decimal, Field(gt=0)]
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # --------------------------------------------------------------------------- meters
@@ -145,17 +141,27 @@ class PerUnitPrice(Frozen):
 
 
 class GraduatedPrice(Frozen):
-    """Each tier prices only the units that fall inside it (1-5 @ 7, 6-10 @ 6.50 ...)."""
+    """Each tier prices only the units that fall inside it (1-5 @ 7, 6-10 @ 6.50 ...).
+
+    ``block_size``: the units inside each tier are billed per started block (Kill Bill's
+    consumable blocks; tier limits stay in units and must be multiples of the block).
+    ``flat_fee_at_zero``: bill the first tier's flat fee at zero usage (Stripe) instead of
+    only once usage reaches it (Lago, the default)."""
 
     model: Literal["graduated"]
     tiers: Tiers
+    block_size: Positive | None = None
+    flat_fee_at_zero: bool = False
 
 
 class VolumePrice(Frozen):
-    """The tier the total quantity reaches prices every unit; its flat fee is added once."""
+    """The tier the total quantity reaches prices every unit; its flat fee is added once.
+    ``block_size`` and ``flat_fee_at_zero`` as for ``GraduatedPrice``."""
 
     model: Literal["volume"]
     tiers: Tiers
+    block_size: Positive | None = None
+    flat_fee_at_zero: bool = False
 
 
 class PackagePrice(Frozen):
@@ -184,6 +190,26 @@ class PercentagePrice(Frozen):
         needs each event's value, not only the period's sum and count."""
         return (self.min_per_transaction is not None or self.max_per_transaction is not None
                 or self.free_units > 0 or self.free_amount > 0)
+
+
+class CapacityTier(Frozen):
+    """A capacity tier: the most each meter may peak at (``None``: unbounded, only the last
+    tier), and the tier's flat amount for the period."""
+
+    up_to: dict[Key, Positive] | None = None
+    flat_fee: Money
+
+
+class CapacityPrice(Frozen):
+    """Capacity across meters: the lowest tier in which every named meter's period peak fits
+    (``max`` meters, e.g. concurrent agents and memory together) bills its flat amount.
+    ``flat_fee_at_zero``: bill the first tier when every peak is 0 (Stripe) -- by default a
+    period without usage bills nothing (Lago)."""
+
+    model: Literal["capacity"]
+    meters: Annotated[tuple[Key, ...], Field(min_length=1)]
+    tiers: Annotated[list[CapacityTier], Field(min_length=1)]
+    flat_fee_at_zero: bool = False
 
 
 class CostPlusPrice(Frozen):
@@ -217,7 +243,8 @@ class DimensionPrice(Frozen):
 
 
 Price = Annotated[
-    Union[PerUnitPrice, GraduatedPrice, VolumePrice, PackagePrice, PercentagePrice, CostPlusPrice, DimensionPrice],
+    Union[PerUnitPrice, GraduatedPrice, VolumePrice, PackagePrice, PercentagePrice, CostPlusPrice, CapacityPrice,
+          DimensionPrice],
     Field(discriminator="model"),
 ]
 
@@ -378,6 +405,7 @@ class Plan(Frozen):
     budget_alerts: BudgetAlerts | None = None
     agent_limits: AgentLimits | None = None
     dunning: Dunning = Field(default_factory=Dunning)
+    features: dict[Key, FeatureValue] = Field(default_factory=dict)  # entitlements
 
     @field_validator("effective_from")
     @classmethod

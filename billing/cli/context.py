@@ -32,9 +32,28 @@ def catalog() -> Catalog:
 
 
 def engine():
+    """The ledger's engine, once its schema is known to be this code's (else the command
+    stops with one line naming `billing db upgrade`)."""
     from billing.store.db import engine_for
 
-    return engine_for(get_settings().database_url)
+    url = get_settings().database_url
+    if url not in _migrated:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from billing.store.db import schema_problem
+
+        try:
+            problem = schema_problem(engine_for(url))
+        except SQLAlchemyError as exc:
+            fail(f"cannot reach the database (BILLING_DATABASE_URL): {type(exc).__name__}: "
+                 f"{str(exc).splitlines()[0]}")
+        if problem:
+            fail(problem)
+        _migrated.add(url)
+    return engine_for(url)
+
+
+_migrated: set[str] = set()  # URLs whose schema was found current by this process
 
 
 def ledger_exists() -> bool:

@@ -63,10 +63,24 @@ def db_recount(as_json: JsonOpt = False) -> None:
 
 
 @db_app.command("downgrade")
-def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
-    from billing.store.db import downgrade
+def db_downgrade(revision: Annotated[str, typer.Argument(
+                     help="The migration to go back to (`base`: drop every table and its data).")],
+                 yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Undo migrations down to REVISION. Asks first (tables and columns it removes take their
+    data with them); `--yes` for scripts."""
+    from billing.store.db import current_revision, downgrade, engine_for
 
-    downgrade(get_settings().database_url, revision)
+    url = get_settings().database_url
+    current = run(lambda: current_revision(engine_for(url)))
+    if current is None:
+        fail("the database has no billing tables: nothing to downgrade")
+    what = "drop every table and the data in it" if revision == "base" else f"undo the migrations after {revision}"
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"`billing db downgrade {revision}` would {what} (the database is at {current}); "
+                 "add --yes to confirm")
+        typer.confirm(f"The database is at {current}. Downgrading to {revision} will {what}. Continue?", abort=True)
+    downgrade(url, revision)
     console.print(f"database at {revision}", highlight=False)
 
 
@@ -148,9 +162,19 @@ def grant(customer_id: str, amount: str, expires: Annotated[str | None, typer.Op
                                                                           highlight=False)
 
 
+_PARALLEL_BYTES = 8 << 20  # a smaller file: the second process's start costs more than it saves
+
+
 @events_app.command("import")
 def events_import(path: Path, as_json: JsonOpt = False,
-                  batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per transaction.")] = 50_000
+                  batch: Annotated[int | None, typer.Option(
+                      min=1, max=100_000, show_default=False,
+                      help="Events per transaction (default: 50,000; 25,000 with --parallel, whose second "
+                           "process's memory the smaller chunks make room for).")] = None,
+                  parallel: Annotated[bool | None, typer.Option(
+                      "--parallel/--no-parallel",
+                      help="Parse and validate the file in a second process while this one writes "
+                           f"(default: for files over {_PARALLEL_BYTES // 2**20} MiB).")] = None,
                   ) -> None:
     """Import a JSONL file of events, streaming (memory stays flat whatever the file's length).
 
@@ -158,6 +182,7 @@ def events_import(path: Path, as_json: JsonOpt = False,
     is its own rejection, reported with its line number; the other lines are imported."""
     from billing.ledger.ingest import BatchResult, Ledger
     from billing.ledger.jsonl import JsonlEvents
+    from billing.ledger.prepare_process import PreparingReader, PrepareProcessError
 
     if not path.is_file():
         fail(f"{path}: no such file")
@@ -169,7 +194,10 @@ def events_import(path: Path, as_json: JsonOpt = False,
     # 32 MiB page cache (2 chunks of 50,000 events in flight + the cache: about 260 MB peak)
     ledger = Ledger(run(lambda: make_engine(settings.database_url, sqlite_mmap=0, sqlite_cache_kib=32768)), catalog(),
                     future_tolerance_seconds=settings.future_tolerance_seconds)
-    events = JsonlEvents(path)
+    if parallel is None:
+        parallel = path.stat().st_size > _PARALLEL_BYTES
+    events = PreparingReader(path) if parallel else JsonlEvents(path)
+    batch = batch or (25_000 if parallel else 50_000)
     result = BatchResult(keep_events=False)
     lines = _ProblemLines(events, result)
     try:
@@ -185,6 +213,9 @@ def events_import(path: Path, as_json: JsonOpt = False,
                 run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=progress))
         else:
             run(lambda: ledger.record(events, chunk_size=batch, result=result, progress=lambda _n: lines.take()))
+    except PrepareProcessError as exc:
+        lines.take()
+        fail(f"{exc}; the first {result.size:,} events were recorded (run the import again: it is idempotent)")
     finally:
         ledger.close()
         ledger.engine.dispose()

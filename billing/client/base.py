@@ -34,7 +34,7 @@ def utc_now() -> datetime:
 
 class BillingClient:
     """``check`` / ``reserve`` / ``commit`` / ``release`` / ``record`` / ``usage`` /
-    ``metering``, raising ``BillingError`` with the API's stable codes.
+    ``metering`` / ``entitlement``, raising ``BillingError`` with the API's stable codes.
 
     Writes take an ``idempotency_key`` (HTTP: sent as ``Idempotency-Key``; a fresh one per
     call when not given). ``spool``: where ``guarded_call`` keeps commits until they are
@@ -76,6 +76,10 @@ class BillingClient:
 
     def metering(self, customer: str) -> dict[str, Any]:
         """What the customer's plan meters (``GET /v1/customers/{id}/metering``)."""
+        raise NotImplementedError
+
+    def entitlement(self, customer: str, feature: str) -> dict[str, Any]:
+        """Whether the customer has ``feature`` and its value (``POST /v1/entitlements/check``)."""
         raise NotImplementedError
 
     # ---- used by guarded_call's flow (cheap, non-blocking)

@@ -3,8 +3,8 @@
 Every write (reserve, commit, release, record) carries an ``Idempotency-Key`` (a fresh
 uuid4 per logical write unless given; the same on each retry of that write), and failures
 that may pass are retried as ``billing.client.retry`` says (connection errors, timeouts,
-5xx, ``409 idempotency_key_in_use``; never another 4xx). Reads (check, usage, metering)
-are retried the same way, without a key.
+5xx, ``409 idempotency_key_in_use``; never another 4xx). Reads (check, usage, metering,
+entitlement) are retried the same way, without a key.
 
 ``spool_dir``: where ``guarded_call`` keeps its commits until acknowledged
 (``billing.client.spool``). Default: ``$BILLING_CLIENT_SPOOL_DIR``, else
@@ -154,6 +154,9 @@ class _HttpBase(BillingClient):
 
     def metering(self, customer):
         return self._send("GET", f"/v1/customers/{quote(customer, safe='')}/metering")
+
+    def entitlement(self, customer, feature):
+        return self._send("POST", "/v1/entitlements/check", {"customer": customer, "feature": feature})
 
 
 class HttpClient(_HttpBase):

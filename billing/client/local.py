@@ -69,3 +69,8 @@ class LocalClient(BillingClient):
         from billing.api.metering import metering_json
 
         return metering_json(self.quota, customer)
+
+    def entitlement(self, customer, feature):
+        from billing.api.entitlements import entitlement_json
+
+        return entitlement_json(self.quota, customer, feature)

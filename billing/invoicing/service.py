@@ -374,26 +374,26 @@ class Invoicing:
         """Rate the due windows (``invoicing.windows``), with the usage from the snapshot's
         counters where they are exact for the window (``invoicing.usage``)."""
         windows = [Window(j.sub, j.plan, j.period, j.window_start, j.window_end, j.window_end) for j in jobs]
-        job_of = {id(w): j for w, j in zip(windows, jobs)}
-        countable: dict[tuple[str, int], bool] = {}
+        job_of = {(j.sub.id, j.period.start): j for j in jobs}
+        countable: dict[int, bool] = {}
 
         def from_counters(window: Window) -> tuple[dict[str, MeterTotals], Decimal] | None:
-            job = job_of[id(window)]
-            if not self.counts_for(job.sub, job.plan, job.period, job.window_start, job.window_end, snap, cover,
+            # ``window.plan``: the plan the window is rated on (a contract's overrides applied)
+            job, plan = job_of[(window.sub.id, window.period.start)], window.plan
+            if not self.counts_for(job.sub, plan, job.period, job.window_start, job.window_end, snap, cover,
                                    zones):
                 return None
             rows = snap.counters.get(period_key(job.sub.customer_id, job.period))
             job.events = period_events(rows)
-            ref = (job.plan.plan, job.plan.version)
-            if ref not in countable:
-                countable[ref] = plan_is_countable(job.plan)
-            found = counter_usage(job.plan, job.period, rows) if countable[ref] else None
+            if id(plan) not in countable:  # catalog plans and effective plans live as long as the close
+                countable[id(plan)] = plan_is_countable(plan)
+            found = counter_usage(plan, job.period, rows) if countable[id(plan)] else None
             if found is None:
                 return None
             result.rated_from_counters += 1
             return found.usage, found.provider_cost
 
-        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters)
+        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters, plans=self.catalog.get)
         out = [(job, r.invoice) for job, r in zip(jobs, rated)]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
@@ -402,7 +402,8 @@ class Invoicing:
         """Rate the period again on the ledger up to ``watermark``; ``grants``: (grant,
         micro-units this period may draw: what is left now plus what the period already drew)."""
         window = Window(sub, plan, period, start, end, end)
-        return rate_windows(conn, [window], watermark, grants={sub.customer_id: grants})[0].invoice
+        return rate_windows(conn, [window], watermark, grants={sub.customer_id: grants},
+                            plans=self.catalog.get)[0].invoice
 
     def _record_burns(self, conn, ids: list[int], burns: list[dict], lines: list[list[dict]]) -> None:
         rows = []

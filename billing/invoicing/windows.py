@@ -14,6 +14,9 @@ For a batch of windows the service
   window (``from_counters``: the close asks ``invoicing.usage``'s rule with its snapshot),
   otherwise aggregates the events in SQL up to the watermark, one query per (plan, window)
   for all the customers sharing it (``store.aggregate_sql.aggregate_window``);
+- applies each subscription's contract (``billing.contracts``): the plan with the overrides
+  in force at the window's start, the coupons, term commitments and add-on subscriptions
+  applying to it (the result's windows carry them);
 - reads seat histories and grant balances per chunk of subscriptions / customers
   (``store.grants_and_seats``), unless the caller passes the grant balances a window may
   draw (a re-rating of a billed period);
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -40,6 +43,8 @@ from typing import NamedTuple, Protocol
 from sqlalchemy import Connection
 
 from billing.catalog import Plan
+from billing.contracts.repository import contract_terms
+from billing.contracts.terms import NO_TERMS, ContractTerms
 from billing.invoicing.documents import grant_inputs
 from billing.store.aggregate_sql import aggregate_window, usage_before_expiries
 from billing.ledger.counters import to_micro
@@ -47,7 +52,7 @@ from billing.store.grants_and_seats import GrantBalance, SeatHistory, grant_bala
 from billing.store.types import to_us
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.periods import Period, seat_segments
-from billing.rating.types import MeterTotals, RatedInvoice
+from billing.rating.types import AddOn, Discount, MeterTotals, RatedInvoice, TermCommitment
 
 ZERO = Decimal(0)
 
@@ -71,6 +76,11 @@ class Window:
     start: datetime  # the period cut to the subscription
     end: datetime
     rated_until: datetime  # the close: ``end``; to date: ``min(end, as_of)``
+    # the subscription's contract, filled in by ``rate_windows`` (``billing.contracts``):
+    # ``plan`` is then the effective plan (its overrides applied)
+    discounts: tuple[Discount, ...] = ()
+    commitments: tuple[TermCommitment, ...] = ()
+    addons: tuple[AddOn, ...] = ()
 
     @property
     def customer(self) -> str:
@@ -108,12 +118,18 @@ def window_of(sub, period: Period) -> tuple[datetime, datetime] | None:
 def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
                  from_counters: Callable[[Window], Usage | None] | None = None,
                  grants: Mapping[str, list[GrantBalance]] | None = None,
-                 scale: Mapping[str, Decimal] | None = None) -> list[RatedWindow]:
+                 scale: Mapping[str, Decimal] | None = None,
+                 plans: Callable[[str, int], Plan] | None = None) -> list[RatedWindow]:
     """Rate ``windows`` on the ledger up to ``watermark`` (see the module); the result is in
     the order of ``windows``. ``grants``: customer -> (grant, micro-units it may draw), read
-    from the ledger when not given."""
+    from the ledger when not given. ``plans`` (the catalog's ``get``) resolves the plans of
+    add-on subscriptions."""
     if not windows:
         return []
+    # the contract first: an override may change how the usage must be read (a price that
+    # needs each transaction's value), so the usage is read for the effective plan
+    terms = contract_terms(conn, [w.sub.id for w in windows])
+    windows = [_contracted(w, terms.get(w.sub.id, NO_TERMS), plans) for w in windows]
     usage = _usage(conn, windows, watermark, from_counters)
     if scale:
         usage = [scaled(w.plan, u, scale[w.customer]) if w.customer in scale else u for w, u in zip(windows, usage)]
@@ -134,6 +150,19 @@ def rate_windows(conn: Connection, windows: Sequence[Window], watermark: int, *,
     return out
 
 
+def _contracted(window: Window, terms: ContractTerms, plans: Callable[[str, int], Plan] | None) -> Window:
+    """The window under its subscription's contract: the plan with the overrides in force at
+    the window's start, the coupons, term commitments and add-ons that apply to it."""
+    if terms is NO_TERMS:
+        return window
+    if terms.addons and plans is None:
+        raise ValueError(f"subscription {window.sub.id} has add-ons: rating it needs the catalog (plans=)")
+    return replace(window, plan=terms.plan_at(window.plan, window.start),
+                   discounts=terms.discounts(window.start, window.end),
+                   commitments=terms.commitments_in(window.start, window.end),
+                   addons=terms.addons_in(window.start, window.end, plans) if terms.addons else ())
+
+
 def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost: Decimal, seats: SeatHistory,
           balances: Sequence[GrantBalance], watermark: int) -> RatedInvoice:
     plan, period, customer = window.plan, window.period, window.customer
@@ -143,7 +172,8 @@ def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost
         active_until=window.end if window.end < period.end else None,
         trial_end=window.sub.trial_end, provider_cost=cost,
         usage_before=usage_before_expiries(conn, plan, customer, period, window.start, window.rated_until,
-                                           balances, watermark)))
+                                           balances, watermark),
+        discounts=window.discounts, commitments=window.commitments, addons=window.addons))
 
 
 class UsageSpan(NamedTuple):
@@ -157,12 +187,12 @@ class UsageSpan(NamedTuple):
 
 def measure(conn: Connection, spans: Sequence[UsageSpan], watermark: int) -> list[Usage]:
     """Each span's usage from the events up to ``watermark``: one SQL aggregation per
-    (plan, start, until) for all the customers sharing it."""
+    (plan object, start, until) for all the customers sharing it."""
     out: list[Usage] = [({}, ZERO)] * len(spans)
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, span in enumerate(spans):
-        groups[(span.plan.plan, span.plan.version, span.start, span.until)].append(i)
-    for (_, _, start, until), members in groups.items():
+    for i, span in enumerate(spans):  # by plan object: a contract's effective plan reads usage its own way
+        groups[(id(span.plan), span.start, span.until)].append(i)
+    for (_, start, until), members in groups.items():
         customers = sorted({spans[i].customer for i in members})
         totals, costs = aggregate_window(conn, spans[members[0]].plan, customers, to_us(start), to_us(until),
                                          watermark)

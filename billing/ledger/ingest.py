@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -35,6 +35,7 @@ from billing.store.cost_prices import CostSource, connection_fetch
 from billing.store.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
 from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, reprice, warning_of
+from billing.ledger.prepare_process import PrepareOptions
 from billing.store.types import to_us
 
 
@@ -206,17 +207,18 @@ class Ledger:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-store") as writer:
                 pending = None
                 last_alerts = time.monotonic()
-                chunks = events.chunks(chunk_size) if hasattr(events, "chunks") else _chunks(events, chunk_size)
-                for chunk in chunks:
-                    staged = self._prepare_chunk(chunk, keep_raws=result.keep_events)
-                    if pending is not None:
+                try:
+                    for staged in self._staged_chunks(events, chunk_size, result.keep_events):
+                        if pending is not None:
+                            done, pending = pending, None
+                            self._finish(done.result(), result, progress)
+                            if time.monotonic() - last_alerts > _ALERT_EVERY_S:  # a long import: now and then
+                                self._alert(alerting)
+                                last_alerts = time.monotonic()
+                        pending = writer.submit(self._store_chunk, staged, alerting)
+                finally:  # the last chunk, or the one being written when the source failed: it
+                    if pending is not None:  # commits, and its results count
                         self._finish(pending.result(), result, progress)
-                        if time.monotonic() - last_alerts > _ALERT_EVERY_S:  # a long import: now and then
-                            self._alert(alerting)
-                            last_alerts = time.monotonic()
-                    pending = writer.submit(self._store_chunk, staged, alerting)
-                if pending is not None:
-                    self._finish(pending.result(), result, progress)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -241,18 +243,47 @@ class Ledger:
         if progress:
             progress(len(staged.raws))
 
+    def _staged_chunks(self, events: Iterable[Any], chunk_size: int, keep_raws: bool) -> Iterator["_Staged"]:
+        """Stage 1 of each chunk, in order: prepared here (``_prepare_chunk``), or, for a
+        source with ``prepared_chunks`` (``billing.ledger.prepare_process``), by its own
+        process with the same ``prepare_batch`` and this ledger's options, then staged here."""
+        if hasattr(events, "prepared_chunks"):
+            if keep_raws:
+                raise ValueError("events prepared in another process are recorded with BatchResult(keep_events=False)")
+            options = self.prepare_options()
+            for chunk in events.prepared_chunks(options, chunk_size):
+                yield self._stage(chunk.results, chunk.flagged, options.book,
+                                  raws=_RejectedKeys(chunk.size, chunk.rejected))
+            return
+        chunks = events.chunks(chunk_size) if hasattr(events, "chunks") else _chunks(events, chunk_size)
+        for chunk in chunks:
+            yield self._prepare_chunk(chunk, keep_raws=keep_raws)
+
+    def prepare_options(self) -> PrepareOptions:
+        """What ``prepare_batch`` takes from this ledger (the book: the current one)."""
+        return PrepareOptions(self.pricer.book, self.tolerance_us, self.known_types, self.measured,
+                              self.task_properties)
+
     def _prepare_chunk(self, raws: list[Any], keep_raws: bool = True) -> "_Staged":
         """Stage 1 (no database): validate, cost, and classify repeats inside the chunk."""
-        now_us = to_us(self.clock())
-        n = len(raws)
+        flagged: dict[int, Prepared] = {}
+        pricer = self.pricer
+        results = prepare_batch(raws, now_us=to_us(self.clock()), tolerance_us=self.tolerance_us,
+                                known_types=self.known_types, pricer=pricer, measured=self.measured,
+                                task_properties=self.task_properties, flagged=flagged)
+        if not keep_raws:  # a long import: the raw events are not kept past this point (memory)
+            raws = _RejectedKeys(len(raws), {i: _raw_key(raws[i]) for i, p in enumerate(results)
+                                             if type(p) is Rejection})
+        return self._stage(results, flagged, pricer.book, raws)
+
+    def _stage(self, results: list[Prepared | Rejection], flagged: dict[int, Prepared], book: CostBook,
+               raws: "list[Any] | _RejectedKeys") -> "_Staged":
+        """A prepared chunk's statuses so far: rejections, and repeats inside the chunk.
+        ``raws``: the events as given, or (a long import) the keys of the rejected ones."""
+        n = len(results)
         status: list[str] = ["accepted"] * n
         problems: dict[int, tuple[str, str]] = {}
         copies: list[tuple[int, int, Prepared]] = []  # (index, index of the first copy, event) of repeats
-        flagged: dict[int, Prepared] = {}
-        pricer = self.pricer
-        results = prepare_batch(raws, now_us=now_us, tolerance_us=self.tolerance_us, known_types=self.known_types,
-                                pricer=pricer, measured=self.measured, task_properties=self.task_properties,
-                                flagged=flagged)
         if Rejection in set(map(type, results)):
             index = [i for i, p in enumerate(results) if type(p) is not Rejection]
             for i, p in enumerate(results):
@@ -267,9 +298,9 @@ class Ledger:
         if len(set(map(_EVENT_ID, rows))) < len(rows) and len(set(map(_KEY, rows))) < len(rows):
             pairs = self._split_repeats(_numbered(rows, index), status, problems, copies)
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
-        if not keep_raws:  # a long import: the raw events are not kept past this point (memory)
-            raws = _Keys(raws, problems, rows, index, copies)
-        return _Staged(raws, status, problems, rows, index, copies, flagged, pricer.book)
+        if isinstance(raws, _RejectedKeys):
+            raws = _Keys(raws, rows, index, copies)
+        return _Staged(raws, status, problems, rows, index, copies, flagged, book)
 
     def _known_customers(self, session: Session, named: set[str]) -> dict[str, str]:
         """customer id -> timezone for the ids of ``named`` that exist. A customer is never
@@ -395,16 +426,23 @@ class Ledger:
         return {id(p): reprice(p, pricer) for p in unpriced}
 
 
+class _RejectedKeys(NamedTuple):
+    """A chunk's size and the (id, customer) of each event stage 1 rejected, by position."""
+
+    size: int
+    rejected: dict[int, tuple[str | None, str | None]]
+
+
 class _Keys:
     """In place of a chunk's raw events once prepared (``keep_events=False``): each event's
     id and customer (all a compact ``BatchResult`` reads of the problems), from the prepared
-    rows and, for the events prepare rejected, from their raw form read now. The raw dicts
+    rows and, for the events prepare rejected, from their raw form read then. The raw dicts
     themselves can then be freed while the chunk is written."""
 
-    def __init__(self, raws: list[Any], rejected: dict[int, Any], rows: list[Prepared], index: list[int] | None,
+    def __init__(self, keys: _RejectedKeys, rows: list[Prepared], index: list[int] | None,
                  copies: list[tuple[int, int, Prepared]]):
-        self.size = len(raws)
-        self.rejected = {i: _raw_key(raws[i]) for i in rejected}
+        self.size = keys.size
+        self.rejected = keys.rejected
         self.rows, self.index, self.copies = rows, index, copies
         self._by_position: dict[int, Prepared] | None = None
 

@@ -105,8 +105,7 @@ class JsonlEvents:
         self.bad_lines = 0
         self.max_problems = max_problems
         self._index = 0  # events handed out
-        self._starts: list[int] = [0]  # event index where a stretch of lines begins...
-        self._offsets: list[int] = [1]  # ...and line number minus event index in it
+        self.lines = LineMap()
 
     def __iter__(self) -> Iterator[Any]:
         for values in self._value_blocks():
@@ -135,9 +134,7 @@ class JsonlEvents:
             for lines in _blocks(handle):
                 parsed = _parse_block(lines)
                 if parsed is not None:  # the common case: every line of the block one value
-                    if number + 1 - self._index != self._offsets[-1]:
-                        self._starts.append(self._index)
-                        self._offsets.append(number + 1 - self._index)
+                    self.lines.note(self._index, number + 1)
                     number += len(lines)
                     self._index += len(lines)
                     self.bytes_read += sum(map(len, lines)) + len(lines)
@@ -156,9 +153,7 @@ class JsonlEvents:
                     if problem is not None:
                         self._bad(number, problem)
                         continue
-                    if number - self._index != self._offsets[-1]:
-                        self._starts.append(self._index)
-                        self._offsets.append(number - self._index)
+                    self.lines.note(self._index, number)
                     self._index += 1
                     values.append(value)
                 yield values
@@ -170,16 +165,51 @@ class JsonlEvents:
 
     def line_of(self, index: int) -> int:
         """The file line of the ``index``-th event handed out (one not forgotten)."""
-        at = bisect.bisect_right(self._starts, index) - 1
-        if at < 0:
-            raise ValueError(f"the line of event {index} was forgotten")
-        return index + self._offsets[at]
+        return self.lines.line_of(index)
 
     def forget_before(self, index: int) -> None:
         """Drop what ``line_of`` knows about events before ``index`` (a caller done with
         them), so a file with a blank or bad line between every two events does not grow
         the map with its length."""
-        at = bisect.bisect_right(self._starts, index) - 1
+        self.lines.forget_before(index)
+
+
+class LineMap:
+    """Event index -> file line: one entry per place where the two stop moving together (a
+    blank or bad line), so its size is the number of such places not yet forgotten."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = [0]  # event index where a stretch of lines begins...
+        self.offsets: list[int] = [1]  # ...and line number minus event index in it
+
+    def note(self, index: int, line: int) -> None:
+        """Event ``index`` is on file line ``line``."""
+        if line - index != self.offsets[-1]:
+            self.starts.append(index)
+            self.offsets.append(line - index)
+
+    def entries(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts, self.offsets))
+
+    def extend(self, entries: list[tuple[int, int]]) -> None:
+        """Take another map's ``entries`` (those of events from here on)."""
+        for start, offset in entries:
+            if start <= self.starts[-1]:
+                if start == self.starts[-1]:
+                    self.offsets[-1] = offset
+                continue
+            if offset != self.offsets[-1]:
+                self.starts.append(start)
+                self.offsets.append(offset)
+
+    def line_of(self, index: int) -> int:
+        at = bisect.bisect_right(self.starts, index) - 1
+        if at < 0:
+            raise ValueError(f"the line of event {index} was forgotten")
+        return index + self.offsets[at]
+
+    def forget_before(self, index: int) -> None:
+        at = bisect.bisect_right(self.starts, index) - 1
         if at > 0:
-            del self._starts[:at]
-            del self._offsets[:at]
+            del self.starts[:at]
+            del self.offsets[:at]

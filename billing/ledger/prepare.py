@@ -25,7 +25,7 @@ from billing.costs.rates import PROMPT_RATES, STANDARD_TIER
 from billing.errors import BillingError, ErrorCode
 from billing.events import (EARLIEST_INSTANT, INSTANT_WINDOW, LATEST_INSTANT, MAX_EVENT_COST, MAX_EVENT_QUANTITY,
                             MAX_PROPERTIES_BYTES, UsageEvent, is_quantity_key, properties_too_large)
-from billing.store.types import EPOCH, to_us
+from billing.instants import EPOCH, to_us
 
 PICO = Decimal(10) ** 12
 MAX_COST_PICO = int(MAX_EVENT_COST * PICO)

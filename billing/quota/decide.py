@@ -381,15 +381,25 @@ def _charge_amounts(cp: CompiledPlan, state: UsageState, totals: Mapping[str, Me
         cmeter = charge.meter
         m = totals[cmeter]
         tx = transactions_of(state, cmeter) if charge.per_transaction else ()
-        b = exact_of(charge, m.units, m.cost, m.events, tx, inc, m.groups)
-        pb = peak_of(charge, m.units, m.cost, m.events, tx, inc) if charge.volume_ends else b
-        if cmeter == meter_key:
-            tx_after = tx + (units,) if charge.per_transaction else ()
-            a = exact_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc, after_m.groups)
-            pa = peak_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc) \
-                if charge.volume_ends else a
+        if charge.capacity_meters:  # its tier: the peaks of its meters, the requested one's after it
+            peaks = arithmetic.capacity_peaks(charge, totals)
+            b, pb = exact_of(charge, m.units, peaks=peaks), peak_of(charge, m.units, peaks=peaks)
+            if meter_key in charge.capacity_meters:
+                after_peaks = tuple(after_m.units if key == meter_key else p
+                                    for key, p in zip(charge.capacity_meters, peaks))
+                a, pa = exact_of(charge, m.units, peaks=after_peaks), peak_of(charge, m.units, peaks=after_peaks)
+            else:
+                a, pa = b, pb
         else:
-            a, pa = b, pb
+            b = exact_of(charge, m.units, m.cost, m.events, tx, inc, groups=m.groups)
+            pb = peak_of(charge, m.units, m.cost, m.events, tx, inc) if charge.volume_ends else b
+            if cmeter == meter_key:
+                tx_after = tx + (units,) if charge.per_transaction else ()
+                a = exact_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc, groups=after_m.groups)
+                pa = peak_of(charge, after_m.units, after_m.cost, after_m.events, tx_after, inc) \
+                    if charge.volume_ends else a
+            else:
+                a, pa = b, pb
         charge_peaks[charge.key] = (pb, pa)
         if b:
             spend_before += billed(charge, round_line(b, currency))

@@ -42,8 +42,10 @@ def charge_spends(plan: Plan, state: UsageState) -> list[ChargeSpend]:
         both = used + held
         inc = arithmetic.included_units(charge, state.seats)
         tx = transactions_of(state, charge.meter) if charge.per_transaction else ()
-        spend = arithmetic.charge_spend(charge, compiled.currency, both.units, both.cost, both.events, tx, inc,
-                                        both.groups)
+        peaks = tuple(state.usage.get(key, _EMPTY).units + state.held.get(key, _EMPTY).units
+                      for key in charge.capacity_meters)
+        spend = arithmetic.charge_spend(charge, compiled.currency, both.units, both.cost, both.events, tx, inc, peaks,
+                                        groups=both.groups)
         has_allowance = charge.included is not None
         out.append(ChargeSpend(charge.key, charge.meter, charge.policy.policy, used.units, held.units,
                                inc if has_allowance else None,

@@ -4,7 +4,9 @@ The rating engine, the quota decision and its alerts, the usage report, the fore
 the simulation's fast path all compute here, on a compiled plan (``Plan.compiled``):
 
 * ``included_units``: a charge's allowance (per seat x seats + pooled);
-* ``billable``: the units past it, with their share of the provider cost and events;
+* ``billable``: the units past it, with their share of the provider cost and events (a
+  capacity charge reads several meters: ``capacity_peaks`` gives their period peaks, which
+  every function below takes as ``peaks``);
 * ``charge_amount``: the charge's amount for a usage state, every price model (and the
   slow tier), computed exactly and **rounded once** (``money.round_line``): a graduated
   charge is not rounded tier by tier, a percentage charge is the sum of its
@@ -19,6 +21,9 @@ the simulation's fast path all compute here, on a compiled plan (``Plan.compiled
 * plan-wide rules on the charges' billed amounts: ``plan_cap_line`` (the plan spend cap),
   ``recurring_credits`` / ``usable_grants`` / ``credit_pool`` / ``draw_credits`` (credits
   drawn soonest expiry first, usage charges only, never below zero), ``commitment_true_up`` (the minimum);
+* a contract's rules on the plan, and THE order of every plan-wide rule (see "contracts on
+  the plan" below): ``discounts`` (coupons), ``credit_room``, ``term_minimum`` (a term
+  commitment spread pro rata), ``true_ups``;
 * ``measures``: the alert / forecast subjects (``charge:<key>:included``,
   ``charge:<key>:spend_cap``, ``spend_cap``, ``budget``) with their values and limits.
 """
@@ -27,20 +32,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import UsageCharge
 from billing.money import quantum, round_line
-from billing.rating.charges import price_parts
+from billing.rating.charges import capacity, price_parts
 from billing.rating.charges.past import past_included
-from billing.rating.types import Billable, CreditGrant, Groups, Part, merge_groups
+from billing.rating.types import Billable, CreditGrant, Discount, Groups, Part, TermCommitment, merge_groups
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
 _NO_TRANSACTIONS: tuple[Decimal, ...] = ()
+_NO_PEAKS: tuple[Decimal, ...] = ()
 
 
 # ------------------------------------------------------------------- one charge
@@ -62,18 +68,29 @@ def included_by_charge(plan: CompiledPlan, seats: int) -> tuple[Decimal, ...]:
     return hit
 
 
+def capacity_peaks(charge: CompiledCharge, usage: Mapping[str, Any]) -> tuple[Decimal, ...]:
+    """A capacity charge's meter peaks read off ``usage`` (meter -> anything with ``units``,
+    a missing meter peaking at 0), in the price's order; () for every other charge."""
+    if not charge.capacity_meters:
+        return _NO_PEAKS
+    get = usage.get
+    return tuple(ZERO if (t := get(key)) is None else t.units for key in charge.capacity_meters)
+
+
 def billable(units: Decimal, cost: Decimal, events: int, transactions: tuple[Decimal, ...],
-             included: Decimal, groups: Groups | None = None) -> Billable:
+             included: Decimal, peaks: tuple[Decimal, ...] = (), groups: Groups | None = None) -> Billable:
     """The units past the included ones, their share of the provider cost and of the
-    events (all of them when nothing is included: ``charges.past``). A dimension price
-    (``groups`` not None) also gets the usage per value and the included units, which it
-    draws itself; usage not split by value (live holds, simulated totals) is one group
-    without a value."""
+    events (all of them when nothing is included: ``charges.past``); a capacity price's
+    ``peaks`` as given. A dimension price (``groups`` not None) also gets the usage per
+    value and the included units, which it draws itself; usage not split by value (live
+    holds, simulated totals) is one group without a value."""
     usage = past_included(units, cost, events, transactions, included)
-    if groups is None:
+    if groups is None and not peaks:
         return usage
-    return Billable(usage.units, usage.cost, usage.events, transactions, whole_groups(groups, units, cost, events),
-                    included)
+    if groups is None:
+        return Billable(usage.units, usage.cost, usage.events, transactions, peaks)
+    return Billable(usage.units, usage.cost, usage.events, transactions, peaks,
+                    whole_groups(groups, units, cost, events), included)
 
 
 def whole_groups(groups: Groups, units: Decimal, cost: Decimal, events: int) -> Groups:
@@ -100,21 +117,22 @@ def exact_amount(charge: CompiledCharge, usage: Billable) -> Decimal:
 
 def exact_charge(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
                  transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
-                 groups: Groups = ()) -> Decimal:
+                 peaks: tuple[Decimal, ...] = _NO_PEAKS, groups: Groups = ()) -> Decimal:
     """The charge's exact amount for a period's usage (unrounded, before its spend cap);
-    ``groups``: the meter's per-value totals (a dimension price)."""
+    ``peaks``: a capacity charge's meter peaks (``capacity_peaks``); ``groups``: the meter's
+    per-value totals (a dimension price)."""
     price = charge.linear_price
     if price is not None:  # per_unit or the slow tier, without building a Billable
         return (units - included) * price if units > included else ZERO
-    return exact_amount(charge, billable(units, cost, events, transactions, included,
+    return exact_amount(charge, billable(units, cost, events, transactions, included, peaks,
                                          groups if charge.by_value else None))
 
 
 def charge_amount(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
                   transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
-                  groups: Groups = ()) -> Decimal:
+                  peaks: tuple[Decimal, ...] = _NO_PEAKS, groups: Groups = ()) -> Decimal:
     """The charge's amount for a period's usage, rounded once, before its spend cap."""
-    return round_line(exact_charge(charge, units, cost, events, transactions, included, groups), currency)
+    return round_line(exact_charge(charge, units, cost, events, transactions, included, peaks, groups), currency)
 
 
 def billed(charge: CompiledCharge, amount: Decimal) -> Decimal:
@@ -125,13 +143,13 @@ def billed(charge: CompiledCharge, amount: Decimal) -> Decimal:
 
 def charge_spend(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal = ZERO, events: int = 0,
                  transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
-                 groups: Groups = ()) -> Decimal:
+                 peaks: tuple[Decimal, ...] = _NO_PEAKS, groups: Groups = ()) -> Decimal:
     """The spend of a charge that the invoice bills and quotas, alerts and forecasts report:
     its amount rounded once, at most its spend cap."""
     # exact_charge and billed, inline: the simulation's hot path
     price = charge.linear_price
     if price is None:
-        amount = round_line(exact_amount(charge, billable(units, cost, events, transactions, included,
+        amount = round_line(exact_amount(charge, billable(units, cost, events, transactions, included, peaks,
                                                           groups if charge.by_value else None)), currency)
     elif units > included:
         amount = round_line((units - included) * price, currency)
@@ -143,14 +161,17 @@ def charge_spend(charge: CompiledCharge, currency: str, units: Decimal, cost: De
 
 def peak_exact(charge: CompiledCharge, units: Decimal, cost: Decimal = ZERO, events: int = 0,
                transactions: tuple[Decimal, ...] = _NO_TRANSACTIONS, included: Decimal = ZERO,
-               groups: Groups = ()) -> Decimal:
+               peaks: tuple[Decimal, ...] = _NO_PEAKS, groups: Groups = ()) -> Decimal:
     """The highest exact amount (``exact_charge``) reached at any usage up to ``units``:
     what a quota decision holds against a spend cap.
 
-    Every price model but volume only grows with usage; a volume price can fall past a tier
-    end, so its candidates are the amounts at the bounded tiers' ends below the usage (a
-    dimension price takes no volume price: its amount only grows)."""
-    amount = exact_charge(charge, units, cost, events, transactions, included, groups)
+    Every price model but volume and capacity only grows with usage; a volume price can fall
+    past a tier end, so its candidates are the amounts at the bounded tiers' ends below the
+    usage; a capacity price's candidates are the tiers up to the one the peaks fit in (a
+    dimension price takes neither: its amount only grows)."""
+    if charge.capacity_meters:
+        return capacity.peak_amount(charge.price, peaks)
+    amount = exact_charge(charge, units, cost, events, transactions, included, groups=groups)
     if charge.volume_ends and units > 0:
         past = units - included
         for end in charge.volume_ends:
@@ -179,8 +200,9 @@ class Breakdown:
 
 
 def breakdown(charge: CompiledCharge, currency: str, units: Decimal, cost: Decimal, events: int,
-              transactions: tuple[Decimal, ...], included: Decimal, groups: Groups = ()) -> Breakdown:
-    usage = billable(units, cost, events, transactions, included, groups if charge.by_value else None)
+              transactions: tuple[Decimal, ...], included: Decimal,
+              peaks: tuple[Decimal, ...] = _NO_PEAKS, groups: Groups = ()) -> Breakdown:
+    usage = billable(units, cost, events, transactions, included, peaks, groups if charge.by_value else None)
     if charge.slow_price is not None:
         parts = [Part("slow tier", usage.units, charge.slow_price, usage.units * charge.slow_price)] \
             if usage.units > 0 else []
@@ -288,6 +310,81 @@ def commitment_true_up(plan: CompiledPlan, fraction: Decimal, all_lines: Decimal
     return minimum - base if minimum > base else ZERO
 
 
+# ------------------------------------------------------- contracts on the plan
+# The order an invoice applies its plan-wide rules in, owned here (``rating.engine`` lays
+# the lines out in it): (1) recurring fees and usage charges, each charge at most its spend
+# cap; (2) the plan spend cap; (3) discounts (coupons), in redemption order, each at most
+# what its scope still bills; (4) prepaid credits, on the usage charges, never more than
+# the invoice still bills (``credit_room``); (5) commitment true-ups, the plan's minimum
+# then each term commitment's share, each on the charges before discounts and credits plus
+# the true-ups before it. The total never goes below zero: discounts stop at what their
+# scope bills, credits at what the invoice bills after them, true-ups only add.
+
+def discounts(items: Sequence[Discount], all_lines: Decimal, usage_lines: Decimal,
+              currency: str) -> list[tuple[str, Decimal]]:
+    """(id, amount off >= 0) per discount, in the order given. A discount is taken on what
+    its scope bills -- every line so far (``all``) or the usage lines with their caps
+    (``usage``) -- less the discounts before it: ``percent`` of that, rounded once, or
+    ``amount``, at most that (a coupon worth more than the invoice stops it at zero)."""
+    out: list[tuple[str, Decimal]] = []
+    given = ZERO
+    for d in items:
+        base = (all_lines if d.applies_to == "all" else usage_lines) - given
+        if base <= 0:
+            off = ZERO
+        elif d.percent is not None:
+            off = round_line(base * d.percent / 100, currency)
+        else:
+            off = round_line(d.amount or ZERO, currency)
+        off = min(off, base) if base > 0 else ZERO
+        given += off
+        out.append((d.id, off))
+    return out
+
+
+def credit_room(cap_line: Decimal, usage_lines: Decimal, after_discounts: Decimal) -> Decimal:
+    """What ``draw_credits`` takes as its plan-cap line once discounts applied: credits draw
+    on the usage charges (``usage_lines``, the plan cap ``cap_line`` included) but never more
+    than the invoice still bills after its discounts (``after_discounts``)."""
+    over = usage_lines - after_discounts
+    return cap_line - over if over > 0 else cap_line
+
+
+def term_minimum(term: TermCommitment, start: datetime, end: datetime, currency: str) -> Decimal:
+    """A term commitment's minimum for the window [start, end): its amount x the share of
+    the term's time elapsed at ``end``, rounded, less the same at ``start`` -- so the
+    minimums of windows covering the term add up to its amount exactly."""
+    length = _micros(term.ends_at - term.starts_at)
+
+    def reached(t: datetime) -> Decimal:
+        if t <= term.starts_at:
+            return ZERO
+        if t >= term.ends_at:
+            return round_line(term.amount, currency)
+        return round_line(term.amount * _micros(t - term.starts_at) / length, currency)
+
+    return reached(end) - reached(start)
+
+
+def _micros(delta: timedelta) -> Decimal:
+    return Decimal((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def true_ups(minimums: Sequence[tuple[str, Decimal, str]], all_lines: Decimal,
+             usage_lines: Decimal) -> list[tuple[str, Decimal]]:
+    """(id, true-up >= 0) of commitments (id, rounded minimum, ``all`` | ``usage``) in the
+    order given: each tops its base up to its minimum -- every line before discounts and
+    credits, or the usage lines -- and raises both bases for the next."""
+    out: list[tuple[str, Decimal]] = []
+    for cid, minimum, applies_to in minimums:
+        base = all_lines if applies_to == "all" else usage_lines
+        add = minimum - base if minimum > base else ZERO
+        all_lines += add
+        usage_lines += add
+        out.append((cid, add))
+    return out
+
+
 # ---------------------------------------------------------------- measures
 
 @dataclass(frozen=True, slots=True)
@@ -312,12 +409,15 @@ def measures(plan: CompiledPlan, usage: Mapping[str, Any], seats: int,
     for charge in plan.charges:
         t = usage.get(charge.meter)
         inc = included_units(charge, seats)
-        if t is None:
-            units, spend = ZERO, ZERO
+        peaks = capacity_peaks(charge, usage)
+        if t is None:  # no usage: still a first tier's fee at zero usage, or a capacity tier
+            units = ZERO
+            spend = charge_spend(charge, currency, ZERO, included=inc, peaks=peaks)
         else:
             tx = transactions.get(charge.meter, ()) if transactions is not None else t.transactions or ()
             units = t.units
-            spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc, getattr(t, "groups", None) or ())
+            spend = charge_spend(charge, currency, t.units, t.cost, t.events, tx, inc, peaks,
+                                 getattr(t, "groups", None) or ())
         if charge.included is not None and inc > 0:
             out.append(Measure(f"charge:{charge.key}:included", units, inc, "units"))
         if charge.spend_cap is not None and charge.spend_cap > 0:

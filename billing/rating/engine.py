@@ -1,7 +1,9 @@
 """Rate one subscription period: plan + usage in, an exact invoice out. Pure.
 
-Order of lines: recurring fees, usage charges (with spend caps), the plan-wide spend
-cap, prepaid credits, the minimum-commitment true-up. Each line is rounded once
+Order of lines: recurring fees (the plan's, then each add-on subscription's), usage
+charges (with spend caps), the plan-wide spend cap, discounts (coupons), prepaid credits,
+the commitment true-ups (the plan's minimum, then term commitments): the order
+``arithmetic`` owns (its "contracts on the plan"). Each line is rounded once
 (``money.round_line``); the total is the exact sum of the rounded lines. Every amount of
 a usage charge and every plan-wide rule on them comes from ``billing.rating.arithmetic``
 (a charge is rounded once; its lines are that amount's breakdown); this module lays the
@@ -31,7 +33,8 @@ from billing.catalog.schema import FlatFee, Plan, SeatFee
 from billing.money import dec_str, round_line
 from billing.rating import arithmetic
 from billing.rating.periods import Period, prorate_fraction, seat_segments
-from billing.rating.types import ChargeUsage, CreditGrant, InvoiceLine, LineKind, MeterTotals, RatedInvoice
+from billing.rating.types import (
+    AddOn, ChargeUsage, CreditGrant, Discount, InvoiceLine, LineKind, MeterTotals, RatedInvoice, TermCommitment)
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -54,6 +57,9 @@ class RatingInput:
     # such a grant then covers only the usage charged before it expired. A grant whose expiry
     # is missing here covers the whole period's usage (it was in force during the period).
     usage_before: Mapping[datetime, Mapping[str, MeterTotals]] = field(default_factory=dict)
+    discounts: Sequence[Discount] = ()  # coupons applying to this window, in redemption order
+    commitments: Sequence[TermCommitment] = ()  # term commitments: each window owes its share
+    addons: Sequence[AddOn] = ()  # add-on subscriptions rated into this invoice (their fees)
 
 
 class _Lines:
@@ -110,8 +116,19 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
             _flat_fee(lines, fee, period, paid_start, window_end)
         else:
             _seat_fee(lines, fee, period, paid_start, window_end, changes, segments)
+    for addon in inp.addons:  # add-on subscriptions: their fees over their part of the window
+        start = max(window_start, addon.active_from)
+        end = min(window_end, addon.active_until) if addon.active_until else window_end
+        for fee in addon.fees:
+            fee = fee.model_copy(update={"key": f"{addon.id}:{fee.key}",
+                                         "name": f"{addon.name}: {fee.name or fee.key}"})
+            if isinstance(fee, FlatFee):
+                _flat_fee(lines, fee, period, start, end)
+            else:
+                _seat_fee(lines, fee, period, start, end, changes, segments)
 
-    usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, _NO_USAGE), max_seats)
+    usage_summaries = [_usage_charge(lines, charge, inp.usage.get(charge.meter, _NO_USAGE), max_seats,
+                                     arithmetic.capacity_peaks(charge, inp.usage))
                        for charge in compiled.charges]
 
     usage_total = lines.total(LineKind.USAGE, LineKind.CAP)
@@ -120,15 +137,29 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
         lines.add(LineKind.CAP, f"Spend cap {compiled.spend_cap_line} {plan.currency} reached", ONE, None, cap_line,
                   "spend_cap")
 
+    # the plan-wide rules, in the order ``arithmetic`` owns: discounts, credits, true-ups
     before_credits = lines.total()
+    usage_charged = lines.total(LineKind.USAGE, LineKind.CAP)
+    if inp.discounts:
+        offs = arithmetic.discounts(inp.discounts, before_credits, usage_charged, plan.currency)
+        for d, (key, off) in zip(inp.discounts, offs):
+            if off:
+                lines.add(LineKind.DISCOUNT, d.name, ONE, None, -off, key)
     credits_used = _apply_credits(lines, compiled, inp, max_seats)
 
+    minimums: list[tuple[str, Decimal, str]] = []
+    names = {"minimum_commitment": "Minimum commitment true-up"}
     if plan.minimum_commitment is not None:
         fraction = prorate_fraction(window_start, window_end, period) if window_end > window_start else ZERO
-        usage_charged = lines.total(LineKind.USAGE, LineKind.CAP)
-        true_up = arithmetic.commitment_true_up(compiled, fraction, before_credits, usage_charged)
+        minimums.append(("minimum_commitment", round_line(plan.minimum_commitment.amount * fraction, plan.currency),
+                         plan.minimum_commitment.applies_to))
+    for term in inp.commitments:
+        minimums.append((term.id, arithmetic.term_minimum(term, window_start, window_end, plan.currency),
+                         term.applies_to))
+        names[term.id] = f"{term.name} true-up"
+    for key, true_up in arithmetic.true_ups(minimums, before_credits, usage_charged):
         if true_up:
-            lines.add(LineKind.COMMITMENT, "Minimum commitment true-up", ONE, None, true_up, "minimum_commitment")
+            lines.add(LineKind.COMMITMENT, names[key], ONE, None, true_up, key)
 
     cost = inp.provider_cost
     if cost is None:
@@ -194,14 +225,15 @@ def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end:
             held = seg.seats
 
 
-def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, seats: Decimal) -> ChargeUsage:
+def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, seats: Decimal,
+                  peaks: tuple[Decimal, ...]) -> ChargeUsage:
     """The charge's lines: the included units (a zero line), then its amount's breakdown
     (``arithmetic.breakdown``: parts adding up exactly to the once-rounded amount), then
     the cap line when its spend cap cuts it."""
     name = charge.name
     included = arithmetic.included_units(charge, seats)
     detail = arithmetic.breakdown(charge, lines.currency, totals.units, totals.cost, totals.events,
-                                  totals.transactions, included, totals.groups)
+                                  totals.transactions, included, peaks, groups=totals.groups)
     if charge.included is not None:
         lines.add(LineKind.USAGE, f"{name}: {dec_str(totals.units)} used, {dec_str(included)} included",
                   min(totals.units, included), ZERO, ZERO, charge.key, charge.meter)
@@ -237,7 +269,8 @@ def _apply_credits(lines: _Lines, plan: CompiledPlan, inp: RatingInput, seats: D
     draws = arithmetic.draw_credits(
         [(gid, balance, applies, _charged_before(plan, inp, g.expires_at, seats))
          for (gid, balance, applies), g in zip(pool, usable)],
-        charged, lines.total(LineKind.CAP, key="spend_cap"))
+        charged, arithmetic.credit_room(lines.total(LineKind.CAP, key="spend_cap"),
+                                        lines.total(LineKind.USAGE, LineKind.CAP), lines.total()))
     if draws:
         names = {g.id: g.name for g in usable}
         for grant_id, drawn in draws:
@@ -255,7 +288,8 @@ def _charged_before(plan: CompiledPlan, inp: RatingInput, t: datetime | None, se
     for c in plan.charges:
         totals = usage.get(c.meter, _NO_USAGE)
         out[c.key] = arithmetic.charge_spend(c, plan.currency, totals.units, totals.cost, totals.events,
-                                             totals.transactions, arithmetic.included_units(c, seats), totals.groups)
+                                             totals.transactions, arithmetic.included_units(c, seats),
+                                             arithmetic.capacity_peaks(c, usage), groups=totals.groups)
     return out
 
 

@@ -49,12 +49,14 @@ def merge_groups(a: Groups, b: Groups) -> Groups:
 
 @dataclass(frozen=True)
 class Billable:
-    """What a charge model prices: the units past the included ones and their cost share."""
+    """What a charge model prices: the units past the included ones and their cost share
+    (a capacity price: the period peaks of its meters, in the price's order)."""
 
     units: Decimal
     cost: Decimal = ZERO
     events: int = 0
     transactions: tuple[Decimal, ...] = ()
+    peaks: tuple[Decimal, ...] = ()
     # a dimension price: the usage per value before the included units, and those units
     # (it draws them from the values in its own order); empty otherwise
     groups: Groups = ()
@@ -83,6 +85,45 @@ class CreditGrant:
     applies_to: tuple[str, ...] | None = None  # charge keys; None = every usage charge
 
 
+@dataclass(frozen=True)
+class Discount:
+    """A coupon redeemed on the subscription, applying to this invoice: ``percent`` off
+    (0-100) or ``amount`` off (in the invoice's currency), on the usage lines or on every
+    line (``applies_to``). See ``arithmetic.discounts``."""
+
+    id: str  # the line's key, e.g. "coupon:LAUNCH20"
+    name: str
+    applies_to: str = "all"  # "usage" | "all"
+    percent: Decimal | None = None
+    amount: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class AddOn:
+    """An add-on subscription rated into its base subscription's invoice: the recurring fees
+    of its plan (a fees-only plan), billed over [active_from, active_until) within the
+    base's window, with the base's seats; each line keyed ``<id>:<fee key>``."""
+
+    id: str  # e.g. "addon:4"
+    name: str  # the add-on plan's name, prefixed to each fee line
+    fees: tuple  # the add-on plan's fees (``catalog.schema.Fee``)
+    active_from: datetime
+    active_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TermCommitment:
+    """A commitment of ``amount`` over a contract term [starts_at, ends_at), spread pro rata
+    over the term's time: each window's minimum is its share (``arithmetic.term_minimum``)."""
+
+    id: str  # the line's key, e.g. "commitment:3"
+    name: str
+    amount: Decimal
+    starts_at: datetime
+    ends_at: datetime
+    applies_to: str = "all"  # "usage" | "all"
+
+
 class LineKind(StrEnum):
     """What an invoice line is (stored and sent as its value)."""
 
@@ -90,7 +131,8 @@ class LineKind(StrEnum):
     USAGE = "usage"  # a usage charge
     CAP = "cap"  # a spend cap's (negative) line
     CREDIT = "credit"  # prepaid credit drawn
-    COMMITMENT = "commitment"  # a minimum commitment's true-up
+    COMMITMENT = "commitment"  # a minimum commitment's (or a term commitment's) true-up
+    DISCOUNT = "discount"  # a coupon's (negative) line
     ADJUSTMENT = "adjustment"  # a late correction of a closed period
 
 

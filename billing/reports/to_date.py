@@ -32,6 +32,6 @@ def rate_to_date(conn: Connection, catalog: Catalog, subs: list, periods: Mappin
             continue
         windows.append(Window(sub, catalog.get(sub.plan_id, sub.plan_version), period, span[0], span[1],
                               min(span[1], as_of)))
-    rated = rate_windows(conn, windows, watermark, scale=scale)
+    rated = rate_windows(conn, windows, watermark, scale=scale, plans=catalog.get)
     rated.sort(key=lambda w: (w.customer, w.start, w.sub.id))
     return rated

@@ -33,6 +33,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from billing.catalog import Catalog, Plan
+from billing.catalog.overrides import effective_plan
+from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_subscription
 from billing.errors import BillingError, ErrorCode
 from billing.reservations import exact as quota_exact
 from billing.store.types import to_us
@@ -248,6 +250,7 @@ _CONTEXT_SQL = (
     "SELECT g.id, g.amount_micro, g.applies_to, g.effective_at, g.expires_at, "
     "(SELECT COALESCE(SUM(b.amount_micro), 0) FROM credit_burn b WHERE b.grant_id = g.id) "
     "FROM credit_grant g WHERE g.customer_id = ?",
+    OVERRIDES_OF_CUSTOMER,  # the subscriptions' contract overrides (``billing.contracts``)
 )
 
 
@@ -272,11 +275,12 @@ def load_contexts(conns: Connections, conn: Any, catalog: Catalog, customers: Se
 
 
 def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list[tuple]]) -> Context:
-    tz_rows, subs, seat_rows, failed_rows, grants = rows
+    tz_rows, subs, seat_rows, failed_rows, grants, override_rows = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
     tz = tz_rows[0][0]
     active = []
+    started_of = {row[0]: row[4] for row in subs}
     for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
         started, ended = _utc(started_at), _utc(ended_at)
         if started <= now and (ended is None or ended > now):
@@ -288,6 +292,9 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
     cycle = BillingCycle(plan.billing.interval, plan.billing.anchor, tz,
                          anchor_at if plan.billing.anchor == "anniversary" else None)
     period = cycle.period_containing(now)
+    overrides = overrides_by_subscription([r for r in override_rows if r[0] == sid], _utc).get(sid)
+    if overrides:  # the contract's plan for this period: the overrides in force at its start (as rating does)
+        plan = effective_plan(plan, overrides, max(period.start, _utc(started_of[sid])))
     changes = sorted((_utc(at), row_id, seats) for sub_id, at, seats, row_id in seat_rows if sub_id == sid)
     at_start, peak = None, 0
     for at, _, seats in changes:

@@ -27,8 +27,8 @@ from decimal import Decimal
 from billing.catalog.schema import FlatFee, Plan
 from billing.money import round_line
 from billing.rating.arithmetic import (
-    charge_spend, commitment_true_up, credit_pool, draw_credits, included_by_charge, plan_cap_line, recurring_credits,
-    usable_grants)
+    capacity_peaks, charge_spend, commitment_true_up, credit_pool, draw_credits, included_by_charge, plan_cap_line,
+    recurring_credits, usable_grants)
 from billing.rating.periods import Period
 from billing.rating.types import MeterTotals
 
@@ -71,6 +71,9 @@ class FastRater:
         self._memo_on, self._hits, self._misses = True, 0, 0
         self._key_parts = tuple((c.meter, c.slow_price is None and c.unit_price is None and c.price is not None)
                                 for c in compiled.charges)
+        # a capacity charge also reads its other meters' peaks (units)
+        self._key_parts += tuple((key, False) for c in compiled.charges for key in c.capacity_meters
+                                 if key != c.meter)
 
     # -- the seat-dependent parts, computed once per seat count -----------------------------
     def fees(self, seats: int) -> Decimal:
@@ -136,7 +139,7 @@ class FastRater:
             totals = get(charge.meter, _EMPTY)
             units = totals.units
             amount = charge_spend(charge, currency, units, totals.cost, totals.events, totals.transactions, inc,
-                                  totals.groups)
+                                  capacity_peaks(charge, usage) if charge.capacity_meters else (), groups=totals.groups)
             per_charge[charge.key] = amount
             usage_total += amount
             past = units - inc if units > inc else ZERO

@@ -77,7 +77,44 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def downgrade(url: str, revision: str = "base") -> None:
+def downgrade(url: str, revision: str) -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str:
+    """The newest migration this version of the code has."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at (None: never migrated)."""
+    from sqlalchemy import inspect
+
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """None when the database's schema is this code's; else one line saying what to run."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return None
+    if current is None:
+        return "the database has no billing tables yet: run `billing db upgrade` first"
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        known = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(current) is not None
+    except CommandError:
+        known = False
+    if not known:
+        return (f"the database is at migration {current}, which this version of billing does not know "
+                f"(it was migrated by a newer one): upgrade billing, or `billing db downgrade` with that version")
+    return f"the database is at migration {current}, this version of billing needs {head}: run `billing db upgrade`"

@@ -287,3 +287,89 @@ class InvoiceRecost(SQLModel, table=True):
 
     invoice_id: int = Field(primary_key=True, foreign_key="invoice.id")
     marks: int = Field(default=1, sa_type=BigInteger)
+
+
+# ---------------------------------------------------------------- contracts
+# A subscription's contract on top of its plan version (``billing.contracts``).
+
+class ContractOverride(SQLModel, table=True):
+    """One dated override of a value of the subscription's plan version
+    (``billing.catalog.overrides``): ``path`` (``charges/<key>/price`` ...), ``value`` as
+    JSON text (exact decimals as strings), in force over ``[starts_at, ends_at)``."""
+
+    __tablename__ = "contract_override"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscription_id: int = Field(foreign_key="subscription.id", index=True)
+    path: str = Field(max_length=300)
+    value: str = Field(sa_type=Text)
+    starts_at: datetime = _utc()
+    ends_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()
+
+
+class Coupon(SQLModel, table=True):
+    """A coupon: ``percent`` off (exact decimal text, 0-100) or ``amount_minor`` off (in
+    ``currency``), on ``usage`` or ``all`` lines, for ``once`` / ``repeating`` (``periods``)
+    / ``forever`` billing periods from its redemption."""
+
+    __tablename__ = "coupon"
+
+    code: str = Field(primary_key=True, max_length=80)
+    name: str = Field(default="", max_length=200)
+    percent: str | None = Field(default=None, max_length=40)
+    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = Field(default=None, max_length=3)
+    duration: str = Field(max_length=20)  # once | repeating | forever
+    periods: int | None = None  # repeating: how many billing periods
+    applies_to: str = Field(default="all", max_length=10)  # usage | all
+    created_at: datetime = _utc()
+
+
+class CouponRedemption(SQLModel, table=True):
+    """A coupon redeemed on a subscription at ``redeemed_at``: it applies to the invoices of
+    the billing periods that overlap ``[redeemed_at, ends_at)`` (``ends_at``: the end of the
+    last period its duration covers; None: forever)."""
+
+    __tablename__ = "coupon_redemption"
+    __table_args__ = (UniqueConstraint("coupon_code", "subscription_id", name="uq_coupon_redemption"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    coupon_code: str = Field(foreign_key="coupon.code", max_length=80)
+    subscription_id: int = Field(foreign_key="subscription.id", index=True)
+    redeemed_at: datetime = _utc()
+    ends_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()
+
+
+class TermCommitmentRow(SQLModel, table=True):
+    """A commitment of ``amount_minor`` over a contract term ``[starts_at, ends_at)`` of a
+    subscription, owed pro rata by each billing period of the term (``arithmetic.term_minimum``)."""
+
+    __tablename__ = "term_commitment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscription_id: int = Field(foreign_key="subscription.id", index=True)
+    name: str = Field(default="Contract commitment", max_length=200)
+    amount_minor: int = Field(sa_type=BigInteger)
+    starts_at: datetime = _utc()
+    ends_at: datetime = _utc()
+    applies_to: str = Field(default="all", max_length=10)  # usage | all
+    created_at: datetime = _utc()
+
+
+class AddOnSubscription(SQLModel, table=True):
+    """An add-on subscription of a customer (a fees-only plan version, e.g. an SSO or a
+    support add-on) attached to a base subscription and rated into the base's invoices:
+    its fees are lines of the base's invoice for each period it is active in
+    (``billing.contracts``)."""
+
+    __tablename__ = "addon_subscription"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscription_id: int = Field(foreign_key="subscription.id", index=True)  # the base subscription
+    plan_id: str = Field(max_length=80)
+    plan_version: int
+    started_at: datetime = _utc()
+    ended_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()

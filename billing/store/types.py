@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 
 from sqlalchemy import BigInteger, DateTime, Integer
 from sqlalchemy.types import TypeDecorator
 
+from billing.instants import EPOCH, from_us, to_us  # the ledger's instants, importable from here too
+
+__all__ = ["EPOCH", "BigIntPK", "UTCDateTime", "from_us", "to_us"]
+
 # BIGINT on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid (autoincrement).
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -31,15 +33,3 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def to_us(value: datetime) -> int:
-    """Aware instant -> integer microseconds since the Unix epoch (how events store time)."""
-    delta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(value: int) -> datetime:
-    from datetime import timedelta
-
-    return EPOCH + timedelta(microseconds=value)

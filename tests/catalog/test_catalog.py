@@ -14,8 +14,8 @@ from billing.errors import ErrorCode
 
 D = Decimal
 PLANS = Path(__file__).resolve().parents[2] / "plans"
-SHIPPED = {"copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team", "token-api",
-           "vector-store", "model-gateway"}
+SHIPPED = {"agent-platform", "copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team",
+           "token-api", "vector-store", "model-gateway"}
 
 BROKEN = """\
 plan: broken
@@ -190,7 +190,7 @@ charges:
         ("fees[0].type", 5, "required: one of flat, per_seat"),
         ("fees[1].type", 6, "'flatt' is not one of flat, per_seat"),
         ("charges[0].price.model", 9,
-         "required: one of per_unit, graduated, volume, package, percentage, cost_plus, dimension"),
+         "required: one of per_unit, graduated, volume, package, percentage, cost_plus, capacity, dimension"),
         ("charges[1].on_exhaustion.policy", 10, "'throttle' is not one of block, downgrade, rate_limit, overage"),
     ]
 

@@ -37,7 +37,7 @@ def test_every_bad_value_meter_is_named():
         ("meters[2].time_unit", 7, "time_unit applies to time_weighted_sum meters only"),
         ("meters[3].multipliers", 8, "multipliers do not apply to avg meters"),
         ("meters[4].time_unit", 9, "Input should be 'second', 'minute', 'hour' or 'day'"),
-        ("meters[5].disputes", 10, "disputes apply to count meters only"),
+        ("meters[5].disputes", 10, "disputes apply to count and unique_count meters only"),
     ]
 
 

@@ -83,7 +83,8 @@ def _import(db: str, path: Path, *args: str) -> tuple[int, dict, str]:
 
 
 @pytest.mark.slow
-def test_poisoned_lines_are_their_own_rejections(db_url, engine, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("mode", ["--parallel", "--no-parallel"])  # prepared in a second process, or in this one
+def test_poisoned_lines_are_their_own_rejections(db_url, engine, tmp_path, mode):  # noqa: F811
     """A 5,000-digit number, invalid UTF-8, deep nesting, an over-long line and bad JSON among
     good events: each is rejected with its line number, every good event is imported (the
     issue's file stopped at the first one, after 20,000 of 50,000)."""
@@ -96,7 +97,7 @@ def test_poisoned_lines_are_their_own_rejections(db_url, engine, tmp_path):  # n
               2999: b"{not json"}
     path = tmp_path / "poisoned.jsonl"
     _write(path, events, poison)
-    code, summary, err = _import(db_url, path, "--batch", "500")
+    code, summary, err = _import(db_url, path, "--batch", "500", mode)
     assert code == 1 and "Traceback" not in err, err
     assert summary["accepted"] == len(events) and summary["rejected"] == len(poison)
     # each poisoned line sits before event i: line i + 1 + (poisoned lines before it)
@@ -108,29 +109,56 @@ def test_poisoned_lines_are_their_own_rejections(db_url, engine, tmp_path):  # n
 
 
 @pytest.mark.slow
-def test_a_rejected_event_names_its_file_line(db_url, engine, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("mode", ["--parallel", "--no-parallel"])  # prepared in a second process, or in this one
+def test_a_rejected_event_names_its_file_line(db_url, engine, tmp_path, mode):  # noqa: F811
     _setup(engine)
     path = tmp_path / "e.jsonl"
     bad = {**_event("acme", "neg", 1), "properties": {"input_tokens": -1}}
     path.write_text("\n\n" + json.dumps(_event("acme", "a", 1)) + "\n\n" + json.dumps(bad) + "\n"
                     + json.dumps({**_event("ghost", "g", 2)}) + "\n")
-    code, summary, _ = _import(db_url, path)
+    code, summary, _ = _import(db_url, path, mode)
     assert code == 1
     assert [(e["line"], e["code"], e.get("id")) for e in summary["errors"]] == [
         (5, "negative_quantity", "neg"), (6, "customer_not_found", "g")]
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
-def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("mode", ["--parallel", "--no-parallel"])  # prepared in a second process, or in this one
+def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tmp_path, mode):  # noqa: F811
+    """kill -9 of the import once some chunks committed: a re-run counts every event once.
+    With ``--parallel`` the preparing process dies with it (it does not run on, orphaned)."""
     _setup(engine)
     n = 60_000
     path = tmp_path / "big.jsonl"
     _write(path, [_event("acme" if i % 3 else "beta", f"k{i}", i, task=f"t{i % 7}") for i in range(n)], {})
     proc = subprocess.Popen([sys.executable, "-m", "billing", "events", "import", str(path), "--json",
-                             "--batch", "2000"], env=_cli_env(db_url), stdout=subprocess.DEVNULL,
+                             "--batch", "2000", mode], env=_cli_env(db_url), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
+    children: list[int] = []
     while time.monotonic() < deadline:  # kill once some chunks committed, before the end
+        children = children or _children(proc.pid)
         with engine.connect() as conn:
             stored = conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one()
         if stored >= 4000 or proc.poll() is not None:
@@ -138,10 +166,16 @@ def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tm
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    if mode == "--parallel":
+        assert children, "the import prepared its events in no second process"
+        deadline = time.monotonic() + 30
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, children)), "the preparing process outlived the import"
     with engine.connect() as conn:
         partial = conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one()
     assert 0 < partial < n  # killed in the middle: some chunks committed, not all
-    code, summary, err = _import(db_url, path)
+    code, summary, err = _import(db_url, path, mode)
     assert code == 0, err
     assert summary["accepted"] + summary["duplicates"] == n and summary["duplicates"] == partial
     with engine.connect() as conn:
@@ -160,7 +194,7 @@ def test_import_benchmark_runs_at_a_small_size(backend):
     result = json.loads(out.stdout)
     (size,) = result["sizes"]
     assert size["events"] == 3000 and size["cli"]["events_per_s"] > 0 and size["library"]["events_per_s"] > 0
-    assert 0 < size["cli"]["peak_rss_mb"] <= 300
+    assert 0 < size["cli"]["peak_rss_mb"] <= size["cli"]["peak_rss_with_children_mb"] <= 300
 
 
 @pytest.mark.parametrize("lines", [
@@ -214,7 +248,7 @@ def test_the_line_map_stays_bounded_on_a_file_with_a_blank_line_between_events(d
     class Watched(JsonlEvents):
         def _value_blocks(self):
             for values in super()._value_blocks():
-                sizes.append(len(self._starts))
+                sizes.append(len(self.lines.starts))
                 yield values
 
     monkeypatch.setattr(jsonl, "JsonlEvents", Watched)

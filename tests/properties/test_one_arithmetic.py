@@ -117,7 +117,7 @@ def test_the_arithmetic_agrees_with_itself(plan, raw_events, seats):
     for charge in compiled.charges:
         t = usage[charge.meter]
         inc = arithmetic.included_units(charge, seats)
-        args = (t.units, t.cost, t.events, t.transactions, inc, t.groups)
+        args = (t.units, t.cost, t.events, t.transactions, inc, arithmetic.capacity_peaks(charge, usage), t.groups)
         amount = arithmetic.charge_amount(charge, plan.currency, *args)
         detail = arithmetic.breakdown(charge, plan.currency, *args)
         assert detail.amount == amount

@@ -290,3 +290,42 @@ def test_model_gateway_prices_each_model_in_one_charge():
         ("Output tokens (model gemini-2.5-pro)", D(100000), D("0.00002"), D("2.00")),
     ]
     assert inv.total == D("145.60")
+# ------------------------------------------------------------------------- agent-platform
+
+def event(i: int, type_: str, when: datetime, **props) -> UsageEvent:
+    return UsageEvent(id=f"ap{i}", customer="acme", type=type_, timestamp=when, properties=props)
+
+
+def test_agent_platform_capacity_blocks_outcomes_once_and_a_blocked_allowance():
+    events = [
+        # peaks: 3 concurrent agents, 20 GB of memory -> the second capacity tier (199.00)
+        event(1, "agent.heartbeat", at(2), running_agents=2, memory_gb=8),
+        event(2, "agent.heartbeat", at(9), running_agents=3, memory_gb=20),
+        event(3, "agent.heartbeat", at(15), running_agents=1, memory_gb=4),
+        # 1,250,500 tokens: 1,000,000 x 0.000004 = 4.00, then 250,500 -> 251 started blocks
+        # = 251,000 x 0.000002 = 0.502; 4.502 rounds once to 4.50
+        event(4, "llm.call", at(3), model="claude-sonnet-4-5", input_tokens=1_000_000),
+        event(5, "llm.call", at(4), model="claude-sonnet-4-5", input_tokens=250_500),
+        # conversations: c1 resolved twice (once), c2 reopened within 3 days (not billed),
+        # c3 and c4 resolved: 3 x 0.99 = 2.97
+        event(6, "conversation.resolved", at(2), conversation_id="c1"),
+        event(7, "conversation.resolved", at(9), conversation_id="c1"),
+        event(8, "conversation.resolved", at(5), conversation_id="c2"),
+        event(9, "conversation.reopened", at(6), conversation_id="c2"),
+        event(10, "conversation.resolved", at(10), conversation_id="c3"),
+        event(11, "conversation.resolved", at(20), conversation_id="c4"),
+        # 550 sandbox minutes: inside the 600 included
+        event(12, "sandbox.session", at(7), minutes=550),
+    ]
+    inv = rate("agent-platform.yaml", events)
+    amounts: dict[str, Decimal] = {}
+    for ln in inv.lines:
+        if ln.amount:
+            amounts[ln.key] = amounts.get(ln.key, D(0)) + ln.amount
+    assert [(ln.quantity, ln.amount) for ln in inv.lines if ln.key == "tokens"] == [
+        (D(1_000_000), D("4.00")), (D(251_000), D("0.50"))]
+    assert amounts == {"platform": D("29.00"), "capacity": D("199.00"), "tokens": D("4.50"),
+                       "resolutions": D("2.97")}
+    assert inv.total == D("235.47")
+    capacity = [ln for ln in inv.lines if ln.key == "capacity"]
+    assert [ln.description for ln in capacity] == ["Agent capacity (capacity tier 2 (agents <= 20, memory_gb <= 64))"]

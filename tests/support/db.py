@@ -301,6 +301,11 @@ meters:
     event_type: payment
     aggregation: sum
     property: amount
+  - key: resolved_once
+    event_type: outcome
+    aggregation: unique_count
+    property: outcome_id
+    disputes: {window_days: 2, id_property: outcome_id}
 charges:
   - key: users
     meter: users

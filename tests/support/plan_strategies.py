@@ -1,11 +1,11 @@
 """Hypothesis strategies for generated plans and event histories (shared by the tests that
 tie the consumers of the charge arithmetic together; holds no tests itself).
 
-A generated plan meters six things (weighted calls with model multipliers, summed input
+A generated plan meters eight things (weighted calls with model multipliers, summed input
 tokens, summed sale amounts, outcomes with a dispute window, the largest agent step,
-distinct users) and
-prices any of them with any price model (the input tokens also by model: a dimension
-price), included units per seat and pooled, every
+distinct users, distinct outcomes not disputed in their window, the largest call) and
+prices any of them with any price model (capacity across the largest step and call; the
+input tokens also by model: a dimension price), included units per seat and pooled, every
 exhaustion policy, charge and plan spend caps, recurring credits (per seat, for some
 charges), a minimum commitment and budget alerts. Events are drawn over October 2026."""
 
@@ -29,6 +29,9 @@ METERS = """meters:
   - {key: outcomes, event_type: outcome, disputes: {window_days: 2, id_property: outcome_id}}
   - {key: peak, event_type: agent.step, aggregation: max, property: units}
   - {key: users, event_type: llm.call, aggregation: unique_count, property: user}
+  - {key: resolved, event_type: outcome, aggregation: unique_count, property: outcome_id,
+     disputes: {window_days: 2, id_property: outcome_id}}
+  - {key: peak_tokens, event_type: llm.call, aggregation: max, property: input_tokens}
 """
 
 money = st.decimals(min_value=0, max_value=20, places=3, allow_nan=False, allow_infinity=False).map(str)
@@ -36,14 +39,26 @@ small_price = st.sampled_from(["0.001", "0.004", "0.0333", "0.05", "0.125", "0.5
 
 
 @st.composite
-def tiers(draw) -> str:
+def tiers(draw, block: int = 1) -> str:
     ends = sorted(draw(st.sets(st.integers(1, 400), min_size=0, max_size=3)))
     rows = []
     for end in [*ends, None]:
         fee = draw(st.sampled_from(["0", "0", "1", "0.005"]))
-        up = "" if end is None else f"up_to: {end}, "
+        up = "" if end is None else f"up_to: {end * block}, "
         rows.append(f'{{{up}unit_price: "{draw(small_price)}", flat_fee: "{fee}"}}')
     return "[" + ", ".join(rows) + "]"
+
+
+@st.composite
+def tiered_price(draw, model: str) -> str:
+    """A graduated or volume price, sometimes billed per started block (tier ends whole
+    blocks) and sometimes billing the first tier's flat fee at zero usage."""
+    block = draw(st.sampled_from([None, None, 1, 3, 10]))
+    rows = draw(tiers(block or 1))
+    extra = "" if block is None else f", block_size: {block}"
+    if draw(st.booleans()) and not rows.split("flat_fee: ")[1].startswith('"0"'):
+        extra += ", flat_fee_at_zero: true"
+    return f"{{model: {model}, tiers: {rows}{extra}}}"
 
 
 @st.composite
@@ -76,7 +91,7 @@ def plain_price(draw, meter: str, by_value: bool) -> str:
     if model == "per_unit":
         return f'{{model: per_unit, unit_price: "{draw(small_price)}"}}'
     if model in ("graduated", "volume"):
-        return f"{{model: {model}, tiers: {draw(tiers())}}}"
+        return draw(tiered_price(model))
     if model == "package":
         return (f'{{model: package, package_size: {draw(st.sampled_from([1, 3, 10, 1000]))}, '
                 f'package_price: "{draw(small_price)}", free_units: {draw(st.sampled_from([0, 2, 50]))}}}')
@@ -84,8 +99,27 @@ def plain_price(draw, meter: str, by_value: bool) -> str:
 
 
 @st.composite
+def capacity_price(draw) -> str:
+    """Capacity tiers over the largest agent step and the largest call (ordered, the last
+    unbounded), sometimes billing the first tier at zero usage."""
+    steps = sorted(draw(st.lists(st.integers(1, 500), min_size=0, max_size=3)))
+    tokens = sorted(draw(st.lists(st.integers(1, 5000), min_size=len(steps), max_size=len(steps))))
+    fees = [draw(money) for _ in range(len(steps) + 1)]
+    rows = [f'{{up_to: {{peak: {a}, peak_tokens: {b + i}}}, flat_fee: "{fee}"}}'
+            for i, (a, b, fee) in enumerate(zip(steps, tokens, fees))]
+    rows.append(f'{{flat_fee: "{fees[-1]}"}}')
+    zero = ", flat_fee_at_zero: true" if D(fees[0]) > 0 and draw(st.booleans()) else ""
+    return f"{{model: capacity, meters: [peak, peak_tokens], tiers: [{', '.join(rows)}]{zero}}}"
+
+
+@st.composite
 def charge(draw, meter: str, key: str) -> str:
     lines = [f"  - key: {key}", f"    meter: {meter}"]
+    if meter == "peak" and draw(st.booleans()):  # capacity across two meters: no included units
+        lines.append(f"    price: {draw(capacity_price())}")
+        if draw(st.booleans()):
+            lines.append(f'    on_exhaustion: {{policy: overage, spend_cap: "{draw(money)}"}}')
+        return "\n".join(lines)
     if meter != "sales" and draw(st.booleans()):
         lines.append(f"    included: {{per_seat: {draw(st.sampled_from([0, 2, 7]))}, "
                      f"pooled: {draw(st.sampled_from([0, 5, 40]))}}}")
@@ -108,7 +142,7 @@ def charge(draw, meter: str, key: str) -> str:
 @st.composite
 def plans(draw, plan_id: str = "gen"):
     """A valid plan pricing a random selection of the meters."""
-    meters = draw(st.lists(st.sampled_from(["calls", "tokens", "sales", "outcomes", "peak", "users"]), min_size=1,
+    meters = draw(st.lists(st.sampled_from(["calls", "tokens", "sales", "outcomes", "peak", "users", "resolved"]), min_size=1,
                            max_size=4, unique=True))
     charges = [draw(charge(m, f"c_{m}")) for m in meters]
     if draw(st.booleans()):  # a second charge on one meter: a meter decided by two charges

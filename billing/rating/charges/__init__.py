@@ -3,7 +3,7 @@ picked by the price's ``model`` from this registry."""
 
 from collections.abc import Callable
 
-from billing.rating.charges import cost_plus, dimension, graduated, package, per_unit, percentage, volume
+from billing.rating.charges import capacity, cost_plus, dimension, graduated, package, per_unit, percentage, volume
 from billing.rating.types import Billable, Part
 
 CHARGE_MODELS: dict[str, Callable[..., list[Part]]] = {
@@ -13,6 +13,7 @@ CHARGE_MODELS: dict[str, Callable[..., list[Part]]] = {
     "package": package.rate,
     "percentage": percentage.rate,
     "cost_plus": cost_plus.rate,
+    "capacity": capacity.rate,
     "dimension": dimension.rate,
 }
 
