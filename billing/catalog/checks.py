@@ -43,7 +43,26 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
         problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
     problems.extend(_credit_problems(data.get("credits") or [], charges))
+    problems.extend(threshold_problems(data))
     return problems
+
+
+def threshold_problems(data: dict) -> list[tuple[list[Any], str]]:
+    """``invoice_when_due_reaches``: a positive amount of at least the currency's minor unit
+    (below it, every rated cent would cut an invoice: never a silent default)."""
+    from billing.money import minor_units, quantum
+
+    value = _number(data.get("invoice_when_due_reaches"))
+    currency = data.get("currency", "USD")
+    if value is None or value <= 0 or not isinstance(currency, str):
+        return []  # absent, not a number, or not positive: the schema reports it
+    smallest = quantum(currency)
+    if value < smallest:
+        return [(["invoice_when_due_reaches"], f"must be at least the minor unit of {currency} ({smallest}), "
+                 f"got {data.get('invoice_when_due_reaches')}")]
+    if value.as_tuple().exponent < -minor_units(currency) and value != value.quantize(smallest):
+        return [(["invoice_when_due_reaches"], f"has more decimals than the minor unit of {currency} ({smallest})")]
+    return []
 
 
 def _repeated_item_keys(meters: Any, charges: Any, fees: Any) -> list[tuple[list[Any], str]]:
