@@ -156,6 +156,7 @@ def insert_invoices(conn: Connection, invoices: list[dict], lines: list[list[dic
         for line in invoice_lines:
             line["invoice_id"] = invoice_id
             line.setdefault("stripe_line_id", None)
+            line.setdefault("billed_in_advance", False)
             flat.append(line)
     _bulk_insert(conn, "invoice_line", flat)
     return ids
@@ -292,12 +293,15 @@ def has_late_events(conn: Connection, customer_id: str, after_id: int, start_us:
 
 
 def billed_lines_for_period(conn: Connection, subscription_id: int, start: datetime, end: datetime) -> list[tuple]:
-    """(key, amount_minor) of every finalized line billing this service period of the subscription."""
+    """(key, amount_minor, description, document kind) of every finalized line billing this
+    service period of the subscription in arrears (an advance fee invoiced when the period
+    started is never re-rated: ``invoicing.advance``)."""
     rows = conn.execute(
         select(InvoiceLineRow.key, InvoiceLineRow.amount_minor, InvoiceLineRow.description, Invoice.kind)
         .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
         .where(Invoice.subscription_id == subscription_id, Invoice.status.in_(BILLED),
-               InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end))
+               InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end,
+               InvoiceLineRow.billed_in_advance.is_(False)))
     return list(rows)
 
 

@@ -44,7 +44,7 @@ from sqlmodel import Session
 
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
-from billing.invoicing import lifecycle
+from billing.invoicing import advance, lifecycle
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows
 from billing.invoicing.late import Correction, late_changes
@@ -94,6 +94,9 @@ class _Job:
     window_end: datetime
     timezone: str
     events: int | None = None  # the period's event count, when the counters can tell late events
+    # advance billing: the next window, whose advance fees this period's invoice bills, rated
+    ahead: advance.AdvanceWindow | None = None
+    ahead_rated: RatedInvoice | None = None
 
 
 @dataclass
@@ -112,6 +115,10 @@ class _InvoiceBatch:
         self.burns.append(burns)
         self.events.append(events)
         self.carried.append(fixes)
+
+    def extend(self, other: _InvoiceBatch) -> None:
+        for doc, lines, burns, events, fixes in zip(other.docs, other.lines, other.burns, other.events, other.carried):
+            self.add(doc, lines, burns, events, fixes)
 
 
 def _newest_invoices(rated: list[tuple[_Job, RatedInvoice]]) -> dict[int, int]:
@@ -138,6 +145,8 @@ def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int]
     batch = _InvoiceBatch()
     for i, (job, inv) in enumerate(rated):
         lines = line_rows(inv, job.window_start, job.window_end)
+        if job.ahead is not None:
+            lines.extend(advance.advance_rows(job.ahead, job.ahead_rated))
         fixes = by_sub.get(job.sub.id, []) if newest[job.sub.id] == i else []
         for fix in fixes:
             lines.extend(fix.lines)
@@ -248,7 +257,7 @@ class Invoicing:
         with self.engine.begin() as conn:
             repo.lock_closes(conn)  # first: every read below sees what the previous close committed
             everyone = repo.all_subscriptions(conn)
-            subs = [s for s in everyone if s.started_at < as_of]
+            subs = [s for s in everyone if s.started_at <= as_of]
             zones = repo.customer_timezones(conn, {s.customer_id for s in subs})
             jobs = self._due_jobs(conn, subs, zones, as_of)
             finals = repo.finalized_invoices(conn, [s.id for s in subs])
@@ -264,7 +273,9 @@ class Invoicing:
                                                      _credit_drawn(rated))
             result.adjusted_periods = len(adjustments) + len(credit_notes)
             subs_by_id = {s.id: s for s in subs}
-            batch = _new_invoices(rated, newest, adjustments, watermark, now)
+            batch = _InvoiceBatch()
+            self._add_openings(conn, batch, subs, zones, as_of, now, watermark)
+            batch.extend(_new_invoices(rated, newest, adjustments, watermark, now))
             self._add_standalone_adjustments(batch, adjustments, newest, subs_by_id, as_of, now, watermark)
             ids = self._store_invoices(conn, batch, watermark, now)
             note_ids = self._store_credit_notes(conn, credit_notes, subs_by_id, watermark, now)
@@ -289,6 +300,18 @@ class Invoicing:
                 if invoice_key(sub.id, period) not in existing:
                     jobs.append(_Job(sub, plan, period, start, end, tz))
         return jobs
+
+    def _add_openings(self, conn, batch: _InvoiceBatch, subs: list[SubscriptionRow], zones: dict[str, str],
+                      as_of: datetime, now: datetime, watermark: int) -> None:
+        """The opening invoice of every advance-billed subscription that started by ``as_of``
+        without one (``invoicing.advance``)."""
+        windows = advance.opening_windows(
+            subs, lambda sub: self.catalog.get(sub.plan_id, sub.plan_version),
+            lambda sub, plan: cycle_for(sub, plan, zones.get(sub.customer_id, "UTC")), as_of,
+            repo.invoice_keys(conn, [s.id for s in subs]))
+        for window, rated in zip(windows, advance.rate_advance(conn, windows)):
+            doc, lines = advance.opening_doc(window, rated, now, watermark)
+            batch.add(doc, lines, {}, None, [])
 
     def _add_standalone_adjustments(self, batch: _InvoiceBatch, adjustments: list[Correction],
                                     newest: dict[int, int], subs_by_id: dict[int, SubscriptionRow],
@@ -373,7 +396,8 @@ class Invoicing:
                    zones: dict[str, str], result: CloseResult) -> list[tuple[_Job, RatedInvoice]]:
         """Rate the due windows (``invoicing.windows``), with the usage from the snapshot's
         counters where they are exact for the window (``invoicing.usage``)."""
-        windows = [Window(j.sub, j.plan, j.period, j.window_start, j.window_end, j.window_end) for j in jobs]
+        windows = [Window(j.sub, j.plan, j.period, j.window_start, j.window_end, j.window_end,
+                          "arrears" if j.plan.billing.in_advance else "whole") for j in jobs]
         job_of = {id(w): j for w, j in zip(windows, jobs)}
         countable: dict[tuple[str, int], bool] = {}
 
@@ -394,14 +418,28 @@ class Invoicing:
             return found.usage, found.provider_cost
 
         rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters)
+        self._rate_ahead(conn, jobs)
         out = [(job, r.invoice) for job, r in zip(jobs, rated)]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
 
+    def _rate_ahead(self, conn, jobs: list[_Job]) -> None:
+        """Advance billing: each closed window's invoice also bills the next window's advance
+        fees (none after a subscription's last window)."""
+        ahead = []
+        for job in jobs:
+            if job.plan.billing.in_advance:
+                job.ahead = advance.next_window(job.sub, job.plan, job.period, cycle_for(job.sub, job.plan, job.timezone))
+                if job.ahead is not None:
+                    ahead.append(job)
+        for job, rated in zip(ahead, advance.rate_advance(conn, [j.ahead for j in ahead])):
+            job.ahead_rated = rated
+
     def rerate(self, conn, sub, plan, period, start, end, watermark, grants) -> RatedInvoice:
         """Rate the period again on the ledger up to ``watermark``; ``grants``: (grant,
-        micro-units this period may draw: what is left now plus what the period already drew)."""
-        window = Window(sub, plan, period, start, end, end)
+        micro-units this period may draw: what is left now plus what the period already drew).
+        Advance billing: its arrears part only (its advance fees are never re-rated)."""
+        window = Window(sub, plan, period, start, end, end, "arrears" if plan.billing.in_advance else "whole")
         return rate_windows(conn, [window], watermark, grants={sub.customer_id: grants})[0].invoice
 
     def _record_burns(self, conn, ids: list[int], burns: list[dict], lines: list[list[dict]]) -> None:
@@ -473,7 +511,8 @@ def invoice_json(inv: Invoice, lines: list[InvoiceLineRow]) -> dict:
         "lines": [{"description": ln.description, "kind": ln.kind, "key": ln.key, "quantity": ln.quantity,
                    "unit_price": ln.unit_price, "amount": f"{from_minor(ln.amount_minor, cur):f}",
                    "service_period": {"start": ln.service_start.isoformat().replace("+00:00", "Z"),
-                                      "end": ln.service_end.isoformat().replace("+00:00", "Z")}}
+                                      "end": ln.service_end.isoformat().replace("+00:00", "Z")},
+                   "billed_in_advance": bool(ln.billed_in_advance)}
                   for ln in lines],
         "total": f"{from_minor(inv.total_minor, cur):f}",
         "provider_cost": dec_str(Decimal(join(inv.provider_cost_carry, inv.provider_cost_pico)) / PICO),

@@ -70,6 +70,7 @@ class Window:
     start: datetime  # the period cut to the subscription
     end: datetime
     rated_until: datetime  # the close: ``end``; to date: ``min(end, as_of)``
+    part: str = "whole"  # ``arrears``: without the advance fees a plan invoices up front (``engine.RatingInput.part``)
 
     @property
     def customer(self) -> str:
@@ -142,7 +143,8 @@ def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost
         active_until=window.end if window.end < period.end else None,
         trial_end=window.sub.trial_end, provider_cost=cost,
         usage_before=usage_before_expiries(conn, plan, customer, period, window.start, window.rated_until,
-                                           balances, watermark)))
+                                           balances, watermark),
+        part=window.part))
 
 
 class UsageSpan(NamedTuple):

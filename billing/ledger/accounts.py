@@ -98,6 +98,11 @@ def _not_invoiced(session: Session, sub: Subscription, at: datetime, what: str) 
     if until is not None and until.replace(tzinfo=until.tzinfo or UTC) > at:
         raise BillingError(f"subscription {sub.id} is invoiced until {until.isoformat()}: cannot {what} at "
                            f"{at.isoformat()}; use an instant from then on", code=ErrorCode.PERIOD_INVOICED)
+    ahead = repository.advance_billed_from(session, sub.id)
+    if ahead is not None and ahead.replace(tzinfo=ahead.tzinfo or UTC) >= at:
+        raise BillingError(f"subscription {sub.id} has its advance fees invoiced for the window starting "
+                           f"{ahead.isoformat()}: cannot {what} at {at.isoformat()}; use a later instant",
+                           code=ErrorCode.PERIOD_INVOICED)
 
 
 class Accounts:

@@ -1,0 +1,30 @@
+"""invoice_line.billed_in_advance: a line billing an advance fee for the period ahead
+
+A plan with ``billing.advance_fees: at_period_start`` invoices its advance fees (flat fees,
+the seats held at a period's start) when the period starts; those lines carry their
+service period like any other and this flag, so a re-rating of a closed period (late
+events) compares only its arrears lines (``billing.invoicing.late``). False on every line
+written before.
+
+Revision ID: 0010_advance
+Revises: 0009
+Create Date: 2026-12-07 12:50:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0010_advance'
+down_revision = '0009'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('invoice_line') as batch:
+        batch.add_column(sa.Column('billed_in_advance', sa.Boolean(), nullable=False, server_default=sa.false()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('invoice_line') as batch:
+        batch.drop_column('billed_in_advance')
