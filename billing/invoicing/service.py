@@ -44,7 +44,7 @@ from sqlmodel import Session
 
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
-from billing.invoicing import advance, lifecycle
+from billing.invoicing import advance, lifecycle, thresholds
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows
 from billing.invoicing.late import Correction, late_changes
@@ -53,6 +53,7 @@ from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
 from billing.invoicing.windows import Window, rate_windows
 from billing.ledger.counters import to_micro
+from billing.store.grants_and_seats import grant_balances
 from billing.store.models import Invoice, InvoiceLineRow
 from billing.store.types import to_us
 from billing.store.wide import join
@@ -97,6 +98,8 @@ class _Job:
     # advance billing: the next window, whose advance fees this period's invoice bills, rated
     ahead: advance.AdvanceWindow | None = None
     ahead_rated: RatedInvoice | None = None
+    # threshold invoicing: what the period's threshold invoices billed (its invoice takes it back)
+    billed: thresholds.Billed | None = None
 
 
 @dataclass
@@ -129,11 +132,18 @@ def _newest_invoices(rated: list[tuple[_Job, RatedInvoice]]) -> dict[int, int]:
 def _credit_drawn(rated: list[tuple[_Job, RatedInvoice]]) -> dict[str, int]:
     """Grant credit (micro units) drawn by this run's new invoices, not yet stored as burns."""
     drawn: dict[str, int] = defaultdict(int)
-    for _, inv in rated:
-        for grant_id, amount in inv.credits_used.items():
+    for job, inv in rated:
+        for grant_id, amount in _burns(job, inv).items():
             if not grant_id.startswith("plan:"):
                 drawn[grant_id] += to_micro(amount)
     return drawn
+
+
+def _burns(job: _Job, inv: RatedInvoice) -> dict[str, Decimal]:
+    """The grant credit a new invoice draws: its window's, less its threshold invoices'."""
+    if job.billed is None:
+        return inv.credits_used
+    return thresholds.closing_burns(inv.credits_used, job.billed, inv.currency)
 
 
 def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int], adjustments: list[Correction],
@@ -145,6 +155,8 @@ def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int]
     batch = _InvoiceBatch()
     for i, (job, inv) in enumerate(rated):
         lines = line_rows(inv, job.window_start, job.window_end)
+        if job.billed is not None:
+            lines.extend(thresholds.closing_lines(job.billed, job.window_start, job.window_end))
         if job.ahead is not None:
             lines.extend(advance.advance_rows(job.ahead, job.ahead_rated))
         fixes = by_sub.get(job.sub.id, []) if newest[job.sub.id] == i else []
@@ -154,7 +166,7 @@ def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int]
             row["position"] = pos
         doc = invoice_row(job.sub, job.plan, job.period, job.window_start, job.window_end, inv,
                           sum(r["amount_minor"] for r in lines), watermark, now)
-        batch.add(doc, lines, inv.credits_used, job.events, fixes)
+        batch.add(doc, lines, _burns(job, inv), job.events, fixes)
     return batch
 
 
@@ -269,14 +281,17 @@ class Invoicing:
             newest = _newest_invoices(rated)
             # an increase waits for the subscription's next invoice unless it can be billed now
             billable_now = {s.id for s in subs if s.id in newest or (s.ended_at is not None and s.ended_at <= as_of)}
-            adjustments, credit_notes = late_changes(self, conn, subs, zones, snap, cover, finals, billable_now,
-                                                     _credit_drawn(rated))
+            drawn = _credit_drawn(rated)
+            adjustments, credit_notes = late_changes(self, conn, subs, zones, snap, cover, finals, billable_now, drawn)
             result.adjusted_periods = len(adjustments) + len(credit_notes)
             subs_by_id = {s.id: s for s in subs}
             batch = _InvoiceBatch()
             self._add_openings(conn, batch, subs, zones, as_of, now, watermark)
             batch.extend(_new_invoices(rated, newest, adjustments, watermark, now))
             self._add_standalone_adjustments(batch, adjustments, newest, subs_by_id, as_of, now, watermark)
+            for cut in thresholds.cut_thresholds(conn, self._threshold_windows(subs, zones, as_of), as_of, watermark,
+                                                 now, drawn):
+                batch.add(cut.doc, cut.lines, cut.burns, None, [])
             ids = self._store_invoices(conn, batch, watermark, now)
             note_ids = self._store_credit_notes(conn, credit_notes, subs_by_id, watermark, now)
             repo.insert_corrections(conn, [
@@ -300,6 +315,21 @@ class Invoicing:
                 if invoice_key(sub.id, period) not in existing:
                     jobs.append(_Job(sub, plan, period, start, end, tz))
         return jobs
+
+    def _threshold_windows(self, subs: list[SubscriptionRow], zones: dict[str, str], as_of: datetime) -> list[tuple]:
+        """(subscription, plan, period, window start, window end) of each subscription whose
+        plan sets a threshold and whose window holds ``as_of`` strictly inside it."""
+        out = []
+        for sub in subs:
+            plan = self.catalog.get(sub.plan_id, sub.plan_version)
+            if thresholds.threshold_of(plan) is None or (sub.ended_at is not None and sub.ended_at <= as_of):
+                continue
+            period = _period_of(cycle_for(sub, plan, zones.get(sub.customer_id, "UTC")), as_of)
+            start = max(period.start, sub.started_at)
+            end = min(period.end, sub.ended_at) if sub.ended_at else period.end
+            if start < as_of < end:
+                out.append((sub, plan, period, start, end))
+        return out
 
     def _add_openings(self, conn, batch: _InvoiceBatch, subs: list[SubscriptionRow], zones: dict[str, str],
                       as_of: datetime, now: datetime, watermark: int) -> None:
@@ -417,11 +447,32 @@ class Invoicing:
             result.rated_from_counters += 1
             return found.usage, found.provider_cost
 
-        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters)
+        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters,
+                             grants=self._threshold_grants(conn, jobs))
         self._rate_ahead(conn, jobs)
         out = [(job, r.invoice) for job, r in zip(jobs, rated)]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
+
+    @staticmethod
+    def _threshold_grants(conn, jobs: list[_Job]) -> dict | None:
+        """Reads what each due window's threshold invoices billed (``job.billed``); when they
+        drew grant credit, the grant balances with it given back (the window is rated from
+        its start), else None (the rating reads the balances itself)."""
+        for job in jobs:
+            if thresholds.threshold_of(job.plan) is not None:
+                billed = thresholds.billed_on_thresholds(conn, job.sub.id, job.period, job.window_start,
+                                                         job.window_end)
+                job.billed = billed if billed.amounts else None
+        drew = [j for j in jobs if j.billed is not None and any(
+            j.billed.kinds[k] == LineKind.CREDIT and not k.startswith("plan:") for k in j.billed.amounts)]
+        if not drew:
+            return None
+        balances = grant_balances(conn, sorted({j.sub.customer_id for j in jobs}))
+        for job in drew:
+            balances[job.sub.customer_id] = thresholds.given_back(balances.get(job.sub.customer_id, []), job.billed,
+                                                                  job.plan.currency)
+        return balances
 
     def _rate_ahead(self, conn, jobs: list[_Job]) -> None:
         """Advance billing: each closed window's invoice also bills the next window's advance

@@ -1,0 +1,179 @@
+"""Threshold invoicing: a plan's ``invoice_when_due_reaches`` cuts an invoice whenever the
+usage amount accrued since the period's last invoice reaches it.
+
+When: every close evaluates it, inside its transaction (after the close lock, on the
+close's snapshot watermark, after the periods it closes), for each subscription whose plan
+sets a threshold and whose window holds ``as_of`` strictly inside it. Nothing happens at
+ingestion (the hot path stays as it is): run ``billing invoice close --as-of <now>`` as
+often as thresholds should be noticed (a worker every few minutes).
+
+What is accrued: the window rated to ``as_of`` by the one window-rating service
+(``invoicing.windows``, ``rated_until``), its usage, cap and credit lines per key (fees and
+the commitment true-up are the closing invoice's), less what the period's earlier threshold
+invoices billed per key. Credit a grant gave the earlier invoices is given back to the
+rating (it rates the period from its start), as the late-event re-rating does. When the
+sum reaches the threshold, the invoice bills each key's difference (each already rounded:
+lines are rounded once by the engine), with the window as the lines' service period.
+
+The period's closing invoice rates the whole window (with the credit the threshold invoices
+drew given back) and subtracts, per key, what they billed ("invoiced on threshold
+invoices" lines): the period's invoices together bill exactly its one invoice, to the cent
+(negative when a volume tier made usage cheaper after a cut). Late events after the close
+re-rate the service period against every line billed for it, threshold lines included.
+
+Idempotent and safe concurrently: the cut happens under the close lock, reads the earlier
+threshold invoices first, and is keyed ``thr:<subscription>:<period start>:<n>`` (unique):
+a second run (or a retried one) sees the first's invoice and finds nothing accrued.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Connection, select
+
+from billing.catalog import Plan
+from billing.invoicing.documents import doc_base, minor, threshold_key
+from billing.invoicing.lifecycle import BILLED_STATUSES
+from billing.invoicing.windows import Window, rate_windows
+from billing.ledger.counters import to_micro
+from billing.money import from_minor, minor_units
+from billing.rating.periods import Period
+from billing.rating.types import LineKind, RatedInvoice
+from billing.store.grants_and_seats import GrantBalance, grant_balances
+from billing.store.models import Invoice, InvoiceLineRow
+from billing.store.types import to_us
+
+# the lines a threshold invoice bills: the usage amount, net of caps and credits
+ACCRUING = frozenset({LineKind.USAGE, LineKind.CAP, LineKind.CREDIT})
+
+
+def threshold_of(plan: Plan) -> Decimal | None:
+    return plan.invoice_when_due_reaches
+
+
+@dataclass
+class Billed:
+    """What a window's threshold invoices billed: minor units, line kind and name per key."""
+
+    amounts: dict[str, int]
+    kinds: dict[str, str]
+    names: dict[str, str]
+    invoices: int  # how many threshold invoices
+
+    @property
+    def total(self) -> int:
+        return sum(self.amounts.values())
+
+
+def billed_on_thresholds(conn: Connection, subscription_id: int, period: Period, start: datetime,
+                         end: datetime) -> Billed:
+    """The threshold invoices of the subscription's window (any status that stays billed)."""
+    prefix = f"thr:{subscription_id}:{to_us(period.start)}:"
+    rows = conn.execute(
+        select(Invoice.id, InvoiceLineRow.key, InvoiceLineRow.kind, InvoiceLineRow.description,
+               InvoiceLineRow.amount_minor)
+        .join(InvoiceLineRow, InvoiceLineRow.invoice_id == Invoice.id, isouter=True)
+        .where(Invoice.subscription_id == subscription_id, Invoice.dedupe_key.startswith(prefix),
+               Invoice.status.in_(BILLED_STATUSES)))
+    amounts: dict[str, int] = defaultdict(int)
+    kinds: dict[str, str] = {}
+    names: dict[str, str] = {}
+    ids = set()
+    for invoice_id, key, kind, description, amount in rows:
+        ids.add(invoice_id)
+        if key is None:
+            continue
+        amounts[key] += amount
+        kinds.setdefault(key, kind)
+        names.setdefault(key, description.split(" (to ")[0])
+    count = _count_documents(conn, prefix)
+    return Billed(dict(amounts), kinds, names, count)
+
+
+def _count_documents(conn: Connection, prefix: str) -> int:
+    """Every threshold invoice of the window, whatever its status (numbers its key)."""
+    return len(conn.execute(select(Invoice.id).where(Invoice.dedupe_key.startswith(prefix))).all())
+
+
+def given_back(balances: list[GrantBalance], billed: Billed, currency: str,
+               drawn_now: dict[str, int] | None = None) -> list[GrantBalance]:
+    """The grants with what the window's threshold invoices drew given back (the window is
+    rated from its start), less what this run drew already (micro-units)."""
+    scale = 10 ** (6 - minor_units(currency))
+    drawn_now = drawn_now or {}
+    return [(g, bal - drawn_now.get(g.id, 0) - billed.amounts.get(g.id, 0) * scale) for g, bal in balances]
+
+
+def accrued(rated: RatedInvoice, billed: Billed) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
+    """Per key, the accruing lines rated so far less what threshold invoices billed
+    (nonzero differences, in key order), with each key's line kind and name."""
+    fresh: dict[str, int] = defaultdict(int)
+    kinds: dict[str, str] = dict(billed.kinds)
+    names: dict[str, str] = dict(billed.names)
+    for ln in rated.lines:
+        if ln.kind in ACCRUING:
+            fresh[ln.key] += minor(ln.amount, rated.currency)
+            kinds.setdefault(ln.key, str(ln.kind))
+            names.setdefault(ln.key, ln.description)
+    diffs = {k: fresh.get(k, 0) - billed.amounts.get(k, 0) for k in set(fresh) | set(billed.amounts)}
+    return {k: v for k, v in sorted(diffs.items()) if v}, kinds, names
+
+
+@dataclass
+class ThresholdCut:
+    doc: dict
+    lines: list[dict]
+    burns: dict[str, Decimal]  # grant id -> credit drawn (currency units)
+
+
+def cut_thresholds(conn: Connection, candidates: list[tuple], as_of: datetime, watermark: int, now: datetime,
+                   drawn_now: dict[str, int]) -> list[ThresholdCut]:
+    """``candidates``: (subscription, plan, period, window start, window end) with ``as_of``
+    inside the window. One threshold invoice per window whose accrued amount reaches its
+    plan's threshold; ``drawn_now`` (grant -> micro-units drawn by this run's other
+    invoices) is kept up to date."""
+    cuts: list[ThresholdCut] = []
+    if not candidates:
+        return cuts
+    balances = grant_balances(conn, sorted({sub.customer_id for sub, *_ in candidates}))
+    for sub, plan, period, start, end in candidates:
+        billed = billed_on_thresholds(conn, sub.id, period, start, end)
+        grants = given_back(balances.get(sub.customer_id, []), billed, plan.currency, drawn_now)
+        window = Window(sub, plan, period, start, end, as_of, "arrears" if plan.billing.in_advance else "whole")
+        rated = rate_windows(conn, [window], watermark, grants={sub.customer_id: grants})[0].invoice
+        diffs, kinds, names = accrued(rated, billed)
+        due = sum(diffs.values())
+        if due < minor(plan.invoice_when_due_reaches, plan.currency) or not diffs:
+            continue
+        label = as_of.isoformat().replace("+00:00", "Z")
+        lines = [{"position": pos, "kind": kinds[k], "key": k, "description": f"{names[k]} (to {label})"[:500],
+                  "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": start,
+                  "service_end": end} for pos, (k, v) in enumerate(diffs.items())]
+        doc = {**doc_base(sub, plan, start, end, now, watermark),
+               "dedupe_key": threshold_key(sub.id, period, billed.invoices + 1), "total_minor": due}
+        burns = {k: -from_minor(v, plan.currency) for k, v in diffs.items()
+                 if kinds[k] == LineKind.CREDIT and not k.startswith("plan:")}
+        for k, v in burns.items():
+            drawn_now[k] = drawn_now.get(k, 0) + to_micro(v)
+        cuts.append(ThresholdCut(doc, lines, burns))
+    return cuts
+
+
+def closing_lines(billed: Billed, start: datetime, end: datetime) -> list[dict]:
+    """The closing invoice's lines taking back, per key, what threshold invoices billed."""
+    return [{"kind": billed.kinds[k], "key": k, "description": f"{billed.names[k]}: invoiced on threshold invoices"[:500],
+             "quantity": "1", "unit_price": None, "amount_minor": -v, "service_start": start, "service_end": end}
+            for k, v in sorted(billed.amounts.items()) if v]
+
+
+def closing_burns(credits_used: dict[str, Decimal], billed: Billed, currency: str) -> dict[str, Decimal]:
+    """The closing invoice's credit drawn: the whole window's, less the threshold invoices'."""
+    out = dict(credits_used)
+    for key, amount in billed.amounts.items():
+        if billed.kinds.get(key) == LineKind.CREDIT and not key.startswith("plan:"):
+            out[key] = out.get(key, Decimal(0)) + from_minor(amount, currency)  # amount is negative
+    return {k: v for k, v in out.items() if v}
