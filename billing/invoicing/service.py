@@ -289,8 +289,8 @@ class Invoicing:
             self._add_openings(conn, batch, subs, zones, as_of, now, watermark)
             batch.extend(_new_invoices(rated, newest, adjustments, watermark, now))
             self._add_standalone_adjustments(batch, adjustments, newest, subs_by_id, as_of, now, watermark)
-            for cut in thresholds.cut_thresholds(conn, self._threshold_windows(subs, zones, as_of), as_of, watermark,
-                                                 now, drawn):
+            windows = self._threshold_windows(conn, subs, zones, as_of)
+            for cut in thresholds.cut_thresholds(conn, windows, as_of, watermark, now, drawn):
                 batch.add(cut.doc, cut.lines, cut.burns, None, [])
             ids = self._store_invoices(conn, batch, watermark, now)
             note_ids = self._store_credit_notes(conn, credit_notes, subs_by_id, watermark, now)
@@ -316,9 +316,11 @@ class Invoicing:
                     jobs.append(_Job(sub, plan, period, start, end, tz))
         return jobs
 
-    def _threshold_windows(self, subs: list[SubscriptionRow], zones: dict[str, str], as_of: datetime) -> list[tuple]:
+    def _threshold_windows(self, conn, subs: list[SubscriptionRow], zones: dict[str, str],
+                           as_of: datetime) -> list[tuple]:
         """(subscription, plan, period, window start, window end) of each subscription whose
-        plan sets a threshold and whose window holds ``as_of`` strictly inside it."""
+        plan sets a threshold and whose window holds ``as_of`` strictly inside it, unless the
+        period is closed already (a close ``as_of`` an earlier instant than one before it)."""
         out = []
         for sub in subs:
             plan = self.catalog.get(sub.plan_id, sub.plan_version)
@@ -329,7 +331,8 @@ class Invoicing:
             end = min(period.end, sub.ended_at) if sub.ended_at else period.end
             if start < as_of < end:
                 out.append((sub, plan, period, start, end))
-        return out
+        closed = repo.invoice_keys(conn, [sub.id for sub, *_ in out]) if out else set()
+        return [w for w in out if invoice_key(w[0].id, w[2]) not in closed]
 
     def _add_openings(self, conn, batch: _InvoiceBatch, subs: list[SubscriptionRow], zones: dict[str, str],
                       as_of: datetime, now: datetime, watermark: int) -> None:
@@ -480,7 +483,8 @@ class Invoicing:
         ahead = []
         for job in jobs:
             if job.plan.billing.in_advance:
-                job.ahead = advance.next_window(job.sub, job.plan, job.period, cycle_for(job.sub, job.plan, job.timezone))
+                cycle = cycle_for(job.sub, job.plan, job.timezone)
+                job.ahead = advance.next_window(job.sub, job.plan, job.period, cycle)
                 if job.ahead is not None:
                     ahead.append(job)
         for job, rated in zip(ahead, advance.rate_advance(conn, [j.ahead for j in ahead])):

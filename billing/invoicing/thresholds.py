@@ -165,8 +165,8 @@ def cut_thresholds(conn: Connection, candidates: list[tuple], as_of: datetime, w
 
 def closing_lines(billed: Billed, start: datetime, end: datetime) -> list[dict]:
     """The closing invoice's lines taking back, per key, what threshold invoices billed."""
-    return [{"kind": billed.kinds[k], "key": k, "description": f"{billed.names[k]}: invoiced on threshold invoices"[:500],
-             "quantity": "1", "unit_price": None, "amount_minor": -v, "service_start": start, "service_end": end}
+    return [{"kind": billed.kinds[k], "key": k,
+             "description": f"{billed.names[k]}: invoiced on threshold invoices"[:500], "quantity": "1", "unit_price": None, "amount_minor": -v, "service_start": start, "service_end": end}
             for k, v in sorted(billed.amounts.items()) if v]
 
 
