@@ -156,7 +156,7 @@ def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int]
     for i, (job, inv) in enumerate(rated):
         lines = line_rows(inv, job.window_start, job.window_end)
         if job.billed is not None:
-            lines.extend(thresholds.closing_lines(job.billed, job.window_start, job.window_end))
+            lines.extend(thresholds.closing_lines(job.billed, inv.currency, job.window_start, job.window_end))
         if job.ahead is not None:
             lines.extend(advance.advance_rows(job.ahead, job.ahead_rated))
         fixes = by_sub.get(job.sub.id, []) if newest[job.sub.id] == i else []

@@ -42,31 +42,15 @@ from billing.invoicing.windows import Window, rate_windows
 from billing.ledger.counters import to_micro
 from billing.money import from_minor, minor_units
 from billing.rating.periods import Period
-from billing.rating.types import LineKind, RatedInvoice
+from billing.rating.thresholds import Billed, accrued, reaches, taken_back
+from billing.rating.types import LineKind
 from billing.store.grants_and_seats import GrantBalance, grant_balances
 from billing.store.models import Invoice, InvoiceLineRow
 from billing.store.types import to_us
 
-# the lines a threshold invoice bills: the usage amount, net of caps and credits
-ACCRUING = frozenset({LineKind.USAGE, LineKind.CAP, LineKind.CREDIT})
-
 
 def threshold_of(plan: Plan) -> Decimal | None:
     return plan.invoice_when_due_reaches
-
-
-@dataclass
-class Billed:
-    """What a window's threshold invoices billed: minor units, line kind and name per key."""
-
-    amounts: dict[str, int]
-    kinds: dict[str, str]
-    names: dict[str, str]
-    invoices: int  # how many threshold invoices
-
-    @property
-    def total(self) -> int:
-        return sum(self.amounts.values())
 
 
 def billed_on_thresholds(conn: Connection, subscription_id: int, period: Period, start: datetime,
@@ -82,16 +66,13 @@ def billed_on_thresholds(conn: Connection, subscription_id: int, period: Period,
     amounts: dict[str, int] = defaultdict(int)
     kinds: dict[str, str] = {}
     names: dict[str, str] = {}
-    ids = set()
-    for invoice_id, key, kind, description, amount in rows:
-        ids.add(invoice_id)
+    for _, key, kind, description, amount in rows:
         if key is None:
             continue
         amounts[key] += amount
         kinds.setdefault(key, kind)
         names.setdefault(key, description.split(" (to ")[0])
-    count = _count_documents(conn, prefix)
-    return Billed(dict(amounts), kinds, names, count)
+    return Billed(dict(amounts), kinds, names, _count_documents(conn, prefix))
 
 
 def _count_documents(conn: Connection, prefix: str) -> int:
@@ -106,21 +87,6 @@ def given_back(balances: list[GrantBalance], billed: Billed, currency: str,
     scale = 10 ** (6 - minor_units(currency))
     drawn_now = drawn_now or {}
     return [(g, bal - drawn_now.get(g.id, 0) - billed.amounts.get(g.id, 0) * scale) for g, bal in balances]
-
-
-def accrued(rated: RatedInvoice, billed: Billed) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
-    """Per key, the accruing lines rated so far less what threshold invoices billed
-    (nonzero differences, in key order), with each key's line kind and name."""
-    fresh: dict[str, int] = defaultdict(int)
-    kinds: dict[str, str] = dict(billed.kinds)
-    names: dict[str, str] = dict(billed.names)
-    for ln in rated.lines:
-        if ln.kind in ACCRUING:
-            fresh[ln.key] += minor(ln.amount, rated.currency)
-            kinds.setdefault(ln.key, str(ln.kind))
-            names.setdefault(ln.key, ln.description)
-    diffs = {k: fresh.get(k, 0) - billed.amounts.get(k, 0) for k in set(fresh) | set(billed.amounts)}
-    return {k: v for k, v in sorted(diffs.items()) if v}, kinds, names
 
 
 @dataclass
@@ -146,9 +112,9 @@ def cut_thresholds(conn: Connection, candidates: list[tuple], as_of: datetime, w
         window = Window(sub, plan, period, start, end, as_of, "arrears" if plan.billing.in_advance else "whole")
         rated = rate_windows(conn, [window], watermark, grants={sub.customer_id: grants})[0].invoice
         diffs, kinds, names = accrued(rated, billed)
-        due = sum(diffs.values())
-        if due < minor(plan.invoice_when_due_reaches, plan.currency) or not diffs:
+        if not reaches(diffs, plan.invoice_when_due_reaches, plan.currency):
             continue
+        due = sum(diffs.values())
         label = as_of.isoformat().replace("+00:00", "Z")
         lines = [{"position": pos, "kind": kinds[k], "key": k, "description": f"{names[k]} (to {label})"[:500],
                   "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": start,
@@ -163,11 +129,12 @@ def cut_thresholds(conn: Connection, candidates: list[tuple], as_of: datetime, w
     return cuts
 
 
-def closing_lines(billed: Billed, start: datetime, end: datetime) -> list[dict]:
-    """The closing invoice's lines taking back, per key, what threshold invoices billed."""
-    return [{"kind": billed.kinds[k], "key": k,
-             "description": f"{billed.names[k]}: invoiced on threshold invoices"[:500], "quantity": "1", "unit_price": None, "amount_minor": -v, "service_start": start, "service_end": end}
-            for k, v in sorted(billed.amounts.items()) if v]
+def closing_lines(billed: Billed, currency: str, start: datetime, end: datetime) -> list[dict]:
+    """The closing invoice's rows taking back, per key, what threshold invoices billed
+    (``rating.thresholds.taken_back``), over the window."""
+    return [{"kind": str(ln.kind), "key": ln.key, "description": ln.description[:500], "quantity": "1",
+             "unit_price": None, "amount_minor": minor(ln.amount, currency), "service_start": start,
+             "service_end": end} for ln in taken_back(billed, currency)]
 
 
 def closing_burns(credits_used: dict[str, Decimal], billed: Billed, currency: str) -> dict[str, Decimal]:
