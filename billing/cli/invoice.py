@@ -103,11 +103,17 @@ def _seat_change(text: str):
     instant, sep, count = text.rpartition("=")
     if not sep or not count.strip().isdigit():
         raise InputError(f"--seats-at: expected ISO=N (e.g. 2026-10-16T00:00:00Z=8), got {text!r}")
+    from billing.events import instant_problem
+
     try:
         seats = check_seats(int(count))
+        at = parse_instant(instant)
     except BillingError as exc:
         raise InputError(f"--seats-at: {exc.message}") from None
-    return parse_instant(instant), seats
+    problem = instant_problem(at)
+    if problem:
+        raise InputError(f"--seats-at: {instant!r} {problem}")
+    return at, seats
 
 
 def _print_schedules(schedules, as_json: bool) -> None:
