@@ -50,19 +50,16 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
 def threshold_problems(data: dict) -> list[tuple[list[Any], str]]:
     """``invoice_when_due_reaches``: a positive amount of at least the currency's minor unit
     (below it, every rated cent would cut an invoice: never a silent default)."""
-    from billing.money import minor_units, quantum
+    from billing.money import threshold_problem
 
     value = _number(data.get("invoice_when_due_reaches"))
     currency = data.get("currency", "USD")
     if value is None or value <= 0 or not isinstance(currency, str):
         return []  # absent, not a number, or not positive: the schema reports it
-    smallest = quantum(currency)
-    if value < smallest:
-        return [(["invoice_when_due_reaches"], f"must be at least the minor unit of {currency} ({smallest}), "
-                 f"got {data.get('invoice_when_due_reaches')}")]
-    if value.as_tuple().exponent < -minor_units(currency) and value != value.quantize(smallest):
-        return [(["invoice_when_due_reaches"], f"has more decimals than the minor unit of {currency} ({smallest})")]
-    return []
+    problem = threshold_problem(value, currency)
+    if problem and value < 1:
+        problem += f", got {data.get('invoice_when_due_reaches')}"
+    return [(["invoice_when_due_reaches"], problem)] if problem else []
 
 
 def _repeated_item_keys(meters: Any, charges: Any, fees: Any) -> list[tuple[list[Any], str]]:

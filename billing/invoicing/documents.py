@@ -73,9 +73,14 @@ def opening_key(subscription_id: int, period: Period) -> str:
     return f"adv:{subscription_id}:{to_us(period.start)}"
 
 
+def threshold_prefix(subscription_id: int, period: Period) -> str:
+    """What the keys of a subscription's period's threshold invoices start with."""
+    return f"thr:{subscription_id}:{to_us(period.start)}:"
+
+
 def threshold_key(subscription_id: int, period: Period, sequence: int) -> str:
     """The key of the ``sequence``-th threshold invoice (1, 2, ...) of a subscription's period."""
-    return f"thr:{subscription_id}:{to_us(period.start)}:{sequence}"
+    return f"{threshold_prefix(subscription_id, period)}{sequence}"
 
 
 def doc_base(sub, plan: Plan, start: datetime, end: datetime, now: datetime, watermark: int) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -70,6 +71,25 @@ def customer_timezones(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in _chunks(sorted(ids)):
         out.update(dict(conn.execute(select(Customer.id, Customer.timezone).where(Customer.id.in_(part))).all()))
+    return out
+
+
+def customer_thresholds(conn: Connection) -> dict[str, Decimal]:
+    """customer -> its own invoicing threshold (``invoice_when_due_reaches``), where set."""
+    t = Customer.__table__.c
+    return {c: Decimal(v) for c, v in conn.execute(select(t.id, t.invoice_when_due_reaches)
+                                                   .where(t.invoice_when_due_reaches.is_not(None)))}
+
+
+def threshold_invoiced(conn: Connection, subscription_ids: Sequence[int]) -> set[tuple[int, str]]:
+    """(subscription, ``thr:<subscription>:<period start>:`` prefix) of every window of these
+    subscriptions that has threshold invoices (whatever its plan or customer says now)."""
+    out: set[tuple[int, str]] = set()
+    t = Invoice.__table__.c
+    for part in _chunks(sorted(set(subscription_ids))):
+        for sid, key in conn.execute(select(t.subscription_id, t.dedupe_key)
+                                     .where(t.subscription_id.in_(part), t.dedupe_key.startswith("thr:"))):
+            out.add((sid, key.rsplit(":", 1)[0] + ":"))
     return out
 
 

@@ -46,7 +46,8 @@ from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import advance, lifecycle, thresholds
 from billing.invoicing import repository as repo
-from billing.invoicing.documents import PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows
+from billing.invoicing.documents import (
+    PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows, threshold_prefix)
 from billing.invoicing.late import Correction, late_changes
 from billing.invoicing.lifecycle import Action
 from billing.invoicing.usage import (
@@ -272,6 +273,7 @@ class Invoicing:
             subs = [s for s in everyone if s.started_at <= as_of]
             zones = repo.customer_timezones(conn, {s.customer_id for s in subs})
             jobs = self._due_jobs(conn, subs, zones, as_of)
+            overrides = repo.customer_thresholds(conn)  # customers' own invoicing thresholds
             finals = repo.finalized_invoices(conn, [s.id for s in subs])
             cover = repo.coverage(everyone)  # the subscriptions the jobs were made from
             snap = self._snapshot(conn, {period_key(j.sub.customer_id, j.period) for j in jobs},
@@ -289,7 +291,7 @@ class Invoicing:
             self._add_openings(conn, batch, subs, zones, as_of, now, watermark)
             batch.extend(_new_invoices(rated, newest, adjustments, watermark, now))
             self._add_standalone_adjustments(batch, adjustments, newest, subs_by_id, as_of, now, watermark)
-            windows = self._threshold_windows(conn, subs, zones, as_of)
+            windows = self._threshold_windows(conn, subs, zones, as_of, overrides)
             for cut in thresholds.cut_thresholds(conn, windows, as_of, watermark, now, drawn):
                 batch.add(cut.doc, cut.lines, cut.burns, None, [])
             ids = self._store_invoices(conn, batch, watermark, now)
@@ -316,21 +318,23 @@ class Invoicing:
                     jobs.append(_Job(sub, plan, period, start, end, tz))
         return jobs
 
-    def _threshold_windows(self, conn, subs: list[SubscriptionRow], zones: dict[str, str],
-                           as_of: datetime) -> list[tuple]:
-        """(subscription, plan, period, window start, window end) of each subscription whose
-        plan sets a threshold and whose window holds ``as_of`` strictly inside it, unless the
-        period is closed already (a close ``as_of`` an earlier instant than one before it)."""
+    def _threshold_windows(self, conn, subs: list[SubscriptionRow], zones: dict[str, str], as_of: datetime,
+                           overrides: dict[str, Decimal]) -> list[tuple]:
+        """(subscription, plan, period, window start, window end, threshold) of each
+        subscription whose plan or customer sets a threshold and whose window holds ``as_of``
+        strictly inside it, unless the period is closed already (a close ``as_of`` an earlier
+        instant than one before it)."""
         out = []
         for sub in subs:
             plan = self.catalog.get(sub.plan_id, sub.plan_version)
-            if thresholds.threshold_of(plan) is None or (sub.ended_at is not None and sub.ended_at <= as_of):
+            threshold = thresholds.threshold_of(plan, sub.customer_id, overrides)
+            if threshold is None or (sub.ended_at is not None and sub.ended_at <= as_of):
                 continue
             period = _period_of(cycle_for(sub, plan, zones.get(sub.customer_id, "UTC")), as_of)
             start = max(period.start, sub.started_at)
             end = min(period.end, sub.ended_at) if sub.ended_at else period.end
             if start < as_of < end:
-                out.append((sub, plan, period, start, end))
+                out.append((sub, plan, period, start, end, threshold))
         closed = repo.invoice_keys(conn, [sub.id for sub, *_ in out]) if out else set()
         return [w for w in out if invoice_key(w[0].id, w[2]) not in closed]
 
@@ -459,11 +463,13 @@ class Invoicing:
 
     @staticmethod
     def _threshold_grants(conn, jobs: list[_Job]) -> dict | None:
-        """Reads what each due window's threshold invoices billed (``job.billed``); when they
-        drew grant credit, the grant balances with it given back (the window is rated from
-        its start), else None (the rating reads the balances itself)."""
+        """Reads what each due window's threshold invoices billed (``job.billed``), whatever
+        its plan or customer says now; when they drew grant credit, the grant balances with
+        it given back (the window is rated from its start), else None (the rating reads the
+        balances itself)."""
+        cut = repo.threshold_invoiced(conn, [j.sub.id for j in jobs])
         for job in jobs:
-            if thresholds.threshold_of(job.plan) is not None:
+            if (job.sub.id, threshold_prefix(job.sub.id, job.period)) in cut:
                 billed = thresholds.billed_on_thresholds(conn, job.sub.id, job.period, job.window_start,
                                                          job.window_end)
                 job.billed = billed if billed.amounts else None

@@ -1,9 +1,12 @@
 """Threshold invoicing: a plan's ``invoice_when_due_reaches`` cuts an invoice whenever the
 usage amount accrued since the period's last invoice reaches it.
 
+A customer's own threshold (``customer.invoice_when_due_reaches``, set with ``billing
+customers threshold``) overrides its plans'.
+
 When: every close evaluates it, inside its transaction (after the close lock, on the
 close's snapshot watermark, after the periods it closes), for each subscription whose plan
-sets a threshold and whose window holds ``as_of`` strictly inside it. Nothing happens at
+(or customer) sets a threshold and whose window holds ``as_of`` strictly inside it. Nothing happens at
 ingestion (the hot path stays as it is): run ``billing invoice close --as-of <now>`` as
 often as thresholds should be noticed (a worker every few minutes).
 
@@ -36,7 +39,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, select
 
 from billing.catalog import Plan
-from billing.invoicing.documents import doc_base, minor, threshold_key
+from billing.invoicing.documents import doc_base, minor, threshold_key, threshold_prefix
 from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.invoicing.windows import Window, rate_windows
 from billing.ledger.counters import to_micro
@@ -46,17 +49,17 @@ from billing.rating.thresholds import Billed, accrued, reaches, taken_back
 from billing.rating.types import LineKind
 from billing.store.grants_and_seats import GrantBalance, grant_balances
 from billing.store.models import Invoice, InvoiceLineRow
-from billing.store.types import to_us
 
 
-def threshold_of(plan: Plan) -> Decimal | None:
-    return plan.invoice_when_due_reaches
+def threshold_of(plan: Plan, customer_id: str, overrides: dict[str, Decimal]) -> Decimal | None:
+    """The customer's own threshold (``billing customers threshold``), else its plan's."""
+    return overrides.get(customer_id, plan.invoice_when_due_reaches)
 
 
 def billed_on_thresholds(conn: Connection, subscription_id: int, period: Period, start: datetime,
                          end: datetime) -> Billed:
     """The threshold invoices of the subscription's window (any status that stays billed)."""
-    prefix = f"thr:{subscription_id}:{to_us(period.start)}:"
+    prefix = threshold_prefix(subscription_id, period)
     rows = conn.execute(
         select(Invoice.id, InvoiceLineRow.key, InvoiceLineRow.kind, InvoiceLineRow.description,
                InvoiceLineRow.amount_minor)
@@ -98,21 +101,21 @@ class ThresholdCut:
 
 def cut_thresholds(conn: Connection, candidates: list[tuple], as_of: datetime, watermark: int, now: datetime,
                    drawn_now: dict[str, int]) -> list[ThresholdCut]:
-    """``candidates``: (subscription, plan, period, window start, window end) with ``as_of``
-    inside the window. One threshold invoice per window whose accrued amount reaches its
+    """``candidates``: (subscription, plan, period, window start, window end, threshold) with
+    ``as_of`` inside the window. One threshold invoice per window whose accrued amount reaches its
     plan's threshold; ``drawn_now`` (grant -> micro-units drawn by this run's other
     invoices) is kept up to date."""
     cuts: list[ThresholdCut] = []
     if not candidates:
         return cuts
     balances = grant_balances(conn, sorted({sub.customer_id for sub, *_ in candidates}))
-    for sub, plan, period, start, end in candidates:
+    for sub, plan, period, start, end, threshold in candidates:
         billed = billed_on_thresholds(conn, sub.id, period, start, end)
         grants = given_back(balances.get(sub.customer_id, []), billed, plan.currency, drawn_now)
         window = Window(sub, plan, period, start, end, as_of, "arrears" if plan.billing.in_advance else "whole")
         rated = rate_windows(conn, [window], watermark, grants={sub.customer_id: grants})[0].invoice
         diffs, kinds, names = accrued(rated, billed)
-        if not reaches(diffs, plan.invoice_when_due_reaches, plan.currency):
+        if not reaches(diffs, threshold, plan.currency):
             continue
         due = sum(diffs.values())
         label = as_of.isoformat().replace("+00:00", "Z")

@@ -145,6 +145,27 @@ class Accounts:
             raise BillingError(f"unknown customer {customer_id!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
         return row
 
+    def set_threshold(self, customer_id: str, amount: Decimal | None) -> Customer:
+        """The customer's own ``invoice_when_due_reaches``, overriding its plans' (None: the
+        plans' again). At least the customer's currency's minor unit, at most 10^12."""
+        from billing.money import threshold_problem
+
+        customer = self.customer(customer_id)
+        if amount is not None:
+            if not isinstance(amount, Decimal) or not amount.is_finite() or not 0 < amount <= MAX_CREDIT:
+                raise BillingError(f"a threshold must be a positive amount of at most {MAX_CREDIT:,}",
+                                   code=ErrorCode.VALIDATION)
+            problem = threshold_problem(amount, customer.currency)
+            if problem:
+                raise BillingError(f"invoice_when_due_reaches {problem}, got {amount}", code=ErrorCode.VALIDATION)
+        with self._session() as s:
+            row = s.get(Customer, customer_id)
+            row.invoice_when_due_reaches = None if amount is None else str(amount)
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+        return row
+
     # -------------------------------------------------------------- subscriptions
     def subscribe(self, customer_id: str, plan_id: str, *, at: datetime, seats: int = 1,
                   version: int | None = None, previous_id: int | None = None) -> Subscription:

@@ -36,6 +36,8 @@ class Customer(SQLModel, table=True):
     timezone: str = Field(default="UTC", max_length=64)
     currency: str = Field(default="USD", max_length=3)
     stripe_customer_id: str | None = Field(default=None, max_length=255)
+    # overrides the plan's invoice_when_due_reaches for this customer (decimal text; None: the plan's)
+    invoice_when_due_reaches: str | None = Field(default=None, max_length=40)
     created_at: datetime = _utc()
 
 

@@ -249,3 +249,51 @@ def test_threshold_invoices_sum_to_the_one_invoice(tmp_path_factory, batches, cu
                 "SELECT grant_id, SUM(amount_micro) FROM credit_burn GROUP BY grant_id").all())
         assert totals["t"] == totals["o"]
         assert burned.get("g-t") == burned.get("g-o")
+
+
+# ------------------------------------------------------- a customer's own threshold
+
+def test_a_customers_threshold_overrides_its_plans(cli_ledger, tmp_path):
+    billing("customers", "create", "acme")
+    billing("subscriptions", "create", "acme", "api-threshold", "--at", "2026-10-01T00:00:00Z")
+    assert "50.00" in billing("customers", "threshold", "acme", "50.00")
+    calls(tmp_path, "a", *(f"2026-10-0{d}T10:00:00Z" for d in range(2, 7)))  # 5 x 6.00 = 30.00
+    assert close("2026-10-07T00:00:00Z") == []  # the plan's 20.00 would have cut
+    calls(tmp_path, "b", *(f"2026-10-1{d}T10:00:00Z" for d in range(4)))  # 54.00 accrued
+    assert len(close("2026-10-15T00:00:00Z")) == 1
+    billing("customers", "threshold", "acme", "none")  # the plan's 20.00 again
+    calls(tmp_path, "c", *(f"2026-10-2{d}T10:00:00Z" for d in range(4)))  # 24.00 since
+    assert len(close("2026-10-25T00:00:00Z")) == 1
+    assert len(close("2026-11-01T00:00:00Z")) == 1
+    assert [d["total"] for d in json.loads(billing("invoice", "list", "--json"))] == ["54.00", "24.00", "0.00"]
+
+
+@pytest.mark.parametrize("amount, why", [("0", "a positive amount"),
+                                         ("0.001", "at least the minor unit of USD (0.01)"),
+                                         ("12.345", "more decimals than the minor unit of USD"),
+                                         ("-3", "a positive amount"), ("lots", "not an amount")])
+def test_a_bad_customer_threshold_exits_2(cli_ledger, amount, why):
+    billing("customers", "create", "acme")
+    out = CliRunner().invoke(cli, ["customers", "threshold", "acme", "--", amount])
+    assert out.exit_code == 2 and why in out.output, out.output
+
+
+def test_the_closing_invoice_takes_back_threshold_invoices_after_the_override_is_gone(engine):
+    """token-api has no threshold; the customer's 1.00 cuts one, then is removed: October's
+    closing invoice still takes back what the threshold invoice billed."""
+    world = World(engine, shipped_catalog(), datetime(2026, 10, 1, tzinfo=UTC))
+    world.accounts.create_customer("acme", now=world.now)
+    world.accounts.subscribe("acme", "token-api", at=world.now)
+    world.accounts.set_threshold("acme", Decimal("1.00"))
+    world.at(datetime(2026, 10, 6, tzinfo=UTC))
+    world.record({"id": f"c{i}", "customer": "acme", "type": "llm.call",
+                  "timestamp": datetime(2026, 10, 2 + i, tzinfo=UTC).isoformat(),
+                  "properties": {"model": "claude-sonnet-4-5", "input_tokens": 100_000,
+                                 "output_tokens": 20_000}} for i in range(4))
+    assert len(world.invoicing.close(world.now).invoices) == 1
+    world.accounts.set_threshold("acme", None)
+    world.at(datetime(2026, 11, 1, tzinfo=UTC))
+    world.invoicing.close(world.now)
+    totals = [t for _, t in _threshold_docs(world)]
+    # 4 calls cost 4 x 0.60 = 2.40 from the provider, x 1.25 = 3.00; the $50 minimum tops it up
+    assert totals[0] == 300 and sum(totals) == 5000
