@@ -124,3 +124,26 @@ def opening_doc(window: AdvanceWindow, rated: RatedInvoice, now: datetime, water
            "dedupe_key": opening_key(window.sub.id, window.period),
            "total_minor": sum(r["amount_minor"] for r in lines)}
     return doc, lines
+
+
+def openings(conn: Connection, subs: Sequence, plan_of: Callable, cycle_of: Callable, as_of: datetime,
+             now: datetime, watermark: int) -> list[tuple[dict, list[dict]]]:
+    """The opening invoice (document, lines) of every advance-billed subscription that
+    started by ``as_of`` without one."""
+    from billing.invoicing.repository import invoice_keys
+
+    windows = opening_windows(subs, plan_of, cycle_of, as_of, invoice_keys(conn, [s.id for s in subs]))
+    return [opening_doc(w, rated, now, watermark) for w, rated in zip(windows, rate_advance(conn, windows))]
+
+
+def rate_ahead(conn: Connection, jobs: Sequence, cycle_of: Callable) -> None:
+    """Each closed window of an advance-billed subscription also bills the next window's
+    advance fees (none after its last window): sets ``job.ahead`` and ``job.ahead_rated``."""
+    ahead = []
+    for job in jobs:
+        if job.plan.billing.in_advance:
+            job.ahead = next_window(job.sub, job.plan, job.period, cycle_of(job))
+            if job.ahead is not None:
+                ahead.append(job)
+    for job, rated in zip(ahead, rate_advance(conn, [j.ahead for j in ahead])):
+        job.ahead_rated = rated

@@ -46,15 +46,13 @@ from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing import advance, lifecycle, thresholds
 from billing.invoicing import repository as repo
-from billing.invoicing.documents import (
-    PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows, threshold_prefix)
+from billing.invoicing.documents import PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows
 from billing.invoicing.late import Correction, late_changes
 from billing.invoicing.lifecycle import Action
 from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
 from billing.invoicing.windows import Window, rate_windows
 from billing.ledger.counters import to_micro
-from billing.store.grants_and_seats import grant_balances
 from billing.store.models import Invoice, InvoiceLineRow
 from billing.store.types import to_us
 from billing.store.wide import join
@@ -288,10 +286,12 @@ class Invoicing:
             result.adjusted_periods = len(adjustments) + len(credit_notes)
             subs_by_id = {s.id: s for s in subs}
             batch = _InvoiceBatch()
-            self._add_openings(conn, batch, subs, zones, as_of, now, watermark)
+            for doc, lines in advance.openings(conn, subs, self._plan_of, self._cycle_of(zones), as_of, now,
+                                               watermark):
+                batch.add(doc, lines, {}, None, [])
             batch.extend(_new_invoices(rated, newest, adjustments, watermark, now))
             self._add_standalone_adjustments(batch, adjustments, newest, subs_by_id, as_of, now, watermark)
-            windows = self._threshold_windows(conn, subs, zones, as_of, overrides)
+            windows = thresholds.open_windows(conn, subs, self._plan_of, self._cycle_of(zones), as_of, overrides)
             for cut in thresholds.cut_thresholds(conn, windows, as_of, watermark, now, drawn):
                 batch.add(cut.doc, cut.lines, cut.burns, None, [])
             ids = self._store_invoices(conn, batch, watermark, now)
@@ -318,37 +318,12 @@ class Invoicing:
                     jobs.append(_Job(sub, plan, period, start, end, tz))
         return jobs
 
-    def _threshold_windows(self, conn, subs: list[SubscriptionRow], zones: dict[str, str], as_of: datetime,
-                           overrides: dict[str, Decimal]) -> list[tuple]:
-        """(subscription, plan, period, window start, window end, threshold) of each
-        subscription whose plan or customer sets a threshold and whose window holds ``as_of``
-        strictly inside it, unless the period is closed already (a close ``as_of`` an earlier
-        instant than one before it)."""
-        out = []
-        for sub in subs:
-            plan = self.catalog.get(sub.plan_id, sub.plan_version)
-            threshold = thresholds.threshold_of(plan, sub.customer_id, overrides)
-            if threshold is None or (sub.ended_at is not None and sub.ended_at <= as_of):
-                continue
-            period = _period_of(cycle_for(sub, plan, zones.get(sub.customer_id, "UTC")), as_of)
-            start = max(period.start, sub.started_at)
-            end = min(period.end, sub.ended_at) if sub.ended_at else period.end
-            if start < as_of < end:
-                out.append((sub, plan, period, start, end, threshold))
-        closed = repo.invoice_keys(conn, [sub.id for sub, *_ in out]) if out else set()
-        return [w for w in out if invoice_key(w[0].id, w[2]) not in closed]
+    def _plan_of(self, sub) -> Plan:
+        return self.catalog.get(sub.plan_id, sub.plan_version)
 
-    def _add_openings(self, conn, batch: _InvoiceBatch, subs: list[SubscriptionRow], zones: dict[str, str],
-                      as_of: datetime, now: datetime, watermark: int) -> None:
-        """The opening invoice of every advance-billed subscription that started by ``as_of``
-        without one (``invoicing.advance``)."""
-        windows = advance.opening_windows(
-            subs, lambda sub: self.catalog.get(sub.plan_id, sub.plan_version),
-            lambda sub, plan: cycle_for(sub, plan, zones.get(sub.customer_id, "UTC")), as_of,
-            repo.invoice_keys(conn, [s.id for s in subs]))
-        for window, rated in zip(windows, advance.rate_advance(conn, windows)):
-            doc, lines = advance.opening_doc(window, rated, now, watermark)
-            batch.add(doc, lines, {}, None, [])
+    @staticmethod
+    def _cycle_of(zones: dict[str, str]) -> Callable[[SubscriptionRow, Plan], BillingCycle]:
+        return lambda sub, plan: cycle_for(sub, plan, zones.get(sub.customer_id, "UTC"))
 
     def _add_standalone_adjustments(self, batch: _InvoiceBatch, adjustments: list[Correction],
                                     newest: dict[int, int], subs_by_id: dict[int, SubscriptionRow],
@@ -455,46 +430,11 @@ class Invoicing:
             return found.usage, found.provider_cost
 
         rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters,
-                             grants=self._threshold_grants(conn, jobs))
-        self._rate_ahead(conn, jobs)
+                             grants=thresholds.closing_grants(conn, jobs))
+        advance.rate_ahead(conn, jobs, lambda job: cycle_for(job.sub, job.plan, job.timezone))
         out = [(job, r.invoice) for job, r in zip(jobs, rated)]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
-
-    @staticmethod
-    def _threshold_grants(conn, jobs: list[_Job]) -> dict | None:
-        """Reads what each due window's threshold invoices billed (``job.billed``), whatever
-        its plan or customer says now; when they drew grant credit, the grant balances with
-        it given back (the window is rated from its start), else None (the rating reads the
-        balances itself)."""
-        cut = repo.threshold_invoiced(conn, [j.sub.id for j in jobs])
-        for job in jobs:
-            if (job.sub.id, threshold_prefix(job.sub.id, job.period)) in cut:
-                billed = thresholds.billed_on_thresholds(conn, job.sub.id, job.period, job.window_start,
-                                                         job.window_end)
-                job.billed = billed if billed.amounts else None
-        drew = [j for j in jobs if j.billed is not None and any(
-            j.billed.kinds[k] == LineKind.CREDIT and not k.startswith("plan:") for k in j.billed.amounts)]
-        if not drew:
-            return None
-        balances = grant_balances(conn, sorted({j.sub.customer_id for j in jobs}))
-        for job in drew:
-            balances[job.sub.customer_id] = thresholds.given_back(balances.get(job.sub.customer_id, []), job.billed,
-                                                                  job.plan.currency)
-        return balances
-
-    def _rate_ahead(self, conn, jobs: list[_Job]) -> None:
-        """Advance billing: each closed window's invoice also bills the next window's advance
-        fees (none after a subscription's last window)."""
-        ahead = []
-        for job in jobs:
-            if job.plan.billing.in_advance:
-                cycle = cycle_for(job.sub, job.plan, job.timezone)
-                job.ahead = advance.next_window(job.sub, job.plan, job.period, cycle)
-                if job.ahead is not None:
-                    ahead.append(job)
-        for job, rated in zip(ahead, advance.rate_advance(conn, [j.ahead for j in ahead])):
-            job.ahead_rated = rated
 
     def rerate(self, conn, sub, plan, period, start, end, watermark, grants) -> RatedInvoice:
         """Rate the period again on the ledger up to ``watermark``; ``grants``: (grant,

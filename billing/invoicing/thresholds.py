@@ -32,6 +32,7 @@ a second run (or a retried one) sees the first's invoice and finds nothing accru
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -39,7 +40,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, select
 
 from billing.catalog import Plan
-from billing.invoicing.documents import doc_base, minor, threshold_key, threshold_prefix
+from billing.invoicing.documents import doc_base, invoice_key, minor, threshold_key, threshold_prefix
 from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.invoicing.windows import Window, rate_windows
 from billing.ledger.counters import to_micro
@@ -90,6 +91,53 @@ def given_back(balances: list[GrantBalance], billed: Billed, currency: str,
     scale = 10 ** (6 - minor_units(currency))
     drawn_now = drawn_now or {}
     return [(g, bal - drawn_now.get(g.id, 0) - billed.amounts.get(g.id, 0) * scale) for g, bal in balances]
+
+
+def open_windows(conn: Connection, subs: Sequence, plan_of: Callable, cycle_of: Callable, as_of: datetime,
+                 overrides: dict[str, Decimal]) -> list[tuple]:
+    """(subscription, plan, period, window start, window end, threshold) of each subscription
+    whose plan or customer sets a threshold and whose window holds ``as_of`` strictly inside
+    it, unless the period is closed already (a close ``as_of`` an earlier instant than one
+    before it)."""
+    from billing.invoicing.repository import invoice_keys
+
+    out = []
+    for sub in subs:
+        plan = plan_of(sub)
+        threshold = threshold_of(plan, sub.customer_id, overrides)
+        if threshold is None or (sub.ended_at is not None and sub.ended_at <= as_of):
+            continue
+        period = cycle_of(sub, plan).period_containing(as_of)
+        start = max(period.start, sub.started_at)
+        end = min(period.end, sub.ended_at) if sub.ended_at else period.end
+        if start < as_of < end:
+            out.append((sub, plan, period, start, end, threshold))
+    closed = invoice_keys(conn, [sub.id for sub, *_ in out]) if out else set()
+    return [w for w in out if invoice_key(w[0].id, w[2]) not in closed]
+
+
+def closing_grants(conn: Connection, jobs: Sequence) -> dict | None:
+    """For the windows a close is closing (``jobs``: sub, plan, period, window_start,
+    window_end): reads what each one's threshold invoices billed into ``job.billed``
+    (whatever its plan or customer says now); when they drew grant credit, returns the grant
+    balances with it given back (the window is rated from its start), else None (the
+    rating reads the balances itself)."""
+    from billing.invoicing.repository import threshold_invoiced
+
+    cut = threshold_invoiced(conn, [j.sub.id for j in jobs])
+    for job in jobs:
+        if (job.sub.id, threshold_prefix(job.sub.id, job.period)) in cut:
+            billed = billed_on_thresholds(conn, job.sub.id, job.period, job.window_start, job.window_end)
+            job.billed = billed if billed.amounts else None
+    drew = [j for j in jobs if j.billed is not None and any(
+        j.billed.kinds[k] == LineKind.CREDIT and not k.startswith("plan:") for k in j.billed.amounts)]
+    if not drew:
+        return None
+    balances = grant_balances(conn, sorted({j.sub.customer_id for j in jobs}))
+    for job in drew:
+        balances[job.sub.customer_id] = given_back(balances.get(job.sub.customer_id, []), job.billed,
+                                                   job.plan.currency)
+    return balances
 
 
 @dataclass
