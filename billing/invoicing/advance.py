@@ -73,8 +73,9 @@ def next_window(sub, plan: Plan, period: Period, cycle: BillingCycle) -> Advance
 def opening_windows(subs: Sequence, plan_of: Callable, cycle_of: Callable, as_of: datetime,
                     existing_keys: set[str]) -> list[AdvanceWindow]:
     """The first window of every advance-billed subscription that started by ``as_of`` and
-    has no opening invoice yet."""
-    from billing.invoicing.documents import opening_key
+    has no opening invoice yet, while that window is not closed (a window with no advance
+    fee to bill, all in trial, gets no opening invoice)."""
+    from billing.invoicing.documents import invoice_key, opening_key
 
     out = []
     for sub in subs:
@@ -82,7 +83,8 @@ def opening_windows(subs: Sequence, plan_of: Callable, cycle_of: Callable, as_of
         if not plan.billing.in_advance or sub.started_at > as_of:
             continue
         first = window_in(sub, plan, cycle_of(sub, plan).period_containing(sub.started_at))
-        if first is not None and opening_key(sub.id, first.period) not in existing_keys:
+        if first is not None and opening_key(sub.id, first.period) not in existing_keys \
+                and invoice_key(sub.id, first.period) not in existing_keys:
             out.append(first)
     return out
 
@@ -132,8 +134,12 @@ def openings(conn: Connection, subs: Sequence, plan_of: Callable, cycle_of: Call
     started by ``as_of`` without one."""
     from billing.invoicing.repository import invoice_keys
 
-    windows = opening_windows(subs, plan_of, cycle_of, as_of, invoice_keys(conn, [s.id for s in subs]))
-    return [opening_doc(w, rated, now, watermark) for w, rated in zip(windows, rate_advance(conn, windows))]
+    mine = [s for s in subs if plan_of(s).billing.in_advance]
+    if not mine:
+        return []
+    windows = opening_windows(mine, plan_of, cycle_of, as_of, invoice_keys(conn, [s.id for s in mine]))
+    return [opening_doc(w, rated, now, watermark) for w, rated in zip(windows, rate_advance(conn, windows))
+            if rated.lines]
 
 
 def rate_ahead(conn: Connection, jobs: Sequence, cycle_of: Callable) -> None:

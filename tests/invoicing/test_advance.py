@@ -128,3 +128,24 @@ def test_late_events_correct_only_the_arrears_lines(world):
     adjustments = [(ln.key, ln.amount_minor) for ln in lines if ln.kind == "adjustment"]
     assert adjustments == [("requests", 5)]  # 101 requests, 100 included: one at $0.05
     assert not any(ln.billed_in_advance for ln in lines)  # the last window: arrears only
+
+
+def test_a_first_window_all_in_trial_gets_no_opening_invoice(world):
+    """A 45-day trial: October's advance fees are waived, so no opening invoice; November's
+    advance fees are prorated to the part after the trial, on October's closing invoice."""
+    from billing.catalog import Catalog, parse_plan_text
+
+    text = (PLANS_DIR / "team-advance.yaml").read_text().replace("currency: USD", "currency: USD\ntrial_days: 45")
+    world.catalog = Catalog([parse_plan_text(text, "team-advance.yaml")])
+    world.invoicing.catalog = world.accounts.catalog = world.catalog
+    world.accounts.create_customer("acme", now=d(10, 1))
+    world.accounts.subscribe("acme", "team-advance", at=d(10, 1), seats=1)
+    world.at(d(10, 5))
+    for _ in range(2):
+        assert world.invoicing.close(d(10, 5)).invoices == []
+    world.at(d(11, 1))
+    (closing,) = world.invoicing.close(d(11, 1)).invoices
+    header, lines = world.invoicing.get(closing)
+    # the trial ends Nov 15: 16 of November's 30 days are billed, 20 x 16/30 and 30 x 16/30
+    assert [(ln.key, ln.amount_minor, ln.billed_in_advance) for ln in lines if ln.kind == "fee"] == [
+        ("platform", 1067, True), ("seat", 1600, True)]
