@@ -71,7 +71,7 @@ def test_cursor_pro_seat_added_mid_month():
 # ----------------------------------------------------------------------- team-advance
 
 def test_team_advance_parts_of_one_october():
-    """plans/README.md, "Advance billing": October's one invoice is 216.45 (170.00 of advance
+    """plans/README.md, "Advance billing": October's one invoice is 226.45 (170.00 of advance
     fees invoiced on Oct 1, 46.45 + 10.00 of arrears invoiced on Nov 1)."""
     seats = [(OCT.start, 5), (at(16, 0), 8), (at(21, 0), 6)]
     whole, ahead, behind = (rate("team-advance.yaml", spread(1000, "r", "assistant.request"), seat_changes=seats,
