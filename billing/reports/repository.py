@@ -105,8 +105,9 @@ class BilledLine:
 def billed_lines(conn: Connection, start: datetime, end: datetime, as_of: datetime) -> list[BilledLine]:
     """Lines of invoices and credit notes finalized by ``as_of`` whose service window starts in
     [start, end): a period's original invoice, and the adjustments and credit notes for it
-    that later closes issued, its advance fees and threshold invoices (``closes`` False). Voided documents are included (``counts_at`` gives 0 once void)
-    so that a voided period is known to be closed, not re-rated."""
+    that later closes issued, its advance fees and threshold invoices (``closes`` False).
+    Voided documents are included (``counts_at`` gives 0 once void) so that a voided period
+    is known to be closed, not re-rated."""
     inv, line = Invoice.__table__.c, InvoiceLineRow.__table__.c
     rows = conn.execute(select(inv.id, inv.customer_id, inv.subscription_id, inv.kind, inv.plan_id,
                                inv.plan_version, inv.currency, line.service_start, line.amount_minor, inv.voided_at,

@@ -12,7 +12,8 @@ import pytest
 from billing.catalog import PlanInvalid, parse_plan_text
 
 HEAD = "plan: p\nname: P\neffective_from: 2026-01-01T00:00:00Z\n"
-METERED = "meters: [{key: m, event_type: request}]\ncharges: [{key: c, meter: m, price: {model: per_unit, unit_price: 1}}]\n"
+METERED = ("meters: [{key: m, event_type: request}]\n"
+           "charges: [{key: c, meter: m, price: {model: per_unit, unit_price: 1}}]\n")
 
 
 def problems(body: str) -> list[str]:
