@@ -152,7 +152,7 @@ def preview_schedules(plan: Plan, costed: Iterable[tuple[UsageEvent, Decimal]], 
         mine = [e for e in events if e.customer == name]
         history = _seat_history(period, seats, seat_changes, from_file.get(name, ()))
         out.append((name, schedule(plan, name, period, mine, lambda e: costs[(e.customer, e.id)], history,
-                                   next_period=following)))
+                                   next_period=following, timezone=timezone)))
     return out
 
 

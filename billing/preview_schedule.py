@@ -27,7 +27,7 @@ from billing.events import UsageEvent
 from billing.money import minor_units
 from billing.rating.engine import RatingInput, rate_period
 from billing.rating.meters import aggregate
-from billing.rating.periods import Period
+from billing.rating.periods import Period, local_dates
 from billing.rating.thresholds import Billed, accrued, reaches, taken_back
 from billing.rating.types import InvoiceLine, LineKind, RatedInvoice
 
@@ -62,21 +62,21 @@ def _advance(plan: Plan, customer: str, period: Period, seats: Sequence[tuple[da
     return rate_period(RatingInput(plan, customer, period, {}, seats, provider_cost=ZERO, part="advance"))
 
 
-def _labelled(rated: RatedInvoice, period: Period) -> list[InvoiceLine]:
-    label = f" (in advance: {period.start.date().isoformat()}..{period.end.date().isoformat()})"
+def _labelled(rated: RatedInvoice, period: Period, timezone: str) -> list[InvoiceLine]:
+    label = f" (in advance: {local_dates(period.start, period.end, timezone).replace(' .. ', '..')})"
     return [InvoiceLine(ln.kind, ln.description + label, ln.quantity, ln.unit_price, ln.amount, ln.key, ln.meter,
                         ln.advance) for ln in rated.lines]
 
 
 def schedule(plan: Plan, customer: str, period: Period, events: Sequence[UsageEvent],
              cost_of: Callable[[UsageEvent], Decimal], seats: Sequence[tuple[datetime, int]], *,
-             next_period: Period | None = None, check_every: timedelta = DAY) -> list[Scheduled]:
+             next_period: Period | None = None, check_every: timedelta = DAY, timezone: str = "UTC") -> list[Scheduled]:
     """The customer's invoices for ``period`` in the order they are issued."""
     out: list[Scheduled] = []
     part = "arrears" if plan.billing.in_advance else "whole"
     if plan.billing.in_advance:
         rated = _advance(plan, customer, period, seats)
-        out.append(Scheduled(period.start, "start", _document(plan, customer, period, _labelled(rated, period))))
+        out.append(Scheduled(period.start, "start", _document(plan, customer, period, _labelled(rated, period, timezone))))
     billed = Billed()
     threshold = plan.invoice_when_due_reaches
     t = period.start + check_every
@@ -97,7 +97,7 @@ def schedule(plan: Plan, customer: str, period: Period, events: Sequence[UsageEv
     rated = rate_period(RatingInput(plan, customer, period, usage, seats, provider_cost=cost, part=part))
     lines = [*rated.lines, *taken_back(billed, plan.currency)]
     if plan.billing.in_advance and next_period is not None:
-        lines.extend(_labelled(_advance(plan, customer, next_period, seats), next_period))
+        lines.extend(_labelled(_advance(plan, customer, next_period, seats), next_period, timezone))
     closing = _document(plan, customer, period, lines, cost)
     out.append(Scheduled(period.end, "end", closing))
     return out

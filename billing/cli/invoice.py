@@ -13,7 +13,7 @@ from billing.errors import BillingError
 from billing.cli.render import console, invoice_table, print_json
 from billing.preview import InputError, parse_instant, preview, preview_schedules, read_events
 from billing.preview_schedule import needs_schedule
-from billing.rating.periods import BillingCycle, Period, parse_period_label
+from billing.rating.periods import BillingCycle, Period, local_dates, parse_period_label
 
 app = typer.Typer(help="Invoices: preview, close, show, list.", no_args_is_help=True)
 
@@ -93,7 +93,7 @@ def preview_cmd(
         print_json(docs[0] if len(docs) == 1 else docs)
     else:
         for inv in invoices:
-            console.print(invoice_table(inv))
+            console.print(invoice_table(inv, timezone=timezone))
 
 
 def _seat_change(text: str):
@@ -143,6 +143,19 @@ def _check_preview_options(seats: int, start: str | None, end: str | None) -> No
             raise InputError(f"{name}: {text!r} {problem}")
 
 
+def _timezones(customers) -> dict[str, str]:
+    """customer -> time zone (UTC for one not found): invoices show their dates in it."""
+    from collections import defaultdict
+
+    from sqlmodel import Session
+
+    from billing.cli.context import engine
+    from billing.store.repository import known_customers
+
+    with Session(engine()) as session:
+        return defaultdict(lambda: "UTC", known_customers(session, customers))
+
+
 def _invoicing():
     from billing.cli.context import catalog, engine
     from billing.config import get_settings
@@ -187,8 +200,9 @@ def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] =
     if as_json:
         print_json(doc)
         return
+    dates = local_dates(header.period_start, header.period_end, _timezones([header.customer_id])[header.customer_id])
     title = (f"{doc['number'] or 'draft'} ({doc['kind']}, {doc['status']}) — {doc['customer']} — "
-             f"{doc['plan']['id']} v{doc['plan']['version']} — {doc['period']['start'][:10]} .. {doc['period']['end'][:10]}")
+             f"{doc['plan']['id']} v{doc['plan']['version']} — {dates}")
     table = Table("Description", "Quantity", "Unit price", f"Amount ({doc['currency']})", title=title,
                   title_justify="left")
     for ln in doc["lines"]:
@@ -259,8 +273,9 @@ def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
     if as_json:
         print_json(docs)
         return
-    table = Table("Id", "Number", "Kind", "Status", "Customer", "Period", "Total")
-    for d in docs:
+    table = Table("Id", "Number", "Kind", "Status", "Customer", "Period (customer's time zone)", "Total")
+    zones = _timezones(r.customer_id for r in rows)
+    for r, d in zip(rows, docs):
         table.add_row(str(d["id"]), d["number"] or "", d["kind"], d["status"], d["customer"],
-                      f"{d['period_start'][:10]} .. {d['period_end'][:10]}", f"{d['total']} {d['currency']}")
+                      local_dates(r.period_start, r.period_end, zones[r.customer_id]), f"{d['total']} {d['currency']}")
     console.print(table)

@@ -38,7 +38,7 @@ from sqlalchemy import Connection
 from billing.catalog import Plan
 from billing.invoicing.documents import line_rows
 from billing.rating.engine import RatingInput, rate_period
-from billing.rating.periods import BillingCycle, Period
+from billing.rating.periods import BillingCycle, Period, local_dates
 from billing.rating.types import RatedInvoice
 from billing.store.grants_and_seats import seat_histories
 
@@ -54,20 +54,21 @@ class AdvanceWindow:
     period: Period
     start: datetime
     end: datetime
+    timezone: str = "UTC"  # the customer's: the dates its lines name
 
 
-def window_in(sub, plan: Plan, period: Period) -> AdvanceWindow | None:
+def window_in(sub, plan: Plan, period: Period, timezone: str = "UTC") -> AdvanceWindow | None:
     """The subscription's part of ``period`` (None: it holds none of it)."""
     start = max(period.start, sub.started_at)
     end = min(period.end, sub.ended_at) if sub.ended_at else period.end
-    return AdvanceWindow(sub, plan, period, start, end) if start < end else None
+    return AdvanceWindow(sub, plan, period, start, end, timezone) if start < end else None
 
 
 def next_window(sub, plan: Plan, period: Period, cycle: BillingCycle) -> AdvanceWindow | None:
     """The subscription's window in the period after ``period``, if it reaches it."""
     if sub.ended_at is not None and sub.ended_at <= period.end:
         return None
-    return window_in(sub, plan, cycle.next_period(period))
+    return window_in(sub, plan, cycle.next_period(period), cycle.timezone)
 
 
 def opening_windows(subs: Sequence, plan_of: Callable, cycle_of: Callable, as_of: datetime,
@@ -82,7 +83,8 @@ def opening_windows(subs: Sequence, plan_of: Callable, cycle_of: Callable, as_of
         plan = plan_of(sub)
         if not plan.billing.in_advance or sub.started_at > as_of:
             continue
-        first = window_in(sub, plan, cycle_of(sub, plan).period_containing(sub.started_at))
+        cycle = cycle_of(sub, plan)
+        first = window_in(sub, plan, cycle.period_containing(sub.started_at), cycle.timezone)
         if first is not None and opening_key(sub.id, first.period) not in existing_keys \
                 and invoice_key(sub.id, first.period) not in existing_keys:
             out.append(first)
@@ -109,7 +111,7 @@ def advance_rows(window: AdvanceWindow, rated: RatedInvoice) -> list[dict]:
     """The advance part's line rows: service period the window ahead, ``billed_in_advance``,
     the description naming the window (an invoice may hold two windows' lines)."""
     rows = line_rows(rated, window.start, window.end, in_advance=True)
-    label = f" (in advance: {window.start.date().isoformat()}..{window.end.date().isoformat()})"
+    label = f" (in advance: {local_dates(window.start, window.end, window.timezone).replace(' .. ', '..')})"
     for row in rows:
         row["description"] = (row["description"] + label)[:500]
     return rows
