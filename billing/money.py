@@ -99,6 +99,18 @@ def to_decimal(value: Any) -> Decimal:
     return result
 
 
+def threshold_problem(amount: Decimal, currency: str) -> str | None:
+    """Why ``amount`` cannot be an invoicing threshold in ``currency`` (None: it can): it
+    must be at least the currency's minor unit, with no finer decimals (a plan's or a
+    customer's ``invoice_when_due_reaches``)."""
+    smallest = quantum(currency)
+    if amount < smallest:
+        return f"must be at least the minor unit of {currency} ({smallest})"
+    if amount != amount.quantize(smallest):
+        return f"has more decimals than the minor unit of {currency} ({smallest})"
+    return None
+
+
 def fmt(amount: Decimal, currency: str) -> str:
     """Plain decimal string with exactly the currency's minor-unit places ('41.50')."""
     return f"{round_line(amount, currency):.{minor_units(currency)}f}"

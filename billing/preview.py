@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +16,7 @@ from billing.rating.engine import RatingInput, rate_period
 from billing.rating.meters import aggregate, check_metered_values, dedupe
 from billing.rating.periods import BillingCycle, Period
 from billing.rating.types import RatedInvoice
+from billing.preview_schedule import Scheduled, schedule
 
 
 class InputError(BillingError):
@@ -70,11 +71,32 @@ def read_events(path: str | Path, book: CostBook, plan: Plan | None = None) -> l
     return out
 
 
-def preview(plan: Plan, costed: Iterable[tuple[UsageEvent, Decimal]], *, period: Period | None = None,
-            timezone: str = "UTC", customer: str | None = None, seats: int = 1) -> list[RatedInvoice]:
-    """One invoice per customer for ``period`` (default: the plan's period holding the first event)."""
-    costed = list(costed)
-    costs = {(e.customer, e.id): c for e, c in costed}
+# a seat change in an events file: {"type": "subscription.seats", "properties": {"seats": N}}
+SEAT_EVENT = "subscription.seats"
+
+
+def seat_events(events: Iterable[UsageEvent]) -> tuple[list[UsageEvent], dict[str, list[tuple[datetime, int]]]]:
+    """(the usage events, customer -> its seat changes from the file's seat events)."""
+    usage: list[UsageEvent] = []
+    seats: dict[str, list[tuple[datetime, int]]] = {}
+    problems = []
+    for e in events:
+        if e.type != SEAT_EVENT:
+            usage.append(e)
+            continue
+        count = e.properties.get("seats")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1_000_000:
+            problems.append(f"event {e.id!r} of customer {e.customer!r}: {SEAT_EVENT} needs properties.seats, a "
+                            f"whole number from 0 to 1,000,000, got {count!r}")
+            continue
+        seats.setdefault(e.customer, []).append((e.timestamp, count))
+    if problems:
+        raise InputError("\n".join(problems), details=problems)
+    return usage, seats
+
+
+def _period_and_events(plan: Plan, costed: list[tuple[UsageEvent, Decimal]], period: Period | None, timezone: str,
+                       customer: str | None):
     events = dedupe(e for e, _ in costed)
     if customer is not None:
         events = [e for e in events if e.customer == customer]
@@ -86,15 +108,52 @@ def preview(plan: Plan, costed: Iterable[tuple[UsageEvent, Decimal]], *, period:
         first = min(e.timestamp for e in events)
         cycle = BillingCycle(plan.billing.interval, "calendar", timezone)
         period = cycle.period_containing(first)
+    usage, seats = seat_events(events)
+    return period, usage, seats, sorted({e.customer for e in events})
+
+
+def _seat_history(period: Period, seats: int, changes: Sequence[tuple[datetime, int]],
+                  from_file: Sequence[tuple[datetime, int]]) -> list[tuple[datetime, int]]:
+    """``seats`` from the period's start, then the file's and the options' changes in time order."""
+    return [(period.start, seats), *sorted([*from_file, *changes], key=lambda c: c[0])]
+
+
+def preview(plan: Plan, costed: Iterable[tuple[UsageEvent, Decimal]], *, period: Period | None = None,
+            timezone: str = "UTC", customer: str | None = None, seats: int = 1,
+            seat_changes: Sequence[tuple[datetime, int]] = ()) -> list[RatedInvoice]:
+    """One invoice per customer for ``period`` (default: the plan's period holding the first event)."""
+    costed = list(costed)
+    costs = {(e.customer, e.id): c for e, c in costed}
+    period, events, from_file, names = _period_and_events(plan, costed, period, timezone, customer)
     invoices = []
-    for name in sorted({e.customer for e in events}):
+    for name in names:
         mine = [e for e in events if e.customer == name]
         usage = aggregate(plan, mine, period.start, period.end, lambda e: costs[(e.customer, e.id)])
         cost = sum((costs[(e.customer, e.id)] for e in mine if period.contains(e.timestamp)), Decimal(0))
-        invoices.append(rate_period(RatingInput(plan, name, period, usage,
-                                                seat_changes=[(period.start, seats)],
+        history = _seat_history(period, seats, seat_changes, from_file.get(name, ()))
+        invoices.append(rate_period(RatingInput(plan, name, period, usage, seat_changes=history,
                                                 provider_cost=cost)))
     return invoices
+
+
+def preview_schedules(plan: Plan, costed: Iterable[tuple[UsageEvent, Decimal]], *, period: Period | None = None,
+                      timezone: str = "UTC", customer: str | None = None, seats: int = 1,
+                      seat_changes: Sequence[tuple[datetime, int]] = (), next_period: bool = True
+                      ) -> list[tuple[str, list[Scheduled]]]:
+    """Per customer, the invoices it receives in and at the end of ``period``
+    (``billing.preview_schedule``); ``next_period``: the period is one of the plan's cycle,
+    so the closing invoice bills the next period's advance fees."""
+    costed = list(costed)
+    costs = {(e.customer, e.id): c for e, c in costed}
+    period, events, from_file, names = _period_and_events(plan, costed, period, timezone, customer)
+    following = BillingCycle(plan.billing.interval, "calendar", timezone).next_period(period) if next_period else None
+    out = []
+    for name in names:
+        mine = [e for e in events if e.customer == name]
+        history = _seat_history(period, seats, seat_changes, from_file.get(name, ()))
+        out.append((name, schedule(plan, name, period, mine, lambda e: costs[(e.customer, e.id)], history,
+                                   next_period=following, timezone=timezone)))
+    return out
 
 
 def parse_instant(text: str) -> datetime:

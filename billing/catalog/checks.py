@@ -46,6 +46,7 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
         problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
     problems.extend(_credit_problems(data.get("credits") or [], charges))
     problems.extend(_feature_problems(data.get("features"), meters, charges))
+    problems.extend(threshold_problems(data))
     return problems
 
 
@@ -61,6 +62,21 @@ def _feature_problems(features: Any, meters: Any, charges: Any) -> list[tuple[li
             problems.append((["features", name, "metered"], f"unknown meter or charge {value['metered']!r}; "
                              f"defined: {sorted(k for k in keys if isinstance(k, str))}"))
     return problems
+
+
+def threshold_problems(data: dict) -> list[tuple[list[Any], str]]:
+    """``invoice_when_due_reaches``: a positive amount of at least the currency's minor unit
+    (below it, every rated cent would cut an invoice: never a silent default)."""
+    from billing.money import threshold_problem
+
+    value = _number(data.get("invoice_when_due_reaches"))
+    currency = data.get("currency", "USD")
+    if value is None or value <= 0 or not isinstance(currency, str):
+        return []  # absent, not a number, or not positive: the schema reports it
+    problem = threshold_problem(value, currency)
+    if problem and value < 1:
+        problem += f", got {data.get('invoice_when_due_reaches')}"
+    return [(["invoice_when_due_reaches"], problem)] if problem else []
 
 
 def _repeated_item_keys(meters: Any, charges: Any, fees: Any) -> list[tuple[list[Any], str]]:

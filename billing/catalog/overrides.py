@@ -7,7 +7,9 @@ An override replaces one value of the plan version a subscription is on, for a t
   ``charges/<key>/price/tiers/1/unit_price``), ``charges/<key>/included``,
   ``charges/<key>/on_exhaustion`` (``.../on_exhaustion/spend_cap``),
   ``fees/<key>/amount`` | ``unit_price`` | ``min_seats``, ``credits/<key>/amount`` |
-  ``per_seat`` | ``applies_to``, ``spend_cap``, ``minimum_commitment``;
+  ``per_seat`` | ``applies_to``, ``spend_cap``, ``minimum_commitment``, ``features/<name>``
+  (an entitlement: granted, changed, or withdrawn with ``false``; the entitlement check reads
+  the effective plan of the quota context, so it answers with the contract's value);
 * ``value``: the new value, written as in a plan file (JSON: numbers as strings keep
   their exact decimals);
 * ``[starts_at, ends_at)``: when it is in force (``ends_at`` None: until further notice).
@@ -46,7 +48,7 @@ OVERRIDABLE_ITEMS: dict[str, tuple[str, ...]] = {
     "fees": ("amount", "unit_price", "min_seats"),
     "credits": ("amount", "per_seat", "applies_to"),
 }
-OVERRIDABLE_PLAN_FIELDS = ("spend_cap", "minimum_commitment")
+OVERRIDABLE_PLAN_FIELDS = ("spend_cap", "minimum_commitment", "features")
 MAX_PATH_LENGTH = 300
 CONTRACT_MARK = " (contract)"
 

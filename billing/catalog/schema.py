@@ -326,8 +326,9 @@ class FlatFee(Frozen):
 
 class SeatFee(Frozen):
     """Per-seat fee. ``advance``: seats at period start for the whole period, increases
-    prorated over the remaining time, decreases effective next period. ``arrears``: the exact
-    time-weighted seat count."""
+    prorated over the remaining time; a decrease takes effect next period
+    (``on_decrease: next_period``) or credits the unused time of the seats removed,
+    prorated (``credit_unused``). ``arrears``: the exact time-weighted seat count."""
 
     type: Literal["per_seat"]
     key: Key
@@ -335,6 +336,7 @@ class SeatFee(Frozen):
     unit_price: Money
     timing: Literal["advance", "arrears"] = "advance"
     min_seats: Annotated[int, Field(ge=0)] = 0
+    on_decrease: Literal["next_period", "credit_unused"] = "next_period"
 
 
 Fee = Annotated[Union[FlatFee, SeatFee], Field(discriminator="type")]
@@ -381,8 +383,19 @@ class Dunning(Frozen):
 
 
 class BillingSpec(Frozen):
+    """``advance_fees``: when the fees with ``timing: advance`` are invoiced. ``at_period_end``
+    (the default): on the invoice that closes their period, with its usage.
+    ``at_period_start``: on an invoice cut when the period starts (the subscription's first
+    period: an opening invoice; later periods: the invoice closing the period before, which
+    also bills that period's arrears). See ``billing.invoicing.advance``."""
+
     interval: Literal["month", "year"] = "month"
     anchor: Literal["calendar", "anniversary"] = "calendar"
+    advance_fees: Literal["at_period_end", "at_period_start"] = "at_period_end"
+
+    @property
+    def in_advance(self) -> bool:
+        return self.advance_fees == "at_period_start"
 
 
 # ---------------------------------------------------------------------------- plan
@@ -406,6 +419,10 @@ class Plan(Frozen):
     agent_limits: AgentLimits | None = None
     dunning: Dunning = Field(default_factory=Dunning)
     features: dict[Key, FeatureValue] = Field(default_factory=dict)  # entitlements
+    # threshold invoicing: an invoice is cut whenever the usage accrued since the period's
+    # last invoice reaches this amount (``billing.invoicing.thresholds``); at least the
+    # currency's minor unit (``checks.threshold_problems``)
+    invoice_when_due_reaches: Positive | None = None
 
     @field_validator("effective_from")
     @classmethod

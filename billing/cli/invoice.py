@@ -11,8 +11,9 @@ from billing.catalog import PlanInvalid, load_plan_file
 from billing.cli.costs import load_book
 from billing.errors import BillingError
 from billing.cli.render import console, invoice_table, print_json
-from billing.preview import InputError, parse_instant, preview, read_events
-from billing.rating.periods import BillingCycle, Period, parse_period_label
+from billing.preview import InputError, parse_instant, preview, preview_schedules, read_events
+from billing.preview_schedule import needs_schedule
+from billing.rating.periods import BillingCycle, Period, local_dates, parse_period_label
 
 app = typer.Typer(help="Invoices: preview, close, show, list.", no_args_is_help=True)
 
@@ -28,7 +29,11 @@ def preview_cmd(
     period: Annotated[str | None, typer.Option(help="Calendar period YYYY-MM (or YYYY).")] = None,
     start: Annotated[str | None, typer.Option(help="Period start, ISO 8601 with timezone.")] = None,
     end: Annotated[str | None, typer.Option(help="Period end (exclusive), ISO 8601.")] = None,
-    seats: Annotated[int, typer.Option(min=0, help="Seats held for the whole period.")] = 1,
+    seats: Annotated[int, typer.Option(min=0, help="Seats held from the period's start.")] = 1,
+    seats_at: Annotated[list[str] | None, typer.Option(
+        "--seats-at", help="A seat change: ISO=N (N seats from that instant on); repeat for several. Seat "
+                           "events in the events file ({\"type\": \"subscription.seats\", \"properties\": "
+                           "{\"seats\": N}}) change one customer's seats.")] = None,
     timezone: Annotated[str, typer.Option(help="Customer timezone for period boundaries.")] = "UTC",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per customer (a list if several).")] = False,
     costs: Annotated[list[Path] | None, typer.Option("--costs", help="Extra cost data file(s) (e.g. from "
@@ -39,7 +44,10 @@ def preview_cmd(
     The period is --period (a calendar month, or year for a yearly plan), or --start/--end,
     or else the calendar period of the plan's interval holding the first event, in
     --timezone. Every customer in the file gets an invoice (one JSON object, or a list when
-    there are several). Bad input exits with code 2 naming the file line or plan path."""
+    there are several). A plan that bills advance fees at the period's start or cuts
+    threshold invoices shows every invoice the customer receives in and at the end of the
+    period (JSON: {"customer", "invoices": [{"issued_at", "when", ...}]} per customer).
+    Bad input exits with code 2 naming the file line or plan path."""
     try:
         plan_spec = load_plan_file(plan)
     except PlanInvalid as exc:
@@ -69,8 +77,15 @@ def preview_cmd(
             if e <= s:
                 raise InputError("--end must be after --start")
             chosen = Period(s, e)
+        changes = [_seat_change(text) for text in seats_at or ()]
         costed = read_events(events, load_book(costs), plan_spec)
-        invoices = preview(plan_spec, costed, period=chosen, timezone=timezone, customer=customer, seats=seats)
+        if needs_schedule(plan_spec):
+            schedules = preview_schedules(plan_spec, costed, period=chosen, timezone=timezone, customer=customer,
+                                          seats=seats, seat_changes=changes, next_period=not (start or end))
+            _print_schedules(schedules, as_json)
+            return
+        invoices = preview(plan_spec, costed, period=chosen, timezone=timezone, customer=customer, seats=seats,
+                           seat_changes=changes)
     except BillingError as exc:
         fail(exc.message)
     if as_json:
@@ -78,7 +93,39 @@ def preview_cmd(
         print_json(docs[0] if len(docs) == 1 else docs)
     else:
         for inv in invoices:
-            console.print(invoice_table(inv))
+            console.print(invoice_table(inv, timezone=timezone))
+
+
+def _seat_change(text: str):
+    """``--seats-at ISO=N``: N seats from that instant on."""
+    from billing.ledger.accounts import check_seats
+
+    instant, sep, count = text.rpartition("=")
+    if not sep or not count.strip().isdigit():
+        raise InputError(f"--seats-at: expected ISO=N (e.g. 2026-10-16T00:00:00Z=8), got {text!r}")
+    from billing.events import instant_problem
+
+    try:
+        seats = check_seats(int(count))
+        at = parse_instant(instant)
+    except BillingError as exc:
+        raise InputError(f"--seats-at: {exc.message}") from None
+    problem = instant_problem(at)
+    if problem:
+        raise InputError(f"--seats-at: {instant!r} {problem}")
+    return at, seats
+
+
+def _print_schedules(schedules, as_json: bool) -> None:
+    if as_json:
+        docs = [{"customer": name, "invoices": [s.to_json() for s in scheduled]} for name, scheduled in schedules]
+        print_json(docs[0] if len(docs) == 1 else docs)
+        return
+    for name, scheduled in schedules:
+        for s in scheduled:
+            title = (f"{name} — {s.when} invoice, issued {s.issued_at.isoformat().replace('+00:00', 'Z')} — "
+                     f"{s.invoice.plan} v{s.invoice.plan_version}")
+            console.print(invoice_table(s.invoice, title))
 
 
 def _check_preview_options(seats: int, start: str | None, end: str | None) -> None:
@@ -94,6 +141,19 @@ def _check_preview_options(seats: int, start: str | None, end: str | None) -> No
         problem = instant_problem(parse_instant(text)) if text else None
         if problem:
             raise InputError(f"{name}: {text!r} {problem}")
+
+
+def _timezones(customers) -> dict[str, str]:
+    """customer -> time zone (UTC for one not found): invoices show their dates in it."""
+    from collections import defaultdict
+
+    from sqlmodel import Session
+
+    from billing.cli.context import engine
+    from billing.store.repository import known_customers
+
+    with Session(engine()) as session:
+        return defaultdict(lambda: "UTC", known_customers(session, customers))
 
 
 def _invoicing():
@@ -140,8 +200,9 @@ def show_cmd(invoice_id: int, as_json: Annotated[bool, typer.Option("--json")] =
     if as_json:
         print_json(doc)
         return
+    dates = local_dates(header.period_start, header.period_end, _timezones([header.customer_id])[header.customer_id])
     title = (f"{doc['number'] or 'draft'} ({doc['kind']}, {doc['status']}) — {doc['customer']} — "
-             f"{doc['plan']['id']} v{doc['plan']['version']} — {doc['period']['start'][:10]} .. {doc['period']['end'][:10]}")
+             f"{doc['plan']['id']} v{doc['plan']['version']} — {dates}")
     table = Table("Description", "Quantity", "Unit price", f"Amount ({doc['currency']})", title=title,
                   title_justify="left")
     for ln in doc["lines"]:
@@ -212,8 +273,9 @@ def list_cmd(customer: Annotated[str | None, typer.Option()] = None,
     if as_json:
         print_json(docs)
         return
-    table = Table("Id", "Number", "Kind", "Status", "Customer", "Period", "Total")
-    for d in docs:
+    table = Table("Id", "Number", "Kind", "Status", "Customer", "Period (customer's time zone)", "Total")
+    zones = _timezones(r.customer_id for r in rows)
+    for r, d in zip(rows, docs):
         table.add_row(str(d["id"]), d["number"] or "", d["kind"], d["status"], d["customer"],
-                      f"{d['period_start'][:10]} .. {d['period_end'][:10]}", f"{d['total']} {d['currency']}")
+                      local_dates(r.period_start, r.period_end, zones[r.customer_id]), f"{d['total']} {d['currency']}")
     console.print(table)

@@ -93,6 +93,31 @@ def customer_create(customer_id: str, name: str = "", timezone: str = "UTC", cur
     print_json(row.model_dump(mode="json")) if as_json else console.print(f"customer {row.id}", highlight=False)
 
 
+@customers_app.command("threshold")
+def customer_threshold(customer_id: str,
+                       amount: Annotated[str, typer.Argument(help="e.g. 50.00, or 'none' for the plan's again.")],
+                       as_json: JsonOpt = False) -> None:
+    """Set the customer's own invoice_when_due_reaches (an invoice is cut whenever the usage
+    accrued since its last invoice reaches it), overriding its plan's."""
+    from decimal import Decimal, InvalidOperation
+
+    from billing.errors import BillingError, ErrorCode
+
+    def go():
+        if amount.strip().lower() == "none":
+            return _accounts().set_threshold(customer_id, None)
+        try:
+            value = Decimal(amount.strip())
+        except InvalidOperation:
+            raise BillingError(f"not an amount: {amount!r}", code=ErrorCode.VALIDATION) from None
+        return _accounts().set_threshold(customer_id, value)
+
+    row = run(go)
+    print_json(row.model_dump(mode="json")) if as_json else console.print(
+        f"{customer_id}: invoice when due reaches {row.invoice_when_due_reaches or 'the plan threshold'}",
+        highlight=False)
+
+
 @customers_app.command("list")
 def customer_list(as_json: JsonOpt = False) -> None:
     from sqlmodel import Session

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from billing.money import dec_str
+from billing.rating.periods import local_dates
 from billing.rating.types import RatedInvoice
 
 # Not a terminal (CI logs, pipes): a wide fixed width so tables are not truncated.
@@ -22,10 +23,9 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def invoice_table(inv: RatedInvoice, title: str | None = None) -> Table:
-    start = inv.period_start.date().isoformat()
-    end = inv.period_end.date().isoformat()
-    table = Table(title=escape(title or f"{inv.customer} — {inv.plan} v{inv.plan_version} — {start} .. {end}"),
+def invoice_table(inv: RatedInvoice, title: str | None = None, timezone: str = "UTC") -> Table:
+    dates = local_dates(inv.period_start, inv.period_end, timezone)
+    table = Table(title=escape(title or f"{inv.customer} — {inv.plan} v{inv.plan_version} — {dates}"),
                   title_justify="left")
     table.add_column("Description")
     table.add_column("Quantity", justify="right")

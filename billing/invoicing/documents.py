@@ -57,13 +57,30 @@ def _rounded_minor(amount: Decimal, places: int) -> int:
     return value
 
 
-def line_rows(inv: RatedInvoice, start: datetime, end: datetime) -> list[dict]:
-    """The rated lines as rows (positions are set when the invoice's lines are final)."""
+def line_rows(inv: RatedInvoice, start: datetime, end: datetime, in_advance: bool = False) -> list[dict]:
+    """The rated lines as rows (positions are set when the invoice's lines are final);
+    ``in_advance``: they bill advance fees for the window ahead (``invoicing.advance``)."""
     places = minor_units(inv.currency)
     return [{"position": 0, "kind": str(ln.kind), "key": ln.key, "description": ln.description[:500],
              "quantity": _text(ln.quantity), "unit_price": None if ln.unit_price is None else _text(ln.unit_price),
-             "amount_minor": _rounded_minor(ln.amount, places), "service_start": start, "service_end": end}
+             "amount_minor": _rounded_minor(ln.amount, places), "service_start": start, "service_end": end,
+             "billed_in_advance": in_advance}
             for ln in inv.lines]
+
+
+def opening_key(subscription_id: int, period: Period) -> str:
+    """The key of a subscription's opening invoice: the advance fees of its first window."""
+    return f"adv:{subscription_id}:{to_us(period.start)}"
+
+
+def threshold_prefix(subscription_id: int, period: Period) -> str:
+    """What the keys of a subscription's period's threshold invoices start with."""
+    return f"thr:{subscription_id}:{to_us(period.start)}:"
+
+
+def threshold_key(subscription_id: int, period: Period, sequence: int) -> str:
+    """The key of the ``sequence``-th threshold invoice (1, 2, ...) of a subscription's period."""
+    return f"{threshold_prefix(subscription_id, period)}{sequence}"
 
 
 def doc_base(sub, plan: Plan, start: datetime, end: datetime, now: datetime, watermark: int) -> dict:

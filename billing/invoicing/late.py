@@ -35,6 +35,7 @@ from billing.invoicing import repository as repo
 from billing.invoicing.documents import minor
 from billing.invoicing.usage import period_events
 from billing.store.grants_and_seats import grant_balances
+from billing.rating.periods import local_dates
 from billing.store.types import to_us
 from billing.money import minor_units
 from billing.rating.types import LineKind
@@ -99,7 +100,7 @@ def late_changes(invoicing, conn, subs, zones: dict[str, str], snap: repo.Snapsh
         if not diffs:
             settled(inv, count)
             continue
-        rows = _adjustment_rows(inv, diffs, names)
+        rows = _adjustment_rows(inv, diffs, names, tz)
         if sum(diffs.values()) < 0:
             credit_notes.append(Correction(sub.id, inv.id, generations.get(inv.id, 0) + 1, rows))
         elif sub.id in billable_now:
@@ -149,9 +150,10 @@ def _rerated_differences(invoicing, conn, sub, plan, period, inv, watermark: int
     return {k: v for k, v in sorted(diffs.items()) if v}, names, grants
 
 
-def _adjustment_rows(inv, diffs: dict[str, int], names: dict[str, str]) -> list[dict]:
-    """One adjustment line row per changed key, over the invoice's period."""
-    label = f"{inv.period_start.date().isoformat()}..{inv.period_end.date().isoformat()}"
+def _adjustment_rows(inv, diffs: dict[str, int], names: dict[str, str], timezone: str) -> list[dict]:
+    """One adjustment line row per changed key, over the invoice's period (its dates in the
+    customer's time zone)."""
+    label = local_dates(inv.period_start, inv.period_end, timezone).replace(" .. ", "..")
     return [{"kind": LineKind.ADJUSTMENT.value, "key": k, "description": f"Adjustment {label}: {names.get(k, k)}",
              "quantity": "1", "unit_price": None, "amount_minor": v, "service_start": inv.period_start,
              "service_end": inv.period_end} for k, v in diffs.items()]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -70,6 +71,25 @@ def customer_timezones(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in _chunks(sorted(ids)):
         out.update(dict(conn.execute(select(Customer.id, Customer.timezone).where(Customer.id.in_(part))).all()))
+    return out
+
+
+def customer_thresholds(conn: Connection) -> dict[str, Decimal]:
+    """customer -> its own invoicing threshold (``invoice_when_due_reaches``), where set."""
+    t = Customer.__table__.c
+    return {c: Decimal(v) for c, v in conn.execute(select(t.id, t.invoice_when_due_reaches)
+                                                   .where(t.invoice_when_due_reaches.is_not(None)))}
+
+
+def threshold_invoiced(conn: Connection, subscription_ids: Sequence[int]) -> set[tuple[int, str]]:
+    """(subscription, ``thr:<subscription>:<period start>:`` prefix) of every window of these
+    subscriptions that has threshold invoices (whatever its plan or customer says now)."""
+    out: set[tuple[int, str]] = set()
+    t = Invoice.__table__.c
+    for part in _chunks(sorted(set(subscription_ids))):
+        for sid, key in conn.execute(select(t.subscription_id, t.dedupe_key)
+                                     .where(t.subscription_id.in_(part), t.dedupe_key.startswith("thr:"))):
+            out.add((sid, key.rsplit(":", 1)[0] + ":"))
     return out
 
 
@@ -156,6 +176,7 @@ def insert_invoices(conn: Connection, invoices: list[dict], lines: list[list[dic
         for line in invoice_lines:
             line["invoice_id"] = invoice_id
             line.setdefault("stripe_line_id", None)
+            line.setdefault("billed_in_advance", False)
             flat.append(line)
     _bulk_insert(conn, "invoice_line", flat)
     return ids
@@ -292,12 +313,15 @@ def has_late_events(conn: Connection, customer_id: str, after_id: int, start_us:
 
 
 def billed_lines_for_period(conn: Connection, subscription_id: int, start: datetime, end: datetime) -> list[tuple]:
-    """(key, amount_minor) of every finalized line billing this service period of the subscription."""
+    """(key, amount_minor, description, document kind) of every finalized line billing this
+    service period of the subscription in arrears (an advance fee invoiced when the period
+    started is never re-rated: ``invoicing.advance``)."""
     rows = conn.execute(
         select(InvoiceLineRow.key, InvoiceLineRow.amount_minor, InvoiceLineRow.description, Invoice.kind)
         .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
         .where(Invoice.subscription_id == subscription_id, Invoice.status.in_(BILLED),
-               InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end))
+               InvoiceLineRow.service_start == start, InvoiceLineRow.service_end == end,
+               InvoiceLineRow.billed_in_advance.is_(False)))
     return list(rows)
 
 

@@ -44,7 +44,7 @@ from sqlmodel import Session
 
 from billing.catalog import Catalog, Plan
 from billing.errors import BillingError, ErrorCode
-from billing.invoicing import lifecycle
+from billing.invoicing import advance, lifecycle, thresholds
 from billing.invoicing import repository as repo
 from billing.invoicing.documents import PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows
 from billing.invoicing.late import Correction, late_changes
@@ -94,6 +94,11 @@ class _Job:
     window_end: datetime
     timezone: str
     events: int | None = None  # the period's event count, when the counters can tell late events
+    # advance billing: the next window, whose advance fees this period's invoice bills, rated
+    ahead: advance.AdvanceWindow | None = None
+    ahead_rated: RatedInvoice | None = None
+    # threshold invoicing: what the period's threshold invoices billed (its invoice takes it back)
+    billed: thresholds.Billed | None = None
 
 
 @dataclass
@@ -113,6 +118,10 @@ class _InvoiceBatch:
         self.events.append(events)
         self.carried.append(fixes)
 
+    def extend(self, other: _InvoiceBatch) -> None:
+        for doc, lines, burns, events, fixes in zip(other.docs, other.lines, other.burns, other.events, other.carried):
+            self.add(doc, lines, burns, events, fixes)
+
 
 def _newest_invoices(rated: list[tuple[_Job, RatedInvoice]]) -> dict[int, int]:
     """subscription -> index in ``rated`` of its latest new invoice."""
@@ -122,11 +131,18 @@ def _newest_invoices(rated: list[tuple[_Job, RatedInvoice]]) -> dict[int, int]:
 def _credit_drawn(rated: list[tuple[_Job, RatedInvoice]]) -> dict[str, int]:
     """Grant credit (micro units) drawn by this run's new invoices, not yet stored as burns."""
     drawn: dict[str, int] = defaultdict(int)
-    for _, inv in rated:
-        for grant_id, amount in inv.credits_used.items():
+    for job, inv in rated:
+        for grant_id, amount in _burns(job, inv).items():
             if not grant_id.startswith("plan:"):
                 drawn[grant_id] += to_micro(amount)
     return drawn
+
+
+def _burns(job: _Job, inv: RatedInvoice) -> dict[str, Decimal]:
+    """The grant credit a new invoice draws: its window's, less its threshold invoices'."""
+    if job.billed is None:
+        return inv.credits_used
+    return thresholds.closing_burns(inv.credits_used, job.billed, inv.currency)
 
 
 def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int], adjustments: list[Correction],
@@ -138,6 +154,10 @@ def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int]
     batch = _InvoiceBatch()
     for i, (job, inv) in enumerate(rated):
         lines = line_rows(inv, job.window_start, job.window_end)
+        if job.billed is not None:
+            lines.extend(thresholds.closing_lines(job.billed, inv.currency, job.window_start, job.window_end))
+        if job.ahead is not None:
+            lines.extend(advance.advance_rows(job.ahead, job.ahead_rated))
         fixes = by_sub.get(job.sub.id, []) if newest[job.sub.id] == i else []
         for fix in fixes:
             lines.extend(fix.lines)
@@ -145,7 +165,7 @@ def _new_invoices(rated: list[tuple[_Job, RatedInvoice]], newest: dict[int, int]
             row["position"] = pos
         doc = invoice_row(job.sub, job.plan, job.period, job.window_start, job.window_end, inv,
                           sum(r["amount_minor"] for r in lines), watermark, now)
-        batch.add(doc, lines, inv.credits_used, job.events, fixes)
+        batch.add(doc, lines, _burns(job, inv), job.events, fixes)
     return batch
 
 
@@ -248,9 +268,10 @@ class Invoicing:
         with self.engine.begin() as conn:
             repo.lock_closes(conn)  # first: every read below sees what the previous close committed
             everyone = repo.all_subscriptions(conn)
-            subs = [s for s in everyone if s.started_at < as_of]
+            subs = [s for s in everyone if s.started_at <= as_of]
             zones = repo.customer_timezones(conn, {s.customer_id for s in subs})
             jobs = self._due_jobs(conn, subs, zones, as_of)
+            overrides = repo.customer_thresholds(conn)  # customers' own invoicing thresholds
             finals = repo.finalized_invoices(conn, [s.id for s in subs])
             cover = repo.coverage(everyone)  # the subscriptions the jobs were made from
             snap = self._snapshot(conn, {period_key(j.sub.customer_id, j.period) for j in jobs},
@@ -260,12 +281,19 @@ class Invoicing:
             newest = _newest_invoices(rated)
             # an increase waits for the subscription's next invoice unless it can be billed now
             billable_now = {s.id for s in subs if s.id in newest or (s.ended_at is not None and s.ended_at <= as_of)}
-            adjustments, credit_notes = late_changes(self, conn, subs, zones, snap, cover, finals, billable_now,
-                                                     _credit_drawn(rated))
+            drawn = _credit_drawn(rated)
+            adjustments, credit_notes = late_changes(self, conn, subs, zones, snap, cover, finals, billable_now, drawn)
             result.adjusted_periods = len(adjustments) + len(credit_notes)
             subs_by_id = {s.id: s for s in subs}
-            batch = _new_invoices(rated, newest, adjustments, watermark, now)
+            batch = _InvoiceBatch()
+            for doc, lines in advance.openings(conn, subs, self._plan_of, self._cycle_of(zones), as_of, now,
+                                               watermark):
+                batch.add(doc, lines, {}, None, [])
+            batch.extend(_new_invoices(rated, newest, adjustments, watermark, now))
             self._add_standalone_adjustments(batch, adjustments, newest, subs_by_id, as_of, now, watermark)
+            windows = thresholds.open_windows(conn, subs, self._plan_of, self._cycle_of(zones), as_of, overrides)
+            for cut in thresholds.cut_thresholds(conn, windows, as_of, watermark, now, drawn):
+                batch.add(cut.doc, cut.lines, cut.burns, None, [])
             ids = self._store_invoices(conn, batch, watermark, now)
             note_ids = self._store_credit_notes(conn, credit_notes, subs_by_id, watermark, now)
             repo.insert_corrections(conn, [
@@ -289,6 +317,13 @@ class Invoicing:
                 if invoice_key(sub.id, period) not in existing:
                     jobs.append(_Job(sub, plan, period, start, end, tz))
         return jobs
+
+    def _plan_of(self, sub) -> Plan:
+        return self.catalog.get(sub.plan_id, sub.plan_version)
+
+    @staticmethod
+    def _cycle_of(zones: dict[str, str]) -> Callable[[SubscriptionRow, Plan], BillingCycle]:
+        return lambda sub, plan: cycle_for(sub, plan, zones.get(sub.customer_id, "UTC"))
 
     def _add_standalone_adjustments(self, batch: _InvoiceBatch, adjustments: list[Correction],
                                     newest: dict[int, int], subs_by_id: dict[int, SubscriptionRow],
@@ -373,7 +408,8 @@ class Invoicing:
                    zones: dict[str, str], result: CloseResult) -> list[tuple[_Job, RatedInvoice]]:
         """Rate the due windows (``invoicing.windows``), with the usage from the snapshot's
         counters where they are exact for the window (``invoicing.usage``)."""
-        windows = [Window(j.sub, j.plan, j.period, j.window_start, j.window_end, j.window_end) for j in jobs]
+        windows = [Window(j.sub, j.plan, j.period, j.window_start, j.window_end, j.window_end,
+                          "arrears" if j.plan.billing.in_advance else "whole") for j in jobs]
         job_of = {(j.sub.id, j.period.start): j for j in jobs}
         countable: dict[int, bool] = {}
 
@@ -393,15 +429,18 @@ class Invoicing:
             result.rated_from_counters += 1
             return found.usage, found.provider_cost
 
-        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters, plans=self.catalog.get)
+        rated = rate_windows(conn, windows, snap.watermark, from_counters=from_counters, plans=self.catalog.get,
+                             grants=thresholds.closing_grants(conn, jobs))
+        advance.rate_ahead(conn, jobs, lambda job: cycle_for(job.sub, job.plan, job.timezone))
         out = [(job, r.invoice) for job, r in zip(jobs, rated)]
         out.sort(key=lambda pair: (pair[0].sub.id, pair[0].period.start))
         return out
 
     def rerate(self, conn, sub, plan, period, start, end, watermark, grants) -> RatedInvoice:
         """Rate the period again on the ledger up to ``watermark``; ``grants``: (grant,
-        micro-units this period may draw: what is left now plus what the period already drew)."""
-        window = Window(sub, plan, period, start, end, end)
+        micro-units this period may draw: what is left now plus what the period already drew).
+        Advance billing: its arrears part only (its advance fees are never re-rated)."""
+        window = Window(sub, plan, period, start, end, end, "arrears" if plan.billing.in_advance else "whole")
         return rate_windows(conn, [window], watermark, grants={sub.customer_id: grants},
                             plans=self.catalog.get)[0].invoice
 
@@ -474,7 +513,8 @@ def invoice_json(inv: Invoice, lines: list[InvoiceLineRow]) -> dict:
         "lines": [{"description": ln.description, "kind": ln.kind, "key": ln.key, "quantity": ln.quantity,
                    "unit_price": ln.unit_price, "amount": f"{from_minor(ln.amount_minor, cur):f}",
                    "service_period": {"start": ln.service_start.isoformat().replace("+00:00", "Z"),
-                                      "end": ln.service_end.isoformat().replace("+00:00", "Z")}}
+                                      "end": ln.service_end.isoformat().replace("+00:00", "Z")},
+                   "billed_in_advance": bool(ln.billed_in_advance)}
                   for ln in lines],
         "total": f"{from_minor(inv.total_minor, cur):f}",
         "provider_cost": dec_str(Decimal(join(inv.provider_cost_carry, inv.provider_cost_pico)) / PICO),

@@ -76,6 +76,7 @@ class Window:
     start: datetime  # the period cut to the subscription
     end: datetime
     rated_until: datetime  # the close: ``end``; to date: ``min(end, as_of)``
+    part: str = "whole"  # ``arrears``: without the advance fees a plan invoices up front (``engine.RatingInput.part``)
     # the subscription's contract, filled in by ``rate_windows`` (``billing.contracts``):
     # ``plan`` is then the effective plan (its overrides applied)
     discounts: tuple[Discount, ...] = ()
@@ -173,7 +174,8 @@ def _rate(conn: Connection, window: Window, meters: dict[str, MeterTotals], cost
         trial_end=window.sub.trial_end, provider_cost=cost,
         usage_before=usage_before_expiries(conn, plan, customer, period, window.start, window.rated_until,
                                            balances, watermark),
-        discounts=window.discounts, commitments=window.commitments, addons=window.addons))
+        discounts=window.discounts, commitments=window.commitments, addons=window.addons,
+        part=window.part))
 
 
 class UsageSpan(NamedTuple):

@@ -98,6 +98,11 @@ def _not_invoiced(session: Session, sub: Subscription, at: datetime, what: str) 
     if until is not None and until.replace(tzinfo=until.tzinfo or UTC) > at:
         raise BillingError(f"subscription {sub.id} is invoiced until {until.isoformat()}: cannot {what} at "
                            f"{at.isoformat()}; use an instant from then on", code=ErrorCode.PERIOD_INVOICED)
+    ahead = repository.advance_billed_from(session, sub.id)
+    if ahead is not None and ahead.replace(tzinfo=ahead.tzinfo or UTC) >= at:
+        raise BillingError(f"subscription {sub.id} has its advance fees invoiced for the window starting "
+                           f"{ahead.isoformat()}: cannot {what} at {at.isoformat()}; use a later instant",
+                           code=ErrorCode.PERIOD_INVOICED)
 
 
 class Accounts:
@@ -138,6 +143,27 @@ class Accounts:
             row = s.get(Customer, customer_id)
         if row is None:
             raise BillingError(f"unknown customer {customer_id!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
+        return row
+
+    def set_threshold(self, customer_id: str, amount: Decimal | None) -> Customer:
+        """The customer's own ``invoice_when_due_reaches``, overriding its plans' (None: the
+        plans' again). At least the customer's currency's minor unit, at most 10^12."""
+        from billing.money import threshold_problem
+
+        customer = self.customer(customer_id)
+        if amount is not None:
+            if not isinstance(amount, Decimal) or not amount.is_finite() or not 0 < amount <= MAX_CREDIT:
+                raise BillingError(f"a threshold must be a positive amount of at most {MAX_CREDIT:,}",
+                                   code=ErrorCode.VALIDATION)
+            problem = threshold_problem(amount, customer.currency)
+            if problem:
+                raise BillingError(f"invoice_when_due_reaches {problem}, got {amount}", code=ErrorCode.VALIDATION)
+        with self._session() as s:
+            row = s.get(Customer, customer_id)
+            row.invoice_when_due_reaches = None if amount is None else str(amount)
+            s.add(row)
+            s.commit()
+            s.refresh(row)
         return row
 
     # -------------------------------------------------------------- subscriptions

@@ -14,7 +14,12 @@ Rules worth knowing (see README "Rating rules"):
 - Flat fees are prorated to the part of the period the subscription is active and out
   of trial. Seat fees: ``advance`` bills the seats held at the start of the billable
   window for the whole window plus increases prorated over their remaining time
-  (decreases wait for the next period); ``arrears`` bills the exact time-weighted seats.
+  (decreases wait for the next period, or with ``on_decrease: credit_unused`` credit the
+  removed seats' remaining time); ``arrears`` bills the exact time-weighted seats.
+- ``RatingInput.part`` splits one invoice in two: the advance fees' lines (flat fees and
+  the seats held at the window's start, ``timing: advance``) and everything else; a plan
+  billing advance fees at the period's start invoices the two parts at different times
+  (``billing.invoicing.advance``).
 - Included usage per seat uses the most seats held during the period.
 - Credits apply to usage charges (never to fees), soonest-expiring grant first; a grant
   that expires inside the period covers only the usage charged before its expiry
@@ -27,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import FlatFee, Plan, SeatFee
@@ -60,6 +66,11 @@ class RatingInput:
     discounts: Sequence[Discount] = ()  # coupons applying to this window, in redemption order
     commitments: Sequence[TermCommitment] = ()  # term commitments: each window owes its share
     addons: Sequence[AddOn] = ()  # add-on subscriptions rated into this invoice (their fees)
+    # which lines: ``whole`` every line; ``advance`` only the advance fees' lines
+    # (``InvoiceLine.advance``: flat fees and the seats held at the window's start, with
+    # ``timing: advance``); ``arrears`` every other line. The two parts of one input
+    # partition its whole invoice: they add up to it exactly, line by line.
+    part: Literal["whole", "advance", "arrears"] = "whole"
 
 
 class _Lines:
@@ -73,9 +84,9 @@ class _Lines:
         self._by_kind_key: dict[tuple[LineKind, str], Decimal] = {}
 
     def add(self, kind: LineKind, description: str, quantity: Decimal, unit_price: Decimal | None,
-            amount: Decimal, key: str = "", meter: str | None = None) -> InvoiceLine:
+            amount: Decimal, key: str = "", meter: str | None = None, advance: bool = False) -> InvoiceLine:
         rounded = round_line(amount, self.currency)
-        line = InvoiceLine(kind, description, quantity, unit_price, rounded, key, meter)
+        line = InvoiceLine(kind, description, quantity, unit_price, rounded, key, meter, advance)
         self.items.append(line)
         self._all += rounded
         self._by_kind[kind] = self._by_kind.get(kind, ZERO) + rounded
@@ -164,9 +175,16 @@ def rate_period(inp: RatingInput) -> RatedInvoice:
     cost = inp.provider_cost
     if cost is None:
         cost = _metered_cost(plan, inp.usage)
+    kept, total = tuple(lines.items), lines.total()
+    if inp.part != "whole":
+        ahead = inp.part == "advance"
+        kept = tuple(ln for ln in kept if ln.advance == ahead)
+        total = sum((ln.amount for ln in kept), ZERO)
+        if ahead:  # the advance part bills no usage: it draws no credit and costs nothing
+            credits_used, cost, usage_summaries = {}, ZERO, []
     return RatedInvoice(
         customer=inp.customer, currency=plan.currency, period_start=period.start, period_end=period.end,
-        plan=plan.plan, plan_version=plan.version, lines=tuple(lines.items), total=lines.total(),
+        plan=plan.plan, plan_version=plan.version, lines=kept, total=total,
         provider_cost=cost, credits_used=credits_used,
         usage=tuple(usage_summaries),
     )
@@ -193,7 +211,8 @@ def _flat_fee(lines: _Lines, fee: FlatFee, period: Period, start: datetime, end:
     fraction = prorate_fraction(start, end, period)
     name = fee.name or fee.key
     note = "" if fraction == ONE else f" (prorated {_pct(fraction)} of the period)"
-    lines.add(LineKind.FEE, f"{name}{note}", _q(fraction), fee.amount, fee.amount * fraction, fee.key)
+    lines.add(LineKind.FEE, f"{name}{note}", _q(fraction), fee.amount, fee.amount * fraction, fee.key,
+              advance=fee.timing == "advance")
 
 
 def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end: datetime,
@@ -215,14 +234,24 @@ def _seat_fee(lines: _Lines, fee: SeatFee, period: Period, start: datetime, end:
     fraction = prorate_fraction(start, end, period)
     note = "" if fraction == ONE else f", prorated {_pct(fraction)}"
     lines.add(LineKind.FEE, f"{name} ({held} seats{note})", Decimal(held) * _q(fraction), fee.unit_price,
-              held * fraction * fee.unit_price, fee.key)
+              held * fraction * fee.unit_price, fee.key, advance=True)
+    refunds = fee.on_decrease == "credit_unused"
     for seg in segments[1:]:
-        if seg.seats > held:
-            added = seg.seats - held
+        seats = max(seg.seats, fee.min_seats)
+        if seats > held:
+            added = seats - held
             part = prorate_fraction(seg.start, end, period)
             lines.add(LineKind.FEE,
-                      f"{name}: {added} seat(s) added {seg.start.date().isoformat()}, prorated {_pct(part)}", added * _q(part), fee.unit_price, added * part * fee.unit_price, fee.key)
-            held = seg.seats
+                      f"{name}: {added} seat(s) added {seg.start.date().isoformat()}, prorated {_pct(part)}",
+                      added * _q(part), fee.unit_price, added * part * fee.unit_price, fee.key)
+            held = seats
+        elif seats < held and refunds:  # the removed seats' unused time, credited
+            removed = held - seats
+            part = prorate_fraction(seg.start, end, period)
+            lines.add(LineKind.FEE,
+                      f"{name}: {removed} seat(s) removed {seg.start.date().isoformat()}, unused {_pct(part)} "
+                      f"credited", -removed * _q(part), fee.unit_price, -removed * part * fee.unit_price, fee.key)
+            held = seats
 
 
 def _usage_charge(lines: _Lines, charge: CompiledCharge, totals: MeterTotals, seats: Decimal,

@@ -75,6 +75,17 @@ def _zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 
+def local_dates(start: datetime, end: datetime, timezone: str = "UTC") -> str:
+    """``[start, end)`` as people read it on an invoice: the dates in the customer's time
+    zone (a Paris October is ``2026-10-01 .. 2026-11-01``, not the UTC ``2026-09-30 ..
+    2026-10-31``); an unknown zone reads as UTC."""
+    try:
+        tz = _zone(timezone)
+    except ValueError:
+        tz = ZoneInfo("UTC")
+    return f"{_aware_utc(start).astimezone(tz).date()} .. {_aware_utc(end).astimezone(tz).date()}"
+
+
 def local_to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
     """A naive local wall time in ``tz`` as a UTC instant (``fold=0``: see module rules)."""
     return wall.replace(tzinfo=tz, fold=0).astimezone(UTC)

@@ -145,6 +145,10 @@ class InvoiceLine:
     amount: Decimal  # rounded once, to the currency's minor unit
     key: str = ""  # fee / charge / grant key this line belongs to
     meter: str | None = None
+    # an advance fee's line for the period ahead (a flat fee, or the seats held at the
+    # window's start): what a plan with ``billing.advance_fees: at_period_start`` invoices
+    # when the period starts; every other line is billed in arrears
+    advance: bool = False
 
 
 @dataclass(frozen=True)

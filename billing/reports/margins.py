@@ -8,7 +8,9 @@ Definitions (``period`` is a calendar month ``YYYY-MM`` taken in each customer's
   *invoiced* -- the lines of invoices and credit notes finalized by ``as_of`` whose service
   window starts in the period: the period's invoice, plus the adjustments and credit notes
   later closes issued for it (so late events count in the month they happened); a document
-  voided by ``as_of`` counts 0 (the period stays closed, it is not re-rated);
+  voided by ``as_of`` counts 0 (the period stays closed, it is not re-rated); advance fees
+  invoiced when the window started and threshold invoices count once a document closed
+  the window (until then they bill it only in part);
   otherwise *rated* -- the window rated to ``as_of`` by the rating engine on the ledger's
   meters (for an open period, revenue *so far*; recurring fees in advance count in full).
   ``source`` says which: ``invoiced``, ``rated``, ``invoiced+rated`` (a plan change: one part
@@ -277,15 +279,14 @@ def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str |
 def _billed_revenue(lines: list[repo.BilledLine], periods: dict[str, Period],
                     as_of: datetime) -> tuple[dict[str, Decimal], set[int]]:
     """What each customer's documents bill for its period as of ``as_of``, and the
-    subscriptions they bill."""
+    subscriptions they bill. A window counts as invoiced once a document closed it: until
+    then its advance fees and threshold invoices bill it only in part (it is rated to date)."""
     billed: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    billed_subs: set[int] = set()
-    for ln in lines:
-        p = periods.get(ln.customer)
-        if p is not None and p.start <= ln.service_start < p.end:
+    mine = [ln for ln in lines if (p := periods.get(ln.customer)) is not None and p.start <= ln.service_start < p.end]
+    billed_subs = {ln.subscription_id for ln in mine if ln.closes and ln.subscription_id is not None}
+    for ln in mine:
+        if ln.subscription_id is None or ln.subscription_id in billed_subs:
             billed[ln.customer] += from_minor(ln.counts_at(as_of), ln.currency)
-            if ln.subscription_id is not None:
-                billed_subs.add(ln.subscription_id)
     return billed, billed_subs
 
 

@@ -93,6 +93,9 @@ class BilledLine:
     service_start: datetime
     amount_minor: int
     voided_at: datetime | None
+    # the line closes its service window: not an advance fee invoiced when the window
+    # started, nor a threshold invoice's (those bill an open window: it is rated to date)
+    closes: bool = True
 
     def counts_at(self, as_of: datetime) -> int:
         """The line's amount as billed at ``as_of`` (0 once its document is void)."""
@@ -102,17 +105,19 @@ class BilledLine:
 def billed_lines(conn: Connection, start: datetime, end: datetime, as_of: datetime) -> list[BilledLine]:
     """Lines of invoices and credit notes finalized by ``as_of`` whose service window starts in
     [start, end): a period's original invoice, and the adjustments and credit notes for it
-    that later closes issued. Voided documents are included (``counts_at`` gives 0 once void)
-    so that a voided period is known to be closed, not re-rated."""
+    that later closes issued, its advance fees and threshold invoices (``closes`` False).
+    Voided documents are included (``counts_at`` gives 0 once void) so that a voided period
+    is known to be closed, not re-rated."""
     inv, line = Invoice.__table__.c, InvoiceLineRow.__table__.c
     rows = conn.execute(select(inv.id, inv.customer_id, inv.subscription_id, inv.kind, inv.plan_id,
-                               inv.plan_version, inv.currency, line.service_start, line.amount_minor, inv.voided_at)
+                               inv.plan_version, inv.currency, line.service_start, line.amount_minor, inv.voided_at,
+                               line.billed_in_advance, inv.dedupe_key)
                         .join_from(InvoiceLineRow.__table__, Invoice.__table__, line.invoice_id == inv.id)
                         .where(line.service_start >= start, line.service_start < end,
                                inv.status.in_(BILLED_STATUSES), inv.finalized_at.is_not(None),
                                inv.finalized_at <= as_of)
                         .order_by(inv.id, line.position))
-    return [BilledLine(*r) for r in rows]
+    return [BilledLine(*r[:10], closes=not r[10] and not r[11].startswith("thr:")) for r in rows]
 
 
 # -------------------------------------------------------------------------------- events

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, Index, String, Text, UniqueConstraint, false as sa_false, text
 from sqlmodel import Field, SQLModel
 
 from billing.store.types import BigIntPK, UTCDateTime
@@ -36,6 +36,8 @@ class Customer(SQLModel, table=True):
     timezone: str = Field(default="UTC", max_length=64)
     currency: str = Field(default="USD", max_length=3)
     stripe_customer_id: str | None = Field(default=None, max_length=255)
+    # overrides the plan's invoice_when_due_reaches for this customer (decimal text; None: the plan's)
+    invoice_when_due_reaches: str | None = Field(default=None, max_length=40)
     created_at: datetime = _utc()
 
 
@@ -202,6 +204,8 @@ class InvoiceLineRow(SQLModel, table=True):
     service_start: datetime = _utc()
     service_end: datetime = _utc()
     stripe_line_id: str | None = Field(default=None, max_length=255)
+    # an advance fee billed for its period ahead (``billing.invoicing.advance``)
+    billed_in_advance: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
 
 
 class InvoiceRecheck(SQLModel, table=True):

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, or_
 from sqlmodel import Session, select
 
-from billing.store.models import Customer, Invoice, Subscription
+from billing.store.models import Customer, Invoice, InvoiceLineRow, Subscription
 
 
 def known_customers(session: Session, ids: Iterable[str]) -> dict[str, str]:
@@ -42,9 +42,19 @@ def subscriptions_not_ended_by(session: Session, customer_id: str, at: datetime)
 
 
 def invoiced_until(session: Session, subscription_id: int) -> datetime | None:
-    """The end of the last period of the subscription that has an invoice."""
+    """The end of the last period of the subscription that was closed (its ``inv:`` invoice:
+    an opening invoice of advance fees or a threshold invoice closes no period)."""
     return session.exec(select(func.max(Invoice.period_end)).where(Invoice.subscription_id == subscription_id,
-                                                                   Invoice.kind == "invoice")).one()
+                                                                   Invoice.kind == "invoice",
+                                                                   Invoice.dedupe_key.startswith("inv:"))).one()
+
+
+def advance_billed_from(session: Session, subscription_id: int) -> datetime | None:
+    """The start of the latest window of the subscription whose advance fees were invoiced
+    (the seats held then are billed: no change may take effect at or before it)."""
+    return session.exec(select(func.max(InvoiceLineRow.service_start))
+                         .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
+                         .where(Invoice.subscription_id == subscription_id, InvoiceLineRow.billed_in_advance)).one()
 
 
 

@@ -74,3 +74,28 @@ def test_unknown_customer_scopes_and_strict_bodies(api):
                  {"customer": "", "feature": "sso"}):
         bad = api(body)
         assert bad.status_code == 422 and bad.json()["code"] == "validation_error", body
+
+
+def test_a_contract_overrides_the_plans_features(api):
+    """A contract (``features/<name>`` overrides) grants, changes and withdraws features for
+    one customer: the check answers with the effective plan the quota uses."""
+    from billing.contracts.service import Contracts
+
+    Contracts(api.engine, CAT).add_overrides(1, [
+        {"path": "features/audit_log", "value": True, "starts_at": T0},
+        {"path": "features/max_projects", "value": 50, "starts_at": T0},
+        {"path": "features/sso", "value": False, "starts_at": T0}], now=T0)
+    api.clock.now = api.clock.now.replace(day=11)  # past the cached context's time to live
+    got = {f: api({"customer": "acme", "feature": f}).json() for f in ("audit_log", "max_projects", "sso", "support")}
+    assert {f: (a["has"], a["value"]) for f, a in got.items()} == {
+        "audit_log": (True, True), "max_projects": (True, 50), "sso": (False, False), "support": (True, "priority")}
+
+
+def test_a_feature_override_the_plan_validator_refuses_is_a_contract_error(api):
+    from billing.contracts.service import Contracts
+    from billing.errors import BillingError
+
+    with pytest.raises(BillingError) as err:
+        Contracts(api.engine, CAT).add_overrides(1, [
+            {"path": "features/max_projects", "value": -3, "starts_at": T0}], now=T0)
+    assert err.value.code == "contract_invalid" and "features" in str(err.value.message)

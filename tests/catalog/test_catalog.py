@@ -14,8 +14,8 @@ from billing.errors import ErrorCode
 
 D = Decimal
 PLANS = Path(__file__).resolve().parents[2] / "plans"
-SHIPPED = {"agent-platform", "copilot-premium", "cursor-pro", "support-chatbot", "support-resolutions", "team",
-           "token-api", "vector-store", "model-gateway"}
+SHIPPED = {"agent-platform", "api-threshold", "copilot-premium", "cursor-pro", "support-chatbot",
+           "support-resolutions", "team", "team-advance", "token-api", "vector-store", "model-gateway"}
 
 BROKEN = """\
 plan: broken

@@ -322,7 +322,7 @@ def test_shipped_data_files_are_complete():
         for entry in doc["models"]:  # entries read later carry their own source and date
             assert entry.get("retrieved", doc["retrieved"]) in READ_ON
             assert str(entry.get("source", doc["source"])).startswith("https://")
-        assert "200k" in path.read_text()  # documents that long-context tiers are not modelled
+        assert "200k" in path.read_text()  # each sheet says how it treats prompts over 200k tokens
         for entry in doc["models"]:
             for key in ("input", "output", "cache_read", "cache_write", "reasoning", "batch_discount"):
                 assert not isinstance(entry.get(key, doc.get(key, "")), (int, float)), (path.name, entry, key)

@@ -260,3 +260,24 @@ def test_the_worked_example_of_the_readme():
     assert event_cost(event, book) == D("0.762")
     at_the_threshold = event.model_copy(update={"properties": {**WORKED_EXAMPLE, "input_tokens": 130_000}})
     assert event_cost(at_the_threshold, book) == D("0.38475")
+
+
+def test_the_shipped_book_prices_a_long_gemini_25_pro_request_at_its_long_context_rate(engine):  # noqa: F811
+    """Issue 14's check: over 200k prompt tokens, the whole request at the >200k rates
+    ($2.50 / $15 per 1M instead of $1.25 / $10), in the book and as the ledger stores it."""
+    from billing.ledger.ingest import Ledger
+    from tests.support.db import stored_events
+    from tests.support.ledger import CATALOG, _setup
+
+    book = CostBook.load_default()
+    long = UsageEvent(id="long", customer="acme", type="llm.call", timestamp=AT,
+                      properties={"model": "gemini-2.5-pro", "input_tokens": 250_000, "output_tokens": 2_000})
+    short = long.model_copy(update={"properties": {**long.properties, "input_tokens": 200_000}})
+    assert event_cost(long, book) == D("0.625") + D("0.03")  # 250k x 2.50/1M + 2k x 15/1M
+    assert event_cost(short, book) == D("0.25") + D("0.02")  # at 200k: not over, the base rates
+    _setup(engine)
+    raw = {"id": "long", "customer": "acme", "type": "llm.call", "timestamp": "2026-11-10T12:00:00Z",
+           "properties": dict(long.properties)}
+    assert Ledger(engine, CATALOG, book=book).record([raw]).accepted == 1
+    (row,) = stored_events(engine)
+    assert row[6] == int((D("0.625") + D("0.03")) * 10**12)  # cost_pico

@@ -68,6 +68,32 @@ def test_cursor_pro_seat_added_mid_month():
     assert inv.total == D("29.68")
 
 
+# ----------------------------------------------------------------------- team-advance
+
+def test_team_advance_parts_of_one_october():
+    """plans/README.md, "Advance billing": October's one invoice is 226.45 (170.00 of advance
+    fees invoiced on Oct 1, 46.45 + 10.00 of arrears invoiced on Nov 1)."""
+    seats = [(OCT.start, 5), (at(16, 0), 8), (at(21, 0), 6)]
+    whole, ahead, behind = (rate("team-advance.yaml", spread(1000, "r", "assistant.request"), seat_changes=seats,
+                                 part=part) for part in ("whole", "advance", "arrears"))
+    assert [(ln.description, ln.amount) for ln in ahead.lines] == [
+        ("Platform fee", D("20.00")), ("Team seat (5 seats)", D("150.00"))]
+    assert [(ln.description, ln.amount) for ln in behind.lines] == [
+        ("Team seat: 3 seat(s) added 2026-10-16, prorated 51.61%", D("46.45")),
+        ("Assistant requests: 1000 used, 800 included", D("0.00")), ("Assistant requests", D("10.00"))]
+    assert (ahead.total, behind.total, whole.total) == (D("170.00"), D("56.45"), D("226.45"))
+
+
+# ----------------------------------------------------------------------- api-threshold
+
+def test_api_threshold_one_invoice_of_the_worked_example():
+    # nine calls of 1M input ($3.00) and 200k output ($3.00) tokens: 54.00 (plans/README.md)
+    inv = rate("api-threshold.yaml", spread(9, "c", "llm.call", model="claude-sonnet-4-5", input_tokens=1_000_000,
+                                          output_tokens=200_000))
+    assert [ln.amount for ln in inv.lines] == [D("27.00"), D("27.00")] and inv.total == D("54.00")
+    assert load_plan_file(PLANS / "api-threshold.yaml").invoice_when_due_reaches == D("20.00")
+
+
 # ----------------------------------------------------------------------- copilot-premium
 
 def test_copilot_premium_allowance_multipliers_and_extra_requests():
