@@ -8,7 +8,7 @@ Definitions:
   a target ``T`` (percent, -100 <= T < 100) is reached when ``revenue x (100 - T) >= 100 x cost``
   (so a group with neither revenue nor cost reaches every target);
 - segments: ``all`` (every customer), the population's named segments (a spec's segments, or
-  a history's usage bands), and ``P<p>`` (0 <= p <= 100): the one customer at the p-th
+  a history's usage bands, which may be named by their first word: ``heavy``), and ``P<p>`` (0 <= p <= 100): the one customer at the p-th
   percentile of provider cost by the *nearest-rank* method -- customers sorted by cost (ties
   by customer id), rank ``max(1, ceil(p / 100 x N))``; P0 is the cheapest, P100 the most
   expensive;
@@ -89,6 +89,8 @@ def segment_members(name: str, customers: Sequence[CustomerTotals]) -> list[Cust
         rank = max(1, int((p * len(ordered) / HUNDRED).to_integral_value(ROUND_CEILING)))
         return [ordered[rank - 1]]
     members = [c for c in customers if c.segment == name]
+    if not members:  # a usage band by its first word: "heavy" for "heavy (P90-P99]"
+        members = [c for c in customers if c.segment.split(" (")[0] == name]
     if not members:
         named = ", ".join(named_segments(customers)) or "none"
         raise AdviceError(f"--segment {name!r}: not a segment (P0-P100, all, or one of the population's: {named})")
