@@ -75,6 +75,11 @@ def test_seventy_percent_at_p90_on_the_shipped_population_re_rated_by_simulate(t
     assert value == value.quantize(D("0.01"))
     # the figures README.md quotes
     assert (customer, value, D(suggestion["break_even"]["value"])) == ("medium-00053", D("1.52"), D(0))
+    assert (suggestion["current"]["cost"], suggestion["current"]["margin_pct"]) == ("2.12", "91.7")
+    assert (suggestion["target"]["at_value"]["margin_pct"], suggestion["target"]["one_step_less"]["margin_pct"]) == \
+        ("70.03", "69.99")
+    power = next(s for s in data["segments"] if s["segment"] == "power")
+    assert (power["customers"], power["target"]["value"], power["break_even"]["value"]) == (5, "275.77", "47.73")
     # re-rated by `billing simulate` on a plan file carrying the suggested fee: reaches 70%;
     # one cent less does not
     assert simulated_margin(population, plan_with_fee(tmp_path, str(value)), customer) >= 70
