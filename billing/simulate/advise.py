@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from billing.catalog.loader import MAX_NUMBER
+from billing.catalog.loader import MAX_NUMBER, number_problem
 from billing.catalog.schema import Plan
 from billing.money import dec_str, quantum, round_line
 from billing.rating.periods import Period
@@ -263,6 +263,8 @@ def advise(plan: Plan, customers: Sequence[CustomerTotals], period: Period, leve
     step = step if step is not None else default_step(plan, lever)
     if not step.is_finite() or step <= 0:
         raise AdviceError(f"--step: must be above 0, not {step}")
+    if number_problem(step):  # every answer is a multiple of it, written into a plan
+        raise AdviceError(f"--step {step}: {number_problem(step)}")
     if not customers:
         raise AdviceError("the population has no customers")
     current = current_value(plan, lever)

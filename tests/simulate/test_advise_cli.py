@@ -120,6 +120,7 @@ def test_json_included_units_is_solved_downwards(tmp_path):
     (["--target-margin", "70", "--solve", "fee:nope"], "--solve: plan support-chatbot@v1 has no fee 'nope'"),
     (["--target-margin", "70", "--solve", "price"], "--solve: 'price': write one of"),
     (["--target-margin", "70", "--step", "0"], "--step: must be above 0"),
+    (["--target-margin", "70", "--step", "0.0000000000001"], "--step 1E-13: has more than 12 decimal places"),
 ])
 def test_bad_input_exits_2_naming_the_option_and_writes_nothing(tmp_path, args, message):
     html = tmp_path / "out.html"
