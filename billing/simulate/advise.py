@@ -299,10 +299,12 @@ def _iso(t) -> str:
 
 def population_totals(spec, plan: Plan, book, seed: int | None = None) -> tuple[Period, list[CustomerTotals]]:
     """A population spec's customers drawn (``seed``), with its levers applied, costed with
-    ``book`` and aggregated under ``plan``'s meters -- once: every lever value rates these."""
+    ``book`` and aggregated under ``plan``'s meters -- once: every lever value rates these.
+    The quota replay (``enforce_quota``) is left out: what it lets through depends on the very
+    value being solved (a spend cap against a price, included units), so usage is as drawn."""
     from billing.simulate.core import Coster, book_for, customer_totals
 
-    period, levers = spec.the_period(), spec.levers
+    period, levers = spec.the_period(), spec.levers.model_copy(update={"enforce_quota": False})
     coster = Coster(book_for(book, levers), levers.cost_date)
     baseline = Coster(book) if not levers.is_identity else None
     return period, [customer_totals([plan], c, period, coster, levers, baseline) for c in spec.customer_inputs(seed)]
