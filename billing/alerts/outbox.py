@@ -73,6 +73,14 @@ class Outbox:
         with self.engine.begin() as conn:
             conn.execute(update(_outbox).where(_outbox.c.id == row_id).values(**values))
 
+    def backlog(self) -> int:
+        """Deliveries waiting (pending, due or not)."""
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(_outbox).where(_outbox.c.status == "pending")
+                                ).scalar_one()
+
     def rows(self, status: str | None = None) -> list[dict]:
         query = select(_outbox).order_by(_outbox.c.id)
         if status is not None:

@@ -21,7 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from billing.api import errors, events_read, idempotency, reports, stripe_webhook
+from billing.api import errors, events_read, idempotency, reports, stripe_webhook, telemetry
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
 from billing.api.entitlements import router as entitlements_router
@@ -139,6 +139,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(stripe_webhook.router)  # POST /v1/stripe/webhook
     app.include_router(reports.router)  # GET /reports/margins
     app.include_router(contracts_router)  # /v1/subscriptions/{id}/contract, overrides, coupons, commitments
+    telemetry.install(app, Outbox(engine, clock=clock))  # X-Request-Id on every response, GET /metrics
     for extra in extra_routers:
         app.include_router(extra)
     return app

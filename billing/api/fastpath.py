@@ -43,22 +43,32 @@ class BillingAPI(FastAPI):
     max_body: int = 64 * 1024
     max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES  # every route (billing.api.limits)
     _entry: Callable | None = None  # the layers around _dispatch (add_layer)
+    _outer: Callable | None = None  # around everything, the size limit too (``billing.api.telemetry``)
 
     def add_layer(self, layer: Callable[[Callable], Callable]) -> None:
         """Wrap everything this app serves (the fast path too) in ``layer(inner ASGI app)``;
         the layer added last is the outermost, inside the size limit."""
         self._entry = layer(self._entry or self._dispatch)
 
+    def wrap_all(self, outer: Callable[[Callable], Callable]) -> None:
+        """Put ``outer(inner ASGI app)`` around every HTTP request, refused ones included
+        (request ids, metrics)."""
+        self._outer = outer(self._serve)
+
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        await (self._outer or self._serve)(scope, receive, send)
+
+    async def _serve(self, scope: dict, receive: Callable, send: Callable) -> None:
         inner = self._entry or self._dispatch
         if (scope["method"], scope["path"]) not in self.fast_routes:
             # FastAPI's stack, behind the size limit and the last resort
             await limits.guard(inner, scope, receive, send, self.max_request_bytes)
             return
         # a fast route answers every error itself; it reads at most max_body bytes
+        scope["fast_route"] = True
         if limits.declared_over(scope, self.max_body):
             await limits.refuse(send, self.max_body)
             return

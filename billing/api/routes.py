@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from billing.api.telemetry import count_decision
 from billing.api.auth import Principal
 from billing.api.errors import json_bytes
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
@@ -101,6 +102,9 @@ def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest)
         for event in events:
             principal.require_customer(event.get("customer") if isinstance(event, dict) else None)
     result = _svc(request).ledger.record(events)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.recorded(result.counts)
     results = result.results
     out = result.to_json()
     out.pop("errors", None)
@@ -152,11 +156,13 @@ async def check_decision(state: Any, auth: str | None, api_key: str | None, body
     principal.require_customer(body.customer)
     quota = state.services.quota
     if quota.inline_reads:  # SQLite: a few local lock-free reads, cheaper inline than a thread hop
-        return quota.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
-                           tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
-    # over a network (PostgreSQL): concurrent checks share a thread hop and a round trip
-    return (await state.checks.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
-                                     tokens=body.tokens, cost=body.cost, steps=body.steps)).to_json()
+        decision = quota.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
+                               tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
+    else:  # over a network (PostgreSQL): concurrent checks share a thread hop and a round trip
+        decision = (await state.checks.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
+                                             tokens=body.tokens, cost=body.cost, steps=body.steps)).to_json()
+    count_decision(state, decision)
+    return decision
 
 
 @router.post("/quota/reserve", tags=["quota"], summary="Decide and hold the estimate until commit/release/expiry")
@@ -165,6 +171,7 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
     r = _svc(request).quota.reserve(body.customer, body.key, body.quantity, ttl=body.ttl_seconds,
                                     request_id=body.request_id, model=body.model, task=body.task,
                                     tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
+    count_decision(request.app.state, r["decision"])
     return _json(r, r["decision"])
 
 

@@ -10,6 +10,7 @@ from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
 from billing.cli.serve import serve
 from billing.cli.simulate import simulate
+from billing.cli.advise import advise
 from billing.cli.demo import demo
 
 app = typer.Typer(help="Pricing & billing engine for AI products.", no_args_is_help=True,
@@ -26,6 +27,7 @@ app.add_typer(ledger_cmds.events_app, name="events")
 app.add_typer(stripe_cli.app, name="stripe")
 app.add_typer(report_cli.app, name="report")
 app.command("simulate")(simulate)
+app.command("advise")(advise)
 app.add_typer(keys.app, name="keys")
 app.add_typer(client_cli.app, name="client")
 app.command("serve")(serve)

@@ -31,8 +31,23 @@ PLAN_BY_SEGMENT = {
 }
 
 
+def example_plans() -> Path:
+    """The example plans shipped with the package (``billing/example_plans``: the project's
+    ``plans/``), so the demo runs from any directory."""
+    return Path(__file__).resolve().parents[1] / "example_plans"
+
+
+NEXT_STEPS = (
+    ("the margins by feature, with the whales", "billing report margins --period 2026-10 --by feature"),
+    ("one invoice, line by line", "billing invoice show 1"),
+    ("October re-rated under a candidate plan", "billing simulate --history 2026-10 --plan {plans}/token-api.yaml"),
+)
+
+
 def demo(
-    plans_dir: Annotated[Path, typer.Option("--plans", help="Plan directory.")] = Path("plans"),
+    plans_dir: Annotated[Path | None, typer.Option(
+        "--plans", help="Plan directory (default: ./plans if there is one, else the examples shipped with billing).",
+        show_default=False)] = None,
     db: Annotated[Path, typer.Option(help="SQLite file to (re)create for the demo.")] = Path("billing-demo.db"),
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic usage.")] = 7,
     show: Annotated[int, typer.Option(help="How many invoices to print in full.")] = 3,
@@ -40,10 +55,12 @@ def demo(
     """Run the whole loop on a fresh SQLite ledger: customers, a month of events, close, invoices, margins."""
     from billing.invoicing.service import Invoicing, invoice_json
 
+    if plans_dir is None:
+        plans_dir = Path("plans") if Path("plans").is_dir() else example_plans()
     try:
         catalog = Catalog.from_paths(plans_dir)
     except PlanInvalid as exc:
-        fail(f"cannot load the plans in {plans_dir!s} (run from the project root, or pass --plans DIR)\n"
+        fail(f"cannot load the plans in {plans_dir!s} (pass --plans DIR)\n"
              + "\n".join(str(p) for p in exc.problems))
     engine = _fresh_ledger(db)
     period = calendar_month(2026, 10)
@@ -58,6 +75,19 @@ def demo(
     docs = [invoice_json(*invoicing.get(i)) for i in closed.invoices]
     _print_invoices(docs, show)
     _print_margins(docs)
+    _print_next_steps(db, plans_dir)
+
+
+def _print_next_steps(db: Path, plans_dir: Path) -> None:
+    """Three commands to try next, on the demo's ledger."""
+    import shlex
+
+    plans = "" if plans_dir == Path("plans") else f" BILLING_PLANS_DIR={shlex.quote(str(plans_dir))}"
+    console.print(f"\nNext, on this ledger: export BILLING_DATABASE_URL=sqlite:///{db}{plans}", highlight=False,
+                  soft_wrap=True)
+    for what, command in NEXT_STEPS:
+        console.print(f"  {command.format(plans=shlex.quote(str(plans_dir)))}    # {what}", highlight=False,
+                      soft_wrap=True)
 
 
 def _fresh_ledger(db: Path):

@@ -48,6 +48,11 @@ def simulate(
     cache_hit: Annotated[str | None, typer.Option(help="Lever: prompt-cache hit rate (share of input tokens read from cache).")] = None,
     batch_share: Annotated[str | None, typer.Option(help="Lever: share of calls sent through the batch API.")] = None,
     max_output: Annotated[int | None, typer.Option(help="Lever: cap output tokens per call.")] = None,
+    semantic_cache: Annotated[str | None, typer.Option(help="Lever: share of calls served from a semantic cache.")] = None,
+    semantic_cache_cost: Annotated[str | None, typer.Option(help="Lever: provider cost of one semantic-cache hit "
+                                                            "(default 0).")] = None,
+    enforce_quota: Annotated[bool, typer.Option(help="Replay each plan's quota decision: calls past a fast quota on "
+                                                "the slow lane's model, denied calls removed.")] = False,
     top: Annotated[int, typer.Option(help="How many movers to list.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report with charts.")] = None,
@@ -63,7 +68,9 @@ def simulate(
         spec = load_spec(population) if population else None
         plans = _candidate_plans(plan, spec, population)
         levers = _levers(spec, cost_scale=cost_scale, cost_date=cost_date, route=route, route_from=route_from,
-                         cache_hit=cache_hit, batch_share=batch_share, max_output=max_output)
+                         cache_hit=cache_hit, batch_share=batch_share, max_output=max_output,
+                         semantic_cache=semantic_cache, semantic_cache_cost=semantic_cache_cost,
+                         enforce_quota=enforce_quota)
         sim = _synthetic(plans, spec, seed, levers) if spec is not None else _history(plans, history, levers)
     except PlanInvalid as exc:
         _fail("invalid plan\n" + "\n".join(str(p) for p in exc.problems))
@@ -100,7 +107,8 @@ def _candidate_plans(plan_files: list[Path] | None, spec, population: Path | Non
 
 
 def _levers(spec, *, cost_scale: str | None, cost_date: str | None, route: str | None, route_from: str | None,
-            cache_hit: str | None, batch_share: str | None, max_output: int | None):
+            cache_hit: str | None, batch_share: str | None, max_output: int | None,
+            semantic_cache: str | None = None, semantic_cache_cost: str | None = None, enforce_quota: bool = False):
     """The spec's levers (or none), with the options given on the command line applied."""
     from billing.simulate.levers import Levers, parse_route
 
@@ -124,6 +132,13 @@ def _levers(spec, *, cost_scale: str | None, cost_date: str | None, route: str |
         updates["batch_share"] = _dec(batch_share, "--batch-share")
     if max_output is not None:
         updates["max_output_tokens"] = max_output
+    if semantic_cache is not None or semantic_cache_cost is not None:
+        if semantic_cache is None:
+            _fail("--semantic-cache-cost needs --semantic-cache SHARE")
+        updates["semantic_cache"] = {"share": _dec(semantic_cache, "--semantic-cache"),
+                                     "cost_per_hit": _dec(semantic_cache_cost, "--semantic-cache-cost") or Decimal(0)}
+    if enforce_quota:
+        updates["enforce_quota"] = True
     if not updates:
         return levers
     try:
@@ -207,6 +222,12 @@ def print_simulation(sim, top: int = 5) -> None:
     for line in sim.levers.describe():
         console.print(f"  lever: {line}", highlight=False)
     console.print(_plans_table(sim))
+    for plan in sim.plans:
+        gate = sim.quota(plan.ref)
+        if gate is not None:
+            denied = ", ".join(f"{n:,} {reason}" for reason, n in sorted(gate.denied.items())) or "none"
+            console.print(f"  {plan.ref} quota: {gate.downgraded:,} of {gate.interactions:,} metered interactions "
+                          f"on the slow lane, denied: {denied}", highlight=False)
     for plan in sim.plans:
         _print_plan_detail(sim, plan, top)
 

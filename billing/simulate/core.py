@@ -43,6 +43,7 @@ from billing.rating.periods import Period
 from billing.rating.types import CreditGrant, LineKind, MeterTotals, RatedInvoice
 from billing.reports.stats import MARGIN_EDGES, Bin, histogram, margin_pct, percentiles, round_pct
 from billing.simulate.fastrate import FastRater, fast_path_applies
+from billing.simulate.gate import GateCounts, gate_events
 from billing.simulate.levers import Levers, apply_levers
 from billing.simulate.sim_event import SimEvent
 
@@ -94,6 +95,8 @@ class CustomerTotals:
     active_from: datetime | None = None
     active_until: datetime | None = None
     trial_end: datetime | None = None
+    cost_by_plan: Mapping[str, Decimal] = field(default_factory=dict)  # the quota replay: cost per plan ref
+    gate_by_plan: Mapping[str, GateCounts] = field(default_factory=dict)
 
     def usage_for(self, plan: Plan) -> Mapping[str, MeterTotals]:
         return self.usage_by_plan.get(plan.ref, self.usage)
@@ -130,6 +133,7 @@ class CustomerResult:
     baseline_cost: Decimal | None = None
     interactions: int = 0
     invoice: RatedInvoice | None = None
+    gate: GateCounts | None = None  # what the plan's quota did (quota replay)
 
     @property
     def margin(self) -> Decimal:
@@ -240,6 +244,16 @@ class Simulation:
     def margin_percentiles(self, ref: str) -> dict[str, Decimal | None]:
         return percentiles([r.margin for r in self.results[ref]])
 
+    def quota(self, ref: str) -> GateCounts | None:
+        """What the plan's quota did to every customer's interactions (quota replay only)."""
+        gates = [r.gate for r in self.results[ref] if r.gate is not None]
+        if not gates:
+            return None
+        total = GateCounts()
+        for g in gates:
+            total.add(g)
+        return total
+
     def throttled(self, ref: str) -> list[CustomerResult]:
         return [r for r in self.results[ref] if r.throttled]
 
@@ -284,6 +298,7 @@ class Simulation:
                                         for b in self.margin_distribution(ref)],
                 "margin_percentiles": {k: None if v is None else dec_str(round_line(v, plan.currency))
                                        for k, v in self.margin_percentiles(ref).items()},
+                "quota": None if self.quota(ref) is None else self.quota(ref).to_json(),
                 "throttled": [{"customer": r.customer, "segment": r.segment,
                                "charges": [t.to_json() for t in r.throttled]} for r in self.throttled(ref)],
                 "movers": [{"customer": r.customer, "segment": r.segment, "reference": str(refbill),
@@ -384,9 +399,9 @@ def rate_totals(plans: Sequence[Plan], customers: Sequence[CustomerTotals], peri
                          throttled_only=True)
                 throttled = tuple(Throttle(u.charge, throttling[u.charge], u.units, u.included, u.billable)
                                   for u in r.usage) if r.usage else ()
-                append(CustomerResult(c.customer, c.segment, ref, r.total, c.cost, c.seats, r.fees,
-                                      throttled, c.actual, c.actual_cost, c.actual_plan,
-                                      c.baseline_cost, c.interactions))
+                append(CustomerResult(c.customer, c.segment, ref, r.total, c.cost_by_plan.get(ref, c.cost), c.seats,
+                                      r.fees, throttled, c.actual, c.actual_cost, c.actual_plan,
+                                      c.baseline_cost, c.interactions, None, c.gate_by_plan.get(ref)))
                 continue
             p = c.period or period
             changes = list(c.seat_changes) or [(p.start, c.seats)]
@@ -396,9 +411,10 @@ def rate_totals(plans: Sequence[Plan], customers: Sequence[CustomerTotals], peri
                                               provider_cost=c.cost))
             fees = sum((ln.amount for ln in invoice.lines if ln.kind == LineKind.FEE), ZERO)
             seats = max(n for _, n in changes) if c.seat_changes else c.seats
-            out.append(CustomerResult(c.customer, c.segment, plan.ref, invoice.total, c.cost, seats, fees,
-                                      throttles(plan, invoice), c.actual, c.actual_cost, c.actual_plan,
-                                      c.baseline_cost, c.interactions, invoice if keep_invoices else None))
+            out.append(CustomerResult(c.customer, c.segment, plan.ref, invoice.total, c.cost_by_plan.get(ref, c.cost),
+                                      seats, fees, throttles(plan, invoice), c.actual, c.actual_cost, c.actual_plan,
+                                      c.baseline_cost, c.interactions, invoice if keep_invoices else None,
+                                      c.gate_by_plan.get(ref)))
         if progress:
             progress(len(customers))
     return Simulation(period, list(plans), results, levers or Levers(), source)
@@ -419,12 +435,19 @@ def customer_totals(plans: Sequence[Plan], customer: CustomerInput, period: Peri
     if baseline_coster is not None:  # history: the cost stored at ingestion is the cost before the levers
         baseline = customer.actual_cost if customer.actual_cost is not None else sum(
             (baseline_coster(e) for e in original if p.start <= e.timestamp < p.end), ZERO)
-    usage_by_plan = {plan.ref: aggregate(plan, events, p.start, p.end, cost_of) for plan in plans}
+    usage_by_plan, cost_by_plan, gate_by_plan = {}, {}, {}
+    for plan in plans:
+        if levers.enforce_quota:  # what this plan's quota would have let through (gate.py)
+            seen, gate_by_plan[plan.ref] = gate_events(plan, events, p, coster, customer.seats)
+            cost_by_plan[plan.ref] = sum((coster(e) for e in seen if p.start <= e.timestamp < p.end), ZERO)
+            usage_by_plan[plan.ref] = aggregate(plan, seen, p.start, p.end, coster)
+        else:
+            usage_by_plan[plan.ref] = aggregate(plan, events, p.start, p.end, cost_of)
     return CustomerTotals(customer.customer, {}, total, customer.segment, customer.seats, customer.seat_changes,
                           customer.period, customer.actual, customer.actual_cost, customer.actual_plan,
                           customer.grants, usage_by_plan, baseline,
                           sum(1 for e in in_period if e.type == interaction_type),
-                          customer.active_from, customer.active_until, customer.trial_end)
+                          customer.active_from, customer.active_until, customer.trial_end, cost_by_plan, gate_by_plan)
 
 
 def simulate(plans: Sequence[Plan], customers: Sequence[CustomerInput], period: Period, book: CostBook, *,

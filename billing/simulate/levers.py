@@ -11,9 +11,13 @@ A simulation may change how usage *would have been served* and what it *would ha
   ``cache_read_tokens`` (billed at the cache-read price);
 - ``batch_share``: send that share of calls through the batch API (``batch: true``, the
   model's ``batch_discount``);
-- ``max_output_tokens``: cap each call's output tokens.
+- ``max_output_tokens``: cap each call's output tokens;
+- ``semantic_cache``: serve a share of the calls from a semantic cache at a stated cost per hit;
+- ``enforce_quota``: replay each candidate plan's quota decision on the usage (``gate.py``):
+  calls past a fast quota re-priced on the slow lane's model, denied calls removed.
 
-Transforms apply in that order: route, cache, batch, cap. They never mutate their input.
+Transforms apply in that order: route, cache, batch, cap, semantic cache; the quota replay
+comes last, per plan. They never mutate their input.
 
 Shares are exact, not random: an eligible event is assigned by *error diffusion* (after
 ``k`` eligible events of a type, each target has within one event of ``k x share``), in the
@@ -64,6 +68,15 @@ class Route(_Frozen):
         return self
 
 
+class SemanticCache(_Frozen):
+    """Serve ``share`` of the calls from a semantic cache: such a call costs ``cost_per_hit``
+    (the cache's own cost: lookup, embedding, storage) instead of its tokens' provider price.
+    The customer still got the answer: its meters count it as before."""
+
+    share: Share
+    cost_per_hit: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+
+
 class Levers(_Frozen):
     cost_scale: Annotated[Decimal, Field(ge=0)] = Decimal(1)
     cost_date: date | None = None
@@ -71,14 +84,17 @@ class Levers(_Frozen):
     cache_hit_rate: Share = Decimal(0)
     batch_share: Share = Decimal(0)
     max_output_tokens: Annotated[int, Field(ge=0)] | None = None
+    semantic_cache: SemanticCache | None = None
+    enforce_quota: bool = False  # replay each plan's quota decision (``gate.py``): per plan usage and cost
 
     @property
     def changes_events(self) -> bool:
-        return bool(self.route or self.cache_hit_rate or self.batch_share or self.max_output_tokens is not None)
+        return bool(self.route or self.cache_hit_rate or self.batch_share or self.max_output_tokens is not None
+                    or (self.semantic_cache and self.semantic_cache.share))
 
     @property
     def is_identity(self) -> bool:
-        return not self.changes_events and self.cost_scale == 1 and self.cost_date is None
+        return not self.changes_events and self.cost_scale == 1 and self.cost_date is None and not self.enforce_quota
 
     def describe(self) -> list[str]:
         out = []
@@ -96,6 +112,11 @@ class Levers(_Frozen):
             out.append(f"batch share {dec_str(self.batch_share * 100)}%")
         if self.max_output_tokens is not None:
             out.append(f"output capped at {self.max_output_tokens} tokens")
+        if self.semantic_cache and self.semantic_cache.share:
+            out.append(f"semantic cache serves {dec_str(self.semantic_cache.share * 100)}% of calls at "
+                       f"{dec_str(self.semantic_cache.cost_per_hit)} a hit")
+        if self.enforce_quota:
+            out.append("each plan's quota decision replayed (slow lane re-priced, denied calls removed)")
         return out
 
 
@@ -196,8 +217,24 @@ def cap_output_tokens(events: Iterable[UsageEvent], cap: int) -> list[UsageEvent
     return out
 
 
+def apply_semantic_cache(events: Iterable[UsageEvent], cache: SemanticCache) -> list[UsageEvent]:
+    """An exact share of the calls (error diffusion) served from the cache: their provider
+    cost becomes the reported ``cost`` of a hit (``cost_breakdown`` uses it as is)."""
+    alloc = Allocator([(True, _frac(cache.share))])
+    out = []
+    for e in events:
+        if e.type not in TOKEN_TYPES or cache.share == 0 or not any(k.endswith("_tokens") for k in e.properties):
+            out.append(e)
+            continue
+        hit = alloc.next()
+        out.append(_copy(e, {**e.properties, "cost": dec_str(cache.cost_per_hit), "semantic_cache_hit": True})
+                   if hit else e)
+    return out
+
+
 def apply_levers(events: Iterable[UsageEvent], levers: Levers) -> list[UsageEvent]:
-    """The event-level levers, in order: route, cache, batch, cap (cost levers act at costing)."""
+    """The event-level levers, in order: route, cache, batch, cap, semantic cache (cost levers
+    act at costing)."""
     out = list(events)
     if levers.route:
         out = route_calls(out, levers.route)
@@ -207,6 +244,8 @@ def apply_levers(events: Iterable[UsageEvent], levers: Levers) -> list[UsageEven
         out = apply_batch_share(out, levers.batch_share)
     if levers.max_output_tokens is not None:
         out = cap_output_tokens(out, levers.max_output_tokens)
+    if levers.semantic_cache and levers.semantic_cache.share:
+        out = apply_semantic_cache(out, levers.semantic_cache)
     return out
 
 

@@ -18,6 +18,9 @@ Format (see ``examples/population.yaml``; every key but ``segments`` is optional
         exact_mix: false            # true: split calls across the mix exactly, not at random
         seats: 1
         escalation: {share: "0.2", model: claude-opus-4-1, input_tokens: 5000, output_tokens: 600}
+        distribution: lognormal     # interactions per customer: uniform (+/- spread, default),
+        sigma: 1.2                  #   lognormal (sigma) or pareto (alpha > 1), mean kept
+        agentic: {share: 0.1, steps: 20, tokens_per_step: 1500}   # long agent tasks (synthetic.Agentic)
     levers: {cost_scale: 1, cache_hit_rate: 0.3, route: {to: {gpt-5-mini: 0.5}}, ...}
     prices:                         # optional inline cost book (per 1M tokens); default: shipped book
       chat-model: {input: "3", output: "15"}
@@ -44,7 +47,7 @@ from billing.rating.periods import Period, parse_period_label
 from billing.simulate.core import CustomerInput
 from billing.simulate.sim_event import SimEvent
 from billing.simulate.levers import Levers
-from billing.simulate.synthetic import Escalation, Segment, customer_rows
+from billing.simulate.synthetic import Agentic, Escalation, Segment, customer_rows
 
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
 
@@ -65,6 +68,12 @@ class EscalationSpec(_Frozen):
     feature: str | None = None
 
 
+class AgenticSpec(_Frozen):
+    share: Fraction01
+    steps: Annotated[float, Field(ge=1, le=10_000)] = 20
+    tokens_per_step: Annotated[int, Field(ge=0)] = 1500
+
+
 class SegmentSpec(_Frozen):
     customers: Annotated[int, Field(ge=0)]
     interactions: Annotated[float, Field(ge=0)]
@@ -82,6 +91,10 @@ class SegmentSpec(_Frozen):
     seats: Annotated[int, Field(ge=0)] = 1
     users: Annotated[int, Field(ge=1)] = 5
     escalation: EscalationSpec | None = None
+    distribution: Literal["uniform", "lognormal", "pareto"] = "uniform"
+    sigma: Annotated[float, Field(gt=0, le=4)] = 1.0
+    alpha: Annotated[float, Field(gt=1, le=10)] = 1.5
+    agentic: AgenticSpec | None = None
 
     @field_validator("model_mix")
     @classmethod
@@ -97,7 +110,9 @@ class SegmentSpec(_Frozen):
                        self.resolution_rate, self.dispute_rate, self.spread, self.token_jitter, self.seats,
                        self.interactions_per, self.exact_mix,
                        Escalation(str(esc.share), esc.model, esc.input_tokens, esc.output_tokens, esc.feature)
-                       if esc else None, self.users)
+                       if esc else None, self.users, self.distribution, float(self.sigma), float(self.alpha),
+                       Agentic(float(self.agentic.share), float(self.agentic.steps), self.agentic.tokens_per_step)
+                       if self.agentic else None)
 
 
 class PriceSpec(_Frozen):

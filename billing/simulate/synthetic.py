@@ -1,6 +1,8 @@
 """Seeded synthetic usage: light / medium / heavy / power users, several models.
 
-Pure and reproducible: the same seed gives the same events. Each *interaction* emits a
+Pure and reproducible: the same seed gives the same events. Usage per customer is uniform
+(+/- ``spread``) or heavy-tailed (``lognormal``, ``pareto``), and a share of customers may
+run long agent tasks (``Agentic``). Each *interaction* emits a
 ``request`` event (one fast/slow request, with its model) and an ``llm.call`` event (its
 tokens); a share of interactions ends in a resolution ``outcome``, a few of which are
 disputed within days.
@@ -8,6 +10,7 @@ disputed within days.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +38,24 @@ class Segment:
     exact_mix: bool = False  # True: split calls across model_mix exactly (error diffusion), not at random
     escalation: "Escalation | None" = None  # an extra call on another model for a share of interactions
     users: int = 5  # distinct `user` values per customer
+    # -- heavy tails (the defaults keep the uniform draw) --
+    distribution: str = "uniform"  # interactions per customer: "uniform" (+/- spread), "lognormal", "pareto"
+    sigma: float = 1.0  # lognormal: the log's standard deviation (mean kept: exp(sigma Z - sigma^2 / 2))
+    alpha: float = 1.5  # pareto: tail index > 1 (mean kept: (alpha - 1) / alpha x Pareto(alpha))
+    agentic: "Agentic | None" = None  # a share of customers whose interactions are long agent tasks
+
+
+@dataclass(frozen=True)
+class Agentic:
+    """A share of a segment's customers run agent tasks: each of their interactions is a task
+    of several ``llm.call`` steps (exponentially distributed, mean ``steps``; property
+    ``task``), each step's input ``tokens_per_step`` larger than the last (the context grows).
+    Who is agentic and how long each task runs come from their own random stream: the other
+    events of the customer are drawn as without it."""
+
+    share: float
+    steps: float = 20
+    tokens_per_step: int = 1500
 
 
 @dataclass(frozen=True)
@@ -114,7 +135,10 @@ def customer_rows(customer: str, segment: Segment, start: datetime, end: datetim
     unit = {"month": 30.4375 * 86400, "day": 86400.0}.get(segment.interactions_per, float(seconds or 1))
     months = seconds / unit
     mean = segment.interactions * months
-    n = max(0, round(mean * (1 + rng.uniform(-segment.spread, segment.spread))))
+    n = max(0, round(mean * _volume_factor(rng, segment)))
+    agent = segment.agentic
+    arng = random.Random(f"{seed}:{customer}:agentic") if agent else None
+    agentic = arng is not None and arng.random() < agent.share
     pick = _exact_picker(segment.model_mix) if segment.exact_mix else (lambda: _pick(rng, segment.model_mix))
     esc = segment.escalation
     esc_share = Fraction(esc.share) if esc else Fraction(0)
@@ -130,7 +154,11 @@ def customer_rows(customer: str, segment: Segment, start: datetime, end: datetim
                  "user": f"u{rng.randrange(1, segment.users + 1)}"}
         if segment.cache_read_tokens:
             props["cache_read_tokens"] = int(segment.cache_read_tokens * jitter)
+        if agentic:
+            props["task"] = f"task-{base}"
         yield f"llm-{base}", "llm.call", ts, props
+        if agentic:
+            yield from _agent_steps(arng, agent, base, ts, end, props)
         if esc is not None and floor((i + 1) * esc_share) > floor(i * esc_share):
             yield f"esc-{base}", "llm.call", ts, {
                 "model": esc.model, "input_tokens": esc.input_tokens, "output_tokens": esc.output_tokens,
@@ -140,6 +168,27 @@ def customer_rows(customer: str, segment: Segment, start: datetime, end: datetim
             if rng.random() < segment.dispute_rate:
                 later = ts + timedelta(hours=rng.randrange(1, 72))
                 yield f"dis-{base}", "outcome.disputed", later, {"outcome_id": f"conv-{base}"}
+
+
+def _volume_factor(rng: random.Random, segment: Segment) -> float:
+    """A customer's interactions relative to the segment's mean (mean 1 for every distribution)."""
+    if segment.distribution == "lognormal":
+        return math.exp(segment.sigma * rng.gauss(0.0, 1.0) - segment.sigma ** 2 / 2)
+    if segment.distribution == "pareto":
+        return (segment.alpha - 1) / segment.alpha * rng.paretovariate(segment.alpha)
+    return 1 + rng.uniform(-segment.spread, segment.spread)
+
+
+def _agent_steps(rng: random.Random, agent: Agentic, base: str, ts: datetime, end: datetime,
+                 first: dict) -> Iterator[tuple[str, str, datetime, dict]]:
+    """The task's steps after its first call: one a second, each with a larger context."""
+    steps = max(1, round(rng.expovariate(1 / agent.steps)))
+    for k in range(1, steps):
+        at = ts + timedelta(seconds=k)
+        if at >= end:
+            return
+        yield f"step-{base}-{k:04d}", "llm.call", at, {
+            **first, "input_tokens": first["input_tokens"] + k * agent.tokens_per_step}
 
 
 def population_events(population: Population, start: datetime, end: datetime, seed: int = 0) -> Iterator[dict]:

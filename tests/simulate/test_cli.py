@@ -78,3 +78,21 @@ def test_bad_input_exits_2_with_a_message(tmp_path):
     assert result.exit_code == 2 and "route" in result.output
     result = invoke("--population", str(EX / "margin-trap.yaml"), "--plan", str(tmp_path / "missing.yaml"))
     assert result.exit_code == 2
+
+
+def test_quota_replay_and_semantic_cache_levers(tmp_path):
+    population = small_population(tmp_path)
+    plan = str(ROOT / "plans" / "cursor-pro.yaml")
+    plain = json.loads(invoke("--population", population, "--plan", plan, "--json").output)["plans"][0]
+    result = invoke("--population", population, "--plan", plan, "--enforce-quota", "--semantic-cache", "0.1",
+                    "--semantic-cache-cost", "0.0001", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["levers"] == {"semantic_cache": {"share": "0.1", "cost_per_hit": "0.0001"}, "enforce_quota": True}
+    replayed = data["plans"][0]
+    assert replayed["quota"]["downgraded"] > 0 and plain["quota"] is None
+    assert D(replayed["total"]["cost_exact"]) < D(plain["total"]["cost_exact"])
+    bad = invoke("--population", population, "--plan", plan, "--semantic-cache-cost", "0.1")
+    assert bad.exit_code == 2 and "--semantic-cache-cost needs --semantic-cache SHARE" in bad.output
+    over = invoke("--population", population, "--plan", plan, "--semantic-cache", "1.5")
+    assert over.exit_code == 2 and "semantic_cache.share" in over.output
