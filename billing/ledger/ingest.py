@@ -211,6 +211,7 @@ class Ledger:
                         if pending is not None:
                             done, pending = pending, None
                             self._finish(done.result(), result, progress)
+                            del done  # (its chunk is written: free it before the next one is staged)
                             if time.monotonic() - last_alerts > _ALERT_EVERY_S:  # a long import: now and then
                                 self._alert(alerting)
                                 last_alerts = time.monotonic()
