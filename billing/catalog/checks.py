@@ -42,6 +42,10 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     limits = data.get("agent_limits")
     if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
         problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
+    guard = data.get("cost_guard")
+    if isinstance(guard, dict) and guard.get("task_cost") is not None and not isinstance(limits, dict):
+        problems.append((["cost_guard", "task_cost"], "a task cost guard needs agent_limits "
+                         "(its task_property names the task a call belongs to)"))
     problems.extend(_credit_problems(data.get("credits") or [], charges))
     problems.extend(_feature_problems(data.get("features"), meters, charges))
     return problems

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import AfterValidator, Field, field_validator
 
-from billing.catalog.base import Frozen, Key, Money, Positive
+from billing.catalog.base import Frozen, Key, Money, Positive, RateLimit
 from billing.catalog.features import FeatureValue, MeteredFeature  # noqa: F401  (the plan's features)
+from billing.catalog.guards import CostGuard
 
 if TYPE_CHECKING:
     from billing.catalog.compiled import CompiledPlan
@@ -193,11 +194,6 @@ Price = Annotated[
 
 # ------------------------------------------------------------------ exhaustion policy
 
-class RateLimit(Frozen):
-    limit: Annotated[int, Field(gt=0)]
-    window_seconds: Annotated[int, Field(gt=0)]
-
-
 class BlockPolicy(Frozen):
     """Deny once the included units are used."""
 
@@ -346,6 +342,7 @@ class Plan(Frozen):
     spend_cap: Money | None = None
     budget_alerts: BudgetAlerts | None = None
     agent_limits: AgentLimits | None = None
+    cost_guard: CostGuard | None = None  # provider-cost guardrails (billing.catalog.guards)
     dunning: Dunning = Field(default_factory=Dunning)
     features: dict[Key, FeatureValue] = Field(default_factory=dict)  # entitlements
 
