@@ -551,7 +551,7 @@ def _combine(verdicts: list[_Verdict]) -> _Verdict:
         # the strictest lane: slow beats overage beats fast
         order = {"fast": 0, "overage": 1, "slow": 2}
         same = [v for v in verdicts if v.outcome == worst.outcome]
-        pick = max(same, key=lambda v: order[v.tier])
+        pick = max(same, key=lambda v: (order[v.tier], v.guard is not None))  # a tie: the cost guard's
         return _Verdict(pick.outcome, pick.tier, pick.reason, pick.model, None, None, pick.message, pick.guard)
     denies = sorted((v for v in verdicts if v.outcome == Outcome.DENY), key=lambda v: _DENY_PRIORITY[v.reason])
     first = denies[0]

@@ -56,12 +56,14 @@ from billing.reservations.writer import QuotaWriter
 from billing.store.types import from_us, to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert
-from billing.quota.decide import Decision, MeterUsage, UsageState, decide, plan_credit_amount
+from billing.costs.estimate import estimate_cost
+from billing.quota.decide import Decision, MeterUsage, QuotaRequest, UsageState, decide, plan_credit_amount
 from billing.quota.usage import charge_spends
 
 __all__ = ["Quota", "Reservation", "Context", "Outbox", "MAX_QUANTITY", "MAX_COST"]
 
 ZERO = Decimal(0)
+MAX_COST_DECIMAL = Decimal(MAX_COST)  # an estimate is held at most at the largest cost a request may give
 
 _hold = QuotaHold.__table__
 _event = UsageEventRow.__table__
@@ -171,6 +173,7 @@ class Quota:
         request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
         if self.reads is not None:  # over the network: concurrent checks share a round trip
             return self.reads.submit(Op("check", customer=customer, request=request))
+        request = self.estimated(request)
         now = self.clock()
         conn = self.conns.local_reader()
         if conn is not None:  # a SQLite file: this thread's connection, one statement in C
@@ -185,6 +188,17 @@ class Quota:
             ctx = self.context(conn, customer, now)
             state = usage_state(self.conns, conn, ctx, now, task)
         return self._warned(decide(ctx.plan, state, request), request, now)
+
+    def estimated(self, request: QuotaRequest) -> QuotaRequest:
+        """``request`` with its provider cost estimated when the caller gave none but named a
+        model and its tokens (``billing.costs.estimate``): a hold keeps the estimate, so
+        cost guards and task cost limits count calls in flight."""
+        if request.cost or request.model is None or not request.tokens:
+            return request
+        costs = self.ledger.costs
+        costs.refresh()
+        found = estimate_cost(costs.book, request.model, request.tokens, self.clock())
+        return replace(request, cost=min(found, MAX_COST_DECIMAL)) if found else request
 
     def model_warnings(self, model: str | None, now: datetime) -> tuple[dict[str, str], ...]:
         """``unpriced_model`` when the cost book (the ledger's, kept up to date) cannot price
@@ -237,6 +251,7 @@ class Quota:
                 states = self._batch_states(conn, live, now)
         for op, state in zip(live, states):
             try:
+                op.request = self.estimated(op.request)
                 op.result = self._warned(decide(op.ctx.plan, state, op.request), op.request, now)
             except BillingError as exc:
                 op.error = exc
@@ -267,7 +282,7 @@ class Quota:
         if request_id is not None and not 0 < len(request_id) <= 200:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
         storable_text("request_id", request_id)
-        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
+        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps))
         reservation = self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl,
                                             request_id=request_id))
         warnings = self.model_warnings(model, self.clock())
