@@ -17,9 +17,9 @@ from tests.support.quota import NOW, T0
 PERIOD_END = T0.replace(month=11)
 WHALE = parse_plan_text(WHALE_PLAN, "w.yaml")
 CAPPED = parse_plan_text(COST_RACE_PLAN, "c.yaml")
-# 9.5 of October's 31 days have passed at NOW: the flat $200's earned part, and 80% of it
+# 9.5 of October's 31 days have passed at NOW: the flat $200's earned part, and half of it
 EARNED = D(200) * D("9.5") / D(31)
-MARGIN_LIMIT = EARNED * D("0.8")
+MARGIN_LIMIT = EARNED * D("0.5")
 
 
 def state(provider_cost=D(0), held_cost=D(0), **kw) -> UsageState:
@@ -44,7 +44,7 @@ def test_the_margin_floor_counts_the_flat_fees_earned_part_and_downgrades_to_its
     assert (down.outcome, down.reason, down.guard, down.lane.tier, down.lane.model) == (
         "downgrade", "cost_guard", "margin_floor", "slow", CHEAP)
     # past the cost cap as well: the deny wins and names the cap
-    capped = decide(WHALE, state(D(119)), QuotaRequest("acme", "calls", cost=D(2)))
+    capped = decide(WHALE, state(D(59)), QuotaRequest("acme", "calls", cost=D(2)))
     assert (capped.outcome, capped.guard) == ("deny", "cost_cap")
 
 
@@ -91,7 +91,7 @@ def test_a_guard_alerts_once_committed_cost_passes_it():
     assert reached(WHALE, state(MARGIN_LIMIT)) == []
     [alert] = reached(WHALE, state(MARGIN_LIMIT + D("0.01")))
     assert (alert.subject, alert.threshold, alert.limit) == ("cost_guard:margin_floor", 100, MARGIN_LIMIT)
-    assert [a.subject for a in reached(WHALE, state(D("120.01")))] == ["cost_guard:cost_cap",
+    assert [a.subject for a in reached(WHALE, state(D("60.01")))] == ["cost_guard:cost_cap",
                                                                       "cost_guard:margin_floor"]
 
 

@@ -17,8 +17,8 @@ fees:
 meters:
   - {{key: calls, event_type: llm.call, aggregation: count}}
 cost_guard:
-  margin_floor: {{percent: 20, on_breach: {{policy: downgrade, model: {CHEAP}}}}}
-  cost_cap: {{amount: 120, on_breach: {{policy: deny}}}}
+  margin_floor: {{percent: 50, on_breach: {{policy: downgrade, model: {CHEAP}}}}}
+  cost_cap: {{amount: 60, on_breach: {{policy: deny}}}}
 """
 
 COST_CAP = 25  # the race plan's provider-cost cap
