@@ -100,3 +100,18 @@ def test_property_a_cost_cap_denies_exactly_the_calls_that_would_pass_it(committ
     d = decide(CAPPED, state(committed, held), QuotaRequest("acme", "requests", cost=cost))
     assert d.granted == (committed + held + cost <= 25)
     assert (d.guard == "cost_cap") == (committed + held + cost > 25)
+
+
+def test_the_plans_readme_worked_example():
+    from pathlib import Path
+
+    from billing.quota.guards import margin_limit, revenue_to_date
+
+    readme = (Path(__file__).resolve().parents[2] / "plans" / "README.md").read_text()
+    earned = revenue_to_date(WHALE, state(), D(0), D(0))
+    limit = margin_limit(D(50), earned)
+    assert f"${earned:.2f} of the $200 fee is earned" in readme and f"reach ${limit:.2f}." in readme
+    down = decide(WHALE, state(D(18)), QuotaRequest("acme", "calls", model="claude-opus-4-1", cost=D(15)))
+    assert (down.outcome, down.lane.model) == ("downgrade", CHEAP) and "$18.00 committed" in readme
+    deny = decide(WHALE, state(D("45.60")), QuotaRequest("acme", "calls", model="claude-opus-4-1", cost=D(15)))
+    assert (deny.outcome, deny.guard) == ("deny", "cost_cap") and "$45.60 committed" in readme
