@@ -20,7 +20,9 @@ on committed usage only are the alert subjects ``cost_guard:<name>`` (``alert_me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from billing.catalog.schema import Plan
@@ -61,9 +63,14 @@ def task_cost_after(state: Any, request: Any) -> Decimal:
     return (state.task.cost if state.task is not None else ZERO) + request.cost
 
 
+@lru_cache(maxsize=4096)
+def _period(start: datetime, end: datetime) -> Period:
+    return Period(start, end)
+
+
 def revenue_to_date(plan: Plan, state: Any, usage_spend: Decimal, credits: Decimal) -> Decimal:
     """What the invoice would bill for the period so far: earned fees + usage spend - credits drawn."""
-    fraction = prorate_fraction(state.period_start, state.now, Period(state.period_start, state.period_end))
+    fraction = prorate_fraction(state.period_start, state.now, _period(state.period_start, state.period_end))
     return earned_fees(plan.compiled, state.seats, fraction) + usage_spend - min(credits, usage_spend)
 
 
