@@ -25,7 +25,11 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from pydantic import ValidationError
+
+from billing.catalog.guards import CostGuard
 from billing.catalog.schema import Plan
+from billing.errors import BillingError, ErrorCode
 from billing.rating.arithmetic import earned_fees
 from billing.rating.periods import Period, prorate_fraction
 
@@ -123,3 +127,33 @@ def alert_measures(plan: Plan, state: Any, usage_spend: Decimal, credits: Decima
         limit = margin_limit(spec.margin_floor.percent, revenue_to_date(plan, state, usage_spend, credits))
         out.append(GuardMeasure("cost_guard:margin_floor", state.provider_cost, limit))
     return out
+
+
+# ------------------------------------------------------------ a customer's own guards
+
+_OWN: dict[tuple[int, str], tuple[Plan, Plan]] = {}  # (id(plan), guard JSON) -> (plan, its copy)
+
+
+def parse_cost_guard(data: Any) -> CostGuard:
+    """A customer's ``cost_guard`` (a mapping as a plan writes it), or a ``validation_error``
+    listing every problem as ``path: message`` (``cost_guard.margin_floor.percent: ...``)."""
+    try:
+        return CostGuard.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"cost_guard{''.join(f'.{p}' for p in e['loc'] )}: {e['msg']}"
+                    for e in exc.errors()]
+        raise BillingError("; ".join(problems), code=ErrorCode.VALIDATION, details={"problems": problems}) from None
+
+
+def with_cost_guard(plan: Plan, guard_json: str) -> Plan:
+    """``plan`` with a customer's stored guards in place of its own (compiled once per plan
+    version and guard: the quota context cache asks for it on every load)."""
+    key = (id(plan), guard_json)
+    hit = _OWN.get(key)
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    if len(_OWN) > 10_000:
+        _OWN.clear()
+    copy = plan.model_copy(update={"cost_guard": CostGuard.model_validate_json(guard_json)})
+    _OWN[key] = (plan, copy)
+    return copy

@@ -39,6 +39,7 @@ from billing.reservations import exact as quota_exact
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
+from billing.quota.guards import with_cost_guard
 from billing.rating.periods import BillingCycle, Period
 
 MICRO = Decimal(1_000_000)
@@ -240,7 +241,7 @@ def _utc(value: Any) -> datetime | None:
 
 
 _CONTEXT_SQL = (
-    "SELECT timezone FROM customer WHERE id = ?",
+    "SELECT timezone, cost_guard FROM customer WHERE id = ?",
     "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
     "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
     "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
@@ -276,7 +277,7 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
     tz_rows, subs, seat_rows, failed_rows, grants = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
-    tz = tz_rows[0][0]
+    tz, own_guard = tz_rows[0]
     active = []
     for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
         started, ended = _utc(started_at), _utc(ended_at)
@@ -286,6 +287,8 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
         raise BillingError(f"customer {customer!r} has no active subscription", code=ErrorCode.SUBSCRIPTION_NOT_FOUND)
     _, sid, plan_id, version, anchor_at = max(active, key=lambda a: (a[0], a[1]))
     plan = catalog.get(plan_id, version)
+    if own_guard is not None:  # the customer's cost guardrails replace the plan's
+        plan = with_cost_guard(plan, own_guard)
     cycle = BillingCycle(plan.billing.interval, plan.billing.anchor, tz,
                          anchor_at if plan.billing.anchor == "anniversary" else None)
     period = cycle.period_containing(now)

@@ -37,6 +37,8 @@ class Customer(SQLModel, table=True):
     currency: str = Field(default="USD", max_length=3)
     stripe_customer_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = _utc()
+    # the customer's own cost guardrails (CostGuard JSON) in place of its plan's; None: the plan's
+    cost_guard: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Subscription(SQLModel, table=True):
