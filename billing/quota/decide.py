@@ -31,6 +31,9 @@ a meter with several charges is decided by the strictest of them):
   its policy -- ``alert`` (no change), ``downgrade`` (the slow lane on the guard's model,
   optionally rate limited), ``rate_limit`` or ``deny`` -- with reason ``cost_guard``; the
   decision's ``guard`` names the guard (``cost_cap``, ``margin_floor``, ``task_cost``).
+* **What remains** (budget-aware agents): ``cost_remaining``, the provider cost left under
+  the customer's cost guards, and for a task's call ``task``: its steps, tokens and cost
+  left (``billing.quota.guards.task_remaining``), both before the request.
 * **Dunning.** A payment overdue past ``dunning.deny_after_days`` denies everything
   (``payment_overdue``).
 
@@ -58,7 +61,7 @@ from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import BlockPolicy, Plan, RateLimit, RateLimitPolicy, SlowTierPolicy, UsageCharge
 from billing.errors import BillingError, ErrorCode
 from billing.money import dec_str, round_line
-from billing.quota.guards import GuardHit, breaches, task_cost_after
+from billing.quota.guards import GuardHit, breaches, cost_remaining, task_cost_after, task_remaining
 from billing.rating import arithmetic
 
 ZERO = Decimal(0)
@@ -185,6 +188,8 @@ class Decision:
     amount: Decimal = ZERO  # spend this request adds (estimate)
     message: str = ""
     guard: str | None = None  # the cost guard that decided (or fired): cost_cap | margin_floor | task_cost
+    cost_remaining: Decimal | None = None  # provider cost left under the customer's cost guards (None: none)
+    task: dict[str, Any] | None = None  # a task's call: steps / tokens / cost left (None: unlimited figure)
 
     @property
     def granted(self) -> bool:
@@ -200,6 +205,9 @@ class Decision:
             "spend": dec_str(self.spend), "credits_remaining": dec_str(self.credits_remaining),
             "amount": dec_str(self.amount),
             "retry_after": self.retry_after, "message": self.message, "guard": self.guard,
+            "cost_remaining": None if self.cost_remaining is None else dec_str(self.cost_remaining),
+            "task": None if self.task is None else {
+                k: v if v is None or isinstance(v, int) else dec_str(v) for k, v in self.task.items()},
         }
 
 
@@ -337,7 +345,9 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != Outcome.DENY else (),
         "amount": max(ZERO, amounts.spend_after - spend_before), "message": final.message or (
             fired.message if fired is not None else ""),
-        "guard": final.guard or (fired.guard if fired is not None else None)})
+        "guard": final.guard or (fired.guard if fired is not None else None),
+        "cost_remaining": cost_remaining(plan, state, spend_before, credits_all) if plan.cost_guard else None,
+        "task": task_remaining(plan, state) if request.task else None})
 
 
 def _meter_totals(cp: CompiledPlan, state: UsageState, meter_key: str, units: Decimal, cost: Decimal

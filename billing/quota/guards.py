@@ -157,3 +157,35 @@ def with_cost_guard(plan: Plan, guard_json: str) -> Plan:
     copy = plan.model_copy(update={"cost_guard": CostGuard.model_validate_json(guard_json)})
     _OWN[key] = (plan, copy)
     return copy
+
+
+# ------------------------------------------------------------------ what remains
+
+def cost_remaining(plan: Plan, state: Any, usage_spend: Decimal, credits: Decimal) -> Decimal | None:
+    """Provider cost the customer may still use before its strictest guard (``cost_cap``,
+    ``margin_floor`` on the revenue so far), before the request; None without either."""
+    spec = plan.cost_guard
+    if spec is None or (spec.cost_cap is None and spec.margin_floor is None):
+        return None
+    limits = []
+    if spec.cost_cap is not None:
+        limits.append(spec.cost_cap.amount)
+    if spec.margin_floor is not None:
+        limits.append(margin_limit(spec.margin_floor.percent, revenue_to_date(plan, state, usage_spend, credits)))
+    return max(ZERO, min(limits) - state.provider_cost - held_cost(state))
+
+
+def task_remaining(plan: Plan, state: Any) -> dict[str, Decimal | int | None] | None:
+    """Steps, tokens and provider cost the request's task may still use (``agent_limits``
+    maxima; the cost also under a ``task_cost`` guard), before the request; a figure the plan
+    does not limit is None. None when the plan limits no task."""
+    limits = plan.agent_limits
+    guard = plan.cost_guard.task_cost if plan.cost_guard is not None else None
+    if limits is None and guard is None:
+        return None
+    task = state.task
+    steps, tokens, cost = (task.steps, task.tokens, task.cost) if task is not None else (0, 0, ZERO)
+    max_cost = [c for c in ((limits.max_cost if limits else None), (guard.amount if guard else None)) if c is not None]
+    return {"steps": None if limits is None or limits.max_steps is None else max(0, limits.max_steps - steps),
+            "tokens": None if limits is None or limits.max_tokens is None else max(0, limits.max_tokens - tokens),
+            "cost": max(ZERO, min(max_cost) - cost) if max_cost else None}

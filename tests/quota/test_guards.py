@@ -115,3 +115,16 @@ def test_the_plans_readme_worked_example():
     assert (down.outcome, down.lane.model) == ("downgrade", CHEAP) and "$18.00 committed" in readme
     deny = decide(WHALE, state(D("45.60")), QuotaRequest("acme", "calls", model="claude-opus-4-1", cost=D(15)))
     assert (deny.outcome, deny.guard) == ("deny", "cost_cap") and "$45.60 committed" in readme
+
+
+def test_a_decision_says_what_remains_for_the_customer_and_the_task():
+    d = decide(CAPPED, state(D(20), D(3)), QuotaRequest("acme", "requests", cost=D(1)))
+    assert d.cost_remaining == 2 and d.to_json()["cost_remaining"] == "2" and d.task is None
+    whale = decide(WHALE, state(D(10)), QuotaRequest("acme", "calls"))
+    assert whale.cost_remaining == MARGIN_LIMIT - 10  # the margin floor is the stricter guard
+    plan = parse_plan_text(TASK_PLAN.replace("agent_limits: {max_cost: 8}", "agent_limits: {max_cost: 8, max_steps: 5}"),
+                           "t.yaml")
+    t = decide(plan, state(task=TaskUsage(steps=3, tokens=10, cost=D(4))), QuotaRequest("acme", "requests", task="t1"))
+    assert t.task == {"steps": 2, "tokens": None, "cost": 1}  # the task_cost guard (5) is stricter than max_cost
+    assert t.to_json()["task"] == {"steps": 2, "tokens": None, "cost": "1"}
+    assert decide(plan, state(), QuotaRequest("acme", "requests")).task is None  # not a task's call
