@@ -153,10 +153,10 @@ async def check_decision(state: Any, auth: str | None, api_key: str | None, body
     quota = state.services.quota
     if quota.inline_reads:  # SQLite: a few local lock-free reads, cheaper inline than a thread hop
         return quota.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
-                           tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
+                           tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry, depth=body.depth).to_json()
     # over a network (PostgreSQL): concurrent checks share a thread hop and a round trip
     return (await state.checks.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
-                                     tokens=body.tokens, cost=body.cost, steps=body.steps)).to_json()
+                                     tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry, depth=body.depth)).to_json()
 
 
 @router.post("/quota/reserve", tags=["quota"], summary="Decide and hold the estimate until commit/release/expiry")
@@ -164,7 +164,7 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
     principal.require_customer(body.customer)
     r = _svc(request).quota.reserve(body.customer, body.key, body.quantity, ttl=body.ttl_seconds,
                                     request_id=body.request_id, model=body.model, task=body.task,
-                                    tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
+                                    tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry, depth=body.depth).to_json()
     return _json(r, r["decision"])
 
 

@@ -304,12 +304,19 @@ class BudgetAlerts(Frozen):
 
 
 class AgentLimits(Frozen):
-    """Per agent task (events sharing ``task_property``): max steps, tokens, provider cost."""
+    """Per agent task (events sharing ``task_property``): max steps, tokens, provider cost;
+    per call: the most retries of one step and the deepest sub-agent call (the request's
+    ``retry`` / ``depth``, which the wrapper also records as the ``retry_property`` /
+    ``depth_property`` of the call's event; 0 = first attempt / the top-level agent)."""
 
     task_property: str = "task"
     max_steps: Annotated[int, Field(gt=0)] | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
     max_cost: Positive | None = None
+    max_retries: Annotated[int, Field(ge=0)] | None = None
+    max_depth: Annotated[int, Field(ge=0)] | None = None
+    retry_property: str = Field(default="retry", min_length=1)
+    depth_property: str = Field(default="depth", min_length=1)
 
 
 class Dunning(Frozen):

@@ -161,6 +161,8 @@ class QuotaRequest:
     tokens: int | None = None  # estimated tokens (agent limits); default: quantity on a *_tokens meter
     cost: Decimal = ZERO  # estimated provider cost of the call
     steps: int | None = None  # agent steps this request takes; default 1 when a task is named
+    retry: int | None = None  # which retry of its step this call is (0: the first attempt)
+    depth: int | None = None  # sub-agent depth of the call (0: the top-level agent)
 
 
 # ------------------------------------------------------------------------ outputs
@@ -316,7 +318,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     verdicts: list[_Verdict] = []
     if _payment_overdue(plan, state):
         verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.PAYMENT_OVERDUE, message="an invoice payment is overdue"))
-    if plan.agent_limits is not None and request.task:
+    if plan.agent_limits is not None and (request.task or request.retry is not None or request.depth is not None):
         task_limit = _task_limit_verdict(plan, state, request, meter.property, quantity)
         if task_limit is not None:
             verdicts.append(task_limit)
@@ -441,11 +443,18 @@ def _task_limit_verdict(plan: Plan, state: UsageState, request: QuotaRequest, me
     limits = plan.agent_limits
     assert limits is not None
     task = state.task or TaskUsage()
+    problems = []
+    if limits.max_retries is not None and request.retry is not None and request.retry > limits.max_retries:
+        problems.append(f"retry {request.retry} > {limits.max_retries}")
+    if limits.max_depth is not None and request.depth is not None and request.depth > limits.max_depth:
+        problems.append(f"depth {request.depth} > {limits.max_depth}")
+    if not request.task:
+        return _Verdict(Outcome.DENY, "fast", Reason.TASK_LIMIT, message="agent limit: " + ", ".join(problems)) \
+            if problems else None
     steps = request.steps if request.steps is not None else 1
     tokens = request.tokens
     if tokens is None:
         tokens = int(quantity) if (meter_property or "").endswith("_tokens") else 0
-    problems = []
     if limits.max_steps is not None and task.steps + steps > limits.max_steps:
         problems.append(f"steps {task.steps + steps} > {limits.max_steps}")
     if limits.max_tokens is not None and task.tokens + tokens > limits.max_tokens:

@@ -168,9 +168,9 @@ class Quota:
     # ---------------------------------------------------------------- public
     def check(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, model: str | None = None,
               task: str | None = None, tokens: int | None = None, cost: Decimal | int | str = 0,
-              steps: int | None = None) -> Decision:
+              steps: int | None = None, retry: int | None = None, depth: int | None = None) -> Decision:
         """What would happen to this request now (read-only: holds nothing)."""
-        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
+        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth)
         if self.reads is not None:  # over the network: concurrent checks share a round trip
             return self.reads.submit(Op("check", customer=customer, request=request))
         request = self.estimated(request)
@@ -274,7 +274,8 @@ class Quota:
 
     def reserve(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, ttl: float | None = None,
                 request_id: str | None = None, model: str | None = None, task: str | None = None,
-                tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None) -> Reservation:
+                tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None,
+                retry: int | None = None, depth: int | None = None) -> Reservation:
         """Decide and, if allowed or downgraded, hold the units until commit, release or expiry."""
         ttl = self.default_ttl if ttl is None else float(ttl)
         if not 0 < ttl <= self.max_ttl:
@@ -282,7 +283,7 @@ class Quota:
         if request_id is not None and not 0 < len(request_id) <= 200:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
         storable_text("request_id", request_id)
-        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps))
+        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth))
         reservation = self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl,
                                             request_id=request_id))
         warnings = self.model_warnings(model, self.clock())
