@@ -49,3 +49,26 @@ def test_concurrent_reservations_of_two_quotas_never_hold_more_cost_than_the_cap
     assert D(held) / 10**12 == 33 * ESTIMATE <= COST_CAP
     for q in quotas:
         q.close()
+
+
+def test_events_ingested_behind_the_quota_count_and_alert_once(any_engine):
+    from sqlalchemy import text
+
+    from billing.ledger.ingest import Ledger
+    from tests.support.quota import NOW
+
+    acc = Accounts(any_engine, CAT)
+    acc.create_customer("acme", now=T0)
+    acc.subscribe("acme", "cost-capped", at=T0)
+    ledger = Ledger(any_engine, CAT, clock=Clock())
+    # 3 calls of opus at 100k input + 100k output tokens: $9 each, $27 > the $25 cap
+    ledger.record([{"id": f"e{i}", "customer": "acme", "type": "request", "timestamp": NOW.isoformat(),
+                    "properties": {"model": EXPENSIVE, "input_tokens": 100_000, "output_tokens": 100_000}}
+                   for i in range(3)])
+    quota = Quota(any_engine, CAT, ledger, clock=Clock())
+    d = quota.check("acme", "requests")
+    assert (d.outcome, d.guard, d.cost_remaining) == ("deny", "cost_cap", 0)
+    with any_engine.connect() as conn:
+        rows = conn.execute(text("SELECT subject, value FROM budget_alert WHERE customer_id = 'acme'")).all()
+    assert [(s, D(v)) for s, v in rows] == [("cost_guard:cost_cap", D(27))]
+    quota.close()
