@@ -1,5 +1,5 @@
-"""`billing worker` as OS processes: two workers on one PostgreSQL database close a due
-period once (same invoices, gap-free numbers) and exit 0 on SIGTERM; a lock held elsewhere
+"""`billing worker` as OS processes: two workers on one database (PostgreSQL, SQLite) close
+a due period once (same invoices, gap-free numbers) and exit 0 on SIGTERM; a lock held elsewhere
 makes the close skipped; the outbox is delivered with no server running; the grace holds
 back a period that ended less than it ago; a worker killed -9 in the middle of its close
 leaves nothing a second run doubles."""
@@ -20,7 +20,7 @@ from billing.invoicing.repository import CLOSE_LOCK
 from billing.store.db import make_engine
 from billing.worker.locks import lock_key
 from tests.support.close_scenario import assert_gap_free
-from tests.support.db import fresh_database
+from tests.support.db import BACKENDS, fresh_database
 from tests.support.worker import (
     WebhookReceiver, WorkerProcess, advisory_lock_held, due_ledger, due_periods, invoice_keys, job_records,
     month_start, pg_conninfo, run_worker, worker_env)
@@ -64,10 +64,16 @@ def _documents(url: str):
         engine.dispose()
 
 
-@pytest.mark.postgres
-def test_two_workers_on_postgres_close_once_and_stop_on_sigterm(pg_url, tmp_path):
-    started, ids = _ledger(pg_url, 150)
-    env = worker_env(pg_url, tmp_path / "plans")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_workers_close_once_and_stop_on_sigterm(backend, tmp_path):
+    """PostgreSQL: the advisory lock; SQLite: the lock file (and the close's own write lock)."""
+    with fresh_database(backend, tmp_path) as url:
+        _two_workers(url, tmp_path)
+
+
+def _two_workers(url: str, tmp_path) -> None:
+    started, ids = _ledger(url, 150)
+    env = worker_env(url, tmp_path / "plans")
     workers = [WorkerProcess(env, "--jobs", "close", "--interval", "0.2") for _ in range(2)]
     try:
         for w in workers:
@@ -81,7 +87,7 @@ def test_two_workers_on_postgres_close_once_and_stop_on_sigterm(pg_url, tmp_path
     assert sum(1 for n in made if n) == 1  # one run made the invoices; every other was skipped or found none
     expected = _expected(ids, started, next(r["result"]["as_of"] for r in closes if r["status"] == "ok"))
     assert len(expected) >= len(ids) and sum(made) == len(expected)
-    assert _documents(pg_url) == expected  # each period's invoice once, numbers without gaps
+    assert _documents(url) == expected  # each period's invoice once, numbers without gaps
     for w in workers:
         assert w.lines[0]["worker"] == "started" and w.lines[-1] == {"worker": "stopped", "signal": True}
 
