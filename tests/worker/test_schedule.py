@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import billing.worker.schedule as schedule_module
 from billing.worker.schedule import (
     DEFAULT_INTERVALS, JOB_NAMES, Schedule, WorkerConfigError, parse_intervals, parse_jobs)
 
@@ -62,3 +65,16 @@ def test_a_job_never_runs_sooner_than_its_interval_after_its_previous_run(durati
         now += took
         ended[name] = now
         s.ran(name, now)
+
+
+def test_the_scheduling_module_imports_no_database_web_or_clock_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, billing.worker.schedule\n"
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'sqlmodel', 'httpx', "
+            "'stripe', 'fastapi') or m.startswith(('billing.store', 'billing.ledger', 'billing.api')))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stderr + done.stdout
+    source = Path(schedule_module.__file__).read_text()
+    assert "time.monotonic" not in source and "datetime.now" not in source  # times come from the caller
