@@ -1,7 +1,8 @@
 """Run jobs under their locks: one record per run, handed to ``emit`` (the CLI prints it as
 one JSON line). A record is ``{"job", "status", "took_ms", "at", ...}`` where status is
 ``ok`` (with the job's counts under ``result``), ``skipped`` (another worker holds the
-job's lock) or ``error`` (with ``error``; the worker goes on with the next run)."""
+job's lock) or ``error`` (with ``error``: the job raised, or its result says ``"ok": false``;
+the worker goes on with the next run)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ class Worker:
         try:
             with job_lock(self.ctx.engine, name) as held:
                 if held:
-                    record.update(status="ok", result=JOBS[name](self.ctx))
+                    result = JOBS[name](self.ctx)
+                    record.update(status="ok", result=result)
+                    if result.get("ok") is False:  # a job that went on past failed items (stripe_sync)
+                        record.update(status="error", error="some items failed (see result); the next run retries")
                 else:
                     record.update(status="skipped", reason="another worker holds the job's lock")
         except Exception as exc:  # noqa: BLE001 - one failed run never stops the worker

@@ -82,11 +82,13 @@ def test_a_failing_job_is_reported_and_the_next_runs(engine, monkeypatch):
         raise RuntimeError("database went away\nsecond line")
 
     monkeypatch.setitem(jobs_module.JOBS, "close", broken)
+    monkeypatch.setitem(jobs_module.JOBS, "outbox", lambda ctx: {"ok": False, "pushed": 1, "failed": 2})
     records: list[dict] = []
-    ctx, worker = _worker(engine, ["close", "purge_holds"], records)
+    ctx, worker = _worker(engine, ["close", "outbox", "purge_holds"], records)
     worker.run_once()
     assert records[0]["status"] == "error" and records[0]["error"] == "RuntimeError: database went away"
-    assert records[1] == {**records[1], "job": "purge_holds", "status": "ok", "result": {"expired": 0}}
+    assert records[1]["status"] == "error" and records[1]["result"] == {"ok": False, "pushed": 1, "failed": 2}
+    assert records[2] == {**records[2], "job": "purge_holds", "status": "ok", "result": {"expired": 0}}
     assert all(isinstance(r["took_ms"], int) and r["took_ms"] >= 0 for r in records)
     ctx.close()
 
