@@ -11,7 +11,7 @@ import typer
 def worker(
     once: Annotated[bool, typer.Option("--once", help="Run each job once and exit (for cron and tests).")] = False,
     jobs: Annotated[str | None, typer.Option(
-        "--jobs", help="Comma-separated jobs: close, outbox, purge_holds, stripe_sync (default: every configured one).")]
+        "--jobs", help="Comma-separated: close, outbox, purge_holds, stripe_sync (default: every configured one).")]
     = None,
     interval: Annotated[list[str] | None, typer.Option(
         "--interval", help="Seconds between runs: N for every job, or JOB=N (repeatable).")] = None,

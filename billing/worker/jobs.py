@@ -44,6 +44,9 @@ class JobContext:
         quota = self._services.pop("quota", None)
         if quota is not None:
             quota.close()
+        dispatcher = self._services.pop("dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.client.close()
         self._services.clear()
 
 
