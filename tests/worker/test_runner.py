@@ -109,7 +109,8 @@ def test_the_loop_finishes_the_running_job_then_stops(engine):
     thread.start()
     thread.join(60)
     assert not thread.is_alive() and len(records) == 5
-    assert [r["job"] for r in records] == ["close", "purge_holds", "close", "purge_holds", "close"]
+    assert [r["job"] for r in records[:2]] == ["close", "purge_holds"]  # both due at the start, in run order
+    assert {r["job"] for r in records[2:]} <= {"close", "purge_holds"} and {r["status"] for r in records} == {"ok"}
     ctx.close()
 
 
