@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # Idempotency-Key records (billing.api.idempotency): kept this long; a dead server's claim lapses after the lease
     idempotency_retention_hours: float = Field(default=24.0, ge=24.0)
     idempotency_lease_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # `billing worker`: its close job closes the periods that ended at least this long ago
+    # (late events within the grace land in the period's invoice, not in an adjustment)
+    close_grace_seconds: int = Field(default=3600, ge=0, le=31 * 86_400)
 
 
 @lru_cache
