@@ -139,6 +139,9 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(stripe_webhook.router)  # POST /v1/stripe/webhook
     app.include_router(reports.router)  # GET /reports/margins
     app.include_router(contracts_router)  # /v1/subscriptions/{id}/contract, overrides, coupons, commitments
+    from billing.api.formats_routes import router as formats_router
+
+    app.include_router(formats_router)  # POST /v1/otlp/v1/traces (CloudEvents: POST /v1/events)
     for extra in extra_routers:
         app.include_router(extra)
     return app
