@@ -78,6 +78,11 @@ def test_agent_wrappers_are_skipped_and_bad_shapes_are_named():
         {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}}]}
     refused = to_events({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).items[0]
     assert isinstance(refused, Refused) and refused.field == "traceId"
+    span.update(traceId="ab" * 16, endTimeUnixNano=str(10**30), attributes=[
+        {"key": "enduser.id", "value": {"stringValue": "acme"}}, *span["attributes"]])
+    refused = to_events({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).items[0]
+    assert isinstance(refused, Refused) and (refused.code, refused.field) == (ErrorCode.BAD_TIMESTAMP,
+                                                                              "endTimeUnixNano")
 
 
 @pytest.fixture

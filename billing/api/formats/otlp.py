@@ -127,7 +127,7 @@ def span_event(key: str, span: dict, attrs: dict, resource: dict, names: OtlpAtt
         end = int(span.get("endTimeUnixNano") or 0)
     except (TypeError, ValueError):
         end = 0
-    if end <= 0:
+    if not 0 < end < 2**63:  # OTLP's fixed64, within what a datetime can hold
         return refuse(ErrorCode.BAD_TIMESTAMP, "endTimeUnixNano", "must be the span's end, in nanoseconds since 1970")
     counts: dict[tuple[str, ...], int] = {}
     for group in (INPUT, OUTPUT, CACHE_READ, CACHE_WRITE, REASONING):
