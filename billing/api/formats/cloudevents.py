@@ -55,7 +55,8 @@ def to_event(ce: Any, *, customer_attribute: str = "subject", own_source: str = 
                        raw_id if isinstance(raw_id, str) else None, shown_customer)
 
     if ce.get("specversion") != SPEC_VERSION:
-        return refuse(ErrorCode.EVENT_INVALID, "specversion", f"must be {SPEC_VERSION!r}, not {ce.get('specversion')!r}")
+        return refuse(ErrorCode.EVENT_INVALID, "specversion",
+                      f"must be {SPEC_VERSION!r}, not {ce.get('specversion')!r}")
     for name in ("id", "source", "type"):
         if not isinstance(ce.get(name), str) or not ce[name]:
             return refuse(ErrorCode.EVENT_INVALID, name, "is required (a non-empty string)")
