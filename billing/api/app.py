@@ -129,6 +129,9 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(events_read.router)
     app.include_router(metrics_router)
     app.include_router(keys_router)
+    from billing.api.formats_routes import router as formats_router
+
+    app.include_router(formats_router)  # POST /v1/otlp/v1/traces (CloudEvents: POST /v1/events)
     # the hottest requests skip FastAPI's stack (same handlers, same errors)
     app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast}
     # in front of every route, the fast path too: JSON bodies only, then Idempotency-Key records
@@ -139,9 +142,6 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(stripe_webhook.router)  # POST /v1/stripe/webhook
     app.include_router(reports.router)  # GET /reports/margins
     app.include_router(contracts_router)  # /v1/subscriptions/{id}/contract, overrides, coupons, commitments
-    from billing.api.formats_routes import router as formats_router
-
-    app.include_router(formats_router)  # POST /v1/otlp/v1/traces (CloudEvents: POST /v1/events)
     for extra in extra_routers:
         app.include_router(extra)
     return app
