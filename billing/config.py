@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     # `billing worker`: its close job closes the periods that ended at least this long ago
     # (late events within the grace land in the period's invoice, not in an adjustment)
     close_grace_seconds: int = Field(default=3600, ge=0, le=31 * 86_400)
+    # standard event formats (billing.api.formats): the CloudEvents attribute naming the
+    # customer, and the source whose ids are kept as is (others: "<source>#<id>"); the OTLP
+    # span-or-resource attributes naming the customer, feature and task of a GenAI span
+    cloudevents_customer_attribute: str = Field(default="subject", min_length=1)
+    cloudevents_source: str = Field(default="billing", min_length=1)
+    otlp_customer_attribute: str = Field(default="enduser.id", min_length=1)
+    otlp_feature_attribute: str = Field(default="billing.feature", min_length=1)
+    otlp_task_attribute: str = Field(default="billing.task", min_length=1)
 
 
 @lru_cache

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import orjson
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from billing.api.telemetry import count_decision
 from billing.api.auth import Principal
@@ -93,8 +93,31 @@ def _retry_after(decision: dict[str, Any]) -> str | None:
 
 # ------------------------------------------------------------------------- events
 
-@router.post("/events", tags=["events"], summary="Record a batch of usage events (idempotent per event id)")
-def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest) -> Response:
+def _events_body() -> dict[str, Any]:
+    from billing.api.formats_routes import CLOUDEVENTS_CONTENT
+
+    content = {"application/json": {"schema": {"anyOf": [EventsIn.model_json_schema(),
+                                                          {"type": "array", "maxItems": 10_000}]}}}
+    return {"requestBody": {"required": True, "content": {**content, **CLOUDEVENTS_CONTENT}}}
+
+
+_EVENTS_IN: TypeAdapter = TypeAdapter(EventsIn | list[Any])
+
+
+@router.post("/events", tags=["events"], summary="Record a batch of usage events (idempotent per event id); "
+             "CloudEvents too (structured and batch)", openapi_extra=_events_body())
+def post_events(body: Annotated[Any, Body()], request: Request, principal: Ingest) -> Response:
+    from billing.api.formats.cloudevents import media_type
+    from billing.api.formats_routes import cloudevents_answer
+
+    media = media_type(request.headers.get("content-type"))
+    if media is not None:
+        return _json(cloudevents_answer(body, media, request, principal))
+    try:
+        body = _EVENTS_IN.validate_python(body)
+    except ValidationError as exc:  # as FastAPI answers a body that fails its model
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)],
+                                     body=body) from None
     events = body.events if isinstance(body, EventsIn) else body
     if len(events) > 10_000:
         raise BillingError("at most 10,000 events per batch", code=ErrorCode.VALIDATION)
