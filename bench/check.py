@@ -1,7 +1,7 @@
 """Quota check latency and throughput over HTTP, against a trivial endpoint of the same app.
 
     python bench/check.py [--backend sqlite|postgres] [--seconds 5] [--concurrency 16]
-                          [--customers 200] [--load wrk|python]
+                          [--customers 200] [--load wrk|python] [--guards]
 
 Starts ``billing serve``'s app (uvicorn, one worker) on a fresh migrated database seeded
 with customers on the support-chatbot plan (some usage each), then drives it from a
@@ -15,6 +15,11 @@ competes with the server for CPU, so its latencies are the pessimistic ones).
 Prints one JSON object: ``check_rps``, ``floor_rps``, ``ratio`` (check / floor),
 ``check_p50_ms``, ``check_p99_ms`` (and the floor's percentiles, errors, the load
 generator used). Targets: ratio >= 0.6, check p99 <= 10 ms at 16 connections.
+
+``--guards``: as many customers again on a copy of the plan with cost guards
+(``bench.common.GUARDED_PLAN``: evaluated on every check, outcome unchanged), and the checks
+measured once more on one of them, in the same run: ``guarded_check_rps`` and
+``guards_ratio`` (guarded / unguarded). Target: guards_ratio >= 0.8.
 """
 
 from __future__ import annotations
@@ -134,7 +139,7 @@ def run_load(generator: str, port: int, method: str, path: str, body: str, key: 
 
 # ------------------------------------------------------------------------- setup
 
-def seed(url: str, customers: int, now: datetime) -> str:
+def seed(url: str, customers: int, now: datetime, plans: str = PLANS, guarded: bool = False) -> str:
     from sqlmodel import SQLModel
 
     import billing.store.operational_models  # noqa: F401
@@ -146,14 +151,18 @@ def seed(url: str, customers: int, now: datetime) -> str:
 
     engine = make_engine(url)
     SQLModel.metadata.create_all(engine)
-    catalog = Catalog.from_paths(PLANS)
+    catalog = Catalog.from_paths(plans)
     acc = Accounts(engine, catalog)
     start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     events = []
-    for i in range(customers):
-        cid = f"cust-{i:05d}"
+    from bench.common import GUARDED_PLAN
+
+    population = [(f"cust-{i:05d}", "support-chatbot", i) for i in range(customers)]
+    if guarded:
+        population += [(f"guard-{i:05d}", GUARDED_PLAN, i) for i in range(customers)]
+    for cid, plan, i in population:
         acc.create_customer(cid, now=start)
-        acc.subscribe(cid, "support-chatbot", at=start)
+        acc.subscribe(cid, plan, at=start)
         for j in range(i % 50):
             events.append({"id": f"e-{i}-{j}", "customer": cid, "type": "llm.call",
                            "timestamp": max(start, now - timedelta(minutes=j + 1)).isoformat(),
@@ -171,8 +180,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(url: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "BILLING_DATABASE_URL": url, "BILLING_PLANS_DIR": PLANS, "PYTHONPATH": ROOT}
+def start_server(url: str, port: int, plans: str = PLANS) -> subprocess.Popen:
+    env = {**os.environ, "BILLING_DATABASE_URL": url, "BILLING_PLANS_DIR": plans, "PYTHONPATH": ROOT}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "billing.api.app:create_app", "--factory",
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                              "--no-access-log"], env=env)
@@ -195,6 +204,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--load", choices=["wrk", "python"], default=None,
                         help="load generator (default: wrk when installed, else python)")
+    parser.add_argument("--guards", action="store_true",
+                        help="also measure checks of customers on a plan with cost guards (same run)")
     parser.add_argument("--load-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_process:
@@ -205,30 +216,43 @@ def main() -> None:
     if generator == "wrk" and not shutil.which("wrk"):
         parser.error("--load wrk: wrk is not installed (apt-get install wrk)")
 
-    from bench.common import fresh_database
+    from bench.common import fresh_database, guarded_plans_dir
 
     now = datetime.now(UTC)
-    with fresh_database(args.backend) as url:
-        key = seed(url, args.customers, now)
+    guarded = None
+    with fresh_database(args.backend) as url, tempfile.TemporaryDirectory() as folder:
+        plans = guarded_plans_dir(folder) if args.guards else PLANS
+        key = seed(url, args.customers, now, plans, args.guards)
         port = free_port()
-        server = start_server(url, port)
+        server = start_server(url, port, plans)
         try:
             body = json.dumps({"customer": "cust-00042", "meter": "messages"})
             run_load(generator, port, "POST", "/v1/quota/check", body, key, 1.0, args.concurrency)  # warm-up
             run_load(generator, port, "GET", "/healthz", "", key, 1.0, args.concurrency)
             floor = run_load(generator, port, "GET", "/healthz", "", key, args.seconds, args.concurrency)
             check = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds, args.concurrency)
+            if args.guards:
+                body = json.dumps({"customer": "guard-00042", "meter": "messages"})
+                run_load(generator, port, "POST", "/v1/quota/check", body, key, 1.0, args.concurrency)
+                guarded = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds,
+                                   args.concurrency)
         finally:
             server.terminate()
             server.wait(10)
     ratio = check["rps"] / floor["rps"] if floor["rps"] else 0.0
+    more = {}
+    if guarded is not None:
+        guards_ratio = guarded["rps"] / check["rps"] if check["rps"] else 0.0
+        more = {"guarded_check_rps": guarded["rps"], "guarded_check_p99_ms": guarded["p99_ms"],
+                "guarded_check_errors": guarded["errors"], "guards_ratio": round(guards_ratio, 3),
+                "guards_target": {"guards_ratio>=0.8": guards_ratio >= 0.8}}
     print(json.dumps({
         "backend": args.backend, "concurrency": args.concurrency, "seconds": args.seconds, "load": generator,
         "check_rps": check["rps"], "floor_rps": floor["rps"], "ratio": round(ratio, 3),
         "check_p50_ms": check["p50_ms"], "check_p90_ms": check["p90_ms"], "check_p99_ms": check["p99_ms"],
         "floor_p50_ms": floor["p50_ms"], "floor_p99_ms": floor["p99_ms"],
         "check_errors": check["errors"], "floor_errors": floor["errors"],
-        "targets": {"ratio>=0.6": ratio >= 0.6, "p99<=10ms": check["p99_ms"] <= 10.0},
+        "targets": {"ratio>=0.6": ratio >= 0.6, "p99<=10ms": check["p99_ms"] <= 10.0}, **more,
     }))
 
 

@@ -39,3 +39,31 @@ def fresh_database(backend: str):
         engine_for.cache_clear()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# ``--guards`` (bench/check.py, bench/reserve.py): the support-chatbot plan with cost guards
+# that are evaluated on every call but do not change its outcome for the seeded customers (a
+# cap far above their cost, a margin floor that only alerts), seeded side by side with the
+# plain plan so one run measures both.
+GUARDED_PLAN = "support-chatbot-guarded"
+_GUARDS = """
+cost_guard:
+  cost_cap: {amount: "1000000", on_breach: {policy: deny}}
+  margin_floor: {percent: 0, on_breach: {policy: alert}}
+"""
+
+
+def guarded_plans_dir(folder: str) -> str:
+    """``folder`` holding the shipped plans plus ``GUARDED_PLAN``; returns its path."""
+    import shutil
+
+    plans = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
+    for name in os.listdir(plans):
+        if name.endswith(".yaml"):
+            shutil.copy(os.path.join(plans, name), folder)
+    with open(os.path.join(plans, "support-chatbot.yaml")) as f:
+        text = f.read()
+    assert "plan: support-chatbot\n" in text
+    with open(os.path.join(folder, f"{GUARDED_PLAN}.yaml"), "w") as f:
+        f.write(text.replace("plan: support-chatbot\n", f"plan: {GUARDED_PLAN}\n") + _GUARDS)
+    return folder

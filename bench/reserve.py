@@ -1,6 +1,6 @@
 """In-process quota throughput: checks per second, and reserve + commit pairs per second.
 
-    python bench/reserve.py --backend sqlite|postgres [--seconds 5] [--threads 16] [--customers 200]
+    python bench/reserve.py --backend sqlite|postgres [--seconds 5] [--threads 16] [--customers 200] [--guards]
 
 A fresh migrated database with ``--customers`` customers on the support-chatbot plan, each
 with some usage this period. Two measurements, each with a floor measured in the same run
@@ -19,6 +19,12 @@ on the same database:
 
 Both run after a one-second warm-up of pairs and, on PostgreSQL, an ``ANALYZE`` (the planner
 statistics of a database in use; see ``main``).
+
+``--guards``: as many customers again on a copy of the plan with cost guards
+(``bench.common.GUARDED_PLAN``: evaluated on every call, outcomes unchanged), and the pairs
+measured once more on them in the same run, after the plain ones:
+``guarded_reserve_commit_per_s``, ``guarded_checks_per_s`` and ``guards_pairs_ratio``
+(guarded / plain pairs). Target: guards_pairs_ratio >= 0.8 on PostgreSQL.
 
 Prints one JSON object. Targets: >= 20,000 in-process checks/s on SQLite; >= 2,000
 reserve+commit pairs/s on PostgreSQL.
@@ -48,7 +54,7 @@ def pct(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 3) if values else 0.0
 
 
-def seed(engine, catalog, customers: list[str], now: datetime) -> None:
+def seed(engine, catalog, customers: list[str], now: datetime, plan: str = "support-chatbot") -> None:
     from billing.ledger.accounts import Accounts
     from billing.ledger.ingest import Ledger
 
@@ -57,7 +63,7 @@ def seed(engine, catalog, customers: list[str], now: datetime) -> None:
     events = []
     for i, cid in enumerate(customers):
         accounts.create_customer(cid, now=start)
-        accounts.subscribe(cid, "support-chatbot", at=start)
+        accounts.subscribe(cid, plan, at=start)
         for j in range(i % 50):
             events.append({**EVENT, "id": f"seed-{i}-{j}", "customer": cid,
                            "timestamp": max(start, now - timedelta(minutes=j + 1)).isoformat()})
@@ -201,19 +207,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--guards", action="store_true",
+                        help="also measure customers on a plan with cost guards (same run)")
     args = parser.parse_args()
 
-    from bench.common import fresh_database
+    import tempfile
+
+    from bench.common import GUARDED_PLAN, fresh_database, guarded_plans_dir
     from billing.catalog import Catalog
     from billing.store.db import make_engine
     from billing.reservations.holds import Quota
 
     now = datetime.now(UTC)
     customers = [f"cust-{i:05d}" for i in range(args.customers)]
-    with fresh_database(args.backend) as url:
+    guarded_customers = [f"guard-{i:05d}" for i in range(args.customers)] if args.guards else []
+    guarded = {}
+    with fresh_database(args.backend) as url, tempfile.TemporaryDirectory() as folder:
         engine = make_engine(url)
-        catalog = Catalog.from_paths(PLANS)
+        catalog = Catalog.from_paths(guarded_plans_dir(folder) if args.guards else PLANS)
         seed(engine, catalog, customers, now)
+        if args.guards:
+            seed(engine, catalog, guarded_customers, now, GUARDED_PLAN)
         before = {}
         quota = Quota(engine, catalog, context_ttl=5.0)
         # steady state, not a database minutes old: some holds and events written, then the
@@ -227,12 +241,25 @@ def main() -> None:
         check_rate, check_cpu = checks(quota, customers, args.seconds)
         floor_tx = floor_durable_tx(url, args.threads, min(args.seconds, 3.0))
         run = pairs(quota, customers, args.threads, args.seconds)
+        if args.guards:
+            pairs(quota, guarded_customers, args.threads, min(args.seconds, 1.0))  # warm-up
+            guarded["checks"] = checks(quota, guarded_customers, args.seconds)[0]
+            guarded["pairs"] = pairs(quota, guarded_customers, args.threads, args.seconds)
         used = sum(int(quota.usage(cid)["meters"]["messages"]["used"]) - before[cid] for cid in customers)
         held = sum(int(quota.usage(cid)["meters"]["messages"]["held"]) for cid in customers)
         quota.close()
         engine.dispose()
 
     pair_floor = floor_tx / 2
+    more = {}
+    if guarded:
+        g = guarded["pairs"]
+        ratio = g["per_s"] / run["per_s"] if run["per_s"] else 0.0
+        more = {"guarded_checks_per_s": round(guarded["checks"], 1),
+                "guarded_reserve_commit_per_s": round(g["per_s"], 1), "guarded_denied": g["denied"],
+                "guarded_errors": g["errors"], "guarded_reserve_p99_ms": g["reserve_p99_ms"],
+                "guards_pairs_ratio": round(ratio, 3),
+                "guards_target": {"guards_pairs_ratio>=0.8": ratio >= 0.8 if args.backend == "postgres" else None}}
     print(json.dumps({
         "backend": args.backend, "threads": args.threads, "customers": args.customers, "seconds": args.seconds,
         "inprocess_checks_per_s": round(check_rate, 1), "check_cpu_us": round(check_cpu, 1),
@@ -245,7 +272,7 @@ def main() -> None:
         "commit_p50_ms": run["commit_p50_ms"], "commit_p99_ms": run["commit_p99_ms"],
         "consistent": used == run["pairs"] and held == 0,
         "targets": {"checks>=20000/s": check_rate >= 20_000 if args.backend == "sqlite" else None,
-                    "pairs>=2000/s": run["per_s"] >= 2000 if args.backend == "postgres" else None},
+                    "pairs>=2000/s": run["per_s"] >= 2000 if args.backend == "postgres" else None}, **more,
     }))
 
 

@@ -30,6 +30,17 @@ class Settings(BaseSettings):
     # Idempotency-Key records (billing.api.idempotency): kept this long; a dead server's claim lapses after the lease
     idempotency_retention_hours: float = Field(default=24.0, ge=24.0)
     idempotency_lease_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # `billing worker`: its close job closes the periods that ended at least this long ago
+    # (late events within the grace land in the period's invoice, not in an adjustment)
+    close_grace_seconds: int = Field(default=3600, ge=0, le=31 * 86_400)
+    # standard event formats (billing.api.formats): the CloudEvents attribute naming the
+    # customer, and the source whose ids are kept as is (others: "<source>#<id>"); the OTLP
+    # span-or-resource attributes naming the customer, feature and task of a GenAI span
+    cloudevents_customer_attribute: str = Field(default="subject", min_length=1)
+    cloudevents_source: str = Field(default="billing", min_length=1)
+    otlp_customer_attribute: str = Field(default="enduser.id", min_length=1)
+    otlp_feature_attribute: str = Field(default="billing.feature", min_length=1)
+    otlp_task_attribute: str = Field(default="billing.task", min_length=1)
 
 
 @lru_cache

@@ -30,7 +30,8 @@ from billing.reservations.sql import (
     run_all, state_query)
 from billing.store.types import to_us
 from billing.money import dec_str
-from billing.quota.alerts import Alert, reached
+from billing.ledger.counters import ALL_EVENTS
+from billing.quota.alerts import Alert, alerts_on, reached
 from billing.quota.decide import MeterUsage, UsageState
 
 log = logging.getLogger("billing.alerts")
@@ -70,7 +71,7 @@ class BudgetAlerts:
             conn = pooled.connection.driver_connection
             found = (self.contexts(conn, wanted, now) if self.contexts is not None
                      else load_contexts(conns, conn, self.catalog, wanted, now))
-            ctxs = [c for c in found.values() if not isinstance(c, BillingError) and c.plan.budget_alerts is not None]
+            ctxs = [c for c in found.values() if not isinstance(c, BillingError) and alerts_on(c.plan)]
             if not ctxs:
                 return []
             # plans whose charged meters the counters rate exactly: their counters, all at once;
@@ -112,11 +113,13 @@ class BudgetAlerts:
 
     def record(self, ctx: Context, usage: dict[str, MeterUsage], now: datetime) -> list[Alert]:
         """Record the thresholds ``usage`` reaches in ``ctx``'s period (each once)."""
-        if ctx.plan.budget_alerts is None:
+        if not alerts_on(ctx.plan):
             return []
         customer = ctx.customer
+        everything = usage.get(ALL_EVENTS)
         state = UsageState(now=now, period_start=ctx.period.start, period_end=ctx.period.end, usage=usage,
-                           seats=ctx.seats)
+                           seats=ctx.seats, credit_balances=ctx.credits,
+                           provider_cost=everything.cost if everything is not None else Decimal(0))
         start_us, now_us = to_us(ctx.period.start), to_us(now)
         # thresholds known to have fired (this process saw them in the table) are skipped
         hits = [a for a in reached(ctx.plan, state)

@@ -1,5 +1,5 @@
 """The webhook outbox (at-least-once): rows are queued in the transaction that decides to
-send them; dispatchers (``billing.api.outbox.WebhookDispatcher``) claim due rows with a
+send them; dispatchers (``billing.alerts.delivery.WebhookDispatcher``) claim due rows with a
 lease, then mark them delivered or reschedule them with backoff."""
 
 from __future__ import annotations

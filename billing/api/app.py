@@ -129,6 +129,9 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(events_read.router)
     app.include_router(metrics_router)
     app.include_router(keys_router)
+    from billing.api.formats_routes import router as formats_router
+
+    app.include_router(formats_router)  # POST /v1/otlp/v1/traces (CloudEvents: POST /v1/events)
     # the hottest requests skip FastAPI's stack (same handlers, same errors)
     app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast}
     # in front of every route, the fast path too: JSON bodies only, then Idempotency-Key records

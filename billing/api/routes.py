@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import orjson
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from billing.api.telemetry import count_decision
 from billing.api.auth import Principal
@@ -93,8 +93,31 @@ def _retry_after(decision: dict[str, Any]) -> str | None:
 
 # ------------------------------------------------------------------------- events
 
-@router.post("/events", tags=["events"], summary="Record a batch of usage events (idempotent per event id)")
-def post_events(body: EventsIn | list[Any], request: Request, principal: Ingest) -> Response:
+def _events_body() -> dict[str, Any]:
+    from billing.api.formats_routes import CLOUDEVENTS_CONTENT
+
+    content = {"application/json": {"schema": {"anyOf": [EventsIn.model_json_schema(),
+                                                          {"type": "array", "maxItems": 10_000}]}}}
+    return {"requestBody": {"required": True, "content": {**content, **CLOUDEVENTS_CONTENT}}}
+
+
+_EVENTS_IN: TypeAdapter = TypeAdapter(EventsIn | list[Any])
+
+
+@router.post("/events", tags=["events"], summary="Record a batch of usage events (idempotent per event id); "
+             "CloudEvents too (structured and batch)", openapi_extra=_events_body())
+def post_events(body: Annotated[Any, Body()], request: Request, principal: Ingest) -> Response:
+    from billing.api.formats.cloudevents import media_type
+    from billing.api.formats_routes import cloudevents_answer
+
+    media = media_type(request.headers.get("content-type"))
+    if media is not None:
+        return _json(cloudevents_answer(body, media, request, principal))
+    try:
+        body = _EVENTS_IN.validate_python(body)
+    except ValidationError as exc:  # as FastAPI answers a body that fails its model
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)],
+                                     body=body) from None
     events = body.events if isinstance(body, EventsIn) else body
     if len(events) > 10_000:
         raise BillingError("at most 10,000 events per batch", code=ErrorCode.VALIDATION)
@@ -157,10 +180,12 @@ async def check_decision(state: Any, auth: str | None, api_key: str | None, body
     quota = state.services.quota
     if quota.inline_reads:  # SQLite: a few local lock-free reads, cheaper inline than a thread hop
         decision = quota.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
-                               tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
+                               tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry,
+                               depth=body.depth).to_json()
     else:  # over a network (PostgreSQL): concurrent checks share a thread hop and a round trip
         decision = (await state.checks.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
-                                             tokens=body.tokens, cost=body.cost, steps=body.steps)).to_json()
+                                             tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry,
+                                             depth=body.depth)).to_json()
     count_decision(state, decision)
     return decision
 
@@ -170,7 +195,8 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
     principal.require_customer(body.customer)
     r = _svc(request).quota.reserve(body.customer, body.key, body.quantity, ttl=body.ttl_seconds,
                                     request_id=body.request_id, model=body.model, task=body.task,
-                                    tokens=body.tokens, cost=body.cost, steps=body.steps).to_json()
+                                    tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry,
+                                    depth=body.depth).to_json()
     count_decision(request.app.state, r["decision"])
     return _json(r, r["decision"])
 

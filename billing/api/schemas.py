@@ -33,6 +33,8 @@ class QuotaIn(Strict):
     tokens: Annotated[int, Field(ge=0, le=10**12)] | None = None
     cost: Annotated[Decimal, Field(ge=0, le=10**6, allow_inf_nan=False)] = Decimal(0)
     steps: Annotated[int, Field(ge=0, le=10**12)] | None = None
+    retry: Annotated[int, Field(ge=0, le=10**12)] | None = None  # agent_limits.max_retries judges it
+    depth: Annotated[int, Field(ge=0, le=10**12)] | None = None  # agent_limits.max_depth judges it
 
     @model_validator(mode="after")
     def _one_key(self) -> "QuotaIn":

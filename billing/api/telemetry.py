@@ -197,7 +197,7 @@ def install(app: Any, outbox: Any) -> Metrics:
     app.state.metrics = metrics
     app.wrap_all(layer(metrics))
 
-    def metrics_page() -> PlainTextResponse:
+    def metrics_page():  # (no return annotation: FastAPI would make it a response model)
         try:
             backlog = outbox.backlog()
         except Exception:  # noqa: BLE001 - a scrape still answers when the database does not

@@ -15,3 +15,10 @@ Positive = Annotated[Decimal, Field(gt=0)]
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RateLimit(Frozen):
+    """At most ``limit`` grants per fixed ``window_seconds`` window (exhaustion policies, cost guards)."""
+
+    limit: Annotated[int, Field(gt=0)]
+    window_seconds: Annotated[int, Field(gt=0)]

@@ -42,8 +42,13 @@ def semantic_problems(data: dict) -> list[tuple[list[Any], str]]:
     problems.extend(_meter_problems(meters))
     problems.extend(_charge_problems(charges, meters))
     limits = data.get("agent_limits")
-    if isinstance(limits, dict) and all(limits.get(k) is None for k in ("max_steps", "max_tokens", "max_cost")):
-        problems.append((["agent_limits"], "set at least one of max_steps, max_tokens, max_cost"))
+    limit_keys = ("max_steps", "max_tokens", "max_cost", "max_retries", "max_depth")
+    if isinstance(limits, dict) and all(limits.get(k) is None for k in limit_keys):
+        problems.append((["agent_limits"], f"set at least one of {', '.join(limit_keys)}"))
+    guard = data.get("cost_guard")
+    if isinstance(guard, dict) and guard.get("task_cost") is not None and not isinstance(limits, dict):
+        problems.append((["cost_guard", "task_cost"], "a task cost guard needs agent_limits "
+                         "(its task_property names the task a call belongs to)"))
     problems.extend(_credit_problems(data.get("credits") or [], charges))
     problems.extend(_feature_problems(data.get("features"), meters, charges))
     problems.extend(threshold_problems(data))

@@ -161,5 +161,6 @@ def compile_plan(plan: Plan) -> CompiledPlan:
             or any(c.by_value for c in by_meter[m.key])
             or any(c.per_transaction for c in by_meter[m.key]))),
         event_types=frozenset(types),
-        has_rate_limits=any(c.rate_limit is not None for c in charges),
+        has_rate_limits=any(c.rate_limit is not None for c in charges) or (
+            plan.cost_guard is not None and plan.cost_guard.rate_limited()),
         has_credits=bool(plan.credits))

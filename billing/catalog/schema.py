@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import AfterValidator, Field, field_validator
 
-from billing.catalog.base import Frozen, Key, Money, Positive
+from billing.catalog.base import Frozen, Key, Money, Positive, RateLimit
 from billing.catalog.features import FeatureValue, MeteredFeature  # noqa: F401  (the plan's features)
+from billing.catalog.guards import CostGuard
 
 from billing.catalog.filters import FilterRule, FilterValue, filter_rules, rule_holds
 
@@ -251,11 +252,6 @@ Price = Annotated[
 
 # ------------------------------------------------------------------ exhaustion policy
 
-class RateLimit(Frozen):
-    limit: Annotated[int, Field(gt=0)]
-    window_seconds: Annotated[int, Field(gt=0)]
-
-
 class BlockPolicy(Frozen):
     """Deny once the included units are used."""
 
@@ -368,12 +364,19 @@ class BudgetAlerts(Frozen):
 
 
 class AgentLimits(Frozen):
-    """Per agent task (events sharing ``task_property``): max steps, tokens, provider cost."""
+    """Per agent task (events sharing ``task_property``): max steps, tokens, provider cost;
+    per call: the most retries of one step and the deepest sub-agent call (the request's
+    ``retry`` / ``depth``, which the wrapper also records as the ``retry_property`` /
+    ``depth_property`` of the call's event; 0 = first attempt / the top-level agent)."""
 
     task_property: str = "task"
     max_steps: Annotated[int, Field(gt=0)] | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
     max_cost: Positive | None = None
+    max_retries: Annotated[int, Field(ge=0)] | None = None
+    max_depth: Annotated[int, Field(ge=0)] | None = None
+    retry_property: str = Field(default="retry", min_length=1)
+    depth_property: str = Field(default="depth", min_length=1)
 
 
 class Dunning(Frozen):
@@ -417,6 +420,7 @@ class Plan(Frozen):
     spend_cap: Money | None = None
     budget_alerts: BudgetAlerts | None = None
     agent_limits: AgentLimits | None = None
+    cost_guard: CostGuard | None = None  # provider-cost guardrails (billing.catalog.guards)
     dunning: Dunning = Field(default_factory=Dunning)
     features: dict[Key, FeatureValue] = Field(default_factory=dict)  # entitlements
     # threshold invoicing: an invoice is cut whenever the usage accrued since the period's

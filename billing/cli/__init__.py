@@ -12,6 +12,7 @@ from billing.cli.serve import serve
 from billing.cli.simulate import simulate
 from billing.cli.advise import advise
 from billing.cli.demo import demo
+from billing.cli.worker import worker
 
 app = typer.Typer(help="Pricing & billing engine for AI products.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -32,3 +33,4 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(client_cli.app, name="client")
 app.command("serve")(serve)
 app.command("demo")(demo)
+app.command("worker")(worker)

@@ -118,6 +118,29 @@ def customer_threshold(customer_id: str,
         highlight=False)
 
 
+@customers_app.command("guard")
+def customer_guard(customer_id: str,
+                   file: Annotated[Path | None, typer.Option("--file", help="YAML/JSON of the cost_guard mapping.")] = None,
+                   clear: Annotated[bool, typer.Option("--clear", help="Back to the plan's cost guards.")] = False,
+                   as_json: JsonOpt = False) -> None:
+    """Set the customer's own cost guardrails (plans/README.md "Cost guardrails"), replacing
+    its plan's in quota decisions; --clear goes back to the plan's."""
+    import json
+
+    import yaml
+
+    if clear == (file is not None):
+        fail("give either --file or --clear")
+    guard = None if clear else yaml.safe_load(file.read_text())
+    row = run(lambda: _accounts().set_cost_guard(customer_id, guard))
+    shown = None if row.cost_guard is None else json.loads(row.cost_guard)
+    if as_json:
+        print_json({"customer": row.id, "cost_guard": shown})
+    else:
+        console.print(f"customer {row.id}: " + ("the plan's cost guards" if shown is None else f"cost guard {shown}"),
+                      highlight=False)
+
+
 @customers_app.command("list")
 def customer_list(as_json: JsonOpt = False) -> None:
     from sqlmodel import Session

@@ -13,14 +13,15 @@ if TYPE_CHECKING:
 
 
 def quota_body(customer: str, meter: str | None, charge: str | None, quantity, model, task, tokens, cost,
-               steps) -> dict[str, Any]:
+               steps, retry=None, depth=None) -> dict[str, Any]:
     """The JSON body of a check or reserve."""
     body: dict[str, Any] = {"customer": customer, "quantity": str(quantity)}
     if charge is not None:
         body["charge"] = charge
     else:
         body["meter"] = meter
-    for name, value in (("model", model), ("task", task), ("tokens", tokens), ("steps", steps)):
+    for name, value in (("model", model), ("task", task), ("tokens", tokens), ("steps", steps), ("retry", retry),
+                        ("depth", depth)):
         if value is not None:
             body[name] = value
     if cost:
@@ -51,13 +52,14 @@ class BillingClient:
 
     def check(self, customer: str, meter: str | None = None, *, charge: str | None = None,
               quantity: Decimal | int | str = 1, model: str | None = None, task: str | None = None,
-              tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None) -> dict[str, Any]:
+              tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None,
+              retry: int | None = None, depth: int | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     def reserve(self, customer: str, meter: str | None = None, *, charge: str | None = None,
                 quantity: Decimal | int | str = 1, model: str | None = None, task: str | None = None,
                 tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None,
-                ttl: float = 60.0, request_id: str | None = None,
+                retry: int | None = None, depth: int | None = None, ttl: float = 60.0, request_id: str | None = None,
                 idempotency_key: str | None = None) -> dict[str, Any]:
         raise NotImplementedError
 

@@ -46,6 +46,11 @@ WARNING_CODES = {"unpriced_model": "allow_unpriced", "unmetered_type": "allow_un
                  "unmetered_usage": "allow_unmetered"}
 
 
+# event properties the wrapper also sends with the quota request (agent_limits.max_retries /
+# max_depth judge them; the plan's retry_property / depth_property keep these default names)
+AGENT_CALL_PROPERTIES = ("retry", "depth")
+
+
 @dataclass
 class CallSpec:
     customer: str
@@ -171,6 +176,10 @@ def _reserve_flow(spec: CallSpec, slot: Slot, model: str | None, granted: list[S
     """Reserve one slot (the agent task and the estimates go with the usage); a deny raises."""
     estimates = dict(task=spec.task, tokens=spec.tokens, cost=spec.cost, steps=spec.steps) \
         if slot.carries_usage else {}
+    props = spec.properties or {}
+    for name in AGENT_CALL_PROPERTIES:  # the call's retry / depth, judged by agent_limits
+        if isinstance(props.get(name), int) and not isinstance(props[name], bool):
+            estimates[name] = props[name]
     answer = yield client_op("reserve", spec.customer, slot.meter, charge=slot.charge, quantity=slot.quantity,
                              model=model, ttl=spec.ttl, request_id=slot.request_id, **estimates)
     slot.reservation = answer
@@ -276,7 +285,8 @@ def guarded_call(client: Any, customer: str, meter: str | None, call: Callable[[
     """reserve -> ``call(model)`` on the granted lane's model -> commit the actual usage (see
     the module docstring). ``call`` gets the granted lane's model (a downgrade names a
     cheaper one), else ``model``, else None (then the response's model is recorded); ``quantity`` / ``tokens`` / ``cost`` / ``steps``: estimates the decision
-    holds; ``task``: the agent task; ``properties``: added to every event (feature, user)."""
+    holds; ``task``: the agent task; ``properties``: added to every event (feature, user); its ``retry`` / ``depth`` also go with
+    the reservation (``agent_limits.max_retries`` / ``max_depth`` judge them)."""
     spec = CallSpec(customer, meter, charge, quantity, model, task, tokens, cost, steps, ttl, request_id,
                     event_type, event_id, properties, allow_unpriced, allow_unmetered)
     return run(guarded_flow(spec), client, call)

@@ -126,13 +126,13 @@ class _HttpBase(BillingClient):
 
     # ------------------------------------------------------------------ the API
     def check(self, customer, meter=None, *, charge=None, quantity=1, model=None, task=None, tokens=None, cost=0,
-              steps=None):
+              steps=None, retry=None, depth=None):
         return self._send("POST", "/v1/quota/check",
-                          quota_body(customer, meter, charge, quantity, model, task, tokens, cost, steps))
+                          quota_body(customer, meter, charge, quantity, model, task, tokens, cost, steps, retry, depth))
 
     def reserve(self, customer, meter=None, *, charge=None, quantity=1, model=None, task=None, tokens=None, cost=0,
-                steps=None, ttl=60.0, request_id=None, idempotency_key=None):
-        body = quota_body(customer, meter, charge, quantity, model, task, tokens, cost, steps)
+                steps=None, retry=None, depth=None, ttl=60.0, request_id=None, idempotency_key=None):
+        body = quota_body(customer, meter, charge, quantity, model, task, tokens, cost, steps, retry, depth)
         body["ttl_seconds"] = ttl
         if request_id is not None:
             body["request_id"] = request_id

@@ -39,14 +39,15 @@ class LocalClient(BillingClient):
         return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
     def check(self, customer, meter=None, *, charge=None, quantity=1, model=None, task=None, tokens=None, cost=0,
-              steps=None):
+              steps=None, retry=None, depth=None):
         return self.quota.check(customer, charge or meter, quantity, model=model, task=task, tokens=tokens,
-                                cost=cost, steps=steps).to_json()
+                                cost=cost, steps=steps, retry=retry, depth=depth).to_json()
 
     def reserve(self, customer, meter=None, *, charge=None, quantity=1, model=None, task=None, tokens=None, cost=0,
-                steps=None, ttl=60.0, request_id=None, idempotency_key=None):
+                steps=None, retry=None, depth=None, ttl=60.0, request_id=None, idempotency_key=None):
         return self.quota.reserve(customer, charge or meter, quantity, ttl=ttl, request_id=request_id, model=model,
-                                  task=task, tokens=tokens, cost=cost, steps=steps).to_json()
+                                  task=task, tokens=tokens, cost=cost, steps=steps, retry=retry,
+                                  depth=depth).to_json()
 
     def commit(self, reservation_id, event=None, *, idempotency_key=None):
         return self.quota.commit(reservation_id, event)

@@ -166,6 +166,24 @@ class Accounts:
             s.refresh(row)
         return row
 
+    def set_cost_guard(self, customer_id: str, guard: dict | None) -> Customer:
+        """The customer's own cost guardrails (``cost_guard`` as a plan writes it), replacing
+        its plan's for its quota decisions; None: back to the plan's. Every problem of a bad
+        guard is named (``billing.quota.guards.parse_cost_guard``). A quota service caching
+        contexts (``context_ttl``) sees the change within that time."""
+        from billing.quota.guards import parse_cost_guard
+
+        stored = None if guard is None else parse_cost_guard(guard).model_dump_json(exclude_none=True)
+        with self._session() as s:
+            row = s.get(Customer, customer_id)
+            if row is None:
+                raise BillingError(f"unknown customer {customer_id!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
+            row.cost_guard = stored
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+        return row
+
     # -------------------------------------------------------------- subscriptions
     def subscribe(self, customer_id: str, plan_id: str, *, at: datetime, seats: int = 1,
                   version: int | None = None, previous_id: int | None = None) -> Subscription:

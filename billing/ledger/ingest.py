@@ -34,6 +34,7 @@ from billing.alerts.budget import BudgetAlerts
 from billing.store.cost_prices import CostSource, connection_fetch
 from billing.store.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
+from billing.quota.alerts import alerts_on
 from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, reprice, warning_of
 from billing.ledger.prepare_process import PrepareOptions
 from billing.store.types import to_us
@@ -212,6 +213,7 @@ class Ledger:
                         if pending is not None:
                             done, pending = pending, None
                             self._finish(done.result(), result, progress)
+                            del done  # (its chunk is written: free it before the next one is staged)
                             if time.monotonic() - last_alerts > _ALERT_EVERY_S:  # a long import: now and then
                                 self._alert(alerting)
                                 last_alerts = time.monotonic()
@@ -391,11 +393,11 @@ class Ledger:
 
     def _alerted_customers(self, views: list, planner: CounterPlanner) -> set[str]:
         """The customers on a plan with budget alerts whose current period a chunk's counters moved."""
-        if self.alerts is None or not any(v.plan.budget_alerts is not None for v in views):
+        if self.alerts is None or not any(alerts_on(v.plan) for v in views):
             return set()
         now_us = to_us(self.clock())
         current = {v.customer_id: planner.period_bounds(v, now_us)[0] for v in views
-                   if v.plan.budget_alerts is not None and v.covers(now_us)}
+                   if alerts_on(v.plan) and v.covers(now_us)}
         # the counters it moved are keyed by period: one of the current period is new usage there
         return {c for (c, _meter, start) in planner.deltas if current.get(c) == start}
 

@@ -7,7 +7,10 @@ fired and queues a webhook for each new one):
 * ``charge:<key>:included`` — units used of the charge's included allowance;
 * ``charge:<key>:spend_cap`` — the charge's spend of its overage ``spend_cap``;
 * ``spend_cap`` — the plan's usage spend of its ``spend_cap``;
-* ``budget`` — the plan's usage spend of ``budget_alerts.budget``.
+* ``budget`` — the plan's usage spend of ``budget_alerts.budget``;
+* ``cost_guard:cost_cap`` / ``cost_guard:margin_floor`` (threshold 100) — the provider
+  cost passed the plan's cost guard (``billing.quota.guards.alert_measures``): the guard's
+  alert, recorded whatever its policy.
 
 Only committed usage counts (holds are not usage yet). The forecast
 (``billing.reports.forecast``) projects the same measures, under the same names.
@@ -20,7 +23,9 @@ from decimal import Decimal
 
 from billing.catalog.schema import Plan
 from billing.money import dec_str
-from billing.quota.decide import UsageState, committed_transactions
+from billing.quota.decide import UsageState, committed_transactions, plan_credit_amount
+from billing.quota.guards import alert_measures
+from billing.quota.usage import charge_spends
 from billing.rating.arithmetic import measures
 
 ZERO = Decimal(0)
@@ -48,7 +53,7 @@ def reached(plan: Plan, state: UsageState) -> list[Alert]:
     spends are what the invoice bills for this usage)."""
     spec = plan.budget_alerts
     if spec is None:
-        return []
+        return guard_alerts(plan, state)
     compiled = plan.compiled
     transactions = {m: committed_transactions(state, m) for m in compiled.transaction_meters}
     out = []
@@ -56,4 +61,20 @@ def reached(plan: Plan, state: UsageState) -> list[Alert]:
         for threshold in spec.thresholds_percent:
             if m.value * HUNDRED >= m.limit * threshold:
                 out.append(Alert(m.subject, threshold, m.value, m.limit, m.unit))
-    return out
+    return out + guard_alerts(plan, state)
+
+
+def alerts_on(plan: Plan) -> bool:
+    """Whether the plan has anything to alert on (budget alerts or cost guards)."""
+    return plan.budget_alerts is not None or plan.cost_guard is not None
+
+
+def guard_alerts(plan: Plan, state: UsageState) -> list[Alert]:
+    """The cost guards the committed provider cost has passed (value > limit), at 100 %."""
+    if plan.cost_guard is None:
+        return []
+    spend = sum((c.spend for c in charge_spends(plan, state)), ZERO)
+    credits = sum((a for a, _ in plan_credit_amount(plan, state.seats)), ZERO) + sum(
+        (a for a, _ in state.credit_balances.values()), ZERO)
+    return [Alert(m.subject, HUNDRED, m.value, m.limit, "USD")
+            for m in alert_measures(plan, state, spend, credits) if m.value > m.limit]

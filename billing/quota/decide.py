@@ -27,6 +27,13 @@ a meter with several charges is decided by the strictest of them):
 * **Agent task limits** (``agent_limits``, when the request names a task): the task's
   steps, tokens and provider cost after the request must stay within the maxima, else deny
   ``task_limit``.
+* **Cost guards** (``cost_guard``, ``billing.quota.guards``): past a guard the call follows
+  its policy -- ``alert`` (no change), ``downgrade`` (the slow lane on the guard's model,
+  optionally rate limited), ``rate_limit`` or ``deny`` -- with reason ``cost_guard``; the
+  decision's ``guard`` names the guard (``cost_cap``, ``margin_floor``, ``task_cost``).
+* **What remains** (budget-aware agents): ``cost_remaining``, the provider cost left under
+  the customer's cost guards, and for a task's call ``task``: its steps, tokens and cost
+  left (``billing.quota.guards.task_remaining``), both before the request.
 * **Dunning.** A payment overdue past ``dunning.deny_after_days`` denies everything
   (``payment_overdue``).
 
@@ -37,8 +44,8 @@ per-transaction rules rates the committed transactions the caller read into
 ``MeterUsage.transactions``). Caps are held against the *peak* amount
 (``arithmetic.peak_exact``, unrounded: a volume price can drop when usage grows; the
 decision uses the highest amount reached so far), so more usage never turns a deny into
-an allow. Deny reasons in priority order: payment_overdue, task_limit, quota_exhausted,
-rate_limited, spend_cap_reached.
+an allow. Deny reasons in priority order: payment_overdue, task_limit, cost_guard,
+quota_exhausted, rate_limited, spend_cap_reached.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import BlockPolicy, Plan, RateLimit, RateLimitPolicy, SlowTierPolicy, UsageCharge
 from billing.errors import BillingError, ErrorCode
 from billing.money import dec_str, round_line
+from billing.quota.guards import GuardHit, breaches, cost_remaining, task_cost_after, task_remaining
 from billing.rating import arithmetic
 from billing.rating.types import Groups, merge_groups
 
@@ -81,10 +89,11 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     TASK_LIMIT = "task_limit"
     PAYMENT_OVERDUE = "payment_overdue"
+    COST_GUARD = "cost_guard"
 
 
-_DENY_PRIORITY = {Reason.PAYMENT_OVERDUE: 0, Reason.TASK_LIMIT: 1, Reason.QUOTA_EXHAUSTED: 2, Reason.RATE_LIMITED: 3,
-                  Reason.SPEND_CAP_REACHED: 4}
+_DENY_PRIORITY = {Reason.PAYMENT_OVERDUE: 0, Reason.TASK_LIMIT: 1, Reason.COST_GUARD: 2, Reason.QUOTA_EXHAUSTED: 3,
+                  Reason.RATE_LIMITED: 4, Reason.SPEND_CAP_REACHED: 5}
 _RANK = {Outcome.ALLOW: 0, Outcome.DOWNGRADE: 1, Outcome.DENY: 2}
 
 
@@ -144,6 +153,7 @@ class UsageState:
     rate_counts: Mapping[str, int] = field(default_factory=dict)  # charge key -> grants in the current window
     payment_overdue: bool = False
     payment_failed_at: datetime | None = None  # oldest unpaid failed invoice (dunning clock)
+    provider_cost: Decimal = ZERO  # provider cost of every event of the period (read for cost guards)
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,8 @@ class QuotaRequest:
     tokens: int | None = None  # estimated tokens (agent limits); default: quantity on a *_tokens meter
     cost: Decimal = ZERO  # estimated provider cost of the call
     steps: int | None = None  # agent steps this request takes; default 1 when a task is named
+    retry: int | None = None  # which retry of its step this call is (0: the first attempt)
+    depth: int | None = None  # sub-agent depth of the call (0: the top-level agent)
 
 
 # ------------------------------------------------------------------------ outputs
@@ -182,6 +194,9 @@ class Decision:
     rate_windows: tuple[tuple[str, int, int], ...] = ()  # (charge, window start us, end us) a grant counts in
     amount: Decimal = ZERO  # spend this request adds (estimate)
     message: str = ""
+    guard: str | None = None  # the cost guard that decided (or fired): cost_cap | margin_floor | task_cost
+    cost_remaining: Decimal | None = None  # provider cost left under the customer's cost guards (None: none)
+    task: dict[str, Any] | None = None  # a task's call: steps / tokens / cost left (None: unlimited figure)
 
     @property
     def granted(self) -> bool:
@@ -196,7 +211,10 @@ class Decision:
             "remaining_money": None if self.remaining_money is None else dec_str(self.remaining_money),
             "spend": dec_str(self.spend), "credits_remaining": dec_str(self.credits_remaining),
             "amount": dec_str(self.amount),
-            "retry_after": self.retry_after, "message": self.message,
+            "retry_after": self.retry_after, "message": self.message, "guard": self.guard,
+            "cost_remaining": None if self.cost_remaining is None else dec_str(self.cost_remaining),
+            "task": None if self.task is None else {
+                k: v if v is None or isinstance(v, int) else dec_str(v) for k, v in self.task.items()},
         }
 
 
@@ -278,6 +296,7 @@ class _Verdict:
     retry_after: float | None = None
     rate: tuple[str, int, int] | None = None
     message: str = ""
+    guard: str | None = None
 
 
 def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
@@ -304,7 +323,7 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     verdicts: list[_Verdict] = []
     if _payment_overdue(plan, state):
         verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.PAYMENT_OVERDUE, message="an invoice payment is overdue"))
-    if plan.agent_limits is not None and request.task:
+    if plan.agent_limits is not None and (request.task or request.retry is not None or request.depth is not None):
         task_limit = _task_limit_verdict(plan, state, request, meter.property, quantity)
         if task_limit is not None:
             verdicts.append(task_limit)
@@ -318,6 +337,9 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
             verdicts.append(_Verdict(Outcome.DENY, "overage", Reason.SPEND_CAP_REACHED,
                                      retry_after=_seconds_until(state.now, state.period_end),
                                      message=f"plan spend cap {dec_str(plan.spend_cap)} reached"))
+    fired = None
+    if plan.cost_guard is not None:
+        fired = _guard_verdicts(plan, state, request, amounts.spend_after, credits_all, verdicts)
 
     final = _combine(verdicts)
     spend_before = amounts.spend_before
@@ -328,7 +350,11 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
         "spend": spend_before, "credits_remaining": max(ZERO, credits_all - spend_before),
         "retry_after": final.retry_after if final.outcome == Outcome.DENY else None,
         "rate_windows": tuple(v.rate for v in verdicts if v.rate is not None) if final.outcome != Outcome.DENY else (),
-        "amount": max(ZERO, amounts.spend_after - spend_before), "message": final.message})
+        "amount": max(ZERO, amounts.spend_after - spend_before), "message": final.message or (
+            fired.message if fired is not None else ""),
+        "guard": final.guard or (fired.guard if fired is not None else None),
+        "cost_remaining": cost_remaining(plan, state, spend_before, credits_all) if plan.cost_guard else None,
+        "task": task_remaining(plan, state) if request.task else None})
 
 
 def _meter_totals(cp: CompiledPlan, state: UsageState, meter_key: str, units: Decimal, cost: Decimal,
@@ -426,17 +452,24 @@ def _task_limit_verdict(plan: Plan, state: UsageState, request: QuotaRequest, me
     limits = plan.agent_limits
     assert limits is not None
     task = state.task or TaskUsage()
+    problems = []
+    if limits.max_retries is not None and request.retry is not None and request.retry > limits.max_retries:
+        problems.append(f"retry {request.retry} > {limits.max_retries}")
+    if limits.max_depth is not None and request.depth is not None and request.depth > limits.max_depth:
+        problems.append(f"depth {request.depth} > {limits.max_depth}")
+    if not request.task:
+        return _Verdict(Outcome.DENY, "fast", Reason.TASK_LIMIT, message="agent limit: " + ", ".join(problems)) \
+            if problems else None
     steps = request.steps if request.steps is not None else 1
     tokens = request.tokens
     if tokens is None:
         tokens = int(quantity) if (meter_property or "").endswith("_tokens") else 0
-    problems = []
     if limits.max_steps is not None and task.steps + steps > limits.max_steps:
         problems.append(f"steps {task.steps + steps} > {limits.max_steps}")
     if limits.max_tokens is not None and task.tokens + tokens > limits.max_tokens:
         problems.append(f"tokens {task.tokens + tokens} > {limits.max_tokens}")
-    if limits.max_cost is not None and task.cost + Decimal(request.cost) > limits.max_cost:
-        problems.append(f"cost {dec_str(task.cost + Decimal(request.cost))} > {dec_str(limits.max_cost)}")
+    if limits.max_cost is not None and (cost := task_cost_after(state, request)) > limits.max_cost:
+        problems.append(f"cost {dec_str(cost)} > {dec_str(limits.max_cost)}")
     if not problems:
         return None
     return _Verdict(Outcome.DENY, "fast", Reason.TASK_LIMIT,
@@ -509,22 +542,45 @@ def _rate_checked(v: _Verdict, charge_key: str, limit: RateLimit | None, state: 
     start, end = rate_window(state.now, limit.window_seconds)
     if state.rate_counts.get(charge_key, 0) + 1 > limit.limit:
         return _Verdict(Outcome.DENY, v.tier, Reason.RATE_LIMITED, model=v.model,
-                        retry_after=_seconds_until_us(state.now, end), message=f"{charge_key}: {limit.limit} per {limit.window_seconds}s")
+                        retry_after=_seconds_until_us(state.now, end),
+                        message=f"{charge_key}: {limit.limit} per {limit.window_seconds}s", guard=v.guard)
     v.rate = (charge_key, start, end)
     return v
+
+
+def _guard_verdicts(plan: Plan, state: UsageState, request: QuotaRequest, spend_after: Decimal, credits: Decimal,
+                    verdicts: list[_Verdict]) -> GuardHit | None:
+    """Append the verdict of each cost guard the request passes (``billing.quota.guards``)
+    whose policy changes the call; return the first guard passed (None: none)."""
+    hits = breaches(plan, state, request, spend_after, credits)
+    for hit in hits:
+        policy, name = hit.policy, hit.guard
+        if policy.policy == "deny":
+            wait = _seconds_until(state.now, state.period_end) if name == "cost_cap" else None
+            verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.COST_GUARD, retry_after=wait, message=hit.message,
+                                     guard=name))
+        elif policy.policy == "downgrade":
+            v = _Verdict(Outcome.DOWNGRADE, "slow", Reason.COST_GUARD, model=policy.model, message=hit.message,
+                         guard=name)
+            verdicts.append(_rate_checked(v, f"guard:{name}", policy.rate_limit, state))
+        elif policy.policy == "rate_limit":
+            v = _Verdict(Outcome.ALLOW, "overage", Reason.COST_GUARD, model=request.model, message=hit.message,
+                         guard=name)
+            verdicts.append(_rate_checked(v, f"guard:{name}", policy.rate_limit, state))
+    return hits[0] if hits else None
 
 
 def _combine(verdicts: list[_Verdict]) -> _Verdict:
     if len(verdicts) == 1 and verdicts[0].outcome != Outcome.DENY:
         v = verdicts[0]
-        return _Verdict(v.outcome, v.tier, v.reason, v.model, None, None, v.message)
+        return _Verdict(v.outcome, v.tier, v.reason, v.model, None, None, v.message, v.guard)
     worst = max(verdicts, key=lambda v: _RANK[v.outcome])
     if worst.outcome != Outcome.DENY:
         # the strictest lane: slow beats overage beats fast
         order = {"fast": 0, "overage": 1, "slow": 2}
         same = [v for v in verdicts if v.outcome == worst.outcome]
-        pick = max(same, key=lambda v: order[v.tier])
-        return _Verdict(pick.outcome, pick.tier, pick.reason, pick.model, None, None, pick.message)
+        pick = max(same, key=lambda v: (order[v.tier], v.guard is not None))  # a tie: the cost guard's
+        return _Verdict(pick.outcome, pick.tier, pick.reason, pick.model, None, None, pick.message, pick.guard)
     denies = sorted((v for v in verdicts if v.outcome == Outcome.DENY), key=lambda v: _DENY_PRIORITY[v.reason])
     first = denies[0]
     # waiting helps only if every deny clears by waiting; wait for the latest of them

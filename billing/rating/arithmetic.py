@@ -245,6 +245,17 @@ def recurring_credits(plan: CompiledPlan, seats: int | Decimal, start: datetime 
                         end, start, c.applies_to) for c in plan.plan.credits]
 
 
+def earned_fees(plan: CompiledPlan, seats: int, fraction: Decimal) -> Decimal:
+    """The part of the period's recurring fees earned after ``fraction`` of it
+    (``periods.prorate_fraction``): each flat fee, and each seat fee at ``seats`` (at least
+    its ``min_seats``), times the fraction, unrounded. What the quota's margin guard counts
+    as revenue from fees; the invoice itself rates seat fees on the seat history."""
+    total = ZERO
+    for fee in plan.plan.fees:
+        total += fee.amount if fee.type == "flat" else fee.unit_price * max(seats, fee.min_seats)
+    return total * fraction
+
+
 def usable_grants(grants: Sequence[CreditGrant], start: datetime, end: datetime) -> list[CreditGrant]:
     """Grants with a balance in force during [start, end), in drawing order: soonest expiry
     first (never-expiring last), then by id."""

@@ -56,12 +56,14 @@ from billing.reservations.writer import QuotaWriter
 from billing.store.types import from_us, to_us
 from billing.money import dec_str
 from billing.quota.alerts import Alert
-from billing.quota.decide import Decision, MeterUsage, UsageState, decide, plan_credit_amount
+from billing.costs.estimate import estimate_cost
+from billing.quota.decide import Decision, MeterUsage, QuotaRequest, UsageState, decide, plan_credit_amount
 from billing.quota.usage import charge_spends
 
 __all__ = ["Quota", "Reservation", "Context", "Outbox", "MAX_QUANTITY", "MAX_COST"]
 
 ZERO = Decimal(0)
+MAX_COST_DECIMAL = Decimal(MAX_COST)  # an estimate is held at most at the largest cost a request may give
 
 _hold = QuotaHold.__table__
 _event = UsageEventRow.__table__
@@ -166,11 +168,12 @@ class Quota:
     # ---------------------------------------------------------------- public
     def check(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, model: str | None = None,
               task: str | None = None, tokens: int | None = None, cost: Decimal | int | str = 0,
-              steps: int | None = None) -> Decision:
+              steps: int | None = None, retry: int | None = None, depth: int | None = None) -> Decision:
         """What would happen to this request now (read-only: holds nothing)."""
-        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
+        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth)
         if self.reads is not None:  # over the network: concurrent checks share a round trip
             return self.reads.submit(Op("check", customer=customer, request=request))
+        request = self.estimated(request)
         now = self.clock()
         conn = self.conns.local_reader()
         if conn is not None:  # a SQLite file: this thread's connection, one statement in C
@@ -185,6 +188,17 @@ class Quota:
             ctx = self.context(conn, customer, now)
             state = usage_state(self.conns, conn, ctx, now, task)
         return self._warned(decide(ctx.plan, state, request), request, now)
+
+    def estimated(self, request: QuotaRequest) -> QuotaRequest:
+        """``request`` with its provider cost estimated when the caller gave none but named a
+        model and its tokens (``billing.costs.estimate``): a hold keeps the estimate, so
+        cost guards and task cost limits count calls in flight."""
+        if request.cost or request.model is None or not request.tokens:
+            return request
+        costs = self.ledger.costs
+        costs.refresh()
+        found = estimate_cost(costs.book, request.model, request.tokens, self.clock())
+        return replace(request, cost=min(found, MAX_COST_DECIMAL)) if found else request
 
     def model_warnings(self, model: str | None, now: datetime) -> tuple[dict[str, str], ...]:
         """``unpriced_model`` when the cost book (the ledger's, kept up to date) cannot price
@@ -237,6 +251,7 @@ class Quota:
                 states = self._batch_states(conn, live, now)
         for op, state in zip(live, states):
             try:
+                op.request = self.estimated(op.request)
                 op.result = self._warned(decide(op.ctx.plan, state, op.request), op.request, now)
             except BillingError as exc:
                 op.error = exc
@@ -259,7 +274,8 @@ class Quota:
 
     def reserve(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, ttl: float | None = None,
                 request_id: str | None = None, model: str | None = None, task: str | None = None,
-                tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None) -> Reservation:
+                tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None,
+                retry: int | None = None, depth: int | None = None) -> Reservation:
         """Decide and, if allowed or downgraded, hold the units until commit, release or expiry."""
         ttl = self.default_ttl if ttl is None else float(ttl)
         if not 0 < ttl <= self.max_ttl:
@@ -267,7 +283,7 @@ class Quota:
         if request_id is not None and not 0 < len(request_id) <= 200:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
         storable_text("request_id", request_id)
-        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps)
+        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth))
         reservation = self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl,
                                             request_id=request_id))
         warnings = self.model_warnings(model, self.clock())

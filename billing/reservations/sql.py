@@ -36,10 +36,12 @@ from billing.catalog import Catalog, Plan
 from billing.catalog.overrides import effective_plan
 from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_subscription
 from billing.errors import BillingError, ErrorCode
+from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
+from billing.quota.guards import with_cost_guard
 from billing.rating.periods import BillingCycle, Period
 
 MICRO = Decimal(1_000_000)
@@ -241,7 +243,7 @@ def _utc(value: Any) -> datetime | None:
 
 
 _CONTEXT_SQL = (
-    "SELECT timezone FROM customer WHERE id = ?",
+    "SELECT timezone, cost_guard FROM customer WHERE id = ?",
     "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
     "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
     "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
@@ -278,7 +280,7 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
     tz_rows, subs, seat_rows, failed_rows, grants, override_rows = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
-    tz = tz_rows[0][0]
+    tz, own_guard = tz_rows[0]
     active = []
     started_of = {row[0]: row[4] for row in subs}
     for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
@@ -289,6 +291,8 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
         raise BillingError(f"customer {customer!r} has no active subscription", code=ErrorCode.SUBSCRIPTION_NOT_FOUND)
     _, sid, plan_id, version, anchor_at = max(active, key=lambda a: (a[0], a[1]))
     plan = catalog.get(plan_id, version)
+    if own_guard is not None:  # the customer's cost guardrails replace the plan's
+        plan = with_cost_guard(plan, own_guard)
     cycle = BillingCycle(plan.billing.interval, plan.billing.anchor, tz,
                          anchor_at if plan.billing.anchor == "anniversary" else None)
     period = cycle.period_containing(now)
@@ -330,6 +334,8 @@ STATE_SQL = (
     "WHERE customer_id = ? AND window_start <= ? AND window_end > ?")
 # the same without rate windows (plans without rate limits)
 STATE_SQL_NO_RATES = STATE_SQL[:STATE_SQL.index(" UNION ALL SELECT 'r'")]
+# plans with cost guards read the period's all-events row too (its cost: the provider cost to date)
+_ALL_ROWS = {sql: sql.replace(" AND meter <> '*'", "") for sql in (STATE_SQL, STATE_SQL_NO_RATES)}
 # a task's committed usage ('a') and live holds ('h'): steps, tokens, cost as (high, low) pairs
 _HELD_TASK = f"{held_sum_sql('steps')}, {held_sum_sql('tokens')}, {held_sum_sql('cost_pico')}"
 TASK_SQL = (
@@ -350,6 +356,8 @@ def state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple
         sql, params = STATE_SQL, (c, start_us, c, now_us, start_us, c, now_us, now_us)
     else:
         sql, params = STATE_SQL_NO_RATES, (c, start_us, c, now_us, start_us)
+    if ctx.plan.cost_guard is not None:
+        sql = _ALL_ROWS[sql]
     if compiled.event_read_meters:  # meters the counters cannot rate (quota_exact)
         more, extra = quota_exact.selects(pg, ctx.plan, start_us, to_us(ctx.period.end), with_customer=False,
                                           customer=c)
@@ -386,13 +394,14 @@ def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: A
 
 def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, list[dict]]:
     """Rows of ``batch_state_query`` -> customer -> [usage, held, rate counts] (as
-    ``parse_state``; the period's all-events counter row is left out)."""
+    ``parse_state``; the period's all-events counter row is kept under ``ALL_EVENTS``:
+    ``make_state`` reads the provider cost to date from it)."""
     states: dict[str, list[dict]] = {c: [{}, {}, {}] for c in customers}
     for customer, kind, key, units_high, units, cost_high, cost, n in rows:
         usage, held, rates = states[customer]
         if kind == "r":
             rates[key] = int(units)
-        elif kind == "h" or (kind == "u" and key != "*"):
+        elif kind == "h" or kind == "u":
             (usage if kind == "u" else held)[key] = _meter_usage(kind, units_high, units, cost_high, cost, n)
         elif kind not in ("u", "h"):  # rows of the meters read from the events: make_state folds them in
             usage.setdefault(quota_exact.ROWS, []).append((kind, key, units, cost, n))
@@ -420,12 +429,15 @@ def parse_task(rows: list[tuple]) -> TaskUsage:
 
 
 def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage | None) -> UsageState:
+    """The decision's state; with cost guards, ``provider_cost`` from the all-events row."""
     if ctx.plan.compiled.event_read_meters:
         usage = quota_exact.fold(ctx.plan, usage)
+    everything = usage.get(ALL_EVENTS) if ctx.plan.cost_guard is not None else None
     return frozen(UsageState, {
         "now": now, "period_start": ctx.period.start, "period_end": ctx.period.end, "usage": usage, "held": held,
         "seats": ctx.seats, "credit_balance": _ZERO, "credit_balances": ctx.credits, "task": task,
-        "rate_counts": rates, "payment_overdue": False, "payment_failed_at": ctx.payment_failed_at})
+        "rate_counts": rates, "payment_overdue": False, "payment_failed_at": ctx.payment_failed_at,
+        "provider_cost": everything.cost if everything is not None else _ZERO})
 
 
 def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None) -> UsageState:

@@ -90,7 +90,7 @@ def _utf8(value: str) -> bool:
     return True
 
 
-def parse_request(customer, key, quantity, model, task, tokens, cost, steps) -> QuotaRequest:
+def parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry=None, depth=None) -> QuotaRequest:
     """Validate a quota request's numbers (a ``validation_error`` on anything out of range)
     and its text (``storable_text``)."""
     for name, value in (("customer", customer), ("meter or charge", key), ("model", model), ("task", task)):
@@ -105,17 +105,20 @@ def parse_request(customer, key, quantity, model, task, tokens, cost, steps) -> 
     if not (_ZERO <= q <= _MAX_Q and _ZERO <= c <= _MAX_C):
         raise BillingError(f"quantity must be in [0, {MAX_QUANTITY}] and cost in [0, {MAX_COST}]",
                            code=ErrorCode.VALIDATION)
-    for name, value in (("tokens", tokens), ("steps", steps)):
+    for name, value in (("tokens", tokens), ("steps", steps), ("retry", retry), ("depth", depth)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 <= value <= MAX_QUANTITY):
             raise BillingError(f"{name} must be an integer in [0, {MAX_QUANTITY}]", code=ErrorCode.VALIDATION)
-    return QuotaRequest(customer, key, q, model, task, tokens, c, steps)
+    return QuotaRequest(customer, key, q, model, task, tokens, c, steps, retry, depth)
 
 
 def request_json(r: QuotaRequest) -> dict:
     """What a reservation was asked for (stored with the hold: a replay must match it)."""
-    return {"key": r.key, "quantity": dec_str(r.quantity), "model": r.model, "task": r.task, "tokens": r.tokens,
-            "cost": dec_str(r.cost), "steps": r.steps}
+    out = {"key": r.key, "quantity": dec_str(r.quantity), "model": r.model, "task": r.task, "tokens": r.tokens,
+           "cost": dec_str(r.cost), "steps": r.steps}
+    if r.retry is not None or r.depth is not None:  # (requests stored before these existed have neither)
+        out["retry"], out["depth"] = r.retry, r.depth
+    return out
 
 
 class Hold(NamedTuple):

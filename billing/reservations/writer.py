@@ -45,6 +45,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.reservations.combiner import Combiner
 from billing.store.cost_prices import cursor_fetch
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
+from billing.quota.alerts import alerts_on
 from billing.ledger.prepare import warnings_of
 from billing.reservations.commits import committed, event_for, prepare_commit, recommit, same_event, stored_props
 from billing.reservations.events import contributions, not_inserted, task_rows, write_pg, write_sqlite
@@ -259,7 +260,7 @@ class QuotaWriter:
         """After the COMMIT: the committed usage of the committing customers with budget alerts."""
         for op, p, _hold in commits:
             ctx = op.ctx
-            if ctx is not None and ctx.plan.budget_alerts is not None:
+            if ctx is not None and alerts_on(ctx.plan):
                 tx.alert_ctx.setdefault(p.customer, ctx)
         if tx.alert_ctx:
             tx.alert_cur = execute(*batch_counters_query(

@@ -39,6 +39,8 @@ class Customer(SQLModel, table=True):
     # overrides the plan's invoice_when_due_reaches for this customer (decimal text; None: the plan's)
     invoice_when_due_reaches: str | None = Field(default=None, max_length=40)
     created_at: datetime = _utc()
+    # the customer's own cost guardrails (CostGuard JSON) in place of its plan's; None: the plan's
+    cost_guard: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Subscription(SQLModel, table=True):

@@ -1,6 +1,8 @@
 """The concurrency promise across processes: two real `billing serve` processes on one
 database, 200 concurrent 1-unit reservations (100 sent to each server) against a limit of
-100 units: exactly 100 are granted and the database holds exactly 100 live units.
+100 units: exactly 100 are granted and the database holds exactly 100 live units. The same
+race against a provider-cost cap (issue 15's cost guard: 200 calls of estimated cost 0.25
+against a cap of 25): exactly 100 granted, exactly 25 of cost held, never more.
 
 PostgreSQL runs on a fresh database (``tests.support.db.postgres_database``: skipped without
 ``BILLING_TEST_POSTGRES_URL``, failed when ``BILLING_REQUIRE_POSTGRES=1``); SQLite runs
@@ -13,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -22,6 +25,7 @@ from billing.api.auth import create_key
 from billing.catalog import Catalog
 from billing.ledger.accounts import Accounts
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url, sqlite_database
+from tests.support.guards import COST_CAP, COST_RACE_PLAN
 from tests.support.quota import BLOCK_PLAN
 from tests.support.live_server import billing_serve, wait_healthy
 
@@ -40,17 +44,31 @@ def _live_units_held(engine, customer: str) -> tuple[int, int]:
     return int(n), int(units) // 1_000_000
 
 
-def _race_two_servers(url: str, tmp_path: Path) -> None:
+def _live_cost_held(engine, customer: str) -> Decimal:
+    """The estimated provider cost the live holds of ``customer`` hold, from the table."""
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
+    ph = "%s" if engine.dialect.name == "postgresql" else "?"
+    with engine.connect() as conn:
+        pico = conn.exec_driver_sql(
+            f"SELECT COALESCE(SUM(cost_pico), 0) FROM quota_hold "
+            f"WHERE customer_id = {ph} AND status = 'held' AND expires_at > {ph}", (customer, now_us)).scalar()
+    return Decimal(int(pico)) / Decimal(10) ** 12
+
+
+def _race_two_servers(url: str, tmp_path: Path, plan: tuple[str, str] = ("blocky", BLOCK_PLAN),
+                      extra: dict | None = None) -> None:
+    """The race on ``plan`` (name, text; the default: requests, 100 included, then block),
+    each reservation's body with ``extra``."""
     plans_dir = tmp_path / "plans"
     plans_dir.mkdir()
-    (plans_dir / "blocky.yaml").write_text(BLOCK_PLAN)  # requests: 100 included, then block
+    (plans_dir / f"{plan[0]}.yaml").write_text(plan[1])
     catalog = Catalog.from_paths(plans_dir)
 
     with engine_for_url(url) as engine:
         start = datetime.now(UTC) - timedelta(days=1)
         acc = Accounts(engine, catalog)
         acc.create_customer("acme", now=start)
-        acc.subscribe("acme", "blocky", at=start, seats=1)
+        acc.subscribe("acme", plan[0], at=start, seats=1)
         _, key = create_key(engine, "check", customer="acme", name="race")
 
         with ExitStack() as stack:
@@ -72,7 +90,7 @@ def _race_two_servers(url: str, tmp_path: Path) -> None:
                 if i < 32:
                     barrier.wait(30)  # the first wave leaves together
                 body = {"customer": "acme", "meter": "requests", "quantity": 1, "ttl_seconds": 3600,
-                        "request_id": f"race-{i}"}
+                        "request_id": f"race-{i}", **(extra or {})}
                 r = clients[i % 2].post("/v1/quota/reserve", json=body)
                 return r.status_code, r.json()
 
@@ -96,6 +114,9 @@ def _race_two_servers(url: str, tmp_path: Path) -> None:
                 assert proc.poll() is None, log_path.read_text(errors="replace")
 
         assert _live_units_held(engine, "acme") == (LIMIT, LIMIT)
+        if extra is not None:  # the cost race: the cap held exactly, never passed
+            assert _live_cost_held(engine, "acme") == COST_CAP
+            assert all(b["decision"]["guard"] == "cost_cap" for _, b in results if not b["granted"])
 
 
 @pytest.mark.slow
@@ -108,3 +129,18 @@ def test_two_servers_never_exceed_the_limit_postgres(tmp_path):
 def test_two_servers_never_exceed_the_limit_sqlite(tmp_path):
     with sqlite_database(tmp_path) as url:
         _race_two_servers(url, tmp_path)
+
+
+COST_RACE = (("cost-capped", COST_RACE_PLAN), {"cost": str(Decimal(COST_CAP) / LIMIT)})
+
+
+@pytest.mark.slow
+def test_two_servers_never_exceed_a_cost_cap_postgres(tmp_path):
+    with postgres_database(postgres_server_url()) as url:
+        _race_two_servers(url, tmp_path, *COST_RACE)
+
+
+@pytest.mark.slow
+def test_two_servers_never_exceed_a_cost_cap_sqlite(tmp_path):
+    with sqlite_database(tmp_path) as url:
+        _race_two_servers(url, tmp_path, *COST_RACE)
