@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # Idempotency-Key records (billing.api.idempotency): kept this long; a dead server's claim lapses after the lease
     idempotency_retention_hours: float = Field(default=24.0, ge=24.0)
     idempotency_lease_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # the durable log (billing.ingest_log): POST /v1/events with Prefer: respond-async publishes
+    # to this NATS JetStream stream (refused, 503, while nats_url is unset)
+    nats_url: str | None = None
+    nats_stream: str = "usage"
 
 
 @lru_cache

@@ -11,6 +11,7 @@ from billing.cli import stripe as stripe_cli
 from billing.cli.serve import serve
 from billing.cli.simulate import simulate
 from billing.cli.demo import demo
+from billing.cli.ingest_worker import ingest_worker
 
 app = typer.Typer(help="Pricing & billing engine for AI products.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -30,3 +31,4 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(client_cli.app, name="client")
 app.command("serve")(serve)
 app.command("demo")(demo)
+app.command("ingest-worker")(ingest_worker)
