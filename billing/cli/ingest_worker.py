@@ -33,7 +33,11 @@ def ingest_worker(
 
     if not nats:
         fail("--nats (or BILLING_NATS_URL) is required, e.g. --nats nats://127.0.0.1:4222")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()  # the worker's own lines (batches, rejections, dead letters) on stderr
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    worker_log = logging.getLogger("billing.ingest_log")
+    worker_log.addHandler(handler)
+    worker_log.setLevel(logging.INFO)
     ledger = Ledger(engine(), catalog(), future_tolerance_seconds=get_settings().future_tolerance_seconds)
     worker = run(lambda: IngestWorker(ledger, nats, stream, batch=batch, ack_wait=ack_wait))
     try:

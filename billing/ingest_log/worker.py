@@ -54,6 +54,7 @@ class Totals:
     conflicts: int = 0
     rejected: int = 0
     dead_letters: int = 0
+    redelivered: int = 0  # messages delivered before (to a worker that died, or whose ledger call failed)
     failed_steps: int = 0  # steps whose record() raised (their messages came back)
 
     def add(self, result: BatchResult) -> None:
@@ -108,7 +109,7 @@ class IngestWorker:
 
         try:
             return await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
             return []
 
     async def record(self, messages: list[Any]) -> tuple[list[Any], BatchResult | None]:
@@ -118,6 +119,8 @@ class IngestWorker:
         acknowledged when the ledger raised."""
         good, events = [], []
         for msg in messages:
+            if msg.metadata.num_delivered > 1:
+                self.totals.redelivered += 1
             decoded = decode(msg.data)
             if decoded.events is None:
                 await self._dead_letter(msg, decoded.reason)
@@ -169,11 +172,18 @@ class IngestWorker:
 
     async def run(self, stop: asyncio.Event, *, until_drained: bool = False) -> Totals:
         """Steps until ``stop`` is set (or, ``until_drained``, the stream is drained)."""
+        import nats.errors
+
         await self.start()
         try:
             while not stop.is_set():
-                if await self.step() == 0 and until_drained and await self.drained():
-                    break
+                try:
+                    if await self.step() == 0 and until_drained and await self.drained():
+                        break
+                except nats.errors.Error as exc:  # the connection was lost, the server is busy...:
+                    # what this step fetched and did not acknowledge is delivered again
+                    log.warning("NATS: %s: %s; trying again in 1 s", type(exc).__name__, exc)
+                    await asyncio.sleep(1)
         finally:
             await self.close()
         return self.totals
