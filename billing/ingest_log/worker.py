@@ -158,6 +158,8 @@ class IngestWorker:
         """One fetch, recorded and acknowledged; the number of messages fetched."""
         messages = await self.fetch()
         if messages:
+            log.info("fetched %d messages (stream sequences %d-%d)", len(messages),
+                     messages[0].metadata.sequence.stream, messages[-1].metadata.sequence.stream)
             recorded, result = await self.record(messages)
             if recorded:
                 await self.acknowledge(recorded)

@@ -62,7 +62,7 @@ def test_queued_with_202_then_recorded_by_the_worker(api, nats_stream, monkeypat
     assert stored_events(api.engine) == []  # queued, not written
     assert api(events[:2], headers=ASYNC).json()["first_sequence"] == 2  # the bare-list body too
 
-    totals = asyncio.run(IngestWorker(Ledger(api.engine, CAT, alerts=False), url, stream)
+    totals = asyncio.run(IngestWorker(Ledger(api.engine, CAT, alerts=False), url, stream, fetch_timeout=0.3)
                          .run(asyncio.Event(), until_drained=True))
     assert (totals.accepted, totals.duplicates, totals.rejected, totals.dead_letters) == (30, 2, 1, 0)
     assert sorted(e[1] for e in stored_events(api.engine)) == sorted(f"e{i}" for i in range(30))

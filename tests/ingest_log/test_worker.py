@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from billing.ingest_log.log import DEAD_REASON, DEAD_SEQUENCE, dead_subject, events_subject
 from billing.ingest_log.publisher import EventLogPublisher, connect
@@ -56,7 +57,7 @@ def test_published_events_equal_a_direct_import(engine, nats_stream, tmp_path):
     assert (first.events, first.messages) == (1200, 3) and second.events == len(events) - 1200
     assert second.first_sequence == first.last_sequence + 1
 
-    totals = _drain(IngestWorker(Ledger(engine, CATALOG, alerts=False), url, stream, batch=3))
+    totals = _drain(IngestWorker(Ledger(engine, CATALOG, alerts=False), url, stream, batch=3, fetch_timeout=0.3))
     assert (totals.events, totals.accepted, totals.duplicates) == (len(events), 2500, 1)
     assert (totals.conflicts, totals.rejected, totals.dead_letters) == (1, 2, 0)
     assert consumer_state(url, stream) == (0, 0)
@@ -64,6 +65,7 @@ def test_published_events_equal_a_direct_import(engine, nats_stream, tmp_path):
     assert len(stored_events(engine)) == 2500
 
 
+@pytest.mark.slow  # waits out an ack_wait of 1 s
 def test_a_message_redelivered_after_a_worker_died_before_its_ack_is_counted_once(engine, nats_stream, tmp_path):
     url, stream = nats_stream
     _setup(engine)
@@ -102,7 +104,7 @@ def test_a_message_that_is_not_an_event_list_is_a_dead_letter(engine, nats_strea
         await nc.close()
 
     asyncio.run(publish())
-    totals = _drain(IngestWorker(Ledger(engine, CATALOG, alerts=False), url, stream, batch=2))
+    totals = _drain(IngestWorker(Ledger(engine, CATALOG, alerts=False), url, stream, batch=2, fetch_timeout=0.3))
     assert (totals.dead_letters, totals.accepted, totals.messages) == (4, 2, 2)
     dead = stream_messages(url, stream, dead_subject(stream))
     assert [data for data, _ in dead] == [b"{not json", b'{"event": []}', b"42", b""]

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -54,6 +55,7 @@ def _count(engine) -> int:
         return conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one()
 
 
+@pytest.mark.slow
 def test_the_command_drains_the_stream_and_stops_on_sigterm(nats_stream, tmp_path):
     url, stream = nats_stream
     events = _events(3000)
@@ -87,12 +89,15 @@ def _kill_one_of_two(backend: str, n: int, url: str, stream: str, tmp_path) -> N
         _setup(engine, CUSTOMERS)
         args = ("--batch", "10", "--ack-wait", "3", "--until-drained")
         victim, survivor = _worker(db, url, stream, *args), _worker(db, url, stream, *args)
+        victim_log: list[str] = []  # its stderr lines, read as they come
+        threading.Thread(target=lambda: victim_log.extend(victim.stderr), daemon=True).start()
         deadline = time.monotonic() + 120
-        while _count(engine) < n // 4 and time.monotonic() < deadline and victim.poll() is None:
-            time.sleep(0.05)
+        while time.monotonic() < deadline and victim.poll() is None and not (
+                _count(engine) >= n // 4 and victim_log and "fetched" in victim_log[-1]):
+            time.sleep(0.01)
         assert victim.poll() is None, "the victim stopped before it could be killed"
-        os.kill(victim.pid, signal.SIGKILL)  # mid-batch: it holds fetched, unacknowledged messages
-        victim.communicate(timeout=30)
+        os.kill(victim.pid, signal.SIGKILL)  # mid-batch: it fetched messages and has not acknowledged them
+        victim.wait(timeout=30)
         out, err = survivor.communicate(timeout=180)
         assert survivor.returncode == 0, err[-3000:]
         totals = json.loads(out)
