@@ -27,15 +27,19 @@ MAX_EVENTS_PER_MESSAGE = 1000
 
 
 def encode_event(event: Any) -> bytes:
-    """One event as JSON (orjson; the standard encoder for what orjson refuses: integers
-    past 64 bits, NaN: the ledger rejects those by its own rules, so they travel as sent)."""
+    """One event as JSON (orjson; the standard encoder for what orjson refuses, integers
+    past 64 bits, and for what it would change, NaN and infinities, which it writes as
+    null: the ledger rejects those by its own rules, so they travel as sent)."""
     try:
-        return orjson.dumps(event)
+        raw = orjson.dumps(event)
+        if b"null" not in raw:  # (None, or a non-finite float: read again below)
+            return raw
     except (orjson.JSONEncodeError, TypeError):
-        try:
-            return json.dumps(event, allow_nan=True, separators=(",", ":")).encode()
-        except (TypeError, ValueError) as exc:
-            raise BillingError(f"an event cannot be written as JSON: {exc}", code=ErrorCode.EVENT_INVALID) from None
+        pass
+    try:
+        return json.dumps(event, allow_nan=True, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise BillingError(f"an event cannot be written as JSON: {exc}", code=ErrorCode.EVENT_INVALID) from None
 
 
 def encode_batches(events: Sequence[Any], max_bytes: int,
