@@ -15,6 +15,7 @@ a dead letter.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -78,7 +79,10 @@ def decode(data: bytes) -> Decoded:
     """A message's events, or (None, the reason it is a dead letter): not JSON, or JSON
     that is neither an array nor an object whose ``events`` is an array. The events
     themselves are not checked here: that is the ledger's job, one result per event."""
-    value, problem = parse_line(data)
+    if _LONG_NUMBER.search(data):  # orjson would read an integer past 64 bits as a float
+        value, problem = _parse_exact(data)
+    else:
+        value, problem = parse_line(data)
     if problem is not None:
         return Decoded(None, problem)
     if isinstance(value, dict):
@@ -88,6 +92,17 @@ def decode(data: bytes) -> Decoded:
     if not isinstance(value, list):
         return Decoded(None, f"not an event list: a JSON {_kind(value)}")
     return Decoded(value, None)
+
+
+_LONG_NUMBER = re.compile(rb"\d{19,}")
+
+
+def _parse_exact(data: bytes) -> tuple[Any, str | None]:
+    """The standard parser (integers of any length exact), with ``parse_line``'s reasons."""
+    try:
+        return json.loads(data.decode("utf-8")), None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, parse_line(data)[1] or "not valid JSON"
 
 
 def _kind(value: Any) -> str:

@@ -18,7 +18,7 @@ EVENT = st.fixed_dictionaries({"id": st.text(max_size=20), "customer": st.text(m
                                "properties": st.dictionaries(st.text(max_size=5), st.integers(), max_size=4)})
 
 
-@given(events=st.lists(EVENT, max_size=60), max_bytes=st.integers(300, 2000), max_events=st.integers(1, 9))
+@given(events=st.lists(EVENT, max_size=60), max_bytes=st.integers(700, 3000), max_events=st.integers(1, 9))
 def test_messages_carry_the_batch_in_order_within_the_limits(events, max_bytes, max_events):
     messages = encode_batches(events, max_bytes, max_events)
     assert all(len(m) <= max_bytes for m in messages)
