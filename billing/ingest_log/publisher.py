@@ -47,14 +47,22 @@ async def publish_events(js, stream: str, events: Sequence[Any], max_bytes: int,
     return Published(len(events), len(payloads), min(seqs, default=None), max(seqs, default=None))
 
 
-async def connect(url: str, *, name: str, connect_timeout: float = 5.0):
-    """A NATS connection (reconnecting forever once established) and its JetStream context;
-    a server that cannot be reached is ``service_unavailable``."""
+async def connect(url: str, *, name: str, connect_timeout: float = 5.0, attempts: int = 3):
+    """A NATS connection and its JetStream context. ``attempts``: tries, a second apart, to
+    connect and, once connected, to reconnect after a loss (then the connection closes).
+    A server that cannot be reached is ``service_unavailable``."""
+    import logging
+
     import nats
+
+    log = logging.getLogger("billing.ingest_log")
+
+    async def error(exc: Exception) -> None:  # one line, not the client's traceback per attempt
+        log.warning("NATS %s: %s: %s", url, type(exc).__name__, exc)
 
     try:
         nc = await nats.connect(url, name=name, connect_timeout=connect_timeout, allow_reconnect=True,
-                                max_reconnect_attempts=-1)
+                                max_reconnect_attempts=attempts, reconnect_time_wait=1.0, error_cb=error)
     except Exception as exc:
         raise BillingError(f"cannot reach NATS at {url}: {type(exc).__name__}: {exc}",
                            code=ErrorCode.UNAVAILABLE) from None

@@ -40,6 +40,7 @@ from billing.ledger.ingest import BatchResult, Ledger
 log = logging.getLogger("billing.ingest_log")
 
 RETRY_DELAY_S = 2.0  # a batch the ledger failed on comes back after this long
+RECONNECT_ATTEMPTS = 60  # a second apart: a worker rides out a NATS restart of about a minute
 
 
 @dataclass
@@ -89,7 +90,7 @@ class IngestWorker:
     async def start(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        self._nc, self._js = await connect(self.url, name="billing-ingest-worker")
+        self._nc, self._js = await connect(self.url, name="billing-ingest-worker", attempts=RECONNECT_ATTEMPTS)
         await ensure_stream(self._js, self.stream)
         config = ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                 filter_subject=events_subject(self.stream), ack_wait=self.ack_wait,
@@ -186,6 +187,8 @@ class IngestWorker:
                     # what this step fetched and did not acknowledge is delivered again
                     log.warning("NATS: %s: %s; trying again in 1 s", type(exc).__name__, exc)
                     await asyncio.sleep(1)
+                    if self._nc.is_closed:  # out of reconnection attempts: start again
+                        await self.start()
         finally:
             await self.close()
         return self.totals
