@@ -15,8 +15,9 @@
 - Markers set here, from what a test uses: ``postgres`` on the PostgreSQL case of a test
   parametrized over the backends (or named for PostgreSQL), ``stripe`` on the tests that use
   the Stripe test server, ``nats`` on the tests that use a NATS JetStream stream
-  (``nats_stream``: ``(server URL, a fresh stream name)``, tests/support/event_log.py). Tests that reach PostgreSQL or Chromium another way, and ``slow``
-  tests, carry their marker in their module.
+  (``nats_stream``: (server URL, a fresh stream name), ``tests/support/event_log.py``).
+  Tests that reach PostgreSQL or Chromium another way, and ``slow`` tests, carry their
+  marker in their module.
 """
 
 from __future__ import annotations

@@ -97,6 +97,8 @@ class IngestWorker:
                                 max_deliver=-1, max_ack_pending=10_000)
         self._sub = await self._js.pull_subscribe(events_subject(self.stream), durable=CONSUMER,
                                                   stream=self.stream, config=config)
+        info = await self._sub.consumer_info()  # an existing consumer keeps its own ack_wait:
+        self.ack_wait = info.config.ack_wait or self.ack_wait  # keep-alives follow it
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
