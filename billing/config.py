@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     otlp_customer_attribute: str = Field(default="enduser.id", min_length=1)
     otlp_feature_attribute: str = Field(default="billing.feature", min_length=1)
     otlp_task_attribute: str = Field(default="billing.task", min_length=1)
+    # the durable log (billing.ingest_log): POST /v1/events with Prefer: respond-async publishes
+    # to this NATS JetStream stream (refused, 503, while nats_url is unset)
+    nats_url: str | None = None
+    nats_stream: str = "usage"
 
 
 @lru_cache

@@ -14,8 +14,10 @@
   ``any_engine`` (that, then a fresh PostgreSQL database).
 - Markers set here, from what a test uses: ``postgres`` on the PostgreSQL case of a test
   parametrized over the backends (or named for PostgreSQL), ``stripe`` on the tests that use
-  the Stripe test server. Tests that reach PostgreSQL or Chromium another way, and ``slow``
-  tests, carry their marker in their module.
+  the Stripe test server, ``nats`` on the tests that use a NATS JetStream stream
+  (``nats_stream``: (server URL, a fresh stream name), ``tests/support/event_log.py``).
+  Tests that reach PostgreSQL or Chromium another way, and ``slow`` tests, carry their
+  marker in their module.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from contextlib import ExitStack
 import pytest
 
 from billing.store.db import downgrade
+from tests.support.event_log import nats_server_url, temporary_stream
 from tests.support.db import (BACKENDS, engine_for_url, postgres_database, postgres_server_url, reset_database,
                               sqlite_database)
 from tests.support.quota import postgres_database as postgres_quota_database
@@ -32,6 +35,7 @@ from tests.support.quota import template_sqlite_engine
 
 
 STRIPE_SERVER_FIXTURE = "stripe_env"
+NATS_FIXTURE = "nats_stream"
 
 
 def runs_on_postgres(item: pytest.Item) -> bool:
@@ -48,6 +52,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
         if STRIPE_SERVER_FIXTURE in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.stripe)
+        if NATS_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.nats)
 
 
 @pytest.fixture(autouse=True)
@@ -148,3 +154,12 @@ def any_engine(request, tmp_path):
     postgres_server_url()
     with postgres_quota_database() as engine:
         yield engine
+
+
+@pytest.fixture
+def nats_stream():
+    """(the NATS server URL, a fresh stream name) for one test; the stream is deleted after
+    (skipped without BILLING_TEST_NATS_URL; a failure when BILLING_REQUIRE_NATS=1)."""
+    url = nats_server_url()
+    with temporary_stream(url) as stream:
+        yield url, stream

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from billing.api import errors, events_read, idempotency, reports, stripe_webhook, telemetry
+from billing.api.async_events import close_event_log
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
 from billing.api.entitlements import router as entitlements_router
@@ -110,6 +111,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
             if thread is not None:
                 thread.join(10)
             services.quota.close()
+            close_event_log(_app)
 
     app = BillingAPI(lifespan=lifespan, title="AI billing engine", version="0.1.0",
                   description="Usage events, quota decisions (check / reserve / commit / release), customers, "

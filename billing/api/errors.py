@@ -66,6 +66,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_SIGNATURE: 400,
     ErrorCode.INVALID_PAYLOAD: 400,
     ErrorCode.WEBHOOK_NOT_CONFIGURED: 503,
+    ErrorCode.EVENT_LOG_NOT_CONFIGURED: 503,
 }
 
 

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
+from billing.api.async_events import prefers_async, queue_events
 from billing.api.telemetry import count_decision
 from billing.api.auth import Principal
 from billing.api.errors import json_bytes
@@ -124,6 +125,8 @@ def post_events(body: Annotated[Any, Body()], request: Request, principal: Inges
     if principal.customer is not None:
         for event in events:
             principal.require_customer(event.get("customer") if isinstance(event, dict) else None)
+    if prefers_async(request):  # durably queued on the log (202), recorded by billing ingest-worker
+        return queue_events(request, events)
     result = _svc(request).ledger.record(events)
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:

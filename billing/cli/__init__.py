@@ -13,6 +13,7 @@ from billing.cli.simulate import simulate
 from billing.cli.advise import advise
 from billing.cli.demo import demo
 from billing.cli.worker import worker
+from billing.cli.ingest_worker import ingest_worker
 
 app = typer.Typer(help="Pricing & billing engine for AI products.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -34,3 +35,4 @@ app.add_typer(client_cli.app, name="client")
 app.command("serve")(serve)
 app.command("demo")(demo)
 app.command("worker")(worker)
+app.command("ingest-worker")(ingest_worker)
