@@ -61,7 +61,7 @@ class FaultTransport(_Faults, httpx.BaseTransport):
             return answer
         response = self.inner.handle_request(request)
         response.read()
-        return self.after(fault, request, response)
+        return self.after(fault, request, _as_httpx(response, request))
 
 
 class AsyncFaultTransport(_Faults, httpx.AsyncBaseTransport):
@@ -77,4 +77,14 @@ class AsyncFaultTransport(_Faults, httpx.AsyncBaseTransport):
             return answer
         response = await self.inner.handle_async_request(request)
         await response.aread()
-        return self.after(fault, request, response)
+        return self.after(fault, request, _as_httpx(response, request))
+
+
+def _as_httpx(response, request: httpx.Request) -> httpx.Response:
+    """The inner transport's response as an ``httpx`` one: Starlette's TestClient speaks
+    ``httpx2`` when that fork is installed (a dependency of some test extras pulls it in),
+    while the clients under test are ``httpx`` clients."""
+    if isinstance(response, httpx.Response):
+        return response
+    return httpx.Response(response.status_code, headers=list(response.headers.multi_items()),
+                          content=response.content, request=request)
