@@ -111,7 +111,3 @@ def _kill_one_of_two(backend: str, n: int, url: str, stream: str, tmp_path) -> N
 def test_200k_events_two_workers_one_killed_equal_a_direct_import_postgres(nats_stream, tmp_path):
     _kill_one_of_two("postgres", 200_000, *nats_stream, tmp_path)
 
-
-@pytest.mark.slow
-def test_two_workers_one_killed_equal_a_direct_import_sqlite(nats_stream, tmp_path):
-    _kill_one_of_two("sqlite", 30_000, *nats_stream, tmp_path)
