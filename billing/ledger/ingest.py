@@ -35,7 +35,8 @@ from billing.store.cost_prices import CostSource, connection_fetch
 from billing.store.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
 from billing.quota.alerts import alerts_on
-from billing.ledger.prepare import TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, reprice, warning_of
+from billing.ledger.prepare import (TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, raw_key as _raw_key,
+                                    reprice, warning_of)
 from billing.ledger.prepare_process import PrepareOptions
 from billing.store.types import to_us
 
@@ -554,9 +555,3 @@ _ALERT_EVERY_S = 10.0  # a long import evaluates budget alerts this often (and a
 _KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
 _CUSTOMER = itemgetter(0)
 _EVENT_ID = itemgetter(1)
-
-
-def _raw_key(raw: Any) -> tuple[str | None, str | None]:
-    rid = raw.get("id") if isinstance(raw, dict) else getattr(raw, "id", None)
-    cust = raw.get("customer") if isinstance(raw, dict) else getattr(raw, "customer", None)
-    return (rid if isinstance(rid, str) else None, cust if isinstance(cust, str) else None)

@@ -303,6 +303,14 @@ def prepare(raw: Any, *, now_us: int, tolerance_us: int, known_types: frozenset[
                     unpriced, unmetered)
 
 
+def raw_key(raw: Any) -> tuple[str | None, str | None]:
+    """(id, customer) of an event as given, each None when it is not text (what a result
+    names a rejected event by)."""
+    rid = raw.get("id") if isinstance(raw, dict) else getattr(raw, "id", None)
+    cust = raw.get("customer") if isinstance(raw, dict) else getattr(raw, "customer", None)
+    return (rid if isinstance(rid, str) else None, cust if isinstance(cust, str) else None)
+
+
 UNPRICED_MODEL = "unpriced_model"  # warning codes (an accepted event's result, quota answers)
 UNMETERED_TYPE = "unmetered_type"
 

@@ -41,6 +41,7 @@ import billing
 from billing.costs import CostBook
 from billing.ledger.jsonl import JsonlEvents, LineMap
 from billing.ledger.prepare import Prepared, Pricer, Rejection, prepare_batch
+from billing.ledger.prepare import raw_key as _raw_key
 from billing.instants import to_us
 
 PART = 5_000  # events per message from the child: its memory, and the pipe's, stay this small
@@ -89,13 +90,6 @@ def _read(source: BinaryIO) -> Any:
     if len(data) < size:
         raise EOFError
     return pickle.loads(data)
-
-
-def _raw_key(raw: Any) -> tuple[str | None, str | None]:
-    if not isinstance(raw, dict):
-        return None, None
-    rid, cust = raw.get("id"), raw.get("customer")
-    return (rid if isinstance(rid, str) else None, cust if isinstance(cust, str) else None)
 
 
 class PreparingReader:
