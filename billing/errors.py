@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     EVENT_LOG_NOT_CONFIGURED = "event_log_not_configured"  # Prefer: respond-async without BILLING_NATS_URL
     # requests
     REQUEST_TOO_LARGE = "request_too_large"
+    INVALID_PARAMETER = "invalid_parameter"  # a query parameter: unknown, a limit out of range, a bad cursor
     # generic
     VALIDATION = "validation_error"
     NOT_FOUND = "not_found"

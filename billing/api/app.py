@@ -84,7 +84,9 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     ledger = Ledger(engine, catalog, clock=clock, future_tolerance_seconds=settings.future_tolerance_seconds)
     services = Services(engine, catalog, ledger,
                         Quota(engine, catalog, ledger, clock=clock, context_ttl=context_ttl),
-                        Accounts(engine, catalog), Invoicing(engine, catalog, clock=clock), clock)
+                        Accounts(engine, catalog),
+                        Invoicing(engine, catalog, clock=clock,
+                                  future_tolerance_seconds=settings.future_tolerance_seconds), clock)
 
     webhook_url = webhook_url or os.environ.get("BILLING_WEBHOOK_URL")
     webhook_secret = webhook_secret or os.environ.get("BILLING_WEBHOOK_SECRET")
@@ -126,6 +128,11 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
 
     app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
     app.include_router(router)
+    # the lists (cursor pages) and the writes of the CLI's subscriptions, credits and invoice commands
+    from billing.api import credits, customers, events_list, invoices_routes, subscriptions
+
+    for module in (customers, subscriptions, credits, invoices_routes, events_list):
+        app.include_router(module.router)
     app.include_router(metering_router)  # GET /v1/customers/{id}/metering (billing.api.metering)
     app.include_router(entitlements_router)  # POST /v1/entitlements/check (billing.api.entitlements)
     app.include_router(events_read.router)

@@ -62,6 +62,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.EVENT_TOO_LARGE: 422,
     ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.INVALID_PARAMETER: 400,
     ErrorCode.INTERNAL: 500,
     ErrorCode.INVALID_SIGNATURE: 400,
     ErrorCode.INVALID_PAYLOAD: 400,

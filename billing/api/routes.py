@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
@@ -19,7 +19,6 @@ from billing.api.auth import Principal
 from billing.api.errors import json_bytes
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
 from billing.errors import BillingError, ErrorCode
-from billing.invoicing.lifecycle import InvoiceStatus
 from billing.ledger.accounts import MAX_ROW_ID
 from billing.store.models import Customer, SeatChange, Subscription
 from billing.quota.decide import Outcome
@@ -283,26 +282,7 @@ def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -
 
 # ----------------------------------------------------------------------- invoices
 
-@router.get("/invoices", tags=["invoices"], summary="Invoices and credit notes (newest last)")
-def list_invoices(request: Request, principal: Read,
-                  customer: Annotated[str | None, Query(max_length=200)] = None,
-                  status: Annotated[InvoiceStatus | None, Query()] = None,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    from billing.invoicing.service import invoice_json
-
-    if principal.customer is not None:
-        if customer is not None:
-            principal.require_customer(customer)
-        customer = principal.customer
-    svc = _svc(request)
-    rows = svc.invoicing.list(customer_id=customer, status=status.value if status else None, limit=limit)
-    out = []
-    for inv in rows:
-        js = invoice_json(inv, [])
-        js.pop("lines", None)
-        out.append(js)
-    return {"invoices": out}
-
+# the list of invoices and credit notes: billing.api.invoices_routes
 
 @router.get("/invoices/{invoice_id}", tags=["invoices"], summary="One invoice with its lines")
 def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],  # the id column is a 32-bit INTEGER

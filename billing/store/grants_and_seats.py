@@ -14,6 +14,7 @@ from sqlalchemy import Connection, func, select
 
 from billing.store.driver_rows import datetime_reader, driver_rows
 from billing.store.models import CreditBurn, CreditGrantRow
+from billing.store.pages import Listed, Page, page_of
 
 _CHUNK = 500
 
@@ -48,9 +49,31 @@ def grant_balances(conn: Connection, customer_ids: Sequence[str]) -> dict[str, l
             .order_by(CreditGrantRow.customer_id, CreditGrantRow.id))]
         if not grants:
             continue
-        burned = dict(conn.execute(select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
-                                   .where(CreditBurn.grant_id.in_([g.id for g in grants]))
-                                   .group_by(CreditBurn.grant_id)).all())
-        for g in grants:
-            out[g.customer_id].append((g, g.amount_micro - int(burned.get(g.id) or 0)))
+        for g, remaining in _balances(conn, grants):
+            out[g.customer_id].append((g, remaining))
     return out
+
+
+def _balances(conn: Connection, grants: Sequence[CreditGrantRow]) -> list[GrantBalance]:
+    """Each grant with what remains of it: its amount less what finalized invoices drew."""
+    burned: dict[str, int] = {}
+    for part in _chunks(sorted({g.id for g in grants})):
+        burned.update(conn.execute(select(CreditBurn.grant_id, func.sum(CreditBurn.amount_micro))
+                                   .where(CreditBurn.grant_id.in_(part)).group_by(CreditBurn.grant_id)).all())
+    return [(g, g.amount_micro - int(burned.get(g.id) or 0)) for g in grants]
+
+
+def grants_page(conn: Connection, *, limit: int, after=None, before=None,
+                customer: str | None = None) -> tuple[Page, list[GrantBalance]]:
+    """A page of credit grants in the order of every list (``billing.store.pages``), each
+    with its balance."""
+    c = CreditGrantRow.__table__.c
+    page = page_of(conn, Listed(select(CreditGrantRow.__table__), c.created_at, c.id),
+                   [] if customer is None else [c.customer_id == customer], limit, after, before)
+    return page, _balances(conn, [CreditGrantRow.model_validate(r._mapping) for r in page.rows])
+
+
+def credit_grant(conn: Connection, grant_id: str) -> GrantBalance | None:
+    """One grant with its balance (None: no such grant)."""
+    row = conn.execute(select(CreditGrantRow).where(CreditGrantRow.id == grant_id)).first()
+    return None if row is None else _balances(conn, [CreditGrantRow.model_validate(row._mapping)])[0]
