@@ -80,7 +80,7 @@ def test_contract_through_the_api_reaches_the_invoice_and_the_quota(api):
 
     api.clock.now = datetime(2026, 11, 2, tzinfo=UTC)
     api.app.state.services.invoicing.close(datetime(2026, 11, 1, tzinfo=UTC))
-    (invoice,) = [i for i in api("GET", "/v1/invoices", key="read").json()["invoices"] if i["customer"] == "acme"]
+    (invoice,) = [i for i in api("GET", "/v1/invoices", key="read").json()["data"] if i["customer"] == "acme"]
     lines = api("GET", f"/v1/invoices/{invoice['id']}", key="read").json()["lines"]
     # $10 fee + 10 requests past 50 at $0.05 = $10.50; 10% off: -1.05; the term's October share:
     # 600 x 31/365 = 50.96, less the 10.50 billed: a 40.46 true-up
@@ -129,7 +129,7 @@ def test_addons_through_the_api(api):
     assert api("GET", "/v1/subscriptions/1/contract", key="read").json()["addons"][0]["id"] == addon
     api.clock.now = datetime(2026, 11, 2, tzinfo=UTC)
     api.app.state.services.invoicing.close(datetime(2026, 11, 1, tzinfo=UTC))
-    (invoice,) = [i for i in api("GET", "/v1/invoices", key="read").json()["invoices"] if i["customer"] == "acme"]
+    (invoice,) = [i for i in api("GET", "/v1/invoices", key="read").json()["data"] if i["customer"] == "acme"]
     lines = api("GET", f"/v1/invoices/{invoice['id']}", key="read").json()["lines"]
     assert [(ln["key"], ln["description"], ln["amount"]) for ln in lines if ln["key"].startswith("addon:")] == [
         ("addon:1:sso", "SSO add-on: sso (prorated 32.26% of the period)", "10.00")]  # 31 x 10/31
