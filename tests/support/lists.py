@@ -34,10 +34,11 @@ def error_param(resp) -> str | None:
     return details.get("param") if isinstance(details, dict) else None
 
 
-def make_api(engine, clock: Clock | None = None):
-    """``call(method, path, key="admin", **httpx kwargs)`` over a new app on ``engine``."""
+def make_api(engine, clock: Clock | None = None, plans=None):
+    """``call(method, path, key="admin", **httpx kwargs)`` over a new app on ``engine``
+    (the quota tests' plans, or ``plans``)."""
     clock = clock or Clock(datetime(2026, 10, 10, 12, tzinfo=UTC))
-    client = TestClient(create_app(engine, catalog(), clock=clock, context_ttl=0, key_cache_ttl=0))
+    client = TestClient(create_app(engine, plans or catalog(), clock=clock, context_ttl=0, key_cache_ttl=0))
     keys = {scope: create_key(engine, scope)[1] for scope in ("ingest", "check", "read", "admin")}
     keys["acme-read"] = create_key(engine, "read", customer="acme")[1]
     keys["acme-admin"] = create_key(engine, "admin", customer="acme")[1]
