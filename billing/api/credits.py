@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from billing.api.pagination import LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params
+from billing.api.pagination import (
+    LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params, reject_unknown_query)
 from billing.api.resources import CreditGrantList, CreditGrantOut, grant_json
 from billing.api.routes import Admin, Read
 from billing.errors import BillingError, ErrorCode
@@ -38,7 +39,8 @@ class GrantIn(BaseModel):
 
 @router.get("/credit_grants", response_model=CreditGrantList, responses=error_responses(*LIST_ERRORS),
             summary="Credit grants, oldest first, with what remains of each")
-def list_grants(request: Request, principal: Read, page: Annotated[PageParams, Depends(page_params("credit_grants", str))],
+def list_grants(request: Request, principal: Read,
+                page: Annotated[PageParams, Depends(page_params("credit_grants", str))],
                 customer: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None) -> dict[str, Any]:
     with request.app.state.services.engine.connect() as conn:
         rows, balances = grants_page(conn, limit=page.limit, after=page.after, before=page.before,
@@ -46,8 +48,9 @@ def list_grants(request: Request, principal: Read, page: Annotated[PageParams, D
     return list_object(request, "credit_grants", rows, [grant_json(g, left) for g, left in balances])
 
 
-@router.get("/credit_grants/{grant_id}", response_model=CreditGrantOut,
-            responses=error_responses(ErrorCode.NOT_FOUND, ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN),
+@router.get("/credit_grants/{grant_id}", response_model=CreditGrantOut, dependencies=[Depends(reject_unknown_query)],
+            responses=error_responses(ErrorCode.NOT_FOUND, ErrorCode.INVALID_PARAMETER, ErrorCode.UNAUTHENTICATED,
+                                      ErrorCode.FORBIDDEN),
             summary="One credit grant")
 def get_grant(grant_id: Annotated[str, Path(min_length=1, max_length=200)], request: Request,
               principal: Read) -> dict[str, Any]:

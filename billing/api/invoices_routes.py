@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from billing.api.pagination import LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params
+from billing.api.pagination import (
+    LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params, reject_unknown_query)
 from billing.api.resources import InvoiceList, InvoiceOut, invoice_doc
 from billing.api.routes import Admin, Read
 from billing.errors import BillingError, ErrorCode
@@ -95,7 +96,8 @@ def _document(request: Request, principal, document_id: int, kind: str | None = 
     return invoice_doc(inv, lines)
 
 
-@router.get("/credit_notes/{credit_note_id}", response_model=InvoiceOut, responses=error_responses(*_ONE_ERRORS),
+@router.get("/credit_notes/{credit_note_id}", response_model=InvoiceOut, dependencies=[Depends(reject_unknown_query)],
+            responses=error_responses(*_ONE_ERRORS, ErrorCode.INVALID_PARAMETER),
             summary="One credit note with its (negative) lines")
 def get_credit_note(credit_note_id: DocumentId, request: Request, principal: Read) -> dict[str, Any]:
     return _document(request, principal, credit_note_id, "credit_note")

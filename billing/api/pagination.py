@@ -115,7 +115,8 @@ def page_params(list_name: str, id_type: type = int) -> Callable[..., PageParams
         limit: Annotated[str | None, Query(description=f"Rows per page, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})",
                                            examples=["10"])] = None,
         starting_after: Annotated[str | None, Query(description="A cursor: the page after it (next_cursor)")] = None,
-        ending_before: Annotated[str | None, Query(description="A cursor: the page before it (previous_cursor)")] = None,
+        ending_before: Annotated[str | None, Query(
+            description="A cursor: the page before it (previous_cursor)")] = None,
     ) -> PageParams:
         reject_unknown_query(request)
         if limit is None:

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from billing.api.pagination import LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params
+from billing.api.pagination import (
+    LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params, reject_unknown_query)
 from billing.api.resources import SubscriptionList, SubscriptionOut, subscription_json
 from billing.api.routes import Admin, Read
 from billing.errors import BillingError, ErrorCode
@@ -96,8 +97,9 @@ def _subscription(request: Request, principal, subscription_id: int):
 
 
 @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut,
+            dependencies=[Depends(reject_unknown_query)],
             responses=error_responses(ErrorCode.SUBSCRIPTION_NOT_FOUND, ErrorCode.VALIDATION,
-                                      ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN),
+                                      ErrorCode.INVALID_PARAMETER, ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN),
             summary="One subscription")
 def get_subscription(subscription_id: SubscriptionId, request: Request, principal: Read) -> dict[str, Any]:
     return _json(request, [_subscription(request, principal, subscription_id)])[0]

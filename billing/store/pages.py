@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, or_, select
 from sqlalchemy.sql import ColumnElement, Select
 
 from billing.store.models import Customer, Invoice, Subscription, UsageEventRow
@@ -62,11 +62,11 @@ def page_of(conn: Connection, listed: Listed, filters: Sequence[ColumnElement], 
     c, i = listed.created, listed.id
     if before is not None:
         at = listed.bound(before.created_us)
-        query = query.where(or_(c < at, and_(c == at, i < before.id))).order_by(c.desc(), i.desc())
+        query = query.where(c <= at, or_(c < at, i < before.id)).order_by(c.desc(), i.desc())
     else:
         if after is not None:
             at = listed.bound(after.created_us)
-            query = query.where(or_(c > at, and_(c == at, i > after.id)))
+            query = query.where(c >= at, or_(c > at, i > after.id))  # the bound alone starts an index range
         query = query.order_by(c, i)
     rows = list(conn.execute(query.limit(limit + 1)).all())
     has_more = len(rows) > limit

@@ -173,12 +173,38 @@ def many(tmp_path_factory):
             api.clock.now += timedelta(seconds=1)
         ok(api("POST", "/v1/customers", json={"id": name}), 201)
     expected = [n for _, n in sorted((i // 10, n) for i, n in enumerate(names))]
-    yield api, expected
+    # 140 events over 9 instants (many ties, broken by arrival), in batches of 20
+    base = api.clock.now - timedelta(hours=1)
+    events = [{"id": f"ev{i}", "customer": names[i % 5], "type": "request",
+               "timestamp": (base + timedelta(minutes=(i * 5) % 9)).isoformat(), "properties": {}} for i in range(140)]
+    for i in range(0, 140, 20):
+        assert ok(api("POST", "/v1/events", key="ingest", json={"events": events[i:i + 20]}))["accepted"] == 20
+    with engine.connect() as conn:
+        stored = [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT customer_id, event_id FROM usage_event ORDER BY ts, id")]
+    yield api, expected, stored, names[:5]
     engine.dispose()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(limit=st.integers(1, 100), backward=st.booleans())
 def test_walking_every_page_with_any_limit_yields_every_row_once_in_order(many, limit, backward):
-    api, expected = many
+    api, expected, _, _ = many
     assert [c["id"] for c in walk(api, "/v1/customers", limit, backward=backward)] == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limit=st.integers(1, 100), backward=st.booleans(), which=st.integers(-1, 4))
+def test_walking_the_events_yields_each_once_in_time_then_arrival_order(many, limit, backward, which):
+    api, _, stored, customers = many
+    params = {} if which < 0 else {"customer": customers[which]}
+    walked = walk(api, "/v1/events", limit, backward=backward, **params)
+    assert [(e["customer"], e["id"]) for e in walked] == [r for r in stored if which < 0 or r[0] == customers[which]]
+    times = [e["timestamp"] for e in walked]
+    assert times == sorted(times) and len(set(e["id"] for e in walked)) == len(walked)
+
+
+def test_one_object_routes_refuse_unknown_query_parameters(sqlite_api):
+    for path in ("/v1/subscriptions/1", "/v1/credit_grants/g", "/v1/credit_notes/1"):
+        r = sqlite_api("GET", path, params={"expand": "customer"})
+        assert r.status_code == 400 and error_param(r) == "expand", path

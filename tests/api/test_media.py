@@ -85,7 +85,35 @@ def bodies(post, variant: str) -> dict[str, tuple[str, dict]]:
                                                           {"plan": "summed", "at": T0.isoformat()}),
             "/v1/customers/{customer_id}/seats": (f"/v1/customers/{customer}/seats", {"seats": 2}),
             "/v1/stripe/webhook": ("/v1/stripe/webhook", {"id": "evt_1", "type": "invoice.paid"}),
-            "/v1/otlp/v1/traces": ("/v1/otlp/v1/traces", {"resourceSpans": []})}
+            "/v1/otlp/v1/traces": ("/v1/otlp/v1/traces", {"resourceSpans": []}),
+            **_ledger_writes(post, variant, customer)}
+
+
+def _ledger_writes(post, variant: str, customer: str) -> dict[str, tuple[str, dict]]:
+    """The subscription, credit and invoice writes (``billing.api.subscriptions``, ``credits``,
+    ``invoices_routes``): their own customers, subscriptions and September invoices per variant."""
+    services = post.app.state.services
+    subs = {}
+    post("/v1/customers", {"id": f"w0-{variant}"}, "application/json")  # subscribed by the route
+    for name in ("w1", "w2", "i1", "i2", "i3"):
+        cid = f"{name}-{variant}"
+        post("/v1/customers", {"id": cid}, "application/json")
+        at = (T0 - timedelta(days=30)).isoformat() if name.startswith("i") else T0.isoformat()
+        subs[name] = post("/v1/subscriptions", {"customer": cid, "plan": "summed", "at": at}, "application/json").json()
+    services.invoicing.close(T0)
+    invoice = {name: services.invoicing.list(f"{name}-{variant}")[0].id for name in ("i1", "i2", "i3")}
+    return {
+        "/v1/subscriptions": ("/v1/subscriptions", {"customer": f"w0-{variant}", "plan": "summed"}),
+        "/v1/subscriptions/{subscription_id}/seats": (f"/v1/subscriptions/{subs['w1']['id']}/seats", {"seats": 3}),
+        "/v1/subscriptions/{subscription_id}/change_plan": (f"/v1/subscriptions/{subs['w1']['id']}/change_plan",
+                                                             {"plan": "summed"}),
+        "/v1/subscriptions/{subscription_id}/cancel": (f"/v1/subscriptions/{subs['w2']['id']}/cancel", {}),
+        "/v1/credit_grants": ("/v1/credit_grants", {"customer": customer, "amount": "5"}),
+        "/v1/invoices/close": ("/v1/invoices/close", {"as_of": T0.isoformat()}),
+        "/v1/invoices/{invoice_id}/pay": (f"/v1/invoices/{invoice['i1']}/pay", {}),
+        "/v1/invoices/{invoice_id}/void": (f"/v1/invoices/{invoice['i2']}/void", {}),
+        "/v1/invoices/{invoice_id}/mark_uncollectible": (f"/v1/invoices/{invoice['i3']}/mark_uncollectible", {}),
+    }
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
