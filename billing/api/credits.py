@@ -49,7 +49,7 @@ def list_grants(request: Request, principal: Read,
 
 
 @router.get("/credit_grants/{grant_id}", response_model=CreditGrantOut, dependencies=[Depends(reject_unknown_query)],
-            responses=error_responses(ErrorCode.NOT_FOUND, ErrorCode.INVALID_PARAMETER, ErrorCode.UNAUTHENTICATED,
+            responses=error_responses(ErrorCode.NOT_FOUND, ErrorCode.PARAMETER_UNKNOWN, ErrorCode.UNAUTHENTICATED,
                                       ErrorCode.FORBIDDEN),
             summary="One credit grant")
 def get_grant(grant_id: Annotated[str, Path(min_length=1, max_length=200)], request: Request,

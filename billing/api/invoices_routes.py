@@ -97,7 +97,7 @@ def _document(request: Request, principal, document_id: int, kind: str | None = 
 
 
 @router.get("/credit_notes/{credit_note_id}", response_model=InvoiceOut, dependencies=[Depends(reject_unknown_query)],
-            responses=error_responses(*_ONE_ERRORS, ErrorCode.INVALID_PARAMETER),
+            responses=error_responses(*_ONE_ERRORS, ErrorCode.PARAMETER_UNKNOWN),
             summary="One credit note with its (negative) lines")
 def get_credit_note(credit_note_id: DocumentId, request: Request, principal: Read) -> dict[str, Any]:
     return _document(request, principal, credit_note_id, "credit_note")

@@ -99,7 +99,7 @@ def _subscription(request: Request, principal, subscription_id: int):
 @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut,
             dependencies=[Depends(reject_unknown_query)],
             responses=error_responses(ErrorCode.SUBSCRIPTION_NOT_FOUND, ErrorCode.VALIDATION,
-                                      ErrorCode.INVALID_PARAMETER, ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN),
+                                      ErrorCode.PARAMETER_UNKNOWN, ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN),
             summary="One subscription")
 def get_subscription(subscription_id: SubscriptionId, request: Request, principal: Read) -> dict[str, Any]:
     return _json(request, [_subscription(request, principal, subscription_id)])[0]
