@@ -84,6 +84,12 @@ def test_keys_restricted_to_a_customer_and_scopes(api):
                        ("/v1/invoices/close", {"as_of": OCT.isoformat()})):
         assert api("POST", path, key="read", json=body).status_code == 403
     assert _count(api.engine, "credit_grant") == 0 and _count(api.engine, "subscription") == 1
+    # its own customer's: allowed
+    own = ok(api("POST", "/v1/subscriptions", key="acme-admin", json={"customer": "acme", "plan": "team",
+                                                                      "at": OCT.isoformat()}), 201)
+    assert ok(api("POST", f"/v1/subscriptions/{own['id']}/seats", key="acme-admin", json={"seats": 4}))["seats"] == 4
+    ok(api("POST", "/v1/credit_grants", key="acme-admin", json={"customer": "acme", "amount": "1"}), 201)
+    assert [s["id"] for s in walk(api, "/v1/subscriptions", 5, key="acme-read")] == [own["id"]]
 
 
 def test_credit_grants(api):
