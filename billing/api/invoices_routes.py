@@ -18,7 +18,7 @@ from billing.api.resources import InvoiceList, InvoiceOut, invoice_doc
 from billing.api.routes import Admin, Read
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing.lifecycle import InvoiceStatus
-from billing.ledger.accounts import MAX_ID_LENGTH, MAX_ROW_ID
+from billing.ledger.accounts import MAX_ID_LENGTH, MAX_ROW_ID, check_instant
 from billing.store.pages import invoices_page
 
 router = APIRouter(prefix="/v1", tags=["invoices"])
@@ -109,6 +109,7 @@ def get_credit_note(credit_note_id: DocumentId, request: Request, principal: Rea
              summary="Finalize every subscription period that ended by as_of (idempotent; `billing invoice close`)")
 def close_periods(body: CloseIn, request: Request, principal: Admin) -> dict[str, Any]:
     principal.require_customer(None)  # a close is every customer's
+    check_instant(body.as_of, "as_of")  # the CLI's window for --as-of
     return request.app.state.services.invoicing.close(body.as_of, allow_future=body.allow_future).to_json()
 
 
@@ -118,8 +119,10 @@ _MOVES = {"pay": "mark_paid", "void": "void", "mark_uncollectible": "mark_uncoll
 def _move(request: Request, principal, document_id: int, body: AtIn | None,
           action: Literal["pay", "void", "mark_uncollectible"]) -> dict[str, Any]:
     _document(request, principal, document_id)  # 404 for one this key may not see
-    invoicing = request.app.state.services.invoicing
-    getattr(invoicing, _MOVES[action])(document_id, (body.at if body else None) or request.app.state.services.clock())
+    svc = request.app.state.services
+    invoicing = svc.invoicing
+    at = check_instant(body.at, "at") if body is not None and body.at is not None else svc.clock()
+    getattr(invoicing, _MOVES[action])(document_id, at)
     return invoice_doc(*invoicing.get(document_id))
 
 

@@ -145,6 +145,9 @@ def test_close_pay_void_and_the_lists_of_documents(api):
     _october(api)
     r = api("POST", "/v1/invoices/close", json={"as_of": (NOV + timedelta(days=30)).isoformat()})
     assert r.status_code == 422 and error_code(r) == "validation_error"  # after the clock
+    for as_of in ("2100-01-01T00:00:00Z", "1999-12-31T23:59:59Z"):  # outside the engine's window, as in the CLI
+        r = api("POST", "/v1/invoices/close", json={"as_of": as_of, "allow_future": True})
+        assert r.status_code == 422 and error_code(r) == "validation_error", as_of
     closed = ok(api("POST", "/v1/invoices/close", json={"as_of": NOV.isoformat()}))
     assert len(closed["invoices"]) == 2 and closed["credit_notes"] == []
     assert ok(api("POST", "/v1/invoices/close", json={"as_of": NOV.isoformat()}))["invoices"] == []  # idempotent
@@ -165,6 +168,7 @@ def test_close_pay_void_and_the_lists_of_documents(api):
     assert api("POST", f"/v1/invoices/{globex['id']}/pay", key="acme-admin").status_code == 404
     assert error_code(api("POST", "/v1/invoices/999999/pay")) == "invoice_not_found"
     assert api("POST", "/v1/invoices/0/pay").status_code == 422
+    assert api("POST", f"/v1/invoices/{acme['id']}/pay", json={"at": "2200-01-01T00:00:00Z"}).status_code == 422
     assert walk(api, "/v1/credit_notes", 5) == []
     assert error_code(api("GET", f"/v1/credit_notes/{acme['id']}")) == "invoice_not_found"  # an invoice, not one
 
