@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing.api.pagination import (
     LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params, reject_unknown_query)
-from billing.api.resources import CreditGrantList, CreditGrantOut, grant_json
+from billing.api.resources import CreditGrantList, CreditGrantObject, grant_json
 from billing.api.routes import Admin, Read
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import MAX_ID_LENGTH
@@ -21,7 +21,8 @@ router = APIRouter(prefix="/v1", tags=["credits"])
 
 
 class GrantIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"customer": "acme", "amount": "25.00", "expires_at": "2027-01-01T00:00:00Z", "id": "welcome-credit"}]})
 
     customer: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, examples=["acme"])]
     amount: Annotated[Decimal, Field(allow_inf_nan=False, examples=["25.00"],
@@ -48,7 +49,7 @@ def list_grants(request: Request, principal: Read,
     return list_object(request, "credit_grants", rows, [grant_json(g, left) for g, left in balances])
 
 
-@router.get("/credit_grants/{grant_id}", response_model=CreditGrantOut, dependencies=[Depends(reject_unknown_query)],
+@router.get("/credit_grants/{grant_id}", response_model=CreditGrantObject, dependencies=[Depends(reject_unknown_query)],
             responses=error_responses(ErrorCode.NOT_FOUND, ErrorCode.PARAMETER_UNKNOWN, ErrorCode.UNAUTHENTICATED,
                                       ErrorCode.FORBIDDEN),
             summary="One credit grant")
@@ -61,7 +62,7 @@ def get_grant(grant_id: Annotated[str, Path(min_length=1, max_length=200)], requ
     return grant_json(*found)
 
 
-@router.post("/credit_grants", status_code=201, response_model=CreditGrantOut,
+@router.post("/credit_grants", status_code=201, response_model=CreditGrantObject,
              responses=error_responses(ErrorCode.VALIDATION, ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.CONFLICT,
                                        ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN),
              summary="Grant prepaid credits (drawn before overage, soonest expiry first; `billing credits grant`)")

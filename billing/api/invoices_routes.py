@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing.api.pagination import (
     LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params, reject_unknown_query)
-from billing.api.resources import InvoiceList, InvoiceOut, invoice_doc
+from billing.api.resources import InvoiceList, InvoiceObject, invoice_doc
 from billing.api.routes import Admin, Read
 from billing.errors import BillingError, ErrorCode
 from billing.invoicing.lifecycle import InvoiceStatus
@@ -31,6 +31,8 @@ class _Strict(BaseModel):
 
 
 class CloseIn(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"as_of": "2026-11-01T00:00:00Z"}]})
+
     as_of: AwareDatetime = Field(description="Close every period that ended by this instant",
                                  examples=["2026-11-01T00:00:00Z"])
     allow_future: bool = Field(False, description="Allow an as_of after the clock (finalizes periods that have "
@@ -45,7 +47,7 @@ class CloseOut(BaseModel):
     rated_from_counters: int
 
 
-class AtIn(_Strict):
+class DocumentAtIn(_Strict):
     at: AwareDatetime | None = Field(None, description="When (default: now)", examples=["2026-11-05T10:00:00Z"])
 
 
@@ -96,7 +98,7 @@ def _document(request: Request, principal, document_id: int, kind: str | None = 
     return invoice_doc(inv, lines)
 
 
-@router.get("/credit_notes/{credit_note_id}", response_model=InvoiceOut, dependencies=[Depends(reject_unknown_query)],
+@router.get("/credit_notes/{credit_note_id}", response_model=InvoiceObject, dependencies=[Depends(reject_unknown_query)],
             responses=error_responses(*_ONE_ERRORS, ErrorCode.PARAMETER_UNKNOWN),
             summary="One credit note with its (negative) lines")
 def get_credit_note(credit_note_id: DocumentId, request: Request, principal: Read) -> dict[str, Any]:
@@ -116,7 +118,7 @@ def close_periods(body: CloseIn, request: Request, principal: Admin) -> dict[str
 _MOVES = {"pay": "mark_paid", "void": "void", "mark_uncollectible": "mark_uncollectible"}
 
 
-def _move(request: Request, principal, document_id: int, body: AtIn | None,
+def _move(request: Request, principal, document_id: int, body: DocumentAtIn | None,
           action: Literal["pay", "void", "mark_uncollectible"]) -> dict[str, Any]:
     _document(request, principal, document_id)  # 404 for one this key may not see
     svc = request.app.state.services
@@ -127,23 +129,23 @@ def _move(request: Request, principal, document_id: int, body: AtIn | None,
 
 
 _MOVE_ERRORS = (*_ONE_ERRORS, ErrorCode.INVALID_TRANSITION)
-AtBody = Annotated[AtIn | None, Body()]
+AtBody = Annotated[DocumentAtIn | None, Body(examples=[{"at": "2026-11-05T10:00:00Z"}])]
 
 
-@router.post("/invoices/{invoice_id}/pay", response_model=InvoiceOut, responses=error_responses(*_MOVE_ERRORS),
+@router.post("/invoices/{invoice_id}/pay", response_model=InvoiceObject, responses=error_responses(*_MOVE_ERRORS),
              summary="finalized or uncollectible -> paid (idempotent; `billing invoice pay`)")
 def pay_invoice(invoice_id: DocumentId, request: Request, principal: Admin, body: AtBody = None) -> dict[str, Any]:
     return _move(request, principal, invoice_id, body, "pay")
 
 
-@router.post("/invoices/{invoice_id}/void", response_model=InvoiceOut, responses=error_responses(*_MOVE_ERRORS),
+@router.post("/invoices/{invoice_id}/void", response_model=InvoiceObject, responses=error_responses(*_MOVE_ERRORS),
              summary="finalized or uncollectible -> void, an invoice or a credit note (idempotent; "
                      "`billing invoice void`)")
 def void_invoice(invoice_id: DocumentId, request: Request, principal: Admin, body: AtBody = None) -> dict[str, Any]:
     return _move(request, principal, invoice_id, body, "void")
 
 
-@router.post("/invoices/{invoice_id}/mark_uncollectible", response_model=InvoiceOut,
+@router.post("/invoices/{invoice_id}/mark_uncollectible", response_model=InvoiceObject,
              responses=error_responses(*_MOVE_ERRORS),
              summary="finalized -> uncollectible: written off, still payable or voidable (`billing invoice "
                      "uncollectible`)")

@@ -18,7 +18,7 @@ def iso(t) -> str | None:
     return t.isoformat().replace("+00:00", "Z") if t is not None else None
 
 
-class CustomerOut(BaseModel):
+class CustomerObject(BaseModel):
     object: Literal["customer"] = "customer"
     id: str = Field(examples=["acme"])
     name: str
@@ -32,16 +32,16 @@ def customer_json(row: Any) -> dict[str, Any]:
             "currency": row.currency, "created_at": iso(row.created_at)}
 
 
-class PlanRef(BaseModel):
+class PlanVersion(BaseModel):
     id: str = Field(examples=["support-chatbot"])
     version: int = Field(examples=[1])
 
 
-class SubscriptionOut(BaseModel):
+class SubscriptionObject(BaseModel):
     object: Literal["subscription"] = "subscription"
     id: int = Field(examples=[1])
     customer: str = Field(examples=["acme"])
-    plan: PlanRef
+    plan: PlanVersion
     status: str = Field(description="active, canceled (ended) or replaced (by a plan change)", examples=["active"])
     started_at: str
     ended_at: str | None
@@ -57,7 +57,7 @@ def subscription_json(row: Any, seats: int | None) -> dict[str, Any]:
             "previous": row.previous_id, "seats": seats}
 
 
-class CreditGrantOut(BaseModel):
+class CreditGrantObject(BaseModel):
     object: Literal["credit_grant"] = "credit_grant"
     id: str = Field(examples=["grant_3f2a9c1d0b7e4a55"])
     customer: str
@@ -79,23 +79,23 @@ def grant_json(row: Any, remaining_micro: int) -> dict[str, Any]:
             "applies_to": row.applies_to.split(",") if row.applies_to else None, "created_at": iso(row.created_at)}
 
 
-class Period(BaseModel):
+class ServicePeriod(BaseModel):
     start: str
     end: str
 
 
-class InvoiceLineOut(BaseModel):
+class InvoiceLineObject(BaseModel):
     description: str
     kind: str
     key: str
     quantity: str
     unit_price: str | None
     amount: str
-    service_period: Period
+    service_period: ServicePeriod
     billed_in_advance: bool
 
 
-class InvoiceOut(BaseModel):
+class InvoiceObject(BaseModel):
     """An invoice or a credit note (``kind``), as ``billing invoice show --json`` prints it."""
 
     object: Literal["invoice", "credit_note"]
@@ -105,14 +105,14 @@ class InvoiceOut(BaseModel):
     status: str = Field(examples=["finalized"])
     customer: str
     currency: str
-    plan: PlanRef
-    period: Period
+    plan: PlanVersion
+    period: ServicePeriod
     total: str = Field(examples=["41.50"])
     provider_cost: str
     corrects_invoice_id: int | None
     finalized_at: str | None
     paid_at: str | None
-    lines: list[InvoiceLineOut] | None = Field(description="Absent (null) in lists")
+    lines: list[InvoiceLineObject] | None = Field(description="Absent (null) in lists")
 
 
 def invoice_doc(inv: Any, lines: list | None) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def invoice_doc(inv: Any, lines: list | None) -> dict[str, Any]:
     return {"object": inv.kind, **doc}
 
 
-class EventOut(BaseModel):
+class EventObject(BaseModel):
     object: Literal["event"] = "event"
     id: str = Field(examples=["call_7f3a9c"])
     customer: str
@@ -159,20 +159,20 @@ def _from_us(us: int):
 
 
 class CustomerList(ListObject):
-    data: list[CustomerOut]
+    data: list[CustomerObject]
 
 
 class SubscriptionList(ListObject):
-    data: list[SubscriptionOut]
+    data: list[SubscriptionObject]
 
 
 class CreditGrantList(ListObject):
-    data: list[CreditGrantOut]
+    data: list[CreditGrantObject]
 
 
 class InvoiceList(ListObject):
-    data: list[InvoiceOut]
+    data: list[InvoiceObject]
 
 
 class EventList(ListObject):
-    data: list[EventOut]
+    data: list[EventObject]

@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing.api.pagination import (
     LIST_ERRORS, PageParams, customer_filter, error_responses, list_object, page_params, reject_unknown_query)
-from billing.api.resources import SubscriptionList, SubscriptionOut, subscription_json
+from billing.api.resources import SubscriptionList, SubscriptionObject, subscription_json
 from billing.api.routes import Admin, Read
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.accounts import MAX_ID_LENGTH, MAX_ROW_ID, MAX_SEATS
@@ -32,6 +32,9 @@ class _Strict(BaseModel):
 
 
 class SubscriptionIn(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"customer": "acme", "plan": "support-chatbot", "seats": 3, "at": "2026-10-01T00:00:00Z"}]})
+
     customer: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, examples=["acme"])]
     plan: Annotated[str, Field(min_length=1, max_length=80, examples=["support-chatbot"])]
     version: Annotated[int, Field(ge=1)] | None = Field(None, description="Pin a version (default: in force at `at`)")
@@ -39,15 +42,21 @@ class SubscriptionIn(_Strict):
     at: AwareDatetime | None = Field(None, description="Start (default: now)", examples=["2026-10-01T00:00:00Z"])
 
 
-class AtIn(_Strict):
+class SubscriptionAtIn(_Strict):
     at: AwareDatetime | None = Field(None, description="When (default: now)", examples=["2026-10-16T00:00:00Z"])
 
 
-class SeatsIn(AtIn):
+class SeatChangeIn(SubscriptionAtIn):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"seats": 5, "at": "2026-10-16T00:00:00Z"}]})
+
     seats: Annotated[int, Field(ge=0, le=MAX_SEATS, examples=[5])]
 
 
-class ChangePlanIn(AtIn):
+class ChangePlanIn(SubscriptionAtIn):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"plan": "team", "at": "2026-10-20T00:00:00Z"}]})
+
     plan: Annotated[str, Field(min_length=1, max_length=80, examples=["team"])]
     version: Annotated[int, Field(ge=1)] | None = None
 
@@ -96,7 +105,7 @@ def _subscription(request: Request, principal, subscription_id: int):
     return sub
 
 
-@router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut,
+@router.get("/subscriptions/{subscription_id}", response_model=SubscriptionObject,
             dependencies=[Depends(reject_unknown_query)],
             responses=error_responses(ErrorCode.SUBSCRIPTION_NOT_FOUND, ErrorCode.VALIDATION,
                                       ErrorCode.PARAMETER_UNKNOWN, ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN),
@@ -105,7 +114,7 @@ def get_subscription(subscription_id: SubscriptionId, request: Request, principa
     return _json(request, [_subscription(request, principal, subscription_id)])[0]
 
 
-@router.post("/subscriptions", status_code=201, response_model=SubscriptionOut,
+@router.post("/subscriptions", status_code=201, response_model=SubscriptionObject,
              responses=error_responses(*_WRITE_ERRORS, ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.PLAN_NOT_FOUND,
                                        ErrorCode.SUBSCRIPTION_EXISTS, ErrorCode.CURRENCY_MISMATCH),
              summary="Subscribe a customer to a plan (`billing subscriptions create`)")
@@ -128,10 +137,10 @@ def _in_force(request: Request, principal, subscription_id: int, at: datetime):
     return sub
 
 
-@router.post("/subscriptions/{subscription_id}/seats", response_model=SubscriptionOut,
+@router.post("/subscriptions/{subscription_id}/seats", response_model=SubscriptionObject,
              responses=error_responses(*_WRITE_ERRORS),
              summary="Change the seat count from `at` on, prorated (`billing subscriptions seats`)")
-def change_seats(subscription_id: SubscriptionId, body: SeatsIn, request: Request, principal: Admin) -> dict[str, Any]:
+def change_seats(subscription_id: SubscriptionId, body: SeatChangeIn, request: Request, principal: Admin) -> dict[str, Any]:
     svc = request.app.state.services
     at = body.at or svc.clock()
     sub = _in_force(request, principal, subscription_id, at)
@@ -140,7 +149,7 @@ def change_seats(subscription_id: SubscriptionId, body: SeatsIn, request: Reques
     return _json(request, [svc.accounts.subscription(sub.id)])[0]
 
 
-@router.post("/subscriptions/{subscription_id}/change_plan", status_code=201, response_model=SubscriptionOut,
+@router.post("/subscriptions/{subscription_id}/change_plan", status_code=201, response_model=SubscriptionObject,
              responses=error_responses(*_WRITE_ERRORS, ErrorCode.PLAN_NOT_FOUND, ErrorCode.CURRENCY_MISMATCH),
              summary="End the subscription at `at` and start another plan with its seats: the new "
                      "subscription (`billing subscriptions change-plan`)")
@@ -154,12 +163,13 @@ def change_plan(subscription_id: SubscriptionId, body: ChangePlanIn, request: Re
     return _json(request, [new])[0]
 
 
-@router.post("/subscriptions/{subscription_id}/cancel", response_model=SubscriptionOut,
+@router.post("/subscriptions/{subscription_id}/cancel", response_model=SubscriptionObject,
              responses=error_responses(*_WRITE_ERRORS),
              summary="End the subscription at `at` (its last part is billed at the next close; "
                      "`billing subscriptions cancel`)")
 def cancel_subscription(subscription_id: SubscriptionId, request: Request, principal: Admin,
-                        body: Annotated[AtIn | None, Body()] = None) -> dict[str, Any]:
+                        body: Annotated[SubscriptionAtIn | None, Body(
+                            examples=[{"at": "2026-10-25T00:00:00Z"}])] = None) -> dict[str, Any]:
     svc = request.app.state.services
     at = (body.at if body else None) or svc.clock()
     sub = _in_force(request, principal, subscription_id, at)
