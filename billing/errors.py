@@ -51,6 +51,8 @@ class ErrorCode(StrEnum):
     EVENT_LOG_NOT_CONFIGURED = "event_log_not_configured"  # Prefer: respond-async without BILLING_NATS_URL
     # requests
     REQUEST_TOO_LARGE = "request_too_large"
+    PARAMETER_UNKNOWN = "parameter_unknown"  # a query parameter the route does not take (``param`` names it)
+    PARAMETER_INVALID = "parameter_invalid"  # a query parameter out of range or malformed (a limit, a cursor)
     # generic
     VALIDATION = "validation_error"
     NOT_FOUND = "not_found"
@@ -61,19 +63,26 @@ class ErrorCode(StrEnum):
 
 
 class BillingError(Exception):
-    """Base domain error: a stable code, a human message, optional details."""
+    """Base domain error: a stable code, a human message, optional details, and the request
+    parameter at fault (``param``: a field or query parameter name, dotted when nested)."""
 
     code: ErrorCode = ErrorCode.VALIDATION
+    param: str | None = None
 
-    def __init__(self, message: str, *, code: ErrorCode | None = None, details: Any = None):
+    def __init__(self, message: str, *, code: ErrorCode | None = None, details: Any = None,
+                 param: str | None = None):
         super().__init__(message)
         if code is not None:
             self.code = code
+        if param is not None:
+            self.param = param
         self.message = message
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.param is not None:
+            out["param"] = self.param
         if self.details is not None:
             out["details"] = self.details
         return out

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError as DBAPIDataError
 from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -62,12 +63,77 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.EVENT_TOO_LARGE: 422,
     ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.PARAMETER_UNKNOWN: 400,
+    ErrorCode.PARAMETER_INVALID: 400,
     ErrorCode.INTERNAL: 500,
     ErrorCode.INVALID_SIGNATURE: 400,
     ErrorCode.INVALID_PAYLOAD: 400,
     ErrorCode.WEBHOOK_NOT_CONFIGURED: 503,
     ErrorCode.EVENT_LOG_NOT_CONFIGURED: 503,
 }
+
+
+# Stripe's error types: every code belongs to exactly one (``type_for``)
+TYPES = ("invalid_request_error", "authentication_error", "permission_error", "idempotency_error",
+         "rate_limit_error", "api_error")
+_TYPE_OF: dict[ErrorCode, str] = {
+    ErrorCode.UNAUTHENTICATED: "authentication_error",
+    ErrorCode.FORBIDDEN: "permission_error",
+    ErrorCode.IDEMPOTENCY_KEY_INVALID: "idempotency_error",
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: "idempotency_error",
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: "idempotency_error",
+}
+
+
+def type_for(code: str) -> str:
+    """The Stripe error ``type`` of ``code``: a 5xx is an ``api_error``, an auth or
+    Idempotency-Key problem its own type, anything else the caller's ``invalid_request_error``."""
+    try:
+        known = ErrorCode(code)
+    except ValueError:
+        return "api_error" if status_for(code) >= 500 else "invalid_request_error"
+    if known in _TYPE_OF:
+        return _TYPE_OF[known]
+    return "api_error" if STATUS.get(known, 400) >= 500 else "invalid_request_error"
+
+
+class ErrorDetail(BaseModel):
+    """One error: a stable ``code`` (see README, "Error codes"), its Stripe ``type``, a message
+    for people, the request parameter at fault (``param``, when one is) and the request id."""
+
+    type: str = Field(description="Stripe's error type", examples=["invalid_request_error"])
+    code: str = Field(description="stable machine-readable code", examples=["customer_not_found"])
+    message: str = Field(description="for people; may change", examples=["no customer 'acme'"])
+    param: str | None = Field(None, description="the request parameter at fault, dotted for nested fields",
+                              examples=["customer_id"])
+    request_id: str | None = Field(None, description="the request's X-Request-Id", examples=["req_0f3a9c"])
+    details: Any = Field(None, description="more about the error (validation problems, ...)")
+
+
+class ErrorBody(BaseModel):
+    """Every error response's body: ``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: ErrorCode | str) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: each HTTP status the ``codes`` map to, with the error body's
+    schema and the codes it may carry (``422 validation_error`` is always declared). Name the
+    codes the route itself raises; the ones every route may answer (401/403 on authenticated
+    routes, 400 ``parameter_unknown``, 413, 415, Idempotency-Key errors on POST, 500, 503) are
+    added to the OpenAPI document for every route by ``billing.api.openapi``."""
+    by_status: dict[int, list[str]] = {}
+    for code in (*codes, ErrorCode.VALIDATION):
+        by_status.setdefault(status_for(str(code)), [])
+        if str(code) not in by_status[status_for(str(code))]:
+            by_status[status_for(str(code))].append(str(code))
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, names in sorted(by_status.items()):
+        example = {"error": {"type": type_for(names[0]), "code": names[0], "message": "...", "param": None,
+                             "request_id": "req_0f3a9c5d2b7e4a18c6d0e1f2"}}
+        out[status] = {"model": ErrorBody, "description": "codes: " + ", ".join(f"`{n}`" for n in names),
+                       "content": {"application/json": {"example": example}}}
+    return out
 
 
 def status_for(code: str) -> int:
