@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
@@ -29,6 +29,7 @@ from billing.api.entitlements import router as entitlements_router
 from billing.api.fastpath import BillingAPI
 from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
+from billing.api.params import reject_unknown_query
 from billing.api.contracts import router as contracts_router
 from billing.api.metering import router as metering_router
 from billing.api.metrics import router as metrics_router
@@ -114,9 +115,11 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
             close_event_log(_app)
 
     app = BillingAPI(lifespan=lifespan, title="AI billing engine", version="0.1.0",
+                     dependencies=[Depends(reject_unknown_query)],  # 400 parameter_unknown (billing.api.params)
                   description="Usage events, quota decisions (check / reserve / commit / release), customers, "
                               "subscriptions, invoices and plans. Authenticate with `Authorization: Bearer <key>` "
-                              "(create keys with `billing keys create`). Errors are `{\"code\", \"message\"}`.")
+                              "(create keys with `billing keys create`). Errors are Stripe's shape: `{\"error\": {\"type\", \"code\", "
+                              "\"message\", \"param\", \"request_id\"}}`.")
     app.state.services = services
     app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
     app.state.keys = KeyStore(engine, ttl=settings.key_cache_seconds if key_cache_ttl is None else key_cache_ttl)

@@ -36,7 +36,7 @@ def _check_items(items: list, principal: Principal) -> None:
 
 def cloudevents_answer(body: Any, media: str, request: Request, principal: Principal) -> dict[str, Any]:
     """``POST /v1/events`` with a CloudEvents Content-Type. A structured-mode event the
-    mapping refuses is the request's 4xx (``{code, message, details: {field}}``); in a batch
+    mapping refuses is the request's 4xx (``param`` and ``details.field`` name the attribute); in a batch
     it is that position's rejection, its neighbours kept."""
     settings = get_settings()
     try:
@@ -46,7 +46,7 @@ def cloudevents_answer(body: Any, media: str, request: Request, principal: Princ
         raise BillingError(str(exc), code=ErrorCode.VALIDATION, details={"field": "(body)"}) from None
     if media == cloudevents.STRUCTURED and isinstance(items[0], Refused):
         refused = items[0]
-        raise BillingError(refused.message, code=refused.code, details={"field": refused.field})
+        raise BillingError(refused.message, code=refused.code, details={"field": refused.field}, param=refused.field)
     _check_items(items, principal)
     return record_mapped(request.app.state.services.ledger, items)
 
@@ -67,7 +67,7 @@ def otlp_answer(body: Any, request: Request, principal: Principal) -> dict[str, 
         mapped = otlp.to_events(body, otlp_names())
     except ValueError as exc:
         raise BillingError(f"not an OTLP JSON ExportTraceServiceRequest: {exc}", code=ErrorCode.VALIDATION,
-                           details={"field": str(exc).split(" ", 1)[0]}) from None
+                           details={"field": str(exc).split(" ", 1)[0]}, param=str(exc).split(" ", 1)[0]) from None
     _check_items(mapped.items, principal)
     report = record_mapped(request.app.state.services.ledger, mapped.items)
     for result, span in zip(report["results"], mapped.spans):

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI schema (schemathesis):
 whatever the generated request, the service never answers 5xx (malformed input is a 4xx
-with a JSON ``{"code", "message"}`` body).
+with the JSON error body of ``billing.api.errors``).
 
 The schema is read at import from an app over an engine that is never connected (building
 the app touches no database); every case is then sent in process (ASGI) to ``create_app``
@@ -26,6 +26,7 @@ from billing.api.auth import create_key  # noqa: E402
 from billing.ledger.accounts import Accounts  # noqa: E402
 from billing.api.stripe_webhook import get_webhook_secret  # noqa: E402
 from tests.support.db import engine_for_url, sqlite_database  # noqa: E402
+from tests.support.errors import error_of  # noqa: E402
 from tests.support.quota import catalog  # noqa: E402
 
 CATALOG = catalog()
@@ -67,6 +68,4 @@ def _send(case, app, key) -> None:
     case.validate_response(response, checks=[not_a_server_error])
     content_type = (response.headers.get("content-type") or [""])[0]
     if response.status_code >= 400 and content_type.startswith("application/json"):
-        body = response.json()
-        assert isinstance(body, dict) and isinstance(body.get("code"), str) \
-            and isinstance(body.get("message"), str), (response.status_code, body)
+        error_of(response.json())
