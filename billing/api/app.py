@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from billing.api import errors, events_read, idempotency, reports, stripe_webhook, telemetry
+from billing.api import errors, events_read, idempotency, openapi, reports, stripe_webhook, telemetry
 from billing.api.async_events import close_event_log
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
@@ -30,6 +30,7 @@ from billing.api.fastpath import BillingAPI
 from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
 from billing.api.params import reject_unknown_query
+from billing.api.responses import Health, documented
 from billing.api.contracts import router as contracts_router
 from billing.api.metering import router as metering_router
 from billing.api.metrics import router as metrics_router
@@ -118,8 +119,8 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
                      dependencies=[Depends(reject_unknown_query)],  # 400 parameter_unknown (billing.api.params)
                   description="Usage events, quota decisions (check / reserve / commit / release), customers, "
                               "subscriptions, invoices and plans. Authenticate with `Authorization: Bearer <key>` "
-                              "(create keys with `billing keys create`). Errors are Stripe's shape: `{\"error\": {\"type\", \"code\", "
-                              "\"message\", \"param\", \"request_id\"}}`.")
+                              "(create keys with `billing keys create`). Errors are Stripe's shape: "
+                              "`{\"error\": {\"type\", \"code\", \"message\", \"param\", \"request_id\"}}`.")
     app.state.services = services
     app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
     app.state.keys = KeyStore(engine, ttl=settings.key_cache_seconds if key_cache_ttl is None else key_cache_ttl)
@@ -127,7 +128,8 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.max_body = min(app.max_body, app.max_request_bytes)  # the fast path's own, smaller limit
     errors.install(app)
 
-    app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
+    app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)",
+            **documented(Health))(healthz)
     app.include_router(router)
     app.include_router(metering_router)  # GET /v1/customers/{id}/metering (billing.api.metering)
     app.include_router(entitlements_router)  # POST /v1/entitlements/check (billing.api.entitlements)
@@ -150,6 +152,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     telemetry.install(app, Outbox(engine, clock=clock))  # X-Request-Id on every response, GET /metrics
     for extra in extra_routers:
         app.include_router(extra)
+    openapi.install(app)  # security schemes, shared error answers, the event schema (billing.api.openapi)
     return app
 
 

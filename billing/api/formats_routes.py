@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 
 from billing.api.auth import Principal
+from billing.api.responses import OtlpOut, documented
 from billing.api.routes import Ingest, _json
 from billing.api.formats import Refused, cloudevents, otlp
 from billing.api.formats.recording import record_mapped
@@ -90,6 +91,7 @@ def otlp_answer(body: Any, request: Request, principal: Principal) -> dict[str, 
 
 @router.post("/otlp/v1/traces", tags=["events"],
              summary="OTLP/HTTP JSON traces: each span with GenAI attributes is a usage event",
+             **documented(OtlpOut, ErrorCode.CUSTOMER_NOT_FOUND),
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"type": "object", "properties": {"resourceSpans": {"type": "array"}}}}}}})
 def otlp_traces(body: Annotated[Any, Body()], request: Request, principal: Ingest) -> Response:

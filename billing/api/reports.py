@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Engine
 
+from billing.api.errors import error_responses
 from billing.api.routes import scoped
 from billing.catalog import Catalog
 from billing.config import get_settings
@@ -54,7 +55,11 @@ async def authorize(request: Request) -> None:
 
 
 @router.get("/reports/margins", response_class=HTMLResponse,
-            summary="Margin report: revenue, provider cost and gross margin per customer (HTML with charts)")
+            summary="Margin report: revenue, provider cost and gross margin per customer (HTML with charts)",
+            responses={**error_responses(), 200: {"description": "The report: HTML (default), JSON or CSV (`format`)",
+                                                  "content": {"text/html": {"schema": {"type": "string"}},
+                                                              "application/json": {"schema": {"type": "object"}},
+                                                              "text/csv": {"schema": {"type": "string"}}}}})
 def margins_page(
     engine: Annotated[Engine, Depends(get_engine)],
     catalog: Annotated[Catalog, Depends(get_catalog)],

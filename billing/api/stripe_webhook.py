@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from billing.api.errors import error_response
+from billing.api.responses import StripeWebhookOut, documented
 from billing.config import get_settings
 from billing.errors import ErrorCode
 from billing.stripe_sync.webhooks import handle_event, payload_problem
@@ -43,7 +44,9 @@ def _error(request: Request, code: ErrorCode, message: str, param: str | None = 
     return error_response(str(code), message, param=param, scope=request.scope)
 
 
-@router.post("/v1/stripe/webhook", summary="Receive Stripe events (signed)")
+@router.post("/v1/stripe/webhook", summary="Receive Stripe events (signed)",
+             **documented(StripeWebhookOut, ErrorCode.INVALID_SIGNATURE, ErrorCode.INVALID_PAYLOAD,
+                          ErrorCode.WEBHOOK_NOT_CONFIGURED))
 async def stripe_webhook(request: Request, engine: Engine = Depends(get_engine),
                          secret: str | None = Depends(get_webhook_secret)):
     if not secret:
