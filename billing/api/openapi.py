@@ -60,22 +60,22 @@ def _common(method: str, path: str) -> dict[str, dict[str, Any]]:
 
 
 def _merge(responses: dict[str, Any], common: dict[str, dict[str, Any]]) -> None:
+    """Add the ``common`` error answers to an operation's; every error answer is the JSON
+    error body (also where FastAPI put the route's media type or its 422 schema)."""
     for status, answer in common.items():
-        content = {"application/json": {**answer["content"]["application/json"], "schema": {"$ref": f"{_REF}ErrorBody"}}}
-        mine = responses.get(status)
-        if mine is None:
-            responses[status] = {"description": answer["description"], "content": content}
-            continue
-        schema = mine.get("content", {}).get("application/json", {}).get("schema", {})
-        if schema.get("$ref") == f"{_REF}HTTPValidationError" or not mine.get("content"):
-            mine["content"] = content
-        if schema.get("$ref") == f"{_REF}ErrorBody" or schema.get("$ref") == f"{_REF}HTTPValidationError":
-            known = mine.get("description", "")
+        mine = responses.setdefault(status, {"description": answer["description"]})
+        known = mine.get("description", "")
+        if known.startswith("codes: "):
             extra = [c for c in answer["description"].removeprefix("codes: ").split(", ") if c not in known]
-            if known.startswith("codes: "):
-                mine["description"] = ", ".join([known, *extra])
-            else:
-                mine["description"] = answer["description"]
+            mine["description"] = ", ".join([known, *extra])
+        else:
+            mine["description"] = answer["description"]
+    for status, mine in responses.items():
+        if status[0] in "45":
+            example = next((media["example"] for media in mine.get("content", {}).values() if "example" in media),
+                           None) or common.get(status, {}).get("content", {}).get("application/json", {}).get(
+                               "example") or error_responses()[422]["content"]["application/json"]["example"]
+            mine["content"] = {"application/json": {"schema": {"$ref": f"{_REF}ErrorBody"}, "example": example}}
 
 
 def document(app: FastAPI) -> dict[str, Any]:

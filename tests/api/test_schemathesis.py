@@ -18,7 +18,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance, not_a_server_error, response_schema_conformance, status_code_conformance)
 from sqlalchemy import create_engine  # noqa: E402
 
 from billing.api.app import create_app  # noqa: E402
@@ -65,7 +66,9 @@ def test_api_never_answers_5xx(case, live):
 
 def _send(case, app, key) -> None:
     response = case.call(app=app, headers={"Authorization": f"Bearer {key}"})
-    case.validate_response(response, checks=[not_a_server_error])
+    # every answer is one the document declares: its status, its media type, its body's schema
+    case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                             response_schema_conformance])
     content_type = (response.headers.get("content-type") or [""])[0]
     if response.status_code >= 400 and content_type.startswith("application/json"):
         error_of(response.json())
