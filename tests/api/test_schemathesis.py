@@ -5,8 +5,9 @@ with the JSON error body of ``billing.api.errors``).
 The schema is read at import from an app over an engine that is never connected (building
 the app touches no database); every case is then sent in process (ASGI) to ``create_app``
 on a fresh, migrated SQLite database holding one customer on a plan, authenticated with an
-admin key. Only the ``not_a_server_error`` check is asserted (plus the error body shape);
-bounded to 25 examples per operation.
+admin key. Checked: no 5xx, and every answer is one the document declares (its status, its
+media type, its body against the declared schema: ``response_schema_conformance``), errors in
+the body of ``billing.api.errors``; bounded to 25 examples per operation.
 """
 
 from __future__ import annotations
