@@ -216,3 +216,18 @@ def test_validation_errors_name_the_param(api):
     response, body = api("POST", "/v1/customers", json={"id": "acme", "timezone": 5})
     error = error_of(body)
     assert response.status_code == 422 and error["param"] == "timezone" and error["details"][0]["path"] == "timezone"
+
+
+def test_the_readme_error_table_is_the_error_codes():
+    """README "Errors": one row per ``ErrorCode``, with the status and Stripe type the API gives it."""
+    from billing.api.errors import status_for, type_for
+    from billing.errors import ErrorCode
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Errors", 1)[1].split("\n#", 1)[0]
+    rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    assert [row[0] for row in rows] == [code.value for code in ErrorCode]
+    for code, status, kind, meaning in rows:
+        assert (int(status), kind) == (status_for(code), type_for(code)), code
+        assert meaning, code
