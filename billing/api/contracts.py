@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing.api.routes import Admin, Read
+from billing.api.schemas import example
 from billing.contracts.service import MAX_OVERRIDES, MAX_PERIODS, Contracts
 from billing.contracts.views import (
     addon_json, commitment_json, contract_json, coupon_json, override_json, redemption_json)
@@ -40,6 +41,7 @@ class OverrideIn(_Strict):
 
 
 class OverridesIn(_Strict):
+    model_config = example(overrides=[{"path": "charges/premium_requests/price/unit_price", "value": "0.02", "starts_at": "2026-10-01T00:00:00Z"}])
     overrides: Annotated[list[OverrideIn], Field(min_length=1, max_length=MAX_OVERRIDES)]
 
 
@@ -53,6 +55,7 @@ class OverrideOut(BaseModel):
 
 
 class CouponIn(_Strict):
+    model_config = example(code="WELCOME10", name="Welcome", percent="10", duration="repeating", periods=3)
     code: Annotated[str, Field(min_length=1, max_length=80)]
     name: Annotated[str, Field(max_length=200)] = ""
     percent: Number | None = Field(None, description="Percent off: more than 0, at most 100")
@@ -75,6 +78,7 @@ class CouponOut(BaseModel):
 
 
 class RedeemIn(_Strict):
+    model_config = example(code="WELCOME10")
     code: Annotated[str, Field(min_length=1, max_length=80)]
     at: AwareDatetime | None = None
 
@@ -92,6 +96,7 @@ class RedemptionWithCoupon(RedemptionOut):
 
 
 class CommitmentIn(_Strict):
+    model_config = example(amount="12000", starts_at="2026-01-01T00:00:00Z", ends_at="2027-01-01T00:00:00Z")
     amount: Number
     starts_at: AwareDatetime
     ends_at: AwareDatetime
@@ -111,12 +116,14 @@ class CommitmentOut(BaseModel):
 
 
 class AddOnIn(_Strict):
+    model_config = example(plan="priority-support", at="2026-10-01T00:00:00Z")
     plan: Annotated[str, Field(min_length=1, max_length=80)]
     version: Annotated[int, Field(ge=1)] | None = None
     at: AwareDatetime | None = None
 
 
 class AddOnEndIn(_Strict):
+    model_config = example(at="2026-12-01T00:00:00Z")
     at: AwareDatetime | None = None
 
 

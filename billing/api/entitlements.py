@@ -21,7 +21,7 @@ from billing.api.errors import error_responses
 from billing.api.responses import PlanRef
 from billing.api.routes import Check
 from billing.errors import ErrorCode
-from billing.api.schemas import CustomerId, Key, Strict
+from billing.api.schemas import CustomerId, Key, Strict, example
 from billing.quota.entitlements import answer_metered, lookup
 from billing.reservations.types import storable_text
 
@@ -29,6 +29,7 @@ router = APIRouter(prefix="/v1")
 
 
 class EntitlementIn(Strict):
+    model_config = example(customer="acme", feature="sso")
     customer: CustomerId
     feature: Key
 

@@ -53,6 +53,13 @@ def cloudevents_answer(body: Any, media: str, request: Request, principal: Princ
 
 
 router = APIRouter(prefix="/v1")
+_ATTR = [("customer.id", "acme"), ("gen_ai.request.model", "claude-sonnet-4-5"), ("gen_ai.operation.name", "chat")]
+OTLP_EXAMPLE = {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"spans": [{
+    "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "chat claude-sonnet-4-5",
+    "startTimeUnixNano": "1760529600000000000", "endTimeUnixNano": "1760529601000000000",
+    "attributes": [*({"key": k, "value": {"stringValue": v}} for k, v in _ATTR),
+                   {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "1500"}},
+                   {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "220"}}]}]}]}]}
 
 
 def otlp_names() -> otlp.OtlpAttributes:
@@ -93,6 +100,7 @@ def otlp_answer(body: Any, request: Request, principal: Principal) -> dict[str, 
              summary="OTLP/HTTP JSON traces: each span with GenAI attributes is a usage event",
              **documented(OtlpOut, ErrorCode.CUSTOMER_NOT_FOUND),
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"type": "object", "properties": {"resourceSpans": {"type": "array"}}}}}}})
+                 "schema": {"type": "object", "properties": {"resourceSpans": {"type": "array"}}},
+                 "example": OTLP_EXAMPLE}}}})
 def otlp_traces(body: Annotated[Any, Body()], request: Request, principal: Ingest) -> Response:
     return _json(otlp_answer(body, request, principal))

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from billing.api.errors import ErrorBody, ErrorDetail, error_responses
 from billing.api.responses import EventsQueued
@@ -78,6 +79,22 @@ def _merge(responses: dict[str, Any], common: dict[str, dict[str, Any]]) -> None
             mine["content"] = {"application/json": {"schema": {"$ref": f"{_REF}ErrorBody"}, "example": example}}
 
 
+def _models(cls: type = BaseModel):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _models(sub)
+
+
+def _restore_examples(schemas: dict[str, Any]) -> None:
+    """The models' examples as written: FastAPI drops their null values, which a required
+    nullable field needs (``"ended_at": null``)."""
+    for model in _models():
+        if model.__module__.startswith("billing.api.") and model.__name__ in schemas:
+            extra = model.model_config.get("json_schema_extra")
+            if isinstance(extra, dict) and "examples" in extra:
+                schemas[model.__name__]["examples"] = extra["examples"]
+
+
 def document(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document with the shared parts above."""
     doc = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
@@ -90,6 +107,7 @@ def document(app: FastAPI) -> dict[str, Any]:
     schemas["ErrorBody"] = body
     schemas.update(event_schemas())
     schemas["EventsQueued"] = EventsQueued.model_json_schema(ref_template=_REF + "{model}")
+    _restore_examples(schemas)
     components["securitySchemes"] = SECURITY_SCHEMES
     for path, operations in doc.get("paths", {}).items():
         for method, operation in operations.items():

@@ -165,6 +165,11 @@ class SubscribedOut(SubscriptionOut):
 
 
 class CustomerWithSubscription(CustomerOut):
+    model_config = _example(id="acme", name="Acme Inc.", timezone="Europe/Paris", currency="EUR",
+                            created_at="2026-10-01T00:00:00Z", subscription={
+                                "id": 1, "customer": "acme", "plan": {"id": "support-chatbot", "version": 1},
+                                "status": "active", "started_at": "2026-10-01T00:00:00Z", "ended_at": None,
+                                "trial_end": None})
     subscription: SubscriptionOut | None
 
 

@@ -47,7 +47,8 @@ def _error(request: Request, code: ErrorCode, message: str, param: str | None = 
 @router.post("/v1/stripe/webhook", summary="Receive Stripe events (signed)",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "type": "object", "description": "A Stripe event, signed in the Stripe-Signature header",
-                 "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "data": {"type": "object"}}}}}}},
+                 "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "data": {"type": "object"}}},
+                 "example": {"id": "evt_1", "type": "invoice.paid", "data": {"object": {"id": "in_1"}}}}}}},
              **documented(StripeWebhookOut, ErrorCode.INVALID_SIGNATURE, ErrorCode.INVALID_PAYLOAD,
                           ErrorCode.WEBHOOK_NOT_CONFIGURED))
 async def stripe_webhook(request: Request, engine: Engine = Depends(get_engine),

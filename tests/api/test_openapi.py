@@ -56,6 +56,8 @@ def test_every_operation_declares_its_answers_and_its_security():
             assert op["responses"][status]["description"].startswith("codes: `"), (where, status)
         if method in ("post", "put", "patch"):
             assert "requestBody" in op and {"413", "415", "422"} <= set(errors), where
+            media = op["requestBody"]["content"]["application/json"]
+            assert "example" in media or _resolve(media["schema"]).get("examples"), where
         if (method, path) in PUBLIC:
             assert "security" not in op and "401" not in errors, where
         else:
@@ -81,6 +83,11 @@ def test_the_event_json_schema_is_a_component_of_the_events_body():
     good = shipped["examples"][0]
     assert validator.is_valid(good) and not validator.is_valid({**good, "quantity": -1})
     assert not validator.is_valid({k: v for k, v in good.items() if k != "id"})
+
+
+def _resolve(schema: dict) -> dict:
+    ref = schema.get("$ref", "")
+    return DOC["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema
 
 
 def _validator(schema: dict) -> Draft202012Validator:
@@ -231,3 +238,21 @@ def test_the_readme_error_table_is_the_error_codes():
     for code, status, kind, meaning in rows:
         assert (int(status), kind) == (status_for(code), type_for(code)), code
         assert meaning, code
+
+
+def test_every_example_in_the_document_is_valid_against_its_schema():
+    checked = 0
+    for name, schema in DOC["components"]["schemas"].items():
+        for example in schema.get("examples", []):
+            errors = list(_validator({"$ref": f"#/components/schemas/{name}"}).iter_errors(example))
+            assert not errors, (name, [e.message for e in errors[:3]])
+            checked += 1
+    for method, path, op in _operations():
+        bodies = [op.get("requestBody", {})] + list(op["responses"].values())
+        for part in bodies:
+            for media in part.get("content", {}).values():
+                if "example" in media and "schema" in media:
+                    errors = list(_validator(media["schema"]).iter_errors(media["example"]))
+                    assert not errors, (method, path, [e.message for e in errors[:3]])
+                    checked += 1
+    assert checked > 100
