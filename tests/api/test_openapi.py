@@ -128,7 +128,7 @@ def api(engine):
         response = client.request(method, path or template, headers=headers, **kw)
         return response, conforms(method, template, response)
 
-    call.engine, call.clock, call.keys = engine, clock, keys
+    call.engine, call.clock, call.keys, call.client = engine, clock, keys, client
     return call
 
 
@@ -191,6 +191,11 @@ def test_real_answers_of_every_route_conform_to_the_document(api):
 
 
 def test_either_security_scheme_authenticates(api):
+    """What the Authorize button of ``/docs`` sends, with either scheme, is accepted."""
+    served = api.client.get("/openapi.json").json()
+    assert served["components"]["securitySchemes"] == DOC["components"]["securitySchemes"]
+    assert served["paths"]["/v1/plans"]["get"]["security"] == [{"bearerAuth": []}, {"apiKeyAuth": []}]
+    assert "/openapi.json" in api.client.get("/docs").text
     key = api.keys["read"]
     for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
         response, _ = api("GET", "/v1/plans", key=None, headers=headers)
