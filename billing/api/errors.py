@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, Literal, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -81,9 +81,7 @@ STATUS: dict[ErrorCode, int] = {
 }
 
 
-# Stripe's error types: every code belongs to exactly one (``type_for``)
-TYPES = ("invalid_request_error", "authentication_error", "permission_error", "idempotency_error",
-         "rate_limit_error", "api_error")
+# Stripe's error types (``ErrorDetail.type``): every code belongs to exactly one (``type_for``)
 _TYPE_OF: dict[ErrorCode, str] = {
     ErrorCode.UNAUTHENTICATED: "authentication_error",
     ErrorCode.FORBIDDEN: "permission_error",
@@ -106,16 +104,20 @@ def type_for(code: str) -> str:
 
 
 class ErrorDetail(BaseModel):
-    """One error: a stable ``code`` (see README, "Error codes"), its Stripe ``type``, a message
+    """One error: a stable ``code`` (README, "Errors"), its Stripe ``type``, a message
     for people, the request parameter at fault (``param``, when one is) and the request id."""
 
-    type: str = Field(description="Stripe's error type", examples=["invalid_request_error"])
+    type: Literal["invalid_request_error", "authentication_error", "permission_error", "idempotency_error",
+                  "rate_limit_error", "api_error"] = Field(description="Stripe's error type")
     code: str = Field(description="stable machine-readable code", examples=["customer_not_found"])
     message: str = Field(description="for people; may change", examples=["no customer 'acme'"])
     param: str | None = Field(None, description="the request parameter at fault, dotted for nested fields",
                               examples=["customer_id"])
     request_id: str | None = Field(None, description="the request's X-Request-Id", examples=["req_0f3a9c"])
     details: Any = Field(None, description="more about the error (validation problems, ...)")
+
+
+TYPES: tuple[str, ...] = get_args(ErrorDetail.model_fields["type"].annotation)
 
 
 class ErrorBody(BaseModel):
