@@ -116,11 +116,11 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
             close_event_log(_app)
 
     app = BillingAPI(lifespan=lifespan, title="AI billing engine", version="0.1.0",
-                     dependencies=[Depends(reject_unknown_query)],  # 400 parameter_unknown (billing.api.params)
                   description="Usage events, quota decisions (check / reserve / commit / release), customers, "
                               "subscriptions, invoices and plans. Authenticate with `Authorization: Bearer <key>` "
                               "(create keys with `billing keys create`). Errors are Stripe's shape: "
-                              "`{\"error\": {\"type\", \"code\", \"message\", \"param\", \"request_id\"}}`.")
+                              "`{\"error\": {\"type\", \"code\", \"message\", \"param\", \"request_id\"}}`.",
+                  dependencies=[Depends(reject_unknown_query)])  # 400 parameter_unknown (billing.api.params)
     app.state.services = services
     app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
     app.state.keys = KeyStore(engine, ttl=settings.key_cache_seconds if key_cache_ttl is None else key_cache_ttl)

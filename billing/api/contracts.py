@@ -41,7 +41,8 @@ class OverrideIn(_Strict):
 
 
 class OverridesIn(_Strict):
-    model_config = example(overrides=[{"path": "charges/premium_requests/price/unit_price", "value": "0.02", "starts_at": "2026-10-01T00:00:00Z"}])
+    model_config = example(overrides=[{"path": "charges/premium_requests/price/unit_price", "value": "0.02",
+                                       "starts_at": "2026-10-01T00:00:00Z"}])
     overrides: Annotated[list[OverrideIn], Field(min_length=1, max_length=MAX_OVERRIDES)]
 
 
