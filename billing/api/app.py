@@ -17,11 +17,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from billing.api import errors, events_read, idempotency, reports, stripe_webhook, telemetry
+from billing.api import errors, events_read, idempotency, openapi, reports, stripe_webhook, telemetry
 from billing.api.async_events import close_event_log
 from billing.api.auth import KeyStore
 from billing.api.checks import AsyncChecks
@@ -29,6 +29,8 @@ from billing.api.entitlements import router as entitlements_router
 from billing.api.fastpath import BillingAPI
 from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
+from billing.api.params import reject_unknown_query
+from billing.api.responses import Health, documented
 from billing.api.contracts import router as contracts_router
 from billing.api.metering import router as metering_router
 from billing.api.metrics import router as metrics_router
@@ -118,7 +120,9 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app = BillingAPI(lifespan=lifespan, title="AI billing engine", version="0.1.0",
                   description="Usage events, quota decisions (check / reserve / commit / release), customers, "
                               "subscriptions, invoices and plans. Authenticate with `Authorization: Bearer <key>` "
-                              "(create keys with `billing keys create`). Errors are `{\"code\", \"message\"}`.")
+                              "(create keys with `billing keys create`). Errors are Stripe's shape: "
+                              "`{\"error\": {\"type\", \"code\", \"message\", \"param\", \"request_id\"}}`.",
+                  dependencies=[Depends(reject_unknown_query)])  # 400 parameter_unknown (billing.api.params)
     app.state.services = services
     app.state.checks = AsyncChecks(services.quota) if not services.quota.inline_reads else None
     app.state.keys = KeyStore(engine, ttl=settings.key_cache_seconds if key_cache_ttl is None else key_cache_ttl)
@@ -126,7 +130,8 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.max_body = min(app.max_body, app.max_request_bytes)  # the fast path's own, smaller limit
     errors.install(app)
 
-    app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)")(healthz)
+    app.get("/healthz", tags=["meta"], summary="Liveness (no authentication, no database)",
+            **documented(Health))(healthz)
     app.include_router(router)
     # the lists (cursor pages) and the writes of the CLI's subscriptions, credits and invoice commands
     from billing.api import credits, customers, events_list, invoices_routes, subscriptions
@@ -154,6 +159,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     telemetry.install(app, Outbox(engine, clock=clock))  # X-Request-Id on every response, GET /metrics
     for extra in extra_routers:
         app.include_router(extra)
+    openapi.install(app)  # security schemes, shared error answers, the event schema (billing.api.openapi)
     return app
 
 

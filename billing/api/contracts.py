@@ -12,10 +12,14 @@ from fastapi import APIRouter, Path, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing.api.routes import Admin, Read
+from billing.api.schemas import example
 from billing.contracts.service import MAX_OVERRIDES, MAX_PERIODS, Contracts
 from billing.contracts.views import (
     addon_json, commitment_json, contract_json, coupon_json, override_json, redemption_json)
+from billing.api.errors import error_responses
+from billing.api.responses import PlanRef
 from billing.errors import BillingError, ErrorCode
+from billing.errors import ErrorCode as E
 from billing.ledger.accounts import MAX_ROW_ID
 
 router = APIRouter(prefix="/v1", tags=["contracts"])
@@ -37,6 +41,8 @@ class OverrideIn(_Strict):
 
 
 class OverridesIn(_Strict):
+    model_config = example(overrides=[{"path": "charges/premium_requests/price/unit_price", "value": "0.02",
+                                       "starts_at": "2026-10-01T00:00:00Z"}])
     overrides: Annotated[list[OverrideIn], Field(min_length=1, max_length=MAX_OVERRIDES)]
 
 
@@ -50,6 +56,7 @@ class OverrideOut(BaseModel):
 
 
 class CouponIn(_Strict):
+    model_config = example(code="WELCOME10", name="Welcome", percent="10", duration="repeating", periods=3)
     code: Annotated[str, Field(min_length=1, max_length=80)]
     name: Annotated[str, Field(max_length=200)] = ""
     percent: Number | None = Field(None, description="Percent off: more than 0, at most 100")
@@ -72,6 +79,7 @@ class CouponOut(BaseModel):
 
 
 class RedeemIn(_Strict):
+    model_config = example(code="WELCOME10")
     code: Annotated[str, Field(min_length=1, max_length=80)]
     at: AwareDatetime | None = None
 
@@ -89,6 +97,7 @@ class RedemptionWithCoupon(RedemptionOut):
 
 
 class CommitmentIn(_Strict):
+    model_config = example(amount="12000", starts_at="2026-01-01T00:00:00Z", ends_at="2027-01-01T00:00:00Z")
     amount: Number
     starts_at: AwareDatetime
     ends_at: AwareDatetime
@@ -108,18 +117,15 @@ class CommitmentOut(BaseModel):
 
 
 class AddOnIn(_Strict):
+    model_config = example(plan="priority-support", at="2026-10-01T00:00:00Z")
     plan: Annotated[str, Field(min_length=1, max_length=80)]
     version: Annotated[int, Field(ge=1)] | None = None
     at: AwareDatetime | None = None
 
 
 class AddOnEndIn(_Strict):
+    model_config = example(at="2026-12-01T00:00:00Z")
     at: AwareDatetime | None = None
-
-
-class PlanRef(BaseModel):
-    id: str
-    version: int
 
 
 class AddOnOut(BaseModel):
@@ -151,6 +157,7 @@ def _customer_of(request: Request, principal, subscription_id: int) -> str:
 
 
 @router.get("/subscriptions/{subscription_id}/contract", response_model=ContractOut,
+            responses=error_responses(E.SUBSCRIPTION_NOT_FOUND),
             summary="The subscription's contract: overrides, coupons, term commitments")
 def get_contract(subscription_id: SubscriptionId, request: Request, principal: Read) -> dict[str, Any]:
     _customer_of(request, principal, subscription_id)
@@ -158,6 +165,7 @@ def get_contract(subscription_id: SubscriptionId, request: Request, principal: R
 
 
 @router.post("/subscriptions/{subscription_id}/overrides", status_code=201, response_model=list[OverrideOut],
+             responses=error_responses(E.SUBSCRIPTION_NOT_FOUND, E.CONTRACT_INVALID, E.PERIOD_INVOICED),
              summary="Override values of the subscription's plan version for a time (all or none)")
 def add_overrides(subscription_id: SubscriptionId, body: OverridesIn, request: Request,
                   principal: Admin) -> list[dict[str, Any]]:
@@ -169,7 +177,8 @@ def add_overrides(subscription_id: SubscriptionId, body: OverridesIn, request: R
     return [override_json(r) for r in rows]
 
 
-@router.post("/coupons", status_code=201, response_model=CouponOut, summary="Create a coupon (idempotent)")
+@router.post("/coupons", status_code=201, response_model=CouponOut, summary="Create a coupon (idempotent)",
+             responses=error_responses(E.CONTRACT_INVALID, E.CONFLICT))
 def create_coupon(body: CouponIn, request: Request, principal: Admin) -> dict[str, Any]:
     principal.require_customer(None)  # coupons are not one customer's
     row = _contracts(request).create_coupon(
@@ -179,6 +188,8 @@ def create_coupon(body: CouponIn, request: Request, principal: Admin) -> dict[st
 
 
 @router.post("/subscriptions/{subscription_id}/coupons", status_code=201, response_model=RedemptionOut,
+             responses=error_responses(E.SUBSCRIPTION_NOT_FOUND, E.COUPON_NOT_FOUND, E.CONTRACT_INVALID,
+                                       E.CURRENCY_MISMATCH, E.CONFLICT),
              summary="Redeem a coupon on the subscription (from the billing period containing `at`)")
 def redeem_coupon(subscription_id: SubscriptionId, body: RedeemIn, request: Request,
                   principal: Admin) -> dict[str, Any]:
@@ -189,6 +200,7 @@ def redeem_coupon(subscription_id: SubscriptionId, body: RedeemIn, request: Requ
 
 
 @router.post("/subscriptions/{subscription_id}/commitments", status_code=201, response_model=CommitmentOut,
+             responses=error_responses(E.SUBSCRIPTION_NOT_FOUND, E.CONTRACT_INVALID, E.PERIOD_INVOICED),
              summary="Commit to an amount over a contract term (owed pro rata by its billing periods)")
 def add_commitment(subscription_id: SubscriptionId, body: CommitmentIn, request: Request,
                    principal: Admin) -> dict[str, Any]:
@@ -201,6 +213,8 @@ def add_commitment(subscription_id: SubscriptionId, body: CommitmentIn, request:
 
 
 @router.post("/subscriptions/{subscription_id}/addons", status_code=201, response_model=AddOnOut,
+             responses=error_responses(E.SUBSCRIPTION_NOT_FOUND, E.PLAN_NOT_FOUND, E.CONTRACT_INVALID,
+                                       E.CURRENCY_MISMATCH, E.CONFLICT),
              summary="Add an add-on subscription (a fees-only plan) rated into this subscription's invoices")
 def add_addon(subscription_id: SubscriptionId, body: AddOnIn, request: Request, principal: Admin) -> dict[str, Any]:
     _customer_of(request, principal, subscription_id)
@@ -210,6 +224,7 @@ def add_addon(subscription_id: SubscriptionId, body: AddOnIn, request: Request, 
 
 
 @router.post("/subscriptions/{subscription_id}/addons/{addon_id}/end", response_model=AddOnOut,
+             responses=error_responses(E.SUBSCRIPTION_NOT_FOUND, E.CONTRACT_INVALID, E.CONFLICT),
              summary="End an add-on subscription (its last period is prorated)")
 def end_addon(subscription_id: SubscriptionId, addon_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)], body: AddOnEndIn,
               request: Request, principal: Admin) -> dict[str, Any]:

@@ -17,8 +17,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from billing.api.errors import error_responses
+from billing.api.responses import PlanRef
 from billing.api.routes import Check
-from billing.api.schemas import CustomerId, Key, Strict
+from billing.errors import ErrorCode
+from billing.api.schemas import CustomerId, Key, Strict, example
 from billing.quota.entitlements import answer_metered, lookup
 from billing.reservations.types import storable_text
 
@@ -26,13 +29,9 @@ router = APIRouter(prefix="/v1")
 
 
 class EntitlementIn(Strict):
+    model_config = example(customer="acme", feature="sso")
     customer: CustomerId
     feature: Key
-
-
-class PlanRef(BaseModel):
-    id: str
-    version: int
 
 
 class EntitlementOut(BaseModel):
@@ -63,6 +62,7 @@ def entitlement_json(quota: Any, customer: str, feature: str,
 
 
 @router.post("/entitlements/check", tags=["quota"], response_model=EntitlementOut,
+             responses=error_responses(ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.SUBSCRIPTION_NOT_FOUND),
              summary="Does this customer have this feature (and its value) under its plan?")
 def entitlements_check(body: EntitlementIn, request: Request, principal: Check) -> dict[str, Any]:
     principal.require_customer(body.customer)

@@ -1,9 +1,17 @@
-"""Domain error codes -> HTTP statuses, and the JSON error body ``{"code", "message"}``.
+"""Domain error codes -> HTTP statuses and Stripe error types, and the error body every
+error response has (Stripe's shape)::
 
-Every error response has a stable ``code`` (the ``ErrorCode`` values, plus
-``http_<status>`` for routing errors such as 405). Malformed input is always a 4xx: request
+    {"error": {"type": "invalid_request_error", "code": "customer_not_found", "message": "...",
+               "param": null, "request_id": "req_...", "details": ...}}
+
+``code`` is stable (the ``ErrorCode`` values, listed in README "Error codes", plus
+``http_<status>`` for routing errors such as 405); ``type`` is Stripe's (``type_for``);
+``param`` names the request parameter at fault when there is one; ``request_id`` is the
+response's ``X-Request-Id``; ``details`` (optional) says more. Routes declare their error
+answers with ``error_responses(*codes)``. Malformed input is always a 4xx: request
 validation errors (bad JSON, wrong types, missing fields) are 422 ``validation_error`` with
-the problems in ``details``; a body over the size limit is 413 ``request_too_large``
+``param`` the first field at fault and every problem in ``details``; an unknown query
+parameter is 400 ``parameter_unknown``; a body over the size limit is 413 ``request_too_large``
 (``billing.api.limits``). Bodies are rendered so that text the client sent, echoed back, can
 never fail the answer (``json_bytes``).
 """
@@ -13,11 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, Literal, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError as DBAPIDataError
 from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,6 +81,71 @@ STATUS: dict[ErrorCode, int] = {
 }
 
 
+# Stripe's error types (``ErrorDetail.type``): every code belongs to exactly one (``type_for``)
+_TYPE_OF: dict[ErrorCode, str] = {
+    ErrorCode.UNAUTHENTICATED: "authentication_error",
+    ErrorCode.FORBIDDEN: "permission_error",
+    ErrorCode.IDEMPOTENCY_KEY_INVALID: "idempotency_error",
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: "idempotency_error",
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: "idempotency_error",
+}
+
+
+def type_for(code: str) -> str:
+    """The Stripe error ``type`` of ``code``: a 5xx is an ``api_error``, an auth or
+    Idempotency-Key problem its own type, anything else the caller's ``invalid_request_error``."""
+    try:
+        known = ErrorCode(code)
+    except ValueError:
+        return "api_error" if status_for(code) >= 500 else "invalid_request_error"
+    if known in _TYPE_OF:
+        return _TYPE_OF[known]
+    return "api_error" if STATUS.get(known, 400) >= 500 else "invalid_request_error"
+
+
+class ErrorDetail(BaseModel):
+    """One error: a stable ``code`` (README, "Errors"), its Stripe ``type``, a message
+    for people, the request parameter at fault (``param``, when one is) and the request id."""
+
+    type: Literal["invalid_request_error", "authentication_error", "permission_error", "idempotency_error",
+                  "rate_limit_error", "api_error"] = Field(description="Stripe's error type")
+    code: str = Field(description="stable machine-readable code", examples=["customer_not_found"])
+    message: str = Field(description="for people; may change", examples=["no customer 'acme'"])
+    param: str | None = Field(None, description="the request parameter at fault, dotted for nested fields",
+                              examples=["customer_id"])
+    request_id: str | None = Field(None, description="the request's X-Request-Id", examples=["req_0f3a9c"])
+    details: Any = Field(None, description="more about the error (validation problems, ...)")
+
+
+TYPES: tuple[str, ...] = get_args(ErrorDetail.model_fields["type"].annotation)
+
+
+class ErrorBody(BaseModel):
+    """Every error response's body: ``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: ErrorCode | str) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: each HTTP status the ``codes`` map to, with the error body's
+    schema and the codes it may carry (``422 validation_error`` is always declared). Name the
+    codes the route itself raises; the ones every route may answer (401/403 on authenticated
+    routes, 400 ``parameter_unknown``, 413, 415, Idempotency-Key errors on POST, 500, 503) are
+    added to the OpenAPI document for every route by ``billing.api.openapi``."""
+    by_status: dict[int, list[str]] = {}
+    for code in (*codes, ErrorCode.VALIDATION):
+        by_status.setdefault(status_for(str(code)), [])
+        if str(code) not in by_status[status_for(str(code))]:
+            by_status[status_for(str(code))].append(str(code))
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, names in sorted(by_status.items()):
+        example = {"error": {"type": type_for(names[0]), "code": names[0], "message": "...", "param": None,
+                             "request_id": "req_0f3a9c5d2b7e4a18c6d0e1f2"}}
+        out[status] = {"model": ErrorBody, "description": "codes: " + ", ".join(f"`{n}`" for n in names),
+                       "content": {"application/json": {"example": example}}}
+    return out
+
+
 def status_for(code: str) -> int:
     try:
         return STATUS.get(ErrorCode(code), 400)
@@ -79,11 +153,22 @@ def status_for(code: str) -> int:
         return 400
 
 
-def error_body(code: str, message: str, details=None) -> dict:
-    body = {"code": str(code), "message": message}
+def error_body(code: str, message: str, details: Any = None, *, param: str | None = None,
+               request_id: str | None = None) -> dict:
+    """``{"error": {"type", "code", "message", "param", "request_id"[, "details"]}}``."""
+    error = {"type": type_for(str(code)), "code": str(code), "message": message, "param": param,
+             "request_id": request_id}
     if details is not None:
-        body["details"] = details
-    return body
+        error["details"] = details
+    return {"error": error}
+
+
+def request_id_of(scope: dict | None) -> str | None:
+    """The request id ``billing.api.telemetry`` gave the request (None outside it)."""
+    if scope is None:
+        return None
+    state = scope.get("state")
+    return state.get("request_id") if isinstance(state, dict) else getattr(state, "request_id", None)
 
 
 def json_bytes(content: Any) -> bytes:
@@ -95,8 +180,9 @@ def json_bytes(content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_json(code: str, message: str, details=None) -> bytes:
-    return json_bytes(error_body(code, message, details))
+def error_json(code: str, message: str, details: Any = None, *, param: str | None = None,
+               scope: dict | None = None) -> bytes:
+    return json_bytes(error_body(code, message, details, param=param, request_id=request_id_of(scope)))
 
 
 class ErrorResponse(JSONResponse):
@@ -106,57 +192,71 @@ class ErrorResponse(JSONResponse):
         return json_bytes(content)
 
 
-def billing_error_response(exc: BillingError) -> JSONResponse:
+def error_response(code: str, message: str, details: Any = None, *, param: str | None = None,
+                   scope: dict | None = None, status: int | None = None, headers=None) -> JSONResponse:
+    """The error answer of ``code`` (its status unless ``status`` is given)."""
+    return ErrorResponse(error_body(code, message, details, param=param, request_id=request_id_of(scope)),
+                         status_code=status or status_for(code), headers=headers)
+
+
+def billing_error_response(exc: BillingError, scope: dict | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.code == ErrorCode.UNAUTHENTICATED else None
-    return ErrorResponse(error_body(str(exc.code), exc.message, exc.details), status_code=status_for(exc.code),
-                        headers=headers)
+    return error_response(str(exc.code), exc.message, exc.details, param=exc.param, scope=scope, headers=headers)
 
 
-def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+# where FastAPI says a value came from: not part of the parameter's name
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def _param(loc: Any) -> str:
+    return ".".join(str(p) for i, p in enumerate(loc or ()) if not (i == 0 and p in _LOCATIONS))
+
+
+def validation_error_response(exc: RequestValidationError, scope: dict | None = None) -> JSONResponse:
+    """422 ``validation_error``: ``param`` names the first field at fault (dotted, list
+    positions included: ``events.3.customer``), ``details`` lists every problem."""
     problems = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        problems.append({"path": loc, "message": err.get("msg", ""), "type": err.get("type", "")})
+        problems.append({"path": _param(err.get("loc", ())), "message": err.get("msg", ""),
+                         "type": err.get("type", "")})
     first = problems[0] if problems else {"path": "", "message": "invalid request"}
     message = f"{first['path']}: {first['message']}" if first["path"] else first["message"]
-    return ErrorResponse(error_body(str(ErrorCode.VALIDATION), message, problems), status_code=422)
+    return error_response(str(ErrorCode.VALIDATION), message, problems, param=first["path"] or None, scope=scope)
 
 
-def unavailable_response(exc: BaseException) -> JSONResponse:
+def unavailable_response(exc: BaseException, scope: dict | None = None) -> JSONResponse:
     """A database that is busy past the retries (deadlocks, serialization failures, a locked
     SQLite file) or unreachable: 503 ``service_unavailable`` with ``Retry-After``, never a
     500. Every write is one transaction, so nothing of the request was written."""
     log.warning("database unavailable: %s", (str(exc).splitlines() or [""])[0])
-    return ErrorResponse(error_body(str(ErrorCode.UNAVAILABLE), "the database is busy or unreachable; "
-                                   "nothing was written, retry the request"), status_code=503,
-                        headers={"Retry-After": "1"})
+    return error_response(str(ErrorCode.UNAVAILABLE), "the database is busy or unreachable; nothing was written, "
+                          "retry the request", scope=scope, headers={"Retry-After": "1"})
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(BillingError)
-    async def _billing_error(_request: Request, exc: BillingError) -> JSONResponse:
-        return billing_error_response(exc)
+    async def _billing_error(request: Request, exc: BillingError) -> JSONResponse:
+        return billing_error_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error_response(exc)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(exc, request.scope)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: str(ErrorCode.NOT_FOUND), 401: str(ErrorCode.UNAUTHENTICATED),
-                403: str(ErrorCode.FORBIDDEN)}.get(exc.status_code, f"http_{exc.status_code}")
-        return ErrorResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: str(ErrorCode.NOT_FOUND), 401: str(ErrorCode.UNAUTHENTICATED), 403: str(ErrorCode.FORBIDDEN),
+                422: str(ErrorCode.VALIDATION)}.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(code, str(exc.detail), scope=request.scope, status=exc.status_code,
+                              headers=getattr(exc, "headers", None))
 
-    async def _data(_request: Request, exc: Exception) -> JSONResponse:
+    async def _data(request: Request, exc: Exception) -> JSONResponse:
         # the database refused a value of the request (a NUL character in an id, a number
         # out of range...): the client's input, not a server fault
         reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]  # not the SQL or its parameters
-        return ErrorResponse(error_body(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}"),
-                            status_code=status_for(str(ErrorCode.VALIDATION)))
+        return error_response(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}", scope=request.scope)
 
-    async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-        return unavailable_response(exc)
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return unavailable_response(exc, request.scope)
 
     app.add_exception_handler(DBAPIDataError, _data)  # through SQLAlchemy
     app.add_exception_handler(DBAPIOperationalError, _unavailable)
@@ -170,6 +270,6 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(psycopg.OperationalError, _unavailable)
 
     @app.exception_handler(Exception)
-    async def _internal(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
         log.exception("unhandled error")
-        return ErrorResponse(error_body(str(ErrorCode.INTERNAL), "internal error"), status_code=500)
+        return error_response(str(ErrorCode.INTERNAL), "internal error", scope=request.scope)

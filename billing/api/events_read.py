@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from billing.api.responses import UnpricedOut, documented
 from billing.api.routes import Read, _json
 from billing.store.flagged import listing
 
@@ -15,7 +16,8 @@ router = APIRouter(prefix="/v1")
 
 
 @router.get("/events/unpriced", tags=["events"],
-            summary="Events stored unpriced or unmetered, with the reason (oldest first) and totals")
+            summary="Events stored unpriced or unmetered, with the reason (oldest first) and totals",
+            **documented(UnpricedOut))
 def unpriced_events(request: Request, principal: Read,
                     customer: Annotated[str | None, Query(max_length=200)] = None,
                     status: Literal["unpriced", "unmetered"] | None = None,

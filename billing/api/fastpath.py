@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from billing.api import limits
 from billing.api.errors import (
-    ErrorResponse, billing_error_response, error_body, unavailable_response, validation_error_response)
+    billing_error_response, error_response, unavailable_response, validation_error_response)
 from billing.errors import BillingError, ErrorCode
 
 # (app, ASGI scope, request body) -> (status, JSON body, extra headers)
@@ -70,7 +70,7 @@ class BillingAPI(FastAPI):
         # a fast route answers every error itself; it reads at most max_body bytes
         scope["fast_route"] = True
         if limits.declared_over(scope, self.max_body):
-            await limits.refuse(send, self.max_body)
+            await limits.refuse(send, self.max_body, scope)
             return
         await inner(scope, receive, send)
 
@@ -84,26 +84,38 @@ class BillingAPI(FastAPI):
         if body is None:  # the client went away
             return
         if body is limits.TOO_LARGE:
-            await limits.refuse(send, self.max_body)
+            await limits.refuse(send, self.max_body, scope)
             return
         try:
+            if scope.get("query_string"):  # the fast routes take no query parameters
+                raise unknown_query_parameter(scope["query_string"])
             status, payload, headers = await handler(self, scope, body)
         except BillingError as exc:
-            response: Response = billing_error_response(exc)
+            response: Response = billing_error_response(exc, scope)
         except RequestValidationError as exc:
-            response = validation_error_response(exc)
+            response = validation_error_response(exc, scope)
         except Exception as exc:  # the same last resorts as the app's own handlers
             if _unavailable(exc):
-                response = unavailable_response(exc)
+                response = unavailable_response(exc, scope)
             else:
                 log.exception("unhandled error")
-                response = ErrorResponse(error_body(str(ErrorCode.INTERNAL), "internal error"), status_code=500)
+                response = error_response(str(ErrorCode.INTERNAL), "internal error", scope=scope)
         else:
             await send({"type": "http.response.start", "status": status,
                         "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
             await send({"type": "http.response.body", "body": payload})
             return
         await response(scope, receive, send)
+
+
+def unknown_query_parameter(query_string: bytes) -> BillingError:
+    """400 ``parameter_unknown`` naming the first query parameter of a route that takes none."""
+    from urllib.parse import parse_qsl
+
+    names = [name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)]
+    name = names[0] if names else query_string.decode("latin-1")[:100]
+    return BillingError(f"unknown query parameter {name!r}: this route takes none", code=ErrorCode.PARAMETER_UNKNOWN,
+                        param=name)
 
 
 def _unavailable(exc: Exception) -> bool:

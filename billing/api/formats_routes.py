@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 
 from billing.api.auth import Principal
+from billing.api.responses import OtlpOut, documented
 from billing.api.routes import Ingest, _json
 from billing.api.formats import Refused, cloudevents, otlp
 from billing.api.formats.recording import record_mapped
@@ -36,7 +37,7 @@ def _check_items(items: list, principal: Principal) -> None:
 
 def cloudevents_answer(body: Any, media: str, request: Request, principal: Principal) -> dict[str, Any]:
     """``POST /v1/events`` with a CloudEvents Content-Type. A structured-mode event the
-    mapping refuses is the request's 4xx (``{code, message, details: {field}}``); in a batch
+    mapping refuses is the request's 4xx (``param`` and ``details.field`` name the attribute); in a batch
     it is that position's rejection, its neighbours kept."""
     settings = get_settings()
     try:
@@ -46,12 +47,19 @@ def cloudevents_answer(body: Any, media: str, request: Request, principal: Princ
         raise BillingError(str(exc), code=ErrorCode.VALIDATION, details={"field": "(body)"}) from None
     if media == cloudevents.STRUCTURED and isinstance(items[0], Refused):
         refused = items[0]
-        raise BillingError(refused.message, code=refused.code, details={"field": refused.field})
+        raise BillingError(refused.message, code=refused.code, details={"field": refused.field}, param=refused.field)
     _check_items(items, principal)
     return record_mapped(request.app.state.services.ledger, items)
 
 
 router = APIRouter(prefix="/v1")
+_ATTR = [("customer.id", "acme"), ("gen_ai.request.model", "claude-sonnet-4-5"), ("gen_ai.operation.name", "chat")]
+OTLP_EXAMPLE = {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"spans": [{
+    "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "chat claude-sonnet-4-5",
+    "startTimeUnixNano": "1760529600000000000", "endTimeUnixNano": "1760529601000000000",
+    "attributes": [*({"key": k, "value": {"stringValue": v}} for k, v in _ATTR),
+                   {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "1500"}},
+                   {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "220"}}]}]}]}]}
 
 
 def otlp_names() -> otlp.OtlpAttributes:
@@ -67,7 +75,7 @@ def otlp_answer(body: Any, request: Request, principal: Principal) -> dict[str, 
         mapped = otlp.to_events(body, otlp_names())
     except ValueError as exc:
         raise BillingError(f"not an OTLP JSON ExportTraceServiceRequest: {exc}", code=ErrorCode.VALIDATION,
-                           details={"field": str(exc).split(" ", 1)[0]}) from None
+                           details={"field": str(exc).split(" ", 1)[0]}, param=str(exc).split(" ", 1)[0]) from None
     _check_items(mapped.items, principal)
     report = record_mapped(request.app.state.services.ledger, mapped.items)
     for result, span in zip(report["results"], mapped.spans):
@@ -90,7 +98,9 @@ def otlp_answer(body: Any, request: Request, principal: Principal) -> dict[str, 
 
 @router.post("/otlp/v1/traces", tags=["events"],
              summary="OTLP/HTTP JSON traces: each span with GenAI attributes is a usage event",
+             **documented(OtlpOut, ErrorCode.CUSTOMER_NOT_FOUND),
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"type": "object", "properties": {"resourceSpans": {"type": "array"}}}}}}})
+                 "schema": {"type": "object", "properties": {"resourceSpans": {"type": "array"}}},
+                 "example": OTLP_EXAMPLE}}}})
 def otlp_traces(body: Annotated[Any, Body()], request: Request, principal: Ingest) -> Response:
     return _json(otlp_answer(body, request, principal))

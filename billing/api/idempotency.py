@@ -35,9 +35,8 @@ from datetime import datetime, timedelta
 import anyio
 import orjson
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
 
-from billing.api.errors import error_body, unavailable_response
+from billing.api.errors import error_response, unavailable_response
 from billing.api.routes import _api_key
 from billing.errors import ErrorCode
 from billing.store.idempotency import IN_USE, OWNED, REPLAY, REUSED, IdempotencyStore
@@ -128,7 +127,7 @@ class IdempotencyLayer:
                 fingerprint(scope["method"], scope["path"], scope["query_string"], body), owner,
                 now_us=to_us(self.clock()), lease_us=self.lease_us, retention_us=self.retention_us)
         except Exception as exc:  # noqa: BLE001 - the database is busy or unreachable: nothing ran
-            await unavailable_response(exc)(scope, receive, send)  # 503: retry with the same key
+            await unavailable_response(exc, scope)(scope, receive, send)  # 503: retry with the same key
             return
         self._maybe_purge()
         if claim.outcome == REUSED:
@@ -261,6 +260,6 @@ async def _send(send: Callable, status: int, headers: list, body: bytes) -> None
 
 async def _error(scope: dict, receive: Callable, send: Callable, status: int, code: ErrorCode, message: str,
                  headers: list | None = None) -> None:
-    response = JSONResponse(error_body(str(code), message), status_code=status)
+    response = error_response(str(code), message, param="Idempotency-Key", scope=scope, status=status)
     response.raw_headers.extend(headers or [])
     await response(scope, receive, send)

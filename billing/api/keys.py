@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 
 from billing.api.auth import Principal, is_revoked, list_keys
+from billing.api.responses import KeyRevoked, KeysOut, documented
 from billing.api.routes import Admin
 from billing.errors import BillingError, ErrorCode
 
@@ -31,7 +32,7 @@ def _iso_us(value: int | None) -> str | None:
     return None if value is None else from_us(value).isoformat().replace("+00:00", "Z")
 
 
-@router.get("", summary="Every API key (ids, scopes, customers; never the keys)")
+@router.get("", summary="Every API key (ids, scopes, customers; never the keys)", **documented(KeysOut))
 def get_keys(request: Request, principal: Admin) -> dict[str, Any]:
     _unrestricted(principal)
     rows = list_keys(request.app.state.services.engine)
@@ -40,7 +41,8 @@ def get_keys(request: Request, principal: Admin) -> dict[str, Any]:
                      for r in rows]}
 
 
-@router.delete("/{key_id}", summary="Revoke a key (idempotent): refused here at once, elsewhere within the key cache time")
+@router.delete("/{key_id}", summary="Revoke a key (idempotent): refused here at once, elsewhere within the key cache time",
+               **documented(KeyRevoked, ErrorCode.NOT_FOUND))
 def revoke(key_id: Annotated[str, Path(max_length=40)], request: Request, principal: Admin) -> dict[str, Any]:
     _unrestricted(principal)
     services = request.app.state.services

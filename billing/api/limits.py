@@ -52,14 +52,14 @@ async def guard(app: ASGIApp, scope: dict, receive: Callable, send: Callable, ma
     """Serve one HTTP request through ``app`` with the size limit and the last resort."""
     declared, chunked = _framing(scope["headers"])
     if declared is not None and declared > max_bytes:
-        await refuse(send, max_bytes)
+        await refuse(send, max_bytes, scope)
         return
     if chunked and declared is None:  # no length given: read it all (at most max_bytes) first
         body = await read_body(receive, max_bytes)
         if body is None:  # the client went away
             return
         if body is TOO_LARGE:
-            await refuse(send, max_bytes)
+            await refuse(send, max_bytes, scope)
             return
         receive = _replay(body, receive)
     state = _NOT_STARTED
@@ -77,7 +77,7 @@ async def guard(app: ASGIApp, scope: dict, receive: Callable, send: Callable, ma
     except Exception:  # noqa: BLE001 - the last resort: a JSON answer, never a dropped connection
         if state == _NOT_STARTED:
             log.exception("unhandled error")
-            await _answer(send, 500, error_json(str(ErrorCode.INTERNAL), "internal error"))
+            await _answer(send, 500, error_json(str(ErrorCode.INTERNAL), "internal error", scope=scope))
         elif state == _STARTED:
             raise  # a response cut off half-way: uvicorn closes the connection
         else:
@@ -129,9 +129,9 @@ def _replay(body: bytes, receive: Callable) -> Callable:
     return replay
 
 
-async def refuse(send: Callable, max_bytes: int) -> None:
+async def refuse(send: Callable, max_bytes: int, scope: dict | None = None) -> None:
     """413 ``request_too_large``, closing the connection (the rest of the body is not read)."""
-    body = error_json(str(ErrorCode.REQUEST_TOO_LARGE), too_large_message(max_bytes))
+    body = error_json(str(ErrorCode.REQUEST_TOO_LARGE), too_large_message(max_bytes), scope=scope)
     await _answer(send, 413, body, close=True)
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.responses import JSONResponse
-
-from billing.api.errors import error_body
+from billing.api.errors import error_response
 from billing.errors import ErrorCode
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -43,9 +41,9 @@ class JsonBodies:
             scope = {**scope, "headers": [*scope["headers"], _JSON_HEADER]}
         elif not is_json(content_type):
             shown = content_type.decode("latin-1")[:100]
-            response = JSONResponse(error_body(str(ErrorCode.UNSUPPORTED_MEDIA_TYPE),
-                                               f"the body must be JSON: send Content-Type: application/json "
-                                               f"(or no Content-Type), not {shown!r}"), status_code=415)
+            response = error_response(str(ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+                                      f"the body must be JSON: send Content-Type: application/json "
+                                      f"(or no Content-Type), not {shown!r}", param="Content-Type", scope=scope)
             await _drain(receive)  # the connection stays usable for the next request
             await response(scope, receive, send)
             return

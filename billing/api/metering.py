@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from billing.api.responses import MeteringOut, documented
 from billing.api.routes import ReadOrCheck, _json
+from billing.errors import ErrorCode
 from billing.reservations.types import storable_text
 
 router = APIRouter(prefix="/v1")
@@ -33,7 +35,8 @@ def metering_json(quota: Any, customer: str) -> dict[str, Any]:
 
 
 @router.get("/customers/{customer_id}/metering", tags=["customers"],
-            summary="What the customer's plan meters: event types, properties, filters")
+            summary="What the customer's plan meters: event types, properties, filters",
+            **documented(MeteringOut, ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.SUBSCRIPTION_NOT_FOUND))
 def customer_metering(customer_id: str, request: Request, principal: ReadOrCheck) -> Response:
     principal.require_customer(customer_id)
     return _json(metering_json(request.app.state.services.quota, customer_id))

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
+from billing.api.responses import LateCommitsOut, documented
 from billing.api.routes import Read, _json
 from billing.errors import BillingError, ErrorCode
 
@@ -21,7 +22,8 @@ router = APIRouter(prefix="/v1")
 
 
 @router.get("/quota/metrics", tags=["quota"],
-            summary="Late commits (after their hold expired) in a window, per customer and meter")
+            summary="Late commits (after their hold expired) in a window, per customer and meter",
+            **documented(LateCommitsOut))
 def quota_metrics(request: Request, principal: Read,
                   since: Annotated[AwareDatetime | None, Query(description="Default: 24 hours before until")] = None,
                   until: Annotated[AwareDatetime | None, Query(description="Default: now")] = None,

@@ -36,21 +36,11 @@ _MAX_ID = 2 ** 63 - 1
 
 
 def param_error(param: str, message: str, code: ErrorCode = ErrorCode.PARAMETER_INVALID) -> BillingError:
-    """400 naming the query parameter (``param``; also in ``details`` for the older error body)."""
-    return BillingError(f"{param}: {message}", code=code, param=param, details={"param": param})
+    """400 naming the query parameter (``param``)."""
+    return BillingError(f"{param}: {message}", code=code, param=param)
 
 
-try:  # the contract's one declaration of error responses (billing.api.errors), when it is there
-    from billing.api.errors import error_responses  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - until then: the statuses and codes, described
-    def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-        from billing.api.errors import status_for
-
-        out: dict[int | str, dict[str, Any]] = {}
-        for code in codes:
-            entry = out.setdefault(status_for(code), {"description": ""})
-            entry["description"] = ", ".join(filter(None, (entry["description"], f"`{code}`")))
-        return out
+from billing.api.errors import error_responses  # noqa: E402,F401  (the list routes' responses=)
 
 
 LIST_ERRORS = (ErrorCode.PARAMETER_INVALID, ErrorCode.PARAMETER_UNKNOWN, ErrorCode.VALIDATION,
@@ -90,24 +80,7 @@ class PageParams:
     before: Key | None
 
 
-try:  # the app-wide refusal of unknown query parameters (billing.api.params), when it is there
-    from billing.api.params import reject_unknown_query  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - until then: the same rule on these routes
-    def _declared_query(dependant: Any) -> set[str]:
-        names = {p.alias for p in dependant.query_params}
-        for sub in dependant.dependencies:
-            names |= _declared_query(sub)
-        return names
-
-    async def reject_unknown_query(request: Request) -> None:
-        """400 ``parameter_unknown`` naming the first query parameter the route does not take."""
-        route = request.scope.get("route")
-        if route is None:
-            return
-        declared = _declared_query(route.dependant)
-        for name in request.query_params.keys():
-            if name not in declared:
-                raise param_error(name, "unknown query parameter", ErrorCode.PARAMETER_UNKNOWN)
+from billing.api.params import reject_unknown_query  # noqa: E402
 
 
 def page_params(list_name: str, id_type: type = int) -> Callable[..., PageParams]:

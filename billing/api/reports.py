@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Engine
 
+from billing.api.errors import error_responses
 from billing.api.routes import scoped
 from billing.catalog import Catalog
 from billing.config import get_settings
@@ -54,7 +55,11 @@ async def authorize(request: Request) -> None:
 
 
 @router.get("/reports/margins", response_class=HTMLResponse,
-            summary="Margin report: revenue, provider cost and gross margin per customer (HTML with charts)")
+            summary="Margin report: revenue, provider cost and gross margin per customer (HTML with charts)",
+            responses={**error_responses(), 200: {"description": "The report: HTML (default), JSON or CSV (`format`)",
+                                                  "content": {"text/html": {"schema": {"type": "string"}},
+                                                              "application/json": {"schema": {"type": "object"}},
+                                                              "text/csv": {"schema": {"type": "string"}}}}})
 def margins_page(
     engine: Annotated[Engine, Depends(get_engine)],
     catalog: Annotated[Catalog, Depends(get_catalog)],
@@ -68,9 +73,9 @@ def margins_page(
 ) -> Response:
     now = datetime.now(UTC)
     if as_of is not None and as_of.tzinfo is None:
-        raise HTTPException(status_code=422, detail="as_of needs a timezone")
+        raise BillingError("as_of needs a timezone", param="as_of")
     if as_of is not None and instant_problem(as_of):  # year 1 / 9999 with an offset overflowed: a 500
-        raise HTTPException(status_code=422, detail=f"as_of {instant_problem(as_of)}")
+        raise BillingError(f"as_of {instant_problem(as_of)}", param="as_of")
     threshold = None
     if whale_margin is not None:
         try:
@@ -78,7 +83,7 @@ def margins_page(
         except InvalidOperation:
             threshold = None
         if threshold is None or not threshold.is_finite():
-            raise HTTPException(status_code=422, detail="whale_margin must be a number") from None
+            raise BillingError("whale_margin must be a number", param="whale_margin") from None
     label = period or f"{now.year:04d}-{now.month:02d}"
     try:
         report = margin_report(engine, catalog, label, as_of=as_of or now, by=by, allocate=allocate,

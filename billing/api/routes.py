@@ -16,9 +16,12 @@ from pydantic import TypeAdapter, ValidationError
 from billing.api.async_events import prefers_async, queue_events
 from billing.api.telemetry import count_decision
 from billing.api.auth import Principal
+from billing.api import responses as r
 from billing.api.errors import json_bytes
+from billing.api.responses import documented
 from billing.api.schemas import CommitIn, CustomerIn, EventsIn, QuotaIn, ReleaseIn, ReserveIn, SeatsIn, SubscribeIn
 from billing.errors import BillingError, ErrorCode
+from billing.errors import ErrorCode as E
 from billing.ledger.accounts import MAX_ROW_ID
 from billing.store.models import Customer, SeatChange, Subscription
 from billing.quota.decide import Outcome
@@ -95,17 +98,26 @@ def _retry_after(decision: dict[str, Any]) -> str | None:
 
 def _events_body() -> dict[str, Any]:
     from billing.api.formats_routes import CLOUDEVENTS_CONTENT
+    from billing.api.openapi import event_schemas
 
-    content = {"application/json": {"schema": {"anyOf": [EventsIn.model_json_schema(),
-                                                          {"type": "array", "maxItems": 10_000}]}}}
-    return {"requestBody": {"required": True, "content": {**content, **CLOUDEVENTS_CONTENT}}}
+    events = {"type": "array", "maxItems": 10_000, "items": {"$ref": "#/components/schemas/UsageEvent"}}
+    content = {"application/json": {"schema": {"anyOf": [
+        {"type": "object", "required": ["events"], "additionalProperties": False, "properties": {"events": events}},
+        events]}, "example": {"events": event_schemas()["UsageEvent"]["examples"]}}}
+    queued = {"description": "`Prefer: respond-async`: persisted on the event log (recorded by `billing ingest-worker`)",
+              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventsQueued"}}}}
+    return {"requestBody": {"required": True, "content": {**content, **CLOUDEVENTS_CONTENT}},
+            "responses": {"202": queued}}
 
 
 _EVENTS_IN: TypeAdapter = TypeAdapter(EventsIn | list[Any])
 
 
 @router.post("/events", tags=["events"], summary="Record a batch of usage events (idempotent per event id); "
-             "CloudEvents too (structured and batch)", openapi_extra=_events_body())
+             "CloudEvents too (structured and batch)", openapi_extra=_events_body(),
+             **documented(r.EventsOut, E.EVENT_INVALID, E.CUSTOMER_NOT_FOUND, E.EVENT_LOG_NOT_CONFIGURED,
+                          description="One result per event, in order (a bad event is its own rejection); "
+                                      "202 with `Prefer: respond-async`"))
 def post_events(body: Annotated[Any, Body()], request: Request, principal: Ingest) -> Response:
     from billing.api.formats.cloudevents import media_type
     from billing.api.formats_routes import cloudevents_answer
@@ -145,7 +157,8 @@ def _json_body(model) -> dict[str, Any]:
 
 
 @router.post("/quota/check", tags=["quota"], summary="May this customer make this call now, on which lane?",
-             openapi_extra=_json_body(QuotaIn))
+             openapi_extra=_json_body(QuotaIn),
+             **documented(r.Decision, E.CUSTOMER_NOT_FOUND, E.SUBSCRIPTION_NOT_FOUND, E.NOT_FOUND))
 async def quota_check(request: Request) -> Response:
     decision = await check_decision(request.app.state, request.headers.get("authorization"),
                                     request.headers.get("x-api-key"), await request.body())
@@ -192,7 +205,8 @@ async def check_decision(state: Any, auth: str | None, api_key: str | None, body
     return decision
 
 
-@router.post("/quota/reserve", tags=["quota"], summary="Decide and hold the estimate until commit/release/expiry")
+@router.post("/quota/reserve", tags=["quota"], summary="Decide and hold the estimate until commit/release/expiry",
+             **documented(r.ReservationOut, E.CUSTOMER_NOT_FOUND, E.SUBSCRIPTION_NOT_FOUND, E.NOT_FOUND))
 def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Response:
     principal.require_customer(body.customer)
     r = _svc(request).quota.reserve(body.customer, body.key, body.quantity, ttl=body.ttl_seconds,
@@ -203,14 +217,16 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
     return _json(r, r["decision"])
 
 
-@router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold")
+@router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold",
+             **documented(r.CommitOut, E.RESERVATION_NOT_FOUND, E.EVENT_CONFLICT, E.EVENT_INVALID))
 def quota_commit(body: CommitIn, request: Request, principal: Check) -> Response:
     # a key restricted to one customer may only settle that customer's holds (checked in the transaction)
     with _foreign_reservation_unknown(principal, body.reservation_id):
         return _json(_svc(request).quota.commit(body.reservation_id, body.event, customer=principal.customer))
 
 
-@router.post("/quota/release", tags=["quota"], summary="Return the held units now")
+@router.post("/quota/release", tags=["quota"], summary="Return the held units now",
+             **documented(r.ReleaseOut, E.RESERVATION_NOT_FOUND, E.INVALID_TRANSITION))
 def quota_release(body: ReleaseIn, request: Request, principal: Check) -> Response:
     with _foreign_reservation_unknown(principal, body.reservation_id):
         return _json(_svc(request).quota.release(body.reservation_id, customer=principal.customer))
@@ -231,7 +247,8 @@ def _foreign_reservation_unknown(principal: Principal, reservation_id: str):
 
 # ---------------------------------------------------------------------- customers
 
-@router.post("/customers", tags=["customers"], status_code=201, summary="Create a customer (idempotent)")
+@router.post("/customers", tags=["customers"], status_code=201, summary="Create a customer (idempotent)",
+             **documented(r.CustomerOut, E.CUSTOMER_EXISTS, status=201, description="Created (or the same, again)"))
 def create_customer(body: CustomerIn, request: Request, principal: Admin) -> dict[str, Any]:
     principal.require_customer(body.id)
     svc = _svc(request)
@@ -240,7 +257,8 @@ def create_customer(body: CustomerIn, request: Request, principal: Admin) -> dic
     return _customer_json(row)
 
 
-@router.get("/customers/{customer_id}", tags=["customers"], summary="A customer and its current subscription")
+@router.get("/customers/{customer_id}", tags=["customers"], summary="A customer and its current subscription",
+            **documented(r.CustomerWithSubscription, E.CUSTOMER_NOT_FOUND))
 def get_customer(customer_id: str, request: Request, principal: Read) -> dict[str, Any]:
     principal.require_customer(customer_id)
     svc = _svc(request)
@@ -253,7 +271,9 @@ def get_customer(customer_id: str, request: Request, principal: Read) -> dict[st
 
 
 @router.post("/customers/{customer_id}/subscriptions", tags=["customers"], status_code=201,
-             summary="Subscribe the customer to a plan (the version in force, or a pinned one)")
+             summary="Subscribe the customer to a plan (the version in force, or a pinned one)",
+             **documented(r.SubscribedOut, E.CUSTOMER_NOT_FOUND, E.PLAN_NOT_FOUND, E.SUBSCRIPTION_EXISTS,
+                          E.CURRENCY_MISMATCH, status=201, description="Subscribed"))
 def subscribe(customer_id: str, body: SubscribeIn, request: Request, principal: Admin) -> dict[str, Any]:
     principal.require_customer(customer_id)
     svc = _svc(request)
@@ -263,7 +283,8 @@ def subscribe(customer_id: str, body: SubscribeIn, request: Request, principal: 
     return {**_subscription_json(sub), "seats": body.seats}
 
 
-@router.post("/customers/{customer_id}/seats", tags=["customers"], summary="Change the seat count from now (or at)")
+@router.post("/customers/{customer_id}/seats", tags=["customers"], summary="Change the seat count from now (or at)",
+             **documented(r.SeatsOut, E.CUSTOMER_NOT_FOUND, E.SUBSCRIPTION_NOT_FOUND, E.PERIOD_INVOICED))
 def change_seats(customer_id: str, body: SeatsIn, request: Request, principal: Admin) -> dict[str, Any]:
     principal.require_customer(customer_id)
     svc = _svc(request)
@@ -274,7 +295,8 @@ def change_seats(customer_id: str, body: SeatsIn, request: Request, principal: A
 
 
 @router.get("/customers/{customer_id}/usage", tags=["customers"],
-            summary="Usage this period: per meter and charge used, held, included, remaining, spend")
+            summary="Usage this period: per meter and charge used, held, included, remaining, spend",
+            **documented(r.UsageOut, E.CUSTOMER_NOT_FOUND, E.SUBSCRIPTION_NOT_FOUND))
 def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -> Response:
     principal.require_customer(customer_id)
     return _json(_svc(request).quota.usage(customer_id))
@@ -284,7 +306,8 @@ def customer_usage(customer_id: str, request: Request, principal: ReadOrCheck) -
 
 # the list of invoices and credit notes: billing.api.invoices_routes
 
-@router.get("/invoices/{invoice_id}", tags=["invoices"], summary="One invoice with its lines")
+@router.get("/invoices/{invoice_id}", tags=["invoices"], summary="One invoice with its lines",
+            **documented(r.InvoiceOut, E.INVOICE_NOT_FOUND))
 def get_invoice(invoice_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],  # the id column is a 32-bit INTEGER
                 request: Request, principal: Read) -> dict[str, Any]:
     from billing.invoicing.service import invoice_json
@@ -312,13 +335,15 @@ def _plan_summary(plan) -> dict[str, Any]:
             "meters": [m.key for m in plan.meters], "charges": [c.key for c in plan.charges]}
 
 
-@router.get("/plans", tags=["plans"], summary="Every version of every plan in the catalog")
+@router.get("/plans", tags=["plans"], summary="Every version of every plan in the catalog",
+            **documented(r.PlansOut))
 def list_plans(request: Request, principal: Read) -> dict[str, Any]:
     catalog = _svc(request).catalog
     return {"plans": [_plan_summary(p) for pid in catalog.plan_ids() for p in catalog.versions(pid)]}
 
 
-@router.get("/plans/{plan_id}", tags=["plans"], summary="A plan's versions in full")
+@router.get("/plans/{plan_id}", tags=["plans"], summary="A plan's versions in full",
+            **documented(r.PlanOut, E.PLAN_NOT_FOUND))
 def get_plan(plan_id: str, request: Request, principal: Read) -> dict[str, Any]:
     catalog = _svc(request).catalog
     return {"plan": plan_id, "versions": [p.model_dump(mode="json") for p in catalog.versions(plan_id)]}

@@ -205,7 +205,9 @@ def install(app: Any, outbox: Any) -> Metrics:
         return PlainTextResponse(metrics.render(backlog), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.get("/metrics", tags=["meta"], summary="Prometheus metrics of this process (no authentication)",
-            response_class=PlainTextResponse)(metrics_page)
+            response_class=PlainTextResponse, responses={200: {
+                "description": "Prometheus text exposition format 0.0.4",
+                "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}}}})(metrics_page)
     return metrics
 
 

@@ -53,6 +53,7 @@ def advise(
 ) -> None:
     """Solve a plan's price lever for a target margin at a segment; break-even per segment."""
     from billing.catalog import PlanInvalid, load_plan_file
+    from billing.cli.context import fail_with
     from billing.errors import BillingError
     from billing.simulate.advise import AdviceError, advise as run_advice, check_target, percentile_rank
     from billing.simulate.price_lever import LeverError, default_lever, parse_lever
@@ -75,7 +76,7 @@ def advise(
     except LeverError as exc:
         _fail(f"--solve: {exc}")
     except BillingError as exc:
-        _fail(f"--plan {plan}: {exc.code}: {exc.message}")
+        fail_with(exc, f"--plan {plan}: ")
     try:
         period, totals = _population(population, candidate, seed) if population else _history(history, candidate)
         advice = run_advice(candidate, totals, period, lever, target, segment, step_value,
@@ -83,7 +84,7 @@ def advise(
     except AdviceError as exc:
         _fail(str(exc))
     except BillingError as exc:
-        _fail(f"{'--population' if population else '--history'}: {exc.code}: {exc.message}")
+        fail_with(exc, f"{'--population' if population else '--history'}: ")
 
     if html is not None:
         from billing.reports.advice_html import advice_html

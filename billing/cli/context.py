@@ -6,20 +6,57 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
+from typing import Any
+
 import typer
 from rich.markup import escape
 
 from billing.catalog import Catalog, PlanInvalid
-from billing.cli.render import err_console
+from billing.cli.render import err_console, print_json
 from billing.config import get_settings
 from billing.errors import BillingError
 from billing.events import instant_problem
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2, *, error: str = "validation_error", param: str | None = None,
+         details: Any = None) -> None:
+    """Stop the command with exit ``code``: ``error: message`` on stderr or, under
+    ``--json``, the API's error body on stdout (``error``: its stable code)."""
+    if wants_json():
+        from billing.api.errors import error_body
+
+        print_json(error_body(error, message, details, param=param))
+        raise typer.Exit(code)
     # the message is text, never markup: "[a-z0-9]" in a pattern or a "[/path]" must print as is
     err_console.print(f"[red]error[/red]: {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def fail_with(exc: BillingError, prefix: str = "") -> None:
+    """``fail`` with a domain error: ``code: message`` on stderr, its code, param and
+    details under ``--json``."""
+    if wants_json():
+        fail(prefix + exc.message, error=str(exc.code), param=exc.param, details=exc.details)
+    fail(f"{prefix}{exc.code}: {exc.message}")
+
+
+def _click_context():
+    """The running command's click context (typer 0.2x vendors click as ``typer._click``)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # typer on the click package
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def wants_json() -> bool:
+    """Was the running command given ``--json``?"""
+    ctx = _click_context()
+    while ctx is not None:
+        if ctx.params.get("as_json"):
+            return True
+        ctx = ctx.parent
+    return False
 
 
 @lru_cache
@@ -46,9 +83,9 @@ def engine():
             problem = schema_problem(engine_for(url))
         except SQLAlchemyError as exc:
             fail(f"cannot reach the database (BILLING_DATABASE_URL): {type(exc).__name__}: "
-                 f"{str(exc).splitlines()[0]}")
+                 f"{str(exc).splitlines()[0]}", error="service_unavailable")
         if problem:
-            fail(problem)
+            fail(problem, error="service_unavailable")
         _migrated.add(url)
     return engine_for(url)
 
@@ -116,4 +153,4 @@ def run(fn):
     try:
         return fn()
     except BillingError as exc:
-        fail(f"{exc.code}: {exc.message}")
+        fail_with(exc)

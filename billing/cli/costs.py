@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from billing.cli.context import catalog, cost_book, engine, fail
+from billing.cli.context import catalog, cost_book, engine, fail, fail_with
 from billing.cli.render import console, err_console, print_json
 from billing.costs import CostBook, CostBookError, ModelPrice, dump_yaml, extra_fields, import_litellm
 from billing.money import dec_str
@@ -151,7 +151,7 @@ def _add(entries: list[ModelPrice], origin: str, *, quiet: bool) -> dict:
     except CostBookError as exc:
         fail(f"cost data: {exc.message}")
     except BillingError as exc:
-        fail(f"{exc.code}: {exc.message}")
+        fail_with(exc)
     except SQLAlchemyError as exc:
         _ledger_failed(exc)
     raise AssertionError("unreachable")
@@ -205,7 +205,7 @@ def recost_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         with _progress(as_json) as advance:
             summary = recost(engine(), catalog(), book=book, progress=advance).to_json()
     except BillingError as exc:
-        fail(f"{exc.code}: {exc.message}")
+        fail_with(exc)
     except SQLAlchemyError as exc:
         _ledger_failed(exc)
     if as_json:

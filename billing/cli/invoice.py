@@ -87,7 +87,7 @@ def preview_cmd(
         invoices = preview(plan_spec, costed, period=chosen, timezone=timezone, customer=customer, seats=seats,
                            seat_changes=changes)
     except BillingError as exc:
-        fail(exc.message)
+        fail(exc.message, error=str(exc.code), param=exc.param, details=exc.details)
     if as_json:
         docs = [inv.to_json() for inv in invoices]
         print_json(docs[0] if len(docs) == 1 else docs)

@@ -59,6 +59,7 @@ def simulate(
 ) -> None:
     """Rate usage under candidate plans: revenue, provider cost and margin per plan and segment."""
     from billing.catalog import PlanInvalid
+    from billing.cli.context import fail_with
     from billing.errors import BillingError
     from billing.simulate.spec import load_spec
 
@@ -75,7 +76,7 @@ def simulate(
     except PlanInvalid as exc:
         _fail("invalid plan\n" + "\n".join(str(p) for p in exc.problems))
     except BillingError as exc:
-        _fail(f"{exc.code}: {exc.message}")
+        fail_with(exc)
 
     if html is not None:
         from billing.reports.html import simulation_html

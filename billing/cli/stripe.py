@@ -17,7 +17,7 @@ app = typer.Typer(help="Stripe: push invoices, reconcile with Stripe.", no_args_
 
 
 def _sync(need_client: bool = True):
-    from billing.cli.context import engine, fail
+    from billing.cli.context import engine, fail_with
     from billing.errors import BillingError
     from billing.stripe_sync.client import make_client
     from billing.stripe_sync.sync import StripeSync
@@ -25,7 +25,7 @@ def _sync(need_client: bool = True):
     try:
         client = make_client() if need_client else None
     except BillingError as exc:
-        fail(f"{exc.code}: {exc.message}")
+        fail_with(exc)
     return StripeSync(engine(), client)  # type: ignore[arg-type]
 
 
@@ -33,16 +33,16 @@ def _guard(fn):
     """Stripe or domain failures outside a single invoice: a clean message, exit code 2."""
     import stripe
 
-    from billing.cli.context import fail
+    from billing.cli.context import fail, fail_with
     from billing.errors import BillingError
     from billing.stripe_sync.client import describe
 
     try:
         return fn()
     except stripe.StripeError as exc:
-        fail(describe(exc))
+        fail(describe(exc), error="external_service_error")
     except BillingError as exc:
-        fail(f"{exc.code}: {exc.message}")
+        fail_with(exc)
 
 
 @app.command("sync")

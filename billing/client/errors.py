@@ -9,19 +9,23 @@ from billing.errors import BillingError, ErrorCode
 
 class ApiError(BillingError):
     """An error response of the HTTP API (``status`` is its HTTP status; ``raw_code`` the
-    code as sent, also when it is not one of ``ErrorCode``; ``retry_after`` from the
-    ``Retry-After`` header, in seconds)."""
+    code as sent, also when it is not one of ``ErrorCode``; ``type``, ``param`` and
+    ``request_id`` as the body's ``error`` says; ``retry_after`` from the ``Retry-After``
+    header, in seconds)."""
 
     def __init__(self, message: str, *, code: ErrorCode | str, status: int, details: Any = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, type: str | None = None, param: str | None = None,
+                 request_id: str | None = None):
         try:
             parsed: ErrorCode | None = ErrorCode(code)
         except ValueError:
             parsed = None
-        super().__init__(message, code=parsed or ErrorCode.EXTERNAL, details=details)
+        super().__init__(message, code=parsed or ErrorCode.EXTERNAL, details=details, param=param)
         self.raw_code = str(code)
         self.status = status
         self.retry_after = retry_after
+        self.type = type
+        self.request_id = request_id
 
 
 class QuotaDenied(BillingError):

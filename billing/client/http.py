@@ -74,9 +74,14 @@ def answer(response: httpx.Response) -> Any:
         data = None
     status = response.status_code
     if status >= 400:
-        if isinstance(data, dict) and "code" in data:
-            raise ApiError(str(data.get("message", "")), code=str(data["code"]), status=status,
-                           details=data.get("details"), retry_after=_retry_after(response))
+        error = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(error, dict):  # a server before the Stripe shape: {"code", "message", "details"}
+            error = data if isinstance(data, dict) and "code" in data else None
+        if error is not None and "code" in error:
+            raise ApiError(str(error.get("message", "")), code=str(error["code"]), status=status,
+                           details=error.get("details"), retry_after=_retry_after(response),
+                           type=error.get("type"), param=error.get("param"),
+                           request_id=error.get("request_id") or response.headers.get("x-request-id"))
         raise ApiError(response.text[:500] or response.reason_phrase, code=f"http_{status}", status=status,
                        retry_after=_retry_after(response))
     if data is None:

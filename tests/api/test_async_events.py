@@ -85,8 +85,8 @@ def test_without_the_log_configured_the_request_is_refused(api, monkeypatch):
     monkeypatch.delenv("BILLING_NATS_URL", raising=False)
     get_settings.cache_clear()
     r = api({"events": [_event(1)]}, headers=ASYNC)
-    assert r.status_code == 503 and r.json()["code"] == "event_log_not_configured"
-    assert "BILLING_NATS_URL" in r.json()["message"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "event_log_not_configured"
+    assert "BILLING_NATS_URL" in r.json()["error"]["message"]
     assert stored_events(api.engine) == []
     r = api({"events": [_event(1)]}, headers={"Prefer": "respond-asynchronously, return=minimal"})
     assert r.status_code == 200 and r.json()["accepted"] == 1  # not the preference: written at once

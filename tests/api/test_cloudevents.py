@@ -101,15 +101,15 @@ def test_batch_mode_keeps_the_neighbours_of_a_bad_event(api):
 def test_a_bad_structured_event_is_a_4xx_naming_the_field(api, change, code, field):
     r = api("/v1/events", ce(**change), STRUCTURED)
     assert r.status_code == 422, r.text
-    assert r.json()["code"] == code and r.json()["details"] == {"field": field}
+    assert r.json()["error"]["code"] == code and r.json()["error"]["details"] == {"field": field}
     assert _stored(api.engine) == []
 
 
 def test_batch_body_that_is_not_an_array_and_a_foreign_customer(api):
     r = api("/v1/events", ce(), BATCH)
-    assert r.status_code == 422 and r.json()["code"] == "validation_error"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
     r = api("/v1/events", [ce(subject="globex")], BATCH, key="acme")  # a key restricted to acme
-    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     assert _stored(api.engine) == []
 
 
@@ -117,5 +117,5 @@ def test_plain_json_batches_are_served_as_before(api):
     event = {"id": "j1", "customer": "acme", "type": "request", "timestamp": STAMP, "properties": {}}
     assert api("/v1/events", {"events": [event]}).json()["accepted"] == 1
     bad = api("/v1/events", {"evnts": [event]})
-    assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
-    assert bad.json()["details"][0]["path"] == "EventsIn.events"  # as FastAPI's own body validation says
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
+    assert bad.json()["error"]["details"][0]["path"] == "EventsIn.events"  # as FastAPI's own body validation says

@@ -104,8 +104,8 @@ def test_contract_through_the_api_reaches_the_invoice_and_the_quota(api):
 ])
 def test_bad_input_is_a_named_422(api, path, body, message):
     r = api("POST", path, json=body)
-    assert r.status_code == 422 and r.json()["code"] == "contract_invalid", r.text
-    assert message in r.json()["message"]
+    assert r.status_code == 422 and r.json()["error"]["code"] == "contract_invalid", r.text
+    assert message in r.json()["error"]["message"]
 
 
 def test_a_customer_key_acts_on_its_own_subscriptions_only(api):
@@ -114,7 +114,7 @@ def test_a_customer_key_acts_on_its_own_subscriptions_only(api):
     assert api("POST", "/v1/subscriptions/2/overrides", key="globex-admin", json=body).status_code == 201
     assert api("POST", "/v1/coupons", key="globex-admin",
                json={"code": "X", "percent": "5", "duration": "forever"}).status_code == 403
-    assert api("GET", "/v1/subscriptions/99/contract", key="read").json()["code"] == "subscription_not_found"
+    assert api("GET", "/v1/subscriptions/99/contract", key="read").json()["error"]["code"] == "subscription_not_found"
 
 
 def test_addons_through_the_api(api):
@@ -125,7 +125,7 @@ def test_addons_through_the_api(api):
     r = api("POST", f"/v1/subscriptions/1/addons/{addon}/end", json={"at": "2026-10-27T00:00:00Z"})
     assert r.status_code == 200 and r.json()["ended_at"] == "2026-10-27T00:00:00Z"
     r = api("POST", "/v1/subscriptions/1/addons", json={"plan": "copilot-premium"})
-    assert r.status_code == 422 and r.json()["code"] == "contract_invalid"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "contract_invalid"
     assert api("GET", "/v1/subscriptions/1/contract", key="read").json()["addons"][0]["id"] == addon
     api.clock.now = datetime(2026, 11, 2, tzinfo=UTC)
     api.app.state.services.invoicing.close(datetime(2026, 11, 1, tzinfo=UTC))

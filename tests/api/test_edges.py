@@ -59,11 +59,11 @@ def test_a_key_revoked_through_a_server_is_refused_there_at_once(engine):
     assert r.status_code == 200 and r.json() == {"id": key_id, "revoked": True}
     for method, path, kw in (("POST", "/v1/quota/check", {"json": CHECK}), ("GET", "/v1/customers/acme/usage", {})):
         r = revoking.request(method, path, headers=_auth(key), **kw)
-        assert r.status_code == 401 and r.json()["code"] == "unauthenticated", (path, r.text)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated", (path, r.text)
     again = revoking.delete(f"/v1/keys/{key_id}", headers=_auth(admin))  # a retry after a lost answer
     assert again.status_code == 200 and again.json() == {"id": key_id, "revoked": True}
     unknown = revoking.delete("/v1/keys/0123456789ab", headers=_auth(admin))
-    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
     listed = {k["id"]: k for k in revoking.get("/v1/keys", headers=_auth(admin)).json()["keys"]}
     assert listed[key_id]["revoked_at"] is not None and "key_hash" not in listed[key_id]
 
@@ -116,7 +116,7 @@ def test_another_customers_documents_are_404_exactly_as_missing_ones(engine):
     missing = globex_invoice + 1000
 
     def answer(response):
-        return response.status_code, response.json()
+        return response.status_code, response.json()["error"]
 
     existing = answer(client.get(f"/v1/invoices/{globex_invoice}", headers=_auth(acme)))
     absent = answer(client.get(f"/v1/invoices/{missing}", headers=_auth(acme)))

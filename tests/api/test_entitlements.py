@@ -64,16 +64,16 @@ def test_a_metered_feature_is_the_quota_decision(api):
 
 def test_unknown_customer_scopes_and_strict_bodies(api):
     missing = api({"customer": "nobody", "feature": "sso"})
-    assert missing.status_code == 404 and missing.json()["code"] == "customer_not_found"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "customer_not_found"
     assert api({"customer": "acme", "feature": "sso"}, key="acme").status_code == 200
     foreign = api({"customer": "acme", "feature": "sso"}, key="other")
-    assert foreign.status_code == 403 and foreign.json()["code"] == "forbidden"
-    assert api({"customer": "acme", "feature": "sso"}, key="ingest").json()["code"] == "forbidden"
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "forbidden"
+    assert api({"customer": "acme", "feature": "sso"}, key="ingest").json()["error"]["code"] == "forbidden"
     assert api.http.post("/v1/entitlements/check", json={"customer": "acme", "feature": "sso"}).status_code == 401
     for body in ({"customer": "acme"}, {"customer": "acme", "feature": "sso", "extra": 1},
                  {"customer": "", "feature": "sso"}):
         bad = api(body)
-        assert bad.status_code == 422 and bad.json()["code"] == "validation_error", body
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error", body
 
 
 def test_a_contract_overrides_the_plans_features(api):

@@ -1,7 +1,8 @@
 """The HTTP API fuzzed from its own OpenAPI schema (schemathesis) over a real socket, on
 PostgreSQL, while three threads send valid traffic at the same time (quota checks on the
-fast path, reserve + commit pairs, event batches and usage reads): no 5xx for either, and
-the valid traffic keeps getting its answers.
+fast path, reserve + commit pairs, event batches and usage reads): no 5xx for either, every
+fuzzed answer conforms to the document (its status, media type and body schema), and the
+valid traffic keeps getting its answers.
 
 The server is uvicorn (httptools, as `billing serve`) in a thread of the test process, on a
 fresh PostgreSQL database (skipped without ``BILLING_TEST_POSTGRES_URL``, failed when
@@ -21,7 +22,8 @@ schemathesis = pytest.importorskip("schemathesis")
 
 import httpx  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance, not_a_server_error, response_schema_conformance, status_code_conformance)
 from sqlalchemy import create_engine  # noqa: E402
 
 from billing.api.app import create_app  # noqa: E402
@@ -30,6 +32,7 @@ from billing.ledger.accounts import Accounts  # noqa: E402
 from billing.api.stripe_webhook import get_webhook_secret  # noqa: E402
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url  # noqa: E402
 from tests.support.live_server import uvicorn_thread  # noqa: E402
+from tests.support.errors import error_of  # noqa: E402
 from tests.support.quota import catalog  # noqa: E402
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]  # the load runs on a fresh PostgreSQL database
@@ -115,11 +118,12 @@ def live():
 def test_fuzzed_requests_under_load_never_answer_5xx(case, live):
     base, admin, load = live
     response = case.call(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
-    case.validate_response(response, checks=[not_a_server_error])
+    # no 5xx, and every answer (under load too) is one the document declares
+    case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                             response_schema_conformance])
     content_type = (response.headers.get("content-type") or [""])[0]
     if response.status_code >= 400 and content_type.startswith("application/json"):
-        body = response.json()
-        assert isinstance(body, dict) and isinstance(body.get("code"), str) and isinstance(body.get("message"), str)
+        error_of(response.json())
 
 
 def test_the_valid_traffic_alongside_was_served(live):

@@ -1,7 +1,7 @@
 """Hostile input against every route (SQLite and PostgreSQL): lone surrogates, NUL
 characters and over-long text in every string field and path parameter, huge and negative
 integers, deep JSON, instants at year 1 and 9999 with +-14:00 offsets and before 1970.
-Never a 5xx; always a JSON ``{"code", "message"}`` error; a bad event is its own rejection
+Never a 5xx; always the JSON error body of ``billing.api.errors``; a bad event is its own rejection
 with its reason and position, and its neighbours are stored."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from billing.api.auth import create_key
 from billing.ledger.accounts import Accounts
 from billing.api.stripe_webhook import get_webhook_secret
 from tests.support.db import engine_for_url
+from tests.support.errors import error_of
 from tests.support.quota import catalog
 
 CAT = catalog()
@@ -88,8 +89,7 @@ def _assert_4xx(response, what) -> None:
     assert 400 <= response.status_code < 500 or response.status_code == 200 or response.status_code == 201, \
         (what, response.status_code, response.text[:300])
     if response.status_code >= 400:
-        body = response.json()
-        assert isinstance(body.get("code"), str) and isinstance(body.get("message"), str), (what, body)
+        error_of(response.json())
 
 
 def _json_text(body) -> bytes:
@@ -158,6 +158,6 @@ def test_an_oversized_authenticated_body_is_refused_not_stored(client):
     test_client, engine = client
     huge = _json_text({"events": [_event(1, properties={"note": "x" * (6 * 1024 * 1024)})]})
     r = test_client.post("/v1/events", content=huge, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["code"] == "request_too_large"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one() == 0

@@ -120,9 +120,9 @@ def test_same_key_other_parameters_is_409_reused(api):
     for path, body in (("/v1/quota/reserve", {**RESERVE, "quantity": 11}),
                        ("/v1/quota/check", {"customer": "acme", "meter": "units", "quantity": 10})):
         r = api.post(path, body, key="k")
-        assert r.status_code == 409 and r.json()["code"] == "idempotency_key_reused", r.text
+        assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_key_reused", r.text
     r = api.post("/v1/quota/reserve?x=1", RESERVE, key="k")
-    assert r.json()["code"] == "idempotency_key_reused"
+    assert r.json()["error"]["code"] == "idempotency_key_reused"
     assert api.held() == "10"
 
 
@@ -144,7 +144,7 @@ def test_invalid_keys_are_400(api, value):
     r = api.client.post("/v1/quota/reserve", json=RESERVE,
                         headers=[("Authorization", f"Bearer {api.keys['admin']}"),
                                  ("Idempotency-Key", value.encode("latin-1"))])
-    assert r.status_code == 400 and r.json()["code"] == "idempotency_key_invalid", r.text
+    assert r.status_code == 400 and r.json()["error"]["code"] == "idempotency_key_invalid", r.text
     assert api.held() == "0"
 
 
@@ -155,12 +155,12 @@ def test_key_limits(api):
     two = api.client.post("/v1/quota/reserve", json=RESERVE,
                           headers=[("Authorization", f"Bearer {api.keys['admin']}"), ("Idempotency-Key", "a"),
                                    ("Idempotency-Key", "b")])
-    assert two.status_code == 400 and two.json()["code"] == "idempotency_key_invalid"
+    assert two.status_code == 400 and two.json()["error"]["code"] == "idempotency_key_invalid"
 
 
 def test_a_4xx_is_replayed(api):
     first = api.post("/v1/customers/zed/subscriptions", {"plan": "summed"}, key="sub-zed")
-    assert first.status_code == 404 and first.json()["code"] == "customer_not_found"
+    assert first.status_code == 404 and first.json()["error"]["code"] == "customer_not_found"
     assert api.post("/v1/customers", {"id": "zed"}).status_code == 201
     again = api.post("/v1/customers/zed/subscriptions", {"plan": "summed"}, key="sub-zed")
     assert (again.status_code, again.content) == (404, first.content)  # Stripe: the stored outcome
@@ -178,7 +178,7 @@ def test_409_and_401_are_not_stored(api):
     assert again.status_code == 409 and "idempotent-replayed" not in again.headers
     nobody = api.client.post("/v1/quota/reserve", json=RESERVE,
                              headers={"Authorization": "Bearer bk_no_no", "Idempotency-Key": "x"})
-    assert nobody.status_code == 401 and nobody.json()["code"] == "unauthenticated"
+    assert nobody.status_code == 401 and nobody.json()["error"]["code"] == "unauthenticated"
 
 
 def test_a_5xx_is_not_stored_and_the_retry_runs(api, monkeypatch):
@@ -194,7 +194,7 @@ def test_a_5xx_is_not_stored_and_the_retry_runs(api, monkeypatch):
 
     monkeypatch.setattr(quota, "reserve", failing_once)
     r = api.post("/v1/quota/reserve", RESERVE, key="flaky")
-    assert r.status_code == 500 and r.json()["code"] == "internal_error"
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     assert record(api, "flaky") is None
     again = api.post("/v1/quota/reserve", RESERVE, key="flaky")
     assert again.status_code == 200 and again.json()["granted"] and "idempotent-replayed" not in again.headers
@@ -219,11 +219,11 @@ def test_a_key_in_flight_is_409_in_use(api, monkeypatch):
         assert entered.wait(20)
         busy = other.post("/v1/quota/reserve", json=RESERVE,
                           headers={"Authorization": f"Bearer {api.keys['admin']}", "Idempotency-Key": "slow"})
-        assert busy.status_code == 409 and busy.json()["code"] == "idempotency_key_in_use"
+        assert busy.status_code == 409 and busy.json()["error"]["code"] == "idempotency_key_in_use"
         assert busy.headers["retry-after"] == "1"
         reused = other.post("/v1/quota/reserve", json={**RESERVE, "quantity": 1},
                             headers={"Authorization": f"Bearer {api.keys['admin']}", "Idempotency-Key": "slow"})
-        assert reused.json()["code"] == "idempotency_key_reused"
+        assert reused.json()["error"]["code"] == "idempotency_key_reused"
         go.set()
         assert first.result(20).status_code == 200
     assert api.post("/v1/quota/reserve", RESERVE, key="slow").headers["idempotent-replayed"] == "true"
@@ -239,7 +239,7 @@ def test_an_abandoned_claim_is_taken_over_after_its_lease(api):
     claim = store.claim(key_id, "dead", fingerprint("POST", "/v1/quota/reserve", b"", body), "a-dead-server",
                         now_us=to_us(api.clock.now), lease_us=30_000_000, retention_us=86_400_000_000)
     assert claim.outcome == "owned"
-    assert api.post("/v1/quota/reserve", RESERVE, key="dead").json()["code"] == "idempotency_key_in_use"
+    assert api.post("/v1/quota/reserve", RESERVE, key="dead").json()["error"]["code"] == "idempotency_key_in_use"
     api.clock.now += timedelta(seconds=31)
     r = api.post("/v1/quota/reserve", RESERVE, key="dead")
     assert r.status_code == 200 and r.json()["granted"] and "idempotent-replayed" not in r.headers
@@ -306,7 +306,7 @@ def test_two_api_servers_share_the_keys(any_engine):
                 answers = list(pool.map(send, clients))
             ran = [r for r in answers if r.status_code == 200 and "idempotent-replayed" not in r.headers]
             replayed = [r for r in answers if r.headers.get("idempotent-replayed") == "true"]
-            busy = [r for r in answers if r.status_code == 409 and r.json()["code"] == "idempotency_key_in_use"]
+            busy = [r for r in answers if r.status_code == 409 and r.json()["error"]["code"] == "idempotency_key_in_use"]
             assert len(ran) == 1 and len(ran) + len(replayed) + len(busy) == 24, [r.text for r in answers]
             assert all(r.content == ran[0].content for r in replayed)
         assert a.held() == str(10 * 4)
@@ -365,7 +365,7 @@ def test_a_database_that_cannot_claim_the_key_is_503_and_nothing_runs(api, monke
 
     monkeypatch.setattr(api.app.state.idempotency.store, "claim", unreachable)
     r = api.post("/v1/quota/reserve", RESERVE, key="no-db")
-    assert r.status_code == 503 and r.json()["code"] == "service_unavailable" and r.headers["retry-after"] == "1"
+    assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable" and r.headers["retry-after"] == "1"
     monkeypatch.undo()
     assert api.held() == "0"
     assert api.post("/v1/quota/reserve", RESERVE, key="no-db").json()["granted"]

@@ -75,7 +75,7 @@ def test_a_server_killed_mid_request_frees_its_key_after_the_lease(tmp_path, mon
                 lock.rollback()
 
             busy = httpx.post(f"{b}/v1/quota/commit", json=body, headers=keyed, timeout=30)
-            assert busy.status_code == 409 and busy.json()["code"] == "idempotency_key_in_use", busy.text
+            assert busy.status_code == 409 and busy.json()["error"]["code"] == "idempotency_key_in_use", busy.text
             deadline = time.monotonic() + LEASE + 15
             while busy.status_code == 409:
                 assert time.monotonic() < deadline, busy.text
@@ -126,6 +126,6 @@ def test_a_slow_request_keeps_its_key_by_renewing_the_lease(sqlite_engine, monke
         first = pool.submit(first_client.post, "/v1/quota/reserve", json=body, headers=headers)
         time.sleep(1.0)  # past the first lease: only the renewals keep the key
         second = second_client.post("/v1/quota/reserve", json=body, headers=headers)
-        assert second.status_code == 409 and second.json()["code"] == "idempotency_key_in_use", second.text
+        assert second.status_code == 409 and second.json()["error"]["code"] == "idempotency_key_in_use", second.text
         assert first.result(10).status_code == 200
     assert len(calls) == 1

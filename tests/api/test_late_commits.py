@@ -43,7 +43,7 @@ def test_commit_retried_after_a_lost_answer_is_200(api):
     assert again.json() == {**first.json(), "event": "duplicate"}
     other = api("POST", "/v1/quota/commit", "check",
                 json={**body, "event": {"properties": {"units": 6}}})
-    assert other.status_code == 409 and other.json()["code"] == "event_conflict"
+    assert other.status_code == 409 and other.json()["error"]["code"] == "event_conflict"
     assert api("GET", "/v1/customers/acme/usage", "check").json()["meters"]["units"]["used"] == "5"
 
 
@@ -78,4 +78,4 @@ def test_late_commit_over_http_and_the_metrics_read(api):
     for bad in ({"since": "2026-10-10T12:00:00"}, {"since": "2026-10-11T00:00:00Z", "until": "2026-10-10T00:00:00Z"},
                 {"until": "0001-01-01T00:00:00+14:00"}, {"limit": 0}):
         r = api("GET", "/v1/quota/metrics", "read", params=bad)
-        assert r.status_code == 422 and r.json()["code"] == "validation_error", (bad, r.text)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", (bad, r.text)

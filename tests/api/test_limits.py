@@ -50,8 +50,10 @@ def test_every_route_refuses_an_oversized_body_before_authentication(small_app):
                                ("chunked", iter([b"{", b" " * (LIMIT // 2), b" " * LIMIT, b"}"]))):
             r = client.request(method, path, content=content, headers={"content-type": "application/json"})
             assert r.status_code == 413, (method, path, label, r.status_code, r.text)
-            assert r.json() == {"code": "request_too_large",
-                                "message": f"the request body is over the limit of {LIMIT:,} bytes"}
+            error = r.json()["error"]
+            assert (error["type"], error["code"], error["message"]) == (
+                "invalid_request_error", "request_too_large", f"the request body is over the limit of {LIMIT:,} bytes")
+            assert error["request_id"] == r.headers["x-request-id"]
             assert r.headers["connection"] == "close"
 
 
@@ -74,7 +76,7 @@ def test_the_fast_path_keeps_its_smaller_limit(sqlite_engine):
     key = create_key(sqlite_engine, "check")[1]
     r = TestClient(app).post("/v1/quota/check", json={"customer": "acme", "meter": "requests", "model": "x" * 70_000},
                              headers={"Authorization": f"Bearer {key}"})
-    assert r.status_code == 413 and r.json()["code"] == "request_too_large"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
 # ------------------------------------------------------------------ over real sockets
@@ -164,7 +166,10 @@ def test_a_500_keeps_the_keep_alive_connection_usable(sqlite_engine, caplog):
             assert response.status == status, (path, response.status, payload)
             assert not response.will_close, (path, response.getheaders())
             if status == 500:
-                assert json.loads(payload) == {"code": "internal_error", "message": "internal error"}
+                error = json.loads(payload)["error"]
+                assert (error["type"], error["code"], error["message"]) == ("api_error", "internal_error",
+                                                                            "internal error")
+                assert error["request_id"] == response.getheader("x-request-id")
             socket_of_first = socket_of_first or conn.sock
             assert conn.sock is socket_of_first  # the same connection all along
         conn.close()

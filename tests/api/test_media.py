@@ -124,7 +124,7 @@ def test_other_media_types_are_415_on_every_post_route(api, content_type):
     for path, body in routes.values():
         r = api(path, body, content_type)
         assert r.status_code == 415, (path, r.status_code, r.text)
-        assert r.json()["code"] == "unsupported_media_type" and "application/json" in r.json()["message"]
+        assert r.json()["error"]["code"] == "unsupported_media_type" and "application/json" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("variant, content_type", [("none", None), ("charset", "application/json; charset=utf-8"),

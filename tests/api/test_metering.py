@@ -37,4 +37,4 @@ def test_metering_answer(sqlite_engine):
         ("llm_calls", "llm.call", "count", None), ("input_tokens", "llm.call", "sum", "input_tokens")]
     assert answer["charges"] == [{"key": "inference", "meter": "llm_calls"}]
     missing = http.get("/v1/customers/nobody/metering", headers={"Authorization": f"Bearer {key}"})
-    assert missing.status_code == 404 and missing.json()["code"] == "customer_not_found"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "customer_not_found"

@@ -132,9 +132,9 @@ def test_http_no_genai_spans_is_accepted_with_zero_events_reported(api):
 
 def test_http_bad_payloads_are_4xx_never_500(api):
     r = api(TRACES, {"resourceSpans": {"oops": 1}})
-    assert r.status_code == 422 and r.json()["code"] == "validation_error"
-    assert r.json()["details"] == {"field": "resourceSpans"}
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+    assert r.json()["error"]["details"] == {"field": "resourceSpans"}
     assert api(TRACES, [1, 2]).status_code == 422
     r = api(TRACES, sdk_otlp_json([chat("globex")]), key="acme")
-    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     assert api(TRACES, {}, content_type="application/x-protobuf").status_code == 415

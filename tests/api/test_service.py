@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from billing.api.app import create_app
 from billing.api.auth import create_key, list_keys, revoke_key
 from billing.store.models import Invoice
+from tests.support.errors import error_of
 from tests.support.quota import NOW, T0, Clock, catalog
 
 CAT = catalog()
@@ -46,7 +47,7 @@ def event(i: int, customer: str = "acme", **props) -> dict:
 
 def test_auth_required_and_keys_hashed(api):
     r = api("GET", "/v1/plans", key=None)
-    assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
     r = api.client.get("/v1/plans", headers={"Authorization": "Bearer bk_nope_nope"})
     assert r.status_code == 401
     r = api.client.get("/v1/plans", headers={"X-API-Key": api.keys["read"]})
@@ -72,14 +73,14 @@ def test_scopes(api):
     assert api("POST", "/v1/quota/check", key="ingest", json={"customer": "acme", "meter": "requests"}).status_code == 403
     assert api("POST", "/v1/quota/check", key="check", json={"customer": "acme", "meter": "requests"}).status_code == 200
     assert api("GET", "/v1/invoices", key="check").status_code == 403
-    assert api("POST", "/v1/customers", key="read", json={"id": "x"}).json()["code"] == "forbidden"
+    assert api("POST", "/v1/customers", key="read", json={"id": "x"}).json()["error"]["code"] == "forbidden"
 
 
 def test_customer_restricted_key(api):
     ok = api("POST", "/v1/quota/check", key="acme-check", json={"customer": "acme", "meter": "requests"})
     assert ok.status_code == 200
     r = api("POST", "/v1/quota/check", key="acme-check", json={"customer": "globex", "meter": "requests"})
-    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     assert api("GET", "/v1/customers/globex/usage", key="acme-check").status_code == 403
     assert api("GET", "/v1/customers/acme/usage", key="acme-check").status_code == 200
     assert api("POST", "/v1/events", key="acme-admin", json={"events": [event(1, "globex")]}).status_code == 403
@@ -119,18 +120,18 @@ def test_malformed_input_is_4xx_with_code(api, body):
     r = api.client.post("/v1/quota/check", content=body,
                         headers={"Authorization": f"Bearer {api.keys['admin']}", "Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
-    assert set(r.json()) >= {"code", "message"}
+    error_of(r.json())
 
 
 def test_malformed_inputs_elsewhere(api):
     assert api("POST", "/v1/events", json={"events": "nope"}).status_code == 422
     assert api("POST", "/v1/events", json={"events": [1, "x", None]}).json()["rejected"] == 3
-    assert api("POST", "/v1/quota/commit", json={"reservation_id": "rsv_x"}).json()["code"] == "reservation_not_found"
+    assert api("POST", "/v1/quota/commit", json={"reservation_id": "rsv_x"}).json()["error"]["code"] == "reservation_not_found"
     assert api("POST", "/v1/quota/release", json={}).status_code == 422
     assert api("GET", "/v1/invoices/abc").status_code == 422
-    assert api("GET", "/v1/invoices/999").json()["code"] == "invoice_not_found"
-    assert api("GET", "/v1/nope").json()["code"] == "not_found"
-    assert api("POST", "/v1/customers", json={"id": "acme", "timezone": "Mars/Base"}).json()["code"] == "validation_error"
+    assert api("GET", "/v1/invoices/999").json()["error"]["code"] == "invoice_not_found"
+    assert api("GET", "/v1/nope").json()["error"]["code"] == "not_found"
+    assert api("POST", "/v1/customers", json={"id": "acme", "timezone": "Mars/Base"}).json()["error"]["code"] == "validation_error"
     assert api("POST", "/v1/customers/acme/subscriptions", json={"plan": "blocky"}).status_code == 409
     assert api("POST", "/v1/customers/zed/subscriptions", json={"plan": "blocky"}).status_code == 404
     assert api("POST", "/v1/customers/acme/subscriptions", json={"plan": "blocky", "at": "2026-01-01T00:00:00"}).status_code == 422
@@ -175,7 +176,7 @@ def test_quota_flow_over_http(api):
                 json={"reservation_id": r.json()["reservation_id"], "event": {"id": "big-evt"}})
     assert again.json()["event"] == "duplicate"
     assert api("POST", "/v1/quota/release", key="check",
-               json={"reservation_id": r.json()["reservation_id"]}).json()["code"] == "invalid_transition"
+               json={"reservation_id": r.json()["reservation_id"]}).json()["error"]["code"] == "invalid_transition"
     usage = api("GET", "/v1/customers/acme/usage", key="check").json()
     assert usage["meters"]["requests"] == {"used": "1", "held": "0", "events": 1, "provider_cost": "0"}
     assert usage["charges"][0]["remaining_included"] == "99"
@@ -189,7 +190,7 @@ def test_customers_seats_plans_openapi(api):
     plans = api("GET", "/v1/plans", key="read").json()["plans"]
     assert {"cursor-pro", "blocky"} <= {p["plan"] for p in plans}
     assert api("GET", "/v1/plans/cursor-pro", key="read").json()["versions"][0]["charges"][0]["key"] == "fast_requests"
-    assert api("GET", "/v1/plans/nope", key="read").json()["code"] == "plan_not_found"
+    assert api("GET", "/v1/plans/nope", key="read").json()["error"]["code"] == "plan_not_found"
     spec = api.client.get("/openapi.json").json()
     assert {"/v1/events", "/v1/quota/check", "/v1/quota/reserve", "/v1/quota/commit", "/v1/quota/release",
             "/v1/customers/{customer_id}/usage", "/v1/invoices", "/v1/invoices/{invoice_id}", "/v1/plans"} <= set(spec["paths"])
@@ -247,7 +248,7 @@ def test_fuzzed_quota_bodies_never_500(api):
                 headers={"Authorization": f"Bearer {api.keys['admin']}", "Content-Type": "application/json"})
         assert r.status_code < 500, (body, r.text)
         if r.status_code >= 400:
-            assert {"code", "message"} <= set(r.json())
+            error_of(r.json())
 
     run()
 
@@ -275,12 +276,12 @@ def test_fast_path_serves_check_and_healthz_like_the_router(api):
     assert ok.status_code == 200 and ok.json()["outcome"] == "allow"
     assert ok.headers["content-type"].startswith("application/json")
     assert api("POST", "/v1/quota/check", key=None, json={"customer": "acme", "meter": "requests"}
-               ).json()["code"] == "unauthenticated"
+               ).json()["error"]["code"] == "unauthenticated"
     bad = api("POST", "/v1/quota/check", key="check", content=b"{not json", headers={"content-type": "application/json"})
-    assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
     huge = api("POST", "/v1/quota/check", key="check",
                json={"customer": "acme", "meter": "requests", "model": "x" * 100_000})
-    assert huge.status_code == 413 and huge.json()["code"] == "request_too_large"
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
     # the router still has the route (OpenAPI, and paths the fast path does not take)
     assert "/v1/quota/check" in api("GET", "/openapi.json", key=None).json()["paths"]
 
@@ -306,7 +307,9 @@ def test_fast_path_answers_an_unexpected_error_as_json_500(api, monkeypatch):
 
     monkeypatch.setattr(quota, "check", broken)
     r = api("POST", "/v1/quota/check", key="check", json={"customer": "acme", "meter": "requests"})
-    assert r.status_code == 500 and r.json() == {"code": "internal_error", "message": "internal error"}
+    assert r.status_code == 500 and r.json() == {"error": {
+        "type": "api_error", "code": "internal_error", "message": "internal error", "param": None,
+        "request_id": r.headers["x-request-id"]}}
     monkeypatch.undo()
     assert api("POST", "/v1/quota/check", key="check", json={"customer": "acme", "meter": "requests"}
                ).status_code == 200
@@ -331,7 +334,7 @@ def test_text_postgres_cannot_store_is_4xx_not_500():
         for method, path, body in calls:
             r = client.request(method, path, json=body, headers=headers)
             assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
-            assert r.json()["code"] and "SELECT" not in r.json()["message"], r.text
+            assert r.json()["error"]["code"] and "SELECT" not in r.json()["error"]["message"], r.text
         events = [event(1, task="t-ok"), {**event(2), "id": "e\x00"}, event(3, task="t\x00bad"),
                   event(4, task="t" * 201), event(5)]
         r = client.post("/v1/events", json={"events": events}, headers=headers)

@@ -87,7 +87,7 @@ def test_bad_input_is_refused_the_same_way_by_the_cli_and_the_api(doors, args, m
     message = " ".join(output.split())
     assert all(w in message for w in words), message
     r = api(method, path, body)
-    assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
     assert rows() == before
 
 

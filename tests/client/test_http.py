@@ -91,6 +91,28 @@ def test_other_4xx_are_answers_never_retried(sqlite_engine, tmp_path):
     assert reservation["granted"]
 
 
+def test_an_error_answer_carries_its_type_param_and_request_id(sqlite_engine, tmp_path):
+    env, _transport = http_env(sqlite_engine, tmp_path)
+    with pytest.raises(ApiError) as err:
+        env.client.check("acme", "requests", quantity=-1)
+    assert (err.value.status, err.value.code, err.value.type, err.value.param) == (
+        422, ErrorCode.VALIDATION, "invalid_request_error", "quantity")
+    assert err.value.request_id and err.value.request_id.startswith("req_")
+
+
+def test_a_server_before_the_stripe_shape_is_read_too():
+    import httpx
+
+    from billing.client.http import answer
+
+    legacy = httpx.Response(404, json={"code": "customer_not_found", "message": "no customer 'x'", "details": {"a": 1}},
+                            headers={"x-request-id": "req_old"})
+    with pytest.raises(ApiError) as err:
+        answer(legacy)
+    assert (err.value.code, err.value.message, err.value.details, err.value.request_id, err.value.type) == (
+        ErrorCode.CUSTOMER_NOT_FOUND, "no customer 'x'", {"a": 1}, "req_old", None)
+
+
 def test_key_in_use_is_waited_for(sqlite_engine, tmp_path):
     env, transport = http_env(sqlite_engine, tmp_path, {"/v1/quota/reserve": ["in_use", "in_use"]})
     assert env.client.reserve("acme", "requests")["granted"]

@@ -459,7 +459,8 @@ def test_cli_import_then_preview_with_the_imported_costs(tmp_path):
     plan = Path(__file__).resolve().parents[2] / "plans" / "token-api.yaml"
     args = ["invoice", "preview", "--plan", str(plan), "--events", str(events), "--json"]
     rejected = CliRunner().invoke(app, args)
-    assert rejected.exit_code == 2 and "unknown_model" in rejected.stderr
+    # under --json the error is the API's body, on stdout
+    assert rejected.exit_code == 2 and json.loads(rejected.stdout)["error"]["code"] == "unknown_model"
     doc = json.loads(CliRunner().invoke(app, [*args, "--costs", str(out)]).stdout)
     assert doc["provider_cost"] == "4"  # a 1M-token prompt is over 200k: all of it at the >200k rate, $4 per 1M
     listed = CliRunner().invoke(app, ["costs", "list", "--json", "--at", "2026-10-05", "--costs", str(out)])

@@ -148,7 +148,7 @@ def test_a_database_busy_past_the_retries_is_a_503_never_a_500(engine, monkeypat
 
     monkeypatch.setattr(ledger, "_store_once", always_deadlocked)
     r = client.post("/v1/events", json=[_event("acme", "x1", 1)], headers=headers)
-    assert r.status_code == 503 and r.json()["code"] == "service_unavailable", r.text
+    assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable", r.text
     assert r.headers["retry-after"] == "1" and calls["n"] == ledger.retry.max_attempts  # retried, then given up
 
     def locked(*_args, **_kwargs):
@@ -159,4 +159,4 @@ def test_a_database_busy_past_the_retries_is_a_503_never_a_500(engine, monkeypat
     if app.state.checks is not None:
         monkeypatch.setattr(app.state.checks, "ask", locked, raising=False)
     r = client.post("/v1/quota/check", json={"customer": "acme", "meter": "llm_calls"}, headers=headers)
-    assert r.status_code == 503 and r.json()["code"] == "service_unavailable", r.text
+    assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable", r.text

@@ -333,7 +333,7 @@ def test_http_checks_on_postgres_are_batched_on_the_event_loop():
                 return await asyncio.gather(*calls)
 
         *answers, bad = asyncio.run(run())
-        got = [r.json() if r.status_code == 200 else r.json()["code"] for r in answers]
+        got = [r.json() if r.status_code == 200 else r.json()["error"]["code"] for r in answers]
         assert got == alone
         assert bad.status_code == 422
         assert max(sizes) > 1

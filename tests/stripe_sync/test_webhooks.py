@@ -110,8 +110,8 @@ def test_bad_signature_is_400_and_changes_nothing(client, engine, header):
     invoice_id = pushed(engine)
     r = post(client, event("invoice.paid", "in_abc"), header=header)
     assert r.status_code == 400
-    assert r.json()["code"] == "invalid_signature"
-    assert r.json()["message"]
+    assert r.json()["error"]["code"] == "invalid_signature"
+    assert r.json()["error"]["message"]
     assert get(engine, invoice_id).status == "finalized"
 
 
@@ -119,9 +119,9 @@ def test_wrong_secret_missing_header_and_stale_timestamp_are_rejected(client, en
     invoice_id = pushed(engine)
     payload = event("invoice.paid", "in_abc")
     assert post(client, payload, secret="whsec_other").status_code == 400
-    assert post(client, payload, secret=None).json()["code"] == "invalid_signature"
+    assert post(client, payload, secret=None).json()["error"]["code"] == "invalid_signature"
     stale = post(client, payload, timestamp=int(time.time()) - 3600)  # outside the 5-minute tolerance
-    assert stale.status_code == 400 and stale.json()["code"] == "invalid_signature"
+    assert stale.status_code == 400 and stale.json()["error"]["code"] == "invalid_signature"
     tampered = sign(payload, SECRET)
     assert post(client, payload.replace("1234", "1"), header=tampered).status_code == 400
     assert get(engine, invoice_id).status == "finalized"
@@ -139,7 +139,7 @@ def test_signed_malformed_payload_is_400_invalid_payload(client, engine, payload
     invoice_id = pushed(engine)
     r = post(client, payload)
     assert r.status_code == 400, r.text
-    assert r.json()["code"] == "invalid_payload"
+    assert r.json()["error"]["code"] == "invalid_payload"
     assert get(engine, invoice_id).status == "finalized"
 
 
@@ -175,7 +175,7 @@ def test_any_signed_json_is_answered_without_a_5xx(client, engine, event_value):
     r = post(client, json.dumps(event_value))
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
-        assert r.json()["code"] == "invalid_payload"
+        assert r.json()["error"]["code"] == "invalid_payload"
 
 
 def test_replay_is_harmless(client, engine):
@@ -247,7 +247,7 @@ def test_not_configured_secret_is_503(engine):
     app.dependency_overrides[get_webhook_secret] = lambda: None
     with TestClient(app) as c:
         r = c.post("/v1/stripe/webhook", content="{}", headers={"Stripe-Signature": "t=1,v1=x"})
-    assert r.status_code == 503 and r.json()["code"] == "webhook_not_configured"
+    assert r.status_code == 503 and r.json()["error"]["code"] == "webhook_not_configured"
 
 
 def test_default_dependencies_read_settings(monkeypatch, tmp_path):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import httpx
 
-BUSY = {"code": "internal_error", "message": "busy"}
-IN_USE = {"code": "idempotency_key_in_use", "message": "a request with this key is in flight"}
+BUSY = {"error": {"type": "api_error", "code": "service_unavailable", "message": "busy", "param": None,
+                  "request_id": "req_fault"}}
+IN_USE = {"error": {"type": "idempotency_error", "code": "idempotency_key_in_use",
+                    "message": "a request with this key is in flight", "param": "Idempotency-Key",
+                    "request_id": "req_fault"}}
 
 
 class _Faults:
