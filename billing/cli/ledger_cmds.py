@@ -228,12 +228,42 @@ def events_import(path: Path, as_json: JsonOpt = False,
 
     Idempotent: re-importing, also after a crash mid-file, counts nothing twice. Each bad line
     is its own rejection, reported with its line number; the other lines are imported."""
-    from billing.ledger.ingest import BatchResult, Ledger
     from billing.ledger.jsonl import JsonlEvents
-    from billing.ledger.prepare_process import PreparingReader, PrepareProcessError
+    from billing.ledger.prepare_process import PreparingReader
 
     if not path.is_file():
         fail(f"{path}: no such file")
+    if parallel is None:
+        parallel = path.stat().st_size > _PARALLEL_BYTES
+    events = PreparingReader(path) if parallel else JsonlEvents(path)
+    if parallel:  # its interpreter starts and loads its modules while this one loads the ledger
+        events.start()
+    try:
+        result, lines = _import(events, as_json, batch or (25_000 if parallel else 50_000))
+    finally:
+        if parallel:
+            events.close()
+    lines.take()
+    summary = _import_summary(result, events, lines.of)
+    if as_json:
+        print_json(summary)
+    else:
+        kept = (f" ({summary['unpriced']} unpriced, {summary['unmetered']} unmetered: `billing events unpriced`)"
+                if summary["unpriced"] or summary["unmetered"] else "")
+        console.print(f"accepted {summary['accepted']}{kept}, duplicates {summary['duplicates']}, "
+                      f"conflicts {summary['conflicts']}, rejected {summary['rejected']}", highlight=False)
+        for err in summary["errors"][:20]:
+            console.print(f"  line {err['line']}: {err['code']}: {err['message']}", highlight=False)
+        if len(summary["errors"]) > 20 or summary["errors_omitted"]:
+            console.print(f"  ... {summary['conflicts'] + summary['rejected'] - 20:,} more (use --json)",
+                          highlight=False)
+    raise typer.Exit(1 if summary["conflicts"] or summary["rejected"] else 0)
+
+
+def _import(events, as_json: bool, batch: int):
+    """Record ``events`` (the file's reader); (the result, the problems' lines)."""
+    from billing.ledger.ingest import BatchResult, Ledger
+    from billing.ledger.prepare_process import PrepareProcessError
     from billing.store.db import make_engine
 
     settings = get_settings()
@@ -242,10 +272,6 @@ def events_import(path: Path, as_json: JsonOpt = False,
     # 32 MiB page cache (2 chunks of 50,000 events in flight + the cache: about 260 MB peak)
     ledger = Ledger(run(lambda: make_engine(settings.database_url, sqlite_mmap=0, sqlite_cache_kib=32768)), catalog(),
                     future_tolerance_seconds=settings.future_tolerance_seconds)
-    if parallel is None:
-        parallel = path.stat().st_size > _PARALLEL_BYTES
-    events = PreparingReader(path) if parallel else JsonlEvents(path)
-    batch = batch or (25_000 if parallel else 50_000)
     result = BatchResult(keep_events=False)
     lines = _ProblemLines(events, result)
     try:
@@ -267,21 +293,7 @@ def events_import(path: Path, as_json: JsonOpt = False,
     finally:
         ledger.close()
         ledger.engine.dispose()
-    lines.take()
-    summary = _import_summary(result, events, lines.of)
-    if as_json:
-        print_json(summary)
-    else:
-        kept = (f" ({summary['unpriced']} unpriced, {summary['unmetered']} unmetered: `billing events unpriced`)"
-                if summary["unpriced"] or summary["unmetered"] else "")
-        console.print(f"accepted {summary['accepted']}{kept}, duplicates {summary['duplicates']}, "
-                      f"conflicts {summary['conflicts']}, rejected {summary['rejected']}", highlight=False)
-        for err in summary["errors"][:20]:
-            console.print(f"  line {err['line']}: {err['code']}: {err['message']}", highlight=False)
-        if len(summary["errors"]) > 20 or summary["errors_omitted"]:
-            console.print(f"  ... {summary['conflicts'] + summary['rejected'] - 20:,} more (use --json)",
-                          highlight=False)
-    raise typer.Exit(1 if summary["conflicts"] or summary["rejected"] else 0)
+    return result, lines
 
 
 class _ProblemLines:
