@@ -36,6 +36,7 @@ LINES = st.one_of(
 def _naive(raw: bytes) -> tuple[list[tuple[int, object]], list[int]]:
     """(line, value) of each event and the lines of the bad ones, one line at a time."""
     values, bad = [], []
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark starting the file is no part of line 1
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if len(line) > jsonl.MAX_LINE_BYTES:
             bad.append(number)
