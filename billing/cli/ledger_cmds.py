@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -221,7 +222,7 @@ def events_import(path: Path, as_json: JsonOpt = False,
                   parallel: Annotated[bool | None, typer.Option(
                       "--parallel/--no-parallel",
                       help="Parse and validate the file in a second process while this one writes "
-                           f"(default: for files over {_PARALLEL_BYTES // 2**20} MiB).")] = None,
+                           f"(default: for files over {_PARALLEL_BYTES // 2**20} MiB, given two CPUs).")] = None,
                   ) -> None:
     """Import a JSONL file of events, streaming (memory stays flat whatever the file's length).
 
@@ -232,8 +233,8 @@ def events_import(path: Path, as_json: JsonOpt = False,
 
     if not path.is_file():
         fail(f"{path}: no such file")
-    if parallel is None:
-        parallel = path.stat().st_size > _PARALLEL_BYTES
+    if parallel is None:  # (with one core to run on, a second process only adds its own work)
+        parallel = path.stat().st_size > _PARALLEL_BYTES and _cores() > 1
     events = PreparingReader(path) if parallel else JsonlEvents(path)
     if parallel:  # its interpreter starts and loads its modules while this one loads the ledger
         events.start()
@@ -257,6 +258,11 @@ def events_import(path: Path, as_json: JsonOpt = False,
             console.print(f"  ... {summary['conflicts'] + summary['rejected'] - 20:,} more (use --json)",
                           highlight=False)
     raise typer.Exit(1 if summary["conflicts"] or summary["rejected"] else 0)
+
+
+def _cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _import(events, as_json: bool, batch: int):
