@@ -105,6 +105,34 @@ class PreparingReader:
         self.bad_lines = 0
         self.max_problems = max_problems
         self.lines = LineMap()
+        self._child: subprocess.Popen | None = None
+        self._err: BinaryIO | None = None  # the child's stderr (the reason it failed)
+
+    def start(self) -> None:
+        """Start the preparing process now, if not yet (``prepared_chunks`` does otherwise):
+        its interpreter starts and loads its modules while the caller builds the ledger. It
+        waits for the request; ``close`` ends it if none comes."""
+        if self._child is None:
+            self._err = tempfile.TemporaryFile()
+            self._child = subprocess.Popen([sys.executable, "-m", "billing.ledger.prepare_process"],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                           env=_child_env())
+
+    def close(self) -> None:
+        """End the preparing process (killed if still running) and free its pipes."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        if child.poll() is None:  # the caller stopped early or failed: so does the child
+            child.kill()
+            child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:  # (unsent bytes in the request's buffer)
+                    pass
+        self._err.close()
 
     def line_of(self, index: int) -> int:
         return self.lines.line_of(index)
@@ -114,23 +142,19 @@ class PreparingReader:
 
     def prepared_chunks(self, options: PrepareOptions, chunk_size: int) -> Iterator[PreparedChunk]:
         """The file's events in prepared chunks of ``chunk_size`` (the last one shorter)."""
-        with tempfile.TemporaryFile() as err:
-            child = subprocess.Popen([sys.executable, "-m", "billing.ledger.prepare_process"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=_child_env())
-            try:
-                _write(child.stdin, (str(self.path), min(PART, chunk_size), self.max_problems, options))
-                child.stdin.close()
-                yield from self._chunks(child, chunk_size)
-                if child.wait() != 0:
-                    raise PrepareProcessError(_why(child, err))
-            except EOFError:
-                child.wait()
-                raise PrepareProcessError(_why(child, err)) from None
-            finally:
-                if child.poll() is None:  # the caller stopped early or failed: so does the child
-                    child.kill()
-                    child.wait()
-                child.stdout.close()
+        self.start()
+        child = self._child
+        try:
+            _write(child.stdin, (str(self.path), min(PART, chunk_size), self.max_problems, options))
+            child.stdin.close()
+            yield from self._chunks(child, chunk_size)
+            if child.wait() != 0:
+                raise PrepareProcessError(_why(child, self._err))
+        except (EOFError, BrokenPipeError):  # the child died (a pipe found closed)
+            child.wait()
+            raise PrepareProcessError(_why(child, self._err)) from None
+        finally:
+            self.close()
 
     def _chunks(self, child: subprocess.Popen, chunk_size: int) -> Iterator[PreparedChunk]:
         chunk = PreparedChunk(0, [], {}, {})
@@ -198,7 +222,10 @@ def _why(child: subprocess.Popen, err) -> str:
 
 def serve(source: BinaryIO, out: BinaryIO) -> None:
     """The child: read the request, then prepare and send the file's events part by part."""
-    path, part, max_problems, options = _read(source)
+    try:
+        path, part, max_problems, options = _read(source)
+    except EOFError:  # started early, and the parent stopped before asking (``PreparingReader.close``)
+        return
     pricer = Pricer(options.book)
     events = JsonlEvents(path, max_problems=max_problems)
     sent_problems = 0

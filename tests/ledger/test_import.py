@@ -36,6 +36,7 @@ LINES = st.one_of(
 def _naive(raw: bytes) -> tuple[list[tuple[int, object]], list[int]]:
     """(line, value) of each event and the lines of the bad ones, one line at a time."""
     values, bad = [], []
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark starting the file is no part of line 1
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if len(line) > jsonl.MAX_LINE_BYTES:
             bad.append(number)
@@ -268,3 +269,47 @@ def test_the_line_map_stays_bounded_on_a_file_with_a_blank_line_between_events(d
                                                                    (2 * n + 1, "event_invalid")]
     # about two chunks' worth plus a block's lines (4 KiB: under 30 events), not n
     assert len(sizes) > n // 30 and max(sizes) <= 3 * 200 + 60, max(sizes)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_large_file_gets_a_second_process_only_given_two_cpus(db_url, engine, tmp_path, monkeypatch,  # noqa: F811
+                                                               cores):
+    """By default a file over ``_PARALLEL_BYTES`` is prepared by a second process, started
+    before the ledger is built; on one CPU (a container pinned to one core) it is not: the
+    second process would only add its own work. The same events either way."""
+    from typer.testing import CliRunner
+
+    from billing.cli import app as cli_app
+    from billing.cli import context as cli_context
+    from billing.cli import ledger_cmds
+    from billing.config import get_settings
+    from billing.ledger import prepare_process
+    from billing.store.db import engine_for
+
+    _setup(engine)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(_event("acme", f"c{i}", i)) + b"\n" for i in range(40)))
+    started: list[bool] = []
+    real_start = prepare_process.PreparingReader.start
+
+    def start(reader):  # (a second call, from prepared_chunks, starts nothing)
+        if reader._child is None:
+            started.append(True)
+        real_start(reader)
+
+    monkeypatch.setattr(prepare_process.PreparingReader, "start", start)
+    monkeypatch.setattr(ledger_cmds, "_PARALLEL_BYTES", 100)  # "large": this file's size is over it
+    monkeypatch.setattr(ledger_cmds, "_cores", lambda: cores)
+    for cache in (get_settings, engine_for, cli_context.catalog):
+        cache.cache_clear()
+    try:
+        out = CliRunner().invoke(cli_app, ["events", "import", str(path), "--json"],
+                                 env={"BILLING_DATABASE_URL": db_url, "BILLING_PLANS_DIR": str(PLANS_DIR)})
+    finally:
+        for cache in (get_settings, engine_for, cli_context.catalog):
+            cache.cache_clear()
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["accepted"] == 40
+    assert started == ([True] if cores > 1 else [])
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one() == 40

@@ -137,3 +137,35 @@ def test_events_prepared_elsewhere_need_a_compact_result(engine, tmp_path):  # n
     path.write_text(json.dumps(_event("acme", "a", 1)) + "\n")
     with pytest.raises(ValueError, match="keep_events=False"):
         Ledger(engine, CATALOG).record(PreparingReader(path), chunk_size=10, result=BatchResult())
+
+
+def test_a_preparing_process_started_early_prepares_as_one_started_late(engine, tmp_path):  # noqa: F811
+    """``start()`` before the ledger is built (what the import does, so the child's
+    interpreter starts meanwhile): the same events are recorded, and the child is gone after."""
+    _setup(engine)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(_event("acme", f"s{i}", i)) + b"\n" for i in range(50)))
+    reader = PreparingReader(path)
+    reader.start()
+    child = reader._child
+    result = Ledger(engine, CATALOG).record(reader, chunk_size=20, result=BatchResult(keep_events=False))
+    assert result.accepted == 50 and len(stored_events(engine)) == 50
+    assert child.poll() == 0 and reader._child is None
+
+
+def test_a_preparing_process_started_and_never_asked_ends_with_close(tmp_path):
+    """The import failing before it asks (bad plans, an unreachable database): ``close()``
+    ends the child; a child whose parent closed its input without a request exits by itself."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(orjson.dumps(_event("acme", "a", 1)) + b"\n")
+    reader = PreparingReader(path)
+    reader.start()
+    child = reader._child
+    reader.close()
+    assert child.poll() is not None and reader._child is None
+    reader.close()  # (twice: nothing more)
+    reader.start()
+    child = reader._child
+    child.stdin.close()  # the parent gone before asking: end of input
+    assert child.wait(timeout=60) == 0
+    reader.close()
