@@ -10,11 +10,13 @@ same keys then wait for each other at most one way, never in a cycle. (SQLite ha
 writer: its inserts keep the arrival order, which is cheaper.)
 
 SQLite: ``INSERT ... ON CONFLICT DO NOTHING`` of the chunk in one transaction that holds
-the write lock. PostgreSQL: ``COPY`` straight into the table under a savepoint; when an
-event exists already, a staging table and ``INSERT ... SELECT ... ON CONFLICT DO
-NOTHING``. Either way the database's unique key decides which events are new, so
-concurrent writers never double-insert and an event reported accepted is one this
-transaction inserted.
+the write lock. PostgreSQL (``usage_event`` partitioned by month: ``billing.store.partitions``):
+``COPY`` straight into the table under a savepoint, where the ``usage_event_key`` trigger
+skips an event whose key is taken; when COPY wrote fewer rows than it was given, the
+savepoint is rolled back and the chunk goes through a staging table and ``INSERT ...
+SELECT ... RETURNING``. Either way a unique key (``usage_event_key``'s on PostgreSQL)
+decides which events are new, so concurrent writers never double-insert and an event
+reported accepted is one this transaction inserted.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def _insert_pg_small(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[st
     cursor = conn.connection.driver_connection.cursor()
     try:
         values = ",".join(["(" + ",".join(["%s"] * _NCOL) + ")"] * len(rows))
-        cursor.execute(f"INSERT INTO usage_event ({_COLUMNS}) VALUES {values} "
-                       "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
+        # (no ON CONFLICT: the usage_event_key trigger skips an event whose key is taken)
+        cursor.execute(f"INSERT INTO usage_event ({_COLUMNS}) VALUES {values} RETURNING customer_id, event_id",
                        list(chain.from_iterable(map(_STORED, rows))))
         return {(c, e) for c, e in cursor.fetchall()}
     finally:
@@ -110,11 +112,16 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.close()
 
 
+class _Taken(Exception):
+    """COPY wrote fewer rows than it was given: some event's key was taken."""
+
+
 def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
     """COPY straight into ``usage_event`` (the common case: every event is new). If an
-    event exists already (a replay, or a concurrent writer of the same id), the unique key
-    stops the COPY; its savepoint is rolled back and the chunk goes through the staging
-    table instead, where ON CONFLICT DO NOTHING sorts the new from the known."""
+    event exists already (a replay, or a concurrent writer of the same id), the key trigger
+    skips it and COPY writes fewer rows than it was given; its savepoint is rolled back and
+    the chunk goes through the staging table instead, whose INSERT RETURNING sorts the new
+    from the known."""
     import psycopg
 
     cursor = conn.connection.driver_connection.cursor()
@@ -125,7 +132,9 @@ def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str
                 write = copy.write_row
                 for r in rows:
                     write(_STORED(r))
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+            if cursor.rowcount != len(rows):  # some key was taken: which ones, the staged insert says
+                raise _Taken()
+        except (_Taken, psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             # (two writers racing with the same new ids may each wait on the other's rows)
             cursor.execute("ROLLBACK TO SAVEPOINT usage_event_copy")
             cursor.execute("RELEASE SAVEPOINT usage_event_copy")
@@ -137,8 +146,8 @@ def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str
 
 
 def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
-    """COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT DO
-    NOTHING RETURNING the keys this statement inserted."""
+    """COPY into a temporary staging table, then one INSERT ... SELECT ... RETURNING the keys
+    this statement inserted (the key trigger skips the others)."""
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(
@@ -152,8 +161,7 @@ def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[s
                 write(_STORED(r))
         cursor.execute(
             f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
-            f"ORDER BY {CODE_POINT_ORDER} ON CONFLICT (customer_id, event_id) DO NOTHING "
-            "RETURNING customer_id, event_id")
+            f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id")
         inserted = {(c, e) for c, e in cursor.fetchall()}
         cursor.execute("TRUNCATE usage_event_stage")
         return inserted
@@ -162,7 +170,9 @@ def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[s
 
 
 def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
-    """(customer, event id) -> (type, ts, properties dict) for keys already stored."""
+    """(customer, event id) -> (type, ts, properties dict) for keys already stored. On
+    PostgreSQL a key whose event was archived answers (None, its ts, None): equal to no event,
+    so an event sent again with that id is a conflict (``billing.store.partitions``)."""
     out: dict[tuple[str, str], tuple] = {}
     by_customer: dict[str, list[str]] = {}
     for customer, event_id in keys:
@@ -178,6 +188,13 @@ def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[t
                     f"AND event_id IN ({','.join([ph] * len(part))})", [customer, *part])
                 for event_id, etype, ts, props in cursor.fetchall():
                     out[(customer, event_id)] = (etype, ts, json.loads(props) if isinstance(props, str) else props)
+        if ph == "%s" and len(out) < len(keys):  # a key whose event was archived: its time is kept
+            for customer, event_id in keys:
+                if (customer, event_id) not in out:
+                    cursor.execute("SELECT ts FROM usage_event_key WHERE customer_id = %s AND event_id = %s",
+                                   (customer, event_id))
+                    found = cursor.fetchone()
+                    out[(customer, event_id)] = (None, found[0] if found else None, None)  # (never equal)
     finally:
         cursor.close()
     return out

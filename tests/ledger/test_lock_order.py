@@ -17,6 +17,7 @@ import pytest
 from billing.reservations.holds import Quota
 from billing.ledger.ingest import Ledger
 from billing.reservations.writer import QuotaWriter
+from billing.store.types import to_us
 from tests.support.ledger import CATALOG, _event, _setup, assert_derived_equal_recount, task_rows
 
 NOW = datetime(2026, 10, 20, tzinfo=UTC)
@@ -152,9 +153,9 @@ def test_every_insert_path_takes_event_rows_in_code_point_order(icu_engine):
         blocker = engine.raw_connection()
         results: dict[str, object] = {}
         try:
-            blocker.cursor().execute(
+            blocker.cursor().execute(  # (a time in a month that has its partition)
                 "INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) "
-                "VALUES ('acme', 'C1', 'llm.call', 0, '{}', NULL, 0)")
+                f"VALUES ('acme', 'C1', 'llm.call', {to_us(NOW)}, '{{}}', NULL, 0)")
             threads = [threading.Thread(target=lambda: results.__setitem__("small", first.record(small).to_json())),
                        threading.Thread(target=lambda: results.__setitem__("big", second.record(big).to_json()))]
             threads[0].start()
