@@ -228,11 +228,14 @@ def test_the_quota_commit_statement_inserts_in_code_point_order(icu_engine):
     from billing.ledger.prepare import Prepared
     from billing.reservations.events import write_pg
     from billing.reservations.types import Hold
+    from billing.store.partitions import create_month, month_of
 
     rows = [Prepared("acme", k, "llm.call", 1, "{}", None, 0, {}) for k in ("a1", "B1", "b0", "A2")]
     raw = icu_engine.raw_connection()
     try:
         cur = raw.cursor()
+        create_month(lambda sql, params, _rows: cur.execute(sql, params).fetchall() if _rows else cur.execute(sql),
+                     month_of(1))  # (the ledger creates its events' months: this test writes directly)
         write_pg(lambda sql, params=(): cur.execute(sql.replace("?", "%s"), params),
                  [(None, p, Hold("h", "acme", "held", "llm.call", None, None, None, 10**15, None, "llm_calls", 0))
                   for p in rows], [], [], 0)
