@@ -292,10 +292,13 @@ def verify(engine: Engine, directory: Path) -> dict[str, Any]:
         if _sha256(path) != f["sha256"]:
             problems.append(f"{f['name']}: its SHA-256 is not the manifest's (changed since the archive)")
         n = 0
-        for customer, etype, ts, props, cost in _read(path):
-            n += 1
-            found = next((i for a, b, i in ranges.get(customer, ()) if a <= ts < b), -1)
-            totals.setdefault((customer, found), _Totals()).add(etype, props, int(cost))
+        try:
+            for customer, etype, ts, props, cost in _read(path):
+                n += 1
+                found = next((i for a, b, i in ranges.get(customer, ()) if a <= ts < b), -1)
+                totals.setdefault((customer, found), _Totals()).add(etype, props, int(cost))
+        except Exception as exc:  # noqa: BLE001 - a damaged file is a finding, not a crash
+            problems.append(f"{f['name']}: unreadable after {n} events ({type(exc).__name__}: {exc})")
         events += n
         if n != f["events"]:
             problems.append(f"{f['name']}: {n} events, the manifest says {f['events']}")
