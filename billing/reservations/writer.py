@@ -176,8 +176,9 @@ class QuotaWriter:
             tx.inserted = self._write_commits(execute, commits, read.sub_rows, now_us)
         if releases:
             where, params = id_list(pg, "id", sorted({hold[0] for _op, hold in releases}))
-            cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {where} "
-                          "AND status = 'held' RETURNING id", [now_us, *params])
+            who, customers = id_list(pg, "customer_id", sorted({hold[1] for _op, hold in releases}))
+            cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {who} AND {where} "
+                          "AND status = 'held' RETURNING id", [now_us, *customers, *params])
             # SQLite cannot commit while a RETURNING statement is unfinished: read it now
             tx.releases = (releases, cur if pg else cur.fetchall())
         tx.commit_cur = execute("COMMIT")
