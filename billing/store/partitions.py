@@ -175,3 +175,15 @@ def ensure_ahead(engine: Engine, now: datetime, ahead: int = AHEAD_MONTHS) -> di
         created = [month_name(m) for m in range(current - 1, current + ahead + 1)
                    if m not in there and create_month(run, m)]
     return {"partitioned": True, "created": created}
+
+
+def ensure_range(conn: Connection, low_us: int, high_us: int) -> list[int]:
+    """Partitions for every month of [low_us, high_us], for rows written behind the ledger's
+    back (a bulk load, a benchmark, a test); nothing on SQLite. Returns the months created."""
+    if conn.dialect.name != "postgresql":
+        return []
+    run = sql_runner(conn)
+    if not is_partitioned(run):
+        return []
+    there = existing_months(run)
+    return [m for m in range(month_of(low_us), month_of(high_us) + 1) if m not in there and create_month(run, m)]
