@@ -115,9 +115,11 @@ def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
 # empty): psycopg and the server prepare it once
 _WRITE_PG = (
     "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
-    # (no ON CONFLICT: usage_event is partitioned, its key trigger skips a taken id: billing.store.partitions)
-    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY {CODE_POINT_ORDER} "
-    "RETURNING customer_id, event_id), "
+    # usage_event is partitioned: the idempotency key is claimed in usage_event_key (billing.store.partitions)
+    f"ky AS (INSERT INTO usage_event_key (customer_id, event_id, ts) SELECT customer_id, event_id, ts FROM ev "
+    f"ORDER BY {CODE_POINT_ORDER} ON CONFLICT DO NOTHING RETURNING customer_id, event_id), "
+    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT ev.* FROM ev JOIN ky USING (customer_id, event_id) "
+    f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id), "
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "

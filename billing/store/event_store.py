@@ -11,12 +11,14 @@ writer: its inserts keep the arrival order, which is cheaper.)
 
 SQLite: ``INSERT ... ON CONFLICT DO NOTHING`` of the chunk in one transaction that holds
 the write lock. PostgreSQL (``usage_event`` partitioned by month: ``billing.store.partitions``):
-``COPY`` straight into the table under a savepoint, where the ``usage_event_key`` trigger
-skips an event whose key is taken; when COPY wrote fewer rows than it was given, the
-savepoint is rolled back and the chunk goes through a staging table and ``INSERT ...
-SELECT ... RETURNING``. Either way a unique key (``usage_event_key``'s on PostgreSQL)
-decides which events are new, so concurrent writers never double-insert and an event
-reported accepted is one this transaction inserted.
+the chunk's keys are claimed in ``usage_event_key`` first (its primary key is the
+idempotency key across months), then the events are written: ``COPY`` of the keys under a
+savepoint, then ``COPY`` of the events; when a key is taken, the savepoint is rolled back
+and the chunk goes through a staging table, where ``INSERT ... ON CONFLICT DO NOTHING
+RETURNING`` claims the new keys and the events of those follow in the same statement.
+Either way a unique key decides which events are new, so concurrent writers never
+double-insert and an event reported accepted is one this transaction inserted. (Events
+written behind the ledger's back, without their key, are not protected.)
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from billing.store.totals_sql import counter_row, counter_upsert, task_row, task
 _COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
 _STORED = itemgetter(0, 1, 2, 3, 4, 5, 6, 8, 9)  # a Prepared row's stored columns
 _KEY = itemgetter(0, 1)  # (customer, event id)
+_KEY_TS = itemgetter(0, 1, 3)  # (customer, event id, ts): a usage_event_key row
+_CLAIM = "INSERT INTO usage_event_key (customer_id, event_id, ts)"
+_V_COLUMNS = ", ".join(f"v.{c.strip()}" for c in _COLUMNS.split(","))
 _NCOL = 9
 # (customer, event id) in the order Python sorts them (code points: the "C" collation of
 # UTF-8 text), whatever the database's default collation (en-US puts 'a1' before 'B1')
@@ -67,15 +72,26 @@ _PG_SMALL = 500  # up to this many rows a plain multi-row INSERT beats COPY + st
 
 
 def _insert_pg_small(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
+    """One statement: the keys claimed in ``usage_event_key`` (ON CONFLICT DO NOTHING), then
+    the events whose key this statement claimed."""
     cursor = conn.connection.driver_connection.cursor()
     try:
-        values = ",".join(["(" + ",".join(["%s"] * _NCOL) + ")"] * len(rows))
-        # (no ON CONFLICT: the usage_event_key trigger skips an event whose key is taken)
-        cursor.execute(f"INSERT INTO usage_event ({_COLUMNS}) VALUES {values} RETURNING customer_id, event_id",
-                       list(chain.from_iterable(map(_STORED, rows))))
+        cursor.execute(_pg_small_insert(len(rows)), list(chain.from_iterable(map(_STORED, rows))))
         return {(c, e) for c, e in cursor.fetchall()}
     finally:
         cursor.close()
+
+
+_TYPED_ROW = "(%s, %s, %s, %s::bigint, %s::json, %s, %s::bigint, %s, %s)"
+
+
+@lru_cache(maxsize=64)
+def _pg_small_insert(n: int) -> str:
+    return (f"WITH v ({_COLUMNS}) AS (VALUES {','.join([_TYPED_ROW] * n)}), "
+            f"k AS ({_CLAIM} SELECT customer_id, event_id, ts FROM v ORDER BY {CODE_POINT_ORDER} "
+            "ON CONFLICT DO NOTHING RETURNING customer_id, event_id) "
+            f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_V_COLUMNS} FROM v JOIN k USING (customer_id, event_id) "
+            "RETURNING customer_id, event_id")
 
 
 _SQLITE_ROWS_PER_INSERT = 5000
@@ -112,42 +128,39 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
         cursor.close()
 
 
-class _Taken(Exception):
-    """COPY wrote fewer rows than it was given: some event's key was taken."""
-
-
 def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
-    """COPY straight into ``usage_event`` (the common case: every event is new). If an
-    event exists already (a replay, or a concurrent writer of the same id), the key trigger
-    skips it and COPY writes fewer rows than it was given; its savepoint is rolled back and
-    the chunk goes through the staging table instead, whose INSERT RETURNING sorts the new
-    from the known."""
+    """COPY the keys, then the events (the common case: every event is new). If a key is
+    taken (a replay, or a concurrent writer of the same id), its primary key stops the COPY;
+    the savepoint is rolled back and the chunk goes through the staging table instead,
+    where ON CONFLICT DO NOTHING sorts the new from the known."""
     import psycopg
 
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute("SAVEPOINT usage_event_copy")
-        try:
-            with cursor.copy(f"COPY usage_event ({_COLUMNS}) FROM STDIN") as copy:
+        try:  # the keys first (their primary key stops the COPY on a taken one), then the events
+            with cursor.copy("COPY usage_event_key (customer_id, event_id, ts) FROM STDIN") as copy:
                 write = copy.write_row
                 for r in rows:
-                    write(_STORED(r))
-            if cursor.rowcount != len(rows):  # some key was taken: which ones, the staged insert says
-                raise _Taken()
-        except (_Taken, psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+                    write(_KEY_TS(r))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             # (two writers racing with the same new ids may each wait on the other's rows)
             cursor.execute("ROLLBACK TO SAVEPOINT usage_event_copy")
             cursor.execute("RELEASE SAVEPOINT usage_event_copy")
             return _insert_pg_staged(conn, rows)
         cursor.execute("RELEASE SAVEPOINT usage_event_copy")
+        with cursor.copy(f"COPY usage_event ({_COLUMNS}) FROM STDIN") as copy:
+            write = copy.write_row
+            for r in rows:
+                write(_STORED(r))
         return ALL_INSERTED
     finally:
         cursor.close()
 
 
 def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
-    """COPY into a temporary staging table, then one INSERT ... SELECT ... RETURNING the keys
-    this statement inserted (the key trigger skips the others)."""
+    """COPY into a temporary staging table, then one statement: claim the keys (ON CONFLICT
+    DO NOTHING), insert the events of the keys claimed, RETURNING them."""
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(
@@ -160,8 +173,10 @@ def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[s
             for r in rows:
                 write(_STORED(r))
         cursor.execute(
-            f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
-            f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id")
+            f"WITH k AS ({_CLAIM} SELECT customer_id, event_id, ts FROM usage_event_stage ORDER BY {CODE_POINT_ORDER} "
+            "ON CONFLICT DO NOTHING RETURNING customer_id, event_id) "
+            f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_V_COLUMNS} FROM usage_event_stage v "
+            "JOIN k USING (customer_id, event_id) RETURNING customer_id, event_id")
         inserted = {(c, e) for c, e in cursor.fetchall()}
         cursor.execute("TRUNCATE usage_event_stage")
         return inserted

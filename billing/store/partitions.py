@@ -5,11 +5,12 @@ partition a calendar month (UTC) named ``usage_event_yYYYYmMM``. Its keys includ
 partition column: primary key ``(id, ts, customer_id)``, unique ``(customer_id, event_id,
 ts)``. The idempotency key ``(customer_id, event_id)`` across months is held by the
 unpartitioned ``usage_event_key`` table (primary key ``(customer_id, event_id)``, and the
-event's ``ts``): a ``BEFORE INSERT`` row trigger claims the key with ``INSERT ... ON CONFLICT
-DO NOTHING`` and skips the event when it was claimed already, which is what ``ON CONFLICT
-DO NOTHING`` did on the one table (a concurrent claimer of the same key waits for the
-other's commit or rollback, as with a unique index). The key table outlives archiving: a
-replay of an archived event is still a duplicate.
+event's ``ts``): every insert path claims the keys first (``INSERT ... ON CONFLICT DO
+NOTHING RETURNING``, or a COPY that stops on a taken key) and writes the events of the keys
+it claimed, in the same transaction (``billing.store.event_store``, the quota commit's
+statement); a concurrent claimer of the same key waits for the other's commit or rollback,
+as with a unique index. (A row trigger did this first: it halved the ingestion rate.) The
+key table outlives archiving: an archived id sent again is never billed twice.
 
 Partitions are created ahead of time (``billing worker``'s ``partitions`` job) and on demand
 by the ingestion transaction for a late or backdated event (``Months.ensure``): under a
@@ -103,7 +104,7 @@ def create_month(run: Run, month: int) -> bool:
     low, high = month_start_us(month), month_start_us(month + 1)
     # CREATE TABLE ... PARTITION OF would lock usage_event against every writer until this
     # transaction ends; ATTACH takes SHARE UPDATE EXCLUSIVE (inserts go on). The CHECK
-    # spares ATTACH its scan; the parent's indexes and key trigger come with the attach.
+    # spares ATTACH its scan; the parent's indexes come with the attach.
     run(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS, "
         f"CONSTRAINT {name}_range CHECK (ts >= {low} AND ts < {high}))", (), False)
     run(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES FROM ({low}) TO ({high})", (), False)

@@ -3,9 +3,9 @@
 PostgreSQL only (SQLite keeps its one table): the events move to a table ``PARTITION BY
 RANGE (ts)`` with a partition per calendar month (UTC) named ``usage_event_yYYYYmMM``; its
 keys include ``ts`` (primary key ``(id, ts, customer_id)``, unique ``(customer_id,
-event_id, ts)``), and ``usage_event_key`` (primary key ``(customer_id, event_id)``) with a
-``BEFORE INSERT`` trigger keeps the client's idempotency key unique across months
-(``billing.store.partitions``). The id sequence carries over (ids keep increasing: the
+event_id, ts)``), and ``usage_event_key`` (primary key ``(customer_id, event_id)``, where
+every insert path claims an event's key first) keeps the client's idempotency key unique
+across months (``billing.store.partitions``). The id sequence carries over (ids keep increasing: the
 invoicing watermarks stay valid). Partitions: every month holding events, and the previous,
 current and next three months.
 
@@ -85,25 +85,12 @@ def upgrade() -> None:
                "FROM usage_event_old")
     op.execute(f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_old")
     op.execute("DROP TABLE usage_event_old")
-    op.execute("""CREATE FUNCTION usage_event_claim_key() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO usage_event_key (customer_id, event_id, ts) VALUES (NEW.customer_id, NEW.event_id, NEW.ts)
-    ON CONFLICT DO NOTHING;
-    IF FOUND THEN
-        RETURN NEW;
-    END IF;
-    RETURN NULL;
-END $$""")
-    op.execute("CREATE TRIGGER usage_event_claim_key BEFORE INSERT ON usage_event "
-               "FOR EACH ROW EXECUTE FUNCTION usage_event_claim_key()")
 
 
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    op.execute("DROP TRIGGER usage_event_claim_key ON usage_event")
-    op.execute("DROP FUNCTION usage_event_claim_key()")
     op.execute("ALTER TABLE usage_event RENAME TO usage_event_parted")
     for index in ("ix_usage_event_ts_customer", "ix_usage_event_unpriced", "ix_usage_event_flagged"):
         op.execute(f"ALTER INDEX {index} RENAME TO {index}_parted")

@@ -153,9 +153,8 @@ def test_every_insert_path_takes_event_rows_in_code_point_order(icu_engine):
         blocker = engine.raw_connection()
         results: dict[str, object] = {}
         try:
-            blocker.cursor().execute(  # (a time in a month that has its partition)
-                "INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) "
-                f"VALUES ('acme', 'C1', 'llm.call', {to_us(NOW)}, '{{}}', NULL, 0)")
+            blocker.cursor().execute(  # (holding the key, as a writer does: billing.store.partitions)
+                f"INSERT INTO usage_event_key (customer_id, event_id, ts) VALUES ('acme', 'C1', {to_us(NOW)})")
             threads = [threading.Thread(target=lambda: results.__setitem__("small", first.record(small).to_json())),
                        threading.Thread(target=lambda: results.__setitem__("big", second.record(big).to_json()))]
             threads[0].start()
