@@ -280,9 +280,8 @@ def verify(engine: Engine, directory: Path) -> dict[str, Any]:
     ranges = {}
     for entry in manifest["periods"]:
         if "invoice_id" in entry:
-            ranges.setdefault(entry["customer"], []).append(
-                (to_us(datetime.fromisoformat(entry["period_start"])), to_us(datetime.fromisoformat(entry["period_end"])),
-                 entry["invoice_id"]))
+            start, end = (to_us(datetime.fromisoformat(entry[k])) for k in ("period_start", "period_end"))
+            ranges.setdefault(entry["customer"], []).append((start, end, entry["invoice_id"]))
     events = 0
     for f in manifest["files"]:
         path = directory / f["name"]

@@ -96,7 +96,8 @@ def stripe_sync_job(ctx: JobContext) -> dict:
 
 
 JOBS: dict[str, Callable[[JobContext], dict]] = {
-    "partitions": partitions_job, "close": close_job, "outbox": outbox_job, "purge_holds": purge_holds_job, "stripe_sync": stripe_sync_job}
+    "partitions": partitions_job, "close": close_job, "outbox": outbox_job, "purge_holds": purge_holds_job,
+    "stripe_sync": stripe_sync_job}
 
 
 def unavailable(ctx: JobContext, name: str) -> str | None:
