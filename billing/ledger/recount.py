@@ -168,10 +168,15 @@ def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_
             if new == lo:
                 break
             lo = new
-        cursor.execute(f"DELETE FROM usage_counter WHERE customer_id = {ph} AND period_end > {ph}", [customer_id, lo])
+        # after an archive, the periods begun before its end keep their counters (their events are gone)
+        horizon = horizon_us(conn)
+        keep = "" if horizon is None else f" AND period_start >= {int(horizon)}"
+        cursor.execute(f"DELETE FROM usage_counter WHERE customer_id = {ph} AND period_end > {ph}{keep}",
+                       [customer_id, lo])
     finally:
         cursor.close()
-    _count(conn, views, customer_id, lo, before=before)
+    _count(conn, views, customer_id, lo if horizon is None else max(lo, horizon), before=before,
+           periods_from=horizon)
 
 
 def recount_all(conn: Connection, catalog: Catalog) -> None:
