@@ -16,8 +16,9 @@ from billing.errors import BillingError
 from billing.invoicing.service import Invoicing
 from billing.ledger.archive import archive, verify
 from billing.ledger.ingest import Ledger
-from billing.ledger.recount import recount_all
+from billing.ledger.recount import lock_for_recount, recount_all, recount_customer
 from billing.store import partitions
+from billing.store.types import to_us
 from tests.support.db import counter_rows
 from tests.support.ledger import CATALOG, _setup
 
@@ -88,6 +89,10 @@ def test_archive_refuses_open_or_unpaid_periods_then_moves_the_paid_ones(engine,
     assert invoicing.close(datetime(2026, 11, 2, tzinfo=UTC)).invoices == []
     with engine.begin() as conn:
         recount_all(conn, CATALOG)
+    assert counter_rows(engine) == counters
+    with engine.begin() as conn:  # (a subscription change's recount from before the archive's end)
+        lock_for_recount(conn)
+        recount_customer(conn, CATALOG, "acme", to_us(datetime(2026, 10, 1, tzinfo=UTC)))
     assert counter_rows(engine) == counters
     # a late event of the archived month is rejected alone; a replay of a November one is a duplicate
     late = ledger.record([ev("acme", "late", "2026-10-20T00:00:00Z"), ev("acme", "n0", "2026-11-03T00:00:00Z"),
