@@ -1,7 +1,7 @@
 """``billing events archive --before YYYY-MM``: the events of closed and paid periods moved
 out of the ledger into compressed files with a manifest, and ``verify`` of such an archive.
 
-1. The range is [the archive horizon (or the first event), the start of ``before``). Every
+1. The range is [the first event's month, the start of ``before``). Every
    customer's events there must lie in period invoices that are **paid**; else nothing
    happens and the error names the customers and why (no invoice: not closed; finalized:
    not paid...).
@@ -97,13 +97,13 @@ def archive(engine: Engine, before: str, out: Path, fmt: str = "jsonl",
         raise BillingError(f"--before {before} is after the current month: its periods are not closed",
                            code=ErrorCode.CONFLICT)
     high = partitions.month_start_us(month)
+    # archived events are gone, so what is left starts after them (and the events of an archive
+    # that failed midway, after moving the horizon, are taken again)
     with engine.connect() as conn:
-        horizon = partitions.horizon_us(conn) or 0
         first = conn.exec_driver_sql("SELECT MIN(ts) FROM usage_event").scalar()
-    low = max(horizon, int(first)) if first is not None else horizon
-    if low >= high:
+    if first is None or int(first) >= high:
         return {"before": before, "events": 0, "files": [], "periods": [], "note": "nothing to archive"}
-    low = partitions.month_start_us(partitions.month_of(low))
+    low = partitions.month_start_us(partitions.month_of(int(first)))
     problems, paid, total = _refusal(engine, low, high)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")

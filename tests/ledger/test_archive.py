@@ -176,3 +176,26 @@ def test_the_cli_refuses_then_archives(db_url, tmp_path, monkeypatch):
         engine_for(db_url).dispose()
         get_settings.cache_clear()
         engine_for.cache_clear()
+
+
+def test_an_archive_that_failed_midway_is_taken_again(engine, tmp_path, monkeypatch):
+    """Writing the files failed after the horizon moved: the events are still there, late
+    events of the range are refused already, and the next run archives them all."""
+    import billing.ledger.archive as archive_module
+
+    ledger, invoicing, invoices = _world(engine)
+    for invoice_id in invoices:
+        invoicing.mark_paid(invoice_id, NOW)
+    real = archive_module._write
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(archive_module, "_write", full_disk)
+    with pytest.raises(OSError):
+        archive(engine, "2026-11", tmp_path / "a", "jsonl", now=NOW)
+    assert _count(engine) == 85
+    assert ledger.record([ev("acme", "late", "2026-10-20T00:00:00Z")]).results[0].code == "bad_timestamp"
+    monkeypatch.setattr(archive_module, "_write", real)
+    assert archive(engine, "2026-11", tmp_path / "a", "jsonl", now=NOW)["events"] == 80
+    assert _count(engine) == 5 and verify(engine, tmp_path / "a")["ok"]
