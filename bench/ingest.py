@@ -98,6 +98,9 @@ def ingest(url: str, events: list[dict]) -> float:
     with engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM usage_event")
         conn.exec_driver_sql("DELETE FROM usage_counter")
+        if engine.dialect.name == "postgresql" and conn.exec_driver_sql(
+                "SELECT to_regclass('usage_event_key')").scalar() is not None:
+            conn.exec_driver_sql("DELETE FROM usage_event_key")  # (the keys outlive their events by design)
     t0 = time.perf_counter()
     result = ledger.record(events)
     seconds = time.perf_counter() - t0

@@ -61,6 +61,8 @@ def load(url: str, customers: int, events: int, plan: str) -> None:
     sql = f"INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) VALUES ({ph})"
     batch = []
     stamps = sorted(start_us + rng.randrange(span) for _ in range(events))  # events arrive in time order
+    with engine.begin() as conn:  # PostgreSQL's monthly partitions (written behind the ledger's back)
+        ensure_range(conn, start_us, start_us + span)
     for i in range(events):
         model = MODELS[i % 4]
         tin, tout = 1000 + rng.randrange(3000), 100 + rng.randrange(800)

@@ -6,6 +6,7 @@ import typer
 
 from billing.cli import client as client_cli
 from billing.cli import contracts, costs, events_unpriced, invoice, keys, ledger_cmds, plans  # noqa: F401 (events_unpriced: a command)
+from billing.cli import events_archive  # noqa: F401,E402 (commands)
 from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
 from billing.cli.serve import serve

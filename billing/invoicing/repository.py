@@ -286,10 +286,13 @@ def read_snapshot(conn: Connection, rate_keys: set[tuple[str, int]], check_keys:
                 continue
             starts = [s for _, s in keys]
             meter = f" AND meter = {ph}" if only_all else ""
+            # PostgreSQL: the customers named (a Citus cluster routes the read to their shards)
+            who = " AND customer_id = ANY(%s)" if pg else ""
             cursor.execute("SELECT customer_id, meter, period_start, period_end, units_carry, units_micro, events, "
                            f"cost_carry, cost_pico FROM usage_counter WHERE period_start >= {ph} "
-                           f"AND period_start <= {ph}{meter}",
-                           [min(starts), max(starts), *([ALL_EVENTS] if only_all else [])])
+                           f"AND period_start <= {ph}{meter}{who}",
+                           [min(starts), max(starts), *([ALL_EVENTS] if only_all else []),
+                            *([sorted({c for c, _ in keys})] if pg else [])])
             for customer, name, start, end, units_carry, units, events, cost_carry, cost in cursor.fetchall():
                 key = (customer, int(start))
                 if key in keys:

@@ -29,7 +29,7 @@ from billing.costs import CostBook
 from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.rating.meters import MEASURED
-from billing.store import event_store, repository
+from billing.store import event_store, partitions, repository
 from billing.alerts.budget import BudgetAlerts
 from billing.store.cost_prices import CostSource, connection_fetch
 from billing.store.retry import Retry
@@ -38,7 +38,7 @@ from billing.quota.alerts import alerts_on
 from billing.ledger.prepare import (TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, raw_key as _raw_key,
                                     reprice, warning_of)
 from billing.ledger.prepare_process import PrepareOptions
-from billing.store.types import to_us
+from billing.store.types import from_us, to_us
 
 
 class EventResult(NamedTuple):
@@ -155,6 +155,7 @@ class Ledger:
         # budget alerts of the customers a committed chunk recorded usage of (every door)
         self.alerts = BudgetAlerts(engine, catalog, clock) if alerts else None
         self.retry = Retry()
+        self.months = partitions.Months()  # usage_event's partitions known to exist (PostgreSQL)
 
     def close(self) -> None:
         """Close the connections the budget alerts keep."""
@@ -351,7 +352,9 @@ class Ledger:
                 stored = self._store_once(staged)
                 break
             except Exception as exc:
-                if not self.retry.retryable(exc, attempt):
+                self.months.forget()  # (a partition it created was rolled back; or one was dropped)
+                if not (self.retry.retryable(exc, attempt) or
+                        (partitions.missing_partition(exc) and attempt + 1 < self.retry.max_attempts)):
                     raise
                 staged.status[:], staged.problems = list(status), dict(problems)  # as before the attempt
         alerting.update(stored)
@@ -371,6 +374,7 @@ class Ledger:
             if len(customers) < len(named):
                 rows, index = _reject_unknown_customers(staged, rows, index, customers)
                 named = set(customers)
+            rows, index = self._place(conn, staged, rows, index)
             inserted = event_store.insert_events(conn, rows)
             # subscriptions are read after the insert (billing.ledger.recount relies on this order)
             views = subscription_views(repository.subscription_rows(session, named), customers, self.catalog)
@@ -391,6 +395,25 @@ class Ledger:
             session.close()
         _classify_copies(staged, stored)
         return self._alerted_customers(views, planner)
+
+    def _place(self, conn, staged: "_Staged", rows: list[Prepared],
+               index: list[int] | None) -> tuple[list[Prepared], list[int] | None]:
+        """Rejects (``bad_timestamp``) the rows of months ``billing events archive`` archived;
+        on PostgreSQL, creates the partitions the others' months lack (``billing.store.partitions``)."""
+        if not rows:
+            return rows, index
+        stamps = list(map(_TS, rows))
+        low = min(stamps)
+        horizon = partitions.horizon_us(conn)
+        if horizon is not None and low < horizon:
+            rows, index = _reject_archived(staged, rows, index, horizon)
+            stamps = list(map(_TS, rows))
+            if not rows:
+                return rows, index
+            low = min(stamps)
+        if conn.dialect.name == "postgresql":
+            self.months.ensure(partitions.sql_runner(conn), low, max(stamps), stamps)
+        return rows, index
 
     def _alerted_customers(self, views: list, planner: CounterPlanner) -> set[str]:
         """The customers on a plan with budget alerts whose current period a chunk's counters moved."""
@@ -494,6 +517,22 @@ def _reject_unknown_customers(staged: _Staged, rows: list[Prepared], index: list
     return kept_rows, kept_index
 
 
+def _reject_archived(staged: _Staged, rows: list[Prepared], index: list[int] | None,
+                     horizon: int) -> tuple[list[Prepared], list[int]]:
+    """The chunk's rows at or after the archive ``horizon`` and their positions; the others are rejected."""
+    kept_rows, kept_index = [], []
+    for i, p in _numbered(rows, index):
+        if p.ts >= horizon:
+            kept_rows.append(p)
+            kept_index.append(i)
+        else:
+            staged.status[i] = "rejected"
+            staged.problems[i] = (str(ErrorCode.BAD_TIMESTAMP),
+                                  f"timestamp is before {from_us(horizon).isoformat()}: the ledger's events "
+                                  "before then were archived (billing events archive)")
+    return kept_rows, kept_index
+
+
 def _classify_existing(staged: _Staged, missing: list[tuple[int, Prepared]],
                        stored: dict[tuple[str, str], tuple]) -> None:
     """Events whose id was stored already: a duplicate when the content matches, else a conflict."""
@@ -554,4 +593,5 @@ _ALERT_EVERY_S = 10.0  # a long import evaluates budget alerts this often (and a
 
 _KEY = itemgetter(0, 1)  # (customer, event id) of a Prepared row
 _CUSTOMER = itemgetter(0)
+_TS = itemgetter(3)
 _EVENT_ID = itemgetter(1)

@@ -29,6 +29,7 @@ from billing.catalog import Catalog
 from billing.events import tokens_of
 from billing.ledger.counters import DEFAULT_TASK_PROPERTY, CounterPlanner, SubscriptionView, subscription_views
 from billing.store.event_store import upsert_counters, upsert_tasks
+from billing.store.partitions import horizon_us
 from billing.store.models import Customer, Subscription
 from billing.store.types import from_us, to_us
 
@@ -85,7 +86,7 @@ def _events(conn: Connection, customer_id: str | None, from_ts: int | None) -> I
 
 
 def _count(conn: Connection, views: list[SubscriptionView], customer_id: str | None, from_ts: int | None, *,
-           tasks: bool = False, before: list[SubscriptionView] | None = None) -> None:
+           tasks: bool = False, before: list[SubscriptionView] | None = None, periods_from: int | None = None) -> None:
     """Add the counters (and with ``tasks`` the agent task usage) of the events from
     ``from_ts`` on. ``before``: the subscriptions the events were counted under; each event
     whose task they name otherwise is moved to the task ``views`` name."""
@@ -109,7 +110,10 @@ def _count(conn: Connection, views: list[SubscriptionView], customer_id: str | N
     finally:
         if enabled:
             gc.enable()
-    upsert_counters(conn, planner.deltas)
+    deltas = planner.deltas
+    if periods_from is not None:  # (a period begun before the archive horizon keeps its counters)
+        deltas = {k: v for k, v in deltas.items() if k[2] >= periods_from}
+    upsert_counters(conn, deltas)
     if add_task is not None:
         upsert_tasks(conn, planner.tasks, to_us(datetime.now(UTC)))
     if moves:
@@ -164,19 +168,31 @@ def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_
             if new == lo:
                 break
             lo = new
-        cursor.execute(f"DELETE FROM usage_counter WHERE customer_id = {ph} AND period_end > {ph}", [customer_id, lo])
+        # after an archive, the periods begun before its end keep their counters (their events are gone)
+        horizon = horizon_us(conn)
+        keep = "" if horizon is None else f" AND period_start >= {int(horizon)}"
+        cursor.execute(f"DELETE FROM usage_counter WHERE customer_id = {ph} AND period_end > {ph}{keep}",
+                       [customer_id, lo])
     finally:
         cursor.close()
-    _count(conn, views, customer_id, lo, before=before)
+    _count(conn, views, customer_id, lo if horizon is None else max(lo, horizon), before=before,
+           periods_from=horizon)
 
 
 def recount_all(conn: Connection, catalog: Catalog) -> None:
     """Rebuild every counter and all agent task usage from the stored events (clears the
-    ``counters_stale`` flag)."""
+    ``counters_stale`` flag). After ``billing events archive`` (events before the horizon
+    are gone), only the counters of periods that start at or after the horizon are rebuilt
+    (from the events from there on); the others, and agent task usage, stay as they are."""
     lock_for_recount(conn)
-    conn.exec_driver_sql("DELETE FROM usage_counter")
-    conn.exec_driver_sql("DELETE FROM agent_task_usage")
-    _count(conn, _views(conn, catalog, None), None, None, tasks=True)
+    horizon = horizon_us(conn)
+    if horizon is None:
+        conn.exec_driver_sql("DELETE FROM usage_counter")
+        conn.exec_driver_sql("DELETE FROM agent_task_usage")
+        _count(conn, _views(conn, catalog, None), None, None, tasks=True)
+    else:
+        conn.exec_driver_sql(f"DELETE FROM usage_counter WHERE period_start >= {int(horizon)}")
+        _count(conn, _views(conn, catalog, None), None, horizon, periods_from=horizon)
     conn.exec_driver_sql(f"DELETE FROM ledger_state WHERE name = '{STALE_FLAG}'")
 
 

@@ -115,8 +115,11 @@ def _counter_cte(name: str, is_max: bool, after: str | None = None) -> str:
 # empty): psycopg and the server prepare it once
 _WRITE_PG = (
     "WITH " + _rows_cte("ev", _EVENT_TYPES) + ", "
-    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT * FROM ev ORDER BY {CODE_POINT_ORDER} "
-    "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id), "
+    # usage_event is partitioned: the idempotency key is claimed in usage_event_key (billing.store.partitions)
+    f"ky AS (INSERT INTO usage_event_key (customer_id, event_id, ts) SELECT customer_id, event_id, ts FROM ev "
+    f"ORDER BY {CODE_POINT_ORDER} ON CONFLICT DO NOTHING RETURNING customer_id, event_id), "
+    f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT ev.* FROM ev JOIN ky USING (customer_id, event_id) "
+    f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id), "
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
@@ -134,7 +137,7 @@ _WRITE_PG = (
     "lt AS (INSERT INTO quota_late_commit (hold_id, customer_id, meter, event_id, units_micro, expired_at, "
     "committed_at) SELECT l.hold_id, l.customer_id, l.meter, l.event_id, l.units, l.expired_at, %s FROM lv l "
     f"JOIN ins USING (customer_id, event_id) WHERE {_after('tk')} ORDER BY l.hold_id COLLATE \"C\" "
-    "ON CONFLICT (hold_id) DO NOTHING) "
+    "ON CONFLICT (hold_id, customer_id) DO NOTHING) "
     "SELECT customer_id, event_id FROM ins")
 
 
@@ -201,12 +204,12 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: 
 _SETTLE = "UPDATE quota_hold SET status = 'committed', event_id = ?, settled_at = ? WHERE id = ? " \
           "AND status IN ('held', 'expired')"
 _LATE = ("INSERT INTO quota_late_commit (hold_id, customer_id, meter, event_id, units_micro, expired_at, committed_at) "
-         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hold_id) DO NOTHING")
+         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hold_id, customer_id) DO NOTHING")
 # after _SETTLE outside the batch: logged only if that settlement was this commit's
 _LATE_IF_SETTLED = ("INSERT INTO quota_late_commit (hold_id, customer_id, meter, event_id, units_micro, expired_at, "
                     "committed_at) SELECT id, customer_id, meter, event_id, units_micro, expires_at, settled_at "
                     "FROM quota_hold WHERE id = ? AND status = 'committed' AND event_id = ? AND settled_at = ? "
-                    "AND expires_at <= settled_at ON CONFLICT (hold_id) DO NOTHING")
+                    "AND expires_at <= settled_at ON CONFLICT (hold_id, customer_id) DO NOTHING")
 
 
 def not_inserted(run_all: Callable, commits: list, now_us: int,

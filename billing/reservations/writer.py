@@ -176,8 +176,9 @@ class QuotaWriter:
             tx.inserted = self._write_commits(execute, commits, read.sub_rows, now_us)
         if releases:
             where, params = id_list(pg, "id", sorted({hold[0] for _op, hold in releases}))
-            cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {where} "
-                          "AND status = 'held' RETURNING id", [now_us, *params])
+            who, customers = id_list(pg, "customer_id", sorted({hold[1] for _op, hold in releases}))
+            cur = execute(f"UPDATE quota_hold SET status = 'released', settled_at = ? WHERE {who} AND {where} "
+                          "AND status = 'held' RETURNING id", [now_us, *customers, *params])
             # SQLite cannot commit while a RETURNING statement is unfinished: read it now
             tx.releases = (releases, cur if pg else cur.fetchall())
         tx.commit_cur = execute("COMMIT")
@@ -253,8 +254,11 @@ class QuotaWriter:
                 planner.prime(op.ctx.subscription_id, to_us(op.ctx.period.start), to_us(op.ctx.period.end))
         contrib = contributions(planner, commits)
         tasks = task_rows(planner, commits)
-        write = write_pg if self.conns.pg else write_sqlite
-        return write(execute, commits, contrib, tasks, now_us)
+        if self.conns.pg:  # the events' months need their partitions (billing.store.partitions)
+            stamps = [p.ts for _op, p, _hold in commits]
+            q.ledger.months.ensure(_runner(execute), min(stamps), max(stamps), stamps)
+            return write_pg(execute, commits, contrib, tasks, now_us)
+        return write_sqlite(execute, commits, contrib, tasks, now_us)
 
     def _read_for_alerts(self, execute: Callable, commits: list[tuple], tx: "_Tx") -> None:
         """After the COMMIT: the committed usage of the committing customers with budget alerts."""
@@ -459,6 +463,14 @@ class _Tx:
             return self.same(op, hold, stored)
         except BillingError:
             return False
+
+
+def _runner(execute: Callable) -> Callable[[str, tuple, bool], list]:
+    """``billing.store.partitions.Run`` over this batch's ``execute``."""
+    def run(sql: str, params: tuple, rows: bool) -> list:
+        cur = execute(sql, params)
+        return cur.fetchall() if rows else []
+    return run
 
 
 def _conflict(request_id: str) -> BillingError:

@@ -10,11 +10,15 @@ same keys then wait for each other at most one way, never in a cycle. (SQLite ha
 writer: its inserts keep the arrival order, which is cheaper.)
 
 SQLite: ``INSERT ... ON CONFLICT DO NOTHING`` of the chunk in one transaction that holds
-the write lock. PostgreSQL: ``COPY`` straight into the table under a savepoint; when an
-event exists already, a staging table and ``INSERT ... SELECT ... ON CONFLICT DO
-NOTHING``. Either way the database's unique key decides which events are new, so
-concurrent writers never double-insert and an event reported accepted is one this
-transaction inserted.
+the write lock. PostgreSQL (``usage_event`` partitioned by month: ``billing.store.partitions``):
+the chunk's keys are claimed in ``usage_event_key`` first (its primary key is the
+idempotency key across months), then the events are written: ``COPY`` of the keys under a
+savepoint, then ``COPY`` of the events; when a key is taken, the savepoint is rolled back
+and the chunk goes through a staging table, where ``INSERT ... ON CONFLICT DO NOTHING
+RETURNING`` claims the new keys and the events of those follow in the same statement.
+Either way a unique key decides which events are new, so concurrent writers never
+double-insert and an event reported accepted is one this transaction inserted. (Events
+written behind the ledger's back, without their key, are not protected.)
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from billing.store.totals_sql import counter_row, counter_upsert, task_row, task
 _COLUMNS = "customer_id, event_id, type, ts, properties, model, cost_pico, unpriced, unmetered"
 _STORED = itemgetter(0, 1, 2, 3, 4, 5, 6, 8, 9)  # a Prepared row's stored columns
 _KEY = itemgetter(0, 1)  # (customer, event id)
+_KEY_TS = itemgetter(0, 1, 3)  # (customer, event id, ts): a usage_event_key row
+_CLAIM = "INSERT INTO usage_event_key (customer_id, event_id, ts)"
+_V_COLUMNS = ", ".join(f"v.{c.strip()}" for c in _COLUMNS.split(","))
 _NCOL = 9
 # (customer, event id) in the order Python sorts them (code points: the "C" collation of
 # UTF-8 text), whatever the database's default collation (en-US puts 'a1' before 'B1')
@@ -65,15 +72,26 @@ _PG_SMALL = 500  # up to this many rows a plain multi-row INSERT beats COPY + st
 
 
 def _insert_pg_small(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
+    """One statement: the keys claimed in ``usage_event_key`` (ON CONFLICT DO NOTHING), then
+    the events whose key this statement claimed."""
     cursor = conn.connection.driver_connection.cursor()
     try:
-        values = ",".join(["(" + ",".join(["%s"] * _NCOL) + ")"] * len(rows))
-        cursor.execute(f"INSERT INTO usage_event ({_COLUMNS}) VALUES {values} "
-                       "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
-                       list(chain.from_iterable(map(_STORED, rows))))
+        cursor.execute(_pg_small_insert(len(rows)), list(chain.from_iterable(map(_STORED, rows))))
         return {(c, e) for c, e in cursor.fetchall()}
     finally:
         cursor.close()
+
+
+_TYPED_ROW = "(%s, %s, %s, %s::bigint, %s::json, %s, %s::bigint, %s, %s)"
+
+
+@lru_cache(maxsize=64)
+def _pg_small_insert(n: int) -> str:
+    return (f"WITH v ({_COLUMNS}) AS (VALUES {','.join([_TYPED_ROW] * n)}), "
+            f"k AS ({_CLAIM} SELECT customer_id, event_id, ts FROM v ORDER BY {CODE_POINT_ORDER} "
+            "ON CONFLICT DO NOTHING RETURNING customer_id, event_id) "
+            f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_V_COLUMNS} FROM v JOIN k USING (customer_id, event_id) "
+            "RETURNING customer_id, event_id")
 
 
 _SQLITE_ROWS_PER_INSERT = 5000
@@ -111,34 +129,38 @@ def _insert_sqlite(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str,
 
 
 def _insert_pg(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]] | _All:
-    """COPY straight into ``usage_event`` (the common case: every event is new). If an
-    event exists already (a replay, or a concurrent writer of the same id), the unique key
-    stops the COPY; its savepoint is rolled back and the chunk goes through the staging
-    table instead, where ON CONFLICT DO NOTHING sorts the new from the known."""
+    """COPY the keys, then the events (the common case: every event is new). If a key is
+    taken (a replay, or a concurrent writer of the same id), its primary key stops the COPY;
+    the savepoint is rolled back and the chunk goes through the staging table instead,
+    where ON CONFLICT DO NOTHING sorts the new from the known."""
     import psycopg
 
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute("SAVEPOINT usage_event_copy")
-        try:
-            with cursor.copy(f"COPY usage_event ({_COLUMNS}) FROM STDIN") as copy:
+        try:  # the keys first (their primary key stops the COPY on a taken one), then the events
+            with cursor.copy("COPY usage_event_key (customer_id, event_id, ts) FROM STDIN") as copy:
                 write = copy.write_row
                 for r in rows:
-                    write(_STORED(r))
+                    write(_KEY_TS(r))
         except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             # (two writers racing with the same new ids may each wait on the other's rows)
             cursor.execute("ROLLBACK TO SAVEPOINT usage_event_copy")
             cursor.execute("RELEASE SAVEPOINT usage_event_copy")
             return _insert_pg_staged(conn, rows)
         cursor.execute("RELEASE SAVEPOINT usage_event_copy")
+        with cursor.copy(f"COPY usage_event ({_COLUMNS}) FROM STDIN") as copy:
+            write = copy.write_row
+            for r in rows:
+                write(_STORED(r))
         return ALL_INSERTED
     finally:
         cursor.close()
 
 
 def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[str, str]]:
-    """COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT DO
-    NOTHING RETURNING the keys this statement inserted."""
+    """COPY into a temporary staging table, then one statement: claim the keys (ON CONFLICT
+    DO NOTHING), insert the events of the keys claimed, RETURNING them."""
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(
@@ -151,9 +173,10 @@ def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[s
             for r in rows:
                 write(_STORED(r))
         cursor.execute(
-            f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_event_stage "
-            f"ORDER BY {CODE_POINT_ORDER} ON CONFLICT (customer_id, event_id) DO NOTHING "
-            "RETURNING customer_id, event_id")
+            f"WITH k AS ({_CLAIM} SELECT customer_id, event_id, ts FROM usage_event_stage ORDER BY {CODE_POINT_ORDER} "
+            "ON CONFLICT DO NOTHING RETURNING customer_id, event_id) "
+            f"INSERT INTO usage_event ({_COLUMNS}) SELECT {_V_COLUMNS} FROM usage_event_stage v "
+            "JOIN k USING (customer_id, event_id) RETURNING customer_id, event_id")
         inserted = {(c, e) for c, e in cursor.fetchall()}
         cursor.execute("TRUNCATE usage_event_stage")
         return inserted
@@ -162,7 +185,9 @@ def _insert_pg_staged(conn: Connection, rows: Sequence[Prepared]) -> set[tuple[s
 
 
 def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
-    """(customer, event id) -> (type, ts, properties dict) for keys already stored."""
+    """(customer, event id) -> (type, ts, properties dict) for keys already stored. On
+    PostgreSQL a key whose event was archived answers (None, its ts, None): equal to no event,
+    so an event sent again with that id is a conflict (``billing.store.partitions``)."""
     out: dict[tuple[str, str], tuple] = {}
     by_customer: dict[str, list[str]] = {}
     for customer, event_id in keys:
@@ -178,6 +203,13 @@ def existing_events(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[t
                     f"AND event_id IN ({','.join([ph] * len(part))})", [customer, *part])
                 for event_id, etype, ts, props in cursor.fetchall():
                     out[(customer, event_id)] = (etype, ts, json.loads(props) if isinstance(props, str) else props)
+        if ph == "%s" and len(out) < len(keys):  # a key whose event was archived: its time is kept
+            for customer, event_id in keys:
+                if (customer, event_id) not in out:
+                    cursor.execute("SELECT ts FROM usage_event_key WHERE customer_id = %s AND event_id = %s",
+                                   (customer, event_id))
+                    found = cursor.fetchone()
+                    out[(customer, event_id)] = (None, found[0] if found else None, None)  # (never equal)
     finally:
         cursor.close()
     return out

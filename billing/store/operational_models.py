@@ -24,7 +24,7 @@ class QuotaHold(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=40)
-    customer_id: str = Field(max_length=200)
+    customer_id: str = Field(primary_key=True, max_length=200)  # (in the key: distributed by customer)
     request_id: str = Field(max_length=200)
     key: str = Field(max_length=80)  # the meter or charge key asked for
     meter: str = Field(max_length=80)
@@ -59,7 +59,7 @@ class QuotaLateCommit(SQLModel, table=True):
     )
 
     hold_id: str = Field(primary_key=True, max_length=40)
-    customer_id: str = Field(max_length=200)
+    customer_id: str = Field(primary_key=True, max_length=200)  # (in the key: distributed by customer)
     meter: str = Field(max_length=80)
     event_id: str = Field(max_length=200)
     units_micro: int = Field(default=0, sa_type=BigInteger)  # what the hold had held

@@ -1,6 +1,8 @@
 """What each worker job does over one database. Each job returns a JSON-ready dict of
 counts; the runner adds the job name, its status and its time.
 
+- ``partitions``: PostgreSQL's monthly ``usage_event`` partitions for the previous, current
+  and next three months (``billing.store.partitions``; nothing to do on SQLite).
 - ``close``: ``Invoicing.close(as_of = now - close_grace_seconds)`` (idempotent; the close
   takes the ledger's close lock itself).
 - ``outbox``: one pass of the webhook dispatcher (needs a webhook URL and secret).
@@ -50,6 +52,12 @@ class JobContext:
         self._services.clear()
 
 
+def partitions_job(ctx: JobContext) -> dict:
+    from billing.store.partitions import ensure_ahead
+
+    return ensure_ahead(ctx.engine, ctx.clock())
+
+
 def close_job(ctx: JobContext) -> dict:
     from billing.invoicing.service import Invoicing
 
@@ -88,7 +96,8 @@ def stripe_sync_job(ctx: JobContext) -> dict:
 
 
 JOBS: dict[str, Callable[[JobContext], dict]] = {
-    "close": close_job, "outbox": outbox_job, "purge_holds": purge_holds_job, "stripe_sync": stripe_sync_job}
+    "partitions": partitions_job, "close": close_job, "outbox": outbox_job, "purge_holds": purge_holds_job,
+    "stripe_sync": stripe_sync_job}
 
 
 def unavailable(ctx: JobContext, name: str) -> str | None:

@@ -13,6 +13,7 @@ import pytest
 from sqlmodel import Session, func, select
 
 from billing.errors import BillingError, ErrorCode
+from billing.store.partitions import ensure_range
 from billing.store.models import CreditBurn, Invoice
 from tests.support.db import World, documents, invoicing_catalog
 
@@ -433,6 +434,8 @@ def test_event_committed_after_a_higher_id_is_not_lost(world):
     world.at(d(10, 20))
     world.record([ev("a", d(10, 5))])
     world.at(d(11, 1))
+    with world.engine.begin() as conn:
+        ensure_range(conn, to_us(d(10, 31, 23)), to_us(d(10, 31, 23)))  # (its month's partition)
     slow = world.engine.connect()  # an ingestion transaction that has its id but has not committed
     tx = slow.begin()
     slow.exec_driver_sql("INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) "

@@ -27,6 +27,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 
 from billing.invoicing.repository import CLOSE_LOCK
+from billing.store.partitions import ensure_range
 from billing.invoicing.service import Invoicing
 from billing.store.db import make_engine
 from billing.store.models import Customer, SeatChange, Subscription
@@ -62,6 +63,7 @@ def _bulk_events(engine, rows: list[tuple[str, str, object]]) -> None:
     """(customer, event id, time) request events, then every counter rebuilt from the events."""
     ph = ",".join(["%s" if engine.dialect.name == "postgresql" else "?"] * 7)
     with engine.begin() as conn:
+        ensure_range(conn, min(to_us(r[2]) for r in rows), max(to_us(r[2]) for r in rows))  # (partitions)
         conn.connection.driver_connection.cursor().executemany(
             f"INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) VALUES ({ph})",
             [(c, e, "request", to_us(ts), "{}", None, 0) for c, e, ts in rows])

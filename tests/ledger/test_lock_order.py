@@ -17,6 +17,7 @@ import pytest
 from billing.reservations.holds import Quota
 from billing.ledger.ingest import Ledger
 from billing.reservations.writer import QuotaWriter
+from billing.store.types import to_us
 from tests.support.ledger import CATALOG, _event, _setup, assert_derived_equal_recount, task_rows
 
 NOW = datetime(2026, 10, 20, tzinfo=UTC)
@@ -152,9 +153,8 @@ def test_every_insert_path_takes_event_rows_in_code_point_order(icu_engine):
         blocker = engine.raw_connection()
         results: dict[str, object] = {}
         try:
-            blocker.cursor().execute(
-                "INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) "
-                "VALUES ('acme', 'C1', 'llm.call', 0, '{}', NULL, 0)")
+            blocker.cursor().execute(  # (holding the key, as a writer does: billing.store.partitions)
+                f"INSERT INTO usage_event_key (customer_id, event_id, ts) VALUES ('acme', 'C1', {to_us(NOW)})")
             threads = [threading.Thread(target=lambda: results.__setitem__("small", first.record(small).to_json())),
                        threading.Thread(target=lambda: results.__setitem__("big", second.record(big).to_json()))]
             threads[0].start()
@@ -227,11 +227,14 @@ def test_the_quota_commit_statement_inserts_in_code_point_order(icu_engine):
     from billing.ledger.prepare import Prepared
     from billing.reservations.events import write_pg
     from billing.reservations.types import Hold
+    from billing.store.partitions import create_month, month_of
 
     rows = [Prepared("acme", k, "llm.call", 1, "{}", None, 0, {}) for k in ("a1", "B1", "b0", "A2")]
     raw = icu_engine.raw_connection()
     try:
         cur = raw.cursor()
+        create_month(lambda sql, params, _rows: cur.execute(sql, params).fetchall() if _rows else cur.execute(sql),
+                     month_of(1))  # (the ledger creates its events' months: this test writes directly)
         write_pg(lambda sql, params=(): cur.execute(sql.replace("?", "%s"), params),
                  [(None, p, Hold("h", "acme", "held", "llm.call", None, None, None, 10**15, None, "llm_calls", 0))
                   for p in rows], [], [], 0)

@@ -58,7 +58,20 @@ def pending_diff(url: str, metadata: sa.MetaData | None = None) -> list:
     with engine_for_url(url) as engine, engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
         diff = compare_metadata(context, metadata if metadata is not None else SQLModel.metadata)
-    return [d for d in diff if _table_of(d) in wanted]
+    return [d for d in diff if _table_of(d) in wanted and not (url.startswith("postgresql") and _partition_key(d))]
+
+
+def _partition_key(diff) -> bool:
+    """The one difference PostgreSQL's partitioned ``usage_event`` has by design
+    (``billing.store.partitions``): its unique key holds the partition column too,
+    ``(customer_id, event_id, ts)``, where the model says ``(customer_id, event_id)`` (kept
+    across months by ``usage_event_key``)."""
+    if isinstance(diff, list) or diff[0] not in ("add_constraint", "remove_constraint"):
+        return False
+    constraint = diff[1]
+    columns = [c.name for c in constraint.columns]
+    return (constraint.table.name == "usage_event" and isinstance(constraint, sa.UniqueConstraint)
+            and columns in (["customer_id", "event_id"], ["customer_id", "event_id", "ts"]))
 
 
 def table_names(url: str) -> set[str]:
@@ -148,9 +161,10 @@ def test_type_comparison_is_meaningful(empty_db_url):
         # UTCDateTime must be timestamptz on PostgreSQL: a plain timestamp column is a diff
         with engine_for_url(url) as engine, engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE invoice ALTER COLUMN created_at TYPE timestamp without time zone")
-            conn.exec_driver_sql("ALTER TABLE usage_event ALTER COLUMN ts TYPE integer")
+            # (ts is usage_event's partition key, which cannot change type: another of its columns)
+            conn.exec_driver_sql("ALTER TABLE usage_event ALTER COLUMN cost_pico TYPE integer")
         kinds = {(d[0][0], d[0][2], d[0][3]) for d in pending_diff(url) if isinstance(d, list)}
-        assert kinds == {("modify_type", "invoice", "created_at"), ("modify_type", "usage_event", "ts")}
+        assert kinds == {("modify_type", "invoice", "created_at"), ("modify_type", "usage_event", "cost_pico")}
 
 
 def test_events_from_before_0003_flag_the_counters_stale(empty_db_url):

@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 
 from billing.ledger.recount import recount_all
+from billing.store.partitions import ensure_range
 from billing.store.models import Customer, Invoice, SeatChange, Subscription
 from billing.store.types import to_us
 from tests.support.close_scenario import CATALOG, cli_env, write_plans
@@ -53,6 +54,7 @@ def due_ledger(engine, customers: int, started: datetime, events_each: int = 3,
             for i in range(events_each * max(1, span // (30 * 86_400)))]
     ph = ",".join(["%s" if engine.dialect.name == "postgresql" else "?"] * 7)
     with engine.begin() as conn:
+        ensure_range(conn, min(r[2] for r in rows), max(r[2] for r in rows))  # (PostgreSQL's monthly partitions)
         conn.connection.driver_connection.cursor().executemany(
             f"INSERT INTO usage_event (customer_id, event_id, type, ts, properties, model, cost_pico) VALUES ({ph})",
             [(c, e, "request", ts, "{}", None, 0) for c, e, ts in rows])
