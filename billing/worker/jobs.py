@@ -3,7 +3,9 @@ counts; the runner adds the job name, its status and its time.
 
 - ``close``: ``Invoicing.close(as_of = now - close_grace_seconds)`` (idempotent; the close
   takes the ledger's close lock itself).
-- ``outbox``: one pass of the webhook dispatcher (needs a webhook URL and secret).
+- ``outbox``: one pass of the webhook dispatcher: fan-out of new events to the endpoints
+  (``billing webhooks``, plus ``BILLING_WEBHOOK_URL`` as the implicit ``env`` one), then
+  delivery of the due ones.
 - ``purge_holds``: marks holds expired over a day ago as ``expired`` (housekeeping).
 - ``stripe_sync``: pushes finalized invoices and voids to Stripe (needs
   ``BILLING_STRIPE_API_KEY``).
@@ -65,7 +67,6 @@ def outbox_job(ctx: JobContext) -> dict:
     from billing.alerts.delivery import WebhookDispatcher
     from billing.alerts.outbox import Outbox
 
-    assert ctx.webhook_url and ctx.webhook_secret  # unavailable() keeps the job out otherwise
     dispatcher = ctx.cached("dispatcher", lambda: WebhookDispatcher(
         Outbox(ctx.engine, clock=ctx.clock), ctx.webhook_url, ctx.webhook_secret))
     return dispatcher.run_once()
@@ -93,8 +94,8 @@ JOBS: dict[str, Callable[[JobContext], dict]] = {
 
 def unavailable(ctx: JobContext, name: str) -> str | None:
     """Why the job cannot run with this configuration (None: it can)."""
-    if name == "outbox" and not (ctx.webhook_url and ctx.webhook_secret):
-        return "needs BILLING_WEBHOOK_URL and BILLING_WEBHOOK_SECRET (or --webhook-url / --webhook-secret)"
+    if name == "outbox" and bool(ctx.webhook_url) != bool(ctx.webhook_secret):
+        return "BILLING_WEBHOOK_URL and BILLING_WEBHOOK_SECRET go together (or --webhook-url / --webhook-secret)"
     if name == "stripe_sync":
         key = ctx.settings.stripe_api_key
         if key is None or not key.get_secret_value().strip():
