@@ -24,7 +24,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from billing.alerts.endpoints import matches
 from billing.alerts.events import iso
 from billing.store.operational_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookOutbox
-from billing.store.types import from_us
+from billing.store.types import from_us, to_us  # noqa: F401 (to_us: the replay callers)
 
 _out = WebhookOutbox.__table__
 _del = WebhookDelivery.__table__
@@ -125,7 +125,7 @@ def log(engine: Engine, *, endpoint: str | None = None, event: str | None = None
         attempts: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
         if ids:
             for a in conn.execute(select(_att).where(_att.c.delivery_id.in_(ids))
-                                  .order_by(_att.c.delivery_id, _att.c.attempt, _att.c.id)):
+                                  .order_by(_att.c.delivery_id, _att.c.id)):
                 attempts[a.delivery_id].append({"attempt": a.attempt, "at": iso(from_us(a.at)),
                                                 "status_code": a.status_code, "error": a.error,
                                                 "took_ms": a.took_ms})
