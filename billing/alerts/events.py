@@ -15,6 +15,7 @@ per crossing, never once per event.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -70,3 +71,33 @@ def enqueue_alert(conn: Connection, *, customer: str, rule: str, key: str, data:
     msg_id = message_id(f"alert:{rule}:{customer}:{key}")
     body = envelope(msg_id, "alert.triggered", customer, at, {"rule": rule, **data})
     return Outbox.enqueue(conn, msg_id, customer, "alert.triggered", body, to_us(at))
+
+
+def enqueue_events(conn: Connection, items: list[tuple[str, str, str, dict[str, Any]]], at: datetime) -> int:
+    """``enqueue_event`` for many changes of one transaction at once (a close's invoices):
+    ``items`` are (type, key, customer, data), written in message-id order; returns how many
+    were new."""
+    from sqlalchemy.dialects import postgresql as pg_dialect
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    from billing.store.operational_models import WebhookOutbox
+
+    if not items:
+        return 0
+    table = WebhookOutbox.__table__
+    at_us = to_us(at)
+    rows = []
+    for type_, key, customer, data in items:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown webhook event type {type_!r}")
+        msg_id = message_id(f"{type_}:{key}")
+        rows.append({"dedupe_id": msg_id, "customer_id": customer, "type": type_, "status": "pending", "attempts": 0,
+                     "payload": json.dumps(envelope(msg_id, type_, customer, at, data), default=str),
+                     "next_attempt_at": at_us, "created_at": at_us})
+    rows.sort(key=lambda r: r["dedupe_id"])
+    mod = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
+    new = 0
+    for start in range(0, len(rows), 500):
+        new += len(conn.execute(mod.insert(table).values(rows[start:start + 500]).on_conflict_do_nothing()
+                                .returning(table.c.id)).all())
+    return new

@@ -41,9 +41,11 @@ class Outbox:
         with self.engine.connect() as conn:
             return backlog(conn)
 
-    def rows(self, status: str | None = None) -> list[dict]:
+    def rows(self, status: str | None = None, *, type_: str | None = None) -> list[dict]:
         query = select(_outbox).order_by(_outbox.c.id)
         if status is not None:
             query = query.where(_outbox.c.status == status)
+        if type_ is not None:
+            query = query.where(_outbox.c.type == type_)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]

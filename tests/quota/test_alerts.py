@@ -38,10 +38,10 @@ def test_alerts_fire_once_and_queue_webhooks(any_engine):
     q = _quota(sqlite_engine, clock)
     events = _events(49)
     q.ledger.record(events)  # the ledger evaluates alerts after its commit (every door)
-    assert Outbox(sqlite_engine).rows() == []
+    assert Outbox(sqlite_engine).rows(type_="alert.triggered") == []
     r = q.reserve("acme", "messages")
     q.commit(r.id, {"properties": {"feature": "support-chat"}})  # the 50th message
-    rows = Outbox(sqlite_engine).rows()
+    rows = Outbox(sqlite_engine).rows(type_="alert.triggered")
     assert [json.loads(x["payload"])["data"]["subject"] for x in rows] == ["charge:messages:included"]
     payload = json.loads(rows[0]["payload"])
     assert payload["type"] == "alert.triggered" and payload["data"]["threshold_percent"] == "50"
@@ -50,4 +50,4 @@ def test_alerts_fire_once_and_queue_webhooks(any_engine):
     assert q.evaluate_alerts("acme") == []  # once per period and threshold
     more = _events(40, 100)
     q.ledger.record(more)  # 90 messages: 80% fires
-    assert [json.loads(x["payload"])["data"]["threshold_percent"] for x in Outbox(sqlite_engine).rows()] == ["50", "80"]
+    assert [json.loads(x["payload"])["data"]["threshold_percent"] for x in Outbox(sqlite_engine).rows(type_="alert.triggered")] == ["50", "80"]
