@@ -24,7 +24,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from billing.alerts.endpoints import matches
 from billing.alerts.events import iso
 from billing.store.operational_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookOutbox
-from billing.store.types import from_us, to_us  # noqa: F401 (to_us: the replay callers)
+from billing.store.types import from_us
 
 _out = WebhookOutbox.__table__
 _del = WebhookDelivery.__table__

@@ -19,6 +19,7 @@ from billing.alerts.events import enqueue_alert, enqueue_event
 from billing.alerts.outbox import Outbox
 from billing.alerts.signing import verify
 from billing.errors import BillingError
+from billing.store.types import to_us
 from tests.support.quota import NOW, Clock
 from tests.support.webhooks import Receiver
 
@@ -104,12 +105,12 @@ def test_dead_after_max_attempts_then_replayed(any_engine):
         assert (row["attempts"], row["last_error"]) == (3, "HTTP 500") and d.backoff(1) == 1 and d.backoff(4) == 8
         assert d.run_once()["delivered"] == 0  # dead stays dead
         # replay by event id: pending again, attempts reset, the log keeps the history
-        assert deliveries.replay(any_engine, deliveries.to_us(clock.now), events=[msg_id]) == 1
+        assert deliveries.replay(any_engine, to_us(clock.now), events=[msg_id]) == 1
         assert d.run_once()["delivered"] == 1
         # a new endpoint replays the event it never had; a second replay of the same re-sends
         late = eps.create(rx.url("/late"), now=NOW)
-        assert deliveries.replay(any_engine, deliveries.to_us(clock.now), events=[msg_id], endpoint=late["id"]) == 1
-        assert deliveries.replay(any_engine, deliveries.to_us(clock.now), events=["nope"]) == 0
+        assert deliveries.replay(any_engine, to_us(clock.now), events=[msg_id], endpoint=late["id"]) == 1
+        assert deliveries.replay(any_engine, to_us(clock.now), events=["nope"]) == 0
         assert d.run_once()["delivered"] == 1
     assert len(rx.at("/hooks")) == 4 and len(rx.at("/late")) == 1
     (row,), _ = deliveries.log(any_engine, endpoint=ep["id"])
