@@ -6,6 +6,8 @@ counts; the runner adds the job name, its status and its time.
 - ``outbox``: one pass of the webhook dispatcher: fan-out of new events to the endpoints
   (``billing webhooks``, plus ``BILLING_WEBHOOK_URL`` as the implicit ``env`` one), then
   delivery of the due ones.
+- ``alerts``: forecast alerts (``billing.alerts.forecast``: the run rate exhausts a budget
+  before the period ends), queued once per customer, period and subject.
 - ``purge_holds``: marks holds expired over a day ago as ``expired`` (housekeeping).
 - ``stripe_sync``: pushes finalized invoices and voids to Stripe (needs
   ``BILLING_STRIPE_API_KEY``).
@@ -72,6 +74,12 @@ def outbox_job(ctx: JobContext) -> dict:
     return dispatcher.run_once()
 
 
+def alerts_job(ctx: JobContext) -> dict:
+    from billing.alerts.forecast import forecast_alerts
+
+    return forecast_alerts(ctx.engine, ctx.catalog, ctx.clock())
+
+
 def purge_holds_job(ctx: JobContext) -> dict:
     from billing.reservations.holds import Quota
 
@@ -89,7 +97,7 @@ def stripe_sync_job(ctx: JobContext) -> dict:
 
 
 JOBS: dict[str, Callable[[JobContext], dict]] = {
-    "close": close_job, "outbox": outbox_job, "purge_holds": purge_holds_job, "stripe_sync": stripe_sync_job}
+    "close": close_job, "alerts": alerts_job, "outbox": outbox_job, "purge_holds": purge_holds_job, "stripe_sync": stripe_sync_job}
 
 
 def unavailable(ctx: JobContext, name: str) -> str | None:
