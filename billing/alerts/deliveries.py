@@ -46,13 +46,13 @@ def _targets(conn: Connection, env: bool) -> list[tuple[str, list[str]]]:
 
 def fan_out(engine: Engine, now_us: int, *, env: bool, limit: int = 500) -> int:
     """Turn up to ``limit`` pending outbox events into deliveries; returns the events done."""
-    with engine.connect() as conn:
-        ids = conn.execute(select(_out.c.id).where(_out.c.status == "pending").order_by(_out.c.id)
-                           .limit(limit)).scalars().all()
-        conn.rollback()
-    if not ids:
-        return 0
     with engine.begin() as conn:
+        pending = select(_out.c.id).where(_out.c.status == "pending").order_by(_out.c.id).limit(limit)
+        if conn.dialect.name == "postgresql":  # rows locked in id order; another dispatcher's skipped
+            pending = pending.with_for_update(skip_locked=True)
+        ids = conn.execute(pending).scalars().all()
+        if not ids:
+            return 0
         taken = conn.execute(update(_out).where(_out.c.id.in_(ids), _out.c.status == "pending")
                              .values(status="dispatched", delivered_at=now_us)
                              .returning(_out.c.id, _out.c.type)).all()

@@ -117,8 +117,9 @@ class WebhookDispatcher:
         started = time.monotonic()
         status_code = None
         try:
-            response = self.client.post(endpoint["url"], content=body, headers=sent)
-            status_code = response.status_code
+            # the answer's body is never read (a receiver cannot make the dispatcher hold megabytes)
+            with self.client.stream("POST", endpoint["url"], content=body, headers=sent) as response:
+                status_code = response.status_code
             ok, error = 200 <= status_code < 300, f"HTTP {status_code}"
         except Exception as exc:  # noqa: BLE001 - any transport problem is a retry
             ok, error = False, f"{type(exc).__name__}: {exc}"

@@ -1,7 +1,7 @@
 """Webhook delivery over loopback HTTP: fan-out to every matching endpoint, Standard
 Webhooks signatures each receiver verifies with its own secret, retries with backoff, the
 delivery log, dead deliveries and replay; the implicit BILLING_WEBHOOK_URL endpoint; two
-dispatchers never deliver the same row (PostgreSQL)."""
+dispatchers never deliver the same row (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -180,10 +180,7 @@ def test_endpoint_rules_are_named_errors(sqlite_engine):
     assert eps.delete(ep["id"]) and not eps.delete(ep["id"]) and eps.list() == ([], False)
 
 
-@pytest.mark.postgres
 def test_two_dispatchers_never_deliver_the_same_row(any_engine):
-    if any_engine.dialect.name != "postgresql":
-        pytest.skip("concurrent claims: PostgreSQL (SQLite writes one at a time)")
     with Receiver(delay=0.002) as rx:
         eps = Endpoints(any_engine)
         eps.create(rx.url("/a"), now=NOW)
