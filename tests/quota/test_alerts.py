@@ -51,3 +51,19 @@ def test_alerts_fire_once_and_queue_webhooks(any_engine):
     more = _events(40, 100)
     q.ledger.record(more)  # 90 messages: 80% fires
     assert [json.loads(x["payload"])["data"]["threshold_percent"] for x in Outbox(sqlite_engine).rows(type_="alert.triggered")] == ["50", "80"]
+
+
+def test_whale_detection_on_a_plan_with_alerts_but_no_margin_floor():
+    """Provider cost above revenue to date (the margin floor's rule at 0 %): ``whale``."""
+    plan = CAT.get("support-chatbot", 1)  # $20 flat, 100 messages included, no cost guard
+    earned = D(20) * D("9.5") / D(31)  # the flat fee's part earned by NOW (Oct 10 12:00)
+    usage = {"messages": MeterUsage(D(50), D(0), 50)}  # within the allowance: no usage revenue
+
+    def whale(cost):
+        state = UsageState(now=NOW, period_start=T0, period_end=T0 + timedelta(days=31), usage=usage,
+                           provider_cost=cost)
+        return [(a.value, a.limit) for a in reached(plan, state) if a.subject == "whale"]
+
+    assert whale(earned) == []  # cost equal to revenue: not above it
+    assert whale(earned + D("0.01")) == [(earned + D("0.01"), earned)]
+    assert whale(D(0)) == []
