@@ -85,7 +85,9 @@ def bodies(post, variant: str) -> dict[str, tuple[str, dict]]:
                                                           {"plan": "summed", "at": T0.isoformat()}),
             "/v1/customers/{customer_id}/seats": (f"/v1/customers/{customer}/seats", {"seats": 2}),
             "/v1/stripe/webhook": ("/v1/stripe/webhook", {"id": "evt_1", "type": "invoice.paid"}),
-            "/v1/otlp/v1/traces": ("/v1/otlp/v1/traces", {"resourceSpans": []})}
+            "/v1/otlp/v1/traces": ("/v1/otlp/v1/traces", {"resourceSpans": []}),
+            "/v1/webhook_endpoints": ("/v1/webhook_endpoints", {"url": f"https://hooks.example/{variant}"}),
+            "/v1/webhook_deliveries/replay": ("/v1/webhook_deliveries/replay", {"events": [f"none-{variant}"]})}
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
