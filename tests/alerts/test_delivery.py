@@ -208,3 +208,21 @@ def test_two_dispatchers_never_deliver_the_same_row(any_engine):
     assert set(seen.values()) == {1}  # no row sent twice
     assert sum(c["delivered"] for c in counts) == 300 and sum(c["events"] for c in counts) == 150
     assert all(c["delivered"] > 0 for c in counts)  # both did share the work
+
+
+def test_a_lost_answer_is_sent_again_with_the_same_id(sqlite_engine):
+    """The receiver got the POST but its answer never came back in time: the delivery is
+    retried (at least once) under the same webhook-id, which the receiver dedupes on."""
+    clock = Clock()
+    with Receiver(delay=0.6) as rx:
+        Endpoints(sqlite_engine).create(rx.url(), now=NOW)
+        (msg_id,) = _queue(sqlite_engine, 1)
+        d = WebhookDispatcher(Outbox(sqlite_engine, clock=clock), timeout=0.2, base_delay=1)
+        assert d.run_once()["retried"] == 1
+        (row,), _ = deliveries.log(sqlite_engine)
+        assert row["last_status_code"] is None and "Timeout" in row["last_error"]
+        d.client.close()
+        d = WebhookDispatcher(Outbox(sqlite_engine, clock=clock), timeout=5, base_delay=1)
+        clock.now += timedelta(seconds=2)
+        assert d.run_once()["delivered"] == 1
+    assert [h["webhook-id"] for h, _ in rx.at("/hooks")] == [msg_id, msg_id]
