@@ -4,7 +4,9 @@ Every door into the ledger (``Ledger.record``: the HTTP batch, ``billing events 
 the Python client; and quota commits) calls ``BudgetAlerts`` after its transaction
 committed, for the customers it recorded usage of. Each threshold of a period fires once:
 the ``budget_alert`` row's primary key decides, and the same transaction queues one
-``budget.threshold_reached`` webhook in the outbox. Evaluating after the commit (never
+``alert.triggered`` webhook in the outbox (``billing.alerts.events.enqueue_alert``; rule
+``threshold``, ``cost_guard`` for a cost cap, ``whale`` for a margin floor or cost above
+revenue). Evaluating after the commit (never
 inside it) means that of two racing writers at least one sees both writes: a threshold is
 never missed, and a failed evaluation never loses usage (the next write evaluates again).
 """
@@ -23,7 +25,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from billing.catalog import Catalog
 from billing.errors import BillingError
-from billing.alerts.outbox import Outbox
+from billing.alerts.events import enqueue_alert, iso
 from billing.store.operational_models import BudgetAlertRow
 from billing.reservations.sql import (
     MICRO, PICO, Connections, Context, batch_counters_query, counter_values, load_contexts, make_state, parse_state,
@@ -141,21 +143,22 @@ class BudgetAlerts:
                 if not new:
                     continue
                 fired.append(alert)
-                dedupe = f"budget:{customer}:{start_us}:{alert.subject}:{threshold}"
-                Outbox.enqueue(conn, dedupe, customer, "budget.threshold_reached",
-                               _payload(dedupe, ctx, now, alert), now_us)
+                enqueue_alert(conn, customer=customer, rule=rule_of(alert.subject),
+                              key=f"{start_us}:{alert.subject}:{threshold}", data=_data(ctx, alert), at=now)
         if len(self._fired) > 100_000:
             self._fired.clear()
         self._fired.update(seen)  # only once the transaction committed
         return fired
 
 
-def _payload(dedupe: str, ctx: Context, now: datetime, alert: Alert) -> dict[str, Any]:
-    return {"id": dedupe, "type": "budget.threshold_reached", "customer": ctx.customer,
-            "plan": {"id": ctx.plan.plan, "version": ctx.plan.version},
-            "period": {"start": _iso(ctx.period.start), "end": _iso(ctx.period.end)},
-            "created_at": _iso(now), **alert.to_json()}
+def rule_of(subject: str) -> str:
+    if subject == "cost_guard:cost_cap":
+        return "cost_guard"
+    if subject in ("cost_guard:margin_floor", "whale"):
+        return "whale"
+    return "threshold"
 
 
-def _iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
+def _data(ctx: Context, alert: Alert) -> dict[str, Any]:
+    return {"plan": {"id": ctx.plan.plan, "version": ctx.plan.version},
+            "period": {"start": iso(ctx.period.start), "end": iso(ctx.period.end)}, **alert.to_json()}

@@ -156,6 +156,10 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(stripe_webhook.router)  # POST /v1/stripe/webhook
     app.include_router(reports.router)  # GET /reports/margins
     app.include_router(contracts_router)  # /v1/subscriptions/{id}/contract, overrides, coupons, commitments
+    from billing.api.webhook_endpoints import router as webhooks_router
+
+    app.include_router(webhooks_router)  # /v1/webhook_endpoints, /v1/webhook_deliveries
+    app.state.webhook_env = bool(webhook_url and webhook_secret)  # the implicit "env" endpoint
     telemetry.install(app, Outbox(engine, clock=clock))  # X-Request-Id on every response, GET /metrics
     for extra in extra_routers:
         app.include_router(extra)

@@ -9,6 +9,7 @@ from billing.cli import contracts, costs, events_unpriced, invoice, keys, ledger
 from billing.cli import events_archive  # noqa: F401,E402 (commands)
 from billing.cli import report as report_cli
 from billing.cli import stripe as stripe_cli
+from billing.cli import webhooks as webhooks_cli
 from billing.cli.serve import serve
 from billing.cli.simulate import simulate
 from billing.cli.advise import advise
@@ -32,6 +33,7 @@ app.add_typer(report_cli.app, name="report")
 app.command("simulate")(simulate)
 app.command("advise")(advise)
 app.add_typer(keys.app, name="keys")
+app.add_typer(webhooks_cli.app, name="webhooks")
 app.add_typer(client_cli.app, name="client")
 app.command("serve")(serve)
 app.command("demo")(demo)

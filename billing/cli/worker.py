@@ -1,5 +1,5 @@
-"""`billing worker`: run the scheduled jobs (period closes, the webhook outbox, hold
-purging, Stripe sync) apart from `billing serve`; several workers may run at once."""
+"""`billing worker`: run the scheduled jobs (period closes, forecast alerts, the webhook
+outbox, hold purging, Stripe sync) apart from `billing serve`; several workers may run at once."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import typer
 def worker(
     once: Annotated[bool, typer.Option("--once", help="Run each job once and exit (for cron and tests).")] = False,
     jobs: Annotated[str | None, typer.Option(
-        "--jobs", help="Comma-separated: close, outbox, purge_holds, stripe_sync (default: every configured one).")]
+        "--jobs", help="Comma-separated: close, alerts, outbox, purge_holds, stripe_sync (default: every configured one).")]
     = None,
     interval: Annotated[list[str] | None, typer.Option(
         "--interval", help="Seconds between runs: N for every job, or JOB=N (repeatable).")] = None,
     webhook_url: Annotated[str | None, typer.Option(
-        envvar="BILLING_WEBHOOK_URL", help="The outbox job delivers webhooks to this URL.")] = None,
+        envvar="BILLING_WEBHOOK_URL",
+        help="The outbox job also delivers every webhook to this URL (the implicit 'env' endpoint).")] = None,
     webhook_secret: Annotated[str | None, typer.Option(
-        envvar="BILLING_WEBHOOK_SECRET", help="HMAC secret signing the webhooks.")] = None,
+        envvar="BILLING_WEBHOOK_SECRET", help="The secret signing the 'env' endpoint's webhooks.")] = None,
 ) -> None:
     """Run the background jobs on BILLING_DATABASE_URL and BILLING_PLANS_DIR, printing one JSON
     line per job run. Two workers never run the same job at once (the other skips it).

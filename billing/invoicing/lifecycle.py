@@ -22,6 +22,7 @@ from enum import StrEnum
 from sqlalchemy import Engine, select, update
 from sqlmodel import Session
 
+from billing.alerts.lifecycle import document_moved
 from billing.errors import BillingError, ErrorCode
 from billing.store.models import Invoice
 from billing.store.retry import Retry
@@ -144,7 +145,10 @@ def _attempt(engine: Engine, invoice_id: int, action: Action, at: datetime) -> b
         if stamp is not None:
             condition.append(table.c[stamp].is_(None))
             values[stamp] = at
-        return True if conn.execute(update(table).where(*condition).values(**values)).rowcount == 1 else None
+        if conn.execute(update(table).where(*condition).values(**values)).rowcount != 1:
+            return None
+        document_moved(conn, row, target.value, at)  # its webhook, in the same transaction
+        return True
 
 
 def _read(engine: Engine, invoice_id: int) -> Invoice:

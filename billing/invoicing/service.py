@@ -49,6 +49,7 @@ from billing.invoicing import repository as repo
 from billing.invoicing.documents import PICO, correction_key, doc_base, invoice_key, invoice_row, line_rows
 from billing.invoicing.late import Correction, late_changes
 from billing.invoicing.lifecycle import Action
+from billing.alerts.lifecycle import documents_finalized
 from billing.invoicing.usage import (
     SubscriptionRow, alone_in_period, counter_usage, late_detectable, period_events, period_key, plan_is_countable)
 from billing.invoicing.windows import Window, rate_windows
@@ -342,6 +343,7 @@ class Invoicing:
         """Finalizes and writes the batch's invoices, their recheck counts and credit burns."""
         self._finalize(batch.docs, repo.take_numbers(conn, "INV", len(batch.docs)), "INV", now)
         ids = repo.insert_invoices(conn, batch.docs, batch.lines)
+        documents_finalized(conn, batch.docs, ids, now)  # invoice.finalized webhooks, same transaction
         repo.insert_rechecks(conn, [{"invoice_id": i, "watermark": watermark, "events": n}
                                     for i, n in zip(ids, batch.events) if n is not None])
         self._record_burns(conn, ids, batch.burns, batch.lines)
@@ -355,6 +357,7 @@ class Invoicing:
         note_lines = [fix.lines for fix in credit_notes]
         self._finalize(note_docs, repo.take_numbers(conn, "CN", len(note_docs)), "CN", now)
         note_ids = repo.insert_invoices(conn, note_docs, note_lines)
+        documents_finalized(conn, note_docs, note_ids, now)  # credit_note.created webhooks
         self._record_burns(conn, note_ids, [{}] * len(note_ids), note_lines)
         return note_ids
 

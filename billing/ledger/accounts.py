@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from billing.invoicing.lifecycle import InvoiceStatus
+from billing.alerts.lifecycle import subscription_changed
 from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
 from billing.events import instant_problem
@@ -214,6 +215,11 @@ class Accounts:
             s.add(SeatChange(subscription_id=sub.id, effective_at=at, seats=seats, created_at=at))
             s.flush()
             recount_customer(conn, self.catalog, customer_id, to_us(at), before)  # events it covers may be stored
+            if previous_id is None:  # its webhook, in the same transaction (a plan change: updated)
+                subscription_changed(conn, "subscription.created", str(sub.id), sub, at, seats=seats)
+            else:
+                subscription_changed(conn, "subscription.updated", f"{sub.id}:plan", sub, at, seats=seats,
+                                     change="plan")
             s.commit()
             s.refresh(sub)
         return sub
@@ -243,6 +249,9 @@ class Accounts:
         with self._session() as s:
             _not_invoiced(s, sub, at, "change its seats")
             s.add(change)
+            s.flush()
+            subscription_changed(s.connection(), "subscription.updated", f"{sub.id}:seats:{change.id}", sub, at,
+                                 seats=seats, change="seats")
             s.commit()
         return change
 
@@ -260,6 +269,8 @@ class Accounts:
             s.add(row)
             s.flush()
             recount_customer(conn, self.catalog, customer_id, to_us(at), before)  # events after `at` may be counted
+            if status == "canceled":  # (a plan change's "replaced": the new one's subscription.updated)
+                subscription_changed(conn, "subscription.canceled", str(row.id), row, at)
             s.commit()
             s.refresh(row)
         return row

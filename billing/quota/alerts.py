@@ -10,7 +10,9 @@ fired and queues a webhook for each new one):
 * ``budget`` — the plan's usage spend of ``budget_alerts.budget``;
 * ``cost_guard:cost_cap`` / ``cost_guard:margin_floor`` (threshold 100) — the provider
   cost passed the plan's cost guard (``billing.quota.guards.alert_measures``): the guard's
-  alert, recorded whatever its policy.
+  alert, recorded whatever its policy;
+* ``whale`` (threshold 100) — a plan with alerts but no margin floor: the provider cost
+  passed the revenue to date (the margin floor's rule at 0 %).
 
 Only committed usage counts (holds are not usage yet). The forecast
 (``billing.reports.forecast``) projects the same measures, under the same names.
@@ -70,8 +72,9 @@ def alerts_on(plan: Plan) -> bool:
 
 
 def guard_alerts(plan: Plan, state: UsageState) -> list[Alert]:
-    """The cost guards the committed provider cost has passed (value > limit), at 100 %."""
-    if plan.cost_guard is None:
+    """The cost guards the committed provider cost has passed (value > limit), at 100 %,
+    and the whale measure (``alert_measures``)."""
+    if not alerts_on(plan):
         return []
     spend = sum((c.spend for c in charge_spends(plan, state)), ZERO)
     credits = sum((a for a, _ in plan_credit_amount(plan, state.seats)), ZERO) + sum(

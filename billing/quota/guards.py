@@ -116,16 +116,18 @@ class GuardMeasure:
 
 def alert_measures(plan: Plan, state: Any, usage_spend: Decimal, credits: Decimal) -> list[GuardMeasure]:
     """``cost_cap`` and ``margin_floor`` on committed usage (``state.provider_cost``), for
-    the budget alert path; the task guard is reported by the decision of the task's calls."""
+    the budget alert path; the task guard is reported by the decision of the task's calls.
+    Whale detection: a plan without a margin floor still alerts once provider cost exceeds
+    revenue to date (``whale``: the margin floor's rule at 0 %); with a floor, the floor's
+    own alert is the whale alert."""
     spec = plan.cost_guard
-    if spec is None:
-        return []
     out = []
-    if spec.cost_cap is not None:
+    if spec is not None and spec.cost_cap is not None:
         out.append(GuardMeasure("cost_guard:cost_cap", state.provider_cost, spec.cost_cap.amount))
-    if spec.margin_floor is not None:
-        limit = margin_limit(spec.margin_floor.percent, revenue_to_date(plan, state, usage_spend, credits))
-        out.append(GuardMeasure("cost_guard:margin_floor", state.provider_cost, limit))
+    floor = spec.margin_floor.percent if spec is not None and spec.margin_floor is not None else None
+    limit = margin_limit(floor if floor is not None else ZERO,
+                         revenue_to_date(plan, state, usage_spend, credits))
+    out.append(GuardMeasure("cost_guard:margin_floor" if floor is not None else "whale", state.provider_cost, limit))
     return out
 
 

@@ -42,6 +42,7 @@ from billing.catalog import Catalog
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.ingest import Ledger
 from billing.store.models import UsageEventRow
+from billing.alerts.decisions import DecisionNotices
 from billing.alerts.outbox import Outbox
 from billing.ledger.prepare import UNPRICED_MODEL
 from billing.store.operational_models import BudgetAlertRow, QuotaHold
@@ -96,6 +97,8 @@ class Quota:
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.alerts = alerts  # evaluate budget alerts after commits and ingested events
+        # quota.exhausted and task-guard alerts from decisions, once per crossing
+        self.notices = DecisionNotices(engine, clock, enabled=alerts)
         self._fired: set[tuple[str, int, str, Decimal]] = set()
         self.conns = Connections(engine)
         self.inline_reads = not self.conns.pg  # SQLite reads are local: cheaper than a thread hop
@@ -182,12 +185,15 @@ class Quota:
             usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
-            return self._warned(decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request),
-                                request, now)
+            decision = decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request)
+            self.notices.after(ctx, request, decision)
+            return self._warned(decision, request, now)
         with self.conns.read() as conn:  # in-memory SQLite
             ctx = self.context(conn, customer, now)
             state = usage_state(self.conns, conn, ctx, now, task)
-        return self._warned(decide(ctx.plan, state, request), request, now)
+        decision = decide(ctx.plan, state, request)
+        self.notices.after(ctx, request, decision)
+        return self._warned(decision, request, now)
 
     def estimated(self, request: QuotaRequest) -> QuotaRequest:
         """``request`` with its provider cost estimated when the caller gave none but named a
@@ -252,7 +258,9 @@ class Quota:
         for op, state in zip(live, states):
             try:
                 op.request = self.estimated(op.request)
-                op.result = self._warned(decide(op.ctx.plan, state, op.request), op.request, now)
+                decision = decide(op.ctx.plan, state, op.request)
+                self.notices.after(op.ctx, op.request, decision)
+                op.result = self._warned(decision, op.request, now)
             except BillingError as exc:
                 op.error = exc
 
@@ -284,8 +292,9 @@ class Quota:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
         storable_text("request_id", request_id)
         request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth))
-        reservation = self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl,
-                                            request_id=request_id))
+        op = Op("reserve", customer=customer, request=request, ttl=ttl, request_id=request_id)
+        reservation = self.writer.submit(op)
+        self.notices.after(op.ctx, request, reservation.decision)  # quota.exhausted, task guard: once
         warnings = self.model_warnings(model, self.clock())
         return replace(reservation, warnings=warnings) if warnings else reservation
 

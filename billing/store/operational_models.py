@@ -1,5 +1,5 @@
 """Tables of quota holds, late commits, rate windows, agent task usage, budget alerts, the
-webhook outbox, API keys and idempotency records of HTTP requests. Same conventions as ``billing.store.models``: instants as integer
+webhook outbox, webhook endpoints, deliveries and attempts, API keys and idempotency records of HTTP requests. Same conventions as ``billing.store.models``: instants as integer
 microseconds since the Unix epoch (UTC), units in micro-units, provider cost in pico.
 
 Imported by ``migrations/env.py`` so Alembic sees these tables.
@@ -127,6 +127,58 @@ class WebhookOutbox(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     created_at: int = Field(sa_type=BigInteger)
     delivered_at: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """Where webhooks go (``billing webhooks``, ``/v1/webhook_endpoints``): a URL, its
+    Standard Webhooks secret, the event types it receives (JSON list; empty: every type)."""
+
+    __tablename__ = "webhook_endpoint"
+
+    id: str = Field(primary_key=True, max_length=40)  # we_<hex>
+    url: str = Field(max_length=2000)
+    secret: str = Field(max_length=120)  # whsec_<base64>
+    event_types: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON list
+    description: str | None = Field(default=None, max_length=500)
+    status: str = Field(default="enabled", max_length=20)  # enabled | disabled
+    created_at: int = Field(sa_type=BigInteger)
+    updated_at: int = Field(sa_type=BigInteger)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One outbox event for one endpoint (fan-out): retried with backoff until delivered or
+    dead; ``billing webhooks replay`` makes it pending again."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (UniqueConstraint("outbox_id", "endpoint_id", name="uq_webhook_delivery_event_endpoint"),
+                      Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+                      Index("ix_webhook_delivery_endpoint", "endpoint_id", "id"))
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    outbox_id: int = Field(sa_type=BigInteger)  # webhook_outbox.id: the event
+    endpoint_id: str = Field(max_length=40)  # webhook_endpoint.id, or "env" (BILLING_WEBHOOK_URL)
+    status: str = Field(default="pending", max_length=20)  # pending | delivered | dead | canceled
+    attempts: int = Field(default=0)
+    next_attempt_at: int = Field(sa_type=BigInteger)
+    last_status_code: int | None = Field(default=None)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: int = Field(sa_type=BigInteger)
+    delivered_at: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """The delivery log: one row per POST (status code or error, time taken)."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (Index("ix_webhook_attempt_delivery", "delivery_id", "attempt"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    delivery_id: int = Field(sa_type=BigInteger)
+    attempt: int
+    at: int = Field(sa_type=BigInteger)
+    status_code: int | None = Field(default=None)
+    error: str | None = Field(default=None, max_length=500)
+    took_ms: int = Field(default=0)
 
 
 class ApiKey(SQLModel, table=True):

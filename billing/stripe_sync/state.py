@@ -137,9 +137,8 @@ def record_payment_mismatch(engine: Engine, inv: Invoice, details: dict, at: dat
     """Queue an ``invoice.payment_mismatch`` event in the webhook outbox (at most once per
     invoice and received amount and currency): the operator's record of a payment Stripe
     reported for an amount or currency that is not the invoice's. True if queued now."""
-    from billing.alerts.outbox import Outbox
-    from billing.store.types import to_us
+    from billing.alerts.events import enqueue_event
 
-    dedupe = f"payment_mismatch:{inv.id}:{details.get('received_total')}:{details.get('received_currency')}"
+    key = f"{inv.id}:{details.get('received_total')}:{details.get('received_currency')}"
     with engine.begin() as conn:
-        return Outbox.enqueue(conn, dedupe[:200], inv.customer_id, "invoice.payment_mismatch", details, to_us(at))
+        return enqueue_event(conn, "invoice.payment_mismatch", key, inv.customer_id, details, at)

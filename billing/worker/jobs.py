@@ -5,7 +5,11 @@ counts; the runner adds the job name, its status and its time.
   and next three months (``billing.store.partitions``; nothing to do on SQLite).
 - ``close``: ``Invoicing.close(as_of = now - close_grace_seconds)`` (idempotent; the close
   takes the ledger's close lock itself).
-- ``outbox``: one pass of the webhook dispatcher (needs a webhook URL and secret).
+- ``outbox``: one pass of the webhook dispatcher: fan-out of new events to the endpoints
+  (``billing webhooks``, plus ``BILLING_WEBHOOK_URL`` as the implicit ``env`` one), then
+  delivery of the due ones.
+- ``alerts``: forecast alerts (``billing.alerts.forecast``: the run rate exhausts a budget
+  before the period ends), queued once per customer, period and subject.
 - ``purge_holds``: marks holds expired over a day ago as ``expired`` (housekeeping).
 - ``stripe_sync``: pushes finalized invoices and voids to Stripe (needs
   ``BILLING_STRIPE_API_KEY``).
@@ -73,10 +77,15 @@ def outbox_job(ctx: JobContext) -> dict:
     from billing.alerts.delivery import WebhookDispatcher
     from billing.alerts.outbox import Outbox
 
-    assert ctx.webhook_url and ctx.webhook_secret  # unavailable() keeps the job out otherwise
     dispatcher = ctx.cached("dispatcher", lambda: WebhookDispatcher(
         Outbox(ctx.engine, clock=ctx.clock), ctx.webhook_url, ctx.webhook_secret))
     return dispatcher.run_once()
+
+
+def alerts_job(ctx: JobContext) -> dict:
+    from billing.alerts.forecast import forecast_alerts
+
+    return forecast_alerts(ctx.engine, ctx.catalog, ctx.clock())
 
 
 def purge_holds_job(ctx: JobContext) -> dict:
@@ -96,14 +105,14 @@ def stripe_sync_job(ctx: JobContext) -> dict:
 
 
 JOBS: dict[str, Callable[[JobContext], dict]] = {
-    "partitions": partitions_job, "close": close_job, "outbox": outbox_job, "purge_holds": purge_holds_job,
-    "stripe_sync": stripe_sync_job}
+    "partitions": partitions_job, "close": close_job, "alerts": alerts_job, "outbox": outbox_job,
+    "purge_holds": purge_holds_job, "stripe_sync": stripe_sync_job}
 
 
 def unavailable(ctx: JobContext, name: str) -> str | None:
     """Why the job cannot run with this configuration (None: it can)."""
-    if name == "outbox" and not (ctx.webhook_url and ctx.webhook_secret):
-        return "needs BILLING_WEBHOOK_URL and BILLING_WEBHOOK_SECRET (or --webhook-url / --webhook-secret)"
+    if name == "outbox" and bool(ctx.webhook_url) != bool(ctx.webhook_secret):
+        return "BILLING_WEBHOOK_URL and BILLING_WEBHOOK_SECRET go together (or --webhook-url / --webhook-secret)"
     if name == "stripe_sync":
         key = ctx.settings.stripe_api_key
         if key is None or not key.get_secret_value().strip():

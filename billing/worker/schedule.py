@@ -7,8 +7,9 @@ from collections.abc import Iterable, Sequence
 
 # every job, in the order a worker runs them when several are due at once, and its default
 # interval in seconds (`billing worker --interval` overrides them)
-JOB_NAMES = ("partitions", "close", "outbox", "purge_holds", "stripe_sync")
-DEFAULT_INTERVALS = {"partitions": 3600.0, "close": 300.0, "outbox": 5.0, "purge_holds": 3600.0, "stripe_sync": 300.0}
+JOB_NAMES = ("partitions", "close", "alerts", "outbox", "purge_holds", "stripe_sync")
+DEFAULT_INTERVALS = {"partitions": 3600.0, "close": 300.0, "alerts": 900.0, "outbox": 5.0, "purge_holds": 3600.0,
+                     "stripe_sync": 300.0}
 
 
 class WorkerConfigError(ValueError):

@@ -80,7 +80,7 @@ def test_the_whale_is_downgraded_then_denied_within_one_call_with_one_alert(any_
             alerts = conn.execute(text("SELECT subject, threshold FROM budget_alert WHERE customer_id = 'whale'")
                                   ).all()
             hooks = conn.execute(text("SELECT COUNT(*) FROM webhook_outbox WHERE type = "
-                                      "'budget.threshold_reached'")).scalar()
+                                      "'alert.triggered'")).scalar()
         assert [tuple(a) for a in alerts] == [("cost_guard:margin_floor", "100")] and hooks == 1
         usage = client.get("/v1/customers/whale/usage").json()
         assert D(usage["spend"]) == 0  # what the customer is billed for usage: nothing, the whole time

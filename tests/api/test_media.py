@@ -86,7 +86,9 @@ def bodies(post, variant: str) -> dict[str, tuple[str, dict]]:
             "/v1/customers/{customer_id}/seats": (f"/v1/customers/{customer}/seats", {"seats": 2}),
             "/v1/stripe/webhook": ("/v1/stripe/webhook", {"id": "evt_1", "type": "invoice.paid"}),
             "/v1/otlp/v1/traces": ("/v1/otlp/v1/traces", {"resourceSpans": []}),
-            **_ledger_writes(post, variant, customer)}
+            **_ledger_writes(post, variant, customer),
+            "/v1/webhook_endpoints": ("/v1/webhook_endpoints", {"url": f"https://hooks.example/{variant}"}),
+            "/v1/webhook_deliveries/replay": ("/v1/webhook_deliveries/replay", {"events": [f"none-{variant}"]})}
 
 
 def _ledger_writes(post, variant: str, customer: str) -> dict[str, tuple[str, dict]]:

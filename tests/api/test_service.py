@@ -221,8 +221,8 @@ def test_events_with_tasks_and_alerts_over_http(api):
     import json
 
     from billing.reservations.holds import Outbox
-    fired = [(json.loads(r["payload"])["subject"], json.loads(r["payload"])["threshold_percent"])
-             for r in Outbox(api.engine).rows()]
+    fired = [(json.loads(r["payload"])["data"]["subject"], json.loads(r["payload"])["data"]["threshold_percent"])
+             for r in Outbox(api.engine).rows() if r["type"] == "alert.triggered"]
     assert fired == [("charge:messages:included", "50")]  # 50 messages of 100 included
 
 

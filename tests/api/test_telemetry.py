@@ -85,7 +85,12 @@ def test_metrics_count_routes_events_decisions_and_the_outbox(api):
     assert _metric(text, "billing_http_request_duration_seconds_count", method="POST", route="/v1/quota/check") == 3
     assert _metric(text, "billing_http_request_duration_seconds_bucket", method="POST", route="/v1/quota/check",
                    le="+Inf") == 3
-    assert _metric(text, "billing_outbox_backlog") == 0
+    # the fixture's subscription.created webhook waits for the worker's fan-out
+    from billing.alerts.outbox import Outbox
+
+    pending = Outbox(api.app.state.services.engine).rows("pending")
+    assert [r["type"] for r in pending] == ["subscription.created"]
+    assert _metric(text, "billing_outbox_backlog") == len(pending)
 
 
 def test_the_json_log_line_of_a_request_carries_its_id(api, caplog):

@@ -15,7 +15,7 @@ from tests.support.quota import Clock
 
 
 def _fired(engine) -> list[str]:
-    return [json.loads(r["payload"])["threshold_percent"] for r in Outbox(engine).rows()]
+    return [json.loads(r["payload"])["data"]["threshold_percent"] for r in Outbox(engine).rows(type_="alert.triggered")]
 
 
 class SourceFailed(Exception):

@@ -114,7 +114,7 @@ def test_commits_in_a_batch_count_once_and_fire_alerts(engine):
     assert alerts and all(ctx.customer == "acme" for ctx, _usage in alerts)
     ctx, usage = alerts[0]
     q._record_alerts(ctx, usage, NOW)
-    assert [r["dedupe_id"].split(":")[-1] for r in Outbox(engine).rows()] == ["50"]
+    assert [r["dedupe_id"].split(":")[-1] for r in Outbox(engine).rows(type_="alert.triggered")] == ["50"]
     assert q.usage("acme")["meters"]["messages"]["used"] == "60"
     assert q.usage("acme")["meters"]["messages"]["held"] == "0"
 

@@ -366,7 +366,7 @@ def test_a_payment_of_another_amount_or_currency_is_recorded_not_marked_paid(cli
         assert "not marked paid" in body["note"] and body["recorded"] is (attempt == 0)
         assert get(engine, invoice_id).status == "finalized" and get(engine, invoice_id).paid_at is None
     [row] = _outbox(engine)
-    details = json.loads(row["payload"])
+    details = json.loads(row["payload"])["data"]  # the webhook envelope's data
     assert (details["invoice_id"], details["expected_total"], details["expected_currency"]) == (invoice_id, 1234, "usd")
     assert details["stripe_invoice_id"] == "in_abc" and row["customer_id"] == "acme"
     # the right figures mark it paid

@@ -120,13 +120,15 @@ def test_the_worker_delivers_the_outbox_without_the_server(sqlite_url, tmp_path)
         code, recs, err = run_worker(env, "--jobs", "outbox")
         again = run_worker(env, "--jobs", "outbox")
     assert code == 0, err
-    assert job_records(recs, "outbox")[0]["result"] == {"delivered": 2, "retried": 0, "dead": 0}
-    assert job_records(again[1], "outbox")[0]["result"] == {"delivered": 0, "retried": 0, "dead": 0}
+    assert job_records(recs, "outbox")[0]["result"] == {"events": 2, "delivered": 2, "retried": 0, "dead": 0,
+                                                        "canceled": 0}
+    assert job_records(again[1], "outbox")[0]["result"] == {"events": 0, "delivered": 0, "retried": 0, "dead": 0,
+                                                            "canceled": 0}
     assert sorted(h["Billing-Webhook-Id"] for h, _ in receiver.received) == ["d1", "d2"]
     for headers, body in receiver.received:
         assert verify_signature("s3cret", body, headers["Billing-Signature"])
         assert json.loads(body)["n"] in (1, 2)
-    assert [r["status"] for r in Outbox(engine).rows()] == ["delivered", "delivered"]
+    assert [r["status"] for r in Outbox(engine).rows()] == ["dispatched", "dispatched"]
     engine.dispose()
 
 
@@ -169,10 +171,11 @@ def test_bad_options_are_named_errors(sqlite_url, tmp_path, monkeypatch):
     for key, value in worker_env(sqlite_url, tmp_path / "plans").items():
         if key.startswith("BILLING_"):
             monkeypatch.setenv(key, value)
-    monkeypatch.delenv("BILLING_WEBHOOK_URL", raising=False)
+    monkeypatch.setenv("BILLING_WEBHOOK_URL", "http://127.0.0.1:9/hooks")
+    monkeypatch.delenv("BILLING_WEBHOOK_SECRET", raising=False)
     runner = CliRunner()
     for args, message in ((["--jobs", "close,nope"], "unknown job(s) 'nope'"),
                           (["--interval", "close=0"], "--interval close: must be over 0"),
-                          (["--jobs", "outbox"], "outbox: needs BILLING_WEBHOOK_URL")):
+                          (["--jobs", "outbox"], "outbox: BILLING_WEBHOOK_URL and BILLING_WEBHOOK_SECRET go together")):
         result = runner.invoke(app, ["worker", "--once", *args])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), (args, result.output)
