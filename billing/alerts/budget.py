@@ -150,6 +150,42 @@ class BudgetAlerts:
         return fired
 
 
+    def budget_crossed(self, customer: str, hits: Iterable[Any], now: datetime) -> list[str]:
+        """Record the soft budgets (``billing.quota.budgets``) a granted call passed, once per
+        budget and window: a ``budget_alert`` row (subject ``budget:<id>``, the window's start)
+        and one ``budget.threshold_reached`` webhook. THE call site of a scoped budget's alert
+        (the webhook delivery of ``alert.triggered`` may take it over). Returns the dedupe ids
+        that fired now."""
+        mod = pg_dialect if self.pg else sqlite_dialect
+        now_us = to_us(now)
+        fired = []
+        with self.engine.begin() as conn:
+            for hit in sorted(hits, key=lambda h: h.budget.id):  # key order
+                b = hit.budget
+                start_us = to_us(hit.start)
+                subject = f"budget:{b.id}"
+                new = conn.execute(mod.insert(_alert).values(
+                    customer_id=customer, period_start=start_us, subject=subject, threshold="100",
+                    value=dec_str(hit.value), limit=dec_str(hit.limit), fired_at=now_us)
+                    .on_conflict_do_nothing().returning(_alert.c.customer_id)).first() is not None
+                if not new:
+                    continue
+                dedupe = f"budget:{customer}:{start_us}:{subject}:100"
+                Outbox.enqueue(conn, dedupe, customer, "budget.threshold_reached", {
+                    "id": dedupe, "type": "budget.threshold_reached", "customer": customer,
+                    "budget": b.to_json(), "window": {"start": _iso(hit.start), "end": _iso(hit.end)},
+                    "created_at": _iso(now), "subject": subject, "threshold_percent": "100",
+                    "value": dec_str(hit.value), "limit": dec_str(hit.limit), "unit": b.measure}, now_us)
+                fired.append(dedupe)
+        return fired
+
+    def budget_crossed_quietly(self, customer: str, hits: Iterable[Any], now: datetime) -> None:
+        try:
+            self.budget_crossed(customer, hits, now)
+        except Exception:  # noqa: BLE001
+            log.exception("budget alert recording failed")
+
+
 def _payload(dedupe: str, ctx: Context, now: datetime, alert: Alert) -> dict[str, Any]:
     return {"id": dedupe, "type": "budget.threshold_reached", "customer": ctx.customer,
             "plan": {"id": ctx.plan.plan, "version": ctx.plan.version},

@@ -29,6 +29,7 @@ from billing.api.entitlements import router as entitlements_router
 from billing.api.fastpath import BillingAPI
 from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
+from billing.api.budgets import router as budgets_router
 from billing.api.contracts import router as contracts_router
 from billing.api.metering import router as metering_router
 from billing.api.metrics import router as metrics_router
@@ -144,6 +145,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
     app.include_router(stripe_webhook.router)  # POST /v1/stripe/webhook
     app.include_router(reports.router)  # GET /reports/margins
     app.include_router(contracts_router)  # /v1/subscriptions/{id}/contract, overrides, coupons, commitments
+    app.include_router(budgets_router)  # /v1/customers/{id}/budgets (billing.api.budgets)
     telemetry.install(app, Outbox(engine, clock=clock))  # X-Request-Id on every response, GET /metrics
     for extra in extra_routers:
         app.include_router(extra)

@@ -49,7 +49,9 @@ from billing.reservations.combiner import Combiner
 from billing.reservations.metrics import late_commit_count, late_commits_by_meter
 from billing.reservations.sql import (
     MICRO, Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
-    parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
+    parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state,
+    budget_rows_of)
+from billing.reservations.budget_sql import budget_query
 from billing.reservations.types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, HoldStatus, Op, Reservation, WarnedDecision, parse_request, storable_text)
 from billing.reservations.writer import QuotaWriter
@@ -168,9 +170,11 @@ class Quota:
     # ---------------------------------------------------------------- public
     def check(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, model: str | None = None,
               task: str | None = None, tokens: int | None = None, cost: Decimal | int | str = 0,
-              steps: int | None = None, retry: int | None = None, depth: int | None = None) -> Decision:
-        """What would happen to this request now (read-only: holds nothing)."""
-        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth)
+              steps: int | None = None, retry: int | None = None, depth: int | None = None,
+              properties: dict | None = None) -> Decision:
+        """What would happen to this request now (read-only: holds nothing). ``properties``:
+        the properties the call's event will carry (its budget scopes: team, user, ...)."""
+        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth, properties)
         if self.reads is not None:  # over the network: concurrent checks share a round trip
             return self.reads.submit(Op("check", customer=customer, request=request))
         request = self.estimated(request)
@@ -182,7 +186,8 @@ class Quota:
             usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
-            return self._warned(decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request),
+            rows = budget_rows_of(self.conns, conn, ctx, now) if ctx.budgets else None
+            return self._warned(decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage, rows), request),
                                 request, now)
         with self.conns.read() as conn:  # in-memory SQLite
             ctx = self.context(conn, customer, now)
@@ -265,27 +270,36 @@ class Quota:
         queries = [batch_state_query(True, [ctxs[c] for c in customers], now_us)]
         if pairs:
             queries.append(batch_task_query(True, pairs, now_us))
+        budgeted = [(c, q) for c in customers if ctxs[c].budgets and (q := budget_query(True, ctxs[c], now))]
+        queries += [q for _, q in budgeted]
         results = run_all(self.conns, conn, queries)
         states = parse_batch_state(results[0], customers)
         tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
+        rows = {c: found for (c, _), found in zip(budgeted, results[len(results) - len(budgeted):])}
         return [make_state(op.ctx, now, *states[op.customer],
-                           tasks.get((op.customer, op.request.task)) if op.request.task is not None else None)
+                           tasks.get((op.customer, op.request.task)) if op.request.task is not None else None,
+                           rows.get(op.customer))
                 for op in ops]
 
     def reserve(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, ttl: float | None = None,
                 request_id: str | None = None, model: str | None = None, task: str | None = None,
                 tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None,
-                retry: int | None = None, depth: int | None = None) -> Reservation:
-        """Decide and, if allowed or downgraded, hold the units until commit, release or expiry."""
+                retry: int | None = None, depth: int | None = None, properties: dict | None = None) -> Reservation:
+        """Decide and, if allowed or downgraded, hold the units until commit, release or expiry
+        (and the call's part in each budget it counts against)."""
         ttl = self.default_ttl if ttl is None else float(ttl)
         if not 0 < ttl <= self.max_ttl:
             raise BillingError(f"ttl must be in (0, {self.max_ttl:g}] seconds", code=ErrorCode.VALIDATION)
         if request_id is not None and not 0 < len(request_id) <= 200:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
         storable_text("request_id", request_id)
-        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth))
+        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth,
+                                               properties))
         reservation = self.writer.submit(Op("reserve", customer=customer, request=request, ttl=ttl,
                                             request_id=request_id))
+        crossed = getattr(reservation.decision, "budget_alerts", ())
+        if crossed and self.alerts and self.ledger.alerts is not None:  # soft budgets passed: alert once a window
+            self.ledger.alerts.budget_crossed_quietly(customer, crossed, self.clock())
         warnings = self.model_warnings(model, self.clock())
         return replace(reservation, warnings=warnings) if warnings else reservation
 
