@@ -292,9 +292,15 @@ def judge(uses: tuple[BudgetUse, ...], meter: str, properties: Mapping[str, Any]
         return hits, None, parts
     _, _, use, used = tightest
     b = use.budget
-    return hits, {**b.to_json(), "window_start": _iso(use.start), "resets_at": _iso(use.end),
+    return hits, {**_json(b), "window_start": _iso(use.start), "resets_at": _iso(use.end),
                   "used": _dec(used), "remaining": _dec(max(ZERO, b.amount - used))}, parts
 
 
+@lru_cache(maxsize=4096)
+def _json(b: Budget) -> dict[str, Any]:
+    return b.to_json()
+
+
+@lru_cache(maxsize=4096)
 def _iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")

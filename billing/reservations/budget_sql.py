@@ -29,6 +29,7 @@ from billing.quota.budgets import LIST_PROPERTIES, Budget, BudgetUse, from_count
 from billing.quota.decide import MeterUsage, UsageState
 from billing.store.aggregate_sql import _meter_condition, _Sql
 from billing.store.types import to_us
+from billing.store.wide import join
 
 MICRO = Decimal(1_000_000)
 PICO = Decimal(10) ** 12
@@ -57,6 +58,38 @@ def event_budgets(ctx: Any) -> tuple[Budget, ...]:
     return tuple(b for b in ctx.budgets if not from_counters(b))
 
 
+class _Windows:
+    """A context's budgets with their windows at some instant, valid while ``lo <= now < hi``
+    (the windows reset at ``hi``), and the statement reading them (built once)."""
+
+    __slots__ = ("ctx", "lo", "hi", "bounds", "events", "key", "sql", "params", "after", "now_at", "additive")
+
+    def __init__(self, ctx: Any, now: datetime) -> None:
+        self.ctx = ctx
+        self.bounds = {b.id: window(b, now, ctx.timezone, ctx.period.start, ctx.period.end) for b in ctx.budgets}
+        self.lo = max(to_us(start) for start, _ in self.bounds.values())
+        self.hi = min(to_us(end) for _, end in self.bounds.values())
+        self.events = event_budgets(ctx)
+        self.key = (id(ctx.plan), to_us(ctx.period.start), tuple((b.id, to_us(self.bounds[b.id][0]))
+                                                                   for b in self.events))
+        self.sql: dict[bool, tuple[str, list, list[int], int]] = {}
+        self.additive = _additive(ctx)
+
+
+_WINDOWS: dict[int, _Windows] = {}
+
+
+def windows_of(ctx: Any, now: datetime) -> _Windows:
+    """The context's budget windows at ``now`` (computed once per context and window)."""
+    hit = _WINDOWS.get(id(ctx))
+    now_us = to_us(now)
+    if hit is None or hit.ctx is not ctx or not hit.lo <= now_us < hit.hi:
+        if len(_WINDOWS) > 100_000:
+            _WINDOWS.clear()
+        hit = _WINDOWS[id(ctx)] = _Windows(ctx, now)
+    return hit
+
+
 def _scope(sql: _Sql, budget: Budget, params: list) -> str:
     if budget.scope_property is None:
         return "1 = 1"
@@ -71,25 +104,48 @@ def _scope(sql: _Sql, budget: Budget, params: list) -> str:
     return f"{sql.text(prop)} = {ph}"
 
 
-def budget_query(pg: bool, ctx: Any, now: datetime) -> tuple[str, list[Any]] | None:
-    """One statement reading the customer's event-read budgets (None: it has none). Rows:
-    ``('e', '<budget id><SEP><meter>[<SEP><group>]', value, cost_pico, events)`` and
-    ``('h', quota_hold.budgets, created_at, 0, 0)`` per live hold counting against any."""
-    budgets = event_budgets(ctx)
-    if not budgets:
+def budget_query(pg: bool, ctx: Any, now: datetime, after_id: int = 0) -> tuple[str, list[Any]] | None:
+    w = windows_of(ctx, now)
+    if not w.events:
         return None
+    built = w.sql.get(pg)
+    if built is None:
+        built = w.sql[pg] = _statement(pg, ctx, w)
+    sql, template, after_slots, now_slot = built
+    params = list(template)
+    for i in after_slots:
+        params[i] = after_id
+    params[now_slot] = to_us(now)
+    return sql, params
+
+
+_AFTER, _NOW = object(), object()  # the parameters a statement gets on each run
+
+
+def _statement(pg: bool, ctx: Any, w: _Windows) -> tuple[str, list, list[int], int]:
+    """One statement reading the customer's event-read budgets (None: it has none): the
+    events with ``id > after_id`` only (0: all; ``BudgetReader`` adds them to what it read
+    before). Rows: ``('e', '<budget id><SEP><meter>[<SEP><group>]', value, cost_pico,
+    events)``; ``('h', quota_hold.budgets, created_at, 0, 0)`` per live hold counting against
+    any; and, read in the same snapshot to tell whether the events read are all of them,
+    ``('n', '', events, cost_pico, cost_carry)`` of the period's all-events counter,
+    ``('c', '', count, cost_pico, 0)`` of the events read in the period and
+    ``('m', '', max id, 0, 0)`` of the events read."""
+    budgets = w.events
+    after_id = _AFTER
     sql = _Sql("postgresql" if pg else "sqlite")
     ph = sql.ph
     plan = ctx.plan
     parts: list[str] = []
     params: list[Any] = []
+    p0, p1 = to_us(ctx.period.start), to_us(ctx.period.end)
+    where = f"e.customer_id = {ph} AND e.id > {ph} AND e.ts + 0 >= {ph} AND e.ts + 0 < {ph}"
     for b in budgets:
-        start, end = window(b, now, ctx.timezone, ctx.period.start, ctx.period.end)
+        start, end = w.bounds[b.id]
         if b.measure == "billed":  # the window's usage within the current period
             start, end = max(start, ctx.period.start), min(end, ctx.period.end)
-        where = f"e.customer_id = {ph} AND e.ts + 0 >= {ph} AND e.ts + 0 < {ph}"
         if b.measure == "cost":
-            p = [ctx.customer, to_us(start), to_us(end)]
+            p = [ctx.customer, after_id, to_us(start), to_us(end)]
             scope = _scope(sql, b, p)
             parts.append(f"SELECT 'e', '{b.id}{SEP}*', COUNT(*), COALESCE(SUM(e.cost_pico), 0), COUNT(*) "
                          f"FROM usage_event e WHERE {where} AND {scope}")
@@ -100,7 +156,7 @@ def budget_query(pg: bool, ctx: Any, now: datetime) -> tuple[str, list[Any]] | N
             meter = plan.compiled.meter_by_key.get(key)
             if meter is None:  # a meter the plan no longer has: nothing counts
                 continue
-            p = [ctx.customer, to_us(start), to_us(end)]
+            p = [ctx.customer, after_id, to_us(start), to_us(end)]
             scope = _scope(sql, b, p)
             cond = _meter_condition(sql, meter, _EVERY_EVENT, p)
             mult = meter.multipliers
@@ -120,8 +176,88 @@ def budget_query(pg: bool, ctx: Any, now: datetime) -> tuple[str, list[Any]] | N
             params += p
     parts.append(f"SELECT 'h', budgets, created_at, 0, 0 FROM quota_hold WHERE customer_id = {ph} "
                  f"AND status = 'held' AND expires_at > {ph} AND budgets IS NOT NULL")
-    params += [ctx.customer, to_us(now)]
-    return " UNION ALL ".join(parts), params
+    parts.append(f"SELECT 'n', '', events, cost_pico, cost_carry FROM usage_counter WHERE customer_id = {ph} "
+                 f"AND meter = '*' AND period_start = {ph}")
+    parts.append(f"SELECT 'c', '', COUNT(*), COALESCE(SUM(e.cost_pico), 0), 0 FROM usage_event e "
+                 f"WHERE {where}")
+    parts.append(f"SELECT 'm', '', COALESCE(MAX(e.id), 0), 0, 0 FROM usage_event e "
+                 f"WHERE e.customer_id = {ph} AND e.id > {ph}")
+    params += [ctx.customer, _NOW, ctx.customer, p0, ctx.customer, after_id, p0, p1, ctx.customer, after_id]
+    return (" UNION ALL ".join(parts), params, [i for i, v in enumerate(params) if v is _AFTER],
+            params.index(_NOW))
+
+
+class BudgetReader:
+    """The committed part of a customer's event-read budgets, read once and then only the
+    events stored since (``id`` above the last one read), per process.
+
+    An entry holds, from one statement's snapshot, the budgets' event rows, the last event id
+    read and the period's all-events counter (events, cost). A later statement reads the
+    events past that id with the counter again: when the counter moved by exactly what those
+    events add, no event below the id arrived since (a transaction that committed late) and
+    none was re-costed, so the entry plus them is what a full read would give; otherwise (and
+    for a new window, period or plan) the full read runs again. Live holds are read every time.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple] = {}  # customer -> (key, last id, events, cost, {label: [v, c, n]})
+
+    def statement(self, pg: bool, ctx: Any, now: datetime) -> tuple[tuple[str, list[Any]] | None, Any]:
+        """The statement to run now and the token ``rows`` takes back with its rows."""
+        w = windows_of(ctx, now)
+        key = w.key
+        entry = self._entries.get(ctx.customer)
+        if entry is not None and (entry[0] != key or not w.additive):
+            entry = None
+        return budget_query(pg, ctx, now, entry[1] if entry is not None else 0), (key, entry)
+
+    def rows(self, ctx: Any, token: Any, found: Sequence[Sequence[Any]]) -> list[tuple] | None:
+        """``budget_usage``'s rows: the entry's events plus ``found``'s; None when the entry
+        cannot be trusted (run ``statement`` again: it reads everything then)."""
+        key, entry = token
+        events: dict[str, list] = {} if entry is None else {k: list(v) for k, v in entry[4].items()}
+        holds, total, delta, last = [], (0, 0), (0, 0), 0
+        for row in found:
+            kind = row[0]
+            if kind == "e":
+                slot = events.get(row[1])
+                if slot is None:
+                    events[row[1]] = [row[2], row[3], row[4]]
+                else:
+                    slot[0] += row[2]
+                    slot[1] += row[3]
+                    slot[2] += row[4]
+            elif kind == "h":
+                holds.append(tuple(row))
+            elif kind == "n":
+                total = (int(row[2]), join(row[4], row[3]))
+            elif kind == "c":
+                delta = (int(row[2]), int(row[3]))
+            elif kind == "m":
+                last = int(row[2])
+        if entry is not None:
+            if (entry[2] + delta[0], entry[3] + delta[1]) != total:
+                self._entries.pop(ctx.customer, None)
+                return None
+            last = max(last, entry[1])
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[ctx.customer] = (key, last, total[0], total[1], events)
+        return [("e", k, v, c, n) for k, (v, c, n) in events.items()] + holds
+
+    def forget(self, customer: str | None = None) -> None:
+        if customer is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(customer, None)
+
+
+def _additive(ctx: Any) -> bool:
+    """Whether the budgets' event rows add up over disjoint sets of events (no unique count)."""
+    by_key = ctx.plan.compiled.meter_by_key
+    return not any(m.aggregation not in ("count", "sum") for b in event_budgets(ctx) if b.measure != "cost"
+                   for k in ([b.meter] if b.measure == "units" else ctx.plan.compiled.charged_meters)
+                   if (m := by_key.get(k)) is not None)
 
 
 def budget_usage(ctx: Any, now: datetime, usage: Mapping[str, MeterUsage], rows: Sequence[Sequence[Any]] | None
@@ -132,10 +268,18 @@ def budget_usage(ctx: Any, now: datetime, usage: Mapping[str, MeterUsage], rows:
     from billing.quota.usage import charge_spends
 
     plan = ctx.plan
+    w = windows_of(ctx, now)
+    if rows is not None:  # the same rows and usage as a moment ago: the same answer
+        memo = (w.key, tuple(rows), _usage_key(plan, usage) if any(b.measure == "billed" for b in w.events) else ())
+        hit = _USES.get(id(ctx))
+        if hit is not None and hit[0] is ctx and hit[1] == memo:
+            return hit[2]
     per_meter: dict[int, dict[str, list]] = {}
     cost: dict[int, int] = {}
     held: dict[int, list[tuple[int, Decimal]]] = {}
     for kind, key, value, cost_pico, n in rows or ():
+        if kind not in ("e", "h"):
+            continue
         if kind == "h":
             for bid, part in orjson.loads(key).items():
                 held.setdefault(int(bid), []).append((int(value), Decimal(part)))
@@ -157,8 +301,9 @@ def budget_usage(ctx: Any, now: datetime, usage: Mapping[str, MeterUsage], rows:
         slot[1] += int(cost_pico or 0)
         slot[2] += int(n or 0)
     out = []
+    bounds = w.bounds
     for b in ctx.budgets:
-        start, end = window(b, now, ctx.timezone, ctx.period.start, ctx.period.end)
+        start, end = bounds[b.id]
         if from_counters(b):
             out.append(BudgetUse(b, start, end, None))
             continue
@@ -175,7 +320,20 @@ def budget_usage(ctx: Any, now: datetime, usage: Mapping[str, MeterUsage], rows:
             scope = {k: MeterUsage(u, Decimal(c) / PICO, n) for k, (u, c, n) in meters.items()}
             used += scoped_billed(plan, usage, scope, ctx.seats, now, ctx.period, charge_spends)
         out.append(BudgetUse(b, start, end, used))
+    if rows is not None:
+        if len(_USES) > 100_000:
+            _USES.clear()
+        _USES[id(ctx)] = (ctx, memo, tuple(out))
     return tuple(out)
+
+
+_USES: dict[int, tuple] = {}  # id(ctx) -> (ctx, what budget_usage read, its answer)
+
+
+def _usage_key(plan: Any, usage: Mapping[str, MeterUsage]) -> tuple:
+    get = usage.get
+    return tuple((k, m.units, m.cost, m.events) if (m := get(k)) is not None else None
+                 for k in plan.compiled.charged_meters)
 
 
 def scoped_billed(plan: Any, usage: Mapping[str, MeterUsage], scope: Mapping[str, MeterUsage], seats: int,
@@ -184,6 +342,11 @@ def scoped_billed(plan: Any, usage: Mapping[str, MeterUsage], scope: Mapping[str
     arithmetic, ``quota.usage.charge_spends``) less the spend without ``scope``."""
     if not scope:
         return ZERO
+    key = (id(plan), seats, period.start, tuple(sorted((k, m.units, m.cost, m.events) for k, m in scope.items())),
+           tuple((k, m.units, m.cost, m.events) for k, m in usage.items() if k in scope))
+    hit = _BILLED.get(key)
+    if hit is not None and hit[0] is plan:
+        return hit[1]
 
     def spend(u: Mapping[str, MeterUsage]) -> Decimal:
         state = UsageState(now=now, period_start=period.start, period_end=period.end, usage=u, seats=seats)
@@ -194,7 +357,14 @@ def scoped_billed(plan: Any, usage: Mapping[str, MeterUsage], scope: Mapping[str
         s = scope.get(key)
         without[key] = m if s is None else MeterUsage(max(ZERO, m.units - s.units), max(ZERO, m.cost - s.cost),
                                                       max(0, m.events - s.events))
-    return max(ZERO, spend(usage) - spend(without))
+    found = max(ZERO, spend(usage) - spend(without))
+    if len(_BILLED) > 10_000:
+        _BILLED.clear()
+    _BILLED[key] = (plan, found)
+    return found
+
+
+_BILLED: dict[tuple, tuple[Any, Decimal]] = {}  # scoped_billed's answers (the same usage: the same amount)
 
 
 def held_budgets(ctx: Any, decision: Any) -> str | None:

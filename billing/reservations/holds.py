@@ -51,7 +51,7 @@ from billing.reservations.sql import (
     MICRO, Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
     parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state,
     budget_rows_of)
-from billing.reservations.budget_sql import budget_query
+from billing.reservations.budget_sql import BudgetReader
 from billing.reservations.types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, HoldStatus, Op, Reservation, WarnedDecision, parse_request, storable_text)
 from billing.reservations.writer import QuotaWriter
@@ -105,6 +105,7 @@ class Quota:
         self._ctx_cache: dict[str, tuple[float, Context]] = {}
         self._model_warnings: dict[tuple[str, Any], tuple] = {}  # (model, day) -> warnings of _warnings_book
         self._warnings_book = None
+        self.budget_reader = BudgetReader()  # budgets' committed events, read incrementally
         self.writer = QuotaWriter(self, self.conns, leaders=writers)
         # PostgreSQL checks of concurrent callers are batched (a few batches at once); SQLite
         # reads are local and cheaper alone
@@ -166,6 +167,7 @@ class Quota:
             self._ctx_cache.clear()
         else:
             self._ctx_cache.pop(customer, None)
+        self.budget_reader.forget(customer)
 
     # ---------------------------------------------------------------- public
     def check(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, model: str | None = None,
@@ -186,12 +188,12 @@ class Quota:
             usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
-            rows = budget_rows_of(self.conns, conn, ctx, now) if ctx.budgets else None
+            rows = budget_rows_of(self.conns, conn, ctx, now, self.budget_reader) if ctx.budgets else None
             return self._warned(decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage, rows), request),
                                 request, now)
         with self.conns.read() as conn:  # in-memory SQLite
             ctx = self.context(conn, customer, now)
-            state = usage_state(self.conns, conn, ctx, now, task)
+            state = usage_state(self.conns, conn, ctx, now, task, self.budget_reader)
         return self._warned(decide(ctx.plan, state, request), request, now)
 
     def estimated(self, request: QuotaRequest) -> QuotaRequest:
@@ -251,7 +253,7 @@ class Quota:
                     op.ctx = found[op.customer]
             live = [op for op in ops if op.error is None]
             if len(live) == 1:  # alone: the one-customer statements
-                states = [usage_state(self.conns, conn, live[0].ctx, now, live[0].request.task)]
+                states = [usage_state(self.conns, conn, live[0].ctx, now, live[0].request.task, self.budget_reader)]
             elif live:
                 states = self._batch_states(conn, live, now)
         for op, state in zip(live, states):
@@ -270,12 +272,15 @@ class Quota:
         queries = [batch_state_query(True, [ctxs[c] for c in customers], now_us)]
         if pairs:
             queries.append(batch_task_query(True, pairs, now_us))
-        budgeted = [(c, q) for c in customers if ctxs[c].budgets and (q := budget_query(True, ctxs[c], now))]
-        queries += [q for _, q in budgeted]
+        reader = self.budget_reader
+        budgeted = [(c, *found) for c in customers if ctxs[c].budgets
+                    and (found := reader.statement(True, ctxs[c], now))[0] is not None]
+        queries += [q for _, q, _ in budgeted]
         results = run_all(self.conns, conn, queries)
         states = parse_batch_state(results[0], customers)
         tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
-        rows = {c: found for (c, _), found in zip(budgeted, results[len(results) - len(budgeted):])}
+        rows = {c: budget_rows_of(self.conns, conn, ctxs[c], now, reader, (token, found))
+                for (c, _, token), found in zip(budgeted, results[len(results) - len(budgeted):])}
         return [make_state(op.ctx, now, *states[op.customer],
                            tasks.get((op.customer, op.request.task)) if op.request.task is not None else None,
                            rows.get(op.customer))

@@ -38,7 +38,7 @@ from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_sub
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
-from billing.reservations.budget_sql import BUDGET_COLUMNS, budget_query, budget_usage, budgets_of
+from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
@@ -448,25 +448,41 @@ def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage 
         "budgets": budget_usage(ctx, now, usage, budget_rows) if ctx.budgets else ()})
 
 
-def budget_rows_of(conns: Connections, conn: Any, ctx: Context, now: datetime) -> list[tuple] | None:
-    """The rows of the customer's event-read budgets (None: it has none), one statement."""
-    q = budget_query(conns.pg, ctx, now)
-    return run_all(conns, conn, [q])[0] if q is not None else None
+def budget_rows_of(conns: Connections, conn: Any, ctx: Context, now: datetime, reader: BudgetReader | None = None,
+                   first: tuple | None = None) -> list[tuple] | None:
+    """The rows of the customer's event-read budgets (None: it has none) through ``reader``
+    (a fresh one reads everything); ``first``: (token, rows) of a statement already run."""
+    reader = reader or BudgetReader()
+    if first is not None:
+        rows = reader.rows(ctx, first[0], first[1])
+        if rows is not None:
+            return rows
+    for _ in range(3):
+        q, token = reader.statement(conns.pg, ctx, now)
+        if q is None:
+            return None
+        rows = reader.rows(ctx, token, run_all(conns, conn, [q])[0])
+        if rows is not None:
+            return rows
+    raise BillingError("budget usage kept changing while read; retry", code=ErrorCode.UNAVAILABLE)
 
 
-def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None) -> UsageState:
-    """Committed usage, live holds, rate windows (and the task's usage) in one round trip."""
+def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None,
+                reader: BudgetReader | None = None) -> UsageState:
+    """Committed usage, live holds, rate windows (and the task's usage, the budgets') in one
+    round trip (budgets: another when ``reader``'s events cannot be trusted)."""
     now_us = to_us(now)
     queries = [state_query(ctx, now_us, conns.pg)]
     if task is not None:
         queries.append(task_query(ctx.customer, task, now_us))
-    budgets = budget_query(conns.pg, ctx, now) if ctx.budgets else None
+    reader = reader or BudgetReader()
+    budgets, token = reader.statement(conns.pg, ctx, now) if ctx.budgets else (None, None)
     if budgets is not None:
         queries.append(budgets)
     results = run_all(conns, conn, queries)
     usage, held, rates = parse_state(results[0])
-    return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None,
-                      results[-1] if budgets is not None else None)
+    rows = budget_rows_of(conns, conn, ctx, now, reader, (token, results[-1])) if budgets is not None else None
+    return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None, rows)
 
 
 # ------------------------------------------------------- many customers at once

@@ -51,8 +51,9 @@ from billing.reservations.commits import committed, event_for, prepare_commit, r
 from billing.reservations.events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.reservations.sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
-    counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
-from billing.reservations.budget_sql import budget_query, held_budgets
+    budget_rows_of, counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state,
+    parse_batch_tasks, run_all)
+from billing.reservations.budget_sql import held_budgets
 from billing.reservations.types import READ_AGAIN, Hold, HoldStatus, Op, Reservation, request_json
 from billing.store.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
@@ -221,8 +222,9 @@ class QuotaWriter:
         state_cur = execute(*batch_state_query(pg, [ctxs[c] for c in customers], now_us)) if customers else None
         pairs = sorted({(op.customer, op.request.task) for op in reserves if op.request.task is not None})
         task_cur = execute(*batch_task_query(pg, pairs, now_us)) if pairs else None
-        budget_curs = {c: execute(*found) for c in customers
-                       if ctxs[c].budgets and (found := budget_query(pg, ctxs[c], from_us(now_us))) is not None}
+        reader, now = q.budget_reader, from_us(now_us)
+        budget_curs = {c: (execute(*found[0]), found[1]) for c in customers
+                       if ctxs[c].budgets and (found := reader.statement(pg, ctxs[c], now))[0] is not None}
         rids = sorted({(op.customer, op.request_id) for op in reserves if op.request_id is not None})
         rid_cur = execute(*batch_request_query(pg, rids)) if rids else None
         hold_cur = execute(*holds_query(pg, sorted({op.reservation_id for op in settles}))) if settles else None
@@ -231,7 +233,9 @@ class QuotaWriter:
         read = _Read(parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {},
                      parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {},
                      {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {})
-        read.budget_rows = {c: list(cur.fetchall()) for c, cur in budget_curs.items()}
+        read.budget_rows = {c: budget_rows_of(self.conns, _Executor(execute), ctxs[c], now, reader,
+                                              (token, cur.fetchall()))
+                            for c, (cur, token) in budget_curs.items()}
         if hold_cur is not None:
             holds, stored, sub_rows = read.holds, read.stored, read.sub_rows
             for row in hold_cur.fetchall():
@@ -367,6 +371,26 @@ class QuotaWriter:
             seen_holds.add(hid)
             commits.append((op, p, hold))
         return commits, releases, deferred
+
+
+class _Executor:
+    """The transaction's ``execute`` as a driver connection for ``run_all`` (a budget read
+    again inside the batch's transaction, under its locks)."""
+
+    def __init__(self, execute: Callable) -> None:
+        self._execute = execute
+
+    def cursor(self) -> "_Executor":
+        return self
+
+    def execute(self, sql: str, params: Any = ()) -> None:
+        self._cur = self._execute(sql.replace("%s", "?"), params)
+
+    def fetchall(self) -> list:
+        return self._cur.fetchall()
+
+    def close(self) -> None:
+        pass
 
 
 class _Read:
