@@ -274,7 +274,17 @@ def judge(uses: tuple[BudgetUse, ...], meter: str, properties: Mapping[str, Any]
     tightest: tuple[Decimal, int, BudgetUse, Decimal] | None = None
     for use in uses:
         b = use.budget
-        if not b.counts(meter, properties):
+        prop = b.scope_property
+        if prop is not None:  # in_scope, inlined (the hot path)
+            found = properties.get(prop) if properties else None
+            if found is None:
+                continue
+            if type(found) is str and prop not in LIST_PROPERTIES:
+                if found != b.scope_value:
+                    continue
+            elif not in_scope(prop, b.scope_value, properties):
+                continue
+        if b.measure == "units" and b.meter != meter:
             continue
         used = use.used
         if used is None:

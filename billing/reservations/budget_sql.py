@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from billing.quota.budgets import LIST_PROPERTIES, Budget, BudgetUse, from_counters, window
+from billing.quota.budgets import LIST_PROPERTIES, Budget, BudgetUse, from_counters, in_scope, window
 from billing.quota.decide import MeterUsage, UsageState
 from billing.store.aggregate_sql import _meter_condition, _Sql
 from billing.store.types import to_us
@@ -62,7 +62,7 @@ class _Windows:
     """A context's budgets with their windows at some instant, valid while ``lo <= now < hi``
     (the windows reset at ``hi``), and the statement reading them (built once)."""
 
-    __slots__ = ("ctx", "lo", "hi", "bounds", "events", "key", "sql", "params", "after", "now_at", "additive")
+    __slots__ = ("ctx", "lo", "hi", "bounds", "events", "key", "sql", "additive")
 
     def __init__(self, ctx: Any, now: datetime) -> None:
         self.ctx = ctx
@@ -72,7 +72,7 @@ class _Windows:
         self.events = event_budgets(ctx)
         self.key = (id(ctx.plan), to_us(ctx.period.start), tuple((b.id, to_us(self.bounds[b.id][0]))
                                                                    for b in self.events))
-        self.sql: dict[bool, tuple[str, list, list[int], int]] = {}
+        self.sql: dict[tuple[bool, bool], tuple[str, list, int]] = {}
         self.additive = _additive(ctx)
 
 
@@ -104,146 +104,170 @@ def _scope(sql: _Sql, budget: Budget, params: list) -> str:
     return f"{sql.text(prop)} = {ph}"
 
 
-def budget_query(pg: bool, ctx: Any, now: datetime, after_id: int = 0) -> tuple[str, list[Any]] | None:
+def _meters_of(ctx: Any, b: Budget) -> list[Any]:
+    """The meters a units or billed budget counts (those the plan still has)."""
+    by_key = ctx.plan.compiled.meter_by_key
+    keys = [b.meter] if b.measure == "units" else list(ctx.plan.compiled.charged_meters)
+    return [by_key[k] for k in keys if k in by_key]
+
+
+def _bounds_us(w: "_Windows", ctx: Any, b: Budget) -> tuple[int, int]:
+    start, end = w.bounds[b.id]
+    if b.measure == "billed":  # the window's usage within the current period
+        start, end = max(start, ctx.period.start), min(end, ctx.period.end)
+    return to_us(start), to_us(end)
+
+
+def budget_query(pg: bool, ctx: Any, now: datetime, after_id: int | None = None) -> tuple[str, list[Any]] | None:
+    """One statement reading the customer's event-read budgets (None: it has none).
+
+    ``after_id`` None (a full read), rows: ``('e', '<budget id><SEP><meter>[<SEP><group>]',
+    NULL, value, cost_pico, events)`` per budget and meter (``cost``: meter ``*``). Else (what ``BudgetReader`` read before, then the events
+    past ``after_id``): ``('r', type, properties, ts, cost_pico, id)`` of each of them.
+    Always ``('m', '', NULL, the last event id stored, 0, 0)``,
+    ``('h', quota_hold.budgets, NULL, created_at, 0, 0)`` per live hold counting
+    against any budget and, in the same snapshot, ``('n', '', NULL, events, cost_pico,
+    cost_carry)`` of the period's all-events counter."""
     w = windows_of(ctx, now)
     if not w.events:
         return None
-    built = w.sql.get(pg)
+    delta = after_id is not None
+    built = w.sql.get((pg, delta))
     if built is None:
-        built = w.sql[pg] = _statement(pg, ctx, w)
-    sql, template, after_slots, now_slot = built
+        built = w.sql[(pg, delta)] = _statement(pg, ctx, w, delta)
+    sql, template, now_slot = built
     params = list(template)
-    for i in after_slots:
-        params[i] = after_id
     params[now_slot] = to_us(now)
+    if delta:  # a literal: PostgreSQL plans the range of ids it is (the few newest rows), not any range
+        return sql.replace("#AFTER#", str(int(after_id))), params
     return sql, params
 
 
-_AFTER, _NOW = object(), object()  # the parameters a statement gets on each run
+_NOW = object()  # the parameter a statement gets on each run
 
 
-def _statement(pg: bool, ctx: Any, w: _Windows) -> tuple[str, list, list[int], int]:
-    """One statement reading the customer's event-read budgets (None: it has none): the
-    events with ``id > after_id`` only (0: all; ``BudgetReader`` adds them to what it read
-    before). Rows: ``('e', '<budget id><SEP><meter>[<SEP><group>]', value, cost_pico,
-    events)``; ``('h', quota_hold.budgets, created_at, 0, 0)`` per live hold counting against
-    any; and, read in the same snapshot to tell whether the events read are all of them,
-    ``('n', '', events, cost_pico, cost_carry)`` of the period's all-events counter,
-    ``('c', '', count, cost_pico, 0)`` of the events read in the period and
-    ``('m', '', max id, 0, 0)`` of the events read."""
-    budgets = w.events
-    after_id = _AFTER
+def _statement(pg: bool, ctx: Any, w: "_Windows", delta: bool) -> tuple[str, list, int]:
     sql = _Sql("postgresql" if pg else "sqlite")
     ph = sql.ph
-    plan = ctx.plan
     parts: list[str] = []
     params: list[Any] = []
-    p0, p1 = to_us(ctx.period.start), to_us(ctx.period.end)
-    where = f"e.customer_id = {ph} AND e.id > {ph} AND e.ts + 0 >= {ph} AND e.ts + 0 < {ph}"
-    for b in budgets:
-        start, end = w.bounds[b.id]
-        if b.measure == "billed":  # the window's usage within the current period
-            start, end = max(start, ctx.period.start), min(end, ctx.period.end)
-        if b.measure == "cost":
-            p = [ctx.customer, after_id, to_us(start), to_us(end)]
-            scope = _scope(sql, b, p)
-            parts.append(f"SELECT 'e', '{b.id}{SEP}*', COUNT(*), COALESCE(SUM(e.cost_pico), 0), COUNT(*) "
-                         f"FROM usage_event e WHERE {where} AND {scope}")
-            params += p
-            continue
-        keys = [b.meter] if b.measure == "units" else list(plan.compiled.charged_meters)
-        for key in keys:
-            meter = plan.compiled.meter_by_key.get(key)
-            if meter is None:  # a meter the plan no longer has: nothing counts
+    null = "CAST(NULL AS TEXT)"
+    if delta:  # the customer's newest rows by id (SQLite: by rowid, not its customer index)
+        props = "e.properties::text" if pg else "e.properties"
+        who = "e.customer_id" if pg else "+e.customer_id"
+        parts.append(f"SELECT 'r', e.type, {props}, e.ts, e.cost_pico, e.id FROM usage_event e "
+                     f"WHERE {who} = {ph} AND e.id > #AFTER#")
+        params.append(ctx.customer)
+    else:
+        where = f"e.customer_id = {ph} AND e.ts + 0 >= {ph} AND e.ts + 0 < {ph}"
+        for b in w.events:
+            start, end = _bounds_us(w, ctx, b)
+            if b.measure == "cost":
+                p = [ctx.customer, start, end]
+                scope = _scope(sql, b, p)
+                parts.append(f"SELECT 'e', '{b.id}{SEP}*', {null}, COUNT(*), COALESCE(SUM(e.cost_pico), 0), "
+                             f"COUNT(*) FROM usage_event e WHERE {where} AND {scope}")
+                params += p
                 continue
-            p = [ctx.customer, after_id, to_us(start), to_us(end)]
-            scope = _scope(sql, b, p)
-            cond = _meter_condition(sql, meter, _EVERY_EVENT, p)
-            mult = meter.multipliers
-            group = sql.text(mult.property) if mult else None
-            if meter.aggregation == "sum":
-                value = f"COALESCE(SUM({sql.number(meter.property)}), 0)"
-            elif meter.aggregation == "unique_count":
-                value = f"COUNT(DISTINCT {sql.text(meter.property)})"
-                group = None
-            else:
-                value = "COUNT(*)"
-            label = f"'{b.id}{SEP}{key}'" if group is None else \
-                f"(CASE WHEN {group} IS NULL THEN '{b.id}{SEP}{key}' ELSE '{b.id}{SEP}{key}{SEP}' || {group} END)"
-            grouping = f" GROUP BY {group}" if group is not None else ""
-            parts.append(f"SELECT 'e', {label}, {value}, COALESCE(SUM(e.cost_pico), 0), COUNT(*) "
-                         f"FROM usage_event e WHERE {where} AND {scope} AND {cond}{grouping}")
-            params += p
-    parts.append(f"SELECT 'h', budgets, created_at, 0, 0 FROM quota_hold WHERE customer_id = {ph} "
+            for meter in _meters_of(ctx, b):
+                p = [ctx.customer, start, end]
+                scope = _scope(sql, b, p)
+                cond = _meter_condition(sql, meter, _EVERY_EVENT, p)
+                mult = meter.multipliers
+                group = sql.text(mult.property) if mult else None
+                if meter.aggregation == "sum":
+                    value = f"COALESCE(SUM({sql.number(meter.property)}), 0)"
+                elif meter.aggregation == "unique_count":
+                    value = f"COUNT(DISTINCT {sql.text(meter.property)})"
+                    group = None
+                else:
+                    value = "COUNT(*)"
+                key = f"{b.id}{SEP}{meter.key}"
+                label = f"'{key}'" if group is None else \
+                    f"(CASE WHEN {group} IS NULL THEN '{key}' ELSE '{key}{SEP}' || {group} END)"
+                grouping = f" GROUP BY {group}" if group is not None else ""
+                parts.append(f"SELECT 'e', {label}, {null}, {value}, COALESCE(SUM(e.cost_pico), 0), COUNT(*) "
+                             f"FROM usage_event e WHERE {where} AND {scope} AND {cond}{grouping}")
+                params += p
+    # the last id stored (every customer's: one step down the primary key), where the next read starts
+    parts.append(f"SELECT 'm', '', {null}, COALESCE(MAX(id), 0), 0, 0 FROM usage_event")
+    parts.append(f"SELECT 'h', budgets, {null}, created_at, 0, 0 FROM quota_hold WHERE customer_id = {ph} "
                  f"AND status = 'held' AND expires_at > {ph} AND budgets IS NOT NULL")
-    parts.append(f"SELECT 'n', '', events, cost_pico, cost_carry FROM usage_counter WHERE customer_id = {ph} "
-                 f"AND meter = '*' AND period_start = {ph}")
-    parts.append(f"SELECT 'c', '', COUNT(*), COALESCE(SUM(e.cost_pico), 0), 0 FROM usage_event e "
-                 f"WHERE {where}")
-    parts.append(f"SELECT 'm', '', COALESCE(MAX(e.id), 0), 0, 0 FROM usage_event e "
-                 f"WHERE e.customer_id = {ph} AND e.id > {ph}")
-    params += [ctx.customer, _NOW, ctx.customer, p0, ctx.customer, after_id, p0, p1, ctx.customer, after_id]
-    return (" UNION ALL ".join(parts), params, [i for i, v in enumerate(params) if v is _AFTER],
-            params.index(_NOW))
+    parts.append(f"SELECT 'n', '', {null}, events, cost_pico, cost_carry FROM usage_counter "
+                 f"WHERE customer_id = {ph} AND meter = '*' AND period_start = {ph}")
+    params += [ctx.customer, _NOW, ctx.customer, to_us(ctx.period.start)]
+    return " UNION ALL ".join(parts), params, params.index(_NOW)
 
 
 class BudgetReader:
     """The committed part of a customer's event-read budgets, read once and then only the
     events stored since (``id`` above the last one read), per process.
 
-    An entry holds, from one statement's snapshot, the budgets' event rows, the last event id
-    read and the period's all-events counter (events, cost). A later statement reads the
-    events past that id with the counter again: when the counter moved by exactly what those
-    events add, no event below the id arrived since (a transaction that committed late) and
-    none was re-costed, so the entry plus them is what a full read would give; otherwise (and
-    for a new window, period or plan) the full read runs again. Live holds are read every time.
+    An entry holds, from one statement's snapshot, each budget's units, cost and events per
+    meter, the last event id read and the period's all-events counter (events, cost). A later
+    statement reads the events past that id with the counter again: they are added with the
+    counters' own rules (``Meter.matches``, ``ledger.counters`` units, ``budgets.in_scope``)
+    when the counter moved by exactly what they add in the period -- no event below the id
+    arrived since (a transaction that committed late) and none was re-costed. Otherwise, and
+    for a new window, period or plan, everything is read again. Live holds: read every time.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple] = {}  # customer -> (key, last id, events, cost, {label: [v, c, n]})
+        # customer -> (key, last id, events, cost, {label: [units, cost, events]}, its rows)
+        self._entries: dict[str, tuple] = {}
 
     def statement(self, pg: bool, ctx: Any, now: datetime) -> tuple[tuple[str, list[Any]] | None, Any]:
         """The statement to run now and the token ``rows`` takes back with its rows."""
         w = windows_of(ctx, now)
-        key = w.key
         entry = self._entries.get(ctx.customer)
-        if entry is not None and (entry[0] != key or not w.additive):
+        if entry is not None and (entry[0] != w.key or not w.additive):
             entry = None
-        return budget_query(pg, ctx, now, entry[1] if entry is not None else 0), (key, entry)
+        return budget_query(pg, ctx, now, entry[1] if entry is not None else None), (w, entry)
 
     def rows(self, ctx: Any, token: Any, found: Sequence[Sequence[Any]]) -> list[tuple] | None:
-        """``budget_usage``'s rows: the entry's events plus ``found``'s; None when the entry
-        cannot be trusted (run ``statement`` again: it reads everything then)."""
-        key, entry = token
+        """``budget_usage``'s rows (``('e', '<budget id><SEP><meter>', units, cost_pico,
+        events)`` and the holds'); None when the entry cannot be trusted (run ``statement``
+        again: it reads everything then)."""
+        w, entry = token
+        holds, total, last, fresh = [], (0, 0), 0, []
+        if entry is not None and all(row[0] in ("h", "n", "m") for row in found):  # nothing new: the entry
+            for row in found:
+                if row[0] == "h":
+                    holds.append(("h", row[1], row[3], 0, 0))
+                elif row[0] == "n":
+                    total = (int(row[3]), join(row[5], row[4]))
+                else:
+                    last = int(row[3])
+            if (entry[2], entry[3]) == total:
+                if last > entry[1]:  # others' events since: start the next read after them
+                    self._entries[ctx.customer] = (entry[0], last, *entry[2:])
+                return entry[5] + holds
+            self._entries.pop(ctx.customer, None)
+            return None
         events: dict[str, list] = {} if entry is None else {k: list(v) for k, v in entry[4].items()}
-        holds, total, delta, last = [], (0, 0), (0, 0), 0
         for row in found:
             kind = row[0]
             if kind == "e":
-                slot = events.get(row[1])
-                if slot is None:
-                    events[row[1]] = [row[2], row[3], row[4]]
-                else:
-                    slot[0] += row[2]
-                    slot[1] += row[3]
-                    slot[2] += row[4]
+                _add(events, *_normalized(ctx, row))
+            elif kind == "r":
+                fresh.append(row)
             elif kind == "h":
-                holds.append(tuple(row))
+                holds.append(("h", row[1], row[3], 0, 0))
             elif kind == "n":
-                total = (int(row[2]), join(row[4], row[3]))
-            elif kind == "c":
-                delta = (int(row[2]), int(row[3]))
+                total = (int(row[3]), join(row[5], row[4]))
             elif kind == "m":
-                last = int(row[2])
+                last = int(row[3])
         if entry is not None:
-            if (entry[2] + delta[0], entry[3] + delta[1]) != total:
+            newest, counted = _add_fresh(ctx, w, events, fresh, entry[1])
+            last = max(last, newest)
+            if (entry[2] + counted[0], entry[3] + counted[1]) != total:
                 self._entries.pop(ctx.customer, None)
                 return None
-            last = max(last, entry[1])
         if len(self._entries) > 100_000:
             self._entries.clear()
-        self._entries[ctx.customer] = (key, last, total[0], total[1], events)
-        return [("e", k, v, c, n) for k, (v, c, n) in events.items()] + holds
+        out = [("e", k, u, c, n) for k, (u, c, n) in events.items()]
+        self._entries[ctx.customer] = (w.key, last, total[0], total[1], events, out)
+        return out + holds
 
     def forget(self, customer: str | None = None) -> None:
         if customer is None:
@@ -252,19 +276,79 @@ class BudgetReader:
             self._entries.pop(customer, None)
 
 
+def _add(events: dict[str, list], label: str, units: Decimal, cost: int, n: int) -> None:
+    slot = events.get(label)
+    if slot is None:
+        events[label] = [units, cost, n]
+    else:
+        slot[0] += units
+        slot[1] += cost
+        slot[2] += n
+
+
+def _normalized(ctx: Any, row: Sequence[Any]) -> tuple[str, Decimal, int, int]:
+    """An ``'e'`` row as (budget id<SEP>meter, units with the multiplier's factor, cost, events)."""
+    _, label, _, value, cost, n = row
+    bid, _, rest = label.partition(SEP)
+    meter_key, sep, group = rest.partition(SEP)
+    if meter_key == "*":
+        return f"{bid}{SEP}*", ZERO, int(cost or 0), int(n or 0)
+    meter = ctx.plan.compiled.meter_by_key[meter_key]
+    if meter.aggregation == "sum":  # SQLite sums micro-units, PostgreSQL numeric (aggregate_sql._Sql.number)
+        units = Decimal(value) / MICRO if isinstance(value, int) else Decimal(value or 0)
+    else:
+        units = Decimal(value or 0)
+    mult = meter.multipliers
+    if mult is not None and meter.aggregation != "unique_count":
+        units *= mult.values.get(group, mult.default) if sep else mult.default
+    return f"{bid}{SEP}{meter_key}", units, int(cost or 0), int(n or 0)
+
+
+def _add_fresh(ctx: Any, w: "_Windows", events: dict[str, list], fresh: Sequence[Sequence[Any]], after: int
+               ) -> tuple[int, tuple[int, int]]:
+    """Add the events stored since the entry (``'r'`` rows) to its budgets, as the counters
+    count them; returns the last id and (events, cost) of those in the current period."""
+    from billing.ledger.counters import _units
+
+    p0, p1 = to_us(ctx.period.start), to_us(ctx.period.end)
+    last, n, cost = after, 0, 0
+    for _, etype, text, ts, cost_pico, eid in fresh:
+        ts, cost_pico, eid = int(ts), int(cost_pico or 0), int(eid)
+        last = max(last, eid)
+        if p0 <= ts < p1:
+            n += 1
+            cost += cost_pico
+        props = None
+        for b in w.events:
+            start, end = _bounds_us(w, ctx, b)
+            if not start <= ts < end:
+                continue
+            if props is None:
+                props = orjson.loads(text) if isinstance(text, (str, bytes)) else dict(text)
+            if not in_scope(b.scope_property, b.scope_value, props):
+                continue
+            if b.measure == "cost":
+                _add(events, f"{b.id}{SEP}*", ZERO, cost_pico, 1)
+                continue
+            for meter in _meters_of(ctx, b):
+                if meter.matches(etype, props):
+                    micro = _units(meter, props)
+                    _add(events, f"{b.id}{SEP}{meter.key}", Decimal(int(micro or 0)) / MICRO, cost_pico, 1)
+    return last, (n, cost)
+
+
 def _additive(ctx: Any) -> bool:
-    """Whether the budgets' event rows add up over disjoint sets of events (no unique count)."""
-    by_key = ctx.plan.compiled.meter_by_key
-    return not any(m.aggregation not in ("count", "sum") for b in event_budgets(ctx) if b.measure != "cost"
-                   for k in ([b.meter] if b.measure == "units" else ctx.plan.compiled.charged_meters)
-                   if (m := by_key.get(k)) is not None)
+    """Whether the budgets' events can be added one by one as the counters add them (count
+    and sum meters without disputes; not a unique count or a value aggregation)."""
+    return not any(m.aggregation not in ("count", "sum") or m.disputes
+                   for b in event_budgets(ctx) if b.measure != "cost" for m in _meters_of(ctx, b))
 
 
 def budget_usage(ctx: Any, now: datetime, usage: Mapping[str, MeterUsage], rows: Sequence[Sequence[Any]] | None
                  ) -> tuple[BudgetUse, ...]:
     """The customer's budgets with their windows and usage: committed events (``rows`` of
-    ``budget_query``) plus live holds' parts; ``from_counters`` budgets with ``used`` None
-    (the decision reads the counters). ``rows`` None: only those."""
+    ``BudgetReader.rows``) plus live holds' parts; ``from_counters`` budgets with ``used``
+    None (the decision reads the counters). ``rows`` None: only those."""
     from billing.quota.usage import charge_spends
 
     plan = ctx.plan
@@ -274,36 +358,22 @@ def budget_usage(ctx: Any, now: datetime, usage: Mapping[str, MeterUsage], rows:
         hit = _USES.get(id(ctx))
         if hit is not None and hit[0] is ctx and hit[1] == memo:
             return hit[2]
-    per_meter: dict[int, dict[str, list]] = {}
+    per_meter: dict[int, dict[str, tuple]] = {}
     cost: dict[int, int] = {}
     held: dict[int, list[tuple[int, Decimal]]] = {}
-    for kind, key, value, cost_pico, n in rows or ():
-        if kind not in ("e", "h"):
-            continue
+    for kind, label, units, cost_pico, n in rows or ():
         if kind == "h":
-            for bid, part in orjson.loads(key).items():
-                held.setdefault(int(bid), []).append((int(value), Decimal(part)))
+            for bid, part in orjson.loads(label).items():
+                held.setdefault(int(bid), []).append((int(units), Decimal(part)))
             continue
-        bid_text, _, rest = key.partition(SEP)
-        bid = int(bid_text)
-        meter_key, sep, group = rest.partition(SEP)
+        bid_text, _, meter_key = label.partition(SEP)
         if meter_key == "*":
-            cost[bid] = cost.get(bid, 0) + int(cost_pico or 0)
-            continue
-        meter = plan.compiled.meter_by_key[meter_key]
-        units = (Decimal(value) / MICRO if isinstance(value, int) else Decimal(value)) \
-            if meter.aggregation == "sum" else Decimal(value or 0)
-        mult = meter.multipliers
-        if mult is not None and meter.aggregation != "unique_count":
-            units *= (mult.values.get(group, mult.default) if sep else mult.default)
-        slot = per_meter.setdefault(bid, {}).setdefault(meter_key, [ZERO, 0, 0])
-        slot[0] += units
-        slot[1] += int(cost_pico or 0)
-        slot[2] += int(n or 0)
+            cost[int(bid_text)] = int(cost_pico)
+        else:
+            per_meter.setdefault(int(bid_text), {})[meter_key] = (units, int(cost_pico), int(n))
     out = []
-    bounds = w.bounds
     for b in ctx.budgets:
-        start, end = bounds[b.id]
+        start, end = w.bounds[b.id]
         if from_counters(b):
             out.append(BudgetUse(b, start, end, None))
             continue
@@ -315,7 +385,7 @@ def budget_usage(ctx: Any, now: datetime, usage: Mapping[str, MeterUsage], rows:
         if b.measure == "cost":
             used += Decimal(cost.get(b.id, 0)) / PICO
         elif b.measure == "units":
-            used += meters.get(b.meter, [ZERO])[0]
+            used += meters.get(b.meter, (ZERO,))[0]
         else:
             scope = {k: MeterUsage(u, Decimal(c) / PICO, n) for k, (u, c, n) in meters.items()}
             used += scoped_billed(plan, usage, scope, ctx.seats, now, ctx.period, charge_spends)
