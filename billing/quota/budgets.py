@@ -271,7 +271,7 @@ def judge(uses: tuple[BudgetUse, ...], meter: str, properties: Mapping[str, Any]
     ``units:<meter>``), committed and held."""
     hits: list[BudgetHit] = []
     parts: dict[int, Decimal] = {}
-    tightest: tuple[Decimal, int, BudgetUse, Decimal] | None = None
+    best = None  # (remaining, amount, use, used) of the least remaining share
     for use in uses:
         b = use.budget
         prop = b.scope_property
@@ -284,26 +284,29 @@ def judge(uses: tuple[BudgetUse, ...], meter: str, properties: Mapping[str, Any]
                     continue
             elif not in_scope(prop, b.scope_value, properties):
                 continue
-        if b.measure == "units" and b.meter != meter:
+        measure = b.measure
+        if measure == "units" and b.meter != meter:
             continue
         used = use.used
         if used is None:
-            used = counters.get(f"units:{b.meter}" if b.measure == "units" else b.measure, ZERO)
-        part = request_part(b, units, cost, amount)
+            used = counters.get(f"units:{b.meter}" if measure == "units" else measure, ZERO)
+        part = amount if measure == "billed" else cost if measure == "cost" else units
         parts[b.id] = part
-        if used + part > b.amount:
-            hits.append(BudgetHit(b, used + part, b.amount, use.start, use.end))
-        remaining = max(ZERO, b.amount - used)
-        share = remaining / b.amount
-        if tightest is None or (share, b.id) < (tightest[0], tightest[1]):
-            tightest = (share, b.id, use, used)
-    hits.sort(key=lambda h: (h.budget.enforcement != "hard", h.budget.id))
-    if tightest is None:
+        limit = b.amount
+        if used + part > limit:
+            hits.append(BudgetHit(b, used + part, limit, use.start, use.end))
+        remaining = limit - used if used < limit else ZERO
+        # the least remaining share (remaining / limit), ties by id: compared without dividing
+        if best is None or remaining * best[1] < best[0] * limit:
+            best = (remaining, limit, use, used)
+    if len(hits) > 1:
+        hits.sort(key=lambda h: (h.budget.enforcement != "hard", h.budget.id))
+    if best is None:
         return hits, None, parts
-    _, _, use, used = tightest
+    remaining, _, use, used = best
     b = use.budget
     return hits, {**_json(b), "window_start": _iso(use.start), "resets_at": _iso(use.end),
-                  "used": _dec(used), "remaining": _dec(max(ZERO, b.amount - used))}, parts
+                  "used": _dec(used), "remaining": _dec(remaining)}, parts
 
 
 @lru_cache(maxsize=4096)

@@ -67,8 +67,8 @@ class _Windows:
     def __init__(self, ctx: Any, now: datetime) -> None:
         self.ctx = ctx
         self.bounds = {b.id: window(b, now, ctx.timezone, ctx.period.start, ctx.period.end) for b in ctx.budgets}
-        self.lo = max(to_us(start) for start, _ in self.bounds.values())
-        self.hi = min(to_us(end) for _, end in self.bounds.values())
+        self.lo = max(start for start, _ in self.bounds.values())
+        self.hi = min(end for _, end in self.bounds.values())
         self.events = event_budgets(ctx)
         self.key = (id(ctx.plan), to_us(ctx.period.start), tuple((b.id, to_us(self.bounds[b.id][0]))
                                                                    for b in self.events))
@@ -82,8 +82,7 @@ _WINDOWS: dict[int, _Windows] = {}
 def windows_of(ctx: Any, now: datetime) -> _Windows:
     """The context's budget windows at ``now`` (computed once per context and window)."""
     hit = _WINDOWS.get(id(ctx))
-    now_us = to_us(now)
-    if hit is None or hit.ctx is not ctx or not hit.lo <= now_us < hit.hi:
+    if hit is None or hit.ctx is not ctx or not hit.lo <= now < hit.hi:
         if len(_WINDOWS) > 100_000:
             _WINDOWS.clear()
         hit = _WINDOWS[id(ctx)] = _Windows(ctx, now)
@@ -128,7 +127,10 @@ def budget_query(pg: bool, ctx: Any, now: datetime, after_id: int | None = None)
     ``('h', quota_hold.budgets, NULL, created_at, 0, 0)`` per live hold counting
     against any budget and, in the same snapshot, ``('n', '', NULL, events, cost_pico,
     cost_carry)`` of the period's all-events counter."""
-    w = windows_of(ctx, now)
+    return _query(pg, ctx, windows_of(ctx, now), now, after_id)
+
+
+def _query(pg: bool, ctx: Any, w: "_Windows", now: datetime, after_id: int | None) -> tuple[str, list[Any]] | None:
     if not w.events:
         return None
     delta = after_id is not None
@@ -136,10 +138,12 @@ def budget_query(pg: bool, ctx: Any, now: datetime, after_id: int | None = None)
     if built is None:
         built = w.sql[(pg, delta)] = _statement(pg, ctx, w, delta)
     sql, template, now_slot = built
-    params = list(template)
+    params = template.copy()
     params[now_slot] = to_us(now)
-    if delta:  # a literal: PostgreSQL plans the range of ids it is (the few newest rows), not any range
-        return sql.replace("#AFTER#", str(int(after_id))), params
+    if delta:
+        if pg:  # a literal: PostgreSQL plans the range of ids it is (the few newest rows), not any range
+            return sql.replace("#AFTER#", str(int(after_id))), params
+        params[1] = after_id  # SQLite: a parameter (one prepared statement); the rowid range either way
     return sql, params
 
 
@@ -156,8 +160,8 @@ def _statement(pg: bool, ctx: Any, w: "_Windows", delta: bool) -> tuple[str, lis
         props = "e.properties::text" if pg else "e.properties"
         who = "e.customer_id" if pg else "+e.customer_id"
         parts.append(f"SELECT 'r', e.type, {props}, e.ts, e.cost_pico, e.id FROM usage_event e "
-                     f"WHERE {who} = {ph} AND e.id > #AFTER#")
-        params.append(ctx.customer)
+                     f"WHERE {who} = {ph} AND e.id > {'#AFTER#' if pg else ph}")
+        params += [ctx.customer] if pg else [ctx.customer, 0]
     else:
         where = f"e.customer_id = {ph} AND e.ts + 0 >= {ph} AND e.ts + 0 < {ph}"
         for b in w.events:
@@ -222,7 +226,7 @@ class BudgetReader:
         entry = self._entries.get(ctx.customer)
         if entry is not None and (entry[0] != w.key or not w.additive):
             entry = None
-        return budget_query(pg, ctx, now, entry[1] if entry is not None else None), (w, entry)
+        return _query(pg, ctx, w, now, entry[1] if entry is not None else None), (w, entry)
 
     def rows(self, ctx: Any, token: Any, found: Sequence[Sequence[Any]]) -> list[tuple] | None:
         """``budget_usage``'s rows (``('e', '<budget id><SEP><meter>', units, cost_pico,
