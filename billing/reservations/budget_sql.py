@@ -219,6 +219,21 @@ class BudgetReader:
     def __init__(self) -> None:
         # customer -> (key, last id, events, cost, {label: [units, cost, events]}, its rows)
         self._entries: dict[str, tuple] = {}
+        self._recent: dict[str, tuple] = {}  # customer -> (ctx, read at, rows): for checks within a ttl
+
+    def recent(self, ctx: Any, now: datetime, ttl: float) -> list[tuple] | None:
+        """The rows read for ``ctx`` less than ``ttl`` seconds before ``now`` (None: none).
+        Checks take them (they are read-only, as the context they come with); reservations
+        always read under the customer's lock."""
+        hit = self._recent.get(ctx.customer)
+        if hit is not None and hit[0] is ctx and 0 <= (now - hit[1]).total_seconds() < ttl:
+            return hit[2]
+        return None
+
+    def remember(self, ctx: Any, now: datetime, rows: list[tuple]) -> None:
+        if len(self._recent) > 100_000:
+            self._recent.clear()
+        self._recent[ctx.customer] = (ctx, now, rows)
 
     def statement(self, pg: bool, ctx: Any, now: datetime) -> tuple[tuple[str, list[Any]] | None, Any]:
         """The statement to run now and the token ``rows`` takes back with its rows."""
@@ -276,8 +291,10 @@ class BudgetReader:
     def forget(self, customer: str | None = None) -> None:
         if customer is None:
             self._entries.clear()
+            self._recent.clear()
         else:
             self._entries.pop(customer, None)
+            self._recent.pop(customer, None)
 
 
 def _add(events: dict[str, list], label: str, units: Decimal, cost: int, n: int) -> None:

@@ -188,13 +188,19 @@ class Quota:
             usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
-            rows = budget_rows_of(self.conns, conn, ctx, now, self.budget_reader) if ctx.budgets else None
+            rows = self._budget_rows(conn, ctx, now) if ctx.budgets else None
             return self._warned(decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage, rows), request),
                                 request, now)
         with self.conns.read() as conn:  # in-memory SQLite
             ctx = self.context(conn, customer, now)
-            state = usage_state(self.conns, conn, ctx, now, task, self.budget_reader)
+            state = usage_state(self.conns, conn, ctx, now, task, self.budget_reader, self.context_ttl)
         return self._warned(decide(ctx.plan, state, request), request, now)
+
+    def _budget_rows(self, conn: Any, ctx: Context, now: datetime) -> list | None:
+        """A check's budget rows: as read less than ``context_ttl`` ago (a check is read-only
+        and its context as old), else read now. Reservations read them under the lock."""
+        rows = self.budget_reader.recent(ctx, now, self.context_ttl) if self.context_ttl > 0 else None
+        return rows if rows is not None else budget_rows_of(self.conns, conn, ctx, now, self.budget_reader)
 
     def estimated(self, request: QuotaRequest) -> QuotaRequest:
         """``request`` with its provider cost estimated when the caller gave none but named a
@@ -253,7 +259,8 @@ class Quota:
                     op.ctx = found[op.customer]
             live = [op for op in ops if op.error is None]
             if len(live) == 1:  # alone: the one-customer statements
-                states = [usage_state(self.conns, conn, live[0].ctx, now, live[0].request.task, self.budget_reader)]
+                states = [usage_state(self.conns, conn, live[0].ctx, now, live[0].request.task, self.budget_reader,
+                                      self.context_ttl)]
             elif live:
                 states = self._batch_states(conn, live, now)
         for op, state in zip(live, states):
@@ -272,8 +279,10 @@ class Quota:
         queries = [batch_state_query(True, [ctxs[c] for c in customers], now_us)]
         if pairs:
             queries.append(batch_task_query(True, pairs, now_us))
-        reader = self.budget_reader
-        budgeted = [(c, *found) for c in customers if ctxs[c].budgets
+        reader, ttl = self.budget_reader, self.context_ttl
+        recent = {c: found for c in customers if ctxs[c].budgets and ttl > 0
+                  and (found := reader.recent(ctxs[c], now, ttl)) is not None}
+        budgeted = [(c, *found) for c in customers if ctxs[c].budgets and c not in recent
                     and (found := reader.statement(True, ctxs[c], now))[0] is not None]
         queries += [q for _, q, _ in budgeted]
         results = run_all(self.conns, conn, queries)
@@ -281,6 +290,7 @@ class Quota:
         tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
         rows = {c: budget_rows_of(self.conns, conn, ctxs[c], now, reader, (token, found))
                 for (c, _, token), found in zip(budgeted, results[len(results) - len(budgeted):])}
+        rows.update(recent)
         return [make_state(op.ctx, now, *states[op.customer],
                            tasks.get((op.customer, op.request.task)) if op.request.task is not None else None,
                            rows.get(op.customer))

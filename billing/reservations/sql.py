@@ -456,6 +456,7 @@ def budget_rows_of(conns: Connections, conn: Any, ctx: Context, now: datetime, r
     if first is not None:
         rows = reader.rows(ctx, first[0], first[1])
         if rows is not None:
+            reader.remember(ctx, now, rows)
             return rows
     for _ in range(3):
         q, token = reader.statement(conns.pg, ctx, now)
@@ -463,25 +464,28 @@ def budget_rows_of(conns: Connections, conn: Any, ctx: Context, now: datetime, r
             return None
         rows = reader.rows(ctx, token, run_all(conns, conn, [q])[0])
         if rows is not None:
+            reader.remember(ctx, now, rows)
             return rows
     raise BillingError("budget usage kept changing while read; retry", code=ErrorCode.UNAVAILABLE)
 
 
 def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None,
-                reader: BudgetReader | None = None) -> UsageState:
+                reader: BudgetReader | None = None, budget_ttl: float = 0.0) -> UsageState:
     """Committed usage, live holds, rate windows (and the task's usage, the budgets') in one
-    round trip (budgets: another when ``reader``'s events cannot be trusted)."""
+    round trip (budgets: another when ``reader``'s events cannot be trusted; none when it
+    read them less than ``budget_ttl`` seconds ago: a check's)."""
     now_us = to_us(now)
     queries = [state_query(ctx, now_us, conns.pg)]
     if task is not None:
         queries.append(task_query(ctx.customer, task, now_us))
     reader = reader or BudgetReader()
-    budgets, token = reader.statement(conns.pg, ctx, now) if ctx.budgets else (None, None)
+    recent = reader.recent(ctx, now, budget_ttl) if ctx.budgets and budget_ttl > 0 else None
+    budgets, token = reader.statement(conns.pg, ctx, now) if ctx.budgets and recent is None else (None, None)
     if budgets is not None:
         queries.append(budgets)
     results = run_all(conns, conn, queries)
     usage, held, rates = parse_state(results[0])
-    rows = budget_rows_of(conns, conn, ctx, now, reader, (token, results[-1])) if budgets is not None else None
+    rows = budget_rows_of(conns, conn, ctx, now, reader, (token, results[-1])) if budgets is not None else recent
     return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None, rows)
 
 
