@@ -17,7 +17,8 @@ Prints one JSON object: ``check_rps``, ``floor_rps``, ``ratio`` (check / floor),
 generator used). Targets: ratio >= 0.6, check p99 <= 10 ms at 16 connections.
 
 ``--guards``: as many customers again on a copy of the plan with cost guards
-(``bench.common.GUARDED_PLAN``: evaluated on every check, outcome unchanged), and the checks
+(``bench.common.GUARDED_PLAN``: evaluated on every check, outcome unchanged) and three scoped
+budgets each (``bench.common.BUDGETS``: every check carries ``SCOPE``), and the checks
 measured once more on one of them, in the same run: ``guarded_check_rps`` and
 ``guards_ratio`` (guarded / unguarded). Target: guards_ratio >= 0.8.
 """

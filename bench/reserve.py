@@ -21,7 +21,8 @@ Both run after a one-second warm-up of pairs and, on PostgreSQL, an ``ANALYZE`` 
 statistics of a database in use; see ``main``).
 
 ``--guards``: as many customers again on a copy of the plan with cost guards
-(``bench.common.GUARDED_PLAN``: evaluated on every call, outcomes unchanged), and the pairs
+(``bench.common.GUARDED_PLAN``: evaluated on every call, outcomes unchanged) and three scoped
+budgets each (``bench.common.BUDGETS``: every call and event carries ``SCOPE``), and the pairs
 measured once more on them in the same run, after the plain ones:
 ``guarded_reserve_commit_per_s``, ``guarded_checks_per_s`` and ``guards_pairs_ratio``
 (guarded / plain pairs). Target: guards_pairs_ratio >= 0.8 on PostgreSQL.
@@ -48,7 +49,7 @@ PLANS = os.path.join(ROOT, "plans")
 EVENT = {"type": "llm.call", "properties": {"feature": "support-chat", "model": "claude-sonnet-4-5",
                                              "input_tokens": 2100, "output_tokens": 400, "team": "support",
                                              "user": "u-7"}}
-SCOPE = {"team": "support", "user": "u-7", "feature": "support-chat"}  # bench.common.SCOPE: every call's
+from bench.common import SCOPE  # noqa: E402 (every call's properties: the guarded customers' budgets)
 
 
 def pct(values: list[float], p: float) -> float:

@@ -71,8 +71,8 @@ def test_the_api_creates_lists_and_deletes_budgets_and_names_bad_fields(any_engi
 
 def test_two_quotas_racing_never_grant_past_a_hard_scoped_budget(any_engine):
     _customer(any_engine)
-    _events(any_engine, 3, {"team": "research", "tags": ["beta"]})
-    _events(any_engine, 5, {"team": "ops"}, start=100)  # another team's: not counted
+    _events(any_engine, 3, {"team": "research", "tags": ["beta"], "cost": "0.5"})
+    _events(any_engine, 5, {"team": "ops", "tags": ["alpha"], "cost": "0.5"}, start=100)  # not counted
     Budgets(any_engine, CAT, clock=Clock()).create("acme", {
         "name": "beta-cost", "measure": "cost", "amount": "10", "window": "weekly", "enforcement": "hard",
         "scope": "tag=beta"})
@@ -88,13 +88,16 @@ def test_two_quotas_racing_never_grant_past_a_hard_scoped_budget(any_engine):
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(one, range(40)))
     granted = [r for r in results if r.granted]
-    assert len(granted) == 17  # 3 research events + 17 held = the 20 units; cost 17 x 0.25 < 10
+    assert len(granted) == 17  # 3 research events + 17 held = the 20 units; cost 1.5 + 17 x 0.25 < 10
     assert all(r.decision.reason == "budget_exceeded" for r in results if not r.granted)
     for r in granted[:5]:  # commits turn holds into events: still counted, nothing more fits
         quotas[0].commit(r.id, {"type": "request", "properties": {"output_tokens": 1, **props}})
     d = quotas[1].check("acme", "requests", properties=props)
     assert (d.outcome, d.budget["name"], d.budget["used"]) == ("deny", "research-units", "20")
     assert quotas[1].check("acme", "requests", properties={"team": "ops"}).outcome == "allow"
+    # the tag's cost: its 3 events read by SQL ($1.50), the 5 commits read since (cost 0), 12 live holds
+    d = quotas[0].check("acme", "requests", properties={"tags": ["beta"]})
+    assert (d.budget["name"], D(d.budget["used"])) == ("beta-cost", D("1.5") + 12 * D("0.25"))
     for q in quotas:
         q.close()
 
