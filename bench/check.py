@@ -17,7 +17,8 @@ Prints one JSON object: ``check_rps``, ``floor_rps``, ``ratio`` (check / floor),
 generator used). Targets: ratio >= 0.6, check p99 <= 10 ms at 16 connections.
 
 ``--guards``: as many customers again on a copy of the plan with cost guards
-(``bench.common.GUARDED_PLAN``: evaluated on every check, outcome unchanged), and the checks
+(``bench.common.GUARDED_PLAN``: evaluated on every check, outcome unchanged) and three scoped
+budgets each (``bench.common.BUDGETS``: every check carries ``SCOPE``), and the checks
 measured once more on one of them, in the same run: ``guarded_check_rps`` and
 ``guards_ratio`` (guarded / unguarded). Target: guards_ratio >= 0.8.
 """
@@ -167,8 +168,13 @@ def seed(url: str, customers: int, now: datetime, plans: str = PLANS, guarded: b
             events.append({"id": f"e-{i}-{j}", "customer": cid, "type": "llm.call",
                            "timestamp": max(start, now - timedelta(minutes=j + 1)).isoformat(),
                            "properties": {"feature": "support-chat", "model": "claude-sonnet-4-5",
-                                          "input_tokens": 2100, "output_tokens": 400}})
+                                          "input_tokens": 2100, "output_tokens": 400, "team": "support",
+                                          "user": "u-7"}})
     Ledger(engine, catalog).record(events)
+    if guarded:
+        from bench.common import add_budgets
+
+        add_budgets(engine, catalog, [cid for cid, plan, _ in population if plan == GUARDED_PLAN])
     _, key = create_key(engine, "check")
     engine.dispose()
     return key
@@ -226,13 +232,15 @@ def main() -> None:
         port = free_port()
         server = start_server(url, port, plans)
         try:
-            body = json.dumps({"customer": "cust-00042", "meter": "messages"})
+            from bench.common import SCOPE
+
+            body = json.dumps({"customer": "cust-00042", "meter": "messages", "properties": SCOPE})
             run_load(generator, port, "POST", "/v1/quota/check", body, key, 1.0, args.concurrency)  # warm-up
             run_load(generator, port, "GET", "/healthz", "", key, 1.0, args.concurrency)
             floor = run_load(generator, port, "GET", "/healthz", "", key, args.seconds, args.concurrency)
             check = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds, args.concurrency)
             if args.guards:
-                body = json.dumps({"customer": "guard-00042", "meter": "messages"})
+                body = json.dumps({"customer": "guard-00042", "meter": "messages", "properties": SCOPE})
                 run_load(generator, port, "POST", "/v1/quota/check", body, key, 1.0, args.concurrency)
                 guarded = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds,
                                    args.concurrency)

@@ -53,6 +53,29 @@ cost_guard:
 """
 
 
+# and three scoped budgets per guarded customer (issue 15 item 2), each counting every call of
+# the benchmarks (their calls and events carry ``SCOPE``) and none changing an outcome
+SCOPE = {"team": "support", "user": "u-7", "feature": "support-chat"}
+BUDGETS = (
+    {"name": "team-cost-daily", "measure": "cost", "amount": "1000000", "window": "daily", "enforcement": "hard",
+     "scope": {"property": "team", "value": "support"}},
+    {"name": "user-messages-weekly", "measure": "units", "meter": "messages", "amount": "1000000000000",
+     "window": "weekly", "enforcement": "hard", "scope": {"property": "user", "value": "u-7"}},
+    {"name": "feature-billed-monthly", "measure": "billed", "amount": "1000000000", "window": "monthly",
+     "scope": {"property": "feature", "value": "support-chat"}},
+)
+
+
+def add_budgets(engine, catalog, customers) -> None:
+    """``BUDGETS`` for each of ``customers`` (through the service the API and CLI call)."""
+    from billing.budgets.service import Budgets
+
+    service = Budgets(engine, catalog)
+    for cid in customers:
+        for b in BUDGETS:
+            service.create(cid, b)
+
+
 def guarded_plans_dir(folder: str) -> str:
     """``folder`` holding the shipped plans plus ``GUARDED_PLAN``; returns its path."""
     import shutil

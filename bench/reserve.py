@@ -21,7 +21,8 @@ Both run after a one-second warm-up of pairs and, on PostgreSQL, an ``ANALYZE`` 
 statistics of a database in use; see ``main``).
 
 ``--guards``: as many customers again on a copy of the plan with cost guards
-(``bench.common.GUARDED_PLAN``: evaluated on every call, outcomes unchanged), and the pairs
+(``bench.common.GUARDED_PLAN``: evaluated on every call, outcomes unchanged) and three scoped
+budgets each (``bench.common.BUDGETS``: every call and event carries ``SCOPE``), and the pairs
 measured once more on them in the same run, after the plain ones:
 ``guarded_reserve_commit_per_s``, ``guarded_checks_per_s`` and ``guards_pairs_ratio``
 (guarded / plain pairs). Target: guards_pairs_ratio >= 0.8 on PostgreSQL.
@@ -46,7 +47,9 @@ sys.path.insert(0, ROOT)
 
 PLANS = os.path.join(ROOT, "plans")
 EVENT = {"type": "llm.call", "properties": {"feature": "support-chat", "model": "claude-sonnet-4-5",
-                                             "input_tokens": 2100, "output_tokens": 400}}
+                                             "input_tokens": 2100, "output_tokens": 400, "team": "support",
+                                             "user": "u-7"}}
+from bench.common import SCOPE  # noqa: E402 (every call's properties: the guarded customers' budgets)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -140,12 +143,12 @@ def floor_durable_tx(url: str, threads: int, seconds: float) -> float:
 
 def checks(quota, customers: list[str], seconds: float) -> tuple[float, float]:
     for cid in customers:
-        quota.check(cid, "messages")  # warm the context cache
+        quota.check(cid, "messages", properties=SCOPE)  # warm the context cache
     n = 0
     start, cpu0 = time.perf_counter(), time.thread_time()
     while time.perf_counter() - start < seconds:
         for cid in customers:
-            quota.check(cid, "messages")
+            quota.check(cid, "messages", properties=SCOPE)
         n += len(customers)
     return n / (time.perf_counter() - start), (time.thread_time() - cpu0) / n * 1e6
 
@@ -166,7 +169,7 @@ def pairs(quota, customers: list[str], threads: int, seconds: float) -> dict:
             cid = customers[rng.randrange(len(customers))]
             t0 = time.perf_counter()
             try:
-                r = quota.reserve(cid, "messages", 1, ttl=60)
+                r = quota.reserve(cid, "messages", 1, ttl=60, properties=SCOPE)
                 t1 = time.perf_counter()
                 if not r.granted:
                     denied += 1
@@ -213,7 +216,7 @@ def main() -> None:
 
     import tempfile
 
-    from bench.common import GUARDED_PLAN, fresh_database, guarded_plans_dir
+    from bench.common import GUARDED_PLAN, add_budgets, fresh_database, guarded_plans_dir
     from billing.catalog import Catalog
     from billing.store.db import make_engine
     from billing.reservations.holds import Quota
@@ -228,6 +231,7 @@ def main() -> None:
         seed(engine, catalog, customers, now)
         if args.guards:
             seed(engine, catalog, guarded_customers, now, GUARDED_PLAN)
+            add_budgets(engine, catalog, guarded_customers)
         before = {}
         quota = Quota(engine, catalog, context_ttl=5.0)
         # steady state, not a database minutes old: some holds and events written, then the

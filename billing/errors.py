@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     # contracts (billing.contracts): overrides, coupons, term commitments
     CONTRACT_INVALID = "contract_invalid"
     COUPON_NOT_FOUND = "coupon_not_found"
+    BUDGET_NOT_FOUND = "budget_not_found"
     # quota
     RESERVATION_NOT_FOUND = "reservation_not_found"
     RESERVATION_STATE = "invalid_transition"

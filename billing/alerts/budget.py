@@ -150,6 +150,39 @@ class BudgetAlerts:
         self._fired.update(seen)  # only once the transaction committed
         return fired
 
+    def budget_crossed(self, customer: str, hits: Iterable[Any], now: datetime) -> list[str]:
+        """Record the soft budgets (``billing.quota.budgets``) a granted call passed, once per
+        budget and window: a ``budget_alert`` row (subject ``budget:<id>``, the window's start)
+        and one ``alert.triggered`` webhook (rule ``budget``). THE call site of a scoped budget's
+        alert. Returns the keys of the crossings that fired now."""
+        mod = pg_dialect if self.pg else sqlite_dialect
+        now_us = to_us(now)
+        fired = []
+        with self.engine.begin() as conn:
+            for hit in sorted(hits, key=lambda h: h.budget.id):  # key order
+                b = hit.budget
+                start_us = to_us(hit.start)
+                subject = f"budget:{b.id}"
+                new = conn.execute(mod.insert(_alert).values(
+                    customer_id=customer, period_start=start_us, subject=subject, threshold="100",
+                    value=dec_str(hit.value), limit=dec_str(hit.limit), fired_at=now_us)
+                    .on_conflict_do_nothing().returning(_alert.c.customer_id)).first() is not None
+                if not new:
+                    continue
+                key = f"{b.id}:{start_us}:100"
+                enqueue_alert(conn, customer=customer, rule="budget", key=key, at=now, data={
+                    "budget": b.to_json(), "window": {"start": iso(hit.start), "end": iso(hit.end)},
+                    "subject": subject, "threshold_percent": "100", "value": dec_str(hit.value),
+                    "limit": dec_str(hit.limit), "unit": b.measure})
+                fired.append(key)
+        return fired
+
+    def budget_crossed_quietly(self, customer: str, hits: Iterable[Any], now: datetime) -> None:
+        try:
+            self.budget_crossed(customer, hits, now)
+        except Exception:  # noqa: BLE001
+            log.exception("budget alert recording failed")
+
 
 def rule_of(subject: str) -> str:
     if subject == "cost_guard:cost_cap":

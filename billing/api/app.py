@@ -29,6 +29,7 @@ from billing.api.entitlements import router as entitlements_router
 from billing.api.fastpath import BillingAPI
 from billing.api.keys import router as keys_router
 from billing.api.media import JsonBodies
+from billing.api.budgets import router as budgets_router
 from billing.api.params import reject_unknown_query
 from billing.api.responses import Health, documented
 from billing.api.contracts import router as contracts_router
@@ -160,6 +161,7 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
 
     app.include_router(webhooks_router)  # /v1/webhook_endpoints, /v1/webhook_deliveries
     app.state.webhook_env = bool(webhook_url and webhook_secret)  # the implicit "env" endpoint
+    app.include_router(budgets_router)  # /v1/customers/{id}/budgets (billing.api.budgets)
     telemetry.install(app, Outbox(engine, clock=clock))  # X-Request-Id on every response, GET /metrics
     for extra in extra_routers:
         app.include_router(extra)

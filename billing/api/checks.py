@@ -30,15 +30,17 @@ class AsyncChecks:
 
     async def check(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, model: str | None = None,
                     task: str | None = None, tokens: int | None = None, cost: Decimal | int | str = 0,
-                    steps: int | None = None, retry: int | None = None, depth: int | None = None) -> Decision:
+                    steps: int | None = None, retry: int | None = None, depth: int | None = None,
+                    properties: dict | None = None) -> Decision:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
         elif loop is not self._loop:  # batches belong to one loop (a server has one): ask alone
             return await loop.run_in_executor(None, partial(
                 self.quota.check, customer, key, quantity, model=model, task=task, tokens=tokens, cost=cost,
-                steps=steps, retry=retry, depth=depth))
-        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth)  # errors: at once
+                steps=steps, retry=retry, depth=depth, properties=properties))
+        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth,
+                                properties)  # errors: at once
         future = loop.create_future()
         self._pending.append((Op("check", customer=customer, request=request), future))
         if self._running < self.max_batches:

@@ -57,6 +57,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.CURRENCY_MISMATCH: 422,
     ErrorCode.CONTRACT_INVALID: 422,
     ErrorCode.COUPON_NOT_FOUND: 404,
+    ErrorCode.BUDGET_NOT_FOUND: 404,
     ErrorCode.RESERVATION_NOT_FOUND: 404,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,

@@ -196,11 +196,11 @@ async def check_decision(state: Any, auth: str | None, api_key: str | None, body
     if quota.inline_reads:  # SQLite: a few local lock-free reads, cheaper inline than a thread hop
         decision = quota.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
                                tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry,
-                               depth=body.depth).to_json()
+                               depth=body.depth, properties=body.properties).to_json()
     else:  # over a network (PostgreSQL): concurrent checks share a thread hop and a round trip
         decision = (await state.checks.check(body.customer, body.key, body.quantity, model=body.model, task=body.task,
                                              tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry,
-                                             depth=body.depth)).to_json()
+                                             depth=body.depth, properties=body.properties)).to_json()
     count_decision(state, decision)
     return decision
 
@@ -212,7 +212,7 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
     r = _svc(request).quota.reserve(body.customer, body.key, body.quantity, ttl=body.ttl_seconds,
                                     request_id=body.request_id, model=body.model, task=body.task,
                                     tokens=body.tokens, cost=body.cost, steps=body.steps, retry=body.retry,
-                                    depth=body.depth).to_json()
+                                    depth=body.depth, properties=body.properties).to_json()
     count_decision(request.app.state, r["decision"])
     return _json(r, r["decision"])
 

@@ -44,6 +44,8 @@ class QuotaIn(Strict):
     steps: Annotated[int, Field(ge=0, le=10**12)] | None = None
     retry: Annotated[int, Field(ge=0, le=10**12)] | None = None  # agent_limits.max_retries judges it
     depth: Annotated[int, Field(ge=0, le=10**12)] | None = None  # agent_limits.max_depth judges it
+    # the properties the call's event will carry: the budgets it counts against (team, user, ...)
+    properties: Annotated[dict[str, Any], Field(max_length=32)] | None = None
 
     @model_validator(mode="after")
     def _one_key(self) -> "QuotaIn":

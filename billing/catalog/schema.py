@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Field, field_validator
 from billing.catalog.base import Frozen, Key, Money, Positive, RateLimit
 from billing.catalog.features import FeatureValue, MeteredFeature  # noqa: F401  (the plan's features)
 from billing.catalog.guards import CostGuard
+from billing.catalog.overhead import Overhead
 
 from billing.catalog.filters import FilterRule, FilterValue, filter_rules, rule_holds
 
@@ -421,6 +422,7 @@ class Plan(Frozen):
     budget_alerts: BudgetAlerts | None = None
     agent_limits: AgentLimits | None = None
     cost_guard: CostGuard | None = None  # provider-cost guardrails (billing.catalog.guards)
+    overhead: Overhead | None = None  # fixed monthly cost per seat / user (billing.catalog.overhead)
     dunning: Dunning = Field(default_factory=Dunning)
     features: dict[Key, FeatureValue] = Field(default_factory=dict)  # entitlements
     # threshold invoicing: an invoice is cut whenever the usage accrued since the period's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from billing.cli import budgets as budgets_cli
 from billing.cli import client as client_cli
 from billing.cli import contracts, costs, events_unpriced, invoice, keys, ledger_cmds, plans  # noqa: F401 (events_unpriced: a command)
 from billing.cli import events_archive  # noqa: F401,E402 (commands)
@@ -27,6 +28,7 @@ app.add_typer(ledger_cmds.customers_app, name="customers")
 app.add_typer(ledger_cmds.subs_app, name="subscriptions")
 app.add_typer(ledger_cmds.credits_app, name="credits")
 app.add_typer(contracts.app, name="contracts")
+app.add_typer(budgets_cli.app, name="budgets")
 app.add_typer(ledger_cmds.events_app, name="events")
 app.add_typer(stripe_cli.app, name="stripe")
 app.add_typer(report_cli.app, name="report")

@@ -61,7 +61,8 @@ from billing.catalog.compiled import CompiledCharge, CompiledPlan
 from billing.catalog.schema import BlockPolicy, Plan, RateLimit, RateLimitPolicy, SlowTierPolicy, UsageCharge
 from billing.errors import BillingError, ErrorCode
 from billing.money import dec_str, round_line
-from billing.quota.guards import GuardHit, breaches, cost_remaining, task_cost_after, task_remaining
+from billing.quota.budgets import BudgetHit, BudgetUse, judge
+from billing.quota.guards import GuardHit, breaches, cost_remaining, held_cost, task_cost_after, task_remaining
 from billing.rating import arithmetic
 from billing.rating.types import Groups, merge_groups
 
@@ -90,10 +91,11 @@ class Reason(StrEnum):
     TASK_LIMIT = "task_limit"
     PAYMENT_OVERDUE = "payment_overdue"
     COST_GUARD = "cost_guard"
+    BUDGET = "budget_exceeded"
 
 
-_DENY_PRIORITY = {Reason.PAYMENT_OVERDUE: 0, Reason.TASK_LIMIT: 1, Reason.COST_GUARD: 2, Reason.QUOTA_EXHAUSTED: 3,
-                  Reason.RATE_LIMITED: 4, Reason.SPEND_CAP_REACHED: 5}
+_DENY_PRIORITY = {Reason.PAYMENT_OVERDUE: 0, Reason.TASK_LIMIT: 1, Reason.COST_GUARD: 2, Reason.BUDGET: 3,
+                  Reason.QUOTA_EXHAUSTED: 4, Reason.RATE_LIMITED: 5, Reason.SPEND_CAP_REACHED: 6}
 _RANK = {Outcome.ALLOW: 0, Outcome.DOWNGRADE: 1, Outcome.DENY: 2}
 
 
@@ -154,6 +156,7 @@ class UsageState:
     payment_overdue: bool = False
     payment_failed_at: datetime | None = None  # oldest unpaid failed invoice (dunning clock)
     provider_cost: Decimal = ZERO  # provider cost of every event of the period (read for cost guards)
+    budgets: tuple[BudgetUse, ...] = ()  # the customer's budgets with their usage (billing.quota.budgets)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class QuotaRequest:
     steps: int | None = None  # agent steps this request takes; default 1 when a task is named
     retry: int | None = None  # which retry of its step this call is (0: the first attempt)
     depth: int | None = None  # sub-agent depth of the call (0: the top-level agent)
+    properties: Mapping[str, Any] | None = None  # the event's scope properties (team, user, ...): budgets
 
 
 # ------------------------------------------------------------------------ outputs
@@ -197,6 +201,9 @@ class Decision:
     guard: str | None = None  # the cost guard that decided (or fired): cost_cap | margin_floor | task_cost
     cost_remaining: Decimal | None = None  # provider cost left under the customer's cost guards (None: none)
     task: dict[str, Any] | None = None  # a task's call: steps / tokens / cost left (None: unlimited figure)
+    budget: dict[str, Any] | None = None  # the tightest budget the call counts against, before it (None: none)
+    budget_parts: tuple[tuple[int, Decimal], ...] = ()  # (budget id, what the call adds): held with it
+    budget_alerts: tuple[BudgetHit, ...] = ()  # the soft budgets the call passes (recorded as alerts)
 
     @property
     def granted(self) -> bool:
@@ -215,6 +222,7 @@ class Decision:
             "cost_remaining": None if self.cost_remaining is None else dec_str(self.cost_remaining),
             "task": None if self.task is None else {
                 k: v if v is None or isinstance(v, int) else dec_str(v) for k, v in self.task.items()},
+            **({"budget": self.budget} if self.budget is not None else {}),
         }
 
 
@@ -340,9 +348,13 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
     fired = None
     if plan.cost_guard is not None:
         fired = _guard_verdicts(plan, state, request, amounts.spend_after, credits_all, verdicts)
+    spend_before = amounts.spend_before
+    budget, parts, soft = None, (), ()
+    if state.budgets:
+        budget, parts, soft = _budget_verdicts(state, request, meter_key, before, units, cost,
+                                               amounts.spend_after - spend_before, spend_before, verdicts)
 
     final = _combine(verdicts)
-    spend_before = amounts.spend_before
     return frozen(Decision, {
         "outcome": final.outcome, "lane": Lane(final.tier, final.model), "reason": final.reason, "meter": meter_key,
         "charges": tuple(c.key for c in charges), "units": units, "remaining": remaining,
@@ -354,7 +366,8 @@ def decide(plan: Plan, state: UsageState, request: QuotaRequest) -> Decision:
             fired.message if fired is not None else ""),
         "guard": final.guard or (fired.guard if fired is not None else None),
         "cost_remaining": cost_remaining(plan, state, spend_before, credits_all) if plan.cost_guard else None,
-        "task": task_remaining(plan, state) if request.task else None})
+        "task": task_remaining(plan, state) if request.task else None,
+        "budget": budget, "budget_parts": parts, "budget_alerts": soft})
 
 
 def _meter_totals(cp: CompiledPlan, state: UsageState, meter_key: str, units: Decimal, cost: Decimal,
@@ -568,6 +581,29 @@ def _guard_verdicts(plan: Plan, state: UsageState, request: QuotaRequest, spend_
                          guard=name)
             verdicts.append(_rate_checked(v, f"guard:{name}", policy.rate_limit, state))
     return hits[0] if hits else None
+
+
+def _budget_verdicts(state: UsageState, request: QuotaRequest, meter_key: str, before: MeterUsage, units: Decimal,
+                     cost: Decimal, amount: Decimal, spend_before: Decimal, verdicts: list[_Verdict]):
+    """Append the verdict of each hard budget the request passes (``billing.quota.budgets``);
+    return the tightest budget (JSON), the request's part in each budget and the soft ones passed."""
+    counters = {"billed": spend_before, "cost": state.provider_cost + held_cost(state),
+                f"units:{meter_key}": before.units}
+    hits, tightest, parts = judge(state.budgets, meter_key, request.properties, units, cost, max(ZERO, amount),
+                                  counters)
+    soft = []
+    for hit in hits:
+        b = hit.budget
+        if b.policy == "deny":
+            verdicts.append(_Verdict(Outcome.DENY, "fast", Reason.BUDGET, retry_after=_seconds_until(state.now, hit.end),
+                                     message=hit.message))
+        elif b.policy == "downgrade":
+            verdicts.append(_Verdict(Outcome.DOWNGRADE, "slow", Reason.BUDGET, model=b.model, message=hit.message))
+        else:
+            soft.append(hit)
+    if hits and tightest is not None and hits[0].budget.enforcement == "hard":
+        tightest = {**tightest, "passed": hits[0].budget.name}
+    return tightest, tuple(sorted(parts.items())), tuple(soft)
 
 
 def _combine(verdicts: list[_Verdict]) -> _Verdict:

@@ -43,7 +43,8 @@ def report_json(report) -> dict:
         "totals": {"customers": len(report.customers), "revenue": _revenue(report.revenue, cur),
                    "cost": dec_str(report.cost), "margin": dec_str(report.margin),
                    "margin_pct": _pct(report.margin_pct)},
-        "customers": [customer_json(report, c) for c in report.customers],
+        "customers": [{**customer_json(report, c), **_split_json(report, c)} for c in report.customers],
+        "costs": _costs_json(report),
         "whales": [c.customer for c in report.whales()],
         "whale_margin_pct": None if report.whale_margin_pct is None else dec_str(report.whale_margin_pct),
         "segments": [{"segment": s.name, "percentile": s.percentile, "customer": s.customer.customer,
@@ -66,6 +67,21 @@ def report_json(report) -> dict:
                                             / PICO),
                             "by_type": [_kept_json(g) for g in report.unmetered_usage]},
     }
+
+
+def _split_json(report, c) -> dict:
+    """A customer's AI cost, other cost, overhead and cost per outcome (``reports.costs_beyond``)."""
+    split = report.split.get(c.customer)
+    return split.to_json(c.revenue, c.cost) if split is not None else {}
+
+
+def _costs_json(report) -> dict:
+    """The totals of the cost split: provider cost as AI and other cost, and the overhead."""
+    splits = [report.split[c.customer] for c in report.customers if c.customer in report.split]
+    overhead = sum((s.overhead for s in splits), Decimal(0))
+    return {"ai_cost": dec_str(sum((s.ai_cost for s in splits), Decimal(0))),
+            "other_cost": dec_str(sum((s.other_cost for s in splits), Decimal(0))),
+            "overhead": dec_str(overhead), "margin_after_overhead": dec_str(report.margin - overhead)}
 
 
 def _kept_json(g) -> dict:

@@ -57,6 +57,7 @@ from billing.store.types import to_us
 from billing.money import from_minor, quantum
 from billing.rating.periods import Period, parse_period_label
 from billing.reports import repository as repo
+from billing.reports.costs_beyond import splits
 from billing.reports.stats import PERCENTILES, allocate, margin_pct, percentile, percentiles
 from billing.reports.to_date import rate_to_date
 
@@ -131,6 +132,7 @@ class MarginReport:
     per_customer_breakdown: list[tuple[str, BreakdownRow]] = field(default_factory=list)
     whale_margin_pct: Decimal | None = None
     kept: list[FlaggedGroup] = field(default_factory=list)  # unpriced events by model, unmetered ones by type
+    split: dict = field(default_factory=dict)  # customer -> reports.costs_beyond.CostSplit (AI / other / overhead)
 
     @property
     def unpriced_usage(self) -> list[FlaggedGroup]:
@@ -243,6 +245,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             billed, billed_subs = _billed_revenue(lines, periods, as_of)
             open_subs = [s for s in subs if s.id not in billed_subs]
             rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
+            split = splits(conn, catalog, periods, subs, as_of)  # costs beyond tokens, overhead (additive)
         finally:
             conn.rollback()
     rated_revenue: dict[str, Decimal] = defaultdict(lambda: ZERO)
@@ -250,7 +253,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
         rated_revenue[w.customer] += w.invoice.total
     customers = _customer_margins(rows, billed, rated_revenue, _plan_names(subs, periods), zones, periods)
     report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct,
-                          kept=_merged(kept))
+                          kept=_merged(kept), split=split)
     if by:
         _breakdown(report, rows)
     return report

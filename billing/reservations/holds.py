@@ -50,7 +50,9 @@ from billing.reservations.combiner import Combiner
 from billing.reservations.metrics import late_commit_count, late_commits_by_meter
 from billing.reservations.sql import (
     MICRO, Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
-    parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state)
+    parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state,
+    budget_rows_of)
+from billing.reservations.budget_sql import BudgetReader
 from billing.reservations.types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, HoldStatus, Op, Reservation, WarnedDecision, parse_request, storable_text)
 from billing.reservations.writer import QuotaWriter
@@ -106,6 +108,7 @@ class Quota:
         self._ctx_cache: dict[str, tuple[float, Context]] = {}
         self._model_warnings: dict[tuple[str, Any], tuple] = {}  # (model, day) -> warnings of _warnings_book
         self._warnings_book = None
+        self.budget_reader = BudgetReader()  # budgets' committed events, read incrementally
         self.writer = QuotaWriter(self, self.conns, leaders=writers)
         # PostgreSQL checks of concurrent callers are batched (a few batches at once); SQLite
         # reads are local and cheaper alone
@@ -167,13 +170,16 @@ class Quota:
             self._ctx_cache.clear()
         else:
             self._ctx_cache.pop(customer, None)
+        self.budget_reader.forget(customer)
 
     # ---------------------------------------------------------------- public
     def check(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, model: str | None = None,
               task: str | None = None, tokens: int | None = None, cost: Decimal | int | str = 0,
-              steps: int | None = None, retry: int | None = None, depth: int | None = None) -> Decision:
-        """What would happen to this request now (read-only: holds nothing)."""
-        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth)
+              steps: int | None = None, retry: int | None = None, depth: int | None = None,
+              properties: dict | None = None) -> Decision:
+        """What would happen to this request now (read-only: holds nothing). ``properties``:
+        the properties the call's event will carry (its budget scopes: team, user, ...)."""
+        request = parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth, properties)
         if self.reads is not None:  # over the network: concurrent checks share a round trip
             return self.reads.submit(Op("check", customer=customer, request=request))
         request = self.estimated(request)
@@ -185,15 +191,22 @@ class Quota:
             usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
-            decision = decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage), request)
+            rows = self._budget_rows(conn, ctx, now) if ctx.budgets else None
+            decision = decide(ctx.plan, make_state(ctx, now, usage, held, rates, task_usage, rows), request)
             self.notices.after(ctx, request, decision)
             return self._warned(decision, request, now)
         with self.conns.read() as conn:  # in-memory SQLite
             ctx = self.context(conn, customer, now)
-            state = usage_state(self.conns, conn, ctx, now, task)
+            state = usage_state(self.conns, conn, ctx, now, task, self.budget_reader, self.context_ttl)
         decision = decide(ctx.plan, state, request)
         self.notices.after(ctx, request, decision)
         return self._warned(decision, request, now)
+
+    def _budget_rows(self, conn: Any, ctx: Context, now: datetime) -> list | None:
+        """A check's budget rows: as read less than ``context_ttl`` ago (a check is read-only
+        and its context as old), else read now. Reservations read them under the lock."""
+        rows = self.budget_reader.recent(ctx, now, self.context_ttl) if self.context_ttl > 0 else None
+        return rows if rows is not None else budget_rows_of(self.conns, conn, ctx, now, self.budget_reader)
 
     def estimated(self, request: QuotaRequest) -> QuotaRequest:
         """``request`` with its provider cost estimated when the caller gave none but named a
@@ -252,7 +265,8 @@ class Quota:
                     op.ctx = found[op.customer]
             live = [op for op in ops if op.error is None]
             if len(live) == 1:  # alone: the one-customer statements
-                states = [usage_state(self.conns, conn, live[0].ctx, now, live[0].request.task)]
+                states = [usage_state(self.conns, conn, live[0].ctx, now, live[0].request.task, self.budget_reader,
+                                      self.context_ttl)]
             elif live:
                 states = self._batch_states(conn, live, now)
         for op, state in zip(live, states):
@@ -273,28 +287,43 @@ class Quota:
         queries = [batch_state_query(True, [ctxs[c] for c in customers], now_us)]
         if pairs:
             queries.append(batch_task_query(True, pairs, now_us))
+        reader, ttl = self.budget_reader, self.context_ttl
+        recent = {c: found for c in customers if ctxs[c].budgets and ttl > 0
+                  and (found := reader.recent(ctxs[c], now, ttl)) is not None}
+        budgeted = [(c, *found) for c in customers if ctxs[c].budgets and c not in recent
+                    and (found := reader.statement(True, ctxs[c], now))[0] is not None]
+        queries += [q for _, q, _ in budgeted]
         results = run_all(self.conns, conn, queries)
         states = parse_batch_state(results[0], customers)
         tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
+        rows = {c: budget_rows_of(self.conns, conn, ctxs[c], now, reader, (token, found))
+                for (c, _, token), found in zip(budgeted, results[len(results) - len(budgeted):])}
+        rows.update(recent)
         return [make_state(op.ctx, now, *states[op.customer],
-                           tasks.get((op.customer, op.request.task)) if op.request.task is not None else None)
+                           tasks.get((op.customer, op.request.task)) if op.request.task is not None else None,
+                           rows.get(op.customer))
                 for op in ops]
 
     def reserve(self, customer: str, key: str, quantity: Decimal | int | str = 1, *, ttl: float | None = None,
                 request_id: str | None = None, model: str | None = None, task: str | None = None,
                 tokens: int | None = None, cost: Decimal | int | str = 0, steps: int | None = None,
-                retry: int | None = None, depth: int | None = None) -> Reservation:
-        """Decide and, if allowed or downgraded, hold the units until commit, release or expiry."""
+                retry: int | None = None, depth: int | None = None, properties: dict | None = None) -> Reservation:
+        """Decide and, if allowed or downgraded, hold the units until commit, release or expiry
+        (and the call's part in each budget it counts against)."""
         ttl = self.default_ttl if ttl is None else float(ttl)
         if not 0 < ttl <= self.max_ttl:
             raise BillingError(f"ttl must be in (0, {self.max_ttl:g}] seconds", code=ErrorCode.VALIDATION)
         if request_id is not None and not 0 < len(request_id) <= 200:
             raise BillingError("request_id must be 1-200 characters", code=ErrorCode.VALIDATION)
         storable_text("request_id", request_id)
-        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth))
+        request = self.estimated(parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry, depth,
+                                               properties))
         op = Op("reserve", customer=customer, request=request, ttl=ttl, request_id=request_id)
         reservation = self.writer.submit(op)
         self.notices.after(op.ctx, request, reservation.decision)  # quota.exhausted, task guard: once
+        crossed = getattr(reservation.decision, "budget_alerts", ())
+        if crossed and self.alerts and self.ledger.alerts is not None:  # soft budgets passed: alert once a window
+            self.ledger.alerts.budget_crossed_quietly(customer, crossed, self.clock())
         warnings = self.model_warnings(model, self.clock())
         return replace(reservation, warnings=warnings) if warnings else reservation
 
@@ -357,7 +386,7 @@ class Quota:
     # ---------------------------------------------------------------- alerts
     def evaluate_alerts(self, customer: str) -> list[Alert]:
         """Record budget thresholds newly reached this period and queue one webhook for each
-        (``budget.threshold_reached``, dedupe id ``budget:<customer>:<period>:<subject>:<pct>``).
+        (``alert.triggered``, once per threshold and period: ``billing.alerts.events.enqueue_alert``).
         Returns the alerts that fired now (each fires once per period)."""
         if self.ledger.alerts is None:
             return []

@@ -38,6 +38,7 @@ from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_sub
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
+from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
@@ -61,6 +62,7 @@ class Context:
     credits: dict  # grant id -> (remaining balance, applies_to)
     payment_failed_at: datetime | None
     timezone: str = "UTC"
+    budgets: tuple = ()  # the customer's budgets (billing.quota.budgets.Budget), by id
 
 
 # ---------------------------------------------------------------- connections
@@ -243,7 +245,9 @@ def _utc(value: Any) -> datetime | None:
 
 
 _CONTEXT_SQL = (
-    "SELECT timezone, cost_guard FROM customer WHERE id = ?",
+    # the customer and its budgets (one row per budget; one row of NULLs without any)
+    f"SELECT c.timezone, c.cost_guard, {BUDGET_COLUMNS} FROM customer c LEFT JOIN budget b ON b.customer_id = c.id "
+    "WHERE c.id = ?",
     "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
     "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
     "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
@@ -280,7 +284,8 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
     tz_rows, subs, seat_rows, failed_rows, grants, override_rows = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
-    tz, own_guard = tz_rows[0]
+    tz, own_guard = tz_rows[0][:2]
+    budgets = budgets_of(tz_rows) if tz_rows[0][2] is not None else ()
     active = []
     started_of = {row[0]: row[4] for row in subs}
     for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
@@ -316,7 +321,7 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
         balance = int(amount_micro) - int(burned or 0)
         if balance > 0:
             credits[gid] = (Decimal(balance) / MICRO, tuple(applies_to.split(",")) if applies_to else None)
-    return Context(customer, sid, plan, period, seats, credits, failed, tz)
+    return Context(customer, sid, plan, period, seats, credits, failed, tz, budgets)
 
 
 # ---------------------------------------------------------------------- state
@@ -356,7 +361,7 @@ def state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple
         sql, params = STATE_SQL, (c, start_us, c, now_us, start_us, c, now_us, now_us)
     else:
         sql, params = STATE_SQL_NO_RATES, (c, start_us, c, now_us, start_us)
-    if ctx.plan.cost_guard is not None:
+    if ctx.plan.cost_guard is not None or ctx.budgets:
         sql = _ALL_ROWS[sql]
     if compiled.event_read_meters:  # meters the counters cannot rate (quota_exact)
         more, extra = quota_exact.selects(pg, ctx.plan, start_us, to_us(ctx.period.end), with_customer=False,
@@ -428,27 +433,60 @@ def parse_task(rows: list[tuple]) -> TaskUsage:
     return TaskUsage(steps, tokens, Decimal(cost_pico) / PICO)
 
 
-def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage | None) -> UsageState:
-    """The decision's state; with cost guards, ``provider_cost`` from the all-events row."""
+def make_state(ctx: Context, now: datetime, usage, held, rates, task: TaskUsage | None,
+               budget_rows: Sequence[Sequence[Any]] | None = None) -> UsageState:
+    """The decision's state; with cost guards or budgets, ``provider_cost`` from the
+    all-events row; with budgets, their usage (``budget_rows``: ``budget_sql.budget_query``'s)."""
     if ctx.plan.compiled.event_read_meters:
         usage = quota_exact.fold(ctx.plan, usage)
-    everything = usage.get(ALL_EVENTS) if ctx.plan.cost_guard is not None else None
+    everything = usage.get(ALL_EVENTS) if ctx.plan.cost_guard is not None or ctx.budgets else None
     return frozen(UsageState, {
         "now": now, "period_start": ctx.period.start, "period_end": ctx.period.end, "usage": usage, "held": held,
         "seats": ctx.seats, "credit_balance": _ZERO, "credit_balances": ctx.credits, "task": task,
         "rate_counts": rates, "payment_overdue": False, "payment_failed_at": ctx.payment_failed_at,
-        "provider_cost": everything.cost if everything is not None else _ZERO})
+        "provider_cost": everything.cost if everything is not None else _ZERO,
+        "budgets": budget_usage(ctx, now, usage, budget_rows) if ctx.budgets else ()})
 
 
-def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None) -> UsageState:
-    """Committed usage, live holds, rate windows (and the task's usage) in one round trip."""
+def budget_rows_of(conns: Connections, conn: Any, ctx: Context, now: datetime, reader: BudgetReader | None = None,
+                   first: tuple | None = None) -> list[tuple] | None:
+    """The rows of the customer's event-read budgets (None: it has none) through ``reader``
+    (a fresh one reads everything); ``first``: (token, rows) of a statement already run."""
+    reader = reader or BudgetReader()
+    if first is not None:
+        rows = reader.rows(ctx, first[0], first[1])
+        if rows is not None:
+            reader.remember(ctx, now, rows)
+            return rows
+    for _ in range(3):
+        q, token = reader.statement(conns.pg, ctx, now)
+        if q is None:
+            return None
+        rows = reader.rows(ctx, token, run_all(conns, conn, [q])[0])
+        if rows is not None:
+            reader.remember(ctx, now, rows)
+            return rows
+    raise BillingError("budget usage kept changing while read; retry", code=ErrorCode.UNAVAILABLE)
+
+
+def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task: str | None,
+                reader: BudgetReader | None = None, budget_ttl: float = 0.0) -> UsageState:
+    """Committed usage, live holds, rate windows (and the task's usage, the budgets') in one
+    round trip (budgets: another when ``reader``'s events cannot be trusted; none when it
+    read them less than ``budget_ttl`` seconds ago: a check's)."""
     now_us = to_us(now)
     queries = [state_query(ctx, now_us, conns.pg)]
     if task is not None:
         queries.append(task_query(ctx.customer, task, now_us))
+    reader = reader or BudgetReader()
+    recent = reader.recent(ctx, now, budget_ttl) if ctx.budgets and budget_ttl > 0 else None
+    budgets, token = reader.statement(conns.pg, ctx, now) if ctx.budgets and recent is None else (None, None)
+    if budgets is not None:
+        queries.append(budgets)
     results = run_all(conns, conn, queries)
     usage, held, rates = parse_state(results[0])
-    return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None)
+    rows = budget_rows_of(conns, conn, ctx, now, reader, (token, results[-1])) if budgets is not None else recent
+    return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None, rows)
 
 
 # ------------------------------------------------------- many customers at once
@@ -599,7 +637,7 @@ HOLD_COLUMNS = (("id", "varchar"), ("customer_id", "varchar"), ("request_id", "v
                 ("units_micro", "bigint"), ("cost_pico", "bigint"), ("tokens", "bigint"), ("steps", "integer"),
                 ("task", "varchar"), ("model", "varchar"), ("tier", "varchar"), ("outcome", "varchar"),
                 ("reason", "varchar"), ("decision", "text"), ("status", "varchar"), ("created_at", "bigint"),
-                ("expires_at", "bigint"))
+                ("expires_at", "bigint"), ("budgets", "text"))
 
 
 def insert_holds(pg: bool, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:

@@ -90,7 +90,8 @@ def _utf8(value: str) -> bool:
     return True
 
 
-def parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry=None, depth=None) -> QuotaRequest:
+def parse_request(customer, key, quantity, model, task, tokens, cost, steps, retry=None, depth=None,
+                  properties=None) -> QuotaRequest:
     """Validate a quota request's numbers (a ``validation_error`` on anything out of range)
     and its text (``storable_text``)."""
     for name, value in (("customer", customer), ("meter or charge", key), ("model", model), ("task", task)):
@@ -109,7 +110,32 @@ def parse_request(customer, key, quantity, model, task, tokens, cost, steps, ret
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 <= value <= MAX_QUANTITY):
             raise BillingError(f"{name} must be an integer in [0, {MAX_QUANTITY}]", code=ErrorCode.VALIDATION)
-    return QuotaRequest(customer, key, q, model, task, tokens, c, steps, retry, depth)
+    return QuotaRequest(customer, key, q, model, task, tokens, c, steps, retry, depth, _properties(properties))
+
+
+MAX_PROPERTIES = 32
+
+
+def _properties(props: Any) -> dict | None:
+    """A request's event properties (budget scopes): at most 32, names of letters, digits and
+    '_', values text, numbers, booleans or lists of them (``tags``), each at most 200 characters."""
+    if props is None:
+        return None
+    if not isinstance(props, dict) or len(props) > MAX_PROPERTIES:
+        raise BillingError(f"properties must be an object of at most {MAX_PROPERTIES} properties",
+                           code=ErrorCode.VALIDATION)
+    for name, value in props.items():
+        if type(name) is not str or not 0 < len(name) <= 64:
+            raise BillingError("properties: names are 1-64 characters", code=ErrorCode.VALIDATION)
+        if type(value) is str and len(value) <= 200 and value.isascii() and "\x00" not in value:
+            continue  # the common case, checked in C
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, (dict, list)) or (isinstance(v, str) and len(v) > 200):
+                raise BillingError(f"properties.{name}: a text of at most 200 characters, a number, a boolean "
+                                   "or a list of them", code=ErrorCode.VALIDATION)
+            if isinstance(v, str):
+                storable_text(f"properties.{name}", v)
+    return props or None
 
 
 def request_json(r: QuotaRequest) -> dict:
@@ -118,6 +144,8 @@ def request_json(r: QuotaRequest) -> dict:
            "cost": dec_str(r.cost), "steps": r.steps}
     if r.retry is not None or r.depth is not None:  # (requests stored before these existed have neither)
         out["retry"], out["depth"] = r.retry, r.depth
+    if r.properties:
+        out["properties"] = r.properties
     return out
 
 

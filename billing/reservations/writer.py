@@ -51,7 +51,9 @@ from billing.reservations.commits import committed, event_for, prepare_commit, r
 from billing.reservations.events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.reservations.sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
-    counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state, parse_batch_tasks, run_all)
+    budget_rows_of, counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state,
+    parse_batch_tasks, run_all)
+from billing.reservations.budget_sql import held_budgets
 from billing.reservations.types import READ_AGAIN, Hold, HoldStatus, Op, Reservation, request_json
 from billing.store.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
@@ -163,7 +165,7 @@ class QuotaWriter:
         rates: dict[tuple[str, str, int], list[int]] = {}
         in_batch: dict[tuple[str, str], tuple[Op, dict]] = {}
         for op in reserves:
-            self._reserve_one(op, now, now_us, read.states, read.tasks, read.prior, in_batch, hold_rows, rates)
+            self._reserve_one(op, now, now_us, read, in_batch, hold_rows, rates)
         _write_grants(execute, pg, hold_rows, rates)
         book = q.ledger.book  # the commits' events are priced with this book or a newer one
         commits, releases, tx.deferred = self._settle_plan(conn, settles, read.holds, read.stored, now, now_us)
@@ -221,6 +223,9 @@ class QuotaWriter:
         state_cur = execute(*batch_state_query(pg, [ctxs[c] for c in customers], now_us)) if customers else None
         pairs = sorted({(op.customer, op.request.task) for op in reserves if op.request.task is not None})
         task_cur = execute(*batch_task_query(pg, pairs, now_us)) if pairs else None
+        reader, now = q.budget_reader, from_us(now_us)
+        budget_curs = {c: (execute(*found[0]), found[1]) for c in customers
+                       if ctxs[c].budgets and (found := reader.statement(pg, ctxs[c], now))[0] is not None}
         rids = sorted({(op.customer, op.request_id) for op in reserves if op.request_id is not None})
         rid_cur = execute(*batch_request_query(pg, rids)) if rids else None
         hold_cur = execute(*holds_query(pg, sorted({op.reservation_id for op in settles}))) if settles else None
@@ -229,6 +234,9 @@ class QuotaWriter:
         read = _Read(parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {},
                      parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {},
                      {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {})
+        read.budget_rows = {c: budget_rows_of(self.conns, _Executor(execute), ctxs[c], now, reader,
+                                              (token, cur.fetchall()))
+                            for c, (cur, token) in budget_curs.items()}
         if hold_cur is not None:
             holds, stored, sub_rows = read.holds, read.stored, read.sub_rows
             for row in hold_cur.fetchall():
@@ -271,15 +279,17 @@ class QuotaWriter:
                 self.conns.pg, sorted((c, to_us(ctx.period.start)) for c, ctx in tx.alert_ctx.items())))
 
     # ---------------------------------------------------------------- reserve
-    def _reserve_one(self, op: Op, now, now_us: int, states, tasks, prior, in_batch, hold_rows, rates) -> None:
+    def _reserve_one(self, op: Op, now, now_us: int, read: "_Read", in_batch, hold_rows, rates) -> None:
         ctx, req, customer = op.ctx, op.request, op.customer
+        states, tasks = read.states, read.tasks
         asked = request_json(req)
-        if op.request_id is not None and _answered_before(op, asked, prior, in_batch):
+        if op.request_id is not None and _answered_before(op, asked, read.prior, in_batch):
             return
         usage, held, rate_counts = states[customer]
         task_usage = tasks.get((customer, req.task)) if req.task is not None else None
+        budget_rows = read.budget_rows.get(customer)
         try:
-            decision = decide(ctx.plan, make_state(ctx, now, usage, held, rate_counts, task_usage), req)
+            decision = decide(ctx.plan, make_state(ctx, now, usage, held, rate_counts, task_usage, budget_rows), req)
         except BillingError as exc:
             op.error = exc
             return
@@ -300,8 +310,11 @@ class QuotaWriter:
         hold_rows.append((hold_id, customer, op.request_id or hold_id, req.key, decision.meter, meter.event_type,
                           to_us(ctx.period.start), units_micro, cost_pico, tokens, steps, req.task,
                           decision.lane.model, decision.lane.tier, str(decision.outcome), str(decision.reason),
-                          orjson.dumps(payload).decode(), HoldStatus.HELD.value, now_us, expires_us))
+                          orjson.dumps(payload).decode(), HoldStatus.HELD.value, now_us, expires_us,
+                          budgets := held_budgets(ctx, decision)))
         _count_grant(op, decision, states, tasks, rates, units_micro, cost_pico, steps, tokens)
+        if budgets is not None:  # the next decision of this batch counts the grant as a fresh read would
+            read.budget_rows.setdefault(customer, []).append(("h", budgets, now_us, 0, 0))
         op.result = Reservation(hold_id, decision, from_us(expires_us), status=HoldStatus.HELD)
         if op.request_id is not None:
             in_batch[(customer, op.request_id)] = (op, asked)
@@ -364,12 +377,32 @@ class QuotaWriter:
         return commits, releases, deferred
 
 
+class _Executor:
+    """The transaction's ``execute`` as a driver connection for ``run_all`` (a budget read
+    again inside the batch's transaction, under its locks)."""
+
+    def __init__(self, execute: Callable) -> None:
+        self._execute = execute
+
+    def cursor(self) -> "_Executor":
+        return self
+
+    def execute(self, sql: str, params: Any = ()) -> None:
+        self._cur = self._execute(sql.replace("%s", "?"), params)
+
+    def fetchall(self) -> list:
+        return self._cur.fetchall()
+
+    def close(self) -> None:
+        pass
+
+
 class _Read:
     """What round 1 read: per customer (usage, holds, rate counts), task usage, earlier holds
     with the same request ids, and the holds to settle with their committed events and
     customers' subscriptions."""
 
-    __slots__ = ("states", "tasks", "prior", "holds", "stored", "sub_rows")
+    __slots__ = ("states", "tasks", "prior", "holds", "stored", "sub_rows", "budget_rows")
 
     def __init__(self, states: dict, tasks: dict, prior: dict) -> None:
         self.states = states
@@ -378,6 +411,7 @@ class _Read:
         self.holds: dict[str, Hold] = {}
         self.stored: dict[str, tuple] = {}  # hold id -> (event id, type, ts, properties) of a committed hold
         self.sub_rows: dict[int, tuple] = {}
+        self.budget_rows: dict[str, list] = {}  # customer -> rows of budget_sql.budget_query (and this batch's grants)
 
 
 class _NotCommitted(Exception):

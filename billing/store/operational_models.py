@@ -45,6 +45,8 @@ class QuotaHold(SQLModel, table=True):
     expires_at: int = Field(sa_type=BigInteger)
     settled_at: int | None = Field(default=None, sa_type=BigInteger)
     event_id: str | None = Field(default=None, max_length=200)
+    # what the call adds to each budget it counts against (JSON {budget id: decimal text}); None: none
+    budgets: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class QuotaLateCommit(SQLModel, table=True):
@@ -93,6 +95,30 @@ class AgentTaskUsage(SQLModel, table=True):
     updated_at: int = Field(default=0, sa_type=BigInteger)
     tokens_carry: int = Field(default=0, sa_type=BigInteger)
     cost_carry: int = Field(default=0, sa_type=BigInteger)
+
+
+class BudgetRow(SQLModel, table=True):
+    """A customer's budget (``billing.quota.budgets.Budget``): a limit on the billed amount,
+    provider cost or units of the customer or of one property value of its events, over a
+    reset window. Created through the API and CLI (``billing.budgets``)."""
+
+    __tablename__ = "budget"
+    __table_args__ = (UniqueConstraint("customer_id", "name", name="uq_budget_customer_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(max_length=200, foreign_key="customer.id")
+    name: str = Field(max_length=100)
+    measure: str = Field(max_length=20)  # billed | cost | units
+    amount: str = Field(max_length=40)  # decimal text
+    reset_window: str = Field(max_length=20)  # daily | weekly | monthly | period
+    enforcement: str = Field(max_length=10)  # soft | hard
+    policy: str = Field(max_length=20)  # alert | deny | downgrade
+    scope_property: str | None = Field(default=None, max_length=64)  # None: the whole customer
+    scope_value: str | None = Field(default=None, max_length=200)
+    meter: str | None = Field(default=None, max_length=80)
+    model: str | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, max_length=64)
+    created_at: int = Field(sa_type=BigInteger)
 
 
 class BudgetAlertRow(SQLModel, table=True):

@@ -84,6 +84,8 @@ def bodies(post, variant: str) -> dict[str, tuple[str, dict]]:
             "/v1/customers/{customer_id}/subscriptions": (f"/v1/customers/new-{variant}/subscriptions",
                                                           {"plan": "summed", "at": T0.isoformat()}),
             "/v1/customers/{customer_id}/seats": (f"/v1/customers/{customer}/seats", {"seats": 2}),
+            "/v1/customers/{customer_id}/budgets": (f"/v1/customers/{customer}/budgets",
+                                                    {"name": f"b-{variant}", "measure": "cost", "amount": "5"}),
             "/v1/stripe/webhook": ("/v1/stripe/webhook", {"id": "evt_1", "type": "invoice.paid"}),
             "/v1/otlp/v1/traces": ("/v1/otlp/v1/traces", {"resourceSpans": []}),
             **_ledger_writes(post, variant, customer),
