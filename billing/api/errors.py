@@ -202,7 +202,22 @@ def error_response(code: str, message: str, details: Any = None, *, param: str |
 
 def billing_error_response(exc: BillingError, scope: dict | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.code == ErrorCode.UNAUTHENTICATED else None
-    return error_response(str(exc.code), exc.message, exc.details, param=exc.param, scope=scope, headers=headers)
+    return error_response(str(exc.code), exc.message, exc.details, param=exc.param or _param_of(exc.details),
+                          scope=scope, headers=headers)
+
+
+def _param_of(details: Any) -> str | None:
+    """The field a service named in ``details`` when it did not set ``param``: ``{"param": ...}``
+    or ``{"problems": ["field: why", ...]}`` (the first)."""
+    if not isinstance(details, dict):
+        return None
+    if isinstance(details.get("param"), str):
+        return details["param"]
+    problems = details.get("problems")
+    if isinstance(problems, list) and problems and isinstance(problems[0], str) and ": " in problems[0]:
+        field = problems[0].split(": ", 1)[0]
+        return field if field.replace(".", "").replace("_", "").isalnum() else None
+    return None
 
 
 # where FastAPI says a value came from: not part of the parameter's name

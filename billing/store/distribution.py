@@ -33,6 +33,7 @@ REFERENCE_TABLES: dict[str, str] = {
     "ledger_state": "ledger-wide flags (cost book version, archive horizon) every writer reads",
     "number_sequence": "gap-free document numbers, one sequence for the ledger",
     "credit_grant": "grants are read at close with the invoice documents",
+    "budget": "a customer's scoped budgets: created rarely (API, CLI), joined into the quota context",
     "invoice": "billing documents: written by the close, a few per customer and period",
     "invoice_line": "lines of a document (with it)",
     "credit_burn": "credit drawn by a document (with it)",

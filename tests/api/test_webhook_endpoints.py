@@ -37,10 +37,10 @@ def test_endpoints_crud_and_bad_input(api):
                         ({"url": "https://h.example", "event_types": ["invoice.nope"]}, "event_types"),
                         ({"url": "https://h.example", "secret": "whsec_abc"}, "secret")):
         r = api("POST", "/v1/webhook_endpoints", json=body)
-        assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text
-        assert r.json()["details"]["param"] == param
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
+        assert r.json()["error"]["param"] == param
     r = api("POST", "/v1/webhook_endpoints", json={"url": "https://h.example", "surprise": 1})
-    assert r.status_code == 422 and r.json()["details"][0]["path"] == "surprise"
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["path"] == "surprise"
     assert api("POST", "/v1/webhook_endpoints", json={}).status_code == 422
     assert api("POST", "/v1/webhook_endpoints", key="read", json={"url": "https://h.example"}).status_code == 403
     assert api("POST", "/v1/webhook_endpoints", key="acme-admin", json={"url": "https://h.example"}).status_code == 403
@@ -57,14 +57,14 @@ def test_endpoints_crud_and_bad_input(api):
     r = api("PATCH", f"/v1/webhook_endpoints/{one}", json={"status": "disabled", "url": "http://h.example/y"})
     assert (r.json()["status"], r.json()["url"]) == ("disabled", "http://h.example/y")
     r = api("PATCH", f"/v1/webhook_endpoints/{one}", json={"url": "mailto:x@y"})
-    assert r.status_code == 422 and r.json()["details"]["param"] == "url"
+    assert r.status_code == 422 and r.json()["error"]["param"] == "url"
     r = api("PATCH", f"/v1/webhook_endpoints/{one}", json={"rotate_secret": True})
     assert r.json()["secret"] not in (None, made[0]["secret"])
     assert api("GET", "/v1/webhook_endpoints/we_missing").status_code == 404
     assert api("DELETE", f"/v1/webhook_endpoints/{one}").json() == {"id": one, "deleted": True}
     assert api("DELETE", f"/v1/webhook_endpoints/{one}").status_code == 200  # a retry: the same answer
     assert api("GET", f"/v1/webhook_endpoints/{one}").status_code == 404
-    assert api("POST", "/v1/webhook_deliveries/replay", json={}).json()["details"]["param"] == "events"
+    assert api("POST", "/v1/webhook_deliveries/replay", json={}).json()["error"]["param"] == "events"
     assert api("GET", "/v1/webhook_deliveries?status=nope").status_code == 422
 
 

@@ -43,9 +43,10 @@ def test_the_api_creates_lists_and_deletes_budgets_and_names_bad_fields(any_engi
     with TestClient(app, headers=headers) as client:
         url = "/v1/customers/acme/budgets"
         bad = client.post(url, json={"name": "x", "measure": "units", "meter": "nope", "amount": "5"})
-        assert bad.status_code == 422 and bad.json()["details"]["problems"][0].startswith("meter:")
+        assert bad.status_code == 422 and bad.json()["error"]["details"]["problems"][0].startswith("meter:")
+        assert bad.json()["error"]["param"] == "meter"
         bad = client.post(url, json={"name": "x", "measure": "cost", "amount": "5", "timezone": "Nowhere/Land"})
-        assert bad.status_code == 422 and "timezone" in bad.json()["message"]
+        assert bad.status_code == 422 and "timezone" in bad.json()["error"]["message"]
         assert client.get(url).json()["budgets"] == []  # nothing half-created
         ok = client.post(url, json={"name": "research", "measure": "units", "meter": "requests", "amount": "5",
                                     "window": "daily", "enforcement": "hard",
@@ -64,7 +65,7 @@ def test_the_api_creates_lists_and_deletes_budgets_and_names_bad_fields(any_engi
         d = client.post("/v1/quota/check", json={**body, "properties": {"team": "ops"}, "quantity": "4"}).json()
         assert d["outcome"] == "allow" and "budget" not in d
         assert client.delete(f"{url}/{ok.json()['id']}").status_code == 200
-        assert client.delete(f"{url}/{ok.json()['id']}").json()["code"] == "budget_not_found"
+        assert client.delete(f"{url}/{ok.json()['id']}").json()["error"]["code"] == "budget_not_found"
         d = client.post("/v1/quota/check", json={**body, "quantity": "4"}).json()
         assert d["outcome"] == "allow"
 
@@ -111,6 +112,6 @@ def test_a_soft_budget_alerts_once_per_window(any_engine):
     assert all(r.granted for r in results)
     with any_engine.connect() as conn:
         rows = conn.execute(text("SELECT subject, value FROM budget_alert WHERE customer_id = 'acme'")).all()
-        queued = conn.execute(text("SELECT COUNT(*) FROM webhook_outbox WHERE customer_id = 'acme'")).scalar()
+        queued = conn.execute(text("SELECT COUNT(*) FROM webhook_outbox WHERE customer_id = 'acme' AND type = 'alert.triggered'")).scalar()
     assert [(s, D(v)) for s, v in rows] == [("budget:1", D("1.2"))] and queued == 1
     quota.close()
