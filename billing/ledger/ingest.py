@@ -29,11 +29,12 @@ from billing.costs import CostBook
 from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.rating.meters import MEASURED
-from billing.store import event_store, repository
+from billing.store import event_store, repository, rollup_sql
 from billing.alerts.budget import BudgetAlerts
 from billing.store.cost_prices import CostSource, connection_fetch
 from billing.store.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
+from billing.ledger.rollups import RollupPlanner
 from billing.quota.alerts import alerts_on
 from billing.ledger.prepare import (TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, raw_key as _raw_key,
                                     reprice, warning_of)
@@ -358,8 +359,8 @@ class Ledger:
         return staged  # committed: only now may its results be reported
 
     def _store_once(self, staged: "_Staged") -> set[str]:
-        """Insert the new events, classify the rest, bump counters and agent task usage, all
-        in ONE transaction. Returns the customers with budget alerts (on a plan that has
+        """Insert the new events, classify the rest, bump counters, hourly rollups and agent
+        task usage, all in ONE transaction. Returns the customers with budget alerts (on a plan that has
         them) whose current period it counted usage in (alerts measure the current period)."""
         status, problems, rows, index = staged.status, staged.problems, staged.rows, staged.index
         stored: dict[tuple[str, str], tuple] = {}
@@ -387,6 +388,10 @@ class Ledger:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
                 _classify_existing(staged, missing, stored)
             event_store.upsert_counters(conn, planner.deltas)
+            if new_rows:  # the hourly rollups of the events this chunk inserted (billing.ledger.rollups)
+                rollups = RollupPlanner(rollup_sql.dimensions(conn))
+                rollups.add_rows(new_rows)
+                rollup_sql.upsert_rollups(conn, rollups.deltas)
             event_store.upsert_tasks(conn, planner.tasks, to_us(self.clock()))
             session.close()
         _classify_copies(staged, stored)

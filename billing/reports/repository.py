@@ -16,6 +16,8 @@ from sqlalchemy import Connection, bindparam, or_, select, text
 
 from billing.invoicing.lifecycle import BILLED_STATUSES
 from billing.store.models import Customer, Invoice, InvoiceLineRow, Subscription, UsageEventRow
+from billing.ledger.rollups import HOUR_US
+from billing.store import rollup_sql
 from billing.store.wide import exact_sums, sum_sql, summed
 
 _SAFE_PROP = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -159,8 +161,64 @@ class CostRow:
 
 
 def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
-            customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> list[CostRow]:
-    """Provider cost and event counts per customer (and per value of ``prop``) over [start, end)."""
+            customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
+            rollups: bool = True) -> list[CostRow]:
+    """Provider cost and event counts per customer (and per value of ``prop``) over [start, end):
+    from the hourly rollups where they are exact for the question (``rollup_costs``), else
+    (or with ``rollups`` False) from the events."""
+    if rollups:
+        found = rollup_costs(conn, start_us, end_us, prop, customers, interaction_type)
+        if found is not None:
+            return found
+    return event_costs(conn, start_us, end_us, prop, customers, interaction_type)
+
+
+def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
+                 customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> list[CostRow] | None:
+    """``cost_by`` from the rollups over the window's whole hours and the events over its
+    edges, or None when the rollups are not exact for it (``billing.ledger.rollups``)."""
+    a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
+    if a >= b or rollup_sql.stale(conn):
+        return None
+    dims = rollup_sql.dimensions(conn)
+    if prop is not None and prop not in ("type", "model") and prop not in dims:
+        return None
+    base = rollup_sql.totals(conn, a, b, prop if prop in ("type", "model") else None, "", customers,
+                             interaction_type)
+    if prop == "model" and any(t.odd for t in base.values()):
+        return None
+    acc: dict[tuple[str, str | None], list[int]] = {}
+    if prop is not None and prop not in ("type", "model"):
+        keyed = rollup_sql.totals(conn, a, b, "value", prop, customers, interaction_type)
+        if any(t.odd for t in keyed.values()):
+            return None
+        rest = {c: [t.events, t.interactions, t.cost_pico] for (c, _), t in base.items()}
+        for (c, k), t in keyed.items():
+            acc[(c, k)] = [t.events, t.interactions, t.cost_pico]
+            left = rest[c]
+            left[0] -= t.events
+            left[1] -= t.interactions
+            left[2] -= t.cost_pico
+        for c, left in rest.items():
+            if left[0]:
+                acc[(c, None)] = left
+    else:
+        for (c, k), t in base.items():
+            acc[(c, None if k in (None, "") else k)] = [t.events, t.interactions, t.cost_pico]
+    for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
+        if lo < hi:
+            for r in event_costs(conn, lo, hi, prop, customers, interaction_type):
+                slot = acc.setdefault((r.customer, r.key), [0, 0, 0])
+                slot[0] += r.events
+                slot[1] += r.interactions
+                slot[2] += r.cost_pico
+    return [CostRow(c, k, n, i, cost) for (c, k), (n, i, cost) in
+            sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or "")) if n]
+
+
+def event_costs(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
+                customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> list[CostRow]:
+    """``cost_by`` from the events."""
     dialect = conn.dialect.name
     key = property_sql(dialect, prop) if prop else "NULL"
     group = f"customer_id, {key}" if prop else "customer_id"

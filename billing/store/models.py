@@ -132,6 +132,43 @@ class UsageCounter(SQLModel, table=True):
     cost_carry: int = Field(default=0, sa_type=BigInteger)  # cost: carry * 10^18 + cost_pico
 
 
+class UsageRollup(SQLModel, table=True):
+    """Hourly usage per customer, event type, model and one dimension value, kept by
+    ingestion in the transaction that stores the events (``billing.ledger.rollups``).
+
+    ``dim`` ``''`` (value ``''``): every event of the hour, type and model; ``dim`` a
+    rolled-up property (``rollup_dimension``): the events carrying it, per value (its text
+    as SQL reads it). ``model`` ``''``: events without a model. ``sums``: JSON object of the
+    sums of every integer property (units); ``rounded`` counts events with a numeric value
+    the sums leave out (not an integer, or past 10^15); ``odd`` counts events whose key
+    text is not exact (a model ``''``, a dimension value that is no text, integer or
+    boolean). Cost: ``cost_carry * 10^18 + cost_pico`` (``billing.store.wide``)."""
+
+    __tablename__ = "usage_rollup"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    hour: int = Field(primary_key=True, sa_type=BigInteger)  # microseconds, UTC, a whole hour
+    type: str = Field(primary_key=True, max_length=100)
+    model: str = Field(primary_key=True, max_length=200)
+    dim: str = Field(primary_key=True, max_length=100)
+    value: str = Field(primary_key=True, max_length=200)
+    events: int = Field(default=0, sa_type=BigInteger)
+    cost_pico: int = Field(default=0, sa_type=BigInteger)
+    cost_carry: int = Field(default=0, sa_type=BigInteger)
+    sums: str = Field(default="{}", sa_type=Text)
+    rounded: int = Field(default=0, sa_type=BigInteger)
+    odd: int = Field(default=0, sa_type=BigInteger)
+
+
+class RollupDimension(SQLModel, table=True):
+    """The event properties ``usage_rollup`` keeps per value (``billing db recount``
+    rebuilds the rollups when ``BILLING_ROLLUP_DIMENSIONS`` changes them)."""
+
+    __tablename__ = "rollup_dimension"
+
+    name: str = Field(primary_key=True, max_length=100)
+
+
 class CreditGrantRow(SQLModel, table=True):
     __tablename__ = "credit_grant"
 
