@@ -222,7 +222,10 @@ def customer_periods(zones: dict[str, tuple[str, str]], label: str) -> dict[str,
 
 def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: datetime | None = None,
                   by: str | None = None, allocate: str = "events", whale_margin_pct: Decimal | None = None,
-                  interaction_type: str = "llm.call") -> MarginReport:
+                  interaction_type: str = "llm.call", rollups: bool = True) -> MarginReport:
+    """The margin report of month ``label`` (module docstring). ``rollups`` False: costs and
+    counts from the events even where the hourly rollups are exact (the property test's
+    reference path)."""
     if allocate not in ("events", "cost"):
         raise ValueError("allocate must be 'events' or 'cost'")
     if whale_margin_pct is not None and not whale_margin_pct.is_finite():
@@ -239,7 +242,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             hi = max((p.end for p in periods.values()), default=utc.end)
             subs = repo.subscriptions_overlapping(conn, lo, hi)
             lines = repo.billed_lines(conn, lo, hi, as_of)
-            rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type)
+            rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type, rollups)
             billed, billed_subs = _billed_revenue(lines, periods, as_of)
             open_subs = [s for s in subs if s.id not in billed_subs]
             rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
@@ -257,7 +260,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
 
 
 def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str | None,
-                    interaction_type: str) -> tuple[list[repo.CostRow], list[FlaggedGroup]]:
+                    interaction_type: str, rollups: bool = True) -> tuple[list[repo.CostRow], list[FlaggedGroup]]:
     """Cost and counts per customer (and per property value), and the flagged events kept
     out of them, up to ``as_of``: one query per time zone."""
     by_zone: dict[Period, list[str]] = defaultdict(list)
@@ -271,7 +274,7 @@ def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str |
             continue
         only = members if len(by_zone) > 1 else None
         rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
-                                 interaction_type=interaction_type))
+                                 interaction_type=interaction_type, rollups=rollups))
         kept.extend(flagged_totals(conn, start_us=to_us(p.start), end_us=to_us(end), customers=only))
     return rows, kept
 
