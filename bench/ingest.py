@@ -98,6 +98,9 @@ def ingest(url: str, events: list[dict]) -> float:
     with engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM usage_event")
         conn.exec_driver_sql("DELETE FROM usage_counter")
+        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'usage_rollup'" if conn.dialect.name == "sqlite"
+                                else "SELECT to_regclass('usage_rollup')").scalar():
+            conn.exec_driver_sql("DELETE FROM usage_rollup")
     t0 = time.perf_counter()
     result = ledger.record(events)
     seconds = time.perf_counter() - t0

@@ -156,6 +156,7 @@ class Ledger:
         # budget alerts of the customers a committed chunk recorded usage of (every door)
         self.alerts = BudgetAlerts(engine, catalog, clock) if alerts else None
         self.retry = Retry()
+        self._rollup_dims: tuple[str, ...] | None = None  # the rollups' dimensions, as last read
 
     def close(self) -> None:
         """Close the connections the budget alerts keep."""
@@ -304,7 +305,14 @@ class Ledger:
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
         if isinstance(raws, _RejectedKeys):
             raws = _Keys(raws, rows, index, copies)
-        return _Staged(raws, status, problems, rows, index, copies, flagged, book)
+        # the chunk's rollups, planned here (while the chunk before is written) under the
+        # dimensions last seen; the writer plans them again if anything differs
+        dims = self._rollup_dims
+        rollups = None
+        if dims is not None and len(rows) > _SMALL_BATCH:
+            rollups = RollupPlanner(dims)
+            rollups.add_rows(rows)
+        return _Staged(raws, status, problems, rows, index, copies, flagged, book, rollups)
 
     def _known_customers(self, session: Session, named: set[str]) -> dict[str, str]:
         """customer id -> timezone for the ids of ``named`` that exist. A customer is never
@@ -365,7 +373,7 @@ class Ledger:
         status, problems, rows, index = staged.status, staged.problems, staged.rows, staged.index
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
-            self._price_again(conn, staged)  # first: its lock comes before any other (cost_prices)
+            repriced = self._price_again(conn, staged)  # first: its lock comes before any other (cost_prices)
             session = Session(bind=conn)
             named = set(map(_CUSTOMER, rows))
             customers = self._known_customers(session, named)
@@ -389,8 +397,11 @@ class Ledger:
                 _classify_existing(staged, missing, stored)
             event_store.upsert_counters(conn, planner.deltas)
             if new_rows:  # the hourly rollups of the events this chunk inserted (billing.ledger.rollups)
-                rollups = RollupPlanner(rollup_sql.dimensions(conn))
-                rollups.add_rows(new_rows)
+                dims = self._rollup_dims = rollup_sql.dimensions(conn)
+                rollups = staged.rollups
+                if (rollups is None or rollups.dimensions != dims or new_rows is not staged.rows or repriced):
+                    rollups = RollupPlanner(dims)
+                    rollups.add_rows(new_rows)
                 rollup_sql.upsert_rollups(conn, rollups.deltas)
             event_store.upsert_tasks(conn, planner.tasks, to_us(self.clock()))
             session.close()
@@ -408,7 +419,7 @@ class Ledger:
         return {c for (c, _meter, start) in planner.deltas if current.get(c) == start}
 
 
-    def _price_again(self, conn, staged: "_Staged") -> None:
+    def _price_again(self, conn, staged: "_Staged") -> bool:
         """First thing in a chunk's transaction when it holds events the book could not
         price: wait for prices being added (``cost_prices.lock_to_price``) and, if the
         stored prices changed, price those events again (in place in ``staged``)."""
@@ -417,6 +428,7 @@ class Ledger:
         if again:
             staged.rows[:] = [again.get(id(p), p) for p in staged.rows]
             staged.flagged.update({i: again.get(id(p), p) for i, p in staged.flagged.items()})
+        return bool(again)
 
     def settle_unpriced(self, fetch, pg: bool, events: list[Prepared], priced_with: CostBook) -> dict[int, Prepared]:
         """In a transaction about to store ``events`` (prepared with ``priced_with`` or a
@@ -478,6 +490,7 @@ class _Staged:
     copies: list[tuple[int, int, Prepared]]
     flagged: dict[int, Prepared] = field(default_factory=dict)  # position -> unpriced or unmetered event
     book: CostBook | None = None  # the cost book the events were priced with
+    rollups: RollupPlanner | None = None  # the rows' rollups, planned in stage 1 (None: by the writer)
 
 
 def _numbered(rows: list[Prepared], index: list[int] | None) -> list[tuple[int, Prepared]]:

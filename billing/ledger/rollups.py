@@ -1,10 +1,12 @@
 """Hourly rollups: what an accepted event adds to ``usage_rollup`` (pure; the SQL is in
 ``billing.store.rollup_sql``).
 
-An event adds to one row per (customer, hour, type, model, dimension, value): the base row
-(dimension ``''``) and one row for each rolled-up property it carries (``rollup_dimension``:
-``feature``, ``task``, ``user`` and the ``BILLING_ROLLUP_DIMENSIONS`` of the deployment).
-Each row holds the events, their provider cost, and the sums of every integer property.
+An event adds to one row, keyed by (customer, hour, type, model, dims): ``dims`` is the
+JSON object of the rolled-up properties it carries (``rollup_dimension``: ``feature``,
+``task``, ``user`` and the ``BILLING_ROLLUP_DIMENSIONS`` of the deployment) with their
+values as text. Each row holds the events, their provider cost, their token counts and the
+sums of every other integer property. A breakdown by one dimension, or by two (``--by team
+--by model``), groups the rows.
 
 Where a rollup is exact (the reports' rule, ``billing.reports.repository``): the same
 "exact for this question" rule the close applies to the running counters
@@ -17,7 +19,8 @@ exactly, and the events otherwise:
   (a time zone off the hour, ``as_of`` mid-hour) is read from the events;
 - a breakdown by a property only when it is ``type``, ``model`` or a rolled-up dimension, and
   no row of the window holds an event whose key text is not exact (``odd``: a model ``''``, a
-  value that is no text, integer or boolean: SQL reads a float or an object its own way);
+  value that is no text, integer or boolean -- SQL reads a float or an object its own way --
+  or dimensions too long for a key);
 - a sum of a property only when no row holds a value left out of the sums (``rounded``).
 
 Late events add to their own hour; duplicates and conflicts add nothing (only the events a
@@ -26,10 +29,10 @@ chunk inserted are rolled up); a re-cost moves the cost of the rows of the event
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 HOUR_US = 3_600_000_000
-BASE = ""  # the dimension of the base row (every event)
 MAX_SUMMED = 10**15  # larger integer values are left out of the sums (counted in ``rounded``)
 DEFAULT_DIMENSIONS = ("feature", "task", "user")
 _EXACT_KEY = (str, int, bool)
@@ -52,71 +55,97 @@ def key_text(value) -> str | None:
     return None
 
 
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_MAX_DIMS_BYTES = 400  # longer dims are cut (and the row marked odd): a key must fit an index entry
+
+
+def dims_text(dims: Sequence[str], values: Sequence) -> tuple[str, int]:
+    """The ``dims`` key of an event's dimension values (None: absent), and 1 when it is not exact."""
+    parts, odd = [], 0
+    for name, v in zip(dims, values):
+        if v is None:
+            continue
+        text = key_text(v)
+        if text is None:
+            text, odd = str(v), 1
+        parts.append(f"{json.dumps(name)}:{json.dumps(text, ensure_ascii=False)}")
+    out = "{" + ",".join(parts) + "}"
+    if len(out) > _MAX_DIMS_BYTES // 4 and len(out.encode()) > _MAX_DIMS_BYTES:
+        out = out.encode()[:_MAX_DIMS_BYTES].decode(errors="ignore")
+        odd = 1
+    return out, odd
+
+
 class RollupPlanner:
-    """Accumulates the rollup deltas of a chunk of accepted events:
-    key (customer, hour, type, model, dim, value) -> [events, cost_pico, sums, rounded, odd]."""
+    """Accumulates the rollup deltas of a chunk of accepted events: key (customer, hour,
+    type, model, dims) -> [events, cost_pico, integer sums by property, rounded, odd]."""
 
     def __init__(self, dimensions: Sequence[str]):
         self.dimensions = tuple(sorted(set(dimensions)))
         self.deltas: dict[tuple, list] = {}
+        self._texts: dict[tuple, tuple[str, int]] = {}  # dimension values (all text) -> dims key
 
     def add_rows(self, rows: Iterable) -> None:
-        """Rows shaped like ``Prepared`` (customer, event id, type, ts, text, model, cost, properties)."""
-        add = self.add
+        """Rows shaped like ``Prepared`` (customer, event id, type, ts, text, model, cost,
+        properties): ``add`` of each (inlined: the ingestion hot path; a test holds it equal)."""
+        dimensions, texts, deltas = self.dimensions, self._texts, self.deltas
         for r in rows:
-            add(r[0], r[2], r[3], r[5], r[7], r[6])
-
-    def add(self, customer: str, etype: str, ts: int, model: str | None, props: dict, cost: int,
-            count: int = 1, sums: bool = True) -> None:
-        """One event (``count`` 0 and ``sums`` False: a change of its cost only)."""
-        hour = ts // HOUR_US * HOUR_US
-        odd = 1 if model == "" else 0
-        mkey = model or ""
-        summed: dict[str, int] | None = None
-        rounded = 0
-        if sums:
+            props = r[7]
+            values = tuple(map(props.get, dimensions))
+            found = texts.get(values)
+            if found is None or r[5] == "":
+                self.add(r[0], r[2], r[3], r[5], props, r[6])
+                continue
+            key = (r[0], r[3] // HOUR_US * HOUR_US, r[2], r[5] or "", found[0])
+            slot = deltas.get(key)
+            if slot is None:
+                slot = deltas[key] = [0, 0, {}, 0, 0]
+            slot[0] += 1
+            slot[1] += r[6]
+            slot[4] += found[1]
+            summed = slot[2]
             for k, v in props.items():
                 t = type(v)
                 if t is int:
                     if -MAX_SUMMED < v < MAX_SUMMED:
-                        if summed is None:
-                            summed = {k: v}
-                        else:
-                            summed[k] = v
+                        summed[k] = summed.get(k, 0) + v
                     else:
-                        rounded = 1
+                        slot[3] += 1
                 elif t is float:
-                    rounded = 1
-        deltas = self.deltas
-        key = (customer, hour, etype, mkey, BASE, "")
-        self._bump(deltas, key, count, cost, summed, rounded, odd if count else 0)
-        for dim in self.dimensions:
-            v = props.get(dim)
-            if v is None:
-                continue
-            text = key_text(v)
-            bad = 0
-            if text is None:
-                text, bad = str(v)[:200], 1
-            elif len(text) > 200:
-                text, bad = text[:200], 1
-            self._bump(deltas, (customer, hour, etype, mkey, dim, text), count, cost, summed, rounded,
-                       (bad or odd) if count else 0)
+                    slot[3] += 1
 
-    @staticmethod
-    def _bump(deltas: dict, key: tuple, count: int, cost: int, summed: dict | None, rounded: int, odd: int) -> None:
-        slot = deltas.get(key)
+    def add(self, customer: str, etype: str, ts: int, model: str | None, props: dict, cost: int,
+            count: int = 1, sums: bool = True) -> None:
+        """One event (``count`` 0 and ``sums`` False: a change of its cost only)."""
+        values = tuple(map(props.get, self.dimensions))
+        texts = self._texts
+        found = texts.get(values)
+        if found is None:
+            found = dims_text(self.dimensions, values)
+            if all(type(v) is str or v is None for v in values):  # (True == 1: only text is cached)
+                if len(texts) > 100_000:
+                    texts.clear()
+                texts[values] = found
+        dims, odd = found
+        if model == "":
+            odd = 1
+        key = (customer, ts // HOUR_US * HOUR_US, etype, model or "", dims)
+        slot = self.deltas.get(key)
         if slot is None:
-            deltas[key] = [count, cost, dict(summed) if summed else None, rounded, odd]
-            return
+            slot = self.deltas[key] = [0, 0, {}, 0, 0]
         slot[0] += count
         slot[1] += cost
-        slot[3] += rounded
-        slot[4] += odd
-        if summed:
-            had = slot[2]
-            if had is None:
-                slot[2] = dict(summed)
-            else:
-                for k, v in summed.items():
-                    had[k] = had.get(k, 0) + v
+        if count:
+            slot[4] += odd
+        if not sums:
+            return
+        summed = slot[2]
+        for k, v in props.items():
+            t = type(v)
+            if t is int:
+                if -MAX_SUMMED < v < MAX_SUMMED:
+                    summed[k] = summed.get(k, 0) + v
+                else:
+                    slot[3] += 1
+            elif t is float:
+                slot[3] += 1

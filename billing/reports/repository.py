@@ -180,31 +180,15 @@ def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | None 
     a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
     if a >= b or rollup_sql.stale(conn):
         return None
-    dims = rollup_sql.dimensions(conn)
-    if prop is not None and prop not in ("type", "model") and prop not in dims:
+    if prop is not None and prop not in ("type", "model") and prop not in rollup_sql.dimensions(conn):
         return None
-    base = rollup_sql.totals(conn, a, b, prop if prop in ("type", "model") else None, "", customers,
-                             interaction_type)
-    if prop == "model" and any(t.odd for t in base.values()):
+    found = rollup_sql.totals(conn, a, b, () if prop is None else (prop,), customers, interaction_type)
+    if prop not in (None, "type") and any(t.odd for t in found.values()):
         return None
     acc: dict[tuple[str, str | None], list[int]] = {}
-    if prop is not None and prop not in ("type", "model"):
-        keyed = rollup_sql.totals(conn, a, b, "value", prop, customers, interaction_type)
-        if any(t.odd for t in keyed.values()):
-            return None
-        rest = {c: [t.events, t.interactions, t.cost_pico] for (c, _), t in base.items()}
-        for (c, k), t in keyed.items():
-            acc[(c, k)] = [t.events, t.interactions, t.cost_pico]
-            left = rest[c]
-            left[0] -= t.events
-            left[1] -= t.interactions
-            left[2] -= t.cost_pico
-        for c, left in rest.items():
-            if left[0]:
-                acc[(c, None)] = left
-    else:
-        for (c, k), t in base.items():
-            acc[(c, None if k in (None, "") else k)] = [t.events, t.interactions, t.cost_pico]
+    for key, t in found.items():
+        k = key[1] if prop is not None else None
+        acc[(key[0], None if k == "" and prop == "model" else k)] = [t.events, t.interactions, t.cost_pico]
     for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
         if lo < hi:
             for r in event_costs(conn, lo, hi, prop, customers, interaction_type):

@@ -133,16 +133,17 @@ class UsageCounter(SQLModel, table=True):
 
 
 class UsageRollup(SQLModel, table=True):
-    """Hourly usage per customer, event type, model and one dimension value, kept by
-    ingestion in the transaction that stores the events (``billing.ledger.rollups``).
+    """Hourly usage per customer, event type, model and the values of the rolled-up
+    dimensions, kept by ingestion in the transaction that stores the events
+    (``billing.ledger.rollups``); every event counts in exactly one row.
 
-    ``dim`` ``''`` (value ``''``): every event of the hour, type and model; ``dim`` a
-    rolled-up property (``rollup_dimension``): the events carrying it, per value (its text
-    as SQL reads it). ``model`` ``''``: events without a model. ``sums``: JSON object of the
-    sums of every integer property (units); ``rounded`` counts events with a numeric value
-    the sums leave out (not an integer, or past 10^15); ``odd`` counts events whose key
-    text is not exact (a model ``''``, a dimension value that is no text, integer or
-    boolean). Cost: ``cost_carry * 10^18 + cost_pico`` (``billing.store.wide``)."""
+    ``dims``: the JSON object of the event's rolled-up properties (``rollup_dimension``) and
+    their values as text (as SQL reads them), sorted by name; ``{}`` for none. ``model``
+    ``''``: no model. Token columns and ``sums`` (a JSON object of every other integer
+    property) sum the events' values; ``rounded`` counts events with a numeric value the sums
+    leave out (not an integer, or past 10^15); ``odd`` counts events whose key text is not
+    exact (a model ``''``, a dimension value that is no text, integer or boolean). Cost:
+    ``cost_carry * 10^18 + cost_pico`` (``billing.store.wide``)."""
 
     __tablename__ = "usage_rollup"
 
@@ -150,11 +151,15 @@ class UsageRollup(SQLModel, table=True):
     hour: int = Field(primary_key=True, sa_type=BigInteger)  # microseconds, UTC, a whole hour
     type: str = Field(primary_key=True, max_length=100)
     model: str = Field(primary_key=True, max_length=200)
-    dim: str = Field(primary_key=True, max_length=100)
-    value: str = Field(primary_key=True, max_length=200)
+    dims: str = Field(primary_key=True, max_length=2000)
     events: int = Field(default=0, sa_type=BigInteger)
     cost_pico: int = Field(default=0, sa_type=BigInteger)
     cost_carry: int = Field(default=0, sa_type=BigInteger)
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cache_read_tokens: int = Field(default=0, sa_type=BigInteger)
+    cache_write_tokens: int = Field(default=0, sa_type=BigInteger)
+    reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
     sums: str = Field(default="{}", sa_type=Text)
     rounded: int = Field(default=0, sa_type=BigInteger)
     odd: int = Field(default=0, sa_type=BigInteger)

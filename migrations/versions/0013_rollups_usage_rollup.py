@@ -1,4 +1,4 @@
-"""usage_rollup: hourly usage per customer, type, model and dimension value
+"""usage_rollup: hourly usage per customer, type, model and dimension values
 
 Reports read these rollups where they are exact (``billing.ledger.rollups``). A database
 that already holds events has no rollups for them: it is flagged ``rollups_stale`` and the
@@ -25,15 +25,19 @@ def upgrade() -> None:
     sa.Column('hour', sa.BigInteger(), nullable=False),
     sa.Column('type', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
     sa.Column('model', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('dim', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-    sa.Column('value', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('dims', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
     sa.Column('events', sa.BigInteger(), nullable=False),
     sa.Column('cost_pico', sa.BigInteger(), nullable=False),
     sa.Column('cost_carry', sa.BigInteger(), nullable=False),
+    sa.Column('input_tokens', sa.BigInteger(), nullable=False),
+    sa.Column('output_tokens', sa.BigInteger(), nullable=False),
+    sa.Column('cache_read_tokens', sa.BigInteger(), nullable=False),
+    sa.Column('cache_write_tokens', sa.BigInteger(), nullable=False),
+    sa.Column('reasoning_tokens', sa.BigInteger(), nullable=False),
     sa.Column('sums', sa.Text(), nullable=False),
     sa.Column('rounded', sa.BigInteger(), nullable=False),
     sa.Column('odd', sa.BigInteger(), nullable=False),
-    sa.PrimaryKeyConstraint('customer_id', 'hour', 'type', 'model', 'dim', 'value')
+    sa.PrimaryKeyConstraint('customer_id', 'hour', 'type', 'model', 'dims')
     )
     op.create_table('rollup_dimension',
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
