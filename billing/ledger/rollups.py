@@ -21,7 +21,9 @@ exactly, and the events otherwise:
   no row of the window holds an event whose key text is not exact (``odd``: a model ``''``, a
   value that is no text, integer or boolean -- SQL reads a float or an object its own way --
   or dimensions too long for a key);
-- a sum of a property only when no row holds a value left out of the sums (``rounded``).
+- token counts only when no row holds a token value left out of its column (``rounded``: a
+  non-integer count); ``sums`` holds the integer values of the other properties only (a
+  question about a property with other values reads the events).
 
 Late events add to their own hour; duplicates and conflicts add nothing (only the events a
 chunk inserted are rolled up); a re-cost moves the cost of the rows of the events it prices.
@@ -33,7 +35,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 HOUR_US = 3_600_000_000
-MAX_SUMMED = 10**15  # larger integer values are left out of the sums (counted in ``rounded``)
+MAX_SUMMED = 10**15  # larger integer values are left out of the sums
 DEFAULT_DIMENSIONS = ("feature", "task", "user")
 _EXACT_KEY = (str, int, bool)
 
@@ -56,6 +58,7 @@ def key_text(value) -> str | None:
 
 
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_TOKEN_SET = frozenset(TOKENS)
 _MAX_DIMS_BYTES = 400  # longer dims are cut (and the row marked odd): a key must fit an index entry
 
 
@@ -109,9 +112,9 @@ class RollupPlanner:
                 if t is int:
                     if -MAX_SUMMED < v < MAX_SUMMED:
                         summed[k] = summed.get(k, 0) + v
-                    else:
+                    elif k in _TOKEN_SET:
                         slot[3] += 1
-                elif t is float:
+                elif t is float and k in _TOKEN_SET:
                     slot[3] += 1
 
     def add(self, customer: str, etype: str, ts: int, model: str | None, props: dict, cost: int,
@@ -145,7 +148,7 @@ class RollupPlanner:
             if t is int:
                 if -MAX_SUMMED < v < MAX_SUMMED:
                     summed[k] = summed.get(k, 0) + v
-                else:
+                elif k in _TOKEN_SET:
                     slot[3] += 1
-            elif t is float:
+            elif t is float and k in _TOKEN_SET:
                 slot[3] += 1

@@ -66,6 +66,34 @@ NONE_KEY = "(none)"
 SEGMENT_NAMES = {25: "light", 50: "median", 90: "heavy", 99: "power"}
 
 
+@dataclass(frozen=True)
+class TokenCounts:
+    """Token counts of events (their ``input_tokens``, ``output_tokens``, ``cache_read_tokens``
+    as *cached*, ``reasoning_tokens``)."""
+
+    input: Decimal = ZERO
+    output: Decimal = ZERO
+    cached: Decimal = ZERO
+    reasoning: Decimal = ZERO
+
+    def __add__(self, other: "TokenCounts") -> "TokenCounts":
+        return TokenCounts(self.input + other.input, self.output + other.output, self.cached + other.cached,
+                           self.reasoning + other.reasoning)
+
+    @classmethod
+    def of(cls, values) -> "TokenCounts":
+        return cls(*values)
+
+    def to_json(self) -> dict[str, str]:
+        from billing.money import dec_str
+
+        return {"input": dec_str(self.input), "output": dec_str(self.output), "cached": dec_str(self.cached),
+                "reasoning": dec_str(self.reasoning)}
+
+
+NO_TOKENS = TokenCounts()
+
+
 @dataclass
 class CustomerMargin:
     customer: str
@@ -77,6 +105,7 @@ class CustomerMargin:
     interactions: int
     currency: str = "USD"
     period: Period | None = None
+    tokens: TokenCounts = NO_TOKENS
 
     @property
     def margin(self) -> Decimal:
@@ -94,6 +123,7 @@ class BreakdownRow:
     events: int
     cost: Decimal
     revenue: Decimal  # allocated
+    tokens: TokenCounts = NO_TOKENS
 
     @property
     def margin(self) -> Decimal:
@@ -155,6 +185,10 @@ class MarginReport:
     @property
     def margin_pct(self) -> Decimal | None:
         return margin_pct(self.revenue, self.cost)
+
+    @property
+    def tokens(self) -> TokenCounts:
+        return sum((c.tokens for c in self.customers), NO_TOKENS)
 
     @property
     def currencies(self) -> list[str]:
@@ -274,7 +308,7 @@ def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str |
             continue
         only = members if len(by_zone) > 1 else None
         rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
-                                 interaction_type=interaction_type, rollups=rollups))
+                                 interaction_type=interaction_type, rollups=rollups, tokens=True))
         kept.extend(flagged_totals(conn, start_us=to_us(p.start), end_us=to_us(end), customers=only))
     return rows, kept
 
@@ -310,10 +344,12 @@ def _customer_margins(rows: list[repo.CostRow], billed: dict[str, Decimal], rate
     cost: dict[str, int] = defaultdict(int)
     events: dict[str, int] = defaultdict(int)
     inter: dict[str, int] = defaultdict(int)
+    tokens: dict[str, TokenCounts] = defaultdict(lambda: NO_TOKENS)
     for r in rows:
         cost[r.customer] += r.cost_pico
         events[r.customer] += r.events
         inter[r.customer] += r.interactions
+        tokens[r.customer] += TokenCounts.of(r.tokens)
     customers = []
     for customer in sorted(set(cost) | set(billed) | set(plan_of)):
         parts = [name for name, present in (("invoiced", customer in billed), ("rated", customer in rated_revenue))
@@ -321,7 +357,8 @@ def _customer_margins(rows: list[repo.CostRow], billed: dict[str, Decimal], rate
         revenue = billed.get(customer, ZERO) + rated_revenue.get(customer, ZERO)
         customers.append(CustomerMargin(customer, plan_of.get(customer), revenue, "+".join(parts) or "none",
                                         Decimal(cost[customer]) / PICO, events[customer], inter[customer],
-                                        zones.get(customer, ("UTC", "USD"))[1], periods.get(customer)))
+                                        zones.get(customer, ("UTC", "USD"))[1], periods.get(customer),
+                                        tokens.get(customer, NO_TOKENS)))
     return customers
 
 
@@ -355,15 +392,16 @@ def _breakdown(report: MarginReport, rows: list) -> None:
         for r in mine:
             key = NONE_KEY if r.key is None else r.key
             revenue = shares.get(r.key, ZERO) if r.key is not None else (ZERO if shares else c.revenue)
-            row = BreakdownRow(key, 1, r.events, Decimal(r.cost_pico) / PICO, revenue)
+            row = BreakdownRow(key, 1, r.events, Decimal(r.cost_pico) / PICO, revenue, TokenCounts.of(r.tokens))
             detail.append((c.customer, row))
             agg = totals.setdefault(key, BreakdownRow(key, 0, 0, ZERO, ZERO))
             agg.customers += 1
             agg.events += row.events
             agg.cost += row.cost
             agg.revenue += row.revenue
+            agg.tokens += row.tokens
     report.breakdown = sorted(totals.values(), key=lambda r: (r.key == NONE_KEY, -r.cost, r.key))
     report.per_customer_breakdown = detail
 
 
-__all__ = ["BreakdownRow", "CustomerMargin", "MarginReport", "SegmentRow", "customer_periods", "margin_report"]
+__all__ = ["TokenCounts", "BreakdownRow", "CustomerMargin", "MarginReport", "SegmentRow", "customer_periods", "margin_report"]

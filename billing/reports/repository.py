@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import Connection, bindparam, or_, select, text
 
@@ -21,6 +22,23 @@ from billing.store import rollup_sql
 from billing.store.wide import exact_sums, sum_sql, summed
 
 _SAFE_PROP = re.compile(r"^[A-Za-z0-9_\-]+$")
+ZERO = Decimal(0)
+# the token counts reports show: input, output, cached (cache reads), reasoning
+TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+_REPORTED = tuple(rollup_sql.TOKENS.index(name) for name in TOKEN_COLUMNS)
+
+
+def _number(dialect: str, prop: str) -> str:
+    """A numeric property's value (token counts are validated numbers: ``billing.events.is_quantity_key``)."""
+    if dialect == "postgresql":
+        return f"(properties->>'{prop}')::numeric"
+    return f"json_extract(properties, '$.{prop}')"
+
+
+def _decimal(value) -> Decimal:
+    if value is None:
+        return ZERO
+    return Decimal(value) if isinstance(value, (int, Decimal)) else Decimal(str(value))
 _CHUNK = 500
 
 
@@ -158,23 +176,25 @@ class CostRow:
     events: int
     interactions: int  # events of the interaction type
     cost_pico: int
+    tokens: tuple[Decimal, ...] = (ZERO,) * 4  # input, output, cached (cache reads), reasoning; with ``tokens``
 
 
 def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
             customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
-            rollups: bool = True) -> list[CostRow]:
+            rollups: bool = True, tokens: bool = False) -> list[CostRow]:
     """Provider cost and event counts per customer (and per value of ``prop``) over [start, end):
     from the hourly rollups where they are exact for the question (``rollup_costs``), else
-    (or with ``rollups`` False) from the events."""
+    (or with ``rollups`` False) from the events. ``tokens``: with the token counts (``TOKENS``)."""
     if rollups:
-        found = rollup_costs(conn, start_us, end_us, prop, customers, interaction_type)
+        found = rollup_costs(conn, start_us, end_us, prop, customers, interaction_type, tokens)
         if found is not None:
             return found
-    return event_costs(conn, start_us, end_us, prop, customers, interaction_type)
+    return event_costs(conn, start_us, end_us, prop, customers, interaction_type, tokens)
 
 
 def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
-                 customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> list[CostRow] | None:
+                 customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
+                 tokens: bool = False) -> list[CostRow] | None:
     """``cost_by`` from the rollups over the window's whole hours and the events over its
     edges, or None when the rollups are not exact for it (``billing.ledger.rollups``)."""
     a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
@@ -185,40 +205,46 @@ def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | None 
     found = rollup_sql.totals(conn, a, b, () if prop is None else (prop,), customers, interaction_type)
     if prop not in (None, "type") and any(t.odd for t in found.values()):
         return None
-    acc: dict[tuple[str, str | None], list[int]] = {}
+    if tokens and any(t.rounded for t in found.values()):
+        return None
+    acc: dict[tuple[str, str | None], list] = {}
     for key, t in found.items():
         k = key[1] if prop is not None else None
-        acc[(key[0], None if k == "" and prop == "model" else k)] = [t.events, t.interactions, t.cost_pico]
+        acc[(key[0], None if k == "" and prop == "model" else k)] = [
+            t.events, t.interactions, t.cost_pico, *(Decimal(t.tokens[i]) for i in _REPORTED)]
     for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
         if lo < hi:
-            for r in event_costs(conn, lo, hi, prop, customers, interaction_type):
-                slot = acc.setdefault((r.customer, r.key), [0, 0, 0])
-                slot[0] += r.events
-                slot[1] += r.interactions
-                slot[2] += r.cost_pico
-    return [CostRow(c, k, n, i, cost) for (c, k), (n, i, cost) in
+            for r in event_costs(conn, lo, hi, prop, customers, interaction_type, tokens):
+                slot = acc.setdefault((r.customer, r.key), [0, 0, 0, ZERO, ZERO, ZERO, ZERO])
+                for i, v in enumerate((r.events, r.interactions, r.cost_pico, *r.tokens)):
+                    slot[i] += v
+    return [CostRow(c, k, n, i, cost, tuple(t) if tokens else (ZERO,) * 4)
+            for (c, k), (n, i, cost, *t) in
             sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or "")) if n]
 
 
 def event_costs(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
-                customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> list[CostRow]:
+                customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
+                tokens: bool = False) -> list[CostRow]:
     """``cost_by`` from the events."""
     dialect = conn.dialect.name
     key = property_sql(dialect, prop) if prop else "NULL"
     group = f"customer_id, {key}" if prop else "customer_id"
     params = {"itype": interaction_type, "start": start_us, "end": end_us}
+    token_sums = "".join(f", SUM({_number(dialect, name)})" for name in TOKEN_COLUMNS) if tokens else ""
 
     def rows(where: str, values: dict) -> list[CostRow]:
         def query(split: bool) -> list[tuple]:
             sql = (f"SELECT customer_id, {key} AS k, COUNT(*), SUM(CASE WHEN type = :itype THEN 1 ELSE 0 END), "
-                   f"{sum_sql('cost_pico', split)} FROM usage_event WHERE ts >= :start AND ts < :end{where} "
+                   f"{sum_sql('cost_pico', split)}{token_sums} FROM usage_event WHERE ts >= :start AND ts < :end{where} "
                    f"GROUP BY {group}")
             stmt = text(sql)
             if where:
                 stmt = stmt.bindparams(bindparam("ids", expanding=True))
             return conn.execute(stmt, values).all()
 
-        return [CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(summed(*cost)))
+        return [CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(summed(*cost[:3])),
+                        tuple(_decimal(v) for v in cost[3:]) if tokens else (ZERO,) * 4)
                 for c, k, n, i, *cost in exact_sums(query)]
 
     if customers is None:

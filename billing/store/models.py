@@ -140,8 +140,8 @@ class UsageRollup(SQLModel, table=True):
     ``dims``: the JSON object of the event's rolled-up properties (``rollup_dimension``) and
     their values as text (as SQL reads them), sorted by name; ``{}`` for none. ``model``
     ``''``: no model. Token columns and ``sums`` (a JSON object of every other integer
-    property) sum the events' values; ``rounded`` counts events with a numeric value the sums
-    leave out (not an integer, or past 10^15); ``odd`` counts events whose key text is not
+    property below 10^15) sum the events' integer values; ``rounded`` counts token values the
+    columns leave out (not integers); ``odd`` counts events whose key text is not
     exact (a model ``''``, a dimension value that is no text, integer or boolean). Cost:
     ``cost_carry * 10^18 + cost_pico`` (``billing.store.wide``)."""
 

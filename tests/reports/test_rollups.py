@@ -2,7 +2,7 @@
 SQLite and PostgreSQL.
 
 For a generated history (customers in UTC and in a time zone off the hour, events of several
-types and models, unpriced ones, dimension values that are text, integers, booleans, floats
+types and models with token counts (a non-integer one at times), unpriced ones, dimension values that are text, integers, booleans, floats
 or missing, late events, replays and conflicting resends), every margin report -- whole and
 ``--by`` each of type, model, a rolled-up dimension and a property the rollups do not keep,
 as of the period's end and mid-hour -- is the same read from the rollups as from the events
@@ -50,6 +50,7 @@ VALUES = st.one_of(st.sampled_from(["chat", "search", "Chat", "a b"]), st.intege
 @st.composite
 def histories(draw, unknown_model: str) -> list[dict]:
     n = draw(st.integers(1, 40))
+    counts = st.one_of(st.integers(0, 5000), st.just(12.5)) if draw(st.booleans()) else st.integers(0, 5000)
     events = []
     for i in range(n):
         customer = draw(st.sampled_from([c for c, _, _ in CUSTOMERS]))
@@ -59,7 +60,11 @@ def histories(draw, unknown_model: str) -> list[dict]:
             ts = OCT - timedelta(hours=7) + timedelta(minutes=draw(st.integers(0, 32 * 24 * 60)))
         else:
             ts = draw(st.sampled_from(EDGES)) + timedelta(minutes=draw(st.integers(-90, 90)))
-        props: dict = {"input_tokens": draw(st.integers(0, 5000)), "output_tokens": draw(st.integers(0, 900))}
+        props: dict = {"input_tokens": draw(counts),
+                       "output_tokens": draw(st.integers(0, 900))}
+        for name in ("cache_read_tokens", "reasoning_tokens"):
+            if draw(st.booleans()):
+                props[name] = draw(st.integers(0, 3000))
         model = draw(st.sampled_from(["claude-sonnet-4-5", "gpt-5-mini", unknown_model, None]))
         if model is not None:
             props["model"] = model
@@ -116,6 +121,10 @@ def test_reports_from_rollups_equal_reports_from_events(module_db_url, module_en
     with module_engine.connect() as conn:  # the rollups answer the whole-hour part of the month
         assert repo.rollup_costs(conn, to_us(OCT), to_us(NOV)) is not None
         assert repo.rollup_costs(conn, to_us(OCT) + 1, to_us(OCT) + HOUR_US) is None  # no whole hour
+        october = [e["properties"] for e in events if OCT <= datetime.fromisoformat(e["timestamp"]) < NOV]
+        exact = all(type(p["input_tokens"]) is int and type(p.get("feature")) is not float
+                    and type(p.get("user")) is not float for p in october)  # token counts, dimension keys
+        assert (repo.rollup_costs(conn, to_us(OCT), to_us(NOV), "feature", tokens=True) is not None) == exact
     assert _reports(module_engine, True) == _reports(module_engine, False)
 
     add_prices(module_engine, CATALOG, [ModelPrice(model=unknown, provider="nova", effective_from=date(2026, 9, 1),
