@@ -279,7 +279,8 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type, rollups)
             billed, billed_subs = _billed_revenue(lines, periods, as_of)
             open_subs = [s for s in subs if s.id not in billed_subs]
-            rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
+            rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn),
+                                 rollups=rollups) if open_subs else []
         finally:
             conn.rollback()
     rated_revenue: dict[str, Decimal] = defaultdict(lambda: ZERO)

@@ -5,8 +5,8 @@ For a generated history (customers in UTC and in a time zone off the hour, event
 types and models with token counts (a non-integer one at times), unpriced ones, dimension values that are text, integers, booleans, floats
 or missing, late events, replays and conflicting resends), every margin report -- whole and
 ``--by`` each of type, model, a rolled-up dimension and a property the rollups do not keep,
-as of the period's end and mid-hour -- is the same read from the rollups as from the events
-alone; so it is after a re-cost prices the unpriced events; and the rollups ingestion kept
+as of the period's end and mid-hour -- and every forecast (usage to date rated, and
+projected) is the same read from the rollups as from the events alone; so it is after a re-cost prices the unpriced events; and the rollups ingestion kept
 equal the ones ``billing db recount`` rebuilds from the events.
 """
 
@@ -29,7 +29,9 @@ from billing.ledger.recost import add_prices
 from billing.ledger.recount import lock_for_recount, rebuild_rollups
 from billing.ledger.rollups import HOUR_US
 from billing.reports import repository as repo
+from billing.reports.forecast import forecast
 from billing.reports.margins import margin_report
+from billing.reports.rollup_usage import countable
 from billing.store.types import to_us
 from tests.support.db import reset_database
 
@@ -89,6 +91,8 @@ def _reports(engine, rollups: bool) -> list[dict]:
     for as_of in (NOW, MID_HOUR):
         for by in (None, "type", "model", "feature", "user", "team"):
             out.append(margin_report(engine, CATALOG, "2026-10", as_of=as_of, by=by, rollups=rollups).to_json())
+    for as_of in (MID_HOUR, NOV - timedelta(minutes=7)):  # forecasts: usage to date, projected
+        out.append([row.to_json() for row in forecast(engine, CATALOG, as_of, rollups=rollups)])
     return out
 
 
@@ -125,6 +129,7 @@ def test_reports_from_rollups_equal_reports_from_events(module_db_url, module_en
         exact = all(type(p["input_tokens"]) is int and type(p.get("feature")) is not float
                     and type(p.get("user")) is not float for p in october)  # token counts, dimension keys
         assert (repo.rollup_costs(conn, to_us(OCT), to_us(NOV), "feature", tokens=True) is not None) == exact
+    assert all(countable(CATALOG.get(plan, 1), ("feature", "task", "user")) for _, _, plan in CUSTOMERS if plan)
     assert _reports(module_engine, True) == _reports(module_engine, False)
 
     add_prices(module_engine, CATALOG, [ModelPrice(model=unknown, provider="nova", effective_from=date(2026, 9, 1),
