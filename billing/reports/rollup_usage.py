@@ -1,5 +1,6 @@
 """A plan's meter totals from the hourly rollups, for the reports that rate windows to date
-(margins' open periods, forecasts): ``rate_windows``' ``from_counters`` hook.
+(margins' open periods, forecasts: ``rate_windows``' ``from_counters`` hook) and for the
+history simulation's totals under candidate plans (``rollup_measure``).
 
 Exact where the rollups answer the question (``billing.ledger.rollups``): every meter of the
 plan is a plain ``count``, or a ``sum`` of a token count (no multipliers, disputes,
@@ -108,17 +109,35 @@ def rollup_counters(conn: Connection, windows: Sequence[Window], watermark: int
                     ) -> Callable[[Window], Usage | None] | None:
     """A ``from_counters`` for ``rate_windows``: the usage of each of ``windows`` whose plan the
     rollups can count (None when the rollups are stale or count none of them)."""
-    if rollup_sql.stale(conn):
-        return None
+    found = _measured(conn, [(w.plan, w.customer, w.start, w.rated_until) for w in windows], watermark)
+
+    def lookup(w: Window) -> Usage | None:
+        return found.get((id(w.plan), w.customer, w.start, w.rated_until))
+
+    return lookup if found else None
+
+
+def rollup_measure(conn: Connection, spans: Sequence, watermark: int) -> list[Usage | None]:
+    """``billing.invoicing.windows.measure`` from the rollups: each span's usage, or None where
+    the rollups do not count it exactly (measure those from the events)."""
+    found = _measured(conn, [(s.plan, s.customer, s.start, s.until) for s in spans], watermark)
+    return [found.get((id(s.plan), s.customer, s.start, s.until)) for s in spans]
+
+
+def _measured(conn: Connection, spans: Sequence[tuple[Plan, str, datetime, datetime]], watermark: int
+              ) -> dict[tuple, Usage | None]:
+    """(id(plan), customer, start, until) -> usage of the spans the rollups count."""
+    if not spans or rollup_sql.stale(conn):
+        return {}
     dims = rollup_sql.dimensions(conn)
-    groups: dict[tuple, list[Window]] = {}
-    for w in windows:
-        if countable(w.plan, dims):
-            groups.setdefault((id(w.plan), w.start, w.rated_until), []).append(w)
+    groups: dict[tuple, list[tuple]] = {}
+    for span in spans:
+        if countable(span[0], dims):
+            groups.setdefault((id(span[0]), span[2], span[3]), []).append(span)
     found: dict[tuple, Usage | None] = {}
     for members in groups.values():
-        plan, start, until = members[0].plan, members[0].start, members[0].rated_until
-        customers = sorted({w.customer for w in members})
+        plan, _, start, until = members[0]
+        customers = sorted({m[1] for m in members})
         s, e = to_us(start), to_us(until)
         a, b = -(-s // HOUR_US) * HOUR_US, e // HOUR_US * HOUR_US
         if a >= b:
@@ -133,11 +152,7 @@ def rollup_counters(conn: Connection, windows: Sequence[Window], watermark: int
                         usage[c] = ({k: t + meters[c][k] for k, t in got[0].items()}, got[1] + costs[c])
         for c in customers:
             found[(id(plan), c, start, until)] = usage.get(c)
-
-    def lookup(w: Window) -> Usage | None:
-        return found.get((id(w.plan), w.customer, w.start, w.rated_until))
-
-    return lookup if found else None
+    return found
 
 
-__all__ = ["countable", "rollup_counters"]
+__all__ = ["countable", "rollup_counters", "rollup_measure"]

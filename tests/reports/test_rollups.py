@@ -6,7 +6,8 @@ types and models with token counts (a non-integer one at times), unpriced ones, 
 or missing, late events, replays and conflicting resends), every margin report -- whole and
 ``--by`` each of type, model, a rolled-up dimension and a property the rollups do not keep,
 as of the period's end and mid-hour -- and every forecast (usage to date rated, and
-projected) is the same read from the rollups as from the events alone; so it is after a re-cost prices the unpriced events; and the rollups ingestion kept
+projected), and the history simulation's totals under every shipped plan, are the same read
+from the rollups as from the events alone; so it is after a re-cost prices the unpriced events; and the rollups ingestion kept
 equal the ones ``billing db recount`` rebuilds from the events.
 """
 
@@ -32,6 +33,7 @@ from billing.reports import repository as repo
 from billing.reports.forecast import forecast
 from billing.reports.margins import margin_report
 from billing.reports.rollup_usage import countable
+from billing.simulate.history import history_totals
 from billing.store.types import to_us
 from tests.support.db import reset_database
 
@@ -93,6 +95,7 @@ def _reports(engine, rollups: bool) -> list[dict]:
             out.append(margin_report(engine, CATALOG, "2026-10", as_of=as_of, by=by, rollups=rollups).to_json())
     for as_of in (MID_HOUR, NOV - timedelta(minutes=7)):  # forecasts: usage to date, projected
         out.append([row.to_json() for row in forecast(engine, CATALOG, as_of, rollups=rollups)])
+    out.append(history_totals(engine, "2026-10", list(CATALOG.all()), as_of=NOW, rollups=rollups))
     return out
 
 
