@@ -255,11 +255,13 @@ def customer_periods(zones: dict[str, tuple[str, str]], label: str) -> dict[str,
 
 
 def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: datetime | None = None,
-                  by: str | None = None, allocate: str = "events", whale_margin_pct: Decimal | None = None,
+                  by: str | tuple[str, ...] | None = None, allocate: str = "events", whale_margin_pct: Decimal | None = None,
                   interaction_type: str = "llm.call", rollups: bool = True) -> MarginReport:
     """The margin report of month ``label`` (module docstring). ``rollups`` False: costs and
     counts from the events even where the hourly rollups are exact (the property test's
-    reference path)."""
+    reference path). ``by``: a property, or two (a two-way breakdown: keys ``a / b``)."""
+    props = repo._props(by)
+    by = props if len(props) > 1 else (props[0] if props else None)
     if allocate not in ("events", "cost"):
         raise ValueError("allocate must be 'events' or 'cost'")
     if whale_margin_pct is not None and not whale_margin_pct.is_finite():
@@ -287,7 +289,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
     for w in rated:
         rated_revenue[w.customer] += w.invoice.total
     customers = _customer_margins(rows, billed, rated_revenue, _plan_names(subs, periods), zones, periods)
-    report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct,
+    report = MarginReport(label, as_of, customers, ", ".join(props) or None, allocate, whale_margin_pct=whale_margin_pct,
                           kept=_merged(kept))
     if by:
         _breakdown(report, rows)

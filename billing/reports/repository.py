@@ -179,10 +179,35 @@ class CostRow:
     tokens: tuple[Decimal, ...] = (ZERO,) * 4  # input, output, cached (cache reads), reasoning; with ``tokens``
 
 
-def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
+NONE_KEY = "(none)"
+KEY_SEPARATOR = " / "
+
+
+def _props(prop: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``cost_by``'s ``prop``: none, one property, or two (a two-way breakdown)."""
+    if prop is None:
+        return ()
+    props = (prop,) if isinstance(prop, str) else tuple(prop)
+    if not 1 <= len(props) <= 2 or len(set(props)) < len(props):
+        raise ValueError("break down by one property or by two different ones")
+    return props
+
+
+def join_key(parts: Sequence[str | None]) -> str | None:
+    """The key of a row by one property (its value, None without it) or by two
+    (``value / value``, ``(none)`` for a missing one; None when both are missing)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(p is None for p in parts):
+        return None
+    return KEY_SEPARATOR.join(NONE_KEY if p is None else p for p in parts)
+
+
+def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | Sequence[str] | None = None,
             customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
             rollups: bool = True, tokens: bool = False) -> list[CostRow]:
-    """Provider cost and event counts per customer (and per value of ``prop``) over [start, end):
+    """Provider cost and event counts per customer (and per value of ``prop``, or per pair of
+    values of two properties: ``join_key``) over [start, end):
     from the hourly rollups where they are exact for the question (``rollup_costs``), else
     (or with ``rollups`` False) from the events. ``tokens``: with the token counts (``TOKENS``)."""
     if rollups:
@@ -192,7 +217,7 @@ def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | None = Non
     return event_costs(conn, start_us, end_us, prop, customers, interaction_type, tokens)
 
 
-def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
+def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | Sequence[str] | None = None,
                  customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
                  tokens: bool = False) -> list[CostRow] | None:
     """``cost_by`` from the rollups over the window's whole hours and the events over its
@@ -200,17 +225,19 @@ def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | None 
     a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
     if a >= b or rollup_sql.stale(conn):
         return None
-    if prop is not None and prop not in ("type", "model") and prop not in rollup_sql.dimensions(conn):
+    props = _props(prop)
+    dims = rollup_sql.dimensions(conn) if props else ()
+    if any(p not in ("type", "model") and p not in dims for p in props):
         return None
-    found = rollup_sql.totals(conn, a, b, () if prop is None else (prop,), customers, interaction_type)
-    if prop not in (None, "type") and any(t.odd for t in found.values()):
+    found = rollup_sql.totals(conn, a, b, props, customers, interaction_type)
+    if any(p != "type" for p in props) and any(t.odd for t in found.values()):
         return None
     if tokens and any(t.rounded for t in found.values()):
         return None
     acc: dict[tuple[str, str | None], list] = {}
     for key, t in found.items():
-        k = key[1] if prop is not None else None
-        acc[(key[0], None if k == "" and prop == "model" else k)] = [
+        parts = [None if v == "" and p == "model" else v for p, v in zip(props, key[1:])]
+        acc[(key[0], join_key(parts))] = [
             t.events, t.interactions, t.cost_pico, *(Decimal(t.tokens[i]) for i in _REPORTED)]
     for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
         if lo < hi:
@@ -223,19 +250,22 @@ def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | None 
             sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or "")) if n]
 
 
-def event_costs(conn: Connection, start_us: int, end_us: int, prop: str | None = None,
+def event_costs(conn: Connection, start_us: int, end_us: int, prop: str | Sequence[str] | None = None,
                 customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
                 tokens: bool = False) -> list[CostRow]:
     """``cost_by`` from the events."""
     dialect = conn.dialect.name
-    key = property_sql(dialect, prop) if prop else "NULL"
-    group = f"customer_id, {key}" if prop else "customer_id"
+    props = _props(prop)
+    keys = [property_sql(dialect, p) for p in props] or ["NULL"]
+    key = ", ".join(keys)
+    group = "customer_id" + "".join(f", {k}" for k in keys) if props else "customer_id"
+    width = len(keys)
     params = {"itype": interaction_type, "start": start_us, "end": end_us}
     token_sums = "".join(f", SUM({_number(dialect, name)})" for name in TOKEN_COLUMNS) if tokens else ""
 
     def rows(where: str, values: dict) -> list[CostRow]:
         def query(split: bool) -> list[tuple]:
-            sql = (f"SELECT customer_id, {key} AS k, COUNT(*), SUM(CASE WHEN type = :itype THEN 1 ELSE 0 END), "
+            sql = (f"SELECT customer_id, {key}, COUNT(*), SUM(CASE WHEN type = :itype THEN 1 ELSE 0 END), "
                    f"{sum_sql('cost_pico', split)}{token_sums} FROM usage_event WHERE ts >= :start AND ts < :end{where} "
                    f"GROUP BY {group}")
             stmt = text(sql)
@@ -243,9 +273,10 @@ def event_costs(conn: Connection, start_us: int, end_us: int, prop: str | None =
                 stmt = stmt.bindparams(bindparam("ids", expanding=True))
             return conn.execute(stmt, values).all()
 
-        return [CostRow(c, None if k is None else str(k), int(n), int(i or 0), int(summed(*cost[:3])),
-                        tuple(_decimal(v) for v in cost[3:]) if tokens else (ZERO,) * 4)
-                for c, k, n, i, *cost in exact_sums(query)]
+        return [CostRow(r[0], join_key([None if k is None else str(k) for k in r[1:1 + width]]) if props else None,
+                        int(r[1 + width]), int(r[2 + width] or 0), int(summed(*r[3 + width:6 + width])),
+                        tuple(_decimal(v) for v in r[6 + width:]) if tokens else (ZERO,) * 4)
+                for r in exact_sums(query)]
 
     if customers is None:
         return rows("", params)

@@ -65,6 +65,14 @@ def test_report_margins_outputs(cli, seeded, tmp_path):
     assert [s["segment"] for s in data["segments"]] == ["light", "median", "heavy", "power"]
     assert data["segments"][0]["text"].startswith("light user (P25): 10 interactions")
 
+    # two-way: --by feature --by model (pairs of values; tokens per row; sums hold)
+    result = cli("margins", "--period", "2026-10", "--as-of", AS_OF, "--json", "--by", "feature", "--by", "model")
+    assert result.exit_code == 0, result.output
+    two = json.loads(result.output)
+    assert two["by"] == "feature, model" and "support-chat / claude-sonnet-4-5" in {r["key"] for r in two["breakdown"]}
+    assert sum(D(r["revenue"]) for r in two["breakdown"]) == D(two["totals"]["revenue"])
+    assert sum(D(r["tokens"]["input"]) for r in two["breakdown"]) == D(two["totals"]["tokens"]["input"]) > 0
+
     result = cli("margins", "--period", "2026-10", "--as-of", AS_OF, "--csv", "--by", "model")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.output)))

@@ -5,6 +5,7 @@ For a generated history (customers in UTC and in a time zone off the hour, event
 types and models with token counts (a non-integer one at times), unpriced ones, dimension values that are text, integers, booleans, floats
 or missing, late events, replays and conflicting resends), every margin report -- whole and
 ``--by`` each of type, model, a rolled-up dimension and a property the rollups do not keep,
+and two-way (``--by feature --by model``),
 as of the period's end and mid-hour -- and every forecast (usage to date rated, and
 projected), and the history simulation's totals under every shipped plan, are the same read
 from the rollups as from the events alone; so it is after a re-cost prices the unpriced events; and the rollups ingestion kept
@@ -91,7 +92,8 @@ def histories(draw, unknown_model: str) -> list[dict]:
 def _reports(engine, rollups: bool) -> list[dict]:
     out = []
     for as_of in (NOW, MID_HOUR):
-        for by in (None, "type", "model", "feature", "user", "team"):
+        for by in (None, "type", "model", "feature", "user", "team", ("feature", "model"), ("team", "type"),
+                   ("user", "feature")):
             out.append(margin_report(engine, CATALOG, "2026-10", as_of=as_of, by=by, rollups=rollups).to_json())
     for as_of in (MID_HOUR, NOV - timedelta(minutes=7)):  # forecasts: usage to date, projected
         out.append([row.to_json() for row in forecast(engine, CATALOG, as_of, rollups=rollups)])
@@ -189,3 +191,26 @@ def test_stale_rollups_are_not_read_until_recount(engine):
         assert repo.rollup_costs(conn, to_us(OCT), to_us(NOV), "team") is not None
     with engine.begin() as conn:  # (the module's database keeps the migration's dimensions)
         recount_all(conn, CATALOG, ["feature", "task", "user"])
+
+
+def test_two_way_breakdown_keys_and_allocation(engine):
+    """``--by team --by model``: one row per pair of values (``(none)`` for a missing one),
+    the revenue of each customer allocated across its pairs, summing to its revenue."""
+    accounts = Accounts(engine, CATALOG)
+    accounts.create_customer("acme", now=OCT - timedelta(days=1))
+    accounts.subscribe("acme", "support-chatbot", at=OCT - timedelta(days=1))
+    events = [{"id": str(i), "customer": "acme", "type": "llm.call", "timestamp": f"2026-10-0{1 + i % 5}T10:00:00Z",
+               "properties": {"model": model, "input_tokens": 100, "feature": "support-chat",
+                              **({"team": team} if team else {})}}
+              for i, (team, model) in enumerate([("red", "gpt-5-mini"), ("red", "gpt-5-mini"),
+                                                 ("red", "claude-sonnet-4-5"), ("blue", "gpt-5-mini"),
+                                                 (None, "gpt-5-mini")])]
+    Ledger(engine, CATALOG, clock=lambda: NOW).record(events)
+    report = margin_report(engine, CATALOG, "2026-10", as_of=NOW, by=("team", "model"))
+    assert report.by == "team, model"
+    rows = {r.key: r.events for r in report.breakdown}
+    assert rows == {"red / gpt-5-mini": 2, "red / claude-sonnet-4-5": 1, "blue / gpt-5-mini": 1,
+                    "(none) / gpt-5-mini": 1}
+    assert sum(r.revenue for r in report.breakdown) == report.revenue > 0
+    with pytest.raises(ValueError):
+        margin_report(engine, CATALOG, "2026-10", as_of=NOW, by=("team", "model", "user"))
