@@ -60,6 +60,8 @@ def margins(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output.")] = False,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report with charts to FILE.")] = None,
+    daily: Annotated[bool, typer.Option("--daily", help="With the daily series (UTC days): events, cost, allocated "
+                                        "revenue, tokens (always in --html).")] = False,
 ) -> None:
     """Revenue, provider cost and gross margin per customer; breakdowns, whales, segments."""
     from billing.cli.context import catalog, engine, fail, instant, run
@@ -81,7 +83,7 @@ def margins(
     at = instant(as_of, "--as-of")
     try:
         report = run(lambda: margin_report(engine(), catalog(), label, as_of=at, by=tuple(by) if by else None,
-                                           allocate=allocate,
+                                           allocate=allocate, daily=daily or html is not None,
                                            whale_margin_pct=threshold))
     except ValueError as exc:
         fail(str(exc))

@@ -59,6 +59,9 @@ def report_json(report) -> dict:
         "by": report.by, "allocate": report.allocate,
         "breakdown": [breakdown_json(r, cur) for r in report.breakdown],
         "per_customer_breakdown": [{"customer": c, **breakdown_json(r, cur)} for c, r in report.per_customer_breakdown],
+        "daily": [{"day": d.day.isoformat(), "events": d.events, "cost": dec_str(d.cost),
+                   "revenue": _revenue(d.revenue, cur), "margin": dec_str(d.margin), "tokens": d.tokens.to_json()}
+                  for d in report.daily],
         "unpriced_usage": {"events": sum(g.events for g in report.unpriced_usage),
                            "tokens": dec_str(sum((g.tokens for g in report.unpriced_usage), Decimal(0))),
                            "by_model": [_kept_json(g) for g in report.unpriced_usage]},

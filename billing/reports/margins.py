@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import Engine
@@ -61,6 +61,7 @@ from billing.reports.stats import PERCENTILES, allocate, margin_pct, percentile,
 from billing.reports.to_date import rate_to_date
 
 ZERO = Decimal(0)
+EPOCH_DAY = date(1970, 1, 1)
 PICO = Decimal(10) ** 12
 NONE_KEY = "(none)"
 SEGMENT_NAMES = {25: "light", 50: "median", 90: "heavy", 99: "power"}
@@ -134,6 +135,22 @@ class BreakdownRow:
         return margin_pct(self.revenue, self.cost)
 
 
+@dataclass
+class DailyRow:
+    """One UTC day of the period: its events, their cost and tokens, and the revenue of each
+    customer allocated across its days like a breakdown's (``allocate``)."""
+
+    day: date
+    events: int
+    cost: Decimal
+    revenue: Decimal
+    tokens: TokenCounts = NO_TOKENS
+
+    @property
+    def margin(self) -> Decimal:
+        return self.revenue - self.cost
+
+
 @dataclass(frozen=True)
 class SegmentRow:
     """The customer at a usage percentile, with its own figures."""
@@ -161,6 +178,7 @@ class MarginReport:
     per_customer_breakdown: list[tuple[str, BreakdownRow]] = field(default_factory=list)
     whale_margin_pct: Decimal | None = None
     kept: list[FlaggedGroup] = field(default_factory=list)  # unpriced events by model, unmetered ones by type
+    daily: list[DailyRow] = field(default_factory=list)  # with ``daily``: the period day by day (UTC)
 
     @property
     def unpriced_usage(self) -> list[FlaggedGroup]:
@@ -256,10 +274,11 @@ def customer_periods(zones: dict[str, tuple[str, str]], label: str) -> dict[str,
 
 def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: datetime | None = None,
                   by: str | tuple[str, ...] | None = None, allocate: str = "events", whale_margin_pct: Decimal | None = None,
-                  interaction_type: str = "llm.call", rollups: bool = True) -> MarginReport:
+                  interaction_type: str = "llm.call", rollups: bool = True, daily: bool = False) -> MarginReport:
     """The margin report of month ``label`` (module docstring). ``rollups`` False: costs and
     counts from the events even where the hourly rollups are exact (the property test's
-    reference path). ``by``: a property, or two (a two-way breakdown: keys ``a / b``)."""
+    reference path). ``by``: a property, or two (a two-way breakdown: keys ``a / b``).
+    ``daily``: with the daily series (``DailyRow``)."""
     props = repo._props(by)
     by = props if len(props) > 1 else (props[0] if props else None)
     if allocate not in ("events", "cost"):
@@ -279,6 +298,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             subs = repo.subscriptions_overlapping(conn, lo, hi)
             lines = repo.billed_lines(conn, lo, hi, as_of)
             rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type, rollups)
+            days = _costs_per_zone(conn, periods, as_of, repo.DAY, interaction_type, rollups)[0] if daily else []
             billed, billed_subs = _billed_revenue(lines, periods, as_of)
             open_subs = [s for s in subs if s.id not in billed_subs]
             rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn),
@@ -293,6 +313,8 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
                           kept=_merged(kept))
     if by:
         _breakdown(report, rows)
+    if daily:
+        report.daily = _daily(report, days)
     return report
 
 
@@ -376,6 +398,30 @@ def _merged(groups: list[FlaggedGroup]) -> list[FlaggedGroup]:
     return sorted(out.values(), key=lambda g: (g.status != "unpriced", -g.events, g.key or ""))
 
 
+def _daily(report: MarginReport, rows: list[repo.CostRow]) -> list[DailyRow]:
+    """The period day by day: each customer's revenue allocated across the days of its
+    events (all of it on the period's first day without events)."""
+    per_customer: dict[str, list[repo.CostRow]] = defaultdict(list)
+    for r in rows:
+        per_customer[r.customer].append(r)
+    out: dict[date, DailyRow] = {}
+    for c in report.customers:
+        mine = sorted(per_customer.get(c.customer, []), key=lambda r: int(r.key))
+        weights = [(r.key, r.events if report.allocate == "events" else r.cost_pico) for r in mine]
+        shares = allocate(c.revenue, weights, quantum(c.currency)) if weights else {}
+        if not mine and c.revenue and c.period is not None:
+            first = c.period.start.astimezone(UTC).date()
+            out.setdefault(first, DailyRow(first, 0, ZERO, ZERO)).revenue += c.revenue
+        for r in mine:
+            day = EPOCH_DAY + timedelta(days=int(r.key))
+            row = out.setdefault(day, DailyRow(day, 0, ZERO, ZERO))
+            row.events += r.events
+            row.cost += Decimal(r.cost_pico) / PICO
+            row.revenue += shares.get(r.key, ZERO)
+            row.tokens += TokenCounts.of(r.tokens)
+    return [out[d] for d in sorted(out)]
+
+
 def _breakdown(report: MarginReport, rows: list) -> None:
     per_customer: dict[str, list] = defaultdict(list)
     for r in rows:
@@ -407,4 +453,4 @@ def _breakdown(report: MarginReport, rows: list) -> None:
     report.per_customer_breakdown = detail
 
 
-__all__ = ["TokenCounts", "BreakdownRow", "CustomerMargin", "MarginReport", "SegmentRow", "customer_periods", "margin_report"]
+__all__ = ["TokenCounts", "DailyRow", "BreakdownRow", "CustomerMargin", "MarginReport", "SegmentRow", "customer_periods", "margin_report"]

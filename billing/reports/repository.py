@@ -47,11 +47,17 @@ def _chunks(items: Sequence, size: int = _CHUNK):
         yield items[i:i + size]
 
 
+DAY = "@day"  # a pseudo-property: the event's day (UTC), as days since 1970-01-01
+DAY_US = 86_400_000_000
+
+
 def property_sql(dialect: str, prop: str) -> str:
     """SQL text of an event property as text (``model``: the promoted column; ``type``: the
-    event's type, so events of types no plan meters are attributed too)."""
+    event's type, so events of types no plan meters are attributed too; ``DAY``: its UTC day)."""
     if prop == "type":
         return "type"
+    if prop == DAY:
+        return f"(ts / {DAY_US})"
     if prop == "model":
         return "COALESCE(model, " + (_json_text(dialect, "model")) + ")"
     if not _SAFE_PROP.match(prop):
@@ -227,16 +233,16 @@ def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | Seque
         return None
     props = _props(prop)
     dims = rollup_sql.dimensions(conn) if props else ()
-    if any(p not in ("type", "model") and p not in dims for p in props):
+    if any(p not in ("type", "model", DAY) and p not in dims for p in props):
         return None
     found = rollup_sql.totals(conn, a, b, props, customers, interaction_type)
-    if any(p != "type" for p in props) and any(t.odd for t in found.values()):
+    if any(p not in ("type", DAY) for p in props) and any(t.odd for t in found.values()):
         return None
     if tokens and any(t.rounded for t in found.values()):
         return None
     acc: dict[tuple[str, str | None], list] = {}
     for key, t in found.items():
-        parts = [None if v == "" and p == "model" else v for p, v in zip(props, key[1:])]
+        parts = [None if v is None or (v == "" and p == "model") else str(v) for p, v in zip(props, key[1:])]
         acc[(key[0], join_key(parts))] = [
             t.events, t.interactions, t.cost_pico, *(Decimal(t.tokens[i]) for i in _REPORTED)]
     for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events

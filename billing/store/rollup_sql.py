@@ -145,6 +145,8 @@ def key_sql(dialect: str, name: str) -> str:
     """A group of the rows: ``type``, ``model`` or a rolled-up dimension (its text; NULL when absent)."""
     if name in ("type", "model"):
         return name
+    if name == "@day":  # the UTC day of the hour (``billing.reports.repository.DAY``)
+        return "(hour / 86400000000)"
     if not _SAFE.match(name):
         raise ValueError(f"property name {name!r} may only use letters, digits, '_' and '-'")
     if dialect == "postgresql":

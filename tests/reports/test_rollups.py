@@ -5,7 +5,7 @@ For a generated history (customers in UTC and in a time zone off the hour, event
 types and models with token counts (a non-integer one at times), unpriced ones, dimension values that are text, integers, booleans, floats
 or missing, late events, replays and conflicting resends), every margin report -- whole and
 ``--by`` each of type, model, a rolled-up dimension and a property the rollups do not keep,
-and two-way (``--by feature --by model``),
+and two-way (``--by feature --by model``), with the daily series,
 as of the period's end and mid-hour -- and every forecast (usage to date rated, and
 projected), and the history simulation's totals under every shipped plan, are the same read
 from the rollups as from the events alone; so it is after a re-cost prices the unpriced events; and the rollups ingestion kept
@@ -94,7 +94,8 @@ def _reports(engine, rollups: bool) -> list[dict]:
     for as_of in (NOW, MID_HOUR):
         for by in (None, "type", "model", "feature", "user", "team", ("feature", "model"), ("team", "type"),
                    ("user", "feature")):
-            out.append(margin_report(engine, CATALOG, "2026-10", as_of=as_of, by=by, rollups=rollups).to_json())
+            out.append(margin_report(engine, CATALOG, "2026-10", as_of=as_of, by=by, rollups=rollups,
+                                     daily=by in (None, "feature")).to_json())
     for as_of in (MID_HOUR, NOV - timedelta(minutes=7)):  # forecasts: usage to date, projected
         out.append([row.to_json() for row in forecast(engine, CATALOG, as_of, rollups=rollups)])
     out.append(history_totals(engine, "2026-10", list(CATALOG.all()), as_of=NOW, rollups=rollups))
@@ -212,5 +213,8 @@ def test_two_way_breakdown_keys_and_allocation(engine):
     assert rows == {"red / gpt-5-mini": 2, "red / claude-sonnet-4-5": 1, "blue / gpt-5-mini": 1,
                     "(none) / gpt-5-mini": 1}
     assert sum(r.revenue for r in report.breakdown) == report.revenue > 0
+    daily = margin_report(engine, CATALOG, "2026-10", as_of=NOW, daily=True).daily  # the daily series
+    assert [(d.day.day, d.events) for d in daily] == [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
+    assert sum(d.revenue for d in daily) == report.revenue and sum(d.cost for d in daily) == report.cost
     with pytest.raises(ValueError):
         margin_report(engine, CATALOG, "2026-10", as_of=NOW, by=("team", "model", "user"))
