@@ -101,6 +101,9 @@ def ingest(url: str, events: list[dict]) -> float:
         if engine.dialect.name == "postgresql" and conn.exec_driver_sql(
                 "SELECT to_regclass('usage_event_key')").scalar() is not None:
             conn.exec_driver_sql("DELETE FROM usage_event_key")  # (the keys outlive their events by design)
+        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'usage_rollup'" if conn.dialect.name == "sqlite"
+                                else "SELECT to_regclass('usage_rollup')").scalar():
+            conn.exec_driver_sql("DELETE FROM usage_rollup")
     t0 = time.perf_counter()
     result = ledger.record(events)
     seconds = time.perf_counter() - t0

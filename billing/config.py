@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     # to this NATS JetStream stream (refused, 503, while nats_url is unset)
     nats_url: str | None = None
     nats_stream: str = "usage"
+    # event properties the hourly rollups keep per value besides feature, task and user
+    # (comma-separated; `billing db recount` rebuilds the rollups with them)
+    rollup_dimensions: str = Field(default="", pattern=r"^[A-Za-z0-9_,\- ]*$", max_length=1000)
+
+    def rollup_dimension_names(self) -> tuple[str, ...]:
+        from billing.ledger.rollups import DEFAULT_DIMENSIONS
+
+        extra = {n.strip() for n in self.rollup_dimensions.split(",") if n.strip()}
+        return tuple(sorted(set(DEFAULT_DIMENSIONS) | extra))
 
 
 @lru_cache

@@ -50,17 +50,20 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
 @db_app.command("recount")
 def db_recount(as_json: JsonOpt = False) -> None:
-    """Rebuild every usage counter from the stored events (after loading events behind the
-    ledger's back, or when `db upgrade` asks for it). One transaction; ingestion waits."""
+    """Rebuild every usage counter and hourly rollup from the stored events (after loading
+    events behind the ledger's back, when `db upgrade` asks for it, or after a change of
+    BILLING_ROLLUP_DIMENSIONS). One transaction; ingestion waits."""
     from billing.ledger.recount import recount_all
 
     def go() -> int:
         with engine().begin() as conn:
-            recount_all(conn, catalog())
-            return conn.exec_driver_sql("SELECT COUNT(*) FROM usage_counter").scalar_one()
+            recount_all(conn, catalog(), get_settings().rollup_dimension_names())
+            return (conn.exec_driver_sql("SELECT COUNT(*) FROM usage_counter").scalar_one(),
+                    conn.exec_driver_sql("SELECT COUNT(*) FROM usage_rollup").scalar_one())
 
-    rows = run(go)
-    print_json({"counters": rows}) if as_json else console.print(f"{rows} counters rebuilt", highlight=False)
+    rows, rollups = run(go)
+    print_json({"counters": rows, "rollups": rollups}) if as_json else console.print(
+        f"{rows} counters and {rollups} hourly rollups rebuilt", highlight=False)
 
 
 @db_app.command("downgrade")

@@ -48,8 +48,9 @@ def _table(*columns: str, title: str, caption: str | None = None) -> Table:
 @app.command("margins")
 def margins(
     period: Annotated[str | None, typer.Option(help="Month YYYY-MM (default: the current month).")] = None,
-    by: Annotated[str | None, typer.Option(help="Break down by an event property: feature, model, user, task, "
-                                           "or any other property (chargeback totals).")] = None,
+    by: Annotated[list[str] | None, typer.Option(help="Break down by an event property: feature, model, user, task, "
+                                                 "or any other property (chargeback totals); twice for a two-way "
+                                                 "breakdown (--by team --by model).")] = None,
     allocate: Annotated[str, typer.Option(help="Allocate each customer's revenue across --by values by share of "
                                           "'events' or of 'cost'.")] = "events",
     whale_margin: Annotated[str | None, typer.Option(help="Also count as whales customers whose margin % is below "
@@ -59,6 +60,8 @@ def margins(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output.")] = False,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report with charts to FILE.")] = None,
+    daily: Annotated[bool, typer.Option("--daily", help="With the daily series (UTC days): events, cost, allocated "
+                                        "revenue, tokens (always in --html).")] = False,
 ) -> None:
     """Revenue, provider cost and gross margin per customer; breakdowns, whales, segments."""
     from billing.cli.context import catalog, engine, fail, instant, run
@@ -79,7 +82,8 @@ def margins(
         fail("give at most one of --json and --csv")
     at = instant(as_of, "--as-of")
     try:
-        report = run(lambda: margin_report(engine(), catalog(), label, as_of=at, by=by, allocate=allocate,
+        report = run(lambda: margin_report(engine(), catalog(), label, as_of=at, by=tuple(by) if by else None,
+                                           allocate=allocate, daily=daily or html is not None,
                                            whale_margin_pct=threshold))
     except ValueError as exc:
         fail(str(exc))

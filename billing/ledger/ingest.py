@@ -29,11 +29,12 @@ from billing.costs import CostBook
 from billing.errors import ErrorCode
 from billing.events import BUILTIN_TYPES
 from billing.rating.meters import MEASURED
-from billing.store import event_store, partitions, repository
+from billing.store import event_store, partitions, repository, rollup_sql
 from billing.alerts.budget import BudgetAlerts
 from billing.store.cost_prices import CostSource, connection_fetch
 from billing.store.retry import Retry
 from billing.ledger.counters import CounterPlanner, subscription_views
+from billing.ledger.rollups import RollupPlanner
 from billing.quota.alerts import alerts_on
 from billing.ledger.prepare import (TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, raw_key as _raw_key,
                                     reprice, warning_of)
@@ -156,6 +157,7 @@ class Ledger:
         self.alerts = BudgetAlerts(engine, catalog, clock) if alerts else None
         self.retry = Retry()
         self.months = partitions.Months()  # usage_event's partitions known to exist (PostgreSQL)
+        self._rollup_dims: tuple[str, ...] | None = None  # the rollups' dimensions, as last read
 
     def close(self) -> None:
         """Close the connections the budget alerts keep."""
@@ -304,7 +306,14 @@ class Ledger:
             index, rows = [i for i, _ in pairs], [p for _, p in pairs]
         if isinstance(raws, _RejectedKeys):
             raws = _Keys(raws, rows, index, copies)
-        return _Staged(raws, status, problems, rows, index, copies, flagged, book)
+        # the chunk's rollups, planned here (while the chunk before is written) under the
+        # dimensions last seen; the writer plans them again if anything differs
+        dims = self._rollup_dims
+        rollups = None
+        if dims is not None and len(rows) > _SMALL_BATCH:
+            rollups = RollupPlanner(dims)
+            rollups.add_rows(rows)
+        return _Staged(raws, status, problems, rows, index, copies, flagged, book, rollups)
 
     def _known_customers(self, session: Session, named: set[str]) -> dict[str, str]:
         """customer id -> timezone for the ids of ``named`` that exist. A customer is never
@@ -361,13 +370,13 @@ class Ledger:
         return staged  # committed: only now may its results be reported
 
     def _store_once(self, staged: "_Staged") -> set[str]:
-        """Insert the new events, classify the rest, bump counters and agent task usage, all
-        in ONE transaction. Returns the customers with budget alerts (on a plan that has
+        """Insert the new events, classify the rest, bump counters, hourly rollups and agent
+        task usage, all in ONE transaction. Returns the customers with budget alerts (on a plan that has
         them) whose current period it counted usage in (alerts measure the current period)."""
         status, problems, rows, index = staged.status, staged.problems, staged.rows, staged.index
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
-            self._price_again(conn, staged)  # first: its lock comes before any other (cost_prices)
+            repriced = self._price_again(conn, staged)  # first: its lock comes before any other (cost_prices)
             session = Session(bind=conn)
             named = set(map(_CUSTOMER, rows))
             customers = self._known_customers(session, named)
@@ -391,6 +400,13 @@ class Ledger:
                 stored = event_store.existing_events(conn, [(p.customer, p.event_id) for _, p in missing])
                 _classify_existing(staged, missing, stored)
             event_store.upsert_counters(conn, planner.deltas)
+            if new_rows:  # the hourly rollups of the events this chunk inserted (billing.ledger.rollups)
+                dims = self._rollup_dims = rollup_sql.dimensions(conn)
+                rollups = staged.rollups
+                if (rollups is None or rollups.dimensions != dims or new_rows is not staged.rows or repriced):
+                    rollups = RollupPlanner(dims)
+                    rollups.add_rows(new_rows)
+                rollup_sql.upsert_rollups(conn, rollups.deltas)
             event_store.upsert_tasks(conn, planner.tasks, to_us(self.clock()))
             session.close()
         _classify_copies(staged, stored)
@@ -426,7 +442,7 @@ class Ledger:
         return {c for (c, _meter, start) in planner.deltas if current.get(c) == start}
 
 
-    def _price_again(self, conn, staged: "_Staged") -> None:
+    def _price_again(self, conn, staged: "_Staged") -> bool:
         """First thing in a chunk's transaction when it holds events the book could not
         price: wait for prices being added (``cost_prices.lock_to_price``) and, if the
         stored prices changed, price those events again (in place in ``staged``)."""
@@ -435,6 +451,7 @@ class Ledger:
         if again:
             staged.rows[:] = [again.get(id(p), p) for p in staged.rows]
             staged.flagged.update({i: again.get(id(p), p) for i, p in staged.flagged.items()})
+        return bool(again)
 
     def settle_unpriced(self, fetch, pg: bool, events: list[Prepared], priced_with: CostBook) -> dict[int, Prepared]:
         """In a transaction about to store ``events`` (prepared with ``priced_with`` or a
@@ -496,6 +513,7 @@ class _Staged:
     copies: list[tuple[int, int, Prepared]]
     flagged: dict[int, Prepared] = field(default_factory=dict)  # position -> unpriced or unmetered event
     book: CostBook | None = None  # the cost book the events were priced with
+    rollups: RollupPlanner | None = None  # the rows' rollups, planned in stage 1 (None: by the writer)
 
 
 def _numbered(rows: list[Prepared], index: list[int] | None) -> list[tuple[int, Prepared]]:

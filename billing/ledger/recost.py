@@ -13,6 +13,7 @@ cost only if it is still unpriced, then moves by the exact difference, in key or
 - the running counters the event was counted in (``CounterPlanner``, the ingestion's rule,
   with the subscriptions read after the events were updated, as ingestion reads them after
   its insert: ``billing.ledger.recount`` relies on that order);
+- the hourly rollups of the event (``billing.ledger.rollups``);
 - the agent task usage of its task (the task property of the plan covering it);
 - and it marks the finalized invoices whose period holds the event, so the next close
   re-rates that period through the late-event path (``billing.invoicing.late``): a
@@ -44,6 +45,8 @@ from billing.store import repository
 from billing.store.cost_prices import (
     StoreResult, base_book, connection_fetch, layered, lock_to_add, settings_files, store_entries, stored_entries)
 from billing.ledger.counters import CounterPlanner, subscription_views
+from billing.ledger.rollups import RollupPlanner
+from billing.store import rollup_sql
 from billing.ledger.prepare import Prepared, Pricer, reprice
 from billing.store.types import to_us
 
@@ -202,6 +205,10 @@ def _follow(conn, catalog: Catalog, moved: list[tuple[sql.UnpricedRow, int]]) ->
             if task is not None:
                 tasks[(r.customer, str(task))] += delta
     sql.add_counter_costs(conn, counters)
+    rollups = RollupPlanner(rollup_sql.dimensions(conn))  # the rows of each event's hour move by its delta
+    for r, delta in moved:
+        rollups.add(r.customer, r.type, r.ts, r.model, r.properties, delta, count=0, sums=False)
+    rollup_sql.upsert_rollups(conn, {k: v for k, v in rollups.deltas.items() if v[1]})
     sql.add_task_costs(conn, tasks)
     stamps = defaultdict(list)
     for r, _ in moved:

@@ -19,7 +19,7 @@ reads the new subscriptions (it reads them after its INSERT); a close's snapshot
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -27,6 +27,8 @@ from sqlalchemy import Connection, select
 
 from billing.catalog import Catalog
 from billing.events import tokens_of
+from billing.ledger.rollups import RollupPlanner
+from billing.store import rollup_sql
 from billing.ledger.counters import DEFAULT_TASK_PROPERTY, CounterPlanner, SubscriptionView, subscription_views
 from billing.store.event_store import upsert_counters, upsert_tasks
 from billing.store.partitions import horizon_us
@@ -57,8 +59,9 @@ def _views(conn: Connection, catalog: Catalog, customer_id: str | None) -> list[
     return subscription_views([tuple(r[:7]) for r in rows], {r[1]: r[7] for r in rows}, catalog)
 
 
-def _events(conn: Connection, customer_id: str | None, from_ts: int | None) -> Iterator[tuple]:
-    """(customer, type, ts, properties dict, cost_pico) of the stored events, in id order, a page at a time."""
+def _events(conn: Connection, customer_id: str | None, from_ts: int | None, model: bool = False) -> Iterator[tuple]:
+    """(customer, type, ts, properties dict, cost_pico) of the stored events, in id order, a
+    page at a time (``model``: with the model after the cost)."""
     ph = _ph(conn)
     clauses, params = [f"id > {ph}"], []
     if customer_id is not None:
@@ -67,17 +70,19 @@ def _events(conn: Connection, customer_id: str | None, from_ts: int | None) -> I
     if from_ts is not None:
         clauses.append(f"ts >= {ph}")
         params.append(from_ts)
-    sql = (f"SELECT id, customer_id, type, ts, properties, cost_pico FROM usage_event WHERE {' AND '.join(clauses)} "
-           f"ORDER BY id LIMIT {_PAGE}")
+    sql = (f"SELECT id, customer_id, type, ts, properties, cost_pico{', model' if model else ''} FROM usage_event "
+           f"WHERE {' AND '.join(clauses)} ORDER BY id LIMIT {_PAGE}")
     last = 0
     cursor = conn.connection.driver_connection.cursor()
     try:
         while True:
             cursor.execute(sql, [last, *params])
             page = cursor.fetchall()
-            for _, customer, etype, ts, props, cost in page:
-                yield customer, etype, int(ts), orjson.loads(props) if isinstance(props, (str, bytes)) else props, \
-                    int(cost)
+            for row in page:
+                props = row[4]
+                out = (row[1], row[2], int(row[3]), orjson.loads(props) if isinstance(props, (str, bytes)) else props,
+                       int(row[5]))
+                yield (*out, row[6]) if model else out
             if len(page) < _PAGE:
                 return
             last = page[-1][0]
@@ -179,11 +184,13 @@ def recount_customer(conn: Connection, catalog: Catalog, customer_id: str, from_
            periods_from=horizon)
 
 
-def recount_all(conn: Connection, catalog: Catalog) -> None:
-    """Rebuild every counter and all agent task usage from the stored events (clears the
-    ``counters_stale`` flag). After ``billing events archive`` (events before the horizon
-    are gone), only the counters of periods that start at or after the horizon are rebuilt
-    (from the events from there on); the others, and agent task usage, stay as they are."""
+def recount_all(conn: Connection, catalog: Catalog, dimensions: Sequence[str] | None = None) -> None:
+    """Rebuild every counter, all agent task usage and the hourly rollups from the stored
+    events (clears the ``counters_stale`` and ``rollups_stale`` flags). ``dimensions``: the
+    properties the rollups keep per value from now on (None: the ones they keep). After
+    ``billing events archive`` (events before the horizon are gone), only the counters of
+    periods that start at or after the horizon are rebuilt (from the events from there on);
+    the others, and agent task usage, stay as they are."""
     lock_for_recount(conn)
     horizon = horizon_us(conn)
     if horizon is None:
@@ -194,6 +201,34 @@ def recount_all(conn: Connection, catalog: Catalog) -> None:
         conn.exec_driver_sql(f"DELETE FROM usage_counter WHERE period_start >= {int(horizon)}")
         _count(conn, _views(conn, catalog, None), None, horizon, periods_from=horizon)
     conn.exec_driver_sql(f"DELETE FROM ledger_state WHERE name = '{STALE_FLAG}'")
+    rebuild_rollups(conn, dimensions, horizon)
+
+
+def rebuild_rollups(conn: Connection, dimensions: Sequence[str] | None = None, horizon: int | None = None) -> None:
+    """``usage_rollup`` from the stored events (call after ``lock_for_recount``), added a
+    few pages at a time (the deltas of a page add to the rows the last ones wrote). With an
+    archive ``horizon`` (a month's start, µs), the rollups of the archived hours before it are
+    kept as they are (their events are gone) and only the later ones are rebuilt."""
+    if dimensions is not None:
+        rollup_sql.set_dimensions(conn, dimensions)
+    if horizon is None:
+        rollup_sql.clear(conn)
+    else:
+        rollup_sql.clear(conn, from_hour=horizon)
+    planner = RollupPlanner(rollup_sql.dimensions(conn))
+    add = planner.add
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for n, (customer, etype, ts, props, cost, model) in enumerate(_events(conn, None, horizon, model=True), 1):
+            add(customer, etype, ts, model, props, cost)
+            if n % (10 * _PAGE) == 0:
+                rollup_sql.upsert_rollups(conn, planner.deltas)
+                planner.deltas = {}
+    finally:
+        if enabled:
+            gc.enable()
+    rollup_sql.upsert_rollups(conn, planner.deltas)
 
 
 def counters_stale(conn: Connection) -> bool:

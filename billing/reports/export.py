@@ -27,12 +27,13 @@ def customer_json(report, c) -> dict:
     return {"customer": c.customer, "plan": c.plan, "revenue": _revenue(c.revenue, c.currency), "source": c.source,
             "cost": dec_str(c.cost), "margin": dec_str(c.margin), "margin_pct": _pct(c.margin_pct),
             "events": c.events, "interactions": c.interactions, "currency": c.currency,
-            "whale": report.is_whale(c)}
+            "whale": report.is_whale(c), "tokens": c.tokens.to_json()}
 
 
 def breakdown_json(r, currency: str) -> dict:
     return {"key": r.key, "customers": r.customers, "events": r.events, "cost": dec_str(r.cost),
-            "revenue": _revenue(r.revenue, currency), "margin": dec_str(r.margin), "margin_pct": _pct(r.margin_pct)}
+            "revenue": _revenue(r.revenue, currency), "margin": dec_str(r.margin), "margin_pct": _pct(r.margin_pct),
+            "tokens": r.tokens.to_json()}
 
 
 def report_json(report) -> dict:
@@ -42,7 +43,7 @@ def report_json(report) -> dict:
         "currencies": report.currencies,
         "totals": {"customers": len(report.customers), "revenue": _revenue(report.revenue, cur),
                    "cost": dec_str(report.cost), "margin": dec_str(report.margin),
-                   "margin_pct": _pct(report.margin_pct)},
+                   "margin_pct": _pct(report.margin_pct), "tokens": report.tokens.to_json()},
         "customers": [{**customer_json(report, c), **_split_json(report, c)} for c in report.customers],
         "costs": _costs_json(report),
         "whales": [c.customer for c in report.whales()],
@@ -59,6 +60,9 @@ def report_json(report) -> dict:
         "by": report.by, "allocate": report.allocate,
         "breakdown": [breakdown_json(r, cur) for r in report.breakdown],
         "per_customer_breakdown": [{"customer": c, **breakdown_json(r, cur)} for c, r in report.per_customer_breakdown],
+        "daily": [{"day": d.day.isoformat(), "events": d.events, "cost": dec_str(d.cost),
+                   "revenue": _revenue(d.revenue, cur), "margin": dec_str(d.margin), "tokens": d.tokens.to_json()}
+                  for d in report.daily],
         "unpriced_usage": {"events": sum(g.events for g in report.unpriced_usage),
                            "tokens": dec_str(sum((g.tokens for g in report.unpriced_usage), Decimal(0))),
                            "by_model": [_kept_json(g) for g in report.unpriced_usage]},
@@ -90,26 +94,33 @@ def _kept_json(g) -> dict:
     return out
 
 
+def _tokens(t) -> list[str]:
+    return [dec_str(t.input), dec_str(t.output), dec_str(t.cached), dec_str(t.reasoning)]
+
+
 def report_csv(report) -> str:
     """Per customer rows; with ``by``, then the breakdown rows (a ``section`` column tells them
     apart): ``by:<prop>`` totals per value, ``customer-by:<prop>`` per customer and value;
     then ``unpriced:model`` (events the cost book could not price yet, by model, with their
-    ``tokens``) and ``unmetered:type`` rows."""
+    ``tokens``) and ``unmetered:type`` rows. Customer and breakdown rows end with their token
+    counts (input, output, cached, reasoning)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["section", "customer", "key", "plan", "source", "events", "interactions", "revenue", "cost",
-                "margin", "margin_pct", "currency", "tokens"])
+                "margin", "margin_pct", "currency", "tokens", "input_tokens", "output_tokens", "cached_tokens",
+                "reasoning_tokens"])
     cur = report.currency
     for c in report.customers:
         w.writerow(["customer", c.customer, "", c.plan or "", c.source, c.events, c.interactions,
                     _revenue(c.revenue, c.currency), dec_str(c.cost), dec_str(c.margin), _pct(c.margin_pct) or "",
-                    c.currency])
+                    c.currency, "", *_tokens(c.tokens)])
     for r in report.breakdown:
         w.writerow([f"by:{report.by}", "", r.key, "", report.allocate, r.events, "", _revenue(r.revenue, cur),
-                    dec_str(r.cost), dec_str(r.margin), _pct(r.margin_pct) or "", cur])
+                    dec_str(r.cost), dec_str(r.margin), _pct(r.margin_pct) or "", cur, "", *_tokens(r.tokens)])
     for customer, r in report.per_customer_breakdown:
         w.writerow([f"customer-by:{report.by}", customer, r.key, "", report.allocate, r.events, "",
-                    _revenue(r.revenue, cur), dec_str(r.cost), dec_str(r.margin), _pct(r.margin_pct) or "", cur])
+                    _revenue(r.revenue, cur), dec_str(r.cost), dec_str(r.margin), _pct(r.margin_pct) or "", cur, "",
+                    *_tokens(r.tokens)])
     for g in report.kept:
         w.writerow([f"{g.status}:{'model' if g.status == 'unpriced' else 'type'}", "", g.key or "", "", "", g.events,
                     "", "", dec_str(Decimal(g.cost_pico) / PICO), "", "", cur, dec_str(g.tokens)])

@@ -194,8 +194,10 @@ def _when(plan, usage, seats, subject, target, factor, w0, as_of) -> datetime:
 
 # -------------------------------------------------------------------------------- forecast
 
-def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None) -> list[ForecastRow]:
-    """Every customer with a subscription active at ``as_of``: to date and projected to period end."""
+def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None, *,
+             rollups: bool = True) -> list[ForecastRow]:
+    """Every customer with a subscription active at ``as_of``: to date and projected to period
+    end (``rollups`` False: usage from the events even where the hourly rollups are exact)."""
     as_of = as_of or datetime.now(UTC)
     label = f"{as_of.year:04d}-{as_of.month:02d}"
     with engine.connect() as conn:
@@ -214,10 +216,10 @@ def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None) ->
                     active[s.customer_id] = s
             watermark = max_event_id(conn)
             current = {w.customer: w for w in rate_to_date(conn, catalog, list(active.values()), periods, as_of,
-                                                           watermark)}
+                                                           watermark, rollups=rollups)}
             scale = {c: run_rate_factor(as_of, w.start, w.end) for c, w in current.items() if as_of > w.start}
             projected = {w.customer: w for w in rate_to_date(conn, catalog, [current[c].sub for c in scale], periods,
-                                                             as_of, watermark, scale=scale)}
+                                                             as_of, watermark, scale=scale, rollups=rollups)}
         finally:
             conn.rollback()
     rows = []

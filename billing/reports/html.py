@@ -179,6 +179,12 @@ def _margin_charts(report, segments: list, plans: list) -> list[str]:
                        "Plans side by side", kind="plans"),
               "Plans side by side", "Revenue, provider cost and gross margin of each plan's customers."),
     ]
+    if report.daily:
+        charts.append(_card(bars_svg([(d.day.strftime("%d"), [("revenue", d.revenue), ("cost", d.cost)])
+                                      for d in report.daily], "Daily revenue and cost", kind="daily"),
+                            "Daily revenue and cost",
+                            f"Each UTC day's provider cost and the revenue allocated to it (each customer's revenue "
+                            f"split across the days of its events, by {report.allocate})."))
     if report.breakdown:
         rows = report.breakdown[:10]
         charts.append(_card(bars_svg([(r.key, [("revenue", r.revenue), ("cost", r.cost)]) for r in rows],

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import Engine
@@ -62,9 +62,38 @@ from billing.reports.stats import PERCENTILES, allocate, margin_pct, percentile,
 from billing.reports.to_date import rate_to_date
 
 ZERO = Decimal(0)
+EPOCH_DAY = date(1970, 1, 1)
 PICO = Decimal(10) ** 12
 NONE_KEY = "(none)"
 SEGMENT_NAMES = {25: "light", 50: "median", 90: "heavy", 99: "power"}
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Token counts of events (their ``input_tokens``, ``output_tokens``, ``cache_read_tokens``
+    as *cached*, ``reasoning_tokens``)."""
+
+    input: Decimal = ZERO
+    output: Decimal = ZERO
+    cached: Decimal = ZERO
+    reasoning: Decimal = ZERO
+
+    def __add__(self, other: "TokenCounts") -> "TokenCounts":
+        return TokenCounts(self.input + other.input, self.output + other.output, self.cached + other.cached,
+                           self.reasoning + other.reasoning)
+
+    @classmethod
+    def of(cls, values) -> "TokenCounts":
+        return cls(*values)
+
+    def to_json(self) -> dict[str, str]:
+        from billing.money import dec_str
+
+        return {"input": dec_str(self.input), "output": dec_str(self.output), "cached": dec_str(self.cached),
+                "reasoning": dec_str(self.reasoning)}
+
+
+NO_TOKENS = TokenCounts()
 
 
 @dataclass
@@ -78,6 +107,7 @@ class CustomerMargin:
     interactions: int
     currency: str = "USD"
     period: Period | None = None
+    tokens: TokenCounts = NO_TOKENS
 
     @property
     def margin(self) -> Decimal:
@@ -95,6 +125,7 @@ class BreakdownRow:
     events: int
     cost: Decimal
     revenue: Decimal  # allocated
+    tokens: TokenCounts = NO_TOKENS
 
     @property
     def margin(self) -> Decimal:
@@ -103,6 +134,22 @@ class BreakdownRow:
     @property
     def margin_pct(self) -> Decimal | None:
         return margin_pct(self.revenue, self.cost)
+
+
+@dataclass
+class DailyRow:
+    """One UTC day of the period: its events, their cost and tokens, and the revenue of each
+    customer allocated across its days like a breakdown's (``allocate``)."""
+
+    day: date
+    events: int
+    cost: Decimal
+    revenue: Decimal
+    tokens: TokenCounts = NO_TOKENS
+
+    @property
+    def margin(self) -> Decimal:
+        return self.revenue - self.cost
 
 
 @dataclass(frozen=True)
@@ -133,6 +180,7 @@ class MarginReport:
     whale_margin_pct: Decimal | None = None
     kept: list[FlaggedGroup] = field(default_factory=list)  # unpriced events by model, unmetered ones by type
     split: dict = field(default_factory=dict)  # customer -> reports.costs_beyond.CostSplit (AI / other / overhead)
+    daily: list[DailyRow] = field(default_factory=list)  # with ``daily``: the period day by day (UTC)
 
     @property
     def unpriced_usage(self) -> list[FlaggedGroup]:
@@ -157,6 +205,10 @@ class MarginReport:
     @property
     def margin_pct(self) -> Decimal | None:
         return margin_pct(self.revenue, self.cost)
+
+    @property
+    def tokens(self) -> TokenCounts:
+        return sum((c.tokens for c in self.customers), NO_TOKENS)
 
     @property
     def currencies(self) -> list[str]:
@@ -223,8 +275,14 @@ def customer_periods(zones: dict[str, tuple[str, str]], label: str) -> dict[str,
 
 
 def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: datetime | None = None,
-                  by: str | None = None, allocate: str = "events", whale_margin_pct: Decimal | None = None,
-                  interaction_type: str = "llm.call") -> MarginReport:
+                  by: str | tuple[str, ...] | None = None, allocate: str = "events", whale_margin_pct: Decimal | None = None,
+                  interaction_type: str = "llm.call", rollups: bool = True, daily: bool = False) -> MarginReport:
+    """The margin report of month ``label`` (module docstring). ``rollups`` False: costs and
+    counts from the events even where the hourly rollups are exact (the property test's
+    reference path). ``by``: a property, or two (a two-way breakdown: keys ``a / b``).
+    ``daily``: with the daily series (``DailyRow``)."""
+    props = repo._props(by)
+    by = props if len(props) > 1 else (props[0] if props else None)
     if allocate not in ("events", "cost"):
         raise ValueError("allocate must be 'events' or 'cost'")
     if whale_margin_pct is not None and not whale_margin_pct.is_finite():
@@ -241,10 +299,12 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             hi = max((p.end for p in periods.values()), default=utc.end)
             subs = repo.subscriptions_overlapping(conn, lo, hi)
             lines = repo.billed_lines(conn, lo, hi, as_of)
-            rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type)
+            rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type, rollups)
+            days = _costs_per_zone(conn, periods, as_of, repo.DAY, interaction_type, rollups)[0] if daily else []
             billed, billed_subs = _billed_revenue(lines, periods, as_of)
             open_subs = [s for s in subs if s.id not in billed_subs]
-            rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn)) if open_subs else []
+            rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn),
+                                 rollups=rollups) if open_subs else []
             split = splits(conn, catalog, periods, subs, as_of)  # costs beyond tokens, overhead (additive)
         finally:
             conn.rollback()
@@ -252,15 +312,17 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
     for w in rated:
         rated_revenue[w.customer] += w.invoice.total
     customers = _customer_margins(rows, billed, rated_revenue, _plan_names(subs, periods), zones, periods)
-    report = MarginReport(label, as_of, customers, by, allocate, whale_margin_pct=whale_margin_pct,
+    report = MarginReport(label, as_of, customers, ", ".join(props) or None, allocate, whale_margin_pct=whale_margin_pct,
                           kept=_merged(kept), split=split)
     if by:
         _breakdown(report, rows)
+    if daily:
+        report.daily = _daily(report, days)
     return report
 
 
 def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str | None,
-                    interaction_type: str) -> tuple[list[repo.CostRow], list[FlaggedGroup]]:
+                    interaction_type: str, rollups: bool = True) -> tuple[list[repo.CostRow], list[FlaggedGroup]]:
     """Cost and counts per customer (and per property value), and the flagged events kept
     out of them, up to ``as_of``: one query per time zone."""
     by_zone: dict[Period, list[str]] = defaultdict(list)
@@ -274,7 +336,7 @@ def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str |
             continue
         only = members if len(by_zone) > 1 else None
         rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
-                                 interaction_type=interaction_type))
+                                 interaction_type=interaction_type, rollups=rollups, tokens=True))
         kept.extend(flagged_totals(conn, start_us=to_us(p.start), end_us=to_us(end), customers=only))
     return rows, kept
 
@@ -310,10 +372,12 @@ def _customer_margins(rows: list[repo.CostRow], billed: dict[str, Decimal], rate
     cost: dict[str, int] = defaultdict(int)
     events: dict[str, int] = defaultdict(int)
     inter: dict[str, int] = defaultdict(int)
+    tokens: dict[str, TokenCounts] = defaultdict(lambda: NO_TOKENS)
     for r in rows:
         cost[r.customer] += r.cost_pico
         events[r.customer] += r.events
         inter[r.customer] += r.interactions
+        tokens[r.customer] += TokenCounts.of(r.tokens)
     customers = []
     for customer in sorted(set(cost) | set(billed) | set(plan_of)):
         parts = [name for name, present in (("invoiced", customer in billed), ("rated", customer in rated_revenue))
@@ -321,7 +385,8 @@ def _customer_margins(rows: list[repo.CostRow], billed: dict[str, Decimal], rate
         revenue = billed.get(customer, ZERO) + rated_revenue.get(customer, ZERO)
         customers.append(CustomerMargin(customer, plan_of.get(customer), revenue, "+".join(parts) or "none",
                                         Decimal(cost[customer]) / PICO, events[customer], inter[customer],
-                                        zones.get(customer, ("UTC", "USD"))[1], periods.get(customer)))
+                                        zones.get(customer, ("UTC", "USD"))[1], periods.get(customer),
+                                        tokens.get(customer, NO_TOKENS)))
     return customers
 
 
@@ -334,6 +399,30 @@ def _merged(groups: list[FlaggedGroup]) -> list[FlaggedGroup]:
             g.status, g.key, had.customers + g.customers, had.events + g.events, had.tokens + g.tokens,
             had.cost_pico + g.cost_pico)
     return sorted(out.values(), key=lambda g: (g.status != "unpriced", -g.events, g.key or ""))
+
+
+def _daily(report: MarginReport, rows: list[repo.CostRow]) -> list[DailyRow]:
+    """The period day by day: each customer's revenue allocated across the days of its
+    events (all of it on the period's first day without events)."""
+    per_customer: dict[str, list[repo.CostRow]] = defaultdict(list)
+    for r in rows:
+        per_customer[r.customer].append(r)
+    out: dict[date, DailyRow] = {}
+    for c in report.customers:
+        mine = sorted(per_customer.get(c.customer, []), key=lambda r: int(r.key))
+        weights = [(r.key, r.events if report.allocate == "events" else r.cost_pico) for r in mine]
+        shares = allocate(c.revenue, weights, quantum(c.currency)) if weights else {}
+        if not mine and c.revenue and c.period is not None:
+            first = c.period.start.astimezone(UTC).date()
+            out.setdefault(first, DailyRow(first, 0, ZERO, ZERO)).revenue += c.revenue
+        for r in mine:
+            day = EPOCH_DAY + timedelta(days=int(r.key))
+            row = out.setdefault(day, DailyRow(day, 0, ZERO, ZERO))
+            row.events += r.events
+            row.cost += Decimal(r.cost_pico) / PICO
+            row.revenue += shares.get(r.key, ZERO)
+            row.tokens += TokenCounts.of(r.tokens)
+    return [out[d] for d in sorted(out)]
 
 
 def _breakdown(report: MarginReport, rows: list) -> None:
@@ -355,15 +444,16 @@ def _breakdown(report: MarginReport, rows: list) -> None:
         for r in mine:
             key = NONE_KEY if r.key is None else r.key
             revenue = shares.get(r.key, ZERO) if r.key is not None else (ZERO if shares else c.revenue)
-            row = BreakdownRow(key, 1, r.events, Decimal(r.cost_pico) / PICO, revenue)
+            row = BreakdownRow(key, 1, r.events, Decimal(r.cost_pico) / PICO, revenue, TokenCounts.of(r.tokens))
             detail.append((c.customer, row))
             agg = totals.setdefault(key, BreakdownRow(key, 0, 0, ZERO, ZERO))
             agg.customers += 1
             agg.events += row.events
             agg.cost += row.cost
             agg.revenue += row.revenue
+            agg.tokens += row.tokens
     report.breakdown = sorted(totals.values(), key=lambda r: (r.key == NONE_KEY, -r.cost, r.key))
     report.per_customer_breakdown = detail
 
 
-__all__ = ["BreakdownRow", "CustomerMargin", "MarginReport", "SegmentRow", "customer_periods", "margin_report"]
+__all__ = ["TokenCounts", "DailyRow", "BreakdownRow", "CustomerMargin", "MarginReport", "SegmentRow", "customer_periods", "margin_report"]

@@ -17,13 +17,15 @@ from sqlalchemy import Connection
 from billing.catalog import Catalog
 from billing.invoicing.windows import RatedWindow, Window, rate_windows, window_of
 from billing.rating.periods import Period
+from billing.reports.rollup_usage import rollup_counters
 
 
 def rate_to_date(conn: Connection, catalog: Catalog, subs: list, periods: Mapping[str, Period], as_of: datetime,
-                 watermark: int, scale: Mapping[str, Decimal] | None = None) -> list[RatedWindow]:
+                 watermark: int, scale: Mapping[str, Decimal] | None = None, rollups: bool = True) -> list[RatedWindow]:
     """Every subscription's window in its customer's period, rated on the events up to
     ``as_of`` (and ``id <= watermark``), by customer and start. Windows that start after
-    ``as_of`` are left out."""
+    ``as_of`` are left out. ``rollups``: the usage of plans the hourly rollups count exactly
+    from them (``billing.reports.rollup_usage``; they hold every committed event)."""
     windows = []
     for sub in subs:
         period = periods.get(sub.customer_id)
@@ -32,6 +34,7 @@ def rate_to_date(conn: Connection, catalog: Catalog, subs: list, periods: Mappin
             continue
         windows.append(Window(sub, catalog.get(sub.plan_id, sub.plan_version), period, span[0], span[1],
                               min(span[1], as_of)))
-    rated = rate_windows(conn, windows, watermark, scale=scale, plans=catalog.get)
+    counted = rollup_counters(conn, windows, watermark) if rollups and windows else None
+    rated = rate_windows(conn, windows, watermark, from_counters=counted, scale=scale, plans=catalog.get)
     rated.sort(key=lambda w: (w.customer, w.start, w.sub.id))
     return rated

@@ -49,6 +49,7 @@ from billing.money import from_minor
 from billing.rating.periods import Period, parse_period_label
 from billing.reports import repository as repo
 from billing.reports.margins import customer_periods
+from billing.reports.rollup_usage import rollup_measure
 from billing.reports.stats import band_order, usage_bands
 from billing.simulate.core import CustomerInput, CustomerTotals, Simulation, rate_totals, simulate
 from billing.simulate.levers import Levers
@@ -85,7 +86,8 @@ class _Customer:
                     trial_end=sub.trial_end if sub and sub.trial_end and sub.trial_end > p.start else None)
 
 
-def _context(conn: Connection, label: str, as_of: datetime, interaction_type: str) -> dict[str, _Customer]:
+def _context(conn: Connection, label: str, as_of: datetime, interaction_type: str,
+             rollups: bool = True) -> dict[str, _Customer]:
     """Every customer with a subscription or an event in its period ``label``."""
     utc = parse_period_label(label)
     zones = repo.customers(conn)
@@ -116,7 +118,7 @@ def _context(conn: Connection, label: str, as_of: datetime, interaction_type: st
         by_zone[p].append(customer)
     for p, members in by_zone.items():
         for row in repo.cost_by(conn, to_us(p.start), to_us(p.end), customers=members if len(by_zone) > 1 else None,
-                                interaction_type=interaction_type):
+                                interaction_type=interaction_type, rollups=rollups):
             c = get(row.customer)
             c.cost_pico += row.cost_pico
             c.interactions += row.interactions
@@ -134,12 +136,14 @@ def _context(conn: Connection, label: str, as_of: datetime, interaction_type: st
 
 
 def history_totals(engine: Engine, label: str, plans: list[Plan], *, as_of: datetime | None = None,
-                   interaction_type: str = "llm.call") -> tuple[Period, list[CustomerTotals]]:
-    """Each customer's meter totals under every plan, aggregated in SQL (no levers)."""
+                   interaction_type: str = "llm.call", rollups: bool = True) -> tuple[Period, list[CustomerTotals]]:
+    """Each customer's meter totals under every plan, aggregated in SQL (no levers): from the
+    hourly rollups where they count a plan exactly (``billing.reports.rollup_usage``), else
+    (and with ``rollups`` False) from the events."""
     as_of = as_of or datetime.now(UTC)
     with engine.connect() as conn:
         try:
-            context = _context(conn, label, as_of, interaction_type)
+            context = _context(conn, label, as_of, interaction_type, rollups)
             watermark = max_event_id(conn)
             by_period: dict[Period, list[str]] = defaultdict(list)
             for c in context.values():
@@ -147,7 +151,11 @@ def history_totals(engine: Engine, label: str, plans: list[Plan], *, as_of: date
             spans = [UsageSpan(plan, customer, p.start, p.end)
                      for p, members in by_period.items() for plan in plans for customer in members]
             usage: dict[str, dict[str, dict]] = defaultdict(dict)
-            for span, (meters, _) in zip(spans, measure(conn, spans, watermark)):
+            counted = rollup_measure(conn, spans, watermark) if rollups else [None] * len(spans)
+            rest = [span for span, found in zip(spans, counted) if found is None]
+            measured = iter(measure(conn, rest, watermark))
+            for span, found in zip(spans, counted):  # the rollups where exact, else the events
+                meters, _ = found if found is not None else next(measured)
                 usage[span.customer][span.plan.ref] = meters
         finally:
             conn.rollback()

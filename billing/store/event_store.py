@@ -4,7 +4,8 @@ usage upserts.
 Deadlock freedom on PostgreSQL: every writer of these tables (ingestion chunks, quota commits,
 recounts) takes its row locks in one global order: events in (customer, event id) order, then
 counters in (customer, meter, period start) order (the sum meters' rows, then the max
-meters'), then agent task usage in (customer, task) order. Text keys are ordered by code
+meters'), then hourly rollups in their key order (``billing.store.rollup_sql``), then agent
+task usage in (customer, task) order. Text keys are ordered by code
 point (as Python sorts them; ``COLLATE "C"`` in SQL), never by the database's collation. Two transactions that touch the
 same keys then wait for each other at most one way, never in a cycle. (SQLite has a single
 writer: its inserts keep the arrival order, which is cheaper.)

@@ -132,6 +132,48 @@ class UsageCounter(SQLModel, table=True):
     cost_carry: int = Field(default=0, sa_type=BigInteger)  # cost: carry * 10^18 + cost_pico
 
 
+class UsageRollup(SQLModel, table=True):
+    """Hourly usage per customer, event type, model and the values of the rolled-up
+    dimensions, kept by ingestion in the transaction that stores the events
+    (``billing.ledger.rollups``); every event counts in exactly one row.
+
+    ``dims``: the JSON object of the event's rolled-up properties (``rollup_dimension``) and
+    their values as text (as SQL reads them), sorted by name; ``{}`` for none. ``model``
+    ``''``: no model. Token columns and ``sums`` (a JSON object of every other integer
+    property below 10^15) sum the events' integer values; ``rounded`` counts token values the
+    columns leave out (not integers); ``odd`` counts events whose key text is not
+    exact (a model ``''``, a dimension value that is no text, integer or boolean). Cost:
+    ``cost_carry * 10^18 + cost_pico`` (``billing.store.wide``)."""
+
+    __tablename__ = "usage_rollup"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    hour: int = Field(primary_key=True, sa_type=BigInteger)  # microseconds, UTC, a whole hour
+    type: str = Field(primary_key=True, max_length=100)
+    model: str = Field(primary_key=True, max_length=200)
+    dims: str = Field(primary_key=True, max_length=2000)
+    events: int = Field(default=0, sa_type=BigInteger)
+    cost_pico: int = Field(default=0, sa_type=BigInteger)
+    cost_carry: int = Field(default=0, sa_type=BigInteger)
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cache_read_tokens: int = Field(default=0, sa_type=BigInteger)
+    cache_write_tokens: int = Field(default=0, sa_type=BigInteger)
+    reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
+    sums: str = Field(default="{}", sa_type=Text)
+    rounded: int = Field(default=0, sa_type=BigInteger)
+    odd: int = Field(default=0, sa_type=BigInteger)
+
+
+class RollupDimension(SQLModel, table=True):
+    """The event properties ``usage_rollup`` keeps per value (``billing db recount``
+    rebuilds the rollups when ``BILLING_ROLLUP_DIMENSIONS`` changes them)."""
+
+    __tablename__ = "rollup_dimension"
+
+    name: str = Field(primary_key=True, max_length=100)
+
+
 class CreditGrantRow(SQLModel, table=True):
     __tablename__ = "credit_grant"
 

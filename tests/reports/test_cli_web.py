@@ -65,6 +65,14 @@ def test_report_margins_outputs(cli, seeded, tmp_path):
     assert [s["segment"] for s in data["segments"]] == ["light", "median", "heavy", "power"]
     assert data["segments"][0]["text"].startswith("light user (P25): 10 interactions")
 
+    # two-way: --by feature --by model (pairs of values; tokens per row; sums hold)
+    result = cli("margins", "--period", "2026-10", "--as-of", AS_OF, "--json", "--by", "feature", "--by", "model")
+    assert result.exit_code == 0, result.output
+    two = json.loads(result.output)
+    assert two["by"] == "feature, model" and "support-chat / claude-sonnet-4-5" in {r["key"] for r in two["breakdown"]}
+    assert sum(D(r["revenue"]) for r in two["breakdown"]) == D(two["totals"]["revenue"])
+    assert sum(D(r["tokens"]["input"]) for r in two["breakdown"]) == D(two["totals"]["tokens"]["input"]) > 0
+
     result = cli("margins", "--period", "2026-10", "--as-of", AS_OF, "--csv", "--by", "model")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.output)))
@@ -85,8 +93,10 @@ def test_report_margins_outputs(cli, seeded, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Margins 2026-10" in result.output and "Whales" in result.output and "By user" in result.output
     html = page.read_text()
-    assert html.count('<svg class="chart"') == 5 and "<script" not in html  # 4 charts + the --by breakdown
-    assert set(re.findall(r'data-chart="([a-z]+)"', html)) == {"histogram", "scatter", "segments", "plans", "breakdown"}
+    # 4 charts + the daily revenue/cost chart + the --by breakdown
+    assert html.count('<svg class="chart"') == 6 and 'data-chart="daily"' in html and "<script" not in html
+    assert set(re.findall(r'data-chart="([a-z]+)"', html)) == {"histogram", "scatter", "segments", "plans", "breakdown",
+                                                           "daily"}
     assert _snapshot(seeded["engine"]) == before
 
     assert cli("margins", "--period", "2026-10", "--by", "bad prop!", "--as-of", AS_OF).exit_code == 2

@@ -140,7 +140,7 @@ def test_simulation_charts_draw_in_headless_chromium(sim, tmp_path):
 @pytest.fixture(scope="module")
 def report(module_engine):  # noqa: F811
     seeded = seed_ledger(module_engine)
-    return margin_report(module_engine, seeded["catalog"], "2026-10", as_of=seeded["now"], by="feature")
+    return margin_report(module_engine, seeded["catalog"], "2026-10", as_of=seeded["now"], by="feature", daily=True)
 
 
 @pytest.mark.browser
@@ -148,7 +148,7 @@ def test_margins_page_charts_draw_in_headless_chromium(report, tmp_path):
     html = margins_html(report)
     assert_self_contained(html)
     charts = {c["kind"]: c for c in render(html, tmp_path)}
-    assert set(charts) == MARGIN_KINDS | {"breakdown"}
+    assert set(charts) == MARGIN_KINDS | {"breakdown", "daily"}
     for chart in charts.values():
         assert_drawn(chart)
     assert len(charts["scatter"]["marks"]) == len(report.customers)
@@ -161,6 +161,9 @@ def test_margins_page_charts_draw_in_headless_chromium(report, tmp_path):
     plans = charts["plans"]["marks"]
     assert len(plans) == 3 * len(report.plans())
     assert_bars_proportional(charts["plans"])
+    daily = charts["daily"]["marks"]  # revenue and cost of each day of the period with events
+    assert len(daily) == 2 * len(report.daily) and len(report.daily) > 20
+    assert_bars_proportional(charts["daily"])
     # the whale (cost above revenue) is drawn below the break-even line: its point is red
     assert "Whales (1)" in html and 'fill="#dc2626"' in html
 

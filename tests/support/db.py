@@ -112,7 +112,9 @@ def reset_database(url: str) -> None:
         if url not in _RESET_PLAN:  # children before parents (foreign keys)
             meta = sa.MetaData()
             meta.reflect(conn)
-            tables = [t.name for t in reversed(meta.sorted_tables) if t.name != "alembic_version"]
+            # (rollup_dimension: configuration the migration seeds, kept like alembic_version)
+            tables = [t.name for t in reversed(meta.sorted_tables) if t.name not in ("alembic_version",
+                                                                                     "rollup_dimension")]
             sequences = []
             if conn.dialect.name == "postgresql":
                 sequences = list(conn.exec_driver_sql(

@@ -1,0 +1,191 @@
+"""SQL of the hourly rollups (``usage_rollup``, ``billing.ledger.rollups``): the upsert every
+writer uses (ingestion chunks, re-costs, ``billing db recount``), and the reads of reports.
+
+Lock order (``billing.store.event_store``): rollup rows are written after the counters and
+before agent task usage, in key order (text by code point, as Python sorts it).
+Sums of integer properties are a JSON object per row; the upsert merges two objects key by
+key (SQLite: integers; PostgreSQL: numeric, exact at any size).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy import Connection
+
+from billing.store.wide import WIDE, add_sql, exact_sums, split, sum_sql, summed
+
+STALE_FLAG = "rollups_stale"
+_SAFE = re.compile(r"^[A-Za-z0-9_\-]+$")
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+COLUMNS = ("customer_id, hour, type, model, dims, events, cost_pico, cost_carry, " + ", ".join(TOKENS)
+           + ", sums, rounded, odd")
+_KEY = "customer_id, hour, type, model, dims"
+_TOKEN_SET = frozenset(TOKENS)
+_SQLITE_ROWS_PER_INSERT = 800
+
+
+def _ph(conn: Connection) -> str:
+    return "%s" if conn.dialect.name == "postgresql" else "?"
+
+
+def _merge_sql(pg: bool) -> str:
+    old, new = "usage_rollup.sums", "excluded.sums"
+    if pg:
+        merged = (f"(SELECT COALESCE(json_object_agg(s.key, s.total), '{{}}')::text FROM (SELECT key, "
+                  f"SUM(value::numeric) AS total FROM (SELECT * FROM json_each_text({old}::json) UNION ALL "
+                  f"SELECT * FROM json_each_text({new}::json)) AS b GROUP BY key) AS s)")
+    else:
+        merged = (f"(SELECT json_group_object(key, total) FROM (SELECT key, SUM(value) AS total FROM "
+                  f"(SELECT key, value FROM json_each({old}) UNION ALL SELECT key, value FROM json_each({new})) "
+                  f"GROUP BY key))")
+    return f"CASE WHEN {new} = '{{}}' THEN {old} WHEN {old} = '{{}}' THEN {new} ELSE {merged} END"
+
+
+@lru_cache(maxsize=16)
+def rollup_upsert(ph: str, pg: bool, rows: int = 1) -> str:
+    """The upsert of ``rows`` rows (one VALUES tuple each; ``upsert_rollups``)."""
+    one = "(" + ",".join([ph] * 16) + ")"
+    tokens = ", ".join(f"{t} = usage_rollup.{t} + excluded.{t}" for t in TOKENS)
+    return (f"INSERT INTO usage_rollup ({COLUMNS}) VALUES {','.join([one] * rows)} ON CONFLICT ({_KEY}) DO UPDATE SET "
+            f"events = usage_rollup.events + excluded.events, {add_sql('usage_rollup', 'cost_pico', 'cost_carry')}, "
+            f"{tokens}, rounded = usage_rollup.rounded + excluded.rounded, odd = usage_rollup.odd + excluded.odd, "
+            f"sums = {_merge_sql(pg)}")
+
+
+def _row(key: tuple, delta: list) -> tuple:
+    events, cost, sums, rounded, odd = delta
+    carry, low = (0, cost) if 0 <= cost < WIDE else split(cost)
+    if sums:
+        tokens = [sums.get(t, 0) for t in TOKENS]
+        other = "{}"
+        if len(sums) > 5 - tokens.count(0):  # (a token count of 0 may be a key too: compared below)
+            rest = {k: v for k, v in sums.items() if k not in _TOKEN_SET}
+            if rest:
+                other = json.dumps(rest, separators=(",", ":"), sort_keys=True)
+    else:
+        tokens, other = [0, 0, 0, 0, 0], "{}"
+    return (*key, events, low, carry, *tokens, other, rounded, odd)
+
+
+def upsert_rollups(conn: Connection, deltas: dict[tuple, list]) -> None:
+    """Add a chunk's deltas (``RollupPlanner.deltas``), in key order:
+    SQLite: a few hundred rows per statement (the write lock is held: any order is safe);
+    PostgreSQL: one executemany in key order (text by code point: the global lock order)."""
+    if not deltas:
+        return
+    rows = [_row(k, deltas[k]) for k in sorted(deltas)]
+    pg = conn.dialect.name == "postgresql"
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        if pg:
+            cursor.executemany(rollup_upsert("%s", True), rows)
+            return
+        per = max(1, min(_SQLITE_ROWS_PER_INSERT,
+                         cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 16))
+        for i in range(0, len(rows), per):
+            part = rows[i:i + per]
+            cursor.execute(rollup_upsert("?", False, len(part)), [v for r in part for v in r])
+    finally:
+        cursor.close()
+
+
+def dimensions(conn: Connection) -> tuple[str, ...]:
+    """The properties the rollups keep per value (read in the writer's transaction)."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute("SELECT name FROM rollup_dimension")
+        return tuple(sorted(r[0] for r in cursor.fetchall()))
+    finally:
+        cursor.close()
+
+
+def set_dimensions(conn: Connection, names: Sequence[str]) -> None:
+    conn.exec_driver_sql("DELETE FROM rollup_dimension")
+    ph = _ph(conn)
+    for name in sorted(set(names)):
+        conn.exec_driver_sql(f"INSERT INTO rollup_dimension (name) VALUES ({ph})", (name,))
+
+
+def clear(conn: Connection, from_hour: int | None = None) -> None:
+    """Every rollup row (``from_hour``: those of that hour, µs, and later)."""
+    if from_hour is None:
+        conn.exec_driver_sql("DELETE FROM usage_rollup")
+    else:
+        conn.exec_driver_sql(f"DELETE FROM usage_rollup WHERE hour >= {int(from_hour)}")
+    conn.exec_driver_sql(f"DELETE FROM ledger_state WHERE name = '{STALE_FLAG}'")
+
+
+def stale(conn: Connection) -> bool:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(f"SELECT value FROM ledger_state WHERE name = '{STALE_FLAG}'")
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return bool(row and row[0])
+
+
+# ------------------------------------------------------------------------------ reads
+
+@dataclass
+class RollupTotal:
+    """Summed rollup rows of one group."""
+
+    events: int = 0
+    interactions: int = 0
+    cost_pico: int = 0
+    odd: int = 0
+    rounded: int = 0
+    tokens: tuple[int, ...] = (0, 0, 0, 0, 0)  # TOKENS
+
+
+def key_sql(dialect: str, name: str) -> str:
+    """A group of the rows: ``type``, ``model`` or a rolled-up dimension (its text; NULL when absent)."""
+    if name in ("type", "model"):
+        return name
+    if name == "@day":  # the UTC day of the hour (``billing.reports.repository.DAY``)
+        return "(hour / 86400000000)"
+    if not _SAFE.match(name):
+        raise ValueError(f"property name {name!r} may only use letters, digits, '_' and '-'")
+    if dialect == "postgresql":
+        return f"(dims::json->>'{name}')"
+    return f"json_extract(dims, '$.\"{name}\"')"
+
+
+def totals(conn: Connection, start_hour: int, end_hour: int, groups: Sequence[str] = (),
+           customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> dict[tuple, RollupTotal]:
+    """(customer, *values of ``groups``) -> totals of the rows with start_hour <= hour < end_hour."""
+    from sqlalchemy import bindparam, text
+
+    keys = [key_sql(conn.dialect.name, g) for g in groups]
+    select_keys = "".join(f", {k}" for k in keys)
+    tokens = ", ".join(f"SUM({t})" for t in TOKENS)
+    ids = sorted(set(customers)) if customers is not None else None
+    parts = [None] if ids is None else [ids[i:i + 500] for i in range(0, len(ids), 500)]
+    out: dict[tuple, RollupTotal] = {}
+    n = len(keys)
+    for part in parts:
+        def query(split_parts: bool, part=part) -> list:
+            sql = (f"SELECT customer_id{select_keys}, SUM(events), SUM(CASE WHEN type = :itype THEN events ELSE 0 END), "
+                   f"{sum_sql('cost_pico', split_parts)}, SUM(cost_carry), SUM(odd), SUM(rounded), {tokens} "
+                   f"FROM usage_rollup WHERE hour >= :a AND hour < :b"
+                   f"{'' if part is None else ' AND customer_id IN :ids'} GROUP BY customer_id{select_keys}")
+            stmt = text(sql)
+            values = {"a": start_hour, "b": end_hour, "itype": interaction_type}
+            if part is not None:
+                stmt = stmt.bindparams(bindparam("ids", expanding=True))
+                values["ids"] = list(part)
+            return conn.execute(stmt, values).all()
+
+        for row in exact_sums(query):
+            key = tuple(row[:1 + n])
+            ev, inter, h, m, lo, carry, odd, rounded = row[1 + n:9 + n]
+            out[key] = RollupTotal(int(ev), int(inter or 0), int(summed(h, m, lo)) + int(carry or 0) * WIDE,
+                                   int(odd or 0), int(rounded or 0), tuple(int(t or 0) for t in row[9 + n:]))
+    return out
