@@ -131,7 +131,10 @@ def test_report_forecast(cli):
 
 
 def _bare_app(seeded) -> FastAPI:
+    from billing.api.errors import install
+
     app = FastAPI()
+    install(app)  # the API's error answers (BillingError -> 4xx), as create_app does
     app.include_router(web.router)
     app.dependency_overrides[web.get_engine] = lambda: seeded["engine"]
     app.dependency_overrides[web.get_catalog] = lambda: seeded["catalog"]
