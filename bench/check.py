@@ -222,38 +222,14 @@ def seed(url: str, customers: int, now: datetime, plans: str = PLANS, guarded: b
                            "timestamp": max(start, now - timedelta(minutes=j + 1)).isoformat(),
                            "properties": {"feature": "support-chat", "model": "claude-sonnet-4-5",
                                           "input_tokens": 2100, "output_tokens": 400}})
+    from bench.common import copy_customers
+
     for plan, cids in sorted(copies.items()):
         copy_customers(engine, templates[plan], cids)
     Ledger(engine, catalog).record(events)
     _, key = create_key(engine, "check")
     engine.dispose()
     return key
-
-
-def copy_customers(engine, template: str, customers: list[str], chunk: int = 10_000) -> None:
-    """New customers whose rows (customer, subscription, seat change) are copies of
-    ``template``'s, which ``Accounts`` wrote: a large population without a transaction
-    each. Written in customer order."""
-    from sqlalchemy import insert, select
-
-    from billing.store.models import Customer, SeatChange, Subscription
-
-    customer_t, sub_t, seat_t = Customer.__table__, Subscription.__table__, SeatChange.__table__
-    with engine.connect() as conn:
-        base = dict(conn.execute(select(customer_t).where(customer_t.c.id == template)).mappings().one())
-        subscriptions = conn.execute(select(sub_t).where(sub_t.c.customer_id == template)).mappings().all()
-        assert len(subscriptions) == 1, "the template has one subscription"
-        sub = dict(subscriptions[0])
-        seat = dict(conn.execute(select(seat_t).where(seat_t.c.subscription_id == sub["id"])).mappings().one())
-    del sub["id"], seat["id"]
-    for at in range(0, len(customers), chunk):
-        part = sorted(customers[at:at + chunk])
-        with engine.begin() as conn:
-            conn.execute(insert(customer_t), [{**base, "id": c} for c in part])
-            conn.execute(insert(sub_t), [{**sub, "customer_id": c} for c in part])
-            ids = conn.execute(select(sub_t.c.id).where(sub_t.c.customer_id.in_(part))
-                               .order_by(sub_t.c.id)).scalars().all()
-            conn.execute(insert(seat_t), [{**seat, "subscription_id": i} for i in ids])
 
 
 def free_port() -> int:

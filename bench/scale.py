@@ -6,7 +6,8 @@ resident memory of its process tree, at several sizes.
 
 For each size: a JSONL file of that many October ``llm.call`` events spread uniformly over
 ``--customers`` customers on the support-chatbot plan (written by a streaming generator),
-then, on a fresh database with those customers (set up through the library, not timed):
+then, on a fresh database with those customers (not timed: the first through ``Accounts``,
+the others copies of its rows, ``bench.common.copy_customers``):
 
 1. ``ingest``   ``billing events import FILE --json``
 2. ``close``    ``billing invoice close --as-of 2026-11-01T00:00:00Z --json``
@@ -46,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import DEFAULT_PG, fresh_database, run_child  # noqa: E402
+from bench.common import DEFAULT_PG, copy_customers, fresh_database, run_child  # noqa: E402
 
 PLANS = os.path.join(ROOT, "plans")
 PLAN = "support-chatbot"
@@ -92,15 +93,17 @@ def write_events(path: str, n: int, customers: int) -> None:
 
 
 def setup_customers(url: str, customers: int) -> None:
+    """The first customer through ``Accounts``, the others as copies of its rows."""
     from billing.catalog import Catalog
     from billing.ledger.accounts import Accounts
     from billing.store.db import make_engine
 
     engine = make_engine(url)
     accounts = Accounts(engine, Catalog.from_paths(PLANS))
-    for c in range(customers):
-        accounts.create_customer(customer_id(c, customers), now=START)
-        accounts.subscribe(customer_id(c, customers), PLAN, at=START)
+    first = customer_id(0, customers)
+    accounts.create_customer(first, now=START)
+    accounts.subscribe(first, PLAN, at=START)
+    copy_customers(engine, first, [customer_id(c, customers) for c in range(1, customers)])
     engine.dispose()
 
 
