@@ -187,7 +187,8 @@ def spread_body(i: int, customers: int) -> str:
 LIBRARY_SEEDED = 1000  # customers set up through Accounts; the rest are copies of the first's rows
 
 
-def seed(url: str, customers: int, now: datetime, plans: str = PLANS, guarded: bool = False) -> str:
+def seed(url: str, customers: int, now: datetime, plans: str = PLANS, guarded: bool = False,
+         library: int = LIBRARY_SEEDED) -> str:
     from sqlmodel import SQLModel
 
     import billing.store.operational_models  # noqa: F401
@@ -211,13 +212,13 @@ def seed(url: str, customers: int, now: datetime, plans: str = PLANS, guarded: b
     templates: dict[str, str] = {}
     copies: dict[str, list[str]] = {}
     for cid, plan, i in population:
-        if i < LIBRARY_SEEDED:
+        if i < library:
             acc.create_customer(cid, now=start)
             acc.subscribe(cid, plan, at=start)
             templates.setdefault(plan, cid)
         else:
             copies.setdefault(plan, []).append(cid)
-        for j in range(i % 50 if i < LIBRARY_SEEDED else i % 3):
+        for j in range(i % 50 if i < library else i % 3):
             events.append({"id": f"e-{i}-{j}", "customer": cid, "type": "llm.call",
                            "timestamp": max(start, now - timedelta(minutes=j + 1)).isoformat(),
                            "properties": {"feature": "support-chat", "model": "claude-sonnet-4-5",
@@ -265,6 +266,8 @@ def main() -> None:
                         help="load generator (default: wrk when installed, else python)")
     parser.add_argument("--guards", action="store_true",
                         help="also measure checks of customers on a plan with cost guards (same run)")
+    parser.add_argument("--library-seeded", type=int, default=LIBRARY_SEEDED,
+                        help="customers set up through Accounts; the rest are copies of their rows")
     parser.add_argument("--load-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.load_process and args.customers < 1:
@@ -283,7 +286,7 @@ def main() -> None:
     guarded = None
     with fresh_database(args.backend) as url, tempfile.TemporaryDirectory() as folder:
         plans = guarded_plans_dir(folder) if args.guards else PLANS
-        key = seed(url, args.customers, now, plans, args.guards)
+        key = seed(url, args.customers, now, plans, args.guards, max(1, args.library_seeded))
         port = free_port()
         server = start_server(url, port, plans)
         try:
