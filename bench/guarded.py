@@ -17,7 +17,8 @@ app whose real LLM calls take time would; at 0 the figure includes queueing behi
 other callers on the 2 cores the server, the database and the app share.
 
 Prints one JSON object: ``calls_per_s``, ``added_p50_ms``, ``added_p90_ms``,
-``added_p99_ms``, ``stub_p50_us``, the calls that did not record (denied, spooled, refused,
+``added_p99_ms``, ``stub_p50_us``, the CPU each call costs the app (``client_cpu_us_per_call``)
+and the server (``server_cpu_us_per_call``: what a loaded machine does not change), the calls that did not record (denied, spooled, refused,
 errors: all expected 0). Targets: added p50 <= 2 ms and p99 <= 5 ms on SQLite; p99 <= 10 ms on
 PostgreSQL.
 """
@@ -103,8 +104,11 @@ def callers_process(base_url: str, key: str, customers: int, callers: int, secon
                 return f"error: {type(exc).__name__}: {exc}"[:200]
             return "recorded" if result.recorded else f"not recorded: {result.commits}"[:200]
 
-        drive(callers, 1.0, rate, call)  # warm-up: connections, metering cache
+        # warm-up: connections, and each customer's metering, which the client caches (METERING_TTL)
+        warm = [call(i) for i in range(customers)]
+        cpu = time.process_time()
         durations, elapsed, outcomes = drive(callers, seconds, rate, call)
+        cpu = time.process_time() - cpu
     base = pct(stub_alone, 0.5)
     problems = [o for o in outcomes if o != "recorded"]
 
@@ -114,7 +118,15 @@ def callers_process(base_url: str, key: str, customers: int, callers: int, secon
     return {"calls": len(durations), "calls_per_s": round(len(durations) / elapsed, 1),
             "added_p50_ms": added(0.5), "added_p90_ms": added(0.9), "added_p99_ms": added(0.99),
             "added_max_ms": added(1.0), "stub_p50_us": round(base * 1e6, 2), "stub_p99_us": round(pct(stub_alone, 0.99) * 1e6, 2),
-            "not_recorded": len(problems), "problems": sorted(set(problems))[:5]}
+            "client_cpu_us_per_call": round(cpu / max(1, len(durations)) * 1e6),
+            "warmup_calls": len(warm), "not_recorded": len(problems), "problems": sorted(set(problems))[:5]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_serve(url: str, port: int) -> subprocess.Popen:
@@ -164,10 +176,13 @@ def main() -> None:
             argv = [sys.executable, __file__, "--callers-process", json.dumps([f"http://127.0.0.1:{port}", key]),
                     "--customers", str(args.customers), "--callers", str(args.callers),
                     "--seconds", str(args.seconds), "--rate", str(args.rate)]
+            server_cpu = cpu_seconds(server.pid)
             out = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+            server_cpu = cpu_seconds(server.pid) - server_cpu
             if out.returncode:
                 raise SystemExit(f"callers process failed: {out.stderr[-2000:]}")
             result = json.loads(out.stdout)
+            result["server_cpu_us_per_call"] = round(server_cpu / max(1, result["calls"] + result["warmup_calls"]) * 1e6)
         finally:
             server.terminate()
             server.wait(10)
