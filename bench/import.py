@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import fresh_database  # noqa: E402
+from bench.common import fresh_database, run_child  # noqa: E402
 
 PLANS = os.path.join(ROOT, "plans")
 MODELS = ("claude-sonnet-4-5", "gpt-5-mini", "claude-haiku-4-5", "gemini-2.5-flash")
@@ -69,52 +68,6 @@ def setup(url: str, customers: int) -> None:
         accounts.create_customer(f"cust-{c:05d}", now=START)
         accounts.subscribe(f"cust-{c:05d}", "support-chatbot", at=START)
     engine.dispose()
-
-
-def _tree_rss_kib(pid: int) -> int:
-    """Resident KiB of ``pid`` and its descendants now (from /proc; 0 once gone)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, its_parent in parents.items():
-            if its_parent == parent and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return sum(rss.get(p, 0) for p in tree)
-
-
-def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, int, int, str]:
-    """(seconds, peak resident KiB of that child alone, peak resident KiB of the child and
-    its own children together -- sampled every 50 ms --, its stdout)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
-        tree_peak = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # this child's own rusage
-            if pid:
-                break
-            tree_peak = max(tree_peak, _tree_rss_kib(proc.pid))
-            time.sleep(0.05)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode:
-            raise SystemExit(f"{argv[:4]} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
-        return seconds, usage.ru_maxrss, max(tree_peak, usage.ru_maxrss), out.read().decode()
 
 
 def library_child(url: str, n: int, customers: int) -> None:

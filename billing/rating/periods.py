@@ -121,6 +121,13 @@ class Period:
         return self.end - self.start
 
 
+# ``BillingCycle.period_containing``: per cycle (equal cycles are one key), the period it last
+# returned. Periods partition time, so one that contains the instant asked about is the answer
+# (the quota path asks about the same few cycles' current period for every customer).
+_RECENT: dict["BillingCycle", "Period"] = {}
+_RECENT_MAX = 4096
+
+
 @dataclass(frozen=True)
 class BillingCycle:
     """How a subscription's time is cut into periods (see module docstring for the rules).
@@ -199,7 +206,15 @@ class BillingCycle:
         return k
 
     def period_containing(self, t: datetime) -> Period:
-        return self.period_at(self.period_index(t))
+        t = _aware_utc(t)
+        hit = _RECENT.get(self)  # the period last found for an equal cycle: most asks fall in it
+        if hit is not None and hit.start <= t < hit.end:
+            return hit
+        period = self.period_at(self.period_index(t))
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        _RECENT[self] = period
+        return period
 
     def periods_between(self, start: datetime, end: datetime) -> list[Period]:
         """All periods overlapping ``[start, end)`` in order (empty if ``start == end``)."""

@@ -71,6 +71,29 @@ def test_every_instant_in_exactly_one_period(cycle: BillingCycle, t: datetime) -
     assert (27 < days < 32) if cycle.interval == "month" else (364 < days < 367)
 
 
+@settings(max_examples=300, deadline=None)
+@given(cycle=cycles(), times=st.lists(st.one_of(instants, st.integers(-3, 3)), min_size=1, max_size=12))
+def test_period_containing_remembers_only_what_it_would_compute(cycle: BillingCycle, times: list) -> None:
+    """``period_containing`` keeps the period it last returned per cycle (the quota path asks
+    for the current period of every customer): asked in any order, about instants far apart,
+    next to or on a boundary, through equal cycles built anew, each answer is exactly the
+    computed one, label included (``Period`` equality ignores labels)."""
+    last = utc(2026, 10, 15)
+    for step in times:
+        if isinstance(step, int):  # near the last answer's boundaries (or a microsecond off)
+            p = cycle.period_at(cycle.period_index(last))
+            t = (p.start if step < 0 else p.end) + timedelta(microseconds=abs(step) - 2)
+        else:
+            t = step
+        twin = BillingCycle(cycle.interval, cycle.anchor, cycle.timezone, cycle.anchor_at)
+        for c in (cycle, twin):
+            expected = c.period_at(c.period_index(t))
+            got = c.period_containing(t)
+            assert (got.start, got.end, got.label) == (expected.start, expected.end, expected.label)
+            assert got.contains(t)
+        last = t
+
+
 @settings(max_examples=150, deadline=None)
 @given(cycle=cycles(), t=instants, n=st.integers(1, 30))
 def test_periods_contiguous_and_strictly_increasing(cycle: BillingCycle, t: datetime, n: int) -> None:
