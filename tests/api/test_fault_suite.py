@@ -48,6 +48,7 @@ class Load:
         self.stop = threading.Event()
         self.statuses: Counter = Counter()
         self.failures: list[str] = []
+        self.away: dict[str, tuple] = {}  # path parameter: (the load's value, the fuzzer's instead)
         self.threads = [threading.Thread(target=self._run, args=(kind,), daemon=True)
                         for kind in ("check", "reserve", "events")]
 
@@ -99,17 +100,23 @@ class Load:
 
 @pytest.fixture(scope="module")
 def live():
-    """(base URL, admin key, the running load) over a fresh PostgreSQL database."""
+    """(base URL, admin key, the running load) over a fresh PostgreSQL database. The fuzzer
+    acts on a decoy customer where it names the load's (its subscription, its path): the
+    admin key may cancel or change a subscription, which would stop the valid traffic."""
     with postgres_database(postgres_server_url()) as url, engine_for_url(url) as engine:
         start = datetime.now(UTC) - timedelta(days=1)
         accounts = Accounts(engine, CATALOG)
         accounts.create_customer("acme", now=start)
-        accounts.subscribe("acme", "blocky", at=start, seats=1)
+        load_sub = accounts.subscribe("acme", "blocky", at=start, seats=1).id
+        accounts.create_customer("decoy", now=start)  # what the fuzzer writes to instead of the load's customer
+        decoy_sub = accounts.subscribe("decoy", "blocky", at=start, seats=1).id
+        away = {"subscription_id": (load_sub, decoy_sub), "customer_id": ("acme", "decoy")}
         keys = {scope: create_key(engine, scope, name=f"load-{scope}")[1] for scope in ("check", "ingest")}
         admin = create_key(engine, "admin", name="schemathesis")[1]
         app = create_app(engine=engine, catalog=CATALOG, key_cache_ttl=60.0)
         app.dependency_overrides[get_webhook_secret] = lambda: "whsec_fault_suite"
         with uvicorn_thread(app) as base, Load(base, keys) as load:
+            load.away = away
             yield base, admin, load
 
 
@@ -117,6 +124,9 @@ def live():
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_fuzzed_requests_under_load_never_answer_5xx(case, live):
     base, admin, load = live
+    for name, (mine, decoy) in load.away.items():
+        if str((case.path_parameters or {}).get(name)) == str(mine):  # examples give ids as text
+            case.path_parameters = {**case.path_parameters, name: decoy}
     response = case.call(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
     # no 5xx, and every answer (under load too) is one the document declares
     case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,

@@ -261,3 +261,55 @@ def test_every_example_in_the_document_is_valid_against_its_schema():
                     assert not errors, (method, path, [e.message for e in errors[:3]])
                     checked += 1
     assert checked > 100
+
+
+def test_webhook_and_budget_answers_conform_to_the_document(api):
+    """The routes merged from the webhooks and budgets branches: successes (with a delivery
+    and its attempts in the log) and their errors, each against the document."""
+    from billing.alerts.delivery import WebhookDispatcher
+    from billing.alerts.events import enqueue_event
+    from billing.alerts.outbox import Outbox
+    from tests.support.webhooks import Receiver
+
+    def call(method, template, path=None, status=200, **kw):
+        response, body = api(method, template, path, **kw)
+        assert response.status_code == status, (method, path or template, response.status_code, response.text[:300])
+        return body
+
+    eps, one = "/v1/webhook_endpoints", "/v1/webhook_endpoints/{endpoint_id}"
+    with Receiver([500]) as rx:
+        made = call("POST", eps, json={"url": rx.url(), "event_types": ["invoice.paid"]})
+        assert made["secret"].startswith("whsec_")
+        call("POST", eps, json={"url": "ftp://x.example"}, status=422)
+        call("POST", eps, json={"url": "https://h.example"}, key="read", status=403)
+        assert call("GET", eps, params={"limit": 1})["data"][0]["id"] == made["id"]
+        call("GET", one, f"{eps}/{made['id']}")
+        call("GET", one, f"{eps}/we_missing", status=404)
+        call("GET", one + "/secret", f"{eps}/{made['id']}/secret")
+        call("PATCH", one, f"{eps}/{made['id']}", json={"description": "finance", "rotate_secret": True})
+        call("PATCH", one, f"{eps}/{made['id']}", json={"status": "paused"}, status=422)
+        with api.engine.begin() as conn:
+            enqueue_event(conn, "invoice.paid", "inv_1", "acme", {"invoice": {"id": "inv_1"}}, NOW)
+        WebhookDispatcher(Outbox(api.engine, clock=api.clock), base_delay=3600).run_once()
+    (row,) = call("GET", "/v1/webhook_deliveries")["data"]
+    assert row["log"][0]["status_code"] == 500
+    assert call("POST", "/v1/webhook_deliveries/replay", json={"events": ["invoice.paid:inv_1"]}) == {"replayed": 1}
+    call("POST", "/v1/webhook_deliveries/replay", json={}, status=422)
+    call("POST", "/v1/webhook_deliveries/replay", json={"since": T0.isoformat(), "endpoint": "we_x"}, status=404)
+    call("DELETE", one, f"{eps}/{made['id']}")
+
+    budgets = "/v1/customers/{customer_id}/budgets"
+    call("POST", "/v1/customers", json={"id": "acme", "name": "Acme", "timezone": "Europe/Paris"}, status=201)
+    body = {"name": "research", "measure": "cost", "amount": "50", "window": "daily", "enforcement": "hard",
+            "scope": {"property": "team", "value": "research"}}
+    created = call("POST", budgets, budgets.format(customer_id="acme"), json=body, status=201)
+    assert created["warnings"][0]["code"] == "property_not_seen"
+    call("POST", budgets, budgets.format(customer_id="acme"), json=body, status=409)
+    bad = call("POST", budgets, budgets.format(customer_id="acme"), json={**body, "amount": "-1"}, status=422)
+    assert error_of(bad)["param"] == "amount"
+    call("POST", budgets, budgets.format(customer_id="nobody"), json=body, status=404)
+    assert [b["id"] for b in call("GET", budgets, budgets.format(customer_id="acme"))["budgets"]] == [created["id"]]
+    call("GET", budgets, budgets.format(customer_id="nobody"), status=404)
+    gone = budgets + "/{budget_id}"
+    call("DELETE", gone, f"/v1/customers/acme/budgets/{created['id']}")
+    call("DELETE", gone, f"/v1/customers/acme/budgets/{created['id']}", status=404)
