@@ -2,8 +2,8 @@
 ``billing.store.rollup_sql``).
 
 An event adds to one row, keyed by (customer, hour, type, model, dims): ``dims`` is the
-JSON object of the rolled-up properties it carries (``rollup_dimension``: ``feature``,
-``task``, ``user`` and the ``BILLING_ROLLUP_DIMENSIONS`` of the deployment) with their
+JSON object of the rolled-up properties it carries (``rollup_dimension``: ``feature`` and
+the ``BILLING_ROLLUP_DIMENSIONS`` of the deployment, e.g. ``user``, ``task``) with their
 values as text. Each row holds the events, their provider cost, their token counts and the
 sums of every other integer property. A breakdown by one dimension, or by two (``--by team
 --by model``), groups the rows.
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 
 HOUR_US = 3_600_000_000
 MAX_SUMMED = 10**15  # larger integer values are left out of the sums
-DEFAULT_DIMENSIONS = ("feature", "task", "user")
+DEFAULT_DIMENSIONS = ("feature",)  # user, task...: BILLING_ROLLUP_DIMENSIONS (a row per value costs ingestion)
 _EXACT_KEY = (str, int, bool)
 
 
