@@ -27,8 +27,9 @@ PLANS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("claude-sonnet-4-5", "gpt-5-mini", "claude-haiku-4-5", "gemini-2.5-flash")
 
 
-def make_events(n: int, customers: int, seed: int = 1) -> list[dict]:
-    """A month of llm.call events in arrival (time) order, spread over ``customers``."""
+def make_events(n: int, customers: int, seed: int = 1, users: int = 0) -> list[dict]:
+    """A month of llm.call events in arrival (time) order, spread over ``customers`` (and,
+    with ``users``, a ``user`` property taking that many values per customer)."""
     rng = random.Random(seed)
     start = datetime(2026, 10, 1, tzinfo=UTC)
     offsets = sorted(rng.randrange(30 * 86400) for _ in range(n))
@@ -39,6 +40,8 @@ def make_events(n: int, customers: int, seed: int = 1) -> list[dict]:
                     "timestamp": ts.isoformat().replace("+00:00", "Z"),
                     "properties": {"model": MODELS[i % 4], "input_tokens": 1500 + i % 900,
                                    "output_tokens": 200 + i % 300, "feature": "support-chat"}})
+        if users:
+            out[-1]["properties"]["user"] = f"u{rng.randrange(users)}"
     return out
 
 
@@ -117,9 +120,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=0,
+                        help="Give each event a `user` property, one of this many per customer (0: none).")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds; the best of each is kept.")
     args = parser.parse_args()
-    events = make_events(args.events, args.customers)
+    events = make_events(args.events, args.customers, users=args.users)
     floors, rates = [], []
     with fresh_database(args.backend) as url:
         setup_customers(url, args.customers)

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # to this NATS JetStream stream (refused, 503, while nats_url is unset)
     nats_url: str | None = None
     nats_stream: str = "usage"
-    # event properties the hourly rollups keep per value besides feature, task and user
+    # event properties the hourly rollups keep per value besides feature (e.g. user, task)
     # (comma-separated; `billing db recount` rebuilds the rollups with them)
     rollup_dimensions: str = Field(default="", pattern=r"^[A-Za-z0-9_,\- ]*$", max_length=1000)
 

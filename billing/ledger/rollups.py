@@ -2,8 +2,8 @@
 ``billing.store.rollup_sql``).
 
 An event adds to one row, keyed by (customer, hour, type, model, dims): ``dims`` is the
-JSON object of the rolled-up properties it carries (``rollup_dimension``: ``feature``,
-``task``, ``user`` and the ``BILLING_ROLLUP_DIMENSIONS`` of the deployment) with their
+JSON object of the rolled-up properties it carries (``rollup_dimension``: ``feature`` and
+the ``BILLING_ROLLUP_DIMENSIONS`` of the deployment, e.g. ``user``, ``task``) with their
 values as text. Each row holds the events, their provider cost, their token counts and the
 sums of every other integer property. A breakdown by one dimension, or by two (``--by team
 --by model``), groups the rows.
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 
 HOUR_US = 3_600_000_000
 MAX_SUMMED = 10**15  # larger integer values are left out of the sums
-DEFAULT_DIMENSIONS = ("feature", "task", "user")
+DEFAULT_DIMENSIONS = ("feature",)  # user, task...: BILLING_ROLLUP_DIMENSIONS (a row per value costs ingestion)
 _EXACT_KEY = (str, int, bool)
 
 
@@ -59,6 +59,7 @@ def key_text(value) -> str | None:
 
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 _TOKEN_SET = frozenset(TOKENS)
+_TOKEN_SLOT = {t: 2 + i for i, t in enumerate(TOKENS)}  # a delta's slot of each token count
 _MAX_DIMS_BYTES = 400  # longer dims are cut (and the row marked odd): a key must fit an index entry
 
 
@@ -81,7 +82,9 @@ def dims_text(dims: Sequence[str], values: Sequence) -> tuple[str, int]:
 
 class RollupPlanner:
     """Accumulates the rollup deltas of a chunk of accepted events: key (customer, hour,
-    type, model, dims) -> [events, cost_pico, integer sums by property, rounded, odd]."""
+    type, model, dims) -> [events, cost_pico, the five token sums (``TOKENS``),
+    integer sums of the other properties, rounded, odd] (the token sums apart: the upsert's
+    row is built without looking them up)."""
 
     def __init__(self, dimensions: Sequence[str]):
         self.dimensions = tuple(sorted(set(dimensions)))
@@ -102,20 +105,24 @@ class RollupPlanner:
             key = (r[0], r[3] // HOUR_US * HOUR_US, r[2], r[5] or "", found[0])
             slot = deltas.get(key)
             if slot is None:
-                slot = deltas[key] = [0, 0, {}, 0, 0]
+                slot = deltas[key] = [0, 0, 0, 0, 0, 0, 0, {}, 0, 0]
             slot[0] += 1
             slot[1] += r[6]
-            slot[4] += found[1]
-            summed = slot[2]
+            slot[9] += found[1]
+            other = slot[7]
             for k, v in props.items():
                 t = type(v)
                 if t is int:
                     if -MAX_SUMMED < v < MAX_SUMMED:
-                        summed[k] = summed.get(k, 0) + v
+                        i = _TOKEN_SLOT.get(k)
+                        if i is None:
+                            other[k] = other.get(k, 0) + v
+                        else:
+                            slot[i] += v
                     elif k in _TOKEN_SET:
-                        slot[3] += 1
+                        slot[8] += 1
                 elif t is float and k in _TOKEN_SET:
-                    slot[3] += 1
+                    slot[8] += 1
 
     def add(self, customer: str, etype: str, ts: int, model: str | None, props: dict, cost: int,
             count: int = 1, sums: bool = True) -> None:
@@ -135,20 +142,24 @@ class RollupPlanner:
         key = (customer, ts // HOUR_US * HOUR_US, etype, model or "", dims)
         slot = self.deltas.get(key)
         if slot is None:
-            slot = self.deltas[key] = [0, 0, {}, 0, 0]
+            slot = self.deltas[key] = [0, 0, 0, 0, 0, 0, 0, {}, 0, 0]
         slot[0] += count
         slot[1] += cost
         if count:
-            slot[4] += odd
+            slot[9] += odd
         if not sums:
             return
-        summed = slot[2]
+        other = slot[7]
         for k, v in props.items():
             t = type(v)
             if t is int:
                 if -MAX_SUMMED < v < MAX_SUMMED:
-                    summed[k] = summed.get(k, 0) + v
+                    i = _TOKEN_SLOT.get(k)
+                    if i is None:
+                        other[k] = other.get(k, 0) + v
+                    else:
+                        slot[i] += v
                 elif k in _TOKEN_SET:
-                    slot[3] += 1
+                    slot[8] += 1
             elif t is float and k in _TOKEN_SET:
-                slot[3] += 1
+                slot[8] += 1

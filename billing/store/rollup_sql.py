@@ -26,7 +26,6 @@ TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tok
 COLUMNS = ("customer_id, hour, type, model, dims, events, cost_pico, cost_carry, " + ", ".join(TOKENS)
            + ", sums, rounded, odd")
 _KEY = "customer_id, hour, type, model, dims"
-_TOKEN_SET = frozenset(TOKENS)
 _SQLITE_ROWS_PER_INSERT = 800
 
 
@@ -58,19 +57,19 @@ def rollup_upsert(ph: str, pg: bool, rows: int = 1) -> str:
             f"sums = {_merge_sql(pg)}")
 
 
-def _row(key: tuple, delta: list) -> tuple:
-    events, cost, sums, rounded, odd = delta
-    carry, low = (0, cost) if 0 <= cost < WIDE else split(cost)
-    if sums:
-        tokens = [sums.get(t, 0) for t in TOKENS]
-        other = "{}"
-        if len(sums) > 5 - tokens.count(0):  # (a token count of 0 may be a key too: compared below)
-            rest = {k: v for k, v in sums.items() if k not in _TOKEN_SET}
-            if rest:
-                other = json.dumps(rest, separators=(",", ":"), sort_keys=True)
-    else:
-        tokens, other = [0, 0, 0, 0, 0], "{}"
-    return (*key, events, low, carry, *tokens, other, rounded, odd)
+def _rows(deltas: dict[tuple, list]) -> list[tuple]:
+    """The VALUES of the deltas (``RollupPlanner``: [events, cost, 5 token sums, other sums,
+    rounded, odd]), in key order."""
+    rows = []
+    append = rows.append
+    for key in sorted(deltas):
+        d = deltas[key]
+        cost = d[1]
+        carry, low = (0, cost) if 0 <= cost < WIDE else split(cost)
+        other = d[7]
+        append((*key, d[0], low, carry, d[2], d[3], d[4], d[5], d[6],
+                json.dumps(other, separators=(",", ":"), sort_keys=True) if other else "{}", d[8], d[9]))
+    return rows
 
 
 def upsert_rollups(conn: Connection, deltas: dict[tuple, list]) -> None:
@@ -79,7 +78,7 @@ def upsert_rollups(conn: Connection, deltas: dict[tuple, list]) -> None:
     PostgreSQL: one executemany in key order (text by code point: the global lock order)."""
     if not deltas:
         return
-    rows = [_row(k, deltas[k]) for k in sorted(deltas)]
+    rows = _rows(deltas)
     pg = conn.dialect.name == "postgresql"
     cursor = conn.connection.driver_connection.cursor()
     try:

@@ -209,3 +209,25 @@ def test_events_from_before_0003_flag_the_counters_stale(empty_db_url):
         assert counter_rows(engine)[("a", "*", 1790812800000000)] == (1793491200000000, 0, 1, 0)
     downgrade(url, "0002")
     upgrade(url)
+
+
+def test_rollup_dimensions_default_to_feature(empty_db_url):
+    """Revision 0018 keeps ``feature`` (and a deployment's own dimensions) and drops ``task``
+    and ``user`` (a row per value; BILLING_ROLLUP_DIMENSIONS adds them back): the migrated
+    set is the default ``billing db recount`` writes, and a downgrade restores 0017's."""
+    from billing.config import Settings
+    from billing.store import rollup_sql
+
+    url = empty_db_url
+    upgrade(url, "0017_rollups")
+    with engine_for_url(url) as engine:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO rollup_dimension (name) VALUES ('team')")
+        upgrade(url)
+        with engine.connect() as conn:
+            assert rollup_sql.dimensions(conn) == ("feature", "team")
+        assert Settings(rollup_dimensions="").rollup_dimension_names() == ("feature",)
+        assert Settings(rollup_dimensions="user, task").rollup_dimension_names() == ("feature", "task", "user")
+        downgrade(url, "0017_rollups")
+        with engine.connect() as conn:
+            assert rollup_sql.dimensions(conn) == ("feature", "task", "team", "user")

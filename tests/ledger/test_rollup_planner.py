@@ -47,3 +47,20 @@ def test_booleans_and_integers_key_apart():
     assert sorted((k[4], v[0], v[1]) for k, v in p.deltas.items()) == [('{"feature":"1"}', 2, 16),
                                                                        ('{"feature":"True"}', 1, 5)]
     assert dims_text(("feature",), (1.5,)) == ('{"feature":"1.5"}', 1)  # not exact: the row is odd
+
+
+def test_token_slots_follow_the_upserts_columns():
+    """The planner keeps the token sums in ``TOKENS`` order; the upsert writes them in its own
+    ``TOKENS`` order without looking at names: the two must agree."""
+    from billing.ledger import rollups
+    from billing.store import rollup_sql
+
+    assert rollups.TOKENS == rollup_sql.TOKENS
+    p = RollupPlanner(())
+    p.add_rows([("c", "1", "llm.call", 0, "", "m", 5, {"output_tokens": 7, "reasoning_tokens": 3, "score": 2})])
+    (row,) = rollup_sql._rows(p.deltas)
+    columns = [c.strip() for c in rollup_sql.COLUMNS.split(",")]
+    assert dict(zip(columns, row)) == {"customer_id": "c", "hour": 0, "type": "llm.call", "model": "m", "dims": "{}",
+                                       "events": 1, "cost_pico": 5, "cost_carry": 0, "input_tokens": 0,
+                                       "output_tokens": 7, "cache_read_tokens": 0, "cache_write_tokens": 0,
+                                       "reasoning_tokens": 3, "sums": '{"score":2}', "rounded": 0, "odd": 0}

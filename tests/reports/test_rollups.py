@@ -4,7 +4,8 @@ SQLite and PostgreSQL.
 For a generated history (customers in UTC and in a time zone off the hour, events of several
 types and models with token counts (a non-integer one at times), unpriced ones, dimension values that are text, integers, booleans, floats
 or missing, late events, replays and conflicting resends), every margin report -- whole and
-``--by`` each of type, model, a rolled-up dimension and a property the rollups do not keep,
+``--by`` each of type, model, a rolled-up dimension and a property the rollups do not keep
+(``user`` under the default dimensions, ``feature`` only; ``team`` under both),
 and two-way (``--by feature --by model``), with the daily series,
 as of the period's end and mid-hour -- and every forecast (usage to date rated, and
 projected), and the history simulation's totals under every shipped plan, are the same read
@@ -29,12 +30,13 @@ from billing.ledger.accounts import Accounts
 from billing.ledger.ingest import Ledger
 from billing.ledger.recost import add_prices
 from billing.ledger.recount import lock_for_recount, rebuild_rollups
-from billing.ledger.rollups import HOUR_US
+from billing.ledger.rollups import DEFAULT_DIMENSIONS, HOUR_US
 from billing.reports import repository as repo
 from billing.reports.forecast import forecast
 from billing.reports.margins import margin_report
 from billing.reports.rollup_usage import countable
 from billing.simulate.history import history_totals
+from billing.store import rollup_sql
 from billing.store.types import to_us
 from tests.support.db import reset_database
 
@@ -115,6 +117,18 @@ def _rollup_rows(engine) -> dict:
 @given(data=st.data())
 def test_reports_from_rollups_equal_reports_from_events(module_db_url, module_engine, data):
     reset_database(module_db_url)
+    # the default dimensions, or a deployment's (BILLING_ROLLUP_DIMENSIONS=task,user)
+    dims = data.draw(st.sampled_from([DEFAULT_DIMENSIONS, ("feature", "task", "user")]))
+    with module_engine.begin() as conn:
+        rollup_sql.set_dimensions(conn, dims)
+    try:
+        _check_reports(module_engine, data, dims)
+    finally:
+        with module_engine.begin() as conn:  # (the module's database keeps the migration's dimensions)
+            rollup_sql.set_dimensions(conn, DEFAULT_DIMENSIONS)
+
+
+def _check_reports(module_engine, data, dims: tuple[str, ...]) -> None:
     unknown = f"nova-{next(_ids)}"
     events = data.draw(histories(unknown))
     accounts = Accounts(module_engine, CATALOG)
@@ -133,9 +147,12 @@ def test_reports_from_rollups_equal_reports_from_events(module_db_url, module_en
         assert repo.rollup_costs(conn, to_us(OCT) + 1, to_us(OCT) + HOUR_US) is None  # no whole hour
         october = [e["properties"] for e in events if OCT <= datetime.fromisoformat(e["timestamp"]) < NOV]
         exact = all(type(p["input_tokens"]) is int and type(p.get("feature")) is not float
-                    and type(p.get("user")) is not float for p in october)  # token counts, dimension keys
+                    and ("user" not in dims or type(p.get("user")) is not float)
+                    for p in october)  # token counts, dimension keys
         assert (repo.rollup_costs(conn, to_us(OCT), to_us(NOV), "feature", tokens=True) is not None) == exact
-    assert all(countable(CATALOG.get(plan, 1), ("feature", "task", "user")) for _, _, plan in CUSTOMERS if plan)
+        if "user" not in dims:  # not rolled up: --by user reads the events (and equals below)
+            assert repo.rollup_costs(conn, to_us(OCT), to_us(NOV), "user") is None
+    assert all(countable(CATALOG.get(plan, 1), DEFAULT_DIMENSIONS) for _, _, plan in CUSTOMERS if plan)
     assert _reports(module_engine, True) == _reports(module_engine, False)
 
     add_prices(module_engine, CATALOG, [ModelPrice(model=unknown, provider="nova", effective_from=date(2026, 9, 1),
@@ -191,7 +208,7 @@ def test_stale_rollups_are_not_read_until_recount(engine):
         assert [r.events for r in rows] == [3]
         assert repo.rollup_costs(conn, to_us(OCT), to_us(NOV), "team") is not None
     with engine.begin() as conn:  # (the module's database keeps the migration's dimensions)
-        recount_all(conn, CATALOG, ["feature", "task", "user"])
+        recount_all(conn, CATALOG, DEFAULT_DIMENSIONS)
 
 
 def test_two_way_breakdown_keys_and_allocation(engine):
