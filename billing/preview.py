@@ -32,6 +32,7 @@ def read_events(path: str | Path, book: CostBook, plan: Plan | None = None) -> l
     with other content is a conflict naming both lines. With ``plan``, every property one of
     its sum/max meters measures must be a non-negative number too."""
     problems: list[str] = []
+    codes: set[str] = set()  # the problems' codes: one code for them all is the error's code
     out: list[tuple[UsageEvent, Decimal]] = []
     seen: dict[tuple[str, str], tuple[int, str]] = {}  # (customer, id) -> (line, content)
     try:
@@ -46,6 +47,7 @@ def read_events(path: str | Path, book: CostBook, plan: Plan | None = None) -> l
                 data = json.loads(raw)
             except json.JSONDecodeError as exc:
                 problems.append(f"{path}:{number}: not valid JSON: {exc.msg}")
+                codes.add(ErrorCode.EVENT_INVALID)
                 continue
             try:
                 event = parse_event(data)
@@ -54,6 +56,7 @@ def read_events(path: str | Path, book: CostBook, plan: Plan | None = None) -> l
                     if first[1] != event.canonical():
                         problems.append(f"{path}:{number}: {ErrorCode.EVENT_CONFLICT}: event {event.id!r} of customer "
                                         f"{event.customer!r} was already sent on line {first[0]} with different content")
+                        codes.add(ErrorCode.EVENT_CONFLICT)
                     continue  # an exact replay counts once
                 seen[(event.customer, event.id)] = (number, event.canonical())
                 if plan is not None:
@@ -61,13 +64,16 @@ def read_events(path: str | Path, book: CostBook, plan: Plan | None = None) -> l
                 out.append((event, event_cost(event, book)))
             except (EventError, UnknownModel, BillingError) as exc:
                 problems.append(f"{path}:{number}: {exc.code}: {exc.message}")
+                codes.add(exc.code)
             except (ArithmeticError, ValueError, TypeError):
                 # e.g. "cost": "abc" (not a quantity key, so parse_event lets it through)
                 problems.append(f"{path}:{number}: {ErrorCode.NON_NUMERIC_QUANTITY}: "
                                 "a numeric property (e.g. 'cost') is not a number")
+                codes.add(ErrorCode.NON_NUMERIC_QUANTITY)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise InputError("\n".join(shown), details=problems)
+        only = ErrorCode(codes.pop()) if len(codes) == 1 else None
+        raise InputError("\n".join(shown), details=problems, code=only)
     return out
 
 
