@@ -17,8 +17,8 @@ the others copies of its rows, ``bench.common.copy_customers``):
 6. ``simulate`` ``billing simulate --plan plans/support-chatbot.yaml --history 2026-10 --json``
 
 and the floor: a bare ``GROUP BY customer`` in the database's own shell (``sqlite3`` /
-``psql``, a process too) over the hourly rollups when the schema has a rollup table (a
-table whose name contains ``rollup``), else over the events (``floor.over`` says which).
+``psql``, a process too) over the hourly rollups (``usage_rollup``) when the schema has
+them, else over the events (``floor.over`` says which).
 The database is ANALYZEd after the import (not timed; autovacuum would on PostgreSQL).
 
 Each finished step is written to stderr as one JSON line; stdout gets one JSON object with
@@ -117,26 +117,22 @@ def analyze(url: str) -> None:
 
 
 def floor_query(url: str) -> tuple[str, str]:
-    """(what it reads, the SQL): GROUP BY customer over a rollup table if there is one."""
+    """(what it reads, the SQL): GROUP BY customer over the hourly rollups (``usage_rollup``:
+    its events and cost) when the schema has them, else over the events."""
     from sqlalchemy import inspect
 
     from billing.store.db import make_engine
 
     engine = make_engine(url)
     try:
-        inspector = inspect(engine)
-        rollups = sorted(t for t in inspector.get_table_names() if "rollup" in t)
-        if not rollups:
-            return "usage_event", ("SELECT customer_id, COUNT(*), SUM(cost_pico) FROM usage_event "
-                                   "GROUP BY customer_id")
-        table = rollups[0]
-        columns = [c["name"] for c in inspector.get_columns(table)]
+        has_rollups = "usage_rollup" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
-    customer = next(c for c in columns if "customer" in c)
-    sums = [next(c for c in columns if key in c) for key in ("count", "cost") if any(key in c for c in columns)]
-    measures = ", ".join(f"SUM({c})" for c in sums) or "COUNT(*)"
-    return table, f"SELECT {customer}, {measures} FROM {table} GROUP BY {customer}"
+    if not has_rollups:
+        return "usage_event", ("SELECT customer_id, COUNT(*), SUM(cost_pico) FROM usage_event "
+                               "GROUP BY customer_id")
+    return "usage_rollup", ("SELECT customer_id, SUM(events), SUM(cost_pico) FROM usage_rollup "
+                            "GROUP BY customer_id")
 
 
 def floor_argv(url: str, sql: str) -> list[str]:

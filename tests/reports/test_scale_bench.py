@@ -80,7 +80,8 @@ def test_floor_reads_the_rollups_when_the_schema_has_them(tmp_path):
         conn.execute(text("CREATE TABLE usage_event (id INTEGER PRIMARY KEY, customer_id TEXT, cost_pico INTEGER)"))
     assert scale.floor_query(url)[0] == "usage_event"
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE usage_rollup (customer_id TEXT, hour INTEGER, event_count INTEGER, "
+        conn.execute(text("CREATE TABLE rollup_dimension (name TEXT)"))  # sorts first: not the one to read
+        conn.execute(text("CREATE TABLE usage_rollup (customer_id TEXT, hour INTEGER, events INTEGER, "
                           "cost_pico INTEGER)"))
         conn.execute(text("INSERT INTO usage_rollup VALUES ('a', 1, 2, 30), ('a', 2, 1, 5), ('b', 1, 4, 7)"))
     engine.dispose()
