@@ -232,10 +232,4 @@ def rebuild_rollups(conn: Connection, dimensions: Sequence[str] | None = None, h
 
 
 def counters_stale(conn: Connection) -> bool:
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.execute(f"SELECT value FROM ledger_state WHERE name = '{STALE_FLAG}'")
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
-    return bool(row and row[0])
+    return rollup_sql.flag_set(conn, STALE_FLAG)

@@ -109,20 +109,7 @@ class RollupPlanner:
             slot[0] += 1
             slot[1] += r[6]
             slot[9] += found[1]
-            other = slot[7]
-            for k, v in props.items():
-                t = type(v)
-                if t is int:
-                    if -MAX_SUMMED < v < MAX_SUMMED:
-                        i = _TOKEN_SLOT.get(k)
-                        if i is None:
-                            other[k] = other.get(k, 0) + v
-                        else:
-                            slot[i] += v
-                    elif k in _TOKEN_SET:
-                        slot[8] += 1
-                elif t is float and k in _TOKEN_SET:
-                    slot[8] += 1
+            _add_sums(slot, props)
 
     def add(self, customer: str, etype: str, ts: int, model: str | None, props: dict, cost: int,
             count: int = 1, sums: bool = True) -> None:
@@ -149,17 +136,24 @@ class RollupPlanner:
             slot[9] += odd
         if not sums:
             return
-        other = slot[7]
-        for k, v in props.items():
-            t = type(v)
-            if t is int:
-                if -MAX_SUMMED < v < MAX_SUMMED:
-                    i = _TOKEN_SLOT.get(k)
-                    if i is None:
-                        other[k] = other.get(k, 0) + v
-                    else:
-                        slot[i] += v
-                elif k in _TOKEN_SET:
-                    slot[8] += 1
-            elif t is float and k in _TOKEN_SET:
+        _add_sums(slot, props)
+
+
+def _add_sums(slot: list, props: dict) -> None:
+    """Add an event's integer properties to its rollup slot: token counts in their own
+    slots, every other integer in ``slot[7]``; a token value that is no integer (or too
+    large to sum exactly) counts in ``slot[8]`` (``rounded``)."""
+    other = slot[7]
+    for k, v in props.items():
+        t = type(v)
+        if t is int:
+            if -MAX_SUMMED < v < MAX_SUMMED:
+                i = _TOKEN_SLOT.get(k)
+                if i is None:
+                    other[k] = other.get(k, 0) + v
+                else:
+                    slot[i] += v
+            elif k in _TOKEN_SET:
                 slot[8] += 1
+        elif t is float and k in _TOKEN_SET:
+            slot[8] += 1

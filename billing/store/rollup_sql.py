@@ -121,9 +121,14 @@ def clear(conn: Connection, from_hour: int | None = None) -> None:
 
 
 def stale(conn: Connection) -> bool:
+    return flag_set(conn, STALE_FLAG)
+
+
+def flag_set(conn: Connection, name: str) -> bool:
+    """Is the ``ledger_state`` flag ``name`` (``rollups_stale``, ``counters_stale``) set?"""
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(f"SELECT value FROM ledger_state WHERE name = '{STALE_FLAG}'")
+        cursor.execute(f"SELECT value FROM ledger_state WHERE name = '{name}'")
         row = cursor.fetchone()
     finally:
         cursor.close()
