@@ -87,6 +87,8 @@ class UsageEventRow(SQLModel, table=True):
         # periods are closed for many customers at once: a time-range index (append-mostly
         # on ingestion, since events arrive roughly in time order)
         Index("ix_usage_event_ts_customer", "ts", "customer_id"),
+        # one customer's events in time order (GET /v1/events?customer=..., keyset by (ts, id))
+        Index("ix_usage_event_customer_ts", "customer_id", "ts", "id"),
         Index("ix_usage_event_unpriced", "model", "id", postgresql_where=text("unpriced IS NOT NULL"),
               sqlite_where=text("unpriced IS NOT NULL")),
         Index("ix_usage_event_flagged", "customer_id", "id",
