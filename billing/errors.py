@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     EVENT_CONFLICT = "event_conflict"
     EVENT_TOO_LARGE = "event_too_large"
+    EVENT_ARCHIVED = "event_archived"  # its month was archived (billing events archive): the period is paid
     # customers / subscriptions / invoices
     CUSTOMER_EXISTS = "customer_exists"
     CUSTOMER_NOT_FOUND = "customer_not_found"

@@ -47,6 +47,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_TIMESTAMP: 422,
     ErrorCode.TIMESTAMP_IN_FUTURE: 422,
     ErrorCode.EVENT_CONFLICT: 409,
+    ErrorCode.EVENT_ARCHIVED: 409,
     ErrorCode.CUSTOMER_EXISTS: 409,
     ErrorCode.CUSTOMER_NOT_FOUND: 404,
     ErrorCode.SUBSCRIPTION_NOT_FOUND: 404,

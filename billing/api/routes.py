@@ -218,7 +218,7 @@ def quota_reserve(body: ReserveIn, request: Request, principal: Check) -> Respon
 
 
 @router.post("/quota/commit", tags=["quota"], summary="Record the actual usage (one event) and settle the hold",
-             **documented(r.CommitOut, E.RESERVATION_NOT_FOUND, E.EVENT_CONFLICT, E.EVENT_INVALID))
+             **documented(r.CommitOut, E.RESERVATION_NOT_FOUND, E.EVENT_CONFLICT, E.EVENT_INVALID, E.EVENT_ARCHIVED))
 def quota_commit(body: CommitIn, request: Request, principal: Check) -> Response:
     # a key restricted to one customer may only settle that customer's holds (checked in the transaction)
     with _foreign_reservation_unknown(principal, body.reservation_id):

@@ -22,7 +22,7 @@ def events_archive(
     """Move the events of fully closed and paid periods before a month out of the ledger into
     compressed files with a manifest (counts, sums, cost per customer and period), then drop
     them (PostgreSQL: their monthly partitions). Refuses when any of their periods is not
-    closed or not paid. Events of the archived months are rejected (bad_timestamp) afterwards."""
+    closed or not paid. Events of the archived months are rejected (event_archived) afterwards."""
     from billing.ledger.archive import archive
 
     manifest = run(lambda: archive(engine(), before, out, fmt))

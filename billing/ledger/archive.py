@@ -6,7 +6,7 @@ out of the ledger into compressed files with a manifest, and ``verify`` of such 
    happens and the error names the customers and why (no invoice: not closed; finalized:
    not paid...).
 2. The horizon moves to ``before`` (committed first): ingestion now rejects events of the
-   range with ``bad_timestamp`` (a late event of a paid period can no longer slip in).
+   range with ``event_archived`` (a late event of a paid period can no longer slip in).
 3. The events are written, a file per month (``events-YYYY-MM.jsonl.gz``, or ``.parquet``
    with pyarrow), with ``manifest.json``: per file its events and SHA-256, per customer and
    period invoice the events, their provider cost and the sums of every numeric property

@@ -39,7 +39,7 @@ from billing.quota.alerts import alerts_on
 from billing.ledger.prepare import (TASK_PROPERTIES, Prepared, Pricer, Rejection, prepare_batch, raw_key as _raw_key,
                                     reprice, warning_of)
 from billing.ledger.prepare_process import PrepareOptions
-from billing.store.types import from_us, to_us
+from billing.store.types import to_us
 
 
 class EventResult(NamedTuple):
@@ -414,7 +414,7 @@ class Ledger:
 
     def _place(self, conn, staged: "_Staged", rows: list[Prepared],
                index: list[int] | None) -> tuple[list[Prepared], list[int] | None]:
-        """Rejects (``bad_timestamp``) the rows of months ``billing events archive`` archived;
+        """Rejects (``event_archived``) the rows of months ``billing events archive`` archived;
         on PostgreSQL, creates the partitions the others' months lack (``billing.store.partitions``)."""
         if not rows:
             return rows, index
@@ -545,9 +545,7 @@ def _reject_archived(staged: _Staged, rows: list[Prepared], index: list[int] | N
             kept_index.append(i)
         else:
             staged.status[i] = "rejected"
-            staged.problems[i] = (str(ErrorCode.BAD_TIMESTAMP),
-                                  f"timestamp is before {from_us(horizon).isoformat()}: the ledger's events "
-                                  "before then were archived (billing events archive)")
+            staged.problems[i] = (str(ErrorCode.EVENT_ARCHIVED), partitions.archived_message(horizon))
     return kept_rows, kept_index
 
 

@@ -55,6 +55,7 @@ from billing.reservations.sql import (
     parse_batch_tasks, run_all)
 from billing.reservations.budget_sql import held_budgets
 from billing.reservations.types import READ_AGAIN, Hold, HoldStatus, Op, Reservation, request_json
+from billing.store.partitions import HORIZON, HORIZON_SQL, archived_message
 from billing.store.types import from_us, to_us
 from billing.quota.decide import MeterUsage, TaskUsage, decide
 
@@ -168,7 +169,7 @@ class QuotaWriter:
             self._reserve_one(op, now, now_us, read, in_batch, hold_rows, rates)
         _write_grants(execute, pg, hold_rows, rates)
         book = q.ledger.book  # the commits' events are priced with this book or a newer one
-        commits, releases, tx.deferred = self._settle_plan(conn, settles, read.holds, read.stored, now, now_us)
+        commits, releases, tx.deferred = self._settle_plan(conn, settles, read, now, now_us)
         again = q.ledger.settle_unpriced(cursor_fetch(execute), pg, [p for _op, p, _hold in commits], book)
         if again:  # prices were added since this process last read them
             commits = [(op, again.get(id(p), p), hold) for op, p, hold in commits]
@@ -229,6 +230,9 @@ class QuotaWriter:
         rids = sorted({(op.customer, op.request_id) for op in reserves if op.request_id is not None})
         rid_cur = execute(*batch_request_query(pg, rids)) if rids else None
         hold_cur = execute(*holds_query(pg, sorted({op.reservation_id for op in settles}))) if settles else None
+        # the archive horizon, read after the lock above: an archive moves it before dropping months
+        horizon_cur = (execute(HORIZON_SQL.replace("%s", "?"), (HORIZON,))
+                       if any(op.kind == "commit" for op in settles) else None)
 
         # the round trip
         read = _Read(parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {},
@@ -237,6 +241,9 @@ class QuotaWriter:
         read.budget_rows = {c: budget_rows_of(self.conns, _Executor(execute), ctxs[c], now, reader,
                                               (token, cur.fetchall()))
                             for c, (cur, token) in budget_curs.items()}
+        if horizon_cur is not None:
+            found = horizon_cur.fetchall()
+            read.horizon = int(found[0][0]) if found and found[0][0] is not None else None
         if hold_cur is not None:
             holds, stored, sub_rows = read.holds, read.stored, read.sub_rows
             for row in hold_cur.fetchall():
@@ -320,11 +327,12 @@ class QuotaWriter:
             in_batch[(customer, op.request_id)] = (op, asked)
 
     # ----------------------------------------------------------------- commit
-    def _settle_plan(self, conn, settles: list[Op], holds: dict[str, Hold], stored: dict[str, tuple], now,
-                     now_us: int):
+    def _settle_plan(self, conn, settles: list[Op], read: "_Read", now, now_us: int):
         """Validate commits and releases against their holds; prepare the commits' events.
-        A commit of a committed hold is answered from the event stored then."""
+        A commit of a committed hold is answered from the event stored then; an event dated
+        before the archive horizon is refused (``event_archived``)."""
         q = self.quota
+        holds, stored, horizon = read.holds, read.stored, read.horizon
         ledger = q.ledger
         commits, releases, deferred = [], [], []
         seen: set[tuple[str, str]] = set()
@@ -364,6 +372,8 @@ class QuotaWriter:
                     op.result = recommit(ledger, op.event, hold, op.ctx, stored.get(hid), now, now_us)
                     continue
                 p = prepare_commit(ledger, event_for(op.event, hold, op.ctx, now), now_us)
+                if horizon is not None and p.ts < horizon:
+                    raise BillingError(archived_message(horizon), code=ErrorCode.EVENT_ARCHIVED)
             except BillingError as exc:
                 op.error = exc
                 continue
@@ -402,7 +412,7 @@ class _Read:
     with the same request ids, and the holds to settle with their committed events and
     customers' subscriptions."""
 
-    __slots__ = ("states", "tasks", "prior", "holds", "stored", "sub_rows", "budget_rows")
+    __slots__ = ("states", "tasks", "prior", "holds", "stored", "sub_rows", "budget_rows", "horizon")
 
     def __init__(self, states: dict, tasks: dict, prior: dict) -> None:
         self.states = states
@@ -412,6 +422,7 @@ class _Read:
         self.stored: dict[str, tuple] = {}  # hold id -> (event id, type, ts, properties) of a committed hold
         self.sub_rows: dict[int, tuple] = {}
         self.budget_rows: dict[str, list] = {}  # customer -> rows of budget_sql.budget_query (and this batch's grants)
+        self.horizon: int | None = None  # events before it were archived (billing.store.partitions)
 
 
 class _NotCommitted(Exception):

@@ -17,7 +17,8 @@ by the ingestion transaction for a late or backdated event (``Months.ensure``): 
 transaction advisory lock per month, so two writers creating the same month wait for each
 other instead of failing. Events before the archive horizon (``ledger_state``
 ``archived_before``: months ``billing events archive`` dropped) are rejected with
-``bad_timestamp``.
+``event_archived`` by every write door (``Ledger.record``: HTTP events, import, the stream;
+the quota commit), read in the writing transaction (``archived_message``).
 """
 
 from __future__ import annotations
@@ -157,10 +158,19 @@ def missing_partition(exc: BaseException) -> bool:
     return False
 
 
+HORIZON_SQL = "SELECT value FROM ledger_state WHERE name = %s"  # (HORIZON,): the horizon or no row
+
+
+def archived_message(horizon: int) -> str:
+    """Why an event before the archive ``horizon`` is refused (code ``event_archived``)."""
+    return (f"timestamp is before {from_us(horizon).isoformat()}: the ledger's events before then were "
+            "archived (billing events archive); their periods are paid")
+
+
 def horizon_us(conn: Connection) -> int | None:
     """Events before this instant were archived (None: nothing was)."""
-    ph = "%s" if conn.dialect.name == "postgresql" else "?"
-    return conn.exec_driver_sql(f"SELECT value FROM ledger_state WHERE name = {ph}", (HORIZON,)).scalar()
+    sql = HORIZON_SQL if conn.dialect.name == "postgresql" else HORIZON_SQL.replace("%s", "?")
+    return conn.exec_driver_sql(sql, (HORIZON,)).scalar()
 
 
 def ensure_ahead(engine: Engine, now: datetime, ahead: int = AHEAD_MONTHS) -> dict:

@@ -13,42 +13,13 @@ from decimal import Decimal
 import pytest
 
 from billing.errors import BillingError
-from billing.invoicing.service import Invoicing
 from billing.ledger.archive import archive, verify
-from billing.ledger.ingest import Ledger
 from billing.ledger.recount import lock_for_recount, recount_all, recount_customer
 from billing.store import partitions
 from billing.store.types import to_us
+from tests.support.archive import NOW, _count, _world, ev
 from tests.support.db import counter_rows
 from tests.support.ledger import CATALOG, _setup
-
-NOW = datetime(2026, 11, 15, tzinfo=UTC)
-
-
-def ev(customer: str, event_id: str, timestamp: str, tokens: int = 100) -> dict:
-    return {"id": event_id, "customer": customer, "type": "llm.call", "timestamp": timestamp,
-            "properties": {"model": "claude-sonnet-4-5", "input_tokens": tokens, "output_tokens": 7,
-                           "score": 0.1 + tokens / 1000}}
-
-
-def _world(engine) -> tuple[Ledger, Invoicing, list[int]]:
-    """acme and beta on token-api from October 1: October's events, then November's; October closed."""
-    _setup(engine)
-    ledger = Ledger(engine, CATALOG, clock=lambda: NOW, alerts=False)
-    october = [ev(c, f"{c}-o{i}", f"2026-10-{1 + i % 28:02d}T10:00:00Z", 100 + i) for c in ("acme", "beta")
-               for i in range(40)]
-    assert ledger.record(october).accepted == 80
-    assert ledger.record([ev("acme", f"n{i}", "2026-11-03T00:00:00Z") for i in range(5)]).accepted == 5
-    invoicing = Invoicing(engine, CATALOG, clock=lambda: NOW)
-    closed = invoicing.close(datetime(2026, 11, 2, tzinfo=UTC))
-    assert len(closed.invoices) == 2
-    return ledger, invoicing, closed.invoices
-
-
-def _count(engine, where: str = "1 = 1") -> int:
-    with engine.connect() as conn:
-        return conn.exec_driver_sql(f"SELECT COUNT(*) FROM usage_event WHERE {where}").scalar_one()
-
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_archive_refuses_open_or_unpaid_periods_then_moves_the_paid_ones(engine, tmp_path, fmt):
@@ -97,7 +68,7 @@ def test_archive_refuses_open_or_unpaid_periods_then_moves_the_paid_ones(engine,
     # a late event of the archived month is rejected alone; a replay of a November one is a duplicate
     late = ledger.record([ev("acme", "late", "2026-10-20T00:00:00Z"), ev("acme", "n0", "2026-11-03T00:00:00Z"),
                           ev("acme", "new", "2026-11-04T00:00:00Z")])
-    assert [(r.status, r.code) for r in late.results] == [("rejected", "bad_timestamp"), ("duplicate", None),
+    assert [(r.status, r.code) for r in late.results] == [("rejected", "event_archived"), ("duplicate", None),
                                                          ("accepted", None)]
     # an archived id sent again with a time after the horizon is a conflict (its key is kept), on PostgreSQL
     again = ledger.record([ev("acme", "acme-o0", "2026-11-05T00:00:00Z")])
@@ -195,7 +166,7 @@ def test_an_archive_that_failed_midway_is_taken_again(engine, tmp_path, monkeypa
     with pytest.raises(OSError):
         archive(engine, "2026-11", tmp_path / "a", "jsonl", now=NOW)
     assert _count(engine) == 85
-    assert ledger.record([ev("acme", "late", "2026-10-20T00:00:00Z")]).results[0].code == "bad_timestamp"
+    assert ledger.record([ev("acme", "late", "2026-10-20T00:00:00Z")]).results[0].code == "event_archived"
     monkeypatch.setattr(archive_module, "_write", real)
     assert archive(engine, "2026-11", tmp_path / "a", "jsonl", now=NOW)["events"] == 80
     assert _count(engine) == 5 and verify(engine, tmp_path / "a")["ok"]
