@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # the durable log (billing.ingest_log): POST /v1/events with Prefer: respond-async publishes
     # to this NATS JetStream stream (refused, 503, while nats_url is unset)
     nats_url: str | None = None
+    # webhook endpoints may point at loopback, private and link-local addresses (self-hosted
+    # receivers, tests); off: refused at create/update and at each delivery (billing.alerts.targets)
+    webhook_allow_private_targets: bool = False
     nats_stream: str = "usage"
     # event properties the hourly rollups keep per value besides feature (e.g. user, task)
     # (comma-separated; `billing db recount` rebuilds the rollups with them)

@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INVALID_PAYLOAD = "invalid_payload"
     WEBHOOK_NOT_CONFIGURED = "webhook_not_configured"
+    WEBHOOK_TARGET_FORBIDDEN = "webhook_target_forbidden"  # an endpoint URL reaching a non-public address
     EVENT_LOG_NOT_CONFIGURED = "event_log_not_configured"  # Prefer: respond-async without BILLING_NATS_URL
     # requests
     REQUEST_TOO_LARGE = "request_too_large"

@@ -16,6 +16,10 @@ A 2xx response marks the delivery delivered; anything else (or a network error) 
 it after ``base_delay * 2**(attempts-1)`` seconds (capped at ``max_delay``) until
 ``max_attempts``, then it is ``dead`` (``billing webhooks replay`` sends it again). A
 delivery whose endpoint was disabled or deleted meanwhile is ``canceled``.
+
+Unless private targets are allowed, each POST to a managed endpoint resolves its host again,
+refuses it (a failed attempt, nothing sent) when an address is not public, and goes to the
+checked address (``billing.alerts.targets.pin``: DNS rebinding cannot redirect it).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import threading
 import time
 from typing import Any
 
-from billing.alerts import deliveries
-from billing.alerts.endpoints import Endpoints
+from billing.alerts import deliveries, targets
+from billing.alerts.endpoints import Endpoints, allow_private_targets
 from billing.alerts.outbox import Outbox
 from billing.alerts.signing import headers as standard_headers
+from billing.errors import BillingError
 from billing.store.types import to_us
 
 log = logging.getLogger("billing.webhooks")
@@ -61,7 +66,7 @@ class WebhookDispatcher:
 
     def __init__(self, outbox: Outbox, url: str | None = None, secret: str | None = None, *, client: Any = None,
                  timeout: float = 10.0, max_attempts: int = 12, base_delay: float = 5.0, max_delay: float = 3600.0,
-                 lease_seconds: float = 60.0):
+                 lease_seconds: float = 60.0, allow_private: bool | None = None):
         import httpx
 
         self.outbox = outbox
@@ -73,8 +78,11 @@ class WebhookDispatcher:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.lease_seconds = lease_seconds
+        # managed endpoints may reach private addresses (default: BILLING_WEBHOOK_ALLOW_PRIVATE_TARGETS)
+        self.allow_private = allow_private
         # a batch is claimed for at most what its slow sends can take within the lease
         self.claim_size = max(1, int(lease_seconds // (timeout + 1)))
+        self.private_ok = False  # this pass's reading of allow_private
 
     def backoff(self, attempts: int) -> float:
         return min(self.max_delay, self.base_delay * 2 ** max(0, attempts - 1))
@@ -86,6 +94,7 @@ class WebhookDispatcher:
         counts = {"events": deliveries.fan_out(engine, to_us(clock()), env=self.env),
                   "delivered": 0, "retried": 0, "dead": 0, "canceled": 0}
         endpoints = {e["id"]: e for e in Endpoints(engine).enabled()}
+        self.private_ok = allow_private_targets() if self.allow_private is None else self.allow_private
         if self.env:
             endpoints[deliveries.ENV] = {"id": deliveries.ENV, "url": self.url, "secret": self.secret}
         done = 0
@@ -116,11 +125,17 @@ class WebhookDispatcher:
                          "Billing-Signature": f"t={ts},v1={sign(endpoint['secret'], ts, body)}"})
         started = time.monotonic()
         status_code = None
+        url, extensions = endpoint["url"], {}
         try:
+            if endpoint["id"] != deliveries.ENV and not self.private_ok:
+                url, host, extensions = targets.pin(url)  # (refused: a failed attempt, nothing sent)
+                sent.update(host)
             # the answer's body is never read (a receiver cannot make the dispatcher hold megabytes)
-            with self.client.stream("POST", endpoint["url"], content=body, headers=sent) as response:
+            with self.client.stream("POST", url, content=body, headers=sent, extensions=extensions) as response:
                 status_code = response.status_code
             ok, error = 200 <= status_code < 300, f"HTTP {status_code}"
+        except BillingError as exc:  # webhook_target_forbidden: retried (DNS may change back), never sent
+            ok, error = False, f"{exc.code}: {exc.message}"
         except Exception as exc:  # noqa: BLE001 - any transport problem is a retry
             ok, error = False, f"{type(exc).__name__}: {exc}"
         took_ms = round((time.monotonic() - started) * 1000)

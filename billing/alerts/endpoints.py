@@ -3,8 +3,9 @@ Standard Webhooks secret and event-type filter. Managed by ``billing webhooks`` 
 ``/v1/webhook_endpoints``; read by the dispatcher at each pass.
 
 Rules checked here (one place for the API and the CLI): the URL is ``http`` or ``https`` with
-a host (else ``validation_error`` naming ``param: url``); event types are known ones or a
-``prefix.*`` wildcard over known ones (``param: event_types``); an empty list receives every
+a host (else ``validation_error`` naming ``param: url``) that reaches public addresses only
+(else ``webhook_target_forbidden``, unless private targets are allowed:
+``billing.alerts.targets``); event types are known ones or a ``prefix.*`` wildcard over known ones (``param: event_types``); an empty list receives every
 type. The secret is shown when the endpoint is created (and by ``secret``), never in lists.
 """
 
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, delete, insert, select, update
 
+from billing.alerts import targets
 from billing.alerts.events import EVENT_TYPES, iso
 from billing.alerts.signing import new_secret, valid_secret
 from billing.errors import BillingError, ErrorCode
@@ -51,6 +53,12 @@ def check_url(url: Any) -> str:
     if not host or any(c.isspace() for c in url):
         raise _bad(f"url: no host (or a blank in it): {url[:100]!r}", "url")
     return url
+
+
+def allow_private_targets() -> bool:
+    from billing.config import get_settings
+
+    return get_settings().webhook_allow_private_targets
 
 
 def check_event_types(types: Any) -> list[str]:
@@ -102,12 +110,20 @@ def view(row: Any, *, with_secret: bool = False) -> dict[str, Any]:
 
 
 class Endpoints:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, allow_private: bool | None = None):
+        """``allow_private``: endpoints may point at private addresses (default: the
+        ``BILLING_WEBHOOK_ALLOW_PRIVATE_TARGETS`` setting)."""
         self.engine = engine
+        self.allow_private = allow_private
+
+    def _url(self, url: Any) -> str:
+        url = check_url(url)
+        targets.check_new(url, allow_private_targets() if self.allow_private is None else self.allow_private)
+        return url
 
     def create(self, url: Any, *, event_types: Any = None, description: Any = None, secret: Any = None,
                now: datetime) -> dict[str, Any]:
-        url = check_url(url)
+        url = self._url(url)
         types = check_event_types(event_types)
         description = check_description(description)
         if secret is None:
@@ -142,7 +158,7 @@ class Endpoints:
                description: Any = None, status: Any = None, rotate_secret: bool = False) -> dict[str, Any]:
         values: dict[str, Any] = {}
         if url is not None:
-            values["url"] = check_url(url)
+            values["url"] = self._url(url)
         if event_types is not None:
             values["event_types"] = json.dumps(check_event_types(event_types))
         if description is not None:

@@ -66,6 +66,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 409,
     ErrorCode.IDEMPOTENCY_KEY_IN_USE: 409,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.WEBHOOK_TARGET_FORBIDDEN: 422,
     ErrorCode.VALIDATION: 422,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,

@@ -147,7 +147,7 @@ def _now(request: Request):
 
 
 @router.post("/webhook_endpoints", summary="Create a webhook endpoint (its secret is in the answer)",
-             **documented(EndpointOut, ErrorCode.VALIDATION))
+             **documented(EndpointOut, ErrorCode.VALIDATION, ErrorCode.WEBHOOK_TARGET_FORBIDDEN))
 def create_endpoint(body: EndpointIn, request: Request, principal: Admin) -> dict[str, Any]:
     _admin(principal)
     return _endpoints(request).create(body.url, event_types=body.event_types, description=body.description,
@@ -179,7 +179,8 @@ def get_secret(endpoint_id: EndpointId, request: Request, principal: Admin) -> d
 
 @router.patch("/webhook_endpoints/{endpoint_id}",
               summary="Change an endpoint: url, event types, description, status (enabled | disabled), secret",
-              **documented(EndpointOut, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION))
+              **documented(EndpointOut, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION,
+                           ErrorCode.WEBHOOK_TARGET_FORBIDDEN))
 def update_endpoint(endpoint_id: EndpointId, body: EndpointPatch, request: Request,
                     principal: Admin) -> dict[str, Any]:
     _admin(principal)

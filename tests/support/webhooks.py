@@ -1,9 +1,12 @@
 """A loopback webhook receiver for the webhook tests: an HTTP server on 127.0.0.1 that
 answers each POST with the next scripted status (200 once the script runs out), optionally
-after a delay, and keeps every request (path, headers, body)."""
+after a delay, and keeps every request (path, headers, body). While it runs, webhook
+endpoints may point at private addresses (``BILLING_WEBHOOK_ALLOW_PRIVATE_TARGETS=1``, set
+here explicitly: by default 127.0.0.1 is refused, billing.alerts.targets)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,9 +45,26 @@ class Receiver:
         return [(h, b) for p, h, b in self.received if p == path]
 
     def __enter__(self) -> "Receiver":
+        self.allowed_before = os.environ.get(ALLOW)
+        allow_private_targets("1")
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+        allow_private_targets(self.allowed_before)
+
+
+ALLOW = "BILLING_WEBHOOK_ALLOW_PRIVATE_TARGETS"
+
+
+def allow_private_targets(value: str | None) -> None:
+    """Set (or, with None, unset) the setting for this process and the children it starts."""
+    from billing.config import get_settings
+
+    if value is None:
+        os.environ.pop(ALLOW, None)
+    else:
+        os.environ[ALLOW] = value
+    get_settings.cache_clear()
