@@ -26,6 +26,7 @@ crossing not reached yet ``at`` is when the run rate reaches it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -34,7 +35,7 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog
 from billing.catalog.schema import Plan
-from billing.invoicing.windows import scaled_totals
+from billing.invoicing.windows import scaled_totals, window_of
 from billing.store.aggregate_sql import max_event_id
 from billing.store.types import to_us
 from billing.money import dec_str, round_line
@@ -195,9 +196,10 @@ def _when(plan, usage, seats, subject, target, factor, w0, as_of) -> datetime:
 # -------------------------------------------------------------------------------- forecast
 
 def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None, *,
-             rollups: bool = True) -> list[ForecastRow]:
+             rollups: bool = True, only: Callable[[str, datetime, datetime], bool] | None = None) -> list[ForecastRow]:
     """Every customer with a subscription active at ``as_of``: to date and projected to period
-    end (``rollups`` False: usage from the events even where the hourly rollups are exact)."""
+    end (``rollups`` False: usage from the events even where the hourly rollups are exact).
+    ``only(customer, w0, w1)``: forecast just the customers it keeps, given their window."""
     as_of = as_of or datetime.now(UTC)
     label = f"{as_of.year:04d}-{as_of.month:02d}"
     with engine.connect() as conn:
@@ -214,6 +216,10 @@ def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None, *,
             for s in subs:  # oldest first: the latest active subscription wins
                 if s.started_at <= as_of and (s.ended_at is None or s.ended_at > as_of):
                     active[s.customer_id] = s
+            if only is not None:
+                active = {c: s for c, s in active.items()
+                          if (span := window_of(s, periods[c]) if c in periods else None) is not None
+                          and only(c, span[0], span[1])}
             watermark = max_event_id(conn)
             current = {w.customer: w for w in rate_to_date(conn, catalog, list(active.values()), periods, as_of,
                                                            watermark, rollups=rollups)}

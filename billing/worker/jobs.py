@@ -9,7 +9,8 @@ counts; the runner adds the job name, its status and its time.
   (``billing webhooks``, plus ``BILLING_WEBHOOK_URL`` as the implicit ``env`` one), then
   delivery of the due ones.
 - ``alerts``: forecast alerts (``billing.alerts.forecast``: the run rate exhausts a budget
-  before the period ends), queued once per customer, period and subject.
+  before the period ends), queued once per customer, period and subject; each run looks at
+  the customers changed since the last (``billing.alerts.forecast_marks``).
 - ``purge_holds``: marks holds expired over a day ago as ``expired`` (housekeeping).
 - ``stripe_sync``: pushes finalized invoices and voids to Stripe (needs
   ``BILLING_STRIPE_API_KEY``).

@@ -59,3 +59,48 @@ def test_a_projected_crossing_alerts_once(any_engine):
     assert records[0]["status"] == "ok" and records[0]["result"]["crossings"] == 1
     assert records[0]["result"]["alerts"] == 0
     ctx.close()
+
+
+def _forecast_rows(engine) -> int:
+    return len(Outbox(engine).rows(type_="alert.triggered"))
+
+
+def test_each_run_forecasts_only_the_customers_changed_since_and_misses_no_crossing(any_engine):
+    acc = Accounts(any_engine, CAT)
+    for customer in ("busy", "calm", "idle"):
+        acc.create_customer(customer, now=T0)
+        acc.subscribe(customer, "support-chatbot", at=T0)
+    ledger = Ledger(any_engine, CAT, clock=Clock(), alerts=False)
+    assert ledger.record(_messages("busy", 20) + _messages("calm", 20)).accepted == 40  # ~65 projected: no crossing
+    runs = [forecast_alerts(any_engine, CAT, NOW + timedelta(minutes=m)) for m in (0, 1, 2)]
+    # everyone; the overlap run (the subscriptions' creation is queued: all three); then nobody changed
+    assert [r["customers"] for r in runs] == [3, 3, 0]
+    assert _forecast_rows(any_engine) == 0
+    # the crossing happens between two runs: busy sends 40 more (60 of 100 at 30%: about 196 projected)
+    assert ledger.record([{**m, "id": f"more-{m['id']}"} for m in _messages("busy", 40)]).accepted == 40
+    after = [forecast_alerts(any_engine, CAT, NOW + timedelta(minutes=m)) for m in (3, 4, 5)]
+    assert [(r["customers"], r["crossings"], r["alerts"]) for r in after] == [(1, 1, 1), (1, 1, 0), (0, 0, 0)]
+    assert _forecast_rows(any_engine) == 1  # exactly once
+    # a plan change is a change: that customer alone is forecast again
+    acc.change_plan("idle", "team", at=NOW)
+    again = [forecast_alerts(any_engine, CAT, NOW + timedelta(minutes=m))["customers"] for m in (6, 7, 8)]
+    assert again == [1, 1, 0]  # (the second: the overlap run)
+    ledger.close()
+
+
+def test_the_min_elapsed_gate_opening_between_runs_is_a_change(any_engine):
+    acc = Accounts(any_engine, CAT)
+    acc.create_customer("early", now=T0)
+    acc.subscribe("early", "support-chatbot", at=T0)
+    early = T0 + timedelta(days=2)  # about 6 % of October: too early to alert
+    ledger = Ledger(any_engine, CAT, clock=Clock(early), alerts=False)
+    assert ledger.record([{"id": f"e{i}", "customer": "early", "type": "llm.call", "timestamp": early.isoformat(),
+                           "properties": {"feature": "support-chat"}} for i in range(40)]).accepted == 40
+    ledger.close()
+    runs = [forecast_alerts(any_engine, CAT, early + timedelta(hours=h)) for h in (1, 2, 3)]
+    assert [(r["customers"], r["alerts"]) for r in runs] == [(1, 0), (1, 0), (0, 0)]
+    # no event since, but the gate (10 % of the window) opens before the next run: 40 at 10 % is 400 projected
+    gate = forecast_alerts(any_engine, CAT, T0 + timedelta(days=3, hours=12))
+    assert (gate["customers"], gate["alerts"]) == (1, 1)
+    assert forecast_alerts(any_engine, CAT, T0 + timedelta(days=3, hours=13))["customers"] == 0
+    assert _forecast_rows(any_engine) == 1
