@@ -1,7 +1,8 @@
 """A pure-ASGI fast path in front of FastAPI for the hottest requests.
 
-``POST /v1/quota/check`` runs before every model call an app makes, and ``GET /healthz``
-is its floor in ``bench/check.py``. Both are ordinary FastAPI routes (documented in the
+``POST /v1/quota/check`` runs before every model call an app makes, ``/v1/quota/reserve``,
+``/commit`` and ``/release`` around every guarded one (``billing.api.holds_fast``), and
+``GET /healthz`` is the floor in ``bench/check.py``. Both are ordinary FastAPI routes (documented in the
 OpenAPI schema, reachable through the router); ``BillingAPI`` serves exactly those method +
 path pairs ahead of FastAPI's own stack (its native telemetry probe, error and body-limit
 middleware, routing and dependency layers, Starlette's Request and Response objects), which
@@ -27,7 +28,8 @@ from starlette.responses import Response
 
 from billing.api import limits
 from billing.api.errors import (
-    billing_error_response, error_response, unavailable_response, validation_error_response)
+    billing_error_response, data_error_response, error_response, is_data_error, unavailable_response,
+    validation_error_response)
 from billing.errors import BillingError, ErrorCode
 
 # (app, ASGI scope, request body) -> (status, JSON body, extra headers)
@@ -97,6 +99,8 @@ class BillingAPI(FastAPI):
         except Exception as exc:  # the same last resorts as the app's own handlers
             if _unavailable(exc):
                 response = unavailable_response(exc, scope)
+            elif is_data_error(exc):
+                response = data_error_response(exc, scope)
             else:
                 log.exception("unhandled error")
                 response = error_response(str(ErrorCode.INTERNAL), "internal error", scope=scope)
