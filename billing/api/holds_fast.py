@@ -4,12 +4,15 @@ FastAPI's stack (its routing, dependency and response layers, a Request object) 
 CPU than the writes themselves. The routes in ``billing.api.routes`` stay the documented
 ones (OpenAPI); these handlers answer the same requests with the same bodies, the same
 scopes and the same errors: authentication and the body model inline (as
-``routes.check_decision``), then the same ``Quota`` call in a worker thread. The
-``Idempotency-Key`` layer is in front of both (``BillingAPI.add_layer``).
+``routes.check_decision``), then the same ``Quota`` call, all in one worker thread. The
+``Idempotency-Key`` layer is in front of both (``BillingAPI.add_layer``); for these routes it
+claims the key, runs the handler and stores its answer in that same thread hop
+(``BillingAPI.fast_sync``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -55,44 +58,44 @@ def _json(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
 
 
-async def reserve_fast(app: Any, scope: dict, body: bytes) -> Answer:
-    """``routes.quota_reserve``."""
+def reserve(app: Any, scope: dict, body: bytes) -> Answer:
+    """``routes.quota_reserve`` (blocking: in a worker thread)."""
     principal = _principal(app, scope)
     req = _body(ReserveIn, body)
     principal.require_customer(req.customer)
-    quota = app.state.services.quota
-    r = (await run_in_threadpool(
-        lambda: quota.reserve(req.customer, req.key, req.quantity, ttl=req.ttl_seconds, request_id=req.request_id,
-                              model=req.model, task=req.task, tokens=req.tokens, cost=req.cost, steps=req.steps,
-                              retry=req.retry, depth=req.depth, properties=req.properties))).to_json()
+    r = app.state.services.quota.reserve(
+        req.customer, req.key, req.quantity, ttl=req.ttl_seconds, request_id=req.request_id, model=req.model,
+        task=req.task, tokens=req.tokens, cost=req.cost, steps=req.steps, retry=req.retry, depth=req.depth,
+        properties=req.properties).to_json()
     count_decision(app.state, r["decision"])
     retry = _retry_after(r["decision"])
     return 200, _json(r), [] if retry is None else [(b"retry-after", retry.encode())]
 
 
-async def commit_fast(app: Any, scope: dict, body: bytes) -> Answer:
+def commit(app: Any, scope: dict, body: bytes) -> Answer:
     """``routes.quota_commit``."""
     principal = _principal(app, scope)
     req = _body(CommitIn, body)
-    quota = app.state.services.quota
-
-    def commit() -> dict[str, Any]:
-        with _foreign_reservation_unknown(principal, req.reservation_id):
-            return quota.commit(req.reservation_id, req.event, customer=principal.customer)
-    return 200, _json(await run_in_threadpool(commit)), []
+    with _foreign_reservation_unknown(principal, req.reservation_id):
+        return 200, _json(app.state.services.quota.commit(req.reservation_id, req.event,
+                                                          customer=principal.customer)), []
 
 
-async def release_fast(app: Any, scope: dict, body: bytes) -> Answer:
+def release(app: Any, scope: dict, body: bytes) -> Answer:
     """``routes.quota_release``."""
     principal = _principal(app, scope)
     req = _body(ReleaseIn, body)
-    quota = app.state.services.quota
-
-    def release() -> dict[str, Any]:
-        with _foreign_reservation_unknown(principal, req.reservation_id):
-            return quota.release(req.reservation_id, customer=principal.customer)
-    return 200, _json(await run_in_threadpool(release)), []
+    with _foreign_reservation_unknown(principal, req.reservation_id):
+        return 200, _json(app.state.services.quota.release(req.reservation_id, customer=principal.customer)), []
 
 
-ROUTES = {("POST", "/v1/quota/reserve"): reserve_fast, ("POST", "/v1/quota/commit"): commit_fast,
-          ("POST", "/v1/quota/release"): release_fast}
+def _in_thread(handler: Callable[[Any, dict, bytes], Answer]) -> Callable[[Any, dict, bytes], Awaitable[Answer]]:
+    async def fast(app: Any, scope: dict, body: bytes) -> Answer:
+        return await run_in_threadpool(handler, app, scope, body)
+    fast.__doc__ = handler.__doc__
+    return fast
+
+
+SYNC = {("POST", "/v1/quota/reserve"): reserve, ("POST", "/v1/quota/commit"): commit,
+        ("POST", "/v1/quota/release"): release}
+ROUTES = {route: _in_thread(handler) for route, handler in SYNC.items()}
