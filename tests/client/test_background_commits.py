@@ -7,10 +7,12 @@ a service unreachable or refusing leaves the commits in the ordinary spool."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,13 +22,14 @@ from billing.api.auth import create_key
 from billing.client import HttpClient, RetryPolicy, Spool, guarded_call
 from billing.client.journal import Journal, recover
 from billing.client.spool import commit_entry
-from tests.client.test_spool import CHILD, SONNET
 from tests.support.client import CAT, Env, child_env, serve_app, subscribe_all
 from tests.support.faults import FaultTransport
 from tests.support.quota import Clock
 from tests.support.sdk_shapes import anthropic_message
 
 FAST = RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.001)
+CHILD = Path(__file__).resolve().parents[1] / "support" / "spool_child.py"
+SONNET = "claude-sonnet-4-5"
 
 
 def _env(engine, tmp_path, faults=None):
@@ -94,8 +97,6 @@ def test_a_dead_journal_becomes_spool_files_skipping_acked_and_torn_lines(tmp_pa
     journal.ack(f, "key-1")
     assert recover(spool) == 0  # its writer (this journal's lock) is alive
     journal.sync()
-    import os
-
     os.write(f.fd, b'{"add": {"idempot')  # a crash mid-write
     journal.close()  # as a process that died: the lock is gone
     paths = spool.pending()
