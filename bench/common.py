@@ -27,7 +27,7 @@ def fresh_database(backend: str):
     from sqlalchemy.engine import make_url
 
     base = make_url(os.environ.get("BILLING_BENCH_POSTGRES_URL") or os.environ.get("BILLING_TEST_POSTGRES_URL") or DEFAULT_PG)
-    name = f"billing_bench_{uuid.uuid4().hex[:10]}"
+    name = f"{base.database or 'billing'}_bench_{uuid.uuid4().hex[:10]}"  # the test database's name: its owner's
     admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")

@@ -148,7 +148,11 @@ def create_app(engine: Engine | None = None, catalog: Catalog | None = None, *,
 
     app.include_router(formats_router)  # POST /v1/otlp/v1/traces (CloudEvents: POST /v1/events)
     # the hottest requests skip FastAPI's stack (same handlers, same errors)
-    app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast}
+    from billing.api.holds_fast import ROUTES as HOLD_ROUTES, SYNC as HOLD_SYNC
+
+    app.fast_routes = {("GET", "/healthz"): healthz_fast, ("POST", "/v1/quota/check"): quota_check_fast,
+                       **HOLD_ROUTES}  # reserve, commit, release (billing.api.holds_fast)
+    app.fast_sync = HOLD_SYNC
     # in front of every route, the fast path too: JSON bodies only, then Idempotency-Key records
     idempotency.install(app, engine, clock, retention=timedelta(hours=settings.idempotency_retention_hours),
                         lease=settings.idempotency_lease_seconds)

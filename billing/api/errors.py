@@ -242,6 +242,24 @@ def validation_error_response(exc: RequestValidationError, scope: dict | None = 
     return error_response(str(ErrorCode.VALIDATION), message, problems, param=first["path"] or None, scope=scope)
 
 
+def data_error_response(exc: BaseException, scope: dict | None = None) -> JSONResponse:
+    """The database refused a value of the request (a NUL character in an id, a number out
+    of range...): the client's input, not a server fault (422 ``validation_error``)."""
+    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]  # not the SQL or its parameters
+    return error_response(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}", scope=scope)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """An error ``data_error_response`` answers (through SQLAlchemy or a raw driver)."""
+    if isinstance(exc, DBAPIDataError):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, psycopg.DataError)
+
+
 def unavailable_response(exc: BaseException, scope: dict | None = None) -> JSONResponse:
     """A database that is busy past the retries (deadlocks, serialization failures, a locked
     SQLite file) or unreachable: 503 ``service_unavailable`` with ``Retry-After``, never a
@@ -268,10 +286,7 @@ def install(app: FastAPI) -> None:
                               headers=getattr(exc, "headers", None))
 
     async def _data(request: Request, exc: Exception) -> JSONResponse:
-        # the database refused a value of the request (a NUL character in an id, a number
-        # out of range...): the client's input, not a server fault
-        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]  # not the SQL or its parameters
-        return error_response(str(ErrorCode.VALIDATION), f"a value cannot be stored: {reason}", scope=request.scope)
+        return data_error_response(exc, request.scope)
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         return unavailable_response(exc, request.scope)

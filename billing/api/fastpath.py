@@ -1,7 +1,8 @@
 """A pure-ASGI fast path in front of FastAPI for the hottest requests.
 
-``POST /v1/quota/check`` runs before every model call an app makes, and ``GET /healthz``
-is its floor in ``bench/check.py``. Both are ordinary FastAPI routes (documented in the
+``POST /v1/quota/check`` runs before every model call an app makes, ``/v1/quota/reserve``,
+``/commit`` and ``/release`` around every guarded one (``billing.api.holds_fast``), and
+``GET /healthz`` is the floor in ``bench/check.py``. Both are ordinary FastAPI routes (documented in the
 OpenAPI schema, reachable through the router); ``BillingAPI`` serves exactly those method +
 path pairs ahead of FastAPI's own stack (its native telemetry probe, error and body-limit
 middleware, routing and dependency layers, Starlette's Request and Response objects), which
@@ -27,11 +28,15 @@ from starlette.responses import Response
 
 from billing.api import limits
 from billing.api.errors import (
-    billing_error_response, error_response, unavailable_response, validation_error_response)
+    billing_error_response, data_error_response, error_response, is_data_error, unavailable_response,
+    validation_error_response)
 from billing.errors import BillingError, ErrorCode
 
 # (app, ASGI scope, request body) -> (status, JSON body, extra headers)
 Handler = Callable[[FastAPI, dict, bytes], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]]
+# the same, blocking, for a worker thread (``fast_sync``: the Idempotency-Key layer runs its
+# claim, the handler and its record in one thread hop)
+SyncHandler = Callable[[FastAPI, dict, bytes], tuple[int, bytes, list[tuple[bytes, bytes]]]]
 _JSON = (b"content-type", b"application/json")
 log = logging.getLogger("billing.api")
 
@@ -40,6 +45,7 @@ class BillingAPI(FastAPI):
     """FastAPI, with ``fast_routes`` ((method, path) -> handler) served ahead of its stack."""
 
     fast_routes: dict[tuple[str, str], Handler] = {}
+    fast_sync: dict[tuple[str, str], SyncHandler] = {}  # the blocking form of some fast routes
     max_body: int = 64 * 1024
     max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES  # every route (billing.api.limits)
     _entry: Callable | None = None  # the layers around _dispatch (add_layer)
@@ -90,22 +96,42 @@ class BillingAPI(FastAPI):
             if scope.get("query_string"):  # the fast routes take no query parameters
                 raise unknown_query_parameter(scope["query_string"])
             status, payload, headers = await handler(self, scope, body)
-        except BillingError as exc:
-            response: Response = billing_error_response(exc, scope)
-        except RequestValidationError as exc:
-            response = validation_error_response(exc, scope)
-        except Exception as exc:  # the same last resorts as the app's own handlers
-            if _unavailable(exc):
-                response = unavailable_response(exc, scope)
-            else:
-                log.exception("unhandled error")
-                response = error_response(str(ErrorCode.INTERNAL), "internal error", scope=scope)
+        except Exception as exc:  # noqa: BLE001 - answered as the app's own handlers answer it
+            response = error_of(exc, scope)
         else:
             await send({"type": "http.response.start", "status": status,
                         "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers]})
             await send({"type": "http.response.body", "body": payload})
             return
         await response(scope, receive, send)
+
+
+def error_of(exc: Exception, scope: dict) -> Response:
+    """The answer to an error a fast handler raised: the same as the app's own handlers give."""
+    if isinstance(exc, BillingError):
+        return billing_error_response(exc, scope)
+    if isinstance(exc, RequestValidationError):
+        return validation_error_response(exc, scope)
+    if _unavailable(exc):
+        return unavailable_response(exc, scope)
+    if is_data_error(exc):
+        return data_error_response(exc, scope)
+    log.exception("unhandled error")
+    return error_response(str(ErrorCode.INTERNAL), "internal error", scope=scope)
+
+
+def answer_sync(handler: SyncHandler, app: FastAPI, scope: dict, body: bytes) -> tuple[int, bytes, list]:
+    """Run a blocking fast handler (``fast_sync``) to its answer, errors included: (status,
+    body, headers without content-length)."""
+    try:
+        if scope.get("query_string"):
+            raise unknown_query_parameter(scope["query_string"])
+        status, payload, headers = handler(app, scope, body)
+    except Exception as exc:  # noqa: BLE001
+        response = error_of(exc, scope)
+        return response.status_code, bytes(response.body), [
+            (n, v) for n, v in response.raw_headers if n.lower() != b"content-length"]
+    return status, payload, [_JSON, *headers]
 
 
 def unknown_query_parameter(query_string: bytes) -> BillingError:

@@ -30,6 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 from datetime import datetime, timedelta
 
 import anyio
@@ -80,8 +81,9 @@ def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
 class IdempotencyLayer:
     def __init__(self, app: Callable, store: IdempotencyStore, keys, clock: Callable[[], datetime], *,
                  retention: timedelta = timedelta(hours=24), lease: float = 30.0, renew_every: float = 10.0,
-                 purge_every: float = 60.0):
+                 purge_every: float = 60.0, api: Any = None):
         self.app = app
+        self.api = api  # the BillingAPI (its ``fast_sync`` routes), or None
         self.store = store
         self.keys = keys  # billing.api.auth.KeyStore
         self.clock = clock
@@ -116,7 +118,65 @@ class IdempotencyLayer:
         body = await _read_body(receive)
         if body is None:  # the client went away before sending its request: nothing ran
             return
+        api = self.api
+        handler = api.fast_sync.get((scope["method"], scope["path"])) if api is not None else None
+        if handler is not None and scope.get("fast_route") and len(body) <= api.max_body:
+            await self._run_in_one_hop(scope, receive, send, principal.key_id, values[0].decode("ascii"), body,
+                                       handler)
+            return
         await self._run(scope, receive, send, principal.key_id, values[0].decode("ascii"), body)
+
+    async def _run_in_one_hop(self, scope: dict, receive: Callable, send: Callable, owner_scope: str, key: str,
+                              body: bytes, handler: Callable) -> None:
+        """A blocking fast route (``BillingAPI.fast_sync``): the claim, the handler and the
+        record of its answer in one worker thread (the same rules as ``_run`` and ``_own``)."""
+        from billing.api.fastpath import answer_sync
+
+        owner, api = uuid.uuid4().hex, self.api
+        fp = fingerprint(scope["method"], scope["path"], scope["query_string"], body)
+        scope["app"] = api
+
+        def run() -> tuple[Any, tuple[int, bytes, list] | None]:
+            claim = self.store.claim(owner_scope, key, fp, owner, now_us=to_us(self.clock()), lease_us=self.lease_us,
+                                     retention_us=self.retention_us)
+            if claim.outcome != OWNED:
+                return claim, None
+            try:
+                status, payload, headers = answer_sync(handler, api, scope, body)
+            except BaseException:
+                self._forget_sync(owner_scope, key, owner)
+                raise
+            if status < 500 and status not in NOT_STORED:
+                kept = orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers
+                                     if n.lower() not in _DROPPED_HEADERS]).decode()
+                try:
+                    self.store.finish(owner_scope, key, owner, status, kept, payload)
+                except Exception:  # noqa: BLE001 - the request did run: answer it; a retry after the lease runs again
+                    log.exception("could not store the response of Idempotency-Key %r", key)
+            else:
+                self._forget_sync(owner_scope, key, owner)
+            return claim, (status, payload, headers)
+
+        heartbeat = asyncio.ensure_future(self._heartbeat(owner_scope, key, owner))
+        try:
+            claim, answer = await run_in_threadpool(run)
+        except Exception as exc:  # noqa: BLE001 - the claim failed (database busy or unreachable): nothing ran
+            await unavailable_response(exc, scope)(scope, receive, send)  # 503: retry with the same key
+            return
+        finally:
+            heartbeat.cancel()
+        self._maybe_purge()
+        if answer is None:
+            await self._answer_claim(scope, receive, send, claim)
+            return
+        status, payload, headers = answer
+        await _send(send, status, headers, payload)
+
+    def _forget_sync(self, owner_scope: str, key: str, owner: str) -> None:
+        try:
+            self.store.release(owner_scope, key, owner)
+        except Exception:  # noqa: BLE001 - the claim then lapses with its lease
+            log.exception("could not release Idempotency-Key %r", key)
 
     async def _run(self, scope: dict, receive: Callable, send: Callable, owner_scope: str, key: str,
                    body: bytes) -> None:
@@ -130,6 +190,13 @@ class IdempotencyLayer:
             await unavailable_response(exc, scope)(scope, receive, send)  # 503: retry with the same key
             return
         self._maybe_purge()
+        if claim.outcome == OWNED:
+            await self._own(scope, receive, send, owner_scope, key, owner, body)
+            return
+        await self._answer_claim(scope, receive, send, claim)
+
+    async def _answer_claim(self, scope: dict, receive: Callable, send: Callable, claim: Any) -> None:
+        """The answer to a key another request holds: reused, in use, or its stored answer."""
         if claim.outcome == REUSED:
             await _error(scope, receive, send, 409, ErrorCode.IDEMPOTENCY_KEY_REUSED,
                          "this Idempotency-Key was used with other parameters (another path or body)")
@@ -142,9 +209,6 @@ class IdempotencyLayer:
         if claim.outcome == REPLAY:
             headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in orjson.loads(claim.headers or "[]")]
             await _send(send, claim.status, [*headers, REPLAYED], claim.body or b"")
-            return
-        assert claim.outcome == OWNED
-        await self._own(scope, receive, send, owner_scope, key, owner, body)
 
     async def _own(self, scope: dict, receive: Callable, send: Callable, owner_scope: str, key: str, owner: str,
                    body: bytes) -> None:
@@ -232,7 +296,8 @@ def install(app, engine, clock: Callable[[], datetime], *, retention: timedelta 
 
     def wrap(inner: Callable) -> IdempotencyLayer:
         layer.append(IdempotencyLayer(inner, IdempotencyStore(engine), app.state.keys, clock, retention=retention,
-                                      lease=lease, renew_every=min(10.0, lease / 3)))
+                                      lease=lease, renew_every=min(10.0, lease / 3),
+                                      api=app if hasattr(app, "fast_sync") else None))
         return layer[0]
 
     app.add_layer(wrap)

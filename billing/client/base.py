@@ -88,6 +88,14 @@ class BillingClient:
     def has_spool(self) -> bool:
         return self.spool is not None
 
+    def commits_in_background(self) -> bool:
+        """``guarded_call`` hands its commits to ``enqueue_commits`` (journaled, sent by
+        background threads: ``billing.client.journal``) instead of sending them itself."""
+        return False
+
+    def enqueue_commits(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
     def metering_cached(self, customer: str, ttl: float) -> tuple[dict[str, Any] | None] | None:
         """``(metering,)`` remembered less than ``ttl`` seconds ago (None inside: the service
         has no metering route), else None."""

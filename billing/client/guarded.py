@@ -17,7 +17,10 @@ The steps are one flow (``billing.client.ops``), driven with plain calls by
    the client's clock at the end of the call. Each commit is written to the client's spool
    first (fsync), sent with its own ``Idempotency-Key``, and deleted once acknowledged. After
    the LLM call nothing raises: a commit the service cannot be reached for stays spooled, one
-   it refuses is kept in the spool's ``rejected/`` and logged; ``Guarded`` says which.
+   it refuses is kept in the spool's ``rejected/`` and logged; ``Guarded`` says which. With
+   ``HttpClient(background_commits=True)`` the commits are appended to the spool's journal
+   (one write, no fsync) and sent by background threads (``billing.client.journal``):
+   ``Guarded.commits`` are ``{"status": "queued"}``.
 5. When every commit was acknowledged, up to ``FLUSH_BATCH`` older spooled commits are sent
    too (at most every ``FLUSH_INTERVAL`` seconds).
 """
@@ -91,6 +94,11 @@ class Guarded:
     @property
     def recorded(self) -> bool:
         return all(c.get("status") in ("committed", "recorded") for c in self.commits)
+
+    @property
+    def queued(self) -> int:
+        """Commits handed to the background (``HttpClient(background_commits=True)``)."""
+        return sum(1 for c in self.commits if c.get("status") == "queued")
 
     @property
     def spooled(self) -> int:
@@ -233,6 +241,14 @@ def finish_flow(session: Session, response: Any, usage: dict[str, Any], response
         log.warning("billing: %s", warnings[-1]["message"])
     entries = [commit_entry(slot.reservation_id, event, str(uuid.uuid4()))
                for slot, event in zip(session.slots, events)]
+    if (yield client_op("commits_in_background", inline=True)):
+        try:  # one write to the journal; sent by the client's background threads
+            commits = yield client_op("enqueue_commits", entries, inline=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: sent here, as without a journal
+            log.error("billing journal not writable (%s): sending the commits now", exc)
+        else:
+            return Guarded(response, session.decision, session.slots[0].reservation_id, model, usage,
+                           commits[0], events, commits, warnings)
     held: list[Held] = [Held(None, e, None) for e in entries]  # type: ignore[arg-type]
     has_spool = yield client_op("has_spool", inline=True)
     if has_spool:

@@ -10,6 +10,11 @@ entitlement) are retried the same way, without a key.
 (``billing.client.spool``). Default: ``$BILLING_CLIENT_SPOOL_DIR``, else
 ``$XDG_STATE_HOME/billing/spool/<host>-<hash of the base URL>`` (``~/.local/state/...``);
 ``False``: no spool.
+
+``background_commits=True`` (``HttpClient`` only, with a spool): ``guarded_call`` appends its
+commits to the spool's journal (one write, no fsync: it survives a ``kill -9`` of the app)
+and returns; background threads fsync the journal once for many calls and send the commits
+(``billing.client.journal``; ``drain()`` waits for them, ``close()`` drains first).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -172,12 +178,50 @@ class HttpClient(_HttpBase):
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0, client: httpx.Client | None = None,
                  transport: httpx.BaseTransport | None = None, retry: RetryPolicy | None = None,
                  spool_dir: str | os.PathLike[str] | None | bool = None,
-                 clock: Callable[[], datetime] | None = None, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], datetime] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 background_commits: bool = False):
         super().__init__(base_url, api_key, retry=retry, spool_dir=spool_dir, clock=clock)
         self._http = client or httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self._sleep = sleep
+        if background_commits and self.spool is None:
+            raise ValueError("background_commits needs a spool (spool_dir is False)")
+        self._background_wanted = background_commits
+        self._background = None
+        self._background_lock = threading.Lock()
 
-    def close(self) -> None:
+    def commits_in_background(self) -> bool:
+        return self._background_wanted
+
+    def enqueue_commits(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        background = self._background
+        if background is None:
+            with self._background_lock:
+                if self._background is None:
+                    from billing.client.journal import Background
+
+                    self._background = Background(self, self.spool)
+                    self.spool.background = self._background
+                background = self._background
+        return background.enqueue(entries)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every commit handed to the background is settled (delivered, spooled
+        or refused) and the journal is on disk; False when ``timeout`` passed first."""
+        return True if self._background is None else self._background.drain(timeout)
+
+    def background_counts(self) -> dict[str, int]:
+        """Commits the background delivered, kept in the spool (unreachable) and refused."""
+        b = self._background
+        return {"delivered": b.delivered, "kept": b.kept, "rejected": b.rejected} if b else \
+            {"delivered": 0, "kept": 0, "rejected": 0}
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drain the background commits (up to ``timeout`` seconds: what is left stays in the
+        journal, sent by the next flush), then close the connections."""
+        if self._background is not None:
+            self._background.close(timeout)
+            self._background = None
+            self.spool.background = None
         self._http.close()
 
     def __enter__(self) -> "HttpClient":

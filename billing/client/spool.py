@@ -52,6 +52,7 @@ class Held:
     path: Path
     data: dict[str, Any]
     fd: int | None
+    journal: Any = None  # a commit in a journal (``billing.client.journal``), not a file of its own
 
 
 @dataclass
@@ -102,10 +103,7 @@ class Spool:
         held = []
         try:
             for entry in entries:
-                key = entry["idempotency_key"]
-                safe = key if _SAFE.match(key) else hashlib.sha256(key.encode()).hexdigest()[:32]
-                name = f"{time.time_ns():020d}-{safe}.json"
-                held.append(self._write(self.directory, name, entry, keep_open=True))
+                held.append(self._write(self.directory, file_name(entry["idempotency_key"]), entry, keep_open=True))
             _fsync_dir(self.directory)
         except BaseException:
             for h in held:
@@ -133,11 +131,20 @@ class Spool:
 
     def done(self, held: Held) -> None:
         """Acknowledged: delete the file (a delete lost in a crash only sends it once more)."""
+        if held.journal is not None:
+            self._journal_ack(held)
+            return
         held.path.unlink(missing_ok=True)
         self.keep(held)
 
     def keep(self, held: Held) -> None:
-        """Not acknowledged yet: leave the file for a later flush and drop the lock."""
+        """Not acknowledged yet: leave the file for a later flush and drop the lock (a
+        journal's commit becomes a file of its own, durably, then is acked there)."""
+        if held.journal is not None:
+            for copy in self.add([held.data]):
+                self.keep(copy)
+            self._journal_ack(held)
+            return
         if held.fd is not None:
             os.close(held.fd)
             held.fd = None
@@ -150,11 +157,20 @@ class Spool:
         self.done(held)
         log.error("billing commit refused, kept in %s: %s", self.rejected_dir / held.path.name, error)
 
+    def _journal_ack(self, held: Held) -> None:
+        journal = getattr(self, "background", None)
+        if journal is not None:
+            journal.journal.ack(held.journal, held.data["idempotency_key"])
+
     # ---------------------------------------------------------------- reading
     def pending(self) -> list[Path]:
-        """Files waiting for delivery, oldest first."""
+        """Files waiting for delivery, oldest first (journals left by a dead process or a
+        closed client become files first: ``billing.client.journal.recover``)."""
         if not self.directory.is_dir():
             return []
+        from billing.client.journal import recover
+
+        recover(self)
         return sorted(p for p in self.directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
 
     def rejected(self) -> list[Path]:
@@ -291,6 +307,12 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, BillingError):
         return {"code": getattr(exc, "raw_code", None) or str(exc.code), "message": exc.message}
     return {"code": type(exc).__name__, "message": str(exc)}
+
+
+def file_name(key: str) -> str:
+    """``<created ns>-<idempotency key>.json`` (a key unsafe in a file name: its hash)."""
+    safe = key if _SAFE.match(key) else hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"{time.time_ns():020d}-{safe}.json"
 
 
 def _fsync_dir(directory: Path) -> None:

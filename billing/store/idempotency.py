@@ -22,10 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, delete, select, text, tuple_, update
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, delete, select, tuple_, update
 
 from billing.store.operational_models import IdempotencyRecord
 
@@ -33,6 +30,20 @@ _t = IdempotencyRecord.__table__
 T = TypeVar("T")
 
 OWNED, REPLAY, IN_USE, REUSED = "owned", "replay", "in_use", "reused"
+
+# the claim's and finish's statements (``{ph}``: the driver's placeholder)
+_INSERT = ("INSERT INTO idempotency_record (scope, key, fingerprint, status, owner, locked_until, created_at) "
+           "VALUES ({ph}, {ph}, {ph}, 'in_flight', {ph}, {ph}, {ph}) ON CONFLICT DO NOTHING RETURNING key")
+_SELECT = ("SELECT fingerprint, status, owner, locked_until, created_at, response_status, response_headers, "
+           "response_body FROM idempotency_record WHERE scope = {ph} AND key = {ph}")
+_WHERE_SAME = "WHERE scope = {ph} AND key = {ph} AND owner = {ph} AND status = {ph} AND created_at = {ph} RETURNING key"
+_RENEW_ALL = ("UPDATE idempotency_record SET fingerprint = {ph}, status = 'in_flight', owner = {ph}, "
+              "locked_until = {ph}, created_at = {ph}, response_status = NULL, response_headers = NULL, "
+              "response_body = NULL " + _WHERE_SAME)
+_TAKE_OVER = "UPDATE idempotency_record SET owner = {ph}, locked_until = {ph} " + _WHERE_SAME
+_FINISH = ("UPDATE idempotency_record SET status = 'done', response_status = {ph}, response_headers = {ph}, "
+           "response_body = {ph} WHERE scope = {ph} AND key = {ph} AND owner = {ph} AND status = 'in_flight' "
+           "RETURNING key")
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,11 @@ class Claim:
 
 class IdempotencyStore:
     def __init__(self, engine: Engine):
+        from billing.reservations.sql import Connections
+
         self.engine = engine
         self.pg = engine.dialect.name == "postgresql"
+        self.conns = Connections(engine, keep=8)
 
     # ----------------------------------------------------------------- claim
     def claim(self, scope: str, key: str, fingerprint: str, owner: str, *, now_us: int, lease_us: int,
@@ -55,52 +69,57 @@ class IdempotencyStore:
         return _retrying(lambda: self._claim(scope, key, fingerprint, owner, now_us, lease_us, retention_us))
 
     def _claim(self, scope, key, fingerprint, owner, now_us, lease_us, retention_us) -> Claim:
-        mod = pg_dialect if self.pg else sqlite_dialect
-        fresh = {"fingerprint": fingerprint, "status": "in_flight", "owner": owner, "locked_until": now_us + lease_us,
-                 "created_at": now_us, "response_status": None, "response_headers": None, "response_body": None}
-        where = and_(_t.c.scope == scope, _t.c.key == key)
+        # driver connections and prepared text (``billing.reservations.sql.Connections``):
+        # every guarded LLM call claims two keys, and SQLAlchemy's statement layer cost more
+        # than the statements
+        ph, until = self.conns.ph, now_us + lease_us
         for _ in range(5):  # a row that changes between our statements: look again
-            with self.engine.begin() as conn:
+            with self.conns.write() as conn:
+                conn.execute("BEGIN" if self.pg else "BEGIN IMMEDIATE")
                 if self.pg:
                     # the claim need not be durable by itself: what the request then writes is
                     # committed durably after it, which makes this record durable too
-                    conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                row = conn.execute(mod.insert(_t).values(scope=scope, key=key, **fresh).on_conflict_do_nothing()
-                                   .returning(_t.c.key)).first()
+                    conn.execute("SET LOCAL synchronous_commit TO OFF")
+                row = conn.execute(_INSERT.format(ph=ph), (scope, key, fingerprint, owner, until, now_us)).fetchone()
                 if row is not None:
+                    conn.execute("COMMIT")
                     return Claim(OWNED)
-                row = conn.execute(select(_t.c.fingerprint, _t.c.status, _t.c.owner, _t.c.locked_until,
-                                          _t.c.created_at, _t.c.response_status, _t.c.response_headers,
-                                          _t.c.response_body).where(where)).first()
+                row = conn.execute(_SELECT.format(ph=ph), (scope, key)).fetchone()
                 if row is None:  # purged meanwhile
+                    conn.execute("COMMIT")
                     continue
-                expired = row.created_at <= now_us - retention_us
+                r_fingerprint, r_status, r_owner, r_until, r_created, r_rstatus, r_headers, r_body = row
+                expired = r_created <= now_us - retention_us
+                claim = None
                 if not expired:
-                    if row.fingerprint != fingerprint:
-                        return Claim(REUSED)
-                    if row.status == "done":
-                        return Claim(REPLAY, row.response_status, row.response_headers, bytes(row.response_body))
-                    if row.locked_until > now_us:
-                        return Claim(IN_USE)
-                # past retention, or abandoned in flight (its lease ran out): take it over
-                took = conn.execute(update(_t).where(where, _t.c.owner == row.owner, _t.c.status == row.status,
-                                                     _t.c.created_at == row.created_at)
-                                    .values(**(fresh if expired else {"owner": owner,
-                                                                      "locked_until": now_us + lease_us}))
-                                    .returning(_t.c.key)).first()
-                if took is not None:
-                    return Claim(OWNED)
+                    if r_fingerprint != fingerprint:
+                        claim = Claim(REUSED)
+                    elif r_status == "done":
+                        claim = Claim(REPLAY, r_rstatus, r_headers, bytes(r_body))
+                    elif r_until > now_us:
+                        claim = Claim(IN_USE)
+                if claim is None:  # past retention, or abandoned in flight (its lease ran out): take it over
+                    if expired:
+                        took = conn.execute(_RENEW_ALL.format(ph=ph), (fingerprint, owner, until, now_us, scope, key,
+                                                                       r_owner, r_status, r_created)).fetchone()
+                    else:
+                        took = conn.execute(_TAKE_OVER.format(ph=ph), (owner, until, scope, key, r_owner, r_status,
+                                                                       r_created)).fetchone()
+                    claim = Claim(OWNED) if took is not None else None
+                conn.execute("COMMIT")
+                if claim is not None:
+                    return claim
         return Claim(IN_USE)  # contended all along: the client tries again later
 
     # ----------------------------------------------------------- the owner's
     def finish(self, scope: str, key: str, owner: str, status: int, headers: str, body: bytes) -> bool:
         """Store the response of the request ``owner`` ran (False: it was taken over)."""
         def run() -> bool:
-            with self.engine.begin() as conn:
-                return conn.execute(update(_t).where(_t.c.scope == scope, _t.c.key == key, _t.c.owner == owner,
-                                                     _t.c.status == "in_flight")
-                                    .values(status="done", response_status=status, response_headers=headers,
-                                            response_body=body).returning(_t.c.key)).first() is not None
+            with self.conns.write() as conn:
+                conn.execute("BEGIN" if self.pg else "BEGIN IMMEDIATE")
+                row = conn.execute(_FINISH.format(ph=self.conns.ph), (status, headers, body, scope, key, owner)).fetchone()
+                conn.execute("COMMIT")
+                return row is not None
         return _retrying(run)
 
     def release(self, scope: str, key: str, owner: str) -> None:
@@ -154,15 +173,15 @@ def _retrying(run: Callable[[], T], attempts: int = 5) -> T:
     for attempt in range(attempts):
         try:
             return run()
-        except DBAPIError as exc:
+        except Exception as exc:  # noqa: BLE001 - through SQLAlchemy or a driver connection
             if attempt == attempts - 1 or not _retryable(exc):
                 raise
             time.sleep(0.01 * 2 ** attempt)
     raise AssertionError("unreachable")
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    orig = exc.orig
+def _retryable(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None) or exc
     state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "diag", None), "sqlstate", None)
     if state in ("40001", "40P01"):
         return True
