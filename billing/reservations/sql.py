@@ -8,7 +8,9 @@ statement compilation and pool pre-ping and talk to the driver directly:
   transaction can be sent in one pipeline), kept in a small free list; on a SQLite file
   one autocommit ``sqlite3`` connection per reading thread and one writer connection.
 * ``load_context`` reads who the customer is right now (plan, period, seats, credits,
-  dunning) with five small queries, pipelined into one round trip on PostgreSQL.
+  dunning, contract overrides) with six small queries, pipelined into one round trip on
+  PostgreSQL; ``load_contexts`` reads many customers' with the same six statements
+  (``billing.reservations.context_sql``), not six per customer.
 * ``STATE_SQL`` / ``usage_state`` read committed usage (the counters), live holds and
   rate-window counts in one statement (one snapshot); for the meters the counters cannot
   rate (disputes, unique counts, per-transaction sums) the same statement reads the
@@ -38,6 +40,7 @@ from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_sub
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
+from billing.reservations.context_sql import context_statements, group_rows
 from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
@@ -267,14 +270,19 @@ def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str,
 
 def load_contexts(conns: Connections, conn: Any, catalog: Catalog, customers: Sequence[str], now: datetime
                   ) -> dict[str, Context | BillingError]:
-    """``load_context`` of several customers in one round trip (a ``BillingError`` for a
-    customer it would have raised for)."""
-    results = run_all(conns, conn, [(q, (c,)) for c in customers for q in _CONTEXT_SQL])
-    n = len(_CONTEXT_SQL)
+    """``load_context`` of several customers in one round trip of six statements, whatever
+    their number (``billing.reservations.context_sql``); a ``BillingError`` for a customer
+    it would have raised for."""
+    customers = list(dict.fromkeys(customers))
+    if len(customers) == 1:
+        rows = {customers[0]: run_all(conns, conn, [(q, (customers[0],)) for q in _CONTEXT_SQL])}
+    else:
+        rows = group_rows(customers, run_all(conns, conn, context_statements(
+            lambda column: id_list(conns.pg, column, customers))))
     out: dict[str, Context | BillingError] = {}
-    for i, customer in enumerate(customers):
+    for customer in customers:
         try:
-            out[customer] = _context(catalog, customer, now, results[i * n:(i + 1) * n])
+            out[customer] = _context(catalog, customer, now, rows[customer])
         except BillingError as exc:
             out[customer] = exc
     return out
