@@ -1,6 +1,7 @@
 """The statements that read customers' quota contexts (``billing.reservations.sql.Context``).
 
-One context is six small reads: the customer and its budgets, its subscriptions, their seat
+One context is six small reads: the customer (with its ``context_version``: read first, so
+a write after it is seen as a newer version) and its budgets, its subscriptions, their seat
 changes, its finalized invoices whose payment failed, its credit grants with what they
 burned, its subscriptions' contract overrides. ``context_statements(where)`` gives those six
 for MANY customers at once: each statement's first column is the customer id and ``where``
@@ -19,7 +20,7 @@ from billing.reservations.budget_sql import BUDGET_COLUMNS
 
 # ``{col}`` is replaced by the column the customer filter applies to, ``{where}`` by that filter
 _CONTEXT_SQL_MANY = (
-    f"SELECT c.id, c.timezone, c.cost_guard, {BUDGET_COLUMNS} FROM customer c "
+    f"SELECT c.id, c.timezone, c.cost_guard, {BUDGET_COLUMNS}, c.context_version FROM customer c "
     "LEFT JOIN budget b ON b.customer_id = c.id WHERE {where:c.id}",
     "SELECT customer_id, id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription "
     "WHERE {where:customer_id}",
@@ -35,6 +36,8 @@ _CONTEXT_SQL_MANY = (
     .replace("WHERE s.customer_id = ?", "WHERE {where:s.customer_id}"),
 )
 assert all(q.count("{where:") == 1 for q in _CONTEXT_SQL_MANY)
+# (the single-customer statements, ``billing.reservations.sql._CONTEXT_SQL``, read the same
+# columns in the same order: tests/quota/test_context_cache.py holds the two loads equal)
 
 
 def context_statements(where) -> list[tuple[str, list]]:

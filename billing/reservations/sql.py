@@ -66,6 +66,27 @@ class Context:
     payment_failed_at: datetime | None
     timezone: str = "UTC"
     budgets: tuple = ()  # the customer's budgets (billing.quota.budgets.Budget), by id
+    # ``customer.context_version`` when loaded (billing.store.context_stamp): a decision that
+    # reads another version with its usage reloads the context first (``StaleContext``)
+    version: int | None = None
+    # the first instant after loading at which the rows read say something changes (a
+    # subscription starting or ending, a seat change, a credit starting or expiring, an
+    # override's window, the period's end): a cached context is not used from then on
+    valid_until: datetime | None = None
+
+
+class StaleContext(Exception):
+    """A decision read a ``context_version`` other than its cached context's: reload it."""
+
+    def __init__(self, customers):
+        super().__init__(f"stale quota context of {sorted(customers)}")
+        self.customers = sorted(customers)
+
+
+def check_version(ctx: Context, version: int | None) -> None:
+    """Raise ``StaleContext`` when the version read with the usage is not ``ctx``'s."""
+    if ctx.version is not None and version is not None and int(version) != ctx.version:
+        raise StaleContext([ctx.customer])
 
 
 # ---------------------------------------------------------------- connections
@@ -249,8 +270,8 @@ def _utc(value: Any) -> datetime | None:
 
 _CONTEXT_SQL = (
     # the customer and its budgets (one row per budget; one row of NULLs without any)
-    f"SELECT c.timezone, c.cost_guard, {BUDGET_COLUMNS} FROM customer c LEFT JOIN budget b ON b.customer_id = c.id "
-    "WHERE c.id = ?",
+    f"SELECT c.timezone, c.cost_guard, {BUDGET_COLUMNS}, c.context_version FROM customer c "
+    "LEFT JOIN budget b ON b.customer_id = c.id WHERE c.id = ?",
     "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
     "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
     "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
@@ -292,8 +313,8 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
     tz_rows, subs, seat_rows, failed_rows, grants, override_rows = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
-    tz, own_guard = tz_rows[0][:2]
-    budgets = budgets_of(tz_rows) if tz_rows[0][2] is not None else ()
+    tz, own_guard, stamp = tz_rows[0][0], tz_rows[0][1], tz_rows[0][-1]
+    budgets = budgets_of([r[:-1] for r in tz_rows]) if tz_rows[0][2] is not None else ()
     active = []
     started_of = {row[0]: row[4] for row in subs}
     for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
@@ -329,7 +350,29 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
         balance = int(amount_micro) - int(burned or 0)
         if balance > 0:
             credits[gid] = (Decimal(balance) / MICRO, tuple(applies_to.split(",")) if applies_to else None)
-    return Context(customer, sid, plan, period, seats, credits, failed, tz, budgets)
+    return Context(customer, sid, plan, period, seats, credits, failed, tz, budgets,
+                   None if stamp is None else int(stamp), _next_change(now, period, subs, seat_rows, grants,
+                                                                          override_rows))
+
+
+def _next_change(now: datetime, period: Period, subs, seat_rows, grants, override_rows) -> datetime:
+    """The first instant after ``now`` at which a row of the context changes what it says
+    (``Context.valid_until``)."""
+    found = period.end
+    for values in ((r[4], r[5]) for r in subs):
+        for v in values:
+            if v is not None and now < (t := _utc(v)) < found:
+                found = t
+    for v in (r[1] for r in seat_rows):
+        if v is not None and now < (t := _utc(v)) < found:
+            found = t
+    for v in (x for r in grants for x in (r[3], r[4])):
+        if v is not None and now < (t := _utc(v)) < found:
+            found = t
+    for v in (x for r in override_rows for x in (r[3], r[4])):
+        if v is not None and now < (t := _utc(v)) < found:
+            found = t
+    return found
 
 
 # ---------------------------------------------------------------------- state
@@ -362,7 +405,17 @@ def has_rate_limits(plan: Plan) -> bool:
     return plan.compiled.has_rate_limits
 
 
+# the customer's context_version, read in the same snapshot as its usage ('v')
+_VERSION_SQL = " UNION ALL SELECT 'v', '', 0, context_version, 0, 0, 0 FROM customer WHERE id = ?"
+
+
 def state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple]:
+    """``STATE_SQL`` for ``ctx`` (rows: see ``parse_state``), its ``context_version`` last."""
+    sql, params = _state_query(ctx, now_us, pg)
+    return sql + _VERSION_SQL, (*params, ctx.customer)
+
+
+def _state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple]:
     c, start_us = ctx.customer, to_us(ctx.period.start)
     compiled = ctx.plan.compiled
     if compiled.has_rate_limits:
@@ -387,6 +440,8 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
     held: dict[str, MeterUsage] = {}
     rates: dict[str, int] = {}
     for kind, key, units_high, units, cost_high, cost, n in rows:
+        if kind == "v":  # the context's version (``state_version``)
+            continue
         if kind == "r":
             rates[key] = int(units)
         elif kind in ("u", "h"):
@@ -394,6 +449,14 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
         else:  # rows of the meters read from the events: make_state folds them in
             usage.setdefault(quota_exact.ROWS, []).append((kind, key, units, cost, n))  # type: ignore[attr-defined]
     return usage, held, rates
+
+
+def state_version(rows: list[tuple]) -> int | None:
+    """The ``context_version`` among ``state_query``'s rows (None: the customer is gone)."""
+    for row in reversed(rows):
+        if row[0] == "v":
+            return int(row[3])
+    return None
 
 
 def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: Any, n: Any) -> MeterUsage:
@@ -405,14 +468,19 @@ def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: A
                                "transactions": None, "groups": ()})
 
 
-def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, list[dict]]:
+def parse_batch_state(rows: list[tuple], customers: Sequence[str], versions: dict | None = None
+                      ) -> dict[str, list[dict]]:
     """Rows of ``batch_state_query`` -> customer -> [usage, held, rate counts] (as
     ``parse_state``; the period's all-events counter row is kept under ``ALL_EVENTS``:
-    ``make_state`` reads the provider cost to date from it)."""
+    ``make_state`` reads the provider cost to date from it). ``versions``: filled with each
+    customer's ``context_version`` read in the same statement."""
     states: dict[str, list[dict]] = {c: [{}, {}, {}] for c in customers}
     for customer, kind, key, units_high, units, cost_high, cost, n in rows:
         usage, held, rates = states[customer]
-        if kind == "r":
+        if kind == "v":
+            if versions is not None:
+                versions[customer] = int(units)
+        elif kind == "r":
             rates[key] = int(units)
         elif kind == "h" or kind == "u":
             (usage if kind == "u" else held)[key] = _meter_usage(kind, units_high, units, cost_high, cost, n)
@@ -481,7 +549,8 @@ def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task
                 reader: BudgetReader | None = None, budget_ttl: float = 0.0) -> UsageState:
     """Committed usage, live holds, rate windows (and the task's usage, the budgets') in one
     round trip (budgets: another when ``reader``'s events cannot be trusted; none when it
-    read them less than ``budget_ttl`` seconds ago: a check's)."""
+    read them less than ``budget_ttl`` seconds ago: a check's). ``StaleContext`` when the
+    customer's context changed since ``ctx`` was loaded."""
     now_us = to_us(now)
     queries = [state_query(ctx, now_us, conns.pg)]
     if task is not None:
@@ -492,6 +561,7 @@ def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task
     if budgets is not None:
         queries.append(budgets)
     results = run_all(conns, conn, queries)
+    check_version(ctx, state_version(results[0]))
     usage, held, rates = parse_state(results[0])
     rows = budget_rows_of(conns, conn, ctx, now, reader, (token, results[-1])) if budgets is not None else recent
     return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None, rows)
@@ -557,7 +627,19 @@ def batch_state_query(pg: bool, ctxs: Sequence[Context], now_us: int) -> tuple[s
                     "JOIN quota_rate_window r ON r.customer_id = c.customer_id AND r.window_start <= ? "
                     "AND r.window_end > ?")
         params += [now_us, now_us]
+    if pg:
+        sql += (" UNION ALL SELECT c.customer_id, 'v', '', 0, cu.context_version, 0, 0, 0 FROM c "
+                "JOIN customer cu ON cu.id = c.customer_id")
+    else:
+        sql += (" UNION ALL SELECT cu.id, 'v', '', 0, cu.context_version, 0, 0, 0 FROM c "
+                "JOIN customer cu ON cu.id = c.customer_id")
     return sql, params
+
+
+def stale_of(ctxs, versions: dict) -> list[str]:
+    """The customers whose ``context_version`` read (``versions``) is not their context's."""
+    return sorted(c.customer for c in ctxs if c.version is not None and c.customer in versions
+                  and versions[c.customer] != c.version)
 
 
 def batch_task_query(pg: bool, pairs: Sequence[tuple[str, str]], now_us: int) -> tuple[str, list[Any]]:
