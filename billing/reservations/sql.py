@@ -405,8 +405,10 @@ def has_rate_limits(plan: Plan) -> bool:
     return plan.compiled.has_rate_limits
 
 
-# the customer's context_version, read in the same snapshot as its usage ('v')
-_VERSION_SQL = " UNION ALL SELECT 'v', '', 0, context_version, 0, 0, 0 FROM customer WHERE id = ?"
+# the customer's context_version, read in the same snapshot as its usage (kind ``STAMP``;
+# 'v', 't', 'x' are ``quota_exact``'s)
+STAMP = "s"
+_VERSION_SQL = f" UNION ALL SELECT '{STAMP}', '', 0, context_version, 0, 0, 0 FROM customer WHERE id = ?"
 
 
 def state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple]:
@@ -440,7 +442,7 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
     held: dict[str, MeterUsage] = {}
     rates: dict[str, int] = {}
     for kind, key, units_high, units, cost_high, cost, n in rows:
-        if kind == "v":  # the context's version (``state_version``)
+        if kind == STAMP:  # the context's version (``state_version``)
             continue
         if kind == "r":
             rates[key] = int(units)
@@ -454,7 +456,7 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
 def state_version(rows: list[tuple]) -> int | None:
     """The ``context_version`` among ``state_query``'s rows (None: the customer is gone)."""
     for row in reversed(rows):
-        if row[0] == "v":
+        if row[0] == STAMP:
             return int(row[3])
     return None
 
@@ -477,7 +479,7 @@ def parse_batch_state(rows: list[tuple], customers: Sequence[str], versions: dic
     states: dict[str, list[dict]] = {c: [{}, {}, {}] for c in customers}
     for customer, kind, key, units_high, units, cost_high, cost, n in rows:
         usage, held, rates = states[customer]
-        if kind == "v":
+        if kind == STAMP:
             if versions is not None:
                 versions[customer] = int(units)
         elif kind == "r":
@@ -628,10 +630,10 @@ def batch_state_query(pg: bool, ctxs: Sequence[Context], now_us: int) -> tuple[s
                     "AND r.window_end > ?")
         params += [now_us, now_us]
     if pg:
-        sql += (" UNION ALL SELECT c.customer_id, 'v', '', 0, cu.context_version, 0, 0, 0 FROM c "
+        sql += (f" UNION ALL SELECT c.customer_id, '{STAMP}', '', 0, cu.context_version, 0, 0, 0 FROM c "
                 "JOIN customer cu ON cu.id = c.customer_id")
     else:
-        sql += (" UNION ALL SELECT cu.id, 'v', '', 0, cu.context_version, 0, 0, 0 FROM c "
+        sql += (f" UNION ALL SELECT cu.id, '{STAMP}', '', 0, cu.context_version, 0, 0, 0 FROM c "
                 "JOIN customer cu ON cu.id = c.customer_id")
     return sql, params
 
