@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from billing.contracts.repository import OVERRIDES_OF_CUSTOMER
 from billing.reservations.budget_sql import BUDGET_COLUMNS
 
@@ -61,3 +63,39 @@ def group_rows(customers: Sequence[str], results: Sequence[list[tuple]]) -> dict
             if found is not None:
                 found[i].append(tuple(row[1:]))
     return out
+
+
+# ------------------------------------------------ one customer, one statement (SQLite)
+#
+# In process every statement costs its own Python call, bind and step: a cold check's six
+# were most of its extra cost. SQLite reads the same six sets of rows in ONE statement, each
+# as a JSON array of arrays (``json_group_array``: numbers stay integers, instants and the
+# budgets' decimal amounts are text, as the six statements return them); ``one_rows`` turns
+# it back into the six lists. tests/quota/test_context_cache.py holds both loads equal.
+_BUDGET_ARRAY = "json_array(" + ", ".join(BUDGET_COLUMNS.split(", ")) + ")"
+SQLITE_ONE_CONTEXT = (
+    "SELECT c.timezone, c.cost_guard, c.context_version, "
+    f"(SELECT json_group_array({_BUDGET_ARRAY}) FROM budget b WHERE b.customer_id = c.id), "
+    "(SELECT json_group_array(json_array(id, plan_id, plan_version, anchor_at, started_at, ended_at)) "
+    "FROM subscription WHERE customer_id = c.id), "
+    "(SELECT json_group_array(json_array(sc.subscription_id, sc.effective_at, sc.seats, sc.id)) FROM seat_change sc "
+    "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = c.id), "
+    "(SELECT json_group_array(json_array(payment_failed_at)) FROM invoice WHERE customer_id = c.id "
+    "AND status = 'finalized' AND kind = 'invoice' AND payment_failed_at IS NOT NULL), "
+    "(SELECT json_group_array(json_array(g.id, g.amount_micro, g.applies_to, g.effective_at, g.expires_at, "
+    "(SELECT COALESCE(SUM(b.amount_micro), 0) FROM credit_burn b WHERE b.grant_id = g.id))) "
+    "FROM credit_grant g WHERE g.customer_id = c.id), "
+    "(SELECT json_group_array(json_array(o.subscription_id, o.path, o.value, o.starts_at, o.ends_at, o.id)) "
+    "FROM contract_override o JOIN subscription s ON s.id = o.subscription_id WHERE s.customer_id = c.id) "
+    "FROM customer c WHERE c.id = ?")
+_NO_BUDGET = (None,) * len(BUDGET_COLUMNS.split(", "))
+
+
+def one_rows(found: list[tuple]) -> list[list[tuple]]:
+    """``SQLITE_ONE_CONTEXT``'s row (none: an unknown customer) as the six statements' rows."""
+    if not found:
+        return [[] for _ in range(6)]
+    tz, guard, version, budgets, *sets = found[0]
+    loads = orjson.loads
+    budget_rows = [tuple(b) for b in loads(budgets)] or [_NO_BUDGET]
+    return [[(tz, guard, *b, version) for b in budget_rows], *([tuple(r) for r in loads(s)] for s in sets)]

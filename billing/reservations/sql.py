@@ -40,7 +40,7 @@ from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_sub
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
-from billing.reservations.context_sql import context_statements, group_rows
+from billing.reservations.context_sql import SQLITE_ONE_CONTEXT, context_statements, group_rows, one_rows
 from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
@@ -285,7 +285,10 @@ _CONTEXT_SQL = (
 
 
 def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str, now: datetime) -> Context:
-    """The customer's plan, period, seats, credits and dunning clock at ``now``."""
+    """The customer's plan, period, seats, credits and dunning clock at ``now`` (six
+    statements pipelined on PostgreSQL; one on SQLite: ``context_sql.SQLITE_ONE_CONTEXT``)."""
+    if not conns.pg:
+        return _context(catalog, customer, now, one_rows(conn.execute(SQLITE_ONE_CONTEXT, (customer,)).fetchall()))
     return _context(catalog, customer, now, run_all(conns, conn, [(q, (customer,)) for q in _CONTEXT_SQL]))
 
 

@@ -102,12 +102,17 @@ def test_many_contexts_load_equal_to_one_at_a_time(any_engine):
         if i == 4:
             Budgets(any_engine, CAT).create(c, {"name": "b", "measure": "cost", "amount": "100",
                                                 "window": "daily", "enforcement": "hard"})
+    with any_engine.begin() as conn:
+        conn.execute(Invoice.__table__.insert().values(
+            dedupe_key="y", customer_id="c3", plan_id="team-advance", plan_version=1, currency="USD",
+            period_start=T0, period_end=T0, created_at=T0, status="finalized",
+            payment_failed_at=NOW - timedelta(days=1)))
     q = Quota(any_engine, CAT, clock=Clock())
     with q.conns.read() as conn:
         many = load_contexts(q.conns, conn, CAT, [*customers, "nobody"], NOW)
         for c in customers:
             assert many[c] == load_context(q.conns, conn, CAT, c, NOW), c
     assert many["nobody"].code == "customer_not_found"
-    assert many["c1"].seats == 4 and many["c1"].credits and many["c4"].budgets
+    assert many["c1"].seats == 4 and many["c1"].credits and many["c4"].budgets and many["c3"].payment_failed_at
     assert many["c1"].valid_until == NOW + timedelta(days=3)  # the credit's expiry
     q.close()
