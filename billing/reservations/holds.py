@@ -51,7 +51,7 @@ from billing.reservations.metrics import late_commit_count, late_commits_by_mete
 from billing.reservations.sql import (
     MICRO, Connections, Context, batch_state_query, batch_task_query, load_context, load_contexts, make_state,
     parse_batch_state, parse_batch_tasks, parse_state, parse_task, run_all, state_query, task_query, usage_state,
-    budget_rows_of)
+    budget_rows_of, StaleContext, check_version, stale_of, state_version)
 from billing.reservations.budget_sql import BudgetReader
 from billing.reservations.types import (
     MAX_COST, MAX_QUANTITY, READ_AGAIN, HoldStatus, Op, Reservation, WarnedDecision, parse_request, storable_text)
@@ -126,7 +126,8 @@ class Quota:
 
     def _cached(self, customer: str, now: datetime) -> Context | None:
         hit = self._ctx_cache.get(customer)
-        if hit is not None and hit[0] > now.timestamp() and hit[1].period.start <= now < hit[1].period.end:
+        if hit is not None and hit[0] > now.timestamp() and hit[1].period.start <= now < hit[1].period.end \
+                and (hit[1].valid_until is None or now < hit[1].valid_until):
             return hit[1]
         return None
 
@@ -186,9 +187,18 @@ class Quota:
         now = self.clock()
         conn = self.conns.local_reader()
         if conn is not None:  # a SQLite file: this thread's connection, one statement in C
-            ctx = self.context(conn, customer, now)
             now_us = to_us(now)
-            usage, held, rates = parse_state(conn.execute(*state_query(ctx, now_us)).fetchall())
+            for attempt in range(_STALE_TRIES):
+                ctx = self.context(conn, customer, now)
+                state_rows = conn.execute(*state_query(ctx, now_us)).fetchall()
+                try:
+                    check_version(ctx, state_version(state_rows))
+                    break
+                except StaleContext:  # changed since it was cached: load it again
+                    self.forget(customer)
+            else:
+                raise _still_changing()
+            usage, held, rates = parse_state(state_rows)
             task_usage = parse_task(conn.execute(*task_query(customer, task, now_us)).fetchall()) \
                 if task is not None else None
             rows = self._budget_rows(conn, ctx, now) if ctx.budgets else None
@@ -196,8 +206,15 @@ class Quota:
             self.notices.after(ctx, request, decision)
             return self._warned(decision, request, now)
         with self.conns.read() as conn:  # in-memory SQLite
-            ctx = self.context(conn, customer, now)
-            state = usage_state(self.conns, conn, ctx, now, task, self.budget_reader, self.context_ttl)
+            for attempt in range(_STALE_TRIES):
+                ctx = self.context(conn, customer, now)
+                try:
+                    state = usage_state(self.conns, conn, ctx, now, task, self.budget_reader, self.context_ttl)
+                    break
+                except StaleContext:
+                    self.forget(customer)
+            else:
+                raise _still_changing()
         decision = decide(ctx.plan, state, request)
         self.notices.after(ctx, request, decision)
         return self._warned(decision, request, now)
@@ -253,7 +270,23 @@ class Quota:
 
     def check_batch(self, ops: list[Op]) -> None:
         """Checks of several callers: their customers' state in ONE round trip (one statement
-        per kind of read, as the quota writer's batches read it), then each decision."""
+        per kind of read, as the quota writer's batches read it), then each decision. A
+        context found changed since it was cached (``StaleContext``) is loaded again and
+        the batch read again."""
+        for attempt in range(_STALE_TRIES):
+            try:
+                self._check_batch(ops)
+                return
+            except StaleContext as exc:
+                for customer in exc.customers:
+                    self.forget(customer)
+                for op in ops:
+                    op.reset()
+                    op.ctx = None
+        for op in ops:
+            op.error = _still_changing()
+
+    def _check_batch(self, ops: list[Op]) -> None:
         now = self.clock()
         states: list[UsageState] = []
         with self.conns.read() as conn:
@@ -294,7 +327,11 @@ class Quota:
                     and (found := reader.statement(True, ctxs[c], now))[0] is not None]
         queries += [q for _, q, _ in budgeted]
         results = run_all(self.conns, conn, queries)
-        states = parse_batch_state(results[0], customers)
+        versions: dict[str, int] = {}
+        states = parse_batch_state(results[0], customers, versions)
+        stale = stale_of(ctxs.values(), versions)
+        if stale:
+            raise StaleContext(stale)
         tasks = parse_batch_tasks(results[1], pairs) if pairs else {}
         rows = {c: budget_rows_of(self.conns, conn, ctxs[c], now, reader, (token, found))
                 for (c, _, token), found in zip(budgeted, results[len(results) - len(budgeted):])}
@@ -422,8 +459,15 @@ class Quota:
         storable_text("customer", customer)
         now = self.clock()
         with self.conns.read() as conn:
-            ctx = load_context(self.conns, conn, self.catalog, customer, now)
-            state = usage_state(self.conns, conn, ctx, now, None)
+            for attempt in range(_STALE_TRIES):
+                ctx = load_context(self.conns, conn, self.catalog, customer, now)
+                try:
+                    state = usage_state(self.conns, conn, ctx, now, None)
+                    break
+                except StaleContext:  # changed while read: read it again
+                    continue
+            else:
+                raise _still_changing()
             late = late_commit_count(self.conns, conn, customer, to_us(ctx.period.start), to_us(ctx.period.end))
         plan = ctx.plan
         charges = []
@@ -452,6 +496,14 @@ class Quota:
                 "late_commits": late,
                 "payment_overdue": state.payment_failed_at is not None and now - state.payment_failed_at
                 >= timedelta(days=plan.dunning.deny_after_days)}
+
+
+_STALE_TRIES = 3  # a context changing again and again while read: answered 503, retried by the caller
+
+
+def _still_changing() -> BillingError:
+    return BillingError("the customer's plan or subscription kept changing while read; retry",
+                        code=ErrorCode.UNAVAILABLE)
 
 
 def _iso(t: datetime) -> str:

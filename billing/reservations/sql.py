@@ -8,7 +8,9 @@ statement compilation and pool pre-ping and talk to the driver directly:
   transaction can be sent in one pipeline), kept in a small free list; on a SQLite file
   one autocommit ``sqlite3`` connection per reading thread and one writer connection.
 * ``load_context`` reads who the customer is right now (plan, period, seats, credits,
-  dunning) with five small queries, pipelined into one round trip on PostgreSQL.
+  dunning, contract overrides) with six small queries, pipelined into one round trip on
+  PostgreSQL; ``load_contexts`` reads many customers' with the same six statements
+  (``billing.reservations.context_sql``), not six per customer.
 * ``STATE_SQL`` / ``usage_state`` read committed usage (the counters), live holds and
   rate-window counts in one statement (one snapshot); for the meters the counters cannot
   rate (disputes, unique counts, per-transaction sums) the same statement reads the
@@ -38,6 +40,7 @@ from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_sub
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
+from billing.reservations.context_sql import SQLITE_ONE_CONTEXT, context_statements, group_rows, one_rows
 from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
@@ -63,6 +66,27 @@ class Context:
     payment_failed_at: datetime | None
     timezone: str = "UTC"
     budgets: tuple = ()  # the customer's budgets (billing.quota.budgets.Budget), by id
+    # ``customer.context_version`` when loaded (billing.store.context_stamp): a decision that
+    # reads another version with its usage reloads the context first (``StaleContext``)
+    version: int | None = None
+    # the first instant after loading at which the rows read say something changes (a
+    # subscription starting or ending, a seat change, a credit starting or expiring, an
+    # override's window, the period's end): a cached context is not used from then on
+    valid_until: datetime | None = None
+
+
+class StaleContext(Exception):
+    """A decision read a ``context_version`` other than its cached context's: reload it."""
+
+    def __init__(self, customers):
+        super().__init__(f"stale quota context of {sorted(customers)}")
+        self.customers = sorted(customers)
+
+
+def check_version(ctx: Context, version: int | None) -> None:
+    """Raise ``StaleContext`` when the version read with the usage is not ``ctx``'s."""
+    if ctx.version is not None and version is not None and int(version) != ctx.version:
+        raise StaleContext([ctx.customer])
 
 
 # ---------------------------------------------------------------- connections
@@ -246,8 +270,8 @@ def _utc(value: Any) -> datetime | None:
 
 _CONTEXT_SQL = (
     # the customer and its budgets (one row per budget; one row of NULLs without any)
-    f"SELECT c.timezone, c.cost_guard, {BUDGET_COLUMNS} FROM customer c LEFT JOIN budget b ON b.customer_id = c.id "
-    "WHERE c.id = ?",
+    f"SELECT c.timezone, c.cost_guard, {BUDGET_COLUMNS}, c.context_version FROM customer c "
+    "LEFT JOIN budget b ON b.customer_id = c.id WHERE c.id = ?",
     "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
     "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
     "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
@@ -261,20 +285,28 @@ _CONTEXT_SQL = (
 
 
 def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str, now: datetime) -> Context:
-    """The customer's plan, period, seats, credits and dunning clock at ``now``."""
+    """The customer's plan, period, seats, credits and dunning clock at ``now`` (six
+    statements pipelined on PostgreSQL; one on SQLite: ``context_sql.SQLITE_ONE_CONTEXT``)."""
+    if not conns.pg:
+        return _context(catalog, customer, now, one_rows(conn.execute(SQLITE_ONE_CONTEXT, (customer,)).fetchall()))
     return _context(catalog, customer, now, run_all(conns, conn, [(q, (customer,)) for q in _CONTEXT_SQL]))
 
 
 def load_contexts(conns: Connections, conn: Any, catalog: Catalog, customers: Sequence[str], now: datetime
                   ) -> dict[str, Context | BillingError]:
-    """``load_context`` of several customers in one round trip (a ``BillingError`` for a
-    customer it would have raised for)."""
-    results = run_all(conns, conn, [(q, (c,)) for c in customers for q in _CONTEXT_SQL])
-    n = len(_CONTEXT_SQL)
+    """``load_context`` of several customers in one round trip of six statements, whatever
+    their number (``billing.reservations.context_sql``); a ``BillingError`` for a customer
+    it would have raised for."""
+    customers = list(dict.fromkeys(customers))
+    if len(customers) == 1:
+        rows = {customers[0]: run_all(conns, conn, [(q, (customers[0],)) for q in _CONTEXT_SQL])}
+    else:
+        rows = group_rows(customers, run_all(conns, conn, context_statements(
+            lambda column: id_list(conns.pg, column, customers))))
     out: dict[str, Context | BillingError] = {}
-    for i, customer in enumerate(customers):
+    for customer in customers:
         try:
-            out[customer] = _context(catalog, customer, now, results[i * n:(i + 1) * n])
+            out[customer] = _context(catalog, customer, now, rows[customer])
         except BillingError as exc:
             out[customer] = exc
     return out
@@ -284,8 +316,8 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
     tz_rows, subs, seat_rows, failed_rows, grants, override_rows = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
-    tz, own_guard = tz_rows[0][:2]
-    budgets = budgets_of(tz_rows) if tz_rows[0][2] is not None else ()
+    tz, own_guard, stamp = tz_rows[0][0], tz_rows[0][1], tz_rows[0][-1]
+    budgets = budgets_of([r[:-1] for r in tz_rows]) if tz_rows[0][2] is not None else ()
     active = []
     started_of = {row[0]: row[4] for row in subs}
     for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
@@ -321,7 +353,29 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
         balance = int(amount_micro) - int(burned or 0)
         if balance > 0:
             credits[gid] = (Decimal(balance) / MICRO, tuple(applies_to.split(",")) if applies_to else None)
-    return Context(customer, sid, plan, period, seats, credits, failed, tz, budgets)
+    return Context(customer, sid, plan, period, seats, credits, failed, tz, budgets,
+                   None if stamp is None else int(stamp), _next_change(now, period, subs, seat_rows, grants,
+                                                                          override_rows))
+
+
+def _next_change(now: datetime, period: Period, subs, seat_rows, grants, override_rows) -> datetime:
+    """The first instant after ``now`` at which a row of the context changes what it says
+    (``Context.valid_until``)."""
+    found = period.end
+    for values in ((r[4], r[5]) for r in subs):
+        for v in values:
+            if v is not None and now < (t := _utc(v)) < found:
+                found = t
+    for v in (r[1] for r in seat_rows):
+        if v is not None and now < (t := _utc(v)) < found:
+            found = t
+    for v in (x for r in grants for x in (r[3], r[4])):
+        if v is not None and now < (t := _utc(v)) < found:
+            found = t
+    for v in (x for r in override_rows for x in (r[3], r[4])):
+        if v is not None and now < (t := _utc(v)) < found:
+            found = t
+    return found
 
 
 # ---------------------------------------------------------------------- state
@@ -354,7 +408,19 @@ def has_rate_limits(plan: Plan) -> bool:
     return plan.compiled.has_rate_limits
 
 
+# the customer's context_version, read in the same snapshot as its usage (kind ``STAMP``;
+# 'v', 't', 'x' are ``quota_exact``'s)
+STAMP = "s"
+_VERSION_SQL = f" UNION ALL SELECT '{STAMP}', '', 0, context_version, 0, 0, 0 FROM customer WHERE id = ?"
+
+
 def state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple]:
+    """``STATE_SQL`` for ``ctx`` (rows: see ``parse_state``), its ``context_version`` last."""
+    sql, params = _state_query(ctx, now_us, pg)
+    return sql + _VERSION_SQL, (*params, ctx.customer)
+
+
+def _state_query(ctx: Context, now_us: int, pg: bool = False) -> tuple[str, tuple]:
     c, start_us = ctx.customer, to_us(ctx.period.start)
     compiled = ctx.plan.compiled
     if compiled.has_rate_limits:
@@ -379,6 +445,8 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
     held: dict[str, MeterUsage] = {}
     rates: dict[str, int] = {}
     for kind, key, units_high, units, cost_high, cost, n in rows:
+        if kind == STAMP:  # the context's version (``state_version``)
+            continue
         if kind == "r":
             rates[key] = int(units)
         elif kind in ("u", "h"):
@@ -386,6 +454,14 @@ def parse_state(rows: list[tuple]) -> tuple[dict[str, MeterUsage], dict[str, Met
         else:  # rows of the meters read from the events: make_state folds them in
             usage.setdefault(quota_exact.ROWS, []).append((kind, key, units, cost, n))  # type: ignore[attr-defined]
     return usage, held, rates
+
+
+def state_version(rows: list[tuple]) -> int | None:
+    """The ``context_version`` among ``state_query``'s rows (None: the customer is gone)."""
+    for row in reversed(rows):
+        if row[0] == STAMP:
+            return int(row[3])
+    return None
 
 
 def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: Any, n: Any) -> MeterUsage:
@@ -397,14 +473,19 @@ def _meter_usage(kind: str, units_high: Any, units: Any, cost_high: Any, cost: A
                                "transactions": None, "groups": ()})
 
 
-def parse_batch_state(rows: list[tuple], customers: Sequence[str]) -> dict[str, list[dict]]:
+def parse_batch_state(rows: list[tuple], customers: Sequence[str], versions: dict | None = None
+                      ) -> dict[str, list[dict]]:
     """Rows of ``batch_state_query`` -> customer -> [usage, held, rate counts] (as
     ``parse_state``; the period's all-events counter row is kept under ``ALL_EVENTS``:
-    ``make_state`` reads the provider cost to date from it)."""
+    ``make_state`` reads the provider cost to date from it). ``versions``: filled with each
+    customer's ``context_version`` read in the same statement."""
     states: dict[str, list[dict]] = {c: [{}, {}, {}] for c in customers}
     for customer, kind, key, units_high, units, cost_high, cost, n in rows:
         usage, held, rates = states[customer]
-        if kind == "r":
+        if kind == STAMP:
+            if versions is not None:
+                versions[customer] = int(units)
+        elif kind == "r":
             rates[key] = int(units)
         elif kind == "h" or kind == "u":
             (usage if kind == "u" else held)[key] = _meter_usage(kind, units_high, units, cost_high, cost, n)
@@ -473,7 +554,8 @@ def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task
                 reader: BudgetReader | None = None, budget_ttl: float = 0.0) -> UsageState:
     """Committed usage, live holds, rate windows (and the task's usage, the budgets') in one
     round trip (budgets: another when ``reader``'s events cannot be trusted; none when it
-    read them less than ``budget_ttl`` seconds ago: a check's)."""
+    read them less than ``budget_ttl`` seconds ago: a check's). ``StaleContext`` when the
+    customer's context changed since ``ctx`` was loaded."""
     now_us = to_us(now)
     queries = [state_query(ctx, now_us, conns.pg)]
     if task is not None:
@@ -484,6 +566,7 @@ def usage_state(conns: Connections, conn: Any, ctx: Context, now: datetime, task
     if budgets is not None:
         queries.append(budgets)
     results = run_all(conns, conn, queries)
+    check_version(ctx, state_version(results[0]))
     usage, held, rates = parse_state(results[0])
     rows = budget_rows_of(conns, conn, ctx, now, reader, (token, results[-1])) if budgets is not None else recent
     return make_state(ctx, now, usage, held, rates, parse_task(results[1]) if task is not None else None, rows)
@@ -549,7 +632,19 @@ def batch_state_query(pg: bool, ctxs: Sequence[Context], now_us: int) -> tuple[s
                     "JOIN quota_rate_window r ON r.customer_id = c.customer_id AND r.window_start <= ? "
                     "AND r.window_end > ?")
         params += [now_us, now_us]
+    if pg:
+        sql += (f" UNION ALL SELECT c.customer_id, '{STAMP}', '', 0, cu.context_version, 0, 0, 0 FROM c "
+                "JOIN customer cu ON cu.id = c.customer_id")
+    else:
+        sql += (f" UNION ALL SELECT cu.id, '{STAMP}', '', 0, cu.context_version, 0, 0, 0 FROM c "
+                "JOIN customer cu ON cu.id = c.customer_id")
     return sql, params
+
+
+def stale_of(ctxs, versions: dict) -> list[str]:
+    """The customers whose ``context_version`` read (``versions``) is not their context's."""
+    return sorted(c.customer for c in ctxs if c.version is not None and c.customer in versions
+                  and versions[c.customer] != c.version)
 
 
 def batch_task_query(pg: bool, pairs: Sequence[tuple[str, str]], now_us: int) -> tuple[str, list[Any]]:

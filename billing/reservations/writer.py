@@ -51,8 +51,8 @@ from billing.reservations.commits import committed, event_for, prepare_commit, r
 from billing.reservations.events import contributions, not_inserted, task_rows, write_pg, write_sqlite
 from billing.reservations.sql import (
     MICRO, PICO, Connections, _utc, batch_counters_query, batch_request_query, batch_state_query, batch_task_query,
-    budget_rows_of, counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state,
-    parse_batch_tasks, run_all)
+    StaleContext, budget_rows_of, counter_values, holds_query, id_list, insert_holds, make_state, parse_batch_state,
+    parse_batch_tasks, run_all, stale_of)
 from billing.reservations.budget_sql import held_budgets
 from billing.reservations.types import READ_AGAIN, Hold, HoldStatus, Op, Reservation, request_json
 from billing.store.partitions import HORIZON, HORIZON_SQL, archived_message
@@ -98,18 +98,20 @@ class QuotaWriter:
                 self._run_batch(deferred)
             return
         if len(ops) == 1:
-            ops[0].error = error
+            ops[0].error = _answer(error)
             return
         for op in ops:  # one bad operation must not fail its neighbours
             try:
                 self._transaction([op])
             except _NotCommitted as exc:
                 op.reset()
-                op.error = exc.__cause__
+                op.error = _answer(exc.__cause__)
 
     @staticmethod
     def _retryable(exc: BaseException | None) -> bool:
-        """Deadlocks and serialization failures."""
+        """Deadlocks, serialization failures and contexts found changed (``StaleContext``)."""
+        if isinstance(exc, StaleContext):
+            return True
         state = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(exc, "sqlstate", None)
         return state in ("40P01", "40001")
 
@@ -235,9 +237,15 @@ class QuotaWriter:
                        if any(op.kind == "commit" for op in settles) else None)
 
         # the round trip
-        read = _Read(parse_batch_state(state_cur.fetchall(), customers) if state_cur is not None else {},
+        versions: dict[str, int] = {}
+        read = _Read(parse_batch_state(state_cur.fetchall(), customers, versions) if state_cur is not None else {},
                      parse_batch_tasks(task_cur.fetchall(), pairs) if task_cur is not None else {},
                      {(r[0], r[1]): r[2:] for r in rid_cur.fetchall()} if rid_cur is not None else {})
+        stale = stale_of(ctxs.values(), versions)
+        if stale:  # a context changed since it was cached: roll back, load it again, run again
+            for customer in stale:
+                q.forget(customer)
+            raise StaleContext(stale)
         read.budget_rows = {c: budget_rows_of(self.conns, _Executor(execute), ctxs[c], now, reader,
                                               (token, cur.fetchall()))
                             for c, (cur, token) in budget_curs.items()}
@@ -578,3 +586,12 @@ def _write_grants(execute: Callable, pg: bool, hold_rows: list[tuple], rates: di
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, charge, window_start) "
                 "DO UPDATE SET count = quota_rate_window.count + excluded.count",
                 (customer, charge, start, end, n))
+
+
+def _answer(error: BaseException | None) -> BaseException | None:
+    """What a caller is answered for a batch that failed: a context that kept changing
+    while read is a 503 to retry (``service_unavailable``), not a 500."""
+    if isinstance(error, StaleContext):
+        return BillingError("the customer's plan or subscription kept changing while read; retry",
+                            code=ErrorCode.UNAVAILABLE)
+    return error

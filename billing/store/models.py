@@ -41,6 +41,8 @@ class Customer(SQLModel, table=True):
     created_at: datetime = _utc()
     # the customer's own cost guardrails (CostGuard JSON) in place of its plan's; None: the plan's
     cost_guard: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # bumped by the database on every change to what a quota context reads (billing.store.context_stamp)
+    context_version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class Subscription(SQLModel, table=True):

@@ -1,5 +1,5 @@
 """bench/check.py (issue 17) at a tiny size: the one-customer and the spread checks over
-HTTP in one run, on both databases, and the customers it copies past the first 1,000 decide
+HTTP in one run, on both databases, and the customers it copies past the first 100 decide
 like the ones ``Accounts`` made. Its targets are measured at --customers 100000 (README)."""
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""A cached quota context is never staler than a fresh one (``customer.context_version``,
+``billing.store.context_stamp``), and loading many contexts at once reads them equal to one
+at a time (``billing.reservations.context_sql``).
+
+Server A (a ``Quota`` caching contexts for an hour) has just decided for a customer; "server
+B" (any other writer: ``Accounts``, the budgets service, a hand-written UPDATE) changes what
+the customer may do; A's very next check and reservation answer as a fresh context would.
+On SQLite (the local check path) and PostgreSQL (batched checks)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal as D
+
+from sqlalchemy import text
+
+from billing.budgets.service import Budgets
+from billing.ledger.accounts import Accounts
+from billing.reservations.holds import Quota
+from billing.reservations.sql import load_context, load_contexts
+from billing.store.models import Invoice
+from tests.support.quota import NOW, T0, Clock, catalog
+
+CAT = catalog()
+HOUR = 3600.0
+
+
+def server_a(engine, customer: str = "acme", plan: str = "team-advance") -> tuple[Quota, Accounts]:
+    acc = Accounts(engine, CAT)
+    acc.create_customer(customer, now=T0)
+    acc.subscribe(customer, plan, at=T0)
+    q = Quota(engine, CAT, clock=Clock(), context_ttl=HOUR)
+    assert q.check(customer, "requests", 150).outcome == "allow"  # team-advance: overage is priced
+    assert q._cached(customer, NOW) is not None  # A holds the context now
+    return q, acc
+
+
+def test_a_plan_changed_elsewhere_is_seen_by_the_next_check_and_reserve(any_engine):
+    q, acc = server_a(any_engine)
+    acc.change_plan("acme", "blocky", at=NOW - timedelta(minutes=1))  # blocks past 100 requests
+    d = q.check("acme", "requests", 150)
+    assert d.outcome == "deny", d
+    assert not q.reserve("acme", "requests", 150).granted
+    assert q.reserve("acme", "requests", 100).granted  # the new plan's 100, not the old plan's overage
+    q.close()
+
+
+def test_a_hand_written_dunning_update_is_seen_at_once(any_engine):
+    q, _ = server_a(any_engine)
+    with any_engine.begin() as conn:  # no service call: the trigger alone bumps the version
+        conn.execute(Invoice.__table__.insert().values(
+            dedupe_key="x", customer_id="acme", plan_id="team-advance", plan_version=1, currency="USD",
+            period_start=T0, period_end=T0, created_at=T0, status="finalized",
+            payment_failed_at=NOW - timedelta(days=30)))
+    assert q.check("acme", "requests").reason == "payment_overdue"
+    with any_engine.begin() as conn:
+        conn.execute(text("UPDATE invoice SET status = 'paid' WHERE customer_id = 'acme'"))
+    assert q.check("acme", "requests").outcome == "allow"
+    q.close()
+
+
+def test_a_budget_and_a_cost_guard_added_elsewhere_deny_at_once(any_engine):
+    q, acc = server_a(any_engine)
+    Budgets(any_engine, CAT).create("acme", {"name": "tiny", "measure": "units", "meter": "requests",
+                                            "amount": "10", "window": "monthly", "enforcement": "hard"})
+    assert q.check("acme", "requests", 150).outcome == "deny"
+    q2, acc2 = server_a(any_engine, "beta")
+    acc2.set_cost_guard("beta", {"cost_cap": {"amount": "0.01", "on_breach": {"policy": "deny"}}})
+    assert q2.check("beta", "requests", 1, cost="5").outcome == "deny"
+    q.close()
+    q2.close()
+
+
+def test_an_unchanged_context_stays_cached(any_engine):
+    q, _ = server_a(any_engine)
+    first = q._cached("acme", NOW)
+    for _ in range(3):
+        assert q.check("acme", "requests", 150).outcome == "allow"
+    assert q._cached("acme", NOW) is first  # same object: never reloaded
+    q.close()
+
+
+def test_a_scheduled_change_ends_the_cached_context_when_it_starts(any_engine):
+    """A subscription starting later (no write when it starts) ends the cached context then."""
+    q, acc = server_a(any_engine)
+    acc.change_plan("acme", "blocky", at=NOW + timedelta(hours=1))
+    assert q.check("acme", "requests", 150).outcome == "allow"  # reloaded (the write) and still allowed
+    q.clock.now = NOW + timedelta(hours=1, seconds=1)
+    assert q.check("acme", "requests", 150).outcome == "deny"
+    q.close()
+
+
+def test_many_contexts_load_equal_to_one_at_a_time(any_engine):
+    acc = Accounts(any_engine, CAT)
+    customers = [f"c{i}" for i in range(6)]
+    for i, c in enumerate(customers):
+        acc.create_customer(c, now=T0, timezone="Europe/Paris" if i % 2 else "UTC")
+        acc.subscribe(c, "team-advance" if i % 3 else "support-chatbot", at=T0, seats=1 + i)
+        if i % 2:
+            acc.change_seats(c, 3 + i, at=NOW - timedelta(days=2))
+            acc.grant_credits(c, D("2.50"), at=T0, expires_at=NOW + timedelta(days=3))
+        if i == 4:
+            Budgets(any_engine, CAT).create(c, {"name": "b", "measure": "cost", "amount": "100",
+                                                "window": "daily", "enforcement": "hard"})
+    with any_engine.begin() as conn:
+        conn.execute(Invoice.__table__.insert().values(
+            dedupe_key="y", customer_id="c3", plan_id="team-advance", plan_version=1, currency="USD",
+            period_start=T0, period_end=T0, created_at=T0, status="finalized",
+            payment_failed_at=NOW - timedelta(days=1)))
+    q = Quota(any_engine, CAT, clock=Clock())
+    with q.conns.read() as conn:
+        many = load_contexts(q.conns, conn, CAT, [*customers, "nobody"], NOW)
+        for c in customers:
+            assert many[c] == load_context(q.conns, conn, CAT, c, NOW), c
+    assert many["nobody"].code == "customer_not_found"
+    assert many["c1"].seats == 4 and many["c1"].credits and many["c4"].budgets and many["c3"].payment_failed_at
+    assert many["c1"].valid_until == NOW + timedelta(days=3)  # the credit's expiry
+    q.close()
