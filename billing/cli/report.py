@@ -64,7 +64,7 @@ def margins(
                                         "revenue, tokens (always in --html).")] = False,
 ) -> None:
     """Revenue, provider cost and gross margin per customer; breakdowns, whales, segments."""
-    from billing.cli.context import catalog, engine, fail, instant, run
+    from billing.cli.context import catalog, fail, instant, report_engine, run
     from billing.reports.margins import margin_report
 
     label = period or _now_label()
@@ -82,7 +82,7 @@ def margins(
         fail("give at most one of --json and --csv")
     at = instant(as_of, "--as-of")
     try:
-        report = run(lambda: margin_report(engine(), catalog(), label, as_of=at, by=tuple(by) if by else None,
+        report = run(lambda: margin_report(report_engine(), catalog(), label, as_of=at, by=tuple(by) if by else None,
                                            allocate=allocate, daily=daily or html is not None,
                                            whale_margin_pct=threshold))
     except ValueError as exc:
@@ -97,7 +97,7 @@ def margins(
         except OSError as exc:
             fail(f"--html: cannot write {html}: {exc.strerror}")
     if as_json:
-        print_json(report.to_json())
+        print_json(report.to_json(), fast=True)
         return
     if as_csv:
         sys.stdout.write(report.to_csv())

@@ -83,8 +83,9 @@ def dims_text(dims: Sequence[str], values: Sequence) -> tuple[str, int]:
 class RollupPlanner:
     """Accumulates the rollup deltas of a chunk of accepted events: key (customer, hour,
     type, model, dims) -> [events, cost_pico, the five token sums (``TOKENS``),
-    integer sums of the other properties, rounded, odd] (the token sums apart: the upsert's
-    row is built without looking them up)."""
+    integer sums of the other properties, rounded, odd, tokened] (the token sums apart: the
+    upsert's row is built without looking them up; ``tokened``: the events carrying a token
+    count, as the margin report's AI / other cost split tells them apart)."""
 
     def __init__(self, dimensions: Sequence[str]):
         self.dimensions = tuple(sorted(set(dimensions)))
@@ -105,7 +106,7 @@ class RollupPlanner:
             key = (r[0], r[3] // HOUR_US * HOUR_US, r[2], r[5] or "", found[0])
             slot = deltas.get(key)
             if slot is None:
-                slot = deltas[key] = [0, 0, 0, 0, 0, 0, 0, {}, 0, 0]
+                slot = deltas[key] = [0, 0, 0, 0, 0, 0, 0, {}, 0, 0, 0]
             slot[0] += 1
             slot[1] += r[6]
             slot[9] += found[1]
@@ -129,7 +130,7 @@ class RollupPlanner:
         key = (customer, ts // HOUR_US * HOUR_US, etype, model or "", dims)
         slot = self.deltas.get(key)
         if slot is None:
-            slot = self.deltas[key] = [0, 0, 0, 0, 0, 0, 0, {}, 0, 0]
+            slot = self.deltas[key] = [0, 0, 0, 0, 0, 0, 0, {}, 0, 0, 0]
         slot[0] += count
         slot[1] += cost
         if count:
@@ -142,7 +143,10 @@ class RollupPlanner:
 def _add_sums(slot: list, props: dict) -> None:
     """Add an event's integer properties to its rollup slot: token counts in their own
     slots, every other integer in ``slot[7]``; a token value that is no integer (or too
-    large to sum exactly) counts in ``slot[8]`` (``rounded``)."""
+    large to sum exactly) counts in ``slot[8]`` (``rounded``); an event carrying any token
+    count (a value that is not null) counts in ``slot[10]`` (``tokened``)."""
+    if not _TOKEN_SET.isdisjoint(props) and any(props.get(t) is not None for t in TOKENS):
+        slot[10] += 1
     other = slot[7]
     for k, v in props.items():
         t = type(v)

@@ -3,10 +3,13 @@
 (events without tokens: tool calls, vector-store queries, web searches, any unit the cost
 book prices per call, costs the app reports itself); the plan's fixed monthly **overhead**
 (``billing.catalog.overhead``: per seat, prorated over the seat history; per distinct
-``user``); and, when the customer has outcome events (the event types of the plan's
+``user``, counted for the customers whose plan charges it -- ``users`` is None for the
+others); and, when the customer has outcome events (the event types of the plan's
 outcome meters -- those with ``disputes`` -- and ``outcome``), the **cost per outcome**
 beside the revenue per outcome (cost per resolved ticket). Margin after overhead = revenue -
-cost - overhead. Additive to ``reports.margins``: it reads nothing the report reads.
+cost - overhead. Additive to ``reports.margins``: it reads nothing the report reads. The
+split and the outcomes come from the hourly rollups where they are exact
+(``billing.reports.split_repository``), the distinct users from the events.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from decimal import Decimal
 from billing.catalog import Catalog
 from billing.money import dec_str
 from billing.rating.periods import Period, prorate_fraction, seat_segments
-from billing.reports.split_repository import cost_split
+from billing.reports.split_repository import cost_split, distinct_users
 from billing.store.grants_and_seats import seat_histories
 from billing.store.types import to_us
 
@@ -32,7 +35,7 @@ class CostSplit:
     ai_cost: Decimal
     other_cost: Decimal
     overhead: Decimal
-    users: int
+    users: int | None  # distinct ``user`` values: counted only where the plan charges overhead per user
     outcomes: int
 
     def to_json(self, revenue: Decimal, cost: Decimal) -> dict:
@@ -47,20 +50,28 @@ def outcome_types(catalog: Catalog) -> list[str]:
     return sorted({"outcome"} | {m.event_type for p in catalog.all() for m in p.meters if m.disputes})
 
 
-def splits(conn, catalog: Catalog, periods: dict[str, Period], subs: list, as_of: datetime) -> dict[str, CostSplit]:
-    """customer -> its cost split and overhead over its period up to ``as_of``."""
+def splits(conn, catalog: Catalog, periods: dict[str, Period], subs: list, as_of: datetime,
+           rollups: bool = True) -> dict[str, CostSplit]:
+    """customer -> its cost split and overhead over its period up to ``as_of`` (``rollups``
+    False: from the events even where the rollups are exact)."""
     by_zone: dict[Period, list[str]] = defaultdict(list)
     for customer, p in periods.items():
         by_zone[p].append(customer)
     types = outcome_types(catalog)
+    mine = [s for s in subs if (p := periods.get(s.customer_id)) is not None
+            and s.started_at < p.end and (s.ended_at is None or s.ended_at > p.start)]
+    per_user = {s.customer_id for s in mine
+                if (spec := catalog.get(s.plan_id, s.plan_version).overhead) is not None and spec.per_user}
     rows = {}
+    users: dict[str, int] = {}
     for p, members in by_zone.items():
         end = min(p.end, as_of)
         if end > p.start:
             only = members if len(by_zone) > 1 else None
-            rows.update({r.customer: r for r in cost_split(conn, to_us(p.start), to_us(end), types, only)})
-    mine = [s for s in subs if (p := periods.get(s.customer_id)) is not None
-            and s.started_at < p.end and (s.ended_at is None or s.ended_at > p.start)]
+            rows.update({r.customer: r for r in cost_split(conn, to_us(p.start), to_us(end), types, only, rollups)})
+            counted = sorted(per_user.intersection(members))
+            if counted:
+                users.update(distinct_users(conn, to_us(p.start), to_us(end), counted))
     seats = seat_histories(conn, [s.id for s in mine]) if mine else {}
     overhead: dict[str, Decimal] = defaultdict(lambda: ZERO)
     for s in mine:
@@ -74,12 +85,13 @@ def splits(conn, catalog: Catalog, periods: dict[str, Period], subs: list, as_of
                 if seg.seats and seg.start < end and seg.end > start:
                     overhead[s.customer_id] += spec.per_seat * seg.seats * prorate_fraction(
                         max(seg.start, start), min(seg.end, end), period)
-        if spec.per_user and s.customer_id in rows:
-            overhead[s.customer_id] += spec.per_user * rows[s.customer_id].users
+        if spec.per_user and s.customer_id in users:
+            overhead[s.customer_id] += spec.per_user * users[s.customer_id]
     out = {}
     for customer in set(rows) | set(overhead):
         r = rows.get(customer)
         out[customer] = CostSplit(Decimal(r.ai_cost_pico) / PICO if r else ZERO,
                                   Decimal(r.other_cost_pico) / PICO if r else ZERO,
-                                  overhead.get(customer, ZERO), r.users if r else 0, r.outcomes if r else 0)
+                                  overhead.get(customer, ZERO),
+                                  users.get(customer, 0) if customer in per_user else None, r.outcomes if r else 0)
     return out

@@ -305,7 +305,7 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             open_subs = [s for s in subs if s.id not in billed_subs]
             rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn),
                                  rollups=rollups) if open_subs else []
-            split = splits(conn, catalog, periods, subs, as_of)  # costs beyond tokens, overhead (additive)
+            split = splits(conn, catalog, periods, subs, as_of, rollups)  # costs beyond tokens, overhead
         finally:
             conn.rollback()
     rated_revenue: dict[str, Decimal] = defaultdict(lambda: ZERO)

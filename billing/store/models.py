@@ -146,8 +146,10 @@ class UsageRollup(SQLModel, table=True):
     ``''``: no model. Token columns and ``sums`` (a JSON object of every other integer
     property below 10^15) sum the events' integer values; ``rounded`` counts token values the
     columns leave out (not integers); ``odd`` counts events whose key text is not
-    exact (a model ``''``, a dimension value that is no text, integer or boolean). Cost:
-    ``cost_carry * 10^18 + cost_pico`` (``billing.store.wide``)."""
+    exact (a model ``''``, a dimension value that is no text, integer or boolean);
+    ``tokened`` counts the events carrying a token count (NULL: unknown, rows written before
+    the column existed, until ``billing db recount``). Cost: ``cost_carry * 10^18 +
+    cost_pico`` (``billing.store.wide``)."""
 
     __tablename__ = "usage_rollup"
 
@@ -167,6 +169,7 @@ class UsageRollup(SQLModel, table=True):
     sums: str = Field(default="{}", sa_type=Text)
     rounded: int = Field(default=0, sa_type=BigInteger)
     odd: int = Field(default=0, sa_type=BigInteger)
+    tokened: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
 
 
 class RollupDimension(SQLModel, table=True):

@@ -24,9 +24,10 @@ STALE_FLAG = "rollups_stale"
 _SAFE = re.compile(r"^[A-Za-z0-9_\-]+$")
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 COLUMNS = ("customer_id, hour, type, model, dims, events, cost_pico, cost_carry, " + ", ".join(TOKENS)
-           + ", sums, rounded, odd")
+           + ", sums, rounded, odd, tokened")
 _KEY = "customer_id, hour, type, model, dims"
 _SQLITE_ROWS_PER_INSERT = 800
+_WIDTH = len(COLUMNS.split(","))  # values per row
 
 
 def _ph(conn: Connection) -> str:
@@ -49,17 +50,18 @@ def _merge_sql(pg: bool) -> str:
 @lru_cache(maxsize=16)
 def rollup_upsert(ph: str, pg: bool, rows: int = 1) -> str:
     """The upsert of ``rows`` rows (one VALUES tuple each; ``upsert_rollups``)."""
-    one = "(" + ",".join([ph] * 16) + ")"
+    one = "(" + ",".join([ph] * _WIDTH) + ")"
     tokens = ", ".join(f"{t} = usage_rollup.{t} + excluded.{t}" for t in TOKENS)
     return (f"INSERT INTO usage_rollup ({COLUMNS}) VALUES {','.join([one] * rows)} ON CONFLICT ({_KEY}) DO UPDATE SET "
             f"events = usage_rollup.events + excluded.events, {add_sql('usage_rollup', 'cost_pico', 'cost_carry')}, "
             f"{tokens}, rounded = usage_rollup.rounded + excluded.rounded, odd = usage_rollup.odd + excluded.odd, "
+            f"tokened = usage_rollup.tokened + excluded.tokened, "
             f"sums = {_merge_sql(pg)}")
 
 
 def _rows(deltas: dict[tuple, list]) -> list[tuple]:
     """The VALUES of the deltas (``RollupPlanner``: [events, cost, 5 token sums, other sums,
-    rounded, odd]), in key order."""
+    rounded, odd, tokened]), in key order."""
     rows = []
     append = rows.append
     for key in sorted(deltas):
@@ -68,7 +70,7 @@ def _rows(deltas: dict[tuple, list]) -> list[tuple]:
         carry, low = (0, cost) if 0 <= cost < WIDE else split(cost)
         other = d[7]
         append((*key, d[0], low, carry, d[2], d[3], d[4], d[5], d[6],
-                json.dumps(other, separators=(",", ":"), sort_keys=True) if other else "{}", d[8], d[9]))
+                json.dumps(other, separators=(",", ":"), sort_keys=True) if other else "{}", d[8], d[9], d[10]))
     return rows
 
 
@@ -86,7 +88,7 @@ def upsert_rollups(conn: Connection, deltas: dict[tuple, list]) -> None:
             cursor.executemany(rollup_upsert("%s", True), rows)
             return
         per = max(1, min(_SQLITE_ROWS_PER_INSERT,
-                         cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 16))
+                         cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _WIDTH))
         for i in range(0, len(rows), per):
             part = rows[i:i + per]
             cursor.execute(rollup_upsert("?", False, len(part)), [v for r in part for v in r])

@@ -63,4 +63,7 @@ def test_token_slots_follow_the_upserts_columns():
     assert dict(zip(columns, row)) == {"customer_id": "c", "hour": 0, "type": "llm.call", "model": "m", "dims": "{}",
                                        "events": 1, "cost_pico": 5, "cost_carry": 0, "input_tokens": 0,
                                        "output_tokens": 7, "cache_read_tokens": 0, "cache_write_tokens": 0,
-                                       "reasoning_tokens": 3, "sums": '{"score":2}', "rounded": 0, "odd": 0}
+                                       "reasoning_tokens": 3, "sums": '{"score":2}', "rounded": 0, "odd": 0,
+                                       "tokened": 1}
+    p.add_rows([("c", "2", "llm.call", 0, "", "m", 5, {"score": 1, "input_tokens": None})])  # no token count
+    assert [r[-1] for r in rollup_sql._rows(p.deltas)] == [1]  # tokened: one of the row's two events

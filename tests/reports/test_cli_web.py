@@ -180,3 +180,23 @@ def test_margins_page_in_the_api_app_needs_a_read_key(seeded):
     denied = client.get("/reports/margins", params={"period": "2026-10"},
                         headers={"Authorization": f"Bearer {scoped_key}"})
     assert denied.status_code == 403
+
+
+def test_margins_read_sqlite_through_its_page_cache_and_print_the_same_json(cli, seeded, capsys):
+    """The margin report's engine maps no file and sorts in temporary files (SQLite): its
+    memory stays bounded by the page cache; its JSON (orjson) is the document Python's
+    encoder writes."""
+    from billing.cli.context import report_engine
+    from billing.cli.render import print_json
+
+    with report_engine().connect() as conn:
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 0
+            assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 1  # FILE
+    result = cli("margins", "--period", "2026-10", "--as-of", AS_OF, "--json", "--by", "feature")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    print_json(data)
+    assert capsys.readouterr().out == result.output
+    print_json({"customer": "café", "n": 2**70, "d": D("1.5")}, fast=True)  # past 64 bits: Python's encoder
+    assert json.loads(capsys.readouterr().out) == {"customer": "café", "n": 2**70, "d": "1.5"}

@@ -67,8 +67,9 @@ def histories(draw, unknown_model: str) -> list[dict]:
             ts = OCT - timedelta(hours=7) + timedelta(minutes=draw(st.integers(0, 32 * 24 * 60)))
         else:
             ts = draw(st.sampled_from(EDGES)) + timedelta(minutes=draw(st.integers(-90, 90)))
+        # token counts, or none (a tool call: other cost; rows of both kinds, mixed rows)
         props: dict = {"input_tokens": draw(counts),
-                       "output_tokens": draw(st.integers(0, 900))}
+                       "output_tokens": draw(st.integers(0, 900))} if draw(st.integers(0, 4)) else {"cost": "0.002"}
         for name in ("cache_read_tokens", "reasoning_tokens"):
             if draw(st.booleans()):
                 props[name] = draw(st.integers(0, 3000))
@@ -86,7 +87,7 @@ def histories(draw, unknown_model: str) -> list[dict]:
     for i in resent:  # replays (duplicates) and resends with other content (conflicts)
         again = json.loads(json.dumps(events[i]))
         if draw(st.booleans()):
-            again["properties"]["output_tokens"] += 1
+            again["properties"]["output_tokens"] = again["properties"].get("output_tokens", 0) + 1
         events.append(again)
     return events
 
@@ -108,8 +109,8 @@ def _rollup_rows(engine) -> dict:
     with engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT customer_id, hour, type, model, dims, events, cost_pico, cost_carry, "
                                     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-                                    "reasoning_tokens, rounded, odd, sums FROM usage_rollup").all()
-    return {tuple(r[:5]): (*r[5:15], {k: int(v) for k, v in json.loads(r[15]).items()}) for r in rows}
+                                    "reasoning_tokens, rounded, odd, tokened, sums FROM usage_rollup").all()
+    return {tuple(r[:5]): (*r[5:16], {k: int(v) for k, v in json.loads(r[16]).items()}) for r in rows}
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -146,7 +147,7 @@ def _check_reports(module_engine, data, dims: tuple[str, ...]) -> None:
         assert repo.rollup_costs(conn, to_us(OCT), to_us(NOV)) is not None
         assert repo.rollup_costs(conn, to_us(OCT) + 1, to_us(OCT) + HOUR_US) is None  # no whole hour
         october = [e["properties"] for e in events if OCT <= datetime.fromisoformat(e["timestamp"]) < NOV]
-        exact = all(type(p["input_tokens"]) is int and type(p.get("feature")) is not float
+        exact = all(type(p.get("input_tokens", 0)) is int and type(p.get("feature")) is not float
                     and ("user" not in dims or type(p.get("user")) is not float)
                     for p in october)  # token counts, dimension keys
         assert (repo.rollup_costs(conn, to_us(OCT), to_us(NOV), "feature", tokens=True) is not None) == exact
@@ -235,3 +236,36 @@ def test_two_way_breakdown_keys_and_allocation(engine):
     assert sum(d.revenue for d in daily) == report.revenue and sum(d.cost for d in daily) == report.cost
     with pytest.raises(ValueError):
         margin_report(engine, CATALOG, "2026-10", as_of=NOW, by=("team", "model", "user"))
+
+
+def test_the_cost_split_reads_the_rollups_unless_a_row_mixes_tokened_and_other_events(engine):
+    """AI cost / other cost (``costs_beyond``) from the rollups: a row whose events all carry
+    token counts, or none, answers it (the events can be gone); a row mixing both, or one
+    written before ``tokened`` existed (NULL), sends its customer to the events."""
+    from billing.reports.split_repository import cost_split, event_split, rollup_split
+
+    accounts = Accounts(engine, CATALOG)
+    for c in ("pure", "mixed"):
+        accounts.create_customer(c, now=OCT)
+    tool = {"model": "gpt-5-mini", "cost": "0.25"}
+    events = [{"id": f"p{i}", "customer": "pure", "type": "llm.call", "timestamp": f"2026-10-0{1 + i}T10:00:00Z",
+               "properties": {"model": "gpt-5-mini", "input_tokens": 1000 * (i + 1)} if i % 2 else tool}
+              for i in range(4)]
+    events += [{"id": f"m{i}", "customer": "mixed", "type": "llm.call", "timestamp": "2026-10-02T10:00:00Z",
+                "properties": {"model": "gpt-5-mini", "input_tokens": 500} if i else tool} for i in range(2)]
+    Ledger(engine, CATALOG, clock=lambda: NOW).record(events)
+    start, end = to_us(OCT), to_us(NOV)
+    with engine.connect() as conn:
+        from_events = event_split(conn, start, end, ["outcome"])
+        assert [(r.customer, r.ai_cost_pico > 0, r.other_cost_pico) for r in from_events] == [
+            ("mixed", True, 250_000_000_000), ("pure", True, 500_000_000_000)]
+        assert rollup_split(conn, start, end, ["outcome"]) == from_events
+    with engine.begin() as conn:  # the rollups answer "pure" alone: its events are not read
+        conn.exec_driver_sql("DELETE FROM usage_event WHERE customer_id = 'pure'")
+    with engine.connect() as conn:
+        assert cost_split(conn, start, end, ["outcome"]) == from_events
+        assert cost_split(conn, start, end, ["outcome"], rollups=False) == from_events[:1]
+    with engine.begin() as conn:  # unknown (rows from before the column): the events
+        conn.exec_driver_sql("UPDATE usage_rollup SET tokened = NULL")
+    with engine.connect() as conn:
+        assert cost_split(conn, start, end, ["outcome"]) == from_events[:1]
