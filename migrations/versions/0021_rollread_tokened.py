@@ -6,16 +6,16 @@ exactly (``billing.reports.split_repository``). Rows written before this column 
 (unknown): the split reads their customers' events until ``billing db recount`` rebuilds
 the rollups; a NULL stays NULL when later events add to the row.
 
-Revision ID: 0019_rollread
-Revises: 0018_rollfast
+Revision ID: 0021_rollread
+Revises: 0020_coldctx
 Create Date: 2026-12-07 19:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0019_rollread'
-down_revision = '0018_rollfast'
+revision = '0021_rollread'
+down_revision = '0020_coldctx'
 branch_labels = None
 depends_on = None
 
