@@ -309,6 +309,25 @@ def judge(uses: tuple[BudgetUse, ...], meter: str, properties: Mapping[str, Any]
                   "used": _dec(used), "remaining": _dec(remaining)}, parts
 
 
+def passed(uses: tuple[BudgetUse, ...], counters: Mapping[str, Decimal], enforcement: str | None = None
+           ) -> list[BudgetHit]:
+    """The budgets whose usage (committed and held) already exceeds their amount, whatever
+    their scope (no request: what ingested usage crossed), by id; ``enforcement``: only
+    those (``soft``: the ones that alert). ``counters`` as ``judge`` takes them."""
+    hits = []
+    for use in uses:
+        b = use.budget
+        if enforcement is not None and b.enforcement != enforcement:
+            continue
+        used = use.used
+        if used is None:
+            used = counters.get(f"units:{b.meter}" if b.measure == "units" else b.measure, ZERO)
+        if used > b.amount:
+            hits.append(BudgetHit(b, used, b.amount, use.start, use.end))
+    hits.sort(key=lambda h: h.budget.id)
+    return hits
+
+
 @lru_cache(maxsize=4096)
 def _json(b: Budget) -> dict[str, Any]:
     return b.to_json()
