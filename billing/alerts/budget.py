@@ -6,7 +6,10 @@ committed, for the customers it recorded usage of. Each threshold of a period fi
 the ``budget_alert`` row's primary key decides, and the same transaction queues one
 ``alert.triggered`` webhook in the outbox (``billing.alerts.events.enqueue_alert``; rule
 ``threshold``, ``cost_guard`` for a cost cap, ``whale`` for a margin floor or cost above
-revenue). Evaluating after the commit (never
+revenue). The customers' soft scoped budgets (``billing.quota.budgets``) are read in the same
+pass: each one their usage passed records one ``budget_alert`` (subject ``budget:<id>``, per
+window) and queues one ``alert.triggered`` (rule ``budget``), as a reservation crossing it
+does (``budget_crossed``). Evaluating after the commit (never
 inside it) means that of two racing writers at least one sees both writes: a threshold is
 never missed, and a failed evaluation never loses usage (the next write evaluates again).
 """
@@ -67,12 +70,29 @@ class BudgetAlerts:
         # its cached ones (``Quota.contexts``: plan, period and seats live ``context_ttl``)
         self.contexts: Callable[[Any, list[str], datetime], dict] | None = None
 
-    def soft_customers(self) -> frozenset[str]:
+    def evaluate_budgets(self, customers: Iterable[str]) -> list[str]:
+        """The soft scoped budgets of ``customers`` their usage passed, recorded once per
+        budget and window (``budget_crossed``); returns the keys of the crossings that fired now."""
+        wanted = sorted(set(customers))
+        if not wanted:
+            return []
+        now = self.clock()
+        with self.engine.connect() as pooled:
+            conn = pooled.connection.driver_connection
+            found = load_contexts(self._dialect, conn, self.catalog, wanted, now)
+            crossed = [(c.customer, hits) for c in found.values() if not isinstance(c, BillingError)
+                       and any(b.enforcement == "soft" for b in c.budgets) and (hits := self._soft_passed(conn, c, now))]
+        fired: list[str] = []
+        for customer, hits in crossed:
+            fired += self.budget_crossed(customer, hits, now)
+        return fired
+
+    def soft_customers(self, fresh: bool = False) -> frozenset[str]:
         """The customers with a soft budget (ingestion evaluates them whatever their plan),
         read again at most every ``SOFT_TTL_S`` seconds (a budget created since alerts from
         then on; the worker's ``alerts`` job sweeps them all)."""
         now = time.monotonic()
-        if now >= self._soft_until:
+        if fresh or now >= self._soft_until:
             with self.engine.connect() as conn:
                 self._soft = frozenset(conn.execute(select(_budget.c.customer_id).distinct()
                                                     .where(_budget.c.enforcement == "soft")).scalars())

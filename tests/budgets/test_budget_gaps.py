@@ -109,3 +109,21 @@ def test_a_commit_counts_against_the_budgets_its_reservation_held(any_engine):
     quota.commit(r.id, {"type": "request", "properties": {"output_tokens": 1, "team": "ops", "tags": []}})
     assert quota.check("acme", "requests", properties={"team": "ops", "tags": ["beta"]}).outcome == "allow"
     quota.close()
+
+
+def test_the_alerts_job_sweeps_soft_budgets_passed_behind_the_doors(any_engine):
+    from billing.config import Settings
+    from billing.worker.jobs import JobContext, alerts_job
+
+    _customer(any_engine)
+    Ledger(any_engine, CAT, clock=Clock(), alerts=False).record(_batch(0, 30, {"team": "ops", "cost": "0.1"}))
+    Budgets(any_engine, CAT, clock=Clock()).create("acme", {  # created past what was used already
+        "name": "ops-units", "measure": "units", "meter": "requests", "amount": "20", "window": "weekly",
+        "scope": "team=ops"})
+    assert _alerts(any_engine) == ([], 0)
+    ctx = JobContext(any_engine, CAT, Settings(), clock=Clock())
+    first = alerts_job(ctx)
+    assert (first["soft_budget_customers"], first["budget_alerts"]) == (1, 1)
+    assert _alerts(any_engine) == ([("budget:1", D(30))], 1)
+    again = alerts_job(ctx)
+    assert again["budget_alerts"] == 0 and _alerts(any_engine)[1] == 1

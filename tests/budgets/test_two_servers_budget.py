@@ -22,13 +22,23 @@ from billing.api.auth import create_key
 from billing.budgets.service import Budgets
 from billing.catalog import Catalog
 from billing.ledger.accounts import Accounts
-from tests.api.test_two_servers import _live_units_held
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url, sqlite_database
 from tests.support.guards import COST_RACE_PLAN
 
 N_REQUESTS = 200
 LIMIT = 100
 SCOPE = {"team": "research", "user": "u-1"}
+
+
+def _live_units_held(engine, customer: str) -> tuple[int, int]:
+    """(number of live holds, live units held) of ``customer`` straight from the table."""
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
+    ph = "%s" if engine.dialect.name == "postgresql" else "?"
+    with engine.connect() as conn:
+        n, units = conn.exec_driver_sql(
+            f"SELECT COUNT(*), COALESCE(SUM(units_micro), 0) FROM quota_hold "
+            f"WHERE customer_id = {ph} AND status = 'held' AND expires_at > {ph}", (customer, now_us)).one()
+    return int(n), int(units) // 1_000_000
 
 
 def _race(url: str, tmp_path: Path) -> None:
