@@ -30,8 +30,13 @@ cache and loads the customer's plan, period and seats): ``spread_rps``, ``spread
 ``--guards``: as many customers again on a copy of the plan with cost guards
 (``bench.common.GUARDED_PLAN``: evaluated on every check, outcome unchanged) and three scoped
 budgets each (``bench.common.BUDGETS``: every check carries ``SCOPE``), and the checks
-measured once more on one of them, in the same run: ``guarded_check_rps`` and
-``guards_ratio`` (guarded / unguarded). Target: guards_ratio >= 0.8.
+measured on one of them against one plain customer with the same body, in ``--rounds``
+rounds (default 5) of ``--seconds`` each side, interleaved, the order alternating:
+``guards_ratios`` (each round's guarded / plain), ``guards_ratio`` (their median),
+``guarded_check_rps`` and ``plain_check_rps_median``; and, robust to the machine's other load, the
+server process's CPU time per answered check (``/proc``; ``server_cpu_us_per_check_plain``,
+``..._guarded``) and ``guards_cpu_ratio`` (plain CPU / guarded CPU per check, median of the rounds:
+the throughput ratio of a CPU-bound server). Target: guards_ratio >= 0.8.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,6 +248,54 @@ def seed(url: str, customers: int, now: datetime, plans: str = PLANS, guarded: b
     return key
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process ``pid`` has used (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(pid: int, run) -> dict:
+    """``run()``'s load figures with the server's CPU time per answered request
+    (``cpu_us_per_request``): what the server spends on each, whatever else the machine runs."""
+    before = cpu_seconds(pid)
+    found = run()
+    spent = cpu_seconds(pid) - before
+    done = found.get("requests")
+    found["cpu_s"] = spent
+    found["cpu_us_per_request"] = round(spent / done * 1e6, 1) if done else None
+    return found
+
+
+def interleaved(measure, plain: str, guarded: str, rounds: int) -> dict:
+    """``rounds`` rounds of the plain and the guarded body measured back to back, the order
+    alternating (plain first, then guarded first: a drift of the machine's load cancels);
+    each round's ratio (guarded / plain) and the medians. On a shared machine one pair of
+    runs moves by more than the gap; the median of the rounds' ratios does not."""
+    ratios, plain_rps, guarded_rps, p99s, errors = [], [], [], [], 0
+    cpu_ratios, plain_cpu, guarded_cpu = [], [], []
+    for i in range(rounds):
+        order = (plain, guarded) if i % 2 == 0 else (guarded, plain)
+        found = {body: measure(body) for body in order}
+        p, g = found[plain], found[guarded]
+        ratios.append(round(g["rps"] / p["rps"], 3) if p["rps"] else 0.0)
+        if p.get("cpu_us_per_request") and g.get("cpu_us_per_request"):
+            plain_cpu.append(p["cpu_us_per_request"])
+            guarded_cpu.append(g["cpu_us_per_request"])
+            cpu_ratios.append(round(p["cpu_us_per_request"] / g["cpu_us_per_request"], 3))
+        plain_rps.append(p["rps"])
+        guarded_rps.append(g["rps"])
+        p99s.append(g["p99_ms"])
+        errors += g["errors"] + p["errors"]
+    med = statistics.median
+    return {"ratio": med(ratios), "ratios": ratios, "plain_rps": med(plain_rps),
+            "cpu_ratio": med(cpu_ratios) if cpu_ratios else None, "cpu_ratios": cpu_ratios,
+            "plain_cpu_us": med(plain_cpu) if plain_cpu else None,
+            "guarded_cpu_us": med(guarded_cpu) if guarded_cpu else None,
+            "guarded_rps": statistics.median(guarded_rps), "guarded_p99_ms": statistics.median(p99s),
+            "errors": errors}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -275,6 +329,8 @@ def main() -> None:
                         help="load generator (default: wrk when installed, else python)")
     parser.add_argument("--guards", action="store_true",
                         help="also measure checks of customers on a plan with cost guards (same run)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="--guards: rounds of plain and guarded checks, interleaved (the median ratio)")
     parser.add_argument("--library-seeded", type=int, default=LIBRARY_SEEDED,
                         help="customers set up through Accounts; the rest are copies of their rows")
     parser.add_argument("--load-process", help=argparse.SUPPRESS)
@@ -320,10 +376,11 @@ def main() -> None:
             spread = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds, args.concurrency,
                               args.customers)
             if args.guards:
-                body = json.dumps({"customer": "guard-00042", "meter": "messages", "properties": SCOPE})
-                run_load(generator, port, "POST", "/v1/quota/check", body, key, 1.0, args.concurrency)
-                guarded = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds,
-                                   args.concurrency)
+                gbody = json.dumps({"customer": "guard-00042", "meter": "messages", "properties": SCOPE})
+                run_load(generator, port, "POST", "/v1/quota/check", gbody, key, 1.0, args.concurrency)
+                guarded = interleaved(lambda b: with_cpu(server.pid, lambda: run_load(
+                    generator, port, "POST", "/v1/quota/check", b, key, args.seconds, args.concurrency)),
+                    body, gbody, args.rounds)
         finally:
             server.terminate()
             server.wait(10)
@@ -331,10 +388,15 @@ def main() -> None:
     spread_ratio = spread["rps"] / check["rps"] if check["rps"] else 0.0
     more = {}
     if guarded is not None:
-        guards_ratio = guarded["rps"] / check["rps"] if check["rps"] else 0.0
-        more = {"guarded_check_rps": guarded["rps"], "guarded_check_p99_ms": guarded["p99_ms"],
+        guards_ratio = guarded["ratio"]
+        more = {"rounds": args.rounds, "plain_check_rps_median": guarded["plain_rps"],
+                "guarded_check_rps": guarded["guarded_rps"], "guarded_check_p99_ms": guarded["guarded_p99_ms"],
                 "guarded_check_errors": guarded["errors"], "guards_ratio": round(guards_ratio, 3),
-                "guards_target": {"guards_ratio>=0.8": guards_ratio >= 0.8}}
+                "guards_ratios": guarded["ratios"], "server_cpu_us_per_check_plain": guarded["plain_cpu_us"],
+                "server_cpu_us_per_check_guarded": guarded["guarded_cpu_us"],
+                "guards_cpu_ratio": guarded["cpu_ratio"], "guards_cpu_ratios": guarded["cpu_ratios"],
+                "guards_target": {"guards_ratio>=0.8": guards_ratio >= 0.8,
+                                  "guards_cpu_ratio>=0.8": (guarded["cpu_ratio"] or 0) >= 0.8}}
     print(json.dumps({
         "backend": args.backend, "concurrency": args.concurrency, "seconds": args.seconds, "load": generator,
         "check_rps": check["rps"], "floor_rps": floor["rps"], "ratio": round(ratio, 3),

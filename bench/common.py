@@ -27,7 +27,8 @@ def fresh_database(backend: str):
     from sqlalchemy.engine import make_url
 
     base = make_url(os.environ.get("BILLING_BENCH_POSTGRES_URL") or os.environ.get("BILLING_TEST_POSTGRES_URL") or DEFAULT_PG)
-    tag = "".join(ch for ch in os.environ.get("BILLING_BENCH_DB_TAG", "") if ch.isalnum())  # whose run
+    # BILLING_BENCH_TAG (or BILLING_BENCH_DB_TAG): a word in the name (engineers sharing one server tell theirs apart)
+    tag = "".join(c for c in (os.environ.get("BILLING_BENCH_TAG") or os.environ.get("BILLING_BENCH_DB_TAG", "")).lower() if c.isalnum())[:20]
     name = f"{base.database or 'billing'}_bench_{tag + '_' if tag else ''}{uuid.uuid4().hex[:10]}"  # the test database's name: its owner's
     admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:

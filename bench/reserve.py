@@ -22,10 +22,12 @@ statistics of a database in use; see ``main``).
 
 ``--guards``: as many customers again on a copy of the plan with cost guards
 (``bench.common.GUARDED_PLAN``: evaluated on every call, outcomes unchanged) and three scoped
-budgets each (``bench.common.BUDGETS``: every call and event carries ``SCOPE``), and the pairs
-measured once more on them in the same run, after the plain ones:
-``guarded_reserve_commit_per_s``, ``guarded_checks_per_s`` and ``guards_pairs_ratio``
-(guarded / plain pairs). Target: guards_pairs_ratio >= 0.8 on PostgreSQL.
+budgets each (``bench.common.BUDGETS``: every call and event carries ``SCOPE``), and, after
+the plain measurements, ``--rounds`` rounds (default 5) of checks then pairs of the plain and
+the guarded customers back to back, the order alternating (``interleaved``): each round's
+ratio (``guards_checks_ratios``, ``guards_pairs_ratios``: guarded / plain), their medians
+(``guards_checks_ratio``, ``guards_pairs_ratio``) and the median rates and CPU per call.
+Target: guards_pairs_ratio >= 0.8 on PostgreSQL.
 
 Prints one JSON object. Targets: >= 20,000 in-process checks/s on SQLite; >= 2,000
 reserve+commit pairs/s on PostgreSQL.
@@ -37,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import threading
 import time
@@ -204,6 +207,41 @@ def pairs(quota, customers: list[str], threads: int, seconds: float) -> dict:
             "commit_p50_ms": pct(commit_s, 0.5), "commit_p99_ms": pct(commit_s, 0.99)}
 
 
+def interleaved(quota, plain: list[str], guarded: list[str], threads: int, seconds: float, rounds: int) -> dict:
+    """``rounds`` rounds, each measuring checks then pairs of the plain and of the guarded
+    customers back to back, the order alternating (a drift of the machine's load cancels):
+    each round's ratios (guarded / plain) and the medians."""
+    med = statistics.median
+    rows: dict[str, list] = {k: [] for k in ("pc", "gc", "pcpu", "gcpu", "pp", "gp", "pp_cpu", "gp_cpu", "p99")}
+    check_ratios, pair_ratios, denied, errors = [], [], 0, 0
+    for i in range(rounds):
+        sides = (("p", plain), ("g", guarded)) if i % 2 == 0 else (("g", guarded), ("p", plain))
+        found = {}
+        for side, cs in sides:
+            found[side + "c"] = checks(quota, cs, seconds)
+        for side, cs in sides:
+            found[side + "p"] = pairs(quota, cs, threads, seconds)
+        for side in "pg":
+            rate, cpu = found[side + "c"]
+            rows[side + "c"].append(rate)
+            rows[side + "cpu"].append(cpu)
+            run = found[side + "p"]
+            rows[side + "p"].append(run["per_s"])
+            rows[side + "p_cpu"].append(run["cpu_ms_per_pair"])
+            errors += run["errors"]
+        denied += found["gp"]["denied"]
+        rows["p99"].append(found["gp"]["reserve_p99_ms"])
+        check_ratios.append(round(rows["gc"][-1] / rows["pc"][-1], 3) if rows["pc"][-1] else 0.0)
+        pair_ratios.append(round(rows["gp"][-1] / rows["pp"][-1], 3) if rows["pp"][-1] else 0.0)
+    return {"checks_ratio": med(check_ratios), "checks_ratios": check_ratios, "pairs_ratio": med(pair_ratios),
+            "pairs_ratios": pair_ratios, "plain_checks": round(med(rows["pc"]), 1),
+            "guarded_checks": round(med(rows["gc"]), 1), "plain_cpu_us": round(med(rows["pcpu"]), 1),
+            "guarded_cpu_us": round(med(rows["gcpu"]), 1), "plain_pairs": round(med(rows["pp"]), 1),
+            "guarded_pairs": round(med(rows["gp"]), 1), "plain_cpu_ms_per_pair": med(rows["pp_cpu"]),
+            "guarded_cpu_ms_per_pair": med(rows["gp_cpu"]), "reserve_p99_ms": med(rows["p99"]),
+            "denied": denied, "errors": errors}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="postgres")
@@ -212,6 +250,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--guards", action="store_true",
                         help="also measure customers on a plan with cost guards (same run)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="--guards: rounds of plain and guarded measures, interleaved (the median ratios)")
     args = parser.parse_args()
 
     import tempfile
@@ -245,24 +285,28 @@ def main() -> None:
         check_rate, check_cpu = checks(quota, customers, args.seconds)
         floor_tx = floor_durable_tx(url, args.threads, min(args.seconds, 3.0))
         run = pairs(quota, customers, args.threads, args.seconds)
-        if args.guards:
-            pairs(quota, guarded_customers, args.threads, min(args.seconds, 1.0))  # warm-up
-            guarded["checks"] = checks(quota, guarded_customers, args.seconds)[0]
-            guarded["pairs"] = pairs(quota, guarded_customers, args.threads, args.seconds)
         used = sum(int(quota.usage(cid)["meters"]["messages"]["used"]) - before[cid] for cid in customers)
         held = sum(int(quota.usage(cid)["meters"]["messages"]["held"]) for cid in customers)
+        if args.guards:
+            pairs(quota, guarded_customers, args.threads, min(args.seconds, 1.0))  # warm-up
+            guarded = interleaved(quota, customers, guarded_customers, args.threads, args.seconds, args.rounds)
         quota.close()
         engine.dispose()
 
     pair_floor = floor_tx / 2
     more = {}
     if guarded:
-        g = guarded["pairs"]
-        ratio = g["per_s"] / run["per_s"] if run["per_s"] else 0.0
-        more = {"guarded_checks_per_s": round(guarded["checks"], 1),
-                "guarded_reserve_commit_per_s": round(g["per_s"], 1), "guarded_denied": g["denied"],
-                "guarded_errors": g["errors"], "guarded_reserve_p99_ms": g["reserve_p99_ms"],
-                "guards_pairs_ratio": round(ratio, 3),
+        ratio = guarded["pairs_ratio"]
+        more = {"rounds": args.rounds, "guarded_checks_per_s": guarded["guarded_checks"],
+                "plain_checks_per_s_median": guarded["plain_checks"], "guards_checks_ratio": guarded["checks_ratio"],
+                "guards_checks_ratios": guarded["checks_ratios"], "guarded_check_cpu_us": guarded["guarded_cpu_us"],
+                "plain_check_cpu_us": guarded["plain_cpu_us"],
+                "guarded_reserve_commit_per_s": guarded["guarded_pairs"],
+                "plain_reserve_commit_per_s_median": guarded["plain_pairs"], "guarded_denied": guarded["denied"],
+                "guarded_errors": guarded["errors"], "guarded_reserve_p99_ms": guarded["reserve_p99_ms"],
+                "guarded_cpu_ms_per_pair": guarded["guarded_cpu_ms_per_pair"],
+                "plain_cpu_ms_per_pair": guarded["plain_cpu_ms_per_pair"],
+                "guards_pairs_ratio": round(ratio, 3), "guards_pairs_ratios": guarded["pairs_ratios"],
                 "guards_target": {"guards_pairs_ratio>=0.8": ratio >= 0.8 if args.backend == "postgres" else None}}
     print(json.dumps({
         "backend": args.backend, "threads": args.threads, "customers": args.customers, "seconds": args.seconds,

@@ -6,7 +6,10 @@ committed, for the customers it recorded usage of. Each threshold of a period fi
 the ``budget_alert`` row's primary key decides, and the same transaction queues one
 ``alert.triggered`` webhook in the outbox (``billing.alerts.events.enqueue_alert``; rule
 ``threshold``, ``cost_guard`` for a cost cap, ``whale`` for a margin floor or cost above
-revenue). Evaluating after the commit (never
+revenue). The customers' soft scoped budgets (``billing.quota.budgets``) are read in the same
+pass: each one their usage passed records one ``budget_alert`` (subject ``budget:<id>``, per
+window) and queues one ``alert.triggered`` (rule ``budget``), as a reservation crossing it
+does (``budget_crossed``). Evaluating after the commit (never
 inside it) means that of two racing writers at least one sees both writes: a threshold is
 never missed, and a failed evaluation never loses usage (the next write evaluates again).
 """
@@ -14,31 +17,37 @@ never missed, and a failed evaluation never loses usage (the next write evaluate
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from billing.catalog import Catalog
 from billing.errors import BillingError
 from billing.alerts.events import enqueue_alert, iso
-from billing.store.operational_models import BudgetAlertRow
+from billing.store.operational_models import BudgetAlertRow, BudgetRow
+from billing.reservations.budget_sql import BudgetReader
 from billing.reservations.sql import (
     MICRO, PICO, Connections, Context, batch_counters_query, counter_values, load_contexts, make_state, parse_state,
-    run_all, state_query)
+    run_all, state_query, usage_state)
 from billing.store.types import to_us
 from billing.money import dec_str
 from billing.ledger.counters import ALL_EVENTS
 from billing.quota.alerts import Alert, alerts_on, reached
+from billing.quota.budgets import passed
 from billing.quota.decide import MeterUsage, UsageState
+from billing.quota.usage import budget_counters
 
 log = logging.getLogger("billing.alerts")
 
 _alert = BudgetAlertRow.__table__
+_budget = BudgetRow.__table__
+SOFT_TTL_S = 2.0
 
 
 class BudgetAlerts:
@@ -53,9 +62,42 @@ class BudgetAlerts:
         # no connections of its own to keep open
         self._dialect = Connections(engine)
         self._fired: set[tuple[str, int, str, Decimal]] = set()
+        self._crossed: set[tuple[str, int, int]] = set()  # (customer, budget id, window start): recorded
+        self.budget_reader = BudgetReader()  # soft budgets' committed events, read incrementally
+        self._soft: frozenset[str] = frozenset()
+        self._soft_until = 0.0
         # (driver connection, customers, now) -> contexts: a Quota over the same ledger hands
         # its cached ones (``Quota.contexts``: plan, period and seats live ``context_ttl``)
         self.contexts: Callable[[Any, list[str], datetime], dict] | None = None
+
+    def evaluate_budgets(self, customers: Iterable[str]) -> list[str]:
+        """The soft scoped budgets of ``customers`` their usage passed, recorded once per
+        budget and window (``budget_crossed``); returns the keys of the crossings that fired now."""
+        wanted = sorted(set(customers))
+        if not wanted:
+            return []
+        now = self.clock()
+        with self.engine.connect() as pooled:
+            conn = pooled.connection.driver_connection
+            found = load_contexts(self._dialect, conn, self.catalog, wanted, now)
+            crossed = [(c.customer, hits) for c in found.values() if not isinstance(c, BillingError)
+                       and any(b.enforcement == "soft" for b in c.budgets) and (hits := self._soft_passed(conn, c, now))]
+        fired: list[str] = []
+        for customer, hits in crossed:
+            fired += self.budget_crossed(customer, hits, now)
+        return fired
+
+    def soft_customers(self, fresh: bool = False) -> frozenset[str]:
+        """The customers with a soft budget (ingestion evaluates them whatever their plan),
+        read again at most every ``SOFT_TTL_S`` seconds (a budget created since alerts from
+        then on; the worker's ``alerts`` job sweeps them all)."""
+        now = time.monotonic()
+        if fresh or now >= self._soft_until:
+            with self.engine.connect() as conn:
+                self._soft = frozenset(conn.execute(select(_budget.c.customer_id).distinct()
+                                                    .where(_budget.c.enforcement == "soft")).scalars())
+            self._soft_until = now + SOFT_TTL_S
+        return self._soft
 
     def close(self) -> None:
         """Nothing to close (connections come from the engine's pool)."""
@@ -73,8 +115,14 @@ class BudgetAlerts:
             conn = pooled.connection.driver_connection
             found = (self.contexts(conn, wanted, now) if self.contexts is not None
                      else load_contexts(conns, conn, self.catalog, wanted, now))
-            ctxs = [c for c in found.values() if not isinstance(c, BillingError) and alerts_on(c.plan)]
+            live = [c for c in found.values() if not isinstance(c, BillingError)]
+            # soft scoped budgets passed by ingested usage (a reserve alerts on its own)
+            crossed = [(c.customer, hits) for c in live if any(b.enforcement == "soft" for b in c.budgets)
+                       and (hits := self._soft_passed(conn, c, now))]
+            ctxs = [c for c in live if alerts_on(c.plan)]
             if not ctxs:
+                for customer, hits in crossed:
+                    self.budget_crossed(customer, hits, now)
                 return []
             # plans whose charged meters the counters rate exactly: their counters, all at once;
             # the others (event-read meters: disputes, unique counts, per-transaction
@@ -95,7 +143,16 @@ class BudgetAlerts:
         fired: list[Alert] = []
         for ctx in ctxs:
             fired += self.record(ctx, usage[ctx.customer], now)
+        for customer, hits in crossed:
+            self.budget_crossed(customer, hits, now)
         return fired
+
+    def _soft_passed(self, conn: Any, ctx: Context, now: datetime) -> list[Any]:
+        """The soft budgets of ``ctx`` its usage (committed and held) passed, not yet known
+        to have fired in this process (``budgets.passed``: the rule)."""
+        state = usage_state(self._dialect, conn, ctx, now, None, self.budget_reader)
+        hits = passed(state.budgets, budget_counters(ctx.plan, state), "soft")
+        return [h for h in hits if (ctx.customer, h.budget.id, to_us(h.start)) not in self._crossed]
 
     def evaluate_quietly(self, customers: Iterable[str]) -> None:
         """``evaluate`` after a write that already committed: a failure is logged, never
@@ -151,13 +208,14 @@ class BudgetAlerts:
         return fired
 
     def budget_crossed(self, customer: str, hits: Iterable[Any], now: datetime) -> list[str]:
-        """Record the soft budgets (``billing.quota.budgets``) a granted call passed, once per
-        budget and window: a ``budget_alert`` row (subject ``budget:<id>``, the window's start)
+        """Record the soft budgets (``billing.quota.budgets``) a granted call or ingested usage
+        passed, once per budget and window: a ``budget_alert`` row (subject ``budget:<id>``, the window's start)
         and one ``alert.triggered`` webhook (rule ``budget``). THE call site of a scoped budget's
         alert. Returns the keys of the crossings that fired now."""
         mod = pg_dialect if self.pg else sqlite_dialect
         now_us = to_us(now)
-        fired = []
+        fired: list[str] = []
+        seen: list[tuple[str, int, int]] = []
         with self.engine.begin() as conn:
             for hit in sorted(hits, key=lambda h: h.budget.id):  # key order
                 b = hit.budget
@@ -167,6 +225,7 @@ class BudgetAlerts:
                     customer_id=customer, period_start=start_us, subject=subject, threshold="100",
                     value=dec_str(hit.value), limit=dec_str(hit.limit), fired_at=now_us)
                     .on_conflict_do_nothing().returning(_alert.c.customer_id)).first() is not None
+                seen.append((customer, b.id, start_us))
                 if not new:
                     continue
                 key = f"{b.id}:{start_us}:100"
@@ -175,6 +234,9 @@ class BudgetAlerts:
                     "subject": subject, "threshold_percent": "100", "value": dec_str(hit.value),
                     "limit": dec_str(hit.limit), "unit": b.measure})
                 fired.append(key)
+        if len(self._crossed) > 100_000:
+            self._crossed.clear()
+        self._crossed.update(seen)  # only once the transaction committed
         return fired
 
     def budget_crossed_quietly(self, customer: str, hits: Iterable[Any], now: datetime) -> None:

@@ -432,14 +432,19 @@ class Ledger:
         return rows, index
 
     def _alerted_customers(self, views: list, planner: CounterPlanner) -> set[str]:
-        """The customers on a plan with budget alerts whose current period a chunk's counters moved."""
-        if self.alerts is None or not any(alerts_on(v.plan) for v in views):
+        """The customers on a plan with budget alerts whose current period a chunk's counters
+        moved, and those with a soft scoped budget whose counters it moved (their windows need
+        not be the period)."""
+        if self.alerts is None:
+            return set()
+        soft = self.alerts.soft_customers()
+        if not soft and not any(alerts_on(v.plan) for v in views):
             return set()
         now_us = to_us(self.clock())
         current = {v.customer_id: planner.period_bounds(v, now_us)[0] for v in views
                    if alerts_on(v.plan) and v.covers(now_us)}
         # the counters it moved are keyed by period: one of the current period is new usage there
-        return {c for (c, _meter, start) in planner.deltas if current.get(c) == start}
+        return {c for (c, _meter, start) in planner.deltas if current.get(c) == start or c in soft}
 
 
     def _price_again(self, conn, staged: "_Staged") -> bool:

@@ -304,9 +304,38 @@ def judge(uses: tuple[BudgetUse, ...], meter: str, properties: Mapping[str, Any]
     if best is None:
         return hits, None, parts
     remaining, _, use, used = best
+    last = _TIGHTEST.get(id(use))
+    if last is not None and last[0] is use and last[1] == used:
+        return hits, last[2], parts  # the same budget as used as before: the same answer (read-only)
     b = use.budget
-    return hits, {**_json(b), "window_start": _iso(use.start), "resets_at": _iso(use.end),
-                  "used": _dec(used), "remaining": _dec(remaining)}, parts
+    tightest = {**_json(b), "window_start": _iso(use.start), "resets_at": _iso(use.end), "used": _dec(used),
+                "remaining": _dec(remaining)}
+    if len(_TIGHTEST) > 10_000:
+        _TIGHTEST.clear()
+    _TIGHTEST[id(use)] = (use, used, tightest)
+    return hits, tightest, parts
+
+
+_TIGHTEST: dict[int, tuple] = {}  # id(use) -> (use, used, the tightest budget's JSON)
+
+
+def passed(uses: tuple[BudgetUse, ...], counters: Mapping[str, Decimal], enforcement: str | None = None
+           ) -> list[BudgetHit]:
+    """The budgets whose usage (committed and held) already exceeds their amount, whatever
+    their scope (no request: what ingested usage crossed), by id; ``enforcement``: only
+    those (``soft``: the ones that alert). ``counters`` as ``judge`` takes them."""
+    hits = []
+    for use in uses:
+        b = use.budget
+        if enforcement is not None and b.enforcement != enforcement:
+            continue
+        used = use.used
+        if used is None:
+            used = counters.get(f"units:{b.meter}" if b.measure == "units" else b.measure, ZERO)
+        if used > b.amount:
+            hits.append(BudgetHit(b, used, b.amount, use.start, use.end))
+    hits.sort(key=lambda h: h.budget.id)
+    return hits
 
 
 @lru_cache(maxsize=4096)

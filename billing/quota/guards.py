@@ -20,8 +20,8 @@ on committed usage only are the alert subjects ``cost_guard:<name>`` (``alert_me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -31,7 +31,7 @@ from billing.catalog.guards import CostGuard
 from billing.catalog.schema import Plan
 from billing.errors import BillingError, ErrorCode
 from billing.rating.arithmetic import earned_fees
-from billing.rating.periods import Period, prorate_fraction
+from billing.rating.periods import PRORATION_PRECISION, Period, prorate_fraction
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -55,11 +55,24 @@ def _show(value: Decimal) -> str:
 
 
 def held_cost(state: Any) -> Decimal:
-    """Estimated provider cost of the customer's live holds."""
+    """Estimated provider cost of the customer's live holds (summed once per state: a
+    decision's guards, what remains and its budgets ask for the same one)."""
+    last = _LAST_HELD
+    if last is not None and last[0] is state:
+        return last[1]
     total = ZERO
     for m in state.held.values():
         total += m.cost
+    _remember_held((state, total))
     return total
+
+
+_LAST_HELD: tuple | None = None  # (state, its held cost): the last one summed
+
+
+def _remember_held(entry: tuple) -> None:
+    global _LAST_HELD
+    _LAST_HELD = entry  # one reference swapped at once: a thread sees a whole entry
 
 
 def task_cost_after(state: Any, request: Any) -> Decimal:
@@ -74,8 +87,39 @@ def _period(start: datetime, end: datetime) -> Period:
 
 def revenue_to_date(plan: Plan, state: Any, usage_spend: Decimal, credits: Decimal) -> Decimal:
     """What the invoice would bill for the period so far: earned fees + usage spend - credits drawn."""
-    fraction = prorate_fraction(state.period_start, state.now, _period(state.period_start, state.period_end))
-    return earned_fees(plan.compiled, state.seats, fraction) + usage_spend - min(credits, usage_spend)
+    return _earned(plan, state) + usage_spend - min(credits, usage_spend)
+
+
+def _earned(plan: Plan, state: Any) -> Decimal:
+    """The fees earned by ``state.now`` (``arithmetic.earned_fees``), computed once per
+    decision: its guards and what remains ask for the same state."""
+    last = _LAST_EARNED
+    if last is not None and last[0] is state and last[1] is plan:
+        return last[2]
+    earned = earned_fees(plan.compiled, state.seats, elapsed_fraction(state.period_start, state.now,
+                                                                       state.period_end))
+    _remember_earned((state, plan, earned))
+    return earned
+
+
+def elapsed_fraction(start: datetime, now: datetime, end: datetime) -> Decimal:
+    """``periods.prorate_fraction(start, now, Period(start, end))`` (the rule), without its
+    checks when ``now`` is inside the UTC period (a decision's case): the elapsed
+    microseconds over the period's, at the proration precision.
+    ``tests/properties/test_elapsed_fraction.py`` holds the two equal."""
+    if start.tzinfo is not UTC or now.tzinfo is not UTC or end.tzinfo is not UTC or not start < now < end:
+        return prorate_fraction(start, now, _period(start, end))
+    return _PRORATION.divide(Decimal((now - start) // _MICROSECOND), Decimal((end - start) // _MICROSECOND))
+
+
+_PRORATION = Context(prec=PRORATION_PRECISION)
+_MICROSECOND = timedelta(microseconds=1)
+_LAST_EARNED: tuple | None = None  # (state, plan, earned fees): the last one computed
+
+
+def _remember_earned(entry: tuple) -> None:
+    global _LAST_EARNED
+    _LAST_EARNED = entry  # one reference swapped at once: a thread sees a whole entry
 
 
 def margin_limit(percent: Decimal, revenue: Decimal) -> Decimal:

@@ -51,3 +51,19 @@ def charge_spends(plan: Plan, state: UsageState) -> list[ChargeSpend]:
                                inc if has_allowance else None,
                                max(ZERO, inc - both.units) if has_allowance else None, spend, charge.spend_cap))
     return out
+
+
+def budget_counters(plan: Plan, state: UsageState) -> dict[str, Decimal]:
+    """The measures of the budgets read from the period's counters (``budgets.from_counters``),
+    committed and held, as ``budgets.judge`` and ``budgets.passed`` take them: ``billed`` (the
+    plan's usage spend, ``charge_spends``), ``cost`` (provider cost) and ``units:<meter>`` for
+    every meter a units budget of ``state`` counts."""
+    from billing.quota.guards import held_cost
+
+    counters = {"billed": sum((c.spend for c in charge_spends(plan, state)), ZERO),
+                "cost": state.provider_cost + held_cost(state)}
+    for use in state.budgets:
+        meter = use.budget.meter
+        if use.budget.measure == "units" and meter is not None:
+            counters[f"units:{meter}"] = state.usage.get(meter, _EMPTY).units + state.held.get(meter, _EMPTY).units
+    return counters

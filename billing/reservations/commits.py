@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from billing.errors import BillingError, ErrorCode
+from billing.quota.budgets import LIST_PROPERTIES
 from billing.ledger.prepare import Prepared, Rejection, prepare
 from billing.reservations.types import Hold, HoldStatus
 from billing.store.types import from_us
@@ -76,8 +77,33 @@ def event_for(given: dict | None, hold: Hold, ctx, now, stored: StoredEvent | No
         props["model"] = model
     if task:
         props.setdefault(task_property, task)
+    if hold.budgets and ctx is not None:  # a retry compares with what the first commit filled in
+        scope_defaults(props, hold.budgets, ctx.budgets, stored[3] if stored is not None else None)
     event["properties"] = props
     return event
+
+
+def scope_defaults(props: dict, held: str, budgets, stored: dict | None = None) -> None:
+    """The scope properties of the budgets a hold counted against (``quota_hold.budgets``)
+    that the commit's event leaves out, filled in: the event counts against the budgets the
+    reservation held (a property the caller gave is theirs; a list property such as ``tags``
+    gets the values its budgets name). ``stored``: the properties of the event the first
+    commit stored (a retry takes them from there)."""
+    ids = {int(bid) for bid in json.loads(held)}
+    given = set(props)
+    for b in sorted(budgets, key=lambda b: b.id):
+        prop = b.scope_property
+        if b.id not in ids or prop is None or prop in given:
+            continue
+        if stored is not None:
+            if prop in stored:
+                props[prop] = stored[prop]
+        elif prop in LIST_PROPERTIES:
+            values = props.setdefault(prop, [])
+            if b.scope_value not in values:
+                values.append(b.scope_value)
+        else:
+            props[prop] = b.scope_value
 
 
 def prepare_commit(ledger, event: dict, now_us: int) -> Prepared:

@@ -714,14 +714,14 @@ def id_list(pg: bool, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
 def holds_query(pg: bool, ids: Sequence[str]) -> tuple[str, list[Any]]:
     """Holds by id with their customer's timezone and subscriptions (one row per pair), then
     the hold's expiry, settlement, meter and units, and the event a committed hold was
-    settled with (type, ts, properties). On PostgreSQL the holds are locked (``FOR UPDATE``)
+    settled with (type, ts, properties), and the budgets it holds a part in. On PostgreSQL the holds are locked (``FOR UPDATE``)
     until the transaction ends, in id order (two batches never wait on each other's holds in
     a cycle): two commits of one hold settle one after the other, the second seeing the
     first's event."""
     where, params = id_list(pg, "h.id", ids)
     return ("SELECT h.id, h.customer_id, h.status, h.event_type, h.model, h.task, h.event_id, c.timezone, "
             "s.id, s.plan_id, s.plan_version, s.anchor_at, s.started_at, s.ended_at, "
-            "h.expires_at, h.settled_at, h.meter, h.units_micro, e.type, e.ts, e.properties FROM quota_hold h "
+            "h.expires_at, h.settled_at, h.meter, h.units_micro, e.type, e.ts, e.properties, h.budgets FROM quota_hold h "
             "LEFT JOIN customer c ON c.id = h.customer_id LEFT JOIN subscription s ON s.customer_id = h.customer_id "
             "LEFT JOIN usage_event e ON e.customer_id = h.customer_id AND e.event_id = h.event_id "
             f"WHERE {where}" + (' ORDER BY h.id COLLATE "C" FOR UPDATE OF h' if pg else "")), params

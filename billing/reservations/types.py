@@ -163,6 +163,7 @@ class Hold(NamedTuple):
     settled_at: int | None
     meter: str
     units_micro: int
+    budgets: str | None = None  # quota_hold.budgets: its part in each event-read budget (JSON)
 
     @property
     def open(self) -> bool:

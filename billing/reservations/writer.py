@@ -256,7 +256,7 @@ class QuotaWriter:
             holds, stored, sub_rows = read.holds, read.stored, read.sub_rows
             for row in hold_cur.fetchall():
                 if row[0] not in holds:
-                    holds[row[0]] = hold = Hold(*row[:7], row[14], row[15], row[16], row[17])
+                    holds[row[0]] = hold = Hold(*row[:7], row[14], row[15], row[16], row[17], row[21])
                     if row[18] is not None:
                         stored[row[0]] = (hold.event_id, row[18], int(row[19]), stored_props(row[20]))
                 if row[8] is not None:

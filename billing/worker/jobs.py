@@ -10,7 +10,9 @@ counts; the runner adds the job name, its status and its time.
   delivery of the due ones.
 - ``alerts``: forecast alerts (``billing.alerts.forecast``: the run rate exhausts a budget
   before the period ends), queued once per customer, period and subject; each run looks at
-  the customers changed since the last (``billing.alerts.forecast_marks``).
+  the customers changed since the last (``billing.alerts.forecast_marks``); and the soft scoped
+  budgets of every customer that has one, passed budgets alerting once per window
+  (``BudgetAlerts.evaluate_budgets``: a sweep behind the ingestion doors' own evaluation).
 - ``purge_holds``: marks holds expired over a day ago as ``expired`` (housekeeping).
 - ``stripe_sync``: pushes finalized invoices and voids to Stripe (needs
   ``BILLING_STRIPE_API_KEY``).
@@ -84,9 +86,18 @@ def outbox_job(ctx: JobContext) -> dict:
 
 
 def alerts_job(ctx: JobContext) -> dict:
+    from billing.alerts.budget import BudgetAlerts
     from billing.alerts.forecast import forecast_alerts
 
-    return forecast_alerts(ctx.engine, ctx.catalog, ctx.clock())
+    out = forecast_alerts(ctx.engine, ctx.catalog, ctx.clock())
+    # the sweep behind ingestion's own evaluation: every customer with a soft budget (one
+    # created past what was used, usage a door recorded without alerts) alerts once a window
+    alerts = ctx.cached("budget_alerts", lambda: BudgetAlerts(ctx.engine, ctx.catalog, ctx.clock))
+    customers = sorted(alerts.soft_customers(fresh=True))
+    crossed = 0
+    for i in range(0, len(customers), 500):
+        crossed += len(alerts.evaluate_budgets(customers[i:i + 500]))
+    return {**out, "soft_budget_customers": len(customers), "budget_alerts": crossed}
 
 
 def purge_holds_job(ctx: JobContext) -> dict:
