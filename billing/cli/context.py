@@ -93,6 +93,33 @@ def engine():
 _migrated: set[str] = set()  # URLs whose schema was found current by this process
 
 
+def report_engine():
+    """``engine()`` for a one-shot report process (``billing report margins``): on SQLite it
+    reads through its bounded page cache rather than a memory map of the file, and sorts
+    past the cache in temporary files: the report reads aggregates, and neither a map of the
+    whole file nor an in-memory sort of its rows should make the process's resident memory
+    grow with the ledger."""
+    base = engine()
+    if base.dialect.name != "sqlite":
+        return base
+    return _unmapped(base.url.render_as_string(hide_password=False))
+
+
+@lru_cache
+def _unmapped(url: str):
+    from sqlalchemy import event
+
+    from billing.store.db import make_engine
+
+    unmapped = make_engine(url, sqlite_mmap=0)
+
+    @event.listens_for(unmapped, "connect")
+    def _temp_files(dbapi_conn, _record):  # after make_engine's pragmas (temp_store=MEMORY)
+        dbapi_conn.execute("PRAGMA temp_store=FILE")
+
+    return unmapped
+
+
 def ledger_exists() -> bool:
     """Is there a ledger database to read (a SQLite file that exists; any PostgreSQL URL)?
     Commands that only read prices must not create an empty ``billing.db``."""
