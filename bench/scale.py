@@ -28,7 +28,8 @@ smallest and the largest size: every report step's (margins, by, forecast, simul
 memory grows by <= 1.5x; at the largest size the margin report takes <= 3 x the floor.
 
 ``--keep-dir DIR`` keeps the JSONL files, the databases (SQLite files in DIR; PostgreSQL
-databases ``billing_scalebench_<events>_<customers>``) and the ingest and close figures in
+databases ``billing_scalebench_<tag><events>_<customers>``, ``<tag>`` from
+``BILLING_SCALEBENCH_TAG``, e.g. ``mine_``, so that runs side by side do not share one) and the ingest and close figures in
 DIR, and reuses them on the next run: the ingest and close steps are then reported from the
 first run (``"reused": true``) and only the report steps are measured again.
 """
@@ -170,7 +171,7 @@ def database(backend: str, n: int, customers: int, keep: str | None, reuse: bool
 
         base = make_url(os.environ.get("BILLING_BENCH_POSTGRES_URL") or os.environ.get("BILLING_TEST_POSTGRES_URL")
                         or DEFAULT_PG)
-        name = f"billing_scalebench_{n}_{customers}"
+        name = f"billing_scalebench_{os.environ.get('BILLING_SCALEBENCH_TAG', '')}{n}_{customers}"
         admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
         with psycopg.connect(admin, autocommit=True) as conn:
             if not reuse:
