@@ -110,11 +110,11 @@ def _population(path: Path, plan, seed: int | None):
 def _history(month: str, plan):
     from sqlalchemy.exc import SQLAlchemyError
 
-    from billing.cli.context import engine
+    from billing.cli.context import report_engine
     from billing.simulate.history import history_totals
 
     try:
-        return history_totals(engine(), month, [plan])
+        return history_totals(report_engine(), month, [plan])
     except ValueError as exc:
         _fail(f"--history: {exc}")
     except SQLAlchemyError as exc:

@@ -202,19 +202,19 @@ def forecast_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Projected end-of-period usage, cost and invoice per customer from the run rate."""
-    from billing.cli.context import catalog, engine, instant, run
+    from billing.cli.context import catalog, instant, report_engine, run
     from billing.reports.forecast import METHOD, forecast
 
     at = instant(as_of, "--as-of")
     try:
-        rows = run(lambda: forecast(engine(), catalog(), at))
+        rows = run(lambda: forecast(report_engine(), catalog(), at))
     except SQLAlchemyError as exc:
         _db_fail(exc)
     if flagged:
         rows = [r for r in rows if r.flags]
     if as_json:
         print_json({"as_of": at.isoformat().replace("+00:00", "Z"), "method": METHOD,
-                    "customers": [r.to_json() for r in rows]})
+                    "customers": [r.to_json() for r in rows]}, fast=True)
         return
     elapsed = {(r.elapsed * 100).quantize(Decimal("0.1")) for r in rows}
     same = len(elapsed) == 1

@@ -84,7 +84,7 @@ def simulate(
         html.write_text(simulation_html(sim, title=f"Simulation — {spec.name if spec else 'history ' + history}"),
                         encoding="utf-8")
     if as_json:
-        print_json(sim.to_json(top=top))
+        print_json(sim.to_json(top=top), fast=True)
         return
     print_simulation(sim, top)
     if html is not None:
@@ -163,12 +163,12 @@ def _history(plans: list, month: str, levers):
     """Re-rate a past month of the ledger under the plans."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from billing.cli.context import cost_book, engine
+    from billing.cli.context import cost_book, report_engine
     from billing.simulate.history import simulate_history
 
     try:
         with _progress(None) as advance:
-            return simulate_history(engine(), month, plans, cost_book(), levers=levers, progress=advance)
+            return simulate_history(report_engine(), month, plans, cost_book(), levers=levers, progress=advance)
     except ValueError as exc:
         _fail(f"--history: {exc}")
     except SQLAlchemyError as exc:

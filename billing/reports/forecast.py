@@ -45,7 +45,7 @@ from billing.rating.types import MeterTotals
 from billing.reports import repository as repo
 from billing.reports.margins import customer_periods
 from billing.reports.stats import margin_pct, round_pct
-from billing.reports.to_date import rate_to_date
+from billing.reports.to_date import rate_to_date, usage_read
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -224,8 +224,10 @@ def forecast(engine: Engine, catalog: Catalog, as_of: datetime | None = None, *,
             current = {w.customer: w for w in rate_to_date(conn, catalog, list(active.values()), periods, as_of,
                                                            watermark, rollups=rollups)}
             scale = {c: run_rate_factor(as_of, w.start, w.end) for c, w in current.items() if as_of > w.start}
+            # the same windows again, scaled: on the usage just read (not read twice)
             projected = {w.customer: w for w in rate_to_date(conn, catalog, [current[c].sub for c in scale], periods,
-                                                             as_of, watermark, scale=scale, rollups=rollups)}
+                                                             as_of, watermark, scale=scale, rollups=rollups,
+                                                             known=usage_read(list(current.values())))}
         finally:
             conn.rollback()
     rows = []

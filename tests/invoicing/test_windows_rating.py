@@ -4,6 +4,8 @@ SQLite and PostgreSQL,
 
 - the close's invoices and the to-date rating of the same windows at the period end
   (``reports.to_date``, what margins and forecasts read) bill the same total;
+- a forecast's projection rated on the usage of its first rating (``known``) is the one
+  rated on the usage read again;
 - the history simulation of the subscription's own plan bills the close's total before
   prepaid grants (it applies no prepaid grant: their balances have moved since), where one
   subscription covers the period (a plan change is one candidate plan for the whole window
@@ -25,7 +27,7 @@ from billing.store.models import Invoice, InvoiceLineRow
 from billing.money import from_minor
 from billing.rating.periods import Period
 from billing.reports import repository as reports_repo
-from billing.reports.to_date import rate_to_date
+from billing.reports.to_date import rate_to_date, usage_read
 from billing.simulate.core import rate_totals
 from billing.simulate.history import history_totals
 from tests.support.db import World, invoicing_catalog
@@ -87,6 +89,22 @@ def _rated_to_date(world: World, cid: str) -> Decimal:
     return sum((w.invoice.total for w in rated), Decimal(0))
 
 
+def _scaled_both_ways(world: World, cid: str) -> tuple[list, list]:
+    """The windows to mid-October rated scaled by 7/3 (a forecast's projection): on the usage
+    read again, and on the usage of the first rating (``known``, as the forecast does)."""
+    as_of, k = OCTOBER.start + timedelta(days=13, hours=5), Decimal(7) / Decimal(3)
+    with world.engine.connect() as conn:
+        subs = [s for s in reports_repo.subscriptions_overlapping(conn, OCTOBER.start, OCTOBER.end)
+                if s.customer_id == cid]
+        mark = max_event_id(conn)
+        first = rate_to_date(conn, CATALOG, subs, {cid: OCTOBER}, as_of, mark)
+        again = rate_to_date(conn, CATALOG, subs, {cid: OCTOBER}, as_of, mark, scale={cid: k})
+        known = rate_to_date(conn, CATALOG, subs, {cid: OCTOBER}, as_of, mark, scale={cid: k},
+                             known=usage_read(first))
+        conn.rollback()
+    return [(w.invoice, w.usage) for w in again], [(w.invoice, w.usage) for w in known]
+
+
 def _closed(world: World, cid: str) -> tuple[Decimal, Decimal]:
     """The close's total for the customer's October, and the prepaid credit it drew."""
     world.invoicing.close(OCTOBER.end)
@@ -116,6 +134,8 @@ def test_close_to_date_and_history_rate_a_window_alike(module_engine, case):
     cid = f"w{next(_customers)}"
     _set_up(world, cid, case)
     to_date = _rated_to_date(world, cid)
+    again, known = _scaled_both_ways(world, cid)
+    assert again == known, case
     closed, prepaid = _closed(world, cid)
     assert to_date == closed, case
     if case["change"] is None:
