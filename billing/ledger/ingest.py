@@ -206,9 +206,6 @@ class Ledger:
             if events:
                 self._finish(self._store_chunk(self._prepare_chunk(list(events)), alerting), result, progress)
             return
-        if self._rollup_dims is None:  # so that stage 1 plans the first chunk's rollups too
-            with self.engine.connect() as conn:
-                self._rollup_dims = rollup_sql.dimensions(conn)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # bulk ingestion allocates millions of small objects; collect once at the end
         try:

@@ -46,20 +46,12 @@ def _merge_sql(pg: bool) -> str:
     return f"CASE WHEN {new} = '{{}}' THEN {old} WHEN {old} = '{{}}' THEN {new} ELSE {merged} END"
 
 
-_PG_ARRAYS = ("text[]", "bigint[]", "text[]", "text[]", "text[]") + ("bigint[]",) * 8 + ("text[]", "bigint[]", "bigint[]")  # COLUMNS' types
-_PG_UNNEST = ("SELECT c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15 FROM unnest("
-              + ", ".join(f"%s::{t}" for t in _PG_ARRAYS) + ") WITH ORDINALITY AS u ("
-              + ", ".join(f"c{i}" for i in range(16)) + ", n) ORDER BY n")
-
-
 @lru_cache(maxsize=16)
 def rollup_upsert(ph: str, pg: bool, rows: int = 1) -> str:
-    """The upsert of ``rows`` rows (one VALUES tuple each; ``upsert_rollups``); ``rows`` 0 on
-    PostgreSQL: of one array per column (``unnest``, in the arrays' order)."""
+    """The upsert of ``rows`` rows (one VALUES tuple each; ``upsert_rollups``)."""
     one = "(" + ",".join([ph] * 16) + ")"
-    source = _PG_UNNEST if pg and rows == 0 else f"VALUES {','.join([one] * rows)}"
     tokens = ", ".join(f"{t} = usage_rollup.{t} + excluded.{t}" for t in TOKENS)
-    return (f"INSERT INTO usage_rollup ({COLUMNS}) {source} ON CONFLICT ({_KEY}) DO UPDATE SET "
+    return (f"INSERT INTO usage_rollup ({COLUMNS}) VALUES {','.join([one] * rows)} ON CONFLICT ({_KEY}) DO UPDATE SET "
             f"events = usage_rollup.events + excluded.events, {add_sql('usage_rollup', 'cost_pico', 'cost_carry')}, "
             f"{tokens}, rounded = usage_rollup.rounded + excluded.rounded, odd = usage_rollup.odd + excluded.odd, "
             f"sums = {_merge_sql(pg)}")
@@ -83,9 +75,7 @@ def _rows(deltas: dict[tuple, list]) -> list[tuple]:
 def upsert_rollups(conn: Connection, deltas: dict[tuple, list]) -> None:
     """Add a chunk's deltas (``RollupPlanner.deltas``), in key order:
     SQLite: a few hundred rows per statement (the write lock is held: any order is safe);
-    PostgreSQL: one statement over an array per column, its rows in key order (text by code
-    point: the global lock order); an executemany of a row each costs a round of the
-    protocol per row (3 x slower on 100,000 rows)."""
+    PostgreSQL: one executemany in key order (text by code point: the global lock order)."""
     if not deltas:
         return
     rows = _rows(deltas)
@@ -93,7 +83,7 @@ def upsert_rollups(conn: Connection, deltas: dict[tuple, list]) -> None:
     cursor = conn.connection.driver_connection.cursor()
     try:
         if pg:
-            cursor.execute(rollup_upsert("%s", True, 0), [list(column) for column in zip(*rows)])
+            cursor.executemany(rollup_upsert("%s", True), rows)
             return
         per = max(1, min(_SQLITE_ROWS_PER_INSERT,
                          cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 16))
