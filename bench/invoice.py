@@ -40,6 +40,7 @@ def load(url: str, customers: int, events: int, plan: str) -> None:
 
     from billing.store.db import make_engine
     from billing.store.models import Customer, SeatChange, Subscription
+    from billing.store.partitions import ensure_range
     from billing.store.types import to_us
 
     engine = make_engine(url)

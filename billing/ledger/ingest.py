@@ -373,7 +373,7 @@ class Ledger:
         """Insert the new events, classify the rest, bump counters, hourly rollups and agent
         task usage, all in ONE transaction. Returns the customers with budget alerts (on a plan that has
         them) whose current period it counted usage in (alerts measure the current period)."""
-        status, problems, rows, index = staged.status, staged.problems, staged.rows, staged.index
+        rows, index = staged.rows, staged.index
         stored: dict[tuple[str, str], tuple] = {}
         with self.engine.begin() as conn:
             repriced = self._price_again(conn, staged)  # first: its lock comes before any other (cost_prices)
