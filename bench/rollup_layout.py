@@ -31,7 +31,7 @@ _COLUMNS = ("customer_id varchar(200) NOT NULL, hour bigint NOT NULL, type varch
             "model varchar(200) NOT NULL, dims varchar(2000) NOT NULL, events bigint NOT NULL, "
             "cost_pico bigint NOT NULL, cost_carry bigint NOT NULL, input_tokens bigint NOT NULL, "
             "output_tokens bigint NOT NULL, cache_read_tokens bigint NOT NULL, cache_write_tokens bigint NOT NULL, "
-            "reasoning_tokens bigint NOT NULL, sums text NOT NULL, rounded bigint NOT NULL, odd bigint NOT NULL")
+            "reasoning_tokens bigint NOT NULL, sums text NOT NULL, rounded bigint NOT NULL, odd bigint NOT NULL, tokened bigint")
 LAYOUTS = {
     "schema": "PRIMARY KEY (customer_id, hour, type, model, dims))",
     "schema_without_rowid": "PRIMARY KEY (customer_id, hour, type, model, dims)) WITHOUT ROWID",

@@ -191,7 +191,7 @@ def test_a_quota_commit_counts_under_the_subscriptions_a_concurrent_change_made(
         real_settle = QuotaWriter._settle_plan
         changed: dict[str, object] = {}
 
-        def change_meanwhile(self, conn, settles, holds, stored, now, now_us):
+        def change_meanwhile(self, *args):
             if "thread" not in changed:
                 def change() -> None:
                     try:
@@ -207,7 +207,7 @@ def test_a_quota_commit_counts_under_the_subscriptions_a_concurrent_change_made(
                 while "done" not in changed and "error" not in changed and _lock_waiters(engine) < 1:
                     assert time.monotonic() < deadline
                     time.sleep(0.02)  # the change committed, or it waits for this transaction
-            return real_settle(self, conn, settles, holds, stored, now, now_us)
+            return real_settle(self, *args)
 
         monkeypatch.setattr(QuotaWriter, "_settle_plan", change_meanwhile)
         event = {"id": "q1", "type": "llm.call",
