@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
 import pytest
 
 from billing.api.auth import create_key
@@ -27,7 +26,7 @@ from billing.ledger.accounts import Accounts
 from tests.support.db import engine_for_url, postgres_database, postgres_server_url, sqlite_database
 from tests.support.guards import COST_CAP, COST_RACE_PLAN
 from tests.support.quota import BLOCK_PLAN
-from tests.support.live_server import billing_serve, wait_healthy
+from tests.support.live_server import serve_side_by_side
 
 N_REQUESTS = 200
 LIMIT = 100
@@ -72,18 +71,7 @@ def _race_two_servers(url: str, tmp_path: Path, plan: tuple[str, str] = ("blocky
         _, key = create_key(engine, "check", customer="acme", name="race")
 
         with ExitStack() as stack:
-            servers = []
-            for i in range(2):
-                log_path = tmp_path / f"server{i}.log"
-                proc, base = stack.enter_context(billing_serve(url, plans_dir, log_path, wait=False))
-                servers.append((proc, base, log_path))
-            for proc, base, log_path in servers:
-                wait_healthy(base, proc, log_path)
-
-            headers = {"Authorization": f"Bearer {key}"}
-            clients = [stack.enter_context(httpx.Client(base_url=base, headers=headers, timeout=60.0,
-                                                        limits=httpx.Limits(max_connections=32)))
-                       for _, base, _ in servers]
+            servers, clients = serve_side_by_side(stack, url, plans_dir, tmp_path, key)
             barrier = threading.Barrier(32)
 
             def one(i: int) -> tuple[int, dict]:

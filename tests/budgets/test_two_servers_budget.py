@@ -15,7 +15,6 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from billing.api.auth import create_key
@@ -46,7 +45,7 @@ def _race(url: str, tmp_path: Path) -> None:
     plans_dir.mkdir()
     (plans_dir / "cost-capped.yaml").write_text(COST_RACE_PLAN)  # no unit limit: the budget is the limit
     catalog = Catalog.from_paths(plans_dir)
-    from tests.support.live_server import billing_serve, wait_healthy
+    from tests.support.live_server import serve_side_by_side
 
     with engine_for_url(url) as engine:
         start = datetime.now(UTC) - timedelta(days=1)
@@ -59,17 +58,7 @@ def _race(url: str, tmp_path: Path) -> None:
         _, key = create_key(engine, "check", customer="acme", name="race")
 
         with ExitStack() as stack:
-            servers = []
-            for i in range(2):
-                log_path = tmp_path / f"server{i}.log"
-                proc, base = stack.enter_context(billing_serve(url, plans_dir, log_path, wait=False))
-                servers.append((proc, base, log_path))
-            for proc, base, log_path in servers:
-                wait_healthy(base, proc, log_path)
-            headers = {"Authorization": f"Bearer {key}"}
-            clients = [stack.enter_context(httpx.Client(base_url=base, headers=headers, timeout=60.0,
-                                                        limits=httpx.Limits(max_connections=32)))
-                       for _, base, _ in servers]
+            servers, clients = serve_side_by_side(stack, url, plans_dir, tmp_path, key)
             barrier = threading.Barrier(32)
 
             def one(i: int) -> tuple[int, dict]:

@@ -81,6 +81,25 @@ def billing_serve(url: str, plans_dir: Path, log_path: Path, env: dict | None = 
                 proc.wait(10)
 
 
+def serve_side_by_side(stack, url: str, plans_dir: Path, tmp_path: Path, key: str, n: int = 2,
+                       max_connections: int = 32) -> tuple[list[tuple[subprocess.Popen, str, Path]], list[httpx.Client]]:
+    """``n`` `billing serve` processes on one database, started side by side and waited for,
+    and an authenticated client for each (all closed with ``stack``): (servers, clients),
+    each server as (process, base URL, log path)."""
+    servers = []
+    for i in range(n):
+        log_path = tmp_path / f"server{i}.log"
+        proc, base = stack.enter_context(billing_serve(url, plans_dir, log_path, wait=False))
+        servers.append((proc, base, log_path))
+    for proc, base, log_path in servers:
+        wait_healthy(base, proc, log_path)
+    headers = {"Authorization": f"Bearer {key}"}
+    clients = [stack.enter_context(httpx.Client(base_url=base, headers=headers, timeout=60.0,
+                                                limits=httpx.Limits(max_connections=max_connections)))
+               for _, base, _ in servers]
+    return servers, clients
+
+
 @contextmanager
 def uvicorn_thread(app) -> Iterator[str]:
     """``app`` served by uvicorn (httptools, as `billing serve`) in a thread; yields its base URL."""
