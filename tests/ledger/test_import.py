@@ -150,11 +150,11 @@ def test_kill_9_mid_import_then_rerun_counts_every_event_once(db_url, engine, tm
     """kill -9 of the import once some chunks committed: a re-run counts every event once.
     With ``--parallel`` the preparing process dies with it (it does not run on, orphaned)."""
     _setup(engine)
-    n = 60_000
+    n = 150_000  # ~150 commits: enough time between the first and the last for the poll below, also on a loaded machine
     path = tmp_path / "big.jsonl"
     _write(path, [_event("acme" if i % 3 else "beta", f"k{i}", i, task=f"t{i % 7}") for i in range(n)], {})
     proc = subprocess.Popen([sys.executable, "-m", "billing", "events", "import", str(path), "--json",
-                             "--batch", "2000", mode], env=_cli_env(db_url), stdout=subprocess.DEVNULL,
+                             "--batch", "1000", mode], env=_cli_env(db_url), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     children: list[int] = []
