@@ -13,15 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, text
 
 from billing.ledger.rollups import HOUR_US
 from billing.store import rollup_sql
 from billing.store.aggregate_sql import _Sql
-from billing.store.wide import WIDE, exact_sums, sum_sql, summed
+from billing.store.rollup_sql import RollupTotal
 
 TOKEN_PROPERTIES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+if TYPE_CHECKING:
+    from billing.reports.repository import CostRow
+
 _CHUNK = 500
 
 
@@ -56,49 +60,56 @@ def cost_split(conn: Connection, start_us: int, end_us: int, outcome_types: Sequ
 
 
 def rollup_split(conn: Connection, start_us: int, end_us: int, outcome_types: Sequence[str],
-                 customers: Sequence[str] | None = None) -> list[SplitRow] | None:
+                 customers: Sequence[str] | None = None, found: dict[tuple, RollupTotal] | None = None
+                 ) -> list[SplitRow] | None:
     """``cost_split`` from the rollups over the window's whole hours, the events over its edges
     and for the customers a rollup row cannot answer (mixed or unknown ``tokened``); None
-    when the rollups cannot answer at all (stale, no whole hour)."""
+    when the rollups cannot answer at all (stale, no whole hour). ``found``: the rollups'
+    per-customer totals of those hours with the split's columns, already read
+    (``costs_and_split``)."""
     a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
     if a >= b or rollup_sql.stale(conn):
         return None
-    pure = "tokened = events AND events > 0"
-    mixed = "CASE WHEN tokened IS NULL OR events <= 0 OR (tokened > 0 AND tokened < events) THEN 1 ELSE 0 END"
-    types = list(outcome_types) or [""]
-    found: dict[str, SplitRow] = {}
+    if found is None:
+        found = rollup_sql.totals(conn, a, b, (), customers, outcome_types=outcome_types)
+    rows: dict[str, SplitRow] = {}
     inexact: list[str] = []
-    for part in _chunks(customers):
-        def query(split: bool, part=part) -> list:
-            where = "" if part is None else " AND customer_id IN :ids"
-            stmt = text(f"SELECT customer_id, {sum_sql(f'CASE WHEN {pure} THEN cost_pico ELSE 0 END', split)}, "
-                        f"SUM(CASE WHEN {pure} THEN cost_carry ELSE 0 END), {sum_sql('cost_pico', split)}, "
-                        f"SUM(cost_carry), SUM(CASE WHEN type IN :types THEN events ELSE 0 END), SUM({mixed}) "
-                        f"FROM usage_rollup WHERE hour >= :a AND hour < :b{where} GROUP BY customer_id")
-            stmt = stmt.bindparams(bindparam("types", expanding=True))
-            values: dict = {"a": a, "b": b, "types": types}
-            if part is not None:
-                stmt = stmt.bindparams(bindparam("ids", expanding=True))
-                values["ids"] = part
-            return conn.execute(stmt, values).all()
-
-        for customer, *ai, ai_carry, h, m, lo, carry, outcomes, odd in exact_sums(query):
-            if odd:
-                inexact.append(customer)
-                continue
-            ai_pico = int(summed(*ai)) + int(ai_carry or 0) * WIDE
-            total = int(summed(h, m, lo)) + int(carry or 0) * WIDE
-            found[customer] = SplitRow(customer, ai_pico, total - ai_pico, int(outcomes or 0))
+    for (customer,), t in found.items():
+        if t.mixed:
+            inexact.append(customer)
+            continue
+        rows[customer] = SplitRow(customer, t.ai_cost_pico, t.cost_pico - t.ai_cost_pico, t.outcomes)
     for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
         if lo < hi:
             for r in event_split(conn, lo, hi, outcome_types, customers):
-                had = found.get(r.customer)
-                found[r.customer] = r if had is None else had + r
+                had = rows.get(r.customer)
+                rows[r.customer] = r if had is None else had + r
     if inexact:  # the whole window of these customers: from the events
         for c in inexact:
-            found.pop(c, None)
-        found.update((r.customer, r) for r in event_split(conn, start_us, end_us, outcome_types, inexact))
-    return [found[c] for c in sorted(found)]
+            rows.pop(c, None)
+        rows.update((r.customer, r) for r in event_split(conn, start_us, end_us, outcome_types, inexact))
+    return [rows[c] for c in sorted(rows)]
+
+
+def costs_and_split(conn: Connection, start_us: int, end_us: int, interaction_type: str,
+                    outcome_types: Sequence[str], customers: Sequence[str] | None = None
+                    ) -> tuple[list[CostRow], list[SplitRow]] | None:
+    """The margin report's per-customer costs (``reports.repository.cost_by`` with tokens) and
+    its cost split (``cost_split``) from ONE scan of the rollups' whole hours (each then adds
+    its edges and falls back to the events where it must, as it does alone); None when the
+    rollups cannot answer (stale, no whole hour)."""
+    from billing.reports.repository import event_costs, rollup_costs
+
+    a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
+    if a >= b or rollup_sql.stale(conn):
+        return None
+    found = rollup_sql.totals(conn, a, b, (), customers, interaction_type, outcome_types)
+    rows = rollup_costs(conn, start_us, end_us, None, customers, interaction_type, True, found=found)
+    if rows is None:
+        rows = event_costs(conn, start_us, end_us, None, customers, interaction_type, True)
+    split = rollup_split(conn, start_us, end_us, outcome_types, customers, found=found)
+    assert split is not None  # the same checks as above
+    return rows, split
 
 
 def event_split(conn: Connection, start_us: int, end_us: int, outcome_types: Sequence[str],
