@@ -21,11 +21,12 @@ from billing.ledger.rollups import HOUR_US
 from billing.store import rollup_sql
 from billing.store.aggregate_sql import _Sql
 from billing.store.rollup_sql import RollupTotal
+from billing.store.wide import WIDE, exact_sums, sum_sql, summed
 
-TOKEN_PROPERTIES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 if TYPE_CHECKING:
     from billing.reports.repository import CostRow
 
+TOKEN_PROPERTIES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 _CHUNK = 500
 
 
@@ -70,15 +71,16 @@ def rollup_split(conn: Connection, start_us: int, end_us: int, outcome_types: Se
     a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
     if a >= b or rollup_sql.stale(conn):
         return None
-    if found is None:
-        found = rollup_sql.totals(conn, a, b, (), customers, outcome_types=outcome_types)
     rows: dict[str, SplitRow] = {}
     inexact: list[str] = []
-    for (customer,), t in found.items():
-        if t.mixed:
-            inexact.append(customer)
-            continue
-        rows[customer] = SplitRow(customer, t.ai_cost_pico, t.cost_pico - t.ai_cost_pico, t.outcomes)
+    if found is None:
+        _split_only(conn, a, b, outcome_types, customers, rows, inexact)
+    else:
+        for (customer,), t in found.items():
+            if t.mixed:
+                inexact.append(customer)
+                continue
+            rows[customer] = SplitRow(customer, t.ai_cost_pico, t.cost_pico - t.ai_cost_pico, t.outcomes)
     for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
         if lo < hi:
             for r in event_split(conn, lo, hi, outcome_types, customers):
@@ -89,6 +91,35 @@ def rollup_split(conn: Connection, start_us: int, end_us: int, outcome_types: Se
             rows.pop(c, None)
         rows.update((r.customer, r) for r in event_split(conn, start_us, end_us, outcome_types, inexact))
     return [rows[c] for c in sorted(rows)]
+
+
+def _split_only(conn: Connection, a: int, b: int, outcome_types: Sequence[str], customers: Sequence[str] | None,
+                rows: dict[str, SplitRow], inexact: list[str]) -> None:
+    """The split's columns alone over the hours [a, b) (``rollup_sql.totals`` with
+    ``outcome_types`` reads them beside the costs): into ``rows``, or ``inexact``."""
+    pure, mixed = rollup_sql.PURE, rollup_sql.MIXED
+    types = list(outcome_types) or [""]
+    for part in _chunks(customers):
+        def query(split: bool, part=part) -> list:
+            where = "" if part is None else " AND customer_id IN :ids"
+            stmt = text(f"SELECT customer_id, {sum_sql(f'CASE WHEN {pure} THEN cost_pico ELSE 0 END', split)}, "
+                        f"SUM(CASE WHEN {pure} THEN cost_carry ELSE 0 END), {sum_sql('cost_pico', split)}, "
+                        f"SUM(cost_carry), SUM(CASE WHEN type IN :types THEN events ELSE 0 END), SUM({mixed}) "
+                        f"FROM usage_rollup WHERE hour >= :a AND hour < :b{where} GROUP BY customer_id")
+            stmt = stmt.bindparams(bindparam("types", expanding=True))
+            values: dict = {"a": a, "b": b, "types": types}
+            if part is not None:
+                stmt = stmt.bindparams(bindparam("ids", expanding=True))
+                values["ids"] = part
+            return conn.execute(stmt, values).all()
+
+        for customer, *ai, ai_carry, h, m, lo, carry, outcomes, odd in exact_sums(query):
+            if odd:
+                inexact.append(customer)
+                continue
+            ai_pico = int(summed(*ai)) + int(ai_carry or 0) * WIDE
+            total = int(summed(h, m, lo)) + int(carry or 0) * WIDE
+            rows[customer] = SplitRow(customer, ai_pico, total - ai_pico, int(outcomes or 0))
 
 
 def costs_and_split(conn: Connection, start_us: int, end_us: int, interaction_type: str,
@@ -108,8 +139,7 @@ def costs_and_split(conn: Connection, start_us: int, end_us: int, interaction_ty
     if rows is None:
         rows = event_costs(conn, start_us, end_us, None, customers, interaction_type, True)
     split = rollup_split(conn, start_us, end_us, outcome_types, customers, found=found)
-    assert split is not None  # the same checks as above
-    return rows, split
+    return None if split is None else (rows, split)
 
 
 def event_split(conn: Connection, start_us: int, end_us: int, outcome_types: Sequence[str],
