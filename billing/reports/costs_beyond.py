@@ -7,14 +7,16 @@ book prices per call, costs the app reports itself); the plan's fixed monthly **
 others); and, when the customer has outcome events (the event types of the plan's
 outcome meters -- those with ``disputes`` -- and ``outcome``), the **cost per outcome**
 beside the revenue per outcome (cost per resolved ticket). Margin after overhead = revenue -
-cost - overhead. Additive to ``reports.margins``: it reads nothing the report reads. The
-split and the outcomes come from the hourly rollups where they are exact
-(``billing.reports.split_repository``), the distinct users from the events.
+cost - overhead. Additive to ``reports.margins``. The split and the outcomes come from the
+hourly rollups where they are exact (``billing.reports.split_repository``; the margin report
+reads them in the same scan of the rollups as its costs and passes them as ``known``), the
+distinct users from the events.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,7 +24,7 @@ from decimal import Decimal
 from billing.catalog import Catalog
 from billing.money import dec_str
 from billing.rating.periods import Period, prorate_fraction, seat_segments
-from billing.reports.split_repository import cost_split, distinct_users
+from billing.reports.split_repository import SplitRow, cost_split, distinct_users
 from billing.store.grants_and_seats import seat_histories
 from billing.store.types import to_us
 
@@ -51,9 +53,10 @@ def outcome_types(catalog: Catalog) -> list[str]:
 
 
 def splits(conn, catalog: Catalog, periods: dict[str, Period], subs: list, as_of: datetime,
-           rollups: bool = True) -> dict[str, CostSplit]:
+           rollups: bool = True, known: Mapping[Period, list[SplitRow]] | None = None) -> dict[str, CostSplit]:
     """customer -> its cost split and overhead over its period up to ``as_of`` (``rollups``
-    False: from the events even where the rollups are exact)."""
+    False: from the events even where the rollups are exact). ``known``: the split rows of
+    the periods already read (``split_repository.costs_and_split``)."""
     by_zone: dict[Period, list[str]] = defaultdict(list)
     for customer, p in periods.items():
         by_zone[p].append(customer)
@@ -68,7 +71,10 @@ def splits(conn, catalog: Catalog, periods: dict[str, Period], subs: list, as_of
         end = min(p.end, as_of)
         if end > p.start:
             only = members if len(by_zone) > 1 else None
-            rows.update({r.customer: r for r in cost_split(conn, to_us(p.start), to_us(end), types, only, rollups)})
+            got = known.get(p) if known else None
+            if got is None:
+                got = cost_split(conn, to_us(p.start), to_us(end), types, only, rollups)
+            rows.update({r.customer: r for r in got})
             counted = sorted(per_user.intersection(members))
             if counted:
                 users.update(distinct_users(conn, to_us(p.start), to_us(end), counted))

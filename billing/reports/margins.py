@@ -57,7 +57,8 @@ from billing.store.types import to_us
 from billing.money import from_minor, quantum
 from billing.rating.periods import Period, parse_period_label
 from billing.reports import repository as repo
-from billing.reports.costs_beyond import splits
+from billing.reports.costs_beyond import outcome_types, splits
+from billing.reports.split_repository import SplitRow, costs_and_split
 from billing.reports.stats import PERCENTILES, allocate, margin_pct, percentile, percentiles
 from billing.reports.to_date import rate_to_date
 
@@ -299,13 +300,14 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
             hi = max((p.end for p in periods.values()), default=utc.end)
             subs = repo.subscriptions_overlapping(conn, lo, hi)
             lines = repo.billed_lines(conn, lo, hi, as_of)
-            rows, kept = _costs_per_zone(conn, periods, as_of, by, interaction_type, rollups)
+            rows, kept, known = _costs_per_zone(conn, periods, as_of, by, interaction_type, rollups,
+                                                outcome_types(catalog))
             days = _costs_per_zone(conn, periods, as_of, repo.DAY, interaction_type, rollups)[0] if daily else []
             billed, billed_subs = _billed_revenue(lines, periods, as_of)
             open_subs = [s for s in subs if s.id not in billed_subs]
             rated = rate_to_date(conn, catalog, open_subs, periods, as_of, max_event_id(conn),
                                  rollups=rollups) if open_subs else []
-            split = splits(conn, catalog, periods, subs, as_of, rollups)  # costs beyond tokens, overhead
+            split = splits(conn, catalog, periods, subs, as_of, rollups, known)  # costs beyond tokens, overhead
         finally:
             conn.rollback()
     rated_revenue: dict[str, Decimal] = defaultdict(lambda: ZERO)
@@ -321,24 +323,34 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
     return report
 
 
-def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str | None,
-                    interaction_type: str, rollups: bool = True) -> tuple[list[repo.CostRow], list[FlaggedGroup]]:
+def _costs_per_zone(conn, periods: dict[str, Period], as_of: datetime, by: str | None, interaction_type: str,
+                    rollups: bool = True, split_types: list[str] | None = None
+                    ) -> tuple[list[repo.CostRow], list[FlaggedGroup], dict[Period, list[SplitRow]]]:
     """Cost and counts per customer (and per property value), and the flagged events kept
-    out of them, up to ``as_of``: one query per time zone."""
+    out of them, up to ``as_of``: one query per time zone. ``split_types`` (without ``by``):
+    also the cost split (``costs_beyond.splits``' ``known``) of each zone the hourly rollups
+    answer, read in the same scan of them (``costs_and_split``)."""
     by_zone: dict[Period, list[str]] = defaultdict(list)
     for customer, p in periods.items():
         by_zone[p].append(customer)
     rows: list[repo.CostRow] = []
     kept: list[FlaggedGroup] = []
+    split: dict[Period, list[SplitRow]] = {}
     for p, members in by_zone.items():
         end = min(p.end, as_of)
         if end <= p.start:
             continue
         only = members if len(by_zone) > 1 else None
-        rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
-                                 interaction_type=interaction_type, rollups=rollups, tokens=True))
+        both = (costs_and_split(conn, to_us(p.start), to_us(end), interaction_type, split_types, only)
+                if rollups and by is None and split_types is not None else None)
+        if both is not None:
+            rows.extend(both[0])
+            split[p] = both[1]
+        else:
+            rows.extend(repo.cost_by(conn, to_us(p.start), to_us(end), by, customers=only,
+                                     interaction_type=interaction_type, rollups=rollups, tokens=True))
         kept.extend(flagged_totals(conn, start_us=to_us(p.start), end_us=to_us(end), customers=only))
-    return rows, kept
+    return rows, kept, split
 
 
 def _billed_revenue(lines: list[repo.BilledLine], periods: dict[str, Period],

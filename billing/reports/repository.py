@@ -225,9 +225,11 @@ def cost_by(conn: Connection, start_us: int, end_us: int, prop: str | Sequence[s
 
 def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | Sequence[str] | None = None,
                  customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
-                 tokens: bool = False) -> list[CostRow] | None:
+                 tokens: bool = False, found: dict[tuple, rollup_sql.RollupTotal] | None = None
+                 ) -> list[CostRow] | None:
     """``cost_by`` from the rollups over the window's whole hours and the events over its
-    edges, or None when the rollups are not exact for it (``billing.ledger.rollups``)."""
+    edges, or None when the rollups are not exact for it (``billing.ledger.rollups``).
+    ``found``: the rollups' totals of those hours by customer and ``prop``, already read."""
     a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
     if a >= b or rollup_sql.stale(conn):
         return None
@@ -235,7 +237,8 @@ def rollup_costs(conn: Connection, start_us: int, end_us: int, prop: str | Seque
     dims = rollup_sql.dimensions(conn) if props else ()
     if any(p not in ("type", "model", DAY) and p not in dims for p in props):
         return None
-    found = rollup_sql.totals(conn, a, b, props, customers, interaction_type)
+    if found is None:
+        found = rollup_sql.totals(conn, a, b, props, customers, interaction_type)
     if any(p not in ("type", DAY) for p in props) and any(t.odd for t in found.values()):
         return None
     if tokens and any(t.rounded for t in found.values()):

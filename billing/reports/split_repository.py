@@ -13,13 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, text
 
 from billing.ledger.rollups import HOUR_US
 from billing.store import rollup_sql
 from billing.store.aggregate_sql import _Sql
+from billing.store.rollup_sql import RollupTotal
 from billing.store.wide import WIDE, exact_sums, sum_sql, summed
+
+if TYPE_CHECKING:
+    from billing.reports.repository import CostRow
 
 TOKEN_PROPERTIES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 _CHUNK = 500
@@ -56,18 +61,44 @@ def cost_split(conn: Connection, start_us: int, end_us: int, outcome_types: Sequ
 
 
 def rollup_split(conn: Connection, start_us: int, end_us: int, outcome_types: Sequence[str],
-                 customers: Sequence[str] | None = None) -> list[SplitRow] | None:
+                 customers: Sequence[str] | None = None, found: dict[tuple, RollupTotal] | None = None
+                 ) -> list[SplitRow] | None:
     """``cost_split`` from the rollups over the window's whole hours, the events over its edges
     and for the customers a rollup row cannot answer (mixed or unknown ``tokened``); None
-    when the rollups cannot answer at all (stale, no whole hour)."""
+    when the rollups cannot answer at all (stale, no whole hour). ``found``: the rollups'
+    per-customer totals of those hours with the split's columns, already read
+    (``costs_and_split``)."""
     a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
     if a >= b or rollup_sql.stale(conn):
         return None
-    pure = "tokened = events AND events > 0"
-    mixed = "CASE WHEN tokened IS NULL OR events <= 0 OR (tokened > 0 AND tokened < events) THEN 1 ELSE 0 END"
-    types = list(outcome_types) or [""]
-    found: dict[str, SplitRow] = {}
+    rows: dict[str, SplitRow] = {}
     inexact: list[str] = []
+    if found is None:
+        _split_only(conn, a, b, outcome_types, customers, rows, inexact)
+    else:
+        for (customer,), t in found.items():
+            if t.mixed:
+                inexact.append(customer)
+                continue
+            rows[customer] = SplitRow(customer, t.ai_cost_pico, t.cost_pico - t.ai_cost_pico, t.outcomes)
+    for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
+        if lo < hi:
+            for r in event_split(conn, lo, hi, outcome_types, customers):
+                had = rows.get(r.customer)
+                rows[r.customer] = r if had is None else had + r
+    if inexact:  # the whole window of these customers: from the events
+        for c in inexact:
+            rows.pop(c, None)
+        rows.update((r.customer, r) for r in event_split(conn, start_us, end_us, outcome_types, inexact))
+    return [rows[c] for c in sorted(rows)]
+
+
+def _split_only(conn: Connection, a: int, b: int, outcome_types: Sequence[str], customers: Sequence[str] | None,
+                rows: dict[str, SplitRow], inexact: list[str]) -> None:
+    """The split's columns alone over the hours [a, b) (``rollup_sql.totals`` with
+    ``outcome_types`` reads them beside the costs): into ``rows``, or ``inexact``."""
+    pure, mixed = rollup_sql.PURE, rollup_sql.MIXED
+    types = list(outcome_types) or [""]
     for part in _chunks(customers):
         def query(split: bool, part=part) -> list:
             where = "" if part is None else " AND customer_id IN :ids"
@@ -88,17 +119,27 @@ def rollup_split(conn: Connection, start_us: int, end_us: int, outcome_types: Se
                 continue
             ai_pico = int(summed(*ai)) + int(ai_carry or 0) * WIDE
             total = int(summed(h, m, lo)) + int(carry or 0) * WIDE
-            found[customer] = SplitRow(customer, ai_pico, total - ai_pico, int(outcomes or 0))
-    for lo, hi in ((start_us, a), (b, end_us)):  # the edges: from the events
-        if lo < hi:
-            for r in event_split(conn, lo, hi, outcome_types, customers):
-                had = found.get(r.customer)
-                found[r.customer] = r if had is None else had + r
-    if inexact:  # the whole window of these customers: from the events
-        for c in inexact:
-            found.pop(c, None)
-        found.update((r.customer, r) for r in event_split(conn, start_us, end_us, outcome_types, inexact))
-    return [found[c] for c in sorted(found)]
+            rows[customer] = SplitRow(customer, ai_pico, total - ai_pico, int(outcomes or 0))
+
+
+def costs_and_split(conn: Connection, start_us: int, end_us: int, interaction_type: str,
+                    outcome_types: Sequence[str], customers: Sequence[str] | None = None
+                    ) -> tuple[list[CostRow], list[SplitRow]] | None:
+    """The margin report's per-customer costs (``reports.repository.cost_by`` with tokens) and
+    its cost split (``cost_split``) from ONE scan of the rollups' whole hours (each then adds
+    its edges and falls back to the events where it must, as it does alone); None when the
+    rollups cannot answer (stale, no whole hour)."""
+    from billing.reports.repository import event_costs, rollup_costs
+
+    a, b = -(-start_us // HOUR_US) * HOUR_US, end_us // HOUR_US * HOUR_US
+    if a >= b or rollup_sql.stale(conn):
+        return None
+    found = rollup_sql.totals(conn, a, b, (), customers, interaction_type, outcome_types)
+    rows = rollup_costs(conn, start_us, end_us, None, customers, interaction_type, True, found=found)
+    if rows is None:
+        rows = event_costs(conn, start_us, end_us, None, customers, interaction_type, True)
+    split = rollup_split(conn, start_us, end_us, outcome_types, customers, found=found)
+    return None if split is None else (rows, split)
 
 
 def event_split(conn: Connection, start_us: int, end_us: int, outcome_types: Sequence[str],

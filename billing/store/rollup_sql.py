@@ -141,7 +141,8 @@ def flag_set(conn: Connection, name: str) -> bool:
 
 @dataclass
 class RollupTotal:
-    """Summed rollup rows of one group."""
+    """Summed rollup rows of one group (with ``totals``' ``outcome_types``, also the margin
+    report's cost split: ``billing.reports.split_repository``)."""
 
     events: int = 0
     interactions: int = 0
@@ -149,6 +150,14 @@ class RollupTotal:
     odd: int = 0
     rounded: int = 0
     tokens: tuple[int, ...] = (0, 0, 0, 0, 0)  # TOKENS
+    ai_cost_pico: int = 0  # the cost of the rows whose every event carries a token count
+    outcomes: int = 0  # the events of ``outcome_types``
+    mixed: int = 0  # rows whose events are not all with or all without tokens, or unknown (NULL ``tokened``)
+
+
+# the rows whose events all carry a token count, and those the split cannot answer
+PURE = "tokened = events AND events > 0"
+MIXED = "CASE WHEN tokened IS NULL OR events <= 0 OR (tokened > 0 AND tokened < events) THEN 1 ELSE 0 END"
 
 
 def key_sql(dialect: str, name: str) -> str:
@@ -165,8 +174,11 @@ def key_sql(dialect: str, name: str) -> str:
 
 
 def totals(conn: Connection, start_hour: int, end_hour: int, groups: Sequence[str] = (),
-           customers: Sequence[str] | None = None, interaction_type: str = "llm.call") -> dict[tuple, RollupTotal]:
-    """(customer, *values of ``groups``) -> totals of the rows with start_hour <= hour < end_hour."""
+           customers: Sequence[str] | None = None, interaction_type: str = "llm.call",
+           outcome_types: Sequence[str] | None = None) -> dict[tuple, RollupTotal]:
+    """(customer, *values of ``groups``) -> totals of the rows with start_hour <= hour < end_hour.
+    ``outcome_types``: with the cost split's columns (``ai_cost_pico``, ``outcomes``, ``mixed``)
+    in the same scan of the rows."""
     from sqlalchemy import bindparam, text
 
     keys = [key_sql(conn.dialect.name, g) for g in groups]
@@ -176,22 +188,36 @@ def totals(conn: Connection, start_hour: int, end_hour: int, groups: Sequence[st
     parts = [None] if ids is None else [ids[i:i + 500] for i in range(0, len(ids), 500)]
     out: dict[tuple, RollupTotal] = {}
     n = len(keys)
+    with_split = outcome_types is not None
     for part in parts:
         def query(split_parts: bool, part=part) -> list:
+            extra = ""
+            if with_split:
+                extra = (f", {sum_sql(f'CASE WHEN {PURE} THEN cost_pico ELSE 0 END', split_parts)}, "
+                         f"SUM(CASE WHEN {PURE} THEN cost_carry ELSE 0 END), "
+                         f"SUM(CASE WHEN type IN :otypes THEN events ELSE 0 END), SUM({MIXED})")
             sql = (f"SELECT customer_id{select_keys}, SUM(events), SUM(CASE WHEN type = :itype THEN events ELSE 0 END), "
-                   f"{sum_sql('cost_pico', split_parts)}, SUM(cost_carry), SUM(odd), SUM(rounded), {tokens} "
+                   f"{sum_sql('cost_pico', split_parts)}, SUM(cost_carry), SUM(odd), SUM(rounded), {tokens}{extra} "
                    f"FROM usage_rollup WHERE hour >= :a AND hour < :b"
                    f"{'' if part is None else ' AND customer_id IN :ids'} GROUP BY customer_id{select_keys}")
             stmt = text(sql)
-            values = {"a": start_hour, "b": end_hour, "itype": interaction_type}
+            values: dict = {"a": start_hour, "b": end_hour, "itype": interaction_type}
             if part is not None:
                 stmt = stmt.bindparams(bindparam("ids", expanding=True))
                 values["ids"] = list(part)
+            if with_split:
+                stmt = stmt.bindparams(bindparam("otypes", expanding=True))
+                values["otypes"] = list(outcome_types) or [""]
             return conn.execute(stmt, values).all()
 
         for row in exact_sums(query):
             key = tuple(row[:1 + n])
             ev, inter, h, m, lo, carry, odd, rounded = row[1 + n:9 + n]
-            out[key] = RollupTotal(int(ev), int(inter or 0), int(summed(h, m, lo)) + int(carry or 0) * WIDE,
-                                   int(odd or 0), int(rounded or 0), tuple(int(t or 0) for t in row[9 + n:]))
+            total = RollupTotal(int(ev), int(inter or 0), int(summed(h, m, lo)) + int(carry or 0) * WIDE,
+                                int(odd or 0), int(rounded or 0), tuple(int(t or 0) for t in row[9 + n:14 + n]))
+            if with_split:
+                ah, am, alo, acarry, outcomes, mixed = row[14 + n:]
+                total.ai_cost_pico = int(summed(ah, am, alo)) + int(acarry or 0) * WIDE
+                total.outcomes, total.mixed = int(outcomes or 0), int(mixed or 0)
+            out[key] = total
     return out

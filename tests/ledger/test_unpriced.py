@@ -124,6 +124,26 @@ def test_unpriced_and_unmetered_events_are_kept_with_their_reason(engine):
         totals = {(g.status, g.key): (g.customers, g.events, g.tokens) for g in flagged_totals(conn)}
     assert totals == {("unpriced", "nova-9"): (1, 1, D(1_100_000)), ("unpriced", "nova-vec"): (1, 1, D(10)),
                       ("unmetered", "embedding"): (1, 1, D(1_000_000)), ("unmetered", "vector.search"): (1, 1, D(10))}
+    oct_us = (1790812800000000, 1793491200000000)
+    with engine.connect() as conn:  # over a window, of named customers: the same totals
+        assert flagged_totals(conn, start_us=oct_us[0], end_us=oct_us[1]) == flagged_totals(conn)
+        assert flagged_totals(conn, start_us=oct_us[0], end_us=oct_us[1], customers=["acme"]) == flagged_totals(conn)
+        assert flagged_totals(conn, start_us=oct_us[1], end_us=oct_us[1] + 1) == []
+    if engine.dialect.name == "sqlite":  # ... read through the flagged events' partial indexes, never the window's events
+        statements: list[str] = []
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            raw.set_trace_callback(statements.append)
+            try:
+                flagged_totals(conn, start_us=oct_us[0], end_us=oct_us[1])
+                flagged_totals(conn, start_us=oct_us[0], end_us=oct_us[1], customers=["acme", "other"])
+            finally:
+                raw.set_trace_callback(None)
+            reads = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+            assert len(reads) == 4
+            for q in reads:
+                plan = " ".join(str(r[-1]) for r in raw.execute(f"EXPLAIN QUERY PLAN {q}").fetchall())
+                assert "ix_usage_event_unpriced" in plan or "ix_usage_event_flagged" in plan, plan
 
 
 def test_the_longest_and_oddest_names_are_kept_or_rejected_cleanly(engine):

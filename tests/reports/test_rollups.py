@@ -242,7 +242,11 @@ def test_the_cost_split_reads_the_rollups_unless_a_row_mixes_tokened_and_other_e
     """AI cost / other cost (``costs_beyond``) from the rollups: a row whose events all carry
     token counts, or none, answers it (the events can be gone); a row mixing both, or one
     written before ``tokened`` existed (NULL), sends its customer to the events."""
-    from billing.reports.split_repository import cost_split, event_split, rollup_split
+    from billing.reports.split_repository import cost_split, costs_and_split, event_split, rollup_split
+
+    def one_read_equals_two(conn) -> None:  # the margin report's single scan: the same as both reads
+        both = costs_and_split(conn, start, end, "llm.call", ["outcome"])
+        assert both == (repo.cost_by(conn, start, end, tokens=True), cost_split(conn, start, end, ["outcome"]))
 
     accounts = Accounts(engine, CATALOG)
     for c in ("pure", "mixed"):
@@ -260,12 +264,15 @@ def test_the_cost_split_reads_the_rollups_unless_a_row_mixes_tokened_and_other_e
         assert [(r.customer, r.ai_cost_pico > 0, r.other_cost_pico) for r in from_events] == [
             ("mixed", True, 250_000_000_000), ("pure", True, 500_000_000_000)]
         assert rollup_split(conn, start, end, ["outcome"]) == from_events
+        one_read_equals_two(conn)
     with engine.begin() as conn:  # the rollups answer "pure" alone: its events are not read
         conn.exec_driver_sql("DELETE FROM usage_event WHERE customer_id = 'pure'")
     with engine.connect() as conn:
         assert cost_split(conn, start, end, ["outcome"]) == from_events
         assert cost_split(conn, start, end, ["outcome"], rollups=False) == from_events[:1]
+        one_read_equals_two(conn)
     with engine.begin() as conn:  # unknown (rows from before the column): the events
         conn.exec_driver_sql("UPDATE usage_rollup SET tokened = NULL")
     with engine.connect() as conn:
         assert cost_split(conn, start, end, ["outcome"]) == from_events[:1]
+        one_read_equals_two(conn)
