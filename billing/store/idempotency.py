@@ -161,12 +161,27 @@ class IdempotencyStore:
                 return row is not None
         return _retrying(run)
 
-    def release(self, scope: str, key: str, owner: str) -> None:
-        """Forget the key (its response is not kept): the next request with it runs."""
-        def run() -> None:
+    def release(self, scope: str, key: str, owner: str) -> bool:
+        """Forget the key (its response is not kept): the next request with it runs. True
+        when the record was deleted (False: it was taken over)."""
+        def run() -> bool:
             with self.engine.begin() as conn:
-                conn.execute(delete(_t).where(_t.c.scope == scope, _t.c.key == key, _t.c.owner == owner,
-                                              _t.c.status == "in_flight"))
+                return conn.execute(delete(_t).where(_t.c.scope == scope, _t.c.key == key, _t.c.owner == owner,
+                                                     _t.c.status == "in_flight")).rowcount > 0
+        return _retrying(run)
+
+    def flush(self, scope: str, key: str) -> None:
+        """A durable write (PostgreSQL: committed after the WAL flush, which makes every
+        transaction committed before it durable too; ``billing.reservations.durability``):
+        the key's record rewritten as it is. A no-op elsewhere, and when the record is gone
+        (purged: a day later, long after the WAL writer flushed)."""
+        if not self.pg:
+            return
+
+        def run() -> None:
+            with self.conns.write() as conn:
+                conn.execute("UPDATE idempotency_record SET locked_until = locked_until WHERE scope = %s AND key = %s",
+                             (scope, key))
         _retrying(run)
 
     def renew(self, scope: str, key: str, owner: str, locked_until: int) -> bool:
