@@ -69,6 +69,11 @@ class IdempotencyStore:
         self.engine = engine
         self.pg = engine.dialect.name == "postgresql"
         self.conns = Connections(engine, keep=8)
+        # PostgreSQL: claims on connections that commit without waiting for the WAL flush (a
+        # claim need not be durable by itself: what the request then writes is committed
+        # durably after it, which makes the claim durable too), so a claim is one statement
+        self.claims = Connections(engine, keep=8, settings=("SET synchronous_commit TO OFF",)) if self.pg \
+            else self.conns
 
     # ----------------------------------------------------------------- claim
     def claim(self, scope: str, key: str, fingerprint: str, owner: str, *, now_us: int, lease_us: int,
@@ -110,20 +115,13 @@ class IdempotencyStore:
         return Claim(IN_USE)  # contended all along: the client tries again later
 
     def _claim_pg(self, scope, key, fingerprint, owner, now_us, lease_us, retention_us) -> Claim:
-        """``_claim`` on PostgreSQL: a new key in ONE round trip (``BEGIN``, the insert-or-read
-        statement and ``COMMIT`` in one pipeline); a row to take over in a second transaction
-        whose update matches the row as read (else: look again)."""
+        """``_claim`` on PostgreSQL: a new key in ONE statement (insert, or read the row the
+        key has) in its own transaction on a ``claims`` connection; a row to take over in a
+        second statement that updates it only as read (else: look again)."""
         until = now_us + lease_us
         for _ in range(5):  # a row that changes between our statements: look again
-            with self.conns.write() as conn:
-                with conn.pipeline():
-                    conn.execute("BEGIN")
-                    # the claim need not be durable by itself: what the request then writes is
-                    # committed durably after it, which makes this record durable too
-                    conn.execute("SET LOCAL synchronous_commit TO OFF")
-                    cur = conn.execute(_CLAIM_PG, (scope, key, fingerprint, owner, until, now_us, scope, key))
-                    conn.execute("COMMIT")
-                    row = cur.fetchone()
+            with self.claims.write() as conn:
+                row = conn.execute(_CLAIM_PG, (scope, key, fingerprint, owner, until, now_us, scope, key)).fetchone()
                 if row is None:  # committed after this statement's snapshot, or purged meanwhile
                     continue
                 if row[0]:
@@ -132,17 +130,12 @@ class IdempotencyStore:
                 if claim is not None:
                     return claim
                 r_fingerprint, r_status, r_owner, r_until, r_created = row[1:6]
-                with conn.pipeline():  # past retention, or abandoned in flight: take it over
-                    conn.execute("BEGIN")
-                    conn.execute("SET LOCAL synchronous_commit TO OFF")
-                    if r_created <= now_us - retention_us:
-                        cur = conn.execute(_RENEW_ALL.format(ph="%s"), (fingerprint, owner, until, now_us, scope, key,
-                                                                          r_owner, r_status, r_created))
-                    else:
-                        cur = conn.execute(_TAKE_OVER.format(ph="%s"), (owner, until, scope, key, r_owner, r_status,
-                                                                          r_created))
-                    conn.execute("COMMIT")
-                    took = cur.fetchone()
+                if r_created <= now_us - retention_us:  # past retention, or abandoned in flight: take it over
+                    took = conn.execute(_RENEW_ALL.format(ph="%s"), (fingerprint, owner, until, now_us, scope, key,
+                                                                      r_owner, r_status, r_created)).fetchone()
+                else:
+                    took = conn.execute(_TAKE_OVER.format(ph="%s"), (owner, until, scope, key, r_owner, r_status,
+                                                                      r_created)).fetchone()
                 if took is not None:
                     return Claim(OWNED)
         return Claim(IN_USE)  # contended all along: the client tries again later
