@@ -148,8 +148,7 @@ class IdempotencyLayer:
                 try:
                     status, payload, headers = answer_sync(handler, api, scope, body)
                 except BaseException:
-                    self._forget_sync(owner_scope, key, owner)
-                    if promise.owed:
+                    if not self._forget_sync(owner_scope, key, owner) and promise.owed:
                         self.store.flush(owner_scope, key)
                     raise
             wrote = False

@@ -8,8 +8,8 @@ the WAL up to its own commit record, so every transaction committed before it (o
 connection) is durable too. Inside ``flushed_later()`` the writer may commit a batch made
 only of such callers' operations with ``synchronous_commit = off``
 (``billing.reservations.writer``) and marks their promise ``owed``; the caller then must
-commit a durable write (the record of its answer, or ``IdempotencyStore.flush``) before it
-answers. Until then the batch's rows are visible but not yet durable, as any
+commit a durable write (the record of its answer, the record's deletion when the answer is
+not kept, else ``IdempotencyStore.flush``) before it answers. Until then the batch's rows are visible but not yet durable, as any
 asynchronously committed transaction's: a later durable write that depends on them
 (another commit, a close) flushes them first; a crash in between loses them, and with them
 the request, which was never answered and runs again when retried.
