@@ -9,10 +9,38 @@ from __future__ import annotations
 import pytest
 import psycopg
 
+from fastapi.testclient import TestClient
+
+from billing.api.app import create_app
+from billing.api.auth import create_key
 from billing.reservations.durability import flushed_later
 from billing.reservations.types import Op, parse_request
 from billing.store.idempotency import IdempotencyStore
-from tests.api.test_idempotency import RESERVE, api  # noqa: F401 (the fixture)
+from tests.support.quota import T0, Clock
+from tests.support.summed import CAT
+
+RESERVE = {"customer": "acme", "meter": "units", "quantity": 10, "ttl_seconds": 600}
+
+
+class Api:
+    def __init__(self, engine):
+        self.key = create_key(engine, "admin")[1]
+        self.app = create_app(engine, CAT, clock=Clock(), context_ttl=0, key_cache_ttl=0)
+        self.client = TestClient(self.app, raise_server_exceptions=False).__enter__()
+
+    def post(self, path: str, body: dict, *, key: str | None = None):
+        headers = {"Authorization": f"Bearer {self.key}", **({"Idempotency-Key": key} if key else {})}
+        return self.client.post(path, headers=headers, json=body)
+
+
+@pytest.fixture
+def api(any_engine):
+    api = Api(any_engine)
+    for cid in ("acme", "globex"):
+        assert api.post("/v1/customers", {"id": cid}).status_code == 201
+        assert api.post(f"/v1/customers/{cid}/subscriptions", {"plan": "summed", "at": T0.isoformat()}).status_code == 201
+    yield api
+    api.client.__exit__(None, None, None)
 
 
 def _reserve_op(quota, customer: str) -> Op:
@@ -20,7 +48,7 @@ def _reserve_op(quota, customer: str) -> Op:
                                                                   None, None, None), ttl=60.0)
 
 
-def test_only_a_batch_of_promising_callers_skips_the_flush(api):  # noqa: F811
+def test_only_a_batch_of_promising_callers_skips_the_flush(api):
     quota = api.app.state.services.quota
     pg = quota.conns.pg
     with flushed_later() as promise:
@@ -41,7 +69,7 @@ def test_only_a_batch_of_promising_callers_skips_the_flush(api):  # noqa: F811
     assert a.owed is pg and b.owed is pg
 
 
-def test_an_answer_not_recorded_is_flushed_before_it_is_sent(api, monkeypatch):  # noqa: F811
+def test_an_answer_not_recorded_is_flushed_before_it_is_sent(api, monkeypatch):
     """The record of the answer is the durable write; when it does not write (the key was
     taken over, or the answer is not kept), the layer flushes before answering."""
     layer = api.app.state.idempotency
@@ -55,7 +83,7 @@ def test_an_answer_not_recorded_is_flushed_before_it_is_sent(api, monkeypatch): 
     assert flushes == (["not-recorded"] if layer.store.pg else [])
 
 
-def test_a_flush_that_fails_is_503_not_an_answer(api, monkeypatch):  # noqa: F811
+def test_a_flush_that_fails_is_503_not_an_answer(api, monkeypatch):
     layer = api.app.state.idempotency
     if not layer.store.pg:
         pytest.skip("SQLite commits durably: nothing is owed")
@@ -69,7 +97,7 @@ def test_a_flush_that_fails_is_503_not_an_answer(api, monkeypatch):  # noqa: F81
     assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
 
 
-def test_the_batch_is_flushed_when_the_answer_is_sent(api, monkeypatch):  # noqa: F811
+def test_the_batch_is_flushed_when_the_answer_is_sent(api, monkeypatch):
     """PostgreSQL: the WAL is flushed past the batch's commit record before the answer
     (read right after the batch: every later flush position covers it)."""
     quota = api.app.state.services.quota
