@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from billing.api.errors import error_response, unavailable_response
 from billing.api.routes import _api_key
 from billing.errors import ErrorCode
+from billing.reservations.durability import flushed_later
 from billing.store.idempotency import IN_USE, OWNED, REPLAY, REUSED, IdempotencyStore
 from billing.store.types import to_us
 
@@ -141,20 +142,27 @@ class IdempotencyLayer:
                                      retention_us=self.retention_us)
             if claim.outcome != OWNED:
                 return claim, None
-            try:
-                status, payload, headers = answer_sync(handler, api, scope, body)
-            except BaseException:
-                self._forget_sync(owner_scope, key, owner)
-                raise
+            # the writes may skip their own WAL flush: the record below is a durable write
+            # after them (billing.reservations.durability)
+            with flushed_later() as promise:
+                try:
+                    status, payload, headers = answer_sync(handler, api, scope, body)
+                except BaseException:
+                    if not self._forget_sync(owner_scope, key, owner) and promise.owed:
+                        self.store.flush(owner_scope, key)
+                    raise
+            wrote = False
             if status < 500 and status not in NOT_STORED:
                 kept = orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers
                                      if n.lower() not in _DROPPED_HEADERS]).decode()
                 try:
-                    self.store.finish(owner_scope, key, owner, status, kept, payload)
+                    wrote = self.store.finish(owner_scope, key, owner, status, kept, payload)
                 except Exception:  # noqa: BLE001 - the request did run: answer it; a retry after the lease runs again
                     log.exception("could not store the response of Idempotency-Key %r", key)
             else:
-                self._forget_sync(owner_scope, key, owner)
+                wrote = self._forget_sync(owner_scope, key, owner)
+            if promise.owed and not wrote:  # nothing durable written after the batch: make it durable now
+                self.store.flush(owner_scope, key)  # (raises: answered 503, the client retries with the key)
             return claim, (status, payload, headers)
 
         heartbeat = asyncio.ensure_future(self._heartbeat(owner_scope, key, owner))
@@ -172,11 +180,13 @@ class IdempotencyLayer:
         status, payload, headers = answer
         await _send(send, status, headers, payload)
 
-    def _forget_sync(self, owner_scope: str, key: str, owner: str) -> None:
+    def _forget_sync(self, owner_scope: str, key: str, owner: str) -> bool:
+        """Release the key; True when a record was deleted (a durable write)."""
         try:
-            self.store.release(owner_scope, key, owner)
+            return self.store.release(owner_scope, key, owner)
         except Exception:  # noqa: BLE001 - the claim then lapses with its lease
             log.exception("could not release Idempotency-Key %r", key)
+            return False
 
     async def _run(self, scope: dict, receive: Callable, send: Callable, owner_scope: str, key: str,
                    body: bytes) -> None:

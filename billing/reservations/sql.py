@@ -99,8 +99,9 @@ class Connections:
     closed, never reused. ``pg`` tells the dialect, ``ph`` its parameter placeholder.
     """
 
-    def __init__(self, engine: Engine, *, keep: int = 16):
+    def __init__(self, engine: Engine, *, keep: int = 16, settings: tuple[str, ...] = ()):
         self.engine = engine
+        self._settings = settings  # PostgreSQL: SET statements run on each new connection
         self.pg = engine.dialect.name == "postgresql"
         self.ph = "%s" if self.pg else "?"
         database = engine.url.database
@@ -129,6 +130,8 @@ class Connections:
             # default for statements with array parameters) cost more than running them. (A
             # SET, not a connection option: that would replace the URL's own options.)
             conn.execute("SET plan_cache_mode = force_generic_plan")
+            for setting in self._settings:
+                conn.execute(setting)
             conn.prepared_max = 1000  # batch statements vary with the batch's shape: keep them all prepared
             return conn
         import sqlite3

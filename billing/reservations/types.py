@@ -196,7 +196,7 @@ class Op:
     """One reserve / commit / release waiting for its batch (``billing.reservations.writer``)."""
 
     __slots__ = ("kind", "customer", "request", "ttl", "request_id", "reservation_id", "event", "allowed",
-                 "result", "error", "done", "queued", "ctx", "alert", "wake")
+                 "result", "error", "done", "queued", "ctx", "alert", "wake", "later")
 
     def __init__(self, kind: str, *, customer: str | None = None, request: QuotaRequest | None = None,
                  ttl: float = 0.0, request_id: str | None = None, reservation_id: str | None = None,
@@ -216,6 +216,7 @@ class Op:
         self.ctx = None
         self.alert = None  # commit: (customer, committed usage rows after commit) for budget alerts
         self.wake = None  # a lock its caller sleeps on (billing.reservations.writer.Combiner)
+        self.later = None  # its caller's durability.Promise: it commits a durable write before answering
 
     def reset(self) -> None:
         self.result = self.error = self.alert = None

@@ -23,7 +23,9 @@ last batch had:
 
 A reservation is durable before it is answered (``synchronous_commit`` stays on), and so
 is a commit's event; release-only batches skip the fsync (a lost release only keeps a
-hold until it expires). A batch that fails on a database error before its ``COMMIT`` is
+hold until it expires), and so do batches whose every caller commits a durable write
+itself before answering (``billing.reservations.durability``: the ``Idempotency-Key``
+record of a fast-path request), which flushes the batch's commit with it. A batch that fails on a database error before its ``COMMIT`` is
 retried (deadlocks) or split, each operation in a transaction of its own, so one bad
 operation never fails its neighbours; a batch is never run again once it may have
 committed.
@@ -42,6 +44,7 @@ import orjson
 from psycopg.pq import ExecStatus
 
 from billing.errors import BillingError, ErrorCode
+from billing.reservations import durability
 from billing.reservations.combiner import Combiner
 from billing.store.cost_prices import cursor_fetch
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
@@ -79,6 +82,7 @@ class QuotaWriter:
         self.combiner = Combiner(self._run_batch, leaders=leaders or 1, gather=gather)
 
     def submit(self, op: Op) -> Any:
+        op.later = durability.current()
         return self.combiner.submit(op)
 
     # -------------------------------------------------------------- batching
@@ -209,6 +213,11 @@ class QuotaWriter:
         execute("BEGIN" if pg else "BEGIN IMMEDIATE")
         if pg and not reserves and not any(op.kind == "commit" for op in settles):
             execute("SET LOCAL synchronous_commit TO OFF")  # releases only (see the module docstring)
+        elif pg and all(op.later is not None for op in (*reserves, *settles)):
+            # every caller commits a durable write before it answers (billing.reservations.durability)
+            execute("SET LOCAL synchronous_commit TO OFF")
+            for op in (*reserves, *settles):
+                op.later.owed = True
         customers = sorted({op.customer for op in reserves})
         if pg and customers:
             keys = sorted({q.lock_key(c) for c in customers})

@@ -41,6 +41,14 @@ _RENEW_ALL = ("UPDATE idempotency_record SET fingerprint = {ph}, status = 'in_fl
               "locked_until = {ph}, created_at = {ph}, response_status = NULL, response_headers = NULL, "
               "response_body = NULL " + _WHERE_SAME)
 _TAKE_OVER = "UPDATE idempotency_record SET owner = {ph}, locked_until = {ph} " + _WHERE_SAME
+# PostgreSQL: the claim's insert and, when the key exists, its row, in one statement (a row
+# committed after the statement's snapshot conflicts but is not read: no row, look again)
+_CLAIM_PG = ("WITH ins AS (INSERT INTO idempotency_record (scope, key, fingerprint, status, owner, locked_until, "
+             "created_at) VALUES (%s, %s, %s, 'in_flight', %s, %s, %s) ON CONFLICT DO NOTHING RETURNING key) "
+             "SELECT true, NULL, NULL, NULL, NULL::bigint, NULL::bigint, NULL::integer, NULL, NULL::bytea FROM ins "
+             "UNION ALL SELECT false, fingerprint, status, owner, locked_until, created_at, response_status, "
+             "response_headers, response_body FROM idempotency_record "
+             "WHERE scope = %s AND key = %s AND NOT EXISTS (SELECT 1 FROM ins)")
 _FINISH = ("UPDATE idempotency_record SET status = 'done', response_status = {ph}, response_headers = {ph}, "
            "response_body = {ph} WHERE scope = {ph} AND key = {ph} AND owner = {ph} AND status = 'in_flight' "
            "RETURNING key")
@@ -61,6 +69,11 @@ class IdempotencyStore:
         self.engine = engine
         self.pg = engine.dialect.name == "postgresql"
         self.conns = Connections(engine, keep=8)
+        # PostgreSQL: claims on connections that commit without waiting for the WAL flush (a
+        # claim need not be durable by itself: what the request then writes is committed
+        # durably after it, which makes the claim durable too), so a claim is one statement
+        self.claims = Connections(engine, keep=8, settings=("SET synchronous_commit TO OFF",)) if self.pg \
+            else self.conns
 
     # ----------------------------------------------------------------- claim
     def claim(self, scope: str, key: str, fingerprint: str, owner: str, *, now_us: int, lease_us: int,
@@ -72,14 +85,12 @@ class IdempotencyStore:
         # driver connections and prepared text (``billing.reservations.sql.Connections``):
         # every guarded LLM call claims two keys, and SQLAlchemy's statement layer cost more
         # than the statements
+        if self.pg:
+            return self._claim_pg(scope, key, fingerprint, owner, now_us, lease_us, retention_us)
         ph, until = self.conns.ph, now_us + lease_us
         for _ in range(5):  # a row that changes between our statements: look again
             with self.conns.write() as conn:
-                conn.execute("BEGIN" if self.pg else "BEGIN IMMEDIATE")
-                if self.pg:
-                    # the claim need not be durable by itself: what the request then writes is
-                    # committed durably after it, which makes this record durable too
-                    conn.execute("SET LOCAL synchronous_commit TO OFF")
+                conn.execute("BEGIN IMMEDIATE")
                 row = conn.execute(_INSERT.format(ph=ph), (scope, key, fingerprint, owner, until, now_us)).fetchone()
                 if row is not None:
                     conn.execute("COMMIT")
@@ -88,18 +99,10 @@ class IdempotencyStore:
                 if row is None:  # purged meanwhile
                     conn.execute("COMMIT")
                     continue
-                r_fingerprint, r_status, r_owner, r_until, r_created, r_rstatus, r_headers, r_body = row
-                expired = r_created <= now_us - retention_us
-                claim = None
-                if not expired:
-                    if r_fingerprint != fingerprint:
-                        claim = Claim(REUSED)
-                    elif r_status == "done":
-                        claim = Claim(REPLAY, r_rstatus, r_headers, bytes(r_body))
-                    elif r_until > now_us:
-                        claim = Claim(IN_USE)
+                claim = _judge(row, fingerprint, now_us, retention_us)
                 if claim is None:  # past retention, or abandoned in flight (its lease ran out): take it over
-                    if expired:
+                    r_fingerprint, r_status, r_owner, r_until, r_created = row[:5]
+                    if r_created <= now_us - retention_us:
                         took = conn.execute(_RENEW_ALL.format(ph=ph), (fingerprint, owner, until, now_us, scope, key,
                                                                        r_owner, r_status, r_created)).fetchone()
                     else:
@@ -111,23 +114,67 @@ class IdempotencyStore:
                     return claim
         return Claim(IN_USE)  # contended all along: the client tries again later
 
+    def _claim_pg(self, scope, key, fingerprint, owner, now_us, lease_us, retention_us) -> Claim:
+        """``_claim`` on PostgreSQL: a new key in ONE statement (insert, or read the row the
+        key has) in its own transaction on a ``claims`` connection; a row to take over in a
+        second statement that updates it only as read (else: look again)."""
+        until = now_us + lease_us
+        for _ in range(5):  # a row that changes between our statements: look again
+            with self.claims.write() as conn:
+                row = conn.execute(_CLAIM_PG, (scope, key, fingerprint, owner, until, now_us, scope, key)).fetchone()
+                if row is None:  # committed after this statement's snapshot, or purged meanwhile
+                    continue
+                if row[0]:
+                    return Claim(OWNED)
+                claim = _judge(row[1:], fingerprint, now_us, retention_us)
+                if claim is not None:
+                    return claim
+                r_fingerprint, r_status, r_owner, r_until, r_created = row[1:6]
+                if r_created <= now_us - retention_us:  # past retention, or abandoned in flight: take it over
+                    took = conn.execute(_RENEW_ALL.format(ph="%s"), (fingerprint, owner, until, now_us, scope, key,
+                                                                      r_owner, r_status, r_created)).fetchone()
+                else:
+                    took = conn.execute(_TAKE_OVER.format(ph="%s"), (owner, until, scope, key, r_owner, r_status,
+                                                                      r_created)).fetchone()
+                if took is not None:
+                    return Claim(OWNED)
+        return Claim(IN_USE)  # contended all along: the client tries again later
+
     # ----------------------------------------------------------- the owner's
     def finish(self, scope: str, key: str, owner: str, status: int, headers: str, body: bytes) -> bool:
         """Store the response of the request ``owner`` ran (False: it was taken over)."""
         def run() -> bool:
             with self.conns.write() as conn:
-                conn.execute("BEGIN" if self.pg else "BEGIN IMMEDIATE")
+                if self.pg:  # one statement, its own durable transaction: one round trip
+                    return conn.execute(_FINISH.format(ph="%s"), (status, headers, body, scope, key,
+                                                                  owner)).fetchone() is not None
+                conn.execute("BEGIN IMMEDIATE")
                 row = conn.execute(_FINISH.format(ph=self.conns.ph), (status, headers, body, scope, key, owner)).fetchone()
                 conn.execute("COMMIT")
                 return row is not None
         return _retrying(run)
 
-    def release(self, scope: str, key: str, owner: str) -> None:
-        """Forget the key (its response is not kept): the next request with it runs."""
-        def run() -> None:
+    def release(self, scope: str, key: str, owner: str) -> bool:
+        """Forget the key (its response is not kept): the next request with it runs. True
+        when the record was deleted (False: it was taken over)."""
+        def run() -> bool:
             with self.engine.begin() as conn:
-                conn.execute(delete(_t).where(_t.c.scope == scope, _t.c.key == key, _t.c.owner == owner,
-                                              _t.c.status == "in_flight"))
+                return conn.execute(delete(_t).where(_t.c.scope == scope, _t.c.key == key, _t.c.owner == owner,
+                                                     _t.c.status == "in_flight")).rowcount > 0
+        return _retrying(run)
+
+    def flush(self, scope: str, key: str) -> None:
+        """A durable write (PostgreSQL: committed after the WAL flush, which makes every
+        transaction committed before it durable too; ``billing.reservations.durability``):
+        the key's record rewritten as it is. A no-op elsewhere, and when the record is gone
+        (purged: a day later, long after the WAL writer flushed)."""
+        if not self.pg:
+            return
+
+        def run() -> None:
+            with self.conns.write() as conn:
+                conn.execute("UPDATE idempotency_record SET locked_until = locked_until WHERE scope = %s AND key = %s",
+                             (scope, key))
         _retrying(run)
 
     def renew(self, scope: str, key: str, owner: str, locked_until: int) -> bool:
@@ -165,6 +212,21 @@ class IdempotencyStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(_t).where(_t.c.scope == scope, _t.c.key == key)).first()
         return None if row is None else dict(row._mapping)
+
+
+def _judge(row: tuple, fingerprint: str, now_us: int, retention_us: int) -> Claim | None:
+    """What an existing record (``_SELECT``'s columns) answers a claim with ``fingerprint``;
+    None when the claim takes it over (past retention, or in flight with its lease run out)."""
+    r_fingerprint, r_status, _owner, r_until, r_created, r_rstatus, r_headers, r_body = row
+    if r_created <= now_us - retention_us:
+        return None
+    if r_fingerprint != fingerprint:
+        return Claim(REUSED)
+    if r_status == "done":
+        return Claim(REPLAY, r_rstatus, r_headers, bytes(r_body))
+    if r_until > now_us:
+        return Claim(IN_USE)
+    return None
 
 
 def _retrying(run: Callable[[], T], attempts: int = 5) -> T:
