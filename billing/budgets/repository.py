@@ -19,6 +19,14 @@ def customer_exists(conn: Connection, customer: str) -> bool:
     return conn.execute(select(_customer.c.id).where(_customer.c.id == customer)).first() is not None
 
 
+def lock_customer(conn: Connection, customer: str) -> bool:
+    """Whether the customer exists, its row locked until the transaction ends (PostgreSQL:
+    ``FOR NO KEY UPDATE``, which foreign-key checks do not wait for) so that two creates of
+    its budgets run one after the other: the name check and the cap see each other's row."""
+    stmt = select(_customer.c.id).where(_customer.c.id == customer).with_for_update(key_share=True)
+    return conn.execute(stmt).first() is not None
+
+
 def insert_budget(conn: Connection, customer: str, b: Budget, now_us: int) -> int:
     return conn.execute(insert(_budget).values(
         customer_id=customer, name=b.name, measure=b.measure, amount=f"{b.amount:f}", reset_window=b.window,

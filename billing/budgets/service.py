@@ -33,7 +33,7 @@ class Budgets:
         budget = parse_budget(data)
         now = self.clock()
         with self.engine.begin() as conn:
-            if not repo.customer_exists(conn, customer):
+            if not repo.lock_customer(conn, customer):  # creates for one customer in turn (name, cap)
                 raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
             if budget.measure == "units":
                 self._check_meter(conn, customer, budget, now)

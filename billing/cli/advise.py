@@ -114,7 +114,11 @@ def _history(month: str, plan):
     from billing.simulate.history import history_totals
 
     try:
-        return history_totals(report_engine(), month, [plan])
+        period, totals = history_totals(report_engine(), month, [plan])
+        if not totals:  # (said as the month's, not as "the population has no customers")
+            _fail(f"--history {month}: the ledger has no customer with a subscription or usage in that month: "
+                  "nothing to advise on (another month, or --population SPEC.yaml)")
+        return period, totals
     except ValueError as exc:
         _fail(f"--history: {exc}")
     except SQLAlchemyError as exc:

@@ -16,6 +16,17 @@ RETENTION = timedelta(days=7)  # a stream this code creates keeps messages a wee
 DEAD_REASON = "Billing-Dead-Reason"  # dead-letter headers: why, and where the message was
 DEAD_SUBJECT = "Billing-Dead-Subject"
 DEAD_SEQUENCE = "Billing-Dead-Sequence"
+DEAD_TRUNCATED = "Billing-Dead-Truncated"  # the original's length, when the dead letter keeps only its start
+# The server's max_payload bounds a message's headers AND body together: a body of
+# max_payload bytes plus JetStream's ``Nats-Expected-Stream`` header (or the dead-letter
+# headers) makes the server reset the connection. Bodies stay this much below it.
+HEADERS_ROOM = 4096
+
+
+def body_limit(max_payload: int) -> int:
+    """The largest body a message may carry beside its headers on a server whose
+    ``max_payload`` is given."""
+    return max(max_payload - HEADERS_ROOM, 1024)
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from billing.errors import BillingError, ErrorCode
-from billing.ingest_log.log import check_stream_name, ensure_stream, events_subject
+from billing.ingest_log.log import body_limit, check_stream_name, ensure_stream, events_subject
 from billing.ingest_log.messages import MAX_EVENTS_PER_MESSAGE, encode_batches
 
 
@@ -36,8 +36,10 @@ class Published(NamedTuple):
 async def publish_events(js, stream: str, events: Sequence[Any], max_bytes: int, *,
                          max_events: int = MAX_EVENTS_PER_MESSAGE, timeout: float = 10.0) -> Published:
     """Publish ``events`` as messages on ``<stream>.events``; returns once the stream has
-    acknowledged (persisted) every message. Up to 64 publishes are in flight at once."""
-    payloads = encode_batches(events, max_bytes, max_events)
+    acknowledged (persisted) every message. Up to 64 publishes are in flight at once.
+    ``max_bytes``: the server's ``max_payload`` (each body stays ``HEADERS_ROOM`` below it,
+    for the headers)."""
+    payloads = encode_batches(events, body_limit(max_bytes), max_events)
     subject = events_subject(stream)
     acks: list[Any] = []
     for start in range(0, len(payloads), 64):

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from billing.errors import BillingError
-from billing.ingest_log.log import (CONSUMER, DEAD_REASON, DEAD_SEQUENCE, DEAD_SUBJECT, check_stream_name,
-                                    dead_subject, ensure_stream, events_subject)
+from billing.ingest_log.log import (CONSUMER, DEAD_REASON, DEAD_SEQUENCE, DEAD_SUBJECT, DEAD_TRUNCATED, body_limit,
+                                    check_stream_name, dead_subject, ensure_stream, events_subject)
 from billing.ingest_log.messages import decode
 from billing.ingest_log.publisher import connect
 from billing.ledger.ingest import BatchResult, Ledger
@@ -198,7 +198,11 @@ class IngestWorker:
     async def _dead_letter(self, msg: Any, reason: str) -> None:
         meta = msg.metadata
         headers = {DEAD_REASON: reason[:1000], DEAD_SUBJECT: msg.subject, DEAD_SEQUENCE: str(meta.sequence.stream)}
-        await self._js.publish(dead_subject(self.stream), msg.data, headers=headers, stream=self.stream)
+        data, limit = msg.data, body_limit(self._nc.max_payload)
+        if len(data) > limit:  # the original with the headers would pass max_payload (the server
+            # would reset the connection, forever): keep its start; the whole stays at its sequence
+            data, headers[DEAD_TRUNCATED] = data[:limit], str(len(data))
+        await self._js.publish(dead_subject(self.stream), data, headers=headers, stream=self.stream)
         await msg.ack()  # only once the dead letter is persisted
         self.totals.dead_letters += 1
         log.warning("message %d is not a batch of events (%s): moved to %s", meta.sequence.stream, reason,

@@ -38,6 +38,7 @@ from sqlalchemy import Engine
 from billing.errors import BillingError, ErrorCode
 from billing.store import archive_sql, partitions
 from billing.store.types import from_us, to_us
+from billing.worker.locks import job_lock
 
 FORMATS = ("jsonl", "parquet")
 MANIFEST = "manifest.json"
@@ -96,6 +97,14 @@ def archive(engine: Engine, before: str, out: Path, fmt: str = "jsonl",
     if month > now.year * 12 + now.month - 1:
         raise BillingError(f"--before {before} is after the current month: its periods are not closed",
                            code=ErrorCode.CONFLICT)
+    with job_lock(engine, "archive") as held:  # one at a time: a second run would find the range
+        if not held:  # emptied by the first and overwrite its files with an empty archive
+            raise BillingError("another `billing events archive` is running: run it again once that one ended",
+                               code=ErrorCode.CONFLICT)
+        return _archive(engine, before, month, out, fmt, now)
+
+
+def _archive(engine: Engine, before: str, month: int, out: Path, fmt: str, now: datetime) -> dict[str, Any]:
     high = partitions.month_start_us(month)
     # archived events are gone, so what is left starts after them (and the events of an archive
     # that failed midway, after moving the horizon, are taken again)

@@ -134,11 +134,16 @@ class Ledger:
 
     def __init__(self, engine: Engine, catalog: Catalog, book: CostBook | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 future_tolerance_seconds: int = 300, alerts: bool = True):
+                 future_tolerance_seconds: int | None = None, alerts: bool = True):
         """``book``: price with exactly this book; default: the process's book
         (``billing.store.cost_prices``: shipped, ``BILLING_COSTS``, prices added to this
-        ledger), kept up to date as prices are added. ``alerts``: evaluate budget alerts
-        after commits."""
+        ledger), kept up to date as prices are added. ``future_tolerance_seconds``: default
+        ``BILLING_FUTURE_TOLERANCE_SECONDS`` (300), the same for every door. ``alerts``:
+        evaluate budget alerts after commits."""
+        if future_tolerance_seconds is None:
+            from billing.config import get_settings
+
+            future_tolerance_seconds = get_settings().future_tolerance_seconds
         self.engine = engine
         self.catalog = catalog
         self.costs = CostSource(engine, book=book)

@@ -103,7 +103,9 @@ class BudgetRow(SQLModel, table=True):
     reset window. Created through the API and CLI (``billing.budgets``)."""
 
     __tablename__ = "budget"
-    __table_args__ = (UniqueConstraint("customer_id", "name", name="uq_budget_customer_name"),)
+    # ids never reused (SQLite: AUTOINCREMENT): alerts and holds name a budget by its id
+    __table_args__ = (UniqueConstraint("customer_id", "name", name="uq_budget_customer_name"),
+                      {"sqlite_autoincrement": True})
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: str = Field(max_length=200, foreign_key="customer.id")

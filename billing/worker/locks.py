@@ -23,7 +23,8 @@ from sqlalchemy import Engine
 log = logging.getLogger("billing.worker")
 
 JOB_LOCK_CLASS = 0x776B6572  # "wker"
-JOB_LOCK_IDS = {"close": 1, "outbox": 2, "purge_holds": 3, "stripe_sync": 4, "alerts": 5, "partitions": 6}
+JOB_LOCK_IDS = {"close": 1, "outbox": 2, "purge_holds": 3, "stripe_sync": 4, "alerts": 5, "partitions": 6,
+                "archive": 7}  # (archive: `billing events archive`, one at a time)
 
 
 def lock_key(name: str) -> tuple[int, int]:
