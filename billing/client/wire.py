@@ -22,10 +22,12 @@ request is sent once more on a new connection at once (safe: every write carries
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
 import time
+import weakref
 from typing import Any
 from urllib.parse import quote, urlsplit
 from urllib.request import getproxies, proxy_bypass_environment
@@ -34,7 +36,7 @@ import httptools
 import httpx
 
 IDLE_SECONDS = 4.0  # a pooled connection idle longer is closed, not reused (uvicorn closes at 5 s)
-MAX_IDLE = 32  # pooled connections kept open at most
+MAX_IDLE = 64  # pooled connections kept open at most (idle ones; busy ones are not limited)
 USER_AGENT = "billing-client"
 
 
@@ -128,6 +130,14 @@ class RawHttp:
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
         self._closed = False
+        _POOLS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connections are not this process's to use."""
+        self._lock = threading.Lock()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()  # the child's copy of the descriptor only
 
     # ------------------------------------------------------------------ the pool
     def _take(self) -> _Conn:
@@ -250,6 +260,18 @@ class RawHttp:
         else:
             conn.close()
         return response
+
+
+_POOLS: "weakref.WeakSet[RawHttp]" = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 class _Stale(Exception):

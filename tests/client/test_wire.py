@@ -157,3 +157,20 @@ def test_pooled_ids_are_uuid4_unique_and_never_shared_with_a_forked_child():
     parent = "".join(random_uuid().hex for _ in range(8))
     assert len(child) == len(parent) == 256 and child != parent
     assert not {child[i:i + 32] for i in range(0, 256, 32)} & {parent[i:i + 32] for i in range(0, 256, 32)}
+
+
+def test_a_forked_child_opens_its_own_connection():
+    import os
+
+    with scripted() as server, _client(server.url) as client:
+        client.release("rsv_1")  # one connection, pooled
+        pid = os.fork()
+        if pid == 0:
+            try:
+                client.release("rsv_1")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        client.release("rsv_1")
+        # the parent reuses its connection; the child opened a second one
+        assert [r[0] for r in server.requests] == [1, 2, 1] and server.connections == 2
