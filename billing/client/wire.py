@@ -73,10 +73,11 @@ class Response:
 class _Reader:
     """httptools callbacks: one answer's status text, headers and body."""
 
-    __slots__ = ("reason", "headers", "body", "complete", "started", "keep_alive", "parser")
+    __slots__ = ("reason", "headers", "body", "complete", "started", "headers_done", "keep_alive", "parser")
 
     def __init__(self) -> None:
         self.parser: Any = None
+        self.headers_done = False
         self.keep_alive = False
         self.reason = b""
         self.headers: dict[str, str] = {}
@@ -92,6 +93,9 @@ class _Reader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -188,9 +192,8 @@ class RawHttp:
     def request(self, method: str, url: str, content: str | bytes | None = None,
                 headers: dict[str, str] | None = None) -> Response:
         """Send one request and read its whole answer."""
-        head = self._head(method, url, content, headers or {})
-        body = content.encode() if isinstance(content, str) else (content or b"")
-        data = head + body
+        body = None if content is None else content.encode() if isinstance(content, str) else content
+        data = self._head(method, url, body, headers or {}) + (body or b"")
         conn = self._take()
         while True:
             try:
@@ -202,7 +205,7 @@ class RawHttp:
                 conn.close()
                 raise
 
-    def _head(self, method: str, url: str, content: str | bytes | None, headers: dict[str, str]) -> bytes:
+    def _head(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> bytes:
         target = self.prefix + (url if url.isascii() else quote(url, safe="/:@!$&'()*+,;=%?~"))
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}", f"User-Agent: {USER_AGENT}",
                  "Accept: */*"]
@@ -210,9 +213,8 @@ class RawHttp:
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
                 raise httpx.LocalProtocolError(f"illegal header {name!r}")
             lines.append(f"{name}: {value}")
-        if content is not None:
-            size = len(content.encode()) if isinstance(content, str) else len(content)
-            lines.append(f"Content-Length: {size}")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
         try:
             return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
         except UnicodeEncodeError:
@@ -242,7 +244,7 @@ class RawHttp:
             if not chunk:
                 if not reader.started and not conn.fresh:
                     raise _Stale()
-                if reader.started and _ends_at_close(reader):
+                if reader.headers_done and _ends_at_close(reader):
                     reader.complete = True  # a body delimited by the end of the connection
                     conn.close()
                     break

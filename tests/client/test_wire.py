@@ -174,3 +174,11 @@ def test_a_forked_child_opens_its_own_connection():
         client.release("rsv_1")
         # the parent reuses its connection; the child opened a second one
         assert [r[0] for r in server.requests] == [1, 2, 1] and server.connections == 2
+
+
+def test_a_body_ended_by_the_close_is_read_and_a_torn_head_is_a_protocol_error():
+    with scripted(["until_close", "torn_head"]) as server, _client(server.url, ONCE) as client:
+        assert client.check("acme", "messages") == {"granted": False}
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.check("acme", "messages")
+        assert server.connections == 2  # the first connection was not kept

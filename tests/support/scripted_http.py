@@ -49,6 +49,8 @@ ANSWERS = {
                                  "request_id": "req_404"}}),
     "502": b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 11\r\n\r\nbad gateway",
     "ok_close": _json(200, OK, "connection: close\r\n"),
+    "until_close": b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"granted": false}',
+    "torn_head": b"HTTP/1.1 200 OK\r\ncontent-le",
     "chunked": (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
                 + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b'{"granted": true,', b' "n": 2}')) + b"0\r\n\r\n"),
 }
@@ -106,7 +108,7 @@ class ScriptedServer:
                         pass
                     return
                 conn.sendall(ANSWERS["ok" if step == "ok_then_drop" else step])
-                if step in ("ok_then_drop", "ok_close"):
+                if step in ("ok_then_drop", "ok_close", "until_close", "torn_head"):
                     return
 
     def close(self) -> None:
