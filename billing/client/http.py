@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import re
@@ -43,7 +42,7 @@ from billing.client.base import BillingClient, quota_body, random_uuid, utc_now
 from billing.client.errors import ApiError
 from billing.client.ops import arun
 from billing.client.retry import RetryPolicy
-from billing.client.spool import Spool, flush_flow, json_default
+from billing.client.spool import Spool, dumps_bytes, flush_flow
 
 log = logging.getLogger("billing.client")
 SPOOL_ENV = "BILLING_CLIENT_SPOOL_DIR"
@@ -131,8 +130,7 @@ class _HttpBase(BillingClient):
         if key is not None:
             headers["Idempotency-Key"] = key
         # canonical JSON: a write sent again later (from the spool) is the same bytes as the first
-        content = None if body is None else json.dumps(body, default=json_default, separators=(",", ":"),
-                                                       sort_keys=True)
+        content = None if body is None else dumps_bytes(body)
         return {"method": method, "url": path, "content": content, "headers": headers}
 
     def _log_retry(self, method: str, path: str, exc: BaseException, attempt: int, wait: float) -> None:
