@@ -6,7 +6,8 @@ at once, against calling the stub alone.
 
 A real ``billing serve`` process (one worker) on a fresh migrated database seeded with
 ``--customers`` customers on the support-chatbot plan; in another process (the app),
-``--callers`` threads sharing one ``HttpClient`` with ``background_commits=True`` (each
+``--callers`` threads sharing one ``HttpClient`` (its keep-alive connections to the
+``http://`` service: ``billing.client.wire``) with ``background_commits=True`` (each
 call's commits appended to the spool's journal with one write, then fsynced once for many
 calls and sent by background threads; ``--sync-commits``: the caller writes and fsyncs a
 spool file per commit and sends it itself, as without the option) each call, in a loop,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,6 +34,34 @@ def quota_body(customer: str, meter: str | None, charge: str | None, quantity, m
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+_RANDOM_BYTES = 4096  # 256 ids per read of the operating system's random source
+_random = {"pool": b"", "at": 0}
+_random_lock = threading.Lock()
+
+
+def random_uuid() -> uuid.UUID:
+    """``uuid.uuid4()`` from a pooled ``os.urandom`` read: the same randomness, one system call
+    per 256 ids instead of one each (on ``guarded_call``'s path, each would let another thread
+    take the GIL). A forked child starts a pool of its own (never the parent's ids)."""
+    with _random_lock:
+        at = _random["at"]
+        if at + 16 > len(_random["pool"]):
+            _random["pool"], at = os.urandom(_RANDOM_BYTES), 0
+        _random["at"] = at + 16
+        raw = _random["pool"][at:at + 16]
+    return uuid.UUID(bytes=raw, version=4)
+
+
+def _fresh_pool_after_fork() -> None:
+    global _random_lock
+    _random_lock = threading.Lock()
+    _random.update(pool=b"", at=0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_pool_after_fork)
 
 
 class BillingClient:

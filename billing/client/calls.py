@@ -59,16 +59,34 @@ class Slot:
 _MATCHED_FIELDS = ("key", "name", "event_type", "aggregation", "property", "filter")
 
 
-def parse_meters(metering: dict[str, Any] | None) -> list[Meter]:
+_PARSED: dict[int, tuple[dict[str, Any], tuple[Meter, ...]]] = {}
+_PARSED_MAX = 4096
+
+
+def parse_meters(metering: dict[str, Any] | None) -> tuple[Meter, ...]:
     """The plan's meters as ``billing.catalog`` meters (the fields matching needs; a meter this
-    client cannot read, e.g. from a newer server, is left out)."""
+    client cannot read, e.g. from a newer server, is left out).
+
+    Remembered per metering object (the client caches a customer's metering, so every call in
+    its lifetime reads the same dict, three times a call): the meters and their compiled
+    filters are built once, not per call. The entry holds the dict, so its id is not reused
+    while remembered; a metering dict is never changed once fetched."""
+    if not metering:
+        return ()
+    hit = _PARSED.get(id(metering))
+    if hit is not None and hit[0] is metering:
+        return hit[1]
     meters = []
-    for raw in (metering or {}).get("meters", ()):
+    for raw in metering.get("meters", ()):
         try:
             meters.append(Meter.model_validate({k: raw[k] for k in _MATCHED_FIELDS if k in raw}))
         except (ValueError, TypeError):
             continue
-    return meters
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    parsed = tuple(meters)
+    _PARSED[id(metering)] = (metering, parsed)
+    return parsed
 
 
 def reserved_meter(metering: dict[str, Any] | None, meter: str | None, charge: str | None) -> Meter | None:
@@ -128,7 +146,7 @@ def plan_slots(metering: dict[str, Any] | None, primary: Slot, known: dict[str, 
     return slots
 
 
-def _usage_meters(meters: list[Meter], known: dict[str, Any]) -> list[Meter]:
+def _usage_meters(meters: tuple[Meter, ...], known: dict[str, Any]) -> list[Meter]:
     """Meters that sum or take the maximum of a usage count the call may report."""
     return [m for m in meters if m.aggregation in ("sum", "max") and m.property in USAGE_COUNTS
             and could_match(m, None, known)]

@@ -28,12 +28,12 @@ The steps are one flow (``billing.client.ops``), driven with plain calls by
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from billing.client.base import random_uuid
 from billing.client.calls import Slot, metering_problems, plan_slots, primary_slot, unmatched
 from billing.client.errors import ApiError, QuotaDenied, UsageRefused
 from billing.client.ops import Flow, Op, arun, client_op, run, spool_op
@@ -130,7 +130,7 @@ def begin_flow(spec: CallSpec) -> Flow[Session]:
     """Steps 1-2: the reservations, or ``QuotaDenied`` / ``UsageRefused`` with none left held."""
     metering = yield from _metering_flow(spec.customer)
     primary = primary_slot(metering, meter=spec.meter, charge=spec.charge, quantity=spec.quantity,
-                           event_type=spec.event_type, request_id=spec.request_id or f"gc_{uuid.uuid4().hex}")
+                           event_type=spec.event_type, request_id=spec.request_id or f"gc_{random_uuid().hex}")
     slots = plan_slots(metering, primary, _known(spec, spec.model))  # decides which event carries the usage
     granted: list[Slot] = []
     try:
@@ -239,7 +239,7 @@ def finish_flow(session: Session, response: Any, usage: dict[str, Any], response
                                                         "stream_options={'include_usage': True}): recorded without "
                                                         "token counts"})
         log.warning("billing: %s", warnings[-1]["message"])
-    entries = [commit_entry(slot.reservation_id, event, str(uuid.uuid4()))
+    entries = [commit_entry(slot.reservation_id, event, str(random_uuid()))
                for slot, event in zip(session.slots, events)]
     if (yield client_op("commits_in_background", inline=True)):
         try:  # one write to the journal; sent by the client's background threads

@@ -44,9 +44,9 @@ ROTATE_BYTES = 4 << 20
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    from billing.client.spool import dumps
+    from billing.client.spool import dumps_bytes
 
-    return dumps(obj).encode() + b"\n"
+    return dumps_bytes(obj) + b"\n"
 
 
 class _File:

@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from billing.client.ops import Flow, client_op, spool_op
 from billing.errors import BillingError, ErrorCode
 
@@ -79,6 +81,34 @@ def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=json_default)
 
 
+_ORJSON = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def dumps_bytes(data: Any) -> bytes:
+    """``dumps`` as UTF-8 bytes, by orjson (a tenth of the CPU; on ``guarded_call``'s path for
+    every request body and journal line): the same JSON values as ``dumps`` (non-ASCII text
+    unescaped, a float maybe spelled otherwise). ``dumps`` itself where orjson would differ:
+    what it refuses (integers past 64 bits, keys that are not strings, lone surrogates) and a
+    float NaN or infinity (orjson writes null). ``tests/client/test_json.py`` holds them equal."""
+    try:
+        out = orjson.dumps(data, default=json_default, option=_ORJSON)
+    except (TypeError, orjson.JSONEncodeError):
+        return dumps(data).encode()
+    if b"null" in out and _non_finite(data):
+        return dumps(data).encode()
+    return out
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
 def commit_entry(reservation_id: str, event: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
     return {"v": VERSION, "op": "commit", "reservation_id": reservation_id, "event": event,
             "idempotency_key": idempotency_key,
@@ -117,7 +147,7 @@ class Spool:
         try:
             if fcntl is not None and keep_open:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, dumps(data).encode())
+            os.write(fd, dumps_bytes(data))
             os.fsync(fd)
             os.replace(tmp, directory / name)
         except BaseException:

@@ -26,3 +26,15 @@ def test_an_exists_and_not_rule_on_one_property_gets_a_value_no_list_names():
     present, value = meter.allowed_example("plan")
     assert present and meter.matches("e", {"plan": value})
     assert meter.allowed_example("other") == (False, None)  # no rule on it: leave it absent
+
+
+def test_a_metering_is_parsed_once_and_each_metering_object_on_its_own():
+    from billing.client.calls import parse_meters
+
+    first = {"meters": [{"key": "m", "event_type": "llm.call", "filter": {"feature": "chat"}, "ignored": 1}]}
+    second = {"meters": [{"key": "m", "event_type": "llm.call", "filter": {"feature": "search"}}, {"bad": 1}]}
+    meters = parse_meters(first)
+    assert parse_meters(first) is meters  # the same objects (their compiled filters) every call
+    assert [(m.key, m.filter) for m in meters] == [("m", {"feature": "chat"})]
+    assert [(m.key, m.filter) for m in parse_meters(second)] == [("m", {"feature": "search"})]
+    assert parse_meters(dict(first)) is not meters and parse_meters(None) == parse_meters({}) == ()
