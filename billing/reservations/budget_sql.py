@@ -11,6 +11,11 @@
   units over the window within the period (``billed``: the period's spend with them less
   the spend without them, ``budget_usage``); and the live holds' parts in each budget
   (``quota_hold.budgets``), so concurrent reservations see each other.
+* ``BudgetReader`` keeps what it read per customer and then reads only the events stored
+  since; the events this process commits itself (``BudgetReader.committed``) are added
+  after their COMMIT, so while nothing else writes the customer's events a decision reads
+  no event at all: the period's all-events counter matching what the entry counted says
+  so (``fast``), when every window lies within the period.
 
 The events are found by the customer's own rows (``ts + 0``: not the all-customers time
 index); hourly rollups may replace the read of the events later.
@@ -21,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from threading import Lock
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -62,7 +68,7 @@ class _Windows:
     """A context's budgets with their windows at some instant, valid while ``lo <= now < hi``
     (the windows reset at ``hi``), and the statement reading them (built once)."""
 
-    __slots__ = ("ctx", "lo", "hi", "bounds", "events", "key", "sql", "additive")
+    __slots__ = ("ctx", "lo", "hi", "bounds", "events", "key", "sql", "additive", "inside")
 
     def __init__(self, ctx: Any, now: datetime) -> None:
         self.ctx = ctx
@@ -72,8 +78,16 @@ class _Windows:
         self.events = event_budgets(ctx)
         self.key = (id(ctx.plan), to_us(ctx.period.start), tuple((b.id, to_us(self.bounds[b.id][0]))
                                                                    for b in self.events))
-        self.sql: dict[tuple[bool, bool], tuple[str, list, int]] = {}
+        self.sql: dict[tuple[bool, Any], tuple[str, list, int]] = {}
         self.additive = _additive(ctx)
+        # every event-read window within the period and the subscription: an event that counts
+        # in one moves the period's all-events counter (the ``fast`` statement's test)
+        covers = getattr(ctx, "covers", None)
+        self.inside = False
+        if covers is not None:
+            p0 = to_us(max(ctx.period.start, covers[0]))
+            p1 = to_us(ctx.period.end if covers[1] is None else min(ctx.period.end, covers[1]))
+            self.inside = all(p0 <= lo and hi <= p1 for lo, hi in (_bounds_us(self, ctx, b) for b in self.events))
 
 
 _WINDOWS: dict[int, _Windows] = {}
@@ -130,13 +144,18 @@ def budget_query(pg: bool, ctx: Any, now: datetime, after_id: int | None = None)
     return _query(pg, ctx, windows_of(ctx, now), now, after_id)
 
 
-def _query(pg: bool, ctx: Any, w: "_Windows", now: datetime, after_id: int | None) -> tuple[str, list[Any]] | None:
+def _query(pg: bool, ctx: Any, w: "_Windows", now: datetime, after_id: int | None, fast: bool = False
+           ) -> tuple[str, list[Any]] | None:
     if not w.events:
         return None
-    delta = after_id is not None
+    delta = FAST if fast else after_id is not None
     built = w.sql.get((pg, delta))
     if built is None:
         built = w.sql[(pg, delta)] = _statement(pg, ctx, w, delta)
+    if delta is FAST:
+        params = built[1].copy()
+        params[built[2]] = to_us(now)
+        return built[0], params
     sql, template, now_slot = built
     params = template.copy()
     params[now_slot] = to_us(now)
@@ -148,15 +167,18 @@ def _query(pg: bool, ctx: Any, w: "_Windows", now: datetime, after_id: int | Non
 
 
 _NOW = object()  # the parameter a statement gets on each run
+FAST = "fast"  # the statement of the live holds and the all-events counter only (``BudgetReader``)
 
 
-def _statement(pg: bool, ctx: Any, w: "_Windows", delta: bool) -> tuple[str, list, int]:
+def _statement(pg: bool, ctx: Any, w: "_Windows", delta: Any) -> tuple[str, list, int]:
     sql = _Sql("postgresql" if pg else "sqlite")
     ph = sql.ph
     parts: list[str] = []
     params: list[Any] = []
     null = "CAST(NULL AS TEXT)"
-    if delta:  # the customer's newest rows by id (SQLite: by rowid, not its customer index)
+    if delta is FAST:  # the same text for every customer: prepared once
+        pass
+    elif delta:  # the customer's newest rows by id (SQLite: by rowid, not its customer index)
         props = "e.properties::text" if pg else "e.properties"
         who = "e.customer_id" if pg else "+e.customer_id"
         parts.append(f"SELECT 'r', e.type, {props}, e.ts, e.cost_pico, e.id FROM usage_event e "
@@ -193,8 +215,8 @@ def _statement(pg: bool, ctx: Any, w: "_Windows", delta: bool) -> tuple[str, lis
                 parts.append(f"SELECT 'e', {label}, {null}, {value}, COALESCE(SUM(e.cost_pico), 0), COUNT(*) "
                              f"FROM usage_event e WHERE {where} AND {scope} AND {cond}{grouping}")
                 params += p
-    # the last id stored (every customer's: one step down the primary key), where the next read starts
-    parts.append(f"SELECT 'm', '', {null}, COALESCE(MAX(id), 0), 0, 0 FROM usage_event")
+    if delta is not FAST:  # the last id stored (every customer's: one step down the primary key), where the next read starts
+        parts.append(f"SELECT 'm', '', {null}, COALESCE(MAX(id), 0), 0, 0 FROM usage_event")
     parts.append(f"SELECT 'h', budgets, {null}, created_at, 0, 0 FROM quota_hold WHERE customer_id = {ph} "
                  f"AND status = 'held' AND expires_at > {ph} AND budgets IS NOT NULL")
     parts.append(f"SELECT 'n', '', {null}, events, cost_pico, cost_carry FROM usage_counter "
@@ -203,22 +225,42 @@ def _statement(pg: bool, ctx: Any, w: "_Windows", delta: bool) -> tuple[str, lis
     return " UNION ALL ".join(parts), params, params.index(_NOW)
 
 
+class _Entry(NamedTuple):
+    """What ``BudgetReader`` knows of one customer's event-read budgets."""
+
+    key: tuple  # ``_Windows.key`` of the windows it counts
+    last: int  # the last event id a read saw stored (the next delta read starts after it)
+    events: int  # the period's all-events counter it matches: events
+    cost: int  # and cost (picodollars)
+    per_label: dict  # {'<budget id><SEP><meter>': [units, cost, events]}
+    out: list  # its rows (``budget_usage``'s ``'e'`` rows)
+    own: frozenset = frozenset()  # ids above ``last`` added by ``committed`` (a delta read skips them)
+    fast: bool = True  # whether the next read may be the ``fast`` one (False: the counter moved otherwise)
+
+
 class BudgetReader:
     """The committed part of a customer's event-read budgets, read once and then only the
     events stored since (``id`` above the last one read), per process.
 
-    An entry holds, from one statement's snapshot, each budget's units, cost and events per
-    meter, the last event id read and the period's all-events counter (events, cost). A later
-    statement reads the events past that id with the counter again: they are added with the
-    counters' own rules (``Meter.matches``, ``ledger.counters`` units, ``budgets.in_scope``)
-    when the counter moved by exactly what they add in the period -- no event below the id
-    arrived since (a transaction that committed late) and none was re-costed. Otherwise, and
-    for a new window, period or plan, everything is read again. Live holds: read every time.
+    An entry (``_Entry``) holds, from one statement's snapshot, each budget's units, cost and
+    events per meter, the last event id read and the period's all-events counter (events,
+    cost). A later statement reads the events past that id with the counter again: they are
+    added with the counters' own rules (``Meter.matches``, ``ledger.counters`` units,
+    ``budgets.in_scope``) when the counter moved by exactly what they add in the period -- no
+    event below the id arrived since (a transaction that committed late) and none was
+    re-costed. Otherwise, and for a new window, period or plan, everything is read again.
+
+    The events this process committed (``committed``, after their COMMIT) are added to the
+    entry the same way, their ids kept so a delta read does not add them twice. While the
+    entry's windows lie within the period, the next statement is the ``fast`` one: the
+    counter alone, with the live holds; when it equals the entry's (events only grow, and
+    any event in the windows is in the period's counter) no event is read; else the next
+    statement is a delta read. Live holds: read every time.
     """
 
     def __init__(self) -> None:
-        # customer -> (key, last id, events, cost, {label: [units, cost, events]}, its rows)
-        self._entries: dict[str, tuple] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._lock = Lock()  # ``committed`` replaces an entry only if it is still the one it added to
         self._recent: dict[str, tuple] = {}  # customer -> (ctx, read at, rows): for checks within a ttl
 
     def recent(self, ctx: Any, now: datetime, ttl: float) -> list[tuple] | None:
@@ -236,18 +278,20 @@ class BudgetReader:
         self._recent[ctx.customer] = (ctx, now, rows)
 
     def statement(self, pg: bool, ctx: Any, now: datetime) -> tuple[tuple[str, list[Any]] | None, Any]:
-        """The statement to run now and the token ``rows`` takes back with its rows."""
+        """The statement to run now and the token ``rows`` takes back with its rows (the
+        entry as it is now: what ``committed`` adds later is not in it)."""
         w = windows_of(ctx, now)
         entry = self._entries.get(ctx.customer)
-        if entry is not None and (entry[0] != w.key or not w.additive):
+        if entry is not None and (entry.key != w.key or not w.additive):
             entry = None
-        return _query(pg, ctx, w, now, entry[1] if entry is not None else None), (w, entry)
+        fast = entry is not None and entry.fast and w.inside
+        return _query(pg, ctx, w, now, entry.last if entry is not None else None, fast), (w, entry, fast)
 
     def rows(self, ctx: Any, token: Any, found: Sequence[Sequence[Any]]) -> list[tuple] | None:
         """``budget_usage``'s rows (``('e', '<budget id><SEP><meter>', units, cost_pico,
         events)`` and the holds'); None when the entry cannot be trusted (run ``statement``
-        again: it reads everything then)."""
-        w, entry = token
+        again: it reads the events then)."""
+        w, entry, fast = token
         holds, total, last, fresh = [], (0, 0), 0, []
         if entry is not None and all(row[0] in ("h", "n", "m") for row in found):  # nothing new: the entry
             for row in found:
@@ -257,19 +301,23 @@ class BudgetReader:
                     total = (int(row[3]), join(row[5], row[4]))
                 else:
                     last = int(row[3])
-            if (entry[2], entry[3]) == total:
-                if last > entry[1]:  # others' events since: start the next read after them
-                    self._entries[ctx.customer] = (entry[0], last, *entry[2:])
-                return entry[5] + holds
-            self._entries.pop(ctx.customer, None)
+            if (entry.events, entry.cost) == total:
+                if last > entry.last:  # others' events since: start the next read after them
+                    self._replace(ctx.customer, entry, entry._replace(last=last, own=frozenset()))
+                return entry.out + holds
+            if fast:  # the counter moved by more than this process added: read the events past the id
+                self._replace(ctx.customer, entry, entry._replace(fast=False))
+            else:
+                self._entries.pop(ctx.customer, None)
             return None
-        events: dict[str, list] = {} if entry is None else {k: list(v) for k, v in entry[4].items()}
+        per_label: dict[str, list] = {} if entry is None else {k: list(v) for k, v in entry.per_label.items()}
         for row in found:
             kind = row[0]
             if kind == "e":
-                _add(events, *_normalized(ctx, row))
+                _add(per_label, *_normalized(ctx, row))
             elif kind == "r":
-                fresh.append(row)
+                if entry is None or int(row[5]) not in entry.own:
+                    fresh.append(row)
             elif kind == "h":
                 holds.append(("h", row[1], row[3], 0, 0))
             elif kind == "n":
@@ -277,16 +325,46 @@ class BudgetReader:
             elif kind == "m":
                 last = int(row[3])
         if entry is not None:
-            newest, counted = _add_fresh(ctx, w, events, fresh, entry[1])
+            newest, counted = _add_fresh(ctx, w, per_label, fresh, entry.last)
             last = max(last, newest)
-            if (entry[2] + counted[0], entry[3] + counted[1]) != total:
+            if (entry.events + counted[0], entry.cost + counted[1]) != total:
                 self._entries.pop(ctx.customer, None)
                 return None
         if len(self._entries) > 100_000:
             self._entries.clear()
-        out = [("e", k, u, c, n) for k, (u, c, n) in events.items()]
-        self._entries[ctx.customer] = (w.key, last, total[0], total[1], events, out)
+        out = [("e", k, u, c, n) for k, (u, c, n) in per_label.items()]
+        self._entries[ctx.customer] = _Entry(w.key, last, total[0], total[1], per_label, out)
         return out + holds
+
+    def committed(self, ctx: Any, now: datetime, events: Sequence[tuple[Any, int]]) -> None:
+        """Add ``events`` (prepared events of ``ctx``'s customer this process inserted, with
+        their ids), after their transaction committed, to the customer's entry (if any),
+        as a delta read would. A statement sent after this call sees them (their COMMIT
+        returned before), so its counter counts them."""
+        customer = ctx.customer
+        entry = self._entries.get(customer)
+        if entry is None:
+            return
+        w = windows_of(ctx, now)
+        if entry.key != w.key or not w.additive:
+            return
+        fresh = [("r", p.type, p.properties_json, p.ts, p.cost_pico, eid) for p, eid in events
+                 if eid > entry.last and eid not in entry.own]
+        if not fresh:
+            return
+        per_label = {k: list(v) for k, v in entry.per_label.items()}
+        _, counted = _add_fresh(ctx, w, per_label, fresh, entry.last)
+        out = [("e", k, u, c, n) for k, (u, c, n) in per_label.items()]
+        self._replace(customer, entry, entry._replace(
+            events=entry.events + counted[0], cost=entry.cost + counted[1], per_label=per_label, out=out,
+            own=entry.own | {int(r[5]) for r in fresh}))
+
+    def _replace(self, customer: str, old: _Entry, new: _Entry) -> None:
+        """``customer``'s entry becomes ``new`` if it is still ``old`` (another thread may
+        have stored a newer one)."""
+        with self._lock:
+            if self._entries.get(customer) is old:
+                self._entries[customer] = new
 
     def forget(self, customer: str | None = None) -> None:
         if customer is None:

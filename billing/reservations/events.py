@@ -119,7 +119,7 @@ _WRITE_PG = (
     f"ky AS (INSERT INTO usage_event_key (customer_id, event_id, ts) SELECT customer_id, event_id, ts FROM ev "
     f"ORDER BY {CODE_POINT_ORDER} ON CONFLICT DO NOTHING RETURNING customer_id, event_id), "
     f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT ev.* FROM ev JOIN ky USING (customer_id, event_id) "
-    f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id), "
+    f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id, id), "
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
@@ -138,7 +138,7 @@ _WRITE_PG = (
     "committed_at) SELECT l.hold_id, l.customer_id, l.meter, l.event_id, l.units, l.expired_at, %s FROM lv l "
     f"JOIN ins USING (customer_id, event_id) WHERE {_after('tk')} ORDER BY l.hold_id COLLATE \"C\" "
     "ON CONFLICT (hold_id, customer_id) DO NOTHING) "
-    "SELECT customer_id, event_id FROM ins")
+    "SELECT customer_id, event_id, id FROM ins")
 
 
 def _late_rows(commits: list, now_us: int) -> list[tuple]:
@@ -151,7 +151,7 @@ def _late_rows(commits: list, now_us: int) -> list[tuple]:
 def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple], now_us: int) -> Any:
     """One statement: insert the events; for those inserted, bump counters, settle holds,
     add task usage, log late commits. Returns the cursor of the inserted (customer, event
-    id) keys."""
+    id, row id)."""
     events = [_stored(p) for _op, p, _hold in commits]
     sums = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if not c[6])
     maxes = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if c[6])
@@ -162,14 +162,14 @@ def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list
 
 
 def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple],
-                 now_us: int) -> set[tuple[str, str]]:
-    """The same as ``write_pg`` in plain statements; returns the inserted keys."""
+                 now_us: int) -> dict[tuple[str, str], int]:
+    """The same as ``write_pg`` in plain statements; returns the inserted keys with their row ids."""
     events = sorted((p for _op, p, _hold in commits), key=lambda p: (p.customer, p.event_id))
     marks = ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(events))
     cur = execute(f"INSERT INTO usage_event ({_EVENT_COLUMNS}) VALUES {marks} "
-                  "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
+                  "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id, id",
                   [v for p in events for v in _stored(p)])
-    inserted = {(c, e) for c, e in cur.fetchall()}
+    inserted = {(c, e): int(i) for c, e, i in cur.fetchall()}
     deltas: dict[tuple[str, str, int], list] = {}
     for customer, event_id, meter, start, end, units, is_max, cost in contrib:
         if (customer, event_id) not in inserted:

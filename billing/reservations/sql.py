@@ -73,6 +73,9 @@ class Context:
     # subscription starting or ending, a seat change, a credit starting or expiring, an
     # override's window, the period's end): a cached context is not used from then on
     valid_until: datetime | None = None
+    # [start, end) of the subscription (end None: open): the times its events are counted in
+    # its counters (``ledger.counters``), the period's ``*`` counter among them
+    covers: tuple[datetime, datetime | None] | None = None
 
 
 class StaleContext(Exception):
@@ -356,9 +359,11 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
         balance = int(amount_micro) - int(burned or 0)
         if balance > 0:
             credits[gid] = (Decimal(balance) / MICRO, tuple(applies_to.split(",")) if applies_to else None)
+    ended_of = {row[0]: row[5] for row in subs}
     return Context(customer, sid, plan, period, seats, credits, failed, tz, budgets,
                    None if stamp is None else int(stamp), _next_change(now, period, subs, seat_rows, grants,
-                                                                          override_rows))
+                                                                          override_rows),
+                   (_utc(started_of[sid]), _utc(ended_of[sid])))
 
 
 def _next_change(now: datetime, period: Period, subs, seat_rows, grants, override_rows) -> datetime:

@@ -147,10 +147,28 @@ class QuotaWriter:
                 tx.finish(conn)
             except Exception:  # noqa: BLE001
                 tx.after_failed = True
+            self._committed_events(tx)
             if tx.after_failed:
                 for op in tx.accepted_ops():
                     op.alert = READ_AGAIN
         return tx.deferred
+
+    def _committed_events(self, tx: "_Tx") -> None:
+        """The budgets' reader learns the events this transaction inserted (after its COMMIT;
+        never raises: a reader that did not learn them reads them)."""
+        reader = self.quota.budget_reader
+        try:
+            mine: dict[str, tuple[Any, list]] = {}
+            for op, p, _hold in tx.commits:
+                eid = tx.inserted_ids.get((p.customer, p.event_id))
+                if eid is not None and op.ctx is not None and op.ctx.budgets and op.ctx.customer == p.customer:
+                    mine.setdefault(p.customer, (op.ctx, []))[1].append((p, eid))
+            now = from_us(tx.now_us)
+            for ctx, events in mine.values():
+                reader.committed(ctx, now, events)
+        except Exception:  # noqa: BLE001
+            for op, p, _hold in tx.commits:
+                reader.forget(p.customer)
 
     # ------------------------------------------------------------------ body
     def _body(self, conn: Any, ops: list[Op], tx: "_Tx") -> None:
@@ -454,7 +472,8 @@ class _Tx:
         self.sqlite_committed = False
         self.deferred: list[Op] = []
         self.commits: list[tuple] = []
-        self.inserted: Any = None  # PostgreSQL: cursor of inserted keys; SQLite: the keys
+        self.inserted: Any = None  # PostgreSQL: cursor of inserted keys; SQLite: the keys with their ids
+        self.inserted_ids: dict[tuple[str, str], int] = {}  # (customer, event id) -> row id, once finished
         self.releases: tuple | None = None  # (ops and holds, RETURNING rows or cursor)
         self.alert_ctx: dict[str, Any] = {}  # customer -> context, for budget alerts
         self.alert_cur: Any = None
@@ -494,7 +513,8 @@ class _Tx:
                                             code=ErrorCode.INVALID_TRANSITION)
         if not self.commits:
             return
-        inserted = self.inserted if isinstance(self.inserted, set) else {(c, e) for c, e in self.inserted.fetchall()}
+        inserted = self.inserted_ids = self.inserted if isinstance(self.inserted, dict) else {
+            (c, e): int(i) for c, e, i in self.inserted.fetchall()}
         rest = []
         for item in self.commits:
             op, p, hold = item

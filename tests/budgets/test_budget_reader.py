@@ -54,7 +54,7 @@ def test_new_events_are_added_and_a_late_lower_id_or_a_recost_reads_everything_a
             "SELECT :id, customer_id, 'late', type, ts, properties, cost_pico FROM usage_event WHERE id = :src"),
             {"id": last, "src": last + 100})
         conn.execute(text("UPDATE usage_counter SET events = events + 1 WHERE customer_id = 'acme' AND meter = '*'"))
-    quota.budget_reader._entries["acme"] = (entry[0], last + 100, *entry[2:])
+    quota.budget_reader._entries["acme"] = entry._replace(last=last + 100)
     assert _used(quota, "units") == 6  # the counter moved by more than the events past the id: all read again
     budgets = Budgets(any_engine, CAT, clock=Clock())
     budgets.delete("acme", budgets.list("acme")[0].id)
