@@ -8,9 +8,8 @@ statement compilation and pool pre-ping and talk to the driver directly:
   transaction can be sent in one pipeline), kept in a small free list; on a SQLite file
   one autocommit ``sqlite3`` connection per reading thread and one writer connection.
 * ``load_context`` reads who the customer is right now (plan, period, seats, credits,
-  dunning, contract overrides) with six small queries, pipelined into one round trip on
-  PostgreSQL; ``load_contexts`` reads many customers' with the same six statements
-  (``billing.reservations.context_sql``), not six per customer.
+  dunning, contract overrides) in one statement; ``load_contexts`` reads many customers'
+  with the same one statement (``billing.reservations.context_sql``), not one per customer.
 * ``STATE_SQL`` / ``usage_state`` read committed usage (the counters), live holds and
   rate-window counts in one statement (one snapshot); for the meters the counters cannot
   rate (disputes, unique counts, per-transaction sums) the same statement reads the
@@ -36,11 +35,11 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog, Plan
 from billing.catalog.overrides import effective_plan
-from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_subscription
+from billing.contracts.repository import overrides_by_subscription
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
-from billing.reservations.context_sql import SQLITE_ONE_CONTEXT, context_statements, group_rows, one_rows
+from billing.reservations.context_sql import context_query, context_rows
 from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
@@ -268,45 +267,32 @@ def _utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-_CONTEXT_SQL = (
-    # the customer and its budgets (one row per budget; one row of NULLs without any)
-    f"SELECT c.timezone, c.cost_guard, {BUDGET_COLUMNS}, c.context_version FROM customer c "
-    "LEFT JOIN budget b ON b.customer_id = c.id WHERE c.id = ?",
-    "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
-    "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
-    "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
-    "SELECT payment_failed_at FROM invoice WHERE customer_id = ? AND status = 'finalized' AND kind = 'invoice' "
-    "AND payment_failed_at IS NOT NULL",
-    "SELECT g.id, g.amount_micro, g.applies_to, g.effective_at, g.expires_at, "
-    "(SELECT COALESCE(SUM(b.amount_micro), 0) FROM credit_burn b WHERE b.grant_id = g.id) "
-    "FROM credit_grant g WHERE g.customer_id = ?",
-    OVERRIDES_OF_CUSTOMER,  # the subscriptions' contract overrides (``billing.contracts``)
-)
-
-
 def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str, now: datetime) -> Context:
-    """The customer's plan, period, seats, credits and dunning clock at ``now`` (six
-    statements pipelined on PostgreSQL; one on SQLite: ``context_sql.SQLITE_ONE_CONTEXT``)."""
-    if not conns.pg:
-        return _context(catalog, customer, now, one_rows(conn.execute(SQLITE_ONE_CONTEXT, (customer,)).fetchall()))
-    return _context(catalog, customer, now, run_all(conns, conn, [(q, (customer,)) for q in _CONTEXT_SQL]))
+    """The customer's plan, period, seats, credits and dunning clock at ``now`` (one statement:
+    ``context_sql.context_query``)."""
+    found = load_contexts(conns, conn, catalog, [customer], now)[customer]
+    if isinstance(found, BillingError):
+        raise found
+    return found
 
 
 def load_contexts(conns: Connections, conn: Any, catalog: Catalog, customers: Sequence[str], now: datetime
                   ) -> dict[str, Context | BillingError]:
-    """``load_context`` of several customers in one round trip of six statements, whatever
-    their number (``billing.reservations.context_sql``); a ``BillingError`` for a customer
-    it would have raised for."""
+    """``load_context`` of several customers in one statement, whatever their number
+    (``billing.reservations.context_sql``); a ``BillingError`` for a customer it would have
+    raised for."""
     customers = list(dict.fromkeys(customers))
-    if len(customers) == 1:
-        rows = {customers[0]: run_all(conns, conn, [(q, (customers[0],)) for q in _CONTEXT_SQL])}
-    else:
-        rows = group_rows(customers, run_all(conns, conn, context_statements(
-            lambda column: id_list(conns.pg, column, customers))))
+    sql, params = context_query(conns.pg, customers)
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, params)
+        found = {row[0]: row for row in cur.fetchall()}
+    finally:
+        cur.close()
     out: dict[str, Context | BillingError] = {}
     for customer in customers:
         try:
-            out[customer] = _context(catalog, customer, now, rows[customer])
+            out[customer] = _context(catalog, customer, now, context_rows(found.get(customer)))
         except BillingError as exc:
             out[customer] = exc
     return out
