@@ -176,3 +176,25 @@ def test_the_one_context_statement_reads_what_the_tables_say(any_engine):
     assert many["k3"].credits and all(b < D("7.25") + 3 for b, _ in many["k3"].credits.values())
     assert many["k1"].plan is not CAT.get("team-advance", 1) and many["k1"].valid_until <= NOW + timedelta(days=3)
     q.close()
+
+
+def test_the_cache_keeps_its_bound_and_lets_expired_contexts_go(any_engine):
+    """At most ``context_cache_max`` contexts, the oldest loaded leaving first; one loaded
+    after the others expired takes their place (the cache holds the last ``context_ttl``
+    seconds' customers, not every customer ever checked); hits and misses are counted."""
+    acc = Accounts(any_engine, CAT)
+    customers = [f"m{i}" for i in range(6)]
+    for c in customers:
+        acc.create_customer(c, now=T0)
+        acc.subscribe(c, "team-advance", at=T0)
+    q = Quota(any_engine, CAT, clock=Clock(), context_ttl=60.0, context_cache_max=3)
+    for c in customers[:5]:
+        assert q.check(c, "requests").outcome == "allow"
+    assert list(q._ctx_cache) == customers[2:5]
+    assert (q.context_hits, q.context_misses) == (0, 5)
+    q.check("m4", "requests")
+    assert (q.context_hits, q.context_misses) == (1, 5)
+    q.clock.now = NOW + timedelta(seconds=61)  # all three expired
+    q.check("m5", "requests")
+    assert len(q._ctx_cache) < 3 and "m5" in q._ctx_cache and "m2" not in q._ctx_cache
+    q.close()
