@@ -24,7 +24,12 @@ PostgreSQL, most of it recording their 100,000 events; ``seed_seconds`` says how
 run, the checks are also spread uniformly at random over all N (every request a customer
 drawn afresh: with N = 100,000 nearly every check misses the server's one-second context
 cache and loads the customer's plan, period and seats): ``spread_rps``, ``spread_p99_ms``,
-``spread_ratio`` (spread / one customer). Targets for ``--customers 100000``: spread_ratio
+``spread_ratio`` (spread / one customer); the server process's CPU time per answered check
+(``/proc``), one customer and spread (``server_cpu_us_per_check``,
+``server_cpu_us_per_spread_check``; ``spread_cpu_ratio``: one / spread, what the throughput
+ratio of a CPU-bound server would be); ``spread_context_hit_rate``: the share of the spread
+checks whose context the server had cached (``GET /metrics``), ``context_cache_size`` the
+contexts it held after them. Targets for ``--customers 100000``: spread_ratio
 >= 0.7, spread p99 <= 10 ms at 16 connections.
 
 ``--guards``: as many customers again on a copy of the plan with cost guards
@@ -267,6 +272,28 @@ def with_cpu(pid: int, run) -> dict:
     return found
 
 
+def context_cache(port: int) -> dict:
+    """The server's quota context cache counters (``GET /metrics``): hit, miss, size."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("billing_quota_context_cache_total{"):
+            out[line.split('result="', 1)[1].split('"', 1)[0]] = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("billing_quota_context_cache_size "):
+            out["size"] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def hit_rate(before: dict, after: dict) -> float | None:
+    """The share of context lookups between two ``context_cache`` readings that hit."""
+    hits = after.get("hit", 0) - before.get("hit", 0)
+    looked = hits + after.get("miss", 0) - before.get("miss", 0)
+    return round(hits / looked, 3) if looked else None
+
+
 def interleaved(measure, plain: str, guarded: str, rounds: int) -> dict:
     """``rounds`` rounds of the plain and the guarded body measured back to back, the order
     alternating (plain first, then guarded first: a drift of the machine's load cancels);
@@ -371,10 +398,13 @@ def main() -> None:
             run_load(generator, port, "POST", "/v1/quota/check", body, key, 1.0, args.concurrency)  # warm-up
             run_load(generator, port, "GET", "/healthz", "", key, 1.0, args.concurrency)
             floor = run_load(generator, port, "GET", "/healthz", "", key, args.seconds, args.concurrency)
-            check = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds, args.concurrency)
+            check = with_cpu(server.pid, lambda: run_load(generator, port, "POST", "/v1/quota/check", body, key,
+                                                          args.seconds, args.concurrency))
             run_load(generator, port, "POST", "/v1/quota/check", body, key, 1.0, args.concurrency, args.customers)
-            spread = run_load(generator, port, "POST", "/v1/quota/check", body, key, args.seconds, args.concurrency,
-                              args.customers)
+            before = context_cache(port)
+            spread = with_cpu(server.pid, lambda: run_load(generator, port, "POST", "/v1/quota/check", body, key,
+                                                           args.seconds, args.concurrency, args.customers))
+            after = context_cache(port)
             if args.guards:
                 gbody = json.dumps({"customer": "guard-00042", "meter": "messages", "properties": SCOPE})
                 run_load(generator, port, "POST", "/v1/quota/check", gbody, key, 1.0, args.concurrency)
@@ -405,6 +435,11 @@ def main() -> None:
         "check_errors": check["errors"], "floor_errors": floor["errors"],
         "customers": args.customers, "seed_seconds": seed_seconds, "spread_rps": spread["rps"], "spread_p50_ms": spread["p50_ms"],
         "spread_p99_ms": spread["p99_ms"], "spread_errors": spread["errors"], "spread_ratio": round(spread_ratio, 3),
+        "server_cpu_us_per_check": check["cpu_us_per_request"], "server_cpu_us_per_spread_check":
+            spread["cpu_us_per_request"], "spread_cpu_ratio": round(check["cpu_us_per_request"] /
+                                                                    spread["cpu_us_per_request"], 3)
+            if check["cpu_us_per_request"] and spread["cpu_us_per_request"] else None,
+        "spread_context_hit_rate": hit_rate(before, after), "context_cache_size": after.get("size"),
         "targets": {"ratio>=0.6": ratio >= 0.6, "p99<=10ms": check["p99_ms"] <= 10.0,
                     "spread_ratio>=0.7": spread_ratio >= 0.7, "spread_p99<=10ms": spread["p99_ms"] <= 10.0}, **more,
     }))

@@ -70,8 +70,9 @@ class Metrics:
         with self._lock:
             self.decisions[outcome] = self.decisions.get(outcome, 0) + 1
 
-    def render(self, backlog: int | None) -> str:
-        """The Prometheus text exposition of everything counted."""
+    def render(self, backlog: int | None, contexts: tuple[int, int, int] | None = None) -> str:
+        """The Prometheus text exposition of everything counted; ``contexts``: the quota
+        context cache's hits, misses and size (``Quota.context_hits``...)."""
         with self._lock:
             requests, latency = dict(self.requests), {k: list(v) for k, v in self.latency.items()}
             events, decisions = dict(self.events), dict(self.decisions)
@@ -96,6 +97,14 @@ class Metrics:
         out += ["# HELP billing_quota_decisions_total Quota checks and reservations, by outcome.",
                 "# TYPE billing_quota_decisions_total counter"]
         out += [f'billing_quota_decisions_total{{outcome="{o}"}} {n}' for o, n in sorted(decisions.items())]
+        if contexts is not None:
+            hits, misses, size = contexts
+            out += ["# HELP billing_quota_context_cache_total Quota context lookups, by result (a miss loads it).",
+                    "# TYPE billing_quota_context_cache_total counter",
+                    f'billing_quota_context_cache_total{{result="hit"}} {hits}',
+                    f'billing_quota_context_cache_total{{result="miss"}} {misses}',
+                    "# HELP billing_quota_context_cache_size Quota contexts cached now.",
+                    "# TYPE billing_quota_context_cache_size gauge", f"billing_quota_context_cache_size {size}"]
         if backlog is not None:
             out += ["# HELP billing_outbox_backlog Webhook deliveries waiting in the outbox.",
                     "# TYPE billing_outbox_backlog gauge", f"billing_outbox_backlog {backlog}"]
@@ -202,7 +211,9 @@ def install(app: Any, outbox: Any) -> Metrics:
             backlog = outbox.backlog()
         except Exception:  # noqa: BLE001 - a scrape still answers when the database does not
             backlog = None
-        return PlainTextResponse(metrics.render(backlog), media_type="text/plain; version=0.0.4; charset=utf-8")
+        quota = app.state.services.quota
+        contexts = (quota.context_hits, quota.context_misses, len(quota._ctx_cache))
+        return PlainTextResponse(metrics.render(backlog, contexts), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.get("/metrics", tags=["meta"], summary="Prometheus metrics of this process (no authentication)",
             response_class=PlainTextResponse, responses={200: {

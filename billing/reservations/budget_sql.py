@@ -1,7 +1,7 @@
 """A customer's budgets in the quota's reads (``billing.quota.budgets`` is the rule).
 
-* The budgets come with the customer's context (``reservations.sql._CONTEXT_SQL`` joins
-  them to the customer row): a customer without budgets costs no query, and the context
+* The budgets come with the customer's context (``reservations.context_sql`` reads them
+  in the customer's row): a customer without budgets costs no query, and the context
   cache (``Quota.context_ttl``) keeps them.
 * A customer-wide budget over the billing period reads nothing more: its measure is the
   period's counters, read for the decision anyway (``budgets.from_counters``).

@@ -30,6 +30,7 @@ Reads (``check``, ``usage``) use driver connections without a transaction of the
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,9 @@ from billing.quota.usage import charge_spends
 __all__ = ["Quota", "Reservation", "Context", "Outbox", "MAX_QUANTITY", "MAX_COST"]
 
 ZERO = Decimal(0)
+# contexts a ``Quota`` keeps at most: ~0.5 KB each (the plan is shared), so 20,000 are ~10 MB;
+# with the API's one-second ``context_ttl`` that is the contexts of 20,000 checks a second
+CONTEXT_CACHE_MAX = 20_000
 MAX_COST_DECIMAL = Decimal(MAX_COST)  # an estimate is held at most at the largest cost a request may give
 
 _hold = QuotaHold.__table__
@@ -82,14 +86,16 @@ class Quota:
 
     ``context_ttl``: seconds a customer's plan / period / seats / credits / dunning state
     stays cached (usage, holds and rate windows are always read fresh); 0 reads it every
-    time. ``writers``: batch transactions this object runs at once (default 1: under load one
-    batch at a time makes the biggest batches and the least work per operation).
+    time; at most ``context_cache_max`` contexts are kept (the oldest loaded leaves first, and
+    an expired one as soon as a newer one is loaded). ``writers``: batch transactions this
+    object runs at once (default 1: under load one batch at a time makes the biggest batches
+    and the least work per operation).
     """
 
     def __init__(self, engine: Engine, catalog: Catalog, ledger: Ledger | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), default_ttl: float = 60.0,
                  max_ttl: float = 86_400.0, context_ttl: float = 0.0, alerts: bool = True,
-                 writers: int | None = None):
+                 writers: int | None = None, context_cache_max: int = CONTEXT_CACHE_MAX):
         self.engine = engine
         self.catalog = catalog
         self.clock = clock
@@ -105,7 +111,12 @@ class Quota:
         self.conns = Connections(engine)
         self.inline_reads = not self.conns.pg  # SQLite reads are local: cheaper than a thread hop
         self.context_ttl = context_ttl
+        # customer -> (expires at, context), in the order loaded (so in expiry order): at most
+        # ``context_cache_max`` of them; an expired one leaves when a newer one is loaded
         self._ctx_cache: dict[str, tuple[float, Context]] = {}
+        self.context_cache_max = context_cache_max
+        self._ctx_lock = threading.Lock()
+        self.context_hits = self.context_misses = 0  # (``GET /metrics``: the cache's hit rate)
         self._model_warnings: dict[tuple[str, Any], tuple] = {}  # (model, day) -> warnings of _warnings_book
         self._warnings_book = None
         self.budget_reader = BudgetReader()  # budgets' committed events, read incrementally
@@ -128,14 +139,26 @@ class Quota:
         hit = self._ctx_cache.get(customer)
         if hit is not None and hit[0] > now.timestamp() and hit[1].period.start <= now < hit[1].period.end \
                 and (hit[1].valid_until is None or now < hit[1].valid_until):
+            self.context_hits += 1
             return hit[1]
+        self.context_misses += 1
         return None
 
     def _remember(self, customer: str, now: datetime, ctx: Context) -> None:
-        if self.context_ttl > 0:
-            if len(self._ctx_cache) > 100_000:
-                self._ctx_cache.clear()
-            self._ctx_cache[customer] = (now.timestamp() + self.context_ttl, ctx)
+        if self.context_ttl <= 0:
+            return
+        cache = self._ctx_cache
+        at = now.timestamp()
+        with self._ctx_lock:  # (checks of several threads load contexts at once)
+            cache.pop(customer, None)  # (to the end: the order stays the order loaded)
+            cache[customer] = (at + self.context_ttl, ctx)
+            # the oldest leave: past the bound, or expired (a few per load: the cache holds the
+            # contexts of the last ``context_ttl`` seconds, not every customer ever checked)
+            for _ in range(4):
+                oldest = next(iter(cache))
+                if len(cache) <= self.context_cache_max and cache[oldest][0] > at:
+                    break
+                del cache[oldest]
 
     def context(self, conn: Any, customer: str, now: datetime) -> Context:
         """The customer's context at ``now`` (cached for ``context_ttl`` seconds)."""
@@ -167,10 +190,11 @@ class Quota:
 
     def forget(self, customer: str | None = None) -> None:
         """Drop cached contexts (after a subscription, seat or credit change)."""
-        if customer is None:
-            self._ctx_cache.clear()
-        else:
-            self._ctx_cache.pop(customer, None)
+        with self._ctx_lock:
+            if customer is None:
+                self._ctx_cache.clear()
+            else:
+                self._ctx_cache.pop(customer, None)
         self.budget_reader.forget(customer)
 
     # ---------------------------------------------------------------- public

@@ -8,9 +8,8 @@ statement compilation and pool pre-ping and talk to the driver directly:
   transaction can be sent in one pipeline), kept in a small free list; on a SQLite file
   one autocommit ``sqlite3`` connection per reading thread and one writer connection.
 * ``load_context`` reads who the customer is right now (plan, period, seats, credits,
-  dunning, contract overrides) with six small queries, pipelined into one round trip on
-  PostgreSQL; ``load_contexts`` reads many customers' with the same six statements
-  (``billing.reservations.context_sql``), not six per customer.
+  dunning, contract overrides) in one statement; ``load_contexts`` reads many customers'
+  with the same one statement (``billing.reservations.context_sql``), not one per customer.
 * ``STATE_SQL`` / ``usage_state`` read committed usage (the counters), live holds and
   rate-window counts in one statement (one snapshot); for the meters the counters cannot
   rate (disputes, unique counts, per-transaction sums) the same statement reads the
@@ -36,12 +35,13 @@ from sqlalchemy import Engine
 
 from billing.catalog import Catalog, Plan
 from billing.catalog.overrides import effective_plan
-from billing.contracts.repository import OVERRIDES_OF_CUSTOMER, overrides_by_subscription
+from billing.contracts.repository import overrides_by_subscription
 from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
-from billing.reservations.context_sql import SQLITE_ONE_CONTEXT, context_statements, group_rows, one_rows
+from billing.reservations.context_sql import context_query, context_rows
 from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
+from billing.store.db import SQLITE_MMAP
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join
 from billing.quota.decide import MeterUsage, TaskUsage, UsageState, frozen
@@ -142,6 +142,9 @@ class Connections:
         conn = sqlite3.connect(self._file, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA synchronous=NORMAL")  # as billing.store.db.make_engine (WAL)
+        # and reads through its memory map: a check of a customer whose pages are not in this
+        # connection's cache (checks spread over many customers) copies no page to read it
+        conn.execute(f"PRAGMA mmap_size={SQLITE_MMAP}")
         return conn
 
     @contextmanager
@@ -274,75 +277,82 @@ def _utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-_CONTEXT_SQL = (
-    # the customer and its budgets (one row per budget; one row of NULLs without any)
-    f"SELECT c.timezone, c.cost_guard, {BUDGET_COLUMNS}, c.context_version FROM customer c "
-    "LEFT JOIN budget b ON b.customer_id = c.id WHERE c.id = ?",
-    "SELECT id, plan_id, plan_version, anchor_at, started_at, ended_at FROM subscription WHERE customer_id = ?",
-    "SELECT sc.subscription_id, sc.effective_at, sc.seats, sc.id FROM seat_change sc "
-    "JOIN subscription s ON s.id = sc.subscription_id WHERE s.customer_id = ?",
-    "SELECT payment_failed_at FROM invoice WHERE customer_id = ? AND status = 'finalized' AND kind = 'invoice' "
-    "AND payment_failed_at IS NOT NULL",
-    "SELECT g.id, g.amount_micro, g.applies_to, g.effective_at, g.expires_at, "
-    "(SELECT COALESCE(SUM(b.amount_micro), 0) FROM credit_burn b WHERE b.grant_id = g.id) "
-    "FROM credit_grant g WHERE g.customer_id = ?",
-    OVERRIDES_OF_CUSTOMER,  # the subscriptions' contract overrides (``billing.contracts``)
-)
-
-
 def load_context(conns: Connections, conn: Any, catalog: Catalog, customer: str, now: datetime) -> Context:
-    """The customer's plan, period, seats, credits and dunning clock at ``now`` (six
-    statements pipelined on PostgreSQL; one on SQLite: ``context_sql.SQLITE_ONE_CONTEXT``)."""
-    if not conns.pg:
-        return _context(catalog, customer, now, one_rows(conn.execute(SQLITE_ONE_CONTEXT, (customer,)).fetchall()))
-    return _context(catalog, customer, now, run_all(conns, conn, [(q, (customer,)) for q in _CONTEXT_SQL]))
+    """The customer's plan, period, seats, credits and dunning clock at ``now`` (one statement:
+    ``context_sql.context_query``)."""
+    found = load_contexts(conns, conn, catalog, [customer], now)[customer]
+    if isinstance(found, BillingError):
+        raise found
+    return found
 
 
 def load_contexts(conns: Connections, conn: Any, catalog: Catalog, customers: Sequence[str], now: datetime
                   ) -> dict[str, Context | BillingError]:
-    """``load_context`` of several customers in one round trip of six statements, whatever
-    their number (``billing.reservations.context_sql``); a ``BillingError`` for a customer
-    it would have raised for."""
+    """``load_context`` of several customers in one statement, whatever their number
+    (``billing.reservations.context_sql``); a ``BillingError`` for a customer it would have
+    raised for."""
     customers = list(dict.fromkeys(customers))
-    if len(customers) == 1:
-        rows = {customers[0]: run_all(conns, conn, [(q, (customers[0],)) for q in _CONTEXT_SQL])}
-    else:
-        rows = group_rows(customers, run_all(conns, conn, context_statements(
-            lambda column: id_list(conns.pg, column, customers))))
+    sql, params = context_query(conns.pg, customers)
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, params)
+        found = {row[0]: row for row in cur.fetchall()}
+    finally:
+        cur.close()
     out: dict[str, Context | BillingError] = {}
     for customer in customers:
         try:
-            out[customer] = _context(catalog, customer, now, rows[customer])
+            out[customer] = _context(catalog, customer, now, context_rows(found.get(customer)))
         except BillingError as exc:
             out[customer] = exc
     return out
 
 
+# (plan interval, anchor, timezone, anchor instant) -> the period last found for that cycle:
+# a cold context finds its period without building and validating a ``BillingCycle`` (every
+# customer of a calendar-anchored plan in one timezone shares one entry)
+_PERIODS: dict[tuple, Period] = {}
+_PERIODS_MAX = 4096
+
+
+def _period(interval: str, anchor: str, tz: str, anchor_at: datetime | None, now: datetime) -> Period:
+    key = (interval, anchor, tz, anchor_at)
+    hit = _PERIODS.get(key)
+    if hit is not None and hit.start <= now < hit.end:
+        return hit
+    period = BillingCycle(interval, anchor, tz, anchor_at).period_containing(now)
+    if len(_PERIODS) >= _PERIODS_MAX:
+        _PERIODS.clear()
+    _PERIODS[key] = period
+    return period
+
+
 def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list[tuple]]) -> Context:
-    tz_rows, subs, seat_rows, failed_rows, grants, override_rows = rows
+    tz_rows, sub_rows, seat_rows, failed_rows, grant_rows, override_rows = rows
     if not tz_rows:
         raise BillingError(f"unknown customer {customer!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
     tz, own_guard, stamp = tz_rows[0][0], tz_rows[0][1], tz_rows[0][-1]
     budgets = budgets_of([r[:-1] for r in tz_rows]) if tz_rows[0][2] is not None else ()
-    active = []
-    started_of = {row[0]: row[4] for row in subs}
-    for sid, plan_id, version, anchor_at, started_at, ended_at in subs:
-        started, ended = _utc(started_at), _utc(ended_at)
-        if started <= now and (ended is None or ended > now):
-            active.append((started, sid, plan_id, version, _utc(anchor_at)))
+    # every instant parsed once (``_next_change`` reads them again)
+    subs = [(sid, plan_id, version, _utc(anchor_at), _utc(started_at), _utc(ended_at))
+            for sid, plan_id, version, anchor_at, started_at, ended_at in sub_rows]
+    active = [(started, sid, plan_id, version, anchor_at) for sid, plan_id, version, anchor_at, started, ended in subs
+              if started <= now and (ended is None or ended > now)]
     if not active:
         raise BillingError(f"customer {customer!r} has no active subscription", code=ErrorCode.SUBSCRIPTION_NOT_FOUND)
     _, sid, plan_id, version, anchor_at = max(active, key=lambda a: (a[0], a[1]))
     plan = catalog.get(plan_id, version)
     if own_guard is not None:  # the customer's cost guardrails replace the plan's
         plan = with_cost_guard(plan, own_guard)
-    cycle = BillingCycle(plan.billing.interval, plan.billing.anchor, tz,
-                         anchor_at if plan.billing.anchor == "anniversary" else None)
-    period = cycle.period_containing(now)
-    overrides = overrides_by_subscription([r for r in override_rows if r[0] == sid], _utc).get(sid)
-    if overrides:  # the contract's plan for this period: the overrides in force at its start (as rating does)
-        plan = effective_plan(plan, overrides, max(period.start, _utc(started_of[sid])))
-    changes = sorted((_utc(at), row_id, seats) for sub_id, at, seats, row_id in seat_rows if sub_id == sid)
+    billing = plan.billing
+    period = _period(billing.interval, billing.anchor, tz, anchor_at if billing.anchor == "anniversary" else None, now)
+    if override_rows:
+        overrides = overrides_by_subscription([r for r in override_rows if r[0] == sid], _utc).get(sid)
+        if overrides:  # the contract's plan for this period: the overrides in force at its start (as rating does)
+            started = next(s[4] for s in subs if s[0] == sid)
+            plan = effective_plan(plan, overrides, max(period.start, started))
+    seat_changes = [(sub_id, _utc(at), seats, row_id) for sub_id, at, seats, row_id in seat_rows]
+    changes = sorted((at, row_id, seats) for sub_id, at, seats, row_id in seat_changes if sub_id == sid)
     at_start, peak = None, 0
     for at, _, seats in changes:
         if at <= period.start:
@@ -352,36 +362,30 @@ def _context(catalog: Catalog, customer: str, now: datetime, rows: Sequence[list
     seats = max(peak, at_start if at_start is not None else (changes[0][2] if changes else 1))
     failed = min((_utc(r[0]) for r in failed_rows), default=None)
     credits = {}
-    for gid, amount_micro, applies_to, effective_at, expires_at, burned in grants:
-        eff, exp = _utc(effective_at), _utc(expires_at)
+    grants = [(gid, amount_micro, applies_to, _utc(effective_at), _utc(expires_at), burned)
+              for gid, amount_micro, applies_to, effective_at, expires_at, burned in grant_rows]
+    for gid, amount_micro, applies_to, eff, exp, burned in grants:
         if eff > now or (exp is not None and exp <= now):
             continue
         balance = int(amount_micro) - int(burned or 0)
         if balance > 0:
             credits[gid] = (Decimal(balance) / MICRO, tuple(applies_to.split(",")) if applies_to else None)
-    ended_of = {row[0]: row[5] for row in subs}
     return Context(customer, sid, plan, period, seats, credits, failed, tz, budgets,
-                   None if stamp is None else int(stamp), _next_change(now, period, subs, seat_rows, grants,
-                                                                          override_rows),
-                   (_utc(started_of[sid]), _utc(ended_of[sid])))
+                   None if stamp is None else int(stamp),
+                   _next_change(now, period, subs, seat_changes, grants, override_rows),
+                   next((s[4], s[5]) for s in subs if s[0] == sid))
 
 
-def _next_change(now: datetime, period: Period, subs, seat_rows, grants, override_rows) -> datetime:
+def _next_change(now: datetime, period: Period, subs, seat_changes, grants, override_rows) -> datetime:
     """The first instant after ``now`` at which a row of the context changes what it says
-    (``Context.valid_until``)."""
+    (``Context.valid_until``); ``subs``, ``seat_changes``, ``grants``: ``_context``'s rows with
+    their instants parsed."""
     found = period.end
-    for values in ((r[4], r[5]) for r in subs):
-        for v in values:
-            if v is not None and now < (t := _utc(v)) < found:
-                found = t
-    for v in (r[1] for r in seat_rows):
-        if v is not None and now < (t := _utc(v)) < found:
-            found = t
-    for v in (x for r in grants for x in (r[3], r[4])):
-        if v is not None and now < (t := _utc(v)) < found:
-            found = t
-    for v in (x for r in override_rows for x in (r[3], r[4])):
-        if v is not None and now < (t := _utc(v)) < found:
+    instants = [*(x for r in subs for x in (r[4], r[5])), *(r[1] for r in seat_changes),
+                *(x for r in grants for x in (r[3], r[4])),
+                *(_utc(x) for r in override_rows for x in (r[3], r[4]))]
+    for t in instants:
+        if t is not None and now < t < found:
             found = t
     return found
 

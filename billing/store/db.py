@@ -23,7 +23,10 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, sqlite_mmap: int = 1 << 30, sqlite_cache_kib: int = 65536, **kwargs) -> Engine:
+SQLITE_MMAP = 1 << 30  # bytes of a SQLite file read through a memory map (``PRAGMA mmap_size``)
+
+
+def make_engine(url: str, *, sqlite_mmap: int = SQLITE_MMAP, sqlite_cache_kib: int = 65536, **kwargs) -> Engine:
     """An engine for ``url``. SQLite: WAL, a page cache of ``sqlite_cache_kib`` KiB, and reads
     through a memory map of up to ``sqlite_mmap`` bytes of the file (0: none; a long import
     turns it off, so its resident memory does not grow with the database file it maps)."""

@@ -78,6 +78,11 @@ def test_metrics_count_routes_events_decisions_and_the_outbox(api):
     assert _metric(text, "billing_events_total", status="duplicate") == 1
     assert _metric(text, "billing_events_total", status="rejected") == 1
     assert _metric(text, "billing_quota_decisions_total", outcome="allow") == 3
+    # the quota context cache: the first check loaded acme's context, the next two (same
+    # instant, within context_ttl) found it
+    assert _metric(text, "billing_quota_context_cache_total", result="miss") >= 1
+    assert _metric(text, "billing_quota_context_cache_total", result="hit") >= 2
+    assert _metric(text, "billing_quota_context_cache_size") >= 1
     assert _metric(text, "billing_http_requests_total", method="POST", route="/v1/quota/check", status="200") == 3
     # a route template, never the raw path: two invoice ids, one series
     invoice_route = next(m.group(1) for m in re.finditer(r'route="(/v1/invoices/\{[a-z_]+\})"', text))
