@@ -40,7 +40,7 @@ from billing.errors import BillingError, ErrorCode
 from billing.ledger.counters import ALL_EVENTS
 from billing.reservations import exact as quota_exact
 from billing.reservations.context_sql import context_query, context_rows
-from billing.reservations.budget_sql import BUDGET_COLUMNS, BudgetReader, budget_usage, budgets_of
+from billing.reservations.budget_sql import BudgetReader, budget_usage, budgets_of
 from billing.store.db import SQLITE_MMAP
 from billing.store.types import to_us
 from billing.store.wide import HELD, WIDE, held_sum_sql, held_sums, join

@@ -14,11 +14,21 @@ Create Date: 2026-12-08 00:10:00
 """
 from alembic import op
 
+from billing.store.context_stamp import sqlite_ddl, sqlite_drop
+
 
 revision = '0022_probe_budget_autoincrement'
 down_revision = '0021_rollread'
 branch_labels = None
 depends_on = None
+
+
+def _budget_triggers() -> None:
+    """Rebuilding a SQLite table drops its triggers: the budget's context-version triggers
+    (``billing.store.context_stamp``, migration 0020) are created again."""
+    for statement in (*sqlite_drop(), *sqlite_ddl()):
+        if "ctxv_budget_" in statement:
+            op.execute(statement)
 
 
 def upgrade() -> None:
@@ -27,6 +37,7 @@ def upgrade() -> None:
         return
     with op.batch_alter_table('budget', recreate='always', table_kwargs={'sqlite_autoincrement': True}):
         pass
+    _budget_triggers()
     used = bind.exec_driver_sql(
         "SELECT MAX(n) FROM (SELECT MAX(id) AS n FROM budget UNION ALL "
         "SELECT MAX(CAST(SUBSTR(subject, 8) AS INTEGER)) FROM budget_alert WHERE subject LIKE 'budget:%')"
@@ -42,3 +53,4 @@ def downgrade() -> None:
         return
     with op.batch_alter_table('budget', recreate='always'):
         pass
+    _budget_triggers()

@@ -44,3 +44,26 @@ def test_the_upgrade_starts_budget_ids_past_every_id_in_use(empty_db_url):
     upgrade(url)
     with engine_for_url(url) as engine, engine.connect() as conn:
         assert conn.execute(text("SELECT id FROM budget ORDER BY id")).scalars().all() == [1, 2, 5]
+
+
+def _context_version(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT context_version FROM customer WHERE id = 'acme'")).scalar()
+
+
+def test_the_rebuilt_budget_table_keeps_its_context_version_triggers(empty_db_url):
+    """Rebuilding a SQLite table drops its triggers: without the budget's context-version
+    triggers a budget added by another server is not seen by a cached quota context."""
+    url = empty_db_url
+    upgrade(url, "0021_rollread")
+    with engine_for_url(url) as engine:
+        Accounts(engine, CATALOG).create_customer("acme", now=datetime(2026, 10, 1, tzinfo=UTC))
+    for step in (lambda: upgrade(url), lambda: (downgrade(url, "0021_rollread"), upgrade(url))):
+        step()
+        with engine_for_url(url) as engine:
+            before = _context_version(engine)
+            _next_budget_id(engine)
+            assert _context_version(engine) == before + 1
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM budget WHERE id = (SELECT MAX(id) FROM budget)"))
+            assert _context_version(engine) == before + 2
