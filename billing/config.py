@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # (comma-separated; `billing db recount` rebuilds the rollups with them)
     rollup_dimensions: str = Field(default="", pattern=r"^[A-Za-z0-9_,\- ]*$", max_length=1000)
 
+    # PostgreSQL: the margin report's transaction sets work_mem to this (SET LOCAL) so its wide
+    # rollup aggregates hash in memory instead of spilling to temp files (the server default: 4MB)
+    report_work_mem: str = Field(default="64MB", pattern=r"^[1-9][0-9]{0,6}(kB|MB|GB)$")
+
     def rollup_dimension_names(self) -> tuple[str, ...]:
         from billing.ledger.rollups import DEFAULT_DIMENSIONS
 

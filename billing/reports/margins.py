@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from billing.catalog import Catalog
 from billing.store.aggregate_sql import max_event_id
@@ -294,6 +294,10 @@ def margin_report(engine: Engine, catalog: Catalog, label: str, *, as_of: dateti
     utc = parse_period_label(label)
     with engine.connect() as conn:
         try:
+            if conn.dialect.name == "postgresql":  # the transaction's own work_mem (README Configuration)
+                from billing.config import get_settings
+
+                conn.execute(text("SELECT set_config('work_mem', :v, true)"), {"v": get_settings().report_work_mem})
             zones = repo.customers(conn)
             periods = customer_periods(zones, label)
             lo = min((p.start for p in periods.values()), default=utc.start)
