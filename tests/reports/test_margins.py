@@ -157,3 +157,25 @@ def test_margins_as_of_before_the_close_rates_to_date(seeded):
     assert rows["chat"].revenue == D("20.00")  # 114 calls by then, 76 support-chat: under the 100 included
     later = margin_report(engine, catalog, "2026-10", as_of=seeded["now"])
     assert {c.customer: c.source for c in later.customers}["chat"] == "invoiced"
+
+
+def test_the_report_runs_with_its_own_work_mem_on_postgresql(seeded, monkeypatch):
+    """PostgreSQL: the report's transaction sets work_mem (``BILLING_REPORT_WORK_MEM``) so the
+    wide rollup aggregate hashes in memory; the setting ends with the transaction."""
+    import billing.reports.margins as margins_module
+
+    engine = seeded["engine"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("work_mem is PostgreSQL's")
+    seen = []
+    customers = margins_module.repo.customers
+
+    def spy(conn):
+        seen.append(conn.exec_driver_sql("SHOW work_mem").scalar())
+        return customers(conn)
+
+    monkeypatch.setattr(margins_module.repo, "customers", spy)
+    margin_report(engine, seeded["catalog"], "2026-10", as_of=seeded["now"])
+    assert seen == ["64MB"]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW work_mem").scalar() != "64MB"
