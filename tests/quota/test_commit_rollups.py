@@ -13,7 +13,8 @@ every stored event once.
 
 from __future__ import annotations
 
-import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +26,8 @@ from billing.ledger.rollups import DEFAULT_DIMENSIONS
 from billing.reservations.holds import Quota
 from billing.reservations.types import Op
 from billing.store import rollup_sql
-from tests.support.db import reset_database, shipped_catalog
+from tests.support.db import reset_database, rollup_rows, shipped_catalog
+from tests.support.ledger import assert_derived_equal_recount
 
 CATALOG = shipped_catalog()
 OCT = datetime(2026, 10, 1, tzinfo=UTC)
@@ -82,13 +84,6 @@ def steps(draw) -> list[tuple]:
     return out
 
 
-def _rollups(engine) -> dict:
-    with engine.connect() as conn:
-        rows = conn.exec_driver_sql(f"SELECT {rollup_sql.COLUMNS} FROM usage_rollup").all()
-    return {tuple(r[:5]): (*(int(v) for v in r[5:13]), {k: int(v) for k, v in json.loads(r[13]).items()},
-                           *r[14:]) for r in rows}
-
-
 def _run(engine, quota: Quota, clock: _Clock, plan: list[tuple]) -> dict[str, int]:
     """The steps; returns how often each commit outcome was seen."""
     seen: dict[str, int] = {}
@@ -136,7 +131,7 @@ def _check(engine, plan: list[tuple], dims: tuple[str, ...]) -> dict[str, int]:
         seen = _run(engine, quota, clock, plan)
     finally:
         quota.close()
-    kept = _rollups(engine)
+    kept = rollup_rows(engine)
     with engine.connect() as conn:
         stored = conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one()
     assert sum(v[0] for v in kept.values()) == stored
@@ -144,7 +139,7 @@ def _check(engine, plan: list[tuple], dims: tuple[str, ...]) -> dict[str, int]:
         lock_for_recount(conn)
         rebuild_rollups(conn)
         rollup_sql.set_dimensions(conn, DEFAULT_DIMENSIONS)  # (a module's database keeps the migration's)
-    assert kept == _rollups(engine)
+    assert kept == rollup_rows(engine)
     return seen
 
 
@@ -164,7 +159,7 @@ def _event(event_id: str, score: int | None = None, **props) -> dict:
             "properties": props}
 
 
-def test_every_kind_of_commit_keeps_the_rollups(engine):
+def test_every_kind_of_commit_keeps_therollup_rows(engine):
     """The kinds of commit the property mixes, each once: new events of one key in one batch
     (their integer sums merged), a reused id of an ingested event (same content: duplicate;
     other: conflict), a hold and an event id twice in one batch, a late commit, a retry of
@@ -179,7 +174,45 @@ def test_every_kind_of_commit_keeps_the_rollups(engine):
             ("ingest", [_event("e1", 3), _event("e5", 4)])]
     seen = _check(engine, plan, ("feature", "task", "user"))
     assert seen == {"accepted": 3, "duplicate": 4, "event_conflict": 1, "accepted late": 1}
-    rows = {(k[1], k[4]): v for k, v in _rollups(engine).items()}
+    rows = {(k[1], k[4]): v for k, v in rollup_rows(engine).items()}
     hour = int(datetime(2026, 10, 20, 11, tzinfo=UTC).timestamp()) * 1_000_000
     assert rows[(hour, '{"feature":"chat"}')][0] == 4  # e0, e1, e2, e5
-    assert rows[(hour, '{"feature":"chat"}')][8] == {"score": 1 + 3 + 2 + 4}
+    assert rows[(hour, '{"feature":"chat"}')][7] == {"score": 1 + 3 + 2 + 4}
+
+
+def test_concurrent_commits_and_chunks_keep_the_rollups(engine):
+    """Callers committing at once (the combiner's batches) while chunks of events with some of
+    the same ids and the same rollup rows are ingested: no error, each event stored once, the
+    rollups (and counters, task usage) equal a recount."""
+    accounts = Accounts(engine, CATALOG)
+    for customer in ("acme", "beta"):
+        accounts.create_customer(customer, now=OCT - timedelta(days=2))
+        accounts.subscribe(customer, "token-api", at=OCT - timedelta(days=1))
+    quota = Quota(engine, CATALOG, clock=lambda: NOW, alerts=False)
+    customers = ("acme", "beta")
+
+    def shared(i: int) -> dict:  # the event of commit i (its hold's task filled in)
+        return {**_event(f"c{i}", i % 4 or None, user=f"u{i % 3}", task=f"t{i % 3}"), "customer": customers[i % 2]}
+
+    def commit(i: int) -> str:
+        hold = quota.reserve(customers[i % 2], "llm_calls", task=f"t{i % 3}")
+        assert hold.granted, hold.decision
+        return quota.commit(hold.id, shared(i))["event"]
+
+    def ingest() -> None:
+        for r in range(6):  # the even ids, last first, are committed too: whichever is first stores it
+            quota.ledger.record([shared(i) for i in range(58 - r * 10, 48 - r * 10, -2)] + [_event(f"i{r}")])
+
+    try:
+        feeder = threading.Thread(target=ingest)
+        feeder.start()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outcomes = list(pool.map(commit, range(60)))
+        feeder.join(120)
+    finally:
+        quota.close()
+    assert set(outcomes) <= {"accepted", "duplicate"} and outcomes.count("accepted") >= 30  # the odd ids
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM usage_event").scalar_one() == 60 + 6
+    assert sum(v[0] for v in rollup_rows(engine).values()) == 66
+    assert_derived_equal_recount(engine)
