@@ -5,8 +5,9 @@ Each commit's event is validated and costed by ``billing.ledger.prepare.prepare`
 ``Ledger.record`` does), its counter increments are planned by
 ``billing.ledger.counters.CounterPlanner``, and the database's unique key
 ``(customer_id, event_id)`` decides whether it is new: only an event this transaction
-inserted bumps the counters, settles its hold, counts for its agent task and, when its hold
-had expired, is logged as a late commit (``quota_late_commit``).
+inserted bumps the counters, adds to the hourly rollups (``billing.reservations.commit_rollups``),
+settles its hold, counts for its agent task and, when its hold had expired, is logged as a
+late commit (``quota_late_commit``).
 
 On PostgreSQL everything is ONE statement of constant text (data-modifying CTEs hanging
 off the ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the events, rows passed as
@@ -14,8 +15,8 @@ one JSON parameter per CTE), so it is prepared once and pipelined with the ``COM
 PostgreSQL runs the data-modifying CTEs of a statement in an order of its own choosing (in
 practice the last one first), so each CTE waits for the one before it by reading its
 ``RETURNING`` rows (``_after``): the row locks are taken in the global order of
-``billing.store.event_store`` (events, sum counters, max counters, then holds and agent
-task usage), never task usage before counters (which deadlocked with ingestion chunks). On SQLite (in-process: no round trips) it is a few
+``billing.store.event_store`` (events, sum counters, max counters, hourly rollups, then holds
+and agent task usage), never task usage before counters (which deadlocked with ingestion chunks). On SQLite (in-process: no round trips) it is a few
 plain statements. Events that were not inserted are then sorted out by ``not_inserted``:
 the stored event matches what the commit gave -> ``duplicate`` (the hold is settled), else
 ``conflict``.
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from billing.ledger.counters import CounterPlanner
+from billing.reservations import commit_rollups
 from billing.store.event_store import CODE_POINT_ORDER
 from billing.reservations.sql import json_rows
 from billing.events import tokens_of
@@ -121,10 +123,11 @@ _WRITE_PG = (
     f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT ev.* FROM ev JOIN ky USING (customer_id, event_id) "
     f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id, id), "
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
+    + commit_rollups.cte("ins", _after("cm")) + ", "  # the hourly rollups (ru), after the counters
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
     "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status IN ('held', 'expired') "
-    f"AND {_after('cm')} RETURNING 1), "
+    f"AND {_after('ru')} RETURNING 1), "
     + _rows_cte("tv", (("customer_id", "varchar"), ("event_id", "varchar"), ("task_id", "varchar"),
                        ("tokens", "numeric"), ("cost", "numeric"))) + ", "
     "tg AS (SELECT t.customer_id, t.task_id, COUNT(*) AS n, SUM(t.tokens) AS k, SUM(t.cost) AS c FROM tv t "
@@ -148,21 +151,23 @@ def _late_rows(commits: list, now_us: int) -> list[tuple]:
                   for _op, p, hold in commits if hold.status in OPEN_HOLD and hold.late_at(now_us))
 
 
-def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple], now_us: int) -> Any:
-    """One statement: insert the events; for those inserted, bump counters, settle holds,
-    add task usage, log late commits. Returns the cursor of the inserted (customer, event
-    id, row id)."""
+def write_pg(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple], now_us: int,
+             dims: tuple[str, ...]) -> Any:
+    """One statement: insert the events; for those inserted, bump counters, add to the
+    hourly rollups (``dims``: their dimensions), settle holds, add task usage, log late
+    commits. Returns the cursor of the inserted (customer, event id, row id)."""
     events = [_stored(p) for _op, p, _hold in commits]
     sums = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if not c[6])
     maxes = sorted((c[0], c[1], c[2], c[3], c[4], str(c[5]), str(c[7])) for c in contrib if c[6])
     settle = sorted((hold.id, p.customer, p.event_id) for _op, p, hold in commits if hold.status in OPEN_HOLD)
-    return execute(_WRITE_PG, [json_rows(events), json_rows(sums), json_rows(maxes), json_rows(settle), now_us,
+    rollups = commit_rollups.pg_rows(dims, [p for _op, p, _hold in commits])
+    return execute(_WRITE_PG, [json_rows(events), json_rows(sums), json_rows(maxes), rollups, json_rows(settle), now_us,
                                json_rows(sorted((c, e, t, str(k), str(p)) for c, e, t, k, p in tasks)), now_us,
                                json_rows(_late_rows(commits, now_us)), now_us])
 
 
 def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: list[tuple],
-                 now_us: int) -> dict[tuple[str, str], int]:
+                 now_us: int, dims: tuple[str, ...]) -> dict[tuple[str, str], int]:
     """The same as ``write_pg`` in plain statements; returns the inserted keys with their row ids."""
     events = sorted((p for _op, p, _hold in commits), key=lambda p: (p.customer, p.event_id))
     marks = ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(events))
@@ -183,6 +188,8 @@ def write_sqlite(execute: Callable, commits: list, contrib: list[tuple], tasks: 
             slot[3] += cost
     for (customer, meter, start), (end, units, n, cost, is_max) in sorted(deltas.items()):
         execute(counter_upsert("?", is_max), counter_row(customer, meter, start, end, units, n, cost))
+    commit_rollups.write_sqlite(execute, cur.connection, dims,
+                                [p for p in events if (p.customer, p.event_id) in inserted])
     for _op, p, hold in sorted(commits, key=lambda c: c[2].id):
         if hold.status in OPEN_HOLD and (p.customer, p.event_id) in inserted:
             execute(_SETTLE, (p.event_id, now_us, hold.id))

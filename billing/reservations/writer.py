@@ -15,8 +15,8 @@ last batch had:
    their customers' subscriptions.
 2. Decide the reservations in arrival order, adding each grant to the customer's state
    before the next decision (so a batch never grants more than lone callers would); then
-   send the holds, the rate-window counts, the commits' events with their counters, hold
-   settlements and task usage (``billing.reservations.events``), the releases, ``COMMIT``,
+   send the holds, the rate-window counts, the commits' events with their counters, hourly
+   rollups, hold settlements and task usage (``billing.reservations.events``), the releases, ``COMMIT``,
    and — after the commit — the committed usage of customers with budget alerts (each
    committer reads after its own commit, so of two racing commits at least one sees both:
    a threshold is never missed).
@@ -46,6 +46,7 @@ from psycopg.pq import ExecStatus
 from billing.errors import BillingError, ErrorCode
 from billing.reservations import durability
 from billing.reservations.combiner import Combiner
+from billing.reservations.commit_rollups import DIMENSIONS_SQL, dimensions_of
 from billing.store.cost_prices import cursor_fetch
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
 from billing.quota.alerts import alerts_on
@@ -200,7 +201,7 @@ class QuotaWriter:
         tx.commits, tx.now_us = commits, now_us
         tx.same = lambda op, hold, event: same_event(q.ledger, op.event, hold, op.ctx, event, now, now_us)
         if commits:
-            tx.inserted = self._write_commits(execute, commits, read.sub_rows, now_us)
+            tx.inserted = self._write_commits(execute, commits, read, now_us)
         if releases:
             where, params = id_list(pg, "id", sorted({hold[0] for _op, hold in releases}))
             who, customers = id_list(pg, "customer_id", sorted({hold[1] for _op, hold in releases}))
@@ -262,6 +263,7 @@ class QuotaWriter:
         # the archive horizon, read after the lock above: an archive moves it before dropping months
         horizon_cur = (execute(HORIZON_SQL.replace("%s", "?"), (HORIZON,))
                        if any(op.kind == "commit" for op in settles) else None)
+        dims_cur = execute(DIMENSIONS_SQL) if horizon_cur is not None else None  # the commits' rollups
 
         # the round trip
         versions: dict[str, int] = {}
@@ -279,6 +281,8 @@ class QuotaWriter:
         if horizon_cur is not None:
             found = horizon_cur.fetchall()
             read.horizon = int(found[0][0]) if found and found[0][0] is not None else None
+        if dims_cur is not None:
+            read.rollup_dims = dimensions_of(dims_cur.fetchall())
         if hold_cur is not None:
             holds, stored, sub_rows = read.holds, read.stored, read.sub_rows
             for row in hold_cur.fetchall():
@@ -291,11 +295,10 @@ class QuotaWriter:
                                         _utc(row[13]), row[7])
         return read
 
-    def _write_commits(self, execute: Callable, commits: list[tuple], sub_rows: dict[int, tuple],
-                       now_us: int) -> Any:
-        """Send the commits' events with their counters, hold settlements and task usage;
-        returns what ``write_pg``/``write_sqlite`` return (the inserted keys)."""
-        q = self.quota
+    def _write_commits(self, execute: Callable, commits: list[tuple], read: "_Read", now_us: int) -> Any:
+        """Send the commits' events with their counters, hourly rollups, hold settlements and
+        task usage; returns what ``write_pg``/``write_sqlite`` return (the inserted keys)."""
+        q, sub_rows = self.quota, read.sub_rows
         views = subscription_views([r[:7] for r in sub_rows.values()], {r[1]: r[7] for r in sub_rows.values()},
                                    q.catalog)
         planner = CounterPlanner(views)
@@ -307,8 +310,8 @@ class QuotaWriter:
         if self.conns.pg:  # the events' months need their partitions (billing.store.partitions)
             stamps = [p.ts for _op, p, _hold in commits]
             q.ledger.months.ensure(_runner(execute), min(stamps), max(stamps), stamps)
-            return write_pg(execute, commits, contrib, tasks, now_us)
-        return write_sqlite(execute, commits, contrib, tasks, now_us)
+            return write_pg(execute, commits, contrib, tasks, now_us, read.rollup_dims)
+        return write_sqlite(execute, commits, contrib, tasks, now_us, read.rollup_dims)
 
     def _read_for_alerts(self, execute: Callable, commits: list[tuple], tx: "_Tx") -> None:
         """After the COMMIT: the committed usage of the committing customers with budget alerts."""
@@ -447,7 +450,7 @@ class _Read:
     with the same request ids, and the holds to settle with their committed events and
     customers' subscriptions."""
 
-    __slots__ = ("states", "tasks", "prior", "holds", "stored", "sub_rows", "budget_rows", "horizon")
+    __slots__ = ("states", "tasks", "prior", "holds", "stored", "sub_rows", "budget_rows", "horizon", "rollup_dims")
 
     def __init__(self, states: dict, tasks: dict, prior: dict) -> None:
         self.states = states
@@ -458,6 +461,7 @@ class _Read:
         self.sub_rows: dict[int, tuple] = {}
         self.budget_rows: dict[str, list] = {}  # customer -> rows of budget_sql.budget_query (and this batch's grants)
         self.horizon: int | None = None  # events before it were archived (billing.store.partitions)
+        self.rollup_dims: tuple[str, ...] = ()  # the hourly rollups' dimensions (commit_rollups)
 
 
 class _NotCommitted(Exception):

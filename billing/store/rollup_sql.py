@@ -47,16 +47,21 @@ def _merge_sql(pg: bool) -> str:
     return f"CASE WHEN {new} = '{{}}' THEN {old} WHEN {old} = '{{}}' THEN {new} ELSE {merged} END"
 
 
-@lru_cache(maxsize=16)
-def rollup_upsert(ph: str, pg: bool, rows: int = 1) -> str:
-    """The upsert of ``rows`` rows (one VALUES tuple each; ``upsert_rollups``)."""
-    one = "(" + ",".join([ph] * _WIDTH) + ")"
+def _on_conflict(pg: bool) -> str:
+    """What a row adds to the stored row of its key (every writer's one rule)."""
     tokens = ", ".join(f"{t} = usage_rollup.{t} + excluded.{t}" for t in TOKENS)
-    return (f"INSERT INTO usage_rollup ({COLUMNS}) VALUES {','.join([one] * rows)} ON CONFLICT ({_KEY}) DO UPDATE SET "
+    return (f"ON CONFLICT ({_KEY}) DO UPDATE SET "
             f"events = usage_rollup.events + excluded.events, {add_sql('usage_rollup', 'cost_pico', 'cost_carry')}, "
             f"{tokens}, rounded = usage_rollup.rounded + excluded.rounded, odd = usage_rollup.odd + excluded.odd, "
             f"tokened = usage_rollup.tokened + excluded.tokened, "
             f"sums = {_merge_sql(pg)}")
+
+
+@lru_cache(maxsize=16)
+def rollup_upsert(ph: str, pg: bool, rows: int = 1) -> str:
+    """The upsert of ``rows`` rows (one VALUES tuple each; ``upsert_rollups``)."""
+    one = "(" + ",".join([ph] * _WIDTH) + ")"
+    return f"INSERT INTO usage_rollup ({COLUMNS}) VALUES {','.join([one] * rows)} {_on_conflict(pg)}"
 
 
 def _rows(deltas: dict[tuple, list]) -> list[tuple]:
@@ -80,27 +85,78 @@ def upsert_rollups(conn: Connection, deltas: dict[tuple, list]) -> None:
     PostgreSQL: one executemany in key order (text by code point: the global lock order)."""
     if not deltas:
         return
-    rows = _rows(deltas)
     pg = conn.dialect.name == "postgresql"
     cursor = conn.connection.driver_connection.cursor()
     try:
         if pg:
-            cursor.executemany(rollup_upsert("%s", True), rows)
+            cursor.executemany(rollup_upsert("%s", True), _rows(deltas))
             return
-        per = max(1, min(_SQLITE_ROWS_PER_INSERT,
-                         cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _WIDTH))
-        for i in range(0, len(rows), per):
-            part = rows[i:i + per]
-            cursor.execute(rollup_upsert("?", False, len(part)), [v for r in part for v in r])
+        for sql, params in sqlite_upserts(cursor.connection, deltas):
+            cursor.execute(sql, params)
     finally:
         cursor.close()
+
+
+def sqlite_upserts(connection: sqlite3.Connection, deltas: dict[tuple, list]) -> list[tuple[str, list]]:
+    """SQLite: the statements (SQL, parameters) adding ``deltas``, a few hundred rows each
+    (as many as ``connection`` takes parameters for)."""
+    rows = _rows(deltas)
+    per = max(1, min(_SQLITE_ROWS_PER_INSERT, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _WIDTH))
+    return [(rollup_upsert("?", False, len(part)), [v for r in part for v in r])
+            for part in (rows[i:i + per] for i in range(0, len(rows), per))]
+
+
+# ------------------------------------------------------- PostgreSQL, inside one statement
+
+# a row per event (``event_rows``): the key, the event id, then what it adds
+_EVENT_ROW = (("customer_id", "varchar"), ("event_id", "varchar"), ("hour", "bigint"), ("type", "varchar"),
+              ("model", "varchar"), ("dims", "varchar"), ("events", "bigint"), ("cost", "numeric"),
+              *((t, "bigint") for t in TOKENS), ("sums", "text"), ("rounded", "bigint"), ("odd", "bigint"),
+              ("tokened", "bigint"))
+_KEY_ORDER = 'customer_id COLLATE "C", hour, type COLLATE "C", model COLLATE "C", dims COLLATE "C"'
+
+
+def event_rows(per_event: list[tuple[str, tuple, list]]) -> list[tuple]:
+    """The rows ``inserted_upsert_cte`` takes (one JSON parameter) from (event id, key,
+    delta) of single events (``RollupPlanner``); the cost as numeric text."""
+    return [(*key[:1], event_id, *key[1:], d[0], str(d[1]), d[2], d[3], d[4], d[5], d[6],
+             json.dumps(d[7], separators=(",", ":"), sort_keys=True) if d[7] else "{}", d[8], d[9], d[10])
+            for event_id, key, d in per_event]
+
+
+def inserted_upsert_cte(inserted: str, wait: str) -> str:
+    """PostgreSQL: common table expressions ending in ``ru``, a data-modifying one (``RETURNING
+    1``) that adds to the rollups the rows of ``event_rows`` (its one ``%s``: their JSON) of
+    the events the CTE ``inserted`` returns (customer_id, event_id): per key, their sum, in key
+    order (``_KEY_ORDER``: one upsert per key, as the planner sums a chunk's events), then
+    ``_on_conflict`` as every other writer. ``wait``: a condition holding its writes back
+    (the lock order of ``billing.store.event_store``)."""
+    cols = ", ".join(f"(e->>{i})::{t} AS {c}" for i, (c, t) in enumerate(_EVENT_ROW))
+    tokens = ", ".join(f"SUM({t})::bigint AS {t}" for t in TOKENS)
+    carry = f"(div(c, {WIDE}::numeric) - CASE WHEN mod(c, {WIDE}::numeric) < 0 THEN 1 ELSE 0 END)"  # floor: split()
+    return (f"rv AS (SELECT {cols} FROM jsonb_array_elements(%s::jsonb) AS e), "
+            f"ri AS (SELECT rv.* FROM rv JOIN {inserted} USING (customer_id, event_id)), "
+            # the integer sums of other properties, per key: a JSON object as json.dumps writes it
+            "rs AS (SELECT customer_id, hour, type, model, dims, '{' || string_agg(to_json(k)::text || ':' || v::text, "
+            "',' ORDER BY k COLLATE \"C\") || '}' AS sums FROM (SELECT r.customer_id, r.hour, r.type, r.model, r.dims, "
+            "j.key AS k, SUM(j.value::numeric) AS v FROM ri r, json_each_text(r.sums::json) AS j WHERE r.sums <> '{}' "
+            "GROUP BY 1, 2, 3, 4, 5, 6) AS s GROUP BY 1, 2, 3, 4, 5), "
+            f"rg AS (SELECT customer_id, hour, type, model, dims, SUM(events) AS n, SUM(cost) AS c, {tokens}, "
+            "SUM(rounded) AS rounded, SUM(odd) AS odd, SUM(tokened) AS tokened FROM ri GROUP BY 1, 2, 3, 4, 5), "
+            f"ru AS (INSERT INTO usage_rollup ({COLUMNS}) SELECT customer_id, hour, type, model, dims, n, "
+            f"(c - {carry} * {WIDE}::numeric)::bigint, {carry}::bigint, {', '.join(TOKENS)}, "
+            "COALESCE(rs.sums, '{}'), rounded, odd, tokened FROM rg LEFT JOIN rs USING (customer_id, hour, type, model, "
+            f"dims) WHERE {wait} ORDER BY {_KEY_ORDER} {_on_conflict(True)} RETURNING 1)")
+
+
+DIMENSIONS_SQL = "SELECT name FROM rollup_dimension"
 
 
 def dimensions(conn: Connection) -> tuple[str, ...]:
     """The properties the rollups keep per value (read in the writer's transaction)."""
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute("SELECT name FROM rollup_dimension")
+        cursor.execute(DIMENSIONS_SQL)
         return tuple(sorted(r[0] for r in cursor.fetchall()))
     finally:
         cursor.close()

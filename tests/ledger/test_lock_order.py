@@ -237,7 +237,7 @@ def test_the_quota_commit_statement_inserts_in_code_point_order(icu_engine):
                      month_of(1))  # (the ledger creates its events' months: this test writes directly)
         write_pg(lambda sql, params=(): cur.execute(sql.replace("?", "%s"), params),
                  [(None, p, Hold("h", "acme", "held", "llm.call", None, None, None, 10**15, None, "llm_calls", 0))
-                  for p in rows], [], [], 0)
+                  for p in rows], [], [], 0, ("feature",))
         raw.commit()
         cur.execute("SELECT event_id FROM usage_event ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == sorted(p.event_id for p in rows) == ["A2", "B1", "a1", "b0"]

@@ -222,6 +222,22 @@ def task_usage_rows(engine) -> dict[tuple[str, str], tuple[int, int, int]]:
                                                _joined(r, "cost_pico", "cost_carry")) for r in rows}
 
 
+def rollup_rows(engine) -> dict[tuple, tuple]:
+    """(customer, hour, type, model, dims) -> (events, cost_pico joined (``_joined``), the five
+    token sums, the other integer sums (a dict: the JSON text may be written either way),
+    rounded, odd, tokened) of ``usage_rollup``."""
+    import json
+
+    from billing.store.rollup_sql import TOKENS
+
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT * FROM usage_rollup").mappings().all()
+    return {(r["customer_id"], int(r["hour"]), r["type"], r["model"], r["dims"]):
+            (int(r["events"]), _joined(r, "cost_pico", "cost_carry"), *(int(r[t]) for t in TOKENS),
+             {k: int(v) for k, v in json.loads(r["sums"]).items()}, int(r["rounded"]), int(r["odd"]),
+             None if r["tokened"] is None else int(r["tokened"])) for r in rows}
+
+
 def documents(engine) -> list[tuple]:
     """Every invoice / credit note with its lines: (id, number, kind, status, customer,
     subscription, period_start, period_end, total_minor, corrects, lines) in id order;

@@ -1,5 +1,5 @@
 """Ledger scenarios shared by the ingestion tests: customers on token-api, their LLM calls
-(optionally naming an agent task), the check that counters and task usage equal a recount,
+(optionally naming an agent task), the check that counters, task usage and rollups equal a recount,
 the environment of a `billing events import` child, and the doors plan (agent tasks named
 by `run`)."""
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from billing.ledger.accounts import Accounts
 from billing.ledger.recount import recount_all
-from tests.support.db import PLANS_DIR, counter_rows, shipped_catalog, task_usage_rows
+from tests.support.db import PLANS_DIR, counter_rows, rollup_rows, shipped_catalog, task_usage_rows
 
 CATALOG = shipped_catalog()
 
@@ -35,11 +35,14 @@ def task_rows(engine) -> dict[tuple[str, str], tuple[int, int, int]]:
 
 
 def assert_derived_equal_recount(engine) -> None:
-    counters, tasks = counter_rows(engine), task_rows(engine)
+    """Counters, agent task usage and hourly rollups as every writer kept them equal what
+    ``billing db recount`` rebuilds from the events."""
+    counters, tasks, rollups = counter_rows(engine), task_rows(engine), rollup_rows(engine)
     with engine.begin() as conn:
         recount_all(conn, CATALOG)
     assert counter_rows(engine) == counters
     assert task_rows(engine) == tasks
+    assert rollup_rows(engine) == rollups
 
 
 def _cli_env(db: str) -> dict[str, str]:
