@@ -34,9 +34,16 @@ def _count(engine) -> int:
 
 
 def _empty(engine) -> None:
+    """The ledger as before the direct run: its events, their keys (PostgreSQL's partitioned
+    ledger claims them in ``usage_event_key``: left there, every event is a duplicate), the
+    counters, rollups and task usage."""
+    from sqlalchemy import inspect
+
+    tables = set(inspect(engine).get_table_names())
     with engine.begin() as conn:
-        for table in ("usage_event", "usage_counter", "agent_task_usage"):
-            conn.exec_driver_sql(f"DELETE FROM {table}")
+        for table in ("usage_event", "usage_event_key", "usage_counter", "usage_rollup", "agent_task_usage"):
+            if table in tables:
+                conn.exec_driver_sql(f"DELETE FROM {table}")
 
 
 async def _delete_stream(url: str, stream: str) -> None:
@@ -67,9 +74,14 @@ def through_log(db: str, nats_url: str, events: list[dict], workers: int, batch:
         t0 = time.perf_counter()
         publisher.publish(events)
         published = time.perf_counter() - t0
-        while _count(engine) < len(events):
+        seen, moved = -1, time.perf_counter()
+        while (n := _count(engine)) < len(events):
             if any(p.poll() is not None for p in procs):
                 raise SystemExit("a worker stopped early")
+            if n != seen:
+                seen, moved = n, time.perf_counter()
+            elif time.perf_counter() - moved > 120:
+                raise SystemExit(f"no event recorded for 120 s ({n} of {len(events)} in the ledger)")
             time.sleep(0.02)
         seconds = time.perf_counter() - t0
     finally:
