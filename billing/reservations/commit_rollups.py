@@ -6,12 +6,13 @@ written after the counters and before the holds' settlement and agent task usage
 order (the lock order of ``billing.store.event_store``).
 
 The rollups' dimensions are read in the batch's transaction, after the lock its events'
-insert takes (``DIMENSIONS_SQL``, in round 1 of ``billing.reservations.writer``): a
+insert takes (``rollup_sql.DIMENSIONS_SQL``, in round 1 of ``billing.reservations.writer``): a
 ``billing db recount`` that changes them commits before or waits after.
 
 PostgreSQL: which events are new is known only inside the commit's one statement
 (``billing.reservations.events``), so each event's delta travels on its own (``pg_rows``,
-one JSON parameter) and the statement sums the inserted ones per key (``CTE``). SQLite:
+one JSON parameter) and the statement sums the inserted ones per key
+(``rollup_sql.inserted_upsert_cte``). SQLite:
 the inserted keys are known in Python; their events are planned as a chunk and upserted.
 """
 
@@ -25,21 +26,8 @@ from billing.ledger.rollups import RollupPlanner
 from billing.reservations.sql import json_rows
 from billing.store import rollup_sql
 
-DIMENSIONS_SQL = rollup_sql.DIMENSIONS_SQL
-
-
-def dimensions_of(rows: Sequence[tuple]) -> tuple[str, ...]:
-    """The dimensions from ``DIMENSIONS_SQL``'s rows (``rollup_sql.dimensions``)."""
-    return tuple(sorted(r[0] for r in rows))
-
-
-def cte(inserted: str, wait: str) -> str:
-    """The statement's rollup CTEs (``rollup_sql.inserted_upsert_cte``; their ``%s``: ``pg_rows``)."""
-    return rollup_sql.inserted_upsert_cte(inserted, wait)
-
-
 def pg_rows(dims: Sequence[str], events: Sequence[Prepared]) -> str:
-    """Each event's own rollup delta (as it would add alone), the JSON parameter of ``cte``."""
+    """Each event's own rollup delta (as it would add alone), the JSON parameter of ``rollup_sql.inserted_upsert_cte``."""
     planner = RollupPlanner(dims)
     per_event = []
     for p in events:

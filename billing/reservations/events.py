@@ -30,6 +30,7 @@ from typing import Any
 
 from billing.ledger.counters import CounterPlanner
 from billing.reservations import commit_rollups
+from billing.store import rollup_sql
 from billing.store.event_store import CODE_POINT_ORDER
 from billing.reservations.sql import json_rows
 from billing.events import tokens_of
@@ -123,7 +124,7 @@ _WRITE_PG = (
     f"ins AS (INSERT INTO usage_event ({_EVENT_COLUMNS}) SELECT ev.* FROM ev JOIN ky USING (customer_id, event_id) "
     f"ORDER BY {CODE_POINT_ORDER} RETURNING customer_id, event_id, id), "
     + _counter_cte("cs", False) + ", " + _counter_cte("cm", True, after="cs") + ", "
-    + commit_rollups.cte("ins", _after("cm")) + ", "  # the hourly rollups (ru), after the counters
+    + rollup_sql.inserted_upsert_cte("ins", _after("cm")) + ", "  # the hourly rollups (ru), after the counters
     + _rows_cte("sv", (("hold_id", "varchar"), ("customer_id", "varchar"), ("event_id", "varchar"))) + ", "
     "st AS (UPDATE quota_hold h SET status = 'committed', event_id = sv.event_id, settled_at = %s "
     "FROM sv JOIN ins USING (customer_id, event_id) WHERE h.id = sv.hold_id AND h.status IN ('held', 'expired') "

@@ -46,8 +46,8 @@ from psycopg.pq import ExecStatus
 from billing.errors import BillingError, ErrorCode
 from billing.reservations import durability
 from billing.reservations.combiner import Combiner
-from billing.reservations.commit_rollups import DIMENSIONS_SQL, dimensions_of
 from billing.store.cost_prices import cursor_fetch
+from billing.store.rollup_sql import DIMENSIONS_SQL, dimensions_of
 from billing.ledger.counters import CounterPlanner, subscription_views, to_micro
 from billing.quota.alerts import alerts_on
 from billing.ledger.prepare import warnings_of

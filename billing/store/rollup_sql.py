@@ -157,9 +157,14 @@ def dimensions(conn: Connection) -> tuple[str, ...]:
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(DIMENSIONS_SQL)
-        return tuple(sorted(r[0] for r in cursor.fetchall()))
+        return dimensions_of(cursor.fetchall())
     finally:
         cursor.close()
+
+
+def dimensions_of(rows) -> tuple[str, ...]:
+    """The dimensions from ``DIMENSIONS_SQL``'s rows."""
+    return tuple(sorted(r[0] for r in rows))
 
 
 def set_dimensions(conn: Connection, names: Sequence[str]) -> None:
